@@ -1,0 +1,340 @@
+package ptrace
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/procfs"
+)
+
+// Syscall injection.
+//
+// A stopped thread is made to execute one syscall instruction of its own
+// address space with our number and arguments, then put back exactly as it
+// was. Method (chosen for having no side effects on the task):
+//
+//   - save the registers and the signal mask, block every signal (so no
+//     signal is dequeued into a signal-delivery-stop mid-call);
+//   - rip = a `syscall` instruction, rax = nr, orig_rax = -1 (so the kernel
+//     does not treat the task as returning from an interrupted syscall and
+//     "restart" it), args in rdi, rsi, rdx, r10, r8, r9;
+//   - PTRACE_SYSCALL to the syscall-entry stop, PTRACE_SYSCALL to the exit
+//     stop, read rax;
+//   - at the end restore registers and mask, then PTRACE_INTERRUPT +
+//     PTRACE_CONT so the task traps again inside get_signal: from there the
+//     kernel's syscall-restart logic still applies to the restored
+//     registers when the task finally resumes. (Resuming straight from the
+//     syscall-exit stop would hand -ERESTARTSYS to user space.)
+//
+// Single-stepping over the instruction would save one stop, but the kernel
+// reports the step with a forced SIGTRAP, which resets a program's ignored
+// or blocked SIGTRAP disposition to SIG_DFL.
+
+// Session is a run of injected syscalls into one stopped thread. The thread
+// keeps signals blocked and its registers are restored only at End, so a
+// batch of calls costs two stops each.
+type Session struct {
+	t         *Tracer
+	tk        *task
+	addr      uint64
+	saved     Regs
+	savedMask uint64
+	ran       bool
+	ended     bool
+	children  []int
+}
+
+// SetSyscallAddr tells the tracer where a `syscall` instruction (0f 05) is
+// in process tgid, e.g. a puppet's own code, instead of searching its
+// mappings. It must stay mapped and executable while injecting.
+func (t *Tracer) SetSyscallAddr(tgid int, addr uint64) {
+	_ = t.Do(func() error { t.syscallAddr[tgid] = addr; return nil })
+}
+
+// SyscallAddr returns the syscall instruction used for process tgid,
+// searching its mappings if not known yet.
+func (t *Tracer) SyscallAddr(tgid int) (uint64, error) {
+	var a uint64
+	err := t.Do(func() error {
+		var err error
+		a, err = t.syscallAddrOf(tgid)
+		return err
+	})
+	return a, err
+}
+
+func (t *Tracer) syscallAddrOf(tgid int) (uint64, error) {
+	if a, ok := t.syscallAddr[tgid]; ok {
+		return a, nil
+	}
+	a, err := FindSyscallInsn(tgid)
+	if err != nil {
+		return 0, err
+	}
+	t.syscallAddr[tgid] = a
+	return a, nil
+}
+
+// maxTextScan bounds how much of an executable mapping we read looking for
+// a syscall instruction.
+const maxTextScan = 4 << 20
+
+// FindSyscallInsn finds the bytes 0f 05 in an executable mapping of pid,
+// the [vdso] first (present in every process, tiny, and it contains
+// syscall fallbacks), then any other executable mapping. The bytes need not
+// be an instruction boundary of the original code: we jump straight at them.
+func FindSyscallInsn(pid int) (uint64, error) {
+	maps, err := procfs.ReadMaps(pid)
+	if err != nil {
+		return 0, err
+	}
+	try := func(m *procfs.Mapping) (uint64, bool) {
+		n := m.Size()
+		if n > maxTextScan {
+			n = maxTextScan
+		}
+		buf := make([]byte, n)
+		if err := PeekMem(pid, m.Start, buf); err != nil {
+			return 0, false
+		}
+		if i := bytes.Index(buf, syscallInsn[:]); i >= 0 {
+			return m.Start + uint64(i), true
+		}
+		return 0, false
+	}
+	for i := range maps {
+		if maps[i].Path == "[vdso]" && maps[i].Exec {
+			if a, ok := try(&maps[i]); ok {
+				return a, nil
+			}
+		}
+	}
+	for i := range maps {
+		if maps[i].Exec && maps[i].Path != "[vdso]" && maps[i].Path != "[vsyscall]" {
+			if a, ok := try(&maps[i]); ok {
+				return a, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("no syscall instruction in the executable mappings of %d", pid)
+}
+
+// BeginInjection prepares stopped thread tid for injected syscalls.
+func (t *Tracer) BeginInjection(tid int) (*Session, error) {
+	var s *Session
+	err := t.Do(func() error {
+		var err error
+		s, err = t.begin(tid)
+		return err
+	})
+	return s, err
+}
+
+func (t *Tracer) begin(tid int) (*Session, error) {
+	tk, err := t.getStopped(tid)
+	if err != nil {
+		return nil, err
+	}
+	if tk.session != nil {
+		return nil, fmt.Errorf("inject into %d: a session is already open", tid)
+	}
+	addr, err := t.syscallAddrOf(t.tgidOf(tk))
+	if err != nil {
+		return nil, fmt.Errorf("inject into %d: %w", tid, err)
+	}
+	s := &Session{t: t, tk: tk, addr: addr}
+	if err := getRegs(tid, &s.saved); err != nil {
+		return nil, err
+	}
+	// The first injected call returns to user mode at our rip, where the
+	// kernel settles any rseq critical section the thread was in; do it
+	// the way it would have with the thread's own rip.
+	aborted, err := rseqAbort(tid, t.tgidOf(tk), &s.saved)
+	if err != nil {
+		return nil, err
+	}
+	if aborted {
+		// rseq_cs is cleared in memory: make the registers agree at
+		// once, whatever happens to the session.
+		if err := setRegs(tid, &s.saved); err != nil {
+			return nil, err
+		}
+	}
+	if s.savedMask, err = getSigmask(tid); err != nil {
+		return nil, err
+	}
+	if err := setSigmask(tid, ^uint64(0)); err != nil {
+		return nil, err
+	}
+	tk.session = s
+	return s, nil
+}
+
+// Saved returns the registers the thread had before the session.
+func (s *Session) Saved() Regs { return s.saved }
+
+// SavedSigmask returns the signal mask the thread had before the session;
+// children forked by injected calls inherit the all-blocked mask of the
+// session and should be given this one.
+func (s *Session) SavedSigmask() uint64 { return s.savedMask }
+
+// Children returns the tids of tasks created by injected fork/clone calls,
+// each attached and stopped.
+func (s *Session) Children() []int { return s.children }
+
+// Syscall runs syscall nr with up to six arguments in the thread and returns
+// its result. A result in [-4095, -1] is returned as a unix.Errno error
+// (with the raw value as well).
+func (s *Session) Syscall(nr uintptr, args ...uint64) (uint64, error) {
+	if len(args) > 6 {
+		return 0, fmt.Errorf("inject syscall %d: %d arguments", nr, len(args))
+	}
+	var ret uint64
+	err := s.t.Do(func() error {
+		var err error
+		ret, err = s.syscall(nr, args)
+		return err
+	})
+	if err != nil {
+		return ret, err
+	}
+	if r := int64(ret); r < 0 && r >= -4095 {
+		return ret, fmt.Errorf("injected syscall %d in %d: %w", nr, s.tk.tid, unix.Errno(-r))
+	}
+	return ret, nil
+}
+
+func (s *Session) syscall(nr uintptr, args []uint64) (uint64, error) {
+	if s.ended {
+		return 0, errors.New("injection session already ended")
+	}
+	tk := s.tk
+	if s.t.tasks[tk.tid] != tk {
+		return 0, fmt.Errorf("inject into %d: %w", tk.tid, ErrGone)
+	}
+	var a [6]uint64
+	copy(a[:], args)
+	r := s.saved
+	r.Rip = s.addr
+	r.Rax = uint64(nr)
+	r.Orig_rax = ^uint64(0)
+	r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
+	if err := setRegs(tk.tid, &r); err != nil {
+		return 0, err
+	}
+	s.ran = true
+	// Entry stop, then exit stop.
+	for phase := 0; phase < 2; phase++ {
+		if err := s.t.resume(tk, unix.PTRACE_SYSCALL, 0); err != nil {
+			return 0, err
+		}
+		if err := s.waitSyscallStop(); err != nil {
+			return 0, fmt.Errorf("inject syscall %d into %d: %w", nr, tk.tid, err)
+		}
+	}
+	if err := getRegs(tk.tid, &r); err != nil {
+		return 0, err
+	}
+	return r.Rax, nil
+}
+
+// waitSyscallStop waits for the next syscall stop, stepping over whatever
+// comes first: fork/clone events (the child is collected), group-stops,
+// and signals that could not be blocked (stashed for Detach).
+func (s *Session) waitSyscallStop() error {
+	tk := s.tk
+	for i := 0; i < maxStops; i++ {
+		st, err := s.t.wait(tk)
+		if err != nil {
+			return err
+		}
+		if st.isSyscall() {
+			return nil
+		}
+		switch {
+		case st.Event == unix.PTRACE_EVENT_FORK || st.Event == unix.PTRACE_EVENT_VFORK || st.Event == unix.PTRACE_EVENT_CLONE:
+			child, err := s.t.onEvent(tk, st)
+			if err != nil {
+				return err
+			}
+			s.children = append(s.children, child)
+		case st.Event != 0:
+			// PTRACE_EVENT_STOP (group-stop) or other events: go on.
+		default:
+			tk.stash = append(tk.stash, st.Sig)
+		}
+		if err := s.t.resume(tk, unix.PTRACE_SYSCALL, 0); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("no syscall stop after %d stops", maxStops)
+}
+
+// End restores the thread's registers and signal mask and parks it in an
+// interrupt stop again. The session must be ended even after errors.
+func (s *Session) End() error {
+	return s.t.Do(func() error { return s.end() })
+}
+
+func (s *Session) end() error {
+	if s.ended {
+		return nil
+	}
+	s.ended = true
+	tk := s.tk
+	tk.session = nil
+	if s.t.tasks[tk.tid] != tk {
+		return fmt.Errorf("end injection into %d: %w", tk.tid, ErrGone)
+	}
+	if !tk.stopped {
+		// A failed resume/wait left it running: stop it first.
+		if _, err := s.t.stop(tk); err != nil {
+			return fmt.Errorf("end injection into %d: %w", tk.tid, err)
+		}
+	}
+	if err := setRegs(tk.tid, &s.saved); err != nil {
+		return err
+	}
+	if err := setSigmask(tk.tid, s.savedMask); err != nil {
+		return err
+	}
+	if !s.ran {
+		return nil
+	}
+	// Re-enter the get_signal trap (see the comment at the top). The
+	// interrupt is taken before any pending signal is dequeued.
+	if _, err := s.t.retrap(tk); err != nil {
+		return fmt.Errorf("end injection into %d: %w", tk.tid, err)
+	}
+	return nil
+}
+
+// InjectSyscall runs one syscall in stopped thread tid and restores it.
+func (t *Tracer) InjectSyscall(tid int, nr uintptr, args ...uint64) (uint64, error) {
+	s, err := t.BeginInjection(tid)
+	if err != nil {
+		return 0, err
+	}
+	ret, err := s.Syscall(nr, args...)
+	if eerr := s.End(); eerr != nil && err == nil {
+		err = eerr
+	}
+	return ret, err
+}
+
+// MapScratch maps size bytes of private anonymous read-write memory in the
+// process of stopped thread tid by an injected mmap, for in/out buffers of
+// injected calls (fill and read it with WriteMem/ReadMem).
+func (t *Tracer) MapScratch(tid int, size uint64) (uint64, error) {
+	return t.InjectSyscall(tid, unix.SYS_MMAP, 0, size,
+		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+}
+
+// UnmapScratch unmaps memory mapped by MapScratch.
+func (t *Tracer) UnmapScratch(tid int, addr, size uint64) error {
+	_, err := t.InjectSyscall(tid, unix.SYS_MUNMAP, addr, size)
+	return err
+}

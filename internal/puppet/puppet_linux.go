@@ -1,0 +1,332 @@
+// Package puppet starts and multiplies the restore stub: a tiny static
+// program that does nothing but pause, run under ptrace, into which the
+// restorer injects every syscall that rebuilds a task. Tasks with chosen
+// PIDs are made by injecting clone3 with set_tid into a puppet.
+package puppet
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/ptrace"
+)
+
+// DefaultBase is where the stub's code is loaded: low in the address space,
+// below where non-PIE programs (0x400000) and mmap/stack areas live, so
+// that it rarely collides with a layout being restored.
+const DefaultBase = 0x10000
+
+// TraceOptions are the ptrace options of every puppet: it dies with its
+// tracer, and tasks it forks or clones are attached and stopped at once.
+const TraceOptions = unix.PTRACE_O_EXITKILL | unix.PTRACE_O_TRACECLONE |
+	unix.PTRACE_O_TRACEFORK | unix.PTRACE_O_TRACEVFORK
+
+// ErrPidInUse is returned when the PID asked for already belongs to a task.
+var ErrPidInUse = errors.New("pid is in use")
+
+// ErrPidMax is returned when the PID asked for is not below pid_max.
+var ErrPidMax = errors.New("pid is not below pid_max")
+
+// Options configure Start.
+type Options struct {
+	// Tracer traces the puppet and runs every ptrace call; required.
+	Tracer *ptrace.Tracer
+	// Base is the load address of the stub (page aligned); 0 means
+	// DefaultBase.
+	Base uint64
+	// Argv0 is the puppet's argv[0]; "godwit-puppet" if empty.
+	Argv0 string
+}
+
+// Puppet is a stub task, attached and stopped.
+type Puppet struct {
+	Pid int
+	// SyscallAddr is the stub's own syscall instruction, used for every
+	// injection (the stub's code must stay mapped until the restorer
+	// provides another).
+	SyscallAddr uint64
+	Base        uint64
+	tr          *ptrace.Tracer
+	proc        *os.Process // non-nil for a puppet we forked
+}
+
+// Start executes the stub from a memfd and returns it seized and stopped.
+// Its parent is the tracer thread (so Pdeathsig and PTRACE_O_EXITKILL both
+// end it if godwit goes away).
+func Start(opts Options) (*Puppet, error) {
+	if opts.Tracer == nil {
+		return nil, errors.New("puppet: no tracer")
+	}
+	base := opts.Base
+	if base == 0 {
+		base = DefaultBase
+	}
+	if base%uint64(os.Getpagesize()) != 0 {
+		return nil, fmt.Errorf("puppet: base %#x not page aligned", base)
+	}
+	argv0 := opts.Argv0
+	if argv0 == "" {
+		argv0 = "godwit-puppet"
+	}
+	mfd, err := stubFile(base)
+	if err != nil {
+		return nil, err
+	}
+	defer mfd.Close()
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, fmt.Errorf("puppet: %w", err)
+	}
+	defer null.Close()
+
+	p := &Puppet{Base: base, SyscallAddr: base + SyscallOffset, tr: opts.Tracer}
+	err = opts.Tracer.Do(func() error {
+		// Forked from the tracer thread: the parent-death signal is
+		// tied to the thread that forks.
+		proc, err := os.StartProcess("/proc/self/fd/"+strconv.Itoa(int(mfd.Fd())), []string{argv0}, &os.ProcAttr{
+			Files: []*os.File{null, null, null},
+			Env:   []string{},
+			Sys:   &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
+		})
+		if err != nil {
+			return fmt.Errorf("puppet: exec stub: %w", err)
+		}
+		p.proc = proc
+		p.Pid = proc.Pid
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	opts.Tracer.SetSyscallAddr(p.Pid, p.SyscallAddr)
+	if _, err := opts.Tracer.Attach(p.Pid, TraceOptions); err != nil {
+		p.proc.Kill()
+		p.proc.Wait()
+		return nil, fmt.Errorf("puppet %d: %w", p.Pid, err)
+	}
+	// The stub must be in its own code, not still in the exec.
+	r, err := opts.Tracer.GetRegs(p.Pid)
+	if err == nil && (r.Rip < base+codeOffset || r.Rip >= base+codeOffset+uint64(len(stubCode))) {
+		err = fmt.Errorf("stopped at %#x, outside the stub", r.Rip)
+	}
+	if err == nil {
+		// Descriptors our own parent left open without close-on-exec
+		// leak through exec: the puppet starts with 0, 1, 2 only.
+		_, err = opts.Tracer.InjectSyscall(p.Pid, unix.SYS_CLOSE_RANGE, 3, ^uint64(0)>>32, 0)
+	}
+	if err == nil {
+		_, err = opts.Tracer.InjectSyscall(p.Pid, unix.SYS_PRCTL, unix.PR_SET_NAME, base+NameOffset)
+	}
+	if err != nil {
+		p.Kill()
+		return nil, fmt.Errorf("puppet %d: %w", p.Pid, err)
+	}
+	return p, nil
+}
+
+// stubFile writes the stub into a sealed, executable memfd.
+func stubFile(base uint64) (*os.File, error) {
+	img := Image(base)
+	fd, err := unix.MemfdCreate("godwit-puppet", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING|unix.MFD_EXEC)
+	if err == unix.EINVAL { // kernels before 6.3 know no MFD_EXEC
+		fd, err = unix.MemfdCreate("godwit-puppet", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("puppet: memfd_create: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "godwit-puppet")
+	if _, err := f.Write(img); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("puppet: write stub: %w", err)
+	}
+	// Sealed so nothing can change the code under a running puppet.
+	seals := unix.F_SEAL_SEAL | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, seals); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("puppet: seal stub: %w", err)
+	}
+	return f, nil
+}
+
+// PidMax returns /proc/sys/kernel/pid_max: PIDs must be below it.
+func PidMax() (int, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/pid_max")
+	if err != nil {
+		return 0, fmt.Errorf("read pid_max: %w", err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, fmt.Errorf("parse pid_max: %w", err)
+	}
+	return n, nil
+}
+
+// Clone makes a new task with PID pid by injecting clone3 with set_tid into
+// the puppet, and returns it attached and stopped, a copy of the stub with
+// the puppet's signal mask. With sibling the new task's parent is the
+// puppet's parent (CLONE_PARENT) — godwit itself for a puppet from Start —
+// otherwise it is the puppet.
+func (p *Puppet) Clone(pid int, sibling bool) (*Puppet, error) {
+	if err := checkPid(pid); err != nil {
+		return nil, err
+	}
+	s, err := p.tr.BeginInjection(p.Pid)
+	if err != nil {
+		return nil, fmt.Errorf("puppet %d: %w", p.Pid, err)
+	}
+	flags := uint64(0)
+	if sibling {
+		flags = unix.CLONE_PARENT
+	}
+	child, cerr := p.clone3(s, pid, flags)
+	if eerr := s.End(); eerr != nil && cerr == nil {
+		cerr = eerr
+	}
+	if cerr != nil {
+		if child != nil {
+			child.Kill()
+		}
+		return nil, cerr
+	}
+	// The child forked inside our session, so it inherited its
+	// all-blocked signal mask and the scratch page: undo both.
+	if err := p.tr.SetSigmask(child.Pid, s.SavedSigmask()); err != nil {
+		child.Kill()
+		return nil, fmt.Errorf("new task %d: %w", pid, err)
+	}
+	return child, nil
+}
+
+const scratchSize = 4096
+
+// threadFlags make a thread of the puppet: everything shared, as
+// pthread_create does.
+const threadFlags = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND |
+	unix.CLONE_THREAD | unix.CLONE_SYSVSEM
+
+// CloneThread adds a thread with TID tid to the puppet, by injected clone3
+// with CLONE_THREAD and set_tid, and returns it attached and stopped with the
+// puppet's signal mask. The thread runs the stub's loop on the puppet's
+// stack pointer (the loop never touches the stack); the restorer gives it
+// its real registers later.
+func (p *Puppet) CloneThread(tid int) (int, error) {
+	if err := checkPid(tid); err != nil {
+		return 0, err
+	}
+	s, err := p.tr.BeginInjection(p.Pid)
+	if err != nil {
+		return 0, fmt.Errorf("puppet %d: %w", p.Pid, err)
+	}
+	child, cerr := p.clone3(s, tid, threadFlags)
+	if eerr := s.End(); eerr != nil && cerr == nil {
+		cerr = eerr
+	}
+	if cerr != nil {
+		if child != nil {
+			// A thread cannot be killed alone; the caller kills
+			// the puppet.
+			return child.Pid, cerr
+		}
+		return 0, cerr
+	}
+	if err := p.tr.SetSigmask(child.Pid, s.SavedSigmask()); err != nil {
+		return child.Pid, fmt.Errorf("new thread %d: %w", tid, err)
+	}
+	return child.Pid, nil
+}
+
+func checkPid(pid int) error {
+	if pid <= 0 {
+		return fmt.Errorf("puppet: bad pid %d", pid)
+	}
+	max, err := PidMax()
+	if err != nil {
+		return err
+	}
+	if pid >= max {
+		return fmt.Errorf("pid %d: %w %d (raise /proc/sys/kernel/pid_max)", pid, ErrPidMax, max)
+	}
+	return nil
+}
+
+func (p *Puppet) clone3(s *ptrace.Session, pid int, flags uint64) (*Puppet, error) {
+	scratch, err := s.Syscall(unix.SYS_MMAP, 0, scratchSize, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil {
+		return nil, fmt.Errorf("puppet %d: scratch mmap: %w", p.Pid, err)
+	}
+	unmap := func() error {
+		_, err := s.Syscall(unix.SYS_MUNMAP, scratch, scratchSize)
+		return err
+	}
+	args := cloneArgs{
+		Flags:      flags,
+		ExitSignal: uint64(unix.SIGCHLD),
+		SetTid:     scratch + cloneArgsSize,
+		SetTidSize: 1,
+	}
+	if flags&(unix.CLONE_PARENT|unix.CLONE_THREAD) != 0 {
+		// clone3 refuses an exit_signal with CLONE_PARENT or
+		// CLONE_THREAD: the child gets the puppet's own.
+		args.ExitSignal = 0
+	}
+	buf := make([]byte, cloneArgsSize+4)
+	copy(buf, unsafe.Slice((*byte)(unsafe.Pointer(&args)), cloneArgsSize))
+	*(*int32)(unsafe.Pointer(&buf[cloneArgsSize])) = int32(pid)
+	if err := ptrace.WriteMem(p.Pid, scratch, buf); err != nil {
+		unmap()
+		return nil, fmt.Errorf("puppet %d: %w", p.Pid, err)
+	}
+	ret, err := s.Syscall(unix.SYS_CLONE3, scratch, cloneArgsSize)
+	var child *Puppet
+	if n := len(s.Children()); n > 0 {
+		child = &Puppet{Pid: s.Children()[n-1], SyscallAddr: p.SyscallAddr, Base: p.Base, tr: p.tr}
+	}
+	if uerr := unmap(); uerr != nil && err == nil {
+		err = fmt.Errorf("puppet %d: scratch munmap: %w", p.Pid, uerr)
+	}
+	switch {
+	case errors.Is(err, unix.EEXIST):
+		return child, fmt.Errorf("pid %d: %w", pid, ErrPidInUse)
+	case errors.Is(err, unix.EINVAL):
+		return child, fmt.Errorf("clone3 with pid %d: %w (pid_max or clone flags)", pid, err)
+	case errors.Is(err, unix.EPERM):
+		return child, fmt.Errorf("clone3 with pid %d: %w (needs CAP_CHECKPOINT_RESTORE in the PID namespace)", pid, err)
+	case err != nil:
+		return child, fmt.Errorf("clone3 with pid %d: %w", pid, err)
+	}
+	if child == nil || int(ret) != pid || child.Pid != pid {
+		return child, fmt.Errorf("clone3 with pid %d returned %d, caught %v", pid, int64(ret), s.Children())
+	}
+	if flags&unix.CLONE_VM != 0 {
+		return child, nil // one address space: the scratch page is gone
+	}
+	// The copy inherited the scratch page; unmap it there too.
+	if _, err := p.tr.InjectSyscall(child.Pid, unix.SYS_MUNMAP, scratch, scratchSize); err != nil {
+		return child, fmt.Errorf("new task %d: scratch munmap: %w", pid, err)
+	}
+	return child, nil
+}
+
+// Tracer returns the tracer that holds the puppet.
+func (p *Puppet) Tracer() *ptrace.Tracer { return p.tr }
+
+// Kill kills the puppet (SIGKILL while traced) and reaps what we may reap:
+// a puppet whose parent is godwit (from Start, or a sibling clone) is gone
+// when Kill returns; a child of another puppet stays a zombie until that
+// puppet dies and init reaps it.
+func (p *Puppet) Kill() error {
+	err := p.tr.KillProcess(p.Pid)
+	if p.proc != nil {
+		// Reaped by the tracer's wait already.
+		p.proc.Release()
+	}
+	return err
+}
