@@ -1,0 +1,126 @@
+package kerndat
+
+import (
+	"encoding/binary"
+	"fmt"
+	"strconv"
+	"strings"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// x86-64 parts of the probes.
+
+const (
+	// arch/x86/include/uapi/asm/prctl.h
+	archMapVdso64 = 0x2003
+	// include/uapi/linux/elf.h: x86 extended state regset
+	ntX86Xstate = 0x202
+)
+
+// checkRegs reads a stopped tracee's registers.
+func checkRegs(pid int) error {
+	var regs unix.PtraceRegs
+	if err := unix.PtraceGetRegs(pid, &regs); err != nil {
+		return fmt.Errorf("PTRACE_GETREGS %d: %w", pid, err)
+	}
+	if regs.Rip == 0 || regs.Rsp == 0 {
+		return fmt.Errorf("PTRACE_GETREGS %d: rip %#x rsp %#x look empty", pid, regs.Rip, regs.Rsp)
+	}
+	return nil
+}
+
+// probePtraceXstate reads the NT_X86_XSTATE regset and checks the software
+// bytes the kernel puts in the FXSAVE area.
+func probePtraceXstate() error {
+	return withSeized(func(pid int) error {
+		buf := make([]byte, 64<<10)
+		iov := unix.Iovec{Base: &buf[0]}
+		iov.SetLen(len(buf))
+		if _, err := ptraceRaw(unix.PTRACE_GETREGSET, pid, ntX86Xstate, uintptr(unsafe.Pointer(&iov))); err != nil {
+			return fmt.Errorf("PTRACE_GETREGSET NT_X86_XSTATE %d: %w", pid, err)
+		}
+		n := int(iov.Len)
+		// 512 bytes of FXSAVE area, then the 64-byte XSAVE header.
+		if n < 576 {
+			return fmt.Errorf("xstate regset of %d is %d bytes, want >= 576", pid, n)
+		}
+		// For ptrace the kernel puts XCR0 (the user xfeatures) in the first
+		// word of the FXSAVE sw_reserved area, at 464; XSTATE_BV, the
+		// first word of the XSAVE header, must be a subset of it.
+		xcr0 := binary.LittleEndian.Uint64(buf[464:])
+		bv := binary.LittleEndian.Uint64(buf[512:])
+		if xcr0&3 != 3 {
+			return fmt.Errorf("xstate regset of %d: XCR0 %#x lacks x87/SSE", pid, xcr0)
+		}
+		if bv&^xcr0 != 0 {
+			return fmt.Errorf("xstate regset of %d: XSTATE_BV %#x not within XCR0 %#x", pid, bv, xcr0)
+		}
+		return nil
+	})
+}
+
+// probeCanMapVdso: a forked child unmaps its vDSO (every [vvar*] and
+// [vdso] mapping) and maps a fresh one with arch_prctl(ARCH_MAP_VDSO_64)
+// at the same place; the parent sees it in the child's maps.
+func probeCanMapVdso() error {
+	maps, err := readMaps("self")
+	if err != nil {
+		return err
+	}
+	var special []mapping
+	var vdso mapping
+	for _, m := range maps {
+		if m.Path == "[vdso]" || strings.HasPrefix(m.Path, "[vvar") {
+			special = append(special, m)
+		}
+		if m.Path == "[vdso]" {
+			vdso = m
+		}
+	}
+	if vdso.Start == 0 {
+		return fmt.Errorf("no [vdso] in /proc/self/maps")
+	}
+	lowest := special[0].Start
+	var ready [2]int
+	if err := unix.Pipe2(ready[:], unix.O_CLOEXEC); err != nil {
+		return err
+	}
+	defer unix.Close(ready[0])
+	one := []byte{1}
+	var p rawProg
+	p.add(unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL))
+	for _, m := range special {
+		p.add(unix.SYS_MUNMAP, uintptr(m.Start), uintptr(m.End-m.Start))
+	}
+	p.add(unix.SYS_ARCH_PRCTL, archMapVdso64, uintptr(lowest))
+	p.add(unix.SYS_WRITE, uintptr(ready[1]), uintptr(unsafe.Pointer(&one[0])), 1)
+	p.hold = true
+	c, err := startRaw(&p, 0, one)
+	unix.Close(ready[1])
+	if err != nil {
+		return err
+	}
+	defer c.free()
+	defer c.kill()
+	if err := waitReady(ready[0], c); err != nil {
+		return fmt.Errorf("unmap vDSO and ARCH_MAP_VDSO_64 in a child: %w", err)
+	}
+	cm, err := readMaps(strconv.Itoa(c.pid))
+	if err != nil {
+		return err
+	}
+	for _, m := range cm {
+		if m.Path == "[vdso]" {
+			if m.End-m.Start != vdso.End-vdso.Start {
+				return fmt.Errorf("new [vdso] is %d bytes, old %d", m.End-m.Start, vdso.End-vdso.Start)
+			}
+			if m.Start < lowest {
+				return fmt.Errorf("new [vdso] at %#x, below the requested %#x", m.Start, lowest)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("child has no [vdso] after ARCH_MAP_VDSO_64")
+}

@@ -1,0 +1,243 @@
+package kerndat
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+func nsIno(pid, name string) (uint64, error) {
+	var st unix.Stat_t
+	p := "/proc/" + pid + "/ns/" + name
+	if err := unix.Stat(p, &st); err != nil {
+		return 0, fmt.Errorf("stat %s: %w", p, err)
+	}
+	return st.Ino, nil
+}
+
+// inNewNs starts a sleeper in new namespaces and runs check on its PID.
+func inNewNs(cloneflags, unshareflags uintptr, check func(pid string) error) error {
+	s, err := startSleeper(sleeperOpts{cloneflags: cloneflags, unshareflags: unshareflags})
+	if err != nil {
+		return err
+	}
+	defer s.kill()
+	return check(strconv.Itoa(s.pid))
+}
+
+// differs checks that the sleeper's namespaces are not ours.
+func differs(pid string, names ...string) error {
+	for _, n := range names {
+		mine, err := nsIno("self", n)
+		if err != nil {
+			return err
+		}
+		theirs, err := nsIno(pid, n)
+		if err != nil {
+			return err
+		}
+		if mine == theirs {
+			return fmt.Errorf("child %s is still in our %s namespace", pid, n)
+		}
+	}
+	return nil
+}
+
+var nsTypes = []struct {
+	name string
+	flag int
+}{
+	{"mnt", unix.CLONE_NEWNS}, {"uts", unix.CLONE_NEWUTS}, {"ipc", unix.CLONE_NEWIPC},
+	{"net", unix.CLONE_NEWNET}, {"pid", unix.CLONE_NEWPID}, {"cgroup", unix.CLONE_NEWCGROUP},
+	{"user", unix.CLONE_NEWUSER}, {"time", unix.CLONE_NEWTIME},
+}
+
+// probeNamespaces: a child made in new mount, UTS, IPC, net, PID, cgroup,
+// user and time namespaces is in all of them, and the nsfs ioctls
+// (NS_GET_NSTYPE, NS_GET_USERNS, NS_GET_PARENT) describe them.
+func probeNamespaces() error {
+	var clone uintptr
+	for _, t := range nsTypes {
+		if t.flag != unix.CLONE_NEWTIME {
+			clone |= uintptr(t.flag)
+		}
+	}
+	return inNewNs(clone, unix.CLONE_NEWTIME, func(pid string) error {
+		for _, t := range nsTypes {
+			if err := differs(pid, t.name); err != nil {
+				return err
+			}
+			fd, err := unix.Open("/proc/"+pid+"/ns/"+t.name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			typ, err := unix.IoctlRetInt(fd, unix.NS_GET_NSTYPE)
+			if err == nil && typ != t.flag {
+				err = fmt.Errorf("is %#x, want %#x", typ, t.flag)
+			}
+			if err == nil && t.name == "net" {
+				err = ownerIs(fd, pid)
+			}
+			unix.Close(fd)
+			if err != nil {
+				return fmt.Errorf("NS_GET_NSTYPE of %s ns: %w", t.name, err)
+			}
+		}
+		// The child's PID namespace is a child of ours.
+		fd, err := unix.Open("/proc/"+pid+"/ns/pid", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		parent, err := unix.IoctlRetInt(fd, unix.NS_GET_PARENT)
+		if err != nil {
+			return fmt.Errorf("NS_GET_PARENT: %w", err)
+		}
+		defer unix.Close(parent)
+		return sameFile(parent, "/proc/self/ns/pid")
+	})
+}
+
+// ownerIs checks with NS_GET_USERNS that nsfd is owned by pid's user ns.
+func ownerIs(nsfd int, pid string) error {
+	u, err := unix.IoctlRetInt(nsfd, unix.NS_GET_USERNS)
+	if err != nil {
+		return fmt.Errorf("NS_GET_USERNS: %w", err)
+	}
+	defer unix.Close(u)
+	return sameFile(u, "/proc/"+pid+"/ns/user")
+}
+
+// probeUserns (CRIU's userns): a child in a new user namespace, and the
+// PR_SET_MM_MAP interface that restoring in one needs.
+func probeUserns() error {
+	var size uint32
+	if err := unix.Prctl(unix.PR_SET_MM, unix.PR_SET_MM_MAP_SIZE, uintptr(unsafe.Pointer(&size)), 0, 0); err != nil {
+		return fmt.Errorf("PR_SET_MM_MAP_SIZE: %w", err)
+	}
+	return inNewNs(unix.CLONE_NEWUSER, 0, func(pid string) error { return differs(pid, "user") })
+}
+
+// probeCgroupns: a child in a new cgroup namespace.
+func probeCgroupns() error {
+	return inNewNs(unix.CLONE_NEWCGROUP, 0, func(pid string) error { return differs(pid, "cgroup") })
+}
+
+// probeTimens: a child that unshared a time namespace runs in it after exec.
+func probeTimens() error {
+	return inNewNs(0, unix.CLONE_NEWTIME, func(pid string) error { return differs(pid, "time") })
+}
+
+// probeNsPid: NSpid in /proc/PID/status lists a task's PID in every
+// nested PID namespace.
+func probeNsPid() error {
+	return inNewNs(unix.CLONE_NEWPID, 0, func(pid string) error {
+		b, err := os.ReadFile("/proc/" + pid + "/status")
+		if err != nil {
+			return err
+		}
+		v, ok := fdinfoValue(b, "NSpid:")
+		if !ok {
+			return errors.New("/proc/PID/status has no NSpid")
+		}
+		f := strings.Fields(v)
+		if len(f) < 2 || f[len(f)-2] != pid || f[len(f)-1] != "1" {
+			return fmt.Errorf("NSpid of %s in a new PID namespace is %q, want \"... %s 1\"", pid, v, pid)
+		}
+		return nil
+	})
+}
+
+// probeMoveMountSetGroup: a forked child, in a private mount namespace
+// that dies with it, copies a sharing group with MOVE_MOUNT_SET_GROUP.
+func probeMoveMountSetGroup() error {
+	keep := []any{}
+	str := func(s string) uintptr {
+		b, p := cstr(s)
+		keep = append(keep, b)
+		return p
+	}
+	root, tmp, a, b, tmpfs := str("/"), str("/tmp"), str("/tmp/a"), str("/tmp/b"), str("tmpfs")
+	cwd := int32(unix.AT_FDCWD)
+	atCWD := uintptr(uint32(cwd)) // the kernel reads dfd as an int
+	var p rawProg
+	p.add(unix.SYS_UNSHARE, unix.CLONE_NEWNS)
+	p.add(unix.SYS_MOUNT, 0, root, 0, unix.MS_REC|unix.MS_PRIVATE, 0)
+	p.add(unix.SYS_MOUNT, tmpfs, tmp, tmpfs, 0, 0)
+	p.add(unix.SYS_MKDIRAT, atCWD, a, 0o700)
+	p.add(unix.SYS_MKDIRAT, atCWD, b, 0o700)
+	p.add(unix.SYS_MOUNT, tmpfs, a, tmpfs, 0, 0)
+	// The group can only be copied to a private mount of the same
+	// superblock: b is a bind of a made before a becomes shared.
+	p.add(unix.SYS_MOUNT, a, b, 0, unix.MS_BIND, 0)
+	p.add(unix.SYS_MOUNT, 0, a, 0, unix.MS_SHARED, 0)
+	p.add(unix.SYS_MOVE_MOUNT, atCWD, a, atCWD, b, unix.MOVE_MOUNT_SET_GROUP)
+	c, err := startRaw(&p, 0, keep...)
+	if err != nil {
+		return err
+	}
+	defer c.free()
+	if err := c.wait(stopTimeout); err != nil {
+		return fmt.Errorf("in a private mount namespace: %w", err)
+	}
+	return nil
+}
+
+// probeAutofs: a forked child mounts autofs in a private mount namespace
+// (gone when it dies); its mountinfo must carry pipe_ino.
+func probeAutofs() error {
+	var pipe, ready [2]int
+	if err := unix.Pipe2(pipe[:], unix.O_CLOEXEC); err != nil {
+		return err
+	}
+	defer unix.Close(pipe[0])
+	defer unix.Close(pipe[1])
+	if err := unix.Pipe2(ready[:], unix.O_CLOEXEC); err != nil {
+		return err
+	}
+	defer unix.Close(ready[0])
+	keep := []any{}
+	str := func(s string) uintptr {
+		b, p := cstr(s)
+		keep = append(keep, b)
+		return p
+	}
+	one := []byte{1}
+	keep = append(keep, one)
+	opts := fmt.Sprintf("fd=%d,pgrp=%d,minproto=5,maxproto=5,direct", pipe[1], unix.Getpgrp())
+	var p rawProg
+	p.add(unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL))
+	p.add(unix.SYS_UNSHARE, unix.CLONE_NEWNS)
+	p.add(unix.SYS_MOUNT, 0, str("/"), 0, unix.MS_REC|unix.MS_PRIVATE, 0)
+	p.add(unix.SYS_MOUNT, str("godwit"), str("/tmp"), str("autofs"), 0, str(opts))
+	p.add(unix.SYS_WRITE, uintptr(ready[1]), uintptr(unsafe.Pointer(&one[0])), 1)
+	p.hold = true
+	c, err := startRaw(&p, 0, keep...)
+	unix.Close(ready[1])
+	if err != nil {
+		return err
+	}
+	defer c.free()
+	defer c.kill()
+	if err := waitReady(ready[0], c); err != nil {
+		return fmt.Errorf("mount autofs in a child: %w", err)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", c.pid))
+	if err != nil {
+		return err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, " - autofs ") {
+			if strings.Contains(l, "pipe_ino=") {
+				return nil
+			}
+			return fmt.Errorf("autofs mountinfo lacks pipe_ino: %s", l)
+		}
+	}
+	return errors.New("child's mountinfo shows no autofs mount")
+}
