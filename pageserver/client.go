@@ -1,0 +1,504 @@
+package pageserver
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+
+	"github.com/quic-go/quic-go"
+	"golang.org/x/sys/unix"
+
+	"godwit/pageserver/internal/wire"
+)
+
+// Pagemap flags for AddPages (CRIU's PE_*).
+const (
+	FlagParent  = wire.FlagParent  // pages are in the parent images
+	FlagLazy    = wire.FlagLazy    // may be restored lazily
+	FlagPresent = wire.FlagPresent // data follows
+)
+
+// PageSize is the protocol's page size.
+const PageSize = wire.PageSize
+
+// TaskDst is the dst_id of a task's pagemap (pagemap-<pid>.img).
+func TaskDst(pid int) uint64 { return wire.EncodeDst(wire.TypePID, uint64(pid)) }
+
+// ShmemDst is the dst_id of a shared memory object's pagemap
+// (pagemap-shmem-<shmid>.img).
+func ShmemDst(shmid uint64) uint64 { return wire.EncodeDst(wire.TypeShmem, shmid) }
+
+// ErrNoPages is returned by Get when the server does not hold the pages.
+var ErrNoPages = errors.New("page server: pages not found")
+
+// clientCopyBuf bounds the client's own buffering of page data that can't
+// go to the socket by splice/sendfile.
+const clientCopyBuf = 1 << 20
+
+// Client is a connection to a page server. Its methods are safe for
+// concurrent use; over TCP one task is sent at a time (the protocol has
+// one open pagemap per connection), over QUIC each task has its stream.
+type Client struct {
+	transport Transport
+
+	mu     sync.Mutex // the control channel: conn (TCP) or ctrl (QUIC)
+	conn   net.Conn
+	raw    *net.TCPConn // plain TCP: splice and sendfile allowed
+	corked bool
+	qc     *quic.Conn
+	ctrl   *quic.Stream
+	sink   *TaskSink // TCP: the open task
+	sinks  map[*TaskSink]struct{}
+	err    error // sticky: the stream is out of sync
+	closed bool
+}
+
+// Dial connects to a page server at addr ("host:port").
+func Dial(ctx context.Context, addr string, o TransportOptions) (*Client, error) {
+	t, err := o.transport()
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{transport: t, sinks: map[*TaskSink]struct{}{}}
+	switch t {
+	case TransportTCP:
+		if c.conn, c.raw, err = dialTCP(ctx, addr, o); err != nil {
+			return nil, err
+		}
+	case TransportQUIC:
+		if c.qc, err = dialQUIC(ctx, addr, o); err != nil {
+			return nil, err
+		}
+		if c.ctrl, err = c.qc.OpenStreamSync(ctx); err != nil {
+			c.qc.CloseWithError(1, "")
+			return nil, fmt.Errorf("page server: open control stream: %w", err)
+		}
+	}
+	return c, nil
+}
+
+// ctrlRW is the control channel.
+func (c *Client) ctrlRW() io.ReadWriter {
+	if c.ctrl != nil {
+		return c.ctrl
+	}
+	return c.conn
+}
+
+// push sends what TCP_CORK holds, before waiting for a reply.
+func (c *Client) push() {
+	if c.raw != nil && c.corked {
+		setCork(c.raw, false)
+		setCork(c.raw, true)
+	}
+}
+
+func setCork(tc *net.TCPConn, on bool) {
+	v := 0
+	if on {
+		v = 1
+	}
+	if rc, err := tc.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_CORK, v) })
+	}
+}
+
+func sendHeader(w io.Writer, h wire.Header) error {
+	var b [wire.HeaderSize]byte
+	h.Marshal(b[:])
+	_, err := w.Write(b[:])
+	return err
+}
+
+func (c *Client) usable() error {
+	if c.closed {
+		return errors.New("page server: client closed")
+	}
+	return c.err
+}
+
+// fail marks the TCP stream unusable after a partial request.
+func (c *Client) fail(err error) error {
+	if c.err == nil {
+		c.err = err
+	}
+	return err
+}
+
+// CheckParent asks whether the server's parent images hold dst's pagemap
+// (PARENT).
+func (c *Client) CheckParent(dst uint64) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.usable(); err != nil {
+		return false, err
+	}
+	rw := c.ctrlRW()
+	if err := sendHeader(rw, wire.Header{Cmd: wire.CmdParent, DstID: dst}); err != nil {
+		return false, c.fail(fmt.Errorf("page server: PARENT: %w", err))
+	}
+	c.push()
+	var b [4]byte
+	if _, err := io.ReadFull(rw, b[:]); err != nil {
+		return false, c.fail(fmt.Errorf("page server: PARENT reply: %w", err))
+	}
+	return int32(binary.NativeEndian.Uint32(b[:])) == 1, nil
+}
+
+// OpenTask starts the pagemap of dst (TaskDst or ShmemDst). With
+// parentAware it sends OPEN2 and learns whether the server has a parent
+// pagemap for it (then HOLE may be used); otherwise OPEN.
+func (c *Client) OpenTask(ctx context.Context, dst uint64, parentAware bool) (*TaskSink, error) {
+	if _, _, err := wire.DecodeDst(dst); err != nil {
+		return nil, fmt.Errorf("page server: %w", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.usable(); err != nil {
+		return nil, err
+	}
+	s := &TaskSink{c: c, dst: dst}
+	var rw io.ReadWriter
+	if c.qc != nil {
+		st, err := c.qc.OpenStreamSync(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("page server: open task stream: %w", err)
+		}
+		s.st, rw = st, st
+	} else {
+		if c.sink != nil {
+			return nil, fmt.Errorf("page server: task %#x still open on this TCP connection", c.sink.dst)
+		}
+		rw, s.raw = c.conn, c.raw
+		if c.raw != nil && !c.corked {
+			// CRIU's way: corked by default, pushed before each wait.
+			setCork(c.raw, true)
+			c.corked = true
+		}
+	}
+	s.w = rw
+	cmd := uint32(wire.CmdOpen)
+	if parentAware {
+		cmd = wire.CmdOpen2
+	}
+	if err := sendHeader(rw, wire.Header{Cmd: cmd, DstID: dst}); err != nil {
+		return nil, s.abort(fmt.Errorf("page server: OPEN %#x: %w", dst, err))
+	}
+	if parentAware {
+		c.push()
+		var b [1]byte
+		if _, err := io.ReadFull(rw, b[:]); err != nil {
+			return nil, s.abort(fmt.Errorf("page server: OPEN2 %#x reply: %w", dst, err))
+		}
+		s.hasParent = b[0] != 0
+	}
+	if s.st != nil {
+		c.sinks[s] = struct{}{}
+	} else {
+		c.sink = s
+	}
+	return s, nil
+}
+
+// Get fetches up to nr pages at vaddr of task pid for lazy-pages (GET).
+// dst must hold nr pages. It returns how many pages the server sent (it
+// may send fewer: one pagemap entry at most), or ErrNoPages.
+func (c *Client) Get(pid int, vaddr, nr uint64, dst []byte) (uint64, error) {
+	if nr == 0 || uint64(len(dst))/PageSize < nr {
+		return 0, fmt.Errorf("page server: GET %d pages into %d bytes", nr, len(dst))
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.usable(); err != nil {
+		return 0, err
+	}
+	rw := c.ctrlRW()
+	// CRIU's lazy-pages sends the image id (the pid), not id<<8|type.
+	if err := sendHeader(rw, wire.Header{Cmd: wire.CmdGet, NrPages: nr, Vaddr: vaddr, DstID: uint64(pid)}); err != nil {
+		return 0, c.fail(fmt.Errorf("page server: GET: %w", err))
+	}
+	c.push()
+	var hb [wire.HeaderSize]byte
+	if _, err := io.ReadFull(rw, hb[:]); err != nil {
+		return 0, c.fail(fmt.Errorf("page server: GET reply: %w", err))
+	}
+	h, _ := wire.Unmarshal(hb[:])
+	if cmd := h.Command(); cmd != wire.CmdAddF && cmd != wire.CmdAdd || h.NrPages > nr ||
+		h.NrPages != 0 && (h.Vaddr != vaddr || h.DstID != uint64(pid)) {
+		return 0, c.fail(fmt.Errorf("page server: GET %#x+%d: bad reply %s nr_pages=%d vaddr=%#x dst_id=%#x",
+			vaddr, nr, wire.CommandName(h.Command()), h.NrPages, h.Vaddr, h.DstID))
+	}
+	if h.NrPages == 0 {
+		return 0, ErrNoPages
+	}
+	if _, err := io.ReadFull(rw, dst[:h.NrPages*PageSize]); err != nil {
+		return 0, c.fail(fmt.Errorf("page server: GET data: %w", err))
+	}
+	return h.NrPages, nil
+}
+
+// Close ends open tasks, sends CLOSE, waits for the server's status (it
+// has then closed every image of this connection) and disconnects.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	sinks := make([]*TaskSink, 0, len(c.sinks))
+	for s := range c.sinks {
+		sinks = append(sinks, s)
+	}
+	c.mu.Unlock()
+	var err error
+	for _, s := range sinks {
+		if cerr := s.Close(); err == nil {
+			err = cerr
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return err
+	}
+	c.closed = true
+	c.sink = nil
+	if c.err == nil {
+		if serr := c.sendClose(c.ctrlRW()); err == nil {
+			err = serr
+		}
+	} else if err == nil {
+		err = c.err
+	}
+	if c.qc != nil {
+		c.ctrl.Close()
+		code := quic.ApplicationErrorCode(0)
+		if err != nil {
+			code = 1
+		}
+		c.qc.CloseWithError(code, "")
+	} else {
+		c.conn.Close()
+	}
+	return err
+}
+
+func (c *Client) sendClose(rw io.ReadWriter) error {
+	if err := sendHeader(rw, wire.Header{Cmd: wire.CmdClose}); err != nil {
+		return fmt.Errorf("page server: CLOSE: %w", err)
+	}
+	c.push()
+	var b [4]byte
+	if _, err := io.ReadFull(rw, b[:]); err != nil {
+		return fmt.Errorf("page server: CLOSE: no answer: %w", err)
+	}
+	if st := int32(binary.NativeEndian.Uint32(b[:])); st != 0 {
+		return fmt.Errorf("page server: CLOSE: status %d (the server could not complete the images)", st)
+	}
+	return nil
+}
+
+// TaskSink sends the pages of one pagemap. Ranges go in ascending address
+// order, as a dump produces them.
+type TaskSink struct {
+	c         *Client
+	dst       uint64
+	w         io.Writer
+	raw       *net.TCPConn
+	st        *quic.Stream
+	hasParent bool
+	buf       []byte
+	done      bool
+	err       error
+}
+
+// HasParent is the server's OPEN2 answer: a parent pagemap exists, so
+// unchanged pages may be sent as holes.
+func (s *TaskSink) HasParent() bool { return s.hasParent }
+
+func (s *TaskSink) lock() func() {
+	if s.st != nil {
+		return func() {} // the stream is the sink's own
+	}
+	s.c.mu.Lock()
+	return s.c.mu.Unlock
+}
+
+func (s *TaskSink) usable() error {
+	if s.done {
+		return errors.New("page server: task closed")
+	}
+	if s.err != nil {
+		return s.err
+	}
+	if s.st == nil {
+		return s.c.usable()
+	}
+	return nil
+}
+
+// abort marks the sink (and, over TCP, the client) unusable.
+func (s *TaskSink) abort(err error) error {
+	if s.err == nil {
+		s.err = err
+	}
+	if s.st != nil {
+		s.st.CancelWrite(1)
+		s.st.CancelRead(1)
+	} else {
+		s.c.fail(err)
+	}
+	return err
+}
+
+// AddPages sends nr pages at vaddr with pagemap flags (FlagPresent, with
+// FlagLazy as the dump marks them). With FlagPresent, exactly nr*PageSize
+// bytes are read from src: a pipe (*os.File) is spliced to the socket, a
+// regular file sent with sendfile from its current offset, anything else
+// copied through a bounded buffer. src is unused without FlagPresent.
+func (s *TaskSink) AddPages(vaddr, nr uint64, flags uint32, src io.Reader) error {
+	defer s.lock()()
+	if err := s.usable(); err != nil {
+		return err
+	}
+	if err := s.checkAdd(vaddr, nr, flags); err != nil {
+		return err
+	}
+	if err := sendHeader(s.w, wire.Header{Cmd: wire.MakeCmd(wire.CmdAddF, uint16(flags)), NrPages: nr, Vaddr: vaddr, DstID: s.dst}); err != nil {
+		return s.abort(fmt.Errorf("page server: ADD %#x: %w", vaddr, err))
+	}
+	if flags&FlagPresent == 0 {
+		return nil
+	}
+	n := int64(nr * PageSize)
+	got, err := s.sendData(src, n)
+	if err == nil && got < n {
+		err = fmt.Errorf("source ended after %d of %d bytes", got, n)
+	}
+	if err != nil {
+		return s.abort(fmt.Errorf("page server: ADD %#x+%d pages: %w", vaddr, nr, err))
+	}
+	return nil
+}
+
+// AddPagesBytes is AddPages from memory: header and data leave in one
+// writev.
+func (s *TaskSink) AddPagesBytes(vaddr uint64, flags uint32, data []byte) error {
+	defer s.lock()()
+	if err := s.usable(); err != nil {
+		return err
+	}
+	if flags&FlagPresent == 0 || len(data)%PageSize != 0 {
+		return fmt.Errorf("page server: AddPagesBytes needs FlagPresent and whole pages (%d bytes)", len(data))
+	}
+	nr := uint64(len(data) / PageSize)
+	if err := s.checkAdd(vaddr, nr, flags); err != nil {
+		return err
+	}
+	var hb [wire.HeaderSize]byte
+	wire.Header{Cmd: wire.MakeCmd(wire.CmdAddF, uint16(flags)), NrPages: nr, Vaddr: vaddr, DstID: s.dst}.Marshal(hb[:])
+	var err error
+	if s.raw != nil {
+		bufs := net.Buffers{hb[:], data}
+		_, err = bufs.WriteTo(s.raw)
+	} else {
+		if _, err = s.w.Write(hb[:]); err == nil {
+			_, err = s.w.Write(data)
+		}
+	}
+	if err != nil {
+		return s.abort(fmt.Errorf("page server: ADD %#x+%d pages: %w", vaddr, nr, err))
+	}
+	return nil
+}
+
+func (s *TaskSink) checkAdd(vaddr, nr uint64, flags uint32) error {
+	if flags > 0xffff || !wire.ValidFlags(uint16(flags)) {
+		return fmt.Errorf("page server: bad pagemap flags %#x", flags)
+	}
+	if err := checkRange(vaddr, nr); err != nil {
+		return fmt.Errorf("page server: %w", err)
+	}
+	return nil
+}
+
+func (s *TaskSink) sendData(src io.Reader, n int64) (int64, error) {
+	if src == nil {
+		return 0, errors.New("no page source")
+	}
+	if f, ok := src.(*os.File); ok && s.raw != nil {
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err == nil {
+			switch st.Mode & unix.S_IFMT {
+			case unix.S_IFIFO:
+				return splicePipe(s.raw, f, n)
+			case unix.S_IFREG:
+				// TCPConn.ReadFrom uses sendfile for files.
+				return s.raw.ReadFrom(io.LimitReader(f, n))
+			}
+		}
+	}
+	if s.buf == nil {
+		s.buf = make([]byte, clientCopyBuf)
+	}
+	return io.CopyBuffer(writerOnly{s.w}, io.LimitReader(src, n), s.buf)
+}
+
+type writerOnly struct{ w io.Writer }
+
+func (w writerOnly) Write(b []byte) (int, error) { return w.w.Write(b) }
+
+// Hole records nr pages at vaddr as unchanged since the parent images
+// (HOLE, flags PARENT). The server checks them against its parent.
+func (s *TaskSink) Hole(vaddr, nr uint64) error {
+	defer s.lock()()
+	if err := s.usable(); err != nil {
+		return err
+	}
+	if err := checkRange(vaddr, nr); err != nil {
+		return fmt.Errorf("page server: %w", err)
+	}
+	if err := sendHeader(s.w, wire.Header{Cmd: wire.CmdHole, NrPages: nr, Vaddr: vaddr, DstID: s.dst}); err != nil {
+		return s.abort(fmt.Errorf("page server: HOLE %#x: %w", vaddr, err))
+	}
+	return nil
+}
+
+// Close ends the task. Over QUIC it sends CLOSE on the task's stream and
+// waits until the server has closed the images; over TCP the images are
+// closed by the next OpenTask or by Client.Close (CRIU's protocol has no
+// per-task acknowledgement).
+func (s *TaskSink) Close() error {
+	c := s.c
+	if s.st == nil {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if s.done {
+			return nil
+		}
+		s.done = true
+		if c.sink == s {
+			c.sink = nil
+		}
+		return s.err
+	}
+	if s.done {
+		return nil
+	}
+	s.done = true
+	c.mu.Lock()
+	delete(c.sinks, s)
+	c.mu.Unlock()
+	if s.err != nil {
+		return s.err
+	}
+	err := c.sendClose(s.st)
+	if err != nil {
+		s.st.CancelRead(1)
+		s.st.CancelWrite(1)
+		return fmt.Errorf("task %#x: %w", s.dst, err)
+	}
+	s.st.Close()
+	return nil
+}

@@ -1,0 +1,136 @@
+package pageserver
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"godwit/internal/images"
+	"godwit/pageserver/internal/wire"
+)
+
+// parentHas answers PARENT: does the parent images directory hold the
+// pagemap of dst (CRIU's check_parent_local_xfer)?
+func (s *Server) parentHas(dst uint64) (bool, error) {
+	_, name, err := pagemapName(dst)
+	if err != nil {
+		return false, err
+	}
+	pd, err := s.dir.OpenSubdir(parentLink)
+	if err != nil {
+		return false, nil
+	}
+	defer pd.Close()
+	return pd.Exists(name), nil
+}
+
+// lazyImages serves GET from the images directory and its parent chain.
+// Readers are opened on first use and kept (lazy mode never writes), one
+// per existing pagemap: the directory's content bounds the cache.
+type lazyImages struct {
+	s       *Server
+	mu      sync.Mutex
+	dirs    []*images.Dir // [0] is s.dir (not owned), then parent, grandparent...
+	walked  bool
+	readers map[lazyKey]*images.PageReader
+}
+
+type lazyKey struct {
+	level int
+	name  string
+}
+
+func (l *lazyImages) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, r := range l.readers {
+		r.Close()
+	}
+	l.readers = nil
+	for i, d := range l.dirs {
+		if i > 0 {
+			d.Close()
+		}
+	}
+	l.dirs = nil
+	l.walked = false
+}
+
+// chain opens the parent chain once.
+func (l *lazyImages) chain() []*images.Dir {
+	if l.walked {
+		return l.dirs
+	}
+	l.walked = true
+	l.dirs = []*images.Dir{l.s.dir}
+	for len(l.dirs) < maxParentDepth {
+		pd, err := l.dirs[len(l.dirs)-1].OpenSubdir(parentLink)
+		if err != nil {
+			break
+		}
+		l.dirs = append(l.dirs, pd)
+	}
+	return l.dirs
+}
+
+func (l *lazyImages) reader(level int, name string) (*images.PageReader, error) {
+	k := lazyKey{level, name}
+	if r, ok := l.readers[k]; ok {
+		return r, nil
+	}
+	dirs := l.chain()
+	if level >= len(dirs) {
+		return nil, errors.New("pages are in a parent, but there is no parent images directory")
+	}
+	if !dirs[level].Exists(name) {
+		return nil, fmt.Errorf("no %s in %s", name, dirs[level].Path())
+	}
+	r, err := images.OpenPages(dirs[level], name)
+	if err != nil {
+		return nil, err
+	}
+	if l.readers == nil {
+		l.readers = map[lazyKey]*images.PageReader{}
+	}
+	l.readers[k] = r
+	return r, nil
+}
+
+// lookup finds the pages of a GET: how many of nr pages from vaddr one
+// entry holds, the pages file and the offset of vaddr in it. dst is the
+// pid as CRIU's lazy-pages sends it (pr->img_id, not id<<8|type).
+func (l *lazyImages) lookup(dst, vaddr, nr uint64) (uint64, *os.File, int64, error) {
+	if nr == 0 {
+		return 0, nil, 0, errors.New("no pages asked")
+	}
+	if dst == 0 || dst >= maxPID {
+		return 0, nil, 0, fmt.Errorf("pid %d out of range", dst)
+	}
+	if vaddr%wire.PageSize != 0 {
+		return 0, nil, 0, fmt.Errorf("vaddr %#x not page aligned", vaddr)
+	}
+	name := images.PagemapImg(int(dst))
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for level := 0; level < maxParentDepth; level++ {
+		r, err := l.reader(level, name)
+		if err != nil {
+			return 0, nil, 0, err
+		}
+		e, ok := r.Find(vaddr)
+		if !ok {
+			return 0, nil, 0, fmt.Errorf("%#x is not in %s", vaddr, name)
+		}
+		switch {
+		case e.Present():
+			n := min(nr, (e.End()-vaddr)/wire.PageSize)
+			return n, r.PagesFile(), e.Offset + int64(vaddr-e.Vaddr), nil
+		case e.Flags&images.PageInParent != 0:
+			continue
+		default:
+			return 0, nil, 0, fmt.Errorf("%#x has no data in %s (flags %#x)", vaddr, name, e.Flags)
+		}
+	}
+	return 0, nil, 0, errors.New("parent chain too deep")
+}

@@ -1,0 +1,398 @@
+package pageserver
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"godwit/internal/images"
+	"godwit/internal/logging"
+)
+
+// Config configures a page server.
+type Config struct {
+	// ImagesDir receives pagemap-*.img and pages-*.img (created if
+	// missing). Dir, when set, is used instead (e.g. an images dir passed
+	// by fd); the server does not close it.
+	ImagesDir string
+	Dir       *images.Dir
+	// PrevImagesDir is the parent images directory (--prev-images-dir),
+	// relative to ImagesDir or absolute. As CRIU does, a "parent" symlink
+	// to it is created in ImagesDir; OPEN2/PARENT answers and HOLE checks
+	// read the parent through that link.
+	PrevImagesDir string
+	// Lazy serves GET requests from the images (--lazy-pages) and refuses
+	// page uploads.
+	Lazy bool
+	// Log receives one line per refused request or connection; nil means
+	// logging.Default().
+	Log *logging.Logger
+	// Metrics may be nil.
+	Metrics *Metrics
+	// MaxConns bounds connections served at once (default 64); more are
+	// closed at accept with a log line.
+	MaxConns int
+	// PagesIDBase is the first pages-<id>.img number. Default 0x10001, as
+	// CRIU's page server (up_page_ids_base), so that page-server and
+	// local images in one directory never collide.
+	PagesIDBase uint32
+}
+
+// DefaultPagesIDBase is CRIU's first page-server pages id (1 + 0x10000).
+const DefaultPagesIDBase = 0x10001
+
+const (
+	defaultMaxConns = 64
+	// copyBufSize is the per-session buffer for page data that cannot be
+	// spliced (QUIC, TLS) and for GET replies: the per-connection memory
+	// bound together with readBufSize.
+	copyBufSize = 256 << 10
+	readBufSize = 16 << 10
+	// maxUserAddr bounds vaddr+len: no user address space (even with 5-level
+	// paging) or shmem object in an image goes past 2^57.
+	maxUserAddr = 1 << 57
+	// maxPID bounds a task id: pid_max can't exceed 2^22 (PID_MAX_LIMIT).
+	maxPID = 1 << 22
+	// maxParentDepth bounds the parent chain GET follows.
+	maxParentDepth = 64
+)
+
+// Server is a page server. Create it with NewServer, run it with Serve.
+type Server struct {
+	cfg     Config
+	dir     *images.Dir
+	ownDir  bool
+	log     *logging.Logger
+	m       *Metrics
+	nextID  atomic.Uint32
+	nconns  atomic.Int32
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	open    map[uint64]string // dst (normalised) → peer holding it
+	conns   map[io.Closer]struct{}
+	lazy    lazyImages
+	closing bool
+}
+
+// NewServer opens the images directory and prepares the parent link.
+func NewServer(cfg Config) (*Server, error) {
+	s := &Server{cfg: cfg, log: cfg.Log, m: cfg.Metrics,
+		open: map[uint64]string{}, conns: map[io.Closer]struct{}{}}
+	if s.log == nil {
+		s.log = logging.Default()
+	}
+	if cfg.MaxConns <= 0 {
+		s.cfg.MaxConns = defaultMaxConns
+	}
+	if cfg.PagesIDBase == 0 {
+		s.cfg.PagesIDBase = DefaultPagesIDBase
+	}
+	s.nextID.Store(s.cfg.PagesIDBase)
+	s.dir = cfg.Dir
+	if s.dir == nil {
+		if cfg.ImagesDir == "" {
+			return nil, errors.New("page server: no images directory")
+		}
+		d, err := images.Open(cfg.ImagesDir, !cfg.Lazy)
+		if err != nil {
+			return nil, fmt.Errorf("page server: %w", err)
+		}
+		s.dir, s.ownDir = d, true
+	}
+	if cfg.PrevImagesDir != "" {
+		// CRIU's open_image_dir: symlink "parent" → --prev-images-dir,
+		// an existing link is kept.
+		if !s.dir.Exists(parentLink) {
+			if err := s.dir.Symlink(cfg.PrevImagesDir, parentLink); err != nil {
+				s.Close()
+				return nil, fmt.Errorf("page server: link parent images: %w", err)
+			}
+		}
+	}
+	s.lazy.s = s
+	return s, nil
+}
+
+const parentLink = "parent"
+
+// Close releases the images directory and the lazy readers. Call it after
+// Serve returned.
+func (s *Server) Close() error {
+	s.lazy.close()
+	if s.ownDir {
+		s.ownDir = false
+		return s.dir.Close()
+	}
+	return nil
+}
+
+// Serve runs a page server on ln until ctx is cancelled (then it closes ln
+// and every connection and returns nil) or accepting fails.
+func Serve(ctx context.Context, ln *Listener, cfg Config) error {
+	s, err := NewServer(cfg)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	return s.Serve(ctx, ln)
+}
+
+// Serve accepts connections on ln, one goroutine each.
+func (s *Server) Serve(parent context.Context, ln *Listener) error {
+	ctx, cancel := context.WithCancel(parent)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		ln.Close()
+		s.closeAll()
+	})
+	defer stop()
+	refused := func(peer string, err error) {
+		s.m.error(reasonTLS)
+		s.log.Errorf("page-server: %s: client certificate refused: %v", peer, err)
+	}
+	ln.onRefuse.Store(&refused)
+	defer ln.onRefuse.Store(nil)
+	var err error
+	if ln.quic != nil {
+		err = s.acceptQUIC(ctx, ln)
+	} else {
+		err = s.acceptTCP(ctx, ln)
+	}
+	cancel()
+	s.closeAll()
+	s.wg.Wait()
+	if parent.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func (s *Server) acceptTCP(ctx context.Context, ln *Listener) error {
+	var backoff time.Duration
+	for {
+		c, err := ln.tcp.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTooManyFiles) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warnf("page-server: accept: %v; retrying in %v", err, backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("page server: accept: %w", err)
+		}
+		backoff = 0
+		if !s.admit(c, c.RemoteAddr()) {
+			continue
+		}
+		s.m.conn(string(TransportTCP))
+		go s.serveTCP(ctx, c, ln.tlsConf)
+	}
+}
+
+// admit counts a new connection against MaxConns and tracks it for
+// shutdown; it closes and refuses the connection over the limit.
+func (s *Server) admit(c io.Closer, peer net.Addr) bool {
+	if int(s.nconns.Add(1)) > s.cfg.MaxConns {
+		s.nconns.Add(-1)
+		s.m.error(reasonLimit)
+		s.log.Errorf("page-server: %v: refused: %d connections already served", peer, s.cfg.MaxConns)
+		c.Close()
+		return false
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		s.nconns.Add(-1)
+		c.Close()
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	return true
+}
+
+func (s *Server) release(c io.Closer) {
+	c.Close()
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.nconns.Add(-1)
+	s.m.connDone()
+	s.wg.Done()
+}
+
+func (s *Server) closeAll() {
+	s.mu.Lock()
+	s.closing = true
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+}
+
+func (s *Server) serveTCP(ctx context.Context, c net.Conn, tlsConf *tls.Config) {
+	defer s.release(c)
+	peer := c.RemoteAddr().String()
+	s.log.Infof("page-server: %s: connected", peer)
+	var raw *net.TCPConn
+	conn := c
+	if tlsConf != nil {
+		tc := tls.Server(c, tlsConf)
+		hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			s.m.error(reasonTLS)
+			s.log.Errorf("page-server: %s: TLS handshake: %v", peer, err)
+			return
+		}
+		conn = tc
+	} else if tc, ok := c.(*net.TCPConn); ok {
+		raw = tc
+	}
+	ss := s.newSession(peer, conn, conn, raw)
+	err := ss.run()
+	s.finish(ss, err)
+	if err == nil && ss.closed && !s.cfg.Lazy {
+		// As CRIU: wait for the peer to close first, so that the
+		// TIME_WAIT bucket stays on its side.
+		var b [1]byte
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if n, _ := conn.Read(b[:]); n != 0 {
+			s.log.Warnf("page-server: %s: unexpected data after CLOSE", peer)
+		}
+	}
+}
+
+func verifyClient(rawCerts [][]byte, roots *x509.CertPool) error {
+	if len(rawCerts) == 0 {
+		return errors.New("no client certificate")
+	}
+	certs := make([]*x509.Certificate, 0, len(rawCerts))
+	for _, rc := range rawCerts {
+		c, err := x509.ParseCertificate(rc)
+		if err != nil {
+			return err
+		}
+		certs = append(certs, c)
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	_, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	return err
+}
+
+func (s *Server) acceptQUIC(ctx context.Context, ln *Listener) error {
+	for {
+		qc, err := ln.quic.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("page server: quic accept: %w", err)
+		}
+		closer := quicCloser{qc}
+		if !s.admit(closer, qc.RemoteAddr()) {
+			continue
+		}
+		s.m.conn(string(TransportQUIC))
+		go s.serveQUIC(ctx, qc, closer)
+	}
+}
+
+type quicCloser struct{ c *quic.Conn }
+
+func (q quicCloser) Close() error { return q.c.CloseWithError(0, "") }
+
+// serveQUIC runs one session per stream the peer opens: the control stream
+// (PARENT, GET, the final CLOSE) and one stream per task (OPEN2, ADD...,
+// CLOSE). Streams are bounded by the QUIC config (MaxIncomingStreams).
+func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser) {
+	defer s.release(closer)
+	peer := qc.RemoteAddr().String()
+	s.log.Infof("page-server: %s: connected (quic)", peer)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		st, err := qc.AcceptStream(ctx)
+		if err != nil {
+			var ae *quic.ApplicationError
+			if !errors.As(err, &ae) || ae.ErrorCode != 0 {
+				if ctx.Err() == nil {
+					s.log.Infof("page-server: %s: connection ended: %v", peer, err)
+				}
+			}
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := fmt.Sprintf("%s/%d", peer, st.StreamID())
+			ss := s.newSession(name, st, st, nil)
+			err := ss.run()
+			s.finish(ss, err)
+			if err != nil {
+				st.CancelRead(1)
+				st.CancelWrite(1)
+				return
+			}
+			st.Close()
+		}()
+	}
+}
+
+// finish logs how a session ended and drops an unfinished task.
+func (s *Server) finish(ss *session, err error) {
+	if ss.task != nil {
+		if err == nil && !ss.closed && !s.cfg.Lazy {
+			err = reqErr(reasonUnflushed, errors.New("the data were not flushed (no CLOSE)"))
+		}
+		ss.dropTask()
+	}
+	if err != nil {
+		var re *requestError
+		reason := reasonIO
+		if errors.As(err, &re) {
+			reason = re.reason
+		}
+		s.m.error(reason)
+		s.log.Errorf("page-server: %s: %v", ss.peer, err)
+		return
+	}
+	s.log.Infof("page-server: %s: session over", ss.peer)
+}
+
+// claim marks dst as written by peer; a dst already open elsewhere is an
+// error (two writers would interleave one pagemap).
+func (s *Server) claim(dst uint64, peer string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if other, ok := s.open[dst]; ok {
+		return fmt.Errorf("dst_id %#x is being written by %s", dst, other)
+	}
+	s.open[dst] = peer
+	return nil
+}
+
+func (s *Server) unclaim(dst uint64) {
+	s.mu.Lock()
+	delete(s.open, dst)
+	s.mu.Unlock()
+}

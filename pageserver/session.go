@@ -1,0 +1,410 @@
+package pageserver
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"syscall"
+
+	"godwit/internal/images"
+	"godwit/pageserver/internal/wire"
+)
+
+var errTooManyFiles = syscall.EMFILE
+
+// requestError is a refused request: the reason labels the error metric.
+type requestError struct {
+	reason string
+	err    error
+}
+
+func (e *requestError) Error() string { return e.err.Error() }
+func (e *requestError) Unwrap() error { return e.err }
+
+func reqErr(reason string, err error) error { return &requestError{reason, err} }
+
+// session serves the requests of one TCP connection or one QUIC stream.
+// It holds at most one open task (pagemap being written), as CRIU's
+// page_server_serve does.
+type session struct {
+	s      *Server
+	peer   string
+	rd     *bufio.Reader
+	src    io.Reader    // the unbuffered stream, for page data
+	w      io.Writer    // replies
+	tcp    *net.TCPConn // set when page data can be spliced to the file
+	buf    []byte       // copy buffer, allocated on first use
+	task   *task
+	closed bool // CLOSE served
+}
+
+// task is one pagemap being written.
+type task struct {
+	dst    uint64 // normalised dst_id
+	name   string // pagemap file name
+	pw     *images.PageWriter
+	pagesN string
+	parent *images.PageReader // parent's pagemap, for HOLE checks
+}
+
+func (s *Server) newSession(peer string, r io.Reader, w io.Writer, tcp *net.TCPConn) *session {
+	return &session{s: s, peer: peer, rd: bufio.NewReaderSize(r, readBufSize), src: r, w: w, tcp: tcp}
+}
+
+// run serves requests until CLOSE, EOF or an error. A nil error means a
+// clean end: CLOSE served, or EOF between requests.
+func (ss *session) run() error {
+	var hb [wire.HeaderSize]byte
+	for {
+		n, err := io.ReadFull(ss.rd, hb[:])
+		if err != nil {
+			if n == 0 && err == io.EOF {
+				return nil
+			}
+			if err == io.ErrUnexpectedEOF {
+				return reqErr(reasonHeader, fmt.Errorf("truncated request header (%d of %d bytes)", n, wire.HeaderSize))
+			}
+			return reqErr(reasonHeader, fmt.Errorf("read request: %w", err))
+		}
+		h, _ := wire.Unmarshal(hb[:])
+		cmd := h.Command()
+		if known(cmd) {
+			ss.s.m.request(wire.CommandName(cmd))
+		}
+		if err := ss.serve(h); err != nil {
+			return fmt.Errorf("%s nr_pages=%d vaddr=%#x dst_id=%#x: %w", wire.CommandName(cmd), h.NrPages, h.Vaddr, h.DstID, err)
+		}
+		if ss.closed {
+			return nil
+		}
+	}
+}
+
+// known bounds the label values of the requests metric.
+func known(cmd uint16) bool {
+	return cmd >= wire.CmdAdd && cmd <= wire.CmdGet || cmd == wire.CmdClose || cmd == wire.CmdForceClose
+}
+
+func (ss *session) serve(h wire.Header) error {
+	lazy := ss.s.cfg.Lazy
+	switch cmd := h.Command(); cmd {
+	case wire.CmdOpen, wire.CmdOpen2:
+		if lazy {
+			return reqErr(reasonCommand, errors.New("this page server only serves GET (lazy pages)"))
+		}
+		hasParent, err := ss.openTask(h.DstID)
+		if err != nil {
+			return err
+		}
+		if cmd == wire.CmdOpen2 {
+			var b [1]byte
+			if hasParent {
+				b[0] = 1
+			}
+			return ss.reply(b[:])
+		}
+		return nil
+	case wire.CmdParent:
+		ok, err := ss.s.parentHas(h.DstID)
+		if err != nil {
+			return err
+		}
+		v := int32(0)
+		if ok {
+			v = 1
+		}
+		return ss.replyInt32(v)
+	case wire.CmdAdd, wire.CmdAddF, wire.CmdHole:
+		if lazy {
+			return reqErr(reasonCommand, errors.New("this page server only serves GET (lazy pages)"))
+		}
+		flags := uint16(wire.FlagPresent)
+		switch cmd {
+		case wire.CmdHole:
+			flags = wire.FlagParent
+		case wire.CmdAddF:
+			flags = h.Flags()
+		}
+		return ss.add(h, flags)
+	case wire.CmdGet:
+		if !lazy {
+			return reqErr(reasonCommand, errors.New("GET on a page server not started for lazy pages"))
+		}
+		return ss.get(h)
+	case wire.CmdClose, wire.CmdForceClose:
+		status := int32(0)
+		if err := ss.commitTask(); err != nil {
+			// The peer learns through the status; the log says why.
+			ss.s.m.error(reasonIO)
+			ss.s.log.Errorf("page-server: %s: %v", ss.peer, err)
+			status = -1
+		}
+		ss.closed = true
+		return ss.replyInt32(status)
+	default:
+		return reqErr(reasonCommand, fmt.Errorf("unknown command %#x", h.Cmd))
+	}
+}
+
+func (ss *session) reply(b []byte) error {
+	if _, err := ss.w.Write(b); err != nil {
+		return reqErr(reasonIO, fmt.Errorf("send reply: %w", err))
+	}
+	return nil
+}
+
+func (ss *session) replyInt32(v int32) error {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], uint32(v))
+	return ss.reply(b[:])
+}
+
+// pagemapName maps a dst_id to its image name.
+func pagemapName(dst uint64) (norm uint64, name string, err error) {
+	typ, id, err := wire.DecodeDst(dst)
+	if err != nil {
+		return 0, "", reqErr(reasonDst, err)
+	}
+	switch typ {
+	case wire.TypePID:
+		if id == 0 || id >= maxPID {
+			return 0, "", reqErr(reasonDst, fmt.Errorf("dst_id %#x: pid %d out of range", dst, id))
+		}
+		name = images.PagemapImg(int(id))
+	default:
+		if id == 0 {
+			return 0, "", reqErr(reasonDst, fmt.Errorf("dst_id %#x: shmem id 0", dst))
+		}
+		name = images.PagemapShmemImg(id)
+	}
+	return wire.EncodeDst(typ, id), name, nil
+}
+
+// openTask closes the open task (as CRIU's page_server_open does) and
+// starts writing the pagemap of dst. It reports whether the parent images
+// hold that pagemap.
+func (ss *session) openTask(dst uint64) (bool, error) {
+	norm, name, err := pagemapName(dst)
+	if err != nil {
+		return false, err
+	}
+	if err := ss.commitTask(); err != nil {
+		return false, err
+	}
+	if err := ss.s.claim(norm, ss.peer); err != nil {
+		return false, reqErr(reasonConflict, err)
+	}
+	id := ss.s.nextID.Add(1) - 1
+	pw, err := images.CreatePages(ss.s.dir, name, id)
+	if err != nil {
+		ss.s.unclaim(norm)
+		return false, reqErr(reasonIO, err)
+	}
+	t := &task{dst: norm, name: name, pw: pw, pagesN: images.PagesImg(id)}
+	if pd, err := ss.s.dir.OpenSubdir(parentLink); err == nil {
+		if pd.Exists(name) {
+			pr, err := images.OpenPages(pd, name)
+			if err != nil {
+				// CRIU goes on without a parent in this case too.
+				ss.s.log.Warnf("page-server: %s: parent of %s unreadable, dumping without it: %v", ss.peer, name, err)
+			} else {
+				t.parent = pr
+			}
+		}
+		pd.Close()
+	}
+	ss.task = t
+	ss.s.log.Debugf("page-server: %s: opened %s (pages %s, parent %v)", ss.peer, name, t.pagesN, t.parent != nil)
+	return t.parent != nil, nil
+}
+
+// commitTask closes the open task's images, which must be complete.
+func (ss *session) commitTask() error {
+	t := ss.task
+	if t == nil {
+		return nil
+	}
+	ss.task = nil
+	if t.parent != nil {
+		t.parent.Close()
+	}
+	err := t.pw.Close()
+	ss.s.unclaim(t.dst)
+	if err != nil {
+		ss.s.dir.Remove(t.name)
+		ss.s.dir.Remove(t.pagesN)
+		return reqErr(reasonIO, fmt.Errorf("close %s: %w", t.name, err))
+	}
+	return nil
+}
+
+// dropTask abandons the open task and removes its partial images: a
+// restore must not find a pagemap whose pages never arrived.
+func (ss *session) dropTask() {
+	t := ss.task
+	if t == nil {
+		return
+	}
+	ss.task = nil
+	if t.parent != nil {
+		t.parent.Close()
+	}
+	t.pw.Abort()
+	ss.s.dir.Remove(t.name)
+	ss.s.dir.Remove(t.pagesN)
+	ss.s.unclaim(t.dst)
+	ss.s.log.Warnf("page-server: %s: dropped incomplete %s and %s", ss.peer, t.name, t.pagesN)
+}
+
+func checkRange(vaddr, nr uint64) error {
+	switch {
+	case vaddr%wire.PageSize != 0:
+		return reqErr(reasonRange, fmt.Errorf("vaddr %#x not page aligned", vaddr))
+	case nr == 0:
+		return reqErr(reasonRange, errors.New("no pages"))
+	case vaddr >= maxUserAddr || nr > (maxUserAddr-vaddr)/wire.PageSize:
+		return reqErr(reasonRange, fmt.Errorf("range %#x + %d pages beyond the user address space", vaddr, nr))
+	}
+	return nil
+}
+
+// add records a pagemap entry and receives its pages.
+func (ss *session) add(h wire.Header, flags uint16) error {
+	if !wire.ValidFlags(flags) {
+		return reqErr(reasonRange, fmt.Errorf("bad pagemap flags %#x", flags))
+	}
+	if err := checkRange(h.Vaddr, h.NrPages); err != nil {
+		return err
+	}
+	norm, _, err := pagemapName(h.DstID)
+	if err != nil {
+		return err
+	}
+	if ss.task == nil || ss.task.dst != norm {
+		// CRIU's prep_loc_xfer: "Deprecated IO w/o open".
+		ss.s.log.Warnf("page-server: %s: pages for dst_id %#x without OPEN", ss.peer, h.DstID)
+		if _, err := ss.openTask(h.DstID); err != nil {
+			return err
+		}
+	}
+	t := ss.task
+	if flags&wire.FlagParent != 0 && t.parent != nil {
+		if err := holeInParent(t.parent, h.Vaddr, h.NrPages); err != nil {
+			return reqErr(reasonParent, err)
+		}
+	}
+	if err := t.pw.Add(h.Vaddr, h.NrPages, uint32(flags)); err != nil {
+		return reqErr(reasonRange, err)
+	}
+	if flags&wire.FlagPresent == 0 {
+		if flags&wire.FlagParent != 0 {
+			ss.s.m.addPages("hole", h.NrPages)
+		}
+		return nil
+	}
+	n, _ := h.Bytes() // checkRange bounded it
+	got, err := ss.receive(t.pw, n)
+	ss.s.m.addBytes("in", got)
+	if err != nil {
+		return err
+	}
+	ss.s.m.addPages("in", h.NrPages)
+	return nil
+}
+
+// holeInParent checks that the parent's pagemap covers every page of the
+// hole, as CRIU's check_pagehole_in_parent does.
+func holeInParent(p *images.PageReader, vaddr, nr uint64) error {
+	end := vaddr + nr*wire.PageSize
+	for off := vaddr; off < end; {
+		e, ok := p.Find(off)
+		if !ok {
+			return fmt.Errorf("hole %#x-%#x: page %#x missing in the parent pagemap", vaddr, end, off)
+		}
+		off = e.End()
+	}
+	return nil
+}
+
+// pageSink hides PageWriter.ReadFrom so that io.CopyBuffer uses our buffer.
+type pageSink struct{ w io.Writer }
+
+func (p pageSink) Write(b []byte) (int, error) { return p.w.Write(b) }
+
+// receive moves n bytes of page data from the stream to the pages file:
+// what the header read buffered first, then splice (TCP) or a bounded
+// buffer. Never more than copyBufSize is held.
+func (ss *session) receive(pw *images.PageWriter, n int64) (int64, error) {
+	var done int64
+	if b := ss.rd.Buffered(); b > 0 {
+		k := int(min(int64(b), n))
+		p, _ := ss.rd.Peek(k)
+		w, err := pw.Write(p)
+		ss.rd.Discard(w)
+		done += int64(w)
+		if err != nil {
+			return done, reqErr(reasonIO, err)
+		}
+	}
+	if done < n {
+		var m int64
+		var err error
+		if ss.tcp != nil {
+			// os.File.ReadFrom splices from a TCP socket.
+			m, err = pw.ReadFrom(io.LimitReader(ss.tcp, n-done))
+		} else {
+			if ss.buf == nil {
+				ss.buf = make([]byte, copyBufSize)
+			}
+			m, err = io.CopyBuffer(pageSink{pw}, io.LimitReader(ss.src, n-done), ss.buf)
+		}
+		done += m
+		if err != nil {
+			return done, reqErr(reasonIO, fmt.Errorf("receive pages: %w", err))
+		}
+	}
+	if done < n {
+		return done, reqErr(reasonTruncated, fmt.Errorf("stream ended after %d of %d bytes of pages", done, n))
+	}
+	return done, nil
+}
+
+// get answers a lazy-pages GET: an ADD_F|PRESENT header echoing the
+// request with nr_pages cut to what one pagemap entry holds (0: the images
+// don't have these pages), then the data.
+func (ss *session) get(h wire.Header) error {
+	nr, f, off, err := ss.s.lazy.lookup(h.DstID, h.Vaddr, h.NrPages)
+	if err != nil {
+		ss.s.m.error(reasonGetMiss)
+		ss.s.log.Warnf("page-server: %s: GET %#x+%d of %#x: %v", ss.peer, h.Vaddr, h.NrPages, h.DstID, err)
+		nr = 0
+	}
+	var hb [wire.HeaderSize]byte
+	wire.Header{Cmd: wire.MakeCmd(wire.CmdAddF, wire.FlagPresent), NrPages: nr, Vaddr: h.Vaddr, DstID: h.DstID}.Marshal(hb[:])
+	if err := ss.reply(hb[:]); err != nil || nr == 0 {
+		return err
+	}
+	if ss.buf == nil {
+		ss.buf = make([]byte, copyBufSize)
+	}
+	left := int64(nr * wire.PageSize)
+	for left > 0 {
+		k := min(left, int64(len(ss.buf)))
+		m, err := f.ReadAt(ss.buf[:k], off)
+		if int64(m) != k {
+			// The reply header is out: the stream can't be resynced.
+			return reqErr(reasonIO, fmt.Errorf("read pages at %d: %d of %d bytes: %v", off, m, k, err))
+		}
+		if err := ss.reply(ss.buf[:k]); err != nil {
+			return err
+		}
+		off += k
+		left -= k
+		ss.s.m.addBytes("out", k)
+	}
+	ss.s.m.addPages("out", nr)
+	return nil
+}
