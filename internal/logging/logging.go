@@ -1,0 +1,114 @@
+// Package logging is godwit's log, with criu(8)'s levels: 0 none, 1 errors,
+// 2 warnings (default), 3 information with timestamps, 4 debug.
+package logging
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"godwit/internal/opts"
+)
+
+// Logger writes leveled lines. It is safe for concurrent use.
+type Logger struct {
+	mu    sync.Mutex
+	w     io.Writer
+	level int
+	start time.Time
+}
+
+// New returns a logger writing lines up to level to w.
+func New(w io.Writer, level int) *Logger {
+	return &Logger{w: w, level: level, start: time.Now()}
+}
+
+var (
+	defMu  sync.RWMutex
+	defLog = New(os.Stderr, opts.DefaultLogLevel)
+)
+
+// Default returns the process-wide logger that SetDefault installed.
+func Default() *Logger {
+	defMu.RLock()
+	defer defMu.RUnlock()
+	return defLog
+}
+
+// SetDefault installs l as the process-wide logger.
+func SetDefault(l *Logger) {
+	defMu.Lock()
+	defLog = l
+	defMu.Unlock()
+}
+
+// Level is the logger's verbosity.
+func (l *Logger) Level() int { return l.level }
+
+// Enabled reports whether lines of level are written.
+func (l *Logger) Enabled(level int) bool { return level <= l.level }
+
+func (l *Logger) printf(level int, prefix, format string, args ...any) {
+	if !l.Enabled(level) {
+		return
+	}
+	msg := fmt.Sprintf(format, args...)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.level >= opts.LogInfo {
+		// CRIU's "(SS.uuuuuu)" time since start, from -v3 up.
+		d := time.Since(l.start)
+		fmt.Fprintf(l.w, "(%02d.%06d) ", int(d/time.Second), int(d%time.Second/time.Microsecond))
+	}
+	if len(msg) == 0 || msg[len(msg)-1] != '\n' {
+		msg += "\n"
+	}
+	io.WriteString(l.w, prefix+msg)
+}
+
+// Errorf logs at level 1.
+func (l *Logger) Errorf(format string, args ...any) {
+	l.printf(opts.LogError, "Error: ", format, args...)
+}
+
+// Warnf logs at level 2.
+func (l *Logger) Warnf(format string, args ...any) { l.printf(opts.LogWarn, "Warn: ", format, args...) }
+
+// Infof logs at level 3.
+func (l *Logger) Infof(format string, args ...any) { l.printf(opts.LogInfo, "", format, args...) }
+
+// Debugf logs at level 4.
+func (l *Logger) Debugf(format string, args ...any) { l.printf(opts.LogDebug, "", format, args...) }
+
+// Errorf logs an error on the default logger.
+func Errorf(format string, args ...any) { Default().Errorf(format, args...) }
+
+// Warnf logs a warning on the default logger.
+func Warnf(format string, args ...any) { Default().Warnf(format, args...) }
+
+// Infof logs information on the default logger.
+func Infof(format string, args ...any) { Default().Infof(format, args...) }
+
+// Debugf logs debug detail on the default logger.
+func Debugf(format string, args ...any) { Default().Debugf(format, args...) }
+
+// Open makes the logger criu(8)'s options ask for: --log-file (relative to
+// -W, default -D; "-" is stderr), with --log-pid appending ".PID" to the
+// name. It returns a close function for the file.
+func Open(o *opts.Options) (*Logger, func() error, error) {
+	if o.LogFile == "" || o.LogFile == "-" {
+		return New(os.Stderr, o.Verbosity), func() error { return nil }, nil
+	}
+	name := o.WorkPath(o.LogFile)
+	if o.LogPID {
+		name += "." + strconv.Itoa(os.Getpid())
+	}
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open log file: %w", err)
+	}
+	return New(f, o.Verbosity), f.Close, nil
+}
