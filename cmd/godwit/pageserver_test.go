@@ -161,13 +161,34 @@ func TestPageServerQUICMutualTLS(t *testing.T) {
 	stranger.Key = filepath.Join(other, "127.0.0.1", "key.pem")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if c, err := pageserver.Dial(ctx, addr, stranger); err == nil {
-		_, err = c.OpenTask(ctx, pageserver.TaskDst(1), false)
-		c.Close()
-		if err == nil {
-			t.Error("a client with a stranger's certificate was served")
-		}
+	if err := tryPush(ctx, addr, stranger); err == nil {
+		t.Error("a client with a stranger's certificate was served")
 	}
+	if _, err := os.Stat(filepath.Join(dir, images.PagemapImg(1))); err == nil {
+		t.Error("the stranger's pages were written")
+	}
+}
+
+// tryPush sends one page and closes, returning the first error: with QUIC
+// the server refuses a bad certificate after the client's handshake, so
+// the refusal shows at the first exchange that needs an answer.
+func tryPush(ctx context.Context, addr string, o pageserver.TransportOptions) error {
+	c, err := pageserver.Dial(ctx, addr, o)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	sink, err := c.OpenTask(ctx, pageserver.TaskDst(1), false)
+	if err != nil {
+		return err
+	}
+	if err := sink.AddPagesBytes(0x10000, pageserver.FlagPresent, make([]byte, 4096)); err != nil {
+		return err
+	}
+	if err := sink.Close(); err != nil {
+		return err
+	}
+	return c.Close()
 }
 
 func TestPageServerDaemon(t *testing.T) {
