@@ -8,25 +8,23 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"godwit/internal/ptrace"
 )
 
 // x86-64 parts of the probes.
 
-const (
-	// arch/x86/include/uapi/asm/prctl.h
-	archMapVdso64 = 0x2003
-	// include/uapi/linux/elf.h: x86 extended state regset
-	ntX86Xstate = 0x202
-)
+// arch/x86/include/uapi/asm/prctl.h
+const archMapVdso64 = 0x2003
 
-// checkRegs reads a stopped tracee's registers.
-func checkRegs(pid int) error {
-	var regs unix.PtraceRegs
-	if err := unix.PtraceGetRegs(pid, &regs); err != nil {
-		return fmt.Errorf("PTRACE_GETREGS %d: %w", pid, err)
+// checkRegs reads a stopped tracee's general registers.
+func checkRegs(t *ptrace.Tracer, pid int) error {
+	regs, err := t.GetRegs(pid)
+	if err != nil {
+		return fmt.Errorf("PTRACE_GETREGSET NT_PRSTATUS: %w", err)
 	}
 	if regs.Rip == 0 || regs.Rsp == 0 {
-		return fmt.Errorf("PTRACE_GETREGS %d: rip %#x rsp %#x look empty", pid, regs.Rip, regs.Rsp)
+		return fmt.Errorf("PTRACE_GETREGSET NT_PRSTATUS %d: rip %#x rsp %#x look empty", pid, regs.Rip, regs.Rsp)
 	}
 	return nil
 }
@@ -34,14 +32,12 @@ func checkRegs(pid int) error {
 // probePtraceXstate reads the NT_X86_XSTATE regset and checks the software
 // bytes the kernel puts in the FXSAVE area.
 func probePtraceXstate() error {
-	return withSeized(func(pid int) error {
-		buf := make([]byte, 64<<10)
-		iov := unix.Iovec{Base: &buf[0]}
-		iov.SetLen(len(buf))
-		if _, err := ptraceRaw(unix.PTRACE_GETREGSET, pid, ntX86Xstate, uintptr(unsafe.Pointer(&iov))); err != nil {
-			return fmt.Errorf("PTRACE_GETREGSET NT_X86_XSTATE %d: %w", pid, err)
+	return withSeized(0, func(t *ptrace.Tracer, pid int) error {
+		buf, err := t.GetFPU(pid)
+		if err != nil {
+			return fmt.Errorf("PTRACE_GETREGSET NT_X86_XSTATE: %w", err)
 		}
-		n := int(iov.Len)
+		n := len(buf)
 		// 512 bytes of FXSAVE area, then the 64-byte XSAVE header.
 		if n < 576 {
 			return fmt.Errorf("xstate regset of %d is %d bytes, want >= 576", pid, n)

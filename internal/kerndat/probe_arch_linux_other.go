@@ -6,15 +6,14 @@ import (
 	"fmt"
 	"runtime"
 
-	"golang.org/x/sys/unix"
+	"godwit/internal/ptrace"
 )
 
 // godwit's register, xstate and vDSO handling is written for x86-64.
 
-func checkRegs(pid int) error {
-	var regs unix.PtraceRegs
-	if err := unix.PtraceGetRegs(pid, &regs); err != nil {
-		return fmt.Errorf("PTRACE_GETREGS %d: %w", pid, err)
+func checkRegs(t *ptrace.Tracer, pid int) error {
+	if _, err := t.GetRegs(pid); err != nil {
+		return fmt.Errorf("PTRACE_GETREGSET NT_PRSTATUS: %w", err)
 	}
 	return nil
 }

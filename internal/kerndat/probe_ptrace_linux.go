@@ -1,20 +1,29 @@
 package kerndat
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"godwit/internal/ptrace"
 )
 
 const stopTimeout = 5 * time.Second
 
-// withSeized starts a sleeper, seizes and interrupts it, and runs fn while
-// it is in its group stop. ptrace requests must come from the tracer
-// thread, so the goroutine stays on one OS thread until the tracee is dead.
-func withSeized(fn func(pid int) error) error {
+// The ptrace probes go through internal/ptrace, the tracer the dumper uses,
+// so that `check` exercises the very requests (and the one-thread tracer
+// design) a dump depends on, not a parallel copy of them.
+
+// withSeized starts a sleeper, seizes it (with PTRACE_O_* flags opts) and
+// interrupts it, and runs fn while it sits in the interrupt trap. The
+// sleeper is detached, then killed and reaped, before withSeized returns.
+func withSeized(opts int, fn func(t *ptrace.Tracer, pid int) error) error {
+	// The sleeper's Pdeathsig fires when the thread that forked it exits:
+	// keep this goroutine, and so that thread, until the sleeper is dead.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	s, err := startSleeper(sleeperOpts{})
@@ -22,82 +31,82 @@ func withSeized(fn func(pid int) error) error {
 		return err
 	}
 	defer s.kill()
-	if err := unix.PtraceSeize(s.pid); err != nil {
-		return fmt.Errorf("PTRACE_SEIZE %d: %w", s.pid, err)
+	gone, err := seized(s.pid, opts, fn)
+	s.reaped = s.reaped || gone
+	return err
+}
+
+// seized seizes and interrupts pid with a fresh Tracer, runs fn in the
+// interrupt trap, and closes the tracer, which detaches pid, so that the
+// caller can kill and reap it as an ordinary child. gone reports that pid
+// died and the tracer already reaped it: the caller must not wait for it.
+func seized(pid, opts int, fn func(t *ptrace.Tracer, pid int) error) (gone bool, err error) {
+	t := ptrace.New()
+	defer t.Close()
+	if err := t.Seize(pid, opts); err != nil {
+		return false, fmt.Errorf("PTRACE_SEIZE: %w", err)
 	}
-	if err := unix.PtraceInterrupt(s.pid); err != nil {
-		return fmt.Errorf("PTRACE_INTERRUPT %d: %w", s.pid, err)
-	}
-	ws, err := s.waitStop(stopTimeout)
+	// Interrupt waits for the trap without a limit; a probe must not hang.
+	timer := time.AfterFunc(stopTimeout, func() { _ = unix.Kill(pid, unix.SIGKILL) })
+	st, err := t.Interrupt(pid)
+	timer.Stop()
 	if err != nil {
-		return err
+		return errors.Is(err, ptrace.ErrGone), fmt.Errorf("PTRACE_INTERRUPT: %w", err)
 	}
-	if ws.StopSignal() != unix.SIGTRAP || ws.TrapCause() != unix.PTRACE_EVENT_STOP {
-		return fmt.Errorf("pid %d stopped with %v cause %d, want PTRACE_EVENT_STOP", s.pid, ws.StopSignal(), ws.TrapCause())
+	if st.Sig != unix.SIGTRAP || st.Event != unix.PTRACE_EVENT_STOP {
+		return false, fmt.Errorf("pid %d stopped with %v, want a PTRACE_EVENT_STOP trap", pid, st)
 	}
-	return fn(s.pid)
+	return false, fn(t, pid)
 }
 
-func ptraceRaw(req, pid int, addr, data uintptr) (uintptr, error) {
-	r, _, e := unix.Syscall6(unix.SYS_PTRACE, uintptr(req), uintptr(pid), addr, data, 0, 0)
-	if e != 0 {
-		return r, e
-	}
-	return r, nil
-}
-
-// probePtraceSeize: seize + interrupt reach a group stop in which the
-// registers can be read.
+// probePtraceSeize: seize + interrupt reach a trap in which the registers
+// can be read.
 func probePtraceSeize() error {
-	return withSeized(func(pid int) error {
-		return checkRegs(pid)
-	})
+	return withSeized(0, checkRegs)
 }
 
 // probePeeksiginfo: PTRACE_PEEKSIGINFO and PTRACE_GETSIGMASK on a tracee.
 func probePeeksiginfo() error {
-	return withSeized(func(pid int) error {
-		args := ptracePeeksiginfoArgs{Nr: 1}
-		var si [128]byte
-		n, err := ptraceRaw(unix.PTRACE_PEEKSIGINFO, pid, uintptr(unsafe.Pointer(&args)), uintptr(unsafe.Pointer(&si[0])))
+	return withSeized(0, func(t *ptrace.Tracer, pid int) error {
+		si, err := t.PeekSiginfo(pid, false)
 		if err != nil {
-			return fmt.Errorf("PTRACE_PEEKSIGINFO %d: %w", pid, err)
+			return fmt.Errorf("PTRACE_PEEKSIGINFO: %w", err)
 		}
-		if n != 0 {
-			return fmt.Errorf("PTRACE_PEEKSIGINFO %d: %d pending signals on an idle sleeper", pid, n)
+		if len(si) != 0 {
+			return fmt.Errorf("PTRACE_PEEKSIGINFO %d: %d pending signals on an idle sleeper", pid, len(si))
 		}
-		var mask uint64
-		if _, err := ptraceRaw(unix.PTRACE_GETSIGMASK, pid, 8, uintptr(unsafe.Pointer(&mask))); err != nil {
-			return fmt.Errorf("PTRACE_GETSIGMASK %d: %w", pid, err)
+		if _, err := t.GetSigmask(pid); err != nil {
+			return fmt.Errorf("PTRACE_GETSIGMASK: %w", err)
 		}
 		return nil
 	})
 }
 
 // probeRseqConf: PTRACE_GET_RSEQ_CONFIGURATION returns the tracee's rseq
-// area (glibc >= 2.35 registers one in every thread).
+// area (glibc >= 2.35 registers one in every thread, unless tuned off).
 func probeRseqConf() error {
-	return withSeized(func(pid int) error {
-		var c ptraceRseqConfiguration
-		n, err := ptraceRaw(unix.PTRACE_GET_RSEQ_CONFIGURATION, pid, unsafe.Sizeof(c), uintptr(unsafe.Pointer(&c)))
+	return withSeized(0, func(t *ptrace.Tracer, pid int) error {
+		c, err := t.GetRseqConfig(pid)
 		if err != nil {
-			return fmt.Errorf("PTRACE_GET_RSEQ_CONFIGURATION %d: %w", pid, err)
+			return fmt.Errorf("PTRACE_GET_RSEQ_CONFIGURATION: %w", err)
 		}
-		if n != unsafe.Sizeof(c) {
-			return fmt.Errorf("PTRACE_GET_RSEQ_CONFIGURATION %d returned %d bytes, want %d", pid, n, unsafe.Sizeof(c))
+		// struct rseq is at least its original 32 bytes.
+		if c.AbiPointer != 0 && c.AbiSize < 32 {
+			return fmt.Errorf("PTRACE_GET_RSEQ_CONFIGURATION %d: rseq area at %#x of %d bytes, want >= 32", pid, c.AbiPointer, c.AbiSize)
 		}
 		return nil
 	})
 }
 
-// probeSeccompSuspend: PTRACE_O_SUSPEND_SECCOMP can be set on a tracee.
+// probeSeccompSuspend: a tracee can be seized with
+// PTRACE_O_SUSPEND_SECCOMP (the kernel refuses the option without
+// CONFIG_CHECKPOINT_RESTORE or CAP_SYS_ADMIN) and interrupted.
 func probeSeccompSuspend() error {
-	return withSeized(func(pid int) error {
-		if err := unix.PtraceSetOptions(pid, unix.PTRACE_O_SUSPEND_SECCOMP); err != nil {
-			return fmt.Errorf("PTRACE_SETOPTIONS PTRACE_O_SUSPEND_SECCOMP %d: %w", pid, err)
-		}
-		return nil
-	})
+	err := withSeized(unix.PTRACE_O_SUSPEND_SECCOMP, func(*ptrace.Tracer, int) error { return nil })
+	if err != nil {
+		return fmt.Errorf("PTRACE_O_SUSPEND_SECCOMP: %w", err)
+	}
+	return nil
 }
 
 // probeSeccompFilters: a raw child installs a one-instruction filter; the
@@ -129,25 +138,25 @@ func probeSeccompFilters() error {
 	if err := waitReady(ready[0], c); err != nil {
 		return err
 	}
-	if err := unix.PtraceSeize(c.pid); err != nil {
-		return fmt.Errorf("PTRACE_SEIZE %d: %w", c.pid, err)
+	gone, err := seized(c.pid, 0, func(t *ptrace.Tracer, pid int) error {
+		// internal/ptrace has no call for this request (godwit does
+		// not dump seccomp filters itself yet), so it is issued raw, on
+		// the tracer thread that holds the tracee.
+		return t.Do(func() error {
+			n, _, e := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SECCOMP_GET_FILTER, uintptr(pid), 0, 0, 0, 0)
+			if e != 0 {
+				return fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: %w", pid, e)
+			}
+			if n != 1 {
+				return fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: filter has %d instructions, want 1", pid, n)
+			}
+			return nil
+		})
+	})
+	if gone {
+		c.release()
 	}
-	if err := unix.PtraceInterrupt(c.pid); err != nil {
-		return fmt.Errorf("PTRACE_INTERRUPT %d: %w", c.pid, err)
-	}
-	s := &sleeper{pid: c.pid}
-	if _, err := s.waitStop(stopTimeout); err != nil {
-		c.reaped = s.reaped
-		return err
-	}
-	n, err := ptraceRaw(unix.PTRACE_SECCOMP_GET_FILTER, c.pid, 0, 0)
-	if err != nil {
-		return fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: %w", c.pid, err)
-	}
-	if n != 1 {
-		return fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: filter has %d instructions, want 1", c.pid, n)
-	}
-	return nil
+	return err
 }
 
 // waitReady reads the byte a holding raw child writes once its program ran,

@@ -24,7 +24,7 @@ var registry = []Feature{
 	{"so_gets", Required, "SO_GET_FILTER and SO_BINDTODEVICE readable", probeSoGets},
 	{"ipc", Required, "SysV IPC *_next_id sysctls", probeIPC},
 	{"sigqueueinfo", Required, "rt_sigqueueinfo to self with si_code > 0", probeSigqueueinfo},
-	{"ptrace_seize", Required, "PTRACE_SEIZE + PTRACE_INTERRUPT + GETREGS", probePtraceSeize},
+	{"ptrace_seize", Required, "PTRACE_SEIZE + PTRACE_INTERRUPT + GETREGSET NT_PRSTATUS", probePtraceSeize},
 	{"ptrace_xstate", Required, "PTRACE_GETREGSET NT_X86_XSTATE", probePtraceXstate},
 	{"ptrace_peeksiginfo", Required, "PTRACE_PEEKSIGINFO and PTRACE_GETSIGMASK", probePeeksiginfo},
 	{"process_vm_readv", Required, "process_vm_readv of another process", probeProcessVMReadv},

@@ -102,25 +102,3 @@ func (s *sleeper) kill() {
 	_, _ = reap(s.pid)
 	s.reaped = true
 }
-
-// waitStop waits for the next stop of a traced sleeper, killing it if
-// none comes within timeout so that the probe cannot hang.
-func (s *sleeper) waitStop(timeout time.Duration) (unix.WaitStatus, error) {
-	t := time.AfterFunc(timeout, func() { _ = unix.Kill(s.pid, unix.SIGKILL) })
-	defer t.Stop()
-	for {
-		var ws unix.WaitStatus
-		_, err := unix.Wait4(s.pid, &ws, unix.WALL, nil)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return ws, fmt.Errorf("wait4 %d: %w", s.pid, err)
-		}
-		if ws.Stopped() {
-			return ws, nil
-		}
-		s.reaped = true
-		return ws, fmt.Errorf("pid %d terminated (status %#x) instead of stopping", s.pid, uint32(ws))
-	}
-}

@@ -1,8 +1,11 @@
 package puppet
 
-// cloneArgs is struct clone_args of include/uapi/linux/sched.h, version 2
-// (CLONE_ARGS_SIZE_VER2 = 88 bytes, with set_tid and cgroup).
-type cloneArgs struct {
+// from include/uapi/linux/sched.h
+
+// CloneArgs is struct clone_args, version 2 (CLONE_ARGS_SIZE_VER2, with
+// set_tid and cgroup). It is defined here, where godwit makes PIDs with
+// clone3, and shared with the kerndat probes.
+type CloneArgs struct {
 	Flags      uint64
 	Pidfd      uint64
 	ChildTid   uint64
@@ -16,4 +19,5 @@ type cloneArgs struct {
 	Cgroup     uint64
 }
 
-const cloneArgsSize = 88
+// CloneArgsSize is CLONE_ARGS_SIZE_VER2, sizeof(CloneArgs).
+const CloneArgsSize = 88

@@ -266,10 +266,10 @@ func (p *Puppet) clone3(s *ptrace.Session, pid int, flags uint64) (*Puppet, erro
 		_, err := s.Syscall(unix.SYS_MUNMAP, scratch, scratchSize)
 		return err
 	}
-	args := cloneArgs{
+	args := CloneArgs{
 		Flags:      flags,
 		ExitSignal: uint64(unix.SIGCHLD),
-		SetTid:     scratch + cloneArgsSize,
+		SetTid:     scratch + CloneArgsSize,
 		SetTidSize: 1,
 	}
 	if flags&(unix.CLONE_PARENT|unix.CLONE_THREAD) != 0 {
@@ -277,14 +277,14 @@ func (p *Puppet) clone3(s *ptrace.Session, pid int, flags uint64) (*Puppet, erro
 		// CLONE_THREAD: the child gets the puppet's own.
 		args.ExitSignal = 0
 	}
-	buf := make([]byte, cloneArgsSize+4)
-	copy(buf, unsafe.Slice((*byte)(unsafe.Pointer(&args)), cloneArgsSize))
-	*(*int32)(unsafe.Pointer(&buf[cloneArgsSize])) = int32(pid)
+	buf := make([]byte, CloneArgsSize+4)
+	copy(buf, unsafe.Slice((*byte)(unsafe.Pointer(&args)), CloneArgsSize))
+	*(*int32)(unsafe.Pointer(&buf[CloneArgsSize])) = int32(pid)
 	if err := ptrace.WriteMem(p.Pid, scratch, buf); err != nil {
 		unmap()
 		return nil, fmt.Errorf("puppet %d: %w", p.Pid, err)
 	}
-	ret, err := s.Syscall(unix.SYS_CLONE3, scratch, cloneArgsSize)
+	ret, err := s.Syscall(unix.SYS_CLONE3, scratch, CloneArgsSize)
 	var child *Puppet
 	if n := len(s.Children()); n > 0 {
 		child = &Puppet{Pid: s.Children()[n-1], SyscallAddr: p.SyscallAddr, Base: p.Base, tr: p.tr}
