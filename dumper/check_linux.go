@@ -1,0 +1,129 @@
+package dumper
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+
+	"godwit/internal/procfs"
+)
+
+// pfKthread is PF_KTHREAD of include/linux/sched.h (the flags field of
+// /proc/PID/stat).
+const pfKthread = 0x00200000
+
+// Check refuses, with a one-line reason, a PID godwit cannot dump: one that
+// does not exist, PID 1, godwit itself or one of its ancestors, a zombie or
+// a kernel thread, a thread that is not a group leader, a task with
+// children, one already traced, and one under seccomp.
+func Check(pid int) error {
+	if pid <= 0 {
+		return fmt.Errorf("bad pid %d", pid)
+	}
+	st, err := procfs.ReadStatus(pid)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("no process with pid %d", pid)
+		}
+		return fmt.Errorf("pid %d: %w", pid, err)
+	}
+	if pid == 1 {
+		return errors.New("refusing to dump pid 1 (init)")
+	}
+	if st.Tgid != pid {
+		return fmt.Errorf("pid %d is a thread of process %d, not a process", pid, st.Tgid)
+	}
+	if self := os.Getpid(); pid == self {
+		return fmt.Errorf("refusing to dump pid %d: it is godwit itself", pid)
+	}
+	if isAncestor(pid) {
+		return fmt.Errorf("refusing to dump pid %d: it is an ancestor of godwit", pid)
+	}
+	if st.State == 'Z' || st.State == 'X' {
+		return fmt.Errorf("pid %d is a zombie", pid)
+	}
+	if st.Kthread {
+		return fmt.Errorf("pid %d is a kernel thread", pid)
+	}
+	if stat, err := procfs.ReadStat(pid); err == nil && stat.Flags&pfKthread != 0 {
+		return fmt.Errorf("pid %d is a kernel thread", pid)
+	}
+	if st.TracerPid != 0 {
+		return fmt.Errorf("pid %d is already traced by pid %d", pid, st.TracerPid)
+	}
+	if err := checkSeccomp(pid, st); err != nil {
+		return err
+	}
+	return checkChildren(pid)
+}
+
+func checkSeccomp(pid int, st *procfs.Status) error {
+	switch st.Seccomp {
+	case 0:
+		return nil
+	case 1:
+		return fmt.Errorf("pid %d runs in seccomp strict mode, which godwit cannot dump yet", pid)
+	default:
+		return fmt.Errorf("pid %d has seccomp filters (mode %d, %d filters), which godwit cannot dump yet", pid, st.Seccomp, st.SeccompFilters)
+	}
+}
+
+// isAncestor reports whether pid is one of our ancestors.
+func isAncestor(pid int) bool {
+	cur := os.Getpid()
+	for i := 0; i < 4096 && cur > 1; i++ {
+		st, err := procfs.ReadStatus(cur)
+		if err != nil {
+			return false
+		}
+		if st.PPid == pid {
+			return true
+		}
+		cur = st.PPid
+	}
+	return false
+}
+
+// Children lists the children of every thread of pid, from
+// /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN).
+func Children(pid int) ([]int, error) {
+	tids, err := procfs.Tasks(pid)
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, tid := range tids {
+		b, err := os.ReadFile(procfs.TaskPath(pid, tid, "children"))
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				continue // the thread exited
+			}
+			return nil, fmt.Errorf("children of %d: %w", tid, err)
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	sort.Ints(out)
+	return out, nil
+}
+
+func checkChildren(pid int) error {
+	kids, err := Children(pid)
+	if err != nil {
+		return err
+	}
+	if len(kids) == 0 {
+		return nil
+	}
+	s := make([]string, len(kids))
+	for i, k := range kids {
+		s[i] = strconv.Itoa(k)
+	}
+	return fmt.Errorf("process trees are not supported yet: %d has children %s", pid, strings.Join(s, ","))
+}

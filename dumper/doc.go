@@ -1,0 +1,18 @@
+// Package dumper checkpoints one process (any number of threads) into
+// CRIU-format images: Dump freezes it with ptrace, collects every piece of
+// state (registers, signals, credentials, timers, rlimits, the address
+// space, files) partly from /proc and ptrace and partly by syscalls
+// injected into the stopped threads, streams its pages through a
+// MemoryDumper into page sinks, writes the images (inventory.img last)
+// and then kills, resumes or stops the task. Any failure before that last
+// step resumes the task untouched and untraced.
+//
+// IMAGES.md lists every image and field written and where it comes from.
+//
+// Memory can be read without the rest: CollectVMAs + NewMemoryDumper
+// (process_vm_readv, also on a running target) or NewInjectingMemoryDumper
+// (the target vmsplices its own pages into a pipe godwit took with
+// pidfd_getfd; one copy fewer, frozen targets only), each writing to any
+// pageserver.Sink (ImageSink for an images directory, a page server's
+// TaskSink).
+package dumper

@@ -1,0 +1,446 @@
+package dumper
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fs"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/pstree"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/stats"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"godwit/internal/actions"
+	"godwit/internal/images"
+	"godwit/internal/logging"
+	"godwit/internal/opts"
+	"godwit/internal/procfs"
+	"godwit/internal/ptrace"
+	"godwit/pageserver"
+)
+
+// Result is what a dump did.
+type Result struct {
+	Pid     int
+	Threads []int // leader first
+	Method  Method
+	Stats   *stats.DumpStatsEntry
+	Mem     MemStats
+}
+
+// FormatStats renders the stats as --display-stats prints them.
+func (r *Result) FormatStats() string {
+	return images.FormatStats(&stats.StatsEntry{Dump: r.Stats})
+}
+
+// MethodEnv selects the page transfer method ("readv" or "vmsplice");
+// the default is the faster one measured here (BenchmarkDump1GiB).
+const MethodEnv = "GODWIT_DUMP_METHOD"
+
+// DefaultMethod is the page transfer method Dump uses.
+var DefaultMethod = MethodVmsplice
+
+// Dump freezes process o.Tree, writes its images into o.ImagesDir, then
+// kills it (default), lets it run (o.LeaveRunning) or leaves it stopped
+// (o.LeaveStopped). On any error before that last step the process
+// resumes untouched and untraced, and inventory.img is not written (the
+// files written so far are removed).
+func Dump(o *opts.Options, scripts *actions.Scripts) (*Result, error) {
+	return DumpTo(o, scripts, nil)
+}
+
+// SinkFactory opens the sink for one pagemap (pagemap-PID.img or
+// pagemap-shmem-ID.img, pages id): e.g. a page server's TaskSink for
+// --page-server. Nil means local images (NewImageSink).
+type SinkFactory func(d *images.Dir, pagemapName string, pagesID uint32) (pageserver.Sink, error)
+
+// DumpTo is Dump with page data sent to the sinks sinks makes.
+func DumpTo(o *opts.Options, scripts *actions.Scripts, sinks SinkFactory) (*Result, error) {
+	pid := o.Tree
+	if err := Check(pid); err != nil {
+		return nil, err
+	}
+	if o.LeaveRunning && o.LeaveStopped {
+		return nil, errors.New("dump: --leave-running and --leave-stopped exclude each other")
+	}
+	dir, err := images.Open(o.ImagesDir, true)
+	if err != nil {
+		return nil, fmt.Errorf("dump: %w", err)
+	}
+	defer dir.Close()
+	// A stale inventory would make a half-written directory look whole.
+	if err := dir.Remove(images.InventoryImg); err != nil {
+		return nil, fmt.Errorf("dump: %w", err)
+	}
+	if err := scripts.Run(actions.PreDump, pid); err != nil {
+		return nil, fmt.Errorf("dump: %w", err)
+	}
+	method := DefaultMethod
+	switch os.Getenv(MethodEnv) {
+	case "readv":
+		method = MethodReadv
+	case "vmsplice":
+		method = MethodVmsplice
+	}
+
+	tr := ptrace.New()
+	defer tr.Close()
+	t0 := time.Now()
+	tids, err := tr.FreezeProcess(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dump: %w", err)
+	}
+	frozenAt := time.Now()
+	logging.Default().Infof("dump %d: froze %d threads in %v", pid, len(tids), frozenAt.Sub(t0))
+	if sinks == nil {
+		sinks = func(d *images.Dir, name string, id uint32) (pageserver.Sink, error) { return NewImageSink(d, name, id) }
+	}
+	d := &dumpRun{pid: pid, tids: tids, tr: tr, dir: dir, method: method, sinks: sinks, log: logging.Default()}
+	if err := d.safeCollect(); err != nil {
+		d.removeWritten()
+		if terr := tr.ThawProcess(pid, false); terr != nil {
+			err = errors.Join(err, fmt.Errorf("resume %d: %w", pid, terr))
+		}
+		return nil, fmt.Errorf("dump %d: %w", pid, err)
+	}
+	if err := scripts.Run(actions.PostDump, pid); err != nil {
+		_ = dir.Remove(images.InventoryImg)
+		if terr := tr.ThawProcess(pid, false); terr != nil {
+			err = errors.Join(err, terr)
+		}
+		return nil, fmt.Errorf("dump %d: %w", pid, err)
+	}
+	var ferr error
+	switch {
+	case o.LeaveRunning:
+		ferr = tr.ThawProcess(pid, false)
+	case o.LeaveStopped:
+		ferr = tr.ThawProcess(pid, true)
+	default:
+		ferr = tr.KillProcess(pid)
+	}
+	frozen := time.Since(frozenAt)
+	d.log.Infof("dump %d: %d pages written (%d scanned, %d zero, %d untouched) by %v; frozen %v",
+		pid, d.mem.Written, d.mem.Scanned, d.mem.Zero, d.mem.Untouched, method, frozen)
+	res := &Result{Pid: pid, Threads: tids, Method: method, Mem: d.mem}
+	res.Stats = &stats.DumpStatsEntry{
+		FreezingTime:       proto.Uint32(uint32(frozenAt.Sub(t0).Microseconds())),
+		FrozenTime:         proto.Uint32(uint32(frozen.Microseconds())),
+		MemdumpTime:        proto.Uint32(uint32(d.mem.DumpTime.Microseconds())),
+		MemwriteTime:       proto.Uint32(uint32(d.mem.WriteTime.Microseconds())),
+		PagesScanned:       proto.Uint64(d.mem.Scanned),
+		PagesSkippedParent: proto.Uint64(0),
+		PagesWritten:       proto.Uint64(d.mem.Written),
+		PagesLazy:          proto.Uint64(0),
+	}
+	if ferr != nil {
+		return res, fmt.Errorf("dump %d: images written, but finishing failed: %w", pid, ferr)
+	}
+	if err := images.WriteDumpStats(dir, res.Stats); err != nil {
+		return res, fmt.Errorf("dump %d: %w", pid, err)
+	}
+	return res, nil
+}
+
+// dumpRun is one dump in progress.
+type dumpRun struct {
+	pid     int
+	tids    []int
+	tr      *ptrace.Tracer
+	dir     *images.Dir
+	method  Method
+	sinks   SinkFactory
+	log     *logging.Logger
+	written []string
+	mem     MemStats
+}
+
+func (d *dumpRun) note(name string) { d.written = append(d.written, name) }
+
+func (d *dumpRun) removeWritten() {
+	_ = d.dir.Remove(images.InventoryImg)
+	for _, n := range d.written {
+		_ = d.dir.Remove(n)
+	}
+}
+
+// safeCollect turns a panic into an error, so that the failure path
+// still resumes the task (the injection sessions are ended by their
+// deferred calls while the panic unwinds).
+func (d *dumpRun) safeCollect() (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("internal error: %v", r)
+		}
+	}()
+	return d.collect()
+}
+
+// collect reads everything of the frozen task and writes every image;
+// inventory.img last.
+func (d *dumpRun) collect() error {
+	pid := d.pid
+	// Children may have been made between Check and the freeze.
+	if err := checkChildren(pid); err != nil {
+		return err
+	}
+	status, err := procfs.ReadStatus(pid)
+	if err != nil {
+		return err
+	}
+	if err := checkSeccomp(pid, status); err != nil {
+		return err
+	}
+	stat, err := procfs.ReadStat(pid)
+	if err != nil {
+		return err
+	}
+	// Threads: registers first (rseq aborted as the kernel would on the
+	// way out), before any injection changes them.
+	threads := make([]*threadInfo, len(d.tids))
+	stopped, stopSig := false, 0
+	for i, tid := range d.tids {
+		if _, err := d.tr.AbortRseq(tid); err != nil {
+			return fmt.Errorf("thread %d: %w", tid, err)
+		}
+		ts, err := d.tr.ThreadState(tid)
+		if err != nil {
+			return fmt.Errorf("thread %d: %w", tid, err)
+		}
+		if tid == pid && ts.Stop.GroupStop() {
+			stopped, stopSig = true, int(ts.Stop.Sig)
+		}
+		th := &threadInfo{tid: tid, state: ts}
+		if err := collectThreadOutside(pid, th); err != nil {
+			return fmt.Errorf("thread %d: %w", tid, err)
+		}
+		threads[i] = th
+	}
+	task := &taskInfo{}
+	if task.shared, err = d.tr.PeekSiginfo(pid, true); err != nil {
+		return err
+	}
+	if err := collectTaskOutside(pid, task); err != nil {
+		return err
+	}
+	// Files before any injection: an unsupported fd fails the dump
+	// cheaply.
+	fds, err := CollectFDs(pid)
+	if err != nil {
+		return err
+	}
+	fl := newFiles()
+	fdEntries := fl.fdinfoEntries(fds)
+	exePath, exeSt, err := linkFile(pid, "exe")
+	if err != nil {
+		return fmt.Errorf("exe: %w", err)
+	}
+	exeID := fl.shared(exePath, unix.O_RDONLY, exeSt, noMntID)
+	cwdPath, cwdSt, err := linkFile(pid, "cwd")
+	if err != nil {
+		return fmt.Errorf("cwd: %w", err)
+	}
+	rootPath, rootSt, err := linkFile(pid, "root")
+	if err != nil {
+		return fmt.Errorf("root: %w", err)
+	}
+	cwdID := fl.reg(cwdPath, unix.O_RDONLY|unix.O_DIRECTORY, 0, cwdSt, noMntID)
+	rootID := fl.reg(rootPath, unix.O_RDONLY|unix.O_DIRECTORY, 0, rootSt, noMntID)
+	// VMAs before the scratch mapping exists.
+	vmas, err := CollectVMAs(pid, func(path string, flags uint32, st *unix.Stat_t) uint32 {
+		return fl.shared(path, flags, st, noMntID)
+	})
+	if err != nil {
+		return err
+	}
+
+	if err := d.inject(threads, task, vmas); err != nil {
+		return err
+	}
+
+	// Images.
+	ids := &criu_core.TaskKobjIdsEntry{
+		VmId: proto.Uint32(1), FilesId: proto.Uint32(1), FsId: proto.Uint32(1), SighandId: proto.Uint32(1),
+	}
+	nsIDs(pid, ids)
+	tc := taskCore(task, threads[0], stopped, stopSig)
+	for i, th := range threads {
+		var c *criu_core.CoreEntry
+		if i == 0 {
+			c, err = coreEntry(th, tc, ids)
+		} else {
+			c, err = coreEntry(th, nil, nil)
+		}
+		if err != nil {
+			return err
+		}
+		if err := d.write(images.CoreImg(th.tid), c); err != nil {
+			return err
+		}
+	}
+	// crit 3.17 (and CRIU 3.x) read the ids from ids-PID.img; CRIU 4
+	// from core. Write both.
+	if err := d.write(images.IdsImg(pid), ids); err != nil {
+		return err
+	}
+	m, err := mmEntry(pid, vmas, task.brk, exeID, task.dumpable, task.thpDisabled)
+	if err != nil {
+		return err
+	}
+	if err := d.write(images.MmImg(pid), m); err != nil {
+		return err
+	}
+	threadIDs := make([]uint32, len(d.tids))
+	for i, t := range d.tids {
+		threadIDs[i] = uint32(t)
+	}
+	if err := d.write(images.PstreeImg, &pstree.PstreeEntry{
+		Pid: proto.Uint32(uint32(pid)), Ppid: proto.Uint32(0), // the root of the dumped tree, as CRIU writes it
+		Pgid: proto.Uint32(uint32(stat.Pgrp)), Sid: proto.Uint32(uint32(stat.Session)),
+		Threads: threadIDs,
+	}); err != nil {
+		return err
+	}
+	umask := uint32(0o022)
+	if status.Umask >= 0 {
+		umask = uint32(status.Umask)
+	}
+	if err := d.write(images.FsImg(pid), &fs.FsEntry{
+		CwdId: proto.Uint32(cwdID), RootId: proto.Uint32(rootID), Umask: proto.Uint32(umask),
+	}); err != nil {
+		return err
+	}
+	if err := images.Write(d.dir, images.FilesImg, fl.entries...); err != nil {
+		return err
+	}
+	d.note(images.FilesImg)
+	if err := images.Write(d.dir, images.FdinfoImg(1), fdEntries...); err != nil {
+		return err
+	}
+	d.note(images.FdinfoImg(1))
+	var rootIDs criu_core.TaskKobjIdsEntry
+	proto.Merge(&rootIDs, ids)
+	return images.WriteInventory(d.dir, images.InventoryOptions{RootIDs: &rootIDs})
+}
+
+func (d *dumpRun) write(name string, m proto.Message) error {
+	d.note(name)
+	if err := images.Write(d.dir, name, m); err != nil {
+		return err
+	}
+	return nil
+}
+
+// inject runs everything that needs injected calls, and the memory dump,
+// with one scratch mapping; the scratch is unmapped and every session
+// ended before it returns, on success and on error.
+func (d *dumpRun) inject(threads []*threadInfo, task *taskInfo, vmas []VMA) (err error) {
+	s, err := d.tr.BeginInjection(d.pid)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if eerr := s.End(); eerr != nil && err == nil {
+			err = eerr
+		}
+	}()
+	addr, err := s.Syscall(unix.SYS_MMAP, 0, scratchSize, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil {
+		return fmt.Errorf("map scratch: %w", err)
+	}
+	defer func() {
+		if _, uerr := s.Syscall(unix.SYS_MUNMAP, addr, scratchSize); uerr != nil && err == nil {
+			err = fmt.Errorf("unmap scratch: %w", uerr)
+		}
+	}()
+	ls := &session{s: s, pid: d.pid, scratch: addr}
+	if err := collectTaskInjected(ls, task); err != nil {
+		return err
+	}
+	if err := collectThreadInjected(ls, threads[0]); err != nil {
+		return fmt.Errorf("thread %d: %w", threads[0].tid, err)
+	}
+	for _, th := range threads[1:] {
+		if err := d.injectThread(th, addr); err != nil {
+			return fmt.Errorf("thread %d: %w", th.tid, err)
+		}
+	}
+	return d.dumpMemory(s, addr, vmas)
+}
+
+func (d *dumpRun) injectThread(th *threadInfo, scratch uint64) (err error) {
+	s, err := d.tr.BeginInjection(th.tid)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if eerr := s.End(); eerr != nil && err == nil {
+			err = eerr
+		}
+	}()
+	return collectThreadInjected(&session{s: s, pid: d.pid, scratch: scratch}, th)
+}
+
+func (d *dumpRun) dumpMemory(s *ptrace.Session, scratch uint64, vmas []VMA) (err error) {
+	var md *MemoryDumper
+	if d.method == MethodVmsplice {
+		md, err = NewInjectingMemoryDumper(d.pid, s, scratch)
+	} else {
+		md, err = NewMemoryDumper(d.pid)
+	}
+	if err != nil {
+		return err
+	}
+	defer func() {
+		d.mem = md.Stats()
+		if cerr := md.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	pm := images.PagemapImg(d.pid)
+	d.note(pm)
+	d.note(images.PagesImg(1))
+	sink, err := d.sinks(d.dir, pm, 1)
+	if err != nil {
+		return err
+	}
+	err = md.DumpPrivate(vmas, sink)
+	if cerr := sink.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	next := uint32(1)
+	return md.DumpShared(vmas, func(shmid uint64) (pageserver.Sink, error) {
+		next++
+		name := images.PagemapShmemImg(shmid)
+		d.note(name)
+		d.note(images.PagesImg(next))
+		return d.sinks(d.dir, name, next)
+	})
+}
+
+// nsIDs fills the namespace ids: the inode of each /proc/PID/ns link (a
+// task in godwit's namespaces gets the same ids as the inventory's root).
+func nsIDs(pid int, ids *criu_core.TaskKobjIdsEntry) {
+	get := func(name string) *uint32 {
+		var st unix.Stat_t
+		if err := unix.Stat(procfs.Path(pid, "ns/"+name), &st); err != nil {
+			return nil
+		}
+		return proto.Uint32(uint32(st.Ino))
+	}
+	ids.PidNsId = get("pid")
+	ids.NetNsId = get("net")
+	ids.IpcNsId = get("ipc")
+	ids.UtsNsId = get("uts")
+	ids.MntNsId = get("mnt")
+	ids.UserNsId = get("user")
+	ids.CgroupNsId = get("cgroup")
+	ids.TimeNsId = get("time")
+}

@@ -1,0 +1,404 @@
+package dumper
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fs"
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/images"
+	"godwit/internal/procfs"
+)
+
+func TestDumpCounterLeaveRunning(t *testing.T) {
+	needRoot(t)
+	for _, c := range []struct {
+		static  bool
+		threads string
+		block   string
+	}{
+		{false, "0", "sleep"},
+		{true, "0", "futex"},
+		{false, "16", "spin"},
+		{true, "16", "sleep"},
+		{false, "0", "futex"},
+	} {
+		name := fmt.Sprintf("static=%v/t=%s/b=%s", c.static, c.threads, c.block)
+		t.Run(name, func(t *testing.T) {
+			p := startCounter(t, c.static, "-m", "8", "-t", c.threads, "-b", c.block)
+			dir := keepDir(t)
+			o := dumpOpts(p.pid, dir)
+			o.LeaveRunning = true
+			res, err := Dump(o, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			assertRunningUntraced(t, p.pid)
+			nthreads := 1
+			if c.threads == "16" {
+				nthreads = 17
+			}
+			if len(res.Threads) != nthreads {
+				t.Errorf("threads %v, want %d", res.Threads, nthreads)
+			}
+			// 8 MiB of pattern at least.
+			if res.Mem.Written < 2048 {
+				t.Errorf("pages written %d, want >= 2048", res.Mem.Written)
+			}
+			checkImages(t, dir, p.pid, res)
+			// The workload verifies itself on SIGUSR1.
+			if err := syscall.Kill(p.pid, syscall.SIGUSR1); err != nil {
+				t.Fatal(err)
+			}
+			if st := p.wait(t); st != 0 {
+				b, _ := os.ReadFile(p.log)
+				t.Fatalf("workload exit %d after dump; log tail: %s", st, tail(b))
+			}
+		})
+	}
+}
+
+func tail(b []byte) string {
+	s := string(b)
+	if len(s) > 400 {
+		s = s[len(s)-400:]
+	}
+	return s
+}
+
+// checkImages runs Debian's crit over the images.
+func checkImages(t *testing.T, dir string, pid int, res *Result) {
+	t.Helper()
+	for _, n := range []string{images.InventoryImg, images.PstreeImg, images.CoreImg(pid), images.MmImg(pid),
+		images.PagemapImg(pid), images.FilesImg, images.FdinfoImg(1), images.FsImg(pid), images.StatsDump} {
+		out := crit(t, "show", dir+"/"+n)
+		if !strings.Contains(out, `"magic"`) {
+			t.Errorf("crit show %s: %s", n, out)
+		}
+	}
+	for _, tid := range res.Threads {
+		crit(t, "show", fmt.Sprintf("%s/core-%d.img", dir, tid))
+	}
+	ps := crit(t, "x", dir, "ps")
+	if !strings.Contains(ps, fmt.Sprint(pid)) || !strings.Contains(ps, "counter") {
+		t.Errorf("crit x ps: %s", ps)
+	}
+	mems := crit(t, "x", dir, "mems")
+	if !strings.Contains(mems, "[vdso]") && !strings.Contains(mems, "vdso") {
+		t.Errorf("crit x mems lacks the vdso: %s", mems)
+	}
+	fds := crit(t, "x", dir, "fds")
+	if !strings.Contains(fds, "counter.log") {
+		t.Errorf("crit x fds lacks the log file: %s", fds)
+	}
+}
+
+// keepDir is a fresh images directory; with DUMPER_KEEP=DIR set, it is a
+// subdirectory of DIR left behind for inspection.
+func keepDir(t *testing.T) string {
+	if k := os.Getenv("DUMPER_KEEP"); k != "" {
+		d := filepath.Join(k, strings.NewReplacer("/", "_", "=", "").Replace(t.Name()))
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	return t.TempDir()
+}
+
+func TestDumpLeaveStopped(t *testing.T) {
+	needRoot(t)
+	p := startCounter(t, false, "-m", "4", "-t", "2")
+	o := dumpOpts(p.pid, t.TempDir())
+	o.LeaveStopped = true
+	if _, err := Dump(o, nil); err != nil {
+		t.Fatal(err)
+	}
+	var state byte
+	var tracer int
+	for i := 0; i < 100; i++ {
+		if state, tracer = status(t, p.pid); state == 'T' && tracer == 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if state != 'T' || tracer != 0 {
+		t.Fatalf("after dump -s: state %c tracer %d, want T and untraced", state, tracer)
+	}
+	// It continues unharmed once woken.
+	if err := syscall.Kill(p.pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	assertRunningUntraced(t, p.pid)
+	if err := syscall.Kill(p.pid, syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.wait(t); st != 0 {
+		t.Fatalf("exit %d", st)
+	}
+}
+
+func TestDumpKillsByDefault(t *testing.T) {
+	needRoot(t)
+	p := startCounter(t, true, "-m", "4")
+	dir := t.TempDir()
+	if _, err := Dump(dumpOpts(p.pid, dir), nil); err != nil {
+		t.Fatal(err)
+	}
+	// The dumper reaps the leader if it is our child; either way the
+	// process must be gone.
+	for i := 0; i < 300; i++ {
+		st, err := procfs.ReadStatus(p.pid)
+		if err != nil || st.State == 'Z' || st.State == 'X' {
+			if _, err := os.Stat(filepath.Join(dir, images.InventoryImg)); err != nil {
+				t.Fatal("no inventory after a successful dump")
+			}
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("pid %d still alive after dump", p.pid)
+}
+
+func TestDumpRefuses(t *testing.T) {
+	needRoot(t)
+	// A PID that does not exist: pid_max is far below this.
+	_, err := Dump(dumpOpts(1<<22+1, t.TempDir()), nil)
+	if err == nil || err.Error() != fmt.Sprintf("no process with pid %d", 1<<22+1) {
+		t.Errorf("missing pid: %v", err)
+	}
+	if _, err := Dump(dumpOpts(1, t.TempDir()), nil); err == nil || !strings.Contains(err.Error(), "pid 1") {
+		t.Errorf("pid 1: %v", err)
+	}
+	if _, err := Dump(dumpOpts(os.Getpid(), t.TempDir()), nil); err == nil || !strings.Contains(err.Error(), "godwit itself") {
+		t.Errorf("self: %v", err)
+	}
+	if _, err := Dump(dumpOpts(os.Getppid(), t.TempDir()), nil); err == nil || !strings.Contains(err.Error(), "ancestor") {
+		t.Errorf("parent: %v", err)
+	}
+}
+
+// unsupportedFD: a task holding a pipe (or socket) fails the dump with an
+// error naming the fd, and keeps running untraced with its state intact.
+func TestDumpUnsupportedFD(t *testing.T) {
+	needRoot(t)
+	for _, c := range []struct{ kind, script string }{
+		{"pipe", `exec python3 -c 'import os,time
+r,w=os.pipe(); os.dup2(r,9); print("ready",flush=True); time.sleep(60)'`},
+		{"socket", `exec python3 -c 'import socket,os,time
+s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); os.dup2(s.fileno(),9); print("ready",flush=True); time.sleep(60)'`},
+	} {
+		t.Run(c.kind, func(t *testing.T) {
+			log := filepath.Join(t.TempDir(), "log")
+			p := start(t, "", "", "/bin/sh", "-c", c.script+" >"+log)
+			waitFile(t, log, "ready")
+			dir := t.TempDir()
+			_, err := Dump(dumpOpts(p.pid, dir), nil)
+			if err == nil || !strings.Contains(err.Error(), "is not supported yet") || !strings.Contains(err.Error(), c.kind) {
+				t.Fatalf("want an unsupported %s fd error, got %v", c.kind, err)
+			}
+			if !regexp.MustCompile(`fd [0-9]+: `).MatchString(err.Error()) {
+				t.Errorf("error does not name the fd: %v", err)
+			}
+			assertRunningUntraced(t, p.pid)
+			if _, err := os.Stat(filepath.Join(dir, images.InventoryImg)); err == nil {
+				t.Error("inventory.img written by a failed dump")
+			}
+		})
+	}
+}
+
+func waitFile(t *testing.T, path, s string) {
+	t.Helper()
+	for i := 0; i < 2000; i++ {
+		if b, _ := os.ReadFile(path); strings.Contains(string(b), s) {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("%s never contained %q", path, s)
+}
+
+func TestDumpRefusesChildren(t *testing.T) {
+	needRoot(t)
+	log := filepath.Join(t.TempDir(), "log")
+	p := start(t, "", "", "/bin/sh", "-c", "sleep 60 & echo ready >"+log+"; wait")
+	waitFile(t, log, "ready")
+	kids, err := Children(p.pid)
+	if err != nil || len(kids) != 1 {
+		t.Fatalf("children of the shell: %v %v", kids, err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(kids[0], syscall.SIGKILL) })
+	_, err = Dump(dumpOpts(p.pid, t.TempDir()), nil)
+	want := fmt.Sprintf("process trees are not supported yet: %d has children %d", p.pid, kids[0])
+	if err == nil || err.Error() != want {
+		t.Fatalf("got %v, want %q", err, want)
+	}
+	assertRunningUntraced(t, p.pid)
+}
+
+// TestDumpPython dumps a Python 3 interpreter running threads, leaves it
+// running, and lets it check itself.
+func TestDumpPython(t *testing.T) {
+	needRoot(t)
+	dir0 := t.TempDir()
+	log := filepath.Join(dir0, "log")
+	script := `
+import threading, time, signal, os, sys
+counts = [0]*4
+lock = threading.Lock()
+stop = threading.Event()
+def work(i):
+    while not stop.is_set():
+        with lock:
+            counts[i] += 1
+        time.sleep(0.001)
+ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+for t in ts: t.start()
+data = bytearray(os.urandom(1<<20))
+digest = hash(bytes(data))
+def done(*a):
+    stop.set()
+    for t in ts: t.join()
+    ok = hash(bytes(data)) == digest and all(c > 0 for c in counts)
+    print("done", ok, counts, flush=True)
+    os._exit(0 if ok else 3)
+signal.signal(signal.SIGUSR1, done)
+print("ready", flush=True)
+while True:
+    time.sleep(0.01)
+`
+	p := start(t, "", "", "/bin/sh", "-c", "exec python3 -c '"+strings.ReplaceAll(script, "'", `'"'"'`)+"' >"+log)
+	waitFile(t, log, "ready")
+	dir := keepDir(t)
+	o := dumpOpts(p.pid, dir)
+	o.LeaveRunning = true
+	res, err := Dump(o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Threads) != 5 {
+		t.Errorf("threads %v, want 5", res.Threads)
+	}
+	assertRunningUntraced(t, p.pid)
+	ps := crit(t, "x", dir, "ps")
+	if !strings.Contains(ps, "python3") {
+		t.Errorf("crit x ps: %s", ps)
+	}
+	crit(t, "x", dir, "mems")
+	crit(t, "x", dir, "fds")
+	time.Sleep(50 * time.Millisecond)
+	if err := syscall.Kill(p.pid, syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.wait(t); st != 0 {
+		b, _ := os.ReadFile(log)
+		t.Fatalf("python exit %d: %s", st, b)
+	}
+}
+
+func TestDumpRefusesSeccomp(t *testing.T) {
+	needRoot(t)
+	bin := filepath.Join(t.TempDir(), "seccomp")
+	if out, err := exec.Command("gcc", "-o", bin, "testdata/seccomp.c").CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	log := filepath.Join(t.TempDir(), "log")
+	p := start(t, "", "", bin, log)
+	waitFile(t, log, "ready")
+	_, err := Dump(dumpOpts(p.pid, t.TempDir()), nil)
+	if err == nil || !strings.Contains(err.Error(), "seccomp") {
+		t.Fatalf("want a seccomp refusal, got %v", err)
+	}
+	assertRunningUntraced(t, p.pid)
+}
+
+// TestDumpTaskState checks task-wide state in core: pending signals (both
+// queues, not consumed by the dump), itimers, rlimits, umask, sigmask,
+// a signal handler, credentials.
+func TestDumpTaskState(t *testing.T) {
+	needRoot(t)
+	log := filepath.Join(t.TempDir(), "log")
+	script := `
+import signal, os, time, resource
+os.umask(0o027)
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2, signal.SIGRTMIN])
+signal.signal(signal.SIGHUP, lambda *a: None)
+signal.setitimer(signal.ITIMER_REAL, 1000, 500)
+signal.signal(signal.SIGALRM, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_NOFILE, (777, 888))
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+`
+	p := start(t, "", "", "/bin/sh", "-c", "exec python3 -c '"+script+"' >"+log)
+	waitFile(t, log, "ready")
+	if err := syscall.Kill(p.pid, syscall.SIGUSR2); err != nil { // shared queue
+		t.Fatal(err)
+	}
+	if err := syscall.Tgkill(p.pid, p.pid, 34); err != nil { // SIGRTMIN, the thread's queue
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	o := dumpOpts(p.pid, dir)
+	o.LeaveRunning = true
+	if _, err := Dump(o, nil); err != nil {
+		t.Fatal(err)
+	}
+	assertRunningUntraced(t, p.pid)
+	d, err := images.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	core, err := images.ReadOne[*criu_core.CoreEntry](d, images.CoreImg(p.pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, th := core.GetTc(), core.GetThreadCore()
+	if q := tc.GetSignalsS().GetSignals(); len(q) != 1 || q[0].GetSiginfo()[0] != 12 {
+		t.Errorf("shared pending signals %v, want SIGUSR2", q)
+	}
+	if q := th.GetSignalsP().GetSignals(); len(q) != 1 || q[0].GetSiginfo()[0] != 34 {
+		t.Errorf("thread pending signals %v, want signal 34", q)
+	}
+	want := uint64(1<<(12-1) | 1<<(34-1))
+	if th.GetBlkSigset()&want != want || tc.GetBlkSigset()&want != want {
+		t.Errorf("sigmask %#x / %#x lacks %#x", th.GetBlkSigset(), tc.GetBlkSigset(), want)
+	}
+	if r := tc.GetTimers().GetReal(); r.GetIsec() != 500 || r.GetVsec() < 990 || r.GetVsec() > 1000 {
+		t.Errorf("ITIMER_REAL %v, want interval 500 s, value ~1000 s", r)
+	}
+	if r := tc.GetRlimits().GetRlimits(); len(r) != 16 || r[unix.RLIMIT_NOFILE].GetCur() != 777 || r[unix.RLIMIT_NOFILE].GetMax() != 888 {
+		t.Errorf("rlimits %v", r)
+	}
+	if sa := tc.GetSigactions(); len(sa) != 64 || sa[int(syscall.SIGHUP)-1].GetSigaction() <= 1 || sa[int(syscall.SIGALRM)-1].GetSigaction() != 1 {
+		t.Errorf("sigactions: SIGHUP %v, SIGALRM %v", sa[int(syscall.SIGHUP)-1], sa[int(syscall.SIGALRM)-1])
+	} else if sa[int(syscall.SIGHUP)-1].GetRestorer() == 0 {
+		t.Error("SIGHUP handler without sa_restorer")
+	}
+	fse, err := images.ReadOne[*fs.FsEntry](d, images.FsImg(p.pid))
+	if err != nil || fse.GetUmask() != 0o027 {
+		t.Errorf("fs: %v %v", fse, err)
+	}
+	if c := th.GetCreds(); c.GetUid() != 0 || len(c.GetCapEff()) != 2 || c.GetCapEff()[0] == 0 {
+		t.Errorf("creds %v", c)
+	}
+	// The dump consumed nothing: both signals are still pending.
+	st, err := procfs.ReadStatus(p.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ShdPnd&(1<<11) == 0 || st.SigPnd&(1<<33) == 0 {
+		t.Errorf("pending after dump: shared %#x thread %#x", st.ShdPnd, st.SigPnd)
+	}
+}

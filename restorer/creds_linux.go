@@ -1,0 +1,165 @@
+package restorer
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/creds"
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/procfs"
+)
+
+// caps64 joins CRIU's capability words (low word first).
+func caps64(w []uint32) uint64 {
+	var v uint64
+	for i, x := range w {
+		if i < 2 {
+			v |= uint64(x) << (32 * i)
+		}
+	}
+	return v
+}
+
+func capLastCap() int {
+	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	if err != nil {
+		return 40
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || n < 0 || n > capLastCapProbe {
+		return 40
+	}
+	return n
+}
+
+// threadCreds gives one thread its credentials (they are per thread; the
+// raw syscalls change only the calling thread), then its parent-death
+// signal, which a credential change clears. Order: bounding set (needs
+// CAP_SETPCAP), groups and gids, securebits with KEEP_CAPS so that the uid
+// change keeps the permitted set, uids, then (with the effective set
+// raised to what is permitted) the final securebits, the capability sets,
+// ambient capabilities and no_new_privs.
+func (r *Restorer) threadCreds(s *session, t *thread) error {
+	c := t.creds
+	cur, err := procfs.ReadStatus(t.tid)
+	if err != nil {
+		return err
+	}
+	if err := r.setCreds(s, t, c, cur); err != nil {
+		return err
+	}
+	if sig := t.core.GetThreadCore().GetPdeathSig(); sig != 0 {
+		if _, err := s.call("prctl(PR_SET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(sig)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *Restorer) setCreds(s *session, t *thread, c *creds.CredsEntry, cur *procfs.Status) error {
+	bnd := caps64(c.GetCapBnd())
+	prm, eff, inh, amb := caps64(c.GetCapPrm()), caps64(c.GetCapEff()), caps64(c.GetCapInh()), caps64(c.GetCapAmb())
+	if missing := prm &^ cur.CapPrm; missing != 0 {
+		return fmt.Errorf("creds: the images' permitted capabilities %#x include %#x, which godwit does not hold (e.g. CAP_SYS_RESOURCE)", prm, missing)
+	}
+	last := capLastCap()
+	for cp := 0; cp <= last; cp++ {
+		if bnd&(1<<cp) == 0 && cur.CapBnd&(1<<cp) != 0 {
+			if _, err := s.call(fmt.Sprintf("drop capability %d from the bounding set", cp), unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uint64(cp)); err != nil {
+				return err
+			}
+		}
+	}
+	groups := c.GetGroups()
+	gb := make([]byte, 0, 4*len(groups))
+	for _, g := range groups {
+		gb = binary.LittleEndian.AppendUint32(gb, g)
+	}
+	ga := uint64(0)
+	if len(gb) > 0 {
+		var err error
+		if ga, err = s.put(0, gb); err != nil {
+			return err
+		}
+	}
+	if _, err := s.call("setgroups", unix.SYS_SETGROUPS, uint64(len(groups)), ga); err != nil {
+		return err
+	}
+	if _, err := s.call(fmt.Sprintf("setresgid %d %d %d", c.GetGid(), c.GetEgid(), c.GetSgid()), unix.SYS_SETRESGID,
+		uint64(c.GetGid()), uint64(c.GetEgid()), uint64(c.GetSgid())); err != nil {
+		return err
+	}
+	if _, err := s.call("setfsgid", unix.SYS_SETFSGID, uint64(c.GetFsgid())); err != nil {
+		return err
+	}
+	uids := [4]uint32{c.GetUid(), c.GetEuid(), c.GetSuid(), c.GetFsuid()}
+	curSec := uint64(0)
+	if v, err := s.call("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS); err == nil {
+		curSec = v
+	} else {
+		return err
+	}
+	sec := uint64(c.GetSecbits())
+	if uids != cur.Uid {
+		if _, err := s.call("prctl(PR_SET_SECUREBITS) keep caps", unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, curSec|secbitKeepCaps); err != nil {
+			return err
+		}
+		if _, err := s.call(fmt.Sprintf("setresuid %d %d %d", uids[0], uids[1], uids[2]), unix.SYS_SETRESUID,
+			uint64(uids[0]), uint64(uids[1]), uint64(uids[2])); err != nil {
+			return err
+		}
+		if _, err := s.call("setfsuid", unix.SYS_SETFSUID, uint64(uids[3])); err != nil {
+			return err
+		}
+		curSec |= secbitKeepCaps
+	}
+	// Raise the effective set to the permitted one for the calls below
+	// that need CAP_SETPCAP (a uid change may have cleared it).
+	if err := capset(s, cur.CapPrm, cur.CapPrm, cur.CapInh); err != nil {
+		return fmt.Errorf("%w (raising the effective set)", err)
+	}
+	if sec != curSec {
+		if _, err := s.call(fmt.Sprintf("prctl(PR_SET_SECUREBITS, %#x)", sec), unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, sec); err != nil {
+			return err
+		}
+	}
+	if err := capset(s, eff, prm, inh); err != nil {
+		return err
+	}
+	for cp := 0; cp <= last; cp++ {
+		if amb&(1<<cp) != 0 {
+			if _, err := s.call(fmt.Sprintf("raise ambient capability %d", cp), unix.SYS_PRCTL,
+				unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, uint64(cp), 0, 0); err != nil {
+				return err
+			}
+		}
+	}
+	if c.GetNoNewPrivs() != 0 {
+		if _, err := s.call("prctl(PR_SET_NO_NEW_PRIVS)", unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// capset sets the calling thread's capability sets (version 3: two
+// 32-bit words each).
+func capset(s *session, eff, prm, inh uint64) error {
+	b := binary.LittleEndian.AppendUint32(nil, linuxCapabilityVersion3)
+	b = binary.LittleEndian.AppendUint32(b, 0) // pid 0: the caller
+	for w := 0; w < 2; w++ {
+		b = binary.LittleEndian.AppendUint32(b, uint32(eff>>(32*w)))
+		b = binary.LittleEndian.AppendUint32(b, uint32(prm>>(32*w)))
+		b = binary.LittleEndian.AppendUint32(b, uint32(inh>>(32*w)))
+	}
+	a, err := s.put(0, b)
+	if err != nil {
+		return err
+	}
+	_, err = s.call(fmt.Sprintf("capset eff %#x prm %#x inh %#x", eff, prm, inh), unix.SYS_CAPSET, a, a+8)
+	return err
+}

@@ -1,0 +1,395 @@
+package restorer
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/vma"
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/procfs"
+	"godwit/internal/ptrace"
+	"godwit/internal/puppet"
+)
+
+// The window is where godwit's own pages live in the task while it is
+// built: the puppet's code (whose syscall instruction every injection
+// uses), a scratch area for syscall arguments, and a bounce area for
+// moving the vDSO. It lies outside every dumped VMA and is unmapped before
+// the task resumes.
+const (
+	scratchOff  = 16 * pageSize
+	scratchSize = 16 * pageSize
+	bounceOff   = 32 * pageSize
+	bounceSize  = 16 * pageSize
+	windowSize  = 48 * pageSize
+	windowGuard = 16 * pageSize // kept free around the window
+	windowAlign = 1 << 16
+)
+
+type window struct {
+	base, scratch, bounce uint64
+}
+
+// pickWindow chooses the lowest window address clear of every dumped VMA.
+func pickWindow(vmas []*vma.VmaEntry) (window, error) {
+	cands := []uint64{puppet.DefaultBase, 1 << 24, 1 << 30, 1 << 32}
+	for _, v := range vmas {
+		cands = append(cands, (v.GetEnd()+windowGuard+windowAlign-1)&^(windowAlign-1))
+	}
+	sort.Slice(cands, func(i, j int) bool { return cands[i] < cands[j] })
+	for _, c := range cands {
+		lo, hi := c-windowGuard, c+windowSize+windowGuard
+		if c < puppet.DefaultBase || hi > taskSize>>1 {
+			continue
+		}
+		if !overlapsAny(vmas, lo, hi) {
+			return window{base: c, scratch: c + scratchOff, bounce: c + bounceOff}, nil
+		}
+	}
+	return window{}, fmt.Errorf("no free %d KiB window for the puppet below %#x", windowSize>>10, uint64(taskSize>>1))
+}
+
+func overlapsAny(vmas []*vma.VmaEntry, lo, hi uint64) bool {
+	for _, v := range vmas {
+		if v.GetStart() < hi && lo < v.GetEnd() {
+			return true
+		}
+	}
+	return false
+}
+
+// vmaProt is a VMA whose protection Finalize must set.
+type vmaProt struct {
+	start, end uint64
+	prot       uint32
+}
+
+// Layout starts the puppet, makes the task with the original PID (its
+// parent is godwit: CLONE_PARENT from a puppet godwit started), empties
+// its address space but for the window, moves the vDSO to the dumped
+// place and maps every dumped VMA. Private VMAs are mapped writable so
+// that pages can be filled; Finalize sets their dumped protection.
+func (r *Restorer) Layout() error {
+	if err := r.need(phaseNew, "layout"); err != nil {
+		return err
+	}
+	if r.o.RestoreSibling {
+		r.log.Warnf("restore: --restore-sibling: the task's parent is godwit in both modes (the puppet is godwit's child)")
+	}
+	pid := r.img.pid
+	win, err := pickWindow(r.img.mm.GetVmas())
+	if err != nil {
+		return r.fail("layout", err)
+	}
+	r.win = win
+	r.tr = ptrace.New()
+	p, err := puppet.Start(puppet.Options{Tracer: r.tr, Base: win.base})
+	if err != nil {
+		return r.fail("start puppet", err)
+	}
+	r.stubOff = p.SyscallAddr - win.base
+	t0 := time.Now()
+	task, err := p.Clone(pid, true)
+	if kerr := p.Kill(); kerr != nil && err == nil {
+		err = fmt.Errorf("kill puppet %d: %w", p.Pid, kerr)
+	}
+	if err != nil {
+		if task != nil {
+			r.task = task
+		}
+		return r.fail(fmt.Sprintf("create task with pid %d", pid), err)
+	}
+	r.task = task
+	r.threads = []int{pid}
+	r.forkTime = time.Since(t0)
+
+	s, err := r.begin(pid)
+	if err != nil {
+		return r.fail("layout", err)
+	}
+	err = r.layout(s)
+	if err = s.end(err); err != nil {
+		return r.fail("layout", err)
+	}
+	r.phase = phaseLaidOut
+	return nil
+}
+
+func (r *Restorer) layout(s *session) error {
+	pid := r.img.pid
+	if _, err := s.call(fmt.Sprintf("map scratch %#x", r.win.scratch), unix.SYS_MMAP, r.win.scratch, scratchSize,
+		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0); err != nil {
+		return err
+	}
+	maps, err := procfs.ReadMaps(pid)
+	if err != nil {
+		return err
+	}
+	var special []procfs.Mapping
+	for _, m := range maps {
+		switch {
+		case m.Start >= r.win.base && m.End <= r.win.base+windowSize:
+			continue // ours
+		case m.Path == "[vdso]" || m.Path == "[vvar]" || m.Path == "[vvar_vclock]":
+			special = append(special, m)
+			continue
+		case m.Path == "[vsyscall]":
+			continue // fixed by the kernel, not unmappable
+		}
+		if _, err := s.call(fmt.Sprintf("unmap puppet's %#x-%#x %s", m.Start, m.End, m.Path),
+			unix.SYS_MUNMAP, m.Start, m.End-m.Start); err != nil {
+			return err
+		}
+	}
+	if err := r.moveVdso(s, special); err != nil {
+		return err
+	}
+	return r.mapVMAs(s)
+}
+
+// moveVdso moves the puppet's [vvar], [vvar_vclock] and [vdso] together to
+// where the dumped task had them (same kernel: same sizes and offsets).
+func (r *Restorer) moveVdso(s *session, special []procfs.Mapping) error {
+	var dvdso *vma.VmaEntry
+	var dvvar []*vma.VmaEntry
+	for _, v := range r.img.mm.GetVmas() {
+		switch {
+		case v.GetStatus()&vmaAreaVdso != 0:
+			dvdso = v
+		case v.GetStatus()&vmaAreaVvar != 0:
+			dvvar = append(dvvar, v)
+		}
+	}
+	var pv *procfs.Mapping
+	for i := range special {
+		if special[i].Path == "[vdso]" {
+			pv = &special[i]
+		}
+	}
+	if dvdso == nil || pv == nil {
+		// The dumped task had no vDSO (or we have none): drop ours.
+		for _, m := range special {
+			if _, err := s.call(fmt.Sprintf("unmap puppet's %s", m.Path), unix.SYS_MUNMAP, m.Start, m.End-m.Start); err != nil {
+				return err
+			}
+		}
+		if dvdso != nil {
+			return fmt.Errorf("vdso %#x-%#x: this kernel maps no vdso", dvdso.GetStart(), dvdso.GetEnd())
+		}
+		return nil
+	}
+	if dvdso.GetEnd()-dvdso.GetStart() != pv.End-pv.Start {
+		return fmt.Errorf("vdso %#x-%#x: %d bytes here, %d in the images (another kernel?)",
+			dvdso.GetStart(), dvdso.GetEnd(), pv.End-pv.Start, dvdso.GetEnd()-dvdso.GetStart())
+	}
+	delta := dvdso.GetStart() - pv.Start // modular arithmetic: may "wrap"
+	lo, hi := special[0].Start, special[0].End
+	want := map[[2]uint64]bool{}
+	for _, v := range dvvar {
+		want[[2]uint64{v.GetStart(), v.GetEnd()}] = true
+	}
+	for _, m := range special {
+		lo, hi = min(lo, m.Start), max(hi, m.End)
+		if m.Path == "[vdso]" {
+			continue
+		}
+		k := [2]uint64{m.Start + delta, m.End + delta}
+		if !want[k] {
+			return fmt.Errorf("vdso at %#x: %s would land at %#x-%#x, where the images have no vvar area (another kernel?)",
+				dvdso.GetStart(), m.Path, k[0], k[1])
+		}
+		delete(want, k)
+	}
+	for k := range want {
+		return fmt.Errorf("vvar %#x-%#x of the images has no counterpart on this kernel", k[0], k[1])
+	}
+	if delta == 0 {
+		return nil
+	}
+	move := func(from, to uint64, m procfs.Mapping) error {
+		_, err := s.call(fmt.Sprintf("move %s %#x to %#x", m.Path, from, to), unix.SYS_MREMAP,
+			from, m.End-m.Start, m.End-m.Start, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, to)
+		return err
+	}
+	nlo, nhi := lo+delta, hi+delta
+	if nlo < hi && lo < nhi {
+		// Source and target overlap, which mremap refuses: go through
+		// the bounce area.
+		if hi-lo > bounceSize {
+			return fmt.Errorf("vdso areas span %d bytes, bounce area is %d", hi-lo, bounceSize)
+		}
+		for i, m := range special {
+			to := r.win.bounce + (m.Start - lo)
+			if err := move(m.Start, to, m); err != nil {
+				return err
+			}
+			special[i].End, special[i].Start = to+(m.End-m.Start), to
+		}
+		delta = dvdso.GetStart() - (r.win.bounce + (pv.Start - lo))
+	}
+	for _, m := range special {
+		if err := move(m.Start, m.Start+delta, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// mapVMAs maps every dumped VMA but the kernel's special ones.
+func (r *Restorer) mapVMAs(s *session) error {
+	r.writable = map[uint64]bool{}
+	fds := map[uint32]uint64{} // file id → fd in the task, for this layout
+	defer func() {
+		for _, fd := range fds {
+			s.call("close", unix.SYS_CLOSE, fd)
+		}
+	}()
+	for _, v := range r.img.mm.GetVmas() {
+		st := v.GetStatus()
+		if st&(vmaAreaVdso|vmaAreaVvar|vmaAreaVsyscall) != 0 {
+			continue
+		}
+		start, size := v.GetStart(), v.GetEnd()-v.GetStart()
+		what := fmt.Sprintf("mmap vma %#x-%#x (%s)", v.GetStart(), v.GetEnd(), vmaKind(v))
+		flags := uint64(v.GetFlags()) & (unix.MAP_SHARED | unix.MAP_PRIVATE | unix.MAP_ANONYMOUS |
+			unix.MAP_GROWSDOWN | unix.MAP_NORESERVE | unix.MAP_LOCKED)
+		flags |= unix.MAP_FIXED_NOREPLACE
+		prot := v.GetProt()
+		fd := ^uint64(0)
+		off := uint64(0)
+		switch {
+		case st&(vmaFilePrivate|vmaFileShared) != 0:
+			id := uint32(v.GetShmid())
+			f, ok := fds[id]
+			if !ok {
+				oflags := int(v.GetFdflags())&unix.O_ACCMODE | unix.O_CLOEXEC
+				var err error
+				f, err = s.openat(what, r.img.filePath(id), oflags)
+				if err != nil {
+					return err
+				}
+				fds[id] = f
+			}
+			fd, off = f, v.GetPgoff()
+			flags &^= unix.MAP_ANONYMOUS
+			if st&vmaFilePrivate != 0 {
+				flags = flags&^unix.MAP_SHARED | unix.MAP_PRIVATE
+			} else {
+				flags = flags&^unix.MAP_PRIVATE | unix.MAP_SHARED
+			}
+		case st&vmaAnonShared != 0:
+			flags = flags&^unix.MAP_PRIVATE | unix.MAP_SHARED | unix.MAP_ANONYMOUS
+		default:
+			flags = flags&^unix.MAP_SHARED | unix.MAP_PRIVATE | unix.MAP_ANONYMOUS
+		}
+		// Pages are written from outside, which needs write access to
+		// private (and shared anonymous) memory; shared file memory is
+		// the file's and gets no pages.
+		// Pages are written from outside, which needs write access:
+		// VMAs that get pages are mapped writable until Finalize (it
+		// also makes them accountable, as a once-written private
+		// mapping is); the others get their protection at once.
+		mapProt := prot
+		if st&vmaFileShared == 0 && r.getsPages(v) {
+			mapProt |= unix.PROT_READ | unix.PROT_WRITE
+		}
+		ret, err := s.call(what, unix.SYS_MMAP, start, size, uint64(mapProt), flags, fd, off)
+		if err != nil {
+			return err
+		}
+		if ret != start {
+			return fmt.Errorf("%s: mapped at %#x", what, ret)
+		}
+		if mapProt != prot {
+			r.protFix = append(r.protFix, vmaProt{start: start, end: v.GetEnd(), prot: prot})
+		}
+		if mapProt&unix.PROT_WRITE != 0 {
+			r.writable[start] = true
+		}
+		if err := r.madvise(s, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// madvise applies the VMA's madvise bits (1 << MADV_x).
+func (r *Restorer) madvise(s *session, v *vma.VmaEntry) error {
+	m := v.GetMadv()
+	for bit := 0; m != 0 && bit < 64; bit++ {
+		if m&(1<<bit) == 0 {
+			continue
+		}
+		m &^= 1 << bit
+		_, err := s.call(fmt.Sprintf("madvise vma %#x-%#x advice %d", v.GetStart(), v.GetEnd(), bit),
+			unix.SYS_MADVISE, v.GetStart(), v.GetEnd()-v.GetStart(), uint64(bit))
+		if err != nil {
+			if en, ok := errnoOf(err); ok && en == unix.EINVAL && bit == unix.MADV_MERGEABLE {
+				r.log.Warnf("restore: %v (KSM not available)", err)
+				continue
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// le64 appends v little-endian.
+func le64(b []byte, v uint64) []byte { return binary.LittleEndian.AppendUint64(b, v) }
+
+// getsPages reports whether the images hold pages for v.
+func (r *Restorer) getsPages(v *vma.VmaEntry) bool {
+	if v.GetStatus()&vmaAnonShared != 0 {
+		return r.img.shmem[v.GetShmid()] != nil
+	}
+	pr := r.img.pages
+	if pr == nil {
+		return false
+	}
+	lo, hi := 0, pr.Len()
+	for lo < hi { // first range ending above v's start
+		m := (lo + hi) / 2
+		if pr.Range(m).End() <= v.GetStart() {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	for i := lo; i < pr.Len() && pr.Range(i).Vaddr < v.GetEnd(); i++ {
+		if pr.Range(i).Present() {
+			return true
+		}
+	}
+	return false
+}
+
+// ensureWritable makes the private VMAs under [vaddr, vaddr+size)
+// writable for pages that come from a source other than the images Layout
+// saw (a migration's later rounds); Finalize restores their protection.
+func (r *Restorer) ensureWritable(s *session, vaddr, size uint64) error {
+	for _, v := range r.img.mm.GetVmas() {
+		if v.GetEnd() <= vaddr || v.GetStart() >= vaddr+size || r.writable[v.GetStart()] {
+			continue
+		}
+		if s == nil {
+			ns, err := r.begin(r.img.pid)
+			if err != nil {
+				return err
+			}
+			if err := ns.end(r.ensureWritable(ns, vaddr, size)); err != nil {
+				return err
+			}
+			return nil
+		}
+		if _, err := s.call(fmt.Sprintf("make vma %#x-%#x writable", v.GetStart(), v.GetEnd()), unix.SYS_MPROTECT,
+			v.GetStart(), v.GetEnd()-v.GetStart(), uint64(v.GetProt()|unix.PROT_READ|unix.PROT_WRITE)); err != nil {
+			return err
+		}
+		r.writable[v.GetStart()] = true
+		r.protFix = append(r.protFix, vmaProt{start: v.GetStart(), end: v.GetEnd(), prot: v.GetProt()})
+	}
+	return nil
+}

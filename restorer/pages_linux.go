@@ -1,0 +1,364 @@
+package restorer
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/images"
+	"godwit/internal/ptrace"
+)
+
+// PageMethod is how page data gets into the task.
+type PageMethod int
+
+const (
+	// PagesVMWritev reads data into a bounded buffer of godwit and
+	// process_vm_writev's it into the task (two copies).
+	PagesVMWritev PageMethod = iota
+	// PagesPreadv has the task itself read the pages file: an injected
+	// preadv with up to 1024 iovecs per call, straight from the page
+	// cache into its memory (one copy, no buffer in godwit). Sources
+	// that are not files fall back to PagesVMWritev.
+	PagesPreadv
+	// PagesProcMem writes through /proc/PID/mem from the buffer.
+	PagesProcMem
+)
+
+func (m PageMethod) String() string {
+	switch m {
+	case PagesVMWritev:
+		return "process_vm_writev"
+	case PagesPreadv:
+		return "injected preadv"
+	case PagesProcMem:
+		return "/proc/PID/mem"
+	}
+	return "method " + strconv.Itoa(int(m))
+}
+
+// DefaultPageMethod was the fastest measured here (BenchmarkFillMethods):
+// see the package's report.
+const DefaultPageMethod = PagesPreadv
+
+// fillBufSize bounds godwit's own buffer for page data.
+const fillBufSize = 1 << 20
+
+// maxRun caps one iovec: the kernel transfers at most MAX_RW_COUNT
+// (2 GiB - 4 KiB) per call.
+const maxRun = 1 << 30
+
+// PageSource yields runs of page data for the task, in any order.
+type PageSource interface {
+	// Next moves to the next run and returns its address and number of
+	// pages; io.EOF after the last.
+	Next() (vaddr, nrPages uint64, err error)
+	// Read reads the current run's data (io.EOF at its end).
+	Read(p []byte) (int, error)
+}
+
+// FileRuns is implemented by sources whose current run is stored in a
+// file, so that the task can read it directly.
+type FileRuns interface {
+	RunFile() (f *os.File, off int64)
+}
+
+// ImageSource serves the present pages of a pagemap/pages image pair.
+type ImageSource struct {
+	pr   *images.PageReader
+	i    int
+	cur  images.PageRange
+	done int64
+}
+
+// NewImageSource returns a source over pr's present ranges.
+func NewImageSource(pr *images.PageReader) *ImageSource { return &ImageSource{pr: pr} }
+
+// Next implements PageSource.
+func (s *ImageSource) Next() (uint64, uint64, error) {
+	for s.i < s.pr.Len() {
+		p := s.pr.Range(s.i)
+		s.i++
+		if p.Present() {
+			s.cur, s.done = p, 0
+			return p.Vaddr, p.NrPages, nil
+		}
+	}
+	return 0, 0, io.EOF
+}
+
+// Read implements PageSource.
+func (s *ImageSource) Read(b []byte) (int, error) {
+	left := int64(s.cur.NrPages*pageSize) - s.done
+	if left <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(b)) > left {
+		b = b[:left]
+	}
+	n, err := s.pr.ReadAt(b, s.cur.Vaddr+uint64(s.done))
+	s.done += int64(n)
+	return n, err
+}
+
+// RunFile implements FileRuns.
+func (s *ImageSource) RunFile() (*os.File, int64) {
+	return s.pr.PagesFile(), s.cur.Offset + s.done
+}
+
+// run is one stretch of pages to write.
+type run struct {
+	vaddr, size uint64
+}
+
+// FillPages writes every run of src into the laid-out task. It may be
+// called any number of times, with runs in any order; pages not written
+// stay zero (fresh anonymous memory), and a page written twice keeps the
+// last data.
+func (r *Restorer) FillPages(src PageSource) error {
+	if err := r.need(phaseLaidOut, "fill pages"); err != nil {
+		return err
+	}
+	var err error
+	if fr, ok := src.(FileRuns); ok && r.PageMethod == PagesPreadv {
+		err = r.fillPreadv(src, fr, r.checkRun)
+	} else {
+		err = r.fillBuffered(src, r.checkRun)
+	}
+	if err != nil {
+		return r.fail("fill pages", err)
+	}
+	return nil
+}
+
+// checkRun refuses runs outside the task's private VMAs.
+func (r *Restorer) checkRun(vaddr, size uint64) (uint64, error) {
+	if vaddr%pageSize != 0 || size == 0 || vaddr+size < vaddr || !coveredPrivate(r.img.mm.GetVmas(), vaddr, vaddr+size) {
+		return 0, fmt.Errorf("pages %#x-%#x: not inside the private VMAs of the task", vaddr, vaddr+size)
+	}
+	return vaddr, nil
+}
+
+// fillBuffered copies through a bounded buffer with process_vm_writev or
+// /proc/PID/mem. place maps a run to the task address it goes to.
+func (r *Restorer) fillBuffered(src PageSource, place func(vaddr, size uint64) (uint64, error)) error {
+	pid := r.img.pid
+	write := func(addr uint64, b []byte) error { return ptrace.WriteMem(pid, addr, b) }
+	if r.PageMethod == PagesProcMem {
+		f, err := os.OpenFile("/proc/"+strconv.Itoa(pid)+"/mem", os.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		write = func(addr uint64, b []byte) error {
+			_, err := f.WriteAt(b, int64(addr))
+			return err
+		}
+	}
+	buf := make([]byte, fillBufSize)
+	for {
+		vaddr, n, err := src.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		size := n * pageSize
+		addr, err := place(vaddr, size)
+		if err != nil {
+			return err
+		}
+		if r.PageMethod != PagesProcMem { // /proc/PID/mem writes through any protection
+			if err := r.ensureWritable(nil, addr, size); err != nil {
+				return err
+			}
+		}
+		for done := uint64(0); done < size; {
+			b := buf[:min(uint64(len(buf)), size-done)]
+			if _, err := io.ReadFull(src, b); err != nil {
+				if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+					err = fmt.Errorf("short page data at %#x", vaddr+done)
+				}
+				return fmt.Errorf("read pages %#x-%#x: %w", vaddr, vaddr+size, err)
+			}
+			if err := write(addr+done, b); err != nil {
+				return fmt.Errorf("write pages at %#x: %w", addr+done, err)
+			}
+			done += uint64(len(b))
+		}
+		r.pagesRestored += n
+	}
+}
+
+// iovMax is IOV_MAX: the most iovecs one preadv takes.
+const iovMax = 1024
+
+// fillPreadv has the task read its pages from the source's file.
+func (r *Restorer) fillPreadv(src PageSource, fr FileRuns, place func(vaddr, size uint64) (uint64, error)) error {
+	s, err := r.begin(r.img.pid)
+	if err != nil {
+		return err
+	}
+	return s.end(r.preadvAll(s, src, fr, place))
+}
+
+func (r *Restorer) preadvAll(s *session, src PageSource, fr FileRuns, place func(vaddr, size uint64) (uint64, error)) error {
+	type fileRun struct {
+		run
+		off int64
+	}
+	var batch []fileRun
+	var file *os.File
+	var tfd uint64
+	opened := false
+	defer func() {
+		if opened {
+			s.call("close pages file", unix.SYS_CLOSE, tfd)
+		}
+	}()
+	flush := func() error {
+		for len(batch) > 0 {
+			iov := make([]byte, 0, 16*len(batch))
+			var total uint64
+			for _, b := range batch {
+				iov = le64(le64(iov, b.vaddr), b.size)
+				total += b.size
+			}
+			a, err := s.put(pageSize, iov)
+			if err != nil {
+				return err
+			}
+			got, err := s.call(fmt.Sprintf("preadv %d runs at %#x", len(batch), batch[0].vaddr),
+				unix.SYS_PREADV, tfd, a, uint64(len(batch)), uint64(batch[0].off), 0)
+			if err != nil {
+				return err
+			}
+			if got == 0 {
+				return fmt.Errorf("pages file ends at %d: truncated", batch[0].off)
+			}
+			// Drop what was read (a short read stops anywhere).
+			for got > 0 && len(batch) > 0 {
+				b := &batch[0]
+				if got >= b.size {
+					got -= b.size
+					r.pagesRestored += b.size / pageSize
+					batch = batch[1:]
+					continue
+				}
+				b.vaddr += got
+				b.size -= got
+				b.off += int64(got)
+				r.pagesRestored += got / pageSize
+				got = 0
+			}
+		}
+		return nil
+	}
+	for {
+		vaddr, n, err := src.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		size := n * pageSize
+		addr, err := place(vaddr, size)
+		if err != nil {
+			return err
+		}
+		if err := r.ensureWritable(s, addr, size); err != nil {
+			return err
+		}
+		f, off := fr.RunFile()
+		if f == nil {
+			return fmt.Errorf("pages %#x: source has no file", vaddr)
+		}
+		if !opened || f != file {
+			if err := flush(); err != nil {
+				return err
+			}
+			if opened {
+				s.call("close pages file", unix.SYS_CLOSE, tfd)
+				opened = false
+			}
+			// The task opens our descriptor's file through /proc:
+			// works for any file we hold, whatever its path.
+			path := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), f.Fd())
+			if tfd, err = s.openat("fill pages", path, unix.O_RDONLY|unix.O_CLOEXEC); err != nil {
+				return err
+			}
+			file, opened = f, true
+		}
+		for size > 0 {
+			c := min(size, maxRun)
+			if len(batch) > 0 {
+				last := batch[len(batch)-1]
+				if last.off+int64(last.size) != off || len(batch) == iovMax {
+					if err := flush(); err != nil {
+						return err
+					}
+				}
+			}
+			batch = append(batch, fileRun{run{addr, c}, off})
+			addr += c
+			off += int64(c)
+			size -= c
+		}
+	}
+	return flush()
+}
+
+// fillShmem writes the pages of shared anonymous VMAs, whose pagemap
+// addresses are offsets in the shared object.
+func (r *Restorer) fillShmem() error {
+	for _, v := range r.img.mm.GetVmas() {
+		if v.GetStatus()&vmaAnonShared == 0 {
+			continue
+		}
+		pr := r.img.shmem[v.GetShmid()]
+		if pr == nil {
+			continue
+		}
+		lo, hi := v.GetPgoff(), v.GetPgoff()+(v.GetEnd()-v.GetStart())
+		src := &clipSource{ImageSource: NewImageSource(pr), lo: lo, hi: hi}
+		place := func(off, size uint64) (uint64, error) { return v.GetStart() + (off - lo), nil }
+		var err error
+		if r.PageMethod == PagesPreadv {
+			err = r.fillPreadv(src, src, place)
+		} else {
+			err = r.fillBuffered(src, place)
+		}
+		if err != nil {
+			return r.fail(fmt.Sprintf("fill shared vma %#x-%#x", v.GetStart(), v.GetEnd()), err)
+		}
+	}
+	return nil
+}
+
+// clipSource limits an image source to the object offsets [lo, hi).
+type clipSource struct {
+	*ImageSource
+	lo, hi uint64
+}
+
+func (c *clipSource) Next() (uint64, uint64, error) {
+	for {
+		v, n, err := c.ImageSource.Next()
+		if err != nil {
+			return 0, 0, err
+		}
+		s, e := max(v, c.lo), min(v+n*pageSize, c.hi)
+		if s >= e {
+			continue
+		}
+		c.done = int64(s - v) // skip the head outside the VMA
+		c.cur.NrPages = (e - v) / pageSize
+		return s, (e - s) / pageSize, nil
+	}
+}

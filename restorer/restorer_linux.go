@@ -1,0 +1,267 @@
+package restorer
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/actions"
+	"godwit/internal/images"
+	"godwit/internal/logging"
+	"godwit/internal/opts"
+	"godwit/internal/procfs"
+	"godwit/internal/ptrace"
+	"godwit/internal/puppet"
+)
+
+const (
+	pageSize = 4096
+	// taskSize is TASK_SIZE_MAX of x86-64 with 4-level page tables: no
+	// user mapping ends above it.
+	taskSize = 1<<47 - pageSize
+)
+
+// ErrPidInUse reports that a PID or TID of the images belongs to a live
+// task.
+var ErrPidInUse = puppet.ErrPidInUse
+
+// zombieWait bounds how long New waits for a dead task with one of our
+// PIDs to be reaped (a killed task whose parent is PID 1 stays a zombie
+// for a second or two on these machines).
+const zombieWait = 5 * time.Second
+
+type phase int
+
+const (
+	phaseNew phase = iota
+	phaseLaidOut
+	phaseFinalized
+	phaseResumed
+	phaseFailed
+)
+
+// Restorer rebuilds one process from its images. Its methods must be
+// called in order: Layout, FillPages (any number of times), Finalize,
+// Resume, Wait. After a failed step the partial task is gone and every
+// later call fails.
+type Restorer struct {
+	o       *opts.Options
+	scripts *actions.Scripts
+	log     *logging.Logger
+	dir     *images.Dir
+	img     *taskImages
+	phase   phase
+	err     error // the failure that ended the restore
+
+	tr      *ptrace.Tracer
+	task    *puppet.Puppet // the task with the original PID, traced
+	threads []int          // TIDs made so far, leader first
+
+	win     window // injection page, scratch and vdso bounce area
+	stubOff uint64 // the puppet's syscall instruction offset from win.base
+	// protFix lists private VMAs laid out writable for FillPages, to
+	// get their dumped protection back in Finalize.
+	protFix  []vmaProt
+	writable map[uint64]bool // VMA start → mapped writable
+
+	// PageMethod is how FillPages writes pages (default: the fastest
+	// measured here, see pages_linux.go).
+	PageMethod PageMethod
+
+	start         time.Time
+	forkTime      time.Duration
+	pagesRestored uint64
+	waited        bool
+}
+
+// New reads and checks every image of the process in o.ImagesDir, and
+// checks that its PID and TIDs are free and allowed. Nothing is started.
+func New(o *opts.Options, scripts *actions.Scripts) (*Restorer, error) {
+	if o == nil {
+		return nil, errors.New("restore: no options")
+	}
+	start := time.Now()
+	d, err := images.Open(o.ImagesDir, false)
+	if err != nil {
+		return nil, fmt.Errorf("restore: images dir: %w", err)
+	}
+	img, err := readImages(d)
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("restore: read images in %s: %w", o.ImagesDir, err)
+	}
+	r := &Restorer{o: o, scripts: scripts, log: logging.Default(), dir: d, img: img,
+		start: start, PageMethod: DefaultPageMethod}
+	if err := r.checkPids(); err != nil {
+		r.close()
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	return r, nil
+}
+
+// Restore runs every phase back to back from the images in o.ImagesDir.
+// Unless o.RestoreDetach is set the caller then Waits for the task.
+func Restore(o *opts.Options, scripts *actions.Scripts) (*Restorer, error) {
+	r, err := New(o, scripts)
+	if err != nil {
+		return nil, err
+	}
+	if err := scripts.Run(actions.PreRestore, 0); err != nil {
+		r.close()
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	if err := r.Layout(); err != nil {
+		return nil, err
+	}
+	if r.img.pages != nil {
+		src := NewImageSource(r.img.pages)
+		if err := r.FillPages(src); err != nil {
+			return nil, err
+		}
+	}
+	if err := r.fillShmem(); err != nil {
+		return nil, err
+	}
+	if err := r.Finalize(); err != nil {
+		return nil, err
+	}
+	if err := r.Resume(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// PID is the restored task's PID (the original one).
+func (r *Restorer) PID() int { return r.img.pid }
+
+// TIDs are the thread ids of the images, leader first.
+func (r *Restorer) TIDs() []int {
+	out := make([]int, len(r.img.threads))
+	for i, t := range r.img.threads {
+		out[i] = t.tid
+	}
+	return out
+}
+
+// checkPids refuses PIDs at or above pid_max and PIDs in use, waiting a
+// bounded time for zombies to go.
+func (r *Restorer) checkPids() error {
+	max, err := puppet.PidMax()
+	if err != nil {
+		return err
+	}
+	self := os.Getpid()
+	for _, t := range r.img.threads {
+		switch {
+		case t.tid >= max:
+			return fmt.Errorf("pid %d: %w %d (raise /proc/sys/kernel/pid_max)", t.tid, puppet.ErrPidMax, max)
+		case t.tid == self:
+			return fmt.Errorf("pid %d is godwit itself: %w", t.tid, ErrPidInUse)
+		case t.tid == 1:
+			return fmt.Errorf("pid 1 cannot be restored")
+		}
+		if err := waitPidFree(t.tid, zombieWait); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitPidFree returns nil once /proc/pid is gone. A live task fails at
+// once; a zombie (or a dying task) is waited for, up to limit.
+func waitPidFree(pid int, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		st, err := procfs.ReadStatus(pid)
+		if err != nil {
+			if _, serr := os.Stat("/proc/" + strconv.Itoa(pid)); serr != nil {
+				return nil
+			}
+		} else if st.State != 'Z' && st.State != 'X' {
+			return fmt.Errorf("pid %d: %w by %q (state %c)", pid, ErrPidInUse, st.Name, st.State)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pid %d: %w by a zombie not reaped after %v", pid, ErrPidInUse, limit)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// fail ends the restore after an error in step: the partial task is
+// killed and reaped, and the returned error names the step.
+func (r *Restorer) fail(step string, err error) error {
+	err = fmt.Errorf("restore %d: %s: %w", r.img.pid, step, err)
+	if r.phase == phaseFailed {
+		return err
+	}
+	r.phase = phaseFailed
+	r.err = err
+	r.kill()
+	r.close()
+	return err
+}
+
+// kill kills the task being built, by PID, and reaps it.
+func (r *Restorer) kill() {
+	if r.task == nil {
+		return
+	}
+	pid := r.task.Pid
+	if r.tr != nil {
+		if err := r.task.Kill(); err == nil {
+			r.task = nil
+			return
+		}
+	}
+	// Not traced any more: kill and reap it as its parent.
+	_ = unix.Kill(pid, unix.SIGKILL)
+	var ws unix.WaitStatus
+	for {
+		_, err := unix.Wait4(pid, &ws, unix.WALL, nil)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	r.task = nil
+}
+
+// close releases the tracer and the images.
+func (r *Restorer) close() {
+	if r.tr != nil {
+		r.tr.Close()
+		r.tr = nil
+	}
+	if r.img != nil {
+		r.img.close()
+	}
+	if r.dir != nil {
+		r.dir.Close()
+		r.dir = nil
+	}
+}
+
+// Abort kills whatever was built so far; for callers that give up between
+// phases (a migration that fails over).
+func (r *Restorer) Abort() {
+	if r.phase == phaseFailed {
+		return
+	}
+	r.phase = phaseFailed
+	r.err = errors.New("restore aborted")
+	r.kill()
+	r.close()
+}
+
+func (r *Restorer) need(p phase, what string) error {
+	if r.phase == phaseFailed {
+		return fmt.Errorf("restore %d: %s after a failed step: %w", r.img.pid, what, r.err)
+	}
+	if r.phase != p {
+		return fmt.Errorf("restore %d: %s out of order (phase %d, want %d)", r.img.pid, what, r.phase, p)
+	}
+	return nil
+}

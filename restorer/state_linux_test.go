@@ -1,0 +1,183 @@
+package restorer
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/opts"
+	"godwit/internal/procfs"
+)
+
+// procState is what /proc shows of a stopped task, as comparable lines.
+func procState(t *testing.T, pid int) map[string]string {
+	t.Helper()
+	p := fmt.Sprintf("/proc/%d/", pid)
+	out := map[string]string{}
+	read := func(name string) string {
+		b, err := os.ReadFile(p + name)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return string(b)
+	}
+	link := func(name string) string {
+		s, err := os.Readlink(p + name)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return s
+	}
+	out["maps"] = normalMaps(t, pid)
+	for _, f := range []string{"limits", "timers", "personality", "cmdline", "environ", "auxv", "comm"} {
+		out[f] = read(f)
+	}
+	for _, l := range []string{"cwd", "root", "exe"} {
+		out[l] = link(l)
+	}
+	st := strings.Fields(read("stat"))
+	out["stat mm"] = strings.Join(append(st[25:28], st[44:51]...), " ")
+	fds, _ := os.ReadDir(p + "fd")
+	for _, e := range fds {
+		info := read("fdinfo/" + e.Name())
+		var keep []string
+		for _, l := range strings.Split(info, "\n") {
+			if strings.HasPrefix(l, "pos:") || strings.HasPrefix(l, "flags:") {
+				keep = append(keep, l)
+			}
+		}
+		out["fd "+e.Name()] = link("fd/"+e.Name()) + " " + strings.Join(keep, " ")
+	}
+	tasks, _ := os.ReadDir(p + "task")
+	for _, e := range tasks {
+		s, err := procfs.ReadStatus(atoi(e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		for k := range s.Raw {
+			switch k {
+			case "Name", "Umask", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt", "CapInh", "CapPrm",
+				"CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Uid", "Gid", "Groups", "Threads", "Seccomp":
+				keys = append(keys, k+"="+s.Raw[k])
+			}
+		}
+		sort.Strings(keys)
+		out["task "+e.Name()] = strings.Join(keys, " ")
+	}
+	return out
+}
+
+func atoi(s string) int {
+	var n int
+	fmt.Sscan(s, &n)
+	return n
+}
+
+// waitStopped waits for pid to be in a group stop, untraced.
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	for i := 0; ; i++ {
+		st, err := procfs.ReadStatus(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.State == 'T' && st.TracerPid == 0 {
+			return
+		}
+		if i == 500 {
+			t.Fatalf("%d: state %c tracer %d, want stopped", pid, st.State, st.TracerPid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRestoreState compares what /proc shows of a task stopped by the dump
+// (-s) with the restored task left stopped (-s), then lets the workload
+// check itself: fds, offsets, memory of every kind, signals, timers,
+// limits, personality, pdeath signal, sigaltstack.
+func TestRestoreState(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "state")
+	if out, err := exec.Command("gcc", "-O2", "-pthread", "-o", bin, "testdata/state.c").CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	work := filepath.Join(dir, "work")
+	os.Mkdir(work, 0o755)
+	log := filepath.Join(dir, "log")
+	w := startWorkload(t, log, "ready", bin, work, log)
+	imgs := filepath.Join(dir, "img")
+	dump(t, w.pid, imgs, func(o *opts.Options) { o.LeaveStopped = true })
+	waitStopped(t, w.pid)
+	before := procState(t, w.pid)
+	unix.Kill(w.pid, unix.SIGKILL)
+	w.reaped(t)
+
+	r := restore(t, imgs, func(o *opts.Options) { o.LeaveStopped = true })
+	waitStopped(t, r.PID())
+	after := procState(t, r.PID())
+	for k, v := range before {
+		if after[k] != v {
+			t.Errorf("%s differs:\nbefore: %s\nafter:  %s", k, v, after[k])
+		}
+	}
+	for k := range after {
+		if _, ok := before[k]; !ok {
+			t.Errorf("%s only after restore: %s", k, after[k])
+		}
+	}
+	unix.Kill(r.PID(), unix.SIGCONT)
+	finish(t, r, log)
+}
+
+// normalMaps lists the VMAs of pid with their VmFlags, adjacent pieces of
+// one file mapping with the same protection and flags joined: whether the
+// kernel merged them depends on their anon_vma history, which a program
+// cannot see.
+func normalMaps(t *testing.T, pid int) string {
+	t.Helper()
+	maps, err := procfs.ReadMaps(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flags []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmFlags:") {
+			flags = append(flags, strings.TrimSpace(l[8:]))
+		}
+	}
+	if len(flags) != len(maps) {
+		t.Fatalf("smaps of %d: %d VmFlags for %d maps", pid, len(flags), len(maps))
+	}
+	var out []string
+	var last *procfs.Mapping
+	lastFlags := ""
+	for i := range maps {
+		m := &maps[i]
+		if last != nil && m.Inode != 0 && m.Inode == last.Inode && m.Start == last.End &&
+			m.Perms == last.Perms && flags[i] == lastFlags && m.Offset == last.Offset+(last.End-last.Start) {
+			last.End = m.End
+			out[len(out)-1] = fmt.Sprintf("%x-%x %s %x %d %s [%s]", last.Start, last.End, last.Perms, last.Offset, last.Inode, last.Path, lastFlags)
+			continue
+		}
+		last, lastFlags = m, flags[i]
+		ino := m.Inode
+		if m.Shared && m.Path == "/dev/zero" {
+			ino = 0 // a new shared anonymous object
+		}
+		out = append(out, fmt.Sprintf("%x-%x %s %x %d %s [%s]", m.Start, m.End, m.Perms, m.Offset, ino, m.Path, flags[i]))
+	}
+	return strings.Join(out, "\n")
+}
