@@ -27,18 +27,6 @@ func noArgs(cmd *cobra.Command, args []string) error {
 	return nil
 }
 
-func dumpCmd(a *app) *cobra.Command {
-	c := &cobra.Command{
-		Use:   "dump -t PID [-D DIR]",
-		Short: "Checkpoint a process tree into image files",
-		Args:  noArgs,
-		RunE:  func(*cobra.Command, []string) error { return errNotYet("dump") },
-	}
-	treeFlags(c.Flags(), a.o)
-	dumpOnlyFlags(c.Flags(), a.o)
-	return c
-}
-
 func preDumpCmd(a *app) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "pre-dump -t PID [-D DIR]",
@@ -47,17 +35,6 @@ func preDumpCmd(a *app) *cobra.Command {
 		RunE:  func(*cobra.Command, []string) error { return errNotYet("pre-dump") },
 	}
 	treeFlags(c.Flags(), a.o)
-	return c
-}
-
-func restoreCmd(a *app) *cobra.Command {
-	c := &cobra.Command{
-		Use:   "restore [-D DIR]",
-		Short: "Restore processes from image files",
-		Args:  noArgs,
-		RunE:  func(*cobra.Command, []string) error { return errNotYet("restore") },
-	}
-	restoreFlags(c.Flags(), a.o)
 	return c
 }
 

@@ -1,0 +1,68 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"godwit/dumper"
+	"godwit/restorer"
+)
+
+func dumpCmd(a *app) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "dump -t PID [-D DIR]",
+		Short: "Checkpoint a process into image files",
+		Long: `Checkpoint process PID (with all its threads) into image files in -D, then kill it
+(default), leave it running (-R) or leave it stopped (-s). On any error the process
+resumes as it was.`,
+		Args: noArgs,
+		RunE: func(*cobra.Command, []string) error {
+			res, err := dumper.Dump(a.o, a.scripts)
+			if err != nil {
+				return err
+			}
+			if a.o.DisplayStats {
+				fmt.Fprint(a.stdout, res.FormatStats())
+			}
+			return nil
+		},
+	}
+	treeFlags(c.Flags(), a.o)
+	dumpOnlyFlags(c.Flags(), a.o)
+	return c
+}
+
+func restoreCmd(a *app) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "restore [-D DIR] [-d] [-s]",
+		Short: "Restore a process from image files",
+		Long: `Restore the process dumped in -D with its original PID and thread ids. Without -d,
+godwit waits for it and exits with its exit status (128+N if signal N killed it).`,
+		Args: noArgs,
+		RunE: func(*cobra.Command, []string) error {
+			r, err := restorer.Restore(a.o, a.scripts)
+			if err != nil {
+				return err
+			}
+			if err := a.writePidfile(r.PID()); err != nil {
+				r.Close()
+				return err
+			}
+			if a.o.RestoreDetach {
+				r.Close()
+				return nil
+			}
+			code, err := r.Wait()
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return &exitError{code: code}
+			}
+			return nil
+		},
+	}
+	restoreFlags(c.Flags(), a.o)
+	return c
+}
