@@ -1,0 +1,80 @@
+package e2e
+
+import (
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// The foundation's promise: cpuinfo dump, then check, and crit decodes it.
+func TestCpuinfoDumpCheckCrit(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	if code, out := godwit(t, "cpuinfo", "dump", "-D", dir); code != 0 {
+		t.Fatalf("cpuinfo dump: %d %s", code, out)
+	}
+	for _, caps := range []string{"", "--cpu-cap=all", "--cpu-cap=ins", "--cpu-cap=none"} {
+		args := []string{"cpuinfo", "check", "-D", dir}
+		if caps != "" {
+			args = append(args, caps)
+		}
+		if code, out := godwit(t, args...); code != 0 {
+			t.Errorf("cpuinfo check %s: %d %s", caps, code, out)
+		}
+	}
+	out, err := exec.Command("crit", "show", filepath.Join(dir, "cpuinfo.img")).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"vendor_id"`) {
+		t.Fatalf("crit show cpuinfo.img: %v\n%s", err, out)
+	}
+}
+
+// check --all tells the truth about this kernel: soft-dirty is missing,
+// memory tracking works through userfaultfd.
+func TestCheckAll(t *testing.T) {
+	needRoot(t)
+	code, out := godwit(t, "check", "--all")
+	if code != 1 || !strings.Contains(out, "Looks good but") || !strings.Contains(out, "soft_dirty") {
+		t.Errorf("check --all: exit %d\n%s", code, out)
+	}
+	if code, out := godwit(t, "check"); code != 0 || strings.TrimSpace(out) != "Looks good." {
+		t.Errorf("check: exit %d\n%s", code, out)
+	}
+	for _, f := range []string{"mem_dirty_track", "uffd-noncoop", "lazy_pages", "clone3_set_tid"} {
+		if code, out := godwit(t, "check", "--feature", f); code != 0 || !strings.Contains(out, f+" is supported") {
+			t.Errorf("check --feature %s: exit %d %s", f, code, out)
+		}
+	}
+	if code, out := godwit(t, "check", "--feature", "soft_dirty"); code == 0 {
+		t.Errorf("check --feature soft_dirty passed on a kernel without it: %s", out)
+	}
+}
+
+// Debian's crit reads what godwit dump writes.
+func TestCritReadsDump(t *testing.T) {
+	needRoot(t)
+	w := startC(t, false, "-t", "2")
+	dir := w.dump(t, "-R")
+	pid := strconv.Itoa(w.pid)
+	for _, img := range []string{"inventory.img", "pstree.img", "core-" + pid + ".img", "mm-" + pid + ".img",
+		"pagemap-" + pid + ".img", "files.img", "fs-" + pid + ".img", "stats-dump"} {
+		if out, err := exec.Command("crit", "show", filepath.Join(dir, img)).CombinedOutput(); err != nil {
+			t.Errorf("crit show %s: %v\n%s", img, err, out)
+		}
+	}
+	ps, err := exec.Command("crit", "x", dir, "ps").CombinedOutput()
+	if err != nil || !strings.Contains(string(ps), pid) {
+		t.Errorf("crit x ps: %v\n%s", err, ps)
+	}
+	fds, err := exec.Command("crit", "x", dir, "fds").CombinedOutput()
+	if err != nil || !strings.Contains(string(fds), filepath.Base(w.log)) {
+		t.Errorf("crit x fds: %v\n%s", err, fds)
+	}
+	mems, err := exec.Command("crit", "x", dir, "mems").CombinedOutput()
+	if err != nil || !strings.Contains(string(mems), "counter") {
+		t.Errorf("crit x mems: %v\n%s", err, mems)
+	}
+	syscall.Kill(w.pid, syscall.SIGUSR1)
+}

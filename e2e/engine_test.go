@@ -1,0 +1,205 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// tids lists the thread ids of pid.
+func tids(t *testing.T, pid int) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, e := range ents {
+		n, _ := strconv.Atoi(e.Name())
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// dumpKillRestore is the basic cycle: dump (which kills), restore, check
+// that the program goes on where it was and passes its own checks.
+func dumpKillRestore(t *testing.T, w *workload) {
+	before := tids(t, w.pid)
+	dir := w.dump(t)
+	w.reapKilled(t)
+	r := restore(t, w, dir)
+	if got := tids(t, w.pid); !slices.Equal(got, before) {
+		t.Errorf("thread ids after restore %v, want %v", got, before)
+	}
+	if state, tracer := procState(t, w.pid); tracer != 0 || state == "t" || state == "T" {
+		t.Errorf("restored pid %d: state %s, tracer %d; want running and untraced", w.pid, state, tracer)
+	}
+	w.waitTicks(5)
+	syscall.Kill(w.pid, syscall.SIGUSR2)
+	time.Sleep(50 * time.Millisecond)
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("restored program exited %d\n%s\n%s", code, w.tail(), r.out.String())
+	}
+	w.checkLog(1)
+}
+
+func TestDumpRestoreC(t *testing.T) {
+	needRoot(t)
+	for _, c := range []struct {
+		name   string
+		static bool
+		args   []string
+	}{
+		{"dynamic/1-thread/nanosleep", false, []string{"-m", "16", "-b", "sleep"}},
+		{"static/1-thread/futex", true, []string{"-m", "16", "-b", "futex"}},
+		{"dynamic/16-threads/spin", false, []string{"-m", "16", "-t", "16", "-b", "spin"}},
+		{"static/16-threads/nanosleep", true, []string{"-m", "16", "-t", "16", "-b", "sleep"}},
+		{"dynamic/16-threads/futex", false, []string{"-m", "64", "-t", "16", "-b", "futex"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dumpKillRestore(t, startC(t, c.static, c.args...))
+		})
+	}
+}
+
+func TestDumpRestorePython(t *testing.T) {
+	needRoot(t)
+	t.Run("single-thread", func(t *testing.T) { dumpKillRestore(t, startPython(t, "-m", "8")) })
+	t.Run("threading", func(t *testing.T) { dumpKillRestore(t, startPython(t, "-m", "8", "-t", "4")) })
+}
+
+// A restored program can be dumped and restored again.
+func TestDumpRestoreTwice(t *testing.T) {
+	needRoot(t)
+	w := startC(t, false, "-m", "8", "-t", "4")
+	dir := w.dump(t)
+	w.reapKilled(t)
+	r1 := restore(t, w, dir)
+	w.waitTicks(5)
+
+	dir2 := w.dump(t)
+	// The first restore waited for the task the second dump killed.
+	select {
+	case err := <-r1.done:
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 128+int(syscall.SIGKILL) {
+			t.Fatalf("first restore: %v, want exit %d (killed)", err, 128+int(syscall.SIGKILL))
+		}
+		r1.done <- err
+	case <-time.After(10 * time.Second):
+		t.Fatal("first restore did not see its task die")
+	}
+	for i := 0; i < 300 && pidExists(w.pid); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	r2 := restore(t, w, dir2)
+	w.waitTicks(5)
+	if code := r2.finish(t, w); code != 0 {
+		t.Fatalf("twice-restored program exited %d\n%s", code, w.tail())
+	}
+	w.checkLog(0)
+}
+
+// -R leaves the program running, untouched; its images restore it later,
+// after the original has exited.
+func TestLeaveRunning(t *testing.T) {
+	needRoot(t)
+	w := startC(t, false, "-m", "8", "-t", "2")
+	dir := w.dump(t, "-R")
+	if state, tracer := procState(t, w.pid); tracer != 0 || state == "t" || state == "T" {
+		t.Fatalf("after dump -R: state %s, tracer %d", state, tracer)
+	}
+	w.waitTicks(5)
+	syscall.Kill(w.pid, syscall.SIGUSR1)
+	select {
+	case err := <-w.waited:
+		if err != nil {
+			t.Fatalf("original after dump -R failed its checks: %v\n%s", err, w.tail())
+		}
+		w.waited <- nil
+	case <-time.After(10 * time.Second):
+		t.Fatal("original did not finish")
+	}
+	for i := 0; i < 300 && pidExists(w.pid); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	r := restore(t, w, dir)
+	w.waitTicks(3)
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("program restored after the original exited: exit %d\n%s", code, w.tail())
+	}
+	b, _ := os.ReadFile(w.log)
+	if n := strings.Count(string(b), "done ticks="); n != 2 {
+		t.Errorf("want two runs to finish (original and restored), log has %d", n)
+	}
+}
+
+// -s leaves the program stopped and untraced; SIGCONT resumes it.
+func TestLeaveStopped(t *testing.T) {
+	needRoot(t)
+	w := startC(t, true, "-t", "3")
+	w.dump(t, "-s")
+	state, tracer := procState(t, w.pid)
+	if state != "T" || tracer != 0 {
+		t.Fatalf("after dump -s: state %s, tracer %d; want T and untraced", state, tracer)
+	}
+	n := len(w.ticks())
+	time.Sleep(100 * time.Millisecond)
+	if len(w.ticks()) != n {
+		t.Fatal("the program ticked while it should be stopped")
+	}
+	syscall.Kill(w.pid, syscall.SIGCONT)
+	w.waitTicks(3)
+	syscall.Kill(w.pid, syscall.SIGUSR1)
+	select {
+	case err := <-w.waited:
+		if err != nil {
+			t.Fatalf("program after dump -s and SIGCONT: %v\n%s", err, w.tail())
+		}
+		w.waited <- nil
+	case <-time.After(10 * time.Second):
+		t.Fatal("program did not finish")
+	}
+}
+
+// restore without -d exits with the restored program's status.
+func TestRestoreExitStatus(t *testing.T) {
+	needRoot(t)
+	w := startC(t, false, "-x", "7")
+	dir := w.dump(t)
+	w.reapKilled(t)
+	r := restore(t, w, dir)
+	w.waitTicks(2)
+	if code := r.finish(t, w); code != 7 {
+		t.Fatalf("restore exited %d, want the program's 7\n%s", code, w.tail())
+	}
+}
+
+// restore -d detaches and writes --pidfile; the program runs on.
+func TestRestoreDetached(t *testing.T) {
+	needRoot(t)
+	w := startC(t, false, "-t", "2")
+	dir := w.dump(t)
+	w.reapKilled(t)
+	t.Cleanup(func() { killAndForget(w.pid) })
+	code, out := godwit(t, "restore", "-d", "-D", dir, "--pidfile", "restored.pid")
+	if code != 0 {
+		t.Fatalf("restore -d: exit %d: %s", code, out)
+	}
+	pidText, err := os.ReadFile(filepath.Join(dir, "restored.pid"))
+	if err != nil || strings.TrimSpace(string(pidText)) != strconv.Itoa(w.pid) {
+		t.Fatalf("pidfile %q, %v; want %d", pidText, err, w.pid)
+	}
+	w.waitTicks(5)
+	syscall.Kill(w.pid, syscall.SIGUSR1)
+	for i := 0; i < 1000 && alive(w.pid); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	w.checkLog(0)
+}
