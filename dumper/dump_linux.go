@@ -31,9 +31,12 @@ type Result struct {
 	Mem     MemStats
 }
 
-// FormatStats renders the stats as --display-stats prints them.
+// FormatStats renders the stats as --display-stats prints them (CRIU's
+// lines, then the pages skipped, which CRIU's stats have no field for).
 func (r *Result) FormatStats() string {
-	return images.FormatStats(&stats.StatsEntry{Dump: r.Stats})
+	return images.FormatStats(&stats.StatsEntry{Dump: r.Stats}) +
+		fmt.Sprintf("Memory pages skipped (zero page): %d (%#x)\nMemory pages skipped (untouched): %d (%#x)\n",
+			r.Mem.Zero, r.Mem.Zero, r.Mem.Untouched, r.Mem.Untouched)
 }
 
 // MethodEnv selects the page transfer method ("readv" or "vmsplice");
@@ -48,17 +51,41 @@ var DefaultMethod = MethodVmsplice
 // (o.LeaveStopped). On any error before that last step the process
 // resumes untouched and untraced, and inventory.img is not written (the
 // files written so far are removed).
+//
+// With o.PageServer the pages go to the page server at o.Address:o.Port
+// instead of o.ImagesDir, which receives every other image.
 func Dump(o *opts.Options, scripts *actions.Scripts) (*Result, error) {
-	return DumpTo(o, scripts, nil)
+	if !o.PageServer {
+		return DumpTo(o, scripts, localPages{})
+	}
+	t, err := dialPageServer(o)
+	if err != nil {
+		return nil, fmt.Errorf("dump: %w", err)
+	}
+	defer t.abort()
+	return DumpTo(o, scripts, t)
 }
 
-// SinkFactory opens the sink for one pagemap (pagemap-PID.img or
-// pagemap-shmem-ID.img, pages id): e.g. a page server's TaskSink for
-// --page-server. Nil means local images (NewImageSink).
-type SinkFactory func(d *images.Dir, pagemapName string, pagesID uint32) (pageserver.Sink, error)
+// PageTarget receives a dump's pages.
+type PageTarget interface {
+	// Open returns the sink for one pagemap (pagemap-PID.img or
+	// pagemap-shmem-ID.img, with its pages id).
+	Open(d *images.Dir, pagemapName string, pagesID uint32) (pageserver.Sink, error)
+	// Commit makes every page durable (a page server acknowledges them);
+	// the dump finishes the task only after it succeeded.
+	Commit() error
+}
 
-// DumpTo is Dump with page data sent to the sinks sinks makes.
-func DumpTo(o *opts.Options, scripts *actions.Scripts, sinks SinkFactory) (*Result, error) {
+// localPages writes pages into the images directory (NewImageSink).
+type localPages struct{}
+
+func (localPages) Open(d *images.Dir, name string, id uint32) (pageserver.Sink, error) {
+	return NewImageSink(d, name, id)
+}
+func (localPages) Commit() error { return nil }
+
+// DumpTo is Dump with page data sent to target.
+func DumpTo(o *opts.Options, scripts *actions.Scripts, target PageTarget) (*Result, error) {
 	pid := o.Tree
 	if err := Check(pid); err != nil {
 		return nil, err
@@ -89,17 +116,25 @@ func DumpTo(o *opts.Options, scripts *actions.Scripts, sinks SinkFactory) (*Resu
 	tr := ptrace.New()
 	defer tr.Close()
 	t0 := time.Now()
-	tids, err := tr.FreezeProcess(pid, 0)
-	if err != nil {
+	var tids []int
+	if o.FreezeCgroup != "" {
+		tids, err = freezeViaCgroup(tr, o.FreezeCgroup, pid)
+		if err != nil {
+			// Seized threads, stopped or not, are detached by the
+			// tracer's Close.
+			return nil, fmt.Errorf("dump: %w", err)
+		}
+	} else if tids, err = tr.FreezeProcess(pid, 0); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
 	}
 	frozenAt := time.Now()
 	logging.Default().Infof("dump %d: froze %d threads in %v", pid, len(tids), frozenAt.Sub(t0))
-	if sinks == nil {
-		sinks = func(d *images.Dir, name string, id uint32) (pageserver.Sink, error) { return NewImageSink(d, name, id) }
+	d := &dumpRun{pid: pid, tids: tids, tr: tr, dir: dir, method: method, sinks: target.Open, log: logging.Default()}
+	err = d.safeCollect()
+	if err == nil {
+		err = target.Commit()
 	}
-	d := &dumpRun{pid: pid, tids: tids, tr: tr, dir: dir, method: method, sinks: sinks, log: logging.Default()}
-	if err := d.safeCollect(); err != nil {
+	if err != nil {
 		d.removeWritten()
 		if terr := tr.ThawProcess(pid, false); terr != nil {
 			err = errors.Join(err, fmt.Errorf("resume %d: %w", pid, terr))
@@ -125,7 +160,7 @@ func DumpTo(o *opts.Options, scripts *actions.Scripts, sinks SinkFactory) (*Resu
 	frozen := time.Since(frozenAt)
 	d.log.Infof("dump %d: %d pages written (%d scanned, %d zero, %d untouched) by %v; frozen %v",
 		pid, d.mem.Written, d.mem.Scanned, d.mem.Zero, d.mem.Untouched, method, frozen)
-	res := &Result{Pid: pid, Threads: tids, Method: method, Mem: d.mem}
+	res := &Result{Pid: pid, Threads: tids, Method: d.method, Mem: d.mem}
 	res.Stats = &stats.DumpStatsEntry{
 		FreezingTime:       proto.Uint32(uint32(frozenAt.Sub(t0).Microseconds())),
 		FrozenTime:         proto.Uint32(uint32(frozen.Microseconds())),
@@ -152,7 +187,7 @@ type dumpRun struct {
 	tr      *ptrace.Tracer
 	dir     *images.Dir
 	method  Method
-	sinks   SinkFactory
+	sinks   func(d *images.Dir, pagemapName string, pagesID uint32) (pageserver.Sink, error)
 	log     *logging.Logger
 	written []string
 	mem     MemStats
@@ -233,7 +268,7 @@ func (d *dumpRun) collect() error {
 		return err
 	}
 	fl := newFiles()
-	fdEntries := fl.fdinfoEntries(fds)
+	fdEntries := fl.fdinfoEntries(pid, fds)
 	exePath, exeSt, err := linkFile(pid, "exe")
 	if err != nil {
 		return fmt.Errorf("exe: %w", err)
@@ -389,7 +424,14 @@ func (d *dumpRun) dumpMemory(s *ptrace.Session, scratch uint64, vmas []VMA) (err
 	var md *MemoryDumper
 	if d.method == MethodVmsplice {
 		md, err = NewInjectingMemoryDumper(d.pid, s, scratch)
-	} else {
+		if err != nil {
+			// E.g. the task is at its RLIMIT_NOFILE and cannot
+			// make the pipes: read its memory from outside.
+			d.log.Warnf("dump %d: vmsplice transfer unavailable (%v), using process_vm_readv", d.pid, err)
+			d.method = MethodReadv
+		}
+	}
+	if d.method == MethodReadv {
 		md, err = NewMemoryDumper(d.pid)
 	}
 	if err != nil {

@@ -12,9 +12,11 @@ import (
 	"time"
 
 	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fs"
 	"golang.org/x/sys/unix"
 
+	"godwit/internal/actions"
 	"godwit/internal/images"
 	"godwit/internal/procfs"
 )
@@ -185,6 +187,25 @@ func TestDumpRefuses(t *testing.T) {
 	if _, err := Dump(dumpOpts(os.Getppid(), t.TempDir()), nil); err == nil || !strings.Contains(err.Error(), "ancestor") {
 		t.Errorf("parent: %v", err)
 	}
+	if st, err := procfs.ReadStatus(2); err == nil && st.Kthread {
+		if _, err := Dump(dumpOpts(2, t.TempDir()), nil); err == nil || !strings.Contains(err.Error(), "kernel thread") {
+			t.Errorf("kthreadd: %v", err)
+		}
+	}
+	// A zombie: our child that exited and is not reaped yet.
+	z := start(t, "", "", "/bin/true")
+	for i := 0; ; i++ {
+		if st, _ := status(t, z.pid); st == 'Z' {
+			break
+		}
+		if i == 1000 {
+			t.Fatal("no zombie")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, err := Dump(dumpOpts(z.pid, t.TempDir()), nil); err == nil || !strings.Contains(err.Error(), "zombie") {
+		t.Errorf("zombie: %v", err)
+	}
 }
 
 // unsupportedFD: a task holding a pipe (or socket) fails the dump with an
@@ -336,6 +357,8 @@ signal.signal(signal.SIGHUP, lambda *a: None)
 signal.setitimer(signal.ITIMER_REAL, 1000, 500)
 signal.signal(signal.SIGALRM, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_NOFILE, (777, 888))
+os.dup2(1, 5)
+os.dup2(os.open("/proc/self/fd/1", os.O_WRONLY | os.O_APPEND), 6)
 print("ready", flush=True)
 while True:
     time.sleep(1)
@@ -393,6 +416,18 @@ while True:
 	if c := th.GetCreds(); c.GetUid() != 0 || len(c.GetCapEff()) != 2 || c.GetCapEff()[0] == 0 {
 		t.Errorf("creds %v", c)
 	}
+	// fd 5 is a dup of fd 1 (one file id), fd 6 a second open (its own).
+	fdi, err := images.ReadAll[*fdinfo.FdinfoEntry](d, images.FdinfoImg(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := map[uint32]uint32{}
+	for _, e := range fdi {
+		id[e.GetFd()] = e.GetId()
+	}
+	if id[1] == 0 || id[5] != id[1] || id[6] == id[1] || id[6] == 0 {
+		t.Errorf("file ids of fds 1, 5 (dup), 6 (reopen): %d %d %d", id[1], id[5], id[6])
+	}
 	// The dump consumed nothing: both signals are still pending.
 	st, err := procfs.ReadStatus(p.pid)
 	if err != nil {
@@ -401,4 +436,198 @@ while True:
 	if st.ShdPnd&(1<<11) == 0 || st.SigPnd&(1<<33) == 0 {
 		t.Errorf("pending after dump: shared %#x thread %#x", st.ShdPnd, st.SigPnd)
 	}
+}
+
+func TestDumpFreezeCgroup(t *testing.T) {
+	needRoot(t)
+	cg := filepath.Join("/sys/fs/cgroup/freezer", fmt.Sprintf("godwit-dumper-test-%d", os.Getpid()))
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := startCounter(t, false, "-m", "4", "-t", "4")
+	// Registered after start's cleanup, so it runs first: move the
+	// process out (if still alive) and remove the cgroup.
+	t.Cleanup(func() {
+		_ = os.WriteFile("/sys/fs/cgroup/freezer/cgroup.procs", []byte(fmt.Sprint(p.pid)), 0)
+		_ = os.WriteFile(filepath.Join(cg, "freezer.state"), []byte("THAWED"), 0)
+		_ = syscall.Kill(p.pid, syscall.SIGKILL)
+		for i := 0; i < 200 && os.Remove(cg) != nil; i++ {
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(fmt.Sprint(p.pid)), 0); err != nil {
+		t.Fatal(err)
+	}
+	o := dumpOpts(p.pid, t.TempDir())
+	o.LeaveRunning = true
+	o.FreezeCgroup = cg
+	res, err := Dump(o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Threads) != 5 {
+		t.Errorf("threads %v", res.Threads)
+	}
+	assertRunningUntraced(t, p.pid)
+	if b, _ := os.ReadFile(filepath.Join(cg, "freezer.state")); strings.TrimSpace(string(b)) != "THAWED" {
+		t.Errorf("cgroup left %s", b)
+	}
+	if err := syscall.Kill(p.pid, syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.wait(t); st != 0 {
+		t.Fatalf("exit %d", st)
+	}
+	// A process outside the cgroup is refused, untouched.
+	q := startCounter(t, false)
+	o = dumpOpts(q.pid, t.TempDir())
+	o.FreezeCgroup = cg
+	if _, err := Dump(o, nil); err == nil || !strings.Contains(err.Error(), "not in it") {
+		t.Errorf("process outside the cgroup: %v", err)
+	}
+	assertRunningUntraced(t, q.pid)
+}
+
+func TestDumpStats(t *testing.T) {
+	needRoot(t)
+	p := startCounter(t, false, "-m", "2")
+	dir := t.TempDir()
+	res, err := Dump(dumpOpts(p.pid, dir), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := images.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	st, err := images.ReadStats(d, images.StatsDump)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := st.GetDump()
+	if ds.GetPagesWritten() != res.Mem.Written || ds.GetPagesWritten() < 512 || ds.GetPagesScanned() < ds.GetPagesWritten() || ds.GetFrozenTime() == 0 {
+		t.Errorf("stats-dump %v vs %+v", ds, res.Mem)
+	}
+	if ds.GetPagesScanned() != res.Mem.Written+res.Mem.Zero+res.Mem.Untouched {
+		t.Errorf("scanned %d != written %d + zero %d + untouched %d", ds.GetPagesScanned(), res.Mem.Written, res.Mem.Zero, res.Mem.Untouched)
+	}
+	out := res.FormatStats()
+	for _, want := range []string{"Frozen time:", "Memory pages written:", "skipped (zero page)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("FormatStats lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestDumpActionScripts(t *testing.T) {
+	needRoot(t)
+	p := startCounter(t, false, "-m", "1")
+	out := filepath.Join(t.TempDir(), "actions")
+	dir := t.TempDir()
+	s := &actions.Scripts{Commands: []string{`echo "$CRTOOLS_SCRIPT_ACTION $CRTOOLS_INIT_PID" >>` + out}, ImagesDir: dir}
+	o := dumpOpts(p.pid, dir)
+	o.LeaveRunning = true
+	if _, err := Dump(o, s); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(out)
+	if want := fmt.Sprintf("pre-dump %d\npost-dump %d\n", p.pid, p.pid); string(b) != want {
+		t.Errorf("scripts ran %q, want %q", b, want)
+	}
+	// A failing post-dump script fails the dump and resumes the task.
+	s.Commands = []string{`[ "$CRTOOLS_SCRIPT_ACTION" != post-dump ]`}
+	if _, err := Dump(dumpOpts(p.pid, t.TempDir()), s); err == nil || !strings.Contains(err.Error(), "post-dump") {
+		t.Errorf("failing post-dump script: %v", err)
+	}
+	assertRunningUntraced(t, p.pid)
+	if err := syscall.Kill(p.pid, syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.wait(t); st != 0 {
+		t.Fatalf("exit %d", st)
+	}
+}
+
+// TestDumpOtherUser dumps a task of another user (prlimit64 from outside
+// then fails with EPERM here, without CAP_SYS_RESOURCE, and the dumper
+// asks the task itself) that also has a POSIX timer armed.
+func TestDumpOtherUser(t *testing.T) {
+	needRoot(t)
+	log := filepath.Join(t.TempDir(), "log")
+	os.Chmod(filepath.Dir(log), 0o777)
+	script := `
+import ctypes, os, resource, signal, time
+libc = ctypes.CDLL(None, use_errno=True)
+tid = ctypes.c_void_p()
+if libc.timer_create(1, None, ctypes.byref(tid)) != 0: raise OSError(ctypes.get_errno(), "timer_create")
+spec = (ctypes.c_long * 4)(7, 0, 3600, 0)
+if libc.timer_settime(tid, 0, spec, None) != 0: raise OSError(ctypes.get_errno(), "timer_settime")
+resource.setrlimit(resource.RLIMIT_NOFILE, (555, 666))
+os.setgroups([65534])
+os.setresgid(65534, 65534, 65534)
+os.setresuid(65534, 65534, 65534)
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+`
+	p := start(t, "", "", "/bin/sh", "-c", "exec python3 -c '"+script+"' >"+log)
+	waitFile(t, log, "ready")
+	dir := t.TempDir()
+	o := dumpOpts(p.pid, dir)
+	o.LeaveRunning = true
+	if _, err := Dump(o, nil); err != nil {
+		t.Fatal(err)
+	}
+	assertRunningUntraced(t, p.pid)
+	d, err := images.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	core, err := images.ReadOne[*criu_core.CoreEntry](d, images.CoreImg(p.pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := core.GetTc()
+	if r := tc.GetRlimits().GetRlimits(); len(r) != 16 || r[unix.RLIMIT_NOFILE].GetCur() != 555 || r[unix.RLIMIT_NOFILE].GetMax() != 666 {
+		t.Errorf("rlimits %v", r)
+	}
+	c := core.GetThreadCore().GetCreds()
+	if c.GetUid() != 65534 || c.GetEuid() != 65534 || c.GetGid() != 65534 || len(c.GetGroups()) != 1 || c.GetGroups()[0] != 65534 {
+		t.Errorf("creds %v", c)
+	}
+	pt := tc.GetTimers().GetPosix()
+	if len(pt) != 1 || pt[0].GetClockId() != 1 || pt[0].GetIsec() != 7 || pt[0].GetVsec() > 3600 || pt[0].GetVsec() < 3590 || pt[0].GetSiSigno() != uint32(syscall.SIGALRM) {
+		t.Errorf("posix timers %v", pt)
+	}
+}
+
+// TestDumpFallbackReadv: a task that cannot open one more fd cannot make
+// the vmsplice pipes; the dump reads its memory from outside instead.
+func TestDumpFallbackReadv(t *testing.T) {
+	needRoot(t)
+	log := filepath.Join(t.TempDir(), "log")
+	script := `
+import os, resource, time
+data = bytearray(b"x" * (1 << 20))
+top = max(int(f) for f in os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_NOFILE, (top, 1024))
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+`
+	p := start(t, "", "", "/bin/sh", "-c", "exec python3 -c '"+script+"' >"+log)
+	waitFile(t, log, "ready")
+	t.Setenv(MethodEnv, "vmsplice")
+	o := dumpOpts(p.pid, t.TempDir())
+	o.LeaveRunning = true
+	res, err := Dump(o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Method != MethodReadv || res.Mem.Written < 256 {
+		t.Errorf("method %v, %d pages", res.Method, res.Mem.Written)
+	}
+	assertRunningUntraced(t, p.pid)
 }

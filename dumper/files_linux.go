@@ -156,12 +156,32 @@ func CollectFDs(pid int) ([]FD, error) {
 	return out, nil
 }
 
-// fdinfoEntries adds a REG entry per fd and returns fdinfo-ID.img's entries.
-func (f *files) fdinfoEntries(fds []FD) []*fdinfo.FdinfoEntry {
+// sameFile reports whether fds a and b of pid share one open file
+// description (dup, fork): they must then share one file id, as in CRIU,
+// so that the restored fds share offset and flags again.
+func sameFile(pid, a, b int) bool {
+	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(pid), kcmpFile, uintptr(a), uintptr(b), 0)
+	return e == 0 && r == 0
+}
+
+// fdinfoEntries adds a REG entry per open file description and returns
+// fdinfo-ID.img's entries.
+func (f *files) fdinfoEntries(pid int, fds []FD) []*fdinfo.FdinfoEntry {
 	var out []*fdinfo.FdinfoEntry
+	ids := make([]uint32, len(fds))
 	for i := range fds {
 		fd := &fds[i]
-		id := f.reg(fd.Path, fd.Flags, fd.Pos, &fd.Stat, fd.MntID)
+		id := uint32(0)
+		// Only fds on the same inode can share a description.
+		for j := 0; j < i && id == 0; j++ {
+			if fds[j].Stat.Dev == fd.Stat.Dev && fds[j].Stat.Ino == fd.Stat.Ino && sameFile(pid, fds[j].Num, fd.Num) {
+				id = ids[j]
+			}
+		}
+		if id == 0 {
+			id = f.reg(fd.Path, fd.Flags, fd.Pos, &fd.Stat, fd.MntID)
+		}
+		ids[i] = id
 		fl := uint32(0)
 		if fd.Cloexec {
 			fl = unix.FD_CLOEXEC
@@ -173,6 +193,6 @@ func (f *files) fdinfoEntries(fds []FD) []*fdinfo.FdinfoEntry {
 	return out
 }
 
-// mntIDOf reads the mount id of a file from fdinfo-like data of the
-// task's cwd/root/exe: not available there, so -1 (unset).
+// noMntID leaves mnt_id unset (the exe, cwd, root and mapped files have no
+// fdinfo to read it from).
 const noMntID = -1

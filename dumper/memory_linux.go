@@ -515,10 +515,6 @@ type vmspliceSource struct {
 	iov     []byte
 }
 
-// spliceNonblock is SPLICE_F_NONBLOCK: never let the target block in an
-// injected call on a full pipe.
-const spliceNonblock = 0x02
-
 func newVmspliceSource(pid int, s *ptrace.Session, scratch uint64) (*vmspliceSource, error) {
 	v := &vmspliceSource{pid: pid, s: s, scratch: scratch, w: [2]int{-1, -1}, iov: make([]byte, 0, maxBatchIovs*16)}
 	pidfd, err := unix.PidfdOpen(pid, 0)
@@ -575,7 +571,7 @@ func (v *vmspliceSource) load(slot int, runs []run) error {
 	if err := ptrace.WriteMem(v.pid, v.scratch+scratchIov, v.iov); err != nil {
 		return err
 	}
-	k, err := v.s.Syscall(unix.SYS_VMSPLICE, uint64(v.w[slot]), v.scratch+scratchIov, uint64(len(runs)), spliceNonblock)
+	k, err := v.s.Syscall(unix.SYS_VMSPLICE, uint64(v.w[slot]), v.scratch+scratchIov, uint64(len(runs)), unix.SPLICE_F_NONBLOCK) // never block the target on a full pipe
 	if err != nil {
 		return fmt.Errorf("vmsplice in target at %#x: %w", runs[0].addr, err)
 	}

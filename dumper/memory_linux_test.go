@@ -13,6 +13,7 @@ import (
 
 	"godwit/internal/images"
 	"godwit/internal/procfs"
+	"godwit/pageserver"
 )
 
 // TestDumpMemoryLayout checks which pages are saved, and their bytes:
@@ -155,5 +156,70 @@ func TestDumpMemoryLayout(t *testing.T) {
 				t.Errorf("crit x mems shows no shmem: %s", mems)
 			}
 		})
+	}
+}
+
+// TestMemoryDumperRunning reads memory without the rest of a dump and
+// without stopping the target (the shape pre-dump rounds use), into a
+// page server's local sink.
+func TestMemoryDumperRunning(t *testing.T) {
+	needRoot(t)
+	bin := filepath.Join(t.TempDir(), "mem")
+	if out, err := exec.Command("gcc", "-O1", "-o", bin, "testdata/mem.c").CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	tmp := t.TempDir()
+	log := filepath.Join(tmp, "log")
+	p := start(t, "", "", bin, filepath.Join(tmp, "file"), log)
+	waitFile(t, log, "ready")
+	var priv uint64
+	b, _ := os.ReadFile(log)
+	if _, err := fmt.Sscanf(string(b), "priv=%v", &priv); err != nil {
+		t.Fatal(err)
+	}
+	vmas, err := CollectVMAs(p.pid, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := NewMemoryDumper(p.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer md.Close()
+	dir := t.TempDir()
+	d, err := images.Open(dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	sink, err := pageserver.NewLocalSink(d, images.PagemapImg(p.pid), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := md.DumpPrivate(vmas, sink); err != nil {
+		t.Fatal(err)
+	}
+	if err := sink.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if st, tracer := status(t, p.pid); st == 'T' || tracer != 0 {
+		t.Errorf("target state %c tracer %d", st, tracer)
+	}
+	pr, err := images.OpenPages(d, images.PagemapImg(p.pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	buf := make([]byte, pageSize)
+	for i := 0; i < 32; i++ {
+		if _, err := pr.ReadAt(buf, priv+uint64(i)*pageSize); err != nil || buf[0] != byte(1+i) || buf[pageSize-1] != byte(1+i) {
+			t.Fatalf("page %d: %v %d", i, err, buf[0])
+		}
+	}
+	if _, ok := pr.Find(priv + 40*pageSize); ok {
+		t.Error("zero page dumped")
+	}
+	if s := md.Stats(); s.Written < 37 || s.Zero < 16 { // 32 private + 4 PROT_NONE + 1 file page; 16 zero
+		t.Errorf("stats %+v", s)
 	}
 }

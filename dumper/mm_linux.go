@@ -89,6 +89,9 @@ func vmaName(e *procfs.SmapsEntry) string {
 
 func classify(pid int, e *procfs.SmapsEntry, fileID fileIDFunc) (VMA, error) {
 	v := VMA{Start: e.Start, End: e.End, Path: e.Path, Status: vmaAreaRegular}
+	if e.Shared && !e.IsAnon() {
+		v.Pgoff = e.Offset // shared memory: the offset in the object
+	}
 	if e.Read {
 		v.Prot |= unix.PROT_READ
 	}
@@ -143,7 +146,7 @@ func classify(pid int, e *procfs.SmapsEntry, fileID fileIDFunc) (VMA, error) {
 		return v, nil
 	case strings.HasPrefix(e.Path, "/SYSV"):
 		return v, fmt.Errorf("System V shared memory is not supported yet")
-	case e.Path == "/dev/zero" && e.Deleted && e.Shared, strings.HasPrefix(e.Path, "/memfd:") && e.Shared:
+	case e.Shared && (e.Path == "/dev/zero" && e.Deleted || strings.HasPrefix(e.Path, "/memfd:") || strings.HasPrefix(e.Path, "[anon_shmem:")):
 		v.Flags |= unix.MAP_ANONYMOUS
 		v.Status |= vmaAnonShared
 		v.Shmid = e.Inode

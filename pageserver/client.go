@@ -242,6 +242,23 @@ func (c *Client) Get(pid int, vaddr, nr uint64, dst []byte) (uint64, error) {
 	return h.NrPages, nil
 }
 
+// Abort disconnects without CLOSE: the server treats the session as failed
+// and removes the images it was writing (a dump that failed half-way).
+func (c *Client) Abort() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.closed = true
+	c.sink = nil
+	if c.qc != nil {
+		c.qc.CloseWithError(1, "aborted")
+		return
+	}
+	c.conn.Close()
+}
+
 // Close ends open tasks, sends CLOSE, waits for the server's status (it
 // has then closed every image of this connection) and disconnects.
 func (c *Client) Close() error {

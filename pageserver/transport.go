@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+
+	"godwit/internal/opts"
 )
 
 // Transport selects how requests travel.
@@ -304,4 +306,16 @@ func dialQUIC(ctx context.Context, addr string, o TransportOptions) (*quic.Conn,
 		return nil, fmt.Errorf("page server: quic dial %s: %w", addr, err)
 	}
 	return qc, nil
+}
+
+// TransportOptionsFrom maps criu(8)'s TLS options and godwit's --transport.
+func TransportOptionsFrom(o *opts.Options) TransportOptions {
+	return TransportOptions{
+		Transport:  Transport(o.Transport),
+		TLS:        o.TLS,
+		CACert:     o.TLSCACert,
+		Cert:       o.TLSCert,
+		Key:        o.TLSKey,
+		NoCNVerify: o.TLSNoCNVerify,
+	}
 }

@@ -190,6 +190,7 @@ func TestErrorsAreOneLineWithHint(t *testing.T) {
 		{[]string{"page-server", "--daemon", "--status-fd", "3"}, "godwit: --daemon and --status-fd are mutually exclusive"},
 		{[]string{"check", "--all", "--feature", "uffd"}, "godwit: --feature checks one feature"},
 		{[]string{"dump"}, "godwit: dump needs a process: -t PID"},
+		{[]string{"dump", "-t", "1", "--page-server", "--address", "127.0.0.1"}, "godwit: --page-server needs --port"},
 		{[]string{"swrk"}, "godwit: swrk takes one argument"},
 	}
 	for _, c := range cases {
@@ -209,7 +210,7 @@ func TestNotYetSupportedFailsLoudly(t *testing.T) {
 	for _, args := range [][]string{
 		{"restore", "--lazy-pages"},
 		{"dump", "-t", "1", "--tcp-established"},
-		{"dump", "-t", "1", "--page-server", "--address", "127.0.0.1"},
+		{"pre-dump", "-t", "1", "--track-mem"},
 		{"check", "-L", "/plugins"},
 	} {
 		flag := ""

@@ -16,21 +16,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"godwit/internal/daemon"
-	"godwit/internal/opts"
 	"godwit/pageserver"
 )
-
-// transportOptions maps the CLI's TLS and transport options.
-func transportOptions(o *opts.Options) pageserver.TransportOptions {
-	return pageserver.TransportOptions{
-		Transport:  pageserver.Transport(o.Transport),
-		TLS:        o.TLS,
-		CACert:     o.TLSCACert,
-		Cert:       o.TLSCert,
-		Key:        o.TLSKey,
-		NoCNVerify: o.TLSNoCNVerify,
-	}
-}
 
 func pageServerCmd(a *app) *cobra.Command {
 	c := &cobra.Command{
@@ -58,7 +45,7 @@ the same framing over QUIC with mutual TLS. --port 0 picks a free port and print
 
 func runPageServer(a *app) error {
 	o := a.o
-	ln, err := pageserver.Listen(net.JoinHostPort(o.Address, strconv.Itoa(o.Port)), transportOptions(o))
+	ln, err := pageserver.Listen(net.JoinHostPort(o.Address, strconv.Itoa(o.Port)), pageserver.TransportOptionsFrom(o))
 	if err != nil {
 		return err
 	}

@@ -85,6 +85,7 @@ var notYet = map[string]bool{
 // doneIn lists, per command, the notYet options it already implements.
 var doneIn = map[string]map[string]bool{
 	"page-server": {"prev-images-dir": true, "lazy-pages": true},
+	"dump":        {"page-server": true, "freeze-cgroup": true},
 }
 
 func errNotYet(what string) error { return fmt.Errorf("%s is not supported yet", what) }

@@ -307,6 +307,9 @@ func (o *Options) Validate(command string) error {
 		if o.PageServer && o.Address == "" {
 			return errors.New("--page-server needs --address")
 		}
+		if o.PageServer && o.Port == 0 {
+			return errors.New("--page-server needs --port")
+		}
 		if command == "pre-dump" && (o.LeaveStopped || o.LazyPages) {
 			return errors.New("pre-dump always leaves the tasks running: --leave-stopped and --lazy-pages do not apply")
 		}

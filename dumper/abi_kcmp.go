@@ -1,0 +1,4 @@
+package dumper
+
+// from include/uapi/linux/kcmp.h
+const kcmpFile = 0

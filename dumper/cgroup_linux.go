@@ -1,0 +1,175 @@
+package dumper
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"godwit/internal/procfs"
+	"godwit/internal/ptrace"
+)
+
+// freezeTimeout bounds the wait for a cgroup to report itself frozen.
+const freezeTimeout = 10 * time.Second
+
+// cgroupFreezer freezes a cgroup through the v1 freezer (freezer.state) or
+// the v2 interface (cgroup.freeze).
+type cgroupFreezer struct {
+	path string
+	v2   bool
+}
+
+func newCgroupFreezer(path string) (*cgroupFreezer, error) {
+	if !filepath.IsAbs(path) {
+		path = filepath.Join("/sys/fs/cgroup/freezer", path)
+	}
+	if _, err := os.Stat(filepath.Join(path, "freezer.state")); err == nil {
+		return &cgroupFreezer{path: path}, nil
+	}
+	if _, err := os.Stat(filepath.Join(path, "cgroup.freeze")); err == nil {
+		return &cgroupFreezer{path: path, v2: true}, nil
+	}
+	return nil, fmt.Errorf("freeze cgroup %s: neither freezer.state nor cgroup.freeze there", path)
+}
+
+func (c *cgroupFreezer) contains(pid int) (bool, error) {
+	b, err := os.ReadFile(filepath.Join(c.path, "cgroup.procs"))
+	if err != nil {
+		return false, err
+	}
+	for _, f := range strings.Fields(string(b)) {
+		if f == strconv.Itoa(pid) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func (c *cgroupFreezer) set(frozen bool) error {
+	name, val := "freezer.state", "THAWED"
+	if c.v2 {
+		name, val = "cgroup.freeze", "0"
+	}
+	if frozen {
+		val = "FROZEN"
+		if c.v2 {
+			val = "1"
+		}
+	}
+	if err := os.WriteFile(filepath.Join(c.path, name), []byte(val), 0); err != nil {
+		return fmt.Errorf("cgroup %s: write %s: %w", c.path, name, err)
+	}
+	if !frozen {
+		return nil
+	}
+	deadline := time.Now().Add(freezeTimeout)
+	for {
+		var done bool
+		if c.v2 {
+			b, err := os.ReadFile(filepath.Join(c.path, "cgroup.events"))
+			if err != nil {
+				return err
+			}
+			done = bytes.Contains(b, []byte("frozen 1"))
+		} else {
+			b, err := os.ReadFile(filepath.Join(c.path, "freezer.state"))
+			if err != nil {
+				return err
+			}
+			done = strings.TrimSpace(string(b)) == "FROZEN"
+		}
+		if done {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			_ = c.set(false)
+			return fmt.Errorf("cgroup %s: not frozen after %v", c.path, freezeTimeout)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// freezeViaCgroup stops every thread of pid with the cgroup freezer first
+// (so the thread set cannot change while we seize), seizes them, thaws
+// the cgroup and interrupts each thread. On error the cgroup is thawed;
+// threads already seized are released when the tracer closes.
+func freezeViaCgroup(tr *ptrace.Tracer, path string, pid int) ([]int, error) {
+	c, err := newCgroupFreezer(path)
+	if err != nil {
+		return nil, err
+	}
+	in, err := c.contains(pid)
+	if err != nil {
+		return nil, fmt.Errorf("freeze cgroup %s: %w", c.path, err)
+	}
+	if !in {
+		return nil, fmt.Errorf("freeze cgroup %s: process %d is not in it", c.path, pid)
+	}
+	if err := c.set(true); err != nil {
+		return nil, err
+	}
+	tids, err := procfs.Tasks(pid)
+	if err == nil {
+		for _, tid := range tids {
+			if err = tr.Seize(tid, 0); err != nil {
+				break
+			}
+		}
+	}
+	if terr := c.set(false); terr != nil && err == nil {
+		err = terr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("freeze %d via cgroup: %w", pid, err)
+	}
+	// Leader first, then the others, as FreezeProcess returns them.
+	out := []int{pid}
+	for _, tid := range tids {
+		if _, err := tr.Interrupt(tid); err != nil {
+			return nil, fmt.Errorf("freeze %d via cgroup: %w", pid, err)
+		}
+		if tid != pid {
+			out = append(out, tid)
+		}
+	}
+	if len(out) != len(tids) {
+		return nil, errors.New("leader not among the threads")
+	}
+	// Threads made between the thaw and the interrupts: stop them too,
+	// until a pass finds none (a stopped thread makes no more).
+	known := map[int]bool{}
+	for _, tid := range out {
+		known[tid] = true
+	}
+	for round := 0; ; round++ {
+		now, err := procfs.Tasks(pid)
+		if err != nil {
+			return nil, fmt.Errorf("freeze %d via cgroup: %w", pid, err)
+		}
+		fresh := false
+		for _, tid := range now {
+			if known[tid] {
+				continue
+			}
+			if round > 100 {
+				return nil, fmt.Errorf("freeze %d via cgroup: thread set does not settle", pid)
+			}
+			if _, err := tr.Attach(tid, 0); err != nil {
+				return nil, fmt.Errorf("freeze %d via cgroup: %w", pid, err)
+			}
+			known[tid], fresh = true, true
+			out = append(out, tid)
+		}
+		if !fresh {
+			break
+		}
+	}
+	sort.Ints(out[1:])
+	return out, nil
+}
