@@ -145,7 +145,13 @@ func TestLeaveStopped(t *testing.T) {
 	needRoot(t)
 	w := startC(t, true, "-t", "3")
 	w.dump(t, "-s")
+	// The detached threads take the queued SIGSTOP on their way out of
+	// the kernel: the group stop settles a moment after dump returns.
 	state, tracer := procState(t, w.pid)
+	for i := 0; i < 200 && state != "T"; i++ {
+		time.Sleep(5 * time.Millisecond)
+		state, tracer = procState(t, w.pid)
+	}
 	if state != "T" || tracer != 0 {
 		t.Fatalf("after dump -s: state %s, tracer %d; want T and untraced", state, tracer)
 	}
