@@ -367,6 +367,12 @@ func BenchmarkThroughput(b *testing.B) {
 	}
 	warm.Close()
 	os.Remove(warm.Name())
+	// The running process whose pages the proc rows send (PS_BENCH_PROC=0
+	// leaves them out).
+	var proc *procSource
+	if os.Getenv("PS_BENCH_PROC") != "0" {
+		proc = startProcSource(b, shm, total)
+	}
 	var d = map[string]time.Duration{}
 	rss := map[string]int64{}
 	for i := 0; i < b.N; i++ {
@@ -394,10 +400,25 @@ func BenchmarkThroughput(b *testing.B) {
 		qo := o
 		qo.Transport = TransportQUIC
 		run("psQUIC-mem", "ps-quic", func(a string) time.Duration { return sendPS(b, a, qo, total, "mem") })
+		if proc != nil {
+			imgs := filepath.Join(shm, "dump-images")
+			run("psTCP-proc", "ps-tcp", func(a string) time.Duration { return proc.dump(b, a, TransportOptions{}, imgs) })
+			run("psQUIC-proc", "ps-quic", func(a string) time.Duration { return proc.dump(b, a, qo, imgs) })
+		}
+	}
+	keys := []string{"rawTCP", "rawTCPtmpfs", "rawTCPtmpfsRW", "psTCP-mem", "psTCP-pipe", "psTCP-memfd", "rawQUIC", "psQUIC-mem"}
+	if proc != nil {
+		proc.finish(b)
+		keys = append(keys, "psTCP-proc", "psQUIC-proc")
 	}
 	mbs := func(k string) float64 { return float64(total) / d[k].Seconds() / 1e6 }
-	for _, k := range []string{"rawTCP", "rawTCPtmpfs", "rawTCPtmpfsRW", "psTCP-mem", "psTCP-pipe", "psTCP-memfd", "rawQUIC", "psQUIC-mem"} {
+	for _, k := range keys {
 		b.ReportMetric(mbs(k), k+"_MB/s")
+	}
+	if proc != nil {
+		b.ReportMetric(mbs("psTCP-proc")/mbs("rawTCP"), "ratioTCPproc")
+		b.ReportMetric(mbs("psQUIC-proc")/mbs("rawQUIC"), "ratioQUICproc")
+		b.ReportMetric(float64(max(rss["psTCP-proc"]))/(1<<20), "psTCPproc_peakRSS_MiB")
 	}
 	b.ReportMetric(mbs("psTCP-mem")/mbs("rawTCP"), "ratioTCPmem")
 	b.ReportMetric(mbs("psTCP-pipe")/mbs("rawTCP"), "ratioTCPpipe")
