@@ -14,7 +14,7 @@ import (
 // set; commands combine the groups they accept.
 
 func commonFlags(fs *pflag.FlagSet, o *opts.Options) {
-	v := fs.VarPF(verbosity{&o.Verbosity}, "verbosity", "v", "log level 0-4 (-v, -vv, -v4, --verbosity=N); default 2")
+	v := fs.VarPF(verbosity{&o.Verbosity}, "verbosity", "v", "log level 0-4 (-v, -vv, -v4, --verbosity=N)")
 	v.NoOptDefVal = "+1"
 	fs.StringVar(&o.PidFile, "pidfile", "", "write the root task, service or page-server pid into `file`")
 	fs.StringVarP(&o.LogFile, "log-file", "o", "", "write log messages to `file` (relative to -W)")
