@@ -9,8 +9,31 @@
 //	err = r.FillPages(src)             // repeatable, any order, any PageSource
 //	err = r.Finalize()                 // fds, fs, signals, timers, rlimits, threads, registers, creds
 //	err = r.Resume()                   // detach every thread at once (or leave stopped)
-//	status, err := r.Wait()            // the task's exit status
+//	status, err := r.Wait()            // the task's exit status (or r.Close() for -d)
 //
 // Restore runs them back to back. After any failure the partial task is
 // killed (by PID, reaped) and the error names the step and the object.
+//
+// How (choices that matter):
+//   - The task is a clone3(set_tid, CLONE_PARENT) of a puppet godwit
+//     starts, so godwit is its parent; threads are clone3(CLONE_THREAD,
+//     set_tid) injected into it. The puppet's code page and a scratch area
+//     live in a window outside every dumped VMA and are unmapped last,
+//     after injection moved to a syscall instruction of the restored vDSO.
+//   - Files (of VMAs, fds, exe, cwd) are opened by an injected openat in
+//     the task rather than passed over SCM_RIGHTS: one syscall instead of a
+//     socket and two messages, and the path resolves in the task's own
+//     mount namespace and root; regular files, directories and devices
+//     need nothing more. SCM_RIGHTS will be needed for objects without a
+//     path (pipes, sockets), which a later issue adds.
+//   - Pages: the task itself preadv's the pages file (opened through
+//     /proc/<godwit>/fd/N), up to 1024 runs per call: one copy, no buffer
+//     in godwit; it measured fastest (BenchmarkRestore1GiB). Other sources
+//     go through a 1 MiB buffer and process_vm_writev (or /proc/PID/mem).
+//     VMAs that receive pages are mapped writable and get their dumped
+//     protection in Finalize.
+//   - Registers are set back verbatim, so the kernel restarts an
+//     interrupted syscall itself; -ERESTART_RESTARTBLOCK (whose restart
+//     block lived in the dumped kernel) becomes -ERESTARTNOHAND: the
+//     syscall is re-run with its original arguments.
 package restorer

@@ -407,8 +407,29 @@ func (r *Restorer) threadState(s *session, t *thread) error {
 	if _, err := s.call("set_tid_address", unix.SYS_SET_TID_ADDRESS, t.core.GetThreadInfo().GetClearTidAddr()); err != nil {
 		return err
 	}
+	if err := setSched(t); err != nil {
+		return err
+	}
 	if t.tid != r.img.pid {
 		return setComm(s, tc.GetComm())
+	}
+	return nil
+}
+
+// setSched sets the thread's scheduling policy, real-time priority and
+// nice value from godwit (root may, and no injection is needed).
+func setSched(t *thread) error {
+	tc := t.core.GetThreadCore()
+	if tc.SchedPolicy != nil && (tc.GetSchedPolicy() != unix.SCHED_NORMAL || tc.GetSchedPrio() != 0) {
+		attr := &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: tc.GetSchedPolicy(), Priority: tc.GetSchedPrio()}
+		if err := unix.SchedSetAttr(t.tid, attr, 0); err != nil {
+			return fmt.Errorf("sched_setattr policy %d priority %d: %w", tc.GetSchedPolicy(), tc.GetSchedPrio(), err)
+		}
+	}
+	if n := tc.GetSchedNice(); n != 0 {
+		if err := unix.Setpriority(unix.PRIO_PROCESS, t.tid, int(n)); err != nil {
+			return fmt.Errorf("setpriority %d: %w", n, err)
+		}
 	}
 	return nil
 }

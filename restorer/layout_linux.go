@@ -228,7 +228,7 @@ func (r *Restorer) moveVdso(s *session, special []procfs.Mapping) error {
 			}
 			special[i].End, special[i].Start = to+(m.End-m.Start), to
 		}
-		delta = dvdso.GetStart() - (r.win.bounce + (pv.Start - lo))
+		delta = dvdso.GetStart() - pv.Start // pv points into special: moved
 	}
 	for _, m := range special {
 		if err := move(m.Start, m.Start+delta, m); err != nil {
@@ -242,11 +242,28 @@ func (r *Restorer) moveVdso(s *session, special []procfs.Mapping) error {
 func (r *Restorer) mapVMAs(s *session) error {
 	r.writable = map[uint64]bool{}
 	fds := map[uint32]uint64{} // file id → fd in the task, for this layout
+	shmFds := map[uint64]uint64{}
 	defer func() {
 		for _, fd := range fds {
 			s.call("close", unix.SYS_CLOSE, fd)
 		}
+		for _, fd := range shmFds {
+			s.call("close", unix.SYS_CLOSE, fd)
+		}
 	}()
+	// A shared anonymous object mapped more than once, or not from its
+	// start, is made once at its full size and each VMA maps it.
+	shmSize, shmCount := map[uint64]uint64{}, map[uint64]int{}
+	for _, v := range r.img.mm.GetVmas() {
+		if v.GetStatus()&vmaAnonShared != 0 {
+			id := v.GetShmid()
+			shmSize[id] = max(shmSize[id], v.GetPgoff()+v.GetEnd()-v.GetStart())
+			shmCount[id]++
+			if v.GetPgoff() != 0 {
+				shmCount[id]++
+			}
+		}
+	}
 	for _, v := range r.img.mm.GetVmas() {
 		st := v.GetStatus()
 		if st&(vmaAreaVdso|vmaAreaVvar|vmaAreaVsyscall) != 0 {
@@ -282,6 +299,18 @@ func (r *Restorer) mapVMAs(s *session) error {
 			}
 		case st&vmaAnonShared != 0:
 			flags = flags&^unix.MAP_PRIVATE | unix.MAP_SHARED | unix.MAP_ANONYMOUS
+			if id := v.GetShmid(); shmCount[id] > 1 {
+				f, ok := shmFds[id]
+				if !ok {
+					var err error
+					if f, err = shmObject(s, what, shmSize[id]); err != nil {
+						return err
+					}
+					shmFds[id] = f
+				}
+				fd, off = f, v.GetPgoff()
+				flags &^= unix.MAP_ANONYMOUS
+			}
 		default:
 			flags = flags&^unix.MAP_SHARED | unix.MAP_PRIVATE | unix.MAP_ANONYMOUS
 		}
@@ -392,4 +421,20 @@ func (r *Restorer) ensureWritable(s *session, vaddr, size uint64) error {
 		r.protFix = append(r.protFix, vmaProt{start: v.GetStart(), end: v.GetEnd(), prot: v.GetProt()})
 	}
 	return nil
+}
+
+// shmObject makes a shared anonymous object of size bytes in the task and
+// returns an fd to it: mapped anywhere, opened through map_files (root
+// may), unmapped again.
+func shmObject(s *session, what string, size uint64) (uint64, error) {
+	tmp, err := s.call(what+": shared object", unix.SYS_MMAP, 0, size, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_SHARED|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil {
+		return 0, err
+	}
+	fd, err := s.openat(what, fmt.Sprintf("/proc/self/map_files/%x-%x", tmp, tmp+size), unix.O_RDWR|unix.O_CLOEXEC)
+	if _, uerr := s.call(what+": unmap shared object", unix.SYS_MUNMAP, tmp, size); uerr != nil && err == nil {
+		err = uerr
+	}
+	return fd, err
 }

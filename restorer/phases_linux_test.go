@@ -3,8 +3,12 @@ package restorer
 import (
 	"bytes"
 	"io"
+	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
+
+	"godwit/internal/ptrace"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -139,6 +143,65 @@ func TestRestorePhases(t *testing.T) {
 			if st, err := images.ReadStats(d, images.StatsRestore); err != nil || st.GetRestore().GetPagesRestored() == 0 {
 				t.Errorf("stats-restore: %v, %v", st, err)
 			}
+			// Debian's crit is the oracle of the format.
+			out, err := exec.Command("crit", "show", filepath.Join(imgs, images.StatsRestore)).CombinedOutput()
+			if err != nil || !bytes.Contains(out, []byte("pages_restored")) {
+				t.Errorf("crit show stats-restore: %v\n%s", err, out)
+			}
 		})
+	}
+}
+
+// TestRestoreNanosleep: a task dumped inside nanosleep (-ERESTART_RESTARTBLOCK,
+// whose restart block the new task does not have) gets its syscall re-run
+// by the kernel (rax = -ERESTARTNOHAND) and completes normally.
+func TestRestoreNanosleep(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	// coreutils sleep: a relative nanosleep (absolute sleeps, like
+	// Python's, come back with ERESTARTNOHAND instead).
+	w := startWorkload(t, filepath.Join(dir, "none"), "", "/bin/sleep", "1.5")
+	time.Sleep(200 * time.Millisecond)
+	imgs := filepath.Join(dir, "img")
+	dump(t, w.pid, imgs, nil)
+	w.reaped(t)
+	o := opts.New()
+	o.ImagesDir = imgs
+	r, err := New(o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if !r.waited {
+			r.Abort()
+		}
+	})
+	img := gpRegs(r.img.leader().core.GetThreadInfo().GetGpregs())
+	if ptrace.Restart(&img) != ptrace.RestartBlock {
+		t.Fatalf("dumped regs: orig_rax %d rax %d, want a sleep interrupted with ERESTART_RESTARTBLOCK",
+			int64(img.Orig_rax), int64(img.Rax))
+	}
+	if err := r.Layout(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.FillPages(NewImageSource(r.img.pages)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Finalize(); err != nil {
+		t.Fatal(err)
+	}
+	regs, err := r.tr.GetRegs(r.PID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if regs.Orig_rax != img.Orig_rax || int64(regs.Rax) != -ptrace.ERESTARTNOHAND {
+		t.Fatalf("restored regs: orig_rax %d rax %d", int64(regs.Orig_rax), int64(regs.Rax))
+	}
+	if err := r.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	code, err := r.Wait()
+	if err != nil || code != 0 {
+		t.Fatalf("exit %d, %v", code, err)
 	}
 }

@@ -2,6 +2,8 @@ package restorer
 
 import (
 	"errors"
+	"fmt"
+	"godwit/internal/actions"
 	"godwit/internal/opts"
 	"godwit/internal/procfs"
 	"os"
@@ -186,4 +188,53 @@ func TestRestoreLeaveStopped(t *testing.T) {
 	unix.Kill(r.PID(), unix.SIGCONT)
 	waitTicks(t, log, n+2)
 	finish(t, r, log)
+}
+
+// TestRestoreScripts: pre-restore, pre-resume and post-restore scripts run
+// in order, the last two with the restored PID.
+func TestRestoreScripts(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	log := filepath.Join(dir, "log")
+	w := startWorkload(t, log, "tick 2", counterBin(t, false), log)
+	imgs := filepath.Join(dir, "img")
+	dump(t, w.pid, imgs, nil)
+	w.reaped(t)
+	out := filepath.Join(dir, "scripts")
+	o := opts.New()
+	o.ImagesDir = imgs
+	sc := &actions.Scripts{Commands: []string{`echo "$CRTOOLS_SCRIPT_ACTION $CRTOOLS_INIT_PID" >> ` + out}}
+	r, err := Restore(o, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(out)
+	want := fmt.Sprintf("pre-restore \npre-resume %d\npost-restore %d\n", w.pid, w.pid)
+	if string(b) != want {
+		t.Errorf("scripts ran as\n%s\nwant\n%s", b, want)
+	}
+	finish(t, r, log)
+}
+
+// TestRestorePreResumeFails: a failing pre-resume script kills the task,
+// which is then gone (killed and reaped), and the error names the step.
+func TestRestorePreResumeFails(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	log := filepath.Join(dir, "log")
+	w := startWorkload(t, log, "tick 2", counterBin(t, false), "-t", "2", log)
+	imgs := filepath.Join(dir, "img")
+	dump(t, w.pid, imgs, nil)
+	w.reaped(t)
+	o := opts.New()
+	o.ImagesDir = imgs
+	sc := &actions.Scripts{Commands: []string{`[ "$CRTOOLS_SCRIPT_ACTION" != pre-resume ]`}}
+	_, err := Restore(o, sc)
+	if err == nil || !strings.Contains(err.Error(), "pre-resume") {
+		t.Fatalf("error %v, want one naming pre-resume", err)
+	}
+	if _, serr := os.Stat(fmt.Sprintf("/proc/%d", w.pid)); serr == nil {
+		t.Fatalf("pid %d still exists after the failed restore", w.pid)
+	}
+	noChildren(t)
 }

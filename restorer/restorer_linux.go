@@ -84,6 +84,14 @@ func New(o *opts.Options, scripts *actions.Scripts) (*Restorer, error) {
 	if o == nil {
 		return nil, errors.New("restore: no options")
 	}
+	switch {
+	case o.LazyPages:
+		return nil, errors.New("restore: --lazy-pages is not supported yet")
+	case o.Root != "" && o.Root != "/":
+		return nil, errors.New("restore: --root is not supported yet")
+	case len(o.InheritFD) > 0:
+		return nil, errors.New("restore: --inherit-fd is not supported yet")
+	}
 	start := time.Now()
 	d, err := images.Open(o.ImagesDir, false)
 	if err != nil {
@@ -205,26 +213,30 @@ func (r *Restorer) fail(step string, err error) error {
 	return err
 }
 
-// kill kills the task being built, by PID, and reaps it.
+// kill kills the task being built, by PID, and reaps it (it is our
+// child: the puppet's clone with CLONE_PARENT).
 func (r *Restorer) kill() {
 	if r.task == nil {
 		return
 	}
 	pid := r.task.Pid
-	if r.tr != nil {
-		if err := r.task.Kill(); err == nil {
-			r.task = nil
-			return
-		}
+	if r.tr != nil && r.phase != phaseResumed {
+		_ = r.task.Kill() // kills the group, reaps the threads we trace
 	}
-	// Not traced any more: kill and reap it as its parent.
 	_ = unix.Kill(pid, unix.SIGKILL)
-	var ws unix.WaitStatus
-	for {
-		_, err := unix.Wait4(pid, &ws, unix.WALL, nil)
-		if err != unix.EINTR {
+	// Reap what is left (nothing if the tracer did), bounded: SIGKILL
+	// ends any task, traced or stopped, quickly.
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		var ws unix.WaitStatus
+		wpid, err := unix.Wait4(pid, &ws, unix.WALL|unix.WNOHANG, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || (wpid == pid && (ws.Exited() || ws.Signaled())) {
 			break
 		}
+		time.Sleep(5 * time.Millisecond)
 	}
 	r.task = nil
 }

@@ -26,10 +26,11 @@ func (r *Restorer) Resume() error {
 		return r.fail("pre-resume", err)
 	}
 	stopped := r.o.LeaveStopped || r.img.tc.GetTaskState() == taskStopped
-	if err := r.tr.ThawProcess(pid, stopped); err != nil {
+	err := r.tr.ThawProcess(pid, stopped)
+	r.phase = phaseResumed // (partly) detached: kill by signal from now on
+	if err != nil {
 		return r.fail("detach", err)
 	}
-	r.phase = phaseResumed
 	restoreTime := time.Since(r.start)
 	if err := r.scripts.Run(actions.PostRestore, pid); err != nil {
 		// The task runs already; CRIU kills it in this case too.

@@ -69,6 +69,8 @@ func procState(t *testing.T, pid int) map[string]string {
 				keys = append(keys, k+"="+s.Raw[k])
 			}
 		}
+		ts := strings.Fields(read("task/" + e.Name() + "/stat"))
+		keys = append(keys, "nice="+ts[18], "policy="+ts[40], "rtprio="+ts[39])
 		sort.Strings(keys)
 		out["task "+e.Name()] = strings.Join(keys, " ")
 	}
@@ -118,6 +120,13 @@ func TestRestoreState(t *testing.T) {
 	dump(t, w.pid, imgs, func(o *opts.Options) { o.LeaveStopped = true })
 	waitStopped(t, w.pid)
 	before := procState(t, w.pid)
+	niced := false
+	for k, v := range before {
+		niced = niced || strings.HasPrefix(k, "task ") && strings.Contains(v, "nice=7")
+	}
+	if !niced {
+		t.Fatalf("no thread with nice 7 before the dump: %v", before)
+	}
 	unix.Kill(w.pid, unix.SIGKILL)
 	w.reaped(t)
 
@@ -180,4 +189,47 @@ func normalMaps(t *testing.T, pid int) string {
 		out = append(out, fmt.Sprintf("%x-%x %s %x %d %s [%s]", m.Start, m.End, m.Perms, m.Offset, ino, m.Path, flags[i]))
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestRestoreUnprivileged restores a counter running as uid/gid 1000
+// without capabilities: creds are rebuilt (and the same state compared).
+func TestRestoreUnprivileged(t *testing.T) {
+	needRoot(t)
+	// t.TempDir's parents are private to root: use a dir uid 1000 can reach.
+	dir, err := os.MkdirTemp("", "godwit-restorer-unpriv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o777)
+	bin := filepath.Join(dir, "counter")
+	b, err := os.ReadFile(counterBin(t, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	log := filepath.Join(dir, "log")
+	w := startWorkload(t, log, "tick 3", "/usr/bin/setpriv", "--reuid=1000", "--regid=1000", "--groups=1000,1001",
+		"--inh-caps=-all", "--bounding-set=-sys_admin", bin, log)
+	imgs := filepath.Join(dir, "img")
+	dump(t, w.pid, imgs, func(o *opts.Options) { o.LeaveStopped = true })
+	waitStopped(t, w.pid)
+	before := procState(t, w.pid)
+	if !strings.Contains(before["task "+fmt.Sprint(w.pid)], "Uid=1000") {
+		t.Fatalf("workload not unprivileged: %s", before["task "+fmt.Sprint(w.pid)])
+	}
+	unix.Kill(w.pid, unix.SIGKILL)
+	w.reaped(t)
+	r := restore(t, imgs, func(o *opts.Options) { o.LeaveStopped = true })
+	waitStopped(t, r.PID())
+	after := procState(t, r.PID())
+	for k, v := range before {
+		if after[k] != v {
+			t.Errorf("%s differs:\nbefore: %s\nafter:  %s", k, v, after[k])
+		}
+	}
+	unix.Kill(r.PID(), unix.SIGCONT)
+	finish(t, r, log)
 }
