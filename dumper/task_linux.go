@@ -206,18 +206,19 @@ func collectTaskInjected(s *session, ti *taskInfo) error {
 	if err := s.read(0, buf); err != nil {
 		return err
 	}
+	// As CRIU: 62 entries, signals 1..64 in order without SIGKILL and
+	// SIGSTOP, whose actions cannot change.
 	for sig := 1; sig <= nSignals; sig++ {
+		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
+			continue
+		}
 		b := buf[(sig-1)*kernelSigactionSize:]
-		e := &criu_sa.SaEntry{
+		ti.sigactions = append(ti.sigactions, &criu_sa.SaEntry{
 			Sigaction: proto.Uint64(le.Uint64(b[0:])),
 			Flags:     proto.Uint64(le.Uint64(b[8:])),
 			Restorer:  proto.Uint64(le.Uint64(b[16:])),
 			Mask:      proto.Uint64(le.Uint64(b[24:])),
-		}
-		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
-			e = &criu_sa.SaEntry{Sigaction: proto.Uint64(0), Flags: proto.Uint64(0), Restorer: proto.Uint64(0), Mask: proto.Uint64(0)}
-		}
-		ti.sigactions = append(ti.sigactions, e)
+		})
 	}
 	for which := 0; which < 3; which++ {
 		b := buf[scratchItimer+which*itimerSize:]

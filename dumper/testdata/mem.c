@@ -27,9 +27,15 @@ int main(int argc, char **argv)
 	for (int i = 32; i < 48; i++)
 		sink += priv[(size_t)i * PG];
 	madvise(priv, 64 * PG, MADV_DONTFORK);
-	/* 16 shared anonymous pages, 8 written. */
+	/* 16 shared anonymous pages: 8 written through this view, 4 more
+	 * through a second view of the same object (mremap of old size 0),
+	 * which this view's page tables never see. */
 	char *shared = mmap(NULL, 16 * PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	fill(shared, 0, 8, 40);
+	char *view2 = mremap(shared, 0, 16 * PG, MREMAP_MAYMOVE);
+	if (view2 == MAP_FAILED)
+		return 2;
+	fill(view2, 8, 4, 40);
 	/* 4 written pages made PROT_NONE. */
 	char *none = mmap(NULL, 4 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	fill(none, 0, 4, 80);
