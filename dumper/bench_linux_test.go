@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/procfs"
+	"godwit/internal/testutil"
 )
 
 // The benchmarks dump a counter workload with N MiB of dirty anonymous
@@ -137,12 +138,12 @@ func benchDump(b *testing.B, mib int) {
 		b.Fatal(err)
 	}
 	defer os.RemoveAll(base)
-	log := filepath.Join(b.TempDir(), "counter.log")
-	p := start(b, log, "ready pid=", counterBin(b, false), "-m", strconv.Itoa(mib), log)
+	log := filepath.Join(b.TempDir(), "counter.Log")
+	p := start(b, log, "ready pid=", testutil.CounterBin(b, false), "-m", strconv.Itoa(mib), log)
 	warmMemory(b, base, int64(mib)<<21) // twice the workload: images + floor file
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		fl, n := floor(b, p.pid, filepath.Join(base, "floor.bin"))
+		fl, n := floor(b, p.Pid, filepath.Join(base, "floor.bin"))
 		b.Logf("floor: process_vm_readv 1 MiB chunks + write of %d MiB: %v (%.2f GB/s)", n>>20, fl, float64(n)/fl.Seconds()/1e9)
 		methods := []string{"vmsplice", "readv"}
 		if o := os.Getenv("DUMPER_BENCH_ORDER"); o != "" {
@@ -153,7 +154,7 @@ func benchDump(b *testing.B, mib int) {
 		best := map[string]benchChildResult{}
 		for round := 0; round < benchRounds; round++ {
 			for _, method := range methods {
-				r := dumpChild(b, p.pid, filepath.Join(base, method), method)
+				r := dumpChild(b, p.Pid, filepath.Join(base, method), method)
 				b.Logf("round %d dump (%s): %v for %d MiB written, peak RSS %.1f MiB, %.2fx the floor (frozen %v: pages out of the target %v, into the file %v)",
 					round, method, r.Wall, r.Written>>8, float64(r.HWM)/(1<<20), r.Wall.Seconds()/fl.Seconds(), r.Frozen, r.Dump, r.Write)
 				if o, ok := best[method]; !ok || r.Wall < o.Wall {
@@ -171,8 +172,8 @@ func benchDump(b *testing.B, mib int) {
 		b.ReportMetric(fl.Seconds(), "floor-s")
 	}
 	b.StopTimer()
-	if err := unix.Kill(p.pid, unix.SIGUSR1); err == nil {
-		if st := p.wait(b); st != 0 {
+	if err := unix.Kill(p.Pid, unix.SIGUSR1); err == nil {
+		if st := p.Wait(b); st != 0 {
 			b.Errorf("workload failed its checks after the dumps: exit %d", st)
 		}
 	}

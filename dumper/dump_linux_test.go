@@ -38,13 +38,13 @@ func TestDumpCounterLeaveRunning(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			p := startCounter(t, c.static, "-m", "8", "-t", c.threads, "-b", c.block)
 			dir := keepDir(t)
-			o := dumpOpts(p.pid, dir)
+			o := dumpOpts(p.Pid, dir)
 			o.LeaveRunning = true
 			res, err := Dump(o, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			assertRunningUntraced(t, p.pid)
+			assertRunningUntraced(t, p.Pid)
 			nthreads := 1
 			if c.threads == "16" {
 				nthreads = 17
@@ -56,13 +56,13 @@ func TestDumpCounterLeaveRunning(t *testing.T) {
 			if res.Mem.Written < 2048 {
 				t.Errorf("pages written %d, want >= 2048", res.Mem.Written)
 			}
-			checkImages(t, dir, p.pid, res)
+			checkImages(t, dir, p.Pid, res)
 			// The workload verifies itself on SIGUSR1.
-			if err := syscall.Kill(p.pid, syscall.SIGUSR1); err != nil {
+			if err := syscall.Kill(p.Pid, syscall.SIGUSR1); err != nil {
 				t.Fatal(err)
 			}
-			if st := p.wait(t); st != 0 {
-				b, _ := os.ReadFile(p.log)
+			if st := p.Wait(t); st != 0 {
+				b, _ := os.ReadFile(p.Log)
 				t.Fatalf("workload exit %d after dump; log tail: %s", st, tail(b))
 			}
 		})
@@ -99,7 +99,7 @@ func checkImages(t *testing.T, dir string, pid int, res *Result) {
 		t.Errorf("crit x mems lacks the vdso: %s", mems)
 	}
 	fds := crit(t, "x", dir, "fds")
-	if !strings.Contains(fds, "counter.log") {
+	if !strings.Contains(fds, "counter.Log") {
 		t.Errorf("crit x fds lacks the log file: %s", fds)
 	}
 }
@@ -120,7 +120,7 @@ func keepDir(t *testing.T) string {
 func TestDumpLeaveStopped(t *testing.T) {
 	needRoot(t)
 	p := startCounter(t, false, "-m", "4", "-t", "2")
-	o := dumpOpts(p.pid, t.TempDir())
+	o := dumpOpts(p.Pid, t.TempDir())
 	o.LeaveStopped = true
 	if _, err := Dump(o, nil); err != nil {
 		t.Fatal(err)
@@ -128,7 +128,7 @@ func TestDumpLeaveStopped(t *testing.T) {
 	var state byte
 	var tracer int
 	for i := 0; i < 100; i++ {
-		if state, tracer = status(t, p.pid); state == 'T' && tracer == 0 {
+		if state, tracer = status(t, p.Pid); state == 'T' && tracer == 0 {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -137,14 +137,14 @@ func TestDumpLeaveStopped(t *testing.T) {
 		t.Fatalf("after dump -s: state %c tracer %d, want T and untraced", state, tracer)
 	}
 	// It continues unharmed once woken.
-	if err := syscall.Kill(p.pid, syscall.SIGCONT); err != nil {
+	if err := syscall.Kill(p.Pid, syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
-	assertRunningUntraced(t, p.pid)
-	if err := syscall.Kill(p.pid, syscall.SIGUSR1); err != nil {
+	assertRunningUntraced(t, p.Pid)
+	if err := syscall.Kill(p.Pid, syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
-	if st := p.wait(t); st != 0 {
+	if st := p.Wait(t); st != 0 {
 		t.Fatalf("exit %d", st)
 	}
 }
@@ -153,13 +153,13 @@ func TestDumpKillsByDefault(t *testing.T) {
 	needRoot(t)
 	p := startCounter(t, true, "-m", "4")
 	dir := t.TempDir()
-	if _, err := Dump(dumpOpts(p.pid, dir), nil); err != nil {
+	if _, err := Dump(dumpOpts(p.Pid, dir), nil); err != nil {
 		t.Fatal(err)
 	}
 	// The dumper reaps the leader if it is our child; either way the
 	// process must be gone.
 	for i := 0; i < 300; i++ {
-		st, err := procfs.ReadStatus(p.pid)
+		st, err := procfs.ReadStatus(p.Pid)
 		if err != nil || st.State == 'Z' || st.State == 'X' {
 			if _, err := os.Stat(filepath.Join(dir, images.InventoryImg)); err != nil {
 				t.Fatal("no inventory after a successful dump")
@@ -168,7 +168,7 @@ func TestDumpKillsByDefault(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("pid %d still alive after dump", p.pid)
+	t.Fatalf("pid %d still alive after dump", p.Pid)
 }
 
 func TestDumpRefuses(t *testing.T) {
@@ -195,7 +195,7 @@ func TestDumpRefuses(t *testing.T) {
 	// A zombie: our child that exited and is not reaped yet.
 	z := start(t, "", "", "/bin/true")
 	for i := 0; ; i++ {
-		if st, _ := status(t, z.pid); st == 'Z' {
+		if st, _ := status(t, z.Pid); st == 'Z' {
 			break
 		}
 		if i == 1000 {
@@ -203,7 +203,7 @@ func TestDumpRefuses(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if _, err := Dump(dumpOpts(z.pid, t.TempDir()), nil); err == nil || !strings.Contains(err.Error(), "zombie") {
+	if _, err := Dump(dumpOpts(z.Pid, t.TempDir()), nil); err == nil || !strings.Contains(err.Error(), "zombie") {
 		t.Errorf("zombie: %v", err)
 	}
 }
@@ -223,14 +223,14 @@ s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); os.dup2(s.fileno(),9); print
 			p := start(t, "", "", "/bin/sh", "-c", c.script+" >"+log)
 			waitFile(t, log, "ready")
 			dir := t.TempDir()
-			_, err := Dump(dumpOpts(p.pid, dir), nil)
+			_, err := Dump(dumpOpts(p.Pid, dir), nil)
 			if err == nil || !strings.Contains(err.Error(), "is not supported yet") || !strings.Contains(err.Error(), c.kind) {
 				t.Fatalf("want an unsupported %s fd error, got %v", c.kind, err)
 			}
 			if !regexp.MustCompile(`fd [0-9]+: `).MatchString(err.Error()) {
 				t.Errorf("error does not name the fd: %v", err)
 			}
-			assertRunningUntraced(t, p.pid)
+			assertRunningUntraced(t, p.Pid)
 			if _, err := os.Stat(filepath.Join(dir, images.InventoryImg)); err == nil {
 				t.Error("inventory.img written by a failed dump")
 			}
@@ -254,17 +254,17 @@ func TestDumpRefusesChildren(t *testing.T) {
 	log := filepath.Join(t.TempDir(), "log")
 	p := start(t, "", "", "/bin/sh", "-c", "sleep 60 & echo ready >"+log+"; wait")
 	waitFile(t, log, "ready")
-	kids, err := Children(p.pid)
+	kids, err := Children(p.Pid)
 	if err != nil || len(kids) != 1 {
 		t.Fatalf("children of the shell: %v %v", kids, err)
 	}
 	t.Cleanup(func() { _ = syscall.Kill(kids[0], syscall.SIGKILL) })
-	_, err = Dump(dumpOpts(p.pid, t.TempDir()), nil)
-	want := fmt.Sprintf("process trees are not supported yet: %d has children %d", p.pid, kids[0])
+	_, err = Dump(dumpOpts(p.Pid, t.TempDir()), nil)
+	want := fmt.Sprintf("process trees are not supported yet: %d has children %d", p.Pid, kids[0])
 	if err == nil || err.Error() != want {
 		t.Fatalf("got %v, want %q", err, want)
 	}
-	assertRunningUntraced(t, p.pid)
+	assertRunningUntraced(t, p.Pid)
 }
 
 // TestDumpPython dumps a Python 3 interpreter running threads, leaves it
@@ -301,7 +301,7 @@ while True:
 	p := start(t, "", "", "/bin/sh", "-c", "exec python3 -c '"+strings.ReplaceAll(script, "'", `'"'"'`)+"' >"+log)
 	waitFile(t, log, "ready")
 	dir := keepDir(t)
-	o := dumpOpts(p.pid, dir)
+	o := dumpOpts(p.Pid, dir)
 	o.LeaveRunning = true
 	res, err := Dump(o, nil)
 	if err != nil {
@@ -310,7 +310,7 @@ while True:
 	if len(res.Threads) != 5 {
 		t.Errorf("threads %v, want 5", res.Threads)
 	}
-	assertRunningUntraced(t, p.pid)
+	assertRunningUntraced(t, p.Pid)
 	ps := crit(t, "x", dir, "ps")
 	if !strings.Contains(ps, "python3") {
 		t.Errorf("crit x ps: %s", ps)
@@ -318,10 +318,10 @@ while True:
 	crit(t, "x", dir, "mems")
 	crit(t, "x", dir, "fds")
 	time.Sleep(50 * time.Millisecond)
-	if err := syscall.Kill(p.pid, syscall.SIGUSR1); err != nil {
+	if err := syscall.Kill(p.Pid, syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
-	if st := p.wait(t); st != 0 {
+	if st := p.Wait(t); st != 0 {
 		b, _ := os.ReadFile(log)
 		t.Fatalf("python exit %d: %s", st, b)
 	}
@@ -336,11 +336,11 @@ func TestDumpRefusesSeccomp(t *testing.T) {
 	log := filepath.Join(t.TempDir(), "log")
 	p := start(t, "", "", bin, log)
 	waitFile(t, log, "ready")
-	_, err := Dump(dumpOpts(p.pid, t.TempDir()), nil)
+	_, err := Dump(dumpOpts(p.Pid, t.TempDir()), nil)
 	if err == nil || !strings.Contains(err.Error(), "seccomp") {
 		t.Fatalf("want a seccomp refusal, got %v", err)
 	}
-	assertRunningUntraced(t, p.pid)
+	assertRunningUntraced(t, p.Pid)
 }
 
 // TestDumpTaskState checks task-wide state in core: pending signals (both
@@ -365,25 +365,25 @@ while True:
 `
 	p := start(t, "", "", "/bin/sh", "-c", "exec python3 -c '"+script+"' >"+log)
 	waitFile(t, log, "ready")
-	if err := syscall.Kill(p.pid, syscall.SIGUSR2); err != nil { // shared queue
+	if err := syscall.Kill(p.Pid, syscall.SIGUSR2); err != nil { // shared queue
 		t.Fatal(err)
 	}
-	if err := syscall.Tgkill(p.pid, p.pid, 34); err != nil { // SIGRTMIN, the thread's queue
+	if err := syscall.Tgkill(p.Pid, p.Pid, 34); err != nil { // SIGRTMIN, the thread's queue
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	o := dumpOpts(p.pid, dir)
+	o := dumpOpts(p.Pid, dir)
 	o.LeaveRunning = true
 	if _, err := Dump(o, nil); err != nil {
 		t.Fatal(err)
 	}
-	assertRunningUntraced(t, p.pid)
+	assertRunningUntraced(t, p.Pid)
 	d, err := images.Open(dir, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	core, err := images.ReadOne[*criu_core.CoreEntry](d, images.CoreImg(p.pid))
+	core, err := images.ReadOne[*criu_core.CoreEntry](d, images.CoreImg(p.Pid))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -421,7 +421,7 @@ while True:
 	} else if sa[hup].GetRestorer() == 0 {
 		t.Error("SIGHUP handler without sa_restorer")
 	}
-	fse, err := images.ReadOne[*fs.FsEntry](d, images.FsImg(p.pid))
+	fse, err := images.ReadOne[*fs.FsEntry](d, images.FsImg(p.Pid))
 	if err != nil || fse.GetUmask() != 0o027 {
 		t.Errorf("fs: %v %v", fse, err)
 	}
@@ -441,7 +441,7 @@ while True:
 		t.Errorf("file ids of fds 1, 5 (dup), 6 (reopen): %d %d %d", id[1], id[5], id[6])
 	}
 	// The dump consumed nothing: both signals are still pending.
-	st, err := procfs.ReadStatus(p.pid)
+	st, err := procfs.ReadStatus(p.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -460,17 +460,17 @@ func TestDumpFreezeCgroup(t *testing.T) {
 	// Registered after start's cleanup, so it runs first: move the
 	// process out (if still alive) and remove the cgroup.
 	t.Cleanup(func() {
-		_ = os.WriteFile("/sys/fs/cgroup/freezer/cgroup.procs", []byte(fmt.Sprint(p.pid)), 0)
+		_ = os.WriteFile("/sys/fs/cgroup/freezer/cgroup.procs", []byte(fmt.Sprint(p.Pid)), 0)
 		_ = os.WriteFile(filepath.Join(cg, "freezer.state"), []byte("THAWED"), 0)
-		_ = syscall.Kill(p.pid, syscall.SIGKILL)
+		_ = syscall.Kill(p.Pid, syscall.SIGKILL)
 		for i := 0; i < 200 && os.Remove(cg) != nil; i++ {
 			time.Sleep(10 * time.Millisecond)
 		}
 	})
-	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(fmt.Sprint(p.pid)), 0); err != nil {
+	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(fmt.Sprint(p.Pid)), 0); err != nil {
 		t.Fatal(err)
 	}
-	o := dumpOpts(p.pid, t.TempDir())
+	o := dumpOpts(p.Pid, t.TempDir())
 	o.LeaveRunning = true
 	o.FreezeCgroup = cg
 	res, err := Dump(o, nil)
@@ -480,31 +480,31 @@ func TestDumpFreezeCgroup(t *testing.T) {
 	if len(res.Threads) != 5 {
 		t.Errorf("threads %v", res.Threads)
 	}
-	assertRunningUntraced(t, p.pid)
+	assertRunningUntraced(t, p.Pid)
 	if b, _ := os.ReadFile(filepath.Join(cg, "freezer.state")); strings.TrimSpace(string(b)) != "THAWED" {
 		t.Errorf("cgroup left %s", b)
 	}
-	if err := syscall.Kill(p.pid, syscall.SIGUSR1); err != nil {
+	if err := syscall.Kill(p.Pid, syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
-	if st := p.wait(t); st != 0 {
+	if st := p.Wait(t); st != 0 {
 		t.Fatalf("exit %d", st)
 	}
 	// A process outside the cgroup is refused, untouched.
 	q := startCounter(t, false)
-	o = dumpOpts(q.pid, t.TempDir())
+	o = dumpOpts(q.Pid, t.TempDir())
 	o.FreezeCgroup = cg
 	if _, err := Dump(o, nil); err == nil || !strings.Contains(err.Error(), "not in it") {
 		t.Errorf("process outside the cgroup: %v", err)
 	}
-	assertRunningUntraced(t, q.pid)
+	assertRunningUntraced(t, q.Pid)
 }
 
 func TestDumpStats(t *testing.T) {
 	needRoot(t)
 	p := startCounter(t, false, "-m", "2")
 	dir := t.TempDir()
-	res, err := Dump(dumpOpts(p.pid, dir), nil)
+	res, err := Dump(dumpOpts(p.Pid, dir), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -538,25 +538,25 @@ func TestDumpActionScripts(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "actions")
 	dir := t.TempDir()
 	s := &actions.Scripts{Commands: []string{`echo "$CRTOOLS_SCRIPT_ACTION $CRTOOLS_INIT_PID" >>` + out}, ImagesDir: dir}
-	o := dumpOpts(p.pid, dir)
+	o := dumpOpts(p.Pid, dir)
 	o.LeaveRunning = true
 	if _, err := Dump(o, s); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(out)
-	if want := fmt.Sprintf("pre-dump %d\npost-dump %d\n", p.pid, p.pid); string(b) != want {
+	if want := fmt.Sprintf("pre-dump %d\npost-dump %d\n", p.Pid, p.Pid); string(b) != want {
 		t.Errorf("scripts ran %q, want %q", b, want)
 	}
 	// A failing post-dump script fails the dump and resumes the task.
 	s.Commands = []string{`[ "$CRTOOLS_SCRIPT_ACTION" != post-dump ]`}
-	if _, err := Dump(dumpOpts(p.pid, t.TempDir()), s); err == nil || !strings.Contains(err.Error(), "post-dump") {
+	if _, err := Dump(dumpOpts(p.Pid, t.TempDir()), s); err == nil || !strings.Contains(err.Error(), "post-dump") {
 		t.Errorf("failing post-dump script: %v", err)
 	}
-	assertRunningUntraced(t, p.pid)
-	if err := syscall.Kill(p.pid, syscall.SIGUSR1); err != nil {
+	assertRunningUntraced(t, p.Pid)
+	if err := syscall.Kill(p.Pid, syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
-	if st := p.wait(t); st != 0 {
+	if st := p.Wait(t); st != 0 {
 		t.Fatalf("exit %d", st)
 	}
 }
@@ -586,18 +586,18 @@ while True:
 	p := start(t, "", "", "/bin/sh", "-c", "exec python3 -c '"+script+"' >"+log)
 	waitFile(t, log, "ready")
 	dir := t.TempDir()
-	o := dumpOpts(p.pid, dir)
+	o := dumpOpts(p.Pid, dir)
 	o.LeaveRunning = true
 	if _, err := Dump(o, nil); err != nil {
 		t.Fatal(err)
 	}
-	assertRunningUntraced(t, p.pid)
+	assertRunningUntraced(t, p.Pid)
 	d, err := images.Open(dir, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	core, err := images.ReadOne[*criu_core.CoreEntry](d, images.CoreImg(p.pid))
+	core, err := images.ReadOne[*criu_core.CoreEntry](d, images.CoreImg(p.Pid))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -632,7 +632,7 @@ while True:
 	p := start(t, "", "", "/bin/sh", "-c", "exec python3 -c '"+script+"' >"+log)
 	waitFile(t, log, "ready")
 	t.Setenv(MethodEnv, "vmsplice")
-	o := dumpOpts(p.pid, t.TempDir())
+	o := dumpOpts(p.Pid, t.TempDir())
 	o.LeaveRunning = true
 	res, err := Dump(o, nil)
 	if err != nil {
@@ -641,5 +641,5 @@ while True:
 	if res.Method != MethodReadv || res.Mem.Written < 256 {
 		t.Errorf("method %v, %d pages", res.Method, res.Mem.Written)
 	}
-	assertRunningUntraced(t, p.pid)
+	assertRunningUntraced(t, p.Pid)
 }

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
+	"godwit/internal/abi/linux"
 	"godwit/internal/procfs"
 )
 
@@ -160,7 +161,7 @@ func CollectFDs(pid int) ([]FD, error) {
 // description (dup, fork): they must then share one file id, as in CRIU,
 // so that the restored fds share offset and flags again.
 func sameFile(pid, a, b int) bool {
-	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(pid), kcmpFile, uintptr(a), uintptr(b), 0)
+	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(pid), linux.KcmpFile, uintptr(a), uintptr(b), 0)
 	return e == 0 && r == 0
 }
 

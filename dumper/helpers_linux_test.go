@@ -1,19 +1,16 @@
 package dumper
 
 import (
-	"bytes"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"godwit/internal/opts"
 	"godwit/internal/procfs"
+	"godwit/internal/testutil"
 )
 
 func needRoot(t testing.TB) {
@@ -23,124 +20,19 @@ func needRoot(t testing.TB) {
 	}
 }
 
-var (
-	buildOnce sync.Once
-	buildDir  string
-	buildErr  error
-)
-
-// counterBin builds e2e/workloads/counter.c (dynamic and static) once.
-func counterBin(t testing.TB, static bool) string {
+// start runs argv with nil stdio (/dev/null, an fd kind the dumper
+// supports); see testutil.Start.
+func start(t testing.TB, log, ready string, argv ...string) *testutil.Proc {
 	t.Helper()
-	buildOnce.Do(func() {
-		buildDir, buildErr = os.MkdirTemp("", "godwit-dumper-test")
-		if buildErr != nil {
-			return
-		}
-		src := filepath.Join("..", "e2e", "workloads", "counter.c")
-		for _, v := range []struct {
-			out   string
-			extra []string
-		}{{"counter", nil}, {"counter-static", []string{"-static"}}} {
-			args := append([]string{"-O2", "-pthread", "-o", filepath.Join(buildDir, v.out), src}, v.extra...)
-			if out, err := exec.Command("gcc", args...).CombinedOutput(); err != nil {
-				buildErr = errors.New("gcc: " + err.Error() + ": " + string(out))
-				return
-			}
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	if static {
-		return filepath.Join(buildDir, "counter-static")
-	}
-	return filepath.Join(buildDir, "counter")
+	return testutil.Start(t, exec.Command(argv[0], argv[1:]...), log, ready)
 }
 
-// proc is a started workload.
-type proc struct {
-	cmd  *exec.Cmd
-	pid  int
-	log  string
-	done chan error // nil until reap started
-}
-
-// reap starts waiting for the process (once) and returns the channel.
-func (p *proc) reap() chan error {
-	if p.done == nil {
-		p.done = make(chan error, 1)
-		go func() { p.done <- p.cmd.Wait() }()
-	}
-	return p.done
-}
-
-// start runs argv, cleaned up (killed and reaped) at test end. If ready is
-// not "", it waits until the file log contains it.
-func start(t testing.TB, log, ready string, argv ...string) *proc {
+func startCounter(t testing.TB, static bool, args ...string) *testutil.Proc {
 	t.Helper()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	// nil stdio: /dev/null, an fd kind the dumper supports.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{cmd: cmd, pid: cmd.Process.Pid, log: log}
-	// No goroutine waits for it meanwhile: a wait by any thread of ours
-	// would take the ptrace stops meant for the dumper's tracer thread.
-	t.Cleanup(func() {
-		_ = syscall.Kill(p.pid, syscall.SIGKILL)
-		select {
-		case <-p.reap():
-		case <-time.After(10 * time.Second):
-			t.Errorf("pid %d not reaped", p.pid)
-		}
-	})
-	if ready != "" {
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			b, _ := os.ReadFile(log)
-			if bytes.Contains(b, []byte(ready)) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%v: not ready; log: %s", argv, b)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	return p
-}
-
-func startCounter(t testing.TB, static bool, args ...string) *proc {
-	t.Helper()
-	log := filepath.Join(t.TempDir(), "counter.log")
-	argv := append([]string{counterBin(t, static)}, args...)
+	log := filepath.Join(t.TempDir(), "counter.Log")
+	argv := append([]string{testutil.CounterBin(t, static)}, args...)
 	argv = append(argv, log)
 	return start(t, log, "ready pid=", argv...)
-}
-
-// wait waits for the process to exit and returns its exit status.
-func (p *proc) wait(t testing.TB) int {
-	t.Helper()
-	select {
-	case err := <-p.reap():
-		p.done <- err // for Cleanup
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-				return 128 + int(ws.Signal())
-			}
-			return ee.ExitCode()
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return 0
-	case <-time.After(20 * time.Second):
-		t.Fatalf("pid %d did not exit", p.pid)
-	}
-	return -1
 }
 
 // status returns State and TracerPid of pid.

@@ -1,11 +1,10 @@
 package dumper
 
 import (
-	"fmt"
 	"os"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"godwit/internal/testutil"
 )
 
 // TestMain marks every inherited fd above stderr close-on-exec, so that
@@ -17,17 +16,8 @@ func TestMain(m *testing.M) {
 		benchChild(arg)
 		os.Exit(0)
 	}
-	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
-		for _, e := range ents {
-			var fd int
-			if _, err := fmt.Sscan(e.Name(), &fd); err == nil && fd > 2 {
-				unix.CloseOnExec(fd)
-			}
-		}
-	}
+	testutil.CloseInheritedFDs()
 	code := m.Run()
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
-	}
+	testutil.RemoveBuilds()
 	os.Exit(code)
 }

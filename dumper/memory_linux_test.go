@@ -40,7 +40,7 @@ func TestDumpMemoryLayout(t *testing.T) {
 				t.Fatalf("parse %q: %v", b, err)
 			}
 			dir := t.TempDir()
-			o := dumpOpts(p.pid, dir)
+			o := dumpOpts(p.Pid, dir)
 			o.LeaveRunning = true
 			res, err := Dump(o, nil)
 			if err != nil {
@@ -49,13 +49,13 @@ func TestDumpMemoryLayout(t *testing.T) {
 			if res.Method.String() != method {
 				t.Errorf("method %v, want %s", res.Method, method)
 			}
-			assertRunningUntraced(t, p.pid)
+			assertRunningUntraced(t, p.Pid)
 			d, err := images.Open(dir, false)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer d.Close()
-			pr, err := images.OpenPages(d, images.PagemapImg(p.pid))
+			pr, err := images.OpenPages(d, images.PagemapImg(p.Pid))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -97,7 +97,7 @@ func TestDumpMemoryLayout(t *testing.T) {
 				}
 			}
 			// Shared memory: once, at object offsets.
-			maps, err := procfs.ReadMaps(p.pid)
+			maps, err := procfs.ReadMaps(p.Pid)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -118,7 +118,7 @@ func TestDumpMemoryLayout(t *testing.T) {
 				expect(sr, "shared", uint64(i)*pageSize, 40+i, i < 12)
 			}
 			// VMAs.
-			mme, err := images.ReadOne[*mm.MmEntry](d, images.MmImg(p.pid))
+			mme, err := images.ReadOne[*mm.MmEntry](d, images.MmImg(p.Pid))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -127,12 +127,12 @@ func TestDumpMemoryLayout(t *testing.T) {
 				switch v.GetStart() {
 				case priv:
 					found++
-					if v.GetStatus() != vmaAreaRegular|vmaAnonPrivate || v.GetMadv() != 1<<10 {
+					if v.GetStatus() != images.VmaAreaRegular|images.VmaAnonPrivate || v.GetMadv() != 1<<10 {
 						t.Errorf("private vma status %#x madv %#x", v.GetStatus(), v.GetMadv())
 					}
 				case shared:
 					found++
-					if v.GetStatus() != vmaAreaRegular|vmaAnonShared || v.GetShmid() != ino {
+					if v.GetStatus() != images.VmaAreaRegular|images.VmaAnonShared || v.GetShmid() != ino {
 						t.Errorf("shared vma status %#x shmid %d (inode %d)", v.GetStatus(), v.GetShmid(), ino)
 					}
 				case none:
@@ -142,7 +142,7 @@ func TestDumpMemoryLayout(t *testing.T) {
 					}
 				case file:
 					found++
-					if v.GetStatus() != vmaAreaRegular|vmaFilePrivate {
+					if v.GetStatus() != images.VmaAreaRegular|images.VmaFilePrivate {
 						t.Errorf("file vma status %#x", v.GetStatus())
 					}
 				}
@@ -179,11 +179,11 @@ func TestMemoryDumperRunning(t *testing.T) {
 	if _, err := fmt.Sscanf(string(b), "priv=%v", &priv); err != nil {
 		t.Fatal(err)
 	}
-	vmas, err := CollectVMAs(p.pid, nil)
+	vmas, err := CollectVMAs(p.Pid, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	md, err := NewMemoryDumper(p.pid)
+	md, err := NewMemoryDumper(p.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func TestMemoryDumperRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	sink, err := pageserver.NewLocalSink(d, images.PagemapImg(p.pid), 1)
+	sink, err := pageserver.NewLocalSink(d, images.PagemapImg(p.Pid), 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,10 +204,10 @@ func TestMemoryDumperRunning(t *testing.T) {
 	if err := sink.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if st, tracer := status(t, p.pid); st == 'T' || tracer != 0 {
+	if st, tracer := status(t, p.Pid); st == 'T' || tracer != 0 {
 		t.Errorf("target state %c tracer %d", st, tracer)
 	}
-	pr, err := images.OpenPages(d, images.PagemapImg(p.pid))
+	pr, err := images.OpenPages(d, images.PagemapImg(p.Pid))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
+	"godwit/internal/images"
 	"godwit/internal/procfs"
 )
 
@@ -27,10 +28,10 @@ type VMA struct {
 }
 
 // Private reports whether the VMA's own pages are dumped to pagemap-PID.
-func (v *VMA) Private() bool { return v.Status&(vmaAnonPrivate|vmaFilePrivate) != 0 }
+func (v *VMA) Private() bool { return v.Status&(images.VmaAnonPrivate|images.VmaFilePrivate) != 0 }
 
 // SharedAnon reports whether its pages are dumped once per shmid.
-func (v *VMA) SharedAnon() bool { return v.Status&vmaAnonShared != 0 }
+func (v *VMA) SharedAnon() bool { return v.Status&images.VmaAnonShared != 0 }
 
 // Entry is the VmaEntry of mm-PID.img.
 func (v *VMA) Entry() *vma.VmaEntry {
@@ -42,7 +43,7 @@ func (v *VMA) Entry() *vma.VmaEntry {
 	if v.Madv != 0 {
 		e.Madv = proto.Uint64(v.Madv)
 	}
-	if v.Status&(vmaFilePrivate|vmaFileShared) != 0 {
+	if v.Status&(images.VmaFilePrivate|images.VmaFileShared) != 0 {
 		e.Fdflags = proto.Uint32(v.Fdflags)
 	}
 	return e
@@ -88,7 +89,7 @@ func vmaName(e *procfs.SmapsEntry) string {
 }
 
 func classify(pid int, e *procfs.SmapsEntry, fileID fileIDFunc) (VMA, error) {
-	v := VMA{Start: e.Start, End: e.End, Path: e.Path, Status: vmaAreaRegular}
+	v := VMA{Start: e.Start, End: e.End, Path: e.Path, Status: images.VmaAreaRegular}
 	if e.Shared && !e.IsAnon() {
 		v.Pgoff = e.Offset // shared memory: the offset in the object
 	}
@@ -121,11 +122,11 @@ func classify(pid int, e *procfs.SmapsEntry, fileID fileIDFunc) (VMA, error) {
 	}
 	switch {
 	case e.Path == "[vdso]":
-		v.Status |= vmaAreaVdso
+		v.Status |= images.VmaAreaVdso
 		v.Flags |= unix.MAP_ANONYMOUS
 		return v, nil
 	case e.Path == "[vvar]" || e.Path == "[vvar_vclock]":
-		v.Status |= vmaAreaVvar
+		v.Status |= images.VmaAreaVvar
 		v.Flags |= unix.MAP_ANONYMOUS
 		return v, nil
 	case e.IsAnon():
@@ -133,12 +134,12 @@ func classify(pid int, e *procfs.SmapsEntry, fileID fileIDFunc) (VMA, error) {
 			return v, fmt.Errorf("shared anonymous mapping without an inode")
 		}
 		v.Flags |= unix.MAP_ANONYMOUS
-		v.Status |= vmaAnonPrivate
+		v.Status |= images.VmaAnonPrivate
 		switch e.Path {
 		case "[heap]":
-			v.Status |= vmaAreaHeap
+			v.Status |= images.VmaAreaHeap
 		case "[stack]":
-			v.Status |= vmaAreaStack
+			v.Status |= images.VmaAreaStack
 		}
 		if strings.HasPrefix(e.Path, "[") && e.Path != "[heap]" && e.Path != "[stack]" && !strings.HasPrefix(e.Path, "[anon:") {
 			return v, fmt.Errorf("special mapping is not supported yet")
@@ -148,7 +149,7 @@ func classify(pid int, e *procfs.SmapsEntry, fileID fileIDFunc) (VMA, error) {
 		return v, fmt.Errorf("System V shared memory is not supported yet")
 	case e.Shared && (e.Path == "/dev/zero" && e.Deleted || strings.HasPrefix(e.Path, "/memfd:") || strings.HasPrefix(e.Path, "[anon_shmem:")):
 		v.Flags |= unix.MAP_ANONYMOUS
-		v.Status |= vmaAnonShared
+		v.Status |= images.VmaAnonShared
 		v.Shmid = e.Inode
 		return v, nil
 	case strings.HasPrefix(e.Path, "/memfd:"):
@@ -172,12 +173,12 @@ func classify(pid int, e *procfs.SmapsEntry, fileID fileIDFunc) (VMA, error) {
 	v.Pgoff = e.Offset
 	v.Fdflags = unix.O_RDONLY
 	if e.Shared {
-		v.Status |= vmaFileShared
+		v.Status |= images.VmaFileShared
 		if e.Write {
 			v.Fdflags = unix.O_RDWR
 		}
 	} else {
-		v.Status |= vmaFilePrivate
+		v.Status |= images.VmaFilePrivate
 	}
 	if fileID != nil {
 		v.Shmid = uint64(fileID(e.Path, v.Fdflags, &st))

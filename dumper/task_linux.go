@@ -20,14 +20,11 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
+	"godwit/internal/abi/linux"
+	"godwit/internal/images"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
-)
-
-// CRIU's task states (criu/include/pstree.h, crit dict "gen").
-const (
-	taskAlive   = 1
-	taskStopped = 3
+	"godwit/internal/xstate"
 )
 
 // Scratch layout: the in/out buffers of injected calls, in one private
@@ -188,31 +185,31 @@ func readTaskStat(pid, tid int) (*procfs.Stat, error) {
 // sigactions, timers, brk, prctl flags, and rlimits prlimit64 refuses us.
 func collectTaskInjected(s *session, ti *taskInfo) error {
 	le := binary.LittleEndian
-	for sig := 1; sig <= nSignals; sig++ {
+	for sig := 1; sig <= linux.NSig; sig++ {
 		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
 			continue
 		}
 		if _, err := s.call(fmt.Sprintf("rt_sigaction(%d)", sig), unix.SYS_RT_SIGACTION, uint64(sig), 0,
-			s.scratch+scratchSigact+uint64(sig-1)*kernelSigactionSize, 8); err != nil {
+			s.scratch+scratchSigact+uint64(sig-1)*linux.KernelSigactionSize, 8); err != nil {
 			return err
 		}
 	}
 	for which := 0; which < 3; which++ {
-		if _, err := s.call(fmt.Sprintf("getitimer(%d)", which), unix.SYS_GETITIMER, uint64(which), s.scratch+scratchItimer+uint64(which)*itimerSize); err != nil {
+		if _, err := s.call(fmt.Sprintf("getitimer(%d)", which), unix.SYS_GETITIMER, uint64(which), s.scratch+scratchItimer+uint64(which)*linux.ItimerSize); err != nil {
 			return err
 		}
 	}
-	buf := make([]byte, scratchItimer+3*itimerSize)
+	buf := make([]byte, scratchItimer+3*linux.ItimerSize)
 	if err := s.read(0, buf); err != nil {
 		return err
 	}
 	// As CRIU: 62 entries, signals 1..64 in order without SIGKILL and
 	// SIGSTOP, whose actions cannot change.
-	for sig := 1; sig <= nSignals; sig++ {
+	for sig := 1; sig <= linux.NSig; sig++ {
 		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
 			continue
 		}
-		b := buf[(sig-1)*kernelSigactionSize:]
+		b := buf[(sig-1)*linux.KernelSigactionSize:]
 		ti.sigactions = append(ti.sigactions, &criu_sa.SaEntry{
 			Sigaction: proto.Uint64(le.Uint64(b[0:])),
 			Flags:     proto.Uint64(le.Uint64(b[8:])),
@@ -221,7 +218,7 @@ func collectTaskInjected(s *session, ti *taskInfo) error {
 		})
 	}
 	for which := 0; which < 3; which++ {
-		b := buf[scratchItimer+which*itimerSize:]
+		b := buf[scratchItimer+which*linux.ItimerSize:]
 		ti.itimers[which] = &timer.ItimerEntry{
 			Isec: proto.Uint64(le.Uint64(b[0:])), Iusec: proto.Uint64(le.Uint64(b[8:])),
 			Vsec: proto.Uint64(le.Uint64(b[16:])), Vusec: proto.Uint64(le.Uint64(b[24:])),
@@ -239,7 +236,7 @@ func collectTaskInjected(s *session, ti *taskInfo) error {
 		if err != nil {
 			return err
 		}
-		var b [itimerSize]byte
+		var b [linux.ItimerSize]byte
 		if err := s.read(scratchTimer, b[:]); err != nil {
 			return err
 		}
@@ -278,7 +275,7 @@ func collectTaskInjected(s *session, ti *taskInfo) error {
 		return err
 	}
 	ti.subreaper = le.Uint32(rb[:]) != 0
-	for r := 0; r < rlimNlimits; r++ {
+	for r := 0; r < linux.RlimNlimits; r++ {
 		var lim unix.Rlimit
 		err := unix.Prlimit(s.pid, r, nil, &lim)
 		if errors.Is(err, unix.EPERM) {
@@ -356,7 +353,7 @@ func signalQueue(q []ptrace.Siginfo) *siginfo.SignalQueueEntry {
 
 // coreEntry builds core-TID.img of one thread; tc and ids go to the leader.
 func coreEntry(th *threadInfo, tc *criu_core.TaskCoreEntry, ids *criu_core.TaskKobjIdsEntry) (*criu_core.CoreEntry, error) {
-	fp, err := FPRegsFromXState(th.state.XState)
+	fp, err := xstate.ToCRIU(th.state.XState)
 	if err != nil {
 		return nil, fmt.Errorf("thread %d: %w", th.tid, err)
 	}
@@ -400,9 +397,9 @@ func coreEntry(th *threadInfo, tc *criu_core.TaskCoreEntry, ids *criu_core.TaskK
 
 // taskCore builds the leader's tc.
 func taskCore(ti *taskInfo, leader *threadInfo, stopped bool, stopSig int) *criu_core.TaskCoreEntry {
-	state := uint32(taskAlive)
+	state := uint32(images.TaskAlive)
 	if stopped {
-		state = taskStopped
+		state = images.TaskStopped
 	}
 	tc := &criu_core.TaskCoreEntry{
 		TaskState:   proto.Uint32(state),

@@ -18,6 +18,7 @@ import (
 	"godwit/internal/images"
 	"godwit/internal/opts"
 	"godwit/internal/procfs"
+	"godwit/internal/testutil"
 )
 
 var (
@@ -37,11 +38,11 @@ func goodDump(t *testing.T) (string, int, []int) {
 			t.Fatal(err)
 		}
 		log := filepath.Join(dir, "log")
-		w := startWorkload(t, log, "tick 2", counterBin(t, false), "-t", "2", log)
-		goodTids = threadsOf(t, w.pid)
-		dump(t, w.pid, filepath.Join(dir, "img"), nil)
-		w.reaped(t)
-		goodDir, goodPid = dir, w.pid
+		w := startWorkload(t, log, "tick 2", testutil.CounterBin(t, false), "-t", "2", log)
+		goodTids = threadsOf(t, w.Pid)
+		dump(t, w.Pid, filepath.Join(dir, "img"), nil)
+		w.Reaped(t)
+		goodDir, goodPid = dir, w.Pid
 	})
 	if goodDir == "" {
 		t.Fatal("no good dump")
@@ -202,14 +203,14 @@ func TestRestorePidInUse(t *testing.T) {
 	needRoot(t)
 	dir := t.TempDir()
 	log := filepath.Join(dir, "log")
-	w := startWorkload(t, log, "tick 2", counterBin(t, false), log)
+	w := startWorkload(t, log, "tick 2", testutil.CounterBin(t, false), log)
 	imgs := filepath.Join(dir, "img")
-	dump(t, w.pid, imgs, func(o *opts.Options) { o.LeaveRunning = true })
-	err := restoreFailsBut(t, imgs, 0, w.pid, fmt.Sprint(w.pid), "in use")
+	dump(t, w.Pid, imgs, func(o *opts.Options) { o.LeaveRunning = true })
+	err := restoreFailsBut(t, imgs, 0, w.Pid, fmt.Sprint(w.Pid), "in use")
 	if !errors.Is(err, ErrPidInUse) {
 		t.Errorf("error %v is not ErrPidInUse", err)
 	}
-	st, err := procfs.ReadStatus(w.pid)
+	st, err := procfs.ReadStatus(w.Pid)
 	if err != nil || st.TracerPid != 0 || st.State == 'T' {
 		t.Fatalf("original after the failed restore: %+v, %v", st, err)
 	}
@@ -289,7 +290,7 @@ func TestRestoreFailsMidway(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
 			bin := filepath.Join(dir, "counter")
-			b, err := os.ReadFile(counterBin(t, false))
+			b, err := os.ReadFile(testutil.CounterBin(t, false))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -299,15 +300,15 @@ func TestRestoreFailsMidway(t *testing.T) {
 			log := filepath.Join(dir, "log")
 			w := startWorkload(t, log, "tick 2", bin, log)
 			imgs := filepath.Join(dir, "img")
-			dump(t, w.pid, imgs, nil)
-			w.reaped(t)
+			dump(t, w.Pid, imgs, nil)
+			w.Reaped(t)
 			if err := os.Remove(filepath.Join(dir, c.gone)); err != nil {
 				t.Fatal(err)
 			}
-			err = restoreFails(t, imgs, w.pid, c.step, filepath.Join(dir, c.gone), "no such file")
+			err = restoreFails(t, imgs, w.Pid, c.step, filepath.Join(dir, c.gone), "no such file")
 			t.Logf("error: %v", err)
-			if _, serr := os.Stat(fmt.Sprintf("/proc/%d", w.pid)); serr == nil {
-				t.Errorf("pid %d still exists", w.pid)
+			if _, serr := os.Stat(fmt.Sprintf("/proc/%d", w.Pid)); serr == nil {
+				t.Errorf("pid %d still exists", w.Pid)
 			}
 		})
 	}

@@ -16,6 +16,7 @@ import (
 	"godwit/internal/opts"
 	"godwit/internal/ptrace"
 	"godwit/internal/puppet"
+	"godwit/internal/testutil"
 )
 
 // BenchmarkRestore1GiB restores a dump of a process with 1 GiB of dirty
@@ -36,16 +37,16 @@ func BenchmarkRestore1GiB(b *testing.B) {
 	defer os.RemoveAll(dir)
 	log := filepath.Join(dir, "log")
 	imgs := filepath.Join(dir, "img")
-	w := startWorkload(b, log, "tick 2", counterBin(b, false), "-m", strconv.Itoa(mib), log)
-	dump(b, w.pid, imgs, nil)
-	w.reaped(b)
+	w := startWorkload(b, log, "tick 2", testutil.CounterBin(b, false), "-m", strconv.Itoa(mib), log)
+	dump(b, w.Pid, imgs, nil)
+	w.Reaped(b)
 
 	d, err := images.Open(imgs, false)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer d.Close()
-	pr, err := images.OpenPages(d, images.PagemapImg(w.pid))
+	pr, err := images.OpenPages(d, images.PagemapImg(w.Pid))
 	if err != nil {
 		b.Fatal(err)
 	}

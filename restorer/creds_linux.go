@@ -10,6 +10,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/creds"
 	"golang.org/x/sys/unix"
 
+	"godwit/internal/abi/linux"
 	"godwit/internal/procfs"
 )
 
@@ -23,6 +24,10 @@ func caps64(w []uint32) uint64 {
 	}
 	return v
 }
+
+// capLastCapProbe bounds cap_last_cap: capset's two 32-bit data words
+// hold capabilities 0..63.
+const capLastCapProbe = 63
 
 func capLastCap() int {
 	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
@@ -105,7 +110,7 @@ func (r *Restorer) setCreds(s *session, t *thread, c *creds.CredsEntry, cur *pro
 	}
 	sec := uint64(c.GetSecbits())
 	if uids != cur.Uid {
-		if _, err := s.call("prctl(PR_SET_SECUREBITS) keep caps", unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, curSec|secbitKeepCaps); err != nil {
+		if _, err := s.call("prctl(PR_SET_SECUREBITS) keep caps", unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, curSec|linux.SecbitKeepCaps); err != nil {
 			return err
 		}
 		if _, err := s.call(fmt.Sprintf("setresuid %d %d %d", uids[0], uids[1], uids[2]), unix.SYS_SETRESUID,
@@ -115,7 +120,7 @@ func (r *Restorer) setCreds(s *session, t *thread, c *creds.CredsEntry, cur *pro
 		if _, err := s.call("setfsuid", unix.SYS_SETFSUID, uint64(uids[3])); err != nil {
 			return err
 		}
-		curSec |= secbitKeepCaps
+		curSec |= linux.SecbitKeepCaps
 	}
 	// Raise the effective set to the permitted one for the calls below
 	// that need CAP_SETPCAP (a uid change may have cleared it).
@@ -149,7 +154,7 @@ func (r *Restorer) setCreds(s *session, t *thread, c *creds.CredsEntry, cur *pro
 // capset sets the calling thread's capability sets (version 3: two
 // 32-bit words each).
 func capset(s *session, eff, prm, inh uint64) error {
-	b := binary.LittleEndian.AppendUint32(nil, linuxCapabilityVersion3)
+	b := binary.LittleEndian.AppendUint32(nil, unix.LINUX_CAPABILITY_VERSION_3)
 	b = binary.LittleEndian.AppendUint32(b, 0) // pid 0: the caller
 	for w := 0; w < 2; w++ {
 		b = binary.LittleEndian.AppendUint32(b, uint32(eff>>(32*w)))

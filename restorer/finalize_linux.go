@@ -9,7 +9,10 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/timer"
 	"golang.org/x/sys/unix"
 
+	"godwit/internal/abi/linux"
+	"godwit/internal/images"
 	"godwit/internal/ptrace"
+	"godwit/internal/xstate"
 )
 
 // Finalize rebuilds everything but memory: threads, file descriptors, fs,
@@ -107,7 +110,7 @@ func (r *Restorer) restoreFds(s *session) error {
 		fd := uint64(e.GetFd())
 		what := fmt.Sprintf("fd %d", fd)
 		dupFlags := uint64(0)
-		if e.GetFlags()&fdFlagCloexec != 0 {
+		if e.GetFlags()&images.FdFlagCloexec != 0 {
 			dupFlags = unix.O_CLOEXEC
 		}
 		if f, ok := first[e.GetId()]; ok {
@@ -182,12 +185,12 @@ func sigNumbers(n int) ([]int, error) {
 	var sigs []int
 	switch n {
 	case 0:
-	case nSignals:
-		for s := 1; s <= nSignals; s++ {
+	case linux.NSig:
+		for s := 1; s <= linux.NSig; s++ {
 			sigs = append(sigs, s)
 		}
-	case nSignals - 2:
-		for s := 1; s <= nSignals; s++ {
+	case linux.NSig - 2:
+		for s := 1; s <= linux.NSig; s++ {
 			if s != int(unix.SIGKILL) && s != int(unix.SIGSTOP) {
 				sigs = append(sigs, s)
 			}
@@ -265,23 +268,23 @@ func (r *Restorer) restorePosixTimers(s *session) error {
 	for i := len(pts) - 1; i >= 0; i-- {
 		pt := pts[i]
 		what := fmt.Sprintf("posix timer %d", pt.GetItId())
-		sev := make([]byte, sigeventSize)
+		sev := make([]byte, linux.SigeventSize)
 		binary.LittleEndian.PutUint64(sev[0:], pt.GetSivalPtr())
 		binary.LittleEndian.PutUint32(sev[8:], pt.GetSiSigno())
 		binary.LittleEndian.PutUint32(sev[12:], pt.GetItSigevNotify())
-		if pt.GetItSigevNotify()&sigevThreadID != 0 {
-			binary.LittleEndian.PutUint32(sev[sigevTidOffset:], uint32(pt.GetNotifyThreadId()))
+		if pt.GetItSigevNotify()&linux.SigevThreadID != 0 {
+			binary.LittleEndian.PutUint32(sev[linux.SigevTidOffset:], uint32(pt.GetNotifyThreadId()))
 		}
 		sev = binary.LittleEndian.AppendUint32(sev, pt.GetItId()) // timer_t requested
 		a, err := s.put(0, sev)
 		if err != nil {
 			return err
 		}
-		if _, err := s.call(what+": timer_create", unix.SYS_TIMER_CREATE, uint64(pt.GetClockId()), a, a+sigeventSize); err != nil {
+		if _, err := s.call(what+": timer_create", unix.SYS_TIMER_CREATE, uint64(pt.GetClockId()), a, a+linux.SigeventSize); err != nil {
 			return err
 		}
 		var got [4]byte
-		if err := ptrace.ReadMem(r.img.pid, a+sigeventSize, got[:]); err != nil {
+		if err := ptrace.ReadMem(r.img.pid, a+linux.SigeventSize, got[:]); err != nil {
 			return err
 		}
 		if id := binary.LittleEndian.Uint32(got[:]); id != pt.GetItId() {
@@ -312,7 +315,7 @@ var rlimitNames = []string{"RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_DATA", "RLIMIT_
 // naming the limit, never a silently lower limit.
 func (r *Restorer) restoreRlimits(s *session) error {
 	for i, rl := range r.img.tc.GetRlimits().GetRlimits() {
-		if i >= rlimNlimits {
+		if i >= linux.RlimNlimits {
 			break
 		}
 		a, err := s.put(0, le64(le64(nil, rl.GetCur()), rl.GetMax()))
@@ -380,9 +383,9 @@ func setComm(s *session, comm string) error {
 // injected calls.
 func (r *Restorer) threadState(s *session, t *thread) error {
 	tc := t.core.GetThreadCore()
-	if sas := tc.GetSas(); sas != nil && sas.GetSsFlags()&ssDisable == 0 {
+	if sas := tc.GetSas(); sas != nil && sas.GetSsFlags()&linux.SsDisable == 0 {
 		b := le64(nil, sas.GetSsSp())
-		b = binary.LittleEndian.AppendUint32(b, sas.GetSsFlags()&^ssOnstack)
+		b = binary.LittleEndian.AppendUint32(b, sas.GetSsFlags()&^linux.SsOnstack)
 		b = binary.LittleEndian.AppendUint32(b, 0)
 		b = le64(b, sas.GetSsSize())
 		a, err := s.put(0, b)
@@ -482,7 +485,7 @@ func (r *Restorer) finishMMIn(s *session) error {
 			return err
 		}
 	}
-	b := make([]byte, 0, prctlMmMapSize)
+	b := make([]byte, 0, linux.SizeofPrctlMmMap)
 	for _, v := range []uint64{m.GetMmStartCode(), m.GetMmEndCode(), m.GetMmStartData(), m.GetMmEndData(),
 		m.GetMmStartBrk(), m.GetMmBrk(), m.GetMmStartStack(), m.GetMmArgStart(), m.GetMmArgEnd(),
 		m.GetMmEnvStart(), m.GetMmEnvEnd(), auxvAddr} {
@@ -494,7 +497,7 @@ func (r *Restorer) finishMMIn(s *session) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.call("prctl(PR_SET_MM_MAP) with exe "+exe, unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, a, prctlMmMapSize, 0)
+	_, err = s.call("prctl(PR_SET_MM_MAP) with exe "+exe, unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, a, linux.SizeofPrctlMmMap, 0)
 	if _, cerr := s.call("close exe", unix.SYS_CLOSE, efd); cerr != nil && err == nil {
 		err = cerr
 	}
@@ -520,7 +523,7 @@ func (r *Restorer) finishMMIn(s *session) error {
 func (r *Restorer) queueSignals(s *session, t *thread) error {
 	pid := uint64(r.img.pid)
 	queue := func(info []byte, shared bool) error {
-		if len(info) != siginfoSize {
+		if len(info) != linux.SiginfoSize {
 			return fmt.Errorf("siginfo of %d bytes", len(info))
 		}
 		a, err := s.put(0, info)
@@ -591,7 +594,7 @@ func (r *Restorer) setThreadRegs(t *thread) error {
 	if err != nil {
 		return err
 	}
-	x, err := buildXState(base, ti.GetFpregs())
+	x, err := xstate.FromCRIU(base, ti.GetFpregs())
 	if err != nil {
 		return err
 	}

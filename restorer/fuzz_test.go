@@ -52,7 +52,7 @@ func writeFakeImages(t testing.TB, dir string) {
 	core := &criu_core.CoreEntry{
 		Mtype:      criu_core.CoreEntry_X86_64.Enum(),
 		ThreadInfo: &core_x86.ThreadInfoX86{ClearTidAddr: u64(0), Gpregs: regs, Fpregs: fp},
-		Tc: &criu_core.TaskCoreEntry{TaskState: u32(taskAlive), ExitCode: u32(0), Personality: u32(0), Flags: u32(0),
+		Tc: &criu_core.TaskCoreEntry{TaskState: u32(images.TaskAlive), ExitCode: u32(0), Personality: u32(0), Flags: u32(0),
 			BlkSigset: u64(0), Comm: proto.String("fake")},
 		Ids:        &criu_core.TaskKobjIdsEntry{VmId: u32(1), FilesId: u32(1), FsId: u32(1), SighandId: u32(1)},
 		ThreadCore: &criu_core.ThreadCoreEntry{FutexRla: u64(0), FutexRlaLen: u32(0), Creds: cr},
@@ -64,7 +64,7 @@ func writeFakeImages(t testing.TB, dir string) {
 		MmArgEnd: u64(0x7ff010), MmEnvStart: u64(0x7ff010), MmEnvEnd: u64(0x7ff020), ExeFileId: u32(1),
 		MmSavedAuxv: []uint64{0, 0},
 		Vmas: []*vma.VmaEntry{{Start: u64(0x7fe000), End: u64(0x800000), Pgoff: u64(0), Shmid: u64(0),
-			Prot: u32(3), Flags: u32(0x22), Status: u32(vmaAreaRegular | vmaAnonPrivate), Fd: proto.Int64(-1)}},
+			Prot: u32(3), Flags: u32(0x22), Status: u32(images.VmaAreaRegular | images.VmaAnonPrivate), Fd: proto.Int64(-1)}},
 	}))
 	reg := func(id uint32, name string) *fdinfo.FileEntry {
 		return &fdinfo.FileEntry{Type: fdinfo.FdTypes_REG.Enum(), Id: u32(id), Reg: &regfile.RegFileEntry{
@@ -129,32 +129,6 @@ func FuzzReadImages(f *testing.F) {
 		defer d.Close()
 		if ti, err := readImages(d); err == nil {
 			ti.close()
-		}
-	})
-}
-
-// FuzzBuildXState: any fpregs entry gives an error or a buffer of the
-// base's size, never a panic.
-func FuzzBuildXState(f *testing.F) {
-	f.Add([]byte{1, 2, 3}, uint64(7), 64, 16)
-	f.Fuzz(func(t *testing.T, words []byte, bv uint64, ymm, zmm int) {
-		w32 := func(n int) []uint32 {
-			n = min(max(n, 0), 300)
-			out := make([]uint32, n)
-			for i := range out {
-				if len(words) > 0 {
-					out[i] = uint32(words[i%len(words)])
-				}
-			}
-			return out
-		}
-		fp := &core_x86.UserX86FpregsEntry{StSpace: w32(len(words)), XmmSpace: w32(ymm),
-			Xsave: &core_x86.UserX86XsaveEntry{XstateBv: proto.Uint64(bv), YmmhSpace: w32(ymm), Pkru: w32(zmm % 4)}}
-		for _, size := range []int{512, 576, 1088, 2696, 4096} {
-			x, err := buildXState(make([]byte, size), fp)
-			if err == nil && len(x) != size {
-				t.Fatalf("size %d → %d", size, len(x))
-			}
 		}
 	})
 }

@@ -1,16 +1,12 @@
 package restorer
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,22 +14,15 @@ import (
 
 	"godwit/dumper"
 	"godwit/internal/opts"
+	"godwit/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
 	// Descriptors our own parent leaked to us (a CI runner's pipes) would
 	// leak on into the workloads, and the dumper refuses pipes.
-	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
-		for _, e := range ents {
-			if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
-				unix.CloseOnExec(fd)
-			}
-		}
-	}
+	testutil.CloseInheritedFDs()
 	code := m.Run()
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
-	}
+	testutil.RemoveBuilds()
 	if goodDir != "" {
 		os.RemoveAll(goodDir)
 	}
@@ -47,115 +36,19 @@ func needRoot(t testing.TB) {
 	}
 }
 
-var (
-	buildOnce sync.Once
-	buildDir  string
-	buildErr  error
-)
-
-// counterBin builds e2e/workloads/counter.c (dynamic and static) once.
-func counterBin(t testing.TB, static bool) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		buildDir, buildErr = os.MkdirTemp("", "godwit-restorer-test")
-		if buildErr != nil {
-			return
-		}
-		src := filepath.Join("..", "e2e", "workloads", "counter.c")
-		for _, v := range []struct {
-			out   string
-			extra []string
-		}{{"counter", nil}, {"counter-static", []string{"-static"}}} {
-			args := append([]string{"-O2", "-pthread", "-o", filepath.Join(buildDir, v.out), src}, v.extra...)
-			if out, err := exec.Command("gcc", args...).CombinedOutput(); err != nil {
-				buildErr = errors.New("gcc: " + err.Error() + ": " + string(out))
-				return
-			}
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	if static {
-		return filepath.Join(buildDir, "counter-static")
-	}
-	return filepath.Join(buildDir, "counter")
-}
-
-// workload is a started program; it is killed and reaped at test end.
-type workload struct {
-	pid int
-	log string
-	cmd *exec.Cmd
-}
-
-func startWorkload(t testing.TB, log, ready string, argv ...string) *workload {
+// startWorkload runs argv with stdin, stdout and stderr on one /dev/null
+// file (no pipes: the dumper handles regular files and devices only); see
+// testutil.Start.
+func startWorkload(t testing.TB, log, ready string, argv ...string) *testutil.Proc {
 	t.Helper()
 	cmd := exec.Command(argv[0], argv[1:]...)
-	// No pipes: the dumper handles regular files and devices only.
 	null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer null.Close()
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = null, null, null
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	// Nobody waits for it while it may be traced: any thread of the
-	// tracer's process that waits for a traced child consumes its ptrace
-	// stops (the kernel reports them even without WUNTRACED).
-	w := &workload{pid: cmd.Process.Pid, log: log, cmd: cmd}
-	t.Cleanup(func() {
-		if w.cmd != nil {
-			_ = unix.Kill(w.pid, unix.SIGKILL)
-			w.reaped(t)
-		}
-	})
-	waitFor(t, log, ready, 10*time.Second)
-	return w
-}
-
-// reaped waits until the original workload is gone (dumped and killed).
-func (w *workload) reaped(t testing.TB) {
-	t.Helper()
-	if w.cmd == nil {
-		return
-	}
-	// The dumper's tracer may have reaped it already (ECHILD then).
-	done := make(chan struct{})
-	go func() { w.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Errorf("workload %d did not exit", w.pid)
-	}
-	w.cmd = nil
-}
-
-// waitFor waits until file contains want.
-func waitFor(t testing.TB, file, want string, limit time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for {
-		b, _ := os.ReadFile(file)
-		if strings.Contains(string(b), want) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: no %q after %v; it holds:\n%s", file, want, limit, tail(string(b)))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-func tail(s string) string {
-	l := strings.Split(strings.TrimSpace(s), "\n")
-	if len(l) > 10 {
-		l = l[len(l)-10:]
-	}
-	return strings.Join(l, "\n")
+	return testutil.Start(t, cmd, log, ready)
 }
 
 var tickRe = regexp.MustCompile(`^tick (\d+)$`)
@@ -262,7 +155,7 @@ func finish(t testing.TB, r *Restorer, log string) string {
 	}
 	b, _ := os.ReadFile(log)
 	if got.err != nil || got.code != 0 {
-		t.Fatalf("restored %d: exit %d, %v; log:\n%s", r.PID(), got.code, got.err, tail(string(b)))
+		t.Fatalf("restored %d: exit %d, %v; log:\n%s", r.PID(), got.code, got.err, testutil.Tail(string(b)))
 	}
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	last := lines[len(lines)-1]

@@ -9,6 +9,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/vma"
 	"golang.org/x/sys/unix"
 
+	"godwit/internal/images"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 	"godwit/internal/puppet"
@@ -157,9 +158,9 @@ func (r *Restorer) moveVdso(s *session, special []procfs.Mapping) error {
 	var dvvar []*vma.VmaEntry
 	for _, v := range r.img.mm.GetVmas() {
 		switch {
-		case v.GetStatus()&vmaAreaVdso != 0:
+		case v.GetStatus()&images.VmaAreaVdso != 0:
 			dvdso = v
-		case v.GetStatus()&vmaAreaVvar != 0:
+		case v.GetStatus()&images.VmaAreaVvar != 0:
 			dvvar = append(dvvar, v)
 		}
 	}
@@ -255,7 +256,7 @@ func (r *Restorer) mapVMAs(s *session) error {
 	// start, is made once at its full size and each VMA maps it.
 	shmSize, shmCount := map[uint64]uint64{}, map[uint64]int{}
 	for _, v := range r.img.mm.GetVmas() {
-		if v.GetStatus()&vmaAnonShared != 0 {
+		if v.GetStatus()&images.VmaAnonShared != 0 {
 			id := v.GetShmid()
 			shmSize[id] = max(shmSize[id], v.GetPgoff()+v.GetEnd()-v.GetStart())
 			shmCount[id]++
@@ -266,7 +267,7 @@ func (r *Restorer) mapVMAs(s *session) error {
 	}
 	for _, v := range r.img.mm.GetVmas() {
 		st := v.GetStatus()
-		if st&(vmaAreaVdso|vmaAreaVvar|vmaAreaVsyscall) != 0 {
+		if st&(images.VmaAreaVdso|images.VmaAreaVvar|images.VmaAreaVsyscall) != 0 {
 			continue
 		}
 		start, size := v.GetStart(), v.GetEnd()-v.GetStart()
@@ -278,7 +279,7 @@ func (r *Restorer) mapVMAs(s *session) error {
 		fd := ^uint64(0)
 		off := uint64(0)
 		switch {
-		case st&(vmaFilePrivate|vmaFileShared) != 0:
+		case st&(images.VmaFilePrivate|images.VmaFileShared) != 0:
 			id := uint32(v.GetShmid())
 			f, ok := fds[id]
 			if !ok {
@@ -292,12 +293,12 @@ func (r *Restorer) mapVMAs(s *session) error {
 			}
 			fd, off = f, v.GetPgoff()
 			flags &^= unix.MAP_ANONYMOUS
-			if st&vmaFilePrivate != 0 {
+			if st&images.VmaFilePrivate != 0 {
 				flags = flags&^unix.MAP_SHARED | unix.MAP_PRIVATE
 			} else {
 				flags = flags&^unix.MAP_PRIVATE | unix.MAP_SHARED
 			}
-		case st&vmaAnonShared != 0:
+		case st&images.VmaAnonShared != 0:
 			flags = flags&^unix.MAP_PRIVATE | unix.MAP_SHARED | unix.MAP_ANONYMOUS
 			if id := v.GetShmid(); shmCount[id] > 1 {
 				f, ok := shmFds[id]
@@ -322,7 +323,7 @@ func (r *Restorer) mapVMAs(s *session) error {
 		// also makes them accountable, as a once-written private
 		// mapping is); the others get their protection at once.
 		mapProt := prot
-		if st&vmaFileShared == 0 && r.getsPages(v) {
+		if st&images.VmaFileShared == 0 && r.getsPages(v) {
 			mapProt |= unix.PROT_READ | unix.PROT_WRITE
 		}
 		ret, err := s.call(what, unix.SYS_MMAP, start, size, uint64(mapProt), flags, fd, off)
@@ -371,7 +372,7 @@ func le64(b []byte, v uint64) []byte { return binary.LittleEndian.AppendUint64(b
 
 // getsPages reports whether the images hold pages for v.
 func (r *Restorer) getsPages(v *vma.VmaEntry) bool {
-	if v.GetStatus()&vmaAnonShared != 0 {
+	if v.GetStatus()&images.VmaAnonShared != 0 {
 		return r.img.shmem[v.GetShmid()] != nil
 	}
 	pr := r.img.pages

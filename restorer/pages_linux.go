@@ -318,7 +318,7 @@ func (r *Restorer) preadvAll(s *session, src PageSource, fr FileRuns, place func
 // addresses are offsets in the shared object.
 func (r *Restorer) fillShmem() error {
 	for _, v := range r.img.mm.GetVmas() {
-		if v.GetStatus()&vmaAnonShared == 0 {
+		if v.GetStatus()&images.VmaAnonShared == 0 {
 			continue
 		}
 		pr := r.img.shmem[v.GetShmid()]

@@ -15,6 +15,7 @@ import (
 
 	"godwit/internal/images"
 	"godwit/internal/opts"
+	"godwit/internal/testutil"
 )
 
 // listSource serves fixed runs, in the given order, with data from fn.
@@ -59,10 +60,10 @@ func TestRestorePhases(t *testing.T) {
 		t.Run(m.String(), func(t *testing.T) {
 			dir := t.TempDir()
 			log := filepath.Join(dir, "log")
-			w := startWorkload(t, log, "tick 3", counterBin(t, false), "-t", "3", "-m", "4", log)
+			w := startWorkload(t, log, "tick 3", testutil.CounterBin(t, false), "-t", "3", "-m", "4", log)
 			imgs := filepath.Join(dir, "img")
-			dump(t, w.pid, imgs, nil)
-			w.reaped(t)
+			dump(t, w.Pid, imgs, nil)
+			w.Reaped(t)
 			n := ticks(t, log)
 
 			o := opts.New()
@@ -163,8 +164,8 @@ func TestRestoreNanosleep(t *testing.T) {
 	w := startWorkload(t, filepath.Join(dir, "none"), "", "/bin/sleep", "1.5")
 	time.Sleep(200 * time.Millisecond)
 	imgs := filepath.Join(dir, "img")
-	dump(t, w.pid, imgs, nil)
-	w.reaped(t)
+	dump(t, w.Pid, imgs, nil)
+	w.Reaped(t)
 	o := opts.New()
 	o.ImagesDir = imgs
 	r, err := New(o, nil)

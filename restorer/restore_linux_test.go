@@ -6,6 +6,7 @@ import (
 	"godwit/internal/actions"
 	"godwit/internal/opts"
 	"godwit/internal/procfs"
+	"godwit/internal/testutil"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,22 +23,22 @@ func counterCase(t *testing.T, static bool, args ...string) {
 	dir := t.TempDir()
 	log := filepath.Join(dir, "log")
 	imgs := filepath.Join(dir, "img")
-	argv := append([]string{counterBin(t, static)}, args...)
+	argv := append([]string{testutil.CounterBin(t, static)}, args...)
 	argv = append(argv, log)
 	w := startWorkload(t, log, "tick 3", argv...)
 	// SIGUSR2 before the dump: the handler count must survive.
-	if err := unix.Kill(w.pid, unix.SIGUSR2); err != nil {
+	if err := unix.Kill(w.Pid, unix.SIGUSR2); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(30 * time.Millisecond)
-	origThreads := threadsOf(t, w.pid)
-	dump(t, w.pid, imgs, nil)
-	w.reaped(t)
+	origThreads := threadsOf(t, w.Pid)
+	dump(t, w.Pid, imgs, nil)
+	w.Reaped(t)
 	before := ticks(t, log)
 
 	r := restore(t, imgs, nil)
-	if r.PID() != w.pid {
-		t.Fatalf("restored pid %d, want %d", r.PID(), w.pid)
+	if r.PID() != w.Pid {
+		t.Fatalf("restored pid %d, want %d", r.PID(), w.Pid)
 	}
 	got := threadsOf(t, r.PID())
 	slices.Sort(got)
@@ -112,11 +113,11 @@ func pythonCase(t *testing.T, threads string) {
 		t.Fatal(err)
 	}
 	w := startWorkload(t, log, "tick 5", "/usr/bin/python3", script, log, threads)
-	unix.Kill(w.pid, unix.SIGUSR2)
+	unix.Kill(w.Pid, unix.SIGUSR2)
 	time.Sleep(50 * time.Millisecond)
 	imgs := filepath.Join(dir, "img")
-	dump(t, w.pid, imgs, nil)
-	w.reaped(t)
+	dump(t, w.Pid, imgs, nil)
+	w.Reaped(t)
 	before := ticks(t, log)
 	r := restore(t, imgs, nil)
 	waitTicks(t, log, before+3)
@@ -136,10 +137,10 @@ func TestRestoreTwice(t *testing.T) {
 	needRoot(t)
 	dir := t.TempDir()
 	log := filepath.Join(dir, "log")
-	w := startWorkload(t, log, "tick 3", counterBin(t, false), "-t", "3", log)
-	pid := w.pid
+	w := startWorkload(t, log, "tick 3", testutil.CounterBin(t, false), "-t", "3", log)
+	pid := w.Pid
 	dump(t, pid, filepath.Join(dir, "1"), nil)
-	w.reaped(t)
+	w.Reaped(t)
 	r := restore(t, filepath.Join(dir, "1"), nil)
 	n := waitTicks(t, log, ticks(t, log)+2)
 	// The restored task is our child, so the dumper's tracer (in this
@@ -162,9 +163,9 @@ func TestRestoreLeaveStopped(t *testing.T) {
 	needRoot(t)
 	dir := t.TempDir()
 	log := filepath.Join(dir, "log")
-	w := startWorkload(t, log, "tick 3", counterBin(t, false), log)
-	dump(t, w.pid, filepath.Join(dir, "img"), nil)
-	w.reaped(t)
+	w := startWorkload(t, log, "tick 3", testutil.CounterBin(t, false), log)
+	dump(t, w.Pid, filepath.Join(dir, "img"), nil)
+	w.Reaped(t)
 	n := ticks(t, log)
 	r := restore(t, filepath.Join(dir, "img"), func(o *opts.Options) { o.LeaveStopped = true })
 	var st *procfs.Status
@@ -196,10 +197,10 @@ func TestRestoreScripts(t *testing.T) {
 	needRoot(t)
 	dir := t.TempDir()
 	log := filepath.Join(dir, "log")
-	w := startWorkload(t, log, "tick 2", counterBin(t, false), log)
+	w := startWorkload(t, log, "tick 2", testutil.CounterBin(t, false), log)
 	imgs := filepath.Join(dir, "img")
-	dump(t, w.pid, imgs, nil)
-	w.reaped(t)
+	dump(t, w.Pid, imgs, nil)
+	w.Reaped(t)
 	out := filepath.Join(dir, "scripts")
 	o := opts.New()
 	o.ImagesDir = imgs
@@ -209,7 +210,7 @@ func TestRestoreScripts(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(out)
-	want := fmt.Sprintf("pre-restore \npre-resume %d\npost-restore %d\n", w.pid, w.pid)
+	want := fmt.Sprintf("pre-restore \npre-resume %d\npost-restore %d\n", w.Pid, w.Pid)
 	if string(b) != want {
 		t.Errorf("scripts ran as\n%s\nwant\n%s", b, want)
 	}
@@ -222,10 +223,10 @@ func TestRestorePreResumeFails(t *testing.T) {
 	needRoot(t)
 	dir := t.TempDir()
 	log := filepath.Join(dir, "log")
-	w := startWorkload(t, log, "tick 2", counterBin(t, false), "-t", "2", log)
+	w := startWorkload(t, log, "tick 2", testutil.CounterBin(t, false), "-t", "2", log)
 	imgs := filepath.Join(dir, "img")
-	dump(t, w.pid, imgs, nil)
-	w.reaped(t)
+	dump(t, w.Pid, imgs, nil)
+	w.Reaped(t)
 	o := opts.New()
 	o.ImagesDir = imgs
 	sc := &actions.Scripts{Commands: []string{`[ "$CRTOOLS_SCRIPT_ACTION" != pre-resume ]`}}
@@ -233,8 +234,8 @@ func TestRestorePreResumeFails(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "pre-resume") {
 		t.Fatalf("error %v, want one naming pre-resume", err)
 	}
-	if _, serr := os.Stat(fmt.Sprintf("/proc/%d", w.pid)); serr == nil {
-		t.Fatalf("pid %d still exists after the failed restore", w.pid)
+	if _, serr := os.Stat(fmt.Sprintf("/proc/%d", w.Pid)); serr == nil {
+		t.Fatalf("pid %d still exists after the failed restore", w.Pid)
 	}
 	noChildren(t)
 }

@@ -25,7 +25,7 @@ func (r *Restorer) Resume() error {
 	if err := r.scripts.Run(actions.PreResume, pid); err != nil {
 		return r.fail("pre-resume", err)
 	}
-	stopped := r.o.LeaveStopped || r.img.tc.GetTaskState() == taskStopped
+	stopped := r.o.LeaveStopped || r.img.tc.GetTaskState() == images.TaskStopped
 	err := r.tr.ThawProcess(pid, stopped)
 	r.phase = phaseResumed // (partly) detached: kill by signal from now on
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"godwit/internal/opts"
 	"godwit/internal/procfs"
+	"godwit/internal/testutil"
 )
 
 // procState is what /proc shows of a stopped task, as comparable lines.
@@ -117,9 +118,9 @@ func TestRestoreState(t *testing.T) {
 	log := filepath.Join(dir, "log")
 	w := startWorkload(t, log, "ready", bin, work, log)
 	imgs := filepath.Join(dir, "img")
-	dump(t, w.pid, imgs, func(o *opts.Options) { o.LeaveStopped = true })
-	waitStopped(t, w.pid)
-	before := procState(t, w.pid)
+	dump(t, w.Pid, imgs, func(o *opts.Options) { o.LeaveStopped = true })
+	waitStopped(t, w.Pid)
+	before := procState(t, w.Pid)
 	niced := false
 	for k, v := range before {
 		niced = niced || strings.HasPrefix(k, "task ") && strings.Contains(v, "nice=7")
@@ -127,8 +128,8 @@ func TestRestoreState(t *testing.T) {
 	if !niced {
 		t.Fatalf("no thread with nice 7 before the dump: %v", before)
 	}
-	unix.Kill(w.pid, unix.SIGKILL)
-	w.reaped(t)
+	unix.Kill(w.Pid, unix.SIGKILL)
+	w.Reaped(t)
 
 	r := restore(t, imgs, func(o *opts.Options) { o.LeaveStopped = true })
 	waitStopped(t, r.PID())
@@ -203,7 +204,7 @@ func TestRestoreUnprivileged(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	os.Chmod(dir, 0o777)
 	bin := filepath.Join(dir, "counter")
-	b, err := os.ReadFile(counterBin(t, false))
+	b, err := os.ReadFile(testutil.CounterBin(t, false))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,14 +215,14 @@ func TestRestoreUnprivileged(t *testing.T) {
 	w := startWorkload(t, log, "tick 3", "/usr/bin/setpriv", "--reuid=1000", "--regid=1000", "--groups=1000,1001",
 		"--inh-caps=-all", "--bounding-set=-sys_admin", bin, log)
 	imgs := filepath.Join(dir, "img")
-	dump(t, w.pid, imgs, func(o *opts.Options) { o.LeaveStopped = true })
-	waitStopped(t, w.pid)
-	before := procState(t, w.pid)
-	if !strings.Contains(before["task "+fmt.Sprint(w.pid)], "Uid=1000") {
-		t.Fatalf("workload not unprivileged: %s", before["task "+fmt.Sprint(w.pid)])
+	dump(t, w.Pid, imgs, func(o *opts.Options) { o.LeaveStopped = true })
+	waitStopped(t, w.Pid)
+	before := procState(t, w.Pid)
+	if !strings.Contains(before["task "+fmt.Sprint(w.Pid)], "Uid=1000") {
+		t.Fatalf("workload not unprivileged: %s", before["task "+fmt.Sprint(w.Pid)])
 	}
-	unix.Kill(w.pid, unix.SIGKILL)
-	w.reaped(t)
+	unix.Kill(w.Pid, unix.SIGKILL)
+	w.Reaped(t)
 	r := restore(t, imgs, func(o *opts.Options) { o.LeaveStopped = true })
 	waitStopped(t, r.PID())
 	after := procState(t, r.PID())

@@ -16,6 +16,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pstree"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/vma"
 
+	"godwit/internal/abi/linux"
 	"godwit/internal/images"
 )
 
@@ -126,7 +127,7 @@ func readImages(d *images.Dir) (ti *taskImages, err error) {
 		}
 	}
 	switch ti.tc.GetTaskState() {
-	case taskAlive, taskStopped:
+	case images.TaskAlive, images.TaskStopped:
 	default:
 		return nil, fmt.Errorf("%s: task state %d (dead or zombie) cannot be restored", images.CoreImg(ti.pid), ti.tc.GetTaskState())
 	}
@@ -209,14 +210,14 @@ func (ti *taskImages) readMM(d *images.Dir) error {
 			return fmt.Errorf("%s: vma %d: bad range %#x-%#x", name, i, s, e)
 		case i > 0 && s < last:
 			return fmt.Errorf("%s: vma %d: %#x-%#x overlaps or precedes the previous one", name, i, s, e)
-		case v.GetStatus()&vmaUnsupp != 0:
+		case v.GetStatus()&images.VmaUnsupp != 0:
 			return fmt.Errorf("%s: vma %#x-%#x: marked unsupported by the dumper", name, s, e)
-		case v.GetStatus()&(vmaAreaSysvipc|vmaAreaSocket|vmaAreaAioring|vmaAreaShstk|vmaExtFile) != 0:
+		case v.GetStatus()&(images.VmaAreaSysvipc|images.VmaAreaSocket|images.VmaAreaAioring|images.VmaAreaShstk|images.VmaExtFile) != 0:
 			return fmt.Errorf("%s: vma %#x-%#x: %s mappings are not supported yet", name, s, e, vmaKind(v))
-		case v.GetStatus()&vmaAreaVdso != 0:
+		case v.GetStatus()&images.VmaAreaVdso != 0:
 			vdso++
 		}
-		if v.GetStatus()&(vmaFilePrivate|vmaFileShared) != 0 && v.GetPgoff()%pageSize != 0 {
+		if v.GetStatus()&(images.VmaFilePrivate|images.VmaFileShared) != 0 && v.GetPgoff()%pageSize != 0 {
 			return fmt.Errorf("%s: vma %#x-%#x: file offset %#x not page aligned", name, s, e, v.GetPgoff())
 		}
 		last = e
@@ -224,8 +225,8 @@ func (ti *taskImages) readMM(d *images.Dir) error {
 	if vdso > 1 {
 		return fmt.Errorf("%s: %d vdso areas", name, vdso)
 	}
-	if n := len(m.GetMmSavedAuxv()); n > maxAuxvWords || n%2 != 0 {
-		return fmt.Errorf("%s: auxv of %d words (want an even count up to %d)", name, n, maxAuxvWords)
+	if n := len(m.GetMmSavedAuxv()); n > linux.MaxAuxvWords || n%2 != 0 {
+		return fmt.Errorf("%s: auxv of %d words (want an even count up to %d)", name, n, linux.MaxAuxvWords)
 	}
 	ti.mm = m
 	return nil
@@ -235,35 +236,35 @@ func (ti *taskImages) readMM(d *images.Dir) error {
 func vmaKind(v *vma.VmaEntry) string {
 	st := v.GetStatus()
 	switch {
-	case st&vmaAreaVdso != 0:
+	case st&images.VmaAreaVdso != 0:
 		return "vdso"
-	case st&vmaAreaVvar != 0:
+	case st&images.VmaAreaVvar != 0:
 		return "vvar"
-	case st&vmaAreaVsyscall != 0:
+	case st&images.VmaAreaVsyscall != 0:
 		return "vsyscall"
-	case st&vmaAreaSysvipc != 0:
+	case st&images.VmaAreaSysvipc != 0:
 		return "sysv shm"
-	case st&vmaAreaSocket != 0:
+	case st&images.VmaAreaSocket != 0:
 		return "socket"
-	case st&vmaAreaAioring != 0:
+	case st&images.VmaAreaAioring != 0:
 		return "aio ring"
-	case st&vmaAreaShstk != 0:
+	case st&images.VmaAreaShstk != 0:
 		return "shadow stack"
-	case st&vmaExtFile != 0:
+	case st&images.VmaExtFile != 0:
 		return "external file"
-	case st&vmaAreaMemfd != 0:
+	case st&images.VmaAreaMemfd != 0:
 		return "memfd"
-	case st&vmaAreaHeap != 0:
+	case st&images.VmaAreaHeap != 0:
 		return "heap"
-	case st&vmaAreaStack != 0:
+	case st&images.VmaAreaStack != 0:
 		return "stack"
-	case st&vmaFilePrivate != 0:
+	case st&images.VmaFilePrivate != 0:
 		return "file private"
-	case st&vmaFileShared != 0:
+	case st&images.VmaFileShared != 0:
 		return "file shared"
-	case st&vmaAnonShared != 0:
+	case st&images.VmaAnonShared != 0:
 		return "anon shared"
-	case st&vmaAnonPrivate != 0:
+	case st&images.VmaAnonPrivate != 0:
 		return "anon private"
 	}
 	return fmt.Sprintf("status %#x", st)
@@ -305,7 +306,7 @@ func (ti *taskImages) readFiles(d *images.Dir) error {
 		return err
 	}
 	for _, v := range ti.mm.GetVmas() {
-		if v.GetStatus()&(vmaFilePrivate|vmaFileShared) != 0 && v.GetStatus()&vmaAreaMemfd == 0 {
+		if v.GetStatus()&(images.VmaFilePrivate|images.VmaFileShared) != 0 && v.GetStatus()&images.VmaAreaMemfd == 0 {
 			if err := needReg(uint32(v.GetShmid()), fmt.Sprintf("vma %#x-%#x", v.GetStart(), v.GetEnd())); err != nil {
 				return err
 			}
@@ -369,7 +370,7 @@ func (ti *taskImages) readPages(d *images.Dir) error {
 		}
 	}
 	for _, v := range vmas {
-		if v.GetStatus()&vmaAnonShared == 0 {
+		if v.GetStatus()&images.VmaAnonShared == 0 {
 			continue
 		}
 		id := v.GetShmid()
@@ -396,7 +397,7 @@ func coveredPrivate(vmas []*vma.VmaEntry, s, e uint64) bool {
 	i := sort.Search(len(vmas), func(i int) bool { return vmas[i].GetEnd() > s })
 	for ; s < e && i < len(vmas); i++ {
 		v := vmas[i]
-		if v.GetStart() > s || v.GetStatus()&(vmaAnonShared|vmaFileShared|vmaAreaVdso|vmaAreaVvar|vmaAreaVsyscall) != 0 {
+		if v.GetStart() > s || v.GetStatus()&(images.VmaAnonShared|images.VmaFileShared|images.VmaAreaVdso|images.VmaAreaVvar|images.VmaAreaVsyscall) != 0 {
 			return false
 		}
 		s = v.GetEnd()

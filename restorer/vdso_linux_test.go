@@ -7,6 +7,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/vma"
 	"google.golang.org/protobuf/proto"
 
+	"godwit/internal/images"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 	"godwit/internal/puppet"
@@ -32,9 +33,9 @@ func TestMoveVdso(t *testing.T) {
 			st := uint32(0)
 			switch m.Path {
 			case "[vdso]":
-				st = vmaAreaVdso
+				st = images.VmaAreaVdso
 			case "[vvar]", "[vvar_vclock]":
-				st = vmaAreaVvar
+				st = images.VmaAreaVvar
 			default:
 				continue
 			}

@@ -9,6 +9,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"godwit/internal/abi/linux"
 )
 
 func fdinfo(fd int) ([]byte, error) {
@@ -140,7 +142,7 @@ func probeTimerfd() error {
 		return fmt.Errorf("timerfd fdinfo: it_interval %q, want 3600 s", v)
 	}
 	ticks := uint64(5)
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), tfdIocSetTicks, uintptr(unsafe.Pointer(&ticks))); e != 0 {
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), linux.TfdIocSetTicks, uintptr(unsafe.Pointer(&ticks))); e != 0 {
 		return fmt.Errorf("TFD_IOC_SET_TICKS: %w", e)
 	}
 	var c [8]byte

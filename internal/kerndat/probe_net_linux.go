@@ -9,6 +9,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"godwit/internal/abi/linux"
 )
 
 // tcpPair makes a connected loopback TCP pair; close all three fds after.
@@ -187,7 +189,7 @@ func probeSkUnixFile() error {
 	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
 		return fmt.Errorf("bind %s: %w", path, err)
 	}
-	f, err := unix.IoctlRetInt(fd, siocUnixFile)
+	f, err := unix.IoctlRetInt(fd, linux.SiocUnixFile)
 	if err != nil {
 		return fmt.Errorf("SIOCUNIXFILE: %w", err)
 	}

@@ -10,6 +10,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"godwit/internal/abi/linux"
 )
 
 func readMaps(pid string) ([]mapping, error) {
@@ -216,13 +218,13 @@ func probeKcmp() error {
 	}
 	defer unix.Close(d)
 	me := os.Getpid()
-	if r, err := kcmp(me, me, kcmpFile, uintptr(p[0]), uintptr(d)); err != nil || r != 0 {
+	if r, err := kcmp(me, me, linux.KcmpFile, uintptr(p[0]), uintptr(d)); err != nil || r != 0 {
 		return fmt.Errorf("kcmp(KCMP_FILE) of a dup: %d, %v; want 0", r, err)
 	}
-	if r, err := kcmp(me, me, kcmpFile, uintptr(p[0]), uintptr(p[1])); err != nil || r == 0 {
+	if r, err := kcmp(me, me, linux.KcmpFile, uintptr(p[0]), uintptr(p[1])); err != nil || r == 0 {
 		return fmt.Errorf("kcmp(KCMP_FILE) of two pipe ends: %d, %v; want non-zero", r, err)
 	}
-	if r, err := kcmp(me, me, kcmpVM, 0, 0); err != nil || r != 0 {
+	if r, err := kcmp(me, me, linux.KcmpVM, 0, 0); err != nil || r != 0 {
 		return fmt.Errorf("kcmp(KCMP_VM) of self: %d, %v; want 0", r, err)
 	}
 	return nil
@@ -244,9 +246,9 @@ func probeKcmpEpoll() error {
 	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, p[0], &unix.EpollEvent{Events: unix.EPOLLIN}); err != nil {
 		return err
 	}
-	slot := kcmpEpollSlot{Efd: uint32(ep), Tfd: uint32(p[0])}
+	slot := linux.KcmpEpollSlot{Efd: uint32(ep), Tfd: uint32(p[0])}
 	me := os.Getpid()
-	if r, err := kcmp(me, me, kcmpEpollTFD, uintptr(p[0]), uintptr(unsafe.Pointer(&slot))); err != nil || r != 0 {
+	if r, err := kcmp(me, me, linux.KcmpEpollTFD, uintptr(p[0]), uintptr(unsafe.Pointer(&slot))); err != nil || r != 0 {
 		return fmt.Errorf("kcmp(KCMP_EPOLL_TFD): %d, %v; want 0", r, err)
 	}
 	return nil
@@ -262,7 +264,7 @@ func probePrctl() error {
 	if err := unix.Prctl(unix.PR_SET_MM, unix.PR_SET_MM_MAP_SIZE, uintptr(unsafe.Pointer(&size)), 0, 0); err != nil {
 		return fmt.Errorf("PR_SET_MM_MAP_SIZE: %w", err)
 	}
-	if want := uint32(unsafe.Sizeof(prctlMMMap{})); size != want {
+	if want := uint32(unsafe.Sizeof(linux.PrctlMmMap{})); size != want {
 		return fmt.Errorf("PR_SET_MM_MAP_SIZE says %d, want %d", size, want)
 	}
 	return nil
@@ -279,7 +281,7 @@ func probePrctlMMMap() error {
 	if err != nil {
 		return err
 	}
-	var m prctlMMMap
+	var m linux.PrctlMmMap
 	for _, x := range []struct {
 		field int
 		dst   *uint64
@@ -440,7 +442,7 @@ func probeSoftDirty() error {
 	if v&(1<<63) == 0 {
 		return fmt.Errorf("written page %#x not present in pagemap", addr)
 	}
-	if v&pagemapSoftDirty == 0 {
+	if v&linux.PagemapSoftDirty == 0 {
 		return errors.New("a page written after clear_refs 4 has no soft-dirty bit (pagemap bit 55): CONFIG_MEM_SOFT_DIRTY is off; godwit tracks memory with userfaultfd WP_ASYNC + PAGEMAP_SCAN instead")
 	}
 	return nil

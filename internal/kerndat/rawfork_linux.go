@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"godwit/internal/puppet"
+	"godwit/internal/abi/linux"
 )
 
 // Some probes need a child that does something to itself: call clone3 with
@@ -118,8 +118,8 @@ func rawChild(p *rawProg, res *rawResult) {
 //
 //go:nosplit
 //go:norace
-func rawClone3(args *puppet.CloneArgs, p *rawProg, res *rawResult) (pid uintptr, errno syscall.Errno) {
-	r1, _, e := syscall.RawSyscall(unix.SYS_CLONE3, uintptr(unsafe.Pointer(args)), puppet.CloneArgsSize, 0)
+func rawClone3(args *linux.CloneArgs, p *rawProg, res *rawResult) (pid uintptr, errno syscall.Errno) {
+	r1, _, e := syscall.RawSyscall(unix.SYS_CLONE3, uintptr(unsafe.Pointer(args)), linux.CloneArgsSize, 0)
 	if e != 0 {
 		return 0, e
 	}
@@ -149,7 +149,7 @@ func startRaw(p *rawProg, setTID int32, keep ...any) (*rawChildProc, error) {
 	}
 	res := (*rawResult)(unsafe.Pointer(&shared[0]))
 	tid := []int32{setTID}
-	args := &puppet.CloneArgs{ExitSignal: uint64(unix.SIGCHLD)}
+	args := &linux.CloneArgs{ExitSignal: uint64(unix.SIGCHLD)}
 	if setTID != 0 {
 		args.SetTid = uint64(uintptr(unsafe.Pointer(&tid[0])))
 		args.SetTidSize = 1

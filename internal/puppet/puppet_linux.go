@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"godwit/internal/abi/linux"
 	"godwit/internal/ptrace"
 )
 
@@ -266,10 +267,10 @@ func (p *Puppet) clone3(s *ptrace.Session, pid int, flags uint64) (*Puppet, erro
 		_, err := s.Syscall(unix.SYS_MUNMAP, scratch, scratchSize)
 		return err
 	}
-	args := CloneArgs{
+	args := linux.CloneArgs{
 		Flags:      flags,
 		ExitSignal: uint64(unix.SIGCHLD),
-		SetTid:     scratch + CloneArgsSize,
+		SetTid:     scratch + linux.CloneArgsSize,
 		SetTidSize: 1,
 	}
 	if flags&(unix.CLONE_PARENT|unix.CLONE_THREAD) != 0 {
@@ -277,14 +278,14 @@ func (p *Puppet) clone3(s *ptrace.Session, pid int, flags uint64) (*Puppet, erro
 		// CLONE_THREAD: the child gets the puppet's own.
 		args.ExitSignal = 0
 	}
-	buf := make([]byte, CloneArgsSize+4)
-	copy(buf, unsafe.Slice((*byte)(unsafe.Pointer(&args)), CloneArgsSize))
-	*(*int32)(unsafe.Pointer(&buf[CloneArgsSize])) = int32(pid)
+	buf := make([]byte, linux.CloneArgsSize+4)
+	copy(buf, unsafe.Slice((*byte)(unsafe.Pointer(&args)), linux.CloneArgsSize))
+	*(*int32)(unsafe.Pointer(&buf[linux.CloneArgsSize])) = int32(pid)
 	if err := ptrace.WriteMem(p.Pid, scratch, buf); err != nil {
 		unmap()
 		return nil, fmt.Errorf("puppet %d: %w", p.Pid, err)
 	}
-	ret, err := s.Syscall(unix.SYS_CLONE3, scratch, CloneArgsSize)
+	ret, err := s.Syscall(unix.SYS_CLONE3, scratch, linux.CloneArgsSize)
 	var child *Puppet
 	if n := len(s.Children()); n > 0 {
 		child = &Puppet{Pid: s.Children()[n-1], SyscallAddr: p.SyscallAddr, Base: p.Base, tr: p.tr}

@@ -1,4 +1,4 @@
-package restorer
+package xstate
 
 import (
 	"encoding/binary"
@@ -7,38 +7,11 @@ import (
 	core_x86 "github.com/checkpoint-restore/go-criu/v8/crit/images/core-x86"
 )
 
-// XSAVE standard (non-compacted) layout, the format of NT_X86_XSTATE,
-// from arch/x86/include/asm/fpu/types.h; component offsets are the
-// architectural ones CPUID leaf 0xD reports for the standard format.
-const (
-	fxsaveSize        = 512
-	xsaveHeaderOffset = 512
-	xsaveHeaderSize   = 64
-
-	xfeatX87      = 0
-	xfeatSSE      = 1
-	xfeatYMM      = 2
-	xfeatBndregs  = 3
-	xfeatBndcsr   = 4
-	xfeatOpmask   = 5
-	xfeatZMMHi256 = 6
-	xfeatHi16ZMM  = 7
-	xfeatPKRU     = 9
-
-	ymmhOffset, ymmhSize         = 576, 256
-	bndregOffset, bndregSize     = 960, 64
-	bndcsrOffset, bndcsrSize     = 1024, 64
-	opmaskOffset, opmaskSize     = 1088, 64
-	zmmUpperOffset, zmmUpperSize = 1152, 512
-	hi16ZMMOffset, hi16ZMMSize   = 1664, 1024
-	pkruOffset, pkruSize         = 2688, 8
-)
-
-// buildXState lays CRIU's fpregs over base, an NT_X86_XSTATE buffer of
+// FromCRIU lays CRIU's fpregs over base, an NT_X86_XSTATE buffer of
 // the thread to restore (which gives the kernel's size and layout).
 // Components the image does not carry are put in their init state by
 // clearing their xstate_bv bits.
-func buildXState(base []byte, fp *core_x86.UserX86FpregsEntry) ([]byte, error) {
+func FromCRIU(base []byte, fp *core_x86.UserX86FpregsEntry) ([]byte, error) {
 	if len(base) < fxsaveSize {
 		return nil, fmt.Errorf("xstate buffer of %d bytes", len(base))
 	}

@@ -1,4 +1,4 @@
-package dumper
+package xstate
 
 import (
 	"encoding/binary"
@@ -8,11 +8,11 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// FPRegsFromXState splits a raw NT_X86_XSTATE buffer into CRIU's
+// ToCRIU splits a raw NT_X86_XSTATE buffer into CRIU's
 // user_x86_fpregs_entry: the FXSAVE fields, then the xsave extension with
 // every component the task's xfeatures (the sw_reserved bytes the kernel
 // fills) enable and the buffer holds.
-func FPRegsFromXState(x []byte) (*core_x86.UserX86FpregsEntry, error) {
+func ToCRIU(x []byte) (*core_x86.UserX86FpregsEntry, error) {
 	if len(x) < fxsaveSize {
 		return nil, fmt.Errorf("xstate: %d bytes, want at least %d", len(x), fxsaveSize)
 	}
@@ -55,25 +55,25 @@ func FPRegsFromXState(x []byte) (*core_x86.UserX86FpregsEntry, error) {
 	has := func(bit, off, size int) bool {
 		return features&(1<<bit) != 0 && len(x) >= off+size
 	}
-	if has(xfeatureYMM, ymmhOffset, ymmhSize) {
+	if has(xfeatYMM, ymmhOffset, ymmhSize) {
 		xs.YmmhSpace = u32s(ymmhOffset, ymmhSize/4)
 	}
-	if has(xfeatureBNDREGS, bndregOffset, bndregSize) {
+	if has(xfeatBndregs, bndregOffset, bndregSize) {
 		xs.BndregState = u64s(bndregOffset, bndregSize/8)
 	}
-	if has(xfeatureBNDCSR, bndcsrOffset, bndcsrSize) {
+	if has(xfeatBndcsr, bndcsrOffset, bndcsrSize) {
 		xs.BndcsrState = u64s(bndcsrOffset, bndcsrSize/8)
 	}
-	if has(xfeatureOpmask, opmaskOffset, opmaskSize) {
+	if has(xfeatOpmask, opmaskOffset, opmaskSize) {
 		xs.OpmaskReg = u64s(opmaskOffset, opmaskSize/8)
 	}
-	if has(xfeatureZMMHi256, zmmUpperOffset, zmmUpperSize) {
+	if has(xfeatZMMHi256, zmmUpperOffset, zmmUpperSize) {
 		xs.ZmmUpper = u64s(zmmUpperOffset, zmmUpperSize/8)
 	}
-	if has(xfeatureHi16ZMM, hi16ZMMOffset, hi16ZMMSize) {
+	if has(xfeatHi16ZMM, hi16ZMMOffset, hi16ZMMSize) {
 		xs.Hi16Zmm = u64s(hi16ZMMOffset, hi16ZMMSize/8)
 	}
-	if has(xfeaturePKRU, pkruOffset, pkruSize) {
+	if has(xfeatPKRU, pkruOffset, pkruSize) {
 		xs.Pkru = u32s(pkruOffset, pkruSize/4)
 	}
 	fp.Xsave = xs

@@ -1,10 +1,9 @@
-package puppet
+package linux
 
-// from include/uapi/linux/sched.h
+// From include/uapi/linux/sched.h.
 
 // CloneArgs is struct clone_args, version 2 (CLONE_ARGS_SIZE_VER2, with
-// set_tid and cgroup). It is defined here, where godwit makes PIDs with
-// clone3, and shared with the kerndat probes.
+// set_tid and cgroup), the argument of clone3(2).
 type CloneArgs struct {
 	Flags      uint64
 	Pidfd      uint64

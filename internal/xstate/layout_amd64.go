@@ -1,23 +1,26 @@
-package dumper
+package xstate
 
-// XSAVE area layout (standard, non-compacted format, which is what
-// PTRACE_GETREGSET NT_X86_XSTATE returns), from arch/x86/include/asm/fpu/types.h
-// and arch/x86/include/uapi/asm/sigcontext.h. The component offsets are the
-// architectural ones of the standard format (CPUID 0xD reports the same on
-// every x86-64 CPU that has the component).
+// XSAVE area layout in the standard (non-compacted) format, which is what
+// NT_X86_XSTATE carries, from arch/x86/include/asm/fpu/types.h and
+// arch/x86/include/uapi/asm/sigcontext.h. The component offsets are the
+// architectural ones CPUID leaf 0xD reports for the standard format on
+// every x86-64 CPU that has the component.
 const (
 	fxsaveSize        = 512 // legacy FXSAVE area
 	xsaveHeaderOffset = 512 // xstate_bv, xcomp_bv, reserved
+	xsaveHeaderSize   = 64
 	swReservedOffset  = 464 // sw_reserved; for ptrace, XCR0 in its first 8 bytes
 
 	// Component numbers (XFEATURE_*).
-	xfeatureYMM      = 2
-	xfeatureBNDREGS  = 3
-	xfeatureBNDCSR   = 4
-	xfeatureOpmask   = 5
-	xfeatureZMMHi256 = 6
-	xfeatureHi16ZMM  = 7
-	xfeaturePKRU     = 9
+	xfeatX87      = 0
+	xfeatSSE      = 1
+	xfeatYMM      = 2
+	xfeatBndregs  = 3
+	xfeatBndcsr   = 4
+	xfeatOpmask   = 5
+	xfeatZMMHi256 = 6
+	xfeatHi16ZMM  = 7
+	xfeatPKRU     = 9
 
 	// Offsets and sizes of those components in the standard format.
 	ymmhOffset, ymmhSize         = 576, 256

@@ -1,4 +1,0 @@
-package dumper
-
-// from include/uapi/linux/kcmp.h
-const kcmpFile = 0
