@@ -137,12 +137,18 @@ func CollectFDs(pid int) ([]FD, error) {
 		if err != nil {
 			return nil, fmt.Errorf("fd %d: %w", n, err)
 		}
-		if k := fdKind(target, st); k != "" {
+		k := fdKind(target, st)
+		if k != "" && k != "fifo" {
 			return nil, fmt.Errorf("fd %d: %s is not supported yet", n, k)
 		}
 		fi, err := procfs.ReadFDInfo(pid, n)
 		if err != nil {
 			return nil, fmt.Errorf("fd %d: %w", n, err)
+		}
+		if k == "fifo" {
+			if err := checkFIFO(pid, n, fi.Flags); err != nil {
+				return nil, fmt.Errorf("fd %d: fifo %s: %w", n, target, err)
+			}
 		}
 		out = append(out, FD{
 			Num:     n,
@@ -155,6 +161,28 @@ func CollectFDs(pid int) ([]FD, error) {
 		})
 	}
 	return out, nil
+}
+
+// checkFIFO accepts the named FIFOs that reopening by path restores
+// whole: opened read-write (so that the open does not wait for a peer)
+// and with nothing in the pipe (its contents are not saved yet).
+func checkFIFO(pid, n int, flags uint64) error {
+	if flags&unix.O_ACCMODE != unix.O_RDWR {
+		return fmt.Errorf("opened read-only or write-only is not supported yet")
+	}
+	f, err := os.OpenFile(procfs.Path(pid, "fd/"+strconv.Itoa(n)), unix.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	queued, err := unix.IoctlGetInt(int(f.Fd()), unix.TIOCINQ) // FIONREAD
+	if err != nil {
+		return fmt.Errorf("FIONREAD: %w", err)
+	}
+	if queued != 0 {
+		return fmt.Errorf("%d bytes in the pipe: saving them is not supported yet", queued)
+	}
+	return nil
 }
 
 // sameFile reports whether fds a and b of pid share one open file

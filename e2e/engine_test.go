@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -208,4 +209,118 @@ func TestRestoreDetached(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	w.checkLog(0)
+}
+
+// syscallOf returns the system call number thread tid of pid is blocked
+// in (/proc/PID/task/TID/syscall), or -1 if it is running.
+func syscallOf(t *testing.T, pid, tid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/syscall", pid, tid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 || f[0] == "running" {
+		return -1
+	}
+	n, _ := strconv.Atoi(f[0])
+	return n
+}
+
+// A thread blocked in read(2) when dumped is blocked in the same read
+// after the restore, and gets the data written afterwards.
+func TestDumpRestoreBlockedInRead(t *testing.T) {
+	needRoot(t)
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w := startC(t, false, "-r", fifo)
+	ts := tids(t, w.pid)
+	if len(ts) != 2 {
+		t.Fatalf("threads %v, want the main thread and the reader", ts)
+	}
+	reader := ts[1]
+	waitBlocked := func(what string) {
+		for i := 0; i < 400 && syscallOf(t, w.pid, reader) != syscall.SYS_READ; i++ {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if n := syscallOf(t, w.pid, reader); n != syscall.SYS_READ {
+			t.Fatalf("%s: reader thread %d is in syscall %d, not read", what, reader, n)
+		}
+	}
+	waitBlocked("before the dump")
+	dir := w.dump(t)
+	w.reapKilled(t)
+	r := restore(t, w, dir)
+	waitBlocked("after the restore")
+
+	f, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("z"))
+	f.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(readFile(w.log), "read z\n") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the restored reader did not get the byte\n%s", w.tail())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("restored program exited %d\n%s", code, w.tail())
+	}
+	w.checkLog(0)
+	if !strings.Contains(readFile(w.log), " reads=1\n") {
+		t.Errorf("want exactly one byte read\n%s", w.tail())
+	}
+}
+
+// A FIFO with bytes in it cannot be dumped yet: the dump says so and the
+// program runs on.
+func TestDumpRefusesFullFIFO(t *testing.T) {
+	needRoot(t)
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w := startC(t, false, "-r", fifo)
+	// Stop the reader from draining: the bytes stay queued while the
+	// process is stopped, and the dump sees them.
+	syscall.Kill(w.pid, syscall.SIGSTOP)
+	for _, tid := range tids(t, w.pid) {
+		for i := 0; i < 400 && taskState(tid, w.pid) != "T"; i++ {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if st := taskState(tid, w.pid); st != "T" {
+			t.Fatalf("thread %d did not stop: %s", tid, st)
+		}
+	}
+	f, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("ab"))
+	f.Close()
+	code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
+	oneLineError(t, code, out, "2 bytes in the pipe")
+	syscall.Kill(w.pid, syscall.SIGCONT)
+	w.waitTicks(3)
+	if state, tracer := procState(t, w.pid); tracer != 0 || state == "t" || state == "T" {
+		t.Fatalf("after a refused dump: state %s, tracer %d", state, tracer)
+	}
+}
+
+// taskState is the state letter of thread tid of pid.
+func taskState(tid, pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", pid, tid))
+	if err != nil {
+		return ""
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 || i+2 >= len(b) {
+		return ""
+	}
+	return string(b[i+2])
 }

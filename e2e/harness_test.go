@@ -258,7 +258,7 @@ func (w *workload) checkLog(wantUsr2 int) {
 	if !strings.Contains(string(b), want) {
 		w.t.Fatalf("no %q in the log\n%s", want, w.tail())
 	}
-	if !strings.Contains(string(b), fmt.Sprintf(" usr2=%d\n", wantUsr2)) {
+	if !regexp.MustCompile(fmt.Sprintf(` usr2=%d\b`, wantUsr2)).Match(b) {
 		w.t.Errorf("SIGUSR2 handler count is not %d\n%s", wantUsr2, w.tail())
 	}
 	seq, err := os.ReadFile(w.log + ".seq")

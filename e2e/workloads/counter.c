@@ -1,7 +1,7 @@
 /*
  * counter: the C workload of godwit's end-to-end tests.
  *
- *   counter [-m MiB] [-t THREADS] [-b sleep|futex|spin] [-x CODE] LOG
+ *   counter [-m MiB] [-t THREADS] [-b sleep|futex|spin] [-r FIFO] [-x CODE] LOG
  *
  * It fills MiB of anonymous memory with a pattern derived from its own
  * start, then ticks: each tick bumps a counter, appends "tick N" to LOG
@@ -15,7 +15,9 @@
  * to prove handlers survive a restore.
  *
  * -b chooses where the main thread waits between ticks: nanosleep (default),
- * a futex wait with a timeout, or a busy loop.
+ * a futex wait with a timeout, or a busy loop. With -r, a thread opens the
+ * named FIFO read-write and blocks in read(2) on it; each byte it gets is
+ * logged as "read C", and "done" reports how many arrived.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -41,6 +43,24 @@ static uint64_t shared_count;
 static uint64_t *own;
 static int nthreads;
 static int futex_word;
+static int fifo = -1, logfd;
+static volatile int reads;
+
+static void *reader(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		char c;
+		ssize_t n = read(fifo, &c, 1);
+		if (n == 1) {
+			reads++;
+			dprintf(logfd, "read %c\n", c);
+		} else if (n < 0 && errno != EINTR) {
+			dprintf(logfd, "BAD read: %s\n", strerror(errno));
+			return NULL;
+		}
+	}
+}
 
 static uint64_t pattern(size_t i) { return (i * 0x9E3779B97F4A7C15ull) ^ seed; }
 
@@ -67,12 +87,14 @@ int main(int argc, char **argv)
 	const char *block = "sleep";
 	int code = 0;
 	int c;
-	while ((c = getopt(argc, argv, "m:t:b:x:")) != -1) {
+	const char *fifopath = NULL;
+	while ((c = getopt(argc, argv, "m:t:b:x:r:")) != -1) {
 		switch (c) {
 		case 'm': mib = strtoul(optarg, NULL, 0); break;
 		case 't': nthreads = atoi(optarg); break;
 		case 'b': block = optarg; break;
 		case 'x': code = atoi(optarg); break;
+		case 'r': fifopath = optarg; break;
 		default: return 2;
 		}
 	}
@@ -81,6 +103,7 @@ int main(int argc, char **argv)
 	int log = open(argv[optind], O_WRONLY | O_CREAT | O_APPEND, 0644);
 	if (log < 0)
 		return 2;
+	logfd = log;
 	char seqname[4096];
 	snprintf(seqname, sizeof(seqname), "%s.seq", argv[optind]);
 	int seq = open(seqname, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -106,6 +129,12 @@ int main(int argc, char **argv)
 	for (long i = 0; i < nthreads; i++)
 		pthread_create(&tids[i], NULL, worker, (void *)i);
 
+	if (fifopath) {
+		fifo = open(fifopath, O_RDWR);
+		pthread_t rt;
+		if (fifo < 0 || pthread_create(&rt, NULL, reader, NULL) != 0)
+			return 2;
+	}
 	dprintf(log, "ready pid=%d\n", getpid());
 	uint64_t ticks = 0;
 	while (!finish) {
@@ -150,7 +179,7 @@ int main(int argc, char **argv)
 			(unsigned long long)(ticks * sizeof(ticks)));
 		return 3;
 	}
-	dprintf(log, "done ticks=%llu sum=%llu usr2=%d\n", (unsigned long long)ticks,
-		(unsigned long long)sum, (int)usr2);
+	dprintf(log, "done ticks=%llu sum=%llu usr2=%d reads=%d\n", (unsigned long long)ticks,
+		(unsigned long long)sum, (int)usr2, reads);
 	return code;
 }
