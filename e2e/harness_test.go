@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"godwit/internal/testutil"
 )
 
 var (
@@ -27,13 +29,7 @@ func TestMain(m *testing.M) {
 	// Descriptors this test binary inherited (from a CI runner or a shell)
 	// would leak into every workload and make its dump fail on a foreign
 	// fd; the programs under test get only their standard streams.
-	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
-		for _, e := range ents {
-			if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
-				syscall.CloseOnExec(fd)
-			}
-		}
-	}
+	testutil.CloseInheritedFDs()
 	if os.Geteuid() != 0 {
 		fmt.Println("e2e: skipped: checkpoint/restore needs root (ptrace of other processes, clone3 set_tid)")
 		os.Exit(m.Run()) // every test skips itself too

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"godwit/internal/testutil"
 )
 
 // The "proc" source: the pages of a running process, sent by the real
@@ -41,13 +43,7 @@ func startProcSource(b *testing.B, dir string, total int64) *procSource {
 	}
 	// Descriptors this binary inherited would leak into the counter, and
 	// godwit dumps no pipes or sockets yet.
-	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
-		for _, e := range ents {
-			if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
-				syscall.CloseOnExec(fd)
-			}
-		}
-	}
+	testutil.CloseInheritedFDs()
 	log := filepath.Join(dir, "counter.log")
 	p.cmd = exec.Command(counter, "-m", strconv.FormatInt(total>>20, 10), log)
 	if err := p.cmd.Start(); err != nil {
