@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"godwit/internal/actions"
+	"godwit/internal/cpuinfo"
 	"godwit/internal/images"
 	"godwit/internal/logging"
 	"godwit/internal/opts"
@@ -105,6 +106,9 @@ func DumpTo(o *opts.Options, scripts *actions.Scripts, target PageTarget) (*Resu
 	if err := scripts.Run(actions.PreDump, pid); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
 	}
+	if err := writeCPUInfo(dir, o.CPUCap); err != nil {
+		return nil, fmt.Errorf("dump: %w", err)
+	}
 	method := DefaultMethod
 	switch os.Getenv(MethodEnv) {
 	case "readv":
@@ -178,6 +182,22 @@ func DumpTo(o *opts.Options, scripts *actions.Scripts, target PageTarget) (*Resu
 		return res, fmt.Errorf("dump %d: %w", pid, err)
 	}
 	return res, nil
+}
+
+// writeCPUInfo writes cpuinfo.img when --cpu-cap asks for CPU checks
+// (any mode but none), so that restore can compare the CPUs.
+func writeCPUInfo(dir *images.Dir, capArg string) error {
+	if capArg == "" {
+		return nil
+	}
+	caps, err := cpuinfo.ParseCaps(capArg)
+	if err != nil {
+		return err
+	}
+	if caps&cpuinfo.CapAll == 0 {
+		return nil
+	}
+	return cpuinfo.Dump(dir)
 }
 
 // dumpRun is one dump in progress.

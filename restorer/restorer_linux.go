@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/actions"
+	"godwit/internal/cpuinfo"
 	"godwit/internal/images"
 	"godwit/internal/logging"
 	"godwit/internal/opts"
@@ -102,6 +103,10 @@ func New(o *opts.Options, scripts *actions.Scripts) (*Restorer, error) {
 		d.Close()
 		return nil, fmt.Errorf("restore: read images in %s: %w", o.ImagesDir, err)
 	}
+	if err := checkCPU(d, o.CPUCap); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("restore: %w", err)
+	}
 	r := &Restorer{o: o, scripts: scripts, log: logging.Default(), dir: d, img: img,
 		start: start, PageMethod: DefaultPageMethod}
 	if err := r.checkPids(); err != nil {
@@ -141,6 +146,23 @@ func Restore(o *opts.Options, scripts *actions.Scripts) (*Restorer, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// checkCPU compares the dump's cpuinfo.img, when it has one (dump
+// --cpu-cap), with this CPU under --cpu-cap (CRIU's default modes when the
+// option is absent; "none" skips the check).
+func checkCPU(d *images.Dir, capArg string) error {
+	if !d.Exists(images.CpuinfoImg) {
+		return nil
+	}
+	caps := cpuinfo.DefaultCaps
+	if capArg != "" {
+		var err error
+		if caps, err = cpuinfo.ParseCaps(capArg); err != nil {
+			return err
+		}
+	}
+	return cpuinfo.Check(d, caps)
 }
 
 // PID is the restored task's PID (the original one).

@@ -81,14 +81,12 @@ var notYet = map[string]bool{
 	"weak-sysctls":           true,
 	"prev-images-dir":        true,
 	"restore-sibling":        true, // the restored task is godwit's child either way
-	"cpu-cap":                true, // dump does not write cpuinfo.img yet, restore does not check it
 }
 
 // doneIn lists, per command, the notYet options it already implements.
 var doneIn = map[string]map[string]bool{
-	"page-server":   {"prev-images-dir": true, "lazy-pages": true},
-	"dump":          {"page-server": true, "freeze-cgroup": true},
-	"cpuinfo check": {"cpu-cap": true},
+	"page-server": {"prev-images-dir": true, "lazy-pages": true},
+	"dump":        {"page-server": true, "freeze-cgroup": true},
 }
 
 func errNotYet(what string) error { return fmt.Errorf("%s is not supported yet", what) }
