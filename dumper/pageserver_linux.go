@@ -3,14 +3,21 @@ package dumper
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
+	"time"
 
 	"godwit/internal/images"
 	"godwit/internal/opts"
 	"godwit/pageserver"
 )
+
+// pageServerTimeout bounds each exchange with the page server (dial, one
+// batch of pages, the final CLOSE): a server that stalls must not keep the
+// task frozen; the dump fails and the task resumes.
+var pageServerTimeout = 2 * time.Minute
 
 // pageServerTarget sends a dump's pages to a page server (--page-server).
 type pageServerTarget struct {
@@ -20,14 +27,37 @@ type pageServerTarget struct {
 }
 
 func dialPageServer(o *opts.Options) (*pageServerTarget, error) {
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), pageServerTimeout)
+	defer cancel()
 	addr := net.JoinHostPort(o.Address, strconv.Itoa(o.Port))
 	c, err := pageserver.Dial(ctx, addr, pageserver.TransportOptionsFrom(o))
 	if err != nil {
 		return nil, fmt.Errorf("page server %s: %w", addr, err)
 	}
-	return &pageServerTarget{ctx: ctx, c: c}, nil
+	return &pageServerTarget{ctx: context.Background(), c: c}, nil
 }
+
+// watch runs op, aborting the session if it takes longer than
+// pageServerTimeout.
+func (t *pageServerTarget) watch(op func() error) error {
+	timer := time.AfterFunc(pageServerTimeout, t.c.Abort)
+	defer timer.Stop()
+	return op()
+}
+
+// watchedSink is a page-server sink whose every exchange is bounded.
+type watchedSink struct {
+	t *pageServerTarget
+	s pageserver.Sink
+}
+
+func (w watchedSink) AddPages(vaddr, nr uint64, flags uint32, src io.Reader) error {
+	return w.t.watch(func() error { return w.s.AddPages(vaddr, nr, flags, src) })
+}
+func (w watchedSink) Hole(vaddr, nr uint64) error {
+	return w.t.watch(func() error { return w.s.Hole(vaddr, nr) })
+}
+func (w watchedSink) Close() error { return w.t.watch(w.s.Close) }
 
 // Open maps an image name to the page server's destination: the task's
 // pid for pagemap-PID.img, the object's id for pagemap-shmem-ID.img. The
@@ -48,14 +78,22 @@ func (t *pageServerTarget) Open(_ *images.Dir, name string, _ uint32) (pageserve
 		}
 		dst = pageserver.TaskDst(pid)
 	}
-	return t.c.OpenTask(t.ctx, dst, false)
+	var sink *pageserver.TaskSink
+	err := t.watch(func() (err error) {
+		sink, err = t.c.OpenTask(t.ctx, dst, false)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return watchedSink{t, sink}, nil
 }
 
 // Commit ends the session with CLOSE: the server answers once every page is
 // written.
 func (t *pageServerTarget) Commit() error {
 	t.closed = true
-	if err := t.c.Close(); err != nil {
+	if err := t.watch(t.c.Close); err != nil {
 		return fmt.Errorf("page server: %w", err)
 	}
 	return nil

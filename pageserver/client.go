@@ -243,20 +243,25 @@ func (c *Client) Get(pid int, vaddr, nr uint64, dst []byte) (uint64, error) {
 }
 
 // Abort disconnects without CLOSE: the server treats the session as failed
-// and removes the images it was writing (a dump that failed half-way).
+// and removes the images it was writing (a dump that failed half-way). It
+// does not wait for an operation in progress, which fails at once: a
+// watchdog may call it to end a stalled transfer.
 func (c *Client) Abort() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		return
-	}
-	c.closed = true
-	c.sink = nil
-	if c.qc != nil {
+	// The transport is set once by Dial; closing it is safe while another
+	// goroutine is blocked on it (and holds c.mu).
+	switch {
+	case c.qc != nil:
 		c.qc.CloseWithError(1, "aborted")
-		return
+	case c.raw != nil:
+		// splice and sendfile run on the raw fd, outside Go's poller:
+		// only shutdown wakes them.
+		if rc, err := c.raw.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) { unix.Shutdown(int(fd), unix.SHUT_RDWR) })
+		}
+		c.conn.Close()
+	default:
+		c.conn.Close()
 	}
-	c.conn.Close()
 }
 
 // Close ends open tasks, sends CLOSE, waits for the server's status (it
