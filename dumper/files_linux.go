@@ -79,6 +79,13 @@ func linkFile(pid int, name string) (string, *unix.Stat_t, error) {
 	return target, &st, nil
 }
 
+// statelessDevices are the character devices whose fds reopening the path
+// restores whole.
+var statelessDevices = map[string]bool{
+	"/dev/null": true, "/dev/zero": true, "/dev/full": true,
+	"/dev/random": true, "/dev/urandom": true,
+}
+
 // fdKind classifies an fd link target; "" for a path in the file system.
 func fdKind(target string, st *unix.Stat_t) string {
 	switch {
@@ -97,11 +104,19 @@ func fdKind(target string, st *unix.Stat_t) string {
 		return target
 	}
 	switch st.Mode & unix.S_IFMT {
-	case unix.S_IFREG, unix.S_IFDIR, unix.S_IFCHR:
-		if st.Mode&unix.S_IFMT == unix.S_IFCHR && strings.HasPrefix(target, "/dev/pts/") || target == "/dev/tty" || target == "/dev/ptmx" {
+	case unix.S_IFREG, unix.S_IFDIR:
+		return ""
+	case unix.S_IFCHR:
+		// Reopening the path restores only devices without per-open
+		// state; a tun, kvm, fuse or tty fd reopened would be another
+		// object.
+		if statelessDevices[target] {
+			return ""
+		}
+		if strings.HasPrefix(target, "/dev/pts/") || target == "/dev/tty" || target == "/dev/ptmx" || strings.HasPrefix(target, "/dev/tty") {
 			return "tty"
 		}
-		return ""
+		return "character device " + target
 	case unix.S_IFIFO:
 		return "fifo"
 	case unix.S_IFBLK:

@@ -54,7 +54,11 @@ func (s *ImageSink) AddPages(vaddr, nr uint64, flags uint32, src io.Reader) erro
 	case *os.File:
 		err = spliceAll(int(r.Fd()), s.fd, n)
 	case *chunk:
-		err = writeAll(s.fd, r.next(n))
+		if b := r.next(n); len(b) != n {
+			err = fmt.Errorf("source holds %d of %d bytes", len(b), n)
+		} else {
+			err = writeAll(s.fd, b)
+		}
 	default:
 		var got int64
 		got, err = io.Copy(s.w.PagesFile(), io.LimitReader(src, int64(n)))

@@ -57,39 +57,56 @@ func TestDumpBadPID(t *testing.T) {
 // fd named, and the program runs on, untraced.
 func TestDumpUnsupportedFDResumes(t *testing.T) {
 	needRoot(t)
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pr.Close()
-	defer pw.Close()
-	dir := t.TempDir()
-	log := filepath.Join(dir, "log")
-	cmd := exec.Command(workloads["counter"], log)
-	cmd.ExtraFiles = []*os.File{pr} // fd 3: a pipe
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	w := &workload{t: t, cmd: cmd, pid: cmd.Process.Pid, log: log, output: os.DevNull, waited: make(chan error, 1)}
-	go func() { w.waited <- cmd.Wait() }()
-	t.Cleanup(func() { killAndForget(w.pid); <-w.waited })
-	w.waitTicks(3)
+	for _, c := range []struct {
+		name, want string
+		open       func() (*os.File, error)
+	}{
+		{"pipe", "fd 3: pipe", func() (*os.File, error) {
+			r, w, err := os.Pipe()
+			if err == nil {
+				t.Cleanup(func() { w.Close() })
+			}
+			return r, err
+		}},
+		// A character device with per-open state: reopening its path
+		// would give another object.
+		{"kmsg", "fd 3: character device /dev/kmsg", func() (*os.File, error) { return os.Open("/dev/kmsg") }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f, err := c.open()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			dir := t.TempDir()
+			log := filepath.Join(dir, "log")
+			cmd := exec.Command(workloads["counter"], log)
+			cmd.ExtraFiles = []*os.File{f} // fd 3
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			w := &workload{t: t, cmd: cmd, pid: cmd.Process.Pid, log: log, output: os.DevNull, waited: make(chan error, 1)}
+			go func() { w.waited <- cmd.Wait() }()
+			t.Cleanup(func() { killAndForget(w.pid); <-w.waited })
+			w.waitTicks(3)
 
-	code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
-	oneLineError(t, code, out, "fd 3")
-	if state, tracer := procState(t, w.pid); tracer != 0 || state == "t" || state == "T" {
-		t.Fatalf("after a failed dump: state %s, tracer %d", state, tracer)
-	}
-	w.waitTicks(3)
-	syscall.Kill(w.pid, syscall.SIGUSR1)
-	select {
-	case err := <-w.waited:
-		if err != nil {
-			t.Fatalf("program after a failed dump: %v", err)
-		}
-		w.waited <- nil
-	case <-time.After(10 * time.Second):
-		t.Fatal("program did not finish")
+			code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
+			oneLineError(t, code, out, c.want)
+			if state, tracer := procState(t, w.pid); tracer != 0 || state == "t" || state == "T" {
+				t.Fatalf("after a failed dump: state %s, tracer %d", state, tracer)
+			}
+			w.waitTicks(3)
+			syscall.Kill(w.pid, syscall.SIGUSR1)
+			select {
+			case err := <-w.waited:
+				if err != nil {
+					t.Fatalf("program after a failed dump: %v", err)
+				}
+				w.waited <- nil
+			case <-time.After(10 * time.Second):
+				t.Fatal("program did not finish")
+			}
+		})
 	}
 }
 

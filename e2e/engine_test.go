@@ -324,3 +324,12 @@ func taskState(tid, pid int) string {
 	}
 	return string(b[i+2])
 }
+
+// A program at its RLIMIT_NOFILE (every descriptor it may have is open)
+// restores: the limit is set after godwit's last injected open.
+func TestDumpRestoreAtFdLimit(t *testing.T) {
+	needRoot(t)
+	// counter holds 0, 1, 2, LOG and LOG.seq: five descriptors.
+	w := startWorkload(t, "/usr/bin/prlimit", "--nofile=5", workloads["counter"])
+	dumpKillRestore(t, w)
+}
