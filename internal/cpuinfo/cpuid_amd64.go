@@ -4,3 +4,6 @@ package cpuinfo
 func cpuid(leaf, sub uint32) (eax, ebx, ecx, edx uint32)
 
 const supported = true
+
+// CPUID executes the CPUID instruction with EAX=leaf and ECX=sub.
+func CPUID(leaf, sub uint32) (eax, ebx, ecx, edx uint32) { return cpuid(leaf, sub) }

@@ -12,6 +12,10 @@ import (
 // Components the image does not carry are put in their init state by
 // clearing their xstate_bv bits.
 func FromCRIU(base []byte, fp *core_x86.UserX86FpregsEntry) ([]byte, error) {
+	return fromCRIU(base, fp, hostLayout())
+}
+
+func fromCRIU(base []byte, fp *core_x86.UserX86FpregsEntry, l *layout) ([]byte, error) {
 	if len(base) < fxsaveSize {
 		return nil, fmt.Errorf("xstate buffer of %d bytes", len(base))
 	}
@@ -61,20 +65,20 @@ func FromCRIU(base []byte, fp *core_x86.UserX86FpregsEntry) ([]byte, error) {
 			u32            []uint32
 			u64            []uint64
 		}{
-			{xfeatYMM, ymmhOffset, ymmhSize, xs.GetYmmhSpace(), nil},
-			{xfeatBndregs, bndregOffset, bndregSize, nil, xs.GetBndregState()},
-			{xfeatBndcsr, bndcsrOffset, bndcsrSize, nil, xs.GetBndcsrState()},
-			{xfeatOpmask, opmaskOffset, opmaskSize, nil, xs.GetOpmaskReg()},
-			{xfeatZMMHi256, zmmUpperOffset, zmmUpperSize, nil, xs.GetZmmUpper()},
-			{xfeatHi16ZMM, hi16ZMMOffset, hi16ZMMSize, nil, xs.GetHi16Zmm()},
-			{xfeatPKRU, pkruOffset, pkruSize, xs.GetPkru(), nil},
+			{xfeatYMM, l[xfeatYMM], ymmhSize, xs.GetYmmhSpace(), nil},
+			{xfeatBndregs, l[xfeatBndregs], bndregSize, nil, xs.GetBndregState()},
+			{xfeatBndcsr, l[xfeatBndcsr], bndcsrSize, nil, xs.GetBndcsrState()},
+			{xfeatOpmask, l[xfeatOpmask], opmaskSize, nil, xs.GetOpmaskReg()},
+			{xfeatZMMHi256, l[xfeatZMMHi256], zmmUpperSize, nil, xs.GetZmmUpper()},
+			{xfeatHi16ZMM, l[xfeatHi16ZMM], hi16ZMMSize, nil, xs.GetHi16Zmm()},
+			{xfeatPKRU, l[xfeatPKRU], pkruSize, xs.GetPkru(), nil},
 		}
 		want := xs.GetXstateBv()
 		for _, c := range comps {
 			if len(c.u32) == 0 && len(c.u64) == 0 {
 				continue
 			}
-			if len(x) < c.off+c.size {
+			if c.off == 0 || len(x) < c.off+c.size {
 				if want&(1<<c.bit) != 0 {
 					return nil, fmt.Errorf("fpregs: xfeature %d in the image, not on this CPU", c.bit)
 				}

@@ -13,6 +13,10 @@ import (
 // every component the task's xfeatures (the sw_reserved bytes the kernel
 // fills) enable and the buffer holds.
 func ToCRIU(x []byte) (*core_x86.UserX86FpregsEntry, error) {
+	return toCRIU(x, hostLayout())
+}
+
+func toCRIU(x []byte, l *layout) (*core_x86.UserX86FpregsEntry, error) {
 	if len(x) < fxsaveSize {
 		return nil, fmt.Errorf("xstate: %d bytes, want at least %d", len(x), fxsaveSize)
 	}
@@ -52,29 +56,29 @@ func ToCRIU(x []byte) (*core_x86.UserX86FpregsEntry, error) {
 	// USER_XSTATE_XCR0_WORD), not the signal frame's _fpx_sw_bytes.
 	features := le.Uint64(x[swReservedOffset:])
 	xs := &core_x86.UserX86XsaveEntry{XstateBv: proto.Uint64(le.Uint64(x[xsaveHeaderOffset:]))}
-	has := func(bit, off, size int) bool {
-		return features&(1<<bit) != 0 && len(x) >= off+size
+	has := func(bit, size int) bool {
+		return features&(1<<bit) != 0 && l[bit] != 0 && len(x) >= l[bit]+size
 	}
-	if has(xfeatYMM, ymmhOffset, ymmhSize) {
-		xs.YmmhSpace = u32s(ymmhOffset, ymmhSize/4)
+	if has(xfeatYMM, ymmhSize) {
+		xs.YmmhSpace = u32s(l[xfeatYMM], ymmhSize/4)
 	}
-	if has(xfeatBndregs, bndregOffset, bndregSize) {
-		xs.BndregState = u64s(bndregOffset, bndregSize/8)
+	if has(xfeatBndregs, bndregSize) {
+		xs.BndregState = u64s(l[xfeatBndregs], bndregSize/8)
 	}
-	if has(xfeatBndcsr, bndcsrOffset, bndcsrSize) {
-		xs.BndcsrState = u64s(bndcsrOffset, bndcsrSize/8)
+	if has(xfeatBndcsr, bndcsrSize) {
+		xs.BndcsrState = u64s(l[xfeatBndcsr], bndcsrSize/8)
 	}
-	if has(xfeatOpmask, opmaskOffset, opmaskSize) {
-		xs.OpmaskReg = u64s(opmaskOffset, opmaskSize/8)
+	if has(xfeatOpmask, opmaskSize) {
+		xs.OpmaskReg = u64s(l[xfeatOpmask], opmaskSize/8)
 	}
-	if has(xfeatZMMHi256, zmmUpperOffset, zmmUpperSize) {
-		xs.ZmmUpper = u64s(zmmUpperOffset, zmmUpperSize/8)
+	if has(xfeatZMMHi256, zmmUpperSize) {
+		xs.ZmmUpper = u64s(l[xfeatZMMHi256], zmmUpperSize/8)
 	}
-	if has(xfeatHi16ZMM, hi16ZMMOffset, hi16ZMMSize) {
-		xs.Hi16Zmm = u64s(hi16ZMMOffset, hi16ZMMSize/8)
+	if has(xfeatHi16ZMM, hi16ZMMSize) {
+		xs.Hi16Zmm = u64s(l[xfeatHi16ZMM], hi16ZMMSize/8)
 	}
-	if has(xfeatPKRU, pkruOffset, pkruSize) {
-		xs.Pkru = u32s(pkruOffset, pkruSize/4)
+	if has(xfeatPKRU, pkruSize) {
+		xs.Pkru = u32s(l[xfeatPKRU], pkruSize/4)
 	}
 	fp.Xsave = xs
 	return fp, nil

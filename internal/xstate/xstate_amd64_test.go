@@ -20,7 +20,7 @@ func TestToCRIU(t *testing.T) {
 	le.PutUint64(x[512:], 0x7)    // xstate_bv
 	le.PutUint32(x[576:], 0x1234) // ymm0 high word
 	le.PutUint32(x[2688:], 0x55)  // pkru
-	fp, err := ToCRIU(x)
+	fp, err := toCRIU(x, &intelLayout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,14 +76,24 @@ func FuzzFromCRIU(f *testing.F) {
 	})
 }
 
-// TestRoundTrip: a raw buffer split into CRIU's fields and laid back over
-// a base that holds only what the kernel fills itself (sw_reserved) comes
-// back byte for byte, so the dumper and the restorer agree on the layout.
-func TestRoundTrip(t *testing.T) {
-	const size = pkruOffset + pkruSize
-	const xcr0 = 1<<xfeatX87 | 1<<xfeatSSE | 1<<xfeatYMM | 1<<xfeatBndregs | 1<<xfeatBndcsr |
-		1<<xfeatOpmask | 1<<xfeatZMMHi256 | 1<<xfeatHi16ZMM | 1<<xfeatPKRU
-	rng := rand.New(rand.NewPCG(1, 2))
+// amdLayout is how a Zen 4 places the components (no MPX, AVX-512 and PKRU
+// packed lower than on Intel), as its CPUID leaf 0xD reports.
+var amdLayout = layout{xfeatYMM: 576, xfeatOpmask: 832, xfeatZMMHi256: 896, xfeatHi16ZMM: 1408, xfeatPKRU: 2432}
+
+var compSizes = [xfeatPKRU + 1]int{xfeatYMM: ymmhSize, xfeatBndregs: bndregSize, xfeatBndcsr: bndcsrSize,
+	xfeatOpmask: opmaskSize, xfeatZMMHi256: zmmUpperSize, xfeatHi16ZMM: hi16ZMMSize, xfeatPKRU: pkruSize}
+
+// rawState makes a standard-format buffer in layout l with random register
+// contents in every component l has, all of them in use.
+func rawState(l *layout, seed uint64) []byte {
+	size, xcr0 := fxsaveSize+xsaveHeaderSize, uint64(1<<xfeatX87|1<<xfeatSSE)
+	for c, off := range l {
+		if off != 0 {
+			size = max(size, off+compSizes[c])
+			xcr0 |= 1 << c
+		}
+	}
+	rng := rand.New(rand.NewPCG(seed, 2))
 	raw := make([]byte, size)
 	fill := func(off, n int) {
 		for i := off; i < off+n; i++ {
@@ -91,35 +101,76 @@ func TestRoundTrip(t *testing.T) {
 		}
 	}
 	fill(0, 416) // legacy area: control words, pointers, ST and XMM registers
-	for _, c := range [][2]int{{ymmhOffset, ymmhSize}, {bndregOffset, bndregSize}, {bndcsrOffset, bndcsrSize},
-		{opmaskOffset, opmaskSize}, {zmmUpperOffset, zmmUpperSize}, {hi16ZMMOffset, hi16ZMMSize}, {pkruOffset, pkruSize}} {
-		fill(c[0], c[1])
+	for c, off := range l {
+		if off != 0 {
+			fill(off, compSizes[c])
+		}
 	}
 	le := binary.LittleEndian
 	le.PutUint64(raw[swReservedOffset:], xcr0)
 	le.PutUint64(raw[xsaveHeaderOffset:], xcr0) // xstate_bv: every component in use
+	return raw
+}
 
-	fp, err := ToCRIU(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := make([]byte, size)
-	copy(base[416:fxsaveSize], raw[416:fxsaveSize])
-	back, err := FromCRIU(base, fp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(back, raw) {
+// TestRoundTrip: a raw buffer split into CRIU's fields and laid back over
+// a base that holds only what the kernel fills itself (sw_reserved) comes
+// back byte for byte, so the dumper and the restorer agree on the layout,
+// on Intel's placement and on AMD's.
+func TestRoundTrip(t *testing.T) {
+	for name, l := range map[string]*layout{"intel": &intelLayout, "amd": &amdLayout} {
+		raw := rawState(l, 1)
+		fp, err := toCRIU(raw, l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		base := make([]byte, len(raw))
+		copy(base[416:fxsaveSize], raw[416:fxsaveSize])
+		back, err := fromCRIU(base, fp, l)
+		if err != nil {
+			t.Fatal(err)
+		}
 		for i := range raw {
 			if back[i] != raw[i] {
-				t.Fatalf("round trip differs first at byte %d: %#x, want %#x", i, back[i], raw[i])
+				t.Fatalf("%s: round trip differs first at byte %d: %#x, want %#x", name, i, back[i], raw[i])
 			}
 		}
 	}
 
 	// A component the image carries but this CPU's buffer cannot hold is
 	// an error, not a silent loss.
-	if _, err := FromCRIU(make([]byte, ymmhOffset+ymmhSize), fp); err == nil {
+	fp, _ := toCRIU(rawState(&intelLayout, 1), &intelLayout)
+	if _, err := fromCRIU(make([]byte, 576+ymmhSize), fp, &intelLayout); err == nil {
 		t.Error("AVX-512 state restored into an AVX-only buffer")
+	}
+}
+
+// TestAcrossLayouts: state dumped on Intel lands at AMD's offsets when
+// restored there (the registers, not the byte positions, travel).
+func TestAcrossLayouts(t *testing.T) {
+	raw := rawState(&intelLayout, 3)
+	fp, err := toCRIU(raw, &intelLayout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The Intel image carries MPX state, which AMD lacks: drop it, as
+	// the kernel would for a task that never used MPX.
+	fp.Xsave.BndregState, fp.Xsave.BndcsrState = nil, nil
+	fp.Xsave.XstateBv = proto.Uint64(fp.Xsave.GetXstateBv() &^ (1<<xfeatBndregs | 1<<xfeatBndcsr))
+	amd, err := fromCRIU(make([]byte, amdLayout[xfeatPKRU]+pkruSize), fp, &amdLayout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []int{xfeatYMM, xfeatOpmask, xfeatZMMHi256, xfeatHi16ZMM, xfeatPKRU} {
+		n := compSizes[c]
+		if !bytes.Equal(amd[amdLayout[c]:amdLayout[c]+n], raw[intelLayout[c]:intelLayout[c]+n]) {
+			t.Errorf("component %d not at AMD's offset %d", c, amdLayout[c])
+		}
+	}
+}
+
+// This CPU's CPUID agrees with the architectural AVX offset.
+func TestHostLayout(t *testing.T) {
+	if l := hostLayout(); l[xfeatYMM] != 0 && l[xfeatYMM] != 576 {
+		t.Errorf("YMM_Hi128 at %d, want 576", l[xfeatYMM])
 	}
 }
