@@ -211,12 +211,16 @@ func (l *Listener) serverTLS(base *tls.Config) *tls.Config {
 		return base
 	}
 	c := base.Clone()
+	// Resumed sessions skip VerifyPeerCertificate: with it doing the
+	// client check, every handshake must be a full one.
+	c.SessionTicketsDisabled = true
 	c.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 		peer := "unknown peer"
 		if hello.Conn != nil {
 			peer = hello.Conn.RemoteAddr().String()
 		}
 		cc := base.Clone()
+		cc.SessionTicketsDisabled = true
 		pool, next := cc.ClientCAs, cc.VerifyPeerCertificate
 		cc.ClientAuth = tls.RequireAnyClientCert
 		cc.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {

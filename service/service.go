@@ -34,6 +34,9 @@ const (
 	rpcMinor = 1
 )
 
+// maxClients bounds the clients served at once; more wait to be accepted.
+const maxClients = 16
+
 // Version is godwit's own version, reported in criu_version.name.
 var Version = "godwit"
 
@@ -152,7 +155,11 @@ func (c *Conn) handle(req *rpc.CriuReq) *rpc.CriuResp {
 		if t == rpc.CriuReqType_CPUINFO_DUMP {
 			err = cpuinfo.Dump(d)
 		} else {
-			err = cpuinfo.Check(d, cpuinfo.DefaultCaps)
+			caps := cpuinfo.DefaultCaps
+			if o := req.GetOpts(); o != nil && o.CpuCap != nil {
+				caps = cpuinfo.Caps(o.GetCpuCap()) // CRIU's bit values
+			}
+			err = cpuinfo.Check(d, caps)
 		}
 		if err != nil {
 			return fail(err)
@@ -221,12 +228,16 @@ func Listen(path string, ready func()) error {
 	if ready != nil {
 		ready()
 	}
+	// Each client holds an OS thread in a blocking recvmsg: bound them.
+	slots := make(chan struct{}, maxClients)
 	for {
 		uc, err := l.AcceptUnix()
 		if err != nil {
 			return fmt.Errorf("accept on %s: %w", path, err)
 		}
+		slots <- struct{}{}
 		go func() {
+			defer func() { <-slots }()
 			defer uc.Close()
 			f, err := uc.File()
 			if err != nil {

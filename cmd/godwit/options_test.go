@@ -232,7 +232,7 @@ func TestNotYetSupportedFailsLoudly(t *testing.T) {
 }
 
 func TestVersion(t *testing.T) {
-	for _, args := range [][]string{{"-V"}, {"--version"}, {"version"}} {
+	for _, args := range [][]string{{"-V"}, {"--version"}, {"version"}, {"dump", "-V"}, {"check", "--version"}} {
 		code, out, _ := runGodwit(args...)
 		if code != 0 || !strings.HasPrefix(out, "Version: ") {
 			t.Errorf("godwit %v: exit %d, %q", args, code, out)

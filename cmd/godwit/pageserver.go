@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
@@ -69,8 +70,12 @@ func runPageServer(a *app) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", pageserver.MetricsHandler(reg))
-		srv := &http.Server{Handler: mux}
-		go srv.Serve(ml)
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+		go func() {
+			if err := srv.Serve(ml); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				a.log.Errorf("metrics on %s: %v", o.MetricsAddress, err)
+			}
+		}()
 		defer srv.Close()
 	}
 	srv, err := pageserver.NewServer(pageserver.Config{

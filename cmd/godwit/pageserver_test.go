@@ -194,10 +194,9 @@ func tryPush(ctx context.Context, addr string, o pageserver.TransportOptions) er
 func TestPageServerDaemon(t *testing.T) {
 	bin := godwitBin(t)
 	dir := t.TempDir()
-	port := freePort(t)
-	_, p, _ := net.SplitHostPort(port)
-	cmd := exec.Command(bin, "page-server", "--daemon", "-D", dir, "--address", "127.0.0.1", "--port", p, "--pidfile", "ps.pid", "-o", "ps.log")
-	if out, err := cmd.CombinedOutput(); err != nil {
+	cmd := exec.Command(bin, "page-server", "--daemon", "-D", dir, "--address", "127.0.0.1", "--port", "0", "--pidfile", "ps.pid", "-o", "ps.log")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
 		t.Fatalf("page-server --daemon: %v: %s", err, out)
 	}
 	pidText, err := os.ReadFile(filepath.Join(dir, "ps.pid"))
@@ -214,7 +213,12 @@ func TestPageServerDaemon(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	})
-	checkPages(t, dir, pushPages(t, port, pageserver.TransportOptions{}))
+	// The daemon tells its caller the port it picked.
+	port, ok := strings.CutPrefix(strings.TrimSpace(string(out)), "Port: ")
+	if !ok {
+		t.Fatalf("page-server --daemon --port 0 printed %q", out)
+	}
+	checkPages(t, dir, pushPages(t, net.JoinHostPort("127.0.0.1", port), pageserver.TransportOptions{}))
 }
 
 // freePort returns a loopback address with a port nobody listens on now.

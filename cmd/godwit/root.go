@@ -110,6 +110,12 @@ Its commands and options are CRIU's (see criu(8)); migrate and agent add live mi
 			return cmd.Help()
 		},
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if showVersion { // -V is common to every command, as in criu(8)
+				if err := printVersion(a); err != nil {
+					return err
+				}
+				return &exitError{code: 0}
+			}
 			return a.setup(cmd)
 		},
 	}
@@ -117,7 +123,7 @@ Its commands and options are CRIU's (see criu(8)); migrate and agent add live mi
 	root.SetErr(a.stderr)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return &usageError{c, err} })
 	commonFlags(root.PersistentFlags(), o)
-	root.Flags().BoolVarP(&showVersion, "version", "V", false, "print the version and exit")
+	root.PersistentFlags().BoolVarP(&showVersion, "version", "V", false, "print the version and exit")
 
 	root.AddCommand(
 		dumpCmd(a), preDumpCmd(a), restoreCmd(a), checkCmd(a),

@@ -38,8 +38,10 @@ func Start(args []string) (int, error) {
 		return 0, fmt.Errorf("daemon: %w", err)
 	}
 	defer devnull.Close()
-	cmd.Stdin, cmd.Stdout = devnull, devnull
-	cmd.Stderr = os.Stderr // startup errors still reach the user; the daemon logs to --log-file
+	// Until it is ready the daemon keeps the caller's stdout and stderr:
+	// startup errors, and what it prints for the caller (page-server's
+	// "Port: N"), reach the user. Ready detaches them.
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, os.Stdout, os.Stderr
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.Env = append(os.Environ(), envDaemon+"=1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

@@ -317,7 +317,7 @@ func (o *Options) Validate(command string) error {
 		if o.RestoreSibling && !o.RestoreDetach {
 			return errors.New("--restore-sibling only makes sense with --restore-detached")
 		}
-	case "page-server":
+	case "page-server", "service":
 		if o.Daemon && o.StatusFD >= 0 {
 			return errors.New("--daemon and --status-fd are mutually exclusive")
 		}
