@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -257,14 +258,23 @@ func TestWaitPidFree(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid := cmd.Process.Pid
-	// Let it become a zombie, then reap it a little later.
-	time.Sleep(50 * time.Millisecond)
-	go func() { time.Sleep(300 * time.Millisecond); cmd.Wait() }()
-	t0 := time.Now()
+	// Wait until it is a zombie, then reap it a little later.
+	for i := 0; i < 1000; i++ {
+		if st, err := procfs.ReadStatus(pid); err == nil && st.State == 'Z' {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	var reaped atomic.Bool
+	go func() { time.Sleep(300 * time.Millisecond); cmd.Wait(); reaped.Store(true) }()
 	if err := waitPidFree(pid, 5*time.Second); err != nil {
 		t.Fatalf("zombie %d: %v", pid, err)
 	}
-	if time.Since(t0) < 100*time.Millisecond {
+	// Free means reaped: the zombie still held the pid until then.
+	for i := 0; i < 100 && !reaped.Load(); i++ {
+		time.Sleep(time.Millisecond) // Wait returns a moment after the reap
+	}
+	if !reaped.Load() {
 		t.Errorf("pid %d reported free while still a zombie", pid)
 	}
 	live := exec.Command("/bin/sleep", "10")

@@ -414,11 +414,19 @@ func TestLoopStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	done := make(chan error, 1)
-	go func() { done <- l.Run(func([]Msg) error { return nil }) }()
-	time.Sleep(20 * time.Millisecond)
-	if err := l.Run(func([]Msg) error { return nil }); err == nil {
-		t.Error("second concurrent Run accepted")
+	// Two Runs at once: whichever comes second is refused at once, the
+	// other waits until Stop.
+	done := make(chan error, 2)
+	for i := 0; i < 2; i++ {
+		go func() { done <- l.Run(func([]Msg) error { return nil }) }()
+	}
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a Run returned without Stop")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("second concurrent Run was not refused")
 	}
 	if err := l.Stop(); err != nil {
 		t.Fatal(err)
