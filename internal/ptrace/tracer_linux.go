@@ -417,7 +417,11 @@ func (t *Tracer) seize(tid int, opts int) error {
 	if _, err := ptrace(unix.PTRACE_SEIZE, tid, 0, uintptr(opts|DefaultOptions)); err != nil {
 		return fmt.Errorf("seize %d: %w", tid, err)
 	}
-	t.tasks[tid] = &task{tid: tid, opts: opts | DefaultOptions}
+	tk := &task{tid: tid, opts: opts | DefaultOptions}
+	// Learn the thread group now, while /proc/TID is surely there: thaw,
+	// kill and signal forwarding need it later.
+	t.tgidOf(tk)
+	t.tasks[tid] = tk
 	return nil
 }
 
