@@ -431,7 +431,6 @@ type readvSource struct {
 	buf    [2][]byte
 	c      [2]chunk
 	mem    *os.File
-	local  []unix.Iovec
 	remote []unix.RemoteIovec
 }
 

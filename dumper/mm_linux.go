@@ -1,6 +1,7 @@
 package dumper
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -146,7 +147,7 @@ func classify(pid int, e *procfs.SmapsEntry, fileID fileIDFunc) (VMA, error) {
 		}
 		return v, nil
 	case strings.HasPrefix(e.Path, "/SYSV"):
-		return v, fmt.Errorf("System V shared memory is not supported yet")
+		return v, errors.New("SysV shared memory is not supported yet")
 	case e.Shared && (e.Path == "/dev/zero" && e.Deleted || strings.HasPrefix(e.Path, "/memfd:") || strings.HasPrefix(e.Path, "[anon_shmem:")):
 		v.Flags |= unix.MAP_ANONYMOUS
 		v.Status |= images.VmaAnonShared

@@ -62,11 +62,6 @@ func (o TransportOptions) transport() (Transport, error) {
 	return "", fmt.Errorf("page server: unknown transport %q (want tcp or quic)", o.Transport)
 }
 
-func (o TransportOptions) usesTLS() bool {
-	t, _ := o.transport()
-	return t == TransportQUIC || o.TLS
-}
-
 // tlsConfig builds the TLS configuration of one end from the files.
 func (o TransportOptions) tlsConfig(server bool, host string) (*tls.Config, error) {
 	var c *tls.Config

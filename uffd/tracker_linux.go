@@ -245,17 +245,6 @@ func (t *Tracker) Stop() error {
 	return errors.Join(errs...)
 }
 
-func appendRegions(out, rs []Region) []Region {
-	for _, r := range rs {
-		if k := len(out) - 1; k >= 0 && out[k].End == r.Start && out[k].Categories == r.Categories {
-			out[k].End = r.End
-			continue
-		}
-		out = append(out, r)
-	}
-	return out
-}
-
 // normalize page-aligns, sorts and merges overlapping ranges. Adjacent
 // ranges stay apart: each VMA is registered on its own, so that one that
 // cannot be (e.g. [vdso]) does not spoil its neighbours.
