@@ -53,6 +53,9 @@ func sockDiagDump(req []byte) ([][]byte, error) {
 }
 
 func sockDiagDumpOn(fd int, req []byte) ([][]byte, error) {
+	if err := bounded(fd); err != nil {
+		return nil, err
+	}
 	const seq = 0x6b64 // "kd"
 	msg := make([]byte, unix.SizeofNlMsghdr+len(req))
 	binary.NativeEndian.PutUint32(msg[0:], uint32(len(msg)))

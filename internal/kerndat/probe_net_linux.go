@@ -23,6 +23,9 @@ func tcpPair() (client, server int, err error) {
 	if err := unix.Bind(ln, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
 		return -1, -1, fmt.Errorf("bind 127.0.0.1:0: %w", err)
 	}
+	if err := bounded(ln); err != nil {
+		return -1, -1, err
+	}
 	if err := unix.Listen(ln, 1); err != nil {
 		return -1, -1, fmt.Errorf("listen: %w", err)
 	}
@@ -33,6 +36,10 @@ func tcpPair() (client, server int, err error) {
 	client, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, -1, fmt.Errorf("socket: %w", err)
+	}
+	if err := bounded(client); err != nil {
+		unix.Close(client)
+		return -1, -1, err
 	}
 	if err := unix.Connect(client, sa); err != nil {
 		unix.Close(client)
@@ -299,4 +306,17 @@ func probeTunNs() error {
 		defer unix.Close(ns)
 		return sameFile(ns, "/proc/thread-self/ns/net")
 	})
+}
+
+// bounded makes blocking connect, accept and receive on fd give up after
+// stopTimeout: a firewall rule dropping loopback packets must not hang
+// `godwit check` (SO_SNDTIMEO bounds connect, SO_RCVTIMEO accept and recv).
+func bounded(fd int) error {
+	tv := unix.NsecToTimeval(stopTimeout.Nanoseconds())
+	for _, opt := range []int{unix.SO_SNDTIMEO, unix.SO_RCVTIMEO} {
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, opt, &tv); err != nil {
+			return fmt.Errorf("socket timeout: %w", err)
+		}
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package kerndat
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"syscall"
 	"time"
@@ -46,6 +47,9 @@ type rawProg struct {
 	n     int
 	// hold makes the child pause after its steps until it is killed.
 	hold bool
+	// parent is the pid of the process that forks the child (set by
+	// startRaw).
+	parent uintptr
 }
 
 // rawResult lives in a MAP_SHARED page written by the child.
@@ -73,6 +77,12 @@ func (p *rawProg) add(nr uintptr, args ...uintptr) *rawStep {
 //go:nosplit
 //go:norace
 func rawChild(p *rawProg, res *rawResult) {
+	// Die with godwit: a killed `godwit check` must not leave children
+	// holding namespaces or filters. If it is already gone, stop here.
+	syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0)
+	if ppid, _, _ := syscall.RawSyscall(unix.SYS_GETPPID, 0, 0, 0); ppid != p.parent {
+		syscall.RawSyscall(unix.SYS_EXIT_GROUP, 1, 0, 0)
+	}
 	self, _, _ := syscall.RawSyscall(unix.SYS_GETPID, 0, 0, 0)
 	var prev uintptr
 	for i := 0; i < maxRawSteps && i < p.n; i++ {
@@ -148,6 +158,7 @@ func startRaw(p *rawProg, setTID int32, keep ...any) (*rawChildProc, error) {
 		return nil, fmt.Errorf("mmap result page: %w", err)
 	}
 	res := (*rawResult)(unsafe.Pointer(&shared[0]))
+	p.parent = uintptr(os.Getpid())
 	tid := []int32{setTID}
 	args := &linux.CloneArgs{ExitSignal: uint64(unix.SIGCHLD)}
 	if setTID != 0 {
