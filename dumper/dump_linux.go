@@ -178,7 +178,7 @@ func DumpTo(o *opts.Options, scripts *actions.Scripts, target PageTarget) (*Resu
 	if ferr != nil {
 		return res, fmt.Errorf("dump %d: images written, but finishing failed: %w", pid, ferr)
 	}
-	if err := images.WriteDumpStats(dir, res.Stats); err != nil {
+	if err := images.WriteDumpStats(dir, o.WorkDir, res.Stats); err != nil {
 		return res, fmt.Errorf("dump %d: %w", pid, err)
 	}
 	return res, nil

@@ -78,3 +78,22 @@ func TestCritReadsDump(t *testing.T) {
 	}
 	syscall.Kill(w.pid, syscall.SIGUSR1)
 }
+
+// Statistics go to the work dir (-W), as criu(8) says, and --display-stats
+// prints them.
+func TestStatsInWorkDir(t *testing.T) {
+	needRoot(t)
+	w := startC(t, false)
+	work := t.TempDir()
+	code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir(), "-R", "-W", work, "--display-stats")
+	if code != 0 {
+		t.Fatalf("dump: %d %s", code, out)
+	}
+	if !strings.Contains(out, "Memory pages written: ") {
+		t.Errorf("--display-stats printed %q", out)
+	}
+	if out, err := exec.Command("crit", "show", filepath.Join(work, "stats-dump")).CombinedOutput(); err != nil {
+		t.Errorf("no stats-dump in -W: %v\n%s", err, out)
+	}
+	syscall.Kill(w.pid, syscall.SIGUSR1)
+}

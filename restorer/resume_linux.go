@@ -43,7 +43,7 @@ func (r *Restorer) Resume() error {
 		RestoreTime:     proto.Uint32(uint32(restoreTime.Microseconds())),
 		PagesRestored:   proto.Uint64(r.pagesRestored),
 	}
-	if err := images.WriteRestoreStats(r.dir, st); err != nil {
+	if err := images.WriteRestoreStats(r.dir, r.o.WorkDir, st); err != nil {
 		r.log.Warnf("restore %d: write %s: %v", pid, images.StatsRestore, err)
 	}
 	if r.o.DisplayStats {

@@ -222,11 +222,11 @@ func TestRoundTripAndCrit(t *testing.T) {
 
 	ds := &stats.DumpStatsEntry{FreezingTime: u32(120), FrozenTime: u32(5000), MemdumpTime: u32(300), MemwriteTime: u32(200),
 		PagesScanned: u64(1000), PagesSkippedParent: u64(0), PagesWritten: u64(800), PagesLazy: u64(0), IrmapResolve: u32(0)}
-	if err := WriteDumpStats(d, ds); err != nil {
+	if err := WriteDumpStats(d, "", ds); err != nil {
 		t.Fatal(err)
 	}
 	rs := &stats.RestoreStatsEntry{PagesCompared: u64(0), PagesSkippedCow: u64(0), ForkingTime: u32(10), RestoreTime: u32(900), PagesRestored: u64(800)}
-	if err := WriteRestoreStats(d, rs); err != nil {
+	if err := WriteRestoreStats(d, "", rs); err != nil {
 		t.Fatal(err)
 	}
 	st, err := ReadStats(d, StatsDump)

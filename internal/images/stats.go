@@ -7,14 +7,27 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/stats"
 )
 
-// WriteDumpStats writes stats-dump.
-func WriteDumpStats(d *Dir, s *stats.DumpStatsEntry) error {
-	return Write(d, StatsDump, &stats.StatsEntry{Dump: s})
+// WriteDumpStats writes stats-dump into workDir (criu(8)'s -W: logs,
+// pidfiles and statistics), or into d when workDir is "".
+func WriteDumpStats(d *Dir, workDir string, s *stats.DumpStatsEntry) error {
+	return writeStats(d, workDir, StatsDump, &stats.StatsEntry{Dump: s})
 }
 
-// WriteRestoreStats writes stats-restore.
-func WriteRestoreStats(d *Dir, s *stats.RestoreStatsEntry) error {
-	return Write(d, StatsRestore, &stats.StatsEntry{Restore: s})
+// WriteRestoreStats writes stats-restore into workDir, or d when it is "".
+func WriteRestoreStats(d *Dir, workDir string, s *stats.RestoreStatsEntry) error {
+	return writeStats(d, workDir, StatsRestore, &stats.StatsEntry{Restore: s})
+}
+
+func writeStats(d *Dir, workDir, name string, e *stats.StatsEntry) error {
+	if workDir != "" {
+		w, err := Open(workDir, true)
+		if err != nil {
+			return fmt.Errorf("work dir: %w", err)
+		}
+		defer w.Close()
+		d = w
+	}
+	return Write(d, name, e)
 }
 
 // ReadStats reads stats-dump or stats-restore (name is StatsDump or
