@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 )
@@ -27,7 +29,14 @@ type cgroupFreezer struct {
 
 func newCgroupFreezer(path string) (*cgroupFreezer, error) {
 	if !filepath.IsAbs(path) {
-		path = filepath.Join("/sys/fs/cgroup/freezer", path)
+		// Relative to the freezer hierarchy: the v1 freezer mount, or
+		// the unified hierarchy on a cgroup2-only host.
+		root := "/sys/fs/cgroup/freezer"
+		var fs unix.Statfs_t
+		if unix.Statfs("/sys/fs/cgroup", &fs) == nil && fs.Type == unix.CGROUP2_SUPER_MAGIC {
+			root = "/sys/fs/cgroup"
+		}
+		path = filepath.Join(root, path)
 	}
 	if _, err := os.Stat(filepath.Join(path, "freezer.state")); err == nil {
 		return &cgroupFreezer{path: path}, nil
@@ -51,6 +60,22 @@ func (c *cgroupFreezer) contains(pid int) (bool, error) {
 	return false, nil
 }
 
+// frozen reports whether the cgroup is (completely) frozen.
+func (c *cgroupFreezer) frozen() (bool, error) {
+	if c.v2 {
+		b, err := os.ReadFile(filepath.Join(c.path, "cgroup.events"))
+		if err != nil {
+			return false, err
+		}
+		return bytes.Contains(b, []byte("frozen 1")), nil
+	}
+	b, err := os.ReadFile(filepath.Join(c.path, "freezer.state"))
+	if err != nil {
+		return false, err
+	}
+	return strings.TrimSpace(string(b)) == "FROZEN", nil
+}
+
 func (c *cgroupFreezer) set(frozen bool) error {
 	name, val := "freezer.state", "THAWED"
 	if c.v2 {
@@ -70,19 +95,9 @@ func (c *cgroupFreezer) set(frozen bool) error {
 	}
 	deadline := time.Now().Add(freezeTimeout)
 	for {
-		var done bool
-		if c.v2 {
-			b, err := os.ReadFile(filepath.Join(c.path, "cgroup.events"))
-			if err != nil {
-				return err
-			}
-			done = bytes.Contains(b, []byte("frozen 1"))
-		} else {
-			b, err := os.ReadFile(filepath.Join(c.path, "freezer.state"))
-			if err != nil {
-				return err
-			}
-			done = strings.TrimSpace(string(b)) == "FROZEN"
+		done, err := c.frozen()
+		if err != nil {
+			return err
 		}
 		if done {
 			return nil
@@ -110,6 +125,13 @@ func freezeViaCgroup(tr *ptrace.Tracer, path string, pid int) ([]int, error) {
 	}
 	if !in {
 		return nil, fmt.Errorf("freeze cgroup %s: process %d is not in it", c.path, pid)
+	}
+	// The dump thaws the cgroup once the threads are seized; one frozen
+	// by someone else would come out thawed.
+	if was, err := c.frozen(); err != nil {
+		return nil, fmt.Errorf("freeze cgroup %s: %w", c.path, err)
+	} else if was {
+		return nil, fmt.Errorf("freeze cgroup %s is already frozen: thaw it first", c.path)
 	}
 	if err := c.set(true); err != nil {
 		return nil, err

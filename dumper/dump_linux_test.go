@@ -473,6 +473,25 @@ func TestDumpFreezeCgroup(t *testing.T) {
 	o := dumpOpts(p.Pid, t.TempDir())
 	o.LeaveRunning = true
 	o.FreezeCgroup = cg
+	// A cgroup someone else froze is refused: the dump would thaw it.
+	if err := os.WriteFile(filepath.Join(cg, "freezer.state"), []byte("FROZEN"), 0); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 500; i++ {
+		if b, _ := os.ReadFile(filepath.Join(cg, "freezer.state")); strings.TrimSpace(string(b)) == "FROZEN" {
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if _, err := Dump(o, nil); err == nil || !strings.Contains(err.Error(), "already frozen") {
+		t.Fatalf("dump through a frozen cgroup: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(cg, "freezer.state")); strings.TrimSpace(string(b)) != "FROZEN" {
+		t.Errorf("a refused dump changed the cgroup to %s", b)
+	}
+	if err := os.WriteFile(filepath.Join(cg, "freezer.state"), []byte("THAWED"), 0); err != nil {
+		t.Fatal(err)
+	}
 	res, err := Dump(o, nil)
 	if err != nil {
 		t.Fatal(err)
