@@ -188,10 +188,12 @@ func TestRestoreExitStatus(t *testing.T) {
 	}
 }
 
-// restore -d detaches and writes --pidfile; the program runs on.
+// restore -d detaches and writes --pidfile; the program runs on, even one
+// with a parent-death signal (its parent after the restore is godwit,
+// which exits).
 func TestRestoreDetached(t *testing.T) {
 	needRoot(t)
-	w := startC(t, false, "-t", "2")
+	w := startC(t, false, "-t", "2", "-p")
 	dir := w.dump(t)
 	w.reapKilled(t)
 	t.Cleanup(func() { killAndForget(w.pid) })

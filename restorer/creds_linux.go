@@ -58,6 +58,13 @@ func (r *Restorer) threadCreds(s *session, t *thread) error {
 		return err
 	}
 	if sig := t.core.GetThreadCore().GetPdeathSig(); sig != 0 {
+		if r.o.RestoreDetach {
+			// The restored task's parent is godwit, which exits right
+			// after a detached restore: the signal would fire at once and
+			// (usually SIGKILL) end the program godwit just restored.
+			r.log.Warnf("restore %d: thread %d: parent-death signal %d not restored: with -d the parent is godwit, which exits", r.img.pid, t.tid, sig)
+			return nil
+		}
 		if _, err := s.call("prctl(PR_SET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(sig)); err != nil {
 			return err
 		}

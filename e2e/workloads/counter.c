@@ -1,7 +1,7 @@
 /*
  * counter: the C workload of godwit's end-to-end tests.
  *
- *   counter [-m MiB] [-t THREADS] [-b sleep|futex|spin] [-r FIFO] [-x CODE] LOG
+ *   counter [-m MiB] [-t THREADS] [-b sleep|futex|spin] [-r FIFO] [-x CODE] [-p] LOG
  *
  * It fills MiB of anonymous memory with a pattern derived from its own
  * start, then ticks: each tick bumps a counter, appends "tick N" to LOG
@@ -17,7 +17,8 @@
  * -b chooses where the main thread waits between ticks: nanosleep (default),
  * a futex wait with a timeout, or a busy loop. With -r, a thread opens the
  * named FIFO read-write and blocks in read(2) on it; each byte it gets is
- * logged as "read C", and "done" reports how many arrived.
+ * logged as "read C", and "done" reports how many arrived. -p sets a
+ * parent-death signal (SIGKILL), as programs under supervisors often do.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -30,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -88,13 +90,14 @@ int main(int argc, char **argv)
 	int code = 0;
 	int c;
 	const char *fifopath = NULL;
-	while ((c = getopt(argc, argv, "m:t:b:x:r:")) != -1) {
+	while ((c = getopt(argc, argv, "m:t:b:x:r:p")) != -1) {
 		switch (c) {
 		case 'm': mib = strtoul(optarg, NULL, 0); break;
 		case 't': nthreads = atoi(optarg); break;
 		case 'b': block = optarg; break;
 		case 'x': code = atoi(optarg); break;
 		case 'r': fifopath = optarg; break;
+		case 'p': prctl(PR_SET_PDEATHSIG, SIGKILL); break;
 		default: return 2;
 		}
 	}
