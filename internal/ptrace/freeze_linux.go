@@ -18,6 +18,10 @@ import (
 // looping forever.
 const maxFreezeRounds = 100
 
+// maxExitRetries bounds how often a thread that refuses PTRACE_SEIZE while
+// nobody traces it is taken for one that is exiting.
+const maxExitRetries = 20
+
 // FreezeProcess seizes and stops every thread of process pid, re-reading
 // /proc/PID/task until a full pass finds no thread it has not stopped (a
 // stopped thread cannot create more, and a clone interrupted half-way is
@@ -58,6 +62,7 @@ func (t *Tracer) freeze(pid int, opts int) ([]int, error) {
 		return nil, fmt.Errorf("freeze %d: %w", pid, err)
 	}
 	seen := make(map[int]bool)
+	retries := make(map[int]int)
 	for round := 0; ; round++ {
 		if round == maxFreezeRounds {
 			return fail(errors.New("thread set does not settle"))
@@ -83,9 +88,12 @@ func (t *Tracer) freeze(pid int, opts int) ([]int, error) {
 				if err == unix.ESRCH && tid != pid {
 					continue // the thread exited under us
 				}
-				if err == unix.EPERM && tid != pid && threadExiting(pid, tid) {
+				if err == unix.EPERM && tid != pid && retries[tid] < maxExitRetries && threadExiting(pid, tid) {
 					// A thread on its way out refuses PTRACE_SEIZE; it
-					// vanishes shortly, so look again next round.
+					// vanishes shortly, so look again next round. One
+					// that stays is refused for another reason (an
+					// LSM): report that, bounded.
+					retries[tid]++
 					delete(seen, tid)
 					fresh = true
 					time.Sleep(100 * time.Microsecond)
