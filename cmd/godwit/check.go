@@ -15,6 +15,7 @@ func checkCmd(a *app) *cobra.Command {
 			code, err := kerndat.Run(a.stdout, kerndat.Options{
 				Extra: a.o.Extra, Experimental: a.o.Experimental, All: a.o.All,
 				Feature: a.o.Feature,
+				Errors:  a.stderr,
 				OnResult: func(r kerndat.Result) {
 					if r.OK() {
 						a.log.Debugf("%s (%s): ok", r.Feature.Name, r.Feature.Doc)

@@ -15,6 +15,10 @@ type Options struct {
 	// OnResult, if set, sees every result as it is produced (the CLI logs
 	// the successful ones at -v4).
 	OnResult func(Result)
+	// Errors, if set, receives the "Error"/"Warn" lines of missing
+	// features (CRIU logs them; the verdict alone goes to Run's writer).
+	// Nil: both go to Run's writer.
+	Errors io.Writer
 }
 
 // The verdicts of CRIU's cr-check.c, word for word.
@@ -55,6 +59,10 @@ func Selected(o Options) []Feature {
 // or when w fails; the CLI prints it.
 func Run(w io.Writer, o Options) (exitCode int, err error) {
 	ew := &errWriter{w: w}
+	fw := ew
+	if o.Errors != nil {
+		fw = &errWriter{w: o.Errors}
+	}
 	switch o.Feature {
 	case "":
 	case "list":
@@ -73,7 +81,7 @@ func Run(w io.Writer, o Options) (exitCode int, err error) {
 			ew.printf("%s is supported\n", f.Name)
 			return ew.result(0)
 		}
-		ew.printf("%s\n", failureLine(r))
+		fw.printf("%s\n", failureLine(r))
 		ew.printf("%s is not supported\n", f.Name)
 		return ew.result(1)
 	}
@@ -91,7 +99,7 @@ func Run(w io.Writer, o Options) (exitCode int, err error) {
 		if f.Category == Required {
 			missing1 = true
 		}
-		ew.printf("%s\n", failureLine(r))
+		fw.printf("%s\n", failureLine(r))
 	}
 	switch {
 	case missing1:
