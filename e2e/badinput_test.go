@@ -96,16 +96,7 @@ func TestDumpUnsupportedFDResumes(t *testing.T) {
 				t.Fatalf("after a failed dump: state %s, tracer %d", state, tracer)
 			}
 			w.waitTicks(3)
-			syscall.Kill(w.pid, syscall.SIGUSR1)
-			select {
-			case err := <-w.waited:
-				if err != nil {
-					t.Fatalf("program after a failed dump: %v", err)
-				}
-				w.waited <- nil
-			case <-time.After(10 * time.Second):
-				t.Fatal("program did not finish")
-			}
+			w.finishOriginal(t, "after a failed dump")
 		})
 	}
 }

@@ -117,19 +117,7 @@ func TestLeaveRunning(t *testing.T) {
 		t.Fatalf("after dump -R: state %s, tracer %d", state, tracer)
 	}
 	w.waitTicks(5)
-	syscall.Kill(w.pid, syscall.SIGUSR1)
-	select {
-	case err := <-w.waited:
-		if err != nil {
-			t.Fatalf("original after dump -R failed its checks: %v\n%s", err, w.tail())
-		}
-		w.waited <- nil
-	case <-time.After(10 * time.Second):
-		t.Fatal("original did not finish")
-	}
-	for i := 0; i < 300 && pidExists(w.pid); i++ {
-		time.Sleep(10 * time.Millisecond)
-	}
+	w.finishOriginal(t, "after dump -R")
 	r := restore(t, w, dir)
 	w.waitTicks(3)
 	if code := r.finish(t, w); code != 0 {
@@ -163,16 +151,7 @@ func TestLeaveStopped(t *testing.T) {
 	}
 	syscall.Kill(w.pid, syscall.SIGCONT)
 	w.waitTicks(3)
-	syscall.Kill(w.pid, syscall.SIGUSR1)
-	select {
-	case err := <-w.waited:
-		if err != nil {
-			t.Fatalf("program after dump -s and SIGCONT: %v\n%s", err, w.tail())
-		}
-		w.waited <- nil
-	case <-time.After(10 * time.Second):
-		t.Fatal("program did not finish")
-	}
+	w.finishOriginal(t, "after dump -s and SIGCONT")
 }
 
 // restore without -d exits with the restored program's status.

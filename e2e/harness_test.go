@@ -304,6 +304,25 @@ func readFile(p string) string {
 	return string(b)
 }
 
+// finishOriginal asks the original (not restored) program to check itself
+// and expects it to exit 0.
+func (w *workload) finishOriginal(t *testing.T, what string) {
+	t.Helper()
+	syscall.Kill(w.pid, syscall.SIGUSR1)
+	select {
+	case err := <-w.waited:
+		w.waited <- nil // let the cleanup's receive pass
+		if err != nil {
+			t.Fatalf("%s: the program failed its checks: %v\n%s", what, err, w.tail())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: the program did not finish", what)
+	}
+	for i := 0; i < 300 && pidExists(w.pid); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // reapKilled waits for the original process, which dump killed.
 func (w *workload) reapKilled(t *testing.T) {
 	t.Helper()
