@@ -3,7 +3,10 @@ package restorer
 import (
 	"encoding/binary"
 	"fmt"
+	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/vma"
@@ -36,14 +39,22 @@ type window struct {
 
 // pickWindow chooses the lowest window address clear of every dumped VMA.
 func pickWindow(vmas []*vma.VmaEntry) (window, error) {
-	cands := []uint64{puppet.DefaultBase, 1 << 24, 1 << 30, 1 << 32}
+	// Nothing may be mapped below vm.mmap_min_addr (0x10000 by default,
+	// higher on some hardened hosts): the stub cannot load there.
+	low := uint64(puppet.DefaultBase)
+	if b, err := os.ReadFile("/proc/sys/vm/mmap_min_addr"); err == nil {
+		if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
+			low = max(low, (n+windowAlign-1)&^(windowAlign-1))
+		}
+	}
+	cands := []uint64{low, 1 << 24, 1 << 30, 1 << 32}
 	for _, v := range vmas {
 		cands = append(cands, (v.GetEnd()+windowGuard+windowAlign-1)&^(windowAlign-1))
 	}
 	sort.Slice(cands, func(i, j int) bool { return cands[i] < cands[j] })
 	for _, c := range cands {
 		lo, hi := c-windowGuard, c+windowSize+windowGuard
-		if c < puppet.DefaultBase || hi > taskSize>>1 {
+		if c < low || hi > taskSize>>1 {
 			continue
 		}
 		if !overlapsAny(vmas, lo, hi) {
