@@ -3,12 +3,15 @@ package kerndat
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+
+	"godwit/internal/procfs"
 )
 
 func needRoot(t *testing.T) {
@@ -287,7 +290,7 @@ type procState struct {
 func snapshot(t *testing.T) procState {
 	t.Helper()
 	var s procState
-	me := strconv.Itoa(os.Getpid())
+	me := os.Getpid()
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		t.Fatal(err)
@@ -300,10 +303,9 @@ func snapshot(t *testing.T) procState {
 		if err != nil {
 			continue // exited meanwhile
 		}
-		f, err := statFields(b)
-		if err == nil && len(f) > 1 && f[1] == me {
-			comm, _, _ := strings.Cut(string(b), ")")
-			s.children = append(s.children, comm+") "+f[0])
+		st, err := procfs.ParseStat(b)
+		if err == nil && st.Ppid == me {
+			s.children = append(s.children, fmt.Sprintf("%d (%s) %c", st.Pid, st.Comm, st.State))
 		}
 	}
 	fds, err := os.ReadDir("/proc/self/fd")

@@ -3,12 +3,13 @@ package kerndat
 import (
 	"encoding/binary"
 	"fmt"
-	"strconv"
+	"os"
 	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 )
 
@@ -61,12 +62,12 @@ func probePtraceXstate() error {
 // [vdso] mapping) and maps a fresh one with arch_prctl(ARCH_MAP_VDSO_64)
 // at the same place; the parent sees it in the child's maps.
 func probeCanMapVdso() error {
-	maps, err := readMaps("self")
+	maps, err := procfs.ReadMaps(os.Getpid())
 	if err != nil {
 		return err
 	}
-	var special []mapping
-	var vdso mapping
+	var special []procfs.Mapping
+	var vdso procfs.Mapping
 	for _, m := range maps {
 		if m.Path == "[vdso]" || strings.HasPrefix(m.Path, "[vvar") {
 			special = append(special, m)
@@ -103,7 +104,7 @@ func probeCanMapVdso() error {
 	if err := waitReady(ready[0], c); err != nil {
 		return fmt.Errorf("unmap vDSO and ARCH_MAP_VDSO_64 in a child: %w", err)
 	}
-	cm, err := readMaps(strconv.Itoa(c.pid))
+	cm, err := procfs.ReadMaps(c.pid)
 	if err != nil {
 		return err
 	}

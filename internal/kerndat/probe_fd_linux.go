@@ -11,10 +11,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/abi/linux"
+	"godwit/internal/procfs"
 )
 
-func fdinfo(fd int) ([]byte, error) {
-	return os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(fd))
+// fdinfo parses /proc/PID/fdinfo/FD of one of our own descriptors.
+func fdinfo(fd int) (*procfs.FDInfo, error) {
+	return procfs.ReadFDInfo(os.Getpid(), fd)
 }
 
 // probeFdinfoExt: eventfd, epoll, signalfd and inotify show their state in
@@ -25,11 +27,11 @@ func probeFdinfoExt() error {
 		return fmt.Errorf("eventfd: %w", err)
 	}
 	defer unix.Close(efd)
-	b, err := fdinfo(efd)
+	fi, err := fdinfo(efd)
 	if err != nil {
 		return err
 	}
-	if v, ok := fdinfoValue(b, "eventfd-count:"); !ok || strings.TrimLeft(v, "0") != "d" {
+	if v, ok := fi.Get("eventfd-count"); !ok || strings.TrimLeft(v, "0") != "d" {
 		return fmt.Errorf("eventfd fdinfo: count %q, want 0xd", v)
 	}
 
@@ -47,10 +49,10 @@ func probeFdinfoExt() error {
 	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, p[0], &unix.EpollEvent{Events: unix.EPOLLIN}); err != nil {
 		return fmt.Errorf("epoll_ctl: %w", err)
 	}
-	if b, err = fdinfo(ep); err != nil {
+	if fi, err = fdinfo(ep); err != nil {
 		return err
 	}
-	if v, ok := fdinfoValue(b, "tfd:"); !ok || !strings.HasPrefix(v, strconv.Itoa(p[0])+" ") {
+	if v, ok := fi.Get("tfd"); !ok || !strings.HasPrefix(v, strconv.Itoa(p[0])+" ") {
 		return fmt.Errorf("epoll fdinfo: tfd line %q, want target %d", v, p[0])
 	}
 
@@ -61,10 +63,10 @@ func probeFdinfoExt() error {
 		return fmt.Errorf("signalfd: %w", err)
 	}
 	defer unix.Close(sfd)
-	if b, err = fdinfo(sfd); err != nil {
+	if fi, err = fdinfo(sfd); err != nil {
 		return err
 	}
-	if v, ok := fdinfoValue(b, "sigmask:"); !ok || strings.TrimLeft(v, "0") != "200" {
+	if v, ok := fi.Get("sigmask"); !ok || strings.TrimLeft(v, "0") != "200" {
 		return fmt.Errorf("signalfd fdinfo: sigmask %q, want SIGUSR1 (0x200)", v)
 	}
 
@@ -77,10 +79,10 @@ func probeFdinfoExt() error {
 	if err != nil {
 		return fmt.Errorf("inotify_add_watch: %w", err)
 	}
-	if b, err = fdinfo(ifd); err != nil {
+	if fi, err = fdinfo(ifd); err != nil {
 		return err
 	}
-	if v, ok := fdinfoValue(b, "inotify wd:"); !ok || !strings.HasPrefix(v, strconv.FormatInt(int64(wd), 16)+" ") {
+	if v, ok := fi.Get("inotify wd"); !ok || !strings.HasPrefix(v, strconv.FormatInt(int64(wd), 16)+" ") {
 		return fmt.Errorf("inotify fdinfo: wd line %q, want wd %d", v, wd)
 	}
 	return nil
@@ -93,11 +95,11 @@ func probeMntID() error {
 		return err
 	}
 	defer f.Close()
-	b, err := fdinfo(int(f.Fd()))
+	fi, err := fdinfo(int(f.Fd()))
 	if err != nil {
 		return err
 	}
-	if v, ok := fdinfoValue(b, "mnt_id:"); !ok || v == "" {
+	if fi.MntID < 0 {
 		return fmt.Errorf("fdinfo has no mnt_id")
 	}
 	return nil
@@ -113,11 +115,11 @@ func probeFdinfoLock() error {
 	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
 		return fmt.Errorf("flock: %w", err)
 	}
-	b, err := fdinfo(fd)
+	fi, err := fdinfo(fd)
 	if err != nil {
 		return err
 	}
-	if v, ok := fdinfoValue(b, "lock:"); !ok || !strings.Contains(v, "FLOCK") {
+	if v, ok := fi.Get("lock"); !ok || !strings.Contains(v, "FLOCK") {
 		return fmt.Errorf("fdinfo of a flocked file has no FLOCK lock line")
 	}
 	return nil
@@ -134,11 +136,11 @@ func probeTimerfd() error {
 	if err := unix.TimerfdSettime(fd, 0, &its, nil); err != nil {
 		return fmt.Errorf("timerfd_settime: %w", err)
 	}
-	b, err := fdinfo(fd)
+	fi, err := fdinfo(fd)
 	if err != nil {
 		return err
 	}
-	if v, ok := fdinfoValue(b, "it_interval:"); !ok || !strings.Contains(v, "3600") {
+	if v, ok := fi.Get("it_interval"); !ok || !strings.Contains(v, "3600") {
 		return fmt.Errorf("timerfd fdinfo: it_interval %q, want 3600 s", v)
 	}
 	ticks := uint64(5)

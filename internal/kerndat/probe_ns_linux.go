@@ -9,6 +9,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"godwit/internal/procfs"
 )
 
 func nsIno(pid, name string) (uint64, error) {
@@ -137,17 +139,20 @@ func probeTimens() error {
 // nested PID namespace.
 func probeNsPid() error {
 	return inNewNs(unix.CLONE_NEWPID, 0, func(pid string) error {
-		b, err := os.ReadFile("/proc/" + pid + "/status")
+		n, err := strconv.Atoi(pid)
 		if err != nil {
 			return err
 		}
-		v, ok := fdinfoValue(b, "NSpid:")
-		if !ok {
+		st, err := procfs.ReadStatus(n)
+		if err != nil {
+			return err
+		}
+		f := st.NSpid
+		if len(f) == 0 {
 			return errors.New("/proc/PID/status has no NSpid")
 		}
-		f := strings.Fields(v)
-		if len(f) < 2 || f[len(f)-2] != pid || f[len(f)-1] != "1" {
-			return fmt.Errorf("NSpid of %s in a new PID namespace is %q, want \"... %s 1\"", pid, v, pid)
+		if len(f) < 2 || f[len(f)-2] != n || f[len(f)-1] != 1 {
+			return fmt.Errorf("NSpid of %s in a new PID namespace is %v, want [... %s 1]", pid, f, pid)
 		}
 		return nil
 	})

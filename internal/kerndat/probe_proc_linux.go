@@ -12,15 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/abi/linux"
+	"godwit/internal/procfs"
 )
-
-func readMaps(pid string) ([]mapping, error) {
-	b, err := os.ReadFile("/proc/" + pid + "/maps")
-	if err != nil {
-		return nil, err
-	}
-	return parseMaps(b)
-}
 
 // probeMapFiles: /proc/PID/map_files of another process names and opens
 // the file behind a mapping (the ELF header of its executable).
@@ -35,7 +28,7 @@ func probeMapFiles() error {
 	if err != nil {
 		return err
 	}
-	maps, err := readMaps(pid)
+	maps, err := procfs.ReadMaps(s.pid)
 	if err != nil {
 		return err
 	}
@@ -77,7 +70,7 @@ func probeProcessVMReadv() error {
 	}
 	defer s.kill()
 	pid := strconv.Itoa(s.pid)
-	maps, err := readMaps(pid)
+	maps, err := procfs.ReadMaps(s.pid)
 	if err != nil {
 		return err
 	}
@@ -273,26 +266,14 @@ func probePrctl() error {
 // probePrctlMMMap: a forked child sets its whole mm layout with
 // PR_SET_MM_MAP (to the values it already has, auxv included).
 func probePrctlMMMap() error {
-	b, err := os.ReadFile("/proc/self/stat")
+	st, err := procfs.ReadStat(os.Getpid())
 	if err != nil {
 		return err
 	}
-	f, err := statFields(b)
-	if err != nil {
-		return err
-	}
-	var m linux.PrctlMmMap
-	for _, x := range []struct {
-		field int
-		dst   *uint64
-	}{
-		{26, &m.StartCode}, {27, &m.EndCode}, {28, &m.StartStack},
-		{45, &m.StartData}, {46, &m.EndData}, {47, &m.StartBrk},
-		{48, &m.ArgStart}, {49, &m.ArgEnd}, {50, &m.EnvStart}, {51, &m.EnvEnd},
-	} {
-		if *x.dst, err = statField(f, x.field); err != nil {
-			return err
-		}
+	m := linux.PrctlMmMap{
+		StartCode: st.StartCode, EndCode: st.EndCode, StartStack: st.StartStack,
+		StartData: st.StartData, EndData: st.EndData, StartBrk: st.StartBrk,
+		ArgStart: st.ArgStart, ArgEnd: st.ArgEnd, EnvStart: st.EnvStart, EnvEnd: st.EnvEnd,
 	}
 	brk, _, _ := unix.RawSyscall(unix.SYS_BRK, 0, 0, 0)
 	m.Brk = uint64(brk)
@@ -381,12 +362,12 @@ func probeAioRemap() error {
 		return fmt.Errorf("io_setup: %w", e)
 	}
 	destroy := func() { unix.Syscall(unix.SYS_IO_DESTROY, uintptr(ctx), 0, 0) }
-	maps, err := readMaps("self")
+	maps, err := procfs.ReadMaps(os.Getpid())
 	if err != nil {
 		destroy()
 		return err
 	}
-	var ring mapping
+	var ring procfs.Mapping
 	for _, m := range maps {
 		if m.Start == ctx {
 			ring = m
@@ -513,11 +494,8 @@ func probeProcStat() error {
 	if err != nil {
 		return err
 	}
-	f, err := statFields(b)
-	if err != nil {
-		return err
-	}
-	if _, err := statField(f, 52); err != nil {
+	// ParseStat insists on every field up to exit_code.
+	if _, err := procfs.ParseStat(b); err != nil {
 		return fmt.Errorf("/proc/self/stat lacks the C/R fields: %w", err)
 	}
 	return nil
@@ -574,11 +552,11 @@ func probePosixTimers() error {
 	if err := waitReady(ready[0], c); err != nil {
 		return fmt.Errorf("timer_create in a child: %w", err)
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/timers", c.pid))
+	ts, err := procfs.ReadTimers(c.pid)
 	if err != nil {
 		return err
 	}
-	if !fdinfoHas(b, "ID:") {
+	if len(ts) == 0 {
 		return fmt.Errorf("/proc/%d/timers does not list the child's timer", c.pid)
 	}
 	return nil

@@ -156,6 +156,27 @@ func TestParseFDInfo(t *testing.T) {
 	if v, ok := ev.Get("eventfd-count"); !ok || v != "3" {
 		t.Errorf("eventfd %+v", ev)
 	}
+	// Keys may hold spaces ("inotify wd", "settime flags"); the value is
+	// the rest of the line, inner colons included.
+	ty, err := ParseFDInfo([]byte("pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t9\n" +
+		"inotify wd:1 ino:2 sdev:800002 mask:fff ignored_mask:0\n" +
+		"clockid: 1\nsettime flags: 00\nit_interval: (3600, 0)\nlock:\t1: FLOCK  ADVISORY  WRITE 7 00:01:2 0 EOF\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]string{
+		"inotify wd":    "1 ino:2 sdev:800002 mask:fff ignored_mask:0",
+		"settime flags": "00",
+		"it_interval":   "(3600, 0)",
+		"lock":          "1: FLOCK  ADVISORY  WRITE 7 00:01:2 0 EOF",
+	} {
+		if v, ok := ty.Get(k); !ok || v != want {
+			t.Errorf("Get(%q) = %q, %v; want %q", k, v, ok, want)
+		}
+	}
+	if _, ok := ty.Get("tfd"); ok {
+		t.Error("Get of an absent key succeeded")
+	}
 	for _, bad := range []string{"", "pos:\t1\n", "pos:\tx\nflags:\t0\n", "pos:\t0\nflags:\t9\n", "pos 0\n"} {
 		if _, err := ParseFDInfo([]byte(bad)); err == nil {
 			t.Errorf("ParseFDInfo(%q) succeeded", bad)
