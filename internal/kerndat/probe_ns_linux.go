@@ -182,15 +182,7 @@ func probeMoveMountSetGroup() error {
 	p.add(unix.SYS_MOUNT, a, b, 0, unix.MS_BIND, 0)
 	p.add(unix.SYS_MOUNT, 0, a, 0, unix.MS_SHARED, 0)
 	p.add(unix.SYS_MOVE_MOUNT, atCWD, a, atCWD, b, unix.MOVE_MOUNT_SET_GROUP)
-	c, err := startRaw(&p, 0, keep...)
-	if err != nil {
-		return err
-	}
-	defer c.free()
-	if err := c.wait(stopTimeout); err != nil {
-		return fmt.Errorf("in a private mount namespace: %w", err)
-	}
-	return nil
+	return runRaw(&p, "in a private mount namespace", keep...)
 }
 
 // probeAutofs: a forked child mounts autofs in a private mount namespace

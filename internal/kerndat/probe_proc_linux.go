@@ -289,15 +289,7 @@ func probePrctlMMMap() error {
 	m.ExeFd = ^uint32(0) // keep the exe link
 	var p rawProg
 	p.add(unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, uintptr(unsafe.Pointer(&m)), unsafe.Sizeof(m), 0)
-	c, err := startRaw(&p, 0, &m, auxv)
-	if err != nil {
-		return err
-	}
-	defer c.free()
-	if err := c.wait(stopTimeout); err != nil {
-		return fmt.Errorf("PR_SET_MM_MAP in a child: %w", err)
-	}
-	return nil
+	return runRaw(&p, "PR_SET_MM_MAP in a child", &m, auxv)
 }
 
 // probeClone3SetTID: clone3 with set_tid makes a child with a chosen free
@@ -459,15 +451,7 @@ func probeSigqueueinfo() error {
 	var p rawProg
 	s := p.add(unix.SYS_RT_SIGQUEUEINFO, 0, uintptr(unix.SIGUSR1), uintptr(unsafe.Pointer(&si[0])))
 	s.pidArg = 0
-	c, err := startRaw(&p, 0, &si)
-	if err != nil {
-		return err
-	}
-	defer c.free()
-	if err := c.wait(stopTimeout); err != nil {
-		return fmt.Errorf("rt_sigqueueinfo to self with si_code 1: %w", err)
-	}
-	return nil
+	return runRaw(&p, "rt_sigqueueinfo to self with si_code 1", &si)
 }
 
 // probeNsLastPid: /proc/sys/kernel/ns_last_pid is writable and readable.
