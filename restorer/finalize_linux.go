@@ -16,7 +16,8 @@ import (
 	"godwit/internal/xstate"
 )
 
-// Finalize rebuilds everything but memory: threads, file descriptors, fs,
+// Finalize rebuilds everything but memory: threads, session and process
+// group, file descriptors, fs,
 // sigactions, timers, rlimits, personality, per-thread state (sigaltstack,
 // rseq, robust list, clear_child_tid, pending signals), the mm (exe,
 // auxv, brk and boundaries, final protections), credentials last, then
@@ -31,6 +32,7 @@ func (r *Restorer) Finalize() error {
 		fn   func() error
 	}{
 		{"threads", r.makeThreads},
+		{"session and process group", r.inLeader(r.restoreSession)},
 		{"process state", r.inLeader(r.processState)},
 		{"thread state", r.eachThread(r.threadState)},
 		{"mm", r.finishMM},

@@ -91,6 +91,9 @@ func readImages(d *images.Dir) (ti *taskImages, err error) {
 	if ti.pid <= 0 || ti.pid > 1<<22 {
 		return nil, fmt.Errorf("%s: bad pid %d", images.PstreeImg, ps.GetPid())
 	}
+	if err := checkSessionIDs(ps.GetPid(), ps.GetPgid(), ps.GetSid()); err != nil {
+		return nil, fmt.Errorf("%s: task %d: %w", images.PstreeImg, ti.pid, err)
+	}
 	tids := ps.GetThreads()
 	if len(tids) == 0 {
 		tids = []uint32{uint32(ti.pid)}

@@ -1,0 +1,122 @@
+package restorer
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/testutil"
+)
+
+// sessionOf returns pid's process group and session.
+func sessionOf(t *testing.T, pid int) (int, int) {
+	t.Helper()
+	pgid, err := unix.Getpgid(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sid, err := unix.Getsid(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pgid, sid
+}
+
+// sessionCase starts a counter with attr, dumps it and checks that the
+// restored task is back in the dumped group and session.
+func sessionCase(t *testing.T, attr *syscall.SysProcAttr) {
+	needRoot(t)
+	dir := t.TempDir()
+	log := filepath.Join(dir, "log")
+	imgs := filepath.Join(dir, "img")
+	cmd := exec.Command(testutil.CounterBin(t, false), log)
+	null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = null, null, null
+	cmd.SysProcAttr = attr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	reaped := false
+	t.Cleanup(func() {
+		if !reaped {
+			_ = unix.Kill(pid, unix.SIGKILL)
+			_ = cmd.Wait()
+		}
+	})
+	testutil.WaitFor(t, log, "tick 3", 20*time.Second)
+	pgid, sid := sessionOf(t, pid)
+	dump(t, pid, imgs, nil)
+	_ = cmd.Wait()
+	reaped = true
+
+	r := restore(t, imgs, nil)
+	gotPgid, gotSid := sessionOf(t, r.PID())
+	if gotPgid != pgid || gotSid != sid {
+		t.Fatalf("restored %d in group %d session %d, want group %d session %d", r.PID(), gotPgid, gotSid, pgid, sid)
+	}
+	finish(t, r, log)
+}
+
+// A group leader in godwit's session: setpgid(0, 0).
+func TestRestoreOwnGroup(t *testing.T) { sessionCase(t, &syscall.SysProcAttr{Setpgid: true}) }
+
+// A session leader: setsid.
+func TestRestoreSessionLeader(t *testing.T) { sessionCase(t, &syscall.SysProcAttr{Setsid: true}) }
+
+// startLeader starts a process leading a group of its own, killed and
+// reaped at test end (or by the returned func).
+func startLeader(t *testing.T) (int, func()) {
+	t.Helper()
+	cmd := exec.Command("sleep", "600")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := false
+	stop := func() {
+		if !done {
+			done = true
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}
+	t.Cleanup(stop)
+	return cmd.Process.Pid, stop
+}
+
+// A member of another task's group joins it again while it exists, and
+// is refused, naming the group, once it does not.
+func TestRestoreForeignGroup(t *testing.T) {
+	needRoot(t)
+	leader, stopLeader := startLeader(t)
+	sessionCase(t, &syscall.SysProcAttr{Setpgid: true, Pgid: leader})
+
+	dir := t.TempDir()
+	log := filepath.Join(dir, "log")
+	imgs := filepath.Join(dir, "img")
+	cmd := exec.Command(testutil.CounterBin(t, false), log)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pgid: leader}
+	w := testutil.Start(t, cmd, log, "tick 3")
+	if pgid, _ := sessionOf(t, w.Pid); pgid != leader {
+		t.Fatalf("workload in group %d, want %d", pgid, leader)
+	}
+	dump(t, w.Pid, imgs, nil)
+	w.Reaped(t)
+	stopLeader() // the group is gone with its last member
+
+	err := restoreFails(t, imgs, w.Pid, "process group")
+	if !strings.Contains(err.Error(), "cannot be recreated") {
+		t.Fatalf("restore: %v, want a refusal naming the group", err)
+	}
+}
