@@ -1,0 +1,355 @@
+package criuimg
+
+import (
+	"fmt"
+
+	core_x86 "github.com/checkpoint-restore/go-criu/v8/crit/images/core-x86"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/creds"
+	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
+	criu_sa "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-sa"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
+	fsimg "github.com/checkpoint-restore/go-criu/v8/crit/images/fs"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/mm"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/pstree"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/regfile"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/rlimit"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/rseq"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/siginfo"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/timer"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/vma"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"godwit/internal/images"
+	"godwit/internal/model"
+	"godwit/internal/xstate"
+)
+
+// Write writes t's images into d, inventory.img last (its absence marks
+// an incomplete dump). written is called with each image's name before
+// the image is created, so that a caller can remove them after a failure.
+func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
+	if len(t.Tasks) == 0 {
+		return fmt.Errorf("write images: empty tree")
+	}
+	put := func(name string, ms ...proto.Message) error {
+		if written != nil {
+			written(name)
+		}
+		if err := images.Write(d, name, ms...); err != nil {
+			return err
+		}
+		return nil
+	}
+	var pss []proto.Message
+	fdTables := map[model.ID]bool{}
+	for _, k := range t.Tasks {
+		if err := writeTask(k, put); err != nil {
+			return fmt.Errorf("write images of %d: %w", k.Pid, err)
+		}
+		pss = append(pss, pstreeEntry(k))
+		if !fdTables[k.IDs.Files] {
+			fdTables[k.IDs.Files] = true
+			var fds []proto.Message
+			for _, fd := range k.FDs {
+				fds = append(fds, fdinfoEntry(fd))
+			}
+			if err := put(images.FdinfoImg(uint32(k.IDs.Files)), fds...); err != nil {
+				return err
+			}
+		}
+	}
+	if err := put(images.PstreeImg, pss...); err != nil {
+		return err
+	}
+	var files []proto.Message
+	for _, id := range t.FileIDs() {
+		files = append(files, fileEntry(t.Files[id]))
+	}
+	if err := put(images.FilesImg, files...); err != nil {
+		return err
+	}
+	if written != nil {
+		written(images.InventoryImg)
+	}
+	// The root task's ids stand for the dumping tool's own: a task of
+	// the root's namespaces is in the host's.
+	return images.WriteInventory(d, images.InventoryOptions{RootIDs: kobjIDs(&t.Root().IDs)})
+}
+
+func writeTask(k *model.Task, put func(string, ...proto.Message) error) error {
+	if len(k.Threads) == 0 {
+		return fmt.Errorf("no threads")
+	}
+	ids := kobjIDs(&k.IDs)
+	for i, th := range k.Threads {
+		c, err := coreEntry(th)
+		if err != nil {
+			return fmt.Errorf("thread %d: %w", th.Tid, err)
+		}
+		if i == 0 {
+			c.Tc = taskCore(k)
+			c.Ids = ids
+		}
+		if err := put(images.CoreImg(th.Tid), c); err != nil {
+			return err
+		}
+	}
+	// crit 3.17 (and CRIU 3.x) read the ids from ids-PID.img; CRIU 4
+	// from core. Write both.
+	if err := put(images.IdsImg(k.Pid), ids); err != nil {
+		return err
+	}
+	if k.MM != nil {
+		if err := put(images.MmImg(k.Pid), mmEntry(k.MM)); err != nil {
+			return err
+		}
+	}
+	if k.FS != nil {
+		fs := &fsimg.FsEntry{CwdId: proto.Uint32(uint32(k.FS.Cwd)), RootId: proto.Uint32(uint32(k.FS.Root))}
+		if k.FS.Umask != nil {
+			fs.Umask = proto.Uint32(*k.FS.Umask)
+		}
+		if err := put(images.FsImg(k.Pid), fs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func pstreeEntry(k *model.Task) *pstree.PstreeEntry {
+	tids := make([]uint32, len(k.Threads))
+	for i, th := range k.Threads {
+		tids[i] = uint32(th.Tid)
+	}
+	return &pstree.PstreeEntry{
+		Pid: proto.Uint32(uint32(k.Pid)), Ppid: proto.Uint32(uint32(k.Ppid)),
+		Pgid: proto.Uint32(uint32(k.Pgid)), Sid: proto.Uint32(uint32(k.Sid)),
+		Threads: tids,
+	}
+}
+
+func kobjIDs(i *model.KobjIDs) *criu_core.TaskKobjIdsEntry {
+	ns := func(v uint32) *uint32 {
+		if v == 0 {
+			return nil
+		}
+		return proto.Uint32(v)
+	}
+	return &criu_core.TaskKobjIdsEntry{
+		VmId: proto.Uint32(uint32(i.VM)), FilesId: proto.Uint32(uint32(i.Files)),
+		FsId: proto.Uint32(uint32(i.FS)), SighandId: proto.Uint32(uint32(i.Sighand)),
+		PidNsId: ns(i.NS.Pid), NetNsId: ns(i.NS.Net), IpcNsId: ns(i.NS.IPC), UtsNsId: ns(i.NS.UTS),
+		MntNsId: ns(i.NS.Mnt), UserNsId: ns(i.NS.User), CgroupNsId: ns(i.NS.Cgroup), TimeNsId: ns(i.NS.Time),
+	}
+}
+
+func signalQueue(q []model.Siginfo) *siginfo.SignalQueueEntry {
+	if len(q) == 0 {
+		return nil
+	}
+	out := &siginfo.SignalQueueEntry{}
+	for i := range q {
+		out.Signals = append(out.Signals, &siginfo.SiginfoEntry{Siginfo: append([]byte(nil), q[i][:]...)})
+	}
+	return out
+}
+
+func split(v uint64) []uint32 { return []uint32{uint32(v), uint32(v >> 32)} }
+
+func credsEntry(c *model.Creds) *creds.CredsEntry {
+	nnp := uint32(0)
+	if c.NoNewPrivs {
+		nnp = 1
+	}
+	return &creds.CredsEntry{
+		Uid: proto.Uint32(c.UID), Euid: proto.Uint32(c.EUID), Suid: proto.Uint32(c.SUID), Fsuid: proto.Uint32(c.FSUID),
+		Gid: proto.Uint32(c.GID), Egid: proto.Uint32(c.EGID), Sgid: proto.Uint32(c.SGID), Fsgid: proto.Uint32(c.FSGID),
+		CapInh: split(c.CapInh), CapPrm: split(c.CapPrm), CapEff: split(c.CapEff),
+		CapBnd: split(c.CapBnd), CapAmb: split(c.CapAmb),
+		Secbits: proto.Uint32(c.Secbits), NoNewPrivs: proto.Uint32(nnp),
+		Groups: append([]uint32(nil), c.Groups...),
+	}
+}
+
+// coreEntry builds a thread's core image, less the leader's tc and ids.
+func coreEntry(th *model.Thread) (*criu_core.CoreEntry, error) {
+	fp, err := xstate.ToCRIU(th.XState)
+	if err != nil {
+		return nil, err
+	}
+	thc := &criu_core.ThreadCoreEntry{
+		FutexRla:    proto.Uint64(th.RobustList),
+		FutexRlaLen: proto.Uint32(uint32(th.RobustLen)),
+		SchedNice:   proto.Int32(th.Nice),
+		SchedPolicy: proto.Uint32(th.Policy),
+		SchedPrio:   proto.Uint32(th.RtPrio),
+		BlkSigset:   proto.Uint64(th.Sigmask),
+		Sas: &criu_core.ThreadSasEntry{
+			SsSp: proto.Uint64(th.Sigaltstack.SP), SsSize: proto.Uint64(th.Sigaltstack.Size), SsFlags: proto.Uint32(th.Sigaltstack.Flags),
+		},
+		PdeathSig:   proto.Uint32(th.PdeathSig),
+		SignalsP:    signalQueue(th.Pending),
+		Creds:       credsEntry(&th.Creds),
+		SeccompMode: criu_core.SeccompMode_disabled.Enum(),
+		Comm:        proto.String(th.Comm),
+	}
+	if r := th.Rseq; r.Pointer != 0 {
+		thc.RseqEntry = &rseq.RseqEntry{
+			RseqAbiPointer: proto.Uint64(r.Pointer),
+			RseqAbiSize:    proto.Uint32(r.Size),
+			Signature:      proto.Uint32(r.Signature),
+		}
+	}
+	return &criu_core.CoreEntry{
+		Mtype: criu_core.CoreEntry_X86_64.Enum(),
+		ThreadInfo: &core_x86.ThreadInfoX86{
+			ClearTidAddr: proto.Uint64(th.ClearTid),
+			Gpregs:       gpregs(&th.Regs),
+			Fpregs:       fp,
+		},
+		ThreadCore: thc,
+	}, nil
+}
+
+func itimer(t model.Itimer) *timer.ItimerEntry {
+	return &timer.ItimerEntry{
+		Isec: proto.Uint64(t.IntervalSec), Iusec: proto.Uint64(t.IntervalUsec),
+		Vsec: proto.Uint64(t.ValueSec), Vusec: proto.Uint64(t.ValueUsec),
+	}
+}
+
+// sigevThreadID is SIGEV_THREAD_ID (include/uapi/asm-generic/siginfo.h).
+const sigevThreadID = 4
+
+// taskCore builds the leader's tc.
+func taskCore(k *model.Task) *criu_core.TaskCoreEntry {
+	var posix []*timer.PosixTimerEntry
+	for _, pt := range k.PosixTimers {
+		e := &timer.PosixTimerEntry{
+			ItId: proto.Uint32(uint32(pt.ID)), ClockId: proto.Uint32(uint32(pt.Clock)),
+			SiSigno: proto.Uint32(uint32(pt.Signal)), ItSigevNotify: proto.Uint32(pt.Notify),
+			SivalPtr: proto.Uint64(pt.Value), Overrun: proto.Uint32(pt.Overrun),
+			Isec: proto.Uint64(pt.IntervalSec), Insec: proto.Uint64(pt.IntervalNsec),
+			Vsec: proto.Uint64(pt.ValueSec), Vnsec: proto.Uint64(pt.ValueNsec),
+		}
+		if pt.Notify&sigevThreadID != 0 {
+			e.NotifyThreadId = proto.Int32(int32(pt.NotifyThread))
+		}
+		posix = append(posix, e)
+	}
+	var rl []*rlimit.RlimitEntry
+	for _, r := range k.Rlimits {
+		rl = append(rl, &rlimit.RlimitEntry{Cur: proto.Uint64(r.Cur), Max: proto.Uint64(r.Max)})
+	}
+	var sas []*criu_sa.SaEntry
+	for _, a := range k.Sigactions {
+		sas = append(sas, &criu_sa.SaEntry{
+			Sigaction: proto.Uint64(a.Handler), Flags: proto.Uint64(a.Flags),
+			Restorer: proto.Uint64(a.Restorer), Mask: proto.Uint64(a.Mask),
+		})
+	}
+	var blk uint64
+	if l := k.Leader(); l != nil {
+		blk = l.Sigmask
+	}
+	tc := &criu_core.TaskCoreEntry{
+		TaskState:   proto.Uint32(taskState(k.State)),
+		ExitCode:    proto.Uint32(uint32(k.ExitCode)),
+		Personality: proto.Uint32(k.Personality),
+		Flags:       proto.Uint32(0),
+		BlkSigset:   proto.Uint64(blk),
+		Comm:        proto.String(k.Comm),
+		Timers: &timer.TaskTimersEntry{
+			Real: itimer(k.Itimers[0]), Virt: itimer(k.Itimers[1]), Prof: itimer(k.Itimers[2]), Posix: posix,
+		},
+		Rlimits:        &criu_core.TaskRlimitsEntry{Rlimits: rl},
+		SignalsS:       signalQueue(k.SharedSignals),
+		Loginuid:       k.Loginuid,
+		OomScoreAdj:    k.OomScoreAdj,
+		Sigactions:     sas,
+		ChildSubreaper: proto.Bool(k.ChildSubreaper),
+	}
+	if k.State == model.Stopped {
+		tc.StopSigno = proto.Uint32(uint32(k.StopSignal))
+	}
+	return tc
+}
+
+func vmaEntry(v *model.VMA) *vma.VmaEntry {
+	e := &vma.VmaEntry{
+		Start: proto.Uint64(v.Start), End: proto.Uint64(v.End), Pgoff: proto.Uint64(v.Pgoff),
+		Shmid: proto.Uint64(v.Shmid), Prot: proto.Uint32(v.Prot), Flags: proto.Uint32(v.Flags),
+		Status: proto.Uint32(v.Status), Fd: proto.Int64(-1),
+	}
+	if v.Madv != 0 {
+		e.Madv = proto.Uint64(v.Madv)
+	}
+	if v.FileBacked() {
+		e.Fdflags = proto.Uint32(v.Fdflags)
+	}
+	return e
+}
+
+func mmEntry(m *model.MM) *mm.MmEntry {
+	e := &mm.MmEntry{
+		MmStartCode: proto.Uint64(m.StartCode), MmEndCode: proto.Uint64(m.EndCode),
+		MmStartData: proto.Uint64(m.StartData), MmEndData: proto.Uint64(m.EndData),
+		MmStartStack: proto.Uint64(m.StartStack), MmStartBrk: proto.Uint64(m.StartBrk),
+		MmBrk:      proto.Uint64(m.Brk),
+		MmArgStart: proto.Uint64(m.ArgStart), MmArgEnd: proto.Uint64(m.ArgEnd),
+		MmEnvStart: proto.Uint64(m.EnvStart), MmEnvEnd: proto.Uint64(m.EnvEnd),
+		ExeFileId:   proto.Uint32(uint32(m.Exe)),
+		MmSavedAuxv: append([]uint64(nil), m.Auxv...),
+		Dumpable:    proto.Int32(m.Dumpable),
+		ThpDisabled: proto.Bool(m.THPDisabled),
+	}
+	for i := range m.VMAs {
+		e.Vmas = append(e.Vmas, vmaEntry(&m.VMAs[i]))
+	}
+	return e
+}
+
+func fileEntry(f *model.File) *fdinfo.FileEntry {
+	r := &regfile.RegFileEntry{
+		Id:    proto.Uint32(uint32(f.ID)),
+		Flags: proto.Uint32(f.Flags),
+		Pos:   proto.Uint64(f.Pos),
+		Fown:  &fown.FownEntry{Uid: proto.Uint32(0), Euid: proto.Uint32(0), Signum: proto.Uint32(0), PidType: proto.Uint32(0), Pid: proto.Uint32(0)},
+		Name:  proto.String(f.Path),
+	}
+	if f.MntID >= 0 {
+		r.MntId = proto.Int32(int32(f.MntID))
+	}
+	if f.Mode != 0 {
+		r.Mode = proto.Uint32(f.Mode)
+	}
+	if f.Size != nil {
+		r.Size = proto.Uint64(*f.Size)
+	}
+	return &fdinfo.FileEntry{Type: fdinfo.FdTypes_REG.Enum(), Id: proto.Uint32(uint32(f.ID)), Reg: r}
+}
+
+func fdinfoEntry(fd model.FD) *fdinfo.FdinfoEntry {
+	fl := uint32(0)
+	if fd.Cloexec {
+		fl = unix.FD_CLOEXEC
+	}
+	return &fdinfo.FdinfoEntry{
+		Id: proto.Uint32(uint32(fd.File)), Flags: proto.Uint32(fl), Type: fdinfo.FdTypes_REG.Enum(), Fd: proto.Uint32(uint32(fd.Num)),
+	}
+}
+
+// taskState is task_core_entry.task_state of s.
+func taskState(s model.State) uint32 {
+	switch s {
+	case model.Stopped:
+		return images.TaskStopped
+	case model.Dead:
+		return images.TaskDead
+	case model.Zombie:
+		return images.TaskZombie
+	}
+	return images.TaskAlive
+}

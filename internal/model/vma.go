@@ -1,0 +1,29 @@
+package model
+
+import "godwit/internal/images"
+
+// VMA is one mapping.
+type VMA struct {
+	Start, End uint64
+	Pgoff      uint64 // file offset in bytes
+	Shmid      uint64 // File id (file mappings) or shmem inode (shared anon)
+	Prot       uint32
+	Flags      uint32 // MAP_*
+	// Status says what kind of mapping it is, in the bits of CRIU's
+	// VMA_AREA_* (images.Vma*): they are the classification every codec
+	// and the restorer use, so the model keeps them rather than define a
+	// second set.
+	Status  uint32
+	Madv    uint64 // 1<<MADV_* of the advice in force
+	Fdflags uint32 // open flags of the mapped file; file mappings only
+	Path    string // the mapped path, for messages (not in images)
+}
+
+// Private reports whether the VMA's own pages are dumped with the task's.
+func (v *VMA) Private() bool { return v.Status&(images.VmaAnonPrivate|images.VmaFilePrivate) != 0 }
+
+// SharedAnon reports whether its pages are dumped once per shmid.
+func (v *VMA) SharedAnon() bool { return v.Status&images.VmaAnonShared != 0 }
+
+// FileBacked reports whether Shmid is a File id.
+func (v *VMA) FileBacked() bool { return v.Status&(images.VmaFilePrivate|images.VmaFileShared) != 0 }
