@@ -6,9 +6,6 @@ import (
 	"os"
 	"time"
 
-	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/fs"
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/pstree"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/stats"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -17,6 +14,8 @@ import (
 	"godwit/internal/cpuinfo"
 	"godwit/internal/images"
 	"godwit/internal/logging"
+	"godwit/internal/model"
+	"godwit/internal/model/criuimg"
 	"godwit/internal/opts"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
@@ -253,11 +252,14 @@ func (d *dumpRun) collect() error {
 	if err != nil {
 		return err
 	}
+	task := &model.Task{
+		Pid: pid, Ppid: 0, // the root of the dumped tree, as CRIU writes it
+		Pgid: stat.Pgrp, Sid: stat.Session, State: model.Alive,
+		MM: &model.MM{}, FS: &model.FS{},
+	}
 	// Threads: registers first (rseq aborted as the kernel would on the
 	// way out), before any injection changes them.
-	threads := make([]*threadInfo, len(d.tids))
-	stopped, stopSig := false, 0
-	for i, tid := range d.tids {
+	for _, tid := range d.tids {
 		if _, err := d.tr.AbortRseq(tid); err != nil {
 			return fmt.Errorf("thread %d: %w", tid, err)
 		}
@@ -266,18 +268,22 @@ func (d *dumpRun) collect() error {
 			return fmt.Errorf("thread %d: %w", tid, err)
 		}
 		if tid == pid && ts.Stop.GroupStop() {
-			stopped, stopSig = true, int(ts.Stop.Sig)
+			task.State, task.StopSignal = model.Stopped, int(ts.Stop.Sig)
 		}
-		th := &threadInfo{tid: tid, state: ts}
+		th := &model.Thread{
+			Tid: tid, Regs: ts.Regs, XState: ts.XState, Sigmask: ts.Sigmask, Pending: siginfos(ts.Pending),
+			Rseq: model.Rseq{Pointer: ts.Rseq.AbiPointer, Size: ts.Rseq.AbiSize, Signature: ts.Rseq.Signature},
+		}
 		if err := collectThreadOutside(pid, th); err != nil {
 			return fmt.Errorf("thread %d: %w", tid, err)
 		}
-		threads[i] = th
+		task.Threads = append(task.Threads, th)
 	}
-	task := &taskInfo{}
-	if task.shared, err = d.tr.PeekSiginfo(pid, true); err != nil {
+	shared, err := d.tr.PeekSiginfo(pid, true)
+	if err != nil {
 		return err
 	}
+	task.SharedSignals = siginfos(shared)
 	if err := collectTaskOutside(pid, task); err != nil {
 		return err
 	}
@@ -288,7 +294,7 @@ func (d *dumpRun) collect() error {
 		return err
 	}
 	fl := newFiles()
-	fdEntries := fl.fdinfoEntries(pid, fds)
+	task.FDs = fl.fdTable(pid, fds)
 	exePath, exeSt, err := linkFile(pid, "exe")
 	if err != nil {
 		return fmt.Errorf("exe: %w", err)
@@ -302,97 +308,39 @@ func (d *dumpRun) collect() error {
 	if err != nil {
 		return fmt.Errorf("root: %w", err)
 	}
-	cwdID := fl.reg(cwdPath, unix.O_RDONLY|unix.O_DIRECTORY, 0, cwdSt, noMntID)
-	rootID := fl.reg(rootPath, unix.O_RDONLY|unix.O_DIRECTORY, 0, rootSt, noMntID)
+	task.FS.Cwd = fl.reg(cwdPath, unix.O_RDONLY|unix.O_DIRECTORY, 0, cwdSt, noMntID)
+	task.FS.Root = fl.reg(rootPath, unix.O_RDONLY|unix.O_DIRECTORY, 0, rootSt, noMntID)
+	umask := uint32(0o022)
+	if status.Umask >= 0 {
+		umask = uint32(status.Umask)
+	}
+	task.FS.Umask = &umask
 	// VMAs before the scratch mapping exists.
-	vmas, err := CollectVMAs(pid, func(path string, flags uint32, st *unix.Stat_t) uint32 {
+	vmas, err := CollectVMAs(pid, func(path string, flags uint32, st *unix.Stat_t) model.ID {
 		return fl.shared(path, flags, st, noMntID)
 	})
 	if err != nil {
 		return err
 	}
-
-	if err := d.inject(threads, task, vmas); err != nil {
+	if err := collectMM(pid, task, vmas, exeID); err != nil {
 		return err
 	}
 
-	// Images.
-	ids := &criu_core.TaskKobjIdsEntry{
-		VmId: proto.Uint32(1), FilesId: proto.Uint32(1), FsId: proto.Uint32(1), SighandId: proto.Uint32(1),
-	}
-	nsIDs(pid, ids)
-	tc := taskCore(task, threads[0], stopped, stopSig)
-	for i, th := range threads {
-		var c *criu_core.CoreEntry
-		if i == 0 {
-			c, err = coreEntry(th, tc, ids)
-		} else {
-			c, err = coreEntry(th, nil, nil)
-		}
-		if err != nil {
-			return err
-		}
-		if err := d.write(images.CoreImg(th.tid), c); err != nil {
-			return err
-		}
-	}
-	// crit 3.17 (and CRIU 3.x) read the ids from ids-PID.img; CRIU 4
-	// from core. Write both.
-	if err := d.write(images.IdsImg(pid), ids); err != nil {
+	if err := d.inject(task); err != nil {
 		return err
 	}
-	m, err := mmEntry(pid, vmas, task.brk, exeID, task.dumpable, task.thpDisabled)
-	if err != nil {
-		return err
-	}
-	if err := d.write(images.MmImg(pid), m); err != nil {
-		return err
-	}
-	threadIDs := make([]uint32, len(d.tids))
-	for i, t := range d.tids {
-		threadIDs[i] = uint32(t)
-	}
-	if err := d.write(images.PstreeImg, &pstree.PstreeEntry{
-		Pid: proto.Uint32(uint32(pid)), Ppid: proto.Uint32(0), // the root of the dumped tree, as CRIU writes it
-		Pgid: proto.Uint32(uint32(stat.Pgrp)), Sid: proto.Uint32(uint32(stat.Session)),
-		Threads: threadIDs,
-	}); err != nil {
-		return err
-	}
-	umask := uint32(0o022)
-	if status.Umask >= 0 {
-		umask = uint32(status.Umask)
-	}
-	if err := d.write(images.FsImg(pid), &fs.FsEntry{
-		CwdId: proto.Uint32(cwdID), RootId: proto.Uint32(rootID), Umask: proto.Uint32(umask),
-	}); err != nil {
-		return err
-	}
-	if err := images.Write(d.dir, images.FilesImg, fl.entries...); err != nil {
-		return err
-	}
-	d.note(images.FilesImg)
-	if err := images.Write(d.dir, images.FdinfoImg(1), fdEntries...); err != nil {
-		return err
-	}
-	d.note(images.FdinfoImg(1))
-	var rootIDs criu_core.TaskKobjIdsEntry
-	proto.Merge(&rootIDs, ids)
-	return images.WriteInventory(d.dir, images.InventoryOptions{RootIDs: &rootIDs})
-}
 
-func (d *dumpRun) write(name string, m proto.Message) error {
-	d.note(name)
-	if err := images.Write(d.dir, name, m); err != nil {
-		return err
-	}
-	return nil
+	// Single-process trees: the task's objects are the first of their
+	// kinds.
+	task.IDs = model.KobjIDs{VM: 1, Files: 1, FS: 1, Sighand: 1, NS: nsIDs(pid)}
+	tree := &model.Tree{Tasks: []*model.Task{task}, Files: fl.byID}
+	return criuimg.Write(d.dir, tree, d.note)
 }
 
 // inject runs everything that needs injected calls, and the memory dump,
 // with one scratch mapping; the scratch is unmapped and every session
 // ended before it returns, on success and on error.
-func (d *dumpRun) inject(threads []*threadInfo, task *taskInfo, vmas []VMA) (err error) {
+func (d *dumpRun) inject(task *model.Task) (err error) {
 	s, err := d.tr.BeginInjection(d.pid)
 	if err != nil {
 		return err
@@ -416,19 +364,19 @@ func (d *dumpRun) inject(threads []*threadInfo, task *taskInfo, vmas []VMA) (err
 	if err := collectTaskInjected(ls, task); err != nil {
 		return err
 	}
-	if err := collectThreadInjected(ls, threads[0]); err != nil {
-		return fmt.Errorf("thread %d: %w", threads[0].tid, err)
+	if err := collectThreadInjected(ls, task.Threads[0]); err != nil {
+		return fmt.Errorf("thread %d: %w", task.Threads[0].Tid, err)
 	}
-	for _, th := range threads[1:] {
+	for _, th := range task.Threads[1:] {
 		if err := d.injectThread(th, addr); err != nil {
-			return fmt.Errorf("thread %d: %w", th.tid, err)
+			return fmt.Errorf("thread %d: %w", th.Tid, err)
 		}
 	}
-	return d.dumpMemory(s, addr, vmas)
+	return d.dumpMemory(s, addr, task.MM.VMAs)
 }
 
-func (d *dumpRun) injectThread(th *threadInfo, scratch uint64) (err error) {
-	s, err := d.tr.BeginInjection(th.tid)
+func (d *dumpRun) injectThread(th *model.Thread, scratch uint64) (err error) {
+	s, err := d.tr.BeginInjection(th.Tid)
 	if err != nil {
 		return err
 	}
@@ -487,22 +435,18 @@ func (d *dumpRun) dumpMemory(s *ptrace.Session, scratch uint64, vmas []VMA) (err
 	})
 }
 
-// nsIDs fills the namespace ids: the inode of each /proc/PID/ns link (a
+// nsIDs reads the namespace ids: the inode of each /proc/PID/ns link (a
 // task in godwit's namespaces gets the same ids as the inventory's root).
-func nsIDs(pid int, ids *criu_core.TaskKobjIdsEntry) {
-	get := func(name string) *uint32 {
+func nsIDs(pid int) model.Namespaces {
+	get := func(name string) uint32 {
 		var st unix.Stat_t
 		if err := unix.Stat(procfs.Path(pid, "ns/"+name), &st); err != nil {
-			return nil
+			return 0
 		}
-		return proto.Uint32(uint32(st.Ino))
+		return uint32(st.Ino)
 	}
-	ids.PidNsId = get("pid")
-	ids.NetNsId = get("net")
-	ids.IpcNsId = get("ipc")
-	ids.UtsNsId = get("uts")
-	ids.MntNsId = get("mnt")
-	ids.UserNsId = get("user")
-	ids.CgroupNsId = get("cgroup")
-	ids.TimeNsId = get("time")
+	return model.Namespaces{
+		Pid: get("pid"), Net: get("net"), IPC: get("ipc"), UTS: get("uts"),
+		Mnt: get("mnt"), User: get("user"), Cgroup: get("cgroup"), Time: get("time"),
+	}
 }

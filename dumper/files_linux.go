@@ -7,56 +7,53 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/regfile"
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
 
 	"godwit/internal/abi/linux"
+	"godwit/internal/model"
 	"godwit/internal/procfs"
 )
 
-// files allocates the ids of files.img: one REG entry per open file
-// (fd), and one per distinct (path, flags) of the exe, cwd, root and
-// file-backed mappings.
+// files allocates the ids of the tree's files: one per open file
+// description (fd), and one per distinct (file, flags) of the exe, cwd,
+// root and file-backed mappings, the file known by its device and inode.
 type files struct {
-	entries []*fdinfo.FileEntry
-	byKey   map[string]uint32
-	next    uint32
+	byID  map[model.ID]*model.File
+	byKey map[fileKey]model.ID
+	next  model.ID
 }
 
-func newFiles() *files { return &files{byKey: make(map[string]uint32), next: 1} }
+type fileKey struct {
+	dev, ino uint64
+	flags    uint32
+}
 
-// reg adds a REG entry and returns its id. st describes the file (from a
+func newFiles() *files {
+	return &files{byID: map[model.ID]*model.File{}, byKey: map[fileKey]model.ID{}, next: 1}
+}
+
+// reg adds a file and returns its id. st describes the file (from a
 // stat of /proc/PID/… links, so that it is the task's file even if the
 // path now names another).
-func (f *files) reg(path string, flags uint32, pos uint64, st *unix.Stat_t, mntID int) uint32 {
+func (f *files) reg(path string, flags uint32, pos uint64, st *unix.Stat_t, mntID int) model.ID {
 	id := f.next
 	f.next++
-	r := &regfile.RegFileEntry{
-		Id:    proto.Uint32(id),
-		Flags: proto.Uint32(flags),
-		Pos:   proto.Uint64(pos),
-		Fown:  &fown.FownEntry{Uid: proto.Uint32(0), Euid: proto.Uint32(0), Signum: proto.Uint32(0), PidType: proto.Uint32(0), Pid: proto.Uint32(0)},
-		Name:  proto.String(path),
-	}
-	if mntID >= 0 {
-		r.MntId = proto.Int32(int32(mntID))
-	}
+	mf := &model.File{ID: id, Kind: model.Path, Path: path, Flags: flags, Pos: pos, MntID: mntID}
 	if st != nil {
-		r.Mode = proto.Uint32(st.Mode)
+		mf.Mode = st.Mode
+		mf.Dev, mf.Ino = st.Dev, st.Ino
 		if st.Mode&unix.S_IFMT == unix.S_IFREG {
-			r.Size = proto.Uint64(uint64(st.Size))
+			size := uint64(st.Size)
+			mf.Size = &size
 		}
 	}
-	f.entries = append(f.entries, &fdinfo.FileEntry{Type: fdinfo.FdTypes_REG.Enum(), Id: proto.Uint32(id), Reg: r})
+	f.byID[id] = mf
 	return id
 }
 
-// shared returns the id of a (path, flags) entry, adding it once.
-func (f *files) shared(path string, flags uint32, st *unix.Stat_t, mntID int) uint32 {
-	key := path + "\x00" + strconv.FormatUint(uint64(flags), 8)
+// shared returns the id of a (file, flags) entry, adding it once.
+func (f *files) shared(path string, flags uint32, st *unix.Stat_t, mntID int) model.ID {
+	key := fileKey{st.Dev, st.Ino, flags}
 	if id, ok := f.byKey[key]; ok {
 		return id
 	}
@@ -208,31 +205,22 @@ func sameFile(pid, a, b int) bool {
 	return e == 0 && r == 0
 }
 
-// fdinfoEntries adds a REG entry per open file description and returns
-// fdinfo-ID.img's entries.
-func (f *files) fdinfoEntries(pid int, fds []FD) []*fdinfo.FdinfoEntry {
-	var out []*fdinfo.FdinfoEntry
-	ids := make([]uint32, len(fds))
+// fdTable adds a file per open file description and returns the fds.
+func (f *files) fdTable(pid int, fds []FD) []model.FD {
+	out := make([]model.FD, 0, len(fds))
 	for i := range fds {
 		fd := &fds[i]
-		id := uint32(0)
+		id := model.ID(0)
 		// Only fds on the same inode can share a description.
 		for j := 0; j < i && id == 0; j++ {
 			if fds[j].Stat.Dev == fd.Stat.Dev && fds[j].Stat.Ino == fd.Stat.Ino && sameFile(pid, fds[j].Num, fd.Num) {
-				id = ids[j]
+				id = out[j].File
 			}
 		}
 		if id == 0 {
 			id = f.reg(fd.Path, fd.Flags, fd.Pos, &fd.Stat, fd.MntID)
 		}
-		ids[i] = id
-		fl := uint32(0)
-		if fd.Cloexec {
-			fl = unix.FD_CLOEXEC
-		}
-		out = append(out, &fdinfo.FdinfoEntry{
-			Id: proto.Uint32(id), Flags: proto.Uint32(fl), Type: fdinfo.FdTypes_REG.Enum(), Fd: proto.Uint32(uint32(fd.Num)),
-		})
+		out = append(out, model.FD{Num: fd.Num, File: id, Cloexec: fd.Cloexec})
 	}
 	return out
 }

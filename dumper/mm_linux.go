@@ -5,50 +5,17 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/mm"
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/vma"
+	"encoding/binary"
+
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
 
 	"godwit/internal/images"
+	"godwit/internal/model"
 	"godwit/internal/procfs"
 )
 
-// VMA is one mapping as it goes into mm-PID.img, with what the memory
-// dumper needs to know about it.
-type VMA struct {
-	Start, End uint64
-	Pgoff      uint64 // file offset in bytes
-	Shmid      uint64 // REG file id (file mappings) or shmem inode (shared anon)
-	Prot       uint32
-	Flags      uint32
-	Status     uint32
-	Madv       uint64
-	Fdflags    uint32 // open flags of the mapped file; file mappings only
-	Path       string
-}
-
-// Private reports whether the VMA's own pages are dumped to pagemap-PID.
-func (v *VMA) Private() bool { return v.Status&(images.VmaAnonPrivate|images.VmaFilePrivate) != 0 }
-
-// SharedAnon reports whether its pages are dumped once per shmid.
-func (v *VMA) SharedAnon() bool { return v.Status&images.VmaAnonShared != 0 }
-
-// Entry is the VmaEntry of mm-PID.img.
-func (v *VMA) Entry() *vma.VmaEntry {
-	e := &vma.VmaEntry{
-		Start: proto.Uint64(v.Start), End: proto.Uint64(v.End), Pgoff: proto.Uint64(v.Pgoff),
-		Shmid: proto.Uint64(v.Shmid), Prot: proto.Uint32(v.Prot), Flags: proto.Uint32(v.Flags),
-		Status: proto.Uint32(v.Status), Fd: proto.Int64(-1),
-	}
-	if v.Madv != 0 {
-		e.Madv = proto.Uint64(v.Madv)
-	}
-	if v.Status&(images.VmaFilePrivate|images.VmaFileShared) != 0 {
-		e.Fdflags = proto.Uint32(v.Fdflags)
-	}
-	return e
-}
+// VMA is one mapping as the model keeps it.
+type VMA = model.VMA
 
 // madvFlags maps smaps VmFlags to the MADV_* advice CRIU records.
 var madvFlags = map[string]int{
@@ -58,7 +25,7 @@ var madvFlags = map[string]int{
 }
 
 // fileIDFunc gives the REG file id of a mapped file.
-type fileIDFunc func(path string, flags uint32, st *unix.Stat_t) uint32
+type fileIDFunc func(path string, flags uint32, st *unix.Stat_t) model.ID
 
 // CollectVMAs reads /proc/PID/smaps into VMAs. fileID (nil when only
 // memory is wanted, e.g. by pre-dump) names the files of file mappings.
@@ -187,39 +154,27 @@ func classify(pid int, e *procfs.SmapsEntry, fileID fileIDFunc) (VMA, error) {
 	return v, nil
 }
 
-// mmEntry builds mm-PID.img from /proc/PID/stat, auxv and the VMAs.
-func mmEntry(pid int, vmas []VMA, brk uint64, exeID uint32, dumpable int32, thpDisabled bool) (*mm.MmEntry, error) {
+// collectMM fills the mm from /proc/PID/stat, auxv and the VMAs; brk,
+// dumpable and THP come from injected calls (collectTaskInjected).
+func collectMM(pid int, k *model.Task, vmas []VMA, exe model.ID) error {
 	st, err := procfs.ReadStat(pid)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	raw, err := procfs.ReadAuxvRaw(pid)
 	if err != nil {
-		return nil, fmt.Errorf("auxv: %w", err)
+		return fmt.Errorf("auxv: %w", err)
 	}
 	auxv := make([]uint64, 0, len(raw)/8)
 	for i := 0; i+8 <= len(raw); i += 8 {
-		auxv = append(auxv, leUint64(raw[i:]))
+		auxv = append(auxv, binary.LittleEndian.Uint64(raw[i:]))
 	}
-	m := &mm.MmEntry{
-		MmStartCode: proto.Uint64(st.StartCode), MmEndCode: proto.Uint64(st.EndCode),
-		MmStartData: proto.Uint64(st.StartData), MmEndData: proto.Uint64(st.EndData),
-		MmStartStack: proto.Uint64(st.StartStack), MmStartBrk: proto.Uint64(st.StartBrk),
-		MmBrk:      proto.Uint64(brk),
-		MmArgStart: proto.Uint64(st.ArgStart), MmArgEnd: proto.Uint64(st.ArgEnd),
-		MmEnvStart: proto.Uint64(st.EnvStart), MmEnvEnd: proto.Uint64(st.EnvEnd),
-		ExeFileId:   proto.Uint32(exeID),
-		MmSavedAuxv: auxv,
-		Dumpable:    proto.Int32(dumpable),
-		ThpDisabled: proto.Bool(thpDisabled),
-	}
-	for i := range vmas {
-		m.Vmas = append(m.Vmas, vmas[i].Entry())
-	}
-	return m, nil
-}
-
-func leUint64(b []byte) uint64 {
-	return uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
-		uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+	m := k.MM
+	m.StartCode, m.EndCode, m.StartData, m.EndData = st.StartCode, st.EndCode, st.StartData, st.EndData
+	m.StartStack, m.StartBrk = st.StartStack, st.StartBrk
+	m.ArgStart, m.ArgEnd, m.EnvStart, m.EnvEnd = st.ArgStart, st.ArgEnd, st.EnvStart, st.EnvEnd
+	m.Exe = exe
+	m.Auxv = auxv
+	m.VMAs = vmas
+	return nil
 }
