@@ -209,7 +209,8 @@ func collectTaskInjected(s *session, ti *model.Task) error {
 	if err != nil {
 		return err
 	}
-	ti.MM.Dumpable = int32(d)
+	dumpable := int32(d)
+	ti.MM.Dumpable = &dumpable
 	thp, err := s.call("prctl(PR_GET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_GET_THP_DISABLE)
 	if err != nil {
 		return err

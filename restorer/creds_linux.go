@@ -7,23 +7,12 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/creds"
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/abi/linux"
+	"godwit/internal/model"
 	"godwit/internal/procfs"
 )
-
-// caps64 joins CRIU's capability words (low word first).
-func caps64(w []uint32) uint64 {
-	var v uint64
-	for i, x := range w {
-		if i < 2 {
-			v |= uint64(x) << (32 * i)
-		}
-	}
-	return v
-}
 
 // capLastCapProbe bounds cap_last_cap: capset's two 32-bit data words
 // hold capabilities 0..63.
@@ -49,20 +38,20 @@ func capLastCap() int {
 // raised to what is permitted) the final securebits, the capability sets,
 // ambient capabilities and no_new_privs.
 func (r *Restorer) threadCreds(s *session, t *thread) error {
-	c := t.creds
-	cur, err := procfs.ReadStatus(t.tid)
+	c := &t.Creds
+	cur, err := procfs.ReadStatus(t.Tid)
 	if err != nil {
 		return err
 	}
 	if err := r.setCreds(s, t, c, cur); err != nil {
 		return err
 	}
-	if sig := t.core.GetThreadCore().GetPdeathSig(); sig != 0 {
+	if sig := t.PdeathSig; sig != 0 {
 		if r.o.RestoreDetach {
 			// The restored task's parent is godwit, which exits right
 			// after a detached restore: the signal would fire at once and
 			// (usually SIGKILL) end the program godwit just restored.
-			r.log.Warnf("restore %d: thread %d: parent-death signal %d not restored: with -d the parent is godwit, which exits", r.img.pid, t.tid, sig)
+			r.log.Warnf("restore %d: thread %d: parent-death signal %d not restored: with -d the parent is godwit, which exits", r.img.pid, t.Tid, sig)
 			return nil
 		}
 		if _, err := s.call("prctl(PR_SET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(sig)); err != nil {
@@ -72,9 +61,9 @@ func (r *Restorer) threadCreds(s *session, t *thread) error {
 	return nil
 }
 
-func (r *Restorer) setCreds(s *session, t *thread, c *creds.CredsEntry, cur *procfs.Status) error {
-	bnd := caps64(c.GetCapBnd())
-	prm, eff, inh, amb := caps64(c.GetCapPrm()), caps64(c.GetCapEff()), caps64(c.GetCapInh()), caps64(c.GetCapAmb())
+func (r *Restorer) setCreds(s *session, t *thread, c *model.Creds, cur *procfs.Status) error {
+	bnd := c.CapBnd
+	prm, eff, inh, amb := c.CapPrm, c.CapEff, c.CapInh, c.CapAmb
 	if missing := prm &^ cur.CapPrm; missing != 0 {
 		return fmt.Errorf("creds: the images' permitted capabilities %#x include %#x, which godwit does not hold (e.g. CAP_SYS_RESOURCE)", prm, missing)
 	}
@@ -86,7 +75,7 @@ func (r *Restorer) setCreds(s *session, t *thread, c *creds.CredsEntry, cur *pro
 			}
 		}
 	}
-	groups := c.GetGroups()
+	groups := c.Groups
 	gb := make([]byte, 0, 4*len(groups))
 	for _, g := range groups {
 		gb = binary.LittleEndian.AppendUint32(gb, g)
@@ -101,21 +90,21 @@ func (r *Restorer) setCreds(s *session, t *thread, c *creds.CredsEntry, cur *pro
 	if _, err := s.call("setgroups", unix.SYS_SETGROUPS, uint64(len(groups)), ga); err != nil {
 		return err
 	}
-	if _, err := s.call(fmt.Sprintf("setresgid %d %d %d", c.GetGid(), c.GetEgid(), c.GetSgid()), unix.SYS_SETRESGID,
-		uint64(c.GetGid()), uint64(c.GetEgid()), uint64(c.GetSgid())); err != nil {
+	if _, err := s.call(fmt.Sprintf("setresgid %d %d %d", c.GID, c.EGID, c.SGID), unix.SYS_SETRESGID,
+		uint64(c.GID), uint64(c.EGID), uint64(c.SGID)); err != nil {
 		return err
 	}
-	if _, err := s.call("setfsgid", unix.SYS_SETFSGID, uint64(c.GetFsgid())); err != nil {
+	if _, err := s.call("setfsgid", unix.SYS_SETFSGID, uint64(c.FSGID)); err != nil {
 		return err
 	}
-	uids := [4]uint32{c.GetUid(), c.GetEuid(), c.GetSuid(), c.GetFsuid()}
+	uids := [4]uint32{c.UID, c.EUID, c.SUID, c.FSUID}
 	curSec := uint64(0)
 	if v, err := s.call("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS); err == nil {
 		curSec = v
 	} else {
 		return err
 	}
-	sec := uint64(c.GetSecbits())
+	sec := uint64(c.Secbits)
 	if uids != cur.Uid {
 		if _, err := s.call("prctl(PR_SET_SECUREBITS) keep caps", unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, curSec|linux.SecbitKeepCaps); err != nil {
 			return err
@@ -150,7 +139,7 @@ func (r *Restorer) setCreds(s *session, t *thread, c *creds.CredsEntry, cur *pro
 			}
 		}
 	}
-	if c.GetNoNewPrivs() != 0 {
+	if c.NoNewPrivs {
 		if _, err := s.call("prctl(PR_SET_NO_NEW_PRIVS)", unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 			return err
 		}

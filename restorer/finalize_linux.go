@@ -7,11 +7,10 @@ import (
 	"os"
 	"strconv"
 
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/timer"
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/abi/linux"
-	"godwit/internal/images"
+	"godwit/internal/model"
 	"godwit/internal/ptrace"
 	"godwit/internal/xstate"
 )
@@ -65,13 +64,13 @@ func (r *Restorer) inLeader(fn func(*session) error) func() error {
 func (r *Restorer) eachThread(fn func(*session, *thread) error) func() error {
 	return func() error {
 		for i := range r.img.threads {
-			t := &r.img.threads[i]
-			s, err := r.begin(t.tid)
+			t := r.img.threads[i]
+			s, err := r.begin(t.Tid)
 			if err != nil {
 				return err
 			}
 			if err := s.end(fn(s, t)); err != nil {
-				return fmt.Errorf("thread %d: %w", t.tid, err)
+				return fmt.Errorf("thread %d: %w", t.Tid, err)
 			}
 		}
 		return nil
@@ -82,12 +81,12 @@ func (r *Restorer) eachThread(fn func(*session, *thread) error) func() error {
 // with set_tid, injected into the task).
 func (r *Restorer) makeThreads() error {
 	for _, t := range r.img.threads[1:] {
-		tid, err := r.task.CloneThread(t.tid)
+		tid, err := r.task.CloneThread(t.Tid)
 		if tid != 0 {
 			r.threads = append(r.threads, tid)
 		}
 		if err != nil {
-			return fmt.Errorf("thread %d: %w", t.tid, err)
+			return fmt.Errorf("thread %d: %w", t.Tid, err)
 		}
 	}
 	return nil
@@ -111,25 +110,25 @@ func (r *Restorer) restoreFds(s *session) error {
 	if _, err := s.call("close puppet's fds", unix.SYS_CLOSE_RANGE, 0, uint64(^uint32(0)), 0); err != nil {
 		return err
 	}
-	first := map[uint32]uint64{}
-	for _, e := range r.img.fds {
-		fd := uint64(e.GetFd())
+	first := map[model.ID]uint64{}
+	for _, e := range r.img.task.FDs {
+		fd := uint64(e.Num)
 		what := fmt.Sprintf("fd %d", fd)
 		dupFlags := uint64(0)
-		if e.GetFlags()&images.FdFlagCloexec != 0 {
+		if e.Cloexec {
 			dupFlags = unix.O_CLOEXEC
 		}
-		if f, ok := first[e.GetId()]; ok {
+		if f, ok := first[e.File]; ok {
 			// Another fd of the same open file description.
 			if _, err := s.call(what+": dup3", unix.SYS_DUP3, f, fd, dupFlags); err != nil {
 				return err
 			}
 			continue
 		}
-		reg := r.img.files[e.GetId()].GetReg()
-		path := r.img.filePath(e.GetId())
-		r.checkSize(what, path, reg.GetSize(), reg.Size != nil, reg.GetMode())
-		flags := int(reg.GetFlags()) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_CLOEXEC)
+		reg := r.img.tree.Files[e.File]
+		path := reg.Path
+		r.checkSize(what, path, reg.Size, reg.Mode)
+		flags := int(reg.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_CLOEXEC)
 		tmp, err := s.openat(what, path, flags|unix.O_NOCTTY)
 		if err != nil {
 			return err
@@ -146,12 +145,12 @@ func (r *Restorer) restoreFds(s *session) error {
 				return err
 			}
 		}
-		if pos := reg.GetPos(); pos != 0 && reg.GetMode()&unix.S_IFMT != unix.S_IFCHR {
+		if pos := reg.Pos; pos != 0 && reg.Mode&unix.S_IFMT != unix.S_IFCHR {
 			if _, err := s.call(fmt.Sprintf("%s: seek %s to %d", what, path, pos), unix.SYS_LSEEK, fd, pos, unix.SEEK_SET); err != nil {
 				return err
 			}
 		}
-		first[e.GetId()] = fd
+		first[e.File] = fd
 	}
 	return nil
 }
@@ -159,17 +158,17 @@ func (r *Restorer) restoreFds(s *session) error {
 // checkSize warns when a regular file changed size since the dump (CRIU
 // refuses; a log that kept growing under -R is the common case, so godwit
 // restores and says so).
-func (r *Restorer) checkSize(what, path string, size uint64, has bool, mode uint32) {
-	if !has || mode&unix.S_IFMT != unix.S_IFREG {
+func (r *Restorer) checkSize(what, path string, size *uint64, mode uint32) {
+	if size == nil || mode&unix.S_IFMT != unix.S_IFREG {
 		return
 	}
-	if st, err := os.Stat(path); err == nil && uint64(st.Size()) != size {
-		r.log.Warnf("restore: %s: %s is %d bytes, was %d at dump time", what, path, st.Size(), size)
+	if st, err := os.Stat(path); err == nil && uint64(st.Size()) != *size {
+		r.log.Warnf("restore: %s: %s is %d bytes, was %d at dump time", what, path, st.Size(), *size)
 	}
 }
 
 func (r *Restorer) restoreFs(s *session) error {
-	cwd := r.img.filePath(r.img.fs.GetCwdId())
+	cwd := r.img.filePath(r.img.task.FS.Cwd)
 	a, err := s.putString(0, cwd)
 	if err != nil {
 		return err
@@ -177,49 +176,22 @@ func (r *Restorer) restoreFs(s *session) error {
 	if _, err := s.call("chdir "+cwd, unix.SYS_CHDIR, a); err != nil {
 		return err
 	}
-	if r.img.fs.Umask != nil {
-		if _, err := s.call("umask", unix.SYS_UMASK, uint64(r.img.fs.GetUmask())); err != nil {
+	if u := r.img.task.FS.Umask; u != nil {
+		if _, err := s.call("umask", unix.SYS_UMASK, uint64(*u)); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// sigNumbers maps sigaction entries to signals: CRIU writes 62 (1..64
-// without SIGKILL and SIGSTOP), godwit's dumper 64.
-func sigNumbers(n int) ([]int, error) {
-	var sigs []int
-	switch n {
-	case 0:
-	case linux.NSig:
-		for s := 1; s <= linux.NSig; s++ {
-			sigs = append(sigs, s)
-		}
-	case linux.NSig - 2:
-		for s := 1; s <= linux.NSig; s++ {
-			if s != int(unix.SIGKILL) && s != int(unix.SIGSTOP) {
-				sigs = append(sigs, s)
-			}
-		}
-	default:
-		return nil, fmt.Errorf("%d sigactions in core, want 62 or 64", n)
-	}
-	return sigs, nil
-}
-
 // restoreSigactions sets every handler with its original sa_restorer.
 func (r *Restorer) restoreSigactions(s *session) error {
-	sas := r.img.tc.GetSigactions()
-	sigs, err := sigNumbers(len(sas))
-	if err != nil {
-		return err
-	}
-	for i, sa := range sas {
-		sig := sigs[i]
+	for _, sa := range r.img.task.Sigactions {
+		sig := sa.Sig
 		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
 			continue
 		}
-		b := le64(le64(le64(le64(nil, sa.GetSigaction()), sa.GetFlags()), sa.GetRestorer()), sa.GetMask())
+		b := le64(le64(le64(le64(nil, sa.Handler), sa.Flags), sa.Restorer), sa.Mask)
 		a, err := s.put(0, b)
 		if err != nil {
 			return err
@@ -232,20 +204,17 @@ func (r *Restorer) restoreSigactions(s *session) error {
 }
 
 func (r *Restorer) restoreItimers(s *session) error {
-	t := r.img.tc.GetTimers()
-	if t == nil {
-		return nil
-	}
+	t := &r.img.task.Itimers
 	for _, it := range []struct {
 		which int
-		e     *timer.ItimerEntry
+		e     *model.Itimer
 		name  string
-	}{{unix.ITIMER_REAL, t.GetReal(), "real"}, {unix.ITIMER_VIRTUAL, t.GetVirt(), "virtual"}, {unix.ITIMER_PROF, t.GetProf(), "prof"}} {
+	}{{unix.ITIMER_REAL, &t[0], "real"}, {unix.ITIMER_VIRTUAL, &t[1], "virtual"}, {unix.ITIMER_PROF, &t[2], "prof"}} {
 		e := it.e
-		if e.GetVsec() == 0 && e.GetVusec() == 0 {
+		if e.ValueSec == 0 && e.ValueUsec == 0 {
 			continue // disarmed
 		}
-		b := le64(le64(le64(le64(nil, e.GetIsec()), e.GetIusec()), e.GetVsec()), e.GetVusec())
+		b := le64(le64(le64(le64(nil, e.IntervalSec), e.IntervalUsec), e.ValueSec), e.ValueUsec)
 		a, err := s.put(0, b)
 		if err != nil {
 			return err
@@ -261,7 +230,7 @@ func (r *Restorer) restoreItimers(s *session) error {
 // prctl(PR_TIMER_CREATE_RESTORE_IDS) (Linux 6.16+): while it is on,
 // timer_create takes the id to use from *timerid.
 func (r *Restorer) restorePosixTimers(s *session) error {
-	pts := r.img.tc.GetTimers().GetPosix()
+	pts := r.img.task.PosixTimers
 	if len(pts) == 0 {
 		return nil
 	}
@@ -273,37 +242,37 @@ func (r *Restorer) restorePosixTimers(s *session) error {
 	// create them oldest first so that it reads the same afterwards.
 	for i := len(pts) - 1; i >= 0; i-- {
 		pt := pts[i]
-		what := fmt.Sprintf("posix timer %d", pt.GetItId())
+		what := fmt.Sprintf("posix timer %d", pt.ID)
 		sev := make([]byte, linux.SigeventSize)
-		binary.LittleEndian.PutUint64(sev[0:], pt.GetSivalPtr())
-		binary.LittleEndian.PutUint32(sev[8:], pt.GetSiSigno())
-		binary.LittleEndian.PutUint32(sev[12:], pt.GetItSigevNotify())
-		if pt.GetItSigevNotify()&linux.SigevThreadID != 0 {
-			binary.LittleEndian.PutUint32(sev[linux.SigevTidOffset:], uint32(pt.GetNotifyThreadId()))
+		binary.LittleEndian.PutUint64(sev[0:], pt.Value)
+		binary.LittleEndian.PutUint32(sev[8:], uint32(pt.Signal))
+		binary.LittleEndian.PutUint32(sev[12:], pt.Notify)
+		if pt.Notify&linux.SigevThreadID != 0 {
+			binary.LittleEndian.PutUint32(sev[linux.SigevTidOffset:], uint32(pt.NotifyThread))
 		}
-		sev = binary.LittleEndian.AppendUint32(sev, pt.GetItId()) // timer_t requested
+		sev = binary.LittleEndian.AppendUint32(sev, uint32(pt.ID)) // timer_t requested
 		a, err := s.put(0, sev)
 		if err != nil {
 			return err
 		}
-		if _, err := s.call(what+": timer_create", unix.SYS_TIMER_CREATE, uint64(pt.GetClockId()), a, a+linux.SigeventSize); err != nil {
+		if _, err := s.call(what+": timer_create", unix.SYS_TIMER_CREATE, uint64(pt.Clock), a, a+linux.SigeventSize); err != nil {
 			return err
 		}
 		var got [4]byte
 		if err := ptrace.ReadMem(r.img.pid, a+linux.SigeventSize, got[:]); err != nil {
 			return err
 		}
-		if id := binary.LittleEndian.Uint32(got[:]); id != pt.GetItId() {
+		if id := binary.LittleEndian.Uint32(got[:]); id != uint32(pt.ID) {
 			return fmt.Errorf("%s: created with id %d", what, id)
 		}
-		if pt.GetVsec() == 0 && pt.GetVnsec() == 0 {
+		if pt.ValueSec == 0 && pt.ValueNsec == 0 {
 			continue
 		}
-		its := le64(le64(le64(le64(nil, pt.GetIsec()), pt.GetInsec()), pt.GetVsec()), pt.GetVnsec())
+		its := le64(le64(le64(le64(nil, pt.IntervalSec), pt.IntervalNsec), pt.ValueSec), pt.ValueNsec)
 		if a, err = s.put(0, its); err != nil {
 			return err
 		}
-		if _, err := s.call(what+": timer_settime", unix.SYS_TIMER_SETTIME, uint64(pt.GetItId()), 0, a, 0); err != nil {
+		if _, err := s.call(what+": timer_settime", unix.SYS_TIMER_SETTIME, uint64(pt.ID), 0, a, 0); err != nil {
 			return err
 		}
 	}
@@ -320,11 +289,11 @@ var rlimitNames = []string{"RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_DATA", "RLIMIT_
 // CAP_SYS_RESOURCE, which root lacks on these machines: that is an error
 // naming the limit, never a silently lower limit.
 func (r *Restorer) restoreRlimits(s *session) error {
-	for i, rl := range r.img.tc.GetRlimits().GetRlimits() {
+	for i, rl := range r.img.task.Rlimits {
 		if i >= linux.RlimNlimits {
 			break
 		}
-		a, err := s.put(0, le64(le64(nil, rl.GetCur()), rl.GetMax()))
+		a, err := s.put(0, le64(le64(nil, rl.Cur), rl.Max))
 		if err != nil {
 			return err
 		}
@@ -334,7 +303,7 @@ func (r *Restorer) restoreRlimits(s *session) error {
 				var cur unix.Rlimit
 				_ = unix.Getrlimit(i, &cur)
 				return fmt.Errorf("%s: the images' hard limit %d is above godwit's %d, and raising it needs CAP_SYS_RESOURCE, which this root lacks: %w",
-					rlimitNames[i], rl.GetMax(), cur.Max, err)
+					rlimitNames[i], rl.Max, cur.Max, err)
 			}
 			return err
 		}
@@ -344,26 +313,26 @@ func (r *Restorer) restoreRlimits(s *session) error {
 
 // restoreMisc: personality, comm, subreaper, THP, oom_score_adj.
 func (r *Restorer) restoreMisc(s *session) error {
-	tc := r.img.tc
-	if _, err := s.call("personality", unix.SYS_PERSONALITY, uint64(tc.GetPersonality())); err != nil {
+	tc := r.img.task
+	if _, err := s.call("personality", unix.SYS_PERSONALITY, uint64(tc.Personality)); err != nil {
 		return err
 	}
-	if err := setComm(s, tc.GetComm()); err != nil {
+	if err := setComm(s, tc.Comm); err != nil {
 		return err
 	}
-	if tc.GetChildSubreaper() {
+	if tc.ChildSubreaper {
 		if _, err := s.call("prctl(PR_SET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1); err != nil {
 			return err
 		}
 	}
-	if r.img.mm.GetThpDisabled() {
+	if r.img.mm.THPDisabled {
 		if _, err := s.call("prctl(PR_SET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE, 1, 0, 0, 0); err != nil {
 			return err
 		}
 	}
 	if tc.OomScoreAdj != nil {
 		p := "/proc/" + strconv.Itoa(r.img.pid) + "/oom_score_adj"
-		want := int(tc.GetOomScoreAdj())
+		want := int(*tc.OomScoreAdj)
 		if err := os.WriteFile(p, []byte(strconv.Itoa(want)), 0); err != nil {
 			// Going below oom_score_adj_min (inherited from godwit) needs
 			// CAP_SYS_RESOURCE, which root lacks on some hosts: the task
@@ -395,12 +364,11 @@ func setComm(s *session, comm string) error {
 // threadState restores what belongs to each thread and needs its own
 // injected calls.
 func (r *Restorer) threadState(s *session, t *thread) error {
-	tc := t.core.GetThreadCore()
-	if sas := tc.GetSas(); sas != nil && sas.GetSsFlags()&linux.SsDisable == 0 {
-		b := le64(nil, sas.GetSsSp())
-		b = binary.LittleEndian.AppendUint32(b, sas.GetSsFlags()&^linux.SsOnstack)
+	if sas := t.Sigaltstack; sas.Flags&linux.SsDisable == 0 {
+		b := le64(nil, sas.SP)
+		b = binary.LittleEndian.AppendUint32(b, sas.Flags&^linux.SsOnstack)
 		b = binary.LittleEndian.AppendUint32(b, 0)
-		b = le64(b, sas.GetSsSize())
+		b = le64(b, sas.Size)
 		a, err := s.put(0, b)
 		if err != nil {
 			return err
@@ -409,25 +377,25 @@ func (r *Restorer) threadState(s *session, t *thread) error {
 			return err
 		}
 	}
-	if re := tc.GetRseqEntry(); re != nil && re.GetRseqAbiPointer() != 0 {
-		if _, err := s.call(fmt.Sprintf("rseq %#x", re.GetRseqAbiPointer()), unix.SYS_RSEQ,
-			re.GetRseqAbiPointer(), uint64(re.GetRseqAbiSize()), 0, uint64(re.GetSignature())); err != nil {
+	if re := t.Rseq; re.Pointer != 0 {
+		if _, err := s.call(fmt.Sprintf("rseq %#x", re.Pointer), unix.SYS_RSEQ,
+			re.Pointer, uint64(re.Size), 0, uint64(re.Signature)); err != nil {
 			return err
 		}
 	}
-	if tc.GetFutexRla() != 0 {
-		if _, err := s.call("set_robust_list", unix.SYS_SET_ROBUST_LIST, tc.GetFutexRla(), uint64(tc.GetFutexRlaLen())); err != nil {
+	if t.RobustList != 0 {
+		if _, err := s.call("set_robust_list", unix.SYS_SET_ROBUST_LIST, t.RobustList, t.RobustLen); err != nil {
 			return err
 		}
 	}
-	if _, err := s.call("set_tid_address", unix.SYS_SET_TID_ADDRESS, t.core.GetThreadInfo().GetClearTidAddr()); err != nil {
+	if _, err := s.call("set_tid_address", unix.SYS_SET_TID_ADDRESS, t.ClearTid); err != nil {
 		return err
 	}
 	if err := setSched(t); err != nil {
 		return err
 	}
-	if t.tid != r.img.pid {
-		return setComm(s, tc.GetComm())
+	if t.Tid != r.img.pid {
+		return setComm(s, t.Comm)
 	}
 	return nil
 }
@@ -435,15 +403,14 @@ func (r *Restorer) threadState(s *session, t *thread) error {
 // setSched sets the thread's scheduling policy, real-time priority and
 // nice value from godwit (root may, and no injection is needed).
 func setSched(t *thread) error {
-	tc := t.core.GetThreadCore()
-	if tc.SchedPolicy != nil && (tc.GetSchedPolicy() != unix.SCHED_NORMAL || tc.GetSchedPrio() != 0) {
-		attr := &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: tc.GetSchedPolicy(), Priority: tc.GetSchedPrio()}
-		if err := unix.SchedSetAttr(t.tid, attr, 0); err != nil {
-			return fmt.Errorf("sched_setattr policy %d priority %d: %w", tc.GetSchedPolicy(), tc.GetSchedPrio(), err)
+	if t.Policy != unix.SCHED_NORMAL || t.RtPrio != 0 {
+		attr := &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: t.Policy, Priority: t.RtPrio}
+		if err := unix.SchedSetAttr(t.Tid, attr, 0); err != nil {
+			return fmt.Errorf("sched_setattr policy %d priority %d: %w", t.Policy, t.RtPrio, err)
 		}
 	}
-	if n := tc.GetSchedNice(); n != 0 {
-		if err := unix.Setpriority(unix.PRIO_PROCESS, t.tid, int(n)); err != nil {
+	if n := t.Nice; n != 0 {
+		if err := unix.Setpriority(unix.PRIO_PROCESS, t.Tid, int(n)); err != nil {
 			return fmt.Errorf("setpriority %d: %w", n, err)
 		}
 	}
@@ -482,12 +449,12 @@ func (r *Restorer) finishMMIn(s *session) error {
 		}
 	}
 	m := r.img.mm
-	exe := r.img.filePath(m.GetExeFileId())
+	exe := r.img.filePath(m.Exe)
 	efd, err := s.openat("exe", exe, unix.O_RDONLY|unix.O_CLOEXEC)
 	if err != nil {
 		return err
 	}
-	auxv := m.GetMmSavedAuxv()
+	auxv := m.Auxv
 	var ab []byte
 	for _, w := range auxv {
 		ab = le64(ab, w)
@@ -499,9 +466,9 @@ func (r *Restorer) finishMMIn(s *session) error {
 		}
 	}
 	b := make([]byte, 0, linux.SizeofPrctlMmMap)
-	for _, v := range []uint64{m.GetMmStartCode(), m.GetMmEndCode(), m.GetMmStartData(), m.GetMmEndData(),
-		m.GetMmStartBrk(), m.GetMmBrk(), m.GetMmStartStack(), m.GetMmArgStart(), m.GetMmArgEnd(),
-		m.GetMmEnvStart(), m.GetMmEnvEnd(), auxvAddr} {
+	for _, v := range []uint64{m.StartCode, m.EndCode, m.StartData, m.EndData,
+		m.StartBrk, m.Brk, m.StartStack, m.ArgStart, m.ArgEnd,
+		m.EnvStart, m.EnvEnd, auxvAddr} {
 		b = le64(b, v)
 	}
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(ab)))
@@ -517,7 +484,7 @@ func (r *Restorer) finishMMIn(s *session) error {
 	if err != nil {
 		return err
 	}
-	if root := r.img.filePath(r.img.fs.GetRootId()); root != "/" {
+	if root := r.img.filePath(r.img.task.FS.Root); root != "/" {
 		a, err := s.putString(0, root)
 		if err != nil {
 			return err
@@ -535,10 +502,8 @@ func (r *Restorer) finishMMIn(s *session) error {
 // queues the process-wide ones and sets dumpable.
 func (r *Restorer) queueSignals(s *session, t *thread) error {
 	pid := uint64(r.img.pid)
-	queue := func(info []byte, shared bool) error {
-		if len(info) != linux.SiginfoSize {
-			return fmt.Errorf("siginfo of %d bytes", len(info))
-		}
+	queue := func(si *model.Siginfo, shared bool) error {
+		info := si[:]
 		a, err := s.put(0, info)
 		if err != nil {
 			return err
@@ -547,20 +512,20 @@ func (r *Restorer) queueSignals(s *session, t *thread) error {
 		if shared {
 			_, err = s.call(fmt.Sprintf("queue shared signal %d", sig), unix.SYS_RT_SIGQUEUEINFO, pid, sig, a)
 		} else {
-			_, err = s.call(fmt.Sprintf("queue signal %d", sig), unix.SYS_RT_TGSIGQUEUEINFO, pid, uint64(t.tid), sig, a)
+			_, err = s.call(fmt.Sprintf("queue signal %d", sig), unix.SYS_RT_TGSIGQUEUEINFO, pid, uint64(t.Tid), sig, a)
 		}
 		return err
 	}
-	for _, si := range t.core.GetThreadCore().GetSignalsP().GetSignals() {
-		if err := queue(si.GetSiginfo(), false); err != nil {
+	for i := range t.Pending {
+		if err := queue(&t.Pending[i], false); err != nil {
 			return err
 		}
 	}
-	if t.tid != r.img.pid {
+	if t.Tid != r.img.pid {
 		return nil
 	}
-	for _, si := range r.img.tc.GetSignalsS().GetSignals() {
-		if err := queue(si.GetSiginfo(), true); err != nil {
+	for i := range r.img.task.SharedSignals {
+		if err := queue(&r.img.task.SharedSignals[i], true); err != nil {
 			return err
 		}
 	}
@@ -586,35 +551,37 @@ func (r *Restorer) registers() error {
 		return err
 	}
 	for i := range r.img.threads {
-		t := &r.img.threads[i]
+		t := r.img.threads[i]
 		if err := r.setThreadRegs(t); err != nil {
-			return fmt.Errorf("thread %d: %w", t.tid, err)
+			return fmt.Errorf("thread %d: %w", t.Tid, err)
 		}
 	}
 	return nil
 }
 
 func (r *Restorer) setThreadRegs(t *thread) error {
-	ti := t.core.GetThreadInfo()
-	mask := t.core.GetThreadCore().GetBlkSigset()
-	if t.core.GetThreadCore().BlkSigset == nil && t.tid == r.img.pid {
-		mask = r.img.tc.GetBlkSigset()
-	}
-	if err := r.tr.SetSigmask(t.tid, mask); err != nil {
+	if err := r.tr.SetSigmask(t.Tid, t.Sigmask); err != nil {
 		return err
 	}
-	base, err := r.tr.GetFPU(t.tid)
+	base, err := r.tr.GetFPU(t.Tid)
 	if err != nil {
 		return err
 	}
-	x, err := xstate.FromCRIU(base, ti.GetFpregs())
+	// The model's XSAVE bytes are in the dumping CPU's layout: lay
+	// their components over this thread's own buffer, which has the
+	// size and layout this kernel takes.
+	fp, err := xstate.ToCRIU(t.XState)
 	if err != nil {
 		return err
 	}
-	if err := r.tr.SetFPU(t.tid, x); err != nil {
+	x, err := xstate.FromCRIU(base, fp)
+	if err != nil {
 		return err
 	}
-	regs := gpRegs(ti.GetGpregs())
+	if err := r.tr.SetFPU(t.Tid, x); err != nil {
+		return err
+	}
+	regs := t.Regs
 	if ptrace.Restart(&regs) == ptrace.RestartBlock {
 		// restart_syscall would call this thread's restart block,
 		// which the dumped thread's kernel state held and ours lacks:
@@ -623,5 +590,8 @@ func (r *Restorer) setThreadRegs(t *thread) error {
 		// handler the call returns EINTR, as it would have).
 		regs.Rax = negErrno(ptrace.ERESTARTNOHAND)
 	}
-	return r.tr.SetRegs(t.tid, regs)
+	return r.tr.SetRegs(t.Tid, regs)
 }
+
+// negErrno is -e as a register value.
+func negErrno(e int) uint64 { return uint64(-int64(e)) }

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/vma"
+	"godwit/internal/model"
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/images"
@@ -38,7 +38,7 @@ type window struct {
 }
 
 // pickWindow chooses the lowest window address clear of every dumped VMA.
-func pickWindow(vmas []*vma.VmaEntry) (window, error) {
+func pickWindow(vmas []model.VMA) (window, error) {
 	// Nothing may be mapped below vm.mmap_min_addr (0x10000 by default,
 	// higher on some hardened hosts): the stub cannot load there.
 	low := uint64(puppet.DefaultBase)
@@ -49,7 +49,7 @@ func pickWindow(vmas []*vma.VmaEntry) (window, error) {
 	}
 	cands := []uint64{low, 1 << 24, 1 << 30, 1 << 32}
 	for _, v := range vmas {
-		cands = append(cands, (v.GetEnd()+windowGuard+windowAlign-1)&^(windowAlign-1))
+		cands = append(cands, (v.End+windowGuard+windowAlign-1)&^(windowAlign-1))
 	}
 	sort.Slice(cands, func(i, j int) bool { return cands[i] < cands[j] })
 	for _, c := range cands {
@@ -64,9 +64,9 @@ func pickWindow(vmas []*vma.VmaEntry) (window, error) {
 	return window{}, fmt.Errorf("no free %d KiB window for the puppet below %#x", windowSize>>10, uint64(taskSize>>1))
 }
 
-func overlapsAny(vmas []*vma.VmaEntry, lo, hi uint64) bool {
+func overlapsAny(vmas []model.VMA, lo, hi uint64) bool {
 	for _, v := range vmas {
-		if v.GetStart() < hi && lo < v.GetEnd() {
+		if v.Start < hi && lo < v.End {
 			return true
 		}
 	}
@@ -92,7 +92,7 @@ func (r *Restorer) Layout() error {
 		r.log.Warnf("restore: --restore-sibling: the task's parent is godwit in both modes (the puppet is godwit's child)")
 	}
 	pid := r.img.pid
-	win, err := pickWindow(r.img.mm.GetVmas())
+	win, err := pickWindow(r.img.mm.VMAs)
 	if err != nil {
 		return r.fail("layout", err)
 	}
@@ -165,13 +165,14 @@ func (r *Restorer) layout(s *session) error {
 // moveVdso moves the puppet's [vvar], [vvar_vclock] and [vdso] together to
 // where the dumped task had them (same kernel: same sizes and offsets).
 func (r *Restorer) moveVdso(s *session, special []procfs.Mapping) error {
-	var dvdso *vma.VmaEntry
-	var dvvar []*vma.VmaEntry
-	for _, v := range r.img.mm.GetVmas() {
+	var dvdso *model.VMA
+	var dvvar []*model.VMA
+	for i := range r.img.mm.VMAs {
+		v := &r.img.mm.VMAs[i]
 		switch {
-		case v.GetStatus()&images.VmaAreaVdso != 0:
+		case v.Status&images.VmaAreaVdso != 0:
 			dvdso = v
-		case v.GetStatus()&images.VmaAreaVvar != 0:
+		case v.Status&images.VmaAreaVvar != 0:
 			dvvar = append(dvvar, v)
 		}
 	}
@@ -189,19 +190,19 @@ func (r *Restorer) moveVdso(s *session, special []procfs.Mapping) error {
 			}
 		}
 		if dvdso != nil {
-			return fmt.Errorf("vdso %#x-%#x: this kernel maps no vdso", dvdso.GetStart(), dvdso.GetEnd())
+			return fmt.Errorf("vdso %#x-%#x: this kernel maps no vdso", dvdso.Start, dvdso.End)
 		}
 		return nil
 	}
-	if dvdso.GetEnd()-dvdso.GetStart() != pv.End-pv.Start {
+	if dvdso.End-dvdso.Start != pv.End-pv.Start {
 		return fmt.Errorf("vdso %#x-%#x: %d bytes here, %d in the images (another kernel?)",
-			dvdso.GetStart(), dvdso.GetEnd(), pv.End-pv.Start, dvdso.GetEnd()-dvdso.GetStart())
+			dvdso.Start, dvdso.End, pv.End-pv.Start, dvdso.End-dvdso.Start)
 	}
-	delta := dvdso.GetStart() - pv.Start // modular arithmetic: may "wrap"
+	delta := dvdso.Start - pv.Start // modular arithmetic: may "wrap"
 	lo, hi := special[0].Start, special[0].End
 	want := map[[2]uint64]bool{}
 	for _, v := range dvvar {
-		want[[2]uint64{v.GetStart(), v.GetEnd()}] = true
+		want[[2]uint64{v.Start, v.End}] = true
 	}
 	for _, m := range special {
 		lo, hi = min(lo, m.Start), max(hi, m.End)
@@ -211,7 +212,7 @@ func (r *Restorer) moveVdso(s *session, special []procfs.Mapping) error {
 		k := [2]uint64{m.Start + delta, m.End + delta}
 		if !want[k] {
 			return fmt.Errorf("vdso at %#x: %s would land at %#x-%#x, where the images have no vvar area (another kernel?)",
-				dvdso.GetStart(), m.Path, k[0], k[1])
+				dvdso.Start, m.Path, k[0], k[1])
 		}
 		delete(want, k)
 	}
@@ -240,7 +241,7 @@ func (r *Restorer) moveVdso(s *session, special []procfs.Mapping) error {
 			}
 			special[i].End, special[i].Start = to+(m.End-m.Start), to
 		}
-		delta = dvdso.GetStart() - pv.Start // pv points into special: moved
+		delta = dvdso.Start - pv.Start // pv points into special: moved
 	}
 	for _, m := range special {
 		if err := move(m.Start, m.Start+delta, m); err != nil {
@@ -253,7 +254,7 @@ func (r *Restorer) moveVdso(s *session, special []procfs.Mapping) error {
 // mapVMAs maps every dumped VMA but the kernel's special ones.
 func (r *Restorer) mapVMAs(s *session) error {
 	r.writable = map[uint64]bool{}
-	fds := map[uint32]uint64{} // file id → fd in the task, for this layout
+	fds := map[model.ID]uint64{} // file id → fd in the task, for this layout
 	shmFds := map[uint64]uint64{}
 	defer func() {
 		for _, fd := range fds {
@@ -266,35 +267,37 @@ func (r *Restorer) mapVMAs(s *session) error {
 	// A shared anonymous object mapped more than once, or not from its
 	// start, is made once at its full size and each VMA maps it.
 	shmSize, shmCount := map[uint64]uint64{}, map[uint64]int{}
-	for _, v := range r.img.mm.GetVmas() {
-		if v.GetStatus()&images.VmaAnonShared != 0 {
-			id := v.GetShmid()
-			shmSize[id] = max(shmSize[id], v.GetPgoff()+v.GetEnd()-v.GetStart())
+	for i := range r.img.mm.VMAs {
+		v := &r.img.mm.VMAs[i]
+		if v.Status&images.VmaAnonShared != 0 {
+			id := v.Shmid
+			shmSize[id] = max(shmSize[id], v.Pgoff+v.End-v.Start)
 			shmCount[id]++
-			if v.GetPgoff() != 0 {
+			if v.Pgoff != 0 {
 				shmCount[id]++
 			}
 		}
 	}
-	for _, v := range r.img.mm.GetVmas() {
-		st := v.GetStatus()
+	for i := range r.img.mm.VMAs {
+		v := &r.img.mm.VMAs[i]
+		st := v.Status
 		if st&(images.VmaAreaVdso|images.VmaAreaVvar|images.VmaAreaVsyscall) != 0 {
 			continue
 		}
-		start, size := v.GetStart(), v.GetEnd()-v.GetStart()
-		what := fmt.Sprintf("mmap vma %#x-%#x (%s)", v.GetStart(), v.GetEnd(), vmaKind(v))
-		flags := uint64(v.GetFlags()) & (unix.MAP_SHARED | unix.MAP_PRIVATE | unix.MAP_ANONYMOUS |
+		start, size := v.Start, v.End-v.Start
+		what := fmt.Sprintf("mmap vma %#x-%#x (%s)", v.Start, v.End, vmaKind(v))
+		flags := uint64(v.Flags) & (unix.MAP_SHARED | unix.MAP_PRIVATE | unix.MAP_ANONYMOUS |
 			unix.MAP_GROWSDOWN | unix.MAP_NORESERVE | unix.MAP_LOCKED)
 		flags |= unix.MAP_FIXED_NOREPLACE
-		prot := v.GetProt()
+		prot := v.Prot
 		fd := ^uint64(0)
 		off := uint64(0)
 		switch {
 		case st&(images.VmaFilePrivate|images.VmaFileShared) != 0:
-			id := uint32(v.GetShmid())
+			id := model.ID(v.Shmid)
 			f, ok := fds[id]
 			if !ok {
-				oflags := int(v.GetFdflags())&unix.O_ACCMODE | unix.O_CLOEXEC
+				oflags := int(v.Fdflags)&unix.O_ACCMODE | unix.O_CLOEXEC
 				var err error
 				f, err = s.openat(what, r.img.filePath(id), oflags)
 				if err != nil {
@@ -302,7 +305,7 @@ func (r *Restorer) mapVMAs(s *session) error {
 				}
 				fds[id] = f
 			}
-			fd, off = f, v.GetPgoff()
+			fd, off = f, v.Pgoff
 			flags &^= unix.MAP_ANONYMOUS
 			if st&images.VmaFilePrivate != 0 {
 				flags = flags&^unix.MAP_SHARED | unix.MAP_PRIVATE
@@ -311,7 +314,7 @@ func (r *Restorer) mapVMAs(s *session) error {
 			}
 		case st&images.VmaAnonShared != 0:
 			flags = flags&^unix.MAP_PRIVATE | unix.MAP_SHARED | unix.MAP_ANONYMOUS
-			if id := v.GetShmid(); shmCount[id] > 1 {
+			if id := v.Shmid; shmCount[id] > 1 {
 				f, ok := shmFds[id]
 				if !ok {
 					var err error
@@ -320,7 +323,7 @@ func (r *Restorer) mapVMAs(s *session) error {
 					}
 					shmFds[id] = f
 				}
-				fd, off = f, v.GetPgoff()
+				fd, off = f, v.Pgoff
 				flags &^= unix.MAP_ANONYMOUS
 			}
 		default:
@@ -345,7 +348,7 @@ func (r *Restorer) mapVMAs(s *session) error {
 			return fmt.Errorf("%s: mapped at %#x", what, ret)
 		}
 		if mapProt != prot {
-			r.protFix = append(r.protFix, vmaProt{start: start, end: v.GetEnd(), prot: prot})
+			r.protFix = append(r.protFix, vmaProt{start: start, end: v.End, prot: prot})
 		}
 		if mapProt&unix.PROT_WRITE != 0 {
 			r.writable[start] = true
@@ -358,15 +361,15 @@ func (r *Restorer) mapVMAs(s *session) error {
 }
 
 // madvise applies the VMA's madvise bits (1 << MADV_x).
-func (r *Restorer) madvise(s *session, v *vma.VmaEntry) error {
-	m := v.GetMadv()
+func (r *Restorer) madvise(s *session, v *model.VMA) error {
+	m := v.Madv
 	for bit := 0; m != 0 && bit < 64; bit++ {
 		if m&(1<<bit) == 0 {
 			continue
 		}
 		m &^= 1 << bit
-		_, err := s.call(fmt.Sprintf("madvise vma %#x-%#x advice %d", v.GetStart(), v.GetEnd(), bit),
-			unix.SYS_MADVISE, v.GetStart(), v.GetEnd()-v.GetStart(), uint64(bit))
+		_, err := s.call(fmt.Sprintf("madvise vma %#x-%#x advice %d", v.Start, v.End, bit),
+			unix.SYS_MADVISE, v.Start, v.End-v.Start, uint64(bit))
 		if err != nil {
 			if en, ok := errnoOf(err); ok && en == unix.EINVAL && bit == unix.MADV_MERGEABLE {
 				r.log.Warnf("restore: %v (KSM not available)", err)
@@ -382,9 +385,9 @@ func (r *Restorer) madvise(s *session, v *vma.VmaEntry) error {
 func le64(b []byte, v uint64) []byte { return binary.LittleEndian.AppendUint64(b, v) }
 
 // getsPages reports whether the images hold pages for v.
-func (r *Restorer) getsPages(v *vma.VmaEntry) bool {
-	if v.GetStatus()&images.VmaAnonShared != 0 {
-		return r.img.shmem[v.GetShmid()] != nil
+func (r *Restorer) getsPages(v *model.VMA) bool {
+	if v.Status&images.VmaAnonShared != 0 {
+		return r.img.shmem[v.Shmid] != nil
 	}
 	pr := r.img.pages
 	if pr == nil {
@@ -393,13 +396,13 @@ func (r *Restorer) getsPages(v *vma.VmaEntry) bool {
 	lo, hi := 0, pr.Len()
 	for lo < hi { // first range ending above v's start
 		m := (lo + hi) / 2
-		if pr.Range(m).End() <= v.GetStart() {
+		if pr.Range(m).End() <= v.Start {
 			lo = m + 1
 		} else {
 			hi = m
 		}
 	}
-	for i := lo; i < pr.Len() && pr.Range(i).Vaddr < v.GetEnd(); i++ {
+	for i := lo; i < pr.Len() && pr.Range(i).Vaddr < v.End; i++ {
 		if pr.Range(i).Present() {
 			return true
 		}
@@ -411,8 +414,9 @@ func (r *Restorer) getsPages(v *vma.VmaEntry) bool {
 // writable for pages that come from a source other than the images Layout
 // saw (a migration's later rounds); Finalize restores their protection.
 func (r *Restorer) ensureWritable(s *session, vaddr, size uint64) error {
-	for _, v := range r.img.mm.GetVmas() {
-		if v.GetEnd() <= vaddr || v.GetStart() >= vaddr+size || r.writable[v.GetStart()] {
+	for i := range r.img.mm.VMAs {
+		v := &r.img.mm.VMAs[i]
+		if v.End <= vaddr || v.Start >= vaddr+size || r.writable[v.Start] {
 			continue
 		}
 		if s == nil {
@@ -425,12 +429,12 @@ func (r *Restorer) ensureWritable(s *session, vaddr, size uint64) error {
 			}
 			return nil
 		}
-		if _, err := s.call(fmt.Sprintf("make vma %#x-%#x writable", v.GetStart(), v.GetEnd()), unix.SYS_MPROTECT,
-			v.GetStart(), v.GetEnd()-v.GetStart(), uint64(v.GetProt()|unix.PROT_READ|unix.PROT_WRITE)); err != nil {
+		if _, err := s.call(fmt.Sprintf("make vma %#x-%#x writable", v.Start, v.End), unix.SYS_MPROTECT,
+			v.Start, v.End-v.Start, uint64(v.Prot|unix.PROT_READ|unix.PROT_WRITE)); err != nil {
 			return err
 		}
-		r.writable[v.GetStart()] = true
-		r.protFix = append(r.protFix, vmaProt{start: v.GetStart(), end: v.GetEnd(), prot: v.GetProt()})
+		r.writable[v.Start] = true
+		r.protFix = append(r.protFix, vmaProt{start: v.Start, end: v.End, prot: v.Prot})
 	}
 	return nil
 }

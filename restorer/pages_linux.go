@@ -137,7 +137,7 @@ func (r *Restorer) FillPages(src PageSource) error {
 
 // checkRun refuses runs outside the task's private VMAs.
 func (r *Restorer) checkRun(vaddr, size uint64) (uint64, error) {
-	if vaddr%pageSize != 0 || size == 0 || vaddr+size < vaddr || !coveredPrivate(r.img.mm.GetVmas(), vaddr, vaddr+size) {
+	if vaddr%pageSize != 0 || size == 0 || vaddr+size < vaddr || !coveredPrivate(r.img.mm.VMAs, vaddr, vaddr+size) {
 		return 0, fmt.Errorf("pages %#x-%#x: not inside the private VMAs of the task", vaddr, vaddr+size)
 	}
 	return vaddr, nil
@@ -317,17 +317,18 @@ func (r *Restorer) preadvAll(s *session, src PageSource, fr FileRuns, place func
 // fillShmem writes the pages of shared anonymous VMAs, whose pagemap
 // addresses are offsets in the shared object.
 func (r *Restorer) fillShmem() error {
-	for _, v := range r.img.mm.GetVmas() {
-		if v.GetStatus()&images.VmaAnonShared == 0 {
+	for i := range r.img.mm.VMAs {
+		v := &r.img.mm.VMAs[i]
+		if v.Status&images.VmaAnonShared == 0 {
 			continue
 		}
-		pr := r.img.shmem[v.GetShmid()]
+		pr := r.img.shmem[v.Shmid]
 		if pr == nil {
 			continue
 		}
-		lo, hi := v.GetPgoff(), v.GetPgoff()+(v.GetEnd()-v.GetStart())
+		lo, hi := v.Pgoff, v.Pgoff+(v.End-v.Start)
 		src := &clipSource{ImageSource: NewImageSource(pr), lo: lo, hi: hi}
-		place := func(off, size uint64) (uint64, error) { return v.GetStart() + (off - lo), nil }
+		place := func(off, size uint64) (uint64, error) { return v.Start + (off - lo), nil }
 		var err error
 		if r.PageMethod == PagesPreadv {
 			err = r.fillPreadv(src, src, place)
@@ -335,7 +336,7 @@ func (r *Restorer) fillShmem() error {
 			err = r.fillBuffered(src, place)
 		}
 		if err != nil {
-			return r.fail(fmt.Sprintf("fill shared vma %#x-%#x", v.GetStart(), v.GetEnd()), err)
+			return r.fail(fmt.Sprintf("fill shared vma %#x-%#x", v.Start, v.End), err)
 		}
 	}
 	return nil

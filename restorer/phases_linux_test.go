@@ -105,29 +105,28 @@ func TestRestorePhases(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, th := range r.img.threads {
-				tc := th.core.GetThreadCore()
-				rs, err := r.tr.GetRseqConfig(th.tid)
+				rs, err := r.tr.GetRseqConfig(th.Tid)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if re := tc.GetRseqEntry(); rs.AbiPointer != re.GetRseqAbiPointer() || rs.Signature != re.GetSignature() {
-					t.Errorf("thread %d: rseq %+v, image %v", th.tid, rs, re)
+				if re := th.Rseq; rs.AbiPointer != re.Pointer || rs.Signature != re.Signature {
+					t.Errorf("thread %d: rseq %+v, image %v", th.Tid, rs, re)
 				}
 				var head, size uint64
-				if _, _, e := unix.Syscall(unix.SYS_GET_ROBUST_LIST, uintptr(th.tid),
+				if _, _, e := unix.Syscall(unix.SYS_GET_ROBUST_LIST, uintptr(th.Tid),
 					uintptr(unsafe.Pointer(&head)), uintptr(unsafe.Pointer(&size))); e != 0 {
 					t.Fatal(e)
 				}
-				if head != tc.GetFutexRla() || size != uint64(tc.GetFutexRlaLen()) {
-					t.Errorf("thread %d: robust list %#x/%d, image %#x/%d", th.tid, head, size, tc.GetFutexRla(), tc.GetFutexRlaLen())
+				if head != th.RobustList || size != th.RobustLen {
+					t.Errorf("thread %d: robust list %#x/%d, image %#x/%d", th.Tid, head, size, th.RobustList, th.RobustLen)
 				}
-				regs, err := r.tr.GetRegs(th.tid)
+				regs, err := r.tr.GetRegs(th.Tid)
 				if err != nil {
 					t.Fatal(err)
 				}
-				want := gpRegs(th.core.GetThreadInfo().GetGpregs())
+				want := th.Regs
 				if regs.Rip != want.Rip || regs.Rsp != want.Rsp || regs.Fs_base != want.Fs_base || regs.Orig_rax != want.Orig_rax {
-					t.Errorf("thread %d: regs rip %#x sp %#x fs %#x orig %d, image %#x %#x %#x %d", th.tid,
+					t.Errorf("thread %d: regs rip %#x sp %#x fs %#x orig %d, image %#x %#x %#x %d", th.Tid,
 						regs.Rip, regs.Rsp, regs.Fs_base, int64(regs.Orig_rax), want.Rip, want.Rsp, want.Fs_base, int64(want.Orig_rax))
 				}
 			}
@@ -177,7 +176,7 @@ func TestRestoreNanosleep(t *testing.T) {
 			r.Abort()
 		}
 	})
-	img := gpRegs(r.img.leader().core.GetThreadInfo().GetGpregs())
+	img := r.img.leader().Regs
 	if ptrace.Restart(&img) != ptrace.RestartBlock {
 		t.Fatalf("dumped regs: orig_rax %d rax %d, want a sleep interrupted with ERESTART_RESTARTBLOCK",
 			int64(img.Orig_rax), int64(img.Rax))

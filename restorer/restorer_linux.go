@@ -172,7 +172,7 @@ func (r *Restorer) PID() int { return r.img.pid }
 func (r *Restorer) TIDs() []int {
 	out := make([]int, len(r.img.threads))
 	for i, t := range r.img.threads {
-		out[i] = t.tid
+		out[i] = t.Tid
 	}
 	return out
 }
@@ -187,14 +187,14 @@ func (r *Restorer) checkPids() error {
 	self := os.Getpid()
 	for _, t := range r.img.threads {
 		switch {
-		case t.tid >= max:
-			return fmt.Errorf("pid %d: %w %d (raise /proc/sys/kernel/pid_max)", t.tid, puppet.ErrPidMax, max)
-		case t.tid == self:
-			return fmt.Errorf("pid %d is godwit itself: %w", t.tid, ErrPidInUse)
-		case t.tid == 1:
+		case t.Tid >= max:
+			return fmt.Errorf("pid %d: %w %d (raise /proc/sys/kernel/pid_max)", t.Tid, puppet.ErrPidMax, max)
+		case t.Tid == self:
+			return fmt.Errorf("pid %d is godwit itself: %w", t.Tid, ErrPidInUse)
+		case t.Tid == 1:
 			return fmt.Errorf("pid 1 cannot be restored")
 		}
-		if err := waitPidFree(t.tid, zombieWait); err != nil {
+		if err := waitPidFree(t.Tid, zombieWait); err != nil {
 			return err
 		}
 	}

@@ -11,6 +11,7 @@ import (
 
 	"godwit/internal/actions"
 	"godwit/internal/images"
+	"godwit/internal/model"
 )
 
 // Resume runs the pre-resume scripts, detaches every thread at once (or,
@@ -25,7 +26,7 @@ func (r *Restorer) Resume() error {
 	if err := r.scripts.Run(actions.PreResume, pid); err != nil {
 		return r.fail("pre-resume", err)
 	}
-	stopped := r.o.LeaveStopped || r.img.tc.GetTaskState() == images.TaskStopped
+	stopped := r.o.LeaveStopped || r.img.task.State == model.Stopped
 	err := r.tr.ThawProcess(pid, stopped)
 	r.phase = phaseResumed // (partly) detached: kill by signal from now on
 	if err != nil {

@@ -1,7 +1,6 @@
 package restorer
 
 import (
-	"errors"
 	"fmt"
 
 	"golang.org/x/sys/unix"
@@ -17,7 +16,7 @@ import (
 // task joins godwit's session and group instead, as CRIU's does.
 func (r *Restorer) restoreSession(s *session) error {
 	pid := r.img.pid
-	sid, pgid := int(r.img.ps.GetSid()), int(r.img.ps.GetPgid())
+	sid, pgid := r.img.task.Sid, r.img.task.Pgid
 	curSid, err := unix.Getsid(pid)
 	if err != nil {
 		return fmt.Errorf("getsid: %w", err)
@@ -53,19 +52,6 @@ func (r *Restorer) restoreSession(s *session) error {
 			return fmt.Errorf("process group %d cannot be recreated: no such group in session %d and its leader is not in the dump", pgid, sid)
 		}
 		return err
-	}
-	return nil
-}
-
-// checkSessionIDs refuses session and group ids no task can have.
-func checkSessionIDs(pid, pgid, sid uint32) error {
-	switch {
-	case pgid == 0 || pgid > 1<<22:
-		return fmt.Errorf("bad process group %d", pgid)
-	case sid == 0 || sid > 1<<22:
-		return fmt.Errorf("bad session %d", sid)
-	case sid == pid && pgid != pid:
-		return errors.New("session leader in a group other than its own")
 	}
 	return nil
 }

@@ -3,11 +3,8 @@ package restorer
 import (
 	"testing"
 
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/mm"
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/vma"
-	"google.golang.org/protobuf/proto"
-
 	"godwit/internal/images"
+	"godwit/internal/model"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 	"godwit/internal/puppet"
@@ -28,7 +25,7 @@ func TestMoveVdso(t *testing.T) {
 			t.Fatal(err)
 		}
 		var special []procfs.Mapping
-		var vmas []*vma.VmaEntry
+		var vmas []model.VMA
 		for _, m := range maps {
 			st := uint32(0)
 			switch m.Path {
@@ -40,10 +37,9 @@ func TestMoveVdso(t *testing.T) {
 				continue
 			}
 			special = append(special, m)
-			vmas = append(vmas, &vma.VmaEntry{Start: proto.Uint64(uint64(int64(m.Start) + shift)),
-				End: proto.Uint64(uint64(int64(m.End) + shift)), Status: proto.Uint32(st)})
+			vmas = append(vmas, model.VMA{Start: uint64(int64(m.Start) + shift), End: uint64(int64(m.End) + shift), Status: st})
 		}
-		r := &Restorer{tr: tr, img: &taskImages{pid: p.Pid, mm: &mm.MmEntry{Vmas: vmas}},
+		r := &Restorer{tr: tr, img: &taskImages{pid: p.Pid, mm: &model.MM{VMAs: vmas}},
 			win: window{base: puppet.DefaultBase, bounce: puppet.DefaultBase + bounceOff}}
 		s, err := r.begin(p.Pid)
 		if err != nil {

@@ -207,7 +207,7 @@ type MM struct {
 	ArgStart, ArgEnd, EnvStart, EnvEnd     uint64
 	Exe                                    ID // a File
 	Auxv                                   []uint64
-	Dumpable                               int32
+	Dumpable                               *int32 // nil: unknown
 	THPDisabled                            bool
 	VMAs                                   []VMA // ascending
 }

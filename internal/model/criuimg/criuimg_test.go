@@ -95,7 +95,7 @@ func sampleTree(t *testing.T) *model.Tree {
 		MM: &model.MM{
 			StartCode: 0x400000, EndCode: 0x401000, StartData: 0x402000, EndData: 0x403000, StartStack: 0x7ffc1000,
 			StartBrk: 0x404000, Brk: 0x425000, ArgStart: 1, ArgEnd: 2, EnvStart: 3, EnvEnd: 4, Exe: 1,
-			Auxv: []uint64{6, 4096, 0, 0}, Dumpable: 1, THPDisabled: true,
+			Auxv: []uint64{6, 4096, 0, 0}, Dumpable: i32p(1), THPDisabled: true,
 			VMAs: []model.VMA{
 				{Start: 0x400000, End: 0x401000, Shmid: 1, Prot: unix.PROT_READ | unix.PROT_EXEC, Flags: unix.MAP_PRIVATE,
 					Status: images.VmaAreaRegular | images.VmaFilePrivate, Fdflags: unix.O_RDONLY},

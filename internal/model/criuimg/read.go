@@ -296,6 +296,9 @@ func readThread(d *images.Dir, tid int, leader bool) (*model.Thread, *criu_core.
 	if tc.BlkSigset == nil && leader {
 		th.Sigmask = core.GetTc().GetBlkSigset() // CRIU before 3.x
 	}
+	if tc.Sas == nil {
+		th.Sigaltstack.Flags = linux.SsDisable // none recorded: none set
+	}
 	if r := tc.GetRseqEntry(); r != nil {
 		th.Rseq = model.Rseq{Pointer: r.GetRseqAbiPointer(), Size: r.GetRseqAbiSize(), Signature: r.GetSignature()}
 	}
@@ -444,7 +447,7 @@ func readMM(d *images.Dir, pid int, files map[model.ID]*model.File) (*model.MM, 
 		StartStack: m.GetMmStartStack(), StartBrk: m.GetMmStartBrk(), Brk: m.GetMmBrk(),
 		ArgStart: m.GetMmArgStart(), ArgEnd: m.GetMmArgEnd(), EnvStart: m.GetMmEnvStart(), EnvEnd: m.GetMmEnvEnd(),
 		Exe: model.ID(m.GetExeFileId()), Auxv: append([]uint64(nil), m.GetMmSavedAuxv()...),
-		Dumpable: m.GetDumpable(), THPDisabled: m.GetThpDisabled(),
+		Dumpable: m.Dumpable, THPDisabled: m.GetThpDisabled(),
 	}
 	if err := regular(files, m.GetExeFileId(), name, "exe"); err != nil {
 		return nil, err

@@ -302,7 +302,7 @@ func mmEntry(m *model.MM) *mm.MmEntry {
 		MmEnvStart: proto.Uint64(m.EnvStart), MmEnvEnd: proto.Uint64(m.EnvEnd),
 		ExeFileId:   proto.Uint32(uint32(m.Exe)),
 		MmSavedAuxv: append([]uint64(nil), m.Auxv...),
-		Dumpable:    proto.Int32(m.Dumpable),
+		Dumpable:    m.Dumpable,
 		ThpDisabled: proto.Bool(m.THPDisabled),
 	}
 	for i := range m.VMAs {
