@@ -43,8 +43,8 @@ func benchChild(arg string) {
 	var pid int
 	var dir, method string
 	fmt.Sscan(arg, &pid, &dir, &method)
-	os.Setenv(MethodEnv, method)
 	o := dumpOpts(pid, dir)
+	o.Method, _ = ParseMethod(method)
 	o.LeaveRunning = true
 	t0 := time.Now()
 	res, err := Dump(o, nil)

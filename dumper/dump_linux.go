@@ -3,7 +3,6 @@ package dumper
 import (
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/stats"
@@ -16,7 +15,6 @@ import (
 	"godwit/internal/logging"
 	"godwit/internal/model"
 	"godwit/internal/model/criuimg"
-	"godwit/internal/opts"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 	"godwit/pageserver"
@@ -39,26 +37,18 @@ func (r *Result) FormatStats() string {
 			r.Mem.Zero, r.Mem.Zero, r.Mem.Untouched, r.Mem.Untouched)
 }
 
-// MethodEnv selects the page transfer method ("readv" or "vmsplice");
-// the default is the faster one measured here (BenchmarkDump1GiB).
-const MethodEnv = "GODWIT_DUMP_METHOD"
-
-// DefaultMethod is the page transfer method Dump uses.
-var DefaultMethod = MethodVmsplice
-
-// Dump freezes process o.Tree, writes its images into o.ImagesDir, then
+// Dump freezes process o.Pid, writes its images into o.ImagesDir, then
 // kills it (default), lets it run (o.LeaveRunning) or leaves it stopped
 // (o.LeaveStopped). On any error before that last step the process
 // resumes untouched and untraced, and inventory.img is not written (the
 // files written so far are removed).
 //
-// With o.PageServer the pages go to the page server at o.Address:o.Port
-// instead of o.ImagesDir, which receives every other image.
-func Dump(o *opts.Options, scripts *actions.Scripts) (*Result, error) {
-	if !o.PageServer {
+// With o.PageServer the pages go to that page server instead of o.ImagesDir, which receives every other image.
+func Dump(o Options, scripts *actions.Scripts) (*Result, error) {
+	if o.PageServer == nil {
 		return DumpTo(o, scripts, localPages{})
 	}
-	t, err := dialPageServer(o)
+	t, err := dialPageServer(o.PageServer)
 	if err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
 	}
@@ -85,8 +75,8 @@ func (localPages) Open(d *images.Dir, name string, id uint32) (pageserver.Sink, 
 func (localPages) Commit() error { return nil }
 
 // DumpTo is Dump with page data sent to target.
-func DumpTo(o *opts.Options, scripts *actions.Scripts, target PageTarget) (*Result, error) {
-	pid := o.Tree
+func DumpTo(o Options, scripts *actions.Scripts, target PageTarget) (*Result, error) {
+	pid := o.Pid
 	if err := Check(pid); err != nil {
 		return nil, err
 	}
@@ -108,13 +98,7 @@ func DumpTo(o *opts.Options, scripts *actions.Scripts, target PageTarget) (*Resu
 	if err := writeCPUInfo(dir, o.CPUCap); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
 	}
-	method := DefaultMethod
-	switch os.Getenv(MethodEnv) {
-	case "readv":
-		method = MethodReadv
-	case "vmsplice":
-		method = MethodVmsplice
-	}
+	method := o.Method
 
 	tr := ptrace.New()
 	defer tr.Close()

@@ -650,8 +650,8 @@ while True:
 `
 	p := start(t, "", "", "/bin/sh", "-c", "exec python3 -c '"+script+"' >"+log)
 	waitFile(t, log, "ready")
-	t.Setenv(MethodEnv, "vmsplice")
 	o := dumpOpts(p.Pid, t.TempDir())
+	o.Method = MethodVmsplice
 	o.LeaveRunning = true
 	res, err := Dump(o, nil)
 	if err != nil {

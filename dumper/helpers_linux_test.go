@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"godwit/internal/opts"
 	"godwit/internal/procfs"
 	"godwit/internal/testutil"
 )
@@ -62,11 +61,8 @@ func assertRunningUntraced(t testing.TB, pid int) {
 	t.Fatalf("pid %d: state %c, tracer %d after dump", pid, state, tracer)
 }
 
-func dumpOpts(pid int, dir string) *opts.Options {
-	o := opts.New()
-	o.Tree = pid
-	o.ImagesDir = dir
-	return o
+func dumpOpts(pid int, dir string) Options {
+	return Options{Pid: pid, ImagesDir: dir}
 }
 
 func crit(t testing.TB, args ...string) string {

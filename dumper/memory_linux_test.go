@@ -29,7 +29,6 @@ func TestDumpMemoryLayout(t *testing.T) {
 	}
 	for _, method := range []string{"vmsplice", "readv"} {
 		t.Run(method, func(t *testing.T) {
-			t.Setenv(MethodEnv, method)
 			tmp := t.TempDir()
 			log := filepath.Join(tmp, "log")
 			p := start(t, "", "", bin, filepath.Join(tmp, "file"), log)
@@ -42,6 +41,7 @@ func TestDumpMemoryLayout(t *testing.T) {
 			dir := t.TempDir()
 			o := dumpOpts(p.Pid, dir)
 			o.LeaveRunning = true
+			o.Method, _ = ParseMethod(method)
 			res, err := Dump(o, nil)
 			if err != nil {
 				t.Fatal(err)

@@ -4,13 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"strconv"
 	"strings"
 	"time"
 
 	"godwit/internal/images"
-	"godwit/internal/opts"
 	"godwit/pageserver"
 )
 
@@ -26,11 +24,11 @@ type pageServerTarget struct {
 	closed bool
 }
 
-func dialPageServer(o *opts.Options) (*pageServerTarget, error) {
+func dialPageServer(ps *PageServer) (*pageServerTarget, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), pageServerTimeout)
 	defer cancel()
-	addr := net.JoinHostPort(o.Address, strconv.Itoa(o.Port))
-	c, err := pageserver.Dial(ctx, addr, pageserver.TransportOptionsFrom(o))
+	addr := ps.Addr
+	c, err := pageserver.Dial(ctx, addr, ps.Transport)
 	if err != nil {
 		return nil, fmt.Errorf("page server %s: %w", addr, err)
 	}

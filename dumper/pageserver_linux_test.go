@@ -31,9 +31,7 @@ func TestDumpStalledPageServer(t *testing.T) {
 
 	p := startCounter(t, false, "-m", "64")
 	o := dumpOpts(p.Pid, t.TempDir())
-	o.PageServer = true
-	o.Address = "127.0.0.1"
-	o.Port = ln.Addr().(*net.TCPAddr).Port
+	o.PageServer = &PageServer{Addr: ln.Addr().String()}
 	t0 := time.Now()
 	_, err = Dump(o, nil)
 	if err == nil || !strings.Contains(err.Error(), "page server") {

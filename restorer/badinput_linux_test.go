@@ -17,7 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"godwit/internal/images"
-	"godwit/internal/opts"
+	"godwit/dumper"
 	"godwit/internal/procfs"
 	"godwit/internal/testutil"
 )
@@ -80,7 +80,7 @@ func restoreFails(t *testing.T, dir string, pid int, want ...string) error {
 
 func restoreFailsBut(t *testing.T, dir string, pid, child int, want ...string) error {
 	t.Helper()
-	o := opts.New()
+	o := Options{}
 	o.ImagesDir = dir
 	r, err := Restore(o, nil)
 	if err == nil {
@@ -206,7 +206,7 @@ func TestRestorePidInUse(t *testing.T) {
 	log := filepath.Join(dir, "log")
 	w := startWorkload(t, log, "tick 2", testutil.CounterBin(t, false), log)
 	imgs := filepath.Join(dir, "img")
-	dump(t, w.Pid, imgs, func(o *opts.Options) { o.LeaveRunning = true })
+	dump(t, w.Pid, imgs, func(o *dumper.Options) { o.LeaveRunning = true })
 	err := restoreFailsBut(t, imgs, 0, w.Pid, fmt.Sprint(w.Pid), "in use")
 	if !errors.Is(err, ErrPidInUse) {
 		t.Errorf("error %v is not ErrPidInUse", err)

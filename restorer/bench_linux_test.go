@@ -13,7 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/images"
-	"godwit/internal/opts"
 	"godwit/internal/ptrace"
 	"godwit/internal/puppet"
 	"godwit/internal/testutil"
@@ -97,13 +96,13 @@ func BenchmarkRestore1GiB(b *testing.B) {
 
 // restorePhases runs every phase with page method m.
 func restorePhases(b *testing.B, imgs string, m PageMethod) *Restorer {
-	o := opts.New()
+	o := Options{}
 	o.ImagesDir = imgs
+	o.PageMethod = m
 	r, err := New(o, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
-	r.PageMethod = m
 	if err := r.Layout(); err != nil {
 		b.Fatal(err)
 	}

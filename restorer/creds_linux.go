@@ -47,7 +47,7 @@ func (r *Restorer) threadCreds(s *session, t *thread) error {
 		return err
 	}
 	if sig := t.PdeathSig; sig != 0 {
-		if r.o.RestoreDetach {
+		if r.o.Detach {
 			// The restored task's parent is godwit, which exits right
 			// after a detached restore: the signal would fire at once and
 			// (usually SIGKILL) end the program godwit just restored.

@@ -13,7 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/dumper"
-	"godwit/internal/opts"
 	"godwit/internal/testutil"
 )
 
@@ -92,13 +91,13 @@ func waitTicks(t testing.TB, file string, n int) int {
 }
 
 // dump dumps pid into dir with the dumper (killing it).
-func dump(t testing.TB, pid int, dir string, mod func(*opts.Options)) {
+func dump(t testing.TB, pid int, dir string, mod func(*dumper.Options)) {
 	t.Helper()
-	o := opts.New()
-	o.Tree = pid
+	o := dumper.Options{}
+	o.Pid = pid
 	o.ImagesDir = dir
 	if mod != nil {
-		mod(o)
+		mod(&o)
 	}
 	watch := time.AfterFunc(15*time.Second, func() {
 		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
@@ -113,12 +112,12 @@ func dump(t testing.TB, pid int, dir string, mod func(*opts.Options)) {
 
 // restore restores dir; the task is killed and reaped at test end unless
 // waited for.
-func restore(t testing.TB, dir string, mod func(*opts.Options)) *Restorer {
+func restore(t testing.TB, dir string, mod func(*Options)) *Restorer {
 	t.Helper()
-	o := opts.New()
+	o := Options{}
 	o.ImagesDir = dir
 	if mod != nil {
-		mod(o)
+		mod(&o)
 	}
 	r, err := Restore(o, nil)
 	if err != nil {

@@ -88,9 +88,6 @@ func (r *Restorer) Layout() error {
 	if err := r.need(phaseNew, "layout"); err != nil {
 		return err
 	}
-	if r.o.RestoreSibling {
-		r.log.Warnf("restore: --restore-sibling: the task's parent is godwit in both modes (the puppet is godwit's child)")
-	}
 	pid := r.img.pid
 	win, err := pickWindow(r.img.mm.VMAs)
 	if err != nil {

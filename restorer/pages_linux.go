@@ -17,14 +17,15 @@ import (
 type PageMethod int
 
 const (
-	// PagesVMWritev reads data into a bounded buffer of godwit and
-	// process_vm_writev's it into the task (two copies).
-	PagesVMWritev PageMethod = iota
 	// PagesPreadv has the task itself read the pages file: an injected
 	// preadv with up to 1024 iovecs per call, straight from the page
 	// cache into its memory (one copy, no buffer in godwit). Sources
-	// that are not files fall back to PagesVMWritev.
-	PagesPreadv
+	// that are not files fall back to PagesVMWritev. The zero value: the
+	// fastest measured here (BenchmarkRestore1GiB).
+	PagesPreadv PageMethod = iota
+	// PagesVMWritev reads data into a bounded buffer of godwit and
+	// process_vm_writev's it into the task (two copies).
+	PagesVMWritev
 	// PagesProcMem writes through /proc/PID/mem from the buffer.
 	PagesProcMem
 )
@@ -41,8 +42,7 @@ func (m PageMethod) String() string {
 	return "method " + strconv.Itoa(int(m))
 }
 
-// DefaultPageMethod was the fastest measured here (BenchmarkFillMethods):
-// see the package's report.
+// DefaultPageMethod is the zero PageMethod.
 const DefaultPageMethod = PagesPreadv
 
 // fillBufSize bounds godwit's own buffer for page data.
@@ -124,7 +124,7 @@ func (r *Restorer) FillPages(src PageSource) error {
 		return err
 	}
 	var err error
-	if fr, ok := src.(FileRuns); ok && r.PageMethod == PagesPreadv {
+	if fr, ok := src.(FileRuns); ok && r.o.PageMethod == PagesPreadv {
 		err = r.fillPreadv(src, fr, r.checkRun)
 	} else {
 		err = r.fillBuffered(src, r.checkRun)
@@ -148,7 +148,7 @@ func (r *Restorer) checkRun(vaddr, size uint64) (uint64, error) {
 func (r *Restorer) fillBuffered(src PageSource, place func(vaddr, size uint64) (uint64, error)) error {
 	pid := r.img.pid
 	write := func(addr uint64, b []byte) error { return ptrace.WriteMem(pid, addr, b) }
-	if r.PageMethod == PagesProcMem {
+	if r.o.PageMethod == PagesProcMem {
 		f, err := os.OpenFile("/proc/"+strconv.Itoa(pid)+"/mem", os.O_WRONLY, 0)
 		if err != nil {
 			return err
@@ -173,7 +173,7 @@ func (r *Restorer) fillBuffered(src PageSource, place func(vaddr, size uint64) (
 		if err != nil {
 			return err
 		}
-		if r.PageMethod != PagesProcMem { // /proc/PID/mem writes through any protection
+		if r.o.PageMethod != PagesProcMem { // /proc/PID/mem writes through any protection
 			if err := r.ensureWritable(nil, addr, size); err != nil {
 				return err
 			}
@@ -330,7 +330,7 @@ func (r *Restorer) fillShmem() error {
 		src := &clipSource{ImageSource: NewImageSource(pr), lo: lo, hi: hi}
 		place := func(off, size uint64) (uint64, error) { return v.Start + (off - lo), nil }
 		var err error
-		if r.PageMethod == PagesPreadv {
+		if r.o.PageMethod == PagesPreadv {
 			err = r.fillPreadv(src, src, place)
 		} else {
 			err = r.fillBuffered(src, place)

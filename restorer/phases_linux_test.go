@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/images"
-	"godwit/internal/opts"
 	"godwit/internal/testutil"
 )
 
@@ -66,8 +65,9 @@ func TestRestorePhases(t *testing.T) {
 			w.Reaped(t)
 			n := ticks(t, log)
 
-			o := opts.New()
+			o := Options{}
 			o.ImagesDir = imgs
+			o.PageMethod = m
 			r, err := New(o, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -77,7 +77,6 @@ func TestRestorePhases(t *testing.T) {
 					r.Abort()
 				}
 			})
-			r.PageMethod = m
 			if err := r.Layout(); err != nil {
 				t.Fatal(err)
 			}
@@ -165,7 +164,7 @@ func TestRestoreNanosleep(t *testing.T) {
 	imgs := filepath.Join(dir, "img")
 	dump(t, w.Pid, imgs, nil)
 	w.Reaped(t)
-	o := opts.New()
+	o := Options{}
 	o.ImagesDir = imgs
 	r, err := New(o, nil)
 	if err != nil {

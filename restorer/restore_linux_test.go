@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"godwit/internal/actions"
-	"godwit/internal/opts"
 	"godwit/internal/procfs"
 	"godwit/internal/testutil"
 	"os"
@@ -167,7 +166,7 @@ func TestRestoreLeaveStopped(t *testing.T) {
 	dump(t, w.Pid, filepath.Join(dir, "img"), nil)
 	w.Reaped(t)
 	n := ticks(t, log)
-	r := restore(t, filepath.Join(dir, "img"), func(o *opts.Options) { o.LeaveStopped = true })
+	r := restore(t, filepath.Join(dir, "img"), func(o *Options) { o.LeaveStopped = true })
 	var st *procfs.Status
 	for i := 0; i < 100; i++ {
 		var err error
@@ -202,7 +201,7 @@ func TestRestoreScripts(t *testing.T) {
 	dump(t, w.Pid, imgs, nil)
 	w.Reaped(t)
 	out := filepath.Join(dir, "scripts")
-	o := opts.New()
+	o := Options{}
 	o.ImagesDir = imgs
 	sc := &actions.Scripts{Commands: []string{`echo "$CRTOOLS_SCRIPT_ACTION $CRTOOLS_INIT_PID" >> ` + out}}
 	r, err := Restore(o, sc)
@@ -227,7 +226,7 @@ func TestRestorePreResumeFails(t *testing.T) {
 	imgs := filepath.Join(dir, "img")
 	dump(t, w.Pid, imgs, nil)
 	w.Reaped(t)
-	o := opts.New()
+	o := Options{}
 	o.ImagesDir = imgs
 	sc := &actions.Scripts{Commands: []string{`[ "$CRTOOLS_SCRIPT_ACTION" != pre-resume ]`}}
 	_, err := Restore(o, sc)

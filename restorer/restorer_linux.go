@@ -13,7 +13,6 @@ import (
 	"godwit/internal/cpuinfo"
 	"godwit/internal/images"
 	"godwit/internal/logging"
-	"godwit/internal/opts"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 	"godwit/internal/puppet"
@@ -50,7 +49,7 @@ const (
 // Resume, Wait. After a failed step the partial task is gone and every
 // later call fails.
 type Restorer struct {
-	o       *opts.Options
+	o       Options
 	scripts *actions.Scripts
 	log     *logging.Logger
 	dir     *images.Dir
@@ -69,10 +68,6 @@ type Restorer struct {
 	protFix  []vmaProt
 	writable map[uint64]bool // VMA start → mapped writable
 
-	// PageMethod is how FillPages writes pages (default: the fastest
-	// measured here, see pages_linux.go).
-	PageMethod PageMethod
-
 	start         time.Time
 	forkTime      time.Duration
 	pagesRestored uint64
@@ -81,18 +76,7 @@ type Restorer struct {
 
 // New reads and checks every image of the process in o.ImagesDir, and
 // checks that its PID and TIDs are free and allowed. Nothing is started.
-func New(o *opts.Options, scripts *actions.Scripts) (*Restorer, error) {
-	if o == nil {
-		return nil, errors.New("restore: no options")
-	}
-	switch {
-	case o.LazyPages:
-		return nil, errors.New("restore: --lazy-pages is not supported yet")
-	case o.Root != "" && o.Root != "/":
-		return nil, errors.New("restore: --root is not supported yet")
-	case len(o.InheritFD) > 0:
-		return nil, errors.New("restore: --inherit-fd is not supported yet")
-	}
+func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
 	start := time.Now()
 	d, err := images.Open(o.ImagesDir, false)
 	if err != nil {
@@ -108,7 +92,7 @@ func New(o *opts.Options, scripts *actions.Scripts) (*Restorer, error) {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	r := &Restorer{o: o, scripts: scripts, log: logging.Default(), dir: d, img: img,
-		start: start, PageMethod: DefaultPageMethod}
+		start: start}
 	if err := r.checkPids(); err != nil {
 		r.close()
 		return nil, fmt.Errorf("restore: %w", err)
@@ -117,8 +101,8 @@ func New(o *opts.Options, scripts *actions.Scripts) (*Restorer, error) {
 }
 
 // Restore runs every phase back to back from the images in o.ImagesDir.
-// Unless o.RestoreDetach is set the caller then Waits for the task.
-func Restore(o *opts.Options, scripts *actions.Scripts) (*Restorer, error) {
+// Unless o.Detach is set the caller then Waits for the task.
+func Restore(o Options, scripts *actions.Scripts) (*Restorer, error) {
 	r, err := New(o, scripts)
 	if err != nil {
 		return nil, err

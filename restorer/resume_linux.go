@@ -2,7 +2,6 @@ package restorer
 
 import (
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/stats"
@@ -47,8 +46,8 @@ func (r *Restorer) Resume() error {
 	if err := images.WriteRestoreStats(r.dir, r.o.WorkDir, st); err != nil {
 		r.log.Warnf("restore %d: write %s: %v", pid, images.StatsRestore, err)
 	}
-	if r.o.DisplayStats {
-		fmt.Fprint(os.Stdout, images.FormatStats(&stats.StatsEntry{Restore: st}))
+	if r.o.Stats != nil {
+		fmt.Fprint(r.o.Stats, images.FormatStats(&stats.StatsEntry{Restore: st}))
 	}
 	r.log.Infof("restore %d: %d pages in %v", pid, r.pagesRestored, restoreTime)
 	if r.img != nil {

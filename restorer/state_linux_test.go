@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"godwit/internal/opts"
+	"godwit/dumper"
 	"godwit/internal/procfs"
 	"godwit/internal/testutil"
 )
@@ -118,7 +118,7 @@ func TestRestoreState(t *testing.T) {
 	log := filepath.Join(dir, "log")
 	w := startWorkload(t, log, "ready", bin, work, log)
 	imgs := filepath.Join(dir, "img")
-	dump(t, w.Pid, imgs, func(o *opts.Options) { o.LeaveStopped = true })
+	dump(t, w.Pid, imgs, func(o *dumper.Options) { o.LeaveStopped = true })
 	waitStopped(t, w.Pid)
 	before := procState(t, w.Pid)
 	niced := false
@@ -131,7 +131,7 @@ func TestRestoreState(t *testing.T) {
 	unix.Kill(w.Pid, unix.SIGKILL)
 	w.Reaped(t)
 
-	r := restore(t, imgs, func(o *opts.Options) { o.LeaveStopped = true })
+	r := restore(t, imgs, func(o *Options) { o.LeaveStopped = true })
 	waitStopped(t, r.PID())
 	after := procState(t, r.PID())
 	for k, v := range before {
@@ -215,7 +215,7 @@ func TestRestoreUnprivileged(t *testing.T) {
 	w := startWorkload(t, log, "tick 3", "/usr/bin/setpriv", "--reuid=1000", "--regid=1000", "--groups=1000,1001",
 		"--inh-caps=-all", "--bounding-set=-sys_admin", bin, log)
 	imgs := filepath.Join(dir, "img")
-	dump(t, w.Pid, imgs, func(o *opts.Options) { o.LeaveStopped = true })
+	dump(t, w.Pid, imgs, func(o *dumper.Options) { o.LeaveStopped = true })
 	waitStopped(t, w.Pid)
 	before := procState(t, w.Pid)
 	if !strings.Contains(before["task "+fmt.Sprint(w.Pid)], "Uid=1000") {
@@ -223,7 +223,7 @@ func TestRestoreUnprivileged(t *testing.T) {
 	}
 	unix.Kill(w.Pid, unix.SIGKILL)
 	w.Reaped(t)
-	r := restore(t, imgs, func(o *opts.Options) { o.LeaveStopped = true })
+	r := restore(t, imgs, func(o *Options) { o.LeaveStopped = true })
 	waitStopped(t, r.PID())
 	after := procState(t, r.PID())
 	for k, v := range before {

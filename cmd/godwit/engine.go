@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"godwit/dumper"
+	"godwit/internal/engineopts"
 	"godwit/restorer"
 )
 
@@ -18,7 +19,11 @@ func dumpCmd(a *app) *cobra.Command {
 resumes as it was.`,
 		Args: noArgs,
 		RunE: func(*cobra.Command, []string) error {
-			res, err := dumper.Dump(a.o, a.scripts)
+			o, err := engineopts.Dump(a.o)
+			if err != nil {
+				return err
+			}
+			res, err := dumper.Dump(o, a.scripts)
 			if err != nil {
 				return err
 			}
@@ -41,7 +46,11 @@ func restoreCmd(a *app) *cobra.Command {
 godwit waits for it and exits with its exit status (128+N if signal N killed it).`,
 		Args: noArgs,
 		RunE: func(*cobra.Command, []string) error {
-			r, err := restorer.Restore(a.o, a.scripts)
+			o, err := engineopts.Restore(a.o, a.stdout)
+			if err != nil {
+				return err
+			}
+			r, err := restorer.Restore(o, a.scripts)
 			if err != nil {
 				return err
 			}

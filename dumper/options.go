@@ -1,0 +1,42 @@
+package dumper
+
+import "godwit/pageserver"
+
+// Options are what one dump needs; cmd/godwit and the RPC service map
+// their own options onto them (internal/engineopts).
+type Options struct {
+	Pid       int    // the task to dump
+	ImagesDir string // where the images go
+	WorkDir   string // where stats-dump also goes ("": ImagesDir only)
+	// After a successful dump the task is killed, unless LeaveRunning
+	// or LeaveStopped.
+	LeaveRunning, LeaveStopped bool
+	// FreezeCgroup freezes the task through this cgroup first ("": by
+	// ptrace only).
+	FreezeCgroup string
+	// CPUCap is the --cpu-cap argument: cpuinfo.img is written unless it
+	// is "" or names no capability.
+	CPUCap string
+	// PageServer sends the pages to a page server instead of ImagesDir.
+	PageServer *PageServer
+	// Method is how pages leave the target (zero: MethodVmsplice, the
+	// faster one measured here, see BenchmarkDump1GiB).
+	Method Method
+}
+
+// PageServer is where a page server listens and how to talk to it.
+type PageServer struct {
+	Addr      string // host:port
+	Transport pageserver.TransportOptions
+}
+
+// ParseMethod parses a Method's name ("vmsplice" or "readv").
+func ParseMethod(s string) (Method, bool) {
+	switch s {
+	case "vmsplice":
+		return MethodVmsplice, true
+	case "readv":
+		return MethodReadv, true
+	}
+	return 0, false
+}

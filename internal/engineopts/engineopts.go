@@ -1,0 +1,59 @@
+// Package engineopts maps godwit's command-line (and RPC) options onto
+// the engine's own: dumper.Options and restorer.Options. It is the one
+// place that knows both, so that the engine packages never see the CLI's
+// option set, and refuses here what the engine cannot do.
+package engineopts
+
+import (
+	"errors"
+	"io"
+	"net"
+	"strconv"
+
+	"godwit/dumper"
+	"godwit/internal/logging"
+	"godwit/internal/opts"
+	"godwit/pageserver"
+	"godwit/restorer"
+)
+
+// Dump maps o onto the dumper's options.
+func Dump(o *opts.Options) (dumper.Options, error) {
+	d := dumper.Options{
+		Pid: o.Tree, ImagesDir: o.ImagesDir, WorkDir: o.WorkDir,
+		LeaveRunning: o.LeaveRunning, LeaveStopped: o.LeaveStopped,
+		FreezeCgroup: o.FreezeCgroup, CPUCap: o.CPUCap,
+	}
+	if o.PageServer {
+		d.PageServer = &dumper.PageServer{
+			Addr:      net.JoinHostPort(o.Address, strconv.Itoa(o.Port)),
+			Transport: pageserver.TransportOptionsFrom(o),
+		}
+	}
+	return d, nil
+}
+
+// Restore maps o onto the restorer's options; with o.DisplayStats the
+// statistics go to stats.
+func Restore(o *opts.Options, stats io.Writer) (restorer.Options, error) {
+	switch {
+	case o.LazyPages:
+		return restorer.Options{}, errors.New("restore: --lazy-pages is not supported yet")
+	case o.Root != "" && o.Root != "/":
+		return restorer.Options{}, errors.New("restore: --root is not supported yet")
+	case len(o.InheritFD) > 0:
+		return restorer.Options{}, errors.New("restore: --inherit-fd is not supported yet")
+	}
+	if o.RestoreSibling {
+		logging.Default().Warnf("restore: --restore-sibling: the task's parent is godwit in both modes (the puppet is godwit's child)")
+	}
+	r := restorer.Options{
+		ImagesDir: o.ImagesDir, WorkDir: o.WorkDir,
+		Detach: o.RestoreDetach, LeaveStopped: o.LeaveStopped, ShellJob: o.ShellJob,
+		CPUCap: o.CPUCap,
+	}
+	if o.DisplayStats {
+		r.Stats = stats
+	}
+	return r, nil
+}

@@ -1,0 +1,27 @@
+package restorer
+
+import "io"
+
+// Options are what one restore needs; cmd/godwit and the RPC service map
+// their own options onto them (internal/engineopts), refusing what the
+// engine cannot do.
+type Options struct {
+	ImagesDir string // the dump to restore
+	WorkDir   string // where stats-restore also goes ("": ImagesDir only)
+	// Detach: the caller will not Wait; the parent-death signal, which
+	// would fire when godwit exits, is not restored.
+	Detach bool
+	// LeaveStopped leaves the task stopped (SIGSTOP) after Resume.
+	LeaveStopped bool
+	// ShellJob restores the task into godwit's session and process
+	// group instead of its own.
+	ShellJob bool
+	// CPUCap is the --cpu-cap argument: "" checks the dump's cpuinfo.img
+	// (if any) with CRIU's default modes.
+	CPUCap string
+	// Stats, if not nil, receives the restore statistics as
+	// --display-stats prints them.
+	Stats io.Writer
+	// PageMethod is how FillPages writes pages.
+	PageMethod PageMethod
+}
