@@ -1,9 +1,10 @@
 // Package dumper checkpoints one process (any number of threads) into
 // CRIU-format images: Dump freezes it with ptrace, collects every piece of
 // state (registers, signals, credentials, timers, rlimits, the address
-// space, files) partly from /proc and ptrace and partly by syscalls
-// injected into the stopped threads, streams its pages through a
-// MemoryDumper into page sinks, writes the images (inventory.img last)
+// space, files) into a checkpoint model (internal/model) partly from /proc
+// and ptrace and partly by syscalls injected into the stopped threads,
+// streams its pages through a MemoryDumper into page sinks, writes the
+// model as CRIU images with internal/model/criuimg (inventory.img last)
 // and then kills, resumes or stops the task. Any failure before that last
 // step resumes the task untouched and untraced.
 //
@@ -13,6 +14,6 @@
 // (process_vm_readv, also on a running target) or NewInjectingMemoryDumper
 // (the target vmsplices its own pages into a pipe godwit took with
 // pidfd_getfd; one copy fewer, frozen targets only), each writing to any
-// pageserver.Sink (ImageSink for an images directory, a page server's
-// TaskSink).
+// pagexfer.Sink (pagexfer.ImageSink for an images directory, a page
+// server's TaskSink).
 package dumper

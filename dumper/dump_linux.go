@@ -15,9 +15,9 @@ import (
 	"godwit/internal/logging"
 	"godwit/internal/model"
 	"godwit/internal/model/criuimg"
+	"godwit/internal/pagexfer"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
-	"godwit/pageserver"
 )
 
 // Result is what a dump did.
@@ -60,17 +60,17 @@ func Dump(o Options, scripts *actions.Scripts) (*Result, error) {
 type PageTarget interface {
 	// Open returns the sink for one pagemap (pagemap-PID.img or
 	// pagemap-shmem-ID.img, with its pages id).
-	Open(d *images.Dir, pagemapName string, pagesID uint32) (pageserver.Sink, error)
+	Open(d *images.Dir, pagemapName string, pagesID uint32) (pagexfer.Sink, error)
 	// Commit makes every page durable (a page server acknowledges them);
 	// the dump finishes the task only after it succeeded.
 	Commit() error
 }
 
-// localPages writes pages into the images directory (NewImageSink).
+// localPages writes pages into the images directory (pagexfer.ImageSink).
 type localPages struct{}
 
-func (localPages) Open(d *images.Dir, name string, id uint32) (pageserver.Sink, error) {
-	return NewImageSink(d, name, id)
+func (localPages) Open(d *images.Dir, name string, id uint32) (pagexfer.Sink, error) {
+	return pagexfer.NewImageSink(d, name, id)
 }
 func (localPages) Commit() error { return nil }
 
@@ -190,7 +190,7 @@ type dumpRun struct {
 	tr      *ptrace.Tracer
 	dir     *images.Dir
 	method  Method
-	sinks   func(d *images.Dir, pagemapName string, pagesID uint32) (pageserver.Sink, error)
+	sinks   func(d *images.Dir, pagemapName string, pagesID uint32) (pagexfer.Sink, error)
 	log     *logging.Logger
 	written []string
 	mem     MemStats
@@ -410,7 +410,7 @@ func (d *dumpRun) dumpMemory(s *ptrace.Session, scratch uint64, vmas []VMA) (err
 		return err
 	}
 	next := uint32(1)
-	return md.DumpShared(vmas, func(shmid uint64) (pageserver.Sink, error) {
+	return md.DumpShared(vmas, func(shmid uint64) (pagexfer.Sink, error) {
 		next++
 		name := images.PagemapShmemImg(shmid)
 		d.note(name)

@@ -10,9 +10,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/images"
+	"godwit/internal/pagexfer"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
-	"godwit/pageserver"
 )
 
 const (
@@ -150,7 +150,7 @@ type run struct {
 // sees its ranges in order.
 type batch struct {
 	d       *MemoryDumper
-	sink    pageserver.Sink
+	sink    pagexfer.Sink
 	src     pageSource
 	runs    []run
 	pages   uint64
@@ -301,7 +301,7 @@ func (d *MemoryDumper) scan(b *batch, start, end uint64, delta uint64, shared bo
 // DumpPrivate sends the pages of the private VMAs (anonymous, and the
 // written pages of private file mappings) to sink, in address order. The
 // sink is not closed.
-func (d *MemoryDumper) DumpPrivate(vmas []VMA, sink pageserver.Sink) error {
+func (d *MemoryDumper) DumpPrivate(vmas []VMA, sink pagexfer.Sink) error {
 	b := &batch{d: d, sink: sink, src: d.src}
 	fb := &batch{d: d, sink: sink, src: d.force}
 	defer b.wait()
@@ -335,7 +335,7 @@ func (d *MemoryDumper) DumpPrivate(vmas []VMA, sink pageserver.Sink) error {
 // DumpShared sends the pages of every shared anonymous object once, to
 // the sink open returns for its shmid (pagemap-shmem-SHMID), with image
 // addresses being offsets in the object. open's sinks are closed here.
-func (d *MemoryDumper) DumpShared(vmas []VMA, open func(shmid uint64) (pageserver.Sink, error)) error {
+func (d *MemoryDumper) DumpShared(vmas []VMA, open func(shmid uint64) (pagexfer.Sink, error)) error {
 	groups := map[uint64][]*VMA{}
 	var ids []uint64
 	for i := range vmas {
@@ -372,7 +372,7 @@ func (d *MemoryDumper) DumpShared(vmas []VMA, open func(shmid uint64) (pageserve
 // (written through another mapping, or by another process sharing the
 // object) is still the object's data. SEEK_DATA/SEEK_HOLE give the pages
 // the object holds; holes stay holes.
-func (d *MemoryDumper) dumpObject(g []*VMA, sink pageserver.Sink) error {
+func (d *MemoryDumper) dumpObject(g []*VMA, sink pagexfer.Sink) error {
 	v := g[0]
 	t0 := time.Now()
 	f, err := os.Open(fmt.Sprintf("/proc/%d/map_files/%x-%x", d.pid, v.Start, v.End))
@@ -429,7 +429,7 @@ type readvSource struct {
 	pid    int
 	force  bool
 	buf    [2][]byte
-	c      [2]chunk
+	c      [2]pagexfer.Chunk
 	mem    *os.File
 	remote []unix.RemoteIovec
 }
@@ -468,7 +468,7 @@ func (s *readvSource) load(slot int, runs []run) error {
 			return err
 		}
 	}
-	s.c[slot] = chunk{b: buf[:total]}
+	s.c[slot] = pagexfer.NewChunk(buf[:total])
 	return nil
 }
 

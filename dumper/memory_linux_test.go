@@ -12,8 +12,8 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/mm"
 
 	"godwit/internal/images"
+	"godwit/internal/pagexfer"
 	"godwit/internal/procfs"
-	"godwit/pageserver"
 )
 
 // TestDumpMemoryLayout checks which pages are saved, and their bytes:
@@ -194,7 +194,7 @@ func TestMemoryDumperRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	sink, err := pageserver.NewLocalSink(d, images.PagemapImg(p.Pid), 1)
+	sink, err := pagexfer.NewImageSink(d, images.PagemapImg(p.Pid), 1)
 	if err != nil {
 		t.Fatal(err)
 	}

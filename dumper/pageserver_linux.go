@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"godwit/internal/images"
+	"godwit/internal/pagexfer"
 	"godwit/pageserver"
 )
 
@@ -46,7 +47,7 @@ func (t *pageServerTarget) watch(op func() error) error {
 // watchedSink is a page-server sink whose every exchange is bounded.
 type watchedSink struct {
 	t *pageServerTarget
-	s pageserver.Sink
+	s pagexfer.Sink
 }
 
 func (w watchedSink) AddPages(vaddr, nr uint64, flags uint32, src io.Reader) error {
@@ -60,7 +61,7 @@ func (w watchedSink) Close() error { return w.t.watch(w.s.Close) }
 // Open maps an image name to the page server's destination: the task's
 // pid for pagemap-PID.img, the object's id for pagemap-shmem-ID.img. The
 // server picks its own pages ids.
-func (t *pageServerTarget) Open(_ *images.Dir, name string, _ uint32) (pageserver.Sink, error) {
+func (t *pageServerTarget) Open(_ *images.Dir, name string, _ uint32) (pagexfer.Sink, error) {
 	var dst uint64
 	switch {
 	case strings.HasPrefix(name, "pagemap-shmem-"):

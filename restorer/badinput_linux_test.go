@@ -16,8 +16,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
-	"godwit/internal/images"
 	"godwit/dumper"
+	"godwit/internal/images"
 	"godwit/internal/procfs"
 	"godwit/internal/testutil"
 )

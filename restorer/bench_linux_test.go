@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/images"
+	"godwit/internal/pagexfer"
 	"godwit/internal/ptrace"
 	"godwit/internal/puppet"
 	"godwit/internal/testutil"
@@ -106,7 +107,7 @@ func restorePhases(b *testing.B, imgs string, m PageMethod) *Restorer {
 	if err := r.Layout(); err != nil {
 		b.Fatal(err)
 	}
-	if err := r.FillPages(NewImageSource(r.img.pages)); err != nil {
+	if err := r.FillPages(pagexfer.NewImageSource(r.img.pages)); err != nil {
 		b.Fatal(err)
 	}
 	if err := r.Finalize(); err != nil {

@@ -6,7 +6,7 @@
 //
 //	r, err := restorer.New(o, scripts) // read and check every image, nothing started
 //	err = r.Layout()                   // puppet with the original PID, every VMA mapped
-//	err = r.FillPages(src)             // repeatable, any order, any PageSource
+//	err = r.FillPages(src)             // repeatable, any order, any pagexfer.Source
 //	err = r.Finalize()                 // fds, fs, signals, timers, rlimits, threads, registers, creds
 //	err = r.Resume()                   // detach every thread at once (or leave stopped)
 //	status, err := r.Wait()            // the task's exit status (or r.Close() for -d)

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/images"
+	"godwit/internal/pagexfer"
 	"godwit/internal/ptrace"
 )
 
@@ -52,64 +53,6 @@ const fillBufSize = 1 << 20
 // (2 GiB - 4 KiB) per call.
 const maxRun = 1 << 30
 
-// PageSource yields runs of page data for the task, in any order.
-type PageSource interface {
-	// Next moves to the next run and returns its address and number of
-	// pages; io.EOF after the last.
-	Next() (vaddr, nrPages uint64, err error)
-	// Read reads the current run's data (io.EOF at its end).
-	Read(p []byte) (int, error)
-}
-
-// FileRuns is implemented by sources whose current run is stored in a
-// file, so that the task can read it directly.
-type FileRuns interface {
-	RunFile() (f *os.File, off int64)
-}
-
-// ImageSource serves the present pages of a pagemap/pages image pair.
-type ImageSource struct {
-	pr   *images.PageReader
-	i    int
-	cur  images.PageRange
-	done int64
-}
-
-// NewImageSource returns a source over pr's present ranges.
-func NewImageSource(pr *images.PageReader) *ImageSource { return &ImageSource{pr: pr} }
-
-// Next implements PageSource.
-func (s *ImageSource) Next() (uint64, uint64, error) {
-	for s.i < s.pr.Len() {
-		p := s.pr.Range(s.i)
-		s.i++
-		if p.Present() {
-			s.cur, s.done = p, 0
-			return p.Vaddr, p.NrPages, nil
-		}
-	}
-	return 0, 0, io.EOF
-}
-
-// Read implements PageSource.
-func (s *ImageSource) Read(b []byte) (int, error) {
-	left := int64(s.cur.NrPages*pageSize) - s.done
-	if left <= 0 {
-		return 0, io.EOF
-	}
-	if int64(len(b)) > left {
-		b = b[:left]
-	}
-	n, err := s.pr.ReadAt(b, s.cur.Vaddr+uint64(s.done))
-	s.done += int64(n)
-	return n, err
-}
-
-// RunFile implements FileRuns.
-func (s *ImageSource) RunFile() (*os.File, int64) {
-	return s.pr.PagesFile(), s.cur.Offset + s.done
-}
-
 // run is one stretch of pages to write.
 type run struct {
 	vaddr, size uint64
@@ -119,12 +62,12 @@ type run struct {
 // called any number of times, with runs in any order; pages not written
 // stay zero (fresh anonymous memory), and a page written twice keeps the
 // last data.
-func (r *Restorer) FillPages(src PageSource) error {
+func (r *Restorer) FillPages(src pagexfer.Source) error {
 	if err := r.need(phaseLaidOut, "fill pages"); err != nil {
 		return err
 	}
 	var err error
-	if fr, ok := src.(FileRuns); ok && r.o.PageMethod == PagesPreadv {
+	if fr, ok := src.(pagexfer.FileRuns); ok && r.o.PageMethod == PagesPreadv {
 		err = r.fillPreadv(src, fr, r.checkRun)
 	} else {
 		err = r.fillBuffered(src, r.checkRun)
@@ -145,7 +88,7 @@ func (r *Restorer) checkRun(vaddr, size uint64) (uint64, error) {
 
 // fillBuffered copies through a bounded buffer with process_vm_writev or
 // /proc/PID/mem. place maps a run to the task address it goes to.
-func (r *Restorer) fillBuffered(src PageSource, place func(vaddr, size uint64) (uint64, error)) error {
+func (r *Restorer) fillBuffered(src pagexfer.Source, place func(vaddr, size uint64) (uint64, error)) error {
 	pid := r.img.pid
 	write := func(addr uint64, b []byte) error { return ptrace.WriteMem(pid, addr, b) }
 	if r.o.PageMethod == PagesProcMem {
@@ -199,7 +142,7 @@ func (r *Restorer) fillBuffered(src PageSource, place func(vaddr, size uint64) (
 const iovMax = 1024
 
 // fillPreadv has the task read its pages from the source's file.
-func (r *Restorer) fillPreadv(src PageSource, fr FileRuns, place func(vaddr, size uint64) (uint64, error)) error {
+func (r *Restorer) fillPreadv(src pagexfer.Source, fr pagexfer.FileRuns, place func(vaddr, size uint64) (uint64, error)) error {
 	s, err := r.begin(r.img.pid)
 	if err != nil {
 		return err
@@ -207,7 +150,7 @@ func (r *Restorer) fillPreadv(src PageSource, fr FileRuns, place func(vaddr, siz
 	return s.end(r.preadvAll(s, src, fr, place))
 }
 
-func (r *Restorer) preadvAll(s *session, src PageSource, fr FileRuns, place func(vaddr, size uint64) (uint64, error)) error {
+func (r *Restorer) preadvAll(s *session, src pagexfer.Source, fr pagexfer.FileRuns, place func(vaddr, size uint64) (uint64, error)) error {
 	type fileRun struct {
 		run
 		off int64
@@ -327,7 +270,7 @@ func (r *Restorer) fillShmem() error {
 			continue
 		}
 		lo, hi := v.Pgoff, v.Pgoff+(v.End-v.Start)
-		src := &clipSource{ImageSource: NewImageSource(pr), lo: lo, hi: hi}
+		src := pagexfer.NewImageSourceRange(pr, lo, hi)
 		place := func(off, size uint64) (uint64, error) { return v.Start + (off - lo), nil }
 		var err error
 		if r.o.PageMethod == PagesPreadv {
@@ -340,26 +283,4 @@ func (r *Restorer) fillShmem() error {
 		}
 	}
 	return nil
-}
-
-// clipSource limits an image source to the object offsets [lo, hi).
-type clipSource struct {
-	*ImageSource
-	lo, hi uint64
-}
-
-func (c *clipSource) Next() (uint64, uint64, error) {
-	for {
-		v, n, err := c.ImageSource.Next()
-		if err != nil {
-			return 0, 0, err
-		}
-		s, e := max(v, c.lo), min(v+n*pageSize, c.hi)
-		if s >= e {
-			continue
-		}
-		c.done = int64(s - v) // skip the head outside the VMA
-		c.cur.NrPages = (e - v) / pageSize
-		return s, (e - s) / pageSize, nil
-	}
 }

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/images"
+	"godwit/internal/pagexfer"
 	"godwit/internal/testutil"
 )
 
@@ -183,7 +184,7 @@ func TestRestoreNanosleep(t *testing.T) {
 	if err := r.Layout(); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.FillPages(NewImageSource(r.img.pages)); err != nil {
+	if err := r.FillPages(pagexfer.NewImageSource(r.img.pages)); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.Finalize(); err != nil {

@@ -13,6 +13,7 @@ import (
 	"godwit/internal/cpuinfo"
 	"godwit/internal/images"
 	"godwit/internal/logging"
+	"godwit/internal/pagexfer"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 	"godwit/internal/puppet"
@@ -115,7 +116,7 @@ func Restore(o Options, scripts *actions.Scripts) (*Restorer, error) {
 		return nil, err
 	}
 	if r.img.pages != nil {
-		src := NewImageSource(r.img.pages)
+		src := pagexfer.NewImageSource(r.img.pages)
 		if err := r.FillPages(src); err != nil {
 			return nil, err
 		}
