@@ -12,6 +12,7 @@ import (
 	"godwit/internal/actions"
 	"godwit/internal/cpuinfo"
 	"godwit/internal/images"
+	"godwit/internal/inject"
 	"godwit/internal/logging"
 	"godwit/internal/model"
 	"godwit/internal/model/criuimg"
@@ -344,7 +345,7 @@ func (d *dumpRun) inject(task *model.Task) (err error) {
 			err = fmt.Errorf("unmap scratch: %w", uerr)
 		}
 	}()
-	ls := &session{s: s, pid: d.pid, scratch: addr}
+	ls := inject.Wrap(s, d.pid, addr, scratchSize)
 	if err := collectTaskInjected(ls, task); err != nil {
 		return err
 	}
@@ -359,17 +360,12 @@ func (d *dumpRun) inject(task *model.Task) (err error) {
 	return d.dumpMemory(s, addr, task.MM.VMAs)
 }
 
-func (d *dumpRun) injectThread(th *model.Thread, scratch uint64) (err error) {
-	s, err := d.tr.BeginInjection(th.Tid)
+func (d *dumpRun) injectThread(th *model.Thread, scratch uint64) error {
+	s, err := inject.Begin(d.tr, d.pid, th.Tid, scratch, scratchSize)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if eerr := s.End(); eerr != nil && err == nil {
-			err = eerr
-		}
-	}()
-	return collectThreadInjected(&session{s: s, pid: d.pid, scratch: scratch}, th)
+	return s.End(collectThreadInjected(s, th))
 }
 
 func (d *dumpRun) dumpMemory(s *ptrace.Session, scratch uint64, vmas []VMA) (err error) {

@@ -13,6 +13,7 @@ import (
 	"godwit/internal/pagexfer"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
+	"godwit/uffd"
 )
 
 const (
@@ -530,13 +531,8 @@ type vmspliceSource struct {
 
 func newVmspliceSource(pid int, s *ptrace.Session, scratch uint64) (*vmspliceSource, error) {
 	v := &vmspliceSource{pid: pid, s: s, scratch: scratch, w: [2]int{-1, -1}, iov: make([]byte, 0, maxBatchIovs*16)}
-	pidfd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return nil, fmt.Errorf("pidfd_open(%d): %w", pid, err)
-	}
-	defer unix.Close(pidfd)
 	for i := range v.r {
-		if err := v.openPipe(i, pidfd); err != nil {
+		if err := v.openPipe(i); err != nil {
 			_ = v.close()
 			return nil, err
 		}
@@ -546,7 +542,7 @@ func newVmspliceSource(pid int, s *ptrace.Session, scratch uint64) (*vmspliceSou
 
 // openPipe makes pipe i in the target, takes its read end and closes the
 // target's copy of it.
-func (v *vmspliceSource) openPipe(i, pidfd int) error {
+func (v *vmspliceSource) openPipe(i int) error {
 	if _, err := v.s.Syscall(unix.SYS_PIPE2, v.scratch+scratchPipe, unix.O_CLOEXEC); err != nil {
 		return fmt.Errorf("pipe2 in target: %w", err)
 	}
@@ -556,7 +552,7 @@ func (v *vmspliceSource) openPipe(i, pidfd int) error {
 	}
 	rfd := int(int32(leUint32(fds[0:])))
 	v.w[i] = int(int32(leUint32(fds[4:])))
-	our, err := unix.PidfdGetfd(pidfd, rfd, 0)
+	our, err := uffd.TakeFD(v.pid, rfd)
 	if _, cerr := v.s.Syscall(unix.SYS_CLOSE, uint64(rfd)); cerr != nil && err == nil {
 		err = cerr
 	}

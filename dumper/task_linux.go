@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/abi/linux"
+	"godwit/internal/inject"
 	"godwit/internal/model"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
@@ -35,46 +36,30 @@ const (
 
 // session runs injected calls in one thread, reading results from the
 // scratch mapping.
-type session struct {
-	s       *ptrace.Session
-	pid     int
-	scratch uint64
-}
-
-func (s *session) call(what string, nr uintptr, args ...uint64) (uint64, error) {
-	r, err := s.s.Syscall(nr, args...)
-	if err != nil {
-		return r, fmt.Errorf("%s: %w", what, err)
-	}
-	return r, nil
-}
-
-func (s *session) read(off uint64, b []byte) error {
-	return ptrace.ReadMem(s.pid, s.scratch+off, b)
-}
+type session = inject.Session
 
 // collectThreadInjected reads what only the thread itself can tell.
 func collectThreadInjected(s *session, ti *model.Thread) error {
 	le := binary.LittleEndian
-	if _, err := s.call("prctl(PR_GET_TID_ADDRESS)", unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, s.scratch+scratchTidAddr); err != nil {
+	if _, err := s.Call("prctl(PR_GET_TID_ADDRESS)", unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, s.Scratch()+scratchTidAddr); err != nil {
 		return err
 	}
-	if _, err := s.call("sigaltstack", unix.SYS_SIGALTSTACK, 0, s.scratch+scratchSas); err != nil {
+	if _, err := s.Call("sigaltstack", unix.SYS_SIGALTSTACK, 0, s.Scratch()+scratchSas); err != nil {
 		return err
 	}
-	sb, err := s.call("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS)
+	sb, err := s.Call("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS)
 	if err != nil {
 		return err
 	}
-	nnp, err := s.call("prctl(PR_GET_NO_NEW_PRIVS)", unix.SYS_PRCTL, unix.PR_GET_NO_NEW_PRIVS)
+	nnp, err := s.Call("prctl(PR_GET_NO_NEW_PRIVS)", unix.SYS_PRCTL, unix.PR_GET_NO_NEW_PRIVS)
 	if err != nil {
 		return err
 	}
-	if _, err := s.call("prctl(PR_GET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG, s.scratch+scratchPdeath); err != nil {
+	if _, err := s.Call("prctl(PR_GET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG, s.Scratch()+scratchPdeath); err != nil {
 		return err
 	}
 	buf := make([]byte, scratchPdeath+4-scratchTidAddr)
-	if err := s.read(scratchTidAddr, buf); err != nil {
+	if err := s.Read(scratchTidAddr, buf); err != nil {
 		return err
 	}
 	ti.ClearTid = le.Uint64(buf[0:])
@@ -141,18 +126,18 @@ func collectTaskInjected(s *session, ti *model.Task) error {
 		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
 			continue
 		}
-		if _, err := s.call(fmt.Sprintf("rt_sigaction(%d)", sig), unix.SYS_RT_SIGACTION, uint64(sig), 0,
-			s.scratch+scratchSigact+uint64(sig-1)*linux.KernelSigactionSize, 8); err != nil {
+		if _, err := s.Call(fmt.Sprintf("rt_sigaction(%d)", sig), unix.SYS_RT_SIGACTION, uint64(sig), 0,
+			s.Scratch()+scratchSigact+uint64(sig-1)*linux.KernelSigactionSize, 8); err != nil {
 			return err
 		}
 	}
 	for which := 0; which < 3; which++ {
-		if _, err := s.call(fmt.Sprintf("getitimer(%d)", which), unix.SYS_GETITIMER, uint64(which), s.scratch+scratchItimer+uint64(which)*linux.ItimerSize); err != nil {
+		if _, err := s.Call(fmt.Sprintf("getitimer(%d)", which), unix.SYS_GETITIMER, uint64(which), s.Scratch()+scratchItimer+uint64(which)*linux.ItimerSize); err != nil {
 			return err
 		}
 	}
 	buf := make([]byte, scratchItimer+3*linux.ItimerSize)
-	if err := s.read(0, buf); err != nil {
+	if err := s.Read(0, buf); err != nil {
 		return err
 	}
 	// As CRIU: 62 entries, signals 1..64 in order without SIGKILL and
@@ -173,20 +158,20 @@ func collectTaskInjected(s *session, ti *model.Task) error {
 			ValueSec: le.Uint64(b[16:]), ValueUsec: le.Uint64(b[24:]),
 		}
 	}
-	pts, err := procfs.ReadTimers(s.pid)
+	pts, err := procfs.ReadTimers(ti.Pid)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	for _, pt := range pts {
-		if _, err := s.call(fmt.Sprintf("timer_gettime(%d)", pt.ID), unix.SYS_TIMER_GETTIME, uint64(pt.ID), s.scratch+scratchTimer); err != nil {
+		if _, err := s.Call(fmt.Sprintf("timer_gettime(%d)", pt.ID), unix.SYS_TIMER_GETTIME, uint64(pt.ID), s.Scratch()+scratchTimer); err != nil {
 			return err
 		}
-		ov, err := s.call(fmt.Sprintf("timer_getoverrun(%d)", pt.ID), unix.SYS_TIMER_GETOVERRUN, uint64(pt.ID))
+		ov, err := s.Call(fmt.Sprintf("timer_getoverrun(%d)", pt.ID), unix.SYS_TIMER_GETOVERRUN, uint64(pt.ID))
 		if err != nil {
 			return err
 		}
 		var b [linux.ItimerSize]byte
-		if err := s.read(scratchTimer, b[:]); err != nil {
+		if err := s.Read(scratchTimer, b[:]); err != nil {
 			return err
 		}
 		e := model.PosixTimer{
@@ -200,38 +185,38 @@ func collectTaskInjected(s *session, ti *model.Task) error {
 		}
 		ti.PosixTimers = append(ti.PosixTimers, e)
 	}
-	brk, err := s.call("brk(0)", unix.SYS_BRK, 0)
+	brk, err := s.Call("brk(0)", unix.SYS_BRK, 0)
 	if err != nil {
 		return err
 	}
 	ti.MM.Brk = brk
-	d, err := s.call("prctl(PR_GET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)
+	d, err := s.Call("prctl(PR_GET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)
 	if err != nil {
 		return err
 	}
 	dumpable := int32(d)
 	ti.MM.Dumpable = &dumpable
-	thp, err := s.call("prctl(PR_GET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_GET_THP_DISABLE)
+	thp, err := s.Call("prctl(PR_GET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_GET_THP_DISABLE)
 	if err != nil {
 		return err
 	}
 	ti.MM.THPDisabled = thp != 0
-	if _, err := s.call("prctl(PR_GET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, s.scratch+scratchReaper); err != nil {
+	if _, err := s.Call("prctl(PR_GET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, s.Scratch()+scratchReaper); err != nil {
 		return err
 	}
 	var rb [4]byte
-	if err := s.read(scratchReaper, rb[:]); err != nil {
+	if err := s.Read(scratchReaper, rb[:]); err != nil {
 		return err
 	}
 	ti.ChildSubreaper = le.Uint32(rb[:]) != 0
 	for r := 0; r < linux.RlimNlimits; r++ {
 		var lim unix.Rlimit
-		err := unix.Prlimit(s.pid, r, nil, &lim)
+		err := unix.Prlimit(ti.Pid, r, nil, &lim)
 		if errors.Is(err, unix.EPERM) {
 			// No CAP_SYS_RESOURCE over a task of another user: ask it.
-			if _, err = s.call(fmt.Sprintf("prlimit64(%d)", r), unix.SYS_PRLIMIT64, 0, uint64(r), 0, s.scratch+scratchRlimit); err == nil {
+			if _, err = s.Call(fmt.Sprintf("prlimit64(%d)", r), unix.SYS_PRLIMIT64, 0, uint64(r), 0, s.Scratch()+scratchRlimit); err == nil {
 				var b [16]byte
-				if err = s.read(scratchRlimit, b[:]); err == nil {
+				if err = s.Read(scratchRlimit, b[:]); err == nil {
 					lim.Cur, lim.Max = le.Uint64(b[0:]), le.Uint64(b[8:])
 				}
 			}

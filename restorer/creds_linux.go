@@ -54,7 +54,7 @@ func (r *Restorer) threadCreds(s *session, t *thread) error {
 			r.log.Warnf("restore %d: thread %d: parent-death signal %d not restored: with -d the parent is godwit, which exits", r.img.pid, t.Tid, sig)
 			return nil
 		}
-		if _, err := s.call("prctl(PR_SET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(sig)); err != nil {
+		if _, err := s.Call("prctl(PR_SET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(sig)); err != nil {
 			return err
 		}
 	}
@@ -70,7 +70,7 @@ func (r *Restorer) setCreds(s *session, t *thread, c *model.Creds, cur *procfs.S
 	last := capLastCap()
 	for cp := 0; cp <= last; cp++ {
 		if bnd&(1<<cp) == 0 && cur.CapBnd&(1<<cp) != 0 {
-			if _, err := s.call(fmt.Sprintf("drop capability %d from the bounding set", cp), unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uint64(cp)); err != nil {
+			if _, err := s.Call(fmt.Sprintf("drop capability %d from the bounding set", cp), unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uint64(cp)); err != nil {
 				return err
 			}
 		}
@@ -83,37 +83,37 @@ func (r *Restorer) setCreds(s *session, t *thread, c *model.Creds, cur *procfs.S
 	ga := uint64(0)
 	if len(gb) > 0 {
 		var err error
-		if ga, err = s.put(0, gb); err != nil {
+		if ga, err = s.Put(0, gb); err != nil {
 			return err
 		}
 	}
-	if _, err := s.call("setgroups", unix.SYS_SETGROUPS, uint64(len(groups)), ga); err != nil {
+	if _, err := s.Call("setgroups", unix.SYS_SETGROUPS, uint64(len(groups)), ga); err != nil {
 		return err
 	}
-	if _, err := s.call(fmt.Sprintf("setresgid %d %d %d", c.GID, c.EGID, c.SGID), unix.SYS_SETRESGID,
+	if _, err := s.Call(fmt.Sprintf("setresgid %d %d %d", c.GID, c.EGID, c.SGID), unix.SYS_SETRESGID,
 		uint64(c.GID), uint64(c.EGID), uint64(c.SGID)); err != nil {
 		return err
 	}
-	if _, err := s.call("setfsgid", unix.SYS_SETFSGID, uint64(c.FSGID)); err != nil {
+	if _, err := s.Call("setfsgid", unix.SYS_SETFSGID, uint64(c.FSGID)); err != nil {
 		return err
 	}
 	uids := [4]uint32{c.UID, c.EUID, c.SUID, c.FSUID}
 	curSec := uint64(0)
-	if v, err := s.call("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS); err == nil {
+	if v, err := s.Call("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS); err == nil {
 		curSec = v
 	} else {
 		return err
 	}
 	sec := uint64(c.Secbits)
 	if uids != cur.Uid {
-		if _, err := s.call("prctl(PR_SET_SECUREBITS) keep caps", unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, curSec|linux.SecbitKeepCaps); err != nil {
+		if _, err := s.Call("prctl(PR_SET_SECUREBITS) keep caps", unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, curSec|linux.SecbitKeepCaps); err != nil {
 			return err
 		}
-		if _, err := s.call(fmt.Sprintf("setresuid %d %d %d", uids[0], uids[1], uids[2]), unix.SYS_SETRESUID,
+		if _, err := s.Call(fmt.Sprintf("setresuid %d %d %d", uids[0], uids[1], uids[2]), unix.SYS_SETRESUID,
 			uint64(uids[0]), uint64(uids[1]), uint64(uids[2])); err != nil {
 			return err
 		}
-		if _, err := s.call("setfsuid", unix.SYS_SETFSUID, uint64(uids[3])); err != nil {
+		if _, err := s.Call("setfsuid", unix.SYS_SETFSUID, uint64(uids[3])); err != nil {
 			return err
 		}
 		curSec |= linux.SecbitKeepCaps
@@ -124,7 +124,7 @@ func (r *Restorer) setCreds(s *session, t *thread, c *model.Creds, cur *procfs.S
 		return fmt.Errorf("%w (raising the effective set)", err)
 	}
 	if sec != curSec {
-		if _, err := s.call(fmt.Sprintf("prctl(PR_SET_SECUREBITS, %#x)", sec), unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, sec); err != nil {
+		if _, err := s.Call(fmt.Sprintf("prctl(PR_SET_SECUREBITS, %#x)", sec), unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, sec); err != nil {
 			return err
 		}
 	}
@@ -133,14 +133,14 @@ func (r *Restorer) setCreds(s *session, t *thread, c *model.Creds, cur *procfs.S
 	}
 	for cp := 0; cp <= last; cp++ {
 		if amb&(1<<cp) != 0 {
-			if _, err := s.call(fmt.Sprintf("raise ambient capability %d", cp), unix.SYS_PRCTL,
+			if _, err := s.Call(fmt.Sprintf("raise ambient capability %d", cp), unix.SYS_PRCTL,
 				unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, uint64(cp), 0, 0); err != nil {
 				return err
 			}
 		}
 	}
 	if c.NoNewPrivs {
-		if _, err := s.call("prctl(PR_SET_NO_NEW_PRIVS)", unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		if _, err := s.Call("prctl(PR_SET_NO_NEW_PRIVS)", unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 			return err
 		}
 	}
@@ -157,10 +157,10 @@ func capset(s *session, eff, prm, inh uint64) error {
 		b = binary.LittleEndian.AppendUint32(b, uint32(prm>>(32*w)))
 		b = binary.LittleEndian.AppendUint32(b, uint32(inh>>(32*w)))
 	}
-	a, err := s.put(0, b)
+	a, err := s.Put(0, b)
 	if err != nil {
 		return err
 	}
-	_, err = s.call(fmt.Sprintf("capset eff %#x prm %#x inh %#x", eff, prm, inh), unix.SYS_CAPSET, a, a+8)
+	_, err = s.Call(fmt.Sprintf("capset eff %#x prm %#x inh %#x", eff, prm, inh), unix.SYS_CAPSET, a, a+8)
 	return err
 }

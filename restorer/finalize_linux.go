@@ -57,7 +57,7 @@ func (r *Restorer) inLeader(fn func(*session) error) func() error {
 		if err != nil {
 			return err
 		}
-		return s.end(fn(s))
+		return s.End(fn(s))
 	}
 }
 
@@ -69,7 +69,7 @@ func (r *Restorer) eachThread(fn func(*session, *thread) error) func() error {
 			if err != nil {
 				return err
 			}
-			if err := s.end(fn(s, t)); err != nil {
+			if err := s.End(fn(s, t)); err != nil {
 				return fmt.Errorf("thread %d: %w", t.Tid, err)
 			}
 		}
@@ -107,7 +107,7 @@ func (r *Restorer) processState(s *session) error {
 // opened with the task's own root and mounts, and no descriptor passing is
 // needed for plain files), seeks it and dup3s it to its number.
 func (r *Restorer) restoreFds(s *session) error {
-	if _, err := s.call("close puppet's fds", unix.SYS_CLOSE_RANGE, 0, uint64(^uint32(0)), 0); err != nil {
+	if _, err := s.Call("close puppet's fds", unix.SYS_CLOSE_RANGE, 0, uint64(^uint32(0)), 0); err != nil {
 		return err
 	}
 	first := map[model.ID]uint64{}
@@ -120,7 +120,7 @@ func (r *Restorer) restoreFds(s *session) error {
 		}
 		if f, ok := first[e.File]; ok {
 			// Another fd of the same open file description.
-			if _, err := s.call(what+": dup3", unix.SYS_DUP3, f, fd, dupFlags); err != nil {
+			if _, err := s.Call(what+": dup3", unix.SYS_DUP3, f, fd, dupFlags); err != nil {
 				return err
 			}
 			continue
@@ -129,24 +129,24 @@ func (r *Restorer) restoreFds(s *session) error {
 		path := reg.Path
 		r.checkSize(what, path, reg.Size, reg.Mode)
 		flags := int(reg.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_CLOEXEC)
-		tmp, err := s.openat(what, path, flags|unix.O_NOCTTY)
+		tmp, err := s.Openat(what, path, flags|unix.O_NOCTTY)
 		if err != nil {
 			return err
 		}
 		if tmp != fd {
-			if _, err := s.call(what+": dup3", unix.SYS_DUP3, tmp, fd, dupFlags); err != nil {
+			if _, err := s.Call(what+": dup3", unix.SYS_DUP3, tmp, fd, dupFlags); err != nil {
 				return err
 			}
-			if _, err := s.call(what+": close", unix.SYS_CLOSE, tmp); err != nil {
+			if _, err := s.Call(what+": close", unix.SYS_CLOSE, tmp); err != nil {
 				return err
 			}
 		} else if dupFlags != 0 {
-			if _, err := s.call(what+": set close-on-exec", unix.SYS_FCNTL, fd, unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
+			if _, err := s.Call(what+": set close-on-exec", unix.SYS_FCNTL, fd, unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
 				return err
 			}
 		}
 		if pos := reg.Pos; pos != 0 && reg.Mode&unix.S_IFMT != unix.S_IFCHR {
-			if _, err := s.call(fmt.Sprintf("%s: seek %s to %d", what, path, pos), unix.SYS_LSEEK, fd, pos, unix.SEEK_SET); err != nil {
+			if _, err := s.Call(fmt.Sprintf("%s: seek %s to %d", what, path, pos), unix.SYS_LSEEK, fd, pos, unix.SEEK_SET); err != nil {
 				return err
 			}
 		}
@@ -169,15 +169,15 @@ func (r *Restorer) checkSize(what, path string, size *uint64, mode uint32) {
 
 func (r *Restorer) restoreFs(s *session) error {
 	cwd := r.img.filePath(r.img.task.FS.Cwd)
-	a, err := s.putString(0, cwd)
+	a, err := s.PutString(0, cwd)
 	if err != nil {
 		return err
 	}
-	if _, err := s.call("chdir "+cwd, unix.SYS_CHDIR, a); err != nil {
+	if _, err := s.Call("chdir "+cwd, unix.SYS_CHDIR, a); err != nil {
 		return err
 	}
 	if u := r.img.task.FS.Umask; u != nil {
-		if _, err := s.call("umask", unix.SYS_UMASK, uint64(*u)); err != nil {
+		if _, err := s.Call("umask", unix.SYS_UMASK, uint64(*u)); err != nil {
 			return err
 		}
 	}
@@ -192,11 +192,11 @@ func (r *Restorer) restoreSigactions(s *session) error {
 			continue
 		}
 		b := le64(le64(le64(le64(nil, sa.Handler), sa.Flags), sa.Restorer), sa.Mask)
-		a, err := s.put(0, b)
+		a, err := s.Put(0, b)
 		if err != nil {
 			return err
 		}
-		if _, err := s.call(fmt.Sprintf("rt_sigaction %d", sig), unix.SYS_RT_SIGACTION, uint64(sig), a, 0, 8); err != nil {
+		if _, err := s.Call(fmt.Sprintf("rt_sigaction %d", sig), unix.SYS_RT_SIGACTION, uint64(sig), a, 0, 8); err != nil {
 			return err
 		}
 	}
@@ -215,11 +215,11 @@ func (r *Restorer) restoreItimers(s *session) error {
 			continue // disarmed
 		}
 		b := le64(le64(le64(le64(nil, e.IntervalSec), e.IntervalUsec), e.ValueSec), e.ValueUsec)
-		a, err := s.put(0, b)
+		a, err := s.Put(0, b)
 		if err != nil {
 			return err
 		}
-		if _, err := s.call("setitimer "+it.name, unix.SYS_SETITIMER, uint64(it.which), a, 0); err != nil {
+		if _, err := s.Call("setitimer "+it.name, unix.SYS_SETITIMER, uint64(it.which), a, 0); err != nil {
 			return err
 		}
 	}
@@ -234,7 +234,7 @@ func (r *Restorer) restorePosixTimers(s *session) error {
 	if len(pts) == 0 {
 		return nil
 	}
-	if _, err := s.call("prctl(PR_TIMER_CREATE_RESTORE_IDS, on)", unix.SYS_PRCTL,
+	if _, err := s.Call("prctl(PR_TIMER_CREATE_RESTORE_IDS, on)", unix.SYS_PRCTL,
 		unix.PR_TIMER_CREATE_RESTORE_IDS, unix.PR_TIMER_CREATE_RESTORE_IDS_ON, 0, 0, 0); err != nil {
 		return fmt.Errorf("posix timers need Linux 6.16+ to get their ids back: %w", err)
 	}
@@ -251,11 +251,11 @@ func (r *Restorer) restorePosixTimers(s *session) error {
 			binary.LittleEndian.PutUint32(sev[linux.SigevTidOffset:], uint32(pt.NotifyThread))
 		}
 		sev = binary.LittleEndian.AppendUint32(sev, uint32(pt.ID)) // timer_t requested
-		a, err := s.put(0, sev)
+		a, err := s.Put(0, sev)
 		if err != nil {
 			return err
 		}
-		if _, err := s.call(what+": timer_create", unix.SYS_TIMER_CREATE, uint64(pt.Clock), a, a+linux.SigeventSize); err != nil {
+		if _, err := s.Call(what+": timer_create", unix.SYS_TIMER_CREATE, uint64(pt.Clock), a, a+linux.SigeventSize); err != nil {
 			return err
 		}
 		var got [4]byte
@@ -269,14 +269,14 @@ func (r *Restorer) restorePosixTimers(s *session) error {
 			continue
 		}
 		its := le64(le64(le64(le64(nil, pt.IntervalSec), pt.IntervalNsec), pt.ValueSec), pt.ValueNsec)
-		if a, err = s.put(0, its); err != nil {
+		if a, err = s.Put(0, its); err != nil {
 			return err
 		}
-		if _, err := s.call(what+": timer_settime", unix.SYS_TIMER_SETTIME, uint64(pt.ID), 0, a, 0); err != nil {
+		if _, err := s.Call(what+": timer_settime", unix.SYS_TIMER_SETTIME, uint64(pt.ID), 0, a, 0); err != nil {
 			return err
 		}
 	}
-	_, err := s.call("prctl(PR_TIMER_CREATE_RESTORE_IDS, off)", unix.SYS_PRCTL,
+	_, err := s.Call("prctl(PR_TIMER_CREATE_RESTORE_IDS, off)", unix.SYS_PRCTL,
 		unix.PR_TIMER_CREATE_RESTORE_IDS, unix.PR_TIMER_CREATE_RESTORE_IDS_OFF, 0, 0, 0)
 	return err
 }
@@ -293,11 +293,11 @@ func (r *Restorer) restoreRlimits(s *session) error {
 		if i >= linux.RlimNlimits {
 			break
 		}
-		a, err := s.put(0, le64(le64(nil, rl.Cur), rl.Max))
+		a, err := s.Put(0, le64(le64(nil, rl.Cur), rl.Max))
 		if err != nil {
 			return err
 		}
-		_, err = s.call("prlimit64 "+rlimitNames[i], unix.SYS_PRLIMIT64, 0, uint64(i), a, 0)
+		_, err = s.Call("prlimit64 "+rlimitNames[i], unix.SYS_PRLIMIT64, 0, uint64(i), a, 0)
 		if err != nil {
 			if en, ok := errnoOf(err); ok && en == unix.EPERM {
 				var cur unix.Rlimit
@@ -314,19 +314,19 @@ func (r *Restorer) restoreRlimits(s *session) error {
 // restoreMisc: personality, comm, subreaper, THP, oom_score_adj.
 func (r *Restorer) restoreMisc(s *session) error {
 	tc := r.img.task
-	if _, err := s.call("personality", unix.SYS_PERSONALITY, uint64(tc.Personality)); err != nil {
+	if _, err := s.Call("personality", unix.SYS_PERSONALITY, uint64(tc.Personality)); err != nil {
 		return err
 	}
 	if err := setComm(s, tc.Comm); err != nil {
 		return err
 	}
 	if tc.ChildSubreaper {
-		if _, err := s.call("prctl(PR_SET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1); err != nil {
+		if _, err := s.Call("prctl(PR_SET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1); err != nil {
 			return err
 		}
 	}
 	if r.img.mm.THPDisabled {
-		if _, err := s.call("prctl(PR_SET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE, 1, 0, 0, 0); err != nil {
+		if _, err := s.Call("prctl(PR_SET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE, 1, 0, 0, 0); err != nil {
 			return err
 		}
 	}
@@ -353,11 +353,11 @@ func setComm(s *session, comm string) error {
 	if len(comm) > 15 {
 		comm = comm[:15]
 	}
-	a, err := s.putString(0, comm)
+	a, err := s.PutString(0, comm)
 	if err != nil {
 		return err
 	}
-	_, err = s.call("prctl(PR_SET_NAME)", unix.SYS_PRCTL, unix.PR_SET_NAME, a)
+	_, err = s.Call("prctl(PR_SET_NAME)", unix.SYS_PRCTL, unix.PR_SET_NAME, a)
 	return err
 }
 
@@ -369,26 +369,26 @@ func (r *Restorer) threadState(s *session, t *thread) error {
 		b = binary.LittleEndian.AppendUint32(b, sas.Flags&^linux.SsOnstack)
 		b = binary.LittleEndian.AppendUint32(b, 0)
 		b = le64(b, sas.Size)
-		a, err := s.put(0, b)
+		a, err := s.Put(0, b)
 		if err != nil {
 			return err
 		}
-		if _, err := s.call("sigaltstack", unix.SYS_SIGALTSTACK, a, 0); err != nil {
+		if _, err := s.Call("sigaltstack", unix.SYS_SIGALTSTACK, a, 0); err != nil {
 			return err
 		}
 	}
 	if re := t.Rseq; re.Pointer != 0 {
-		if _, err := s.call(fmt.Sprintf("rseq %#x", re.Pointer), unix.SYS_RSEQ,
+		if _, err := s.Call(fmt.Sprintf("rseq %#x", re.Pointer), unix.SYS_RSEQ,
 			re.Pointer, uint64(re.Size), 0, uint64(re.Signature)); err != nil {
 			return err
 		}
 	}
 	if t.RobustList != 0 {
-		if _, err := s.call("set_robust_list", unix.SYS_SET_ROBUST_LIST, t.RobustList, t.RobustLen); err != nil {
+		if _, err := s.Call("set_robust_list", unix.SYS_SET_ROBUST_LIST, t.RobustList, t.RobustLen); err != nil {
 			return err
 		}
 	}
-	if _, err := s.call("set_tid_address", unix.SYS_SET_TID_ADDRESS, t.ClearTid); err != nil {
+	if _, err := s.Call("set_tid_address", unix.SYS_SET_TID_ADDRESS, t.ClearTid); err != nil {
 		return err
 	}
 	if err := setSched(t); err != nil {
@@ -435,22 +435,22 @@ func (r *Restorer) finishMM() error {
 	if err != nil {
 		return err
 	}
-	return s.end(r.finishMMIn(s))
+	return s.End(r.finishMMIn(s))
 }
 
 func (r *Restorer) finishMMIn(s *session) error {
-	if _, err := s.call("unmap puppet code", unix.SYS_MUNMAP, r.win.base, scratchOff); err != nil {
+	if _, err := s.Call("unmap puppet code", unix.SYS_MUNMAP, r.win.base, scratchOff); err != nil {
 		return err
 	}
 	for _, p := range r.protFix {
-		if _, err := s.call(fmt.Sprintf("mprotect vma %#x-%#x", p.start, p.end), unix.SYS_MPROTECT,
+		if _, err := s.Call(fmt.Sprintf("mprotect vma %#x-%#x", p.start, p.end), unix.SYS_MPROTECT,
 			p.start, p.end-p.start, uint64(p.prot)); err != nil {
 			return err
 		}
 	}
 	m := r.img.mm
 	exe := r.img.filePath(m.Exe)
-	efd, err := s.openat("exe", exe, unix.O_RDONLY|unix.O_CLOEXEC)
+	efd, err := s.Openat("exe", exe, unix.O_RDONLY|unix.O_CLOEXEC)
 	if err != nil {
 		return err
 	}
@@ -461,7 +461,7 @@ func (r *Restorer) finishMMIn(s *session) error {
 	}
 	auxvAddr := uint64(0)
 	if len(ab) > 0 {
-		if auxvAddr, err = s.put(1024, ab); err != nil {
+		if auxvAddr, err = s.Put(1024, ab); err != nil {
 			return err
 		}
 	}
@@ -473,23 +473,23 @@ func (r *Restorer) finishMMIn(s *session) error {
 	}
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(ab)))
 	b = binary.LittleEndian.AppendUint32(b, uint32(efd))
-	a, err := s.put(0, b)
+	a, err := s.Put(0, b)
 	if err != nil {
 		return err
 	}
-	_, err = s.call("prctl(PR_SET_MM_MAP) with exe "+exe, unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, a, linux.SizeofPrctlMmMap, 0)
-	if _, cerr := s.call("close exe", unix.SYS_CLOSE, efd); cerr != nil && err == nil {
+	_, err = s.Call("prctl(PR_SET_MM_MAP) with exe "+exe, unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, a, linux.SizeofPrctlMmMap, 0)
+	if _, cerr := s.Call("close exe", unix.SYS_CLOSE, efd); cerr != nil && err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return err
 	}
 	if root := r.img.filePath(r.img.task.FS.Root); root != "/" {
-		a, err := s.putString(0, root)
+		a, err := s.PutString(0, root)
 		if err != nil {
 			return err
 		}
-		if _, err := s.call("chroot "+root, unix.SYS_CHROOT, a); err != nil {
+		if _, err := s.Call("chroot "+root, unix.SYS_CHROOT, a); err != nil {
 			return err
 		}
 	}
@@ -504,15 +504,15 @@ func (r *Restorer) queueSignals(s *session, t *thread) error {
 	pid := uint64(r.img.pid)
 	queue := func(si *model.Siginfo, shared bool) error {
 		info := si[:]
-		a, err := s.put(0, info)
+		a, err := s.Put(0, info)
 		if err != nil {
 			return err
 		}
 		sig := uint64(binary.LittleEndian.Uint32(info))
 		if shared {
-			_, err = s.call(fmt.Sprintf("queue shared signal %d", sig), unix.SYS_RT_SIGQUEUEINFO, pid, sig, a)
+			_, err = s.Call(fmt.Sprintf("queue shared signal %d", sig), unix.SYS_RT_SIGQUEUEINFO, pid, sig, a)
 		} else {
-			_, err = s.call(fmt.Sprintf("queue signal %d", sig), unix.SYS_RT_TGSIGQUEUEINFO, pid, uint64(t.Tid), sig, a)
+			_, err = s.Call(fmt.Sprintf("queue signal %d", sig), unix.SYS_RT_TGSIGQUEUEINFO, pid, uint64(t.Tid), sig, a)
 		}
 		return err
 	}
@@ -530,7 +530,7 @@ func (r *Restorer) queueSignals(s *session, t *thread) error {
 		}
 	}
 	if d := r.img.mm.Dumpable; d != nil {
-		if _, err := s.call("prctl(PR_SET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, uint64(*d)); err != nil {
+		if _, err := s.Call("prctl(PR_SET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, uint64(*d)); err != nil {
 			return err
 		}
 	}
@@ -546,8 +546,8 @@ func (r *Restorer) registers() error {
 	if err != nil {
 		return err
 	}
-	_, err = s.call("unmap scratch", unix.SYS_MUNMAP, r.win.base, windowSize)
-	if err = s.end(err); err != nil {
+	_, err = s.Call("unmap scratch", unix.SYS_MUNMAP, r.win.base, windowSize)
+	if err = s.End(err); err != nil {
 		return err
 	}
 	for i := range r.img.threads {

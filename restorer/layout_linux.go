@@ -120,7 +120,7 @@ func (r *Restorer) Layout() error {
 		return r.fail("layout", err)
 	}
 	err = r.layout(s)
-	if err = s.end(err); err != nil {
+	if err = s.End(err); err != nil {
 		return r.fail("layout", err)
 	}
 	r.phase = phaseLaidOut
@@ -129,7 +129,7 @@ func (r *Restorer) Layout() error {
 
 func (r *Restorer) layout(s *session) error {
 	pid := r.img.pid
-	if _, err := s.call(fmt.Sprintf("map scratch %#x", r.win.scratch), unix.SYS_MMAP, r.win.scratch, scratchSize,
+	if _, err := s.Call(fmt.Sprintf("map scratch %#x", r.win.scratch), unix.SYS_MMAP, r.win.scratch, scratchSize,
 		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0); err != nil {
 		return err
 	}
@@ -148,7 +148,7 @@ func (r *Restorer) layout(s *session) error {
 		case m.Path == "[vsyscall]":
 			continue // fixed by the kernel, not unmappable
 		}
-		if _, err := s.call(fmt.Sprintf("unmap puppet's %#x-%#x %s", m.Start, m.End, m.Path),
+		if _, err := s.Call(fmt.Sprintf("unmap puppet's %#x-%#x %s", m.Start, m.End, m.Path),
 			unix.SYS_MUNMAP, m.Start, m.End-m.Start); err != nil {
 			return err
 		}
@@ -182,7 +182,7 @@ func (r *Restorer) moveVdso(s *session, special []procfs.Mapping) error {
 	if dvdso == nil || pv == nil {
 		// The dumped task had no vDSO (or we have none): drop ours.
 		for _, m := range special {
-			if _, err := s.call(fmt.Sprintf("unmap puppet's %s", m.Path), unix.SYS_MUNMAP, m.Start, m.End-m.Start); err != nil {
+			if _, err := s.Call(fmt.Sprintf("unmap puppet's %s", m.Path), unix.SYS_MUNMAP, m.Start, m.End-m.Start); err != nil {
 				return err
 			}
 		}
@@ -220,7 +220,7 @@ func (r *Restorer) moveVdso(s *session, special []procfs.Mapping) error {
 		return nil
 	}
 	move := func(from, to uint64, m procfs.Mapping) error {
-		_, err := s.call(fmt.Sprintf("move %s %#x to %#x", m.Path, from, to), unix.SYS_MREMAP,
+		_, err := s.Call(fmt.Sprintf("move %s %#x to %#x", m.Path, from, to), unix.SYS_MREMAP,
 			from, m.End-m.Start, m.End-m.Start, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, to)
 		return err
 	}
@@ -255,10 +255,10 @@ func (r *Restorer) mapVMAs(s *session) error {
 	shmFds := map[uint64]uint64{}
 	defer func() {
 		for _, fd := range fds {
-			s.call("close", unix.SYS_CLOSE, fd)
+			s.Call("close", unix.SYS_CLOSE, fd)
 		}
 		for _, fd := range shmFds {
-			s.call("close", unix.SYS_CLOSE, fd)
+			s.Call("close", unix.SYS_CLOSE, fd)
 		}
 	}()
 	// A shared anonymous object mapped more than once, or not from its
@@ -296,7 +296,7 @@ func (r *Restorer) mapVMAs(s *session) error {
 			if !ok {
 				oflags := int(v.Fdflags)&unix.O_ACCMODE | unix.O_CLOEXEC
 				var err error
-				f, err = s.openat(what, r.img.filePath(id), oflags)
+				f, err = s.Openat(what, r.img.filePath(id), oflags)
 				if err != nil {
 					return err
 				}
@@ -337,7 +337,7 @@ func (r *Restorer) mapVMAs(s *session) error {
 		if st&images.VmaFileShared == 0 && r.getsPages(v) {
 			mapProt |= unix.PROT_READ | unix.PROT_WRITE
 		}
-		ret, err := s.call(what, unix.SYS_MMAP, start, size, uint64(mapProt), flags, fd, off)
+		ret, err := s.Call(what, unix.SYS_MMAP, start, size, uint64(mapProt), flags, fd, off)
 		if err != nil {
 			return err
 		}
@@ -365,7 +365,7 @@ func (r *Restorer) madvise(s *session, v *model.VMA) error {
 			continue
 		}
 		m &^= 1 << bit
-		_, err := s.call(fmt.Sprintf("madvise vma %#x-%#x advice %d", v.Start, v.End, bit),
+		_, err := s.Call(fmt.Sprintf("madvise vma %#x-%#x advice %d", v.Start, v.End, bit),
 			unix.SYS_MADVISE, v.Start, v.End-v.Start, uint64(bit))
 		if err != nil {
 			if en, ok := errnoOf(err); ok && en == unix.EINVAL && bit == unix.MADV_MERGEABLE {
@@ -421,12 +421,12 @@ func (r *Restorer) ensureWritable(s *session, vaddr, size uint64) error {
 			if err != nil {
 				return err
 			}
-			if err := ns.end(r.ensureWritable(ns, vaddr, size)); err != nil {
+			if err := ns.End(r.ensureWritable(ns, vaddr, size)); err != nil {
 				return err
 			}
 			return nil
 		}
-		if _, err := s.call(fmt.Sprintf("make vma %#x-%#x writable", v.Start, v.End), unix.SYS_MPROTECT,
+		if _, err := s.Call(fmt.Sprintf("make vma %#x-%#x writable", v.Start, v.End), unix.SYS_MPROTECT,
 			v.Start, v.End-v.Start, uint64(v.Prot|unix.PROT_READ|unix.PROT_WRITE)); err != nil {
 			return err
 		}
@@ -440,13 +440,13 @@ func (r *Restorer) ensureWritable(s *session, vaddr, size uint64) error {
 // returns an fd to it: mapped anywhere, opened through map_files (root
 // may), unmapped again.
 func shmObject(s *session, what string, size uint64) (uint64, error) {
-	tmp, err := s.call(what+": shared object", unix.SYS_MMAP, 0, size, unix.PROT_READ|unix.PROT_WRITE,
+	tmp, err := s.Call(what+": shared object", unix.SYS_MMAP, 0, size, unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_SHARED|unix.MAP_ANONYMOUS, ^uint64(0), 0)
 	if err != nil {
 		return 0, err
 	}
-	fd, err := s.openat(what, fmt.Sprintf("/proc/self/map_files/%x-%x", tmp, tmp+size), unix.O_RDWR|unix.O_CLOEXEC)
-	if _, uerr := s.call(what+": unmap shared object", unix.SYS_MUNMAP, tmp, size); uerr != nil && err == nil {
+	fd, err := s.Openat(what, fmt.Sprintf("/proc/self/map_files/%x-%x", tmp, tmp+size), unix.O_RDWR|unix.O_CLOEXEC)
+	if _, uerr := s.Call(what+": unmap shared object", unix.SYS_MUNMAP, tmp, size); uerr != nil && err == nil {
 		err = uerr
 	}
 	return fd, err

@@ -147,7 +147,7 @@ func (r *Restorer) fillPreadv(src pagexfer.Source, fr pagexfer.FileRuns, place f
 	if err != nil {
 		return err
 	}
-	return s.end(r.preadvAll(s, src, fr, place))
+	return s.End(r.preadvAll(s, src, fr, place))
 }
 
 func (r *Restorer) preadvAll(s *session, src pagexfer.Source, fr pagexfer.FileRuns, place func(vaddr, size uint64) (uint64, error)) error {
@@ -161,7 +161,7 @@ func (r *Restorer) preadvAll(s *session, src pagexfer.Source, fr pagexfer.FileRu
 	opened := false
 	defer func() {
 		if opened {
-			s.call("close pages file", unix.SYS_CLOSE, tfd)
+			s.Call("close pages file", unix.SYS_CLOSE, tfd)
 		}
 	}()
 	flush := func() error {
@@ -172,11 +172,11 @@ func (r *Restorer) preadvAll(s *session, src pagexfer.Source, fr pagexfer.FileRu
 				iov = le64(le64(iov, b.vaddr), b.size)
 				total += b.size
 			}
-			a, err := s.put(pageSize, iov)
+			a, err := s.Put(pageSize, iov)
 			if err != nil {
 				return err
 			}
-			got, err := s.call(fmt.Sprintf("preadv %d runs at %#x", len(batch), batch[0].vaddr),
+			got, err := s.Call(fmt.Sprintf("preadv %d runs at %#x", len(batch), batch[0].vaddr),
 				unix.SYS_PREADV, tfd, a, uint64(len(batch)), uint64(batch[0].off), 0)
 			if err != nil {
 				return err
@@ -227,13 +227,13 @@ func (r *Restorer) preadvAll(s *session, src pagexfer.Source, fr pagexfer.FileRu
 				return err
 			}
 			if opened {
-				s.call("close pages file", unix.SYS_CLOSE, tfd)
+				s.Call("close pages file", unix.SYS_CLOSE, tfd)
 				opened = false
 			}
 			// The task opens our descriptor's file through /proc:
 			// works for any file we hold, whatever its path.
 			path := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), f.Fd())
-			if tfd, err = s.openat("fill pages", path, unix.O_RDONLY|unix.O_CLOEXEC); err != nil {
+			if tfd, err = s.Openat("fill pages", path, unix.O_RDONLY|unix.O_CLOEXEC); err != nil {
 				return err
 			}
 			file, opened = f, true

@@ -29,7 +29,7 @@ func (r *Restorer) restoreSession(s *session) error {
 		if pgid != pid {
 			return fmt.Errorf("process group %d of session leader %d cannot be recreated: its leader is not in the dump", pgid, pid)
 		}
-		if _, err := s.call("setsid", unix.SYS_SETSID); err != nil {
+		if _, err := s.Call("setsid", unix.SYS_SETSID); err != nil {
 			return err
 		}
 		return nil
@@ -47,7 +47,7 @@ func (r *Restorer) restoreSession(s *session) error {
 	if pgid == pid {
 		target = 0 // a new group led by the task
 	}
-	if _, err := s.call(fmt.Sprintf("setpgid(0, %d)", pgid), unix.SYS_SETPGID, 0, target); err != nil {
+	if _, err := s.Call(fmt.Sprintf("setpgid(0, %d)", pgid), unix.SYS_SETPGID, 0, target); err != nil {
 		if en, ok := errnoOf(err); ok && en == unix.EPERM {
 			return fmt.Errorf("process group %d cannot be recreated: no such group in session %d and its leader is not in the dump", pgid, sid)
 		}

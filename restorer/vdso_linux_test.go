@@ -46,7 +46,7 @@ func TestMoveVdso(t *testing.T) {
 			t.Fatal(err)
 		}
 		orig := append([]procfs.Mapping(nil), special...)
-		if err := s.end(r.moveVdso(s, special)); err != nil {
+		if err := s.End(r.moveVdso(s, special)); err != nil {
 			t.Fatalf("shift %d: %v", shift, err)
 		}
 		after, _ := procfs.ReadMaps(p.Pid)

@@ -1,0 +1,120 @@
+// Package inject runs syscalls inside a traced task for the dumper and
+// the restorer alike: a Session is a run of injected calls in one thread
+// (internal/ptrace's injection session) with a scratch area in the task
+// for their in/out buffers, and errors that name the call.
+package inject
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/ptrace"
+)
+
+// Session is a run of injected syscalls in one thread of a task.
+type Session struct {
+	s       *ptrace.Session
+	pid     int    // the task, whose memory holds the scratch area
+	scratch uint64 // address of the scratch area in the task
+	size    uint64 // its size
+}
+
+// Begin starts injecting into thread tid of task pid, whose scratch area
+// of size bytes is at scratch.
+func Begin(tr *ptrace.Tracer, pid, tid int, scratch, size uint64) (*Session, error) {
+	s, err := tr.BeginInjection(tid)
+	if err != nil {
+		return nil, err
+	}
+	return &Session{s: s, pid: pid, scratch: scratch, size: size}, nil
+}
+
+// Wrap makes a Session of an injection session already open (e.g. one
+// that made the scratch area).
+func Wrap(s *ptrace.Session, pid int, scratch, size uint64) *Session {
+	return &Session{s: s, pid: pid, scratch: scratch, size: size}
+}
+
+// Ptrace is the underlying injection session.
+func (s *Session) Ptrace() *ptrace.Session { return s.s }
+
+// Scratch is the scratch area's address in the task.
+func (s *Session) Scratch() uint64 { return s.scratch }
+
+// End gives the thread its registers back; err (the caller's) wins over
+// End's own.
+func (s *Session) End(err error) error {
+	if eerr := s.s.End(); eerr != nil && err == nil {
+		err = eerr
+	}
+	return err
+}
+
+// Call runs one syscall; what names it in errors, which wrap the errno
+// when the call returned one.
+func (s *Session) Call(what string, nr uintptr, args ...uint64) (uint64, error) {
+	ret, err := s.s.Syscall(nr, args...)
+	if err != nil {
+		if en, ok := Errno(err); ok {
+			return ret, fmt.Errorf("%s: %w", what, en)
+		}
+		return ret, fmt.Errorf("%s: %w", what, err)
+	}
+	return ret, nil
+}
+
+// Errno digs the errno out of an injected call's error.
+func Errno(err error) (unix.Errno, bool) {
+	var en unix.Errno
+	if errors.As(err, &en) {
+		return en, true
+	}
+	return 0, false
+}
+
+func (s *Session) check(off uint64, n int) error {
+	if off+uint64(n) > s.size || off+uint64(n) < off {
+		return fmt.Errorf("scratch overflow: %d bytes at %d", n, off)
+	}
+	return nil
+}
+
+// Read reads len(b) bytes of the scratch area at off.
+func (s *Session) Read(off uint64, b []byte) error {
+	if err := s.check(off, len(b)); err != nil {
+		return err
+	}
+	return ptrace.ReadMem(s.pid, s.scratch+off, b)
+}
+
+// Put writes b into the scratch area at off and returns its address.
+func (s *Session) Put(off uint64, b []byte) (uint64, error) {
+	if err := s.check(off, len(b)); err != nil {
+		return 0, err
+	}
+	a := s.scratch + off
+	if err := ptrace.WriteMem(s.pid, a, b); err != nil {
+		return 0, err
+	}
+	return a, nil
+}
+
+// PutString writes a NUL-terminated string at off.
+func (s *Session) PutString(off uint64, str string) (uint64, error) {
+	return s.Put(off, append([]byte(str), 0))
+}
+
+// atFdcwd is AT_FDCWD (-100) as a syscall argument.
+const atFdcwd = ^uint64(99)
+
+// Openat opens path in the task (AT_FDCWD: its own root and cwd) and
+// returns the new fd; what names the purpose in errors.
+func (s *Session) Openat(what, path string, flags int) (uint64, error) {
+	a, err := s.PutString(0, path)
+	if err != nil {
+		return 0, err
+	}
+	return s.Call(fmt.Sprintf("%s: open %s", what, path), unix.SYS_OPENAT, atFdcwd, a, uint64(flags), 0)
+}
