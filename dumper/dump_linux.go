@@ -11,6 +11,7 @@ import (
 
 	"godwit/internal/actions"
 	"godwit/internal/cpuinfo"
+	"godwit/internal/drivers"
 	"godwit/internal/images"
 	"godwit/internal/inject"
 	"godwit/internal/logging"
@@ -100,6 +101,10 @@ func DumpTo(o Options, scripts *actions.Scripts, target PageTarget) (*Result, er
 		return nil, fmt.Errorf("dump: %w", err)
 	}
 	method := o.Method
+	ds, err := drivers.Ordered()
+	if err != nil {
+		return nil, fmt.Errorf("dump: %w", err)
+	}
 
 	tr := ptrace.New()
 	defer tr.Close()
@@ -117,7 +122,7 @@ func DumpTo(o Options, scripts *actions.Scripts, target PageTarget) (*Result, er
 	}
 	frozenAt := time.Now()
 	logging.Default().Infof("dump %d: froze %d threads in %v", pid, len(tids), frozenAt.Sub(t0))
-	d := &dumpRun{pid: pid, tids: tids, tr: tr, dir: dir, method: method, sinks: target.Open, log: logging.Default()}
+	d := &dumpRun{pid: pid, tids: tids, tr: tr, dir: dir, method: method, sinks: target.Open, log: logging.Default(), drivers: ds}
 	err = d.safeCollect()
 	if err == nil {
 		err = target.Commit()
@@ -195,6 +200,7 @@ type dumpRun struct {
 	log     *logging.Logger
 	written []string
 	mem     MemStats
+	drivers []drivers.Driver // every kind of state, in order
 }
 
 func (d *dumpRun) note(name string) { d.written = append(d.written, name) }
@@ -233,15 +239,12 @@ func (d *dumpRun) collect() error {
 	if err := checkSeccomp(pid, status); err != nil {
 		return err
 	}
-	stat, err := procfs.ReadStat(pid)
-	if err != nil {
-		return err
-	}
 	task := &model.Task{
 		Pid: pid, Ppid: 0, // the root of the dumped tree, as CRIU writes it
-		Pgid: stat.Pgrp, Sid: stat.Session, State: model.Alive,
-		MM: &model.MM{}, FS: &model.FS{},
+		State: model.Alive, MM: &model.MM{},
 	}
+	fl := drivers.NewFiles()
+	dc := &drivers.Dump{Pid: pid, Task: task, Files: fl, Log: d.log}
 	// Threads: registers first (rseq aborted as the kernel would on the
 	// way out), before any injection changes them.
 	for _, tid := range d.tids {
@@ -259,8 +262,12 @@ func (d *dumpRun) collect() error {
 			Tid: tid, Regs: ts.Regs, XState: ts.XState, Sigmask: ts.Sigmask, Pending: siginfos(ts.Pending),
 			Rseq: model.Rseq{Pointer: ts.Rseq.AbiPointer, Size: ts.Rseq.AbiSize, Signature: ts.Rseq.Signature},
 		}
-		if err := collectThreadOutside(pid, th); err != nil {
-			return fmt.Errorf("thread %d: %w", tid, err)
+		for _, k := range d.drivers {
+			if c, ok := k.(drivers.ThreadCollector); ok {
+				if err := c.CollectThread(dc, th); err != nil {
+					return fmt.Errorf("thread %d: %w", tid, err)
+				}
+			}
 		}
 		task.Threads = append(task.Threads, th)
 	}
@@ -269,40 +276,23 @@ func (d *dumpRun) collect() error {
 		return err
 	}
 	task.SharedSignals = siginfos(shared)
-	if err := collectTaskOutside(pid, task); err != nil {
-		return err
+	// Everything visible from outside before any injection: an
+	// unsupported fd fails the dump cheaply.
+	for _, k := range d.drivers {
+		if c, ok := k.(drivers.Collector); ok {
+			if err := c.Collect(dc); err != nil {
+				return err
+			}
+		}
 	}
-	// Files before any injection: an unsupported fd fails the dump
-	// cheaply.
-	fds, err := CollectFDs(pid)
-	if err != nil {
-		return err
-	}
-	fl := newFiles()
-	task.FDs = fl.fdTable(pid, fds)
-	exePath, exeSt, err := linkFile(pid, "exe")
+	exePath, exeSt, err := drivers.LinkFile(pid, "exe")
 	if err != nil {
 		return fmt.Errorf("exe: %w", err)
 	}
-	exeID := fl.shared(exePath, unix.O_RDONLY, exeSt, noMntID)
-	cwdPath, cwdSt, err := linkFile(pid, "cwd")
-	if err != nil {
-		return fmt.Errorf("cwd: %w", err)
-	}
-	rootPath, rootSt, err := linkFile(pid, "root")
-	if err != nil {
-		return fmt.Errorf("root: %w", err)
-	}
-	task.FS.Cwd = fl.reg(cwdPath, unix.O_RDONLY|unix.O_DIRECTORY, 0, cwdSt, noMntID)
-	task.FS.Root = fl.reg(rootPath, unix.O_RDONLY|unix.O_DIRECTORY, 0, rootSt, noMntID)
-	umask := uint32(0o022)
-	if status.Umask >= 0 {
-		umask = uint32(status.Umask)
-	}
-	task.FS.Umask = &umask
+	exeID := fl.Shared(exePath, unix.O_RDONLY, exeSt, drivers.NoMntID)
 	// VMAs before the scratch mapping exists.
 	vmas, err := CollectVMAs(pid, func(path string, flags uint32, st *unix.Stat_t) model.ID {
-		return fl.shared(path, flags, st, noMntID)
+		return fl.Shared(path, flags, st, drivers.NoMntID)
 	})
 	if err != nil {
 		return err
@@ -311,21 +301,21 @@ func (d *dumpRun) collect() error {
 		return err
 	}
 
-	if err := d.inject(task); err != nil {
+	if err := d.inject(dc); err != nil {
 		return err
 	}
 
 	// Single-process trees: the task's objects are the first of their
 	// kinds.
 	task.IDs = model.KobjIDs{VM: 1, Files: 1, FS: 1, Sighand: 1, NS: nsIDs(pid)}
-	tree := &model.Tree{Tasks: []*model.Task{task}, Files: fl.byID}
+	tree := &model.Tree{Tasks: []*model.Task{task}, Files: fl.Table()}
 	return criuimg.Write(d.dir, tree, d.note)
 }
 
 // inject runs everything that needs injected calls, and the memory dump,
 // with one scratch mapping; the scratch is unmapped and every session
 // ended before it returns, on success and on error.
-func (d *dumpRun) inject(task *model.Task) (err error) {
+func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 	s, err := d.tr.BeginInjection(d.pid)
 	if err != nil {
 		return err
@@ -346,26 +336,44 @@ func (d *dumpRun) inject(task *model.Task) (err error) {
 		}
 	}()
 	ls := inject.Wrap(s, d.pid, addr, scratchSize)
-	if err := collectTaskInjected(ls, task); err != nil {
+	task := dc.Task
+	for _, k := range d.drivers {
+		if c, ok := k.(drivers.InjectedCollector); ok {
+			if err := c.CollectInjected(dc, ls); err != nil {
+				return err
+			}
+		}
+	}
+	brk, err := ls.Call("brk(0)", unix.SYS_BRK, 0)
+	if err != nil {
 		return err
 	}
-	if err := collectThreadInjected(ls, task.Threads[0]); err != nil {
-		return fmt.Errorf("thread %d: %w", task.Threads[0].Tid, err)
+	task.MM.Brk = brk
+	if err := d.collectThreadInjected(dc, ls, task.Threads[0]); err != nil {
+		return err
 	}
 	for _, th := range task.Threads[1:] {
-		if err := d.injectThread(th, addr); err != nil {
+		ts, err := inject.Begin(d.tr, d.pid, th.Tid, addr, scratchSize)
+		if err != nil {
 			return fmt.Errorf("thread %d: %w", th.Tid, err)
+		}
+		if err := ts.End(d.collectThreadInjected(dc, ts, th)); err != nil {
+			return err
 		}
 	}
 	return d.dumpMemory(s, addr, task.MM.VMAs)
 }
 
-func (d *dumpRun) injectThread(th *model.Thread, scratch uint64) error {
-	s, err := inject.Begin(d.tr, d.pid, th.Tid, scratch, scratchSize)
-	if err != nil {
-		return err
+// collectThreadInjected runs the drivers' injected calls in one thread.
+func (d *dumpRun) collectThreadInjected(dc *drivers.Dump, s *inject.Session, th *model.Thread) error {
+	for _, k := range d.drivers {
+		if c, ok := k.(drivers.InjectedThreadCollector); ok {
+			if err := c.CollectThreadInjected(dc, s, th); err != nil {
+				return fmt.Errorf("thread %d: %w", th.Tid, err)
+			}
+		}
 	}
-	return s.End(collectThreadInjected(s, th))
+	return nil
 }
 
 func (d *dumpRun) dumpMemory(s *ptrace.Session, scratch uint64, vmas []VMA) (err error) {

@@ -295,7 +295,7 @@ func TestRestoreFailsMidway(t *testing.T) {
 		name, gone, step string
 	}{
 		{"layout", "counter", "layout: mmap vma"},
-		{"finalize", "log", "process state: fd 3: open"},
+		{"finalize", "log", "files: fd 3: open"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()

@@ -1,7 +1,6 @@
-package restorer
+package drivers
 
 import (
-	"encoding/binary"
 	"fmt"
 	"os"
 	"strconv"
@@ -10,9 +9,66 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/abi/linux"
+	"godwit/internal/inject"
 	"godwit/internal/model"
 	"godwit/internal/procfs"
 )
+
+// credsDriver dumps and restores each thread's credentials and its
+// parent-death signal (which a credential change clears).
+type credsDriver struct{}
+
+func (credsDriver) Name() string    { return "creds" }
+func (credsDriver) After() []string { return []string{"rlimits"} }
+
+// CollectThread reads ids and capabilities from /proc and capget.
+func (credsDriver) CollectThread(d *Dump, ti *model.Thread) error {
+	st, err := procfs.ReadTaskStatus(d.Pid, ti.Tid)
+	if err != nil {
+		return err
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3, Pid: int32(ti.Tid)}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capget(%d): %w", ti.Tid, err)
+	}
+	join := func(lo, hi uint32) uint64 { return uint64(lo) | uint64(hi)<<32 }
+	ti.Creds = model.Creds{
+		UID: st.Uid[0], EUID: st.Uid[1], SUID: st.Uid[2], FSUID: st.Uid[3],
+		GID: st.Gid[0], EGID: st.Gid[1], SGID: st.Gid[2], FSGID: st.Gid[3],
+		CapInh: join(data[0].Inheritable, data[1].Inheritable),
+		CapPrm: join(data[0].Permitted, data[1].Permitted),
+		CapEff: join(data[0].Effective, data[1].Effective),
+		CapBnd: st.CapBnd,
+		CapAmb: st.CapAmb,
+		Groups: st.Groups,
+	}
+	return nil
+}
+
+// CollectThreadInjected reads the securebits, no_new_privs and the
+// parent-death signal, which only the thread can tell.
+func (credsDriver) CollectThreadInjected(d *Dump, s *inject.Session, ti *model.Thread) error {
+	sb, err := s.Call("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS)
+	if err != nil {
+		return err
+	}
+	nnp, err := s.Call("prctl(PR_GET_NO_NEW_PRIVS)", unix.SYS_PRCTL, unix.PR_GET_NO_NEW_PRIVS)
+	if err != nil {
+		return err
+	}
+	if _, err := s.Call("prctl(PR_GET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG, s.Scratch()+scratchPdeath); err != nil {
+		return err
+	}
+	var b [4]byte
+	if err := s.Read(scratchPdeath, b[:]); err != nil {
+		return err
+	}
+	ti.Creds.Secbits = uint32(sb)
+	ti.Creds.NoNewPrivs = nnp != 0
+	ti.PdeathSig = le.Uint32(b[:])
+	return nil
+}
 
 // capLastCapProbe bounds cap_last_cap: capset's two 32-bit data words
 // hold capabilities 0..63.
@@ -30,28 +86,28 @@ func capLastCap() int {
 	return n
 }
 
-// threadCreds gives one thread its credentials (they are per thread; the
+// RestoreThread gives one thread its credentials (they are per thread; the
 // raw syscalls change only the calling thread), then its parent-death
 // signal, which a credential change clears. Order: bounding set (needs
 // CAP_SETPCAP), groups and gids, securebits with KEEP_CAPS so that the uid
 // change keeps the permitted set, uids, then (with the effective set
 // raised to what is permitted) the final securebits, the capability sets,
 // ambient capabilities and no_new_privs.
-func (r *Restorer) threadCreds(s *session, t *thread) error {
+func (credsDriver) RestoreThread(r *Restore, s *inject.Session, t *model.Thread) error {
 	c := &t.Creds
 	cur, err := procfs.ReadStatus(t.Tid)
 	if err != nil {
 		return err
 	}
-	if err := r.setCreds(s, t, c, cur); err != nil {
+	if err := setCreds(s, c, cur); err != nil {
 		return err
 	}
 	if sig := t.PdeathSig; sig != 0 {
-		if r.o.Detach {
+		if r.Detach {
 			// The restored task's parent is godwit, which exits right
 			// after a detached restore: the signal would fire at once and
 			// (usually SIGKILL) end the program godwit just restored.
-			r.log.Warnf("restore %d: thread %d: parent-death signal %d not restored: with -d the parent is godwit, which exits", r.img.pid, t.Tid, sig)
+			r.Log.Warnf("restore %d: thread %d: parent-death signal %d not restored: with -d the parent is godwit, which exits", r.Task.Pid, t.Tid, sig)
 			return nil
 		}
 		if _, err := s.Call("prctl(PR_SET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(sig)); err != nil {
@@ -61,7 +117,7 @@ func (r *Restorer) threadCreds(s *session, t *thread) error {
 	return nil
 }
 
-func (r *Restorer) setCreds(s *session, t *thread, c *model.Creds, cur *procfs.Status) error {
+func setCreds(s *inject.Session, c *model.Creds, cur *procfs.Status) error {
 	bnd := c.CapBnd
 	prm, eff, inh, amb := c.CapPrm, c.CapEff, c.CapInh, c.CapAmb
 	if missing := prm &^ cur.CapPrm; missing != 0 {
@@ -78,7 +134,7 @@ func (r *Restorer) setCreds(s *session, t *thread, c *model.Creds, cur *procfs.S
 	groups := c.Groups
 	gb := make([]byte, 0, 4*len(groups))
 	for _, g := range groups {
-		gb = binary.LittleEndian.AppendUint32(gb, g)
+		gb = le.AppendUint32(gb, g)
 	}
 	ga := uint64(0)
 	if len(gb) > 0 {
@@ -149,13 +205,13 @@ func (r *Restorer) setCreds(s *session, t *thread, c *model.Creds, cur *procfs.S
 
 // capset sets the calling thread's capability sets (version 3: two
 // 32-bit words each).
-func capset(s *session, eff, prm, inh uint64) error {
-	b := binary.LittleEndian.AppendUint32(nil, unix.LINUX_CAPABILITY_VERSION_3)
-	b = binary.LittleEndian.AppendUint32(b, 0) // pid 0: the caller
+func capset(s *inject.Session, eff, prm, inh uint64) error {
+	b := le.AppendUint32(nil, unix.LINUX_CAPABILITY_VERSION_3)
+	b = le.AppendUint32(b, 0) // pid 0: the caller
 	for w := 0; w < 2; w++ {
-		b = binary.LittleEndian.AppendUint32(b, uint32(eff>>(32*w)))
-		b = binary.LittleEndian.AppendUint32(b, uint32(prm>>(32*w)))
-		b = binary.LittleEndian.AppendUint32(b, uint32(inh>>(32*w)))
+		b = le.AppendUint32(b, uint32(eff>>(32*w)))
+		b = le.AppendUint32(b, uint32(prm>>(32*w)))
+		b = le.AppendUint32(b, uint32(inh>>(32*w)))
 	}
 	a, err := s.Put(0, b)
 	if err != nil {

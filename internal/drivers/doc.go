@@ -1,0 +1,19 @@
+// Package drivers holds one driver per kind of task state (process group
+// and session, file descriptors by fd kind, fs, sigactions, timers,
+// rlimits, credentials, per-thread state, pending signals, dumpable and
+// other prctls), each in its own file with both directions: collecting
+// from a frozen task (from outside, and with calls injected into it) into
+// the checkpoint model, and restoring from the model into the task being
+// rebuilt. The registry (driver.go) is the one place that lists them,
+// with their dependency order; Ordered gives it, with the engine's own
+// phases (threads, mm, registers) in place.
+//
+// The dumper is "freeze, run the drivers' collectors, write the model";
+// the restorer is "lay out memory, fill pages, run Ordered's restorers".
+// A new kind of state is a new file here and a line in the registry; a
+// new kind of fd is a new fdKind (dump side) and a fileRestorers entry
+// (restore side) in its own file.
+//
+// Memory (VMAs and pages) and registers are the engine's: they are bulk
+// transfers and the last steps, not kinds of state among others.
+package drivers

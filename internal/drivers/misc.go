@@ -1,0 +1,148 @@
+package drivers
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/inject"
+	"godwit/internal/procfs"
+)
+
+// miscDriver dumps and restores process-wide odds and ends: personality,
+// comm, child subreaper, THP disabling, oom_score_adj (and loginuid,
+// which is recorded only).
+type miscDriver struct{}
+
+func (miscDriver) Name() string    { return "misc" }
+func (miscDriver) After() []string { return []string{PhaseThreads, "timers"} }
+
+// Collect reads what /proc shows.
+func (miscDriver) Collect(d *Dump) error {
+	pid, ti := d.Pid, d.Task
+	b, err := os.ReadFile(procfs.Path(pid, "personality"))
+	if err != nil {
+		return fmt.Errorf("personality: %w", err)
+	}
+	p, err := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 32)
+	if err != nil {
+		return fmt.Errorf("personality %q: %w", b, err)
+	}
+	ti.Personality = uint32(p)
+	if ti.Comm, err = procfs.ReadComm(pid); err != nil {
+		return err
+	}
+	if b, err := os.ReadFile(procfs.Path(pid, "loginuid")); err == nil {
+		if v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32); err == nil {
+			lu := uint32(v)
+			ti.Loginuid = &lu
+		}
+	}
+	if b, err := os.ReadFile(procfs.Path(pid, "oom_score_adj")); err == nil {
+		if v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 32); err == nil {
+			adj := int32(v)
+			ti.OomScoreAdj = &adj
+		}
+	}
+	return nil
+}
+
+// CollectInjected reads the prctl flags only the task can tell.
+func (miscDriver) CollectInjected(d *Dump, s *inject.Session) error {
+	thp, err := s.Call("prctl(PR_GET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_GET_THP_DISABLE)
+	if err != nil {
+		return err
+	}
+	d.Task.MM.THPDisabled = thp != 0
+	if _, err := s.Call("prctl(PR_GET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, s.Scratch()+scratchReaper); err != nil {
+		return err
+	}
+	var rb [4]byte
+	if err := s.Read(scratchReaper, rb[:]); err != nil {
+		return err
+	}
+	d.Task.ChildSubreaper = le.Uint32(rb[:]) != 0
+	return nil
+}
+
+// Restore: personality, comm, subreaper, THP, oom_score_adj.
+func (miscDriver) Restore(r *Restore, s *inject.Session) error {
+	tc := r.Task
+	if _, err := s.Call("personality", unix.SYS_PERSONALITY, uint64(tc.Personality)); err != nil {
+		return err
+	}
+	if err := setComm(s, tc.Comm); err != nil {
+		return err
+	}
+	if tc.ChildSubreaper {
+		if _, err := s.Call("prctl(PR_SET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1); err != nil {
+			return err
+		}
+	}
+	if r.Task.MM.THPDisabled {
+		if _, err := s.Call("prctl(PR_SET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE, 1, 0, 0, 0); err != nil {
+			return err
+		}
+	}
+	if tc.OomScoreAdj != nil {
+		p := "/proc/" + strconv.Itoa(r.Task.Pid) + "/oom_score_adj"
+		want := int(*tc.OomScoreAdj)
+		if err := os.WriteFile(p, []byte(strconv.Itoa(want)), 0); err != nil {
+			// Going below oom_score_adj_min (inherited from godwit) needs
+			// CAP_SYS_RESOURCE, which root lacks on some hosts: the task
+			// keeps godwit's value, and the log says so.
+			if !errors.Is(err, unix.EACCES) && !errors.Is(err, unix.EPERM) {
+				return fmt.Errorf("oom_score_adj: %w", err)
+			}
+			r.Log.Warnf("restore %d: oom_score_adj %d not restored (lowering it needs CAP_SYS_RESOURCE): %v", r.Task.Pid, want, err)
+		}
+	}
+	return nil
+}
+
+func setComm(s *inject.Session, comm string) error {
+	if comm == "" {
+		return nil
+	}
+	if len(comm) > 15 {
+		comm = comm[:15]
+	}
+	a, err := s.PutString(0, comm)
+	if err != nil {
+		return err
+	}
+	_, err = s.Call("prctl(PR_SET_NAME)", unix.SYS_PRCTL, unix.PR_SET_NAME, a)
+	return err
+}
+
+// dumpableDriver dumps and restores the task's dumpable flag, which a
+// credential change resets: it is set after the credentials.
+type dumpableDriver struct{}
+
+func (dumpableDriver) Name() string    { return "dumpable" }
+func (dumpableDriver) After() []string { return []string{"creds"} }
+
+// CollectInjected reads it with an injected prctl.
+func (dumpableDriver) CollectInjected(d *Dump, s *inject.Session) error {
+	v, err := s.Call("prctl(PR_GET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)
+	if err != nil {
+		return err
+	}
+	dumpable := int32(v)
+	d.Task.MM.Dumpable = &dumpable
+	return nil
+}
+
+// Restore sets it, when the images have it.
+func (dumpableDriver) Restore(r *Restore, s *inject.Session) error {
+	if v := r.Task.MM.Dumpable; v != nil {
+		if _, err := s.Call("prctl(PR_SET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, uint64(*v)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
