@@ -201,6 +201,7 @@ type dumpRun struct {
 	written []string
 	mem     MemStats
 	drivers []drivers.Driver // every kind of state, in order
+	pagesID uint32           // the last pages id given out
 }
 
 func (d *dumpRun) note(name string) { d.written = append(d.written, name) }
@@ -305,9 +306,10 @@ func (d *dumpRun) collect() error {
 		return err
 	}
 
-	// Single-process trees: the task's objects are the first of their
-	// kinds.
-	task.IDs = model.KobjIDs{VM: 1, Files: 1, FS: 1, Sighand: 1, NS: nsIDs(pid)}
+	var kobj kobjAlloc
+	if task.IDs, err = kobj.ids(pid); err != nil {
+		return err
+	}
 	tree := &model.Tree{Tasks: []*model.Task{task}, Files: fl.Table()}
 	return criuimg.Write(d.dir, tree, d.note)
 }
@@ -399,10 +401,14 @@ func (d *dumpRun) dumpMemory(s *ptrace.Session, scratch uint64, vmas []VMA) (err
 			err = cerr
 		}
 	}()
-	pm := images.PagemapImg(d.pid)
-	d.note(pm)
-	d.note(images.PagesImg(1))
-	sink, err := d.sinks(d.dir, pm, 1)
+	// Each pagemap gets the next pages id of the dump, from 1 as CRIU's.
+	open := func(name string) (pagexfer.Sink, error) {
+		d.pagesID++
+		d.note(name)
+		d.note(images.PagesImg(d.pagesID))
+		return d.sinks(d.dir, name, d.pagesID)
+	}
+	sink, err := open(images.PagemapImg(d.pid))
 	if err != nil {
 		return err
 	}
@@ -413,13 +419,8 @@ func (d *dumpRun) dumpMemory(s *ptrace.Session, scratch uint64, vmas []VMA) (err
 	if err != nil {
 		return err
 	}
-	next := uint32(1)
 	return md.DumpShared(vmas, func(shmid uint64) (pagexfer.Sink, error) {
-		next++
-		name := images.PagemapShmemImg(shmid)
-		d.note(name)
-		d.note(images.PagesImg(next))
-		return d.sinks(d.dir, name, next)
+		return open(images.PagemapShmemImg(shmid))
 	})
 }
 

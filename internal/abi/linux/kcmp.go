@@ -6,6 +6,9 @@ package linux
 const (
 	KcmpFile     = 0
 	KcmpVM       = 1
+	KcmpFiles    = 2
+	KcmpFS       = 3
+	KcmpSighand  = 4
 	KcmpEpollTFD = 7
 )
 
