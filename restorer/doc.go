@@ -4,15 +4,22 @@
 // It works in phases, so that a migration can spread them over pre-copy
 // rounds (DESIGN.md, "Beyond CRIU" 4):
 //
-//	r, err := restorer.New(o, scripts) // read and check every image, nothing started
+//	r, err := restorer.New(o, scripts) // read the model (criuimg), check it, nothing started
 //	err = r.Layout()                   // puppet with the original PID, every VMA mapped
 //	err = r.FillPages(src)             // repeatable, any order, any pagexfer.Source
-//	err = r.Finalize()                 // fds, fs, signals, timers, rlimits, threads, registers, creds
+//	err = r.Finalize()                 // threads, then every driver in dependency order, registers last
 //	err = r.Resume()                   // detach every thread at once (or leave stopped)
 //	status, err := r.Wait()            // the task's exit status (or r.Close() for -d)
 //
 // Restore runs them back to back. After any failure the partial task is
 // killed (by PID, reaped) and the error names the step and the object.
+//
+// The restorer reads the dump through the checkpoint model's CRIU codec
+// (internal/model/criuimg) and restores every kind of task state with its
+// driver (internal/drivers: session and group, fds, fs, signals, timers,
+// rlimits, creds …), in the order the registry gives; memory layout, page
+// filling and registers are its own. Options are its own too (Options);
+// cmd/godwit maps its flags onto them with internal/engineopts.
 //
 // How (choices that matter):
 //   - The task is a clone3(set_tid, CLONE_PARENT) of a puppet godwit
