@@ -120,3 +120,39 @@ func TestRestoreForeignGroup(t *testing.T) {
 		t.Fatalf("restore: %v, want a refusal naming the group", err)
 	}
 }
+
+// With ShellJob the task joins godwit's session and group, whatever it
+// had (as CRIU's --shell-job).
+func TestRestoreShellJob(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	log := filepath.Join(dir, "log")
+	imgs := filepath.Join(dir, "img")
+	cmd := exec.Command(testutil.CounterBin(t, false), log)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	reaped := false
+	t.Cleanup(func() {
+		if !reaped {
+			_ = unix.Kill(pid, unix.SIGKILL)
+			_ = cmd.Wait()
+		}
+	})
+	testutil.WaitFor(t, log, "tick 3", 20*time.Second)
+	dump(t, pid, imgs, nil)
+	_ = cmd.Wait()
+	reaped = true
+
+	r := restore(t, imgs, func(o *Options) { o.ShellJob = true })
+	sid, err := unix.Getsid(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pgid, gotSid := sessionOf(t, r.PID()); pgid != unix.Getpgrp() || gotSid != sid {
+		t.Fatalf("restored %d in group %d session %d, want godwit's group %d session %d", r.PID(), pgid, gotSid, unix.Getpgrp(), sid)
+	}
+	finish(t, r, log)
+}
