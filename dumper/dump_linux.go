@@ -277,8 +277,9 @@ func (d *dumpRun) collect() error {
 		return err
 	}
 	task.SharedSignals = siginfos(shared)
-	// Everything visible from outside before any injection: an
-	// unsupported fd fails the dump cheaply.
+	// Everything visible from outside before any injection (an
+	// unsupported fd fails the dump cheaply), the VMAs before the
+	// scratch mapping exists.
 	for _, k := range d.drivers {
 		if c, ok := k.(drivers.Collector); ok {
 			if err := c.Collect(dc); err != nil {
@@ -286,22 +287,6 @@ func (d *dumpRun) collect() error {
 			}
 		}
 	}
-	exePath, exeSt, err := drivers.LinkFile(pid, "exe")
-	if err != nil {
-		return fmt.Errorf("exe: %w", err)
-	}
-	exeID := fl.Shared(exePath, unix.O_RDONLY, exeSt, drivers.NoMntID)
-	// VMAs before the scratch mapping exists.
-	vmas, err := CollectVMAs(pid, func(path string, flags uint32, st *unix.Stat_t) model.ID {
-		return fl.Shared(path, flags, st, drivers.NoMntID)
-	})
-	if err != nil {
-		return err
-	}
-	if err := collectMM(pid, task, vmas, exeID); err != nil {
-		return err
-	}
-
 	if err := d.inject(dc); err != nil {
 		return err
 	}
@@ -346,11 +331,6 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 			}
 		}
 	}
-	brk, err := ls.Call("brk(0)", unix.SYS_BRK, 0)
-	if err != nil {
-		return err
-	}
-	task.MM.Brk = brk
 	if err := d.collectThreadInjected(dc, ls, task.Threads[0]); err != nil {
 		return err
 	}

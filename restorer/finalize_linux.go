@@ -1,12 +1,10 @@
 package restorer
 
 import (
-	"encoding/binary"
 	"fmt"
 
 	"golang.org/x/sys/unix"
 
-	"godwit/internal/abi/linux"
 	"godwit/internal/drivers"
 	"godwit/internal/ptrace"
 	"godwit/internal/xstate"
@@ -123,51 +121,6 @@ func (r *Restorer) finishMMIn(s *session) error {
 	for _, p := range r.protFix {
 		if _, err := s.Call(fmt.Sprintf("mprotect vma %#x-%#x", p.start, p.end), unix.SYS_MPROTECT,
 			p.start, p.end-p.start, uint64(p.prot)); err != nil {
-			return err
-		}
-	}
-	m := r.img.mm
-	exe := r.img.filePath(m.Exe)
-	efd, err := s.Openat("exe", exe, unix.O_RDONLY|unix.O_CLOEXEC)
-	if err != nil {
-		return err
-	}
-	auxv := m.Auxv
-	var ab []byte
-	for _, w := range auxv {
-		ab = le64(ab, w)
-	}
-	auxvAddr := uint64(0)
-	if len(ab) > 0 {
-		if auxvAddr, err = s.Put(1024, ab); err != nil {
-			return err
-		}
-	}
-	b := make([]byte, 0, linux.SizeofPrctlMmMap)
-	for _, v := range []uint64{m.StartCode, m.EndCode, m.StartData, m.EndData,
-		m.StartBrk, m.Brk, m.StartStack, m.ArgStart, m.ArgEnd,
-		m.EnvStart, m.EnvEnd, auxvAddr} {
-		b = le64(b, v)
-	}
-	b = binary.LittleEndian.AppendUint32(b, uint32(len(ab)))
-	b = binary.LittleEndian.AppendUint32(b, uint32(efd))
-	a, err := s.Put(0, b)
-	if err != nil {
-		return err
-	}
-	_, err = s.Call("prctl(PR_SET_MM_MAP) with exe "+exe, unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, a, linux.SizeofPrctlMmMap, 0)
-	if _, cerr := s.Call("close exe", unix.SYS_CLOSE, efd); cerr != nil && err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	if root := r.img.filePath(r.img.task.FS.Root); root != "/" {
-		a, err := s.PutString(0, root)
-		if err != nil {
-			return err
-		}
-		if _, err := s.Call("chroot "+root, unix.SYS_CHROOT, a); err != nil {
 			return err
 		}
 	}

@@ -1,7 +1,7 @@
-// Package drivers holds one driver per kind of task state (process group
-// and session, file descriptors by fd kind, fs, sigactions, timers,
-// rlimits, credentials, per-thread state, pending signals, dumpable and
-// other prctls), each in its own file with both directions: collecting
+// Package drivers holds one driver per kind of task state (memory layout,
+// process group and session, file descriptors by fd kind, fs, sigactions,
+// timers, rlimits, credentials, per-thread state, pending signals,
+// dumpable and other prctls), each in its own file with both directions: collecting
 // from a frozen task (from outside, and with calls injected into it) into
 // the checkpoint model, and restoring from the model into the task being
 // rebuilt. The registry (driver.go) is the one place that lists them,
@@ -14,6 +14,9 @@
 // new kind of fd is a new fdKind (dump side) and a fileRestorers entry
 // (restore side) in its own file.
 //
-// Memory (VMAs and pages) and registers are the engine's: they are bulk
-// transfers and the last steps, not kinds of state among others.
+// Laying out memory, filling pages and setting registers are the
+// engine's: memory must be laid out before pages come (from files, a page
+// server, or lazily), and registers go last. The memory driver collects
+// the layout and restores the mm fields and exe once the engine's PhaseMM
+// has given the VMAs their protections.
 package drivers

@@ -24,7 +24,7 @@ type Driver interface {
 // against. The restorer runs them where they fall in Ordered.
 const (
 	PhaseThreads   = "threads"   // every thread exists, with its TID
-	PhaseMM        = "mm"        // mm fields, exe and root, final protections
+	PhaseMM        = "mm"        // the puppet's code gone, every VMA at its dumped protection
 	PhaseRegisters = "registers" // scratch window gone, registers set: last
 )
 
@@ -108,6 +108,7 @@ var registry = []Driver{
 	miscDriver{},
 	threadDriver{},
 	phase{name: PhaseMM, after: []string{"session", "files", "fs", "sigactions", "timers", "misc", "thread"}},
+	memoryDriver{},
 	rlimitsDriver{},
 	credsDriver{},
 	signalsDriver{},

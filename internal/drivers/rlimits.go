@@ -17,7 +17,7 @@ func (rlimitsDriver) Name() string { return "rlimits" }
 
 // After the last injected open and mmap: a task dumped at its
 // RLIMIT_NOFILE (or with a low RLIMIT_AS) would make them fail.
-func (rlimitsDriver) After() []string { return []string{PhaseMM} }
+func (rlimitsDriver) After() []string { return []string{"memory"} }
 
 // CollectInjected reads every limit with prlimit64 from outside, or, when
 // that is refused (no CAP_SYS_RESOURCE over a task of another user),

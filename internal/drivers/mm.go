@@ -1,0 +1,261 @@
+package drivers
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/abi/linux"
+	"godwit/internal/images"
+	"godwit/internal/inject"
+	"godwit/internal/model"
+	"godwit/internal/procfs"
+)
+
+// memoryDriver dumps and restores the memory layout's description: the
+// mm fields (code, data, brk, stack, args, env, auxv), the exe, and every
+// VMA with the files of file mappings. Laying the VMAs out and filling
+// them is the engine's (the restorer's Layout and FillPages, before the
+// drivers run; pages travel through pagexfer): this driver restores the
+// mm fields and the exe once the engine's PhaseMM has given every VMA its
+// dumped protection, then the root (chroot, after the exe is opened).
+type memoryDriver struct{}
+
+func (memoryDriver) Name() string    { return "memory" }
+func (memoryDriver) After() []string { return []string{PhaseMM} }
+
+// Collect reads the mm fields from /proc/PID/stat and auxv, the exe and
+// the VMAs (before the dumper's scratch mapping exists).
+func (memoryDriver) Collect(d *Dump) error {
+	exePath, exeSt, err := LinkFile(d.Pid, "exe")
+	if err != nil {
+		return fmt.Errorf("exe: %w", err)
+	}
+	exe := d.Files.Shared(exePath, unix.O_RDONLY, exeSt, NoMntID)
+	vmas, err := CollectVMAs(d.Pid, func(path string, flags uint32, st *unix.Stat_t) model.ID {
+		return d.Files.Shared(path, flags, st, NoMntID)
+	})
+	if err != nil {
+		return err
+	}
+	st, err := procfs.ReadStat(d.Pid)
+	if err != nil {
+		return err
+	}
+	raw, err := procfs.ReadAuxvRaw(d.Pid)
+	if err != nil {
+		return fmt.Errorf("auxv: %w", err)
+	}
+	auxv := make([]uint64, 0, len(raw)/8)
+	for i := 0; i+8 <= len(raw); i += 8 {
+		auxv = append(auxv, le.Uint64(raw[i:]))
+	}
+	m := d.Task.MM
+	m.StartCode, m.EndCode, m.StartData, m.EndData = st.StartCode, st.EndCode, st.StartData, st.EndData
+	m.StartStack, m.StartBrk = st.StartStack, st.StartBrk
+	m.ArgStart, m.ArgEnd, m.EnvStart, m.EnvEnd = st.ArgStart, st.ArgEnd, st.EnvStart, st.EnvEnd
+	m.Exe = exe
+	m.Auxv = auxv
+	m.VMAs = vmas
+	return nil
+}
+
+// CollectInjected reads the current brk, which only the task can tell.
+func (memoryDriver) CollectInjected(d *Dump, s *inject.Session) error {
+	brk, err := s.Call("brk(0)", unix.SYS_BRK, 0)
+	if err != nil {
+		return err
+	}
+	d.Task.MM.Brk = brk
+	return nil
+}
+
+// Restore sets the mm fields, auxv and exe with one PR_SET_MM_MAP, then
+// changes the root.
+func (memoryDriver) Restore(r *Restore, s *inject.Session) error {
+	m := r.Task.MM
+	exe := r.Tree.Files[m.Exe].Path
+	efd, err := s.Openat("exe", exe, unix.O_RDONLY|unix.O_CLOEXEC)
+	if err != nil {
+		return err
+	}
+	auxv := m.Auxv
+	var ab []byte
+	for _, w := range auxv {
+		ab = le64(ab, w)
+	}
+	auxvAddr := uint64(0)
+	if len(ab) > 0 {
+		if auxvAddr, err = s.Put(1024, ab); err != nil {
+			return err
+		}
+	}
+	b := make([]byte, 0, linux.SizeofPrctlMmMap)
+	for _, v := range []uint64{m.StartCode, m.EndCode, m.StartData, m.EndData,
+		m.StartBrk, m.Brk, m.StartStack, m.ArgStart, m.ArgEnd,
+		m.EnvStart, m.EnvEnd, auxvAddr} {
+		b = le64(b, v)
+	}
+	b = le.AppendUint32(b, uint32(len(ab)))
+	b = le.AppendUint32(b, uint32(efd))
+	a, err := s.Put(0, b)
+	if err != nil {
+		return err
+	}
+	_, err = s.Call("prctl(PR_SET_MM_MAP) with exe "+exe, unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, a, linux.SizeofPrctlMmMap, 0)
+	if _, cerr := s.Call("close exe", unix.SYS_CLOSE, efd); cerr != nil && err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if root := r.Tree.Files[r.Task.FS.Root].Path; root != "/" {
+		a, err := s.PutString(0, root)
+		if err != nil {
+			return err
+		}
+		if _, err := s.Call("chroot "+root, unix.SYS_CHROOT, a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// madvFlags maps smaps VmFlags to the MADV_* advice CRIU records.
+var madvFlags = map[string]int{
+	"sr": unix.MADV_SEQUENTIAL, "rr": unix.MADV_RANDOM, "dc": unix.MADV_DONTFORK,
+	"dd": unix.MADV_DONTDUMP, "mg": unix.MADV_MERGEABLE, "hg": unix.MADV_HUGEPAGE,
+	"nh": unix.MADV_NOHUGEPAGE, "wf": unix.MADV_WIPEONFORK,
+}
+
+// FileIDFunc gives the REG file id of a mapped file.
+type FileIDFunc func(path string, flags uint32, st *unix.Stat_t) model.ID
+
+// CollectVMAs reads /proc/PID/smaps into VMAs. fileID (nil when only
+// memory is wanted, e.g. by pre-dump) names the files of file mappings.
+func CollectVMAs(pid int, fileID FileIDFunc) ([]model.VMA, error) {
+	sm, err := procfs.ReadSmaps(pid)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]model.VMA, 0, len(sm))
+	for i := range sm {
+		e := &sm[i]
+		if e.Path == "[vsyscall]" {
+			continue // the kernel's, at a fixed address
+		}
+		v, err := classifyVMA(pid, e, fileID)
+		if err != nil {
+			return nil, fmt.Errorf("vma %#x-%#x (%s): %w", e.Start, e.End, vmaName(e), err)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func vmaName(e *procfs.SmapsEntry) string {
+	if e.Path == "" {
+		return "anon"
+	}
+	return e.Path
+}
+
+func classifyVMA(pid int, e *procfs.SmapsEntry, fileID FileIDFunc) (model.VMA, error) {
+	v := model.VMA{Start: e.Start, End: e.End, Path: e.Path, Status: images.VmaAreaRegular}
+	if e.Shared && !e.IsAnon() {
+		v.Pgoff = e.Offset // shared memory: the offset in the object
+	}
+	if e.Read {
+		v.Prot |= unix.PROT_READ
+	}
+	if e.Write {
+		v.Prot |= unix.PROT_WRITE
+	}
+	if e.Exec {
+		v.Prot |= unix.PROT_EXEC
+	}
+	if e.Shared {
+		v.Flags = unix.MAP_SHARED
+	} else {
+		v.Flags = unix.MAP_PRIVATE
+	}
+	for _, f := range e.VmFlags {
+		switch f {
+		case "gd":
+			v.Flags |= unix.MAP_GROWSDOWN
+		case "nr":
+			v.Flags |= unix.MAP_NORESERVE
+		case "lo":
+			v.Flags |= unix.MAP_LOCKED
+		}
+		if m, ok := madvFlags[f]; ok {
+			v.Madv |= 1 << m
+		}
+	}
+	switch {
+	case e.Path == "[vdso]":
+		v.Status |= images.VmaAreaVdso
+		v.Flags |= unix.MAP_ANONYMOUS
+		return v, nil
+	case e.Path == "[vvar]" || e.Path == "[vvar_vclock]":
+		v.Status |= images.VmaAreaVvar
+		v.Flags |= unix.MAP_ANONYMOUS
+		return v, nil
+	case e.IsAnon():
+		if e.Shared {
+			return v, fmt.Errorf("shared anonymous mapping without an inode")
+		}
+		v.Flags |= unix.MAP_ANONYMOUS
+		v.Status |= images.VmaAnonPrivate
+		switch e.Path {
+		case "[heap]":
+			v.Status |= images.VmaAreaHeap
+		case "[stack]":
+			v.Status |= images.VmaAreaStack
+		}
+		if strings.HasPrefix(e.Path, "[") && e.Path != "[heap]" && e.Path != "[stack]" && !strings.HasPrefix(e.Path, "[anon:") {
+			return v, fmt.Errorf("special mapping is not supported yet")
+		}
+		return v, nil
+	case strings.HasPrefix(e.Path, "/SYSV"):
+		return v, errors.New("SysV shared memory is not supported yet")
+	case e.Shared && (e.Path == "/dev/zero" && e.Deleted || strings.HasPrefix(e.Path, "/memfd:") || strings.HasPrefix(e.Path, "[anon_shmem:")):
+		v.Flags |= unix.MAP_ANONYMOUS
+		v.Status |= images.VmaAnonShared
+		v.Shmid = e.Inode
+		return v, nil
+	case strings.HasPrefix(e.Path, "/memfd:"):
+		return v, fmt.Errorf("private mapping of a memfd is not supported yet")
+	case e.Deleted:
+		return v, fmt.Errorf("mapping of a deleted file is not supported yet")
+	}
+	// A file mapping.
+	var st unix.Stat_t
+	mf := procfs.Path(pid, procfs.MapFilesName(e.Start, e.End))
+	if err := unix.Stat(mf, &st); err != nil {
+		return v, fmt.Errorf("stat %s: %w", mf, err)
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+	case unix.S_IFCHR:
+		return v, fmt.Errorf("mapping of a character device is not supported yet")
+	default:
+		return v, fmt.Errorf("mapping of file mode %#o is not supported yet", st.Mode)
+	}
+	v.Pgoff = e.Offset
+	v.Fdflags = unix.O_RDONLY
+	if e.Shared {
+		v.Status |= images.VmaFileShared
+		if e.Write {
+			v.Fdflags = unix.O_RDWR
+		}
+	} else {
+		v.Status |= images.VmaFilePrivate
+	}
+	if fileID != nil {
+		v.Shmid = uint64(fileID(e.Path, v.Fdflags, &st))
+	}
+	return v, nil
+}
