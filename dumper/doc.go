@@ -1,8 +1,9 @@
 // Package dumper checkpoints one process (any number of threads) into
 // CRIU-format images: Dump freezes it with ptrace, collects every piece of
-// state (registers, signals, credentials, timers, rlimits, the address
-// space, files) into a checkpoint model (internal/model) partly from /proc
-// and ptrace and partly by syscalls injected into the stopped threads,
+// state into a checkpoint model (internal/model) — registers itself, every
+// other kind (signals, credentials, timers, rlimits, the address space,
+// files …) with its driver (internal/drivers), partly from /proc and
+// ptrace and partly by syscalls injected into the stopped threads —,
 // streams its pages through a MemoryDumper into page sinks, writes the
 // model as CRIU images with internal/model/criuimg (inventory.img last)
 // and then kills, resumes or stops the task. Any failure before that last
