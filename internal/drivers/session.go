@@ -44,6 +44,8 @@ func (sessionDriver) Restore(r *Restore, s *inject.Session) error {
 		sid, pgid = curSid, unix.Getpgrp()
 	}
 	switch {
+	case sid == 0 || pgid == 0:
+		return fmt.Errorf("session %d / process group %d are outside the dump's pid namespace: restore with --shell-job into godwit's", sid, pgid)
 	case sid == pid:
 		if pgid != pid {
 			return fmt.Errorf("process group %d of session leader %d cannot be recreated: its leader is not in the dump", pgid, pid)

@@ -246,3 +246,26 @@ func TestReadRefusesDanglingIDs(t *testing.T) {
 		})
 	}
 }
+
+// A dead task is read from its core alone (CRIU writes no mm or fs for
+// it), and a session outside the dump's pid namespace (0) is kept.
+func TestReadZombieAndOutsideSession(t *testing.T) {
+	tr := sampleTree(t)
+	tr.Root().State, tr.Root().ExitCode = model.Zombie, 3
+	dir, _ := writeTree(t, tr)
+	for _, n := range []string{images.MmImg(4242), images.FsImg(4242), images.IdsImg(4242), images.FdinfoImg(1)} {
+		if err := os.Remove(filepath.Join(dir, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := readTree(t, dir)
+	if k := got.Root(); k.State != model.Zombie || k.ExitCode != 3 || k.MM != nil {
+		t.Fatalf("read %+v", k)
+	}
+	tr = sampleTree(t)
+	tr.Root().Sid = 0
+	dir, _ = writeTree(t, tr)
+	if got := readTree(t, dir); got.Root().Sid != 0 {
+		t.Fatalf("session %d, want 0", got.Root().Sid)
+	}
+}

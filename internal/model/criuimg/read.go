@@ -61,6 +61,10 @@ func Read(d *images.Dir) (*model.Tree, error) {
 			return nil, fmt.Errorf("%s: duplicate pid %d", images.PstreeImg, k.Pid)
 		}
 		pids[k.Pid] = true
+		if k.State == model.Dead || k.State == model.Zombie {
+			t.Tasks = append(t.Tasks, k)
+			continue
+		}
 		fds, ok := fdTables[k.IDs.Files]
 		if !ok {
 			if fds, err = readFDs(d, k.IDs.Files, t.Files); err != nil {
@@ -171,6 +175,17 @@ func readTask(d *images.Dir, ps *pstree.PstreeEntry, files map[model.ID]*model.F
 		return nil, fmt.Errorf("%s: task %d: %w", images.PstreeImg, pid, err)
 	}
 	k := &model.Task{Pid: int(pid), Ppid: int(ps.GetPpid()), Pgid: int(ps.GetPgid()), Sid: int(ps.GetSid())}
+	// A dead task has a core with its state and exit code, and nothing
+	// else to read.
+	if c, err := images.ReadOne[*criu_core.CoreEntry](d, images.CoreImg(k.Pid)); err == nil {
+		switch c.GetTc().GetTaskState() {
+		case images.TaskDead, images.TaskZombie:
+			if err := readTaskCore(k, c.GetTc(), images.CoreImg(k.Pid)); err != nil {
+				return nil, err
+			}
+			return k, nil
+		}
+	}
 	tids := ps.GetThreads()
 	if len(tids) == 0 {
 		tids = []uint32{pid}
@@ -232,12 +247,14 @@ func readTask(d *images.Dir, ps *pstree.PstreeEntry, files map[model.ID]*model.F
 	return k, nil
 }
 
-// checkSessionIDs refuses session and group ids no task can have.
+// checkSessionIDs refuses session and group ids no task can have. 0 is
+// allowed: CRIU writes it for a session or group outside the dump's pid
+// namespace.
 func checkSessionIDs(pid, pgid, sid uint32) error {
 	switch {
-	case pgid == 0 || pgid > maxPid:
+	case pgid > maxPid:
 		return fmt.Errorf("bad process group %d", pgid)
-	case sid == 0 || sid > maxPid:
+	case sid > maxPid:
 		return fmt.Errorf("bad session %d", sid)
 	case sid == pid && pgid != pid:
 		return errors.New("session leader in a group other than its own")
