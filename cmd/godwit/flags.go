@@ -142,6 +142,9 @@ func pageServerFlags(fs *pflag.FlagSet, o *opts.Options) {
 	fs.BoolVar(&o.LazyPages, "lazy-pages", false, "serve a local dump to a remote lazy-pages daemon")
 	fs.StringVar(&o.MetricsAddress, "metrics-address", "", "serve Prometheus metrics on http://`host:port`/metrics")
 	transportFlags(fs, o)
+	fs.StringArrayVar(&o.TLSAllowedClients, "tls-allowed-client", nil, "admit only clients whose certificate names `identity` (CN or DNS name; repeatable)")
+	fs.Var(sizeValue{&o.MaxBytes}, "max-bytes", "stop accepting pages once all sessions wrote `size` bytes (K/M/G suffixes; 0: no bound)")
+	fs.IntVar(&o.MaxFiles, "max-files", 0, "create at most `n` image files (0: 16384)")
 }
 
 // transportFlags choose how page-server traffic travels: CRIU's TLS options,
@@ -149,8 +152,9 @@ func pageServerFlags(fs *pflag.FlagSet, o *opts.Options) {
 func transportFlags(fs *pflag.FlagSet, o *opts.Options) {
 	fs.StringVar(&o.Transport, "transport", "tcp", "page-server transport: tcp (CRIU's) or quic (mutual TLS)")
 	fs.BoolVar(&o.TLS, "tls", false, "use TLS on the TCP transport")
-	fs.StringVar(&o.TLSCACert, "tls-cacert", "", "CA certificate `file` (PEM) that signs the peer's certificate")
-	fs.StringVar(&o.TLSCert, "tls-cert", "", "this host's certificate `file` (PEM)")
-	fs.StringVar(&o.TLSKey, "tls-key", "", "this host's private key `file` (PEM)")
+	fs.StringVar(&o.TLSCACert, "tls-cacert", "", "CA certificate `file` (PEM) that signs the peer's certificate (default /etc/pki/CA/cacert.pem)")
+	fs.StringVar(&o.TLSCert, "tls-cert", "", "this host's certificate `file` (PEM; default /etc/pki/criu/cert.pem)")
+	fs.StringVar(&o.TLSKey, "tls-key", "", "this host's private key `file` (PEM; default /etc/pki/criu/private/key.pem)")
 	fs.BoolVar(&o.TLSNoCNVerify, "tls-no-cn-verify", false, "do not check the server's name against its certificate")
+	fs.StringVar(&o.TLSCACRL, "tls-cacrl", "", "certificate revocation list `file` (PEM or DER) signed by the CA")
 }

@@ -138,9 +138,10 @@ func TestPageServerQUICMutualTLS(t *testing.T) {
 	if code, _, stderr := runGodwit("certs", certs, "127.0.0.1"); code != 0 {
 		t.Fatalf("certs: %s", stderr)
 	}
-	host := filepath.Join(certs, "127.0.0.1")
+	host := filepath.Join(certs, "127.0.0.1", "server")
 	tlsArgs := []string{"--transport", "quic", "--tls-cacert", filepath.Join(certs, "cacert.pem"),
 		"--tls-cert", filepath.Join(host, "cert.pem"), "--tls-key", filepath.Join(host, "key.pem")}
+	host = filepath.Join(certs, "127.0.0.1", "client")
 	dir := t.TempDir()
 	addr := startPageServer(t, dir, tlsArgs...)
 	o := pageserver.TransportOptions{
@@ -157,8 +158,8 @@ func TestPageServerQUICMutualTLS(t *testing.T) {
 		t.Fatalf("certs: %s", stderr)
 	}
 	stranger := o
-	stranger.Cert = filepath.Join(other, "127.0.0.1", "cert.pem")
-	stranger.Key = filepath.Join(other, "127.0.0.1", "key.pem")
+	stranger.Cert = filepath.Join(other, "127.0.0.1", "client", "cert.pem")
+	stranger.Key = filepath.Join(other, "127.0.0.1", "client", "key.pem")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := tryPush(ctx, addr, stranger); err == nil {

@@ -92,7 +92,13 @@ type Options struct {
 	TLSCert        string
 	TLSKey         string
 	TLSNoCNVerify  bool
+	TLSCACRL       string
 	MetricsAddress string
+	// Page server only: clients admitted by certificate identity, and the
+	// bounds on what all sessions together may write (0: default).
+	TLSAllowedClients []string
+	MaxBytes          uint64
+	MaxFiles          int
 }
 
 // New returns Options with criu(8)'s defaults.
@@ -332,17 +338,18 @@ func (o *Options) Validate(command string) error {
 	if (o.Port < 0) || (o.Port > 65535) {
 		return fmt.Errorf("bad --port %d", o.Port)
 	}
+	// Without --tls-cacert etc., TLS uses criu(8)'s default files.
 	switch o.Transport {
 	case "", "tcp":
 	case "quic":
-		if o.TLSCACert == "" || o.TLSCert == "" || o.TLSKey == "" {
-			return errors.New("--transport quic uses mutual TLS: it needs --tls-cacert, --tls-cert and --tls-key")
-		}
 	default:
 		return fmt.Errorf("bad --transport %q: want tcp or quic", o.Transport)
 	}
-	if o.TLS && (o.TLSCACert == "" || o.TLSCert == "" || o.TLSKey == "") {
-		return errors.New("--tls needs --tls-cacert, --tls-cert and --tls-key")
+	if len(o.TLSAllowedClients) > 0 && !o.TLS && o.Transport != "quic" {
+		return errors.New("--tls-allowed-client needs --tls or --transport quic")
+	}
+	if o.MaxFiles < 0 {
+		return fmt.Errorf("bad --max-files %d", o.MaxFiles)
 	}
 	return nil
 }
