@@ -72,6 +72,22 @@ func benchChild(role string) error {
 		}
 		fmt.Printf("PORT %d\n", ln.Port())
 		return Serve(ctx, ln, Config{ImagesDir: os.Getenv(envDir), Log: logging.New(os.Stderr, 1)})
+	case "ps-tls", "ps-quic-many":
+		if role == "ps-tls" {
+			o.TLS = true
+		} else {
+			o.Transport = TransportQUIC
+		}
+		ln, err := Listen("127.0.0.1:0", o)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("PORT %d\n", ln.Port())
+		// All bench peers come from 127.0.0.1: let them have every slot.
+		return Serve(ctx, ln, Config{ImagesDir: os.Getenv(envDir), Log: logging.New(os.Stderr, 1),
+			MaxConns: benchMaxConns, MaxConnsPerPeer: benchMaxConns})
+	case "raw-tls":
+		return rawTLSChild(ctx, o)
 	case "raw-tcp", "raw-tcp-file", "raw-tcp-filerw":
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {

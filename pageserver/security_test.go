@@ -529,3 +529,46 @@ func errString(err error) string {
 	}
 	return " (" + err.Error() + ")"
 }
+
+// TestWrongCertificateCannotRead: a lazy-pages server gives no pages to a
+// peer without an allowed certificate.
+func TestWrongCertificateCannotRead(t *testing.T) {
+	dump := filepath.Join(t.TempDir(), "dump")
+	writeLocal(t, dump, "pagemap-42.img", 2, []pageRange{{vaddr: 0x400000, nr: 2, flags: FlagPresent | FlagLazy}}, 12)
+	so := tlsFiles(t, t.TempDir())
+	stranger := clientOf(tlsFiles(t, t.TempDir())) // another CA
+	for _, tr := range []Transport{TransportTCP, TransportQUIC} {
+		t.Run(string(tr), func(t *testing.T) {
+			s := so
+			s.Transport, s.TLS = tr, tr == TransportTCP
+			ts := startServer(t, Config{ImagesDir: dump, Lazy: true}, s)
+			peers := map[string]TransportOptions{"plain": {}}
+			c := stranger
+			c.Transport, c.TLS, c.CACert = tr, s.TLS, so.CACert
+			peers["foreign CA"] = c
+			if tr == TransportQUIC {
+				delete(peers, "plain")
+			}
+			for name, o := range peers {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				cl, err := Dial(ctx, ts.addr, o)
+				cancel()
+				if err != nil {
+					continue
+				}
+				buf := make([]byte, 2*PageSize)
+				if n, err := cl.Get(42, 0x400000, 2, buf); err == nil && n > 0 {
+					t.Errorf("%s peer read %d pages", name, n)
+				}
+				cl.Close()
+			}
+			// The real client reads them.
+			cl := ts.dial(t)
+			defer cl.Close()
+			buf := make([]byte, 2*PageSize)
+			if n, err := cl.Get(42, 0x400000, 2, buf); err != nil || n != 2 {
+				t.Fatalf("GET = %d, %v", n, err)
+			}
+		})
+	}
+}
