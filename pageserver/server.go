@@ -145,6 +145,10 @@ func NewServer(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("page server: %w", err)
 		}
 		s.dir, s.ownDir = d, true
+		if st, err := os.Stat(cfg.ImagesDir); err == nil && st.Mode().Perm()&0o077 != 0 && !cfg.Lazy {
+			// An existing directory keeps its mode; say what it exposes.
+			s.log.Warnf("page-server: images dir %s is mode %v: other users can see the images' names (files are 0600)", cfg.ImagesDir, st.Mode().Perm())
+		}
 	}
 	if cfg.PrevImagesDir != "" {
 		// CRIU's open_image_dir: symlink "parent" → --prev-images-dir,

@@ -27,8 +27,13 @@ func pageServerCmd(a *app) *cobra.Command {
 		Short: "Receive pages from dump and pre-dump over the network (or serve them to lazy-pages)",
 		Long: `Receive pages from dump and pre-dump over the network, writing pagemap and pages
 images into -D as a local dump would; with --lazy-pages, serve a finished dump's pages to
-a remote lazy-pages daemon. CRIU's protocol over TCP by default; --transport quic carries
-the same framing over QUIC with mutual TLS. --port 0 picks a free port and prints it.`,
+a remote lazy-pages daemon. CRIU's protocol over TCP by default, with TLS 1.3 and a
+required client certificate under --tls (CRIU's option set; --tls-allowed-client NAME admits
+only the named clients); --transport quic carries the same framing over QUIC with the same
+mutual TLS. Without TLS the server listens on 127.0.0.1 unless --address is given, and
+--lazy-pages refuses a network address. Images are 0600, never replaced (an OPEN of an
+existing pagemap is refused); --max-bytes and --max-files bound what all sessions write.
+--port 0 picks a free port and prints it.`,
 		Args: noArgs,
 		RunE: func(*cobra.Command, []string) error {
 			if a.o.Daemon {
