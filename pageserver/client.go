@@ -427,7 +427,7 @@ func (s *TaskSink) AddPagesBytes(vaddr uint64, flags uint32, data []byte) error 
 		return err
 	}
 	for len(data) > 0 {
-		k := min(len(data), maxAddPages*PageSize)
+		k := min(len(data), int(maxAddPages)*PageSize)
 		if err := s.addBytes(vaddr, flags, data[:k]); err != nil {
 			return err
 		}

@@ -25,11 +25,6 @@ import (
 // --prev-images-dir, as CRIU recommends anyway.
 
 const (
-	// maxAddPages bounds the pages one ADD may carry (256 MiB). CRIU's
-	// ADDs are one page-pipe iovec each, bounded by the pipe size
-	// (fs.pipe-max-size, 1 MiB by default); godwit's client splits larger
-	// ranges. Entries without data (holes, lazy, zero) are not bounded.
-	maxAddPages = 1 << 16
 	// dataChunk is how much page data must arrive within ReadTimeout.
 	dataChunk = 4 << 20
 	// maxIDProbes bounds the search for a free pages-<id>.img number.
@@ -48,6 +43,12 @@ func (c Config) MemoryBound() int64 {
 	}
 	return conns * (quicConnWindow + maxStreamsPerConn*(copyBufSize+readBufSize))
 }
+
+// maxAddPages bounds the pages one ADD may carry (256 MiB). CRIU's ADDs
+// are one page-pipe iovec each, bounded by the pipe size (fs.pipe-max-size,
+// 1 MiB by default); godwit's client splits larger ranges. Entries without
+// data (holes, lazy, zero) are not bounded. A variable for tests only.
+var maxAddPages uint64 = 1 << 16
 
 // deadliner is a net.Conn or a QUIC stream.
 type deadliner interface {

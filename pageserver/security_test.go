@@ -572,3 +572,46 @@ func TestWrongCertificateCannotRead(t *testing.T) {
 		})
 	}
 }
+
+// TestClientSplitsLargeAdds: the client cuts ranges to what one ADD may
+// carry, and the pages arrive intact.
+func TestClientSplitsLargeAdds(t *testing.T) {
+	old := maxAddPages
+	maxAddPages = 4
+	defer func() { maxAddPages = old }()
+	ts := startServer(t, Config{}, TransportOptions{})
+	c := ts.dial(t)
+	s, err := c.OpenTask(context.Background(), TaskDst(9), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := []pageRange{{vaddr: 0x400000, nr: 10, flags: FlagPresent}, {vaddr: 0x500000, nr: 9, flags: FlagPresent}}
+	if err := s.AddPagesBytes(rs[0].vaddr, FlagPresent, pagesOf(rs[0], 3)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddPages(rs[1].vaddr, rs[1].nr, FlagPresent, bytes.NewReader(pagesOf(rs[1], 3))); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d, err := images.Open(ts.dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	r, err := images.OpenPages(d, "pagemap-9.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for _, pr := range rs {
+		got := make([]byte, pr.nr*PageSize)
+		if _, err := r.ReadAt(got, pr.vaddr); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, pagesOf(pr, 3)) {
+			t.Errorf("pages at %#x differ", pr.vaddr)
+		}
+	}
+}
