@@ -1,9 +1,16 @@
 package testutil
 
 import (
+	"bufio"
+	"errors"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
+	"strconv"
+	"testing"
 	"time"
 	"unsafe"
 
@@ -19,27 +26,29 @@ import (
 const floorChunk = 1 << 20
 
 // DumpFloor copies the memory [start, end) of process pid into a new file
-// in dir, twice, by the two cheapest ways the kernel allows, and returns
-// the faster time and which way it was:
+// in dir, and as much memory of v's, by the two cheapest ways the kernel
+// allows, and returns the faster time and which way it was:
 //   - "readv+write": process_vm_readv from pid in 1 MiB chunks into one
 //     cache-hot buffer, each written to the file (the second copy stays in
 //     cache);
-//   - "vmsplice+splice": the owner of an equally large region of written
-//     private anonymous memory vmsplices it into a pipe, and the pipe is
-//     spliced into the file: one copy, which is godwit's injected-vmsplice
-//     path without the injection. The region is this process's own (a
-//     third party cannot vmsplice another's memory), mapped, written and
-//     unmapped around the measurement.
+//   - "vmsplice+splice": v, the owner of as much written private anonymous
+//     memory, vmsplices it into a pipe, and the pipe is spliced into the
+//     file: one copy, which is godwit's injected-vmsplice path without the
+//     injection (a third party cannot vmsplice another's memory, so v
+//     owns a copy of its own). Skipped when v is nil.
 //
-// The file is removed again; dir should be on the same filesystem as the
-// images (tmpfs in the benchmarks).
-func DumpFloor(pid int, start, end uint64, dir string) (time.Duration, string, error) {
+// The files are removed again; dir should be on the same filesystem as
+// the images (tmpfs in the benchmarks).
+func DumpFloor(pid int, start, end uint64, v *Vmsplicer, dir string) (time.Duration, string, error) {
 	size := end - start
 	rd, err := floorReadvWrite(pid, start, size, dir)
 	if err != nil {
 		return 0, "", fmt.Errorf("readv+write floor: %w", err)
 	}
-	vs, err := floorVmsplice(size, dir)
+	if v == nil {
+		return rd, "readv+write", nil
+	}
+	vs, err := floorVmsplice(v, dir)
 	if err != nil {
 		return 0, "", fmt.Errorf("vmsplice floor: %w", err)
 	}
@@ -74,56 +83,91 @@ func floorReadvWrite(pid int, start, size uint64, dir string) (time.Duration, er
 	return time.Since(t0), nil
 }
 
-func floorVmsplice(size uint64, dir string) (time.Duration, error) {
-	mem, err := unix.Mmap(-1, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+// Vmsplicer is a process (vmsplicer.c) that owns written private
+// anonymous memory and vmsplices all of it into a pipe on request: the
+// owner's side of the vmsplice floor, in a process of its own as godwit's
+// target is.
+type Vmsplicer struct {
+	cmd  *exec.Cmd
+	in   io.WriteCloser
+	pipe int // read end
+	Size uint64
+}
+
+// StartVmsplicer starts a vmsplicer owning size bytes (a multiple of 1
+// MiB). Close stops it.
+func StartVmsplicer(t testing.TB, size uint64) *Vmsplicer {
+	t.Helper()
+	bin := cBin(t, "vmsplicer", filepath.Join("e2e", "workloads", "vmsplicer.c"))
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	// As large a pipe as pipe-max-size allows without CAP_SYS_RESOURCE,
+	// as godwit's own transfer uses.
+	if _, err := unix.FcntlInt(uintptr(p[1]), unix.F_SETPIPE_SZ, floorChunk); err != nil {
+		t.Fatal(err)
+	}
+	w := os.NewFile(uintptr(p[1]), "vmsplice-pipe")
+	defer w.Close()
+	cmd := exec.Command(bin, strconv.FormatUint(size>>20, 10))
+	cmd.ExtraFiles = []*os.File{w}
+	in, err := cmd.StdinPipe()
 	if err != nil {
-		return 0, err
+		t.Fatal(err)
 	}
-	defer unix.Munmap(mem)
-	for i := 0; i < len(mem); i += 4096 {
-		mem[i] = byte(i>>12) | 1 // written, never the zero page
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
 	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	v := &Vmsplicer{cmd: cmd, in: in, pipe: p[0], Size: size}
+	t.Cleanup(v.Close)
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		t.Fatalf("vmsplicer: %q %v", line, err)
+	}
+	return v
+}
+
+// Close stops the process and reaps it.
+func (v *Vmsplicer) Close() {
+	if v.cmd == nil {
+		return
+	}
+	v.in.Close()
+	_ = v.cmd.Process.Kill()
+	_ = v.cmd.Wait()
+	unix.Close(v.pipe)
+	v.cmd = nil
+}
+
+// floorVmsplice has the vmsplicer vmsplice its memory into the pipe and
+// splices the pipe into a new file in dir: one copy.
+func floorVmsplice(v *Vmsplicer, dir string) (time.Duration, error) {
 	f, err := os.CreateTemp(dir, "floor-*")
 	if err != nil {
 		return 0, err
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-		return 0, err
-	}
-	defer unix.Close(p[0])
-	defer unix.Close(p[1])
-	// As large a pipe as pipe-max-size allows without CAP_SYS_RESOURCE,
-	// as godwit's own transfer uses.
-	if _, err := unix.FcntlInt(uintptr(p[1]), unix.F_SETPIPE_SZ, floorChunk); err != nil {
-		return 0, err
-	}
 	t0 := time.Now()
-	errc := make(chan error, 1)
-	go func() {
-		for off := 0; off < len(mem); {
-			iov := []unix.Iovec{{Base: &mem[off]}}
-			iov[0].SetLen(len(mem) - off)
-			n, err := unix.Vmsplice(p[1], iov, 0)
-			if err != nil {
-				errc <- err
-				return
-			}
-			off += n
-		}
-		errc <- nil
-	}()
-	for left := int64(size); left > 0; {
-		n, err := unix.Splice(p[0], nil, int(f.Fd()), nil, int(min(left, floorChunk)), unix.SPLICE_F_MOVE)
+	if _, err := v.in.Write([]byte{1}); err != nil {
+		return 0, err
+	}
+	for left := int64(v.Size); left > 0; {
+		n, err := unix.Splice(v.pipe, nil, int(f.Fd()), nil, int(min(left, floorChunk)), unix.SPLICE_F_MOVE)
 		if err != nil {
 			return 0, err
 		}
+		if n == 0 {
+			return 0, errors.New("vmsplicer exited")
+		}
 		left -= n
 	}
-	el := time.Since(t0)
-	return el, <-errc
+	return time.Since(t0), nil
 }
 
 // RestoreFloor copies the file f (size bytes from offset 0) into fresh

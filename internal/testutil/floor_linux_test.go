@@ -14,9 +14,12 @@ func TestFloors(t *testing.T) {
 		mem[i] = byte(i)
 	}
 	start := uint64(uintptr(unsafe.Pointer(&mem[0])))
-	d, how, err := DumpFloor(os.Getpid(), start, start+size, t.TempDir())
-	if err != nil || d <= 0 || how == "" {
-		t.Fatalf("DumpFloor: %v %q %v", d, how, err)
+	v := StartVmsplicer(t, size)
+	for range 2 { // the vmsplicer serves more than one round
+		d, how, err := DumpFloor(os.Getpid(), start, start+size, v, t.TempDir())
+		if err != nil || d <= 0 || how == "" {
+			t.Fatalf("DumpFloor: %v %q %v", d, how, err)
+		}
 	}
 	f, err := os.CreateTemp(t.TempDir(), "src")
 	if err != nil {
@@ -27,7 +30,7 @@ func TestFloors(t *testing.T) {
 		t.Fatal(err)
 	}
 	dst := make([]byte, size)
-	d, how, err = RestoreFloor(f, size, os.Getpid(), uint64(uintptr(unsafe.Pointer(&dst[0]))))
+	d, how, err := RestoreFloor(f, size, os.Getpid(), uint64(uintptr(unsafe.Pointer(&dst[0]))))
 	if err != nil || d <= 0 || how == "" {
 		t.Fatalf("RestoreFloor: %v %q %v", d, how, err)
 	}
