@@ -61,9 +61,32 @@ func TestStagingKeepsEarlierDump(t *testing.T) {
 	}
 	stageFile(t, s.Dir(), "core-1.img", "new core")
 	stageFile(t, s.Dir(), InventoryImg, "new inventory")
+	stageFile(t, s.Dir(), "core-3.img", "only new")
 	if err := s.Commit(); err != nil {
 		t.Fatal(err)
 	}
+	// A failure after the commit (post-dump script, interruption)
+	// puts the earlier dump back.
+	s.Undo()
+	for name, want := range map[string]string{"core-1.img": "old core", InventoryImg: "old inventory"} {
+		if b, _ := os.ReadFile(filepath.Join(path, name)); string(b) != want {
+			t.Fatalf("after Undo %s = %q, want %q", name, b, want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(path, "core-3.img")); err == nil {
+		t.Fatal("Undo left a new file in place")
+	}
+
+	s, err = NewStaging(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stageFile(t, s.Dir(), "core-1.img", "new core")
+	stageFile(t, s.Dir(), InventoryImg, "new inventory")
+	if err := s.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	s.Keep()
 	for name, want := range map[string]string{"core-1.img": "new core", InventoryImg: "new inventory"} {
 		if b, _ := os.ReadFile(filepath.Join(path, name)); string(b) != want {
 			t.Fatalf("%s = %q, want %q", name, b, want)

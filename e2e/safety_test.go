@@ -1,0 +1,332 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// targetState is what an interrupted dump must leave as it found it in
+// the target: its mappings, its fds, every thread's blocked signals, and
+// no tracer.
+type targetState struct {
+	maps   string
+	fds    []string
+	sigBlk []string
+}
+
+func readTargetState(t *testing.T, pid int) targetState {
+	t.Helper()
+	p := "/proc/" + strconv.Itoa(pid)
+	maps, err := os.ReadFile(p + "/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := targetState{maps: string(maps)}
+	ents, err := os.ReadDir(p + "/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		l, _ := os.Readlink(p + "/fd/" + e.Name())
+		s.fds = append(s.fds, e.Name()+" -> "+l)
+	}
+	tasks, err := os.ReadDir(p + "/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range tasks {
+		b, _ := os.ReadFile(p + "/task/" + e.Name() + "/status")
+		for _, ln := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(ln, "SigBlk:") {
+				s.sigBlk = append(s.sigBlk, e.Name()+" "+ln)
+			}
+		}
+	}
+	slices.Sort(s.fds)
+	slices.Sort(s.sigBlk)
+	return s
+}
+
+// checkUntouched asserts pid runs untraced, ticks, and shows want.
+func (w *workload) checkUntouched(t *testing.T, what string, want targetState) {
+	t.Helper()
+	if !alive(w.pid) {
+		t.Fatalf("%s: the program is gone\n%s", what, w.tail())
+	}
+	var tracer int
+	for i := 0; i < 100; i++ {
+		if tracer = tracerOf(w.pid); tracer == 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if tracer != 0 {
+		t.Fatalf("%s: still traced by %d", what, tracer)
+	}
+	w.waitTicks(2)
+	got := readTargetState(t, w.pid)
+	if got.maps != want.maps {
+		t.Fatalf("%s: mappings changed:\n%s\nwas:\n%s", what, got.maps, want.maps)
+	}
+	if !slices.Equal(got.fds, want.fds) {
+		t.Fatalf("%s: fds changed: %v, was %v", what, got.fds, want.fds)
+	}
+	if !slices.Equal(got.sigBlk, want.sigBlk) {
+		t.Fatalf("%s: blocked signals changed: %v, was %v", what, got.sigBlk, want.sigBlk)
+	}
+}
+
+// dirState names every entry of an images directory with its inode, size
+// and mtime: a failed dump must leave all three as they were (the staging
+// directory never touches the files in place).
+func dirState(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, e := range ents {
+		var st syscall.Stat_t
+		if err := syscall.Lstat(filepath.Join(dir, e.Name()), &st); err != nil {
+			t.Fatal(err)
+		}
+		out[e.Name()] = fmt.Sprintf("ino %d size %d mtime %d.%09d", st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec)
+	}
+	return out
+}
+
+func sameDir(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// freezerCgroup makes a v1 freezer cgroup holding pid, removed at cleanup.
+func freezerCgroup(t *testing.T) string {
+	t.Helper()
+	cg := filepath.Join("/sys/fs/cgroup/freezer", fmt.Sprintf("godwit-e2e-%d", os.Getpid()))
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatalf("freezer cgroup: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = os.WriteFile(filepath.Join(cg, "freezer.state"), []byte("THAWED"), 0)
+		if b, err := os.ReadFile(filepath.Join(cg, "cgroup.procs")); err == nil {
+			for _, f := range strings.Fields(string(b)) {
+				_ = os.WriteFile("/sys/fs/cgroup/freezer/cgroup.procs", []byte(f), 0)
+			}
+		}
+		_ = os.Remove(cg)
+	})
+	return cg
+}
+
+func joinCgroup(t *testing.T, cg string, pid int) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+		t.Fatalf("join cgroup: %v", err)
+	}
+}
+
+func cgroupThawed(t *testing.T, cg string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(cg, "freezer.state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := strings.TrimSpace(string(b)); s != "THAWED" {
+		t.Fatalf("cgroup left %s", s)
+	}
+}
+
+// startDump starts `godwit dump` of pid into dir, logging to logPath.
+func startDump(t *testing.T, pid int, dir, logPath string, args ...string) (*exec.Cmd, chan error) {
+	t.Helper()
+	cmd := exec.Command(godwitBin, append([]string{"dump", "-t", strconv.Itoa(pid), "-D", dir, "-v4", "-o", logPath}, args...)...)
+	cmd.Stderr = new(bytes.Buffer)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill() // by PID; a no-op once it exited
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+		}
+	})
+	return cmd, done
+}
+
+func waitDump(t *testing.T, done chan error) error {
+	t.Helper()
+	select {
+	case err := <-done:
+		done <- err
+		return err
+	case <-time.After(90 * time.Second):
+		t.Fatal("godwit dump did not end")
+		return nil
+	}
+}
+
+// TestDumpInterrupted sends SIGTERM to `godwit dump` at points spread over
+// the dump of a 384 MiB two-thread program (with -R, without, and with
+// --freeze-cgroup), into a directory that holds an earlier dump. After
+// each interrupted dump the program must run on untouched (mappings, fds,
+// blocked signals, no tracer, cgroup thawed), the earlier dump must be
+// intact, and at the end the program's own check of its memory must pass.
+func TestDumpInterrupted(t *testing.T) {
+	needRoot(t)
+	cg := freezerCgroup(t)
+	logs := t.TempDir()
+	dir := t.TempDir()
+	var w *workload
+	var base targetState
+	var earlier map[string]string
+	var took time.Duration
+	fresh := func() {
+		w = startC(t, false, "-m", "384", "-t", "2")
+		joinCgroup(t, cg, w.pid)
+		// The earlier dump that no failed dump may harm.
+		t0 := time.Now()
+		if code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-R", "-o", filepath.Join(logs, "earlier.log")); code != 0 {
+			t.Fatalf("earlier dump: exit %d: %s", code, out)
+		}
+		took = time.Since(t0)
+		w.waitTicks(2)
+		earlier = dirState(t, dir)
+		base = readTargetState(t, w.pid)
+	}
+	fresh()
+	// Points spread over the time a whole dump takes here (the first
+	// few land before the freeze, the last ones after the dump).
+	const rounds = 18
+	t.Logf("a whole dump takes %v", took)
+	midDump := 0
+	for i := 0; i < rounds; i++ {
+		ms := int(took.Milliseconds()) * i / (rounds - 4)
+		var args []string
+		mode := "without -R"
+		switch i % 3 {
+		case 1:
+			args, mode = []string{"-R"}, "-R"
+		case 2:
+			args, mode = []string{"-R", "--freeze-cgroup", cg}, "-R --freeze-cgroup"
+		}
+		what := fmt.Sprintf("SIGTERM %d ms into a dump %s", ms, mode)
+		logPath := filepath.Join(logs, fmt.Sprintf("dump-%d.log", i))
+		cmd, done := startDump(t, w.pid, dir, logPath, args...)
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		err := waitDump(t, done)
+		log := readFile(logPath)
+		stderr := cmd.Stderr.(*bytes.Buffer).String()
+		if ee, ok := err.(*exec.ExitError); ok && !ee.Exited() {
+			// Killed by the SIGTERM before Go installed its handler,
+			// before touching anything.
+			t.Logf("%s: godwit died before its signal handling started", what)
+		} else if err != nil && !strings.Contains(stderr, "interrupted") {
+			t.Fatalf("%s: the dump failed for another reason: %s\n%s", what, stderr, log)
+		}
+		if err == nil {
+			// It finished first: a whole dump, in place.
+			t.Logf("%s: the dump had finished", what)
+			if _, ok := dirState(t, dir)["inventory.img"]; !ok {
+				t.Fatalf("%s: a successful dump left no inventory.img", what)
+			}
+			if mode == "without -R" {
+				w.reapKilled(t)
+				fresh()
+				continue
+			}
+		} else {
+			if strings.Contains(log, "froze") {
+				midDump++
+			}
+			if !sameDir(dirState(t, dir), earlier) {
+				t.Fatalf("%s: the earlier dump changed: %v, was %v\n%s", what, dirState(t, dir), earlier, log)
+			}
+		}
+		w.checkUntouched(t, what, base)
+		cgroupThawed(t, cg)
+		earlier = dirState(t, dir)
+	}
+	if midDump < 3 {
+		t.Errorf("only %d of %d SIGTERMs arrived after the freeze; the test did not exercise the rollback", midDump, rounds)
+	}
+	t.Logf("%d of %d dumps interrupted after the freeze", midDump, rounds)
+	w.finishOriginal(t, "after the interrupted dumps")
+}
+
+// TestDumpKilled SIGKILLs `godwit dump -R` during its memory transfer,
+// where nothing can roll back. What the docs promise (IMAGES.md): the
+// program was outside any injection session, its scratch mapping was
+// already removed, and the kernel detaches it as the tracer dies, so it
+// runs on untouched; the earlier dump in -D is intact and the killed
+// dump's staging directory is left behind.
+func TestDumpKilled(t *testing.T) {
+	needRoot(t)
+	logs := t.TempDir()
+	dir := t.TempDir()
+	w := startC(t, false, "-m", "384", "-t", "2")
+	if code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-R", "-o", filepath.Join(logs, "earlier.log")); code != 0 {
+		t.Fatalf("earlier dump: exit %d: %s", code, out)
+	}
+	w.waitTicks(2)
+	earlier := dirState(t, dir)
+	base := readTargetState(t, w.pid)
+	killed := 0
+	for round := 0; round < 4; round++ {
+		logPath := filepath.Join(logs, fmt.Sprintf("dump-%d.log", round))
+		cmd, done := startDump(t, w.pid, dir, logPath, "-R")
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(readFile(logPath), "transferring pages") && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		// Somewhere in the transfer.
+		time.Sleep(time.Duration(round*20) * time.Millisecond)
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		err := waitDump(t, done)
+		what := fmt.Sprintf("SIGKILL round %d", round)
+		if err == nil {
+			t.Logf("%s: the dump had finished", what)
+			earlier = dirState(t, dir)
+			continue
+		}
+		killed++
+		w.checkUntouched(t, what, base)
+		now := dirState(t, dir)
+		for name := range now {
+			if strings.HasPrefix(name, ".godwit-dump-") {
+				delete(now, name)
+				if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if !sameDir(now, earlier) {
+			t.Fatalf("%s: the earlier dump changed: %v, was %v", what, now, earlier)
+		}
+	}
+	if killed == 0 {
+		t.Fatal("every dump finished before the SIGKILL")
+	}
+	w.finishOriginal(t, "after the killed dumps")
+}
