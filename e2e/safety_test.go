@@ -330,3 +330,90 @@ func TestDumpKilled(t *testing.T) {
 	}
 	w.finishOriginal(t, "after the killed dumps")
 }
+
+// recycleScript is a pre-dump action script that kills the target, waits
+// until it is reaped, and starts `sleep` with the same PID (ns_last_pid,
+// retried while other processes of the machine take the PID first); the
+// new PID goes to $1.
+const recycleScript = `#!/bin/sh
+[ "$CRTOOLS_SCRIPT_ACTION" = pre-dump ] || exit 0
+pid=$CRTOOLS_INIT_PID
+kill -9 $pid
+i=0
+while [ -e /proc/$pid ]; do
+	i=$((i+1)); [ $i -gt 1000 ] && exit 11
+	sleep 0.01
+done
+i=0
+while [ $i -lt 500 ]; do
+	echo $((pid-1)) > /proc/sys/kernel/ns_last_pid
+	setsid sleep 1000 </dev/null >/dev/null 2>&1 &
+	if [ $! -eq $pid ]; then
+		echo $! > "$1"
+		exit 0
+	fi
+	kill -9 $!
+	i=$((i+1))
+done
+exit 12
+`
+
+// TestDumpRefusesRecycledPID recycles the target's PID between godwit's
+// check and its seize: the dump must refuse, and leave the process that
+// now has the PID running, untraced and unkilled.
+func TestDumpRefusesRecycledPID(t *testing.T) {
+	needRoot(t)
+	tmp := t.TempDir()
+	script := filepath.Join(tmp, "recycle.sh")
+	if err := os.WriteFile(script, []byte(recycleScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	newPidFile := filepath.Join(tmp, "newpid")
+	target := exec.Command("sleep", "1000")
+	if err := target.Start(); err != nil {
+		t.Fatal(err)
+	}
+	reaped := make(chan struct{})
+	go func() { _ = target.Wait(); close(reaped) }()
+	t.Cleanup(func() {
+		_ = target.Process.Kill() // through its pidfd: never a successor
+		<-reaped
+	})
+	pid := target.Process.Pid
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(newPidFile); err == nil {
+			if n, _ := strconv.Atoi(strings.TrimSpace(string(b))); n > 1 {
+				killAndForget(n)
+			}
+		}
+	})
+	dir := filepath.Join(tmp, "images")
+	code, out := godwit(t, "dump", "-t", strconv.Itoa(pid), "-D", dir, "-o", filepath.Join(tmp, "dump.log"),
+		"--action-script", script+" "+newPidFile)
+	b, err := os.ReadFile(newPidFile)
+	if err != nil {
+		t.Fatalf("the script did not recycle pid %d (exit %d: %s)", pid, code, out)
+	}
+	if n, _ := strconv.Atoi(strings.TrimSpace(string(b))); n != pid {
+		t.Fatalf("script wrote pid %s, want %d", b, pid)
+	}
+	if code == 0 {
+		t.Fatalf("dump of a recycled pid %d succeeded: %s", pid, out)
+	}
+	t.Logf("godwit: %s", out)
+	if !strings.Contains(out, "another process") || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Errorf("want one line naming the reuse, got: %q", out)
+	}
+	if !alive(pid) {
+		t.Fatalf("the process now holding pid %d was killed", pid)
+	}
+	if st, tracer := procState(t, pid); tracer != 0 || st == "T" || st == "t" {
+		t.Fatalf("the process now holding pid %d is left %s, tracer %d", pid, st, tracer)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "inventory.img")); err == nil {
+		t.Fatal("a refused dump wrote inventory.img")
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("a refused dump left %d entries in -D", len(ents))
+	}
+}
