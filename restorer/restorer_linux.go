@@ -113,6 +113,10 @@ func New(o *opts.Options, scripts *actions.Scripts) (*Restorer, error) {
 		r.close()
 		return nil, fmt.Errorf("restore: %w", err)
 	}
+	if err := validateFiles(img, o); err != nil {
+		r.close()
+		return nil, fmt.Errorf("restore: %w", err)
+	}
 	return r, nil
 }
 
