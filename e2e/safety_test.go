@@ -417,3 +417,92 @@ func TestDumpRefusesRecycledPID(t *testing.T) {
 		t.Fatalf("a refused dump left %d entries in -D", len(ents))
 	}
 }
+
+// TestRestoreInterrupted sends SIGTERM to `godwit restore` at points
+// spread over the restore of a 384 MiB program: an interrupted restore
+// kills and reaps every task it made (nothing keeps the PID), and the
+// images stay usable: the last restore, left alone, passes the program's
+// own checks.
+func TestRestoreInterrupted(t *testing.T) {
+	needRoot(t)
+	w := startC(t, false, "-m", "384", "-t", "2")
+	dir := w.dump(t)
+	w.reapKilled(t)
+	// A restored program writes on into its files; each finished restore
+	// is followed by putting them back as dumped, or the next restore
+	// would rightly refuse them.
+	saved := map[string][]byte{}
+	for _, p := range []string{w.log, w.log + ".seq"} {
+		saved[p] = mustRead(t, p)
+	}
+	asDumped := func() {
+		for p, b := range saved {
+			if err := os.WriteFile(p, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// How long a whole restore takes here.
+	t0 := time.Now()
+	r := restore(t, w, dir)
+	took := time.Since(t0)
+	killAndForget(w.pid)
+	<-r.done
+	r.done <- nil
+	asDumped()
+	const rounds = 12
+	interrupted := 0
+	for i := 0; i < rounds; i++ {
+		ms := int(took.Milliseconds()) * i / (rounds - 3)
+		cmd := exec.Command(godwitBin, "restore", "-D", dir, "-o", filepath.Join(t.TempDir(), "restore.log"))
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		var err error
+		select {
+		case err = <-done:
+		case <-time.After(60 * time.Second):
+			_ = cmd.Process.Kill()
+			t.Fatal("godwit restore did not end")
+		}
+		what := fmt.Sprintf("SIGTERM %d ms into a restore", ms)
+		if strings.Contains(out.String(), "interrupted") {
+			interrupted++
+			// Every task made was killed and reaped before godwit
+			// exited: the PID is free at once.
+			if pidExists(w.pid) {
+				t.Fatalf("%s: pid %d is left behind: %s", what, w.pid, out.String())
+			}
+			continue
+		}
+		if ee, ok := err.(*exec.ExitError); ok && !ee.Exited() && alive(w.pid) {
+			// The restore had finished: the signal ended godwit's wait
+			// for the program, which runs on (as before this change).
+			t.Logf("%s: the restore had finished", what)
+			killAndForget(w.pid)
+			asDumped()
+			continue
+		}
+		if ee, ok := err.(*exec.ExitError); ok && !ee.Exited() && !pidExists(w.pid) {
+			t.Logf("%s: godwit died before its signal handling started", what)
+			continue
+		}
+		t.Fatalf("%s: %v: %s", what, err, out.String())
+	}
+	if interrupted < 3 {
+		t.Errorf("only %d of %d restores were interrupted; the test did not exercise the rollback", interrupted, rounds)
+	}
+	t.Logf("%d of %d restores interrupted", interrupted, rounds)
+	r = restore(t, w, dir)
+	w.waitTicks(3)
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("program restored after the interrupted restores exited %d\n%s", code, w.tail())
+	}
+	w.checkLog(0)
+}

@@ -55,7 +55,11 @@ func restoreCmd(a *app) *cobra.Command {
 godwit waits for it and exits with its exit status (128+N if signal N killed it).`,
 		Args: noArgs,
 		RunE: func(*cobra.Command, []string) error {
-			r, err := restorer.Restore(a.o, a.scripts)
+			ctx, stop := interruptContext()
+			r, err := restorer.RestoreContext(ctx, a.o, a.scripts)
+			// Once the task runs on its own, godwit's signals are its
+			// own again (a SIGTERM while waiting ends godwit only).
+			stop()
 			if err != nil {
 				return err
 			}
