@@ -506,3 +506,44 @@ func TestRestoreInterrupted(t *testing.T) {
 	}
 	w.checkLog(0)
 }
+
+// TestFailedDumpKeepsEarlierDump makes dumps of a second program fail
+// into a directory holding the dump of a first one: one refused before the
+// freeze (a failing pre-dump script) and one failing after its images were
+// moved into place (a failing post-dump script). The earlier dump must be
+// left exactly as it was, and restore its program.
+func TestFailedDumpKeepsEarlierDump(t *testing.T) {
+	needRoot(t)
+	tmp := t.TempDir()
+	dir := filepath.Join(tmp, "images")
+	first := startC(t, false, "-m", "16", "-t", "2")
+	if code, out := godwit(t, "dump", "-t", strconv.Itoa(first.pid), "-D", dir, "-o", filepath.Join(tmp, "earlier.log")); code != 0 {
+		t.Fatalf("earlier dump: exit %d: %s", code, out)
+	}
+	first.reapKilled(t)
+	earlier := dirState(t, dir)
+	w := startC(t, false, "-m", "16", "-t", "2")
+	base := readTargetState(t, w.pid)
+	for _, action := range []string{"pre-dump", "post-dump"} {
+		script := filepath.Join(tmp, action+".sh")
+		body := fmt.Sprintf("#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = %s ] && exit 7\nexit 0\n", action)
+		if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-o", filepath.Join(tmp, action+".log"), "--action-script", script)
+		if code == 0 || !strings.Contains(out, action) {
+			t.Fatalf("dump with a failing %s script: exit %d: %s", action, code, out)
+		}
+		if now := dirState(t, dir); !sameDir(now, earlier) {
+			t.Fatalf("a dump failing in %s changed the earlier dump: %v, was %v", action, now, earlier)
+		}
+		w.checkUntouched(t, "after a dump failing in "+action, base)
+	}
+	r := restore(t, first, dir)
+	first.waitTicks(3)
+	if code := r.finish(t, first); code != 0 {
+		t.Fatalf("program restored from the earlier dump exited %d\n%s", code, first.tail())
+	}
+	first.checkLog(0)
+	w.finishOriginal(t, "after the failed dumps")
+}
