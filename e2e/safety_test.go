@@ -279,13 +279,16 @@ func TestDumpInterrupted(t *testing.T) {
 // where nothing can roll back. What the docs promise (IMAGES.md): the
 // program was outside any injection session, its scratch mapping was
 // already removed, and the kernel detaches it as the tracer dies, so it
-// runs on untouched; the earlier dump in -D is intact and the killed
-// dump's staging directory is left behind.
+// runs on untouched; a --freeze-cgroup cgroup was thawed once the threads
+// were seized; the earlier dump in -D is intact and the killed dump's
+// staging directory is left behind.
 func TestDumpKilled(t *testing.T) {
 	needRoot(t)
+	cg := freezerCgroup(t)
 	logs := t.TempDir()
 	dir := t.TempDir()
 	w := startC(t, false, "-m", "384", "-t", "2")
+	joinCgroup(t, cg, w.pid)
 	if code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-R", "-o", filepath.Join(logs, "earlier.log")); code != 0 {
 		t.Fatalf("earlier dump: exit %d: %s", code, out)
 	}
@@ -295,7 +298,11 @@ func TestDumpKilled(t *testing.T) {
 	killed := 0
 	for round := 0; round < 4; round++ {
 		logPath := filepath.Join(logs, fmt.Sprintf("dump-%d.log", round))
-		cmd, done := startDump(t, w.pid, dir, logPath, "-R")
+		args := []string{"-R"}
+		if round%2 == 1 {
+			args = append(args, "--freeze-cgroup", cg)
+		}
+		cmd, done := startDump(t, w.pid, dir, logPath, args...)
 		deadline := time.Now().Add(30 * time.Second)
 		for !strings.Contains(readFile(logPath), "transferring pages") && time.Now().Before(deadline) {
 			time.Sleep(time.Millisecond)
@@ -312,6 +319,7 @@ func TestDumpKilled(t *testing.T) {
 		}
 		killed++
 		w.checkUntouched(t, what, base)
+		cgroupThawed(t, cg)
 		now := dirState(t, dir)
 		for name := range now {
 			if strings.HasPrefix(name, ".godwit-dump-") {
