@@ -194,6 +194,17 @@ func waitDump(t *testing.T, done chan error) error {
 // intact, and at the end the program's own check of its memory must pass.
 func TestDumpInterrupted(t *testing.T) {
 	needRoot(t)
+	// Both page transfers: readv (the default) and vmsplice, whose
+	// pipes and scratch stay in the target through the transfer.
+	for _, method := range []string{"readv", "vmsplice"} {
+		t.Run(method, func(t *testing.T) {
+			t.Setenv("GODWIT_DUMP_METHOD", method)
+			testDumpInterrupted(t)
+		})
+	}
+}
+
+func testDumpInterrupted(t *testing.T) {
 	cg := freezerCgroup(t)
 	logs := t.TempDir()
 	dir := t.TempDir()
