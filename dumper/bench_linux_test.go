@@ -36,6 +36,7 @@ type benchChildResult struct {
 	Dump    time.Duration
 	Write   time.Duration
 	Frozen  time.Duration
+	Inject  time.Duration // inside injection sessions
 	Err     string
 }
 
@@ -56,6 +57,7 @@ func benchChild(arg string) {
 		r.Written = res.Mem.Written
 		r.Dump, r.Write = res.Mem.DumpTime, res.Mem.WriteTime
 		r.Frozen = time.Duration(res.Stats.GetFrozenTime()) * time.Microsecond
+		r.Inject = res.Injecting
 	}
 	json.NewEncoder(os.Stdout).Encode(r)
 }
@@ -126,7 +128,7 @@ func benchDump(b *testing.B, mib int) {
 	if o := os.Getenv("DUMPER_BENCH_ORDER"); o != "" {
 		methods = strings.Split(o, ",")
 	}
-	type runs struct{ wall, floor, frozen []time.Duration }
+	type runs struct{ wall, floor, frozen, inject []time.Duration }
 	all := map[string]*runs{}
 	var hwm uint64
 	b.ResetTimer()
@@ -144,14 +146,15 @@ func benchDump(b *testing.B, mib int) {
 					b.Fatal(err)
 				}
 				r := dumpChild(b, p.Pid, filepath.Join(base, method), method)
-				b.Logf("round %d dump (%s): %v for %d MiB written, peak RSS %.1f MiB; floor (%s) %v: %.2fx (frozen %v: pages out of the target %v, into the file %v)",
-					round, method, r.Wall, r.Written>>8, float64(r.HWM)/(1<<20), how, fl, r.Wall.Seconds()/fl.Seconds(), r.Frozen, r.Dump, r.Write)
+				b.Logf("round %d dump (%s): %v for %d MiB written, peak RSS %.1f MiB; floor (%s) %v: %.2fx (frozen %v: pages out of the target %v, into the file %v; in injection sessions %v, %.2f%% of the dump)",
+					round, method, r.Wall, r.Written>>8, float64(r.HWM)/(1<<20), how, fl, r.Wall.Seconds()/fl.Seconds(), r.Frozen, r.Dump, r.Write, r.Inject, 100*r.Inject.Seconds()/r.Wall.Seconds())
 				m := all[method]
 				if m == nil {
 					m = &runs{}
 					all[method] = m
 				}
 				m.wall, m.floor, m.frozen = append(m.wall, r.Wall), append(m.floor, fl), append(m.frozen, r.Frozen)
+				m.inject = append(m.inject, r.Inject)
 				hwm = max(hwm, r.HWM)
 			}
 		}
@@ -159,8 +162,10 @@ func benchDump(b *testing.B, mib int) {
 	b.StopTimer()
 	for method, m := range all {
 		ratio := testutil.MedianRatio(m.wall, m.floor)
-		b.Logf("median of %d dumps (%s): %v, floor %v, ratio %.2f, frozen %v; godwit peak RSS %.1f MiB",
-			len(m.wall), method, testutil.Median(m.wall), testutil.Median(m.floor), ratio, testutil.Median(m.frozen), float64(hwm)/(1<<20))
+		injecting := 100 * testutil.MedianRatio(m.inject, m.wall)
+		b.Logf("median of %d dumps (%s): %v, floor %v, ratio %.2f, frozen %v, in injection sessions %.2f%% of the dump; godwit peak RSS %.1f MiB",
+			len(m.wall), method, testutil.Median(m.wall), testutil.Median(m.floor), ratio, testutil.Median(m.frozen), injecting, float64(hwm)/(1<<20))
+		b.ReportMetric(injecting, method+"-%-injecting")
 		b.ReportMetric(testutil.Median(m.wall).Seconds(), method+"-s")
 		b.ReportMetric(ratio, method+"-x-floor")
 		b.ReportMetric(testutil.Median(m.frozen).Seconds(), method+"-frozen-s")

@@ -68,6 +68,11 @@ type Options struct {
 	CPUCap        string // "" when not given; checked by cpuinfo.ParseCaps
 	LazyPages     bool
 	TrackMem      bool
+	// FileValidation is how restore checks that the files it reopens are
+	// the dumped ones (criu(8)'s --file-validation): FileValidationBuildID
+	// (default) or FileValidationSize.
+	FileValidation   string
+	SkipFileRWXCheck bool
 
 	// Restore.
 	InheritFD      []InheritFD
@@ -101,13 +106,33 @@ type Options struct {
 	MaxFiles          int
 }
 
+// The --file-validation modes of criu(8).
+const (
+	// FileValidationSize compares the size of every regular file.
+	FileValidationSize = "filesize"
+	// FileValidationBuildID also compares the ELF build-id of files that
+	// had one at dump time (executables, libraries): a rebuilt library of
+	// the same size is refused too. CRIU's default, and godwit's.
+	FileValidationBuildID = "buildid"
+)
+
+// ParseFileValidation checks a --file-validation argument.
+func ParseFileValidation(s string) (string, error) {
+	switch s {
+	case FileValidationSize, FileValidationBuildID:
+		return s, nil
+	}
+	return "", fmt.Errorf("bad --file-validation %q: want %s or %s", s, FileValidationSize, FileValidationBuildID)
+}
+
 // New returns Options with criu(8)'s defaults.
 func New() *Options {
 	return &Options{
-		Verbosity:  DefaultLogLevel,
-		ImagesDir:  ".",
-		GhostLimit: DefaultGhostLimit,
-		StatusFD:   -1,
+		FileValidation: FileValidationBuildID,
+		Verbosity:      DefaultLogLevel,
+		ImagesDir:      ".",
+		GhostLimit:     DefaultGhostLimit,
+		StatusFD:       -1,
 	}
 }
 
