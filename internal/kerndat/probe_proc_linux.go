@@ -416,7 +416,7 @@ func probeSoftDirty() error {
 		return fmt.Errorf("written page %#x not present in pagemap", addr)
 	}
 	if v&linux.PagemapSoftDirty == 0 {
-		return errors.New("a page written after clear_refs 4 has no soft-dirty bit (pagemap bit 55): CONFIG_MEM_SOFT_DIRTY is off; godwit tracks memory with userfaultfd WP_ASYNC + PAGEMAP_SCAN instead")
+		return errors.New("a page written after clear_refs 4 has no soft-dirty bit (pagemap bit 55): CONFIG_MEM_SOFT_DIRTY is off (godwit's dirty tracking is to use userfaultfd WP_ASYNC + PAGEMAP_SCAN: see mem_dirty_track)")
 	}
 	return nil
 }
