@@ -13,6 +13,8 @@ import (
 
 	"godwit/internal/abi/linux"
 	"godwit/internal/procfs"
+	"godwit/internal/ptrace"
+	"godwit/internal/puppet"
 )
 
 // probeMapFiles: /proc/PID/map_files of another process names and opens
@@ -292,40 +294,48 @@ func probePrctlMMMap() error {
 	return runRaw(&p, "PR_SET_MM_MAP in a child", &m, auxv)
 }
 
-// probeClone3SetTID: clone3 with set_tid makes a child with a chosen free
-// PID (godwit's restore makes every task this way).
+// probeClone3SetTID: clone3 with set_tid makes a task with a chosen free
+// PID. It runs on the restore engine itself: a puppet (the restore stub,
+// driven by ptrace) is started and clone3 with set_tid is injected into
+// it, exactly as restore makes every task.
 func probeClone3SetTID() error {
 	last, err := readIntFile("/proc/sys/kernel/ns_last_pid")
 	if err != nil {
 		return err
 	}
-	max, err := readIntFile("/proc/sys/kernel/pid_max")
+	max, err := puppet.PidMax()
 	if err != nil {
 		return err
 	}
-	var lastErr error
 	const low = 301 // stay above the PIDs the kernel reserves after a wrap
 	if max <= low+1 {
 		return fmt.Errorf("pid_max %d leaves no room to choose a PID", max)
 	}
+	tr := ptrace.New()
+	defer tr.Close()
+	p, err := puppet.Start(puppet.Options{Tracer: tr, Argv0: "godwit-kerndat"})
+	if err != nil {
+		return err
+	}
+	defer p.Kill()
+	var lastErr error
 	for try := 0; try < 20; try++ {
 		cand := low + (last+1000-low+try*97)%(max-low)
 		if _, err := os.Stat("/proc/" + strconv.Itoa(cand)); err == nil {
 			continue
 		}
-		var p rawProg // nothing to do: exit at once
-		c, err := startRaw(&p, int32(cand))
-		if errors.Is(err, unix.EEXIST) {
+		// A sibling: godwit is its parent and reaps it on Kill.
+		c, err := p.Clone(cand, true)
+		if errors.Is(err, puppet.ErrPidInUse) {
 			lastErr = err
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("clone3 set_tid=%d: %w", cand, err)
+			return fmt.Errorf("clone3 set_tid=%d in a puppet: %w", cand, err)
 		}
-		defer c.free()
-		got := c.pid
-		if err := c.wait(stopTimeout); err != nil {
-			return err
+		got := c.Pid
+		if err := c.Kill(); err != nil {
+			return fmt.Errorf("kill task %d made by clone3 set_tid: %w", got, err)
 		}
 		if got != cand {
 			return fmt.Errorf("clone3 set_tid=%d made PID %d", cand, got)
