@@ -452,16 +452,46 @@ func probeVmsplice() error {
 	return nil
 }
 
-// probeSigqueueinfo: a forked child queues itself a signal with a positive
-// si_code (what restoring pending signals needs).
+// probeSigqueueinfo: a task queues itself a signal with a positive si_code,
+// what restoring pending signals needs. It runs on the restore engine: the
+// syscall is injected into a puppet, whose signals are all blocked during
+// the injection, and the signal must then be pending in /proc/PID/status.
 func probeSigqueueinfo() error {
-	var si [128]byte
+	tr := ptrace.New()
+	defer tr.Close()
+	p, err := puppet.Start(puppet.Options{Tracer: tr, Argv0: "godwit-kerndat"})
+	if err != nil {
+		return err
+	}
+	defer p.Kill()
+	s, err := tr.BeginInjection(p.Pid)
+	if err != nil {
+		return fmt.Errorf("puppet %d: %w", p.Pid, err)
+	}
+	defer s.End()
+	const scratchSize = 4096
+	scratch, err := s.Syscall(unix.SYS_MMAP, 0, scratchSize, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil {
+		return fmt.Errorf("puppet %d: scratch mmap: %w", p.Pid, err)
+	}
+	var si [128]byte // siginfo_t
 	*(*int32)(unsafe.Pointer(&si[0])) = int32(unix.SIGUSR1)
 	*(*int32)(unsafe.Pointer(&si[8])) = 1 // si_code > 0: "kernel" origin
-	var p rawProg
-	s := p.add(unix.SYS_RT_SIGQUEUEINFO, 0, uintptr(unix.SIGUSR1), uintptr(unsafe.Pointer(&si[0])))
-	s.pidArg = 0
-	return runRaw(&p, "rt_sigqueueinfo to self with si_code 1", &si)
+	if err := ptrace.WriteMem(p.Pid, scratch, si[:]); err != nil {
+		return fmt.Errorf("puppet %d: %w", p.Pid, err)
+	}
+	if _, err := s.Syscall(unix.SYS_RT_SIGQUEUEINFO, uint64(p.Pid), uint64(unix.SIGUSR1), scratch); err != nil {
+		return fmt.Errorf("rt_sigqueueinfo to self with si_code 1: %w", err)
+	}
+	st, err := procfs.ReadStatus(p.Pid)
+	if err != nil {
+		return err
+	}
+	if bit := uint64(1) << (unix.SIGUSR1 - 1); st.ShdPnd&bit == 0 {
+		return fmt.Errorf("SIGUSR1 queued by rt_sigqueueinfo is not pending (ShdPnd %#x)", st.ShdPnd)
+	}
+	return nil
 }
 
 // probeNsLastPid: /proc/sys/kernel/ns_last_pid is writable and readable.
