@@ -457,41 +457,25 @@ func probeVmsplice() error {
 // syscall is injected into a puppet, whose signals are all blocked during
 // the injection, and the signal must then be pending in /proc/PID/status.
 func probeSigqueueinfo() error {
-	tr := ptrace.New()
-	defer tr.Close()
-	p, err := puppet.Start(puppet.Options{Tracer: tr, Argv0: "godwit-kerndat"})
-	if err != nil {
-		return err
-	}
-	defer p.Kill()
-	s, err := tr.BeginInjection(p.Pid)
-	if err != nil {
-		return fmt.Errorf("puppet %d: %w", p.Pid, err)
-	}
-	defer s.End()
-	const scratchSize = 4096
-	scratch, err := s.Syscall(unix.SYS_MMAP, 0, scratchSize, unix.PROT_READ|unix.PROT_WRITE,
-		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
-	if err != nil {
-		return fmt.Errorf("puppet %d: scratch mmap: %w", p.Pid, err)
-	}
-	var si [128]byte // siginfo_t
-	*(*int32)(unsafe.Pointer(&si[0])) = int32(unix.SIGUSR1)
-	*(*int32)(unsafe.Pointer(&si[8])) = 1 // si_code > 0: "kernel" origin
-	if err := ptrace.WriteMem(p.Pid, scratch, si[:]); err != nil {
-		return fmt.Errorf("puppet %d: %w", p.Pid, err)
-	}
-	if _, err := s.Syscall(unix.SYS_RT_SIGQUEUEINFO, uint64(p.Pid), uint64(unix.SIGUSR1), scratch); err != nil {
-		return fmt.Errorf("rt_sigqueueinfo to self with si_code 1: %w", err)
-	}
-	st, err := procfs.ReadStatus(p.Pid)
-	if err != nil {
-		return err
-	}
-	if bit := uint64(1) << (unix.SIGUSR1 - 1); st.ShdPnd&bit == 0 {
-		return fmt.Errorf("SIGUSR1 queued by rt_sigqueueinfo is not pending (ShdPnd %#x)", st.ShdPnd)
-	}
-	return nil
+	return inPuppet(func(pid int, s *ptrace.Session, scratch uint64) error {
+		var si [128]byte // siginfo_t
+		*(*int32)(unsafe.Pointer(&si[0])) = int32(unix.SIGUSR1)
+		*(*int32)(unsafe.Pointer(&si[8])) = 1 // si_code > 0: "kernel" origin
+		if err := ptrace.WriteMem(pid, scratch, si[:]); err != nil {
+			return fmt.Errorf("puppet %d: %w", pid, err)
+		}
+		if _, err := s.Syscall(unix.SYS_RT_SIGQUEUEINFO, uint64(pid), uint64(unix.SIGUSR1), scratch); err != nil {
+			return fmt.Errorf("rt_sigqueueinfo to self with si_code 1: %w", err)
+		}
+		st, err := procfs.ReadStatus(pid)
+		if err != nil {
+			return err
+		}
+		if bit := uint64(1) << (unix.SIGUSR1 - 1); st.ShdPnd&bit == 0 {
+			return fmt.Errorf("SIGUSR1 queued by rt_sigqueueinfo is not pending (ShdPnd %#x)", st.ShdPnd)
+		}
+		return nil
+	})
 }
 
 // probeNsLastPid: /proc/sys/kernel/ns_last_pid is writable and readable.
@@ -554,34 +538,18 @@ func probeFcntlOwnerUIDs() error {
 
 // probePosixTimers: a forked child's POSIX timer shows in /proc/PID/timers.
 func probePosixTimers() error {
-	var ready [2]int
-	if err := unix.Pipe2(ready[:], unix.O_CLOEXEC); err != nil {
-		return err
-	}
-	defer unix.Close(ready[0])
-	one := []byte{1}
-	timerID := new(int32)
-	var p rawProg
-	p.add(unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL))
-	p.add(unix.SYS_TIMER_CREATE, unix.CLOCK_MONOTONIC, 0, uintptr(unsafe.Pointer(timerID)))
-	p.add(unix.SYS_WRITE, uintptr(ready[1]), uintptr(unsafe.Pointer(&one[0])), 1)
-	p.hold = true
-	c, err := startRaw(&p, 0, one, timerID)
-	unix.Close(ready[1])
-	if err != nil {
-		return err
-	}
-	defer c.free()
-	defer c.kill()
-	if err := waitReady(ready[0], c); err != nil {
-		return fmt.Errorf("timer_create in a child: %w", err)
-	}
-	ts, err := procfs.ReadTimers(c.pid)
-	if err != nil {
-		return err
-	}
-	if len(ts) == 0 {
-		return fmt.Errorf("/proc/%d/timers does not list the child's timer", c.pid)
-	}
-	return nil
+	return inPuppet(func(pid int, s *ptrace.Session, scratch uint64) error {
+		// timer_create(CLOCK_MONOTONIC, NULL, &id): the id lands in scratch.
+		if _, err := s.Syscall(unix.SYS_TIMER_CREATE, unix.CLOCK_MONOTONIC, 0, scratch); err != nil {
+			return fmt.Errorf("timer_create in a puppet: %w", err)
+		}
+		ts, err := procfs.ReadTimers(pid)
+		if err != nil {
+			return err
+		}
+		if len(ts) == 0 {
+			return fmt.Errorf("/proc/%d/timers does not list the puppet's timer", pid)
+		}
+		return nil
+	})
 }

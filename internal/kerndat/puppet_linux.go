@@ -1,0 +1,42 @@
+package kerndat
+
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/ptrace"
+	"godwit/internal/puppet"
+)
+
+// Probes that need a task to do something to itself run on the restore
+// engine where they can: a puppet (the restore stub, started from a memfd
+// and held under ptrace) into which the probe injects its syscalls. The
+// tracer and the puppet go away when the probe returns, whatever happens;
+// PTRACE_O_EXITKILL and the parent-death signal end the puppet if godwit
+// dies first.
+
+const puppetScratchSize = 4096
+
+// inPuppet starts a puppet, opens an injection session on it (all signals
+// blocked), maps a scratch page there, and runs fn.
+func inPuppet(fn func(pid int, s *ptrace.Session, scratch uint64) error) error {
+	tr := ptrace.New()
+	defer tr.Close()
+	p, err := puppet.Start(puppet.Options{Tracer: tr, Argv0: "godwit-kerndat"})
+	if err != nil {
+		return err
+	}
+	defer p.Kill()
+	s, err := tr.BeginInjection(p.Pid)
+	if err != nil {
+		return fmt.Errorf("puppet %d: %w", p.Pid, err)
+	}
+	defer s.End()
+	scratch, err := s.Syscall(unix.SYS_MMAP, 0, puppetScratchSize, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil {
+		return fmt.Errorf("puppet %d: scratch mmap: %w", p.Pid, err)
+	}
+	return fn(p.Pid, s, scratch)
+}
