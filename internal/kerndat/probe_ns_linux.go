@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/procfs"
+	"godwit/internal/ptrace"
 )
 
 func nsIno(pid, name string) (uint64, error) {
@@ -158,31 +159,31 @@ func probeNsPid() error {
 	})
 }
 
-// probeMoveMountSetGroup: a forked child, in a private mount namespace
-// that dies with it, copies a sharing group with MOVE_MOUNT_SET_GROUP.
+// probeMoveMountSetGroup: a puppet, in a private mount namespace that dies
+// with it, copies a sharing group with MOVE_MOUNT_SET_GROUP.
 func probeMoveMountSetGroup() error {
-	keep := []any{}
-	str := func(s string) uintptr {
-		b, p := cstr(s)
-		keep = append(keep, b)
-		return p
-	}
-	root, tmp, a, b, tmpfs := str("/"), str("/tmp"), str("/tmp/a"), str("/tmp/b"), str("tmpfs")
-	cwd := int32(unix.AT_FDCWD)
-	atCWD := uintptr(uint32(cwd)) // the kernel reads dfd as an int
-	var p rawProg
-	p.add(unix.SYS_UNSHARE, unix.CLONE_NEWNS)
-	p.add(unix.SYS_MOUNT, 0, root, 0, unix.MS_REC|unix.MS_PRIVATE, 0)
-	p.add(unix.SYS_MOUNT, tmpfs, tmp, tmpfs, 0, 0)
-	p.add(unix.SYS_MKDIRAT, atCWD, a, 0o700)
-	p.add(unix.SYS_MKDIRAT, atCWD, b, 0o700)
-	p.add(unix.SYS_MOUNT, tmpfs, a, tmpfs, 0, 0)
-	// The group can only be copied to a private mount of the same
-	// superblock: b is a bind of a made before a becomes shared.
-	p.add(unix.SYS_MOUNT, a, b, 0, unix.MS_BIND, 0)
-	p.add(unix.SYS_MOUNT, 0, a, 0, unix.MS_SHARED, 0)
-	p.add(unix.SYS_MOVE_MOUNT, atCWD, a, atCWD, b, unix.MOVE_MOUNT_SET_GROUP)
-	return runRaw(&p, "in a private mount namespace", keep...)
+	return inPuppet(func(pid int, s *ptrace.Session, scratch uint64) error {
+		a, err := scratchStrings(pid, scratch, 0, "/", "/tmp", "/tmp/a", "/tmp/b", "tmpfs")
+		if err != nil {
+			return err
+		}
+		root, tmp, da, db, tmpfs := a[0], a[1], a[2], a[3], a[4]
+		cwd := int32(unix.AT_FDCWD)
+		atCWD := uint64(uint32(cwd)) // the kernel reads dfd as an int
+		return injectAll(s, []injected{
+			{"unshare(CLONE_NEWNS)", unix.SYS_UNSHARE, []uint64{unix.CLONE_NEWNS}},
+			{"make / private", unix.SYS_MOUNT, []uint64{0, root, 0, unix.MS_REC | unix.MS_PRIVATE, 0}},
+			{"mount tmpfs on /tmp", unix.SYS_MOUNT, []uint64{tmpfs, tmp, tmpfs, 0, 0}},
+			{"mkdir /tmp/a", unix.SYS_MKDIRAT, []uint64{atCWD, da, 0o700}},
+			{"mkdir /tmp/b", unix.SYS_MKDIRAT, []uint64{atCWD, db, 0o700}},
+			{"mount tmpfs on /tmp/a", unix.SYS_MOUNT, []uint64{tmpfs, da, tmpfs, 0, 0}},
+			// The group can only be copied to a private mount of the
+			// same superblock: b is a bind of a made before a is shared.
+			{"bind /tmp/a on /tmp/b", unix.SYS_MOUNT, []uint64{da, db, 0, unix.MS_BIND, 0}},
+			{"make /tmp/a shared", unix.SYS_MOUNT, []uint64{0, da, 0, unix.MS_SHARED, 0}},
+			{"move_mount(MOVE_MOUNT_SET_GROUP)", unix.SYS_MOVE_MOUNT, []uint64{atCWD, da, atCWD, db, unix.MOVE_MOUNT_SET_GROUP}},
+		})
+	})
 }
 
 // probeAutofs: a forked child mounts autofs in a private mount namespace

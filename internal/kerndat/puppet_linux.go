@@ -40,3 +40,39 @@ func inPuppet(fn func(pid int, s *ptrace.Session, scratch uint64) error) error {
 	}
 	return fn(p.Pid, s, scratch)
 }
+
+// scratchStrings writes ss as C strings into the puppet's scratch page,
+// after the first skip bytes, and returns their addresses there.
+func scratchStrings(pid int, scratch uint64, skip int, ss ...string) ([]uint64, error) {
+	var buf []byte
+	addrs := make([]uint64, len(ss))
+	for i, s := range ss {
+		addrs[i] = scratch + uint64(skip+len(buf))
+		buf = append(buf, s...)
+		buf = append(buf, 0)
+	}
+	if skip+len(buf) > puppetScratchSize {
+		return nil, fmt.Errorf("puppet %d: %d bytes of strings overflow the scratch page", pid, len(buf))
+	}
+	if err := ptrace.WriteMem(pid, scratch+uint64(skip), buf); err != nil {
+		return nil, fmt.Errorf("puppet %d: %w", pid, err)
+	}
+	return addrs, nil
+}
+
+// injectAll runs calls in order in the session and stops at the first
+// failure, naming it.
+func injectAll(s *ptrace.Session, calls []injected) error {
+	for _, c := range calls {
+		if _, err := s.Syscall(c.nr, c.args...); err != nil {
+			return fmt.Errorf("%s: %w", c.what, err)
+		}
+	}
+	return nil
+}
+
+type injected struct {
+	what string
+	nr   uintptr
+	args []uint64
+}
