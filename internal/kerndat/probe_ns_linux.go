@@ -1,9 +1,9 @@
 package kerndat
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -186,56 +186,47 @@ func probeMoveMountSetGroup() error {
 	})
 }
 
-// probeAutofs: a forked child mounts autofs in a private mount namespace
-// (gone when it dies); its mountinfo must carry pipe_ino.
+// probeAutofs: a puppet mounts autofs in its own private mount namespace
+// (gone when it dies), with a pipe of its own as the daemon's; its
+// mountinfo must carry pipe_ino.
 func probeAutofs() error {
-	var pipe, ready [2]int
-	if err := unix.Pipe2(pipe[:], unix.O_CLOEXEC); err != nil {
-		return err
-	}
-	defer unix.Close(pipe[0])
-	defer unix.Close(pipe[1])
-	if err := unix.Pipe2(ready[:], unix.O_CLOEXEC); err != nil {
-		return err
-	}
-	defer unix.Close(ready[0])
-	keep := []any{}
-	str := func(s string) uintptr {
-		b, p := cstr(s)
-		keep = append(keep, b)
-		return p
-	}
-	one := []byte{1}
-	keep = append(keep, one)
-	opts := fmt.Sprintf("fd=%d,pgrp=%d,minproto=5,maxproto=5,direct", pipe[1], unix.Getpgrp())
-	var p rawProg
-	p.add(unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL))
-	p.add(unix.SYS_UNSHARE, unix.CLONE_NEWNS)
-	p.add(unix.SYS_MOUNT, 0, str("/"), 0, unix.MS_REC|unix.MS_PRIVATE, 0)
-	p.add(unix.SYS_MOUNT, str("godwit"), str("/tmp"), str("autofs"), 0, str(opts))
-	p.add(unix.SYS_WRITE, uintptr(ready[1]), uintptr(unsafe.Pointer(&one[0])), 1)
-	p.hold = true
-	c, err := startRaw(&p, 0, keep...)
-	unix.Close(ready[1])
-	if err != nil {
-		return err
-	}
-	defer c.free()
-	defer c.kill()
-	if err := waitReady(ready[0], c); err != nil {
-		return fmt.Errorf("mount autofs in a child: %w", err)
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", c.pid))
-	if err != nil {
-		return err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.Contains(l, " - autofs ") {
-			if strings.Contains(l, "pipe_ino=") {
-				return nil
-			}
-			return fmt.Errorf("autofs mountinfo lacks pipe_ino: %s", l)
+	return inPuppet(func(pid int, s *ptrace.Session, scratch uint64) error {
+		if _, err := s.Syscall(unix.SYS_PIPE2, scratch, unix.O_CLOEXEC); err != nil {
+			return fmt.Errorf("pipe2 in a puppet: %w", err)
 		}
-	}
-	return errors.New("child's mountinfo shows no autofs mount")
+		var fds [8]byte
+		if err := ptrace.ReadMem(pid, scratch, fds[:]); err != nil {
+			return fmt.Errorf("puppet %d: %w", pid, err)
+		}
+		wfd := int32(binary.NativeEndian.Uint32(fds[4:]))
+		pgrp, err := unix.Getpgid(pid)
+		if err != nil {
+			return err
+		}
+		opts := fmt.Sprintf("fd=%d,pgrp=%d,minproto=5,maxproto=5,direct", wfd, pgrp)
+		a, err := scratchStrings(pid, scratch, 8, "/", "/tmp", "godwit", "autofs", opts)
+		if err != nil {
+			return err
+		}
+		if err := injectAll(s, []injected{
+			{"unshare(CLONE_NEWNS)", unix.SYS_UNSHARE, []uint64{unix.CLONE_NEWNS}},
+			{"make / private", unix.SYS_MOUNT, []uint64{0, a[0], 0, unix.MS_REC | unix.MS_PRIVATE, 0}},
+			{"mount autofs on /tmp", unix.SYS_MOUNT, []uint64{a[2], a[1], a[3], 0, a[4]}},
+		}); err != nil {
+			return err
+		}
+		ms, err := procfs.ReadMountinfo(pid)
+		if err != nil {
+			return err
+		}
+		for _, m := range ms {
+			if m.FSType == "autofs" {
+				if strings.Contains(m.SuperOptions, "pipe_ino=") {
+					return nil
+				}
+				return fmt.Errorf("autofs mountinfo lacks pipe_ino: %q", m.SuperOptions)
+			}
+		}
+		return errors.New("the puppet's mountinfo shows no autofs mount")
+	})
 }

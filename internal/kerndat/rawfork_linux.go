@@ -286,9 +286,3 @@ func reap(pid int) (unix.WaitStatus, error) {
 		}
 	}
 }
-
-// cstr returns a NUL-terminated copy of s and its address for raw steps.
-func cstr(s string) ([]byte, uintptr) {
-	b := append([]byte(s), 0)
-	return b, uintptr(unsafe.Pointer(&b[0]))
-}
