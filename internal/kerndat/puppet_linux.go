@@ -28,17 +28,28 @@ func inPuppet(fn func(pid int, s *ptrace.Session, scratch uint64) error) error {
 		return err
 	}
 	defer p.Kill()
-	s, err := tr.BeginInjection(p.Pid)
+	return inSession(tr, p.Pid, func(s *ptrace.Session, scratch uint64) error { return fn(p.Pid, s, scratch) })
+}
+
+// inSession opens an injection session on the stopped puppet pid, maps a
+// scratch page there and runs fn; the session is ended (registers and
+// signal mask restored, the puppet stopped again) when fn returns.
+func inSession(tr *ptrace.Tracer, pid int, fn func(s *ptrace.Session, scratch uint64) error) error {
+	s, err := tr.BeginInjection(pid)
 	if err != nil {
-		return fmt.Errorf("puppet %d: %w", p.Pid, err)
+		return fmt.Errorf("puppet %d: %w", pid, err)
 	}
-	defer s.End()
 	scratch, err := s.Syscall(unix.SYS_MMAP, 0, puppetScratchSize, unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
-	if err != nil {
-		return fmt.Errorf("puppet %d: scratch mmap: %w", p.Pid, err)
+	if err == nil {
+		err = fn(s, scratch)
+	} else {
+		err = fmt.Errorf("puppet %d: scratch mmap: %w", pid, err)
 	}
-	return fn(p.Pid, s, scratch)
+	if eerr := s.End(); eerr != nil && err == nil {
+		err = fmt.Errorf("puppet %d: %w", pid, eerr)
+	}
+	return err
 }
 
 // scratchStrings writes ss as C strings into the puppet's scratch page,
