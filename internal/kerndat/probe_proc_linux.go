@@ -265,33 +265,42 @@ func probePrctl() error {
 	return nil
 }
 
-// probePrctlMMMap: a forked child sets its whole mm layout with
-// PR_SET_MM_MAP (to the values it already has, auxv included).
+// probePrctlMMMap: a puppet sets its whole mm layout with PR_SET_MM_MAP
+// (to the values it already has, auxv included), injected as restore does.
 func probePrctlMMMap() error {
-	st, err := procfs.ReadStat(os.Getpid())
-	if err != nil {
-		return err
-	}
-	m := linux.PrctlMmMap{
-		StartCode: st.StartCode, EndCode: st.EndCode, StartStack: st.StartStack,
-		StartData: st.StartData, EndData: st.EndData, StartBrk: st.StartBrk,
-		ArgStart: st.ArgStart, ArgEnd: st.ArgEnd, EnvStart: st.EnvStart, EnvEnd: st.EnvEnd,
-	}
-	brk, _, _ := unix.RawSyscall(unix.SYS_BRK, 0, 0, 0)
-	m.Brk = uint64(brk)
-	auxv, err := os.ReadFile("/proc/self/auxv")
-	if err != nil {
-		return err
-	}
-	if len(auxv) == 0 {
-		return fmt.Errorf("/proc/self/auxv is empty")
-	}
-	m.Auxv = uint64(uintptr(unsafe.Pointer(&auxv[0])))
-	m.AuxvSize = uint32(len(auxv))
-	m.ExeFd = ^uint32(0) // keep the exe link
-	var p rawProg
-	p.add(unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, uintptr(unsafe.Pointer(&m)), unsafe.Sizeof(m), 0)
-	return runRaw(&p, "PR_SET_MM_MAP in a child", &m, auxv)
+	return inPuppet(func(pid int, s *ptrace.Session, scratch uint64) error {
+		st, err := procfs.ReadStat(pid)
+		if err != nil {
+			return err
+		}
+		brk, err := s.Syscall(unix.SYS_BRK, 0)
+		if err != nil {
+			return fmt.Errorf("brk(0) in a puppet: %w", err)
+		}
+		auxv, err := procfs.ReadAuxvRaw(pid)
+		if err != nil {
+			return err
+		}
+		const mapSize = uint64(unsafe.Sizeof(linux.PrctlMmMap{}))
+		if len(auxv) == 0 || mapSize+uint64(len(auxv)) > puppetScratchSize {
+			return fmt.Errorf("/proc/%d/auxv has %d bytes", pid, len(auxv))
+		}
+		m := linux.PrctlMmMap{
+			StartCode: st.StartCode, EndCode: st.EndCode, StartStack: st.StartStack,
+			StartData: st.StartData, EndData: st.EndData, StartBrk: st.StartBrk, Brk: brk,
+			ArgStart: st.ArgStart, ArgEnd: st.ArgEnd, EnvStart: st.EnvStart, EnvEnd: st.EnvEnd,
+			Auxv: scratch + mapSize, AuxvSize: uint32(len(auxv)),
+			ExeFd: ^uint32(0), // keep the exe link
+		}
+		buf := append(unsafe.Slice((*byte)(unsafe.Pointer(&m)), mapSize), auxv...)
+		if err := ptrace.WriteMem(pid, scratch, buf); err != nil {
+			return fmt.Errorf("puppet %d: %w", pid, err)
+		}
+		if _, err := s.Syscall(unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, scratch, mapSize, 0); err != nil {
+			return fmt.Errorf("PR_SET_MM_MAP in a puppet: %w", err)
+		}
+		return nil
+	})
 }
 
 // probeClone3SetTID: clone3 with set_tid makes a task with a chosen free

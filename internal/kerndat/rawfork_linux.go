@@ -193,20 +193,6 @@ func startRaw(p *rawProg, setTID int32, keep ...any) (*rawChildProc, error) {
 
 // wait reaps the child (killing it first after timeout) and reports how
 // its program went.
-// runRaw runs p in a raw child to completion; what names the program in
-// the error.
-func runRaw(p *rawProg, what string, keep ...any) error {
-	c, err := startRaw(p, 0, keep...)
-	if err != nil {
-		return err
-	}
-	defer c.free()
-	if err := c.wait(stopTimeout); err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	return nil
-}
-
 func (c *rawChildProc) wait(timeout time.Duration) error {
 	t := time.AfterFunc(timeout, func() { _ = unix.Kill(c.pid, unix.SIGKILL) })
 	ws, err := reap(c.pid)
