@@ -154,25 +154,3 @@ func probeSeccompFilters() error {
 		return nil
 	})
 }
-
-// waitReady reads the byte a holding raw child writes once its program ran,
-// or reports why it failed.
-func waitReady(fd int, c *rawChildProc) error {
-	var b [1]byte
-	t := time.AfterFunc(stopTimeout, func() { _ = unix.Kill(c.pid, unix.SIGKILL) })
-	defer t.Stop()
-	for {
-		n, err := unix.Read(fd, b[:])
-		if err == unix.EINTR {
-			continue
-		}
-		if n == 1 {
-			return nil
-		}
-		// EOF: the child died before reaching its ready step.
-		if err := c.wait(stopTimeout); err != nil {
-			return err
-		}
-		return fmt.Errorf("raw child %d exited before it was ready", c.pid)
-	}
-}

@@ -15,6 +15,12 @@ import (
 // tracer and the puppet go away when the probe returns, whatever happens;
 // PTRACE_O_EXITKILL and the parent-death signal end the puppet if godwit
 // dies first.
+//
+// Probes that need a plain, untraced process instead (they seize it
+// themselves to test PTRACE_SEIZE and friends, take its descriptors, read
+// its memory, or need it born in new namespaces by clone flags) use a
+// /bin/sleep child (sleeper_linux.go): a puppet is born traced by its own
+// tracer and cannot be started in new namespaces through puppet's API.
 
 const puppetScratchSize = 4096
 
