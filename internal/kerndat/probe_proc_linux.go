@@ -322,11 +322,11 @@ func probeClone3SetTID() error {
 	}
 	tr := ptrace.New()
 	defer tr.Close()
-	p, err := puppet.Start(puppet.Options{Tracer: tr, Argv0: "godwit-kerndat"})
+	p, stop, err := startPuppet(tr)
 	if err != nil {
 		return err
 	}
-	defer p.Kill()
+	defer stop()
 	var lastErr error
 	for try := 0; try < 20; try++ {
 		cand := low + (last+1000-low+try*97)%(max-low)

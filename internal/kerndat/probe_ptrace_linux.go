@@ -10,7 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/ptrace"
-	"godwit/internal/puppet"
 )
 
 const stopTimeout = 5 * time.Second
@@ -115,11 +114,11 @@ func probeSeccompSuspend() error {
 func probeSeccompFilters() error {
 	tr := ptrace.New()
 	defer tr.Close()
-	p, err := puppet.Start(puppet.Options{Tracer: tr, Argv0: "godwit-kerndat"})
+	p, stop, err := startPuppet(tr)
 	if err != nil {
 		return err
 	}
-	defer p.Kill()
+	defer stop()
 	pid := p.Pid
 	err = inSession(tr, pid, func(s *ptrace.Session, scratch uint64) error {
 		// struct sock_fprog at scratch, its one struct sock_filter

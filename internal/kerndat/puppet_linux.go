@@ -2,6 +2,7 @@ package kerndat
 
 import (
 	"fmt"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -29,12 +30,31 @@ const puppetScratchSize = 4096
 func inPuppet(fn func(pid int, s *ptrace.Session, scratch uint64) error) error {
 	tr := ptrace.New()
 	defer tr.Close()
-	p, err := puppet.Start(puppet.Options{Tracer: tr, Argv0: "godwit-kerndat"})
+	p, stop, err := startPuppet(tr)
 	if err != nil {
 		return err
 	}
-	defer p.Kill()
+	defer stop()
 	return inSession(tr, p.Pid, func(s *ptrace.Session, scratch uint64) error { return fn(p.Pid, s, scratch) })
+}
+
+// puppetTimeout bounds a probe's puppet (a variable for the test).
+var puppetTimeout = stopTimeout
+
+// startPuppet starts a puppet for a probe. A watchdog kills it after
+// puppetTimeout, so an injected syscall the kernel never finishes ends the
+// probe with an error instead of hanging `check`. stop kills and reaps it.
+func startPuppet(tr *ptrace.Tracer) (*puppet.Puppet, func(), error) {
+	p, err := puppet.Start(puppet.Options{Tracer: tr, Argv0: "godwit-kerndat"})
+	if err != nil {
+		return nil, nil, err
+	}
+	pid := p.Pid
+	watchdog := time.AfterFunc(puppetTimeout, func() { _ = unix.Kill(pid, unix.SIGKILL) })
+	return p, func() {
+		watchdog.Stop()
+		p.Kill()
+	}, nil
 }
 
 // inSession opens an injection session on the stopped puppet pid, maps a
