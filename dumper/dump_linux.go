@@ -1,6 +1,7 @@
 package dumper
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"godwit/internal/model"
 	"godwit/internal/model/criuimg"
 	"godwit/internal/pagexfer"
+	"godwit/internal/pidfd"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 )
@@ -29,6 +31,10 @@ type Result struct {
 	Method  Method
 	Stats   *stats.DumpStatsEntry
 	Mem     MemStats
+	// Injecting is the time the target spent inside injection sessions
+	// (borrowed registers, every signal blocked), a part of its frozen
+	// time.
+	Injecting time.Duration
 }
 
 // FormatStats renders the stats as --display-stats prints them (CRIU's
@@ -42,20 +48,30 @@ func (r *Result) FormatStats() string {
 // Dump freezes process o.Pid, writes its images into o.ImagesDir, then
 // kills it (default), lets it run (o.LeaveRunning) or leaves it stopped
 // (o.LeaveStopped). On any error before that last step the process
-// resumes untouched and untraced, and inventory.img is not written (the
-// files written so far are removed).
+// resumes untouched and untraced, and o.ImagesDir is as it was: the images
+// are written into a staging directory inside it and moved into place
+// only when the dump succeeded, inventory.img last.
 //
-// With o.PageServer the pages go to that page server instead of o.ImagesDir, which receives every other image.
+// With o.PageServer the pages go to that page server instead of
+// o.ImagesDir, which receives every other image.
 func Dump(o Options, scripts *actions.Scripts) (*Result, error) {
+	return DumpContext(context.Background(), o, scripts)
+}
+
+// DumpContext is Dump that stops when ctx is done (godwit's SIGINT,
+// SIGTERM and SIGHUP): the dump rolls back as for any error.
+func DumpContext(ctx context.Context, o Options, scripts *actions.Scripts) (*Result, error) {
 	if o.PageServer == nil {
-		return DumpTo(o, scripts, localPages{})
+		return DumpToContext(ctx, o, scripts, localPages{})
 	}
-	t, err := dialPageServer(o.PageServer)
+	t, err := dialPageServer(ctx, o.PageServer)
 	if err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
 	}
 	defer t.abort()
-	return DumpTo(o, scripts, t)
+	// An interruption ends a wait for the server at once.
+	defer context.AfterFunc(ctx, t.c.Abort)()
+	return DumpToContext(ctx, o, scripts, t)
 }
 
 // PageTarget receives a dump's pages.
@@ -78,39 +94,71 @@ func (localPages) Commit() error { return nil }
 
 // DumpTo is Dump with page data sent to target.
 func DumpTo(o Options, scripts *actions.Scripts, target PageTarget) (*Result, error) {
+	return DumpToContext(context.Background(), o, scripts, target)
+}
+
+// DumpToContext is DumpTo that stops when ctx is done.
+func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, target PageTarget) (*Result, error) {
 	pid := o.Pid
+	if pid <= 0 {
+		return nil, fmt.Errorf("bad pid %d", pid)
+	}
+	// Held from the first check: every later step verifies that pid
+	// still names this process (see pidfd.Proc.Verify).
+	proc, err := pidfd.Open(pid)
+	if err != nil {
+		return nil, err
+	}
+	defer proc.Close()
 	if err := Check(pid); err != nil {
+		return nil, err
+	}
+	if err := proc.Verify(); err != nil {
 		return nil, err
 	}
 	if o.LeaveRunning && o.LeaveStopped {
 		return nil, errors.New("dump: --leave-running and --leave-stopped exclude each other")
 	}
-	dir, err := images.Open(o.ImagesDir, true)
+	final, err := images.Open(o.ImagesDir, true)
 	if err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
 	}
-	defer dir.Close()
-	// A stale inventory would make a half-written directory look whole.
-	if err := dir.Remove(images.InventoryImg); err != nil {
+	defer final.Close()
+	var rb rollback
+	defer rb.run() // no-op once disarmed
+	stage, err := images.NewStaging(final)
+	if err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
+	}
+	rb.add(stage.Abort)
+	dir := stage.Dir()
+	if err := interrupted(ctx); err != nil {
+		return nil, fmt.Errorf("dump %d: %w", pid, err)
 	}
 	if err := scripts.Run(actions.PreDump, pid); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
 	}
+	if err := proc.Verify(); err != nil {
+		return nil, fmt.Errorf("dump: after the pre-dump script: %w", err)
+	}
 	if err := writeCPUInfo(dir, o.CPUCap); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
 	}
-	method := o.Method
+	if err := interrupted(ctx); err != nil {
+		return nil, fmt.Errorf("dump %d: %w", pid, err)
+	}
 	ds, err := drivers.Ordered()
 	if err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
 	}
 
 	tr := ptrace.New()
+	// Runs last (deferred first): detaches whatever is still attached.
 	defer tr.Close()
 	t0 := time.Now()
 	var tids []int
 	if o.FreezeCgroup != "" {
+		// The cgroup is thawed inside, on success and on error.
 		tids, err = freezeViaCgroup(tr, o.FreezeCgroup, pid)
 		if err != nil {
 			// Seized threads, stopped or not, are detached by the
@@ -121,26 +169,57 @@ func DumpTo(o Options, scripts *actions.Scripts, target PageTarget) (*Result, er
 		return nil, fmt.Errorf("dump: %w", err)
 	}
 	frozenAt := time.Now()
+	thawErr := error(nil)
+	rb.add(func() {
+		// Detach untouched: also right for a task that turned out
+		// not to be the one checked.
+		thawErr = tr.ThawProcess(pid, false)
+	})
+	// Seized by number: the pidfd tells whether that was our process.
+	if err := proc.Verify(); err != nil {
+		rb.run()
+		return nil, fmt.Errorf("dump: after seizing: %w", err)
+	}
 	logging.Default().Infof("dump %d: froze %d threads in %v", pid, len(tids), frozenAt.Sub(t0))
-	d := &dumpRun{pid: pid, tids: tids, tr: tr, dir: dir, method: method, sinks: target.Open, log: logging.Default(), drivers: ds}
+	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds}
 	err = d.safeCollect()
 	if err == nil {
 		err = target.Commit()
 	}
+	if err == nil {
+		err = interrupted(ctx)
+	}
+	if err == nil {
+		// The images go into place while the task can still resume.
+		err = stage.Commit()
+	}
+	injecting := tr.InjectionTime()
 	if err != nil {
-		d.removeWritten()
-		if terr := tr.ThawProcess(pid, false); terr != nil {
-			err = errors.Join(err, fmt.Errorf("resume %d: %w", pid, terr))
+		rb.run()
+		if thawErr != nil {
+			err = errors.Join(err, fmt.Errorf("resume %d: %w", pid, thawErr))
 		}
 		return nil, fmt.Errorf("dump %d: %w", pid, err)
 	}
-	if err := scripts.Run(actions.PostDump, pid); err != nil {
-		_ = dir.Remove(images.InventoryImg)
-		if terr := tr.ThawProcess(pid, false); terr != nil {
-			err = errors.Join(err, terr)
+	// From here the images are in o.ImagesDir: a failure takes them out
+	// and puts back the earlier dump they replaced. An interruption is
+	// honoured up to the post-dump script, which may hand the images on
+	// (copy them, start a restore elsewhere): once it ran, the dump
+	// stands.
+	rb.add(stage.Undo)
+	err = interrupted(ctx)
+	if err == nil {
+		err = scripts.Run(actions.PostDump, pid)
+	}
+	if err != nil {
+		rb.run()
+		if thawErr != nil {
+			err = errors.Join(err, thawErr)
 		}
 		return nil, fmt.Errorf("dump %d: %w", pid, err)
 	}
+	rb.disarm()
+	stage.Keep()
 	var ferr error
 	switch {
 	case o.LeaveRunning:
@@ -151,9 +230,9 @@ func DumpTo(o Options, scripts *actions.Scripts, target PageTarget) (*Result, er
 		ferr = tr.KillProcess(pid)
 	}
 	frozen := time.Since(frozenAt)
-	d.log.Infof("dump %d: %d pages written (%d scanned, %d zero, %d untouched) by %v; frozen %v",
-		pid, d.mem.Written, d.mem.Scanned, d.mem.Zero, d.mem.Untouched, method, frozen)
-	res := &Result{Pid: pid, Threads: tids, Method: d.method, Mem: d.mem}
+	d.log.Infof("dump %d: %d pages written (%d scanned, %d zero, %d untouched) by %v; frozen %v, %v of it in injection sessions",
+		pid, d.mem.Written, d.mem.Scanned, d.mem.Zero, d.mem.Untouched, d.method, frozen, injecting)
+	res := &Result{Pid: pid, Threads: tids, Method: d.method, Mem: d.mem, Injecting: injecting}
 	res.Stats = &stats.DumpStatsEntry{
 		FreezingTime:       proto.Uint32(uint32(frozenAt.Sub(t0).Microseconds())),
 		FrozenTime:         proto.Uint32(uint32(frozen.Microseconds())),
@@ -167,7 +246,7 @@ func DumpTo(o Options, scripts *actions.Scripts, target PageTarget) (*Result, er
 	if ferr != nil {
 		return res, fmt.Errorf("dump %d: images written, but finishing failed: %w", pid, ferr)
 	}
-	if err := images.WriteDumpStats(dir, o.WorkDir, res.Stats); err != nil {
+	if err := images.WriteDumpStats(final, o.WorkDir, res.Stats); err != nil {
 		return res, fmt.Errorf("dump %d: %w", pid, err)
 	}
 	return res, nil
@@ -191,6 +270,7 @@ func writeCPUInfo(dir *images.Dir, capArg string) error {
 
 // dumpRun is one dump in progress.
 type dumpRun struct {
+	ctx     context.Context
 	pid     int
 	tids    []int
 	tr      *ptrace.Tracer
@@ -206,12 +286,7 @@ type dumpRun struct {
 
 func (d *dumpRun) note(name string) { d.written = append(d.written, name) }
 
-func (d *dumpRun) removeWritten() {
-	_ = d.dir.Remove(images.InventoryImg)
-	for _, n := range d.written {
-		_ = d.dir.Remove(n)
-	}
-}
+func (d *dumpRun) interrupted() error { return interrupted(d.ctx) }
 
 // safeCollect turns a panic into an error, so that the failure path
 // still resumes the task (the injection sessions are ended by their
@@ -229,6 +304,9 @@ func (d *dumpRun) safeCollect() (err error) {
 // inventory.img last.
 func (d *dumpRun) collect() error {
 	pid := d.pid
+	if err := d.interrupted(); err != nil {
+		return err
+	}
 	// Children may have been made between Check and the freeze.
 	if err := checkChildren(pid); err != nil {
 		return err
@@ -287,6 +365,9 @@ func (d *dumpRun) collect() error {
 			}
 		}
 	}
+	if err := d.interrupted(); err != nil {
+		return err
+	}
 	if err := d.inject(dc); err != nil {
 		return err
 	}
@@ -300,42 +381,74 @@ func (d *dumpRun) collect() error {
 }
 
 // inject runs everything that needs injected calls, and the memory dump,
-// with one scratch mapping; the scratch is unmapped and every session
-// ended before it returns, on success and on error.
+// with one scratch mapping. Injection sessions are bursts: one to map the
+// scratch, run the drivers' injected collection and make the vmsplice
+// pipes, one per other thread, one per page batch (in the vmsplice
+// source), one to remove the pipes and one to unmap the scratch, so the
+// target never waits in a session while godwit writes files or talks to
+// a page server. The scratch is unmapped and every session ended before
+// inject returns, on success and on error.
 func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
+	var scratch uint64
+	var md *MemoryDumper
+	defer func() {
+		if md != nil {
+			d.mem = md.Stats()
+			if cerr := md.Close(); cerr != nil && err == nil {
+				err = cerr
+			}
+		}
+		if scratch == 0 {
+			return
+		}
+		if _, uerr := d.tr.InjectSyscall(d.pid, unix.SYS_MUNMAP, scratch, scratchSize); uerr != nil && err == nil {
+			err = fmt.Errorf("unmap scratch: %w", uerr)
+		}
+	}()
+	task := dc.Task
 	s, err := d.tr.BeginInjection(d.pid)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if eerr := s.End(); eerr != nil && err == nil {
-			err = eerr
+	err = func() error {
+		addr, err := s.Syscall(unix.SYS_MMAP, 0, scratchSize, unix.PROT_READ|unix.PROT_WRITE,
+			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+		if err != nil {
+			return fmt.Errorf("map scratch: %w", err)
 		}
-	}()
-	addr, err := s.Syscall(unix.SYS_MMAP, 0, scratchSize, unix.PROT_READ|unix.PROT_WRITE,
-		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
-	if err != nil {
-		return fmt.Errorf("map scratch: %w", err)
-	}
-	defer func() {
-		if _, uerr := s.Syscall(unix.SYS_MUNMAP, addr, scratchSize); uerr != nil && err == nil {
-			err = fmt.Errorf("unmap scratch: %w", uerr)
-		}
-	}()
-	ls := inject.Wrap(s, d.pid, addr, scratchSize)
-	task := dc.Task
-	for _, k := range d.drivers {
-		if c, ok := k.(drivers.InjectedCollector); ok {
-			if err := c.CollectInjected(dc, ls); err != nil {
-				return err
+		scratch = addr
+		ls := inject.Wrap(s, d.pid, addr, scratchSize)
+		for _, k := range d.drivers {
+			if c, ok := k.(drivers.InjectedCollector); ok {
+				if err := c.CollectInjected(dc, ls); err != nil {
+					return err
+				}
 			}
 		}
+		if err := d.collectThreadInjected(dc, ls, task.Threads[0]); err != nil {
+			return err
+		}
+		if d.method == MethodVmsplice {
+			if md, err = NewInjectingMemoryDumper(d.pid, d.tr, d.pid, s, addr); err != nil {
+				// E.g. the task is at its RLIMIT_NOFILE and cannot
+				// make the pipes: read its memory from outside.
+				d.log.Warnf("dump %d: vmsplice transfer unavailable (%v), using process_vm_readv", d.pid, err)
+				d.method, md = MethodReadv, nil
+			}
+		}
+		return nil
+	}()
+	if eerr := s.End(); eerr != nil && err == nil {
+		err = eerr
 	}
-	if err := d.collectThreadInjected(dc, ls, task.Threads[0]); err != nil {
+	if err != nil {
 		return err
 	}
 	for _, th := range task.Threads[1:] {
-		ts, err := inject.Begin(d.tr, d.pid, th.Tid, addr, scratchSize)
+		if err := d.interrupted(); err != nil {
+			return err
+		}
+		ts, err := inject.Begin(d.tr, d.pid, th.Tid, scratch, scratchSize)
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", th.Tid, err)
 		}
@@ -343,7 +456,25 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 			return err
 		}
 	}
-	return d.dumpMemory(s, addr, task.MM.VMAs)
+	if err := d.interrupted(); err != nil {
+		return err
+	}
+	if md == nil {
+		// process_vm_readv needs nothing in the target: remove the
+		// scratch before the long transfer, so that a godwit killed
+		// during it (SIGKILL, where nothing rolls back) leaves no trace.
+		_, err := d.tr.InjectSyscall(d.pid, unix.SYS_MUNMAP, scratch, scratchSize)
+		scratch = 0
+		if err != nil {
+			return fmt.Errorf("unmap scratch: %w", err)
+		}
+		if md, err = NewMemoryDumper(d.pid); err != nil {
+			return err
+		}
+	}
+	md.SetContext(d.ctx)
+	d.log.Infof("dump %d: transferring pages (%v)", d.pid, d.method)
+	return d.dumpMemory(md, task.MM.VMAs)
 }
 
 // collectThreadInjected runs the drivers' injected calls in one thread.
@@ -358,29 +489,9 @@ func (d *dumpRun) collectThreadInjected(dc *drivers.Dump, s *inject.Session, th 
 	return nil
 }
 
-func (d *dumpRun) dumpMemory(s *ptrace.Session, scratch uint64, vmas []VMA) (err error) {
-	var md *MemoryDumper
-	if d.method == MethodVmsplice {
-		md, err = NewInjectingMemoryDumper(d.pid, s, scratch)
-		if err != nil {
-			// E.g. the task is at its RLIMIT_NOFILE and cannot
-			// make the pipes: read its memory from outside.
-			d.log.Warnf("dump %d: vmsplice transfer unavailable (%v), using process_vm_readv", d.pid, err)
-			d.method = MethodReadv
-		}
-	}
-	if d.method == MethodReadv {
-		md, err = NewMemoryDumper(d.pid)
-	}
-	if err != nil {
-		return err
-	}
-	defer func() {
-		d.mem = md.Stats()
-		if cerr := md.Close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
+// dumpMemory sends the pages through md (no injection session open: the
+// vmsplice source opens its own per batch).
+func (d *dumpRun) dumpMemory(md *MemoryDumper, vmas []VMA) (err error) {
 	// Each pagemap gets the next pages id of the dump, from 1 as CRIU's.
 	open := func(name string) (pagexfer.Sink, error) {
 		d.pagesID++

@@ -19,8 +19,8 @@ type Options struct {
 	CPUCap string
 	// PageServer sends the pages to a page server instead of ImagesDir.
 	PageServer *PageServer
-	// Method is how pages leave the target (zero: MethodVmsplice, the
-	// faster one measured here, see BenchmarkDump1GiB).
+	// Method is how pages leave the target (zero: MethodReadv, see
+	// Method).
 	Method Method
 }
 

@@ -25,8 +25,9 @@ type pageServerTarget struct {
 	closed bool
 }
 
-func dialPageServer(ps *PageServer) (*pageServerTarget, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), pageServerTimeout)
+func dialPageServer(parent context.Context, ps *PageServer) (*pageServerTarget, error) {
+	// An interruption (parent done) ends the dial at once.
+	ctx, cancel := context.WithTimeout(parent, pageServerTimeout)
 	defer cancel()
 	addr := ps.Addr
 	c, err := pageserver.Dial(ctx, addr, ps.Transport)

@@ -24,4 +24,20 @@ type Options struct {
 	Stats io.Writer
 	// PageMethod is how FillPages writes pages.
 	PageMethod PageMethod
+	// FileValidation is how reopened files are checked against the
+	// dump: FileValidationBuildID (also the default, "") or
+	// FileValidationFilesize (criu(8)'s --file-validation); see
+	// validateFiles.
+	FileValidation string
+	// SkipFileRWXCheck skips comparing reopened files' permission bits.
+	SkipFileRWXCheck bool
 }
+
+// FileValidation modes (criu(8)'s --file-validation).
+const (
+	// FileValidationFilesize compares type, size and permission bits.
+	FileValidationFilesize = "filesize"
+	// FileValidationBuildID also compares the ELF build-id of files that
+	// had one at dump time.
+	FileValidationBuildID = "buildid"
+)

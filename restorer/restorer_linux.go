@@ -1,6 +1,7 @@
 package restorer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -98,37 +99,54 @@ func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
 		r.close()
 		return nil, fmt.Errorf("restore: %w", err)
 	}
+	if err := validateFiles(img, o); err != nil {
+		r.close()
+		return nil, fmt.Errorf("restore: %w", err)
+	}
 	return r, nil
 }
 
 // Restore runs every phase back to back from the images in o.ImagesDir.
 // Unless o.Detach is set the caller then Waits for the task.
 func Restore(o Options, scripts *actions.Scripts) (*Restorer, error) {
+	return RestoreContext(context.Background(), o, scripts)
+}
+
+// RestoreContext is Restore that stops when ctx is done (godwit's SIGINT,
+// SIGTERM, SIGHUP) until the task resumes: every task made so far is
+// killed and reaped, as after any failed step.
+func RestoreContext(ctx context.Context, o Options, scripts *actions.Scripts) (*Restorer, error) {
 	r, err := New(o, scripts)
 	if err != nil {
+		return nil, err
+	}
+	if err := r.interrupted(ctx); err != nil {
 		return nil, err
 	}
 	if err := scripts.Run(actions.PreRestore, 0); err != nil {
 		r.close()
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	if err := r.Layout(); err != nil {
-		return nil, err
+	steps := []func() error{
+		func() error { return r.interrupted(ctx) },
+		r.Layout,
+		func() error {
+			if r.img.pages == nil {
+				return nil
+			}
+			return r.FillPages(interruptibleSource(ctx, pagexfer.NewImageSource(r.img.pages)))
+		},
+		func() error { return r.interrupted(ctx) },
+		r.fillShmem,
+		func() error { return r.interrupted(ctx) },
+		r.Finalize,
+		func() error { return r.interrupted(ctx) },
+		r.Resume,
 	}
-	if r.img.pages != nil {
-		src := pagexfer.NewImageSource(r.img.pages)
-		if err := r.FillPages(src); err != nil {
+	for _, step := range steps {
+		if err := step(); err != nil {
 			return nil, err
 		}
-	}
-	if err := r.fillShmem(); err != nil {
-		return nil, err
-	}
-	if err := r.Finalize(); err != nil {
-		return nil, err
-	}
-	if err := r.Resume(); err != nil {
-		return nil, err
 	}
 	return r, nil
 }

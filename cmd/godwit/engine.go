@@ -1,14 +1,26 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"os/signal"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"godwit/dumper"
 	"godwit/internal/engineopts"
 	"godwit/restorer"
 )
+
+// interruptContext is done when godwit gets SIGINT, SIGTERM or SIGHUP:
+// the engine then rolls back (the target resumes as it was, partial
+// images and tasks are removed) instead of godwit dying mid-step. Further
+// signals are absorbed until stop.
+func interruptContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM, unix.SIGHUP)
+}
 
 func dumpCmd(a *app) *cobra.Command {
 	c := &cobra.Command{
@@ -23,7 +35,9 @@ resumes as it was.`,
 			if err != nil {
 				return err
 			}
-			res, err := dumper.Dump(o, a.scripts)
+			ctx, stop := interruptContext()
+			defer stop()
+			res, err := dumper.DumpContext(ctx, o, a.scripts)
 			if err != nil {
 				return err
 			}
@@ -50,7 +64,11 @@ godwit waits for it and exits with its exit status (128+N if signal N killed it)
 			if err != nil {
 				return err
 			}
-			r, err := restorer.Restore(o, a.scripts)
+			ctx, stop := interruptContext()
+			r, err := restorer.RestoreContext(ctx, o, a.scripts)
+			// Once the task runs on its own, godwit's signals are its
+			// own again (a SIGTERM while waiting ends godwit only).
+			stop()
 			if err != nil {
 				return err
 			}

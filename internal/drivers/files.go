@@ -146,8 +146,7 @@ func (f *Files) Reg(path string, flags uint32, pos uint64, st *unix.Stat_t, mntI
 		mf.Mode = st.Mode
 		mf.Dev, mf.Ino = st.Dev, st.Ino
 		if st.Mode&unix.S_IFMT == unix.S_IFREG {
-			size := uint64(st.Size)
-			mf.Size = &size
+			recordIdentity(mf, path, flags, st)
 		}
 	}
 	f.byID[id] = mf

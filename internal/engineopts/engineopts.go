@@ -2,6 +2,7 @@ package engineopts
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strconv"
@@ -19,6 +20,13 @@ func Dump(o *opts.Options) (dumper.Options, error) {
 		Pid: o.Tree, ImagesDir: o.ImagesDir, WorkDir: o.WorkDir,
 		LeaveRunning: o.LeaveRunning, LeaveStopped: o.LeaveStopped,
 		FreezeCgroup: o.FreezeCgroup, CPUCap: o.CPUCap,
+	}
+	if o.PageTransfer != "" {
+		m, ok := dumper.ParseMethod(o.PageTransfer)
+		if !ok {
+			return dumper.Options{}, fmt.Errorf("--page-transfer %q: want readv or vmsplice", o.PageTransfer)
+		}
+		d.Method = m
 	}
 	if o.PageServer {
 		d.PageServer = &dumper.PageServer{
@@ -46,7 +54,7 @@ func Restore(o *opts.Options, stats io.Writer) (restorer.Options, error) {
 	r := restorer.Options{
 		ImagesDir: o.ImagesDir, WorkDir: o.WorkDir,
 		Detach: o.RestoreDetach, LeaveStopped: o.LeaveStopped, ShellJob: o.ShellJob,
-		CPUCap: o.CPUCap,
+		CPUCap: o.CPUCap, FileValidation: o.FileValidation, SkipFileRWXCheck: o.SkipFileRWXCheck,
 	}
 	if o.DisplayStats {
 		r.Stats = stats

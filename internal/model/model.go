@@ -245,6 +245,9 @@ type File struct {
 	Pos   uint64
 	Mode  uint32  // st_mode; 0 when unknown
 	Size  *uint64 // st_size of a regular file at dump time
+	// BuildID is the GNU build-id note of an ELF file at dump time, nil
+	// when it has none; restore compares it (--file-validation=buildid).
+	BuildID []byte
 	MntID int     // -1 when unknown
 	// Dev and Ino are the kernel identity the dumper dedupes on; codecs
 	// need not keep them (0 when unknown).

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/abi/linux"
+	"godwit/internal/buildid"
 	"godwit/internal/images"
 	"godwit/internal/model"
 	"godwit/internal/xstate"
@@ -127,6 +128,9 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 		if r.Size != nil {
 			sz := r.GetSize()
 			mf.Size = &sz
+		}
+		if w := r.GetBuildId(); len(w) > 0 {
+			mf.BuildID = buildid.Bytes(w)
 		}
 		files[mf.ID] = mf
 	}

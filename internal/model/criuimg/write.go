@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
+	"godwit/internal/buildid"
 	"godwit/internal/images"
 	"godwit/internal/model"
 	"godwit/internal/xstate"
@@ -327,6 +328,9 @@ func fileEntry(f *model.File) *fdinfo.FileEntry {
 	}
 	if f.Size != nil {
 		r.Size = proto.Uint64(*f.Size)
+	}
+	if len(f.BuildID) > 0 {
+		r.BuildId = buildid.Words(f.BuildID)
 	}
 	return &fdinfo.FileEntry{Type: fdinfo.FdTypes_REG.Enum(), Id: proto.Uint32(uint32(f.ID)), Reg: r}
 }
