@@ -26,7 +26,7 @@ func (r *Restorer) Finalize() error {
 	if err != nil {
 		return r.fail("finalize", err)
 	}
-	rc := &drivers.Restore{Tree: r.img.tree, Task: r.img.task, Log: r.log, Detach: r.o.Detach, ShellJob: r.o.ShellJob}
+	rc := &drivers.Restore{Tree: r.img.tree, Task: r.img.task, Log: r.log, Detach: r.o.Detach, ShellJob: r.o.ShellJob, Validated: r.validated}
 	for _, d := range ds {
 		var err error
 		switch d.Name() {

@@ -12,6 +12,7 @@ import (
 	"godwit/internal/model"
 	"golang.org/x/sys/unix"
 
+	"godwit/internal/drivers"
 	"godwit/internal/images"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
@@ -299,6 +300,11 @@ func (r *Restorer) mapVMAs(s *session) error {
 				f, err = s.Openat(what, r.img.filePath(id), oflags)
 				if err != nil {
 					return err
+				}
+				if want, ok := r.validated[id]; ok {
+					if err := drivers.VerifyOpened(r.img.pid, f, r.img.filePath(id), want); err != nil {
+						return fmt.Errorf("%s: %w", what, err)
+					}
 				}
 				fds[id] = f
 			}

@@ -12,8 +12,10 @@ import (
 
 	"godwit/internal/actions"
 	"godwit/internal/cpuinfo"
+	"godwit/internal/drivers"
 	"godwit/internal/images"
 	"godwit/internal/logging"
+	"godwit/internal/model"
 	"godwit/internal/pagexfer"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
@@ -51,6 +53,10 @@ const (
 // Resume, Wait. After a failed step the partial task is gone and every
 // later call fails.
 type Restorer struct {
+	// validated are the files checked against the dump in New, each
+	// verified again once the task has opened it.
+	validated map[model.ID]drivers.FileIdentity
+
 	o       Options
 	scripts *actions.Scripts
 	log     *logging.Logger
@@ -99,7 +105,7 @@ func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
 		r.close()
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	if err := validateFiles(img, o); err != nil {
+	if r.validated, err = validateFiles(img, o); err != nil {
 		r.close()
 		return nil, fmt.Errorf("restore: %w", err)
 	}

@@ -111,4 +111,3 @@ func Equal(id []byte, words []uint32) bool {
 	}
 	return true
 }
-

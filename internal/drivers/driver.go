@@ -46,6 +46,9 @@ type Restore struct {
 	Detach bool
 	// ShellJob: godwit's session and group instead of the task's own.
 	ShellJob bool
+	// Validated are the files checked against the dump before the
+	// restore started; each is verified again once opened in the task.
+	Validated map[model.ID]FileIdentity
 }
 
 // Collector reads process-wide state from outside the frozen task

@@ -44,11 +44,13 @@ var fileRestorers = map[model.FileKind]fileRestorer{model.Path: openPath}
 // opened with the task's own root and mounts, and no descriptor passing
 // is needed), and seeks it.
 func openPath(r *Restore, s *inject.Session, what string, f *model.File) (uint64, error) {
-	checkSize(r, what, f)
 	flags := int(f.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_CLOEXEC)
 	fd, err := s.Openat(what, f.Path, flags|unix.O_NOCTTY)
 	if err != nil {
 		return 0, err
+	}
+	if err := r.verifyOpened(s, fd, f); err != nil {
+		return 0, fmt.Errorf("%s: %w", what, err)
 	}
 	if pos := f.Pos; pos != 0 && f.Mode&unix.S_IFMT != unix.S_IFCHR {
 		if _, err := s.Call(fmt.Sprintf("%s: seek %s to %d", what, f.Path, pos), unix.SYS_LSEEK, fd, pos, unix.SEEK_SET); err != nil {
@@ -56,18 +58,6 @@ func openPath(r *Restore, s *inject.Session, what string, f *model.File) (uint64
 		}
 	}
 	return fd, nil
-}
-
-// checkSize warns when a regular file changed size since the dump (CRIU
-// refuses; a log that kept growing under -R is the common case, so godwit
-// restores and says so).
-func checkSize(r *Restore, what string, f *model.File) {
-	if f.Size == nil || f.Mode&unix.S_IFMT != unix.S_IFREG {
-		return
-	}
-	if st, err := os.Stat(f.Path); err == nil && uint64(st.Size()) != *f.Size {
-		r.Log.Warnf("restore: %s: %s is %d bytes, was %d at dump time", what, f.Path, st.Size(), *f.Size)
-	}
 }
 
 // Restore closes the puppet's fds, then opens every file and dup3s it to

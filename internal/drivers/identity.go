@@ -1,11 +1,14 @@
 package drivers
 
 import (
+	"fmt"
 	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/buildid"
+	"godwit/internal/inject"
 	"godwit/internal/model"
 )
 
@@ -39,4 +42,32 @@ func fileBuildID(path string, st *unix.Stat_t) []byte {
 		return nil
 	}
 	return id
+}
+
+// FileIdentity is the device and inode of a file restore validated
+// against its dump record, before starting anything.
+type FileIdentity struct{ Dev, Ino uint64 }
+
+// VerifyOpened checks that fd, just opened by path in task pid, is the
+// file validated as want: a file replaced at its path between the
+// validation and the open (a package upgrade during the restore) would
+// otherwise be restored unchecked.
+func VerifyOpened(pid int, fd uint64, path string, want FileIdentity) error {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/"+strconv.Itoa(pid)+"/fd/"+strconv.FormatUint(fd, 10), &st); err != nil {
+		return fmt.Errorf("check %s after opening it: %w", path, err)
+	}
+	if st.Dev != want.Dev || st.Ino != want.Ino {
+		return fmt.Errorf("file %s was replaced during the restore (it is not the file validated against the dump)", path)
+	}
+	return nil
+}
+
+// verifyOpened is VerifyOpened for the files of r that were validated.
+func (r *Restore) verifyOpened(s *inject.Session, fd uint64, f *model.File) error {
+	want, ok := r.Validated[f.ID]
+	if !ok {
+		return nil
+	}
+	return VerifyOpened(s.Pid(), fd, f.Path, want)
 }

@@ -81,6 +81,9 @@ func (memoryDriver) Restore(r *Restore, s *inject.Session) error {
 	if err != nil {
 		return err
 	}
+	if err := r.verifyOpened(s, efd, r.Tree.Files[m.Exe]); err != nil {
+		return fmt.Errorf("exe: %w", err)
+	}
 	auxv := m.Auxv
 	var ab []byte
 	for _, w := range auxv {

@@ -39,6 +39,9 @@ func (s *Session) Ptrace() *ptrace.Session { return s.s }
 // Scratch is the scratch area's address in the task.
 func (s *Session) Scratch() uint64 { return s.scratch }
 
+// Pid is the task the session injects into.
+func (s *Session) Pid() int { return s.pid }
+
 // End gives the thread its registers back; err (the caller's) wins over
 // End's own.
 func (s *Session) End(err error) error {

@@ -248,7 +248,7 @@ type File struct {
 	// BuildID is the GNU build-id note of an ELF file at dump time, nil
 	// when it has none; restore compares it (--file-validation=buildid).
 	BuildID []byte
-	MntID int     // -1 when unknown
+	MntID   int // -1 when unknown
 	// Dev and Ino are the kernel identity the dumper dedupes on; codecs
 	// need not keep them (0 when unknown).
 	Dev, Ino uint64
