@@ -213,3 +213,31 @@ func TestServiceDaemon(t *testing.T) {
 		}
 	}
 }
+
+// `godwit service` never deletes what is at --address unless it is a
+// socket: it refuses with one line.
+func TestServiceAddressNotSocket(t *testing.T) {
+	bin := godwitBin(t)
+	file := filepath.Join(t.TempDir(), "precious")
+	if err := os.WriteFile(file, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "service", "--address", file).CombinedOutput()
+	if err == nil {
+		t.Fatalf("service started on a regular file: %s", out)
+	}
+	if lines := strings.Split(strings.TrimSpace(string(out)), "\n"); len(lines) != 1 || !strings.Contains(lines[0], "not a socket") {
+		t.Errorf("want one line saying it is not a socket, got %q", out)
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "keep" {
+		t.Errorf("the file at --address changed: %q, %v", b, err)
+	}
+}
+
+func TestServiceGroupFlag(t *testing.T) {
+	bin := godwitBin(t)
+	out, err := exec.Command(bin, "service", "--address", filepath.Join(t.TempDir(), "s"), "--service-group", "no-such-group-godwit").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--service-group") {
+		t.Errorf("unknown group: %v %s", err, out)
+	}
+}
