@@ -136,6 +136,7 @@ func swrkCmd(a *app) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("swrk: %w", err)
 			}
+			defer c.Close()
 			return c.Serve()
 		},
 	}
