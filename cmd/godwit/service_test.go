@@ -201,6 +201,9 @@ func TestServiceDaemon(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	})
+	if fi, err := os.Lstat(sock); err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Errorf("service socket: %v, %v; want a 0600 socket", fi.Mode(), err)
+	}
 	for i := 0; i < 2; i++ { // two clients, one after the other
 		conn, err := net.Dial("unixpacket", sock)
 		if err != nil {
