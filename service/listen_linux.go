@@ -114,14 +114,28 @@ func listenPrivate(path string, group int) (*net.UnixListener, unix.Stat_t, erro
 	if err := unix.Fstatat(dfd, "s", &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fail(err)
 	}
-	// If the path was free, RENAME_NOREPLACE keeps whatever appears there
-	// meanwhile; if it held a socket, that socket is replaced.
-	var flags uint
 	if !replace {
-		flags = unix.RENAME_NOREPLACE
+		// RENAME_NOREPLACE: whatever appeared there meanwhile is kept.
+		if err := unix.Renameat2(dfd, "s", unix.AT_FDCWD, path, unix.RENAME_NOREPLACE); err != nil {
+			return fail(err)
+		}
+		return l, st, nil
 	}
-	if err := unix.Renameat2(dfd, "s", unix.AT_FDCWD, path, flags); err != nil {
+	// Swap with the stale socket, then look at what came out: if it was
+	// replaced by something else since the Lstat above, swap it back.
+	if err := unix.Renameat2(dfd, "s", unix.AT_FDCWD, path, unix.RENAME_EXCHANGE); err != nil {
 		return fail(err)
+	}
+	var old unix.Stat_t
+	if err := unix.Fstatat(dfd, "s", &old, unix.AT_SYMLINK_NOFOLLOW); err != nil || old.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		if err := unix.Renameat2(dfd, "s", unix.AT_FDCWD, path, unix.RENAME_EXCHANGE); err != nil {
+			l.Close()
+			return nil, st, fmt.Errorf("service: %s was replaced while starting, and putting it back failed (it is in %s/s): %w", path, tmp, err)
+		}
+		return fail(errors.New("it is no longer a socket: refusing to replace it"))
+	}
+	if err := unix.Unlinkat(dfd, "s", 0); err != nil {
+		logging.Errorf("service: remove the stale socket: %v", err)
 	}
 	return l, st, nil
 }
