@@ -20,8 +20,9 @@ import (
 // The benchmarks dump a counter workload with N MiB of dirty anonymous
 // memory to images on tmpfs (/dev/shm), in a child process (a re-exec of
 // the test binary) so that its peak RSS (VmHWM) is godwit's alone, and
-// measure in the same run the floor: process_vm_readv of the same memory
-// in 1 MiB chunks written to a file beside the images.
+// measure in the same run, before each dump, the floor: the cheapest copy
+// the kernel allows of as much memory into a file beside the images
+// (testutil.DumpFloor).
 //
 //	go test ./dumper -run XXX -bench Dump1GiB -benchtime 1x
 //	DUMPER_BENCH_4G=1 go test ./dumper -run XXX -bench Dump4GiB -benchtime 1x
@@ -35,6 +36,7 @@ type benchChildResult struct {
 	Dump    time.Duration
 	Write   time.Duration
 	Frozen  time.Duration
+	Inject  time.Duration // inside injection sessions
 	Err     string
 }
 
@@ -55,6 +57,7 @@ func benchChild(arg string) {
 		r.Written = res.Mem.Written
 		r.Dump, r.Write = res.Mem.DumpTime, res.Mem.WriteTime
 		r.Frozen = time.Duration(res.Stats.GetFrozenTime()) * time.Microsecond
+		r.Inject = res.Injecting
 	}
 	json.NewEncoder(os.Stdout).Encode(r)
 }
@@ -93,42 +96,20 @@ func warmMemory(b *testing.B, dir string, size int64) {
 	os.Remove(f.Name())
 }
 
-// floor reads the private dirty memory of pid with process_vm_readv in
-// 1 MiB chunks and writes it to path.
-func floor(b *testing.B, pid int, path string) (time.Duration, int64) {
+// workloadRange is the workload's memory: its largest private writable
+// anonymous mapping.
+func workloadRange(b *testing.B, pid int) (uint64, uint64) {
 	maps, err := procfs.ReadMaps(pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	// The workload's memory: its largest private writable anonymous mapping.
 	var big procfs.Mapping
 	for _, m := range maps {
 		if m.IsAnon() && m.Write && !m.Shared && m.Size() > big.Size() {
 			big = m
 		}
 	}
-	f, err := os.Create(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer os.Remove(path)
-	defer f.Close()
-	buf := make([]byte, 1<<20)
-	t0 := time.Now()
-	var total int64
-	for a := big.Start; a < big.End; a += uint64(len(buf)) {
-		n := min(uint64(len(buf)), big.End-a)
-		local := []unix.Iovec{{Base: &buf[0]}}
-		local[0].SetLen(int(n))
-		if _, err := unix.ProcessVMReadv(pid, local, []unix.RemoteIovec{{Base: uintptr(a), Len: int(n)}}, 0); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := f.Write(buf[:n]); err != nil {
-			b.Fatal(err)
-		}
-		total += int64(n)
-	}
-	return time.Since(t0), total
+	return big.Start, big.End
 }
 
 func benchDump(b *testing.B, mib int) {
@@ -141,36 +122,56 @@ func benchDump(b *testing.B, mib int) {
 	log := filepath.Join(b.TempDir(), "counter.Log")
 	p := start(b, log, "ready pid=", testutil.CounterBin(b, false), "-m", strconv.Itoa(mib), log)
 	warmMemory(b, base, int64(mib)<<21) // twice the workload: images + floor file
+	lo, hi := workloadRange(b, p.Pid)
+	vs := testutil.StartVmsplicer(b, hi-lo)
+	methods := []string{"vmsplice", "readv"}
+	if o := os.Getenv("DUMPER_BENCH_ORDER"); o != "" {
+		methods = strings.Split(o, ",")
+	}
+	type runs struct{ wall, floor, frozen, inject []time.Duration }
+	all := map[string]*runs{}
+	var hwm uint64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		fl, n := floor(b, p.Pid, filepath.Join(base, "floor.bin"))
-		b.Logf("floor: process_vm_readv 1 MiB chunks + write of %d MiB: %v (%.2f GB/s)", n>>20, fl, float64(n)/fl.Seconds()/1e9)
-		methods := []string{"vmsplice", "readv"}
-		if o := os.Getenv("DUMPER_BENCH_ORDER"); o != "" {
-			methods = strings.Split(o, ",")
-		}
-		// Rounds alternate the methods: on these shared VMs the order
-		// alone moves a run by 20%; the best of each is reported.
-		best := map[string]benchChildResult{}
+		// Every dump is paired with a floor measured just before it, and
+		// the methods rotate: on these shared VMs the order alone moves a
+		// run by 20%. Medians of the pairs are reported.
 		for round := 0; round < benchRounds; round++ {
+			for range methods[:round%len(methods)] {
+				methods = append(methods[1:], methods[0])
+			}
 			for _, method := range methods {
-				r := dumpChild(b, p.Pid, filepath.Join(base, method), method)
-				b.Logf("round %d dump (%s): %v for %d MiB written, peak RSS %.1f MiB, %.2fx the floor (frozen %v: pages out of the target %v, into the file %v)",
-					round, method, r.Wall, r.Written>>8, float64(r.HWM)/(1<<20), r.Wall.Seconds()/fl.Seconds(), r.Frozen, r.Dump, r.Write)
-				if o, ok := best[method]; !ok || r.Wall < o.Wall {
-					best[method] = r
+				fl, how, err := testutil.DumpFloor(p.Pid, lo, hi, vs, base)
+				if err != nil {
+					b.Fatal(err)
 				}
+				r := dumpChild(b, p.Pid, filepath.Join(base, method), method)
+				b.Logf("round %d dump (%s): %v for %d MiB written, peak RSS %.1f MiB; floor (%s) %v: %.2fx (frozen %v: pages out of the target %v, into the file %v; in injection sessions %v, %.2f%% of the dump)",
+					round, method, r.Wall, r.Written>>8, float64(r.HWM)/(1<<20), how, fl, r.Wall.Seconds()/fl.Seconds(), r.Frozen, r.Dump, r.Write, r.Inject, 100*r.Inject.Seconds()/r.Wall.Seconds())
+				m := all[method]
+				if m == nil {
+					m = &runs{}
+					all[method] = m
+				}
+				m.wall, m.floor, m.frozen = append(m.wall, r.Wall), append(m.floor, fl), append(m.frozen, r.Frozen)
+				m.inject = append(m.inject, r.Inject)
+				hwm = max(hwm, r.HWM)
 			}
 		}
-		for _, method := range methods {
-			r := best[method]
-			b.Logf("best dump (%s): %v, %.2fx the floor %v, peak RSS %.1f MiB", method, r.Wall, r.Wall.Seconds()/fl.Seconds(), fl, float64(r.HWM)/(1<<20))
-			b.ReportMetric(r.Wall.Seconds(), method+"-s")
-			b.ReportMetric(r.Wall.Seconds()/fl.Seconds(), method+"-x-floor")
-			b.ReportMetric(float64(r.HWM)/(1<<20), method+"-RSS-MiB")
-		}
-		b.ReportMetric(fl.Seconds(), "floor-s")
 	}
+	b.StopTimer()
+	for method, m := range all {
+		ratio := testutil.MedianRatio(m.wall, m.floor)
+		injecting := 100 * testutil.MedianRatio(m.inject, m.wall)
+		b.Logf("median of %d dumps (%s): %v, floor %v, ratio %.2f, frozen %v, in injection sessions %.2f%% of the dump; godwit peak RSS %.1f MiB",
+			len(m.wall), method, testutil.Median(m.wall), testutil.Median(m.floor), ratio, testutil.Median(m.frozen), injecting, float64(hwm)/(1<<20))
+		b.ReportMetric(injecting, method+"-%-injecting")
+		b.ReportMetric(testutil.Median(m.wall).Seconds(), method+"-s")
+		b.ReportMetric(ratio, method+"-x-floor")
+		b.ReportMetric(testutil.Median(m.frozen).Seconds(), method+"-frozen-s")
+		b.ReportMetric(testutil.Median(m.floor).Seconds(), method+"-floor-s")
+	}
+	b.ReportMetric(float64(hwm)/(1<<20), "peak-RSS-MiB")
 	b.StopTimer()
 	if err := unix.Kill(p.Pid, unix.SIGUSR1); err == nil {
 		if st := p.Wait(b); st != 0 {

@@ -47,7 +47,7 @@ func (f *files) reg(path string, flags uint32, pos uint64, st *unix.Stat_t, mntI
 	if st != nil {
 		r.Mode = proto.Uint32(st.Mode)
 		if st.Mode&unix.S_IFMT == unix.S_IFREG {
-			r.Size = proto.Uint64(uint64(st.Size))
+			recordIdentity(r, path, flags, st)
 		}
 	}
 	f.entries = append(f.entries, &fdinfo.FileEntry{Type: fdinfo.FdTypes_REG.Enum(), Id: proto.Uint32(id), Reg: r})

@@ -1,6 +1,7 @@
 package dumper
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -69,7 +70,13 @@ type MemoryDumper struct {
 	pm    *procfs.Pagemap
 	ents  []procfs.PagemapEntry
 	force *readvSource // for VMAs the task cannot read itself
+	// ctx, when set, stops the transfer between batches once done.
+	ctx context.Context
 }
+
+// SetContext makes the dumper stop between batches, with an error, once
+// ctx is done.
+func (d *MemoryDumper) SetContext(ctx context.Context) { d.ctx = ctx }
 
 // NewMemoryDumper prepares a dumper for pid with MethodReadv (running or
 // frozen target).
@@ -77,17 +84,21 @@ func NewMemoryDumper(pid int) (*MemoryDumper, error) {
 	return newMemoryDumper(pid, nil)
 }
 
-// NewInjectingMemoryDumper prepares a MethodVmsplice dumper: s is an open
-// injection session in a stopped thread of pid, scratch a writable mapping
-// of scratchSize bytes in it (see Dump). Close releases the pipe.
-func NewInjectingMemoryDumper(pid int, s *ptrace.Session, scratch uint64) (*MemoryDumper, error) {
-	vs, err := newVmspliceSource(pid, s, scratch)
+// NewInjectingMemoryDumper prepares a MethodVmsplice dumper for pid, a
+// process frozen by tr: s is an open injection session in its thread tid,
+// used to make the pipes; scratch a writable mapping of scratchSize bytes
+// in it (see Dump). Each later batch is moved by its own short session in
+// tid (a burst: open, vmsplice, end), so that the target never waits on
+// godwit's file or network I/O with borrowed registers and every signal
+// blocked. Close removes the pipes from the target (its own burst).
+func NewInjectingMemoryDumper(pid int, tr *ptrace.Tracer, tid int, s *ptrace.Session, scratch uint64) (*MemoryDumper, error) {
+	vs, err := newVmspliceSource(pid, tr, tid, s, scratch)
 	if err != nil {
 		return nil, err
 	}
 	d, err := newMemoryDumper(pid, vs)
 	if err != nil {
-		vs.close()
+		_ = vs.close()
 		return nil, err
 	}
 	return d, nil
@@ -120,8 +131,8 @@ func (d *MemoryDumper) Method() Method {
 // Stats returns the counters so far.
 func (d *MemoryDumper) Stats() MemStats { return d.stats }
 
-// Close releases the pagemap and (vmsplice) the pipe in the target. It
-// must run before the injection session ends.
+// Close releases the pagemap and (vmsplice) the pipes in the target; no
+// injection session of the dumped thread may be open.
 func (d *MemoryDumper) Close() error {
 	var err error
 	if d.src != nil {
@@ -189,6 +200,10 @@ func (b *batch) add(r run) error {
 func (b *batch) flush() error {
 	if b.pages == 0 {
 		return nil
+	}
+	if err := interrupted(b.d.ctx); err != nil {
+		_ = b.wait()
+		return err
 	}
 	t0 := time.Now()
 	slot := b.slot
@@ -388,6 +403,9 @@ func (d *MemoryDumper) dumpObject(g []*VMA, sink pageserver.Sink) error {
 	d.stats.Scanned += size / pageSize
 	fd := int(f.Fd())
 	for off := uint64(0); off < size; {
+		if err := interrupted(d.ctx); err != nil {
+			return err
+		}
 		data, err := unix.Seek(fd, int64(off), unix.SEEK_DATA)
 		if err == unix.ENXIO {
 			break // no data after off
@@ -518,26 +536,27 @@ func (s *readvSource) close() error {
 }
 
 // vmspliceSource makes the target vmsplice its pages into one of two
-// pipes (one per batch slot).
+// pipes (one per batch slot), one short injection session per batch.
 type vmspliceSource struct {
 	pid     int
-	s       *ptrace.Session
+	tr      *ptrace.Tracer
+	tid     int // the thread the calls are injected into
 	scratch uint64
 	r       [2]*os.File // our copies of the read ends
 	w       [2]int      // the write ends, in the target (-1: none)
 	iov     []byte
 }
 
-func newVmspliceSource(pid int, s *ptrace.Session, scratch uint64) (*vmspliceSource, error) {
-	v := &vmspliceSource{pid: pid, s: s, scratch: scratch, w: [2]int{-1, -1}, iov: make([]byte, 0, maxBatchIovs*16)}
+func newVmspliceSource(pid int, tr *ptrace.Tracer, tid int, s *ptrace.Session, scratch uint64) (*vmspliceSource, error) {
+	v := &vmspliceSource{pid: pid, tr: tr, tid: tid, scratch: scratch, w: [2]int{-1, -1}, iov: make([]byte, 0, maxBatchIovs*16)}
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return nil, fmt.Errorf("pidfd_open(%d): %w", pid, err)
 	}
 	defer unix.Close(pidfd)
 	for i := range v.r {
-		if err := v.openPipe(i, pidfd); err != nil {
-			_ = v.close()
+		if err := v.openPipe(s, i, pidfd); err != nil {
+			_ = v.closeIn(s)
 			return nil, err
 		}
 	}
@@ -546,8 +565,8 @@ func newVmspliceSource(pid int, s *ptrace.Session, scratch uint64) (*vmspliceSou
 
 // openPipe makes pipe i in the target, takes its read end and closes the
 // target's copy of it.
-func (v *vmspliceSource) openPipe(i, pidfd int) error {
-	if _, err := v.s.Syscall(unix.SYS_PIPE2, v.scratch+scratchPipe, unix.O_CLOEXEC); err != nil {
+func (v *vmspliceSource) openPipe(s *ptrace.Session, i, pidfd int) error {
+	if _, err := s.Syscall(unix.SYS_PIPE2, v.scratch+scratchPipe, unix.O_CLOEXEC); err != nil {
 		return fmt.Errorf("pipe2 in target: %w", err)
 	}
 	var fds [8]byte
@@ -557,7 +576,7 @@ func (v *vmspliceSource) openPipe(i, pidfd int) error {
 	rfd := int(int32(leUint32(fds[0:])))
 	v.w[i] = int(int32(leUint32(fds[4:])))
 	our, err := unix.PidfdGetfd(pidfd, rfd, 0)
-	if _, cerr := v.s.Syscall(unix.SYS_CLOSE, uint64(rfd)); cerr != nil && err == nil {
+	if _, cerr := s.Syscall(unix.SYS_CLOSE, uint64(rfd)); cerr != nil && err == nil {
 		err = cerr
 	}
 	if err != nil {
@@ -573,6 +592,22 @@ func (v *vmspliceSource) openPipe(i, pidfd int) error {
 	return nil
 }
 
+// burst runs fn in an injection session of the thread, ended before it
+// returns, all on the tracer thread (one cross-thread trip).
+func (v *vmspliceSource) burst(fn func(s *ptrace.Session) error) error {
+	return v.tr.Do(func() error {
+		s, err := v.tr.BeginInjection(v.tid)
+		if err != nil {
+			return err
+		}
+		err = fn(s)
+		if eerr := s.End(); eerr != nil && err == nil {
+			err = eerr
+		}
+		return err
+	})
+}
+
 func (v *vmspliceSource) load(slot int, runs []run) error {
 	v.iov = v.iov[:0]
 	total := uint64(0)
@@ -584,7 +619,11 @@ func (v *vmspliceSource) load(slot int, runs []run) error {
 	if err := ptrace.WriteMem(v.pid, v.scratch+scratchIov, v.iov); err != nil {
 		return err
 	}
-	k, err := v.s.Syscall(unix.SYS_VMSPLICE, uint64(v.w[slot]), v.scratch+scratchIov, uint64(len(runs)), unix.SPLICE_F_NONBLOCK) // never block the target on a full pipe
+	var k uint64
+	err := v.burst(func(s *ptrace.Session) (err error) {
+		k, err = s.Syscall(unix.SYS_VMSPLICE, uint64(v.w[slot]), v.scratch+scratchIov, uint64(len(runs)), unix.SPLICE_F_NONBLOCK) // never block the target on a full pipe
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("vmsplice in target at %#x: %w", runs[0].addr, err)
 	}
@@ -598,11 +637,22 @@ func (v *vmspliceSource) load(slot int, runs []run) error {
 
 func (v *vmspliceSource) reader(slot int) interface{ Read([]byte) (int, error) } { return v.r[slot] }
 
+// close removes the pipes' write ends from the target in a burst of its
+// own and closes our read ends.
 func (v *vmspliceSource) close() error {
+	if v.w[0] < 0 && v.w[1] < 0 {
+		return v.closeIn(nil)
+	}
+	return v.burst(v.closeIn)
+}
+
+// closeIn closes the target's write ends with the open session s (nil:
+// there are none) and our read ends.
+func (v *vmspliceSource) closeIn(s *ptrace.Session) error {
 	var err error
 	for i := range v.w {
-		if v.w[i] >= 0 {
-			if _, cerr := v.s.Syscall(unix.SYS_CLOSE, uint64(v.w[i])); cerr != nil && err == nil {
+		if v.w[i] >= 0 && s != nil {
+			if _, cerr := s.Syscall(unix.SYS_CLOSE, uint64(v.w[i])); cerr != nil && err == nil {
 				err = cerr
 			}
 			v.w[i] = -1

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -108,7 +109,7 @@ func TestDumpRestoreTwice(t *testing.T) {
 }
 
 // -R leaves the program running, untouched; its images restore it later,
-// after the original has exited.
+// after the original has exited, once the files it wrote are as dumped.
 func TestLeaveRunning(t *testing.T) {
 	needRoot(t)
 	w := startC(t, false, "-m", "8", "-t", "2")
@@ -118,6 +119,19 @@ func TestLeaveRunning(t *testing.T) {
 	}
 	w.waitTicks(5)
 	w.finishOriginal(t, "after dump -R")
+	// The original wrote on into LOG.seq: restoring its offset into the
+	// grown file would be wrong state, so restore refuses, naming it.
+	seq := w.log + ".seq"
+	code, out := godwit(t, "restore", "-D", dir)
+	m := regexp.MustCompile(`changed since the dump: \d+ bytes, was (\d+)`).FindStringSubmatch(out)
+	if code == 0 || m == nil || !strings.Contains(out, seq) {
+		t.Fatalf("restore against a grown %s: exit %d: %s", seq, code, out)
+	}
+	// With the file as it was at the dump, the images restore.
+	size, _ := strconv.ParseInt(m[1], 10, 64)
+	if err := os.Truncate(seq, size); err != nil {
+		t.Fatal(err)
+	}
 	r := restore(t, w, dir)
 	w.waitTicks(3)
 	if code := r.finish(t, w); code != 0 {

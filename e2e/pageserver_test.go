@@ -79,23 +79,28 @@ func TestDumpToPageServer(t *testing.T) {
 	if code, out := godwit(t, "certs", certs, "127.0.0.1"); code != 0 {
 		t.Fatalf("certs: %s", out)
 	}
-	host := filepath.Join(certs, "127.0.0.1")
-	quic := []string{"--transport", "quic", "--tls-cacert", filepath.Join(certs, "cacert.pem"),
-		"--tls-cert", filepath.Join(host, "cert.pem"), "--tls-key", filepath.Join(host, "key.pem")}
+	// Each end its own certificate: server/ for the page server, client/
+	// for the dump.
+	tlsArgs := func(role string, extra ...string) []string {
+		host := filepath.Join(certs, "127.0.0.1", role)
+		return append([]string{"--tls-cacert", filepath.Join(certs, "cacert.pem"),
+			"--tls-cert", filepath.Join(host, "cert.pem"), "--tls-key", filepath.Join(host, "key.pem")}, extra...)
+	}
 	for _, c := range []struct {
-		name string
-		args []string
+		name         string
+		server, dump []string
 	}{
-		{"tcp", nil},
-		{"quic-mtls", quic},
+		{"tcp", nil, nil},
+		{"tcp-tls", tlsArgs("server", "--tls"), tlsArgs("client", "--tls")},
+		{"quic-mtls", tlsArgs("server", "--transport", "quic"), tlsArgs("client", "--transport", "quic")},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			srv := t.TempDir()
-			port := pageServer(t, srv, c.args...)
+			port := pageServer(t, srv, c.server...)
 			w := startC(t, false, "-m", "32", "-t", "4")
 			local := t.TempDir()
 			args := append([]string{"dump", "-t", strconv.Itoa(w.pid), "-D", local, "--page-server",
-				"--address", "127.0.0.1", "--port", port}, c.args...)
+				"--address", "127.0.0.1", "--port", port}, c.dump...)
 			if code, out := godwit(t, args...); code != 0 {
 				t.Fatalf("dump --page-server: exit %d: %s", code, out)
 			}

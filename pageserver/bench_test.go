@@ -50,7 +50,8 @@ func TestMain(m *testing.M) {
 }
 
 func certOpts(dir string) TransportOptions {
-	return TransportOptions{CACert: filepath.Join(dir, CACertFile), Cert: filepath.Join(dir, CertFile), Key: filepath.Join(dir, KeyFile)}
+	sd := filepath.Join(dir, "127.0.0.1", string(RoleServer))
+	return TransportOptions{CACert: filepath.Join(dir, CACertFile), Cert: filepath.Join(sd, CertFile), Key: filepath.Join(sd, KeyFile)}
 }
 
 // benchChild serves until stdin is closed. It prints "PORT n" first.
@@ -71,6 +72,22 @@ func benchChild(role string) error {
 		}
 		fmt.Printf("PORT %d\n", ln.Port())
 		return Serve(ctx, ln, Config{ImagesDir: os.Getenv(envDir), Log: logging.New(os.Stderr, 1)})
+	case "ps-tls", "ps-quic-many":
+		if role == "ps-tls" {
+			o.TLS = true
+		} else {
+			o.Transport = TransportQUIC
+		}
+		ln, err := Listen("127.0.0.1:0", o)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("PORT %d\n", ln.Port())
+		// All bench peers come from 127.0.0.1: let them have every slot.
+		return Serve(ctx, ln, Config{ImagesDir: os.Getenv(envDir), Log: logging.New(os.Stderr, 1),
+			MaxConns: benchMaxConns, MaxConnsPerPeer: benchMaxConns})
+	case "raw-tls":
+		return rawTLSChild(ctx, o)
 	case "raw-tcp", "raw-tcp-file", "raw-tcp-filerw":
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -111,7 +128,7 @@ func benchChild(role string) error {
 		if err != nil {
 			return err
 		}
-		ln, err := quic.ListenAddr("127.0.0.1:0", tc, o.quicConfig())
+		ln, err := quic.ListenAddr("127.0.0.1:0", tc, o.quicConfig(true))
 		if err != nil {
 			return err
 		}
@@ -311,7 +328,7 @@ func sendRawQUIC(b *testing.B, addr string, o TransportOptions, total int64) tim
 	}
 	ctx := context.Background()
 	start := time.Now()
-	qc, err := quic.DialAddr(ctx, addr, tc, o.quicConfig())
+	qc, err := quic.DialAddr(ctx, addr, tc, o.quicConfig(false))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -351,10 +368,10 @@ func BenchmarkThroughput(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, _, err := GenerateHostCert(ca, cakey, certs, "127.0.0.1"); err != nil {
+	if _, _, err := GenerateHostCerts(ca, cakey, certs, "127.0.0.1"); err != nil {
 		b.Fatal(err)
 	}
-	o := certOpts(certs)
+	o := clientOf(certOpts(certs))
 	// Warm up: first touch of guest RAM costs ~12 µs a page on these VMs;
 	// fill and free as much tmpfs as one transfer takes, so that every
 	// measurement writes to warm memory.

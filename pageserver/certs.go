@@ -57,21 +57,42 @@ func GenerateDevCA(dir string) (certPath, keyPath string, err error) {
 	return certPath, keyPath, nil
 }
 
-// GenerateHostCert signs a certificate for hosts (DNS names or IP
-// addresses; the first is also the common name) with the CA in
-// caCert/caKey, usable by both ends (server and client auth), and writes
-// outDir/cert.pem and outDir/key.pem. Existing files are not overwritten.
-func GenerateHostCert(caCert, caKey, outDir string, hosts ...string) (certPath, keyPath string, err error) {
+// Role is what a certificate may be used for: a page server proves its
+// name with a server certificate, a dumping host with a client one. A
+// certificate is never both, so a stolen client key cannot impersonate a
+// page server and a server's key cannot feed another server pages.
+type Role string
+
+const (
+	RoleServer Role = "server"
+	RoleClient Role = "client"
+)
+
+// GenerateCert signs a certificate for hosts (DNS names or IP addresses;
+// the first is also the common name, the identity --tls-allowed-client
+// matches) with the CA in caCert/caKey, valid for role only, and writes
+// outDir/cert.pem and outDir/key.pem (0600; outDir is created 0700).
+// Existing files are not overwritten.
+func GenerateCert(caCert, caKey, outDir string, role Role, hosts ...string) (certPath, keyPath string, err error) {
+	var eku x509.ExtKeyUsage
+	switch role {
+	case RoleServer:
+		eku = x509.ExtKeyUsageServerAuth
+	case RoleClient:
+		eku = x509.ExtKeyUsageClientAuth
+	default:
+		return "", "", fmt.Errorf("%s certificate: unknown role", role)
+	}
 	if len(hosts) == 0 {
-		return "", "", errors.New("host certificate: no host name")
+		return "", "", fmt.Errorf("%s certificate: no host name", role)
 	}
 	ca, caPriv, err := loadCA(caCert, caKey)
 	if err != nil {
-		return "", "", fmt.Errorf("host certificate: %w", err)
+		return "", "", fmt.Errorf("%s certificate: %w", role, err)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return "", "", fmt.Errorf("host certificate: %w", err)
+		return "", "", fmt.Errorf("%s certificate: %w", role, err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
@@ -79,7 +100,7 @@ func GenerateHostCert(caCert, caKey, outDir string, hosts ...string) (certPath, 
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().AddDate(2, 0, 0),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage:  []x509.ExtKeyUsage{eku},
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
@@ -90,13 +111,30 @@ func GenerateHostCert(caCert, caKey, outDir string, hosts ...string) (certPath, 
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caPriv)
 	if err != nil {
-		return "", "", fmt.Errorf("host certificate: %w", err)
+		return "", "", fmt.Errorf("%s certificate: %w", role, err)
 	}
 	certPath, keyPath = filepath.Join(outDir, CertFile), filepath.Join(outDir, KeyFile)
 	if err := writePEMs(certPath, der, keyPath, key); err != nil {
-		return "", "", fmt.Errorf("host certificate: %w", err)
+		return "", "", fmt.Errorf("%s certificate: %w", role, err)
 	}
 	return certPath, keyPath, nil
+}
+
+// GenerateHostCerts makes one server and one client certificate for a
+// host: dir/HOST/server/{cert,key}.pem and dir/HOST/client/{cert,key}.pem.
+func GenerateHostCerts(caCert, caKey, dir string, hosts ...string) (serverDir, clientDir string, err error) {
+	if len(hosts) == 0 {
+		return "", "", errors.New("host certificates: no host name")
+	}
+	base := filepath.Join(dir, hosts[0])
+	serverDir, clientDir = filepath.Join(base, string(RoleServer)), filepath.Join(base, string(RoleClient))
+	if _, _, err := GenerateCert(caCert, caKey, serverDir, RoleServer, hosts...); err != nil {
+		return "", "", err
+	}
+	if _, _, err := GenerateCert(caCert, caKey, clientDir, RoleClient, hosts...); err != nil {
+		return "", "", err
+	}
+	return serverDir, clientDir, nil
 }
 
 func serial() *big.Int {
@@ -147,7 +185,7 @@ func writePEMs(certPath string, der []byte, keyPath string, key *ecdsa.PrivateKe
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(certPath), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(certPath), 0o700); err != nil {
 		return err
 	}
 	if err := writeNew(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {

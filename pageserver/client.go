@@ -387,19 +387,28 @@ func (s *TaskSink) AddPages(vaddr, nr uint64, flags uint32, src io.Reader) error
 	if err := s.checkAdd(vaddr, nr, flags); err != nil {
 		return err
 	}
-	if err := sendHeader(s.w, wire.Header{Cmd: wire.MakeCmd(wire.CmdAddF, uint16(flags)), NrPages: nr, Vaddr: vaddr, DstID: s.dst}); err != nil {
-		return s.abort(fmt.Errorf("page server: ADD %#x: %w", vaddr, err))
-	}
 	if flags&FlagPresent == 0 {
+		if err := sendHeader(s.w, wire.Header{Cmd: wire.MakeCmd(wire.CmdAddF, uint16(flags)), NrPages: nr, Vaddr: vaddr, DstID: s.dst}); err != nil {
+			return s.abort(fmt.Errorf("page server: ADD %#x: %w", vaddr, err))
+		}
 		return nil
 	}
-	n := int64(nr * PageSize)
-	got, err := s.sendData(src, n)
-	if err == nil && got < n {
-		err = fmt.Errorf("source ended after %d of %d bytes", got, n)
-	}
-	if err != nil {
-		return s.abort(fmt.Errorf("page server: ADD %#x+%d pages: %w", vaddr, nr, err))
+	// The server takes at most maxAddPages pages of data per request.
+	for nr > 0 {
+		k := min(nr, maxAddPages)
+		if err := sendHeader(s.w, wire.Header{Cmd: wire.MakeCmd(wire.CmdAddF, uint16(flags)), NrPages: k, Vaddr: vaddr, DstID: s.dst}); err != nil {
+			return s.abort(fmt.Errorf("page server: ADD %#x: %w", vaddr, err))
+		}
+		n := int64(k * PageSize)
+		got, err := s.sendData(src, n)
+		if err == nil && got < n {
+			err = fmt.Errorf("source ended after %d of %d bytes", got, n)
+		}
+		if err != nil {
+			return s.abort(fmt.Errorf("page server: ADD %#x+%d pages: %w", vaddr, k, err))
+		}
+		vaddr += uint64(n)
+		nr -= k
 	}
 	return nil
 }
@@ -414,10 +423,22 @@ func (s *TaskSink) AddPagesBytes(vaddr uint64, flags uint32, data []byte) error 
 	if flags&FlagPresent == 0 || len(data)%PageSize != 0 {
 		return fmt.Errorf("page server: AddPagesBytes needs FlagPresent and whole pages (%d bytes)", len(data))
 	}
-	nr := uint64(len(data) / PageSize)
-	if err := s.checkAdd(vaddr, nr, flags); err != nil {
+	if err := s.checkAdd(vaddr, uint64(len(data)/PageSize), flags); err != nil {
 		return err
 	}
+	for len(data) > 0 {
+		k := min(len(data), int(maxAddPages)*PageSize)
+		if err := s.addBytes(vaddr, flags, data[:k]); err != nil {
+			return err
+		}
+		vaddr += uint64(k)
+		data = data[k:]
+	}
+	return nil
+}
+
+func (s *TaskSink) addBytes(vaddr uint64, flags uint32, data []byte) error {
+	nr := uint64(len(data) / PageSize)
 	var hb [wire.HeaderSize]byte
 	wire.Header{Cmd: wire.MakeCmd(wire.CmdAddF, uint16(flags)), NrPages: nr, Vaddr: vaddr, DstID: s.dst}.Marshal(hb[:])
 	var err error

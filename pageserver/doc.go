@@ -37,6 +37,13 @@
 //   - pages-<n>.img numbers start at 0x10001 (CRIU's up_page_ids_base), so
 //     they never collide with a local dump's in the same directory.
 //
+// Security (issue 9): TLS over TCP as CRIU's --tls (the same framing inside
+// the TLS stream) and QUIC both use TLS 1.3 with client certificates always
+// required (tlsverify.go: CRL, allowed client identities). A session
+// creates its images exclusively and 0600, never replacing a finished one;
+// deadlines, per-peer connections, files, bytes and pages per ADD are
+// bounded (guard.go).
+//
 // Over QUIC a client opens a control stream (PARENT, GET, the final CLOSE)
 // and one bidirectional stream per task (OPEN2, ADD..., CLOSE, whose
 // status acknowledges that task's images); each stream is served like a

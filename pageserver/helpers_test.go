@@ -105,7 +105,7 @@ func (ts *testServer) dial(t testing.TB) *Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := Dial(ctx, ts.addr, ts.opts)
+	c, err := Dial(ctx, ts.addr, clientOf(ts.opts))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,18 +220,29 @@ func exists(dir, name string) bool {
 	return !errors.Is(err, os.ErrNotExist)
 }
 
-// tlsFiles makes a CA and a host certificate in dir.
+// tlsFiles makes a CA and a server and a client certificate in dir and
+// returns the server's options; clientOf gives the client's.
 func tlsFiles(t testing.TB, dir string) TransportOptions {
 	t.Helper()
 	ca, cakey, err := GenerateDevCA(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, key, err := GenerateHostCert(ca, cakey, dir, "localhost", "127.0.0.1")
+	sd, _, err := GenerateHostCerts(ca, cakey, dir, "localhost", "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return TransportOptions{CACert: ca, Cert: cert, Key: key}
+	return TransportOptions{CACert: ca, Cert: filepath.Join(sd, CertFile), Key: filepath.Join(sd, KeyFile)}
+}
+
+// clientOf turns server options made by tlsFiles into the client's.
+func clientOf(o TransportOptions) TransportOptions {
+	if o.Cert == "" || o.TLSConfig != nil {
+		return o
+	}
+	cd := filepath.Join(filepath.Dir(filepath.Dir(o.Cert)), string(RoleClient))
+	o.Cert, o.Key = filepath.Join(cd, CertFile), filepath.Join(cd, KeyFile)
+	return o
 }
 
 // metricValue reads a counter or gauge.

@@ -32,6 +32,9 @@ const (
 	reasonTLS       = "tls"            // handshake refused
 	reasonGetMiss   = "get_miss"       // GET of pages the images don't hold
 	reasonUnflushed = "unflushed"      // session ended without CLOSE
+	reasonIdle      = "timeout"        // idle or too slow peer dropped
+	reasonQuota     = "quota"          // --max-bytes or --max-files reached
+	reasonExists    = "exists"         // OPEN of an image already there
 )
 
 // NewMetrics creates the counters and registers them on reg (if not nil).

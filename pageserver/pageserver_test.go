@@ -3,6 +3,7 @@ package pageserver
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -238,7 +239,9 @@ func TestParentAndHoles(t *testing.T) {
 	}
 	checkSame(t, ts.dir, "pagemap-100.img", rs, 6)
 
-	// A hole the parent does not cover is refused.
+	// A hole the parent does not cover is refused (in a second dump
+	// directory: the first one's images are never replaced).
+	ts = startServer(t, Config{ImagesDir: filepath.Join(root, "dump2"), PrevImagesDir: "../pre1"}, TransportOptions{})
 	c = ts.dial(t)
 	s, _ = c.OpenTask(context.Background(), TaskDst(100), true)
 	s.Hole(0x508000, 1)
@@ -249,8 +252,7 @@ func TestParentAndHoles(t *testing.T) {
 	if got := metricValue(t, ts.m.errors.WithLabelValues(reasonParent)); got != 1 {
 		t.Errorf("errors{parent_missing} = %v", got)
 	}
-	// The earlier, complete pagemap is gone only if overwritten: the
-	// refused session's partial one must not remain.
+	// The refused session's partial pagemap must not remain.
 	if exists(ts.dir, "pagemap-100.img") {
 		t.Error("refused session left pagemap-100.img")
 	}
@@ -592,16 +594,33 @@ func TestDevCerts(t *testing.T) {
 	if _, _, err := GenerateDevCA(dir); err == nil {
 		t.Fatal("GenerateDevCA overwrote an existing CA")
 	}
-	conf, err := o.tlsConfig(true, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf := conf.Certificates[0]
-	if len(leaf.Certificate) != 1 {
-		t.Fatalf("chain of %d", len(leaf.Certificate))
-	}
-	if st, err := os.Stat(filepath.Join(dir, KeyFile)); err != nil || st.Mode().Perm() != 0o600 {
-		t.Fatalf("key mode %v, %v", st.Mode(), err)
+	for _, c := range []struct {
+		o    TransportOptions
+		want x509.ExtKeyUsage
+	}{{o, x509.ExtKeyUsageServerAuth}, {clientOf(o), x509.ExtKeyUsageClientAuth}} {
+		conf, err := c.o.tlsConfig(true, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf := conf.Certificates[0]
+		if len(leaf.Certificate) != 1 {
+			t.Fatalf("chain of %d", len(leaf.Certificate))
+		}
+		x, err := x509.ParseCertificate(leaf.Certificate[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		// One usage each: a client certificate must not serve, nor a
+		// server's certificate be a client.
+		if len(x.ExtKeyUsage) != 1 || x.ExtKeyUsage[0] != c.want {
+			t.Errorf("%s: extended key usages %v, want only %v", c.o.Cert, x.ExtKeyUsage, c.want)
+		}
+		if st, err := os.Stat(c.o.Key); err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("key mode %v, %v", st.Mode(), err)
+		}
+		if st, err := os.Stat(filepath.Dir(c.o.Key)); err != nil || st.Mode().Perm() != 0o700 {
+			t.Fatalf("key dir mode %v, %v", st.Mode(), err)
+		}
 	}
 }
 

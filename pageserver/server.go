@@ -3,11 +3,11 @@ package pageserver
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +41,19 @@ type Config struct {
 	// MaxConns bounds connections served at once (default 64); more are
 	// closed at accept with a log line.
 	MaxConns int
+	// MaxConnsPerPeer bounds the connections of one peer address
+	// (default 8), so that one host cannot take every slot.
+	MaxConnsPerPeer int
+	// MaxBytes bounds the page data all sessions together may write
+	// (--max-bytes); 0 means no bound. MaxFiles bounds the image files
+	// they create (--max-files, default 16384; each OPEN makes two).
+	MaxBytes int64
+	MaxFiles int
+	// IdleTimeout (default 2 min) bounds the wait for a request, and a
+	// QUIC connection's time without any request in progress: keep-alive
+	// packets don't count. ReadTimeout (default 30 s) bounds the arrival
+	// of each 4 MiB of page data and the sending of each reply.
+	IdleTimeout, ReadTimeout time.Duration
 	// PagesIDBase is the first pages-<id>.img number. Default 0x10001, as
 	// CRIU's page server (up_page_ids_base), so that page-server and
 	// local images in one directory never collide.
@@ -51,7 +64,11 @@ type Config struct {
 const DefaultPagesIDBase = 0x10001
 
 const (
-	defaultMaxConns = 64
+	defaultMaxConns        = 64
+	defaultMaxConnsPerPeer = 8
+	defaultMaxFiles        = 16384
+	defaultIdleTimeout     = 2 * time.Minute
+	defaultReadTimeout     = 30 * time.Second
 	// copyBufSize is the per-session buffer for page data that cannot be
 	// spliced (QUIC, TLS) and for GET replies: the per-connection memory
 	// bound together with readBufSize.
@@ -75,6 +92,9 @@ type Server struct {
 	m       *Metrics
 	nextID  atomic.Uint32
 	nconns  atomic.Int32
+	files   atomic.Int64 // image files created and kept
+	bytes   atomic.Int64 // page data written and kept
+	perPeer map[string]int
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	open    map[uint64]string // dst (normalised) → peer holding it
@@ -86,12 +106,24 @@ type Server struct {
 // NewServer opens the images directory and prepares the parent link.
 func NewServer(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Log, m: cfg.Metrics,
-		open: map[uint64]string{}, conns: map[io.Closer]struct{}{}}
+		open: map[uint64]string{}, conns: map[io.Closer]struct{}{}, perPeer: map[string]int{}}
 	if s.log == nil {
 		s.log = logging.Default()
 	}
 	if cfg.MaxConns <= 0 {
 		s.cfg.MaxConns = defaultMaxConns
+	}
+	if cfg.MaxConnsPerPeer <= 0 {
+		s.cfg.MaxConnsPerPeer = defaultMaxConnsPerPeer
+	}
+	if cfg.MaxFiles <= 0 {
+		s.cfg.MaxFiles = defaultMaxFiles
+	}
+	if cfg.IdleTimeout <= 0 {
+		s.cfg.IdleTimeout = defaultIdleTimeout
+	}
+	if cfg.ReadTimeout <= 0 {
+		s.cfg.ReadTimeout = defaultReadTimeout
 	}
 	if cfg.PagesIDBase == 0 {
 		s.cfg.PagesIDBase = DefaultPagesIDBase
@@ -102,11 +134,21 @@ func NewServer(cfg Config) (*Server, error) {
 		if cfg.ImagesDir == "" {
 			return nil, errors.New("page server: no images directory")
 		}
+		if !cfg.Lazy {
+			// The images hold process memory: only the owner may look.
+			if err := os.MkdirAll(cfg.ImagesDir, 0o700); err != nil {
+				return nil, fmt.Errorf("page server: create images dir: %w", err)
+			}
+		}
 		d, err := images.Open(cfg.ImagesDir, !cfg.Lazy)
 		if err != nil {
 			return nil, fmt.Errorf("page server: %w", err)
 		}
 		s.dir, s.ownDir = d, true
+		if st, err := os.Stat(cfg.ImagesDir); err == nil && st.Mode().Perm()&0o077 != 0 && !cfg.Lazy {
+			// An existing directory keeps its mode; say what it exposes.
+			s.log.Warnf("page-server: images dir %s is mode %v: other users can see the images' names (files are 0600)", cfg.ImagesDir, st.Mode().Perm())
+		}
 	}
 	if cfg.PrevImagesDir != "" {
 		// CRIU's open_image_dir: symlink "parent" → --prev-images-dir,
@@ -155,6 +197,12 @@ func (s *Server) Serve(parent context.Context, ln *Listener) error {
 		s.closeAll()
 	})
 	defer stop()
+	if !ln.Authenticated() && !isLoopback(ln.Addr()) {
+		if s.cfg.Lazy {
+			return fmt.Errorf("page server: --lazy-pages on %s without --tls would give any peer the dumped memory: use --tls, --transport quic or a loopback address", ln.Addr())
+		}
+		s.log.Warnf("page-server: serving %s without authentication: any peer that reaches it can write images (use --tls or --transport quic)", ln.Addr())
+	}
 	refused := func(peer string, err error) {
 		s.m.error(reasonTLS)
 		s.log.Errorf("page-server: %s: client certificate refused: %v", peer, err)
@@ -212,22 +260,33 @@ func (s *Server) admit(c io.Closer, peer net.Addr) bool {
 		c.Close()
 		return false
 	}
+	host := peerHost(peer)
 	s.mu.Lock()
-	if s.closing {
+	if s.closing || s.perPeer[host] >= s.cfg.MaxConnsPerPeer {
+		closing := s.closing
 		s.mu.Unlock()
 		s.nconns.Add(-1)
+		if !closing {
+			s.m.error(reasonLimit)
+			s.log.Errorf("page-server: %v: refused: %d connections from %s already served", peer, s.cfg.MaxConnsPerPeer, host)
+		}
 		c.Close()
 		return false
 	}
+	s.perPeer[host]++
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
 	return true
 }
 
-func (s *Server) release(c io.Closer) {
+func (s *Server) release(c io.Closer, peer net.Addr) {
 	c.Close()
+	host := peerHost(peer)
 	s.mu.Lock()
+	if s.perPeer[host]--; s.perPeer[host] <= 0 {
+		delete(s.perPeer, host)
+	}
 	delete(s.conns, c)
 	s.mu.Unlock()
 	s.nconns.Add(-1)
@@ -245,14 +304,14 @@ func (s *Server) closeAll() {
 }
 
 func (s *Server) serveTCP(ctx context.Context, c net.Conn, tlsConf *tls.Config) {
-	defer s.release(c)
+	defer s.release(c, c.RemoteAddr())
 	peer := c.RemoteAddr().String()
 	s.log.Infof("page-server: %s: connected", peer)
 	var raw *net.TCPConn
 	conn := c
 	if tlsConf != nil {
 		tc := tls.Server(c, tlsConf)
-		hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		hctx, cancel := context.WithTimeout(ctx, s.cfg.ReadTimeout)
 		err := tc.HandshakeContext(hctx)
 		cancel()
 		if err != nil {
@@ -265,6 +324,7 @@ func (s *Server) serveTCP(ctx context.Context, c net.Conn, tlsConf *tls.Config) 
 		raw = tc
 	}
 	ss := s.newSession(peer, conn, conn, raw)
+	ss.dl = conn
 	err := ss.run()
 	s.finish(ss, err)
 	if err == nil && ss.closed && !s.cfg.Lazy {
@@ -276,27 +336,6 @@ func (s *Server) serveTCP(ctx context.Context, c net.Conn, tlsConf *tls.Config) 
 			s.log.Warnf("page-server: %s: unexpected data after CLOSE", peer)
 		}
 	}
-}
-
-func verifyClient(rawCerts [][]byte, roots *x509.CertPool) error {
-	if len(rawCerts) == 0 {
-		return errors.New("no client certificate")
-	}
-	certs := make([]*x509.Certificate, 0, len(rawCerts))
-	for _, rc := range rawCerts {
-		c, err := x509.ParseCertificate(rc)
-		if err != nil {
-			return err
-		}
-		certs = append(certs, c)
-	}
-	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
-	}
-	_, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
-	return err
 }
 
 func (s *Server) acceptQUIC(ctx context.Context, ln *Listener) error {
@@ -325,14 +364,29 @@ func (q quicCloser) Close() error { return q.c.CloseWithError(0, "") }
 // (PARENT, GET, the final CLOSE) and one stream per task (OPEN2, ADD...,
 // CLOSE). Streams are bounded by the QUIC config (MaxIncomingStreams).
 func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser) {
-	defer s.release(closer)
+	defer s.release(closer, qc.RemoteAddr())
 	peer := qc.RemoteAddr().String()
 	s.log.Infof("page-server: %s: connected (quic)", peer)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// busy counts streams being served. QUIC's own idle timeout is reset
+	// by any packet, the peer's PINGs included, so the connection is
+	// closed here when no stream was open for IdleTimeout.
+	var busy atomic.Int32
 	for {
-		st, err := qc.AcceptStream(ctx)
+		actx, cancel := context.WithTimeout(ctx, s.cfg.IdleTimeout)
+		st, err := qc.AcceptStream(actx)
+		cancel()
 		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+				if busy.Load() > 0 {
+					continue
+				}
+				s.m.error(reasonIdle)
+				s.log.Errorf("page-server: %s: idle for %v, closing", peer, s.cfg.IdleTimeout)
+				qc.CloseWithError(1, "idle")
+				return
+			}
 			var ae *quic.ApplicationError
 			if !errors.As(err, &ae) || ae.ErrorCode != 0 {
 				if ctx.Err() == nil {
@@ -342,10 +396,13 @@ func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser
 			return
 		}
 		wg.Add(1)
+		busy.Add(1)
 		go func() {
 			defer wg.Done()
+			defer busy.Add(-1)
 			name := fmt.Sprintf("%s/%d", peer, st.StreamID())
 			ss := s.newSession(name, st, st, nil)
+			ss.dl = st
 			err := ss.run()
 			s.finish(ss, err)
 			if err != nil {
@@ -395,4 +452,18 @@ func (s *Server) unclaim(dst uint64) {
 	s.mu.Lock()
 	delete(s.open, dst)
 	s.mu.Unlock()
+}
+
+// peerHost is the address part of a peer, the unit of MaxConnsPerPeer.
+func peerHost(a net.Addr) string {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		return a.IP.String()
+	case *net.UDPAddr:
+		return a.IP.String()
+	}
+	if a == nil {
+		return ""
+	}
+	return a.String()
 }

@@ -36,6 +36,7 @@ type session struct {
 	src    io.Reader    // the unbuffered stream, for page data
 	w      io.Writer    // replies
 	tcp    *net.TCPConn // set when page data can be spliced to the file
+	dl     deadliner    // read and write deadlines of the stream
 	buf    []byte       // copy buffer, allocated on first use
 	task   *task
 	closed bool // CLOSE served
@@ -47,6 +48,7 @@ type task struct {
 	name   string // pagemap file name
 	pw     *images.PageWriter
 	pagesN string
+	bytes  int64              // page data charged to MaxBytes
 	parent *images.PageReader // parent's pagemap, for HOLE checks
 }
 
@@ -59,10 +61,14 @@ func (s *Server) newSession(peer string, r io.Reader, w io.Writer, tcp *net.TCPC
 func (ss *session) run() error {
 	var hb [wire.HeaderSize]byte
 	for {
+		ss.readWithin(ss.s.cfg.IdleTimeout)
 		n, err := io.ReadFull(ss.rd, hb[:])
 		if err != nil {
 			if n == 0 && err == io.EOF {
 				return nil
+			}
+			if isTimeout(err) {
+				return reqErr(reasonIdle, fmt.Errorf("no complete request within %v: dropping the peer", ss.s.cfg.IdleTimeout))
 			}
 			if err == io.ErrUnexpectedEOF {
 				return reqErr(reasonHeader, fmt.Errorf("truncated request header (%d of %d bytes)", n, wire.HeaderSize))
@@ -150,6 +156,7 @@ func (ss *session) serve(h wire.Header) error {
 }
 
 func (ss *session) reply(b []byte) error {
+	ss.writeWithin(ss.s.cfg.ReadTimeout)
 	if _, err := ss.w.Write(b); err != nil {
 		return reqErr(reasonIO, fmt.Errorf("send reply: %w", err))
 	}
@@ -197,13 +204,17 @@ func (ss *session) openTask(dst uint64) (bool, error) {
 	if err := ss.s.claim(norm, ss.peer); err != nil {
 		return false, reqErr(reasonConflict, err)
 	}
-	id := ss.s.nextID.Add(1) - 1
-	pw, err := images.CreatePages(ss.s.dir, name, id)
+	id, err := ss.s.createImages(name)
 	if err != nil {
+		ss.s.unclaim(norm)
+		return false, err
+	}
+	t := &task{dst: norm, name: name, pagesN: images.PagesImg(id)}
+	if t.pw, err = images.CreatePages(ss.s.dir, name, id); err != nil {
+		ss.s.removeImages(t)
 		ss.s.unclaim(norm)
 		return false, reqErr(reasonIO, err)
 	}
-	t := &task{dst: norm, name: name, pw: pw, pagesN: images.PagesImg(id)}
 	if pd, err := ss.s.dir.OpenSubdir(parentLink); err == nil {
 		if pd.Exists(name) {
 			pr, err := images.OpenPages(pd, name)
@@ -234,8 +245,7 @@ func (ss *session) commitTask() error {
 	err := t.pw.Close()
 	ss.s.unclaim(t.dst)
 	if err != nil {
-		ss.s.dir.Remove(t.name)
-		ss.s.dir.Remove(t.pagesN)
+		ss.s.removeImages(t)
 		return reqErr(reasonIO, fmt.Errorf("close %s: %w", t.name, err))
 	}
 	return nil
@@ -253,8 +263,7 @@ func (ss *session) dropTask() {
 		t.parent.Close()
 	}
 	t.pw.Abort()
-	ss.s.dir.Remove(t.name)
-	ss.s.dir.Remove(t.pagesN)
+	ss.s.removeImages(t)
 	ss.s.unclaim(t.dst)
 	ss.s.log.Warnf("page-server: %s: dropped incomplete %s and %s", ss.peer, t.name, t.pagesN)
 }
@@ -278,6 +287,9 @@ func (ss *session) add(h wire.Header, flags uint16) error {
 	}
 	if err := checkRange(h.Vaddr, h.NrPages); err != nil {
 		return err
+	}
+	if flags&wire.FlagPresent != 0 && h.NrPages > maxAddPages {
+		return reqErr(reasonRange, fmt.Errorf("%d pages in one request (at most %d)", h.NrPages, maxAddPages))
 	}
 	norm, _, err := pagemapName(h.DstID)
 	if err != nil {
@@ -306,6 +318,9 @@ func (ss *session) add(h wire.Header, flags uint16) error {
 		return nil
 	}
 	n, _ := h.Bytes() // checkRange bounded it
+	if err := ss.s.chargeBytes(t, n); err != nil {
+		return err
+	}
 	got, err := ss.receive(t.pw, n)
 	ss.s.m.addBytes("in", got)
 	if err != nil {
@@ -349,21 +364,29 @@ func (ss *session) receive(pw *images.PageWriter, n int64) (int64, error) {
 			return done, reqErr(reasonIO, err)
 		}
 	}
-	if done < n {
+	for done < n {
+		k := min(n-done, dataChunk)
+		ss.readWithin(ss.s.cfg.ReadTimeout)
 		var m int64
 		var err error
 		if ss.tcp != nil {
 			// os.File.ReadFrom splices from a TCP socket.
-			m, err = pw.ReadFrom(io.LimitReader(ss.tcp, n-done))
+			m, err = pw.ReadFrom(io.LimitReader(ss.tcp, k))
 		} else {
 			if ss.buf == nil {
 				ss.buf = make([]byte, copyBufSize)
 			}
-			m, err = io.CopyBuffer(pageSink{pw}, io.LimitReader(ss.src, n-done), ss.buf)
+			m, err = io.CopyBuffer(pageSink{pw}, io.LimitReader(ss.src, k), ss.buf)
 		}
 		done += m
 		if err != nil {
+			if isTimeout(err) {
+				return done, reqErr(reasonIdle, fmt.Errorf("page data slower than %d bytes in %v: dropping the peer", dataChunk, ss.s.cfg.ReadTimeout))
+			}
 			return done, reqErr(reasonIO, fmt.Errorf("receive pages: %w", err))
+		}
+		if m < k {
+			break
 		}
 	}
 	if done < n {

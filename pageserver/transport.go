@@ -36,21 +36,38 @@ type TransportOptions struct {
 
 	// TLS over TCP (CRIU's --tls). QUIC always uses TLS.
 	TLS bool
-	// CRIU's --tls-cacert, --tls-cert, --tls-key: PEM files. The CA
+	// CRIU's --tls-cacert, --tls-cert, --tls-key: PEM files; empty means
+	// CRIU's defaults (DefaultCACert, DefaultCert, DefaultKey). The CA
 	// verifies the peer; the server requires and verifies a client
 	// certificate signed by it.
 	CACert, Cert, Key string
+	// CACRL is CRIU's --tls-cacrl: a CRL (PEM or DER) signed by the CA;
+	// certificates it revokes are refused on both ends.
+	CACRL string
 	// NoCNVerify skips the check of the server's name against its
 	// certificate (CRIU's --tls-no-cn-verify); the chain is still verified.
 	NoCNVerify bool
 	// ServerName the client expects in the server's certificate; default
 	// the host part of the address.
 	ServerName string
-	// TLSConfig, when set, is used instead of the files above.
+	// AllowedClients (server only, --tls-allowed-client) restricts clients
+	// to certificates naming one of these identities (common name or DNS
+	// name); empty admits any client certificate the CA signed.
+	AllowedClients []string
+	// TLSConfig, when set, is used instead of the files above. It is held
+	// to TLS 1.3, and a server config must carry ClientCAs: client
+	// certificates are always required and verified.
 	TLSConfig *tls.Config
 	// QUIC tuning; nil means the defaults of quicConfig.
 	QUIC *quic.Config
 }
+
+// CRIU's default certificate locations (criu(8), --tls-cacert etc.).
+const (
+	DefaultCACert = "/etc/pki/CA/cacert.pem"
+	DefaultCert   = "/etc/pki/criu/cert.pem"
+	DefaultKey    = "/etc/pki/criu/private/key.pem"
+)
 
 func (o TransportOptions) transport() (Transport, error) {
 	switch o.Transport {
@@ -62,43 +79,65 @@ func (o TransportOptions) transport() (Transport, error) {
 	return "", fmt.Errorf("page server: unknown transport %q (want tcp or quic)", o.Transport)
 }
 
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
 // tlsConfig builds the TLS configuration of one end from the files.
+// TLS 1.3 is the minimum: GnuTLS >= 3.6.5 (CRIU's TLS library) speaks it
+// with its default priorities.
 func (o TransportOptions) tlsConfig(server bool, host string) (*tls.Config, error) {
 	var c *tls.Config
+	var crl *x509.RevocationList
 	if o.TLSConfig != nil {
 		c = o.TLSConfig.Clone()
-	} else {
-		if o.CACert == "" || o.Cert == "" || o.Key == "" {
-			return nil, errors.New("page server: TLS needs a CA certificate, a certificate and a key (--tls-cacert, --tls-cert, --tls-key)")
+		if server && c.ClientCAs == nil {
+			return nil, errors.New("page server: TLS config without ClientCAs: client certificates are required")
 		}
-		pem, err := os.ReadFile(o.CACert)
+		if c.GetConfigForClient != nil {
+			return nil, errors.New("page server: TLS config with GetConfigForClient is not supported (the server verifies clients itself)")
+		}
+	} else {
+		caFile := orDefault(o.CACert, DefaultCACert)
+		pem, err := os.ReadFile(caFile)
 		if err != nil {
 			return nil, fmt.Errorf("page server: CA certificate: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("page server: %s holds no PEM certificate", o.CACert)
+			return nil, fmt.Errorf("page server: %s holds no PEM certificate", caFile)
 		}
-		cert, err := tls.LoadX509KeyPair(o.Cert, o.Key)
+		cert, err := tls.LoadX509KeyPair(orDefault(o.Cert, DefaultCert), orDefault(o.Key, DefaultKey))
 		if err != nil {
 			return nil, fmt.Errorf("page server: certificate/key: %w", err)
 		}
-		c = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
+		c = &tls.Config{Certificates: []tls.Certificate{cert}}
 		if server {
 			c.ClientCAs = pool
-			c.ClientAuth = tls.RequireAndVerifyClientCert
 		} else {
 			c.RootCAs = pool
 		}
+		if o.CACRL != "" {
+			if crl, err = loadCRL(o.CACRL, pem); err != nil {
+				return nil, err
+			}
+		}
 	}
-	if !server {
+	c.MinVersion = max(c.MinVersion, tls.VersionTLS13)
+	if server {
+		c.ClientAuth = tls.RequireAndVerifyClientCert
+		c.VerifyPeerCertificate = chainChecks(c.VerifyPeerCertificate, crl, o.AllowedClients)
+	} else {
 		if c.ServerName == "" {
 			c.ServerName = o.ServerName
 		}
 		if c.ServerName == "" {
 			c.ServerName = host
 		}
-		if o.NoCNVerify && c.RootCAs != nil {
+		if o.NoCNVerify {
 			// Verify the chain by hand, without the name.
 			roots := c.RootCAs
 			c.InsecureSkipVerify = true
@@ -115,6 +154,9 @@ func (o TransportOptions) tlsConfig(server bool, host string) (*tls.Config, erro
 				return err
 			}
 		}
+		if crl != nil {
+			c.VerifyPeerCertificate = chainChecks(c.VerifyPeerCertificate, crl, nil)
+		}
 	}
 	if t, _ := o.transport(); t == TransportQUIC {
 		c.NextProtos = []string{alpn}
@@ -122,23 +164,46 @@ func (o TransportOptions) tlsConfig(server bool, host string) (*tls.Config, erro
 	return c, nil
 }
 
-// quicConfig is quic-go's configuration for page traffic: large flow
-// control windows (pages are bulk data), bounded per connection.
-func (o TransportOptions) quicConfig() *quic.Config {
+// quicConfig is quic-go's configuration for page traffic. Receive windows
+// are bounded so that MaxConns connections stay within Config.MemoryBound.
+// The server sends no keep-alives: an idle peer must time out (its own
+// PINGs don't help it either: see serveQUIC's idle timer).
+func (o TransportOptions) quicConfig(server bool) *quic.Config {
 	if o.QUIC != nil {
-		return o.QUIC.Clone()
+		c := o.QUIC.Clone()
+		if server {
+			c.KeepAlivePeriod = 0
+			if c.MaxConnectionReceiveWindow == 0 || c.MaxConnectionReceiveWindow > quicConnWindow {
+				c.MaxConnectionReceiveWindow = quicConnWindow
+			}
+			c.MaxStreamReceiveWindow = min(max(c.MaxStreamReceiveWindow, 1), c.MaxConnectionReceiveWindow)
+			c.InitialConnectionReceiveWindow = min(c.InitialConnectionReceiveWindow, c.MaxConnectionReceiveWindow)
+			c.InitialStreamReceiveWindow = min(c.InitialStreamReceiveWindow, c.MaxStreamReceiveWindow)
+			if c.MaxIncomingStreams <= 0 || c.MaxIncomingStreams > maxStreamsPerConn {
+				c.MaxIncomingStreams = maxStreamsPerConn
+			}
+			c.MaxIncomingUniStreams = -1
+		}
+		return c
 	}
-	return &quic.Config{
-		InitialStreamReceiveWindow:     4 << 20,
-		MaxStreamReceiveWindow:         16 << 20,
-		InitialConnectionReceiveWindow: 8 << 20,
-		MaxConnectionReceiveWindow:     32 << 20,
+	c := &quic.Config{
+		InitialStreamReceiveWindow:     1 << 20,
+		MaxStreamReceiveWindow:         quicConnWindow,
+		InitialConnectionReceiveWindow: 2 << 20,
+		MaxConnectionReceiveWindow:     quicConnWindow,
 		MaxIncomingStreams:             maxStreamsPerConn,
 		MaxIncomingUniStreams:          -1,
 		MaxIdleTimeout:                 60 * time.Second,
-		KeepAlivePeriod:                15 * time.Second,
 	}
+	if !server {
+		c.KeepAlivePeriod = 15 * time.Second
+	}
+	return c
 }
+
+// quicConnWindow bounds one QUIC connection's receive buffers (flow
+// control window): enough for loopback and LAN bandwidth-delay products.
+const quicConnWindow = 4 << 20
 
 // maxStreamsPerConn bounds the concurrent task streams of one QUIC peer.
 const maxStreamsPerConn = 16
@@ -181,7 +246,7 @@ func Listen(addr string, o TransportOptions) (*Listener, error) {
 		if l.udp, err = net.ListenPacket("udp", addr); err != nil {
 			return nil, fmt.Errorf("page server: listen: %w", err)
 		}
-		if l.quic, err = quic.Listen(l.udp, l.serverTLS(tc), o.quicConfig()); err != nil {
+		if l.quic, err = quic.Listen(l.udp, l.serverTLS(tc), o.quicConfig(true)); err != nil {
 			l.udp.Close()
 			return nil, fmt.Errorf("page server: quic listen: %w", err)
 		}
@@ -190,21 +255,25 @@ func Listen(addr string, o TransportOptions) (*Listener, error) {
 }
 
 // NewTCPListener serves on an existing listener (an inherited socket, as
-// CRIU's --ps-socket). tlsConf may be nil for plain TCP.
-func NewTCPListener(ln net.Listener, tlsConf *tls.Config) *Listener {
+// CRIU's --ps-socket), with TLS when o.TLS is set.
+func NewTCPListener(ln net.Listener, o TransportOptions) (*Listener, error) {
 	l := &Listener{transport: TransportTCP, tcp: ln}
-	if tlsConf != nil {
-		l.tlsConf = l.serverTLS(tlsConf)
+	if o.TLS {
+		tc, err := o.tlsConfig(true, "")
+		if err != nil {
+			return nil, err
+		}
+		l.tlsConf = l.serverTLS(tc)
 	}
-	return l
+	return l, nil
 }
+
+// Authenticated reports whether peers must present a certificate.
+func (l *Listener) Authenticated() bool { return l.quic != nil || l.tlsConf != nil }
 
 // serverTLS makes the server verify client certificates itself, so that a
 // refused client is logged: crypto/tls and quic-go refuse silently.
 func (l *Listener) serverTLS(base *tls.Config) *tls.Config {
-	if base.ClientAuth != tls.RequireAndVerifyClientCert || base.ClientCAs == nil || base.GetConfigForClient != nil {
-		return base
-	}
 	c := base.Clone()
 	// Resumed sessions skip VerifyPeerCertificate: with it doing the
 	// client check, every handshake must be a full one.
@@ -300,7 +369,7 @@ func dialQUIC(ctx context.Context, addr string, o TransportOptions) (*quic.Conn,
 	if err != nil {
 		return nil, err
 	}
-	qc, err := quic.DialAddr(ctx, addr, conf, o.quicConfig())
+	qc, err := quic.DialAddr(ctx, addr, conf, o.quicConfig(false))
 	if err != nil {
 		return nil, fmt.Errorf("page server: quic dial %s: %w", addr, err)
 	}
@@ -310,11 +379,13 @@ func dialQUIC(ctx context.Context, addr string, o TransportOptions) (*quic.Conn,
 // TransportOptionsFrom maps criu(8)'s TLS options and godwit's --transport.
 func TransportOptionsFrom(o *opts.Options) TransportOptions {
 	return TransportOptions{
-		Transport:  Transport(o.Transport),
-		TLS:        o.TLS,
-		CACert:     o.TLSCACert,
-		Cert:       o.TLSCert,
-		Key:        o.TLSKey,
-		NoCNVerify: o.TLSNoCNVerify,
+		Transport:      Transport(o.Transport),
+		TLS:            o.TLS,
+		CACert:         o.TLSCACert,
+		Cert:           o.TLSCert,
+		Key:            o.TLSKey,
+		CACRL:          o.TLSCACRL,
+		NoCNVerify:     o.TLSNoCNVerify,
+		AllowedClients: o.TLSAllowedClients,
 	}
 }

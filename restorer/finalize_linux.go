@@ -154,9 +154,9 @@ func (r *Restorer) restoreFds(s *session) error {
 	return nil
 }
 
-// checkSize warns when a regular file changed size since the dump (CRIU
-// refuses; a log that kept growing under -R is the common case, so godwit
-// restores and says so).
+// checkSize warns when a regular file changed size since the dump. New
+// refused such files already (validateFiles); this only sees a file
+// changed during the restore itself.
 func (r *Restorer) checkSize(what, path string, size uint64, has bool, mode uint32) {
 	if !has || mode&unix.S_IFMT != unix.S_IFREG {
 		return

@@ -1,6 +1,7 @@
 package restorer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -113,33 +114,59 @@ func New(o *opts.Options, scripts *actions.Scripts) (*Restorer, error) {
 		r.close()
 		return nil, fmt.Errorf("restore: %w", err)
 	}
+	if err := validateFiles(img, o); err != nil {
+		r.close()
+		return nil, fmt.Errorf("restore: %w", err)
+	}
 	return r, nil
 }
 
 // Restore runs every phase back to back from the images in o.ImagesDir.
 // Unless o.RestoreDetach is set the caller then Waits for the task.
 func Restore(o *opts.Options, scripts *actions.Scripts) (*Restorer, error) {
+	return RestoreContext(context.Background(), o, scripts)
+}
+
+// RestoreContext is Restore that stops when ctx is done (godwit's SIGINT,
+// SIGTERM, SIGHUP) until the task resumes: every task made so far is
+// killed and reaped, as after any failed step.
+func RestoreContext(ctx context.Context, o *opts.Options, scripts *actions.Scripts) (*Restorer, error) {
 	r, err := New(o, scripts)
 	if err != nil {
+		return nil, err
+	}
+	if err := r.interrupted(ctx); err != nil {
 		return nil, err
 	}
 	if err := scripts.Run(actions.PreRestore, 0); err != nil {
 		r.close()
 		return nil, fmt.Errorf("restore: %w", err)
 	}
+	if err := r.interrupted(ctx); err != nil {
+		return nil, err
+	}
 	if err := r.Layout(); err != nil {
 		return nil, err
 	}
 	if r.img.pages != nil {
-		src := NewImageSource(r.img.pages)
+		src := interruptibleSource(ctx, NewImageSource(r.img.pages))
 		if err := r.FillPages(src); err != nil {
 			return nil, err
 		}
 	}
+	if err := r.interrupted(ctx); err != nil {
+		return nil, err
+	}
 	if err := r.fillShmem(); err != nil {
 		return nil, err
 	}
+	if err := r.interrupted(ctx); err != nil {
+		return nil, err
+	}
 	if err := r.Finalize(); err != nil {
+		return nil, err
+	}
+	if err := r.interrupted(ctx); err != nil {
 		return nil, err
 	}
 	if err := r.Resume(); err != nil {

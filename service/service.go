@@ -21,7 +21,6 @@ import (
 	"godwit/internal/images"
 	"godwit/internal/kerndat"
 	"godwit/internal/logging"
-	"godwit/uffd"
 )
 
 // maxRequest bounds one request message. CRIU's own requests are far below
@@ -361,26 +360,25 @@ func (c *Conn) handle(req *rpc.CriuReq) *rpc.CriuResp {
 }
 
 // featureCheck answers FEATURE_CHECK: each feature the client asked about
-// is set to whether this kernel has it.
+// is set to whether godwit's command that needs it works on this kernel
+// today (kerndat's table), not to kernel support alone.
 func featureCheck(asked *rpc.CriuFeatures) *rpc.CriuFeatures {
 	out := &rpc.CriuFeatures{}
 	if asked == nil {
 		return out
 	}
-	var p *uffd.ProbeResult
-	if asked.MemTrack != nil || asked.LazyPages != nil {
-		p = uffd.Probe()
+	works := func(name string) *bool {
+		r, err := kerndat.Probe(name)
+		return ptr(err == nil && r.OK())
 	}
 	if asked.MemTrack != nil {
-		// godwit tracks memory with uffd-wp + PAGEMAP_SCAN, not soft-dirty.
-		out.MemTrack = ptr(p.DirtyTrack() == nil)
+		out.MemTrack = works("mem_dirty_track")
 	}
 	if asked.LazyPages != nil {
-		out.LazyPages = ptr(p.LazyPages() == nil)
+		out.LazyPages = works("lazy_pages")
 	}
 	if asked.PidfdStore != nil {
-		r, err := kerndat.Probe("pidfd_store")
-		out.PidfdStore = ptr(err == nil && r.OK())
+		out.PidfdStore = works("pidfd_store")
 	}
 	return out
 }

@@ -1,13 +1,25 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"os/signal"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"godwit/dumper"
 	"godwit/restorer"
 )
+
+// interruptContext is done when godwit gets SIGINT, SIGTERM or SIGHUP:
+// the engine then rolls back (the target resumes as it was, partial
+// images and tasks are removed) instead of godwit dying mid-step. Further
+// signals are absorbed until stop.
+func interruptContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM, unix.SIGHUP)
+}
 
 func dumpCmd(a *app) *cobra.Command {
 	c := &cobra.Command{
@@ -18,7 +30,9 @@ func dumpCmd(a *app) *cobra.Command {
 resumes as it was.`,
 		Args: noArgs,
 		RunE: func(*cobra.Command, []string) error {
-			res, err := dumper.Dump(a.o, a.scripts)
+			ctx, stop := interruptContext()
+			defer stop()
+			res, err := dumper.DumpContext(ctx, a.o, a.scripts)
 			if err != nil {
 				return err
 			}
@@ -41,7 +55,11 @@ func restoreCmd(a *app) *cobra.Command {
 godwit waits for it and exits with its exit status (128+N if signal N killed it).`,
 		Args: noArgs,
 		RunE: func(*cobra.Command, []string) error {
-			r, err := restorer.Restore(a.o, a.scripts)
+			ctx, stop := interruptContext()
+			r, err := restorer.RestoreContext(ctx, a.o, a.scripts)
+			// Once the task runs on its own, godwit's signals are its
+			// own again (a SIGTERM while waiting ends godwit only).
+			stop()
 			if err != nil {
 				return err
 			}

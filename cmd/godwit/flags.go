@@ -49,6 +49,7 @@ func treeFlags(fs *pflag.FlagSet, o *opts.Options) {
 	fs.Var(sizeValue{&o.GhostLimit}, "ghost-limit", "largest deleted file carried in the images (K, M, G suffixes)")
 	fs.BoolVarP(&o.ShellJob, "shell-job", "j", false, "allow dumping shell jobs")
 	cpuCapFlag(fs, o)
+	fileValidationFlag(fs, o)
 	fs.BoolVar(&o.TrackMem, "track-mem", false, "turn on the memory changes tracker")
 	pageServerClientFlags(fs, o)
 }
@@ -93,6 +94,14 @@ func cpuCapFlag(fs *pflag.FlagSet, o *opts.Options) {
 	f.NoOptDefVal = "all"
 }
 
+// fileValidationFlag is criu(8)'s --file-validation. A dump records both
+// the size and the build-id of every file it may reopen, so the mode
+// chooses what restore compares.
+func fileValidationFlag(fs *pflag.FlagSet, o *opts.Options) {
+	fs.Var(parsedString{&o.FileValidation, opts.ParseFileValidation, "mode"}, "file-validation",
+		"check reopened files by filesize, or by ELF build-id where they have one and size (buildid, the default)")
+}
+
 func dumpOnlyFlags(fs *pflag.FlagSet, o *opts.Options) {
 	fs.BoolVarP(&o.LeaveRunning, "leave-running", "R", false, "leave the tasks running after the dump")
 	fs.BoolVarP(&o.LeaveStopped, "leave-stopped", "s", false, "leave the tasks stopped after the dump")
@@ -120,6 +129,8 @@ func restoreFlags(fs *pflag.FlagSet, o *opts.Options) {
 	fs.BoolVar(&o.AutoDedup, "auto-dedup", false, "punch restored pages out of the images")
 	fs.BoolVarP(&o.ShellJob, "shell-job", "j", false, "inherit session and process group from godwit")
 	cpuCapFlag(fs, o)
+	fileValidationFlag(fs, o)
+	fs.BoolVar(&o.SkipFileRWXCheck, "skip-file-rwx-check", false, "do not refuse files whose permission bits changed since the dump")
 	fs.BoolVar(&o.WeakSysctls, "weak-sysctls", false, "skip sysctls this kernel does not have")
 	fs.BoolVar(&o.LazyPages, "lazy-pages", false, "restore without filling memory; a lazy-pages daemon serves it")
 }
@@ -142,6 +153,9 @@ func pageServerFlags(fs *pflag.FlagSet, o *opts.Options) {
 	fs.BoolVar(&o.LazyPages, "lazy-pages", false, "serve a local dump to a remote lazy-pages daemon")
 	fs.StringVar(&o.MetricsAddress, "metrics-address", "", "serve Prometheus metrics on http://`host:port`/metrics")
 	transportFlags(fs, o)
+	fs.StringArrayVar(&o.TLSAllowedClients, "tls-allowed-client", nil, "admit only clients whose certificate names `identity` (CN or DNS name; repeatable)")
+	fs.Var(sizeValue{&o.MaxBytes}, "max-bytes", "stop accepting pages once all sessions wrote `size` bytes (K/M/G suffixes; 0: no bound)")
+	fs.IntVar(&o.MaxFiles, "max-files", 0, "create at most `n` image files (0: 16384)")
 }
 
 // transportFlags choose how page-server traffic travels: CRIU's TLS options,
@@ -149,8 +163,9 @@ func pageServerFlags(fs *pflag.FlagSet, o *opts.Options) {
 func transportFlags(fs *pflag.FlagSet, o *opts.Options) {
 	fs.StringVar(&o.Transport, "transport", "tcp", "page-server transport: tcp (CRIU's) or quic (mutual TLS)")
 	fs.BoolVar(&o.TLS, "tls", false, "use TLS on the TCP transport")
-	fs.StringVar(&o.TLSCACert, "tls-cacert", "", "CA certificate `file` (PEM) that signs the peer's certificate")
-	fs.StringVar(&o.TLSCert, "tls-cert", "", "this host's certificate `file` (PEM)")
-	fs.StringVar(&o.TLSKey, "tls-key", "", "this host's private key `file` (PEM)")
+	fs.StringVar(&o.TLSCACert, "tls-cacert", "", "CA certificate `file` (PEM) that signs the peer's certificate (default /etc/pki/CA/cacert.pem)")
+	fs.StringVar(&o.TLSCert, "tls-cert", "", "this host's certificate `file` (PEM; default /etc/pki/criu/cert.pem)")
+	fs.StringVar(&o.TLSKey, "tls-key", "", "this host's private key `file` (PEM; default /etc/pki/criu/private/key.pem)")
 	fs.BoolVar(&o.TLSNoCNVerify, "tls-no-cn-verify", false, "do not check the server's name against its certificate")
+	fs.StringVar(&o.TLSCACRL, "tls-cacrl", "", "certificate revocation list `file` (PEM or DER) signed by the CA")
 }

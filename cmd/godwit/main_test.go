@@ -2,6 +2,8 @@ package main
 
 import (
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -31,5 +33,25 @@ func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: the kernel probes seize processes with ptrace and open userfaultfds")
+	}
+}
+
+// A failed command with --log-file ends its log with the error, where
+// runc and test runners read it, and still prints it on stderr.
+func TestErrorInLogFile(t *testing.T) {
+	dir := t.TempDir()
+	var out, errb strings.Builder
+	code := run([]string{"restore", "-D", dir, "-o", "restore.log"}, &out, &errb)
+	if code == 0 {
+		t.Fatal("restore of an empty directory succeeded")
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "restore.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	last := lines[len(lines)-1]
+	if !strings.HasPrefix(last, "Error: ") || !strings.Contains(errb.String(), strings.TrimPrefix(last, "Error: ")) {
+		t.Fatalf("last log line %q; stderr %q", last, errb.String())
 	}
 }

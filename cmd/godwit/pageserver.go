@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -26,8 +27,13 @@ func pageServerCmd(a *app) *cobra.Command {
 		Short: "Receive pages from dump and pre-dump over the network (or serve them to lazy-pages)",
 		Long: `Receive pages from dump and pre-dump over the network, writing pagemap and pages
 images into -D as a local dump would; with --lazy-pages, serve a finished dump's pages to
-a remote lazy-pages daemon. CRIU's protocol over TCP by default; --transport quic carries
-the same framing over QUIC with mutual TLS. --port 0 picks a free port and prints it.`,
+a remote lazy-pages daemon. CRIU's protocol over TCP by default, with TLS 1.3 and a
+required client certificate under --tls (CRIU's option set; --tls-allowed-client NAME admits
+only the named clients); --transport quic carries the same framing over QUIC with the same
+mutual TLS. Without TLS the server listens on 127.0.0.1 unless --address is given, and
+--lazy-pages refuses a network address. Images are 0600, never replaced (an OPEN of an
+existing pagemap is refused); --max-bytes and --max-files bound what all sessions write.
+--port 0 picks a free port and prints it.`,
 		Args: noArgs,
 		RunE: func(*cobra.Command, []string) error {
 			if a.o.Daemon {
@@ -46,7 +52,13 @@ the same framing over QUIC with mutual TLS. --port 0 picks a free port and print
 
 func runPageServer(a *app) error {
 	o := a.o
-	ln, err := pageserver.Listen(net.JoinHostPort(o.Address, strconv.Itoa(o.Port)), pageserver.TransportOptionsFrom(o))
+	to := pageserver.TransportOptionsFrom(o)
+	addr := o.Address
+	if addr == "" && !to.TLS && o.Transport != string(pageserver.TransportQUIC) {
+		// Unauthenticated: only this host unless --address says otherwise.
+		addr = "127.0.0.1"
+	}
+	ln, err := pageserver.Listen(net.JoinHostPort(addr, strconv.Itoa(o.Port)), to)
 	if err != nil {
 		return err
 	}
@@ -84,6 +96,8 @@ func runPageServer(a *app) error {
 		Lazy:          o.LazyPages,
 		Log:           a.log,
 		Metrics:       metrics,
+		MaxBytes:      int64(min(o.MaxBytes, math.MaxInt64)),
+		MaxFiles:      o.MaxFiles,
 	})
 	if err != nil {
 		return err
@@ -102,10 +116,13 @@ func runPageServer(a *app) error {
 func certsCmd(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "certs DIR HOST...",
-		Short: "Make a development CA and host certificates for --tls and --transport quic",
+		Short: "Make a development CA and server and client certificates for --tls and --transport quic",
 		Long: `Make DIR/cacert.pem and DIR/cakey.pem (a self-signed CA, kept if it exists) and, for
-each HOST (a name or an IP address), DIR/HOST/cert.pem and DIR/HOST/key.pem signed by it.
-Give a host --tls-cacert DIR/cacert.pem --tls-cert DIR/HOST/cert.pem --tls-key DIR/HOST/key.pem.
+each HOST (a name or an IP address), two certificates signed by it: DIR/HOST/server/
+(cert.pem, key.pem; valid only for a page server at HOST) and DIR/HOST/client/ (valid only
+for a client that --tls-allowed-client HOST admits). Keys are 0600, directories 0700.
+A page server takes --tls-cacert DIR/cacert.pem --tls-cert DIR/HOST/server/cert.pem
+--tls-key DIR/HOST/server/key.pem; a dumping host the same with client/.
 For production, use certificates from your own PKI.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) < 2 {
@@ -126,15 +143,12 @@ For production, use certificates from your own PKI.`,
 				}
 			}
 			for _, h := range args[1:] {
-				out := filepath.Join(dir, h)
-				if err := os.MkdirAll(out, 0o700); err != nil {
-					return err
-				}
-				cert, _, err := pageserver.GenerateHostCert(caCert, caKey, out, h)
+				sd, cd, err := pageserver.GenerateHostCerts(caCert, caKey, dir, h)
 				if err != nil {
 					return err
 				}
-				fmt.Fprintln(a.stdout, cert)
+				fmt.Fprintln(a.stdout, sd)
+				fmt.Fprintln(a.stdout, cd)
 			}
 			return nil
 		},

@@ -138,9 +138,10 @@ func TestPageServerQUICMutualTLS(t *testing.T) {
 	if code, _, stderr := runGodwit("certs", certs, "127.0.0.1"); code != 0 {
 		t.Fatalf("certs: %s", stderr)
 	}
-	host := filepath.Join(certs, "127.0.0.1")
+	host := filepath.Join(certs, "127.0.0.1", "server")
 	tlsArgs := []string{"--transport", "quic", "--tls-cacert", filepath.Join(certs, "cacert.pem"),
 		"--tls-cert", filepath.Join(host, "cert.pem"), "--tls-key", filepath.Join(host, "key.pem")}
+	host = filepath.Join(certs, "127.0.0.1", "client")
 	dir := t.TempDir()
 	addr := startPageServer(t, dir, tlsArgs...)
 	o := pageserver.TransportOptions{
@@ -157,8 +158,8 @@ func TestPageServerQUICMutualTLS(t *testing.T) {
 		t.Fatalf("certs: %s", stderr)
 	}
 	stranger := o
-	stranger.Cert = filepath.Join(other, "127.0.0.1", "cert.pem")
-	stranger.Key = filepath.Join(other, "127.0.0.1", "key.pem")
+	stranger.Cert = filepath.Join(other, "127.0.0.1", "client", "cert.pem")
+	stranger.Key = filepath.Join(other, "127.0.0.1", "client", "key.pem")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := tryPush(ctx, addr, stranger); err == nil {
@@ -230,4 +231,66 @@ func freePort(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// TestPageServerTLS: CRIU's --tls option set end to end, with
+// --tls-allowed-client admitting one host's client certificate only.
+func TestPageServerTLS(t *testing.T) {
+	certs := t.TempDir()
+	if code, _, stderr := runGodwit("certs", certs, "127.0.0.1", "other"); code != 0 {
+		t.Fatalf("certs: %s", stderr)
+	}
+	srv := filepath.Join(certs, "127.0.0.1", "server")
+	dir := t.TempDir()
+	addr := startPageServer(t, dir, "--tls", "--tls-cacert", filepath.Join(certs, "cacert.pem"),
+		"--tls-cert", filepath.Join(srv, "cert.pem"), "--tls-key", filepath.Join(srv, "key.pem"),
+		"--tls-allowed-client", "127.0.0.1")
+	client := func(host string) pageserver.TransportOptions {
+		d := filepath.Join(certs, host, "client")
+		return pageserver.TransportOptions{TLS: true, CACert: filepath.Join(certs, "cacert.pem"),
+			Cert: filepath.Join(d, "cert.pem"), Key: filepath.Join(d, "key.pem")}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := tryPush(ctx, addr, client("other")); err == nil {
+		t.Error("a client not in --tls-allowed-client was served")
+	}
+	if _, err := os.Stat(filepath.Join(dir, images.PagemapImg(1))); err == nil {
+		t.Error("the other client's pages were written")
+	}
+	checkPages(t, dir, pushPages(t, addr, client("127.0.0.1")))
+}
+
+// TestPageServerLoopbackByDefault: without TLS and --address, the page
+// server listens on 127.0.0.1 only.
+func TestPageServerLoopbackByDefault(t *testing.T) {
+	bin := godwitBin(t)
+	cmd := exec.Command(bin, "page-server", "-D", t.TempDir(), "--port", "0")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("page-server printed no port: %v", err)
+	}
+	port, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "Port:")))
+	if err != nil {
+		t.Fatalf("page-server printed %q", line)
+	}
+	tcp, err := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := strings.ToUpper("0100007F:" + strconv.FormatInt(int64(port)+0x10000, 16)[1:])
+	if !strings.Contains(string(tcp), want+" 00000000:0000 0A") {
+		t.Errorf("no listener on 127.0.0.1:%d in\n%s", port, tcp)
+	}
 }

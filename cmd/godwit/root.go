@@ -219,6 +219,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	root := newRoot(a)
 	root.SetArgs(args)
 	err := root.Execute()
+	if err != nil && a.log != nil && a.log.ToFile() {
+		// The run's last log line names the failure, as CRIU's does;
+		// stderr still gets it below for the person at the terminal.
+		a.log.Errorf("%v", err)
+	}
 	for _, c := range a.closers {
 		c()
 	}

@@ -15,6 +15,8 @@ import (
 	criu "github.com/checkpoint-restore/go-criu/v8"
 	"github.com/checkpoint-restore/go-criu/v8/rpc"
 	"golang.org/x/sys/unix"
+
+	"godwit/internal/kerndat"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -114,14 +116,30 @@ func TestSwrkRequests(t *testing.T) {
 		t.Errorf("CHECK failed: %s", resp.GetCrErrmsg())
 	}
 
+	// FEATURE_CHECK says yes only when godwit's command that needs the
+	// feature works: pre-dump, lazy restore and pidfd_store_sk are not
+	// built, so every answer is no whatever the kernel has.
 	resp = rpcCall(t, conn, &rpc.CriuReq{
 		Type:     rpc.CriuReqType_FEATURE_CHECK.Enum(),
-		Features: &rpc.CriuFeatures{MemTrack: ptr(false), LazyPages: ptr(false)},
+		Features: &rpc.CriuFeatures{MemTrack: ptr(false), LazyPages: ptr(false), PidfdStore: ptr(false)},
 	})
 	f := resp.GetFeatures()
-	// This kernel lacks soft-dirty but godwit tracks memory with uffd-wp.
-	if !resp.GetSuccess() || !f.GetMemTrack() || !f.GetLazyPages() || f.PidfdStore != nil {
-		t.Errorf("FEATURE_CHECK: %v", resp)
+	if !resp.GetSuccess() || f.MemTrack == nil || f.LazyPages == nil || f.PidfdStore == nil {
+		t.Fatalf("FEATURE_CHECK: %v", resp)
+	}
+	for name, got := range map[string]bool{"mem_dirty_track": f.GetMemTrack(), "lazy_pages": f.GetLazyPages(), "pidfd_store": f.GetPidfdStore()} {
+		c, ok := kerndat.Needs(name)
+		if !ok {
+			t.Fatalf("%s: kerndat has no command for it", name)
+		}
+		if got && !c.Built {
+			t.Errorf("FEATURE_CHECK says %s works but %s is not built", name, c.Name)
+		}
+	}
+	// Asking nothing gets nothing.
+	resp = rpcCall(t, conn, &rpc.CriuReq{Type: rpc.CriuReqType_FEATURE_CHECK.Enum(), Features: &rpc.CriuFeatures{}})
+	if f := resp.GetFeatures(); !resp.GetSuccess() || f.MemTrack != nil || f.LazyPages != nil || f.PidfdStore != nil {
+		t.Errorf("empty FEATURE_CHECK: %v", resp)
 	}
 
 	// images_dir_fd is a descriptor of the client, as CRIU's clients pass it.

@@ -51,7 +51,8 @@ type Feature struct {
 // Result is the outcome of probing one feature.
 type Result struct {
 	Feature Feature
-	// Err is nil when the feature works; otherwise it says why not.
+	// Err is nil when the feature works in godwit today; otherwise it
+	// says why not (a *NotBuiltError when only godwit is missing).
 	Err error
 }
 
@@ -96,7 +97,9 @@ func Probe(name string) (Result, error) {
 	return f.Probe(), nil
 }
 
-// Probe runs the feature's probe. A panic inside a probe is turned into
+// Probe runs the feature's probe. A feature is supported only when the
+// kernel has it and the godwit command it serves is built (see needs);
+// kernel support alone gives a NotBuiltError that says so. A panic inside a probe is turned into
 // a failed result, so one broken probe cannot take the whole check down.
 func (f Feature) Probe() (r Result) {
 	r.Feature = f
@@ -110,5 +113,8 @@ func (f Feature) Probe() (r Result) {
 		return r
 	}
 	r.Err = f.probe()
+	if c, ok := needs[f.Name]; ok && r.Err == nil && !c.Built {
+		r.Err = &NotBuiltError{Feature: f.Name, Command: c.Name}
+	}
 	return r
 }

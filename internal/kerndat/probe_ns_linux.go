@@ -1,9 +1,9 @@
 package kerndat
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/procfs"
+	"godwit/internal/ptrace"
 )
 
 func nsIno(pid, name string) (uint64, error) {
@@ -158,83 +159,74 @@ func probeNsPid() error {
 	})
 }
 
-// probeMoveMountSetGroup: a forked child, in a private mount namespace
-// that dies with it, copies a sharing group with MOVE_MOUNT_SET_GROUP.
+// probeMoveMountSetGroup: a puppet, in a private mount namespace that dies
+// with it, copies a sharing group with MOVE_MOUNT_SET_GROUP.
 func probeMoveMountSetGroup() error {
-	keep := []any{}
-	str := func(s string) uintptr {
-		b, p := cstr(s)
-		keep = append(keep, b)
-		return p
-	}
-	root, tmp, a, b, tmpfs := str("/"), str("/tmp"), str("/tmp/a"), str("/tmp/b"), str("tmpfs")
-	cwd := int32(unix.AT_FDCWD)
-	atCWD := uintptr(uint32(cwd)) // the kernel reads dfd as an int
-	var p rawProg
-	p.add(unix.SYS_UNSHARE, unix.CLONE_NEWNS)
-	p.add(unix.SYS_MOUNT, 0, root, 0, unix.MS_REC|unix.MS_PRIVATE, 0)
-	p.add(unix.SYS_MOUNT, tmpfs, tmp, tmpfs, 0, 0)
-	p.add(unix.SYS_MKDIRAT, atCWD, a, 0o700)
-	p.add(unix.SYS_MKDIRAT, atCWD, b, 0o700)
-	p.add(unix.SYS_MOUNT, tmpfs, a, tmpfs, 0, 0)
-	// The group can only be copied to a private mount of the same
-	// superblock: b is a bind of a made before a becomes shared.
-	p.add(unix.SYS_MOUNT, a, b, 0, unix.MS_BIND, 0)
-	p.add(unix.SYS_MOUNT, 0, a, 0, unix.MS_SHARED, 0)
-	p.add(unix.SYS_MOVE_MOUNT, atCWD, a, atCWD, b, unix.MOVE_MOUNT_SET_GROUP)
-	return runRaw(&p, "in a private mount namespace", keep...)
+	return inPuppet(func(pid int, s *ptrace.Session, scratch uint64) error {
+		a, err := scratchStrings(pid, scratch, 0, "/", "/tmp", "/tmp/a", "/tmp/b", "tmpfs")
+		if err != nil {
+			return err
+		}
+		root, tmp, da, db, tmpfs := a[0], a[1], a[2], a[3], a[4]
+		cwd := int32(unix.AT_FDCWD)
+		atCWD := uint64(uint32(cwd)) // the kernel reads dfd as an int
+		return injectAll(s, []injected{
+			{"unshare(CLONE_NEWNS)", unix.SYS_UNSHARE, []uint64{unix.CLONE_NEWNS}},
+			{"make / private", unix.SYS_MOUNT, []uint64{0, root, 0, unix.MS_REC | unix.MS_PRIVATE, 0}},
+			{"mount tmpfs on /tmp", unix.SYS_MOUNT, []uint64{tmpfs, tmp, tmpfs, 0, 0}},
+			{"mkdir /tmp/a", unix.SYS_MKDIRAT, []uint64{atCWD, da, 0o700}},
+			{"mkdir /tmp/b", unix.SYS_MKDIRAT, []uint64{atCWD, db, 0o700}},
+			{"mount tmpfs on /tmp/a", unix.SYS_MOUNT, []uint64{tmpfs, da, tmpfs, 0, 0}},
+			// The group can only be copied to a private mount of the
+			// same superblock: b is a bind of a made before a is shared.
+			{"bind /tmp/a on /tmp/b", unix.SYS_MOUNT, []uint64{da, db, 0, unix.MS_BIND, 0}},
+			{"make /tmp/a shared", unix.SYS_MOUNT, []uint64{0, da, 0, unix.MS_SHARED, 0}},
+			{"move_mount(MOVE_MOUNT_SET_GROUP)", unix.SYS_MOVE_MOUNT, []uint64{atCWD, da, atCWD, db, unix.MOVE_MOUNT_SET_GROUP}},
+		})
+	})
 }
 
-// probeAutofs: a forked child mounts autofs in a private mount namespace
-// (gone when it dies); its mountinfo must carry pipe_ino.
+// probeAutofs: a puppet mounts autofs in its own private mount namespace
+// (gone when it dies), with a pipe of its own as the daemon's; its
+// mountinfo must carry pipe_ino.
 func probeAutofs() error {
-	var pipe, ready [2]int
-	if err := unix.Pipe2(pipe[:], unix.O_CLOEXEC); err != nil {
-		return err
-	}
-	defer unix.Close(pipe[0])
-	defer unix.Close(pipe[1])
-	if err := unix.Pipe2(ready[:], unix.O_CLOEXEC); err != nil {
-		return err
-	}
-	defer unix.Close(ready[0])
-	keep := []any{}
-	str := func(s string) uintptr {
-		b, p := cstr(s)
-		keep = append(keep, b)
-		return p
-	}
-	one := []byte{1}
-	keep = append(keep, one)
-	opts := fmt.Sprintf("fd=%d,pgrp=%d,minproto=5,maxproto=5,direct", pipe[1], unix.Getpgrp())
-	var p rawProg
-	p.add(unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL))
-	p.add(unix.SYS_UNSHARE, unix.CLONE_NEWNS)
-	p.add(unix.SYS_MOUNT, 0, str("/"), 0, unix.MS_REC|unix.MS_PRIVATE, 0)
-	p.add(unix.SYS_MOUNT, str("godwit"), str("/tmp"), str("autofs"), 0, str(opts))
-	p.add(unix.SYS_WRITE, uintptr(ready[1]), uintptr(unsafe.Pointer(&one[0])), 1)
-	p.hold = true
-	c, err := startRaw(&p, 0, keep...)
-	unix.Close(ready[1])
-	if err != nil {
-		return err
-	}
-	defer c.free()
-	defer c.kill()
-	if err := waitReady(ready[0], c); err != nil {
-		return fmt.Errorf("mount autofs in a child: %w", err)
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", c.pid))
-	if err != nil {
-		return err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.Contains(l, " - autofs ") {
-			if strings.Contains(l, "pipe_ino=") {
-				return nil
-			}
-			return fmt.Errorf("autofs mountinfo lacks pipe_ino: %s", l)
+	return inPuppet(func(pid int, s *ptrace.Session, scratch uint64) error {
+		if _, err := s.Syscall(unix.SYS_PIPE2, scratch, unix.O_CLOEXEC); err != nil {
+			return fmt.Errorf("pipe2 in a puppet: %w", err)
 		}
-	}
-	return errors.New("child's mountinfo shows no autofs mount")
+		var fds [8]byte
+		if err := ptrace.ReadMem(pid, scratch, fds[:]); err != nil {
+			return fmt.Errorf("puppet %d: %w", pid, err)
+		}
+		wfd := int32(binary.NativeEndian.Uint32(fds[4:]))
+		pgrp, err := unix.Getpgid(pid)
+		if err != nil {
+			return err
+		}
+		opts := fmt.Sprintf("fd=%d,pgrp=%d,minproto=5,maxproto=5,direct", wfd, pgrp)
+		a, err := scratchStrings(pid, scratch, 8, "/", "/tmp", "godwit", "autofs", opts)
+		if err != nil {
+			return err
+		}
+		if err := injectAll(s, []injected{
+			{"unshare(CLONE_NEWNS)", unix.SYS_UNSHARE, []uint64{unix.CLONE_NEWNS}},
+			{"make / private", unix.SYS_MOUNT, []uint64{0, a[0], 0, unix.MS_REC | unix.MS_PRIVATE, 0}},
+			{"mount autofs on /tmp", unix.SYS_MOUNT, []uint64{a[2], a[1], a[3], 0, a[4]}},
+		}); err != nil {
+			return err
+		}
+		ms, err := procfs.ReadMountinfo(pid)
+		if err != nil {
+			return err
+		}
+		for _, m := range ms {
+			if m.FSType == "autofs" {
+				if strings.Contains(m.SuperOptions, "pipe_ino=") {
+					return nil
+				}
+				return fmt.Errorf("autofs mountinfo lacks pipe_ino: %q", m.SuperOptions)
+			}
+		}
+		return errors.New("the puppet's mountinfo shows no autofs mount")
+	})
 }

@@ -13,6 +13,8 @@ import (
 
 	"godwit/internal/abi/linux"
 	"godwit/internal/procfs"
+	"godwit/internal/ptrace"
+	"godwit/internal/puppet"
 )
 
 // probeMapFiles: /proc/PID/map_files of another process names and opens
@@ -263,69 +265,86 @@ func probePrctl() error {
 	return nil
 }
 
-// probePrctlMMMap: a forked child sets its whole mm layout with
-// PR_SET_MM_MAP (to the values it already has, auxv included).
+// probePrctlMMMap: a puppet sets its whole mm layout with PR_SET_MM_MAP
+// (to the values it already has, auxv included), injected as restore does.
 func probePrctlMMMap() error {
-	st, err := procfs.ReadStat(os.Getpid())
-	if err != nil {
-		return err
-	}
-	m := linux.PrctlMmMap{
-		StartCode: st.StartCode, EndCode: st.EndCode, StartStack: st.StartStack,
-		StartData: st.StartData, EndData: st.EndData, StartBrk: st.StartBrk,
-		ArgStart: st.ArgStart, ArgEnd: st.ArgEnd, EnvStart: st.EnvStart, EnvEnd: st.EnvEnd,
-	}
-	brk, _, _ := unix.RawSyscall(unix.SYS_BRK, 0, 0, 0)
-	m.Brk = uint64(brk)
-	auxv, err := os.ReadFile("/proc/self/auxv")
-	if err != nil {
-		return err
-	}
-	if len(auxv) == 0 {
-		return fmt.Errorf("/proc/self/auxv is empty")
-	}
-	m.Auxv = uint64(uintptr(unsafe.Pointer(&auxv[0])))
-	m.AuxvSize = uint32(len(auxv))
-	m.ExeFd = ^uint32(0) // keep the exe link
-	var p rawProg
-	p.add(unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, uintptr(unsafe.Pointer(&m)), unsafe.Sizeof(m), 0)
-	return runRaw(&p, "PR_SET_MM_MAP in a child", &m, auxv)
+	return inPuppet(func(pid int, s *ptrace.Session, scratch uint64) error {
+		st, err := procfs.ReadStat(pid)
+		if err != nil {
+			return err
+		}
+		brk, err := s.Syscall(unix.SYS_BRK, 0)
+		if err != nil {
+			return fmt.Errorf("brk(0) in a puppet: %w", err)
+		}
+		auxv, err := procfs.ReadAuxvRaw(pid)
+		if err != nil {
+			return err
+		}
+		const mapSize = uint64(unsafe.Sizeof(linux.PrctlMmMap{}))
+		if len(auxv) == 0 || mapSize+uint64(len(auxv)) > puppetScratchSize {
+			return fmt.Errorf("/proc/%d/auxv has %d bytes", pid, len(auxv))
+		}
+		m := linux.PrctlMmMap{
+			StartCode: st.StartCode, EndCode: st.EndCode, StartStack: st.StartStack,
+			StartData: st.StartData, EndData: st.EndData, StartBrk: st.StartBrk, Brk: brk,
+			ArgStart: st.ArgStart, ArgEnd: st.ArgEnd, EnvStart: st.EnvStart, EnvEnd: st.EnvEnd,
+			Auxv: scratch + mapSize, AuxvSize: uint32(len(auxv)),
+			ExeFd: ^uint32(0), // keep the exe link
+		}
+		buf := append(unsafe.Slice((*byte)(unsafe.Pointer(&m)), mapSize), auxv...)
+		if err := ptrace.WriteMem(pid, scratch, buf); err != nil {
+			return fmt.Errorf("puppet %d: %w", pid, err)
+		}
+		if _, err := s.Syscall(unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, scratch, mapSize, 0); err != nil {
+			return fmt.Errorf("PR_SET_MM_MAP in a puppet: %w", err)
+		}
+		return nil
+	})
 }
 
-// probeClone3SetTID: clone3 with set_tid makes a child with a chosen free
-// PID (godwit's restore makes every task this way).
+// probeClone3SetTID: clone3 with set_tid makes a task with a chosen free
+// PID. It runs on the restore engine itself: a puppet (the restore stub,
+// driven by ptrace) is started and clone3 with set_tid is injected into
+// it, exactly as restore makes every task.
 func probeClone3SetTID() error {
 	last, err := readIntFile("/proc/sys/kernel/ns_last_pid")
 	if err != nil {
 		return err
 	}
-	max, err := readIntFile("/proc/sys/kernel/pid_max")
+	max, err := puppet.PidMax()
 	if err != nil {
 		return err
 	}
-	var lastErr error
 	const low = 301 // stay above the PIDs the kernel reserves after a wrap
 	if max <= low+1 {
 		return fmt.Errorf("pid_max %d leaves no room to choose a PID", max)
 	}
+	tr := ptrace.New()
+	defer tr.Close()
+	p, stop, err := startPuppet(tr)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	var lastErr error
 	for try := 0; try < 20; try++ {
 		cand := low + (last+1000-low+try*97)%(max-low)
 		if _, err := os.Stat("/proc/" + strconv.Itoa(cand)); err == nil {
 			continue
 		}
-		var p rawProg // nothing to do: exit at once
-		c, err := startRaw(&p, int32(cand))
-		if errors.Is(err, unix.EEXIST) {
+		// A sibling: godwit is its parent and reaps it on Kill.
+		c, err := p.Clone(cand, true)
+		if errors.Is(err, puppet.ErrPidInUse) {
 			lastErr = err
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("clone3 set_tid=%d: %w", cand, err)
+			return fmt.Errorf("clone3 set_tid=%d in a puppet: %w", cand, err)
 		}
-		defer c.free()
-		got := c.pid
-		if err := c.wait(stopTimeout); err != nil {
-			return err
+		got := c.Pid
+		if err := c.Kill(); err != nil {
+			return fmt.Errorf("kill task %d made by clone3 set_tid: %w", got, err)
 		}
 		if got != cand {
 			return fmt.Errorf("clone3 set_tid=%d made PID %d", cand, got)
@@ -416,7 +435,7 @@ func probeSoftDirty() error {
 		return fmt.Errorf("written page %#x not present in pagemap", addr)
 	}
 	if v&linux.PagemapSoftDirty == 0 {
-		return errors.New("a page written after clear_refs 4 has no soft-dirty bit (pagemap bit 55): CONFIG_MEM_SOFT_DIRTY is off; godwit tracks memory with userfaultfd WP_ASYNC + PAGEMAP_SCAN instead")
+		return errors.New("a page written after clear_refs 4 has no soft-dirty bit (pagemap bit 55): CONFIG_MEM_SOFT_DIRTY is off (godwit's dirty tracking is to use userfaultfd WP_ASYNC + PAGEMAP_SCAN: see mem_dirty_track)")
 	}
 	return nil
 }
@@ -442,16 +461,30 @@ func probeVmsplice() error {
 	return nil
 }
 
-// probeSigqueueinfo: a forked child queues itself a signal with a positive
-// si_code (what restoring pending signals needs).
+// probeSigqueueinfo: a task queues itself a signal with a positive si_code,
+// what restoring pending signals needs. It runs on the restore engine: the
+// syscall is injected into a puppet, whose signals are all blocked during
+// the injection, and the signal must then be pending in /proc/PID/status.
 func probeSigqueueinfo() error {
-	var si [128]byte
-	*(*int32)(unsafe.Pointer(&si[0])) = int32(unix.SIGUSR1)
-	*(*int32)(unsafe.Pointer(&si[8])) = 1 // si_code > 0: "kernel" origin
-	var p rawProg
-	s := p.add(unix.SYS_RT_SIGQUEUEINFO, 0, uintptr(unix.SIGUSR1), uintptr(unsafe.Pointer(&si[0])))
-	s.pidArg = 0
-	return runRaw(&p, "rt_sigqueueinfo to self with si_code 1", &si)
+	return inPuppet(func(pid int, s *ptrace.Session, scratch uint64) error {
+		var si [128]byte // siginfo_t
+		*(*int32)(unsafe.Pointer(&si[0])) = int32(unix.SIGUSR1)
+		*(*int32)(unsafe.Pointer(&si[8])) = 1 // si_code > 0: "kernel" origin
+		if err := ptrace.WriteMem(pid, scratch, si[:]); err != nil {
+			return fmt.Errorf("puppet %d: %w", pid, err)
+		}
+		if _, err := s.Syscall(unix.SYS_RT_SIGQUEUEINFO, uint64(pid), uint64(unix.SIGUSR1), scratch); err != nil {
+			return fmt.Errorf("rt_sigqueueinfo to self with si_code 1: %w", err)
+		}
+		st, err := procfs.ReadStatus(pid)
+		if err != nil {
+			return err
+		}
+		if bit := uint64(1) << (unix.SIGUSR1 - 1); st.ShdPnd&bit == 0 {
+			return fmt.Errorf("SIGUSR1 queued by rt_sigqueueinfo is not pending (ShdPnd %#x)", st.ShdPnd)
+		}
+		return nil
+	})
 }
 
 // probeNsLastPid: /proc/sys/kernel/ns_last_pid is writable and readable.
@@ -514,34 +547,18 @@ func probeFcntlOwnerUIDs() error {
 
 // probePosixTimers: a forked child's POSIX timer shows in /proc/PID/timers.
 func probePosixTimers() error {
-	var ready [2]int
-	if err := unix.Pipe2(ready[:], unix.O_CLOEXEC); err != nil {
-		return err
-	}
-	defer unix.Close(ready[0])
-	one := []byte{1}
-	timerID := new(int32)
-	var p rawProg
-	p.add(unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL))
-	p.add(unix.SYS_TIMER_CREATE, unix.CLOCK_MONOTONIC, 0, uintptr(unsafe.Pointer(timerID)))
-	p.add(unix.SYS_WRITE, uintptr(ready[1]), uintptr(unsafe.Pointer(&one[0])), 1)
-	p.hold = true
-	c, err := startRaw(&p, 0, one, timerID)
-	unix.Close(ready[1])
-	if err != nil {
-		return err
-	}
-	defer c.free()
-	defer c.kill()
-	if err := waitReady(ready[0], c); err != nil {
-		return fmt.Errorf("timer_create in a child: %w", err)
-	}
-	ts, err := procfs.ReadTimers(c.pid)
-	if err != nil {
-		return err
-	}
-	if len(ts) == 0 {
-		return fmt.Errorf("/proc/%d/timers does not list the child's timer", c.pid)
-	}
-	return nil
+	return inPuppet(func(pid int, s *ptrace.Session, scratch uint64) error {
+		// timer_create(CLOCK_MONOTONIC, NULL, &id): the id lands in scratch.
+		if _, err := s.Syscall(unix.SYS_TIMER_CREATE, unix.CLOCK_MONOTONIC, 0, scratch); err != nil {
+			return fmt.Errorf("timer_create in a puppet: %w", err)
+		}
+		ts, err := procfs.ReadTimers(pid)
+		if err != nil {
+			return err
+		}
+		if len(ts) == 0 {
+			return fmt.Errorf("/proc/%d/timers does not list the puppet's timer", pid)
+		}
+		return nil
+	})
 }

@@ -1,11 +1,11 @@
 package kerndat
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -109,74 +109,47 @@ func probeSeccompSuspend() error {
 	return nil
 }
 
-// probeSeccompFilters: a raw child installs a one-instruction filter; the
-// tracer reads it back with PTRACE_SECCOMP_GET_FILTER.
+// probeSeccompFilters: a puppet installs a one-instruction filter (both
+// prctls injected); the tracer reads it back with PTRACE_SECCOMP_GET_FILTER.
 func probeSeccompFilters() error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	var ready [2]int
-	if err := unix.Pipe2(ready[:], unix.O_CLOEXEC); err != nil {
-		return fmt.Errorf("pipe: %w", err)
-	}
-	defer unix.Close(ready[0])
-	filter := []unix.SockFilter{{Code: 0x06 /* BPF_RET|BPF_K */, K: unix.SECCOMP_RET_ALLOW}}
-	prog := &unix.SockFprog{Len: 1, Filter: &filter[0]}
-	one := []byte{1}
-	var p rawProg
-	p.add(unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL))
-	p.add(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-	p.add(unix.SYS_PRCTL, unix.PR_SET_SECCOMP, unix.SECCOMP_MODE_FILTER, uintptr(unsafe.Pointer(prog)))
-	p.add(unix.SYS_WRITE, uintptr(ready[1]), uintptr(unsafe.Pointer(&one[0])), 1)
-	p.hold = true
-	c, err := startRaw(&p, 0, filter, prog, one)
-	unix.Close(ready[1])
+	tr := ptrace.New()
+	defer tr.Close()
+	p, stop, err := startPuppet(tr)
 	if err != nil {
 		return err
 	}
-	defer c.free()
-	defer c.kill()
-	if err := waitReady(ready[0], c); err != nil {
-		return err
-	}
-	gone, err := seized(c.pid, 0, func(t *ptrace.Tracer, pid int) error {
-		// internal/ptrace has no call for this request (godwit does
-		// not dump seccomp filters itself yet), so it is issued raw, on
-		// the tracer thread that holds the tracee.
-		return t.Do(func() error {
-			n, _, e := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SECCOMP_GET_FILTER, uintptr(pid), 0, 0, 0, 0)
-			if e != 0 {
-				return fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: %w", pid, e)
-			}
-			if n != 1 {
-				return fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: filter has %d instructions, want 1", pid, n)
-			}
-			return nil
+	defer stop()
+	pid := p.Pid
+	err = inSession(tr, pid, func(s *ptrace.Session, scratch uint64) error {
+		// struct sock_fprog at scratch, its one struct sock_filter
+		// (BPF_RET|BPF_K, SECCOMP_RET_ALLOW) right after it.
+		var buf [24]byte
+		binary.NativeEndian.PutUint16(buf[0:], 1)
+		binary.NativeEndian.PutUint64(buf[8:], scratch+16)
+		binary.NativeEndian.PutUint16(buf[16:], 0x06)
+		binary.NativeEndian.PutUint32(buf[20:], unix.SECCOMP_RET_ALLOW)
+		if err := ptrace.WriteMem(pid, scratch, buf[:]); err != nil {
+			return fmt.Errorf("puppet %d: %w", pid, err)
+		}
+		return injectAll(s, []injected{
+			{"PR_SET_NO_NEW_PRIVS", unix.SYS_PRCTL, []uint64{unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0}},
+			{"PR_SET_SECCOMP filter", unix.SYS_PRCTL, []uint64{unix.PR_SET_SECCOMP, unix.SECCOMP_MODE_FILTER, scratch}},
 		})
 	})
-	if gone {
-		c.release()
+	if err != nil {
+		return err
 	}
-	return err
-}
-
-// waitReady reads the byte a holding raw child writes once its program ran,
-// or reports why it failed.
-func waitReady(fd int, c *rawChildProc) error {
-	var b [1]byte
-	t := time.AfterFunc(stopTimeout, func() { _ = unix.Kill(c.pid, unix.SIGKILL) })
-	defer t.Stop()
-	for {
-		n, err := unix.Read(fd, b[:])
-		if err == unix.EINTR {
-			continue
+	// internal/ptrace has no call for this request (godwit does not dump
+	// seccomp filters itself yet), so it is issued raw, on the tracer
+	// thread that holds the stopped puppet.
+	return tr.Do(func() error {
+		n, _, e := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SECCOMP_GET_FILTER, uintptr(pid), 0, 0, 0, 0)
+		if e != 0 {
+			return fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: %w", pid, e)
 		}
-		if n == 1 {
-			return nil
+		if n != 1 {
+			return fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: filter has %d instructions, want 1", pid, n)
 		}
-		// EOF: the child died before reaching its ready step.
-		if err := c.wait(stopTimeout); err != nil {
-			return err
-		}
-		return fmt.Errorf("raw child %d exited before it was ready", c.pid)
-	}
+		return nil
+	})
 }

@@ -1,6 +1,7 @@
 package kerndat
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -101,4 +102,21 @@ func (s *sleeper) kill() {
 	_ = unix.Kill(s.pid, unix.SIGKILL)
 	_, _ = reap(s.pid)
 	s.reaped = true
+}
+
+// reap waits for pid to terminate, skipping stops, retrying on EINTR.
+func reap(pid int) (unix.WaitStatus, error) {
+	for {
+		var ws unix.WaitStatus
+		_, err := unix.Wait4(pid, &ws, unix.WALL, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return ws, fmt.Errorf("wait4 %d: %w", pid, err)
+		}
+		if ws.Exited() || ws.Signaled() {
+			return ws, nil
+		}
+	}
 }

@@ -15,10 +15,11 @@ import (
 
 // Logger writes leveled lines. It is safe for concurrent use.
 type Logger struct {
-	mu    sync.Mutex
-	w     io.Writer
-	level int
-	start time.Time
+	mu     sync.Mutex
+	w      io.Writer
+	level  int
+	start  time.Time
+	toFile bool // writes to --log-file, not to stderr
 }
 
 // New returns a logger writing lines up to level to w.
@@ -110,5 +111,12 @@ func Open(o *opts.Options) (*Logger, func() error, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("open log file: %w", err)
 	}
-	return New(f, o.Verbosity), f.Close, nil
+	l := New(f, o.Verbosity)
+	l.toFile = true
+	return l, f.Close, nil
 }
+
+// ToFile reports whether the logger writes to a --log-file rather than
+// to stderr: the caller then also logs the final error there, where
+// runc, test runners and people look for it.
+func (l *Logger) ToFile() bool { return l.toFile }

@@ -68,6 +68,11 @@ type Options struct {
 	CPUCap        string // "" when not given; checked by cpuinfo.ParseCaps
 	LazyPages     bool
 	TrackMem      bool
+	// FileValidation is how restore checks that the files it reopens are
+	// the dumped ones (criu(8)'s --file-validation): FileValidationBuildID
+	// (default) or FileValidationSize.
+	FileValidation   string
+	SkipFileRWXCheck bool
 
 	// Restore.
 	InheritFD      []InheritFD
@@ -92,16 +97,42 @@ type Options struct {
 	TLSCert        string
 	TLSKey         string
 	TLSNoCNVerify  bool
+	TLSCACRL       string
 	MetricsAddress string
+	// Page server only: clients admitted by certificate identity, and the
+	// bounds on what all sessions together may write (0: default).
+	TLSAllowedClients []string
+	MaxBytes          uint64
+	MaxFiles          int
+}
+
+// The --file-validation modes of criu(8).
+const (
+	// FileValidationSize compares the size of every regular file.
+	FileValidationSize = "filesize"
+	// FileValidationBuildID also compares the ELF build-id of files that
+	// had one at dump time (executables, libraries): a rebuilt library of
+	// the same size is refused too. CRIU's default, and godwit's.
+	FileValidationBuildID = "buildid"
+)
+
+// ParseFileValidation checks a --file-validation argument.
+func ParseFileValidation(s string) (string, error) {
+	switch s {
+	case FileValidationSize, FileValidationBuildID:
+		return s, nil
+	}
+	return "", fmt.Errorf("bad --file-validation %q: want %s or %s", s, FileValidationSize, FileValidationBuildID)
 }
 
 // New returns Options with criu(8)'s defaults.
 func New() *Options {
 	return &Options{
-		Verbosity:  DefaultLogLevel,
-		ImagesDir:  ".",
-		GhostLimit: DefaultGhostLimit,
-		StatusFD:   -1,
+		FileValidation: FileValidationBuildID,
+		Verbosity:      DefaultLogLevel,
+		ImagesDir:      ".",
+		GhostLimit:     DefaultGhostLimit,
+		StatusFD:       -1,
 	}
 }
 
@@ -332,17 +363,18 @@ func (o *Options) Validate(command string) error {
 	if (o.Port < 0) || (o.Port > 65535) {
 		return fmt.Errorf("bad --port %d", o.Port)
 	}
+	// Without --tls-cacert etc., TLS uses criu(8)'s default files.
 	switch o.Transport {
 	case "", "tcp":
 	case "quic":
-		if o.TLSCACert == "" || o.TLSCert == "" || o.TLSKey == "" {
-			return errors.New("--transport quic uses mutual TLS: it needs --tls-cacert, --tls-cert and --tls-key")
-		}
 	default:
 		return fmt.Errorf("bad --transport %q: want tcp or quic", o.Transport)
 	}
-	if o.TLS && (o.TLSCACert == "" || o.TLSCert == "" || o.TLSKey == "") {
-		return errors.New("--tls needs --tls-cacert, --tls-cert and --tls-key")
+	if len(o.TLSAllowedClients) > 0 && !o.TLS && o.Transport != "quic" {
+		return errors.New("--tls-allowed-client needs --tls or --transport quic")
+	}
+	if o.MaxFiles < 0 {
+		return fmt.Errorf("bad --max-files %d", o.MaxFiles)
 	}
 	return nil
 }

@@ -106,6 +106,15 @@ func TestValidate(t *testing.T) {
 	if o.Validate("page-server") == nil {
 		t.Error("port 70000 accepted")
 	}
+	o = New()
+	o.TLSAllowedClients = []string{"src"}
+	if o.Validate("page-server") == nil {
+		t.Error("--tls-allowed-client without TLS accepted")
+	}
+	o.TLS = true
+	if err := o.Validate("page-server"); err != nil {
+		t.Errorf("--tls with CRIU's default certificate files: %v", err)
+	}
 }
 
 func TestWorkPath(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -45,6 +46,7 @@ type Session struct {
 	ran       bool
 	ended     bool
 	children  []int
+	began     time.Time
 }
 
 // SetSyscallAddr tells the tracer where a `syscall` instruction (0f 05) is
@@ -145,7 +147,7 @@ func (t *Tracer) begin(tid int) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inject into %d: %w", tid, err)
 	}
-	s := &Session{t: t, tk: tk, addr: addr}
+	s := &Session{t: t, tk: tk, addr: addr, began: time.Now()}
 	if err := getRegs(tid, &s.saved); err != nil {
 		return nil, err
 	}
@@ -284,6 +286,7 @@ func (s *Session) end() error {
 		return nil
 	}
 	s.ended = true
+	defer func() { s.t.injecting += time.Since(s.began) }()
 	tk := s.tk
 	tk.session = nil
 	if s.t.tasks[tk.tid] != tk {
@@ -310,6 +313,14 @@ func (s *Session) end() error {
 		return fmt.Errorf("end injection into %d: %w", tk.tid, err)
 	}
 	return nil
+}
+
+// InjectionTime returns the total time injection sessions of this tracer
+// were open, ended ones only.
+func (t *Tracer) InjectionTime() time.Duration {
+	var d time.Duration
+	_ = t.Do(func() error { d = t.injecting; return nil })
+	return d
 }
 
 // InjectSyscall runs one syscall in stopped thread tid and restores it.

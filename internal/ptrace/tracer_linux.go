@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"runtime"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -59,6 +60,10 @@ type Tracer struct {
 	tasks       map[int]*task
 	syscallAddr map[int]uint64 // tgid → address of a syscall instruction
 	xstateSize  int
+	// injecting sums the time injection sessions were open (Begin to
+	// End): the time a tracee spent in a state it cannot resume from
+	// alone if the tracer died (borrowed rip, every signal blocked).
+	injecting time.Duration
 }
 
 // New starts a tracer thread.

@@ -97,6 +97,28 @@ func CounterBin(t testing.TB, static bool) string {
 	return filepath.Join(buildDir, "counter")
 }
 
+var cBins sync.Map // name → path, built once per test binary
+
+// cBin builds the C program src (relative to the module root) into the
+// build directory once per test binary and returns its path.
+func cBin(t testing.TB, name, src string) string {
+	t.Helper()
+	if p, ok := cBins.Load(name); ok {
+		return p.(string)
+	}
+	CounterBin(t, false) // makes buildDir
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(buildDir, name)
+	if b, err := exec.Command("gcc", "-O2", "-o", out, filepath.Join(root, src)).CombinedOutput(); err != nil {
+		t.Fatalf("gcc %s: %v: %s", src, err, b)
+	}
+	cBins.Store(name, out)
+	return out
+}
+
 // RemoveBuilds deletes what CounterBin built; call it from TestMain after
 // m.Run.
 func RemoveBuilds() {
