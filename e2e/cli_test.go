@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -97,4 +98,48 @@ func TestStatsInWorkDir(t *testing.T) {
 		t.Errorf("no stats-dump in -W: %v\n%s", err, out)
 	}
 	syscall.Kill(w.pid, syscall.SIGUSR1)
+}
+
+// Images hold the program's memory: the images directory godwit creates,
+// every file in it and the log are readable by their owner only, even
+// under umask 000.
+func TestDumpImagesPrivate(t *testing.T) {
+	needRoot(t)
+	w := startC(t, false)
+	work := t.TempDir()
+	dir := filepath.Join(work, "new", "images")
+	// The umask is set in a shell: it is process-wide, and other tests run.
+	cmd := exec.Command("sh", "-c", `umask 000 && exec "$@"`, "sh",
+		godwitBin, "dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-R", "-W", work, "-o", "dump.log", "--display-stats")
+	out, err := cmd.CombinedOutput()
+	syscall.Kill(w.pid, syscall.SIGUSR1)
+	if err != nil {
+		t.Fatalf("dump: %v\n%s", err, out)
+	}
+	n := 0
+	err = filepath.Walk(filepath.Join(work, "new"), func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		n++
+		if fi.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s has mode %v: group or world can access it", p, fi.Mode().Perm())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 5 {
+		t.Errorf("only %d entries under the images directory", n)
+	}
+	for _, name := range []string{"dump.log", "stats-dump"} {
+		fi, err := os.Stat(filepath.Join(work, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s has mode %v: group or world can access it", name, fi.Mode().Perm())
+		}
+	}
 }

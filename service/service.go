@@ -10,8 +10,9 @@ import (
 	"io"
 	"net"
 	"os"
-	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/checkpoint-restore/go-criu/v8/rpc"
 	"golang.org/x/sys/unix"
@@ -33,56 +34,207 @@ const (
 	rpcMinor = 1
 )
 
-// maxClients bounds the clients served at once; more wait to be accepted.
-const maxClients = 16
+// maxPassedFDs is how many descriptors one request may carry (SCM_RIGHTS):
+// the images directory.
+const maxPassedFDs = 1
 
 // Version is godwit's own version, reported in criu_version.name.
 var Version = "godwit"
 
 // Conn is one RPC peer.
 type Conn struct {
-	f    *os.File
-	peer int // pid of the client, for resolving fds it names (images_dir_fd)
+	uc    *net.UnixConn
+	raw   syscall.RawConn
+	peer  peer
+	pidfd int           // the peer's pidfd (SO_PEERPIDFD), -1 if unknown
+	idle  time.Duration // longest wait for a request; 0: no limit
+	// passed is the descriptor that came with the request being handled
+	// (SCM_RIGHTS), -1 if none.
+	passed int
 }
 
-// NewConn wraps a connected SOCK_SEQPACKET socket.
+// NewConn wraps a connected SOCK_SEQPACKET socket, as `swrk FD` inherits
+// it. The peer must pass the same check as a service client (see Policy);
+// f stays the caller's.
 func NewConn(f *os.File) (*Conn, error) {
-	typ, err := unix.GetsockoptInt(int(f.Fd()), unix.SOL_SOCKET, unix.SO_TYPE)
+	nc, err := net.FileConn(f)
 	if err != nil {
 		return nil, fmt.Errorf("rpc socket: %w", err)
 	}
-	if typ != unix.SOCK_SEQPACKET {
-		return nil, fmt.Errorf("rpc socket: type %d is not SOCK_SEQPACKET", typ)
+	uc, ok := nc.(*net.UnixConn)
+	if !ok {
+		nc.Close()
+		return nil, errors.New("rpc socket: not a unix socket")
 	}
-	c := &Conn{f: f}
-	if cred, err := unix.GetsockoptUcred(int(f.Fd()), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
-		c.peer = int(cred.Pid)
+	c, err := newConn(uc, Policy{Group: -1}, 0)
+	if err != nil {
+		uc.Close()
+		return nil, err
 	}
 	return c, nil
 }
 
-// readRequest reads one message. It returns io.EOF when the peer closed.
+// newConn checks the peer of uc against p and wraps it. idle bounds the
+// wait for each request.
+func newConn(uc *net.UnixConn, p Policy, idle time.Duration) (*Conn, error) {
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("rpc socket: %w", err)
+	}
+	c := &Conn{uc: uc, raw: raw, pidfd: -1, passed: -1, idle: idle}
+	var typ int
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		typ, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE)
+		if serr != nil || typ != unix.SOCK_SEQPACKET {
+			return
+		}
+		c.peer, serr = peerOf(int(fd))
+		if serr != nil {
+			return
+		}
+		// The peer's pidfd, taken from the socket, names the process that
+		// connected even if its pid is reused later: images_dir_fd is
+		// fetched through it (pidfd_getfd), never through /proc/PID.
+		if pfd, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD); err == nil {
+			unix.CloseOnExec(pfd)
+			c.pidfd = pfd
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	if err == nil && typ != unix.SOCK_SEQPACKET {
+		err = fmt.Errorf("type %d is not SOCK_SEQPACKET", typ)
+	}
+	if err != nil {
+		c.closePidfd()
+		return nil, fmt.Errorf("rpc socket: %w", err)
+	}
+	if err := p.admit(&c.peer); err != nil {
+		c.closePidfd()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Conn) closePidfd() {
+	if c.pidfd >= 0 {
+		unix.Close(c.pidfd)
+		c.pidfd = -1
+	}
+}
+
+// Close closes the connection.
+func (c *Conn) Close() error {
+	c.closePidfd()
+	return c.uc.Close()
+}
+
+// errIdle ends a connection that sent no request within the idle timeout.
+var errIdle = errors.New("client idle for too long")
+
+// readRequest reads one message and the descriptor that may come with it.
+// It returns io.EOF when the peer closed.
 func (c *Conn) readRequest() (*rpc.CriuReq, error) {
-	fd := int(c.f.Fd())
-	// Peek at the size first so that a request is read whole or refused.
-	n, _, _, _, err := unix.Recvmsg(fd, nil, nil, unix.MSG_PEEK|unix.MSG_TRUNC)
+	if c.idle > 0 {
+		c.uc.SetReadDeadline(time.Now().Add(c.idle))
+	}
+	var (
+		n, oobn, flags int
+		buf            []byte
+		oob            = make([]byte, unix.CmsgSpace(4*maxPassedFDs))
+		rerr           error
+	)
+	err := c.raw.Read(func(fd uintptr) bool {
+		// Peek at the size first so that a request is read whole or refused.
+		n, _, _, _, rerr = unix.Recvmsg(int(fd), nil, nil, unix.MSG_PEEK|unix.MSG_TRUNC|unix.MSG_DONTWAIT)
+		if rerr == unix.EAGAIN {
+			return false
+		}
+		if rerr != nil || n == 0 {
+			return true
+		}
+		if n > maxRequest {
+			buf = make([]byte, 1) // drop it, and any descriptors with it
+		} else {
+			buf = make([]byte, n)
+		}
+		_, oobn, flags, _, rerr = unix.Recvmsg(int(fd), buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+		return rerr != unix.EAGAIN
+	})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return nil, errIdle
+	}
+	if err == nil {
+		err = rerr
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read request: %w", err)
 	}
 	if n == 0 {
 		return nil, io.EOF
 	}
-	if n > maxRequest {
-		unix.Recvmsg(fd, make([]byte, 1), nil, 0) // drop it
-		return nil, fmt.Errorf("request of %d bytes is larger than %d", n, maxRequest)
+	fds, ferr := parseRights(oob[:oobn])
+	if ferr == nil && flags&unix.MSG_CTRUNC != 0 {
+		ferr = fmt.Errorf("more than %d descriptor passed with a request", maxPassedFDs)
 	}
-	buf := make([]byte, n)
-	m, _, _, _, err := unix.Recvmsg(fd, buf, nil, 0)
+	if ferr == nil && n > maxRequest {
+		ferr = fmt.Errorf("request of %d bytes is larger than %d", n, maxRequest)
+	}
+	if ferr != nil {
+		closeAll(fds)
+		return nil, ferr
+	}
+	req, err := decodeRequest(buf)
 	if err != nil {
-		return nil, fmt.Errorf("read request: %w", err)
+		closeAll(fds)
+		return nil, err
 	}
+	if len(fds) == 1 {
+		c.passed = fds[0]
+	}
+	return req, nil
+}
+
+// parseRights returns the descriptors of SCM_RIGHTS messages in oob.
+func parseRights(oob []byte) ([]int, error) {
+	if len(oob) == 0 {
+		return nil, nil
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("request control data: %w", err)
+	}
+	var fds []int
+	for _, m := range msgs {
+		if m.Header.Level != unix.SOL_SOCKET || m.Header.Type != unix.SCM_RIGHTS {
+			continue
+		}
+		r, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			closeAll(fds)
+			return nil, fmt.Errorf("request control data: %w", err)
+		}
+		fds = append(fds, r...)
+	}
+	if len(fds) > maxPassedFDs {
+		closeAll(fds)
+		return nil, fmt.Errorf("more than %d descriptor passed with a request", maxPassedFDs)
+	}
+	return fds, nil
+}
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// decodeRequest parses one criu_req message: untrusted bytes of a client.
+func decodeRequest(b []byte) (*rpc.CriuReq, error) {
 	req := &rpc.CriuReq{}
-	if err := req.UnmarshalVT(buf[:m]); err != nil {
+	if err := req.UnmarshalVT(b); err != nil {
 		return nil, fmt.Errorf("decode request: %w", err)
 	}
 	return req, nil
@@ -93,13 +245,46 @@ func (c *Conn) writeResponse(resp *rpc.CriuResp) error {
 	if err != nil {
 		return fmt.Errorf("encode response: %w", err)
 	}
-	if _, err := unix.Write(int(c.f.Fd()), b); err != nil {
+	if c.idle > 0 {
+		c.uc.SetWriteDeadline(time.Now().Add(c.idle))
+	}
+	if _, err := c.uc.Write(b); err != nil {
 		return fmt.Errorf("write response: %w", err)
 	}
 	return nil
 }
 
-// Serve answers requests until the peer closes the connection.
+// refuse answers with an error, so that the client is not left waiting,
+// before the connection is dropped.
+func (c *Conn) refuse(err error) {
+	refuse(c.uc, err)
+}
+
+// refuse sends err as a response and ends the connection gently: closing
+// a socket with requests still unread would make the kernel reset the
+// client's side (ECONNRESET) before it reads the answer, so the rest of
+// what it sends is read and dropped, for a second at most.
+func refuse(uc *net.UnixConn, err error) {
+	uc.SetWriteDeadline(time.Now().Add(time.Second))
+	if b, merr := errorResponse(err).MarshalVT(); merr == nil {
+		uc.Write(b)
+	}
+	uc.CloseWrite()
+	uc.SetReadDeadline(time.Now().Add(time.Second))
+	buf := make([]byte, 4096)
+	for {
+		if _, err := uc.Read(buf); err != nil {
+			return
+		}
+	}
+}
+
+func errorResponse(err error) *rpc.CriuResp {
+	return &rpc.CriuResp{Type: rpc.CriuReqType_EMPTY.Enum(), Success: ptr(false), CrErrmsg: ptr(err.Error())}
+}
+
+// Serve answers requests until the peer closes the connection, or stays
+// idle longer than the connection allows.
 func (c *Conn) Serve() error {
 	for {
 		req, err := c.readRequest()
@@ -107,12 +292,16 @@ func (c *Conn) Serve() error {
 			return nil
 		}
 		if err != nil {
-			// Answer once so that the client is not left waiting, then
-			// give up on a peer that speaks garbage.
-			c.writeResponse(&rpc.CriuResp{Type: rpc.CriuReqType_EMPTY.Enum(), Success: ptr(false), CrErrmsg: ptr(err.Error())})
+			// Give up on a peer that speaks garbage or says nothing.
+			c.refuse(err)
 			return err
 		}
-		if err := c.writeResponse(c.handle(req)); err != nil {
+		resp := c.handle(req)
+		if c.passed >= 0 {
+			unix.Close(c.passed)
+			c.passed = -1
+		}
+		if err := c.writeResponse(resp); err != nil {
 			return err
 		}
 	}
@@ -194,64 +383,47 @@ func featureCheck(asked *rpc.CriuFeatures) *rpc.CriuFeatures {
 	return out
 }
 
-// imagesDir opens the images directory a request names: images_dir_fd is a
-// descriptor in the client's process (reached through /proc/PID/fd), as
-// CRIU's clients pass it; images_dir is a path.
+// imagesDir opens the images directory a request names. images_dir_fd is
+// a descriptor of the client: the one it passed with the request
+// (SCM_RIGHTS; its number is then not looked at), or else the client's own
+// fd of that number, taken with pidfd_getfd through the pidfd of the
+// process that connected, which cannot name another process even if the
+// client's pid is reused. images_dir is a path, for fully admitted clients
+// only (see Policy).
 func (c *Conn) imagesDir(o *rpc.CriuOpts, create bool) (*images.Dir, error) {
 	if o == nil {
 		return nil, errors.New("request has no options")
 	}
-	if fd := o.GetImagesDirFd(); fd >= 0 {
-		if c.peer <= 0 {
-			return nil, errors.New("images_dir_fd given but the peer's pid is unknown")
+	if fd := o.GetImagesDirFd(); fd >= 0 || c.passed >= 0 {
+		dfd := c.passed
+		if dfd < 0 {
+			if c.pidfd < 0 {
+				return nil, fmt.Errorf("images_dir_fd %d: the client's pidfd is unknown (SO_PEERPIDFD needs Linux 6.5); pass the descriptor with the request (SCM_RIGHTS)", fd)
+			}
+			nfd, err := unix.PidfdGetfd(c.pidfd, int(fd), 0)
+			if err != nil {
+				return nil, fmt.Errorf("images_dir_fd %d of the client: %w", fd, err)
+			}
+			defer unix.Close(nfd)
+			dfd = nfd
 		}
-		return images.Open("/proc/"+strconv.Itoa(c.peer)+"/fd/"+strconv.Itoa(int(fd)), false)
+		d, err := images.OpenFD(dfd)
+		if err != nil {
+			return nil, fmt.Errorf("images_dir_fd: %w", err)
+		}
+		if err := c.peer.mayUseDir(d.FD()); err != nil {
+			d.Close()
+			return nil, err
+		}
+		return d, nil
 	}
 	if o.ImagesDir == nil {
 		return nil, errors.New("request names no images directory")
 	}
+	if c.peer.delegated {
+		return nil, errors.New("images_dir: a client admitted by --service-group must pass images_dir_fd")
+	}
 	return images.Open(o.GetImagesDir(), create)
-}
-
-// Listen serves CRIU RPC on a unix SOCK_SEQPACKET socket at path, one
-// goroutine per client, until the listener fails. ready, if not nil, is
-// called once the socket accepts connections.
-func Listen(path string, ready func()) error {
-	os.Remove(path) // a stale socket of an earlier run
-	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", path, err)
-	}
-	defer l.Close()
-	if ready != nil {
-		ready()
-	}
-	// Each client holds an OS thread in a blocking recvmsg: bound them.
-	slots := make(chan struct{}, maxClients)
-	for {
-		uc, err := l.AcceptUnix()
-		if err != nil {
-			return fmt.Errorf("accept on %s: %w", path, err)
-		}
-		slots <- struct{}{}
-		go func() {
-			defer func() { <-slots }()
-			defer uc.Close()
-			f, err := uc.File()
-			if err != nil {
-				logging.Errorf("rpc: %v", err)
-				return
-			}
-			defer f.Close()
-			c, err := NewConn(f)
-			if err == nil {
-				err = c.Serve()
-			}
-			if err != nil {
-				logging.Errorf("rpc: %v", err)
-			}
-		}()
-	}
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/user"
 	"strconv"
 	"strings"
 
@@ -50,11 +51,26 @@ func lazyPagesCmd(a *app) *cobra.Command {
 }
 
 func serviceCmd(a *app) *cobra.Command {
+	var group string
 	c := &cobra.Command{
-		Use:   "service [--address SOCKET] [--daemon]",
+		Use:   "service [--address SOCKET] [--service-group GROUP] [--daemon]",
 		Short: "Serve CRIU's RPC protocol on a unix socket",
-		Args:  noArgs,
-		RunE: func(*cobra.Command, []string) error {
+		Long: `Serve CRIU's RPC protocol on a unix socket (SOCK_SEQPACKET).
+The socket is created 0600: only root and the service's own uid may use it
+(each client's credentials are checked too). With --service-group GROUP it
+is 0660 with that group, and the group's members may use it with limits:
+they pass their images directory as a descriptor, and it must be theirs.
+Only a stale socket is replaced at --address; any other file there is kept
+and the service refuses to start. Idle clients are dropped after a minute.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			gid := -1
+			if group != "" {
+				var err error
+				if gid, err = lookupGroup(group); err != nil {
+					return &usageError{cmd, err}
+				}
+			}
 			if a.o.Daemon {
 				pid, err := daemon.Start(a.args)
 				if err != nil {
@@ -66,19 +82,36 @@ func serviceCmd(a *app) *cobra.Command {
 			if addr == "" {
 				addr = a.o.WorkPath("criu_service.socket") // CRIU's default name
 			}
-			return service.Listen(addr, func() {
-				if err := a.writePidfile(os.Getpid()); err != nil {
-					a.log.Errorf("%v", err)
-				}
-				if err := daemon.Ready(a.o.StatusFD); err != nil {
-					a.log.Errorf("%v", err)
-				}
-			})
+			s, err := service.Listen(service.Config{Path: addr, Group: gid})
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			if err := a.writePidfile(os.Getpid()); err != nil {
+				a.log.Errorf("%v", err)
+			}
+			if err := daemon.Ready(a.o.StatusFD); err != nil {
+				a.log.Errorf("%v", err)
+			}
+			return s.Serve()
 		},
 	}
 	daemonFlags(c.Flags(), a.o)
 	c.Flags().StringVar(&a.o.Address, "address", "", "unix socket `path` to listen on (default criu_service.socket in -W)")
+	c.Flags().StringVar(&group, "service-group", "", "make the socket 0660 for `group` (name or gid), whose members may use it with limits")
 	return c
+}
+
+// lookupGroup resolves a group name or number.
+func lookupGroup(name string) (int, error) {
+	if gid, err := strconv.Atoi(name); err == nil && gid >= 0 {
+		return gid, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return -1, fmt.Errorf("--service-group: %w", err)
+	}
+	return strconv.Atoi(g.Gid)
 }
 
 func swrkCmd(a *app) *cobra.Command {
@@ -103,6 +136,7 @@ func swrkCmd(a *app) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("swrk: %w", err)
 			}
+			defer c.Close()
 			return c.Serve()
 		},
 	}

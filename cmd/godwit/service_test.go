@@ -219,6 +219,9 @@ func TestServiceDaemon(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	})
+	if fi, err := os.Lstat(sock); err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Errorf("service socket: %v, %v; want a 0600 socket", fi.Mode(), err)
+	}
 	for i := 0; i < 2; i++ { // two clients, one after the other
 		conn, err := net.Dial("unixpacket", sock)
 		if err != nil {
@@ -229,5 +232,33 @@ func TestServiceDaemon(t *testing.T) {
 		if !resp.GetSuccess() || resp.GetVersion().GetMajorNumber() != 4 {
 			t.Errorf("VERSION over the service socket: %v", resp)
 		}
+	}
+}
+
+// `godwit service` never deletes what is at --address unless it is a
+// socket: it refuses with one line.
+func TestServiceAddressNotSocket(t *testing.T) {
+	bin := godwitBin(t)
+	file := filepath.Join(t.TempDir(), "precious")
+	if err := os.WriteFile(file, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "service", "--address", file).CombinedOutput()
+	if err == nil {
+		t.Fatalf("service started on a regular file: %s", out)
+	}
+	if lines := strings.Split(strings.TrimSpace(string(out)), "\n"); len(lines) != 1 || !strings.Contains(lines[0], "not a socket") {
+		t.Errorf("want one line saying it is not a socket, got %q", out)
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "keep" {
+		t.Errorf("the file at --address changed: %q, %v", b, err)
+	}
+}
+
+func TestServiceGroupFlag(t *testing.T) {
+	bin := godwitBin(t)
+	out, err := exec.Command(bin, "service", "--address", filepath.Join(t.TempDir(), "s"), "--service-group", "no-such-group-godwit").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--service-group") {
+		t.Errorf("unknown group: %v %s", err, out)
 	}
 }

@@ -20,8 +20,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// FilePerm is the mode CRIU creates image files with (CR_FD_PERM).
-const FilePerm = 0o644
+// Image files hold the dumped program's memory (keys included): only their
+// owner may read them. CRIU uses 0644 (CR_FD_PERM); godwit is stricter.
+const (
+	FilePerm = 0o600
+	DirPerm  = 0o700
+)
 
 // Dir is an open images directory. Its methods are safe for concurrent use
 // (they only issue *at syscalls on a fixed fd).
@@ -32,10 +36,11 @@ type Dir struct {
 }
 
 // Open opens the images directory at path, creating it (and its parents)
-// first when create is set.
+// first when create is set. Directories it creates are DirPerm; an existing
+// directory keeps the mode its owner gave it.
 func Open(path string, create bool) (*Dir, error) {
 	if create {
-		if err := os.MkdirAll(path, 0o755); err != nil {
+		if err := os.MkdirAll(path, DirPerm); err != nil {
 			return nil, fmt.Errorf("images: create dir: %w", err)
 		}
 	}
@@ -97,13 +102,26 @@ func CheckName(name string) error {
 
 // OpenFile opens name in the directory with open(2) flags. Symlinks are not
 // followed (O_NOFOLLOW): a name always means a file inside this directory.
+// perm is limited to FilePerm: no image is ever group- or world-accessible.
+// With O_CREAT, a file left wider by an older dump is narrowed too.
 func (d *Dir) OpenFile(name string, flag int, perm uint32) (*os.File, error) {
 	if err := CheckName(name); err != nil {
 		return nil, err
 	}
-	fd, err := unix.Openat(d.fd, name, flag|unix.O_CLOEXEC|unix.O_NOFOLLOW, perm)
+	fd, err := unix.Openat(d.fd, name, flag|unix.O_CLOEXEC|unix.O_NOFOLLOW, perm&FilePerm)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: d.join(name), Err: err}
+	}
+	if flag&unix.O_CREAT != 0 {
+		var st unix.Stat_t
+		err := unix.Fstat(fd, &st)
+		if err == nil && st.Mode&0o077 != 0 {
+			err = unix.Fchmod(fd, st.Mode&FilePerm)
+		}
+		if err != nil {
+			unix.Close(fd)
+			return nil, &os.PathError{Op: "chmod", Path: d.join(name), Err: err}
+		}
 	}
 	return os.NewFile(uintptr(fd), d.join(name)), nil
 }

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"testing"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fs"
@@ -66,5 +67,43 @@ func TestDirOps(t *testing.T) {
 	}
 	if err := d.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
+	}
+}
+
+// Images hold process memory: whatever the umask, nothing godwit creates in
+// an images directory is group- or world-accessible.
+func TestDirModes(t *testing.T) {
+	old := syscall.Umask(0)
+	defer syscall.Umask(old)
+	root := t.TempDir()
+	path := filepath.Join(root, "a", "b")
+	d, err := Open(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := Write(d, FsImg(1), &fs.FsEntry{CwdId: u32(1), RootId: u32(2)}); err != nil {
+		t.Fatal(err)
+	}
+	// An image left 0644 by an older dump is narrowed when rewritten.
+	if err := os.WriteFile(filepath.Join(path, FsImg(2)), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := Write(d, FsImg(2), &fs.FsEntry{CwdId: u32(1), RootId: u32(2)}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := d.OpenFile("wide", os.O_WRONLY|os.O_CREATE, 0o666)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	for _, p := range []string{filepath.Join(root, "a"), path, filepath.Join(path, FsImg(1)), filepath.Join(path, FsImg(2)), filepath.Join(path, "wide")} {
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s has mode %v, want no group or world access", p, st.Mode().Perm())
+		}
 	}
 }
