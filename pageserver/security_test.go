@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"io"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -612,6 +613,56 @@ func TestClientSplitsLargeAdds(t *testing.T) {
 		}
 		if !bytes.Equal(got, pagesOf(pr, 3)) {
 			t.Errorf("pages at %#x differ", pr.vaddr)
+		}
+	}
+}
+
+// TestHandshakesDoNotLockOut: peers that open TCP connections and never
+// finish a TLS handshake hold no connection slot: a certified client is
+// served while they wait, and they are dropped after HandshakeTimeout.
+func TestHandshakesDoNotLockOut(t *testing.T) {
+	so := tlsFiles(t, t.TempDir())
+	so.TLS = true
+	ts := startServer(t, Config{MaxConns: 2, HandshakeTimeout: time.Minute}, so)
+	// 64 silent sockets from 127.0.0.2-.9, 8 each.
+	for i := range 64 {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i%8))}}
+		c, err := d.Dial("tcp", ts.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	// The listen backlog is FIFO: the client below comes after them.
+	if err := tryWrite(ts.addr, clientOf(so), 1); err != nil {
+		t.Fatalf("certified client while handshakes are pending: %v", err)
+	}
+	if err := tryWrite(ts.addr, clientOf(so), 2); err != nil {
+		t.Fatalf("second certified client: %v", err)
+	}
+	ts.log.waitLog(t, "TLS handshakes from 127.0.0.")
+
+	short := startServer(t, Config{HandshakeTimeout: 200 * time.Millisecond}, so)
+	dialRaw(t, short.addr).closedByServer()
+	short.log.waitLog(t, "TLS handshake: ")
+}
+
+func TestPeerHostGroupsIPv6(t *testing.T) {
+	for _, c := range []struct{ a, b string }{
+		{"2001:db8:1:2::1", "2001:db8:1:2:ffff:1:2:3"},
+		{"192.0.2.1", "::ffff:192.0.2.1"},
+	} {
+		a, b := peerHost(&net.TCPAddr{IP: net.ParseIP(c.a)}), peerHost(&net.UDPAddr{IP: net.ParseIP(c.b)})
+		if a != b {
+			t.Errorf("%s and %s are different peers (%s, %s)", c.a, c.b, a, b)
+		}
+	}
+	for _, c := range []struct{ a, b string }{
+		{"2001:db8:1:2::1", "2001:db8:1:3::1"},
+		{"192.0.2.1", "192.0.2.2"},
+	} {
+		if peerHost(&net.TCPAddr{IP: net.ParseIP(c.a)}) == peerHost(&net.TCPAddr{IP: net.ParseIP(c.b)}) {
+			t.Errorf("%s and %s are one peer", c.a, c.b)
 		}
 	}
 }
