@@ -368,6 +368,27 @@ func TestLimits(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	t.Run("entries without data", func(t *testing.T) {
+		// Lazy ADDs carry no pages but each writes a pagemap entry.
+		ts := startServer(t, Config{MaxBytes: PageSize}, TransportOptions{})
+		p := dialRaw(t, ts.addr)
+		p.send(wire.CmdOpen, 0, 0, TaskDst(4), nil)
+		var reqs []byte
+		for i := range uint64(PageSize/pagemapEntryMax + 1) {
+			var b [wire.HeaderSize]byte
+			wire.Header{Cmd: wire.MakeCmd(wire.CmdAddF, wire.FlagLazy), NrPages: 1, Vaddr: 0x1000 + 2*i*PageSize, DstID: TaskDst(4)}.Marshal(b[:])
+			reqs = append(reqs, b[:]...)
+		}
+		p.c.Write(reqs)
+		p.closedByServer()
+		ts.log.waitLog(t, "--max-bytes")
+		if exists(ts.dir, "pagemap-4.img") {
+			t.Error("refused pagemap kept")
+		}
+		if err := tryWrite(ts.addr, TransportOptions{}, 5); err == nil {
+			t.Error("a page and its entry fit in --max-bytes of one page")
+		}
+	})
 	t.Run("pages per ADD", func(t *testing.T) {
 		ts := startServer(t, Config{}, TransportOptions{})
 		p := dialRaw(t, ts.addr)

@@ -52,8 +52,9 @@ type Config struct {
 	// closed at once). QUIC connections are handed over by quic-go only
 	// once their handshake is done (HandshakeIdleTimeout, 5 s).
 	HandshakeTimeout time.Duration
-	// MaxBytes bounds the page data all sessions together may write
-	// (--max-bytes); 0 means no bound. MaxFiles bounds the image files
+	// MaxBytes bounds the bytes all sessions together may write
+	// (--max-bytes): page data, and pagemapEntryMax per pagemap entry
+	// (ADDs without data too); 0 means no bound. MaxFiles bounds the image files
 	// they create (--max-files, default 16384; each OPEN makes two).
 	MaxBytes int64
 	MaxFiles int
