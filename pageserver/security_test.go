@@ -216,6 +216,40 @@ func TestUnauthenticatedNetwork(t *testing.T) {
 	}
 }
 
+// TestLazyNeedsTLS: --lazy-pages without TLS is refused on loopback too
+// (any local user could read root's dumped memory), and served with it.
+func TestLazyNeedsTLS(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
+		ln, err := Listen(addr, TransportOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv, err := NewServer(Config{ImagesDir: t.TempDir(), Lazy: true, Log: logging.New(io.Discard, 0)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err = srv.Serve(ctx, ln)
+		cancel()
+		ln.Close()
+		srv.Close()
+		if err == nil || !strings.Contains(err.Error(), "--lazy-pages") || !strings.Contains(err.Error(), "--tls") {
+			t.Errorf("lazy pages without TLS on %s: %v", addr, err)
+		}
+	}
+	so := tlsFiles(t, t.TempDir())
+	so.TLS = true
+	dump := t.TempDir()
+	writeLocal(t, dump, "pagemap-42.img", 1, []pageRange{{vaddr: 0x400000, nr: 1, flags: FlagPresent | FlagLazy}}, 3)
+	ts := startServer(t, Config{ImagesDir: dump, Lazy: true}, so)
+	c := ts.dial(t)
+	defer c.Close()
+	buf := make([]byte, PageSize)
+	if n, err := c.Get(42, 0x400000, 1, buf); err != nil || n != 1 {
+		t.Fatalf("GET over TLS: %d, %v", n, err)
+	}
+}
+
 // TestNoReplaceFinished: a second session can't replace a pagemap another
 // session finished, by OPEN or by ADD without OPEN, and pages numbers in
 // use are skipped.

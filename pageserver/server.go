@@ -31,7 +31,8 @@ type Config struct {
 	// read the parent through that link.
 	PrevImagesDir string
 	// Lazy serves GET requests from the images (--lazy-pages) and refuses
-	// page uploads.
+	// page uploads. It requires an authenticated listener (TLS or QUIC)
+	// on every address, loopback included.
 	Lazy bool
 	// Log receives one line per refused request or connection; nil means
 	// logging.Default().
@@ -219,10 +220,12 @@ func (s *Server) Serve(parent context.Context, ln *Listener) error {
 		s.closeAll()
 	})
 	defer stop()
+	if s.cfg.Lazy && !ln.Authenticated() {
+		// Even on loopback: any local user could read the pages of any
+		// task from images only their owner may read.
+		return fmt.Errorf("page server: --lazy-pages on %s without --tls would give any peer, local users included, the dumped memory: use --tls or --transport quic", ln.Addr())
+	}
 	if !ln.Authenticated() && !isLoopback(ln.Addr()) {
-		if s.cfg.Lazy {
-			return fmt.Errorf("page server: --lazy-pages on %s without --tls would give any peer the dumped memory: use --tls, --transport quic or a loopback address", ln.Addr())
-		}
 		s.log.Warnf("page-server: serving %s without authentication: any peer that reaches it can write images (use --tls or --transport quic)", ln.Addr())
 	}
 	refused := func(peer string, err error) {
