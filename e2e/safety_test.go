@@ -56,6 +56,26 @@ func readTargetState(t *testing.T, pid int) targetState {
 	return s
 }
 
+// stableState is the baseline a dump is judged against, taken once the
+// program ticks, from two reads that agree: it blocks every signal for a
+// moment now and then (SigBlk fffffffffffbfeff, as libc does around
+// thread and process creation), which must not become the baseline.
+func (w *workload) stableState(t *testing.T) targetState {
+	t.Helper()
+	w.waitTicks(2)
+	prev := readTargetState(t, w.pid)
+	for range 50 {
+		time.Sleep(20 * time.Millisecond)
+		cur := readTargetState(t, w.pid)
+		if cur.maps == prev.maps && slices.Equal(cur.fds, prev.fds) && slices.Equal(cur.sigBlk, prev.sigBlk) {
+			return cur
+		}
+		prev = cur
+	}
+	t.Fatalf("pid %d: state never the same twice in a row: %v", w.pid, prev.sigBlk)
+	return prev
+}
+
 // checkUntouched asserts pid runs untraced, ticks, and shows want.
 func (w *workload) checkUntouched(t *testing.T, what string, want targetState) {
 	t.Helper()
@@ -74,6 +94,12 @@ func (w *workload) checkUntouched(t *testing.T, what string, want targetState) {
 	}
 	w.waitTicks(2)
 	got := readTargetState(t, w.pid)
+	for i := 0; i < 20 && !slices.Equal(got.sigBlk, want.sigBlk); i++ {
+		// A mask the program holds for a moment (see stableState); one
+		// the dump left behind stays.
+		time.Sleep(20 * time.Millisecond)
+		got = readTargetState(t, w.pid)
+	}
 	if got.maps != want.maps {
 		t.Fatalf("%s: mappings changed:\n%s\nwas:\n%s", what, got.maps, want.maps)
 	}
@@ -221,9 +247,8 @@ func testDumpInterrupted(t *testing.T) {
 			t.Fatalf("earlier dump: exit %d: %s", code, out)
 		}
 		took = time.Since(t0)
-		w.waitTicks(2)
 		earlier = dirState(t, dir)
-		base = readTargetState(t, w.pid)
+		base = w.stableState(t)
 	}
 	fresh()
 	// Points spread over the time a whole dump takes here (the first
@@ -303,9 +328,8 @@ func TestDumpKilled(t *testing.T) {
 	if code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-R", "-o", filepath.Join(logs, "earlier.log")); code != 0 {
 		t.Fatalf("earlier dump: exit %d: %s", code, out)
 	}
-	w.waitTicks(2)
 	earlier := dirState(t, dir)
-	base := readTargetState(t, w.pid)
+	base := w.stableState(t)
 	killed := 0
 	for round := 0; round < 4; round++ {
 		logPath := filepath.Join(logs, fmt.Sprintf("dump-%d.log", round))
@@ -542,7 +566,7 @@ func TestFailedDumpKeepsEarlierDump(t *testing.T) {
 	first.reapKilled(t)
 	earlier := dirState(t, dir)
 	w := startC(t, false, "-m", "16", "-t", "2")
-	base := readTargetState(t, w.pid)
+	base := w.stableState(t)
 	for _, action := range []string{"pre-dump", "post-dump"} {
 		script := filepath.Join(tmp, action+".sh")
 		body := fmt.Sprintf("#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = %s ] && exit 7\nexit 0\n", action)
