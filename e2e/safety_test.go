@@ -590,3 +590,39 @@ func TestFailedDumpKeepsEarlierDump(t *testing.T) {
 	first.checkLog(0)
 	w.finishOriginal(t, "after the failed dumps")
 }
+
+// TestConcurrentDumpRefused: while a dump holds -D (its flock), a second
+// dump into it fails at once with one line, before touching its target.
+func TestConcurrentDumpRefused(t *testing.T) {
+	needRoot(t)
+	tmp := t.TempDir()
+	dir := filepath.Join(tmp, "images")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	w := startC(t, false, "-m", "16", "-t", "2")
+	base := w.stableState(t)
+	// What a running dump holds (images.NewStaging).
+	f, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-R", "-o", filepath.Join(tmp, "dump.log"))
+	if code == 0 || !strings.Contains(out, "in use by another dump") || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Fatalf("dump into a locked -D: exit %d: %q", code, out)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("the refused dump left %d entries in -D", len(ents))
+	}
+	w.checkUntouched(t, "after a refused concurrent dump", base)
+	// Once the lock is gone the dump goes through.
+	f.Close()
+	if code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-R", "-o", filepath.Join(tmp, "dump2.log")); code != 0 {
+		t.Fatalf("dump after the lock was released: exit %d: %s", code, out)
+	}
+	w.finishOriginal(t, "after the dumps")
+}
