@@ -56,6 +56,26 @@ func readTargetState(t *testing.T, pid int) targetState {
 	return s
 }
 
+// stableState is the baseline a dump is judged against, taken once the
+// program ticks, from two reads that agree: it blocks every signal for a
+// moment now and then (SigBlk fffffffffffbfeff, as libc does around
+// thread and process creation), which must not become the baseline.
+func (w *workload) stableState(t *testing.T) targetState {
+	t.Helper()
+	w.waitTicks(2)
+	prev := readTargetState(t, w.pid)
+	for range 50 {
+		time.Sleep(20 * time.Millisecond)
+		cur := readTargetState(t, w.pid)
+		if cur.maps == prev.maps && slices.Equal(cur.fds, prev.fds) && slices.Equal(cur.sigBlk, prev.sigBlk) {
+			return cur
+		}
+		prev = cur
+	}
+	t.Fatalf("pid %d: state never the same twice in a row: %v", w.pid, prev.sigBlk)
+	return prev
+}
+
 // checkUntouched asserts pid runs untraced, ticks, and shows want.
 func (w *workload) checkUntouched(t *testing.T, what string, want targetState) {
 	t.Helper()
@@ -74,6 +94,12 @@ func (w *workload) checkUntouched(t *testing.T, what string, want targetState) {
 	}
 	w.waitTicks(2)
 	got := readTargetState(t, w.pid)
+	for i := 0; i < 20 && !slices.Equal(got.sigBlk, want.sigBlk); i++ {
+		// A mask the program holds for a moment (see stableState); one
+		// the dump left behind stays.
+		time.Sleep(20 * time.Millisecond)
+		got = readTargetState(t, w.pid)
+	}
 	if got.maps != want.maps {
 		t.Fatalf("%s: mappings changed:\n%s\nwas:\n%s", what, got.maps, want.maps)
 	}
@@ -220,9 +246,8 @@ func testDumpInterrupted(t *testing.T, method string) {
 			t.Fatalf("earlier dump: exit %d: %s", code, out)
 		}
 		took = time.Since(t0)
-		w.waitTicks(2)
 		earlier = dirState(t, dir)
-		base = readTargetState(t, w.pid)
+		base = w.stableState(t)
 	}
 	fresh()
 	// Points spread over the time a whole dump takes here (the first
@@ -302,9 +327,8 @@ func TestDumpKilled(t *testing.T) {
 	if code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-R", "-o", filepath.Join(logs, "earlier.log")); code != 0 {
 		t.Fatalf("earlier dump: exit %d: %s", code, out)
 	}
-	w.waitTicks(2)
 	earlier := dirState(t, dir)
-	base := readTargetState(t, w.pid)
+	base := w.stableState(t)
 	killed := 0
 	for round := 0; round < 4; round++ {
 		logPath := filepath.Join(logs, fmt.Sprintf("dump-%d.log", round))
@@ -541,7 +565,7 @@ func TestFailedDumpKeepsEarlierDump(t *testing.T) {
 	first.reapKilled(t)
 	earlier := dirState(t, dir)
 	w := startC(t, false, "-m", "16", "-t", "2")
-	base := readTargetState(t, w.pid)
+	base := w.stableState(t)
 	for _, action := range []string{"pre-dump", "post-dump"} {
 		script := filepath.Join(tmp, action+".sh")
 		body := fmt.Sprintf("#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = %s ] && exit 7\nexit 0\n", action)
@@ -564,4 +588,40 @@ func TestFailedDumpKeepsEarlierDump(t *testing.T) {
 	}
 	first.checkLog(0)
 	w.finishOriginal(t, "after the failed dumps")
+}
+
+// TestConcurrentDumpRefused: while a dump holds -D (its flock), a second
+// dump into it fails at once with one line, before touching its target.
+func TestConcurrentDumpRefused(t *testing.T) {
+	needRoot(t)
+	tmp := t.TempDir()
+	dir := filepath.Join(tmp, "images")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	w := startC(t, false, "-m", "16", "-t", "2")
+	base := w.stableState(t)
+	// What a running dump holds (images.NewStaging).
+	f, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-R", "-o", filepath.Join(tmp, "dump.log"))
+	if code == 0 || !strings.Contains(out, "in use by another dump") || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Fatalf("dump into a locked -D: exit %d: %q", code, out)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("the refused dump left %d entries in -D", len(ents))
+	}
+	w.checkUntouched(t, "after a refused concurrent dump", base)
+	// Once the lock is gone the dump goes through.
+	f.Close()
+	if code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-R", "-o", filepath.Join(tmp, "dump2.log")); code != 0 {
+		t.Fatalf("dump after the lock was released: exit %d: %s", code, out)
+	}
+	w.finishOriginal(t, "after the dumps")
 }

@@ -118,12 +118,20 @@ func (s *Server) removeImages(t *task) {
 	s.bytes.Add(-t.bytes)
 }
 
-// chargeBytes reserves n bytes of page data against MaxBytes.
+// pagemapEntryMax bounds the bytes one ADD adds to a pagemap image: the
+// 4-byte size prefix of an image entry and a pagemap_entry (images/
+// pagemap.proto) with vaddr < 2^57 (tag + 9-byte varint), compat_nr_pages
+// (tag + 5), flags (tag + 5) and nr_pages (tag + 9). ADDs without data
+// (lazy, parent, zero) write nothing else, so each is charged this much
+// against MaxBytes: else a million of them grow the pagemap unbounded.
+const pagemapEntryMax = 4 + 10 + 6 + 6 + 10
+
+// chargeBytes reserves n bytes of images against MaxBytes.
 func (s *Server) chargeBytes(t *task, n int64) error {
 	if s.cfg.MaxBytes > 0 {
 		if s.bytes.Add(n) > s.cfg.MaxBytes {
 			s.bytes.Add(-n)
-			return reqErr(reasonQuota, fmt.Errorf("the server's limit of %d bytes of pages is reached (--max-bytes)", s.cfg.MaxBytes))
+			return reqErr(reasonQuota, fmt.Errorf("the server's limit of %d bytes of images is reached (--max-bytes)", s.cfg.MaxBytes))
 		}
 	} else {
 		s.bytes.Add(n)

@@ -275,11 +275,9 @@ func TestLazyGet(t *testing.T) {
 	}
 	for _, tr := range []Transport{TransportTCP, TransportQUIC} {
 		t.Run(string(tr), func(t *testing.T) {
-			o := TransportOptions{Transport: tr}
-			if tr == TransportQUIC {
-				o = tlsFiles(t, t.TempDir())
-				o.Transport = tr
-			}
+			// Lazy pages are only served with TLS.
+			o := tlsFiles(t, t.TempDir())
+			o.Transport, o.TLS = tr, tr == TransportTCP
 			ts := startServer(t, Config{ImagesDir: dump, Lazy: true}, o)
 			c := ts.dial(t)
 			buf := make([]byte, 16*PageSize)

@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"io"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -215,6 +216,40 @@ func TestUnauthenticatedNetwork(t *testing.T) {
 	}
 }
 
+// TestLazyNeedsTLS: --lazy-pages without TLS is refused on loopback too
+// (any local user could read root's dumped memory), and served with it.
+func TestLazyNeedsTLS(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
+		ln, err := Listen(addr, TransportOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv, err := NewServer(Config{ImagesDir: t.TempDir(), Lazy: true, Log: logging.New(io.Discard, 0)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err = srv.Serve(ctx, ln)
+		cancel()
+		ln.Close()
+		srv.Close()
+		if err == nil || !strings.Contains(err.Error(), "--lazy-pages") || !strings.Contains(err.Error(), "--tls") {
+			t.Errorf("lazy pages without TLS on %s: %v", addr, err)
+		}
+	}
+	so := tlsFiles(t, t.TempDir())
+	so.TLS = true
+	dump := t.TempDir()
+	writeLocal(t, dump, "pagemap-42.img", 1, []pageRange{{vaddr: 0x400000, nr: 1, flags: FlagPresent | FlagLazy}}, 3)
+	ts := startServer(t, Config{ImagesDir: dump, Lazy: true}, so)
+	c := ts.dial(t)
+	defer c.Close()
+	buf := make([]byte, PageSize)
+	if n, err := c.Get(42, 0x400000, 1, buf); err != nil || n != 1 {
+		t.Fatalf("GET over TLS: %d, %v", n, err)
+	}
+}
+
 // TestNoReplaceFinished: a second session can't replace a pagemap another
 // session finished, by OPEN or by ADD without OPEN, and pages numbers in
 // use are skipped.
@@ -365,6 +400,27 @@ func TestLimits(t *testing.T) {
 		// The refused session's charge was returned.
 		if err := tryWrite(ts.addr, TransportOptions{}, 5); err != nil {
 			t.Fatal(err)
+		}
+	})
+	t.Run("entries without data", func(t *testing.T) {
+		// Lazy ADDs carry no pages but each writes a pagemap entry.
+		ts := startServer(t, Config{MaxBytes: PageSize}, TransportOptions{})
+		p := dialRaw(t, ts.addr)
+		p.send(wire.CmdOpen, 0, 0, TaskDst(4), nil)
+		var reqs []byte
+		for i := range uint64(PageSize/pagemapEntryMax + 1) {
+			var b [wire.HeaderSize]byte
+			wire.Header{Cmd: wire.MakeCmd(wire.CmdAddF, wire.FlagLazy), NrPages: 1, Vaddr: 0x1000 + 2*i*PageSize, DstID: TaskDst(4)}.Marshal(b[:])
+			reqs = append(reqs, b[:]...)
+		}
+		p.c.Write(reqs)
+		p.closedByServer()
+		ts.log.waitLog(t, "--max-bytes")
+		if exists(ts.dir, "pagemap-4.img") {
+			t.Error("refused pagemap kept")
+		}
+		if err := tryWrite(ts.addr, TransportOptions{}, 5); err == nil {
+			t.Error("a page and its entry fit in --max-bytes of one page")
 		}
 	})
 	t.Run("pages per ADD", func(t *testing.T) {
@@ -612,6 +668,56 @@ func TestClientSplitsLargeAdds(t *testing.T) {
 		}
 		if !bytes.Equal(got, pagesOf(pr, 3)) {
 			t.Errorf("pages at %#x differ", pr.vaddr)
+		}
+	}
+}
+
+// TestHandshakesDoNotLockOut: peers that open TCP connections and never
+// finish a TLS handshake hold no connection slot: a certified client is
+// served while they wait, and they are dropped after HandshakeTimeout.
+func TestHandshakesDoNotLockOut(t *testing.T) {
+	so := tlsFiles(t, t.TempDir())
+	so.TLS = true
+	ts := startServer(t, Config{MaxConns: 2, HandshakeTimeout: time.Minute}, so)
+	// 64 silent sockets from 127.0.0.2-.9, 8 each.
+	for i := range 64 {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i%8))}}
+		c, err := d.Dial("tcp", ts.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	// The listen backlog is FIFO: the client below comes after them.
+	if err := tryWrite(ts.addr, clientOf(so), 1); err != nil {
+		t.Fatalf("certified client while handshakes are pending: %v", err)
+	}
+	if err := tryWrite(ts.addr, clientOf(so), 2); err != nil {
+		t.Fatalf("second certified client: %v", err)
+	}
+	ts.log.waitLog(t, "TLS handshakes from 127.0.0.")
+
+	short := startServer(t, Config{HandshakeTimeout: 200 * time.Millisecond}, so)
+	dialRaw(t, short.addr).closedByServer()
+	short.log.waitLog(t, "TLS handshake: ")
+}
+
+func TestPeerHostGroupsIPv6(t *testing.T) {
+	for _, c := range []struct{ a, b string }{
+		{"2001:db8:1:2::1", "2001:db8:1:2:ffff:1:2:3"},
+		{"192.0.2.1", "::ffff:192.0.2.1"},
+	} {
+		a, b := peerHost(&net.TCPAddr{IP: net.ParseIP(c.a)}), peerHost(&net.UDPAddr{IP: net.ParseIP(c.b)})
+		if a != b {
+			t.Errorf("%s and %s are different peers (%s, %s)", c.a, c.b, a, b)
+		}
+	}
+	for _, c := range []struct{ a, b string }{
+		{"2001:db8:1:2::1", "2001:db8:1:3::1"},
+		{"192.0.2.1", "192.0.2.2"},
+	} {
+		if peerHost(&net.TCPAddr{IP: net.ParseIP(c.a)}) == peerHost(&net.TCPAddr{IP: net.ParseIP(c.b)}) {
+			t.Errorf("%s and %s are one peer", c.a, c.b)
 		}
 	}
 }

@@ -31,7 +31,8 @@ type Config struct {
 	// read the parent through that link.
 	PrevImagesDir string
 	// Lazy serves GET requests from the images (--lazy-pages) and refuses
-	// page uploads.
+	// page uploads. It requires an authenticated listener (TLS or QUIC)
+	// on every address, loopback included.
 	Lazy bool
 	// Log receives one line per refused request or connection; nil means
 	// logging.Default().
@@ -39,13 +40,22 @@ type Config struct {
 	// Metrics may be nil.
 	Metrics *Metrics
 	// MaxConns bounds connections served at once (default 64); more are
-	// closed at accept with a log line.
+	// closed with a log line. Under TLS only finished handshakes count:
+	// peers that never complete one must not lock certified clients out.
 	MaxConns int
 	// MaxConnsPerPeer bounds the connections of one peer address
-	// (default 8), so that one host cannot take every slot.
+	// (default 8; IPv6 peers are grouped by /64), so that one host cannot
+	// take every slot.
 	MaxConnsPerPeer int
-	// MaxBytes bounds the page data all sessions together may write
-	// (--max-bytes); 0 means no bound. MaxFiles bounds the image files
+	// HandshakeTimeout (default 5 s) bounds a TLS handshake over TCP.
+	// Handshakes have their own budget: maxHandshakes at once (accepting
+	// waits for a free one), maxHandshakesPerPeer per peer (more are
+	// closed at once). QUIC connections are handed over by quic-go only
+	// once their handshake is done (HandshakeIdleTimeout, 5 s).
+	HandshakeTimeout time.Duration
+	// MaxBytes bounds the bytes all sessions together may write
+	// (--max-bytes): page data, and pagemapEntryMax per pagemap entry
+	// (ADDs without data too); 0 means no bound. MaxFiles bounds the image files
 	// they create (--max-files, default 16384; each OPEN makes two).
 	MaxBytes int64
 	MaxFiles int
@@ -64,11 +74,18 @@ type Config struct {
 const DefaultPagesIDBase = 0x10001
 
 const (
-	defaultMaxConns        = 64
-	defaultMaxConnsPerPeer = 8
-	defaultMaxFiles        = 16384
-	defaultIdleTimeout     = 2 * time.Minute
-	defaultReadTimeout     = 30 * time.Second
+	defaultMaxConns         = 64
+	defaultMaxConnsPerPeer  = 8
+	defaultMaxFiles         = 16384
+	defaultIdleTimeout      = 2 * time.Minute
+	defaultReadTimeout      = 30 * time.Second
+	defaultHandshakeTimeout = 5 * time.Second
+	// maxHandshakes bounds TLS handshakes in progress; with
+	// maxHandshakesPerPeer, a peer must hold 16 addresses (IPv6: /64s) to
+	// fill the budget, and then only delays other clients by
+	// HandshakeTimeout at a time (they wait in the listen backlog).
+	maxHandshakes        = 64
+	maxHandshakesPerPeer = 4
 	// copyBufSize is the per-session buffer for page data that cannot be
 	// spliced (QUIC, TLS) and for GET replies: the per-connection memory
 	// bound together with readBufSize.
@@ -95,6 +112,8 @@ type Server struct {
 	files   atomic.Int64 // image files created and kept
 	bytes   atomic.Int64 // page data written and kept
 	perPeer map[string]int
+	hsSem   chan struct{}  // TLS handshakes in progress
+	hsPeer  map[string]int // TLS handshakes in progress per peer group
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	open    map[uint64]string // dst (normalised) → peer holding it
@@ -106,7 +125,8 @@ type Server struct {
 // NewServer opens the images directory and prepares the parent link.
 func NewServer(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Log, m: cfg.Metrics,
-		open: map[uint64]string{}, conns: map[io.Closer]struct{}{}, perPeer: map[string]int{}}
+		open: map[uint64]string{}, conns: map[io.Closer]struct{}{}, perPeer: map[string]int{},
+		hsSem: make(chan struct{}, maxHandshakes), hsPeer: map[string]int{}}
 	if s.log == nil {
 		s.log = logging.Default()
 	}
@@ -124,6 +144,9 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	if cfg.ReadTimeout <= 0 {
 		s.cfg.ReadTimeout = defaultReadTimeout
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		s.cfg.HandshakeTimeout = defaultHandshakeTimeout
 	}
 	if cfg.PagesIDBase == 0 {
 		s.cfg.PagesIDBase = DefaultPagesIDBase
@@ -197,10 +220,12 @@ func (s *Server) Serve(parent context.Context, ln *Listener) error {
 		s.closeAll()
 	})
 	defer stop()
+	if s.cfg.Lazy && !ln.Authenticated() {
+		// Even on loopback: any local user could read the pages of any
+		// task from images only their owner may read.
+		return fmt.Errorf("page server: --lazy-pages on %s without --tls would give any peer, local users included, the dumped memory: use --tls or --transport quic", ln.Addr())
+	}
 	if !ln.Authenticated() && !isLoopback(ln.Addr()) {
-		if s.cfg.Lazy {
-			return fmt.Errorf("page server: --lazy-pages on %s without --tls would give any peer the dumped memory: use --tls, --transport quic or a loopback address", ln.Addr())
-		}
 		s.log.Warnf("page-server: serving %s without authentication: any peer that reaches it can write images (use --tls or --transport quic)", ln.Addr())
 	}
 	refused := func(peer string, err error) {
@@ -227,8 +252,20 @@ func (s *Server) Serve(parent context.Context, ln *Listener) error {
 func (s *Server) acceptTCP(ctx context.Context, ln *Listener) error {
 	var backoff time.Duration
 	for {
+		if ln.tlsConf != nil {
+			// Wait for a handshake slot: meanwhile new peers wait in the
+			// listen backlog instead of being refused.
+			select {
+			case s.hsSem <- struct{}{}:
+			case <-ctx.Done():
+				return nil
+			}
+		}
 		c, err := ln.tcp.Accept()
 		if err != nil {
+			if ln.tlsConf != nil {
+				<-s.hsSem
+			}
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -242,16 +279,83 @@ func (s *Server) acceptTCP(ctx context.Context, ln *Listener) error {
 			return fmt.Errorf("page server: accept: %w", err)
 		}
 		backoff = 0
+		if ln.tlsConf != nil {
+			if !s.admitHandshake(c, c.RemoteAddr()) {
+				<-s.hsSem
+				continue
+			}
+			go s.serveTLS(ctx, c, ln.tlsConf)
+			continue
+		}
 		if !s.admit(c, c.RemoteAddr()) {
 			continue
 		}
 		s.m.conn(string(TransportTCP))
-		go s.serveTCP(ctx, c, ln.tlsConf)
+		go func() {
+			defer s.release(c, c.RemoteAddr())
+			s.serveTCP(c, c, c.(*net.TCPConn))
+		}()
 	}
 }
 
-// admit counts a new connection against MaxConns and tracks it for
-// shutdown; it closes and refuses the connection over the limit.
+// admitHandshake counts a new TLS connection against the handshake budget
+// of its peer and tracks it for shutdown; over the limit it closes it.
+// The caller holds a slot of hsSem.
+func (s *Server) admitHandshake(c net.Conn, peer net.Addr) bool {
+	host := peerHost(peer)
+	s.mu.Lock()
+	if s.closing || s.hsPeer[host] >= maxHandshakesPerPeer {
+		closing := s.closing
+		s.mu.Unlock()
+		if !closing {
+			s.m.error(reasonLimit)
+			s.log.Errorf("page-server: %v: refused: %d TLS handshakes from %s in progress", peer, maxHandshakesPerPeer, host)
+		}
+		c.Close()
+		return false
+	}
+	s.hsPeer[host]++
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	return true
+}
+
+// serveTLS runs the handshake within HandshakeTimeout, then counts the
+// connection against MaxConns and serves it.
+func (s *Server) serveTLS(ctx context.Context, c net.Conn, tlsConf *tls.Config) {
+	defer s.wg.Done()
+	peer := c.RemoteAddr()
+	host := peerHost(peer)
+	tc := tls.Server(c, tlsConf)
+	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	err := tc.HandshakeContext(hctx)
+	cancel()
+	<-s.hsSem
+	s.mu.Lock()
+	if s.hsPeer[host]--; s.hsPeer[host] <= 0 {
+		delete(s.hsPeer, host)
+	}
+	delete(s.conns, c)
+	s.mu.Unlock()
+	if err != nil {
+		c.Close()
+		if ctx.Err() == nil {
+			s.m.error(reasonTLS)
+			s.log.Errorf("page-server: %s: TLS handshake: %v", peer, err)
+		}
+		return
+	}
+	if !s.admit(c, peer) {
+		return
+	}
+	s.m.conn(string(TransportTCP))
+	defer s.release(c, peer)
+	s.serveTCP(c, tc, nil)
+}
+
+// admit counts a connection against MaxConns and tracks it for shutdown;
+// it closes and refuses the connection over the limit.
 func (s *Server) admit(c io.Closer, peer net.Addr) bool {
 	if int(s.nconns.Add(1)) > s.cfg.MaxConns {
 		s.nconns.Add(-1)
@@ -303,26 +407,11 @@ func (s *Server) closeAll() {
 	s.mu.Unlock()
 }
 
-func (s *Server) serveTCP(ctx context.Context, c net.Conn, tlsConf *tls.Config) {
-	defer s.release(c, c.RemoteAddr())
+// serveTCP serves one admitted connection: conn is c itself or the TLS
+// connection over it; raw, when set, lets page data be spliced.
+func (s *Server) serveTCP(c, conn net.Conn, raw *net.TCPConn) {
 	peer := c.RemoteAddr().String()
 	s.log.Infof("page-server: %s: connected", peer)
-	var raw *net.TCPConn
-	conn := c
-	if tlsConf != nil {
-		tc := tls.Server(c, tlsConf)
-		hctx, cancel := context.WithTimeout(ctx, s.cfg.ReadTimeout)
-		err := tc.HandshakeContext(hctx)
-		cancel()
-		if err != nil {
-			s.m.error(reasonTLS)
-			s.log.Errorf("page-server: %s: TLS handshake: %v", peer, err)
-			return
-		}
-		conn = tc
-	} else if tc, ok := c.(*net.TCPConn); ok {
-		raw = tc
-	}
 	ss := s.newSession(peer, conn, conn, raw)
 	ss.dl = conn
 	err := ss.run()
@@ -454,16 +543,25 @@ func (s *Server) unclaim(dst uint64) {
 	s.mu.Unlock()
 }
 
-// peerHost is the address part of a peer, the unit of MaxConnsPerPeer.
+// peerHost is the unit of MaxConnsPerPeer: the peer's IPv4 address, or
+// the /64 of its IPv6 address (one host or site usually holds a whole
+// /64, so counting single IPv6 addresses would bound nothing).
 func peerHost(a net.Addr) string {
 	switch a := a.(type) {
 	case *net.TCPAddr:
-		return a.IP.String()
+		return ipGroup(a.IP)
 	case *net.UDPAddr:
-		return a.IP.String()
+		return ipGroup(a.IP)
 	}
 	if a == nil {
 		return ""
 	}
 	return a.String()
+}
+
+func ipGroup(ip net.IP) string {
+	if ip.To4() != nil || len(ip) != net.IPv6len {
+		return ip.String()
+	}
+	return (&net.IPNet{IP: ip.Mask(net.CIDRMask(64, 128)), Mask: net.CIDRMask(64, 128)}).String()
 }

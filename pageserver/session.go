@@ -48,7 +48,7 @@ type task struct {
 	name   string // pagemap file name
 	pw     *images.PageWriter
 	pagesN string
-	bytes  int64              // page data charged to MaxBytes
+	bytes  int64              // image bytes charged to MaxBytes
 	parent *images.PageReader // parent's pagemap, for HOLE checks
 }
 
@@ -307,6 +307,11 @@ func (ss *session) add(h wire.Header, flags uint16) error {
 		if err := holeInParent(t.parent, h.Vaddr, h.NrPages); err != nil {
 			return reqErr(reasonParent, err)
 		}
+	}
+	// Every entry is charged, even when merged with the previous one: an
+	// upper bound of the pagemap's growth.
+	if err := ss.s.chargeBytes(t, pagemapEntryMax); err != nil {
+		return err
 	}
 	if err := t.pw.Add(h.Vaddr, h.NrPages, uint32(flags)); err != nil {
 		return reqErr(reasonRange, err)

@@ -173,6 +173,9 @@ func (o TransportOptions) quicConfig(server bool) *quic.Config {
 		c := o.QUIC.Clone()
 		if server {
 			c.KeepAlivePeriod = 0
+			if c.HandshakeIdleTimeout <= 0 || c.HandshakeIdleTimeout > defaultHandshakeTimeout {
+				c.HandshakeIdleTimeout = defaultHandshakeTimeout
+			}
 			if c.MaxConnectionReceiveWindow == 0 || c.MaxConnectionReceiveWindow > quicConnWindow {
 				c.MaxConnectionReceiveWindow = quicConnWindow
 			}
@@ -194,6 +197,9 @@ func (o TransportOptions) quicConfig(server bool) *quic.Config {
 		MaxIncomingStreams:             maxStreamsPerConn,
 		MaxIncomingUniStreams:          -1,
 		MaxIdleTimeout:                 60 * time.Second,
+		// quic-go hands connections over once their handshake is done:
+		// an unfinished one holds no MaxConns slot, only this long.
+		HandshakeIdleTimeout: defaultHandshakeTimeout,
 	}
 	if !server {
 		c.KeepAlivePeriod = 15 * time.Second

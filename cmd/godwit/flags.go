@@ -155,7 +155,7 @@ func pageServerFlags(fs *pflag.FlagSet, o *opts.Options) {
 	fs.StringVar(&o.MetricsAddress, "metrics-address", "", "serve Prometheus metrics on http://`host:port`/metrics")
 	transportFlags(fs, o)
 	fs.StringArrayVar(&o.TLSAllowedClients, "tls-allowed-client", nil, "admit only clients whose certificate names `identity` (CN or DNS name; repeatable)")
-	fs.Var(sizeValue{&o.MaxBytes}, "max-bytes", "stop accepting pages once all sessions wrote `size` bytes (K/M/G suffixes; 0: no bound)")
+	fs.Var(sizeValue{&o.MaxBytes}, "max-bytes", "stop accepting pages once all sessions wrote `size` bytes of pages and pagemap entries (K/M/G suffixes; 0: no bound)")
 	fs.IntVar(&o.MaxFiles, "max-files", 0, "create at most `n` image files (0: 16384)")
 }
 

@@ -30,8 +30,9 @@ images into -D as a local dump would; with --lazy-pages, serve a finished dump's
 a remote lazy-pages daemon. CRIU's protocol over TCP by default, with TLS 1.3 and a
 required client certificate under --tls (CRIU's option set; --tls-allowed-client NAME admits
 only the named clients); --transport quic carries the same framing over QUIC with the same
-mutual TLS. Without TLS the server listens on 127.0.0.1 unless --address is given, and
---lazy-pages refuses a network address. Images are 0600, never replaced (an OPEN of an
+mutual TLS. Without TLS the server listens on 127.0.0.1 unless --address is given;
+--lazy-pages requires --tls or --transport quic on every address, loopback included (any
+local user could otherwise read the dumped memory). Images are 0600, never replaced (an OPEN of an
 existing pagemap is refused); --max-bytes and --max-files bound what all sessions write.
 --port 0 picks a free port and prints it.`,
 		Args: noArgs,

@@ -6,9 +6,12 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"godwit/internal/logging"
 )
 
 // StagePrefix starts the name of the staging directories a dump writes
@@ -19,11 +22,17 @@ const StagePrefix = ".godwit-dump-"
 // Staging is a fresh directory inside an images directory that a dump
 // writes its images into. Commit moves them into the images directory,
 // inventory.img last, setting aside the files of an earlier dump they
-// replace; Undo puts the earlier dump back, Keep drops it, Abort (before
-// Commit) removes the new images. A failed dump therefore never leaves an
-// earlier dump in the directory changed.
+// replace; Rollback (or Undo) puts the earlier dump back, Keep drops it,
+// Abort (before Commit) removes the new images. A failed dump therefore
+// never leaves an earlier dump in the directory changed.
+//
+// A Staging holds an exclusive flock on the images directory for its
+// lifetime: a second dump into the same directory, which would move files
+// under this one's feet and whose rollback would remove them by name, is
+// refused at once.
 type Staging struct {
 	final *Dir
+	lock  int // own open of final, flocked
 	tmp   *Dir
 	name  string
 	old   *Dir     // the earlier dump's replaced files, during Commit..Keep/Undo
@@ -36,8 +45,31 @@ type Staging struct {
 // replaced files of an earlier dump.
 const oldDir = "replaced"
 
-// NewStaging makes a staging directory (0700) inside final.
+// NewStaging locks final and makes a staging directory (0700) inside it.
 func NewStaging(final *Dir) (*Staging, error) {
+	// A new open file description, so that the lock conflicts with any
+	// other Staging, in this process too, and is ours to release.
+	lock, err := unix.Openat(final.fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("images: lock %s: %w", final.path, err)
+	}
+	if err := unix.Flock(lock, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		unix.Close(lock)
+		if err == unix.EWOULDBLOCK {
+			return nil, fmt.Errorf("images: %s is in use by another dump", final.path)
+		}
+		return nil, fmt.Errorf("images: lock %s: %w", final.path, err)
+	}
+	s, err := newStaging(final)
+	if err != nil {
+		unix.Close(lock)
+		return nil, err
+	}
+	s.lock = lock
+	return s, nil
+}
+
+func newStaging(final *Dir) (*Staging, error) {
 	for i := 0; ; i++ {
 		name := StagePrefix + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 		err := unix.Mkdirat(final.fd, name, 0o700)
@@ -52,7 +84,7 @@ func NewStaging(final *Dir) (*Staging, error) {
 			_ = unix.Unlinkat(final.fd, name, unix.AT_REMOVEDIR)
 			return nil, fmt.Errorf("images: staging dir: %w", err)
 		}
-		return &Staging{final: final, tmp: tmp, name: name}, nil
+		return &Staging{final: final, tmp: tmp, name: name, lock: -1}, nil
 	}
 }
 
@@ -96,7 +128,9 @@ func (s *Staging) Commit() error {
 		err = s.moveIn(InventoryImg)
 	}
 	if err != nil {
-		s.Undo()
+		if uerr := s.Rollback(); uerr != nil {
+			return errors.Join(err, uerr)
+		}
 		return err
 	}
 	return nil
@@ -123,39 +157,83 @@ func (s *Staging) moveIn(name string) error {
 	return nil
 }
 
-// Undo, after Commit, removes the new images from the directory and puts
-// the earlier dump's files back (its inventory.img last); before Commit it
-// is Abort.
+// Undo is Rollback for callers that cannot report its error: it logs it.
 func (s *Staging) Undo() {
+	if err := s.Rollback(); err != nil {
+		logging.Default().Errorf("%v", err)
+	}
+}
+
+// Rollback, after Commit, removes the new images from the directory and
+// puts the earlier dump's files back (its inventory.img last); before
+// Commit it is Abort. If any of that fails the staging directory, with
+// the earlier dump's files still set aside in it, is kept and the error
+// names it: deleting it would destroy the earlier dump.
+func (s *Staging) Rollback() error {
 	if s.done {
-		return
+		return nil
 	}
+	var errs []string
 	for i := len(s.moved) - 1; i >= 0; i-- {
-		_ = s.final.Remove(s.moved[i])
-	}
-	s.moved = nil
-	for i := len(s.saved) - 1; i >= 0; i-- {
-		if s.saved[i] != InventoryImg {
-			_ = unix.Renameat(s.old.fd, s.saved[i], s.final.fd, s.saved[i])
+		if err := s.final.Remove(s.moved[i]); err != nil && !slices.Contains(s.saved, s.moved[i]) {
+			// Without an earlier file to rename over it, the new one
+			// would stay mixed into the earlier dump.
+			errs = append(errs, err.Error())
 		}
 	}
-	if slices.Contains(s.saved, InventoryImg) {
-		_ = unix.Renameat(s.old.fd, InventoryImg, s.final.fd, InventoryImg)
+	s.moved = nil
+	putBack := func(n string) {
+		if err := unix.Renameat(s.old.fd, n, s.final.fd, n); err != nil {
+			errs = append(errs, fmt.Sprintf("put back %s: %v", n, err))
+		}
+	}
+	for i := len(s.saved) - 1; i >= 0; i-- {
+		if s.saved[i] != InventoryImg {
+			putBack(s.saved[i])
+		}
+	}
+	if slices.Contains(s.saved, InventoryImg) && len(errs) == 0 {
+		// Only a whole earlier dump gets its inventory back.
+		putBack(InventoryImg)
 	}
 	s.saved = nil
+	if len(errs) > 0 {
+		s.release()
+		return fmt.Errorf("images: could not restore the earlier dump in %s (%s); its files are kept in %s/%s/%s",
+			s.final.path, strings.Join(errs, "; "), s.final.path, s.name, oldDir)
+	}
 	s.Abort()
+	return nil
+}
+
+// release ends the Staging without removing anything.
+func (s *Staging) release() {
+	s.done = true
+	if s.old != nil {
+		s.old.Close()
+	}
+	s.tmp.Close()
+	s.unlock()
+}
+
+func (s *Staging) unlock() {
+	if s.lock >= 0 {
+		unix.Close(s.lock)
+		s.lock = -1
+	}
 }
 
 // Keep, after Commit, drops the earlier dump's replaced files.
 func (s *Staging) Keep() { s.Abort() }
 
 // Abort removes the staging directory and what is left in it. It may be
-// called more than once; after Commit use Undo or Keep.
+// called more than once; after Commit use Rollback or Keep.
 func (s *Staging) Abort() {
 	if s.done {
 		return
 	}
 	s.done = true
+	defer s.unlock()
 	if s.old != nil {
 		if names, err := s.old.List(); err == nil {
 			for _, n := range names {

@@ -3,6 +3,7 @@ package images
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -98,4 +99,97 @@ func TestStagingKeepsEarlierDump(t *testing.T) {
 			t.Fatalf("staging dir %s left behind", e.Name())
 		}
 	}
+}
+
+// TestStagingFailedPutBack: when the earlier dump cannot be put back, the
+// files set aside are kept in the staging directory, which the error
+// names, and no inventory claims a whole dump.
+func TestStagingFailedPutBack(t *testing.T) {
+	path := t.TempDir()
+	d, err := Open(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	stageFile(t, d, "core-1.img", "old core")
+	stageFile(t, d, InventoryImg, "old inventory")
+	s, err := NewStaging(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stageFile(t, s.Dir(), "core-1.img", "new core")
+	stageFile(t, s.Dir(), InventoryImg, "new inventory")
+	if err := s.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	// Something took core-1.img's name: a non-empty directory no file
+	// can be renamed over.
+	blocker := filepath.Join(path, "core-1.img")
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(blocker, "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	err = s.Rollback()
+	if err == nil {
+		t.Fatal("Rollback reported success with core-1.img not put back")
+	}
+	kept := filepath.Join(path, s.name, oldDir)
+	if !strings.Contains(err.Error(), kept) || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("error does not name %s on one line: %v", kept, err)
+	}
+	for name, want := range map[string]string{"core-1.img": "old core", InventoryImg: "old inventory"} {
+		if b, err := os.ReadFile(filepath.Join(kept, name)); string(b) != want {
+			t.Errorf("kept %s = %q (%v), want %q", name, b, err, want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(path, InventoryImg)); err == nil {
+		t.Error("an inventory is in place over a partial dump")
+	}
+	// The lock went with the Staging.
+	s2, err := NewStaging(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2.Abort()
+}
+
+// TestStagingLocksDir: a second dump into the same directory, from this
+// process or another open of it, is refused while the first runs.
+func TestStagingLocksDir(t *testing.T) {
+	path := t.TempDir()
+	d, err := Open(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	d2, err := Open(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	s, err := NewStaging(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dd := range []*Dir{d, d2} {
+		s2, err := NewStaging(dd)
+		if err == nil {
+			s2.Abort()
+			t.Fatal("a second concurrent staging in one directory")
+		}
+		if !strings.Contains(err.Error(), "in use by another dump") || strings.Contains(err.Error(), "\n") {
+			t.Fatalf("second staging: %v", err)
+		}
+	}
+	if ents, _ := os.ReadDir(path); len(ents) != 1 {
+		t.Fatalf("refused stagings left %d entries", len(ents)-1)
+	}
+	s.Abort()
+	s2, err := NewStaging(d2)
+	if err != nil {
+		t.Fatalf("staging after the first ended: %v", err)
+	}
+	s2.Abort()
 }
