@@ -206,13 +206,15 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	// honoured up to the post-dump script, which may hand the images on
 	// (copy them, start a restore elsewhere): once it ran, the dump
 	// stands.
-	rb.add(stage.Undo)
+	var undoErr error
+	rb.add(func() { undoErr = stage.Rollback() }) // names where an earlier dump was kept
 	err = interrupted(ctx)
 	if err == nil {
 		err = scripts.Run(actions.PostDump, pid)
 	}
 	if err != nil {
 		rb.run()
+		err = errors.Join(err, undoErr)
 		if thawErr != nil {
 			err = errors.Join(err, thawErr)
 		}

@@ -36,10 +36,19 @@ func (timersDriver) CollectInjected(d *Dump, s *inject.Session) error {
 	}
 	for which := 0; which < 3; which++ {
 		b := buf[which*linux.ItimerSize:]
-		ti.Itimers[which] = model.Itimer{
+		it := model.Itimer{
 			IntervalSec: le.Uint64(b[0:]), IntervalUsec: le.Uint64(b[8:]),
 			ValueSec: le.Uint64(b[16:]), ValueUsec: le.Uint64(b[24:]),
 		}
+		// A periodic ITIMER_REAL is reloaded only when its SIGALRM is
+		// dequeued (kernel/signal.c, dequeue_signal): frozen between
+		// expiry and delivery, it reads as value 0, which setitimer
+		// takes as "disarm". It is armed: its next expiry is one
+		// interval after the pending SIGALRM (dumped with the queue).
+		if which == unix.ITIMER_REAL && it.ValueSec == 0 && it.ValueUsec == 0 {
+			it.ValueSec, it.ValueUsec = it.IntervalSec, it.IntervalUsec
+		}
+		ti.Itimers[which] = it
 	}
 	pts, err := procfs.ReadTimers(ti.Pid)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -11,7 +11,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"godwit/internal/logging"
 )
 
 // StagePrefix starts the name of the staging directories a dump writes
@@ -22,7 +21,7 @@ const StagePrefix = ".godwit-dump-"
 // Staging is a fresh directory inside an images directory that a dump
 // writes its images into. Commit moves them into the images directory,
 // inventory.img last, setting aside the files of an earlier dump they
-// replace; Rollback (or Undo) puts the earlier dump back, Keep drops it,
+// replace; Rollback puts the earlier dump back, Keep drops it,
 // Abort (before Commit) removes the new images. A failed dump therefore
 // never leaves an earlier dump in the directory changed.
 //
@@ -35,7 +34,7 @@ type Staging struct {
 	lock  int // own open of final, flocked
 	tmp   *Dir
 	name  string
-	old   *Dir     // the earlier dump's replaced files, during Commit..Keep/Undo
+	old   *Dir     // the earlier dump's replaced files, during Commit..Keep/Rollback
 	moved []string // names moved into final, in order
 	saved []string // names of final set aside in old
 	done  bool
@@ -155,13 +154,6 @@ func (s *Staging) moveIn(name string) error {
 	}
 	s.moved = append(s.moved, name)
 	return nil
-}
-
-// Undo is Rollback for callers that cannot report its error: it logs it.
-func (s *Staging) Undo() {
-	if err := s.Rollback(); err != nil {
-		logging.Default().Errorf("%v", err)
-	}
 }
 
 // Rollback, after Commit, removes the new images from the directory and

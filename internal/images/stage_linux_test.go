@@ -68,14 +68,16 @@ func TestStagingKeepsEarlierDump(t *testing.T) {
 	}
 	// A failure after the commit (post-dump script, interruption)
 	// puts the earlier dump back.
-	s.Undo()
+	if err := s.Rollback(); err != nil {
+		t.Fatal(err)
+	}
 	for name, want := range map[string]string{"core-1.img": "old core", InventoryImg: "old inventory"} {
 		if b, _ := os.ReadFile(filepath.Join(path, name)); string(b) != want {
-			t.Fatalf("after Undo %s = %q, want %q", name, b, want)
+			t.Fatalf("after Rollback %s = %q, want %q", name, b, want)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(path, "core-3.img")); err == nil {
-		t.Fatal("Undo left a new file in place")
+		t.Fatal("Rollback left a new file in place")
 	}
 
 	s, err = NewStaging(d)
