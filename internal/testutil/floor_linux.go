@@ -28,9 +28,9 @@ const floorChunk = 1 << 20
 // DumpFloor copies the memory [start, end) of process pid into a new file
 // in dir, and as much memory of v's, by the two cheapest ways the kernel
 // allows, and returns the faster time and which way it was:
-//   - "readv+write": process_vm_readv from pid in 1 MiB chunks into one
-//     cache-hot buffer, each written to the file (the second copy stays in
-//     cache);
+//   - "readv+write": process_vm_readv from pid in 1 MiB chunks into two
+//     cache-hot buffers, one written to the file while the other is read
+//     (the second copy stays in cache; both cores work);
 //   - "vmsplice+splice": v, the owner of as much written private anonymous
 //     memory, vmsplices it into a pipe, and the pipe is spliced into the
 //     file: one copy, which is godwit's injected-vmsplice path without the
@@ -65,22 +65,49 @@ func floorReadvWrite(pid int, start, size uint64, dir string) (time.Duration, er
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
-	buf := make([]byte, floorChunk)
+	// Two buffers: one is read into while the other is written out, as
+	// both cores allow (and as godwit's own readv transfer does).
+	bufs := [2][]byte{make([]byte, floorChunk), make([]byte, floorChunk)}
+	type chunk struct {
+		b []byte
+		n int
+	}
+	full := make(chan chunk, 1)
+	free := make(chan []byte, 2)
+	free <- bufs[0]
+	free <- bufs[1]
+	werr := make(chan error, 1)
+	go func() {
+		var err error
+		for c := range full {
+			if err == nil {
+				_, err = f.Write(c.b[:c.n])
+			}
+			free <- c.b
+		}
+		werr <- err
+	}()
 	t0 := time.Now()
-	for off := uint64(0); off < size; off += floorChunk {
+	var rerr error
+	for off := uint64(0); off < size && rerr == nil; off += floorChunk {
 		n := min(floorChunk, size-off)
-		local := []unix.Iovec{{Base: &buf[0]}}
+		b := <-free
+		local := []unix.Iovec{{Base: &b[0]}}
 		local[0].SetLen(int(n))
 		remote := []unix.RemoteIovec{{Base: uintptr(start + off), Len: int(n)}}
 		got, err := unix.ProcessVMReadv(pid, local, remote, 0)
 		if err != nil {
-			return 0, err
+			rerr = err
+			free <- b
+			break
 		}
-		if _, err := f.Write(buf[:got]); err != nil {
-			return 0, err
-		}
+		full <- chunk{b, got}
 	}
-	return time.Since(t0), nil
+	close(full)
+	if err := <-werr; rerr == nil {
+		rerr = err
+	}
+	return time.Since(t0), rerr
 }
 
 // Vmsplicer is a process (vmsplicer.c) that owns written private
