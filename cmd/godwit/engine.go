@@ -17,9 +17,28 @@ import (
 // interruptContext is done when godwit gets SIGINT, SIGTERM or SIGHUP:
 // the engine then rolls back (the target resumes as it was, partial
 // images and tasks are removed) instead of godwit dying mid-step. Further
-// signals are absorbed until stop.
-func interruptContext() (context.Context, context.CancelFunc) {
-	return signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM, unix.SIGHUP)
+// signals are absorbed until stop, which gives them back their default
+// action and reports whether one came (none is lost between the engine's
+// last check and stop).
+func interruptContext() (context.Context, func() (signaled bool)) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, os.Interrupt, unix.SIGTERM, unix.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for sig := range ch {
+			cancel(fmt.Errorf("got %v", sig))
+		}
+	}()
+	return ctx, func() bool {
+		signal.Stop(ch) // no delivery into ch after this returns
+		close(ch)
+		<-done
+		signaled := ctx.Err() != nil
+		cancel(nil)
+		return signaled
+	}
 }
 
 func dumpCmd(a *app) *cobra.Command {
@@ -68,9 +87,15 @@ godwit waits for it and exits with its exit status (128+N if signal N killed it)
 			r, err := restorer.RestoreContext(ctx, o, a.scripts)
 			// Once the task runs on its own, godwit's signals are its
 			// own again (a SIGTERM while waiting ends godwit only).
-			stop()
+			signaled := stop()
 			if err != nil {
 				return err
+			}
+			if signaled {
+				// The signal came as the task was being resumed:
+				// undone like any interrupted restore, not lost.
+				r.Abort()
+				return fmt.Errorf("restore %d: interrupted: %w", r.PID(), context.Cause(ctx))
 			}
 			if err := a.writePidfile(r.PID()); err != nil {
 				r.Close()

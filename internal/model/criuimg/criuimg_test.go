@@ -227,6 +227,10 @@ func TestReadRefusesDanglingIDs(t *testing.T) {
 		{"cwd", func(tr *model.Tree) { tr.Root().FS.Cwd = 98 }, "cwd refers to file id 98"},
 		{"fd", func(tr *model.Tree) { tr.Root().FDs[0].File = 97 }, "fd 0 refers to file id 97"},
 		{"vma", func(tr *model.Tree) { tr.Root().MM.VMAs[0].Shmid = 96 }, "refers to file id 96"},
+		{"memfd vma", func(tr *model.Tree) {
+			v := &tr.Root().MM.VMAs[0]
+			v.Shmid, v.Status = 95, v.Status|images.VmaAreaMemfd
+		}, "memfd mappings are not supported yet"},
 		{"session", func(tr *model.Tree) { tr.Root().Sid = tr.Root().Pid; tr.Root().Pgid = 7 }, "session leader in a group"},
 		{"overlap", func(tr *model.Tree) { tr.Root().MM.VMAs[1].Start = 0x400000 }, "overlaps"},
 	} {

@@ -1,11 +1,13 @@
 package criuimg
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"godwit/internal/images"
+	"godwit/internal/model"
 )
 
 // FuzzRead replaces one image of a good dump with arbitrary bytes: Read
@@ -46,8 +48,36 @@ func FuzzRead(f *testing.F) {
 			t.Fatal(err)
 		}
 		defer d.Close()
-		if tr, err := Read(d); err == nil && len(tr.Tasks) == 0 {
+		tr, err := Read(d)
+		if err != nil {
+			return
+		}
+		if len(tr.Tasks) == 0 {
 			t.Fatal("no error and no task")
+		}
+		// What Read promises the restorer: every file id it hands on
+		// resolves.
+		for _, k := range tr.Tasks {
+			ids := map[string]model.ID{}
+			if k.MM != nil {
+				ids["exe"] = k.MM.Exe
+				for _, v := range k.MM.VMAs {
+					if v.FileBacked() {
+						ids[fmt.Sprintf("vma %#x", v.Start)] = model.ID(v.Shmid)
+					}
+				}
+			}
+			if k.FS != nil {
+				ids["cwd"], ids["root"] = k.FS.Cwd, k.FS.Root
+			}
+			for _, fd := range k.FDs {
+				ids[fmt.Sprintf("fd %d", fd.Num)] = fd.File
+			}
+			for what, id := range ids {
+				if tr.Files[id] == nil {
+					t.Fatalf("task %d: %s refers to file %d, which Read did not return", k.Pid, what, id)
+				}
+			}
 		}
 	})
 }

@@ -296,12 +296,16 @@ func readThread(d *images.Dir, tid int, leader bool) (*model.Thread, *criu_core.
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", name, err)
 	}
+	pending, err := siginfos(tc.GetSignalsP().GetSignals())
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: private signal queue: %w", name, err)
+	}
 	th := &model.Thread{
 		Tid:      tid,
 		Regs:     ptraceRegs(ti.GetGpregs()),
 		XState:   x,
 		Sigmask:  tc.GetBlkSigset(),
-		Pending:  siginfos(tc.GetSignalsP().GetSignals()),
+		Pending:  pending,
 		ClearTid: ti.GetClearTidAddr(),
 		Sigaltstack: model.Sigaltstack{
 			SP: tc.GetSas().GetSsSp(), Flags: tc.GetSas().GetSsFlags(), Size: tc.GetSas().GetSsSize(),
@@ -337,14 +341,19 @@ func readThread(d *images.Dir, tid int, leader bool) (*model.Thread, *criu_core.
 	return th, core, nil
 }
 
-func siginfos(es []*siginfo.SiginfoEntry) []model.Siginfo {
+// siginfos reads a queue of raw siginfo_t; an entry of another size is
+// corrupt (a short one would queue signal 0, that is nothing).
+func siginfos(es []*siginfo.SiginfoEntry) ([]model.Siginfo, error) {
 	var out []model.Siginfo
-	for _, e := range es {
+	for i, e := range es {
 		var s model.Siginfo
+		if n := len(e.GetSiginfo()); n != len(s) {
+			return nil, fmt.Errorf("siginfo %d of %d bytes, want %d", i, n, len(s))
+		}
 		copy(s[:], e.GetSiginfo())
 		out = append(out, s)
 	}
-	return out
+	return out, nil
 }
 
 func join(v []uint32, what string) (uint64, error) {
@@ -431,12 +440,18 @@ func readTaskCore(k *model.Task, tc *criu_core.TaskCoreEntry, name string) error
 	if t := tc.GetTimers(); t != nil {
 		k.Itimers = [3]model.Itimer{modelItimer(t.GetReal()), modelItimer(t.GetVirt()), modelItimer(t.GetProf())}
 		for _, pt := range t.GetPosix() {
-			k.PosixTimers = append(k.PosixTimers, model.PosixTimer{
+			mt := model.PosixTimer{
 				ID: int(pt.GetItId()), Clock: int(pt.GetClockId()), Signal: int(pt.GetSiSigno()),
-				Notify: pt.GetItSigevNotify(), NotifyThread: int(pt.GetNotifyThreadId()),
-				Value: pt.GetSivalPtr(), Overrun: pt.GetOverrun(),
+				Notify: pt.GetItSigevNotify(),
+				Value:  pt.GetSivalPtr(), Overrun: pt.GetOverrun(),
 				IntervalSec: pt.GetIsec(), IntervalNsec: pt.GetInsec(), ValueSec: pt.GetVsec(), ValueNsec: pt.GetVnsec(),
-			})
+			}
+			// The thread means something only with SIGEV_THREAD_ID,
+			// the only case the writer records it.
+			if mt.Notify&sigevThreadID != 0 {
+				mt.NotifyThread = int(pt.GetNotifyThreadId())
+			}
+			k.PosixTimers = append(k.PosixTimers, mt)
 		}
 	}
 	rls := tc.GetRlimits().GetRlimits()
@@ -446,7 +461,9 @@ func readTaskCore(k *model.Task, tc *criu_core.TaskCoreEntry, name string) error
 	for _, r := range rls {
 		k.Rlimits = append(k.Rlimits, unix.Rlimit{Cur: r.GetCur(), Max: r.GetMax()})
 	}
-	k.SharedSignals = siginfos(tc.GetSignalsS().GetSignals())
+	if k.SharedSignals, err = siginfos(tc.GetSignalsS().GetSignals()); err != nil {
+		return fmt.Errorf("%s: shared signal queue: %w", name, err)
+	}
 	k.Loginuid = tc.Loginuid
 	k.OomScoreAdj = tc.OomScoreAdj
 	k.ChildSubreaper = tc.GetChildSubreaper()
@@ -497,10 +514,12 @@ func readMM(d *images.Dir, pid int, files map[model.ID]*model.File) (*model.MM, 
 			if mv.Pgoff%pageSize != 0 {
 				return nil, fmt.Errorf("%s: vma %#x-%#x: file offset %#x not page aligned", name, s, e, mv.Pgoff)
 			}
-			if mv.Status&images.VmaAreaMemfd == 0 {
-				if err := regular(files, uint32(mv.Shmid), name, fmt.Sprintf("vma %#x-%#x", s, e)); err != nil {
-					return nil, err
-				}
+			if files[model.ID(mv.Shmid)] == nil && mv.Status&images.VmaAreaMemfd != 0 {
+				// CRIU's MEMFD file entries: not read yet.
+				return nil, fmt.Errorf("%s: vma %#x-%#x: memfd mappings are not supported yet", name, s, e)
+			}
+			if err := regular(files, uint32(mv.Shmid), name, fmt.Sprintf("vma %#x-%#x", s, e)); err != nil {
+				return nil, err
 			}
 		}
 		out.VMAs = append(out.VMAs, mv)
