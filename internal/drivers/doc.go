@@ -11,8 +11,9 @@
 // The dumper is "freeze, run the drivers' collectors, write the model";
 // the restorer is "lay out memory, fill pages, run Ordered's restorers".
 // A new kind of state is a new file here and a line in the registry; a
-// new kind of fd is a new fdKind (dump side) and a fileRestorers entry
-// (restore side) in its own file.
+// new kind of fd is a new file (fd_*.go) whose fdKind, with both
+// directions, registers itself (plus its model.FileKind and state in the
+// model).
 //
 // Laying out memory, filling pages and setting registers are the
 // engine's: memory must be laid out before pages come (from files, a page

@@ -15,8 +15,8 @@ import (
 	"godwit/internal/procfs"
 )
 
-// filesDriver dumps and restores a task's file descriptors, by kind
-// (fdKinds on the dump side, fileRestorers on the restore side).
+// filesDriver dumps and restores a task's file descriptors, by kind: each
+// kind is an fdKind in a file of its own (fd_*.go) that registers itself.
 type filesDriver struct{}
 
 func (filesDriver) Name() string    { return "files" }
@@ -31,33 +31,6 @@ func (filesDriver) Collect(d *Dump) error {
 	}
 	d.Task.FDs = d.Files.fdTable(d.Pid, fds)
 	return nil
-}
-
-// fileRestorer opens one file description in the task and returns its
-// fd there.
-type fileRestorer func(r *Restore, s *inject.Session, what string, f *model.File) (uint64, error)
-
-// fileRestorers restore each model.FileKind.
-var fileRestorers = map[model.FileKind]fileRestorer{model.Path: openPath}
-
-// openPath opens a file by path, with an injected openat (the file is
-// opened with the task's own root and mounts, and no descriptor passing
-// is needed), and seeks it.
-func openPath(r *Restore, s *inject.Session, what string, f *model.File) (uint64, error) {
-	flags := int(f.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_CLOEXEC)
-	fd, err := s.Openat(what, f.Path, flags|unix.O_NOCTTY)
-	if err != nil {
-		return 0, err
-	}
-	if err := r.verifyOpened(s, fd, f); err != nil {
-		return 0, fmt.Errorf("%s: %w", what, err)
-	}
-	if pos := f.Pos; pos != 0 && f.Mode&unix.S_IFMT != unix.S_IFCHR {
-		if _, err := s.Call(fmt.Sprintf("%s: seek %s to %d", what, f.Path, pos), unix.SYS_LSEEK, fd, pos, unix.SEEK_SET); err != nil {
-			return 0, err
-		}
-	}
-	return fd, nil
 }
 
 // Restore closes the puppet's fds, then opens every file and dup3s it to
@@ -82,11 +55,11 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) error {
 			continue
 		}
 		f := r.Tree.Files[e.File]
-		open := fileRestorers[f.Kind]
-		if open == nil {
+		k := fdKindOf(f.Kind)
+		if k == nil {
 			return fmt.Errorf("%s: files of kind %d cannot be restored", what, f.Kind)
 		}
-		tmp, err := open(r, s, what, f)
+		tmp, err := k.open(r, s, what, f)
 		if err != nil {
 			return err
 		}
@@ -171,74 +144,33 @@ func LinkFile(pid int, name string) (string, *unix.Stat_t, error) {
 	return target, &st, nil
 }
 
-// statelessDevices are the character devices whose fds reopening the path
-// restores whole.
-var statelessDevices = map[string]bool{
-	"/dev/null": true, "/dev/zero": true, "/dev/full": true,
-	"/dev/random": true, "/dev/urandom": true,
-}
-
-// fdKind is a sub-driver of the files driver: one kind of fd, as the
-// dumper finds it. A new kind (eventfd, epoll, pipes …) is a new value in
-// fdKinds, with its model.FileKind and a restorer in fileRestorers.
+// fdKind is a sub-driver of the files driver: one kind of fd. A new kind
+// (eventfd, epoll, pipes …) is a new file that registers an fdKind.
 type fdKind interface {
 	name() string
 	// match reports whether an fd on target (stat st) is of this kind.
 	match(target string, st *unix.Stat_t) bool
 	// check refuses an fd of this kind that cannot be restored exactly.
 	check(pid, fd int, flags uint64) error
+	// fileKind is the model's kind of the files it makes.
+	fileKind() model.FileKind
+	// open makes the file description in the task being restored and
+	// returns its fd there.
+	open(r *Restore, s *inject.Session, what string, f *model.File) (uint64, error)
 }
 
-// fdKinds are the kinds godwit dumps. Files, directories, named FIFOs and
-// stateless character devices are reopened by path (model.Path).
-var fdKinds = []fdKind{regularKind{}, dirKind{}, fifoKind{}, charDevKind{}}
+// fdKinds are the kinds godwit dumps, in the order classify tries them.
+var fdKinds []fdKind
 
-type regularKind struct{}
+// registerFDKind adds a kind; each kind's file calls it from init.
+func registerFDKind(k fdKind) { fdKinds = append(fdKinds, k) }
 
-func (regularKind) name() string                         { return "regular file" }
-func (regularKind) match(_ string, st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFREG }
-func (regularKind) check(int, int, uint64) error         { return nil }
-
-type dirKind struct{}
-
-func (dirKind) name() string                         { return "directory" }
-func (dirKind) match(_ string, st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFDIR }
-func (dirKind) check(int, int, uint64) error         { return nil }
-
-type charDevKind struct{}
-
-func (charDevKind) name() string { return "character device" }
-
-// match accepts only devices without per-open state; a tun, kvm, fuse or
-// tty fd reopened would be another object.
-func (charDevKind) match(target string, st *unix.Stat_t) bool {
-	return st.Mode&unix.S_IFMT == unix.S_IFCHR && statelessDevices[target]
-}
-func (charDevKind) check(int, int, uint64) error { return nil }
-
-type fifoKind struct{}
-
-func (fifoKind) name() string                         { return "fifo" }
-func (fifoKind) match(_ string, st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFIFO }
-
-// check accepts the named FIFOs that reopening by path restores whole:
-// opened read-write (so that the open does not wait for a peer) and with
-// nothing in the pipe (its contents are not saved yet).
-func (fifoKind) check(pid, n int, flags uint64) error {
-	if flags&unix.O_ACCMODE != unix.O_RDWR {
-		return fmt.Errorf("opened read-only or write-only is not supported yet")
-	}
-	f, err := os.OpenFile(procfs.Path(pid, "fd/"+strconv.Itoa(n)), unix.O_RDONLY|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	queued, err := unix.IoctlGetInt(int(f.Fd()), unix.TIOCINQ) // FIONREAD
-	if err != nil {
-		return fmt.Errorf("FIONREAD: %w", err)
-	}
-	if queued != 0 {
-		return fmt.Errorf("%d bytes in the pipe: saving them is not supported yet", queued)
+// fdKindOf finds the kind that restores files of kind fk.
+func fdKindOf(fk model.FileKind) fdKind {
+	for _, k := range fdKinds {
+		if k.fileKind() == fk {
+			return k
+		}
 	}
 	return nil
 }
