@@ -55,3 +55,12 @@ func TestErrorInLogFile(t *testing.T) {
 		t.Fatalf("last log line %q; stderr %q", last, errb.String())
 	}
 }
+
+// restore -j is built (the task joins godwit's session and group): it is
+// not refused as an option of the future.
+func TestRestoreShellJobAccepted(t *testing.T) {
+	var out, errb strings.Builder
+	if code := run([]string{"restore", "-j", "-D", t.TempDir()}, &out, &errb); code == 0 || strings.Contains(errb.String(), "not supported yet") {
+		t.Fatalf("restore -j of an empty directory: exit %d, %q", code, errb.String())
+	}
+}

@@ -13,7 +13,7 @@ import (
 func TestReadMatchesFile(t *testing.T) {
 	f, err := os.Open("/bin/sh")
 	if err != nil {
-		t.Skip("no /bin/sh")
+		t.Fatal(err) // Debian always has /bin/sh
 	}
 	defer f.Close()
 	id, err := Read(f)
@@ -22,7 +22,7 @@ func TestReadMatchesFile(t *testing.T) {
 	}
 	out, err := exec.Command("readelf", "-n", "/bin/sh").Output()
 	if err != nil {
-		t.Skipf("readelf: %v", err)
+		t.Fatalf("readelf (binutils, installed with gcc by scripts/setup): %v", err)
 	}
 	var want string
 	for _, ln := range strings.Split(string(out), "\n") {
@@ -31,7 +31,7 @@ func TestReadMatchesFile(t *testing.T) {
 		}
 	}
 	if want == "" {
-		t.Skip("/bin/sh has no build-id")
+		t.Fatal("readelf shows no build-id for /bin/sh: Debian builds it with one")
 	}
 	if got := bytesHex(id); got != want {
 		t.Fatalf("build-id of /bin/sh = %s, readelf says %s", got, want)
