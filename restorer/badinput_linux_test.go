@@ -19,6 +19,7 @@ import (
 	"godwit/dumper"
 	"godwit/internal/images"
 	"godwit/internal/procfs"
+	"godwit/internal/puppet"
 	"godwit/internal/testutil"
 )
 
@@ -80,8 +81,22 @@ func restoreFails(t *testing.T, dir string, pid int, want ...string) error {
 
 func restoreFailsBut(t *testing.T, dir string, pid, child int, want ...string) error {
 	t.Helper()
+	return restoreFailsOpts(t, dir, pid, child, nil, want...)
+}
+
+// restoreFailsWith is restoreFails with options set by opt.
+func restoreFailsWith(t *testing.T, dir string, pid int, opt func(*Options), want ...string) error {
+	t.Helper()
+	return restoreFailsOpts(t, dir, pid, 0, opt, want...)
+}
+
+func restoreFailsOpts(t *testing.T, dir string, pid, child int, opt func(*Options), want ...string) error {
+	t.Helper()
 	o := Options{}
 	o.ImagesDir = dir
+	if opt != nil {
+		opt(&o)
+	}
 	r, err := Restore(o, nil)
 	if err == nil {
 		unix.Kill(r.PID(), unix.SIGKILL)
@@ -224,7 +239,16 @@ func TestRestorePidMax(t *testing.T) {
 	needRoot(t)
 	good, pid, tids := goodDump(t)
 	dir := copyDir(t, good)
-	big := 4000000 + pid // above any pid_max below the kernel's limit
+	max, err := puppet.PidMax()
+	if err != nil {
+		t.Fatal(err)
+	}
+	big, want := max+pid%1000, "pid_max" // a PID a task can never have here
+	if big >= 1<<22 {
+		// pid_max is PID_MAX_LIMIT (as in a new pid namespace since
+		// Linux 6.14): the image reader refuses the PID first.
+		want = "bad pid"
+	}
 	d, err := images.Open(dir, false)
 	if err != nil {
 		t.Fatal(err)
@@ -246,7 +270,7 @@ func TestRestorePidMax(t *testing.T) {
 		}
 	}
 	_ = tids
-	restoreFails(t, dir, big, fmt.Sprint(big), "pid_max")
+	restoreFails(t, dir, big, fmt.Sprint(big), want)
 }
 
 // TestWaitPidFree: a zombie holding the PID is waited for; a live task is

@@ -32,16 +32,23 @@ func (sessionDriver) Collect(d *Dump) error {
 // session comes first, then the group. A session or group whose leader is
 // not in the dump cannot be recreated; rather than restore the task into
 // the wrong one, the restore is refused, naming it. With ShellJob the
-// task joins godwit's session and group instead, as CRIU's --shell-job.
+// task joins godwit's group instead, as CRIU's --shell-job; it is
+// already in godwit's session, which is therefore never named (and may
+// be 0 when godwit's session leader is outside its pid namespace, as
+// under a container runtime).
 func (sessionDriver) Restore(r *Restore, s *inject.Session) error {
 	pid := r.Task.Pid
 	sid, pgid := r.Task.Sid, r.Task.Pgid
+	if r.ShellJob {
+		pgid = unix.Getpgrp()
+		if pgid == 0 {
+			return fmt.Errorf("--shell-job: godwit's process group leader is outside its pid namespace, so the task cannot join it")
+		}
+		return joinGroup(s, pid, pgid, 0)
+	}
 	curSid, err := unix.Getsid(pid)
 	if err != nil {
 		return fmt.Errorf("getsid: %w", err)
-	}
-	if r.ShellJob {
-		sid, pgid = curSid, unix.Getpgrp()
 	}
 	switch {
 	case sid == 0 || pgid == 0:
@@ -55,6 +62,12 @@ func (sessionDriver) Restore(r *Restore, s *inject.Session) error {
 	case sid != curSid:
 		return fmt.Errorf("session %d cannot be recreated: its leader is not in the dump and godwit runs in session %d (restore from that session, or with --shell-job into godwit's)", sid, curSid)
 	}
+	return joinGroup(s, pid, pgid, sid)
+}
+
+// joinGroup moves the task into group pgid of its current session,
+// creating it when the task is to lead it.
+func joinGroup(s *inject.Session, pid, pgid, sid int) error {
 	cur, err := unix.Getpgid(pid)
 	if err != nil {
 		return fmt.Errorf("getpgid: %w", err)
@@ -68,7 +81,11 @@ func (sessionDriver) Restore(r *Restore, s *inject.Session) error {
 	}
 	if _, err := s.Call(fmt.Sprintf("setpgid(0, %d)", pgid), unix.SYS_SETPGID, 0, target); err != nil {
 		if en, ok := inject.Errno(err); ok && en == unix.EPERM {
-			return fmt.Errorf("process group %d cannot be recreated: no such group in session %d and its leader is not in the dump", pgid, sid)
+			where := fmt.Sprintf("session %d", sid)
+			if sid == 0 {
+				where = "godwit's session"
+			}
+			return fmt.Errorf("process group %d cannot be recreated: no such group in %s and its leader is not in the dump", pgid, where)
 		}
 		return err
 	}

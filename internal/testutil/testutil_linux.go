@@ -138,8 +138,10 @@ type Proc struct {
 	exited bool       // reaped: its PID may be reused, never signal it
 }
 
-// Start runs cmd in its own process group; at test end it is killed and
-// reaped. If ready is not "", it waits until the file log contains ready.
+// Start runs cmd in a session of its own (unless cmd asks for a group
+// or session itself), so that it restores the same in any environment,
+// including one where the test's session leader is outside its pid
+// namespace; at test end it is killed and reaped. If ready is not "", it waits until the file log contains ready.
 //
 // Nothing waits for the process until the test asks (Wait, Reaped) or
 // ends: any thread of the tracer's process that waits for a traced child
@@ -149,7 +151,9 @@ func Start(t testing.TB, cmd *exec.Cmd, log, ready string) *Proc {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
-	cmd.SysProcAttr.Setpgid = true
+	if a := cmd.SysProcAttr; !a.Setpgid && !a.Setsid {
+		a.Setsid = true
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
