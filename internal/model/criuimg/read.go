@@ -29,6 +29,9 @@ const (
 	// taskSize is TASK_SIZE_MAX of x86-64 with 4-level page tables: no
 	// user mapping ends above it.
 	taskSize = 1<<47 - pageSize
+	// vsyscallStart is x86-64's legacy vsyscall page (VSYSCALL_ADDR,
+	// arch/x86/include/uapi/asm/vsyscall.h).
+	vsyscallStart = 0xffffffffff600000
 	// maxPid bounds pids and tids (PID_MAX_LIMIT, include/linux/threads.h).
 	maxPid = 1 << 22
 )
@@ -494,6 +497,21 @@ func readMM(d *images.Dir, pid int, files map[model.ID]*model.File) (*model.MM, 
 	vdso := 0
 	for i, v := range vmas {
 		s, e := v.GetStart(), v.GetEnd()
+		st := v.GetStatus()
+		if st&images.VmaAreaVsyscall != 0 {
+			// CRIU records the kernel's [vsyscall] page (x86-64's fixed
+			// legacy page, above the user address space); every task
+			// gets it from the kernel, nothing is restored.
+			if s != vsyscallStart || e != vsyscallStart+pageSize || st&^(images.VmaAreaVsyscall|images.VmaAnonPrivate) != 0 {
+				return nil, fmt.Errorf("%s: vma %d: bad vsyscall area %#x-%#x (status %#x)", name, i, s, e, st)
+			}
+			continue
+		}
+		if st&(images.VmaAreaVdso|images.VmaAreaVvar) != 0 {
+			// CRIU marks the vDSO and vvar areas private anonymous as
+			// well; they are the kernel's, not memory to restore.
+			st &^= images.VmaAnonPrivate
+		}
 		switch {
 		case s%pageSize != 0 || e%pageSize != 0 || s >= e || e > taskSize:
 			return nil, fmt.Errorf("%s: vma %d: bad range %#x-%#x", name, i, s, e)
@@ -508,7 +526,7 @@ func readMM(d *images.Dir, pid int, files map[model.ID]*model.File) (*model.MM, 
 		}
 		mv := model.VMA{
 			Start: s, End: e, Pgoff: v.GetPgoff(), Shmid: v.GetShmid(), Prot: v.GetProt(), Flags: v.GetFlags(),
-			Status: v.GetStatus(), Madv: v.GetMadv(), Fdflags: v.GetFdflags(),
+			Status: st, Madv: v.GetMadv(), Fdflags: v.GetFdflags(),
 		}
 		if mv.FileBacked() {
 			if mv.Pgoff%pageSize != 0 {
