@@ -345,7 +345,9 @@ func (d *MemoryDumper) DumpPrivate(vmas []VMA, sink pagexfer.Sink) error {
 			// Saved whole, as CRIU does: CRIU's restore reads the dumped
 			// vDSO to compare its symbols with the running kernel's.
 			// godwit's restore keeps this kernel's vDSO and skips them.
-			if err := cur.add(run{addr: v.Start, vaddr: v.Start, nr: (v.End - v.Start) / pageSize}); err != nil {
+			nr := (v.End - v.Start) / pageSize
+			d.stats.Scanned += nr
+			if err := cur.add(run{addr: v.Start, vaddr: v.Start, nr: nr}); err != nil {
 				return fmt.Errorf("pages of vdso %#x-%#x: %w", v.Start, v.End, err)
 			}
 			continue

@@ -273,3 +273,26 @@ func TestReadZombieAndOutsideSession(t *testing.T) {
 		t.Fatalf("session %d, want 0", got.Root().Sid)
 	}
 }
+
+// CheckCRIU names the invariants of CRIU's restore that images break.
+func TestCheckCRIU(t *testing.T) {
+	tr := readTree(t, "testdata/python")
+	dir, _ := writeTree(t, tr)
+	d, err := images.Open(dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	err = CheckCRIU(d)
+	// The fixture keeps no pages: the vDSO's pagemap is missing, nothing else.
+	if err == nil || !strings.Contains(err.Error(), images.PagemapImg(tr.Root().Pid)) || strings.Contains(err.Error(), "kIDs") {
+		t.Fatalf("CheckCRIU = %v, want only the vDSO's pagemap missing", err)
+	}
+	// The inventory of godwit before CRIU interop: root_ids = the root's.
+	if err := images.WriteInventory(d, images.InventoryOptions{RootIDs: kobjIDs(&tr.Root().IDs)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckCRIU(d); err == nil || !strings.Contains(err.Error(), "Image corruption on kIDs data") {
+		t.Fatalf("CheckCRIU = %v, want the kIDs corruption", err)
+	}
+}
