@@ -150,4 +150,3 @@ func TestImagesPassCRIUChecks(t *testing.T) {
 		}
 	}
 }
-
