@@ -180,8 +180,9 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		rb.run()
 		return nil, fmt.Errorf("dump: after seizing: %w", err)
 	}
-	logging.Default().Infof("dump %d: froze %d threads in %v", pid, len(tids), frozenAt.Sub(t0))
-	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds}
+	log := logging.Default().Task(pid) // --log-pid: FILE.PID
+	log.Infof("dump %d: froze %d threads in %v", pid, len(tids), frozenAt.Sub(t0))
+	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: log, drivers: ds}
 	err = d.safeCollect()
 	if err == nil {
 		err = target.Commit()

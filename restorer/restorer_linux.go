@@ -99,7 +99,7 @@ func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
 		d.Close()
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	r := &Restorer{o: o, scripts: scripts, log: logging.Default(), dir: d, img: img,
+	r := &Restorer{o: o, scripts: scripts, log: logging.Default().Task(img.pid), dir: d, img: img, // --log-pid: FILE.PID
 		start: start}
 	if err := r.checkPids(); err != nil {
 		r.close()
