@@ -21,7 +21,7 @@ type frozenTask struct {
 	pid, ppid int
 	tids      []int // leader first; nil for a zombie
 	zombie    bool
-	exitCode  int // a zombie's wait status (/proc/PID/stat exit_code)
+	exitCode  int    // a zombie's wait status (/proc/PID/stat exit_code)
 	pgid, sid int    // a zombie's
 	comm      string // a zombie's
 }

@@ -63,7 +63,9 @@ func (ti *taskImages) closeOwn() {
 func (ti *taskImages) leader() *thread { return ti.threads[0] }
 
 // dead reports a task that was a zombie: it is restored as one.
-func (ti *taskImages) dead() bool { return ti.task.State == model.Dead || ti.task.State == model.Zombie }
+func (ti *taskImages) dead() bool {
+	return ti.task.State == model.Dead || ti.task.State == model.Zombie
+}
 
 // readImages reads and checks the images of the tree in d, and returns
 // its root.
