@@ -179,6 +179,13 @@ func (r *Restorer) setThreadRegs(t *thread) error {
 		// arguments instead (a relative timeout starts over; after a
 		// handler the call returns EINTR, as it would have).
 		regs.Rax = negErrno(ptrace.ERESTARTNOHAND)
+		// A thread already inside restart_syscall re-runs the call
+		// it restarts (drivers.RestartedCall; the dump checked it).
+		nr, err := drivers.RestartedCall(t.Tid, &t.Regs)
+		if err != nil {
+			return err
+		}
+		regs.Orig_rax = nr
 	}
 	return r.tr.SetRegs(t.Tid, regs)
 }
