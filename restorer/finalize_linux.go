@@ -99,7 +99,7 @@ func (r *Restorer) makeThreads() error {
 // calls need CAP_SYS_RESOURCE) and finally chroot.
 func (r *Restorer) finishMM() error {
 	pid := r.img.pid
-	addr, err := ptrace.FindSyscallInsn(pid)
+	addr, err := ptrace.FindSyscallInsnOutside(pid, r.win.base, r.win.base+windowSize)
 	if err != nil {
 		return err
 	}
