@@ -60,6 +60,9 @@ func (l *Logger) Level() int { return l.level }
 func (l *Logger) Enabled(level int) bool { return level <= l.level }
 
 func (l *Logger) printf(level int, prefix, format string, args ...any) {
+	if l == nil {
+		l = Default() // a struct made without its logger
+	}
 	if !l.Enabled(level) {
 		return
 	}
