@@ -272,8 +272,8 @@ func TestRPCRefusals(t *testing.T) {
 }
 
 // PAGE_SERVER_CHLD starts godwit's page server (port 0: one is chosen
-// and returned); a DUMP sends it the pages; the program restores from the
-// two directories put together.
+// and returned); a DUMP sends it the pages, and the server exits; the
+// program restores from the two directories put together.
 func TestRPCPageServer(t *testing.T) {
 	needRoot(t)
 	w := startC(t, false, "-t", "2")
@@ -294,6 +294,16 @@ func TestRPCPageServer(t *testing.T) {
 		t.Fatalf("Dump to the page server: %v\n%s", err, readFile(filepath.Join(dumpDir, "dump.log")))
 	}
 	w.reapKilled(t)
+	// As CRIU's, the server exits once the dump's session is over (P.Haul
+	// waits for it).
+	for deadline := time.Now().Add(30 * time.Second); alive(pid); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("page server %d still running after the dump\n%s", pid, readFile(filepath.Join(psDir, "ps.log")))
+		}
+	}
+	if got := readFile(filepath.Join(psDir, "ps.log")); !strings.Contains(got, "session over") {
+		t.Errorf("ps.log does not show the session ending:\n%s", got)
+	}
 	ents, _ := os.ReadDir(psDir)
 	var moved []string
 	for _, e := range ents {

@@ -281,7 +281,8 @@ func (c *Conn) waitPid(pid uint32) (*rpc.CriuResp, error) {
 // startPageServer answers PAGE_SERVER and PAGE_SERVER_CHLD: it runs
 // `godwit page-server` with the request's options (the CLI's own code
 // path), the images and work directories passed as descriptors, and
-// answers once the server is ready, with its pid and port. PAGE_SERVER's
+// answers once the server is ready, with its pid and port. As CRIU's, the
+// server exits after one session (its callers wait for that). PAGE_SERVER's
 // server gets a session of its own (CRIU daemonizes it); PAGE_SERVER_CHLD's
 // stays this process's child, for WAIT_PID.
 func (c *Conn) startPageServer(q *request, detach bool) (*rpc.CriuResp, error) {
@@ -289,7 +290,7 @@ func (c *Conn) startPageServer(q *request, detach bool) (*rpc.CriuResp, error) {
 		return nil, errors.New("page-server: no godwit executable to run")
 	}
 	o := q.o
-	args := []string{"page-server", "-D", "/proc/self/fd/3", "-W", "/proc/self/fd/4", "--status-fd", "5",
+	args := []string{"page-server", "--single-session", "-D", "/proc/self/fd/3", "-W", "/proc/self/fd/4", "--status-fd", "5",
 		"-v" + strconv.Itoa(o.Verbosity), "-o", o.LogFile, "--port", strconv.Itoa(o.Port)}
 	if o.Address != "" {
 		args = append(args, "--address", o.Address)
