@@ -5,7 +5,10 @@ import (
 	"encoding/binary"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,43 +16,68 @@ import (
 	"godwit/internal/model/criuimg"
 )
 
-// The fixture in testdata/criu42: CRIU 4.2 (built from its v4.2 tag,
-// outside this repository) dumped testdata/criu42/tick, a libc-free static
-// program with two worker threads, running as PID 31000 from
-// /tmp/godwit-criu42/tick; testdata/criu42/gen.sh regenerates it.
-const (
-	fixturePid = 31000
-	fixtureExe = "/tmp/godwit-criu42/tick"
-)
+// The fixtures in testdata/criu42: CRIU 4.2 (built from its v4.2 tag,
+// outside this repository) dumped two libc-free static programs, each
+// running from /tmp/godwit-criu42/NAME; testdata/criu42/gen.sh says how
+// and regenerates them.
+//   - tick (PID 31000): two worker threads bump counter[0] and [1], the
+//     main thread bumps ticks every 50 ms;
+//   - alarm (PID 31100 and its child): a SIGALRM handler counts alarms of
+//     a 5 ms interval timer in each process, which wait in pause(2).
 
-// godwit restores CRIU 4.2's images: the restored program's three threads
-// run on (its tick count and both workers' counters, read from its
-// memory, keep growing).
+// godwit restores CRIU 4.2's images: the restored tasks and threads are
+// the dumped ones, hold the dumped values, and run on (their counters, read
+// from their memory, keep growing).
 func TestRestoreCRIU42Images(t *testing.T) {
 	needRoot(t)
-	if pidExists(fixturePid) {
-		t.Fatalf("pid %d, the fixture's, is in use: the fixture restores only there", fixturePid)
+	for _, c := range []struct {
+		name string
+		vars []string // globals that must keep growing in every task
+	}{
+		{"tick", []string{"ticks", "counter", "counter+8"}},
+		{"alarm", []string{"alarms"}},
+	} {
+		t.Run(c.name, func(t *testing.T) { restoreFixture(t, c.name, c.vars) })
 	}
-	bin, err := os.ReadFile("testdata/criu42/tick")
+}
+
+func restoreFixture(t *testing.T, name string, vars []string) {
+	src := filepath.Join("testdata/criu42", name+"-images")
+	exe := filepath.Join("/tmp/godwit-criu42", name)
+	sd, err := images.Open(src, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.MkdirAll(filepath.Dir(fixtureExe), 0o755); err != nil {
+	tree, err := criuimg.Read(sd)
+	sd.Close()
+	if err != nil {
+		t.Fatalf("read %s: %v", src, err)
+	}
+	for _, k := range tree.Tasks {
+		if pidExists(k.Pid) {
+			t.Fatalf("pid %d, the fixture's, is in use: the fixture restores only there", k.Pid)
+		}
+	}
+	bin, err := os.ReadFile(filepath.Join("testdata/criu42", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(exe), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	// A fresh copy of the exact binary CRIU dumped (restore checks its
 	// size and build-id).
-	os.Remove(fixtureExe)
-	if err := os.WriteFile(fixtureExe, bin, 0o755); err != nil {
+	os.Remove(exe)
+	if err := os.WriteFile(exe, bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	ents, err := os.ReadDir("testdata/criu42/images")
+	ents, err := os.ReadDir(src)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join("testdata/criu42/images", e.Name()))
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -57,56 +85,73 @@ func TestRestoreCRIU42Images(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	t.Cleanup(func() { killAndForget(fixturePid) })
+	t.Cleanup(func() {
+		for _, k := range tree.Tasks {
+			killAndForget(k.Pid)
+		}
+	})
 	code, out := godwit(t, "restore", "-D", dir, "-d", "-v4", "-o", "restore.log")
 	if code != 0 {
 		t.Fatalf("restore: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "restore.log")))
 	}
-	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(fixturePid) + "/task")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var tids []string
-	for _, e := range tasks {
-		tids = append(tids, e.Name())
-	}
-	if len(tids) != 3 || tids[0] != "31000" || tids[1] != "31002" || tids[2] != "31003" {
-		t.Fatalf("restored threads %v, want 31000 31002 31003", tids)
-	}
-	ticks, counter := symbols(t, fixtureExe)
-	read := func() (uint64, [2]uint64) {
-		f, err := os.Open("/proc/" + strconv.Itoa(fixturePid) + "/mem")
+	addrs := symbols(t, exe, vars)
+	for _, k := range tree.Tasks {
+		var want, got []string
+		for _, th := range k.Threads {
+			want = append(want, strconv.Itoa(th.Tid))
+		}
+		tasks, err := os.ReadDir("/proc/" + strconv.Itoa(k.Pid) + "/task")
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer f.Close()
-		var b [24]byte
-		if _, err := f.ReadAt(b[:8], int64(ticks)); err != nil {
-			t.Fatal(err)
+		for _, e := range tasks {
+			got = append(got, e.Name())
 		}
-		if _, err := f.ReadAt(b[8:], int64(counter)); err != nil {
-			t.Fatal(err)
+		sort.Strings(want)
+		if !slices.Equal(got, want) {
+			t.Fatalf("task %d: restored threads %v, want %v", k.Pid, got, want)
 		}
-		le := binary.LittleEndian
-		return le.Uint64(b[:]), [2]uint64{le.Uint64(b[8:]), le.Uint64(b[16:])}
-	}
-	t0, c0 := read()
-	if t0 == 0 || c0[0] == 0 || c0[1] == 0 {
-		t.Fatalf("restored memory: ticks %d, counters %v: the dumped values are not there", t0, c0)
-	}
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		t1, c1 := read()
-		if t1 >= t0+2 && c1[0] > c0[0] && c1[1] > c0[1] {
-			break
+		read := func() []uint64 {
+			f, err := os.Open("/proc/" + strconv.Itoa(k.Pid) + "/mem")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			var vals []uint64
+			for _, a := range addrs {
+				var b [8]byte
+				if _, err := f.ReadAt(b[:], int64(a)); err != nil {
+					t.Fatal(err)
+				}
+				vals = append(vals, binary.LittleEndian.Uint64(b[:]))
+			}
+			return vals
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("restored program stuck: ticks %d→%d, counters %v→%v", t0, t1, c0, c1)
+		v0 := read()
+		for i, v := range v0 {
+			if v == 0 {
+				t.Fatalf("task %d: %s is 0 after the restore: the dumped memory is not there", k.Pid, vars[i])
+			}
+		}
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			v1 := read()
+			grown := true
+			for i := range v1 {
+				grown = grown && v1[i] >= v0[i]+2
+			}
+			if grown {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("task %d: %v went from %v to %v only\n%s", k.Pid, vars, v0, v1, readFile(filepath.Join(dir, "restore.log")))
+			}
 		}
 	}
 }
 
-// symbols returns the addresses of tick's globals ticks and counter.
-func symbols(t *testing.T, exe string) (ticks, counter uint64) {
+// symbols returns the addresses of exe's globals names ("sym+N": N bytes
+// into sym).
+func symbols(t *testing.T, exe string, names []string) []uint64 {
 	t.Helper()
 	f, err := elf.Open(exe)
 	if err != nil {
@@ -117,18 +162,22 @@ func symbols(t *testing.T, exe string) (ticks, counter uint64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range syms {
-		switch s.Name {
-		case "ticks":
-			ticks = s.Value
-		case "counter":
-			counter = s.Value
+	var out []uint64
+	for _, n := range names {
+		base, off, _ := strings.Cut(n, "+")
+		o, _ := strconv.Atoi(off)
+		var a uint64
+		for _, s := range syms {
+			if s.Name == base {
+				a = s.Value + uint64(o)
+			}
 		}
+		if a == 0 {
+			t.Fatalf("%s: no symbol %s", exe, base)
+		}
+		out = append(out, a)
 	}
-	if ticks == 0 || counter == 0 {
-		t.Fatalf("%s: no ticks/counter symbols", exe)
-	}
-	return ticks, counter
+	return out
 }
 
 // godwit's images of a multi-threaded C program (dynamic and static) keep

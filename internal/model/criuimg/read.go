@@ -413,7 +413,15 @@ func sigNumbers(n int) ([]int, error) {
 }
 
 func modelItimer(e *timer.ItimerEntry) model.Itimer {
-	return model.Itimer{IntervalSec: e.GetIsec(), IntervalUsec: e.GetIusec(), ValueSec: e.GetVsec(), ValueUsec: e.GetVusec()}
+	t := model.Itimer{IntervalSec: e.GetIsec(), IntervalUsec: e.GetIusec(), ValueSec: e.GetVsec(), ValueUsec: e.GetVusec()}
+	if t.ValueSec == 0 && t.ValueUsec == 0 {
+		// In CRIU's images an interval with value 0 is an armed timer
+		// whose remaining time read as 0 (a periodic ITIMER_REAL is
+		// reloaded only as its signal is dequeued): CRIU's restore arms it
+		// for one interval, and so must godwit, or it would disarm it.
+		t.ValueSec, t.ValueUsec = t.IntervalSec, t.IntervalUsec
+	}
+	return t
 }
 
 // readTaskCore fills the process-wide state of the leader's tc.
