@@ -220,3 +220,37 @@ func TestTreeRestore(t *testing.T) {
 		t.Fatalf("zombie statuses wrong after restore\n%s", w.tail())
 	}
 }
+
+// TestTreeBashLoop restores a bash loop whose every iteration runs a
+// child and waits for it: the loop goes on from where it was, no tick
+// lost or repeated, and bash ends normally.
+func TestTreeBashLoop(t *testing.T) {
+	needRoot(t)
+	const n = 300
+	script := fmt.Sprintf(`n=0; while [ $n -lt %d ]; do n=$((n+1)); echo "tick $n" >> "$1"; sleep 0.01 & wait $!; done; echo done >> "$1"`, n)
+	w := startWorkload(t, "/bin/bash", "-c", script, "bash")
+	dir := w.dump(t)
+	w.reapKilled(t)
+	r := restore(t, w, dir)
+	select {
+	case err := <-r.done:
+		r.done <- err
+		if err != nil {
+			t.Fatalf("restored bash: %v\n%s", err, w.tail())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("restored bash did not finish\n%s", w.tail())
+	}
+	ticks := w.ticks()
+	if len(ticks) != n {
+		t.Fatalf("%d ticks, want %d\n%s", len(ticks), n, w.tail())
+	}
+	for i, k := range ticks {
+		if k != i+1 {
+			t.Fatalf("tick %d at line %d: lost or repeated across the restore", k, i+1)
+		}
+	}
+	if !strings.HasSuffix(readFile(w.log), "done\n") {
+		t.Fatalf("bash did not finish its loop\n%s", w.tail())
+	}
+}
