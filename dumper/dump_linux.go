@@ -157,6 +157,10 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	defer tr.Close()
 	t0 := time.Now()
 	var tids []int
+	seizeOpts := 0
+	if o.FreezeCgroup == "" {
+		seizeOpts = seizeOptions(pid)
+	}
 	if o.FreezeCgroup != "" {
 		// The cgroup is thawed inside, on success and on error.
 		tids, err = freezeViaCgroup(tr, o.FreezeCgroup, pid)
@@ -165,7 +169,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			// tracer's Close.
 			return nil, fmt.Errorf("dump: %w", err)
 		}
-	} else if tids, err = tr.FreezeProcess(pid, 0); err != nil {
+	} else if tids, err = tr.FreezeProcess(pid, seizeOpts); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
 	}
 	frozenAt := time.Now()
@@ -181,7 +185,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		return nil, fmt.Errorf("dump: after seizing: %w", err)
 	}
 	logging.Default().Infof("dump %d: froze %d threads in %v", pid, len(tids), frozenAt.Sub(t0))
-	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds}
+	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tr: tr, seccompSuspended: seizeOpts&unix.PTRACE_O_SUSPEND_SECCOMP != 0, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds}
 	err = d.safeCollect()
 	if err == nil {
 		err = target.Commit()
@@ -272,18 +276,20 @@ func writeCPUInfo(dir *images.Dir, capArg string) error {
 
 // dumpRun is one dump in progress.
 type dumpRun struct {
-	ctx     context.Context
-	pid     int
-	tids    []int
-	tr      *ptrace.Tracer
-	dir     *images.Dir
-	method  Method
-	sinks   func(d *images.Dir, pagemapName string, pagesID uint32) (pagexfer.Sink, error)
-	log     *logging.Logger
-	written []string
-	mem     MemStats
-	drivers []drivers.Driver // every kind of state, in order
-	pagesID uint32           // the last pages id given out
+	ctx  context.Context
+	pid  int
+	tids []int
+	tr   *ptrace.Tracer
+	// seccompSuspended: seized with PTRACE_O_SUSPEND_SECCOMP.
+	seccompSuspended bool
+	dir              *images.Dir
+	method           Method
+	sinks            func(d *images.Dir, pagemapName string, pagesID uint32) (pagexfer.Sink, error)
+	log              *logging.Logger
+	written          []string
+	mem              MemStats
+	drivers          []drivers.Driver // every kind of state, in order
+	pagesID          uint32           // the last pages id given out
 }
 
 func (d *dumpRun) note(name string) { d.written = append(d.written, name) }
@@ -313,11 +319,7 @@ func (d *dumpRun) collect() error {
 	if err := checkChildren(pid); err != nil {
 		return err
 	}
-	status, err := procfs.ReadStatus(pid)
-	if err != nil {
-		return err
-	}
-	if err := checkSeccomp(pid, status); err != nil {
+	if err := checkSeccomp(pid, d.tids, d.seccompSuspended); err != nil {
 		return err
 	}
 	task := &model.Task{

@@ -116,6 +116,7 @@ var registry = []Driver{
 	memoryDriver{},
 	guardDriver{},
 	rlimitsDriver{},
+	seccompDriver{},
 	credsDriver{},
 	signalsDriver{},
 	dumpableDriver{},

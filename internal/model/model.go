@@ -141,6 +141,20 @@ type Thread struct {
 	Nice        int32
 	Policy      uint32
 	RtPrio      uint32
+	// Seccomp is the thread's seccomp mode and filters.
+	Seccomp Seccomp
+}
+
+// Seccomp is a thread's seccomp state.
+type Seccomp struct {
+	Mode    int             // SECCOMP_MODE_*: 0 off, 1 strict, 2 filter
+	Filters []SeccompFilter // filter mode: oldest first
+}
+
+// SeccompFilter is one installed filter.
+type SeccompFilter struct {
+	Prog  []byte // struct sock_filter array
+	Flags uint32 // SECCOMP_FILTER_FLAG_* the kernel reports (LOG)
 }
 
 // Siginfo is a raw siginfo_t (include/uapi/asm-generic/siginfo.h).
