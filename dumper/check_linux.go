@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/procfs"
+	"godwit/internal/ptrace"
 )
 
 // pfKthread is PF_KTHREAD of include/linux/sched.h (the flags field of
@@ -19,8 +20,8 @@ const pfKthread = 0x00200000
 
 // Check refuses, with a one-line reason, a PID godwit cannot dump: one that
 // does not exist, PID 1, godwit itself or one of its ancestors, a zombie or
-// a kernel thread, a thread that is not a group leader, a task with
-// children, and one already traced.
+// a kernel thread, a thread that is not a group leader, and one already
+// traced. Children are checked as the tree is frozen.
 func Check(pid int) error {
 	if pid <= 0 {
 		return fmt.Errorf("bad pid %d", pid)
@@ -56,7 +57,7 @@ func Check(pid int) error {
 	if st.TracerPid != 0 {
 		return fmt.Errorf("pid %d is already traced by pid %d", pid, st.TracerPid)
 	}
-	return checkChildren(pid)
+	return nil
 }
 
 // seizeOptions are the ptrace options to freeze pid with: a task with a
@@ -80,16 +81,13 @@ func seizeOptions(pid int) int {
 // that was not seized with PTRACE_O_SUSPEND_SECCOMP (it entered seccomp
 // during the freeze, or the freeze went through a cgroup): its filters
 // would see, and could kill it for, the injected calls.
-func checkSeccomp(pid int, tids []int, suspended bool) error {
-	if suspended {
-		return nil
-	}
+func checkSeccomp(tr *ptrace.Tracer, pid int, tids []int) error {
 	for _, tid := range tids {
 		st, err := procfs.ReadStatus(tid)
 		if err != nil {
 			return err
 		}
-		if st.Seccomp != 0 {
+		if st.Seccomp != 0 && !tr.SeccompSuspended(tid) {
 			return fmt.Errorf("pid %d: thread %d entered seccomp mode %d during the freeze (or was frozen through a cgroup): dump it again", pid, tid, st.Seccomp)
 		}
 	}
@@ -136,19 +134,4 @@ func Children(pid int) ([]int, error) {
 	}
 	sort.Ints(out)
 	return out, nil
-}
-
-func checkChildren(pid int) error {
-	kids, err := Children(pid)
-	if err != nil {
-		return err
-	}
-	if len(kids) == 0 {
-		return nil
-	}
-	s := make([]string, len(kids))
-	for i, k := range kids {
-		s[i] = strconv.Itoa(k)
-	}
-	return fmt.Errorf("process trees are not supported yet: %d has children %s", pid, strings.Join(s, ","))
 }

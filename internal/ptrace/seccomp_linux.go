@@ -96,3 +96,15 @@ func (t *Tracer) SuspendSeccomp(tid int) error {
 		return nil
 	})
 }
+
+// SeccompSuspended reports whether tracee tid is traced with
+// PTRACE_O_SUSPEND_SECCOMP.
+func (t *Tracer) SeccompSuspended(tid int) bool {
+	ok := false
+	_ = t.Do(func() error {
+		tk, err := t.get(tid)
+		ok = err == nil && tk.opts&unix.PTRACE_O_SUSPEND_SECCOMP != 0
+		return nil
+	})
+	return ok
+}
