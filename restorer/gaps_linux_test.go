@@ -1,6 +1,8 @@
 package restorer
 
 import (
+	"bytes"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,6 +17,7 @@ import (
 	"godwit/internal/images"
 	"godwit/internal/model/criuimg"
 	"godwit/internal/testutil"
+	"godwit/internal/xstate"
 )
 
 var gapsBuild struct {
@@ -239,5 +242,48 @@ func TestRestoreSeccompStrict(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(log); !strings.Contains(string(b), "strict read") {
 		t.Fatalf("the strict thread read nothing:\n%s", b)
+	}
+}
+
+// TestRestoreAMX: the godwit image's AMX state (here written into a
+// real dump, tile data in use in the leader) is restored on a CPU with
+// AMX, and refused by name, leaving no task behind, on one without.
+func TestRestoreAMX(t *testing.T) {
+	w, _, dir := gapWorkload(t, "membarrier")
+	imgs := filepath.Join(dir, "img")
+	dump(t, w.Pid, imgs, nil)
+	w.Reaped(t)
+	name := filepath.Join(imgs, criuimg.GodwitTaskImg(w.Pid))
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tiles := fmt.Sprintf(`,"xcomp_perm":%d,"threads":[{"tid":%d,"tilecfg":%q,"tiledata":%q}]}`,
+		1<<18|1<<17|3, w.Pid, base64.StdEncoding.EncodeToString(make([]byte, 64)), base64.StdEncoding.EncodeToString(make([]byte, 8192)))
+	b = append(bytes.TrimSuffix(bytes.TrimSpace(b), []byte("}")), tiles...)
+	if err := os.WriteFile(name, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := Options{}
+	o.ImagesDir = imgs
+	r, err := Restore(o, nil)
+	if xstate.HaveAMX() {
+		if err != nil {
+			t.Fatalf("restore on a CPU with AMX: %v", err)
+		}
+		unix.Kill(r.PID(), unix.SIGKILL)
+		r.Wait()
+		return
+	}
+	if err == nil {
+		unix.Kill(r.PID(), unix.SIGKILL)
+		r.Wait()
+		t.Fatal("tile state restored on a CPU without AMX")
+	}
+	if !strings.Contains(err.Error(), "ARCH_REQ_XCOMP_PERM") {
+		t.Fatalf("restore: %v, want the AMX permission named", err)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", w.Pid)); err == nil {
+		t.Fatalf("pid %d left behind by the failed restore", w.Pid)
 	}
 }

@@ -93,6 +93,10 @@ type Task struct {
 	Loginuid       *uint32       // nil: unknown
 	OomScoreAdj    *int32        // nil: unknown
 	ChildSubreaper bool
+	// XcompPerm is ARCH_GET_XCOMP_PERM's feature set when it holds a
+	// dynamic feature (AMX tile data) the task asked for; 0 otherwise
+	// (godwit image).
+	XcompPerm uint64
 
 	MM  *MM
 	FS  *FS
@@ -143,6 +147,15 @@ type Thread struct {
 	RtPrio      uint32
 	// Seccomp is the thread's seccomp mode and filters.
 	Seccomp Seccomp
+	// Tiles is the AMX tile state in use, nil when none (godwit image:
+	// CRIU's fpregs have no field for it).
+	Tiles *Tiles
+}
+
+// Tiles is a thread's AMX state: XTILECFG (64 bytes) and XTILEDATA
+// (8 KiB).
+type Tiles struct {
+	Cfg, Data []byte
 }
 
 // Seccomp is a thread's seccomp state.
