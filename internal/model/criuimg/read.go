@@ -13,6 +13,7 @@ import (
 	fsimg "github.com/checkpoint-restore/go-criu/v8/crit/images/fs"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/mm"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pstree"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/seccomp"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/siginfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/timer"
 	"golang.org/x/sys/unix"
@@ -212,10 +213,14 @@ func readTask(d *images.Dir, ps *pstree.PstreeEntry, files map[model.ID]*model.F
 		}
 	}
 	var leaderCore *criu_core.CoreEntry
+	var filters []*seccomp.SeccompFilter
 	for i, tid := range order {
 		th, core, err := readThread(d, int(tid), i == 0)
 		if err != nil {
 			return nil, err
+		}
+		if err := readSeccomp(d, &filters, th, core.GetThreadCore()); err != nil {
+			return nil, fmt.Errorf("%s: %w", images.CoreImg(int(tid)), err)
 		}
 		if i == 0 {
 			leaderCore = core
@@ -291,9 +296,6 @@ func readThread(d *images.Dir, tid int, leader bool) (*model.Thread, *criu_core.
 	tc := core.GetThreadCore()
 	if tc == nil {
 		return nil, nil, fmt.Errorf("%s: no thread core", name)
-	}
-	if m := tc.GetSeccompMode(); m != criu_core.SeccompMode_disabled {
-		return nil, nil, fmt.Errorf("%s: seccomp mode %v cannot be restored yet", name, m)
 	}
 	x, err := xstate.Standalone(ti.GetFpregs())
 	if err != nil {

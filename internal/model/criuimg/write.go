@@ -45,6 +45,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 	}
 	var pss []proto.Message
 	fdTables := map[model.ID]bool{}
+	sc := &seccompTable{}
 	for _, k := range t.Tasks {
 		if k.State == model.Dead {
 			// A zombie: its pstree entry and a core with its state
@@ -56,7 +57,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 			pss = append(pss, pstreeEntry(k))
 			continue
 		}
-		if err := writeTask(k, put); err != nil {
+		if err := writeTask(k, sc, put); err != nil {
 			return fmt.Errorf("write images of %d: %w", k.Pid, err)
 		}
 		if err := writeGodwit(d, k, written); err != nil {
@@ -73,6 +74,9 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 				return err
 			}
 		}
+	}
+	if err := sc.write(put); err != nil {
+		return err
 	}
 	if err := put(images.PstreeImg, pss...); err != nil {
 		return err
@@ -92,7 +96,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 	return images.WriteInventory(d, images.InventoryOptions{RootIDs: kobjIDs(&t.Root().IDs)})
 }
 
-func writeTask(k *model.Task, put func(string, ...proto.Message) error) error {
+func writeTask(k *model.Task, sc *seccompTable, put func(string, ...proto.Message) error) error {
 	if len(k.Threads) == 0 {
 		return fmt.Errorf("no threads")
 	}
@@ -100,6 +104,9 @@ func writeTask(k *model.Task, put func(string, ...proto.Message) error) error {
 	for i, th := range k.Threads {
 		c, err := coreEntry(th)
 		if err != nil {
+			return fmt.Errorf("thread %d: %w", th.Tid, err)
+		}
+		if err := sc.setSeccomp(c.ThreadCore, th); err != nil {
 			return fmt.Errorf("thread %d: %w", th.Tid, err)
 		}
 		if i == 0 {
@@ -206,11 +213,10 @@ func coreEntry(th *model.Thread) (*criu_core.CoreEntry, error) {
 		Sas: &criu_core.ThreadSasEntry{
 			SsSp: proto.Uint64(th.Sigaltstack.SP), SsSize: proto.Uint64(th.Sigaltstack.Size), SsFlags: proto.Uint32(th.Sigaltstack.Flags),
 		},
-		PdeathSig:   proto.Uint32(th.PdeathSig),
-		SignalsP:    signalQueue(th.Pending),
-		Creds:       credsEntry(&th.Creds),
-		SeccompMode: criu_core.SeccompMode_disabled.Enum(),
-		Comm:        proto.String(th.Comm),
+		PdeathSig: proto.Uint32(th.PdeathSig),
+		SignalsP:  signalQueue(th.Pending),
+		Creds:     credsEntry(&th.Creds),
+		Comm:      proto.String(th.Comm),
 	}
 	if r := th.Rseq; r.Pointer != 0 {
 		thc.RseqEntry = &rseq.RseqEntry{
