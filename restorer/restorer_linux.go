@@ -16,7 +16,6 @@ import (
 	"godwit/internal/images"
 	"godwit/internal/logging"
 	"godwit/internal/model"
-	"godwit/internal/pagexfer"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 	"godwit/internal/puppet"
@@ -140,11 +139,16 @@ func RestoreContext(ctx context.Context, o Options, scripts *actions.Scripts) (*
 			if r.img.pages == nil {
 				return nil
 			}
-			return r.FillPages(interruptibleSource(ctx, pagexfer.NewImageSource(r.img.pages)))
+			src, err := r.privatePages()
+			if err != nil {
+				return r.fail("fill pages", err)
+			}
+			return r.FillPages(interruptibleSource(ctx, src))
 		},
 		func() error { return r.interrupted(ctx) },
 		r.fillShmem,
 		func() error { return r.interrupted(ctx) },
+		r.lazyHandoff,
 		r.Finalize,
 		func() error { return r.interrupted(ctx) },
 		r.Resume,

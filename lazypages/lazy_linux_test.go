@@ -1,0 +1,209 @@
+package lazypages
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/dumper"
+	"godwit/internal/testutil"
+	"godwit/restorer"
+)
+
+func TestMain(m *testing.M) {
+	MaybeGuard()
+	if os.Getenv(daemonEnv) != "" {
+		os.Exit(daemonMain())
+	}
+	testutil.CloseInheritedFDs()
+	code := m.Run()
+	testutil.RemoveBuilds()
+	if workloadDir != "" {
+		os.RemoveAll(workloadDir)
+	}
+	os.Exit(code)
+}
+
+// daemonEnv runs the test binary as a lazy-pages daemon (for tests that
+// kill it): GODWIT_LAZY_TEST_DAEMON=imagesdir[,pageserver-addr,certdir].
+const daemonEnv = "GODWIT_LAZY_TEST_DAEMON"
+
+func daemonMain() int {
+	f := strings.Split(os.Getenv(daemonEnv), ",")
+	o := Options{ImagesDir: f[0], PushPages: 16}
+	if len(f) == 3 {
+		o.PageServer = f[1]
+		o.Transport = clientTLS(f[2])
+	}
+	_, err := Run(context.Background(), o)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+var (
+	workloadOnce sync.Once
+	workloadDir  string
+	workloadBin  string
+	workloadErr  error
+)
+
+func lazyBin(t testing.TB) string {
+	t.Helper()
+	workloadOnce.Do(func() {
+		if workloadDir, workloadErr = os.MkdirTemp("", "godwit-lazy"); workloadErr != nil {
+			return
+		}
+		workloadBin = filepath.Join(workloadDir, "lazy")
+		if out, err := exec.Command("gcc", "-O2", "-o", workloadBin, "testdata/lazy.c").CombinedOutput(); err != nil {
+			workloadErr = fmt.Errorf("gcc: %v: %s", err, out)
+		}
+	})
+	if workloadErr != nil {
+		t.Fatal(workloadErr)
+	}
+	return workloadBin
+}
+
+func needRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("restoring needs root")
+	}
+}
+
+// dumpWorkload starts the lazy workload with mib MiB, dumps it into a
+// fresh directory and returns the directory, the log and the go file.
+func dumpWorkload(t *testing.T, mib int, fork bool) (dir, log, goFile string) {
+	t.Helper()
+	needRoot(t)
+	tmp := t.TempDir()
+	dir = filepath.Join(tmp, "img")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	log, goFile = filepath.Join(tmp, "log"), filepath.Join(tmp, "go")
+	argv := []string{lazyBin(t), log, goFile, fmt.Sprint(mib)}
+	if fork {
+		argv = append(argv, "fork")
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = null, null, null
+	p := testutil.Start(t, cmd, log, "ready")
+	if _, err := dumper.Dump(dumper.Options{Pid: p.Pid, ImagesDir: dir}, nil); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	p.Reaped(t)
+	return dir, log, goFile
+}
+
+// lazyRestore restores dir with --lazy-pages; the task is killed at test
+// end unless waited for.
+func lazyRestore(t *testing.T, dir string) (*restorer.Restorer, error) {
+	t.Helper()
+	r, err := restorer.Restore(restorer.Options{ImagesDir: dir, LazyPages: true}, nil)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() {
+		unix.Kill(r.PID(), unix.SIGKILL)
+		r.Close()
+	})
+	return r, nil
+}
+
+func waitExit(t *testing.T, r *restorer.Restorer) int {
+	t.Helper()
+	c := make(chan int, 1)
+	go func() {
+		code, err := r.Wait()
+		if err != nil {
+			t.Error(err)
+		}
+		c <- code
+	}()
+	select {
+	case code := <-c:
+		return code
+	case <-time.After(60 * time.Second):
+		unix.Kill(r.PID(), unix.SIGKILL)
+		<-c
+		t.Fatal("restored task did not exit")
+	}
+	return -1
+}
+
+type daemonResult struct {
+	st  Stats
+	err error
+}
+
+// startDaemon runs the daemon in this process and waits for its socket.
+func startDaemon(t *testing.T, o Options) chan daemonResult {
+	t.Helper()
+	ready := make(chan struct{})
+	o.Ready = func() { close(ready) }
+	res := make(chan daemonResult, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		st, err := Run(ctx, o)
+		res <- daemonResult{st, err}
+	}()
+	t.Cleanup(cancel)
+	select {
+	case <-ready:
+	case r := <-res:
+		t.Fatalf("daemon: %v", r.err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("daemon not listening")
+	}
+	return res
+}
+
+func checkLog(t *testing.T, log string, code int) {
+	t.Helper()
+	b, _ := os.ReadFile(log)
+	if code != 0 || !strings.Contains(string(b), "done ok") {
+		t.Fatalf("restored workload exit %d; log:\n%s", code, b)
+	}
+}
+
+func TestLazyRestoreLocal(t *testing.T) {
+	dir, log, goFile := dumpWorkload(t, 64, false)
+	res := startDaemon(t, Options{ImagesDir: dir})
+	if err := os.WriteFile(goFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err := lazyRestore(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkLog(t, log, waitExit(t, r))
+	select {
+	case d := <-res:
+		if d.err != nil {
+			t.Fatalf("daemon: %v", d.err)
+		}
+		if d.st.Tasks != 1 || d.st.Faults == 0 || d.st.PushPages == 0 || d.st.ZeroPages == 0 {
+			t.Fatalf("daemon stats %+v", d.st)
+		}
+		t.Logf("daemon: %+v", d.st)
+	case <-time.After(30 * time.Second):
+		t.Fatal("daemon did not finish")
+	}
+}
