@@ -40,15 +40,19 @@ type Options struct {
 	Log     *logging.Logger
 	// Ready, if set, is called once the socket listens.
 	Ready func()
+
+	pushPause time.Duration // tests: slow the background push down
 }
 
 // Stats are what one daemon run did.
 type Stats struct {
-	Tasks                    int
-	FaultPages, PushPages    uint64 // pages copied on faults / in the background
-	ZeroPages                uint64
-	Faults                   uint64
-	FirstHandoff, AllPagesIn time.Time
+	Tasks                 int
+	FaultPages, PushPages uint64 // pages copied on faults / in the background
+	ZeroPages             uint64
+	Faults                uint64
+	// Events followed while pages were missing.
+	Forks, Remaps, Removes, Unmaps uint64
+	FirstHandoff, AllPagesIn       time.Time
 }
 
 // task is one mm being served.

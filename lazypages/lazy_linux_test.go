@@ -15,6 +15,7 @@ import (
 
 	"godwit/dumper"
 	"godwit/internal/testutil"
+	"godwit/pageserver"
 	"godwit/restorer"
 )
 
@@ -33,15 +34,15 @@ func TestMain(m *testing.M) {
 }
 
 // daemonEnv runs the test binary as a lazy-pages daemon (for tests that
-// kill it): GODWIT_LAZY_TEST_DAEMON=imagesdir[,pageserver-addr,certdir].
+// kill it): GODWIT_LAZY_TEST_DAEMON=imagesdir[,pageserver-addr,certdir,transport].
 const daemonEnv = "GODWIT_LAZY_TEST_DAEMON"
 
 func daemonMain() int {
 	f := strings.Split(os.Getenv(daemonEnv), ",")
 	o := Options{ImagesDir: f[0], PushPages: 16}
-	if len(f) == 3 {
+	if len(f) == 4 {
 		o.PageServer = f[1]
-		o.Transport = clientTLS(f[2])
+		o.Transport = clientTLS(f[2], pageserver.Transport(f[3]))
 	}
 	_, err := Run(context.Background(), o)
 	if err != nil {
@@ -185,7 +186,7 @@ func checkLog(t *testing.T, log string, code int) {
 
 func TestLazyRestoreLocal(t *testing.T) {
 	dir, log, goFile := dumpWorkload(t, 64, false)
-	res := startDaemon(t, Options{ImagesDir: dir})
+	res := startDaemon(t, Options{ImagesDir: dir, PushPages: 16, pushPause: 200 * time.Microsecond})
 	if err := os.WriteFile(goFile, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -199,11 +200,76 @@ func TestLazyRestoreLocal(t *testing.T) {
 		if d.err != nil {
 			t.Fatalf("daemon: %v", d.err)
 		}
-		if d.st.Tasks != 1 || d.st.Faults == 0 || d.st.PushPages == 0 || d.st.ZeroPages == 0 {
+		if d.st.Tasks != 1 || d.st.Faults == 0 || d.st.PushPages == 0 || d.st.ZeroPages == 0 ||
+			d.st.Remaps == 0 || d.st.Removes == 0 || d.st.Unmaps == 0 {
 			t.Fatalf("daemon stats %+v", d.st)
 		}
 		t.Logf("daemon: %+v", d.st)
 	case <-time.After(30 * time.Second):
 		t.Fatal("daemon did not finish")
+	}
+}
+
+func TestLazyRestoreFork(t *testing.T) {
+	dir, log, goFile := dumpWorkload(t, 64, true)
+	res := startDaemon(t, Options{ImagesDir: dir, PushPages: 16, pushPause: 200 * time.Microsecond})
+	if err := os.WriteFile(goFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err := lazyRestore(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkLog(t, log, waitExit(t, r))
+	select {
+	case d := <-res:
+		if d.err != nil {
+			t.Fatalf("daemon: %v", d.err)
+		}
+		if d.st.Forks == 0 || d.st.Remaps == 0 {
+			t.Fatalf("the fork or the mremap came after every page was in: %+v", d.st)
+		}
+		t.Logf("daemon: %+v", d.st)
+	case <-time.After(30 * time.Second):
+		t.Fatal("daemon did not finish")
+	}
+}
+
+func TestLazyRestoreRemote(t *testing.T) {
+	for _, tr := range []pageserver.Transport{pageserver.TransportTCP, pageserver.TransportQUIC} {
+		t.Run(string(tr), func(t *testing.T) {
+			dir, log, goFile := dumpWorkload(t, 32, true)
+			so, co, _ := certs(t, tr)
+			addr, psDone, _ := startPageServer(t, dir, so)
+			res := startDaemon(t, Options{ImagesDir: dir, PageServer: addr, Transport: co, PushPages: 16, pushPause: 200 * time.Microsecond})
+			if err := os.WriteFile(goFile, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			r, err := lazyRestore(t, dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkLog(t, log, waitExit(t, r))
+			select {
+			case d := <-res:
+				if d.err != nil {
+					t.Fatalf("daemon: %v", d.err)
+				}
+				if d.st.FaultPages == 0 || d.st.PushPages == 0 {
+					t.Fatalf("daemon stats %+v", d.st)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("daemon did not finish")
+			}
+			// The daemon's CLOSE told the source it may go.
+			select {
+			case err := <-psDone:
+				if err != nil {
+					t.Fatalf("page server: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("page server still serving after every page was in")
+			}
+		})
 	}
 }

@@ -82,13 +82,20 @@ func (d *daemon) readLocked(t *task, buf []byte, faults []uint64) ([]uint64, err
 				faults = append(faults, m.Address)
 				d.stats.Faults++
 			case uffd.EventFork:
+				d.stats.Forks++
 				if ferr := d.forkLocked(t, m.UFD); ferr != nil {
 					return faults, ferr
 				}
 			case uffd.EventRemap:
+				d.stats.Remaps++
 				t.st.remap(m.From, m.To, m.Len)
 				t.gen++
 			case uffd.EventRemove, uffd.EventUnmap:
+				if m.Event == uffd.EventRemove {
+					d.stats.Removes++
+				} else {
+					d.stats.Unmaps++
+				}
 				t.st.clear(m.Start, m.End)
 				t.gen++
 			}
@@ -333,6 +340,11 @@ func (d *daemon) pusher() {
 		switch {
 		case err == nil:
 			stuck = 0
+			if d.o.pushPause > 0 {
+				d.mu.Unlock()
+				time.Sleep(d.o.pushPause)
+				d.mu.Lock()
+			}
 			t.st.clear(r.dst, r.dst+r.n*pageSize)
 			t.push = r.dst + r.n*pageSize
 			d.checkDoneLocked(t)

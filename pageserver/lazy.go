@@ -134,3 +134,18 @@ func (l *lazyImages) lookup(dst, vaddr, nr uint64) (uint64, *os.File, int64, err
 	}
 	return 0, nil, 0, errors.New("parent chain too deep")
 }
+
+// lazyDone ends Serve (Config.LazyExitOnClose) when the lazy-pages daemon
+// closed its sessions with CLOSE and no connection is left.
+func (s *Server) lazyDone(conns int32) {
+	if !s.cfg.Lazy || !s.cfg.LazyExitOnClose || conns != 0 || !s.lazyClosed.Load() {
+		return
+	}
+	s.mu.Lock()
+	stop := s.stopServe
+	s.mu.Unlock()
+	if stop != nil {
+		s.log.Infof("page-server: the lazy-pages daemon has every page: done")
+		stop()
+	}
+}

@@ -149,6 +149,9 @@ func (ss *session) serve(h wire.Header) error {
 			status = -1
 		}
 		ss.closed = true
+		if lazy && status == 0 {
+			ss.s.lazyClosed.Store(true)
+		}
 		return ss.replyInt32(status)
 	default:
 		return reqErr(reasonCommand, fmt.Errorf("unknown command %#x", h.Cmd))
