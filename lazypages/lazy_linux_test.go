@@ -39,7 +39,7 @@ const daemonEnv = "GODWIT_LAZY_TEST_DAEMON"
 
 func daemonMain() int {
 	f := strings.Split(os.Getenv(daemonEnv), ",")
-	o := Options{ImagesDir: f[0], PushPages: 16}
+	o := Options{ImagesDir: f[0], PushPages: 16, pushPause: time.Millisecond}
 	if len(f) == 4 {
 		o.PageServer = f[1]
 		o.Transport = clientTLS(f[2], pageserver.Transport(f[3]))
@@ -271,5 +271,100 @@ func TestLazyRestoreRemote(t *testing.T) {
 				t.Fatal("page server still serving after every page was in")
 			}
 		})
+	}
+}
+
+// noExitYet fails if the restored task exits within d.
+func exitOf(t *testing.T, r *restorer.Restorer, limit time.Duration) (int, bool) {
+	t.Helper()
+	c := make(chan int, 1)
+	go func() {
+		code, _ := r.Wait()
+		c <- code
+	}()
+	select {
+	case code := <-c:
+		return code, true
+	case <-time.After(limit):
+		return 0, false
+	}
+}
+
+// TestLazyDaemonKilled: a lazy-pages daemon killed mid-transfer leaves no
+// task running on zero pages: its guard kills the task.
+func TestLazyDaemonKilled(t *testing.T) {
+	dir, log, goFile := dumpWorkload(t, 64, false)
+	cmd := exec.Command("/proc/self/exe", "-test.run=^$")
+	cmd.Env = append(os.Environ(), daemonEnv+"="+dir)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	sock := filepath.Join(dir, SocketName)
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon not listening; stderr:\n%s", stderr.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	r, err := lazyRestore(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-exited
+	// Were the task not killed, it would now run on zero pages and say so.
+	if err := os.WriteFile(goFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, ok := exitOf(t, r, 20*time.Second)
+	b, _ := os.ReadFile(log)
+	if !ok || code != 128+int(unix.SIGKILL) || strings.Contains(string(b), "bad") || strings.Contains(string(b), "done") {
+		t.Fatalf("after the daemon died the task exited %d (%v); log:\n%s\ndaemon stderr:\n%s", code, ok, b, stderr.String())
+	}
+}
+
+// TestLazySourceLost: a page server that goes away mid-transfer ends the
+// daemon with an error naming what never arrived, and kills the task.
+func TestLazySourceLost(t *testing.T) {
+	dir, log, goFile := dumpWorkload(t, 64, false)
+	so, co, _ := certs(t, pageserver.TransportTCP)
+	addr, _, stopPS := startPageServer(t, dir, so)
+	res := startDaemon(t, Options{ImagesDir: dir, PageServer: addr, Transport: co, PushPages: 16, pushPause: time.Millisecond})
+	r, err := lazyRestore(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopPS()
+	var d daemonResult
+	select {
+	case d = <-res:
+	case <-time.After(30 * time.Second):
+		t.Fatal("daemon still running after its page server went away")
+	}
+	if d.err == nil || !strings.Contains(d.err.Error(), "page source lost") || !strings.Contains(d.err.Error(), "never arrived") ||
+		!strings.Contains(d.err.Error(), fmt.Sprintf("killed [%d]", r.PID())) {
+		t.Fatalf("daemon: %v", d.err)
+	}
+	t.Logf("daemon: %v", d.err)
+	if err := os.WriteFile(goFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, ok := exitOf(t, r, 20*time.Second)
+	b, _ := os.ReadFile(log)
+	if !ok || code != 128+int(unix.SIGKILL) || strings.Contains(string(b), "bad") || strings.Contains(string(b), "done") {
+		t.Fatalf("after the source went away the task exited %d (%v); log:\n%s", code, ok, b)
 	}
 }
