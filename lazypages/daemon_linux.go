@@ -485,3 +485,14 @@ func sourceErr(t *task, err error) error {
 	}
 	return fmt.Errorf("lazy-pages: page source lost (%v): %s never arrived in %s (post-copy cannot go on without its source)", err, missingText(t), who)
 }
+
+// Format renders the stats for --display-stats.
+func (s Stats) Format() string {
+	d := time.Duration(0)
+	if !s.FirstHandoff.IsZero() && !s.AllPagesIn.IsZero() {
+		d = s.AllPagesIn.Sub(s.FirstHandoff)
+	}
+	return fmt.Sprintf("Lazy tasks: %d\nFaults: %d\nPages on faults: %d\nPages pushed: %d\nZero pages: %d\n"+
+		"Forks, remaps, removes, unmaps followed: %d, %d, %d, %d\nAll pages in after: %v\n",
+		s.Tasks, s.Faults, s.FaultPages, s.PushPages, s.ZeroPages, s.Forks, s.Remaps, s.Removes, s.Unmaps, d)
+}
