@@ -368,3 +368,63 @@ func TestLazySourceLost(t *testing.T) {
 		t.Fatalf("after the source went away the task exited %d (%v); log:\n%s", code, ok, b)
 	}
 }
+
+// TestLazyFromDump: dump --lazy-pages keeps the lazy pages out of the
+// images and serves them until the daemon of a lazy restore has them all.
+func TestLazyFromDump(t *testing.T) {
+	for _, tr := range []pageserver.Transport{pageserver.TransportTCP, pageserver.TransportQUIC} {
+		t.Run(string(tr), func(t *testing.T) {
+			needRoot(t)
+			tmp := t.TempDir()
+			dir := filepath.Join(tmp, "img")
+			if err := os.Mkdir(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			log, goFile := filepath.Join(tmp, "log"), filepath.Join(tmp, "go")
+			cmd := exec.Command(lazyBin(t), log, goFile, "32", "fork")
+			p := testutil.Start(t, cmd, log, "ready")
+			so, co, _ := certs(t, tr)
+			addrc := make(chan string, 1)
+			dumped := make(chan error, 1)
+			go func() {
+				_, err := dumper.DumpLazyContext(context.Background(), dumper.Options{Pid: p.Pid, ImagesDir: dir}, nil,
+					dumper.LazyServe{Addr: "127.0.0.1:0", Transport: so, Listening: func(a string) { addrc <- a }})
+				dumped <- err
+			}()
+			var addr string
+			select {
+			case addr = <-addrc:
+			case err := <-dumped:
+				t.Fatalf("dump --lazy-pages: %v", err)
+			}
+			p.Reaped(t)
+			res := startDaemon(t, Options{ImagesDir: dir, PageServer: addr, Transport: co, PushPages: 16, pushPause: 100 * time.Microsecond})
+			if err := os.WriteFile(goFile, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			r, err := restorer.Restore(restorer.Options{ImagesDir: dir}, nil)
+			if err == nil || !strings.Contains(err.Error(), "left on the dumping host") {
+				if err == nil {
+					r.Close()
+				}
+				t.Fatalf("restore without --lazy-pages of a lazy dump: %v", err)
+			}
+			r, err = lazyRestore(t, dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkLog(t, log, waitExit(t, r))
+			if d := <-res; d.err != nil {
+				t.Fatalf("daemon: %v", d.err)
+			}
+			select {
+			case err := <-dumped:
+				if err != nil {
+					t.Fatalf("dump --lazy-pages: %v", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("dump --lazy-pages still serving after every page was in")
+			}
+		})
+	}
+}

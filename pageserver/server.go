@@ -38,6 +38,9 @@ type Config struct {
 	// said it has every page (CLOSE) and no connection is left: the
 	// source may go.
 	LazyExitOnClose bool
+	// LazyMemory (with Lazy) serves the pages the images mark lazy
+	// without data (dump --lazy-pages) from the dumped task's memory.
+	LazyMemory LazyMemory
 	// Log receives one line per refused request or connection; nil means
 	// logging.Default().
 	Log *logging.Logger

@@ -424,7 +424,7 @@ func (ss *session) get(h wire.Header) error {
 	left := int64(nr * wire.PageSize)
 	for left > 0 {
 		k := min(left, int64(len(ss.buf)))
-		m, err := f.ReadAt(ss.buf[:k], off)
+		m, err := ss.s.readLazy(f, h.DstID, off, ss.buf[:k])
 		if int64(m) != k {
 			// The reply header is out: the stream can't be resynced.
 			return reqErr(reasonIO, fmt.Errorf("read pages at %d: %d of %d bytes: %v", off, m, k, err))

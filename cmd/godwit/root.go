@@ -87,7 +87,7 @@ var notYet = map[string]bool{
 // doneIn lists, per command, the notYet options it already implements.
 var doneIn = map[string]map[string]bool{
 	"page-server": {"prev-images-dir": true, "lazy-pages": true},
-	"dump":        {"page-server": true, "freeze-cgroup": true},
+	"dump":        {"page-server": true, "freeze-cgroup": true, "lazy-pages": true},
 	"restore":     {"shell-job": true, "lazy-pages": true},
 	"lazy-pages":  {"page-server": true},
 }

@@ -74,3 +74,10 @@ func LazyPages(o *opts.Options, log *logging.Logger) (lazypages.Options, error) 
 	}
 	return l, nil
 }
+
+// DumpLazy is where dump --lazy-pages serves the pages it leaves out
+// (--address, default every address, and --port, 0 for any).
+func DumpLazy(o *opts.Options, log *logging.Logger) dumper.LazyServe {
+	return dumper.LazyServe{Addr: net.JoinHostPort(o.Address, strconv.Itoa(o.Port)),
+		Transport: pageserver.TransportOptionsFrom(o), Log: log}
+}
