@@ -66,6 +66,9 @@ type task struct {
 	gen   uint64 // bumped by every event that changes the mm
 	gone  bool
 	push  uint64 // background cursor
+	// lastEnd is the end of the last fault's pages, lastWin its window.
+	lastEnd, lastWin uint64
+	running          bool // the restore let it go (resumed)
 }
 
 type daemon struct {

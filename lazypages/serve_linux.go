@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"godwit/internal/procfs"
 	"godwit/uffd"
 )
 
@@ -21,7 +22,7 @@ import (
 func (d *daemon) faultLoop() {
 	var evs [16]unix.EpollEvent
 	buf := make([]byte, uffd.DefaultBatch*32)
-	fbuf := make([]byte, d.o.FaultPages*pageSize)
+	fbuf := make([]byte, maxFaultPages*pageSize)
 	for {
 		n, err := unix.EpollWait(d.ep, evs[:], -1)
 		if err == unix.EINTR {
@@ -182,7 +183,14 @@ func (d *daemon) serveFault(t *task, addr uint64, buf, fbuf []byte, faults []uin
 			d.mu.Unlock()
 			return faults, nil
 		}
-		r, ok := t.st.runAt(page, uint64(d.o.FaultPages), sameEntry(t.pm))
+		// A fault right after the last one's pages is a sequential
+		// reader: the window doubles (to maxFaultPages), else it starts
+		// over at FaultPages.
+		win := uint64(d.o.FaultPages)
+		if page >= t.lastEnd && page < t.lastEnd+uint64(d.o.FaultPages)*pageSize {
+			win = min(2*t.lastWin, maxFaultPages)
+		}
+		r, ok := t.st.runAt(page, win, sameEntry(t.pm))
 		zero := !ok || t.pm.entry(r.src) < 0
 		if zero {
 			if !ok {
@@ -230,6 +238,10 @@ func (d *daemon) serveFault(t *task, addr uint64, buf, fbuf []byte, faults []uin
 		if err == nil {
 			t.st.clear(r.dst, r.dst+uint64(len(b)))
 			d.stats.FaultPages += n / pageSize
+			// The program is here: the background push goes on from
+			// just after it.
+			t.lastEnd, t.lastWin = r.dst+uint64(len(b)), max(win, uint64(d.o.FaultPages))
+			t.push = t.lastEnd
 			if n < uint64(len(b)) {
 				t.u.Wake(page, pageSize)
 			}
@@ -297,7 +309,12 @@ func (d *daemon) pusher() {
 		d.mu.Lock()
 		var t *task
 		var r run
+		waiting := false
 		for _, c := range d.tasks {
+			if !c.resumed() {
+				waiting = true
+				continue
+			}
 			if a, ok := c.st.nextPending(c.push); ok {
 				r, _ = c.st.runAt(a, uint64(d.o.PushPages), sameEntry(c.pm))
 				t = c
@@ -306,8 +323,13 @@ func (d *daemon) pusher() {
 		}
 		if t == nil {
 			d.mu.Unlock()
+			var tick <-chan time.Time
+			if waiting {
+				tick = time.After(time.Millisecond)
+			}
 			select {
 			case <-d.kick:
+			case <-tick:
 			case <-d.done:
 				return
 			}
@@ -334,8 +356,11 @@ func (d *daemon) pusher() {
 				d.mu.Unlock()
 				continue
 			}
-			n, err = t.u.CopySkipExisting(r.dst, unsafe.Pointer(&b[0]), uint64(len(b)), 0)
-			d.stats.PushPages += n / pageSize
+			var cut bool
+			if cut, err = d.pushCopy(t, r, b, gen); cut {
+				d.mu.Unlock()
+				continue
+			}
 		}
 		switch {
 		case err == nil:
@@ -419,4 +444,48 @@ func descendants(pid int) []int {
 		}
 	}
 	return out
+}
+
+// maxFaultPages bounds the window of a sequential reader's faults.
+const maxFaultPages = 256
+
+// pushCopyPages bounds one background copy under d.mu, so that a fault
+// waits for at most that much (the lock is let go between copies).
+const pushCopyPages = 16
+
+// pushCopy copies b to r.dst in pieces, clearing each piece in the state
+// as it lands. It is called and returns with d.mu held; cut reports that
+// the mm changed (or t went) between pieces: the rest stays pending.
+func (d *daemon) pushCopy(t *task, r run, b []byte, gen uint64) (cut bool, err error) {
+	for off := uint64(0); off < uint64(len(b)); {
+		if off > 0 {
+			d.mu.Unlock()
+			d.mu.Lock()
+			if t.gone || t.gen != gen {
+				return true, nil
+			}
+		}
+		k := min(uint64(len(b))-off, pushCopyPages*pageSize)
+		n, err := t.u.CopySkipExisting(r.dst+off, unsafe.Pointer(&b[off]), k, 0)
+		d.stats.PushPages += n / pageSize
+		if err != nil {
+			return false, err
+		}
+		t.st.clear(r.dst+off, r.dst+off+k)
+		off += k
+	}
+	return false, nil
+}
+
+// resumed reports whether the restore let t run (no tracer left). Until
+// then the background push leaves it alone: it would take the CPU the
+// restore needs, and the program's start is what the user waits for;
+// faults are served all along.
+func (t *task) resumed() bool {
+	if t.running || t.pid == 0 {
+		return true
+	}
+	st, err := procfs.ReadStatus(t.pid)
+	t.running = err != nil || st.TracerPid == 0
+	return t.running
 }

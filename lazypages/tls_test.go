@@ -2,6 +2,10 @@ package lazypages
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -65,3 +69,40 @@ func startPageServer(t testing.TB, dir string, o pageserver.TransportOptions) (s
 	})
 	return ln.Addr().String(), done, cancel
 }
+
+func tlsConfs(t testing.TB, so, co pageserver.TransportOptions) (*tls.Config, *tls.Config) {
+	t.Helper()
+	sc, err := tlsFromFiles(so, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := tlsFromFiles(co, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sc, cc
+}
+
+func tlsFromFiles(o pageserver.TransportOptions, server bool) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(o.Cert, o.Key)
+	if err != nil {
+		return nil, err
+	}
+	ca, err := os.ReadFile(o.CACert)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	c := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
+	if server {
+		c.ClientCAs, c.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	} else {
+		c.RootCAs, c.ServerName = pool, "127.0.0.1"
+	}
+	return c, nil
+}
+
+func tlsListen(c *tls.Config) (net.Listener, error) { return tls.Listen("tcp", "127.0.0.1:0", c) }
+
+func tlsDial(addr string, c *tls.Config) (net.Conn, error) { return tls.Dial("tcp", addr, c) }

@@ -4,14 +4,26 @@
  * mremaps, madvises(DONTNEED), munmaps and (with argv[4] = "fork") forks a
  * child that checks its own copy, and finally checks every page it still
  * has: "done ok" on success, "bad ..." naming the first wrong page.
- * usage: lazy LOG GOFILE MIB [fork] */
+ * usage: lazy LOG GOFILE MIB [fork|bench|bare]
+ *
+ * bench: once restored, it logs "running NS" (CLOCK_REALTIME) at once, then
+ * touches 2000 pages in random 64 KiB blocks that mincore reports missing,
+ * timing each first touch ("lat P50 P99 N" in ns), then checks every page.
+ * bare: the floor for bench: it registers a fresh region of the same size
+ * with a userfaultfd of its own, logs "uffd FD ADDR", and on GOFILE does
+ * the same timed touches, which the test serves with a bare loop. */
 #define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PG 4096UL
@@ -20,7 +32,8 @@
 static FILE *logf;
 
 static uint64_t pat(size_t page, size_t w) { return (page * 0x9E3779B97F4A7C15ULL) ^ (w + 1) ^ 0x5a5a; }
-static int hole(size_t page) { return page % 7 == 3; }
+static size_t holemod = 7; /* bench: rare holes, as in a program whose memory is mostly data */
+static int hole(size_t page) { return page % holemod == 3; }
 
 static void fill(char *base, size_t n)
 {
@@ -50,6 +63,56 @@ static int check(const char *what, char *at, size_t orig, size_t n, int zero)
 	return 0;
 }
 
+static uint64_t now_ns(clockid_t c)
+{
+	struct timespec ts;
+	clock_gettime(c, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+static int cmp64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* touch times first touches of missing pages, one per random 64 KiB block */
+static void touch(char *r, size_t n)
+{
+	enum { SAMPLES = 2000 };
+	static uint64_t lat[SAMPLES];
+	size_t blocks = n / 16, k = 0;
+	unsigned seed = 12345;
+	for (size_t tries = 0; k < SAMPLES && tries < 50 * SAMPLES; tries++) {
+		char *p = r + (size_t)(rand_r(&seed) % blocks) * 16 * PG;
+		unsigned char vec;
+		if (mincore(p, PG, &vec) || (vec & 1))
+			continue;
+		uint64_t t0 = now_ns(CLOCK_MONOTONIC);
+		(void)*(volatile char *)p;
+		lat[k++] = now_ns(CLOCK_MONOTONIC) - t0;
+	}
+	qsort(lat, k, sizeof(lat[0]), cmp64);
+	fprintf(logf, "lat %llu %llu %zu\n", k ? (unsigned long long)lat[k / 2] : 0ull,
+		k ? (unsigned long long)lat[k * 99 / 100] : 0ull, k);
+}
+
+static int bare(char *gofile, size_t n)
+{
+	char *r = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int u = syscall(SYS_userfaultfd, O_CLOEXEC);
+	struct uffdio_api api = {.api = UFFD_API};
+	struct uffdio_register reg = {.range = {(unsigned long)r, n * PG}, .mode = UFFDIO_REGISTER_MODE_MISSING};
+	if (r == MAP_FAILED || u < 0 || ioctl(u, UFFDIO_API, &api) || ioctl(u, UFFDIO_REGISTER, &reg))
+		return 2;
+	fprintf(logf, "uffd %d %p\n", u, (void *)r);
+	while (access(gofile, F_OK) != 0)
+		usleep(1000);
+	touch(r, n);
+	fprintf(logf, "done ok\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 4)
@@ -59,7 +122,12 @@ int main(int argc, char **argv)
 		return 2;
 	setvbuf(logf, NULL, _IONBF, 0);
 	int forking = argc > 4 && strcmp(argv[4], "fork") == 0;
+	int bench = argc > 4 && strcmp(argv[4], "bench") == 0;
+	if (bench)
+		holemod = 4099;
 	size_t n = (size_t)atoi(argv[3]) * 256;
+	if (argc > 4 && strcmp(argv[4], "bare") == 0)
+		return bare(argv[2], n);
 	char *r = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (r == MAP_FAILED)
 		return 2;
@@ -69,6 +137,14 @@ int main(int argc, char **argv)
 		usleep(1000);
 
 	/* Restored: act while pages are still coming. */
+	if (bench) {
+		fprintf(logf, "running %llu\n", (unsigned long long)now_ns(CLOCK_REALTIME));
+		touch(r, n);
+		if (check("all", r, 0, n, 0))
+			return 1;
+		fprintf(logf, "done ok\n");
+		return 0;
+	}
 	if (check("first", r + 5 * PG, 5, 1, 0))
 		return 1;
 	((uint64_t *)(r + 11 * PG))[0] = 42; /* a write fault */
