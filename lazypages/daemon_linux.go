@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -88,6 +89,8 @@ type daemon struct {
 	stopfd int
 	kick   chan struct{} // wakes the pusher
 	err    error         // the failure that ends the daemon
+	// faulting counts faults being served; the push waits for them.
+	faulting atomic.Int32
 	done   chan struct{} // closed when every page of every task is in, or on failure
 	stats  Stats
 }

@@ -174,6 +174,8 @@ func sameEntry(pm *pagemap) func(a, b uint64) bool {
 // on. An error is fatal to the daemon.
 func (d *daemon) serveFault(t *task, addr uint64, buf, fbuf []byte, faults []uint64) ([]uint64, error) {
 	page := addr &^ (pageSize - 1)
+	d.faulting.Add(1)
+	defer d.faulting.Add(-1)
 	for retry := 0; ; retry++ {
 		if retry > 10000 {
 			return faults, fmt.Errorf("lazy-pages: pid %d: cannot resolve the fault at %#x", t.pid, addr)
@@ -234,7 +236,14 @@ func (d *daemon) serveFault(t *task, addr uint64, buf, fbuf []byte, faults []uin
 			d.mu.Unlock()
 			continue
 		}
-		n, err := t.u.CopySkipExisting(r.dst, unsafe.Pointer(&b[0]), uint64(len(b)), 0)
+		// The faulting page first: its thread runs on while the
+		// neighbours are copied.
+		n, err := t.u.CopySkipExisting(r.dst, unsafe.Pointer(&b[0]), pageSize, 0)
+		if err == nil && len(b) > pageSize {
+			var m uint64
+			m, err = t.u.CopySkipExisting(r.dst+pageSize, unsafe.Pointer(&b[pageSize]), uint64(len(b))-pageSize, 0)
+			n += m
+		}
 		if err == nil {
 			t.st.clear(r.dst, r.dst+uint64(len(b)))
 			d.stats.FaultPages += n / pageSize
@@ -343,6 +352,11 @@ func (d *daemon) pusher() {
 			d.stats.ZeroPages += n / pageSize
 		} else {
 			d.mu.Unlock()
+			// A fault in progress goes first: its fetch must not
+			// queue behind ours (at the page server, on the CPU).
+			for i := 0; i < 100 && d.faulting.Load() > 0; i++ {
+				time.Sleep(20 * time.Microsecond)
+			}
 			b := buf[:r.n*pageSize]
 			if rerr := d.pushSrc.read(t.pm, r.src, b); rerr != nil {
 				d.mu.Lock()
