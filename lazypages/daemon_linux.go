@@ -91,8 +91,8 @@ type daemon struct {
 	err    error         // the failure that ends the daemon
 	// faulting counts faults being served; the push waits for them.
 	faulting atomic.Int32
-	done   chan struct{} // closed when every page of every task is in, or on failure
-	stats  Stats
+	done     chan struct{} // closed when every page of every task is in, or on failure
+	stats    Stats
 }
 
 // Run serves lazy pages until every task of the dump has been handed over
