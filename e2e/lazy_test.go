@@ -1,10 +1,14 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -53,6 +57,88 @@ func TestLazyRestoreCLI(t *testing.T) {
 	}
 	if !bytes.Contains(out.Bytes(), []byte("Lazy tasks: 1")) {
 		t.Fatalf("lazy-pages --display-stats: %q", out.String())
+	}
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("restored counter exited %d\n%s", code, w.tail())
+	}
+}
+
+// TestLazyDumpCLI: dump --lazy-pages serves the pages it kept out of the
+// images over TLS; lazy-pages --page-server fetches them for restore
+// --lazy-pages; both exit 0 once every page is in.
+func TestLazyDumpCLI(t *testing.T) {
+	needRoot(t)
+	certs := t.TempDir()
+	if code, out := godwit(t, "certs", certs, "127.0.0.1"); code != 0 {
+		t.Fatalf("certs: %s", out)
+	}
+	tlsArgs := func(role string) []string {
+		host := filepath.Join(certs, "127.0.0.1", role)
+		return []string{"--tls", "--tls-cacert", filepath.Join(certs, "cacert.pem"),
+			"--tls-cert", filepath.Join(host, "cert.pem"), "--tls-key", filepath.Join(host, "key.pem")}
+	}
+	w := startC(t, false, "-m", "32", "-t", "2")
+	dir := t.TempDir()
+	dump := exec.Command(godwitBin, append([]string{"dump", "-t", strconv.Itoa(w.pid), "-D", dir, "--lazy-pages",
+		"--address", "127.0.0.1", "--port", "0"}, tlsArgs("server")...)...)
+	stdout, err := dump.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dumpErr bytes.Buffer
+	dump.Stderr = &dumpErr
+	if err := dump.Start(); err != nil {
+		t.Fatal(err)
+	}
+	dumped := make(chan error, 1)
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if a, ok := strings.CutPrefix(sc.Text(), "Serving lazy pages on "); ok {
+				addr <- a
+			}
+		}
+		dumped <- dump.Wait()
+	}()
+	t.Cleanup(func() { dump.Process.Kill() })
+	var a string
+	select {
+	case a = <-addr:
+	case err := <-dumped:
+		t.Fatalf("dump --lazy-pages: %v: %s", err, dumpErr.String())
+	case <-time.After(30 * time.Second):
+		t.Fatal("dump --lazy-pages did not start serving")
+	}
+	w.reapKilled(t)
+	_, port, _ := net.SplitHostPort(a)
+	lp := exec.Command(godwitBin, append([]string{"lazy-pages", "-D", dir, "--page-server", "--address", "127.0.0.1", "--port", port}, tlsArgs("client")...)...)
+	var out bytes.Buffer
+	lp.Stdout, lp.Stderr = &out, &out
+	if err := lp.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- lp.Wait() }()
+	t.Cleanup(func() { lp.Process.Kill() })
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(dir, "lazy-pages.socket")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lazy-pages not listening: %s", out.String())
+		}
+	}
+	r := restore(t, w, dir, "--lazy-pages")
+	for name, c := range map[string]chan error{"lazy-pages": done, "dump --lazy-pages": dumped} {
+		select {
+		case err := <-c:
+			if err != nil {
+				t.Fatalf("%s: %v: %s %s", name, err, out.String(), dumpErr.String())
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s did not finish: %s %s", name, out.String(), dumpErr.String())
+		}
 	}
 	if code := r.finish(t, w); code != 0 {
 		t.Fatalf("restored counter exited %d\n%s", code, w.tail())
