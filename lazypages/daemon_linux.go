@@ -15,6 +15,7 @@ import (
 
 	"godwit/internal/images"
 	"godwit/internal/logging"
+	"godwit/internal/model"
 	"godwit/internal/model/criuimg"
 	"godwit/pageserver"
 	"godwit/uffd"
@@ -135,7 +136,11 @@ func (d *daemon) open(ctx context.Context) error {
 		return fmt.Errorf("lazy-pages: read images in %s: %w", d.o.ImagesDir, err)
 	}
 	for _, t := range tree.Tasks {
-		d.expected[t.Pid] = true
+		// Every live task's restore hands its uffd over; dead ones
+		// (zombies of the tree) have no memory.
+		if t.State != model.Dead && t.State != model.Zombie {
+			d.expected[t.Pid] = true
+		}
 	}
 	if d.o.PageServer != "" {
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)

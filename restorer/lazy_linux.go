@@ -39,7 +39,7 @@ func lazyVMA(v *model.VMA, sps []uint64) bool {
 }
 
 // lazyRanges are the VMAs a lazy restore leaves to the daemon, ascending.
-func (r *Restorer) lazyRanges() []uffd.Range {
+func (r *taskRun) lazyRanges() []uffd.Range {
 	var sps []uint64
 	for _, t := range r.img.threads {
 		sps = append(sps, t.Regs.Rsp)
@@ -58,7 +58,7 @@ func (r *Restorer) lazyRanges() []uffd.Range {
 // --lazy-pages a dump whose pages stayed on the dumping host (dump
 // --lazy-pages: lazy entries without data) is refused rather than
 // restored with zeros; with it, the pages of lazy VMAs are left out.
-func (r *Restorer) privatePages() (pagexfer.Source, error) {
+func (r *taskRun) privatePages() (pagexfer.Source, error) {
 	pr := r.img.pages
 	if !r.o.LazyPages {
 		for e := range pr.Ranges() {
@@ -157,20 +157,27 @@ func (s *clippedSource) RunFile() (*os.File, int64) {
 	return s.pr.PagesFile(), s.cur.Offset + s.done
 }
 
-// lazyHandoff registers the lazy VMAs, still empty, in MISSING mode with
-// a userfaultfd made in the task, and hands it to the lazy-pages daemon,
-// which serves the task from then on (Finalize's own accesses included).
+// lazyHandoff registers the lazy VMAs of each task, still empty, in
+// MISSING mode with a userfaultfd made in the task, and hands it to the
+// lazy-pages daemon, which serves the task from then on (Finalize's own
+// accesses included). Every task of the tree exists by now: no fork is
+// left for the uffds to follow into a half-made child.
 func (r *Restorer) lazyHandoff() error {
 	if !r.o.LazyPages {
 		return nil
 	}
-	if err := r.handoff(); err != nil {
-		return r.fail("lazy pages", err)
+	for _, t := range r.tasks {
+		if t.img.dead() {
+			continue
+		}
+		if err := t.handoff(); err != nil {
+			return r.fail(fmt.Sprintf("task %d: lazy pages", t.img.pid), err)
+		}
 	}
 	return nil
 }
 
-func (r *Restorer) handoff() error {
+func (r *taskRun) handoff() error {
 	dir := r.o.WorkDir
 	if dir == "" {
 		dir = r.o.ImagesDir
