@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -142,5 +143,59 @@ func TestLazyDumpCLI(t *testing.T) {
 	}
 	if code := r.finish(t, w); code != 0 {
 		t.Fatalf("restored counter exited %d\n%s", code, w.tail())
+	}
+}
+
+// TestLazyTreeRestore: every live task of a tree (workloads/tree.c:
+// groups, sessions, zombies, a stopped task) is restored lazily by one
+// lazy-pages daemon, which exits once all their pages are in.
+func TestLazyTreeRestore(t *testing.T) {
+	needRoot(t)
+	w := startWorkload(t, treeWorkload(t))
+	before := subtree(t, w.pid)
+	t.Cleanup(func() {
+		for p := range before {
+			killAndForget(p)
+		}
+	})
+	dir := w.dump(t)
+	w.reapKilled(t)
+	for p := range before {
+		waitFor(t, fmt.Sprintf("pid %d to go", p), func() bool { return !pidExists(p) })
+	}
+	lp := exec.Command(godwitBin, "lazy-pages", "-D", dir, "-v4", "-o", "lazy-pages.log")
+	var out bytes.Buffer
+	lp.Stdout, lp.Stderr = &out, &out
+	if err := lp.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- lp.Wait() }()
+	t.Cleanup(func() { lp.Process.Kill() })
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(dir, "lazy-pages.socket")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lazy-pages not listening: %s", out.String())
+		}
+	}
+	r := restore(t, w, dir, "--lazy-pages")
+	if after := subtree(t, w.pid); len(after) != len(before) {
+		t.Errorf("restored %d tasks, want %d", len(after), len(before))
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("lazy-pages: %v: %s\n%s", err, out.String(), readFile(filepath.Join(dir, "lazy-pages.log")))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("lazy-pages did not finish: %s\n%s", out.String(), readFile(filepath.Join(dir, "lazy-pages.log")))
+	}
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("restored root exited %d\n%s", code, w.tail())
+	}
+	if !strings.Contains(readFile(w.log), "zombies ok") {
+		t.Fatalf("zombie statuses wrong after a lazy restore\n%s", w.tail())
 	}
 }
