@@ -25,11 +25,11 @@ var statelessDevices = map[string]bool{
 
 // pathKind is the part the kinds reopened by path share: the model's
 // Path files, restored by openPath.
-type pathKind struct{}
+type pathKind struct{ noCollect }
 
 func (pathKind) fileKind() model.FileKind { return model.Path }
-func (pathKind) open(r *Restore, s *inject.Session, what string, f *model.File) (uint64, error) {
-	return openPath(r, s, what, f)
+func (pathKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error) {
+	return openPath(rs.r, rs.s, what, f)
 }
 
 func init() {
@@ -41,15 +41,19 @@ func init() {
 
 type regularKind struct{ pathKind }
 
-func (regularKind) name() string                         { return "regular file" }
-func (regularKind) match(_ string, st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFREG }
-func (regularKind) check(int, int, uint64) error         { return nil }
+func (regularKind) name() string { return "regular file" }
+func (regularKind) match(target string, st *unix.Stat_t) bool {
+	return byPath(target) && st.Mode&unix.S_IFMT == unix.S_IFREG
+}
+func (regularKind) check(int, int, uint64) error { return nil }
 
 type dirKind struct{ pathKind }
 
-func (dirKind) name() string                         { return "directory" }
-func (dirKind) match(_ string, st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFDIR }
-func (dirKind) check(int, int, uint64) error         { return nil }
+func (dirKind) name() string { return "directory" }
+func (dirKind) match(target string, st *unix.Stat_t) bool {
+	return byPath(target) && st.Mode&unix.S_IFMT == unix.S_IFDIR
+}
+func (dirKind) check(int, int, uint64) error { return nil }
 
 type charDevKind struct{ pathKind }
 
@@ -64,8 +68,10 @@ func (charDevKind) check(int, int, uint64) error { return nil }
 
 type fifoKind struct{ pathKind }
 
-func (fifoKind) name() string                         { return "fifo" }
-func (fifoKind) match(_ string, st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFIFO }
+func (fifoKind) name() string { return "fifo" }
+func (fifoKind) match(target string, st *unix.Stat_t) bool {
+	return byPath(target) && st.Mode&unix.S_IFMT == unix.S_IFIFO
+}
 
 // check accepts the named FIFOs that reopening by path restores whole:
 // opened read-write (so that the open does not wait for a peer) and with

@@ -29,17 +29,23 @@ func (filesDriver) Collect(d *Dump) error {
 	if err != nil {
 		return err
 	}
-	d.Task.FDs = d.Files.fdTable(d.Pid, fds)
-	return nil
+	d.Task.FDs, err = d.Files.fdTable(d.Pid, fds)
+	return err
 }
 
 // Restore closes the puppet's fds, then opens every file and dup3s it to
 // its number; fds of one open file description share it again.
-func (filesDriver) Restore(r *Restore, s *inject.Session) error {
+func (filesDriver) Restore(r *Restore, s *inject.Session) (err error) {
 	if _, err := s.Call("close puppet's fds", unix.SYS_CLOSE_RANGE, 0, uint64(^uint32(0)), 0); err != nil {
 		return err
 	}
 	first := map[model.ID]uint64{}
+	rs := newRestoreFDs(r, s)
+	defer func() {
+		if cerr := rs.close(); err == nil {
+			err = cerr
+		}
+	}()
 	for _, e := range r.Task.FDs {
 		fd := uint64(e.Num)
 		what := fmt.Sprintf("fd %d", fd)
@@ -59,7 +65,7 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) error {
 		if k == nil {
 			return fmt.Errorf("%s: files of kind %d cannot be restored", what, f.Kind)
 		}
-		tmp, err := k.open(r, s, what, f)
+		tmp, err := k.open(rs, what, f)
 		if err != nil {
 			return err
 		}
@@ -76,6 +82,16 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) error {
 			}
 		}
 		first[e.File] = fd
+	}
+	// Kinds that refer to other fds of the task (epoll targets) are
+	// completed once every fd is in place.
+	for _, e := range r.Task.FDs {
+		f := r.Tree.Files[e.File]
+		if fin, ok := fdKindOf(f.Kind).(fdFinisher); ok && first[e.File] == uint64(e.Num) {
+			if err := fin.finish(rs, fmt.Sprintf("fd %d", e.Num), uint64(e.Num), f); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -154,10 +170,26 @@ type fdKind interface {
 	check(pid, fd int, flags uint64) error
 	// fileKind is the model's kind of the files it makes.
 	fileKind() model.FileKind
+	// collect fills the kind's state into f, a new file of fd of the
+	// frozen task pid (fi its fdinfo), and sets f.Kind.
+	collect(pid int, fd *FD, f *model.File) error
 	// open makes the file description in the task being restored and
 	// returns its fd there.
-	open(r *Restore, s *inject.Session, what string, f *model.File) (uint64, error)
+	open(rs *restoreFDs, what string, f *model.File) (uint64, error)
 }
+
+// fdFinisher is a kind whose restore completes once every fd of the
+// task is in place (an epoll set adds its targets); fd is the file's
+// first number.
+type fdFinisher interface {
+	finish(rs *restoreFDs, what string, fd uint64, f *model.File) error
+}
+
+// noCollect is the collect of the kinds whose state is the path, flags
+// and offset the files table keeps already.
+type noCollect struct{}
+
+func (noCollect) collect(int, *FD, *model.File) error { return nil }
 
 // fdKinds are the kinds godwit dumps, in the order classify tries them.
 var fdKinds []fdKind
@@ -178,6 +210,11 @@ func fdKindOf(fk model.FileKind) fdKind {
 // classify finds the kind of an fd; for a kind godwit cannot dump yet,
 // it names it instead.
 func classify(target string, st *unix.Stat_t) (fdKind, string) {
+	for _, k := range fdKinds {
+		if k.match(target, st) {
+			return k, ""
+		}
+	}
 	switch {
 	case strings.HasPrefix(target, "pipe:"):
 		return nil, "pipe"
@@ -191,11 +228,6 @@ func classify(target string, st *unix.Stat_t) (fdKind, string) {
 		return nil, "deleted file"
 	case !strings.HasPrefix(target, "/"):
 		return nil, target
-	}
-	for _, k := range fdKinds {
-		if k.match(target, st) {
-			return k, ""
-		}
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFCHR:
@@ -211,6 +243,12 @@ func classify(target string, st *unix.Stat_t) (fdKind, string) {
 	return nil, "unknown file"
 }
 
+// byPath reports whether target is a path that reopening can find: not
+// a pseudo-file (pipe:, anon_inode:), a memfd or a deleted file.
+func byPath(target string) bool {
+	return strings.HasPrefix(target, "/") && !strings.HasPrefix(target, "/memfd:") && !strings.HasSuffix(target, " (deleted)")
+}
+
 // FD is one collected file descriptor.
 type FD struct {
 	Num     int
@@ -220,6 +258,8 @@ type FD struct {
 	Pos     uint64
 	Stat    unix.Stat_t
 	MntID   int
+	Info    *procfs.FDInfo
+	kind    fdKind
 }
 
 // CollectFDs reads every fd of pid. A kind godwit cannot dump yet fails
@@ -255,6 +295,8 @@ func CollectFDs(pid int) ([]FD, error) {
 			Pos:     uint64(fi.Pos),
 			Stat:    *st,
 			MntID:   fi.MntID,
+			Info:    fi,
+			kind:    k,
 		})
 	}
 	return out, nil
@@ -268,8 +310,9 @@ func sameFile(pid, a, b int) bool {
 	return e == 0 && r == 0
 }
 
-// fdTable adds a file per open file description and returns the fds.
-func (f *Files) fdTable(pid int, fds []FD) []model.FD {
+// fdTable adds a file per open file description, with its kind's state,
+// and returns the fds.
+func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 	out := make([]model.FD, 0, len(fds))
 	for i := range fds {
 		fd := &fds[i]
@@ -282,10 +325,15 @@ func (f *Files) fdTable(pid int, fds []FD) []model.FD {
 		}
 		if id == 0 {
 			id = f.Reg(fd.Path, fd.Flags, fd.Pos, &fd.Stat, fd.MntID)
+			if fd.kind != nil {
+				if err := fd.kind.collect(pid, fd, f.byID[id]); err != nil {
+					return nil, fmt.Errorf("fd %d: %s %s: %w", fd.Num, fd.kind.name(), fd.Path, err)
+				}
+			}
 		}
 		out = append(out, model.FD{Num: fd.Num, File: id, Cloexec: fd.Cloexec})
 	}
-	return out
+	return out, nil
 }
 
 // NoMntID leaves mnt_id unset (the exe, cwd, root and mapped files have no

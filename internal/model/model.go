@@ -233,7 +233,63 @@ type FileKind int
 const (
 	// Path is a file restored by opening its path.
 	Path FileKind = iota + 1
+	// Pipe is one end of an unnamed pipe (Pipe state).
+	Pipe
+	// EventFD is an eventfd (EventFD state).
+	EventFD
+	// SignalFD is a signalfd (SignalFD state).
+	SignalFD
+	// TimerFD is a timerfd (TimerFD state).
+	TimerFD
+	// Epoll is an epoll instance (Epoll state).
+	Epoll
 )
+
+// PipeState is an unnamed pipe end, or the contents of a named FIFO.
+// The ends of one pipe share ID, Size and Data.
+type PipeState struct {
+	ID   uint64 // the pipe's inode
+	Size uint32 // F_GETPIPE_SZ; 0 when unknown
+	Data []byte // queued, unread
+}
+
+// EventFDState is an eventfd's counter and mode.
+type EventFDState struct {
+	Counter   uint64
+	Semaphore bool
+}
+
+// SignalFDState is a signalfd's mask.
+type SignalFDState struct {
+	Mask uint64
+}
+
+// TimerFDState is a timerfd: its clock, the time left and interval, and
+// the expirations not read yet.
+type TimerFDState struct {
+	Clock        int32
+	Ticks        uint64
+	SettimeFlags uint32
+	ValueSec     uint64
+	ValueNsec    uint64
+	IntervalSec  uint64
+	IntervalNsec uint64
+}
+
+// EpollState is every target registered in an epoll instance.
+type EpollState struct {
+	Targets []EpollTarget
+}
+
+// EpollTarget is one registration: the fd number it was added with (the
+// same number in the owning task's table holds its file), the event mask
+// and the user data.
+type EpollTarget struct {
+	FD     int
+	File   ID
+	Events uint32
+	Data   uint64
+}
 
 // File is one open file description, or a file an exe link, cwd, root or
 // mapping names.
@@ -252,4 +308,11 @@ type File struct {
 	// Dev and Ino are the kernel identity the dumper dedupes on; codecs
 	// need not keep them (0 when unknown).
 	Dev, Ino uint64
+
+	// The state of the kinds other than Path, set for that kind only.
+	Pipe     *PipeState
+	EventFD  *EventFDState
+	SignalFD *SignalFDState
+	TimerFD  *TimerFDState
+	Epoll    *EpollState
 }

@@ -54,7 +54,11 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 			fdTables[k.IDs.Files] = true
 			var fds []proto.Message
 			for _, fd := range k.FDs {
-				fds = append(fds, fdinfoEntry(fd))
+				kind := model.Path // a dangling id is written as is (and refused on read)
+				if f := t.Files[fd.File]; f != nil {
+					kind = f.Kind
+				}
+				fds = append(fds, fdinfoEntry(fd, kind))
 			}
 			if err := put(images.FdinfoImg(uint32(k.IDs.Files)), fds...); err != nil {
 				return err
@@ -66,9 +70,21 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 	}
 	var files []proto.Message
 	for _, id := range t.FileIDs() {
-		files = append(files, fileEntry(t.Files[id]))
+		f := t.Files[id]
+		if f.Kind == model.Path {
+			files = append(files, fileEntry(f))
+			continue
+		}
+		e, err := kindEntry(f)
+		if err != nil {
+			return fmt.Errorf("write images: %w", err)
+		}
+		files = append(files, e)
 	}
 	if err := put(images.FilesImg, files...); err != nil {
+		return err
+	}
+	if err := writePipesData(d, t, written); err != nil {
 		return err
 	}
 	if written != nil {
@@ -335,13 +351,13 @@ func fileEntry(f *model.File) *fdinfo.FileEntry {
 	return &fdinfo.FileEntry{Type: fdinfo.FdTypes_REG.Enum(), Id: proto.Uint32(uint32(f.ID)), Reg: r}
 }
 
-func fdinfoEntry(fd model.FD) *fdinfo.FdinfoEntry {
+func fdinfoEntry(fd model.FD, k model.FileKind) *fdinfo.FdinfoEntry {
 	fl := uint32(0)
 	if fd.Cloexec {
 		fl = unix.FD_CLOEXEC
 	}
 	return &fdinfo.FdinfoEntry{
-		Id: proto.Uint32(uint32(fd.File)), Flags: proto.Uint32(fl), Type: fdinfo.FdTypes_REG.Enum(), Fd: proto.Uint32(uint32(fd.Num)),
+		Id: proto.Uint32(uint32(fd.File)), Flags: proto.Uint32(fl), Type: fdType(k).Enum(), Fd: proto.Uint32(uint32(fd.Num)),
 	}
 }
 

@@ -1,0 +1,275 @@
+package criuimg
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/eventfd"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/eventpoll"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/pipe"
+	pipe_data "github.com/checkpoint-restore/go-criu/v8/crit/images/pipe-data"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/signalfd"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/timerfd"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"godwit/internal/images"
+	"godwit/internal/model"
+)
+
+// The files.img entries of the fd kinds other than regular files, both
+// ways, and pipes-data.img.
+
+// PipesDataImg holds the bytes queued in each pipe: an entry, then its
+// bytes.
+const PipesDataImg = "pipes-data.img"
+
+// maxPipeData bounds one pipe's saved bytes (pipes are at most 1 GiB
+// even with CAP_SYS_RESOURCE; pipe-max-size is 1 MiB here).
+const maxPipeData = 1 << 30
+
+// epollTargetsMax bounds the targets of one epoll instance in an image
+// (max_user_watches is around 1/25 of low memory in pages; a bound keeps
+// a hostile image from asking for more).
+const epollTargetsMax = 1 << 22
+
+// fdType is the files.img and fdinfo type of a file of kind k.
+func fdType(k model.FileKind) fdinfo.FdTypes {
+	switch k {
+	case model.Pipe:
+		return fdinfo.FdTypes_PIPE
+	case model.EventFD:
+		return fdinfo.FdTypes_EVENTFD
+	case model.SignalFD:
+		return fdinfo.FdTypes_SIGNALFD
+	case model.TimerFD:
+		return fdinfo.FdTypes_TIMERFD
+	case model.Epoll:
+		return fdinfo.FdTypes_EVENTPOLL
+	}
+	return fdinfo.FdTypes_REG
+}
+
+func noFown() *fown.FownEntry {
+	return &fown.FownEntry{Uid: proto.Uint32(0), Euid: proto.Uint32(0), Signum: proto.Uint32(0), PidType: proto.Uint32(0), Pid: proto.Uint32(0)}
+}
+
+// kindEntry is the files.img entry of a file of a kind other than Path.
+func kindEntry(f *model.File) (*fdinfo.FileEntry, error) {
+	id := proto.Uint32(uint32(f.ID))
+	e := &fdinfo.FileEntry{Type: fdType(f.Kind).Enum(), Id: id}
+	missing := func() (*fdinfo.FileEntry, error) {
+		return nil, fmt.Errorf("file %d: no state for its kind", f.ID)
+	}
+	switch f.Kind {
+	case model.Pipe:
+		if f.Pipe == nil {
+			return missing()
+		}
+		e.Pipe = &pipe.PipeEntry{Id: id, PipeId: proto.Uint32(uint32(f.Pipe.ID)), Flags: proto.Uint32(f.Flags), Fown: noFown()}
+	case model.EventFD:
+		if f.EventFD == nil {
+			return missing()
+		}
+		fl := f.Flags
+		if f.EventFD.Semaphore {
+			// EFD_SEMAPHORE is bit 0, never set in an eventfd's
+			// f_flags (it is O_RDWR), as CRIU stores it.
+			fl |= unix.EFD_SEMAPHORE
+		}
+		e.Efd = &eventfd.EventfdFileEntry{Id: id, Flags: proto.Uint32(fl), Fown: noFown(), Counter: proto.Uint64(f.EventFD.Counter)}
+	case model.SignalFD:
+		if f.SignalFD == nil {
+			return missing()
+		}
+		e.Sgfd = &signalfd.SignalfdEntry{Id: id, Flags: proto.Uint32(f.Flags), Fown: noFown(), Sigmask: proto.Uint64(f.SignalFD.Mask)}
+	case model.TimerFD:
+		t := f.TimerFD
+		if t == nil {
+			return missing()
+		}
+		e.Tfd = &timerfd.TimerfdEntry{
+			Id: id, Flags: proto.Uint32(f.Flags), Fown: noFown(),
+			Clockid: proto.Uint32(uint32(t.Clock)), Ticks: proto.Uint64(t.Ticks), SettimeFlags: proto.Uint32(t.SettimeFlags),
+			Vsec: proto.Uint64(t.ValueSec), Vnsec: proto.Uint64(t.ValueNsec), Isec: proto.Uint64(t.IntervalSec), Insec: proto.Uint64(t.IntervalNsec),
+		}
+	case model.Epoll:
+		if f.Epoll == nil {
+			return missing()
+		}
+		ep := &eventpoll.EventpollFileEntry{Id: id, Flags: proto.Uint32(f.Flags), Fown: noFown()}
+		for _, t := range f.Epoll.Targets {
+			ep.Tfd = append(ep.Tfd, &eventpoll.EventpollTfdEntry{
+				Id: id, Tfd: proto.Uint32(uint32(t.FD)), Events: proto.Uint32(t.Events), Data: proto.Uint64(t.Data),
+			})
+		}
+		e.Epfd = ep
+	default:
+		return nil, fmt.Errorf("file %d: kind %d has no image entry", f.ID, f.Kind)
+	}
+	return e, nil
+}
+
+// writePipesData writes every pipe's queued bytes once, in pipes-data.img
+// (no image when no pipe holds any).
+func writePipesData(d *images.Dir, t *model.Tree, written func(string)) error {
+	done := map[uint64]bool{}
+	var pipes []*model.PipeState
+	for _, id := range t.FileIDs() {
+		p := t.Files[id].Pipe
+		if p == nil || done[p.ID] {
+			continue
+		}
+		done[p.ID] = true
+		if len(p.Data) > 0 || p.Size != 0 {
+			pipes = append(pipes, p)
+		}
+	}
+	if len(pipes) == 0 {
+		return nil
+	}
+	if written != nil {
+		written(PipesDataImg)
+	}
+	w, err := d.CreateImage(PipesDataImg)
+	if err != nil {
+		return err
+	}
+	for _, p := range pipes {
+		e := &pipe_data.PipeDataEntry{PipeId: proto.Uint32(uint32(p.ID)), Bytes: proto.Uint32(uint32(len(p.Data)))}
+		if p.Size != 0 {
+			e.Size = proto.Uint32(p.Size)
+		}
+		if err := w.Write(e); err != nil {
+			w.Close()
+			return err
+		}
+		if err := w.WritePayload(p.Data); err != nil {
+			w.Close()
+			return err
+		}
+	}
+	return w.Close()
+}
+
+// readKind reads a files.img entry of a kind other than REG; known is
+// false for a kind godwit does not restore (refused where an fd names it).
+func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
+	id := model.ID(e.GetId())
+	bad := func(what string) (*model.File, bool, error) {
+		return nil, true, fmt.Errorf("file %d: %v without its %s entry", id, e.GetType(), what)
+	}
+	f = &model.File{ID: id, MntID: -1}
+	switch e.GetType() {
+	case fdinfo.FdTypes_PIPE:
+		p := e.GetPipe()
+		if p == nil {
+			return bad("pipe")
+		}
+		f.Kind, f.Flags = model.Pipe, p.GetFlags()
+		if m := f.Flags & unix.O_ACCMODE; m != unix.O_RDONLY && m != unix.O_WRONLY {
+			return nil, true, fmt.Errorf("file %d: pipe end with access mode %#o", id, m)
+		}
+		f.Pipe = &model.PipeState{ID: uint64(p.GetPipeId())}
+	case fdinfo.FdTypes_EVENTFD:
+		p := e.GetEfd()
+		if p == nil {
+			return bad("eventfd")
+		}
+		f.Kind, f.Flags = model.EventFD, p.GetFlags()&^unix.EFD_SEMAPHORE
+		if p.GetCounter() == ^uint64(0) {
+			return nil, true, fmt.Errorf("file %d: eventfd counter %#x over its maximum", id, p.GetCounter())
+		}
+		f.EventFD = &model.EventFDState{Counter: p.GetCounter(), Semaphore: p.GetFlags()&unix.EFD_SEMAPHORE != 0}
+	case fdinfo.FdTypes_SIGNALFD:
+		p := e.GetSgfd()
+		if p == nil {
+			return bad("signalfd")
+		}
+		f.Kind, f.Flags = model.SignalFD, p.GetFlags()
+		f.SignalFD = &model.SignalFDState{Mask: p.GetSigmask()}
+	case fdinfo.FdTypes_TIMERFD:
+		p := e.GetTfd()
+		if p == nil {
+			return bad("timerfd")
+		}
+		f.Kind, f.Flags = model.TimerFD, p.GetFlags()
+		t := &model.TimerFDState{
+			Clock: int32(p.GetClockid()), Ticks: p.GetTicks(), SettimeFlags: p.GetSettimeFlags(),
+			ValueSec: p.GetVsec(), ValueNsec: p.GetVnsec(), IntervalSec: p.GetIsec(), IntervalNsec: p.GetInsec(),
+		}
+		if t.ValueNsec >= 1e9 || t.IntervalNsec >= 1e9 || t.ValueSec > 1<<62 || t.IntervalSec > 1<<62 {
+			return nil, true, fmt.Errorf("file %d: timerfd times out of range", id)
+		}
+		f.TimerFD = t
+	case fdinfo.FdTypes_EVENTPOLL:
+		p := e.GetEpfd()
+		if p == nil {
+			return bad("eventpoll")
+		}
+		if len(p.GetTfd()) > epollTargetsMax {
+			return nil, true, fmt.Errorf("file %d: %d epoll targets", id, len(p.GetTfd()))
+		}
+		f.Kind, f.Flags = model.Epoll, p.GetFlags()
+		st := &model.EpollState{}
+		for _, t := range p.GetTfd() {
+			if t.GetTfd() > 1<<20 {
+				return nil, true, fmt.Errorf("file %d: epoll target fd %d", id, t.GetTfd())
+			}
+			st.Targets = append(st.Targets, model.EpollTarget{FD: int(t.GetTfd()), Events: t.GetEvents(), Data: t.GetData()})
+		}
+		f.Epoll = st
+	default:
+		return nil, false, nil
+	}
+	return f, true, nil
+}
+
+// readPipesData attaches each pipe's size and bytes to its ends.
+func readPipesData(d *images.Dir, files map[model.ID]*model.File) error {
+	ends := map[uint64][]*model.File{}
+	for _, f := range files {
+		if f.Pipe != nil {
+			ends[f.Pipe.ID] = append(ends[f.Pipe.ID], f)
+		}
+	}
+	if len(ends) == 0 || !d.Exists(PipesDataImg) {
+		return nil
+	}
+	r, err := d.OpenImage(PipesDataImg)
+	if err != nil {
+		return imgErr(PipesDataImg, err)
+	}
+	defer r.Close()
+	seen := map[uint64]bool{}
+	for {
+		var e pipe_data.PipeDataEntry
+		if err := r.Next(&e); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return imgErr(PipesDataImg, err)
+		}
+		id, n := uint64(e.GetPipeId()), e.GetBytes()
+		if seen[id] || n > maxPipeData || e.GetSize() > maxPipeData || (e.Size != nil && n > e.GetSize()) {
+			return fmt.Errorf("%s: pipe %d: duplicate, or %d bytes in a pipe of %d", PipesDataImg, id, n, e.GetSize())
+		}
+		seen[id] = true
+		// In steps, so that a lying count costs only what the image holds.
+		var data []byte
+		for left := int(n); left > 0; {
+			step := min(left, 1<<20)
+			data = append(data, make([]byte, step)...)
+			if err := r.ReadPayload(data[len(data)-step:]); err != nil {
+				return imgErr(PipesDataImg, err)
+			}
+			left -= step
+		}
+		for _, f := range ends[id] {
+			f.Pipe.Size, f.Pipe.Data = e.GetSize(), data
+		}
+	}
+}
