@@ -38,7 +38,7 @@ const (
 
 // channel makes the task's end of the channel: a socketpair made in the
 // task by injection, one end taken by godwit (pidfd_getfd) and closed in
-// the task, the other moved above every fd the task will have so that
+// the task, the other moved to a number the task will not use, so that
 // restoring an fd never lands on it.
 func (rs *restoreFDs) channel() error {
 	if rs.sock >= 0 {
@@ -67,18 +67,25 @@ func (rs *restoreFDs) channel() error {
 	if _, err := s.Call("close passing socket", unix.SYS_CLOSE, other); err != nil {
 		return err
 	}
-	high := uint64(0)
+	// The lowest number the task does not use: within its fd limit, and
+	// free now (the fds restored so far are the task's).
+	used := map[uint64]bool{}
 	for _, e := range rs.r.Task.FDs {
-		high = max(high, uint64(e.Num)+1)
+		used[uint64(e.Num)] = true
 	}
-	moved, err := s.Call("move passing socket", unix.SYS_FCNTL, a, unix.F_DUPFD_CLOEXEC, high)
-	if err != nil {
-		return err
+	gap := uint64(0)
+	for used[gap] {
+		gap++
 	}
-	if _, err := s.Call("close passing socket", unix.SYS_CLOSE, a); err != nil {
-		return err
+	if gap != a {
+		if _, err := s.Call("move passing socket", unix.SYS_DUP3, a, gap, unix.O_CLOEXEC); err != nil {
+			return err
+		}
+		if _, err := s.Call("close passing socket", unix.SYS_CLOSE, a); err != nil {
+			return err
+		}
 	}
-	rs.taskSock = moved
+	rs.taskSock = gap
 	return nil
 }
 
@@ -101,9 +108,11 @@ func (rs *restoreFDs) install(what string, fd int) (uint64, error) {
 	msg = le64(msg, base+scratchPassCmsg)      // msg_control
 	msg = le64(msg, uint64(unix.CmsgSpace(4))) // msg_controllen
 	msg = le64(msg, 0)                         // msg_flags + pad
-	msg = le64(msg, base+scratchPassByte)      // iov_base
-	msg = le64(msg, 1)                         // iov_len
 	if _, err := s.Put(scratchPassMsg, msg); err != nil {
+		return 0, err
+	}
+	iov := le64(le64(nil, base+scratchPassByte), 1) // iov_base, iov_len
+	if _, err := s.Put(scratchPassIov, iov); err != nil {
 		return 0, err
 	}
 	if _, err := s.Put(scratchPassCmsg, make([]byte, unix.CmsgSpace(4))); err != nil {

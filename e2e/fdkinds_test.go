@@ -1,0 +1,74 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+var (
+	cBins    = map[string]string{}
+	cBuildMu sync.Mutex
+	cBuildEr = map[string]error{}
+)
+
+// cWorkload compiles workloads/NAME.c once per test binary run.
+func cWorkload(t *testing.T, name string) string {
+	t.Helper()
+	cBuildMu.Lock()
+	defer cBuildMu.Unlock()
+	if p, ok := cBins[name]; ok {
+		if err := cBuildEr[name]; err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	dir, err := os.MkdirTemp("", "godwit-e2e-"+name+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, name)
+	out, err := exec.Command("gcc", "-O2", "-Wall", "-Werror", "-o", p, "workloads/"+name+".c").CombinedOutput()
+	cBins[name] = p
+	if err != nil {
+		cBuildEr[name] = err
+		t.Fatalf("gcc %s: %v\n%s", name, err, out)
+	}
+	return p
+}
+
+// Every fd kind round-trips with its state: queued pipe bytes (both ends,
+// one end, a dup), pipe size and flags, eventfd counters and semaphore
+// mode, a signalfd's mask, timerfds' clock, time left, interval and
+// unread expirations (and one still firing), epoll sets (one inside
+// another) reporting the right events. The program checks each itself.
+func TestFDKindsDumpRestore(t *testing.T) {
+	needRoot(t)
+	w := startWorkload(t, cWorkload(t, "fdkinds"))
+	dir := w.dump(t)
+	w.reapKilled(t)
+	r := restore(t, w, dir)
+	w.waitTicks(3)
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("restored program exited %d\n%s\n%s", code, w.tail(), r.out.String())
+	}
+	if !strings.Contains(readFile(w.log), " ok\n") {
+		t.Fatalf("no ok in the log\n%s", w.tail())
+	}
+}
+
+// Dumping peeks: with -R the original still holds every queued byte,
+// counter and expiration afterwards.
+func TestFDKindsDumpLeavesStateAlone(t *testing.T) {
+	needRoot(t)
+	w := startWorkload(t, cWorkload(t, "fdkinds"))
+	w.dump(t, "-R")
+	w.waitTicks(3)
+	w.finishOriginal(t, "after dump -R")
+	if !strings.Contains(readFile(w.log), " ok\n") {
+		t.Fatalf("no ok in the log\n%s", w.tail())
+	}
+}

@@ -1,0 +1,211 @@
+/*
+ * fdkinds: holds one of every fd kind godwit restores, with state in each,
+ * ticks like counter, and on SIGUSR1 checks every object and exits 0, or
+ * 3 after logging "FAIL: what" for each object that is wrong.
+ *
+ *   fdkinds LOG
+ *
+ * Nothing is read or changed between the set-up and SIGUSR1, so the same
+ * checks pass in the original (after a dump that left it running: the
+ * dump must not have consumed anything) and in a restored copy.
+ *
+ *  pipe_both   both ends, 128 KiB, "both-ends" queued, read end O_NONBLOCK,
+ *              its read end dup'ed (one description: flags shared)
+ *  pipe_ronly  read end only, "read-only" queued, then EOF
+ *  pipe_wonly  write end only: writing fails with EPIPE
+ *  efd_sem     eventfd, counter 7, semaphore, non-blocking
+ *  efd_big     eventfd, counter 2^32+5
+ *  sfd         signalfd on SIGWINCH (blocked, one pending)
+ *  tfd_long    monotonic, 3600 s left, 7 s interval
+ *  tfd_fired   one-shot that expired (1 unread expiration)
+ *  tfd_tick    periodic, 20 ms: still fires after the restore
+ *  ep          epoll: pipe_both's read end (IN, LT), efd_sem (IN|ET),
+ *              tfd_fired (IN); ep2 watches ep
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t finish;
+static int logfd, failed;
+
+static void on_usr1(int sig) { (void)sig; finish = 1; }
+
+#define FAIL(...) do { dprintf(logfd, "FAIL: " __VA_ARGS__); dprintf(logfd, "\n"); failed = 1; } while (0)
+#define CHECK(cond, ...) do { if (!(cond)) FAIL(__VA_ARGS__); } while (0)
+
+static void die(const char *what) { dprintf(2, "fdkinds: %s: %s\n", what, strerror(errno)); exit(2); }
+
+static int pipe_both[2], pipe_both_dup, pipe_ronly, pipe_wonly;
+static int efd_sem, efd_big, sfd, tfd_long, tfd_fired, tfd_tick, ep, ep2;
+
+static void setup(void)
+{
+	int p[2];
+	if (pipe(pipe_both) < 0) die("pipe");
+	if (fcntl(pipe_both[1], F_SETPIPE_SZ, 128 << 10) < 0) die("F_SETPIPE_SZ");
+	if (fcntl(pipe_both[0], F_SETFL, O_NONBLOCK) < 0) die("F_SETFL");
+	if (write(pipe_both[1], "both-ends", 9) != 9) die("write");
+	if ((pipe_both_dup = dup(pipe_both[0])) < 0) die("dup");
+
+	if (pipe(p) < 0) die("pipe");
+	if (write(p[1], "read-only", 9) != 9) die("write");
+	close(p[1]);
+	pipe_ronly = p[0];
+
+	if (pipe(p) < 0) die("pipe");
+	close(p[0]);
+	pipe_wonly = p[1];
+	signal(SIGPIPE, SIG_IGN);
+
+	if ((efd_sem = eventfd(7, EFD_SEMAPHORE | EFD_NONBLOCK)) < 0) die("eventfd");
+	if ((efd_big = eventfd(0, EFD_CLOEXEC)) < 0) die("eventfd");
+	uint64_t big = (1ULL << 32) + 5;
+	if (write(efd_big, &big, 8) != 8) die("write eventfd");
+
+	sigset_t m;
+	sigemptyset(&m);
+	sigaddset(&m, SIGWINCH);
+	if (sigprocmask(SIG_BLOCK, &m, NULL) < 0) die("sigprocmask");
+	if ((sfd = signalfd(-1, &m, SFD_NONBLOCK)) < 0) die("signalfd");
+	kill(getpid(), SIGWINCH);
+
+	struct itimerspec its = {.it_value = {3600, 0}, .it_interval = {7, 0}};
+	if ((tfd_long = timerfd_create(CLOCK_MONOTONIC, 0)) < 0) die("timerfd_create");
+	if (timerfd_settime(tfd_long, 0, &its, NULL) < 0) die("timerfd_settime");
+	struct itimerspec once = {.it_value = {0, 1000000}};
+	if ((tfd_fired = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK)) < 0) die("timerfd_create");
+	if (timerfd_settime(tfd_fired, 0, &once, NULL) < 0) die("timerfd_settime");
+	struct itimerspec tick = {.it_value = {0, 20000000}, .it_interval = {0, 20000000}};
+	if ((tfd_tick = timerfd_create(CLOCK_MONOTONIC, 0)) < 0) die("timerfd_create");
+	if (timerfd_settime(tfd_tick, 0, &tick, NULL) < 0) die("timerfd_settime");
+
+	if ((ep = epoll_create1(EPOLL_CLOEXEC)) < 0) die("epoll_create1");
+	struct epoll_event e = {.events = EPOLLIN, .data.u64 = 0xA11CE};
+	if (epoll_ctl(ep, EPOLL_CTL_ADD, pipe_both[0], &e) < 0) die("epoll_ctl");
+	e = (struct epoll_event){.events = EPOLLIN | EPOLLET, .data.u64 = 0xE1};
+	if (epoll_ctl(ep, EPOLL_CTL_ADD, efd_sem, &e) < 0) die("epoll_ctl");
+	e = (struct epoll_event){.events = EPOLLIN, .data.u64 = 0x73};
+	if (epoll_ctl(ep, EPOLL_CTL_ADD, tfd_fired, &e) < 0) die("epoll_ctl");
+	if ((ep2 = epoll_create1(0)) < 0) die("epoll_create1");
+	e = (struct epoll_event){.events = EPOLLIN, .data.u64 = 0xEE};
+	if (epoll_ctl(ep2, EPOLL_CTL_ADD, ep, &e) < 0) die("epoll_ctl");
+	usleep(20000); /* tfd_fired expires */
+}
+
+static void check_read(int fd, const char *want, const char *what)
+{
+	char buf[64] = {0};
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	CHECK(n == (ssize_t)strlen(want) && memcmp(buf, want, n) == 0, "%s: read %zd bytes %.*s, want %s", what, n, (int)(n > 0 ? n : 0), buf, want);
+}
+
+static void check(void)
+{
+	/* pipes */
+	CHECK(fcntl(pipe_both[1], F_GETPIPE_SZ) == 128 << 10, "pipe_both: size %d", fcntl(pipe_both[1], F_GETPIPE_SZ));
+	CHECK(fcntl(pipe_both[0], F_GETFL) & O_NONBLOCK, "pipe_both: read end lost O_NONBLOCK");
+	CHECK(!(fcntl(pipe_both[1], F_GETFL) & O_NONBLOCK), "pipe_both: write end became O_NONBLOCK");
+	fcntl(pipe_both_dup, F_SETFL, 0);
+	CHECK(!(fcntl(pipe_both[0], F_GETFL) & O_NONBLOCK), "pipe_both: dup'ed fd is not the same description");
+	fcntl(pipe_both[0], F_SETFL, O_NONBLOCK);
+	check_read(pipe_both[0], "both-ends", "pipe_both");
+	CHECK(write(pipe_both[1], "x", 1) == 1, "pipe_both: write: %s", strerror(errno));
+	check_read(pipe_both_dup, "x", "pipe_both dup");
+	check_read(pipe_ronly, "read-only", "pipe_ronly");
+	char c;
+	CHECK(read(pipe_ronly, &c, 1) == 0, "pipe_ronly: a writer exists");
+	CHECK(write(pipe_wonly, "x", 1) < 0 && errno == EPIPE, "pipe_wonly: write did not fail with EPIPE");
+
+	/* epoll, before the reads below change readiness */
+	struct epoll_event evs[8];
+	int n = epoll_wait(ep2, evs, 8, 0);
+	CHECK(n == 1 && evs[0].data.u64 == 0xEE, "ep2: %d events (data %llx), want ep ready", n, n > 0 ? (unsigned long long)evs[0].data.u64 : 0ULL);
+
+	/* eventfds */
+	uint64_t v = 0;
+	CHECK(fcntl(efd_sem, F_GETFL) & O_NONBLOCK, "efd_sem: lost O_NONBLOCK");
+	for (int i = 0; i < 7; i++) {
+		v = 0;
+		CHECK(read(efd_sem, &v, 8) == 8 && v == 1, "efd_sem: read %d gave %llu, want 1 (semaphore)", i, (unsigned long long)v);
+	}
+	CHECK(read(efd_sem, &v, 8) < 0 && errno == EAGAIN, "efd_sem: counter above 7");
+	CHECK(read(efd_big, &v, 8) == 8 && v == (1ULL << 32) + 5, "efd_big: counter %llu", (unsigned long long)v);
+	CHECK(fcntl(efd_big, F_GETFD) & FD_CLOEXEC, "efd_big: lost close-on-exec");
+
+	/* signalfd */
+	struct signalfd_siginfo si;
+	CHECK(read(sfd, &si, sizeof si) == sizeof si && si.ssi_signo == SIGWINCH, "sfd: no pending SIGWINCH");
+	sigset_t m;
+	sigemptyset(&m);
+	sigaddset(&m, SIGWINCH);
+	kill(getpid(), SIGWINCH);
+	CHECK(read(sfd, &si, sizeof si) == sizeof si && si.ssi_signo == SIGWINCH, "sfd: mask lost SIGWINCH");
+	CHECK(read(sfd, &si, sizeof si) < 0 && errno == EAGAIN, "sfd: lost O_NONBLOCK or extra signal");
+
+	/* timerfds */
+	struct itimerspec cur;
+	CHECK(timerfd_gettime(tfd_long, &cur) == 0 && cur.it_interval.tv_sec == 7 && cur.it_interval.tv_nsec == 0 &&
+	      cur.it_value.tv_sec > 3000 && cur.it_value.tv_sec < 3600,
+	      "tfd_long: interval %ld.%09ld left %ld", (long)cur.it_interval.tv_sec, cur.it_interval.tv_nsec, (long)cur.it_value.tv_sec);
+	v = 0;
+	CHECK(read(tfd_fired, &v, 8) == 8 && v == 1, "tfd_fired: %llu expirations, want 1", (unsigned long long)v);
+	CHECK(read(tfd_fired, &v, 8) < 0 && errno == EAGAIN, "tfd_fired: rearmed or lost O_NONBLOCK");
+	v = 0;
+	CHECK(read(tfd_tick, &v, 8) == 8 && v >= 1, "tfd_tick: does not fire");
+	v = 0;
+	CHECK(read(tfd_tick, &v, 8) == 8 && v >= 1, "tfd_tick: does not fire again");
+
+	/* epoll: after the reads above only the pipe (the "x" is gone too:
+	 * write another) is ready */
+	CHECK(write(pipe_both[1], "y", 1) == 1, "pipe_both: write");
+	n = epoll_wait(ep, evs, 8, 0);
+	CHECK(n == 1 && evs[0].data.u64 == 0xA11CE && evs[0].events == EPOLLIN, "ep: %d events, want the pipe alone", n);
+	uint64_t one = 1;
+	CHECK(write(efd_sem, &one, 8) == 8, "efd_sem: write");
+	n = epoll_wait(ep, evs, 8, 0);
+	int sawE1 = 0;
+	for (int i = 0; i < n; i++)
+		sawE1 |= evs[i].data.u64 == 0xE1;
+	CHECK(sawE1, "ep: eventfd edge not reported");
+	check_read(pipe_both[0], "y", "pipe_both");
+	struct itimerspec once = {.it_value = {0, 1000000}};
+	timerfd_settime(tfd_fired, 0, &once, NULL);
+	n = epoll_wait(ep, evs, 8, 1000);
+	int sawT = 0;
+	for (int i = 0; i < n; i++)
+		sawT |= evs[i].data.u64 == 0x73;
+	CHECK(sawT, "ep: timerfd not reported");
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 2) {
+		fprintf(stderr, "usage: fdkinds LOG\n");
+		return 2;
+	}
+	if ((logfd = open(argv[1], O_WRONLY | O_CREAT | O_APPEND, 0644)) < 0) die("open log");
+	signal(SIGUSR1, on_usr1);
+	setup();
+	unsigned long ticks = 0;
+	while (!finish) {
+		struct timespec ts = {0, 10000000};
+		nanosleep(&ts, NULL);
+		if (!finish)
+			dprintf(logfd, "tick %lu\n", ++ticks);
+	}
+	check();
+	dprintf(logfd, "done ticks=%lu %s\n", ticks, failed ? "FAILED" : "ok");
+	return failed ? 3 : 0;
+}
