@@ -21,6 +21,9 @@
  *  tfd_tick    periodic, 20 ms: still fires after the restore
  *  ep          epoll: pipe_both's read end (IN, LT), efd_sem (IN|ET),
  *              tfd_fired (IN); ep2 watches ep
+ *  pipe_child  read end; a child holds the write end and wrote "child"
+ *              into it, and holds the read end of pipe_up, whose
+ *              write end is ours (the ends of one pipe in two tasks)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -33,7 +36,9 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+#include <sys/prctl.h>
 #include <sys/timerfd.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -49,10 +54,30 @@ static void die(const char *what) { dprintf(2, "fdkinds: %s: %s\n", what, strerr
 
 static int pipe_both[2], pipe_both_dup, pipe_ronly, pipe_wonly;
 static int efd_sem, efd_big, sfd, tfd_long, tfd_fired, tfd_tick, ep, ep2;
+static int pipe_child, pipe_up;
+static pid_t child;
 
 static void setup(void)
 {
-	int p[2];
+	int p[2], up[2];
+	if (pipe(p) < 0 || pipe(up) < 0) die("pipe");
+	if ((child = fork()) < 0) die("fork");
+	if (child == 0) {
+		/* Holds p's write end and up's read end; echoes one byte
+		 * from up back into p, then waits to be killed. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		close(p[0]);
+		close(up[1]);
+		if (write(p[1], "child", 5) != 5) die("write");
+		char c;
+		if (read(up[0], &c, 1) == 1 && write(p[1], &c, 1) != 1) die("write");
+		for (;;)
+			pause();
+	}
+	close(p[1]);
+	close(up[0]);
+	pipe_child = p[0];
+	pipe_up = up[1];
 	if (pipe(pipe_both) < 0) die("pipe");
 	if (fcntl(pipe_both[1], F_SETPIPE_SZ, 128 << 10) < 0) die("F_SETPIPE_SZ");
 	if (fcntl(pipe_both[0], F_SETFL, O_NONBLOCK) < 0) die("F_SETFL");
@@ -127,6 +152,13 @@ static void check(void)
 	char c;
 	CHECK(read(pipe_ronly, &c, 1) == 0, "pipe_ronly: a writer exists");
 	CHECK(write(pipe_wonly, "x", 1) < 0 && errno == EPIPE, "pipe_wonly: write did not fail with EPIPE");
+
+	/* the pipes shared with the child, in both directions */
+	check_read(pipe_child, "child", "pipe_child");
+	CHECK(write(pipe_up, "!", 1) == 1, "pipe_up: write: %s", strerror(errno));
+	check_read(pipe_child, "!", "pipe_child echo");
+	kill(child, SIGKILL);
+	CHECK(waitpid(child, NULL, 0) == child, "child: not ours");
 
 	/* epoll, before the reads below change readiness */
 	struct epoll_event evs[8];

@@ -105,8 +105,11 @@ type livePipe struct {
 }
 
 func (p *livePipe) close() {
-	unix.Close(p.ends[0])
-	unix.Close(p.ends[1])
+	for _, fd := range p.ends {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
 }
 
 func (pipeKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error) {
@@ -117,8 +120,13 @@ func (pipeKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error)
 	p := rs.pipes[st.ID]
 	if p == nil {
 		var err error
-		if p, err = makePipe(st, f.Flags); err != nil {
+		if p, err = pipeOfTree(rs, st.ID); err != nil {
 			return 0, fmt.Errorf("%s: %w", what, err)
+		}
+		if p == nil {
+			if p, err = makePipe(st, f.Flags); err != nil {
+				return 0, fmt.Errorf("%s: %w", what, err)
+			}
 		}
 		rs.pipes[st.ID] = p
 	}
@@ -170,4 +178,45 @@ func makePipe(st *model.PipeState, flags uint32) (*livePipe, error) {
 	}
 	ok = true
 	return p, nil
+}
+
+// pipeOfTree finds pipe id among the ends other tasks of the tree already
+// hold (a shell pipeline: the other end in a sibling), takes one
+// (pidfd_getfd) and opens both ends afresh from it through /proc, so that
+// this task's ends are new descriptions of the same pipe, bytes and all.
+// nil when no other task holds an end.
+func pipeOfTree(rs *restoreFDs, id uint64) (*livePipe, error) {
+	for fid, at := range rs.r.Opened {
+		f := rs.r.Tree.Files[fid]
+		if f == nil || f.Pipe == nil || f.Pipe.ID != id || at.Pid == rs.r.Task.Pid {
+			continue
+		}
+		pfd, err := unix.PidfdOpen(at.Pid, 0)
+		if err != nil {
+			return nil, fmt.Errorf("pipe held by %d: pidfd_open: %w", at.Pid, err)
+		}
+		held, err := unix.PidfdGetfd(pfd, at.FD, 0)
+		unix.Close(pfd)
+		if err != nil {
+			return nil, fmt.Errorf("pipe held by %d fd %d: pidfd_getfd: %w", at.Pid, at.FD, err)
+		}
+		defer unix.Close(held)
+		path := "/proc/self/fd/" + strconv.Itoa(held)
+		p := &livePipe{ends: [2]int{-1, -1}}
+		// The read end first: opening the write end without waiting
+		// needs a reader.
+		for i, mode := range []int{unix.O_RDONLY, unix.O_WRONLY} {
+			fd, err := unix.Open(path, mode|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+			if err == nil {
+				p.ends[i] = fd
+				_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, 0)
+			}
+			if err != nil {
+				p.close()
+				return nil, fmt.Errorf("pipe held by %d fd %d: reopen: %w", at.Pid, at.FD, err)
+			}
+		}
+		return p, nil
+	}
+	return nil, nil
 }
