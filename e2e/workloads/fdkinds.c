@@ -24,6 +24,9 @@
  *  pipe_child  read end; a child holds the write end and wrote "child"
  *              into it, and holds the read end of pipe_up, whose
  *              write end is ours (the ends of one pipe in two tasks)
+ *  fifo_r/w    LOG.fifo: a reader (O_NONBLOCK) and a writer, "fifo-data"
+ *              queued
+ *  fifo_wonly  LOG.fifo2: a writer alone, "w-only" queued
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -37,6 +40,7 @@
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -54,11 +58,26 @@ static void die(const char *what) { dprintf(2, "fdkinds: %s: %s\n", what, strerr
 
 static int pipe_both[2], pipe_both_dup, pipe_ronly, pipe_wonly;
 static int efd_sem, efd_big, sfd, tfd_long, tfd_fired, tfd_tick, ep, ep2;
-static int pipe_child, pipe_up;
+static int pipe_child, pipe_up, fifo_r, fifo_w, fifo_wonly;
+static char fifo2[4096];
 static pid_t child;
 
-static void setup(void)
+#define FLMASK (O_ACCMODE | O_NONBLOCK | O_APPEND)
+
+static void setup(const char *log)
 {
+	char fifo[4096];
+	snprintf(fifo, sizeof fifo, "%s.fifo", log);
+	snprintf(fifo2, sizeof fifo2, "%s.fifo2", log);
+	if (mkfifo(fifo, 0600) < 0 || mkfifo(fifo2, 0600) < 0) die("mkfifo");
+	if ((fifo_r = open(fifo, O_RDONLY | O_NONBLOCK)) < 0) die("open fifo");
+	if ((fifo_w = open(fifo, O_WRONLY)) < 0) die("open fifo");
+	if (write(fifo_w, "fifo-data", 9) != 9) die("write fifo");
+	int tmp = open(fifo2, O_RDONLY | O_NONBLOCK);
+	if (tmp < 0 || (fifo_wonly = open(fifo2, O_WRONLY)) < 0) die("open fifo2");
+	if (write(fifo_wonly, "w-only", 6) != 6) die("write fifo2");
+	close(tmp);
+
 	int p[2], up[2];
 	if (pipe(p) < 0 || pipe(up) < 0) die("pipe");
 	if ((child = fork()) < 0) die("fork");
@@ -153,6 +172,16 @@ static void check(void)
 	CHECK(read(pipe_ronly, &c, 1) == 0, "pipe_ronly: a writer exists");
 	CHECK(write(pipe_wonly, "x", 1) < 0 && errno == EPIPE, "pipe_wonly: write did not fail with EPIPE");
 
+	/* FIFOs */
+	CHECK((fcntl(fifo_r, F_GETFL) & FLMASK) == (O_RDONLY | O_NONBLOCK), "fifo_r: flags %o", fcntl(fifo_r, F_GETFL));
+	CHECK((fcntl(fifo_w, F_GETFL) & FLMASK) == O_WRONLY, "fifo_w: flags %o", fcntl(fifo_w, F_GETFL));
+	check_read(fifo_r, "fifo-data", "fifo_r");
+	CHECK((fcntl(fifo_wonly, F_GETFL) & FLMASK) == O_WRONLY, "fifo_wonly: flags %o", fcntl(fifo_wonly, F_GETFL));
+	int r2 = open(fifo2, O_RDONLY | O_NONBLOCK);
+	CHECK(r2 >= 0, "fifo2: open: %s", strerror(errno));
+	check_read(r2, "w-only", "fifo_wonly");
+	close(r2);
+
 	/* the pipes shared with the child, in both directions */
 	check_read(pipe_child, "child", "pipe_child");
 	CHECK(write(pipe_up, "!", 1) == 1, "pipe_up: write: %s", strerror(errno));
@@ -229,7 +258,7 @@ int main(int argc, char **argv)
 	}
 	if ((logfd = open(argv[1], O_WRONLY | O_CREAT | O_APPEND, 0644)) < 0) die("open log");
 	signal(SIGUSR1, on_usr1);
-	setup();
+	setup(argv[1]);
 	unsigned long ticks = 0;
 	while (!finish) {
 		struct timespec ts = {0, 10000000};

@@ -19,10 +19,11 @@ type restoreFDs struct {
 	sock     int
 	taskSock uint64
 	pipes    map[uint64]*livePipe
+	fifos    map[uint64]bool // FIFOs refilled
 }
 
 func newRestoreFDs(r *Restore, s *inject.Session) *restoreFDs {
-	return &restoreFDs{r: r, s: s, sock: -1, pipes: map[uint64]*livePipe{}}
+	return &restoreFDs{r: r, s: s, sock: -1, pipes: map[uint64]*livePipe{}, fifos: map[uint64]bool{}}
 }
 
 // Scratch offsets of the restore side's passing (the area from 0 holds

@@ -8,6 +8,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/eventfd"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/eventpoll"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fifo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pipe"
 	pipe_data "github.com/checkpoint-restore/go-criu/v8/crit/images/pipe-data"
@@ -36,9 +37,13 @@ const maxPipeData = 1 << 30
 // a hostile image from asking for more).
 const epollTargetsMax = 1 << 22
 
-// fdType is the files.img and fdinfo type of a file of kind k.
-func fdType(k model.FileKind) fdinfo.FdTypes {
-	switch k {
+// fdType is the files.img and fdinfo type of f: a Path file with pipe
+// state is a FIFO.
+func fdType(f *model.File) fdinfo.FdTypes {
+	if f.Kind == model.Path && f.Pipe != nil {
+		return fdinfo.FdTypes_FIFO
+	}
+	switch f.Kind {
 	case model.Pipe:
 		return fdinfo.FdTypes_PIPE
 	case model.EventFD:
@@ -60,7 +65,7 @@ func noFown() *fown.FownEntry {
 // kindEntry is the files.img entry of a file of a kind other than Path.
 func kindEntry(f *model.File) (*fdinfo.FileEntry, error) {
 	id := proto.Uint32(uint32(f.ID))
-	e := &fdinfo.FileEntry{Type: fdType(f.Kind).Enum(), Id: id}
+	e := &fdinfo.FileEntry{Type: fdType(f).Enum(), Id: id}
 	missing := func() (*fdinfo.FileEntry, error) {
 		return nil, fmt.Errorf("file %d: no state for its kind", f.ID)
 	}
@@ -113,28 +118,46 @@ func kindEntry(f *model.File) (*fdinfo.FileEntry, error) {
 	return e, nil
 }
 
-// writePipesData writes every pipe's queued bytes once, in pipes-data.img
-// (no image when no pipe holds any).
+// FifoDataImg holds the bytes queued in each named FIFO, as
+// pipes-data.img does for pipes.
+const FifoDataImg = "fifo-data.img"
+
+// writePipesData writes every pipe's queued bytes once, in pipes-data.img,
+// and every FIFO's in fifo-data.img (no image when there is nothing to
+// write).
 func writePipesData(d *images.Dir, t *model.Tree, written func(string)) error {
-	done := map[uint64]bool{}
-	var pipes []*model.PipeState
-	for _, id := range t.FileIDs() {
-		p := t.Files[id].Pipe
-		if p == nil || done[p.ID] {
+	for _, img := range []struct {
+		name string
+		fifo bool
+	}{{PipesDataImg, false}, {FifoDataImg, true}} {
+		done := map[uint64]bool{}
+		var pipes []*model.PipeState
+		for _, id := range t.FileIDs() {
+			f := t.Files[id]
+			p := f.Pipe
+			if p == nil || done[p.ID] || (f.Kind == model.Path) != img.fifo {
+				continue
+			}
+			done[p.ID] = true
+			if len(p.Data) > 0 || p.Size != 0 {
+				pipes = append(pipes, p)
+			}
+		}
+		if len(pipes) == 0 {
 			continue
 		}
-		done[p.ID] = true
-		if len(p.Data) > 0 || p.Size != 0 {
-			pipes = append(pipes, p)
+		if err := writeData(d, img.name, pipes, written); err != nil {
+			return err
 		}
 	}
-	if len(pipes) == 0 {
-		return nil
-	}
+	return nil
+}
+
+func writeData(d *images.Dir, name string, pipes []*model.PipeState, written func(string)) error {
 	if written != nil {
-		written(PipesDataImg)
+		written(name)
 	}
-	w, err := d.CreateImage(PipesDataImg)
+	w, err := d.CreateImage(name)
 	if err != nil {
 		return err
 	}
@@ -153,6 +176,38 @@ func writePipesData(d *images.Dir, t *model.Tree, written func(string)) error {
 		}
 	}
 	return w.Close()
+}
+
+// fifoEntries are the files.img entries of a named FIFO: its REG entry
+// (under a fresh id, regID) and the FIFO entry naming it, as CRIU writes.
+func fifoEntries(f *model.File, regID uint32) (*fdinfo.FileEntry, *fdinfo.FileEntry) {
+	reg := fileEntry(f)
+	reg.Id, reg.Reg.Id = proto.Uint32(regID), proto.Uint32(regID)
+	return reg, &fdinfo.FileEntry{
+		Type: fdinfo.FdTypes_FIFO.Enum(), Id: proto.Uint32(uint32(f.ID)),
+		Fifo: &fifo.FifoEntry{Id: proto.Uint32(uint32(f.ID)), PipeId: proto.Uint32(uint32(f.Pipe.ID)), RegfId: proto.Uint32(regID)},
+	}
+}
+
+// resolveFIFOs turns each FIFO entry into a Path file with the path,
+// flags and offset of the REG entry it names, and pipe state.
+func resolveFIFOs(fifos []*fdinfo.FileEntry, files map[model.ID]*model.File) error {
+	for _, e := range fifos {
+		id := model.ID(e.GetId())
+		ff := e.GetFifo()
+		if ff == nil {
+			return fmt.Errorf("file %d: FIFO without its fifo entry", id)
+		}
+		reg := files[model.ID(ff.GetRegfId())]
+		if reg == nil || reg.Kind != model.Path || reg.Pipe != nil {
+			return fmt.Errorf("file %d: FIFO names file %d, not a regular entry", id, ff.GetRegfId())
+		}
+		f := *reg
+		f.ID = id
+		f.Pipe = &model.PipeState{ID: uint64(ff.GetPipeId())}
+		files[id] = &f
+	}
+	return nil
 }
 
 // readKind reads a files.img entry of a kind other than REG; known is
@@ -228,20 +283,28 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 	return f, true, nil
 }
 
-// readPipesData attaches each pipe's size and bytes to its ends.
+// readPipesData attaches each pipe's and FIFO's size and bytes to its
+// ends.
 func readPipesData(d *images.Dir, files map[model.ID]*model.File) error {
+	if err := readData(d, PipesDataImg, files, false); err != nil {
+		return err
+	}
+	return readData(d, FifoDataImg, files, true)
+}
+
+func readData(d *images.Dir, name string, files map[model.ID]*model.File, fifos bool) error {
 	ends := map[uint64][]*model.File{}
 	for _, f := range files {
-		if f.Pipe != nil {
+		if f.Pipe != nil && (f.Kind == model.Path) == fifos {
 			ends[f.Pipe.ID] = append(ends[f.Pipe.ID], f)
 		}
 	}
-	if len(ends) == 0 || !d.Exists(PipesDataImg) {
+	if len(ends) == 0 || !d.Exists(name) {
 		return nil
 	}
-	r, err := d.OpenImage(PipesDataImg)
+	r, err := d.OpenImage(name)
 	if err != nil {
-		return imgErr(PipesDataImg, err)
+		return imgErr(name, err)
 	}
 	defer r.Close()
 	seen := map[uint64]bool{}
@@ -251,11 +314,11 @@ func readPipesData(d *images.Dir, files map[model.ID]*model.File) error {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
-			return imgErr(PipesDataImg, err)
+			return imgErr(name, err)
 		}
 		id, n := uint64(e.GetPipeId()), e.GetBytes()
 		if seen[id] || n > maxPipeData || e.GetSize() > maxPipeData || (e.Size != nil && n > e.GetSize()) {
-			return fmt.Errorf("%s: pipe %d: duplicate, or %d bytes in a pipe of %d", PipesDataImg, id, n, e.GetSize())
+			return fmt.Errorf("%s: pipe %d: duplicate, or %d bytes in a pipe of %d", name, id, n, e.GetSize())
 		}
 		seen[id] = true
 		// In steps, so that a lying count costs only what the image holds.
@@ -264,7 +327,7 @@ func readPipesData(d *images.Dir, files map[model.ID]*model.File) error {
 			step := min(left, 1<<20)
 			data = append(data, make([]byte, step)...)
 			if err := r.ReadPayload(data[len(data)-step:]); err != nil {
-				return imgErr(PipesDataImg, err)
+				return imgErr(name, err)
 			}
 			left -= step
 		}

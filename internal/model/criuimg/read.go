@@ -100,6 +100,7 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 		return nil, imgErr(images.FilesImg, err)
 	}
 	files := map[model.ID]*model.File{}
+	var fifos []*fdinfo.FileEntry
 	seen := map[uint32]bool{}
 	for _, f := range fes {
 		id := f.GetId()
@@ -107,6 +108,10 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 			return nil, fmt.Errorf("%s: bad or duplicate file id %d", images.FilesImg, id)
 		}
 		seen[id] = true
+		if f.GetType() == fdinfo.FdTypes_FIFO {
+			fifos = append(fifos, f)
+			continue
+		}
 		if f.GetType() != fdinfo.FdTypes_REG {
 			mf, known, err := readKind(f)
 			if err != nil {
@@ -140,6 +145,9 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 			mf.BuildID = buildid.Bytes(w)
 		}
 		files[mf.ID] = mf
+	}
+	if err := resolveFIFOs(fifos, files); err != nil {
+		return nil, fmt.Errorf("%s: %w", images.FilesImg, err)
 	}
 	if err := readPipesData(d, files); err != nil {
 		return nil, err
@@ -175,8 +183,8 @@ func readFDs(d *images.Dir, filesID model.ID, files map[model.ID]*model.File) ([
 			}
 			return nil, fmt.Errorf("%s: fd %d refers to file id %d, not an entry of %s", name, e.GetFd(), e.GetId(), images.FilesImg)
 		}
-		if fdType(f.Kind) != e.GetType() {
-			return nil, fmt.Errorf("%s: fd %d is %v but its file %d is %v", name, e.GetFd(), e.GetType(), f.ID, fdType(f.Kind))
+		if fdType(f) != e.GetType() {
+			return nil, fmt.Errorf("%s: fd %d is %v but its file %d is %v", name, e.GetFd(), e.GetType(), f.ID, fdType(f))
 		}
 		out = append(out, model.FD{Num: int(e.GetFd()), File: model.ID(e.GetId()), Cloexec: e.GetFlags()&images.FdFlagCloexec != 0})
 	}

@@ -64,11 +64,11 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 			fdTables[k.IDs.Files] = true
 			var fds []proto.Message
 			for _, fd := range k.FDs {
-				kind := model.Path // a dangling id is written as is (and refused on read)
-				if f := t.Files[fd.File]; f != nil {
-					kind = f.Kind
+				f := t.Files[fd.File]
+				if f == nil {
+					f = &model.File{Kind: model.Path} // a dangling id is written as is (and refused on read)
 				}
-				fds = append(fds, fdinfoEntry(fd, kind))
+				fds = append(fds, fdinfoEntry(fd, f))
 			}
 			if err := put(images.FdinfoImg(uint32(k.IDs.Files)), fds...); err != nil {
 				return err
@@ -79,8 +79,19 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		return err
 	}
 	var files []proto.Message
-	for _, id := range t.FileIDs() {
+	ids := t.FileIDs()
+	regID := uint32(0) // FIFOs' REG entries get ids after every file's
+	if len(ids) > 0 {
+		regID = uint32(ids[len(ids)-1])
+	}
+	for _, id := range ids {
 		f := t.Files[id]
+		if f.Kind == model.Path && f.Pipe != nil {
+			regID++
+			reg, ff := fifoEntries(f, regID)
+			files = append(files, reg, ff)
+			continue
+		}
 		if f.Kind == model.Path {
 			files = append(files, fileEntry(f))
 			continue
@@ -364,13 +375,13 @@ func fileEntry(f *model.File) *fdinfo.FileEntry {
 	return &fdinfo.FileEntry{Type: fdinfo.FdTypes_REG.Enum(), Id: proto.Uint32(uint32(f.ID)), Reg: r}
 }
 
-func fdinfoEntry(fd model.FD, k model.FileKind) *fdinfo.FdinfoEntry {
+func fdinfoEntry(fd model.FD, f *model.File) *fdinfo.FdinfoEntry {
 	fl := uint32(0)
 	if fd.Cloexec {
 		fl = unix.FD_CLOEXEC
 	}
 	return &fdinfo.FdinfoEntry{
-		Id: proto.Uint32(uint32(fd.File)), Flags: proto.Uint32(fl), Type: fdType(k).Enum(), Fd: proto.Uint32(uint32(fd.Num)),
+		Id: proto.Uint32(uint32(fd.File)), Flags: proto.Uint32(fl), Type: fdType(f).Enum(), Fd: proto.Uint32(uint32(fd.Num)),
 	}
 }
 
