@@ -27,11 +27,19 @@
  *  fifo_r/w    LOG.fifo: a reader (O_NONBLOCK) and a writer, "fifo-data"
  *              queued
  *  fifo_wonly  LOG.fifo2: a writer alone, "w-only" queued
+ *  sp_s        stream socketpair: "to-1" and "to-0" queued, [0] shut for
+ *              writing, [1] has SO_RCVTIMEO 3 s and SO_SNDBUF 100000
+ *  sp_d        datagram socketpair: "a", "bb", "ccc" queued for [1]
+ *  sp_q        seqpacket socketpair: "p1", "p22" queued for [0]
+ *  lis_abs     stream listener on an abstract name, backlog 5
+ *  lis_path    seqpacket listener on LOG.sock, mode 0640
+ *  dg_bound    datagram socket on an abstract name, nothing queued
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +48,8 @@
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <sys/wait.h>
@@ -60,6 +70,9 @@ static int pipe_both[2], pipe_both_dup, pipe_ronly, pipe_wonly;
 static int efd_sem, efd_big, sfd, tfd_long, tfd_fired, tfd_tick, ep, ep2;
 static int pipe_child, pipe_up, fifo_r, fifo_w, fifo_wonly;
 static char fifo2[4096];
+static int sp_s[2], sp_d[2], sp_q[2], lis_abs, lis_path, dg_bound;
+static struct sockaddr_un abs_addr, path_addr, dg_addr;
+static socklen_t abs_len, dg_len;
 static pid_t child;
 
 #define FLMASK (O_ACCMODE | O_NONBLOCK | O_APPEND)
@@ -77,6 +90,32 @@ static void setup(const char *log)
 	if (tmp < 0 || (fifo_wonly = open(fifo2, O_WRONLY)) < 0) die("open fifo2");
 	if (write(fifo_wonly, "w-only", 6) != 6) die("write fifo2");
 	close(tmp);
+
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp_s) < 0) die("socketpair");
+	if (write(sp_s[0], "to-1", 4) != 4 || write(sp_s[1], "to-0", 4) != 4) die("write sp_s");
+	if (shutdown(sp_s[0], SHUT_WR) < 0) die("shutdown");
+	struct timeval tv = {3, 0};
+	int sndbuf = 50000;
+	if (setsockopt(sp_s[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0 ||
+	    setsockopt(sp_s[1], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) < 0) die("setsockopt");
+	if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sp_d) < 0) die("socketpair");
+	if (send(sp_d[0], "a", 1, 0) != 1 || send(sp_d[0], "bb", 2, 0) != 2 || send(sp_d[0], "ccc", 3, 0) != 3) die("send sp_d");
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sp_q) < 0) die("socketpair");
+	if (send(sp_q[1], "p1", 2, 0) != 2 || send(sp_q[1], "p22", 3, 0) != 3) die("send sp_q");
+
+	abs_addr.sun_family = AF_UNIX;
+	abs_len = offsetof(struct sockaddr_un, sun_path) + 1 +
+		  snprintf(abs_addr.sun_path + 1, sizeof abs_addr.sun_path - 1, "godwit-fdkinds-%d", getpid());
+	if ((lis_abs = socket(AF_UNIX, SOCK_STREAM, 0)) < 0 || bind(lis_abs, (struct sockaddr *)&abs_addr, abs_len) < 0 ||
+	    listen(lis_abs, 5) < 0) die("listen abstract");
+	path_addr.sun_family = AF_UNIX;
+	snprintf(path_addr.sun_path, sizeof path_addr.sun_path, "%s.sock", log);
+	if ((lis_path = socket(AF_UNIX, SOCK_SEQPACKET, 0)) < 0 || bind(lis_path, (struct sockaddr *)&path_addr, sizeof path_addr) < 0 ||
+	    chmod(path_addr.sun_path, 0640) < 0 || listen(lis_path, 3) < 0) die("listen path");
+	dg_addr.sun_family = AF_UNIX;
+	dg_len = offsetof(struct sockaddr_un, sun_path) + 1 +
+		 snprintf(dg_addr.sun_path + 1, sizeof dg_addr.sun_path - 1, "godwit-fdkinds-dg-%d", getpid());
+	if ((dg_bound = socket(AF_UNIX, SOCK_DGRAM, 0)) < 0 || bind(dg_bound, (struct sockaddr *)&dg_addr, dg_len) < 0) die("bind dgram");
 
 	int p[2], up[2];
 	if (pipe(p) < 0 || pipe(up) < 0) die("pipe");
@@ -181,6 +220,46 @@ static void check(void)
 	CHECK(r2 >= 0, "fifo2: open: %s", strerror(errno));
 	check_read(r2, "w-only", "fifo_wonly");
 	close(r2);
+
+	/* unix sockets */
+	check_read(sp_s[1], "to-1", "sp_s[1]");
+	char c1;
+	CHECK(read(sp_s[1], &c1, 1) == 0, "sp_s[1]: no EOF after the peer's shutdown");
+	check_read(sp_s[0], "to-0", "sp_s[0]");
+	CHECK(write(sp_s[0], "x", 1) < 0 && errno == EPIPE, "sp_s[0]: write after shutdown did not fail with EPIPE");
+	struct timeval tv;
+	socklen_t tl = sizeof tv;
+	CHECK(getsockopt(sp_s[1], SOL_SOCKET, SO_RCVTIMEO, &tv, &tl) == 0 && tv.tv_sec == 3 && tv.tv_usec == 0, "sp_s[1]: SO_RCVTIMEO %ld", (long)tv.tv_sec);
+	int sb = 0;
+	tl = sizeof sb;
+	CHECK(getsockopt(sp_s[1], SOL_SOCKET, SO_SNDBUF, &sb, &tl) == 0 && sb == 100000, "sp_s[1]: SO_SNDBUF %d", sb);
+	check_read(sp_d[1], "a", "sp_d 1");
+	check_read(sp_d[1], "bb", "sp_d 2");
+	check_read(sp_d[1], "ccc", "sp_d 3");
+	CHECK(recv(sp_d[1], &c1, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN, "sp_d: more queued");
+	CHECK(send(sp_d[1], "back", 4, 0) == 4, "sp_d: send back");
+	check_read(sp_d[0], "back", "sp_d back");
+	check_read(sp_q[0], "p1", "sp_q 1");
+	check_read(sp_q[0], "p22", "sp_q 2");
+	int cs = socket(AF_UNIX, SOCK_STREAM, 0);
+	CHECK(connect(cs, (struct sockaddr *)&abs_addr, abs_len) == 0, "lis_abs: connect: %s", strerror(errno));
+	int a = accept(lis_abs, NULL, NULL);
+	CHECK(a >= 0 && write(cs, "hi", 2) == 2, "lis_abs: accept: %s", strerror(errno));
+	check_read(a, "hi", "lis_abs accepted");
+	close(a);
+	close(cs);
+	struct stat sst;
+	CHECK(stat(path_addr.sun_path, &sst) == 0 && S_ISSOCK(sst.st_mode) && (sst.st_mode & 0777) == 0640, "lis_path: socket file mode %o", sst.st_mode);
+	cs = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+	CHECK(connect(cs, (struct sockaddr *)&path_addr, sizeof path_addr) == 0, "lis_path: connect: %s", strerror(errno));
+	a = accept(lis_path, NULL, NULL);
+	CHECK(a >= 0, "lis_path: accept: %s", strerror(errno));
+	close(a);
+	close(cs);
+	cs = socket(AF_UNIX, SOCK_DGRAM, 0);
+	CHECK(sendto(cs, "dg", 2, 0, (struct sockaddr *)&dg_addr, dg_len) == 2, "dg_bound: sendto: %s", strerror(errno));
+	check_read(dg_bound, "dg", "dg_bound");
+	close(cs);
 
 	/* the pipes shared with the child, in both directions */
 	check_read(pipe_child, "child", "pipe_child");

@@ -20,10 +20,11 @@ type restoreFDs struct {
 	taskSock uint64
 	pipes    map[uint64]*livePipe
 	fifos    map[uint64]bool // FIFOs refilled
+	socks    map[uint32]int  // unix sockets made, by inode
 }
 
 func newRestoreFDs(r *Restore, s *inject.Session) *restoreFDs {
-	return &restoreFDs{r: r, s: s, sock: -1, pipes: map[uint64]*livePipe{}, fifos: map[uint64]bool{}}
+	return &restoreFDs{r: r, s: s, sock: -1, pipes: map[uint64]*livePipe{}, fifos: map[uint64]bool{}, socks: map[uint32]int{}}
 }
 
 // Scratch offsets of the restore side's passing (the area from 0 holds
@@ -149,6 +150,9 @@ func (rs *restoreFDs) close() error {
 	}
 	for _, p := range rs.pipes {
 		p.close()
+	}
+	for _, s := range rs.socks {
+		unix.Close(s)
 	}
 	return err
 }

@@ -243,7 +243,36 @@ const (
 	TimerFD
 	// Epoll is an epoll instance (Epoll state).
 	Epoll
+	// UnixSocket is an AF_UNIX socket (UnixSocket state).
+	UnixSocket
 )
+
+// UnixSocketState is an AF_UNIX socket: its kind, state, name, peer,
+// options and the messages queued for it to read.
+type UnixSocketState struct {
+	Ino      uint32 // the socket's inode: peers name each other by it
+	Type     uint32 // SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET
+	State    uint32 // TCP_ESTABLISHED (connected), TCP_CLOSE or TCP_LISTEN
+	Backlog  uint32 // of a listener
+	Peer     uint32 // the peer's inode, 0 when not connected
+	Name     []byte // bound name (abstract ones start with NUL), nil when unbound
+	Shutdown uint32 // 1: receive shut down, 2: send shut down
+	Opts     SocketOpts
+	// Queue is what the socket has to read, oldest first: one message
+	// per datagram or packet, a stream's bytes in one piece.
+	Queue [][]byte
+	// FileMode is the mode of a path-bound socket's file, 0 unknown.
+	FileMode uint32
+}
+
+// SocketOpts are the socket-level options a socket is restored with.
+type SocketOpts struct {
+	SndBuf, RcvBuf            uint32 // as getsockopt reports them
+	SndTimeoSec, SndTimeoUsec uint64
+	RcvTimeoSec, RcvTimeoUsec uint64
+	PassCred, PassSec         bool
+	Priority, RcvLowat, Mark  uint32
+}
 
 // PipeState is an unnamed pipe end, or the contents of a named FIFO.
 // The ends of one pipe share ID, Size and Data.
@@ -315,4 +344,5 @@ type File struct {
 	SignalFD *SignalFDState
 	TimerFD  *TimerFDState
 	Epoll    *EpollState
+	Unix     *UnixSocketState
 }

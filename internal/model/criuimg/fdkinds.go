@@ -13,6 +13,9 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pipe"
 	pipe_data "github.com/checkpoint-restore/go-criu/v8/crit/images/pipe-data"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/signalfd"
+	sk_opts "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-opts"
+	sk_packet "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-packet"
+	sk_unix "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-unix"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/timerfd"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -54,6 +57,8 @@ func fdType(f *model.File) fdinfo.FdTypes {
 		return fdinfo.FdTypes_TIMERFD
 	case model.Epoll:
 		return fdinfo.FdTypes_EVENTPOLL
+	case model.UnixSocket:
+		return fdinfo.FdTypes_UNIXSK
 	}
 	return fdinfo.FdTypes_REG
 }
@@ -112,10 +117,91 @@ func kindEntry(f *model.File) (*fdinfo.FileEntry, error) {
 			})
 		}
 		e.Epfd = ep
+	case model.UnixSocket:
+		u := f.Unix
+		if u == nil {
+			return missing()
+		}
+		o := &u.Opts
+		e.Usk = &sk_unix.UnixSkEntry{
+			Id: id, Ino: proto.Uint32(u.Ino), Type: proto.Uint32(u.Type), State: proto.Uint32(u.State),
+			Flags: proto.Uint32(f.Flags), Uflags: proto.Uint32(0), Backlog: proto.Uint32(u.Backlog), Peer: proto.Uint32(u.Peer),
+			Fown: noFown(),
+			Opts: &sk_opts.SkOptsEntry{
+				SoSndbuf: proto.Uint32(o.SndBuf), SoRcvbuf: proto.Uint32(o.RcvBuf),
+				SoSndTmoSec: proto.Uint64(o.SndTimeoSec), SoSndTmoUsec: proto.Uint64(o.SndTimeoUsec),
+				SoRcvTmoSec: proto.Uint64(o.RcvTimeoSec), SoRcvTmoUsec: proto.Uint64(o.RcvTimeoUsec),
+				SoPasscred: proto.Bool(o.PassCred), SoPasssec: proto.Bool(o.PassSec),
+				SoPriority: proto.Uint32(o.Priority), SoRcvlowat: proto.Uint32(o.RcvLowat), SoMark: proto.Uint32(o.Mark),
+			},
+			Name:     append([]byte{}, u.Name...),
+			Shutdown: sk_opts.SkShutdown(u.Shutdown & 3).Enum(),
+		}
+		if u.FileMode != 0 {
+			e.Usk.FilePerms = &sk_unix.FilePermsEntry{Mode: proto.Uint32(u.FileMode), Uid: proto.Uint32(0), Gid: proto.Uint32(0)}
+		}
 	default:
 		return nil, fmt.Errorf("file %d: kind %d has no image entry", f.ID, f.Kind)
 	}
 	return e, nil
+}
+
+// SkQueuesImg holds the messages queued on sockets: an entry naming the
+// socket (its file id) and the length, then the bytes.
+const SkQueuesImg = "sk-queues.img"
+
+// writeSkQueues writes every unix socket's queue (no image when all are
+// empty).
+func writeSkQueues(d *images.Dir, t *model.Tree, written func(string)) error {
+	var w *images.EntryWriter
+	for _, id := range t.FileIDs() {
+		u := t.Files[id].Unix
+		if u == nil {
+			continue
+		}
+		for _, m := range u.Queue {
+			if w == nil {
+				if written != nil {
+					written(SkQueuesImg)
+				}
+				var err error
+				if w, err = d.CreateImage(SkQueuesImg); err != nil {
+					return err
+				}
+			}
+			if err := w.Write(&sk_packet.SkPacketEntry{IdFor: proto.Uint32(uint32(id)), Length: proto.Uint32(uint32(len(m)))}); err != nil {
+				w.Close()
+				return err
+			}
+			if err := w.WritePayload(m); err != nil {
+				w.Close()
+				return err
+			}
+		}
+	}
+	if w == nil {
+		return nil
+	}
+	return w.Close()
+}
+
+// checkUnixPeers refuses a tree in which a connected unix socket's peer is
+// not a socket of the same task (one fd table).
+func checkUnixPeers(t *model.Tree) error {
+	for _, k := range t.Tasks {
+		inos := map[uint32]bool{}
+		for _, fd := range k.FDs {
+			if f := t.Files[fd.File]; f != nil && f.Unix != nil {
+				inos[f.Unix.Ino] = true
+			}
+		}
+		for _, fd := range k.FDs {
+			if f := t.Files[fd.File]; f != nil && f.Unix != nil && f.Unix.Peer != 0 && !inos[f.Unix.Peer] {
+				return fmt.Errorf("task %d fd %d: unix socket %d: its peer (socket %d) is not in this task: not supported yet", k.Pid, fd.Num, f.Unix.Ino, f.Unix.Peer)
+			}
+		}
+	}
+	return nil
 }
 
 // FifoDataImg holds the bytes queued in each named FIFO, as
@@ -260,6 +346,43 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 			return nil, true, fmt.Errorf("file %d: timerfd times out of range", id)
 		}
 		f.TimerFD = t
+	case fdinfo.FdTypes_UNIXSK:
+		p := e.GetUsk()
+		if p == nil {
+			return bad("unix socket")
+		}
+		if p.GetUflags() != 0 || p.NameDir != nil || p.GetDeleted() {
+			return nil, true, fmt.Errorf("file %d: unix socket with flags %#x, relative or deleted name: not supported", id, p.GetUflags())
+		}
+		o := p.GetOpts()
+		if o == nil {
+			return bad("socket options")
+		}
+		f.Kind, f.Flags = model.UnixSocket, p.GetFlags()
+		u := &model.UnixSocketState{
+			Ino: p.GetIno(), Type: p.GetType(), State: p.GetState(), Backlog: p.GetBacklog(), Peer: p.GetPeer(),
+			Shutdown: uint32(p.GetShutdown()),
+			Opts: model.SocketOpts{
+				SndBuf: o.GetSoSndbuf(), RcvBuf: o.GetSoRcvbuf(),
+				SndTimeoSec: o.GetSoSndTmoSec(), SndTimeoUsec: o.GetSoSndTmoUsec(),
+				RcvTimeoSec: o.GetSoRcvTmoSec(), RcvTimeoUsec: o.GetSoRcvTmoUsec(),
+				PassCred: o.GetSoPasscred(), PassSec: o.GetSoPasssec(),
+				Priority: o.GetSoPriority(), RcvLowat: o.GetSoRcvlowat(), Mark: o.GetSoMark(),
+			},
+		}
+		if len(p.GetName()) > 0 {
+			u.Name = append([]byte{}, p.GetName()...)
+			if len(u.Name) > 108 {
+				return nil, true, fmt.Errorf("file %d: unix socket name of %d bytes", id, len(u.Name))
+			}
+		}
+		if fp := p.GetFilePerms(); fp != nil {
+			u.FileMode = fp.GetMode()
+		}
+		if u.Opts.SndTimeoUsec >= 1e6 || u.Opts.RcvTimeoUsec >= 1e6 || u.Opts.SndTimeoSec > 1<<62 || u.Opts.RcvTimeoSec > 1<<62 {
+			return nil, true, fmt.Errorf("file %d: socket timeouts out of range", id)
+		}
+		f.Unix = u
 	case fdinfo.FdTypes_EVENTPOLL:
 		p := e.GetEpfd()
 		if p == nil {
@@ -334,5 +457,55 @@ func readData(d *images.Dir, name string, files map[model.ID]*model.File, fifos 
 		for _, f := range ends[id] {
 			f.Pipe.Size, f.Pipe.Data = e.GetSize(), data
 		}
+	}
+}
+
+// maxSkQueue bounds the bytes of one socket's queue in an image.
+const maxSkQueue = 1 << 30
+
+// readSkQueues attaches each queued message to its socket.
+func readSkQueues(d *images.Dir, files map[model.ID]*model.File) error {
+	if !d.Exists(SkQueuesImg) {
+		return nil
+	}
+	r, err := d.OpenImage(SkQueuesImg)
+	if err != nil {
+		return imgErr(SkQueuesImg, err)
+	}
+	defer r.Close()
+	total := map[model.ID]int{}
+	for {
+		var e sk_packet.SkPacketEntry
+		if err := r.Next(&e); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return imgErr(SkQueuesImg, err)
+		}
+		id := model.ID(e.GetIdFor())
+		f := files[id]
+		if f == nil || f.Unix == nil {
+			return fmt.Errorf("%s: queue of file %d, not a unix socket", SkQueuesImg, id)
+		}
+		if len(e.GetScm()) > 0 {
+			return fmt.Errorf("%s: socket %d: queued control messages are not supported", SkQueuesImg, id)
+		}
+		n := int(e.GetLength())
+		if total[id] += n; total[id] > maxSkQueue {
+			return fmt.Errorf("%s: socket %d: over %d bytes queued", SkQueuesImg, id, maxSkQueue)
+		}
+		var data []byte
+		for left := n; left > 0; {
+			step := min(left, 1<<20)
+			data = append(data, make([]byte, step)...)
+			if err := r.ReadPayload(data[len(data)-step:]); err != nil {
+				return imgErr(SkQueuesImg, err)
+			}
+			left -= step
+		}
+		if data == nil {
+			data = []byte{}
+		}
+		f.Unix.Queue = append(f.Unix.Queue, data)
 	}
 }

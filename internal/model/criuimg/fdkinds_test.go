@@ -28,6 +28,13 @@ func kindsTree(t testing.TB) *model.Tree {
 		{ID: 14, Kind: model.SignalFD, Flags: unix.O_RDWR, MntID: -1, SignalFD: &model.SignalFDState{Mask: 1 << 27}},
 		{ID: 15, Kind: model.TimerFD, Flags: unix.O_RDWR, MntID: -1, TimerFD: &model.TimerFDState{Clock: 1, Ticks: 4, SettimeFlags: 3, ValueSec: 5, ValueNsec: 6, IntervalSec: 7, IntervalNsec: 8}},
 		{ID: 17, Kind: model.Path, Path: "/tmp/fifo", Flags: unix.O_WRONLY, Mode: unix.S_IFIFO | 0o600, MntID: 30, Pipe: &model.PipeState{ID: 999, Size: 8192, Data: []byte("fifo bytes")}},
+		{ID: 18, Kind: model.UnixSocket, Flags: unix.O_RDWR, MntID: -1, Unix: &model.UnixSocketState{
+			Ino: 50, Type: unix.SOCK_DGRAM, State: 1, Peer: 51, Shutdown: 2, Queue: [][]byte{[]byte("a"), {}, []byte("ccc")},
+			Opts: model.SocketOpts{SndBuf: 1000, RcvBuf: 2000, SndTimeoSec: 1, RcvTimeoUsec: 5, PassSec: true, Priority: 3, RcvLowat: 1, Mark: 9}}},
+		{ID: 19, Kind: model.UnixSocket, Flags: unix.O_RDWR | unix.O_NONBLOCK, MntID: -1, Unix: &model.UnixSocketState{
+			Ino: 51, Type: unix.SOCK_DGRAM, State: 1, Peer: 50, Shutdown: 1}},
+		{ID: 20, Kind: model.UnixSocket, Flags: unix.O_RDWR, MntID: -1, Unix: &model.UnixSocketState{
+			Ino: 52, Type: unix.SOCK_STREAM, State: 10, Backlog: 5, Name: []byte("/tmp/sock"), FileMode: unix.S_IFSOCK | 0o640}},
 		{ID: 16, Kind: model.Epoll, Flags: unix.O_RDWR, MntID: -1, Epoll: &model.EpollState{Targets: []model.EpollTarget{{FD: 10, Events: unix.EPOLLIN | unix.EPOLLET, Data: 0xdead}, {FD: 11, Events: unix.EPOLLOUT, Data: 1}}}},
 	}
 	k := tr.Root()
@@ -43,11 +50,11 @@ func kindsTree(t testing.TB) *model.Tree {
 func TestKindsRoundTrip(t *testing.T) {
 	tr := kindsTree(t)
 	dir, names := writeTree(t, tr)
-	if !strings.Contains(strings.Join(names, " "), PipesDataImg) || !strings.Contains(strings.Join(names, " "), FifoDataImg) {
+	if all := strings.Join(names, " "); !strings.Contains(all, PipesDataImg) || !strings.Contains(all, FifoDataImg) || !strings.Contains(all, SkQueuesImg) {
 		t.Fatalf("no %s among %v", PipesDataImg, names)
 	}
 	got := readTree(t, dir)
-	for _, id := range []model.ID{10, 11, 12, 13, 14, 15, 16, 17} {
+	for _, id := range []model.ID{10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20} {
 		w, g := tr.Files[id], got.Files[id]
 		if g == nil {
 			t.Fatalf("file %d not read", id)
@@ -138,10 +145,33 @@ func FuzzReadKinds(f *testing.F) {
 			ok := map[model.FileKind]bool{
 				model.Path: true, model.Pipe: fl.Pipe != nil, model.EventFD: fl.EventFD != nil,
 				model.SignalFD: fl.SignalFD != nil, model.TimerFD: fl.TimerFD != nil, model.Epoll: fl.Epoll != nil,
+				model.UnixSocket: fl.Unix != nil,
 			}[fl.Kind]
 			if !ok {
 				t.Fatalf("file %d of kind %d without its state", id, fl.Kind)
 			}
 		}
 	})
+}
+
+// A connected unix socket whose peer is not in its task is refused at
+// write, naming the task, fd and socket.
+func TestWriteRefusesLoneUnixPeer(t *testing.T) {
+	tr := kindsTree(t)
+	k := tr.Root()
+	for i, fd := range k.FDs {
+		if fd.File == 19 {
+			k.FDs = append(k.FDs[:i], k.FDs[i+1:]...)
+			break
+		}
+	}
+	d, err := images.Open(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	err = Write(d, tr, nil)
+	if err == nil || !strings.Contains(err.Error(), "peer (socket 51) is not in this task") {
+		t.Fatalf("Write: %v", err)
+	}
 }

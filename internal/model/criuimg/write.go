@@ -43,6 +43,9 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		}
 		return nil
 	}
+	if err := checkUnixPeers(t); err != nil {
+		return fmt.Errorf("write images: %w", err)
+	}
 	var pss []proto.Message
 	fdTables := map[model.ID]bool{}
 	for _, k := range t.Tasks {
@@ -106,6 +109,9 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		return err
 	}
 	if err := writePipesData(d, t, written); err != nil {
+		return err
+	}
+	if err := writeSkQueues(d, t, written); err != nil {
 		return err
 	}
 	if written != nil {
