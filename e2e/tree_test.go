@@ -57,7 +57,11 @@ func statOf(pid int) (taskInfo, bool) {
 	i := bytes.LastIndexByte(b, ')')
 	f := strings.Fields(string(b[i+2:]))
 	atoi := func(s string) int { n, _ := strconv.Atoi(s); return n }
-	return taskInfo{State: f[0][0], Ppid: atoi(f[1]), Pgid: atoi(f[2]), Sid: atoi(f[3])}, true
+	st := f[0][0]
+	if st == 'R' || st == 'D' {
+		st = 'S' // running or sleeping is scheduling, not restored state
+	}
+	return taskInfo{State: st, Ppid: atoi(f[1]), Pgid: atoi(f[2]), Sid: atoi(f[3])}, true
 }
 
 // subtree lists pid and its descendants with their ids and states.

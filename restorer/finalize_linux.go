@@ -135,7 +135,7 @@ func (r *taskRun) makeThreads() error {
 // calls need CAP_SYS_RESOURCE) and finally chroot.
 func (r *taskRun) finishMM() error {
 	pid := r.img.pid
-	addr, err := ptrace.FindSyscallInsn(pid)
+	addr, err := ptrace.FindSyscallInsnOutside(pid, r.win.base, r.win.base+windowSize)
 	if err != nil {
 		return err
 	}
@@ -215,6 +215,13 @@ func (r *taskRun) setThreadRegs(t *thread) error {
 		// arguments instead (a relative timeout starts over; after a
 		// handler the call returns EINTR, as it would have).
 		regs.Rax = negErrno(ptrace.ERESTARTNOHAND)
+		// A thread already inside restart_syscall re-runs the call
+		// it restarts (drivers.RestartedCall; the dump checked it).
+		nr, err := drivers.RestartedCall(t.Tid, &t.Regs)
+		if err != nil {
+			return err
+		}
+		regs.Orig_rax = nr
 	}
 	return r.tr.SetRegs(t.Tid, regs)
 }

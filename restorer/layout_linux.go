@@ -348,6 +348,9 @@ func (r *taskRun) mapVMAs(s *session) error {
 				fd, off = f, v.Pgoff
 				flags &^= unix.MAP_ANONYMOUS
 			}
+		case v.Droppable:
+			// MAP_DROPPABLE is a map type of its own (6.11+).
+			flags = flags&^(unix.MAP_SHARED|unix.MAP_PRIVATE) | unix.MAP_DROPPABLE | unix.MAP_ANONYMOUS
 		default:
 			flags = flags&^unix.MAP_SHARED | unix.MAP_PRIVATE | unix.MAP_ANONYMOUS
 		}

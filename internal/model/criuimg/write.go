@@ -62,6 +62,9 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		if err := writeTask(k, put); err != nil {
 			return fmt.Errorf("write images of %d: %w", k.Pid, err)
 		}
+		if err := writeGodwit(d, k, written); err != nil {
+			return fmt.Errorf("write images of %d: %w", k.Pid, err)
+		}
 		pss = append(pss, pstreeEntry(k))
 		if !fdTables[k.IDs.Files] {
 			fdTables[k.IDs.Files] = true
