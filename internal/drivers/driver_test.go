@@ -84,7 +84,7 @@ func TestClassify(t *testing.T) {
 		{"/dev/kvm", st(unix.S_IFCHR), "", "character device /dev/kvm"},
 		{"/dev/pts/3", st(unix.S_IFCHR), "", "tty"},
 		{"pipe:[123]", st(unix.S_IFIFO), "pipe", ""},
-		{"socket:[9]", st(unix.S_IFSOCK), "", "socket"},
+		{"socket:[9]", st(unix.S_IFSOCK), "socket", ""},
 		{"anon_inode:[eventfd]", st(0), "eventfd", ""},
 		{"anon_inode:[signalfd]", st(0), "signalfd", ""},
 		{"anon_inode:[timerfd]", st(0), "timerfd", ""},
