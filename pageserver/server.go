@@ -34,6 +34,13 @@ type Config struct {
 	// page uploads. It requires an authenticated listener (TLS or QUIC)
 	// on every address, loopback included.
 	Lazy bool
+	// LazyExitOnClose (with Lazy) ends Serve once a lazy-pages daemon
+	// said it has every page (CLOSE) and no connection is left: the
+	// source may go.
+	LazyExitOnClose bool
+	// LazyMemory (with Lazy) serves the pages the images mark lazy
+	// without data (dump --lazy-pages) from the dumped task's memory.
+	LazyMemory LazyMemory
 	// Log receives one line per refused request or connection; nil means
 	// logging.Default().
 	Log *logging.Logger
@@ -125,8 +132,10 @@ type Server struct {
 	conns   map[io.Closer]struct{}
 	lazy    lazyImages
 	closing bool
-	stop    context.CancelFunc // ends Serve (Once)
-	onceErr error              // the Once session's error
+	// lazyClosed: a lazy session got CLOSE; stopServe ends Serve.
+	lazyClosed atomic.Bool
+	stopServe  context.CancelFunc
+	onceErr    error // the Once session's error
 }
 
 // NewServer opens the images directory and prepares the parent link.
@@ -223,7 +232,7 @@ func (s *Server) Serve(parent context.Context, ln *Listener) error {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	s.mu.Lock()
-	s.stop = cancel
+	s.stopServe = cancel
 	s.mu.Unlock()
 	stop := context.AfterFunc(ctx, func() {
 		ln.Close()
@@ -408,8 +417,9 @@ func (s *Server) release(c io.Closer, peer net.Addr) {
 	}
 	delete(s.conns, c)
 	s.mu.Unlock()
-	s.nconns.Add(-1)
+	left := s.nconns.Add(-1)
 	s.m.connDone()
+	s.lazyDone(left)
 	s.wg.Done()
 }
 
@@ -525,7 +535,7 @@ func (s *Server) finish(ss *session, err error) {
 	if s.cfg.Once {
 		defer func() {
 			s.mu.Lock()
-			stop := s.stop
+			stop := s.stopServe
 			if err != nil && s.onceErr == nil {
 				s.onceErr = fmt.Errorf("page server: %s: %w", ss.peer, err)
 			}
