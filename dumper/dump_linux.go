@@ -36,6 +36,8 @@ type Result struct {
 	// (borrowed registers, every signal blocked), a part of its frozen
 	// time.
 	Injecting time.Duration
+	// InjectedCalls counts the syscalls injected into the tree.
+	InjectedCalls int
 }
 
 // FormatStats renders the stats as --display-stats prints them (CRIU's
@@ -268,7 +270,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	frozen := time.Since(frozenAt)
 	d.log.Infof("dump %d: %d pages written (%d scanned, %d zero, %d untouched) by %v; frozen %v, %v of it in injection sessions",
 		pid, d.mem.Written, d.mem.Scanned, d.mem.Zero, d.mem.Untouched, d.method, frozen, injecting)
-	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting}
+	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting, InjectedCalls: tr.InjectedCalls()}
 	res.Stats = &stats.DumpStatsEntry{
 		FreezingTime:       proto.Uint32(uint32(frozenAt.Sub(t0).Microseconds())),
 		FrozenTime:         proto.Uint32(uint32(frozen.Microseconds())),
