@@ -67,6 +67,8 @@ type Restorer struct {
 
 	tr    *ptrace.Tracer
 	tasks []*taskRun // the tree, parents before children
+	// helpers stand in for dead group leaders while the tree is made.
+	helpers []groupHelper
 	root  *taskRun
 	// opened records where each open file description was first made
 	// (shared with the drivers): other tasks take it from there.
@@ -326,6 +328,14 @@ func (r *Restorer) fail(step string, err error) error {
 // inherits and reaps them).
 func (r *Restorer) kill() {
 	var made []int
+	for _, h := range r.helpers {
+		if r.tr != nil {
+			_ = h.p.Kill()
+		}
+		_ = unix.Kill(h.p.Pid, unix.SIGKILL)
+		made = append(made, h.p.Pid)
+	}
+	r.helpers = nil
 	for i := len(r.tasks) - 1; i >= 0; i-- {
 		t := r.tasks[i]
 		if t.task == nil {
@@ -342,21 +352,23 @@ func (r *Restorer) kill() {
 	if len(made) == 0 {
 		return
 	}
+	// Our children (the root, helpers) are reaped here; the others by
+	// their parent's death (init inherits them).
 	deadline := time.Now().Add(5 * time.Second)
-	root := r.img.pid
 	for _, pid := range made {
 		for time.Now().Before(deadline) {
-			if pid == root && !r.o.RestoreSibling {
-				var ws unix.WaitStatus
-				wpid, err := unix.Wait4(pid, &ws, unix.WALL|unix.WNOHANG, nil)
-				if err == unix.EINTR {
-					continue
-				}
-				if err != nil || (wpid == pid && (ws.Exited() || ws.Signaled())) {
+			var ws unix.WaitStatus
+			wpid, err := unix.Wait4(pid, &ws, unix.WALL|unix.WNOHANG, nil)
+			if err == unix.EINTR {
+				continue
+			}
+			if wpid == pid {
+				break
+			}
+			if err != nil {
+				if _, serr := os.Stat("/proc/" + strconv.Itoa(pid)); serr != nil {
 					break
 				}
-			} else if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err != nil {
-				break
 			}
 			time.Sleep(5 * time.Millisecond)
 		}

@@ -112,3 +112,48 @@ func mustRead(t *testing.T, p string) []byte {
 	t.Fatalf("%s: never written", p)
 	return nil
 }
+
+// TestRestoreTreeDeadGroupLeader restores a task whose process group's
+// leader had exited and been reaped: a helper with the leader's pid makes
+// the group again and goes, and the member is back in it.
+func TestRestoreTreeDeadGroupLeader(t *testing.T) {
+	needRoot(t)
+	prog := "import os, sys, time\n" +
+		"l = os.fork()\n" +
+		"if l == 0:\n" +
+		"    os.setpgid(0, 0); time.sleep(0.1); os._exit(0)\n" +
+		"try: os.setpgid(l, l)\n" +
+		"except OSError: pass\n" +
+		"m = os.fork()\n" +
+		"if m == 0:\n" +
+		"    os.setpgid(0, l)\n" +
+		"    while True: time.sleep(0.01)\n" +
+		"os.waitpid(l, 0)\n" +
+		"open(sys.argv[1] + '.ids', 'w').write('%d %d' % (l, m))\n" +
+		"open(sys.argv[1], 'w').write('ready')\n" +
+		"while True: time.sleep(0.01)\n"
+	w, log := startPythonTree(t, prog)
+	var l, m int
+	fmt.Sscan(string(mustRead(t, log+".ids")), &l, &m)
+	t.Cleanup(func() { syscall.Kill(m, syscall.SIGKILL) })
+	if pg, err := syscall.Getpgid(m); err != nil || pg != l {
+		t.Fatalf("member %d in group %d (%v), want %d", m, pg, err, l)
+	}
+	imgs := filepath.Join(t.TempDir(), "img")
+	dump(t, w.Pid, imgs, nil)
+	w.Reaped(t)
+	waitGone(t, m)
+	r := restore(t, imgs, nil)
+	t.Cleanup(func() {
+		for _, p := range r.PIDs() {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+	})
+	if pg, err := syscall.Getpgid(m); err != nil || pg != l {
+		t.Fatalf("restored member %d in group %d (%v), want %d", m, pg, err, l)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", l)); err == nil {
+		t.Fatalf("the helper %d for the dead leader is still there", l)
+	}
+	noChildren(t, w.Pid)
+}
