@@ -69,7 +69,7 @@ type Restorer struct {
 	tasks []*taskRun // the tree, parents before children
 	// helpers stand in for dead group leaders while the tree is made.
 	helpers []groupHelper
-	root  *taskRun
+	root    *taskRun
 	// opened records where each open file description was first made
 	// (shared with the drivers): other tasks take it from there.
 	opened map[model.ID]drivers.OpenedAt
