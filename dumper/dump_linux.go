@@ -448,13 +448,19 @@ func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, shm map[uint64]int) (
 
 // checkShared refuses kernel objects shared between tasks that the
 // restore cannot share again yet: an mm (CLONE_VM without CLONE_THREAD)
-// or signal handlers (CLONE_SIGHAND, which needs CLONE_VM).
+// or signal handlers (CLONE_SIGHAND, which needs CLONE_VM); and a task in
+// namespaces of its own.
 func checkShared(t *model.Tree) error {
 	vm := map[model.ID]int{}
 	sighand := map[model.ID]int{}
+	root := t.Root()
 	for _, k := range t.Tasks {
 		if k.State == model.Dead {
 			continue
+		}
+		if k.IDs.NS != root.IDs.NS {
+			// Restore makes every task in godwit's namespaces.
+			return fmt.Errorf("task %d is in other namespaces than task %d: not supported yet", k.Pid, root.Pid)
 		}
 		if o, ok := vm[k.IDs.VM]; ok {
 			return fmt.Errorf("task %d shares its address space with task %d (CLONE_VM): not supported yet", k.Pid, o)
