@@ -34,6 +34,10 @@ type Options struct {
 	FileValidation string
 	// SkipFileRWXCheck skips comparing reopened files' permission bits.
 	SkipFileRWXCheck bool
+	// LazyPages leaves the pages of lazy VMAs (lazyVMA) out and hands
+	// them, registered with a userfaultfd, to the lazy-pages daemon
+	// listening on LazySocketName in WorkDir (or ImagesDir).
+	LazyPages bool
 }
 
 // FileValidation modes (criu(8)'s --file-validation).

@@ -16,7 +16,6 @@ import (
 	"godwit/internal/images"
 	"godwit/internal/logging"
 	"godwit/internal/model"
-	"godwit/internal/pagexfer"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 	"godwit/internal/puppet"
@@ -179,6 +178,7 @@ func RestoreContext(ctx context.Context, o Options, scripts *actions.Scripts) (*
 		r.Layout,
 		func() error { return r.fillAll(ctx) },
 		func() error { return r.interrupted(ctx) },
+		r.lazyHandoff,
 		r.Finalize,
 		func() error { return r.interrupted(ctx) },
 		r.Resume,
@@ -233,7 +233,11 @@ func (r *Restorer) fillAll(ctx context.Context) error {
 			continue
 		}
 		if t.img.pages != nil {
-			if err := t.fillPages(interruptibleSource(ctx, pagexfer.NewImageSource(t.img.pages))); err != nil {
+			src, err := t.privatePages()
+			if err == nil {
+				err = t.fillPages(interruptibleSource(ctx, src))
+			}
+			if err != nil {
 				return r.fail(fmt.Sprintf("task %d: fill pages", t.img.pid), err)
 			}
 		}

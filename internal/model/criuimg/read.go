@@ -101,6 +101,7 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 		return nil, imgErr(images.FilesImg, err)
 	}
 	files := map[model.ID]*model.File{}
+	var fifos []*fdinfo.FileEntry
 	seen := map[uint32]bool{}
 	for _, f := range fes {
 		id := f.GetId()
@@ -108,7 +109,18 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 			return nil, fmt.Errorf("%s: bad or duplicate file id %d", images.FilesImg, id)
 		}
 		seen[id] = true
+		if f.GetType() == fdinfo.FdTypes_FIFO {
+			fifos = append(fifos, f)
+			continue
+		}
 		if f.GetType() != fdinfo.FdTypes_REG {
+			mf, known, err := readKind(f)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", images.FilesImg, err)
+			}
+			if known {
+				files[mf.ID] = mf
+			}
 			continue
 		}
 		r := f.GetReg()
@@ -135,12 +147,21 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 		}
 		files[mf.ID] = mf
 	}
+	if err := resolveFIFOs(fifos, files); err != nil {
+		return nil, fmt.Errorf("%s: %w", images.FilesImg, err)
+	}
+	if err := readPipesData(d, files); err != nil {
+		return nil, err
+	}
+	if err := readSkQueues(d, files); err != nil {
+		return nil, err
+	}
 	return files, nil
 }
 
 // regular checks that id names a regular entry of files.img.
 func regular(files map[model.ID]*model.File, id uint32, where, what string) error {
-	if files[model.ID(id)] == nil {
+	if f := files[model.ID(id)]; f == nil || f.Kind != model.Path {
 		return fmt.Errorf("%s: %s refers to file id %d, not a regular entry of %s", where, what, id, images.FilesImg)
 	}
 	return nil
@@ -159,11 +180,15 @@ func readFDs(d *images.Dir, filesID model.ID, files map[model.ID]*model.File) ([
 			return nil, fmt.Errorf("%s: bad or duplicate fd %d", name, e.GetFd())
 		}
 		seen[e.GetFd()] = true
-		if e.GetType() != fdinfo.FdTypes_REG {
-			return nil, fmt.Errorf("%s: fd %d: %v files are not supported yet", name, e.GetFd(), e.GetType())
+		f := files[model.ID(e.GetId())]
+		if f == nil {
+			if e.GetType() != fdinfo.FdTypes_REG {
+				return nil, fmt.Errorf("%s: fd %d: %v files are not supported yet", name, e.GetFd(), e.GetType())
+			}
+			return nil, fmt.Errorf("%s: fd %d refers to file id %d, not an entry of %s", name, e.GetFd(), e.GetId(), images.FilesImg)
 		}
-		if files[model.ID(e.GetId())] == nil {
-			return nil, fmt.Errorf("%s: fd %d refers to file id %d, not a regular entry of %s", name, e.GetFd(), e.GetId(), images.FilesImg)
+		if fdType(f) != e.GetType() {
+			return nil, fmt.Errorf("%s: fd %d is %v but its file %d is %v", name, e.GetFd(), e.GetType(), f.ID, fdType(f))
 		}
 		out = append(out, model.FD{Num: int(e.GetFd()), File: model.ID(e.GetId()), Cloexec: e.GetFlags()&images.FdFlagCloexec != 0})
 	}

@@ -43,6 +43,9 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		}
 		return nil
 	}
+	if err := checkUnixPeers(t); err != nil {
+		return fmt.Errorf("write images: %w", err)
+	}
 	var pss []proto.Message
 	fdTables := map[model.ID]bool{}
 	sc := &seccompTable{}
@@ -68,7 +71,11 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 			fdTables[k.IDs.Files] = true
 			var fds []proto.Message
 			for _, fd := range k.FDs {
-				fds = append(fds, fdinfoEntry(fd))
+				f := t.Files[fd.File]
+				if f == nil {
+					f = &model.File{Kind: model.Path} // a dangling id is written as is (and refused on read)
+				}
+				fds = append(fds, fdinfoEntry(fd, f))
 			}
 			if err := put(images.FdinfoImg(uint32(k.IDs.Files)), fds...); err != nil {
 				return err
@@ -82,10 +89,36 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		return err
 	}
 	var files []proto.Message
-	for _, id := range t.FileIDs() {
-		files = append(files, fileEntry(t.Files[id]))
+	ids := t.FileIDs()
+	regID := uint32(0) // FIFOs' REG entries get ids after every file's
+	if len(ids) > 0 {
+		regID = uint32(ids[len(ids)-1])
+	}
+	for _, id := range ids {
+		f := t.Files[id]
+		if f.Kind == model.Path && f.Pipe != nil {
+			regID++
+			reg, ff := fifoEntries(f, regID)
+			files = append(files, reg, ff)
+			continue
+		}
+		if f.Kind == model.Path {
+			files = append(files, fileEntry(f))
+			continue
+		}
+		e, err := kindEntry(f)
+		if err != nil {
+			return fmt.Errorf("write images: %w", err)
+		}
+		files = append(files, e)
 	}
 	if err := put(images.FilesImg, files...); err != nil {
+		return err
+	}
+	if err := writePipesData(d, t, written); err != nil {
+		return err
+	}
+	if err := writeSkQueues(d, t, written); err != nil {
 		return err
 	}
 	if written != nil {
@@ -357,13 +390,13 @@ func fileEntry(f *model.File) *fdinfo.FileEntry {
 	return &fdinfo.FileEntry{Type: fdinfo.FdTypes_REG.Enum(), Id: proto.Uint32(uint32(f.ID)), Reg: r}
 }
 
-func fdinfoEntry(fd model.FD) *fdinfo.FdinfoEntry {
+func fdinfoEntry(fd model.FD, f *model.File) *fdinfo.FdinfoEntry {
 	fl := uint32(0)
 	if fd.Cloexec {
 		fl = unix.FD_CLOEXEC
 	}
 	return &fdinfo.FdinfoEntry{
-		Id: proto.Uint32(uint32(fd.File)), Flags: proto.Uint32(fl), Type: fdinfo.FdTypes_REG.Enum(), Fd: proto.Uint32(uint32(fd.Num)),
+		Id: proto.Uint32(uint32(fd.File)), Flags: proto.Uint32(fl), Type: fdType(f).Enum(), Fd: proto.Uint32(uint32(fd.Num)),
 	}
 }
 
