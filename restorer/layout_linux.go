@@ -170,7 +170,11 @@ func (r *taskRun) layout(s *session) error {
 	if err := r.moveVdso(s, special); err != nil {
 		return err
 	}
-	return r.mapVMAs(s)
+	if err := r.mapVMAs(s); err != nil {
+		return err
+	}
+	r.log.Infof("restore %d: %d VMAs laid out", pid, len(r.img.mm.VMAs))
+	return nil
 }
 
 // moveVdso moves the puppet's [vvar], [vvar_vclock] and [vdso] together to
@@ -211,24 +215,31 @@ func (r *taskRun) moveVdso(s *session, special []procfs.Mapping) error {
 	}
 	delta := dvdso.Start - pv.Start // modular arithmetic: may "wrap"
 	lo, hi := special[0].Start, special[0].End
-	want := map[[2]uint64]bool{}
+	// The vvar areas must cover exactly what the images' do, though
+	// CRIU (and godwit's images since) record [vvar] and [vvar_vclock]
+	// as one area: each lands inside one, and the sizes add up.
+	var dumped, here uint64
 	for _, v := range dvvar {
-		want[[2]uint64{v.Start, v.End}] = true
+		dumped += v.End - v.Start
 	}
 	for _, m := range special {
 		lo, hi = min(lo, m.Start), max(hi, m.End)
 		if m.Path == "[vdso]" {
 			continue
 		}
-		k := [2]uint64{m.Start + delta, m.End + delta}
-		if !want[k] {
-			return fmt.Errorf("vdso at %#x: %s would land at %#x-%#x, where the images have no vvar area (another kernel?)",
-				dvdso.Start, m.Path, k[0], k[1])
+		s, e := m.Start+delta, m.End+delta
+		inside := false
+		for _, v := range dvvar {
+			inside = inside || v.Start <= s && e <= v.End
 		}
-		delete(want, k)
+		if !inside {
+			return fmt.Errorf("vdso at %#x: %s would land at %#x-%#x, where the images have no vvar area (another kernel?)",
+				dvdso.Start, m.Path, s, e)
+		}
+		here += m.End - m.Start
 	}
-	for k := range want {
-		return fmt.Errorf("vvar %#x-%#x of the images has no counterpart on this kernel", k[0], k[1])
+	if here != dumped {
+		return fmt.Errorf("vvar areas of the images span %d bytes, %d on this kernel (another kernel?)", dumped, here)
 	}
 	if delta == 0 {
 		return nil

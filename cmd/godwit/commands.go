@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -35,7 +36,7 @@ func preDumpCmd(a *app) *cobra.Command {
 		Use:   "pre-dump -t PID [-D DIR]",
 		Short: "Save the memory changes since the previous pre-dump, leaving the tree running",
 		Args:  noArgs,
-		RunE:  func(*cobra.Command, []string) error { return errNotYet("pre-dump") },
+		RunE:  func(*cobra.Command, []string) error { return preDump(context.Background(), a.o, a.scripts) },
 	}
 	treeFlags(c.Flags(), a.o)
 	return c
@@ -106,7 +107,7 @@ and the service refuses to start. Idle clients are dropped after a minute.`,
 			if addr == "" {
 				addr = a.o.WorkPath("criu_service.socket") // CRIU's default name
 			}
-			s, err := service.Listen(service.Config{Path: addr, Group: gid})
+			s, err := service.Listen(service.Config{Path: addr, Group: gid, Hooks: rpcHooks()})
 			if err != nil {
 				return err
 			}
@@ -156,7 +157,7 @@ func swrkCmd(a *app) *cobra.Command {
 			fd, _ := strconv.Atoi(args[0])
 			f := os.NewFile(uintptr(fd), "swrk")
 			defer f.Close()
-			c, err := service.NewConn(f)
+			c, err := service.NewConn(f, rpcHooks())
 			if err != nil {
 				return fmt.Errorf("swrk: %w", err)
 			}
