@@ -151,7 +151,7 @@ func TestLazyDumpCLI(t *testing.T) {
 // lazy-pages daemon, which exits once all their pages are in.
 func TestLazyTreeRestore(t *testing.T) {
 	needRoot(t)
-	w := startWorkload(t, treeWorkload(t))
+	w := startTree(t, cWorkload(t, "tree"))
 	before := subtree(t, w.pid)
 	t.Cleanup(func() {
 		for p := range before {
