@@ -406,7 +406,7 @@ func (r *Restorer) getsPages(v *model.VMA) bool {
 		}
 	}
 	for i := lo; i < pr.Len() && pr.Range(i).Vaddr < v.End; i++ {
-		if pr.Range(i).Present() {
+		if pr.Range(i).Flags&(images.PagePresent|images.PageInParent) != 0 {
 			return true
 		}
 	}

@@ -31,6 +31,9 @@ type Options struct {
 	FileValidation string
 	// SkipFileRWXCheck skips comparing reopened files' permission bits.
 	SkipFileRWXCheck bool
+	// AutoDedup punches the restored pages out of the images (and their
+	// parents) once the task runs (criu(8)'s --auto-dedup).
+	AutoDedup bool
 }
 
 // FileValidation modes (criu(8)'s --file-validation).

@@ -284,3 +284,29 @@ func (r *Restorer) fillShmem() error {
 	}
 	return nil
 }
+
+// imageSource is the task's private pages from the images: through the
+// parent images for an incremental dump.
+func (r *Restorer) imageSource() pagexfer.Source {
+	if r.img.chain != nil {
+		return r.img.chain.Source()
+	}
+	return pagexfer.NewImageSource(r.img.pages)
+}
+
+// dedupRestored punches the pages the restore consumed out of the
+// images (--auto-dedup): they are in the task now.
+func (r *Restorer) dedupRestored() error {
+	if r.img.pages == nil {
+		return nil
+	}
+	c := r.img.chain
+	if c == nil {
+		var err error
+		if c, err = pagexfer.OpenChain(r.dir, images.PagemapImg(r.img.pid), r.img.pages); err != nil {
+			return err
+		}
+		defer c.Close()
+	}
+	return c.PunchResolved()
+}

@@ -16,7 +16,6 @@ import (
 	"godwit/internal/images"
 	"godwit/internal/logging"
 	"godwit/internal/model"
-	"godwit/internal/pagexfer"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 	"godwit/internal/puppet"
@@ -140,7 +139,7 @@ func RestoreContext(ctx context.Context, o Options, scripts *actions.Scripts) (*
 			if r.img.pages == nil {
 				return nil
 			}
-			return r.FillPages(interruptibleSource(ctx, pagexfer.NewImageSource(r.img.pages)))
+			return r.FillPages(interruptibleSource(ctx, r.imageSource()))
 		},
 		func() error { return r.interrupted(ctx) },
 		r.fillShmem,
@@ -152,6 +151,12 @@ func RestoreContext(ctx context.Context, o Options, scripts *actions.Scripts) (*
 	for _, step := range steps {
 		if err := step(); err != nil {
 			return nil, err
+		}
+	}
+	if r.o.AutoDedup {
+		// Only now: a failed restore keeps its images whole.
+		if err := r.dedupRestored(); err != nil {
+			r.log.Warnf("restore %d: --auto-dedup: %v", r.PID(), err)
 		}
 	}
 	return r, nil

@@ -86,8 +86,9 @@ var notYet = map[string]bool{
 // doneIn lists, per command, the notYet options it already implements.
 var doneIn = map[string]map[string]bool{
 	"page-server": {"prev-images-dir": true, "lazy-pages": true},
-	"dump":        {"page-server": true, "freeze-cgroup": true},
-	"restore":     {"shell-job": true},
+	"dump":        {"page-server": true, "freeze-cgroup": true, "prev-images-dir": true, "track-mem": true, "auto-dedup": true},
+	"pre-dump":    {"page-server": true, "prev-images-dir": true, "track-mem": true},
+	"restore":     {"shell-job": true, "auto-dedup": true},
 }
 
 func errNotYet(what string) error { return fmt.Errorf("%s is not supported yet", what) }

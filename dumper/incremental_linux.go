@@ -1,0 +1,437 @@
+package dumper
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/images"
+	"godwit/internal/pagexfer"
+	"godwit/internal/procfs"
+	"godwit/uffd"
+)
+
+// incrWriter writes one task's private pages for a round: a page that must
+// be saved gets its data when it is dirty or its parent does not have it,
+// and a PARENT entry otherwise. It reads with process_vm_readv (or
+// /proc/PID/mem for unreadable VMAs) and works on a running target: with
+// tolerant, a run that cannot be read any more (unmapped meanwhile) is
+// left out of the round and out of its coverage, so the next round takes
+// it if it still exists.
+type incrWriter struct {
+	pid      int
+	sink     pagexfer.Sink
+	tolerant bool
+	dirty    []span // sorted, merged
+	covered  []span // what the parent has, sorted, merged
+	marker   int64  // swap type of uffd-wp markers, -1 unknown
+
+	pm   *procfs.Pagemap
+	ents []procfs.PagemapEntry
+	mem  *os.File
+	buf  []byte
+	pend []incrRun
+	data uint64 // data pages in pend
+
+	out   []span // coverage of this round's pagemap
+	stats MemStats
+	// Parent counts the pages left to the parent images.
+	Parent uint64
+	// Lost counts the pages that vanished while being read (tolerant).
+	Lost uint64
+}
+
+type incrRun struct {
+	addr, nr      uint64
+	parent, force bool
+	failed        bool
+}
+
+func newIncrWriter(pid int, sink pagexfer.Sink, dirty, covered []span, tolerant bool) (*incrWriter, error) {
+	_, _ = procfs.ZeroPagePFN()
+	_, _ = procfs.HugeZeroPagePFN()
+	pm, err := procfs.OpenPagemap(pid)
+	if err != nil {
+		return nil, err
+	}
+	return &incrWriter{pid: pid, sink: sink, tolerant: tolerant, dirty: dirty, covered: covered,
+		marker: swapMarkerType(), pm: pm, ents: make([]procfs.PagemapEntry, scanPages), buf: make([]byte, batchBytes)}, nil
+}
+
+func (w *incrWriter) close() {
+	if w.pm != nil {
+		w.pm.Close()
+		w.pm = nil
+	}
+	if w.mem != nil {
+		w.mem.Close()
+		w.mem = nil
+	}
+}
+
+// want tells whether a page of a private mapping holds data to save:
+// present (not a clean page-cache page, not a zero page) or swapped out.
+// A uffd-wp marker looks swapped but holds nothing.
+func (w *incrWriter) want(e procfs.PagemapEntry) (ok, zero bool) {
+	switch {
+	case e.Present():
+		if e.File() {
+			return false, false
+		}
+		if procfs.IsZeroPFN(e.PFN()) {
+			return false, true
+		}
+		return true, false
+	case e.Swapped():
+		if e.File() || (w.marker >= 0 && int64(e.SwapType()) == w.marker) {
+			return false, false
+		}
+		return true, false
+	}
+	return false, false
+}
+
+// spanCursor answers "is addr in the set" for ascending addresses.
+type spanCursor struct {
+	s []span
+	i int
+}
+
+func (c *spanCursor) has(a uint64) bool {
+	for c.i < len(c.s) && c.s[c.i].End <= a {
+		c.i++
+	}
+	return c.i < len(c.s) && c.s[c.i].Start <= a
+}
+
+// writePrivate walks the private VMAs (sorted) and sends their pages.
+func (w *incrWriter) writePrivate(vmas []VMA) error {
+	dc := spanCursor{s: w.dirty}
+	cc := spanCursor{s: w.covered}
+	for i := range vmas {
+		v := &vmas[i]
+		if !v.Private() {
+			continue
+		}
+		force := v.Prot&unix.PROT_READ == 0
+		for a := v.Start; a < v.End; {
+			n := min((v.End-a)/pageSize, scanPages)
+			ents := w.ents[:n]
+			if err := w.pm.Read(a, ents); err != nil {
+				if w.tolerant && errors.Is(err, unix.EFAULT) {
+					break
+				}
+				return fmt.Errorf("pages of vma %#x-%#x: %w", v.Start, v.End, err)
+			}
+			w.stats.Scanned += n
+			for k, e := range ents {
+				addr := a + uint64(k)*pageSize
+				ok, zero := w.want(e)
+				if zero {
+					w.stats.Zero++
+				} else if !ok {
+					w.stats.Untouched++
+				}
+				if !ok {
+					continue
+				}
+				parent := !dc.has(addr) && cc.has(addr)
+				if err := w.add(addr, parent, force); err != nil {
+					return err
+				}
+			}
+			a += n * pageSize
+		}
+	}
+	return w.flush()
+}
+
+func (w *incrWriter) add(addr uint64, parent, force bool) error {
+	if k := len(w.pend) - 1; k >= 0 {
+		r := &w.pend[k]
+		if r.addr+r.nr*pageSize == addr && r.parent == parent && r.force == force {
+			r.nr++
+			if !parent {
+				w.data++
+			}
+			return w.maybeFlush()
+		}
+	}
+	w.pend = append(w.pend, incrRun{addr: addr, nr: 1, parent: parent, force: force})
+	if !parent {
+		w.data++
+	}
+	return w.maybeFlush()
+}
+
+func (w *incrWriter) maybeFlush() error {
+	if w.data >= maxBatchIovs || len(w.pend) >= 1024 {
+		return w.flush()
+	}
+	return nil
+}
+
+// flush reads the data runs and sends every run in address order.
+func (w *incrWriter) flush() error {
+	if len(w.pend) == 0 {
+		return nil
+	}
+	if err := w.read(); err != nil {
+		return err
+	}
+	off := 0
+	for _, r := range w.pend {
+		if r.parent {
+			if err := w.sink.Hole(r.addr, r.nr); err != nil {
+				return err
+			}
+			w.Parent += r.nr
+			w.cover(r.addr, r.nr)
+			continue
+		}
+		n := int(r.nr * pageSize)
+		if r.failed {
+			w.Lost += r.nr
+			off += n
+			continue
+		}
+		c := pagexfer.NewChunk(w.buf[off : off+n])
+		if err := w.sink.AddPages(r.addr, r.nr, images.PagePresent, &c); err != nil {
+			return err
+		}
+		w.stats.Written += r.nr
+		w.cover(r.addr, r.nr)
+		off += n
+	}
+	w.pend, w.data = w.pend[:0], 0
+	return nil
+}
+
+// read loads the data runs of pend into buf, one after the other: the
+// unreadable VMAs' runs from /proc/PID/mem, stretches of the others with
+// one process_vm_readv each. On a running target (tolerant) a stretch
+// that fails is read again run by run, and runs that still fail are
+// marked failed.
+func (w *incrWriter) read() error {
+	var seg []int // indexes in pend of the stretch being collected
+	segOff, off := 0, 0
+	end := func() error {
+		if len(seg) == 0 {
+			return nil
+		}
+		remote := make([]unix.RemoteIovec, 0, len(seg))
+		total := 0
+		for _, i := range seg {
+			n := int(w.pend[i].nr * pageSize)
+			remote = append(remote, unix.RemoteIovec{Base: uintptr(w.pend[i].addr), Len: n})
+			total += n
+		}
+		err := readv(w.pid, w.buf[segOff:segOff+total], remote)
+		if err != nil && w.tolerant {
+			err = nil
+			o := segOff
+			for _, i := range seg {
+				r := &w.pend[i]
+				n := int(r.nr * pageSize)
+				if readv(w.pid, w.buf[o:o+n], []unix.RemoteIovec{{Base: uintptr(r.addr), Len: n}}) != nil {
+					r.failed = true
+				}
+				o += n
+			}
+		}
+		seg = seg[:0]
+		return err
+	}
+	for i := range w.pend {
+		r := &w.pend[i]
+		if r.parent {
+			continue
+		}
+		n := int(r.nr * pageSize)
+		if r.force {
+			if err := end(); err != nil {
+				return err
+			}
+			if err := w.readMem(w.buf[off:off+n], r.addr); err != nil {
+				if !w.tolerant {
+					return err
+				}
+				r.failed = true
+			}
+		} else {
+			if len(seg) == 0 {
+				segOff = off
+			}
+			seg = append(seg, i)
+		}
+		off += n
+	}
+	return end()
+}
+
+func (w *incrWriter) readMem(b []byte, addr uint64) error {
+	if w.mem == nil {
+		f, err := os.Open(procfs.Path(w.pid, "mem"))
+		if err != nil {
+			return err
+		}
+		w.mem = f
+	}
+	if _, err := w.mem.ReadAt(b, int64(addr)); err != nil {
+		return fmt.Errorf("read /proc/%d/mem at %#x: %w", w.pid, addr, err)
+	}
+	return nil
+}
+
+func (w *incrWriter) cover(addr, nr uint64) {
+	end := addr + nr*pageSize
+	if k := len(w.out) - 1; k >= 0 && w.out[k].End == addr {
+		w.out[k].End = end
+		return
+	}
+	w.out = append(w.out, span{addr, end})
+}
+
+// spans turns VMAs and regions into sorted, merged spans.
+func spansOf(vs ...[]uffd.VMA) []span {
+	var out []span
+	for _, l := range vs {
+		for _, v := range l {
+			if v.End > v.Start {
+				out = append(out, span{v.Start &^ (pageSize - 1), (v.End + pageSize - 1) &^ (pageSize - 1)})
+			}
+		}
+	}
+	return mergeSpans(out)
+}
+
+func regionSpans(rs []uffd.Region) []span {
+	out := make([]span, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, span{r.Start, r.End})
+	}
+	return out
+}
+
+func mergeSpans(s []span) []span {
+	sort.Slice(s, func(i, j int) bool { return s[i].Start < s[j].Start })
+	m := s[:0]
+	for _, v := range s {
+		if k := len(m) - 1; k >= 0 && v.Start <= m[k].End {
+			m[k].End = max(m[k].End, v.End)
+			continue
+		}
+		m = append(m, v)
+	}
+	return m
+}
+
+// intersectSpans returns a ∩ b (both sorted, merged).
+func intersectSpans(a, b []span) []span {
+	var out []span
+	i, j := 0, 0
+	for i < len(a) && j < len(b) {
+		s, e := max(a[i].Start, b[j].Start), min(a[i].End, b[j].End)
+		if s < e {
+			out = append(out, span{s, e})
+		}
+		if a[i].End < b[j].End {
+			i++
+		} else {
+			j++
+		}
+	}
+	return out
+}
+
+// subtractSpans returns a − b (both sorted, merged).
+func subtractSpans(a, b []span) []span {
+	var out []span
+	j := 0
+	for _, v := range a {
+		s := v.Start
+		for j < len(b) && b[j].End <= s {
+			j++
+		}
+		for k := j; k < len(b) && b[k].Start < v.End; k++ {
+			if b[k].Start > s {
+				out = append(out, span{s, b[k].Start})
+			}
+			s = max(s, b[k].End)
+		}
+		if s < v.End {
+			out = append(out, span{s, v.End})
+		}
+	}
+	return out
+}
+
+// trackVMAs are the ranges a round tracks: the private VMAs (shared
+// memory is taken whole by the final dump).
+func trackVMAs(vmas []VMA) []uffd.VMA {
+	var out []uffd.VMA
+	for i := range vmas {
+		if vmas[i].Private() {
+			out = append(out, uffd.VMA{Start: vmas[i].Start, End: vmas[i].End})
+		}
+	}
+	return out
+}
+
+// scanDirty runs the tracker for a round and returns the dirty spans: the
+// written pages, and every part of the current private VMAs that was not
+// tracked continuously since the previous round (new, moved, grown,
+// re-registered or untrackable ranges), which is taken whole.
+func (t *tracking) scanDirty(vmas []VMA) (dirty []span, tr *uffd.Tracker, res *uffd.ScanResult, err error) {
+	pm, err := uffd.OpenPagemap(t.pid)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer pm.Close()
+	tr, err = uffd.NewTracker(t.u, pm)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var prev []span
+	if !t.fresh {
+		tr.Adopt(t.st.Tracked)
+		prev = spansOf(t.st.Tracked)
+	}
+	cur := trackVMAs(vmas)
+	t.scanned = true
+	res, err = tr.Scan(cur)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("track %d: %w", t.pid, err)
+	}
+	post := spansOf(tr.Tracked())
+	steady := intersectSpans(prev, post)
+	dirty = append(regionSpans(res.Written), spansOf(res.New, res.Untrackable)...)
+	dirty = append(dirty, subtractSpans(spansOf(cur), steady)...)
+	dirty = mergeSpans(dirty)
+	// The vDSO cannot be registered, and needs no note.
+	var odd []uffd.VMA
+	var oddErr error
+	for i, u := range res.Untrackable {
+		if !isSpecial(vmas, u.Start) {
+			odd = append(odd, u)
+			oddErr = res.UntrackableErr[i]
+		}
+	}
+	if len(odd) > 0 {
+		t.note("%d range(s) cannot be tracked (e.g. %v: %v): taken whole every round", len(odd), odd[0], oddErr)
+	}
+	return dirty, tr, res, nil
+}
+
+// isSpecial tells whether addr lies in the vDSO or vvar.
+func isSpecial(vmas []VMA, addr uint64) bool {
+	for i := range vmas {
+		if v := &vmas[i]; v.Start <= addr && addr < v.End {
+			return v.Status&(images.VmaAreaVdso|images.VmaAreaVvar) != 0
+		}
+	}
+	return false
+}
