@@ -308,9 +308,16 @@ func (t *tracking) adopt(parent *images.Dir) (bool, error) {
 		t.dropHolder()
 		return false, nil
 	}
-	if link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", rec.HolderPid, holderUffdFD)); err != nil || link != "anon_inode:[userfaultfd]" {
+	link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", rec.HolderPid, holderUffdFD))
+	if err != nil {
+		// Exiting (a zombie has no fds).
+		t.note("holder %d is exiting: taking every page", rec.HolderPid)
 		t.dropHolder()
-		return false, fmt.Errorf("track %d: holder %d does not hold a userfaultfd as fd %d", t.pid, rec.HolderPid, holderUffdFD)
+		return false, nil
+	}
+	if link != "anon_inode:[userfaultfd]" {
+		t.dropHolder()
+		return false, fmt.Errorf("track %d: holder %d holds %q as fd %d, not a userfaultfd", t.pid, rec.HolderPid, link, holderUffdFD)
 	}
 	sfd, err := unix.PidfdGetfd(hfd, holderStateFD, 0)
 	if err != nil {
@@ -451,7 +458,14 @@ func (t *tracking) startHolder(timeout time.Duration) error {
 	}
 	pidf := os.NewFile(uintptr(pfd), "target-pidfd")
 	defer pidf.Close()
-	uf := os.NewFile(uintptr(t.u.Fd()), "uffd")
+	// The holder gets a duplicate: an os.File around the uffd's own fd
+	// would close it when collected.
+	ufd, err := unix.FcntlInt(uintptr(t.u.Fd()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("track %d: dup uffd: %w", t.pid, err)
+	}
+	uf := os.NewFile(uintptr(ufd), "uffd")
+	defer uf.Close()
 	cmd := exec.Command(exe)
 	cmd.Args = []string{holderComm}
 	cmd.Env = []string{holderEnv + "=" + strconv.Itoa(int(max(timeout/time.Second, 1)))}

@@ -295,18 +295,27 @@ func (r *Restorer) imageSource() pagexfer.Source {
 }
 
 // dedupRestored punches the pages the restore consumed out of the
-// images (--auto-dedup): they are in the task now.
+// images (--auto-dedup): they are in the task now. The images are read
+// again: the restore's readers are closed by now.
 func (r *Restorer) dedupRestored() error {
-	if r.img.pages == nil {
+	d, err := images.Open(r.o.ImagesDir, false)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	name := images.PagemapImg(r.img.pid)
+	if !d.Exists(name) {
 		return nil
 	}
-	c := r.img.chain
-	if c == nil {
-		var err error
-		if c, err = pagexfer.OpenChain(r.dir, images.PagemapImg(r.img.pid), r.img.pages); err != nil {
-			return err
-		}
-		defer c.Close()
+	top, err := images.OpenPages(d, name)
+	if err != nil {
+		return err
 	}
+	defer top.Close()
+	c, err := pagexfer.OpenChain(d, name, top)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
 	return c.PunchResolved()
 }

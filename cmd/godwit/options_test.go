@@ -210,7 +210,7 @@ func TestNotYetSupportedFailsLoudly(t *testing.T) {
 	for _, args := range [][]string{
 		{"restore", "--lazy-pages"},
 		{"dump", "-t", "1", "--tcp-established"},
-		{"pre-dump", "-t", "1", "--track-mem"},
+		{"pre-dump", "-t", "1", "--tcp-established"},
 		{"check", "-L", "/plugins"},
 		{"restore", "-d", "-S"},
 	} {

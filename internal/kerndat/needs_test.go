@@ -36,9 +36,9 @@ func TestNeedsGateProbe(t *testing.T) {
 }
 
 func TestNeedsNotBuilt(t *testing.T) {
-	// pre-dump, lazy restore and pidfd_store_sk do not exist in godwit yet;
-	// when one lands, its test lands with it and this list shrinks.
-	for _, name := range []string{"mem_dirty_track", "soft_dirty", "lazy_pages", "uffd", "uffd-noncoop", "pidfd_store"} {
+	// lazy restore and pidfd_store_sk do not exist in godwit yet; when
+	// one lands, its test lands with it and this list shrinks.
+	for _, name := range []string{"lazy_pages", "uffd", "uffd-noncoop", "pidfd_store"} {
 		c, ok := Needs(name)
 		if !ok || c.Built {
 			t.Errorf("%s: Needs = %+v, %v; want a command not built yet", name, c, ok)
@@ -46,5 +46,14 @@ func TestNeedsNotBuilt(t *testing.T) {
 	}
 	if _, ok := Needs("kcmp"); ok {
 		t.Error("kcmp needs no command beyond dump/restore")
+	}
+}
+
+// pre-dump is built: its features are reported from the kernel alone.
+func TestNeedsPreDumpBuilt(t *testing.T) {
+	for _, name := range []string{"mem_dirty_track", "soft_dirty"} {
+		if c, ok := Needs(name); !ok || !c.Built {
+			t.Errorf("%s: Needs = %+v, %v; want pre-dump, built", name, c, ok)
+		}
 	}
 }
