@@ -497,3 +497,31 @@ func TestPreDumpPageServerChain(t *testing.T) {
 		t.Fatalf("restored memory hash %s, dumped %s", h2, h1)
 	}
 }
+
+// A program that registers memory with its own userfaultfd: that memory
+// cannot be tracked, so every round takes it whole, with a note.
+func TestPreDumpProgramUsesUffd(t *testing.T) {
+	needRoot(t)
+	bin := filepath.Join(t.TempDir(), "uffduser")
+	if out, err := exec.Command("gcc", "-O2", "-o", bin, "testdata/uffduser.c").CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v: %s", err, out)
+	}
+	log := filepath.Join(t.TempDir(), "uffduser.log")
+	p := start(t, log, "ready pid=", bin, log)
+	m := regexp.MustCompile(`U=0x([0-9a-f]+)`).FindStringSubmatch(readLog(t, log))
+	u, _ := strconv.ParseUint(m[1], 16, 64)
+	root := t.TempDir()
+	t.Cleanup(func() { killHolder(t, filepath.Join(root, "p1")) })
+	preDump(t, PreDumpOptions{Pid: p.Pid, ImagesDir: filepath.Join(root, "p1")})
+	res := preDump(t, PreDumpOptions{Pid: p.Pid, ImagesDir: filepath.Join(root, "p2"), PrevImagesDir: "../p1"})
+	if len(res.Notes) == 0 || !strings.Contains(strings.Join(res.Notes, "\n"), "cannot be tracked") {
+		t.Errorf("round 2 notes: %q", res.Notes)
+	}
+	f := pageFlags(t, filepath.Join(root, "p2"), p.Pid)
+	for i := uint64(0); i < 16; i++ {
+		if got := f[u+i*pageSize]; got != images.PagePresent {
+			t.Fatalf("round 2: page %d of the program's uffd region: flags %#x, want present", i, got)
+		}
+	}
+	assertRunningUntraced(t, p.Pid)
+}
