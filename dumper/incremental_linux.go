@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -434,4 +435,47 @@ func isSpecial(vmas []VMA, addr uint64) bool {
 		}
 	}
 	return false
+}
+
+// roundVMAs lists a running target's mappings for a pre-dump round from
+// /proc/PID/maps, which is cheap (smaps walks every page table to count
+// RSS: ~100 ms for 1 GiB): a round needs only the ranges, protection and
+// kind (private, shared anonymous, special).
+func roundVMAs(pid int) ([]VMA, error) {
+	ms, err := procfs.ReadMaps(pid)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]VMA, 0, len(ms))
+	for i := range ms {
+		m := &ms[i]
+		v := VMA{Start: m.Start, End: m.End, Path: m.Path, Status: images.VmaAreaRegular}
+		if m.Read {
+			v.Prot |= unix.PROT_READ
+		}
+		if m.Write {
+			v.Prot |= unix.PROT_WRITE
+		}
+		if m.Exec {
+			v.Prot |= unix.PROT_EXEC
+		}
+		switch {
+		case m.Path == "[vdso]":
+			v.Status |= images.VmaAreaVdso
+		case m.Path == "[vvar]" || m.Path == "[vvar_vclock]" || m.Path == "[vsyscall]":
+			v.Status |= images.VmaAreaVvar
+		case m.IsAnon() && !m.Shared:
+			v.Status |= images.VmaAnonPrivate
+		case m.Shared && (m.IsAnon() || m.Path == "/dev/zero" || strings.HasPrefix(m.Path, "/memfd:") ||
+			strings.HasPrefix(m.Path, "[anon_shmem:") || strings.HasPrefix(m.Path, "/SYSV")):
+			v.Status |= images.VmaAnonShared
+			v.Shmid = m.Inode
+		case m.Shared:
+			v.Status |= images.VmaFileShared
+		default:
+			v.Status |= images.VmaFilePrivate
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }

@@ -141,17 +141,20 @@ func preDumpRound(ctx context.Context, o PreDumpOptions, proc *pidfd.Proc, stage
 			return nil, err
 		}
 	}
-	vmas, err := CollectVMAs(pid, nil)
+	vmas, err := roundVMAs(pid)
 	if err != nil {
 		return nil, err
 	}
 	if err := proc.Verify(); err != nil {
 		return nil, err
 	}
+	tScan := time.Now()
 	dirty, tr, scan, err := tk.scanDirty(vmas)
 	if err != nil {
 		return nil, err
 	}
+	logging.Default().Debugf("pre-dump %d: %d VMAs read in %v, tracker scan %v (%d written ranges, %d new)",
+		pid, len(vmas), tScan.Sub(t0), time.Since(tScan), len(scan.Written), len(scan.New))
 	sink, err := target.Open(dir, images.PagemapImg(pid), 1)
 	if err != nil {
 		return nil, err

@@ -152,7 +152,7 @@ func (t *Tracker) scan(res *ScanResult, vmas []VMA) error {
 	// call; holes between VMAs are skipped by the kernel.
 	var lost []VMA
 	for _, run := range runs(kept, cur) {
-		if err := t.scanRun(run, res, &added, &lost); err != nil {
+		if err := t.scanRun(run, res, cur, &added, &lost); err != nil {
 			return err
 		}
 	}
@@ -210,7 +210,7 @@ const scanReturn = PageIsWritten | PageIsPresent | PageIsSwapped | PageIsPFNZero
 // reported, so writes could be lost. Without it the kernel skips such VMAs;
 // the second, cheap pass (whole VMAs are accepted or skipped on their
 // category, no page-table walk for registered ones) finds them.
-func (t *Tracker) scanRun(run VMA, res *ScanResult, added, lost *[]VMA) error {
+func (t *Tracker) scanRun(run VMA, res *ScanResult, cur []VMA, added, lost *[]VMA) error {
 	var err error
 	ret := uint64(PageIsWritten)
 	if t.DetailedCategories {
@@ -226,8 +226,13 @@ func (t *Tracker) scanRun(run VMA, res *ScanResult, added, lost *[]VMA) error {
 	if err != nil {
 		return fmt.Errorf("tracker: %w", err)
 	}
+	var unreg []VMA
 	for _, r := range t.lost {
-		v := VMA{r.Start, r.End}
+		unreg = append(unreg, VMA{r.Start, r.End})
+	}
+	// Only the caller's VMAs: a run may span mappings it does not want
+	// tracked (the vDSO, shared memory…) between two that it does.
+	for _, v := range intersect(normalize(unreg), cur) {
 		*lost = append(*lost, v)
 		if err := t.start(v); err != nil {
 			if errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.ENOENT) || untrackable(err) || errors.Is(err, unix.ESRCH) {
