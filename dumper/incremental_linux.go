@@ -1,7 +1,6 @@
 package dumper
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -32,10 +31,16 @@ type incrWriter struct {
 
 	pm   *procfs.Pagemap
 	ents []procfs.PagemapEntry
-	mem  *os.File
-	buf  []byte
-	pend []incrRun
-	data uint64 // data pages in pend
+	scan *uffd.Pagemap // PAGEMAP_SCAN
+	regs []uffd.Region
+	dc   spanCursor // over dirty
+	cc   spanCursor // over covered
+	// taken counts the pages queued (data or PARENT).
+	taken uint64
+	mem   *os.File
+	buf   []byte
+	pend  []incrRun
+	data  uint64 // data pages in pend
 
 	out   []span // coverage of this round's pagemap
 	stats MemStats
@@ -58,14 +63,23 @@ func newIncrWriter(pid int, sink pagexfer.Sink, dirty, covered []span, tolerant 
 	if err != nil {
 		return nil, err
 	}
+	sp, err := uffd.OpenPagemap(pid)
+	if err != nil {
+		pm.Close()
+		return nil, err
+	}
 	return &incrWriter{pid: pid, sink: sink, tolerant: tolerant, dirty: dirty, covered: covered,
-		marker: swapMarkerType(), pm: pm, ents: make([]procfs.PagemapEntry, scanPages), buf: make([]byte, batchBytes)}, nil
+		marker: swapMarkerType(), pm: pm, scan: sp, ents: make([]procfs.PagemapEntry, scanPages), buf: make([]byte, batchBytes)}, nil
 }
 
 func (w *incrWriter) close() {
 	if w.pm != nil {
 		w.pm.Close()
 		w.pm = nil
+	}
+	if w.scan != nil {
+		w.scan.Close()
+		w.scan = nil
 	}
 	if w.mem != nil {
 		w.mem.Close()
@@ -102,70 +116,140 @@ type spanCursor struct {
 }
 
 func (c *spanCursor) has(a uint64) bool {
+	in, _ := c.at(a)
+	return in
+}
+
+// at tells whether a is in the set, and where that answer changes: the
+// end of a's span, or the start of the next one (MaxUint64: none).
+func (c *spanCursor) at(a uint64) (bool, uint64) {
 	for c.i < len(c.s) && c.s[c.i].End <= a {
 		c.i++
 	}
-	return c.i < len(c.s) && c.s[c.i].Start <= a
+	switch {
+	case c.i >= len(c.s):
+		return false, ^uint64(0)
+	case c.s[c.i].Start <= a:
+		return true, c.s[c.i].End
+	}
+	return false, c.s[c.i].Start
 }
 
-// writePrivate walks the private VMAs (sorted) and sends their pages.
+// pageCats are the PAGEMAP_SCAN categories a round sorts pages by.
+const pageCats = uffd.PageIsPresent | uffd.PageIsSwapped | uffd.PageIsFile | uffd.PageIsPFNZero
+
+// writePrivate walks the private VMAs (sorted) and sends their pages. The
+// pages holding data are found with PAGEMAP_SCAN, in ranges; only ranges
+// that look swapped out are read page by page from /proc/PID/pagemap, to
+// tell uffd-wp markers (no data) from swap and migration entries.
 func (w *incrWriter) writePrivate(vmas []VMA) error {
-	dc := spanCursor{s: w.dirty}
-	cc := spanCursor{s: w.covered}
+	w.dc, w.cc = spanCursor{s: w.dirty}, spanCursor{s: w.covered}
 	for i := range vmas {
 		v := &vmas[i]
 		if !v.Private() {
 			continue
 		}
 		force := v.Prot&unix.PROT_READ == 0
-		for a := v.Start; a < v.End; {
-			n := min((v.End-a)/pageSize, scanPages)
-			ents := w.ents[:n]
-			if err := w.pm.Read(a, ents); err != nil {
-				if w.tolerant && errors.Is(err, unix.EFAULT) {
-					break
+		var err error
+		w.regs, err = w.scan.Scan(uffd.ScanArgs{Start: v.Start, End: v.End, CategoryAnyof: uffd.PageIsPresent | uffd.PageIsSwapped,
+			ReturnMask: pageCats}, w.regs[:0])
+		if err != nil {
+			return fmt.Errorf("pages of vma %#x-%#x: %w", v.Start, v.End, err)
+		}
+		n := (v.End - v.Start) / pageSize
+		w.stats.Scanned += n
+		taken, zero := w.taken, w.stats.Zero
+		for _, r := range w.regs {
+			switch c := r.Categories; {
+			case c&uffd.PageIsSwapped != 0:
+				if err := w.perPage(r.Start, r.End, force); err != nil {
+					return fmt.Errorf("pages of vma %#x-%#x: %w", v.Start, v.End, err)
 				}
-				return fmt.Errorf("pages of vma %#x-%#x: %w", v.Start, v.End, err)
-			}
-			w.stats.Scanned += n
-			for k, e := range ents {
-				addr := a + uint64(k)*pageSize
-				ok, zero := w.want(e)
-				if zero {
-					w.stats.Zero++
-				} else if !ok {
-					w.stats.Untouched++
-				}
-				if !ok {
-					continue
-				}
-				parent := !dc.has(addr) && cc.has(addr)
-				if err := w.add(addr, parent, force); err != nil {
+			case c&uffd.PageIsFile != 0:
+				// Clean page-cache pages of a private file mapping.
+			case c&uffd.PageIsPFNZero != 0:
+				w.stats.Zero += (r.End - r.Start) / pageSize
+			default:
+				if err := w.addRange(r.Start, r.End, force); err != nil {
 					return err
 				}
 			}
-			a += n * pageSize
 		}
+		w.stats.Untouched += n - (w.taken - taken) - (w.stats.Zero - zero)
 	}
 	return w.flush()
 }
 
-func (w *incrWriter) add(addr uint64, parent, force bool) error {
-	if k := len(w.pend) - 1; k >= 0 {
-		r := &w.pend[k]
-		if r.addr+r.nr*pageSize == addr && r.parent == parent && r.force == force {
-			r.nr++
-			if !parent {
-				w.data++
-			}
-			return w.maybeFlush()
+// perPage sorts [a, b) page by page from /proc/PID/pagemap.
+func (w *incrWriter) perPage(a, b uint64, force bool) error {
+	for a < b {
+		n := min((b-a)/pageSize, scanPages)
+		ents := w.ents[:n]
+		if err := w.pm.Read(a, ents); err != nil {
+			return err
 		}
+		for k, e := range ents {
+			addr := a + uint64(k)*pageSize
+			ok, zero := w.want(e)
+			if zero {
+				w.stats.Zero++
+			}
+			if ok {
+				if err := w.addRange(addr, addr+pageSize, force); err != nil {
+					return err
+				}
+			}
+		}
+		a += n * pageSize
 	}
-	w.pend = append(w.pend, incrRun{addr: addr, nr: 1, parent: parent, force: force})
-	if !parent {
-		w.data++
+	return nil
+}
+
+// addRange adds the pages [a, b) that hold data: with their data where
+// dirty or not in the parent, as PARENT entries elsewhere.
+func (w *incrWriter) addRange(a, b uint64, force bool) error {
+	for a < b {
+		dirty, dEnd := w.dc.at(a)
+		end := min(b, dEnd)
+		parent := false
+		if !dirty {
+			in, cEnd := w.cc.at(a)
+			parent = in
+			end = min(end, cEnd)
+		}
+		if err := w.addRun(a, (end-a)/pageSize, parent, force); err != nil {
+			return err
+		}
+		a = end
 	}
-	return w.maybeFlush()
+	return nil
+}
+
+// addRun queues nr pages at addr, flushing whenever a batch of data is
+// full.
+func (w *incrWriter) addRun(addr, nr uint64, parent, force bool) error {
+	for nr > 0 {
+		k := nr
+		if !parent {
+			k = min(nr, maxBatchIovs-w.data)
+		}
+		if n := len(w.pend) - 1; n >= 0 && w.pend[n].addr+w.pend[n].nr*pageSize == addr &&
+			w.pend[n].parent == parent && w.pend[n].force == force {
+			w.pend[n].nr += k
+		} else {
+			w.pend = append(w.pend, incrRun{addr: addr, nr: k, parent: parent, force: force})
+		}
+		if !parent {
+			w.data += k
+		}
+		w.taken += k
+		if err := w.maybeFlush(); err != nil {
+			return err
+		}
+		addr += k * pageSize
+		nr -= k
+	}
+	return nil
 }
 
 func (w *incrWriter) maybeFlush() error {
