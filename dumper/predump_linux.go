@@ -119,7 +119,9 @@ func PreDump(ctx context.Context, o PreDumpOptions) (*PreDumpResult, error) {
 		return nil, fmt.Errorf("pre-dump: %w", err)
 	}
 	defer tk.close()
-	res, err := preDumpRound(ctx, o, proc, stage, tk, target, parent != nil)
+	// PARENT entries need the parent's pagemap: locally, in the parent
+	// directory (a page server answers for its own, see sinkHasParent).
+	res, err := preDumpRound(ctx, o, proc, stage, tk, target, parent != nil && parent.Exists(images.PagemapImg(pid)))
 	if err != nil {
 		tk.fail()
 		return nil, fmt.Errorf("pre-dump %d: %w", pid, err)
@@ -134,7 +136,7 @@ func preDumpRound(ctx context.Context, o PreDumpOptions, proc *pidfd.Proc, stage
 	pid := o.Pid
 	dir := stage.Dir()
 	t0 := time.Now()
-	if chained {
+	if o.PrevImagesDir != "" {
 		// CRIU's layout: "parent" → --prev-images-dir, resolved from
 		// the images directory (the link moves there on commit).
 		if err := dir.Symlink(o.PrevImagesDir, "parent"); err != nil {
@@ -296,9 +298,10 @@ func openTrackedDump(o Options, log *logging.Logger) (*trackedDump, *images.Dir,
 	if err != nil {
 		return nil, nil, fmt.Errorf("dump: %w", err)
 	}
+	hasPagemap := parent.Exists(images.PagemapImg(o.Pid))
 	if !o.TrackMem {
 		// A full dump that only links its parent, as CRIU's.
-		return &trackedDump{chained: true}, parent, nil
+		return &trackedDump{chained: hasPagemap}, parent, nil
 	}
 	// No fresh tracking here: without the parent's, the dump is full.
 	tk, err := openTracking(o.Pid, parent, 0, log, false)
@@ -306,7 +309,7 @@ func openTrackedDump(o Options, log *logging.Logger) (*trackedDump, *images.Dir,
 		parent.Close()
 		return nil, nil, fmt.Errorf("dump: %w", err)
 	}
-	return &trackedDump{tk: tk, chained: true}, parent, nil
+	return &trackedDump{tk: tk, chained: hasPagemap}, parent, nil
 }
 
 // writePrivate sends the private pages of the frozen task: only what

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -510,13 +511,12 @@ func readAllLimited(f *os.File) ([]byte, error) {
 		}
 		n, err := f.ReadAt(b[len(b):cap(b)], int64(len(b)))
 		b = b[:len(b)+n]
-		if err != nil {
-			if errors.Is(err, os.ErrClosed) {
-				return nil, err
-			}
+		if errors.Is(err, io.EOF) {
 			if n == 0 {
 				return b, nil
 			}
+		} else if err != nil {
+			return nil, fmt.Errorf("read %s: %w", f.Name(), err)
 		}
 	}
 }
