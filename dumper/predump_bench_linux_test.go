@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
 
+	"godwit/internal/logging"
 	"godwit/internal/ptrace"
 	"godwit/internal/testutil"
 )
@@ -74,6 +76,25 @@ func benchPreDump(b *testing.B, mib, pct, later int) {
 	warmMemory(b, base, int64(mib)<<21)
 	b.Logf("warmed %d MiB of fresh memory first (first touch costs ~12 µs a page on these VMs)", mib*2)
 	w := startRewriter(b, pages, rate)
+	// The frozen part of a first round is the tracking's set-up: measured
+	// alone several times (one sample on these shared VMs can catch a
+	// scheduling delay of 100 ms), each against a bare freeze.
+	var setups, bare []time.Duration
+	for i := 0; i < 7; i++ {
+		bare = append(bare, bareFreeze(b, w.p.Pid))
+		tk, err := openTracking(w.p.Pid, nil, time.Minute, logging.Default(), true)
+		if err != nil {
+			b.Fatal(err)
+		}
+		setups = append(setups, tk.frozen)
+		tk.end()
+		tk.close()
+	}
+	b.Logf("%d MiB: tracking set-up froze the target %v (median of %d; min %v, max %v); bare freeze+thaw %v: %.1fx",
+		mib, testutil.Median(setups), len(setups), slices.Min(setups), slices.Max(setups), testutil.Median(bare),
+		testutil.MedianRatio(setups, bare))
+	b.ReportMetric(testutil.Median(setups).Seconds()*1e3, "setup-frozen-median-ms")
+	b.ReportMetric(testutil.MedianRatio(setups, bare), "setup-frozen-x-floor")
 	b.ResetTimer()
 	for it := 0; it < b.N; it++ {
 		dir := func(i int) string { return filepath.Join(base, strconv.Itoa(it), fmt.Sprintf("pre%d", i)) }
