@@ -17,8 +17,8 @@ const pfKthread = 0x00200000
 
 // Check refuses, with a one-line reason, a PID godwit cannot dump: one that
 // does not exist, PID 1, godwit itself or one of its ancestors, a zombie or
-// a kernel thread, a thread that is not a group leader, a task with
-// children, one already traced, and one under seccomp.
+// a kernel thread, a thread that is not a group leader, one already traced, and one
+// under seccomp. Children are checked as the tree is frozen.
 func Check(pid int) error {
 	if pid <= 0 {
 		return fmt.Errorf("bad pid %d", pid)
@@ -54,10 +54,7 @@ func Check(pid int) error {
 	if st.TracerPid != 0 {
 		return fmt.Errorf("pid %d is already traced by pid %d", pid, st.TracerPid)
 	}
-	if err := checkSeccomp(pid, st); err != nil {
-		return err
-	}
-	return checkChildren(pid)
+	return checkSeccomp(pid, st)
 }
 
 func checkSeccomp(pid int, st *procfs.Status) error {
@@ -111,19 +108,4 @@ func Children(pid int) ([]int, error) {
 	}
 	sort.Ints(out)
 	return out, nil
-}
-
-func checkChildren(pid int) error {
-	kids, err := Children(pid)
-	if err != nil {
-		return err
-	}
-	if len(kids) == 0 {
-		return nil
-	}
-	s := make([]string, len(kids))
-	for i, k := range kids {
-		s[i] = strconv.Itoa(k)
-	}
-	return fmt.Errorf("process trees are not supported yet: %d has children %s", pid, strings.Join(s, ","))
 }

@@ -27,7 +27,8 @@ import (
 // Result is what a dump did.
 type Result struct {
 	Pid     int
-	Threads []int // leader first
+	Threads []int // of the root, leader first
+	Pids    []int // every task of the tree, parents before children
 	Method  Method
 	Stats   *stats.DumpStatsEntry
 	Mem     MemStats
@@ -173,20 +174,42 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	} else if tids, err = tr.FreezeProcess(pid, 0); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
 	}
-	frozenAt := time.Now()
 	thawErr := error(nil)
+	var tree []*frozenTask
 	rb.add(func() {
 		// Detach untouched: also right for a task that turned out
-		// not to be the one checked.
-		thawErr = tr.ThawProcess(pid, false)
+		// not to be the one checked. Children first, so that no
+		// parent runs while a child is still held.
+		if tree == nil {
+			thawErr = tr.ThawProcess(pid, false)
+			return
+		}
+		var errs []error
+		for i := len(tree) - 1; i >= 0; i-- {
+			if t := tree[i]; !t.zombie {
+				if err := tr.ThawProcess(t.pid, false); err != nil {
+					errs = append(errs, fmt.Errorf("task %d: %w", t.pid, err))
+				}
+			}
+		}
+		thawErr = errors.Join(errs...)
 	})
 	// Seized by number: the pidfd tells whether that was our process.
 	if err := proc.Verify(); err != nil {
 		rb.run()
 		return nil, fmt.Errorf("dump: after seizing: %w", err)
 	}
-	logging.Default().Infof("dump %d: froze %d threads in %v", pid, len(tids), frozenAt.Sub(t0))
-	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track}
+	tree, err = freezeTree(tr, pid, tids)
+	if err != nil {
+		rb.run()
+		if thawErr != nil {
+			err = errors.Join(err, fmt.Errorf("resume: %w", thawErr))
+		}
+		return nil, fmt.Errorf("dump %d: %w", pid, err)
+	}
+	frozenAt := time.Now()
+	logging.Default().Infof("dump %d: froze %d tasks (%d threads in the root) in %v", pid, len(tree), len(tids), frozenAt.Sub(t0))
+	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track}
 	err = d.safeCollect()
 	if err == nil {
 		err = target.Commit()
@@ -202,7 +225,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	if err != nil {
 		rb.run()
 		if thawErr != nil {
-			err = errors.Join(err, fmt.Errorf("resume %d: %w", pid, thawErr))
+			err = errors.Join(err, fmt.Errorf("resume: %w", thawErr))
 		}
 		return nil, fmt.Errorf("dump %d: %w", pid, err)
 	}
@@ -233,19 +256,30 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			d.log.Warnf("dump %d: --auto-dedup: %v", pid, err)
 		}
 	}
-	var ferr error
-	switch {
-	case o.LeaveRunning:
-		ferr = tr.ThawProcess(pid, false)
-	case o.LeaveStopped:
-		ferr = tr.ThawProcess(pid, true)
-	default:
-		ferr = tr.KillProcess(pid)
+	var ferrs []error
+	for i := len(tree) - 1; i >= 0; i-- {
+		t := tree[i]
+		if t.zombie {
+			continue
+		}
+		var err error
+		switch {
+		case o.LeaveRunning:
+			err = tr.ThawProcess(t.pid, false)
+		case o.LeaveStopped:
+			err = tr.ThawProcess(t.pid, true)
+		default:
+			err = tr.KillProcess(t.pid)
+		}
+		if err != nil {
+			ferrs = append(ferrs, fmt.Errorf("task %d: %w", t.pid, err))
+		}
 	}
+	ferr := errors.Join(ferrs...)
 	frozen := time.Since(frozenAt)
 	d.log.Infof("dump %d: %d pages written (%d scanned, %d zero, %d untouched) by %v; frozen %v, %v of it in injection sessions",
 		pid, d.mem.Written, d.mem.Scanned, d.mem.Zero, d.mem.Untouched, d.method, frozen, injecting)
-	res := &Result{Pid: pid, Threads: tids, Method: d.method, Mem: d.mem, Injecting: injecting}
+	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting}
 	res.Stats = &stats.DumpStatsEntry{
 		FreezingTime:       proto.Uint32(uint32(frozenAt.Sub(t0).Microseconds())),
 		FrozenTime:         proto.Uint32(uint32(frozen.Microseconds())),
@@ -284,8 +318,9 @@ func writeCPUInfo(dir *images.Dir, capArg string) error {
 // dumpRun is one dump in progress.
 type dumpRun struct {
 	ctx     context.Context
-	pid     int
-	tids    []int
+	pid     int   // the task being collected
+	tids    []int // its threads
+	tree    []*frozenTask
 	tr      *ptrace.Tracer
 	dir     *images.Dir
 	method  Method
@@ -295,8 +330,9 @@ type dumpRun struct {
 	mem     MemStats
 	drivers []drivers.Driver // every kind of state, in order
 	pagesID uint32           // the last pages id given out
-	// track, with --prev-images-dir, writes the private pages against
-	// the parent images (predump_linux.go).
+	shmDone map[uint64]int   // shared anonymous objects dumped: shmid → pid
+	// track, with --prev-images-dir, writes the root task's private pages
+	// against the parent images (predump_linux.go).
 	track       *trackedDump
 	parentPages uint64
 }
@@ -317,39 +353,70 @@ func (d *dumpRun) safeCollect() (err error) {
 	return d.collect()
 }
 
-// collect reads everything of the frozen task and writes every image;
-// inventory.img last.
+// collect reads every task of the frozen tree and writes every image;
+// inventory.img last. The tasks share one file table, so that an open
+// file description inherited by fork is one file of the tree.
 func (d *dumpRun) collect() error {
+	fl := drivers.NewFiles()
+	var kobj kobjAlloc
+	tree := &model.Tree{}
+	shm := map[uint64]int{} // shared anonymous objects dumped, by shmid → pid
+	for i, ft := range d.tree {
+		if err := d.interrupted(); err != nil {
+			return err
+		}
+		ppid := ft.ppid
+		if i == 0 {
+			ppid = 0 // the root of the dumped tree, as CRIU writes it
+		}
+		if ft.zombie {
+			// As CRIU: the pstree entry and a core with the state
+			// and the wait status, nothing else.
+			tree.Tasks = append(tree.Tasks, &model.Task{Pid: ft.pid, Ppid: ppid, Pgid: ft.pgid, Sid: ft.sid,
+				State: model.Dead, ExitCode: ft.exitCode, Comm: ft.comm})
+			continue
+		}
+		d.pid, d.tids = ft.pid, ft.tids
+		task, err := d.collectTask(fl, ppid, shm)
+		if err == nil {
+			task.IDs, err = kobj.ids(ft.pid)
+		}
+		if err != nil {
+			if i == 0 {
+				return err
+			}
+			return fmt.Errorf("task %d: %w", ft.pid, err)
+		}
+		tree.Tasks = append(tree.Tasks, task)
+	}
+	tree.Files = fl.Table()
+	if err := checkShared(tree); err != nil {
+		return err
+	}
+	return criuimg.Write(d.dir, tree, d.note)
+}
+
+// collectTask reads everything of the frozen task d.pid.
+func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, shm map[uint64]int) (*model.Task, error) {
 	pid := d.pid
-	if err := d.interrupted(); err != nil {
-		return err
-	}
-	// Children may have been made between Check and the freeze.
-	if err := checkChildren(pid); err != nil {
-		return err
-	}
 	status, err := procfs.ReadStatus(pid)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := checkSeccomp(pid, status); err != nil {
-		return err
+		return nil, err
 	}
-	task := &model.Task{
-		Pid: pid, Ppid: 0, // the root of the dumped tree, as CRIU writes it
-		State: model.Alive, MM: &model.MM{},
-	}
-	fl := drivers.NewFiles()
+	task := &model.Task{Pid: pid, Ppid: ppid, State: model.Alive, MM: &model.MM{}}
 	dc := &drivers.Dump{Pid: pid, Task: task, Files: fl, Log: d.log}
 	// Threads: registers first (rseq aborted as the kernel would on the
 	// way out), before any injection changes them.
 	for _, tid := range d.tids {
 		if _, err := d.tr.AbortRseq(tid); err != nil {
-			return fmt.Errorf("thread %d: %w", tid, err)
+			return nil, fmt.Errorf("thread %d: %w", tid, err)
 		}
 		ts, err := d.tr.ThreadState(tid)
 		if err != nil {
-			return fmt.Errorf("thread %d: %w", tid, err)
+			return nil, fmt.Errorf("thread %d: %w", tid, err)
 		}
 		if tid == pid && ts.Stop.GroupStop() {
 			task.State, task.StopSignal = model.Stopped, int(ts.Stop.Sig)
@@ -361,7 +428,7 @@ func (d *dumpRun) collect() error {
 		for _, k := range d.drivers {
 			if c, ok := k.(drivers.ThreadCollector); ok {
 				if err := c.CollectThread(dc, th); err != nil {
-					return fmt.Errorf("thread %d: %w", tid, err)
+					return nil, fmt.Errorf("thread %d: %w", tid, err)
 				}
 			}
 		}
@@ -369,7 +436,7 @@ func (d *dumpRun) collect() error {
 	}
 	shared, err := d.tr.PeekSiginfo(pid, true)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	task.SharedSignals = siginfos(shared)
 	// Everything visible from outside before any injection (an
@@ -378,23 +445,40 @@ func (d *dumpRun) collect() error {
 	for _, k := range d.drivers {
 		if c, ok := k.(drivers.Collector); ok {
 			if err := c.Collect(dc); err != nil {
-				return err
+				return nil, err
 			}
 		}
 	}
 	if err := d.interrupted(); err != nil {
-		return err
+		return nil, err
 	}
+	d.shmDone = shm
 	if err := d.inject(dc); err != nil {
-		return err
+		return nil, err
 	}
+	return task, nil
+}
 
-	var kobj kobjAlloc
-	if task.IDs, err = kobj.ids(pid); err != nil {
-		return err
+// checkShared refuses kernel objects shared between tasks that the
+// restore cannot share again yet: an mm (CLONE_VM without CLONE_THREAD)
+// or signal handlers (CLONE_SIGHAND, which needs CLONE_VM).
+func checkShared(t *model.Tree) error {
+	vm := map[model.ID]int{}
+	sighand := map[model.ID]int{}
+	for _, k := range t.Tasks {
+		if k.State == model.Dead {
+			continue
+		}
+		if o, ok := vm[k.IDs.VM]; ok {
+			return fmt.Errorf("task %d shares its address space with task %d (CLONE_VM): not supported yet", k.Pid, o)
+		}
+		vm[k.IDs.VM] = k.Pid
+		if o, ok := sighand[k.IDs.Sighand]; ok {
+			return fmt.Errorf("task %d shares its signal handlers with task %d (CLONE_SIGHAND): not supported yet", k.Pid, o)
+		}
+		sighand[k.IDs.Sighand] = k.Pid
 	}
-	tree := &model.Tree{Tasks: []*model.Task{task}, Files: fl.Table()}
-	return criuimg.Write(d.dir, tree, d.note)
+	return nil
 }
 
 // inject runs everything that needs injected calls, and the memory dump,
@@ -410,7 +494,7 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 	var md *MemoryDumper
 	defer func() {
 		if md != nil {
-			d.mem = md.Stats()
+			d.mem.add(md.Stats())
 			if cerr := md.Close(); cerr != nil && err == nil {
 				err = cerr
 			}
@@ -520,7 +604,7 @@ func (d *dumpRun) dumpMemory(md *MemoryDumper, vmas []VMA) (err error) {
 	if err != nil {
 		return err
 	}
-	if d.track != nil {
+	if d.track != nil && d.pid == d.track.pid {
 		var st MemStats
 		st, d.parentPages, err = d.track.writePrivate(d.pid, vmas, sink)
 		md.addStats(st)
@@ -533,7 +617,19 @@ func (d *dumpRun) dumpMemory(md *MemoryDumper, vmas []VMA) (err error) {
 	if err != nil {
 		return err
 	}
-	return md.DumpShared(vmas, func(shmid uint64) (pagexfer.Sink, error) {
+	// A shared anonymous object is dumped whole, once, by the first task
+	// that maps it.
+	var fresh []VMA
+	for _, v := range vmas {
+		if v.SharedAnon() {
+			if o, ok := d.shmDone[v.Shmid]; ok && o != d.pid {
+				continue
+			}
+			d.shmDone[v.Shmid] = d.pid
+		}
+		fresh = append(fresh, v)
+	}
+	return md.DumpShared(fresh, func(shmid uint64) (pagexfer.Sink, error) {
 		return open(images.PagemapShmemImg(shmid))
 	})
 }

@@ -249,22 +249,82 @@ func waitFile(t *testing.T, path, s string) {
 	t.Fatalf("%s never contained %q", path, s)
 }
 
-func TestDumpRefusesChildren(t *testing.T) {
+// TestDumpTree dumps a shell with a child and a zombie, leaving them
+// running: every task is in pstree.img, the zombie as dead with its
+// status, and both live tasks run on untraced.
+func TestDumpTree(t *testing.T) {
 	needRoot(t)
 	log := filepath.Join(t.TempDir(), "log")
-	p := start(t, "", "", "/bin/sh", "-c", "sleep 60 & echo ready >"+log+"; wait")
+	prog := "import os, sys, time\n" +
+		"if os.fork() == 0: os._exit(5)\n" +
+		"if os.fork() == 0: time.sleep(60); os._exit(0)\n" +
+		"time.sleep(0.2); open(sys.argv[1], 'w').write('ready'); time.sleep(60)\n"
+	p := start(t, "", "", "/usr/bin/python3", "-c", prog, log)
 	waitFile(t, log, "ready")
 	kids, err := Children(p.Pid)
-	if err != nil || len(kids) != 1 {
+	if err != nil || len(kids) != 2 {
 		t.Fatalf("children of the shell: %v %v", kids, err)
 	}
-	t.Cleanup(func() { _ = syscall.Kill(kids[0], syscall.SIGKILL) })
-	_, err = Dump(dumpOpts(p.Pid, t.TempDir()), nil)
-	want := fmt.Sprintf("process trees are not supported yet: %d has children %d", p.Pid, kids[0])
-	if err == nil || err.Error() != want {
-		t.Fatalf("got %v, want %q", err, want)
+	for _, k := range kids {
+		t.Cleanup(func() { _ = syscall.Kill(k, syscall.SIGKILL) })
+	}
+	dir := t.TempDir()
+	o := dumpOpts(p.Pid, dir)
+	o.LeaveRunning = true
+	res, err := Dump(o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Pids) != 3 || res.Pids[0] != p.Pid {
+		t.Fatalf("dumped %v, want %d and its children %v", res.Pids, p.Pid, kids)
+	}
+	ps := crit(t, "x", dir, "ps")
+	for _, pid := range append([]int{p.Pid}, kids...) {
+		if !strings.Contains(ps, fmt.Sprint(pid)) {
+			t.Errorf("crit x ps lacks %d:\n%s", pid, ps)
+		}
+	}
+	dead := 0
+	for _, k := range kids {
+		st, _ := status(t, k)
+		core := crit(t, "show", filepath.Join(dir, fmt.Sprintf("core-%d.img", k)))
+		if st == 'Z' {
+			dead++
+			if !strings.Contains(core, `"task_state": 2`) || !strings.Contains(core, `"exit_code": 1280`) {
+				t.Errorf("zombie %d: core is not dead with status 5<<8:\n%.400s", k, core)
+			}
+			continue
+		}
+		assertRunningUntraced(t, k)
+	}
+	if dead != 1 {
+		t.Errorf("%d zombies among %v, want 1", dead, kids)
 	}
 	assertRunningUntraced(t, p.Pid)
+}
+
+// TestDumpTreeFailureResumesAll fails on a pipe held by a child: the error
+// names the child and its fd, and every task runs on untraced.
+func TestDumpTreeFailureResumesAll(t *testing.T) {
+	needRoot(t)
+	log := filepath.Join(t.TempDir(), "log")
+	p := start(t, "", "", "/bin/sh", "-c", "sleep 60 | sleep 60 & sleep 0.2; echo ready >"+log+"; exec sleep 60")
+	waitFile(t, log, "ready")
+	kids, err := Children(p.Pid)
+	if err != nil || len(kids) != 2 {
+		t.Fatalf("children of the shell: %v %v", kids, err)
+	}
+	for _, k := range kids {
+		t.Cleanup(func() { _ = syscall.Kill(k, syscall.SIGKILL) })
+	}
+	_, err = Dump(dumpOpts(p.Pid, t.TempDir()), nil)
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("task %d: fd 1: pipe is not supported yet", kids[0])) &&
+		!strings.Contains(err.Error(), fmt.Sprintf("task %d: fd 0: pipe is not supported yet", kids[1])) {
+		t.Fatalf("got %v, want the pipe of a child named", err)
+	}
+	for _, pid := range append([]int{p.Pid}, kids...) {
+		assertRunningUntraced(t, pid)
+	}
 }
 
 // TestDumpPython dumps a Python 3 interpreter running threads, leaves it

@@ -2,6 +2,7 @@ package dumper
 
 import (
 	"fmt"
+	"slices"
 
 	"golang.org/x/sys/unix"
 
@@ -10,11 +11,13 @@ import (
 )
 
 // kobjAlloc gives tasks the ids of the kernel objects they use (mm, fd
-// table, fs_struct, sighand), as CRIU does: a task's object is compared
-// with kcmp to those of the tasks seen before; a new object gets the next
-// id of its kind, counting from 1.
+// table, fs_struct, sighand), as CRIU does: a new object gets the next id
+// of its kind, counting from 1. The objects seen are kept sorted in the
+// kernel's own order (kcmp), so a task's object is found by binary search:
+// O(log n) kcmp calls per task, not one per task seen before.
 type kobjAlloc struct {
-	seen [4][]kobjSeen // by kind, in kcmpKinds order
+	seen [4][]kobjSeen // by kind, in kcmpKinds order; sorted by kcmp
+	n    [4]model.ID   // ids given out, by kind
 }
 
 type kobjSeen struct {
@@ -29,19 +32,29 @@ var kcmpKinds = [4]uintptr{linux.KcmpVM, linux.KcmpFiles, linux.KcmpFS, linux.Kc
 func (a *kobjAlloc) ids(pid int) (model.KobjIDs, error) {
 	var got [4]model.ID
 	for k, typ := range kcmpKinds {
-		for _, s := range a.seen[k] {
-			r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(s.pid), typ, 0, 0, 0)
+		seen := a.seen[k]
+		lo, hi := 0, len(seen)
+		for lo < hi && got[k] == 0 {
+			m := (lo + hi) / 2
+			r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(seen[m].pid), typ, 0, 0, 0)
 			if e != 0 {
-				return model.KobjIDs{}, fmt.Errorf("kcmp(%d, %d, %d): %w", pid, s.pid, typ, e)
+				return model.KobjIDs{}, fmt.Errorf("kcmp(%d, %d, %d): %w", pid, seen[m].pid, typ, e)
 			}
-			if r == 0 {
-				got[k] = s.id
-				break
+			switch r {
+			case 0:
+				got[k] = seen[m].id
+			case 1:
+				hi = m
+			case 2:
+				lo = m + 1
+			default:
+				return model.KobjIDs{}, fmt.Errorf("kcmp(%d, %d, %d): no order (%d)", pid, seen[m].pid, typ, r)
 			}
 		}
 		if got[k] == 0 {
-			got[k] = model.ID(len(a.seen[k]) + 1)
-			a.seen[k] = append(a.seen[k], kobjSeen{pid: pid, id: got[k]})
+			a.n[k]++
+			got[k] = a.n[k]
+			a.seen[k] = slices.Insert(seen, lo, kobjSeen{pid: pid, id: got[k]})
 		}
 	}
 	return model.KobjIDs{VM: got[0], Files: got[1], FS: got[2], Sighand: got[3], NS: nsIDs(pid)}, nil

@@ -187,6 +187,9 @@ func preDumpRound(ctx context.Context, o PreDumpOptions, proc *pidfd.Proc, stage
 	if hasShared(vmas) {
 		tk.note("shared memory is not pre-dumped: the final dump takes it whole")
 	}
+	if kids, err := Children(pid); err == nil && len(kids) > 0 {
+		tk.note("only process %d is pre-dumped: the final dump takes the memory of its %d child(ren) whole", pid, len(kids))
+	}
 	if err := target.Commit(); err != nil {
 		return nil, err
 	}
@@ -282,6 +285,7 @@ func writeFile(d *images.Dir, name string, b []byte) error {
 // trackedDump is the memory tracking a --track-mem dump with a parent
 // continues (nil: a plain dump).
 type trackedDump struct {
+	pid     int // the root task: the one pre-dump rounds tracked
 	tk      *tracking
 	chained bool
 }
@@ -301,7 +305,7 @@ func openTrackedDump(o Options, log *logging.Logger) (*trackedDump, *images.Dir,
 	hasPagemap := parent.Exists(images.PagemapImg(o.Pid))
 	if !o.TrackMem {
 		// A full dump that only links its parent, as CRIU's.
-		return &trackedDump{chained: hasPagemap}, parent, nil
+		return &trackedDump{pid: o.Pid, chained: hasPagemap}, parent, nil
 	}
 	// No fresh tracking here: without the parent's, the dump is full.
 	tk, err := openTracking(o.Pid, parent, 0, log, false)
@@ -309,7 +313,7 @@ func openTrackedDump(o Options, log *logging.Logger) (*trackedDump, *images.Dir,
 		parent.Close()
 		return nil, nil, fmt.Errorf("dump: %w", err)
 	}
-	return &trackedDump{tk: tk, chained: hasPagemap}, parent, nil
+	return &trackedDump{pid: o.Pid, tk: tk, chained: hasPagemap}, parent, nil
 }
 
 // writePrivate sends the private pages of the frozen task: only what

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -101,19 +102,34 @@ func TestDumpUnsupportedFDResumes(t *testing.T) {
 	}
 }
 
-func TestDumpRefusesChildren(t *testing.T) {
+// TestDumpTreeRefusedResumes fails a dump on an inet socket held by a
+// child (issue 13's): the one-line error names the task and the fd, and
+// every task of the tree runs on untraced.
+func TestDumpTreeRefusedResumes(t *testing.T) {
 	needRoot(t)
-	cmd := exec.Command("/bin/sh", "-c", "sleep 30 & wait")
+	prog := "import os, socket, time\n" +
+		"if os.fork() == 0:\n" +
+		"    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); time.sleep(60); os._exit(0)\n" +
+		"time.sleep(60)\n"
+	cmd := exec.Command("/usr/bin/python3", "-c", prog)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
-	time.Sleep(100 * time.Millisecond)
+	var kid int
+	waitFor(t, "the child's socket", func() bool {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+		kid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/3", kid))
+		return strings.HasPrefix(l, "socket:")
+	})
 	code, out := godwit(t, "dump", "-t", strconv.Itoa(cmd.Process.Pid), "-D", t.TempDir())
-	oneLineError(t, code, out, "children")
-	if state, tracer := procState(t, cmd.Process.Pid); tracer != 0 || state == "t" || state == "T" {
-		t.Fatalf("after a refused dump: state %s, tracer %d", state, tracer)
+	oneLineError(t, code, out, fmt.Sprintf("task %d: fd 3: socket", kid))
+	for _, p := range []int{cmd.Process.Pid, kid} {
+		if state, tracer := procState(t, p); tracer != 0 || state == "t" || state == "T" {
+			t.Fatalf("after a refused dump: %d state %s, tracer %d", p, state, tracer)
+		}
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/drivers"
+	"godwit/internal/model"
 	"godwit/internal/ptrace"
 	"godwit/internal/xstate"
 )
@@ -26,7 +27,35 @@ func (r *Restorer) Finalize() error {
 	if err != nil {
 		return r.fail("finalize", err)
 	}
-	rc := &drivers.Restore{Tree: r.img.tree, Task: r.img.task, Log: r.log, Detach: r.o.Detach, ShellJob: r.o.ShellJob, Validated: r.validated}
+	tables := map[model.ID]bool{} // fd tables restored (CLONE_FILES)
+	for _, t := range r.tasks {
+		if t.img.dead() {
+			continue
+		}
+		if err := t.finalize(ds, tables); err != nil {
+			if t == r.root {
+				return r.fail(err.step, err.err)
+			}
+			return r.fail(fmt.Sprintf("task %d: %s", t.img.pid, err.step), err.err)
+		}
+	}
+	r.phase = phaseFinalized
+	return nil
+}
+
+// stepErr is a failed step of one task.
+type stepErr struct {
+	step string
+	err  error
+}
+
+func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool) *stepErr {
+	r := t
+	k := t.img.task
+	rc := &drivers.Restore{Tree: r.img.tree, Task: k, Log: r.log,
+		// Only the root's parent is godwit (its parent-death signal
+		// would fire as godwit exits); the others' are in the tree.
+		Detach: r.o.Detach && t == r.root, ShellJob: r.o.ShellJob, Validated: r.validated, Opened: r.opened}
 	for _, d := range ds {
 		var err error
 		switch d.Name() {
@@ -37,6 +66,14 @@ func (r *Restorer) Finalize() error {
 		case drivers.PhaseRegisters:
 			err = r.registers()
 		default:
+			if d.Name() == "files" {
+				// An fd table shared with CLONE_FILES is restored
+				// once, by its first task.
+				if tables[k.IDs.Files] {
+					continue
+				}
+				tables[k.IDs.Files] = true
+			}
 			if tr, ok := d.(drivers.TaskRestorer); ok {
 				err = r.inLeader(func(s *session) error { return tr.Restore(rc, s) })()
 			}
@@ -45,14 +82,13 @@ func (r *Restorer) Finalize() error {
 			}
 		}
 		if err != nil {
-			return r.fail(d.Name(), err)
+			return &stepErr{d.Name(), err}
 		}
 	}
-	r.phase = phaseFinalized
 	return nil
 }
 
-func (r *Restorer) inLeader(fn func(*session) error) func() error {
+func (r *taskRun) inLeader(fn func(*session) error) func() error {
 	return func() error {
 		s, err := r.begin(r.img.pid)
 		if err != nil {
@@ -62,7 +98,7 @@ func (r *Restorer) inLeader(fn func(*session) error) func() error {
 	}
 }
 
-func (r *Restorer) eachThread(fn func(*session, *thread) error) func() error {
+func (r *taskRun) eachThread(fn func(*session, *thread) error) func() error {
 	return func() error {
 		for i := range r.img.threads {
 			t := r.img.threads[i]
@@ -80,7 +116,7 @@ func (r *Restorer) eachThread(fn func(*session, *thread) error) func() error {
 
 // makeThreads adds every dumped thread with its TID (clone3 CLONE_THREAD
 // with set_tid, injected into the task).
-func (r *Restorer) makeThreads() error {
+func (r *taskRun) makeThreads() error {
 	for _, t := range r.img.threads[1:] {
 		tid, err := r.task.CloneThread(t.Tid)
 		if tid != 0 {
@@ -97,9 +133,9 @@ func (r *Restorer) makeThreads() error {
 // (or text), unmaps the puppet's code, sets the dumped protections, then
 // PR_SET_MM_MAP (exe, auxv, brk, boundaries: the per-field PR_SET_MM_*
 // calls need CAP_SYS_RESOURCE) and finally chroot.
-func (r *Restorer) finishMM() error {
+func (r *taskRun) finishMM() error {
 	pid := r.img.pid
-	addr, err := ptrace.FindSyscallInsn(pid)
+	addr, err := ptrace.FindSyscallInsnOutside(pid, r.win.base, r.win.base+windowSize)
 	if err != nil {
 		return err
 	}
@@ -114,7 +150,7 @@ func (r *Restorer) finishMM() error {
 	return s.End(r.finishMMIn(s))
 }
 
-func (r *Restorer) finishMMIn(s *session) error {
+func (r *taskRun) finishMMIn(s *session) error {
 	if _, err := s.Call("unmap puppet code", unix.SYS_MUNMAP, r.win.base, scratchOff); err != nil {
 		return err
 	}
@@ -130,7 +166,7 @@ func (r *Restorer) finishMMIn(s *session) error {
 // registers unmaps godwit's window and gives every thread its signal mask,
 // FPU state and registers, last (the injections above ran on the puppet's
 // registers, which each session put back).
-func (r *Restorer) registers() error {
+func (r *taskRun) registers() error {
 	pid := r.img.pid
 	s, err := r.begin(pid)
 	if err != nil {
@@ -149,7 +185,7 @@ func (r *Restorer) registers() error {
 	return nil
 }
 
-func (r *Restorer) setThreadRegs(t *thread) error {
+func (r *taskRun) setThreadRegs(t *thread) error {
 	if err := r.tr.SetSigmask(t.Tid, t.Sigmask); err != nil {
 		return err
 	}
@@ -179,6 +215,13 @@ func (r *Restorer) setThreadRegs(t *thread) error {
 		// arguments instead (a relative timeout starts over; after a
 		// handler the call returns EINTR, as it would have).
 		regs.Rax = negErrno(ptrace.ERESTARTNOHAND)
+		// A thread already inside restart_syscall re-runs the call
+		// it restarts (drivers.RestartedCall; the dump checked it).
+		nr, err := drivers.RestartedCall(t.Tid, &t.Regs)
+		if err != nil {
+			return err
+		}
+		regs.Orig_rax = nr
 	}
 	return r.tr.SetRegs(t.Tid, regs)
 }

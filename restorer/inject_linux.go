@@ -8,7 +8,7 @@ import (
 // the scratch area of godwit's window for their in/out buffers.
 type session = inject.Session
 
-func (r *Restorer) begin(tid int) (*session, error) {
+func (r *taskRun) begin(tid int) (*session, error) {
 	return inject.Begin(r.tr, r.img.pid, tid, r.win.scratch, scratchSize)
 }
 

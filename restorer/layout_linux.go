@@ -80,55 +80,67 @@ type vmaProt struct {
 	prot       uint32
 }
 
-// Layout starts the puppet, makes the task with the original PID (its
-// parent is godwit: CLONE_PARENT from a puppet godwit started), empties
-// its address space but for the window, moves the vDSO to the dumped
-// place and maps every dumped VMA. Private VMAs are mapped writable so
-// that pages can be filled; Finalize sets their dumped protection.
+// Layout starts the puppet, makes every task of the tree with its
+// original PID, parent, session and process group (createTree), then,
+// task by task, empties its address space but for the window, moves the
+// vDSO to the dumped place and maps every dumped VMA. Private VMAs are
+// mapped writable so that pages can be filled; Finalize sets their dumped
+// protection.
 func (r *Restorer) Layout() error {
 	if err := r.need(phaseNew, "layout"); err != nil {
 		return err
 	}
-	pid := r.img.pid
-	win, err := pickWindow(r.img.mm.VMAs)
+	// One window for the whole tree: every task is a copy of the
+	// first puppet, its code at the same place.
+	var all []model.VMA
+	for _, t := range r.tasks {
+		if t.img.mm != nil {
+			all = append(all, t.img.mm.VMAs...)
+		}
+	}
+	win, err := pickWindow(all)
 	if err != nil {
 		return r.fail("layout", err)
 	}
-	r.win = win
 	r.tr = ptrace.New()
-	p, err := puppet.Start(puppet.Options{Tracer: r.tr, Base: win.base})
+	p, err := puppet.Start(puppet.Options{Tracer: r.tr, Base: win.base, Sibling: r.o.RestoreSibling})
 	if err != nil {
 		return r.fail("start puppet", err)
 	}
-	r.stubOff = p.SyscallAddr - win.base
+	for _, t := range r.tasks {
+		t.win = win
+		t.stubOff = p.SyscallAddr - win.base
+	}
 	t0 := time.Now()
-	task, err := p.Clone(pid, true)
+	err = r.createTree(p)
 	if kerr := p.Kill(); kerr != nil && err == nil {
 		err = fmt.Errorf("kill puppet %d: %w", p.Pid, kerr)
 	}
-	if err != nil {
-		if task != nil {
-			r.task = task
-		}
-		return r.fail(fmt.Sprintf("create task with pid %d", pid), err)
+	if err == nil {
+		err = r.buryZombies()
 	}
-	r.task = task
-	r.threads = []int{pid}
+	if err != nil {
+		return r.fail("create tasks", err)
+	}
 	r.forkTime = time.Since(t0)
-
-	s, err := r.begin(pid)
-	if err != nil {
-		return r.fail("layout", err)
-	}
-	err = r.layout(s)
-	if err = s.End(err); err != nil {
-		return r.fail("layout", err)
+	for _, t := range r.tasks {
+		if t.img.dead() {
+			continue
+		}
+		s, err := t.begin(t.img.pid)
+		if err != nil {
+			return r.fail(fmt.Sprintf("task %d: layout", t.img.pid), err)
+		}
+		err = t.layout(s)
+		if err = s.End(err); err != nil {
+			return r.fail(fmt.Sprintf("task %d: layout", t.img.pid), err)
+		}
 	}
 	r.phase = phaseLaidOut
 	return nil
 }
 
-func (r *Restorer) layout(s *session) error {
+func (r *taskRun) layout(s *session) error {
 	pid := r.img.pid
 	if _, err := s.Call(fmt.Sprintf("map scratch %#x", r.win.scratch), unix.SYS_MMAP, r.win.scratch, scratchSize,
 		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0); err != nil {
@@ -162,7 +174,7 @@ func (r *Restorer) layout(s *session) error {
 
 // moveVdso moves the puppet's [vvar], [vvar_vclock] and [vdso] together to
 // where the dumped task had them (same kernel: same sizes and offsets).
-func (r *Restorer) moveVdso(s *session, special []procfs.Mapping) error {
+func (r *taskRun) moveVdso(s *session, special []procfs.Mapping) error {
 	var dvdso *model.VMA
 	var dvvar []*model.VMA
 	for i := range r.img.mm.VMAs {
@@ -250,7 +262,7 @@ func (r *Restorer) moveVdso(s *session, special []procfs.Mapping) error {
 }
 
 // mapVMAs maps every dumped VMA but the kernel's special ones.
-func (r *Restorer) mapVMAs(s *session) error {
+func (r *taskRun) mapVMAs(s *session) error {
 	r.writable = map[uint64]bool{}
 	fds := map[model.ID]uint64{} // file id → fd in the task, for this layout
 	shmFds := map[uint64]uint64{}
@@ -263,15 +275,16 @@ func (r *Restorer) mapVMAs(s *session) error {
 		}
 	}()
 	// A shared anonymous object mapped more than once, or not from its
-	// start, is made once at its full size and each VMA maps it.
-	shmSize, shmCount := map[uint64]uint64{}, map[uint64]int{}
+	// start, is made once at its full size and each VMA maps it; one
+	// mapped by several tasks is made by the first and opened by the
+	// others through its map_files link there.
+	shmSize, shmCount := r.img.shmSize, map[uint64]int{}
 	for i := range r.img.mm.VMAs {
 		v := &r.img.mm.VMAs[i]
 		if v.Status&images.VmaAnonShared != 0 {
 			id := v.Shmid
-			shmSize[id] = max(shmSize[id], v.Pgoff+v.End-v.Start)
 			shmCount[id]++
-			if v.Pgoff != 0 {
+			if v.Pgoff != 0 || r.shmShared[id] {
 				shmCount[id]++
 			}
 		}
@@ -321,7 +334,13 @@ func (r *Restorer) mapVMAs(s *session) error {
 				f, ok := shmFds[id]
 				if !ok {
 					var err error
-					if f, err = shmObject(s, what, shmSize[id]); err != nil {
+					if at, ok := r.shmAt[id]; ok {
+						// Made by an earlier task of the tree.
+						f, err = s.Openat(what, fmt.Sprintf("/proc/%d/map_files/%x-%x", at.pid, at.start, at.end), unix.O_RDWR|unix.O_CLOEXEC)
+					} else {
+						f, err = shmObject(s, what, shmSize[id])
+					}
+					if err != nil {
 						return err
 					}
 					shmFds[id] = f
@@ -329,6 +348,9 @@ func (r *Restorer) mapVMAs(s *session) error {
 				fd, off = f, v.Pgoff
 				flags &^= unix.MAP_ANONYMOUS
 			}
+		case v.Droppable:
+			// MAP_DROPPABLE is a map type of its own (6.11+).
+			flags = flags&^(unix.MAP_SHARED|unix.MAP_PRIVATE) | unix.MAP_DROPPABLE | unix.MAP_ANONYMOUS
 		default:
 			flags = flags&^unix.MAP_SHARED | unix.MAP_PRIVATE | unix.MAP_ANONYMOUS
 		}
@@ -356,6 +378,11 @@ func (r *Restorer) mapVMAs(s *session) error {
 		if mapProt&unix.PROT_WRITE != 0 {
 			r.writable[start] = true
 		}
+		if st&images.VmaAnonShared != 0 {
+			if _, ok := r.shmAt[v.Shmid]; !ok {
+				r.shmAt[v.Shmid] = shmMapping{pid: r.img.pid, start: v.Start, end: v.End}
+			}
+		}
 		if err := r.madvise(s, v); err != nil {
 			return err
 		}
@@ -364,7 +391,7 @@ func (r *Restorer) mapVMAs(s *session) error {
 }
 
 // madvise applies the VMA's madvise bits (1 << MADV_x).
-func (r *Restorer) madvise(s *session, v *model.VMA) error {
+func (r *taskRun) madvise(s *session, v *model.VMA) error {
 	m := v.Madv
 	for bit := 0; m != 0 && bit < 64; bit++ {
 		if m&(1<<bit) == 0 {
@@ -388,7 +415,7 @@ func (r *Restorer) madvise(s *session, v *model.VMA) error {
 func le64(b []byte, v uint64) []byte { return binary.LittleEndian.AppendUint64(b, v) }
 
 // getsPages reports whether the images hold pages for v.
-func (r *Restorer) getsPages(v *model.VMA) bool {
+func (r *taskRun) getsPages(v *model.VMA) bool {
 	if v.Status&images.VmaAnonShared != 0 {
 		return r.img.shmem[v.Shmid] != nil
 	}
@@ -416,7 +443,7 @@ func (r *Restorer) getsPages(v *model.VMA) bool {
 // ensureWritable makes the private VMAs under [vaddr, vaddr+size)
 // writable for pages that come from a source other than the images Layout
 // saw (a migration's later rounds); Finalize restores their protection.
-func (r *Restorer) ensureWritable(s *session, vaddr, size uint64) error {
+func (r *taskRun) ensureWritable(s *session, vaddr, size uint64) error {
 	for i := range r.img.mm.VMAs {
 		v := &r.img.mm.VMAs[i]
 		if v.End <= vaddr || v.Start >= vaddr+size || r.writable[v.Start] {

@@ -16,6 +16,9 @@ type Options struct {
 	// ShellJob restores the task into godwit's session and process
 	// group instead of its own.
 	ShellJob bool
+	// RestoreSibling makes the root task a sibling of godwit (its parent
+	// is godwit's parent), as runc needs; godwit cannot wait for it.
+	RestoreSibling bool
 	// CPUCap is the --cpu-cap argument: "" checks the dump's cpuinfo.img
 	// (if any) with CRIU's default modes.
 	CPUCap string

@@ -58,7 +58,7 @@ type run struct {
 	vaddr, size uint64
 }
 
-// FillPages writes every run of src into the laid-out task. It may be
+// FillPages writes every run of src into the laid-out root task. It may be
 // called any number of times, with runs in any order; pages not written
 // stay zero (fresh anonymous memory), and a page written twice keeps the
 // last data.
@@ -66,20 +66,22 @@ func (r *Restorer) FillPages(src pagexfer.Source) error {
 	if err := r.need(phaseLaidOut, "fill pages"); err != nil {
 		return err
 	}
-	var err error
-	if fr, ok := src.(pagexfer.FileRuns); ok && r.o.PageMethod == PagesPreadv {
-		err = r.fillPreadv(src, fr, r.checkRun)
-	} else {
-		err = r.fillBuffered(src, r.checkRun)
-	}
-	if err != nil {
+	if err := r.root.fillPages(src); err != nil {
 		return r.fail("fill pages", err)
 	}
 	return nil
 }
 
+// fillPages writes every run of src into this task.
+func (r *taskRun) fillPages(src pagexfer.Source) error {
+	if fr, ok := src.(pagexfer.FileRuns); ok && r.o.PageMethod == PagesPreadv {
+		return r.fillPreadv(src, fr, r.checkRun)
+	}
+	return r.fillBuffered(src, r.checkRun)
+}
+
 // checkRun refuses runs outside the task's private VMAs.
-func (r *Restorer) checkRun(vaddr, size uint64) (uint64, error) {
+func (r *taskRun) checkRun(vaddr, size uint64) (uint64, error) {
 	if vaddr%pageSize != 0 || size == 0 || vaddr+size < vaddr || !coveredPrivate(r.img.mm.VMAs, vaddr, vaddr+size) {
 		return 0, fmt.Errorf("pages %#x-%#x: not inside the private VMAs of the task", vaddr, vaddr+size)
 	}
@@ -88,7 +90,7 @@ func (r *Restorer) checkRun(vaddr, size uint64) (uint64, error) {
 
 // fillBuffered copies through a bounded buffer with process_vm_writev or
 // /proc/PID/mem. place maps a run to the task address it goes to.
-func (r *Restorer) fillBuffered(src pagexfer.Source, place func(vaddr, size uint64) (uint64, error)) error {
+func (r *taskRun) fillBuffered(src pagexfer.Source, place func(vaddr, size uint64) (uint64, error)) error {
 	pid := r.img.pid
 	write := func(addr uint64, b []byte) error { return ptrace.WriteMem(pid, addr, b) }
 	if r.o.PageMethod == PagesProcMem {
@@ -142,7 +144,7 @@ func (r *Restorer) fillBuffered(src pagexfer.Source, place func(vaddr, size uint
 const iovMax = 1024
 
 // fillPreadv has the task read its pages from the source's file.
-func (r *Restorer) fillPreadv(src pagexfer.Source, fr pagexfer.FileRuns, place func(vaddr, size uint64) (uint64, error)) error {
+func (r *taskRun) fillPreadv(src pagexfer.Source, fr pagexfer.FileRuns, place func(vaddr, size uint64) (uint64, error)) error {
 	s, err := r.begin(r.img.pid)
 	if err != nil {
 		return err
@@ -150,7 +152,7 @@ func (r *Restorer) fillPreadv(src pagexfer.Source, fr pagexfer.FileRuns, place f
 	return s.End(r.preadvAll(s, src, fr, place))
 }
 
-func (r *Restorer) preadvAll(s *session, src pagexfer.Source, fr pagexfer.FileRuns, place func(vaddr, size uint64) (uint64, error)) error {
+func (r *taskRun) preadvAll(s *session, src pagexfer.Source, fr pagexfer.FileRuns, place func(vaddr, size uint64) (uint64, error)) error {
 	type fileRun struct {
 		run
 		off int64
@@ -259,13 +261,13 @@ func (r *Restorer) preadvAll(s *session, src pagexfer.Source, fr pagexfer.FileRu
 
 // fillShmem writes the pages of shared anonymous VMAs, whose pagemap
 // addresses are offsets in the shared object.
-func (r *Restorer) fillShmem() error {
+func (r *taskRun) fillShmem() error {
 	for i := range r.img.mm.VMAs {
 		v := &r.img.mm.VMAs[i]
 		if v.Status&images.VmaAnonShared == 0 {
 			continue
 		}
-		pr := r.img.shmem[v.Shmid]
+		pr := r.img.shmem[v.Shmid] // only in the task that makes it
 		if pr == nil {
 			continue
 		}
@@ -279,7 +281,7 @@ func (r *Restorer) fillShmem() error {
 			err = r.fillBuffered(src, place)
 		}
 		if err != nil {
-			return r.fail(fmt.Sprintf("fill shared vma %#x-%#x", v.Start, v.End), err)
+			return fmt.Errorf("fill shared vma %#x-%#x: %w", v.Start, v.End, err)
 		}
 	}
 	return nil
@@ -287,15 +289,15 @@ func (r *Restorer) fillShmem() error {
 
 // imageSource is the task's private pages from the images: through the
 // parent images for an incremental dump.
-func (r *Restorer) imageSource() pagexfer.Source {
-	if r.img.chain != nil {
-		return r.img.chain.Source()
+func (ti *taskImages) imageSource() pagexfer.Source {
+	if ti.chain != nil {
+		return ti.chain.Source()
 	}
-	return pagexfer.NewImageSource(r.img.pages)
+	return pagexfer.NewImageSource(ti.pages)
 }
 
 // dedupRestored punches the pages the restore consumed out of the
-// images (--auto-dedup): they are in the task now. The images are read
+// images (--auto-dedup): they are in the tasks now. The images are read
 // again: the restore's readers are closed by now.
 func (r *Restorer) dedupRestored() error {
 	d, err := images.Open(r.o.ImagesDir, false)
@@ -303,10 +305,19 @@ func (r *Restorer) dedupRestored() error {
 		return err
 	}
 	defer d.Close()
-	name := images.PagemapImg(r.img.pid)
-	if !d.Exists(name) {
-		return nil
+	for _, t := range r.img.tasks {
+		name := images.PagemapImg(t.pid)
+		if !d.Exists(name) {
+			continue
+		}
+		if err := punchChain(d, name); err != nil {
+			return err
+		}
 	}
+	return nil
+}
+
+func punchChain(d *images.Dir, name string) error {
 	top, err := images.OpenPages(d, name)
 	if err != nil {
 		return err

@@ -133,7 +133,7 @@ func TestRestorePhases(t *testing.T) {
 			if err := r.Resume(); err != nil {
 				t.Fatal(err)
 			}
-			if r.pagesRestored == 0 {
+			if pages, _ := r.Stats(); pages == 0 {
 				t.Fatal("no pages counted")
 			}
 			waitTicks(t, log, n+2)

@@ -47,10 +47,10 @@ const (
 	phaseFailed
 )
 
-// Restorer rebuilds one process from its images. Its methods must be
+// Restorer rebuilds a process tree from its images. Its methods must be
 // called in order: Layout, FillPages (any number of times), Finalize,
-// Resume, Wait. After a failed step the partial task is gone and every
-// later call fails.
+// Resume, Wait. After a failed step every task made so far is gone and
+// every later call fails.
 type Restorer struct {
 	// validated are the files checked against the dump in New, each
 	// verified again once the task has opened it.
@@ -60,11 +60,36 @@ type Restorer struct {
 	scripts *actions.Scripts
 	log     *logging.Logger
 	dir     *images.Dir
-	img     *taskImages
+	img     *taskImages // the root's; img.tasks is the tree
 	phase   phase
 	err     error // the failure that ended the restore
 
-	tr      *ptrace.Tracer
+	tr    *ptrace.Tracer
+	tasks []*taskRun // the tree, parents before children
+	root  *taskRun
+	// opened records where each open file description was first made
+	// (shared with the drivers): other tasks take it from there.
+	opened map[model.ID]drivers.OpenedAt
+	// shmAt is where each shared anonymous object was first mapped;
+	// shmShared the objects several tasks map.
+	shmAt     map[uint64]shmMapping
+	shmShared map[uint64]bool
+
+	start    time.Time
+	forkTime time.Duration
+	waited   bool
+}
+
+// shmMapping is a VMA of a shared anonymous object in a restored task.
+type shmMapping struct {
+	pid        int
+	start, end uint64
+}
+
+// taskRun is one task of the tree being rebuilt.
+type taskRun struct {
+	*Restorer
+	img     *taskImages
 	task    *puppet.Puppet // the task with the original PID, traced
 	threads []int          // TIDs made so far, leader first
 
@@ -75,10 +100,7 @@ type Restorer struct {
 	protFix  []vmaProt
 	writable map[uint64]bool // VMA start → mapped writable
 
-	start         time.Time
-	forkTime      time.Duration
 	pagesRestored uint64
-	waited        bool
 }
 
 // New reads and checks every image of the process in o.ImagesDir, and
@@ -99,7 +121,26 @@ func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	r := &Restorer{o: o, scripts: scripts, log: logging.Default(), dir: d, img: img,
-		start: start}
+		start: start, opened: map[model.ID]drivers.OpenedAt{}, shmAt: map[uint64]shmMapping{}, shmShared: map[uint64]bool{}}
+	users := map[uint64]int{}
+	for _, ti := range img.tasks {
+		if ti.mm == nil {
+			continue
+		}
+		for _, v := range ti.mm.VMAs {
+			if v.SharedAnon() {
+				if p, ok := users[v.Shmid]; ok && p != ti.pid {
+					r.shmShared[v.Shmid] = true
+				}
+				users[v.Shmid] = ti.pid
+			}
+		}
+	}
+	for _, ti := range img.tasks {
+		t := &taskRun{Restorer: r, img: ti}
+		r.tasks = append(r.tasks, t)
+	}
+	r.root = r.tasks[0]
 	if err := r.checkPids(); err != nil {
 		r.close()
 		return nil, fmt.Errorf("restore: %w", err)
@@ -135,14 +176,7 @@ func RestoreContext(ctx context.Context, o Options, scripts *actions.Scripts) (*
 	steps := []func() error{
 		func() error { return r.interrupted(ctx) },
 		r.Layout,
-		func() error {
-			if r.img.pages == nil {
-				return nil
-			}
-			return r.FillPages(interruptibleSource(ctx, r.imageSource()))
-		},
-		func() error { return r.interrupted(ctx) },
-		r.fillShmem,
+		func() error { return r.fillAll(ctx) },
 		func() error { return r.interrupted(ctx) },
 		r.Finalize,
 		func() error { return r.interrupted(ctx) },
@@ -179,10 +213,46 @@ func checkCPU(d *images.Dir, capArg string) error {
 	return cpuinfo.Check(d, caps)
 }
 
-// PID is the restored task's PID (the original one).
+// PID is the restored root task's PID (the original one).
 func (r *Restorer) PID() int { return r.img.pid }
 
-// TIDs are the thread ids of the images, leader first.
+// PIDs are the restored tasks' PIDs, parents before children.
+func (r *Restorer) PIDs() []int {
+	out := make([]int, len(r.tasks))
+	for i, t := range r.tasks {
+		out[i] = t.img.pid
+	}
+	return out
+}
+
+// fillAll writes every task's pages from the images.
+func (r *Restorer) fillAll(ctx context.Context) error {
+	if err := r.need(phaseLaidOut, "fill pages"); err != nil {
+		return err
+	}
+	for _, t := range r.tasks {
+		if err := r.interrupted(ctx); err != nil {
+			return err
+		}
+		if t.img.dead() {
+			continue
+		}
+		if t.img.pages != nil {
+			if err := t.fillPages(interruptibleSource(ctx, t.img.imageSource())); err != nil {
+				return r.fail(fmt.Sprintf("task %d: fill pages", t.img.pid), err)
+			}
+		}
+		if err := r.interrupted(ctx); err != nil {
+			return err
+		}
+		if err := t.fillShmem(); err != nil {
+			return r.fail(fmt.Sprintf("task %d", t.img.pid), err)
+		}
+	}
+	return nil
+}
+
+// TIDs are the root's thread ids of the images, leader first.
 func (r *Restorer) TIDs() []int {
 	out := make([]int, len(r.img.threads))
 	for i, t := range r.img.threads {
@@ -199,17 +269,23 @@ func (r *Restorer) checkPids() error {
 		return err
 	}
 	self := os.Getpid()
-	for _, t := range r.img.threads {
-		switch {
-		case t.Tid >= max:
-			return fmt.Errorf("pid %d: %w %d (raise /proc/sys/kernel/pid_max)", t.Tid, puppet.ErrPidMax, max)
-		case t.Tid == self:
-			return fmt.Errorf("pid %d is godwit itself: %w", t.Tid, ErrPidInUse)
-		case t.Tid == 1:
-			return fmt.Errorf("pid 1 cannot be restored")
+	for _, ti := range r.img.tasks {
+		ids := []int{ti.pid}
+		for _, t := range ti.threads[min(1, len(ti.threads)):] {
+			ids = append(ids, t.Tid)
 		}
-		if err := waitPidFree(t.Tid, zombieWait); err != nil {
-			return err
+		for _, id := range ids {
+			switch {
+			case id >= max:
+				return fmt.Errorf("pid %d: %w %d (raise /proc/sys/kernel/pid_max)", id, puppet.ErrPidMax, max)
+			case id == self:
+				return fmt.Errorf("pid %d is godwit itself: %w", id, ErrPidInUse)
+			case id == 1:
+				return fmt.Errorf("pid 1 cannot be restored")
+			}
+			if err := waitPidFree(id, zombieWait); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -249,32 +325,47 @@ func (r *Restorer) fail(step string, err error) error {
 	return err
 }
 
-// kill kills the task being built, by PID, and reaps it (it is our
-// child: the puppet's clone with CLONE_PARENT).
+// kill kills every task made so far, by PID, children first, and waits
+// (bounded) until each is gone: the root is our child (CLONE_PARENT) and
+// reaped here, the others are reaped by their parent's death (init
+// inherits and reaps them).
 func (r *Restorer) kill() {
-	if r.task == nil {
-		return
-	}
-	pid := r.task.Pid
-	if r.tr != nil && r.phase != phaseResumed {
-		_ = r.task.Kill() // kills the group, reaps the threads we trace
-	}
-	_ = unix.Kill(pid, unix.SIGKILL)
-	// Reap what is left (nothing if the tracer did), bounded: SIGKILL
-	// ends any task, traced or stopped, quickly.
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		var ws unix.WaitStatus
-		wpid, err := unix.Wait4(pid, &ws, unix.WALL|unix.WNOHANG, nil)
-		if err == unix.EINTR {
+	var made []int
+	for i := len(r.tasks) - 1; i >= 0; i-- {
+		t := r.tasks[i]
+		if t.task == nil {
 			continue
 		}
-		if err != nil || (wpid == pid && (ws.Exited() || ws.Signaled())) {
-			break
+		pid := t.task.Pid
+		made = append(made, pid)
+		if r.tr != nil && r.phase != phaseResumed {
+			_ = t.task.Kill() // kills the group, reaps the threads we trace
 		}
-		time.Sleep(5 * time.Millisecond)
+		_ = unix.Kill(pid, unix.SIGKILL)
+		t.task = nil
 	}
-	r.task = nil
+	if len(made) == 0 {
+		return
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	root := r.img.pid
+	for _, pid := range made {
+		for time.Now().Before(deadline) {
+			if pid == root && !r.o.RestoreSibling {
+				var ws unix.WaitStatus
+				wpid, err := unix.Wait4(pid, &ws, unix.WALL|unix.WNOHANG, nil)
+				if err == unix.EINTR {
+					continue
+				}
+				if err != nil || (wpid == pid && (ws.Exited() || ws.Signaled())) {
+					break
+				}
+			} else if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err != nil {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 }
 
 // close releases the tracer and the images.
@@ -284,7 +375,7 @@ func (r *Restorer) close() {
 		r.tr = nil
 	}
 	if r.img != nil {
-		r.img.close()
+		r.img.close() // every task's
 	}
 	if r.dir != nil {
 		r.dir.Close()

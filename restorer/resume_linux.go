@@ -1,6 +1,7 @@
 package restorer
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -13,7 +14,8 @@ import (
 	"godwit/internal/model"
 )
 
-// Resume runs the pre-resume scripts, detaches every thread at once (or,
+// Resume runs the pre-resume scripts, then detaches every thread of every
+// task, children first (or,
 // with --leave-stopped or a task dumped stopped, queues SIGSTOP first so
 // that it stops before running any code), runs the post-restore scripts
 // and writes stats-restore.
@@ -25,10 +27,19 @@ func (r *Restorer) Resume() error {
 	if err := r.scripts.Run(actions.PreResume, pid); err != nil {
 		return r.fail("pre-resume", err)
 	}
-	stopped := r.o.LeaveStopped || r.img.task.State == model.Stopped
-	err := r.tr.ThawProcess(pid, stopped)
-	r.phase = phaseResumed // (partly) detached: kill by signal from now on
-	if err != nil {
+	var errs []error
+	for i := len(r.tasks) - 1; i >= 0; i-- {
+		t := r.tasks[i]
+		if t.img.dead() {
+			continue
+		}
+		stopped := r.o.LeaveStopped || t.img.task.State == model.Stopped
+		if err := r.tr.ThawProcess(t.img.pid, stopped); err != nil {
+			errs = append(errs, fmt.Errorf("task %d: %w", t.img.pid, err))
+		}
+		r.phase = phaseResumed // (partly) detached: kill by signal from now on
+	}
+	if err := errors.Join(errs...); err != nil {
 		return r.fail("detach", err)
 	}
 	restoreTime := time.Since(r.start)
@@ -36,12 +47,13 @@ func (r *Restorer) Resume() error {
 		// The task runs already; CRIU kills it in this case too.
 		return r.fail("post-restore", err)
 	}
+	pages, _ := r.Stats()
 	st := &stats.RestoreStatsEntry{
 		PagesCompared:   proto.Uint64(0),
 		PagesSkippedCow: proto.Uint64(0),
 		ForkingTime:     proto.Uint32(uint32(r.forkTime.Microseconds())),
 		RestoreTime:     proto.Uint32(uint32(restoreTime.Microseconds())),
-		PagesRestored:   proto.Uint64(r.pagesRestored),
+		PagesRestored:   proto.Uint64(pages),
 	}
 	if err := images.WriteRestoreStats(r.dir, r.o.WorkDir, st); err != nil {
 		r.log.Warnf("restore %d: write %s: %v", pid, images.StatsRestore, err)
@@ -49,7 +61,7 @@ func (r *Restorer) Resume() error {
 	if r.o.Stats != nil {
 		fmt.Fprint(r.o.Stats, images.FormatStats(&stats.StatsEntry{Restore: st}))
 	}
-	r.log.Infof("restore %d: %d pages in %v", pid, r.pagesRestored, restoreTime)
+	r.log.Infof("restore %d: %d tasks, %d pages in %v", pid, len(r.tasks), pages, restoreTime)
 	if r.img != nil {
 		r.img.close()
 	}
@@ -58,10 +70,13 @@ func (r *Restorer) Resume() error {
 
 // Stats returns the page count and elapsed time so far.
 func (r *Restorer) Stats() (pagesRestored uint64, elapsed time.Duration) {
-	return r.pagesRestored, time.Since(r.start)
+	for _, t := range r.tasks {
+		pagesRestored += t.pagesRestored
+	}
+	return pagesRestored, time.Since(r.start)
 }
 
-// Wait waits for the restored task to exit and returns its exit status
+// Wait waits for the restored root task to exit and returns its exit status
 // (128+signal if a signal killed it, as a shell reports it), then
 // releases the restorer.
 func (r *Restorer) Wait() (int, error) {

@@ -16,73 +16,143 @@ import (
 // thread is one dumped thread.
 type thread = model.Thread
 
-// taskImages is the one process to restore, as the codec read it, and its
-// page streams.
+// taskImages is one process to restore, as the codec read it, and its
+// page streams. The root's also lists every task of the tree.
 type taskImages struct {
 	pid     int
 	tree    *model.Tree
 	task    *model.Task
-	threads []*thread // leader first
+	threads []*thread // leader first; none for a dead task
 	mm      *model.MM
 	pages   *images.PageReader // nil when the dump has no private pages
 	chain   *pagexfer.Chain    // pages resolved through the parent images; nil: none needed
-	shmem   map[uint64]*images.PageReader
+	// shmem are the shared anonymous objects this task makes and fills
+	// (the first task of the tree that maps each), by shmid.
+	shmem map[uint64]*images.PageReader
+	// shmOwner is the task that makes each shared anonymous object of
+	// the tree, by shmid; shmSize its size (its largest mapped end).
+	shmOwner map[uint64]int
+	shmSize  map[uint64]uint64
+	tasks    []*taskImages // the root's: every task, the root first
 }
 
 func (ti *taskImages) close() {
 	if ti == nil {
 		return
 	}
+	for _, t := range ti.tasks {
+		if t != ti {
+			t.closeOwn()
+		}
+	}
+	ti.closeOwn()
+}
+
+func (ti *taskImages) closeOwn() {
 	if ti.chain != nil {
 		ti.chain.Close()
+		ti.chain = nil
 	}
 	if ti.pages != nil {
 		ti.pages.Close()
+		ti.pages = nil
 	}
-	for _, p := range ti.shmem {
+	for id, p := range ti.shmem {
 		if p != nil {
 			p.Close()
 		}
+		delete(ti.shmem, id)
 	}
 }
 
 // leader returns the main thread.
 func (ti *taskImages) leader() *thread { return ti.threads[0] }
 
-// readImages reads and checks the images of the one process in d.
-func readImages(d *images.Dir) (ti *taskImages, err error) {
+// dead reports a task that was a zombie: it is restored as one.
+func (ti *taskImages) dead() bool {
+	return ti.task.State == model.Dead || ti.task.State == model.Zombie
+}
+
+// readImages reads and checks the images of the tree in d, and returns
+// its root.
+func readImages(d *images.Dir) (root *taskImages, err error) {
 	tree, err := criuimg.Read(d)
 	if err != nil {
 		return nil, err
 	}
-	if len(tree.Tasks) > 1 {
-		var pids []string
-		for _, k := range tree.Tasks[1:] {
-			pids = append(pids, fmt.Sprint(k.Pid))
+	if err := checkTree(tree); err != nil {
+		return nil, fmt.Errorf("%s: %w", images.PstreeImg, err)
+	}
+	shmOwner, shmSize := map[uint64]int{}, map[uint64]uint64{}
+	for _, k := range tree.Tasks {
+		if k.MM == nil {
+			continue
 		}
-		return nil, fmt.Errorf("%s: process trees are not supported yet: %d has children %s",
-			images.PstreeImg, tree.Root().Pid, strings.Join(pids, ","))
+		for _, v := range k.MM.VMAs {
+			if v.SharedAnon() {
+				if _, ok := shmOwner[v.Shmid]; !ok {
+					shmOwner[v.Shmid] = k.Pid
+				}
+				shmSize[v.Shmid] = max(shmSize[v.Shmid], v.Pgoff+v.End-v.Start)
+			}
+		}
 	}
-	k := tree.Root()
-	switch k.State {
-	case model.Alive, model.Stopped:
-	default:
-		return nil, fmt.Errorf("%s: task state %v cannot be restored", images.CoreImg(k.Pid), k.State)
-	}
-	if k.MM == nil || k.FS == nil {
-		return nil, fmt.Errorf("%s: task %d has no mm or fs", images.PstreeImg, k.Pid)
-	}
-	ti = &taskImages{pid: k.Pid, tree: tree, task: k, threads: k.Threads, mm: k.MM, shmem: map[uint64]*images.PageReader{}}
-	built := ti
+	var all []*taskImages
 	defer func() {
 		if err != nil {
-			built.close()
+			for _, t := range all {
+				t.closeOwn()
+			}
 		}
 	}()
-	if err := ti.readPages(d); err != nil {
-		return nil, err
+	for _, k := range tree.Tasks {
+		ti := &taskImages{pid: k.Pid, tree: tree, task: k, threads: k.Threads, mm: k.MM,
+			shmem: map[uint64]*images.PageReader{}, shmOwner: shmOwner, shmSize: shmSize}
+		all = append(all, ti)
+		switch k.State {
+		case model.Alive, model.Stopped:
+		case model.Dead, model.Zombie:
+			if k == tree.Root() {
+				return nil, fmt.Errorf("%s: the root task %d is dead", images.CoreImg(k.Pid), k.Pid)
+			}
+			continue
+		default:
+			return nil, fmt.Errorf("%s: task state %v cannot be restored", images.CoreImg(k.Pid), k.State)
+		}
+		if k.MM == nil || k.FS == nil {
+			return nil, fmt.Errorf("%s: task %d has no mm or fs", images.PstreeImg, k.Pid)
+		}
+		if err := ti.readPages(d); err != nil {
+			return nil, err
+		}
 	}
-	return ti, nil
+	all[0].tasks = all
+	return all[0], nil
+}
+
+// checkTree refuses a tree whose links cannot be restored: a parent that
+// is not an earlier task, a pid or tid used twice.
+func checkTree(t *model.Tree) error {
+	procs, ids := map[int]bool{}, map[int]bool{}
+	for i, k := range t.Tasks {
+		if i > 0 && !procs[k.Ppid] {
+			return fmt.Errorf("task %d: parent %d is not an earlier task of the tree", k.Pid, k.Ppid)
+		}
+		if ids[k.Pid] {
+			return fmt.Errorf("pid %d used twice", k.Pid)
+		}
+		ids[k.Pid], procs[k.Pid] = true, true
+		for _, th := range k.Threads {
+			if th.Tid == k.Pid {
+				continue
+			}
+			if ids[th.Tid] || t.Task(th.Tid) != nil {
+				return fmt.Errorf("task %d: tid %d used twice", k.Pid, th.Tid)
+			}
+			ids[th.Tid] = true
+		}
+	}
+	return nil
 }
 
 // imgErr names the image in err unless it already does.
@@ -121,7 +191,7 @@ func (ti *taskImages) readPages(d *images.Dir) error {
 		}
 	}
 	for _, v := range vmas {
-		if !v.SharedAnon() {
+		if !v.SharedAnon() || ti.shmOwner[v.Shmid] != ti.pid {
 			continue
 		}
 		id := v.Shmid

@@ -28,20 +28,28 @@ import (
 // are the identity CRIU's own restore checks.
 func validateFiles(img *taskImages, o Options) (map[model.ID]drivers.FileIdentity, error) {
 	uses := map[model.ID]string{}
-	for _, fd := range img.task.FDs {
-		if _, ok := uses[fd.File]; !ok {
-			uses[fd.File] = fmt.Sprintf("fd %d", fd.Num)
+	for _, ti := range img.tasks {
+		in := ""
+		if ti != img {
+			in = fmt.Sprintf("task %d: ", ti.pid)
 		}
-	}
-	if img.mm != nil {
-		uses[img.mm.Exe] = "the executable"
-		for _, v := range img.mm.VMAs {
-			if !v.FileBacked() {
-				continue
+		for _, fd := range ti.task.FDs {
+			if _, ok := uses[fd.File]; !ok {
+				uses[fd.File] = fmt.Sprintf("%sfd %d", in, fd.Num)
 			}
-			id := model.ID(v.Shmid)
-			if _, ok := uses[id]; !ok {
-				uses[id] = fmt.Sprintf("mapping %#x-%#x", v.Start, v.End)
+		}
+		if ti.mm != nil {
+			if _, ok := uses[ti.mm.Exe]; !ok {
+				uses[ti.mm.Exe] = in + "the executable"
+			}
+			for _, v := range ti.mm.VMAs {
+				if !v.FileBacked() {
+					continue
+				}
+				id := model.ID(v.Shmid)
+				if _, ok := uses[id]; !ok {
+					uses[id] = fmt.Sprintf("%smapping %#x-%#x", in, v.Start, v.End)
+				}
 			}
 		}
 	}

@@ -49,6 +49,10 @@ type Restore struct {
 	// Validated are the files checked against the dump before the
 	// restore started; each is verified again once opened in the task.
 	Validated map[model.ID]FileIdentity
+	// Opened is where each open file description of the tree was
+	// first made, shared by every task's Restore: a task that shares
+	// one takes it from there. nil: no sharing between tasks.
+	Opened map[model.ID]OpenedAt
 }
 
 // Collector reads process-wide state from outside the frozen task
@@ -110,8 +114,11 @@ var registry = []Driver{
 	timersDriver{},
 	miscDriver{},
 	threadDriver{},
-	phase{name: PhaseMM, after: []string{"session", "files", "fs", "sigactions", "timers", "misc", "thread"}},
+	loginuidDriver{},
+	membarrierDriver{},
+	phase{name: PhaseMM, after: []string{"session", "files", "fs", "sigactions", "timers", "misc", "thread", "loginuid", "membarrier"}},
 	memoryDriver{},
+	guardDriver{},
 	rlimitsDriver{},
 	credsDriver{},
 	signalsDriver{},

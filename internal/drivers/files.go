@@ -3,6 +3,7 @@ package drivers
 import (
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -29,8 +30,8 @@ func (filesDriver) Collect(d *Dump) error {
 	if err != nil {
 		return err
 	}
-	d.Task.FDs = d.Files.fdTable(d.Pid, fds)
-	return nil
+	d.Task.FDs, err = d.Files.fdTable(d.Pid, fds)
+	return err
 }
 
 // Restore closes the puppet's fds, then opens every file and dup3s it to
@@ -52,6 +53,15 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) error {
 			if _, err := s.Call(what+": dup3", unix.SYS_DUP3, f, fd, dupFlags); err != nil {
 				return err
 			}
+			continue
+		}
+		if at, ok := r.Opened[e.File]; ok && at.Pid != r.Task.Pid {
+			// Made in another task of the tree (inherited by fork,
+			// passed): share that very description.
+			if err := takeFD(s, what, at, fd, e.Cloexec); err != nil {
+				return err
+			}
+			first[e.File] = fd
 			continue
 		}
 		f := r.Tree.Files[e.File]
@@ -76,6 +86,48 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) error {
 			}
 		}
 		first[e.File] = fd
+		if r.Opened != nil {
+			r.Opened[e.File] = OpenedAt{Pid: r.Task.Pid, FD: e.Num}
+		}
+	}
+	return nil
+}
+
+// OpenedAt is an fd of a restored task that holds an open file
+// description.
+type OpenedAt struct {
+	Pid, FD int
+}
+
+// takeFD gives the task fd, a copy of fd at.FD of task at.Pid (one open
+// file description in both), by injected pidfd_open and pidfd_getfd: the
+// task, still root, may take it.
+func takeFD(s *inject.Session, what string, at OpenedAt, fd uint64, cloexec bool) error {
+	pfd, err := s.Call(fmt.Sprintf("%s: pidfd_open(%d)", what, at.Pid), unix.SYS_PIDFD_OPEN, uint64(at.Pid), 0)
+	if err != nil {
+		return err
+	}
+	tmp, err := s.Call(fmt.Sprintf("%s: pidfd_getfd(%d, %d)", what, at.Pid, at.FD), unix.SYS_PIDFD_GETFD, pfd, uint64(at.FD), 0)
+	if _, cerr := s.Call(what+": close pidfd", unix.SYS_CLOSE, pfd); cerr != nil && err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if tmp != fd {
+		flags := uint64(0)
+		if cloexec {
+			flags = unix.O_CLOEXEC
+		}
+		if _, err := s.Call(what+": dup3", unix.SYS_DUP3, tmp, fd, flags); err != nil {
+			return err
+		}
+		_, err := s.Call(what+": close", unix.SYS_CLOSE, tmp)
+		return err
+	}
+	if !cloexec { // pidfd_getfd sets close-on-exec
+		_, err := s.Call(what+": clear close-on-exec", unix.SYS_FCNTL, fd, unix.F_SETFD, 0)
+		return err
 	}
 	return nil
 }
@@ -87,6 +139,7 @@ type Files struct {
 	byID  map[model.ID]*model.File
 	byKey map[fileKey]model.ID
 	next  model.ID
+	descs []descRef // the open file descriptions, in kcmp order
 }
 
 type fileKey struct {
@@ -260,32 +313,68 @@ func CollectFDs(pid int) ([]FD, error) {
 	return out, nil
 }
 
-// sameFile reports whether fds a and b of pid share one open file
-// description (dup, fork): they must then share one file id, as in CRIU,
-// so that the restored fds share offset and flags again.
-func sameFile(pid, a, b int) bool {
-	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(pid), linux.KcmpFile, uintptr(a), uintptr(b), 0)
-	return e == 0 && r == 0
+// descRef is an fd that holds an open file description of the tree.
+type descRef struct {
+	pid, fd int
+	id      model.ID
+}
+
+// kcmpFile orders the open file descriptions of fd a of pid and fd b of
+// qid as the kernel does (kcmp KCMP_FILE: 0 equal, 1 less, 2 greater).
+func kcmpFile(pid, a, qid, b int) (int, error) {
+	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(qid), linux.KcmpFile, uintptr(a), uintptr(b), 0)
+	if e != 0 {
+		return 0, fmt.Errorf("kcmp fd %d of %d with fd %d of %d: %w", a, pid, b, qid, e)
+	}
+	return int(r), nil
+}
+
+// describe returns the id of the open file description behind fd of pid:
+// that of an fd of the tree seen before which shares it (dup, fork, fds
+// passed between tasks: they must share one file id, as in CRIU, so that
+// the restored fds share offset and flags again), or 0 if none does. The
+// descriptions seen so far are kept sorted by the kernel's own order
+// (kcmp), so this is a binary search: O(log n) kcmp calls per fd, not one
+// per fd seen before.
+func (f *Files) describe(pid, fd int) (model.ID, int, error) {
+	lo, hi := 0, len(f.descs)
+	for lo < hi {
+		m := (lo + hi) / 2
+		r := f.descs[m]
+		c, err := kcmpFile(pid, fd, r.pid, r.fd)
+		if err != nil {
+			return 0, 0, err
+		}
+		switch c {
+		case 0:
+			return r.id, m, nil
+		case 1:
+			hi = m
+		case 2:
+			lo = m + 1
+		default:
+			return 0, 0, fmt.Errorf("kcmp fd %d of %d: no order (%d)", fd, pid, c)
+		}
+	}
+	return 0, lo, nil
 }
 
 // fdTable adds a file per open file description and returns the fds.
-func (f *Files) fdTable(pid int, fds []FD) []model.FD {
+func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 	out := make([]model.FD, 0, len(fds))
 	for i := range fds {
 		fd := &fds[i]
-		id := model.ID(0)
-		// Only fds on the same inode can share a description.
-		for j := 0; j < i && id == 0; j++ {
-			if fds[j].Stat.Dev == fd.Stat.Dev && fds[j].Stat.Ino == fd.Stat.Ino && sameFile(pid, fds[j].Num, fd.Num) {
-				id = out[j].File
-			}
+		id, at, err := f.describe(pid, fd.Num)
+		if err != nil {
+			return nil, fmt.Errorf("fd %d: %w", fd.Num, err)
 		}
 		if id == 0 {
 			id = f.Reg(fd.Path, fd.Flags, fd.Pos, &fd.Stat, fd.MntID)
+			f.descs = slices.Insert(f.descs, at, descRef{pid: pid, fd: fd.Num, id: id})
 		}
 		out = append(out, model.FD{Num: fd.Num, File: id, Cloexec: fd.Cloexec})
 	}
-	return out
+	return out, nil
 }
 
 // NoMntID leaves mnt_id unset (the exe, cwd, root and mapped files have no

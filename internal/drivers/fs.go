@@ -1,7 +1,10 @@
 package drivers
 
 import (
+	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -29,6 +32,15 @@ func (fsDriver) Collect(d *Dump) error {
 	if err != nil {
 		return fmt.Errorf("root: %w", err)
 	}
+	// A directory removed while the task sat in it: the link reads
+	// "PATH (deleted)" and the directory has no links left.
+	cwdDeleted := cwdSt.Nlink == 0 && strings.HasSuffix(cwdPath, deletedSuffix)
+	if cwdDeleted {
+		cwdPath = strings.TrimSuffix(cwdPath, deletedSuffix)
+	}
+	if rootSt.Nlink == 0 {
+		return fmt.Errorf("root %s: a deleted root directory is not supported", rootPath)
+	}
 	status, err := procfs.ReadStatus(d.Pid)
 	if err != nil {
 		return err
@@ -36,6 +48,8 @@ func (fsDriver) Collect(d *Dump) error {
 	fs := &model.FS{
 		Cwd:  d.Files.Reg(cwdPath, unix.O_RDONLY|unix.O_DIRECTORY, 0, cwdSt, NoMntID),
 		Root: d.Files.Reg(rootPath, unix.O_RDONLY|unix.O_DIRECTORY, 0, rootSt, NoMntID),
+
+		CwdDeleted: cwdDeleted,
 	}
 	umask := uint32(0o022)
 	if status.Umask >= 0 {
@@ -46,15 +60,24 @@ func (fsDriver) Collect(d *Dump) error {
 	return nil
 }
 
+// deletedSuffix ends the /proc link of a file no longer in the tree.
+const deletedSuffix = " (deleted)"
+
 // Restore changes to the cwd and sets the umask.
 func (fsDriver) Restore(r *Restore, s *inject.Session) error {
 	cwd := r.Tree.Files[r.Task.FS.Cwd].Path
-	a, err := s.PutString(0, cwd)
-	if err != nil {
-		return err
-	}
-	if _, err := s.Call("chdir "+cwd, unix.SYS_CHDIR, a); err != nil {
-		return err
+	if r.Task.FS.CwdDeleted {
+		if err := deletedCwd(r, s, cwd); err != nil {
+			return err
+		}
+	} else {
+		a, err := s.PutString(0, cwd)
+		if err != nil {
+			return err
+		}
+		if _, err := s.Call("chdir "+cwd, unix.SYS_CHDIR, a); err != nil {
+			return err
+		}
 	}
 	if u := r.Task.FS.Umask; u != nil {
 		if _, err := s.Call("umask", unix.SYS_UMASK, uint64(*u)); err != nil {
@@ -62,4 +85,37 @@ func (fsDriver) Restore(r *Restore, s *inject.Session) error {
 		}
 	}
 	return nil
+}
+
+// deletedCwd gives the task a deleted working directory again, as the
+// kernel keeps it: a directory is made (at the old path when it is free,
+// else beside it, else in /tmp), entered and removed, so the task sees
+// what it saw (getcwd fails with ENOENT, /proc/PID/cwd reads
+// "… (deleted)", nothing can be created in it).
+func deletedCwd(r *Restore, s *inject.Session, cwd string) error {
+	mode := uint64(0o700)
+	if m := r.Tree.Files[r.Task.FS.Cwd].Mode; m != 0 {
+		mode = uint64(m & 0o7777)
+	}
+	tag := ".godwit-deleted-cwd-" + strconv.Itoa(r.Task.Pid)
+	var errs []error
+	for _, p := range []string{cwd, cwd + tag, "/tmp/" + tag} {
+		a, err := s.PutString(0, p)
+		if err != nil {
+			return err
+		}
+		if _, err := s.Call("mkdir "+p, unix.SYS_MKDIR, a, mode); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		_, err = s.Call("chdir "+p, unix.SYS_CHDIR, a)
+		if _, rerr := s.Call("rmdir "+p, unix.SYS_RMDIR, a); rerr != nil && err == nil {
+			err = rerr
+		}
+		if err != nil {
+			return fmt.Errorf("deleted cwd %s: %w", cwd, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("deleted cwd %s: no place to remake it: %w", cwd, errors.Join(errs...))
 }

@@ -14,8 +14,7 @@ import (
 )
 
 // miscDriver dumps and restores process-wide odds and ends: personality,
-// comm, child subreaper, THP disabling, oom_score_adj (and loginuid,
-// which is recorded only).
+// comm, child subreaper, THP disabling, oom_score_adj.
 type miscDriver struct{}
 
 func (miscDriver) Name() string    { return "misc" }
@@ -35,12 +34,6 @@ func (miscDriver) Collect(d *Dump) error {
 	ti.Personality = uint32(p)
 	if ti.Comm, err = procfs.ReadComm(pid); err != nil {
 		return err
-	}
-	if b, err := os.ReadFile(procfs.Path(pid, "loginuid")); err == nil {
-		if v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32); err == nil {
-			lu := uint32(v)
-			ti.Loginuid = &lu
-		}
 	}
 	if b, err := os.ReadFile(procfs.Path(pid, "oom_score_adj")); err == nil {
 		if v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 32); err == nil {

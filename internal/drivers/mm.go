@@ -3,6 +3,7 @@ package drivers
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -153,6 +154,7 @@ func CollectVMAs(pid int, fileID FileIDFunc) ([]model.VMA, error) {
 		if err != nil {
 			return nil, fmt.Errorf("vma %#x-%#x (%s): %w", e.Start, e.End, vmaName(e), err)
 		}
+		v.MayGuard = slices.Contains(e.VmFlags, "gu")
 		out = append(out, v)
 	}
 	return out, nil
@@ -192,6 +194,10 @@ func classifyVMA(pid int, e *procfs.SmapsEntry, fileID FileIDFunc) (model.VMA, e
 			v.Flags |= unix.MAP_NORESERVE
 		case "lo":
 			v.Flags |= unix.MAP_LOCKED
+		case "dp":
+			// MAP_DROPPABLE (6.11+): its own map type, which CRIU's
+			// flags cannot carry; the godwit image keeps it.
+			v.Droppable = true
 		}
 		if m, ok := madvFlags[f]; ok {
 			v.Madv |= 1 << m
@@ -222,6 +228,10 @@ func classifyVMA(pid int, e *procfs.SmapsEntry, fileID FileIDFunc) (model.VMA, e
 			return v, fmt.Errorf("special mapping is not supported yet")
 		}
 		return v, nil
+	case slices.Contains(e.VmFlags, "ht"):
+		return v, errors.New("hugetlb mapping is not supported yet")
+	case e.Path == "/[aio]" && e.Deleted:
+		return v, errors.New("io_setup AIO ring is not supported yet (godwit cannot remake an AIO context)")
 	case strings.HasPrefix(e.Path, "/SYSV"):
 		return v, errors.New("SysV shared memory is not supported yet")
 	case e.Shared && (e.Path == "/dev/zero" && e.Deleted || strings.HasPrefix(e.Path, "/memfd:") || strings.HasPrefix(e.Path, "[anon_shmem:")):
@@ -251,7 +261,10 @@ func classifyVMA(pid int, e *procfs.SmapsEntry, fileID FileIDFunc) (model.VMA, e
 	v.Fdflags = unix.O_RDONLY
 	if e.Shared {
 		v.Status |= images.VmaFileShared
-		if e.Write {
+		// VM_MAYWRITE ("mw") on a shared file mapping says the file
+		// was open for writing when mapped: the program may mprotect it
+		// writable later, which needs a file reopened O_RDWR.
+		if e.Write || slices.Contains(e.VmFlags, "mw") {
 			v.Fdflags = unix.O_RDWR
 		}
 	} else {

@@ -11,6 +11,7 @@ import (
 	"godwit/internal/inject"
 	"godwit/internal/model"
 	"godwit/internal/procfs"
+	"godwit/internal/ptrace"
 )
 
 // threadDriver dumps and restores per-thread state: robust futex list,
@@ -27,6 +28,11 @@ func (threadDriver) CollectThread(d *Dump, ti *model.Thread) error {
 		return fmt.Errorf("get_robust_list(%d): %w", ti.Tid, e)
 	}
 	ti.RobustList, ti.RobustLen = head, size
+	if ptrace.Restart(&ti.Regs) == ptrace.RestartBlock {
+		if _, err := RestartedCall(d.Pid, &ti.Regs); err != nil {
+			return err
+		}
+	}
 	if b, err := os.ReadFile(procfs.TaskPath(d.Pid, ti.Tid, "comm")); err == nil {
 		ti.Comm = procfs.ParseComm(b)
 	}

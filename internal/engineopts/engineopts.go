@@ -8,7 +8,6 @@ import (
 	"strconv"
 
 	"godwit/dumper"
-	"godwit/internal/logging"
 	"godwit/internal/opts"
 	"godwit/pageserver"
 	"godwit/restorer"
@@ -66,11 +65,13 @@ func Restore(o *opts.Options, stats io.Writer) (restorer.Options, error) {
 	case len(o.InheritFD) > 0:
 		return restorer.Options{}, errors.New("restore: --inherit-fd is not supported yet")
 	}
-	if o.RestoreSibling {
-		logging.Default().Warnf("restore: --restore-sibling: the task's parent is godwit in both modes (the puppet is godwit's child)")
+	if o.RestoreSibling && !o.RestoreDetach {
+		// The root's parent is then godwit's parent: godwit cannot
+		// wait for it, as restore without -d does.
+		return restorer.Options{}, errors.New("restore: --restore-sibling needs --restore-detached")
 	}
 	r := restorer.Options{
-		ImagesDir: o.ImagesDir, WorkDir: o.WorkDir,
+		ImagesDir: o.ImagesDir, WorkDir: o.WorkDir, RestoreSibling: o.RestoreSibling,
 		Detach: o.RestoreDetach, LeaveStopped: o.LeaveStopped, ShellJob: o.ShellJob,
 		CPUCap: o.CPUCap, FileValidation: o.FileValidation, SkipFileRWXCheck: o.SkipFileRWXCheck,
 		AutoDedup: o.AutoDedup,

@@ -210,12 +210,18 @@ type MM struct {
 	Dumpable                               *int32 // nil: unknown
 	THPDisabled                            bool
 	VMAs                                   []VMA // ascending
+	// Membarrier is the MEMBARRIER_CMD_REGISTER_* commands the mm is
+	// registered for (godwit image: CRIU has no field).
+	Membarrier uint32
 }
 
 // FS is a task's fs_struct.
 type FS struct {
 	Cwd, Root ID // Files
 	Umask     *uint32
+	// CwdDeleted: the cwd was removed while the task sat in it (godwit
+	// image: CRIU has no field); Cwd names the path it had.
+	CwdDeleted bool
 }
 
 // FD is one file descriptor.

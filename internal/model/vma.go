@@ -17,7 +17,19 @@ type VMA struct {
 	Madv    uint64 // 1<<MADV_* of the advice in force
 	Fdflags uint32 // open flags of the mapped file; file mappings only
 	Path    string // the mapped path, for messages (not in images)
+	// Droppable: a MAP_DROPPABLE mapping (godwit image: CRIU has no
+	// map type for it).
+	Droppable bool
+	// Guards are the MADV_GUARD_INSTALL guard regions inside the VMA,
+	// ascending (godwit image).
+	Guards []Range
+	// MayGuard: the kernel marks the VMA as one where guard regions were
+	// installed (smaps VmFlags "gu"); dump side only, not in images.
+	MayGuard bool
 }
+
+// Range is [Start, End) of addresses.
+type Range struct{ Start, End uint64 }
 
 // Private reports whether the VMA's own pages are dumped with the task's.
 func (v *VMA) Private() bool { return v.Status&(images.VmaAnonPrivate|images.VmaFilePrivate) != 0 }

@@ -28,8 +28,15 @@ const (
 	pmSwapTypeBits = 5
 )
 
-func (e PagemapEntry) Present() bool   { return e&PMPresent != 0 }
-func (e PagemapEntry) Swapped() bool   { return e&PMSwap != 0 }
+func (e PagemapEntry) Present() bool { return e&PMPresent != 0 }
+
+// Swapped: a page in swap. A guard region's PTE marker is reported with
+// PM_SWAP too (and a meaningless swap entry): it is a guard, not a page.
+func (e PagemapEntry) Swapped() bool { return e&PMSwap != 0 && e&PMGuard == 0 }
+
+// Guard: the page is in a MADV_GUARD_INSTALL guard region (6.15+).
+func (e PagemapEntry) Guard() bool { return e&PMGuard != 0 }
+
 func (e PagemapEntry) File() bool      { return e&PMFile != 0 }
 func (e PagemapEntry) Exclusive() bool { return e&PMExclusive != 0 }
 func (e PagemapEntry) SoftDirty() bool { return e&PMSoftDirty != 0 }

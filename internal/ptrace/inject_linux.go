@@ -88,7 +88,11 @@ const maxTextScan = 4 << 20
 // the [vdso] first (present in every process, tiny, and it contains
 // syscall fallbacks), then any other executable mapping. The bytes need not
 // be an instruction boundary of the original code: we jump straight at them.
-func FindSyscallInsn(pid int) (uint64, error) {
+func FindSyscallInsn(pid int) (uint64, error) { return FindSyscallInsnOutside(pid, 0, 0) }
+
+// FindSyscallInsnOutside is FindSyscallInsn skipping mappings inside
+// [lo, hi) (a restorer's own code, about to go: a task without a vDSO).
+func FindSyscallInsnOutside(pid int, lo, hi uint64) (uint64, error) {
 	maps, err := procfs.ReadMaps(pid)
 	if err != nil {
 		return 0, err
@@ -115,7 +119,8 @@ func FindSyscallInsn(pid int) (uint64, error) {
 		}
 	}
 	for i := range maps {
-		if maps[i].Exec && maps[i].Path != "[vdso]" && maps[i].Path != "[vsyscall]" {
+		if maps[i].Exec && maps[i].Path != "[vdso]" && maps[i].Path != "[vsyscall]" &&
+			(maps[i].End <= lo || maps[i].Start >= hi) {
 			if a, ok := try(&maps[i]); ok {
 				return a, nil
 			}

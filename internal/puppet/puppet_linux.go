@@ -44,6 +44,10 @@ type Options struct {
 	Base uint64
 	// Argv0 is the puppet's argv[0]; "godwit-puppet" if empty.
 	Argv0 string
+	// Sibling makes the puppet a sibling of godwit (CLONE_PARENT: its
+	// parent is godwit's parent), not a child, so that tasks it clones
+	// with CLONE_PARENT are siblings too (restore --restore-sibling).
+	Sibling bool
 }
 
 // Puppet is a stub task, attached and stopped.
@@ -91,10 +95,16 @@ func Start(opts Options) (*Puppet, error) {
 	err = opts.Tracer.Do(func() error {
 		// Forked from the tracer thread: the parent-death signal is
 		// tied to the thread that forks.
+		attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		if opts.Sibling {
+			// Its parent outlives godwit: PTRACE_O_EXITKILL alone
+			// ends it if godwit dies while it is held.
+			attr = &syscall.SysProcAttr{Setpgid: true, Cloneflags: unix.CLONE_PARENT}
+		}
 		proc, err := os.StartProcess("/proc/self/fd/"+strconv.Itoa(int(mfd.Fd())), []string{argv0}, &os.ProcAttr{
 			Files: []*os.File{null, null, null},
 			Env:   []string{},
-			Sys:   &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
+			Sys:   attr,
 		})
 		if err != nil {
 			return fmt.Errorf("puppet: exec stub: %w", err)
@@ -175,16 +185,28 @@ func PidMax() (int, error) {
 // puppet's parent (CLONE_PARENT) — godwit itself for a puppet from Start —
 // otherwise it is the puppet.
 func (p *Puppet) Clone(pid int, sibling bool) (*Puppet, error) {
+	flags := uint64(0)
+	if sibling {
+		flags = unix.CLONE_PARENT
+	}
+	return p.CloneWith(pid, flags)
+}
+
+// SharedFlags are the clone flags CloneWith takes: a parent's tables the
+// new task shares (CLONE_FILES, CLONE_FS), or its parent (CLONE_PARENT).
+const SharedFlags = unix.CLONE_PARENT | unix.CLONE_FILES | unix.CLONE_FS
+
+// CloneWith is Clone with clone flags among SharedFlags.
+func (p *Puppet) CloneWith(pid int, flags uint64) (*Puppet, error) {
+	if flags&^SharedFlags != 0 {
+		return nil, fmt.Errorf("puppet: clone flags %#x not allowed", flags&^SharedFlags)
+	}
 	if err := checkPid(pid); err != nil {
 		return nil, err
 	}
 	s, err := p.tr.BeginInjection(p.Pid)
 	if err != nil {
 		return nil, fmt.Errorf("puppet %d: %w", p.Pid, err)
-	}
-	flags := uint64(0)
-	if sibling {
-		flags = unix.CLONE_PARENT
 	}
 	child, cerr := p.clone3(s, pid, flags)
 	if eerr := s.End(); eerr != nil && cerr == nil {

@@ -46,7 +46,20 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 	var pss []proto.Message
 	fdTables := map[model.ID]bool{}
 	for _, k := range t.Tasks {
+		if k.State == model.Dead {
+			// A zombie: its pstree entry and a core with its state
+			// and wait status, as CRIU writes one.
+			c := &criu_core.CoreEntry{Mtype: criu_core.CoreEntry_X86_64.Enum(), Tc: taskCore(k)}
+			if err := put(images.CoreImg(k.Pid), c); err != nil {
+				return fmt.Errorf("write images of %d: %w", k.Pid, err)
+			}
+			pss = append(pss, pstreeEntry(k))
+			continue
+		}
 		if err := writeTask(k, put); err != nil {
+			return fmt.Errorf("write images of %d: %w", k.Pid, err)
+		}
+		if err := writeGodwit(d, k, written); err != nil {
 			return fmt.Errorf("write images of %d: %w", k.Pid, err)
 		}
 		pss = append(pss, pstreeEntry(k))
@@ -123,6 +136,9 @@ func pstreeEntry(k *model.Task) *pstree.PstreeEntry {
 	tids := make([]uint32, len(k.Threads))
 	for i, th := range k.Threads {
 		tids[i] = uint32(th.Tid)
+	}
+	if len(tids) == 0 {
+		tids = []uint32{uint32(k.Pid)} // a zombie, as CRIU lists it
 	}
 	return &pstree.PstreeEntry{
 		Pid: proto.Uint32(uint32(k.Pid)), Ppid: proto.Uint32(uint32(k.Ppid)),

@@ -1,0 +1,226 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/abi/linux"
+)
+
+var (
+	treeOnce sync.Once
+	treeBin  string
+	treeErr  error
+)
+
+// treeWorkload builds workloads/tree.c once (into the directory of the
+// other workloads).
+func treeWorkload(t *testing.T) string {
+	t.Helper()
+	treeOnce.Do(func() {
+		treeBin = filepath.Join(filepath.Dir(godwitBin), "tree")
+		out, err := exec.Command("gcc", "-O2", "-Wall", "-o", treeBin, "workloads/tree.c").CombinedOutput()
+		if err != nil {
+			treeErr = fmt.Errorf("gcc tree.c: %v\n%s", err, out)
+		}
+	})
+	if treeErr != nil {
+		t.Fatal(treeErr)
+	}
+	return treeBin
+}
+
+// taskInfo is what a test compares of a task before and after.
+type taskInfo struct {
+	Ppid, Pgid, Sid int
+	State           byte
+}
+
+func statOf(pid int) (taskInfo, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return taskInfo{}, false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+2:]))
+	atoi := func(s string) int { n, _ := strconv.Atoi(s); return n }
+	st := f[0][0]
+	if st == 'R' || st == 'D' {
+		st = 'S' // running or sleeping is scheduling, not restored state
+	}
+	return taskInfo{State: st, Ppid: atoi(f[1]), Pgid: atoi(f[2]), Sid: atoi(f[3])}, true
+}
+
+// subtree lists pid and its descendants with their ids and states.
+func subtree(t *testing.T, pid int) map[int]taskInfo {
+	t.Helper()
+	out := map[int]taskInfo{}
+	queue := []int{pid}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		ti, ok := statOf(p)
+		if !ok {
+			t.Fatalf("task %d vanished", p)
+		}
+		out[p] = ti
+		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", p))
+		for _, e := range ents {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", p, e.Name()))
+			for _, c := range strings.Fields(string(b)) {
+				n, _ := strconv.Atoi(c)
+				queue = append(queue, n)
+			}
+		}
+	}
+	return out
+}
+
+func kcmp(pid1, pid2, typ, a, b int) (uintptr, error) {
+	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid1), uintptr(pid2), uintptr(typ), uintptr(a), uintptr(b), 0)
+	if e != 0 {
+		return 0, e
+	}
+	return r, nil
+}
+
+// fdOf finds pid's fd open on path.
+func fdOf(t *testing.T, pid int, path string) int {
+	t.Helper()
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, e := range ents {
+		if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name())); l == path {
+			n, _ := strconv.Atoi(e.Name())
+			return n
+		}
+	}
+	t.Fatalf("pid %d has no fd on %s", pid, path)
+	return -1
+}
+
+func fdPos(t *testing.T, pid, fd int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`pos:\s+(\d+)`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("fdinfo of %d/%d: %s", pid, fd, b)
+	}
+	n, _ := strconv.ParseInt(string(m[1]), 10, 64)
+	return n
+}
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestTreeRestore dumps workloads/tree.c (a tree three levels deep with
+// two sessions and three groups, two zombies, a stopped task, a task
+// sharing an open file with the root by fork, and one sharing its fd
+// table), restores it, and checks the restored tree against the original
+// and what each part of it does afterwards.
+func TestTreeRestore(t *testing.T) {
+	needRoot(t)
+	w := startWorkload(t, treeWorkload(t))
+	ready := regexp.MustCompile(`ready A=(\d+) B=(\d+) Z=(\d+) K=(\d+) S=(\d+) W=(\d+) C=(\d+)`).FindStringSubmatch(readFile(w.log))
+	if ready == nil {
+		t.Fatalf("no ready line\n%s", w.tail())
+	}
+	id := map[string]int{}
+	for i, n := range []string{"A", "B", "Z", "K", "S", "W", "C"} {
+		id[n], _ = strconv.Atoi(ready[i+1])
+	}
+	before := subtree(t, w.pid)
+	t.Cleanup(func() {
+		for p := range before {
+			killAndForget(p)
+		}
+	})
+	if len(before) != 12 {
+		t.Fatalf("the workload has %d tasks, want 12: %v", len(before), before)
+	}
+	dir := w.dump(t)
+	w.reapKilled(t)
+	for p := range before {
+		waitFor(t, fmt.Sprintf("pid %d to go", p), func() bool { return !pidExists(p) })
+	}
+	r := restore(t, w, dir)
+	after := subtree(t, w.pid)
+	var pids []int
+	for p := range before {
+		pids = append(pids, p)
+	}
+	sort.Ints(pids)
+	for _, p := range pids {
+		want, got := before[p], after[p]
+		if p == w.pid {
+			want.Ppid = r.cmd.Process.Pid
+		}
+		if got != want {
+			t.Errorf("task %d: restored %+v, want %+v", p, got, want)
+		}
+	}
+	if len(after) != len(before) {
+		t.Errorf("restored %d tasks, want %d", len(after), len(before))
+	}
+
+	// One open file description in R and W: one offset, moving in both.
+	shared := w.log + ".shared"
+	rfd, wfd := fdOf(t, w.pid, shared), fdOf(t, id["W"], shared)
+	if c, err := kcmp(w.pid, id["W"], linux.KcmpFile, rfd, wfd); err != nil || c != 0 {
+		t.Errorf("R fd %d and W fd %d: kcmp %d %v, want one open file description", rfd, wfd, c, err)
+	}
+	pos0 := fdPos(t, w.pid, rfd)
+	waitFor(t, "both to write through the shared fd", func() bool {
+		b, _ := os.ReadFile(shared)
+		return fdPos(t, w.pid, rfd) > pos0+8 && bytes.Count(b[pos0:], []byte("R\n")) > 0 && bytes.Count(b[pos0:], []byte("W\n")) > 0
+	})
+	if c, err := kcmp(w.pid, id["C"], linux.KcmpFiles, 0, 0); err != nil || c != 0 {
+		t.Errorf("R and C: kcmp files %d %v, want one fd table (CLONE_FILES)", c, err)
+	}
+
+	// The stopped task resumes on SIGCONT.
+	syscall.Kill(id["S"], syscall.SIGCONT)
+	waitFor(t, "S to continue", func() bool { return strings.Contains(readFile(w.log), "S continued") })
+
+	// R is still a subreaper: A1, orphaned, is R's.
+	a1 := 0
+	for p, ti := range before {
+		if ti.Ppid == id["A"] {
+			a1 = p
+		}
+	}
+	syscall.Kill(id["A"], syscall.SIGKILL)
+	waitFor(t, "A1 to be reparented to R", func() bool { ti, _ := statOf(a1); return ti.Ppid == w.pid })
+
+	// R reaps its zombies: their statuses are the dumped ones.
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("restored root exited %d\n%s", code, w.tail())
+	}
+	if !strings.Contains(readFile(w.log), "zombies ok") {
+		t.Fatalf("zombie statuses wrong after restore\n%s", w.tail())
+	}
+}

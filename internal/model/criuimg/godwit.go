@@ -1,0 +1,190 @@
+package criuimg
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"godwit/internal/images"
+	"godwit/internal/model"
+)
+
+// GodwitTaskImg names the godwit image of task pid: the task state CRIU's
+// images have no field for (membarrier registrations, a deleted cwd,
+// MAP_DROPPABLE mappings, guard regions), written beside CRIU's images
+// only when the task has some. A dump without it is a plain CRIU dump.
+func GodwitTaskImg(pid int) string { return fmt.Sprintf("godwit-task-%d.json", pid) }
+
+// godwitVersion is the version this godwit writes and reads; a newer
+// image is refused (it may hold state this godwit would drop).
+const godwitVersion = 1
+
+// maxGodwitImg bounds the image read (guard regions are the only list of
+// any length).
+const maxGodwitImg = 16 << 20
+
+type godwitTask struct {
+	Version    int         `json:"version"`
+	Membarrier uint32      `json:"membarrier,omitempty"`
+	CwdDeleted bool        `json:"cwd_deleted,omitempty"`
+	VMAs       []godwitVMA `json:"vmas,omitempty"`
+}
+
+type godwitVMA struct {
+	Start     uint64      `json:"start"`
+	End       uint64      `json:"end"`
+	Droppable bool        `json:"droppable,omitempty"`
+	Guards    [][2]uint64 `json:"guards,omitempty"`
+}
+
+// Known MEMBARRIER_CMD_REGISTER_* bits (include/uapi/linux/membarrier.h):
+// GLOBAL_EXPEDITED, PRIVATE_EXPEDITED, _SYNC_CORE, _RSEQ.
+const membarrierRegisterMask = 1<<2 | 1<<4 | 1<<6 | 1<<8
+
+func godwitOf(k *model.Task) *godwitTask {
+	g := &godwitTask{Version: godwitVersion}
+	if k.MM != nil {
+		g.Membarrier = k.MM.Membarrier
+		for i := range k.MM.VMAs {
+			v := &k.MM.VMAs[i]
+			if !v.Droppable && len(v.Guards) == 0 {
+				continue
+			}
+			gv := godwitVMA{Start: v.Start, End: v.End, Droppable: v.Droppable}
+			for _, r := range v.Guards {
+				gv.Guards = append(gv.Guards, [2]uint64{r.Start, r.End})
+			}
+			g.VMAs = append(g.VMAs, gv)
+		}
+	}
+	if k.FS != nil {
+		g.CwdDeleted = k.FS.CwdDeleted
+	}
+	if g.Membarrier == 0 && !g.CwdDeleted && len(g.VMAs) == 0 {
+		return nil
+	}
+	return g
+}
+
+// writeGodwit writes k's godwit image when it has state for one.
+func writeGodwit(d *images.Dir, k *model.Task, written func(string)) error {
+	g := godwitOf(k)
+	if g == nil {
+		return nil
+	}
+	name := GodwitTaskImg(k.Pid)
+	b, err := json.Marshal(g)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	if written != nil {
+		written(name)
+	}
+	f, err := d.Create(name)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(append(b, '\n'))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+// readGodwit merges k's godwit image, if any, into k (whose MM and FS are
+// read), checking it against them.
+func readGodwit(d *images.Dir, k *model.Task) error {
+	name := GodwitTaskImg(k.Pid)
+	f, err := d.OpenRead(name)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxGodwitImg+1))
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	if err := mergeGodwit(b, k); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+// mergeGodwit parses a godwit task image and applies it to k.
+func mergeGodwit(b []byte, k *model.Task) error {
+	if len(b) > maxGodwitImg {
+		return fmt.Errorf("over %d bytes", maxGodwitImg)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var g godwitTask
+	if err := dec.Decode(&g); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data")
+	}
+	switch {
+	case g.Version > godwitVersion:
+		return fmt.Errorf("version %d is from a newer godwit (this one reads %d)", g.Version, godwitVersion)
+	case g.Version != godwitVersion:
+		return fmt.Errorf("bad version %d", g.Version)
+	}
+	if g.Membarrier&^membarrierRegisterMask != 0 {
+		return fmt.Errorf("unknown membarrier registrations %#x", g.Membarrier&^membarrierRegisterMask)
+	}
+	if (g.Membarrier != 0 || len(g.VMAs) > 0) && k.MM == nil {
+		return errors.New("memory state for a task without an mm image")
+	}
+	if g.CwdDeleted && k.FS == nil {
+		return errors.New("deleted cwd for a task without an fs image")
+	}
+	if k.MM != nil {
+		k.MM.Membarrier = g.Membarrier
+	}
+	if k.FS != nil {
+		k.FS.CwdDeleted = g.CwdDeleted
+	}
+	seen := map[uint64]bool{}
+	for _, gv := range g.VMAs {
+		v := findVMA(k.MM.VMAs, gv.Start, gv.End)
+		if v == nil {
+			return fmt.Errorf("vma %#x-%#x is not in the mm image", gv.Start, gv.End)
+		}
+		if seen[gv.Start] {
+			return fmt.Errorf("vma %#x-%#x listed twice", gv.Start, gv.End)
+		}
+		seen[gv.Start] = true
+		if gv.Droppable && !v.Private() {
+			return fmt.Errorf("vma %#x-%#x: droppable but not private anonymous", gv.Start, gv.End)
+		}
+		v.Droppable = gv.Droppable
+		last := v.Start
+		for _, r := range gv.Guards {
+			if r[0] < last || r[1] <= r[0] || r[1] > v.End || r[0]%pageSize != 0 || r[1]%pageSize != 0 {
+				return fmt.Errorf("vma %#x-%#x: bad guard region %#x-%#x", v.Start, v.End, r[0], r[1])
+			}
+			last = r[1]
+			v.Guards = append(v.Guards, model.Range{Start: r[0], End: r[1]})
+		}
+	}
+	return nil
+}
+
+func findVMA(vs []model.VMA, start, end uint64) *model.VMA {
+	for i := range vs {
+		if vs[i].Start == start && vs[i].End == end {
+			return &vs[i]
+		}
+	}
+	return nil
+}

@@ -1,0 +1,88 @@
+package criuimg
+
+import (
+	"strings"
+	"testing"
+
+	"godwit/internal/images"
+	"godwit/internal/model"
+)
+
+func godwitTestTask() *model.Task {
+	return &model.Task{Pid: 7,
+		MM: &model.MM{VMAs: []model.VMA{
+			{Start: 0x10000, End: 0x20000, Status: images.VmaAreaRegular | images.VmaAnonPrivate},
+			{Start: 0x30000, End: 0x40000, Status: images.VmaAreaRegular | images.VmaFileShared},
+		}},
+		FS: &model.FS{},
+	}
+}
+
+// TestGodwitImage round-trips the godwit image and checks that bad ones
+// are refused with a reason.
+func TestGodwitImage(t *testing.T) {
+	dir, err := images.Open(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	k := godwitTestTask()
+	if err := writeGodwit(dir, k, nil); err != nil {
+		t.Fatal(err)
+	}
+	if dir.Exists(GodwitTaskImg(7)) {
+		t.Fatal("godwit image written for a task without godwit state")
+	}
+	k.MM.Membarrier = 1<<4 | 1<<8
+	k.FS.CwdDeleted = true
+	k.MM.VMAs[0].Droppable = true
+	k.MM.VMAs[0].Guards = []model.Range{{Start: 0x11000, End: 0x12000}, {Start: 0x1f000, End: 0x20000}}
+	if err := writeGodwit(dir, k, nil); err != nil {
+		t.Fatal(err)
+	}
+	got := godwitTestTask()
+	if err := readGodwit(dir, got); err != nil {
+		t.Fatal(err)
+	}
+	v := got.MM.VMAs[0]
+	if got.MM.Membarrier != k.MM.Membarrier || !got.FS.CwdDeleted || !v.Droppable || len(v.Guards) != 2 ||
+		v.Guards[1] != (model.Range{Start: 0x1f000, End: 0x20000}) || got.MM.VMAs[1].Droppable {
+		t.Fatalf("read back %+v %+v %+v", got.MM, got.FS, got.MM.VMAs)
+	}
+	for _, c := range []struct{ in, want string }{
+		{`{"version":2}`, "newer godwit"},
+		{`{"version":0}`, "bad version"},
+		{`{"version":1,"extra":1}`, "unknown field"},
+		{`{"version":1,"membarrier":1}`, "unknown membarrier"},
+		{`{"version":1,"vmas":[{"start":4096,"end":8192}]}`, "not in the mm image"},
+		{`{"version":1,"vmas":[{"start":196608,"end":262144,"droppable":true}]}`, "not private"},
+		{`{"version":1,"vmas":[{"start":65536,"end":131072,"guards":[[65536,200000]]}]}`, "bad guard"},
+		{`{"version":1,"vmas":[{"start":65536,"end":131072,"guards":[[69632,73728],[65536,69632]]}]}`, "bad guard"},
+		{`{"version":1} {}`, "trailing"},
+	} {
+		err := mergeGodwit([]byte(c.in), godwitTestTask())
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.in, err, c.want)
+		}
+	}
+}
+
+// FuzzGodwitImage: any bytes give a merge or an error, never a panic, and
+// what is merged is consistent with the task.
+func FuzzGodwitImage(f *testing.F) {
+	f.Add([]byte(`{"version":1,"membarrier":16,"cwd_deleted":true,"vmas":[{"start":65536,"end":131072,"droppable":true,"guards":[[69632,73728]]}]}`))
+	f.Add([]byte(`{"version":1}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		k := godwitTestTask()
+		if err := mergeGodwit(b, k); err != nil {
+			return
+		}
+		for _, v := range k.MM.VMAs {
+			for _, g := range v.Guards {
+				if g.Start < v.Start || g.End > v.End || g.End <= g.Start {
+					t.Fatalf("guard %+v outside vma %#x-%#x", g, v.Start, v.End)
+				}
+			}
+		}
+	})
+}

@@ -1,0 +1,193 @@
+package restorer
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/dumper"
+	"godwit/internal/images"
+	"godwit/internal/model/criuimg"
+	"godwit/internal/testutil"
+)
+
+var gapsBuild struct {
+	once sync.Once
+	bin  string
+	err  error
+}
+
+// gapsBin builds testdata/gaps.c once per test binary.
+func gapsBin(t *testing.T) string {
+	t.Helper()
+	g := &gapsBuild
+	g.once.Do(func() {
+		dir, err := os.MkdirTemp("", "godwit-gaps")
+		if err != nil {
+			g.err = err
+			return
+		}
+		g.bin = filepath.Join(dir, "gaps")
+		if out, err := exec.Command("gcc", "-O2", "-Wall", "-pthread", "-o", g.bin, "testdata/gaps.c").CombinedOutput(); err != nil {
+			g.err = fmt.Errorf("gcc: %v\n%s", err, out)
+		}
+	})
+	if g.err != nil {
+		t.Fatal(g.err)
+	}
+	return g.bin
+}
+
+// gapWorkload starts gaps MODE in a fresh directory; it returns the
+// process, its log and the directory.
+func gapWorkload(t *testing.T, mode string) (*testutil.Proc, string, string) {
+	t.Helper()
+	needRoot(t)
+	bin := gapsBin(t)
+	dir := t.TempDir()
+	work := filepath.Join(dir, "work")
+	if err := os.Mkdir(work, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	log := filepath.Join(dir, "log")
+	w := startWorkload(t, log, "ready "+mode, bin, mode, work, log)
+	return w, log, dir
+}
+
+// roundTrip dumps the gaps workload in mode (killing it), restores it and
+// lets it check itself.
+func roundTrip(t *testing.T, mode string, after func(pid int)) {
+	w, log, dir := gapWorkload(t, mode)
+	imgs := filepath.Join(dir, "img")
+	dump(t, w.Pid, imgs, nil)
+	w.Reaped(t)
+	r := restore(t, imgs, nil)
+	if after != nil {
+		after(r.PID())
+	}
+	if got := finish(t, r, log); got != "done "+mode {
+		t.Fatalf("last line %q", got)
+	}
+}
+
+// TestRestoreLoginuid: the audit login uid of every thread, which the
+// restored threads would otherwise inherit from godwit.
+func TestRestoreLoginuid(t *testing.T) {
+	if _, err := os.Stat("/proc/self/loginuid"); err != nil {
+		t.Fatalf("no loginuid on this kernel: %v", err)
+	}
+	if b, _ := os.ReadFile("/proc/self/loginuid"); string(b) == "1234" {
+		t.Fatal("godwit's own loginuid is the workload's: the test would prove nothing")
+	}
+	roundTrip(t, "loginuid", func(pid int) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/loginuid", pid))
+		if err != nil || string(b) != "1234" {
+			t.Errorf("restored loginuid %q, %v", b, err)
+		}
+	})
+}
+
+// TestRestoreSharedMapWritable: a shared file mapping made read-only from
+// an O_RDWR file can be mprotect'ed writable after restore.
+func TestRestoreSharedMapWritable(t *testing.T) { roundTrip(t, "mapwrite", nil) }
+
+// TestRestoreMembarrier: private expedited and rseq registrations, and
+// no sync-core one.
+func TestRestoreMembarrier(t *testing.T) { roundTrip(t, "membarrier", nil) }
+
+// TestRestoreDeletedCwd: a task whose cwd was removed still sees it
+// removed.
+func TestRestoreDeletedCwd(t *testing.T) {
+	roundTrip(t, "cwd", func(pid int) {
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+		if err != nil || !strings.HasSuffix(l, " (deleted)") {
+			t.Errorf("restored cwd %q, %v", l, err)
+		}
+	})
+}
+
+// TestRestoreGuardRegions: guard pages neither fail the dump nor vanish.
+func TestRestoreGuardRegions(t *testing.T) { roundTrip(t, "guard", nil) }
+
+// TestRestoreDroppable: a MAP_DROPPABLE mapping comes back droppable.
+func TestRestoreDroppable(t *testing.T) { roundTrip(t, "droppable", nil) }
+
+// TestRestoreNoVdso: a task that unmapped its vDSO restores without one.
+func TestRestoreNoVdso(t *testing.T) {
+	roundTrip(t, "novdso", func(pid int) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+		if err != nil || strings.Contains(string(b), "[vdso]") || strings.Contains(string(b), "[vvar") {
+			t.Errorf("restored maps (%v):\n%s", err, b)
+		}
+	})
+}
+
+// TestDumpRefusesAIO: an io_setup ring is refused by name, and the task
+// runs on untouched.
+func TestDumpRefusesAIO(t *testing.T) {
+	w, log, dir := gapWorkload(t, "aio")
+	o := dumper.Options{}
+	o.Pid, o.ImagesDir = w.Pid, filepath.Join(dir, "img")
+	_, err := dumper.Dump(o, nil)
+	if err == nil || !strings.Contains(err.Error(), "AIO ring") {
+		t.Fatalf("dump: %v, want an AIO ring refusal", err)
+	}
+	if err := unix.Kill(w.Pid, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	if code := w.Wait(t); code != 0 {
+		b, _ := os.ReadFile(log)
+		t.Fatalf("after the failed dump: exit %d\n%s", code, b)
+	}
+}
+
+// TestRestoreInRestartSyscall: a thread stopped in nanosleep by one dump
+// that left it running is, at the next dump, inside restart_syscall; after
+// restore its sleep goes on, without EINTR.
+func TestRestoreInRestartSyscall(t *testing.T) {
+	w, log, dir := gapWorkload(t, "sleep")
+	var imgs string
+	for i := 0; ; i++ {
+		imgs = filepath.Join(dir, fmt.Sprintf("img%d", i))
+		dump(t, w.Pid, imgs, func(o *dumper.Options) { o.LeaveRunning = true })
+		if inRestartSyscall(t, imgs) {
+			break
+		}
+		if i == 5 {
+			t.Fatal("the sleeper was never dumped inside restart_syscall")
+		}
+	}
+	unix.Kill(w.Pid, unix.SIGKILL)
+	w.Reaped(t)
+	r := restore(t, imgs, nil)
+	if got := finish(t, r, log); got != "done sleep" {
+		t.Fatalf("last line %q", got)
+	}
+}
+
+// inRestartSyscall reports whether a thread of the dump in imgs sits in
+// restart_syscall (interrupted again).
+func inRestartSyscall(t *testing.T, imgs string) bool {
+	t.Helper()
+	d, err := images.Open(imgs, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	tree, err := criuimg.Read(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, th := range tree.Root().Threads {
+		if th.Regs.Orig_rax == unix.SYS_RESTART_SYSCALL && int64(th.Regs.Rax) == -516 {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,306 @@
+/*
+ * gaps: one piece of task state per mode, set up, then checked by the
+ * program itself after restore. Usage: gaps MODE DIR LOG. It writes
+ * "ready" to LOG, waits for SIGUSR1, checks, and writes "done MODE" (exit
+ * 0) or "BAD <what>" (exit 3).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/aio_abi.h>
+#include <linux/membarrier.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef MADV_GUARD_INSTALL
+#define MADV_GUARD_INSTALL 102
+#endif
+#ifndef MAP_DROPPABLE
+#define MAP_DROPPABLE 0x08
+#endif
+
+static volatile sig_atomic_t finish;
+static int logfd;
+static const char *mode;
+static char dir[4096];
+
+#define BAD(...) do { dprintf(logfd, "BAD " __VA_ARGS__); dprintf(logfd, "\n"); exit(3); } while (0)
+
+static void on_usr1(int s) { (void)s; finish = 1; }
+
+static sigjmp_buf segv_jmp;
+static void on_segv(int s) { (void)s; siglongjmp(segv_jmp, 1); }
+
+/* faults reports whether reading p raises SIGSEGV. */
+static int faults(volatile char *p)
+{
+	struct sigaction sa = {0}, old;
+	sa.sa_handler = on_segv;
+	sigaction(SIGSEGV, &sa, &old);
+	int r = 1;
+	if (!sigsetjmp(segv_jmp, 1)) {
+		(void)*p;
+		r = 0;
+	}
+	sigaction(SIGSEGV, &old, NULL);
+	return r;
+}
+
+static void readfile(const char *path, char *buf, size_t n)
+{
+	int fd = open(path, O_RDONLY);
+	if (fd < 0)
+		BAD("open %s: %s", path, strerror(errno));
+	ssize_t k = read(fd, buf, n - 1);
+	if (k < 0)
+		BAD("read %s: %s", path, strerror(errno));
+	buf[k] = 0;
+	close(fd);
+}
+
+static uint64_t pagemap(void *p)
+{
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+	uint64_t e = 0;
+	if (fd < 0 || pread(fd, &e, 8, (uintptr_t)p / 4096 * 8) != 8)
+		BAD("pagemap: %s", strerror(errno));
+	close(fd);
+	return e;
+}
+
+/* smaps_flags copies the VmFlags of the VMA at p into out. */
+static void smaps_flags(void *p, char *out, size_t n)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[512], want[64];
+	int in = 0;
+	snprintf(want, sizeof want, "%lx-", (unsigned long)p);
+	out[0] = 0;
+	while (fgets(line, sizeof line, f)) {
+		if (!strncmp(line, want, strlen(want)))
+			in = 1;
+		else if (in && !strncmp(line, "VmFlags:", 8)) {
+			snprintf(out, n, "%s", line + 8);
+			break;
+		}
+	}
+	fclose(f);
+}
+
+static pid_t thr_tid;
+static volatile long slept, eintr;
+
+static void *idle_thread(void *a)
+{
+	(void)a;
+	thr_tid = gettid();
+	while (!finish)
+		pause();
+	return NULL;
+}
+
+/* sleeper: long sleeps the dump interrupts; counts EINTRs (there is no
+ * handler in this thread: nanosleep must never fail). */
+static void *sleeper(void *a)
+{
+	(void)a;
+	sigset_t m;
+	sigfillset(&m);
+	pthread_sigmask(SIG_BLOCK, &m, NULL);
+	thr_tid = gettid();
+	for (;;) {
+		struct timespec ts = {2, 0};
+		if (nanosleep(&ts, NULL)) {
+			if (errno == EINTR)
+				eintr++;
+			else
+				BAD("nanosleep: %s", strerror(errno));
+		} else
+			slept++;
+		dprintf(logfd, "slept %ld eintr %ld\n", slept, eintr);
+	}
+	return NULL;
+}
+
+static char *mem;
+static char path[4200];
+static aio_context_t aio;
+
+static void setup(void)
+{
+	if (!strcmp(mode, "loginuid")) {
+		int fd = open("/proc/self/loginuid", O_WRONLY);
+		if (fd < 0 || write(fd, "1234", 4) != 4)
+			BAD("set loginuid: %s", strerror(errno));
+		close(fd);
+		pthread_t th;
+		pthread_create(&th, NULL, idle_thread, NULL);
+		while (!thr_tid)
+			usleep(1000);
+	} else if (!strcmp(mode, "mapwrite")) {
+		snprintf(path, sizeof path, "%s/shared", dir);
+		int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+		if (fd < 0 || ftruncate(fd, 4096))
+			BAD("create %s: %s", path, strerror(errno));
+		mem = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+		if (mem == MAP_FAILED)
+			BAD("mmap: %s", strerror(errno));
+		close(fd);
+	} else if (!strcmp(mode, "membarrier")) {
+		if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) ||
+		    syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0))
+			BAD("membarrier register: %s", strerror(errno));
+	} else if (!strcmp(mode, "sleep")) {
+		pthread_t th;
+		pthread_create(&th, NULL, sleeper, NULL);
+		while (!thr_tid)
+			usleep(1000);
+	} else if (!strcmp(mode, "cwd")) {
+		snprintf(path, sizeof path, "%s/gone", dir);
+		if (mkdir(path, 0750) || chdir(path) || rmdir(path))
+			BAD("deleted cwd %s: %s", path, strerror(errno));
+	} else if (!strcmp(mode, "guard")) {
+		mem = mmap(NULL, 16 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		for (int i = 0; i < 16; i++)
+			memset(mem + i * 4096, 'a' + i, 4096);
+		if (madvise(mem + 4 * 4096, 2 * 4096, MADV_GUARD_INSTALL) || madvise(mem + 10 * 4096, 4096, MADV_GUARD_INSTALL))
+			BAD("MADV_GUARD_INSTALL: %s", strerror(errno));
+	} else if (!strcmp(mode, "droppable")) {
+		mem = mmap(NULL, 4 * 4096, PROT_READ | PROT_WRITE, MAP_DROPPABLE | MAP_ANONYMOUS, -1, 0);
+		if (mem == MAP_FAILED)
+			BAD("MAP_DROPPABLE: %s", strerror(errno));
+		for (int i = 0; i < 4; i++)
+			memset(mem + i * 4096, 'k' + i, 4096);
+	} else if (!strcmp(mode, "aio")) {
+		if (syscall(SYS_io_setup, 16, &aio))
+			BAD("io_setup: %s", strerror(errno));
+	} else if (!strcmp(mode, "novdso")) {
+		FILE *f = fopen("/proc/self/maps", "r");
+		char line[512];
+		unsigned long s[8], e[8];
+		int n = 0;
+		while (fgets(line, sizeof line, f) && n < 8)
+			if (strstr(line, "[vdso]") || strstr(line, "[vvar"))
+				if (sscanf(line, "%lx-%lx", &s[n], &e[n]) == 2)
+					n++;
+		fclose(f);
+		if (n == 0)
+			BAD("no vdso to unmap");
+		for (int i = 0; i < n; i++)
+			if (munmap((void *)s[i], e[i] - s[i]))
+				BAD("munmap vdso: %s", strerror(errno));
+	} else
+		BAD("unknown mode %s", mode);
+}
+
+static void check(void)
+{
+	char buf[4096];
+	if (!strcmp(mode, "loginuid")) {
+		readfile("/proc/self/loginuid", buf, sizeof buf);
+		if (strcmp(buf, "1234"))
+			BAD("loginuid %s", buf);
+		char p[64];
+		snprintf(p, sizeof p, "/proc/self/task/%d/loginuid", (int)thr_tid);
+		readfile(p, buf, sizeof buf);
+		if (strcmp(buf, "1234"))
+			BAD("thread loginuid %s", buf);
+	} else if (!strcmp(mode, "mapwrite")) {
+		if (mprotect(mem, 4096, PROT_READ | PROT_WRITE))
+			BAD("mprotect writable: %s", strerror(errno));
+		mem[7] = 'w';
+		msync(mem, 4096, MS_SYNC);
+		readfile(path, buf, 9);
+		if (buf[7] != 'w')
+			BAD("write through the mapping not in the file");
+	} else if (!strcmp(mode, "membarrier")) {
+		if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0))
+			BAD("private expedited: %s", strerror(errno));
+		if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0))
+			BAD("private expedited rseq: %s", strerror(errno));
+		if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE, 0, 0) != -1 || errno != EPERM)
+			BAD("sync-core registered, never asked for");
+	} else if (!strcmp(mode, "sleep")) {
+		long s0 = slept;
+		for (int i = 0; i < 600 && slept < s0 + 2; i++)
+			usleep(10000);
+		if (slept < s0 + 2)
+			BAD("sleeper stuck at %ld sleeps", slept);
+		if (eintr)
+			BAD("nanosleep failed with EINTR %ld times", eintr);
+	} else if (!strcmp(mode, "cwd")) {
+		if (getcwd(buf, sizeof buf) || errno != ENOENT)
+			BAD("getcwd of a deleted cwd: %s", errno ? strerror(errno) : buf);
+		ssize_t n = readlink("/proc/self/cwd", buf, sizeof buf - 1);
+		buf[n < 0 ? 0 : n] = 0;
+		if (n < 10 || strcmp(buf + n - 10, " (deleted)"))
+			BAD("cwd link %s", buf);
+		struct stat st;
+		if (stat(".", &st) || !S_ISDIR(st.st_mode) || st.st_nlink != 0)
+			BAD("stat . : nlink %ld", (long)st.st_nlink);
+		if (open("new", O_CREAT | O_WRONLY, 0600) >= 0 || errno != ENOENT)
+			BAD("created a file in a deleted cwd");
+	} else if (!strcmp(mode, "guard")) {
+		for (int i = 0; i < 16; i++) {
+			int guard = i == 4 || i == 5 || i == 10;
+			if (faults(mem + i * 4096) != guard)
+				BAD("page %d: guard %d expected", i, guard);
+			if (!guard && (mem[i * 4096] != 'a' + i || mem[i * 4096 + 4095] != 'a' + i))
+				BAD("page %d content", i);
+			if (!!(pagemap(mem + i * 4096) & (1ULL << 58)) != guard)
+				BAD("page %d: pagemap guard bit", i);
+		}
+	} else if (!strcmp(mode, "droppable")) {
+		smaps_flags(mem, buf, sizeof buf);
+		if (!strstr(buf, " dp"))
+			BAD("not droppable: VmFlags%s", buf);
+		for (int i = 0; i < 4; i++)
+			if (mem[i * 4096] != 'k' + i)
+				BAD("droppable page %d content", i);
+	} else if (!strcmp(mode, "novdso")) {
+		FILE *f = fopen("/proc/self/maps", "r");
+		char line[512];
+		while (fgets(line, sizeof line, f))
+			if (strstr(line, "[vdso]"))
+				BAD("a vdso came back: %s", line);
+		fclose(f);
+		struct timespec ts;
+		if (syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &ts))
+			BAD("clock_gettime");
+	}
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 4)
+		return 2;
+	mode = argv[1];
+	snprintf(dir, sizeof dir, "%s", argv[2]);
+	logfd = open(argv[3], O_WRONLY | O_CREAT | O_APPEND, 0644);
+	if (logfd < 0)
+		return 2;
+	sigset_t m, old;
+	sigemptyset(&m);
+	sigaddset(&m, SIGUSR1);
+	sigprocmask(SIG_BLOCK, &m, &old);
+	struct sigaction sa = {0};
+	sa.sa_handler = on_usr1;
+	sigaction(SIGUSR1, &sa, NULL);
+	setup();
+	dprintf(logfd, "ready %s\n", mode);
+	while (!finish)
+		sigsuspend(&old);
+	check();
+	dprintf(logfd, "done %s\n", mode);
+	return 0;
+}
