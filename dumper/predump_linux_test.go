@@ -525,3 +525,32 @@ func TestPreDumpProgramUsesUffd(t *testing.T) {
 	}
 	assertRunningUntraced(t, p.Pid)
 }
+
+// A first round made again ends the earlier tracking (its holder) instead
+// of failing to track anything.
+func TestPreDumpFirstRoundAgain(t *testing.T) {
+	needRoot(t)
+	w := startRewriter(t, 64, 0)
+	root := t.TempDir()
+	p1, p2, p3 := filepath.Join(root, "p1"), filepath.Join(root, "p2"), filepath.Join(root, "p3")
+	t.Cleanup(func() { killHolder(t, p1); killHolder(t, p2) })
+	preDump(t, PreDumpOptions{Pid: w.p.Pid, ImagesDir: p1})
+	h1 := holderOf(t, p1)
+	preDump(t, PreDumpOptions{Pid: w.p.Pid, ImagesDir: p2})
+	waitGone(t, h1)
+	w.step(t, 1)
+	res := preDump(t, PreDumpOptions{Pid: w.p.Pid, ImagesDir: p3, PrevImagesDir: "../p2"})
+	if res.Full || len(res.Notes) != 0 {
+		t.Fatalf("round on top of the new first round: full %v, notes %q", res.Full, res.Notes)
+	}
+	f := pageFlags(t, p3, w.p.Pid)
+	for i := uint64(0); i < w.n; i++ {
+		want := uint32(images.PageInParent)
+		if i%10 == 1 {
+			want = images.PagePresent
+		}
+		if got := f[w.a+i*pageSize]; got != want {
+			t.Fatalf("page %d: flags %#x, want %#x", i, got, want)
+		}
+	}
+}

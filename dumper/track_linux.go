@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 	"unsafe"
@@ -376,10 +377,50 @@ func (t *tracking) adopt(parent *images.Dir) (bool, error) {
 	return true, nil
 }
 
+// endOtherTracking kills the holders already tracking pid (a first round
+// made again, or a round on top of a parent that lost its record): their
+// uffd has the VMAs registered, and a second one could register none.
+// It waits until each is gone, so that its uffd was released.
+func endOtherTracking(pid int, log *logging.Logger) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		h, err := strconv.Atoi(e.Name())
+		if err != nil || h == os.Getpid() {
+			continue
+		}
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", h))
+		if err != nil || strings.TrimSpace(string(comm)) != holderComm {
+			continue
+		}
+		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", h, holderPidFD))
+		if err != nil || !strings.Contains("\n"+string(info), fmt.Sprintf("\nPid:\t%d\n", pid)) {
+			continue
+		}
+		pfd, err := unix.PidfdOpen(h, 0)
+		if err != nil {
+			continue
+		}
+		log.Warnf("track %d: ending the earlier tracking of this process (holder %d)", pid, h)
+		if unix.PidfdSendSignal(pfd, unix.SIGKILL, nil, 0) == nil {
+			fds := []unix.PollFd{{Fd: int32(pfd), Events: unix.POLLIN}}
+			for i := 0; i < 100; i++ {
+				if n, err := unix.Poll(fds, 50); n > 0 || (err != nil && err != unix.EINTR) {
+					break
+				}
+			}
+		}
+		unix.Close(pfd)
+	}
+}
+
 // startFresh creates a uffd in the target (frozen for three injected
 // calls), negotiates it and starts a holder with it.
 func (t *tracking) startFresh(timeout time.Duration) error {
 	t.fresh = true
+	endOtherTracking(t.pid, t.log)
 	if timeout <= 0 {
 		timeout = DefaultHolderTimeout
 	}
