@@ -194,10 +194,19 @@ func (w *incrWriter) perPage(a, b uint64, force bool) error {
 			if zero {
 				w.stats.Zero++
 			}
-			if ok {
-				if err := w.addRange(addr, addr+pageSize, force); err != nil {
-					return err
-				}
+			if !ok {
+				continue
+			}
+			var err error
+			if e.Swapped() {
+				// Swapped out or migrating, or a marker the probe
+				// could not recognise: its data, never PARENT.
+				err = w.addRun(addr, 1, false, force)
+			} else {
+				err = w.addRange(addr, addr+pageSize, force)
+			}
+			if err != nil {
+				return err
 			}
 		}
 		a += n * pageSize
