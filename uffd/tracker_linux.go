@@ -174,9 +174,10 @@ func (t *Tracker) scan(res *ScanResult, vmas []VMA) error {
 // untrackable tells the registration errors that mean "this VMA cannot be
 // tracked" rather than a failure of the tracker: EINVAL and EPERM for
 // mappings the kernel refuses (special mappings, VM_PFNMAP…), EBUSY for a
-// VMA already registered with another userfaultfd (the program's own).
+// VMA already registered with another userfaultfd (the program's own),
+// ESRCH when the uffd's mm is gone (the process exec'd since).
 func untrackable(err error) bool {
-	return errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM) || errors.Is(err, unix.EBUSY)
+	return errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM) || errors.Is(err, unix.EBUSY) || errors.Is(err, unix.ESRCH)
 }
 
 // Adopt declares ranges as already tracked (registered and protected on
