@@ -462,14 +462,14 @@ func TestPreDumpPageServerChain(t *testing.T) {
 		}
 	}
 	h1 := hashOf(t, pid, w.log, 1)
+	// The final dump: pages to a fourth server, the other images into
+	// l4 (linked to l3, the local rounds), then the server's pagemap and
+	// pages moved beside them, linked to the server's chain, as an
+	// operator gathers a dump made through a page server.
 	addr := serve(remote(4), "../s3")
-	o := dumpOpts(pid, remote(4)) // the other images beside the server's
+	o := dumpOpts(pid, local(4))
 	o.PrevImagesDir, o.TrackMem = "../l3", true
 	o.PageServer = &PageServer{Addr: addr}
-	// The local parent link must name the local round; the server has
-	// linked its own "parent" in the same directory already, so dump into
-	// a directory of its own and move the server's pages in.
-	o.ImagesDir = local(4)
 	if _, err := Dump(o, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -485,7 +485,6 @@ func TestPreDumpPageServerChain(t *testing.T) {
 			}
 		}
 	}
-	// The server's chain: point the merged dump at s3.
 	if err := os.Remove(filepath.Join(local(4), "parent")); err != nil {
 		t.Fatal(err)
 	}
