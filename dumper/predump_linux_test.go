@@ -553,3 +553,36 @@ func TestPreDumpFirstRoundAgain(t *testing.T) {
 		}
 	}
 }
+
+// A dump whose parent images are missing or cut short is refused at
+// restore, naming them, before anything is started.
+func TestPreDumpBrokenChainRefused(t *testing.T) {
+	needRoot(t)
+	w := startRewriter(t, 64, 0)
+	root := t.TempDir()
+	pre, final := filepath.Join(root, "pre"), filepath.Join(root, "final")
+	t.Cleanup(func() { killHolder(t, pre) })
+	preDump(t, PreDumpOptions{Pid: w.p.Pid, ImagesDir: pre})
+	o := dumpOpts(w.p.Pid, final)
+	o.PrevImagesDir, o.TrackMem = "../pre", true
+	if _, err := Dump(o, nil); err != nil {
+		t.Fatal(err)
+	}
+	w.p.Reaped(t)
+	if err := os.Truncate(filepath.Join(pre, images.PagesImg(1)), 4096); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := restorer.Restore(restorer.Options{ImagesDir: final}, nil); err == nil || !strings.Contains(err.Error(), "parent images") {
+		t.Fatalf("restore with truncated parent pages: %v", err)
+	}
+	if err := os.RemoveAll(pre); err != nil {
+		t.Fatal(err)
+	}
+	_, err := restorer.Restore(restorer.Options{ImagesDir: final}, nil)
+	if err == nil || !strings.Contains(err.Error(), "parent") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("restore without its parent images: %v", err)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", w.p.Pid)); err == nil {
+		t.Fatalf("a failed restore left pid %d", w.p.Pid)
+	}
+}
