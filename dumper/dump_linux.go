@@ -171,7 +171,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			// tracer's Close.
 			return nil, fmt.Errorf("dump: %w", err)
 		}
-	} else if tids, err = tr.FreezeProcess(pid, 0); err != nil {
+	} else if tids, err = tr.FreezeProcess(pid, seizeOptions(pid)); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
 	}
 	thawErr := error(nil)
@@ -399,11 +399,7 @@ func (d *dumpRun) collect() error {
 // collectTask reads everything of the frozen task d.pid.
 func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, shm map[uint64]int) (*model.Task, error) {
 	pid := d.pid
-	status, err := procfs.ReadStatus(pid)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkSeccomp(pid, status); err != nil {
+	if err := checkSeccomp(d.tr, pid, d.tids); err != nil {
 		return nil, err
 	}
 	task := &model.Task{Pid: pid, Ppid: ppid, State: model.Alive, MM: &model.MM{}}

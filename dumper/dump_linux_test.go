@@ -387,7 +387,9 @@ while True:
 	}
 }
 
-func TestDumpRefusesSeccomp(t *testing.T) {
+// TestDumpSeccomp: a filtered task is dumped (its filter in seccomp.img,
+// which crit reads) and left running, untraced, as it was.
+func TestDumpSeccomp(t *testing.T) {
 	needRoot(t)
 	bin := filepath.Join(t.TempDir(), "seccomp")
 	if out, err := exec.Command("gcc", "-o", bin, "testdata/seccomp.c").CombinedOutput(); err != nil {
@@ -396,11 +398,19 @@ func TestDumpRefusesSeccomp(t *testing.T) {
 	log := filepath.Join(t.TempDir(), "log")
 	p := start(t, "", "", bin, log)
 	waitFile(t, log, "ready")
-	_, err := Dump(dumpOpts(p.Pid, t.TempDir()), nil)
-	if err == nil || !strings.Contains(err.Error(), "seccomp") {
-		t.Fatalf("want a seccomp refusal, got %v", err)
+	dir := t.TempDir()
+	o := dumpOpts(p.Pid, dir)
+	o.LeaveRunning = true
+	if _, err := Dump(o, nil); err != nil {
+		t.Fatalf("dump: %v", err)
 	}
 	assertRunningUntraced(t, p.Pid)
+	if out := crit(t, "show", filepath.Join(dir, "seccomp.img")); !strings.Contains(out, "seccomp_filters") {
+		t.Errorf("crit show seccomp.img: %s", out)
+	}
+	if out := crit(t, "show", filepath.Join(dir, fmt.Sprintf("core-%d.img", p.Pid))); !strings.Contains(out, `"seccomp_mode": "filter"`) {
+		t.Errorf("core has no filter mode: %s", out)
+	}
 }
 
 // TestDumpTaskState checks task-wide state in core: pending signals (both

@@ -77,7 +77,7 @@ func freezeChild(tr *ptrace.Tracer, pid, ppid int) (*frozenTask, error) {
 	if z, err := zombie(pid, ppid); z != nil || err != nil {
 		return z, err
 	}
-	tids, err := tr.FreezeProcess(pid, 0)
+	tids, err := tr.FreezeProcess(pid, seizeOptions(pid))
 	if err != nil {
 		// It may have died between the look and the seize.
 		if z, zerr := zombie(pid, ppid); z != nil {

@@ -272,9 +272,9 @@ func TestDumpRestoreBlockedInRead(t *testing.T) {
 	}
 }
 
-// A FIFO with bytes in it cannot be dumped yet: the dump says so and the
-// program runs on.
-func TestDumpRefusesFullFIFO(t *testing.T) {
+// A FIFO with bytes in it is dumped with them (peeked, not consumed) and
+// restored with them: the restored reader gets both bytes, once.
+func TestDumpRestoreFullFIFO(t *testing.T) {
 	needRoot(t)
 	fifo := filepath.Join(t.TempDir(), "fifo")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
@@ -298,13 +298,53 @@ func TestDumpRefusesFullFIFO(t *testing.T) {
 	}
 	f.Write([]byte("ab"))
 	f.Close()
-	code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
-	oneLineError(t, code, out, "2 bytes in the pipe")
+	dir := w.dump(t)
+	w.reapKilled(t)
+	// Restored stopped, as dumped: continue it.
+	r := restoreStopped(t, w, dir)
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("restored program exited %d\n%s", code, w.tail())
+	}
+	log := readFile(w.log)
+	if !strings.Contains(log, "read a\nread b\n") || !strings.Contains(log, " reads=2\n") {
+		t.Fatalf("want the two queued bytes read once each after the restore\n%s", w.tail())
+	}
+}
+
+// restoreStopped restores w, dumped while stopped, waits until it is
+// restored (stopped, untraced), and continues it.
+func restoreStopped(t *testing.T, w *workload, dir string) *restoring {
+	t.Helper()
+	r := &restoring{done: make(chan error, 1)}
+	r.cmd = exec.Command(godwitBin, "restore", "-D", dir, "-v4", "-o", "restore.log")
+	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.done <- r.cmd.Wait() }()
+	t.Cleanup(func() {
+		killAndForget(w.pid)
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			r.cmd.Process.Kill()
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for !(pidExists(w.pid) && tracerOf(w.pid) == 0 && taskState(w.pid, w.pid) == "T") {
+		select {
+		case err := <-r.done:
+			t.Fatalf("restore exited early: %v: %s\n%s", err, r.out.String(), readFile(filepath.Join(dir, "restore.log")))
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("restored pid %d did not appear stopped\n%s", w.pid, readFile(filepath.Join(dir, "restore.log")))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	syscall.Kill(w.pid, syscall.SIGCONT)
 	w.waitTicks(3)
-	if state, tracer := procState(t, w.pid); tracer != 0 || state == "t" || state == "T" {
-		t.Fatalf("after a refused dump: state %s, tracer %d", state, tracer)
-	}
+	return r
 }
 
 // taskState is the state letter of thread tid of pid.

@@ -34,6 +34,13 @@ type Config struct {
 	// page uploads. It requires an authenticated listener (TLS or QUIC)
 	// on every address, loopback included.
 	Lazy bool
+	// LazyExitOnClose (with Lazy) ends Serve once a lazy-pages daemon
+	// said it has every page (CLOSE) and no connection is left: the
+	// source may go.
+	LazyExitOnClose bool
+	// LazyMemory (with Lazy) serves the pages the images mark lazy
+	// without data (dump --lazy-pages) from the dumped task's memory.
+	LazyMemory LazyMemory
 	// Log receives one line per refused request or connection; nil means
 	// logging.Default().
 	Log *logging.Logger
@@ -120,6 +127,9 @@ type Server struct {
 	conns   map[io.Closer]struct{}
 	lazy    lazyImages
 	closing bool
+	// lazyClosed: a lazy session got CLOSE; stopServe ends Serve.
+	lazyClosed atomic.Bool
+	stopServe  context.CancelFunc
 }
 
 // NewServer opens the images directory and prepares the parent link.
@@ -215,6 +225,9 @@ func Serve(ctx context.Context, ln *Listener, cfg Config) error {
 func (s *Server) Serve(parent context.Context, ln *Listener) error {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
+	s.mu.Lock()
+	s.stopServe = cancel
+	s.mu.Unlock()
 	stop := context.AfterFunc(ctx, func() {
 		ln.Close()
 		s.closeAll()
@@ -393,8 +406,9 @@ func (s *Server) release(c io.Closer, peer net.Addr) {
 	}
 	delete(s.conns, c)
 	s.mu.Unlock()
-	s.nconns.Add(-1)
+	left := s.nconns.Add(-1)
 	s.m.connDone()
+	s.lazyDone(left)
 	s.wg.Done()
 }
 

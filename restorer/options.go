@@ -37,6 +37,10 @@ type Options struct {
 	// AutoDedup punches the restored pages out of the images (and their
 	// parents) once the task runs (criu(8)'s --auto-dedup).
 	AutoDedup bool
+	// LazyPages leaves the pages of lazy VMAs (lazyVMA) out and hands
+	// them, registered with a userfaultfd, to the lazy-pages daemon
+	// listening on LazySocketName in WorkDir (or ImagesDir).
+	LazyPages bool
 }
 
 // FileValidation modes (criu(8)'s --file-validation).

@@ -178,6 +178,7 @@ func RestoreContext(ctx context.Context, o Options, scripts *actions.Scripts) (*
 		r.Layout,
 		func() error { return r.fillAll(ctx) },
 		func() error { return r.interrupted(ctx) },
+		r.lazyHandoff,
 		r.Finalize,
 		func() error { return r.interrupted(ctx) },
 		r.Resume,
@@ -238,7 +239,11 @@ func (r *Restorer) fillAll(ctx context.Context) error {
 			continue
 		}
 		if t.img.pages != nil {
-			if err := t.fillPages(interruptibleSource(ctx, t.img.imageSource())); err != nil {
+			src, err := t.privatePages()
+			if err == nil {
+				err = t.fillPages(interruptibleSource(ctx, src))
+			}
+			if err != nil {
 				return r.fail(fmt.Sprintf("task %d: fill pages", t.img.pid), err)
 			}
 		}

@@ -193,6 +193,14 @@ func (r *Restorer) setGroups() error {
 		}
 		return pg, sid
 	}
+	for _, t := range r.tasks {
+		k := t.img.task
+		_, pgMapped := pgMap[k.Pgid]
+		_, sidMapped := sidMap[k.Sid]
+		if k.Sid == 0 && !sidMapped || k.Pgid == 0 && !pgMapped {
+			return fmt.Errorf("task %d: session %d / process group %d are outside the dump's pid namespace: restore with --shell-job into godwit's", k.Pid, k.Sid, k.Pgid)
+		}
+	}
 	for pass := 0; pass < 2; pass++ {
 		for _, t := range r.tasks {
 			k := t.img.task

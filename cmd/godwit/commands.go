@@ -15,6 +15,7 @@ import (
 	"godwit/internal/engineopts"
 	"godwit/internal/images"
 	"godwit/internal/pagexfer"
+	"godwit/lazypages"
 	"godwit/service"
 )
 
@@ -67,8 +68,30 @@ func lazyPagesCmd(a *app) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "lazy-pages [--page-server --address A --port P] [-D DIR]",
 		Short: "Serve the memory of lazily restored processes on demand",
-		Args:  noArgs,
-		RunE:  func(*cobra.Command, []string) error { return errNotYet("lazy-pages") },
+		Long: `Serve the memory of the processes of the dump in -D that restore --lazy-pages
+restores: it listens on lazy-pages.socket in the work directory (-W, default -D) for their
+userfaultfds, answers their page faults first and pushes the rest in the background, from
+the pages images in -D or, with --page-server, from a page server (page-server --lazy-pages
+or dump --lazy-pages on the dumping host; --tls or --transport quic). It exits once every
+page is in, telling the page server it may go. Post-copy cannot survive losing its source:
+if the page server goes away or this daemon is killed, the restored processes are killed.`,
+		Args: noArgs,
+		RunE: func(*cobra.Command, []string) error {
+			o, err := engineopts.LazyPages(a.o, a.log)
+			if err != nil {
+				return err
+			}
+			ctx, stop := interruptContext()
+			defer stop()
+			st, err := lazypages.Run(ctx, o)
+			if err != nil {
+				return err
+			}
+			if a.o.DisplayStats {
+				fmt.Fprint(a.stdout, st.Format())
+			}
+			return nil
+		},
 	}
 	pageServerClientFlags(c.Flags(), a.o)
 	return c

@@ -14,6 +14,7 @@ import (
 	"godwit/internal/actions"
 	"godwit/internal/logging"
 	"godwit/internal/opts"
+	"godwit/lazypages"
 )
 
 // Version is godwit's release, set at link time (-X main.Version=...).
@@ -86,9 +87,10 @@ var notYet = map[string]bool{
 // doneIn lists, per command, the notYet options it already implements.
 var doneIn = map[string]map[string]bool{
 	"page-server": {"prev-images-dir": true, "lazy-pages": true},
-	"dump":        {"page-server": true, "freeze-cgroup": true, "prev-images-dir": true, "track-mem": true, "auto-dedup": true},
+	"dump":        {"page-server": true, "freeze-cgroup": true, "lazy-pages": true, "prev-images-dir": true, "track-mem": true, "auto-dedup": true},
 	"pre-dump":    {"page-server": true, "prev-images-dir": true, "track-mem": true},
-	"restore":     {"shell-job": true, "auto-dedup": true},
+	"restore":     {"shell-job": true, "lazy-pages": true, "auto-dedup": true},
+	"lazy-pages":  {"page-server": true},
 }
 
 func errNotYet(what string) error { return fmt.Errorf("%s is not supported yet", what) }
@@ -250,5 +252,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func main() {
+	lazypages.MaybeGuard() // the lazy-pages daemon's guard is this binary too
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }

@@ -2,18 +2,16 @@ package drivers
 
 import (
 	"fmt"
-	"os"
-	"strconv"
 
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/inject"
 	"godwit/internal/model"
-	"godwit/internal/procfs"
 )
 
-// The fd kinds reopened by path: regular files, directories, named FIFOs
-// and stateless character devices. Reopening the path in the task (its
+// The fd kinds reopened by path: regular files, directories and
+// stateless character devices (named FIFOs, also reopened by path, are
+// in fd_fifo.go). Reopening the path in the task (its
 // own root and mounts) restores them whole, with their flags and offset.
 
 // statelessDevices are the character devices whose fds reopening the path
@@ -25,31 +23,37 @@ var statelessDevices = map[string]bool{
 
 // pathKind is the part the kinds reopened by path share: the model's
 // Path files, restored by openPath.
-type pathKind struct{}
+type pathKind struct{ noCollect }
 
 func (pathKind) fileKind() model.FileKind { return model.Path }
-func (pathKind) open(r *Restore, s *inject.Session, what string, f *model.File) (uint64, error) {
-	return openPath(r, s, what, f)
+func (pathKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error) {
+	if f.Pipe != nil {
+		return openFIFO(rs, what, f)
+	}
+	return openPath(rs.r, rs.s, what, f)
 }
 
 func init() {
 	registerFDKind(regularKind{})
 	registerFDKind(dirKind{})
-	registerFDKind(fifoKind{})
 	registerFDKind(charDevKind{})
 }
 
 type regularKind struct{ pathKind }
 
-func (regularKind) name() string                         { return "regular file" }
-func (regularKind) match(_ string, st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFREG }
-func (regularKind) check(int, int, uint64) error         { return nil }
+func (regularKind) name() string { return "regular file" }
+func (regularKind) match(target string, st *unix.Stat_t) bool {
+	return byPath(target) && st.Mode&unix.S_IFMT == unix.S_IFREG
+}
+func (regularKind) check(int, int, uint64) error { return nil }
 
 type dirKind struct{ pathKind }
 
-func (dirKind) name() string                         { return "directory" }
-func (dirKind) match(_ string, st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFDIR }
-func (dirKind) check(int, int, uint64) error         { return nil }
+func (dirKind) name() string { return "directory" }
+func (dirKind) match(target string, st *unix.Stat_t) bool {
+	return byPath(target) && st.Mode&unix.S_IFMT == unix.S_IFDIR
+}
+func (dirKind) check(int, int, uint64) error { return nil }
 
 type charDevKind struct{ pathKind }
 
@@ -61,33 +65,6 @@ func (charDevKind) match(target string, st *unix.Stat_t) bool {
 	return st.Mode&unix.S_IFMT == unix.S_IFCHR && statelessDevices[target]
 }
 func (charDevKind) check(int, int, uint64) error { return nil }
-
-type fifoKind struct{ pathKind }
-
-func (fifoKind) name() string                         { return "fifo" }
-func (fifoKind) match(_ string, st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFIFO }
-
-// check accepts the named FIFOs that reopening by path restores whole:
-// opened read-write (so that the open does not wait for a peer) and with
-// nothing in the pipe (its contents are not saved yet).
-func (fifoKind) check(pid, n int, flags uint64) error {
-	if flags&unix.O_ACCMODE != unix.O_RDWR {
-		return fmt.Errorf("opened read-only or write-only is not supported yet")
-	}
-	f, err := os.OpenFile(procfs.Path(pid, "fd/"+strconv.Itoa(n)), unix.O_RDONLY|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	queued, err := unix.IoctlGetInt(int(f.Fd()), unix.TIOCINQ) // FIONREAD
-	if err != nil {
-		return fmt.Errorf("FIONREAD: %w", err)
-	}
-	if queued != 0 {
-		return fmt.Errorf("%d bytes in the pipe: saving them is not supported yet", queued)
-	}
-	return nil
-}
 
 // openPath opens a file by path, with an injected openat (the file is
 // opened with the task's own root and mounts, and no descriptor passing

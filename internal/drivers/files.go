@@ -36,11 +36,18 @@ func (filesDriver) Collect(d *Dump) error {
 
 // Restore closes the puppet's fds, then opens every file and dup3s it to
 // its number; fds of one open file description share it again.
-func (filesDriver) Restore(r *Restore, s *inject.Session) error {
+func (filesDriver) Restore(r *Restore, s *inject.Session) (err error) {
 	if _, err := s.Call("close puppet's fds", unix.SYS_CLOSE_RANGE, 0, uint64(^uint32(0)), 0); err != nil {
 		return err
 	}
 	first := map[model.ID]uint64{}
+	var made []model.FD // the fds whose description this task made
+	rs := newRestoreFDs(r, s)
+	defer func() {
+		if cerr := rs.close(); err == nil {
+			err = cerr
+		}
+	}()
 	for _, e := range r.Task.FDs {
 		fd := uint64(e.Num)
 		what := fmt.Sprintf("fd %d", fd)
@@ -69,7 +76,7 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) error {
 		if k == nil {
 			return fmt.Errorf("%s: files of kind %d cannot be restored", what, f.Kind)
 		}
-		tmp, err := k.open(r, s, what, f)
+		tmp, err := k.open(rs, what, f)
 		if err != nil {
 			return err
 		}
@@ -86,8 +93,19 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) error {
 			}
 		}
 		first[e.File] = fd
+		made = append(made, e)
 		if r.Opened != nil {
 			r.Opened[e.File] = OpenedAt{Pid: r.Task.Pid, FD: e.Num}
+		}
+	}
+	// Kinds that refer to other fds of the task (epoll targets) are
+	// completed once every fd is in place.
+	for _, e := range made {
+		f := r.Tree.Files[e.File]
+		if fin, ok := fdKindOf(f.Kind).(fdFinisher); ok {
+			if err := fin.finish(rs, fmt.Sprintf("fd %d", e.Num), uint64(e.Num), f); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -207,10 +225,26 @@ type fdKind interface {
 	check(pid, fd int, flags uint64) error
 	// fileKind is the model's kind of the files it makes.
 	fileKind() model.FileKind
+	// collect fills the kind's state into f, a new file of fd of the
+	// frozen task pid (fi its fdinfo), and sets f.Kind.
+	collect(pid int, fd *FD, f *model.File) error
 	// open makes the file description in the task being restored and
 	// returns its fd there.
-	open(r *Restore, s *inject.Session, what string, f *model.File) (uint64, error)
+	open(rs *restoreFDs, what string, f *model.File) (uint64, error)
 }
+
+// fdFinisher is a kind whose restore completes once every fd of the
+// task is in place (an epoll set adds its targets); fd is the file's
+// first number.
+type fdFinisher interface {
+	finish(rs *restoreFDs, what string, fd uint64, f *model.File) error
+}
+
+// noCollect is the collect of the kinds whose state is the path, flags
+// and offset the files table keeps already.
+type noCollect struct{}
+
+func (noCollect) collect(int, *FD, *model.File) error { return nil }
 
 // fdKinds are the kinds godwit dumps, in the order classify tries them.
 var fdKinds []fdKind
@@ -231,6 +265,11 @@ func fdKindOf(fk model.FileKind) fdKind {
 // classify finds the kind of an fd; for a kind godwit cannot dump yet,
 // it names it instead.
 func classify(target string, st *unix.Stat_t) (fdKind, string) {
+	for _, k := range fdKinds {
+		if k.match(target, st) {
+			return k, ""
+		}
+	}
 	switch {
 	case strings.HasPrefix(target, "pipe:"):
 		return nil, "pipe"
@@ -244,11 +283,6 @@ func classify(target string, st *unix.Stat_t) (fdKind, string) {
 		return nil, "deleted file"
 	case !strings.HasPrefix(target, "/"):
 		return nil, target
-	}
-	for _, k := range fdKinds {
-		if k.match(target, st) {
-			return k, ""
-		}
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFCHR:
@@ -264,6 +298,12 @@ func classify(target string, st *unix.Stat_t) (fdKind, string) {
 	return nil, "unknown file"
 }
 
+// byPath reports whether target is a path that reopening can find: not
+// a pseudo-file (pipe:, anon_inode:), a memfd or a deleted file.
+func byPath(target string) bool {
+	return strings.HasPrefix(target, "/") && !strings.HasPrefix(target, "/memfd:") && !strings.HasSuffix(target, " (deleted)")
+}
+
 // FD is one collected file descriptor.
 type FD struct {
 	Num     int
@@ -273,6 +313,8 @@ type FD struct {
 	Pos     uint64
 	Stat    unix.Stat_t
 	MntID   int
+	Info    *procfs.FDInfo
+	kind    fdKind
 }
 
 // CollectFDs reads every fd of pid. A kind godwit cannot dump yet fails
@@ -308,6 +350,8 @@ func CollectFDs(pid int) ([]FD, error) {
 			Pos:     uint64(fi.Pos),
 			Stat:    *st,
 			MntID:   fi.MntID,
+			Info:    fi,
+			kind:    k,
 		})
 	}
 	return out, nil
@@ -359,7 +403,8 @@ func (f *Files) describe(pid, fd int) (model.ID, int, error) {
 	return 0, lo, nil
 }
 
-// fdTable adds a file per open file description and returns the fds.
+// fdTable adds a file per open file description, with its kind's state,
+// and returns the fds.
 func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 	out := make([]model.FD, 0, len(fds))
 	for i := range fds {
@@ -371,6 +416,11 @@ func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 		if id == 0 {
 			id = f.Reg(fd.Path, fd.Flags, fd.Pos, &fd.Stat, fd.MntID)
 			f.descs = slices.Insert(f.descs, at, descRef{pid: pid, fd: fd.Num, id: id})
+			if fd.kind != nil {
+				if err := fd.kind.collect(pid, fd, f.byID[id]); err != nil {
+					return nil, fmt.Errorf("fd %d: %s %s: %w", fd.Num, fd.kind.name(), fd.Path, err)
+				}
+			}
 		}
 		out = append(out, model.FD{Num: fd.Num, File: id, Cloexec: fd.Cloexec})
 	}

@@ -172,8 +172,7 @@ func TestRunFeature(t *testing.T) {
 	// Features of commands godwit has not built are not supported, and
 	// the text says whether the kernel has them.
 	kernel := map[string]error{
-		"lazy_pages":   uffd.Probe().LazyPages(),
-		"uffd-noncoop": uffd.Probe().NonCoop(), "soft_dirty": probeSoftDirty(),
+		"soft_dirty": probeSoftDirty(),
 	}
 	for n, kerr := range kernel {
 		if n == "soft_dirty" && kerr == nil {

@@ -93,6 +93,10 @@ type Task struct {
 	Loginuid       *uint32       // nil: unknown
 	OomScoreAdj    *int32        // nil: unknown
 	ChildSubreaper bool
+	// XcompPerm is ARCH_GET_XCOMP_PERM's feature set when it holds a
+	// dynamic feature (AMX tile data) the task asked for; 0 otherwise
+	// (godwit image).
+	XcompPerm uint64
 
 	MM  *MM
 	FS  *FS
@@ -141,6 +145,29 @@ type Thread struct {
 	Nice        int32
 	Policy      uint32
 	RtPrio      uint32
+	// Seccomp is the thread's seccomp mode and filters.
+	Seccomp Seccomp
+	// Tiles is the AMX tile state in use, nil when none (godwit image:
+	// CRIU's fpregs have no field for it).
+	Tiles *Tiles
+}
+
+// Tiles is a thread's AMX state: XTILECFG (64 bytes) and XTILEDATA
+// (8 KiB).
+type Tiles struct {
+	Cfg, Data []byte
+}
+
+// Seccomp is a thread's seccomp state.
+type Seccomp struct {
+	Mode    int             // SECCOMP_MODE_*: 0 off, 1 strict, 2 filter
+	Filters []SeccompFilter // filter mode: oldest first
+}
+
+// SeccompFilter is one installed filter.
+type SeccompFilter struct {
+	Prog  []byte // struct sock_filter array
+	Flags uint32 // SECCOMP_FILTER_FLAG_* the kernel reports (LOG)
 }
 
 // Siginfo is a raw siginfo_t (include/uapi/asm-generic/siginfo.h).
@@ -239,7 +266,92 @@ type FileKind int
 const (
 	// Path is a file restored by opening its path.
 	Path FileKind = iota + 1
+	// Pipe is one end of an unnamed pipe (Pipe state).
+	Pipe
+	// EventFD is an eventfd (EventFD state).
+	EventFD
+	// SignalFD is a signalfd (SignalFD state).
+	SignalFD
+	// TimerFD is a timerfd (TimerFD state).
+	TimerFD
+	// Epoll is an epoll instance (Epoll state).
+	Epoll
+	// UnixSocket is an AF_UNIX socket (UnixSocket state).
+	UnixSocket
 )
+
+// UnixSocketState is an AF_UNIX socket: its kind, state, name, peer,
+// options and the messages queued for it to read.
+type UnixSocketState struct {
+	Ino      uint32 // the socket's inode: peers name each other by it
+	Type     uint32 // SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET
+	State    uint32 // TCP_ESTABLISHED (connected), TCP_CLOSE or TCP_LISTEN
+	Backlog  uint32 // of a listener
+	Peer     uint32 // the peer's inode, 0 when not connected
+	Name     []byte // bound name (abstract ones start with NUL), nil when unbound
+	Shutdown uint32 // 1: receive shut down, 2: send shut down
+	Opts     SocketOpts
+	// Queue is what the socket has to read, oldest first: one message
+	// per datagram or packet, a stream's bytes in one piece.
+	Queue [][]byte
+	// FileMode is the mode of a path-bound socket's file, 0 unknown.
+	FileMode uint32
+}
+
+// SocketOpts are the socket-level options a socket is restored with.
+type SocketOpts struct {
+	SndBuf, RcvBuf            uint32 // as getsockopt reports them
+	SndTimeoSec, SndTimeoUsec uint64
+	RcvTimeoSec, RcvTimeoUsec uint64
+	PassCred, PassSec         bool
+	Priority, RcvLowat, Mark  uint32
+}
+
+// PipeState is an unnamed pipe end, or the contents of a named FIFO.
+// The ends of one pipe share ID, Size and Data.
+type PipeState struct {
+	ID   uint64 // the pipe's inode
+	Size uint32 // F_GETPIPE_SZ; 0 when unknown
+	Data []byte // queued, unread
+}
+
+// EventFDState is an eventfd's counter and mode.
+type EventFDState struct {
+	Counter   uint64
+	Semaphore bool
+}
+
+// SignalFDState is a signalfd's mask.
+type SignalFDState struct {
+	Mask uint64
+}
+
+// TimerFDState is a timerfd: its clock, the time left and interval, and
+// the expirations not read yet.
+type TimerFDState struct {
+	Clock        int32
+	Ticks        uint64
+	SettimeFlags uint32
+	ValueSec     uint64
+	ValueNsec    uint64
+	IntervalSec  uint64
+	IntervalNsec uint64
+}
+
+// EpollState is every target registered in an epoll instance.
+type EpollState struct {
+	Targets []EpollTarget
+}
+
+// EpollTarget is one registration: the fd number it was added with (the
+// same number in the owning task's table holds its file), the event mask
+// and the user data.
+type EpollTarget struct {
+	FD     int
+	File   ID
+	Events uint32
+	Data   uint64
+}
 
 // File is one open file description, or a file an exe link, cwd, root or
 // mapping names.
@@ -258,4 +370,12 @@ type File struct {
 	// Dev and Ino are the kernel identity the dumper dedupes on; codecs
 	// need not keep them (0 when unknown).
 	Dev, Ino uint64
+
+	// The state of the kinds other than Path, set for that kind only.
+	Pipe     *PipeState
+	EventFD  *EventFDState
+	SignalFD *SignalFDState
+	TimerFD  *TimerFDState
+	Epoll    *EpollState
+	Unix     *UnixSocketState
 }

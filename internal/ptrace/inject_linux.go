@@ -180,6 +180,10 @@ func (t *Tracer) begin(tid int) (*Session, error) {
 	return s, nil
 }
 
+// Tracer is the tracer the session runs on (for ptrace requests on the
+// same thread between injected calls).
+func (s *Session) Tracer() *Tracer { return s.t }
+
 // Saved returns the registers the thread had before the session.
 func (s *Session) Saved() Regs { return s.saved }
 

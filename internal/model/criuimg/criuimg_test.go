@@ -22,7 +22,7 @@ func i32p(v int32) *int32   { return &v }
 func u64p(v uint64) *uint64 { return &v }
 
 // xsave builds a raw XSAVE buffer with x87, SSE and AVX state.
-func xsave(t *testing.T, seed uint32) []byte {
+func xsave(t testing.TB, seed uint32) []byte {
 	t.Helper()
 	pad := make([]uint32, 24)
 	pad[12] = 0x7 // XCR0 for ptrace: x87 | SSE | AVX
@@ -44,7 +44,7 @@ func xsave(t *testing.T, seed uint32) []byte {
 }
 
 // sampleTree is a tree with every field set to something distinct.
-func sampleTree(t *testing.T) *model.Tree {
+func sampleTree(t testing.TB) *model.Tree {
 	files := map[model.ID]*model.File{
 		1: {ID: 1, Kind: model.Path, Path: "/usr/bin/prog", Flags: unix.O_RDONLY, Mode: unix.S_IFREG | 0o755, Size: u64p(12345), MntID: -1},
 		2: {ID: 2, Kind: model.Path, Path: "/home", Flags: unix.O_RDONLY | unix.O_DIRECTORY, Mode: unix.S_IFDIR | 0o755, MntID: -1},

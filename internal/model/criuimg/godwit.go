@@ -31,7 +31,24 @@ type godwitTask struct {
 	Membarrier uint32      `json:"membarrier,omitempty"`
 	CwdDeleted bool        `json:"cwd_deleted,omitempty"`
 	VMAs       []godwitVMA `json:"vmas,omitempty"`
+	// XcompPerm and Threads: AMX permission and tile state.
+	XcompPerm uint64         `json:"xcomp_perm,omitempty"`
+	Threads   []godwitThread `json:"threads,omitempty"`
 }
+
+type godwitThread struct {
+	Tid      int    `json:"tid"`
+	TileCfg  []byte `json:"tilecfg"`
+	TileData []byte `json:"tiledata"`
+}
+
+// AMX tile state sizes (xstate.TileCfgSize, TileDataSize) and the
+// XTILEDATA feature bit.
+const (
+	tileCfgSize   = 64
+	tileDataSize  = 8192
+	xfeatTileData = 18
+)
 
 type godwitVMA struct {
 	Start     uint64      `json:"start"`
@@ -63,7 +80,13 @@ func godwitOf(k *model.Task) *godwitTask {
 	if k.FS != nil {
 		g.CwdDeleted = k.FS.CwdDeleted
 	}
-	if g.Membarrier == 0 && !g.CwdDeleted && len(g.VMAs) == 0 {
+	g.XcompPerm = k.XcompPerm
+	for _, th := range k.Threads {
+		if th.Tiles != nil {
+			g.Threads = append(g.Threads, godwitThread{Tid: th.Tid, TileCfg: th.Tiles.Cfg, TileData: th.Tiles.Data})
+		}
+	}
+	if g.Membarrier == 0 && !g.CwdDeleted && len(g.VMAs) == 0 && g.XcompPerm == 0 && len(g.Threads) == 0 {
 		return nil
 	}
 	return g
@@ -147,6 +170,31 @@ func mergeGodwit(b []byte, k *model.Task) error {
 	}
 	if g.CwdDeleted && k.FS == nil {
 		return errors.New("deleted cwd for a task without an fs image")
+	}
+	if g.XcompPerm != 0 && g.XcompPerm&(1<<xfeatTileData) == 0 {
+		return fmt.Errorf("xcomp permission %#x without tile data", g.XcompPerm)
+	}
+	k.XcompPerm = g.XcompPerm
+	for _, gt := range g.Threads {
+		if g.XcompPerm == 0 {
+			return fmt.Errorf("thread %d: tile state without the permission to use it", gt.Tid)
+		}
+		if len(gt.TileCfg) != tileCfgSize || len(gt.TileData) != tileDataSize {
+			return fmt.Errorf("thread %d: tile state of %d+%d bytes", gt.Tid, len(gt.TileCfg), len(gt.TileData))
+		}
+		var th *model.Thread
+		for _, t := range k.Threads {
+			if t.Tid == gt.Tid {
+				th = t
+			}
+		}
+		if th == nil {
+			return fmt.Errorf("tile state of thread %d, not a thread of the task", gt.Tid)
+		}
+		if th.Tiles != nil {
+			return fmt.Errorf("thread %d: tile state twice", gt.Tid)
+		}
+		th.Tiles = &model.Tiles{Cfg: gt.TileCfg, Data: gt.TileData}
 	}
 	if k.MM != nil {
 		k.MM.Membarrier = g.Membarrier

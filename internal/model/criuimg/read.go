@@ -13,6 +13,7 @@ import (
 	fsimg "github.com/checkpoint-restore/go-criu/v8/crit/images/fs"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/mm"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pstree"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/seccomp"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/siginfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/timer"
 	"golang.org/x/sys/unix"
@@ -100,6 +101,7 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 		return nil, imgErr(images.FilesImg, err)
 	}
 	files := map[model.ID]*model.File{}
+	var fifos []*fdinfo.FileEntry
 	seen := map[uint32]bool{}
 	for _, f := range fes {
 		id := f.GetId()
@@ -107,7 +109,18 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 			return nil, fmt.Errorf("%s: bad or duplicate file id %d", images.FilesImg, id)
 		}
 		seen[id] = true
+		if f.GetType() == fdinfo.FdTypes_FIFO {
+			fifos = append(fifos, f)
+			continue
+		}
 		if f.GetType() != fdinfo.FdTypes_REG {
+			mf, known, err := readKind(f)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", images.FilesImg, err)
+			}
+			if known {
+				files[mf.ID] = mf
+			}
 			continue
 		}
 		r := f.GetReg()
@@ -134,12 +147,21 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 		}
 		files[mf.ID] = mf
 	}
+	if err := resolveFIFOs(fifos, files); err != nil {
+		return nil, fmt.Errorf("%s: %w", images.FilesImg, err)
+	}
+	if err := readPipesData(d, files); err != nil {
+		return nil, err
+	}
+	if err := readSkQueues(d, files); err != nil {
+		return nil, err
+	}
 	return files, nil
 }
 
 // regular checks that id names a regular entry of files.img.
 func regular(files map[model.ID]*model.File, id uint32, where, what string) error {
-	if files[model.ID(id)] == nil {
+	if f := files[model.ID(id)]; f == nil || f.Kind != model.Path {
 		return fmt.Errorf("%s: %s refers to file id %d, not a regular entry of %s", where, what, id, images.FilesImg)
 	}
 	return nil
@@ -158,11 +180,15 @@ func readFDs(d *images.Dir, filesID model.ID, files map[model.ID]*model.File) ([
 			return nil, fmt.Errorf("%s: bad or duplicate fd %d", name, e.GetFd())
 		}
 		seen[e.GetFd()] = true
-		if e.GetType() != fdinfo.FdTypes_REG {
-			return nil, fmt.Errorf("%s: fd %d: %v files are not supported yet", name, e.GetFd(), e.GetType())
+		f := files[model.ID(e.GetId())]
+		if f == nil {
+			if e.GetType() != fdinfo.FdTypes_REG {
+				return nil, fmt.Errorf("%s: fd %d: %v files are not supported yet", name, e.GetFd(), e.GetType())
+			}
+			return nil, fmt.Errorf("%s: fd %d refers to file id %d, not an entry of %s", name, e.GetFd(), e.GetId(), images.FilesImg)
 		}
-		if files[model.ID(e.GetId())] == nil {
-			return nil, fmt.Errorf("%s: fd %d refers to file id %d, not a regular entry of %s", name, e.GetFd(), e.GetId(), images.FilesImg)
+		if fdType(f) != e.GetType() {
+			return nil, fmt.Errorf("%s: fd %d is %v but its file %d is %v", name, e.GetFd(), e.GetType(), f.ID, fdType(f))
 		}
 		out = append(out, model.FD{Num: int(e.GetFd()), File: model.ID(e.GetId()), Cloexec: e.GetFlags()&images.FdFlagCloexec != 0})
 	}
@@ -212,10 +238,14 @@ func readTask(d *images.Dir, ps *pstree.PstreeEntry, files map[model.ID]*model.F
 		}
 	}
 	var leaderCore *criu_core.CoreEntry
+	var filters []*seccomp.SeccompFilter
 	for i, tid := range order {
 		th, core, err := readThread(d, int(tid), i == 0)
 		if err != nil {
 			return nil, err
+		}
+		if err := readSeccomp(d, &filters, th, core.GetThreadCore()); err != nil {
+			return nil, fmt.Errorf("%s: %w", images.CoreImg(int(tid)), err)
 		}
 		if i == 0 {
 			leaderCore = core
@@ -291,9 +321,6 @@ func readThread(d *images.Dir, tid int, leader bool) (*model.Thread, *criu_core.
 	tc := core.GetThreadCore()
 	if tc == nil {
 		return nil, nil, fmt.Errorf("%s: no thread core", name)
-	}
-	if m := tc.GetSeccompMode(); m != criu_core.SeccompMode_disabled {
-		return nil, nil, fmt.Errorf("%s: seccomp mode %v cannot be restored yet", name, m)
 	}
 	x, err := xstate.Standalone(ti.GetFpregs())
 	if err != nil {

@@ -43,8 +43,12 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		}
 		return nil
 	}
+	if err := checkUnixPeers(t); err != nil {
+		return fmt.Errorf("write images: %w", err)
+	}
 	var pss []proto.Message
 	fdTables := map[model.ID]bool{}
+	sc := &seccompTable{}
 	for _, k := range t.Tasks {
 		if k.State == model.Dead {
 			// A zombie: its pstree entry and a core with its state
@@ -56,7 +60,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 			pss = append(pss, pstreeEntry(k))
 			continue
 		}
-		if err := writeTask(k, put); err != nil {
+		if err := writeTask(k, sc, put); err != nil {
 			return fmt.Errorf("write images of %d: %w", k.Pid, err)
 		}
 		if err := writeGodwit(d, k, written); err != nil {
@@ -67,21 +71,54 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 			fdTables[k.IDs.Files] = true
 			var fds []proto.Message
 			for _, fd := range k.FDs {
-				fds = append(fds, fdinfoEntry(fd))
+				f := t.Files[fd.File]
+				if f == nil {
+					f = &model.File{Kind: model.Path} // a dangling id is written as is (and refused on read)
+				}
+				fds = append(fds, fdinfoEntry(fd, f))
 			}
 			if err := put(images.FdinfoImg(uint32(k.IDs.Files)), fds...); err != nil {
 				return err
 			}
 		}
 	}
+	if err := sc.write(put); err != nil {
+		return err
+	}
 	if err := put(images.PstreeImg, pss...); err != nil {
 		return err
 	}
 	var files []proto.Message
-	for _, id := range t.FileIDs() {
-		files = append(files, fileEntry(t.Files[id]))
+	ids := t.FileIDs()
+	regID := uint32(0) // FIFOs' REG entries get ids after every file's
+	if len(ids) > 0 {
+		regID = uint32(ids[len(ids)-1])
+	}
+	for _, id := range ids {
+		f := t.Files[id]
+		if f.Kind == model.Path && f.Pipe != nil {
+			regID++
+			reg, ff := fifoEntries(f, regID)
+			files = append(files, reg, ff)
+			continue
+		}
+		if f.Kind == model.Path {
+			files = append(files, fileEntry(f))
+			continue
+		}
+		e, err := kindEntry(f)
+		if err != nil {
+			return fmt.Errorf("write images: %w", err)
+		}
+		files = append(files, e)
 	}
 	if err := put(images.FilesImg, files...); err != nil {
+		return err
+	}
+	if err := writePipesData(d, t, written); err != nil {
+		return err
+	}
+	if err := writeSkQueues(d, t, written); err != nil {
 		return err
 	}
 	if written != nil {
@@ -92,7 +129,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 	return images.WriteInventory(d, images.InventoryOptions{RootIDs: kobjIDs(&t.Root().IDs)})
 }
 
-func writeTask(k *model.Task, put func(string, ...proto.Message) error) error {
+func writeTask(k *model.Task, sc *seccompTable, put func(string, ...proto.Message) error) error {
 	if len(k.Threads) == 0 {
 		return fmt.Errorf("no threads")
 	}
@@ -100,6 +137,9 @@ func writeTask(k *model.Task, put func(string, ...proto.Message) error) error {
 	for i, th := range k.Threads {
 		c, err := coreEntry(th)
 		if err != nil {
+			return fmt.Errorf("thread %d: %w", th.Tid, err)
+		}
+		if err := sc.setSeccomp(c.ThreadCore, th); err != nil {
 			return fmt.Errorf("thread %d: %w", th.Tid, err)
 		}
 		if i == 0 {
@@ -206,11 +246,10 @@ func coreEntry(th *model.Thread) (*criu_core.CoreEntry, error) {
 		Sas: &criu_core.ThreadSasEntry{
 			SsSp: proto.Uint64(th.Sigaltstack.SP), SsSize: proto.Uint64(th.Sigaltstack.Size), SsFlags: proto.Uint32(th.Sigaltstack.Flags),
 		},
-		PdeathSig:   proto.Uint32(th.PdeathSig),
-		SignalsP:    signalQueue(th.Pending),
-		Creds:       credsEntry(&th.Creds),
-		SeccompMode: criu_core.SeccompMode_disabled.Enum(),
-		Comm:        proto.String(th.Comm),
+		PdeathSig: proto.Uint32(th.PdeathSig),
+		SignalsP:  signalQueue(th.Pending),
+		Creds:     credsEntry(&th.Creds),
+		Comm:      proto.String(th.Comm),
 	}
 	if r := th.Rseq; r.Pointer != 0 {
 		thc.RseqEntry = &rseq.RseqEntry{
@@ -351,13 +390,13 @@ func fileEntry(f *model.File) *fdinfo.FileEntry {
 	return &fdinfo.FileEntry{Type: fdinfo.FdTypes_REG.Enum(), Id: proto.Uint32(uint32(f.ID)), Reg: r}
 }
 
-func fdinfoEntry(fd model.FD) *fdinfo.FdinfoEntry {
+func fdinfoEntry(fd model.FD, f *model.File) *fdinfo.FdinfoEntry {
 	fl := uint32(0)
 	if fd.Cloexec {
 		fl = unix.FD_CLOEXEC
 	}
 	return &fdinfo.FdinfoEntry{
-		Id: proto.Uint32(uint32(fd.File)), Flags: proto.Uint32(fl), Type: fdinfo.FdTypes_REG.Enum(), Fd: proto.Uint32(uint32(fd.Num)),
+		Id: proto.Uint32(uint32(fd.File)), Flags: proto.Uint32(fl), Type: fdType(f).Enum(), Fd: proto.Uint32(uint32(fd.Num)),
 	}
 }
 

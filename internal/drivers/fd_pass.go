@@ -1,0 +1,158 @@
+package drivers
+
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/inject"
+)
+
+// restoreFDs is one task's fd restore: the injection session, the kinds'
+// objects made in godwit (a pipe's two ends), and the channel that hands
+// godwit's descriptors to the task.
+type restoreFDs struct {
+	r *Restore
+	s *inject.Session
+	// sock is godwit's end of the channel, taskSock the task's (-1, 0
+	// until the first descriptor is passed).
+	sock     int
+	taskSock uint64
+	pipes    map[uint64]*livePipe
+	fifos    map[uint64]bool // FIFOs refilled
+	socks    map[uint32]int  // unix sockets made, by inode
+}
+
+func newRestoreFDs(r *Restore, s *inject.Session) *restoreFDs {
+	return &restoreFDs{r: r, s: s, sock: -1, pipes: map[uint64]*livePipe{}, fifos: map[uint64]bool{}, socks: map[uint32]int{}}
+}
+
+// Scratch offsets of the restore side's passing (the area from 0 holds
+// paths for openat; these follow, 8-byte aligned).
+const (
+	scratchPassPair = 4096 // int[2] of socketpair
+	scratchPassMsg  = 4112 // struct msghdr (56 bytes)
+	scratchPassIov  = 4176 // struct iovec
+	scratchPassByte = 4192 // the one data byte
+	scratchPassCmsg = 4200 // cmsghdr + one int (24 bytes)
+	scratchPassEnd  = 4224
+)
+
+// channel makes the task's end of the channel: a socketpair made in the
+// task by injection, one end taken by godwit (pidfd_getfd) and closed in
+// the task, the other moved to a number the task will not use, so that
+// restoring an fd never lands on it.
+func (rs *restoreFDs) channel() error {
+	if rs.sock >= 0 {
+		return nil
+	}
+	s := rs.s
+	addr := s.Scratch() + scratchPassPair
+	if _, err := s.Call("socketpair for fd passing", unix.SYS_SOCKETPAIR, unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0, addr); err != nil {
+		return err
+	}
+	var b [8]byte
+	if err := s.Read(scratchPassPair, b[:]); err != nil {
+		return err
+	}
+	a, other := uint64(le.Uint32(b[:])), uint64(le.Uint32(b[4:]))
+	pfd, err := unix.PidfdOpen(s.Pid(), 0)
+	if err != nil {
+		return fmt.Errorf("pidfd_open %d: %w", s.Pid(), err)
+	}
+	defer unix.Close(pfd)
+	mine, err := unix.PidfdGetfd(pfd, int(other), 0)
+	if err != nil {
+		return fmt.Errorf("pidfd_getfd %d of %d: %w", other, s.Pid(), err)
+	}
+	rs.sock = mine
+	if _, err := s.Call("close passing socket", unix.SYS_CLOSE, other); err != nil {
+		return err
+	}
+	// The lowest number the task does not use: within its fd limit, and
+	// free now (the fds restored so far are the task's).
+	used := map[uint64]bool{}
+	for _, e := range rs.r.Task.FDs {
+		used[uint64(e.Num)] = true
+	}
+	gap := uint64(0)
+	for used[gap] {
+		gap++
+	}
+	if gap != a {
+		if _, err := s.Call("move passing socket", unix.SYS_DUP3, a, gap, unix.O_CLOEXEC); err != nil {
+			return err
+		}
+		if _, err := s.Call("close passing socket", unix.SYS_CLOSE, a); err != nil {
+			return err
+		}
+	}
+	rs.taskSock = gap
+	return nil
+}
+
+// install hands godwit's descriptor fd to the task over SCM_RIGHTS and
+// returns its number there (the lowest free one, not close-on-exec).
+func (rs *restoreFDs) install(what string, fd int) (uint64, error) {
+	if err := rs.channel(); err != nil {
+		return 0, fmt.Errorf("%s: %w", what, err)
+	}
+	if err := unix.Sendmsg(rs.sock, []byte{0}, unix.UnixRights(fd), nil, 0); err != nil {
+		return 0, fmt.Errorf("%s: pass descriptor: %w", what, err)
+	}
+	s := rs.s
+	base := s.Scratch()
+	var msg []byte
+	msg = le64(msg, 0)                         // msg_name
+	msg = le64(msg, 0)                         // msg_namelen + pad
+	msg = le64(msg, base+scratchPassIov)       // msg_iov
+	msg = le64(msg, 1)                         // msg_iovlen
+	msg = le64(msg, base+scratchPassCmsg)      // msg_control
+	msg = le64(msg, uint64(unix.CmsgSpace(4))) // msg_controllen
+	msg = le64(msg, 0)                         // msg_flags + pad
+	if _, err := s.Put(scratchPassMsg, msg); err != nil {
+		return 0, err
+	}
+	iov := le64(le64(nil, base+scratchPassByte), 1) // iov_base, iov_len
+	if _, err := s.Put(scratchPassIov, iov); err != nil {
+		return 0, err
+	}
+	if _, err := s.Put(scratchPassCmsg, make([]byte, unix.CmsgSpace(4))); err != nil {
+		return 0, err
+	}
+	if _, err := s.Call(what+": receive descriptor", unix.SYS_RECVMSG, rs.taskSock, base+scratchPassMsg, 0); err != nil {
+		return 0, err
+	}
+	cm := make([]byte, unix.CmsgSpace(4))
+	if err := s.Read(scratchPassCmsg, cm); err != nil {
+		return 0, err
+	}
+	var flags [8]byte
+	if err := s.Read(scratchPassMsg+48, flags[:]); err != nil {
+		return 0, err
+	}
+	// cmsghdr: len (8), level (4), type (4), then the fd.
+	if le.Uint32(flags[:])&unix.MSG_CTRUNC != 0 || le.Uint64(cm) != uint64(unix.CmsgLen(4)) ||
+		le.Uint32(cm[8:]) != unix.SOL_SOCKET || le.Uint32(cm[12:]) != unix.SCM_RIGHTS {
+		return 0, fmt.Errorf("%s: the task received no descriptor", what)
+	}
+	return uint64(le.Uint32(cm[16:])), nil
+}
+
+// close drops godwit's side: the channel (in both) and its copies of the
+// objects it made.
+func (rs *restoreFDs) close() error {
+	var err error
+	if rs.sock >= 0 {
+		unix.Close(rs.sock)
+		rs.sock = -1
+		_, err = rs.s.Call("close passing socket", unix.SYS_CLOSE, rs.taskSock)
+	}
+	for _, p := range rs.pipes {
+		p.close()
+	}
+	for _, s := range rs.socks {
+		unix.Close(s)
+	}
+	return err
+}

@@ -1,0 +1,468 @@
+package drivers
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/model"
+	"godwit/internal/sockdiag"
+)
+
+// Unix sockets: stream, datagram and seqpacket; unbound, bound to a path
+// or an abstract name, listening (with no connection waiting), and
+// connected pairs whose ends are both in the task (socketpair), with the
+// bytes or messages queued in each direction and the shutdown state. The
+// dump learns the socket from sock_diag and its options from a copy taken
+// with pidfd_getfd, and peeks at the queue (SO_PEEK_OFF, MSG_PEEK): the
+// task keeps every byte. The restore makes the socket in godwit, refills
+// the queues by sending from the peer, and hands it over.
+//
+// Refused, naming the socket: other families; connections waiting in a
+// listener's backlog; sockets connected through a bound name (connect or
+// accept); peers outside the task; queued file descriptors (SCM_RIGHTS);
+// queued messages carrying credentials (SO_PASSCRED); a datagram socket
+// not connected with messages queued (their senders are not known);
+// socket filters; a set SO_PEEK_OFF; names relative to a directory.
+
+func init() { registerFDKind(unixKind{}) }
+
+type unixKind struct{}
+
+func (unixKind) name() string             { return "socket" }
+func (unixKind) fileKind() model.FileKind { return model.UnixSocket }
+func (unixKind) match(target string, _ *unix.Stat_t) bool {
+	return strings.HasPrefix(target, "socket:[")
+}
+func (unixKind) check(int, int, uint64) error { return nil }
+
+// The kernel's socket states (include/net/tcp_states.h), which unix
+// sockets use too.
+const (
+	tcpEstablished = 1
+	tcpClose       = 7
+	tcpListen      = 10
+)
+
+func (unixKind) collect(pid int, fd *FD, f *model.File) error {
+	s, err := grabFD(pid, fd.Num)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(s)
+	dom, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		return fmt.Errorf("SO_DOMAIN: %w", err)
+	}
+	if dom != unix.AF_UNIX {
+		return fmt.Errorf("%s sockets are not supported yet", familyName(dom))
+	}
+	d, err := sockdiag.QueryUnix(uint32(fd.Stat.Ino))
+	if err != nil {
+		return err
+	}
+	if len(d.Name) > 0 && d.Name[0] != 0 {
+		// A path's name ends at its NUL (the kernel counts it).
+		if i := bytes.IndexByte(d.Name, 0); i >= 0 {
+			d.Name = d.Name[:i]
+		}
+	}
+	st := &model.UnixSocketState{
+		Ino: d.Ino, Type: uint32(d.Type), State: uint32(d.State), Peer: d.Peer,
+		Name: d.Name, Shutdown: uint32(d.Shutdown),
+	}
+	switch st.Type {
+	case unix.SOCK_STREAM, unix.SOCK_DGRAM, unix.SOCK_SEQPACKET:
+	default:
+		return fmt.Errorf("unix socket of type %d", st.Type)
+	}
+	if len(d.Name) > 0 && d.Name[0] != 0 && d.Name[0] != '/' {
+		return fmt.Errorf("bound to %q, relative to the directory it was bound in: not supported yet", d.Name)
+	}
+	if len(d.Name) > 0 && d.Name[0] == '/' {
+		var fst unix.Stat_t
+		if err := unix.Stat(string(d.Name), &fst); err == nil && d.HasVFS && uint32(fst.Ino) == d.VFSIno {
+			st.FileMode = fst.Mode
+		} else {
+			return fmt.Errorf("bound to %s, which is gone or now another file: not supported yet", d.Name)
+		}
+	}
+	switch {
+	case st.State == tcpListen:
+		if len(d.Icons) > 0 {
+			return fmt.Errorf("listening, with %d connections waiting in its backlog: not supported yet", len(d.Icons))
+		}
+		st.Backlog = d.Wqueue
+	case st.Peer != 0:
+		pd, err := sockdiag.QueryUnix(st.Peer)
+		if err != nil {
+			return fmt.Errorf("its peer: %w", err)
+		}
+		if pd.Peer != st.Ino || len(d.Name) > 0 || len(pd.Name) > 0 {
+			return fmt.Errorf("connected through a bound name (connect or accept): not supported yet")
+		}
+	case st.State == tcpEstablished:
+		return fmt.Errorf("connected to a socket that is gone: not supported yet")
+	}
+	if st.Opts, err = socketOpts(s); err != nil {
+		return err
+	}
+	if st.State != tcpListen {
+		if st.Queue, err = peekQueue(s, st); err != nil {
+			return err
+		}
+	}
+	if len(st.Queue) > 0 && st.Peer == 0 {
+		return fmt.Errorf("%d messages queued on a socket that is not connected (their senders cannot be restored): not supported yet", len(st.Queue))
+	}
+	if len(st.Queue) > 0 && st.Opts.PassCred {
+		return fmt.Errorf("%d messages queued with their senders' credentials (SO_PASSCRED): not supported yet", len(st.Queue))
+	}
+	f.Kind, f.Path = model.UnixSocket, ""
+	f.Unix = st
+	return nil
+}
+
+// grabFD takes a copy of fd n of pid (one open file description with it).
+func grabFD(pid, n int) (int, error) {
+	pfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return -1, fmt.Errorf("pidfd_open: %w", err)
+	}
+	defer unix.Close(pfd)
+	fd, err := unix.PidfdGetfd(pfd, n, 0)
+	if err != nil {
+		return -1, fmt.Errorf("pidfd_getfd: %w", err)
+	}
+	return fd, nil
+}
+
+func familyName(dom int) string {
+	switch dom {
+	case unix.AF_INET:
+		return "AF_INET"
+	case unix.AF_INET6:
+		return "AF_INET6"
+	case unix.AF_NETLINK:
+		return "AF_NETLINK"
+	case unix.AF_PACKET:
+		return "AF_PACKET"
+	}
+	return fmt.Sprintf("family %d", dom)
+}
+
+// socketOpts reads the options restored, and refuses what is not.
+func socketOpts(s int) (model.SocketOpts, error) {
+	var o model.SocketOpts
+	var err error
+	geti := func(opt int, what string) uint32 {
+		if err != nil {
+			return 0
+		}
+		var v int
+		if v, err = unix.GetsockoptInt(s, unix.SOL_SOCKET, opt); err != nil {
+			err = fmt.Errorf("getsockopt %s: %w", what, err)
+		}
+		return uint32(v)
+	}
+	o.SndBuf = geti(unix.SO_SNDBUF, "SO_SNDBUF")
+	o.RcvBuf = geti(unix.SO_RCVBUF, "SO_RCVBUF")
+	o.PassCred = geti(unix.SO_PASSCRED, "SO_PASSCRED") != 0
+	o.PassSec = geti(unix.SO_PASSSEC, "SO_PASSSEC") != 0
+	o.Priority = geti(unix.SO_PRIORITY, "SO_PRIORITY")
+	o.RcvLowat = geti(unix.SO_RCVLOWAT, "SO_RCVLOWAT")
+	o.Mark = geti(unix.SO_MARK, "SO_MARK")
+	peekOff := int32(geti(unix.SO_PEEK_OFF, "SO_PEEK_OFF"))
+	if err != nil {
+		return o, err
+	}
+	if peekOff != -1 {
+		return o, fmt.Errorf("SO_PEEK_OFF is set (%d): not supported yet", peekOff)
+	}
+	for _, t := range []struct {
+		opt      int
+		sec, use *uint64
+	}{{unix.SO_SNDTIMEO, &o.SndTimeoSec, &o.SndTimeoUsec}, {unix.SO_RCVTIMEO, &o.RcvTimeoSec, &o.RcvTimeoUsec}} {
+		tv, err := unix.GetsockoptTimeval(s, unix.SOL_SOCKET, t.opt)
+		if err != nil {
+			return o, fmt.Errorf("getsockopt timeout: %w", err)
+		}
+		*t.sec, *t.use = uint64(tv.Sec), uint64(tv.Usec)
+	}
+	// With no buffer, SO_GET_FILTER answers with the filter's length.
+	var n uint32
+	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(s), unix.SOL_SOCKET, unix.SO_GET_FILTER, 0, uintptr(unsafe.Pointer(&n)), 0); e != 0 {
+		return o, fmt.Errorf("getsockopt SO_GET_FILTER: %w", e)
+	}
+	if n != 0 {
+		return o, fmt.Errorf("a socket filter of %d instructions is attached: not supported yet", n)
+	}
+	return o, nil
+}
+
+// peekQueue reads what s has to read without taking it: SO_PEEK_OFF moves
+// each MSG_PEEK on past what the last one returned; it is off again after.
+func peekQueue(s int, st *model.UnixSocketState) (_ [][]byte, err error) {
+	if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0); err != nil {
+		return nil, fmt.Errorf("SO_PEEK_OFF: %w", err)
+	}
+	defer func() {
+		if e := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_PEEK_OFF, -1); e != nil && err == nil {
+			err = fmt.Errorf("SO_PEEK_OFF: %w", e)
+		}
+	}()
+	buf := make([]byte, max(int(st.Opts.RcvBuf), 64<<10))
+	oob := make([]byte, 4096)
+	var out [][]byte
+	stream := st.Type == unix.SOCK_STREAM
+	for {
+		n, oobn, flags, _, err := unix.Recvmsg(s, buf, oob, unix.MSG_PEEK|unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+		if errors.Is(err, unix.EAGAIN) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("peek at the receive queue: %w", err)
+		}
+		if oobn > 0 {
+			if err := refuseRights(oob[:oobn]); err != nil {
+				return nil, err
+			}
+		}
+		if flags&unix.MSG_CTRUNC != 0 {
+			return nil, fmt.Errorf("a queued message carries more control data than godwit reads")
+		}
+		if n > len(buf) {
+			// A datagram longer than the buffer: MSG_TRUNC told its
+			// length; the peek offset did not move on (it moves by
+			// what was copied), so peek at it again.
+			buf = make([]byte, n)
+			if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_PEEK_OFF, queued(out)); err != nil {
+				return nil, fmt.Errorf("SO_PEEK_OFF: %w", err)
+			}
+			continue
+		}
+		if n == 0 && (stream || st.Shutdown&1 != 0) {
+			break // end of stream (or of a shut-down packet socket)
+		}
+		if n == 0 {
+			// The peek offset cannot move past an empty datagram.
+			return nil, fmt.Errorf("an empty datagram is queued: not supported yet")
+		}
+		if stream && len(out) > 0 {
+			out[0] = append(out[0], buf[:n]...)
+		} else {
+			out = append(out, bytes.Clone(buf[:n]))
+		}
+	}
+	return out, nil
+}
+
+func queued(q [][]byte) int {
+	n := 0
+	for _, m := range q {
+		n += len(m)
+	}
+	return n
+}
+
+// refuseRights fails when control messages hold descriptors (closing the
+// copies the peek made).
+func refuseRights(oob []byte) error {
+	cms, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return fmt.Errorf("queued control data: %w", err)
+	}
+	for i := range cms {
+		if cms[i].Header.Level == unix.SOL_SOCKET && cms[i].Header.Type == unix.SCM_RIGHTS {
+			fds, _ := unix.ParseUnixRights(&cms[i])
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+			return fmt.Errorf("%d file descriptors are in flight in its queue (SCM_RIGHTS): not supported yet", len(fds))
+		}
+	}
+	return nil
+}
+
+// unixPeer finds the file of the socket with inode ino in the task.
+func unixPeer(r *Restore, ino uint32) *model.File {
+	for _, e := range r.Task.FDs {
+		if f := r.Tree.Files[e.File]; f != nil && f.Unix != nil && f.Unix.Ino == ino {
+			return f
+		}
+	}
+	return nil
+}
+
+func (unixKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error) {
+	st := f.Unix
+	if st == nil {
+		return 0, fmt.Errorf("%s: socket without its state", what)
+	}
+	s, ok := rs.socks[st.Ino]
+	if !ok {
+		var err error
+		if s, err = makeUnix(rs, what, f); err != nil {
+			return 0, err
+		}
+	}
+	if err := setSocketOpts(s, &st.Opts); err != nil {
+		return 0, fmt.Errorf("%s: %w", what, err)
+	}
+	if _, err := unix.FcntlInt(uintptr(s), unix.F_SETFL, int(f.Flags&unix.O_NONBLOCK)); err != nil {
+		return 0, fmt.Errorf("%s: F_SETFL: %w", what, err)
+	}
+	return rs.install(what, s)
+}
+
+// makeUnix makes the socket of f in godwit (with its peer, for a pair),
+// and keeps it (and the peer) in rs until the task's fds are restored.
+func makeUnix(rs *restoreFDs, what string, f *model.File) (int, error) {
+	st := f.Unix
+	typ := int(st.Type) | unix.SOCK_CLOEXEC
+	if st.Peer != 0 {
+		pf := unixPeer(rs.r, st.Peer)
+		if pf == nil {
+			return -1, fmt.Errorf("%s: the peer of unix socket %d (socket %d) is not in this task: not supported yet", what, st.Ino, st.Peer)
+		}
+		sp, err := unix.Socketpair(unix.AF_UNIX, typ, 0)
+		if err != nil {
+			return -1, fmt.Errorf("%s: socketpair: %w", what, err)
+		}
+		rs.socks[st.Ino], rs.socks[st.Peer] = sp[0], sp[1]
+		// Each end's queue is what the other sent it.
+		if err := refill(sp[1], st.Queue); err != nil {
+			return -1, fmt.Errorf("%s: %w", what, err)
+		}
+		if err := refill(sp[0], pf.Unix.Queue); err != nil {
+			return -1, fmt.Errorf("%s: its peer's queue: %w", what, err)
+		}
+		// One end's shutdown is the other's, mirrored.
+		for _, h := range []struct {
+			bit uint32
+			how int
+		}{{2, unix.SHUT_WR}, {1, unix.SHUT_RD}} {
+			if st.Shutdown&h.bit != 0 {
+				if err := unix.Shutdown(sp[0], h.how); err != nil {
+					return -1, fmt.Errorf("%s: shutdown: %w", what, err)
+				}
+			}
+		}
+		return sp[0], nil
+	}
+	s, err := unix.Socket(unix.AF_UNIX, typ, 0)
+	if err != nil {
+		return -1, fmt.Errorf("%s: socket: %w", what, err)
+	}
+	rs.socks[st.Ino] = s
+	if len(st.Name) > 0 {
+		if err := bindUnix(s, st); err != nil {
+			return -1, fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	if st.State == tcpListen {
+		if err := unix.Listen(s, int(st.Backlog)); err != nil {
+			return -1, fmt.Errorf("%s: listen: %w", what, err)
+		}
+	}
+	if st.Shutdown != 0 {
+		return -1, fmt.Errorf("%s: shutdown of an unconnected socket cannot be restored", what)
+	}
+	return s, nil
+}
+
+// bindUnix binds s to its dumped name. A path still holding the dumped
+// socket's file (the task was killed, its file stays) is unlinked first;
+// any other file there is left alone and the bind fails.
+func bindUnix(s int, st *model.UnixSocketState) error {
+	name := string(st.Name)
+	sa := &unix.SockaddrUnix{Name: name}
+	if name[0] == 0 {
+		sa.Name = "@" + name[1:]
+	} else if fi, err := os.Lstat(name); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		if err := os.Remove(name); err != nil {
+			return fmt.Errorf("remove stale socket file: %w", err)
+		}
+	}
+	if err := unix.Bind(s, sa); err != nil {
+		return fmt.Errorf("bind %q: %w", name, err)
+	}
+	if name[0] == '/' && st.FileMode != 0 {
+		if err := unix.Fchmodat(unix.AT_FDCWD, name, st.FileMode&0o7777, 0); err != nil {
+			return fmt.Errorf("chmod %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// refill sends each message from s (to its peer).
+func refill(s int, q [][]byte) error {
+	for _, m := range q {
+		n, err := unix.SendmsgN(s, m, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		if err != nil || n != len(m) {
+			return fmt.Errorf("refill the receive queue with %d bytes: sent %d: %v", len(m), n, err)
+		}
+	}
+	return nil
+}
+
+// setSocketOpts gives s the dumped options; buffer sizes only where they
+// differ from a new socket's (setting one locks it against autotuning).
+func setSocketOpts(s int, o *model.SocketOpts) error {
+	for _, b := range []struct {
+		get, set int
+		v        uint32
+		what     string
+	}{{unix.SO_SNDBUF, unix.SO_SNDBUFFORCE, o.SndBuf, "SO_SNDBUF"}, {unix.SO_RCVBUF, unix.SO_RCVBUFFORCE, o.RcvBuf, "SO_RCVBUF"}} {
+		cur, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, b.get)
+		if err != nil {
+			return fmt.Errorf("getsockopt %s: %w", b.what, err)
+		}
+		if uint32(cur) != b.v {
+			// The kernel doubles what it is given.
+			if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, b.set, int(b.v/2)); err != nil {
+				return fmt.Errorf("setsockopt %s %d: %w", b.what, b.v, err)
+			}
+		}
+	}
+	bool2int := func(b bool) int {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	for _, i := range []struct {
+		opt  int
+		v    int
+		what string
+	}{
+		{unix.SO_PASSCRED, bool2int(o.PassCred), "SO_PASSCRED"},
+		{unix.SO_PASSSEC, bool2int(o.PassSec), "SO_PASSSEC"},
+		{unix.SO_PRIORITY, int(o.Priority), "SO_PRIORITY"},
+		{unix.SO_RCVLOWAT, int(o.RcvLowat), "SO_RCVLOWAT"},
+		{unix.SO_MARK, int(o.Mark), "SO_MARK"},
+	} {
+		cur, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, i.opt)
+		if err == nil && cur == i.v {
+			continue
+		}
+		if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, i.opt, i.v); err != nil {
+			return fmt.Errorf("setsockopt %s %d: %w", i.what, i.v, err)
+		}
+	}
+	for _, t := range []struct {
+		opt      int
+		sec, use uint64
+	}{{unix.SO_SNDTIMEO, o.SndTimeoSec, o.SndTimeoUsec}, {unix.SO_RCVTIMEO, o.RcvTimeoSec, o.RcvTimeoUsec}} {
+		tv := unix.Timeval{Sec: int64(t.sec), Usec: int64(t.use)}
+		if err := unix.SetsockoptTimeval(s, unix.SOL_SOCKET, t.opt, &tv); err != nil {
+			return fmt.Errorf("setsockopt timeout: %w", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,511 @@
+package criuimg
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/eventfd"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/eventpoll"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fifo"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/pipe"
+	pipe_data "github.com/checkpoint-restore/go-criu/v8/crit/images/pipe-data"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/signalfd"
+	sk_opts "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-opts"
+	sk_packet "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-packet"
+	sk_unix "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-unix"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/timerfd"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"godwit/internal/images"
+	"godwit/internal/model"
+)
+
+// The files.img entries of the fd kinds other than regular files, both
+// ways, and pipes-data.img.
+
+// PipesDataImg holds the bytes queued in each pipe: an entry, then its
+// bytes.
+const PipesDataImg = "pipes-data.img"
+
+// maxPipeData bounds one pipe's saved bytes (pipes are at most 1 GiB
+// even with CAP_SYS_RESOURCE; pipe-max-size is 1 MiB here).
+const maxPipeData = 1 << 30
+
+// epollTargetsMax bounds the targets of one epoll instance in an image
+// (max_user_watches is around 1/25 of low memory in pages; a bound keeps
+// a hostile image from asking for more).
+const epollTargetsMax = 1 << 22
+
+// fdType is the files.img and fdinfo type of f: a Path file with pipe
+// state is a FIFO.
+func fdType(f *model.File) fdinfo.FdTypes {
+	if f.Kind == model.Path && f.Pipe != nil {
+		return fdinfo.FdTypes_FIFO
+	}
+	switch f.Kind {
+	case model.Pipe:
+		return fdinfo.FdTypes_PIPE
+	case model.EventFD:
+		return fdinfo.FdTypes_EVENTFD
+	case model.SignalFD:
+		return fdinfo.FdTypes_SIGNALFD
+	case model.TimerFD:
+		return fdinfo.FdTypes_TIMERFD
+	case model.Epoll:
+		return fdinfo.FdTypes_EVENTPOLL
+	case model.UnixSocket:
+		return fdinfo.FdTypes_UNIXSK
+	}
+	return fdinfo.FdTypes_REG
+}
+
+func noFown() *fown.FownEntry {
+	return &fown.FownEntry{Uid: proto.Uint32(0), Euid: proto.Uint32(0), Signum: proto.Uint32(0), PidType: proto.Uint32(0), Pid: proto.Uint32(0)}
+}
+
+// kindEntry is the files.img entry of a file of a kind other than Path.
+func kindEntry(f *model.File) (*fdinfo.FileEntry, error) {
+	id := proto.Uint32(uint32(f.ID))
+	e := &fdinfo.FileEntry{Type: fdType(f).Enum(), Id: id}
+	missing := func() (*fdinfo.FileEntry, error) {
+		return nil, fmt.Errorf("file %d: no state for its kind", f.ID)
+	}
+	switch f.Kind {
+	case model.Pipe:
+		if f.Pipe == nil {
+			return missing()
+		}
+		e.Pipe = &pipe.PipeEntry{Id: id, PipeId: proto.Uint32(uint32(f.Pipe.ID)), Flags: proto.Uint32(f.Flags), Fown: noFown()}
+	case model.EventFD:
+		if f.EventFD == nil {
+			return missing()
+		}
+		fl := f.Flags
+		if f.EventFD.Semaphore {
+			// EFD_SEMAPHORE is bit 0, never set in an eventfd's
+			// f_flags (it is O_RDWR), as CRIU stores it.
+			fl |= unix.EFD_SEMAPHORE
+		}
+		e.Efd = &eventfd.EventfdFileEntry{Id: id, Flags: proto.Uint32(fl), Fown: noFown(), Counter: proto.Uint64(f.EventFD.Counter)}
+	case model.SignalFD:
+		if f.SignalFD == nil {
+			return missing()
+		}
+		e.Sgfd = &signalfd.SignalfdEntry{Id: id, Flags: proto.Uint32(f.Flags), Fown: noFown(), Sigmask: proto.Uint64(f.SignalFD.Mask)}
+	case model.TimerFD:
+		t := f.TimerFD
+		if t == nil {
+			return missing()
+		}
+		e.Tfd = &timerfd.TimerfdEntry{
+			Id: id, Flags: proto.Uint32(f.Flags), Fown: noFown(),
+			Clockid: proto.Uint32(uint32(t.Clock)), Ticks: proto.Uint64(t.Ticks), SettimeFlags: proto.Uint32(t.SettimeFlags),
+			Vsec: proto.Uint64(t.ValueSec), Vnsec: proto.Uint64(t.ValueNsec), Isec: proto.Uint64(t.IntervalSec), Insec: proto.Uint64(t.IntervalNsec),
+		}
+	case model.Epoll:
+		if f.Epoll == nil {
+			return missing()
+		}
+		ep := &eventpoll.EventpollFileEntry{Id: id, Flags: proto.Uint32(f.Flags), Fown: noFown()}
+		for _, t := range f.Epoll.Targets {
+			ep.Tfd = append(ep.Tfd, &eventpoll.EventpollTfdEntry{
+				Id: id, Tfd: proto.Uint32(uint32(t.FD)), Events: proto.Uint32(t.Events), Data: proto.Uint64(t.Data),
+			})
+		}
+		e.Epfd = ep
+	case model.UnixSocket:
+		u := f.Unix
+		if u == nil {
+			return missing()
+		}
+		o := &u.Opts
+		e.Usk = &sk_unix.UnixSkEntry{
+			Id: id, Ino: proto.Uint32(u.Ino), Type: proto.Uint32(u.Type), State: proto.Uint32(u.State),
+			Flags: proto.Uint32(f.Flags), Uflags: proto.Uint32(0), Backlog: proto.Uint32(u.Backlog), Peer: proto.Uint32(u.Peer),
+			Fown: noFown(),
+			Opts: &sk_opts.SkOptsEntry{
+				SoSndbuf: proto.Uint32(o.SndBuf), SoRcvbuf: proto.Uint32(o.RcvBuf),
+				SoSndTmoSec: proto.Uint64(o.SndTimeoSec), SoSndTmoUsec: proto.Uint64(o.SndTimeoUsec),
+				SoRcvTmoSec: proto.Uint64(o.RcvTimeoSec), SoRcvTmoUsec: proto.Uint64(o.RcvTimeoUsec),
+				SoPasscred: proto.Bool(o.PassCred), SoPasssec: proto.Bool(o.PassSec),
+				SoPriority: proto.Uint32(o.Priority), SoRcvlowat: proto.Uint32(o.RcvLowat), SoMark: proto.Uint32(o.Mark),
+			},
+			Name:     append([]byte{}, u.Name...),
+			Shutdown: sk_opts.SkShutdown(u.Shutdown & 3).Enum(),
+		}
+		if u.FileMode != 0 {
+			e.Usk.FilePerms = &sk_unix.FilePermsEntry{Mode: proto.Uint32(u.FileMode), Uid: proto.Uint32(0), Gid: proto.Uint32(0)}
+		}
+	default:
+		return nil, fmt.Errorf("file %d: kind %d has no image entry", f.ID, f.Kind)
+	}
+	return e, nil
+}
+
+// SkQueuesImg holds the messages queued on sockets: an entry naming the
+// socket (its file id) and the length, then the bytes.
+const SkQueuesImg = "sk-queues.img"
+
+// writeSkQueues writes every unix socket's queue (no image when all are
+// empty).
+func writeSkQueues(d *images.Dir, t *model.Tree, written func(string)) error {
+	var w *images.EntryWriter
+	for _, id := range t.FileIDs() {
+		u := t.Files[id].Unix
+		if u == nil {
+			continue
+		}
+		for _, m := range u.Queue {
+			if w == nil {
+				if written != nil {
+					written(SkQueuesImg)
+				}
+				var err error
+				if w, err = d.CreateImage(SkQueuesImg); err != nil {
+					return err
+				}
+			}
+			if err := w.Write(&sk_packet.SkPacketEntry{IdFor: proto.Uint32(uint32(id)), Length: proto.Uint32(uint32(len(m)))}); err != nil {
+				w.Close()
+				return err
+			}
+			if err := w.WritePayload(m); err != nil {
+				w.Close()
+				return err
+			}
+		}
+	}
+	if w == nil {
+		return nil
+	}
+	return w.Close()
+}
+
+// checkUnixPeers refuses a tree in which a connected unix socket's peer is
+// not a socket of the same task (one fd table).
+func checkUnixPeers(t *model.Tree) error {
+	for _, k := range t.Tasks {
+		inos := map[uint32]bool{}
+		for _, fd := range k.FDs {
+			if f := t.Files[fd.File]; f != nil && f.Unix != nil {
+				inos[f.Unix.Ino] = true
+			}
+		}
+		for _, fd := range k.FDs {
+			if f := t.Files[fd.File]; f != nil && f.Unix != nil && f.Unix.Peer != 0 && !inos[f.Unix.Peer] {
+				return fmt.Errorf("task %d fd %d: unix socket %d: its peer (socket %d) is not in this task: not supported yet", k.Pid, fd.Num, f.Unix.Ino, f.Unix.Peer)
+			}
+		}
+	}
+	return nil
+}
+
+// FifoDataImg holds the bytes queued in each named FIFO, as
+// pipes-data.img does for pipes.
+const FifoDataImg = "fifo-data.img"
+
+// writePipesData writes every pipe's queued bytes once, in pipes-data.img,
+// and every FIFO's in fifo-data.img (no image when there is nothing to
+// write).
+func writePipesData(d *images.Dir, t *model.Tree, written func(string)) error {
+	for _, img := range []struct {
+		name string
+		fifo bool
+	}{{PipesDataImg, false}, {FifoDataImg, true}} {
+		done := map[uint64]bool{}
+		var pipes []*model.PipeState
+		for _, id := range t.FileIDs() {
+			f := t.Files[id]
+			p := f.Pipe
+			if p == nil || done[p.ID] || (f.Kind == model.Path) != img.fifo {
+				continue
+			}
+			done[p.ID] = true
+			if len(p.Data) > 0 || p.Size != 0 {
+				pipes = append(pipes, p)
+			}
+		}
+		if len(pipes) == 0 {
+			continue
+		}
+		if err := writeData(d, img.name, pipes, written); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func writeData(d *images.Dir, name string, pipes []*model.PipeState, written func(string)) error {
+	if written != nil {
+		written(name)
+	}
+	w, err := d.CreateImage(name)
+	if err != nil {
+		return err
+	}
+	for _, p := range pipes {
+		e := &pipe_data.PipeDataEntry{PipeId: proto.Uint32(uint32(p.ID)), Bytes: proto.Uint32(uint32(len(p.Data)))}
+		if p.Size != 0 {
+			e.Size = proto.Uint32(p.Size)
+		}
+		if err := w.Write(e); err != nil {
+			w.Close()
+			return err
+		}
+		if err := w.WritePayload(p.Data); err != nil {
+			w.Close()
+			return err
+		}
+	}
+	return w.Close()
+}
+
+// fifoEntries are the files.img entries of a named FIFO: its REG entry
+// (under a fresh id, regID) and the FIFO entry naming it, as CRIU writes.
+func fifoEntries(f *model.File, regID uint32) (*fdinfo.FileEntry, *fdinfo.FileEntry) {
+	reg := fileEntry(f)
+	reg.Id, reg.Reg.Id = proto.Uint32(regID), proto.Uint32(regID)
+	return reg, &fdinfo.FileEntry{
+		Type: fdinfo.FdTypes_FIFO.Enum(), Id: proto.Uint32(uint32(f.ID)),
+		Fifo: &fifo.FifoEntry{Id: proto.Uint32(uint32(f.ID)), PipeId: proto.Uint32(uint32(f.Pipe.ID)), RegfId: proto.Uint32(regID)},
+	}
+}
+
+// resolveFIFOs turns each FIFO entry into a Path file with the path,
+// flags and offset of the REG entry it names, and pipe state.
+func resolveFIFOs(fifos []*fdinfo.FileEntry, files map[model.ID]*model.File) error {
+	for _, e := range fifos {
+		id := model.ID(e.GetId())
+		ff := e.GetFifo()
+		if ff == nil {
+			return fmt.Errorf("file %d: FIFO without its fifo entry", id)
+		}
+		reg := files[model.ID(ff.GetRegfId())]
+		if reg == nil || reg.Kind != model.Path || reg.Pipe != nil {
+			return fmt.Errorf("file %d: FIFO names file %d, not a regular entry", id, ff.GetRegfId())
+		}
+		f := *reg
+		f.ID = id
+		f.Pipe = &model.PipeState{ID: uint64(ff.GetPipeId())}
+		files[id] = &f
+	}
+	return nil
+}
+
+// readKind reads a files.img entry of a kind other than REG; known is
+// false for a kind godwit does not restore (refused where an fd names it).
+func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
+	id := model.ID(e.GetId())
+	bad := func(what string) (*model.File, bool, error) {
+		return nil, true, fmt.Errorf("file %d: %v without its %s entry", id, e.GetType(), what)
+	}
+	f = &model.File{ID: id, MntID: -1}
+	switch e.GetType() {
+	case fdinfo.FdTypes_PIPE:
+		p := e.GetPipe()
+		if p == nil {
+			return bad("pipe")
+		}
+		f.Kind, f.Flags = model.Pipe, p.GetFlags()
+		if m := f.Flags & unix.O_ACCMODE; m != unix.O_RDONLY && m != unix.O_WRONLY {
+			return nil, true, fmt.Errorf("file %d: pipe end with access mode %#o", id, m)
+		}
+		f.Pipe = &model.PipeState{ID: uint64(p.GetPipeId())}
+	case fdinfo.FdTypes_EVENTFD:
+		p := e.GetEfd()
+		if p == nil {
+			return bad("eventfd")
+		}
+		f.Kind, f.Flags = model.EventFD, p.GetFlags()&^unix.EFD_SEMAPHORE
+		if p.GetCounter() == ^uint64(0) {
+			return nil, true, fmt.Errorf("file %d: eventfd counter %#x over its maximum", id, p.GetCounter())
+		}
+		f.EventFD = &model.EventFDState{Counter: p.GetCounter(), Semaphore: p.GetFlags()&unix.EFD_SEMAPHORE != 0}
+	case fdinfo.FdTypes_SIGNALFD:
+		p := e.GetSgfd()
+		if p == nil {
+			return bad("signalfd")
+		}
+		f.Kind, f.Flags = model.SignalFD, p.GetFlags()
+		f.SignalFD = &model.SignalFDState{Mask: p.GetSigmask()}
+	case fdinfo.FdTypes_TIMERFD:
+		p := e.GetTfd()
+		if p == nil {
+			return bad("timerfd")
+		}
+		f.Kind, f.Flags = model.TimerFD, p.GetFlags()
+		t := &model.TimerFDState{
+			Clock: int32(p.GetClockid()), Ticks: p.GetTicks(), SettimeFlags: p.GetSettimeFlags(),
+			ValueSec: p.GetVsec(), ValueNsec: p.GetVnsec(), IntervalSec: p.GetIsec(), IntervalNsec: p.GetInsec(),
+		}
+		if t.ValueNsec >= 1e9 || t.IntervalNsec >= 1e9 || t.ValueSec > 1<<62 || t.IntervalSec > 1<<62 {
+			return nil, true, fmt.Errorf("file %d: timerfd times out of range", id)
+		}
+		f.TimerFD = t
+	case fdinfo.FdTypes_UNIXSK:
+		p := e.GetUsk()
+		if p == nil {
+			return bad("unix socket")
+		}
+		if p.GetUflags() != 0 || p.NameDir != nil || p.GetDeleted() {
+			return nil, true, fmt.Errorf("file %d: unix socket with flags %#x, relative or deleted name: not supported", id, p.GetUflags())
+		}
+		o := p.GetOpts()
+		if o == nil {
+			return bad("socket options")
+		}
+		f.Kind, f.Flags = model.UnixSocket, p.GetFlags()
+		u := &model.UnixSocketState{
+			Ino: p.GetIno(), Type: p.GetType(), State: p.GetState(), Backlog: p.GetBacklog(), Peer: p.GetPeer(),
+			Shutdown: uint32(p.GetShutdown()),
+			Opts: model.SocketOpts{
+				SndBuf: o.GetSoSndbuf(), RcvBuf: o.GetSoRcvbuf(),
+				SndTimeoSec: o.GetSoSndTmoSec(), SndTimeoUsec: o.GetSoSndTmoUsec(),
+				RcvTimeoSec: o.GetSoRcvTmoSec(), RcvTimeoUsec: o.GetSoRcvTmoUsec(),
+				PassCred: o.GetSoPasscred(), PassSec: o.GetSoPasssec(),
+				Priority: o.GetSoPriority(), RcvLowat: o.GetSoRcvlowat(), Mark: o.GetSoMark(),
+			},
+		}
+		if len(p.GetName()) > 0 {
+			u.Name = append([]byte{}, p.GetName()...)
+			if len(u.Name) > 108 {
+				return nil, true, fmt.Errorf("file %d: unix socket name of %d bytes", id, len(u.Name))
+			}
+		}
+		if fp := p.GetFilePerms(); fp != nil {
+			u.FileMode = fp.GetMode()
+		}
+		if u.Opts.SndTimeoUsec >= 1e6 || u.Opts.RcvTimeoUsec >= 1e6 || u.Opts.SndTimeoSec > 1<<62 || u.Opts.RcvTimeoSec > 1<<62 {
+			return nil, true, fmt.Errorf("file %d: socket timeouts out of range", id)
+		}
+		f.Unix = u
+	case fdinfo.FdTypes_EVENTPOLL:
+		p := e.GetEpfd()
+		if p == nil {
+			return bad("eventpoll")
+		}
+		if len(p.GetTfd()) > epollTargetsMax {
+			return nil, true, fmt.Errorf("file %d: %d epoll targets", id, len(p.GetTfd()))
+		}
+		f.Kind, f.Flags = model.Epoll, p.GetFlags()
+		st := &model.EpollState{}
+		for _, t := range p.GetTfd() {
+			if t.GetTfd() > 1<<20 {
+				return nil, true, fmt.Errorf("file %d: epoll target fd %d", id, t.GetTfd())
+			}
+			st.Targets = append(st.Targets, model.EpollTarget{FD: int(t.GetTfd()), Events: t.GetEvents(), Data: t.GetData()})
+		}
+		f.Epoll = st
+	default:
+		return nil, false, nil
+	}
+	return f, true, nil
+}
+
+// readPipesData attaches each pipe's and FIFO's size and bytes to its
+// ends.
+func readPipesData(d *images.Dir, files map[model.ID]*model.File) error {
+	if err := readData(d, PipesDataImg, files, false); err != nil {
+		return err
+	}
+	return readData(d, FifoDataImg, files, true)
+}
+
+func readData(d *images.Dir, name string, files map[model.ID]*model.File, fifos bool) error {
+	ends := map[uint64][]*model.File{}
+	for _, f := range files {
+		if f.Pipe != nil && (f.Kind == model.Path) == fifos {
+			ends[f.Pipe.ID] = append(ends[f.Pipe.ID], f)
+		}
+	}
+	if len(ends) == 0 || !d.Exists(name) {
+		return nil
+	}
+	r, err := d.OpenImage(name)
+	if err != nil {
+		return imgErr(name, err)
+	}
+	defer r.Close()
+	seen := map[uint64]bool{}
+	for {
+		var e pipe_data.PipeDataEntry
+		if err := r.Next(&e); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return imgErr(name, err)
+		}
+		id, n := uint64(e.GetPipeId()), e.GetBytes()
+		if seen[id] || n > maxPipeData || e.GetSize() > maxPipeData || (e.Size != nil && n > e.GetSize()) {
+			return fmt.Errorf("%s: pipe %d: duplicate, or %d bytes in a pipe of %d", name, id, n, e.GetSize())
+		}
+		seen[id] = true
+		// In steps, so that a lying count costs only what the image holds.
+		var data []byte
+		for left := int(n); left > 0; {
+			step := min(left, 1<<20)
+			data = append(data, make([]byte, step)...)
+			if err := r.ReadPayload(data[len(data)-step:]); err != nil {
+				return imgErr(name, err)
+			}
+			left -= step
+		}
+		for _, f := range ends[id] {
+			f.Pipe.Size, f.Pipe.Data = e.GetSize(), data
+		}
+	}
+}
+
+// maxSkQueue bounds the bytes of one socket's queue in an image.
+const maxSkQueue = 1 << 30
+
+// readSkQueues attaches each queued message to its socket.
+func readSkQueues(d *images.Dir, files map[model.ID]*model.File) error {
+	if !d.Exists(SkQueuesImg) {
+		return nil
+	}
+	r, err := d.OpenImage(SkQueuesImg)
+	if err != nil {
+		return imgErr(SkQueuesImg, err)
+	}
+	defer r.Close()
+	total := map[model.ID]int{}
+	for {
+		var e sk_packet.SkPacketEntry
+		if err := r.Next(&e); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return imgErr(SkQueuesImg, err)
+		}
+		id := model.ID(e.GetIdFor())
+		f := files[id]
+		if f == nil || f.Unix == nil {
+			return fmt.Errorf("%s: queue of file %d, not a unix socket", SkQueuesImg, id)
+		}
+		if len(e.GetScm()) > 0 {
+			return fmt.Errorf("%s: socket %d: queued control messages are not supported", SkQueuesImg, id)
+		}
+		n := int(e.GetLength())
+		if total[id] += n; total[id] > maxSkQueue {
+			return fmt.Errorf("%s: socket %d: over %d bytes queued", SkQueuesImg, id, maxSkQueue)
+		}
+		var data []byte
+		for left := n; left > 0; {
+			step := min(left, 1<<20)
+			data = append(data, make([]byte, step)...)
+			if err := r.ReadPayload(data[len(data)-step:]); err != nil {
+				return imgErr(SkQueuesImg, err)
+			}
+			left -= step
+		}
+		if data == nil {
+			data = []byte{}
+		}
+		f.Unix.Queue = append(f.Unix.Queue, data)
+	}
+}

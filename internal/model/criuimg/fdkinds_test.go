@@ -1,0 +1,177 @@
+package criuimg
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/images"
+	"godwit/internal/model"
+)
+
+// kindsTree is sampleTree holding one fd of every kind besides paths.
+func kindsTree(t testing.TB) *model.Tree {
+	tr := sampleTree(t)
+	data := []byte("queued bytes")
+	pipe := func(id model.ID, flags uint32) *model.File {
+		return &model.File{ID: id, Kind: model.Pipe, Flags: flags, MntID: -1, Pipe: &model.PipeState{ID: 777, Size: 1 << 17, Data: data}}
+	}
+	add := []*model.File{
+		pipe(10, unix.O_RDONLY|unix.O_NONBLOCK),
+		pipe(11, unix.O_WRONLY),
+		{ID: 12, Kind: model.Pipe, Flags: unix.O_RDONLY, MntID: -1, Pipe: &model.PipeState{ID: 778, Size: 4096}},
+		{ID: 13, Kind: model.EventFD, Flags: unix.O_RDWR | unix.O_NONBLOCK, MntID: -1, EventFD: &model.EventFDState{Counter: 1<<40 + 3, Semaphore: true}},
+		{ID: 14, Kind: model.SignalFD, Flags: unix.O_RDWR, MntID: -1, SignalFD: &model.SignalFDState{Mask: 1 << 27}},
+		{ID: 15, Kind: model.TimerFD, Flags: unix.O_RDWR, MntID: -1, TimerFD: &model.TimerFDState{Clock: 1, Ticks: 4, SettimeFlags: 3, ValueSec: 5, ValueNsec: 6, IntervalSec: 7, IntervalNsec: 8}},
+		{ID: 17, Kind: model.Path, Path: "/tmp/fifo", Flags: unix.O_WRONLY, Mode: unix.S_IFIFO | 0o600, MntID: 30, Pipe: &model.PipeState{ID: 999, Size: 8192, Data: []byte("fifo bytes")}},
+		{ID: 18, Kind: model.UnixSocket, Flags: unix.O_RDWR, MntID: -1, Unix: &model.UnixSocketState{
+			Ino: 50, Type: unix.SOCK_DGRAM, State: 1, Peer: 51, Shutdown: 2, Queue: [][]byte{[]byte("a"), {}, []byte("ccc")},
+			Opts: model.SocketOpts{SndBuf: 1000, RcvBuf: 2000, SndTimeoSec: 1, RcvTimeoUsec: 5, PassSec: true, Priority: 3, RcvLowat: 1, Mark: 9}}},
+		{ID: 19, Kind: model.UnixSocket, Flags: unix.O_RDWR | unix.O_NONBLOCK, MntID: -1, Unix: &model.UnixSocketState{
+			Ino: 51, Type: unix.SOCK_DGRAM, State: 1, Peer: 50, Shutdown: 1}},
+		{ID: 20, Kind: model.UnixSocket, Flags: unix.O_RDWR, MntID: -1, Unix: &model.UnixSocketState{
+			Ino: 52, Type: unix.SOCK_STREAM, State: 10, Backlog: 5, Name: []byte("/tmp/sock"), FileMode: unix.S_IFSOCK | 0o640}},
+		{ID: 16, Kind: model.Epoll, Flags: unix.O_RDWR, MntID: -1, Epoll: &model.EpollState{Targets: []model.EpollTarget{{FD: 10, Events: unix.EPOLLIN | unix.EPOLLET, Data: 0xdead}, {FD: 11, Events: unix.EPOLLOUT, Data: 1}}}},
+	}
+	k := tr.Root()
+	for i, f := range add {
+		tr.Files[f.ID] = f
+		k.FDs = append(k.FDs, model.FD{Num: 10 + i, File: f.ID})
+	}
+	return tr
+}
+
+// Every kind's state survives Write then Read, and pipe bytes are written
+// once per pipe.
+func TestKindsRoundTrip(t *testing.T) {
+	tr := kindsTree(t)
+	dir, names := writeTree(t, tr)
+	if all := strings.Join(names, " "); !strings.Contains(all, PipesDataImg) || !strings.Contains(all, FifoDataImg) || !strings.Contains(all, SkQueuesImg) {
+		t.Fatalf("no %s among %v", PipesDataImg, names)
+	}
+	got := readTree(t, dir)
+	for _, id := range []model.ID{10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20} {
+		w, g := tr.Files[id], got.Files[id]
+		if g == nil {
+			t.Fatalf("file %d not read", id)
+		}
+		if w.Kind != model.Path {
+			w.Path = "" // kinds other than Path have none
+		}
+		if !reflect.DeepEqual(w, g) {
+			t.Errorf("file %d: read %+v, wrote %+v", id, g, w)
+		}
+	}
+	if !reflect.DeepEqual(got.Root().FDs, tr.Root().FDs) {
+		t.Errorf("fds: read %+v, wrote %+v", got.Root().FDs, tr.Root().FDs)
+	}
+}
+
+// An fd whose type disagrees with its file, and bad pipe data, are refused.
+func TestKindsRefused(t *testing.T) {
+	tr := kindsTree(t)
+	tr.Files[13].EventFD.Counter = ^uint64(0)
+	dir, _ := writeTree(t, tr)
+	d, err := images.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := Read(d); err == nil || !strings.Contains(err.Error(), "eventfd counter") {
+		t.Fatalf("Read: %v, want the counter refused", err)
+	}
+
+	dir, _ = writeTree(t, kindsTree(t))
+	p := filepath.Join(dir, PipesDataImg)
+	b, _ := os.ReadFile(p)
+	if err := os.WriteFile(p, b[:len(b)-3], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d2, err := images.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	if _, err := Read(d2); err == nil || !strings.Contains(err.Error(), PipesDataImg) {
+		t.Fatalf("Read of truncated pipe data: %v", err)
+	}
+}
+
+// FuzzReadKinds replaces one image of a dump holding every fd kind with
+// arbitrary bytes: Read returns a tree or an error, never panics, and
+// every file of a kind carries that kind's state.
+func FuzzReadKinds(f *testing.F) {
+	src := f.TempDir()
+	d, err := images.Open(src, true)
+	if err != nil {
+		f.Fatal(err)
+	}
+	if err := Write(d, kindsTree(f), nil); err != nil {
+		f.Fatal(err)
+	}
+	d.Close()
+	ents, _ := os.ReadDir(src)
+	var names []string
+	for i, e := range ents {
+		names = append(names, e.Name())
+		b, _ := os.ReadFile(filepath.Join(src, e.Name()))
+		f.Add(uint8(i), b)
+	}
+	f.Fuzz(func(t *testing.T, which uint8, data []byte) {
+		dir := t.TempDir()
+		for i, n := range names {
+			b, _ := os.ReadFile(filepath.Join(src, n))
+			if i == int(which)%len(names) {
+				b = data
+			}
+			if err := os.WriteFile(filepath.Join(dir, n), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d, err := images.Open(dir, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		tr, err := Read(d)
+		if err != nil {
+			return
+		}
+		for id, fl := range tr.Files {
+			ok := map[model.FileKind]bool{
+				model.Path: true, model.Pipe: fl.Pipe != nil, model.EventFD: fl.EventFD != nil,
+				model.SignalFD: fl.SignalFD != nil, model.TimerFD: fl.TimerFD != nil, model.Epoll: fl.Epoll != nil,
+				model.UnixSocket: fl.Unix != nil,
+			}[fl.Kind]
+			if !ok {
+				t.Fatalf("file %d of kind %d without its state", id, fl.Kind)
+			}
+		}
+	})
+}
+
+// A connected unix socket whose peer is not in its task is refused at
+// write, naming the task, fd and socket.
+func TestWriteRefusesLoneUnixPeer(t *testing.T) {
+	tr := kindsTree(t)
+	k := tr.Root()
+	for i, fd := range k.FDs {
+		if fd.File == 19 {
+			k.FDs = append(k.FDs[:i], k.FDs[i+1:]...)
+			break
+		}
+	}
+	d, err := images.Open(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	err = Write(d, tr, nil)
+	if err == nil || !strings.Contains(err.Error(), "peer (socket 51) is not in this task") {
+		t.Fatalf("Write: %v", err)
+	}
+}
