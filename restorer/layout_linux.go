@@ -3,6 +3,7 @@ package restorer
 import (
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 	"os"
 	"sort"
 	"strconv"
@@ -359,6 +360,11 @@ func (r *taskRun) mapVMAs(s *session) error {
 				fd, off = f, v.Pgoff
 				flags &^= unix.MAP_ANONYMOUS
 			}
+		case v.HugePage != 0:
+			// Private anonymous hugetlb, in pages of the dumped size
+			// (MAP_HUGE_SHIFT: log2 of the size).
+			flags = flags&^unix.MAP_SHARED | unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_HUGETLB |
+				uint64(bits.TrailingZeros64(v.HugePage))<<unix.MAP_HUGE_SHIFT
 		case v.Droppable:
 			// MAP_DROPPABLE is a map type of its own (6.11+).
 			flags = flags&^(unix.MAP_SHARED|unix.MAP_PRIVATE) | unix.MAP_DROPPABLE | unix.MAP_ANONYMOUS
@@ -378,6 +384,9 @@ func (r *taskRun) mapVMAs(s *session) error {
 		}
 		ret, err := s.Call(what, unix.SYS_MMAP, start, size, uint64(mapProt), flags, fd, off)
 		if err != nil {
+			if en, ok := errnoOf(err); ok && en == unix.ENOMEM && v.HugePage != 0 {
+				return fmt.Errorf("%s: no %d kB huge pages free here (vm.nr_hugepages, vm.nr_overcommit_hugepages): %w", what, v.HugePage>>10, err)
+			}
 			return err
 		}
 		if ret != start {
@@ -444,7 +453,7 @@ func (r *taskRun) getsPages(v *model.VMA) bool {
 		}
 	}
 	for i := lo; i < pr.Len() && pr.Range(i).Vaddr < v.End; i++ {
-		if pr.Range(i).Present() {
+		if pr.Range(i).Flags&(images.PagePresent|images.PageInParent) != 0 {
 			return true
 		}
 	}
