@@ -10,7 +10,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"godwit/dumper"
 	"godwit/internal/daemon"
 	"godwit/internal/engineopts"
 	"godwit/internal/images"
@@ -44,13 +43,9 @@ after an hour); a round with --prev-images-dir DIR (the previous round, relative
 only the pages written since. Finish with dump --track-mem --prev-images-dir DIR.`,
 		Args: noArgs,
 		RunE: func(*cobra.Command, []string) error {
-			o, err := engineopts.PreDump(a.o)
-			if err != nil {
-				return err
-			}
 			ctx, stop := interruptContext()
 			defer stop()
-			res, err := dumper.PreDump(ctx, o)
+			res, err := runPreDump(ctx, a.o)
 			if err != nil {
 				return err
 			}
@@ -129,7 +124,7 @@ and the service refuses to start. Idle clients are dropped after a minute.`,
 			if addr == "" {
 				addr = a.o.WorkPath("criu_service.socket") // CRIU's default name
 			}
-			s, err := service.Listen(service.Config{Path: addr, Group: gid})
+			s, err := service.Listen(service.Config{Path: addr, Group: gid, Hooks: rpcHooks()})
 			if err != nil {
 				return err
 			}
@@ -179,7 +174,7 @@ func swrkCmd(a *app) *cobra.Command {
 			fd, _ := strconv.Atoi(args[0])
 			f := os.NewFile(uintptr(fd), "swrk")
 			defer f.Close()
-			c, err := service.NewConn(f)
+			c, err := service.NewConn(f, rpcHooks())
 			if err != nil {
 				return fmt.Errorf("swrk: %w", err)
 			}

@@ -167,6 +167,15 @@ func (a *app) setup(cmd *cobra.Command) error {
 			return fmt.Errorf("--close %d: %w", fd, err)
 		}
 	}
+	// The log first, so that every later failure, refused options
+	// included, ends up in --log-file too.
+	l, closeLog, err := logging.Open(a.o)
+	if err != nil {
+		return err
+	}
+	a.log = l
+	a.closers = append(a.closers, closeLog)
+	logging.SetDefault(l)
 	var unsupported error
 	cmd.Flags().Visit(func(f *pflag.Flag) {
 		if unsupported == nil && notYet[f.Name] && !doneIn[commandName(cmd)][f.Name] {
@@ -179,13 +188,6 @@ func (a *app) setup(cmd *cobra.Command) error {
 	if err := a.o.Validate(commandName(cmd)); err != nil {
 		return &usageError{cmd, err}
 	}
-	l, closeLog, err := logging.Open(a.o)
-	if err != nil {
-		return err
-	}
-	a.log = l
-	a.closers = append(a.closers, closeLog)
-	logging.SetDefault(l)
 	a.scripts = &actions.Scripts{Commands: a.o.ActionScript, ImagesDir: a.o.ImagesDir}
 	return nil
 }
