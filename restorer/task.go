@@ -177,7 +177,6 @@ func (ti *taskImages) readPages(d *images.Dir) error {
 	}
 	ti.pages = pr
 	vmas := ti.mm.VMAs
-	inParent := false
 	for _, v := range vmas {
 		if v.Status&images.VmaAreaVdso != 0 {
 			// CRIU's dump and godwit's record the vDSO's pages; the
@@ -187,6 +186,7 @@ func (ti *taskImages) readPages(d *images.Dir) error {
 			}
 		}
 	}
+	inParent := false
 	for p := range pr.Ranges() {
 		inParent = inParent || p.Flags&images.PageInParent != 0
 		if !coveredPrivate(vmas, p.Vaddr, p.End()) {

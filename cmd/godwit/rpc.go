@@ -17,19 +17,20 @@ func unsupported(command, option string) bool {
 	return notYet[option] && !doneIn[command][option]
 }
 
-// preDump is what `godwit pre-dump` runs, for the CLI and the RPC alike.
+// preDump is the RPC's PRE_DUMP: one round, as `godwit pre-dump` runs it.
+// CRIU runs no action scripts for a pre-dump round either.
 func preDump(ctx context.Context, o *opts.Options, _ *actions.Scripts) error {
 	_, err := runPreDump(ctx, o)
 	return err
 }
 
-// runPreDump runs one pre-dump round.
+// runPreDump is one pre-dump round, for the CLI and the RPC alike.
 func runPreDump(ctx context.Context, o *opts.Options) (*dumper.PreDumpResult, error) {
-	po, err := engineopts.PreDump(o)
+	do, err := engineopts.PreDump(o)
 	if err != nil {
 		return nil, err
 	}
-	return dumper.PreDump(ctx, po)
+	return dumper.PreDump(ctx, do)
 }
 
 // rpcHooks connect the RPC service to the command line's own decisions
