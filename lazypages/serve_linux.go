@@ -43,6 +43,14 @@ func (d *daemon) faultLoop() {
 			d.mu.Lock()
 			t := d.taskByID(uint32(data >> 1))
 			if t != nil && data&1 != 0 {
+				if len(d.expected) > 0 {
+					// No task runs before every task is handed
+					// over: this restore failed, and the rest of
+					// the tree will never come.
+					d.failLocked(fmt.Errorf("lazy-pages: pid %d died before every task of the dump was handed over: the restore failed", t.pid))
+					d.mu.Unlock()
+					return
+				}
 				// The task exited: nothing more to serve it.
 				d.log.Infof("lazy-pages: pid %d exited with %d pages not in", t.pid, t.st.pending)
 				d.dropLocked(t)
