@@ -36,6 +36,8 @@ type Result struct {
 	// (borrowed registers, every signal blocked), a part of its frozen
 	// time.
 	Injecting time.Duration
+	// InjectedCalls counts the syscalls injected into the tree.
+	InjectedCalls int
 }
 
 // FormatStats renders the stats as --display-stats prints them (CRIU's
@@ -133,6 +135,11 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	}
 	rb.add(stage.Abort)
 	dir := stage.Dir()
+	track, err := prepareChain(o, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer track.finish(false) // no-op once finished
 	if err := interrupted(ctx); err != nil {
 		return nil, fmt.Errorf("dump %d: %w", pid, err)
 	}
@@ -204,7 +211,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	}
 	frozenAt := time.Now()
 	logging.Default().Infof("dump %d: froze %d tasks (%d threads in the root) in %v", pid, len(tree), len(tids), frozenAt.Sub(t0))
-	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds}
+	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track}
 	err = d.safeCollect()
 	if err == nil {
 		err = target.Commit()
@@ -245,6 +252,12 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	}
 	rb.disarm()
 	stage.Keep()
+	track.finish(true)
+	if o.AutoDedup && track != nil {
+		if err := dedupChain(final, pid); err != nil {
+			d.log.Warnf("dump %d: --auto-dedup: %v", pid, err)
+		}
+	}
 	var ferrs []error
 	for i := len(tree) - 1; i >= 0; i-- {
 		t := tree[i]
@@ -268,14 +281,14 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	frozen := time.Since(frozenAt)
 	d.log.Infof("dump %d: %d pages written (%d scanned, %d zero, %d untouched) by %v; frozen %v, %v of it in injection sessions",
 		pid, d.mem.Written, d.mem.Scanned, d.mem.Zero, d.mem.Untouched, d.method, frozen, injecting)
-	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting}
+	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting, InjectedCalls: tr.InjectedCalls()}
 	res.Stats = &stats.DumpStatsEntry{
 		FreezingTime:       proto.Uint32(uint32(frozenAt.Sub(t0).Microseconds())),
 		FrozenTime:         proto.Uint32(uint32(frozen.Microseconds())),
 		MemdumpTime:        proto.Uint32(uint32(d.mem.DumpTime.Microseconds())),
 		MemwriteTime:       proto.Uint32(uint32(d.mem.WriteTime.Microseconds())),
 		PagesScanned:       proto.Uint64(d.mem.Scanned),
-		PagesSkippedParent: proto.Uint64(0),
+		PagesSkippedParent: proto.Uint64(d.parentPages),
 		PagesWritten:       proto.Uint64(d.mem.Written),
 		PagesLazy:          proto.Uint64(0),
 	}
@@ -320,6 +333,10 @@ type dumpRun struct {
 	drivers []drivers.Driver // every kind of state, in order
 	pagesID uint32           // the last pages id given out
 	shmDone map[uint64]int   // shared anonymous objects dumped: shmid → pid
+	// track, with --prev-images-dir, writes the root task's private pages
+	// against the parent images (predump_linux.go).
+	track       *trackedDump
+	parentPages uint64
 }
 
 func (d *dumpRun) note(name string) { d.written = append(d.written, name) }
@@ -442,13 +459,19 @@ func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, shm map[uint64]int) (
 
 // checkShared refuses kernel objects shared between tasks that the
 // restore cannot share again yet: an mm (CLONE_VM without CLONE_THREAD)
-// or signal handlers (CLONE_SIGHAND, which needs CLONE_VM).
+// or signal handlers (CLONE_SIGHAND, which needs CLONE_VM); and a task in
+// namespaces of its own.
 func checkShared(t *model.Tree) error {
 	vm := map[model.ID]int{}
 	sighand := map[model.ID]int{}
+	root := t.Root()
 	for _, k := range t.Tasks {
 		if k.State == model.Dead {
 			continue
+		}
+		if k.IDs.NS != root.IDs.NS {
+			// Restore makes every task in godwit's namespaces.
+			return fmt.Errorf("task %d is in other namespaces than task %d: not supported yet", k.Pid, root.Pid)
 		}
 		if o, ok := vm[k.IDs.VM]; ok {
 			return fmt.Errorf("task %d shares its address space with task %d (CLONE_VM): not supported yet", k.Pid, o)
@@ -585,7 +608,13 @@ func (d *dumpRun) dumpMemory(md *MemoryDumper, vmas []VMA) (err error) {
 	if err != nil {
 		return err
 	}
-	err = md.DumpPrivate(vmas, sink)
+	if d.track != nil && d.pid == d.track.pid {
+		var st MemStats
+		st, d.parentPages, err = d.track.writePrivate(d.pid, vmas, sink)
+		md.addStats(st)
+	} else {
+		err = md.DumpPrivate(vmas, sink)
+	}
 	if cerr := sink.Close(); err == nil {
 		err = cerr
 	}

@@ -35,7 +35,8 @@ func benchTree(b *testing.B, n int) {
 	forkNs, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimPrefix(string(line), "ready ")), 10, 64)
 	floor := time.Duration(forkNs) / time.Duration(n)
 	pid := w.Pid
-	var dumps, restores, create, layout, fill, final, resume, freezing []time.Duration
+	var dumps, restores, create, layout, fill, final, resume, freezing, dumpInj []time.Duration
+	var dumpCalls, restoreCalls int
 	var r *Restorer
 	defer func() {
 		if r != nil {
@@ -51,6 +52,8 @@ func benchTree(b *testing.B, n int) {
 			b.Fatal(err)
 		}
 		dumps = append(dumps, time.Since(t0)/time.Duration(n))
+		dumpCalls = res.InjectedCalls / n
+		dumpInj = append(dumpInj, res.Injecting/time.Duration(n))
 		freezing = append(freezing, time.Duration(res.Stats.GetFreezingTime())*time.Microsecond/time.Duration(n))
 		if len(res.Pids) != n {
 			b.Fatalf("dumped %d tasks, want %d", len(res.Pids), n)
@@ -79,6 +82,7 @@ func benchTree(b *testing.B, n int) {
 		create = append(create, r.forkTime/time.Duration(n))
 		step(&fill, func() error { return r.fillAll(b.Context()) })
 		step(&final, r.Finalize)
+		restoreCalls = r.InjectedCalls() / n
 		step(&resume, r.Resume)
 		restores = append(restores, time.Since(t0)/time.Duration(n))
 	}
@@ -86,8 +90,8 @@ func benchTree(b *testing.B, n int) {
 	med := testutil.Median
 	b.ReportMetric(float64(med(dumps).Microseconds()), "dump-µs/task")
 	b.ReportMetric(float64(med(restores).Microseconds()), "restore-µs/task")
-	b.Logf("%d tasks, per task: dump %v (freeze %v), restore %v = layout %v (of it making the tasks %v) + fill %v + finalize %v + resume %v; floor (fork) %v: dump %.0fx, restore %.0fx",
-		n, med(dumps), med(freezing), med(restores), med(layout), med(create), med(fill), med(final), med(resume), floor,
+	b.Logf("%d tasks, per task: dump %v (freeze %v, injection sessions %v, %d injected calls), restore %v = layout %v (of it making the tasks %v) + fill %v + finalize %v + resume %v, %d injected calls; floor (fork) %v: dump %.0fx, restore %.0fx",
+		n, med(dumps), med(freezing), med(dumpInj), dumpCalls, med(restores), med(layout), med(create), med(fill), med(final), med(resume), restoreCalls, floor,
 		float64(med(dumps))/float64(floor), float64(med(restores))/float64(floor))
 	// The last restored tree: killed by Abort (deferred), its children
 	// by the group kill below.
