@@ -67,6 +67,11 @@ int main(void) {
 			void *p = mmap(NULL, n * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 			if (p == MAP_FAILED) { printf("err %d\n", errno); continue; }
 			printf("%lx\n", (unsigned long)p);
+		} else if (!strcmp(cmd, "smap")) { /* smap N: map N pages of shared anonymous memory (shmem) */
+			unsigned long n; scanf("%lu", &n);
+			void *p = mmap(NULL, n * ps, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+			if (p == MAP_FAILED) { printf("err %d\n", errno); continue; }
+			printf("%lx\n", (unsigned long)p);
 		} else if (!strcmp(cmd, "mapat")) { /* mapat ADDR N: MAP_FIXED over ADDR */
 			unsigned long a, n; scanf("%lx %lu", &a, &n);
 			void *p = mmap((void *)a, n * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
