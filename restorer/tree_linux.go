@@ -381,6 +381,19 @@ func (r *Restorer) bury(t *taskRun) error {
 	if err := r.tr.SetSigmask(pid, 0); err != nil {
 		return err
 	}
+	if comm := t.img.task.Comm; comm != "" {
+		// Its name, as ps shows the zombie; from below the puppet's
+		// stack pointer, which the stub never uses.
+		at := (regs.Rsp - 1024) &^ 15
+		b := make([]byte, 16)
+		copy(b[:15], comm)
+		if err := writeMem(pid, at, b); err != nil {
+			return err
+		}
+		if _, err := r.tr.InjectSyscall(pid, unix.SYS_PRCTL, unix.PR_SET_NAME, at); err != nil {
+			return fmt.Errorf("set name: %w", err)
+		}
+	}
 	if ws.Signaled() {
 		// No core file whatever the signal (checkZombies refused
 		// statuses that had one).

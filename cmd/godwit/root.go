@@ -81,14 +81,14 @@ var notYet = map[string]bool{
 	"veth-pair":              true,
 	"weak-sysctls":           true,
 	"prev-images-dir":        true,
-	"restore-sibling":        true, // the restored task is godwit's child either way
+	"restore-sibling":        true,
 }
 
 // doneIn lists, per command, the notYet options it already implements.
 var doneIn = map[string]map[string]bool{
 	"page-server": {"prev-images-dir": true, "lazy-pages": true},
 	"dump":        {"page-server": true, "freeze-cgroup": true, "lazy-pages": true},
-	"restore":     {"shell-job": true, "lazy-pages": true},
+	"restore":     {"shell-job": true, "lazy-pages": true, "restore-sibling": true},
 	"lazy-pages":  {"page-server": true},
 }
 
