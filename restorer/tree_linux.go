@@ -252,21 +252,15 @@ func (r *Restorer) setGroups() error {
 // it makes the group with the leader's pid, the members join, and it goes.
 type groupHelper struct {
 	p      *puppet.Puppet
-	parent *taskRun // nil: godwit
+	parent *taskRun // the session leader that made it
 }
 
-// groupHelpers makes a helper for every group whose leader is not in the
-// tree (nor godwit's group, with --shell-job), forked in the group's
-// session: by the session's leader in the tree, or, for godwit's session,
-// by the root as godwit's child.
+// groupHelpers makes a helper for every group of a session of the tree
+// whose leader is not in the tree, forked by the session's leader.
 func (r *Restorer) groupHelpers(want func(*model.Task) (int, int)) error {
 	byPid := map[int]*taskRun{}
 	for _, t := range r.tasks {
 		byPid[t.img.pid] = t
-	}
-	ownSid, err := unix.Getsid(0)
-	if err != nil {
-		return fmt.Errorf("getsid: %w", err)
 	}
 	ownPg := unix.Getpgrp()
 	need := map[int]int{} // pgid → sid
@@ -283,22 +277,19 @@ func (r *Restorer) groupHelpers(want func(*model.Task) (int, int)) error {
 	}
 	for _, pg := range order {
 		sid := need[pg]
-		from, flags := byPid[sid], uint64(0)
-		var parent *taskRun
-		switch {
-		case from != nil && from.task != nil:
-			parent = from
-		case sid == ownSid && sid != 0 && r.root.img.task.Sid != r.root.img.pid || r.o.ShellJob && sid == ownSid:
-			from, flags = r.root, unix.CLONE_PARENT
-		default:
-			return fmt.Errorf("process group %d cannot be recreated: its leader is not in the dump and no task of session %d can stand in for it", pg, sid)
+		from := byPid[sid]
+		if from == nil || from.task == nil {
+			// A group of a session outside the dump (godwit's) is
+			// joined if it exists, as CRIU does; setGroups refuses
+			// it, naming it, if it does not.
+			continue
 		}
 		if err := waitPidFree(pg, zombieWait); err != nil {
 			return fmt.Errorf("process group %d, whose leader is dead: %w", pg, err)
 		}
-		h, err := from.task.CloneWith(pg, flags)
+		h, err := from.task.CloneWith(pg, 0)
 		if h != nil {
-			r.helpers = append(r.helpers, groupHelper{p: h, parent: parent})
+			r.helpers = append(r.helpers, groupHelper{p: h, parent: from})
 		}
 		if err != nil {
 			return fmt.Errorf("helper for process group %d: %w", pg, err)
@@ -319,16 +310,6 @@ func (r *Restorer) removeHelpers() error {
 		pid := h.p.Pid
 		if err := h.p.Kill(); err != nil {
 			return fmt.Errorf("helper %d: %w", pid, err)
-		}
-		if h.parent == nil {
-			for i := 0; i < 1000; i++ {
-				var ws unix.WaitStatus
-				_, err := unix.Wait4(pid, &ws, unix.WALL, nil)
-				if err != unix.EINTR {
-					break
-				}
-			}
-			continue
 		}
 		if _, err := r.tr.InjectSyscall(h.parent.img.pid, unix.SYS_WAIT4, uint64(pid), 0, unix.WALL, 0); err != nil {
 			return fmt.Errorf("helper %d: reap in %d: %w", pid, h.parent.img.pid, err)
