@@ -132,6 +132,16 @@ func (d *MemoryDumper) Method() Method {
 	return MethodReadv
 }
 
+// addStats adds counters of pages moved by another writer.
+func (d *MemoryDumper) addStats(s MemStats) {
+	d.stats.Scanned += s.Scanned
+	d.stats.Zero += s.Zero
+	d.stats.Untouched += s.Untouched
+	d.stats.Written += s.Written
+	d.stats.DumpTime += s.DumpTime
+	d.stats.WriteTime += s.WriteTime
+}
+
 // Stats returns the counters so far.
 func (d *MemoryDumper) Stats() MemStats { return d.stats }
 
@@ -327,7 +337,7 @@ func (d *MemoryDumper) DumpPrivate(vmas []VMA, sink pagexfer.Sink) error {
 	defer fb.wait()
 	for i := range vmas {
 		v := &vmas[i]
-		if !v.Private() {
+		if !v.Private() && v.Status&images.VmaAreaVdso == 0 {
 			continue
 		}
 		cur := b
@@ -340,6 +350,17 @@ func (d *MemoryDumper) DumpPrivate(vmas []VMA, sink pagexfer.Sink) error {
 			cur = fb
 		} else if err := fb.drain(); err != nil {
 			return err
+		}
+		if v.Status&images.VmaAreaVdso != 0 {
+			// Saved whole, as CRIU does: CRIU's restore reads the dumped
+			// vDSO to compare its symbols with the running kernel's.
+			// godwit's restore keeps this kernel's vDSO and skips them.
+			nr := (v.End - v.Start) / pageSize
+			d.stats.Scanned += nr
+			if err := cur.add(run{addr: v.Start, vaddr: v.Start, nr: nr}); err != nil {
+				return fmt.Errorf("pages of vdso %#x-%#x: %w", v.Start, v.End, err)
+			}
+			continue
 		}
 		if err := d.scan(cur, v.Start, v.End, 0, false); err != nil {
 			return fmt.Errorf("pages of vma %#x-%#x: %w", v.Start, v.End, err)

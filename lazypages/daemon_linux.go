@@ -209,6 +209,10 @@ func (d *daemon) release() {
 
 func (d *daemon) serve(ctx context.Context) error {
 	sock := filepath.Join(d.o.WorkDir, SocketName)
+	if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("lazy-pages: another lazy-pages daemon listens on %s", sock)
+	}
 	os.Remove(sock) // a stale socket of an earlier run
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
@@ -292,6 +296,11 @@ func (d *daemon) handoff(c *net.UnixConn) {
 	rc.Control(func(fd uintptr) {
 		sock := int(fd)
 		unix.SetNonblock(sock, false)
+		// A peer that connects and says nothing must not hold up the
+		// others' handoffs for long.
+		tv := unix.Timeval{Sec: 10}
+		unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+		unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
 		if cred, err := unix.GetsockoptUcred(sock, unix.SOL_SOCKET, unix.SO_PEERCRED); err != nil || (cred.Uid != 0 && int(cred.Uid) != os.Geteuid()) {
 			d.log.Errorf("lazy-pages: connection from uid %d refused", cred.Uid)
 			return

@@ -428,3 +428,18 @@ func TestLazyFromDump(t *testing.T) {
 		})
 	}
 }
+
+// TestLazyRestoreNoDaemon: restore --lazy-pages without a daemon fails
+// with a clear error and leaves nothing behind; a second daemon on the
+// same directory is refused.
+func TestLazyRestoreNoDaemon(t *testing.T) {
+	dir, _, _ := dumpWorkload(t, 4, false)
+	_, err := lazyRestore(t, dir)
+	if err == nil || !strings.Contains(err.Error(), "no lazy-pages daemon") {
+		t.Fatalf("restore without a daemon: %v", err)
+	}
+	startDaemon(t, Options{ImagesDir: dir})
+	if _, err := Run(context.Background(), Options{ImagesDir: dir}); err == nil || !strings.Contains(err.Error(), "another lazy-pages daemon") {
+		t.Fatalf("second daemon: %v", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -305,10 +306,97 @@ func zeropage(u *uffd.Uffd, dst, length uint64) (uint64, error) {
 	return total, nil
 }
 
-// pusher copies what no fault asked for, task by task, in address order.
+// pushItem is one run the push fetched (or found zero) for the copier.
+type pushItem struct {
+	t    *task
+	r    run
+	gen  uint64
+	zero bool
+	b    []byte
+}
+
+// pusher copies what no fault asked for, task by task, in address order:
+// a fetcher plans runs and reads their data (over its own page-server
+// connection) while the copier puts the previous run into the task.
 func (d *daemon) pusher() {
-	buf := make([]byte, d.o.PushPages*pageSize)
+	const depth = 2
+	pool := make(chan []byte, depth+1)
+	for i := 0; i < depth+1; i++ {
+		pool <- make([]byte, d.o.PushPages*pageSize)
+	}
+	items := make(chan pushItem, depth)
+	var inflight atomic.Int32
+	go d.pushFetch(items, pool, &inflight)
 	stuck := 0
+	for {
+		var it pushItem
+		select {
+		case it = <-items:
+		case <-d.done:
+			return
+		}
+		t, r := it.t, it.r
+		var err error
+		var n uint64
+		d.mu.Lock()
+		if t.gone || t.gen != it.gen {
+			// The mm changed since the plan: the pages stay pending
+			// and are planned again.
+			d.mu.Unlock()
+		} else if it.zero {
+			n, err = zeropage(t.u, r.dst, r.n*pageSize)
+			d.stats.ZeroPages += n / pageSize
+			d.pushDone(t, r, err, &stuck)
+		} else {
+			var cut bool
+			if cut, err = d.pushCopy(t, r, it.b, it.gen); cut {
+				d.mu.Unlock()
+			} else {
+				d.pushDone(t, r, err, &stuck)
+			}
+		}
+		if it.b != nil {
+			pool <- it.b
+		}
+		inflight.Add(-1)
+		d.kickPusher()
+		if d.o.pushPause > 0 {
+			time.Sleep(d.o.pushPause)
+		}
+	}
+}
+
+// pushDone settles a copied run; called with d.mu held, returns with it
+// released.
+func (d *daemon) pushDone(t *task, r run, err error, stuck *int) {
+	switch {
+	case err == nil:
+		*stuck = 0
+		t.st.clear(r.dst, r.dst+r.n*pageSize)
+		d.checkDoneLocked(t)
+		d.mu.Unlock()
+	case errors.Is(err, unix.ESRCH):
+		d.dropLocked(t)
+		d.checkDoneLocked(nil)
+		d.mu.Unlock()
+	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.ENOENT):
+		// An event is on its way: the fault loop reads it; the pages
+		// stay pending.
+		if *stuck++; *stuck > 100000 {
+			d.failLocked(fmt.Errorf("lazy-pages: pid %d: cannot fill %#x-%#x: %v, and no event explains it", t.pid, r.dst, r.dst+r.n*pageSize, err))
+		}
+		d.mu.Unlock()
+		time.Sleep(20 * time.Microsecond)
+	default:
+		d.failLocked(fmt.Errorf("lazy-pages: pid %d: fill %#x-%#x: %w", t.pid, r.dst, r.dst+r.n*pageSize, err))
+		d.mu.Unlock()
+	}
+}
+
+// pushFetch plans the next pending run from each task's cursor and
+// fetches its data. Runs not copied yet are not planned twice: once the
+// cursor wraps round, it waits for the runs in flight to land first.
+func (d *daemon) pushFetch(items chan<- pushItem, pool chan []byte, inflight *atomic.Int32) {
 	for {
 		select {
 		case <-d.done:
@@ -316,21 +404,27 @@ func (d *daemon) pusher() {
 		default:
 		}
 		d.mu.Lock()
-		var t *task
-		var r run
+		var it pushItem
 		waiting := false
 		for _, c := range d.tasks {
 			if !c.resumed() {
 				waiting = true
 				continue
 			}
-			if a, ok := c.st.nextPending(c.push); ok {
-				r, _ = c.st.runAt(a, uint64(d.o.PushPages), sameEntry(c.pm))
-				t = c
-				break
+			a, ok := c.st.nextPending(c.push)
+			if !ok {
+				continue
 			}
+			if a < c.push && inflight.Load() > 0 {
+				waiting = true // wrapped round: let what is in flight land
+				continue
+			}
+			r, _ := c.st.runAt(a, uint64(d.o.PushPages), sameEntry(c.pm))
+			c.push = r.dst + r.n*pageSize
+			it = pushItem{t: c, r: r, gen: c.gen, zero: c.pm.entry(r.src) < 0}
+			break
 		}
-		if t == nil {
+		if it.t == nil {
 			d.mu.Unlock()
 			var tick <-chan time.Time
 			if waiting {
@@ -344,65 +438,32 @@ func (d *daemon) pusher() {
 			}
 			continue
 		}
-		gen := t.gen
-		var err error
-		var n uint64
-		if t.pm.entry(r.src) < 0 {
-			n, err = zeropage(t.u, r.dst, r.n*pageSize)
-			d.stats.ZeroPages += n / pageSize
-		} else {
-			d.mu.Unlock()
-			// A fault in progress goes first: its fetch must not
-			// queue behind ours (at the page server, on the CPU).
+		inflight.Add(1)
+		d.mu.Unlock()
+		if !it.zero {
+			var b []byte
+			select {
+			case b = <-pool:
+			case <-d.done:
+				return
+			}
+			// A fault in progress goes first: its fetch must not queue
+			// behind ours (at the page server, on the CPU).
 			for i := 0; i < 100 && d.faulting.Load() > 0; i++ {
 				time.Sleep(20 * time.Microsecond)
 			}
-			b := buf[:r.n*pageSize]
-			if rerr := d.pushSrc.read(t.pm, r.src, b); rerr != nil {
+			it.b = b[:it.r.n*pageSize]
+			if err := d.pushSrc.read(it.t.pm, it.r.src, it.b); err != nil {
 				d.mu.Lock()
-				e := sourceErr(t, rerr)
+				e := sourceErr(it.t, err)
 				d.mu.Unlock()
 				d.fail(e)
 				return
 			}
-			d.mu.Lock()
-			if t.gone || t.gen != gen {
-				d.mu.Unlock()
-				continue
-			}
-			var cut bool
-			if cut, err = d.pushCopy(t, r, b, gen); cut {
-				d.mu.Unlock()
-				continue
-			}
 		}
-		switch {
-		case err == nil:
-			stuck = 0
-			if d.o.pushPause > 0 {
-				d.mu.Unlock()
-				time.Sleep(d.o.pushPause)
-				d.mu.Lock()
-			}
-			t.st.clear(r.dst, r.dst+r.n*pageSize)
-			t.push = r.dst + r.n*pageSize
-			d.checkDoneLocked(t)
-			d.mu.Unlock()
-		case errors.Is(err, unix.ESRCH):
-			d.dropLocked(t)
-			d.checkDoneLocked(nil)
-			d.mu.Unlock()
-		case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.ENOENT):
-			// An event is on its way: the fault loop reads it.
-			d.mu.Unlock()
-			if stuck++; stuck > 100000 {
-				d.fail(fmt.Errorf("lazy-pages: pid %d: cannot fill %#x-%#x: %v, and no event explains it", t.pid, r.dst, r.dst+r.n*pageSize, err))
-				return
-			}
-			time.Sleep(20 * time.Microsecond)
-		default:
-			d.failLocked(fmt.Errorf("lazy-pages: pid %d: fill %#x-%#x: %w", t.pid, r.dst, r.dst+r.n*pageSize, err))
-			d.mu.Unlock()
+		select {
+		case items <- it:
+		case <-d.done:
 			return
 		}
 	}

@@ -71,6 +71,11 @@ type Config struct {
 	// packets don't count. ReadTimeout (default 30 s) bounds the arrival
 	// of each 4 MiB of page data and the sending of each reply.
 	IdleTimeout, ReadTimeout time.Duration
+	// Once ends Serve after the first session, as CRIU's page server
+	// does (--single-session; the RPC's PAGE_SERVER and PAGE_SERVER_CHLD,
+	// whose callers wait for the server to exit): Serve then returns the
+	// session's error, if any.
+	Once bool
 	// PagesIDBase is the first pages-<id>.img number. Default 0x10001, as
 	// CRIU's page server (up_page_ids_base), so that page-server and
 	// local images in one directory never collide.
@@ -130,6 +135,7 @@ type Server struct {
 	// lazyClosed: a lazy session got CLOSE; stopServe ends Serve.
 	lazyClosed atomic.Bool
 	stopServe  context.CancelFunc
+	onceErr    error // the Once session's error
 }
 
 // NewServer opens the images directory and prepares the parent link.
@@ -258,6 +264,11 @@ func (s *Server) Serve(parent context.Context, ln *Listener) error {
 	s.wg.Wait()
 	if parent.Err() != nil {
 		return nil
+	}
+	if err == nil {
+		s.mu.Lock()
+		err = s.onceErr
+		s.mu.Unlock()
 	}
 	return err
 }
@@ -518,8 +529,22 @@ func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser
 	}
 }
 
-// finish logs how a session ended and drops an unfinished task.
+// finish logs how a session ended and drops an unfinished task; with
+// Once, it ends Serve.
 func (s *Server) finish(ss *session, err error) {
+	if s.cfg.Once {
+		defer func() {
+			s.mu.Lock()
+			stop := s.stopServe
+			if err != nil && s.onceErr == nil {
+				s.onceErr = fmt.Errorf("page server: %s: %w", ss.peer, err)
+			}
+			s.mu.Unlock()
+			if stop != nil {
+				stop()
+			}
+		}()
+	}
 	if ss.task != nil {
 		if err == nil && !ss.closed && !s.cfg.Lazy {
 			err = reqErr(reasonUnflushed, errors.New("the data were not flushed (no CLOSE)"))

@@ -34,6 +34,9 @@ type Options struct {
 	FileValidation string
 	// SkipFileRWXCheck skips comparing reopened files' permission bits.
 	SkipFileRWXCheck bool
+	// AutoDedup punches the restored pages out of the images (and their
+	// parents) once the task runs (criu(8)'s --auto-dedup).
+	AutoDedup bool
 	// LazyPages leaves the pages of lazy VMAs (lazyVMA) out and hands
 	// them, registered with a userfaultfd, to the lazy-pages daemon
 	// listening on LazySocketName in WorkDir (or ImagesDir).

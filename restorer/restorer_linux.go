@@ -92,8 +92,9 @@ type shmMapping struct {
 type taskRun struct {
 	*Restorer
 	img     *taskImages
-	task    *puppet.Puppet // the task with the original PID, traced
-	threads []int          // TIDs made so far, leader first
+	log     *logging.Logger // the task's lines (--log-pid: FILE.PID)
+	task    *puppet.Puppet  // the task with the original PID, traced
+	threads []int           // TIDs made so far, leader first
 
 	win     window // injection page, scratch and vdso bounce area
 	stubOff uint64 // the puppet's syscall instruction offset from win.base
@@ -139,7 +140,7 @@ func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
 		}
 	}
 	for _, ti := range img.tasks {
-		t := &taskRun{Restorer: r, img: ti}
+		t := &taskRun{Restorer: r, img: ti, log: logging.Default().Task(ti.pid)}
 		r.tasks = append(r.tasks, t)
 	}
 	r.root = r.tasks[0]
@@ -188,6 +189,12 @@ func RestoreContext(ctx context.Context, o Options, scripts *actions.Scripts) (*
 	for _, step := range steps {
 		if err := step(); err != nil {
 			return nil, err
+		}
+	}
+	if r.o.AutoDedup {
+		// Only now: a failed restore keeps its images whole.
+		if err := r.dedupRestored(); err != nil {
+			r.log.Warnf("restore %d: --auto-dedup: %v", r.PID(), err)
 		}
 	}
 	return r, nil

@@ -101,6 +101,7 @@ func runPageServer(a *app) error {
 		Metrics:         metrics,
 		MaxBytes:        int64(min(o.MaxBytes, math.MaxInt64)),
 		MaxFiles:        o.MaxFiles,
+		Once:            o.SingleSession,
 	})
 	if err != nil {
 		return err

@@ -87,8 +87,9 @@ var notYet = map[string]bool{
 // doneIn lists, per command, the notYet options it already implements.
 var doneIn = map[string]map[string]bool{
 	"page-server": {"prev-images-dir": true, "lazy-pages": true},
-	"dump":        {"page-server": true, "freeze-cgroup": true, "lazy-pages": true},
-	"restore":     {"shell-job": true, "lazy-pages": true, "restore-sibling": true},
+	"dump":        {"page-server": true, "freeze-cgroup": true, "lazy-pages": true, "prev-images-dir": true, "track-mem": true, "auto-dedup": true},
+	"pre-dump":    {"page-server": true, "prev-images-dir": true, "track-mem": true},
+	"restore":     {"shell-job": true, "lazy-pages": true, "auto-dedup": true, "restore-sibling": true},
 	"lazy-pages":  {"page-server": true},
 }
 
@@ -166,6 +167,15 @@ func (a *app) setup(cmd *cobra.Command) error {
 			return fmt.Errorf("--close %d: %w", fd, err)
 		}
 	}
+	// The log first, so that every later failure, refused options
+	// included, ends up in --log-file too.
+	l, closeLog, err := logging.Open(a.o)
+	if err != nil {
+		return err
+	}
+	a.log = l
+	a.closers = append(a.closers, closeLog)
+	logging.SetDefault(l)
 	var unsupported error
 	cmd.Flags().Visit(func(f *pflag.Flag) {
 		if unsupported == nil && notYet[f.Name] && !doneIn[commandName(cmd)][f.Name] {
@@ -178,13 +188,6 @@ func (a *app) setup(cmd *cobra.Command) error {
 	if err := a.o.Validate(commandName(cmd)); err != nil {
 		return &usageError{cmd, err}
 	}
-	l, closeLog, err := logging.Open(a.o)
-	if err != nil {
-		return err
-	}
-	a.log = l
-	a.closers = append(a.closers, closeLog)
-	logging.SetDefault(l)
 	a.scripts = &actions.Scripts{Commands: a.o.ActionScript, ImagesDir: a.o.ImagesDir}
 	return nil
 }

@@ -242,6 +242,13 @@ static void setup(void)
 			BAD("MAP_DROPPABLE: %s", strerror(errno));
 		for (int i = 0; i < 4; i++)
 			memset(mem + i * 4096, 'k' + i, 4096);
+	} else if (!strcmp(mode, "hugetlb")) {
+		mem = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+		if (mem == MAP_FAILED)
+			BAD("MAP_HUGETLB: %s", strerror(errno));
+		memset(mem, 'h', 4096);
+		mem[1 << 20] = 'm';
+		mem[(2 << 20) - 1] = 'e';
 	} else if (!strcmp(mode, "aio")) {
 		if (syscall(SYS_io_setup, 16, &aio))
 			BAD("io_setup: %s", strerror(errno));
@@ -403,6 +410,27 @@ static void check(void)
 			usleep(10000);
 		if (!access(p, F_OK))
 			BAD("strict thread still there");
+	} else if (!strcmp(mode, "hugetlb")) {
+		FILE *f = fopen("/proc/self/smaps", "r");
+		char line[512], want[64];
+		int in = 0, huge = 0;
+		snprintf(want, sizeof want, "%lx-", (unsigned long)mem);
+		while (fgets(line, sizeof line, f)) {
+			if (!strncmp(line, want, strlen(want)))
+				in = 1;
+			else if (in && !strncmp(line, "KernelPageSize:", 15)) {
+				huge = strstr(line, " 2048 kB") != NULL;
+				break;
+			}
+		}
+		fclose(f);
+		if (!huge)
+			BAD("not in 2 MiB huge pages");
+		for (int i = 0; i < 4096; i++)
+			if (mem[i] != 'h')
+				BAD("hugetlb content at %d", i);
+		if (mem[1 << 20] != 'm' || mem[(2 << 20) - 1] != 'e' || mem[8192] != 0)
+			BAD("hugetlb content");
 	} else if (!strcmp(mode, "novdso")) {
 		FILE *f = fopen("/proc/self/maps", "r");
 		char line[512];

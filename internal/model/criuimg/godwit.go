@@ -54,6 +54,7 @@ type godwitVMA struct {
 	Start     uint64      `json:"start"`
 	End       uint64      `json:"end"`
 	Droppable bool        `json:"droppable,omitempty"`
+	HugePage  uint64      `json:"hugetlb,omitempty"`
 	Guards    [][2]uint64 `json:"guards,omitempty"`
 }
 
@@ -67,10 +68,10 @@ func godwitOf(k *model.Task) *godwitTask {
 		g.Membarrier = k.MM.Membarrier
 		for i := range k.MM.VMAs {
 			v := &k.MM.VMAs[i]
-			if !v.Droppable && len(v.Guards) == 0 {
+			if !v.Droppable && len(v.Guards) == 0 && v.HugePage == 0 {
 				continue
 			}
-			gv := godwitVMA{Start: v.Start, End: v.End, Droppable: v.Droppable}
+			gv := godwitVMA{Start: v.Start, End: v.End, Droppable: v.Droppable, HugePage: v.HugePage}
 			for _, r := range v.Guards {
 				gv.Guards = append(gv.Guards, [2]uint64{r.Start, r.End})
 			}
@@ -216,6 +217,12 @@ func mergeGodwit(b []byte, k *model.Task) error {
 			return fmt.Errorf("vma %#x-%#x: droppable but not private anonymous", gv.Start, gv.End)
 		}
 		v.Droppable = gv.Droppable
+		if hp := gv.HugePage; hp != 0 {
+			if hp < 2<<20 || hp > 1<<30 || hp&(hp-1) != 0 || v.Start%hp != 0 || v.End%hp != 0 || !v.Private() || gv.Droppable {
+				return fmt.Errorf("vma %#x-%#x: bad hugetlb page size %d", gv.Start, gv.End, hp)
+			}
+			v.HugePage = hp
+		}
 		last := v.Start
 		for _, r := range gv.Guards {
 			if r[0] < last || r[1] <= r[0] || r[1] > v.End || r[0]%pageSize != 0 || r[1]%pageSize != 0 {

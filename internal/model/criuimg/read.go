@@ -30,6 +30,9 @@ const (
 	// taskSize is TASK_SIZE_MAX of x86-64 with 4-level page tables: no
 	// user mapping ends above it.
 	taskSize = 1<<47 - pageSize
+	// vsyscallStart is x86-64's legacy vsyscall page (VSYSCALL_ADDR,
+	// arch/x86/include/uapi/asm/vsyscall.h).
+	vsyscallStart = 0xffffffffff600000
 	// maxPid bounds pids and tids (PID_MAX_LIMIT, include/linux/threads.h).
 	maxPid = 1 << 22
 )
@@ -437,7 +440,15 @@ func sigNumbers(n int) ([]int, error) {
 }
 
 func modelItimer(e *timer.ItimerEntry) model.Itimer {
-	return model.Itimer{IntervalSec: e.GetIsec(), IntervalUsec: e.GetIusec(), ValueSec: e.GetVsec(), ValueUsec: e.GetVusec()}
+	t := model.Itimer{IntervalSec: e.GetIsec(), IntervalUsec: e.GetIusec(), ValueSec: e.GetVsec(), ValueUsec: e.GetVusec()}
+	if t.ValueSec == 0 && t.ValueUsec == 0 {
+		// In CRIU's images an interval with value 0 is an armed timer
+		// whose remaining time read as 0 (a periodic ITIMER_REAL is
+		// reloaded only as its signal is dequeued): CRIU's restore arms it
+		// for one interval, and so must godwit, or it would disarm it.
+		t.ValueSec, t.ValueUsec = t.IntervalSec, t.IntervalUsec
+	}
+	return t
 }
 
 // readTaskCore fills the process-wide state of the leader's tc.
@@ -524,6 +535,21 @@ func readMM(d *images.Dir, pid int, files map[model.ID]*model.File) (*model.MM, 
 	vdso := 0
 	for i, v := range vmas {
 		s, e := v.GetStart(), v.GetEnd()
+		st := v.GetStatus()
+		if st&images.VmaAreaVsyscall != 0 {
+			// CRIU records the kernel's [vsyscall] page (x86-64's fixed
+			// legacy page, above the user address space); every task
+			// gets it from the kernel, nothing is restored.
+			if s != vsyscallStart || e != vsyscallStart+pageSize || st&^(images.VmaAreaVsyscall|images.VmaAnonPrivate) != 0 {
+				return nil, fmt.Errorf("%s: vma %d: bad vsyscall area %#x-%#x (status %#x)", name, i, s, e, st)
+			}
+			continue
+		}
+		if st&(images.VmaAreaVdso|images.VmaAreaVvar) != 0 {
+			// CRIU marks the vDSO and vvar areas private anonymous as
+			// well; they are the kernel's, not memory to restore.
+			st &^= images.VmaAnonPrivate
+		}
 		switch {
 		case s%pageSize != 0 || e%pageSize != 0 || s >= e || e > taskSize:
 			return nil, fmt.Errorf("%s: vma %d: bad range %#x-%#x", name, i, s, e)
@@ -538,7 +564,7 @@ func readMM(d *images.Dir, pid int, files map[model.ID]*model.File) (*model.MM, 
 		}
 		mv := model.VMA{
 			Start: s, End: e, Pgoff: v.GetPgoff(), Shmid: v.GetShmid(), Prot: v.GetProt(), Flags: v.GetFlags(),
-			Status: v.GetStatus(), Madv: v.GetMadv(), Fdflags: v.GetFdflags(),
+			Status: st, Madv: v.GetMadv(), Fdflags: v.GetFdflags(),
 		}
 		if mv.FileBacked() {
 			if mv.Pgoff%pageSize != 0 {
