@@ -252,15 +252,21 @@ func (r *Restorer) setGroups() error {
 // it makes the group with the leader's pid, the members join, and it goes.
 type groupHelper struct {
 	p      *puppet.Puppet
-	parent *taskRun // the session leader that made it
+	parent *taskRun // the session leader that made it; nil: godwit
 }
 
-// groupHelpers makes a helper for every group of a session of the tree
-// whose leader is not in the tree, forked by the session's leader.
+// groupHelpers makes a helper for every group whose leader is dead (not
+// in the tree, and no live group leader outside it), forked in the
+// group's session: by the session's leader in the tree, or, for godwit's
+// session, by the root as godwit's child (as CRIU).
 func (r *Restorer) groupHelpers(want func(*model.Task) (int, int)) error {
 	byPid := map[int]*taskRun{}
 	for _, t := range r.tasks {
 		byPid[t.img.pid] = t
+	}
+	ownSid, err := unix.Getsid(0)
+	if err != nil {
+		return fmt.Errorf("getsid: %w", err)
 	}
 	ownPg := unix.Getpgrp()
 	need := map[int]int{} // pgid → sid
@@ -285,19 +291,21 @@ func (r *Restorer) groupHelpers(want func(*model.Task) (int, int)) error {
 	}
 	for _, pg := range order {
 		sid := need[pg]
-		from := byPid[sid]
-		if from == nil || from.task == nil {
-			// A group of a session outside the dump (godwit's) is
-			// joined if it exists, as CRIU does; setGroups refuses
-			// it, naming it, if it does not.
-			continue
+		from, parent, flags := byPid[sid], byPid[sid], uint64(0)
+		switch {
+		case from != nil && from.task != nil:
+		case sid == ownSid && sid != 0 && (r.root.img.task.Sid != r.root.img.pid || r.o.ShellJob):
+			// godwit's session: the root makes it as godwit's child.
+			from, parent, flags = r.root, nil, unix.CLONE_PARENT
+		default:
+			return fmt.Errorf("process group %d cannot be recreated: its leader is not in the dump and no task of session %d can stand in for it", pg, sid)
 		}
 		if err := waitPidFree(pg, zombieWait); err != nil {
 			return fmt.Errorf("process group %d, whose leader is dead: %w", pg, err)
 		}
-		h, err := from.task.CloneWith(pg, 0)
+		h, err := from.task.CloneWith(pg, flags)
 		if h != nil {
-			r.helpers = append(r.helpers, groupHelper{p: h, parent: from})
+			r.helpers = append(r.helpers, groupHelper{p: h, parent: parent})
 		}
 		if err != nil {
 			return fmt.Errorf("helper for process group %d: %w", pg, err)
@@ -318,6 +326,15 @@ func (r *Restorer) removeHelpers() error {
 		pid := h.p.Pid
 		if err := h.p.Kill(); err != nil {
 			return fmt.Errorf("helper %d: %w", pid, err)
+		}
+		if h.parent == nil {
+			for i := 0; i < 1000; i++ { // reaped by Kill as a rule
+				var ws unix.WaitStatus
+				if _, err := unix.Wait4(pid, &ws, unix.WALL, nil); err != unix.EINTR {
+					break
+				}
+			}
+			continue
 		}
 		if _, err := r.tr.InjectSyscall(h.parent.img.pid, unix.SYS_WAIT4, uint64(pid), 0, unix.WALL, 0); err != nil {
 			return fmt.Errorf("helper %d: reap in %d: %w", pid, h.parent.img.pid, err)
