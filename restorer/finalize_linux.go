@@ -60,7 +60,7 @@ func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool) *stepE
 		var err error
 		switch d.Name() {
 		case drivers.PhaseThreads:
-			err = r.makeThreads()
+			// Made by Layout, with the tasks.
 		case drivers.PhaseMM:
 			err = r.finishMM()
 		case drivers.PhaseRegisters:

@@ -123,6 +123,16 @@ func (r *Restorer) Layout() error {
 	if err != nil {
 		return r.fail("create tasks", err)
 	}
+	// Threads too, at once: the longer a free TID waits, the likelier
+	// another process takes it (pid_max wraps fast on a busy host).
+	for _, t := range r.tasks {
+		if t.img.dead() {
+			continue
+		}
+		if err := t.makeThreads(); err != nil {
+			return r.fail(fmt.Sprintf("task %d: threads", t.img.pid), err)
+		}
+	}
 	r.forkTime = time.Since(t0)
 	for _, t := range r.tasks {
 		if t.img.dead() {
