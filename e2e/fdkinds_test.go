@@ -109,3 +109,24 @@ c = socket.socket(socket.AF_UNIX); c.connect("\0godwit-refused-%d" % os.getpid()
 		})
 	}
 }
+
+// A Go program (its runtime's epoll and eventfd, threads, a ticker
+// feeding a goroutine's channel) goes on after a restore, losing no tick.
+func TestGoProgramDumpRestore(t *testing.T) {
+	needRoot(t)
+	bin := filepath.Join(t.TempDir(), "goticker")
+	if out, err := exec.Command("go", "build", "-o", bin, "./workloads/goticker").CombinedOutput(); err != nil {
+		t.Fatalf("go build goticker: %v\n%s", err, out)
+	}
+	w := startWorkload(t, bin)
+	dir := w.dump(t)
+	w.reapKilled(t)
+	r := restore(t, w, dir)
+	w.waitTicks(10)
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("restored Go program exited %d\n%s", code, w.tail())
+	}
+	if !strings.Contains(readFile(w.log), " ok\n") {
+		t.Fatalf("no ok in the log\n%s", w.tail())
+	}
+}
