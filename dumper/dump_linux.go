@@ -204,7 +204,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	}
 	frozenAt := time.Now()
 	logging.Default().Infof("dump %d: froze %d tasks (%d threads in the root) in %v", pid, len(tree), len(tids), frozenAt.Sub(t0))
-	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds}
+	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, ghostLimit: o.GhostLimit}
 	err = d.safeCollect()
 	if err == nil {
 		err = target.Commit()
@@ -306,20 +306,21 @@ func writeCPUInfo(dir *images.Dir, capArg string) error {
 
 // dumpRun is one dump in progress.
 type dumpRun struct {
-	ctx     context.Context
-	pid     int   // the task being collected
-	tids    []int // its threads
-	tree    []*frozenTask
-	tr      *ptrace.Tracer
-	dir     *images.Dir
-	method  Method
-	sinks   func(d *images.Dir, pagemapName string, pagesID uint32) (pagexfer.Sink, error)
-	log     *logging.Logger
-	written []string
-	mem     MemStats
-	drivers []drivers.Driver // every kind of state, in order
-	pagesID uint32           // the last pages id given out
-	shmDone map[uint64]int   // shared anonymous objects dumped: shmid → pid
+	ctx        context.Context
+	pid        int   // the task being collected
+	tids       []int // its threads
+	tree       []*frozenTask
+	tr         *ptrace.Tracer
+	dir        *images.Dir
+	method     Method
+	sinks      func(d *images.Dir, pagemapName string, pagesID uint32) (pagexfer.Sink, error)
+	log        *logging.Logger
+	written    []string
+	mem        MemStats
+	drivers    []drivers.Driver // every kind of state, in order
+	pagesID    uint32           // the last pages id given out
+	shmDone    map[uint64]int   // shared anonymous objects dumped: shmid → pid
+	ghostLimit uint64           // --ghost-limit, 0: the default
 }
 
 func (d *dumpRun) note(name string) { d.written = append(d.written, name) }
@@ -343,6 +344,9 @@ func (d *dumpRun) safeCollect() (err error) {
 // file description inherited by fork is one file of the tree.
 func (d *dumpRun) collect() error {
 	fl := drivers.NewFiles()
+	if d.ghostLimit != 0 {
+		fl.GhostLimit = d.ghostLimit
+	}
 	var kobj kobjAlloc
 	tree := &model.Tree{}
 	shm := map[uint64]int{} // shared anonymous objects dumped, by shmid → pid

@@ -22,6 +22,9 @@ type Options struct {
 	// Method is how pages leave the target (zero: MethodReadv, see
 	// Method).
 	Method Method
+	// GhostLimit is the largest deleted file whose contents the images
+	// carry (0: opts.DefaultGhostLimit).
+	GhostLimit uint64
 }
 
 // PageServer is where a page server listens and how to talk to it.

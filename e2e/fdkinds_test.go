@@ -86,18 +86,22 @@ while True:
     f.write("tick %d\n" % i)
     time.sleep(0.01)
 `
-	for _, c := range []struct{ name, setup, want string }{
-		{"inet", `s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()`, "AF_INET sockets are not supported yet"},
+	for _, c := range []struct {
+		name, setup, want string
+		args              []string
+	}{
+		{"inet", `s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()`, "AF_INET sockets are not supported yet", nil},
 		{"accepted", `l = socket.socket(socket.AF_UNIX); l.bind("\0godwit-refused-%d" % os.getpid()); l.listen()
-c = socket.socket(socket.AF_UNIX); c.connect("\0godwit-refused-%d" % os.getpid()); a, _ = l.accept()`, "connected through a bound name"},
+c = socket.socket(socket.AF_UNIX); c.connect("\0godwit-refused-%d" % os.getpid()); a, _ = l.accept()`, "connected through a bound name", nil},
 		{"backlog", `l = socket.socket(socket.AF_UNIX); l.bind("\0godwit-refused-%d" % os.getpid()); l.listen()
-c = socket.socket(socket.AF_UNIX); c.connect("\0godwit-refused-%d" % os.getpid())`, "connections waiting in its backlog"},
-		{"rights", `p, q = socket.socketpair(); socket.send_fds(p, [b"x"], [0])`, "in flight"},
-		{"inotify", `import ctypes; ctypes.CDLL(None).inotify_init()`, "inotify is not supported yet"},
+c = socket.socket(socket.AF_UNIX); c.connect("\0godwit-refused-%d" % os.getpid())`, "connections waiting in its backlog", nil},
+		{"rights", `p, q = socket.socketpair(); socket.send_fds(p, [b"x"], [0])`, "in flight", nil},
+		{"inotify", `import ctypes; ctypes.CDLL(None).inotify_init()`, "inotify is not supported yet", nil},
+		{"ghost-limit", `g = open(sys.argv[1] + ".big", "wb+"); g.write(b"x" * 5000); g.flush(); os.unlink(g.name)`, "over --ghost-limit (4096)", []string{"--ghost-limit", "4K"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			w := startWorkload(t, "/usr/bin/python3", "-c", "import os, socket, sys, time\n"+c.setup+ticker)
-			code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
+			code, out := godwit(t, append([]string{"dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir()}, c.args...)...)
 			oneLineError(t, code, out, c.want)
 			if !strings.Contains(out, "fd ") {
 				t.Errorf("the error does not name the fd: %s", out)

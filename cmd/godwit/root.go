@@ -86,7 +86,7 @@ var notYet = map[string]bool{
 // doneIn lists, per command, the notYet options it already implements.
 var doneIn = map[string]map[string]bool{
 	"page-server": {"prev-images-dir": true, "lazy-pages": true},
-	"dump":        {"page-server": true, "freeze-cgroup": true},
+	"dump":        {"page-server": true, "freeze-cgroup": true, "ghost-limit": true},
 	"restore":     {"shell-job": true},
 }
 

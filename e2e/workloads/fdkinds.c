@@ -34,6 +34,8 @@
  *  lis_abs     stream listener on an abstract name, backlog 5
  *  lis_path    seqpacket listener on LOG.sock, mode 0640
  *  dg_bound    datagram socket on an abstract name, nothing queued
+ *  ghost_a/b   LOG.ghost, deleted: "ghost-data", mode 0604; two opens,
+ *              ghost_b read-only at offset 2
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -73,6 +75,8 @@ static char fifo2[4096];
 static int sp_s[2], sp_d[2], sp_q[2], lis_abs, lis_path, dg_bound;
 static struct sockaddr_un abs_addr, path_addr, dg_addr;
 static socklen_t abs_len, dg_len;
+static int ghost_a, ghost_b;
+static char ghost[4096];
 static pid_t child;
 
 #define FLMASK (O_ACCMODE | O_NONBLOCK | O_APPEND)
@@ -91,6 +95,10 @@ static void setup(const char *log)
 	if (write(fifo_wonly, "w-only", 6) != 6) die("write fifo2");
 	close(tmp);
 
+	snprintf(ghost, sizeof ghost, "%s.ghost", log);
+	if ((ghost_a = open(ghost, O_RDWR | O_CREAT | O_EXCL, 0600)) < 0 || write(ghost_a, "ghost-data", 10) != 10 ||
+	    fchmod(ghost_a, 0604) < 0 || (ghost_b = open(ghost, O_RDONLY)) < 0 || lseek(ghost_b, 2, SEEK_SET) != 2 ||
+	    unlink(ghost) < 0) die("ghost");
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp_s) < 0) die("socketpair");
 	if (write(sp_s[0], "to-1", 4) != 4 || write(sp_s[1], "to-0", 4) != 4) die("write sp_s");
 	if (shutdown(sp_s[0], SHUT_WR) < 0) die("shutdown");
@@ -220,6 +228,26 @@ static void check(void)
 	CHECK(r2 >= 0, "fifo2: open: %s", strerror(errno));
 	check_read(r2, "w-only", "fifo_wonly");
 	close(r2);
+
+	/* the deleted file */
+	struct stat gst;
+	CHECK(fstat(ghost_a, &gst) == 0 && gst.st_nlink == 0 && gst.st_size == 10 && (gst.st_mode & 07777) == 0604,
+	      "ghost: nlink %lu size %ld mode %o", (unsigned long)gst.st_nlink, (long)gst.st_size, gst.st_mode);
+	struct stat gst2;
+	CHECK(fstat(ghost_b, &gst2) == 0 && gst2.st_ino == gst.st_ino && gst2.st_dev == gst.st_dev, "ghost: two inodes");
+	check_read(ghost_b, "ost-data", "ghost_b");
+	CHECK(lseek(ghost_a, 0, SEEK_CUR) == 10, "ghost_a: offset %ld", (long)lseek(ghost_a, 0, SEEK_CUR));
+	CHECK(pwrite(ghost_a, "G", 1, 0) == 1, "ghost_a: write");
+	char gb[2] = {0};
+	CHECK(pread(ghost_b, gb, 1, 0) == 1 && gb[0] == 'G', "ghost: a write through one fd is not seen through the other");
+	char link[4200], want[4200];
+	snprintf(link, sizeof link, "/proc/self/fd/%d", ghost_a);
+	ssize_t ll = readlink(link, want, sizeof want - 1);
+	want[ll > 0 ? ll : 0] = 0;
+	char expect[4200];
+	snprintf(expect, sizeof expect, "%s (deleted)", ghost);
+	CHECK(strcmp(want, expect) == 0, "ghost: fd names %s, want %s", want, expect);
+	CHECK(access(ghost, F_OK) < 0, "ghost: its name exists again");
 
 	/* unix sockets */
 	check_read(sp_s[1], "to-1", "sp_s[1]");

@@ -91,7 +91,8 @@ func TestClassify(t *testing.T) {
 		{"anon_inode:[eventpoll]", st(0), "eventpoll", ""},
 		{"anon_inode:[io_uring]", st(0), "", "io_uring"},
 		{"/memfd:x (deleted)", st(unix.S_IFREG), "", "memfd"},
-		{"/tmp/gone (deleted)", st(unix.S_IFREG), "", "deleted file"},
+		{"/tmp/gone (deleted)", st(unix.S_IFREG), "deleted file", ""},
+		{"/tmp/gonedir (deleted)", st(unix.S_IFDIR), "", "deleted file"},
 		{"/dev/sda", st(unix.S_IFBLK), "", "block device"},
 	} {
 		k, why := classify(c.target, c.st)

@@ -31,7 +31,7 @@ func (fifoKind) match(target string, st *unix.Stat_t) bool {
 
 func (fifoKind) check(int, int, uint64) error { return nil }
 
-func (fifoKind) collect(pid int, fd *FD, f *model.File) error {
+func (fifoKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
 	size, data, err := peekPipe(pid, fd.Num)
 	if err != nil {
 		return err

@@ -19,12 +19,13 @@ type restoreFDs struct {
 	sock     int
 	taskSock uint64
 	pipes    map[uint64]*livePipe
-	fifos    map[uint64]bool // FIFOs refilled
-	socks    map[uint32]int  // unix sockets made, by inode
+	fifos    map[uint64]bool   // FIFOs refilled
+	socks    map[uint32]int    // unix sockets made, by inode
+	ghosts   map[[2]uint64]int // deleted files made, by device and inode
 }
 
 func newRestoreFDs(r *Restore, s *inject.Session) *restoreFDs {
-	return &restoreFDs{r: r, s: s, sock: -1, pipes: map[uint64]*livePipe{}, fifos: map[uint64]bool{}, socks: map[uint32]int{}}
+	return &restoreFDs{r: r, s: s, sock: -1, pipes: map[uint64]*livePipe{}, fifos: map[uint64]bool{}, socks: map[uint32]int{}, ghosts: map[[2]uint64]int{}}
 }
 
 // Scratch offsets of the restore side's passing (the area from 0 holds
@@ -153,6 +154,9 @@ func (rs *restoreFDs) close() error {
 	}
 	for _, s := range rs.socks {
 		unix.Close(s)
+	}
+	for _, g := range rs.ghosts {
+		unix.Close(g)
 	}
 	return err
 }

@@ -33,7 +33,7 @@ func (pipeKind) check(_, _ int, flags uint64) error {
 	return nil
 }
 
-func (pipeKind) collect(pid int, fd *FD, f *model.File) error {
+func (pipeKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
 	size, data, err := peekPipe(pid, fd.Num)
 	if err != nil {
 		return err

@@ -49,7 +49,7 @@ const (
 	tcpListen      = 10
 )
 
-func (unixKind) collect(pid int, fd *FD, f *model.File) error {
+func (unixKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
 	s, err := grabFD(pid, fd.Num)
 	if err != nil {
 		return err

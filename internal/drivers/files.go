@@ -13,6 +13,7 @@ import (
 	"godwit/internal/abi/linux"
 	"godwit/internal/inject"
 	"godwit/internal/model"
+	"godwit/internal/opts"
 	"godwit/internal/procfs"
 )
 
@@ -158,6 +159,9 @@ type Files struct {
 	byKey map[fileKey]model.ID
 	next  model.ID
 	descs []descRef // the open file descriptions, in kcmp order
+	// GhostLimit is the largest deleted file whose contents the dump
+	// carries (--ghost-limit).
+	GhostLimit uint64
 }
 
 type fileKey struct {
@@ -166,7 +170,7 @@ type fileKey struct {
 }
 
 func NewFiles() *Files {
-	return &Files{byID: map[model.ID]*model.File{}, byKey: map[fileKey]model.ID{}, next: 1}
+	return &Files{byID: map[model.ID]*model.File{}, byKey: map[fileKey]model.ID{}, next: 1, GhostLimit: opts.DefaultGhostLimit}
 }
 
 // Reg adds a file and returns its id. st describes the file (from a
@@ -226,8 +230,8 @@ type fdKind interface {
 	// fileKind is the model's kind of the files it makes.
 	fileKind() model.FileKind
 	// collect fills the kind's state into f, a new file of fd of the
-	// frozen task pid (fi its fdinfo), and sets f.Kind.
-	collect(pid int, fd *FD, f *model.File) error
+	// frozen task pid, and sets f.Kind; fl is the tree's file table.
+	collect(fl *Files, pid int, fd *FD, f *model.File) error
 	// open makes the file description in the task being restored and
 	// returns its fd there.
 	open(rs *restoreFDs, what string, f *model.File) (uint64, error)
@@ -244,7 +248,7 @@ type fdFinisher interface {
 // and offset the files table keeps already.
 type noCollect struct{}
 
-func (noCollect) collect(int, *FD, *model.File) error { return nil }
+func (noCollect) collect(*Files, int, *FD, *model.File) error { return nil }
 
 // fdKinds are the kinds godwit dumps, in the order classify tries them.
 var fdKinds []fdKind
@@ -417,7 +421,7 @@ func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 			id = f.Reg(fd.Path, fd.Flags, fd.Pos, &fd.Stat, fd.MntID)
 			f.descs = slices.Insert(f.descs, at, descRef{pid: pid, fd: fd.Num, id: id})
 			if fd.kind != nil {
-				if err := fd.kind.collect(pid, fd, f.byID[id]); err != nil {
+				if err := fd.kind.collect(f, pid, fd, f.byID[id]); err != nil {
 					return nil, fmt.Errorf("fd %d: %s %s: %w", fd.Num, fd.kind.name(), fd.Path, err)
 				}
 			}

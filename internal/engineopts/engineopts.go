@@ -18,7 +18,7 @@ func Dump(o *opts.Options) (dumper.Options, error) {
 	d := dumper.Options{
 		Pid: o.Tree, ImagesDir: o.ImagesDir, WorkDir: o.WorkDir,
 		LeaveRunning: o.LeaveRunning, LeaveStopped: o.LeaveStopped,
-		FreezeCgroup: o.FreezeCgroup, CPUCap: o.CPUCap,
+		FreezeCgroup: o.FreezeCgroup, CPUCap: o.CPUCap, GhostLimit: o.GhostLimit,
 	}
 	if o.PageTransfer != "" {
 		m, ok := dumper.ParseMethod(o.PageTransfer)

@@ -251,7 +251,21 @@ const (
 	Epoll
 	// UnixSocket is an AF_UNIX socket (UnixSocket state).
 	UnixSocket
+	// Ghost is a regular file whose last name was unlinked while open
+	// (Ghost state: its contents travel in the images).
+	Ghost
 )
+
+// GhostState is a deleted file's inode: contents and attributes. The
+// files of one deleted inode share it (by Dev and Ino).
+type GhostState struct {
+	Dev, Ino     uint64
+	Mode         uint32
+	UID, GID     uint32
+	Size         uint64
+	Data         []byte // Size bytes
+	Atime, Mtime unix.Timespec
+}
 
 // UnixSocketState is an AF_UNIX socket: its kind, state, name, peer,
 // options and the messages queued for it to read.
@@ -351,4 +365,5 @@ type File struct {
 	TimerFD  *TimerFDState
 	Epoll    *EpollState
 	Unix     *UnixSocketState
+	Ghost    *GhostState
 }

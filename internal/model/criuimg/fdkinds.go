@@ -10,12 +10,15 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fifo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
+	ghost_file "github.com/checkpoint-restore/go-criu/v8/crit/images/ghost-file"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pipe"
 	pipe_data "github.com/checkpoint-restore/go-criu/v8/crit/images/pipe-data"
+	remap_file_path "github.com/checkpoint-restore/go-criu/v8/crit/images/remap-file-path"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/signalfd"
 	sk_opts "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-opts"
 	sk_packet "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-packet"
 	sk_unix "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-unix"
+	criu_timeval "github.com/checkpoint-restore/go-criu/v8/crit/images/time"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/timerfd"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -508,4 +511,147 @@ func readSkQueues(d *images.Dir, files map[model.ID]*model.File) error {
 		}
 		f.Unix.Queue = append(f.Unix.Queue, data)
 	}
+}
+
+// RemapFpathImg maps files restored from something other than their path
+// (CRIU's remaps); godwit writes the GHOST ones: deleted files.
+const RemapFpathImg = "remap-fpath.img"
+
+// GhostFileImg holds a deleted file's attributes and contents.
+func GhostFileImg(id uint32) string { return fmt.Sprintf("ghost-file-%x.img", id) }
+
+// maxGhost bounds a deleted file's contents in an image.
+const maxGhost = 1 << 32
+
+// writeGhosts writes the REG entries' remaps and one ghost-file image per
+// deleted inode (named by the id of its first file).
+func writeGhosts(d *images.Dir, t *model.Tree, written func(string)) error {
+	var remaps []*remap_file_path.RemapFilePathEntry
+	ghostID := map[*model.GhostState]uint32{}
+	for _, id := range t.FileIDs() {
+		f := t.Files[id]
+		if f.Kind != model.Ghost {
+			continue
+		}
+		g := f.Ghost
+		gid, ok := ghostID[g]
+		if !ok {
+			gid = uint32(id)
+			ghostID[g] = gid
+			if err := writeGhost(d, gid, g, written); err != nil {
+				return err
+			}
+		}
+		remaps = append(remaps, &remap_file_path.RemapFilePathEntry{
+			OrigId: proto.Uint32(uint32(id)), RemapId: proto.Uint32(gid), RemapType: remap_file_path.RemapType_GHOST.Enum(),
+		})
+	}
+	if len(remaps) == 0 {
+		return nil
+	}
+	if written != nil {
+		written(RemapFpathImg)
+	}
+	return images.Write(d, RemapFpathImg, remaps...)
+}
+
+func timeval(ts unix.Timespec) *criu_timeval.Timeval {
+	return &criu_timeval.Timeval{TvSec: proto.Uint64(uint64(ts.Sec)), TvUsec: proto.Uint64(uint64(ts.Nsec / 1000))}
+}
+
+func writeGhost(d *images.Dir, id uint32, g *model.GhostState, written func(string)) error {
+	name := GhostFileImg(id)
+	if written != nil {
+		written(name)
+	}
+	w, err := d.CreateImage(name)
+	if err != nil {
+		return err
+	}
+	e := &ghost_file.GhostFileEntry{
+		Uid: proto.Uint32(g.UID), Gid: proto.Uint32(g.GID), Mode: proto.Uint32(g.Mode),
+		Dev: proto.Uint32(uint32(unix.Major(g.Dev)<<20 | unix.Minor(g.Dev))), Ino: proto.Uint64(g.Ino),
+		Atim: timeval(g.Atime), Mtim: timeval(g.Mtime), Chunks: proto.Bool(false), Size: proto.Uint64(g.Size),
+	}
+	if err := w.Write(e); err != nil {
+		w.Close()
+		return err
+	}
+	if err := w.WritePayload(g.Data); err != nil {
+		w.Close()
+		return err
+	}
+	return w.Close()
+}
+
+// readGhosts makes Ghost files of the REG entries remap-fpath.img maps to
+// ghost files; any other remap is refused (restoring such a file by its
+// path would restore another file).
+func readGhosts(d *images.Dir, files map[model.ID]*model.File) error {
+	if !d.Exists(RemapFpathImg) {
+		return nil
+	}
+	es, err := images.ReadAll[*remap_file_path.RemapFilePathEntry](d, RemapFpathImg)
+	if err != nil {
+		return imgErr(RemapFpathImg, err)
+	}
+	ghosts := map[uint32]*model.GhostState{}
+	for _, e := range es {
+		f := files[model.ID(e.GetOrigId())]
+		if f == nil || f.Kind != model.Path {
+			return fmt.Errorf("%s: remap of file %d, not a regular entry", RemapFpathImg, e.GetOrigId())
+		}
+		if e.GetRemapType() != remap_file_path.RemapType_GHOST {
+			return fmt.Errorf("%s: file %d (%s): %v remaps are not supported", RemapFpathImg, f.ID, f.Path, e.GetRemapType())
+		}
+		g, ok := ghosts[e.GetRemapId()]
+		if !ok {
+			if g, err = readGhost(d, e.GetRemapId()); err != nil {
+				return err
+			}
+			ghosts[e.GetRemapId()] = g
+		}
+		f.Kind, f.Ghost, f.Size, f.BuildID = model.Ghost, g, nil, nil
+	}
+	return nil
+}
+
+func readGhost(d *images.Dir, id uint32) (*model.GhostState, error) {
+	name := GhostFileImg(id)
+	r, err := d.OpenImage(name)
+	if err != nil {
+		return nil, imgErr(name, err)
+	}
+	defer r.Close()
+	var e ghost_file.GhostFileEntry
+	if err := r.Next(&e); err != nil {
+		return nil, imgErr(name, err)
+	}
+	if e.GetChunks() {
+		return nil, fmt.Errorf("%s: ghost file in chunks (--ghost-fiemap): not supported yet", name)
+	}
+	if e.GetMode()&unix.S_IFMT != unix.S_IFREG {
+		return nil, fmt.Errorf("%s: deleted file of mode %#o: only regular files are supported", name, e.GetMode())
+	}
+	if e.Size == nil || e.GetSize() > maxGhost {
+		return nil, fmt.Errorf("%s: no size, or over %d bytes", name, uint64(maxGhost))
+	}
+	g := &model.GhostState{
+		Dev: unix.Mkdev(e.GetDev()>>20, e.GetDev()&0xfffff), Ino: e.GetIno(), Mode: e.GetMode(), UID: e.GetUid(), GID: e.GetGid(), Size: e.GetSize(),
+		Atime: unix.Timespec{Sec: int64(e.GetAtim().GetTvSec()), Nsec: int64(e.GetAtim().GetTvUsec()) * 1000},
+		Mtime: unix.Timespec{Sec: int64(e.GetMtim().GetTvSec()), Nsec: int64(e.GetMtim().GetTvUsec()) * 1000},
+	}
+	if g.Atime.Nsec >= 1e9 || g.Mtime.Nsec >= 1e9 || g.Atime.Sec < 0 || g.Mtime.Sec < 0 {
+		return nil, fmt.Errorf("%s: times out of range", name)
+	}
+	g.Data = []byte{}
+	for left := g.Size; left > 0; {
+		step := min(left, 1<<20)
+		g.Data = append(g.Data, make([]byte, step)...)
+		if err := r.ReadPayload(g.Data[uint64(len(g.Data))-step:]); err != nil {
+			return nil, imgErr(name, err)
+		}
+		left -= step
+	}
+	return g, nil
 }

@@ -155,6 +155,9 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 	if err := readSkQueues(d, files); err != nil {
 		return nil, err
 	}
+	if err := readGhosts(d, files); err != nil {
+		return nil, err
+	}
 	return files, nil
 }
 

@@ -98,7 +98,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 			files = append(files, reg, ff)
 			continue
 		}
-		if f.Kind == model.Path {
+		if f.Kind == model.Path || f.Kind == model.Ghost {
 			files = append(files, fileEntry(f))
 			continue
 		}
@@ -115,6 +115,9 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		return err
 	}
 	if err := writeSkQueues(d, t, written); err != nil {
+		return err
+	}
+	if err := writeGhosts(d, t, written); err != nil {
 		return err
 	}
 	if written != nil {
