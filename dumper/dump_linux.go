@@ -204,7 +204,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	}
 	frozenAt := time.Now()
 	logging.Default().Infof("dump %d: froze %d tasks (%d threads in the root) in %v", pid, len(tree), len(tids), frozenAt.Sub(t0))
-	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, ghostLimit: o.GhostLimit}
+	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, ghostLimit: o.GhostLimit, fileLocks: o.FileLocks}
 	err = d.safeCollect()
 	if err == nil {
 		err = target.Commit()
@@ -321,6 +321,7 @@ type dumpRun struct {
 	pagesID    uint32           // the last pages id given out
 	shmDone    map[uint64]int   // shared anonymous objects dumped: shmid → pid
 	ghostLimit uint64           // --ghost-limit, 0: the default
+	fileLocks  bool             // --file-locks
 }
 
 func (d *dumpRun) note(name string) { d.written = append(d.written, name) }
@@ -347,6 +348,7 @@ func (d *dumpRun) collect() error {
 	if d.ghostLimit != 0 {
 		fl.GhostLimit = d.ghostLimit
 	}
+	fl.FileLocks = d.fileLocks
 	var kobj kobjAlloc
 	tree := &model.Tree{}
 	shm := map[uint64]int{} // shared anonymous objects dumped, by shmid → pid

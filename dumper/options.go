@@ -25,6 +25,9 @@ type Options struct {
 	// GhostLimit is the largest deleted file whose contents the images
 	// carry (0: opts.DefaultGhostLimit).
 	GhostLimit uint64
+	// FileLocks dumps the file locks the tree holds (--file-locks);
+	// without it a lock fails the dump.
+	FileLocks bool
 }
 
 // PageServer is where a page server listens and how to talk to it.

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -132,5 +134,81 @@ func TestGoProgramDumpRestore(t *testing.T) {
 	}
 	if !strings.Contains(readFile(w.log), " ok\n") {
 		t.Fatalf("no ok in the log\n%s", w.tail())
+	}
+}
+
+// File locks: without -l a held lock fails the dump; with it, flock, POSIX
+// and OFD locks are restored, and another process still cannot take them.
+func TestFileLocksDumpRestore(t *testing.T) {
+	needRoot(t)
+	const prog = `import fcntl, os, struct, sys, time
+log = sys.argv[1]
+a = open(log + ".lk1", "w+"); fcntl.flock(a, fcntl.LOCK_EX)
+b = open(log + ".lk2", "w+"); fcntl.lockf(b, fcntl.LOCK_EX, 10, 5)
+c = open(log + ".lk3", "w+")
+fcntl.fcntl(c, 37, struct.pack("hhqqi", fcntl.F_RDLCK, 0, 0, 100, 0))  # F_OFD_SETLK
+f = open(log, "a", buffering=1)
+i = 0
+while True:
+    i += 1
+    f.write("tick %d\n" % i)
+    time.sleep(0.01)
+`
+	w := startWorkload(t, "/usr/bin/python3", "-c", prog)
+	code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
+	oneLineError(t, code, out, "dump with --file-locks (-l)")
+	w.waitTicks(3)
+
+	dir := w.dump(t, "-l")
+	w.reapKilled(t)
+	// Dead, its locks are gone: free to take now.
+	for _, n := range []string{".lk1", ".lk2", ".lk3"} {
+		checkLocked(t, w.log+n, false)
+	}
+	restore(t, w, dir, "-l")
+	w.waitTicks(3)
+	for _, n := range []string{".lk1", ".lk2", ".lk3"} {
+		checkLocked(t, w.log+n, true)
+	}
+}
+
+// checkLocked tries, from this process, the lock the workload holds on
+// path (by its suffix) and reports whether it is taken by someone else.
+func checkLocked(t *testing.T, path string, want bool) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	var got bool
+	switch {
+	case strings.HasSuffix(path, ".lk1"):
+		err := unix.Flock(fd, unix.LOCK_SH|unix.LOCK_NB)
+		got = err == unix.EWOULDBLOCK
+		if err == nil {
+			unix.Flock(fd, unix.LOCK_UN)
+		}
+	case strings.HasSuffix(path, ".lk2"):
+		// POSIX locks: F_GETLK tells who holds 5..14 and that 20.. is free.
+		fl := unix.Flock_t{Type: unix.F_RDLCK, Start: 7, Len: 1}
+		if err := unix.FcntlFlock(f.Fd(), unix.F_GETLK, &fl); err != nil {
+			t.Fatal(err)
+		}
+		got = fl.Type == unix.F_WRLCK && fl.Start == 5 && fl.Len == 10
+		free := unix.Flock_t{Type: unix.F_WRLCK, Start: 20, Len: 1}
+		if err := unix.FcntlFlock(f.Fd(), unix.F_GETLK, &free); err != nil || free.Type != unix.F_UNLCK {
+			t.Errorf("%s: the range after the lock is taken too", path)
+		}
+	default:
+		fl := unix.Flock_t{Type: unix.F_WRLCK, Start: 50, Len: 1}
+		if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &fl); err != nil {
+			t.Fatal(err)
+		}
+		got = fl.Type == unix.F_RDLCK && fl.Start == 0 && fl.Len == 100
+	}
+	if got != want {
+		t.Errorf("%s: locked by the workload %v, want %v", path, got, want)
 	}
 }

@@ -86,8 +86,8 @@ var notYet = map[string]bool{
 // doneIn lists, per command, the notYet options it already implements.
 var doneIn = map[string]map[string]bool{
 	"page-server": {"prev-images-dir": true, "lazy-pages": true},
-	"dump":        {"page-server": true, "freeze-cgroup": true, "ghost-limit": true},
-	"restore":     {"shell-job": true},
+	"dump":        {"page-server": true, "freeze-cgroup": true, "ghost-limit": true, "file-locks": true},
+	"restore":     {"shell-job": true, "file-locks": true},
 }
 
 func errNotYet(what string) error { return fmt.Errorf("%s is not supported yet", what) }

@@ -61,12 +61,18 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) (err error) {
 			if _, err := s.Call(what+": dup3", unix.SYS_DUP3, f, fd, dupFlags); err != nil {
 				return err
 			}
+			if err := lockPOSIX(s, what, fd, e.Locks); err != nil {
+				return err
+			}
 			continue
 		}
 		if at, ok := r.Opened[e.File]; ok && at.Pid != r.Task.Pid {
 			// Made in another task of the tree (inherited by fork,
 			// passed): share that very description.
 			if err := takeFD(s, what, at, fd, e.Cloexec); err != nil {
+				return err
+			}
+			if err := lockPOSIX(s, what, fd, e.Locks); err != nil {
 				return err
 			}
 			first[e.File] = fd
@@ -92,6 +98,12 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) (err error) {
 			if _, err := s.Call(what+": set close-on-exec", unix.SYS_FCNTL, fd, unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
 				return err
 			}
+		}
+		if err := lockDescription(s.Pid(), fd, f); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		if err := lockPOSIX(s, what, fd, e.Locks); err != nil {
+			return err
 		}
 		first[e.File] = fd
 		made = append(made, e)
@@ -162,6 +174,9 @@ type Files struct {
 	// GhostLimit is the largest deleted file whose contents the dump
 	// carries (--ghost-limit).
 	GhostLimit uint64
+	// FileLocks: dump the file locks (--file-locks); without it a held
+	// lock fails the dump, as in CRIU.
+	FileLocks bool
 }
 
 type fileKey struct {
@@ -426,7 +441,21 @@ func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 				}
 			}
 		}
-		out = append(out, model.FD{Num: fd.Num, File: id, Cloexec: fd.Cloexec})
+		e := model.FD{Num: fd.Num, File: id, Cloexec: fd.Cloexec}
+		if fd.Info != nil {
+			posix, desc, err := fdLocks(fd.Info)
+			if err == nil && len(posix)+len(desc) > 0 && !f.FileLocks {
+				err = fmt.Errorf("a file lock is held: dump with --file-locks (-l)")
+			}
+			if err != nil {
+				return nil, fmt.Errorf("fd %d: %s: %w", fd.Num, fd.Path, err)
+			}
+			e.Locks = posix
+			if mf := f.byID[id]; len(mf.Locks) == 0 {
+				mf.Locks = desc
+			}
+		}
+		out = append(out, e)
 	}
 	return out, nil
 }

@@ -19,6 +19,7 @@ func Dump(o *opts.Options) (dumper.Options, error) {
 		Pid: o.Tree, ImagesDir: o.ImagesDir, WorkDir: o.WorkDir,
 		LeaveRunning: o.LeaveRunning, LeaveStopped: o.LeaveStopped,
 		FreezeCgroup: o.FreezeCgroup, CPUCap: o.CPUCap, GhostLimit: o.GhostLimit,
+		FileLocks: o.FileLocks,
 	}
 	if o.PageTransfer != "" {
 		m, ok := dumper.ParseMethod(o.PageTransfer)

@@ -229,7 +229,28 @@ type FD struct {
 	Num     int
 	File    ID
 	Cloexec bool
+	// Locks are the POSIX locks the task holds on the file, restored
+	// through this fd (the same locks may show on another fd of the
+	// same file: setting one twice is harmless).
+	Locks []FileLock
 }
+
+// FileLock is a lock on a file: POSIX locks belong to the task, flock and
+// OFD locks to the open file description.
+type FileLock struct {
+	Kind  uint32 // LockPOSIX, LockFlock or LockOFD
+	Write bool   // exclusive
+	Start int64
+	Len   int64 // 0: to the end of the file
+}
+
+// The kinds of FileLock, the kernel's FL_* bits (include/linux/filelock.h),
+// which CRIU's file-lock entries use.
+const (
+	LockPOSIX = 1
+	LockFlock = 2
+	LockOFD   = 1024
+)
 
 // FileKind is the kind of an open file. The kinds reopened by path
 // (regular files, directories, named FIFOs, stateless character devices)
@@ -366,4 +387,6 @@ type File struct {
 	Epoll    *EpollState
 	Unix     *UnixSocketState
 	Ghost    *GhostState
+	// Locks are the flock and OFD locks of the description.
+	Locks []FileLock
 }

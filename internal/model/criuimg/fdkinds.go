@@ -9,6 +9,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/eventpoll"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fifo"
+	file_lock "github.com/checkpoint-restore/go-criu/v8/crit/images/file-lock"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
 	ghost_file "github.com/checkpoint-restore/go-criu/v8/crit/images/ghost-file"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pipe"
@@ -654,4 +655,98 @@ func readGhost(d *images.Dir, id uint32) (*model.GhostState, error) {
 		left -= step
 	}
 	return g, nil
+}
+
+// FileLocksImg holds the file locks: each names its owner task and an fd
+// through which it is restored.
+const FileLocksImg = "filelocks.img"
+
+// maxLocks bounds the lock entries of an image.
+const maxLocks = 1 << 20
+
+func lockEntry(l model.FileLock, pid, fd int) *file_lock.FileLockEntry {
+	typ := uint32(unix.F_RDLCK)
+	if l.Write {
+		typ = unix.F_WRLCK
+	}
+	return &file_lock.FileLockEntry{
+		Flag: proto.Uint32(l.Kind), Type: proto.Uint32(typ), Pid: proto.Int32(int32(pid)), Fd: proto.Int32(int32(fd)),
+		Start: proto.Int64(l.Start), Len: proto.Int64(l.Len),
+	}
+}
+
+// writeLocks writes the tasks' POSIX locks and the descriptions' flock
+// and OFD locks (each through the first fd that holds its description).
+func writeLocks(d *images.Dir, t *model.Tree, written func(string)) error {
+	var es []*file_lock.FileLockEntry
+	done := map[model.ID]bool{}
+	for _, k := range t.Tasks {
+		for _, fd := range k.FDs {
+			for _, l := range fd.Locks {
+				es = append(es, lockEntry(l, k.Pid, fd.Num))
+			}
+			if f := t.Files[fd.File]; f != nil && len(f.Locks) > 0 && !done[f.ID] {
+				done[f.ID] = true
+				for _, l := range f.Locks {
+					es = append(es, lockEntry(l, k.Pid, fd.Num))
+				}
+			}
+		}
+	}
+	if len(es) == 0 {
+		return nil
+	}
+	if written != nil {
+		written(FileLocksImg)
+	}
+	return images.Write(d, FileLocksImg, es...)
+}
+
+// readLocks gives each lock to its fd (POSIX) or to the file of that fd.
+func readLocks(d *images.Dir, t *model.Tree) error {
+	if !d.Exists(FileLocksImg) {
+		return nil
+	}
+	es, err := images.ReadAll[*file_lock.FileLockEntry](d, FileLocksImg)
+	if err != nil {
+		return imgErr(FileLocksImg, err)
+	}
+	if len(es) > maxLocks {
+		return fmt.Errorf("%s: %d locks", FileLocksImg, len(es))
+	}
+	for i, e := range es {
+		k := t.Task(int(e.GetPid()))
+		var fd *model.FD
+		if k != nil {
+			for j := range k.FDs {
+				if k.FDs[j].Num == int(e.GetFd()) {
+					fd = &k.FDs[j]
+				}
+			}
+		}
+		if fd == nil {
+			return fmt.Errorf("%s: lock %d: no fd %d in task %d", FileLocksImg, i, e.GetFd(), e.GetPid())
+		}
+		l := model.FileLock{Kind: e.GetFlag(), Start: e.GetStart(), Len: e.GetLen()}
+		switch e.GetType() {
+		case unix.F_RDLCK:
+		case unix.F_WRLCK:
+			l.Write = true
+		default:
+			return fmt.Errorf("%s: lock %d: type %d", FileLocksImg, i, e.GetType())
+		}
+		if l.Start < 0 || l.Len < 0 {
+			return fmt.Errorf("%s: lock %d: range %d+%d", FileLocksImg, i, l.Start, l.Len)
+		}
+		switch l.Kind {
+		case model.LockPOSIX:
+			fd.Locks = append(fd.Locks, l)
+		case model.LockFlock, model.LockOFD:
+			f := t.Files[fd.File]
+			f.Locks = append(f.Locks, l)
+		default:
+			return fmt.Errorf("%s: lock %d: kind %#x (leases and others are not supported)", FileLocksImg, i, l.Kind)
+		}
+	}
+	return nil
 }

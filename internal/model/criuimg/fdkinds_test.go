@@ -46,6 +46,12 @@ func kindsTree(t testing.TB) *model.Tree {
 		tr.Files[f.ID] = f
 		k.FDs = append(k.FDs, model.FD{Num: 10 + i, File: f.ID})
 	}
+	tr.Files[21].Locks = []model.FileLock{{Kind: model.LockFlock, Write: true}, {Kind: model.LockOFD, Start: 4, Len: 6}}
+	for i := range k.FDs {
+		if k.FDs[i].File == 22 {
+			k.FDs[i].Locks = []model.FileLock{{Kind: model.LockPOSIX, Write: true, Start: 1, Len: 0}}
+		}
+	}
 	return tr
 }
 

@@ -76,6 +76,9 @@ func Read(d *images.Dir) (*model.Tree, error) {
 		k.FDs = fds
 		t.Tasks = append(t.Tasks, k)
 	}
+	if err := readLocks(d, t); err != nil {
+		return nil, err
+	}
 	return t, nil
 }
 

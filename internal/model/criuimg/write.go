@@ -120,6 +120,9 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 	if err := writeGhosts(d, t, written); err != nil {
 		return err
 	}
+	if err := writeLocks(d, t, written); err != nil {
+		return err
+	}
 	if written != nil {
 		written(images.InventoryImg)
 	}
