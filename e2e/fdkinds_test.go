@@ -1,13 +1,16 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -210,5 +213,75 @@ func checkLocked(t *testing.T, path string, want bool) {
 	}
 	if got != want {
 		t.Errorf("%s: locked by the workload %v, want %v", path, got, want)
+	}
+}
+
+// --inherit-fd: a program reading a pipe from outside its tree is restored
+// with the caller's new pipe in place of the old one, named by the old
+// pipe's inode, and reads what is written into the new one.
+func TestInheritFDPipe(t *testing.T) {
+	needRoot(t)
+	const prog = `import sys, threading, time
+log = open(sys.argv[1], "a", buffering=1)
+def reader():
+    for line in sys.stdin:
+        log.write("got " + line)
+threading.Thread(target=reader, daemon=True).start()
+i = 0
+while True:
+    i += 1
+    log.write("tick %d\n" % i)
+    time.sleep(0.01)
+`
+	dirT := t.TempDir()
+	w := &workload{t: t, log: filepath.Join(dirT, "log"), output: filepath.Join(dirT, "output"), waited: make(chan error, 1)}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pw.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(pr.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	w.cmd = exec.Command("/usr/bin/python3", "-c", prog, w.log)
+	w.cmd.Stdin = pr
+	w.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := w.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pr.Close()
+	w.pid = w.cmd.Process.Pid
+	go func() { w.waited <- w.cmd.Wait() }()
+	t.Cleanup(func() { killAndForget(w.pid) })
+	w.waitTicks(3)
+	pw.Write([]byte("before\n"))
+	w.waitTicks(3)
+
+	dir := w.dump(t)
+	w.reapKilled(t)
+	npr, npw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer npw.Close()
+	res := fmt.Sprintf("pipe[%d]", st.Ino)
+	cmd := exec.Command(godwitBin, "restore", "-d", "-D", dir, "-v4", "-o", "restore.log", "--inherit-fd", "fd[3]:"+res)
+	cmd.ExtraFiles = []*os.File{npr}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("restore --inherit-fd fd[3]:%s: %v\n%s\n%s", res, err, out, readFile(filepath.Join(dir, "restore.log")))
+	}
+	npr.Close()
+	w.waitTicks(3)
+	npw.Write([]byte("after\n"))
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(readFile(w.log), "got after\n") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the restored program did not read from the inherited pipe\n%s", w.tail())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if strings.Count(readFile(w.log), "got before\n") != 1 {
+		t.Errorf("the line read before the dump shows %d times", strings.Count(readFile(w.log), "got before\n"))
 	}
 }

@@ -55,7 +55,8 @@ func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool) *stepE
 	rc := &drivers.Restore{Tree: r.img.tree, Task: k, Log: r.log,
 		// Only the root's parent is godwit (its parent-death signal
 		// would fire as godwit exits); the others' are in the tree.
-		Detach: r.o.Detach && t == r.root, ShellJob: r.o.ShellJob, Validated: r.validated, Opened: r.opened}
+		Detach: r.o.Detach && t == r.root, ShellJob: r.o.ShellJob, Validated: r.validated, Opened: r.opened,
+		Inherit: r.o.InheritFD}
 	for _, d := range ds {
 		var err error
 		switch d.Name() {

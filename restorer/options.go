@@ -34,6 +34,9 @@ type Options struct {
 	FileValidation string
 	// SkipFileRWXCheck skips comparing reopened files' permission bits.
 	SkipFileRWXCheck bool
+	// InheritFD gives files of the tree godwit's own descriptors
+	// (--inherit-fd), by resource (drivers.InheritKey).
+	InheritFD map[string]int
 }
 
 // FileValidation modes (criu(8)'s --file-validation).

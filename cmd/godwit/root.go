@@ -87,7 +87,7 @@ var notYet = map[string]bool{
 var doneIn = map[string]map[string]bool{
 	"page-server": {"prev-images-dir": true, "lazy-pages": true},
 	"dump":        {"page-server": true, "freeze-cgroup": true, "ghost-limit": true, "file-locks": true},
-	"restore":     {"shell-job": true, "file-locks": true},
+	"restore":     {"shell-job": true, "file-locks": true, "inherit-fd": true},
 }
 
 func errNotYet(what string) error { return fmt.Errorf("%s is not supported yet", what) }

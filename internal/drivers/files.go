@@ -83,8 +83,15 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) (err error) {
 		if k == nil {
 			return fmt.Errorf("%s: files of kind %d cannot be restored", what, f.Kind)
 		}
-		tmp, err := k.open(rs, what, f)
-		if err != nil {
+		var tmp uint64
+		if in, ok, err := inherited(r, f); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		} else if ok {
+			tmp, err = rs.install(what+" (--inherit-fd)", in)
+			if err != nil {
+				return err
+			}
+		} else if tmp, err = k.open(rs, what, f); err != nil {
 			return err
 		}
 		if tmp != fd {
