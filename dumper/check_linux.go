@@ -8,7 +8,10 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"godwit/internal/procfs"
+	"godwit/internal/ptrace"
 )
 
 // pfKthread is PF_KTHREAD of include/linux/sched.h (the flags field of
@@ -17,8 +20,8 @@ const pfKthread = 0x00200000
 
 // Check refuses, with a one-line reason, a PID godwit cannot dump: one that
 // does not exist, PID 1, godwit itself or one of its ancestors, a zombie or
-// a kernel thread, a thread that is not a group leader, one already traced, and one
-// under seccomp. Children are checked as the tree is frozen.
+// a kernel thread, a thread that is not a group leader, and one already
+// traced. Children are checked as the tree is frozen.
 func Check(pid int) error {
 	if pid <= 0 {
 		return fmt.Errorf("bad pid %d", pid)
@@ -54,18 +57,41 @@ func Check(pid int) error {
 	if st.TracerPid != 0 {
 		return fmt.Errorf("pid %d is already traced by pid %d", pid, st.TracerPid)
 	}
-	return checkSeccomp(pid, st)
+	return nil
 }
 
-func checkSeccomp(pid int, st *procfs.Status) error {
-	switch st.Seccomp {
-	case 0:
-		return nil
-	case 1:
-		return fmt.Errorf("pid %d runs in seccomp strict mode, which godwit cannot dump yet", pid)
-	default:
-		return fmt.Errorf("pid %d has seccomp filters (mode %d, %d filters), which godwit cannot dump yet", pid, st.Seccomp, st.SeccompFilters)
+// seizeOptions are the ptrace options to freeze pid with: a task with a
+// thread under seccomp is traced with PTRACE_O_SUSPEND_SECCOMP, so its
+// filters (or strict mode) let the injected calls through. Only then:
+// the option needs CAP_SYS_ADMIN and a godwit not itself under seccomp.
+func seizeOptions(pid int) int {
+	tids, err := procfs.Tasks(pid)
+	if err != nil {
+		return 0 // the freeze reports it
 	}
+	for _, tid := range tids {
+		if st, err := procfs.ReadStatus(tid); err == nil && st.Seccomp != 0 {
+			return unix.PTRACE_O_SUSPEND_SECCOMP
+		}
+	}
+	return 0
+}
+
+// checkSeccomp refuses, once the task is frozen, a thread under seccomp
+// that was not seized with PTRACE_O_SUSPEND_SECCOMP (it entered seccomp
+// during the freeze, or the freeze went through a cgroup): its filters
+// would see, and could kill it for, the injected calls.
+func checkSeccomp(tr *ptrace.Tracer, pid int, tids []int) error {
+	for _, tid := range tids {
+		st, err := procfs.ReadStatus(tid)
+		if err != nil {
+			return err
+		}
+		if st.Seccomp != 0 && !tr.SeccompSuspended(tid) {
+			return fmt.Errorf("pid %d: thread %d entered seccomp mode %d during the freeze (or was frozen through a cgroup): dump it again", pid, tid, st.Seccomp)
+		}
+	}
+	return nil
 }
 
 // isAncestor reports whether pid is one of our ancestors.

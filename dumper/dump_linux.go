@@ -36,6 +36,8 @@ type Result struct {
 	// (borrowed registers, every signal blocked), a part of its frozen
 	// time.
 	Injecting time.Duration
+	// InjectedCalls counts the syscalls injected into the tree.
+	InjectedCalls int
 }
 
 // FormatStats renders the stats as --display-stats prints them (CRIU's
@@ -166,7 +168,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			// tracer's Close.
 			return nil, fmt.Errorf("dump: %w", err)
 		}
-	} else if tids, err = tr.FreezeProcess(pid, 0); err != nil {
+	} else if tids, err = tr.FreezeProcess(pid, seizeOptions(pid)); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
 	}
 	thawErr := error(nil)
@@ -268,7 +270,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	frozen := time.Since(frozenAt)
 	d.log.Infof("dump %d: %d pages written (%d scanned, %d zero, %d untouched) by %v; frozen %v, %v of it in injection sessions",
 		pid, d.mem.Written, d.mem.Scanned, d.mem.Zero, d.mem.Untouched, d.method, frozen, injecting)
-	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting}
+	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting, InjectedCalls: tr.InjectedCalls()}
 	res.Stats = &stats.DumpStatsEntry{
 		FreezingTime:       proto.Uint32(uint32(frozenAt.Sub(t0).Microseconds())),
 		FrozenTime:         proto.Uint32(uint32(frozen.Microseconds())),
@@ -390,11 +392,7 @@ func (d *dumpRun) collect() error {
 // collectTask reads everything of the frozen task d.pid.
 func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, shm map[uint64]int) (*model.Task, error) {
 	pid := d.pid
-	status, err := procfs.ReadStatus(pid)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkSeccomp(pid, status); err != nil {
+	if err := checkSeccomp(d.tr, pid, d.tids); err != nil {
 		return nil, err
 	}
 	task := &model.Task{Pid: pid, Ppid: ppid, State: model.Alive, MM: &model.MM{}}
@@ -452,13 +450,19 @@ func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, shm map[uint64]int) (
 
 // checkShared refuses kernel objects shared between tasks that the
 // restore cannot share again yet: an mm (CLONE_VM without CLONE_THREAD)
-// or signal handlers (CLONE_SIGHAND, which needs CLONE_VM).
+// or signal handlers (CLONE_SIGHAND, which needs CLONE_VM); and a task in
+// namespaces of its own.
 func checkShared(t *model.Tree) error {
 	vm := map[model.ID]int{}
 	sighand := map[model.ID]int{}
+	root := t.Root()
 	for _, k := range t.Tasks {
 		if k.State == model.Dead {
 			continue
+		}
+		if k.IDs.NS != root.IDs.NS {
+			// Restore makes every task in godwit's namespaces.
+			return fmt.Errorf("task %d is in other namespaces than task %d: not supported yet", k.Pid, root.Pid)
 		}
 		if o, ok := vm[k.IDs.VM]; ok {
 			return fmt.Errorf("task %d shares its address space with task %d (CLONE_VM): not supported yet", k.Pid, o)

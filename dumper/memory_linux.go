@@ -327,7 +327,7 @@ func (d *MemoryDumper) DumpPrivate(vmas []VMA, sink pagexfer.Sink) error {
 	defer fb.wait()
 	for i := range vmas {
 		v := &vmas[i]
-		if !v.Private() {
+		if !v.Private() && v.Status&images.VmaAreaVdso == 0 {
 			continue
 		}
 		cur := b
@@ -340,6 +340,17 @@ func (d *MemoryDumper) DumpPrivate(vmas []VMA, sink pagexfer.Sink) error {
 			cur = fb
 		} else if err := fb.drain(); err != nil {
 			return err
+		}
+		if v.Status&images.VmaAreaVdso != 0 {
+			// Saved whole, as CRIU does: CRIU's restore reads the dumped
+			// vDSO to compare its symbols with the running kernel's.
+			// godwit's restore keeps this kernel's vDSO and skips them.
+			nr := (v.End - v.Start) / pageSize
+			d.stats.Scanned += nr
+			if err := cur.add(run{addr: v.Start, vaddr: v.Start, nr: nr}); err != nil {
+				return fmt.Errorf("pages of vdso %#x-%#x: %w", v.Start, v.End, err)
+			}
+			continue
 		}
 		if err := d.scan(cur, v.Start, v.End, 0, false); err != nil {
 			return fmt.Errorf("pages of vma %#x-%#x: %w", v.Start, v.End, err)

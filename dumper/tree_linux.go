@@ -77,7 +77,7 @@ func freezeChild(tr *ptrace.Tracer, pid, ppid int) (*frozenTask, error) {
 	if z, err := zombie(pid, ppid); z != nil || err != nil {
 		return z, err
 	}
-	tids, err := tr.FreezeProcess(pid, 0)
+	tids, err := tr.FreezeProcess(pid, seizeOptions(pid))
 	if err != nil {
 		// It may have died between the look and the seize.
 		if z, zerr := zombie(pid, ppid); z != nil {
@@ -91,6 +91,12 @@ func freezeChild(tr *ptrace.Tracer, pid, ppid int) (*frozenTask, error) {
 	}
 	if st.Ppid != ppid {
 		return &frozenTask{pid: pid, ppid: ppid, tids: tids}, fmt.Errorf("task %d: left its parent %d while being frozen", pid, ppid)
+	}
+	if st.ExitSignal != int(unix.SIGCHLD) {
+		// clone with another exit signal (or none): restored tasks
+		// are made with SIGCHLD, which would change what the parent
+		// is told and what its wait finds.
+		return &frozenTask{pid: pid, ppid: ppid, tids: tids}, fmt.Errorf("task %d: exit signal %d (not SIGCHLD) is not supported", pid, st.ExitSignal)
 	}
 	return &frozenTask{pid: pid, ppid: ppid, tids: tids}, nil
 }

@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"golang.org/x/sys/unix"
+
 	"fmt"
 	"os"
 	"os/exec"
@@ -62,12 +64,10 @@ func TestDumpUnsupportedFDResumes(t *testing.T) {
 		name, want string
 		open       func() (*os.File, error)
 	}{
-		{"pipe", "fd 3: pipe", func() (*os.File, error) {
-			r, w, err := os.Pipe()
-			if err == nil {
-				t.Cleanup(func() { w.Close() })
-			}
-			return r, err
+		// A TCP socket: network sockets are issue 13's.
+		{"tcp", "fd 3: socket socket:[", func() (*os.File, error) {
+			s, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			return os.NewFile(uintptr(s), "tcp"), err
 		}},
 		// A character device with per-open state: reopening its path
 		// would give another object.

@@ -7,44 +7,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
-
-var (
-	cBins    = map[string]string{}
-	cBuildMu sync.Mutex
-	cBuildEr = map[string]error{}
-)
-
-// cWorkload compiles workloads/NAME.c once per test binary run.
-func cWorkload(t *testing.T, name string) string {
-	t.Helper()
-	cBuildMu.Lock()
-	defer cBuildMu.Unlock()
-	if p, ok := cBins[name]; ok {
-		if err := cBuildEr[name]; err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	dir, err := os.MkdirTemp("", "godwit-e2e-"+name+"-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(dir, name)
-	out, err := exec.Command("gcc", "-O2", "-Wall", "-Werror", "-o", p, "workloads/"+name+".c").CombinedOutput()
-	cBins[name] = p
-	if err != nil {
-		cBuildEr[name] = err
-		t.Fatalf("gcc %s: %v\n%s", name, err, out)
-	}
-	return p
-}
 
 // Every fd kind round-trips with its state: queued pipe bytes (both ends,
 // one end, a dup), pipe size and flags, eventfd counters and semaphore

@@ -98,7 +98,8 @@ func (l *lazyImages) reader(level int, name string) (*images.PageReader, error) 
 }
 
 // lookup finds the pages of a GET: how many of nr pages from vaddr one
-// entry holds, the pages file and the offset of vaddr in it. dst is the
+// entry holds, the pages file and the offset of vaddr in it (no file:
+// read them with readMemory at that address). dst is the
 // pid as CRIU's lazy-pages sends it (pr->img_id, not id<<8|type).
 func (l *lazyImages) lookup(dst, vaddr, nr uint64) (uint64, *os.File, int64, error) {
 	if nr == 0 {
@@ -128,9 +129,46 @@ func (l *lazyImages) lookup(dst, vaddr, nr uint64) (uint64, *os.File, int64, err
 			return n, r.PagesFile(), e.Offset + int64(vaddr-e.Vaddr), nil
 		case e.Flags&images.PageInParent != 0:
 			continue
+		case e.Flags&images.PageLazy != 0 && level == 0 && l.s.cfg.LazyMemory != nil:
+			// Left out by dump --lazy-pages: in the task's memory.
+			n := min(nr, (e.End()-vaddr)/wire.PageSize)
+			return n, nil, int64(vaddr), nil
 		default:
 			return 0, nil, 0, fmt.Errorf("%#x has no data in %s (flags %#x)", vaddr, name, e.Flags)
 		}
 	}
 	return 0, nil, 0, errors.New("parent chain too deep")
+}
+
+// lazyDone ends Serve (Config.LazyExitOnClose) when the lazy-pages daemon
+// closed its sessions with CLOSE and no connection is left.
+func (s *Server) lazyDone(conns int32) {
+	if !s.cfg.Lazy || !s.cfg.LazyExitOnClose || conns != 0 || !s.lazyClosed.Load() {
+		return
+	}
+	s.mu.Lock()
+	stop := s.stopServe
+	s.mu.Unlock()
+	if stop != nil {
+		s.log.Infof("page-server: the lazy-pages daemon has every page: done")
+		stop()
+	}
+}
+
+// LazyMemory reads pages of a stopped task (dump --lazy-pages).
+type LazyMemory interface {
+	// ReadPages fills b with the task's memory at vaddr.
+	ReadPages(pid int, vaddr uint64, b []byte) error
+}
+
+// readLazy reads GET data: from the pages file f at off, or, without f,
+// from the task's memory at address off.
+func (s *Server) readLazy(f *os.File, pid uint64, off int64, b []byte) (int, error) {
+	if f != nil {
+		return f.ReadAt(b, off)
+	}
+	if err := s.cfg.LazyMemory.ReadPages(int(pid), uint64(off), b); err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }

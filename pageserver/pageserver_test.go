@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/images"
+	"godwit/internal/logging"
 	"godwit/pageserver/internal/wire"
 )
 
@@ -737,4 +738,54 @@ func TestCritShows(t *testing.T) {
 			t.Errorf("crit output lacks %s:\n%s", want, out)
 		}
 	}
+}
+
+// With Once, Serve returns by itself after the first session, as CRIU's
+// page server exits after one dump.
+func TestOnce(t *testing.T) {
+	ln, err := Listen("127.0.0.1:0", TransportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	srv, err := NewServer(Config{ImagesDir: dir, Once: true, Log: logging.New(io.Discard, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	c, err := Dial(context.Background(), ln.Addr().String(), TransportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.OpenTask(context.Background(), TaskDst(1000), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range taskRanges {
+		if r.flags&FlagPresent != 0 {
+			err = s.AddPagesBytes(r.vaddr, r.flags, pagesOf(r, 0))
+		} else {
+			err = s.AddPages(r.vaddr, r.nr, r.flags, nil)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Serve still running after the session")
+	}
+	checkSame(t, dir, "pagemap-1000.img", taskRanges, 0)
 }

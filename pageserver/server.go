@@ -34,6 +34,13 @@ type Config struct {
 	// page uploads. It requires an authenticated listener (TLS or QUIC)
 	// on every address, loopback included.
 	Lazy bool
+	// LazyExitOnClose (with Lazy) ends Serve once a lazy-pages daemon
+	// said it has every page (CLOSE) and no connection is left: the
+	// source may go.
+	LazyExitOnClose bool
+	// LazyMemory (with Lazy) serves the pages the images mark lazy
+	// without data (dump --lazy-pages) from the dumped task's memory.
+	LazyMemory LazyMemory
 	// Log receives one line per refused request or connection; nil means
 	// logging.Default().
 	Log *logging.Logger
@@ -64,6 +71,11 @@ type Config struct {
 	// packets don't count. ReadTimeout (default 30 s) bounds the arrival
 	// of each 4 MiB of page data and the sending of each reply.
 	IdleTimeout, ReadTimeout time.Duration
+	// Once ends Serve after the first session, as CRIU's page server
+	// does (--single-session; the RPC's PAGE_SERVER and PAGE_SERVER_CHLD,
+	// whose callers wait for the server to exit): Serve then returns the
+	// session's error, if any.
+	Once bool
 	// PagesIDBase is the first pages-<id>.img number. Default 0x10001, as
 	// CRIU's page server (up_page_ids_base), so that page-server and
 	// local images in one directory never collide.
@@ -120,6 +132,10 @@ type Server struct {
 	conns   map[io.Closer]struct{}
 	lazy    lazyImages
 	closing bool
+	// lazyClosed: a lazy session got CLOSE; stopServe ends Serve.
+	lazyClosed atomic.Bool
+	stopServe  context.CancelFunc
+	onceErr    error // the Once session's error
 }
 
 // NewServer opens the images directory and prepares the parent link.
@@ -215,6 +231,9 @@ func Serve(ctx context.Context, ln *Listener, cfg Config) error {
 func (s *Server) Serve(parent context.Context, ln *Listener) error {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
+	s.mu.Lock()
+	s.stopServe = cancel
+	s.mu.Unlock()
 	stop := context.AfterFunc(ctx, func() {
 		ln.Close()
 		s.closeAll()
@@ -245,6 +264,11 @@ func (s *Server) Serve(parent context.Context, ln *Listener) error {
 	s.wg.Wait()
 	if parent.Err() != nil {
 		return nil
+	}
+	if err == nil {
+		s.mu.Lock()
+		err = s.onceErr
+		s.mu.Unlock()
 	}
 	return err
 }
@@ -393,8 +417,9 @@ func (s *Server) release(c io.Closer, peer net.Addr) {
 	}
 	delete(s.conns, c)
 	s.mu.Unlock()
-	s.nconns.Add(-1)
+	left := s.nconns.Add(-1)
 	s.m.connDone()
+	s.lazyDone(left)
 	s.wg.Done()
 }
 
@@ -504,8 +529,22 @@ func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser
 	}
 }
 
-// finish logs how a session ended and drops an unfinished task.
+// finish logs how a session ended and drops an unfinished task; with
+// Once, it ends Serve.
 func (s *Server) finish(ss *session, err error) {
+	if s.cfg.Once {
+		defer func() {
+			s.mu.Lock()
+			stop := s.stopServe
+			if err != nil && s.onceErr == nil {
+				s.onceErr = fmt.Errorf("page server: %s: %w", ss.peer, err)
+			}
+			s.mu.Unlock()
+			if stop != nil {
+				stop()
+			}
+		}()
+	}
 	if ss.task != nil {
 		if err == nil && !ss.closed && !s.cfg.Lazy {
 			err = reqErr(reasonUnflushed, errors.New("the data were not flushed (no CLOSE)"))

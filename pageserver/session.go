@@ -149,6 +149,9 @@ func (ss *session) serve(h wire.Header) error {
 			status = -1
 		}
 		ss.closed = true
+		if lazy && status == 0 {
+			ss.s.lazyClosed.Store(true)
+		}
 		return ss.replyInt32(status)
 	default:
 		return reqErr(reasonCommand, fmt.Errorf("unknown command %#x", h.Cmd))
@@ -421,7 +424,7 @@ func (ss *session) get(h wire.Header) error {
 	left := int64(nr * wire.PageSize)
 	for left > 0 {
 		k := min(left, int64(len(ss.buf)))
-		m, err := f.ReadAt(ss.buf[:k], off)
+		m, err := ss.s.readLazy(f, h.DstID, off, ss.buf[:k])
 		if int64(m) != k {
 			// The reply header is out: the stream can't be resynced.
 			return reqErr(reasonIO, fmt.Errorf("read pages at %d: %d of %d bytes: %v", off, m, k, err))

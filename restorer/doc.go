@@ -1,18 +1,19 @@
-// Package restorer rebuilds a process from CRIU images by driving a puppet
-// through ptrace (DESIGN.md, "Restore: a puppet driven through ptrace").
+// Package restorer rebuilds a process tree from CRIU images by driving
+// puppets through ptrace (DESIGN.md, "Restore: a puppet driven through ptrace").
 //
 // It works in phases, so that a migration can spread them over pre-copy
 // rounds (DESIGN.md, "Beyond CRIU" 4):
 //
 //	r, err := restorer.New(o, scripts) // read the model (criuimg), check it, nothing started
-//	err = r.Layout()                   // puppet with the original PID, every VMA mapped
-//	err = r.FillPages(src)             // repeatable, any order, any pagexfer.Source
+//	err = r.Layout()                   // every task made (createTree), every VMA mapped
+//	err = r.FillPages(src)             // the root's pages: repeatable, any order, any pagexfer.Source
 //	err = r.Finalize()                 // threads, then every driver in dependency order, registers last
 //	err = r.Resume()                   // detach every thread at once (or leave stopped)
-//	status, err := r.Wait()            // the task's exit status (or r.Close() for -d)
+//	status, err := r.Wait()            // the root's exit status (or r.Close() for -d)
 //
-// Restore runs them back to back. After any failure the partial task is
-// killed (by PID, reaped) and the error names the step and the object.
+// Restore runs them back to back (filling every task's pages). After any
+// failure every task made is killed (by PID, reaped) and the error names
+// the task, the step and the object.
 //
 // The restorer reads the dump through the checkpoint model's CRIU codec
 // (internal/model/criuimg) and restores every kind of task state with its
@@ -22,8 +23,10 @@
 // cmd/godwit maps its flags onto them with internal/engineopts.
 //
 // How (choices that matter):
-//   - The task is a clone3(set_tid, CLONE_PARENT) of a puppet godwit
-//     starts, so godwit is its parent; threads are clone3(CLONE_THREAD,
+//   - The root is a clone3(set_tid, CLONE_PARENT) of a puppet godwit
+//     starts, so godwit is its parent; every other task a clone3(set_tid)
+//     injected into its parent's puppet, before any layout (tree_linux.go:
+//     sessions, groups, dead group leaders, zombies); threads are clone3(CLONE_THREAD,
 //     set_tid) injected into it. The puppet's code page and a scratch area
 //     live in a window outside every dumped VMA and are unmapped last,
 //     after injection moved to a syscall instruction of the restored vDSO.

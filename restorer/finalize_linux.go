@@ -205,6 +205,11 @@ func (r *taskRun) setThreadRegs(t *thread) error {
 	if err != nil {
 		return err
 	}
+	if tl := t.Tiles; tl != nil {
+		if err := xstate.PutTiles(x, tl.Cfg, tl.Data); err != nil {
+			return fmt.Errorf("amx tile state: %w", err)
+		}
+	}
 	if err := r.tr.SetFPU(t.Tid, x); err != nil {
 		return err
 	}

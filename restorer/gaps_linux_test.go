@@ -1,6 +1,8 @@
 package restorer
 
 import (
+	"bytes"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,6 +17,7 @@ import (
 	"godwit/internal/images"
 	"godwit/internal/model/criuimg"
 	"godwit/internal/testutil"
+	"godwit/internal/xstate"
 )
 
 var gapsBuild struct {
@@ -190,4 +193,146 @@ func inRestartSyscall(t *testing.T, imgs string) bool {
 		}
 	}
 	return false
+}
+
+// killedAfter sends SIGUSR1 to the restored task and checks that it dies
+// by signal sig with want in its log.
+func killedAfter(t *testing.T, r *Restorer, log string, sig unix.Signal, want string) {
+	t.Helper()
+	if err := unix.Kill(r.PID(), unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	code, err := r.Wait()
+	b, _ := os.ReadFile(log)
+	if err != nil || code != 128+int(sig) {
+		t.Fatalf("restored %d: exit %d, %v, want killed by %v; log:\n%s", r.PID(), code, err, sig, b)
+	}
+	if !strings.Contains(string(b), want) || strings.Contains(string(b), "BAD") {
+		t.Fatalf("log, want %q:\n%s", want, b)
+	}
+}
+
+// TestRestoreSeccomp: filters shared by every thread (TSYNC) and one of
+// a thread's own come back; the shared ones are still one object (a
+// later TSYNC succeeds) and a forbidden call still kills the process.
+func TestRestoreSeccomp(t *testing.T) {
+	w, log, dir := gapWorkload(t, "seccomp")
+	imgs := filepath.Join(dir, "img")
+	dump(t, w.Pid, imgs, nil)
+	w.Reaped(t)
+	r := restore(t, imgs, nil)
+	st := fmt.Sprintf("/proc/%d/status", r.PID())
+	if b, err := os.ReadFile(st); err != nil || !strings.Contains(string(b), "Seccomp:\t2") {
+		t.Fatalf("restored %s (%v):\n%s", st, err, b)
+	}
+	killedAfter(t, r, log, unix.SIGSYS, "done seccomp")
+}
+
+// TestRestoreSeccompStrict: a thread in strict mode stays in it: its
+// first call outside read/write/exit ends it (else it exits the process
+// with 3).
+func TestRestoreSeccompStrict(t *testing.T) {
+	w, log, dir := gapWorkload(t, "strict")
+	imgs := filepath.Join(dir, "img")
+	dump(t, w.Pid, imgs, nil)
+	w.Reaped(t)
+	r := restore(t, imgs, nil)
+	if got := finish(t, r, log); got != "done strict" {
+		t.Fatalf("last line %q", got)
+	}
+	if b, _ := os.ReadFile(log); !strings.Contains(string(b), "strict read") {
+		t.Fatalf("the strict thread read nothing:\n%s", b)
+	}
+}
+
+// TestRestoreAMX: the godwit image's AMX state (here written into a
+// real dump, tile data in use in the leader) is restored on a CPU with
+// AMX, and refused by name, leaving no task behind, on one without.
+func TestRestoreAMX(t *testing.T) {
+	w, _, dir := gapWorkload(t, "membarrier")
+	imgs := filepath.Join(dir, "img")
+	dump(t, w.Pid, imgs, nil)
+	w.Reaped(t)
+	name := filepath.Join(imgs, criuimg.GodwitTaskImg(w.Pid))
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tiles := fmt.Sprintf(`,"xcomp_perm":%d,"threads":[{"tid":%d,"tilecfg":%q,"tiledata":%q}]}`,
+		1<<18|1<<17|3, w.Pid, base64.StdEncoding.EncodeToString(make([]byte, 64)), base64.StdEncoding.EncodeToString(make([]byte, 8192)))
+	b = append(bytes.TrimSuffix(bytes.TrimSpace(b), []byte("}")), tiles...)
+	if err := os.WriteFile(name, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := Options{}
+	o.ImagesDir = imgs
+	r, err := Restore(o, nil)
+	if xstate.HaveAMX() {
+		if err != nil {
+			t.Fatalf("restore on a CPU with AMX: %v", err)
+		}
+		unix.Kill(r.PID(), unix.SIGKILL)
+		r.Wait()
+		return
+	}
+	if err == nil {
+		unix.Kill(r.PID(), unix.SIGKILL)
+		r.Wait()
+		t.Fatal("tile state restored on a CPU without AMX")
+	}
+	if !strings.Contains(err.Error(), "ARCH_REQ_XCOMP_PERM") {
+		t.Fatalf("restore: %v, want the AMX permission named", err)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", w.Pid)); err == nil {
+		t.Fatalf("pid %d left behind by the failed restore", w.Pid)
+	}
+}
+
+// TestRestoreHugetlb: private anonymous hugetlb memory comes back in huge
+// pages of the same size, with its contents, while huge pages can be had;
+// without them the restore fails naming them. The test lets the kernel
+// make two surplus 2 MiB pages (vm.nr_overcommit_hugepages) and puts the
+// setting back.
+func TestRestoreHugetlb(t *testing.T) {
+	const knob = "/proc/sys/vm/nr_overcommit_hugepages"
+	b, err := os.ReadFile(knob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := strings.TrimSpace(string(b))
+	var n int
+	fmt.Sscan(old, &n)
+	setKnob := func(v int) {
+		if err := os.WriteFile(knob, []byte(fmt.Sprint(v)), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setKnob(n + 2)
+	t.Cleanup(func() { os.WriteFile(knob, []byte(old), 0) })
+	w, log, dir := gapWorkload(t, "hugetlb")
+	imgs := filepath.Join(dir, "img")
+	dump(t, w.Pid, imgs, nil)
+	w.Reaped(t)
+	r := restore(t, imgs, nil)
+	if got := finish(t, r, log); got != "done hugetlb" {
+		t.Fatalf("last line %q", got)
+	}
+	// No huge page to be had: refused by name, nothing left behind.
+	nr, _ := os.ReadFile("/proc/sys/vm/nr_hugepages")
+	if n != 0 || strings.TrimSpace(string(nr)) != "0" {
+		return // huge pages reserved on this host: the refusal cannot be provoked
+	}
+	setKnob(0)
+	o := Options{}
+	o.ImagesDir = imgs
+	if r, err := Restore(o, nil); err == nil {
+		unix.Kill(r.PID(), unix.SIGKILL)
+		r.Wait()
+		t.Fatal("restored without huge pages")
+	} else if !strings.Contains(err.Error(), "huge pages") {
+		t.Fatalf("restore without huge pages: %v", err)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", w.Pid)); err == nil {
+		t.Fatalf("pid %d left behind by the failed restore", w.Pid)
+	}
 }

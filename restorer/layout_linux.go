@@ -3,6 +3,7 @@ package restorer
 import (
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 	"os"
 	"sort"
 	"strconv"
@@ -169,7 +170,11 @@ func (r *taskRun) layout(s *session) error {
 	if err := r.moveVdso(s, special); err != nil {
 		return err
 	}
-	return r.mapVMAs(s)
+	if err := r.mapVMAs(s); err != nil {
+		return err
+	}
+	r.log.Infof("restore %d: %d VMAs laid out", pid, len(r.img.mm.VMAs))
+	return nil
 }
 
 // moveVdso moves the puppet's [vvar], [vvar_vclock] and [vdso] together to
@@ -210,24 +215,31 @@ func (r *taskRun) moveVdso(s *session, special []procfs.Mapping) error {
 	}
 	delta := dvdso.Start - pv.Start // modular arithmetic: may "wrap"
 	lo, hi := special[0].Start, special[0].End
-	want := map[[2]uint64]bool{}
+	// The vvar areas must cover exactly what the images' do, though
+	// CRIU (and godwit's images since) record [vvar] and [vvar_vclock]
+	// as one area: each lands inside one, and the sizes add up.
+	var dumped, here uint64
 	for _, v := range dvvar {
-		want[[2]uint64{v.Start, v.End}] = true
+		dumped += v.End - v.Start
 	}
 	for _, m := range special {
 		lo, hi = min(lo, m.Start), max(hi, m.End)
 		if m.Path == "[vdso]" {
 			continue
 		}
-		k := [2]uint64{m.Start + delta, m.End + delta}
-		if !want[k] {
-			return fmt.Errorf("vdso at %#x: %s would land at %#x-%#x, where the images have no vvar area (another kernel?)",
-				dvdso.Start, m.Path, k[0], k[1])
+		s, e := m.Start+delta, m.End+delta
+		inside := false
+		for _, v := range dvvar {
+			inside = inside || v.Start <= s && e <= v.End
 		}
-		delete(want, k)
+		if !inside {
+			return fmt.Errorf("vdso at %#x: %s would land at %#x-%#x, where the images have no vvar area (another kernel?)",
+				dvdso.Start, m.Path, s, e)
+		}
+		here += m.End - m.Start
 	}
-	for k := range want {
-		return fmt.Errorf("vvar %#x-%#x of the images has no counterpart on this kernel", k[0], k[1])
+	if here != dumped {
+		return fmt.Errorf("vvar areas of the images span %d bytes, %d on this kernel (another kernel?)", dumped, here)
 	}
 	if delta == 0 {
 		return nil
@@ -348,6 +360,11 @@ func (r *taskRun) mapVMAs(s *session) error {
 				fd, off = f, v.Pgoff
 				flags &^= unix.MAP_ANONYMOUS
 			}
+		case v.HugePage != 0:
+			// Private anonymous hugetlb, in pages of the dumped size
+			// (MAP_HUGE_SHIFT: log2 of the size).
+			flags = flags&^unix.MAP_SHARED | unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_HUGETLB |
+				uint64(bits.TrailingZeros64(v.HugePage))<<unix.MAP_HUGE_SHIFT
 		case v.Droppable:
 			// MAP_DROPPABLE is a map type of its own (6.11+).
 			flags = flags&^(unix.MAP_SHARED|unix.MAP_PRIVATE) | unix.MAP_DROPPABLE | unix.MAP_ANONYMOUS
@@ -367,6 +384,9 @@ func (r *taskRun) mapVMAs(s *session) error {
 		}
 		ret, err := s.Call(what, unix.SYS_MMAP, start, size, uint64(mapProt), flags, fd, off)
 		if err != nil {
+			if en, ok := errnoOf(err); ok && en == unix.ENOMEM && v.HugePage != 0 {
+				return fmt.Errorf("%s: no %d kB huge pages free here (vm.nr_hugepages, vm.nr_overcommit_hugepages): %w", what, v.HugePage>>10, err)
+			}
 			return err
 		}
 		if ret != start {

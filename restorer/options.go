@@ -37,6 +37,10 @@ type Options struct {
 	// InheritFD gives files of the tree godwit's own descriptors
 	// (--inherit-fd), by resource (drivers.InheritKey).
 	InheritFD map[string]int
+	// LazyPages leaves the pages of lazy VMAs (lazyVMA) out and hands
+	// them, registered with a userfaultfd, to the lazy-pages daemon
+	// listening on LazySocketName in WorkDir (or ImagesDir).
+	LazyPages bool
 }
 
 // FileValidation modes (criu(8)'s --file-validation).

@@ -16,7 +16,6 @@ import (
 	"godwit/internal/images"
 	"godwit/internal/logging"
 	"godwit/internal/model"
-	"godwit/internal/pagexfer"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 	"godwit/internal/puppet"
@@ -67,7 +66,9 @@ type Restorer struct {
 
 	tr    *ptrace.Tracer
 	tasks []*taskRun // the tree, parents before children
-	root  *taskRun
+	// helpers stand in for dead group leaders while the tree is made.
+	helpers []groupHelper
+	root    *taskRun
 	// opened records where each open file description was first made
 	// (shared with the drivers): other tasks take it from there.
 	opened map[model.ID]drivers.OpenedAt
@@ -91,8 +92,9 @@ type shmMapping struct {
 type taskRun struct {
 	*Restorer
 	img     *taskImages
-	task    *puppet.Puppet // the task with the original PID, traced
-	threads []int          // TIDs made so far, leader first
+	log     *logging.Logger // the task's lines (--log-pid: FILE.PID)
+	task    *puppet.Puppet  // the task with the original PID, traced
+	threads []int           // TIDs made so far, leader first
 
 	win     window // injection page, scratch and vdso bounce area
 	stubOff uint64 // the puppet's syscall instruction offset from win.base
@@ -138,7 +140,7 @@ func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
 		}
 	}
 	for _, ti := range img.tasks {
-		t := &taskRun{Restorer: r, img: ti}
+		t := &taskRun{Restorer: r, img: ti, log: logging.Default().Task(ti.pid)}
 		r.tasks = append(r.tasks, t)
 	}
 	r.root = r.tasks[0]
@@ -179,6 +181,7 @@ func RestoreContext(ctx context.Context, o Options, scripts *actions.Scripts) (*
 		r.Layout,
 		func() error { return r.fillAll(ctx) },
 		func() error { return r.interrupted(ctx) },
+		r.lazyHandoff,
 		r.Finalize,
 		func() error { return r.interrupted(ctx) },
 		r.Resume,
@@ -233,7 +236,11 @@ func (r *Restorer) fillAll(ctx context.Context) error {
 			continue
 		}
 		if t.img.pages != nil {
-			if err := t.fillPages(interruptibleSource(ctx, pagexfer.NewImageSource(t.img.pages))); err != nil {
+			src, err := t.privatePages()
+			if err == nil {
+				err = t.fillPages(interruptibleSource(ctx, src))
+			}
+			if err != nil {
 				return r.fail(fmt.Sprintf("task %d: fill pages", t.img.pid), err)
 			}
 		}
@@ -326,6 +333,14 @@ func (r *Restorer) fail(step string, err error) error {
 // inherits and reaps them).
 func (r *Restorer) kill() {
 	var made []int
+	for _, h := range r.helpers {
+		if r.tr != nil {
+			_ = h.p.Kill()
+		}
+		_ = unix.Kill(h.p.Pid, unix.SIGKILL)
+		made = append(made, h.p.Pid)
+	}
+	r.helpers = nil
 	for i := len(r.tasks) - 1; i >= 0; i-- {
 		t := r.tasks[i]
 		if t.task == nil {
@@ -342,21 +357,23 @@ func (r *Restorer) kill() {
 	if len(made) == 0 {
 		return
 	}
+	// Our children (the root, helpers) are reaped here; the others by
+	// their parent's death (init inherits them).
 	deadline := time.Now().Add(5 * time.Second)
-	root := r.img.pid
 	for _, pid := range made {
 		for time.Now().Before(deadline) {
-			if pid == root && !r.o.RestoreSibling {
-				var ws unix.WaitStatus
-				wpid, err := unix.Wait4(pid, &ws, unix.WALL|unix.WNOHANG, nil)
-				if err == unix.EINTR {
-					continue
-				}
-				if err != nil || (wpid == pid && (ws.Exited() || ws.Signaled())) {
+			var ws unix.WaitStatus
+			wpid, err := unix.Wait4(pid, &ws, unix.WALL|unix.WNOHANG, nil)
+			if err == unix.EINTR {
+				continue
+			}
+			if wpid == pid {
+				break
+			}
+			if err != nil {
+				if _, serr := os.Stat("/proc/" + strconv.Itoa(pid)); serr != nil {
 					break
 				}
-			} else if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err != nil {
-				break
 			}
 			time.Sleep(5 * time.Millisecond)
 		}

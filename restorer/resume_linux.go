@@ -68,6 +68,14 @@ func (r *Restorer) Resume() error {
 	return nil
 }
 
+// InjectedCalls counts the syscalls injected so far (0 before Layout).
+func (r *Restorer) InjectedCalls() int {
+	if r.tr == nil {
+		return 0
+	}
+	return r.tr.InjectedCalls()
+}
+
 // Stats returns the page count and elapsed time so far.
 func (r *Restorer) Stats() (pagesRestored uint64, elapsed time.Duration) {
 	for _, t := range r.tasks {

@@ -171,6 +171,15 @@ func (ti *taskImages) readPages(d *images.Dir) error {
 	}
 	ti.pages = pr
 	vmas := ti.mm.VMAs
+	for _, v := range vmas {
+		if v.Status&images.VmaAreaVdso != 0 {
+			// CRIU's dump and godwit's record the vDSO's pages; the
+			// restored task keeps this kernel's vDSO (moveVdso).
+			if err := pr.Skip(v.Start, v.End); err != nil {
+				return err
+			}
+		}
+	}
 	for p := range pr.Ranges() {
 		if p.Flags&images.PageInParent != 0 {
 			return fmt.Errorf("%s: pages at %#x are in a parent image: incremental restore is not supported yet", name, p.Vaddr)

@@ -193,6 +193,17 @@ func (r *Restorer) setGroups() error {
 		}
 		return pg, sid
 	}
+	for _, t := range r.tasks {
+		k := t.img.task
+		_, pgMapped := pgMap[k.Pgid]
+		_, sidMapped := sidMap[k.Sid]
+		if k.Sid == 0 && !sidMapped || k.Pgid == 0 && !pgMapped {
+			return fmt.Errorf("task %d: session %d / process group %d are outside the dump's pid namespace: restore with --shell-job into godwit's", k.Pid, k.Sid, k.Pgid)
+		}
+	}
+	if err := r.groupHelpers(want); err != nil {
+		return err
+	}
 	for pass := 0; pass < 2; pass++ {
 		for _, t := range r.tasks {
 			k := t.img.task
@@ -231,6 +242,99 @@ func (r *Restorer) setGroups() error {
 		}
 		if gotPg != pg {
 			return fmt.Errorf("task %d: in process group %d, want %d", k.Pid, gotPg, pg)
+		}
+	}
+	return r.removeHelpers()
+}
+
+// groupHelper is a task made only to lead a process group whose leader
+// is dead (it had exited and been reaped before the dump), as CRIU does:
+// it makes the group with the leader's pid, the members join, and it goes.
+type groupHelper struct {
+	p      *puppet.Puppet
+	parent *taskRun // nil: godwit
+}
+
+// groupHelpers makes a helper for every group whose leader is not in the
+// tree (nor godwit's group, with --shell-job), forked in the group's
+// session: by the session's leader in the tree, or, for godwit's session,
+// by the root as godwit's child.
+func (r *Restorer) groupHelpers(want func(*model.Task) (int, int)) error {
+	byPid := map[int]*taskRun{}
+	for _, t := range r.tasks {
+		byPid[t.img.pid] = t
+	}
+	ownSid, err := unix.Getsid(0)
+	if err != nil {
+		return fmt.Errorf("getsid: %w", err)
+	}
+	ownPg := unix.Getpgrp()
+	need := map[int]int{} // pgid → sid
+	var order []int
+	for _, t := range r.tasks {
+		pg, sid := want(t.img.task)
+		if byPid[pg] != nil || r.o.ShellJob && pg == ownPg {
+			continue
+		}
+		if _, ok := need[pg]; !ok {
+			order = append(order, pg)
+			need[pg] = sid
+		}
+	}
+	for _, pg := range order {
+		sid := need[pg]
+		from, flags := byPid[sid], uint64(0)
+		var parent *taskRun
+		switch {
+		case from != nil && from.task != nil:
+			parent = from
+		case sid == ownSid && sid != 0 && r.root.img.task.Sid != r.root.img.pid || r.o.ShellJob && sid == ownSid:
+			from, flags = r.root, unix.CLONE_PARENT
+		default:
+			return fmt.Errorf("process group %d cannot be recreated: its leader is not in the dump and no task of session %d can stand in for it", pg, sid)
+		}
+		if err := waitPidFree(pg, zombieWait); err != nil {
+			return fmt.Errorf("process group %d, whose leader is dead: %w", pg, err)
+		}
+		h, err := from.task.CloneWith(pg, flags)
+		if h != nil {
+			r.helpers = append(r.helpers, groupHelper{p: h, parent: parent})
+		}
+		if err != nil {
+			return fmt.Errorf("helper for process group %d: %w", pg, err)
+		}
+		if _, err := r.tr.InjectSyscall(pg, unix.SYS_SETPGID, 0, 0); err != nil {
+			return fmt.Errorf("helper for process group %d: setpgid: %w", pg, err)
+		}
+	}
+	return nil
+}
+
+// removeHelpers kills the group helpers, now that their groups have
+// members, and has their parents reap them (the SIGCHLD taken back).
+func (r *Restorer) removeHelpers() error {
+	for len(r.helpers) > 0 {
+		h := r.helpers[0]
+		r.helpers = r.helpers[1:]
+		pid := h.p.Pid
+		if err := h.p.Kill(); err != nil {
+			return fmt.Errorf("helper %d: %w", pid, err)
+		}
+		if h.parent == nil {
+			for i := 0; i < 1000; i++ {
+				var ws unix.WaitStatus
+				_, err := unix.Wait4(pid, &ws, unix.WALL, nil)
+				if err != unix.EINTR {
+					break
+				}
+			}
+			continue
+		}
+		if _, err := r.tr.InjectSyscall(h.parent.img.pid, unix.SYS_WAIT4, uint64(pid), 0, unix.WALL, 0); err != nil {
+			return fmt.Errorf("helper %d: reap in %d: %w", pid, h.parent.img.pid, err)
+		}
+		if err := r.takeSigchld(h.parent); err != nil {
+			return fmt.Errorf("task %d: %w", h.parent.img.pid, err)
 		}
 	}
 	return nil

@@ -35,6 +35,8 @@ type Config struct {
 	// waits for a slot: a client over the bound is told so and dropped
 	// (0: DefaultMaxClients).
 	MaxClients int
+	// Hooks connect requests to the command line's code (see Hooks).
+	Hooks Hooks
 }
 
 // Server serves CRIU RPC on a unix SOCK_SEQPACKET socket.
@@ -173,7 +175,7 @@ func (s *Server) Serve() error {
 }
 
 func (s *Server) serveConn(uc *net.UnixConn) {
-	c, err := newConn(uc, Policy{Group: s.cfg.Group}, s.cfg.IdleTimeout)
+	c, err := newConn(uc, Policy{Group: s.cfg.Group}, s.cfg.IdleTimeout, s.cfg.Hooks)
 	if err != nil {
 		logging.Errorf("rpc: %v", err)
 		refuse(uc, err)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -104,6 +106,77 @@ func (p *peer) mayUseDir(fd int) error {
 	}
 	if st.Uid != p.cred.Uid {
 		return errors.New("images directory: not owned by the client's uid")
+	}
+	return nil
+}
+
+// mayDump checks that a client admitted by the group may dump pid, by the
+// kernel's ptrace rule for a caller without capabilities: the target's
+// real, effective and saved uids and gids are the client's, it holds no
+// capabilities, and it is dumpable (its /proc/PID is then owned by its
+// uid, else by root). The target is held by a pidfd while its status is
+// read, and the pidfd is checked after, so the answer is about that
+// process. (The dumper opens its own pidfd by pid just after: a pid reused
+// in between, microseconds, would need the target to exit and its pid to
+// come round again.)
+func (p *peer) mayDump(pid int) error {
+	if !p.delegated {
+		return nil
+	}
+	if pid <= 0 {
+		return fmt.Errorf("dump: bad pid %d", pid)
+	}
+	pfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return fmt.Errorf("dump %d: %w", pid, err)
+	}
+	defer unix.Close(pfd)
+	proc := "/proc/" + strconv.Itoa(pid)
+	status, err := os.ReadFile(proc + "/status")
+	if err != nil {
+		return fmt.Errorf("dump %d: %w", pid, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(proc, &st); err != nil {
+		return fmt.Errorf("dump %d: %w", pid, err)
+	}
+	if err := unix.PidfdSendSignal(pfd, 0, nil, 0); err != nil {
+		return fmt.Errorf("dump %d: %w", pid, err)
+	}
+	deny := func(why string) error {
+		return fmt.Errorf("dump %d: uid %d may not dump it: %s", pid, p.cred.Uid, why)
+	}
+	if st.Uid != p.cred.Uid {
+		return deny("not dumpable by it")
+	}
+	fields := map[string]string{}
+	for _, ln := range strings.Split(string(status), "\n") {
+		if k, v, ok := strings.Cut(ln, ":"); ok {
+			fields[k] = strings.TrimSpace(v)
+		}
+	}
+	for _, c := range []struct {
+		key  string
+		want uint32
+	}{{"Uid", p.cred.Uid}, {"Gid", p.cred.Gid}} {
+		ids := strings.Fields(fields[c.key])
+		if len(ids) != 4 {
+			return fmt.Errorf("dump %d: bad %s line in status", pid, c.key)
+		}
+		for _, id := range ids[:3] { // real, effective, saved
+			if id != strconv.FormatUint(uint64(c.want), 10) {
+				return deny(c.key + "s " + fields[c.key] + " are not all its own")
+			}
+		}
+	}
+	for _, k := range []string{"CapPrm", "CapEff", "CapAmb"} {
+		v, err := strconv.ParseUint(fields[k], 16, 64)
+		if err != nil {
+			return fmt.Errorf("dump %d: bad %s line in status", pid, k)
+		}
+		if v != 0 {
+			return deny("it holds capabilities (" + k + " " + fields[k] + ")")
+		}
 	}
 	return nil
 }

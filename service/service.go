@@ -51,12 +51,16 @@ type Conn struct {
 	// passed is the descriptor that came with the request being handled
 	// (SCM_RIGHTS), -1 if none.
 	passed int
+	hooks  Hooks
+	// children are the processes this connection's requests made that
+	// WAIT_PID may wait for: restored tasks, PAGE_SERVER_CHLD servers.
+	children map[int]bool
 }
 
 // NewConn wraps a connected SOCK_SEQPACKET socket, as `swrk FD` inherits
 // it. The peer must pass the same check as a service client (see Policy);
-// f stays the caller's.
-func NewConn(f *os.File) (*Conn, error) {
+// f stays the caller's. h connects requests to the command line's code.
+func NewConn(f *os.File, h Hooks) (*Conn, error) {
 	nc, err := net.FileConn(f)
 	if err != nil {
 		return nil, fmt.Errorf("rpc socket: %w", err)
@@ -66,7 +70,7 @@ func NewConn(f *os.File) (*Conn, error) {
 		nc.Close()
 		return nil, errors.New("rpc socket: not a unix socket")
 	}
-	c, err := newConn(uc, Policy{Group: -1}, 0)
+	c, err := newConn(uc, Policy{Group: -1}, 0, h)
 	if err != nil {
 		uc.Close()
 		return nil, err
@@ -76,12 +80,12 @@ func NewConn(f *os.File) (*Conn, error) {
 
 // newConn checks the peer of uc against p and wraps it. idle bounds the
 // wait for each request.
-func newConn(uc *net.UnixConn, p Policy, idle time.Duration) (*Conn, error) {
+func newConn(uc *net.UnixConn, p Policy, idle time.Duration, h Hooks) (*Conn, error) {
 	raw, err := uc.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("rpc socket: %w", err)
 	}
-	c := &Conn{uc: uc, raw: raw, pidfd: -1, passed: -1, idle: idle}
+	c := &Conn{uc: uc, raw: raw, pidfd: -1, passed: -1, idle: idle, hooks: h, children: map[int]bool{}}
 	var typ int
 	var serr error
 	err = raw.Control(func(fd uintptr) {
@@ -334,6 +338,20 @@ func (c *Conn) handle(req *rpc.CriuReq) *rpc.CriuResp {
 		}
 	case rpc.CriuReqType_FEATURE_CHECK:
 		resp.Features = featureCheck(req.GetFeatures())
+	case rpc.CriuReqType_DUMP, rpc.CriuReqType_PRE_DUMP, rpc.CriuReqType_SINGLE_PRE_DUMP, rpc.CriuReqType_RESTORE,
+		rpc.CriuReqType_PAGE_SERVER, rpc.CriuReqType_PAGE_SERVER_CHLD:
+		r, err := c.runEngine(t, req)
+		if err != nil {
+			return fail(err)
+		}
+		r.Type = t.Enum()
+		return r
+	case rpc.CriuReqType_WAIT_PID:
+		r, err := c.waitPid(req.GetPid())
+		if err != nil {
+			return fail(err)
+		}
+		return r
 	case rpc.CriuReqType_CPUINFO_DUMP, rpc.CriuReqType_CPUINFO_CHECK:
 		d, err := c.imagesDir(req.GetOpts(), t == rpc.CriuReqType_CPUINFO_DUMP)
 		if err != nil {

@@ -429,3 +429,67 @@ func TestTooManyFDs(t *testing.T) {
 		t.Errorf("two descriptors: %v", resp)
 	}
 }
+
+// A --service-group client may dump only a process it could ptrace itself
+// (its uids and gids, no capabilities, dumpable), and may not restore (a
+// restore opens files and sets credentials as root).
+func TestGroupClientActsOnProcesses(t *testing.T) {
+	needRoot(t)
+	s := serve(t, Config{Group: 65534, Hooks: Hooks{Unsupported: func(string, string) bool { return false }}})
+	openDirs(t, filepath.Dir(s.Addr()))
+	own := filepath.Join(t.TempDir(), "own")
+	if err := os.Mkdir(own, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(own, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	openDirs(t, filepath.Dir(own))
+	sleeper := func(cred *syscall.Credential) *exec.Cmd {
+		cmd := exec.Command("/bin/sleep", "600")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setsid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		return cmd
+	}
+	tracer := func(pid int) string {
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+		for _, ln := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(ln, "TracerPid:"); ok {
+				return strings.TrimSpace(v)
+			}
+		}
+		return "gone"
+	}
+	dump := func(pid int) *rpc.CriuReq {
+		return &rpc.CriuReq{Type: rpc.CriuReqType_DUMP.Enum(), Opts: &rpc.CriuOpts{ImagesDirFd: ptr(int32(0)), Pid: ptr(int32(pid)), LeaveRunning: ptr(true)}}
+	}
+	root := sleeper(nil)
+	resp, _ := runClient(t, nobody, s.Addr(), dump(root.Process.Pid), own)
+	if resp.GetSuccess() || !strings.Contains(resp.GetCrErrmsg(), "uid 65534 may not dump it") {
+		t.Errorf("group member dumping root's process: %v", resp)
+	}
+	if tr := tracer(root.Process.Pid); tr != "0" {
+		t.Errorf("root's process after the refusal: tracer %s", tr)
+	}
+	if _, err := os.Stat(filepath.Join(own, "inventory.img")); err == nil {
+		t.Error("images written for a refused dump")
+	}
+	mine := sleeper(nobody)
+	resp, _ = runClient(t, nobody, s.Addr(), dump(mine.Process.Pid), own)
+	if !resp.GetSuccess() {
+		t.Fatalf("group member dumping its own process: %v", resp)
+	}
+	if _, err := os.Stat(filepath.Join(own, "inventory.img")); err != nil {
+		t.Errorf("dump of its own process: %v", err)
+	}
+	if tr := tracer(mine.Process.Pid); tr != "0" {
+		t.Errorf("its process after dump -R: tracer %s", tr)
+	}
+	restore := &rpc.CriuReq{Type: rpc.CriuReqType_RESTORE.Enum(), Opts: &rpc.CriuOpts{ImagesDirFd: ptr(int32(0))}}
+	if resp, _ := runClient(t, nobody, s.Addr(), restore, own); resp.GetSuccess() || !strings.Contains(resp.GetCrErrmsg(), "not allowed to clients admitted by --service-group") {
+		t.Errorf("group member restoring: %v", resp)
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"godwit/internal/daemon"
+	"godwit/internal/engineopts"
+	"godwit/lazypages"
 	"godwit/service"
 )
 
@@ -33,7 +36,7 @@ func preDumpCmd(a *app) *cobra.Command {
 		Use:   "pre-dump -t PID [-D DIR]",
 		Short: "Save the memory changes since the previous pre-dump, leaving the tree running",
 		Args:  noArgs,
-		RunE:  func(*cobra.Command, []string) error { return errNotYet("pre-dump") },
+		RunE:  func(*cobra.Command, []string) error { return preDump(context.Background(), a.o, a.scripts) },
 	}
 	treeFlags(c.Flags(), a.o)
 	return c
@@ -43,8 +46,30 @@ func lazyPagesCmd(a *app) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "lazy-pages [--page-server --address A --port P] [-D DIR]",
 		Short: "Serve the memory of lazily restored processes on demand",
-		Args:  noArgs,
-		RunE:  func(*cobra.Command, []string) error { return errNotYet("lazy-pages") },
+		Long: `Serve the memory of the processes of the dump in -D that restore --lazy-pages
+restores: it listens on lazy-pages.socket in the work directory (-W, default -D) for their
+userfaultfds, answers their page faults first and pushes the rest in the background, from
+the pages images in -D or, with --page-server, from a page server (page-server --lazy-pages
+or dump --lazy-pages on the dumping host; --tls or --transport quic). It exits once every
+page is in, telling the page server it may go. Post-copy cannot survive losing its source:
+if the page server goes away or this daemon is killed, the restored processes are killed.`,
+		Args: noArgs,
+		RunE: func(*cobra.Command, []string) error {
+			o, err := engineopts.LazyPages(a.o, a.log)
+			if err != nil {
+				return err
+			}
+			ctx, stop := interruptContext()
+			defer stop()
+			st, err := lazypages.Run(ctx, o)
+			if err != nil {
+				return err
+			}
+			if a.o.DisplayStats {
+				fmt.Fprint(a.stdout, st.Format())
+			}
+			return nil
+		},
 	}
 	pageServerClientFlags(c.Flags(), a.o)
 	return c
@@ -82,7 +107,7 @@ and the service refuses to start. Idle clients are dropped after a minute.`,
 			if addr == "" {
 				addr = a.o.WorkPath("criu_service.socket") // CRIU's default name
 			}
-			s, err := service.Listen(service.Config{Path: addr, Group: gid})
+			s, err := service.Listen(service.Config{Path: addr, Group: gid, Hooks: rpcHooks()})
 			if err != nil {
 				return err
 			}
@@ -132,7 +157,7 @@ func swrkCmd(a *app) *cobra.Command {
 			fd, _ := strconv.Atoi(args[0])
 			f := os.NewFile(uintptr(fd), "swrk")
 			defer f.Close()
-			c, err := service.NewConn(f)
+			c, err := service.NewConn(f, rpcHooks())
 			if err != nil {
 				return fmt.Errorf("swrk: %w", err)
 			}

@@ -47,7 +47,10 @@ func dumpCmd(a *app) *cobra.Command {
 		Short: "Checkpoint a process into image files",
 		Long: `Checkpoint process PID (with all its threads) into image files in -D, then kill it
 (default), leave it running (-R) or leave it stopped (-s). On any error the process
-resumes as it was.`,
+resumes as it was. With --lazy-pages --address A --port P (and --tls or --transport quic)
+the pages of lazy memory stay out of the images (kept aside in memory) and are served on A:P
+until the lazy-pages daemon of the restore has them all (post-copy cannot survive losing its
+source: keep this running until then).`,
 		Args: noArgs,
 		RunE: func(*cobra.Command, []string) error {
 			o, err := engineopts.Dump(a.o)
@@ -56,7 +59,14 @@ resumes as it was.`,
 			}
 			ctx, stop := interruptContext()
 			defer stop()
-			res, err := dumper.DumpContext(ctx, o, a.scripts)
+			var res *dumper.Result
+			if a.o.LazyPages {
+				ls := engineopts.DumpLazy(a.o, a.log)
+				ls.Listening = func(addr string) { fmt.Fprintf(a.stdout, "Serving lazy pages on %s\n", addr) }
+				res, err = dumper.DumpLazyContext(ctx, o, a.scripts, ls)
+			} else {
+				res, err = dumper.DumpContext(ctx, o, a.scripts)
+			}
 			if err != nil {
 				return err
 			}

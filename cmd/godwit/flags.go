@@ -157,6 +157,7 @@ func pageServerFlags(fs *pflag.FlagSet, o *opts.Options) {
 	fs.StringArrayVar(&o.TLSAllowedClients, "tls-allowed-client", nil, "admit only clients whose certificate names `identity` (CN or DNS name; repeatable)")
 	fs.Var(sizeValue{&o.MaxBytes}, "max-bytes", "stop accepting pages once all sessions wrote `size` bytes of pages and pagemap entries (K/M/G suffixes; 0: no bound)")
 	fs.IntVar(&o.MaxFiles, "max-files", 0, "create at most `n` image files (0: 16384)")
+	fs.BoolVar(&o.SingleSession, "single-session", false, "exit after the first session (CRIU's page server does; the RPC's page servers do)")
 }
 
 // transportFlags choose how page-server traffic travels: CRIU's TLS options,

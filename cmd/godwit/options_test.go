@@ -208,7 +208,6 @@ func TestErrorsAreOneLineWithHint(t *testing.T) {
 
 func TestNotYetSupportedFailsLoudly(t *testing.T) {
 	for _, args := range [][]string{
-		{"restore", "--lazy-pages"},
 		{"dump", "-t", "1", "--tcp-established"},
 		{"pre-dump", "-t", "1", "--track-mem"},
 		{"check", "-L", "/plugins"},

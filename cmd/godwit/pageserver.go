@@ -27,7 +27,7 @@ func pageServerCmd(a *app) *cobra.Command {
 		Short: "Receive pages from dump and pre-dump over the network (or serve them to lazy-pages)",
 		Long: `Receive pages from dump and pre-dump over the network, writing pagemap and pages
 images into -D as a local dump would; with --lazy-pages, serve a finished dump's pages to
-a remote lazy-pages daemon. CRIU's protocol over TCP by default, with TLS 1.3 and a
+a remote lazy-pages daemon, until it has them all. CRIU's protocol over TCP by default, with TLS 1.3 and a
 required client certificate under --tls (CRIU's option set; --tls-allowed-client NAME admits
 only the named clients); --transport quic carries the same framing over QUIC with the same
 mutual TLS. Without TLS the server listens on 127.0.0.1 unless --address is given;
@@ -95,10 +95,13 @@ func runPageServer(a *app) error {
 		ImagesDir:     o.ImagesDir,
 		PrevImagesDir: o.PrevImages,
 		Lazy:          o.LazyPages,
-		Log:           a.log,
-		Metrics:       metrics,
-		MaxBytes:      int64(min(o.MaxBytes, math.MaxInt64)),
-		MaxFiles:      o.MaxFiles,
+		// As CRIU's: done once the lazy-pages daemon has every page.
+		LazyExitOnClose: o.LazyPages,
+		Log:             a.log,
+		Metrics:         metrics,
+		MaxBytes:        int64(min(o.MaxBytes, math.MaxInt64)),
+		MaxFiles:        o.MaxFiles,
+		Once:            o.SingleSession,
 	})
 	if err != nil {
 		return err

@@ -14,6 +14,7 @@ import (
 	"godwit/internal/actions"
 	"godwit/internal/logging"
 	"godwit/internal/opts"
+	"godwit/lazypages"
 )
 
 // Version is godwit's release, set at link time (-X main.Version=...).
@@ -86,8 +87,9 @@ var notYet = map[string]bool{
 // doneIn lists, per command, the notYet options it already implements.
 var doneIn = map[string]map[string]bool{
 	"page-server": {"prev-images-dir": true, "lazy-pages": true},
-	"dump":        {"page-server": true, "freeze-cgroup": true, "ghost-limit": true, "file-locks": true},
-	"restore":     {"shell-job": true, "file-locks": true, "inherit-fd": true},
+	"dump":        {"page-server": true, "freeze-cgroup": true, "lazy-pages": true, "ghost-limit": true, "file-locks": true},
+	"restore":     {"shell-job": true, "lazy-pages": true, "file-locks": true, "inherit-fd": true},
+	"lazy-pages":  {"page-server": true},
 }
 
 func errNotYet(what string) error { return fmt.Errorf("%s is not supported yet", what) }
@@ -164,6 +166,15 @@ func (a *app) setup(cmd *cobra.Command) error {
 			return fmt.Errorf("--close %d: %w", fd, err)
 		}
 	}
+	// The log first, so that every later failure, refused options
+	// included, ends up in --log-file too.
+	l, closeLog, err := logging.Open(a.o)
+	if err != nil {
+		return err
+	}
+	a.log = l
+	a.closers = append(a.closers, closeLog)
+	logging.SetDefault(l)
 	var unsupported error
 	cmd.Flags().Visit(func(f *pflag.Flag) {
 		if unsupported == nil && notYet[f.Name] && !doneIn[commandName(cmd)][f.Name] {
@@ -176,13 +187,6 @@ func (a *app) setup(cmd *cobra.Command) error {
 	if err := a.o.Validate(commandName(cmd)); err != nil {
 		return &usageError{cmd, err}
 	}
-	l, closeLog, err := logging.Open(a.o)
-	if err != nil {
-		return err
-	}
-	a.log = l
-	a.closers = append(a.closers, closeLog)
-	logging.SetDefault(l)
 	a.scripts = &actions.Scripts{Commands: a.o.ActionScript, ImagesDir: a.o.ImagesDir}
 	return nil
 }
@@ -249,5 +253,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func main() {
+	lazypages.MaybeGuard() // the lazy-pages daemon's guard is this binary too
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }

@@ -167,9 +167,11 @@ func TestSwrkRequests(t *testing.T) {
 		t.Errorf("CPUINFO_CHECK: %s", resp.GetCrErrmsg())
 	}
 
+	// WAIT_PID of a process that is not swrk's child: waitpid's ECHILD,
+	// as CRIU answers.
 	resp = rpcCall(t, conn, &rpc.CriuReq{Type: rpc.CriuReqType_WAIT_PID.Enum(), Pid: ptr(uint32(1))})
-	if resp.GetSuccess() || !strings.Contains(resp.GetCrErrmsg(), "not supported yet") {
-		t.Errorf("WAIT_PID: want a clear refusal, got %v", resp)
+	if resp.GetSuccess() || resp.GetCrErrno() != int32(unix.ECHILD) || !strings.Contains(resp.GetCrErrmsg(), "wait 1") {
+		t.Errorf("WAIT_PID 1: want ECHILD, got %v", resp)
 	}
 }
 

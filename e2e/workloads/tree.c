@@ -59,6 +59,30 @@ static int cfn(void *arg) {
 	return 0;
 }
 
+// descendants counts pid's descendants (from /proc/PID/task/PID/children:
+// every task here is single-threaded) and returns its first child in *first.
+static int descendants(pid_t pid, pid_t *first) {
+	char path[64], buf[4096];
+	snprintf(path, sizeof path, "/proc/%d/task/%d/children", pid, pid);
+	int fd = open(path, O_RDONLY), n = 0;
+	if (fd < 0)
+		return 0;
+	ssize_t len = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (len <= 0)
+		return 0;
+	buf[len] = 0;
+	char *p = buf, *end;
+	for (long c; (c = strtol(p, &end, 10)) > 0; p = end) {
+		if (first && !n)
+			*first = c;
+		n += 1 + descendants(c, NULL);
+	}
+	return n;
+}
+
+static pid_t pgid_of(pid_t pid) { return getpgid(pid); }
+
 static void on_usr1(int s) {
 	(void)s;
 	finish = 1;
@@ -168,7 +192,24 @@ int main(int argc, char **argv) {
 			break;
 		nap(10);
 	}
-	nap(50); // the grandchildren settle in their groups
+	// The grandchildren stand, in their groups.
+	for (int i = 0; i < 1000; i++) {
+		pid_t b1 = 0, dummy;
+		if (descendants(getpid(), &dummy) == 11 && descendants(pb, &b1) == 2 && pgid_of(b1) == b1) {
+			char path[64], buf[64];
+			snprintf(path, sizeof path, "/proc/%d/task/%d/children", pb, pb);
+			int fd = open(path, O_RDONLY);
+			ssize_t len = read(fd, buf, sizeof buf - 1);
+			close(fd);
+			buf[len > 0 ? len : 0] = 0;
+			char *e;
+			strtol(buf, &e, 10);
+			pid_t b2 = strtol(e, NULL, 10);
+			if (b2 > 0 && pgid_of(b2) == b1)
+				break;
+		}
+		nap(10);
+	}
 	say("ready A=%d B=%d Z=%d K=%d S=%d W=%d C=%d\n", pa, pb, pz, pk, ps, pw, pc);
 	for (int n = 1; !finish; n++) {
 		say("tick %d\n", n);

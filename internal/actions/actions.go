@@ -24,6 +24,10 @@ const (
 type Scripts struct {
 	Commands  []string
 	ImagesDir string
+	// Notify, if set, is called for every action after the scripts (the
+	// RPC's notify_scripts: the client runs its callback and answers);
+	// its error fails the action as a script's does.
+	Notify func(action string, pid int) error
 }
 
 // Run calls every script for action, with CRTOOLS_SCRIPT_ACTION set as
@@ -46,6 +50,11 @@ func (s *Scripts) Run(action string, pid int) error {
 		}
 		if err := cmd.Run(); err != nil {
 			return fmt.Errorf("action script %q for %s: %w", script, action, err)
+		}
+	}
+	if s.Notify != nil {
+		if err := s.Notify(action, pid); err != nil {
+			return fmt.Errorf("%s notification: %w", action, err)
 		}
 	}
 	return nil

@@ -120,3 +120,13 @@ func detachStdio() error {
 	}
 	return nil
 }
+
+// Detached makes cmd, a godwit server started by another way than Start
+// (the RPC's PAGE_SERVER), let go of its standard streams once ready, as
+// a daemon Start made does.
+func Detached(cmd *exec.Cmd) {
+	if cmd.Env == nil {
+		cmd.Env = os.Environ()
+	}
+	cmd.Env = append(cmd.Env, envDaemon+"=1")
+}

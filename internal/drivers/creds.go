@@ -19,7 +19,7 @@ import (
 type credsDriver struct{}
 
 func (credsDriver) Name() string    { return "creds" }
-func (credsDriver) After() []string { return []string{"rlimits"} }
+func (credsDriver) After() []string { return []string{"rlimits", "seccomp"} }
 
 // CollectThread reads ids and capabilities from /proc and capget.
 func (credsDriver) CollectThread(d *Dump, ti *model.Thread) error {

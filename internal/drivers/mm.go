@@ -229,7 +229,21 @@ func classifyVMA(pid int, e *procfs.SmapsEntry, fileID FileIDFunc) (model.VMA, e
 		}
 		return v, nil
 	case slices.Contains(e.VmFlags, "ht"):
-		return v, errors.New("hugetlb mapping is not supported yet")
+		// Private anonymous hugetlb memory is private anonymous memory
+		// in huge pages: dumped as such, remapped with MAP_HUGETLB of
+		// the same page size. Shared (or file) hugetlb is an object
+		// of its own.
+		if e.Shared || e.Path != "/anon_hugepage" || !e.Deleted {
+			return v, errors.New("shared or file-backed hugetlb mapping is not supported yet")
+		}
+		ps := e.Fields["KernelPageSize"]
+		if ps < 2<<20 || ps&(ps-1) != 0 || e.Start%ps != 0 || e.End%ps != 0 {
+			return v, fmt.Errorf("hugetlb mapping with page size %d", ps)
+		}
+		v.Flags |= unix.MAP_ANONYMOUS
+		v.Status |= images.VmaAnonPrivate
+		v.HugePage = ps
+		return v, nil
 	case e.Path == "/[aio]" && e.Deleted:
 		return v, errors.New("io_setup AIO ring is not supported yet (godwit cannot remake an AIO context)")
 	case strings.HasPrefix(e.Path, "/SYSV"):

@@ -14,7 +14,8 @@ const (
 	scratchReaper  = 2232 // int
 	scratchTimer   = 2256 // struct itimerspec
 	scratchRlimit  = 2304 // struct rlimit64
-	scratchEnd     = 2320
+	scratchXcomp   = 2320 // u64 (ARCH_GET_XCOMP_PERM)
+	scratchEnd     = 2328
 )
 
 var le = binary.LittleEndian

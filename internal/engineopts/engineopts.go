@@ -11,7 +11,9 @@ import (
 
 	"godwit/dumper"
 	"godwit/internal/drivers"
+	"godwit/internal/logging"
 	"godwit/internal/opts"
+	"godwit/lazypages"
 	"godwit/pageserver"
 	"godwit/restorer"
 )
@@ -44,8 +46,6 @@ func Dump(o *opts.Options) (dumper.Options, error) {
 // statistics go to stats.
 func Restore(o *opts.Options, stats io.Writer) (restorer.Options, error) {
 	switch {
-	case o.LazyPages:
-		return restorer.Options{}, errors.New("restore: --lazy-pages is not supported yet")
 	case o.Root != "" && o.Root != "/":
 		return restorer.Options{}, errors.New("restore: --root is not supported yet")
 	}
@@ -58,6 +58,7 @@ func Restore(o *opts.Options, stats io.Writer) (restorer.Options, error) {
 		ImagesDir: o.ImagesDir, WorkDir: o.WorkDir, RestoreSibling: o.RestoreSibling,
 		Detach: o.RestoreDetach, LeaveStopped: o.LeaveStopped, ShellJob: o.ShellJob,
 		CPUCap: o.CPUCap, FileValidation: o.FileValidation, SkipFileRWXCheck: o.SkipFileRWXCheck,
+		LazyPages: o.LazyPages,
 	}
 	if o.DisplayStats {
 		r.Stats = stats
@@ -76,4 +77,24 @@ func Restore(o *opts.Options, stats io.Writer) (restorer.Options, error) {
 		r.InheritFD[key] = in.FD
 	}
 	return r, nil
+}
+
+// LazyPages maps o onto the lazy-pages daemon's options.
+func LazyPages(o *opts.Options, log *logging.Logger) (lazypages.Options, error) {
+	l := lazypages.Options{ImagesDir: o.ImagesDir, WorkDir: o.WorkDir, Log: log}
+	if o.PageServer {
+		if o.Address == "" || o.Port == 0 {
+			return lazypages.Options{}, errors.New("lazy-pages --page-server needs --address and --port")
+		}
+		l.PageServer = net.JoinHostPort(o.Address, strconv.Itoa(o.Port))
+		l.Transport = pageserver.TransportOptionsFrom(o)
+	}
+	return l, nil
+}
+
+// DumpLazy is where dump --lazy-pages serves the pages it leaves out
+// (--address, default every address, and --port, 0 for any).
+func DumpLazy(o *opts.Options, log *logging.Logger) dumper.LazyServe {
+	return dumper.LazyServe{Addr: net.JoinHostPort(o.Address, strconv.Itoa(o.Port)),
+		Transport: pageserver.TransportOptionsFrom(o), Log: log}
 }

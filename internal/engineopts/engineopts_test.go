@@ -32,14 +32,17 @@ func TestRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.ImagesDir != "/img" || !r.Detach || !r.ShellJob || r.Stats != &out {
+	if r.ImagesDir != "/img" || !r.Detach || !r.ShellJob || r.Stats != &out || r.LazyPages {
 		t.Fatalf("mapped %+v", r)
+	}
+	o.LazyPages = true
+	if r, err := Restore(o, &out); err != nil || !r.LazyPages {
+		t.Fatalf("--lazy-pages: %+v, %v", r, err)
 	}
 	for _, c := range []struct {
 		set  func(*opts.Options)
 		want string
 	}{
-		{func(o *opts.Options) { o.LazyPages = true }, "--lazy-pages"},
 		{func(o *opts.Options) { o.Root = "/new" }, "--root"},
 		{func(o *opts.Options) { o.InheritFD = []opts.InheritFD{{FD: 3}} }, "--inherit-fd"},
 	} {
@@ -48,5 +51,18 @@ func TestRestore(t *testing.T) {
 		if _, err := Restore(o, nil); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("Restore: %v, want a refusal naming %s", err, c.want)
 		}
+	}
+}
+
+func TestLazyPages(t *testing.T) {
+	o := opts.New()
+	o.ImagesDir, o.PageServer, o.Address, o.Port = "/img", true, "10.0.0.1", 1234
+	l, err := LazyPages(o, nil)
+	if err != nil || l.ImagesDir != "/img" || l.PageServer != "10.0.0.1:1234" {
+		t.Fatalf("mapped %+v, %v", l, err)
+	}
+	o.Port = 0
+	if _, err := LazyPages(o, nil); err == nil {
+		t.Fatal("--page-server without --port accepted")
 	}
 }

@@ -399,3 +399,22 @@ func (r *PageReader) Close() error {
 	r.pages = nil
 	return err
 }
+
+// Skip drops the ranges inside [start, end) from r: their data stays in
+// the pages file, unread. A range that crosses start or end is refused.
+// (The restorer skips the vDSO pages CRIU records: it keeps the running
+// kernel's vDSO.)
+func (r *PageReader) Skip(start, end uint64) error {
+	kept := r.ranges[:0:0]
+	for _, p := range r.ranges {
+		switch {
+		case p.Vaddr >= start && p.End() <= end:
+			continue
+		case p.Vaddr < end && p.End() > start:
+			return fmt.Errorf("images: %s: pages %#x-%#x cross %#x-%#x", r.name, p.Vaddr, p.End(), start, end)
+		}
+		kept = append(kept, p)
+	}
+	r.ranges = kept
+	return nil
+}

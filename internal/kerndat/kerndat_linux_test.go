@@ -168,8 +168,7 @@ func TestRunFeature(t *testing.T) {
 	// Features of commands godwit has not built are not supported, and
 	// the text says whether the kernel has them.
 	kernel := map[string]error{
-		"mem_dirty_track": uffd.Probe().DirtyTrack(), "lazy_pages": uffd.Probe().LazyPages(),
-		"uffd-noncoop": uffd.Probe().NonCoop(), "soft_dirty": probeSoftDirty(),
+		"mem_dirty_track": uffd.Probe().DirtyTrack(), "soft_dirty": probeSoftDirty(),
 	}
 	for n, kerr := range kernel {
 		out, code, err := run(t, Options{Feature: n})

@@ -18,7 +18,7 @@ type Command struct {
 // probe alone.
 var (
 	cmdPreDump    = &Command{Name: "pre-dump (memory dirty tracking)", Built: false}
-	cmdLazy       = &Command{Name: "lazy restore (lazy-pages)", Built: false}
+	cmdLazy       = &Command{Name: "lazy restore (lazy-pages)", Built: true}
 	cmdPidfdStore = &Command{Name: "the RPC's pidfd_store_sk option", Built: false}
 )
 

@@ -13,11 +13,11 @@ func TestNeedsGateProbe(t *testing.T) {
 	kernelErr := errors.New("no such thing in this kernel")
 	fail := func() error { return kernelErr }
 
-	r := Feature{Name: "lazy_pages", probe: ok}.Probe()
+	r := Feature{Name: "pidfd_store", probe: ok}.Probe()
 	var nb *NotBuiltError
-	if !errors.As(r.Err, &nb) || nb.Feature != "lazy_pages" || r.OK() ||
-		!strings.Contains(r.Err.Error(), "kernel supports it") || !strings.Contains(r.Err.Error(), "lazy restore") {
-		t.Errorf("lazy_pages with a working kernel: %v", r.Err)
+	if !errors.As(r.Err, &nb) || nb.Feature != "pidfd_store" || r.OK() ||
+		!strings.Contains(r.Err.Error(), "kernel supports it") || !strings.Contains(r.Err.Error(), "pidfd_store_sk") {
+		t.Errorf("pidfd_store with a working kernel: %v", r.Err)
 	}
 	if r := (Feature{Name: "mem_dirty_track", probe: fail}).Probe(); r.Err != kernelErr {
 		t.Errorf("mem_dirty_track with a failing kernel: %v", r.Err)
@@ -27,18 +27,22 @@ func TestNeedsGateProbe(t *testing.T) {
 	}
 
 	// Flipping the command's Built flips the answer: one line per command.
-	saved := cmdLazy.Built
-	cmdLazy.Built = true
-	defer func() { cmdLazy.Built = saved }()
+	saved := cmdPidfdStore.Built
+	cmdPidfdStore.Built = true
+	defer func() { cmdPidfdStore.Built = saved }()
+	if r := (Feature{Name: "pidfd_store", probe: ok}).Probe(); !r.OK() {
+		t.Errorf("pidfd_store once built: %v", r.Err)
+	}
+	// Lazy restore is built: the kernel's answer is godwit's.
 	if r := (Feature{Name: "lazy_pages", probe: ok}).Probe(); !r.OK() {
-		t.Errorf("lazy_pages once lazy restore is built: %v", r.Err)
+		t.Errorf("lazy_pages: %v", r.Err)
 	}
 }
 
 func TestNeedsNotBuilt(t *testing.T) {
-	// pre-dump, lazy restore and pidfd_store_sk do not exist in godwit yet;
-	// when one lands, its test lands with it and this list shrinks.
-	for _, name := range []string{"mem_dirty_track", "soft_dirty", "lazy_pages", "uffd", "uffd-noncoop", "pidfd_store"} {
+	// pre-dump and pidfd_store_sk do not exist in godwit yet; when one
+	// lands, its test lands with it and this list shrinks.
+	for _, name := range []string{"mem_dirty_track", "soft_dirty", "pidfd_store"} {
 		c, ok := Needs(name)
 		if !ok || c.Built {
 			t.Errorf("%s: Needs = %+v, %v; want a command not built yet", name, c, ok)

@@ -20,6 +20,13 @@ type Logger struct {
 	level  int
 	start  time.Time
 	toFile bool // writes to --log-file, not to stderr
+
+	// With --log-pid, name is the log file's path and tasks the loggers
+	// of the tasks that Task opened, each on "name.PID".
+	perPid bool
+	name   string
+	tasks  map[int]*Logger
+	files  []*os.File
 }
 
 // New returns a logger writing lines up to level to w.
@@ -53,6 +60,9 @@ func (l *Logger) Level() int { return l.level }
 func (l *Logger) Enabled(level int) bool { return level <= l.level }
 
 func (l *Logger) printf(level int, prefix, format string, args ...any) {
+	if l == nil {
+		l = Default() // a struct made without its logger
+	}
 	if !l.Enabled(level) {
 		return
 	}
@@ -97,23 +107,75 @@ func Infof(format string, args ...any) { Default().Infof(format, args...) }
 func Debugf(format string, args ...any) { Default().Debugf(format, args...) }
 
 // Open makes the logger criu(8)'s options ask for: --log-file (relative to
-// -W, default -D; "-" is stderr), with --log-pid appending ".PID" to the
-// name. It returns a close function for the file.
+// -W, default -D; "-" is stderr). With --log-pid, as in CRIU, the run's
+// own lines stay in the file and each task's go to "FILE.PID" (see Task).
+// It returns a close function for the files.
 func Open(o *opts.Options) (*Logger, func() error, error) {
 	if o.LogFile == "" || o.LogFile == "-" {
 		return New(os.Stderr, o.Verbosity), func() error { return nil }, nil
 	}
 	name := o.WorkPath(o.LogFile)
-	if o.LogPID {
-		name += "." + strconv.Itoa(os.Getpid())
-	}
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+	f, err := openFile(name)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open log file: %w", err)
+		return nil, nil, err
 	}
 	l := New(f, o.Verbosity)
-	l.toFile = true
-	return l, f.Close, nil
+	l.toFile, l.perPid, l.name = true, o.LogPID, name
+	l.files = []*os.File{f}
+	return l, l.close, nil
+}
+
+func openFile(name string) (*os.File, error) {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open log file: %w", err)
+	}
+	return f, nil
+}
+
+// close closes the log file and the tasks' files.
+func (l *Logger) close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var first error
+	for _, f := range l.files {
+		if err := f.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	l.files = nil
+	return first
+}
+
+// Task returns the logger for the lines about task pid: with --log-pid,
+// one writing to "FILE.PID" (opened at the first call, truncated, 0600,
+// closed with the run's log); otherwise l itself, whose lines name the
+// task already. If that file cannot be opened, the task's lines stay in
+// l's, after a warning there.
+func (l *Logger) Task(pid int) *Logger {
+	if !l.perPid {
+		return l
+	}
+	l.mu.Lock()
+	if t := l.tasks[pid]; t != nil {
+		l.mu.Unlock()
+		return t
+	}
+	f, err := openFile(l.name + "." + strconv.Itoa(pid))
+	if err != nil {
+		l.mu.Unlock()
+		l.Warnf("task %d: %v: its lines stay here", pid, err)
+		return l
+	}
+	t := New(f, l.level)
+	t.start, t.toFile = l.start, true
+	if l.tasks == nil {
+		l.tasks = map[int]*Logger{}
+	}
+	l.tasks[pid] = t
+	l.files = append(l.files, f)
+	l.mu.Unlock()
+	return t
 }
 
 // ToFile reports whether the logger writes to a --log-file rather than

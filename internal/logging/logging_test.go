@@ -35,26 +35,48 @@ func TestLevels(t *testing.T) {
 	}
 }
 
+// With --log-pid the run's lines stay in FILE and each task's go to
+// FILE.PID, as CRIU splits them; without it, tasks share FILE.
 func TestOpenLogFile(t *testing.T) {
-	dir := t.TempDir()
-	o := opts.New()
-	o.ImagesDir = dir
-	o.LogFile = "dump.log"
-	o.LogPID = true
-	l, closeFn, err := Open(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.Errorf("boom %d", 7)
-	if err := closeFn(); err != nil {
-		t.Fatal(err)
-	}
-	matches, _ := filepath.Glob(filepath.Join(dir, "dump.log.*"))
-	if len(matches) != 1 {
-		t.Fatalf("want one dump.log.PID in %s, got %v", dir, matches)
-	}
-	data, _ := os.ReadFile(matches[0])
-	if string(data) != "Error: boom 7\n" {
-		t.Errorf("log file holds %q", data)
+	for _, perPid := range []bool{false, true} {
+		dir := t.TempDir()
+		o := opts.New()
+		o.ImagesDir = dir
+		o.LogFile = "dump.log"
+		o.LogPID = perPid
+		l, closeFn, err := Open(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Task(42).Warnf("task %d", 42)
+		l.Task(43).Warnf("task %d", 43)
+		l.Task(42).Warnf("again")
+		l.Errorf("boom %d", 7)
+		if err := closeFn(); err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{
+			"dump.log": "Warn: task 42\nWarn: task 43\nWarn: again\nError: boom 7\n",
+		}
+		if perPid {
+			want = map[string]string{
+				"dump.log":    "Error: boom 7\n",
+				"dump.log.42": "Warn: task 42\nWarn: again\n",
+				"dump.log.43": "Warn: task 43\n",
+			}
+		}
+		ents, _ := os.ReadDir(dir)
+		if len(ents) != len(want) {
+			t.Errorf("perPid=%v: files %v, want %d", perPid, ents, len(want))
+		}
+		for name, w := range want {
+			data, err := os.ReadFile(filepath.Join(dir, name))
+			if err != nil || string(data) != w {
+				t.Errorf("perPid=%v: %s holds %q (%v), want %q", perPid, name, data, err, w)
+			}
+			if st, err := os.Stat(filepath.Join(dir, name)); err == nil && st.Mode().Perm() != 0o600 {
+				t.Errorf("%s: mode %v", name, st.Mode())
+			}
+		}
 	}
 }

@@ -93,6 +93,10 @@ type Task struct {
 	Loginuid       *uint32       // nil: unknown
 	OomScoreAdj    *int32        // nil: unknown
 	ChildSubreaper bool
+	// XcompPerm is ARCH_GET_XCOMP_PERM's feature set when it holds a
+	// dynamic feature (AMX tile data) the task asked for; 0 otherwise
+	// (godwit image).
+	XcompPerm uint64
 
 	MM  *MM
 	FS  *FS
@@ -141,6 +145,29 @@ type Thread struct {
 	Nice        int32
 	Policy      uint32
 	RtPrio      uint32
+	// Seccomp is the thread's seccomp mode and filters.
+	Seccomp Seccomp
+	// Tiles is the AMX tile state in use, nil when none (godwit image:
+	// CRIU's fpregs have no field for it).
+	Tiles *Tiles
+}
+
+// Tiles is a thread's AMX state: XTILECFG (64 bytes) and XTILEDATA
+// (8 KiB).
+type Tiles struct {
+	Cfg, Data []byte
+}
+
+// Seccomp is a thread's seccomp state.
+type Seccomp struct {
+	Mode    int             // SECCOMP_MODE_*: 0 off, 1 strict, 2 filter
+	Filters []SeccompFilter // filter mode: oldest first
+}
+
+// SeccompFilter is one installed filter.
+type SeccompFilter struct {
+	Prog  []byte // struct sock_filter array
+	Flags uint32 // SECCOMP_FILTER_FLAG_* the kernel reports (LOG)
 }
 
 // Siginfo is a raw siginfo_t (include/uapi/asm-generic/siginfo.h).

@@ -23,6 +23,9 @@ type VMA struct {
 	// Guards are the MADV_GUARD_INSTALL guard regions inside the VMA,
 	// ascending (godwit image).
 	Guards []Range
+	// HugePage is the page size of a private anonymous hugetlb mapping
+	// (MAP_HUGETLB), 0 for any other (godwit image).
+	HugePage uint64
 	// MayGuard: the kernel marks the VMA as one where guard regions were
 	// installed (smaps VmFlags "gu"); dump side only, not in images.
 	MayGuard bool

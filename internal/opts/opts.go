@@ -105,6 +105,8 @@ type Options struct {
 	TLSAllowedClients []string
 	MaxBytes          uint64
 	MaxFiles          int
+	// SingleSession: exit after the first session, as CRIU's page server.
+	SingleSession bool
 }
 
 // The --file-validation modes of criu(8).

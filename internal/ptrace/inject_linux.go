@@ -180,6 +180,10 @@ func (t *Tracer) begin(tid int) (*Session, error) {
 	return s, nil
 }
 
+// Tracer is the tracer the session runs on (for ptrace requests on the
+// same thread between injected calls).
+func (s *Session) Tracer() *Tracer { return s.t }
+
 // Saved returns the registers the thread had before the session.
 func (s *Session) Saved() Regs { return s.saved }
 
@@ -233,6 +237,7 @@ func (s *Session) syscall(nr uintptr, args []uint64) (uint64, error) {
 		return 0, err
 	}
 	s.ran = true
+	s.t.calls++
 	// Entry stop, then exit stop.
 	for phase := 0; phase < 2; phase++ {
 		if err := s.t.resume(tk, unix.PTRACE_SYSCALL, 0); err != nil {
@@ -318,6 +323,13 @@ func (s *Session) end() error {
 		return fmt.Errorf("end injection into %d: %w", tk.tid, err)
 	}
 	return nil
+}
+
+// InjectedCalls returns how many syscalls were injected so far.
+func (t *Tracer) InjectedCalls() int {
+	var n int
+	_ = t.Do(func() error { n = t.calls; return nil })
+	return n
 }
 
 // InjectionTime returns the total time injection sessions of this tracer

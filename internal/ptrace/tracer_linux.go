@@ -64,6 +64,8 @@ type Tracer struct {
 	// End): the time a tracee spent in a state it cannot resume from
 	// alone if the tracer died (borrowed rip, every signal blocked).
 	injecting time.Duration
+	// calls counts injected syscalls (a figure of where time goes).
+	calls int
 }
 
 // New starts a tracer thread.

@@ -243,3 +243,7 @@ func Tail(s string) string {
 	}
 	return strings.Join(l, "\n")
 }
+
+// FanoutBin builds e2e/workloads/fanout.c (a root and N-1 sleeping
+// children, for tree benchmarks) once per test binary.
+func FanoutBin(t testing.TB) string { return cBin(t, "fanout", "e2e/workloads/fanout.c") }

@@ -8,15 +8,19 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/aio_abi.h>
+#include <linux/filter.h>
 #include <linux/membarrier.h>
+#include <linux/seccomp.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -132,6 +136,63 @@ static void *sleeper(void *a)
 	return NULL;
 }
 
+/* install: a filter returning act for syscall nr, allowing the rest. */
+static long install(int nr, unsigned act, unsigned flags)
+{
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, act),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = {4, f};
+	return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
+}
+
+static volatile int t2_go, t2_ready, t2_res = -1;
+
+/* filtered: a thread that gets a filter of its own on top of the
+ * shared one, then checks it after restore. */
+static void *filtered(void *a)
+{
+	(void)a;
+	sigset_t m;
+	sigfillset(&m);
+	pthread_sigmask(SIG_BLOCK, &m, NULL);
+	while (!t2_go)
+		usleep(1000);
+	if (install(SYS_getuid, SECCOMP_RET_ERRNO | 77, 0))
+		BAD("thread filter: %s", strerror(errno));
+	t2_ready = 1;
+	while (!finish)
+		usleep(10000);
+	long r = syscall(SYS_getuid);
+	t2_res = r == -1 && errno == 77;
+	return NULL;
+}
+
+static int fifo;
+static volatile int strict_tid;
+
+/* strict: a thread in seccomp strict mode, blocked in read. */
+static void *strict(void *a)
+{
+	(void)a;
+	sigset_t m;
+	sigfillset(&m);
+	pthread_sigmask(SIG_BLOCK, &m, NULL);
+	strict_tid = gettid();
+	if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT))
+		BAD("strict: %s", strerror(errno));
+	char c;
+	if (read(fifo, &c, 1) == 1)
+		write(logfd, "strict read\n", 12);
+	syscall(SYS_getpid); /* strict mode ends the thread here */
+	write(logfd, "BAD strict mode escaped\n", 24);
+	syscall(SYS_exit_group, 3);
+	return NULL;
+}
+
 static char *mem;
 static char path[4200];
 static aio_context_t aio;
@@ -181,6 +242,13 @@ static void setup(void)
 			BAD("MAP_DROPPABLE: %s", strerror(errno));
 		for (int i = 0; i < 4; i++)
 			memset(mem + i * 4096, 'k' + i, 4096);
+	} else if (!strcmp(mode, "hugetlb")) {
+		mem = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+		if (mem == MAP_FAILED)
+			BAD("MAP_HUGETLB: %s", strerror(errno));
+		memset(mem, 'h', 4096);
+		mem[1 << 20] = 'm';
+		mem[(2 << 20) - 1] = 'e';
 	} else if (!strcmp(mode, "aio")) {
 		if (syscall(SYS_io_setup, 16, &aio))
 			BAD("io_setup: %s", strerror(errno));
@@ -199,6 +267,35 @@ static void setup(void)
 		for (int i = 0; i < n; i++)
 			if (munmap((void *)s[i], e[i] - s[i]))
 				BAD("munmap vdso: %s", strerror(errno));
+	} else if (!strcmp(mode, "seccomp")) {
+		pthread_t t1, t2;
+		pthread_create(&t1, NULL, idle_thread, NULL);
+		pthread_create(&t2, NULL, filtered, NULL);
+		while (!thr_tid)
+			usleep(1000);
+		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) ||
+		    install(SYS_getppid, SECCOMP_RET_ERRNO | EACCES, SECCOMP_FILTER_FLAG_TSYNC) ||
+		    install(SYS_sethostname, SECCOMP_RET_KILL_PROCESS, SECCOMP_FILTER_FLAG_TSYNC))
+			BAD("filters: %s", strerror(errno));
+		t2_go = 1;
+		while (!t2_ready)
+			usleep(1000);
+	} else if (!strcmp(mode, "strict")) {
+		snprintf(path, sizeof path, "%s/fifo", dir);
+		if (mkfifo(path, 0600) || (fifo = open(path, O_RDWR)) < 0)
+			BAD("fifo: %s", strerror(errno));
+		pthread_t th;
+		pthread_create(&th, NULL, strict, NULL);
+		while (!strict_tid)
+			usleep(1000);
+		char p[64], buf[4096] = "";
+		snprintf(p, sizeof p, "/proc/self/task/%d/status", strict_tid);
+		for (int i = 0; i < 1000 && !strstr(buf, "Seccomp:\t1"); i++) {
+			readfile(p, buf, sizeof buf);
+			usleep(1000);
+		}
+		if (!strstr(buf, "Seccomp:\t1"))
+			BAD("thread not in strict mode");
 	} else
 		BAD("unknown mode %s", mode);
 }
@@ -267,6 +364,73 @@ static void check(void)
 		for (int i = 0; i < 4; i++)
 			if (mem[i * 4096] != 'k' + i)
 				BAD("droppable page %d content", i);
+	} else if (!strcmp(mode, "seccomp")) {
+		if (syscall(SYS_getppid) != -1 || errno != EACCES)
+			BAD("getppid not filtered");
+		if (syscall(SYS_getuid) < 0)
+			BAD("getuid filtered in the main thread");
+		while (t2_res < 0)
+			usleep(1000);
+		if (!t2_res)
+			BAD("the thread's own filter is gone");
+		/* The shared filters are one object in every thread: a TSYNC
+		 * install succeeds only then. */
+		long r = install(SYS_getsid, SECCOMP_RET_ERRNO | 5, SECCOMP_FILTER_FLAG_TSYNC);
+		if (r)
+			BAD("TSYNC install: %ld (%s)", r, strerror(errno));
+	} else if (!strcmp(mode, "strict")) {
+		/* Strict mode ends the thread (only) at its getpid. */
+		write(fifo, "x", 1);
+		char p[64];
+		snprintf(p, sizeof p, "/proc/self/task/%d", strict_tid);
+		for (int i = 0; i < 2000 && !access(p, F_OK); i++)
+			usleep(10000);
+		if (!access(p, F_OK))
+			BAD("strict thread still there");
+	} else if (!strcmp(mode, "seccomp")) {
+		if (syscall(SYS_getppid) != -1 || errno != EACCES)
+			BAD("getppid not filtered");
+		if (syscall(SYS_getuid) < 0)
+			BAD("getuid filtered in the main thread");
+		while (t2_res < 0)
+			usleep(1000);
+		if (!t2_res)
+			BAD("the thread's own filter is gone");
+		/* The shared filters are one object in every thread: a TSYNC
+		 * install succeeds only then. */
+		long r = install(SYS_getsid, SECCOMP_RET_ERRNO | 5, SECCOMP_FILTER_FLAG_TSYNC);
+		if (r)
+			BAD("TSYNC install: %ld (%s)", r, strerror(errno));
+	} else if (!strcmp(mode, "strict")) {
+		/* Strict mode ends the thread (only) at its getpid. */
+		write(fifo, "x", 1);
+		char p[64];
+		snprintf(p, sizeof p, "/proc/self/task/%d", strict_tid);
+		for (int i = 0; i < 2000 && !access(p, F_OK); i++)
+			usleep(10000);
+		if (!access(p, F_OK))
+			BAD("strict thread still there");
+	} else if (!strcmp(mode, "hugetlb")) {
+		FILE *f = fopen("/proc/self/smaps", "r");
+		char line[512], want[64];
+		int in = 0, huge = 0;
+		snprintf(want, sizeof want, "%lx-", (unsigned long)mem);
+		while (fgets(line, sizeof line, f)) {
+			if (!strncmp(line, want, strlen(want)))
+				in = 1;
+			else if (in && !strncmp(line, "KernelPageSize:", 15)) {
+				huge = strstr(line, " 2048 kB") != NULL;
+				break;
+			}
+		}
+		fclose(f);
+		if (!huge)
+			BAD("not in 2 MiB huge pages");
+		for (int i = 0; i < 4096; i++)
+			if (mem[i] != 'h')
+				BAD("hugetlb content at %d", i);
+		if (mem[1 << 20] != 'm' || mem[(2 << 20) - 1] != 'e' || mem[8192] != 0)
+			BAD("hugetlb content");
 	} else if (!strcmp(mode, "novdso")) {
 		FILE *f = fopen("/proc/self/maps", "r");
 		char line[512];
@@ -302,5 +466,7 @@ int main(int argc, char **argv)
 		sigsuspend(&old);
 	check();
 	dprintf(logfd, "done %s\n", mode);
+	if (!strcmp(mode, "seccomp"))
+		syscall(SYS_sethostname, "x", 1); /* the filter kills the process */
 	return 0;
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	core_x86 "github.com/checkpoint-restore/go-criu/v8/crit/images/core-x86"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/timer"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
@@ -271,5 +272,44 @@ func TestReadZombieAndOutsideSession(t *testing.T) {
 	dir, _ = writeTree(t, tr)
 	if got := readTree(t, dir); got.Root().Sid != 0 {
 		t.Fatalf("session %d, want 0", got.Root().Sid)
+	}
+}
+
+// CheckCRIU names the invariants of CRIU's restore that images break.
+func TestCheckCRIU(t *testing.T) {
+	tr := readTree(t, "testdata/python")
+	dir, _ := writeTree(t, tr)
+	d, err := images.Open(dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	err = CheckCRIU(d)
+	// The fixture keeps no pages: the vDSO's pagemap is missing, nothing else.
+	if err == nil || !strings.Contains(err.Error(), images.PagemapImg(tr.Root().Pid)) || strings.Contains(err.Error(), "kIDs") {
+		t.Fatalf("CheckCRIU = %v, want only the vDSO's pagemap missing", err)
+	}
+	// The inventory of godwit before CRIU interop: root_ids = the root's.
+	if err := images.WriteInventory(d, images.InventoryOptions{RootIDs: kobjIDs(&tr.Root().IDs)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckCRIU(d); err == nil || !strings.Contains(err.Error(), "Image corruption on kIDs data") {
+		t.Fatalf("CheckCRIU = %v, want the kIDs corruption", err)
+	}
+}
+
+// An itimer with an interval and value 0 is armed in CRIU's images (its
+// remaining time read as 0); only all zeros is disarmed.
+func TestItimerValueZero(t *testing.T) {
+	u := proto.Uint64
+	armed := modelItimer(&timer.ItimerEntry{Isec: u(0), Iusec: u(5000), Vsec: u(0), Vusec: u(0)})
+	if armed.ValueSec != 0 || armed.ValueUsec != 5000 || armed.IntervalUsec != 5000 {
+		t.Errorf("interval 5 ms, value 0: %+v, want armed for one interval", armed)
+	}
+	if off := modelItimer(&timer.ItimerEntry{Isec: u(0), Iusec: u(0), Vsec: u(0), Vusec: u(0)}); off != (model.Itimer{}) {
+		t.Errorf("all zeros: %+v, want disarmed", off)
+	}
+	if one := modelItimer(&timer.ItimerEntry{Isec: u(0), Iusec: u(0), Vsec: u(2), Vusec: u(1)}); one.ValueSec != 2 || one.ValueUsec != 1 {
+		t.Errorf("one-shot: %+v", one)
 	}
 }

@@ -48,6 +48,7 @@ func FuzzRead(f *testing.F) {
 			t.Fatal(err)
 		}
 		defer d.Close()
+		CheckCRIU(d) // reads the same untrusted images: errors, never a panic
 		tr, err := Read(d)
 		if err != nil {
 			return

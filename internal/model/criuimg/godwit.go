@@ -31,12 +31,30 @@ type godwitTask struct {
 	Membarrier uint32      `json:"membarrier,omitempty"`
 	CwdDeleted bool        `json:"cwd_deleted,omitempty"`
 	VMAs       []godwitVMA `json:"vmas,omitempty"`
+	// XcompPerm and Threads: AMX permission and tile state.
+	XcompPerm uint64         `json:"xcomp_perm,omitempty"`
+	Threads   []godwitThread `json:"threads,omitempty"`
 }
+
+type godwitThread struct {
+	Tid      int    `json:"tid"`
+	TileCfg  []byte `json:"tilecfg"`
+	TileData []byte `json:"tiledata"`
+}
+
+// AMX tile state sizes (xstate.TileCfgSize, TileDataSize) and the
+// XTILEDATA feature bit.
+const (
+	tileCfgSize   = 64
+	tileDataSize  = 8192
+	xfeatTileData = 18
+)
 
 type godwitVMA struct {
 	Start     uint64      `json:"start"`
 	End       uint64      `json:"end"`
 	Droppable bool        `json:"droppable,omitempty"`
+	HugePage  uint64      `json:"hugetlb,omitempty"`
 	Guards    [][2]uint64 `json:"guards,omitempty"`
 }
 
@@ -50,10 +68,10 @@ func godwitOf(k *model.Task) *godwitTask {
 		g.Membarrier = k.MM.Membarrier
 		for i := range k.MM.VMAs {
 			v := &k.MM.VMAs[i]
-			if !v.Droppable && len(v.Guards) == 0 {
+			if !v.Droppable && len(v.Guards) == 0 && v.HugePage == 0 {
 				continue
 			}
-			gv := godwitVMA{Start: v.Start, End: v.End, Droppable: v.Droppable}
+			gv := godwitVMA{Start: v.Start, End: v.End, Droppable: v.Droppable, HugePage: v.HugePage}
 			for _, r := range v.Guards {
 				gv.Guards = append(gv.Guards, [2]uint64{r.Start, r.End})
 			}
@@ -63,7 +81,13 @@ func godwitOf(k *model.Task) *godwitTask {
 	if k.FS != nil {
 		g.CwdDeleted = k.FS.CwdDeleted
 	}
-	if g.Membarrier == 0 && !g.CwdDeleted && len(g.VMAs) == 0 {
+	g.XcompPerm = k.XcompPerm
+	for _, th := range k.Threads {
+		if th.Tiles != nil {
+			g.Threads = append(g.Threads, godwitThread{Tid: th.Tid, TileCfg: th.Tiles.Cfg, TileData: th.Tiles.Data})
+		}
+	}
+	if g.Membarrier == 0 && !g.CwdDeleted && len(g.VMAs) == 0 && g.XcompPerm == 0 && len(g.Threads) == 0 {
 		return nil
 	}
 	return g
@@ -148,6 +172,31 @@ func mergeGodwit(b []byte, k *model.Task) error {
 	if g.CwdDeleted && k.FS == nil {
 		return errors.New("deleted cwd for a task without an fs image")
 	}
+	if g.XcompPerm != 0 && g.XcompPerm&(1<<xfeatTileData) == 0 {
+		return fmt.Errorf("xcomp permission %#x without tile data", g.XcompPerm)
+	}
+	k.XcompPerm = g.XcompPerm
+	for _, gt := range g.Threads {
+		if g.XcompPerm == 0 {
+			return fmt.Errorf("thread %d: tile state without the permission to use it", gt.Tid)
+		}
+		if len(gt.TileCfg) != tileCfgSize || len(gt.TileData) != tileDataSize {
+			return fmt.Errorf("thread %d: tile state of %d+%d bytes", gt.Tid, len(gt.TileCfg), len(gt.TileData))
+		}
+		var th *model.Thread
+		for _, t := range k.Threads {
+			if t.Tid == gt.Tid {
+				th = t
+			}
+		}
+		if th == nil {
+			return fmt.Errorf("tile state of thread %d, not a thread of the task", gt.Tid)
+		}
+		if th.Tiles != nil {
+			return fmt.Errorf("thread %d: tile state twice", gt.Tid)
+		}
+		th.Tiles = &model.Tiles{Cfg: gt.TileCfg, Data: gt.TileData}
+	}
 	if k.MM != nil {
 		k.MM.Membarrier = g.Membarrier
 	}
@@ -168,6 +217,12 @@ func mergeGodwit(b []byte, k *model.Task) error {
 			return fmt.Errorf("vma %#x-%#x: droppable but not private anonymous", gv.Start, gv.End)
 		}
 		v.Droppable = gv.Droppable
+		if hp := gv.HugePage; hp != 0 {
+			if hp < 2<<20 || hp > 1<<30 || hp&(hp-1) != 0 || v.Start%hp != 0 || v.End%hp != 0 || !v.Private() || gv.Droppable {
+				return fmt.Errorf("vma %#x-%#x: bad hugetlb page size %d", gv.Start, gv.End, hp)
+			}
+			v.HugePage = hp
+		}
 		last := v.Start
 		for _, r := range gv.Guards {
 			if r[0] < last || r[1] <= r[0] || r[1] > v.End || r[0]%pageSize != 0 || r[1]%pageSize != 0 {

@@ -14,7 +14,8 @@ func godwitTestTask() *model.Task {
 			{Start: 0x10000, End: 0x20000, Status: images.VmaAreaRegular | images.VmaAnonPrivate},
 			{Start: 0x30000, End: 0x40000, Status: images.VmaAreaRegular | images.VmaFileShared},
 		}},
-		FS: &model.FS{},
+		FS:      &model.FS{},
+		Threads: []*model.Thread{{Tid: 7}, {Tid: 8}},
 	}
 }
 
@@ -37,6 +38,9 @@ func TestGodwitImage(t *testing.T) {
 	k.FS.CwdDeleted = true
 	k.MM.VMAs[0].Droppable = true
 	k.MM.VMAs[0].Guards = []model.Range{{Start: 0x11000, End: 0x12000}, {Start: 0x1f000, End: 0x20000}}
+	k.XcompPerm = 1<<18 | 1<<17 | 3
+	k.Threads[1].Tiles = &model.Tiles{Cfg: make([]byte, 64), Data: make([]byte, 8192)}
+	k.Threads[1].Tiles.Data[100] = 9
 	if err := writeGodwit(dir, k, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +50,8 @@ func TestGodwitImage(t *testing.T) {
 	}
 	v := got.MM.VMAs[0]
 	if got.MM.Membarrier != k.MM.Membarrier || !got.FS.CwdDeleted || !v.Droppable || len(v.Guards) != 2 ||
-		v.Guards[1] != (model.Range{Start: 0x1f000, End: 0x20000}) || got.MM.VMAs[1].Droppable {
+		v.Guards[1] != (model.Range{Start: 0x1f000, End: 0x20000}) || got.MM.VMAs[1].Droppable ||
+		got.XcompPerm != k.XcompPerm || got.Threads[0].Tiles != nil || got.Threads[1].Tiles == nil || got.Threads[1].Tiles.Data[100] != 9 {
 		t.Fatalf("read back %+v %+v %+v", got.MM, got.FS, got.MM.VMAs)
 	}
 	for _, c := range []struct{ in, want string }{
@@ -59,6 +64,9 @@ func TestGodwitImage(t *testing.T) {
 		{`{"version":1,"vmas":[{"start":65536,"end":131072,"guards":[[65536,200000]]}]}`, "bad guard"},
 		{`{"version":1,"vmas":[{"start":65536,"end":131072,"guards":[[69632,73728],[65536,69632]]}]}`, "bad guard"},
 		{`{"version":1} {}`, "trailing"},
+		{`{"version":1,"xcomp_perm":3}`, "without tile data"},
+		{`{"version":1,"threads":[{"tid":7,"tilecfg":"","tiledata":""}]}`, "without the permission"},
+		{`{"version":1,"xcomp_perm":262144,"threads":[{"tid":7,"tilecfg":"AA==","tiledata":""}]}`, "bytes"},
 	} {
 		err := mergeGodwit([]byte(c.in), godwitTestTask())
 		if err == nil || !strings.Contains(err.Error(), c.want) {

@@ -13,6 +13,7 @@ import (
 	fsimg "github.com/checkpoint-restore/go-criu/v8/crit/images/fs"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/mm"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pstree"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/seccomp"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/siginfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/timer"
 	"golang.org/x/sys/unix"
@@ -29,6 +30,9 @@ const (
 	// taskSize is TASK_SIZE_MAX of x86-64 with 4-level page tables: no
 	// user mapping ends above it.
 	taskSize = 1<<47 - pageSize
+	// vsyscallStart is x86-64's legacy vsyscall page (VSYSCALL_ADDR,
+	// arch/x86/include/uapi/asm/vsyscall.h).
+	vsyscallStart = 0xffffffffff600000
 	// maxPid bounds pids and tids (PID_MAX_LIMIT, include/linux/threads.h).
 	maxPid = 1 << 22
 )
@@ -243,10 +247,14 @@ func readTask(d *images.Dir, ps *pstree.PstreeEntry, files map[model.ID]*model.F
 		}
 	}
 	var leaderCore *criu_core.CoreEntry
+	var filters []*seccomp.SeccompFilter
 	for i, tid := range order {
 		th, core, err := readThread(d, int(tid), i == 0)
 		if err != nil {
 			return nil, err
+		}
+		if err := readSeccomp(d, &filters, th, core.GetThreadCore()); err != nil {
+			return nil, fmt.Errorf("%s: %w", images.CoreImg(int(tid)), err)
 		}
 		if i == 0 {
 			leaderCore = core
@@ -322,9 +330,6 @@ func readThread(d *images.Dir, tid int, leader bool) (*model.Thread, *criu_core.
 	tc := core.GetThreadCore()
 	if tc == nil {
 		return nil, nil, fmt.Errorf("%s: no thread core", name)
-	}
-	if m := tc.GetSeccompMode(); m != criu_core.SeccompMode_disabled {
-		return nil, nil, fmt.Errorf("%s: seccomp mode %v cannot be restored yet", name, m)
 	}
 	x, err := xstate.Standalone(ti.GetFpregs())
 	if err != nil {
@@ -441,7 +446,15 @@ func sigNumbers(n int) ([]int, error) {
 }
 
 func modelItimer(e *timer.ItimerEntry) model.Itimer {
-	return model.Itimer{IntervalSec: e.GetIsec(), IntervalUsec: e.GetIusec(), ValueSec: e.GetVsec(), ValueUsec: e.GetVusec()}
+	t := model.Itimer{IntervalSec: e.GetIsec(), IntervalUsec: e.GetIusec(), ValueSec: e.GetVsec(), ValueUsec: e.GetVusec()}
+	if t.ValueSec == 0 && t.ValueUsec == 0 {
+		// In CRIU's images an interval with value 0 is an armed timer
+		// whose remaining time read as 0 (a periodic ITIMER_REAL is
+		// reloaded only as its signal is dequeued): CRIU's restore arms it
+		// for one interval, and so must godwit, or it would disarm it.
+		t.ValueSec, t.ValueUsec = t.IntervalSec, t.IntervalUsec
+	}
+	return t
 }
 
 // readTaskCore fills the process-wide state of the leader's tc.
@@ -528,6 +541,21 @@ func readMM(d *images.Dir, pid int, files map[model.ID]*model.File) (*model.MM, 
 	vdso := 0
 	for i, v := range vmas {
 		s, e := v.GetStart(), v.GetEnd()
+		st := v.GetStatus()
+		if st&images.VmaAreaVsyscall != 0 {
+			// CRIU records the kernel's [vsyscall] page (x86-64's fixed
+			// legacy page, above the user address space); every task
+			// gets it from the kernel, nothing is restored.
+			if s != vsyscallStart || e != vsyscallStart+pageSize || st&^(images.VmaAreaVsyscall|images.VmaAnonPrivate) != 0 {
+				return nil, fmt.Errorf("%s: vma %d: bad vsyscall area %#x-%#x (status %#x)", name, i, s, e, st)
+			}
+			continue
+		}
+		if st&(images.VmaAreaVdso|images.VmaAreaVvar) != 0 {
+			// CRIU marks the vDSO and vvar areas private anonymous as
+			// well; they are the kernel's, not memory to restore.
+			st &^= images.VmaAnonPrivate
+		}
 		switch {
 		case s%pageSize != 0 || e%pageSize != 0 || s >= e || e > taskSize:
 			return nil, fmt.Errorf("%s: vma %d: bad range %#x-%#x", name, i, s, e)
@@ -542,7 +570,7 @@ func readMM(d *images.Dir, pid int, files map[model.ID]*model.File) (*model.MM, 
 		}
 		mv := model.VMA{
 			Start: s, End: e, Pgoff: v.GetPgoff(), Shmid: v.GetShmid(), Prot: v.GetProt(), Flags: v.GetFlags(),
-			Status: v.GetStatus(), Madv: v.GetMadv(), Fdflags: v.GetFdflags(),
+			Status: st, Madv: v.GetMadv(), Fdflags: v.GetFdflags(),
 		}
 		if mv.FileBacked() {
 			if mv.Pgoff%pageSize != 0 {

@@ -48,6 +48,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 	}
 	var pss []proto.Message
 	fdTables := map[model.ID]bool{}
+	sc := &seccompTable{}
 	for _, k := range t.Tasks {
 		if k.State == model.Dead {
 			// A zombie: its pstree entry and a core with its state
@@ -59,7 +60,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 			pss = append(pss, pstreeEntry(k))
 			continue
 		}
-		if err := writeTask(k, put); err != nil {
+		if err := writeTask(k, sc, put); err != nil {
 			return fmt.Errorf("write images of %d: %w", k.Pid, err)
 		}
 		if err := writeGodwit(d, k, written); err != nil {
@@ -80,6 +81,9 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 				return err
 			}
 		}
+	}
+	if err := sc.write(put); err != nil {
+		return err
 	}
 	if err := put(images.PstreeImg, pss...); err != nil {
 		return err
@@ -126,12 +130,27 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 	if written != nil {
 		written(images.InventoryImg)
 	}
-	// The root task's ids stand for the dumping tool's own: a task of
-	// the root's namespaces is in the host's.
-	return images.WriteInventory(d, images.InventoryOptions{RootIDs: kobjIDs(&t.Root().IDs)})
+	return images.WriteInventory(d, images.InventoryOptions{RootIDs: rootIDs(t)})
 }
 
-func writeTask(k *model.Task, put func(string, ...proto.Message) error) error {
+// rootIDs are inventory.img's root_ids: the ids of the dumping tool
+// itself, against which CRIU's restore computes the root task's clone
+// flags. The tool's mm, fd table, fs_struct and sighand are never a
+// task's, so each gets an id no task has (CRIU refuses a root task whose
+// files_id equals root_ids': "Image corruption on kIDs data"). The
+// namespaces stand for the host's: those of the root task, since godwit
+// dumps only trees in the namespaces it runs in.
+func rootIDs(t *model.Tree) *criu_core.TaskKobjIdsEntry {
+	r := t.Root().IDs
+	var maxID model.ID
+	for _, k := range t.Tasks {
+		maxID = max(maxID, k.IDs.VM, k.IDs.Files, k.IDs.FS, k.IDs.Sighand)
+	}
+	r.VM, r.Files, r.FS, r.Sighand = maxID+1, maxID+1, maxID+1, maxID+1
+	return kobjIDs(&r)
+}
+
+func writeTask(k *model.Task, sc *seccompTable, put func(string, ...proto.Message) error) error {
 	if len(k.Threads) == 0 {
 		return fmt.Errorf("no threads")
 	}
@@ -139,6 +158,9 @@ func writeTask(k *model.Task, put func(string, ...proto.Message) error) error {
 	for i, th := range k.Threads {
 		c, err := coreEntry(th)
 		if err != nil {
+			return fmt.Errorf("thread %d: %w", th.Tid, err)
+		}
+		if err := sc.setSeccomp(c.ThreadCore, th); err != nil {
 			return fmt.Errorf("thread %d: %w", th.Tid, err)
 		}
 		if i == 0 {
@@ -155,6 +177,9 @@ func writeTask(k *model.Task, put func(string, ...proto.Message) error) error {
 		return err
 	}
 	if k.MM != nil {
+		if err := checkAuxv(k.MM.Auxv); err != nil {
+			return err
+		}
 		if err := put(images.MmImg(k.Pid), mmEntry(k.MM)); err != nil {
 			return err
 		}
@@ -245,11 +270,10 @@ func coreEntry(th *model.Thread) (*criu_core.CoreEntry, error) {
 		Sas: &criu_core.ThreadSasEntry{
 			SsSp: proto.Uint64(th.Sigaltstack.SP), SsSize: proto.Uint64(th.Sigaltstack.Size), SsFlags: proto.Uint32(th.Sigaltstack.Flags),
 		},
-		PdeathSig:   proto.Uint32(th.PdeathSig),
-		SignalsP:    signalQueue(th.Pending),
-		Creds:       credsEntry(&th.Creds),
-		SeccompMode: criu_core.SeccompMode_disabled.Enum(),
-		Comm:        proto.String(th.Comm),
+		PdeathSig: proto.Uint32(th.PdeathSig),
+		SignalsP:  signalQueue(th.Pending),
+		Creds:     credsEntry(&th.Creds),
+		Comm:      proto.String(th.Comm),
 	}
 	if r := th.Rseq; r.Pointer != 0 {
 		thc.RseqEntry = &rseq.RseqEntry{
@@ -348,6 +372,31 @@ func vmaEntry(v *model.VMA) *vma.VmaEntry {
 	return e
 }
 
+// criuAuxvWords is how many auxv words CRIU's restore takes (its x86
+// AT_VECTOR_SIZE, 44: a longer mm_saved_auxv is refused as "Image corrupted
+// on pid"), fewer than the kernel's own vector holds.
+const criuAuxvWords = 44
+
+// criuAuxv is the saved auxv as CRIU's mm image holds it: the trailing
+// AT_NULL pairs are dropped when the vector is longer than CRIU takes (the
+// kernel's PR_SET_MM_MAP zero-fills, so the vector stays terminated).
+// mmEntry's caller checks the rest fits (checkAuxv).
+func criuAuxv(a []uint64) []uint64 {
+	for len(a) > criuAuxvWords && len(a) >= 2 && a[len(a)-2] == 0 {
+		a = a[:len(a)-2]
+	}
+	return append([]uint64(nil), a...)
+}
+
+// checkAuxv refuses an auxv CRIU's mm image cannot hold whole: truncating
+// it would restore a task with auxv entries missing.
+func checkAuxv(a []uint64) error {
+	if n := len(criuAuxv(a)); n > criuAuxvWords {
+		return fmt.Errorf("auxv of %d words is longer than CRIU's mm image holds (%d)", n, criuAuxvWords)
+	}
+	return nil
+}
+
 func mmEntry(m *model.MM) *mm.MmEntry {
 	e := &mm.MmEntry{
 		MmStartCode: proto.Uint64(m.StartCode), MmEndCode: proto.Uint64(m.EndCode),
@@ -357,12 +406,26 @@ func mmEntry(m *model.MM) *mm.MmEntry {
 		MmArgStart: proto.Uint64(m.ArgStart), MmArgEnd: proto.Uint64(m.ArgEnd),
 		MmEnvStart: proto.Uint64(m.EnvStart), MmEnvEnd: proto.Uint64(m.EnvEnd),
 		ExeFileId:   proto.Uint32(uint32(m.Exe)),
-		MmSavedAuxv: append([]uint64(nil), m.Auxv...),
+		MmSavedAuxv: criuAuxv(m.Auxv),
 		Dumpable:    m.Dumpable,
 		ThpDisabled: proto.Bool(m.THPDisabled),
 	}
 	for i := range m.VMAs {
-		e.Vmas = append(e.Vmas, vmaEntry(&m.VMAs[i]))
+		v := vmaEntry(&m.VMAs[i])
+		if v.GetStatus()&(images.VmaAreaVdso|images.VmaAreaVvar) != 0 {
+			// CRIU marks them private anonymous too, and its restore
+			// looks for the vDSO's pages (saved whole) by that mark.
+			v.Status = proto.Uint32(v.GetStatus() | images.VmaAnonPrivate)
+		}
+		if k := len(e.Vmas); k > 0 && v.GetStatus()&images.VmaAreaVvar != 0 {
+			// [vvar] and [vvar_vclock] (Linux 6.15+) are one vvar area
+			// to CRIU 4.x, whose restore parks and moves a single one.
+			if p := e.Vmas[k-1]; p.GetStatus()&images.VmaAreaVvar != 0 && p.GetEnd() == v.GetStart() {
+				p.End = v.End
+				continue
+			}
+		}
+		e.Vmas = append(e.Vmas, v)
 	}
 	return e
 }

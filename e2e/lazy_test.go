@@ -1,0 +1,201 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestLazyRestoreCLI: godwit lazy-pages serves a restore --lazy-pages of
+// the counter, which then passes its own checks; the daemon exits 0 once
+// every page is in.
+func TestLazyRestoreCLI(t *testing.T) {
+	needRoot(t)
+	w := startC(t, false, "-m", "32", "-t", "2")
+	dir := w.dump(t)
+	w.reapKilled(t)
+	lp := exec.Command(godwitBin, "lazy-pages", "-D", dir, "-v4", "-o", "lazy-pages.log", "--display-stats")
+	var out bytes.Buffer
+	lp.Stdout, lp.Stderr = &out, &out
+	if err := lp.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- lp.Wait() }()
+	t.Cleanup(func() {
+		lp.Process.Kill()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+		}
+	})
+	sock := filepath.Join(dir, "lazy-pages.socket")
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lazy-pages not listening: %s", out.String())
+		}
+	}
+	r := restore(t, w, dir, "--lazy-pages")
+	select {
+	case err := <-done:
+		done <- err
+		if err != nil {
+			t.Fatalf("lazy-pages: %v: %s\n%s", err, out.String(), readFile(filepath.Join(dir, "lazy-pages.log")))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("lazy-pages did not finish: %s", out.String())
+	}
+	if !bytes.Contains(out.Bytes(), []byte("Lazy tasks: 1")) {
+		t.Fatalf("lazy-pages --display-stats: %q", out.String())
+	}
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("restored counter exited %d\n%s", code, w.tail())
+	}
+}
+
+// TestLazyDumpCLI: dump --lazy-pages serves the pages it kept out of the
+// images over TLS; lazy-pages --page-server fetches them for restore
+// --lazy-pages; both exit 0 once every page is in.
+func TestLazyDumpCLI(t *testing.T) {
+	needRoot(t)
+	certs := t.TempDir()
+	if code, out := godwit(t, "certs", certs, "127.0.0.1"); code != 0 {
+		t.Fatalf("certs: %s", out)
+	}
+	tlsArgs := func(role string) []string {
+		host := filepath.Join(certs, "127.0.0.1", role)
+		return []string{"--tls", "--tls-cacert", filepath.Join(certs, "cacert.pem"),
+			"--tls-cert", filepath.Join(host, "cert.pem"), "--tls-key", filepath.Join(host, "key.pem")}
+	}
+	w := startC(t, false, "-m", "32", "-t", "2")
+	dir := t.TempDir()
+	dump := exec.Command(godwitBin, append([]string{"dump", "-t", strconv.Itoa(w.pid), "-D", dir, "--lazy-pages",
+		"--address", "127.0.0.1", "--port", "0"}, tlsArgs("server")...)...)
+	stdout, err := dump.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dumpErr bytes.Buffer
+	dump.Stderr = &dumpErr
+	if err := dump.Start(); err != nil {
+		t.Fatal(err)
+	}
+	dumped := make(chan error, 1)
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if a, ok := strings.CutPrefix(sc.Text(), "Serving lazy pages on "); ok {
+				addr <- a
+			}
+		}
+		dumped <- dump.Wait()
+	}()
+	t.Cleanup(func() { dump.Process.Kill() })
+	var a string
+	select {
+	case a = <-addr:
+	case err := <-dumped:
+		t.Fatalf("dump --lazy-pages: %v: %s", err, dumpErr.String())
+	case <-time.After(30 * time.Second):
+		t.Fatal("dump --lazy-pages did not start serving")
+	}
+	w.reapKilled(t)
+	_, port, _ := net.SplitHostPort(a)
+	lp := exec.Command(godwitBin, append([]string{"lazy-pages", "-D", dir, "--page-server", "--address", "127.0.0.1", "--port", port}, tlsArgs("client")...)...)
+	var out bytes.Buffer
+	lp.Stdout, lp.Stderr = &out, &out
+	if err := lp.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- lp.Wait() }()
+	t.Cleanup(func() { lp.Process.Kill() })
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(dir, "lazy-pages.socket")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lazy-pages not listening: %s", out.String())
+		}
+	}
+	r := restore(t, w, dir, "--lazy-pages")
+	for name, c := range map[string]chan error{"lazy-pages": done, "dump --lazy-pages": dumped} {
+		select {
+		case err := <-c:
+			if err != nil {
+				t.Fatalf("%s: %v: %s %s", name, err, out.String(), dumpErr.String())
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s did not finish: %s %s", name, out.String(), dumpErr.String())
+		}
+	}
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("restored counter exited %d\n%s", code, w.tail())
+	}
+}
+
+// TestLazyTreeRestore: every live task of a tree (workloads/tree.c:
+// groups, sessions, zombies, a stopped task) is restored lazily by one
+// lazy-pages daemon, which exits once all their pages are in.
+func TestLazyTreeRestore(t *testing.T) {
+	needRoot(t)
+	w := startTree(t, cWorkload(t, "tree"))
+	before := subtree(t, w.pid)
+	t.Cleanup(func() {
+		for p := range before {
+			killAndForget(p)
+		}
+	})
+	dir := w.dump(t)
+	w.reapKilled(t)
+	for p := range before {
+		waitFor(t, fmt.Sprintf("pid %d to go", p), func() bool { return !pidExists(p) })
+	}
+	lp := exec.Command(godwitBin, "lazy-pages", "-D", dir, "-v4", "-o", "lazy-pages.log")
+	var out bytes.Buffer
+	lp.Stdout, lp.Stderr = &out, &out
+	if err := lp.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- lp.Wait() }()
+	t.Cleanup(func() { lp.Process.Kill() })
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(dir, "lazy-pages.socket")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lazy-pages not listening: %s", out.String())
+		}
+	}
+	r := restore(t, w, dir, "--lazy-pages")
+	if after := subtree(t, w.pid); len(after) != len(before) {
+		t.Errorf("restored %d tasks, want %d", len(after), len(before))
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("lazy-pages: %v: %s\n%s", err, out.String(), readFile(filepath.Join(dir, "lazy-pages.log")))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("lazy-pages did not finish: %s\n%s", out.String(), readFile(filepath.Join(dir, "lazy-pages.log")))
+	}
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("restored root exited %d\n%s", code, w.tail())
+	}
+	if !strings.Contains(readFile(w.log), "zombies ok") {
+		t.Fatalf("zombie statuses wrong after a lazy restore\n%s", w.tail())
+	}
+}

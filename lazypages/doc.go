@@ -1,0 +1,25 @@
+// Package lazypages is godwit's lazy-pages daemon (post-copy restore).
+//
+// `restore --lazy-pages` maps the lazy VMAs of a task (private anonymous
+// memory that is no stack: CRIU's rule) without filling them, registers
+// them in MISSING mode with a userfaultfd made inside the task, and hands
+// that uffd over the socket lazy-pages.socket in the work directory
+// (uffd.Handoff). The daemon (Run) then serves the task: a fault gets up
+// to FaultPages pages of the same pagemap entry at once, a page the dump
+// did not hold gets UFFDIO_ZEROPAGE, and the rest is pushed in the
+// background in address order. It follows the task's mm: fork (the child
+// is served from the same dump), mremap (pages still missing move with
+// their range), madvise(DONTNEED) and munmap (those pages are no longer
+// owed). Data comes from the pages images in -D, or with --page-server
+// from a page server's GET (`page-server --lazy-pages`, or `dump
+// --lazy-pages` on the dumping host); once every page is in, the daemon
+// closes the page-server session with CLOSE, which tells the source it
+// may go.
+//
+// Post-copy cannot survive losing its source: if the page server goes
+// away, or the daemon itself dies, the pages still missing can never come.
+// The daemon then kills the tasks with an error naming the missing range;
+// if the daemon is killed, a guard process it started (holding a copy of
+// every uffd, so that the kernel never falls back to zero-filling the
+// missing pages) kills them. Nothing is left waiting on a fault.
+package lazypages

@@ -1,0 +1,219 @@
+package lazypages
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// The guard is a small process the daemon starts before it serves any
+// task. It holds a copy of every uffd the daemon serves: were the daemon
+// to die, the kernel would otherwise release the uffds and let the tasks
+// fault in zero pages in place of their data, running on with wrong
+// memory. With the guard holding them, the faults just wait; the guard
+// sees the daemon's socket close without "done", kills the tasks, and
+// only then lets go of the uffds.
+//
+// Messages on a SOCK_SEQPACKET pair: 'T' id pid (fds: uffd [, pidfd]);
+// 'X' id (that task is complete: close its fds); 'D' (all done: exit 0).
+
+// guardEnv marks the guard's process; its value is the socket's fd.
+const guardEnv = "GODWIT_LAZY_PAGES_GUARD"
+
+type guard struct {
+	mu     sync.Mutex
+	sock   int
+	cmd    *exec.Cmd
+	exited chan error
+	closed bool
+}
+
+// startGuard runs this binary again as the guard (MaybeGuard in its main).
+func startGuard() (*guard, error) {
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("guard: socketpair: %w", err)
+	}
+	f := os.NewFile(uintptr(sp[1]), "lazy-pages-guard")
+	cmd := exec.Command("/proc/self/exe")
+	cmd.Args = []string{"godwit-lazy-pages-guard"}
+	cmd.Env = append(os.Environ(), guardEnv+"=3")
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.Stderr = os.Stderr
+	// Its own session: a ^C meant for the daemon must not reach it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	f.Close()
+	if err != nil {
+		unix.Close(sp[0])
+		return nil, fmt.Errorf("guard: start: %w", err)
+	}
+	g := &guard{sock: sp[0], cmd: cmd, exited: make(chan error, 1)}
+	// Wait for its first word: it runs and holds its end.
+	var b [1]byte
+	if n, err := unix.Read(g.sock, b[:]); err != nil || n != 1 || b[0] != 'R' {
+		cmd.Process.Kill()
+		cmd.Wait()
+		unix.Close(g.sock)
+		return nil, fmt.Errorf("guard: did not start (%v)", err)
+	}
+	go func() {
+		err := cmd.Wait()
+		if err == nil {
+			err = errors.New("exited")
+		}
+		g.exited <- err
+	}()
+	return g, nil
+}
+
+func (g *guard) send(b []byte, fds ...int) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return errors.New("guard: closed")
+	}
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	if err := unix.Sendmsg(g.sock, b, oob, nil, 0); err != nil {
+		return fmt.Errorf("guard: send: %w", err)
+	}
+	return nil
+}
+
+func guardMsg(kind byte, id uint32, pid int) []byte {
+	b := []byte{kind}
+	b = binary.NativeEndian.AppendUint32(b, id)
+	return binary.NativeEndian.AppendUint32(b, uint32(pid))
+}
+
+func (g *guard) add(id uint32, pid, ufd, pidfd int) error {
+	fds := []int{ufd}
+	if pidfd >= 0 {
+		fds = append(fds, pidfd)
+	}
+	return g.send(guardMsg('T', id, pid), fds...)
+}
+
+func (g *guard) drop(id uint32) { g.send(guardMsg('X', id, 0)) }
+
+// finish ends the guard: with 'D' when every page is in, else by closing
+// the socket (the guard then kills what it holds). It waits for the exit.
+func (g *guard) finish(complete bool) error {
+	if complete {
+		if err := g.send([]byte{'D'}); err != nil {
+			return err
+		}
+	}
+	g.mu.Lock()
+	g.closed = true
+	unix.Close(g.sock)
+	g.mu.Unlock()
+	err := <-g.exited
+	if complete && err != nil && err.Error() != "exited" {
+		return fmt.Errorf("lazy-pages: guard: %v", err)
+	}
+	return nil
+}
+
+// MaybeGuard runs the guard and exits when this process was started as
+// one; otherwise it returns at once. Call it first thing in main (and in
+// TestMain of tests that run the daemon).
+func MaybeGuard() {
+	v := os.Getenv(guardEnv)
+	if v == "" {
+		return
+	}
+	os.Exit(guardMain(3))
+}
+
+type guarded struct {
+	pid         int
+	uffd, pidfd int
+}
+
+func guardMain(sock int) int {
+	signal.Ignore(unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGPIPE, unix.SIGQUIT)
+	unix.CloseOnExec(sock)
+	if _, err := unix.Write(sock, []byte{'R'}); err != nil {
+		return 1
+	}
+	held := map[uint32]guarded{}
+	closeOne := func(g guarded) {
+		unix.Close(g.uffd)
+		if g.pidfd >= 0 {
+			unix.Close(g.pidfd)
+		}
+	}
+	buf := make([]byte, 16)
+	oob := make([]byte, unix.CmsgSpace(2*4))
+	for {
+		n, oobn, _, _, err := unix.Recvmsg(sock, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n == 0 {
+			break
+		}
+		var fds []int
+		if oobn > 0 {
+			if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+				for _, m := range msgs {
+					f, _ := unix.ParseUnixRights(&m)
+					fds = append(fds, f...)
+				}
+			}
+		}
+		switch {
+		case buf[0] == 'D':
+			for _, g := range held {
+				closeOne(g)
+			}
+			return 0
+		case buf[0] == 'T' && n == 9 && len(fds) >= 1:
+			id := binary.NativeEndian.Uint32(buf[1:])
+			g := guarded{pid: int(binary.NativeEndian.Uint32(buf[5:])), uffd: fds[0], pidfd: -1}
+			if len(fds) > 1 {
+				g.pidfd = fds[1]
+			}
+			for _, f := range fds[min(len(fds), 2):] {
+				unix.Close(f)
+			}
+			held[id] = g
+		case buf[0] == 'X' && n == 9:
+			id := binary.NativeEndian.Uint32(buf[1:])
+			if g, ok := held[id]; ok {
+				closeOne(g)
+				delete(held, id)
+			}
+		default:
+			for _, f := range fds {
+				unix.Close(f)
+			}
+		}
+	}
+	// The daemon is gone before every page was in.
+	var killed []int
+	for _, g := range held {
+		if g.pid > 0 {
+			killed = append(killed, killTree(g.pid, g.pidfd)...)
+		}
+	}
+	for _, g := range held {
+		closeOne(g)
+	}
+	if len(held) > 0 {
+		fmt.Fprintf(os.Stderr, "godwit lazy-pages guard: the lazy-pages daemon is gone before every page was in: killed %v (post-copy cannot go on without it)\n", killed)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,159 @@
+package restorer
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"godwit/internal/testutil"
+)
+
+// startPythonTree starts python3 running prog with the log path as its
+// argument, and waits for "ready" in the log.
+func startPythonTree(t *testing.T, prog string) (*testutil.Proc, string) {
+	t.Helper()
+	log := filepath.Join(t.TempDir(), "log")
+	return startWorkload(t, log, "ready", "/usr/bin/python3", "-c", prog, log), log
+}
+
+// TestRestoreTreeFailureKillsAll fails the restore of a child (the file
+// it has open is gone): the error names the task and every task made is
+// killed, with nothing left behind.
+func TestRestoreTreeFailureKillsAll(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "victim")
+	if err := os.WriteFile(victim, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	prog := "import os, sys, time\n" +
+		"if os.fork() == 0:\n" +
+		"    f = open(" + strconv.Quote(victim) + ")\n" +
+		"    open(sys.argv[1] + '.kid', 'w').write(str(os.getpid())); time.sleep(60)\n" +
+		"time.sleep(0.3); open(sys.argv[1], 'w').write('ready'); time.sleep(60)\n"
+	w, log := startPythonTree(t, prog)
+	kid, _ := strconv.Atoi(strings.TrimSpace(string(mustRead(t, log+".kid"))))
+	t.Cleanup(func() { syscall.Kill(kid, syscall.SIGKILL) })
+	imgs := filepath.Join(dir, "img")
+	dump(t, w.Pid, imgs, nil)
+	w.Reaped(t)
+	waitGone(t, kid)
+	os.Remove(victim)
+	restoreFails(t, imgs, w.Pid, fmt.Sprintf("task %d", kid), "victim")
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", kid)); err == nil {
+		// Orphaned to init, which reaps it shortly.
+		waitGone(t, kid)
+	}
+}
+
+// TestRestoreTreeSharedAnon restores a parent and child sharing an
+// anonymous MAP_SHARED page: after restore the child's writes are seen by
+// the parent, one object again, with the value it had at the dump.
+func TestRestoreTreeSharedAnon(t *testing.T) {
+	needRoot(t)
+	prog := "import mmap, os, sys, time, struct\n" +
+		"m = mmap.mmap(-1, 8192)\n" +
+		"m[4096:4104] = struct.pack('Q', 1000)\n" +
+		"if os.fork() == 0:\n" +
+		"    while True:\n" +
+		"        n = struct.unpack('Q', m[0:8])[0]; m[0:8] = struct.pack('Q', n + 1); time.sleep(0.005)\n" +
+		"time.sleep(0.2); open(sys.argv[1], 'w').write('ready')\n" +
+		"while True:\n" +
+		"    open(sys.argv[1] + '.n', 'w').write('%d %d' % struct.unpack('QQ', m[0:8] + m[4096:4104])); time.sleep(0.005)\n"
+	w, log := startPythonTree(t, prog)
+	imgs := filepath.Join(t.TempDir(), "img")
+	dump(t, w.Pid, imgs, nil)
+	w.Reaped(t)
+	r := restore(t, imgs, nil)
+	pids := r.PIDs()
+	t.Cleanup(func() {
+		for _, p := range pids {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+	})
+	if len(pids) != 2 {
+		t.Fatalf("restored %v, want a parent and a child", pids)
+	}
+	read := func() (int, int) {
+		var a, b int
+		fmt.Sscan(string(mustRead(t, log+".n")), &a, &b)
+		return a, b
+	}
+	first, mark := read()
+	if mark != 1000 {
+		t.Fatalf("second page %d after restore, want 1000", mark)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n, _ := read()
+		if n > first+5 {
+			break // the parent sees the child's writes
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the parent sees %d, still %d: the child's writes do not reach it", n, first)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	for i := 0; i < 500; i++ {
+		if b, err := os.ReadFile(p); err == nil && len(b) > 0 {
+			return b
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("%s: never written", p)
+	return nil
+}
+
+// TestRestoreTreeDeadGroupLeader restores a task whose process group's
+// leader had exited and been reaped: a helper with the leader's pid makes
+// the group again and goes, and the member is back in it.
+func TestRestoreTreeDeadGroupLeader(t *testing.T) {
+	needRoot(t)
+	prog := "import os, sys, time\n" +
+		"l = os.fork()\n" +
+		"if l == 0:\n" +
+		"    os.setpgid(0, 0); time.sleep(0.1); os._exit(0)\n" +
+		"try: os.setpgid(l, l)\n" +
+		"except OSError: pass\n" +
+		"m = os.fork()\n" +
+		"if m == 0:\n" +
+		"    os.setpgid(0, l)\n" +
+		"    while True: time.sleep(0.01)\n" +
+		"os.waitpid(l, 0)\n" +
+		"open(sys.argv[1] + '.ids', 'w').write('%d %d' % (l, m))\n" +
+		"open(sys.argv[1], 'w').write('ready')\n" +
+		"while True: time.sleep(0.01)\n"
+	w, log := startPythonTree(t, prog)
+	var l, m int
+	fmt.Sscan(string(mustRead(t, log+".ids")), &l, &m)
+	t.Cleanup(func() { syscall.Kill(m, syscall.SIGKILL) })
+	if pg, err := syscall.Getpgid(m); err != nil || pg != l {
+		t.Fatalf("member %d in group %d (%v), want %d", m, pg, err, l)
+	}
+	imgs := filepath.Join(t.TempDir(), "img")
+	dump(t, w.Pid, imgs, nil)
+	w.Reaped(t)
+	waitGone(t, m)
+	r := restore(t, imgs, nil)
+	t.Cleanup(func() {
+		for _, p := range r.PIDs() {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+	})
+	if pg, err := syscall.Getpgid(m); err != nil || pg != l {
+		t.Fatalf("restored member %d in group %d (%v), want %d", m, pg, err, l)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", l)); err == nil {
+		t.Fatalf("the helper %d for the dead leader is still there", l)
+	}
+	noChildren(t, w.Pid)
+}
