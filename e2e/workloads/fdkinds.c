@@ -36,6 +36,8 @@
  *  dg_bound    datagram socket on an abstract name, nothing queued
  *  ghost_a/b   LOG.ghost, deleted: "ghost-data", mode 0604; two opens,
  *              ghost_b read-only at offset 2
+ *  ify         inotify: watch 2 on LOG.d (IN_CREATE), watch 3 on LOG.f
+ *              (IN_MODIFY | IN_ONESHOT); watch 1 was removed
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -49,6 +51,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+#include <sys/inotify.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -75,7 +78,8 @@ static char fifo2[4096];
 static int sp_s[2], sp_d[2], sp_q[2], lis_abs, lis_path, dg_bound;
 static struct sockaddr_un abs_addr, path_addr, dg_addr;
 static socklen_t abs_len, dg_len;
-static int ghost_a, ghost_b;
+static int ghost_a, ghost_b, ify;
+static char ify_dir[4096], ify_file[4096];
 static char ghost[4096];
 static pid_t child;
 
@@ -95,6 +99,16 @@ static void setup(const char *log)
 	if (write(fifo_wonly, "w-only", 6) != 6) die("write fifo2");
 	close(tmp);
 
+	snprintf(ify_dir, sizeof ify_dir, "%s.d", log);
+	snprintf(ify_file, sizeof ify_file, "%s.f", log);
+	if (mkdir(ify_dir, 0700) < 0 || close(open(ify_file, O_CREAT | O_WRONLY, 0600)) < 0) die("inotify files");
+	if ((ify = inotify_init1(IN_NONBLOCK)) < 0) die("inotify_init1");
+	int w1 = inotify_add_watch(ify, ify_file, IN_ACCESS);
+	if (w1 != 1 || inotify_add_watch(ify, ify_dir, IN_CREATE) != 2 || inotify_rm_watch(ify, w1) < 0 ||
+	    inotify_add_watch(ify, ify_file, IN_MODIFY | IN_ONESHOT) != 3) die("inotify watches");
+	char ib[4096];
+	while (read(ify, ib, sizeof ib) > 0) /* the IN_IGNORED of watch 1 */
+		;
 	snprintf(ghost, sizeof ghost, "%s.ghost", log);
 	if ((ghost_a = open(ghost, O_RDWR | O_CREAT | O_EXCL, 0600)) < 0 || write(ghost_a, "ghost-data", 10) != 10 ||
 	    fchmod(ghost_a, 0604) < 0 || (ghost_b = open(ghost, O_RDONLY)) < 0 || lseek(ghost_b, 2, SEEK_SET) != 2 ||
@@ -228,6 +242,35 @@ static void check(void)
 	CHECK(r2 >= 0, "fifo2: open: %s", strerror(errno));
 	check_read(r2, "w-only", "fifo_wonly");
 	close(r2);
+
+	/* inotify */
+	{
+		char ib[4096] __attribute__((aligned(8)));
+		CHECK(read(ify, ib, sizeof ib) < 0 && errno == EAGAIN, "ify: events pending after restore");
+		char p[4200];
+		snprintf(p, sizeof p, "%s/new", ify_dir);
+		close(open(p, O_CREAT | O_WRONLY, 0600));
+		int fw = open(ify_file, O_WRONLY);
+		CHECK(write(fw, "m", 1) == 1, "ify: write");
+		CHECK(write(fw, "m", 1) == 1, "ify: write");
+		close(fw);
+		ssize_t n = read(ify, ib, sizeof ib);
+		int created = 0, modified = 0, ignored = 0, other = 0;
+		for (char *q = ib; n > 0 && q < ib + n;) {
+			struct inotify_event *ev = (struct inotify_event *)q;
+			if (ev->wd == 2 && (ev->mask & IN_CREATE) && strcmp(ev->name, "new") == 0)
+				created++;
+			else if (ev->wd == 3 && (ev->mask & IN_MODIFY))
+				modified++;
+			else if (ev->wd == 3 && (ev->mask & IN_IGNORED))
+				ignored++;
+			else
+				other++;
+			q += sizeof *ev + ev->len;
+		}
+		CHECK(created == 1 && modified == 1 && ignored == 1 && other == 0,
+		      "ify: events created %d modified %d (one-shot) ignored %d other %d", created, modified, ignored, other);
+	}
 
 	/* the deleted file */
 	struct stat gst;

@@ -302,7 +302,28 @@ const (
 	// Ghost is a regular file whose last name was unlinked while open
 	// (Ghost state: its contents travel in the images).
 	Ghost
+	// Inotify is an inotify instance (Inotify state).
+	Inotify
 )
+
+// InotifyState is every watch of an inotify instance.
+type InotifyState struct {
+	Watches []InotifyWatch // ascending by Wd
+}
+
+// InotifyWatch is one watch: its descriptor, mask and the watched inode,
+// known by its file handle and (for the restore) a path that reached it
+// at dump time.
+type InotifyWatch struct {
+	Wd          uint32
+	Mask        uint32
+	IgnoredMask uint32
+	Ino         uint64
+	Dev         uint32 // the kernel's s_dev (major << 20 | minor)
+	HandleType  uint32
+	Handle      []byte
+	Path        string
+}
 
 // GhostState is a deleted file's inode: contents and attributes. The
 // files of one deleted inode share it (by Dev and Ino).
@@ -414,6 +435,7 @@ type File struct {
 	Epoll    *EpollState
 	Unix     *UnixSocketState
 	Ghost    *GhostState
+	Inotify  *InotifyState
 	// Locks are the flock and OFD locks of the description.
 	Locks []FileLock
 }

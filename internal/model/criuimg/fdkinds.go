@@ -1,16 +1,20 @@
 package criuimg
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/eventfd"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/eventpoll"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fh"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fifo"
 	file_lock "github.com/checkpoint-restore/go-criu/v8/crit/images/file-lock"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fsnotify"
 	ghost_file "github.com/checkpoint-restore/go-criu/v8/crit/images/ghost-file"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pipe"
 	pipe_data "github.com/checkpoint-restore/go-criu/v8/crit/images/pipe-data"
@@ -63,6 +67,8 @@ func fdType(f *model.File) fdinfo.FdTypes {
 		return fdinfo.FdTypes_EVENTPOLL
 	case model.UnixSocket:
 		return fdinfo.FdTypes_UNIXSK
+	case model.Inotify:
+		return fdinfo.FdTypes_INOTIFY
 	}
 	return fdinfo.FdTypes_REG
 }
@@ -144,6 +150,24 @@ func kindEntry(f *model.File) (*fdinfo.FileEntry, error) {
 		if u.FileMode != 0 {
 			e.Usk.FilePerms = &sk_unix.FilePermsEntry{Mode: proto.Uint32(u.FileMode), Uid: proto.Uint32(0), Gid: proto.Uint32(0)}
 		}
+	case model.Inotify:
+		if f.Inotify == nil {
+			return missing()
+		}
+		ify := &fsnotify.InotifyFileEntry{Id: id, Flags: proto.Uint32(f.Flags), Fown: noFown()}
+		for _, w := range f.Inotify.Watches {
+			h := &fh.FhEntry{Bytes: proto.Uint32(uint32(len(w.Handle))), Type: proto.Uint32(w.HandleType), Path: proto.String(w.Path)}
+			for i := 0; i < len(w.Handle); i += 8 {
+				var b [8]byte
+				copy(b[:], w.Handle[i:])
+				h.Handle = append(h.Handle, binary.LittleEndian.Uint64(b[:]))
+			}
+			ify.Wd = append(ify.Wd, &fsnotify.InotifyWdEntry{
+				Id: id, IIno: proto.Uint64(w.Ino), Mask: proto.Uint32(w.Mask), IgnoredMask: proto.Uint32(w.IgnoredMask),
+				SDev: proto.Uint32(w.Dev), Wd: proto.Uint32(w.Wd), FHandle: h,
+			})
+		}
+		e.Ify = ify
 	default:
 		return nil, fmt.Errorf("file %d: kind %d has no image entry", f.ID, f.Kind)
 	}
@@ -387,6 +411,35 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 			return nil, true, fmt.Errorf("file %d: socket timeouts out of range", id)
 		}
 		f.Unix = u
+	case fdinfo.FdTypes_INOTIFY:
+		p := e.GetIfy()
+		if p == nil {
+			return bad("inotify")
+		}
+		if len(p.GetWd()) > epollTargetsMax {
+			return nil, true, fmt.Errorf("file %d: %d inotify watches", id, len(p.GetWd()))
+		}
+		f.Kind, f.Flags = model.Inotify, p.GetFlags()
+		st := &model.InotifyState{}
+		for _, w := range p.GetWd() {
+			h := w.GetFHandle()
+			n := h.GetBytes()
+			if h == nil || n > 128 || uint64(len(h.GetHandle()))*8 < uint64(n) || !strings.HasPrefix(h.GetPath(), "/") {
+				return nil, true, fmt.Errorf("file %d: inotify watch %d: bad handle, or no path (restoring by handle alone is not supported)", id, w.GetWd())
+			}
+			var hb []byte
+			for _, x := range h.GetHandle() {
+				hb = binary.LittleEndian.AppendUint64(hb, x)
+			}
+			if len(st.Watches) > 0 && w.GetWd() <= st.Watches[len(st.Watches)-1].Wd {
+				return nil, true, fmt.Errorf("file %d: inotify watches not in rising order", id)
+			}
+			st.Watches = append(st.Watches, model.InotifyWatch{
+				Wd: w.GetWd(), Mask: w.GetMask(), IgnoredMask: w.GetIgnoredMask(), Ino: w.GetIIno(), Dev: w.GetSDev(),
+				HandleType: h.GetType(), Handle: hb[:n], Path: h.GetPath(),
+			})
+		}
+		f.Inotify = st
 	case fdinfo.FdTypes_EVENTPOLL:
 		p := e.GetEpfd()
 		if p == nil {

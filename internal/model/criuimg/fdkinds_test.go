@@ -39,6 +39,10 @@ func kindsTree(t testing.TB) *model.Tree {
 			Ino: 52, Type: unix.SOCK_STREAM, State: 10, Backlog: 5, Name: []byte("/tmp/sock"), FileMode: unix.S_IFSOCK | 0o640}},
 		{ID: 21, Kind: model.Ghost, Path: "/tmp/gone", Flags: unix.O_RDWR, Pos: 3, Mode: unix.S_IFREG | 0o640, MntID: 30, Ghost: ghost},
 		{ID: 22, Kind: model.Ghost, Path: "/tmp/gone", Flags: unix.O_RDONLY, Mode: unix.S_IFREG | 0o640, MntID: 30, Ghost: ghost},
+		{ID: 23, Kind: model.Inotify, Flags: unix.O_RDONLY | unix.O_NONBLOCK, MntID: -1, Inotify: &model.InotifyState{Watches: []model.InotifyWatch{
+			{Wd: 2, Mask: unix.IN_CREATE, Ino: 99, Dev: 254 << 20, HandleType: 1, Handle: []byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, Path: "/tmp/d"},
+			{Wd: 5, Mask: unix.IN_MODIFY | unix.IN_ONESHOT, IgnoredMask: 0, Ino: 100, Dev: 254 << 20, HandleType: 1, Handle: []byte{8, 7, 6, 5, 4, 3, 2, 1}, Path: "/tmp/f"},
+		}}},
 		{ID: 16, Kind: model.Epoll, Flags: unix.O_RDWR, MntID: -1, Epoll: &model.EpollState{Targets: []model.EpollTarget{{FD: 10, Events: unix.EPOLLIN | unix.EPOLLET, Data: 0xdead}, {FD: 11, Events: unix.EPOLLOUT, Data: 1}}}},
 	}
 	k := tr.Root()
@@ -65,7 +69,7 @@ func TestKindsRoundTrip(t *testing.T) {
 		t.Fatalf("no %s among %v", PipesDataImg, names)
 	}
 	got := readTree(t, dir)
-	for _, id := range []model.ID{10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22} {
+	for _, id := range []model.ID{10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23} {
 		w, g := tr.Files[id], got.Files[id]
 		if g == nil {
 			t.Fatalf("file %d not read", id)
@@ -159,7 +163,7 @@ func FuzzReadKinds(f *testing.F) {
 			ok := map[model.FileKind]bool{
 				model.Path: true, model.Pipe: fl.Pipe != nil, model.EventFD: fl.EventFD != nil,
 				model.SignalFD: fl.SignalFD != nil, model.TimerFD: fl.TimerFD != nil, model.Epoll: fl.Epoll != nil,
-				model.UnixSocket: fl.Unix != nil, model.Ghost: fl.Ghost != nil,
+				model.UnixSocket: fl.Unix != nil, model.Ghost: fl.Ghost != nil, model.Inotify: fl.Inotify != nil,
 			}[fl.Kind]
 			if !ok {
 				t.Fatalf("file %d of kind %d without its state", id, fl.Kind)
