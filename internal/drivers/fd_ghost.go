@@ -43,12 +43,15 @@ func (ghostKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 		return fmt.Errorf("%d bytes, over --ghost-limit (%d)", st.Size, fl.GhostLimit)
 	}
 	// The same inode, already read for another description, is shared.
-	for _, o := range fl.byID {
-		if o.Ghost != nil && o.Ghost.Dev == st.Dev && o.Ghost.Ino == st.Ino {
-			f.Kind, f.Path, f.Size, f.BuildID, f.Ghost = model.Ghost, o.Path, nil, nil, o.Ghost
-			return nil
-		}
+	key := [2]uint64{st.Dev, st.Ino}
+	if o := fl.ghosts[key]; o != nil {
+		f.Kind, f.Path, f.Size, f.BuildID, f.Ghost = model.Ghost, o.Path, nil, nil, o.Ghost
+		return nil
 	}
+	if fl.ghosts == nil {
+		fl.ghosts = map[[2]uint64]*model.File{}
+	}
+	fl.ghosts[key] = f
 	src, err := unix.Open(procfs.Path(pid, "fd/"+strconv.Itoa(fd.Num)), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
 	if err != nil {
 		return fmt.Errorf("open to save its contents: %w", err)
@@ -108,18 +111,15 @@ func (ghostKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error
 // ghostOfTree takes a copy of the deleted file from another task of the
 // tree that already holds it; -1 when none does.
 func ghostOfTree(rs *restoreFDs, g *model.GhostState) (int, error) {
-	for fid, at := range rs.r.Opened {
-		o := rs.r.Tree.Files[fid]
-		if o == nil || o.Ghost == nil || o.Ghost.Dev != g.Dev || o.Ghost.Ino != g.Ino || at.Pid == rs.r.Task.Pid {
-			continue
-		}
-		fd, err := grabFD(at.Pid, at.FD)
-		if err != nil {
-			return -1, fmt.Errorf("deleted file held by %d fd %d: %w", at.Pid, at.FD, err)
-		}
-		return fd, nil
+	at, ok := rs.heldElsewhere(objectKey(&model.File{Kind: model.Ghost, Ghost: g}))
+	if !ok {
+		return -1, nil
 	}
-	return -1, nil
+	fd, err := grabFD(at.Pid, at.FD)
+	if err != nil {
+		return -1, fmt.Errorf("deleted file held by %d fd %d: %w", at.Pid, at.FD, err)
+	}
+	return fd, nil
 }
 
 // makeGhost creates the deleted file again (see above) and returns

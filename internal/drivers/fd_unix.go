@@ -289,16 +289,6 @@ func refuseRights(oob []byte) error {
 	return nil
 }
 
-// unixPeer finds the file of the socket with inode ino in the task.
-func unixPeer(r *Restore, ino uint32) *model.File {
-	for _, e := range r.Task.FDs {
-		if f := r.Tree.Files[e.File]; f != nil && f.Unix != nil && f.Unix.Ino == ino {
-			return f
-		}
-	}
-	return nil
-}
-
 func (unixKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error) {
 	st := f.Unix
 	if st == nil {
@@ -326,7 +316,7 @@ func makeUnix(rs *restoreFDs, what string, f *model.File) (int, error) {
 	st := f.Unix
 	typ := int(st.Type) | unix.SOCK_CLOEXEC
 	if st.Peer != 0 {
-		pf := unixPeer(rs.r, st.Peer)
+		pf := rs.unixSocket(st.Peer)
 		if pf == nil {
 			return -1, fmt.Errorf("%s: the peer of unix socket %d (socket %d) is not in this task: not supported yet", what, st.Ino, st.Peer)
 		}

@@ -184,6 +184,7 @@ type Files struct {
 	// FileLocks: dump the file locks (--file-locks); without it a held
 	// lock fails the dump, as in CRIU.
 	FileLocks bool
+	ghosts    map[[2]uint64]*model.File // deleted files read, by device and inode
 }
 
 type fileKey struct {
