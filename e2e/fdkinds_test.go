@@ -21,9 +21,20 @@ import (
 // another) reporting the right events. The program checks each itself.
 func TestFDKindsDumpRestore(t *testing.T) {
 	needRoot(t)
-	w := startWorkload(t, cWorkload(t, "fdkinds"))
+	// Under a reaper: fdkinds has a child, which must not stay a zombie
+	// of a test runner that is PID 1.
+	w := startTree(t, cWorkload(t, "fdkinds"))
+	before := subtree(t, w.pid)
+	t.Cleanup(func() {
+		for p := range before {
+			killAndForget(p)
+		}
+	})
 	dir := w.dump(t)
 	w.reapKilled(t)
+	for p := range before {
+		waitFor(t, fmt.Sprintf("pid %d to go", p), func() bool { return !pidExists(p) })
+	}
 	r := restore(t, w, dir)
 	w.waitTicks(3)
 	if code := r.finish(t, w); code != 0 {
@@ -38,7 +49,7 @@ func TestFDKindsDumpRestore(t *testing.T) {
 // counter and expiration afterwards.
 func TestFDKindsDumpLeavesStateAlone(t *testing.T) {
 	needRoot(t)
-	w := startWorkload(t, cWorkload(t, "fdkinds"))
+	w := startTree(t, cWorkload(t, "fdkinds"))
 	w.dump(t, "-R")
 	w.waitTicks(3)
 	w.finishOriginal(t, "after dump -R")
