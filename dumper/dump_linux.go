@@ -135,6 +135,11 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	}
 	rb.add(stage.Abort)
 	dir := stage.Dir()
+	track, err := prepareChain(o, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer track.finish(false) // no-op once finished
 	if err := interrupted(ctx); err != nil {
 		return nil, fmt.Errorf("dump %d: %w", pid, err)
 	}
@@ -206,7 +211,8 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	}
 	frozenAt := time.Now()
 	logging.Default().Infof("dump %d: froze %d tasks (%d threads in the root) in %v", pid, len(tree), len(tids), frozenAt.Sub(t0))
-	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, ghostLimit: o.GhostLimit, fileLocks: o.FileLocks}
+	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track,
+		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks}
 	err = d.safeCollect()
 	if err == nil {
 		err = target.Commit()
@@ -247,6 +253,12 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	}
 	rb.disarm()
 	stage.Keep()
+	track.finish(true)
+	if o.AutoDedup && track != nil {
+		if err := dedupChain(final, pid); err != nil {
+			d.log.Warnf("dump %d: --auto-dedup: %v", pid, err)
+		}
+	}
 	var ferrs []error
 	for i := len(tree) - 1; i >= 0; i-- {
 		t := tree[i]
@@ -277,7 +289,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		MemdumpTime:        proto.Uint32(uint32(d.mem.DumpTime.Microseconds())),
 		MemwriteTime:       proto.Uint32(uint32(d.mem.WriteTime.Microseconds())),
 		PagesScanned:       proto.Uint64(d.mem.Scanned),
-		PagesSkippedParent: proto.Uint64(0),
+		PagesSkippedParent: proto.Uint64(d.parentPages),
 		PagesWritten:       proto.Uint64(d.mem.Written),
 		PagesLazy:          proto.Uint64(0),
 	}
@@ -308,22 +320,26 @@ func writeCPUInfo(dir *images.Dir, capArg string) error {
 
 // dumpRun is one dump in progress.
 type dumpRun struct {
-	ctx        context.Context
-	pid        int   // the task being collected
-	tids       []int // its threads
-	tree       []*frozenTask
-	tr         *ptrace.Tracer
-	dir        *images.Dir
-	method     Method
-	sinks      func(d *images.Dir, pagemapName string, pagesID uint32) (pagexfer.Sink, error)
-	log        *logging.Logger
-	written    []string
-	mem        MemStats
-	drivers    []drivers.Driver // every kind of state, in order
-	pagesID    uint32           // the last pages id given out
-	shmDone    map[uint64]int   // shared anonymous objects dumped: shmid → pid
-	ghostLimit uint64           // --ghost-limit, 0: the default
-	fileLocks  bool             // --file-locks
+	ctx     context.Context
+	pid     int   // the task being collected
+	tids    []int // its threads
+	tree    []*frozenTask
+	tr      *ptrace.Tracer
+	dir     *images.Dir
+	method  Method
+	sinks   func(d *images.Dir, pagemapName string, pagesID uint32) (pagexfer.Sink, error)
+	log     *logging.Logger
+	written []string
+	mem     MemStats
+	drivers []drivers.Driver // every kind of state, in order
+	pagesID uint32           // the last pages id given out
+	shmDone map[uint64]int   // shared anonymous objects dumped: shmid → pid
+	// track, with --prev-images-dir, writes the root task's private pages
+	// against the parent images (predump_linux.go).
+	track       *trackedDump
+	parentPages uint64
+	ghostLimit  uint64 // --ghost-limit, 0: the default
+	fileLocks   bool   // --file-locks
 }
 
 func (d *dumpRun) note(name string) { d.written = append(d.written, name) }
@@ -599,7 +615,13 @@ func (d *dumpRun) dumpMemory(md *MemoryDumper, vmas []VMA) (err error) {
 	if err != nil {
 		return err
 	}
-	err = md.DumpPrivate(vmas, sink)
+	if d.track != nil && d.pid == d.track.pid {
+		var st MemStats
+		st, d.parentPages, err = d.track.writePrivate(d.pid, vmas, sink)
+		md.addStats(st)
+	} else {
+		err = md.DumpPrivate(vmas, sink)
+	}
 	if cerr := sink.Close(); err == nil {
 		err = cerr
 	}

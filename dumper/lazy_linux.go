@@ -43,6 +43,9 @@ func DumpLazyContext(ctx context.Context, o Options, scripts *actions.Scripts, l
 	if o.PageServer != nil {
 		return nil, errors.New("dump --lazy-pages: the pages are served from here: --page-server does not apply")
 	}
+	if o.PrevImagesDir != "" || o.TrackMem {
+		return nil, errors.New("dump --lazy-pages on top of pre-dump rounds (--prev-images-dir, --track-mem) is not supported yet")
+	}
 	log := ls.Log
 	if log == nil {
 		log = logging.Default()

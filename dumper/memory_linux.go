@@ -132,6 +132,16 @@ func (d *MemoryDumper) Method() Method {
 	return MethodReadv
 }
 
+// addStats adds counters of pages moved by another writer.
+func (d *MemoryDumper) addStats(s MemStats) {
+	d.stats.Scanned += s.Scanned
+	d.stats.Zero += s.Zero
+	d.stats.Untouched += s.Untouched
+	d.stats.Written += s.Written
+	d.stats.DumpTime += s.DumpTime
+	d.stats.WriteTime += s.WriteTime
+}
+
 // Stats returns the counters so far.
 func (d *MemoryDumper) Stats() MemStats { return d.stats }
 

@@ -22,6 +22,13 @@ type Options struct {
 	// Method is how pages leave the target (zero: MethodReadv, see
 	// Method).
 	Method Method
+	// PrevImagesDir links the parent images (--prev-images-dir, relative
+	// to ImagesDir or absolute); with TrackMem, only the pages changed
+	// since that pre-dump round are saved (see PreDump).
+	PrevImagesDir string
+	TrackMem      bool
+	// AutoDedup punches the parent images' pages this dump replaces.
+	AutoDedup bool
 	// GhostLimit is the largest deleted file whose contents the images
 	// carry (0: opts.DefaultGhostLimit).
 	GhostLimit uint64

@@ -80,7 +80,7 @@ func (t *pageServerTarget) Open(_ *images.Dir, name string, _ uint32) (pagexfer.
 	}
 	var sink *pageserver.TaskSink
 	err := t.watch(func() (err error) {
-		sink, err = t.c.OpenTask(t.ctx, dst, false)
+		sink, err = t.c.OpenTask(t.ctx, dst, true) // OPEN2: learn whether HOLE may be used
 		return err
 	})
 	if err != nil {

@@ -251,8 +251,6 @@ func TestRPCRefusals(t *testing.T) {
 		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.Ps = &rpc.CriuPageServerInfo{Fd: ptr(int32(0))} }), "criu_opts.ps.fd (--ps-socket)"},
 		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.LogFile = ptr("../x.log") }), "no subdirectories"},
 		{rpc.CriuReqType_RESTORE, with(func(o *rpc.CriuOpts) { o.RstSibling = ptr(true) }), "criu_opts.rst_sibling (--restore-sibling)"},
-		{rpc.CriuReqType_PRE_DUMP, base(), "pre-dump is not supported yet"},
-		{rpc.CriuReqType_SINGLE_PRE_DUMP, base(), "pre-dump is not supported yet"},
 	} {
 		s := startSwrk(t)
 		resp := s.call(t, &rpc.CriuReq{Type: c.typ.Enum(), Opts: c.opts})

@@ -453,7 +453,7 @@ func (r *taskRun) getsPages(v *model.VMA) bool {
 		}
 	}
 	for i := lo; i < pr.Len() && pr.Range(i).Vaddr < v.End; i++ {
-		if pr.Range(i).Present() {
+		if pr.Range(i).Flags&(images.PagePresent|images.PageInParent) != 0 {
 			return true
 		}
 	}

@@ -67,7 +67,10 @@ func (r *taskRun) privatePages() (pagexfer.Source, error) {
 					images.PagemapImg(r.img.pid), e.Vaddr, e.End())
 			}
 		}
-		return pagexfer.NewImageSource(pr), nil
+		return r.img.imageSource(), nil
+	}
+	if r.img.chain != nil {
+		return nil, fmt.Errorf("%s: pages in the parent images (an incremental dump) cannot be restored lazily yet", images.PagemapImg(r.img.pid))
 	}
 	lazy := r.lazyRanges()
 	s := &clippedSource{pr: pr}

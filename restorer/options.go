@@ -37,6 +37,9 @@ type Options struct {
 	// InheritFD gives files of the tree godwit's own descriptors
 	// (--inherit-fd), by resource (drivers.InheritKey).
 	InheritFD map[string]int
+	// AutoDedup punches the restored pages out of the images (and their
+	// parents) once the task runs (criu(8)'s --auto-dedup).
+	AutoDedup bool
 	// LazyPages leaves the pages of lazy VMAs (lazyVMA) out and hands
 	// them, registered with a userfaultfd, to the lazy-pages daemon
 	// listening on LazySocketName in WorkDir (or ImagesDir).

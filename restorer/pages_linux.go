@@ -286,3 +286,47 @@ func (r *taskRun) fillShmem() error {
 	}
 	return nil
 }
+
+// imageSource is the task's private pages from the images: through the
+// parent images for an incremental dump.
+func (ti *taskImages) imageSource() pagexfer.Source {
+	if ti.chain != nil {
+		return ti.chain.Source()
+	}
+	return pagexfer.NewImageSource(ti.pages)
+}
+
+// dedupRestored punches the pages the restore consumed out of the
+// images (--auto-dedup): they are in the tasks now. The images are read
+// again: the restore's readers are closed by now.
+func (r *Restorer) dedupRestored() error {
+	d, err := images.Open(r.o.ImagesDir, false)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	for _, t := range r.img.tasks {
+		name := images.PagemapImg(t.pid)
+		if !d.Exists(name) {
+			continue
+		}
+		if err := punchChain(d, name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func punchChain(d *images.Dir, name string) error {
+	top, err := images.OpenPages(d, name)
+	if err != nil {
+		return err
+	}
+	defer top.Close()
+	c, err := pagexfer.OpenChain(d, name, top)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.PunchResolved()
+}

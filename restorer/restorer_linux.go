@@ -191,6 +191,12 @@ func RestoreContext(ctx context.Context, o Options, scripts *actions.Scripts) (*
 			return nil, err
 		}
 	}
+	if r.o.AutoDedup {
+		// Only now: a failed restore keeps its images whole.
+		if err := r.dedupRestored(); err != nil {
+			r.log.Warnf("restore %d: --auto-dedup: %v", r.PID(), err)
+		}
+	}
 	return r, nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"godwit/internal/images"
 	"godwit/internal/model"
 	"godwit/internal/model/criuimg"
+	"godwit/internal/pagexfer"
 )
 
 // thread is one dumped thread.
@@ -24,6 +25,7 @@ type taskImages struct {
 	threads []*thread // leader first; none for a dead task
 	mm      *model.MM
 	pages   *images.PageReader // nil when the dump has no private pages
+	chain   *pagexfer.Chain    // pages resolved through the parent images; nil: none needed
 	// shmem are the shared anonymous objects this task makes and fills
 	// (the first task of the tree that maps each), by shmid.
 	shmem map[uint64]*images.PageReader
@@ -47,6 +49,10 @@ func (ti *taskImages) close() {
 }
 
 func (ti *taskImages) closeOwn() {
+	if ti.chain != nil {
+		ti.chain.Close()
+		ti.chain = nil
+	}
 	if ti.pages != nil {
 		ti.pages.Close()
 		ti.pages = nil
@@ -180,12 +186,17 @@ func (ti *taskImages) readPages(d *images.Dir) error {
 			}
 		}
 	}
+	inParent := false
 	for p := range pr.Ranges() {
-		if p.Flags&images.PageInParent != 0 {
-			return fmt.Errorf("%s: pages at %#x are in a parent image: incremental restore is not supported yet", name, p.Vaddr)
-		}
+		inParent = inParent || p.Flags&images.PageInParent != 0
 		if !coveredPrivate(vmas, p.Vaddr, p.End()) {
 			return fmt.Errorf("%s: pages %#x-%#x lie outside the private VMAs of %s", name, p.Vaddr, p.End(), images.MmImg(ti.pid))
+		}
+	}
+	if inParent {
+		// An incremental dump: PARENT entries read through "parent".
+		if ti.chain, err = pagexfer.OpenChain(d, name, pr); err != nil {
+			return err
 		}
 	}
 	for _, v := range vmas {

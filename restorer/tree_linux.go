@@ -276,6 +276,14 @@ func (r *Restorer) groupHelpers(want func(*model.Task) (int, int)) error {
 		if byPid[pg] != nil || r.o.ShellJob && pg == ownPg {
 			continue
 		}
+		if lpg, err := unix.Getpgid(pg); err == nil && lpg == pg {
+			// The group's leader lives outside the dump: the group
+			// exists and its members join it (in its session, which
+			// the session step checks), with no helper.
+			if lsid, err := unix.Getsid(pg); err == nil && lsid == sid {
+				continue
+			}
+		}
 		if _, ok := need[pg]; !ok {
 			order = append(order, pg)
 			need[pg] = sid

@@ -135,7 +135,7 @@ func (t *Tracker) scan(res *ScanResult, vmas []VMA) error {
 	var added []VMA
 	for _, v := range fresh {
 		if err := t.start(v); err != nil {
-			if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM) {
+			if untrackable(err) {
 				res.Untrackable = append(res.Untrackable, v)
 				res.UntrackableErr = append(res.UntrackableErr, err)
 				continue
@@ -150,11 +150,15 @@ func (t *Tracker) scan(res *ScanResult, vmas []VMA) error {
 	}
 	// Scan the old ranges. Runs of adjacent tracked VMAs are scanned in one
 	// call; holes between VMAs are skipped by the kernel.
+	var lost []VMA
 	for _, run := range runs(kept, cur) {
-		if err := t.scanRun(run, res, &added); err != nil {
+		if err := t.scanRun(run, res, cur, &added, &lost); err != nil {
 			return err
 		}
 	}
+	// A lost range is no longer tracked, whether tracking it again
+	// worked (then it is in added) or not.
+	kept = subtract(kept, normalize(lost))
 	res.New = append(res.New, added...)
 	for _, v := range added {
 		var err error
@@ -166,6 +170,22 @@ func (t *Tracker) scan(res *ScanResult, vmas []VMA) error {
 	t.tracked = normalize(append(kept, added...))
 	return nil
 }
+
+// untrackable tells the registration errors that mean "this VMA cannot be
+// tracked" rather than a failure of the tracker: EINVAL and EPERM for
+// mappings the kernel refuses (special mappings, VM_PFNMAP…), EBUSY for a
+// VMA already registered with another userfaultfd (the program's own),
+// ESRCH when the uffd's mm is gone (the process exec'd since).
+func untrackable(err error) bool {
+	return errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM) || errors.Is(err, unix.EBUSY) || errors.Is(err, unix.ESRCH)
+}
+
+// Adopt declares ranges as already tracked (registered and protected on
+// this Tracker's uffd by an earlier Tracker, e.g. of a previous godwit
+// process holding the same uffd): the next Scan reports only their writes.
+// The caller vouches that nothing in them went unreported since; any part
+// that is no longer registered is found by Scan and reported New.
+func (t *Tracker) Adopt(tracked []VMA) { t.tracked = normalize(tracked) }
 
 // start registers v in WP mode and write-protects it.
 func (t *Tracker) start(v VMA) error {
@@ -191,7 +211,7 @@ const scanReturn = PageIsWritten | PageIsPresent | PageIsSwapped | PageIsPFNZero
 // reported, so writes could be lost. Without it the kernel skips such VMAs;
 // the second, cheap pass (whole VMAs are accepted or skipped on their
 // category, no page-table walk for registered ones) finds them.
-func (t *Tracker) scanRun(run VMA, res *ScanResult, added *[]VMA) error {
+func (t *Tracker) scanRun(run VMA, res *ScanResult, cur []VMA, added, lost *[]VMA) error {
 	var err error
 	ret := uint64(PageIsWritten)
 	if t.DetailedCategories {
@@ -207,11 +227,21 @@ func (t *Tracker) scanRun(run VMA, res *ScanResult, added *[]VMA) error {
 	if err != nil {
 		return fmt.Errorf("tracker: %w", err)
 	}
+	var unreg []VMA
 	for _, r := range t.lost {
-		v := VMA{r.Start, r.End}
+		unreg = append(unreg, VMA{r.Start, r.End})
+	}
+	// Only the caller's VMAs: a run may span mappings it does not want
+	// tracked (the vDSO, shared memory…) between two that it does.
+	for _, v := range intersect(normalize(unreg), cur) {
+		*lost = append(*lost, v)
 		if err := t.start(v); err != nil {
-			if errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) {
-				// Gone or changed again since: the next Scan sees it.
+			if errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.ENOENT) || untrackable(err) || errors.Is(err, unix.ESRCH) {
+				// Gone, changed again since, or not trackable (the
+				// uffd's mm is gone after an exec): untracked, so the
+				// caller must take it whole.
+				res.Untrackable = append(res.Untrackable, v)
+				res.UntrackableErr = append(res.UntrackableErr, err)
 				continue
 			}
 			return fmt.Errorf("tracker: re-register %v: %w", v, err)

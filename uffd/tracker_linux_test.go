@@ -291,3 +291,30 @@ func TestRangeOps(t *testing.T) {
 		t.Errorf("runs: %s", got)
 	}
 }
+
+// A Tracker that adopts another's ranges on the same uffd (a later godwit
+// round) reports only the writes since, and nothing as new.
+func TestTrackerAdopt(t *testing.T) {
+	needRoot(t)
+	c := startChild(t, false)
+	tr, pm := trackChild(t, c)
+	const n = 64
+	base := c.doHex("map %d", n)
+	writePages(t, c, base, []int{0, 1, 2, 3})
+	scanChild(t, c, tr)
+	writePages(t, c, base, []int{5, 9})
+	tr2, err := NewTracker(tr.u, pm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr2.Adopt(tr.Tracked())
+	r := scanChild(t, c, tr2)
+	if got := keys(pagesIn(r.Written, base, n)); fmt.Sprint(got) != "[5 9]" {
+		t.Fatalf("adopted scan: written %v, want [5 9]", got)
+	}
+	for _, v := range r.New {
+		if v.Start < base+n*PageSize && v.End > base {
+			t.Fatalf("adopted scan: %v of the region reported new", v)
+		}
+	}
+}

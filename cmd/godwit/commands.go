@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +12,8 @@ import (
 
 	"godwit/internal/daemon"
 	"godwit/internal/engineopts"
+	"godwit/internal/images"
+	"godwit/internal/pagexfer"
 	"godwit/lazypages"
 	"godwit/service"
 )
@@ -35,8 +36,24 @@ func preDumpCmd(a *app) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "pre-dump -t PID [-D DIR]",
 		Short: "Save the memory changes since the previous pre-dump, leaving the tree running",
-		Args:  noArgs,
-		RunE:  func(*cobra.Command, []string) error { return preDump(context.Background(), a.o, a.scripts) },
+		Long: `Save the memory of process PID into -D while it keeps running. The first round takes
+every page and starts tracking writes (userfaultfd write-protect; a small "godwit-track"
+process holds the tracking between rounds and exits with the target, at the final dump, or
+after an hour); a round with --prev-images-dir DIR (the previous round, relative to -D) takes
+only the pages written since. Finish with dump --track-mem --prev-images-dir DIR.`,
+		Args: noArgs,
+		RunE: func(*cobra.Command, []string) error {
+			ctx, stop := interruptContext()
+			defer stop()
+			res, err := runPreDump(ctx, a.o)
+			if err != nil {
+				return err
+			}
+			if a.o.DisplayStats {
+				fmt.Fprint(a.stdout, res.FormatStats())
+			}
+			return nil
+		},
 	}
 	treeFlags(c.Flags(), a.o)
 	return c
@@ -171,8 +188,23 @@ func dedupCmd(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "dedup [-D DIR]",
 		Short: "Deduplicate pagemap data against the parent images",
-		Args:  noArgs,
-		RunE:  func(*cobra.Command, []string) error { return errNotYet("dedup") },
+		Long: `Punch out of the parent images of -D (its "parent" link, and theirs) every page that a
+newer image in the chain replaces. The images in -D still restore the same; the parents
+alone no longer do.`,
+		Args: noArgs,
+		RunE: func(*cobra.Command, []string) error {
+			d, err := images.Open(a.o.ImagesDir, false)
+			if err != nil {
+				return fmt.Errorf("dedup: %w", err)
+			}
+			defer d.Close()
+			st, err := pagexfer.Dedup(d)
+			if err != nil {
+				return fmt.Errorf("dedup: %w", err)
+			}
+			a.log.Infof("dedup: %d pages punched out of the parents of %d pagemap(s)", st.Pages, st.Pagemaps)
+			return nil
+		},
 	}
 }
 

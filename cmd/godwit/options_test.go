@@ -209,7 +209,7 @@ func TestErrorsAreOneLineWithHint(t *testing.T) {
 func TestNotYetSupportedFailsLoudly(t *testing.T) {
 	for _, args := range [][]string{
 		{"dump", "-t", "1", "--tcp-established"},
-		{"pre-dump", "-t", "1", "--track-mem"},
+		{"pre-dump", "-t", "1", "--tcp-established"},
 		{"check", "-L", "/plugins"},
 		{"restore", "-d", "-S"},
 	} {

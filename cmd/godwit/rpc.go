@@ -4,7 +4,9 @@ import (
 	"context"
 	"os"
 
+	"godwit/dumper"
 	"godwit/internal/actions"
+	"godwit/internal/engineopts"
 	"godwit/internal/opts"
 	"godwit/service"
 )
@@ -15,9 +17,20 @@ func unsupported(command, option string) bool {
 	return notYet[option] && !doneIn[command][option]
 }
 
-// preDump is what `godwit pre-dump` runs, for the CLI and the RPC alike.
-func preDump(context.Context, *opts.Options, *actions.Scripts) error {
-	return errNotYet("pre-dump")
+// preDump is the RPC's PRE_DUMP: one round, as `godwit pre-dump` runs it.
+// CRIU runs no action scripts for a pre-dump round either.
+func preDump(ctx context.Context, o *opts.Options, _ *actions.Scripts) error {
+	_, err := runPreDump(ctx, o)
+	return err
+}
+
+// runPreDump is one pre-dump round, for the CLI and the RPC alike.
+func runPreDump(ctx context.Context, o *opts.Options) (*dumper.PreDumpResult, error) {
+	do, err := engineopts.PreDump(o)
+	if err != nil {
+		return nil, err
+	}
+	return dumper.PreDump(ctx, do)
 }
 
 // rpcHooks connect the RPC service to the command line's own decisions

@@ -23,8 +23,9 @@ func Dump(o *opts.Options) (dumper.Options, error) {
 	d := dumper.Options{
 		Pid: o.Tree, ImagesDir: o.ImagesDir, WorkDir: o.WorkDir,
 		LeaveRunning: o.LeaveRunning, LeaveStopped: o.LeaveStopped,
-		FreezeCgroup: o.FreezeCgroup, CPUCap: o.CPUCap, GhostLimit: o.GhostLimit,
-		FileLocks: o.FileLocks,
+		FreezeCgroup: o.FreezeCgroup, CPUCap: o.CPUCap,
+		PrevImagesDir: o.PrevImages, TrackMem: o.TrackMem, AutoDedup: o.AutoDedup,
+		GhostLimit: o.GhostLimit, FileLocks: o.FileLocks,
 	}
 	if o.PageTransfer != "" {
 		m, ok := dumper.ParseMethod(o.PageTransfer)
@@ -33,13 +34,30 @@ func Dump(o *opts.Options) (dumper.Options, error) {
 		}
 		d.Method = m
 	}
-	if o.PageServer {
-		d.PageServer = &dumper.PageServer{
-			Addr:      net.JoinHostPort(o.Address, strconv.Itoa(o.Port)),
-			Transport: pageserver.TransportOptionsFrom(o),
-		}
-	}
+	d.PageServer = pageServer(o)
 	return d, nil
+}
+
+func pageServer(o *opts.Options) *dumper.PageServer {
+	if !o.PageServer {
+		return nil
+	}
+	return &dumper.PageServer{
+		Addr:      net.JoinHostPort(o.Address, strconv.Itoa(o.Port)),
+		Transport: pageserver.TransportOptionsFrom(o),
+	}
+}
+
+// PreDump maps o onto a pre-dump round's options. A pre-dump always
+// tracks memory (--track-mem is implied, as in CRIU).
+func PreDump(o *opts.Options) (dumper.PreDumpOptions, error) {
+	if o.PageTransfer == "vmsplice" {
+		return dumper.PreDumpOptions{}, errors.New("pre-dump reads pages with process_vm_readv while the task runs: --page-transfer vmsplice does not apply")
+	}
+	return dumper.PreDumpOptions{
+		Pid: o.Tree, ImagesDir: o.ImagesDir, WorkDir: o.WorkDir,
+		PrevImagesDir: o.PrevImages, PageServer: pageServer(o),
+	}, nil
 }
 
 // Restore maps o onto the restorer's options; with o.DisplayStats the
@@ -58,7 +76,7 @@ func Restore(o *opts.Options, stats io.Writer) (restorer.Options, error) {
 		ImagesDir: o.ImagesDir, WorkDir: o.WorkDir, RestoreSibling: o.RestoreSibling,
 		Detach: o.RestoreDetach, LeaveStopped: o.LeaveStopped, ShellJob: o.ShellJob,
 		CPUCap: o.CPUCap, FileValidation: o.FileValidation, SkipFileRWXCheck: o.SkipFileRWXCheck,
-		LazyPages: o.LazyPages,
+		AutoDedup: o.AutoDedup, LazyPages: o.LazyPages,
 	}
 	if o.DisplayStats {
 		r.Stats = stats

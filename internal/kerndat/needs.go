@@ -17,7 +17,7 @@ type Command struct {
 // Built: the features that need it are then reported from the kernel
 // probe alone.
 var (
-	cmdPreDump    = &Command{Name: "pre-dump (memory dirty tracking)", Built: false}
+	cmdPreDump    = &Command{Name: "pre-dump (memory dirty tracking)", Built: true}
 	cmdLazy       = &Command{Name: "lazy restore (lazy-pages)", Built: true}
 	cmdPidfdStore = &Command{Name: "the RPC's pidfd_store_sk option", Built: false}
 )

@@ -40,9 +40,9 @@ func TestNeedsGateProbe(t *testing.T) {
 }
 
 func TestNeedsNotBuilt(t *testing.T) {
-	// pre-dump and pidfd_store_sk do not exist in godwit yet; when one
-	// lands, its test lands with it and this list shrinks.
-	for _, name := range []string{"mem_dirty_track", "soft_dirty", "pidfd_store"} {
+	// pidfd_store_sk does not exist in godwit yet; when it lands, its
+	// test lands with it and this list shrinks.
+	for _, name := range []string{"pidfd_store"} {
 		c, ok := Needs(name)
 		if !ok || c.Built {
 			t.Errorf("%s: Needs = %+v, %v; want a command not built yet", name, c, ok)
@@ -50,5 +50,14 @@ func TestNeedsNotBuilt(t *testing.T) {
 	}
 	if _, ok := Needs("kcmp"); ok {
 		t.Error("kcmp needs no command beyond dump/restore")
+	}
+}
+
+// pre-dump is built: its features are reported from the kernel alone.
+func TestNeedsPreDumpBuilt(t *testing.T) {
+	for _, name := range []string{"mem_dirty_track", "soft_dirty"} {
+		if c, ok := Needs(name); !ok || !c.Built {
+			t.Errorf("%s: Needs = %+v, %v; want pre-dump, built", name, c, ok)
+		}
 	}
 }

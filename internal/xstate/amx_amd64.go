@@ -51,7 +51,7 @@ func Tiles(raw []byte) (cfg, data []byte, err error) { return tiles(raw, hostTil
 
 func tiles(raw []byte, l tileLayout) (cfg, data []byte, err error) {
 	if len(raw) < xsaveHeaderOffset+8 {
-		return nil, nil, fmt.Errorf("xstate: %d bytes, no header", len(raw))
+		return nil, nil, nil // FXSAVE only: no XSAVE header, no tiles
 	}
 	bv := binary.LittleEndian.Uint64(raw[xsaveHeaderOffset:])
 	if bv&tileBits == 0 {

@@ -23,6 +23,9 @@ func TestTilesRoundTrip(t *testing.T) {
 	}
 	copy(src[sprTiles.cfg:], cfg)
 	copy(src[sprTiles.data:], data)
+	if c, _, err := tiles(src[:512], sprTiles); c != nil || err != nil {
+		t.Fatalf("an FXSAVE-only buffer: %v %v", c != nil, err)
+	}
 	if c, d, err := tiles(src, sprTiles); c != nil || d != nil || err != nil {
 		t.Fatalf("tiles not in use: %v %v %v", c != nil, d != nil, err)
 	}

@@ -1,0 +1,737 @@
+package dumper
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/images"
+	"godwit/internal/logging"
+	"godwit/internal/procfs"
+	"godwit/internal/ptrace"
+	"godwit/uffd"
+)
+
+// Memory tracking between pre-dump rounds (and the final --track-mem dump).
+//
+// The kernel keeps uffd-wp tracking only while the userfaultfd lives: when
+// its last fd closes, every VMA is unregistered. Rounds are separate godwit
+// invocations, so something must hold the uffd in between. That is a
+// holder: godwit itself re-executed (/proc/self/exe) as a tiny daemon in a
+// session of its own, named "godwit-track", holding exactly three fds:
+//
+//	3  the userfaultfd (created in the target by an injected userfaultfd(),
+//	   taken with pidfd_getfd and closed in the target again: the program
+//	   never sees an extra fd)
+//	4  a pidfd of the target: the holder exits as soon as the target does
+//	5  a memfd with the tracking state (trackState, JSON)
+//
+// It also exits after a timeout, and the final dump kills it. A later
+// round finds it through the godwit-track.json record its parent images
+// directory holds, checks it is the same process (pid, start time, name)
+// tracking the same target, and takes fds 3 and 5 with pidfd_getfd.
+//
+// A process rather than e.g. an fd parked in the target (the program would
+// see it) or a file in the images (an fd cannot be stored): a holder is
+// visible only as its own small process, and dies with the target.
+//
+// The state says which ranges are tracked, which pages the latest round's
+// pagemap covers, and which round that was (gen). A round may leave a page
+// to its parent images only if the page was tracked since the parent was
+// written, is not reported written, and the parent covers it. A round
+// that fails after scanning (the scan re-protects the pages it reports)
+// marks the state broken; so does a round that dies (its busy mark stays):
+// the next round then takes every page again, never less.
+
+// trackRecordName is the godwit file (beside CRIU's images) naming the
+// holder of a pre-dump's tracking.
+const trackRecordName = "godwit-track.json"
+
+// holderEnv carries the holder's timeout (seconds) into the re-executed
+// godwit; see init.
+const holderEnv = "GODWIT_TRACK_HOLDER"
+
+// holderComm is the holder's name (/proc/PID/comm).
+const holderComm = "godwit-track"
+
+// DefaultHolderTimeout is how long a holder keeps tracking without a
+// final dump.
+const DefaultHolderTimeout = time.Hour
+
+// Holder fds (see above).
+const (
+	holderUffdFD  = 3
+	holderPidFD   = 4
+	holderStateFD = 5
+)
+
+// holderCleanEnv is set in the holder's second exec (see init).
+const holderCleanEnv = "GODWIT_TRACK_HOLDER_CLEAN"
+
+func init() {
+	v := os.Getenv(holderEnv)
+	if v == "" {
+		return
+	}
+	if os.Getenv(holderCleanEnv) == "" {
+		// godwit may have inherited fds without close-on-exec (a
+		// caller's pipe: a holder keeping it open would make the
+		// caller wait for EOF until the holder exits). Execute once
+		// more with only 0-5 open.
+		if err := unix.CloseRange(holderStateFD+1, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+			os.Exit(2)
+		}
+		exe, err := os.Executable()
+		if err != nil {
+			exe = "/proc/self/exe"
+		}
+		_ = unix.Exec(exe, []string{holderComm}, []string{holderEnv + "=" + v, holderCleanEnv + "=1"})
+		os.Exit(2)
+	}
+	os.Exit(holderMain(v))
+}
+
+// holderMain is the holder process: wait for the target to exit or the
+// timeout, then exit (closing the uffd ends the tracking).
+func holderMain(arg string) int {
+	secs, err := strconv.Atoi(arg)
+	if err != nil || secs <= 0 {
+		return 2
+	}
+	if name, err := unix.BytePtrFromString(holderComm); err == nil {
+		_ = unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(name)), 0, 0, 0)
+	}
+	deadline := time.Now().Add(time.Duration(secs) * time.Second)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return 0
+		}
+		fds := []unix.PollFd{{Fd: holderPidFD, Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, int(min(left.Milliseconds()+1, 1<<30)))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n > 0 {
+			return 0 // the target exited (or the pidfd is unusable)
+		}
+	}
+}
+
+// span is [Start, End) of page-aligned addresses.
+type span struct {
+	Start uint64 `json:"s"`
+	End   uint64 `json:"e"`
+}
+
+// trackState is the holder's memfd content.
+type trackState struct {
+	Version     int        `json:"version"`
+	TargetPid   int        `json:"target_pid"`
+	TargetStart uint64     `json:"target_start"`
+	Features    uint64     `json:"features"`
+	Gen         uint64     `json:"gen"` // rounds completed; the record of round gen names this state
+	Broken      bool       `json:"broken,omitempty"`
+	Busy        int        `json:"busy,omitempty"` // pid of the godwit in a round
+	BusyStart   uint64     `json:"busy_start,omitempty"`
+	Tracked     []uffd.VMA `json:"tracked"`
+	Covered     []span     `json:"covered"` // pages in the latest round's pagemap
+	Untrackable []uffd.VMA `json:"untrackable,omitempty"`
+}
+
+const trackStateVersion = 1
+
+// trackRecord is godwit-track.json in a round's images directory.
+type trackRecord struct {
+	TargetPid   int    `json:"target_pid"`
+	TargetStart uint64 `json:"target_start"`
+	HolderPid   int    `json:"holder_pid"`
+	HolderStart uint64 `json:"holder_start"`
+	Gen         uint64 `json:"gen"`
+}
+
+// maxTrackFile bounds what is read of a record or state.
+const maxTrackFile = 64 << 20
+
+func parseRecord(b []byte) (*trackRecord, error) {
+	var r trackRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", trackRecordName, err)
+	}
+	if r.TargetPid <= 0 || r.HolderPid <= 0 || r.Gen == 0 {
+		return nil, fmt.Errorf("%s: bad record (target %d, holder %d, round %d)", trackRecordName, r.TargetPid, r.HolderPid, r.Gen)
+	}
+	return &r, nil
+}
+
+func parseState(b []byte) (*trackState, error) {
+	var s trackState
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("tracking state: %w", err)
+	}
+	if s.Version != trackStateVersion {
+		return nil, fmt.Errorf("tracking state: version %d, want %d", s.Version, trackStateVersion)
+	}
+	check := func(what string, a, b uint64) error {
+		if a%pageSize != 0 || b%pageSize != 0 || a >= b {
+			return fmt.Errorf("tracking state: bad %s range %#x-%#x", what, a, b)
+		}
+		return nil
+	}
+	var last uint64
+	for _, v := range s.Tracked {
+		if err := check("tracked", v.Start, v.End); err != nil {
+			return nil, err
+		}
+	}
+	for i, c := range s.Covered {
+		if err := check("covered", c.Start, c.End); err != nil {
+			return nil, err
+		}
+		if i > 0 && c.Start < last {
+			return nil, fmt.Errorf("tracking state: covered ranges out of order at %#x", c.Start)
+		}
+		last = c.End
+	}
+	return &s, nil
+}
+
+// startTime returns a process's start time (clock ticks since boot) and
+// name.
+func startTime(pid int) (uint64, string, error) {
+	st, err := procfs.ReadStat(pid)
+	if err != nil {
+		return 0, "", err
+	}
+	return st.Starttime, st.Comm, nil
+}
+
+// tracking is one round's hold on the memory tracking of a target.
+type tracking struct {
+	pid       int
+	start     uint64
+	holderPid int
+	holder    int // pidfd of the holder
+	hstart    uint64
+	u         *uffd.Uffd
+	state     *os.File // our copy of the holder's memfd
+	st        *trackState
+	fresh     bool          // tracking started by this round: everything is new
+	frozen    time.Duration // the target's frozen time to set it up
+	scanned   bool          // the tracker re-protected pages: a failure now breaks the state
+	notes     []string
+	log       *logging.Logger
+}
+
+// note records something the user should know about the round.
+func (t *tracking) note(format string, args ...any) {
+	s := fmt.Sprintf(format, args...)
+	t.notes = append(t.notes, s)
+	t.log.Warnf("track %d: %s", t.pid, s)
+}
+
+// openTracking takes over the tracking the round in parent (an images
+// directory, nil: none) left, or starts a fresh one (a full round) when
+// there is none or it cannot be trusted; without fresh it then returns nil.
+// It marks the state busy.
+func openTracking(pid int, parent *images.Dir, timeout time.Duration, log *logging.Logger, fresh bool) (*tracking, error) {
+	start, _, err := startTime(pid)
+	if err != nil {
+		return nil, fmt.Errorf("track %d: %w", pid, err)
+	}
+	t := &tracking{pid: pid, start: start, holder: -1, log: log}
+	if parent != nil {
+		ok, err := t.adopt(parent)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			return t, nil
+		}
+	}
+	if !fresh {
+		t.close()
+		return nil, nil
+	}
+	if err := t.startFresh(timeout); err != nil {
+		t.close()
+		return nil, err
+	}
+	return t, nil
+}
+
+// adopt takes the holder named by parent's record. false: nothing usable
+// (a note says why), start afresh. An error: refuse the round (another
+// round runs).
+func (t *tracking) adopt(parent *images.Dir) (bool, error) {
+	f, err := parent.OpenRead(trackRecordName)
+	if err != nil {
+		t.note("the parent images have no tracking record (%v): taking every page", err)
+		return false, nil
+	}
+	b, err := readAllLimited(f)
+	f.Close()
+	if err != nil {
+		return false, err
+	}
+	rec, err := parseRecord(b)
+	if err != nil {
+		return false, err
+	}
+	if rec.TargetPid != t.pid || rec.TargetStart != t.start {
+		return false, fmt.Errorf("track %d: the parent images are of process %d (started at %d), not this one", t.pid, rec.TargetPid, rec.TargetStart)
+	}
+	hs, comm, err := startTime(rec.HolderPid)
+	if err != nil || hs != rec.HolderStart || comm != holderComm {
+		t.note("the tracking of the parent round is gone (holder %d exited: timeout?): taking every page", rec.HolderPid)
+		return false, nil
+	}
+	hfd, err := unix.PidfdOpen(rec.HolderPid, 0)
+	if err != nil {
+		t.note("holder %d: %v: taking every page", rec.HolderPid, err)
+		return false, nil
+	}
+	t.holder, t.holderPid, t.hstart = hfd, rec.HolderPid, hs
+	// The pidfd pins the process: checked again, the pid cannot have
+	// been reused between the check and the open.
+	if hs2, _, err := startTime(rec.HolderPid); err != nil || hs2 != hs {
+		t.note("holder %d exited: taking every page", rec.HolderPid)
+		t.dropHolder()
+		return false, nil
+	}
+	link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", rec.HolderPid, holderUffdFD))
+	if err != nil {
+		// Exiting (a zombie has no fds).
+		t.note("holder %d is exiting: taking every page", rec.HolderPid)
+		t.dropHolder()
+		return false, nil
+	}
+	if link != "anon_inode:[userfaultfd]" {
+		t.dropHolder()
+		return false, fmt.Errorf("track %d: holder %d holds %q as fd %d, not a userfaultfd", t.pid, rec.HolderPid, link, holderUffdFD)
+	}
+	sfd, err := unix.PidfdGetfd(hfd, holderStateFD, 0)
+	if err != nil {
+		t.note("holder %d: take state: %v: taking every page", rec.HolderPid, err)
+		t.killHolder()
+		return false, nil
+	}
+	t.state = os.NewFile(uintptr(sfd), "track-state")
+	st, err := t.readState()
+	if err != nil {
+		t.note("holder %d: %v: taking every page", rec.HolderPid, err)
+		t.killHolder()
+		return false, nil
+	}
+	if st.TargetPid != t.pid || st.TargetStart != t.start {
+		t.killHolder()
+		return false, fmt.Errorf("track %d: holder %d tracks process %d, not this one", t.pid, rec.HolderPid, st.TargetPid)
+	}
+	if st.Busy != 0 {
+		if bs, _, err := startTime(st.Busy); err == nil && bs == st.BusyStart {
+			t.dropHolder()
+			return false, fmt.Errorf("track %d: another round (godwit pid %d) is using the tracking", t.pid, st.Busy)
+		}
+		t.note("an earlier round (godwit pid %d) died during its scan: taking every page", st.Busy)
+		t.killHolder()
+		return false, nil
+	}
+	if st.Broken {
+		t.note("an earlier round failed after its scan: taking every page")
+		t.killHolder()
+		return false, nil
+	}
+	if st.Gen != rec.Gen {
+		// Another round was made from the same parent since: its scan
+		// consumed the writes this round would need.
+		t.dropHolder()
+		return false, fmt.Errorf("track %d: the parent images are round %d, but the tracking is at round %d: pre-dump on top of the latest round", t.pid, rec.Gen, st.Gen)
+	}
+	ufd, err := unix.PidfdGetfd(hfd, holderUffdFD, 0)
+	if err != nil {
+		t.note("holder %d: take uffd: %v: taking every page", rec.HolderPid, err)
+		t.killHolder()
+		return false, nil
+	}
+	if t.u, err = uffd.FromFDNegotiated(ufd, st.Features); err != nil {
+		unix.Close(ufd)
+		t.killHolder()
+		return false, err
+	}
+	t.st = st
+	if err := t.markBusy(); err != nil {
+		t.close()
+		return false, err
+	}
+	return true, nil
+}
+
+// endOtherTracking kills the holders already tracking pid (a first round
+// made again, or a round on top of a parent that lost its record): their
+// uffd has the VMAs registered, and a second one could register none.
+// It waits until each is gone, so that its uffd was released.
+func endOtherTracking(pid int, log *logging.Logger) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		h, err := strconv.Atoi(e.Name())
+		if err != nil || h == os.Getpid() {
+			continue
+		}
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", h))
+		if err != nil || strings.TrimSpace(string(comm)) != holderComm {
+			continue
+		}
+		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", h, holderPidFD))
+		if err != nil || !strings.Contains("\n"+string(info), fmt.Sprintf("\nPid:\t%d\n", pid)) {
+			continue
+		}
+		pfd, err := unix.PidfdOpen(h, 0)
+		if err != nil {
+			continue
+		}
+		log.Warnf("track %d: ending the earlier tracking of this process (holder %d)", pid, h)
+		if unix.PidfdSendSignal(pfd, unix.SIGKILL, nil, 0) == nil {
+			fds := []unix.PollFd{{Fd: int32(pfd), Events: unix.POLLIN}}
+			for i := 0; i < 100; i++ {
+				if n, err := unix.Poll(fds, 50); n > 0 || (err != nil && err != unix.EINTR) {
+					break
+				}
+			}
+		}
+		unix.Close(pfd)
+	}
+}
+
+// startFresh creates a uffd in the target (frozen for three injected
+// calls), negotiates it and starts a holder with it.
+func (t *tracking) startFresh(timeout time.Duration) error {
+	t.fresh = true
+	endOtherTracking(t.pid, t.log)
+	if timeout <= 0 {
+		timeout = DefaultHolderTimeout
+	}
+	tr := ptrace.New()
+	defer tr.Close()
+	t0 := time.Now()
+	if _, err := tr.FreezeProcess(t.pid, 0); err != nil {
+		return fmt.Errorf("track %d: %w", t.pid, err)
+	}
+	frozenAt := time.Now()
+	ufd, err := injectUffd(tr, t.pid)
+	if terr := tr.ThawProcess(t.pid, false); terr != nil && err == nil {
+		err = terr
+	}
+	t.frozen = time.Since(frozenAt)
+	t.log.Infof("track %d: froze in %v, frozen %v to create the userfaultfd", t.pid, frozenAt.Sub(t0), t.frozen)
+	if err != nil {
+		if ufd >= 0 {
+			unix.Close(ufd)
+		}
+		return fmt.Errorf("track %d: %w", t.pid, err)
+	}
+	if t.u, err = uffd.FromFD(ufd); err != nil {
+		unix.Close(ufd)
+		return err
+	}
+	feat, err := t.u.API(uffd.TrackerFeatures)
+	if err != nil {
+		return fmt.Errorf("track %d: %w", t.pid, err)
+	}
+	mfd, err := unix.MemfdCreate("godwit-track-state", unix.MFD_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("track %d: memfd: %w", t.pid, err)
+	}
+	t.state = os.NewFile(uintptr(mfd), "track-state")
+	t.st = &trackState{Version: trackStateVersion, TargetPid: t.pid, TargetStart: t.start, Features: feat}
+	if err := t.markBusy(); err != nil {
+		return err
+	}
+	return t.startHolder(timeout)
+}
+
+// injectUffd makes the frozen target create a userfaultfd, takes it and
+// closes the target's copy.
+func injectUffd(tr *ptrace.Tracer, pid int) (int, error) {
+	// User-mode only: no privilege needed in the target, and WP_ASYNC
+	// never hands a fault to the (absent) reader anyway.
+	const uffdUserModeOnly = 1 // UFFD_USER_MODE_ONLY, include/uapi/linux/userfaultfd.h
+	r, err := tr.InjectSyscall(pid, unix.SYS_USERFAULTFD, unix.O_CLOEXEC|unix.O_NONBLOCK|uffdUserModeOnly)
+	if err != nil {
+		return -1, fmt.Errorf("userfaultfd() in the target: %w", err)
+	}
+	tfd := int(r)
+	our, gerr := uffd.TakeFD(pid, tfd)
+	if _, cerr := tr.InjectSyscall(pid, unix.SYS_CLOSE, uint64(tfd)); cerr != nil {
+		// The program would keep an fd it never opened: fail, and
+		// say so loudly.
+		if our >= 0 {
+			unix.Close(our)
+		}
+		return -1, fmt.Errorf("close the injected userfaultfd %d in the target: %w (the target keeps it open)", tfd, cerr)
+	}
+	if gerr != nil {
+		return -1, gerr
+	}
+	return our, nil
+}
+
+func (t *tracking) startHolder(timeout time.Duration) error {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = "/proc/self/exe"
+	}
+	pfd, err := unix.PidfdOpen(t.pid, 0)
+	if err != nil {
+		return fmt.Errorf("track %d: pidfd: %w", t.pid, err)
+	}
+	pidf := os.NewFile(uintptr(pfd), "target-pidfd")
+	defer pidf.Close()
+	// The holder gets a duplicate: an os.File around the uffd's own fd
+	// would close it when collected.
+	ufd, err := unix.FcntlInt(uintptr(t.u.Fd()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("track %d: dup uffd: %w", t.pid, err)
+	}
+	uf := os.NewFile(uintptr(ufd), "uffd")
+	defer uf.Close()
+	cmd := exec.Command(exe)
+	cmd.Args = []string{holderComm}
+	cmd.Env = []string{holderEnv + "=" + strconv.Itoa(int(max(timeout/time.Second, 1)))}
+	cmd.Dir = "/"
+	cmd.ExtraFiles = []*os.File{uf, pidf, t.state}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	if err != nil {
+		return fmt.Errorf("track %d: start holder: %w", t.pid, err)
+	}
+	// Reap it if it ends while we run (godwit's own process usually
+	// ends first; the holder then belongs to init).
+	go func() { _ = cmd.Wait() }()
+	t.holderPid = cmd.Process.Pid
+	if t.holder, err = unix.PidfdOpen(t.holderPid, 0); err != nil {
+		return fmt.Errorf("track %d: holder pidfd: %w", t.pid, err)
+	}
+	// Its start time identifies it in the record; its name is set by
+	// the holder itself, so wait for it (a moment after exec).
+	for i := 0; ; i++ {
+		hs, comm, err := startTime(t.holderPid)
+		if err == nil && comm == holderComm {
+			t.hstart = hs
+			return nil
+		}
+		if err != nil || i > 2000 {
+			t.killHolder()
+			return fmt.Errorf("track %d: holder %d did not start (%v)", t.pid, t.holderPid, err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func readAllLimited(f *os.File) ([]byte, error) {
+	b := make([]byte, 0, 4096)
+	for {
+		if len(b) == cap(b) {
+			if len(b) >= maxTrackFile {
+				return nil, fmt.Errorf("%s: larger than %d bytes", f.Name(), maxTrackFile)
+			}
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := f.ReadAt(b[len(b):cap(b)], int64(len(b)))
+		b = b[:len(b)+n]
+		if errors.Is(err, io.EOF) {
+			if n == 0 {
+				return b, nil
+			}
+		} else if err != nil {
+			return nil, fmt.Errorf("read %s: %w", f.Name(), err)
+		}
+	}
+}
+
+func (t *tracking) readState() (*trackState, error) {
+	b, err := readAllLimited(t.state)
+	if err != nil {
+		return nil, err
+	}
+	return parseState(b)
+}
+
+func (t *tracking) writeState() error {
+	b, err := json.Marshal(t.st)
+	if err != nil {
+		return err
+	}
+	if err := t.state.Truncate(0); err != nil {
+		return fmt.Errorf("track %d: write state: %w", t.pid, err)
+	}
+	if _, err := t.state.WriteAt(b, 0); err != nil {
+		return fmt.Errorf("track %d: write state: %w", t.pid, err)
+	}
+	return nil
+}
+
+func (t *tracking) markBusy() error {
+	me := os.Getpid()
+	ms, _, err := startTime(me)
+	if err != nil {
+		return err
+	}
+	t.st.Busy, t.st.BusyStart = me, ms
+	return t.writeState()
+}
+
+// record is this round's godwit-track.json (gen: the round it makes).
+func (t *tracking) record(gen uint64) []byte {
+	b, _ := json.Marshal(&trackRecord{TargetPid: t.pid, TargetStart: t.start, HolderPid: t.holderPid, HolderStart: t.hstart, Gen: gen})
+	return b
+}
+
+// commit records a successful round: its tracked ranges and coverage.
+func (t *tracking) commit(tracked, untrackable []uffd.VMA, covered []span) error {
+	t.st.Gen++
+	t.st.Busy, t.st.BusyStart = 0, 0
+	t.st.Tracked, t.st.Untrackable, t.st.Covered = tracked, untrackable, covered
+	return t.writeState()
+}
+
+// fail ends a failed round: the state stays as it was unless the scan
+// ran, which breaks it (the next round takes everything).
+func (t *tracking) fail() {
+	if t.st == nil || t.state == nil {
+		return
+	}
+	if t.scanned {
+		t.st.Broken = true
+	}
+	t.st.Busy, t.st.BusyStart = 0, 0
+	if err := t.writeState(); err != nil {
+		t.log.Warnf("track %d: %v: ending the tracking", t.pid, err)
+		t.killHolder()
+	}
+	if t.fresh {
+		// Nothing refers to a holder whose first round failed.
+		t.killHolder()
+	}
+}
+
+// end stops the tracking for good (the final dump): the holder is
+// killed, which closes the uffd and unregisters every range.
+func (t *tracking) end() { t.killHolder() }
+
+func (t *tracking) killHolder() {
+	if t.holder >= 0 {
+		_ = unix.PidfdSendSignal(t.holder, unix.SIGKILL, nil, 0)
+	}
+	t.dropHolder()
+}
+
+func (t *tracking) dropHolder() {
+	if t.holder >= 0 {
+		unix.Close(t.holder)
+		t.holder = -1
+	}
+}
+
+// close releases this round's copies (the holder keeps its own).
+func (t *tracking) close() {
+	if t.u != nil {
+		t.u.Close()
+		t.u = nil
+	}
+	if t.state != nil {
+		t.state.Close()
+		t.state = nil
+	}
+	t.dropHolder()
+}
+
+// resolveParent opens --prev-images-dir: relative to the images directory
+// (as CRIU's), or absolute.
+func resolveParent(imagesDir, prev string) (*images.Dir, error) {
+	p := prev
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(imagesDir, p)
+	}
+	d, err := images.Open(p, false)
+	if err != nil {
+		return nil, fmt.Errorf("--prev-images-dir %s: %w", prev, err)
+	}
+	return d, nil
+}
+
+// swapMarkerType is the swap type /proc/PID/pagemap shows for a uffd-wp
+// pte marker (a protected pte that holds no page: PM_SWAP with type
+// SWP_PTE_MARKER, whose number depends on the kernel's configuration), found
+// by making one; -1 if unknown.
+var swapMarkerType = func() func() int64 {
+	var typ int64 = -2
+	return func() int64 {
+		if typ == -2 {
+			typ = probeMarkerType()
+		}
+		return typ
+	}
+}()
+
+// probeMarkerType write-protects one unpopulated page of a private file
+// mapping of our own (file uffd-wp always installs markers) and reads its
+// pagemap entry.
+func probeMarkerType() int64 {
+	f, err := os.CreateTemp("", "godwit-marker-")
+	if err != nil {
+		return -1
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if err := f.Truncate(int64(pageSize)); err != nil {
+		return -1
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(pageSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
+	if err != nil {
+		return -1
+	}
+	defer unix.Munmap(m)
+	u, err := uffd.Open(0)
+	if err != nil {
+		return -1
+	}
+	defer u.Close()
+	if _, err := u.API(uffd.TrackerFeatures); err != nil {
+		return -1
+	}
+	addr := uint64(uintptr(unsafe.Pointer(&m[0])))
+	if _, err := u.Register(addr, pageSize, uffd.ModeWP); err != nil {
+		return -1
+	}
+	if err := u.WriteProtect(addr, pageSize, true, false); err != nil {
+		return -1
+	}
+	pm, err := procfs.OpenPagemap(os.Getpid())
+	if err != nil {
+		return -1
+	}
+	defer pm.Close()
+	ents := make([]procfs.PagemapEntry, 1)
+	if err := pm.Read(addr, ents); err != nil {
+		return -1
+	}
+	e := ents[0]
+	if e.Present() || !e.Swapped() || !e.UffdWP() {
+		return -1
+	}
+	return int64(e.SwapType())
+}

@@ -1,0 +1,167 @@
+package pagexfer
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"godwit/internal/images"
+)
+
+type ent struct {
+	vaddr, nr uint64
+	parent    bool
+	fill      byte
+}
+
+// writeLevel writes pagemap-1.img into dir (linked to parent if not "").
+func writeLevel(t *testing.T, dir, parent string, es []ent) {
+	t.Helper()
+	d, err := images.Open(dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if parent != "" {
+		if err := d.Symlink(parent, ParentLink); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := NewImageSink(d, images.PagemapImg(1), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range es {
+		if e.parent {
+			err = s.Hole(e.vaddr*ps, e.nr)
+		} else {
+			c := NewChunk(page(e.fill, int(e.nr)))
+			err = s.AddPages(e.vaddr*ps, e.nr, images.PagePresent, &c)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readAll returns page number → fill byte of what a chain resolves.
+func readAll(t *testing.T, dir string) map[uint64]byte {
+	t.Helper()
+	d, err := images.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	top, err := images.OpenPages(d, images.PagemapImg(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer top.Close()
+	c, err := OpenChain(d, images.PagemapImg(1), top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	src := c.Source()
+	got := map[uint64]byte{}
+	for {
+		v, n, err := src.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, n*ps)
+		if _, err := io.ReadFull(src, b); err != nil {
+			t.Fatal(err)
+		}
+		for i := uint64(0); i < n; i++ {
+			p := b[i*ps : (i+1)*ps]
+			if !bytes.Equal(p, page(p[0], 1)) {
+				t.Fatalf("page %d mixed", v/ps+i)
+			}
+			got[v/ps+i] = p[0]
+		}
+	}
+	return got
+}
+
+// PARENT entries resolve through two levels, partly overlapping entries
+// included; dedup punches exactly the replaced pages and the chain still
+// reads the same.
+func TestChainResolveDedup(t *testing.T) {
+	root := t.TempDir()
+	l0, l1, l2 := filepath.Join(root, "l0"), filepath.Join(root, "l1"), filepath.Join(root, "l2")
+	writeLevel(t, l0, "", []ent{{vaddr: 10, nr: 10, fill: 'a'}})
+	writeLevel(t, l1, "../l0", []ent{{vaddr: 10, nr: 3, parent: true}, {vaddr: 13, nr: 2, fill: 'b'}, {vaddr: 15, nr: 5, parent: true}})
+	writeLevel(t, l2, "../l1", []ent{{vaddr: 10, nr: 1, fill: 'c'}, {vaddr: 11, nr: 8, parent: true}, {vaddr: 30, nr: 1, fill: 'd'}})
+	want := map[uint64]byte{10: 'c', 11: 'a', 12: 'a', 13: 'b', 14: 'b', 15: 'a', 16: 'a', 17: 'a', 18: 'a', 30: 'd'}
+	check := func() {
+		got := readAll(t, l2)
+		if len(got) != len(want) {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+		for k, v := range want {
+			if got[k] != v {
+				t.Fatalf("page %d: %q, want %q", k, got[k], v)
+			}
+		}
+	}
+	check()
+	d, err := images.Open(l2, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	st, err := Dedup(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// l0 loses page 10 (replaced by l2) and 13, 14 (by l1).
+	if st.Pages != 3 || st.Pagemaps != 1 {
+		t.Fatalf("dedup: %+v", st)
+	}
+	check()
+	b, err := os.ReadFile(filepath.Join(l0, images.PagesImg(1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, wantZero := range []bool{true, false, false, true, true, false, false, false, false, false} {
+		p := b[i*ps : (i+1)*ps]
+		if isZero := bytes.Equal(p, make([]byte, ps)); isZero != wantZero {
+			t.Fatalf("l0 page %d: zero %v, want %v", 10+i, isZero, wantZero)
+		}
+	}
+}
+
+// A PARENT page no parent holds is refused, naming it.
+func TestChainMissingParent(t *testing.T) {
+	root := t.TempDir()
+	l0, l1 := filepath.Join(root, "l0"), filepath.Join(root, "l1")
+	writeLevel(t, l0, "", []ent{{vaddr: 10, nr: 2, fill: 'a'}})
+	writeLevel(t, l1, "../l0", []ent{{vaddr: 11, nr: 2, parent: true}})
+	d, err := images.Open(l1, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	top, err := images.OpenPages(d, images.PagemapImg(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer top.Close()
+	if _, err := OpenChain(d, images.PagemapImg(1), top); err == nil || !strings.Contains(err.Error(), "0xc000") {
+		t.Fatalf("missing parent page: %v", err)
+	}
+	os.Remove(filepath.Join(l1, ParentLink))
+	if _, err := OpenChain(d, images.PagemapImg(1), top); err == nil || !strings.Contains(err.Error(), "parent") {
+		t.Fatalf("no parent link: %v", err)
+	}
+}
