@@ -23,7 +23,9 @@
  *              tfd_fired (IN); ep2 watches ep
  *  pipe_child  read end; a child holds the write end and wrote "child"
  *              into it, and holds the read end of pipe_up, whose
- *              write end is ours (the ends of one pipe in two tasks)
+ *              write end is ours (the ends of one pipe in two tasks);
+ *              sk_child: a stream socketpair with the child, "hi-parent"
+ *              and "hi-child" queued at each end
  *  fifo_r/w    LOG.fifo: a reader (O_NONBLOCK) and a writer, "fifo-data"
  *              queued
  *  fifo_wonly  LOG.fifo2: a writer alone, "w-only" queued
@@ -73,7 +75,7 @@ static void die(const char *what) { dprintf(2, "fdkinds: %s: %s\n", what, strerr
 
 static int pipe_both[2], pipe_both_dup, pipe_ronly, pipe_wonly;
 static int efd_sem, efd_big, sfd, tfd_long, tfd_fired, tfd_tick, ep, ep2;
-static int pipe_child, pipe_up, fifo_r, fifo_w, fifo_wonly;
+static int sk_child, pipe_child, pipe_up, fifo_r, fifo_w, fifo_wonly;
 static char fifo2[4096];
 static int sp_s[2], sp_d[2], sp_q[2], lis_abs, lis_path, dg_bound;
 static struct sockaddr_un abs_addr, path_addr, dg_addr;
@@ -139,8 +141,9 @@ static void setup(const char *log)
 		 snprintf(dg_addr.sun_path + 1, sizeof dg_addr.sun_path - 1, "godwit-fdkinds-dg-%d", getpid());
 	if ((dg_bound = socket(AF_UNIX, SOCK_DGRAM, 0)) < 0 || bind(dg_bound, (struct sockaddr *)&dg_addr, dg_len) < 0) die("bind dgram");
 
-	int p[2], up[2];
+	int p[2], up[2], sk[2];
 	if (pipe(p) < 0 || pipe(up) < 0) die("pipe");
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sk) < 0) die("socketpair");
 	if ((child = fork()) < 0) die("fork");
 	if (child == 0) {
 		/* Holds p's write end and up's read end; echoes one byte
@@ -148,14 +151,22 @@ static void setup(const char *log)
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		close(p[0]);
 		close(up[1]);
-		if (write(p[1], "child", 5) != 5) die("write");
-		char c;
-		if (read(up[0], &c, 1) == 1 && write(p[1], &c, 1) != 1) die("write");
+		close(sk[0]);
+		if (write(p[1], "child", 5) != 5 || write(sk[1], "hi-parent", 9) != 9) die("write");
+		char b[64];
+		if (read(up[0], b, 1) == 1) {
+			/* what the parent queued on the socket before the dump */
+			ssize_t n = recv(sk[1], b + 1, sizeof b - 1, MSG_DONTWAIT);
+			if (write(p[1], b, 1 + (n > 0 ? n : 0)) < 0) die("write");
+		}
 		for (;;)
 			pause();
 	}
 	close(p[1]);
 	close(up[0]);
+	close(sk[1]);
+	sk_child = sk[0];
+	if (write(sk_child, "hi-child", 8) != 8) die("write");
 	pipe_child = p[0];
 	pipe_up = up[1];
 	if (pipe(pipe_both) < 0) die("pipe");
@@ -334,8 +345,9 @@ static void check(void)
 
 	/* the pipes shared with the child, in both directions */
 	check_read(pipe_child, "child", "pipe_child");
+	check_read(sk_child, "hi-parent", "sk_child (queued by the child)");
 	CHECK(write(pipe_up, "!", 1) == 1, "pipe_up: write: %s", strerror(errno));
-	check_read(pipe_child, "!", "pipe_child echo");
+	check_read(pipe_child, "!hi-child", "pipe_child echo (with what the child's socket end had queued)");
 	kill(child, SIGKILL);
 	CHECK(waitpid(child, NULL, 0) == child, "child: not ours");
 

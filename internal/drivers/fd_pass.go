@@ -212,3 +212,37 @@ func (rs *restoreFDs) close() error {
 	}
 	return err
 }
+
+// Held is what one restore keeps for the tasks still to come: godwit's
+// descriptors of unix sockets made with a peer in another task, by inode.
+type Held struct {
+	socks map[uint32]int
+	byIno map[uint32]*model.File // the tree's unix sockets, built on first use
+}
+
+// NewHeld makes an empty Held.
+func NewHeld() *Held { return &Held{socks: map[uint32]int{}} }
+
+// Close drops everything not taken.
+func (h *Held) Close() {
+	if h == nil {
+		return
+	}
+	for ino, fd := range h.socks {
+		unix.Close(fd)
+		delete(h.socks, ino)
+	}
+}
+
+// peer finds the unix socket of inode ino among every file of the tree.
+func (h *Held) peer(t *model.Tree, ino uint32) *model.File {
+	if h.byIno == nil {
+		h.byIno = map[uint32]*model.File{}
+		for _, f := range t.Files {
+			if f.Unix != nil {
+				h.byIno[f.Unix.Ino] = f
+			}
+		}
+	}
+	return h.byIno[ino]
+}

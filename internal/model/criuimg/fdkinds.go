@@ -214,18 +214,20 @@ func writeSkQueues(d *images.Dir, t *model.Tree, written func(string)) error {
 }
 
 // checkUnixPeers refuses a tree in which a connected unix socket's peer is
-// not a socket of the same task (one fd table).
+// not a socket of the tree.
 func checkUnixPeers(t *model.Tree) error {
+	inos := map[uint32]bool{}
 	for _, k := range t.Tasks {
-		inos := map[uint32]bool{}
 		for _, fd := range k.FDs {
 			if f := t.Files[fd.File]; f != nil && f.Unix != nil {
 				inos[f.Unix.Ino] = true
 			}
 		}
+	}
+	for _, k := range t.Tasks {
 		for _, fd := range k.FDs {
 			if f := t.Files[fd.File]; f != nil && f.Unix != nil && f.Unix.Peer != 0 && !inos[f.Unix.Peer] {
-				return fmt.Errorf("task %d fd %d: unix socket %d: its peer (socket %d) is not in this task: not supported yet", k.Pid, fd.Num, f.Unix.Ino, f.Unix.Peer)
+				return fmt.Errorf("task %d fd %d: unix socket %d: its peer (socket %d) is not in the dump (a peer outside the tree, --ext-unix-sk, is not supported yet)", k.Pid, fd.Num, f.Unix.Ino, f.Unix.Peer)
 			}
 		}
 	}

@@ -189,7 +189,7 @@ func TestWriteRefusesLoneUnixPeer(t *testing.T) {
 	}
 	defer d.Close()
 	err = Write(d, tr, nil)
-	if err == nil || !strings.Contains(err.Error(), "peer (socket 51) is not in this task") {
+	if err == nil || !strings.Contains(err.Error(), "peer (socket 51) is not in the dump") {
 		t.Fatalf("Write: %v", err)
 	}
 }
