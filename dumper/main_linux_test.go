@@ -2,6 +2,7 @@ package dumper
 
 import (
 	"os"
+	"path/filepath"
 	"testing"
 
 	"godwit/internal/testutil"
@@ -19,5 +20,8 @@ func TestMain(m *testing.M) {
 	testutil.CloseInheritedFDs()
 	code := m.Run()
 	testutil.RemoveBuilds()
+	if rewriterBin != "" {
+		os.RemoveAll(filepath.Dir(rewriterBin))
+	}
 	os.Exit(code)
 }

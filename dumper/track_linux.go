@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -661,16 +660,25 @@ func (t *tracking) close() {
 
 // resolveParent opens --prev-images-dir: relative to the images directory
 // (as CRIU's), or absolute.
+// It is opened from the images directory's fd, as the "parent" link will
+// be resolved (not joined as a path: "-D" may be a symlink or
+// /proc/self/fd/N).
 func resolveParent(imagesDir, prev string) (*images.Dir, error) {
-	p := prev
-	if !filepath.IsAbs(p) {
-		p = filepath.Join(imagesDir, p)
+	d, err := images.Open(imagesDir, false)
+	if err != nil {
+		return nil, err
 	}
-	d, err := images.Open(p, false)
+	defer d.Close()
+	fd, err := unix.Openat(d.FD(), prev, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("--prev-images-dir %s: %w", prev, err)
 	}
-	return d, nil
+	defer unix.Close(fd)
+	pd, err := images.OpenFD(fd)
+	if err != nil {
+		return nil, fmt.Errorf("--prev-images-dir %s: %w", prev, err)
+	}
+	return pd, nil
 }
 
 // swapMarkerType is the swap type /proc/PID/pagemap shows for a uffd-wp

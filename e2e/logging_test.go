@@ -59,13 +59,15 @@ func TestLogPid(t *testing.T) {
 		t.Errorf("dump.log lacks the info lines:\n%s", got)
 	}
 	r := restore(t, w, dir, "--log-pid")
+	// godwit stays the restored program's parent: read its logs once it
+	// has exited, with everything written.
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("restored program exit %d: %s", code, w.tail())
+	}
 	if got := readFile(filepath.Join(dir, "restore.log."+pid)); !strings.Contains(got, "restore "+pid+": ") || !strings.Contains(got, "VMAs laid out") {
 		t.Errorf("restore.log.%s lacks the task's lines:\n%s", pid, got)
 	}
 	if got := readFile(filepath.Join(dir, "restore.log")); strings.Contains(got, "VMAs laid out") || !strings.Contains(got, "pages in") {
 		t.Errorf("restore.log holds the task's lines, or lacks the run's:\n%s", got)
-	}
-	if code := r.finish(t, w); code != 0 {
-		t.Fatalf("restored program exit %d: %s", code, w.tail())
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/checkpoint-restore/go-criu/v8/rpc"
 )
 
 // Pre-dump rounds through the CLI (each a separate godwit process; the
@@ -76,4 +78,56 @@ func TestPreDumpDumpRestore(t *testing.T) {
 		t.Fatalf("restored program exited %d\n%s", code, w.tail())
 	}
 	w.checkLog(0)
+}
+
+// PRE_DUMP runs the CLI's pre-dump round: the program keeps running, the
+// images hold its pages and the tracking record; a second round with
+// parent_img leaves unchanged pages to the first.
+func TestRPCPreDump(t *testing.T) {
+	needRoot(t)
+	w := startC(t, false, "-m", "16")
+	root := t.TempDir()
+	var holder int
+	t.Cleanup(func() {
+		if holder > 0 {
+			if b, err := os.ReadFile("/proc/" + strconv.Itoa(holder) + "/comm"); err == nil && strings.TrimSpace(string(b)) == "godwit-track" {
+				killAndForget(holder)
+			}
+		}
+	})
+	for i, parent := range []string{"", "../pre1"} {
+		dir := filepath.Join(root, "pre"+strconv.Itoa(i+1))
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		d := openDir(t, dir)
+		o := &rpc.CriuOpts{Pid: ptr(int32(w.pid)), ImagesDirFd: ptr(int32(d.Fd()))}
+		if parent != "" {
+			o.ParentImg = ptr(parent)
+		}
+		s := startSwrk(t)
+		resp := s.call(t, &rpc.CriuReq{Type: rpc.CriuReqType_PRE_DUMP.Enum(), Opts: o})
+		if !resp.GetSuccess() {
+			t.Fatalf("PRE_DUMP %d: %q", i+1, resp.GetCrErrmsg())
+		}
+		for _, n := range []string{"inventory.img", "pagemap-" + strconv.Itoa(w.pid) + ".img", "godwit-track.json"} {
+			if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
+				t.Fatalf("PRE_DUMP %d: %v", i+1, err)
+			}
+		}
+		var rec struct {
+			HolderPid int `json:"holder_pid"`
+		}
+		b, _ := os.ReadFile(filepath.Join(dir, "godwit-track.json"))
+		if json.Unmarshal(b, &rec) == nil {
+			holder = rec.HolderPid
+		}
+		if st, tracer := procState(t, w.pid); tracer != 0 || st == "T" || st == "t" {
+			t.Fatalf("after PRE_DUMP pid %d is %s, traced by %d", w.pid, st, tracer)
+		}
+		w.waitTicks(2)
+	}
+	if _, err := os.Readlink(filepath.Join(root, "pre2", "parent")); err != nil {
+		t.Fatalf("second round: %v", err)
+	}
 }

@@ -230,7 +230,7 @@ func TestRPCNotifyFailure(t *testing.T) {
 }
 
 // Options godwit does not support are refused by name, and the target
-// is left alone; so are requests the engine does not run yet.
+// is left alone.
 func TestRPCRefusals(t *testing.T) {
 	needRoot(t)
 	w := startC(t, false)
@@ -251,6 +251,7 @@ func TestRPCRefusals(t *testing.T) {
 		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.Ps = &rpc.CriuPageServerInfo{Fd: ptr(int32(0))} }), "criu_opts.ps.fd (--ps-socket)"},
 		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.LogFile = ptr("../x.log") }), "no subdirectories"},
 		{rpc.CriuReqType_RESTORE, with(func(o *rpc.CriuOpts) { o.WeakSysctls = ptr(true) }), "criu_opts.weak_sysctls (--weak-sysctls)"},
+		{rpc.CriuReqType_PRE_DUMP, with(func(o *rpc.CriuOpts) { o.TcpEstablished = ptr(true) }), "criu_opts.tcp_established (--tcp-established) is not supported yet"},
 	} {
 		s := startSwrk(t)
 		resp := s.call(t, &rpc.CriuReq{Type: c.typ.Enum(), Opts: c.opts})

@@ -200,7 +200,9 @@ func TestLazyRestoreLocal(t *testing.T) {
 		if d.err != nil {
 			t.Fatalf("daemon: %v", d.err)
 		}
-		if d.st.Tasks != 1 || d.st.Faults == 0 || d.st.PushPages == 0 || d.st.ZeroPages == 0 ||
+		// How the pages split between faults and the push depends on
+		// timing; that faults were served and events followed does not.
+		if d.st.Tasks != 1 || d.st.Faults == 0 || d.st.FaultPages == 0 || d.st.ZeroPages == 0 ||
 			d.st.Remaps == 0 || d.st.Removes == 0 || d.st.Unmaps == 0 {
 			t.Fatalf("daemon stats %+v", d.st)
 		}
@@ -255,7 +257,7 @@ func TestLazyRestoreRemote(t *testing.T) {
 				if d.err != nil {
 					t.Fatalf("daemon: %v", d.err)
 				}
-				if d.st.FaultPages == 0 || d.st.PushPages == 0 {
+				if d.st.FaultPages == 0 || d.st.Faults == 0 {
 					t.Fatalf("daemon stats %+v", d.st)
 				}
 			case <-time.After(30 * time.Second):

@@ -43,6 +43,14 @@ func (d *daemon) faultLoop() {
 			d.mu.Lock()
 			t := d.taskByID(uint32(data >> 1))
 			if t != nil && data&1 != 0 {
+				if len(d.expected) > 0 {
+					// No task runs before every task is handed
+					// over: this restore failed, and the rest of
+					// the tree will never come.
+					d.failLocked(fmt.Errorf("lazy-pages: pid %d died before every task of the dump was handed over: the restore failed", t.pid))
+					d.mu.Unlock()
+					return
+				}
 				// The task exited: nothing more to serve it.
 				d.log.Infof("lazy-pages: pid %d exited with %d pages not in", t.pid, t.st.pending)
 				d.dropLocked(t)
@@ -226,7 +234,9 @@ func (d *daemon) serveFault(t *task, addr uint64, buf, fbuf []byte, faults []uin
 		gen := t.gen
 		d.mu.Unlock()
 		b := fbuf[:r.n*pageSize]
-		if err := d.faultSrc.read(t.pm, r.src, b); err != nil {
+		// The faulting page alone first: its thread runs on while the
+		// neighbours are fetched and copied.
+		if err := d.faultSrc.read(t.pm, r.src, b[:pageSize]); err != nil {
 			d.mu.Lock()
 			e := sourceErr(t, err)
 			d.mu.Unlock()
@@ -237,25 +247,21 @@ func (d *daemon) serveFault(t *task, addr uint64, buf, fbuf []byte, faults []uin
 			d.mu.Unlock()
 			continue
 		}
-		// The faulting page first: its thread runs on while the
-		// neighbours are copied.
 		n, err := t.u.CopySkipExisting(r.dst, unsafe.Pointer(&b[0]), pageSize, 0)
-		if err == nil && len(b) > pageSize {
-			var m uint64
-			m, err = t.u.CopySkipExisting(r.dst+pageSize, unsafe.Pointer(&b[pageSize]), uint64(len(b))-pageSize, 0)
-			n += m
-		}
 		if err == nil {
-			t.st.clear(r.dst, r.dst+uint64(len(b)))
+			t.st.clear(r.dst, r.dst+pageSize)
 			d.stats.FaultPages += n / pageSize
+			if n < pageSize {
+				t.u.Wake(page, pageSize)
+			}
 			// The program is here: the background push goes on from
 			// just after it.
 			t.lastEnd, t.lastWin = r.dst+uint64(len(b)), max(win, uint64(d.o.FaultPages))
 			t.push = t.lastEnd
-			if n < uint64(len(b)) {
-				t.u.Wake(page, pageSize)
-			}
 			d.mu.Unlock()
+			if r.n > 1 {
+				return d.faultNeighbours(t, r, b, gen, buf, faults)
+			}
 			return faults, nil
 		}
 		var rerr error
@@ -269,6 +275,30 @@ func (d *daemon) serveFault(t *task, addr uint64, buf, fbuf []byte, faults []uin
 			return faults, nil
 		}
 	}
+}
+
+// faultNeighbours brings the rest of a fault's window (the faulting page
+// is in): what cannot land now stays pending for the push.
+func (d *daemon) faultNeighbours(t *task, r run, b []byte, gen uint64, buf []byte, faults []uint64) ([]uint64, error) {
+	rest := b[pageSize:]
+	if err := d.faultSrc.read(t.pm, r.src+pageSize, rest); err != nil {
+		d.mu.Lock()
+		e := sourceErr(t, err)
+		d.mu.Unlock()
+		return faults, e
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if t.gone || t.gen != gen {
+		return faults, nil
+	}
+	n, err := t.u.CopySkipExisting(r.dst+pageSize, unsafe.Pointer(&rest[0]), uint64(len(rest)), 0)
+	d.stats.FaultPages += n / pageSize
+	if err != nil {
+		return d.afterCopyErr(t, err, buf, faults)
+	}
+	t.st.clear(r.dst+pageSize, r.dst+uint64(len(b)))
+	return faults, nil
 }
 
 // afterCopyErr handles a failed copy under d.mu: EAGAIN means an event is

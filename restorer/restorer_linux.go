@@ -72,6 +72,7 @@ type Restorer struct {
 	// opened records where each open file description was first made
 	// (shared with the drivers): other tasks take it from there.
 	opened map[model.ID]drivers.OpenedAt
+	held   *drivers.Held // objects made for a task not restored yet (Finalize)
 	// shmAt is where each shared anonymous object was first mapped;
 	// shmShared the objects several tasks map.
 	shmAt     map[uint64]shmMapping

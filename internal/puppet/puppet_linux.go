@@ -317,7 +317,7 @@ func (p *Puppet) clone3(s *ptrace.Session, pid int, flags uint64) (*Puppet, erro
 	}
 	switch {
 	case errors.Is(err, unix.EEXIST):
-		return child, fmt.Errorf("pid %d: %w", pid, ErrPidInUse)
+		return child, fmt.Errorf("pid %d: %w%s", pid, ErrPidInUse, occupant(pid))
 	case errors.Is(err, unix.EINVAL):
 		return child, fmt.Errorf("clone3 with pid %d: %w (pid_max or clone flags)", pid, err)
 	case errors.Is(err, unix.EPERM):
@@ -352,4 +352,24 @@ func (p *Puppet) Kill() error {
 		p.proc.Release()
 	}
 	return err
+}
+
+// occupant describes the task holding pid, for an error: the restore
+// checked the pid was free, so whatever took it since is worth naming.
+func occupant(pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return ""
+	}
+	// pid (comm) state ppid ...
+	s := string(b)
+	i, j := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if i < 0 || j < i || j+2 > len(s) {
+		return ""
+	}
+	f := strings.Fields(s[j+2:])
+	if len(f) < 2 {
+		return ""
+	}
+	return fmt.Sprintf(" by %q (state %s, parent %s)", s[i+1:j], f[0], f[1])
 }

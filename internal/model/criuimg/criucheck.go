@@ -10,6 +10,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pstree"
 
 	"godwit/internal/images"
+	"godwit/internal/ptrace"
 )
 
 // CheckCRIU checks the images in d against the invariants CRIU 4.x's
@@ -48,6 +49,14 @@ func CheckCRIU(d *images.Dir) error {
 		fileIDs[f.GetId()] = true
 	}
 	fdTables := map[uint32]bool{}
+	// Tasks with shared pending signals, whose threads may keep an
+	// interrupted syscall's registers as frozen (see gpregs).
+	sharedSignals := map[uint32]bool{}
+	for _, ps := range pss {
+		if c, err := images.ReadOne[*criu_core.CoreEntry](d, images.CoreImg(int(ps.GetPid()))); err == nil {
+			sharedSignals[ps.GetPid()] = len(c.GetTc().GetSignalsS().GetSignals()) > 0
+		}
+	}
 	for i, ps := range pss {
 		pid := ps.GetPid()
 		if len(ps.GetThreads()) == 0 || ps.GetThreads()[0] != pid {
@@ -66,6 +75,13 @@ func CheckCRIU(d *images.Dir) error {
 			}
 			if c.GetThreadCore() == nil {
 				bad("%s: no thread_core", name)
+			}
+			if g := c.GetThreadInfo().GetGpregs(); g != nil && len(c.GetThreadCore().GetSignalsP().GetSignals()) == 0 &&
+				!sharedSignals[ps.GetPid()] && g.GetOrigAx() != sysRestartSyscall {
+				regs := ptraceRegs(g)
+				if ptrace.Restart(&regs) != ptrace.NoRestart {
+					bad("%s: rax %#x is an unapplied syscall restart (CRIU's restore would return it to the program)", name, g.GetAx())
+				}
 			}
 			if j == 0 {
 				if c.GetTc() == nil {

@@ -15,6 +15,7 @@ import (
 
 	"godwit/internal/images"
 	"godwit/internal/model"
+	"godwit/internal/ptrace"
 	"godwit/internal/xstate"
 )
 
@@ -311,5 +312,88 @@ func TestItimerValueZero(t *testing.T) {
 	}
 	if one := modelItimer(&timer.ItimerEntry{Isec: u(0), Iusec: u(0), Vsec: u(2), Vusec: u(1)}); one.ValueSec != 2 || one.ValueUsec != 1 {
 		t.Errorf("one-shot: %+v", one)
+	}
+}
+
+// A thread frozen in an interrupted syscall is written as CRIU writes it
+// (rip on the syscall instruction, rax the call) when that is exact: no
+// signal pending, and the call known (not inside restart_syscall).
+func TestGpregsRestart(t *testing.T) {
+	const ip = 0x401000
+	neg := func(e int64) uint64 { return uint64(-e) }
+	for _, c := range []struct {
+		ax, orig uint64
+		signals  bool
+		wantAx   uint64
+		wantIP   uint64
+	}{
+		{neg(512), unix.SYS_FUTEX, false, unix.SYS_FUTEX, ip - 2},                     // ERESTARTSYS
+		{neg(514), unix.SYS_PAUSE, false, unix.SYS_PAUSE, ip - 2},                     // ERESTARTNOHAND
+		{neg(516), unix.SYS_CLOCK_NANOSLEEP, false, unix.SYS_CLOCK_NANOSLEEP, ip - 2}, // restart block
+		{neg(516), unix.SYS_RESTART_SYSCALL, false, neg(516), ip},                     // call unknown here
+		{neg(514), unix.SYS_PAUSE, true, neg(514), ip},                                // a handler decides
+		{neg(4), unix.SYS_READ, false, neg(4), ip},                                    // EINTR: done
+		{0, ^uint64(0), false, 0, ip},                                                 // not in a syscall
+	} {
+		r := unix.PtraceRegs{Rax: c.ax, Orig_rax: c.orig, Rip: ip, Rdi: 7}
+		g, applied := gpregs(&r, c.signals)
+		if applied != (g.GetIp() != ip) {
+			t.Errorf("ax %#x: applied %v, ip %#x", c.ax, applied, g.GetIp())
+		}
+		if g.GetAx() != c.wantAx || g.GetIp() != c.wantIP || g.GetOrigAx() != c.orig || g.GetDi() != 7 {
+			t.Errorf("ax %#x orig %d signals %v: wrote ax %#x ip %#x orig %d", c.ax, c.orig, c.signals, g.GetAx(), g.GetIp(), g.GetOrigAx())
+		}
+		if r.Rax != c.ax || r.Rip != ip {
+			t.Errorf("gpregs changed the model's registers")
+		}
+	}
+}
+
+// godwit-restart.img gives godwit's restore the registers as frozen; an
+// entry that the core's registers were not made from is refused.
+func TestRestartImage(t *testing.T) {
+	tr := readTree(t, "testdata/python")
+	for _, th := range tr.Root().Threads {
+		if ptrace.Restart(&th.Regs) == ptrace.NoRestart {
+			t.Fatalf("thread %d: frozen registers not read back: rax %#x", th.Tid, th.Regs.Rax)
+		}
+	}
+	for name, corrupt := range map[string]func([]byte){
+		"rax":   func(b []byte) { b[16] = 0xff },  // -ERESTARTNOINTR
+		"rip":   func(b []byte) { b[24] ^= 0x10 }, // not the instruction before
+		"tid":   func(b []byte) { b[8] ^= 0x01 },  // no such thread
+		"magic": func(b []byte) { b[0] = 'X' },
+		"size":  nil,
+	} {
+		dir := t.TempDir()
+		ents, _ := os.ReadDir("testdata/python")
+		for _, e := range ents {
+			b, _ := os.ReadFile(filepath.Join("testdata/python", e.Name()))
+			if e.Name() == RestartImg {
+				if corrupt == nil {
+					b = b[:len(b)-1]
+				} else {
+					corrupt(b)
+				}
+			}
+			os.WriteFile(filepath.Join(dir, e.Name()), b, 0o600)
+		}
+		d, err := images.Open(dir, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = Read(d)
+		d.Close()
+		if name == "rax" {
+			// -ERESTARTNOINTR for -ERESTARTNOHAND: the same restart,
+			// accepted.
+			if err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), RestartImg) {
+			t.Errorf("%s corrupted: Read = %v, want it refused naming %s", name, err, RestartImg)
+		}
 	}
 }

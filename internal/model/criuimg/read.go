@@ -80,6 +80,12 @@ func Read(d *images.Dir) (*model.Tree, error) {
 		k.FDs = fds
 		t.Tasks = append(t.Tasks, k)
 	}
+	if err := readLocks(d, t); err != nil {
+		return nil, err
+	}
+	if err := readRestart(d, t); err != nil {
+		return nil, err
+	}
 	return t, nil
 }
 
@@ -157,6 +163,9 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 		return nil, err
 	}
 	if err := readSkQueues(d, files); err != nil {
+		return nil, err
+	}
+	if err := readGhosts(d, files); err != nil {
 		return nil, err
 	}
 	return files, nil

@@ -6,10 +6,22 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// gpregs converts user_regs_struct to CRIU's user_x86_regs_entry, verbatim
-// (ax/orig_ax included: the restorer sets them back and the kernel
-// restarts an interrupted syscall itself).
-func gpregs(r *unix.PtraceRegs) *core_x86.UserX86RegsEntry {
+// gpregs converts user_regs_struct to CRIU's user_x86_regs_entry. A
+// thread frozen inside an interrupted syscall (rax = -ERESTART*) is
+// written as CRIU's dump writes it when that is exact, with the restart
+// applied: rip back on the syscall instruction and rax the call to make,
+// because CRIU's restore returns to user space with the registers as they
+// are (it would hand -ERESTART* to the program). The call is orig_rax;
+// for a restart block the interrupted call itself, which godwit's restore
+// also re-runs. It is exact unless a signal is pending (signals): the
+// kernel then decides between restart and EINTR by the handler it runs,
+// which only registers as frozen let it do; nor inside restart_syscall,
+// whose call only the thread's code names. Those stay as frozen. It
+// reports whether it applied the restart: the frozen registers then go to
+// RestartImg, for godwit's restore.
+func gpregs(r *unix.PtraceRegs, signals bool) (*core_x86.UserX86RegsEntry, bool) {
+	c, applied := applyRestart(r, signals)
+	r = &c
 	u := proto.Uint64
 	return &core_x86.UserX86RegsEntry{
 		R15: u(r.R15), R14: u(r.R14), R13: u(r.R13), R12: u(r.R12),
@@ -20,8 +32,11 @@ func gpregs(r *unix.PtraceRegs) *core_x86.UserX86RegsEntry {
 		Ss: u(r.Ss), FsBase: u(r.Fs_base), GsBase: u(r.Gs_base),
 		Ds: u(r.Ds), Es: u(r.Es), Fs: u(r.Fs), Gs: u(r.Gs),
 		Mode: core_x86.UserX86RegsMode_NATIVE.Enum(),
-	}
+	}, applied
 }
+
+// sysRestartSyscall is restart_syscall(2)'s number.
+const sysRestartSyscall = unix.SYS_RESTART_SYSCALL
 
 // ptraceRegs is gpregs backwards.
 func ptraceRegs(g *core_x86.UserX86RegsEntry) unix.PtraceRegs {

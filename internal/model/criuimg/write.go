@@ -47,6 +47,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		return fmt.Errorf("write images: %w", err)
 	}
 	var pss []proto.Message
+	var frozen []frozenRegs // see RestartImg
 	fdTables := map[model.ID]bool{}
 	sc := &seccompTable{}
 	for _, k := range t.Tasks {
@@ -60,9 +61,11 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 			pss = append(pss, pstreeEntry(k))
 			continue
 		}
-		if err := writeTask(k, sc, put); err != nil {
+		fr, err := writeTask(k, sc, put)
+		if err != nil {
 			return fmt.Errorf("write images of %d: %w", k.Pid, err)
 		}
+		frozen = append(frozen, fr...)
 		if err := writeGodwit(d, k, written); err != nil {
 			return fmt.Errorf("write images of %d: %w", k.Pid, err)
 		}
@@ -102,7 +105,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 			files = append(files, reg, ff)
 			continue
 		}
-		if f.Kind == model.Path {
+		if f.Kind == model.Path || f.Kind == model.Ghost {
 			files = append(files, fileEntry(f))
 			continue
 		}
@@ -120,6 +123,20 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 	}
 	if err := writeSkQueues(d, t, written); err != nil {
 		return err
+	}
+	if err := writeGhosts(d, t, written); err != nil {
+		return err
+	}
+	if err := writeLocks(d, t, written); err != nil {
+		return err
+	}
+	if len(frozen) > 0 {
+		if written != nil {
+			written(RestartImg)
+		}
+		if err := writeRestart(d, frozen); err != nil {
+			return err
+		}
 	}
 	if written != nil {
 		written(images.InventoryImg)
@@ -144,38 +161,46 @@ func rootIDs(t *model.Tree) *criu_core.TaskKobjIdsEntry {
 	return kobjIDs(&r)
 }
 
-func writeTask(k *model.Task, sc *seccompTable, put func(string, ...proto.Message) error) error {
+// writeTask writes k's images; it returns the frozen registers of the
+// threads whose core holds them with a syscall restart applied.
+func writeTask(k *model.Task, sc *seccompTable, put func(string, ...proto.Message) error) ([]frozenRegs, error) {
 	if len(k.Threads) == 0 {
-		return fmt.Errorf("no threads")
+		return nil, fmt.Errorf("no threads")
 	}
 	ids := kobjIDs(&k.IDs)
+	var frozen []frozenRegs
 	for i, th := range k.Threads {
-		c, err := coreEntry(th)
+		// A pending signal, the thread's or the task's, decides how an
+		// interrupted syscall resumes (see gpregs).
+		c, applied, err := coreEntry(th, len(th.Pending) > 0 || len(k.SharedSignals) > 0)
 		if err != nil {
-			return fmt.Errorf("thread %d: %w", th.Tid, err)
+			return nil, fmt.Errorf("thread %d: %w", th.Tid, err)
+		}
+		if applied {
+			frozen = append(frozen, frozenRegs{tid: uint32(th.Tid), rax: th.Regs.Rax, rip: th.Regs.Rip})
 		}
 		if err := sc.setSeccomp(c.ThreadCore, th); err != nil {
-			return fmt.Errorf("thread %d: %w", th.Tid, err)
+			return nil, fmt.Errorf("thread %d: %w", th.Tid, err)
 		}
 		if i == 0 {
 			c.Tc = taskCore(k)
 			c.Ids = ids
 		}
 		if err := put(images.CoreImg(th.Tid), c); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	// crit 3.17 (and CRIU 3.x) read the ids from ids-PID.img; CRIU 4
 	// from core. Write both.
 	if err := put(images.IdsImg(k.Pid), ids); err != nil {
-		return err
+		return nil, err
 	}
 	if k.MM != nil {
 		if err := checkAuxv(k.MM.Auxv); err != nil {
-			return err
+			return nil, err
 		}
 		if err := put(images.MmImg(k.Pid), mmEntry(k.MM)); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if k.FS != nil {
@@ -184,10 +209,10 @@ func writeTask(k *model.Task, sc *seccompTable, put func(string, ...proto.Messag
 			fs.Umask = proto.Uint32(*k.FS.Umask)
 		}
 		if err := put(images.FsImg(k.Pid), fs); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return frozen, nil
 }
 
 func pstreeEntry(k *model.Task) *pstree.PstreeEntry {
@@ -249,10 +274,10 @@ func credsEntry(c *model.Creds) *creds.CredsEntry {
 }
 
 // coreEntry builds a thread's core image, less the leader's tc and ids.
-func coreEntry(th *model.Thread) (*criu_core.CoreEntry, error) {
+func coreEntry(th *model.Thread, signals bool) (*criu_core.CoreEntry, bool, error) {
 	fp, err := xstate.ToCRIU(th.XState)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	thc := &criu_core.ThreadCoreEntry{
 		FutexRla:    proto.Uint64(th.RobustList),
@@ -276,15 +301,16 @@ func coreEntry(th *model.Thread) (*criu_core.CoreEntry, error) {
 			Signature:      proto.Uint32(r.Signature),
 		}
 	}
+	gp, applied := gpregs(&th.Regs, signals)
 	return &criu_core.CoreEntry{
 		Mtype: criu_core.CoreEntry_X86_64.Enum(),
 		ThreadInfo: &core_x86.ThreadInfoX86{
 			ClearTidAddr: proto.Uint64(th.ClearTid),
-			Gpregs:       gpregs(&th.Regs),
+			Gpregs:       gp,
 			Fpregs:       fp,
 		},
 		ThreadCore: thc,
-	}, nil
+	}, applied, nil
 }
 
 func itimer(t model.Itimer) *timer.ItimerEntry {

@@ -1,0 +1,115 @@
+package criuimg
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+
+	"godwit/internal/images"
+	"godwit/internal/model"
+	"godwit/internal/ptrace"
+)
+
+// RestartImg is godwit's side image of the threads frozen inside an
+// interrupted syscall whose core images hold the registers as CRIU writes
+// them (the restart applied, see gpregs): it keeps rax and rip as they
+// were frozen, which godwit's restore uses to let the kernel restart the
+// call exactly as it would have. CRIU's restore does not need it.
+//
+// Format: "GODWITR1", then per thread tid (u32), 4 zero bytes, rax and
+// rip (u64), little-endian.
+const RestartImg = "godwit-restart.img"
+
+const (
+	restartMagic = "GODWITR1"
+	restartEntry = 24
+	// maxRestartSize bounds the file: a thread of every possible pid.
+	maxRestartSize = len(restartMagic) + restartEntry*maxPid
+)
+
+// frozenRegs is one thread's entry of RestartImg.
+type frozenRegs struct {
+	tid      uint32
+	rax, rip uint64
+}
+
+func encodeRestart(es []frozenRegs) []byte {
+	b := []byte(restartMagic)
+	for _, e := range es {
+		b = binary.LittleEndian.AppendUint32(b, e.tid)
+		b = binary.LittleEndian.AppendUint32(b, 0)
+		b = binary.LittleEndian.AppendUint64(b, e.rax)
+		b = binary.LittleEndian.AppendUint64(b, e.rip)
+	}
+	return b
+}
+
+func writeRestart(d *images.Dir, es []frozenRegs) error {
+	f, err := d.Create(RestartImg)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(encodeRestart(es)); err != nil {
+		f.Close()
+		return fmt.Errorf("%s: %w", RestartImg, err)
+	}
+	return f.Close()
+}
+
+// readRestart puts the frozen rax and rip of RestartImg (if any) back into
+// t's threads, after checking that each entry is what the core image's
+// registers were made from.
+func readRestart(d *images.Dir, t *model.Tree) error {
+	if !d.Exists(RestartImg) {
+		return nil
+	}
+	f, err := d.OpenRead(RestartImg)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, int64(maxRestartSize)+1))
+	if err != nil {
+		return fmt.Errorf("%s: %w", RestartImg, err)
+	}
+	if len(b) > maxRestartSize || len(b) < len(restartMagic) || string(b[:len(restartMagic)]) != restartMagic ||
+		(len(b)-len(restartMagic))%restartEntry != 0 {
+		return fmt.Errorf("%s: not a restart image of godwit", RestartImg)
+	}
+	threads := map[uint32]*model.Thread{}
+	for _, k := range t.Tasks {
+		for _, th := range k.Threads {
+			threads[uint32(th.Tid)] = th
+		}
+	}
+	seen := map[uint32]bool{}
+	for p := b[len(restartMagic):]; len(p) > 0; p = p[restartEntry:] {
+		e := frozenRegs{binary.LittleEndian.Uint32(p), binary.LittleEndian.Uint64(p[8:]), binary.LittleEndian.Uint64(p[16:])}
+		th := threads[e.tid]
+		if th == nil || seen[e.tid] || binary.LittleEndian.Uint32(p[4:]) != 0 {
+			return fmt.Errorf("%s: entry for thread %d: unknown, repeated or malformed", RestartImg, e.tid)
+		}
+		seen[e.tid] = true
+		frozen := th.Regs
+		frozen.Rax, frozen.Rip = e.rax, e.rip
+		applied, ok := applyRestart(&frozen, false)
+		if !ok || applied != th.Regs {
+			return fmt.Errorf("%s: thread %d: the registers of %s are not the restart of rax %#x at rip %#x",
+				RestartImg, e.tid, images.CoreImg(int(e.tid)), e.rax, e.rip)
+		}
+		th.Regs = frozen
+	}
+	return nil
+}
+
+// applyRestart returns r with an interrupted syscall's restart applied, as
+// CRIU's dump writes registers, and whether that is exact (see gpregs).
+func applyRestart(r *ptrace.Regs, signals bool) (ptrace.Regs, bool) {
+	st := ptrace.Restart(r)
+	if signals || !(st == ptrace.RestartSame || st == ptrace.RestartBlock && r.Orig_rax != sysRestartSyscall) {
+		return *r, false
+	}
+	c := *r
+	c.Rax, c.Rip = c.Orig_rax, c.Rip-2
+	return c, true
+}
