@@ -468,6 +468,15 @@ func readTaskCore(k *model.Task, tc *criu_core.TaskCoreEntry, name string) error
 	case images.TaskStopped:
 		k.State = model.Stopped
 		k.StopSignal = int(tc.GetStopSigno())
+		switch unix.Signal(k.StopSignal) {
+		case 0:
+			// Images without stop_signo (older CRIU): SIGSTOP,
+			// as those CRIU versions restored it.
+			k.StopSignal = int(unix.SIGSTOP)
+		case unix.SIGSTOP, unix.SIGTSTP, unix.SIGTTIN, unix.SIGTTOU:
+		default:
+			return fmt.Errorf("%s: stop_signo %d is not a stop signal", name, k.StopSignal)
+		}
 	case images.TaskDead:
 		k.State = model.Dead
 	case images.TaskZombie:
