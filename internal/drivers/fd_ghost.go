@@ -1,6 +1,7 @@
 package drivers
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -35,7 +36,30 @@ func (ghostKind) match(target string, st *unix.Stat_t) bool {
 func (ghostKind) check(int, int, uint64) error { return nil }
 
 func (ghostKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
-	st := &fd.Stat
+	return fl.readGhost(procfs.Path(pid, "fd/"+strconv.Itoa(fd.Num)), strings.TrimSuffix(fd.Path, " (deleted)"), &fd.Stat, f)
+}
+
+// SharedGhost returns the id of a (deleted file, flags) entry for a file
+// mapping (of path, whose name was removed), adding it once; its contents
+// are read from src (the mapping's map_files link) once per inode, so the
+// mappings and fds of one deleted file in the tree stay one object.
+func (fl *Files) SharedGhost(src, path string, flags uint32, st *unix.Stat_t) (model.ID, error) {
+	key := fileKey{st.Dev, st.Ino, flags}
+	if id, ok := fl.byKey[key]; ok {
+		return id, nil
+	}
+	id := fl.Reg(path, flags, 0, st, NoMntID)
+	if err := fl.readGhost(src, path, st, fl.byID[id]); err != nil {
+		delete(fl.byID, id)
+		return 0, fmt.Errorf("deleted file %s: %w", path, err)
+	}
+	fl.byKey[key] = id
+	return id, nil
+}
+
+// readGhost makes f the deleted file path (stat st), reading its contents
+// from src unless another description of the inode already did.
+func (fl *Files) readGhost(src, path string, st *unix.Stat_t, f *model.File) error {
 	if st.Nlink != 0 {
 		return fmt.Errorf("its name was removed but it has %d other links: not supported yet", st.Nlink)
 	}
@@ -48,25 +72,25 @@ func (ghostKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 		f.Kind, f.Path, f.Size, f.BuildID, f.Ghost = model.Ghost, o.Path, nil, nil, o.Ghost
 		return nil
 	}
-	if fl.ghosts == nil {
-		fl.ghosts = map[[2]uint64]*model.File{}
-	}
-	fl.ghosts[key] = f
-	src, err := unix.Open(procfs.Path(pid, "fd/"+strconv.Itoa(fd.Num)), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	fd, err := unix.Open(src, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
 	if err != nil {
 		return fmt.Errorf("open to save its contents: %w", err)
 	}
-	defer unix.Close(src)
+	defer unix.Close(fd)
 	data := make([]byte, st.Size)
 	for off := 0; off < len(data); {
-		n, err := unix.Pread(src, data[off:], int64(off))
+		n, err := unix.Pread(fd, data[off:], int64(off))
 		if err != nil || n == 0 {
 			return fmt.Errorf("read its contents at %d of %d: %v", off, len(data), err)
 		}
 		off += n
 	}
+	if fl.ghosts == nil {
+		fl.ghosts = map[[2]uint64]*model.File{}
+	}
+	fl.ghosts[key] = f
 	f.Kind, f.Size, f.BuildID = model.Ghost, nil, nil
-	f.Path = strings.TrimSuffix(fd.Path, " (deleted)")
+	f.Path = path
 	f.Ghost = &model.GhostState{
 		Dev: st.Dev, Ino: st.Ino, Mode: st.Mode, UID: st.Uid, GID: st.Gid, Size: uint64(st.Size), Data: data,
 		Atime: st.Atim, Mtime: st.Mtim,
@@ -85,6 +109,11 @@ func (ghostKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error
 		var err error
 		if held, err = ghostOfTree(rs, g); err != nil {
 			return 0, fmt.Errorf("%s: %w", what, err)
+		}
+		if held < 0 {
+			if held, err = ghostMapped(rs, g); err != nil {
+				return 0, fmt.Errorf("%s: %w", what, err)
+			}
 		}
 		if held < 0 {
 			if held, err = makeGhost(rs, what, f); err != nil {
@@ -122,27 +151,68 @@ func ghostOfTree(rs *restoreFDs, g *model.GhostState) (int, error) {
 	return fd, nil
 }
 
+// ghostMapped opens the deleted file from a mapping of it in the tree (the
+// layout, before any fd, made it again); -1 when none maps it.
+func ghostMapped(rs *restoreFDs, g *model.GhostState) (int, error) {
+	for _, k := range rs.r.Tree.Tasks {
+		if k.MM == nil || k.State != model.Alive && k.State != model.Stopped {
+			continue
+		}
+		for _, v := range k.MM.VMAs {
+			if !v.FileBacked() {
+				continue
+			}
+			mf := rs.r.Tree.Files[model.ID(v.Shmid)]
+			if mf == nil || mf.Kind != model.Ghost || mf.Ghost == nil || mf.Ghost.Dev != g.Dev || mf.Ghost.Ino != g.Ino {
+				continue
+			}
+			p := procfs.Path(k.Pid, procfs.MapFilesName(v.Start, v.End))
+			fd, err := unix.Open(p, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+			if err != nil {
+				return -1, fmt.Errorf("deleted file mapped by %d: %w", k.Pid, err)
+			}
+			return fd, nil
+		}
+	}
+	return -1, nil
+}
+
 // makeGhost creates the deleted file again (see above) and returns
 // godwit's descriptor of it.
 func makeGhost(rs *restoreFDs, what string, f *model.File) (int, error) {
-	g, s := f.Ghost, rs.s
+	held, tfd, err := MakeGhost(rs.s, what, f)
+	if err != nil {
+		return -1, err
+	}
+	if _, err := rs.s.Call(what+": close", unix.SYS_CLOSE, tfd); err != nil {
+		unix.Close(held)
+		return -1, err
+	}
+	return held, nil
+}
+
+// MakeGhost creates the deleted file f again in the task of s (its mounts),
+// fills it and unlinks it; it returns godwit's descriptor of it and the
+// task's (O_RDWR), both for the caller to close.
+func MakeGhost(s *inject.Session, what string, f *model.File) (held int, tfd uint64, err error) {
+	g := f.Ghost
+	if g == nil {
+		return -1, 0, fmt.Errorf("%s: deleted file without its contents", what)
+	}
 	path := f.Path
 	create := func(p string) (uint64, error) {
 		return s.Openat(what+": recreate deleted file", p, unix.O_CREAT|unix.O_EXCL|unix.O_RDWR|unix.O_NOFOLLOW|unix.O_NOCTTY)
 	}
-	tfd, err := create(path)
+	tfd, err = create(path)
 	if en, ok := errnoOf(err); ok && en == unix.EEXIST {
 		i := strings.LastIndexByte(path, '/')
 		path = fmt.Sprintf("%s/.godwit-ghost-%d-%d", path[:i], g.Dev, g.Ino)
 		tfd, err = create(path)
 	}
 	if err != nil {
-		return -1, err
+		return -1, 0, err
 	}
-	held, err := grabFD(s.Pid(), int(tfd))
-	if _, cerr := s.Call(what+": close", unix.SYS_CLOSE, tfd); cerr != nil && err == nil {
-		err = cerr
-	}
+	held, err = grabFD(s.Pid(), int(tfd))
 	if err == nil {
 		err = fillGhost(held, g)
 		if err != nil {
@@ -154,14 +224,17 @@ func makeGhost(rs *restoreFDs, what string, f *model.File) (int, error) {
 	if perr == nil {
 		_, perr = s.Call(what+": unlink "+path, unix.SYS_UNLINKAT, atFdcwd, a, 0)
 	}
-	if err != nil {
-		return -1, fmt.Errorf("%s: deleted file %s: %w", what, f.Path, err)
-	}
-	if perr != nil {
+	if err == nil && perr != nil {
 		unix.Close(held)
-		return -1, perr
+		err = perr
 	}
-	return held, nil
+	if err != nil {
+		if _, cerr := s.Call(what+": close", unix.SYS_CLOSE, tfd); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+		return -1, 0, fmt.Errorf("%s: deleted file %s: %w", what, f.Path, err)
+	}
+	return held, tfd, nil
 }
 
 // atFdcwd is AT_FDCWD (-100) as a syscall argument.

@@ -592,8 +592,12 @@ func readMM(d *images.Dir, pid int, files map[model.ID]*model.File) (*model.MM, 
 				// CRIU's MEMFD file entries: not read yet.
 				return nil, fmt.Errorf("%s: vma %#x-%#x: memfd mappings are not supported yet", name, s, e)
 			}
-			if err := regular(files, uint32(mv.Shmid), name, fmt.Sprintf("vma %#x-%#x", s, e)); err != nil {
-				return nil, err
+			// A regular file, or a deleted one (a ghost: a REG entry with
+			// its remap) for a mapping of a deleted file.
+			if f := files[model.ID(mv.Shmid)]; f == nil || f.Kind != model.Ghost {
+				if err := regular(files, uint32(mv.Shmid), name, fmt.Sprintf("vma %#x-%#x", s, e)); err != nil {
+					return nil, err
+				}
 			}
 		}
 		out.VMAs = append(out.VMAs, mv)
