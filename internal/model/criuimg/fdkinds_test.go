@@ -50,6 +50,11 @@ func kindsTree(t testing.TB) *model.Tree {
 		tr.Files[f.ID] = f
 		k.FDs = append(k.FDs, model.FD{Num: 10 + i, File: f.ID})
 	}
+	// A shared mapping of the deleted file (as a Python semaphore in
+	// /dev/shm): the VMA names the ghost's REG entry.
+	k.MM.VMAs = append(k.MM.VMAs, model.VMA{Start: 0x7f1000000000, End: 0x7f1000001000, Shmid: 21,
+		Prot: unix.PROT_READ | unix.PROT_WRITE, Flags: unix.MAP_SHARED,
+		Status: images.VmaAreaRegular | images.VmaFileShared, Fdflags: unix.O_RDWR})
 	tr.Files[21].Locks = []model.FileLock{{Kind: model.LockFlock, Write: true}, {Kind: model.LockOFD, Start: 4, Len: 6}}
 	for i := range k.FDs {
 		if k.FDs[i].File == 22 {
@@ -69,6 +74,10 @@ func TestKindsRoundTrip(t *testing.T) {
 		t.Fatalf("no %s among %v", PipesDataImg, names)
 	}
 	got := readTree(t, dir)
+	vmas := got.Root().MM.VMAs
+	if v := vmas[len(vmas)-1]; v.Start != 0x7f1000000000 || v.Shmid != 21 || got.Files[21].Kind != model.Ghost {
+		t.Errorf("mapping of the deleted file read as %+v of %+v", v, got.Files[model.ID(v.Shmid)])
+	}
 	for _, id := range []model.ID{10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23} {
 		w, g := tr.Files[id], got.Files[id]
 		if g == nil {
