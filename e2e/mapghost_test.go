@@ -29,18 +29,19 @@ func mappedFile(t *testing.T, pid int, addr uint64) (unix.Stat_t, string) {
 }
 
 // TestMapDeletedShared dumps workloads/mapghost.c, a parent and child
-// sharing a MAP_SHARED mapping of a deleted file, and restores it: both
-// map one deleted file again, with the dumped contents, and each sees the
-// other's writes.
+// sharing a MAP_SHARED mapping of a deleted file and an fd on it, and
+// restores it: both map one deleted file again, the one their fds are
+// open on, with the dumped contents, and each sees the other's writes.
 func TestMapDeletedShared(t *testing.T) {
 	needRoot(t)
 	w := startTree(t, cWorkload(t, "mapghost"))
-	m := regexp.MustCompile(`ready C=(\d+) ADDR=([0-9a-f]+)`).FindStringSubmatch(readFile(w.log))
+	m := regexp.MustCompile(`ready C=(\d+) ADDR=([0-9a-f]+) FD=(\d+)`).FindStringSubmatch(readFile(w.log))
 	if m == nil {
 		t.Fatalf("no ready line\n%s", w.tail())
 	}
 	child, _ := strconv.Atoi(m[1])
 	addr, _ := strconv.ParseUint(m[2], 16, 64)
+	fd := m[3]
 	before := subtree(t, w.pid)
 	t.Cleanup(func() {
 		for p := range before {
@@ -57,6 +58,15 @@ func TestMapDeletedShared(t *testing.T) {
 	cst, cname := mappedFile(t, child, addr)
 	if pst.Dev != cst.Dev || pst.Ino != cst.Ino {
 		t.Errorf("parent maps %d:%d, child %d:%d: want one file", pst.Dev, pst.Ino, cst.Dev, cst.Ino)
+	}
+	for _, p := range []int{w.pid, child} {
+		var st unix.Stat_t
+		if err := unix.Stat(fmt.Sprintf("/proc/%d/fd/%s", p, fd), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Dev != pst.Dev || st.Ino != pst.Ino {
+			t.Errorf("pid %d fd %s is %d:%d, the mapping %d:%d: want one file", p, fd, st.Dev, st.Ino, pst.Dev, pst.Ino)
+		}
 	}
 	if pst.Nlink != 0 || !strings.HasSuffix(pname, " (deleted)") || !strings.HasSuffix(cname, " (deleted)") {
 		t.Errorf("restored mapping is of %q (%d links), want a deleted file", pname, pst.Nlink)

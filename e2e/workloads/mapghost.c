@@ -1,7 +1,7 @@
 // mapghost: a MAP_SHARED mapping of a deleted file, shared by a parent and
 // its child across checkpoint/restore. Started with its log path as the
 // last argument, P makes LOG.map (one page), maps it shared, closes and
-// unlinks it, and forks C. C counts in word 1 of the page every 10 ms; P
+// unlinks it (keeping its fd open), and forks C. C counts in word 1 of the page every 10 ms; P
 // writes "tick N" every 10 ms and, once C has counted, "ready C=PID
 // ADDR=HEX". On SIGUSR1 P writes a token into word 2 and waits for C to
 // answer token+1 in word 3 (C only sees it through the shared page),
@@ -59,8 +59,8 @@ int main(int argc, char **argv) {
 	volatile uint64_t *w = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (w == MAP_FAILED)
 		return 2;
-	close(fd);
-	unlink(path);
+	unlink(path); // fd stays open, in P and C: the same deleted file
+
 	w[0] = 0x676f64776974; // written before the dump, read after
 	signal(SIGUSR1, onusr1);
 	pid_t c = fork();
@@ -76,7 +76,7 @@ int main(int argc, char **argv) {
 	}
 	while (w[1] < 3)
 		nap(1);
-	say("ready C=%d ADDR=%lx\n", c, (unsigned long)w);
+	say("ready C=%d ADDR=%lx FD=%d\n", c, (unsigned long)w, fd);
 	for (long n = 1; !finish; n++) {
 		say("tick %ld\n", n);
 		nap(10);
