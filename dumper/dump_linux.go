@@ -211,7 +211,8 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	}
 	frozenAt := time.Now()
 	logging.Default().Infof("dump %d: froze %d tasks (%d threads in the root) in %v", pid, len(tree), len(tids), frozenAt.Sub(t0))
-	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track}
+	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track,
+		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks}
 	err = d.safeCollect()
 	if err == nil {
 		err = target.Commit()
@@ -337,6 +338,8 @@ type dumpRun struct {
 	// against the parent images (predump_linux.go).
 	track       *trackedDump
 	parentPages uint64
+	ghostLimit  uint64 // --ghost-limit, 0: the default
+	fileLocks   bool   // --file-locks
 }
 
 func (d *dumpRun) note(name string) { d.written = append(d.written, name) }
@@ -360,6 +363,10 @@ func (d *dumpRun) safeCollect() (err error) {
 // file description inherited by fork is one file of the tree.
 func (d *dumpRun) collect() error {
 	fl := drivers.NewFiles()
+	if d.ghostLimit != 0 {
+		fl.GhostLimit = d.ghostLimit
+	}
+	fl.FileLocks = d.fileLocks
 	var kobj kobjAlloc
 	tree := &model.Tree{}
 	shm := map[uint64]int{} // shared anonymous objects dumped, by shmid → pid

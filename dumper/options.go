@@ -29,6 +29,12 @@ type Options struct {
 	TrackMem      bool
 	// AutoDedup punches the parent images' pages this dump replaces.
 	AutoDedup bool
+	// GhostLimit is the largest deleted file whose contents the images
+	// carry (0: opts.DefaultGhostLimit).
+	GhostLimit uint64
+	// FileLocks dumps the file locks the tree holds (--file-locks);
+	// without it a lock fails the dump.
+	FileLocks bool
 }
 
 // PageServer is where a page server listens and how to talk to it.

@@ -17,6 +17,7 @@ import (
 
 	"godwit/internal/images"
 	"godwit/internal/logging"
+	"godwit/internal/pagexfer"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 	"godwit/uffd"
@@ -676,6 +677,10 @@ func resolveParent(imagesDir, prev string) (*images.Dir, error) {
 	defer unix.Close(fd)
 	pd, err := images.OpenFD(fd)
 	if err != nil {
+		return nil, fmt.Errorf("--prev-images-dir %s: %w", prev, err)
+	}
+	if err := pagexfer.CheckParent(d, pd); err != nil {
+		pd.Close()
 		return nil, fmt.Errorf("--prev-images-dir %s: %w", prev, err)
 	}
 	return pd, nil

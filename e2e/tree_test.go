@@ -280,3 +280,90 @@ func TestTreeBashLoop(t *testing.T) {
 		t.Fatalf("bash did not finish its loop\n%s", w.tail())
 	}
 }
+
+// waitRestored waits for the restored root to exit 0 (godwit restore
+// passes its status on).
+func waitRestored(t *testing.T, w *workload, r *restoring) {
+	t.Helper()
+	select {
+	case err := <-r.done:
+		r.done <- err
+		if err != nil {
+			t.Fatalf("restored tree: %v\n%s\n%s", err, r.out.String(), w.tail())
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatalf("restored tree did not finish\n%s", w.tail())
+	}
+}
+
+// checkCount checks that the lines of file starting with PREFIX are
+// "PREFIX 1" … "PREFIX n", in order.
+func checkCount(t *testing.T, file, prefix string, n int) {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, prefix+" ") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != n {
+		t.Fatalf("%s: %d lines, want %d", file, len(lines), n)
+	}
+	for i, l := range lines {
+		if l != fmt.Sprintf("%s %d", prefix, i+1) {
+			t.Fatalf("%s line %d: %q: lost or repeated across the restore", file, i+1, l)
+		}
+	}
+}
+
+// TestTreeBashPipeline restores a three-stage bash pipeline: the data in
+// flight between its stages arrives once, in order, and bash ends
+// normally.
+func TestTreeBashPipeline(t *testing.T) {
+	needRoot(t)
+	const n = 300
+	script := fmt.Sprintf(`for i in $(seq 1 %d); do echo $i; sleep 0.01; done | while read k; do echo "tick $k" >> "$1"; done | cat; echo done >> "$1"`, n)
+	w := startTree(t, "/bin/bash", "-c", script, "bash")
+	dir := w.dump(t)
+	w.reapKilled(t)
+	r := restore(t, w, dir)
+	waitRestored(t, w, r)
+	b := readFile(w.log)
+	if !strings.HasSuffix(b, "done\n") {
+		t.Fatalf("the pipeline did not finish\n%s", w.tail())
+	}
+	checkCount(t, w.log, "tick", n)
+}
+
+// TestTreeMakeJ restores make -j3 running three recipes at once through
+// its jobserver pipe: every recipe finishes its loop exactly once and
+// make exits 0.
+func TestTreeMakeJ(t *testing.T) {
+	needRoot(t)
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Fatal("make is not installed")
+	}
+	src := t.TempDir()
+	const n = 150
+	mk := fmt.Sprintf("all: a b c\na:\n\tfor i in $$(seq 1 %d); do echo tick $$i >> $(LOG); sleep 0.01; done\n"+
+		"b c:\n\tfor i in $$(seq 1 %d); do echo $@ $$i >> $@.out; sleep 0.01; done\n", n, n)
+	if err := os.WriteFile(filepath.Join(src, "Makefile"), []byte(mk), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The log comes last ($2): startWorkload appends it.
+	w := startTree(t, "/bin/bash", "-c", `make -s -C "$1" -j3 LOG="$2" && echo done >> "$2"`, "bash", src)
+	dir := w.dump(t)
+	w.reapKilled(t)
+	r := restore(t, w, dir)
+	waitRestored(t, w, r)
+	if !strings.HasSuffix(readFile(w.log), "done\n") {
+		t.Fatalf("make did not finish\n%s", w.tail())
+	}
+	checkCount(t, w.log, "tick", n)
+	checkCount(t, filepath.Join(src, "b.out"), "b", n)
+	checkCount(t, filepath.Join(src, "c.out"), "c", n)
+}

@@ -28,6 +28,8 @@ func (r *Restorer) Finalize() error {
 		return r.fail("finalize", err)
 	}
 	tables := map[model.ID]bool{} // fd tables restored (CLONE_FILES)
+	r.held = drivers.NewHeld()
+	defer func() { r.held.Close(); r.held = nil }()
 	for _, t := range r.tasks {
 		if t.img.dead() {
 			continue
@@ -55,12 +57,13 @@ func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool) *stepE
 	rc := &drivers.Restore{Tree: r.img.tree, Task: k, Log: r.log,
 		// Only the root's parent is godwit (its parent-death signal
 		// would fire as godwit exits); the others' are in the tree.
-		Detach: r.o.Detach && t == r.root, ShellJob: r.o.ShellJob, Validated: r.validated, Opened: r.opened}
+		Detach: r.o.Detach && t == r.root, ShellJob: r.o.ShellJob, Validated: r.validated, Opened: r.opened,
+		Inherit: r.o.InheritFD, Held: r.held}
 	for _, d := range ds {
 		var err error
 		switch d.Name() {
 		case drivers.PhaseThreads:
-			err = r.makeThreads()
+			// Made by Layout, with the tasks.
 		case drivers.PhaseMM:
 			err = r.finishMM()
 		case drivers.PhaseRegisters:

@@ -123,6 +123,16 @@ func (r *Restorer) Layout() error {
 	if err != nil {
 		return r.fail("create tasks", err)
 	}
+	// Threads too, at once: the longer a free TID waits, the likelier
+	// another process takes it (pid_max wraps fast on a busy host).
+	for _, t := range r.tasks {
+		if t.img.dead() {
+			continue
+		}
+		if err := t.makeThreads(); err != nil {
+			return r.fail(fmt.Sprintf("task %d: threads", t.img.pid), err)
+		}
+	}
 	r.forkTime = time.Since(t0)
 	for _, t := range r.tasks {
 		if t.img.dead() {
@@ -322,7 +332,11 @@ func (r *taskRun) mapVMAs(s *session) error {
 			if !ok {
 				oflags := int(v.Fdflags)&unix.O_ACCMODE | unix.O_CLOEXEC
 				var err error
-				f, err = s.Openat(what, r.img.filePath(id), oflags)
+				if mf := r.img.tree.Files[id]; mf != nil && mf.Kind == model.Ghost {
+					f, err = r.openGhost(s, what, mf, oflags)
+				} else {
+					f, err = s.Openat(what, r.img.filePath(id), oflags)
+				}
 				if err != nil {
 					return err
 				}
@@ -397,6 +411,12 @@ func (r *taskRun) mapVMAs(s *session) error {
 		}
 		if mapProt&unix.PROT_WRITE != 0 {
 			r.writable[start] = true
+		}
+		if mf := r.img.tree.Files[model.ID(v.Shmid)]; st&(images.VmaFilePrivate|images.VmaFileShared) != 0 && mf != nil && mf.Kind == model.Ghost && mf.Ghost != nil {
+			key := [2]uint64{mf.Ghost.Dev, mf.Ghost.Ino}
+			if _, ok := r.ghostAt[key]; !ok {
+				r.ghostAt[key] = shmMapping{pid: r.img.pid, start: v.Start, end: v.End}
+			}
 		}
 		if st&images.VmaAnonShared != 0 {
 			if _, ok := r.shmAt[v.Shmid]; !ok {
@@ -503,4 +523,32 @@ func shmObject(s *session, what string, size uint64) (uint64, error) {
 		err = uerr
 	}
 	return fd, err
+}
+
+// openGhost opens the deleted file mf in the task for a mapping, with
+// oflags: from where an earlier mapping of the tree has it (one file for
+// all, as dumped), else made again as a deleted file's fd is
+// (drivers.MakeGhost) and reopened with the mapping's access mode.
+func (r *taskRun) openGhost(s *session, what string, mf *model.File, oflags int) (uint64, error) {
+	if mf.Ghost == nil {
+		return 0, fmt.Errorf("%s: deleted file %s without its contents", what, mf.Path)
+	}
+	if at, ok := r.ghostAt[[2]uint64{mf.Ghost.Dev, mf.Ghost.Ino}]; ok {
+		return s.Openat(what, fmt.Sprintf("/proc/%d/map_files/%x-%x", at.pid, at.start, at.end), oflags)
+	}
+	held, tfd, err := drivers.MakeGhost(s, what, mf)
+	if err != nil {
+		return 0, err
+	}
+	unix.Close(held)
+	if oflags&unix.O_ACCMODE == unix.O_RDWR {
+		return tfd, nil
+	}
+	// The mapping's own access mode (VM_MAYWRITE follows it).
+	f, err := s.Openat(what, fmt.Sprintf("/proc/self/fd/%d", tfd), oflags)
+	if _, cerr := s.Call(what+": close", unix.SYS_CLOSE, tfd); cerr != nil && err == nil {
+		s.Call("close", unix.SYS_CLOSE, f)
+		err = cerr
+	}
+	return f, err
 }

@@ -34,6 +34,9 @@ type Options struct {
 	FileValidation string
 	// SkipFileRWXCheck skips comparing reopened files' permission bits.
 	SkipFileRWXCheck bool
+	// InheritFD gives files of the tree godwit's own descriptors
+	// (--inherit-fd), by resource (drivers.InheritKey).
+	InheritFD map[string]int
 	// AutoDedup punches the restored pages out of the images (and their
 	// parents) once the task runs (criu(8)'s --auto-dedup).
 	AutoDedup bool

@@ -72,10 +72,14 @@ type Restorer struct {
 	// opened records where each open file description was first made
 	// (shared with the drivers): other tasks take it from there.
 	opened map[model.ID]drivers.OpenedAt
+	held   *drivers.Held // objects made for a task not restored yet (Finalize)
 	// shmAt is where each shared anonymous object was first mapped;
 	// shmShared the objects several tasks map.
 	shmAt     map[uint64]shmMapping
 	shmShared map[uint64]bool
+	// ghostAt is where each deleted file (by device and inode) was
+	// first mapped: other mappings open it there, so it stays one file.
+	ghostAt map[[2]uint64]shmMapping
 
 	start    time.Time
 	forkTime time.Duration
@@ -124,7 +128,7 @@ func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	r := &Restorer{o: o, scripts: scripts, log: logging.Default(), dir: d, img: img,
-		start: start, opened: map[model.ID]drivers.OpenedAt{}, shmAt: map[uint64]shmMapping{}, shmShared: map[uint64]bool{}}
+		start: start, opened: map[model.ID]drivers.OpenedAt{}, shmAt: map[uint64]shmMapping{}, shmShared: map[uint64]bool{}, ghostAt: map[[2]uint64]shmMapping{}}
 	users := map[uint64]int{}
 	for _, ti := range img.tasks {
 		if ti.mm == nil {

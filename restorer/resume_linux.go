@@ -3,6 +3,8 @@ package restorer
 import (
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/stats"
@@ -12,6 +14,7 @@ import (
 	"godwit/internal/actions"
 	"godwit/internal/images"
 	"godwit/internal/model"
+	"godwit/internal/procfs"
 )
 
 // Resume runs the pre-resume scripts, then detaches every thread of every
@@ -27,14 +30,29 @@ func (r *Restorer) Resume() error {
 	if err := r.scripts.Run(actions.PreResume, pid); err != nil {
 		return r.fail("pre-resume", err)
 	}
+	for _, t := range r.tasks {
+		if !t.img.dead() && t.img.task.State == model.Stopped {
+			if err := canStopWith(t.img.pid, unix.Signal(t.img.task.StopSignal)); err != nil {
+				return r.fail("resume", err)
+			}
+		}
+	}
 	var errs []error
 	for i := len(r.tasks) - 1; i >= 0; i-- {
 		t := r.tasks[i]
 		if t.img.dead() {
 			continue
 		}
-		stopped := r.o.LeaveStopped || t.img.task.State == model.Stopped
-		if err := r.tr.ThawProcess(t.img.pid, stopped); err != nil {
+		var stop unix.Signal
+		switch {
+		case t.img.task.State == model.Stopped:
+			// The signal that stopped it, so that its parent's
+			// waitpid(WUNTRACED) reports the same WSTOPSIG.
+			stop = unix.Signal(t.img.task.StopSignal)
+		case r.o.LeaveStopped:
+			stop = unix.SIGSTOP
+		}
+		if err := r.tr.ThawStopped(t.img.pid, stop); err != nil {
 			errs = append(errs, fmt.Errorf("task %d: %w", t.img.pid, err))
 		}
 		r.phase = phaseResumed // (partly) detached: kill by signal from now on
@@ -121,4 +139,63 @@ func (r *Restorer) Close() {
 		return
 	}
 	r.close()
+}
+
+// canStopWith refuses a job-control stop signal the kernel would discard
+// for the restored task pid instead of stopping it (it would run where it
+// was stopped): get_signal drops SIGTSTP/SIGTTIN/SIGTTOU in an orphaned
+// process group. Handlers and masks are the task's restored state, as they
+// were when it stopped.
+func canStopWith(pid int, sig unix.Signal) error {
+	if sig == unix.SIGSTOP {
+		return nil
+	}
+	st, err := procfs.ReadStat(pid)
+	if err != nil {
+		return fmt.Errorf("task %d: %w", pid, err)
+	}
+	orphan, err := pgrpOrphaned(st.Pgrp, st.Session)
+	if err != nil {
+		return fmt.Errorf("task %d: %w", pid, err)
+	}
+	if orphan {
+		return fmt.Errorf("task %d was stopped by %v but its process group %d is orphaned here: the kernel would discard the signal and let it run", pid, sig, st.Pgrp)
+	}
+	return nil
+}
+
+// pgrpOrphaned reports whether no member of process group pgrp has a parent
+// in another group of the same session sid (POSIX orphaned process group,
+// as the kernel's will_become_orphaned_pgrp counts it). A member whose
+// parent is not visible here (another pid namespace) counts as not
+// orphaning: we cannot tell, and the kernel then decides.
+func pgrpOrphaned(pgrp, sid int) (bool, error) {
+	ents, err := os.ReadDir(procfs.Root)
+	if err != nil {
+		return false, err
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st, err := procfs.ReadStat(pid)
+		if err != nil || st.Pgrp != pgrp {
+			continue // gone, or another group
+		}
+		if st.Ppid == 0 {
+			return false, nil
+		}
+		if st.Ppid == 1 {
+			continue // the kernel skips children of init
+		}
+		pp, err := procfs.ReadStat(st.Ppid)
+		if err != nil {
+			continue
+		}
+		if pp.Pgrp != pgrp && pp.Session == sid {
+			return false, nil
+		}
+	}
+	return true, nil
 }

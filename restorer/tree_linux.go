@@ -252,13 +252,13 @@ func (r *Restorer) setGroups() error {
 // it makes the group with the leader's pid, the members join, and it goes.
 type groupHelper struct {
 	p      *puppet.Puppet
-	parent *taskRun // nil: godwit
+	parent *taskRun // the session leader that made it; nil: godwit
 }
 
-// groupHelpers makes a helper for every group whose leader is not in the
-// tree (nor godwit's group, with --shell-job), forked in the group's
-// session: by the session's leader in the tree, or, for godwit's session,
-// by the root as godwit's child.
+// groupHelpers makes a helper for every group whose leader is dead (not
+// in the tree, and no live group leader outside it), forked in the
+// group's session: by the session's leader in the tree, or, for godwit's
+// session, by the root as godwit's child (as CRIU).
 func (r *Restorer) groupHelpers(want func(*model.Task) (int, int)) error {
 	byPid := map[int]*taskRun{}
 	for _, t := range r.tasks {
@@ -291,13 +291,12 @@ func (r *Restorer) groupHelpers(want func(*model.Task) (int, int)) error {
 	}
 	for _, pg := range order {
 		sid := need[pg]
-		from, flags := byPid[sid], uint64(0)
-		var parent *taskRun
+		from, parent, flags := byPid[sid], byPid[sid], uint64(0)
 		switch {
 		case from != nil && from.task != nil:
-			parent = from
-		case sid == ownSid && sid != 0 && r.root.img.task.Sid != r.root.img.pid || r.o.ShellJob && sid == ownSid:
-			from, flags = r.root, unix.CLONE_PARENT
+		case sid == ownSid && sid != 0 && (r.root.img.task.Sid != r.root.img.pid || r.o.ShellJob):
+			// godwit's session: the root makes it as godwit's child.
+			from, parent, flags = r.root, nil, unix.CLONE_PARENT
 		default:
 			return fmt.Errorf("process group %d cannot be recreated: its leader is not in the dump and no task of session %d can stand in for it", pg, sid)
 		}
@@ -329,10 +328,9 @@ func (r *Restorer) removeHelpers() error {
 			return fmt.Errorf("helper %d: %w", pid, err)
 		}
 		if h.parent == nil {
-			for i := 0; i < 1000; i++ {
+			for i := 0; i < 1000; i++ { // reaped by Kill as a rule
 				var ws unix.WaitStatus
-				_, err := unix.Wait4(pid, &ws, unix.WALL, nil)
-				if err != unix.EINTR {
+				if _, err := unix.Wait4(pid, &ws, unix.WALL, nil); err != unix.EINTR {
 					break
 				}
 			}
@@ -388,6 +386,19 @@ func (r *Restorer) bury(t *taskRun) error {
 	}
 	if err := r.tr.SetSigmask(pid, 0); err != nil {
 		return err
+	}
+	if comm := t.img.task.Comm; comm != "" {
+		// Its name, as ps shows the zombie; from below the puppet's
+		// stack pointer, which the stub never uses.
+		at := (regs.Rsp - 1024) &^ 15
+		b := make([]byte, 16)
+		copy(b[:15], comm)
+		if err := writeMem(pid, at, b); err != nil {
+			return err
+		}
+		if _, err := r.tr.InjectSyscall(pid, unix.SYS_PRCTL, unix.PR_SET_NAME, at); err != nil {
+			return fmt.Errorf("set name: %w", err)
+		}
 	}
 	if ws.Signaled() {
 		// No core file whatever the signal (checkZombies refused

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"godwit/internal/testutil"
 )
 
@@ -21,11 +23,52 @@ func startPythonTree(t *testing.T, prog string) (*testutil.Proc, string) {
 	return startWorkload(t, log, "ready", "/usr/bin/python3", "-c", prog, log), log
 }
 
+// subreaper makes the test process the reaper of its tree's orphans for
+// the test (PID 1 of a test's pid namespace may never reap them), so that
+// reapGone can free their PIDs.
+func subreaper(t *testing.T) {
+	t.Helper()
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) })
+}
+
+// kidsOf lists pid's children.
+func kidsOf(t *testing.T, pid int) []int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		n, _ := strconv.Atoi(f)
+		out = append(out, n)
+	}
+	return out
+}
+
+// reapGone waits until pid is gone, reaping it if it came to us.
+func reapGone(t *testing.T, pid int) {
+	t.Helper()
+	for i := 0; i < 2000; i++ {
+		var ws unix.WaitStatus
+		unix.Wait4(pid, &ws, unix.WALL|unix.WNOHANG, nil)
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("pid %d not gone", pid)
+}
+
 // TestRestoreTreeFailureKillsAll fails the restore of a child (the file
 // it has open is gone): the error names the task and every task made is
 // killed, with nothing left behind.
 func TestRestoreTreeFailureKillsAll(t *testing.T) {
 	needRoot(t)
+	subreaper(t)
 	dir := t.TempDir()
 	victim := filepath.Join(dir, "victim")
 	if err := os.WriteFile(victim, []byte("x"), 0o644); err != nil {
@@ -42,13 +85,10 @@ func TestRestoreTreeFailureKillsAll(t *testing.T) {
 	imgs := filepath.Join(dir, "img")
 	dump(t, w.Pid, imgs, nil)
 	w.Reaped(t)
-	waitGone(t, kid)
+	reapGone(t, kid)
 	os.Remove(victim)
 	restoreFails(t, imgs, w.Pid, fmt.Sprintf("task %d", kid), "victim")
-	if _, err := os.Stat(fmt.Sprintf("/proc/%d", kid)); err == nil {
-		// Orphaned to init, which reaps it shortly.
-		waitGone(t, kid)
-	}
+	reapGone(t, kid) // orphaned to us by the kill of its parent
 }
 
 // TestRestoreTreeSharedAnon restores a parent and child sharing an
@@ -56,6 +96,7 @@ func TestRestoreTreeFailureKillsAll(t *testing.T) {
 // the parent, one object again, with the value it had at the dump.
 func TestRestoreTreeSharedAnon(t *testing.T) {
 	needRoot(t)
+	subreaper(t)
 	prog := "import mmap, os, sys, time, struct\n" +
 		"m = mmap.mmap(-1, 8192)\n" +
 		"m[4096:4104] = struct.pack('Q', 1000)\n" +
@@ -67,13 +108,20 @@ func TestRestoreTreeSharedAnon(t *testing.T) {
 		"    open(sys.argv[1] + '.n', 'w').write('%d %d' % struct.unpack('QQ', m[0:8] + m[4096:4104])); time.sleep(0.005)\n"
 	w, log := startPythonTree(t, prog)
 	imgs := filepath.Join(t.TempDir(), "img")
+	kids := kidsOf(t, w.Pid)
 	dump(t, w.Pid, imgs, nil)
 	w.Reaped(t)
+	for _, k := range kids {
+		reapGone(t, k)
+	}
 	r := restore(t, imgs, nil)
 	pids := r.PIDs()
 	t.Cleanup(func() {
 		for _, p := range pids {
 			syscall.Kill(p, syscall.SIGKILL)
+		}
+		for _, p := range pids[1:] {
+			reapGone(t, p)
 		}
 	})
 	if len(pids) != 2 {
@@ -118,6 +166,7 @@ func mustRead(t *testing.T, p string) []byte {
 // the group again and goes, and the member is back in it.
 func TestRestoreTreeDeadGroupLeader(t *testing.T) {
 	needRoot(t)
+	subreaper(t)
 	prog := "import os, sys, time\n" +
 		"l = os.fork()\n" +
 		"if l == 0:\n" +
@@ -142,12 +191,13 @@ func TestRestoreTreeDeadGroupLeader(t *testing.T) {
 	imgs := filepath.Join(t.TempDir(), "img")
 	dump(t, w.Pid, imgs, nil)
 	w.Reaped(t)
-	waitGone(t, m)
+	reapGone(t, m)
 	r := restore(t, imgs, nil)
 	t.Cleanup(func() {
 		for _, p := range r.PIDs() {
 			syscall.Kill(p, syscall.SIGKILL)
 		}
+		reapGone(t, m)
 	})
 	if pg, err := syscall.Getpgid(m); err != nil || pg != l {
 		t.Fatalf("restored member %d in group %d (%v), want %d", m, pg, err, l)

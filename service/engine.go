@@ -136,6 +136,12 @@ func (c *Conn) runEngine(t rpc.CriuReqType, req *rpc.CriuReq) (*rpc.CriuResp, er
 		if err := c.peer.mayDump(o.Tree); err != nil {
 			return nil, err
 		}
+		if c.peer.delegated && (o.PrevImages != "" || o.AutoDedup || o.TrackMem) {
+			// A parent chain is followed (and, with auto_dedup,
+			// punched) as root through directories and links the
+			// client controls: it could reach another user's images.
+			return nil, errors.New("parent_img, track_mem and auto_dedup are not allowed to clients admitted by --service-group (the parent chain is read and punched as root)")
+		}
 	}
 	if t == rpc.CriuReqType_RESTORE {
 		if c.peer.delegated {

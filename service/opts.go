@@ -177,7 +177,7 @@ func mapOptions(command string, r *rpc.CriuOpts, unsupported func(command, optio
 	o.Tree = int(r.GetPid())
 	o.Verbosity = int(r.GetLogLevel())
 	switch lf := r.GetLogFile(); {
-	case strings.Contains(lf, "/"):
+	case strings.Contains(lf, "/") || lf == "." || lf == "..":
 		return nil, fmt.Errorf("criu_opts.log_file %q: no subdirectories are allowed", lf)
 	case r.GetLogToStderr() && r.LogFile == nil:
 		o.LogFile = "-"

@@ -492,4 +492,17 @@ func TestGroupClientActsOnProcesses(t *testing.T) {
 	if resp, _ := runClient(t, nobody, s.Addr(), restore, own); resp.GetSuccess() || !strings.Contains(resp.GetCrErrmsg(), "not allowed to clients admitted by --service-group") {
 		t.Errorf("group member restoring: %v", resp)
 	}
+	// A parent chain is read and punched as root: not for group members
+	// (parent_img could name another user's images).
+	for name, set := range map[string]func(*rpc.CriuOpts){
+		"parent_img": func(o *rpc.CriuOpts) { o.ParentImg = ptr("/root") },
+		"auto_dedup": func(o *rpc.CriuOpts) { o.AutoDedup = ptr(true) },
+		"track_mem":  func(o *rpc.CriuOpts) { o.TrackMem = ptr(true) },
+	} {
+		req := dump(mine.Process.Pid)
+		set(req.Opts)
+		if resp, _ := runClient(t, nobody, s.Addr(), req, own); resp.GetSuccess() || !strings.Contains(resp.GetCrErrmsg(), "not allowed to clients admitted by --service-group") {
+			t.Errorf("group member dumping with %s: %v", name, resp)
+		}
+	}
 }

@@ -211,7 +211,7 @@ func TestNotYetSupportedFailsLoudly(t *testing.T) {
 		{"dump", "-t", "1", "--tcp-established"},
 		{"pre-dump", "-t", "1", "--tcp-established"},
 		{"check", "-L", "/plugins"},
-		{"restore", "-d", "-S"},
+		{"restore", "--veth-pair", "a=b"},
 	} {
 		flag := ""
 		for _, a := range args {

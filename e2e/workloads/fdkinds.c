@@ -23,7 +23,9 @@
  *              tfd_fired (IN); ep2 watches ep
  *  pipe_child  read end; a child holds the write end and wrote "child"
  *              into it, and holds the read end of pipe_up, whose
- *              write end is ours (the ends of one pipe in two tasks)
+ *              write end is ours (the ends of one pipe in two tasks);
+ *              sk_child: a stream socketpair with the child, "hi-parent"
+ *              and "hi-child" queued at each end
  *  fifo_r/w    LOG.fifo: a reader (O_NONBLOCK) and a writer, "fifo-data"
  *              queued
  *  fifo_wonly  LOG.fifo2: a writer alone, "w-only" queued
@@ -34,6 +36,10 @@
  *  lis_abs     stream listener on an abstract name, backlog 5
  *  lis_path    seqpacket listener on LOG.sock, mode 0640
  *  dg_bound    datagram socket on an abstract name, nothing queued
+ *  ghost_a/b   LOG.ghost, deleted: "ghost-data", mode 0604; two opens,
+ *              ghost_b read-only at offset 2
+ *  ify         inotify: watch 2 on LOG.d (IN_CREATE), watch 3 on LOG.f
+ *              (IN_MODIFY | IN_ONESHOT); watch 1 was removed
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -47,6 +53,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+#include <sys/inotify.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -68,11 +75,14 @@ static void die(const char *what) { dprintf(2, "fdkinds: %s: %s\n", what, strerr
 
 static int pipe_both[2], pipe_both_dup, pipe_ronly, pipe_wonly;
 static int efd_sem, efd_big, sfd, tfd_long, tfd_fired, tfd_tick, ep, ep2;
-static int pipe_child, pipe_up, fifo_r, fifo_w, fifo_wonly;
+static int sk_child, pipe_child, pipe_up, fifo_r, fifo_w, fifo_wonly;
 static char fifo2[4096];
 static int sp_s[2], sp_d[2], sp_q[2], lis_abs, lis_path, dg_bound;
 static struct sockaddr_un abs_addr, path_addr, dg_addr;
 static socklen_t abs_len, dg_len;
+static int ghost_a, ghost_b, ify;
+static char ify_dir[4096], ify_file[4096];
+static char ghost[4096];
 static pid_t child;
 
 #define FLMASK (O_ACCMODE | O_NONBLOCK | O_APPEND)
@@ -91,6 +101,20 @@ static void setup(const char *log)
 	if (write(fifo_wonly, "w-only", 6) != 6) die("write fifo2");
 	close(tmp);
 
+	snprintf(ify_dir, sizeof ify_dir, "%s.d", log);
+	snprintf(ify_file, sizeof ify_file, "%s.f", log);
+	if (mkdir(ify_dir, 0700) < 0 || close(open(ify_file, O_CREAT | O_WRONLY, 0600)) < 0) die("inotify files");
+	if ((ify = inotify_init1(IN_NONBLOCK)) < 0) die("inotify_init1");
+	int w1 = inotify_add_watch(ify, ify_file, IN_ACCESS);
+	if (w1 != 1 || inotify_add_watch(ify, ify_dir, IN_CREATE) != 2 || inotify_rm_watch(ify, w1) < 0 ||
+	    inotify_add_watch(ify, ify_file, IN_MODIFY | IN_ONESHOT) != 3) die("inotify watches");
+	char ib[4096];
+	while (read(ify, ib, sizeof ib) > 0) /* the IN_IGNORED of watch 1 */
+		;
+	snprintf(ghost, sizeof ghost, "%s.ghost", log);
+	if ((ghost_a = open(ghost, O_RDWR | O_CREAT | O_EXCL, 0600)) < 0 || write(ghost_a, "ghost-data", 10) != 10 ||
+	    fchmod(ghost_a, 0604) < 0 || (ghost_b = open(ghost, O_RDONLY)) < 0 || lseek(ghost_b, 2, SEEK_SET) != 2 ||
+	    unlink(ghost) < 0) die("ghost");
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp_s) < 0) die("socketpair");
 	if (write(sp_s[0], "to-1", 4) != 4 || write(sp_s[1], "to-0", 4) != 4) die("write sp_s");
 	if (shutdown(sp_s[0], SHUT_WR) < 0) die("shutdown");
@@ -117,8 +141,9 @@ static void setup(const char *log)
 		 snprintf(dg_addr.sun_path + 1, sizeof dg_addr.sun_path - 1, "godwit-fdkinds-dg-%d", getpid());
 	if ((dg_bound = socket(AF_UNIX, SOCK_DGRAM, 0)) < 0 || bind(dg_bound, (struct sockaddr *)&dg_addr, dg_len) < 0) die("bind dgram");
 
-	int p[2], up[2];
+	int p[2], up[2], sk[2];
 	if (pipe(p) < 0 || pipe(up) < 0) die("pipe");
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sk) < 0) die("socketpair");
 	if ((child = fork()) < 0) die("fork");
 	if (child == 0) {
 		/* Holds p's write end and up's read end; echoes one byte
@@ -126,14 +151,22 @@ static void setup(const char *log)
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		close(p[0]);
 		close(up[1]);
-		if (write(p[1], "child", 5) != 5) die("write");
-		char c;
-		if (read(up[0], &c, 1) == 1 && write(p[1], &c, 1) != 1) die("write");
+		close(sk[0]);
+		if (write(p[1], "child", 5) != 5 || write(sk[1], "hi-parent", 9) != 9) die("write");
+		char b[64];
+		if (read(up[0], b, 1) == 1) {
+			/* what the parent queued on the socket before the dump */
+			ssize_t n = recv(sk[1], b + 1, sizeof b - 1, MSG_DONTWAIT);
+			if (write(p[1], b, 1 + (n > 0 ? n : 0)) < 0) die("write");
+		}
 		for (;;)
 			pause();
 	}
 	close(p[1]);
 	close(up[0]);
+	close(sk[1]);
+	sk_child = sk[0];
+	if (write(sk_child, "hi-child", 8) != 8) die("write");
 	pipe_child = p[0];
 	pipe_up = up[1];
 	if (pipe(pipe_both) < 0) die("pipe");
@@ -221,6 +254,55 @@ static void check(void)
 	check_read(r2, "w-only", "fifo_wonly");
 	close(r2);
 
+	/* inotify */
+	{
+		char ib[4096] __attribute__((aligned(8)));
+		CHECK(read(ify, ib, sizeof ib) < 0 && errno == EAGAIN, "ify: events pending after restore");
+		char p[4200];
+		snprintf(p, sizeof p, "%s/new", ify_dir);
+		close(open(p, O_CREAT | O_WRONLY, 0600));
+		int fw = open(ify_file, O_WRONLY);
+		CHECK(write(fw, "m", 1) == 1, "ify: write");
+		CHECK(write(fw, "m", 1) == 1, "ify: write");
+		close(fw);
+		ssize_t n = read(ify, ib, sizeof ib);
+		int created = 0, modified = 0, ignored = 0, other = 0;
+		for (char *q = ib; n > 0 && q < ib + n;) {
+			struct inotify_event *ev = (struct inotify_event *)q;
+			if (ev->wd == 2 && (ev->mask & IN_CREATE) && strcmp(ev->name, "new") == 0)
+				created++;
+			else if (ev->wd == 3 && (ev->mask & IN_MODIFY))
+				modified++;
+			else if (ev->wd == 3 && (ev->mask & IN_IGNORED))
+				ignored++;
+			else
+				other++;
+			q += sizeof *ev + ev->len;
+		}
+		CHECK(created == 1 && modified == 1 && ignored == 1 && other == 0,
+		      "ify: events created %d modified %d (one-shot) ignored %d other %d", created, modified, ignored, other);
+	}
+
+	/* the deleted file */
+	struct stat gst;
+	CHECK(fstat(ghost_a, &gst) == 0 && gst.st_nlink == 0 && gst.st_size == 10 && (gst.st_mode & 07777) == 0604,
+	      "ghost: nlink %lu size %ld mode %o", (unsigned long)gst.st_nlink, (long)gst.st_size, gst.st_mode);
+	struct stat gst2;
+	CHECK(fstat(ghost_b, &gst2) == 0 && gst2.st_ino == gst.st_ino && gst2.st_dev == gst.st_dev, "ghost: two inodes");
+	check_read(ghost_b, "ost-data", "ghost_b");
+	CHECK(lseek(ghost_a, 0, SEEK_CUR) == 10, "ghost_a: offset %ld", (long)lseek(ghost_a, 0, SEEK_CUR));
+	CHECK(pwrite(ghost_a, "G", 1, 0) == 1, "ghost_a: write");
+	char gb[2] = {0};
+	CHECK(pread(ghost_b, gb, 1, 0) == 1 && gb[0] == 'G', "ghost: a write through one fd is not seen through the other");
+	char link[4200], want[4200];
+	snprintf(link, sizeof link, "/proc/self/fd/%d", ghost_a);
+	ssize_t ll = readlink(link, want, sizeof want - 1);
+	want[ll > 0 ? ll : 0] = 0;
+	char expect[4200];
+	snprintf(expect, sizeof expect, "%s (deleted)", ghost);
+	CHECK(strcmp(want, expect) == 0, "ghost: fd names %s, want %s", want, expect);
+	CHECK(access(ghost, F_OK) < 0, "ghost: its name exists again");
+
 	/* unix sockets */
 	check_read(sp_s[1], "to-1", "sp_s[1]");
 	char c1;
@@ -263,8 +345,9 @@ static void check(void)
 
 	/* the pipes shared with the child, in both directions */
 	check_read(pipe_child, "child", "pipe_child");
+	check_read(sk_child, "hi-parent", "sk_child (queued by the child)");
 	CHECK(write(pipe_up, "!", 1) == 1, "pipe_up: write: %s", strerror(errno));
-	check_read(pipe_child, "!", "pipe_child echo");
+	check_read(pipe_child, "!hi-child", "pipe_child echo (with what the child's socket end had queued)");
 	kill(child, SIGKILL);
 	CHECK(waitpid(child, NULL, 0) == child, "child: not ours");
 

@@ -53,6 +53,14 @@ type Restore struct {
 	// first made, shared by every task's Restore: a task that shares
 	// one takes it from there. nil: no sharing between tasks.
 	Opened map[model.ID]OpenedAt
+	// Inherit maps resources (InheritKey) to godwit's own descriptors
+	// (--inherit-fd): the file of the tree that is that resource is
+	// that descriptor instead of a new object.
+	Inherit map[string]int
+	// Held keeps, across the tasks of one restore, the objects godwit
+	// made for a task not restored yet (the other end of a socketpair
+	// whose ends are in two tasks). nil: a single task.
+	Held *Held
 }
 
 // Collector reads process-wide state from outside the frozen task

@@ -32,7 +32,7 @@ func (epollKind) fileKind() model.FileKind                 { return model.Epoll 
 func (epollKind) match(target string, _ *unix.Stat_t) bool { return target == "anon_inode:[eventpoll]" }
 func (epollKind) check(int, int, uint64) error             { return nil }
 
-func (epollKind) collect(pid int, fd *FD, f *model.File) error {
+func (epollKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
 	st := &model.EpollState{}
 	seen := map[int]bool{}
 	for _, kv := range fd.Info.Extra {

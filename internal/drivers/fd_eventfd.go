@@ -23,7 +23,7 @@ func (eventfdKind) fileKind() model.FileKind                 { return model.Even
 func (eventfdKind) match(target string, _ *unix.Stat_t) bool { return target == "anon_inode:[eventfd]" }
 func (eventfdKind) check(int, int, uint64) error             { return nil }
 
-func (eventfdKind) collect(_ int, fd *FD, f *model.File) error {
+func (eventfdKind) collect(_ *Files, _ int, fd *FD, f *model.File) error {
 	cnt, err := fdinfoUint(fd.Info, "eventfd-count", 16)
 	if err != nil {
 		return err

@@ -31,7 +31,7 @@ func (fifoKind) match(target string, st *unix.Stat_t) bool {
 
 func (fifoKind) check(int, int, uint64) error { return nil }
 
-func (fifoKind) collect(pid int, fd *FD, f *model.File) error {
+func (fifoKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
 	size, data, err := peekPipe(pid, fd.Num)
 	if err != nil {
 		return err
@@ -81,10 +81,8 @@ func (rs *restoreFDs) fillFIFO(what string, holder uint64, f *model.File) error 
 		return nil
 	}
 	rs.fifos[st.ID] = true
-	for id, at := range rs.r.Opened {
-		if o := rs.r.Tree.Files[id]; o != nil && o.Kind == model.Path && o.Pipe != nil && o.Pipe.ID == st.ID && at.Pid != rs.r.Task.Pid {
-			return nil // filled when that task opened it
-		}
+	if _, ok := rs.heldElsewhere(objectKey(f)); ok {
+		return nil // filled when that task opened it
 	}
 	if st.Size == 0 && len(st.Data) == 0 {
 		return nil

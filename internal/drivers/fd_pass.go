@@ -6,6 +6,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/inject"
+	"godwit/internal/model"
 )
 
 // restoreFDs is one task's fd restore: the injection session, the kinds'
@@ -19,12 +20,64 @@ type restoreFDs struct {
 	sock     int
 	taskSock uint64
 	pipes    map[uint64]*livePipe
-	fifos    map[uint64]bool // FIFOs refilled
-	socks    map[uint32]int  // unix sockets made, by inode
+	fifos    map[uint64]bool   // FIFOs refilled
+	socks    map[uint32]int    // unix sockets made, by inode
+	ghosts   map[[2]uint64]int // deleted files made, by device and inode
+	// elsewhere indexes what other tasks of the tree already hold, by
+	// object (objectKey), built on first use; unixByIno this task's unix
+	// sockets by inode.
+	elsewhere map[string]OpenedAt
+	unixByIno map[uint32]*model.File
+}
+
+// objectKey names the kernel object behind f that several descriptions
+// (in several tasks) can share: a pipe, a FIFO, a deleted inode; "" for
+// the others.
+func objectKey(f *model.File) string {
+	switch {
+	case f.Kind == model.Pipe && f.Pipe != nil:
+		return fmt.Sprintf("pipe:%d", f.Pipe.ID)
+	case f.Kind == model.Path && f.Pipe != nil:
+		return fmt.Sprintf("fifo:%d", f.Pipe.ID)
+	case f.Kind == model.Ghost && f.Ghost != nil:
+		return fmt.Sprintf("ghost:%d:%d", f.Ghost.Dev, f.Ghost.Ino)
+	}
+	return ""
+}
+
+// heldElsewhere finds an fd of another, already restored task that holds
+// the object of key (one pass over the tree's opened files per task, not
+// one per fd).
+func (rs *restoreFDs) heldElsewhere(key string) (OpenedAt, bool) {
+	if rs.elsewhere == nil {
+		rs.elsewhere = map[string]OpenedAt{}
+		for id, at := range rs.r.Opened {
+			if f := rs.r.Tree.Files[id]; f != nil && at.Pid != rs.r.Task.Pid {
+				if k := objectKey(f); k != "" {
+					rs.elsewhere[k] = at
+				}
+			}
+		}
+	}
+	at, ok := rs.elsewhere[key]
+	return at, ok
+}
+
+// unixSocket finds this task's unix socket of inode ino.
+func (rs *restoreFDs) unixSocket(ino uint32) *model.File {
+	if rs.unixByIno == nil {
+		rs.unixByIno = map[uint32]*model.File{}
+		for _, e := range rs.r.Task.FDs {
+			if f := rs.r.Tree.Files[e.File]; f != nil && f.Unix != nil {
+				rs.unixByIno[f.Unix.Ino] = f
+			}
+		}
+	}
+	return rs.unixByIno[ino]
 }
 
 func newRestoreFDs(r *Restore, s *inject.Session) *restoreFDs {
-	return &restoreFDs{r: r, s: s, sock: -1, pipes: map[uint64]*livePipe{}, fifos: map[uint64]bool{}, socks: map[uint32]int{}}
+	return &restoreFDs{r: r, s: s, sock: -1, pipes: map[uint64]*livePipe{}, fifos: map[uint64]bool{}, socks: map[uint32]int{}, ghosts: map[[2]uint64]int{}}
 }
 
 // Scratch offsets of the restore side's passing (the area from 0 holds
@@ -154,5 +207,42 @@ func (rs *restoreFDs) close() error {
 	for _, s := range rs.socks {
 		unix.Close(s)
 	}
+	for _, g := range rs.ghosts {
+		unix.Close(g)
+	}
 	return err
+}
+
+// Held is what one restore keeps for the tasks still to come: godwit's
+// descriptors of unix sockets made with a peer in another task, by inode.
+type Held struct {
+	socks map[uint32]int
+	byIno map[uint32]*model.File // the tree's unix sockets, built on first use
+}
+
+// NewHeld makes an empty Held.
+func NewHeld() *Held { return &Held{socks: map[uint32]int{}} }
+
+// Close drops everything not taken.
+func (h *Held) Close() {
+	if h == nil {
+		return
+	}
+	for ino, fd := range h.socks {
+		unix.Close(fd)
+		delete(h.socks, ino)
+	}
+}
+
+// peer finds the unix socket of inode ino among every file of the tree.
+func (h *Held) peer(t *model.Tree, ino uint32) *model.File {
+	if h.byIno == nil {
+		h.byIno = map[uint32]*model.File{}
+		for _, f := range t.Files {
+			if f.Unix != nil {
+				h.byIno[f.Unix.Ino] = f
+			}
+		}
+	}
+	return h.byIno[ino]
 }

@@ -33,7 +33,7 @@ func (pipeKind) check(_, _ int, flags uint64) error {
 	return nil
 }
 
-func (pipeKind) collect(pid int, fd *FD, f *model.File) error {
+func (pipeKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
 	size, data, err := peekPipe(pid, fd.Num)
 	if err != nil {
 		return err
@@ -186,37 +186,29 @@ func makePipe(st *model.PipeState, flags uint32) (*livePipe, error) {
 // this task's ends are new descriptions of the same pipe, bytes and all.
 // nil when no other task holds an end.
 func pipeOfTree(rs *restoreFDs, id uint64) (*livePipe, error) {
-	for fid, at := range rs.r.Opened {
-		f := rs.r.Tree.Files[fid]
-		if f == nil || f.Pipe == nil || f.Pipe.ID != id || at.Pid == rs.r.Task.Pid {
-			continue
-		}
-		pfd, err := unix.PidfdOpen(at.Pid, 0)
-		if err != nil {
-			return nil, fmt.Errorf("pipe held by %d: pidfd_open: %w", at.Pid, err)
-		}
-		held, err := unix.PidfdGetfd(pfd, at.FD, 0)
-		unix.Close(pfd)
-		if err != nil {
-			return nil, fmt.Errorf("pipe held by %d fd %d: pidfd_getfd: %w", at.Pid, at.FD, err)
-		}
-		defer unix.Close(held)
-		path := "/proc/self/fd/" + strconv.Itoa(held)
-		p := &livePipe{ends: [2]int{-1, -1}}
-		// The read end first: opening the write end without waiting
-		// needs a reader.
-		for i, mode := range []int{unix.O_RDONLY, unix.O_WRONLY} {
-			fd, err := unix.Open(path, mode|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-			if err == nil {
-				p.ends[i] = fd
-				_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, 0)
-			}
-			if err != nil {
-				p.close()
-				return nil, fmt.Errorf("pipe held by %d fd %d: reopen: %w", at.Pid, at.FD, err)
-			}
-		}
-		return p, nil
+	at, ok := rs.heldElsewhere(objectKey(&model.File{Kind: model.Pipe, Pipe: &model.PipeState{ID: id}}))
+	if !ok {
+		return nil, nil
 	}
-	return nil, nil
+	held, err := grabFD(at.Pid, at.FD)
+	if err != nil {
+		return nil, fmt.Errorf("pipe held by %d fd %d: %w", at.Pid, at.FD, err)
+	}
+	defer unix.Close(held)
+	path := "/proc/self/fd/" + strconv.Itoa(held)
+	p := &livePipe{ends: [2]int{-1, -1}}
+	// The read end first: opening the write end without waiting needs a
+	// reader.
+	for i, mode := range []int{unix.O_RDONLY, unix.O_WRONLY} {
+		fd, err := unix.Open(path, mode|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if err == nil {
+			p.ends[i] = fd
+			_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, 0)
+		}
+		if err != nil {
+			p.close()
+			return nil, fmt.Errorf("pipe held by %d fd %d: reopen: %w", at.Pid, at.FD, err)
+		}
+	}
+	return p, nil
 }

@@ -22,7 +22,7 @@ func (signalfdKind) match(target string, _ *unix.Stat_t) bool {
 }
 func (signalfdKind) check(int, int, uint64) error { return nil }
 
-func (signalfdKind) collect(_ int, fd *FD, f *model.File) error {
+func (signalfdKind) collect(_ *Files, _ int, fd *FD, f *model.File) error {
 	mask, err := fdinfoUint(fd.Info, "sigmask", 16)
 	if err != nil {
 		return err

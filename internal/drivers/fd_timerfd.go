@@ -28,7 +28,7 @@ func (timerfdKind) fileKind() model.FileKind                 { return model.Time
 func (timerfdKind) match(target string, _ *unix.Stat_t) bool { return target == "anon_inode:[timerfd]" }
 func (timerfdKind) check(int, int, uint64) error             { return nil }
 
-func (timerfdKind) collect(_ int, fd *FD, f *model.File) error {
+func (timerfdKind) collect(_ *Files, _ int, fd *FD, f *model.File) error {
 	clock, err := fdinfoUint(fd.Info, "clockid", 10)
 	if err != nil {
 		return err

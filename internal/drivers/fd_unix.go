@@ -16,7 +16,7 @@ import (
 
 // Unix sockets: stream, datagram and seqpacket; unbound, bound to a path
 // or an abstract name, listening (with no connection waiting), and
-// connected pairs whose ends are both in the task (socketpair), with the
+// connected pairs whose ends are both in the tree (socketpair), with the
 // bytes or messages queued in each direction and the shutdown state. The
 // dump learns the socket from sock_diag and its options from a copy taken
 // with pidfd_getfd, and peeks at the queue (SO_PEEK_OFF, MSG_PEEK): the
@@ -25,7 +25,7 @@ import (
 //
 // Refused, naming the socket: other families; connections waiting in a
 // listener's backlog; sockets connected through a bound name (connect or
-// accept); peers outside the task; queued file descriptors (SCM_RIGHTS);
+// accept); peers outside the tree; queued file descriptors (SCM_RIGHTS);
 // queued messages carrying credentials (SO_PASSCRED); a datagram socket
 // not connected with messages queued (their senders are not known);
 // socket filters; a set SO_PEEK_OFF; names relative to a directory.
@@ -49,7 +49,7 @@ const (
 	tcpListen      = 10
 )
 
-func (unixKind) collect(pid int, fd *FD, f *model.File) error {
+func (unixKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
 	s, err := grabFD(pid, fd.Num)
 	if err != nil {
 		return err
@@ -289,22 +289,19 @@ func refuseRights(oob []byte) error {
 	return nil
 }
 
-// unixPeer finds the file of the socket with inode ino in the task.
-func unixPeer(r *Restore, ino uint32) *model.File {
-	for _, e := range r.Task.FDs {
-		if f := r.Tree.Files[e.File]; f != nil && f.Unix != nil && f.Unix.Ino == ino {
-			return f
-		}
-	}
-	return nil
-}
-
 func (unixKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error) {
 	st := f.Unix
 	if st == nil {
 		return 0, fmt.Errorf("%s: socket without its state", what)
 	}
 	s, ok := rs.socks[st.Ino]
+	if h := rs.r.Held; !ok && h != nil {
+		// Made with its peer while another task was restored.
+		if s, ok = h.socks[st.Ino]; ok {
+			delete(h.socks, st.Ino)
+			rs.socks[st.Ino] = s
+		}
+	}
 	if !ok {
 		var err error
 		if s, err = makeUnix(rs, what, f); err != nil {
@@ -326,15 +323,25 @@ func makeUnix(rs *restoreFDs, what string, f *model.File) (int, error) {
 	st := f.Unix
 	typ := int(st.Type) | unix.SOCK_CLOEXEC
 	if st.Peer != 0 {
-		pf := unixPeer(rs.r, st.Peer)
+		pf := rs.unixSocket(st.Peer)
+		elsewhere := false
+		if pf == nil && rs.r.Held != nil {
+			pf, elsewhere = rs.r.Held.peer(rs.r.Tree, st.Peer), true
+		}
 		if pf == nil {
-			return -1, fmt.Errorf("%s: the peer of unix socket %d (socket %d) is not in this task: not supported yet", what, st.Ino, st.Peer)
+			return -1, fmt.Errorf("%s: the peer of unix socket %d (socket %d) is not in the dump", what, st.Ino, st.Peer)
 		}
 		sp, err := unix.Socketpair(unix.AF_UNIX, typ, 0)
 		if err != nil {
 			return -1, fmt.Errorf("%s: socketpair: %w", what, err)
 		}
-		rs.socks[st.Ino], rs.socks[st.Peer] = sp[0], sp[1]
+		rs.socks[st.Ino] = sp[0]
+		if elsewhere {
+			// Kept for the task that holds the peer.
+			rs.r.Held.socks[st.Peer] = sp[1]
+		} else {
+			rs.socks[st.Peer] = sp[1]
+		}
 		// Each end's queue is what the other sent it.
 		if err := refill(sp[1], st.Queue); err != nil {
 			return -1, fmt.Errorf("%s: %w", what, err)

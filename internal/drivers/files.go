@@ -13,6 +13,7 @@ import (
 	"godwit/internal/abi/linux"
 	"godwit/internal/inject"
 	"godwit/internal/model"
+	"godwit/internal/opts"
 	"godwit/internal/procfs"
 )
 
@@ -60,12 +61,18 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) (err error) {
 			if _, err := s.Call(what+": dup3", unix.SYS_DUP3, f, fd, dupFlags); err != nil {
 				return err
 			}
+			if err := lockPOSIX(s, what, fd, e.Locks); err != nil {
+				return err
+			}
 			continue
 		}
 		if at, ok := r.Opened[e.File]; ok && at.Pid != r.Task.Pid {
 			// Made in another task of the tree (inherited by fork,
 			// passed): share that very description.
 			if err := takeFD(s, what, at, fd, e.Cloexec); err != nil {
+				return err
+			}
+			if err := lockPOSIX(s, what, fd, e.Locks); err != nil {
 				return err
 			}
 			first[e.File] = fd
@@ -76,8 +83,15 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) (err error) {
 		if k == nil {
 			return fmt.Errorf("%s: files of kind %d cannot be restored", what, f.Kind)
 		}
-		tmp, err := k.open(rs, what, f)
-		if err != nil {
+		var tmp uint64
+		if in, ok, err := inherited(r, f); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		} else if ok {
+			tmp, err = rs.install(what+" (--inherit-fd)", in)
+			if err != nil {
+				return err
+			}
+		} else if tmp, err = k.open(rs, what, f); err != nil {
 			return err
 		}
 		if tmp != fd {
@@ -91,6 +105,12 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) (err error) {
 			if _, err := s.Call(what+": set close-on-exec", unix.SYS_FCNTL, fd, unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
 				return err
 			}
+		}
+		if err := lockDescription(s.Pid(), fd, f); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		if err := lockPOSIX(s, what, fd, e.Locks); err != nil {
+			return err
 		}
 		first[e.File] = fd
 		made = append(made, e)
@@ -158,6 +178,13 @@ type Files struct {
 	byKey map[fileKey]model.ID
 	next  model.ID
 	descs []descRef // the open file descriptions, in kcmp order
+	// GhostLimit is the largest deleted file whose contents the dump
+	// carries (--ghost-limit).
+	GhostLimit uint64
+	// FileLocks: dump the file locks (--file-locks); without it a held
+	// lock fails the dump, as in CRIU.
+	FileLocks bool
+	ghosts    map[[2]uint64]*model.File // deleted files read, by device and inode
 }
 
 type fileKey struct {
@@ -166,7 +193,7 @@ type fileKey struct {
 }
 
 func NewFiles() *Files {
-	return &Files{byID: map[model.ID]*model.File{}, byKey: map[fileKey]model.ID{}, next: 1}
+	return &Files{byID: map[model.ID]*model.File{}, byKey: map[fileKey]model.ID{}, next: 1, GhostLimit: opts.DefaultGhostLimit}
 }
 
 // Reg adds a file and returns its id. st describes the file (from a
@@ -226,8 +253,8 @@ type fdKind interface {
 	// fileKind is the model's kind of the files it makes.
 	fileKind() model.FileKind
 	// collect fills the kind's state into f, a new file of fd of the
-	// frozen task pid (fi its fdinfo), and sets f.Kind.
-	collect(pid int, fd *FD, f *model.File) error
+	// frozen task pid, and sets f.Kind; fl is the tree's file table.
+	collect(fl *Files, pid int, fd *FD, f *model.File) error
 	// open makes the file description in the task being restored and
 	// returns its fd there.
 	open(rs *restoreFDs, what string, f *model.File) (uint64, error)
@@ -244,7 +271,7 @@ type fdFinisher interface {
 // and offset the files table keeps already.
 type noCollect struct{}
 
-func (noCollect) collect(int, *FD, *model.File) error { return nil }
+func (noCollect) collect(*Files, int, *FD, *model.File) error { return nil }
 
 // fdKinds are the kinds godwit dumps, in the order classify tries them.
 var fdKinds []fdKind
@@ -417,12 +444,26 @@ func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 			id = f.Reg(fd.Path, fd.Flags, fd.Pos, &fd.Stat, fd.MntID)
 			f.descs = slices.Insert(f.descs, at, descRef{pid: pid, fd: fd.Num, id: id})
 			if fd.kind != nil {
-				if err := fd.kind.collect(pid, fd, f.byID[id]); err != nil {
+				if err := fd.kind.collect(f, pid, fd, f.byID[id]); err != nil {
 					return nil, fmt.Errorf("fd %d: %s %s: %w", fd.Num, fd.kind.name(), fd.Path, err)
 				}
 			}
 		}
-		out = append(out, model.FD{Num: fd.Num, File: id, Cloexec: fd.Cloexec})
+		e := model.FD{Num: fd.Num, File: id, Cloexec: fd.Cloexec}
+		if fd.Info != nil {
+			posix, desc, err := fdLocks(fd.Info)
+			if err == nil && len(posix)+len(desc) > 0 && !f.FileLocks {
+				err = fmt.Errorf("a file lock is held: dump with --file-locks (-l)")
+			}
+			if err != nil {
+				return nil, fmt.Errorf("fd %d: %s: %w", fd.Num, fd.Path, err)
+			}
+			e.Locks = posix
+			if mf := f.byID[id]; len(mf.Locks) == 0 {
+				mf.Locks = desc
+			}
+		}
+		out = append(out, e)
 	}
 	return out, nil
 }

@@ -35,8 +35,11 @@ func (memoryDriver) Collect(d *Dump) error {
 		return fmt.Errorf("exe: %w", err)
 	}
 	exe := d.Files.Shared(exePath, unix.O_RDONLY, exeSt, NoMntID)
-	vmas, err := CollectVMAs(d.Pid, func(path string, flags uint32, st *unix.Stat_t) model.ID {
-		return d.Files.Shared(path, flags, st, NoMntID)
+	vmas, err := CollectVMAs(d.Pid, func(path, src string, deleted bool, flags uint32, st *unix.Stat_t) (model.ID, error) {
+		if deleted {
+			return d.Files.SharedGhost(src, path, flags, st)
+		}
+		return d.Files.Shared(path, flags, st, NoMntID), nil
 	})
 	if err != nil {
 		return err
@@ -134,8 +137,9 @@ var madvFlags = map[string]int{
 	"nh": unix.MADV_NOHUGEPAGE, "wf": unix.MADV_WIPEONFORK,
 }
 
-// FileIDFunc gives the REG file id of a mapped file.
-type FileIDFunc func(path string, flags uint32, st *unix.Stat_t) model.ID
+// FileIDFunc gives the REG file id of a mapped file: path, opened with
+// flags, stat st; a deleted one (a ghost) has its contents read from src.
+type FileIDFunc func(path, src string, deleted bool, flags uint32, st *unix.Stat_t) (model.ID, error)
 
 // CollectVMAs reads /proc/PID/smaps into VMAs. fileID (nil when only
 // memory is wanted, e.g. by pre-dump) names the files of file mappings.
@@ -255,9 +259,11 @@ func classifyVMA(pid int, e *procfs.SmapsEntry, fileID FileIDFunc) (model.VMA, e
 		return v, nil
 	case strings.HasPrefix(e.Path, "/memfd:"):
 		return v, fmt.Errorf("private mapping of a memfd is not supported yet")
-	case e.Deleted:
-		return v, fmt.Errorf("mapping of a deleted file is not supported yet")
+	case e.Deleted && !strings.HasPrefix(e.Path, "/"):
+		return v, fmt.Errorf("mapping of a deleted special file is not supported yet")
 	}
+	// A file mapping; a deleted file is saved and made again as the
+	// ghost of an fd is (fd_ghost.go).
 	// A file mapping.
 	var st unix.Stat_t
 	mf := procfs.Path(pid, procfs.MapFilesName(e.Start, e.End))
@@ -285,7 +291,11 @@ func classifyVMA(pid int, e *procfs.SmapsEntry, fileID FileIDFunc) (model.VMA, e
 		v.Status |= images.VmaFilePrivate
 	}
 	if fileID != nil {
-		v.Shmid = uint64(fileID(e.Path, v.Fdflags, &st))
+		id, err := fileID(e.Path, mf, e.Deleted, v.Fdflags, &st)
+		if err != nil {
+			return v, err
+		}
+		v.Shmid = uint64(id)
 	}
 	return v, nil
 }

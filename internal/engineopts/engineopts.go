@@ -7,7 +7,10 @@ import (
 	"net"
 	"strconv"
 
+	"golang.org/x/sys/unix"
+
 	"godwit/dumper"
+	"godwit/internal/drivers"
 	"godwit/internal/logging"
 	"godwit/internal/opts"
 	"godwit/lazypages"
@@ -22,6 +25,7 @@ func Dump(o *opts.Options) (dumper.Options, error) {
 		LeaveRunning: o.LeaveRunning, LeaveStopped: o.LeaveStopped,
 		FreezeCgroup: o.FreezeCgroup, CPUCap: o.CPUCap,
 		PrevImagesDir: o.PrevImages, TrackMem: o.TrackMem, AutoDedup: o.AutoDedup,
+		GhostLimit: o.GhostLimit, FileLocks: o.FileLocks,
 	}
 	if o.PageTransfer != "" {
 		m, ok := dumper.ParseMethod(o.PageTransfer)
@@ -62,8 +66,6 @@ func Restore(o *opts.Options, stats io.Writer) (restorer.Options, error) {
 	switch {
 	case o.Root != "" && o.Root != "/":
 		return restorer.Options{}, errors.New("restore: --root is not supported yet")
-	case len(o.InheritFD) > 0:
-		return restorer.Options{}, errors.New("restore: --inherit-fd is not supported yet")
 	}
 	if o.RestoreSibling && !o.RestoreDetach {
 		// The root's parent is then godwit's parent: godwit cannot
@@ -78,6 +80,19 @@ func Restore(o *opts.Options, stats io.Writer) (restorer.Options, error) {
 	}
 	if o.DisplayStats {
 		r.Stats = stats
+	}
+	for _, in := range o.InheritFD {
+		key, err := drivers.InheritKey(in.Resource)
+		if err != nil {
+			return restorer.Options{}, fmt.Errorf("restore: --inherit-fd fd[%d]:%s: %w", in.FD, in.Resource, err)
+		}
+		if _, err := unix.FcntlInt(uintptr(in.FD), unix.F_GETFD, 0); err != nil {
+			return restorer.Options{}, fmt.Errorf("restore: --inherit-fd fd[%d]:%s: godwit has no fd %d", in.FD, in.Resource, in.FD)
+		}
+		if r.InheritFD == nil {
+			r.InheritFD = map[string]int{}
+		}
+		r.InheritFD[key] = in.FD
 	}
 	return r, nil
 }

@@ -77,11 +77,25 @@ func newStaging(final *Dir) (*Staging, error) {
 		if err != nil {
 			return nil, fmt.Errorf("images: staging dir in %s: %w", final.path, err)
 		}
-		tmp, err := final.OpenSubdir(name)
+		// The images directory may belong to someone else (an RPC
+		// client): between mkdir and open the name could be swapped
+		// for a symlink, so it is not followed, and the directory
+		// opened must be the one godwit made (its owner).
+		fd, err := unix.Openat(final.fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		var st unix.Stat_t
+		if err == nil {
+			if err = unix.Fstat(fd, &st); err == nil && int(st.Uid) != os.Geteuid() {
+				err = fmt.Errorf("%s is not godwit's (uid %d)", name, st.Uid)
+			}
+			if err != nil {
+				unix.Close(fd)
+			}
+		}
 		if err != nil {
 			_ = unix.Unlinkat(final.fd, name, unix.AT_REMOVEDIR)
-			return nil, fmt.Errorf("images: staging dir: %w", err)
+			return nil, fmt.Errorf("images: staging dir in %s: %w", final.path, err)
 		}
+		tmp := &Dir{fd: fd, path: final.join(name)}
 		return &Staging{final: final, tmp: tmp, name: name, lock: -1}, nil
 	}
 }

@@ -4,6 +4,7 @@ package logging
 
 import (
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"os"
 	"strconv"
@@ -125,9 +126,31 @@ func Open(o *opts.Options) (*Logger, func() error, error) {
 	return l, l.close, nil
 }
 
+// openFile opens (creating) the log file name for appending, emptied.
+// The log is often in a directory someone else owns (an RPC client's
+// images or work directory), so a symlink or a hard link placed there
+// must not make godwit, as root, empty and write another file: the name
+// is opened without following a symlink, and truncated only once it is
+// known to be a regular file with no other link.
 func openFile(name string) (*os.File, error) {
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0o600)
 	if err != nil {
+		return nil, fmt.Errorf("open log file: %w", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open log file: %w", err)
+	}
+	switch {
+	case st.Mode&unix.S_IFMT == unix.S_IFCHR:
+		return f, nil // -o /dev/null, a tty
+	case st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1:
+		f.Close()
+		return nil, fmt.Errorf("open log file %s: not a regular file with a single link", name)
+	}
+	if err := f.Truncate(0); err != nil {
+		f.Close()
 		return nil, fmt.Errorf("open log file: %w", err)
 	}
 	return f, nil

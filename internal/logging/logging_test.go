@@ -80,3 +80,40 @@ func TestOpenLogFile(t *testing.T) {
 		}
 	}
 }
+
+// A log name that is a symlink or a second hard link is refused, and its
+// target is left as it was: the log is often in a directory a client owns.
+func TestOpenFileRefusesLinks(t *testing.T) {
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "victim")
+	if err := os.WriteFile(victim, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sym := filepath.Join(dir, "sym.log")
+	if err := os.Symlink(victim, sym); err != nil {
+		t.Fatal(err)
+	}
+	hard := filepath.Join(dir, "hard.log")
+	if err := os.Link(victim, hard); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{sym, hard} {
+		if f, err := openFile(name); err == nil {
+			f.Close()
+			t.Errorf("%s: opened", name)
+		}
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "keep" {
+		t.Fatalf("victim changed: %q", b)
+	}
+	f, err := openFile(filepath.Join(dir, "ok.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if f, err := openFile(os.DevNull); err != nil {
+		t.Errorf("%s: %v", os.DevNull, err)
+	} else {
+		f.Close()
+	}
+}

@@ -256,7 +256,28 @@ type FD struct {
 	Num     int
 	File    ID
 	Cloexec bool
+	// Locks are the POSIX locks the task holds on the file, restored
+	// through this fd (the same locks may show on another fd of the
+	// same file: setting one twice is harmless).
+	Locks []FileLock
 }
+
+// FileLock is a lock on a file: POSIX locks belong to the task, flock and
+// OFD locks to the open file description.
+type FileLock struct {
+	Kind  uint32 // LockPOSIX, LockFlock or LockOFD
+	Write bool   // exclusive
+	Start int64
+	Len   int64 // 0: to the end of the file
+}
+
+// The kinds of FileLock, the kernel's FL_* bits (include/linux/filelock.h),
+// which CRIU's file-lock entries use.
+const (
+	LockPOSIX = 1
+	LockFlock = 2
+	LockOFD   = 1024
+)
 
 // FileKind is the kind of an open file. The kinds reopened by path
 // (regular files, directories, named FIFOs, stateless character devices)
@@ -278,7 +299,42 @@ const (
 	Epoll
 	// UnixSocket is an AF_UNIX socket (UnixSocket state).
 	UnixSocket
+	// Ghost is a regular file whose last name was unlinked while open
+	// (Ghost state: its contents travel in the images).
+	Ghost
+	// Inotify is an inotify instance (Inotify state).
+	Inotify
 )
+
+// InotifyState is every watch of an inotify instance.
+type InotifyState struct {
+	Watches []InotifyWatch // ascending by Wd
+}
+
+// InotifyWatch is one watch: its descriptor, mask and the watched inode,
+// known by its file handle and (for the restore) a path that reached it
+// at dump time.
+type InotifyWatch struct {
+	Wd          uint32
+	Mask        uint32
+	IgnoredMask uint32
+	Ino         uint64
+	Dev         uint32 // the kernel's s_dev (major << 20 | minor)
+	HandleType  uint32
+	Handle      []byte
+	Path        string
+}
+
+// GhostState is a deleted file's inode: contents and attributes. The
+// files of one deleted inode share it (by Dev and Ino).
+type GhostState struct {
+	Dev, Ino     uint64
+	Mode         uint32
+	UID, GID     uint32
+	Size         uint64
+	Data         []byte // Size bytes
+	Atime, Mtime unix.Timespec
+}
 
 // UnixSocketState is an AF_UNIX socket: its kind, state, name, peer,
 // options and the messages queued for it to read.
@@ -378,4 +434,8 @@ type File struct {
 	TimerFD  *TimerFDState
 	Epoll    *EpollState
 	Unix     *UnixSocketState
+	Ghost    *GhostState
+	Inotify  *InotifyState
+	// Locks are the flock and OFD locks of the description.
+	Locks []FileLock
 }

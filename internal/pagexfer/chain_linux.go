@@ -261,11 +261,29 @@ func dedupOne(d *images.Dir, name string) (uint64, error) {
 	// Every parent level, whether or not the top still refers to it.
 	c := &Chain{name: name, levels: []*images.PageReader{top}, dirs: []*images.Dir{d}}
 	defer c.Close()
+	// A level met twice (a parent link pointing back into the chain)
+	// would have all its pages "replaced" by itself and punched out:
+	// such a chain is refused, as OpenChain refuses it.
+	seen := map[[2]uint64]bool{}
+	id, err := dirID(d)
+	if err != nil {
+		return 0, err
+	}
+	seen[id] = true
 	for len(c.levels) <= maxChain {
 		pd, err := c.dirs[len(c.dirs)-1].OpenSubdir(ParentLink)
 		if err != nil {
 			break // no (further) parent
 		}
+		id, err := dirID(pd)
+		if err != nil || seen[id] {
+			pd.Close()
+			if err == nil {
+				err = fmt.Errorf("parent image %d is an image of the chain again (a link cycle)", len(c.levels))
+			}
+			return 0, fmt.Errorf("dedup %s: %w", name, err)
+		}
+		seen[id] = true
 		pr, err := images.OpenPages(pd, name)
 		if err != nil {
 			pd.Close()
@@ -326,4 +344,49 @@ func mergeRuns(rs []ChainRun) []ChainRun {
 		m = append(m, r)
 	}
 	return m
+}
+
+// dirID is a directory's device and inode, which name it whatever the
+// path that led there.
+func dirID(d *images.Dir) ([2]uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(d.FD(), &st); err != nil {
+		return [2]uint64{}, fmt.Errorf("stat %s: %w", d.Path(), err)
+	}
+	return [2]uint64{st.Dev, st.Ino}, nil
+}
+
+// CheckParent refuses parent as the parent image of top when the chain
+// through it comes back to top or to itself: a dump on such a chain would
+// leave its pages to itself, and a dedup would punch them all.
+func CheckParent(top, parent *images.Dir) error {
+	seen := map[[2]uint64]bool{}
+	id, err := dirID(top)
+	if err != nil {
+		return err
+	}
+	seen[id] = true
+	d := parent
+	for n := 1; n <= maxChain; n++ {
+		id, err := dirID(d)
+		if err != nil {
+			return err
+		}
+		if seen[id] {
+			return fmt.Errorf("parent image %d of %s is an image of the chain again (a link cycle)", n, top.Path())
+		}
+		seen[id] = true
+		next, err := d.OpenSubdir(ParentLink)
+		if d != parent {
+			d.Close()
+		}
+		if err != nil {
+			return nil // the chain ends
+		}
+		d = next
+	}
+	if d != parent {
+		d.Close()
+	}
+	return fmt.Errorf("%s: more than %d parent images", top.Path(), maxChain)
 }

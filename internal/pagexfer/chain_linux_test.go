@@ -165,3 +165,49 @@ func TestChainMissingParent(t *testing.T) {
 		t.Fatalf("no parent link: %v", err)
 	}
 }
+
+// A chain whose parent link comes back into the chain is refused by
+// Dedup and CheckParent, and nothing is punched (found in review: dump
+// --prev-images-dir ../SAME --auto-dedup emptied the images).
+func TestChainCycleRefused(t *testing.T) {
+	root := t.TempDir()
+	l0, l1 := filepath.Join(root, "l0"), filepath.Join(root, "l1")
+	writeLevel(t, l0, "../l1", []ent{{vaddr: 10, nr: 2, fill: 'a'}})
+	writeLevel(t, l1, "../l0", []ent{{vaddr: 10, nr: 2, fill: 'b'}})
+	before, err := os.ReadFile(filepath.Join(l0, images.PagesImg(1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d1, err := images.Open(l1, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d1.Close()
+	if _, err := Dedup(d1); err == nil || !strings.Contains(err.Error(), "cycle") {
+		t.Fatalf("dedup of a cycle: %v", err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(l0, images.PagesImg(1))); !bytes.Equal(before, after) {
+		t.Fatal("dedup of a cycle punched pages")
+	}
+	d0, err := images.Open(l0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d0.Close()
+	if err := CheckParent(d1, d0); err == nil || !strings.Contains(err.Error(), "cycle") {
+		t.Fatalf("CheckParent of a cycle: %v", err)
+	}
+	if err := CheckParent(d1, d1); err == nil || !strings.Contains(err.Error(), "cycle") {
+		t.Fatalf("CheckParent of itself: %v", err)
+	}
+	l2 := filepath.Join(root, "l2")
+	writeLevel(t, l2, "", []ent{{vaddr: 10, nr: 2, fill: 'c'}})
+	d2, err := images.Open(l2, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	if err := CheckParent(d1, d2); err != nil {
+		t.Fatalf("CheckParent of a plain parent: %v", err)
+	}
+}

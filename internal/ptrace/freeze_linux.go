@@ -155,15 +155,35 @@ func (t *Tracer) groupTasks(pid int) []*task {
 // leaveStopped the process is instead left in group-stop, as after SIGSTOP
 // (dump -s).
 func (t *Tracer) ThawProcess(pid int, leaveStopped bool) error {
+	if leaveStopped {
+		return t.ThawStopped(pid, unix.SIGSTOP)
+	}
+	return t.ThawStopped(pid, 0)
+}
+
+// ThawStopped detaches every thread of pid this tracer holds, leaving the
+// process in a group-stop by stopSig (SIGSTOP, SIGTSTP, SIGTTIN or SIGTTOU),
+// so that its parent's waitpid(WUNTRACED) reports that very signal; 0 lets
+// it run. The caller must know the signal will stop it: the kernel discards
+// SIGTSTP/SIGTTIN/SIGTTOU in an orphaned process group, and a handler or a
+// mask catches them as any other signal.
+func (t *Tracer) ThawStopped(pid int, stopSig unix.Signal) error {
+	switch stopSig {
+	case 0, unix.SIGSTOP, unix.SIGTSTP, unix.SIGTTIN, unix.SIGTTOU:
+	default:
+		return fmt.Errorf("thaw %d: %v is not a stop signal", pid, stopSig)
+	}
 	return t.Do(func() error {
 		var errs []error
-		if leaveStopped {
+		if stopSig != 0 {
 			// A detach signal is ignored unless the tracee is in a
 			// signal-delivery-stop; ours sit in interrupt traps.
-			// Queue SIGSTOP instead: each thread leaves its trap
-			// inside get_signal, dequeues it (or sees the group
-			// stop it started) and stops before any user code.
-			if err := unix.Kill(pid, unix.SIGSTOP); err != nil {
+			// Queue the stop signal instead: each thread leaves its
+			// trap inside get_signal, dequeues it (or sees the group
+			// stop it started) and stops before any user code; the
+			// group-stop's exit code, which waitpid reports, is the
+			// signal that started it.
+			if err := unix.Kill(pid, stopSig); err != nil {
 				return fmt.Errorf("stop %d: %w", pid, err)
 			}
 		}

@@ -1,21 +1,29 @@
 package criuimg
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/eventfd"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/eventpoll"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fh"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fifo"
+	file_lock "github.com/checkpoint-restore/go-criu/v8/crit/images/file-lock"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fsnotify"
+	ghost_file "github.com/checkpoint-restore/go-criu/v8/crit/images/ghost-file"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pipe"
 	pipe_data "github.com/checkpoint-restore/go-criu/v8/crit/images/pipe-data"
+	remap_file_path "github.com/checkpoint-restore/go-criu/v8/crit/images/remap-file-path"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/signalfd"
 	sk_opts "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-opts"
 	sk_packet "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-packet"
 	sk_unix "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-unix"
+	criu_timeval "github.com/checkpoint-restore/go-criu/v8/crit/images/time"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/timerfd"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -59,6 +67,8 @@ func fdType(f *model.File) fdinfo.FdTypes {
 		return fdinfo.FdTypes_EVENTPOLL
 	case model.UnixSocket:
 		return fdinfo.FdTypes_UNIXSK
+	case model.Inotify:
+		return fdinfo.FdTypes_INOTIFY
 	}
 	return fdinfo.FdTypes_REG
 }
@@ -140,6 +150,24 @@ func kindEntry(f *model.File) (*fdinfo.FileEntry, error) {
 		if u.FileMode != 0 {
 			e.Usk.FilePerms = &sk_unix.FilePermsEntry{Mode: proto.Uint32(u.FileMode), Uid: proto.Uint32(0), Gid: proto.Uint32(0)}
 		}
+	case model.Inotify:
+		if f.Inotify == nil {
+			return missing()
+		}
+		ify := &fsnotify.InotifyFileEntry{Id: id, Flags: proto.Uint32(f.Flags), Fown: noFown()}
+		for _, w := range f.Inotify.Watches {
+			h := &fh.FhEntry{Bytes: proto.Uint32(uint32(len(w.Handle))), Type: proto.Uint32(w.HandleType), Path: proto.String(w.Path)}
+			for i := 0; i < len(w.Handle); i += 8 {
+				var b [8]byte
+				copy(b[:], w.Handle[i:])
+				h.Handle = append(h.Handle, binary.LittleEndian.Uint64(b[:]))
+			}
+			ify.Wd = append(ify.Wd, &fsnotify.InotifyWdEntry{
+				Id: id, IIno: proto.Uint64(w.Ino), Mask: proto.Uint32(w.Mask), IgnoredMask: proto.Uint32(w.IgnoredMask),
+				SDev: proto.Uint32(w.Dev), Wd: proto.Uint32(w.Wd), FHandle: h,
+			})
+		}
+		e.Ify = ify
 	default:
 		return nil, fmt.Errorf("file %d: kind %d has no image entry", f.ID, f.Kind)
 	}
@@ -186,18 +214,20 @@ func writeSkQueues(d *images.Dir, t *model.Tree, written func(string)) error {
 }
 
 // checkUnixPeers refuses a tree in which a connected unix socket's peer is
-// not a socket of the same task (one fd table).
+// not a socket of the tree.
 func checkUnixPeers(t *model.Tree) error {
+	inos := map[uint32]bool{}
 	for _, k := range t.Tasks {
-		inos := map[uint32]bool{}
 		for _, fd := range k.FDs {
 			if f := t.Files[fd.File]; f != nil && f.Unix != nil {
 				inos[f.Unix.Ino] = true
 			}
 		}
+	}
+	for _, k := range t.Tasks {
 		for _, fd := range k.FDs {
 			if f := t.Files[fd.File]; f != nil && f.Unix != nil && f.Unix.Peer != 0 && !inos[f.Unix.Peer] {
-				return fmt.Errorf("task %d fd %d: unix socket %d: its peer (socket %d) is not in this task: not supported yet", k.Pid, fd.Num, f.Unix.Ino, f.Unix.Peer)
+				return fmt.Errorf("task %d fd %d: unix socket %d: its peer (socket %d) is not in the dump (a peer outside the tree, --ext-unix-sk, is not supported yet)", k.Pid, fd.Num, f.Unix.Ino, f.Unix.Peer)
 			}
 		}
 	}
@@ -383,6 +413,35 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 			return nil, true, fmt.Errorf("file %d: socket timeouts out of range", id)
 		}
 		f.Unix = u
+	case fdinfo.FdTypes_INOTIFY:
+		p := e.GetIfy()
+		if p == nil {
+			return bad("inotify")
+		}
+		if len(p.GetWd()) > epollTargetsMax {
+			return nil, true, fmt.Errorf("file %d: %d inotify watches", id, len(p.GetWd()))
+		}
+		f.Kind, f.Flags = model.Inotify, p.GetFlags()
+		st := &model.InotifyState{}
+		for _, w := range p.GetWd() {
+			h := w.GetFHandle()
+			n := h.GetBytes()
+			if h == nil || n > 128 || uint64(len(h.GetHandle()))*8 < uint64(n) || !strings.HasPrefix(h.GetPath(), "/") {
+				return nil, true, fmt.Errorf("file %d: inotify watch %d: bad handle, or no path (restoring by handle alone is not supported)", id, w.GetWd())
+			}
+			var hb []byte
+			for _, x := range h.GetHandle() {
+				hb = binary.LittleEndian.AppendUint64(hb, x)
+			}
+			if len(st.Watches) > 0 && w.GetWd() <= st.Watches[len(st.Watches)-1].Wd {
+				return nil, true, fmt.Errorf("file %d: inotify watches not in rising order", id)
+			}
+			st.Watches = append(st.Watches, model.InotifyWatch{
+				Wd: w.GetWd(), Mask: w.GetMask(), IgnoredMask: w.GetIgnoredMask(), Ino: w.GetIIno(), Dev: w.GetSDev(),
+				HandleType: h.GetType(), Handle: hb[:n], Path: h.GetPath(),
+			})
+		}
+		f.Inotify = st
 	case fdinfo.FdTypes_EVENTPOLL:
 		p := e.GetEpfd()
 		if p == nil {
@@ -508,4 +567,241 @@ func readSkQueues(d *images.Dir, files map[model.ID]*model.File) error {
 		}
 		f.Unix.Queue = append(f.Unix.Queue, data)
 	}
+}
+
+// RemapFpathImg maps files restored from something other than their path
+// (CRIU's remaps); godwit writes the GHOST ones: deleted files.
+const RemapFpathImg = "remap-fpath.img"
+
+// GhostFileImg holds a deleted file's attributes and contents.
+func GhostFileImg(id uint32) string { return fmt.Sprintf("ghost-file-%x.img", id) }
+
+// maxGhost bounds a deleted file's contents in an image.
+const maxGhost = 1 << 32
+
+// writeGhosts writes the REG entries' remaps and one ghost-file image per
+// deleted inode (named by the id of its first file).
+func writeGhosts(d *images.Dir, t *model.Tree, written func(string)) error {
+	var remaps []*remap_file_path.RemapFilePathEntry
+	ghostID := map[*model.GhostState]uint32{}
+	for _, id := range t.FileIDs() {
+		f := t.Files[id]
+		if f.Kind != model.Ghost {
+			continue
+		}
+		g := f.Ghost
+		gid, ok := ghostID[g]
+		if !ok {
+			gid = uint32(id)
+			ghostID[g] = gid
+			if err := writeGhost(d, gid, g, written); err != nil {
+				return err
+			}
+		}
+		remaps = append(remaps, &remap_file_path.RemapFilePathEntry{
+			OrigId: proto.Uint32(uint32(id)), RemapId: proto.Uint32(gid), RemapType: remap_file_path.RemapType_GHOST.Enum(),
+		})
+	}
+	if len(remaps) == 0 {
+		return nil
+	}
+	if written != nil {
+		written(RemapFpathImg)
+	}
+	return images.Write(d, RemapFpathImg, remaps...)
+}
+
+func timeval(ts unix.Timespec) *criu_timeval.Timeval {
+	return &criu_timeval.Timeval{TvSec: proto.Uint64(uint64(ts.Sec)), TvUsec: proto.Uint64(uint64(ts.Nsec / 1000))}
+}
+
+func writeGhost(d *images.Dir, id uint32, g *model.GhostState, written func(string)) error {
+	name := GhostFileImg(id)
+	if written != nil {
+		written(name)
+	}
+	w, err := d.CreateImage(name)
+	if err != nil {
+		return err
+	}
+	e := &ghost_file.GhostFileEntry{
+		Uid: proto.Uint32(g.UID), Gid: proto.Uint32(g.GID), Mode: proto.Uint32(g.Mode),
+		Dev: proto.Uint32(uint32(unix.Major(g.Dev)<<20 | unix.Minor(g.Dev))), Ino: proto.Uint64(g.Ino),
+		Atim: timeval(g.Atime), Mtim: timeval(g.Mtime), Chunks: proto.Bool(false), Size: proto.Uint64(g.Size),
+	}
+	if err := w.Write(e); err != nil {
+		w.Close()
+		return err
+	}
+	if err := w.WritePayload(g.Data); err != nil {
+		w.Close()
+		return err
+	}
+	return w.Close()
+}
+
+// readGhosts makes Ghost files of the REG entries remap-fpath.img maps to
+// ghost files; any other remap is refused (restoring such a file by its
+// path would restore another file).
+func readGhosts(d *images.Dir, files map[model.ID]*model.File) error {
+	if !d.Exists(RemapFpathImg) {
+		return nil
+	}
+	es, err := images.ReadAll[*remap_file_path.RemapFilePathEntry](d, RemapFpathImg)
+	if err != nil {
+		return imgErr(RemapFpathImg, err)
+	}
+	ghosts := map[uint32]*model.GhostState{}
+	for _, e := range es {
+		f := files[model.ID(e.GetOrigId())]
+		if f == nil || f.Kind != model.Path {
+			return fmt.Errorf("%s: remap of file %d, not a regular entry", RemapFpathImg, e.GetOrigId())
+		}
+		if e.GetRemapType() != remap_file_path.RemapType_GHOST {
+			return fmt.Errorf("%s: file %d (%s): %v remaps are not supported", RemapFpathImg, f.ID, f.Path, e.GetRemapType())
+		}
+		g, ok := ghosts[e.GetRemapId()]
+		if !ok {
+			if g, err = readGhost(d, e.GetRemapId()); err != nil {
+				return err
+			}
+			ghosts[e.GetRemapId()] = g
+		}
+		f.Kind, f.Ghost, f.Size, f.BuildID = model.Ghost, g, nil, nil
+	}
+	return nil
+}
+
+func readGhost(d *images.Dir, id uint32) (*model.GhostState, error) {
+	name := GhostFileImg(id)
+	r, err := d.OpenImage(name)
+	if err != nil {
+		return nil, imgErr(name, err)
+	}
+	defer r.Close()
+	var e ghost_file.GhostFileEntry
+	if err := r.Next(&e); err != nil {
+		return nil, imgErr(name, err)
+	}
+	if e.GetChunks() {
+		return nil, fmt.Errorf("%s: ghost file in chunks (--ghost-fiemap): not supported yet", name)
+	}
+	if e.GetMode()&unix.S_IFMT != unix.S_IFREG {
+		return nil, fmt.Errorf("%s: deleted file of mode %#o: only regular files are supported", name, e.GetMode())
+	}
+	if e.Size == nil || e.GetSize() > maxGhost {
+		return nil, fmt.Errorf("%s: no size, or over %d bytes", name, uint64(maxGhost))
+	}
+	g := &model.GhostState{
+		Dev: unix.Mkdev(e.GetDev()>>20, e.GetDev()&0xfffff), Ino: e.GetIno(), Mode: e.GetMode(), UID: e.GetUid(), GID: e.GetGid(), Size: e.GetSize(),
+		Atime: unix.Timespec{Sec: int64(e.GetAtim().GetTvSec()), Nsec: int64(e.GetAtim().GetTvUsec()) * 1000},
+		Mtime: unix.Timespec{Sec: int64(e.GetMtim().GetTvSec()), Nsec: int64(e.GetMtim().GetTvUsec()) * 1000},
+	}
+	if g.Atime.Nsec >= 1e9 || g.Mtime.Nsec >= 1e9 || g.Atime.Sec < 0 || g.Mtime.Sec < 0 {
+		return nil, fmt.Errorf("%s: times out of range", name)
+	}
+	g.Data = []byte{}
+	for left := g.Size; left > 0; {
+		step := min(left, 1<<20)
+		g.Data = append(g.Data, make([]byte, step)...)
+		if err := r.ReadPayload(g.Data[uint64(len(g.Data))-step:]); err != nil {
+			return nil, imgErr(name, err)
+		}
+		left -= step
+	}
+	return g, nil
+}
+
+// FileLocksImg holds the file locks: each names its owner task and an fd
+// through which it is restored.
+const FileLocksImg = "filelocks.img"
+
+// maxLocks bounds the lock entries of an image.
+const maxLocks = 1 << 20
+
+func lockEntry(l model.FileLock, pid, fd int) *file_lock.FileLockEntry {
+	typ := uint32(unix.F_RDLCK)
+	if l.Write {
+		typ = unix.F_WRLCK
+	}
+	return &file_lock.FileLockEntry{
+		Flag: proto.Uint32(l.Kind), Type: proto.Uint32(typ), Pid: proto.Int32(int32(pid)), Fd: proto.Int32(int32(fd)),
+		Start: proto.Int64(l.Start), Len: proto.Int64(l.Len),
+	}
+}
+
+// writeLocks writes the tasks' POSIX locks and the descriptions' flock
+// and OFD locks (each through the first fd that holds its description).
+func writeLocks(d *images.Dir, t *model.Tree, written func(string)) error {
+	var es []*file_lock.FileLockEntry
+	done := map[model.ID]bool{}
+	for _, k := range t.Tasks {
+		for _, fd := range k.FDs {
+			for _, l := range fd.Locks {
+				es = append(es, lockEntry(l, k.Pid, fd.Num))
+			}
+			if f := t.Files[fd.File]; f != nil && len(f.Locks) > 0 && !done[f.ID] {
+				done[f.ID] = true
+				for _, l := range f.Locks {
+					es = append(es, lockEntry(l, k.Pid, fd.Num))
+				}
+			}
+		}
+	}
+	if len(es) == 0 {
+		return nil
+	}
+	if written != nil {
+		written(FileLocksImg)
+	}
+	return images.Write(d, FileLocksImg, es...)
+}
+
+// readLocks gives each lock to its fd (POSIX) or to the file of that fd.
+func readLocks(d *images.Dir, t *model.Tree) error {
+	if !d.Exists(FileLocksImg) {
+		return nil
+	}
+	es, err := images.ReadAll[*file_lock.FileLockEntry](d, FileLocksImg)
+	if err != nil {
+		return imgErr(FileLocksImg, err)
+	}
+	if len(es) > maxLocks {
+		return fmt.Errorf("%s: %d locks", FileLocksImg, len(es))
+	}
+	for i, e := range es {
+		k := t.Task(int(e.GetPid()))
+		var fd *model.FD
+		if k != nil {
+			for j := range k.FDs {
+				if k.FDs[j].Num == int(e.GetFd()) {
+					fd = &k.FDs[j]
+				}
+			}
+		}
+		if fd == nil {
+			return fmt.Errorf("%s: lock %d: no fd %d in task %d", FileLocksImg, i, e.GetFd(), e.GetPid())
+		}
+		l := model.FileLock{Kind: e.GetFlag(), Start: e.GetStart(), Len: e.GetLen()}
+		switch e.GetType() {
+		case unix.F_RDLCK:
+		case unix.F_WRLCK:
+			l.Write = true
+		default:
+			return fmt.Errorf("%s: lock %d: type %d", FileLocksImg, i, e.GetType())
+		}
+		if l.Start < 0 || l.Len < 0 {
+			return fmt.Errorf("%s: lock %d: range %d+%d", FileLocksImg, i, l.Start, l.Len)
+		}
+		switch l.Kind {
+		case model.LockPOSIX:
+			fd.Locks = append(fd.Locks, l)
+		case model.LockFlock, model.LockOFD:
+			f := t.Files[fd.File]
+			f.Locks = append(f.Locks, l)
+		default:
+			return fmt.Errorf("%s: lock %d: kind %#x (leases and others are not supported)", FileLocksImg, i, l.Kind)
+		}
+	}
+	return nil
 }

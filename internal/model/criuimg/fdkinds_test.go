@@ -20,6 +20,8 @@ func kindsTree(t testing.TB) *model.Tree {
 	pipe := func(id model.ID, flags uint32) *model.File {
 		return &model.File{ID: id, Kind: model.Pipe, Flags: flags, MntID: -1, Pipe: &model.PipeState{ID: 777, Size: 1 << 17, Data: data}}
 	}
+	ghost := &model.GhostState{Dev: unix.Mkdev(8, 16), Ino: 77, Mode: unix.S_IFREG | 0o640, UID: 1, GID: 2, Size: 5, Data: []byte("ghost"),
+		Atime: unix.Timespec{Sec: 10, Nsec: 5000}, Mtime: unix.Timespec{Sec: 20, Nsec: 6000}}
 	add := []*model.File{
 		pipe(10, unix.O_RDONLY|unix.O_NONBLOCK),
 		pipe(11, unix.O_WRONLY),
@@ -35,12 +37,29 @@ func kindsTree(t testing.TB) *model.Tree {
 			Ino: 51, Type: unix.SOCK_DGRAM, State: 1, Peer: 50, Shutdown: 1}},
 		{ID: 20, Kind: model.UnixSocket, Flags: unix.O_RDWR, MntID: -1, Unix: &model.UnixSocketState{
 			Ino: 52, Type: unix.SOCK_STREAM, State: 10, Backlog: 5, Name: []byte("/tmp/sock"), FileMode: unix.S_IFSOCK | 0o640}},
+		{ID: 21, Kind: model.Ghost, Path: "/tmp/gone", Flags: unix.O_RDWR, Pos: 3, Mode: unix.S_IFREG | 0o640, MntID: 30, Ghost: ghost},
+		{ID: 22, Kind: model.Ghost, Path: "/tmp/gone", Flags: unix.O_RDONLY, Mode: unix.S_IFREG | 0o640, MntID: 30, Ghost: ghost},
+		{ID: 23, Kind: model.Inotify, Flags: unix.O_RDONLY | unix.O_NONBLOCK, MntID: -1, Inotify: &model.InotifyState{Watches: []model.InotifyWatch{
+			{Wd: 2, Mask: unix.IN_CREATE, Ino: 99, Dev: 254 << 20, HandleType: 1, Handle: []byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, Path: "/tmp/d"},
+			{Wd: 5, Mask: unix.IN_MODIFY | unix.IN_ONESHOT, IgnoredMask: 0, Ino: 100, Dev: 254 << 20, HandleType: 1, Handle: []byte{8, 7, 6, 5, 4, 3, 2, 1}, Path: "/tmp/f"},
+		}}},
 		{ID: 16, Kind: model.Epoll, Flags: unix.O_RDWR, MntID: -1, Epoll: &model.EpollState{Targets: []model.EpollTarget{{FD: 10, Events: unix.EPOLLIN | unix.EPOLLET, Data: 0xdead}, {FD: 11, Events: unix.EPOLLOUT, Data: 1}}}},
 	}
 	k := tr.Root()
 	for i, f := range add {
 		tr.Files[f.ID] = f
 		k.FDs = append(k.FDs, model.FD{Num: 10 + i, File: f.ID})
+	}
+	// A shared mapping of the deleted file (as a Python semaphore in
+	// /dev/shm): the VMA names the ghost's REG entry.
+	k.MM.VMAs = append(k.MM.VMAs, model.VMA{Start: 0x7f1000000000, End: 0x7f1000001000, Shmid: 21,
+		Prot: unix.PROT_READ | unix.PROT_WRITE, Flags: unix.MAP_SHARED,
+		Status: images.VmaAreaRegular | images.VmaFileShared, Fdflags: unix.O_RDWR})
+	tr.Files[21].Locks = []model.FileLock{{Kind: model.LockFlock, Write: true}, {Kind: model.LockOFD, Start: 4, Len: 6}}
+	for i := range k.FDs {
+		if k.FDs[i].File == 22 {
+			k.FDs[i].Locks = []model.FileLock{{Kind: model.LockPOSIX, Write: true, Start: 1, Len: 0}}
+		}
 	}
 	return tr
 }
@@ -50,21 +69,29 @@ func kindsTree(t testing.TB) *model.Tree {
 func TestKindsRoundTrip(t *testing.T) {
 	tr := kindsTree(t)
 	dir, names := writeTree(t, tr)
-	if all := strings.Join(names, " "); !strings.Contains(all, PipesDataImg) || !strings.Contains(all, FifoDataImg) || !strings.Contains(all, SkQueuesImg) {
+	if all := strings.Join(names, " "); !strings.Contains(all, PipesDataImg) || !strings.Contains(all, FifoDataImg) ||
+		!strings.Contains(all, SkQueuesImg) || strings.Count(all, "ghost-file-") != 1 {
 		t.Fatalf("no %s among %v", PipesDataImg, names)
 	}
 	got := readTree(t, dir)
-	for _, id := range []model.ID{10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20} {
+	vmas := got.Root().MM.VMAs
+	if v := vmas[len(vmas)-1]; v.Start != 0x7f1000000000 || v.Shmid != 21 || got.Files[21].Kind != model.Ghost {
+		t.Errorf("mapping of the deleted file read as %+v of %+v", v, got.Files[model.ID(v.Shmid)])
+	}
+	for _, id := range []model.ID{10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23} {
 		w, g := tr.Files[id], got.Files[id]
 		if g == nil {
 			t.Fatalf("file %d not read", id)
 		}
-		if w.Kind != model.Path {
+		if w.Kind != model.Path && w.Kind != model.Ghost {
 			w.Path = "" // kinds other than Path have none
 		}
 		if !reflect.DeepEqual(w, g) {
 			t.Errorf("file %d: read %+v, wrote %+v", id, g, w)
 		}
+	}
+	if got.Files[21].Ghost != got.Files[22].Ghost {
+		t.Error("two files of one deleted inode read as two inodes")
 	}
 	if !reflect.DeepEqual(got.Root().FDs, tr.Root().FDs) {
 		t.Errorf("fds: read %+v, wrote %+v", got.Root().FDs, tr.Root().FDs)
@@ -145,7 +172,7 @@ func FuzzReadKinds(f *testing.F) {
 			ok := map[model.FileKind]bool{
 				model.Path: true, model.Pipe: fl.Pipe != nil, model.EventFD: fl.EventFD != nil,
 				model.SignalFD: fl.SignalFD != nil, model.TimerFD: fl.TimerFD != nil, model.Epoll: fl.Epoll != nil,
-				model.UnixSocket: fl.Unix != nil,
+				model.UnixSocket: fl.Unix != nil, model.Ghost: fl.Ghost != nil, model.Inotify: fl.Inotify != nil,
 			}[fl.Kind]
 			if !ok {
 				t.Fatalf("file %d of kind %d without its state", id, fl.Kind)
@@ -171,7 +198,7 @@ func TestWriteRefusesLoneUnixPeer(t *testing.T) {
 	}
 	defer d.Close()
 	err = Write(d, tr, nil)
-	if err == nil || !strings.Contains(err.Error(), "peer (socket 51) is not in this task") {
+	if err == nil || !strings.Contains(err.Error(), "peer (socket 51) is not in the dump") {
 		t.Fatalf("Write: %v", err)
 	}
 }

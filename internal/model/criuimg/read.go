@@ -80,6 +80,9 @@ func Read(d *images.Dir) (*model.Tree, error) {
 		k.FDs = fds
 		t.Tasks = append(t.Tasks, k)
 	}
+	if err := readLocks(d, t); err != nil {
+		return nil, err
+	}
 	if err := readRestart(d, t); err != nil {
 		return nil, err
 	}
@@ -160,6 +163,9 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 		return nil, err
 	}
 	if err := readSkQueues(d, files); err != nil {
+		return nil, err
+	}
+	if err := readGhosts(d, files); err != nil {
 		return nil, err
 	}
 	return files, nil
@@ -462,6 +468,15 @@ func readTaskCore(k *model.Task, tc *criu_core.TaskCoreEntry, name string) error
 	case images.TaskStopped:
 		k.State = model.Stopped
 		k.StopSignal = int(tc.GetStopSigno())
+		switch unix.Signal(k.StopSignal) {
+		case 0:
+			// Images without stop_signo (older CRIU): SIGSTOP,
+			// as those CRIU versions restored it.
+			k.StopSignal = int(unix.SIGSTOP)
+		case unix.SIGSTOP, unix.SIGTSTP, unix.SIGTTIN, unix.SIGTTOU:
+		default:
+			return fmt.Errorf("%s: stop_signo %d is not a stop signal", name, k.StopSignal)
+		}
 	case images.TaskDead:
 		k.State = model.Dead
 	case images.TaskZombie:
@@ -577,8 +592,12 @@ func readMM(d *images.Dir, pid int, files map[model.ID]*model.File) (*model.MM, 
 				// CRIU's MEMFD file entries: not read yet.
 				return nil, fmt.Errorf("%s: vma %#x-%#x: memfd mappings are not supported yet", name, s, e)
 			}
-			if err := regular(files, uint32(mv.Shmid), name, fmt.Sprintf("vma %#x-%#x", s, e)); err != nil {
-				return nil, err
+			// A regular file, or a deleted one (a ghost: a REG entry with
+			// its remap) for a mapping of a deleted file.
+			if f := files[model.ID(mv.Shmid)]; f == nil || f.Kind != model.Ghost {
+				if err := regular(files, uint32(mv.Shmid), name, fmt.Sprintf("vma %#x-%#x", s, e)); err != nil {
+					return nil, err
+				}
 			}
 		}
 		out.VMAs = append(out.VMAs, mv)

@@ -105,7 +105,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 			files = append(files, reg, ff)
 			continue
 		}
-		if f.Kind == model.Path {
+		if f.Kind == model.Path || f.Kind == model.Ghost {
 			files = append(files, fileEntry(f))
 			continue
 		}
@@ -122,6 +122,12 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		return err
 	}
 	if err := writeSkQueues(d, t, written); err != nil {
+		return err
+	}
+	if err := writeGhosts(d, t, written); err != nil {
+		return err
+	}
+	if err := writeLocks(d, t, written); err != nil {
 		return err
 	}
 	if len(frozen) > 0 {

@@ -1,0 +1,273 @@
+package drivers
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/inject"
+	"godwit/internal/model"
+	"godwit/internal/procfs"
+)
+
+// Deleted files (ghosts): a regular file open in the task whose last name
+// was unlinked. Its contents and attributes are saved (up to
+// --ghost-limit, as CRIU's ghost files). The restore creates the file
+// again at its old path, by an injected openat in the task (its own
+// mounts), fills it and sets its owner, mode and times from godwit
+// through the task's fd, unlinks it, and opens each description from
+// godwit's copy. Where the old path is taken by another file, the file is
+// made under a temporary name in the same directory (unlinked as well):
+// /proc/PID/fd then names that instead of the old path.
+
+func init() { registerFDKind(ghostKind{}) }
+
+type ghostKind struct{}
+
+func (ghostKind) name() string             { return "deleted file" }
+func (ghostKind) fileKind() model.FileKind { return model.Ghost }
+func (ghostKind) match(target string, st *unix.Stat_t) bool {
+	return strings.HasPrefix(target, "/") && !strings.HasPrefix(target, "/memfd:") &&
+		strings.HasSuffix(target, " (deleted)") && st.Mode&unix.S_IFMT == unix.S_IFREG
+}
+func (ghostKind) check(int, int, uint64) error { return nil }
+
+func (ghostKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
+	return fl.readGhost(procfs.Path(pid, "fd/"+strconv.Itoa(fd.Num)), strings.TrimSuffix(fd.Path, " (deleted)"), &fd.Stat, f)
+}
+
+// SharedGhost returns the id of a (deleted file, flags) entry for a file
+// mapping (of path, whose name was removed), adding it once; its contents
+// are read from src (the mapping's map_files link) once per inode, so the
+// mappings and fds of one deleted file in the tree stay one object.
+func (fl *Files) SharedGhost(src, path string, flags uint32, st *unix.Stat_t) (model.ID, error) {
+	key := fileKey{st.Dev, st.Ino, flags}
+	if id, ok := fl.byKey[key]; ok {
+		return id, nil
+	}
+	id := fl.Reg(path, flags, 0, st, NoMntID)
+	if err := fl.readGhost(src, path, st, fl.byID[id]); err != nil {
+		delete(fl.byID, id)
+		return 0, fmt.Errorf("deleted file %s: %w", path, err)
+	}
+	fl.byKey[key] = id
+	return id, nil
+}
+
+// readGhost makes f the deleted file path (stat st), reading its contents
+// from src unless another description of the inode already did.
+func (fl *Files) readGhost(src, path string, st *unix.Stat_t, f *model.File) error {
+	if st.Nlink != 0 {
+		return fmt.Errorf("its name was removed but it has %d other links: not supported yet", st.Nlink)
+	}
+	if uint64(st.Size) > fl.GhostLimit {
+		return fmt.Errorf("%d bytes, over --ghost-limit (%d)", st.Size, fl.GhostLimit)
+	}
+	// The same inode, already read for another description, is shared.
+	key := [2]uint64{st.Dev, st.Ino}
+	if o := fl.ghosts[key]; o != nil {
+		f.Kind, f.Path, f.Size, f.BuildID, f.Ghost = model.Ghost, o.Path, nil, nil, o.Ghost
+		return nil
+	}
+	fd, err := unix.Open(src, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if err != nil {
+		return fmt.Errorf("open to save its contents: %w", err)
+	}
+	defer unix.Close(fd)
+	data := make([]byte, st.Size)
+	for off := 0; off < len(data); {
+		n, err := unix.Pread(fd, data[off:], int64(off))
+		if err != nil || n == 0 {
+			return fmt.Errorf("read its contents at %d of %d: %v", off, len(data), err)
+		}
+		off += n
+	}
+	if fl.ghosts == nil {
+		fl.ghosts = map[[2]uint64]*model.File{}
+	}
+	fl.ghosts[key] = f
+	f.Kind, f.Size, f.BuildID = model.Ghost, nil, nil
+	f.Path = path
+	f.Ghost = &model.GhostState{
+		Dev: st.Dev, Ino: st.Ino, Mode: st.Mode, UID: st.Uid, GID: st.Gid, Size: uint64(st.Size), Data: data,
+		Atime: st.Atim, Mtime: st.Mtim,
+	}
+	return nil
+}
+
+func (ghostKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error) {
+	g := f.Ghost
+	if g == nil {
+		return 0, fmt.Errorf("%s: deleted file without its contents", what)
+	}
+	key := [2]uint64{g.Dev, g.Ino}
+	held, ok := rs.ghosts[key]
+	if !ok {
+		var err error
+		if held, err = ghostOfTree(rs, g); err != nil {
+			return 0, fmt.Errorf("%s: %w", what, err)
+		}
+		if held < 0 {
+			if held, err = ghostMapped(rs, g); err != nil {
+				return 0, fmt.Errorf("%s: %w", what, err)
+			}
+		}
+		if held < 0 {
+			if held, err = makeGhost(rs, what, f); err != nil {
+				return 0, err
+			}
+		}
+		rs.ghosts[key] = held
+	}
+	// Each description is a new open of godwit's copy.
+	flags := int(f.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_CLOEXEC)
+	fd, err := unix.Open("/proc/self/fd/"+strconv.Itoa(held), flags|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if err != nil {
+		return 0, fmt.Errorf("%s: reopen deleted file %s: %w", what, f.Path, err)
+	}
+	defer unix.Close(fd)
+	if f.Pos != 0 {
+		if _, err := unix.Seek(fd, int64(f.Pos), unix.SEEK_SET); err != nil {
+			return 0, fmt.Errorf("%s: seek to %d: %w", what, f.Pos, err)
+		}
+	}
+	return rs.install(what, fd)
+}
+
+// ghostOfTree takes a copy of the deleted file from another task of the
+// tree that already holds it; -1 when none does.
+func ghostOfTree(rs *restoreFDs, g *model.GhostState) (int, error) {
+	at, ok := rs.heldElsewhere(objectKey(&model.File{Kind: model.Ghost, Ghost: g}))
+	if !ok {
+		return -1, nil
+	}
+	fd, err := grabFD(at.Pid, at.FD)
+	if err != nil {
+		return -1, fmt.Errorf("deleted file held by %d fd %d: %w", at.Pid, at.FD, err)
+	}
+	return fd, nil
+}
+
+// ghostMapped opens the deleted file from a mapping of it in the tree (the
+// layout, before any fd, made it again); -1 when none maps it.
+func ghostMapped(rs *restoreFDs, g *model.GhostState) (int, error) {
+	for _, k := range rs.r.Tree.Tasks {
+		if k.MM == nil || k.State != model.Alive && k.State != model.Stopped {
+			continue
+		}
+		for _, v := range k.MM.VMAs {
+			if !v.FileBacked() {
+				continue
+			}
+			mf := rs.r.Tree.Files[model.ID(v.Shmid)]
+			if mf == nil || mf.Kind != model.Ghost || mf.Ghost == nil || mf.Ghost.Dev != g.Dev || mf.Ghost.Ino != g.Ino {
+				continue
+			}
+			p := procfs.Path(k.Pid, procfs.MapFilesName(v.Start, v.End))
+			fd, err := unix.Open(p, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+			if err != nil {
+				return -1, fmt.Errorf("deleted file mapped by %d: %w", k.Pid, err)
+			}
+			return fd, nil
+		}
+	}
+	return -1, nil
+}
+
+// makeGhost creates the deleted file again (see above) and returns
+// godwit's descriptor of it.
+func makeGhost(rs *restoreFDs, what string, f *model.File) (int, error) {
+	held, tfd, err := MakeGhost(rs.s, what, f)
+	if err != nil {
+		return -1, err
+	}
+	if _, err := rs.s.Call(what+": close", unix.SYS_CLOSE, tfd); err != nil {
+		unix.Close(held)
+		return -1, err
+	}
+	return held, nil
+}
+
+// MakeGhost creates the deleted file f again in the task of s (its mounts),
+// fills it and unlinks it; it returns godwit's descriptor of it and the
+// task's (O_RDWR), both for the caller to close.
+func MakeGhost(s *inject.Session, what string, f *model.File) (held int, tfd uint64, err error) {
+	g := f.Ghost
+	if g == nil {
+		return -1, 0, fmt.Errorf("%s: deleted file without its contents", what)
+	}
+	path := f.Path
+	create := func(p string) (uint64, error) {
+		return s.Openat(what+": recreate deleted file", p, unix.O_CREAT|unix.O_EXCL|unix.O_RDWR|unix.O_NOFOLLOW|unix.O_NOCTTY)
+	}
+	tfd, err = create(path)
+	if en, ok := errnoOf(err); ok && en == unix.EEXIST {
+		i := strings.LastIndexByte(path, '/')
+		path = fmt.Sprintf("%s/.godwit-ghost-%d-%d", path[:i], g.Dev, g.Ino)
+		tfd, err = create(path)
+	}
+	if err != nil {
+		return -1, 0, err
+	}
+	held, err = grabFD(s.Pid(), int(tfd))
+	if err == nil {
+		err = fillGhost(held, g)
+		if err != nil {
+			unix.Close(held)
+		}
+	}
+	// Unlinked in any case: a half-made file must not stay behind.
+	a, perr := s.PutString(0, path)
+	if perr == nil {
+		_, perr = s.Call(what+": unlink "+path, unix.SYS_UNLINKAT, atFdcwd, a, 0)
+	}
+	if err == nil && perr != nil {
+		unix.Close(held)
+		err = perr
+	}
+	if err != nil {
+		if _, cerr := s.Call(what+": close", unix.SYS_CLOSE, tfd); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+		return -1, 0, fmt.Errorf("%s: deleted file %s: %w", what, f.Path, err)
+	}
+	return held, tfd, nil
+}
+
+// atFdcwd is AT_FDCWD (-100) as a syscall argument.
+const atFdcwd = ^uint64(99)
+
+func errnoOf(err error) (unix.Errno, bool) {
+	if err == nil {
+		return 0, false
+	}
+	return inject.Errno(err)
+}
+
+// fillGhost writes the contents and sets the owner, mode and times.
+func fillGhost(fd int, g *model.GhostState) error {
+	if uint64(len(g.Data)) != g.Size {
+		return fmt.Errorf("%d bytes saved of %d", len(g.Data), g.Size)
+	}
+	for off := 0; off < len(g.Data); {
+		n, err := unix.Pwrite(fd, g.Data[off:], int64(off))
+		if err != nil {
+			return fmt.Errorf("write contents: %w", err)
+		}
+		off += n
+	}
+	if err := unix.Fchown(fd, int(g.UID), int(g.GID)); err != nil {
+		return fmt.Errorf("chown: %w", err)
+	}
+	if err := unix.Fchmod(fd, g.Mode&0o7777); err != nil {
+		return fmt.Errorf("chmod: %w", err)
+	}
+	ts := []unix.Timespec{g.Atime, g.Mtime}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), ts, 0); err != nil {
+		return fmt.Errorf("set times: %w", err)
+	}
+	return nil
+}

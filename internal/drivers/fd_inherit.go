@@ -1,0 +1,73 @@
+package drivers
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"godwit/internal/model"
+)
+
+// --inherit-fd fd[N]:RESOURCE: the file of the tree that is RESOURCE is
+// godwit's fd N (handed to the task as it is, flags and all) instead of a
+// new object: the other end of a pipe or socket outside the tree, or a
+// file the caller opened. RESOURCE is pipe[INODE] or pipe:[INODE] (a pipe
+// end dumped as that inode), socket[INODE] or socket:[INODE] (a unix
+// socket), or an absolute path (a file reopened by path, or a deleted one
+// by its old path). file[…] and tty[…] are refused: godwit does not keep
+// the mount ids and ttys are not restored yet.
+
+// InheritKey is the key of a resource in Restore.Inherit.
+func InheritKey(res string) (string, error) {
+	for _, kind := range []string{"pipe", "socket"} {
+		for _, open := range []string{kind + "[", kind + ":["} {
+			if inner, ok := strings.CutPrefix(res, open); ok {
+				ino, ok := strings.CutSuffix(inner, "]")
+				if _, err := strconv.ParseUint(ino, 10, 32); !ok || err != nil {
+					return "", fmt.Errorf("want %s[INODE]", kind)
+				}
+				return kind + ":[" + ino + "]", nil
+			}
+		}
+	}
+	if strings.HasPrefix(res, "file[") || strings.HasPrefix(res, "tty[") {
+		return "", fmt.Errorf("%s resources are not supported yet (give a path, pipe[INODE] or socket[INODE])", res[:strings.IndexByte(res, '[')])
+	}
+	if !strings.HasPrefix(res, "/") {
+		return "", fmt.Errorf("want an absolute path, pipe[INODE] or socket[INODE]")
+	}
+	return res, nil
+}
+
+// inheritKeyOf is f's key among InheritKey's, "" when it has none.
+func inheritKeyOf(f *model.File) string {
+	switch {
+	case f.Pipe != nil && f.Kind == model.Pipe:
+		return fmt.Sprintf("pipe:[%d]", f.Pipe.ID)
+	case f.Unix != nil:
+		return fmt.Sprintf("socket:[%d]", f.Unix.Ino)
+	case f.Kind == model.Path || f.Kind == model.Ghost:
+		return f.Path
+	}
+	return ""
+}
+
+// inherited returns godwit's descriptor given for f, if any. A resource
+// that names several files of the tree (both ends of a pipe) is refused:
+// which one the caller meant is not known.
+func inherited(r *Restore, f *model.File) (int, bool, error) {
+	if len(r.Inherit) == 0 {
+		return 0, false, nil
+	}
+	key := inheritKeyOf(f)
+	fd, ok := r.Inherit[key]
+	if !ok || key == "" {
+		return 0, false, nil
+	}
+	for _, o := range r.Tree.Files {
+		if o.ID != f.ID && inheritKeyOf(o) == key && o.Kind == f.Kind {
+			return 0, false, fmt.Errorf("--inherit-fd %s names files %d and %d of the dump: ambiguous", key, f.ID, o.ID)
+		}
+	}
+	return fd, true, nil
+}
