@@ -18,7 +18,7 @@ func unsupported(command, option string) bool {
 }
 
 // preDump is the RPC's PRE_DUMP: one round, as `godwit pre-dump` runs it.
-// CRIU runs no action scripts for a pre-dump round either.
+// The pre-dump engine takes no action scripts: none run for a round.
 func preDump(ctx context.Context, o *opts.Options, _ *actions.Scripts) error {
 	_, err := runPreDump(ctx, o)
 	return err
