@@ -1,0 +1,81 @@
+// Package migrate moves a running process tree from this host to the godwit
+// agent on another: the source side (`godwit migrate send`), the destination
+// agent, the round policy, the transport and the metrics.
+package migrate
+
+import "time"
+
+// Mode is how memory moves: pre-copy rounds then stop-and-copy of the last
+// delta, post-copy (resume at once, pages on demand), or hybrid (pre-copy,
+// then post-copy when rounds stop converging).
+type Mode string
+
+// The modes `migrate send --mode` accepts.
+const (
+	ModePrecopy  Mode = "precopy"
+	ModePostcopy Mode = "postcopy"
+	ModeHybrid   Mode = "hybrid"
+)
+
+// Phase names where a migration is; a failure is reported with the phase it
+// happened in, and metrics count failures by phase.
+type Phase string
+
+// The phases of one migration, in order.
+const (
+	PhaseConnect    Phase = "connect"    // dial, mutual TLS, version
+	PhaseCheck      Phase = "check"      // destination can take the tree
+	PhasePrecopy    Phase = "precopy"    // rounds while the program runs
+	PhaseFreeze     Phase = "freeze"     // source frozen, last delta, state
+	PhaseRestore    Phase = "restore"    // destination finalizes and resumes
+	PhasePostcopy   Phase = "postcopy"   // pages on demand after resume
+	PhaseCommit     Phase = "commit"     // destination confirmed, source killed
+	PhaseSwitchover Phase = "switchover" // the point after which the destination is live
+)
+
+// Round is one pass of memory transfer.
+type Round struct {
+	N        int           `json:"n"`     // 0 is the first, full round
+	Pages    uint64        `json:"pages"` // pages sent (zero pages not counted)
+	Bytes    uint64        `json:"bytes"` // bytes on the wire for those pages
+	Duration time.Duration `json:"duration_ns"`
+	Frozen   time.Duration `json:"frozen_ns"` // how long the source was frozen in it
+	// DirtyRate is the bytes per second the program wrote during the round,
+	// Bandwidth the bytes per second the round moved.
+	DirtyRate float64 `json:"dirty_rate_bps"`
+	Bandwidth float64 `json:"bandwidth_bps"`
+}
+
+// Postcopy summarises the on-demand phase.
+type Postcopy struct {
+	Pages    uint64        `json:"pages"`  // pages moved after resume
+	Faults   uint64        `json:"faults"` // faults the destination served
+	FaultP50 time.Duration `json:"fault_p50_ns"`
+	FaultP99 time.Duration `json:"fault_p99_ns"`
+	Duration time.Duration `json:"duration_ns"` // resume to last page in
+}
+
+// Result is what one migration did; `migrate send --json` prints it and the
+// agent keeps the recent ones in its history.
+type Result struct {
+	ID          string        `json:"id"`
+	PID         int           `json:"pid"` // root of the tree, same on both hosts
+	Tasks       int           `json:"tasks"`
+	Source      string        `json:"source"`
+	Destination string        `json:"destination"`
+	Mode        Mode          `json:"mode"`
+	Transport   string        `json:"transport"` // "quic" or "tls"
+	Started     time.Time     `json:"started"`
+	Total       time.Duration `json:"total_ns"`
+	// Downtime is from the source freeze to the destination's resume, as
+	// godwit measures it.
+	Downtime time.Duration `json:"downtime_ns"`
+	Rounds   []Round       `json:"rounds"`
+	Postcopy *Postcopy     `json:"postcopy,omitempty"`
+	// Overrun is set when the policy gave up converging and the final
+	// delta did not fit the downtime budget.
+	Overrun bool `json:"overrun,omitempty"`
+	// FailedPhase and Error are set when the migration failed.
+	FailedPhase Phase  `json:"failed_phase,omitempty"`
+	Error       string `json:"error,omitempty"`
+}
