@@ -47,6 +47,7 @@ type Session struct {
 	ended     bool
 	children  []int
 	began     time.Time
+	trapSig   unix.Signal // of batches (batch_linux.go), chosen at the first
 }
 
 // SetSyscallAddr tells the tracer where a `syscall` instruction (0f 05) is
@@ -177,6 +178,7 @@ func (t *Tracer) begin(tid int) (*Session, error) {
 		return nil, err
 	}
 	tk.session = s
+	t.sessions++
 	return s, nil
 }
 
@@ -238,6 +240,8 @@ func (s *Session) syscall(nr uintptr, args []uint64) (uint64, error) {
 	}
 	s.ran = true
 	s.t.calls++
+	s.t.trips++
+	s.t.byNr[nr]++
 	// Entry stop, then exit stop.
 	for phase := 0; phase < 2; phase++ {
 		if err := s.t.resume(tk, unix.PTRACE_SYSCALL, 0); err != nil {
@@ -330,6 +334,21 @@ func (t *Tracer) InjectedCalls() int {
 	var n int
 	_ = t.Do(func() error { n = t.calls; return nil })
 	return n
+}
+
+// InjectionStats returns how many injection sessions were opened, how
+// many runs of injected code they made (one per single call or batch),
+// and how many syscalls of each number were injected so far.
+func (t *Tracer) InjectionStats() (sessions, runs int, byNr map[uintptr]int) {
+	_ = t.Do(func() error {
+		sessions, runs = t.sessions, t.trips
+		byNr = make(map[uintptr]int, len(t.byNr))
+		for k, v := range t.byNr {
+			byNr[k] = v
+		}
+		return nil
+	})
+	return sessions, runs, byNr
 }
 
 // InjectionTime returns the total time injection sessions of this tracer
