@@ -36,8 +36,9 @@ type Result struct {
 	// (borrowed registers, every signal blocked), a part of its frozen
 	// time.
 	Injecting time.Duration
-	// InjectedCalls counts the syscalls injected into the tree.
-	InjectedCalls int
+	// InjectedCalls counts the syscalls injected into the tree, in
+	// InjectionRuns runs of injected code (a call alone or a batch).
+	InjectedCalls, InjectionRuns int
 }
 
 // FormatStats renders the stats as --display-stats prints them (CRIU's
@@ -283,6 +284,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	d.log.Infof("dump %d: %d pages written (%d scanned, %d zero, %d untouched) by %v; frozen %v, %v of it in injection sessions",
 		pid, d.mem.Written, d.mem.Scanned, d.mem.Zero, d.mem.Untouched, d.method, frozen, injecting)
 	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting, InjectedCalls: tr.InjectedCalls()}
+	_, res.InjectionRuns, _ = tr.InjectionStats()
 	res.Stats = &stats.DumpStatsEntry{
 		FreezingTime:       proto.Uint32(uint32(frozenAt.Sub(t0).Microseconds())),
 		FrozenTime:         proto.Uint32(uint32(frozen.Microseconds())),
@@ -322,6 +324,7 @@ func writeCPUInfo(dir *images.Dir, capArg string) error {
 type dumpRun struct {
 	ctx     context.Context
 	pid     int   // the task being collected
+	runner  bool  // its scratch holds the batch runner
 	tids    []int // its threads
 	tree    []*frozenTask
 	tr      *ptrace.Tracer
@@ -530,6 +533,7 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 		}
 		scratch = addr
 		ls := inject.Wrap(s, d.pid, addr, scratchSize)
+		d.runner = d.mapRunner(ls)
 		for _, k := range d.drivers {
 			if c, ok := k.(drivers.InjectedCollector); ok {
 				if err := c.CollectInjected(dc, ls); err != nil {
@@ -564,6 +568,9 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", th.Tid, err)
 		}
+		if d.runner {
+			ts.SetBatch(scratch+scratchRunner, scratchTable)
+		}
 		if err := ts.End(d.collectThreadInjected(dc, ts, th)); err != nil {
 			return err
 		}
@@ -587,6 +594,24 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 	md.SetContext(d.ctx)
 	d.log.Infof("dump %d: transferring pages (%v)", d.pid, d.method)
 	return d.dumpMemory(md, task.MM.VMAs)
+}
+
+// mapRunner puts the batch runner in the last page of the scratch and
+// makes it executable, for batches of injected calls in s (and the
+// task's other threads). A task that may not gain executable memory
+// (PR_SET_MDWE, a seccomp filter on mprotect) gets its calls one by one.
+func (d *dumpRun) mapRunner(s *inject.Session) bool {
+	at := s.Scratch() + scratchRunner
+	if err := ptrace.WriteMem(d.pid, at, ptrace.BatchCode); err != nil {
+		d.log.Warnf("dump %d: batch runner: %v: injecting calls one by one", d.pid, err)
+		return false
+	}
+	if _, err := s.Call("batch runner: mprotect", unix.SYS_MPROTECT, at, 4096, unix.PROT_READ|unix.PROT_EXEC); err != nil {
+		d.log.Warnf("dump %d: %v: injecting calls one by one", d.pid, err)
+		return false
+	}
+	s.SetBatch(at, scratchTable)
+	return true
 }
 
 // collectThreadInjected runs the drivers' injected calls in one thread.

@@ -6,6 +6,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/drivers"
+	"godwit/internal/inject"
 	"godwit/internal/model"
 	"godwit/internal/ptrace"
 	"godwit/internal/xstate"
@@ -157,13 +158,12 @@ func (r *taskRun) finishMMIn(s *session) error {
 	if _, err := s.Call("unmap puppet code", unix.SYS_MUNMAP, r.win.base, scratchOff); err != nil {
 		return err
 	}
+	b := &batch{s: s}
 	for _, p := range r.protFix {
-		if _, err := s.Call(fmt.Sprintf("mprotect vma %#x-%#x", p.start, p.end), unix.SYS_MPROTECT,
-			p.start, p.end-p.start, uint64(p.prot)); err != nil {
-			return err
-		}
+		b.add(inject.C(fmt.Sprintf("mprotect vma %#x-%#x", p.start, p.end), unix.SYS_MPROTECT,
+			p.start, p.end-p.start, uint64(p.prot)), nil)
 	}
-	return nil
+	return b.flush()
 }
 
 // registers unmaps godwit's window and gives every thread its signal mask,

@@ -101,6 +101,7 @@ type taskRun struct {
 	threads []int           // TIDs made so far, leader first
 
 	win     window // injection page, scratch and vdso bounce area
+	runner  bool   // the batch runner is in the window
 	stubOff uint64 // the puppet's syscall instruction offset from win.base
 	// protFix lists private VMAs laid out writable for FillPages, to
 	// get their dumped protection back in Finalize.

@@ -94,6 +94,16 @@ func (r *Restorer) InjectedCalls() int {
 	return r.tr.InjectedCalls()
 }
 
+// InjectionRuns counts the runs of injected code so far (a call alone or
+// a batch of them: each one round trip through ptrace stops).
+func (r *Restorer) InjectionRuns() int {
+	if r.tr == nil {
+		return 0
+	}
+	_, n, _ := r.tr.InjectionStats()
+	return n
+}
+
 // Stats returns the page count and elapsed time so far.
 func (r *Restorer) Stats() (pagesRestored uint64, elapsed time.Duration) {
 	for _, t := range r.tasks {
