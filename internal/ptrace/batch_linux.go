@@ -175,6 +175,9 @@ func (s *Session) batch(code, table uint64, calls []Call) ([]uint64, error) {
 	s.t.trips++
 	for _, c := range calls {
 		s.t.byNr[c.Nr]++
+		if sendsSignal(c.Nr) {
+			defer func() { s.trapSig = 0 }()
+		}
 	}
 	err := s.waitBatchTrap(code)
 	if merr := setSigmask(tk.tid, ^uint64(0)); merr != nil && err == nil {
@@ -255,6 +258,18 @@ func (s *Session) waitBatchTrap(code uint64) error {
 		}
 	}
 	return fmt.Errorf("no batch trap after %d stops", maxStops)
+}
+
+// sendsSignal reports the syscalls that may queue a signal to the thread
+// (its own calls), after which the trap signal is chosen again: it must
+// not be pending when a batch starts.
+func sendsSignal(nr uintptr) bool {
+	switch nr {
+	case unix.SYS_KILL, unix.SYS_TKILL, unix.SYS_TGKILL, unix.SYS_RT_SIGQUEUEINFO, unix.SYS_RT_TGSIGQUEUEINFO,
+		unix.SYS_PIDFD_SEND_SIGNAL:
+		return true
+	}
+	return false
 }
 
 func isBatchTrap(si *Siginfo) bool {

@@ -159,3 +159,56 @@ func BenchmarkBatch(b *testing.B) {
 		}
 	})
 }
+
+// TestBatchAfterQueue: a signal the session itself queues (as the
+// restorer does with pending signals) is not taken for the next batch's
+// trap: it stays pending.
+func TestBatchAfterQueue(t *testing.T) {
+	needRoot(t)
+	tr := New()
+	c := startChild(t, tr, buildC(t, "read"))
+	waitBlocked(t, c.pid)
+	if _, err := tr.FreezeProcess(c.pid, 0); err != nil {
+		t.Fatal(err)
+	}
+	s, err := tr.BeginInjection(c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.End()
+	mem, err := s.Syscall(unix.SYS_MMAP, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, err := s.Syscall(unix.SYS_MMAP, 0, 4096, unix.PROT_READ|unix.PROT_EXEC, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := PokeMem(c.pid, code, BatchCode); err != nil {
+		t.Fatal(err)
+	}
+	getpid := []Call{{Nr: unix.SYS_GETPID}}
+	if _, err := s.Batch(code, mem, getpid); err != nil {
+		t.Fatal(err)
+	}
+	first := s.trapSig
+	if _, err := s.Syscall(unix.SYS_TGKILL, uint64(c.pid), uint64(c.pid), uint64(first)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Batch(code, mem, getpid); err != nil || int(got[0]) != c.pid {
+		t.Fatalf("batch after queueing %v: %v, %v", first, got, err)
+	}
+	if s.trapSig == first {
+		t.Errorf("trap signal %v again, though it is pending", first)
+	}
+	if err := s.End(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := procfs.ReadStatus(c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := uint64(1) << (first - 1); st.SigPnd != want || st.ShdPnd != 0 {
+		t.Errorf("pending %#x/%#x, want only the queued %v (%#x)", st.SigPnd, st.ShdPnd, first, want)
+	}
+}

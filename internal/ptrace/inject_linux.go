@@ -242,6 +242,9 @@ func (s *Session) syscall(nr uintptr, args []uint64) (uint64, error) {
 	s.t.calls++
 	s.t.trips++
 	s.t.byNr[nr]++
+	if sendsSignal(nr) {
+		s.trapSig = 0
+	}
 	// Entry stop, then exit stop.
 	for phase := 0; phase < 2; phase++ {
 		if err := s.t.resume(tk, unix.PTRACE_SYSCALL, 0); err != nil {
