@@ -27,7 +27,7 @@ func (r *taskRun) begin(tid int) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	if r.runner {
+	if r.runner && r.scratchMapped {
 		s.SetBatch(r.win.base+runnerOff, batchTableOff)
 	}
 	return s, nil

@@ -165,6 +165,10 @@ func (r *taskRun) layout(s *session) error {
 		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0); err != nil {
 		return err
 	}
+	r.scratchMapped = true
+	if r.runner {
+		s.SetBatch(r.win.base+runnerOff, batchTableOff)
+	}
 	maps, err := procfs.ReadMaps(pid)
 	if err != nil {
 		return err

@@ -137,9 +137,14 @@ func C(what string, nr uintptr, args ...uint64) Call {
 // SetBatch lets Batch run its calls with one stop per batch: the runner
 // (ptrace.BatchCode) is at code in the task, executable, and the tables
 // go in the scratch area from off to its end, which the calls' own
-// buffers must leave alone. Without it Batch injects the calls one by one.
+// buffers must leave alone; single calls (Call) take the runner too.
+// Without it Batch injects the calls one by one.
 func (s *Session) SetBatch(code, off uint64) {
 	s.code, s.tableOff = code, off
+	if off < s.size && ptrace.BatchTableSize(1) <= s.size-off {
+		// Single calls take the runner too.
+		s.s.SetRunner(code, s.scratch+off)
+	}
 }
 
 // Batch runs calls in order, as many Calls would, and returns their

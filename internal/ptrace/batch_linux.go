@@ -135,6 +135,11 @@ func (s *Session) batch(code, table uint64, calls []Call) ([]uint64, error) {
 		}
 	}
 	n := len(calls)
+	for i := range calls {
+		if touchesRunner(&calls[i], code, table, BatchTableSize(n)) {
+			return nil, fmt.Errorf("batch into %d: call %d (syscall %d) would change the runner's own memory", tk.tid, i, calls[i].Nr)
+		}
+	}
 	buf := make([]byte, BatchTableSize(n))
 	ne := binary.NativeEndian
 	for i, c := range calls {
@@ -258,6 +263,44 @@ func (s *Session) waitBatchTrap(code uint64) error {
 		}
 	}
 	return fmt.Errorf("no batch trap after %d stops", maxStops)
+}
+
+// SetRunner makes every later single call of the session (Syscall) run
+// through the runner at code with its table at table (BatchTableSize(1)
+// writable bytes): one stop per call instead of two. Calls that make
+// tasks (fork, vfork, clone, clone3) still run at a syscall instruction:
+// the child starts where its parent returns.
+func (s *Session) SetRunner(code, table uint64) {
+	_ = s.t.Do(func() error { s.runCode, s.runTable = code, table; return nil })
+}
+
+// touchesRunner reports a call that would unmap, move, reprotect or
+// replace the runner's code or the table (which the runner goes on
+// reading after the call).
+func touchesRunner(c *Call, code, table uint64, tableLen uint64) bool {
+	over := func(a, n uint64) bool {
+		hit := func(lo, hi uint64) bool { return a < hi && lo < a+n }
+		return hit(code, code+uint64(len(BatchCode))) || hit(table, table+tableLen)
+	}
+	a := c.Args
+	switch c.Nr {
+	case unix.SYS_MUNMAP, unix.SYS_MPROTECT, unix.SYS_MADVISE, unix.SYS_PKEY_MPROTECT:
+		return over(a[0], a[1])
+	case unix.SYS_MMAP:
+		return a[3]&unix.MAP_FIXED != 0 && a[3]&unix.MAP_FIXED_NOREPLACE == 0 && over(a[0], a[1])
+	case unix.SYS_MREMAP:
+		return over(a[0], a[1]) || a[3]&unix.MREMAP_FIXED != 0 && over(a[4], a[2])
+	}
+	return false
+}
+
+// forks reports the syscalls that make a task.
+func forks(nr uintptr) bool {
+	switch nr {
+	case unix.SYS_FORK, unix.SYS_VFORK, unix.SYS_CLONE, unix.SYS_CLONE3:
+		return true
+	}
+	return false
 }
 
 // sendsSignal reports the syscalls that may queue a signal to the thread

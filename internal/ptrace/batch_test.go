@@ -212,3 +212,78 @@ func TestBatchAfterQueue(t *testing.T) {
 		t.Errorf("pending %#x/%#x, want only the queued %v (%#x)", st.SigPnd, st.ShdPnd, first, want)
 	}
 }
+
+// TestRunnerSingleCalls: with a runner set, single calls take it (one run
+// each) but for those that would unmap it, which run at a syscall
+// instruction; a batch that would unmap its runner is refused.
+func TestRunnerSingleCalls(t *testing.T) {
+	needRoot(t)
+	tr := New()
+	c := startChild(t, tr, buildC(t, "read"))
+	waitBlocked(t, c.pid)
+	if _, err := tr.FreezeProcess(c.pid, 0); err != nil {
+		t.Fatal(err)
+	}
+	s, err := tr.BeginInjection(c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.End()
+	mem, err := s.Syscall(unix.SYS_MMAP, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, err := s.Syscall(unix.SYS_MMAP, 0, 4096, unix.PROT_READ|unix.PROT_EXEC, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := PokeMem(c.pid, code, BatchCode); err != nil {
+		t.Fatal(err)
+	}
+	s.SetRunner(code, mem)
+	_, runs0, _ := tr.InjectionStats()
+	if got, err := s.Syscall(unix.SYS_GETPID); err != nil || int(got) != c.pid {
+		t.Fatalf("getpid through the runner: %d, %v", got, err)
+	}
+	if _, err := s.Syscall(unix.SYS_CLOSE, ^uint64(0)); err == nil {
+		t.Error("close(-1) through the runner succeeded")
+	}
+	if _, runs, _ := tr.InjectionStats(); runs != runs0+2 {
+		t.Errorf("%d runs for two calls", runs-runs0)
+	}
+	if _, err := s.Batch(code, mem, []Call{{Nr: unix.SYS_MUNMAP, Args: [6]uint64{code, 4096}}}); err == nil {
+		t.Error("a batch unmapped its own runner")
+	}
+	if _, err := s.Syscall(unix.SYS_MUNMAP, code, 4096); err != nil {
+		t.Fatalf("unmap the runner: %v", err)
+	}
+	maps, err := procfs.ReadMaps(c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range maps {
+		if m.Start <= code && code < m.End {
+			t.Errorf("runner page still mapped: %+v", m)
+		}
+	}
+}
+
+func TestTouchesRunner(t *testing.T) {
+	const code, table = 0x10000, 0x20000
+	for _, tc := range []struct {
+		c    Call
+		want bool
+	}{
+		{Call{Nr: unix.SYS_MUNMAP, Args: [6]uint64{0x10000, 4096}}, true},
+		{Call{Nr: unix.SYS_MUNMAP, Args: [6]uint64{0x11000, 4096}}, false},
+		{Call{Nr: unix.SYS_MPROTECT, Args: [6]uint64{0x1f000, 0x2000}}, true},
+		{Call{Nr: unix.SYS_MMAP, Args: [6]uint64{0x20000, 4096, 0, unix.MAP_FIXED}}, true},
+		{Call{Nr: unix.SYS_MMAP, Args: [6]uint64{0x20000, 4096, 0, unix.MAP_FIXED_NOREPLACE}}, false},
+		{Call{Nr: unix.SYS_MREMAP, Args: [6]uint64{0x40000, 4096, 4096, unix.MREMAP_FIXED | unix.MREMAP_MAYMOVE, 0x10000}}, true},
+		{Call{Nr: unix.SYS_GETPID}, false},
+	} {
+		if got := touchesRunner(&tc.c, code, table, BatchTableSize(1)); got != tc.want {
+			t.Errorf("%+v: %v, want %v", tc.c, got, tc.want)
+		}
+	}
+}

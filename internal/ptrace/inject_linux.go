@@ -48,6 +48,9 @@ type Session struct {
 	children  []int
 	began     time.Time
 	trapSig   unix.Signal // of batches (batch_linux.go), chosen at the first
+	// runner, if set (SetRunner), runs single calls too: one stop each
+	// instead of two.
+	runCode, runTable uint64
 }
 
 // SetSyscallAddr tells the tracer where a `syscall` instruction (0f 05) is
@@ -223,6 +226,17 @@ func (s *Session) Syscall(nr uintptr, args ...uint64) (uint64, error) {
 func (s *Session) syscall(nr uintptr, args []uint64) (uint64, error) {
 	if s.ended {
 		return 0, errors.New("injection session already ended")
+	}
+	if s.runCode != 0 && !forks(nr) {
+		c := Call{Nr: nr}
+		copy(c.Args[:], args)
+		if !touchesRunner(&c, s.runCode, s.runTable, BatchTableSize(1)) {
+			got, err := s.batch(s.runCode, s.runTable, []Call{c})
+			if err != nil {
+				return 0, err
+			}
+			return got[0], nil
+		}
 	}
 	tk := s.tk
 	if s.t.tasks[tk.tid] != tk {
