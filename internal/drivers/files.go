@@ -56,6 +56,30 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) (err error) {
 		if e.Cloexec {
 			dupFlags = unix.O_CLOEXEC
 		}
+		if _, dup := first[e.File]; !dup && len(r.Inherit) == 0 {
+			if at, ok := r.Opened[e.File]; !ok || at.Pid == r.Task.Pid {
+				f := r.Tree.Files[e.File]
+				if k := fdKindOf(f.Kind); k != nil {
+					queued, err := rs.tryQueue(what, e, f, k)
+					if err != nil {
+						return err
+					}
+					if queued {
+						first[e.File] = fd
+						made = append(made, e)
+						if r.Opened != nil {
+							r.Opened[e.File] = OpenedAt{Pid: r.Task.Pid, FD: e.Num}
+						}
+						continue
+					}
+				}
+			}
+		}
+		// The fd-by-fd way, after what was queued.
+		if err := rs.flush(); err != nil {
+			return err
+		}
+		rs.unknown()
 		if f, ok := first[e.File]; ok {
 			// Another fd of the same open file description.
 			if _, err := s.Call(what+": dup3", unix.SYS_DUP3, f, fd, dupFlags); err != nil {
@@ -117,6 +141,9 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) (err error) {
 		if r.Opened != nil {
 			r.Opened[e.File] = OpenedAt{Pid: r.Task.Pid, FD: e.Num}
 		}
+	}
+	if err := rs.flush(); err != nil {
+		return err
 	}
 	// Kinds that refer to other fds of the task (epoll targets) are
 	// completed once every fd is in place.
