@@ -37,8 +37,9 @@ type Result struct {
 	// time.
 	Injecting time.Duration
 	// InjectedCalls counts the syscalls injected into the tree, in
-	// InjectionRuns runs of injected code (a call alone or a batch).
-	InjectedCalls, InjectionRuns int
+	// InjectionStops ptrace stops (each a round trip through the
+	// scheduler: what injection costs).
+	InjectedCalls, InjectionStops int
 }
 
 // FormatStats renders the stats as --display-stats prints them (CRIU's
@@ -284,7 +285,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	d.log.Infof("dump %d: %d pages written (%d scanned, %d zero, %d untouched) by %v; frozen %v, %v of it in injection sessions",
 		pid, d.mem.Written, d.mem.Scanned, d.mem.Zero, d.mem.Untouched, d.method, frozen, injecting)
 	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting, InjectedCalls: tr.InjectedCalls()}
-	_, res.InjectionRuns, _ = tr.InjectionStats()
+	_, res.InjectionStops, _ = tr.InjectionStats()
 	res.Stats = &stats.DumpStatsEntry{
 		FreezingTime:       proto.Uint32(uint32(frozenAt.Sub(t0).Microseconds())),
 		FrozenTime:         proto.Uint32(uint32(frozen.Microseconds())),

@@ -94,9 +94,9 @@ func (r *Restorer) InjectedCalls() int {
 	return r.tr.InjectedCalls()
 }
 
-// InjectionRuns counts the runs of injected code so far (a call alone or
-// a batch of them: each one round trip through ptrace stops).
-func (r *Restorer) InjectionRuns() int {
+// InjectionStops counts the ptrace stops injection took so far (each a
+// round trip through the scheduler).
+func (r *Restorer) InjectionStops() int {
 	if r.tr == nil {
 		return 0
 	}

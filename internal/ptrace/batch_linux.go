@@ -177,7 +177,7 @@ func (s *Session) batch(code, table uint64, calls []Call) ([]uint64, error) {
 	}
 	s.ran = true
 	s.t.calls += n
-	s.t.trips++
+	s.t.stops++
 	for _, c := range calls {
 		s.t.byNr[c.Nr]++
 		if sendsSignal(c.Nr) {

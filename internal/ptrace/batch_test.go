@@ -241,15 +241,15 @@ func TestRunnerSingleCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.SetRunner(code, mem)
-	_, runs0, _ := tr.InjectionStats()
+	_, stops0, _ := tr.InjectionStats()
 	if got, err := s.Syscall(unix.SYS_GETPID); err != nil || int(got) != c.pid {
 		t.Fatalf("getpid through the runner: %d, %v", got, err)
 	}
 	if _, err := s.Syscall(unix.SYS_CLOSE, ^uint64(0)); err == nil {
 		t.Error("close(-1) through the runner succeeded")
 	}
-	if _, runs, _ := tr.InjectionStats(); runs != runs0+2 {
-		t.Errorf("%d runs for two calls", runs-runs0)
+	if _, stops, _ := tr.InjectionStats(); stops != stops0+2 {
+		t.Errorf("%d stops for two calls", stops-stops0)
 	}
 	if _, err := s.Batch(code, mem, []Call{{Nr: unix.SYS_MUNMAP, Args: [6]uint64{code, 4096}}}); err == nil {
 		t.Error("a batch unmapped its own runner")

@@ -254,7 +254,7 @@ func (s *Session) syscall(nr uintptr, args []uint64) (uint64, error) {
 	}
 	s.ran = true
 	s.t.calls++
-	s.t.trips++
+	s.t.stops += 2 // entry and exit
 	s.t.byNr[nr]++
 	if sendsSignal(nr) {
 		s.trapSig = 0
@@ -340,6 +340,7 @@ func (s *Session) end() error {
 	}
 	// Re-enter the get_signal trap (see the comment at the top). The
 	// interrupt is taken before any pending signal is dequeued.
+	s.t.stops++
 	if _, err := s.t.retrap(tk); err != nil {
 		return fmt.Errorf("end injection into %d: %w", tk.tid, err)
 	}
@@ -354,18 +355,19 @@ func (t *Tracer) InjectedCalls() int {
 }
 
 // InjectionStats returns how many injection sessions were opened, how
-// many runs of injected code they made (one per single call or batch),
+// many ptrace stops injection took (two per call at a syscall
+// instruction, one per run of the batch runner, one to end a session),
 // and how many syscalls of each number were injected so far.
-func (t *Tracer) InjectionStats() (sessions, runs int, byNr map[uintptr]int) {
+func (t *Tracer) InjectionStats() (sessions, stops int, byNr map[uintptr]int) {
 	_ = t.Do(func() error {
-		sessions, runs = t.sessions, t.trips
+		sessions, stops = t.sessions, t.stops
 		byNr = make(map[uintptr]int, len(t.byNr))
 		for k, v := range t.byNr {
 			byNr[k] = v
 		}
 		return nil
 	})
-	return sessions, runs, byNr
+	return sessions, stops, byNr
 }
 
 // InjectionTime returns the total time injection sessions of this tracer

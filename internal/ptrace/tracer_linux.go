@@ -65,12 +65,12 @@ type Tracer struct {
 	// alone if the tracer died (borrowed rip, every signal blocked).
 	injecting time.Duration
 	// calls counts injected syscalls (a figure of where time goes), by
-	// number in byNr; sessions counts injection sessions, trips the runs
-	// of injected code (a call or a batch: each a ptrace round trip).
+	// number in byNr; sessions counts injection sessions, stops the
+	// ptrace stops they took (each a round trip through the scheduler).
 	calls    int
 	byNr     map[uintptr]int
 	sessions int
-	trips    int
+	stops    int
 }
 
 // New starts a tracer thread.
