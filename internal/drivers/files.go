@@ -204,7 +204,9 @@ type Files struct {
 	byID  map[model.ID]*model.File
 	byKey map[fileKey]model.ID
 	next  model.ID
-	descs []descRef // the open file descriptions, in kcmp order
+	// descs are the open file descriptions, by inode (only fds of one
+	// inode can share one), each list in kcmp order.
+	descs map[inodeKey][]descRef
 	// GhostLimit is the largest deleted file whose contents the dump
 	// carries (--ghost-limit).
 	GhostLimit uint64
@@ -427,18 +429,22 @@ func kcmpFile(pid, a, qid, b int) (int, error) {
 	return int(r), nil
 }
 
+// inodeKey is a file's device and inode.
+type inodeKey struct{ dev, ino uint64 }
+
 // describe returns the id of the open file description behind fd of pid:
 // that of an fd of the tree seen before which shares it (dup, fork, fds
 // passed between tasks: they must share one file id, as in CRIU, so that
 // the restored fds share offset and flags again), or 0 if none does. The
 // descriptions seen so far are kept sorted by the kernel's own order
-// (kcmp), so this is a binary search: O(log n) kcmp calls per fd, not one
+// (kcmp) among those of the same inode, so this is a binary search:
+// O(log n) kcmp calls per fd (n: the descriptions of its inode), not one
 // per fd seen before.
-func (f *Files) describe(pid, fd int) (model.ID, int, error) {
-	lo, hi := 0, len(f.descs)
+func (f *Files) describe(pid, fd int, descs []descRef) (model.ID, int, error) {
+	lo, hi := 0, len(descs)
 	for lo < hi {
 		m := (lo + hi) / 2
-		r := f.descs[m]
+		r := descs[m]
 		c, err := kcmpFile(pid, fd, r.pid, r.fd)
 		if err != nil {
 			return 0, 0, err
@@ -463,13 +469,17 @@ func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 	out := make([]model.FD, 0, len(fds))
 	for i := range fds {
 		fd := &fds[i]
-		id, at, err := f.describe(pid, fd.Num)
+		key := inodeKey{uint64(fd.Stat.Dev), fd.Stat.Ino}
+		id, at, err := f.describe(pid, fd.Num, f.descs[key])
 		if err != nil {
 			return nil, fmt.Errorf("fd %d: %w", fd.Num, err)
 		}
 		if id == 0 {
 			id = f.Reg(fd.Path, fd.Flags, fd.Pos, &fd.Stat, fd.MntID)
-			f.descs = slices.Insert(f.descs, at, descRef{pid: pid, fd: fd.Num, id: id})
+			if f.descs == nil {
+				f.descs = map[inodeKey][]descRef{}
+			}
+			f.descs[key] = slices.Insert(f.descs[key], at, descRef{pid: pid, fd: fd.Num, id: id})
 			if fd.kind != nil {
 				if err := fd.kind.collect(f, pid, fd, f.byID[id]); err != nil {
 					return nil, fmt.Errorf("fd %d: %s %s: %w", fd.Num, fd.kind.name(), fd.Path, err)
