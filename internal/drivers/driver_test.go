@@ -92,7 +92,7 @@ func TestClassify(t *testing.T) {
 		{"anon_inode:[io_uring]", st(0), "", "io_uring"},
 		{"anon_inode:inotify", st(0), "inotify", ""},
 		{"anon_inode:[fanotify]", st(0), "", "fanotify"},
-		{"/memfd:x (deleted)", st(unix.S_IFREG), "", "memfd"},
+		{"/memfd:x (deleted)", st(unix.S_IFREG), "memfd", ""},
 		{"/tmp/gone (deleted)", st(unix.S_IFREG), "deleted file", ""},
 		{"/tmp/gonedir (deleted)", st(unix.S_IFDIR), "", "deleted file"},
 		{"/dev/sda", st(unix.S_IFBLK), "", "block device"},

@@ -185,6 +185,7 @@ type Files struct {
 	// lock fails the dump, as in CRIU.
 	FileLocks bool
 	ghosts    map[[2]uint64]*model.File // deleted files read, by device and inode
+	memfds    map[[2]uint64]*model.MemfdState
 }
 
 type fileKey struct {

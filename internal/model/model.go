@@ -304,7 +304,28 @@ const (
 	Ghost
 	// Inotify is an inotify instance (Inotify state).
 	Inotify
+	// Memfd is a memfd_create file (Memfd state); its mappings name
+	// such a file too.
+	Memfd
 )
+
+// MemfdState is a memfd's inode: name, attributes, seals and contents.
+// Every description and mapping of one memfd in the tree shares it.
+type MemfdState struct {
+	Dev, Ino uint64 // the inode at dump time
+	Name     string // as given to memfd_create (without "memfd:")
+	Size     uint64
+	Seals    uint32 // F_GET_SEALS
+	Mode     uint32 // permission bits
+	UID, GID uint32
+	Extents  []MemfdExtent // the data, ascending; the rest reads as zeros
+}
+
+// MemfdExtent is data of a memfd at Off (page aligned).
+type MemfdExtent struct {
+	Off  uint64
+	Data []byte
+}
 
 // InotifyState is every watch of an inotify instance.
 type InotifyState struct {
@@ -436,6 +457,7 @@ type File struct {
 	Unix     *UnixSocketState
 	Ghost    *GhostState
 	Inotify  *InotifyState
+	Memfd    *MemfdState
 	// Locks are the flock and OFD locks of the description.
 	Locks []FileLock
 }

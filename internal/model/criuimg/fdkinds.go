@@ -69,6 +69,8 @@ func fdType(f *model.File) fdinfo.FdTypes {
 		return fdinfo.FdTypes_UNIXSK
 	case model.Inotify:
 		return fdinfo.FdTypes_INOTIFY
+	case model.Memfd:
+		return fdinfo.FdTypes_MEMFD
 	}
 	return fdinfo.FdTypes_REG
 }

@@ -92,6 +92,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		return err
 	}
 	var files []proto.Message
+	memfdIDs, memfds := memfdInodes(t)
 	ids := t.FileIDs()
 	regID := uint32(0) // FIFOs' REG entries get ids after every file's
 	if len(ids) > 0 {
@@ -107,6 +108,10 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		}
 		if f.Kind == model.Path || f.Kind == model.Ghost {
 			files = append(files, fileEntry(f))
+			continue
+		}
+		if f.Kind == model.Memfd && f.Memfd != nil {
+			files = append(files, memfdEntry(f, memfdIDs[f.Memfd]))
 			continue
 		}
 		e, err := kindEntry(f)
@@ -125,6 +130,9 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		return err
 	}
 	if err := writeGhosts(d, t, written); err != nil {
+		return err
+	}
+	if err := writeMemfds(d, memfds, written); err != nil {
 		return err
 	}
 	if err := writeLocks(d, t, written); err != nil {
