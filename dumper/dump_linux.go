@@ -212,7 +212,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	frozenAt := time.Now()
 	logging.Default().Infof("dump %d: froze %d tasks (%d threads in the root) in %v", pid, len(tree), len(tids), frozenAt.Sub(t0))
 	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track,
-		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks}
+		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks, shellJob: o.ShellJob}
 	err = d.safeCollect()
 	if err == nil {
 		err = target.Commit()
@@ -340,6 +340,7 @@ type dumpRun struct {
 	parentPages uint64
 	ghostLimit  uint64 // --ghost-limit, 0: the default
 	fileLocks   bool   // --file-locks
+	shellJob    bool   // --shell-job: ttys of a terminal outside the tree
 }
 
 func (d *dumpRun) note(name string) { d.written = append(d.written, name) }
@@ -400,6 +401,9 @@ func (d *dumpRun) collect() error {
 	}
 	tree.Files = fl.Table()
 	if err := checkShared(tree); err != nil {
+		return err
+	}
+	if err := drivers.CheckTTYs(tree, d.shellJob); err != nil {
 		return err
 	}
 	return criuimg.Write(d.dir, tree, d.note)

@@ -35,6 +35,9 @@ type Options struct {
 	// FileLocks dumps the file locks the tree holds (--file-locks);
 	// without it a lock fails the dump.
 	FileLocks bool
+	// ShellJob allows a tty whose master, or a controlling terminal
+	// whose session leader, is outside the tree (--shell-job).
+	ShellJob bool
 }
 
 // PageServer is where a page server listens and how to talk to it.

@@ -81,6 +81,10 @@ c = socket.socket(socket.AF_UNIX); c.connect("\0godwit-refused-%d" % os.getpid()
 c = socket.socket(socket.AF_UNIX); c.connect("\0godwit-refused-%d" % os.getpid())`, "connections waiting in its backlog", nil},
 		{"rights", `p, q = socket.socketpair(); socket.send_fds(p, [b"x"], [0])`, "in flight", nil},
 		{"inotify", `import ctypes; l = ctypes.CDLL(None); i = l.inotify_init(); open(sys.argv[1], "a").close(); l.inotify_add_watch(i, sys.argv[1].encode(), 2)`, "events not read yet", nil},
+		{"pty-unopened", `m = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY)`, "or not opened yet", nil},
+		{"pty-queued", `import termios; m, sl = os.openpty(); a = termios.tcgetattr(sl); a[3] &= ~termios.ECHO
+termios.tcsetattr(sl, termios.TCSANOW, a); os.write(m, b"typed\n")`, "bytes of input not read yet", nil},
+		{"pty-output", `m, sl = os.openpty(); os.write(sl, b"written")`, "not read yet through the master", nil},
 		{"ghost-limit", `g = open(sys.argv[1] + ".big", "wb+"); g.write(b"x" * 5000); g.flush(); os.unlink(g.name)`, "over --ghost-limit (4096)", []string{"--ghost-limit", "4K"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -294,5 +298,130 @@ func TestMemfdDumpRestore(t *testing.T) {
 	}
 	if !strings.Contains(readFile(w.log), " ok\n") {
 		t.Fatalf("no ok in the log\n%s", w.tail())
+	}
+}
+
+// A pty pair round-trips: the same /dev/pts number, termios, window size
+// and packet mode; the child that leads a session of its own gets the
+// pty back as its controlling terminal, with its group in the foreground;
+// bytes pass both ways through the restored pair. The program checks
+// each itself.
+func TestPtyDumpRestore(t *testing.T) {
+	needRoot(t)
+	w := startTree(t, cWorkload(t, "pty"))
+	before := subtree(t, w.pid)
+	t.Cleanup(func() {
+		for p := range before {
+			killAndForget(p)
+		}
+	})
+	if len(before) != 2 {
+		t.Fatalf("want the program and its child, have %v", before)
+	}
+	dir := w.dump(t)
+	w.reapKilled(t)
+	for p := range before {
+		waitFor(t, fmt.Sprintf("pid %d to go", p), func() bool { return !pidExists(p) })
+	}
+	r := restore(t, w, dir)
+	w.waitTicks(3)
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("restored program exited %d\n%s\n%s", code, w.tail(), r.out.String())
+	}
+	if !strings.Contains(readFile(w.log), " ok\n") {
+		t.Fatalf("no ok in the log\n%s", w.tail())
+	}
+}
+
+// A shell job: a program whose standard streams are the slave of a pty
+// held outside the tree (by the test, as a terminal emulator would) is
+// refused without --shell-job; with it on both sides the restored program
+// writes to the same /dev/pts/N, read on the test's master.
+func TestPtyShellJob(t *testing.T) {
+	needRoot(t)
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetUint32(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pts := fmt.Sprintf("/dev/pts/%d", n)
+	sl, err := os.OpenFile(pts, os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sl.Close()
+	const prog = `import os, sys, time
+f = open(sys.argv[1], "a", buffering=1)
+i = 0
+while True:
+    i += 1
+    f.write("tick %d\n" % i)
+    if os.path.exists(sys.argv[1] + ".say"):
+        os.write(1, b"said-on-the-terminal\n")
+        os.unlink(sys.argv[1] + ".say")
+    time.sleep(0.01)
+`
+	dir := t.TempDir()
+	w := &workload{t: t, log: filepath.Join(dir, "log"), output: pts, waited: make(chan error, 1)}
+	w.cmd = exec.Command("/usr/bin/python3", "-c", prog, w.log)
+	w.cmd.Stdin, w.cmd.Stdout, w.cmd.Stderr = sl, sl, sl
+	w.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := w.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.pid = w.cmd.Process.Pid
+	go func() { w.waited <- w.cmd.Wait() }()
+	t.Cleanup(func() {
+		killAndForget(w.pid)
+		select {
+		case <-w.waited:
+		case <-time.After(5 * time.Second):
+		}
+	})
+	w.waitTicks(3)
+	code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
+	oneLineError(t, code, out, "--shell-job")
+	w.waitTicks(3)
+	img := w.dump(t, "--shell-job")
+	w.reapKilled(t)
+	r := restore(t, w, img, "--shell-job")
+	if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/1", w.pid)); err != nil || l != pts {
+		t.Fatalf("restored stdout is %q (%v), want %s", l, err, pts)
+	}
+	if err := os.WriteFile(w.log+".say", nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		b := make([]byte, 256)
+		var acc []byte
+		for !strings.Contains(string(acc), "said-on-the-terminal") {
+			k, err := m.Read(b)
+			if err != nil {
+				break
+			}
+			acc = append(acc, b[:k]...)
+		}
+		got <- string(acc)
+	}()
+	select {
+	case s := <-got:
+		if !strings.Contains(s, "said-on-the-terminal") {
+			t.Fatalf("the terminal got %q", s)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("nothing came on the terminal\n%s", w.tail())
+	}
+	killAndForget(w.pid)
+	select {
+	case <-r.done:
+	case <-time.After(10 * time.Second):
 	}
 }

@@ -186,6 +186,7 @@ type Files struct {
 	FileLocks bool
 	ghosts    map[[2]uint64]*model.File // deleted files read, by device and inode
 	memfds    map[[2]uint64]*model.MemfdState
+	ptys      map[uint32]*model.PtyState // by index
 }
 
 type fileKey struct {

@@ -25,7 +25,7 @@ func Dump(o *opts.Options) (dumper.Options, error) {
 		LeaveRunning: o.LeaveRunning, LeaveStopped: o.LeaveStopped,
 		FreezeCgroup: o.FreezeCgroup, CPUCap: o.CPUCap,
 		PrevImagesDir: o.PrevImages, TrackMem: o.TrackMem, AutoDedup: o.AutoDedup,
-		GhostLimit: o.GhostLimit, FileLocks: o.FileLocks,
+		GhostLimit: o.GhostLimit, FileLocks: o.FileLocks, ShellJob: o.ShellJob,
 	}
 	if o.PageTransfer != "" {
 		m, ok := dumper.ParseMethod(o.PageTransfer)

@@ -307,7 +307,31 @@ const (
 	// Memfd is a memfd_create file (Memfd state); its mappings name
 	// such a file too.
 	Memfd
+	// Tty is an end of a Unix98 pty (Tty state).
+	Tty
 )
+
+// TtyFile is a description of a pty end: the master (/dev/ptmx) or the
+// slave (/dev/pts/N), and the pty both ends share.
+type TtyFile struct {
+	Master bool
+	Pty    *PtyState
+}
+
+// PtyState is a pty pair: what its master and slave share.
+type PtyState struct {
+	Index            uint32 // N of /dev/pts/N
+	Termios          unix.Termios
+	LockedTermios    unix.Termios // TIOCGLCKTRMIOS: the fields a program may not change
+	Winsize          unix.Winsize
+	Locked           bool   // the slave may not be opened (TIOCSPTLCK)
+	Exclusive        bool   // TIOCEXCL on the slave
+	Packet           bool   // TIOCPKT on the master
+	Sid, Pgrp        int    // the session whose controlling terminal it is, and its foreground group; 0: none
+	SlaveClosed      bool   // every slave description was closed (the master sees a hangup)
+	UID, GID, Mode   uint32 // of the /dev/pts/N node
+	HasMaster, Slave bool   // the dump holds its master, a slave description
+}
 
 // MemfdState is a memfd's inode: name, attributes, seals and contents.
 // Every description and mapping of one memfd in the tree shares it.
@@ -458,6 +482,7 @@ type File struct {
 	Ghost    *GhostState
 	Inotify  *InotifyState
 	Memfd    *MemfdState
+	Tty      *TtyFile
 	// Locks are the flock and OFD locks of the description.
 	Locks []FileLock
 }

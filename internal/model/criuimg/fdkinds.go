@@ -71,6 +71,8 @@ func fdType(f *model.File) fdinfo.FdTypes {
 		return fdinfo.FdTypes_INOTIFY
 	case model.Memfd:
 		return fdinfo.FdTypes_MEMFD
+	case model.Tty:
+		return fdinfo.FdTypes_TTY
 	}
 	return fdinfo.FdTypes_REG
 }

@@ -110,7 +110,7 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 		return nil, imgErr(images.FilesImg, err)
 	}
 	files := map[model.ID]*model.File{}
-	var fifos, memfds []*fdinfo.FileEntry
+	var fifos, memfds, ttys []*fdinfo.FileEntry
 	seen := map[uint32]bool{}
 	for _, f := range fes {
 		id := f.GetId()
@@ -124,6 +124,10 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 		}
 		if f.GetType() == fdinfo.FdTypes_MEMFD {
 			memfds = append(memfds, f)
+			continue
+		}
+		if f.GetType() == fdinfo.FdTypes_TTY {
+			ttys = append(ttys, f)
 			continue
 		}
 		if f.GetType() != fdinfo.FdTypes_REG {
@@ -173,6 +177,9 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 		return nil, err
 	}
 	if err := readMemfds(d, memfds, files); err != nil {
+		return nil, err
+	}
+	if err := readTtys(d, ttys, files); err != nil {
 		return nil, err
 	}
 	return files, nil

@@ -93,6 +93,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 	}
 	var files []proto.Message
 	memfdIDs, memfds := memfdInodes(t)
+	ttyIDs, ttys := ttyInfos(t)
 	ids := t.FileIDs()
 	regID := uint32(0) // FIFOs' REG entries get ids after every file's
 	if len(ids) > 0 {
@@ -108,6 +109,12 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		}
 		if f.Kind == model.Path || f.Kind == model.Ghost {
 			files = append(files, fileEntry(f))
+			continue
+		}
+		if f.Kind == model.Tty && f.Tty != nil {
+			regID++
+			reg, te := ttyEntries(f, regID, ttyIDs[ttyEnd{f.Tty.Pty, f.Tty.Master}])
+			files = append(files, reg, te)
 			continue
 		}
 		if f.Kind == model.Memfd && f.Memfd != nil {
@@ -133,6 +140,9 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		return err
 	}
 	if err := writeMemfds(d, memfds, written); err != nil {
+		return err
+	}
+	if err := writeTtys(d, ttys, written); err != nil {
 		return err
 	}
 	if err := writeLocks(d, t, written); err != nil {

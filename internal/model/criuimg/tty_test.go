@@ -1,0 +1,120 @@
+package criuimg
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/images"
+	"godwit/internal/model"
+)
+
+// ttyTree is sampleTree holding both ends of pty 300 (the slave twice).
+func ttyTree(t testing.TB) *model.Tree {
+	tr := sampleTree(t)
+	p := &model.PtyState{Index: 300, Winsize: unix.Winsize{Row: 33, Col: 77, Xpixel: 5, Ypixel: 6},
+		Locked: true, Exclusive: true, Packet: true, Sid: 4242, Pgrp: 4242, UID: 1000, GID: 5, Mode: 0o600, HasMaster: true, Slave: true}
+	p.Termios.Lflag, p.Termios.Cc[4], p.Termios.Ispeed = unix.ICANON, 2, 9600
+	p.LockedTermios.Cflag = unix.CS8
+	add := []*model.File{
+		{ID: 40, Kind: model.Tty, Path: "/dev/ptmx", Flags: unix.O_RDWR | unix.O_NONBLOCK, MntID: -1, Tty: &model.TtyFile{Master: true, Pty: p}},
+		{ID: 41, Kind: model.Tty, Path: "/dev/pts/300", Flags: unix.O_RDWR, MntID: -1, Tty: &model.TtyFile{Pty: p}},
+		{ID: 42, Kind: model.Tty, Path: "/dev/pts/300", Flags: unix.O_RDONLY, MntID: -1, Tty: &model.TtyFile{Pty: p}},
+	}
+	k := tr.Root()
+	for i, f := range add {
+		tr.Files[f.ID] = f
+		k.FDs = append(k.FDs, model.FD{Num: 50 + i, File: f.ID})
+	}
+	return tr
+}
+
+// A pty's index, termios, locked termios, window, lock, packet and
+// exclusive modes, session and group, owner and mode survive Write then
+// Read; its ends share one state; the images pass CRIU's checks.
+func TestTtyRoundTrip(t *testing.T) {
+	tr := ttyTree(t)
+	dir, names := writeTree(t, tr)
+	if !slices.Contains(names, TtyInfoImg) || !slices.Contains(names, GodwitTtyImg) {
+		t.Fatalf("images written: %v", names)
+	}
+	got := readTree(t, dir)
+	m, s, s2 := got.Files[40], got.Files[41], got.Files[42]
+	if m.Tty == nil || s.Tty == nil || s2.Tty == nil || !m.Tty.Master || s.Tty.Master || m.Tty.Pty != s.Tty.Pty || s.Tty.Pty != s2.Tty.Pty {
+		t.Fatalf("tty files read as %+v, %+v, %+v", m, s, s2)
+	}
+	if m.Flags != unix.O_RDWR|unix.O_NONBLOCK || s2.Flags != unix.O_RDONLY || s.Path != "/dev/pts/300" || m.Path != "/dev/ptmx" {
+		t.Errorf("descriptions: %+v, %+v", m, s2)
+	}
+	want, have := *tr.Files[40].Tty.Pty, *m.Tty.Pty
+	if want != have {
+		t.Errorf("pty read as\n%+v, want\n%+v", have, want)
+	}
+	d, err := images.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := CheckCRIU(d); err != nil {
+		t.Error(err)
+	}
+}
+
+// FuzzReadTty replaces tty-info.img, godwit-tty.json or files.img of a
+// dump with a pty by arbitrary bytes: Read returns a tree or an error,
+// never panics.
+func FuzzReadTty(f *testing.F) {
+	src := f.TempDir()
+	d, err := images.Open(src, true)
+	if err != nil {
+		f.Fatal(err)
+	}
+	if err := Write(d, ttyTree(f), nil); err != nil {
+		f.Fatal(err)
+	}
+	d.Close()
+	targets := []string{TtyInfoImg, GodwitTtyImg, images.FilesImg}
+	for i, n := range targets {
+		b, err := os.ReadFile(filepath.Join(src, n))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(uint8(i), b)
+	}
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, which uint8, data []byte) {
+		dir := t.TempDir()
+		for _, e := range ents {
+			b, err := os.ReadFile(filepath.Join(src, e.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.Name() == targets[int(which)%len(targets)] {
+				b = data
+			}
+			if err := os.WriteFile(filepath.Join(dir, e.Name()), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d, err := images.Open(dir, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		got, err := Read(d)
+		if err != nil {
+			return
+		}
+		for _, f := range got.Files {
+			if f.Kind == model.Tty && (f.Tty == nil || f.Tty.Pty == nil) {
+				t.Fatalf("file %d: tty without its state", f.ID)
+			}
+		}
+	})
+}
