@@ -403,7 +403,7 @@ func (d *dumpRun) collect() error {
 	if err := checkShared(tree); err != nil {
 		return err
 	}
-	if err := drivers.CheckTTYs(tree, d.shellJob); err != nil {
+	if err := drivers.CheckFiles(tree, d.shellJob); err != nil {
 		return err
 	}
 	return criuimg.Write(d.dir, tree, d.note)

@@ -85,6 +85,8 @@ c = socket.socket(socket.AF_UNIX); c.connect("\0godwit-refused-%d" % os.getpid()
 		{"pty-queued", `import termios; m, sl = os.openpty(); a = termios.tcgetattr(sl); a[3] &= ~termios.ECHO
 termios.tcsetattr(sl, termios.TCSANOW, a); os.write(m, b"typed\n")`, "bytes of input not read yet", nil},
 		{"pty-output", `m, sl = os.openpty(); os.write(sl, b"written")`, "not read yet through the master", nil},
+		{"proc-other", `p = open("/proc/1/status")`, "a /proc file of process 1, which is outside the tree", nil},
+		{"pidfd-other", `p = os.pidfd_open(1)`, "pidfd of process 1, which is outside the tree", nil},
 		{"ghost-limit", `g = open(sys.argv[1] + ".big", "wb+"); g.write(b"x" * 5000); g.flush(); os.unlink(g.name)`, "over --ghost-limit (4096)", []string{"--ghost-limit", "4K"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -423,5 +425,88 @@ while True:
 	select {
 	case <-r.done:
 	case <-time.After(10 * time.Second):
+	}
+}
+
+// pidfds (of a live child, of a reaped child, of the task itself,
+// non-blocking), namespace fds of the task's own namespaces and /proc
+// files it opened round-trip: after the restore the live child's pidfd
+// still kills that child, the reaped one's reports it gone, the namespace
+// fds are the task's namespaces, and the /proc files read the restored
+// task's state. The program checks each itself.
+func TestPidfdNsProcDumpRestore(t *testing.T) {
+	needRoot(t)
+	const prog = `import os, select, signal, sys, time
+log = sys.argv[1]
+child = os.fork()
+if child == 0:
+    while True:
+        signal.pause()
+gone = os.fork()
+if gone == 0:
+    os._exit(7)
+live = os.pidfd_open(child)
+dead = os.pidfd_open(gone)
+os.waitpid(gone, 0)
+me = os.pidfd_open(os.getpid(), os.O_NONBLOCK)
+net = os.open("/proc/self/ns/net", os.O_RDONLY)
+uts = os.open("/proc/%d/ns/uts" % os.getpid(), os.O_RDONLY)
+status = open("/proc/self/status")
+meminfo = open("/proc/meminfo")
+done = []
+signal.signal(signal.SIGUSR1, lambda *a: done.append(1))
+f = open(log, "a", buffering=1)
+i = 0
+while not done:
+    i += 1
+    f.write("tick %d\n" % i)
+    time.sleep(0.01)
+bad = []
+def fdinfo(fd, key):
+    for l in open("/proc/self/fdinfo/%d" % fd):
+        if l.startswith(key + ":"):
+            return l.split()[1]
+if fdinfo(live, "Pid") != str(child): bad.append("live pidfd: Pid %s" % fdinfo(live, "Pid"))
+if fdinfo(dead, "Pid") != "-1": bad.append("dead pidfd: Pid %s" % fdinfo(dead, "Pid"))
+if select.select([dead], [], [], 0)[0] != [dead]: bad.append("dead pidfd: not readable")
+try:
+    signal.pidfd_send_signal(dead, 0)
+    bad.append("dead pidfd: signal sent")
+except ProcessLookupError:
+    pass
+if fdinfo(me, "Pid") != str(os.getpid()) or not os.get_blocking(me) is False: bad.append("own pidfd")
+signal.pidfd_send_signal(live, signal.SIGTERM)
+_, st = os.waitpid(child, 0)
+if not os.WIFSIGNALED(st) or os.WTERMSIG(st) != signal.SIGTERM: bad.append("live pidfd: child status %#x" % st)
+for fd, n in ((net, "net"), (uts, "uts")):
+    if os.fstat(fd).st_ino != os.stat("/proc/self/ns/" + n).st_ino: bad.append(n + " fd: another namespace")
+status.seek(0)
+if "Pid:\t%d\n" % os.getpid() not in status.read(): bad.append("/proc/self/status: another task")
+meminfo.seek(0)
+if "MemTotal" not in meminfo.read(): bad.append("/proc/meminfo")
+for b in bad:
+    f.write("FAIL: %s\n" % b)
+f.write("done %s\n" % ("FAILED" if bad else "ok"))
+sys.exit(3 if bad else 0)
+`
+	w := startTree(t, "/usr/bin/python3", "-c", prog)
+	before := subtree(t, w.pid)
+	t.Cleanup(func() {
+		for p := range before {
+			killAndForget(p)
+		}
+	})
+	dir := w.dump(t)
+	w.reapKilled(t)
+	for p := range before {
+		waitFor(t, fmt.Sprintf("pid %d to go", p), func() bool { return !pidExists(p) })
+	}
+	r := restore(t, w, dir)
+	w.waitTicks(3)
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("restored program exited %d\n%s\n%s", code, w.tail(), r.out.String())
+	}
+	if !strings.Contains(readFile(w.log), "done ok\n") {
+		t.Fatalf("no ok in the log\n%s", w.tail())
 	}
 }

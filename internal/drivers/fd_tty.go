@@ -182,6 +182,16 @@ func (ttyKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 	return nil
 }
 
+// CheckFiles refuses, once the whole tree is collected, the files whose
+// restore depends on other tasks and that the tree does not hold: ptys
+// (CheckTTYs) and pidfds of processes outside the tree.
+func CheckFiles(t *model.Tree, shellJob bool) error {
+	if err := CheckTTYs(t, shellJob); err != nil {
+		return err
+	}
+	return checkPidfds(t)
+}
+
 // CheckTTYs refuses, once the whole tree is collected, the ptys it cannot
 // restore exactly: a slave whose master is outside the tree (a shell job's
 // terminal: only with --shell-job), a master whose slave is open outside

@@ -309,7 +309,25 @@ const (
 	Memfd
 	// Tty is an end of a Unix98 pty (Tty state).
 	Tty
+	// Pidfd is a pidfd (Pidfd state).
+	Pidfd
+	// Namespace is an fd of a namespace (/proc/PID/ns/*): the task's own
+	// (Namespace state).
+	Namespace
 )
+
+// NamespaceState is a namespace fd: the one of the task's own namespaces
+// it opens, by its /proc/PID/ns link name (net, pid_for_children, …).
+type NamespaceState struct {
+	Link string
+	Ino  uint64 // at dump time
+}
+
+// PidfdState is the process (or thread) a pidfd refers to.
+type PidfdState struct {
+	Pid int    // in the tree; -1: the process is gone (reaped)
+	Ino uint64 // the pidfs inode: the pidfds of one process share it
+}
 
 // TtyFile is a description of a pty end: the master (/dev/ptmx) or the
 // slave (/dev/pts/N), and the pty both ends share.
@@ -483,6 +501,8 @@ type File struct {
 	Inotify  *InotifyState
 	Memfd    *MemfdState
 	Tty      *TtyFile
+	Pidfd    *PidfdState
+	NS       *NamespaceState
 	// Locks are the flock and OFD locks of the description.
 	Locks []FileLock
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fsnotify"
 	ghost_file "github.com/checkpoint-restore/go-criu/v8/crit/images/ghost-file"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/pidfd"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pipe"
 	pipe_data "github.com/checkpoint-restore/go-criu/v8/crit/images/pipe-data"
 	remap_file_path "github.com/checkpoint-restore/go-criu/v8/crit/images/remap-file-path"
@@ -73,6 +74,10 @@ func fdType(f *model.File) fdinfo.FdTypes {
 		return fdinfo.FdTypes_MEMFD
 	case model.Tty:
 		return fdinfo.FdTypes_TTY
+	case model.Pidfd:
+		return fdinfo.FdTypes_PIDFD
+	case model.Namespace:
+		return fdinfo.FdTypes_NS
 	}
 	return fdinfo.FdTypes_REG
 }
@@ -172,6 +177,14 @@ func kindEntry(f *model.File) (*fdinfo.FileEntry, error) {
 			})
 		}
 		e.Ify = ify
+	case model.Pidfd:
+		p := f.Pidfd
+		if p == nil {
+			return missing()
+		}
+		// CRIU's ino is 32 bits: it only groups the pidfds of one gone
+		// process, which the low bits of the pidfs inode still do.
+		e.Pidfd = &pidfd.PidfdEntry{Id: id, Ino: proto.Uint32(uint32(p.Ino)), Flags: proto.Uint32(f.Flags), Nspid: proto.Int32(int32(p.Pid)), Fown: noFown()}
 	default:
 		return nil, fmt.Errorf("file %d: kind %d has no image entry", f.ID, f.Kind)
 	}
@@ -446,6 +459,30 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 			})
 		}
 		f.Inotify = st
+	case fdinfo.FdTypes_NS:
+		p := e.GetNsf()
+		if p == nil {
+			return bad("namespace")
+		}
+		link := nsLink(p.GetNsCflag())
+		if link == "" {
+			return nil, true, fmt.Errorf("file %d: namespace fd of type %#x", id, p.GetNsCflag())
+		}
+		f.Kind, f.Flags = model.Namespace, p.GetFlags()
+		f.NS = &model.NamespaceState{Link: link}
+	case fdinfo.FdTypes_PIDFD:
+		p := e.GetPidfd()
+		if p == nil {
+			return bad("pidfd")
+		}
+		if p.GetNspid() < -1 || p.GetNspid() == 0 || p.GetNspid() > maxPid {
+			return nil, true, fmt.Errorf("file %d: pidfd of pid %d", id, p.GetNspid())
+		}
+		if p.GetFlags()&^uint32(unix.O_RDWR|unix.O_NONBLOCK|unix.O_EXCL|unix.O_LARGEFILE) != 0 {
+			return nil, true, fmt.Errorf("file %d: pidfd flags %#o", id, p.GetFlags())
+		}
+		f.Kind, f.Flags = model.Pidfd, p.GetFlags()
+		f.Pidfd = &model.PidfdState{Pid: int(p.GetNspid()), Ino: uint64(p.GetIno())}
 	case fdinfo.FdTypes_EVENTPOLL:
 		p := e.GetEpfd()
 		if p == nil {
@@ -808,4 +845,51 @@ func readLocks(d *images.Dir, t *model.Tree) error {
 		}
 	}
 	return nil
+}
+
+// nsLinks are the /proc/PID/ns links of the namespace types (clone
+// flags) a namespace fd can be of.
+var nsLinks = map[uint32]string{
+	unix.CLONE_NEWCGROUP: "cgroup", unix.CLONE_NEWIPC: "ipc", unix.CLONE_NEWNS: "mnt", unix.CLONE_NEWNET: "net",
+	unix.CLONE_NEWPID: "pid", unix.CLONE_NEWTIME: "time", unix.CLONE_NEWUSER: "user", unix.CLONE_NEWUTS: "uts",
+}
+
+func nsLink(flag uint32) string { return nsLinks[flag] }
+
+// nsOf is the type (clone flag) of namespace fd f and the id of that
+// namespace among the dump's: the one of the first task that holds f
+// (the fd is of its own namespace).
+func nsOf(t *model.Tree, f *model.File) (flag, id uint32) {
+	for fl, l := range nsLinks {
+		if l == f.NS.Link {
+			flag = fl
+		}
+	}
+	for _, k := range t.Tasks {
+		for _, e := range k.FDs {
+			if e.File != f.ID {
+				continue
+			}
+			n := k.IDs.NS
+			switch flag {
+			case unix.CLONE_NEWCGROUP:
+				return flag, n.Cgroup
+			case unix.CLONE_NEWIPC:
+				return flag, n.IPC
+			case unix.CLONE_NEWNS:
+				return flag, n.Mnt
+			case unix.CLONE_NEWNET:
+				return flag, n.Net
+			case unix.CLONE_NEWPID:
+				return flag, n.Pid
+			case unix.CLONE_NEWTIME:
+				return flag, n.Time
+			case unix.CLONE_NEWUSER:
+				return flag, n.User
+			case unix.CLONE_NEWUTS:
+				return flag, n.UTS
+			}
+		}
+	}
+	return flag, 0
 }

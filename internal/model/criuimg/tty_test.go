@@ -6,6 +6,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/images"
@@ -117,4 +118,46 @@ func FuzzReadTty(f *testing.F) {
 			}
 		}
 	})
+}
+
+// pidfds (of a task, of a gone process) and namespace fds survive Write
+// then Read; a namespace fd names its task's namespace id.
+func TestPidfdNsRoundTrip(t *testing.T) {
+	tr := sampleTree(t)
+	k := tr.Root()
+	k.IDs.NS.Net = 77
+	add := []*model.File{
+		{ID: 60, Kind: model.Pidfd, Flags: unix.O_RDWR | unix.O_NONBLOCK, MntID: -1, Pidfd: &model.PidfdState{Pid: k.Pid, Ino: 5}},
+		{ID: 61, Kind: model.Pidfd, Flags: unix.O_RDWR, MntID: -1, Pidfd: &model.PidfdState{Pid: -1, Ino: 6}},
+		{ID: 62, Kind: model.Namespace, Flags: unix.O_RDONLY, MntID: -1, NS: &model.NamespaceState{Link: "net"}},
+	}
+	for i, f := range add {
+		tr.Files[f.ID] = f
+		k.FDs = append(k.FDs, model.FD{Num: 60 + i, File: f.ID})
+	}
+	dir, _ := writeTree(t, tr)
+	got := readTree(t, dir)
+	for _, f := range add[:2] {
+		g := got.Files[f.ID]
+		if g.Kind != model.Pidfd || g.Flags != f.Flags || g.Pidfd == nil || *g.Pidfd != *f.Pidfd {
+			t.Errorf("pidfd %d read as %+v", f.ID, g)
+		}
+	}
+	if g := got.Files[62]; g.Kind != model.Namespace || g.NS == nil || g.NS.Link != "net" {
+		t.Errorf("namespace fd read as %+v", g)
+	}
+	d, err := images.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	fes, err := images.ReadAll[*fdinfo.FileEntry](d, images.FilesImg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range fes {
+		if e.GetId() == 62 && (e.GetNsf().GetNsId() != 77 || e.GetNsf().GetNsCflag() != unix.CLONE_NEWNET) {
+			t.Errorf("namespace entry %v", e.GetNsf())
+		}
+	}
 }

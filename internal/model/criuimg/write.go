@@ -11,6 +11,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
 	fsimg "github.com/checkpoint-restore/go-criu/v8/crit/images/fs"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/mm"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/ns"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pstree"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/regfile"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/rlimit"
@@ -115,6 +116,12 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 			regID++
 			reg, te := ttyEntries(f, regID, ttyIDs[ttyEnd{f.Tty.Pty, f.Tty.Master}])
 			files = append(files, reg, te)
+			continue
+		}
+		if f.Kind == model.Namespace && f.NS != nil {
+			flag, nsID := nsOf(t, f)
+			files = append(files, &fdinfo.FileEntry{Type: fdinfo.FdTypes_NS.Enum(), Id: proto.Uint32(uint32(f.ID)),
+				Nsf: &ns.NsFileEntry{Id: proto.Uint32(uint32(f.ID)), NsId: proto.Uint32(nsID), NsCflag: proto.Uint32(flag), Flags: proto.Uint32(f.Flags)}})
 			continue
 		}
 		if f.Kind == model.Memfd && f.Memfd != nil {
