@@ -87,6 +87,8 @@ termios.tcsetattr(sl, termios.TCSANOW, a); os.write(m, b"typed\n")`, "bytes of i
 		{"pty-output", `m, sl = os.openpty(); os.write(sl, b"written")`, "not read yet through the master", nil},
 		{"proc-other", `p = open("/proc/1/status")`, "a /proc file of process 1, which is outside the tree", nil},
 		{"pidfd-other", `p = os.pidfd_open(1)`, "pidfd of process 1, which is outside the tree", nil},
+		{"fanotify-queued", `import ctypes; l = ctypes.CDLL(None); l.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+g = l.fanotify_init(3, 0); open(sys.argv[1], "a").close(); l.fanotify_mark(g, 1, 2, -100, sys.argv[1].encode())`, "bytes of events not read yet", nil},
 		{"ghost-limit", `g = open(sys.argv[1] + ".big", "wb+"); g.write(b"x" * 5000); g.flush(); os.unlink(g.name)`, "over --ghost-limit (4096)", []string{"--ghost-limit", "4K"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -501,6 +503,92 @@ sys.exit(3 if bad else 0)
 	for p := range before {
 		waitFor(t, fmt.Sprintf("pid %d to go", p), func() bool { return !pidExists(p) })
 	}
+	r := restore(t, w, dir)
+	w.waitTicks(3)
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("restored program exited %d\n%s\n%s", code, w.tail(), r.out.String())
+	}
+	if !strings.Contains(readFile(w.log), "done ok\n") {
+		t.Fatalf("no ok in the log\n%s", w.tail())
+	}
+}
+
+// A fanotify group round-trips: its fdinfo (group flags, event flags,
+// every mark with its masks and flags) reads the same after the restore,
+// and it still reports a write to the marked file, ignores its opens, and
+// reports a read-only close on the marked mount. The program checks
+// each itself.
+func TestFanotifyDumpRestore(t *testing.T) {
+	needRoot(t)
+	mnt := t.TempDir()
+	if err := unix.Mount(mnt, mnt, "", unix.MS_BIND, ""); err != nil {
+		t.Fatalf("bind mount: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	for _, n := range []string{"watched", "other"} {
+		if err := os.WriteFile(filepath.Join(mnt, n), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const prog = `import ctypes, os, signal, struct, sys, time
+mnt, log = sys.argv[1], sys.argv[2]
+l = ctypes.CDLL(None, use_errno=True)
+l.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+g = l.fanotify_init(3, os.O_RDONLY | os.O_LARGEFILE)  # FAN_CLOEXEC | FAN_NONBLOCK
+assert g >= 0
+watched = os.path.join(mnt, "watched")
+assert l.fanotify_mark(g, 1, 2 | 8, -100, watched.encode()) == 0  # ADD: MODIFY | CLOSE_WRITE
+assert l.fanotify_mark(g, 1 | 0x20 | 0x40, 0x20, -100, watched.encode()) == 0  # ignored OPEN, surviving modify
+assert l.fanotify_mark(g, 1 | 0x10, 0x10, -100, mnt.encode()) == 0  # MOUNT: CLOSE_NOWRITE
+def marks():
+    return sorted(x for x in open("/proc/self/fdinfo/%d" % g) if x.startswith("fanotify"))
+before = marks()
+done = []
+signal.signal(signal.SIGUSR1, lambda *a: done.append(1))
+f = open(log, "a", buffering=1)
+i = 0
+while not done:
+    i += 1
+    f.write("tick %d\n" % i)
+    time.sleep(0.01)
+bad = []
+if marks() != before:
+    bad.append("fdinfo %r, was %r" % (marks(), before))
+with open(watched, "a") as w:
+    w.write("y")
+open(os.path.join(mnt, "other")).read()
+seen = {}
+for _ in range(100):
+    try:
+        b = os.read(g, 4096)
+    except BlockingIOError:
+        if 0x10 in seen:
+            break
+        time.sleep(0.01)
+        continue
+    o = 0
+    while o < len(b):
+        n, ver, _, ml, mask, fd, pid = struct.unpack_from("IBBHQii", b, o)
+        if fd >= 0:
+            os.close(fd)
+        if pid == os.getpid():
+            for bit in (2, 8, 0x10, 0x20):
+                if mask & bit:
+                    seen[bit] = seen.get(bit, 0) + 1
+        o += n
+for bit, what in ((2, "modify"), (8, "close-write"), (0x10, "close-nowrite on the mount")):
+    if not seen.get(bit):
+        bad.append("no %s event (saw %r)" % (what, seen))
+if seen.get(0x20):
+    bad.append("an ignored open was reported")
+for b in bad:
+    f.write("FAIL: %s\n" % b)
+f.write("done %s\n" % ("FAILED" if bad else "ok"))
+sys.exit(3 if bad else 0)
+`
+	w := startWorkload(t, "/usr/bin/python3", "-c", prog, mnt)
+	dir := w.dump(t)
+	w.reapKilled(t)
 	r := restore(t, w, dir)
 	w.waitTicks(3)
 	if code := r.finish(t, w); code != 0 {

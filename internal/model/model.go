@@ -314,7 +314,30 @@ const (
 	// Namespace is an fd of a namespace (/proc/PID/ns/*): the task's own
 	// (Namespace state).
 	Namespace
+	// Fanotify is a fanotify group (Fanotify state).
+	Fanotify
 )
+
+// FanotifyState is a fanotify group: its fanotify_init flags and event
+// file flags, and its marks.
+type FanotifyState struct {
+	Flags, EventFlags uint32
+	Marks             []FanotifyMark
+}
+
+// FanotifyMark is one mark: on an inode (known by its file handle and a
+// path that reached it at dump time) or on a mount (its mount point).
+type FanotifyMark struct {
+	Mount             bool
+	MntID             int // of a mount mark
+	Mflags            uint32
+	Mask, IgnoredMask uint32
+	Ino               uint64
+	Dev               uint32 // the kernel's s_dev (major << 20 | minor)
+	HandleType        uint32
+	Handle            []byte
+	Path              string
+}
 
 // NamespaceState is a namespace fd: the one of the task's own namespaces
 // it opens, by its /proc/PID/ns link name (net, pid_for_children, …).
@@ -503,6 +526,7 @@ type File struct {
 	Tty      *TtyFile
 	Pidfd    *PidfdState
 	NS       *NamespaceState
+	Fanotify *FanotifyState
 	// Locks are the flock and OFD locks of the description.
 	Locks []FileLock
 }

@@ -78,6 +78,8 @@ func fdType(f *model.File) fdinfo.FdTypes {
 		return fdinfo.FdTypes_PIDFD
 	case model.Namespace:
 		return fdinfo.FdTypes_NS
+	case model.Fanotify:
+		return fdinfo.FdTypes_FANOTIFY
 	}
 	return fdinfo.FdTypes_REG
 }
@@ -177,6 +179,24 @@ func kindEntry(f *model.File) (*fdinfo.FileEntry, error) {
 			})
 		}
 		e.Ify = ify
+	case model.Fanotify:
+		st := f.Fanotify
+		if st == nil {
+			return missing()
+		}
+		fe := &fsnotify.FanotifyFileEntry{Id: id, Flags: proto.Uint32(f.Flags), Fown: noFown(), Faflags: proto.Uint32(st.Flags), Evflags: proto.Uint32(st.EventFlags)}
+		for _, m := range st.Marks {
+			me := &fsnotify.FanotifyMarkEntry{Id: id, Type: fsnotify.MarkType_INODE.Enum(), Mflags: proto.Uint32(m.Mflags),
+				Mask: proto.Uint32(m.Mask), IgnoredMask: proto.Uint32(m.IgnoredMask), SDev: proto.Uint32(m.Dev)}
+			if m.Mount {
+				me.Type = fsnotify.MarkType_MOUNT.Enum()
+				me.Me = &fsnotify.FanotifyMountMarkEntry{MntId: proto.Uint32(uint32(m.MntID)), Path: proto.String(m.Path)}
+			} else {
+				me.Ie = &fsnotify.FanotifyInodeMarkEntry{IIno: proto.Uint64(m.Ino), FHandle: fhEntry(m.HandleType, m.Handle, m.Path)}
+			}
+			fe.Mark = append(fe.Mark, me)
+		}
+		e.Ffy = fe
 	case model.Pidfd:
 		p := f.Pidfd
 		if p == nil {
@@ -459,6 +479,36 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 			})
 		}
 		f.Inotify = st
+	case fdinfo.FdTypes_FANOTIFY:
+		p := e.GetFfy()
+		if p == nil {
+			return bad("fanotify")
+		}
+		if len(p.GetMark()) > epollTargetsMax {
+			return nil, true, fmt.Errorf("file %d: %d fanotify marks", id, len(p.GetMark()))
+		}
+		f.Kind, f.Flags = model.Fanotify, p.GetFlags()
+		st := &model.FanotifyState{Flags: p.GetFaflags(), EventFlags: p.GetEvflags()}
+		for i, m := range p.GetMark() {
+			fm := model.FanotifyMark{Mflags: m.GetMflags(), Mask: m.GetMask(), IgnoredMask: m.GetIgnoredMask(), Dev: m.GetSDev()}
+			switch {
+			case m.GetType() == fsnotify.MarkType_MOUNT && m.GetMe() != nil:
+				fm.Mount, fm.MntID, fm.Path = true, int(m.GetMe().GetMntId()&0x7fffffff), m.GetMe().GetPath()
+			case m.GetType() == fsnotify.MarkType_INODE && m.GetIe() != nil:
+				ht, hb, path, err := fhOf(m.GetIe().GetFHandle())
+				if err != nil {
+					return nil, true, fmt.Errorf("file %d: fanotify mark %d: %w", id, i, err)
+				}
+				fm.Ino, fm.HandleType, fm.Handle, fm.Path = m.GetIe().GetIIno(), ht, hb, path
+			default:
+				return nil, true, fmt.Errorf("file %d: fanotify mark %d of type %v without its entry", id, i, m.GetType())
+			}
+			if !strings.HasPrefix(fm.Path, "/") {
+				return nil, true, fmt.Errorf("file %d: fanotify mark %d: no path (restoring by handle or mount id alone is not supported)", id, i)
+			}
+			st.Marks = append(st.Marks, fm)
+		}
+		f.Fanotify = st
 	case fdinfo.FdTypes_NS:
 		p := e.GetNsf()
 		if p == nil {
@@ -892,4 +942,29 @@ func nsOf(t *model.Tree, f *model.File) (flag, id uint32) {
 		}
 	}
 	return flag, 0
+}
+
+// fhEntry is CRIU's fh entry of a file handle (its bytes as 64-bit words)
+// with a path that reached the file.
+func fhEntry(typ uint32, handle []byte, path string) *fh.FhEntry {
+	h := &fh.FhEntry{Bytes: proto.Uint32(uint32(len(handle))), Type: proto.Uint32(typ), Path: proto.String(path)}
+	for i := 0; i < len(handle); i += 8 {
+		var b [8]byte
+		copy(b[:], handle[i:])
+		h.Handle = append(h.Handle, binary.LittleEndian.Uint64(b[:]))
+	}
+	return h
+}
+
+// fhOf reads an fh entry back: type, handle bytes, path.
+func fhOf(h *fh.FhEntry) (uint32, []byte, string, error) {
+	n := h.GetBytes()
+	if h == nil || n > 128 || uint64(len(h.GetHandle()))*8 < uint64(n) {
+		return 0, nil, "", fmt.Errorf("bad file handle")
+	}
+	var hb []byte
+	for _, x := range h.GetHandle() {
+		hb = binary.LittleEndian.AppendUint64(hb, x)
+	}
+	return h.GetType(), hb[:n], h.GetPath(), nil
 }

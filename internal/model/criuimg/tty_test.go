@@ -3,6 +3,7 @@ package criuimg
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -120,7 +121,8 @@ func FuzzReadTty(f *testing.F) {
 	})
 }
 
-// pidfds (of a task, of a gone process) and namespace fds survive Write
+// pidfds (of a task, of a gone process), namespace fds and fanotify
+// groups with inode and mount marks survive Write
 // then Read; a namespace fd names its task's namespace id.
 func TestPidfdNsRoundTrip(t *testing.T) {
 	tr := sampleTree(t)
@@ -130,6 +132,10 @@ func TestPidfdNsRoundTrip(t *testing.T) {
 		{ID: 60, Kind: model.Pidfd, Flags: unix.O_RDWR | unix.O_NONBLOCK, MntID: -1, Pidfd: &model.PidfdState{Pid: k.Pid, Ino: 5}},
 		{ID: 61, Kind: model.Pidfd, Flags: unix.O_RDWR, MntID: -1, Pidfd: &model.PidfdState{Pid: -1, Ino: 6}},
 		{ID: 62, Kind: model.Namespace, Flags: unix.O_RDONLY, MntID: -1, NS: &model.NamespaceState{Link: "net"}},
+		{ID: 63, Kind: model.Fanotify, Flags: unix.O_RDONLY | unix.O_NONBLOCK, MntID: -1, Fanotify: &model.FanotifyState{Flags: 3, EventFlags: unix.O_LARGEFILE, Marks: []model.FanotifyMark{
+			{Mflags: unix.FAN_MARK_IGNORED_SURV_MODIFY, Mask: 0xa, IgnoredMask: 0x20, Ino: 99, Dev: 254 << 20, HandleType: 1, Handle: []byte{1, 2, 3, 4, 5, 6, 7, 8, 9}, Path: "/tmp/w"},
+			{Mount: true, MntID: 27, Mask: 0x10, Path: "/mnt"},
+		}}},
 	}
 	for i, f := range add {
 		tr.Files[f.ID] = f
@@ -145,6 +151,9 @@ func TestPidfdNsRoundTrip(t *testing.T) {
 	}
 	if g := got.Files[62]; g.Kind != model.Namespace || g.NS == nil || g.NS.Link != "net" {
 		t.Errorf("namespace fd read as %+v", g)
+	}
+	if g := got.Files[63]; g.Kind != model.Fanotify || g.Flags != add[3].Flags || !reflect.DeepEqual(g.Fanotify, add[3].Fanotify) {
+		t.Errorf("fanotify read as %+v, want %+v", g.Fanotify, add[3].Fanotify)
 	}
 	d, err := images.Open(dir, false)
 	if err != nil {
