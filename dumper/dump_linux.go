@@ -212,7 +212,8 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	frozenAt := time.Now()
 	logging.Default().Infof("dump %d: froze %d tasks (%d threads in the root) in %v", pid, len(tree), len(tids), frozenAt.Sub(t0))
 	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track,
-		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks, shellJob: o.ShellJob}
+		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks, shellJob: o.ShellJob,
+		extUnix: drivers.ExtUnix{All: o.ExtUnixSk, Inos: o.ExtUnix}}
 	err = d.safeCollect()
 	if err == nil {
 		err = target.Commit()
@@ -341,6 +342,7 @@ type dumpRun struct {
 	ghostLimit  uint64 // --ghost-limit, 0: the default
 	fileLocks   bool   // --file-locks
 	shellJob    bool   // --shell-job: ttys of a terminal outside the tree
+	extUnix     drivers.ExtUnix
 }
 
 func (d *dumpRun) note(name string) { d.written = append(d.written, name) }
@@ -403,7 +405,7 @@ func (d *dumpRun) collect() error {
 	if err := checkShared(tree); err != nil {
 		return err
 	}
-	if err := drivers.CheckFiles(tree, d.shellJob); err != nil {
+	if err := drivers.CheckFiles(tree, d.shellJob, d.extUnix); err != nil {
 		return err
 	}
 	return criuimg.Write(d.dir, tree, d.note)

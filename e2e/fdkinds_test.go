@@ -598,3 +598,111 @@ sys.exit(3 if bad else 0)
 		t.Fatalf("no ok in the log\n%s", w.tail())
 	}
 }
+
+// Unix sockets whose peer is outside the tree: refused by name without an
+// option; with --ext-unix-sk a datagram socket connected to the test's
+// bound socket (as a program's to /dev/log) is connected to it again and
+// its messages arrive; with --external unix[INO] an end of a socketpair
+// whose other end is the test's is restored with its queued bytes and
+// its peer gone (EOF after them).
+func TestUnixExternalPeers(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	srvPath := filepath.Join(dir, "srv.sock")
+	srv, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(srv)
+	if err := unix.Bind(srv, &unix.SockaddrUnix{Name: srvPath}); err != nil {
+		t.Fatal(err)
+	}
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours := os.NewFile(uintptr(sp[0]), "pair")
+	defer ours.Close()
+	theirs := os.NewFile(uintptr(sp[1]), "pair")
+	const prog = `import os, signal, socket, sys, time
+srv, log = sys.argv[1], sys.argv[2]
+d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+d.connect(srv)
+p = socket.socket(fileno=3)
+done = []
+signal.signal(signal.SIGUSR1, lambda *a: done.append(1))
+f = open(log, "a", buffering=1)
+i = 0
+while not done:
+    i += 1
+    f.write("tick %d\n" % i)
+    time.sleep(0.01)
+bad = []
+d.send(b"after-restore")
+got = b""
+p.settimeout(5)
+while True:
+    b = p.recv(100)
+    if not b:
+        break
+    got += b
+if got != b"from-test":
+    bad.append("pair: read %r before EOF" % got)
+for b in bad:
+    f.write("FAIL: %s\n" % b)
+f.write("done %s\n" % ("FAILED" if bad else "ok"))
+sys.exit(3 if bad else 0)
+`
+	w := &workload{t: t, log: filepath.Join(dir, "log"), output: filepath.Join(dir, "output"), waited: make(chan error, 1)}
+	out, err := os.Create(w.output)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	w.cmd = exec.Command("/usr/bin/python3", "-c", prog, srvPath, w.log)
+	w.cmd.Stdout, w.cmd.Stderr = out, out
+	w.cmd.ExtraFiles = []*os.File{theirs}
+	w.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := w.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	theirs.Close()
+	w.pid = w.cmd.Process.Pid
+	go func() { w.waited <- w.cmd.Wait() }()
+	t.Cleanup(func() {
+		killAndForget(w.pid)
+		select {
+		case <-w.waited:
+		case <-time.After(5 * time.Second):
+		}
+	})
+	w.waitTicks(3)
+	if _, err := ours.Write([]byte("from-test")); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/fd/3", w.pid), &st); err != nil {
+		t.Fatal(err)
+	}
+	code, msg := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
+	oneLineError(t, code, msg, "is outside the tree: dump with --ext-unix-sk")
+	code, msg = godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir(), "--external", fmt.Sprintf("unix[%d]", st.Ino))
+	oneLineError(t, code, msg, "bound to "+srvPath+") is outside the tree")
+	w.waitTicks(3)
+	img := w.dump(t, "--ext-unix-sk")
+	w.reapKilled(t)
+	ours.Close() // the peer of the program's pair end: gone now
+	r := restore(t, w, img)
+	w.waitTicks(3)
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("restored program exited %d\n%s\n%s", code, w.tail(), r.out.String())
+	}
+	if !strings.Contains(readFile(w.log), "done ok\n") {
+		t.Fatalf("no ok in the log\n%s", w.tail())
+	}
+	b := make([]byte, 100)
+	n, err := unix.Read(srv, b)
+	if err != nil || string(b[:n]) != "after-restore" {
+		t.Fatalf("the test's socket got %q (%v), want after-restore", b[:n], err)
+	}
+}

@@ -184,12 +184,17 @@ func (ttyKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 
 // CheckFiles refuses, once the whole tree is collected, the files whose
 // restore depends on other tasks and that the tree does not hold: ptys
-// (CheckTTYs) and pidfds of processes outside the tree.
-func CheckFiles(t *model.Tree, shellJob bool) error {
+// (CheckTTYs), pidfds and /proc files of processes outside the tree, and
+// unix sockets whose peer is outside it unless ext allows them (it marks
+// those External).
+func CheckFiles(t *model.Tree, shellJob bool, ext ExtUnix) error {
 	if err := CheckTTYs(t, shellJob); err != nil {
 		return err
 	}
-	return checkPidfds(t)
+	if err := checkPidfds(t); err != nil {
+		return err
+	}
+	return checkUnixPeers(t, ext)
 }
 
 // CheckTTYs refuses, once the whole tree is collected, the ptys it cannot

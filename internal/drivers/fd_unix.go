@@ -104,7 +104,17 @@ func (unixKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
 			return fmt.Errorf("its peer: %w", err)
 		}
 		if pd.Peer != st.Ino || len(d.Name) > 0 || len(pd.Name) > 0 {
-			return fmt.Errorf("connected through a bound name (connect or accept): not supported yet")
+			// Connected through a bound name: refused inside the tree,
+			// allowed (by option) to a peer outside (checkUnixPeers).
+			st.PeerName = pd.Name
+			if st.PeerName == nil {
+				st.PeerName = []byte{} // connected through our own name
+			}
+			if len(pd.Name) > 0 && pd.Name[0] != 0 {
+				if i := bytes.IndexByte(pd.Name, 0); i >= 0 {
+					st.PeerName = pd.Name[:i]
+				}
+			}
 		}
 	case st.State == tcpEstablished:
 		return fmt.Errorf("connected to a socket that is gone: not supported yet")
@@ -126,6 +136,72 @@ func (unixKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
 	f.Kind, f.Path = model.UnixSocket, ""
 	f.Unix = st
 	return nil
+}
+
+// ExtUnix is what the dump may hold of unix sockets whose peer is outside
+// the tree: all (--ext-unix-sk), or those whose inode or peer's inode is
+// in Inos (--external unix[INO]).
+type ExtUnix struct {
+	All  bool
+	Inos []uint32
+}
+
+func (e ExtUnix) allows(u *model.UnixSocketState) bool {
+	if e.All {
+		return true
+	}
+	for _, i := range e.Inos {
+		if i == u.Ino || i == u.Peer {
+			return true
+		}
+	}
+	return false
+}
+
+// checkUnixPeers refuses a socket connected through a bound name inside
+// the tree (not supported yet), and one whose peer is outside the tree
+// unless ext allows it; an allowed one is marked External. A socket
+// with bytes from an outside peer queued is refused: only that peer could
+// send them again.
+func checkUnixPeers(t *model.Tree, ext ExtUnix) error {
+	inTree := map[uint32]bool{}
+	for _, f := range t.Files {
+		if f.Unix != nil {
+			inTree[f.Unix.Ino] = true
+		}
+	}
+	for _, k := range t.Tasks {
+		for _, e := range k.FDs {
+			f := t.Files[e.File]
+			if f == nil || f.Unix == nil || f.Unix.Peer == 0 {
+				continue
+			}
+			u := f.Unix
+			where := fmt.Sprintf("task %d fd %d: unix socket %d", k.Pid, e.Num, u.Ino)
+			switch {
+			case inTree[u.Peer] && u.PeerName != nil:
+				return fmt.Errorf("%s: connected through a bound name (connect or accept) to socket %d of the tree: not supported yet", where, u.Peer)
+			case inTree[u.Peer]:
+				continue
+			case !ext.allows(u):
+				return fmt.Errorf("%s: its peer (socket %d%s) is outside the tree: dump with --ext-unix-sk or --external unix[%d]", where, u.Peer, peerName(u), u.Ino)
+			case len(u.Queue) > 0 && u.PeerName != nil:
+				return fmt.Errorf("%s: %d messages queued from its peer outside the tree (socket %d%s): only that peer could send them again: not supported", where, len(u.Queue), u.Peer, peerName(u))
+			}
+			u.External = true
+		}
+	}
+	return nil
+}
+
+func peerName(u *model.UnixSocketState) string {
+	switch {
+	case len(u.PeerName) == 0:
+		return ""
+	case u.PeerName[0] == 0:
+		return fmt.Sprintf(", bound to @%s", u.PeerName[1:])
+	}
+	return fmt.Sprintf(", bound to %s", u.PeerName)
 }
 
 // grabFD takes a copy of fd n of pid (one open file description with it).
@@ -322,6 +398,9 @@ func (unixKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error)
 func makeUnix(rs *restoreFDs, what string, f *model.File) (int, error) {
 	st := f.Unix
 	typ := int(st.Type) | unix.SOCK_CLOEXEC
+	if st.External {
+		return makeExternal(rs, what, f)
+	}
 	if st.Peer != 0 {
 		pf := rs.unixSocket(st.Peer)
 		elsewhere := false
@@ -381,6 +460,54 @@ func makeUnix(rs *restoreFDs, what string, f *model.File) (int, error) {
 		return -1, fmt.Errorf("%s: shutdown of an unconnected socket cannot be restored", what)
 	}
 	return s, nil
+}
+
+// makeExternal makes a socket whose peer is outside the tree: a datagram
+// socket connected to a bound name is connected to that name again; a
+// socketpair end gets a new pair whose other end, after sending the
+// queued bytes, is closed (the peer is gone, as --external unix[INO]
+// allows); a stream connected through a name needs the very socket
+// (--inherit-fd fd[N]:socket[INO]).
+func makeExternal(rs *restoreFDs, what string, f *model.File) (int, error) {
+	st := f.Unix
+	typ := int(st.Type) | unix.SOCK_CLOEXEC
+	switch {
+	case st.PeerName == nil:
+		sp, err := unix.Socketpair(unix.AF_UNIX, typ, 0)
+		if err != nil {
+			return -1, fmt.Errorf("%s: socketpair: %w", what, err)
+		}
+		rs.socks[st.Ino] = sp[0]
+		err = refill(sp[1], st.Queue)
+		unix.Close(sp[1])
+		if err != nil {
+			return -1, fmt.Errorf("%s: %w", what, err)
+		}
+		return sp[0], nil
+	case st.Type == unix.SOCK_DGRAM && len(st.PeerName) > 0:
+		s, err := unix.Socket(unix.AF_UNIX, typ, 0)
+		if err != nil {
+			return -1, fmt.Errorf("%s: socket: %w", what, err)
+		}
+		rs.socks[st.Ino] = s
+		if len(st.Name) > 0 {
+			if err := bindUnix(s, st); err != nil {
+				return -1, fmt.Errorf("%s: %w", what, err)
+			}
+		}
+		name := string(st.PeerName)
+		if name[0] == 0 {
+			name = "@" + name[1:]
+		}
+		if err := unix.Connect(s, &unix.SockaddrUnix{Name: name}); err != nil {
+			return -1, fmt.Errorf("%s: connect to %s, its peer outside the tree: %w", what, name, err)
+		}
+		if st.Shutdown != 0 {
+			return -1, fmt.Errorf("%s: shutdown of a socket connected outside the tree cannot be restored", what)
+		}
+		return s, nil
+	}
+	return -1, fmt.Errorf("%s: unix socket %d is connected to socket %d%s outside the tree: restore with --inherit-fd fd[N]:socket[%d]", what, st.Ino, st.Peer, peerName(st), st.Ino)
 }
 
 // bindUnix binds s to its dumped name. A path still holding the dumped

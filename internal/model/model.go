@@ -438,6 +438,14 @@ type UnixSocketState struct {
 	Queue [][]byte
 	// FileMode is the mode of a path-bound socket's file, 0 unknown.
 	FileMode uint32
+	// PeerName is the name the peer is bound to, nil when unbound or not
+	// connected (dump side: connected through a name).
+	PeerName []byte
+	// External: the peer is outside the tree (allowed by --ext-unix-sk
+	// or --external unix[INO]). A datagram socket is connected again to
+	// PeerName; a socketpair end is restored with its peer closed; a
+	// stream connected through a name needs --inherit-fd.
+	External bool
 }
 
 // SocketOpts are the socket-level options a socket is restored with.

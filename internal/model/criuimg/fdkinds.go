@@ -263,7 +263,7 @@ func checkUnixPeers(t *model.Tree) error {
 	}
 	for _, k := range t.Tasks {
 		for _, fd := range k.FDs {
-			if f := t.Files[fd.File]; f != nil && f.Unix != nil && f.Unix.Peer != 0 && !inos[f.Unix.Peer] {
+			if f := t.Files[fd.File]; f != nil && f.Unix != nil && f.Unix.Peer != 0 && !inos[f.Unix.Peer] && !f.Unix.External {
 				return fmt.Errorf("task %d fd %d: unix socket %d: its peer (socket %d) is not in the dump (a peer outside the tree, --ext-unix-sk, is not supported yet)", k.Pid, fd.Num, f.Unix.Ino, f.Unix.Peer)
 			}
 		}
@@ -418,7 +418,7 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 		if p == nil {
 			return bad("unix socket")
 		}
-		if p.GetUflags() != 0 || p.NameDir != nil || p.GetDeleted() {
+		if p.GetUflags() != 0 && p.GetUflags() != uskExtern || p.NameDir != nil || p.GetDeleted() {
 			return nil, true, fmt.Errorf("file %d: unix socket with flags %#x, relative or deleted name: not supported", id, p.GetUflags())
 		}
 		o := p.GetOpts()
@@ -445,6 +445,9 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 		}
 		if fp := p.GetFilePerms(); fp != nil {
 			u.FileMode = fp.GetMode()
+		}
+		if p.GetUflags() == uskExtern {
+			u.External = true // an outside peer's entry (resolveExternPeers)
 		}
 		if u.Opts.SndTimeoUsec >= 1e6 || u.Opts.RcvTimeoUsec >= 1e6 || u.Opts.SndTimeoSec > 1<<62 || u.Opts.RcvTimeoSec > 1<<62 {
 			return nil, true, fmt.Errorf("file %d: socket timeouts out of range", id)
@@ -967,4 +970,52 @@ func fhOf(h *fh.FhEntry) (uint32, []byte, string, error) {
 		hb = binary.LittleEndian.AppendUint64(hb, x)
 	}
 	return h.GetType(), hb[:n], h.GetPath(), nil
+}
+
+// uskExtern is CRIU's USK_EXTERN (criu/include/sockets.h): the entry of a
+// socket outside the dump, the peer of one of the tree's.
+const uskExtern = 1
+
+// externPeerEntry is the UNIXSK entry, under a fresh id, of the outside
+// peer of u (an External socket of the tree), as CRIU writes one.
+func externPeerEntry(u *model.UnixSocketState, id uint32) *fdinfo.FileEntry {
+	e := &sk_unix.UnixSkEntry{
+		Id: proto.Uint32(id), Ino: proto.Uint32(u.Peer), Type: proto.Uint32(u.Type), State: proto.Uint32(7), // TCP_CLOSE
+		Flags: proto.Uint32(unix.O_RDWR), Uflags: proto.Uint32(uskExtern), Backlog: proto.Uint32(0), Peer: proto.Uint32(0),
+		Fown: noFown(), Opts: &sk_opts.SkOptsEntry{SoSndbuf: proto.Uint32(0), SoRcvbuf: proto.Uint32(0),
+			SoSndTmoSec: proto.Uint64(0), SoSndTmoUsec: proto.Uint64(0), SoRcvTmoSec: proto.Uint64(0), SoRcvTmoUsec: proto.Uint64(0)},
+		Name: append([]byte{}, u.PeerName...),
+	}
+	return &fdinfo.FileEntry{Type: fdinfo.FdTypes_UNIXSK.Enum(), Id: proto.Uint32(id), Usk: e}
+}
+
+// resolveExternPeers drops the outside peers' entries from files and
+// marks each socket connected to one External, with the peer's name. A
+// socket connected to a peer neither in the dump nor outside it is left
+// for checkUnixPeers-like checks where it is used.
+func resolveExternPeers(files map[model.ID]*model.File) error {
+	ext := map[uint32][]byte{}
+	for id, f := range files {
+		if f.Unix != nil && f.Unix.External && f.Kind == model.UnixSocket && f.Unix.Peer == 0 && f.Flags == unix.O_RDWR && f.Unix.State == 7 {
+			ext[f.Unix.Ino] = f.Unix.Name
+			delete(files, id)
+		} else if f.Unix != nil && f.Unix.External {
+			return fmt.Errorf("file %d: unix socket %d marked external but not an outside peer's entry", id, f.Unix.Ino)
+		}
+	}
+	for _, f := range files {
+		u := f.Unix
+		if u == nil || u.Peer == 0 {
+			continue
+		}
+		name, ok := ext[u.Peer]
+		if !ok {
+			continue
+		}
+		u.External = true
+		if len(name) > 0 || len(u.Name) > 0 {
+			u.PeerName = append([]byte{}, name...)
+		}
+	}
+	return nil
 }

@@ -167,6 +167,9 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 	if err := resolveFIFOs(fifos, files); err != nil {
 		return nil, fmt.Errorf("%s: %w", images.FilesImg, err)
 	}
+	if err := resolveExternPeers(files); err != nil {
+		return nil, fmt.Errorf("%s: %w", images.FilesImg, err)
+	}
 	if err := readPipesData(d, files); err != nil {
 		return nil, err
 	}

@@ -170,3 +170,34 @@ func TestPidfdNsRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// Unix sockets whose peer is outside the dump keep that (External) and the
+// peer's name through Write then Read, the peer as an entry of its own.
+func TestUnixExternalRoundTrip(t *testing.T) {
+	tr := sampleTree(t)
+	k := tr.Root()
+	add := []*model.File{
+		{ID: 70, Kind: model.UnixSocket, Flags: unix.O_RDWR, MntID: -1, Unix: &model.UnixSocketState{
+			Ino: 500, Type: unix.SOCK_DGRAM, State: 1, Peer: 900, PeerName: []byte("/dev/log"), External: true}},
+		{ID: 71, Kind: model.UnixSocket, Flags: unix.O_RDWR, MntID: -1, Unix: &model.UnixSocketState{
+			Ino: 501, Type: unix.SOCK_STREAM, State: 1, Peer: 901, External: true, Queue: [][]byte{[]byte("queued")}}},
+	}
+	for i, f := range add {
+		tr.Files[f.ID] = f
+		k.FDs = append(k.FDs, model.FD{Num: 70 + i, File: f.ID})
+	}
+	dir, _ := writeTree(t, tr)
+	got := readTree(t, dir)
+	a, b := got.Files[70].Unix, got.Files[71].Unix
+	if a == nil || !a.External || string(a.PeerName) != "/dev/log" || a.Peer != 900 {
+		t.Errorf("datagram socket read as %+v", a)
+	}
+	if b == nil || !b.External || b.PeerName != nil || len(b.Queue) != 1 || string(b.Queue[0]) != "queued" {
+		t.Errorf("pair end read as %+v", b)
+	}
+	for _, f := range got.Files {
+		if f.Unix != nil && (f.Unix.Ino == 900 || f.Unix.Ino == 901) {
+			t.Errorf("the outside peer %d is a file of the dump", f.Unix.Ino)
+		}
+	}
+}

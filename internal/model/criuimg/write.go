@@ -133,6 +133,10 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 			return fmt.Errorf("write images: %w", err)
 		}
 		files = append(files, e)
+		if f.Unix != nil && f.Unix.External {
+			regID++
+			files = append(files, externPeerEntry(f.Unix, regID))
+		}
 	}
 	if err := put(images.FilesImg, files...); err != nil {
 		return err
