@@ -75,8 +75,9 @@ while True:
 		args              []string
 	}{
 		{"inet", `s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()`, "AF_INET sockets are not supported yet", nil},
-		{"accepted", `l = socket.socket(socket.AF_UNIX); l.bind("\0godwit-refused-%d" % os.getpid()); l.listen()
-c = socket.socket(socket.AF_UNIX); c.connect("\0godwit-refused-%d" % os.getpid()); a, _ = l.accept()`, "connected through a bound name", nil},
+		{"dgram-by-name-queued", `l = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); l.bind("\0godwit-refused-%d" % os.getpid())
+c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c.bind("\0godwit-refused-c-%d" % os.getpid()); c.connect("\0godwit-refused-%d" % os.getpid())
+l.sendto(b"x", "\0godwit-refused-c-%d" % os.getpid())`, "messages queued (their senders cannot be restored)", nil},
 		{"backlog", `l = socket.socket(socket.AF_UNIX); l.bind("\0godwit-refused-%d" % os.getpid()); l.listen()
 c = socket.socket(socket.AF_UNIX); c.connect("\0godwit-refused-%d" % os.getpid())`, "connections waiting in its backlog", nil},
 		{"rights", `p, q = socket.socketpair(); socket.send_fds(p, [b"x"], [0])`, "in flight", nil},
@@ -704,5 +705,94 @@ sys.exit(3 if bad else 0)
 	n, err := unix.Read(srv, b)
 	if err != nil || string(b[:n]) != "after-restore" {
 		t.Fatalf("the test's socket got %q (%v), want after-restore", b[:n], err)
+	}
+}
+
+// Connections a listener of the tree accepted round-trip: a stream one on
+// a path (its client bound to a name of its own) and a seqpacket one on an
+// abstract name whose client is in a child, with bytes queued both ways;
+// and a datagram socket connected to another by its name.
+// After the restore the ends have the names they had, the queued bytes
+// and messages are there, bytes still pass, and the listeners accept new
+// connections. The program checks each itself.
+func TestUnixAcceptedDumpRestore(t *testing.T) {
+	needRoot(t)
+	const prog = `import os, signal, socket, sys, time
+log = sys.argv[1]
+path = log + ".sock"
+abstract = "\0godwit-accepted-%d" % os.getpid()
+l = socket.socket(socket.AF_UNIX); l.bind(path); l.listen(4)
+c = socket.socket(socket.AF_UNIX); c.bind(log + ".client"); c.connect(path)
+a, _ = l.accept()
+c.send(b"to-server"); a.send(b"to-client")
+q = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); q.bind(abstract); q.listen(4)
+child = os.fork()
+if child == 0:
+    k = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); k.connect(abstract)
+    k.send(b"m1"); k.send(b"m22")
+    signal.signal(signal.SIGUSR1, lambda *a: None)
+    signal.pause()
+    got = k.recv(100)
+    os._exit(0 if got == b"reply" and k.getpeername() == abstract.encode() else 9)
+qa, _ = q.accept()
+ds = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); ds.bind(abstract + "-d")
+d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.connect(abstract + "-d")
+time.sleep(0.1)
+done = []
+signal.signal(signal.SIGUSR1, lambda *a: done.append(1))
+f = open(log, "a", buffering=1)
+i = 0
+while not done:
+    i += 1
+    f.write("tick %d\n" % i)
+    time.sleep(0.01)
+bad = []
+if a.getsockname() != path or c.getpeername() != path or c.getsockname() != log + ".client":
+    bad.append("names: %r %r %r" % (a.getsockname(), c.getpeername(), c.getsockname()))
+if a.recv(100) != b"to-server" or c.recv(100) != b"to-client":
+    bad.append("stream: queued bytes")
+c.send(b"again"); 
+if a.recv(100) != b"again":
+    bad.append("stream: bytes after restore")
+if qa.recv(100) != b"m1" or qa.recv(100) != b"m22":
+    bad.append("seqpacket: queued messages")
+if qa.getsockname() != abstract.encode():
+    bad.append("seqpacket: name %r" % qa.getsockname())
+qa.send(b"reply")
+os.kill(child, signal.SIGUSR1)
+_, st = os.waitpid(child, 0)
+if st != 0:
+    bad.append("child: status %#x" % st)
+n = socket.socket(socket.AF_UNIX); n.connect(path); b, _ = l.accept()
+n.send(b"new")
+if b.recv(100) != b"new":
+    bad.append("listener: new connection")
+d.send(b"dgram")
+if ds.recv(100) != b"dgram" or d.getpeername() != abstract.encode() + b"-d":
+    bad.append("datagram socket connected by name")
+for b in bad:
+    f.write("FAIL: %s\n" % b)
+f.write("done %s\n" % ("FAILED" if bad else "ok"))
+sys.exit(3 if bad else 0)
+`
+	w := startTree(t, "/usr/bin/python3", "-c", prog)
+	before := subtree(t, w.pid)
+	t.Cleanup(func() {
+		for p := range before {
+			killAndForget(p)
+		}
+	})
+	dir := w.dump(t)
+	w.reapKilled(t)
+	for p := range before {
+		waitFor(t, fmt.Sprintf("pid %d to go", p), func() bool { return !pidExists(p) })
+	}
+	r := restore(t, w, dir)
+	w.waitTicks(3)
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("restored program exited %d\n%s\n%s", code, w.tail(), r.out.String())
+	}
+	if !strings.Contains(readFile(w.log), "done ok\n") {
+		t.Fatalf("no ok in the log\n%s", w.tail())
 	}
 }

@@ -1003,9 +1003,21 @@ func resolveExternPeers(files map[model.ID]*model.File) error {
 			return fmt.Errorf("file %d: unix socket %d marked external but not an outside peer's entry", id, f.Unix.Ino)
 		}
 	}
+	byIno := map[uint32]*model.UnixSocketState{}
+	for _, f := range files {
+		if f.Unix != nil {
+			byIno[f.Unix.Ino] = f.Unix
+		}
+	}
 	for _, f := range files {
 		u := f.Unix
 		if u == nil || u.Peer == 0 {
+			continue
+		}
+		if p := byIno[u.Peer]; p != nil && (len(u.Name) > 0 || len(p.Name) > 0) {
+			// Connected through a name inside the dump (connect and
+			// accept): the peer's name, as the dump saw it.
+			u.PeerName = append([]byte{}, p.Name...)
 			continue
 		}
 		name, ok := ext[u.Peer]
