@@ -66,15 +66,30 @@ func TestTtyRoundTrip(t *testing.T) {
 }
 
 // FuzzReadTty replaces tty-info.img, godwit-tty.json or files.img of a
-// dump with a pty by arbitrary bytes: Read returns a tree or an error,
-// never panics.
+// dump with a pty, a pidfd, a namespace fd, a fanotify group and a unix
+// socket with an outside peer by arbitrary bytes: Read returns a tree or
+// an error, never panics.
 func FuzzReadTty(f *testing.F) {
 	src := f.TempDir()
 	d, err := images.Open(src, true)
 	if err != nil {
 		f.Fatal(err)
 	}
-	if err := Write(d, ttyTree(f), nil); err != nil {
+	// The seed's files.img also holds the other new kinds' entries.
+	tr := ttyTree(f)
+	k := tr.Root()
+	for i, nf := range []*model.File{
+		{ID: 80, Kind: model.Pidfd, Flags: unix.O_RDWR, MntID: -1, Pidfd: &model.PidfdState{Pid: -1, Ino: 6}},
+		{ID: 81, Kind: model.Namespace, Flags: unix.O_RDONLY, MntID: -1, NS: &model.NamespaceState{Link: "uts"}},
+		{ID: 82, Kind: model.Fanotify, Flags: unix.O_RDONLY, MntID: -1, Fanotify: &model.FanotifyState{Flags: 3, Marks: []model.FanotifyMark{
+			{Mask: 2, Ino: 9, Dev: 1, HandleType: 1, Handle: []byte{1, 2, 3, 4, 5, 6, 7, 8}, Path: "/tmp/x"}, {Mount: true, MntID: 3, Mask: 0x10, Path: "/"}}}},
+		{ID: 83, Kind: model.UnixSocket, Flags: unix.O_RDWR, MntID: -1, Unix: &model.UnixSocketState{
+			Ino: 700, Type: unix.SOCK_DGRAM, State: 1, Peer: 701, PeerName: []byte("/dev/log"), External: true}},
+	} {
+		tr.Files[nf.ID] = nf
+		k.FDs = append(k.FDs, model.FD{Num: 80 + i, File: nf.ID})
+	}
+	if err := Write(d, tr, nil); err != nil {
 		f.Fatal(err)
 	}
 	d.Close()
