@@ -405,7 +405,7 @@ func (d *dumpRun) collect() error {
 	if err := checkShared(tree); err != nil {
 		return err
 	}
-	if err := drivers.CheckFiles(tree, d.shellJob, d.extUnix); err != nil {
+	if err := fl.CheckFiles(tree, d.shellJob, d.extUnix); err != nil {
 		return err
 	}
 	return criuimg.Write(d.dir, tree, d.note)

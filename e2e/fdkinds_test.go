@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -903,4 +904,40 @@ while True:
 		// its fd explorer stops there.
 		check(t, w.dump(t, "-R"), false)
 	})
+}
+
+// A member of a session whose controlling terminal is a pty of the tree
+// is refused by name (the restore gives the terminal back to the session
+// leader only), and the tree runs on.
+func TestPtySessionMemberRefused(t *testing.T) {
+	needRoot(t)
+	const prog = `import os, sys, time
+m, sl = os.openpty()
+if os.fork() == 0:
+    os.setsid()
+    os.open(os.ttyname(sl), os.O_RDWR)
+    os.fork()
+    while True:
+        time.sleep(1)
+f = open(sys.argv[1], "a", buffering=1)
+i = 0
+while True:
+    i += 1
+    f.write("tick %d\n" % i)
+    time.sleep(0.01)
+`
+	w := startTree(t, "/usr/bin/python3", "-c", prog)
+	var before map[int]taskInfo
+	waitFor(t, "the session and its member", func() bool { before = subtree(t, w.pid); return len(before) == 3 })
+	t.Cleanup(func() {
+		for p := range before {
+			killAndForget(p)
+		}
+	})
+	code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
+	oneLineError(t, code, out, "a member of session")
+	w.waitTicks(3)
+	if after := subtree(t, w.pid); !reflect.DeepEqual(after, before) {
+		t.Fatalf("after a refused dump the tree is %v, was %v", after, before)
+	}
 }

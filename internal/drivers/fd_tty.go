@@ -8,6 +8,7 @@ import (
 
 	"godwit/internal/inject"
 	"godwit/internal/model"
+	"godwit/internal/procfs"
 )
 
 // Unix98 ptys: the master (/dev/ptmx) and slave (/dev/pts/N) ends, with
@@ -184,11 +185,14 @@ func (ttyKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 
 // CheckFiles refuses, once the whole tree is collected, the files whose
 // restore depends on other tasks and that the tree does not hold: ptys
-// (CheckTTYs), pidfds and /proc files of processes outside the tree, and
-// unix sockets whose peer is outside it unless ext allows them (it marks
-// those External).
-func CheckFiles(t *model.Tree, shellJob bool, ext ExtUnix) error {
+// and controlling terminals (CheckTTYs, checkCttys), pidfds and /proc
+// files of processes outside the tree, and unix sockets whose peer is
+// outside it unless ext allows them (it marks those External).
+func (fl *Files) CheckFiles(t *model.Tree, shellJob bool, ext ExtUnix) error {
 	if err := CheckTTYs(t, shellJob); err != nil {
+		return err
+	}
+	if err := fl.checkCttys(t, shellJob); err != nil {
 		return err
 	}
 	if err := checkPidfds(t); err != nil {
@@ -429,9 +433,58 @@ func openExternalSlave(rs *restoreFDs, what string, f *model.File, flags int) (u
 // leader's fds are in place: TIOCSCTTY on an fd of the pty (either end:
 // on the master the kernel acts for the slave), else on the slave opened
 // for the purpose.
-// The terminal is collected with the fds (ttyKind.collect): this
-// driver only restores.
+// The terminal's state is collected with the fds (ttyKind.collect); the
+// driver collects which tasks have one (checkCttys).
 type cttyDriver struct{}
+
+// Collect notes the task's controlling terminal, if any.
+func (cttyDriver) Collect(d *Dump) error {
+	st, err := procfs.ReadStat(d.Pid)
+	if err != nil {
+		return err
+	}
+	if st.TtyNr == 0 {
+		return nil
+	}
+	if d.Files.cttys == nil {
+		d.Files.cttys = map[int]uint64{}
+	}
+	// tty_nr is the kernel's new_encode_dev of the device.
+	nr := uint64(st.TtyNr)
+	d.Files.cttys[d.Pid] = unix.Mkdev(uint32(nr>>8&0xfff), uint32(nr&0xff|nr>>12&0xfff00))
+	return nil
+}
+
+// checkCttys refuses a task whose controlling terminal the restore would
+// not give back: one outside the tree (a shell job's: only with
+// --shell-job), and a member (not the leader) of a session whose terminal
+// is a pty of the tree (the terminal is given to the leader once the
+// tree is made, which its members, made before, do not inherit).
+func (fl *Files) checkCttys(t *model.Tree, shellJob bool) error {
+	for _, k := range t.Tasks {
+		dev, ok := fl.cttys[k.Pid]
+		if !ok {
+			continue
+		}
+		var st unix.Stat_t
+		st.Mode, st.Rdev = unix.S_IFCHR, dev
+		master, idx, isPty := ptyEnd(&st)
+		name := fmt.Sprintf("%d:%d", unix.Major(dev), unix.Minor(dev))
+		if isPty && !master {
+			name = fmt.Sprintf("/dev/pts/%d", idx)
+		}
+		p := fl.ptys[idx]
+		switch {
+		case isPty && !master && p != nil && p.HasMaster && p.Sid == k.Sid && k.Pid == k.Sid:
+		case isPty && !master && p != nil && p.HasMaster && p.Sid == k.Sid:
+			return fmt.Errorf("task %d: a member of session %d, whose controlling terminal %s is a pty of the tree: not supported yet (the session leader gets it back after the tree is made)", k.Pid, k.Sid, name)
+		case shellJob:
+		default:
+			return fmt.Errorf("task %d: its controlling terminal %s is outside the tree: dump and restore with --shell-job", k.Pid, name)
+		}
+	}
+	return nil
+}
 
 func (cttyDriver) Name() string    { return "ctty" }
 func (cttyDriver) After() []string { return []string{"files"} }

@@ -187,6 +187,7 @@ type Files struct {
 	ghosts    map[[2]uint64]*model.File // deleted files read, by device and inode
 	memfds    map[[2]uint64]*model.MemfdState
 	ptys      map[uint32]*model.PtyState // by index
+	cttys     map[int]uint64             // controlling terminals' devices, by pid
 }
 
 type fileKey struct {
