@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -940,4 +941,106 @@ while True:
 	if after := subtree(t, w.pid); !reflect.DeepEqual(after, before) {
 		t.Fatalf("after a refused dump the tree is %v, was %v", after, before)
 	}
+}
+
+// bash -i on a pty the test holds (as a terminal emulator), leading its
+// session with the pty as its terminal: dumped and restored with
+// --shell-job, it still runs what is typed on the test's master.
+func TestBashOnPtyShellJob(t *testing.T) {
+	needRoot(t)
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetUint32(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sl, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sl.Close()
+	// Everything the terminal shows, read as it comes.
+	var mu sync.Mutex
+	var screen []byte
+	go func() {
+		b := make([]byte, 4096)
+		for {
+			k, err := m.Read(b)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			screen = append(screen, b[:k]...)
+			mu.Unlock()
+		}
+	}()
+	shows := func(s string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Contains(string(screen), s)
+	}
+	dir := t.TempDir()
+	w := &workload{t: t, log: filepath.Join(dir, "log"), waited: make(chan error, 1)}
+	w.cmd = exec.Command("/bin/bash", "--norc", "--noprofile", "-i")
+	w.cmd.Env = []string{"PS1=bash$ ", "PATH=/usr/bin:/bin", "TERM=dumb"}
+	w.cmd.Stdin, w.cmd.Stdout, w.cmd.Stderr = sl, sl, sl
+	w.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := w.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.pid = w.cmd.Process.Pid
+	go func() { w.waited <- w.cmd.Wait() }()
+	t.Cleanup(func() {
+		killAndForget(w.pid)
+		select {
+		case <-w.waited:
+		case <-time.After(5 * time.Second):
+		}
+	})
+	typeIn := func(s string) {
+		if _, err := m.Write([]byte(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	typeIn("echo before-$((6*7))\n")
+	waitFor(t, "bash to answer", func() bool { return shows("before-42") })
+	waitFor(t, "bash to wait for input", func() bool { return shows("before-42\r\nbash$ ") })
+	img := t.TempDir()
+	code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", img, "--shell-job", "-v4", "-o", "dump.log")
+	if code != 0 {
+		t.Fatalf("dump: %s\n%s", out, readFile(filepath.Join(img, "dump.log")))
+	}
+	w.reapKilled(t)
+	r := &restoring{done: make(chan error, 1)}
+	r.cmd = exec.Command(godwitBin, "restore", "-D", img, "--shell-job", "-v4", "-o", "restore.log")
+	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.done <- r.cmd.Wait() }()
+	t.Cleanup(func() {
+		killAndForget(w.pid)
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			r.cmd.Process.Kill()
+		}
+	})
+	waitFor(t, "the restored bash to run", func() bool {
+		select {
+		case err := <-r.done:
+			t.Fatalf("restore exited early: %v: %s\n%s", err, r.out.String(), readFile(filepath.Join(img, "restore.log")))
+		default:
+		}
+		return alive(w.pid) && tracerOf(w.pid) == 0
+	})
+	typeIn("echo after-$((7*6))\n")
+	waitFor(t, "the restored bash to answer", func() bool { return shows("after-42") })
 }
