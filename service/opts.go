@@ -110,7 +110,6 @@ var unsupportedFields = []struct {
 	{"network_lock", "--network-lock", func(r *rpc.CriuOpts) bool { return r.NetworkLock != nil }},
 	{"mntns_compat_mode", "--mntns-compat-mode", func(r *rpc.CriuOpts) bool { return r.GetMntnsCompatMode() }},
 	{"unprivileged", "--unprivileged", func(r *rpc.CriuOpts) bool { return r.GetUnprivileged() }},
-	{"ps.fd", "--ps-socket", func(r *rpc.CriuOpts) bool { return r.GetPs() != nil && r.GetPs().Fd != nil }},
 }
 
 // errUnsupported names a field of criu_opts the request may not set.
