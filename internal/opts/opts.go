@@ -60,19 +60,16 @@ type Options struct {
 	PageServer    bool
 	Address       string
 	Port          int
-	// PsSocket is --ps-socket: a connected stream socket (this process's
-	// descriptor) that the page server and the dump's page client use
-	// instead of --address and --port; -1 when not given.
-	PsSocket   int
-	ForceIrmap bool
-	AutoDedup  bool
-	FileLocks  bool
-	LinkRemap  bool
-	GhostLimit uint64
-	ShellJob   bool
-	CPUCap     string // "" when not given; checked by cpuinfo.ParseCaps
-	LazyPages  bool
-	TrackMem   bool
+	PsSocket      int // --ps-socket: a connected socket to use instead of --address/--port; -1 when not given
+	ForceIrmap    bool
+	AutoDedup     bool
+	FileLocks     bool
+	LinkRemap     bool
+	GhostLimit    uint64
+	ShellJob      bool
+	CPUCap        string // "" when not given; checked by cpuinfo.ParseCaps
+	LazyPages     bool
+	TrackMem      bool
 	// FileValidation is how restore checks that the files it reopens are
 	// the dumped ones (criu(8)'s --file-validation): FileValidationBuildID
 	// (default) or FileValidationSize.
