@@ -59,6 +59,14 @@ func CheckCRIU(d *images.Dir) error {
 	}
 	for i, ps := range pss {
 		pid := ps.GetPid()
+		if leader, err := images.ReadOne[*criu_core.CoreEntry](d, images.CoreImg(int(pid))); err == nil &&
+			leader.GetTc().GetTaskState() == images.TaskDead {
+			// A zombie: CRIU's restore needs only its tc (state,
+			// exit code); it has no registers, ids, fds or mm
+			// (cr-restore.c, files.c). CRIU itself writes its
+			// threads as [0].
+			continue
+		}
 		if len(ps.GetThreads()) == 0 || ps.GetThreads()[0] != pid {
 			bad("%s: task %d: threads %v do not start with the leader", images.PstreeImg, pid, ps.GetThreads())
 		}
@@ -91,7 +99,12 @@ func CheckCRIU(d *images.Dir) error {
 			}
 		}
 		if ids == nil {
-			bad("core-%d.img: no ids (CRIU 4.x reads them from the core)", pid)
+			// CRIU 4.x reads ids-PID.img, and the core's ids when
+			// that is missing (older images).
+			ids, _ = images.ReadOne[*criu_core.TaskKobjIdsEntry](d, images.IdsImg(int(pid)))
+		}
+		if ids == nil {
+			bad("task %d: no kernel object ids in core-%d.img or %s (CRIU: Core IDS data missed for non-zombie)", pid, pid, images.IdsImg(int(pid)))
 			continue
 		}
 		if i == 0 && root != nil && ids.GetFilesId() == root.GetFilesId() {
