@@ -3,6 +3,8 @@ package criuimg
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
@@ -45,8 +47,16 @@ func CheckCRIU(d *images.Dir) error {
 		return err
 	}
 	fileIDs := map[uint32]bool{}
+	names, err := d.List()
+	if err != nil {
+		return err
+	}
+	mounts := slices.ContainsFunc(names, func(n string) bool { return strings.HasPrefix(n, "mountpoints-") })
 	for _, f := range files {
 		fileIDs[f.GetId()] = true
+		if r := f.GetReg(); r != nil && r.MntId != nil && r.GetMntId() != -1 && !mounts {
+			bad("%s: file %d (%s): mnt_id %d without dumped mounts (CRIU looks it up among them: a deleted file's remap fails)", images.FilesImg, f.GetId(), r.GetName(), r.GetMntId())
+		}
 	}
 	fdTables := map[uint32]bool{}
 	// Tasks with shared pending signals, whose threads may keep an
