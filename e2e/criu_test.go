@@ -33,8 +33,11 @@ import (
 //     reaps it and stores its wait status in reaped;
 //   - fds (PID 31300): a regular file read to offset 1234 (fd 3), a pipe
 //     with bytes queued (4, 5), a unix stream socketpair with bytes queued
-//     (6, 7) and an eventfd holding 42 (8); on SIGUSR1 it checks them all
-//     and stores 1 in verdict (else the number of the failed check).
+//     (6, 7), an eventfd holding 42 (8), a small deleted file (9) and a
+//     sparse one of 20000 bytes (10, in CRIU's chunks), an inotify with
+//     two watches (11, written newest first) and a unix listener on a path
+//     (12, its name with CRIU's trailing NUL); on SIGUSR1 it checks them
+//     all and stores 1 in verdict (else the number of the failed check).
 
 // godwit restores CRIU 4.2's images: the restored tasks and threads are
 // the dumped ones, hold the dumped values, and run on (their counters, read
@@ -117,7 +120,16 @@ func installFixture(t *testing.T, name string) string {
 		t.Fatal(err)
 	}
 	if name == "fds" {
+		// The regular file at its dumped size, and what the inotify
+		// watches (the deleted files come from the images).
+		os.Remove("/tmp/godwit-criu42/fds.d/new")
 		if err := os.WriteFile("/tmp/godwit-criu42/fds.data", []byte(fdsData), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll("/tmp/godwit-criu42/fds.d", 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile("/tmp/godwit-criu42/fds.d/f", nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
