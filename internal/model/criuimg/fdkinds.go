@@ -789,11 +789,24 @@ func lockEntry(l model.FileLock, pid, fd int) *file_lock.FileLockEntry {
 	if l.Write {
 		typ = unix.F_WRLCK
 	}
+	flag := l.Kind
+	if flag == model.LockOFD {
+		flag = criuFlOFD
+	}
 	return &file_lock.FileLockEntry{
-		Flag: proto.Uint32(l.Kind), Type: proto.Uint32(typ), Pid: proto.Int32(int32(pid)), Fd: proto.Int32(int32(fd)),
+		Flag: proto.Uint32(flag), Type: proto.Uint32(typ), Pid: proto.Int32(int32(pid)), Fd: proto.Int32(int32(fd)),
 		Start: proto.Int64(l.Start), Len: proto.Int64(l.Len),
 	}
 }
+
+// CRIU's file_lock_entry.flag values (criu/include/file-lock.h): POSIX
+// and flock are the kernel's FL_* bits, OFD is CRIU's own 4, not the
+// kernel's FL_OFDLCK (1024), and CRIU's restore refuses any other value
+// ("Unknown file lock style!").
+const (
+	criuFlOFD     = 4
+	kernelFlOFDLK = 1024 // what godwit wrote for OFD locks before: still read
+)
 
 // writeLocks writes the tasks' POSIX locks and the descriptions' flock
 // and OFD locks (each through the first fd that holds its description).
@@ -848,6 +861,9 @@ func readLocks(d *images.Dir, t *model.Tree) error {
 			return fmt.Errorf("%s: lock %d: no fd %d in task %d", FileLocksImg, i, e.GetFd(), e.GetPid())
 		}
 		l := model.FileLock{Kind: e.GetFlag(), Start: e.GetStart(), Len: e.GetLen()}
+		if l.Kind == criuFlOFD || l.Kind == kernelFlOFDLK {
+			l.Kind = model.LockOFD
+		}
 		switch e.GetType() {
 		case unix.F_RDLCK:
 		case unix.F_WRLCK:

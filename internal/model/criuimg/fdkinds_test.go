@@ -9,6 +9,7 @@ import (
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fh"
+	file_lock "github.com/checkpoint-restore/go-criu/v8/crit/images/file-lock"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fsnotify"
 	ghost_file "github.com/checkpoint-restore/go-criu/v8/crit/images/ghost-file"
 	"golang.org/x/sys/unix"
@@ -315,5 +316,42 @@ func TestReadCRIUGhostLayouts(t *testing.T) {
 				t.Fatalf("read %d bytes (size %d), want %d", len(g.Data), g.Size, len(c.want))
 			}
 		})
+	}
+}
+
+// OFD locks are CRIU's flag 4 in filelocks.img (its restore refuses the
+// kernel's FL_OFDLCK, 1024, which godwit wrote before); both are read.
+func TestOFDLockFlag(t *testing.T) {
+	tr := kindsTree(t)
+	dir, _ := writeTree(t, tr)
+	d, err := images.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	es, err := images.ReadAll[*file_lock.FileLockEntry](d, FileLocksImg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ofd *file_lock.FileLockEntry
+	for _, e := range es {
+		if e.GetFlag() != model.LockPOSIX && e.GetFlag() != model.LockFlock {
+			if e.GetFlag() != criuFlOFD {
+				t.Fatalf("lock flag %d written, want CRIU's OFD %d", e.GetFlag(), criuFlOFD)
+			}
+			ofd = e
+		}
+	}
+	if ofd == nil {
+		t.Fatal("no OFD lock written")
+	}
+	ofd.Flag = proto.Uint32(kernelFlOFDLK)
+	d.Remove(FileLocksImg)
+	if err := images.Write(d, FileLocksImg, es...); err != nil {
+		t.Fatal(err)
+	}
+	got := readTree(t, dir)
+	if l := got.Files[21].Locks; len(l) != 2 || l[1].Kind != model.LockOFD {
+		t.Fatalf("locks read back as %+v, want the OFD lock", l)
 	}
 }
