@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -72,7 +71,9 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 	if s.cfg.Lazy {
 		return errors.New("page server: --lazy-pages on a handed-over socket (--ps-socket) is not supported")
 	}
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	// Closing our duplicate wakes the session (the caller's descriptor
+	// keeps the connection itself).
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	s.m.conn("ps-socket")
 	defer s.m.connDone()

@@ -210,3 +210,26 @@ func TestHandedOverTCPSocket(t *testing.T) {
 	}
 	checkSame(t, dir, "pagemap-7.img", taskRanges, 9)
 }
+
+// Cancelling the context ends a session that waits for requests.
+func TestServeConnCancel(t *testing.T) {
+	fds := socketPair(t)
+	conn, err := SocketConn(fds[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := &syncBuf{}
+	srv, err := NewServer(Config{ImagesDir: filepath.Join(t.TempDir(), "images"), Log: logging.New(log, 4), Once: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.ServeConn(ctx, conn) }()
+	log.waitLog(t, "serving the handed-over connection")
+	cancel()
+	if err := waitServe(t, done); err == nil || !strings.Contains(err.Error(), "interrupted") {
+		t.Fatalf("ServeConn after cancel = %v, want interrupted", err)
+	}
+}
