@@ -337,4 +337,3 @@ func TestClosingStates(t *testing.T) {
 		waitState(t, a2, StateClose)
 	})
 }
-
