@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptrace"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -593,4 +596,106 @@ func TestNetEstablishedRefused(t *testing.T) {
 		t.Fatalf("dump: exit %d: %q, want one line with %q", code, out, want)
 	}
 	runStreams(t, []*peer{p}, 1<<20)
+}
+
+// A Go net/http server, built with the current Go (its listener is
+// MPTCP), keeps its listener as MPTCP and its keep-alive client's
+// connection (plain TCP: the kernel hands out a fallen-back connection
+// as a TCP socket) across dump and restore: the client's next request
+// goes over the same connection and the count goes on.
+func TestNetHTTPServerMPTCP(t *testing.T) {
+	needRoot(t)
+	bin := filepath.Join(t.TempDir(), "nethttp")
+	if out, err := exec.Command("go", "build", "-o", bin, "./workloads/nethttp").CombinedOutput(); err != nil {
+		t.Fatalf("go build nethttp: %v\n%s", err, out)
+	}
+	n := newNetns(t)
+	const addr = "127.0.0.1:7780"
+	p := &netProc{log: filepath.Join(t.TempDir(), "log"), waited: make(chan error, 1)}
+	p.cmd = exec.Command(bin, addr, p.log)
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	var err error
+	n.do(func() { err = p.cmd.Start() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.pid = p.cmd.Process.Pid
+	go func() { p.waited <- p.cmd.Wait() }()
+	t.Cleanup(func() { killAndForget(p.pid) })
+	p.waitLine(t, "ready")
+	waitFor(t, "ticks", func() bool { return p.ticks() > 2 })
+
+	listener := func() *sockdiag.Inet {
+		var ls *sockdiag.Inet
+		n.do(func() {
+			socks, err := sockdiag.DumpInet(unix.AF_INET, unix.IPPROTO_MPTCP)
+			if err != nil {
+				t.Error(err)
+			}
+			for _, s := range socks {
+				if s.State == 10 && s.Src.String() == addr {
+					ls = s
+				}
+			}
+		})
+		return ls
+	}
+	if listener() == nil {
+		t.Fatal("the Go server's listener is not MPTCP: this test needs a Go ≥ 1.24 and a kernel with MPTCP")
+	}
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, a string) (c net.Conn, err error) {
+		n.do(func() { c, err = (&net.Dialer{}).DialContext(ctx, network, a) })
+		return
+	}}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	var local string
+	get := func(want int) {
+		t.Helper()
+		var reused bool
+		var la string
+		ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+			reused, la = i.Reused, i.Conn.LocalAddr().String()
+		}})
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/n", nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("request %d: %v", want, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || string(b) != strconv.Itoa(want) {
+			t.Fatalf("request %d: %q, %v", want, b, err)
+		}
+		if local == "" {
+			local = la
+		} else if !reused || la != local {
+			t.Fatalf("request %d went over a new connection (%s, reused %v), not the kept-alive %s", want, la, reused, local)
+		}
+	}
+	for i := 1; i <= 5; i++ {
+		get(i)
+	}
+	dir := dumpNet(t, n, p)
+	r := restoreNet(t, n, p, dir)
+	if listener() == nil {
+		t.Fatal("the restored listener is not MPTCP")
+	}
+	for i := 6; i <= 10; i++ {
+		get(i)
+	}
+	// A new client: the restored listener accepts.
+	tr2 := &http.Transport{DialContext: tr.DialContext}
+	defer tr2.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr2, Timeout: 10 * time.Second}).Get("http://" + addr + "/n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "11" {
+		t.Fatalf("new client: %q", b)
+	}
+	killAndForget(p.pid)
+	<-r.done
 }

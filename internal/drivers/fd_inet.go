@@ -171,9 +171,17 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 		return err
 	}
 	ino := uint32(fd.Stat.Ino)
+	if err := sameNetns(s); err != nil {
+		return fmt.Errorf("%s %s socket %d: %w", familyName(family), protoName(uint32(proto)), ino, err)
+	}
 	dg := tab[ino]
 	if dg == nil {
-		return fmt.Errorf("%s %s socket %d is not in godwit's network namespace (sockets of another network namespace are not supported yet)", familyName(family), protoName(uint32(proto)), ino)
+		// Not hashed: a socket never bound (sock_diag lists only
+		// sockets with an address).
+		dg = &sockdiag.Inet{State: tcprepair.StateClose}
+	}
+	if dg.State == tcpBoundInactive {
+		dg.State = tcprepair.StateClose
 	}
 	st := &model.InetSocketState{
 		Ino: ino, Family: uint32(family), Type: uint32(typ), Proto: uint32(proto), State: uint32(dg.State),
@@ -221,6 +229,12 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 	if err := tcprepair.Supported(uint8(st.State)); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
+	if st.Proto == unix.IPPROTO_MPTCP {
+		// A connection that fell back to TCP when accepted is a TCP
+		// socket; one that stays MPTCP cannot be rebuilt: a new MPTCP
+		// socket refuses TCP_REPAIR (ENOPROTOOPT).
+		return fmt.Errorf("%s: connected MPTCP socket (%s): not supported (the kernel has no repair mode for MPTCP)", what, tcprepair.StateName(uint8(st.State)))
+	}
 	if !fl.TCPEstablished {
 		return fmt.Errorf("%s: established TCP connection (%s): dump with --tcp-established", what, tcprepair.StateName(uint8(st.State)))
 	}
@@ -228,6 +242,32 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 		return fmt.Errorf("%s: send side shut down in %s: not supported", what, tcprepair.StateName(uint8(st.State)))
 	}
 	return repairDump(id, s, st, what)
+}
+
+// tcpBoundInactive is how sock_diag reports a TCP socket bound but
+// neither listening nor connected (TCP_BOUND_INACTIVE,
+// include/net/tcp_states.h).
+const tcpBoundInactive = 13
+
+// sameNetns refuses a socket of another network namespace than godwit's
+// (the restore would make it in godwit's).
+func sameNetns(s int) error {
+	nsfd, err := unix.IoctlRetInt(s, unix.SIOCGSKNS)
+	if err != nil {
+		return fmt.Errorf("SIOCGSKNS: %w", err)
+	}
+	defer unix.Close(nsfd)
+	var a, b unix.Stat_t
+	if err := unix.Fstat(nsfd, &a); err != nil {
+		return fmt.Errorf("stat its network namespace: %w", err)
+	}
+	if err := unix.Stat("/proc/thread-self/ns/net", &b); err != nil {
+		return fmt.Errorf("stat godwit's network namespace: %w", err)
+	}
+	if a.Ino != b.Ino || a.Dev != b.Dev {
+		return errors.New("in another network namespace than godwit's: not supported yet")
+	}
+	return nil
 }
 
 // repairDump puts a copy of s in repair mode, kept until the dump ends
@@ -340,6 +380,11 @@ func inetOpts(s int, st *model.InetSocketState) error {
 		}
 		var v int
 		if v, err = unix.GetsockoptInt(s, level, opt); err != nil {
+			if st.Proto == unix.IPPROTO_MPTCP && unsupportedOpt(err) {
+				// MPTCP has no such option (nor could it be set).
+				err = nil
+				return 0
+			}
 			err = fmt.Errorf("getsockopt %s: %w", name, err)
 		}
 		return v
@@ -648,6 +693,11 @@ func setInetOpts(s int, st *model.InetSocketState, after, repair bool) error {
 	return nil
 }
 
+// unsupportedOpt: the socket's protocol has no such option.
+func unsupportedOpt(err error) bool {
+	return errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOPROTOOPT)
+}
+
 // sockOpt is an integer socket option to set.
 type sockOpt struct {
 	level, opt, v int
@@ -656,8 +706,9 @@ type sockOpt struct {
 
 func setInts(s int, os []sockOpt) error {
 	for _, o := range os {
-		if cur, err := unix.GetsockoptInt(s, o.level, o.opt); err == nil && cur == o.v {
-			continue
+		cur, err := unix.GetsockoptInt(s, o.level, o.opt)
+		if err == nil && cur == o.v || o.v == 0 && unsupportedOpt(err) {
+			continue // as wanted, or an option MPTCP has not
 		}
 		if err := unix.SetsockoptInt(s, o.level, o.opt, o.v); err != nil {
 			return fmt.Errorf("setsockopt %s %d: %w", o.name, o.v, err)
