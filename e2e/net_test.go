@@ -39,7 +39,7 @@ type netns struct {
 	done chan struct{}
 }
 
-func newNetns(t *testing.T) *netns {
+func newNetns(t testing.TB) *netns {
 	t.Helper()
 	n := &netns{ops: make(chan func()), done: make(chan struct{})}
 	errc := make(chan error)

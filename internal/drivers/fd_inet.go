@@ -171,13 +171,13 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 		return err
 	}
 	ino := uint32(fd.Stat.Ino)
-	if err := sameNetns(s); err != nil {
-		return fmt.Errorf("%s %s socket %d: %w", familyName(family), protoName(uint32(proto)), ino, err)
-	}
 	dg := tab[ino]
 	if dg == nil {
-		// Not hashed: a socket never bound (sock_diag lists only
-		// sockets with an address).
+		// sock_diag lists the sockets of godwit's network namespace
+		// that have an address: this one is of another, or unbound.
+		if err := sameNetns(s); err != nil {
+			return fmt.Errorf("%s %s socket %d: %w", familyName(family), protoName(uint32(proto)), ino, err)
+		}
 		dg = &sockdiag.Inet{State: tcprepair.StateClose}
 	}
 	if dg.State == tcpBoundInactive {
@@ -356,8 +356,9 @@ func collectUDP(s int, st *model.InetSocketState, what string) error {
 	return nil
 }
 
-// defaultTTL is the network namespace's default IPv4 TTL.
-func defaultTTL() uint32 {
+// defaultTTL is the network namespace's default IPv4 TTL (read once:
+// godwit stays in one namespace).
+var defaultTTL = sync.OnceValue(func() uint32 {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_default_ttl")
 	if err != nil {
 		return 64
@@ -367,7 +368,7 @@ func defaultTTL() uint32 {
 		return 64
 	}
 	return uint32(v)
-}
+})
 
 // inetOpts reads the inet and TCP options into st, refusing those the
 // image cannot carry.
@@ -590,9 +591,23 @@ func newInet(st *model.InetSocketState, bind bool) (int, error) {
 // connection without SO_REUSEADDR holds its port, as when the task made
 // it, while a connection in repair mode binds anywhere.
 func listenersFirst(rs *restoreFDs, c *model.InetSocketState) error {
-	for _, id := range rs.r.Tree.FileIDs() {
+	if rs.listeners == nil {
+		// The tree's listeners by port, once per task (not a pass over
+		// every file per connection).
+		rs.listeners = map[uint16][]model.ID{}
+		for id, f := range rs.r.Tree.Files {
+			if l := f.Inet; l != nil && l.State == tcprepair.StateListen {
+				rs.listeners[l.Src.Port()] = append(rs.listeners[l.Src.Port()], id)
+			}
+		}
+		rs.mine = map[model.ID]bool{}
+		for _, e := range rs.r.Task.FDs {
+			rs.mine[e.File] = true
+		}
+	}
+	for _, id := range rs.listeners[c.Src.Port()] {
 		l := rs.r.Tree.Files[id].Inet
-		if l == nil || l.State != tcprepair.StateListen || l.Src.Port() != c.Src.Port() || l.Family != c.Family {
+		if l.Family != c.Family {
 			continue
 		}
 		if _, ok := rs.socks[l.Ino]; ok {
@@ -610,22 +625,13 @@ func listenersFirst(rs *restoreFDs, c *model.InetSocketState) error {
 		if err != nil {
 			return fmt.Errorf("its listener %s: %w", describe(l), err)
 		}
-		if taskHolds(rs, id) || rs.r.Held == nil {
+		if rs.mine[id] || rs.r.Held == nil {
 			rs.socks[l.Ino] = s
 		} else {
 			rs.r.Held.socks[l.Ino] = s
 		}
 	}
 	return nil
-}
-
-func taskHolds(rs *restoreFDs, id model.ID) bool {
-	for _, e := range rs.r.Task.FDs {
-		if e.File == id {
-			return true
-		}
-	}
-	return false
 }
 
 // setInetOpts gives s the dumped options. A socket in repair mode binds
