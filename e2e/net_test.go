@@ -382,7 +382,7 @@ func (r *netRestoring) finish(t *testing.T, w *netProc, peers []*peer) string {
 	case err := <-r.done:
 		r.done <- err
 		if err != nil {
-			t.Fatalf("restored workload failed: %v\n%s\n%s", err, r.out.String(), tailOf(w.log))
+			t.Fatalf("restored workload failed: %v\n%s\n%s", err, r.out.String(), readAll(w.log)[max(0, len(readAll(w.log))-800):])
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatalf("restored pid %d did not finish", w.pid)
@@ -698,4 +698,90 @@ func TestNetHTTPServerMPTCP(t *testing.T) {
 	}
 	killAndForget(p.pid)
 	<-r.done
+}
+
+// UDP sockets come back bound and connected, with their options: the
+// restored echo socket answers on its port, the connected one sends on
+// from the same port, and the program finds its options as it set them.
+func TestNetUDP(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	const port = 7720
+	var peer *net.UDPConn
+	var err error
+	n.do(func() { peer, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port + 1}) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	w := startNet(t, n, "udp", "127.0.0.1", strconv.Itoa(port))
+	echo := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}
+	// from reads the next "n=N" of the connected socket, and its source.
+	from := func() (int, *net.UDPAddr) {
+		t.Helper()
+		buf := make([]byte, 64)
+		peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+		k, src, err := peer.ReadFromUDP(buf)
+		if err != nil {
+			t.Fatalf("read from the connected socket: %v", err)
+		}
+		v, err := strconv.Atoi(strings.TrimPrefix(string(buf[:k]), "n="))
+		if err != nil {
+			t.Fatalf("datagram %q", buf[:k])
+		}
+		return v, src
+	}
+	ask := func(msg string) {
+		t.Helper()
+		if _, err := peer.WriteToUDP([]byte(msg), echo); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64)
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			peer.SetReadDeadline(deadline)
+			k, src, err := peer.ReadFromUDP(buf)
+			if err != nil {
+				t.Fatalf("echo of %q: %v", msg, err)
+			}
+			if src.Port != port {
+				continue // a counter datagram
+			}
+			want := []byte(msg)
+			for i := range want {
+				want[i]++
+			}
+			if string(buf[:k]) != string(want) {
+				t.Fatalf("echo of %q: %q", msg, buf[:k])
+			}
+			return
+		}
+	}
+	ask("before")
+	_, src := from()
+	w.toggleHold(t, 1)
+	time.Sleep(20 * time.Millisecond)
+	// Drain the counter datagrams sent before the hold.
+	for {
+		peer.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, _, err := peer.ReadFromUDP(make([]byte, 64)); err != nil {
+			break
+		}
+	}
+	dir := t.TempDir()
+	code, out := n.godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-o", "dump.log")
+	if code != 0 {
+		t.Fatalf("dump: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "dump.log")))
+	}
+	<-w.waited
+	waitFor(t, "the dumped pid to go", func() bool { return !pidExists(w.pid) })
+	r := restoreNet(t, n, w, dir)
+	w.toggleHold(t, 0)
+	v, src2 := from()
+	if src2.String() != src.String() || v == 0 {
+		t.Fatalf("after the restore the connected socket sends from %s (was %s)", src2, src)
+	}
+	ask("after")
+	if line := r.finish(t, w, nil); !strings.HasPrefix(line, "done ") {
+		t.Fatalf("workload: %s", line)
+	}
 }

@@ -649,6 +649,12 @@ func setInetOpts(s int, st *model.InetSocketState, after, repair bool) error {
 	if after {
 		return setInts(s, []opt{{unix.SOL_SOCKET, unix.SO_REUSEADDR, b(o.ReuseAddr), "SO_REUSEADDR"}})
 	}
+	if st.Family == unix.AF_INET {
+		// IP_TOS sets the priority too: before SO_PRIORITY.
+		if err := setInts(s, []opt{{unix.SOL_IP, unix.IP_TOS, int(o.TOS), "IP_TOS"}}); err != nil {
+			return err
+		}
+	}
 	if err := setInetSocketOpts(s, &st.Opts); err != nil {
 		return err
 	}
@@ -663,7 +669,7 @@ func setInetOpts(s int, st *model.InetSocketState, after, repair bool) error {
 		{unix.SOL_SOCKET, unix.SO_OOBINLINE, b(o.OOBInline), "SO_OOBINLINE"},
 	}...)
 	if st.Family == unix.AF_INET {
-		os = append(os, opt{unix.SOL_IP, unix.IP_FREEBIND, b(o.Freebind), "IP_FREEBIND"}, opt{unix.SOL_IP, unix.IP_TOS, int(o.TOS), "IP_TOS"})
+		os = append(os, opt{unix.SOL_IP, unix.IP_FREEBIND, b(o.Freebind), "IP_FREEBIND"})
 		if o.TTL != 0 {
 			os = append(os, opt{unix.SOL_IP, unix.IP_TTL, int(o.TTL), "IP_TTL"})
 		}
