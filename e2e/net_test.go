@@ -785,3 +785,70 @@ func TestNetUDP(t *testing.T) {
 		t.Fatalf("workload: %s", line)
 	}
 }
+
+// A restore where a socket's address is not local fails in one line
+// naming the socket and the address; --tcp-close restores a connection
+// whose address is gone, closed.
+func TestNetAddressNotLocal(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	const addr = "fd00:6f64::1" // on the test namespace's lo only
+	var out []byte
+	var err error
+	n.do(func() { out, err = exec.Command("ip", "addr", "add", addr+"/128", "dev", "lo", "nodad").CombinedOutput() })
+	if err != nil {
+		t.Fatalf("ip addr add: %v\n%s", err, out)
+	}
+	var ln net.Listener
+	n.do(func() { ln, err = net.Listen("tcp6", "["+addr+"]:0") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	w := startNet(t, n, "client", addr, port)
+	logOf = func([]*peer) string { return w.logTail() }
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPeer(c)
+	defer p.close()
+	runStreams(t, []*peer{p}, 64<<10)
+	quiesce(t, w, []*peer{p}, 1024)
+	dir := dumpNet(t, n, w)
+
+	// Another namespace, without the address.
+	n2 := newNetns(t)
+	code, msg := n2.godwit(t, "restore", "-D", dir, "--tcp-established")
+	want := fmt.Sprintf("TCP socket [%s]:", addr)
+	if code == 0 || !strings.Contains(msg, want) || !strings.Contains(msg, "address "+addr+" is not local here") || strings.Count(strings.TrimSpace(msg), "\n") != 0 {
+		t.Fatalf("restore: exit %d: %q: want one line naming %q and the address", code, msg, want)
+	}
+	waitFor(t, "the failed restore's task to go", func() bool { return !pidExists(w.pid) })
+
+	// --tcp-close: the connection comes back closed; the program sees
+	// its socket unconnected.
+	r := &netRestoring{done: make(chan error, 1)}
+	r.cmd = exec.Command(godwitBin, "restore", "-D", dir, "--tcp-close", "-o", "restore.log")
+	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
+	n2.do(func() { err = r.cmd.Start() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.done <- r.cmd.Wait() }()
+	t.Cleanup(func() { killAndForget(w.pid); <-r.done })
+	waitFor(t, "the restored program to run", func() bool { return alive(w.pid) && tracerOf(w.pid) == 0 })
+	w.toggleHold(t, 0)
+	waitFor(t, "the program to find its connection closed", func() bool {
+		// Writing on a TCP socket never connected fails with EPIPE.
+		return strings.Contains(readAll(w.log), "FAIL: write: Broken pipe")
+	})
+	if err := unix.Kill(w.pid, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-r.done; err == nil {
+		t.Fatalf("the program found nothing wrong with a closed connection: %s", tailOf(w.log))
+	}
+	r.done <- nil
+}

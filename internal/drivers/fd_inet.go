@@ -543,10 +543,13 @@ func makeInet(rs *restoreFDs, st *model.InetSocketState) (int, error) {
 
 // notLocal names the address when the kernel refused it as not local.
 func notLocal(st *model.InetSocketState, err error) error {
-	if errors.Is(err, unix.EADDRNOTAVAIL) {
-		return fmt.Errorf("address %s is not local here (--tcp-close restores connections closed)", st.Src.Addr())
+	if !errors.Is(err, unix.EADDRNOTAVAIL) {
+		return err
 	}
-	return err
+	if st.Type == unix.SOCK_STREAM && st.State != tcprepair.StateListen && st.State != tcprepair.StateClose {
+		return fmt.Errorf("address %s is not local here (--tcp-close restores the connection closed)", st.Src.Addr())
+	}
+	return fmt.Errorf("address %s is not local here", st.Src.Addr())
 }
 
 // newInet makes an unconnected TCP socket (unbound, bound or listening)
