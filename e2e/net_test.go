@@ -164,6 +164,7 @@ type peer struct {
 	sent, recv       atomic.Int64
 	reading, writing atomic.Bool
 	ending           atomic.Bool // the workload is told to exit: EOF is no error
+	eofOK, eof       atomic.Bool // the workload shuts down: EOF ends the stream
 	stop             chan struct{}
 	wg               sync.WaitGroup
 	errMu            sync.Mutex
@@ -220,7 +221,8 @@ func (p *peer) readLoop() {
 			}
 		}
 		p.recv.Add(int64(n))
-		if errors.Is(err, io.EOF) && p.ending.Load() {
+		if errors.Is(err, io.EOF) && (p.ending.Load() || p.eofOK.Load()) {
+			p.eof.Store(true)
 			return
 		}
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -851,4 +853,93 @@ func TestNetAddressNotLocal(t *testing.T) {
 		t.Fatalf("the program found nothing wrong with a closed connection: %s", tailOf(w.log))
 	}
 	r.done <- nil
+}
+
+// Connections frozen closing come back in their state, queues intact,
+// and end as they would have: the peer half-closed (CLOSE_WAIT), the
+// program half-closed behind bytes its peer had no room for yet
+// (FIN_WAIT1, which turns FIN_WAIT2 once the peer reads), both
+// (LAST_ACK). Every byte arrives, then the end of the stream.
+func TestNetClosingStates(t *testing.T) {
+	needRoot(t)
+	for _, c := range []struct {
+		name                string
+		peerClose, progShut bool
+		want                uint8
+	}{
+		{"CLOSE_WAIT", true, false, 8},
+		{"FIN_WAIT1", false, true, 4},
+		{"LAST_ACK", true, true, 9},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			n := newNetns(t)
+			var ln net.Listener
+			var err error
+			n.do(func() { ln, err = net.Listen("tcp4", "127.0.0.1:0") })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			port := ln.Addr().(*net.TCPAddr).Port
+			w := startNet(t, n, "client", "127.0.0.1", strconv.Itoa(port))
+			logOf = func([]*peer) string { return w.logTail() }
+			conn, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := newPeer(conn)
+			defer p.close()
+			runStreams(t, []*peer{p}, 256<<10)
+			quiesce(t, w, []*peer{p}, 8<<10)
+			if c.peerClose {
+				if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if c.progShut {
+				if err := unix.Kill(w.pid, unix.SIGHUP); err != nil {
+					t.Fatal(err)
+				}
+				w.waitLine(t, "shut")
+			}
+			state := func() uint8 {
+				var st uint8
+				n.do(func() {
+					socks, err := sockdiag.DumpInet(unix.AF_INET, unix.IPPROTO_TCP)
+					if err != nil {
+						t.Error(err)
+					}
+					for _, s := range socks {
+						if s.Dst.Port() == uint16(port) && s.Ino != 0 {
+							st = s.State
+						}
+					}
+				})
+				return st
+			}
+			waitFor(t, c.name, func() bool { return state() == c.want })
+			dir := dumpNet(t, n, w)
+			r := restoreNet(t, n, w, dir)
+			if s := state(); s != c.want {
+				t.Fatalf("restored in state %d, want %d", s, c.want)
+			}
+			// Either way the peer's stream ends: the program shut it,
+			// or closed its socket after reading to the end.
+			p.eofOK.Store(true)
+			w.toggleHold(t, 0)
+			p.reading.Store(true)
+			waitFor(t, "the end of the program's stream", func() bool { return p.eof.Load() || p.failed() != nil })
+			if err := p.failed(); err != nil {
+				t.Fatal(err)
+			}
+			line := r.finish(t, w, []*peer{p})
+			m := doneRE.FindStringSubmatch(line)
+			if m == nil {
+				t.Fatalf("workload: %s", line)
+			}
+			if m[1] != strconv.FormatInt(p.recv.Load(), 10) || m[2] != strconv.FormatInt(p.sent.Load(), 10) {
+				t.Fatalf("workload %s; the peer read %d and wrote %d", line, p.recv.Load(), p.sent.Load())
+			}
+		})
+	}
 }
