@@ -943,3 +943,41 @@ func TestNetClosingStates(t *testing.T) {
 		})
 	}
 }
+
+// A listener with a connection waiting in its accept queue is refused
+// (the kernel cannot put it back); --skip-in-flight dumps it without it,
+// and the restored listener accepts new clients.
+func TestNetSkipInFlight(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	const port = "7740"
+	w := startNet(t, n, "server", "127.0.0.1", port)
+	w.toggleHold(t, 1) // accepts nothing
+	var waiting net.Conn
+	var err error
+	n.do(func() { waiting, err = net.Dial("tcp4", "127.0.0.1:"+port) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer waiting.Close()
+	code, out := n.godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir(), "--tcp-established")
+	if code == 0 || !strings.Contains(out, "TCP socket 127.0.0.1:"+port+": listening, with 1 connections waiting in its accept queue") {
+		t.Fatalf("dump: exit %d: %q", code, out)
+	}
+	dir := dumpNet(t, n, w, "--skip-in-flight")
+	r := restoreNet(t, n, w, dir)
+	w.toggleHold(t, 0)
+	var c net.Conn
+	n.do(func() { c, err = net.Dial("tcp4", "127.0.0.1:"+port) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPeer(c)
+	defer p.close()
+	logOf = func([]*peer) string { return w.logTail() }
+	runStreams(t, []*peer{p}, 256<<10)
+	line := r.finish(t, w, []*peer{p})
+	if !doneRE.MatchString(line) {
+		t.Fatalf("workload: %s", line)
+	}
+}
