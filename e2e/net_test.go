@@ -981,3 +981,38 @@ func TestNetSkipInFlight(t *testing.T) {
 		t.Fatalf("workload: %s", line)
 	}
 }
+
+// A dump that fails after reading connections in repair mode takes them
+// out of it again: the program streams on with its peer untouched.
+func TestNetFailedDumpLeavesConnections(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	var ln net.Listener
+	var err error
+	n.do(func() { ln, err = net.Listen("tcp4", "127.0.0.1:0") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	w := startNet(t, n, "client", "127.0.0.1", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+	logOf = func([]*peer) string { return w.logTail() }
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPeer(c)
+	defer p.close()
+	runStreams(t, []*peer{p}, 256<<10)
+	script := filepath.Join(t.TempDir(), "fail-post-dump")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" != post-dump ]\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	code, out := n.godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir(), "--tcp-established", "--action-script", script)
+	if code == 0 || !strings.Contains(out, "post-dump") {
+		t.Fatalf("dump: exit %d: %q, want the post-dump script's failure", code, out)
+	}
+	runStreams(t, []*peer{p}, 1<<20)
+	if r := w.logTail(); strings.Contains(r, "FAIL") {
+		t.Fatalf("the program failed after the dump failed:\n%s", r)
+	}
+}
