@@ -376,6 +376,7 @@ func (r *netRestoring) finish(t *testing.T, w *netProc, peers []*peer) string {
 	for _, p := range peers {
 		p.writing.Store(false)
 		p.ending.Store(true)
+		p.waitWrite() // counted: the workload's count is compared with it
 	}
 	if err := unix.Kill(w.pid, unix.SIGUSR1); err != nil {
 		t.Fatal(err)
@@ -432,14 +433,23 @@ func runStreams(t *testing.T, peers []*peer, more int64) {
 		p.reading.Store(true)
 		p.writing.Store(true)
 	}
-	waitFor(t, "the streams to move on", func() bool {
+	moved := func() bool {
 		for i, p := range peers {
 			if p.failed() != nil || p.sent.Load()-start[i].s < more || p.recv.Load()-start[i].r < more {
 				return p.failed() != nil
 			}
 		}
 		return true
-	})
+	}
+	for deadline := time.Now().Add(20 * time.Second); !moved(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			var s []string
+			for i, p := range peers {
+				s = append(s, fmt.Sprintf("connection %d: wrote %d, read %d (from %d, %d)", i, p.sent.Load(), p.recv.Load(), start[i].s, start[i].r))
+			}
+			t.Fatalf("the streams did not move on: %s\n%s", strings.Join(s, "; "), logOf(peers))
+		}
+	}
 	for i, p := range peers {
 		if err := p.failed(); err != nil {
 			t.Fatalf("connection %d: %v\n%s", i, err, logOf(peers))
