@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -94,7 +95,12 @@ func startNet(t *testing.T, n *netns, args ...string) *netProc {
 	p := &netProc{log: filepath.Join(t.TempDir(), "log"), waited: make(chan error, 1)}
 	p.cmd = exec.Command(cWorkload(t, "netconn"), append(args, p.log)...)
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	var err error
+	out, err := os.Create(p.log + ".out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	p.cmd.Stdout, p.cmd.Stderr = out, out
 	n.do(func() { err = p.cmd.Start() })
 	if err != nil {
 		t.Fatal(err)
@@ -102,7 +108,11 @@ func startNet(t *testing.T, n *netns, args ...string) *netProc {
 	p.pid = p.cmd.Process.Pid
 	go func() { p.waited <- p.cmd.Wait() }()
 	t.Cleanup(func() { killAndForget(p.pid) })
-	p.waitLine(t, "ready")
+	for deadline := time.Now().Add(20 * time.Second); !strings.HasPrefix(readAll(p.log), "ready\n"); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) || !alive(p.pid) {
+			t.Fatalf("netconn %v did not start: %s%s", args, readAll(p.log), readAll(p.log+".out"))
+		}
+	}
 	return p
 }
 
@@ -172,6 +182,9 @@ type peer struct {
 }
 
 func newPeer(c net.Conn) *peer {
+	// A small receive buffer: when the peer stops reading, the
+	// workload's send queue fills at once.
+	c.(*net.TCPConn).SetReadBuffer(64 << 10)
 	p := &peer{c: c, wx: 2, rx: 1, stop: make(chan struct{})}
 	p.reading.Store(true)
 	p.writing.Store(true)
@@ -289,12 +302,36 @@ func (p *peer) close() {
 // writing), and the peer writes fill more bytes, which stay queued in
 // the workload's receive queue. Nothing is then in flight towards the
 // workload: its death (in repair mode) and the restore go unseen.
-func quiesce(t *testing.T, w *netProc, peers []*peer, fill int) {
+func quiesce(t *testing.T, n *netns, w *netProc, peers []*peer, fill int) {
 	t.Helper()
 	for _, p := range peers {
 		p.reading.Store(false)
 	}
-	time.Sleep(200 * time.Millisecond)
+	// Until the workload's end of each connection holds bytes to send.
+	waitFor(t, "the workload's send queues to fill", func() bool {
+		full := true
+		n.do(func() {
+			socks := map[uint32]*sockdiag.Inet{}
+			for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+				s, err := sockdiag.DumpInet(fam, unix.IPPROTO_TCP)
+				if err != nil {
+					t.Error(err)
+				}
+				maps.Copy(socks, s)
+			}
+			for _, p := range peers {
+				peerAddr := p.c.LocalAddr().(*net.TCPAddr).AddrPort()
+				found := false
+				for _, s := range socks {
+					if s.Dst.Port() == peerAddr.Port() && s.Dst.Addr().Unmap() == peerAddr.Addr().Unmap() && s.Ino != 0 {
+						found = s.Wqueue > 64<<10
+					}
+				}
+				full = full && found
+			}
+		})
+		return full
+	})
 	for _, p := range peers {
 		p.writing.Store(false)
 		p.waitWrite()
@@ -519,7 +556,7 @@ func TestNetEstablishedClient(t *testing.T) {
 	p := newPeer(c)
 	defer p.close()
 	runStreams(t, []*peer{p}, 1<<20)
-	quiesce(t, w, []*peer{p}, 32<<10)
+	quiesce(t, n, w, []*peer{p}, 32<<10)
 	dir := dumpNet(t, n, w)
 	in, out := streams(t, dir)
 	if len(in) != 1 || in[0] < 32<<10 || out[0] == 0 {
@@ -554,7 +591,7 @@ func TestNetServer(t *testing.T) {
 	}
 	peers = append(peers, dial(), dial())
 	runStreams(t, peers, 1<<20)
-	quiesce(t, w, peers, 16<<10)
+	quiesce(t, n, w, peers, 16<<10)
 	dir := dumpNet(t, n, w)
 	if in, _ := streams(t, dir); len(in) != 2 {
 		t.Fatalf("%d connections dumped, want 2", len(in))
@@ -827,7 +864,7 @@ func TestNetAddressNotLocal(t *testing.T) {
 	p := newPeer(c)
 	defer p.close()
 	runStreams(t, []*peer{p}, 64<<10)
-	quiesce(t, w, []*peer{p}, 1024)
+	quiesce(t, n, w, []*peer{p}, 1024)
 	dir := dumpNet(t, n, w)
 
 	// Another namespace, without the address.
@@ -900,7 +937,7 @@ func TestNetClosingStates(t *testing.T) {
 			p := newPeer(conn)
 			defer p.close()
 			runStreams(t, []*peer{p}, 256<<10)
-			quiesce(t, w, []*peer{p}, 8<<10)
+			quiesce(t, n, w, []*peer{p}, 8<<10)
 			if c.peerClose {
 				if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
 					t.Fatal(err)
@@ -938,7 +975,11 @@ func TestNetClosingStates(t *testing.T) {
 			p.eofOK.Store(true)
 			w.toggleHold(t, 0)
 			p.reading.Store(true)
-			waitFor(t, "the end of the program's stream", func() bool { return p.eof.Load() || p.failed() != nil })
+			for deadline := time.Now().Add(20 * time.Second); !p.eof.Load() && p.failed() == nil; time.Sleep(5 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the program's stream did not end: the peer wrote %d, read %d; state now %d\n%s", p.sent.Load(), p.recv.Load(), state(), w.logTail())
+				}
+			}
 			if err := p.failed(); err != nil {
 				t.Fatal(err)
 			}
