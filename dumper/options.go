@@ -35,6 +35,10 @@ type Options struct {
 	// FileLocks dumps the file locks the tree holds (--file-locks);
 	// without it a lock fails the dump.
 	FileLocks bool
+	// TCPEstablished dumps established TCP connections (--tcp-established);
+	// SkipInFlight leaves out connections not accepted yet
+	// (--skip-in-flight).
+	TCPEstablished, SkipInFlight bool
 }
 
 // PageServer is where a page server listens and how to talk to it.

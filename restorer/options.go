@@ -44,6 +44,10 @@ type Options struct {
 	// them, registered with a userfaultfd, to the lazy-pages daemon
 	// listening on LazySocketName in WorkDir (or ImagesDir).
 	LazyPages bool
+	// TCPEstablished restores established TCP connections with
+	// TCP_REPAIR; TCPClose restores them closed (criu(8)'s
+	// --tcp-established, --tcp-close).
+	TCPEstablished, TCPClose bool
 }
 
 // FileValidation modes (criu(8)'s --file-validation).
