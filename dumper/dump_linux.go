@@ -18,6 +18,7 @@ import (
 	"godwit/internal/logging"
 	"godwit/internal/model"
 	"godwit/internal/model/criuimg"
+	"godwit/internal/netlock"
 	"godwit/internal/pagexfer"
 	"godwit/internal/pidfd"
 	"godwit/internal/procfs"
@@ -211,11 +212,25 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	}
 	frozenAt := time.Now()
 	logging.Default().Infof("dump %d: froze %d tasks (%d threads in the root) in %v", pid, len(tree), len(tids), frozenAt.Sub(t0))
+	nl, err := lockNetwork(o.NetworkLock, pid, scripts)
+	if err != nil {
+		rb.run()
+		return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
+	}
+	rb.add(func() {
+		if err := unlockNetwork(nl, pid, scripts); err != nil {
+			logging.Default().Errorf("dump %d: %v", pid, err)
+		}
+	})
 	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track,
-		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks}
+		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks, netLock: nl}
 	err = d.safeCollect()
 	if err == nil {
 		err = target.Commit()
+	}
+	if rec, ok := nl.Record(); err == nil && ok && !o.LeaveRunning && !o.LeaveStopped {
+		// The tree will be gone: its restore removes the lock.
+		err = writeNetLockRecord(dir, rec)
 	}
 	if err == nil {
 		err = interrupted(ctx)
@@ -277,6 +292,14 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		if err != nil {
 			ferrs = append(ferrs, fmt.Errorf("task %d: %w", t.pid, err))
 		}
+	}
+	if o.LeaveRunning || o.LeaveStopped {
+		// The connections are the tree's again.
+		if err := unlockNetwork(nl, pid, scripts); err != nil {
+			ferrs = append(ferrs, err)
+		}
+	} else if rec, ok := nl.Keep(); ok {
+		d.log.Infof("dump %d: network lock %s kept for the restore", pid, rec.Name)
 	}
 	ferr := errors.Join(ferrs...)
 	frozen := time.Since(frozenAt)
@@ -340,6 +363,7 @@ type dumpRun struct {
 	parentPages uint64
 	ghostLimit  uint64 // --ghost-limit, 0: the default
 	fileLocks   bool   // --file-locks
+	netLock     *netlock.Lock
 }
 
 func (d *dumpRun) note(name string) { d.written = append(d.written, name) }
@@ -367,6 +391,7 @@ func (d *dumpRun) collect() error {
 		fl.GhostLimit = d.ghostLimit
 	}
 	fl.FileLocks = d.fileLocks
+	fl.NetLock = d.netLock
 	var kobj kobjAlloc
 	tree := &model.Tree{}
 	shm := map[uint64]int{} // shared anonymous objects dumped, by shmid → pid

@@ -104,7 +104,7 @@ func ParseRecord(b []byte) (Record, error) {
 	if err := dec.Decode(&r); err != nil {
 		return Record{}, fmt.Errorf("%s: %w", RecordFile, err)
 	}
-	if r.Method != Nftables && r.Method != Iptables {
+	if r.Method != Nftables && r.Method != Iptables && (r.Method != Skip || !r.Netns) {
 		return Record{}, fmt.Errorf("%s: bad method %q", RecordFile, r.Method)
 	}
 	if !validName(r.Name) {
@@ -230,9 +230,10 @@ func (l *Lock) Lock(conns []Conn) error {
 }
 
 // LockNetns drops every packet of the lock's network namespace but those
-// marked with Mark, until Unlock.
+// marked with Mark, until Unlock. With method skip it only records that
+// the lock is the namespace's (its action scripts are the lock then).
 func (l *Lock) LockNetns() error {
-	if l == nil || l.method == Skip {
+	if l == nil {
 		return nil
 	}
 	l.mu.Lock()
@@ -241,6 +242,10 @@ func (l *Lock) LockNetns() error {
 		return errors.New("network lock: already released")
 	}
 	if l.whole {
+		return nil
+	}
+	if l.method == Skip {
+		l.whole = true
 		return nil
 	}
 	if err := l.install(true, nil); err != nil {
@@ -309,15 +314,28 @@ func (l *Lock) Keep() (r Record, ok bool) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.done || !l.made {
-		l.done = true
-		l.closeNetns()
-		return Record{}, false
-	}
+	r, ok = l.record()
 	l.done = true
 	l.guard.release(true)
 	l.guard = nil
 	l.closeNetns()
+	return r, ok
+}
+
+// Record is what Keep would return now.
+func (l *Lock) Record() (Record, bool) {
+	if l == nil {
+		return Record{}, false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.record()
+}
+
+func (l *Lock) record() (Record, bool) {
+	if l.done || !(l.made || l.whole) {
+		return Record{}, false
+	}
 	return Record{Method: l.method, Name: l.name, Netns: l.whole}, true
 }
 
@@ -330,10 +348,13 @@ func Adopt(r Record) (*Lock, error) { return adopt(r, nil) }
 
 // adopt is Adopt in the network namespace netns (nil: ours).
 func adopt(r Record, netns *os.File) (*Lock, error) {
-	if _, err := ParseMethod(string(r.Method)); err != nil || r.Method == Skip || !validName(r.Name) {
+	if _, err := ParseMethod(string(r.Method)); err != nil || (r.Method == Skip && !r.Netns) || !validName(r.Name) {
 		return nil, fmt.Errorf("network lock: bad record %+v", r)
 	}
 	l := &Lock{method: r.Method, name: r.Name, conns: map[Conn]bool{}, whole: r.Netns, netns: netns}
+	if r.Method == Skip {
+		return l, nil // the scripts' lock: nothing of godwit's to remove
+	}
 	exists, err := l.exists()
 	if err != nil {
 		return nil, fmt.Errorf("network lock %s: %w", l.name, err)

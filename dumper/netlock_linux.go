@@ -1,0 +1,86 @@
+package dumper
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/actions"
+	"godwit/internal/images"
+	"godwit/internal/logging"
+	"godwit/internal/netlock"
+)
+
+// The network lock of a dump (internal/netlock; docs/network-lock.md).
+// It is made once the tree is frozen: for a tree in godwit's network
+// namespace the socket drivers add each TCP connection to it (Files.NetLock)
+// before the connection goes into repair mode; a tree in a network
+// namespace of its own has that whole namespace locked at once, between
+// the network-lock action scripts and the end of the dump, as CRIU does
+// for a namespace it dumps. A failed dump removes the lock (rollback), as
+// does a dump that leaves the tree running or stopped; a dump that kills
+// the tree keeps it and records it in the images (netlock.RecordFile) for
+// the restore to remove once the connections are back.
+
+// ownNetns reports whether task pid is in another network namespace
+// than godwit.
+func ownNetns(pid int) (bool, error) {
+	var self, task unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &self); err != nil {
+		return false, fmt.Errorf("network namespace: %w", err)
+	}
+	if err := unix.Stat("/proc/"+strconv.Itoa(pid)+"/ns/net", &task); err != nil {
+		return false, fmt.Errorf("network namespace of %d: %w", pid, err)
+	}
+	return self.Dev != task.Dev || self.Ino != task.Ino, nil
+}
+
+// lockNetwork makes the lock of the frozen tree rooted at pid.
+func lockNetwork(method netlock.Method, pid int, scripts *actions.Scripts) (*netlock.Lock, error) {
+	own, err := ownNetns(pid)
+	if err != nil {
+		return nil, err
+	}
+	ns := ""
+	if own {
+		ns = "/proc/" + strconv.Itoa(pid) + "/ns/net"
+	}
+	l, err := netlock.New(method, pid, ns)
+	if err != nil {
+		return nil, err
+	}
+	if !own {
+		return l, nil // connections are added as the drivers find them
+	}
+	if err := scripts.Run(actions.NetworkLock, pid); err != nil {
+		l.Unlock()
+		return nil, err
+	}
+	if err := l.LockNetns(); err != nil {
+		return nil, errors.Join(err, unlockNetwork(l, pid, scripts))
+	}
+	logging.Default().Infof("dump %d: network namespace locked (%s)", pid, l.Method())
+	return l, nil
+}
+
+// unlockNetwork removes the lock; for a whole namespace the
+// network-unlock scripts run first, as in CRIU.
+func unlockNetwork(l *netlock.Lock, pid int, scripts *actions.Scripts) error {
+	var serr error
+	if l.Netns() {
+		serr = scripts.Run(actions.NetworkUnlock, pid)
+	}
+	return errors.Join(serr, l.Unlock())
+}
+
+// writeNetLockRecord records a lock the restore must remove.
+func writeNetLockRecord(d *images.Dir, r netlock.Record) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return writeFile(d, netlock.RecordFile, append(b, '\n'))
+}
