@@ -68,6 +68,40 @@ func startInNetns(t *testing.T, n *testNetns) *workload {
 	return startWorkload(t, "nsenter", "--net=/run/netns/"+n.name, "--", workloads["counter"])
 }
 
+// restoreInNetns runs godwit restore (no -d) of w from dir inside n, and
+// returns once the program runs untraced and ready() holds.
+func restoreInNetns(t *testing.T, n *testNetns, w *workload, dir string, ready func() bool, args ...string) *restoring {
+	t.Helper()
+	r := &restoring{done: make(chan error, 1)}
+	r.cmd = n.command(append([]string{godwitBin, "restore", "-D", dir, "-v4", "-o", "restore.log"}, args...)...)
+	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.done <- r.cmd.Wait() }()
+	t.Cleanup(func() {
+		killAndForget(w.pid)
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			r.cmd.Process.Kill()
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for !(alive(w.pid) && tracerOf(w.pid) == 0 && ready()) {
+		select {
+		case err := <-r.done:
+			t.Fatalf("restore exited early: %v: %s\n%s", err, r.out.String(), readFile(filepath.Join(dir, "restore.log")))
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("restored pid %d did not resume\n%s", w.pid, readFile(filepath.Join(dir, "restore.log")))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return r
+}
+
 // actionLog is an --action-script that appends each action to a file.
 func actionLog(t *testing.T) (script, file string) {
 	file = filepath.Join(t.TempDir(), "actions")
@@ -99,33 +133,7 @@ func TestNetlockNetnsDumpRestore(t *testing.T) {
 				t.Fatalf("no lock %s in the namespace after the dump:\n%s", lock, n.ruleset(t))
 			}
 			os.Remove(alog)
-			r := &restoring{done: make(chan error, 1)}
-			r.cmd = n.command(godwitBin, "restore", "-D", dir, "-v4", "-o", "restore.log", "--action-script", script)
-			r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
-			if err := r.cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			go func() { r.done <- r.cmd.Wait() }()
-			t.Cleanup(func() {
-				killAndForget(w.pid)
-				select {
-				case <-r.done:
-				case <-time.After(10 * time.Second):
-					r.cmd.Process.Kill()
-				}
-			})
-			deadline := time.Now().Add(30 * time.Second)
-			for !(alive(w.pid) && tracerOf(w.pid) == 0 && strings.Contains(actions(alog), "post-restore")) {
-				select {
-				case err := <-r.done:
-					t.Fatalf("restore exited early: %v: %s\n%s", err, r.out.String(), readFile(filepath.Join(dir, "restore.log")))
-				default:
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("restored pid %d did not resume\n%s", w.pid, readFile(filepath.Join(dir, "restore.log")))
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
+			r := restoreInNetns(t, n, w, dir, func() bool { return strings.Contains(actions(alog), "post-restore") }, "--action-script", script)
 			if got, want := actions(alog), "pre-restore pre-resume network-unlock post-restore"; got != want {
 				t.Fatalf("restore actions %q, want %q", got, want)
 			}

@@ -59,6 +59,12 @@ func (unixKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
 	if err != nil {
 		return fmt.Errorf("SO_DOMAIN: %w", err)
 	}
+	switch dom {
+	case unix.AF_NETLINK:
+		return collectNetlink(pid, s, fd, f)
+	case unix.AF_PACKET:
+		return refusePacket(s)
+	}
 	if dom != unix.AF_UNIX {
 		return fmt.Errorf("%s sockets are not supported yet", familyName(dom))
 	}
