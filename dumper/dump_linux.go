@@ -223,7 +223,14 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		}
 	})
 	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track,
-		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks, netLock: nl}
+		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks, tcpEstablished: o.TCPEstablished, skipInFlight: o.SkipInFlight, netLock: nl}
+	// Connections read in repair mode: out of it again if the tasks
+	// resume (added last, so run before they are thawed).
+	rb.add(func() {
+		if err := d.files.ReleaseRepaired(true); err != nil {
+			d.log.Warnf("dump %d: %v", pid, err)
+		}
+	})
 	err = d.safeCollect()
 	if err == nil {
 		err = target.Commit()
@@ -275,6 +282,14 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		}
 	}
 	var ferrs []error
+	// Left running, the connections leave repair mode before the tasks
+	// use them again.
+	resume := o.LeaveRunning || o.LeaveStopped
+	if resume {
+		if err := d.files.ReleaseRepaired(true); err != nil {
+			ferrs = append(ferrs, err)
+		}
+	}
 	for i := len(tree) - 1; i >= 0; i-- {
 		t := tree[i]
 		if t.zombie {
@@ -293,7 +308,14 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			ferrs = append(ferrs, fmt.Errorf("task %d: %w", t.pid, err))
 		}
 	}
-	if o.LeaveRunning || o.LeaveStopped {
+	// Killed, the tasks' connections close with these copies, in repair
+	// mode: silently.
+	if !resume {
+		if err := d.files.ReleaseRepaired(false); err != nil {
+			ferrs = append(ferrs, err)
+		}
+	}
+	if resume {
 		// The connections are the tree's again.
 		if err := unlockNetwork(nl, pid, scripts); err != nil {
 			ferrs = append(ferrs, err)
@@ -364,6 +386,11 @@ type dumpRun struct {
 	ghostLimit  uint64 // --ghost-limit, 0: the default
 	fileLocks   bool   // --file-locks
 	netLock     *netlock.Lock
+	// tcpEstablished, skipInFlight: --tcp-established, --skip-in-flight.
+	tcpEstablished, skipInFlight bool
+	// files is the tree's file table, which holds the connections read
+	// in repair mode until the dump ends.
+	files *drivers.Files
 }
 
 func (d *dumpRun) note(name string) { d.written = append(d.written, name) }
@@ -392,6 +419,8 @@ func (d *dumpRun) collect() error {
 	}
 	fl.FileLocks = d.fileLocks
 	fl.NetLock = d.netLock
+	fl.TCPEstablished, fl.SkipInFlight = d.tcpEstablished, d.skipInFlight
+	d.files = fl
 	var kobj kobjAlloc
 	tree := &model.Tree{}
 	shm := map[uint64]int{} // shared anonymous objects dumped, by shmid → pid

@@ -41,6 +41,10 @@ type Options struct {
 	// NetworkLock is how the tree's connections are locked while it is
 	// dumped and until they are restored ("": netlock.Default).
 	NetworkLock netlock.Method
+	// TCPEstablished dumps established TCP connections (--tcp-established);
+	// SkipInFlight leaves out connections not accepted yet
+	// (--skip-in-flight).
+	TCPEstablished, SkipInFlight bool
 }
 
 // PageServer is where a page server listens and how to talk to it.

@@ -52,6 +52,10 @@ type Options struct {
 	// the images) is removed once the connections are restored, or when
 	// the restore fails; Skip leaves it alone.
 	NetworkLock netlock.Method
+	// TCPEstablished restores established TCP connections with
+	// TCP_REPAIR; TCPClose restores them closed (criu(8)'s
+	// --tcp-established, --tcp-close).
+	TCPEstablished, TCPClose bool
 }
 
 // FileValidation modes (criu(8)'s --file-validation).

@@ -27,6 +27,7 @@ func Dump(o *opts.Options) (dumper.Options, error) {
 		FreezeCgroup: o.FreezeCgroup, CPUCap: o.CPUCap,
 		PrevImagesDir: o.PrevImages, TrackMem: o.TrackMem, AutoDedup: o.AutoDedup,
 		GhostLimit: o.GhostLimit, FileLocks: o.FileLocks,
+		TCPEstablished: o.TCPEstablish, SkipInFlight: o.SkipInFlight,
 	}
 	if o.PageTransfer != "" {
 		m, ok := dumper.ParseMethod(o.PageTransfer)
@@ -83,6 +84,7 @@ func Restore(o *opts.Options, stats io.Writer) (restorer.Options, error) {
 		Detach: o.RestoreDetach, LeaveStopped: o.LeaveStopped, ShellJob: o.ShellJob,
 		CPUCap: o.CPUCap, FileValidation: o.FileValidation, SkipFileRWXCheck: o.SkipFileRWXCheck,
 		AutoDedup: o.AutoDedup, LazyPages: o.LazyPages,
+		TCPEstablished: o.TCPEstablish, TCPClose: o.TCPClose,
 	}
 	if o.DisplayStats {
 		r.Stats = stats

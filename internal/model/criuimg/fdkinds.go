@@ -69,6 +69,8 @@ func fdType(f *model.File) fdinfo.FdTypes {
 		return fdinfo.FdTypes_UNIXSK
 	case model.NetlinkSocket:
 		return fdinfo.FdTypes_NETLINKSK
+	case model.InetSocket:
+		return fdinfo.FdTypes_INETSK
 	case model.Inotify:
 		return fdinfo.FdTypes_INOTIFY
 	}
@@ -152,6 +154,11 @@ func kindEntry(f *model.File) (*fdinfo.FileEntry, error) {
 		if u.FileMode != 0 {
 			e.Usk.FilePerms = &sk_unix.FilePermsEntry{Mode: proto.Uint32(u.FileMode), Uid: proto.Uint32(0), Gid: proto.Uint32(0)}
 		}
+	case model.InetSocket:
+		if f.Inet == nil {
+			return missing()
+		}
+		e.Isk = inetEntry(f, id)
 	case model.Inotify:
 		if f.Inotify == nil {
 			return missing()
@@ -423,6 +430,12 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 			return nil, true, fmt.Errorf("file %d: socket timeouts out of range", id)
 		}
 		f.Unix = u
+	case fdinfo.FdTypes_INETSK:
+		if e.GetIsk() == nil {
+			return bad("inet socket")
+		}
+		f, err := readInet(uint32(id), e.GetIsk())
+		return f, true, err
 	case fdinfo.FdTypes_INOTIFY:
 		p := e.GetIfy()
 		if p == nil {
