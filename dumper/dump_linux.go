@@ -222,6 +222,20 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			logging.Default().Errorf("dump %d: %v", pid, err)
 		}
 	})
+	if o.TCPEstablished && !nl.Netns() {
+		t := time.Now()
+		var live []int
+		for _, ft := range tree {
+			if !ft.zombie {
+				live = append(live, ft.pid)
+			}
+		}
+		if err := lockTreeConns(nl, live); err != nil {
+			rb.run()
+			return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
+		}
+		logging.Default().Infof("dump %d: %d connections locked (%s) in %v", pid, len(nl.Conns()), nl.Method(), time.Since(t))
+	}
 	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track,
 		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks, tcpEstablished: o.TCPEstablished, skipInFlight: o.SkipInFlight, netLock: nl}
 	// Connections read in repair mode: out of it again if the tasks

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -12,6 +14,7 @@ import (
 	"godwit/internal/images"
 	"godwit/internal/logging"
 	"godwit/internal/netlock"
+	"godwit/internal/sockdiag"
 )
 
 // The network lock of a dump (internal/netlock; docs/network-lock.md).
@@ -84,3 +87,57 @@ func writeNetLockRecord(d *images.Dir, r netlock.Record) error {
 	}
 	return writeFile(d, netlock.RecordFile, append(b, '\n'))
 }
+
+// lockTreeConns locks, in one batch, every TCP connection of the frozen
+// tasks pids that sock_diag shows in godwit's namespace (the drivers then
+// find theirs locked already: one firewall command for the whole tree
+// instead of one per connection).
+func lockTreeConns(l *netlock.Lock, pids []int) error {
+	inos := map[uint32]bool{}
+	for _, pid := range pids {
+		dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return fmt.Errorf("network lock: %w", err)
+		}
+		for _, e := range ents {
+			target, err := os.Readlink(dir + "/" + e.Name())
+			if err != nil {
+				continue // closed meanwhile: not a connection of the tree
+			}
+			if rest, ok := strings.CutPrefix(target, "socket:["); ok {
+				if n, err := strconv.ParseUint(strings.TrimSuffix(rest, "]"), 10, 32); err == nil {
+					inos[uint32(n)] = true
+				}
+			}
+		}
+	}
+	if len(inos) == 0 {
+		return nil
+	}
+	var conns []netlock.Conn
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		for _, proto := range []uint32{unix.IPPROTO_TCP, unix.IPPROTO_MPTCP} {
+			tab, err := sockdiag.DumpInet(fam, proto)
+			if err != nil {
+				if proto == unix.IPPROTO_MPTCP {
+					continue // no MPTCP diag here: the drivers lock such sockets one by one
+				}
+				return fmt.Errorf("network lock: %w", err)
+			}
+			for ino, s := range tab {
+				if !inos[ino] || s.State == tcpListen || s.State == tcpClose || !s.Dst.IsValid() || s.Dst.Port() == 0 {
+					continue
+				}
+				conns = append(conns, netlock.Conn{Local: s.Src, Remote: s.Dst})
+			}
+		}
+	}
+	return l.Lock(conns)
+}
+
+// The kernel's TCP states a connection is not (include/net/tcp_states.h).
+const (
+	tcpClose  = 7
+	tcpListen = 10
+)
