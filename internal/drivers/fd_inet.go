@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -195,7 +196,7 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 	if err := inetOpts(s, st); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	if st.Opts, err = socketOpts(s); err != nil {
+	if st.Opts, err = inetSocketOpts(s); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	f.Kind, f.Path, f.Inet = model.InetSocket, "", st
@@ -479,13 +480,13 @@ func makeInet(rs *restoreFDs, st *model.InetSocketState) (int, error) {
 			rst.Window = &tcprepair.Window{SndWl1: ms.SndWl1, SndWnd: ms.SndWnd, MaxWindow: ms.MaxWnd, RcvWnd: ms.RcvWnd, RcvWup: ms.RcvWup}
 		}
 		s, err := tcprepair.Restore(int(st.Family), int(st.Proto), sockaddr(st.Family, st.Src), sockaddr(st.Family, st.Dst), rst,
-			func(s int) error { return setInetOpts(s, st, false) })
+			func(s int) error { return setInetOpts(s, st, false, true) })
 		if err != nil {
 			return -1, notLocal(st, err)
 		}
 		// Repair mode bound it whatever held the port; SO_REUSEADDR
 		// as the task had it (leaving repair cleared it).
-		if err := setInetOpts(s, st, true); err != nil {
+		if err := setInetOpts(s, st, true, false); err != nil {
 			unix.Close(s)
 			return -1, err
 		}
@@ -522,7 +523,7 @@ func newInet(st *model.InetSocketState, bind bool) (int, error) {
 			unix.Close(s)
 		}
 	}()
-	if err := setInetOpts(s, st, true); err != nil {
+	if err := setInetOpts(s, st, false, false); err != nil {
 		return -1, err
 	}
 	bound := st.Src.Port() != 0 || (st.Src.IsValid() && !st.Src.Addr().IsUnspecified())
@@ -588,9 +589,10 @@ func taskHolds(rs *restoreFDs, id model.ID) bool {
 	return false
 }
 
-// setInetOpts gives s the dumped options; after: the socket is bound or
-// connected (SO_REUSEADDR last, repair mode having set its own).
-func setInetOpts(s int, st *model.InetSocketState, after bool) error {
+// setInetOpts gives s the dumped options. A socket in repair mode binds
+// with the kernel's forced reuse, which SO_REUSEADDR would undo: it is
+// set after (after), once the connection is made.
+func setInetOpts(s int, st *model.InetSocketState, after, repair bool) error {
 	o := &st.Inet
 	b := func(v bool) int {
 		if v {
@@ -602,16 +604,19 @@ func setInetOpts(s int, st *model.InetSocketState, after bool) error {
 	if after {
 		return setInts(s, []opt{{unix.SOL_SOCKET, unix.SO_REUSEADDR, b(o.ReuseAddr), "SO_REUSEADDR"}})
 	}
-	if err := setSocketOpts(s, &st.Opts); err != nil {
+	if err := setInetSocketOpts(s, &st.Opts); err != nil {
 		return err
 	}
-	os := []opt{
-		{unix.SOL_SOCKET, unix.SO_REUSEADDR, b(o.ReuseAddr), "SO_REUSEADDR"},
+	var os []opt
+	if !repair {
+		os = append(os, opt{unix.SOL_SOCKET, unix.SO_REUSEADDR, b(o.ReuseAddr), "SO_REUSEADDR"})
+	}
+	os = append(os, []opt{
 		{unix.SOL_SOCKET, unix.SO_REUSEPORT, b(o.ReusePort), "SO_REUSEPORT"},
 		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, b(o.KeepAlive), "SO_KEEPALIVE"},
 		{unix.SOL_SOCKET, unix.SO_BROADCAST, b(o.Broadcast), "SO_BROADCAST"},
 		{unix.SOL_SOCKET, unix.SO_OOBINLINE, b(o.OOBInline), "SO_OOBINLINE"},
-	}
+	}...)
 	if st.Family == unix.AF_INET {
 		os = append(os, opt{unix.SOL_IP, unix.IP_FREEBIND, b(o.Freebind), "IP_FREEBIND"}, opt{unix.SOL_IP, unix.IP_TOS, int(o.TOS), "IP_TOS"})
 		if o.TTL != 0 {
@@ -662,6 +667,98 @@ func setInts(s int, os []sockOpt) error {
 		}
 		if err := unix.SetsockoptInt(s, o.level, o.opt, o.v); err != nil {
 			return fmt.Errorf("setsockopt %s %d: %w", o.name, o.v, err)
+		}
+	}
+	return nil
+}
+
+// inetSocketOpts reads the socket-level options of an inet socket
+// (SO_PASSCRED and SO_PASSSEC are unix and netlink options: an inet
+// socket answers EOPNOTSUPP).
+func inetSocketOpts(s int) (model.SocketOpts, error) {
+	var o model.SocketOpts
+	var err error
+	geti := func(opt int, what string) uint32 {
+		if err != nil {
+			return 0
+		}
+		var v int
+		if v, err = unix.GetsockoptInt(s, unix.SOL_SOCKET, opt); err != nil {
+			err = fmt.Errorf("getsockopt %s: %w", what, err)
+		}
+		return uint32(v)
+	}
+	o.SndBuf = geti(unix.SO_SNDBUF, "SO_SNDBUF")
+	o.RcvBuf = geti(unix.SO_RCVBUF, "SO_RCVBUF")
+	o.Priority = geti(unix.SO_PRIORITY, "SO_PRIORITY")
+	o.RcvLowat = geti(unix.SO_RCVLOWAT, "SO_RCVLOWAT")
+	o.Mark = geti(unix.SO_MARK, "SO_MARK")
+	if err != nil {
+		return o, err
+	}
+	if off, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_PEEK_OFF); err == nil && off != -1 {
+		return o, fmt.Errorf("SO_PEEK_OFF is set (%d): not supported yet", off)
+	}
+	for _, t := range []struct {
+		opt      int
+		sec, use *uint64
+	}{{unix.SO_SNDTIMEO, &o.SndTimeoSec, &o.SndTimeoUsec}, {unix.SO_RCVTIMEO, &o.RcvTimeoSec, &o.RcvTimeoUsec}} {
+		tv, err := unix.GetsockoptTimeval(s, unix.SOL_SOCKET, t.opt)
+		if err != nil {
+			return o, fmt.Errorf("getsockopt timeout: %w", err)
+		}
+		*t.sec, *t.use = uint64(tv.Sec), uint64(tv.Usec)
+	}
+	var n uint32
+	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(s), unix.SOL_SOCKET, unix.SO_GET_FILTER, 0, uintptr(unsafe.Pointer(&n)), 0); e != 0 {
+		return o, fmt.Errorf("getsockopt SO_GET_FILTER: %w", e)
+	}
+	if n != 0 {
+		return o, fmt.Errorf("a socket filter of %d instructions is attached: not supported yet", n)
+	}
+	return o, nil
+}
+
+// setInetSocketOpts gives s the dumped socket-level options; buffer
+// sizes only where they differ from a new socket's (setting one locks it
+// against autotuning).
+func setInetSocketOpts(s int, o *model.SocketOpts) error {
+	if o.PassCred || o.PassSec {
+		return errors.New("SO_PASSCRED or SO_PASSSEC on an inet socket")
+	}
+	for _, b := range []struct {
+		get, set int
+		v        uint32
+		what     string
+	}{{unix.SO_SNDBUF, unix.SO_SNDBUFFORCE, o.SndBuf, "SO_SNDBUF"}, {unix.SO_RCVBUF, unix.SO_RCVBUFFORCE, o.RcvBuf, "SO_RCVBUF"}} {
+		cur, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, b.get)
+		if err != nil {
+			return fmt.Errorf("getsockopt %s: %w", b.what, err)
+		}
+		if uint32(cur) != b.v {
+			// The kernel doubles what it is given.
+			if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, b.set, int(b.v/2)); err != nil {
+				return fmt.Errorf("setsockopt %s %d: %w", b.what, b.v, err)
+			}
+		}
+	}
+	if err := setInts(s, []sockOpt{
+		{unix.SOL_SOCKET, unix.SO_PRIORITY, int(o.Priority), "SO_PRIORITY"},
+		{unix.SOL_SOCKET, unix.SO_RCVLOWAT, int(o.RcvLowat), "SO_RCVLOWAT"},
+		{unix.SOL_SOCKET, unix.SO_MARK, int(o.Mark), "SO_MARK"},
+	}); err != nil {
+		return err
+	}
+	for _, t := range []struct {
+		opt      int
+		sec, use uint64
+	}{{unix.SO_SNDTIMEO, o.SndTimeoSec, o.SndTimeoUsec}, {unix.SO_RCVTIMEO, o.RcvTimeoSec, o.RcvTimeoUsec}} {
+		if t.sec == 0 && t.use == 0 {
+			continue
+		}
+		tv := unix.Timeval{Sec: int64(t.sec), Usec: int64(t.use)}
+		if err := unix.SetsockoptTimeval(s, unix.SOL_SOCKET, t.opt, &tv); err != nil {
+			return fmt.Errorf("setsockopt timeout: %w", err)
 		}
 	}
 	return nil

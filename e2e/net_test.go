@@ -1,0 +1,596 @@
+package e2e
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/images"
+	"godwit/internal/model/criuimg"
+	"godwit/internal/sockdiag"
+)
+
+// netns is a network namespace the test makes for itself: a goroutine
+// locked to a thread that unshared CLONE_NEWNET. What runs there (do)
+// makes its sockets in that namespace, and the processes it starts live
+// in it. The thread ends with the test, and the namespace with the last
+// process in it.
+type netns struct {
+	ops  chan func()
+	done chan struct{}
+}
+
+func newNetns(t *testing.T) *netns {
+	t.Helper()
+	n := &netns{ops: make(chan func()), done: make(chan struct{})}
+	errc := make(chan error)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		defer close(n.done)
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- err
+			return
+		}
+		errc <- nil
+		for f := range n.ops {
+			f()
+		}
+	}()
+	if err := <-errc; err != nil {
+		t.Fatalf("unshare(CLONE_NEWNET): %v", err)
+	}
+	t.Cleanup(func() { close(n.ops); <-n.done })
+	var out []byte
+	var err error
+	n.do(func() { out, err = exec.Command("ip", "link", "set", "lo", "up").CombinedOutput() })
+	if err != nil {
+		t.Fatalf("ip link set lo up: %v\n%s", err, out)
+	}
+	return n
+}
+
+func (n *netns) do(f func()) {
+	done := make(chan struct{})
+	n.ops <- func() { defer close(done); f() }
+	<-done
+}
+
+// godwit runs godwit in the namespace.
+func (n *netns) godwit(t *testing.T, args ...string) (code int, out string) {
+	t.Helper()
+	n.do(func() { code, out = godwit(t, args...) })
+	return
+}
+
+// netProc is a workload (netconn) running in the namespace.
+type netProc struct {
+	cmd    *exec.Cmd
+	pid    int
+	log    string
+	waited chan error
+}
+
+func startNet(t *testing.T, n *netns, args ...string) *netProc {
+	t.Helper()
+	p := &netProc{log: filepath.Join(t.TempDir(), "log"), waited: make(chan error, 1)}
+	p.cmd = exec.Command(cWorkload(t, "netconn"), append(args, p.log)...)
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	var err error
+	n.do(func() { err = p.cmd.Start() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.pid = p.cmd.Process.Pid
+	go func() { p.waited <- p.cmd.Wait() }()
+	t.Cleanup(func() { killAndForget(p.pid) })
+	p.waitLine(t, "ready")
+	return p
+}
+
+var netTickRE = regexp.MustCompile(`(?m)^tick (\d+)$`)
+
+func (p *netProc) ticks() int { return len(netTickRE.FindAllString(readAll(p.log), -1)) }
+
+func readAll(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
+
+// waitLine waits for a line of the log.
+func (p *netProc) waitLine(t *testing.T, line string) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%q in pid %d's log", line, p.pid), func() bool {
+		f, err := os.Open(p.log)
+		if err != nil {
+			return false
+		}
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if sc.Text() == line {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// toggleHold asks the workload to stop (or resume) reading and writing,
+// and waits until it did.
+func (p *netProc) toggleHold(t *testing.T, want int) {
+	t.Helper()
+	before := strings.Count(readAll(p.log), fmt.Sprintf("hold %d\n", want))
+	if err := unix.Kill(p.pid, unix.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, fmt.Sprintf("hold %d", want), func() bool {
+		return strings.Count(readAll(p.log), fmt.Sprintf("hold %d\n", want)) > before
+	})
+}
+
+// gen is netconn's byte stream.
+type gen uint32
+
+func (g *gen) next() byte {
+	*g = *g*1103515245 + 12345
+	return byte(*g >> 16)
+}
+
+// peer is the Go end of a connection with netconn: it writes gen(2) and
+// checks what it reads against gen(1); either way can be paused.
+type peer struct {
+	c                net.Conn
+	wmu              sync.Mutex
+	wx, rx           gen
+	sent, recv       atomic.Int64
+	reading, writing atomic.Bool
+	ending           atomic.Bool // the workload is told to exit: EOF is no error
+	stop             chan struct{}
+	wg               sync.WaitGroup
+	errMu            sync.Mutex
+	err              error
+}
+
+func newPeer(c net.Conn) *peer {
+	p := &peer{c: c, wx: 2, rx: 1, stop: make(chan struct{})}
+	p.reading.Store(true)
+	p.writing.Store(true)
+	p.wg.Add(2)
+	go p.readLoop()
+	go p.writeLoop()
+	return p
+}
+
+func (p *peer) fail(err error) {
+	p.errMu.Lock()
+	defer p.errMu.Unlock()
+	if p.err == nil {
+		p.err = err
+	}
+}
+
+func (p *peer) failed() error {
+	p.errMu.Lock()
+	defer p.errMu.Unlock()
+	return p.err
+}
+
+func (p *peer) stopped() bool {
+	select {
+	case <-p.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *peer) readLoop() {
+	defer p.wg.Done()
+	buf := make([]byte, 64<<10)
+	for !p.stopped() {
+		if !p.reading.Load() {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		p.c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		n, err := p.c.Read(buf)
+		for i := 0; i < n; i++ {
+			if buf[i] != p.rx.next() {
+				p.fail(fmt.Errorf("byte %d read from the workload is wrong", p.recv.Load()+int64(i)))
+				return
+			}
+		}
+		p.recv.Add(int64(n))
+		if errors.Is(err, io.EOF) && p.ending.Load() {
+			return
+		}
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			p.fail(fmt.Errorf("read after %d bytes: %w", p.recv.Load(), err))
+			return
+		}
+	}
+}
+
+func (p *peer) writeLoop() {
+	defer p.wg.Done()
+	for !p.stopped() {
+		if !p.writing.Load() {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		// Slower than the workload reads (16 KiB per 5 ms round): its
+		// receive window never closes, so that nothing waits to be
+		// sent to it when it is frozen.
+		if err := p.write(8<<10, 20*time.Millisecond); err != nil {
+			p.fail(err)
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// write writes up to n bytes of the stream, for at most d.
+func (p *peer) write(n int, d time.Duration) error {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	buf := make([]byte, n)
+	g := p.wx
+	for i := range buf {
+		buf[i] = g.next()
+	}
+	p.c.SetWriteDeadline(time.Now().Add(d))
+	w, err := p.c.Write(buf)
+	for i := 0; i < w; i++ {
+		p.wx.next()
+	}
+	p.sent.Add(int64(w))
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("write after %d bytes: %w", p.sent.Load(), err)
+	}
+	return nil
+}
+
+// waitWrite waits until a write in progress has returned.
+func (p *peer) waitWrite() {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	_ = p.sent.Load()
+}
+
+func (p *peer) close() {
+	close(p.stop)
+	p.wg.Wait()
+	p.c.Close()
+}
+
+// quiesce stops the peer's reading (so that the workload's send queue
+// fills), then its writing; the workload then holds (stops reading and
+// writing), and the peer writes fill more bytes, which stay queued in
+// the workload's receive queue. Nothing is then in flight towards the
+// workload: its death (in repair mode) and the restore go unseen.
+func quiesce(t *testing.T, w *netProc, peers []*peer, fill int) {
+	t.Helper()
+	for _, p := range peers {
+		p.reading.Store(false)
+	}
+	time.Sleep(200 * time.Millisecond)
+	for _, p := range peers {
+		p.writing.Store(false)
+		p.waitWrite()
+	}
+	w.toggleHold(t, 1)
+	for _, p := range peers {
+		before := p.sent.Load()
+		if err := p.write(fill, 5*time.Second); err != nil || p.sent.Load()-before != int64(fill) {
+			t.Fatalf("fill the workload's receive queue: wrote %d of %d: %v", p.sent.Load()-before, fill, err)
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // acknowledged
+}
+
+// dumpNet dumps w with --tcp-established and waits until it is gone.
+func dumpNet(t *testing.T, n *netns, w *netProc, args ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	code, out := n.godwit(t, append([]string{"dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-v4", "-o", "dump.log", "--tcp-established"}, args...)...)
+	if code != 0 {
+		t.Fatalf("dump: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "dump.log")))
+	}
+	select {
+	case <-w.waited:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("pid %d still alive after dump", w.pid)
+	}
+	waitFor(t, "the dumped pid to go", func() bool { return !pidExists(w.pid) })
+	return dir
+}
+
+// netRestoring is a `godwit restore` (in the namespace) waiting for the
+// restored workload.
+type netRestoring struct {
+	cmd  *exec.Cmd
+	out  strings.Builder
+	done chan error
+}
+
+func restoreNet(t *testing.T, n *netns, w *netProc, dir string, args ...string) *netRestoring {
+	t.Helper()
+	r := &netRestoring{done: make(chan error, 1)}
+	r.cmd = exec.Command(godwitBin, append([]string{"restore", "-D", dir, "-v4", "-o", "restore.log", "--tcp-established"}, args...)...)
+	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
+	var err error
+	n.do(func() { err = r.cmd.Start() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.done <- r.cmd.Wait() }()
+	t.Cleanup(func() {
+		killAndForget(w.pid)
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			r.cmd.Process.Kill()
+		}
+	})
+	ticks := w.ticks()
+	deadline := time.Now().Add(30 * time.Second)
+	for !(alive(w.pid) && tracerOf(w.pid) == 0 && w.ticks() > ticks) {
+		select {
+		case err := <-r.done:
+			t.Fatalf("restore exited early: %v: %s\n%s", err, r.out.String(), readFile(filepath.Join(dir, "restore.log")))
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("restored pid %d did not resume\n%s", w.pid, readFile(filepath.Join(dir, "restore.log")))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return r
+}
+
+// finish asks the restored workload to check itself and returns its
+// log's last line.
+func (r *netRestoring) finish(t *testing.T, w *netProc, peers []*peer) string {
+	t.Helper()
+	for _, p := range peers {
+		p.writing.Store(false)
+		p.ending.Store(true)
+	}
+	if err := unix.Kill(w.pid, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-r.done:
+		r.done <- err
+		if err != nil {
+			t.Fatalf("restored workload failed: %v\n%s\n%s", err, r.out.String(), tailOf(w.log))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("restored pid %d did not finish", w.pid)
+	}
+	return tailOf(w.log)
+}
+
+func tailOf(path string) string {
+	s := strings.TrimSpace(readAll(path))
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
+
+// streams reads the dumped connections' queue lengths from the images.
+func streams(t *testing.T, dir string) (in, out []int) {
+	t.Helper()
+	d, err := images.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	tree, err := criuimg.Read(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range tree.Files {
+		if f.Inet != nil && f.Inet.Stream != nil {
+			in = append(in, len(f.Inet.Stream.InQ))
+			out = append(out, len(f.Inet.Stream.OutQ))
+		}
+	}
+	return in, out
+}
+
+// runStreams lets the peers stream until each moved more bytes both
+// ways, then checks none failed.
+func runStreams(t *testing.T, peers []*peer, more int64) {
+	t.Helper()
+	type mark struct{ s, r int64 }
+	start := make([]mark, len(peers))
+	for i, p := range peers {
+		start[i] = mark{p.sent.Load(), p.recv.Load()}
+		p.reading.Store(true)
+		p.writing.Store(true)
+	}
+	waitFor(t, "the streams to move on", func() bool {
+		for i, p := range peers {
+			if p.failed() != nil || p.sent.Load()-start[i].s < more || p.recv.Load()-start[i].r < more {
+				return p.failed() != nil
+			}
+		}
+		return true
+	})
+	for i, p := range peers {
+		if err := p.failed(); err != nil {
+			t.Fatalf("connection %d: %v\n%s", i, err, logOf(peers))
+		}
+	}
+}
+
+// logOf is set by the tests to show the workload's log on failure.
+var logOf = func([]*peer) string { return "" }
+
+// logTail is the end of the workload's log, for failures.
+func (p *netProc) logTail() string {
+	s := readAll(p.log)
+	s = strings.Join(regexp.MustCompile(`(?m)^tick \d+\n`).Split(s, -1), "")
+	if len(s) > 2000 {
+		s = s[len(s)-2000:]
+	}
+	return s
+}
+
+var doneRE = regexp.MustCompile(`^done ticks=\d+ sent=(\d+) recv=(\d+) conns=(\d+)$`)
+
+// checkDone compares the workload's closing line with what the peers
+// moved: it read every byte they wrote (recv ≤ sent, equal once drained)
+// without a wrong one, and they read what it wrote.
+func checkDone(t *testing.T, line string, peers []*peer, conns int) {
+	t.Helper()
+	m := doneRE.FindStringSubmatch(line)
+	if m == nil {
+		t.Fatalf("workload's last line: %q", line)
+	}
+	var sent, recv int64
+	for _, p := range peers {
+		if err := p.failed(); err != nil {
+			t.Fatal(err)
+		}
+		sent += p.sent.Load()
+		recv += p.recv.Load()
+	}
+	wsent, _ := strconv.ParseInt(m[1], 10, 64)
+	wrecv, _ := strconv.ParseInt(m[2], 10, 64)
+	if wrecv > sent || wsent < recv || m[3] != strconv.Itoa(conns) {
+		t.Fatalf("workload: %s; the peers sent %d and read %d", line, sent, recv)
+	}
+}
+
+// A restored client's connection to a peer that was never dumped keeps
+// both byte streams intact, with bytes queued in both directions at the
+// freeze: the peer sees delay, never an error.
+func TestNetEstablishedClient(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	var ln net.Listener
+	var err error
+	n.do(func() { ln, err = net.Listen("tcp4", "127.0.0.1:0") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	w := startNet(t, n, "client", "127.0.0.1", strconv.Itoa(port))
+	logOf = func([]*peer) string { return w.logTail() }
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPeer(c)
+	defer p.close()
+	runStreams(t, []*peer{p}, 1<<20)
+	quiesce(t, w, []*peer{p}, 32<<10)
+	dir := dumpNet(t, n, w)
+	in, out := streams(t, dir)
+	if len(in) != 1 || in[0] < 32<<10 || out[0] == 0 {
+		t.Fatalf("dumped queues: receive %v, send %v: want the fill in one and bytes in the other", in, out)
+	}
+	r := restoreNet(t, n, w, dir)
+	w.toggleHold(t, 0)
+	runStreams(t, []*peer{p}, 2<<20)
+	checkDone(t, r.finish(t, w, []*peer{p}), []*peer{p}, 1)
+}
+
+// A restored server keeps its listener (address, backlog 7, options)
+// and its accepted connections (IPv6): old clients stream on, and a new
+// client is accepted after the restore.
+func TestNetServer(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	const port = "7707"
+	w := startNet(t, n, "server", "::1", port)
+	logOf = func([]*peer) string { return w.logTail() }
+	var peers []*peer
+	dial := func() *peer {
+		var c net.Conn
+		var err error
+		n.do(func() { c, err = net.Dial("tcp6", "[::1]:"+port) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := newPeer(c)
+		t.Cleanup(p.close)
+		return p
+	}
+	peers = append(peers, dial(), dial())
+	runStreams(t, peers, 1<<20)
+	quiesce(t, w, peers, 16<<10)
+	dir := dumpNet(t, n, w)
+	if in, _ := streams(t, dir); len(in) != 2 {
+		t.Fatalf("%d connections dumped, want 2", len(in))
+	}
+	r := restoreNet(t, n, w, dir)
+	var ls *sockdiag.Inet
+	n.do(func() {
+		socks, err := sockdiag.DumpInet(unix.AF_INET6, unix.IPPROTO_TCP)
+		if err != nil {
+			t.Error(err)
+		}
+		for _, s := range socks {
+			if s.State == 10 && s.Src.Port() == 7707 {
+				ls = s
+			}
+		}
+	})
+	if ls == nil || ls.Wqueue != 7 || ls.Src.Addr().String() != "::1" {
+		t.Fatalf("restored listener: %+v", ls)
+	}
+	w.toggleHold(t, 0)
+	peers = append(peers, dial())
+	runStreams(t, peers, 1<<20)
+	checkDone(t, r.finish(t, w, peers), peers, 3)
+}
+
+// Without --tcp-established an established connection is refused by
+// name, and the workload runs on untouched.
+func TestNetEstablishedRefused(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	var ln net.Listener
+	var err error
+	n.do(func() { ln, err = net.Listen("tcp4", "127.0.0.1:0") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	w := startNet(t, n, "client", "127.0.0.1", strconv.Itoa(port))
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPeer(c)
+	defer p.close()
+	code, out := n.godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
+	want := fmt.Sprintf("TCP socket 127.0.0.1:%d -> 127.0.0.1:%d: established TCP connection (ESTABLISHED): dump with --tcp-established", 0, port)
+	want = want[strings.Index(want, "-> "):]
+	if code == 0 || !strings.Contains(out, want) || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Fatalf("dump: exit %d: %q, want one line with %q", code, out, want)
+	}
+	runStreams(t, []*peer{p}, 1<<20)
+}
