@@ -16,11 +16,11 @@ func startNetlinkWorkload(t *testing.T, n *testNetns) *workload {
 // link made after the restore is announced to the group socket.
 func TestNetlinkSockets(t *testing.T) {
 	needRoot(t)
-	n := newNetns(t)
+	n := makeNetns(t)
 	w := startNetlinkWorkload(t, n)
 	dir := w.dump(t)
 	w.reapKilled(t)
-	r := restoreInNetns(t, n, w, dir, func() bool { return true })
+	r := restoreInNetns(t, n, w.pid, dir, func() bool { return true })
 	w.waitTicks(3)
 	if out, err := n.command("ip", "link", "add", "gwdummy0", "type", "veth", "peer", "name", "gwdummy1").CombinedOutput(); err != nil {
 		t.Fatalf("ip link add: %v: %s", err, out)
@@ -35,7 +35,7 @@ func TestNetlinkSockets(t *testing.T) {
 // (it reads the notification afterwards).
 func TestNetlinkQueuedRefused(t *testing.T) {
 	needRoot(t)
-	n := newNetns(t)
+	n := makeNetns(t)
 	w := startNetlinkWorkload(t, n)
 	if out, err := n.command("ip", "link", "add", "gwdummy0", "type", "veth", "peer", "name", "gwdummy1").CombinedOutput(); err != nil {
 		t.Fatalf("ip link add: %v: %s", err, out)
@@ -54,7 +54,7 @@ func TestNetlinkQueuedRefused(t *testing.T) {
 // TestPacketSocketRefused: a packet socket fails the dump, named.
 func TestPacketSocketRefused(t *testing.T) {
 	needRoot(t)
-	n := newNetns(t)
+	n := makeNetns(t)
 	w := startWorkload(t, "nsenter", "--net=/run/netns/"+n.name, "--", "/usr/bin/python3", "-c",
 		`import socket, sys, time, os
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))

@@ -20,7 +20,7 @@ import (
 // testNetns is a named network namespace (ip netns) the test made.
 type testNetns struct{ name string }
 
-func newNetns(t *testing.T) *testNetns {
+func makeNetns(t testing.TB) *testNetns {
 	t.Helper()
 	n := &testNetns{name: "godwit-e2e-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(time.Now().UnixNano()%1e6, 10)}
 	if out, err := exec.Command("ip", "netns", "add", n.name).CombinedOutput(); err != nil {
@@ -41,7 +41,7 @@ func (n *testNetns) command(argv ...string) *exec.Cmd {
 
 // ruleset is the namespace's whole firewall (nft shows iptables-nft's
 // chains too).
-func (n *testNetns) ruleset(t *testing.T) string {
+func (n *testNetns) ruleset(t testing.TB) string {
 	t.Helper()
 	out, err := n.command("nft", "list", "ruleset").CombinedOutput()
 	if err != nil {
@@ -51,7 +51,7 @@ func (n *testNetns) ruleset(t *testing.T) string {
 }
 
 // waitUnlocked waits (bounded) until no rule of lock name is left.
-func (n *testNetns) waitUnlocked(t *testing.T, name, what string) {
+func (n *testNetns) waitUnlocked(t testing.TB, name, what string) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for strings.Contains(n.ruleset(t), name) {
@@ -68,9 +68,9 @@ func startInNetns(t *testing.T, n *testNetns) *workload {
 	return startWorkload(t, "nsenter", "--net=/run/netns/"+n.name, "--", workloads["counter"])
 }
 
-// restoreInNetns runs godwit restore (no -d) of w from dir inside n, and
+// restoreInNetns runs godwit restore (no -d) of pid from dir inside n, and
 // returns once the program runs untraced and ready() holds.
-func restoreInNetns(t *testing.T, n *testNetns, w *workload, dir string, ready func() bool, args ...string) *restoring {
+func restoreInNetns(t testing.TB, n *testNetns, pid int, dir string, ready func() bool, args ...string) *restoring {
 	t.Helper()
 	r := &restoring{done: make(chan error, 1)}
 	r.cmd = n.command(append([]string{godwitBin, "restore", "-D", dir, "-v4", "-o", "restore.log"}, args...)...)
@@ -80,7 +80,7 @@ func restoreInNetns(t *testing.T, n *testNetns, w *workload, dir string, ready f
 	}
 	go func() { r.done <- r.cmd.Wait() }()
 	t.Cleanup(func() {
-		killAndForget(w.pid)
+		killAndForget(pid)
 		select {
 		case <-r.done:
 		case <-time.After(10 * time.Second):
@@ -88,14 +88,14 @@ func restoreInNetns(t *testing.T, n *testNetns, w *workload, dir string, ready f
 		}
 	})
 	deadline := time.Now().Add(30 * time.Second)
-	for !(alive(w.pid) && tracerOf(w.pid) == 0 && ready()) {
+	for !(alive(pid) && tracerOf(pid) == 0 && ready()) {
 		select {
 		case err := <-r.done:
 			t.Fatalf("restore exited early: %v: %s\n%s", err, r.out.String(), readFile(filepath.Join(dir, "restore.log")))
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("restored pid %d did not resume\n%s", w.pid, readFile(filepath.Join(dir, "restore.log")))
+			t.Fatalf("restored pid %d did not resume\n%s", pid, readFile(filepath.Join(dir, "restore.log")))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -120,7 +120,7 @@ func TestNetlockNetnsDumpRestore(t *testing.T) {
 	needRoot(t)
 	for _, method := range []string{"nftables", "iptables"} {
 		t.Run(method, func(t *testing.T) {
-			n := newNetns(t)
+			n := makeNetns(t)
 			w := startInNetns(t, n)
 			script, alog := actionLog(t)
 			lock := "godwit-" + strconv.Itoa(w.pid)
@@ -133,7 +133,7 @@ func TestNetlockNetnsDumpRestore(t *testing.T) {
 				t.Fatalf("no lock %s in the namespace after the dump:\n%s", lock, n.ruleset(t))
 			}
 			os.Remove(alog)
-			r := restoreInNetns(t, n, w, dir, func() bool { return strings.Contains(actions(alog), "post-restore") }, "--action-script", script)
+			r := restoreInNetns(t, n, w.pid, dir, func() bool { return strings.Contains(actions(alog), "post-restore") }, "--action-script", script)
 			if got, want := actions(alog), "pre-restore pre-resume network-unlock post-restore"; got != want {
 				t.Fatalf("restore actions %q, want %q", got, want)
 			}
@@ -155,7 +155,7 @@ func TestNetlockFailedDumpUnlocks(t *testing.T) {
 	needRoot(t)
 	for _, method := range []string{"nftables", "iptables"} {
 		t.Run(method, func(t *testing.T) {
-			n := newNetns(t)
+			n := makeNetns(t)
 			w := startInNetns(t, n)
 			script, alog := actionLog(t)
 			fail := `[ "$CRTOOLS_SCRIPT_ACTION" != post-dump ]`
@@ -182,7 +182,7 @@ func TestNetlockFailedDumpUnlocks(t *testing.T) {
 // the guard removes the lock, and the tree runs on.
 func TestNetlockGodwitKilled(t *testing.T) {
 	needRoot(t)
-	n := newNetns(t)
+	n := makeNetns(t)
 	w := startInNetns(t, n)
 	tmp := t.TempDir()
 	pidfile := filepath.Join(tmp, "script.pid")

@@ -50,6 +50,13 @@ func unlockNetwork(l *netlock.Lock, pid int, scripts *actions.Scripts) error {
 
 func (r *Restorer) unlockNetwork() error {
 	l := r.netLock
+	if l == nil {
+		return nil
+	}
 	r.netLock = nil
-	return unlockNetwork(l, r.img.pid, r.scripts)
+	if err := unlockNetwork(l, r.img.pid, r.scripts); err != nil {
+		return err
+	}
+	r.log.Infof("restore %d: network unlocked (%s)", r.img.pid, l.Name())
+	return nil
 }
