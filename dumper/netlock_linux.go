@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -91,7 +92,8 @@ func writeNetLockRecord(d *images.Dir, r netlock.Record) error {
 // lockTreeConns locks, in one batch, every TCP connection of the frozen
 // tasks pids that sock_diag shows in godwit's namespace (the drivers then
 // find theirs locked already: one firewall command for the whole tree
-// instead of one per connection).
+// instead of one per connection), and the connection requests to their
+// listeners.
 func lockTreeConns(l *netlock.Lock, pids []int) error {
 	inos := map[uint32]bool{}
 	for _, pid := range pids {
@@ -116,6 +118,7 @@ func lockTreeConns(l *netlock.Lock, pids []int) error {
 		return nil
 	}
 	var conns []netlock.Conn
+	var listeners []netip.AddrPort
 	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
 		for _, proto := range []uint32{unix.IPPROTO_TCP, unix.IPPROTO_MPTCP} {
 			tab, err := sockdiag.DumpInet(fam, proto)
@@ -126,14 +129,22 @@ func lockTreeConns(l *netlock.Lock, pids []int) error {
 				return fmt.Errorf("network lock: %w", err)
 			}
 			for ino, s := range tab {
-				if !inos[ino] || s.State == tcpListen || s.State == tcpClose || !s.Dst.IsValid() || s.Dst.Port() == 0 {
-					continue
+				switch {
+				case !inos[ino] || s.State == tcpClose:
+				case s.State == tcpListen:
+					listeners = append(listeners, s.Src)
+				case s.Dst.IsValid() && s.Dst.Port() != 0:
+					conns = append(conns, netlock.Conn{Local: s.Src, Remote: s.Dst})
 				}
-				conns = append(conns, netlock.Conn{Local: s.Src, Remote: s.Dst})
 			}
 		}
 	}
-	return l.Lock(conns)
+	if err := l.Lock(conns); err != nil {
+		return err
+	}
+	// A client connecting meanwhile waits for the restored listener
+	// instead of being refused.
+	return l.LockListeners(listeners)
 }
 
 // The kernel's TCP states a connection is not (include/net/tcp_states.h).

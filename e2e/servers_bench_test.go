@@ -52,11 +52,11 @@ func benchRedis(b *testing.B, size int64, k int) {
 	cs := startClients(b, n, addr, k, redisExchange)
 	cs.waitProgress(b, make([]int, k), 5, "before the dump")
 	before := cs.snapshot()
-	cp := checkpointServer(b, n, s)
+	cp := checkpointServer(b, n, s, nil)
 	dump, rest, dir := cp.dump, cp.rest, cp.dir
 	cs.waitProgress(b, before, 5, "after the restore")
 	cs.finish(b)
-	lockAt := logOffset(b, filepath.Join(dir, "dump.log"), `connections locked`)
+	lockAt := logOffset(b, filepath.Join(dir, "dump.log"), `connections and their listeners locked`)
 	unlockAt := logOffset(b, filepath.Join(dir, "restore.log"), `network unlocked`)
 	// Each log counts from its process's start: the two start-ups
 	// (a few ms each) roughly cancel.

@@ -87,7 +87,9 @@ func startServer(t testing.TB, n *testNetns, addr string, argv ...string) *serve
 
 // dial connects to addr from inside n: the socket is made on a thread
 // that joined n (the thread is discarded afterwards).
-func (n *testNetns) dial(addr string) (net.Conn, error) {
+func (n *testNetns) dial(addr string) (net.Conn, error) { return n.dialTimeout(addr, 5*time.Second) }
+
+func (n *testNetns) dialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
 	type res struct {
 		c   net.Conn
 		err error
@@ -105,7 +107,7 @@ func (n *testNetns) dial(addr string) (net.Conn, error) {
 			ch <- res{nil, err}
 			return
 		}
-		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		c, err := net.DialTimeout("tcp", addr, timeout)
 		ch <- res{c, err}
 	}()
 	r := <-ch
@@ -243,7 +245,8 @@ type checkpoint struct {
 // checkpointServer dumps s (killing it) and restores it, both with
 // --tcp-established and inside n. The restore waits for the server, which
 // is killed at cleanup.
-func checkpointServer(t testing.TB, n *testNetns, s *server, args ...string) checkpoint {
+// between, if not nil, runs after the dump and before the restore.
+func checkpointServer(t testing.TB, n *testNetns, s *server, between func(), args ...string) checkpoint {
 	t.Helper()
 	dir := t.TempDir()
 	t0 := time.Now()
@@ -260,6 +263,9 @@ func checkpointServer(t testing.TB, n *testNetns, s *server, args ...string) che
 	}
 	for i := 0; i < 300 && pidExists(s.pid); i++ {
 		time.Sleep(10 * time.Millisecond)
+	}
+	if between != nil {
+		between()
 	}
 	t1 := time.Now()
 	restoreInNetns(t, n, s.pid, dir, func() bool { return true }, "--tcp-established")
@@ -385,6 +391,8 @@ func (p *pusher) finish(t testing.TB) {
 
 // runServerTest is the common test: k clients and a pusher (if req is
 // set), exchanges before, the checkpoint, exchanges after, zero errors.
+// A client that connects while the server is gone (between dump and
+// restore) is not refused: it is answered by the restored server.
 func runServerTest(t *testing.T, n *testNetns, s *server, addr string, k int, ex exchange, req func(int) string, answer string, dumpArgs ...string) {
 	t.Helper()
 	cs := startClients(t, n, addr, k, ex)
@@ -394,7 +402,23 @@ func runServerTest(t *testing.T, n *testNetns, s *server, addr string, k int, ex
 	}
 	cs.waitProgress(t, make([]int, k), 20, "before the dump")
 	before := cs.snapshot()
-	cp := checkpointServer(t, n, s, dumpArgs...)
+	late := make(chan error, 1)
+	cp := checkpointServer(t, n, s, func() {
+		go func() {
+			c, err := n.dialTimeout(addr, 120*time.Second)
+			if err != nil {
+				late <- fmt.Errorf("a client connecting during the checkpoint: %w", err)
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(120 * time.Second))
+			late <- ex(&clientConn{Conn: c, r: bufio.NewReader(c)}, k, 0)
+		}()
+		time.Sleep(20 * time.Millisecond) // its SYN goes out while the server is gone
+	}, dumpArgs...)
+	if err := <-late; err != nil {
+		t.Fatal(err)
+	}
 	cs.waitProgress(t, before, 20, "after the restore")
 	cs.finish(t)
 	pushed := 0
@@ -591,7 +615,7 @@ func TestServerRedisWithoutLock(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	checkpointServer(t, n, s, "--network-lock", "skip")
+	checkpointServer(t, n, s, nil, "--network-lock", "skip")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		_, _, err := p.counts()

@@ -139,6 +139,7 @@ type Lock struct {
 	made   bool     // the table / chains exist
 	v6     bool     // iptables: the ip6tables chain exists
 	conns  map[Conn]bool
+	lists  map[netip.AddrPort]bool // listeners locked
 	guard  *guard
 	done   bool // unlocked or kept: nothing more to do
 }
@@ -153,7 +154,7 @@ func New(method Method, pid int, netnsPath string) (*Lock, error) {
 	if _, err := ParseMethod(string(method)); err != nil {
 		return nil, err
 	}
-	l := &Lock{method: method, name: Name(pid), conns: map[Conn]bool{}}
+	l := &Lock{method: method, name: Name(pid), conns: map[Conn]bool{}, lists: map[netip.AddrPort]bool{}}
 	if netnsPath != "" && method != Skip {
 		f, err := os.Open(netnsPath)
 		if err != nil {
@@ -229,6 +230,41 @@ func (l *Lock) Lock(conns []Conn) error {
 	return nil
 }
 
+// LockListeners drops the connection requests (SYN) to the TCP listeners
+// at addrs (an unspecified address: every local one), so that a client
+// connecting while the tree is gone retries (its SYN is retransmitted)
+// instead of being refused. It may be called again with more.
+func (l *Lock) LockListeners(addrs []netip.AddrPort) error {
+	if l == nil || l.method == Skip || len(addrs) == 0 {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.done {
+		return errors.New("network lock: already released")
+	}
+	var fresh []netip.AddrPort
+	for _, a := range addrs {
+		if !a.IsValid() || a.Port() == 0 {
+			return fmt.Errorf("network lock: listener %v: incomplete address", a)
+		}
+		a = netip.AddrPortFrom(a.Addr().Unmap().WithZone(""), a.Port())
+		if !l.lists[a] {
+			fresh = append(fresh, a)
+		}
+	}
+	if len(fresh) == 0 {
+		return nil
+	}
+	if err := l.installListeners(fresh); err != nil {
+		return fmt.Errorf("network lock %s: %w", l.name, err)
+	}
+	for _, a := range fresh {
+		l.lists[a] = true
+	}
+	return nil
+}
+
 // LockNetns drops every packet of the lock's network namespace but those
 // marked with Mark, until Unlock. With method skip it only records that
 // the lock is the namespace's (its action scripts are the lock then).
@@ -255,9 +291,17 @@ func (l *Lock) LockNetns() error {
 	return nil
 }
 
-// install makes the table or chains (first time: with the guard) and adds
-// rules for conns or for the whole namespace.
-func (l *Lock) install(whole bool, conns []Conn) error {
+// installListeners makes the table or chains if need be and adds the
+// listeners' rules.
+func (l *Lock) installListeners(addrs []netip.AddrPort) error {
+	if err := l.ensure(); err != nil {
+		return err
+	}
+	return l.addListeners(addrs)
+}
+
+// ensure makes the table or chains, the first time with the guard.
+func (l *Lock) ensure() error {
 	if !l.made {
 		// The guard first: were godwit killed between the two,
 		// the rules must not outlive it.
@@ -272,6 +316,15 @@ func (l *Lock) install(whole bool, conns []Conn) error {
 			return err
 		}
 		l.made = true
+	}
+	return nil
+}
+
+// install makes the table or chains if need be and adds rules for conns
+// or for the whole namespace.
+func (l *Lock) install(whole bool, conns []Conn) error {
+	if err := l.ensure(); err != nil {
+		return err
 	}
 	if whole {
 		return l.addWhole()
@@ -351,7 +404,7 @@ func adopt(r Record, netns *os.File) (*Lock, error) {
 	if _, err := ParseMethod(string(r.Method)); err != nil || (r.Method == Skip && !r.Netns) || !validName(r.Name) {
 		return nil, fmt.Errorf("network lock: bad record %+v", r)
 	}
-	l := &Lock{method: r.Method, name: r.Name, conns: map[Conn]bool{}, whole: r.Netns, netns: netns}
+	l := &Lock{method: r.Method, name: r.Name, conns: map[Conn]bool{}, lists: map[netip.AddrPort]bool{}, whole: r.Netns, netns: netns}
 	if r.Method == Skip {
 		return l, nil // the scripts' lock: nothing of godwit's to remove
 	}

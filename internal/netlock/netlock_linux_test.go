@@ -337,3 +337,56 @@ func FuzzParseRecord(f *testing.F) {
 		}
 	})
 }
+
+// TestLockListeners: a client connecting to a locked listener that is
+// gone waits (its SYN is dropped) instead of being refused; once the lock
+// goes it is refused, which shows the lock was what held it.
+func TestLockListeners(t *testing.T) {
+	for _, m := range methods {
+		for _, c := range []struct{ listen, dial string }{
+			{"127.0.0.1:0", "127.0.0.1"}, {"[::1]:0", "::1"}, {"0.0.0.0:0", "127.0.0.1"}, {"[::]:0", "127.0.0.1"}, {"[::]:0", "::1"},
+		} {
+			t.Run(string(m)+"/"+c.listen+"/"+c.dial, func(t *testing.T) {
+				ns := newTestNetns(t)
+				var addr netip.AddrPort
+				if err := ns.do(func() error {
+					ln, err := net.Listen("tcp", c.listen)
+					if err != nil {
+						return err
+					}
+					addr = ln.Addr().(*net.TCPAddr).AddrPort()
+					return ln.Close()
+				}); err != nil {
+					t.Fatal(err)
+				}
+				l, err := New(m, 4245, ns.path())
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer l.Unlock()
+				if err := l.LockListeners([]netip.AddrPort{addr}); err != nil {
+					t.Fatal(err)
+				}
+				target := net.JoinHostPort(c.dial, strconv.Itoa(int(addr.Port())))
+				err = ns.do(func() error {
+					_, err := net.DialTimeout("tcp", target, 1500*time.Millisecond)
+					return err
+				})
+				var ne net.Error
+				if !errors.As(err, &ne) || !ne.Timeout() {
+					t.Fatalf("dial %s under the lock: %v, want a timeout (no refusal)", target, err)
+				}
+				if err := l.Unlock(); err != nil {
+					t.Fatal(err)
+				}
+				err = ns.do(func() error {
+					_, err := net.DialTimeout("tcp", target, 5*time.Second)
+					return err
+				})
+				if !errors.Is(err, syscall.ECONNREFUSED) {
+					t.Fatalf("dial %s after unlock: %v, want a refusal", target, err)
+				}
+			})
+		}
+	}
+}

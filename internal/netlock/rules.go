@@ -25,10 +25,18 @@ func (l *Lock) create() error {
 		return l.run(fmt.Sprintf(`table inet %[1]s {
 	set conn4 { type ipv4_addr . inet_service . ipv4_addr . inet_service; }
 	set conn6 { type ipv6_addr . inet_service . ipv6_addr . inet_service; }
+	set listen4 { type ipv4_addr . inet_service; }
+	set listen6 { type ipv6_addr . inet_service; }
+	set listenany4 { type inet_service; }
+	set listenany6 { type inet_service; }
 	chain input {
 		type filter hook input priority -300; policy accept;
 		ip daddr . tcp dport . ip saddr . tcp sport @conn4 drop
 		ip6 daddr . tcp dport . ip6 saddr . tcp sport @conn6 drop
+		tcp flags & (syn | ack) == syn ip daddr . tcp dport @listen4 drop
+		tcp flags & (syn | ack) == syn ip6 daddr . tcp dport @listen6 drop
+		tcp flags & (syn | ack) == syn meta nfproto ipv4 tcp dport @listenany4 drop
+		tcp flags & (syn | ack) == syn meta nfproto ipv6 tcp dport @listenany6 drop
 	}
 	chain output {
 		type filter hook output priority -300; policy accept;
@@ -93,6 +101,57 @@ func (l *Lock) addConns(conns []Conn) error {
 			return l.run("*filter\n"+r6.String()+"COMMIT\n", "ip6tables-restore", "-w", "--noflush")
 		}
 		return nil
+	}
+	return nil
+}
+
+// addListeners adds SYN-dropping rules for listeners. A wildcard IPv6
+// listener may take IPv4 connections too (unless IPV6_V6ONLY, which is
+// not known here): both families' requests to its port wait.
+func (l *Lock) addListeners(addrs []netip.AddrPort) error {
+	switch l.method {
+	case Nftables:
+		var b strings.Builder
+		for _, a := range addrs {
+			p := a.Port()
+			switch {
+			case a.Addr().IsUnspecified() && a.Addr().Is4():
+				fmt.Fprintf(&b, "add element inet %s listenany4 { %d }\n", l.name, p)
+			case a.Addr().IsUnspecified():
+				fmt.Fprintf(&b, "add element inet %s listenany4 { %d }\nadd element inet %s listenany6 { %d }\n", l.name, p, l.name, p)
+			case a.Addr().Is4():
+				fmt.Fprintf(&b, "add element inet %s listen4 { %s . %d }\n", l.name, nftAddr(a.Addr()), p)
+			default:
+				fmt.Fprintf(&b, "add element inet %s listen6 { %s . %d }\n", l.name, nftAddr(a.Addr()), p)
+			}
+		}
+		return l.run(b.String(), "nft", "-f", "-")
+	case Iptables:
+		var r4, r6 strings.Builder
+		for _, a := range addrs {
+			rule := func(b *strings.Builder, dst string) {
+				fmt.Fprintf(b, "-A %s-in -p tcp --syn%s --dport %d -j DROP\n", l.name, dst, a.Port())
+			}
+			switch {
+			case a.Addr().IsUnspecified() && a.Addr().Is4():
+				rule(&r4, "")
+			case a.Addr().IsUnspecified():
+				rule(&r4, "")
+				rule(&r6, "")
+			case a.Addr().Is4():
+				rule(&r4, " -d "+a.Addr().String())
+			default:
+				rule(&r6, " -d "+a.Addr().String())
+			}
+		}
+		if r4.Len() > 0 {
+			if err := l.run("*filter\n"+r4.String()+"COMMIT\n", "iptables-restore", "-w", "--noflush"); err != nil {
+				return err
+			}
+		}
+		if r6.Len() > 0 {
+			return l.run("*filter\n"+r6.String()+"COMMIT\n", "ip6tables-restore", "-w", "--noflush")
+		}
 	}
 	return nil
 }
