@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptrace"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,7 +39,7 @@ type netns struct {
 	done chan struct{}
 }
 
-func newNetns(t *testing.T) *netns {
+func newNetns(t testing.TB) *netns {
 	t.Helper()
 	n := &netns{ops: make(chan func()), done: make(chan struct{})}
 	errc := make(chan error)
@@ -379,7 +382,7 @@ func (r *netRestoring) finish(t *testing.T, w *netProc, peers []*peer) string {
 	case err := <-r.done:
 		r.done <- err
 		if err != nil {
-			t.Fatalf("restored workload failed: %v\n%s\n%s", err, r.out.String(), tailOf(w.log))
+			t.Fatalf("restored workload failed: %v\n%s\n%s", err, r.out.String(), readAll(w.log)[max(0, len(readAll(w.log))-800):])
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatalf("restored pid %d did not finish", w.pid)
@@ -593,4 +596,259 @@ func TestNetEstablishedRefused(t *testing.T) {
 		t.Fatalf("dump: exit %d: %q, want one line with %q", code, out, want)
 	}
 	runStreams(t, []*peer{p}, 1<<20)
+}
+
+// A Go net/http server, built with the current Go (its listener is
+// MPTCP), keeps its listener as MPTCP and its keep-alive client's
+// connection (plain TCP: the kernel hands out a fallen-back connection
+// as a TCP socket) across dump and restore: the client's next request
+// goes over the same connection and the count goes on.
+func TestNetHTTPServerMPTCP(t *testing.T) {
+	needRoot(t)
+	bin := filepath.Join(t.TempDir(), "nethttp")
+	if out, err := exec.Command("go", "build", "-o", bin, "./workloads/nethttp").CombinedOutput(); err != nil {
+		t.Fatalf("go build nethttp: %v\n%s", err, out)
+	}
+	n := newNetns(t)
+	const addr = "127.0.0.1:7780"
+	p := &netProc{log: filepath.Join(t.TempDir(), "log"), waited: make(chan error, 1)}
+	p.cmd = exec.Command(bin, addr, p.log)
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	var err error
+	n.do(func() { err = p.cmd.Start() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.pid = p.cmd.Process.Pid
+	go func() { p.waited <- p.cmd.Wait() }()
+	t.Cleanup(func() { killAndForget(p.pid) })
+	p.waitLine(t, "ready")
+	waitFor(t, "ticks", func() bool { return p.ticks() > 2 })
+
+	listener := func() *sockdiag.Inet {
+		var ls *sockdiag.Inet
+		n.do(func() {
+			socks, err := sockdiag.DumpInet(unix.AF_INET, unix.IPPROTO_MPTCP)
+			if err != nil {
+				t.Error(err)
+			}
+			for _, s := range socks {
+				if s.State == 10 && s.Src.String() == addr {
+					ls = s
+				}
+			}
+		})
+		return ls
+	}
+	if listener() == nil {
+		t.Fatal("the Go server's listener is not MPTCP: this test needs a Go ≥ 1.24 and a kernel with MPTCP")
+	}
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, a string) (c net.Conn, err error) {
+		n.do(func() { c, err = (&net.Dialer{}).DialContext(ctx, network, a) })
+		return
+	}}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	var local string
+	get := func(want int) {
+		t.Helper()
+		var reused bool
+		var la string
+		ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+			reused, la = i.Reused, i.Conn.LocalAddr().String()
+		}})
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/n", nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("request %d: %v", want, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || string(b) != strconv.Itoa(want) {
+			t.Fatalf("request %d: %q, %v", want, b, err)
+		}
+		if local == "" {
+			local = la
+		} else if !reused || la != local {
+			t.Fatalf("request %d went over a new connection (%s, reused %v), not the kept-alive %s", want, la, reused, local)
+		}
+	}
+	for i := 1; i <= 5; i++ {
+		get(i)
+	}
+	dir := dumpNet(t, n, p)
+	r := restoreNet(t, n, p, dir)
+	if listener() == nil {
+		t.Fatal("the restored listener is not MPTCP")
+	}
+	for i := 6; i <= 10; i++ {
+		get(i)
+	}
+	// A new client: the restored listener accepts.
+	tr2 := &http.Transport{DialContext: tr.DialContext}
+	defer tr2.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr2, Timeout: 10 * time.Second}).Get("http://" + addr + "/n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "11" {
+		t.Fatalf("new client: %q", b)
+	}
+	killAndForget(p.pid)
+	<-r.done
+}
+
+// UDP sockets come back bound and connected, with their options: the
+// restored echo socket answers on its port, the connected one sends on
+// from the same port, and the program finds its options as it set them.
+func TestNetUDP(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	const port = 7720
+	var peer *net.UDPConn
+	var err error
+	n.do(func() { peer, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port + 1}) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	w := startNet(t, n, "udp", "127.0.0.1", strconv.Itoa(port))
+	echo := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}
+	// from reads the next "n=N" of the connected socket, and its source.
+	from := func() (int, *net.UDPAddr) {
+		t.Helper()
+		buf := make([]byte, 64)
+		peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+		k, src, err := peer.ReadFromUDP(buf)
+		if err != nil {
+			t.Fatalf("read from the connected socket: %v", err)
+		}
+		v, err := strconv.Atoi(strings.TrimPrefix(string(buf[:k]), "n="))
+		if err != nil {
+			t.Fatalf("datagram %q", buf[:k])
+		}
+		return v, src
+	}
+	ask := func(msg string) {
+		t.Helper()
+		if _, err := peer.WriteToUDP([]byte(msg), echo); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64)
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			peer.SetReadDeadline(deadline)
+			k, src, err := peer.ReadFromUDP(buf)
+			if err != nil {
+				t.Fatalf("echo of %q: %v", msg, err)
+			}
+			if src.Port != port {
+				continue // a counter datagram
+			}
+			want := []byte(msg)
+			for i := range want {
+				want[i]++
+			}
+			if string(buf[:k]) != string(want) {
+				t.Fatalf("echo of %q: %q", msg, buf[:k])
+			}
+			return
+		}
+	}
+	ask("before")
+	_, src := from()
+	w.toggleHold(t, 1)
+	time.Sleep(20 * time.Millisecond)
+	// Drain the counter datagrams sent before the hold.
+	for {
+		peer.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, _, err := peer.ReadFromUDP(make([]byte, 64)); err != nil {
+			break
+		}
+	}
+	dir := t.TempDir()
+	code, out := n.godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-o", "dump.log")
+	if code != 0 {
+		t.Fatalf("dump: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "dump.log")))
+	}
+	<-w.waited
+	waitFor(t, "the dumped pid to go", func() bool { return !pidExists(w.pid) })
+	r := restoreNet(t, n, w, dir)
+	w.toggleHold(t, 0)
+	v, src2 := from()
+	if src2.String() != src.String() || v == 0 {
+		t.Fatalf("after the restore the connected socket sends from %s (was %s)", src2, src)
+	}
+	ask("after")
+	if line := r.finish(t, w, nil); !strings.HasPrefix(line, "done ") {
+		t.Fatalf("workload: %s", line)
+	}
+}
+
+// A restore where a socket's address is not local fails in one line
+// naming the socket and the address; --tcp-close restores a connection
+// whose address is gone, closed.
+func TestNetAddressNotLocal(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	const addr = "fd00:6f64::1" // on the test namespace's lo only
+	var out []byte
+	var err error
+	n.do(func() { out, err = exec.Command("ip", "addr", "add", addr+"/128", "dev", "lo", "nodad").CombinedOutput() })
+	if err != nil {
+		t.Fatalf("ip addr add: %v\n%s", err, out)
+	}
+	var ln net.Listener
+	n.do(func() { ln, err = net.Listen("tcp6", "["+addr+"]:0") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	w := startNet(t, n, "client", addr, port)
+	logOf = func([]*peer) string { return w.logTail() }
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPeer(c)
+	defer p.close()
+	runStreams(t, []*peer{p}, 64<<10)
+	quiesce(t, w, []*peer{p}, 1024)
+	dir := dumpNet(t, n, w)
+
+	// Another namespace, without the address.
+	n2 := newNetns(t)
+	code, msg := n2.godwit(t, "restore", "-D", dir, "--tcp-established")
+	want := fmt.Sprintf("TCP socket [%s]:", addr)
+	if code == 0 || !strings.Contains(msg, want) || !strings.Contains(msg, "address "+addr+" is not local here") || strings.Count(strings.TrimSpace(msg), "\n") != 0 {
+		t.Fatalf("restore: exit %d: %q: want one line naming %q and the address", code, msg, want)
+	}
+	waitFor(t, "the failed restore's task to go", func() bool { return !pidExists(w.pid) })
+
+	// --tcp-close: the connection comes back closed; the program sees
+	// its socket unconnected.
+	r := &netRestoring{done: make(chan error, 1)}
+	r.cmd = exec.Command(godwitBin, "restore", "-D", dir, "--tcp-close", "-o", "restore.log")
+	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
+	n2.do(func() { err = r.cmd.Start() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.done <- r.cmd.Wait() }()
+	t.Cleanup(func() { killAndForget(w.pid); <-r.done })
+	waitFor(t, "the restored program to run", func() bool { return alive(w.pid) && tracerOf(w.pid) == 0 })
+	w.toggleHold(t, 0)
+	waitFor(t, "the program to find its connection closed", func() bool {
+		// Writing on a TCP socket never connected fails with EPIPE.
+		return strings.Contains(readAll(w.log), "FAIL: write: Broken pipe")
+	})
+	if err := unix.Kill(w.pid, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-r.done; err == nil {
+		t.Fatalf("the program found nothing wrong with a closed connection: %s", tailOf(w.log))
+	}
+	r.done <- nil
 }

@@ -5,6 +5,14 @@
  *   netconn server ADDR PORT LOG   listen on ADDR:PORT (backlog 7,
  *                                  SO_REUSEADDR, TCP_NODELAY, keepalive
  *                                  60/10/5) and serve every connection
+ *   netconn udp ADDR PORT LOG      UDP (IPv4): echo every datagram to
+ *                                  ADDR:PORT back, each byte + 1, and send
+ *                                  "n=N" each round from a socket
+ *                                  connected to ADDR:PORT+1; the echo
+ *                                  socket has SO_REUSEADDR, SO_RCVBUF
+ *                                  200000, IP_TOS 0x10, then SO_PRIORITY 3
+ *                                  (IP_TOS sets a priority too) and
+ *                                  SO_BROADCAST, checked on SIGUSR1
  *
  * On each connection it writes the byte stream gen(1) and checks what it
  * reads against gen(2) (gen(seed): x = x*1103515245+12345, byte x>>16),
@@ -122,10 +130,73 @@ static void pump(struct conn *c)
 	}
 }
 
+static int getint(int fd, int level, int opt)
+{
+	int v = -1;
+	socklen_t l = sizeof(v);
+	getsockopt(fd, level, opt, &v, &l);
+	return v;
+}
+
+static int udp(const char *addr, int port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) }, b = a;
+	inet_pton(AF_INET, addr, &a.sin_addr);
+	b.sin_addr = a.sin_addr;
+	b.sin_port = htons(port + 1);
+	int e = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0), c = socket(AF_INET, SOCK_DGRAM, 0);
+	int one = 1, rcv = 100000, prio = 3, tos = 0x10;
+	setsockopt(e, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	setsockopt(e, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+	setsockopt(e, IPPROTO_IP, IP_TOS, &tos, sizeof(tos));
+	setsockopt(e, SOL_SOCKET, SO_PRIORITY, &prio, sizeof(prio));
+	setsockopt(e, SOL_SOCKET, SO_BROADCAST, &one, sizeof(one));
+	if (bind(e, (void *)&a, sizeof(a)) || connect(c, (void *)&b, sizeof(b))) {
+		perror("udp");
+		return 2;
+	}
+	fprintf(logf, "ready\n");
+	int held = 0;
+	for (int tick = 1;; tick++) {
+		if (hold != held) {
+			held = hold;
+			fprintf(logf, "hold %d\n", held);
+		}
+		if (finish) {
+			int ok = getint(e, SOL_SOCKET, SO_REUSEADDR) == 1 && getint(e, SOL_SOCKET, SO_RCVBUF) == 200000 &&
+				 getint(e, SOL_SOCKET, SO_PRIORITY) == 3 && getint(e, SOL_SOCKET, SO_BROADCAST) == 1 &&
+				 getint(e, IPPROTO_IP, IP_TOS) == 0x10;
+			if (!ok)
+				fprintf(logf, "FAIL: options reuse=%d rcvbuf=%d prio=%d bcast=%d tos=%d\n",
+					getint(e, SOL_SOCKET, SO_REUSEADDR), getint(e, SOL_SOCKET, SO_RCVBUF),
+					getint(e, SOL_SOCKET, SO_PRIORITY), getint(e, SOL_SOCKET, SO_BROADCAST),
+					getint(e, IPPROTO_IP, IP_TOS));
+			fprintf(logf, "done ticks=%d\n", tick - 1);
+			return ok ? 0 : 3;
+		}
+		if (!held) {
+			char buf[2048];
+			struct sockaddr_in from;
+			socklen_t fl;
+			ssize_t n;
+			while (fl = sizeof(from), (n = recvfrom(e, buf, sizeof(buf), 0, (void *)&from, &fl)) >= 0) {
+				for (ssize_t i = 0; i < n; i++)
+					buf[i]++;
+				sendto(e, buf, n, 0, (void *)&from, fl);
+			}
+			n = snprintf(buf, sizeof(buf), "n=%d", tick);
+			send(c, buf, n, 0); /* refused while nobody listens: fine */
+		}
+		fprintf(logf, "tick %d\n", tick);
+		struct timespec ts = { 0, 5 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 5) {
-		fprintf(stderr, "usage: netconn client|server ADDR PORT LOG\n");
+		fprintf(stderr, "usage: netconn client|server|udp ADDR PORT LOG\n");
 		return 2;
 	}
 	logf = fopen(argv[4], "w");
@@ -135,6 +206,8 @@ int main(int argc, char **argv)
 	signal(SIGUSR1, on_usr1);
 	signal(SIGUSR2, on_usr2);
 	signal(SIGPIPE, SIG_IGN);
+	if (strcmp(argv[1], "udp") == 0)
+		return udp(argv[2], atoi(argv[3]));
 	struct sockaddr_storage ss;
 	socklen_t sl = sockaddr_of(argv[2], atoi(argv[3]), &ss);
 	int lis = -1;

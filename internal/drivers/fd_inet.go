@@ -174,7 +174,15 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 	ino := uint32(fd.Stat.Ino)
 	dg := tab[ino]
 	if dg == nil {
-		return fmt.Errorf("%s %s socket %d is not in godwit's network namespace (sockets of another network namespace are not supported yet)", familyName(family), protoName(uint32(proto)), ino)
+		// sock_diag lists the sockets of godwit's network namespace
+		// that have an address: this one is of another, or unbound.
+		if err := sameNetns(s); err != nil {
+			return fmt.Errorf("%s %s socket %d: %w", familyName(family), protoName(uint32(proto)), ino, err)
+		}
+		dg = &sockdiag.Inet{State: tcprepair.StateClose}
+	}
+	if dg.State == tcpBoundInactive {
+		dg.State = tcprepair.StateClose
 	}
 	st := &model.InetSocketState{
 		Ino: ino, Family: uint32(family), Type: uint32(typ), Proto: uint32(proto), State: uint32(dg.State),
@@ -222,6 +230,12 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 	if err := tcprepair.Supported(uint8(st.State)); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
+	if st.Proto == unix.IPPROTO_MPTCP {
+		// A connection that fell back to TCP when accepted is a TCP
+		// socket; one that stays MPTCP cannot be rebuilt: a new MPTCP
+		// socket refuses TCP_REPAIR (ENOPROTOOPT).
+		return fmt.Errorf("%s: connected MPTCP socket (%s): not supported (the kernel has no repair mode for MPTCP)", what, tcprepair.StateName(uint8(st.State)))
+	}
 	if !fl.TCPEstablished {
 		return fmt.Errorf("%s: established TCP connection (%s): dump with --tcp-established", what, tcprepair.StateName(uint8(st.State)))
 	}
@@ -234,6 +248,32 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	return repairDump(id, s, st, what)
+}
+
+// tcpBoundInactive is how sock_diag reports a TCP socket bound but
+// neither listening nor connected (TCP_BOUND_INACTIVE,
+// include/net/tcp_states.h).
+const tcpBoundInactive = 13
+
+// sameNetns refuses a socket of another network namespace than godwit's
+// (the restore would make it in godwit's).
+func sameNetns(s int) error {
+	nsfd, err := unix.IoctlRetInt(s, unix.SIOCGSKNS)
+	if err != nil {
+		return fmt.Errorf("SIOCGSKNS: %w", err)
+	}
+	defer unix.Close(nsfd)
+	var a, b unix.Stat_t
+	if err := unix.Fstat(nsfd, &a); err != nil {
+		return fmt.Errorf("stat its network namespace: %w", err)
+	}
+	if err := unix.Stat("/proc/thread-self/ns/net", &b); err != nil {
+		return fmt.Errorf("stat godwit's network namespace: %w", err)
+	}
+	if a.Ino != b.Ino || a.Dev != b.Dev {
+		return errors.New("in another network namespace than godwit's: not supported yet")
+	}
+	return nil
 }
 
 // repairDump puts a copy of s in repair mode, kept until the dump ends
@@ -322,8 +362,9 @@ func collectUDP(s int, st *model.InetSocketState, what string) error {
 	return nil
 }
 
-// defaultTTL is the network namespace's default IPv4 TTL.
-func defaultTTL() uint32 {
+// defaultTTL is the network namespace's default IPv4 TTL (read once:
+// godwit stays in one namespace).
+var defaultTTL = sync.OnceValue(func() uint32 {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_default_ttl")
 	if err != nil {
 		return 64
@@ -333,7 +374,7 @@ func defaultTTL() uint32 {
 		return 64
 	}
 	return uint32(v)
-}
+})
 
 // inetOpts reads the inet and TCP options into st, refusing those the
 // image cannot carry.
@@ -346,6 +387,11 @@ func inetOpts(s int, st *model.InetSocketState) error {
 		}
 		var v int
 		if v, err = unix.GetsockoptInt(s, level, opt); err != nil {
+			if st.Proto == unix.IPPROTO_MPTCP && unsupportedOpt(err) {
+				// MPTCP has no such option (nor could it be set).
+				err = nil
+				return 0
+			}
 			err = fmt.Errorf("getsockopt %s: %w", name, err)
 		}
 		return v
@@ -503,10 +549,13 @@ func makeInet(rs *restoreFDs, st *model.InetSocketState) (int, error) {
 
 // notLocal names the address when the kernel refused it as not local.
 func notLocal(st *model.InetSocketState, err error) error {
-	if errors.Is(err, unix.EADDRNOTAVAIL) {
-		return fmt.Errorf("address %s is not local here (--tcp-close restores connections closed)", st.Src.Addr())
+	if !errors.Is(err, unix.EADDRNOTAVAIL) {
+		return err
 	}
-	return err
+	if st.Type == unix.SOCK_STREAM && st.State != tcprepair.StateListen && st.State != tcprepair.StateClose {
+		return fmt.Errorf("address %s is not local here (--tcp-close restores the connection closed)", st.Src.Addr())
+	}
+	return fmt.Errorf("address %s is not local here", st.Src.Addr())
 }
 
 // newInet makes an unconnected TCP socket (unbound, bound or listening)
@@ -551,9 +600,23 @@ func newInet(st *model.InetSocketState, bind bool) (int, error) {
 // connection without SO_REUSEADDR holds its port, as when the task made
 // it, while a connection in repair mode binds anywhere.
 func listenersFirst(rs *restoreFDs, c *model.InetSocketState) error {
-	for _, id := range rs.r.Tree.FileIDs() {
+	if rs.listeners == nil {
+		// The tree's listeners by port, once per task (not a pass over
+		// every file per connection).
+		rs.listeners = map[uint16][]model.ID{}
+		for id, f := range rs.r.Tree.Files {
+			if l := f.Inet; l != nil && l.State == tcprepair.StateListen {
+				rs.listeners[l.Src.Port()] = append(rs.listeners[l.Src.Port()], id)
+			}
+		}
+		rs.mine = map[model.ID]bool{}
+		for _, e := range rs.r.Task.FDs {
+			rs.mine[e.File] = true
+		}
+	}
+	for _, id := range rs.listeners[c.Src.Port()] {
 		l := rs.r.Tree.Files[id].Inet
-		if l == nil || l.State != tcprepair.StateListen || l.Src.Port() != c.Src.Port() || l.Family != c.Family {
+		if l.Family != c.Family {
 			continue
 		}
 		if _, ok := rs.socks[l.Ino]; ok {
@@ -571,22 +634,13 @@ func listenersFirst(rs *restoreFDs, c *model.InetSocketState) error {
 		if err != nil {
 			return fmt.Errorf("its listener %s: %w", describe(l), err)
 		}
-		if taskHolds(rs, id) || rs.r.Held == nil {
+		if rs.mine[id] || rs.r.Held == nil {
 			rs.socks[l.Ino] = s
 		} else {
 			rs.r.Held.socks[l.Ino] = s
 		}
 	}
 	return nil
-}
-
-func taskHolds(rs *restoreFDs, id model.ID) bool {
-	for _, e := range rs.r.Task.FDs {
-		if e.File == id {
-			return true
-		}
-	}
-	return false
 }
 
 // setInetOpts gives s the dumped options. A socket in repair mode binds
@@ -604,6 +658,12 @@ func setInetOpts(s int, st *model.InetSocketState, after, repair bool) error {
 	if after {
 		return setInts(s, []opt{{unix.SOL_SOCKET, unix.SO_REUSEADDR, b(o.ReuseAddr), "SO_REUSEADDR"}})
 	}
+	if st.Family == unix.AF_INET {
+		// IP_TOS sets the priority too: before SO_PRIORITY.
+		if err := setInts(s, []opt{{unix.SOL_IP, unix.IP_TOS, int(o.TOS), "IP_TOS"}}); err != nil {
+			return err
+		}
+	}
 	if err := setInetSocketOpts(s, &st.Opts); err != nil {
 		return err
 	}
@@ -618,7 +678,7 @@ func setInetOpts(s int, st *model.InetSocketState, after, repair bool) error {
 		{unix.SOL_SOCKET, unix.SO_OOBINLINE, b(o.OOBInline), "SO_OOBINLINE"},
 	}...)
 	if st.Family == unix.AF_INET {
-		os = append(os, opt{unix.SOL_IP, unix.IP_FREEBIND, b(o.Freebind), "IP_FREEBIND"}, opt{unix.SOL_IP, unix.IP_TOS, int(o.TOS), "IP_TOS"})
+		os = append(os, opt{unix.SOL_IP, unix.IP_FREEBIND, b(o.Freebind), "IP_FREEBIND"})
 		if o.TTL != 0 {
 			os = append(os, opt{unix.SOL_IP, unix.IP_TTL, int(o.TTL), "IP_TTL"})
 		}
@@ -654,6 +714,11 @@ func setInetOpts(s int, st *model.InetSocketState, after, repair bool) error {
 	return nil
 }
 
+// unsupportedOpt: the socket's protocol has no such option.
+func unsupportedOpt(err error) bool {
+	return errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOPROTOOPT)
+}
+
 // sockOpt is an integer socket option to set.
 type sockOpt struct {
 	level, opt, v int
@@ -662,8 +727,9 @@ type sockOpt struct {
 
 func setInts(s int, os []sockOpt) error {
 	for _, o := range os {
-		if cur, err := unix.GetsockoptInt(s, o.level, o.opt); err == nil && cur == o.v {
-			continue
+		cur, err := unix.GetsockoptInt(s, o.level, o.opt)
+		if err == nil && cur == o.v || o.v == 0 && unsupportedOpt(err) {
+			continue // as wanted, or an option MPTCP has not
 		}
 		if err := unix.SetsockoptInt(s, o.level, o.opt, o.v); err != nil {
 			return fmt.Errorf("setsockopt %s %d: %w", o.name, o.v, err)

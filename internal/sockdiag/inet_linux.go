@@ -14,7 +14,7 @@ const (
 	sizeofInetDiagReqV2 = 56 // struct inet_diag_req_v2
 	sizeofInetDiagMsg   = 72 // struct inet_diag_msg
 	inetDiagShutdown    = 8  // INET_DIAG_SHUTDOWN: u8 sk_shutdown
-	inetDiagReqProtocol = 1  // INET_DIAG_REQ_PROTOCOL: u32, for protocols past 255 (MPTCP)
+	inetDiagReqProtocol = 3  // INET_DIAG_REQ_PROTOCOL: u32, for protocols past 255 (MPTCP)
 )
 
 // Inet is what sock_diag tells of a TCP, UDP or MPTCP socket.
@@ -53,6 +53,9 @@ func DumpInet(family uint8, proto uint32) (map[uint32]*Inet, error) {
 	if proto <= 255 {
 		req[1] = uint8(proto)
 	} else {
+		// The byte says TCP (as ss(8) sends it), the attribute the
+		// protocol.
+		req[1] = unix.IPPROTO_TCP
 		a := req[sizeofInetDiagReqV2:]
 		ne.PutUint16(a[0:], 8)
 		ne.PutUint16(a[2:], inetDiagReqProtocol)
