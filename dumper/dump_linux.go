@@ -39,6 +39,10 @@ type Result struct {
 	Injecting time.Duration
 	// InjectedCalls counts the syscalls injected into the tree.
 	InjectedCalls int
+	// NetLock is the network lock the dump kept for the restore (nil:
+	// none), in the tree's network namespace: a caller that will not
+	// restore there removes it (netlock.Adopt there, then Unlock).
+	NetLock *netlock.Record
 }
 
 // FormatStats renders the stats as --display-stats prints them (CRIU's
@@ -334,14 +338,19 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		if err := unlockNetwork(nl, pid, scripts); err != nil {
 			ferrs = append(ferrs, err)
 		}
-	} else if rec, ok := nl.Keep(); ok {
-		d.log.Infof("dump %d: network lock %s kept for the restore", pid, rec.Name)
+	}
+	var kept *netlock.Record
+	if !resume {
+		if rec, ok := nl.Keep(); ok {
+			d.log.Infof("dump %d: network lock %s kept for the restore", pid, rec.Name)
+			kept = &rec
+		}
 	}
 	ferr := errors.Join(ferrs...)
 	frozen := time.Since(frozenAt)
 	d.log.Infof("dump %d: %d pages written (%d scanned, %d zero, %d untouched) by %v; frozen %v, %v of it in injection sessions",
 		pid, d.mem.Written, d.mem.Scanned, d.mem.Zero, d.mem.Untouched, d.method, frozen, injecting)
-	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting, InjectedCalls: tr.InjectedCalls()}
+	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting, InjectedCalls: tr.InjectedCalls(), NetLock: kept}
 	res.Stats = &stats.DumpStatsEntry{
 		FreezingTime:       proto.Uint32(uint32(frozenAt.Sub(t0).Microseconds())),
 		FrozenTime:         proto.Uint32(uint32(frozen.Microseconds())),

@@ -226,3 +226,56 @@ func TestNetlockGodwitKilled(t *testing.T) {
 	w.waitTicks(3)
 	w.finishOriginal(t, "after godwit was killed")
 }
+
+// TestNetlockRestoreKilled: a restore killed (SIGKILL) after it took over
+// the lock the dump kept leaves no lock behind either.
+func TestNetlockRestoreKilled(t *testing.T) {
+	needRoot(t)
+	n := makeNetns(t)
+	w := startInNetns(t, n)
+	lock := "godwit-" + strconv.Itoa(w.pid)
+	dir := w.dump(t)
+	w.reapKilled(t)
+	if !strings.Contains(n.ruleset(t), lock) {
+		t.Fatalf("no lock %s after the dump:\n%s", lock, n.ruleset(t))
+	}
+	pidfile := filepath.Join(t.TempDir(), "script.pid")
+	hold := `if [ "$CRTOOLS_SCRIPT_ACTION" = pre-restore ]; then echo $$ > ` + pidfile + `.tmp; mv ` + pidfile + `.tmp ` + pidfile + `; exec sleep 60; fi`
+	cmd := n.command(godwitBin, "restore", "-D", dir, "--action-script", hold)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	var scriptPid int
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-done
+		killAndForget(scriptPid)
+		killAndForget(w.pid)
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if b, err := os.ReadFile(pidfile); err == nil {
+			scriptPid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the restore did not reach its pre-restore script")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(n.ruleset(t), lock) {
+		t.Fatalf("lock %s gone before the restore was killed:\n%s", lock, n.ruleset(t))
+	}
+	// nsenter execs godwit in place: this is godwit's PID.
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	killAndForget(scriptPid)
+	n.waitUnlocked(t, lock, "after the restore was killed")
+	if pidExists(w.pid) {
+		t.Fatalf("pid %d exists: the killed restore had not made it yet", w.pid)
+	}
+}
