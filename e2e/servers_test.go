@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -42,7 +43,25 @@ type server struct {
 // startServer starts argv in n and waits until addr accepts connections.
 func startServer(t testing.TB, n *testNetns, addr string, argv ...string) *server {
 	t.Helper()
+	return startServerAs(t, n, addr, "", argv...)
+}
+
+// startTreeServer is startServer for a server with child processes: it
+// runs under workloads/reaper.c, a subreaper that reaps the orphans its
+// tree leaves when the dump kills it (PID 1 of a pid namespace may not: a
+// test runner), so that their PIDs are free for the restore. s.pid is the
+// server's, s.done waits for the reaper.
+func startTreeServer(t *testing.T, n *testNetns, addr string, argv ...string) *server {
+	t.Helper()
+	return startServerAs(t, n, addr, cWorkload(t, "reaper"), argv...)
+}
+
+func startServerAs(t testing.TB, n *testNetns, addr, reaper string, argv ...string) *server {
+	t.Helper()
 	s := &server{done: make(chan error, 1), out: &bytes.Buffer{}}
+	if reaper != "" {
+		argv = append([]string{reaper}, argv...)
+	}
 	s.cmd = n.command(argv...)
 	// Output to a file: a pipe would be an fd godwit must restore.
 	f, err := os.Create(filepath.Join(t.TempDir(), "server.out"))
@@ -59,8 +78,24 @@ func startServer(t testing.TB, n *testNetns, addr string, argv ...string) *serve
 	s.pid = s.cmd.Process.Pid
 	go func() { s.done <- s.cmd.Wait() }()
 	name := f.Name()
+	if reaper != "" {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if m := regexp.MustCompile(`pid (\d+)`).FindStringSubmatch(readFile(name)); m != nil {
+				s.pid, _ = strconv.Atoi(m[1])
+				break
+			}
+			if time.Now().After(deadline) {
+				killAndForget(s.pid)
+				t.Fatalf("reaper: no pid\n%s", readFile(name))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	reaperPid := s.cmd.Process.Pid
 	t.Cleanup(func() {
 		killAndForget(s.pid)
+		killAndForget(reaperPid)
 		select {
 		case <-s.done:
 		case <-time.After(5 * time.Second):
@@ -578,7 +613,7 @@ http {
 	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s := startServer(t, n, "127.0.0.1:8090", "nginx", "-c", filepath.Join(dir, "nginx.conf"), "-e", filepath.Join(dir, "error.log"))
+	s := startTreeServer(t, n, "127.0.0.1:8090", "/usr/sbin/nginx", "-c", filepath.Join(dir, "nginx.conf"), "-e", filepath.Join(dir, "error.log"))
 	runServerTest(t, n, s, "127.0.0.1:8090", 4, httpExchange("/index.html", body), nil, "")
 }
 
