@@ -13,6 +13,7 @@ import (
 	"godwit/internal/abi/linux"
 	"godwit/internal/inject"
 	"godwit/internal/model"
+	"godwit/internal/netlock"
 	"godwit/internal/opts"
 	"godwit/internal/procfs"
 )
@@ -190,6 +191,11 @@ type Files struct {
 	TCPEstablished, SkipInFlight bool
 	inet                         *inetDump                 // fd_inet.go
 	ghosts                       map[[2]uint64]*model.File // deleted files read, by device and inode
+
+	// NetLock is the dump's network lock: a socket driver adds each TCP
+	// connection to it (Lock) before the connection goes into repair
+	// mode. nil: nothing to lock.
+	NetLock *netlock.Lock
 }
 
 type fileKey struct {

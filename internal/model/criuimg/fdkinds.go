@@ -70,6 +70,8 @@ func fdType(f *model.File) fdinfo.FdTypes {
 		return fdinfo.FdTypes_EVENTPOLL
 	case model.UnixSocket:
 		return fdinfo.FdTypes_UNIXSK
+	case model.NetlinkSocket:
+		return fdinfo.FdTypes_NETLINKSK
 	case model.InetSocket:
 		return fdinfo.FdTypes_INETSK
 	case model.Inotify:
@@ -178,6 +180,10 @@ func kindEntry(f *model.File) (*fdinfo.FileEntry, error) {
 			})
 		}
 		e.Ify = ify
+	case model.NetlinkSocket:
+		if err := netlinkEntry(f, e); err != nil {
+			return nil, err
+		}
 	default:
 		return nil, fmt.Errorf("file %d: kind %d has no image entry", f.ID, f.Kind)
 	}
@@ -386,6 +392,10 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 			return nil, true, fmt.Errorf("file %d: timerfd times out of range", id)
 		}
 		f.TimerFD = t
+	case fdinfo.FdTypes_NETLINKSK:
+		if err := readNetlink(e, f); err != nil {
+			return nil, true, err
+		}
 	case fdinfo.FdTypes_UNIXSK:
 		p := e.GetUsk()
 		if p == nil {
