@@ -37,8 +37,10 @@ type Result struct {
 	// (borrowed registers, every signal blocked), a part of its frozen
 	// time.
 	Injecting time.Duration
-	// InjectedCalls counts the syscalls injected into the tree.
-	InjectedCalls int
+	// InjectedCalls counts the syscalls injected into the tree, in
+	// InjectionStops ptrace stops (each a round trip through the
+	// scheduler: what injection costs).
+	InjectedCalls, InjectionStops int
 	// NetLock is the network lock the dump kept for the restore (nil:
 	// none), in the tree's network namespace: a caller that will not
 	// restore there removes it (netlock.Adopt there, then Unlock).
@@ -351,6 +353,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	d.log.Infof("dump %d: %d pages written (%d scanned, %d zero, %d untouched) by %v; frozen %v, %v of it in injection sessions",
 		pid, d.mem.Written, d.mem.Scanned, d.mem.Zero, d.mem.Untouched, d.method, frozen, injecting)
 	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting, InjectedCalls: tr.InjectedCalls(), NetLock: kept}
+	_, res.InjectionStops, _ = tr.InjectionStats()
 	res.Stats = &stats.DumpStatsEntry{
 		FreezingTime:       proto.Uint32(uint32(frozenAt.Sub(t0).Microseconds())),
 		FrozenTime:         proto.Uint32(uint32(frozen.Microseconds())),
@@ -390,6 +393,7 @@ func writeCPUInfo(dir *images.Dir, capArg string) error {
 type dumpRun struct {
 	ctx     context.Context
 	pid     int   // the task being collected
+	runner  bool  // its scratch holds the batch runner
 	tids    []int // its threads
 	tree    []*frozenTask
 	tr      *ptrace.Tracer
@@ -607,6 +611,7 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 		}
 		scratch = addr
 		ls := inject.Wrap(s, d.pid, addr, scratchSize)
+		d.runner = d.mapRunner(ls)
 		for _, k := range d.drivers {
 			if c, ok := k.(drivers.InjectedCollector); ok {
 				if err := c.CollectInjected(dc, ls); err != nil {
@@ -641,6 +646,9 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", th.Tid, err)
 		}
+		if d.runner {
+			ts.SetBatch(scratch+scratchRunner, scratchTable)
+		}
 		if err := ts.End(d.collectThreadInjected(dc, ts, th)); err != nil {
 			return err
 		}
@@ -664,6 +672,24 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 	md.SetContext(d.ctx)
 	d.log.Infof("dump %d: transferring pages (%v)", d.pid, d.method)
 	return d.dumpMemory(md, task.MM.VMAs)
+}
+
+// mapRunner puts the batch runner in the last page of the scratch and
+// makes it executable, for batches of injected calls in s (and the
+// task's other threads). A task that may not gain executable memory
+// (PR_SET_MDWE, a seccomp filter on mprotect) gets its calls one by one.
+func (d *dumpRun) mapRunner(s *inject.Session) bool {
+	at := s.Scratch() + scratchRunner
+	if err := ptrace.WriteMem(d.pid, at, ptrace.BatchCode); err != nil {
+		d.log.Warnf("dump %d: batch runner: %v: injecting calls one by one", d.pid, err)
+		return false
+	}
+	if _, err := s.Call("batch runner: mprotect", unix.SYS_MPROTECT, at, 4096, unix.PROT_READ|unix.PROT_EXEC); err != nil {
+		d.log.Warnf("dump %d: %v: injecting calls one by one", d.pid, err)
+		return false
+	}
+	s.SetBatch(at, scratchTable)
+	return true
 }
 
 // collectThreadInjected runs the drivers' injected calls in one thread.
