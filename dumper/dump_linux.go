@@ -334,7 +334,7 @@ type dumpRun struct {
 	drivers []drivers.Driver // every kind of state, in order
 	pagesID uint32           // the last pages id given out
 	shmDone map[uint64]int   // shared anonymous objects dumped: shmid → pid
-	// track, with --prev-images-dir, writes the root task's private pages
+	// track, with --prev-images-dir --track-mem, writes each task's private pages
 	// against the parent images (predump_linux.go).
 	track       *trackedDump
 	parentPages uint64
@@ -615,7 +615,7 @@ func (d *dumpRun) dumpMemory(md *MemoryDumper, vmas []VMA) (err error) {
 	if err != nil {
 		return err
 	}
-	if d.track != nil && d.pid == d.track.pid {
+	if d.track != nil && d.track.pt != nil {
 		var st MemStats
 		st, d.parentPages, err = d.track.writePrivate(d.pid, vmas, sink)
 		md.addStats(st)

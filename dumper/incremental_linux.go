@@ -494,6 +494,14 @@ func (t *tracking) scanDirty(vmas []VMA) (dirty []span, tr *uffd.Tracker, res *u
 		tr.Adopt(t.st.Tracked)
 		prev = spansOf(t.st.Tracked)
 	}
+	if t.forks != nil {
+		// Read before the scan: a fork after it shows in the next round.
+		c, err := readForks(t.forks)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("track %d: %w", t.pid, err)
+		}
+		t.scanForks, t.forked = c, t.fresh || c != t.st.Forks
+	}
 	cur := trackVMAs(vmas)
 	t.scanned = true
 	res, err = tr.Scan(cur)
