@@ -398,6 +398,9 @@ func (d *dumpRun) collect() error {
 		}
 		tree.Tasks = append(tree.Tasks, task)
 	}
+	if err := d.writeTrackedShared(); err != nil {
+		return err
+	}
 	tree.Files = fl.Table()
 	if err := checkShared(tree); err != nil {
 		return err
@@ -627,6 +630,10 @@ func (d *dumpRun) dumpMemory(md *MemoryDumper, vmas []VMA) (err error) {
 	}
 	if err != nil {
 		return err
+	}
+	if d.track != nil && d.track.pt != nil {
+		// Against the parent images, once every task is scanned.
+		return d.track.addShared(d.pid, vmas)
 	}
 	// A shared anonymous object is dumped whole, once, by the first task
 	// that maps it.

@@ -128,7 +128,7 @@ func PreDump(ctx context.Context, o PreDumpOptions) (*PreDumpResult, error) {
 	if err := r.open(proc, pt); err != nil {
 		return nil, fmt.Errorf("pre-dump: %w", err)
 	}
-	res, err := r.run(ctx, proc, stage, parent, target)
+	res, err := r.run(ctx, proc, stage, parent, pt, target)
 	if err != nil {
 		r.fail()
 		return nil, fmt.Errorf("pre-dump %d: %w", pid, err)
@@ -147,6 +147,7 @@ type treeRound struct {
 	log   *logging.Logger
 	tasks []*roundTask // the root first
 	notes []string
+	shm   []shmRecord // the shared objects tracked
 }
 
 // roundTask is one task of a round.
@@ -274,7 +275,7 @@ func killRecordedHolder(rec trackRecord) {
 	}
 }
 
-func (r *treeRound) run(ctx context.Context, rootProc *pidfd.Proc, stage *images.Staging, parent *images.Dir, target PageTarget) (*PreDumpResult, error) {
+func (r *treeRound) run(ctx context.Context, rootProc *pidfd.Proc, stage *images.Staging, parent *images.Dir, pt *parentTrack, target PageTarget) (*PreDumpResult, error) {
 	dir := stage.Dir()
 	t0 := time.Now()
 	if r.o.PrevImagesDir != "" {
@@ -314,11 +315,8 @@ func (r *treeRound) run(ctx context.Context, rootProc *pidfd.Proc, stage *images
 		res.Full = res.Full && (t.tk.fresh || t.covered == nil)
 		res.Frozen = max(res.Frozen, t.tk.frozen)
 	}
-	for _, t := range r.tasks {
-		if !t.gone && hasShared(t.vmas) {
-			r.note("shared memory is not pre-dumped: the final dump takes it whole")
-			break
-		}
+	if err := r.shared(dir, &id, target, parent, pt, res); err != nil {
+		return nil, err
 	}
 	if err := target.Commit(); err != nil {
 		return nil, err
@@ -450,6 +448,7 @@ func (r *treeRound) record() ([]byte, error) {
 			rec.Tasks = append(rec.Tasks, k)
 		}
 	}
+	rec.Shm = r.shm
 	return json.Marshal(&rec)
 }
 
@@ -464,15 +463,6 @@ func sinkHasParent(s any, chained bool) bool {
 		return false
 	}
 	return chained
-}
-
-func hasShared(vmas []VMA) bool {
-	for i := range vmas {
-		if vmas[i].SharedAnon() {
-			return true
-		}
-	}
-	return false
 }
 
 // bootMicros is CLOCK_BOOTTIME in microseconds, as CRIU's dump_uptime.
@@ -503,6 +493,7 @@ type trackedDump struct {
 	parent *images.Dir
 	pt     *parentTrack // nil: a full dump that only links its parent
 	tasks  map[int]*tracking
+	shm    []shmTask // the shared mappings of the tasks dumped
 	log    *logging.Logger
 }
 

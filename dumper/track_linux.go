@@ -233,6 +233,7 @@ const maxTrackFile = 64 << 20
 type shmRecord struct {
 	Shmid    uint64       `json:"shmid"`
 	Mappings []shmMapping `json:"mappings"`
+	Covered  []span       `json:"covered"` // offsets the round's pagemap covers
 }
 
 // shmMapping is one VMA of a shared object in one task.
@@ -270,6 +271,13 @@ func parseTreeRecord(b []byte) (*treeRecord, error) {
 		seen[r.Tasks[i].TargetPid] = true
 	}
 	for _, o := range r.Shm {
+		var last uint64
+		for i, c := range o.Covered {
+			if c.Start%pageSize != 0 || c.End%pageSize != 0 || c.Start >= c.End || (i > 0 && c.Start < last) {
+				return nil, fmt.Errorf("%s: bad covered range %#x-%#x of shared object %d", trackRecordName, c.Start, c.End, o.Shmid)
+			}
+			last = c.End
+		}
 		for _, m := range o.Mappings {
 			if m.Pid <= 0 || m.Start%pageSize != 0 || m.End%pageSize != 0 || m.Start >= m.End || m.Pgoff%pageSize != 0 || m.Pgoff+(m.End-m.Start) < m.Pgoff {
 				return nil, fmt.Errorf("%s: bad mapping %d:%#x-%#x+%#x of shared object %d", trackRecordName, m.Pid, m.Start, m.End, m.Pgoff, o.Shmid)
@@ -335,6 +343,7 @@ type tracking struct {
 	// fresh tracking), scanForks the count this round scanned at.
 	forked    bool
 	scanForks uint64
+	dirty     []span // what the latest scan found written or untracked
 	st        *trackState
 	fresh     bool          // tracking started by this round: everything is new
 	frozen    time.Duration // the target's frozen time to set it up

@@ -147,7 +147,7 @@ func TestPreDumpTree(t *testing.T) {
 	w := startTree(t, cWorkload(t, "treemem"))
 	var rootPid = strconv.Itoa(w.pid)
 	var privAddr, shmAddr uint64
-	var grandchild int
+	var grandchild, bPid int
 	waitFor(t, "the tree", func() bool {
 		log := readFile(w.log)
 		for _, l := range strings.Split(log, "\n") {
@@ -155,7 +155,8 @@ func TestPreDumpTree(t *testing.T) {
 			if len(f) == 2 && f[0] == "grandchild" {
 				grandchild, _ = strconv.Atoi(f[1])
 			}
-			if len(f) >= 3 && f[0] == "ready" {
+			if len(f) >= 6 && f[0] == "ready" {
+				bPid, _ = strconv.Atoi(f[5])
 				privAddr, _ = strconv.ParseUint(f[1], 16, 64)
 				shmAddr, _ = strconv.ParseUint(f[2], 16, 64)
 			}
@@ -247,7 +248,17 @@ func TestPreDumpTree(t *testing.T) {
 				return newChild > 0
 			})
 		}
+		if i == 2 && !strings.Contains(out, "taken whole: its mapping") {
+			t.Errorf("round 2 did not take the shared memory of the exited task whole:\n%s", out)
+		}
+		if i == 3 && !strings.Contains(out, "forked since the parent round") {
+			t.Errorf("round 3 did not take the shared memory a short-lived child wrote whole:\n%s", out)
+		}
 		if i == 2 {
+			// A child forks a task that writes shared memory and
+			// exits before the next round sees it.
+			syscall.Kill(bPid, syscall.SIGHUP)
+			waitFor(t, "the short-lived child", func() bool { return strings.Contains(readFile(w.log), "ephemeral done") })
 			if _, ok := rec[grandchild]; ok {
 				t.Errorf("round 2 still tracks the exited task %d", grandchild)
 			}
@@ -271,6 +282,9 @@ func TestPreDumpTree(t *testing.T) {
 	}
 	if m := skipped.FindStringSubmatch(out); m == nil || m[1] == "0" {
 		t.Errorf("the final dump left nothing to its parent:\n%s", out)
+	}
+	if log := readFile(filepath.Join(final, "dump.log")); strings.Contains(log, "taken whole") {
+		t.Errorf("the final dump took shared memory whole:\n%s", log)
 	}
 	for h := range holders {
 		waitFor(t, fmt.Sprintf("holder %d to go", h), func() bool {

@@ -8,8 +8,10 @@
 //
 // The root writes "ready PRIV SHM PIDS..." (addresses in hex, then the
 // pids) once the tree stands, then "tick N" every 10 ms. On SIGUSR2 it
-// forks one more child that writes like the others ("child PID"). Every
-// task reaps its exited children.
+// forks one more child that writes like the others ("child PID"). On
+// SIGHUP a task forks a child that writes 8 pages of shared memory (slice
+// 7, no other task's) and exits at once ("ephemeral done"). Every task
+// reaps its exited children.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -31,7 +33,7 @@
 
 static int logfd;
 static unsigned char *priv, *shm;
-static volatile sig_atomic_t more;
+static volatile sig_atomic_t more, eph;
 
 static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void say(const char *fmt, ...) {
@@ -66,6 +68,17 @@ static void work(int k, int root) {
 		}
 		x = x * 6364136223846793005ULL + 1442695040888963407ULL;
 		stamp(shm + ((size_t)(k % (SHM_PAGES / SLICE)) * SLICE + (x >> 33) % SLICE) * PAGE, k, ++n);
+		if (eph) {
+			eph = 0;
+			pid_t p = fork();
+			if (p == 0) {
+				for (int i = 0; i < 8; i++)
+					stamp(shm + (size_t)(7 * SLICE + i) * PAGE, 7, n + 1000000);
+				_exit(0);
+			}
+			if (p > 0 && waitpid(p, NULL, 0) == p)
+				say("ephemeral done\n");
+		}
 		while (waitpid(-1, NULL, WNOHANG) > 0)
 			;
 		if (root) {
@@ -90,6 +103,11 @@ static void onusr2(int s) {
 	more = 1;
 }
 
+static void onhup(int s) {
+	(void)s;
+	eph = 1;
+}
+
 int main(int argc, char **argv) {
 	if (argc < 2)
 		return 2;
@@ -106,6 +124,8 @@ int main(int argc, char **argv) {
 		stamp(shm + (size_t)i * PAGE, 0, i);
 	struct sigaction sa = {.sa_handler = onusr2};
 	sigaction(SIGUSR2, &sa, NULL);
+	struct sigaction sh = {.sa_handler = onhup};
+	sigaction(SIGHUP, &sh, NULL);
 	pid_t a = fork();
 	if (a == 0) {
 		pid_t g = fork();
