@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -197,5 +198,84 @@ func TestLazyTreeRestore(t *testing.T) {
 	}
 	if !strings.Contains(readFile(w.log), "zombies ok") {
 		t.Fatalf("zombie statuses wrong after a lazy restore\n%s", w.tail())
+	}
+}
+
+// TestLazyChainRestore: pre-dump rounds, a final dump on top of them, then
+// restore --lazy-pages: the daemon serves the pages through the parent
+// images, and the counter's own check of every page passes.
+func TestLazyChainRestore(t *testing.T) {
+	needRoot(t)
+	w := startC(t, false, "-m", "32", "-t", "2")
+	root := t.TempDir()
+	pid := strconv.Itoa(w.pid)
+	var holders []string
+	t.Cleanup(func() {
+		for _, h := range holders {
+			if b, err := os.ReadFile("/proc/" + h + "/comm"); err == nil && strings.TrimSpace(string(b)) == "godwit-track" {
+				n, _ := strconv.Atoi(h)
+				killAndForget(n)
+			}
+		}
+	})
+	prev := ""
+	for i := 1; i <= 2; i++ {
+		dir := filepath.Join(root, "pre"+strconv.Itoa(i))
+		args := []string{"pre-dump", "-t", pid, "-D", dir}
+		if prev != "" {
+			args = append(args, "--prev-images-dir", prev)
+		}
+		if code, out := godwit(t, args...); code != 0 {
+			t.Fatalf("pre-dump %d: exit %d: %s", i, code, out)
+		}
+		if m := regexp.MustCompile(`"holder_pid":(\d+)`).FindStringSubmatch(readFile(filepath.Join(dir, "godwit-track.json"))); m != nil {
+			holders = append(holders, m[1])
+		}
+		prev = "../pre" + strconv.Itoa(i)
+		w.waitTicks(3)
+	}
+	dir := filepath.Join(root, "final")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := godwit(t, "dump", "-t", pid, "-D", dir, "--prev-images-dir", prev, "--track-mem", "-v4", "-o", "dump.log"); code != 0 {
+		t.Fatalf("dump: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "dump.log")))
+	}
+	w.reapKilled(t)
+	lp := exec.Command(godwitBin, "lazy-pages", "-D", dir, "-v4", "-o", "lazy-pages.log", "--display-stats")
+	var out bytes.Buffer
+	lp.Stdout, lp.Stderr = &out, &out
+	if err := lp.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- lp.Wait() }()
+	t.Cleanup(func() {
+		lp.Process.Kill()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+		}
+	})
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(dir, "lazy-pages.socket")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lazy-pages not listening: %s", out.String())
+		}
+	}
+	r := restore(t, w, dir, "--lazy-pages")
+	select {
+	case err := <-done:
+		done <- err
+		if err != nil {
+			t.Fatalf("lazy-pages: %v: %s\n%s", err, out.String(), readFile(filepath.Join(dir, "lazy-pages.log")))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("lazy-pages did not finish: %s", out.String())
+	}
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("restored counter exited %d\n%s", code, w.tail())
 	}
 }

@@ -161,6 +161,38 @@ func (c *Chain) SourceRange(lo, hi uint64) *ChainSource {
 	return &ChainSource{c: c, runs: runs, i: -1}
 }
 
+// ReadAt reads the pages at vaddr from the pages file of level l (a run's
+// Level): b must lie within one entry of that level's pagemap.
+func (c *Chain) ReadAt(l int, b []byte, vaddr uint64) (int, error) {
+	if l < 0 || l >= len(c.levels) {
+		return 0, fmt.Errorf("%s: no level %d in the chain", c.name, l)
+	}
+	return c.levels[l].ReadAt(b, vaddr)
+}
+
+// SourceExcept is Source without the pages in rs (sorted, disjoint
+// [start, end) ranges): e.g. those a lazy restore leaves to its daemon.
+func (c *Chain) SourceExcept(rs [][2]uint64) *ChainSource {
+	var runs []ChainRun
+	for _, r := range c.runs {
+		end := r.Vaddr + r.NrPages*images.PageSize
+		for a := r.Vaddr; a < end; {
+			i := sort.Search(len(rs), func(i int) bool { return rs[i][1] > a })
+			if i < len(rs) && rs[i][0] <= a {
+				a = rs[i][1]
+				continue
+			}
+			b := end
+			if i < len(rs) && rs[i][0] < b {
+				b = rs[i][0]
+			}
+			runs = append(runs, ChainRun{Vaddr: a, NrPages: (b - a) / images.PageSize, Level: r.Level, Offset: r.Offset + int64(a-r.Vaddr)})
+			a = b
+		}
+	}
+	return &ChainSource{c: c, runs: runs, i: -1}
+}
+
 // NeedsParent tells whether pr has entries kept in the parent images (an
 // incremental dump: read it through OpenChain).
 func NeedsParent(pr *images.PageReader) bool { return hasParentEntries(pr) }
