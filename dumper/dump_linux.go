@@ -95,6 +95,13 @@ func (localPages) Open(d *images.Dir, name string, id uint32) (pagexfer.Sink, er
 }
 func (localPages) Commit() error { return nil }
 
+// holdingTarget is a PageTarget that needs the dumped tree frozen after
+// the images stand: DumpToContext calls hold before finishing the tree.
+type holdingTarget interface {
+	hold(ctx context.Context) error
+	lazyPages() uint64 // pages left out of the images for it
+}
+
 // DumpTo is Dump with page data sent to target.
 func DumpTo(o Options, scripts *actions.Scripts, target PageTarget) (*Result, error) {
 	return DumpToContext(context.Background(), o, scripts, target)
@@ -259,6 +266,12 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			d.log.Warnf("dump %d: --auto-dedup: %v", pid, err)
 		}
 	}
+	var holdErr error
+	if h, ok := target.(holdingTarget); ok {
+		// The tree stays frozen while the target needs its memory
+		// (dump --lazy-pages), then is finished as any dump.
+		holdErr = h.hold(ctx)
+	}
 	var ferrs []error
 	for i := len(tree) - 1; i >= 0; i-- {
 		t := tree[i]
@@ -293,11 +306,18 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		PagesWritten:       proto.Uint64(d.mem.Written),
 		PagesLazy:          proto.Uint64(0),
 	}
-	if ferr != nil {
-		return res, fmt.Errorf("dump %d: images written, but finishing failed: %w", pid, ferr)
+	if h, ok := target.(holdingTarget); ok {
+		res.Stats.PagesLazy = proto.Uint64(h.lazyPages())
 	}
-	if err := images.WriteDumpStats(final, o.WorkDir, res.Stats); err != nil {
-		return res, fmt.Errorf("dump %d: %w", pid, err)
+	if ferr != nil {
+		return res, errors.Join(holdErr, fmt.Errorf("dump %d: images written, but finishing failed: %w", pid, ferr))
+	}
+	serr := images.WriteDumpStats(final, o.WorkDir, res.Stats)
+	if holdErr != nil {
+		return res, fmt.Errorf("dump %d: %w", pid, holdErr)
+	}
+	if serr != nil {
+		return res, fmt.Errorf("dump %d: %w", pid, serr)
 	}
 	return res, nil
 }

@@ -289,7 +289,7 @@ func TestPreDumpTree(t *testing.T) {
 	for h := range holders {
 		waitFor(t, fmt.Sprintf("holder %d to go", h), func() bool {
 			b, err := os.ReadFile("/proc/" + strconv.Itoa(h) + "/comm")
-			return err != nil || strings.TrimSpace(string(b)) != "godwit-track"
+			return err != nil || strings.TrimSpace(string(b)) != "godwit-track" || !alive(h)
 		})
 	}
 	// Every task is stopped where it was dumped: its memory is the
