@@ -80,8 +80,10 @@ func nsRestoreMain() int {
 		return 101
 	}
 	ready := make(chan struct{})
-	o := Options{ImagesDir: f[0], PageServer: f[1], Transport: clientTLS(f[2], pageserver.Transport(f[3])),
-		PushPages: 16, pushPause: 100 * time.Microsecond, Ready: func() { close(ready) }}
+	o := Options{ImagesDir: f[0], PageServer: f[1], PushPages: 16, pushPause: 100 * time.Microsecond, Ready: func() { close(ready) }}
+	if f[3] != "plain" {
+		o.Transport = clientTLS(f[2], pageserver.Transport(f[3]))
+	}
 	res := make(chan error, 1)
 	go func() {
 		_, err := Run(context.Background(), o)
@@ -431,12 +433,13 @@ func TestLazySourceLost(t *testing.T) {
 }
 
 // TestLazyFromDump: dump --lazy-pages keeps the lazy pages out of the
-// images, leaves the task frozen and serves them from its memory until the
-// daemon of a lazy restore has them all, then kills it. The restore side
+// images, leaves the task frozen and serves them from its memory (plain
+// TCP as CRIU's default, TLS, QUIC) until the daemon of a lazy restore has
+// them all, then kills it. The restore side
 // runs in a pid namespace of its own (the original keeps its pid until
 // then, as it would on another host).
 func TestLazyFromDump(t *testing.T) {
-	for _, tr := range []pageserver.Transport{pageserver.TransportTCP, pageserver.TransportQUIC} {
+	for _, tr := range []pageserver.Transport{"plain", pageserver.TransportTCP, pageserver.TransportQUIC} {
 		t.Run(string(tr), func(t *testing.T) {
 			needRoot(t)
 			tmp := t.TempDir()
@@ -447,7 +450,11 @@ func TestLazyFromDump(t *testing.T) {
 			log, goFile := filepath.Join(tmp, "log"), filepath.Join(tmp, "go")
 			cmd := exec.Command(lazyBin(t), log, goFile, "32", "fork")
 			p := testutil.Start(t, cmd, log, "ready")
-			so, _, certDir := certs(t, tr)
+			var so pageserver.TransportOptions
+			var certDir string
+			if tr != "plain" {
+				so, _, certDir = certs(t, tr)
+			}
 			addrc := make(chan string, 1)
 			dumped := make(chan error, 1)
 			go func() {
