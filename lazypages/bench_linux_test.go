@@ -38,6 +38,9 @@ import (
 // floors read into memory touched first.
 //
 //	go test -run XXX -bench LazyRestore -benchtime 1x ./lazypages/
+//
+// GODWIT_LAZY_BENCH_MODES (e.g. "tcp,local") and GODWIT_LAZY_BENCH_PUSH
+// (pages per background request) narrow a run while tuning.
 func BenchmarkLazyRestore(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("needs root")
@@ -63,10 +66,15 @@ func BenchmarkLazyRestore(b *testing.B) {
 	b.ReportMetric(tcpFloor/1e9, "floor-tcp-GB/s")
 	b.ReportMetric(tlsFloor/1e9, "floor-tls-GB/s")
 
-	for _, name := range []string{"tcp", "tls", "local"} {
+	modes := []string{"tcp", "tls", "local"}
+	if v := os.Getenv("GODWIT_LAZY_BENCH_MODES"); v != "" {
+		modes = strings.Split(v, ",") // e.g. "tcp" while tuning
+	}
+	push, _ := strconv.Atoi(os.Getenv("GODWIT_LAZY_BENCH_PUSH")) // 0: the default
+	for _, name := range modes {
 		os.Remove(goFile)
 		os.WriteFile(log, nil, 0o600)
-		o := Options{ImagesDir: dir}
+		o := Options{ImagesDir: dir, PushPages: push}
 		switch name {
 		case "tcp":
 			addr, _, _ := startPageServer(b, dir, pageserver.TransportOptions{})
