@@ -56,9 +56,9 @@ type shmObject struct {
 }
 
 // planShared sorts the shared objects of the tasks: what changed in each
-// since the parent round (prev, nil: none) whose images hold the object
-// when parentHas says so.
-func planShared(tasks []shmTask, prev *treeRecord, parentHas func(id uint64) bool) ([]*shmObject, error) {
+// since the parent round (prev, nil: none). Whether the parent images
+// hold the object is the sink's to say (writeShared).
+func planShared(tasks []shmTask, prev *treeRecord) ([]*shmObject, error) {
 	byID := map[uint64]*shmObject{}
 	var order []*shmObject
 	inTree := map[int]bool{}
@@ -106,7 +106,7 @@ func planShared(tasks []shmTask, prev *treeRecord, parentHas func(id uint64) boo
 			o.whole = "a memfd or other shared memory that can be written without a mapping"
 		case ext[o.id] != 0:
 			o.whole = fmt.Sprintf("process %d, outside the tree, maps it", ext[o.id])
-		case pr == nil || !parentHas(o.id):
+		case pr == nil:
 			o.whole = "not in the parent round"
 		}
 		if o.whole == "" {
@@ -292,17 +292,18 @@ func sortedMappings(ms []shmMapping) []shmMapping {
 type sharedSink func(id uint64) (pagexfer.Sink, error)
 
 // writeShared writes every object of plan; with note, it says why an
-// object was taken whole. It returns the records of the objects a later
-// round may track on.
-func writeShared(plan []*shmObject, open sharedSink, st *MemStats, parent *uint64, note func(string, ...any)) ([]shmRecord, error) {
+// object was taken whole. localHas tells whether the local parent images
+// hold an object's pagemap (a page server answers for its own). It returns
+// the records of the objects a later round may track on.
+func writeShared(plan []*shmObject, open sharedSink, localHas func(id uint64) bool, st *MemStats, parent *uint64, note func(string, ...any)) ([]shmRecord, error) {
 	var recs []shmRecord
 	for _, o := range plan {
 		sink, err := open(o.id)
 		if err != nil {
 			return nil, err
 		}
-		if o.whole == "" && !sinkHasParent(sink, true) {
-			o.whole = "the page server has no parent images of it (start it with --prev-images-dir)"
+		if o.whole == "" && !sinkHasParent(sink, localHas(o.id)) {
+			o.whole = "the parent images have no pages of it (a page server needs --prev-images-dir)"
 		}
 		if o.whole != "" && note != nil {
 			note("shared memory %d taken whole: %s", o.id, o.whole)
@@ -333,7 +334,7 @@ func (r *treeRound) shared(dir *images.Dir, id *uint32, target PageTarget, paren
 	if pt != nil {
 		prev = pt.rec
 	}
-	plan, err := planShared(ts, prev, func(id uint64) bool { return parent != nil && parent.Exists(images.PagemapShmemImg(id)) })
+	plan, err := planShared(ts, prev)
 	if err != nil {
 		return err
 	}
@@ -344,7 +345,7 @@ func (r *treeRound) shared(dir *images.Dir, id *uint32, target PageTarget, paren
 	r.shm, err = writeShared(plan, func(shmid uint64) (pagexfer.Sink, error) {
 		*id++
 		return target.Open(dir, images.PagemapShmemImg(shmid), *id)
-	}, &res.Mem, &res.Parent, note)
+	}, func(id uint64) bool { return parent != nil && parent.Exists(images.PagemapShmemImg(id)) }, &res.Mem, &res.Parent, note)
 	return err
 }
 
@@ -378,7 +379,7 @@ func (d *dumpRun) writeTrackedShared() error {
 	if t == nil || t.pt == nil {
 		return nil
 	}
-	plan, err := planShared(t.shm, t.pt.rec, func(id uint64) bool { return t.parent.Exists(images.PagemapShmemImg(id)) })
+	plan, err := planShared(t.shm, t.pt.rec)
 	if err != nil {
 		return err
 	}
@@ -389,7 +390,7 @@ func (d *dumpRun) writeTrackedShared() error {
 		d.note(name)
 		d.note(images.PagesImg(d.pagesID))
 		return d.sinks(d.dir, name, d.pagesID)
-	}, &st, &d.parentPages, func(f string, a ...any) { d.log.Infof("dump %d: "+f, append([]any{t.root}, a...)...) })
+	}, func(id uint64) bool { return t.parent.Exists(images.PagemapShmemImg(id)) }, &st, &d.parentPages, func(f string, a ...any) { d.log.Infof("dump %d: "+f, append([]any{t.root}, a...)...) })
 	d.mem.add(st)
 	return err
 }

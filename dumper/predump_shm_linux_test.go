@@ -23,49 +23,43 @@ func TestPlanShared(t *testing.T) {
 		{Pid: 10, TaskStart: 1, Start: a.Start, End: a.End, Pgoff: a.Pgoff},
 		{Pid: 11, TaskStart: 2, Start: b.Start, End: b.End, Pgoff: b.Pgoff},
 	}}}}
-	yes := func(uint64) bool { return true }
 	for _, c := range []struct {
 		name  string
 		tasks []shmTask
 		prev  *treeRecord
-		has   func(uint64) bool
 		whole string // "": incremental
 		dirty []span
 	}{
 		{"unchanged", []shmTask{
 			{pid: 10, start: 1, vmas: []VMA{a}, tk: tk(span{0x11000, 0x12000})},
 			{pid: 11, start: 2, vmas: []VMA{b}, tk: tk(span{0x50000, 0x51000}, span{0x90000, 0x91000})},
-		}, prev, yes, "", []span{{0x1000, 0x2000}, {0x8000, 0x9000}}},
+		}, prev, "", []span{{0x1000, 0x2000}, {0x8000, 0x9000}}},
 		{"mapping gone", []shmTask{
 			{pid: 10, start: 1, vmas: []VMA{a}, tk: tk()},
-		}, prev, yes, "went away", nil},
+		}, prev, "went away", nil},
 		{"new mapping", []shmTask{
 			{pid: 10, start: 1, vmas: []VMA{a}, tk: tk()},
 			{pid: 11, start: 2, vmas: []VMA{b}, tk: tk()},
 			{pid: 12, start: 3, vmas: []VMA{b}, tk: tk()},
-		}, prev, yes, "since the parent round", nil},
+		}, prev, "since the parent round", nil},
 		{"forked", []shmTask{
 			{pid: 10, start: 1, vmas: []VMA{a}, tk: &tracking{forked: true}},
 			{pid: 11, start: 2, vmas: []VMA{b}, tk: tk()},
-		}, prev, yes, "forked", nil},
+		}, prev, "forked", nil},
 		{"untracked task", []shmTask{
 			{pid: 10, start: 1, vmas: []VMA{a}, tk: nil},
 			{pid: 11, start: 2, vmas: []VMA{b}, tk: tk()},
-		}, prev, yes, "not tracked", nil},
+		}, prev, "not tracked", nil},
 		{"memfd", []shmTask{
 			{pid: 10, start: 1, vmas: []VMA{shm(a.Start, a.End, 0, "/memfd:x")}, tk: tk()},
 			{pid: 11, start: 2, vmas: []VMA{b}, tk: tk()},
-		}, prev, yes, "memfd", nil},
+		}, prev, "memfd", nil},
 		{"no parent", []shmTask{
 			{pid: 10, start: 1, vmas: []VMA{a}, tk: tk()},
 			{pid: 11, start: 2, vmas: []VMA{b}, tk: tk()},
-		}, nil, yes, "not in the parent round", nil},
-		{"parent lacks the pagemap", []shmTask{
-			{pid: 10, start: 1, vmas: []VMA{a}, tk: tk()},
-			{pid: 11, start: 2, vmas: []VMA{b}, tk: tk()},
-		}, prev, func(uint64) bool { return false }, "not in the parent round", nil},
+		}, nil, "not in the parent round", nil},
 	} {
-		plan, err := planShared(c.tasks, c.prev, c.has)
+		plan, err := planShared(c.tasks, c.prev)
 		if err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}

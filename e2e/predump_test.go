@@ -141,8 +141,14 @@ func TestRPCPreDump(t *testing.T) {
 // writing private and shared memory (workloads/treemem.c); between rounds
 // one task exits and a new one appears. The final dump writes only what
 // changed, and the restored tree's memory is byte for byte what the
-// frozen tree held.
+// frozen tree held. Locally, and with every round's pages sent to a page
+// server whose images chain the same way.
 func TestPreDumpTree(t *testing.T) {
+	t.Run("local", func(t *testing.T) { testPreDumpTree(t, false) })
+	t.Run("page-server", func(t *testing.T) { testPreDumpTree(t, true) })
+}
+
+func testPreDumpTree(t *testing.T, viaServer bool) {
 	needRoot(t)
 	w := startTree(t, cWorkload(t, "treemem"))
 	var rootPid = strconv.Itoa(w.pid)
@@ -211,6 +217,15 @@ func TestPreDumpTree(t *testing.T) {
 		if prev != "" {
 			args = append(args, "--prev-images-dir", prev)
 		}
+		pagesDir := dir
+		if viaServer {
+			pagesDir = filepath.Join(root, "srv"+strconv.Itoa(i))
+			var sargs []string
+			if i > 1 {
+				sargs = []string{"--prev-images-dir", "../srv" + strconv.Itoa(i-1)}
+			}
+			args = append(args, "--page-server", "--address", "127.0.0.1", "--port", pageServer(t, pagesDir, sargs...))
+		}
 		code, out := godwit(t, args...)
 		if code != 0 {
 			t.Fatalf("pre-dump %d: exit %d: %s", i, code, out)
@@ -220,7 +235,7 @@ func TestPreDumpTree(t *testing.T) {
 			if _, ok := rec[p]; !ok && p != grandchild {
 				t.Fatalf("round %d: task %d is not tracked (record %v)", i, p, rec)
 			}
-			if _, err := os.Stat(filepath.Join(dir, "pagemap-"+strconv.Itoa(p)+".img")); err != nil && rec[p] != 0 {
+			if _, err := os.Stat(filepath.Join(pagesDir, "pagemap-"+strconv.Itoa(p)+".img")); err != nil && rec[p] != 0 {
 				t.Fatalf("round %d: %v", i, err)
 			}
 		}
@@ -275,8 +290,14 @@ func TestPreDumpTree(t *testing.T) {
 	if err := os.Mkdir(final, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	code, out := godwit(t, "dump", "-t", rootPid, "-D", final, "--prev-images-dir", prev, "--track-mem", "--leave-stopped",
-		"--display-stats", "-v4", "-o", "dump.log")
+	dargs := []string{"dump", "-t", rootPid, "-D", final, "--prev-images-dir", prev, "--track-mem", "--leave-stopped",
+		"--display-stats", "-v4", "-o", "dump.log"}
+	restoreDir := final
+	if viaServer {
+		restoreDir = filepath.Join(root, "srvfinal")
+		dargs = append(dargs, "--page-server", "--address", "127.0.0.1", "--port", pageServer(t, restoreDir, "--prev-images-dir", "../srv3"))
+	}
+	code, out := godwit(t, dargs...)
 	if code != 0 {
 		t.Fatalf("dump: exit %d: %s\n%s", code, out, readFile(filepath.Join(final, "dump.log")))
 	}
@@ -301,9 +322,18 @@ func TestPreDumpTree(t *testing.T) {
 	for p := range tasks {
 		waitFor(t, fmt.Sprintf("pid %d to go", p), func() bool { return !pidExists(p) })
 	}
-	code, out = godwit(t, "restore", "-D", final, "-d", "--leave-stopped", "-v4", "-o", "restore.log")
+	if viaServer {
+		// The pages are in the server's chain; the other images
+		// beside them, as an operator gathers such a dump.
+		waitFor(t, "the page server's images", func() bool {
+			_, err := os.Stat(filepath.Join(restoreDir, "pagemap-"+rootPid+".img"))
+			return err == nil
+		})
+		copyMissing(t, final, restoreDir)
+	}
+	code, out = godwit(t, "restore", "-D", restoreDir, "-d", "--leave-stopped", "-v4", "-o", "restore.log")
 	if code != 0 {
-		t.Fatalf("restore: exit %d: %s\n%s", code, out, readFile(filepath.Join(final, "restore.log")))
+		t.Fatalf("restore: exit %d: %s\n%s", code, out, readFile(filepath.Join(restoreDir, "restore.log")))
 	}
 	got := treeMemory(t, tasks, privAddr, shmAddr)
 	for p, h := range want {
