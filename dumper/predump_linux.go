@@ -126,6 +126,7 @@ func PreDump(ctx context.Context, o PreDumpOptions) (*PreDumpResult, error) {
 	r := &treeRound{o: o, root: pid, log: log}
 	defer r.close()
 	if err := r.open(proc, pt); err != nil {
+		r.fail() // the trackings taken so far are not busy any more
 		return nil, fmt.Errorf("pre-dump: %w", err)
 	}
 	res, err := r.run(ctx, proc, stage, parent, pt, target)
