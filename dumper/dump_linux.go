@@ -102,6 +102,13 @@ func (localPages) Open(d *images.Dir, name string, id uint32) (pagexfer.Sink, er
 }
 func (localPages) Commit() error { return nil }
 
+// holdingTarget is a PageTarget that needs the dumped tree frozen after
+// the images stand: DumpToContext calls hold before finishing the tree.
+type holdingTarget interface {
+	hold(ctx context.Context) error
+	lazyPages() uint64 // pages left out of the images for it
+}
+
 // DumpTo is Dump with page data sent to target.
 func DumpTo(o Options, scripts *actions.Scripts, target PageTarget) (*Result, error) {
 	return DumpToContext(context.Background(), o, scripts, target)
@@ -301,6 +308,12 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			d.log.Warnf("dump %d: --auto-dedup: %v", pid, err)
 		}
 	}
+	var holdErr error
+	if h, ok := target.(holdingTarget); ok {
+		// The tree stays frozen while the target needs its memory
+		// (dump --lazy-pages), then is finished as any dump.
+		holdErr = h.hold(ctx)
+	}
 	var ferrs []error
 	// Left running, the connections leave repair mode before the tasks
 	// use them again.
@@ -364,11 +377,18 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		PagesWritten:       proto.Uint64(d.mem.Written),
 		PagesLazy:          proto.Uint64(0),
 	}
-	if ferr != nil {
-		return res, fmt.Errorf("dump %d: images written, but finishing failed: %w", pid, ferr)
+	if h, ok := target.(holdingTarget); ok {
+		res.Stats.PagesLazy = proto.Uint64(h.lazyPages())
 	}
-	if err := images.WriteDumpStats(final, o.WorkDir, res.Stats); err != nil {
-		return res, fmt.Errorf("dump %d: %w", pid, err)
+	if ferr != nil {
+		return res, errors.Join(holdErr, fmt.Errorf("dump %d: images written, but finishing failed: %w", pid, ferr))
+	}
+	serr := images.WriteDumpStats(final, o.WorkDir, res.Stats)
+	if holdErr != nil {
+		return res, fmt.Errorf("dump %d: %w", pid, holdErr)
+	}
+	if serr != nil {
+		return res, fmt.Errorf("dump %d: %w", pid, serr)
 	}
 	return res, nil
 }
@@ -406,7 +426,7 @@ type dumpRun struct {
 	drivers []drivers.Driver // every kind of state, in order
 	pagesID uint32           // the last pages id given out
 	shmDone map[uint64]int   // shared anonymous objects dumped: shmid → pid
-	// track, with --prev-images-dir, writes the root task's private pages
+	// track, with --prev-images-dir --track-mem, writes each task's private pages
 	// against the parent images (predump_linux.go).
 	track       *trackedDump
 	parentPages uint64
@@ -478,6 +498,9 @@ func (d *dumpRun) collect() error {
 			return fmt.Errorf("task %d: %w", ft.pid, err)
 		}
 		tree.Tasks = append(tree.Tasks, task)
+	}
+	if err := d.writeTrackedShared(); err != nil {
+		return err
 	}
 	tree.Files = fl.Table()
 	if err := checkShared(tree); err != nil {
@@ -718,7 +741,7 @@ func (d *dumpRun) dumpMemory(md *MemoryDumper, vmas []VMA) (err error) {
 	if err != nil {
 		return err
 	}
-	if d.track != nil && d.pid == d.track.pid {
+	if d.track != nil && d.track.pt != nil {
 		var st MemStats
 		st, d.parentPages, err = d.track.writePrivate(d.pid, vmas, sink)
 		md.addStats(st)
@@ -730,6 +753,10 @@ func (d *dumpRun) dumpMemory(md *MemoryDumper, vmas []VMA) (err error) {
 	}
 	if err != nil {
 		return err
+	}
+	if d.track != nil && d.track.pt != nil {
+		// Against the parent images, once every task is scanned.
+		return d.track.addShared(d.pid, vmas)
 	}
 	// A shared anonymous object is dumped whole, once, by the first task
 	// that maps it.
