@@ -61,6 +61,9 @@ type Restore struct {
 	// made for a task not restored yet (the other end of a socketpair
 	// whose ends are in two tasks). nil: a single task.
 	Held *Held
+	// TCPEstablished restores established TCP connections
+	// (--tcp-established); TCPClose restores them closed (--tcp-close).
+	TCPEstablished, TCPClose bool
 }
 
 // Collector reads process-wide state from outside the frozen task
@@ -117,6 +120,7 @@ var registry = []Driver{
 	phase{name: PhaseThreads},
 	sessionDriver{},
 	filesDriver{},
+	cttyDriver{},
 	fsDriver{},
 	sigactionsDriver{},
 	timersDriver{},
@@ -125,7 +129,7 @@ var registry = []Driver{
 	loginuidDriver{},
 	membarrierDriver{},
 	amxDriver{},
-	phase{name: PhaseMM, after: []string{"session", "files", "fs", "sigactions", "timers", "misc", "thread", "loginuid", "membarrier", "amx"}},
+	phase{name: PhaseMM, after: []string{"session", "files", "ctty", "fs", "sigactions", "timers", "misc", "thread", "loginuid", "membarrier", "amx"}},
 	memoryDriver{},
 	guardDriver{},
 	rlimitsDriver{},

@@ -1,10 +1,13 @@
 package criuimg
 
 import (
+	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/eventfd"
@@ -16,6 +19,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fsnotify"
 	ghost_file "github.com/checkpoint-restore/go-criu/v8/crit/images/ghost-file"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/pidfd"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pipe"
 	pipe_data "github.com/checkpoint-restore/go-criu/v8/crit/images/pipe-data"
 	remap_file_path "github.com/checkpoint-restore/go-criu/v8/crit/images/remap-file-path"
@@ -67,8 +71,22 @@ func fdType(f *model.File) fdinfo.FdTypes {
 		return fdinfo.FdTypes_EVENTPOLL
 	case model.UnixSocket:
 		return fdinfo.FdTypes_UNIXSK
+	case model.NetlinkSocket:
+		return fdinfo.FdTypes_NETLINKSK
+	case model.InetSocket:
+		return fdinfo.FdTypes_INETSK
 	case model.Inotify:
 		return fdinfo.FdTypes_INOTIFY
+	case model.Memfd:
+		return fdinfo.FdTypes_MEMFD
+	case model.Tty:
+		return fdinfo.FdTypes_TTY
+	case model.Pidfd:
+		return fdinfo.FdTypes_PIDFD
+	case model.Namespace:
+		return fdinfo.FdTypes_NS
+	case model.Fanotify:
+		return fdinfo.FdTypes_FANOTIFY
 	}
 	return fdinfo.FdTypes_REG
 }
@@ -150,6 +168,11 @@ func kindEntry(f *model.File) (*fdinfo.FileEntry, error) {
 		if u.FileMode != 0 {
 			e.Usk.FilePerms = &sk_unix.FilePermsEntry{Mode: proto.Uint32(u.FileMode), Uid: proto.Uint32(0), Gid: proto.Uint32(0)}
 		}
+	case model.InetSocket:
+		if f.Inet == nil {
+			return missing()
+		}
+		e.Isk = inetEntry(f, id)
 	case model.Inotify:
 		if f.Inotify == nil {
 			return missing()
@@ -168,6 +191,36 @@ func kindEntry(f *model.File) (*fdinfo.FileEntry, error) {
 			})
 		}
 		e.Ify = ify
+	case model.NetlinkSocket:
+		if err := netlinkEntry(f, e); err != nil {
+			return nil, err
+		}
+	case model.Fanotify:
+		st := f.Fanotify
+		if st == nil {
+			return missing()
+		}
+		fe := &fsnotify.FanotifyFileEntry{Id: id, Flags: proto.Uint32(f.Flags), Fown: noFown(), Faflags: proto.Uint32(st.Flags), Evflags: proto.Uint32(st.EventFlags)}
+		for _, m := range st.Marks {
+			me := &fsnotify.FanotifyMarkEntry{Id: id, Type: fsnotify.MarkType_INODE.Enum(), Mflags: proto.Uint32(m.Mflags),
+				Mask: proto.Uint32(m.Mask), IgnoredMask: proto.Uint32(m.IgnoredMask), SDev: proto.Uint32(m.Dev)}
+			if m.Mount {
+				me.Type = fsnotify.MarkType_MOUNT.Enum()
+				me.Me = &fsnotify.FanotifyMountMarkEntry{MntId: proto.Uint32(uint32(m.MntID)), Path: proto.String(m.Path)}
+			} else {
+				me.Ie = &fsnotify.FanotifyInodeMarkEntry{IIno: proto.Uint64(m.Ino), FHandle: fhEntry(m.HandleType, m.Handle, m.Path)}
+			}
+			fe.Mark = append(fe.Mark, me)
+		}
+		e.Ffy = fe
+	case model.Pidfd:
+		p := f.Pidfd
+		if p == nil {
+			return missing()
+		}
+		// CRIU's ino is 32 bits: it only groups the pidfds of one gone
+		// process, which the low bits of the pidfs inode still do.
+		e.Pidfd = &pidfd.PidfdEntry{Id: id, Ino: proto.Uint32(uint32(p.Ino)), Flags: proto.Uint32(f.Flags), Nspid: proto.Int32(int32(p.Pid)), Fown: noFown()}
 	default:
 		return nil, fmt.Errorf("file %d: kind %d has no image entry", f.ID, f.Kind)
 	}
@@ -226,7 +279,7 @@ func checkUnixPeers(t *model.Tree) error {
 	}
 	for _, k := range t.Tasks {
 		for _, fd := range k.FDs {
-			if f := t.Files[fd.File]; f != nil && f.Unix != nil && f.Unix.Peer != 0 && !inos[f.Unix.Peer] {
+			if f := t.Files[fd.File]; f != nil && f.Unix != nil && f.Unix.Peer != 0 && !inos[f.Unix.Peer] && !f.Unix.External {
 				return fmt.Errorf("task %d fd %d: unix socket %d: its peer (socket %d) is not in the dump (a peer outside the tree, --ext-unix-sk, is not supported yet)", k.Pid, fd.Num, f.Unix.Ino, f.Unix.Peer)
 			}
 		}
@@ -376,12 +429,16 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 			return nil, true, fmt.Errorf("file %d: timerfd times out of range", id)
 		}
 		f.TimerFD = t
+	case fdinfo.FdTypes_NETLINKSK:
+		if err := readNetlink(e, f); err != nil {
+			return nil, true, err
+		}
 	case fdinfo.FdTypes_UNIXSK:
 		p := e.GetUsk()
 		if p == nil {
 			return bad("unix socket")
 		}
-		if p.GetUflags() != 0 || p.NameDir != nil || p.GetDeleted() {
+		if p.GetUflags() != 0 && p.GetUflags() != uskExtern || p.NameDir != nil || p.GetDeleted() {
 			return nil, true, fmt.Errorf("file %d: unix socket with flags %#x, relative or deleted name: not supported", id, p.GetUflags())
 		}
 		o := p.GetOpts()
@@ -405,14 +462,29 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 			if len(u.Name) > 108 {
 				return nil, true, fmt.Errorf("file %d: unix socket name of %d bytes", id, len(u.Name))
 			}
+			// CRIU keeps a path name as the kernel reports it, with
+			// its terminating NUL; the path ends there (an abstract
+			// name, which starts with NUL, keeps every byte).
+			if i := bytes.IndexByte(u.Name, 0); i > 0 {
+				u.Name = u.Name[:i]
+			}
 		}
 		if fp := p.GetFilePerms(); fp != nil {
 			u.FileMode = fp.GetMode()
+		}
+		if p.GetUflags() == uskExtern {
+			u.External = true // an outside peer's entry (resolveExternPeers)
 		}
 		if u.Opts.SndTimeoUsec >= 1e6 || u.Opts.RcvTimeoUsec >= 1e6 || u.Opts.SndTimeoSec > 1<<62 || u.Opts.RcvTimeoSec > 1<<62 {
 			return nil, true, fmt.Errorf("file %d: socket timeouts out of range", id)
 		}
 		f.Unix = u
+	case fdinfo.FdTypes_INETSK:
+		if e.GetIsk() == nil {
+			return bad("inet socket")
+		}
+		f, err := readInet(uint32(id), e.GetIsk())
+		return f, true, err
 	case fdinfo.FdTypes_INOTIFY:
 		p := e.GetIfy()
 		if p == nil {
@@ -433,15 +505,74 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 			for _, x := range h.GetHandle() {
 				hb = binary.LittleEndian.AppendUint64(hb, x)
 			}
-			if len(st.Watches) > 0 && w.GetWd() <= st.Watches[len(st.Watches)-1].Wd {
-				return nil, true, fmt.Errorf("file %d: inotify watches not in rising order", id)
-			}
 			st.Watches = append(st.Watches, model.InotifyWatch{
 				Wd: w.GetWd(), Mask: w.GetMask(), IgnoredMask: w.GetIgnoredMask(), Ino: w.GetIIno(), Dev: w.GetSDev(),
 				HandleType: h.GetType(), Handle: hb[:n], Path: h.GetPath(),
 			})
 		}
+		// CRIU writes the watches as fdinfo lists them, newest first;
+		// the model keeps them by rising wd.
+		slices.SortFunc(st.Watches, func(a, b model.InotifyWatch) int { return cmp.Compare(a.Wd, b.Wd) })
+		for i := 1; i < len(st.Watches); i++ {
+			if st.Watches[i].Wd == st.Watches[i-1].Wd {
+				return nil, true, fmt.Errorf("file %d: inotify watch %d twice", id, st.Watches[i].Wd)
+			}
+		}
 		f.Inotify = st
+	case fdinfo.FdTypes_FANOTIFY:
+		p := e.GetFfy()
+		if p == nil {
+			return bad("fanotify")
+		}
+		if len(p.GetMark()) > epollTargetsMax {
+			return nil, true, fmt.Errorf("file %d: %d fanotify marks", id, len(p.GetMark()))
+		}
+		f.Kind, f.Flags = model.Fanotify, p.GetFlags()
+		st := &model.FanotifyState{Flags: p.GetFaflags(), EventFlags: p.GetEvflags()}
+		for i, m := range p.GetMark() {
+			fm := model.FanotifyMark{Mflags: m.GetMflags(), Mask: m.GetMask(), IgnoredMask: m.GetIgnoredMask(), Dev: m.GetSDev()}
+			switch {
+			case m.GetType() == fsnotify.MarkType_MOUNT && m.GetMe() != nil:
+				fm.Mount, fm.MntID, fm.Path = true, int(m.GetMe().GetMntId()&0x7fffffff), m.GetMe().GetPath()
+			case m.GetType() == fsnotify.MarkType_INODE && m.GetIe() != nil:
+				ht, hb, path, err := fhOf(m.GetIe().GetFHandle())
+				if err != nil {
+					return nil, true, fmt.Errorf("file %d: fanotify mark %d: %w", id, i, err)
+				}
+				fm.Ino, fm.HandleType, fm.Handle, fm.Path = m.GetIe().GetIIno(), ht, hb, path
+			default:
+				return nil, true, fmt.Errorf("file %d: fanotify mark %d of type %v without its entry", id, i, m.GetType())
+			}
+			if !strings.HasPrefix(fm.Path, "/") {
+				return nil, true, fmt.Errorf("file %d: fanotify mark %d: no path (restoring by handle or mount id alone is not supported)", id, i)
+			}
+			st.Marks = append(st.Marks, fm)
+		}
+		f.Fanotify = st
+	case fdinfo.FdTypes_NS:
+		p := e.GetNsf()
+		if p == nil {
+			return bad("namespace")
+		}
+		link := nsLink(p.GetNsCflag())
+		if link == "" {
+			return nil, true, fmt.Errorf("file %d: namespace fd of type %#x", id, p.GetNsCflag())
+		}
+		f.Kind, f.Flags = model.Namespace, p.GetFlags()
+		f.NS = &model.NamespaceState{Link: link}
+	case fdinfo.FdTypes_PIDFD:
+		p := e.GetPidfd()
+		if p == nil {
+			return bad("pidfd")
+		}
+		if p.GetNspid() < -1 || p.GetNspid() == 0 || p.GetNspid() > maxPid {
+			return nil, true, fmt.Errorf("file %d: pidfd of pid %d", id, p.GetNspid())
+		}
+		if p.GetFlags()&^uint32(unix.O_RDWR|unix.O_NONBLOCK|unix.O_EXCL|unix.O_LARGEFILE) != 0 {
+			return nil, true, fmt.Errorf("file %d: pidfd flags %#o", id, p.GetFlags())
+		}
+		f.Kind, f.Flags = model.Pidfd, p.GetFlags()
+		f.Pidfd = &model.PidfdState{Pid: int(p.GetNspid()), Ino: uint64(p.GetIno())}
 	case fdinfo.FdTypes_EVENTPOLL:
 		p := e.GetEpfd()
 		if p == nil {
@@ -683,33 +814,84 @@ func readGhost(d *images.Dir, id uint32) (*model.GhostState, error) {
 	if err := r.Next(&e); err != nil {
 		return nil, imgErr(name, err)
 	}
-	if e.GetChunks() {
-		return nil, fmt.Errorf("%s: ghost file in chunks (--ghost-fiemap): not supported yet", name)
-	}
 	if e.GetMode()&unix.S_IFMT != unix.S_IFREG {
 		return nil, fmt.Errorf("%s: deleted file of mode %#o: only regular files are supported", name, e.GetMode())
 	}
-	if e.Size == nil || e.GetSize() > maxGhost {
-		return nil, fmt.Errorf("%s: no size, or over %d bytes", name, uint64(maxGhost))
+	// Three layouts: godwit's (size, then the contents), CRIU's for
+	// files under 12 KiB (no size: the contents are the rest of the
+	// image) and CRIU's for larger ones (chunks: size, then entries
+	// {off, len} each followed by len bytes; holes between them).
+	size := e.GetSize()
+	switch {
+	case e.Size == nil && !e.GetChunks():
+		size = uint64(r.Remaining())
+		if r.Remaining() < 0 {
+			return nil, fmt.Errorf("%s: no size, and the image's length is unknown", name)
+		}
+	case e.Size == nil:
+		return nil, fmt.Errorf("%s: chunks without a size", name)
+	}
+	if size > maxGhost {
+		return nil, fmt.Errorf("%s: %d bytes, over %d", name, size, uint64(maxGhost))
 	}
 	g := &model.GhostState{
-		Dev: unix.Mkdev(e.GetDev()>>20, e.GetDev()&0xfffff), Ino: e.GetIno(), Mode: e.GetMode(), UID: e.GetUid(), GID: e.GetGid(), Size: e.GetSize(),
+		Dev: unix.Mkdev(e.GetDev()>>20, e.GetDev()&0xfffff), Ino: e.GetIno(), Mode: e.GetMode(), UID: e.GetUid(), GID: e.GetGid(), Size: size,
 		Atime: unix.Timespec{Sec: int64(e.GetAtim().GetTvSec()), Nsec: int64(e.GetAtim().GetTvUsec()) * 1000},
 		Mtime: unix.Timespec{Sec: int64(e.GetMtim().GetTvSec()), Nsec: int64(e.GetMtim().GetTvUsec()) * 1000},
 	}
 	if g.Atime.Nsec >= 1e9 || g.Mtime.Nsec >= 1e9 || g.Atime.Sec < 0 || g.Mtime.Sec < 0 {
 		return nil, fmt.Errorf("%s: times out of range", name)
 	}
-	g.Data = []byte{}
-	for left := g.Size; left > 0; {
-		step := min(left, 1<<20)
-		g.Data = append(g.Data, make([]byte, step)...)
-		if err := r.ReadPayload(g.Data[uint64(len(g.Data))-step:]); err != nil {
+	if !e.GetChunks() {
+		g.Data, err = readGhostData(r, nil, size)
+		if err != nil {
 			return nil, imgErr(name, err)
+		}
+		return g, nil
+	}
+	// Holes stay zero: a fresh allocation is not touched until a chunk's
+	// bytes land in it.
+	g.Data = make([]byte, size)
+	var end uint64 // where the previous chunk ended
+	for {
+		var c ghost_file.GhostChunkEntry
+		err := r.Next(&c)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, imgErr(name, err)
+		}
+		off, n := c.GetOff(), c.GetLen()
+		if c.Off == nil || c.Len == nil || off < end || n > size || off > size-n {
+			return nil, fmt.Errorf("%s: chunk %d+%d out of order or past the size %d", name, off, n, size)
+		}
+		if rest := r.Remaining(); rest >= 0 && uint64(rest) < n {
+			return nil, fmt.Errorf("%s: chunk %d+%d: only %d bytes left in the image", name, off, n, rest)
+		}
+		if err := r.ReadPayload(g.Data[off : off+n]); err != nil {
+			return nil, imgErr(name, err)
+		}
+		end = off + n
+	}
+	return g, nil
+}
+
+// readGhostData appends n bytes of payload to data, growing it as the
+// bytes arrive (a lying size costs what the image holds, no more).
+func readGhostData(r *images.EntryReader, data []byte, n uint64) ([]byte, error) {
+	if data == nil {
+		data = []byte{}
+	}
+	for left := n; left > 0; {
+		step := min(left, 1<<20)
+		data = append(data, make([]byte, step)...)
+		if err := r.ReadPayload(data[uint64(len(data))-step:]); err != nil {
+			return nil, err
 		}
 		left -= step
 	}
-	return g, nil
+	return data, nil
 }
 
 // FileLocksImg holds the file locks: each names its owner task and an fd
@@ -724,11 +906,24 @@ func lockEntry(l model.FileLock, pid, fd int) *file_lock.FileLockEntry {
 	if l.Write {
 		typ = unix.F_WRLCK
 	}
+	flag := l.Kind
+	if flag == model.LockOFD {
+		flag = criuFlOFD
+	}
 	return &file_lock.FileLockEntry{
-		Flag: proto.Uint32(l.Kind), Type: proto.Uint32(typ), Pid: proto.Int32(int32(pid)), Fd: proto.Int32(int32(fd)),
+		Flag: proto.Uint32(flag), Type: proto.Uint32(typ), Pid: proto.Int32(int32(pid)), Fd: proto.Int32(int32(fd)),
 		Start: proto.Int64(l.Start), Len: proto.Int64(l.Len),
 	}
 }
+
+// CRIU's file_lock_entry.flag values (criu/include/file-lock.h): POSIX
+// and flock are the kernel's FL_* bits, OFD is CRIU's own 4, not the
+// kernel's FL_OFDLCK (1024), and CRIU's restore refuses any other value
+// ("Unknown file lock style!").
+const (
+	criuFlOFD     = 4
+	kernelFlOFDLK = 1024 // what godwit wrote for OFD locks before: still read
+)
 
 // writeLocks writes the tasks' POSIX locks and the descriptions' flock
 // and OFD locks (each through the first fd that holds its description).
@@ -783,6 +978,9 @@ func readLocks(d *images.Dir, t *model.Tree) error {
 			return fmt.Errorf("%s: lock %d: no fd %d in task %d", FileLocksImg, i, e.GetFd(), e.GetPid())
 		}
 		l := model.FileLock{Kind: e.GetFlag(), Start: e.GetStart(), Len: e.GetLen()}
+		if l.Kind == criuFlOFD || l.Kind == kernelFlOFDLK {
+			l.Kind = model.LockOFD
+		}
 		switch e.GetType() {
 		case unix.F_RDLCK:
 		case unix.F_WRLCK:
@@ -801,6 +999,138 @@ func readLocks(d *images.Dir, t *model.Tree) error {
 			f.Locks = append(f.Locks, l)
 		default:
 			return fmt.Errorf("%s: lock %d: kind %#x (leases and others are not supported)", FileLocksImg, i, l.Kind)
+		}
+	}
+	return nil
+}
+
+// nsLinks are the /proc/PID/ns links of the namespace types (clone
+// flags) a namespace fd can be of.
+var nsLinks = map[uint32]string{
+	unix.CLONE_NEWCGROUP: "cgroup", unix.CLONE_NEWIPC: "ipc", unix.CLONE_NEWNS: "mnt", unix.CLONE_NEWNET: "net",
+	unix.CLONE_NEWPID: "pid", unix.CLONE_NEWTIME: "time", unix.CLONE_NEWUSER: "user", unix.CLONE_NEWUTS: "uts",
+}
+
+func nsLink(flag uint32) string { return nsLinks[flag] }
+
+// nsOf is the type (clone flag) of namespace fd f and the id of that
+// namespace among the dump's: the one of the first task that holds f
+// (the fd is of its own namespace).
+func nsOf(t *model.Tree, f *model.File) (flag, id uint32) {
+	for fl, l := range nsLinks {
+		if l == f.NS.Link {
+			flag = fl
+		}
+	}
+	for _, k := range t.Tasks {
+		for _, e := range k.FDs {
+			if e.File != f.ID {
+				continue
+			}
+			n := k.IDs.NS
+			switch flag {
+			case unix.CLONE_NEWCGROUP:
+				return flag, n.Cgroup
+			case unix.CLONE_NEWIPC:
+				return flag, n.IPC
+			case unix.CLONE_NEWNS:
+				return flag, n.Mnt
+			case unix.CLONE_NEWNET:
+				return flag, n.Net
+			case unix.CLONE_NEWPID:
+				return flag, n.Pid
+			case unix.CLONE_NEWTIME:
+				return flag, n.Time
+			case unix.CLONE_NEWUSER:
+				return flag, n.User
+			case unix.CLONE_NEWUTS:
+				return flag, n.UTS
+			}
+		}
+	}
+	return flag, 0
+}
+
+// fhEntry is CRIU's fh entry of a file handle (its bytes as 64-bit words)
+// with a path that reached the file.
+func fhEntry(typ uint32, handle []byte, path string) *fh.FhEntry {
+	h := &fh.FhEntry{Bytes: proto.Uint32(uint32(len(handle))), Type: proto.Uint32(typ), Path: proto.String(path)}
+	for i := 0; i < len(handle); i += 8 {
+		var b [8]byte
+		copy(b[:], handle[i:])
+		h.Handle = append(h.Handle, binary.LittleEndian.Uint64(b[:]))
+	}
+	return h
+}
+
+// fhOf reads an fh entry back: type, handle bytes, path.
+func fhOf(h *fh.FhEntry) (uint32, []byte, string, error) {
+	n := h.GetBytes()
+	if h == nil || n > 128 || uint64(len(h.GetHandle()))*8 < uint64(n) {
+		return 0, nil, "", fmt.Errorf("bad file handle")
+	}
+	var hb []byte
+	for _, x := range h.GetHandle() {
+		hb = binary.LittleEndian.AppendUint64(hb, x)
+	}
+	return h.GetType(), hb[:n], h.GetPath(), nil
+}
+
+// uskExtern is CRIU's USK_EXTERN (criu/include/sockets.h): the entry of a
+// socket outside the dump, the peer of one of the tree's.
+const uskExtern = 1
+
+// externPeerEntry is the UNIXSK entry, under a fresh id, of the outside
+// peer of u (an External socket of the tree), as CRIU writes one.
+func externPeerEntry(u *model.UnixSocketState, id uint32) *fdinfo.FileEntry {
+	e := &sk_unix.UnixSkEntry{
+		Id: proto.Uint32(id), Ino: proto.Uint32(u.Peer), Type: proto.Uint32(u.Type), State: proto.Uint32(7), // TCP_CLOSE
+		Flags: proto.Uint32(unix.O_RDWR), Uflags: proto.Uint32(uskExtern), Backlog: proto.Uint32(0), Peer: proto.Uint32(0),
+		Fown: noFown(), Opts: &sk_opts.SkOptsEntry{SoSndbuf: proto.Uint32(0), SoRcvbuf: proto.Uint32(0),
+			SoSndTmoSec: proto.Uint64(0), SoSndTmoUsec: proto.Uint64(0), SoRcvTmoSec: proto.Uint64(0), SoRcvTmoUsec: proto.Uint64(0)},
+		Name: append([]byte{}, u.PeerName...),
+	}
+	return &fdinfo.FileEntry{Type: fdinfo.FdTypes_UNIXSK.Enum(), Id: proto.Uint32(id), Usk: e}
+}
+
+// resolveExternPeers drops the outside peers' entries from files and
+// marks each socket connected to one External, with the peer's name. A
+// socket connected to a peer neither in the dump nor outside it is left
+// for checkUnixPeers-like checks where it is used.
+func resolveExternPeers(files map[model.ID]*model.File) error {
+	ext := map[uint32][]byte{}
+	for id, f := range files {
+		if f.Unix != nil && f.Unix.External && f.Kind == model.UnixSocket && f.Unix.Peer == 0 && f.Flags == unix.O_RDWR && f.Unix.State == 7 {
+			ext[f.Unix.Ino] = f.Unix.Name
+			delete(files, id)
+		} else if f.Unix != nil && f.Unix.External {
+			return fmt.Errorf("file %d: unix socket %d marked external but not an outside peer's entry", id, f.Unix.Ino)
+		}
+	}
+	byIno := map[uint32]*model.UnixSocketState{}
+	for _, f := range files {
+		if f.Unix != nil {
+			byIno[f.Unix.Ino] = f.Unix
+		}
+	}
+	for _, f := range files {
+		u := f.Unix
+		if u == nil || u.Peer == 0 {
+			continue
+		}
+		if p := byIno[u.Peer]; p != nil && (len(u.Name) > 0 || len(p.Name) > 0) {
+			// Connected through a name inside the dump (connect and
+			// accept): the peer's name, as the dump saw it.
+			u.PeerName = append([]byte{}, p.Name...)
+			continue
+		}
+		name, ok := ext[u.Peer]
+		if !ok {
+			continue
+		}
+		u.External = true
+		if len(name) > 0 || len(u.Name) > 0 {
+			u.PeerName = append([]byte{}, name...)
 		}
 	}
 	return nil

@@ -3,6 +3,7 @@ package criuimg
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -110,7 +111,7 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 		return nil, imgErr(images.FilesImg, err)
 	}
 	files := map[model.ID]*model.File{}
-	var fifos []*fdinfo.FileEntry
+	var fifos, memfds, ttys []*fdinfo.FileEntry
 	seen := map[uint32]bool{}
 	for _, f := range fes {
 		id := f.GetId()
@@ -120,6 +121,14 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 		seen[id] = true
 		if f.GetType() == fdinfo.FdTypes_FIFO {
 			fifos = append(fifos, f)
+			continue
+		}
+		if f.GetType() == fdinfo.FdTypes_MEMFD {
+			memfds = append(memfds, f)
+			continue
+		}
+		if f.GetType() == fdinfo.FdTypes_TTY {
+			ttys = append(ttys, f)
 			continue
 		}
 		if f.GetType() != fdinfo.FdTypes_REG {
@@ -159,13 +168,25 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 	if err := resolveFIFOs(fifos, files); err != nil {
 		return nil, fmt.Errorf("%s: %w", images.FilesImg, err)
 	}
+	if err := resolveExternPeers(files); err != nil {
+		return nil, fmt.Errorf("%s: %w", images.FilesImg, err)
+	}
 	if err := readPipesData(d, files); err != nil {
+		return nil, err
+	}
+	if err := readTCPStreams(d, files); err != nil {
 		return nil, err
 	}
 	if err := readSkQueues(d, files); err != nil {
 		return nil, err
 	}
 	if err := readGhosts(d, files); err != nil {
+		return nil, err
+	}
+	if err := readMemfds(d, memfds, files); err != nil {
+		return nil, err
+	}
+	if err := readTtys(d, ttys, files); err != nil {
 		return nil, err
 	}
 	return files, nil
@@ -251,16 +272,25 @@ func readTask(d *images.Dir, ps *pstree.PstreeEntry, files map[model.ID]*model.F
 	}
 	var leaderCore *criu_core.CoreEntry
 	var filters []*seccomp.SeccompFilter
+	var tsync bool // the leader's chain is every thread's (seccompFlagTsync)
 	for i, tid := range order {
 		th, core, err := readThread(d, int(tid), i == 0)
 		if err != nil {
 			return nil, err
 		}
-		if err := readSeccomp(d, &filters, th, core.GetThreadCore()); err != nil {
+		ts, err := readSeccomp(d, &filters, th, core.GetThreadCore())
+		if err != nil {
 			return nil, fmt.Errorf("%s: %w", images.CoreImg(int(tid)), err)
 		}
-		if i == 0 {
-			leaderCore = core
+		switch {
+		case i == 0:
+			leaderCore, tsync = core, ts
+		case ts:
+			return nil, fmt.Errorf("%s: seccomp TSYNC on a thread other than the leader", images.CoreImg(int(tid)))
+		case tsync && th.Seccomp.Mode != 0:
+			return nil, fmt.Errorf("%s: own seccomp state, and the leader's filters marked TSYNC for every thread", images.CoreImg(int(tid)))
+		case tsync:
+			th.Seccomp = model.Seccomp{Mode: 2, Filters: slices.Clone(k.Threads[0].Seccomp.Filters)}
 		}
 		k.Threads = append(k.Threads, th)
 	}
@@ -588,17 +618,21 @@ func readMM(d *images.Dir, pid int, files map[model.ID]*model.File) (*model.MM, 
 			if mv.Pgoff%pageSize != 0 {
 				return nil, fmt.Errorf("%s: vma %#x-%#x: file offset %#x not page aligned", name, s, e, mv.Pgoff)
 			}
-			if files[model.ID(mv.Shmid)] == nil && mv.Status&images.VmaAreaMemfd != 0 {
-				// CRIU's MEMFD file entries: not read yet.
-				return nil, fmt.Errorf("%s: vma %#x-%#x: memfd mappings are not supported yet", name, s, e)
-			}
-			// A regular file, or a deleted one (a ghost: a REG entry with
-			// its remap) for a mapping of a deleted file.
-			if f := files[model.ID(mv.Shmid)]; f == nil || f.Kind != model.Ghost {
+			// A memfd mapping names a MEMFD entry, and only it does.
+			if f := files[model.ID(mv.Shmid)]; mv.Status&images.VmaAreaMemfd != 0 || f != nil && f.Kind == model.Memfd {
+				if f == nil || f.Kind != model.Memfd || mv.Status&images.VmaAreaMemfd == 0 {
+					return nil, fmt.Errorf("%s: vma %#x-%#x: memfd mapping and file %d disagree", name, s, e, mv.Shmid)
+				}
+			} else if f == nil || f.Kind != model.Ghost {
+				// A regular file, or a deleted one (a ghost: a REG
+				// entry with its remap) for a mapping of a deleted file.
 				if err := regular(files, uint32(mv.Shmid), name, fmt.Sprintf("vma %#x-%#x", s, e)); err != nil {
 					return nil, err
 				}
 			}
+		}
+		if !mv.FileBacked() && mv.Status&images.VmaAreaMemfd != 0 {
+			return nil, fmt.Errorf("%s: vma %#x-%#x: memfd mapping without a file", name, s, e)
 		}
 		out.VMAs = append(out.VMAs, mv)
 		last = e
