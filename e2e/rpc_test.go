@@ -245,7 +245,7 @@ func TestRPCRefusals(t *testing.T) {
 		opts *rpc.CriuOpts
 		want string
 	}{
-		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.TcpEstablished = ptr(true) }), "criu_opts.tcp_established (--tcp-established) is not supported yet"},
+		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.EvasiveDevices = ptr(true) }), "criu_opts.evasive_devices (--evasive-devices) is not supported yet"},
 		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.ExtUnixSk = ptr(true) }), "criu_opts.ext_unix_sk (--ext-unix-sk) is not supported yet"},
 		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.External = []string{"tty[1:2]"} }), "criu_opts.external (--external)"},
 		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.Ps = &rpc.CriuPageServerInfo{Fd: ptr(int32(d.Fd()))} }), "is not a socket"},

@@ -70,6 +70,11 @@ type Options struct {
 	CPUCap        string // "" when not given; checked by cpuinfo.ParseCaps
 	LazyPages     bool
 	TrackMem      bool
+
+	// NetworkLock is --network-lock: nftables, iptables or skip (""
+	// for the default, netlock.Default).
+	NetworkLock string
+
 	// FileValidation is how restore checks that the files it reopens are
 	// the dumped ones (criu(8)'s --file-validation): FileValidationBuildID
 	// (default) or FileValidationSize.

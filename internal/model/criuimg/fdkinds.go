@@ -70,6 +70,10 @@ func fdType(f *model.File) fdinfo.FdTypes {
 		return fdinfo.FdTypes_EVENTPOLL
 	case model.UnixSocket:
 		return fdinfo.FdTypes_UNIXSK
+	case model.NetlinkSocket:
+		return fdinfo.FdTypes_NETLINKSK
+	case model.InetSocket:
+		return fdinfo.FdTypes_INETSK
 	case model.Inotify:
 		return fdinfo.FdTypes_INOTIFY
 	}
@@ -153,6 +157,11 @@ func kindEntry(f *model.File) (*fdinfo.FileEntry, error) {
 		if u.FileMode != 0 {
 			e.Usk.FilePerms = &sk_unix.FilePermsEntry{Mode: proto.Uint32(u.FileMode), Uid: proto.Uint32(0), Gid: proto.Uint32(0)}
 		}
+	case model.InetSocket:
+		if f.Inet == nil {
+			return missing()
+		}
+		e.Isk = inetEntry(f, id)
 	case model.Inotify:
 		if f.Inotify == nil {
 			return missing()
@@ -171,6 +180,10 @@ func kindEntry(f *model.File) (*fdinfo.FileEntry, error) {
 			})
 		}
 		e.Ify = ify
+	case model.NetlinkSocket:
+		if err := netlinkEntry(f, e); err != nil {
+			return nil, err
+		}
 	default:
 		return nil, fmt.Errorf("file %d: kind %d has no image entry", f.ID, f.Kind)
 	}
@@ -379,6 +392,10 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 			return nil, true, fmt.Errorf("file %d: timerfd times out of range", id)
 		}
 		f.TimerFD = t
+	case fdinfo.FdTypes_NETLINKSK:
+		if err := readNetlink(e, f); err != nil {
+			return nil, true, err
+		}
 	case fdinfo.FdTypes_UNIXSK:
 		p := e.GetUsk()
 		if p == nil {
@@ -422,6 +439,12 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 			return nil, true, fmt.Errorf("file %d: socket timeouts out of range", id)
 		}
 		f.Unix = u
+	case fdinfo.FdTypes_INETSK:
+		if e.GetIsk() == nil {
+			return bad("inet socket")
+		}
+		f, err := readInet(uint32(id), e.GetIsk())
+		return f, true, err
 	case fdinfo.FdTypes_INOTIFY:
 		p := e.GetIfy()
 		if p == nil {

@@ -163,6 +163,9 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 	if err := readPipesData(d, files); err != nil {
 		return nil, err
 	}
+	if err := readTCPStreams(d, files); err != nil {
+		return nil, err
+	}
 	if err := readSkQueues(d, files); err != nil {
 		return nil, err
 	}

@@ -121,6 +121,9 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 	if err := writePipesData(d, t, written); err != nil {
 		return err
 	}
+	if err := writeTCPStreams(d, t, written); err != nil {
+		return fmt.Errorf("write images: %w", err)
+	}
 	if err := writeSkQueues(d, t, written); err != nil {
 		return err
 	}
