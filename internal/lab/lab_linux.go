@@ -377,12 +377,72 @@ func stopInit(cmd *exec.Cmd) error {
 	if cmd == nil || cmd.Process == nil {
 		return nil
 	}
+	// The host's programs whose nsenter is gone were adopted by the reaper
+	// of nsenter's namespace, not the host's: by this process when it is
+	// PID 1 itself (a test run in its own PID namespace, as in CI). The
+	// kernel ends the host's namespace only once every task in it is reaped,
+	// so those are reaped here.
+	members := nsMembers(cmd.Process.Pid)
 	// SIGKILL to a PID namespace's init kills every process in it.
 	if err := cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return fmt.Errorf("lab: kill init %d: %w", cmd.Process.Pid, err)
 	}
-	_ = cmd.Wait()
-	return nil
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case <-done:
+			return nil
+		case <-deadline:
+			return fmt.Errorf("lab: init %d did not exit", cmd.Process.Pid)
+		case <-time.After(20 * time.Millisecond):
+		}
+		for _, p := range members {
+			if parentOf(p) == os.Getpid() {
+				var ws unix.WaitStatus
+				_, _ = unix.Wait4(p, &ws, unix.WNOHANG, nil)
+			}
+		}
+	}
+}
+
+// nsMembers lists the processes (root PIDs) in init's PID namespace.
+func nsMembers(init int) []int {
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", init))
+	if err != nil {
+		return nil
+	}
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil || p == init {
+			continue
+		}
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", p)); err == nil && l == ns {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// parentOf returns the parent PID of p, or 0.
+func parentOf(p int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+	if err != nil {
+		return 0
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	pp, _ := strconv.Atoi(f[1])
+	return pp
 }
 
 func init() {
