@@ -343,12 +343,25 @@ func TestMigrateDiskFullLeavesTheSourceRunning(t *testing.T) {
 		t.Fatalf("disk full: exit %d, phase %q: %s", code, res.FailedPhase, stderr)
 	}
 	intact(t, w)
-	ents, _ := os.ReadDir(m.images) // in B's mounts only: the tmpfs is gone with B
-	_ = ents
+	// The agent removed what it had received (the tmpfs is in B's mounts).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, err := m.b.Command("ls", "-A", m.images).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ls: %v: %s", err, out)
+		}
+		if len(strings.TrimSpace(string(out))) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent left %s in its images dir", out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func TestMigrateKilledMidwayLeavesTheSourceRunning(t *testing.T) {
-	for _, victim := range []string{"send", "agent"} {
+	for _, victim := range []string{"send", "agent", "link"} {
 		t.Run(victim, func(t *testing.T) {
 			m := newMigLab(t)
 			m.startAgent()
@@ -366,18 +379,34 @@ func TestMigrateKilledMidwayLeavesTheSourceRunning(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(func() { killAndForget(sendP); _ = cmd.Wait() })
+			t.Cleanup(func() { killAndForget(sendP) })
 			// After the first round, mid-way through the next.
 			sc := bufio.NewScanner(pr)
 			for sc.Scan() && !strings.HasPrefix(sc.Text(), "round 0") {
 			}
 			go func() { _, _ = io.Copy(io.Discard, pr) }()
-			if victim == "send" {
+			switch victim {
+			case "send":
 				killAndForget(sendP)
-			} else {
+			case "agent":
 				killAndForget(m.agentP)
+			case "link":
+				// Packets dropped, as by a pulled cable: no reset tells
+				// either end; the control link's keepalive does.
+				if err := m.b.Cut(); err != nil {
+					t.Fatal(err)
+				}
 			}
-			_ = cmd.Wait()
+			waited := make(chan error, 1)
+			go func() { waited <- cmd.Wait() }()
+			select {
+			case err := <-waited:
+				if err == nil {
+					t.Fatalf("migrate send succeeded with its %s gone", victim)
+				}
+			case <-time.After(2 * time.Minute):
+				t.Fatalf("migrate send still running 2 minutes after its %s went", victim)
+			}
 			if victim == "send" {
 				// The tracking holder lives on until its timeout (or the
 				// next migration of the program ends it).

@@ -148,8 +148,8 @@ func (a *Agent) record(r Result) {
 
 // inbound is one migration being received.
 type inbound struct {
-	a      *Agent
-	c      net.Conn
+	a *Agent
+	*ctl
 	dir    string // ImagesDir/<id>
 	res    Result
 	rounds []string // round directory names, in order
@@ -168,6 +168,10 @@ type pageServing struct {
 
 func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 	defer raw.Close()
+	if err := tuneConn(raw); err != nil {
+		a.cfg.Log.Warnf("agent: %s: %v", raw.RemoteAddr(), err)
+		return
+	}
 	_ = raw.SetDeadline(time.Now().Add(30 * time.Second))
 	c := tls.Server(raw, a.tls)
 	if err := c.HandshakeContext(ctx); err != nil {
@@ -189,7 +193,12 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 		a.inflight--
 		a.mu.Unlock()
 	}()
-	in := &inbound{a: a, c: c, files: map[string]*os.File{}}
+	_ = raw.SetDeadline(time.Time{})
+	// The migration's work (page servers, restore) stops when the
+	// source's link dies.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	in := &inbound{a: a, ctl: newCtl(c, cancel), files: map[string]*os.File{}}
 	in.res.Started = time.Now()
 	in.res.Source = raw.RemoteAddr().String()
 	err := in.run(ctx)
@@ -202,21 +211,17 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 		}
 		in.res.FailedPhase, in.res.Error = pe.Phase, pe.Err.Error()
 		a.cfg.Log.Warnf("agent: migration %s of %d from %s: %v", in.res.ID, in.res.PID, in.res.Source, err)
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		_ = writeMsg(c, &pb.Envelope{Msg: &pb.Envelope_Failure{Failure: &pb.Failure{Phase: string(pe.Phase), Message: pe.Err.Error()}}})
+		_ = in.send(&pb.Envelope{Msg: &pb.Envelope_Failure{Failure: &pb.Failure{Phase: string(pe.Phase), Message: pe.Err.Error()}}})
 	} else {
 		a.cfg.Log.Infof("agent: migration %s of %d from %s done in %v", in.res.ID, in.res.PID, in.res.Source, in.res.Total)
 	}
 	a.record(in.res)
 }
 
-func (in *inbound) send(m *pb.Envelope) error { return writeMsg(in.c, m) }
-
 // recv reads the next message, with a deadline: a source that goes
 // silent (link cut, killed) ends the migration.
 func (in *inbound) recv(limit time.Duration) (*pb.Envelope, error) {
-	_ = in.c.SetReadDeadline(time.Now().Add(limit))
-	m, err := readMsg(in.c)
+	m, err := in.ctl.recv(limit)
 	if err != nil {
 		return nil, fmt.Errorf("source: %w", err)
 	}

@@ -97,14 +97,21 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	}
 	addr := net.JoinHostPort(host, strconv.Itoa(port))
 	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 5 * time.Second}, Config: tc}
+	d.NetDialer.KeepAliveConfig = keepAlive
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return res, phaseErr(PhaseConnect, fmt.Errorf("agent %s: %w", addr, err))
 	}
-	s := &sender{c: raw, ctx: ctx}
 	defer raw.Close()
+	if err := tuneConn(raw.(*tls.Conn).NetConn()); err != nil {
+		return res, phaseErr(PhaseConnect, err)
+	}
+	// The rounds stop as soon as the control link dies or ctx ends.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	defer stop()
+	s := &sender{ctl: newCtl(raw, cancel), ctx: ctx}
 	hostname, _ := os.Hostname()
 	res.Source = hostname
 	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Hello{Hello: &pb.Hello{Version: Version, Pid: int32(o.Pid), Pids: pids,
@@ -130,7 +137,6 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	tracking := false
 	// Before the agent is ready, a failure leaves the source as it was.
 	abort := func(p Phase, err error) error {
-		_ = raw.SetWriteDeadline(time.Now().Add(2 * time.Second))
 		_ = s.send(&pb.Envelope{Msg: &pb.Envelope_Abort{Abort: &pb.Abort{Reason: err.Error()}}})
 		if tracking {
 			dumper.EndTracking(o.Pid)
@@ -256,17 +262,14 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 }
 
 type sender struct {
-	c   net.Conn
+	*ctl
 	ctx context.Context
 }
-
-func (s *sender) send(m *pb.Envelope) error { return writeMsg(s.c, m) }
 
 // recv reads the agent's next message; a Failure becomes the agent's
 // error with its phase.
 func (s *sender) recv(p Phase, limit time.Duration) (*pb.Envelope, error) {
-	_ = s.c.SetReadDeadline(time.Now().Add(limit))
-	m, err := readMsg(s.c)
+	m, err := s.ctl.recv(limit)
 	if err != nil {
 		if s.ctx.Err() != nil {
 			err = s.ctx.Err()

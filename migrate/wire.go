@@ -5,6 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"google.golang.org/protobuf/proto"
 
@@ -63,4 +67,100 @@ func readMsg(r io.Reader) (*pb.Envelope, error) {
 		return nil, errors.New("control message: empty")
 	}
 	return m, nil
+}
+
+// ctl is one end of the control stream. A reader goroutine takes every
+// message as it arrives, so that a dead link (TCP keepalive and user
+// timeout, see tuneConn) is noticed even while this end is busy moving
+// pages: onDead is called, which cancels the migration's work.
+type ctl struct {
+	c    net.Conn
+	in   chan *pb.Envelope
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+func newCtl(c net.Conn, onDead func()) *ctl {
+	k := &ctl{c: c, in: make(chan *pb.Envelope, 4), done: make(chan struct{})}
+	go func() {
+		for {
+			m, err := readMsg(c)
+			if err != nil {
+				k.err = err
+				close(k.done)
+				if onDead != nil {
+					onDead()
+				}
+				return
+			}
+			select {
+			case k.in <- m:
+			case <-k.done:
+				return
+			}
+		}
+	}()
+	return k
+}
+
+// sendTimeout bounds one control write: the peer reads continuously.
+const sendTimeout = time.Minute
+
+func (k *ctl) send(m *pb.Envelope) error {
+	_ = k.c.SetWriteDeadline(time.Now().Add(sendTimeout))
+	return writeMsg(k.c, m)
+}
+
+// recv waits up to limit for the next message.
+func (k *ctl) recv(limit time.Duration) (*pb.Envelope, error) {
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	select {
+	case m := <-k.in:
+		return m, nil
+	case <-k.done:
+		// Messages read before the end still come first.
+		select {
+		case m := <-k.in:
+			return m, nil
+		default:
+		}
+		if errors.Is(k.err, io.EOF) {
+			return nil, errors.New("connection closed")
+		}
+		return nil, k.err
+	case <-t.C:
+		return nil, fmt.Errorf("nothing received for %v", limit)
+	}
+}
+
+// Dead-link detection on control connections: keepalive probes while the
+// stream is idle (during rounds), and a user timeout while data waits
+// unacknowledged; either way a cut link is noticed in seconds, not after
+// TCP's retransmissions give up (minutes).
+var (
+	keepAlive   = net.KeepAliveConfig{Enable: true, Idle: 2 * time.Second, Interval: time.Second, Count: 5}
+	userTimeout = 10 * time.Second
+)
+
+// tuneConn sets keepalive and the user timeout on a TCP connection.
+func tuneConn(c net.Conn) error {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	if err := tc.SetKeepAliveConfig(keepAlive); err != nil {
+		return err
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(userTimeout/time.Millisecond))
+	}); err != nil {
+		return err
+	}
+	return serr
 }
