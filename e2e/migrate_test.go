@@ -117,6 +117,14 @@ type labWorkload struct {
 // its standard streams /dev/null and a file, and waits for ticks.
 func startOn(t *testing.T, host *lab.Host, argv ...string) *labWorkload {
 	t.Helper()
+	w := startOnHost(t, host, argv...)
+	w.waitTicks(3)
+	return w
+}
+
+// startOnHost is startOn without waiting for ticks.
+func startOnHost(t *testing.T, host *lab.Host, argv ...string) *labWorkload {
+	t.Helper()
 	dir := t.TempDir()
 	w := &workload{t: t, log: filepath.Join(dir, "log"), output: filepath.Join(dir, "output"), waited: make(chan error, 1)}
 	out, err := os.Create(w.output)
@@ -141,7 +149,6 @@ func startOn(t *testing.T, host *lab.Host, argv ...string) *labWorkload {
 	}
 	w.pid = lw.rootPID
 	t.Cleanup(func() { killAndForget(lw.rootPID) })
-	w.waitTicks(3)
 	return lw
 }
 
