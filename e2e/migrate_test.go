@@ -438,3 +438,36 @@ func TestMigrateKilledMidwayLeavesTheSourceRunning(t *testing.T) {
 		})
 	}
 }
+
+func TestMigratePrecopyGo(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "gomigrant")
+	if out, err := exec.Command("go", "build", "-o", bin, "./workloads/gomigrant").CombinedOutput(); err != nil {
+		t.Fatalf("go build gomigrant: %v\n%s", err, out)
+	}
+	m := newMigLab(t)
+	m.startAgent()
+	w := startOn(t, m.a, bin, "-m", "64")
+	code, res, stderr := m.send(w, "--max-rounds", "4")
+	if code != 0 {
+		t.Fatalf("migrate send: exit %d: %s", code, stderr)
+	}
+	if res.Tasks < 1 || len(res.Rounds) < 2 {
+		t.Errorf("result %+v", res)
+	}
+	rp := m.moved(w)
+	w.waitTicks(10)
+	if err := syscall.Kill(rp, syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(readFile(w.log), " ok\n"); time.Sleep(10 * time.Millisecond) {
+		if strings.Contains(readFile(w.log), "bad ") || time.Now().After(deadline) {
+			t.Fatalf("moved Go program not intact\n%s", w.tail())
+		}
+	}
+	// Every tick once, in order, across the move.
+	for i, n := range w.ticks() {
+		if n != i+1 {
+			t.Fatalf("tick %d at line %d\n%s", n, i+1, w.tail())
+		}
+	}
+}

@@ -86,11 +86,11 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	if err != nil {
 		return res, phaseErr(PhaseConnect, err)
 	}
-	pids, files, err := describeTree(o.Pid)
+	pids, files, tasks, err := describeTree(o.Pid)
 	if err != nil {
 		return res, phaseErr(PhaseCheck, err)
 	}
-	res.Tasks = len(pids)
+	res.Tasks = tasks
 	tc, err := o.TLS.clientConfig(o.ServerName)
 	if err != nil {
 		return res, phaseErr(PhaseConnect, err)
@@ -375,8 +375,9 @@ func alive(pid int) bool {
 }
 
 // describeTree lists every PID and TID of pid's tree and the absolute paths
-// its tasks have open or mapped, for the destination's checks.
-func describeTree(pid int) ([]int32, []string, error) {
+// its tasks have open or mapped, for the destination's checks, and how many
+// processes it has.
+func describeTree(pid int) ([]int32, []string, int, error) {
 	var pids []int32
 	seen := map[string]bool{}
 	var files []string
@@ -387,14 +388,16 @@ func describeTree(pid int) ([]int32, []string, error) {
 		}
 	}
 	queue := []int{pid}
+	nproc := 0
 	for len(queue) > 0 {
 		p := queue[0]
 		queue = queue[1:]
 		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", p))
 		if err != nil {
-			return nil, nil, fmt.Errorf("process %d: %w", p, err)
+			return nil, nil, 0, fmt.Errorf("process %d: %w", p, err)
 		}
 		pids = append(pids, int32(p))
+		nproc++
 		for _, t := range tasks {
 			tid, err := strconv.Atoi(t.Name())
 			if err != nil {
@@ -423,5 +426,5 @@ func describeTree(pid int) ([]int32, []string, error) {
 			}
 		}
 	}
-	return pids, files, nil
+	return pids, files, nproc, nil
 }
