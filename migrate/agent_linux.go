@@ -165,6 +165,9 @@ type pageServing struct {
 	n    uint32
 	ln   *pageserver.Listener
 	done chan error
+	// stopOnDone: the server does not end by itself (QUIC); cancel ends it.
+	stopOnDone bool
+	cancel     context.CancelFunc
 }
 
 func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
@@ -372,14 +375,21 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 	if err != nil {
 		return err
 	}
-	srv, err := pageserver.NewServer(pageserver.Config{ImagesDir: dir, PrevImagesDir: prev, Once: true, Log: in.a.cfg.Log})
+	// Over TCP the round is one session (Once). Over QUIC a session's
+	// streams end one by one and Once would cut the control stream's
+	// CLOSE: that server is stopped when the source reports the round
+	// done, its CLOSE answered (every image complete) by then.
+	quic := to.Transport == pageserver.TransportQUIC
+	srv, err := pageserver.NewServer(pageserver.Config{ImagesDir: dir, PrevImagesDir: prev, Once: !quic, Log: in.a.cfg.Log})
 	if err != nil {
 		ln.Close()
 		return err
 	}
-	ps := &pageServing{n: rs.N, ln: ln, done: make(chan error, 1)}
+	sctx, cancel := context.WithCancel(ctx)
+	ps := &pageServing{n: rs.N, ln: ln, done: make(chan error, 1), stopOnDone: quic, cancel: cancel}
 	go func() {
-		err := srv.Serve(ctx, ln)
+		defer cancel()
+		err := srv.Serve(sctx, ln)
 		srv.Close()
 		ps.done <- err
 	}()
@@ -395,6 +405,9 @@ func (in *inbound) finishRound(n uint32) error {
 		return fmt.Errorf("round %d done, but it was not started", n)
 	}
 	in.ps = nil
+	if ps.stopOnDone {
+		ps.cancel()
+	}
 	select {
 	case err := <-ps.done:
 		if err != nil {
@@ -489,6 +502,7 @@ func (in *inbound) cleanup() {
 		f.Close()
 	}
 	if in.ps != nil {
+		in.ps.cancel()
 		in.ps.ln.Close()
 		select {
 		case <-in.ps.done:
