@@ -18,9 +18,12 @@ import (
 	"sync"
 	"time"
 
+	cpb "github.com/checkpoint-restore/go-criu/v8/crit/images/cpuinfo"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
 	"godwit/internal/actions"
+	"godwit/internal/cpuinfo"
 	"godwit/internal/logging"
 	pb "godwit/migrate/internal/proto"
 	"godwit/pageserver"
@@ -328,6 +331,9 @@ func checkHost(h *pb.Hello) error {
 	if len(busy) > 0 {
 		return fmt.Errorf("pid %s in use on the destination", strings.Join(busy, ", "))
 	}
+	if err := checkCPU(h.Cpuinfo, h.CpuCap); err != nil {
+		return err
+	}
 	for _, f := range h.Files {
 		if !filepath.IsAbs(f) {
 			return fmt.Errorf("file %q: not an absolute path", f)
@@ -514,4 +520,32 @@ func (in *inbound) cleanup() {
 			in.a.cfg.Log.Warnf("agent: remove %s: %v", in.dir, err)
 		}
 	}
+}
+
+// checkCPU compares the source's CPU with this one, as restore compares a
+// cpuinfo.img (CRIU's default modes unless the source gave --cpu-cap).
+func checkCPU(entry []byte, capArg string) error {
+	if len(entry) == 0 {
+		return errors.New("no source CPU description")
+	}
+	caps := cpuinfo.DefaultCaps
+	if capArg != "" {
+		var err error
+		if caps, err = cpuinfo.ParseCaps(capArg); err != nil {
+			return err
+		}
+	}
+	ce := &cpb.CpuinfoEntry{}
+	if err := proto.Unmarshal(entry, ce); err != nil {
+		return fmt.Errorf("source CPU description: %w", err)
+	}
+	host, err := cpuinfo.Host()
+	if err != nil {
+		return err
+	}
+	img, err := cpuinfo.FromEntry(ce, host)
+	if err != nil {
+		return fmt.Errorf("source CPU description: %w", err)
+	}
+	return cpuinfo.Compare(img, host, caps)
 }
