@@ -73,9 +73,6 @@ func (m *migLab) startAgent(extra ...string) {
 	}
 	agent := m.agent
 	t.Cleanup(func() {
-		if _, err := m.b.RootPID(0); err == nil {
-			return
-		}
 		if m.agentP > 0 {
 			killAndForget(m.agentP)
 		}
@@ -258,7 +255,9 @@ func finishMoved(t *testing.T, w *labWorkload, rootPID int) {
 func TestMigratePrecopyC(t *testing.T) {
 	m := newMigLab(t)
 	m.startAgent()
-	w := startOn(t, m.a, workloads["counter"], "-m", "64", "-t", "4")
+	// -p: a parent-death signal, which must not bind the moved program
+	// to the agent that restored it.
+	w := startOn(t, m.a, workloads["counter"], "-m", "64", "-t", "4", "-p")
 	code, res, stderr := m.send(w, "--max-rounds", "3")
 	if code != 0 {
 		t.Fatalf("migrate send: exit %d: %s", code, stderr)
@@ -267,6 +266,8 @@ func TestMigratePrecopyC(t *testing.T) {
 	if res.PID != w.hostPID || res.Downtime <= 0 || len(res.Rounds) < 2 || res.Rounds[0].Pages < 64*256 {
 		t.Errorf("result %+v", res)
 	}
+	killAndForget(m.agentP)
+	_ = m.agent.Wait()
 	finishMoved(t, w, rp)
 }
 
