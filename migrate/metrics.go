@@ -8,7 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metric names, also queried by deploy/grafana/godwit-migration.json (a test
+// Metric names, also queried by deploy/grafana/godwit-migrations.json (a test
 // checks that every panel's query names one of these).
 const (
 	metricDuration       = "godwit_migration_duration_seconds"
