@@ -1,0 +1,265 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"godwit/deploy"
+	"godwit/migrate"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// promServer is a Debian prometheus started for one test, on loopback, with
+// its own configuration and storage; it is killed by PID at cleanup.
+type promServer struct {
+	url  string
+	cmd  *exec.Cmd
+	done chan struct{}
+	log  string
+}
+
+// scrapeInterval is short so that a test sees samples on both sides of a
+// migration within seconds.
+const scrapeInterval = time.Second
+
+// startPrometheus runs prometheus scraping targets (host:port of /metrics)
+// as job "godwit". netns, if not empty, is a network namespace path it runs
+// in (so it reaches a lab host's address).
+func startPrometheus(t *testing.T, targets []string, netns string) *promServer {
+	t.Helper()
+	bin, err := exec.LookPath("prometheus")
+	if err != nil {
+		t.Fatalf("prometheus (Debian package, installed by scripts/setup): %v", err)
+	}
+	dir := t.TempDir()
+	quoted := make([]string, len(targets))
+	for i, tg := range targets {
+		quoted[i] = strconv.Quote(tg)
+	}
+	cfg := fmt.Sprintf("global:\n  scrape_interval: %s\n  evaluation_interval: %s\nscrape_configs:\n  - job_name: godwit\n    static_configs:\n      - targets: [%s]\n",
+		scrapeInterval, scrapeInterval, strings.Join(quoted, ", "))
+	cfgPath := filepath.Join(dir, "prometheus.yml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A free port on loopback: taken, noted, released just before prometheus
+	// binds it.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	args := []string{bin, "--config.file=" + cfgPath, "--storage.tsdb.path=" + filepath.Join(dir, "data"),
+		"--web.listen-address=" + addr, "--log.level=warn"}
+	if netns != "" {
+		args = append([]string{"nsenter", "--net=" + netns, "--"}, args...)
+	}
+	p := &promServer{url: "http://" + addr, done: make(chan struct{}), log: filepath.Join(dir, "prometheus.log")}
+	logf, err := os.Create(p.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	p.cmd = exec.Command(args[0], args[1:]...)
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill() // by PID; nsenter execs, so this is prometheus
+		<-p.done
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(p.url + "/-/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("prometheus exited: %s", readFile(p.log))
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("prometheus not ready after 60s: %v\n%s", err, readFile(p.log))
+		}
+	}
+}
+
+// sample is one element of an instant query's vector.
+type sample struct {
+	Metric map[string]string
+	Value  float64
+}
+
+// query runs an instant query and returns its vector (a scalar is one
+// sample without labels).
+func (p *promServer) query(t *testing.T, expr string) []sample {
+	t.Helper()
+	resp, err := http.Get(p.url + "/api/v1/query?query=" + url.QueryEscape(expr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r struct {
+		Status string `json:"status"`
+		Error  string `json:"error"`
+		Data   struct {
+			ResultType string          `json:"resultType"`
+			Result     json.RawMessage `json:"result"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(body, &r); err != nil {
+		t.Fatalf("query %s: %v: %s", expr, err, body)
+	}
+	if r.Status != "success" {
+		t.Fatalf("query %s: %s", expr, r.Error)
+	}
+	parse := func(v []any) float64 {
+		s, _ := v[1].(string)
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			t.Fatalf("query %s: value %v: %v", expr, v, err)
+		}
+		return f
+	}
+	switch r.Data.ResultType {
+	case "vector":
+		var vs []struct {
+			Metric map[string]string `json:"metric"`
+			Value  []any             `json:"value"`
+		}
+		if err := json.Unmarshal(r.Data.Result, &vs); err != nil {
+			t.Fatal(err)
+		}
+		out := make([]sample, len(vs))
+		for i, v := range vs {
+			out[i] = sample{v.Metric, parse(v.Value)}
+		}
+		return out
+	case "scalar":
+		var v []any
+		if err := json.Unmarshal(r.Data.Result, &v); err != nil {
+			t.Fatal(err)
+		}
+		return []sample{{nil, parse(v)}}
+	}
+	t.Fatalf("query %s: result type %s", expr, r.Data.ResultType)
+	return nil
+}
+
+// waitFor polls expr until it has a sample for which ok holds.
+func (p *promServer) waitFor(t *testing.T, expr string, ok func(float64) bool, limit time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		for _, s := range p.query(t, expr) {
+			if ok(s.Value) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no wanted value after %v (last %v)\n%s", expr, limit, p.query(t, expr), readFile(p.log))
+		}
+		time.Sleep(scrapeInterval / 2)
+	}
+}
+
+// checkPanels runs every dashboard query and checks that each returns at
+// least one finite value, except the queries of panels in nanOK, which may
+// be NaN (a quantile of no observations) but must return a sample.
+func (p *promServer) checkPanels(t *testing.T, nanOK map[string]bool) {
+	t.Helper()
+	qs, err := deploy.DashboardQueries("1m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range qs {
+		got := p.query(t, q.Expr)
+		finite := false
+		for _, s := range got {
+			if !math.IsNaN(s.Value) && !math.IsInf(s.Value, 0) {
+				finite = true
+			}
+		}
+		switch {
+		case len(got) == 0:
+			t.Errorf("panel %q: no data for %s", q.Panel, q.Expr)
+		case !finite && !nanOK[q.Panel]:
+			t.Errorf("panel %q: only NaN for %s: %v", q.Panel, q.Expr, got)
+		}
+	}
+}
+
+// Every dashboard panel's query, on a real Prometheus scraping the metrics
+// of migrate.NewMetrics after one hybrid migration with post-copy faults,
+// returns data and the figures the migration had.
+func TestPrometheusDashboardMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := migrate.NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	p := startPrometheus(t, []string{ln.Addr().String()}, "")
+	// A sample from before the migration, so that rate() sees it happen.
+	p.waitFor(t, `godwit_migrations_in_flight`, func(v float64) bool { return v == 0 }, 60*time.Second)
+	done := m.Started()
+	p.waitFor(t, `godwit_migrations_in_flight`, func(v float64) bool { return v == 1 }, 60*time.Second)
+	m.ObserveFault(40 * time.Microsecond)
+	m.ObserveFault(60 * time.Microsecond)
+	done(migrate.Result{
+		Mode: migrate.ModeHybrid, Total: 3 * time.Second, Downtime: 42 * time.Millisecond,
+		Rounds: []migrate.Round{
+			{N: 0, Bytes: 256 << 20, Duration: 2 * time.Second, DirtyRate: 8 << 20, Bandwidth: 128 << 20},
+			{N: 1, Bytes: 16 << 20, Duration: 200 * time.Millisecond, DirtyRate: 8 << 20, Bandwidth: 80 << 20},
+		},
+		Postcopy: &migrate.Postcopy{Pages: 2, Faults: 2, Duration: 10 * time.Millisecond},
+	})
+	p.waitFor(t, `sum(godwit_migrations_total{result="ok"})`, func(v float64) bool { return v == 1 }, 60*time.Second)
+	p.waitFor(t, `godwit_migrations_in_flight`, func(v float64) bool { return v == 0 }, 60*time.Second)
+	p.checkPanels(t, nil)
+
+	// The figures are the migration's: the downtime's bucket holds it.
+	if got := p.query(t, `sum(godwit_migration_downtime_seconds_sum{mode="hybrid"})`); len(got) != 1 || got[0].Value != 0.042 {
+		t.Errorf("downtime sum %v, want 0.042", got)
+	}
+	if got := p.query(t, `sum(godwit_migration_rounds_sum)`); len(got) != 1 || got[0].Value != 2 {
+		t.Errorf("rounds %v, want 2", got)
+	}
+	if got := p.query(t, `sum(godwit_migration_postcopy_fault_latency_seconds_count)`); len(got) != 1 || got[0].Value != 2 {
+		t.Errorf("faults %v, want 2", got)
+	}
+}
