@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"godwit/deploy"
+	"godwit/internal/lab"
 	"godwit/migrate"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,10 +29,11 @@ import (
 // promServer is a Debian prometheus started for one test, on loopback, with
 // its own configuration and storage; it is killed by PID at cleanup.
 type promServer struct {
-	url  string
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  string
+	url    string
+	client *http.Client
+	cmd    *exec.Cmd
+	done   chan struct{}
+	log    string
 }
 
 // scrapeInterval is short so that a test sees samples on both sides of a
@@ -38,9 +41,9 @@ type promServer struct {
 const scrapeInterval = time.Second
 
 // startPrometheus runs prometheus scraping targets (host:port of /metrics)
-// as job "godwit". netns, if not empty, is a network namespace path it runs
-// in (so it reaches a lab host's address).
-func startPrometheus(t *testing.T, targets []string, netns string) *promServer {
+// as job "godwit". With a lab host it runs in that host's network namespace
+// (so it reaches the lab's addresses) and is queried through it.
+func startPrometheus(t *testing.T, targets []string, host *lab.Host) *promServer {
 	t.Helper()
 	bin, err := exec.LookPath("prometheus")
 	if err != nil {
@@ -57,20 +60,32 @@ func startPrometheus(t *testing.T, targets []string, netns string) *promServer {
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// A free port on loopback: taken, noted, released just before prometheus
-	// binds it.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	p := &promServer{client: &http.Client{Timeout: 30 * time.Second}, done: make(chan struct{}), log: filepath.Join(dir, "prometheus.log")}
+	// On this machine, a free port on loopback: taken, noted, released
+	// just before prometheus binds it. A lab host's loopback is the test's.
+	addr := "127.0.0.1:9090"
+	if host == nil {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr = ln.Addr().String()
+		ln.Close()
 	}
-	addr := ln.Addr().String()
-	ln.Close()
+	p.url = "http://" + addr
 	args := []string{bin, "--config.file=" + cfgPath, "--storage.tsdb.path=" + filepath.Join(dir, "data"),
 		"--web.listen-address=" + addr, "--log.level=warn"}
-	if netns != "" {
-		args = append([]string{"nsenter", "--net=" + netns, "--"}, args...)
+	if host != nil {
+		args = append([]string{"nsenter", fmt.Sprintf("--net=/proc/%d/ns/net", host.InitPID()), "--"}, args...)
+		p.client.Transport = &http.Transport{DialContext: func(ctx context.Context, network, address string) (net.Conn, error) {
+			var c net.Conn
+			err := host.InNet(func() (err error) {
+				c, err = (&net.Dialer{}).DialContext(ctx, network, address)
+				return err
+			})
+			return c, err
+		}}
 	}
-	p := &promServer{url: "http://" + addr, done: make(chan struct{}), log: filepath.Join(dir, "prometheus.log")}
 	logf, err := os.Create(p.log)
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +104,7 @@ func startPrometheus(t *testing.T, targets []string, netns string) *promServer {
 	})
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get(p.url + "/-/ready")
+		resp, err := p.client.Get(p.url + "/-/ready")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -117,7 +132,7 @@ type sample struct {
 // sample without labels).
 func (p *promServer) query(t *testing.T, expr string) []sample {
 	t.Helper()
-	resp, err := http.Get(p.url + "/api/v1/query?query=" + url.QueryEscape(expr))
+	resp, err := p.client.Get(p.url + "/api/v1/query?query=" + url.QueryEscape(expr))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +248,7 @@ func TestPrometheusDashboardMetrics(t *testing.T) {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 
-	p := startPrometheus(t, []string{ln.Addr().String()}, "")
+	p := startPrometheus(t, []string{ln.Addr().String()}, nil)
 	// A sample from before the migration, so that rate() sees it happen.
 	p.waitFor(t, `godwit_migrations_in_flight`, func(v float64) bool { return v == 0 }, 60*time.Second)
 	done := m.Started()
