@@ -167,7 +167,9 @@ func (m *Metrics) Observe(r Result) {
 	for _, rd := range r.Rounds {
 		m.roundBytes.Observe(float64(rd.Bytes))
 		m.bytes.WithLabelValues(stageRounds).Add(float64(rd.Bytes))
-		if rd.Duration > 0 {
+		// 0 is "not measured": the first round sends every page, so
+		// the program's writes show only from the second on.
+		if rd.DirtyRate > 0 {
 			m.dirtyRate.Observe(rd.DirtyRate)
 		}
 	}

@@ -68,7 +68,7 @@ func TestMetricsObserveCompleted(t *testing.T) {
 		Rounds: []Round{
 			{N: 0, Bytes: 64 << 20, Duration: time.Second, DirtyRate: 8 << 20},
 			{N: 1, Bytes: 8 << 20, Duration: 100 * time.Millisecond, DirtyRate: 4 << 20},
-			{N: 2, Bytes: 1 << 20, Frozen: 30 * time.Millisecond}, // no duration: no rate
+			{N: 2, Bytes: 1 << 20, Frozen: 30 * time.Millisecond}, // rate not measured
 		},
 		Postcopy: &Postcopy{Pages: 10, Faults: 7},
 		Overrun:  true,

@@ -41,6 +41,8 @@ type SendOptions struct {
 	CPUCap    string
 	// OnRound, if set, sees every pre-copy round as it ends (progress).
 	OnRound func(Round)
+	// OnPhase, if set, is told each phase as the migration enters it.
+	OnPhase func(Phase)
 }
 
 // Send migrates the tree of o.Pid to the agent at o.To. Until the agent
@@ -75,6 +77,12 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	if o.MaxRounds < 0 {
 		return res, phaseErr(PhaseCheck, fmt.Errorf("--max-rounds %d", o.MaxRounds))
 	}
+	enter := func(p Phase) {
+		if o.OnPhase != nil {
+			o.OnPhase(p)
+		}
+	}
+	enter(PhaseConnect)
 	host, port, err := splitHostPort(o.To)
 	if err != nil {
 		return res, phaseErr(PhaseConnect, err)
@@ -118,6 +126,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		Files: files, Transport: res.Transport, Mode: string(res.Mode), Source: hostname}}}); err != nil {
 		return res, phaseErr(PhaseConnect, err)
 	}
+	enter(PhaseCheck)
 	m, err := s.recv(PhaseCheck, time.Minute)
 	if err != nil {
 		return res, err
@@ -126,6 +135,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, phaseErr(PhaseCheck, fmt.Errorf("expected accepted, got %T", m.Msg))
 	}
 	res.ID = m.GetAccepted().Id
+	enter(PhasePrecopy)
 
 	work := o.WorkDir
 	if work == "" {
@@ -192,6 +202,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	// Freeze: the final dump sends the last delta; its post-dump hook,
 	// run while the tree is still frozen and resumable, hands the images
 	// over and waits until the agent has the tree rebuilt.
+	enter(PhaseFreeze)
 	n++
 	port, err = s.startRound(n, true)
 	if err != nil {
@@ -224,6 +235,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 				return err
 			}
 			hookPhase = PhaseRestore
+			enter(PhaseRestore)
 			m, err := s.recv(PhaseRestore, roundWait)
 			if err != nil {
 				return err
@@ -247,6 +259,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			Frozen: time.Duration(dr.Stats.GetFrozenTime()) * time.Microsecond, Duration: time.Since(frozeAt)})
 	}
 	// Switch-over: the source tree is gone; the agent resumes its copy.
+	enter(PhaseSwitchover)
 	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Go{Go: &pb.Go{}}}); err != nil {
 		return res, phaseErr(PhaseSwitchover, fmt.Errorf("source killed, but the agent was not told to resume: %w", err))
 	}
