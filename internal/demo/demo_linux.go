@@ -7,6 +7,7 @@ package demo
 
 import (
 	"bufio"
+	"context"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -38,7 +39,7 @@ type Options struct {
 
 // Ports of the agent on host B.
 const (
-	agentPort   = 7741
+	agentPort   = migrate.DefaultPort
 	metricsPort = 9741
 	// programPID is the PID the program gets on host A; host B has it free
 	// (only its init, the agent and its threads have low PIDs there).
@@ -47,8 +48,13 @@ const (
 
 // Run runs the demo. It leaves nothing behind, whatever happens.
 func Run(o Options) (err error) {
-	for _, p := range []string{o.Godwit, o.Program} {
-		if _, err := os.Stat(p); err != nil {
+	// The hosts run the binaries by path from their own mount namespaces
+	// and working directories.
+	for _, p := range []*string{&o.Godwit, &o.Program} {
+		if *p, err = filepath.Abs(*p); err != nil {
+			return fmt.Errorf("demo: %w", err)
+		}
+		if _, err := os.Stat(*p); err != nil {
 			return fmt.Errorf("demo: %w", err)
 		}
 	}
@@ -107,7 +113,7 @@ func Run(o Options) (err error) {
 	// and only /dev/null and its log open; its parent shell exits, so the
 	// host's init adopts it as a daemon's would be.
 	launcher, err := start(a.Command("sh", "-c",
-		`echo $(($0 - 1)) >/proc/sys/kernel/ns_last_pid && setsid "$@" </dev/null >/dev/null 2>&1 &`,
+		`echo $(($0 - 1)) >/proc/sys/kernel/ns_last_pid || exit 1; setsid "$@" </dev/null >/dev/null 2>&1 &`,
 		strconv.Itoa(programPID), o.Program, "-m", strconv.Itoa(o.MiB), "-w", fmt.Sprint(o.Rate), progLog), "")
 	if err != nil {
 		return fmt.Errorf("demo: program: %w", err)
@@ -184,11 +190,11 @@ func Run(o Options) (err error) {
 	fmt.Fprintf(o.Out, "  total %s, %d rounds, %.1f MiB sent over %s, mode %s\n", res.Total.Round(time.Millisecond),
 		len(res.Rounds), float64(sent)/(1<<20), res.Transport, res.Mode)
 	fmt.Fprintf(o.Out, "  memory: %s pages verified by the program on host-b\n\n", pages[1])
-	if v, err := scrape(b, metricsURL+"/metrics", "godwit_migration_downtime_seconds_count"); err == nil {
-		say("the agent's /metrics counts it: %s", v)
-	} else {
+	v, err := scrape(b, metricsURL+"/metrics", fmt.Sprintf(`godwit_migration_downtime_seconds_sum{mode="%s"}`, res.Mode))
+	if err != nil {
 		return fmt.Errorf("demo: agent metrics: %w", err)
 	}
+	say("the agent's /metrics (deploy/grafana has a dashboard for them): %s", v)
 	say("cleaning up (the lab's namespaces go with everything in them)")
 	return nil
 }
@@ -214,18 +220,13 @@ func waitHealthy(h *lab.Host, url, log string) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		var code int
-		err := h.InNet(func() error {
-			c := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: (&net.Dialer{}).DialContext}}
-			resp, err := c.Get(url)
-			if err != nil {
-				return err
-			}
+		resp, err := hostClient(h, 2*time.Second).Get(url)
+		if err == nil {
 			resp.Body.Close()
 			code = resp.StatusCode
-			return nil
-		})
-		if err == nil && code == http.StatusOK {
-			return nil
+			if code == http.StatusOK {
+				return nil
+			}
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("demo: agent not healthy at %s: %v (status %d)\n%s", url, err, code, tail(log))
@@ -234,19 +235,28 @@ func waitHealthy(h *lab.Host, url, log string) error {
 	}
 }
 
+// hostClient is an HTTP client whose connections are made in host h's
+// network namespace.
+func hostClient(h *lab.Host, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := h.InNet(func() (err error) {
+				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		}}}
+}
+
 // scrape returns the value of one series of a /metrics page on host h.
 func scrape(h *lab.Host, url, series string) (string, error) {
-	var body []byte
-	err := h.InNet(func() error {
-		c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: (&net.Dialer{}).DialContext}}
-		resp, err := c.Get(url)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		body, err = io.ReadAll(resp.Body)
-		return err
-	})
+	resp, err := hostClient(h, 5*time.Second).Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return "", err
 	}
