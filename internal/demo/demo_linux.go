@@ -186,10 +186,23 @@ func Run(o Options) (err error) {
 	}
 	fmt.Fprintf(o.Out, "\n  downtime the program observed (longest gap between its 1 ms ticks): %s\n",
 		time.Duration(gapUS)*time.Microsecond)
-	fmt.Fprintf(o.Out, "  downtime godwit reported (source freeze to resume on host-b):       %s\n", res.Downtime)
+	fmt.Fprintf(o.Out, "  downtime godwit reported (source freeze to resume on host-b):       %s\n", res.Downtime.Round(time.Microsecond))
 	fmt.Fprintf(o.Out, "  total %s, %d rounds, %.1f MiB sent over %s, mode %s\n", res.Total.Round(time.Millisecond),
 		len(res.Rounds), float64(sent)/(1<<20), res.Transport, res.Mode)
 	fmt.Fprintf(o.Out, "  memory: %s pages verified by the program on host-b\n\n", pages[1])
+	// The agent records the migration once it has told the source: wait
+	// for it.
+	count := fmt.Sprintf(`godwit_migration_downtime_seconds_count{mode="%s"} 1`, res.Mode)
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		v, err := scrape(b, metricsURL+"/metrics", count)
+		if err == nil && v == count {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("demo: the agent's /metrics did not count the migration: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	v, err := scrape(b, metricsURL+"/metrics", fmt.Sprintf(`godwit_migration_downtime_seconds_sum{mode="%s"}`, res.Mode))
 	if err != nil {
 		return fmt.Errorf("demo: agent metrics: %w", err)
