@@ -82,6 +82,10 @@ func TestMigrateDowntime(t *testing.T) {
 			t.Logf("%5d MiB %-13s program saw %8.1f ms frozen; godwit downtime %8.1f ms; total %8.1f ms; %d rounds, %d MiB sent; total/(size/floor) %.2f",
 				mib, c.name, float64(us)/1e3, float64(res.Downtime)/1e6, float64(res.Total)/1e6, len(res.Rounds), sent>>20,
 				res.Total.Seconds()/(float64(mib<<20)/floor))
+			if so := res.Switchover; so != nil {
+				t.Logf("      switch-over: final dump %v, images %v, restore %v, resume %v", so.Dump.Round(time.Millisecond),
+					so.Images.Round(time.Millisecond), so.Restore.Round(time.Millisecond), so.Resume.Round(time.Millisecond))
+			}
 		}
 	}
 }

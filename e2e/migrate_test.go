@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"bufio"
+	"fmt"
 	"encoding/json"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -436,5 +438,109 @@ func TestMigrateKilledMidwayLeavesTheSourceRunning(t *testing.T) {
 			}
 			intact(t, w)
 		})
+	}
+}
+
+func TestMigratePrecopyGo(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "gomigrant")
+	if out, err := exec.Command("go", "build", "-o", bin, "./workloads/gomigrant").CombinedOutput(); err != nil {
+		t.Fatalf("go build gomigrant: %v\n%s", err, out)
+	}
+	m := newMigLab(t)
+	m.startAgent()
+	w := startOn(t, m.a, bin, "-m", "64")
+	code, res, stderr := m.send(w, "--max-rounds", "4")
+	if code != 0 {
+		t.Fatalf("migrate send: exit %d: %s", code, stderr)
+	}
+	if res.Tasks < 1 || len(res.Rounds) < 2 {
+		t.Errorf("result %+v", res)
+	}
+	rp := m.moved(w)
+	w.waitTicks(10)
+	if err := syscall.Kill(rp, syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(readFile(w.log), " ok\n"); time.Sleep(10 * time.Millisecond) {
+		if strings.Contains(readFile(w.log), "bad ") || time.Now().After(deadline) {
+			t.Fatalf("moved Go program not intact\n%s", w.tail())
+		}
+	}
+	// Every tick once, in order, across the move.
+	for i, n := range w.ticks() {
+		if n != i+1 {
+			t.Fatalf("tick %d at line %d\n%s", n, i+1, w.tail())
+		}
+	}
+}
+
+// Two migrations at once to one agent; its /healthz answers and /history
+// lists both.
+func TestMigrateTwoAtOnceAndHistory(t *testing.T) {
+	m := newMigLab(t)
+	m.startAgent("--metrics-address", m.b.Addr()+":9100")
+	w1 := startOn(t, m.a, workloads["counter"], "-m", "32")
+	w2 := startOn(t, m.a, workloads["counter"], "-m", "32", "-t", "2")
+	type out struct {
+		code   int
+		res    *migrate.Result
+		stderr string
+	}
+	done := make(chan out, 2)
+	for _, w := range []*labWorkload{w1, w2} {
+		go func() {
+			code, res, stderr := m.send(w)
+			done <- out{code, res, stderr}
+		}()
+	}
+	for range 2 {
+		if o := <-done; o.code != 0 {
+			t.Fatalf("migrate send: exit %d: %s", o.code, o.stderr)
+		}
+	}
+	finishMoved(t, w1, m.moved(w1))
+	finishMoved(t, w2, m.moved(w2))
+	get := func(path string) string {
+		// Dialled on the host's thread (an http.Client would dial from
+		// another goroutine, outside the lab's network).
+		var c net.Conn
+		if err := m.a.InNet(func() (err error) {
+			c, err = net.DialTimeout("tcp", m.b.Addr()+":9100", 5*time.Second)
+			return err
+		}); err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: agent\r\n\r\n", path); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %s %v: %s", path, resp.Status, err, body)
+		}
+		return string(body)
+	}
+	if h := get("/healthz"); !strings.HasPrefix(h, "ok") {
+		t.Errorf("/healthz: %q", h)
+	}
+	var hist []migrate.Result
+	if err := json.Unmarshal([]byte(get("/history")), &hist); err != nil {
+		t.Fatal(err)
+	}
+	pids := map[int]bool{}
+	for _, r := range hist {
+		if r.Error != "" {
+			t.Errorf("history holds a failure: %+v", r)
+		}
+		pids[r.PID] = true
+	}
+	if len(hist) != 2 || !pids[w1.hostPID] || !pids[w2.hostPID] {
+		t.Errorf("history %+v, want the migrations of %d and %d", hist, w1.hostPID, w2.hostPID)
 	}
 }

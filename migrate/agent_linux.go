@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -213,6 +214,11 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 	_ = raw.SetDeadline(time.Now().Add(30 * time.Second))
 	c := tls.Server(raw, a.tls)
 	if err := c.HandshakeContext(ctx); err != nil {
+		if errors.Is(err, io.EOF) {
+			// A port probe (or a peer gone before saying anything):
+			// not a migration.
+			return
+		}
 		a.cfg.Log.Warnf("agent: %s: TLS: %v", raw.RemoteAddr(), err)
 		r := Result{Source: raw.RemoteAddr().String(), Started: time.Now(), FailedPhase: PhaseConnect, Error: err.Error()}
 		a.record(r)

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"godwit/dumper"
 	"godwit/internal/actions"
 	pb "godwit/migrate/internal/proto"
@@ -94,11 +96,11 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	if err != nil {
 		return res, phaseErr(PhaseConnect, err)
 	}
-	pids, files, err := describeTree(o.Pid)
+	pids, files, tasks, err := describeTree(o.Pid)
 	if err != nil {
 		return res, phaseErr(PhaseCheck, err)
 	}
-	res.Tasks = len(pids)
+	res.Tasks = tasks
 	tc, err := o.TLS.clientConfig(o.ServerName)
 	if err != nil {
 		return res, phaseErr(PhaseConnect, err)
@@ -217,8 +219,8 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	if len(res.Rounds) > 0 {
 		do.PrevImagesDir, do.TrackMem = "../"+roundDir(n-1, false), true
 	}
-	var frozeAt time.Time
-	ready := false
+	var frozeAt, dumpedAt, imagesAt, readyAt time.Time
+	ready, goSent := false, false
 	hookPhase := PhaseFreeze
 	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
 		switch action {
@@ -228,9 +230,11 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			if err := s.endRound(n); err != nil {
 				return err
 			}
+			dumpedAt = time.Now()
 			if err := s.sendImages(final); err != nil {
 				return err
 			}
+			imagesAt = time.Now()
 			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{}}}); err != nil {
 				return err
 			}
@@ -243,25 +247,41 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			if m.GetReady() == nil {
 				return fmt.Errorf("expected ready, got %T", m.Msg)
 			}
-			ready = true
+			ready, readyAt = true, time.Now()
+			enter(PhaseSwitchover)
+			// Switch-over. SIGKILL to the frozen tasks: none of them runs
+			// another instruction of its own (a fatal signal is acted on
+			// before any return to user space), so the agent may resume
+			// now rather than after the kernel has torn the source down.
+			if err := killTree(o.Pid); err != nil {
+				return err
+			}
+			goSent = true
+			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Go{Go: &pb.Go{}}}); err != nil {
+				return fmt.Errorf("source killed, but the agent was not told to resume: %w", err)
+			}
 		}
 		return nil
 	}}
 	dr, err := dumper.DumpContext(ctx, do, scripts)
-	if err != nil && !(ready && dr != nil && !alive(o.Pid)) {
-		// The dump rolled back: the source runs on. (A dump that
-		// failed after the agent was ready but killed the source
-		// anyway goes on below: the agent's copy is the one left.)
+	switch {
+	case err != nil && goSent:
+		// Past the switch-over: the source is killed and the agent told
+		// to resume, so the agent's copy is the one left.
+		res.Note = fmt.Sprintf("after switch-over: %v", err)
+	case err != nil && ready:
+		// Killing the source failed: the dump rolled back and the source
+		// runs on; the agent, told nothing, removes its copy.
+		return res, abort(PhaseSwitchover, err)
+	case err != nil:
+		// The dump rolled back: the source runs on.
 		return res, abort(hookPhase, err)
+	case !goSent:
+		return res, abort(PhaseSwitchover, errors.New("dump ended without handing over"))
 	}
 	if dr != nil && dr.Stats != nil && dr.Stats.FrozenTime != nil {
 		res.Rounds = append(res.Rounds, Round{N: int(n - 1), Pages: dr.Mem.Written, Bytes: dr.Mem.Written * 4096,
-			Frozen: time.Duration(dr.Stats.GetFrozenTime()) * time.Microsecond, Duration: time.Since(frozeAt)})
-	}
-	// Switch-over: the source tree is gone; the agent resumes its copy.
-	enter(PhaseSwitchover)
-	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Go{Go: &pb.Go{}}}); err != nil {
-		return res, phaseErr(PhaseSwitchover, fmt.Errorf("source killed, but the agent was not told to resume: %w", err))
+			Frozen: time.Duration(dr.Stats.GetFrozenTime()) * time.Microsecond, Duration: dumpedAt.Sub(frozeAt)})
 	}
 	m, err = s.recv(PhaseSwitchover, time.Minute)
 	if err != nil {
@@ -270,7 +290,11 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	if m.GetResumed() == nil {
 		return res, phaseErr(PhaseSwitchover, fmt.Errorf("expected resumed, got %T", m.Msg))
 	}
-	res.Downtime = time.Since(frozeAt)
+	// The agent resumed when its answer arrived, maybe while the source
+	// was still being torn down.
+	res.Downtime = s.at.Sub(frozeAt)
+	res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt), Images: imagesAt.Sub(dumpedAt),
+		Restore: readyAt.Sub(imagesAt), Resume: s.at.Sub(readyAt)}
 	return res, nil
 }
 
@@ -377,19 +401,10 @@ func splitHostPort(to string) (string, int, error) {
 	return host, p, nil
 }
 
-// alive reports whether pid still exists (not a zombie).
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	return i > 0 && i+2 < len(b) && b[i+2] != 'Z' && b[i+2] != 'X'
-}
-
 // describeTree lists every PID and TID of pid's tree and the absolute paths
-// its tasks have open or mapped, for the destination's checks.
-func describeTree(pid int) ([]int32, []string, error) {
+// its tasks have open or mapped, for the destination's checks, and how many
+// processes it has.
+func describeTree(pid int) ([]int32, []string, int, error) {
 	var pids []int32
 	seen := map[string]bool{}
 	var files []string
@@ -400,14 +415,16 @@ func describeTree(pid int) ([]int32, []string, error) {
 		}
 	}
 	queue := []int{pid}
+	nproc := 0
 	for len(queue) > 0 {
 		p := queue[0]
 		queue = queue[1:]
 		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", p))
 		if err != nil {
-			return nil, nil, fmt.Errorf("process %d: %w", p, err)
+			return nil, nil, 0, fmt.Errorf("process %d: %w", p, err)
 		}
 		pids = append(pids, int32(p))
+		nproc++
 		for _, t := range tasks {
 			tid, err := strconv.Atoi(t.Name())
 			if err != nil {
@@ -436,5 +453,28 @@ func describeTree(pid int) ([]int32, []string, error) {
 			}
 		}
 	}
-	return pids, files, nil
+	return pids, files, nproc, nil
+}
+
+// killTree sends SIGKILL to every process of pid's (frozen) tree.
+func killTree(pid int) error {
+	var errs []error
+	queue := []int{pid}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", p))
+		for _, t := range tasks {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", p, t.Name()))
+			for _, c := range strings.Fields(string(b)) {
+				if k, err := strconv.Atoi(c); err == nil {
+					queue = append(queue, k)
+				}
+			}
+		}
+		if err := unix.Kill(p, unix.SIGKILL); err != nil && err != unix.ESRCH {
+			errs = append(errs, fmt.Errorf("kill %d: %w", p, err))
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -74,14 +74,21 @@ func readMsg(r io.Reader) (*pb.Envelope, error) {
 // timeout, see tuneConn) is noticed even while this end is busy moving
 // pages: onDead is called, which cancels the migration's work.
 type ctl struct {
-	c    net.Conn
-	in   chan *pb.Envelope
+	c  net.Conn
+	in chan received
+	// at is when the message recv last returned arrived.
+	at   time.Time
 	done chan struct{}
 	err  error // set before done is closed
 }
 
+type received struct {
+	m  *pb.Envelope
+	at time.Time
+}
+
 func newCtl(c net.Conn, onDead func()) *ctl {
-	k := &ctl{c: c, in: make(chan *pb.Envelope, 4), done: make(chan struct{})}
+	k := &ctl{c: c, in: make(chan received, 4), done: make(chan struct{})}
 	go func() {
 		for {
 			m, err := readMsg(c)
@@ -94,7 +101,7 @@ func newCtl(c net.Conn, onDead func()) *ctl {
 				return
 			}
 			select {
-			case k.in <- m:
+			case k.in <- received{m, time.Now()}:
 			case <-k.done:
 				return
 			}
@@ -116,13 +123,15 @@ func (k *ctl) recv(limit time.Duration) (*pb.Envelope, error) {
 	t := time.NewTimer(limit)
 	defer t.Stop()
 	select {
-	case m := <-k.in:
-		return m, nil
+	case r := <-k.in:
+		k.at = r.at
+		return r.m, nil
 	case <-k.done:
 		// Messages read before the end still come first.
 		select {
-		case m := <-k.in:
-			return m, nil
+		case r := <-k.in:
+			k.at = r.at
+			return r.m, nil
 		default:
 		}
 		if errors.Is(k.err, io.EOF) {

@@ -247,6 +247,8 @@ func (h *Host) RootPID(hostPID int) (int, error) {
 // InNet runs fn on an OS thread that has joined the host's network
 // namespace, so sockets fn creates belong to the host (they stay there
 // after fn returns). The thread returns to its own namespace afterwards.
+// Only fn's own goroutine is in the host: work fn hands to other goroutines
+// (an http.Client dials from one) runs in this machine's namespace.
 func (h *Host) InNet(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
