@@ -24,8 +24,9 @@ type Progress interface {
 
 // NewProgress returns what `migrate send` reports to w: with jsonOut, the
 // Result as one JSON object at the end and nothing before; otherwise a live
-// progress line and a summary when w is a terminal, and nothing when it is
-// not (a script reads the exit status, or asks for --json).
+// progress line and a summary of a completed migration when w is a
+// terminal, and nothing when it is not (a script reads the exit status, or
+// asks for --json).
 func NewProgress(w io.Writer, jsonOut bool) Progress {
 	if jsonOut {
 		return &jsonProgress{w: w}
@@ -125,7 +126,10 @@ func (p *barProgress) Done(r Result) {
 	// Finish stops the spinner's goroutine and clears the line.
 	_ = p.bar.Finish()
 	_ = p.bar.Exit()
-	fmt.Fprintln(p.w, Summary(r))
+	// A failure is the command's error, printed once, on stderr.
+	if !failed(r) {
+		fmt.Fprintln(p.w, Summary(r))
+	}
 }
 
 // describe is the progress line's text: the phase, then the last round's

@@ -149,6 +149,34 @@ func TestProgressTerminal(t *testing.T) {
 	}
 }
 
+// A failure is the command's error (stderr): the terminal line is cleared
+// and nothing else is printed.
+func TestProgressTerminalFailure(t *testing.T) {
+	master, slave := openPTY(t)
+	p := NewProgress(slave, false)
+	p.Phase(PhaseCheck)
+	r := sampleResult()
+	r.FailedPhase, r.Error = PhaseCheck, "pid 4242 in use on the destination"
+	p.Done(r)
+	slave.Close()
+	// The master reads what was written, then EIO once the slave is closed.
+	var all []byte
+	buf := make([]byte, 4096)
+	for {
+		n, err := master.Read(buf)
+		all = append(all, buf[:n]...)
+		if err != nil {
+			break
+		}
+	}
+	if bytes.Contains(all, []byte("failed")) || bytes.Contains(all, []byte("migrated")) {
+		t.Errorf("a failed migration printed a summary: %q", all)
+	}
+	if !bytes.Contains(all, []byte("check")) {
+		t.Errorf("the phase was never drawn: %q", all)
+	}
+}
+
 func TestEstimateDelta(t *testing.T) {
 	// 8 MiB/s dirtied for 0.5 s is 4 MiB; at 64 MiB/s that is 62.5 ms.
 	d, ok := estimateDelta(Round{Duration: 500 * time.Millisecond, DirtyRate: 8 << 20, Bandwidth: 64 << 20})
