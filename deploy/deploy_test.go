@@ -453,3 +453,33 @@ func TestSystemdUnit(t *testing.T) {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }
+
+// The unit and the DaemonSet run `godwit agent` with flags it has, and
+// values it parses: godwit parses their command lines (with --help, which
+// stops before anything runs).
+func TestAgentCommandLines(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "godwit")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/godwit").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ds := daemonSet(t)
+	for name, args := range map[string][]string{
+		"systemd unit": agentArgs(unitExecStart(t, filepath.Join("systemd", "godwit-agent.service"))),
+		"DaemonSet":    agentArgs(ds.Spec.Template.Spec.Containers[0].Command),
+	} {
+		out, err := exec.Command(bin, append(append([]string{"agent"}, args...), "--help")...).CombinedOutput()
+		if err != nil || !bytes.Contains(out, []byte("Usage:")) {
+			t.Errorf("%s: godwit agent %v: %v\n%s", name, args, err, out)
+		}
+		var bad bytes.Buffer
+		for _, a := range args {
+			// A misspelt flag is refused before --help is seen.
+			if strings.HasPrefix(a, "--") && !bytes.Contains(out, []byte(strings.SplitN(a, "=", 2)[0]+" ")) {
+				fmt.Fprintf(&bad, " %s", a)
+			}
+		}
+		if bad.Len() > 0 {
+			t.Errorf("%s: flags not in godwit agent --help:%s", name, bad.String())
+		}
+	}
+}
