@@ -22,19 +22,20 @@ type Progress interface {
 	Done(Result)
 }
 
-// NewProgress returns what `migrate send` reports to w: with jsonOut, the
-// Result as one JSON object at the end and nothing before; otherwise a live
-// progress line and a summary of a completed migration when w is a
-// terminal, and nothing when it is not (a script reads the exit status, or
-// asks for --json).
-func NewProgress(w io.Writer, jsonOut bool) Progress {
+// NewProgress returns what `migrate send` reports to w (its stdout) and log
+// (its stderr): with jsonOut, the Result as one JSON object on w at the end
+// and nothing before; otherwise, when w is a terminal, a live progress line
+// and a summary of a completed migration on w; when it is not, nothing on w
+// (a script reads the exit status, or asks for --json) and one line per
+// round on log, for the record.
+func NewProgress(w, log io.Writer, jsonOut bool) Progress {
 	if jsonOut {
 		return &jsonProgress{w: w}
 	}
 	if f, ok := w.(*os.File); ok && isTerminal(f) {
 		return newBarProgress(w)
 	}
-	return nopProgress{}
+	return &logProgress{w: log}
 }
 
 func isTerminal(f *os.File) bool {
@@ -42,11 +43,21 @@ func isTerminal(f *os.File) bool {
 	return err == nil
 }
 
-type nopProgress struct{}
+// logProgress writes one line per round.
+type logProgress struct {
+	mu sync.Mutex
+	w  io.Writer
+}
 
-func (nopProgress) Phase(Phase) {}
-func (nopProgress) Round(Round) {}
-func (nopProgress) Done(Result) {}
+func (*logProgress) Phase(Phase) {}
+func (*logProgress) Done(Result) {}
+
+func (p *logProgress) Round(r Round) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fmt.Fprintf(p.w, "round %d: %d pages in %s (%s, dirty %s)\n", r.N, r.Pages,
+		roundDuration(r.Duration), formatRate(r.Bandwidth), formatRate(r.DirtyRate))
+}
 
 type jsonProgress struct {
 	mu   sync.Mutex

@@ -31,7 +31,7 @@ func sampleResult() Result {
 
 func TestProgressJSON(t *testing.T) {
 	var buf bytes.Buffer
-	p := NewProgress(&buf, true)
+	p := NewProgress(&buf, io.Discard, true)
 	p.Phase(PhaseCheck)
 	p.Round(Round{N: 0, Bytes: 1})
 	if buf.Len() != 0 {
@@ -59,24 +59,29 @@ func TestProgressJSON(t *testing.T) {
 	}
 }
 
-// Not a terminal: nothing at all, not even the summary.
+// Not a terminal: nothing on stdout, not even the summary; a line per round
+// on stderr.
 func TestProgressNotTerminal(t *testing.T) {
 	f, err := os.CreateTemp(t.TempDir(), "out")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	p := NewProgress(f, false)
-	if _, ok := p.(nopProgress); !ok {
+	var log bytes.Buffer
+	p := NewProgress(f, &log, false)
+	if _, ok := p.(*logProgress); !ok {
 		t.Fatalf("a regular file got %T", p)
 	}
 	p.Phase(PhasePrecopy)
-	p.Round(Round{N: 0, Bytes: 4096})
+	p.Round(Round{N: 0, Pages: 1, Bytes: 4096, Duration: 2 * time.Millisecond, Bandwidth: 2 << 20})
 	p.Done(sampleResult())
 	if st, err := f.Stat(); err != nil || st.Size() != 0 {
 		t.Errorf("wrote %d bytes to a non-terminal (%v)", st.Size(), err)
 	}
-	if _, ok := NewProgress(&bytes.Buffer{}, false).(nopProgress); !ok {
+	if got, want := log.String(), "round 0: 1 pages in 2ms (2.0 MiB/s, dirty 0 B/s)\n"; got != want {
+		t.Errorf("log %q, want %q", got, want)
+	}
+	if _, ok := NewProgress(&bytes.Buffer{}, io.Discard, false).(*logProgress); !ok {
 		t.Error("a buffer is not a terminal")
 	}
 }
@@ -120,7 +125,7 @@ func TestProgressTerminal(t *testing.T) {
 			}
 		}
 	}()
-	p := NewProgress(slave, false)
+	p := NewProgress(slave, io.Discard, false)
 	if _, ok := p.(*barProgress); !ok {
 		t.Fatalf("a terminal got %T", p)
 	}
@@ -153,7 +158,7 @@ func TestProgressTerminal(t *testing.T) {
 // and nothing else is printed.
 func TestProgressTerminalFailure(t *testing.T) {
 	master, slave := openPTY(t)
-	p := NewProgress(slave, false)
+	p := NewProgress(slave, io.Discard, false)
 	p.Phase(PhaseCheck)
 	r := sampleResult()
 	r.FailedPhase, r.Error = PhaseCheck, "pid 4242 in use on the destination"

@@ -51,8 +51,8 @@ copy resumed. Before that point any failure leaves the source running as it was.
 			o.Mode = migrate.Mode(mode)
 			o.FileLocks = a.o.FileLocks
 			// A terminal gets a live line and a summary, --json one
-			// Result; anything else only the exit status and errors.
-			p := migrate.NewProgress(a.stdout, asJSON)
+			// Result; otherwise stdout gets nothing, stderr a line a round.
+			p := migrate.NewProgress(a.stdout, a.stderr, asJSON)
 			o.OnRound, o.OnPhase = p.Round, p.Phase
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 			defer stop()
