@@ -18,6 +18,7 @@ import (
 	"godwit/internal/logging"
 	"godwit/internal/model"
 	"godwit/internal/model/criuimg"
+	"godwit/internal/netlock"
 	"godwit/internal/pagexfer"
 	"godwit/internal/pidfd"
 	"godwit/internal/procfs"
@@ -38,6 +39,10 @@ type Result struct {
 	Injecting time.Duration
 	// InjectedCalls counts the syscalls injected into the tree.
 	InjectedCalls int
+	// NetLock is the network lock the dump kept for the restore (nil:
+	// none), in the tree's network namespace: a caller that will not
+	// restore there removes it (netlock.Adopt there, then Unlock).
+	NetLock *netlock.Record
 }
 
 // FormatStats renders the stats as --display-stats prints them (CRIU's
@@ -211,11 +216,46 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	}
 	frozenAt := time.Now()
 	logging.Default().Infof("dump %d: froze %d tasks (%d threads in the root) in %v", pid, len(tree), len(tids), frozenAt.Sub(t0))
+	nl, err := lockNetwork(o.NetworkLock, pid, scripts)
+	if err != nil {
+		rb.run()
+		return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
+	}
+	rb.add(func() {
+		if err := unlockNetwork(nl, pid, scripts); err != nil {
+			logging.Default().Errorf("dump %d: %v", pid, err)
+		}
+	})
+	if o.TCPEstablished && !nl.Netns() {
+		t := time.Now()
+		var live []int
+		for _, ft := range tree {
+			if !ft.zombie {
+				live = append(live, ft.pid)
+			}
+		}
+		if err := lockTreeConns(nl, live); err != nil {
+			rb.run()
+			return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
+		}
+		logging.Default().Infof("dump %d: %d connections and their listeners locked (%s) in %v", pid, len(nl.Conns()), nl.Method(), time.Since(t))
+	}
 	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track,
-		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks}
+		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks, tcpEstablished: o.TCPEstablished, skipInFlight: o.SkipInFlight, netLock: nl}
+	// Connections read in repair mode: out of it again if the tasks
+	// resume (added last, so run before they are thawed).
+	rb.add(func() {
+		if err := d.files.ReleaseRepaired(true); err != nil {
+			d.log.Warnf("dump %d: %v", pid, err)
+		}
+	})
 	err = d.safeCollect()
 	if err == nil {
 		err = target.Commit()
+	}
+	if rec, ok := nl.Record(); err == nil && ok && !o.LeaveRunning && !o.LeaveStopped {
+		// The tree will be gone: its restore removes the lock.
+		err = writeNetLockRecord(dir, rec)
 	}
 	if err == nil {
 		err = interrupted(ctx)
@@ -260,6 +300,14 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		}
 	}
 	var ferrs []error
+	// Left running, the connections leave repair mode before the tasks
+	// use them again.
+	resume := o.LeaveRunning || o.LeaveStopped
+	if resume {
+		if err := d.files.ReleaseRepaired(true); err != nil {
+			ferrs = append(ferrs, err)
+		}
+	}
 	for i := len(tree) - 1; i >= 0; i-- {
 		t := tree[i]
 		if t.zombie {
@@ -278,11 +326,31 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			ferrs = append(ferrs, fmt.Errorf("task %d: %w", t.pid, err))
 		}
 	}
+	// Killed, the tasks' connections close with these copies, in repair
+	// mode: silently.
+	if !resume {
+		if err := d.files.ReleaseRepaired(false); err != nil {
+			ferrs = append(ferrs, err)
+		}
+	}
+	if resume {
+		// The connections are the tree's again.
+		if err := unlockNetwork(nl, pid, scripts); err != nil {
+			ferrs = append(ferrs, err)
+		}
+	}
+	var kept *netlock.Record
+	if !resume {
+		if rec, ok := nl.Keep(); ok {
+			d.log.Infof("dump %d: network lock %s kept for the restore", pid, rec.Name)
+			kept = &rec
+		}
+	}
 	ferr := errors.Join(ferrs...)
 	frozen := time.Since(frozenAt)
 	d.log.Infof("dump %d: %d pages written (%d scanned, %d zero, %d untouched) by %v; frozen %v, %v of it in injection sessions",
 		pid, d.mem.Written, d.mem.Scanned, d.mem.Zero, d.mem.Untouched, d.method, frozen, injecting)
-	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting, InjectedCalls: tr.InjectedCalls()}
+	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting, InjectedCalls: tr.InjectedCalls(), NetLock: kept}
 	res.Stats = &stats.DumpStatsEntry{
 		FreezingTime:       proto.Uint32(uint32(frozenAt.Sub(t0).Microseconds())),
 		FrozenTime:         proto.Uint32(uint32(frozen.Microseconds())),
@@ -340,6 +408,12 @@ type dumpRun struct {
 	parentPages uint64
 	ghostLimit  uint64 // --ghost-limit, 0: the default
 	fileLocks   bool   // --file-locks
+	netLock     *netlock.Lock
+	// tcpEstablished, skipInFlight: --tcp-established, --skip-in-flight.
+	tcpEstablished, skipInFlight bool
+	// files is the tree's file table, which holds the connections read
+	// in repair mode until the dump ends.
+	files *drivers.Files
 }
 
 func (d *dumpRun) note(name string) { d.written = append(d.written, name) }
@@ -367,6 +441,9 @@ func (d *dumpRun) collect() error {
 		fl.GhostLimit = d.ghostLimit
 	}
 	fl.FileLocks = d.fileLocks
+	fl.NetLock = d.netLock
+	fl.TCPEstablished, fl.SkipInFlight = d.tcpEstablished, d.skipInFlight
+	d.files = fl
 	var kobj kobjAlloc
 	tree := &model.Tree{}
 	shm := map[uint64]int{} // shared anonymous objects dumped, by shmid → pid

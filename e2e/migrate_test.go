@@ -544,3 +544,17 @@ func TestMigrateTwoAtOnceAndHistory(t *testing.T) {
 		t.Errorf("history %+v, want the migrations of %d and %d", hist, w1.hostPID, w2.hostPID)
 	}
 }
+
+func TestMigrateOverQUIC(t *testing.T) {
+	m := newMigLab(t)
+	m.startAgent()
+	w := startOn(t, m.a, workloads["counter"], "-m", "32")
+	code, res, stderr := m.send(w, "--transport", "quic", "--max-rounds", "2")
+	if code != 0 {
+		t.Fatalf("migrate send: exit %d: %s", code, stderr)
+	}
+	if res.Transport != "quic" {
+		t.Errorf("transport %q", res.Transport)
+	}
+	finishMoved(t, w, m.moved(w))
+}

@@ -18,9 +18,12 @@ import (
 	"sync"
 	"time"
 
+	cpb "github.com/checkpoint-restore/go-criu/v8/crit/images/cpuinfo"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
 	"godwit/internal/actions"
+	"godwit/internal/cpuinfo"
 	"godwit/internal/logging"
 	pb "godwit/migrate/internal/proto"
 	"godwit/pageserver"
@@ -203,6 +206,9 @@ type pageServing struct {
 	start time.Time
 	ln    *pageserver.Listener
 	done  chan error
+	// stopOnDone: the server does not end by itself (QUIC); cancel ends it.
+	stopOnDone bool
+	cancel     context.CancelFunc
 }
 
 func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
@@ -368,6 +374,9 @@ func checkHost(h *pb.Hello) error {
 	if len(busy) > 0 {
 		return fmt.Errorf("pid %s in use on the destination", strings.Join(busy, ", "))
 	}
+	if err := checkCPU(h.Cpuinfo, h.CpuCap); err != nil {
+		return err
+	}
 	for _, f := range h.Files {
 		if !filepath.IsAbs(f) {
 			return fmt.Errorf("file %q: not an absolute path", f)
@@ -415,14 +424,21 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 	if err != nil {
 		return err
 	}
-	srv, err := pageserver.NewServer(pageserver.Config{ImagesDir: dir, PrevImagesDir: prev, Once: true, Log: in.a.cfg.Log})
+	// Over TCP the round is one session (Once). Over QUIC a session's
+	// streams end one by one and Once would cut the control stream's
+	// CLOSE: that server is stopped when the source reports the round
+	// done, its CLOSE answered (every image complete) by then.
+	quic := to.Transport == pageserver.TransportQUIC
+	srv, err := pageserver.NewServer(pageserver.Config{ImagesDir: dir, PrevImagesDir: prev, Once: !quic, Log: in.a.cfg.Log})
 	if err != nil {
 		ln.Close()
 		return err
 	}
-	ps := &pageServing{n: rs.N, final: rs.Final, dir: dir, start: time.Now(), ln: ln, done: make(chan error, 1)}
+	sctx, cancel := context.WithCancel(ctx)
+	ps := &pageServing{n: rs.N, final: rs.Final, dir: dir, start: time.Now(), ln: ln, done: make(chan error, 1), stopOnDone: quic, cancel: cancel}
 	go func() {
-		err := srv.Serve(ctx, ln)
+		defer cancel()
+		err := srv.Serve(sctx, ln)
 		srv.Close()
 		ps.done <- err
 	}()
@@ -438,6 +454,9 @@ func (in *inbound) finishRound(n uint32) error {
 		return fmt.Errorf("round %d done, but it was not started", n)
 	}
 	in.ps = nil
+	if ps.stopOnDone {
+		ps.cancel()
+	}
 	select {
 	case err := <-ps.done:
 		if err != nil {
@@ -536,6 +555,7 @@ func (in *inbound) cleanup() {
 		f.Close()
 	}
 	if in.ps != nil {
+		in.ps.cancel()
 		in.ps.ln.Close()
 		select {
 		case <-in.ps.done:
@@ -547,4 +567,32 @@ func (in *inbound) cleanup() {
 			in.a.cfg.Log.Warnf("agent: remove %s: %v", in.dir, err)
 		}
 	}
+}
+
+// checkCPU compares the source's CPU with this one, as restore compares a
+// cpuinfo.img (CRIU's default modes unless the source gave --cpu-cap).
+func checkCPU(entry []byte, capArg string) error {
+	if len(entry) == 0 {
+		return errors.New("no source CPU description")
+	}
+	caps := cpuinfo.DefaultCaps
+	if capArg != "" {
+		var err error
+		if caps, err = cpuinfo.ParseCaps(capArg); err != nil {
+			return err
+		}
+	}
+	ce := &cpb.CpuinfoEntry{}
+	if err := proto.Unmarshal(entry, ce); err != nil {
+		return fmt.Errorf("source CPU description: %w", err)
+	}
+	host, err := cpuinfo.Host()
+	if err != nil {
+		return err
+	}
+	img, err := cpuinfo.FromEntry(ce, host)
+	if err != nil {
+		return fmt.Errorf("source CPU description: %w", err)
+	}
+	return cpuinfo.Compare(img, host, caps)
 }

@@ -6,10 +6,17 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
+	"godwit/internal/cpuinfo"
 	pb "godwit/migrate/internal/proto"
 )
 
 func TestCheckHost(t *testing.T) {
+	cpu, err := hostCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
 	self := int32(os.Getpid())
 	free := int32(1 << 22) // above pid_max's ceiling: never in use
 	for _, c := range []struct {
@@ -23,6 +30,9 @@ func TestCheckHost(t *testing.T) {
 		{&pb.Hello{Pid: free, Pids: []int32{-1}}, "bad pid"},
 		{&pb.Hello{Pid: 0}, "bad tree"},
 	} {
+		if c.h.Cpuinfo == nil {
+			c.h.Cpuinfo = cpu
+		}
 		err := checkHost(c.h)
 		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
 			t.Errorf("checkHost(%v) = %v, want %q", c.h, err, c.want)
@@ -53,5 +63,32 @@ func TestWriteFileStaysInside(t *testing.T) {
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "final", "core-1.img")); err != nil || string(b) != "abc" {
 		t.Errorf("core-1.img = %q, %v", b, err)
+	}
+}
+
+// A source CPU with features this one lacks is refused before anything
+// moves, unless --cpu-cap says not to compare.
+func TestCheckCPU(t *testing.T) {
+	h, err := cpuinfo.Host()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := h.Entry()
+	x := e.GetX86Entry()[0]
+	for i := range x.Capability {
+		x.Capability[i] = ^uint32(0)
+	}
+	b, err := proto.Marshal(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkCPU(b, ""); err == nil {
+		t.Error("a CPU with every feature bit set passed the check")
+	}
+	if err := checkCPU(b, "none"); err != nil {
+		t.Errorf("--cpu-cap none: %v", err)
+	}
+	if err := checkCPU([]byte{0xff}, ""); err == nil {
+		t.Error("garbage CPU description accepted")
 	}
 }

@@ -14,9 +14,11 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
 	"godwit/dumper"
 	"godwit/internal/actions"
+	"godwit/internal/cpuinfo"
 	pb "godwit/migrate/internal/proto"
 )
 
@@ -123,9 +125,13 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	defer stop()
 	s := &sender{ctl: newCtl(raw, cancel), ctx: ctx}
 	hostname, _ := os.Hostname()
+	cpu, err := hostCPU()
+	if err != nil {
+		return res, phaseErr(PhaseCheck, err)
+	}
 	res.Source = hostname
 	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Hello{Hello: &pb.Hello{Version: Version, Pid: int32(o.Pid), Pids: pids,
-		Files: files, Transport: res.Transport, Mode: string(res.Mode), Source: hostname}}}); err != nil {
+		Files: files, Transport: res.Transport, Mode: string(res.Mode), Source: hostname, Cpuinfo: cpu, CpuCap: o.CPUCap}}}); err != nil {
 		return res, phaseErr(PhaseConnect, err)
 	}
 	enter(PhaseCheck)
@@ -477,4 +483,13 @@ func killTree(pid int) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// hostCPU is this CPU as a serialized cpuinfo.img entry.
+func hostCPU() ([]byte, error) {
+	h, err := cpuinfo.Host()
+	if err != nil {
+		return nil, err
+	}
+	return proto.Marshal(h.Entry())
 }

@@ -58,7 +58,7 @@ func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool) *stepE
 		// Only the root's parent is godwit (its parent-death signal
 		// would fire as godwit exits); the others' are in the tree.
 		Detach: r.o.Detach && t == r.root, ShellJob: r.o.ShellJob, Validated: r.validated, Opened: r.opened,
-		Inherit: r.o.InheritFD, Held: r.held}
+		Inherit: r.o.InheritFD, Held: r.held, TCPEstablished: r.o.TCPEstablished, TCPClose: r.o.TCPClose}
 	for _, d := range ds {
 		var err error
 		switch d.Name() {

@@ -30,6 +30,11 @@ func (r *Restorer) Resume() error {
 	if err := r.scripts.Run(actions.PreResume, pid); err != nil {
 		return r.fail("pre-resume", err)
 	}
+	// Every connection is back: their packets may flow (CRIU unlocks
+	// here too, before the tasks run).
+	if err := r.unlockNetwork(); err != nil {
+		return r.fail("network unlock", err)
+	}
 	for _, t := range r.tasks {
 		if !t.img.dead() && t.img.task.State == model.Stopped {
 			if err := canStopWith(t.img.pid, unix.Signal(t.img.task.StopSignal)); err != nil {

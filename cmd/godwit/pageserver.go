@@ -53,6 +53,9 @@ existing pagemap is refused); --max-bytes and --max-files bound what all session
 
 func runPageServer(a *app) error {
 	o := a.o
+	if o.PsSocket >= 0 {
+		return runSocketPageServer(a)
+	}
 	to := pageserver.TransportOptionsFrom(o)
 	addr := o.Address
 	if addr == "" && !to.TLS && o.Transport != string(pageserver.TransportQUIC) {
@@ -115,6 +118,41 @@ func runPageServer(a *app) error {
 	}
 	a.log.Infof("page server on %s (%s), images in %s", ln.Addr(), ln.Transport(), o.ImagesDir)
 	return srv.Serve(ctx, ln)
+}
+
+// runSocketPageServer serves one session on the connection --ps-socket
+// hands over (CRIU's page server does the same: no listener, no port).
+func runSocketPageServer(a *app) error {
+	o := a.o
+	conn, err := pageserver.SocketConn(o.PsSocket)
+	if err != nil {
+		return err
+	}
+	srv, err := pageserver.NewServer(pageserver.Config{
+		ImagesDir:     o.ImagesDir,
+		PrevImagesDir: o.PrevImages,
+		Log:           a.log,
+		MaxBytes:      int64(min(o.MaxBytes, math.MaxInt64)),
+		MaxFiles:      o.MaxFiles,
+		Once:          true,
+	})
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	defer srv.Close()
+	if err := a.writePidfile(os.Getpid()); err != nil {
+		conn.Close()
+		return err
+	}
+	if err := daemon.Ready(o.StatusFD); err != nil {
+		conn.Close()
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	a.log.Infof("page server on the handed-over socket %d, images in %s", o.PsSocket, o.ImagesDir)
+	return srv.ServeConn(ctx, conn)
 }
 
 func certsCmd(a *app) *cobra.Command {

@@ -61,6 +61,9 @@ type Restore struct {
 	// made for a task not restored yet (the other end of a socketpair
 	// whose ends are in two tasks). nil: a single task.
 	Held *Held
+	// TCPEstablished restores established TCP connections
+	// (--tcp-established); TCPClose restores them closed (--tcp-close).
+	TCPEstablished, TCPClose bool
 }
 
 // Collector reads process-wide state from outside the frozen task

@@ -28,6 +28,10 @@ type restoreFDs struct {
 	// sockets by inode.
 	elsewhere map[string]OpenedAt
 	unixByIno map[uint32]*model.File
+	// listeners are the tree's TCP listeners by port, mine the files
+	// this task holds (fd_inet.go), built on first use.
+	listeners map[uint16][]model.ID
+	mine      map[model.ID]bool
 }
 
 // objectKey names the kernel object behind f that several descriptions

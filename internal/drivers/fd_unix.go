@@ -49,7 +49,7 @@ const (
 	tcpListen      = 10
 )
 
-func (unixKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
+func (unixKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 	s, err := grabFD(pid, fd.Num)
 	if err != nil {
 		return err
@@ -58,6 +58,14 @@ func (unixKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
 	dom, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_DOMAIN)
 	if err != nil {
 		return fmt.Errorf("SO_DOMAIN: %w", err)
+	}
+	switch dom {
+	case unix.AF_NETLINK:
+		return collectNetlink(pid, s, fd, f)
+	case unix.AF_PACKET:
+		return refusePacket(s)
+	case unix.AF_INET, unix.AF_INET6:
+		return collectInet(fl, fd, f, s, dom)
 	}
 	if dom != unix.AF_UNIX {
 		return fmt.Errorf("%s sockets are not supported yet", familyName(dom))

@@ -13,6 +13,7 @@ import (
 	"godwit/internal/abi/linux"
 	"godwit/internal/inject"
 	"godwit/internal/model"
+	"godwit/internal/netlock"
 	"godwit/internal/opts"
 	"godwit/internal/procfs"
 )
@@ -184,7 +185,17 @@ type Files struct {
 	// FileLocks: dump the file locks (--file-locks); without it a held
 	// lock fails the dump, as in CRIU.
 	FileLocks bool
-	ghosts    map[[2]uint64]*model.File // deleted files read, by device and inode
+	// TCPEstablished dumps established TCP connections in repair mode
+	// (--tcp-established); SkipInFlight leaves out the connections
+	// waiting in listeners' accept queues (--skip-in-flight).
+	TCPEstablished, SkipInFlight bool
+	inet                         *inetDump                 // fd_inet.go
+	ghosts                       map[[2]uint64]*model.File // deleted files read, by device and inode
+
+	// NetLock is the dump's network lock: a socket driver adds each TCP
+	// connection to it (Lock) before the connection goes into repair
+	// mode. nil: nothing to lock.
+	NetLock *netlock.Lock
 }
 
 type fileKey struct {

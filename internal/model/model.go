@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 
 	"golang.org/x/sys/unix"
@@ -271,8 +272,9 @@ type FileLock struct {
 	Len   int64 // 0: to the end of the file
 }
 
-// The kinds of FileLock, the kernel's FL_* bits (include/linux/filelock.h),
-// which CRIU's file-lock entries use.
+// The kinds of FileLock, the kernel's FL_* bits (include/linux/filelock.h);
+// CRIU's file-lock entries use them for POSIX and flock, but 4 for OFD
+// (criuimg maps it).
 const (
 	LockPOSIX = 1
 	LockFlock = 2
@@ -299,11 +301,15 @@ const (
 	Epoll
 	// UnixSocket is an AF_UNIX socket (UnixSocket state).
 	UnixSocket
+	// NetlinkSocket is an AF_NETLINK socket (Netlink state).
+	NetlinkSocket
 	// Ghost is a regular file whose last name was unlinked while open
 	// (Ghost state: its contents travel in the images).
 	Ghost
 	// Inotify is an inotify instance (Inotify state).
 	Inotify
+	// InetSocket is an AF_INET or AF_INET6 socket (Inet state).
+	InetSocket
 )
 
 // InotifyState is every watch of an inotify instance.
@@ -361,6 +367,54 @@ type SocketOpts struct {
 	RcvTimeoSec, RcvTimeoUsec uint64
 	PassCred, PassSec         bool
 	Priority, RcvLowat, Mark  uint32
+}
+
+// InetSocketState is an AF_INET or AF_INET6 socket: what CRIU's
+// inet_sk_entry holds, and an established TCP connection's stream.
+type InetSocketState struct {
+	Ino      uint32
+	Family   uint32 // AF_INET, AF_INET6
+	Type     uint32 // SOCK_STREAM, SOCK_DGRAM
+	Proto    uint32 // IPPROTO_TCP, IPPROTO_MPTCP, IPPROTO_UDP, IPPROTO_UDPLITE
+	State    uint32 // the kernel's TCP state (a UDP socket: TCP_CLOSE or TCP_ESTABLISHED)
+	Src, Dst netip.AddrPort
+	Backlog  uint32 // of a listener
+	V6Only   bool
+	Shutdown uint32 // 1: receive shut down, 2: send shut down
+	BindDev  string // SO_BINDTODEVICE, "" when none
+	Opts     SocketOpts
+	Inet     InetOpts
+	// Stream is an established connection's TCP_REPAIR state
+	// (--tcp-established); nil otherwise.
+	Stream *TCPStream
+}
+
+// InetOpts are the socket options of inet sockets that a server sets,
+// beyond SocketOpts.
+type InetOpts struct {
+	ReuseAddr, ReusePort, KeepAlive, Broadcast, OOBInline bool
+	LingerOn                                              bool
+	Linger                                                uint32
+	Freebind                                              bool
+	TOS, TTL                                              uint32 // TTL 0: the default
+	// TCP only.
+	NoDelay, Cork                bool
+	KeepIdle, KeepIntvl, KeepCnt uint32
+}
+
+// TCPStream is an established TCP connection as TCP_REPAIR reads it:
+// CRIU's tcp_stream_entry. InSeq is rcv_nxt and OutSeq write_seq, each
+// counting a FIN received or sent.
+type TCPStream struct {
+	InSeq, OutSeq          uint32
+	InQ, OutQ              []byte
+	Unsent                 uint32
+	OptMask                uint32 // TCPI_OPT_TIMESTAMPS, _SACK, _WSCALE
+	SndWscale, RcvWscale   uint32
+	MSSClamp, Timestamp    uint32
+	HasWindow              bool
+	SndWl1, SndWnd, MaxWnd uint32
+	RcvWnd, RcvWup         uint32
 }
 
 // PipeState is an unnamed pipe end, or the contents of a named FIFO.
@@ -434,8 +488,26 @@ type File struct {
 	TimerFD  *TimerFDState
 	Epoll    *EpollState
 	Unix     *UnixSocketState
+	Netlink  *NetlinkSocketState
 	Ghost    *GhostState
 	Inotify  *InotifyState
+	Inet     *InetSocketState
 	// Locks are the flock and OFD locks of the description.
 	Locks []FileLock
+}
+
+// NetlinkSocketState is an AF_NETLINK socket: CRIU's netlink_sk_entry.
+type NetlinkSocketState struct {
+	Ino      uint32
+	Protocol uint32 // NETLINK_ROUTE, NETLINK_GENERIC, …
+	// PortID is the bound port id, 0 when not bound.
+	PortID uint32
+	// Groups are the multicast groups joined, a bitmap in 32-bit words
+	// (group g is bit (g-1)%32 of word (g-1)/32), as
+	// NETLINK_LIST_MEMBERSHIPS reads it.
+	Groups []uint32
+	// DstPortID and DstGroup are the connect()ed destination (0, 0:
+	// not connected).
+	DstPortID, DstGroup uint32
+	Opts                SocketOpts
 }

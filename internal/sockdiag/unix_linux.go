@@ -1,6 +1,7 @@
-// Package sockdiag asks the kernel (NETLINK_SOCK_DIAG) about one unix
-// socket: its type, state, bound name, peer, pending connections, queue
-// lengths and shutdown state, which no socket option tells.
+// Package sockdiag asks the kernel (NETLINK_SOCK_DIAG) about sockets:
+// a unix socket's type, state, bound name, peer, pending connections,
+// queue lengths and shutdown state, and every inet socket's addresses,
+// state, backlog and shutdown state, which no socket option tells.
 package sockdiag
 
 import (

@@ -286,14 +286,18 @@ func (*Envelope_Abort) isEnvelope_Msg() {}
 // Hello opens a migration (source to agent): what the destination must
 // be able to take.
 type Hello struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	Pid           int32                  `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`            // root of the tree
-	Pids          []int32                `protobuf:"varint,3,rep,packed,name=pids,proto3" json:"pids,omitempty"`   // every PID and TID of the tree
-	Files         []string               `protobuf:"bytes,4,rep,name=files,proto3" json:"files,omitempty"`         // absolute paths the tree has open or mapped
-	Transport     string                 `protobuf:"bytes,5,opt,name=transport,proto3" json:"transport,omitempty"` // page streams: "tls" or "quic"
-	Mode          string                 `protobuf:"bytes,6,opt,name=mode,proto3" json:"mode,omitempty"`
-	Source        string                 `protobuf:"bytes,7,opt,name=source,proto3" json:"source,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Version   uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Pid       int32                  `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`            // root of the tree
+	Pids      []int32                `protobuf:"varint,3,rep,packed,name=pids,proto3" json:"pids,omitempty"`   // every PID and TID of the tree
+	Files     []string               `protobuf:"bytes,4,rep,name=files,proto3" json:"files,omitempty"`         // absolute paths the tree has open or mapped
+	Transport string                 `protobuf:"bytes,5,opt,name=transport,proto3" json:"transport,omitempty"` // page streams: "tls" or "quic"
+	Mode      string                 `protobuf:"bytes,6,opt,name=mode,proto3" json:"mode,omitempty"`
+	Source    string                 `protobuf:"bytes,7,opt,name=source,proto3" json:"source,omitempty"`
+	// The source CPU as CRIU's cpuinfo.img entry (serialized CpuinfoEntry),
+	// and the --cpu-cap modes to compare it with ("": CRIU's defaults).
+	Cpuinfo       []byte `protobuf:"bytes,8,opt,name=cpuinfo,proto3" json:"cpuinfo,omitempty"`
+	CpuCap        string `protobuf:"bytes,9,opt,name=cpu_cap,json=cpuCap,proto3" json:"cpu_cap,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -373,6 +377,20 @@ func (x *Hello) GetMode() string {
 func (x *Hello) GetSource() string {
 	if x != nil {
 		return x.Source
+	}
+	return ""
+}
+
+func (x *Hello) GetCpuinfo() []byte {
+	if x != nil {
+		return x.Cpuinfo
+	}
+	return nil
+}
+
+func (x *Hello) GetCpuCap() string {
+	if x != nil {
+		return x.CpuCap
 	}
 	return ""
 }
@@ -947,7 +965,7 @@ const file_control_proto_rawDesc = "" +
 	"\x02go\x18\v \x01(\v2\x15.godwit.migrate.v1.GoH\x00R\x02go\x126\n" +
 	"\aresumed\x18\f \x01(\v2\x1a.godwit.migrate.v1.ResumedH\x00R\aresumed\x120\n" +
 	"\x05abort\x18\r \x01(\v2\x18.godwit.migrate.v1.AbortH\x00R\x05abortB\x05\n" +
-	"\x03msg\"\xa7\x01\n" +
+	"\x03msg\"\xda\x01\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x12\n" +
@@ -955,7 +973,9 @@ const file_control_proto_rawDesc = "" +
 	"\x05files\x18\x04 \x03(\tR\x05files\x12\x1c\n" +
 	"\ttransport\x18\x05 \x01(\tR\ttransport\x12\x12\n" +
 	"\x04mode\x18\x06 \x01(\tR\x04mode\x12\x16\n" +
-	"\x06source\x18\a \x01(\tR\x06source\"\x1a\n" +
+	"\x06source\x18\a \x01(\tR\x06source\x12\x18\n" +
+	"\acpuinfo\x18\b \x01(\fR\acpuinfo\x12\x17\n" +
+	"\acpu_cap\x18\t \x01(\tR\x06cpuCap\"\x1a\n" +
 	"\bAccepted\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"9\n" +
 	"\aFailure\x12\x14\n" +

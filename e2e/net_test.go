@@ -1,0 +1,1071 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/images"
+	"godwit/internal/model/criuimg"
+	"godwit/internal/sockdiag"
+)
+
+// netns is a network namespace the test makes for itself: a goroutine
+// locked to a thread that unshared CLONE_NEWNET. What runs there (do)
+// makes its sockets in that namespace, and the processes it starts live
+// in it. The thread ends with the test, and the namespace with the last
+// process in it.
+type netns struct {
+	ops  chan func()
+	done chan struct{}
+}
+
+func newNetns(t testing.TB) *netns {
+	t.Helper()
+	n := &netns{ops: make(chan func()), done: make(chan struct{})}
+	errc := make(chan error)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		defer close(n.done)
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- err
+			return
+		}
+		errc <- nil
+		for f := range n.ops {
+			f()
+		}
+	}()
+	if err := <-errc; err != nil {
+		t.Fatalf("unshare(CLONE_NEWNET): %v", err)
+	}
+	t.Cleanup(func() { close(n.ops); <-n.done })
+	var out []byte
+	var err error
+	n.do(func() { out, err = exec.Command("ip", "link", "set", "lo", "up").CombinedOutput() })
+	if err != nil {
+		t.Fatalf("ip link set lo up: %v\n%s", err, out)
+	}
+	return n
+}
+
+func (n *netns) do(f func()) {
+	done := make(chan struct{})
+	n.ops <- func() { defer close(done); f() }
+	<-done
+}
+
+// godwit runs godwit in the namespace.
+func (n *netns) godwit(t *testing.T, args ...string) (code int, out string) {
+	t.Helper()
+	n.do(func() { code, out = godwit(t, args...) })
+	return
+}
+
+// netProc is a workload (netconn) running in the namespace.
+type netProc struct {
+	cmd    *exec.Cmd
+	pid    int
+	log    string
+	waited chan error
+}
+
+func startNet(t *testing.T, n *netns, args ...string) *netProc {
+	t.Helper()
+	p := &netProc{log: filepath.Join(t.TempDir(), "log"), waited: make(chan error, 1)}
+	p.cmd = exec.Command(cWorkload(t, "netconn"), append(args, p.log)...)
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	out, err := os.Create(p.log + ".out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	p.cmd.Stdout, p.cmd.Stderr = out, out
+	n.do(func() { err = p.cmd.Start() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.pid = p.cmd.Process.Pid
+	go func() { p.waited <- p.cmd.Wait() }()
+	t.Cleanup(func() { killAndForget(p.pid) })
+	for deadline := time.Now().Add(20 * time.Second); !strings.HasPrefix(readAll(p.log), "ready\n"); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) || !alive(p.pid) {
+			t.Fatalf("netconn %v did not start: %s%s", args, readAll(p.log), readAll(p.log+".out"))
+		}
+	}
+	return p
+}
+
+var netTickRE = regexp.MustCompile(`(?m)^tick (\d+)$`)
+
+func (p *netProc) ticks() int { return len(netTickRE.FindAllString(readAll(p.log), -1)) }
+
+func readAll(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
+
+// waitLine waits for a line of the log.
+func (p *netProc) waitLine(t *testing.T, line string) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%q in pid %d's log", line, p.pid), func() bool {
+		f, err := os.Open(p.log)
+		if err != nil {
+			return false
+		}
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if sc.Text() == line {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// toggleHold asks the workload to stop (or resume) reading and writing,
+// and waits until it did.
+func (p *netProc) toggleHold(t *testing.T, want int) {
+	t.Helper()
+	before := strings.Count(readAll(p.log), fmt.Sprintf("hold %d\n", want))
+	if err := unix.Kill(p.pid, unix.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, fmt.Sprintf("hold %d", want), func() bool {
+		return strings.Count(readAll(p.log), fmt.Sprintf("hold %d\n", want)) > before
+	})
+}
+
+// gen is netconn's byte stream.
+type gen uint32
+
+func (g *gen) next() byte {
+	*g = *g*1103515245 + 12345
+	return byte(*g >> 16)
+}
+
+// peer is the Go end of a connection with netconn: it writes gen(2) and
+// checks what it reads against gen(1); either way can be paused.
+type peer struct {
+	c                net.Conn
+	wmu              sync.Mutex
+	wx, rx           gen
+	sent, recv       atomic.Int64
+	reading, writing atomic.Bool
+	ending           atomic.Bool // the workload is told to exit: EOF is no error
+	eofOK, eof       atomic.Bool // the workload shuts down: EOF ends the stream
+	stop             chan struct{}
+	wg               sync.WaitGroup
+	errMu            sync.Mutex
+	err              error
+}
+
+func newPeer(c net.Conn) *peer {
+	// A small receive buffer: when the peer stops reading, the
+	// workload's send queue fills at once.
+	c.(*net.TCPConn).SetReadBuffer(64 << 10)
+	p := &peer{c: c, wx: 2, rx: 1, stop: make(chan struct{})}
+	p.reading.Store(true)
+	p.writing.Store(true)
+	p.wg.Add(2)
+	go p.readLoop()
+	go p.writeLoop()
+	return p
+}
+
+func (p *peer) fail(err error) {
+	p.errMu.Lock()
+	defer p.errMu.Unlock()
+	if p.err == nil {
+		p.err = err
+	}
+}
+
+func (p *peer) failed() error {
+	p.errMu.Lock()
+	defer p.errMu.Unlock()
+	return p.err
+}
+
+func (p *peer) stopped() bool {
+	select {
+	case <-p.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *peer) readLoop() {
+	defer p.wg.Done()
+	buf := make([]byte, 64<<10)
+	for !p.stopped() {
+		if !p.reading.Load() {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		p.c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		n, err := p.c.Read(buf)
+		for i := 0; i < n; i++ {
+			if buf[i] != p.rx.next() {
+				p.fail(fmt.Errorf("byte %d read from the workload is wrong", p.recv.Load()+int64(i)))
+				return
+			}
+		}
+		p.recv.Add(int64(n))
+		if errors.Is(err, io.EOF) && (p.ending.Load() || p.eofOK.Load()) {
+			p.eof.Store(true)
+			return
+		}
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			p.fail(fmt.Errorf("read after %d bytes: %w", p.recv.Load(), err))
+			return
+		}
+	}
+}
+
+func (p *peer) writeLoop() {
+	defer p.wg.Done()
+	for !p.stopped() {
+		if !p.writing.Load() {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		// Slower than the workload reads (16 KiB per 5 ms round): its
+		// receive window never closes, so that nothing waits to be
+		// sent to it when it is frozen.
+		if err := p.write(8<<10, 20*time.Millisecond); err != nil {
+			p.fail(err)
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// write writes up to n bytes of the stream, for at most d.
+func (p *peer) write(n int, d time.Duration) error {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	buf := make([]byte, n)
+	g := p.wx
+	for i := range buf {
+		buf[i] = g.next()
+	}
+	p.c.SetWriteDeadline(time.Now().Add(d))
+	w, err := p.c.Write(buf)
+	for i := 0; i < w; i++ {
+		p.wx.next()
+	}
+	p.sent.Add(int64(w))
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("write after %d bytes: %w", p.sent.Load(), err)
+	}
+	return nil
+}
+
+// waitWrite waits until a write in progress has returned.
+func (p *peer) waitWrite() {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	_ = p.sent.Load()
+}
+
+func (p *peer) close() {
+	close(p.stop)
+	p.wg.Wait()
+	p.c.Close()
+}
+
+// quiesce stops the peer's reading (so that the workload's send queue
+// fills), then its writing; the workload then holds (stops reading and
+// writing), and the peer writes fill more bytes, which stay queued in
+// the workload's receive queue. Nothing is then in flight towards the
+// workload: its death (in repair mode) and the restore go unseen.
+func quiesce(t *testing.T, n *netns, w *netProc, peers []*peer, fill int) {
+	t.Helper()
+	for _, p := range peers {
+		p.reading.Store(false)
+	}
+	// Until the workload's end of each connection holds bytes to send.
+	waitFor(t, "the workload's send queues to fill", func() bool {
+		full := true
+		n.do(func() {
+			socks := map[uint32]*sockdiag.Inet{}
+			for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+				s, err := sockdiag.DumpInet(fam, unix.IPPROTO_TCP)
+				if err != nil {
+					t.Error(err)
+				}
+				maps.Copy(socks, s)
+			}
+			for _, p := range peers {
+				peerAddr := p.c.LocalAddr().(*net.TCPAddr).AddrPort()
+				found := false
+				for _, s := range socks {
+					if s.Dst.Port() == peerAddr.Port() && s.Dst.Addr().Unmap() == peerAddr.Addr().Unmap() && s.Ino != 0 {
+						found = s.Wqueue > 64<<10
+					}
+				}
+				full = full && found
+			}
+		})
+		return full
+	})
+	for _, p := range peers {
+		p.writing.Store(false)
+		p.waitWrite()
+	}
+	w.toggleHold(t, 1)
+	for _, p := range peers {
+		before := p.sent.Load()
+		if err := p.write(fill, 5*time.Second); err != nil || p.sent.Load()-before != int64(fill) {
+			t.Fatalf("fill the workload's receive queue: wrote %d of %d: %v", p.sent.Load()-before, fill, err)
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // acknowledged
+}
+
+// dumpNet dumps w with --tcp-established and waits until it is gone.
+func dumpNet(t *testing.T, n *netns, w *netProc, args ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	code, out := n.godwit(t, append([]string{"dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-v4", "-o", "dump.log", "--tcp-established"}, args...)...)
+	if code != 0 {
+		t.Fatalf("dump: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "dump.log")))
+	}
+	select {
+	case <-w.waited:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("pid %d still alive after dump", w.pid)
+	}
+	waitFor(t, "the dumped pid to go", func() bool { return !pidExists(w.pid) })
+	return dir
+}
+
+// netRestoring is a `godwit restore` (in the namespace) waiting for the
+// restored workload.
+type netRestoring struct {
+	cmd  *exec.Cmd
+	out  strings.Builder
+	done chan error
+}
+
+func restoreNet(t *testing.T, n *netns, w *netProc, dir string, args ...string) *netRestoring {
+	t.Helper()
+	r := &netRestoring{done: make(chan error, 1)}
+	r.cmd = exec.Command(godwitBin, append([]string{"restore", "-D", dir, "-v4", "-o", "restore.log", "--tcp-established"}, args...)...)
+	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
+	var err error
+	n.do(func() { err = r.cmd.Start() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.done <- r.cmd.Wait() }()
+	t.Cleanup(func() {
+		killAndForget(w.pid)
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			r.cmd.Process.Kill()
+		}
+	})
+	ticks := w.ticks()
+	deadline := time.Now().Add(30 * time.Second)
+	for !(alive(w.pid) && tracerOf(w.pid) == 0 && w.ticks() > ticks) {
+		select {
+		case err := <-r.done:
+			t.Fatalf("restore exited early: %v: %s\n%s", err, r.out.String(), readFile(filepath.Join(dir, "restore.log")))
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("restored pid %d did not resume\n%s", w.pid, readFile(filepath.Join(dir, "restore.log")))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return r
+}
+
+// finish asks the restored workload to check itself and returns its
+// log's last line.
+func (r *netRestoring) finish(t *testing.T, w *netProc, peers []*peer) string {
+	t.Helper()
+	for _, p := range peers {
+		p.writing.Store(false)
+		p.ending.Store(true)
+		p.waitWrite() // counted: the workload's count is compared with it
+	}
+	if err := unix.Kill(w.pid, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-r.done:
+		r.done <- err
+		if err != nil {
+			t.Fatalf("restored workload failed: %v\n%s\n%s", err, r.out.String(), readAll(w.log)[max(0, len(readAll(w.log))-800):])
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("restored pid %d did not finish", w.pid)
+	}
+	return tailOf(w.log)
+}
+
+func tailOf(path string) string {
+	s := strings.TrimSpace(readAll(path))
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
+
+// streams reads the dumped connections' queue lengths from the images.
+func streams(t *testing.T, dir string) (in, out []int) {
+	t.Helper()
+	d, err := images.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	tree, err := criuimg.Read(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range tree.Files {
+		if f.Inet != nil && f.Inet.Stream != nil {
+			in = append(in, len(f.Inet.Stream.InQ))
+			out = append(out, len(f.Inet.Stream.OutQ))
+		}
+	}
+	return in, out
+}
+
+// runStreams lets the peers stream until each moved more bytes both
+// ways, then checks none failed.
+func runStreams(t *testing.T, peers []*peer, more int64) {
+	t.Helper()
+	type mark struct{ s, r int64 }
+	start := make([]mark, len(peers))
+	for i, p := range peers {
+		start[i] = mark{p.sent.Load(), p.recv.Load()}
+		p.reading.Store(true)
+		p.writing.Store(true)
+	}
+	moved := func() bool {
+		for i, p := range peers {
+			if p.failed() != nil || p.sent.Load()-start[i].s < more || p.recv.Load()-start[i].r < more {
+				return p.failed() != nil
+			}
+		}
+		return true
+	}
+	for deadline := time.Now().Add(20 * time.Second); !moved(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			var s []string
+			for i, p := range peers {
+				s = append(s, fmt.Sprintf("connection %d: wrote %d, read %d (from %d, %d)", i, p.sent.Load(), p.recv.Load(), start[i].s, start[i].r))
+			}
+			t.Fatalf("the streams did not move on: %s\n%s", strings.Join(s, "; "), logOf(peers))
+		}
+	}
+	for i, p := range peers {
+		if err := p.failed(); err != nil {
+			t.Fatalf("connection %d: %v\n%s", i, err, logOf(peers))
+		}
+	}
+}
+
+// logOf is set by the tests to show the workload's log on failure.
+var logOf = func([]*peer) string { return "" }
+
+// logTail is the end of the workload's log, for failures.
+func (p *netProc) logTail() string {
+	s := readAll(p.log)
+	s = strings.Join(regexp.MustCompile(`(?m)^tick \d+\n`).Split(s, -1), "")
+	if len(s) > 2000 {
+		s = s[len(s)-2000:]
+	}
+	return s
+}
+
+var doneRE = regexp.MustCompile(`^done ticks=\d+ sent=(\d+) recv=(\d+) conns=(\d+)$`)
+
+// checkDone compares the workload's closing line with what the peers
+// moved: it read every byte they wrote (recv ≤ sent, equal once drained)
+// without a wrong one, and they read what it wrote.
+func checkDone(t *testing.T, line string, peers []*peer, conns int) {
+	t.Helper()
+	m := doneRE.FindStringSubmatch(line)
+	if m == nil {
+		t.Fatalf("workload's last line: %q", line)
+	}
+	var sent, recv int64
+	for _, p := range peers {
+		if err := p.failed(); err != nil {
+			t.Fatal(err)
+		}
+		sent += p.sent.Load()
+		recv += p.recv.Load()
+	}
+	wsent, _ := strconv.ParseInt(m[1], 10, 64)
+	wrecv, _ := strconv.ParseInt(m[2], 10, 64)
+	if wrecv > sent || wsent < recv || m[3] != strconv.Itoa(conns) {
+		t.Fatalf("workload: %s; the peers sent %d and read %d", line, sent, recv)
+	}
+}
+
+// A restored client's connection to a peer that was never dumped keeps
+// both byte streams intact, with bytes queued in both directions at the
+// freeze: the peer sees delay, never an error.
+func TestNetEstablishedClient(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	var ln net.Listener
+	var err error
+	n.do(func() { ln, err = net.Listen("tcp4", "127.0.0.1:0") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	w := startNet(t, n, "client", "127.0.0.1", strconv.Itoa(port))
+	logOf = func([]*peer) string { return w.logTail() }
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPeer(c)
+	defer p.close()
+	runStreams(t, []*peer{p}, 1<<20)
+	quiesce(t, n, w, []*peer{p}, 32<<10)
+	dir := dumpNet(t, n, w)
+	in, out := streams(t, dir)
+	if len(in) != 1 || in[0] < 32<<10 || out[0] == 0 {
+		t.Fatalf("dumped queues: receive %v, send %v: want the fill in one and bytes in the other", in, out)
+	}
+	r := restoreNet(t, n, w, dir)
+	w.toggleHold(t, 0)
+	runStreams(t, []*peer{p}, 2<<20)
+	checkDone(t, r.finish(t, w, []*peer{p}), []*peer{p}, 1)
+}
+
+// A restored server keeps its listener (address, backlog 7, options)
+// and its accepted connections (IPv6): old clients stream on, and a new
+// client is accepted after the restore.
+func TestNetServer(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	const port = "7707"
+	w := startNet(t, n, "server", "::1", port)
+	logOf = func([]*peer) string { return w.logTail() }
+	var peers []*peer
+	dial := func() *peer {
+		var c net.Conn
+		var err error
+		n.do(func() { c, err = net.Dial("tcp6", "[::1]:"+port) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := newPeer(c)
+		t.Cleanup(p.close)
+		return p
+	}
+	peers = append(peers, dial(), dial())
+	runStreams(t, peers, 1<<20)
+	quiesce(t, n, w, peers, 16<<10)
+	dir := dumpNet(t, n, w)
+	if in, _ := streams(t, dir); len(in) != 2 {
+		t.Fatalf("%d connections dumped, want 2", len(in))
+	}
+	r := restoreNet(t, n, w, dir)
+	var ls *sockdiag.Inet
+	n.do(func() {
+		socks, err := sockdiag.DumpInet(unix.AF_INET6, unix.IPPROTO_TCP)
+		if err != nil {
+			t.Error(err)
+		}
+		for _, s := range socks {
+			if s.State == 10 && s.Src.Port() == 7707 {
+				ls = s
+			}
+		}
+	})
+	if ls == nil || ls.Wqueue != 7 || ls.Src.Addr().String() != "::1" {
+		t.Fatalf("restored listener: %+v", ls)
+	}
+	w.toggleHold(t, 0)
+	peers = append(peers, dial())
+	runStreams(t, peers, 1<<20)
+	checkDone(t, r.finish(t, w, peers), peers, 3)
+}
+
+// Without --tcp-established an established connection is refused by
+// name, and the workload runs on untouched.
+func TestNetEstablishedRefused(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	var ln net.Listener
+	var err error
+	n.do(func() { ln, err = net.Listen("tcp4", "127.0.0.1:0") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	w := startNet(t, n, "client", "127.0.0.1", strconv.Itoa(port))
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPeer(c)
+	defer p.close()
+	code, out := n.godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
+	want := fmt.Sprintf("TCP socket 127.0.0.1:%d -> 127.0.0.1:%d: established TCP connection (ESTABLISHED): dump with --tcp-established", 0, port)
+	want = want[strings.Index(want, "-> "):]
+	if code == 0 || !strings.Contains(out, want) || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Fatalf("dump: exit %d: %q, want one line with %q", code, out, want)
+	}
+	runStreams(t, []*peer{p}, 1<<20)
+}
+
+// A Go net/http server, built with the current Go (its listener is
+// MPTCP), keeps its listener as MPTCP and its keep-alive client's
+// connection (plain TCP: the kernel hands out a fallen-back connection
+// as a TCP socket) across dump and restore: the client's next request
+// goes over the same connection and the count goes on.
+func TestNetHTTPServerMPTCP(t *testing.T) {
+	needRoot(t)
+	bin := filepath.Join(t.TempDir(), "nethttp")
+	if out, err := exec.Command("go", "build", "-o", bin, "./workloads/nethttp").CombinedOutput(); err != nil {
+		t.Fatalf("go build nethttp: %v\n%s", err, out)
+	}
+	n := newNetns(t)
+	const addr = "127.0.0.1:7780"
+	p := &netProc{log: filepath.Join(t.TempDir(), "log"), waited: make(chan error, 1)}
+	p.cmd = exec.Command(bin, addr, p.log)
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	var err error
+	n.do(func() { err = p.cmd.Start() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.pid = p.cmd.Process.Pid
+	go func() { p.waited <- p.cmd.Wait() }()
+	t.Cleanup(func() { killAndForget(p.pid) })
+	p.waitLine(t, "ready")
+	waitFor(t, "ticks", func() bool { return p.ticks() > 2 })
+
+	listener := func() *sockdiag.Inet {
+		var ls *sockdiag.Inet
+		n.do(func() {
+			socks, err := sockdiag.DumpInet(unix.AF_INET, unix.IPPROTO_MPTCP)
+			if err != nil {
+				t.Error(err)
+			}
+			for _, s := range socks {
+				if s.State == 10 && s.Src.String() == addr {
+					ls = s
+				}
+			}
+		})
+		return ls
+	}
+	if listener() == nil {
+		t.Fatal("the Go server's listener is not MPTCP: this test needs a Go ≥ 1.24 and a kernel with MPTCP")
+	}
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, a string) (c net.Conn, err error) {
+		n.do(func() { c, err = (&net.Dialer{}).DialContext(ctx, network, a) })
+		return
+	}}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	var local string
+	get := func(want int) {
+		t.Helper()
+		var reused bool
+		var la string
+		ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+			reused, la = i.Reused, i.Conn.LocalAddr().String()
+		}})
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/n", nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("request %d: %v", want, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || string(b) != strconv.Itoa(want) {
+			t.Fatalf("request %d: %q, %v", want, b, err)
+		}
+		if local == "" {
+			local = la
+		} else if !reused || la != local {
+			t.Fatalf("request %d went over a new connection (%s, reused %v), not the kept-alive %s", want, la, reused, local)
+		}
+	}
+	for i := 1; i <= 5; i++ {
+		get(i)
+	}
+	dir := dumpNet(t, n, p)
+	r := restoreNet(t, n, p, dir)
+	if listener() == nil {
+		t.Fatal("the restored listener is not MPTCP")
+	}
+	for i := 6; i <= 10; i++ {
+		get(i)
+	}
+	// A new client: the restored listener accepts.
+	tr2 := &http.Transport{DialContext: tr.DialContext}
+	defer tr2.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr2, Timeout: 10 * time.Second}).Get("http://" + addr + "/n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "11" {
+		t.Fatalf("new client: %q", b)
+	}
+	killAndForget(p.pid)
+	<-r.done
+}
+
+// UDP sockets come back bound and connected, with their options: the
+// restored echo socket answers on its port, the connected one sends on
+// from the same port, and the program finds its options as it set them.
+func TestNetUDP(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	const port = 7720
+	var peer *net.UDPConn
+	var err error
+	n.do(func() { peer, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port + 1}) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	w := startNet(t, n, "udp", "127.0.0.1", strconv.Itoa(port))
+	echo := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}
+	// from reads the next "n=N" of the connected socket, and its source.
+	from := func() (int, *net.UDPAddr) {
+		t.Helper()
+		buf := make([]byte, 64)
+		peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+		k, src, err := peer.ReadFromUDP(buf)
+		if err != nil {
+			t.Fatalf("read from the connected socket: %v", err)
+		}
+		v, err := strconv.Atoi(strings.TrimPrefix(string(buf[:k]), "n="))
+		if err != nil {
+			t.Fatalf("datagram %q", buf[:k])
+		}
+		return v, src
+	}
+	ask := func(msg string) {
+		t.Helper()
+		if _, err := peer.WriteToUDP([]byte(msg), echo); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64)
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			peer.SetReadDeadline(deadline)
+			k, src, err := peer.ReadFromUDP(buf)
+			if err != nil {
+				t.Fatalf("echo of %q: %v", msg, err)
+			}
+			if src.Port != port {
+				continue // a counter datagram
+			}
+			want := []byte(msg)
+			for i := range want {
+				want[i]++
+			}
+			if string(buf[:k]) != string(want) {
+				t.Fatalf("echo of %q: %q", msg, buf[:k])
+			}
+			return
+		}
+	}
+	ask("before")
+	_, src := from()
+	w.toggleHold(t, 1)
+	time.Sleep(20 * time.Millisecond)
+	// Drain the counter datagrams sent before the hold.
+	for {
+		peer.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, _, err := peer.ReadFromUDP(make([]byte, 64)); err != nil {
+			break
+		}
+	}
+	dir := t.TempDir()
+	code, out := n.godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-o", "dump.log")
+	if code != 0 {
+		t.Fatalf("dump: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "dump.log")))
+	}
+	<-w.waited
+	waitFor(t, "the dumped pid to go", func() bool { return !pidExists(w.pid) })
+	r := restoreNet(t, n, w, dir)
+	w.toggleHold(t, 0)
+	v, src2 := from()
+	if src2.String() != src.String() || v == 0 {
+		t.Fatalf("after the restore the connected socket sends from %s (was %s)", src2, src)
+	}
+	ask("after")
+	if line := r.finish(t, w, nil); !strings.HasPrefix(line, "done ") {
+		t.Fatalf("workload: %s", line)
+	}
+}
+
+// A restore where a socket's address is not local fails in one line
+// naming the socket and the address; --tcp-close restores a connection
+// whose address is gone, closed.
+func TestNetAddressNotLocal(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	const addr = "fd00:6f64::1" // on the test namespace's lo only
+	var out []byte
+	var err error
+	n.do(func() {
+		out, err = exec.Command("ip", "addr", "add", addr+"/128", "dev", "lo", "nodad").CombinedOutput()
+	})
+	if err != nil {
+		t.Fatalf("ip addr add: %v\n%s", err, out)
+	}
+	var ln net.Listener
+	n.do(func() { ln, err = net.Listen("tcp6", "["+addr+"]:0") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	w := startNet(t, n, "client", addr, port)
+	logOf = func([]*peer) string { return w.logTail() }
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPeer(c)
+	defer p.close()
+	runStreams(t, []*peer{p}, 64<<10)
+	quiesce(t, n, w, []*peer{p}, 1024)
+	dir := dumpNet(t, n, w)
+
+	// Another namespace, without the address.
+	n2 := newNetns(t)
+	code, msg := n2.godwit(t, "restore", "-D", dir, "--tcp-established")
+	want := fmt.Sprintf("TCP socket [%s]:", addr)
+	if code == 0 || !strings.Contains(msg, want) || !strings.Contains(msg, "address "+addr+" is not local here") || strings.Count(strings.TrimSpace(msg), "\n") != 0 {
+		t.Fatalf("restore: exit %d: %q: want one line naming %q and the address", code, msg, want)
+	}
+	waitFor(t, "the failed restore's task to go", func() bool { return !pidExists(w.pid) })
+
+	// --tcp-close: the connection comes back closed; the program sees
+	// its socket unconnected.
+	r := &netRestoring{done: make(chan error, 1)}
+	r.cmd = exec.Command(godwitBin, "restore", "-D", dir, "--tcp-close", "-o", "restore.log")
+	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
+	n2.do(func() { err = r.cmd.Start() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.done <- r.cmd.Wait() }()
+	t.Cleanup(func() { killAndForget(w.pid); <-r.done })
+	waitFor(t, "the restored program to run", func() bool { return alive(w.pid) && tracerOf(w.pid) == 0 })
+	w.toggleHold(t, 0)
+	waitFor(t, "the program to find its connection closed", func() bool {
+		// Writing on a TCP socket never connected fails with EPIPE.
+		return strings.Contains(readAll(w.log), "FAIL: write: Broken pipe")
+	})
+	if err := unix.Kill(w.pid, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-r.done; err == nil {
+		t.Fatalf("the program found nothing wrong with a closed connection: %s", tailOf(w.log))
+	}
+	r.done <- nil
+}
+
+// Connections frozen closing come back in their state, queues intact,
+// and end as they would have: the peer half-closed (CLOSE_WAIT), the
+// program half-closed behind bytes its peer had no room for yet
+// (FIN_WAIT1, which turns FIN_WAIT2 once the peer reads), both
+// (LAST_ACK). Every byte arrives, then the end of the stream.
+func TestNetClosingStates(t *testing.T) {
+	needRoot(t)
+	for _, c := range []struct {
+		name                string
+		peerClose, progShut bool
+		want                uint8
+	}{
+		{"CLOSE_WAIT", true, false, 8},
+		{"FIN_WAIT1", false, true, 4},
+		{"LAST_ACK", true, true, 9},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			n := newNetns(t)
+			var ln net.Listener
+			var err error
+			n.do(func() { ln, err = net.Listen("tcp4", "127.0.0.1:0") })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			port := ln.Addr().(*net.TCPAddr).Port
+			w := startNet(t, n, "client", "127.0.0.1", strconv.Itoa(port))
+			logOf = func([]*peer) string { return w.logTail() }
+			conn, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := newPeer(conn)
+			defer p.close()
+			runStreams(t, []*peer{p}, 256<<10)
+			quiesce(t, n, w, []*peer{p}, 8<<10)
+			if c.peerClose {
+				if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if c.progShut {
+				if err := unix.Kill(w.pid, unix.SIGHUP); err != nil {
+					t.Fatal(err)
+				}
+				w.waitLine(t, "shut")
+			}
+			state := func() uint8 {
+				var st uint8
+				n.do(func() {
+					socks, err := sockdiag.DumpInet(unix.AF_INET, unix.IPPROTO_TCP)
+					if err != nil {
+						t.Error(err)
+					}
+					for _, s := range socks {
+						if s.Dst.Port() == uint16(port) && s.Ino != 0 {
+							st = s.State
+						}
+					}
+				})
+				return st
+			}
+			waitFor(t, c.name, func() bool { return state() == c.want })
+			dir := dumpNet(t, n, w)
+			r := restoreNet(t, n, w, dir)
+			if s := state(); s != c.want {
+				t.Fatalf("restored in state %d, want %d", s, c.want)
+			}
+			// Either way the peer's stream ends: the program shut it,
+			// or closed its socket after reading to the end.
+			p.eofOK.Store(true)
+			w.toggleHold(t, 0)
+			p.reading.Store(true)
+			for deadline := time.Now().Add(20 * time.Second); !p.eof.Load() && p.failed() == nil; time.Sleep(5 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the program's stream did not end: the peer wrote %d, read %d; state now %d\n%s", p.sent.Load(), p.recv.Load(), state(), w.logTail())
+				}
+			}
+			if err := p.failed(); err != nil {
+				t.Fatal(err)
+			}
+			line := r.finish(t, w, []*peer{p})
+			m := doneRE.FindStringSubmatch(line)
+			if m == nil {
+				t.Fatalf("workload: %s", line)
+			}
+			if m[1] != strconv.FormatInt(p.recv.Load(), 10) || m[2] != strconv.FormatInt(p.sent.Load(), 10) {
+				t.Fatalf("workload %s; the peer read %d and wrote %d", line, p.recv.Load(), p.sent.Load())
+			}
+		})
+	}
+}
+
+// A listener with a connection waiting in its accept queue is refused
+// (the kernel cannot put it back); --skip-in-flight dumps it without it,
+// and the restored listener accepts new clients.
+func TestNetSkipInFlight(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	const port = "7740"
+	w := startNet(t, n, "server", "127.0.0.1", port)
+	w.toggleHold(t, 1) // accepts nothing
+	var waiting net.Conn
+	var err error
+	n.do(func() { waiting, err = net.Dial("tcp4", "127.0.0.1:"+port) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer waiting.Close()
+	code, out := n.godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir(), "--tcp-established")
+	if code == 0 || !strings.Contains(out, "TCP socket 127.0.0.1:"+port+": listening, with 1 connections waiting in its accept queue") {
+		t.Fatalf("dump: exit %d: %q", code, out)
+	}
+	dir := dumpNet(t, n, w, "--skip-in-flight")
+	r := restoreNet(t, n, w, dir)
+	w.toggleHold(t, 0)
+	var c net.Conn
+	n.do(func() { c, err = net.Dial("tcp4", "127.0.0.1:"+port) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPeer(c)
+	defer p.close()
+	logOf = func([]*peer) string { return w.logTail() }
+	runStreams(t, []*peer{p}, 256<<10)
+	line := r.finish(t, w, []*peer{p})
+	if !doneRE.MatchString(line) {
+		t.Fatalf("workload: %s", line)
+	}
+}
+
+// A dump that fails after reading connections in repair mode takes them
+// out of it again: the program streams on with its peer untouched.
+func TestNetFailedDumpLeavesConnections(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	var ln net.Listener
+	var err error
+	n.do(func() { ln, err = net.Listen("tcp4", "127.0.0.1:0") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	w := startNet(t, n, "client", "127.0.0.1", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+	logOf = func([]*peer) string { return w.logTail() }
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPeer(c)
+	defer p.close()
+	runStreams(t, []*peer{p}, 256<<10)
+	script := filepath.Join(t.TempDir(), "fail-post-dump")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" != post-dump ]\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	code, out := n.godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir(), "--tcp-established", "--action-script", script)
+	if code == 0 || !strings.Contains(out, "post-dump") {
+		t.Fatalf("dump: exit %d: %q, want the post-dump script's failure", code, out)
+	}
+	runStreams(t, []*peer{p}, 1<<20)
+	if r := w.logTail(); strings.Contains(r, "FAIL") {
+		t.Fatalf("the program failed after the dump failed:\n%s", r)
+	}
+}

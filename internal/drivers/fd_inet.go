@@ -1,0 +1,837 @@
+package drivers
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/model"
+	"godwit/internal/netlock"
+	"godwit/internal/sockdiag"
+	"godwit/internal/tcprepair"
+)
+
+// Inet sockets (AF_INET, AF_INET6): TCP and MPTCP — unbound, bound,
+// listening, and (with --tcp-established) connected in any state a
+// connection can be frozen in — and UDP and UDP-Lite, bound or
+// connected. The dump learns the socket from sock_diag (addresses,
+// backlog, shutdown, waiting connections) and its options from a copy
+// taken with pidfd_getfd; an established connection is read in
+// TCP_REPAIR mode (internal/tcprepair), and that copy stays open in
+// repair mode until the dump ends, so that the task's death closes the
+// connection silently (no FIN, no RST) and its peer sees only delay. A
+// failed dump takes every socket out of repair mode again.
+//
+// Refused, naming the socket: raw and ICMP sockets; connections waiting
+// in a listener's accept queue or half-open (the kernel cannot put a
+// connection back into an accept queue; --skip-in-flight leaves them
+// out); connecting sockets (SYN_SENT); established connections without
+// --tcp-established; datagrams queued on a UDP socket (their senders
+// cannot be restored) or corked; socket filters; options CRIU's image
+// has no field for set away from their defaults (IP_TRANSPARENT,
+// TCP_USER_TIMEOUT, UDP_CORK); sockets of another network namespace.
+
+func init() { registerFDKind(inetKind{}) }
+
+type inetKind struct{}
+
+func (inetKind) name() string             { return "inet socket" }
+func (inetKind) fileKind() model.FileKind { return model.InetSocket }
+
+// match: the unix kind matches every socket and hands inet ones here.
+func (inetKind) match(string, *unix.Stat_t) bool { return false }
+func (inetKind) check(int, int, uint64) error    { return nil }
+
+// inetDump is a dump's view of its inet sockets: sock_diag's tables,
+// read once per family and protocol, and the sockets put in repair mode.
+type inetDump struct {
+	mu       sync.Mutex
+	diag     map[[2]uint32]map[uint32]*sockdiag.Inet
+	repaired []int
+}
+
+func (fl *Files) inetState() *inetDump {
+	if fl.inet == nil {
+		fl.inet = &inetDump{diag: map[[2]uint32]map[uint32]*sockdiag.Inet{}}
+	}
+	return fl.inet
+}
+
+func (d *inetDump) table(family, proto uint32) (map[uint32]*sockdiag.Inet, error) {
+	k := [2]uint32{family, proto}
+	if t, ok := d.diag[k]; ok {
+		return t, nil
+	}
+	t, err := sockdiag.DumpInet(uint8(family), proto)
+	if err != nil {
+		return nil, err
+	}
+	d.diag[k] = t
+	return t, nil
+}
+
+// ReleaseRepaired ends the dump's hold on the connections it read in
+// repair mode. resume: the tasks run on (a failed dump, --leave-running),
+// so repair mode is left first; otherwise the tasks were killed and the
+// last copy closes in repair mode, silently.
+func (fl *Files) ReleaseRepaired(resume bool) error {
+	if fl == nil || fl.inet == nil {
+		return nil
+	}
+	d := fl.inet
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for _, s := range d.repaired {
+		if resume {
+			if err := tcprepair.Off(s); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		unix.Close(s)
+	}
+	d.repaired = nil
+	return errors.Join(errs...)
+}
+
+func addrPort(sa unix.Sockaddr) netip.AddrPort {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port))
+	}
+	return netip.AddrPort{}
+}
+
+func sockaddr(family uint32, ap netip.AddrPort) unix.Sockaddr {
+	if family == unix.AF_INET {
+		return &unix.SockaddrInet4{Addr: ap.Addr().Unmap().As4(), Port: int(ap.Port())}
+	}
+	return &unix.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}
+}
+
+func protoName(p uint32) string {
+	switch p {
+	case unix.IPPROTO_TCP:
+		return "TCP"
+	case unix.IPPROTO_MPTCP:
+		return "MPTCP"
+	case unix.IPPROTO_UDP:
+		return "UDP"
+	case unix.IPPROTO_UDPLITE:
+		return "UDP-Lite"
+	}
+	return fmt.Sprintf("protocol %d", p)
+}
+
+// describe names a socket in errors: "TCP socket 127.0.0.1:80 -> 127.0.0.1:5000".
+func describe(st *model.InetSocketState) string {
+	d := protoName(st.Proto) + " socket"
+	if st.Src.IsValid() && (st.Src.Port() != 0 || !st.Src.Addr().IsUnspecified()) {
+		d += " " + st.Src.String()
+	}
+	if st.Dst.IsValid() && st.Dst.Port() != 0 {
+		d += " -> " + st.Dst.String()
+	}
+	return d
+}
+
+// collectInet reads the inet socket s (a copy of fd's) into f.
+func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
+	typ, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil {
+		return fmt.Errorf("SO_TYPE: %w", err)
+	}
+	proto, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_PROTOCOL)
+	if err != nil {
+		return fmt.Errorf("SO_PROTOCOL: %w", err)
+	}
+	switch {
+	case typ == unix.SOCK_STREAM && (proto == unix.IPPROTO_TCP || proto == unix.IPPROTO_MPTCP):
+	case typ == unix.SOCK_DGRAM && (proto == unix.IPPROTO_UDP || proto == unix.IPPROTO_UDPLITE):
+	case typ == unix.SOCK_RAW:
+		return fmt.Errorf("%s raw socket (protocol %d): not supported yet", familyName(family), proto)
+	case typ == unix.SOCK_DGRAM && (proto == unix.IPPROTO_ICMP || proto == unix.IPPROTO_ICMPV6):
+		return fmt.Errorf("%s ICMP (ping) socket: not supported yet", familyName(family))
+	default:
+		return fmt.Errorf("%s socket of type %d, protocol %d: not supported yet", familyName(family), typ, proto)
+	}
+	id := fl.inetState()
+	id.mu.Lock()
+	tab, err := id.table(uint32(family), uint32(proto))
+	id.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	ino := uint32(fd.Stat.Ino)
+	dg := tab[ino]
+	if dg == nil {
+		// sock_diag lists the sockets of godwit's network namespace
+		// that have an address: this one is of another, or unbound.
+		if err := sameNetns(s); err != nil {
+			return fmt.Errorf("%s %s socket %d: %w", familyName(family), protoName(uint32(proto)), ino, err)
+		}
+		dg = &sockdiag.Inet{State: tcprepair.StateClose}
+	}
+	if dg.State == tcpBoundInactive {
+		dg.State = tcprepair.StateClose
+	}
+	st := &model.InetSocketState{
+		Ino: ino, Family: uint32(family), Type: uint32(typ), Proto: uint32(proto), State: uint32(dg.State),
+		Shutdown: uint32(dg.Shutdown),
+	}
+	// getsockname/getpeername say what the task sees (a v4-mapped
+	// address stays mapped); sock_diag fills in a listener's backlog.
+	if sa, err := unix.Getsockname(s); err == nil {
+		st.Src = addrPort(sa)
+	} else {
+		return fmt.Errorf("getsockname: %w", err)
+	}
+	if sa, err := unix.Getpeername(s); err == nil {
+		st.Dst = addrPort(sa)
+	} else if !errors.Is(err, unix.ENOTCONN) {
+		return fmt.Errorf("getpeername: %w", err)
+	} else {
+		// As the image keeps it: the family's any address, port 0.
+		st.Dst = netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+		if family == unix.AF_INET6 {
+			st.Dst = netip.AddrPortFrom(netip.IPv6Unspecified(), 0)
+		}
+	}
+	what := describe(st)
+	if err := inetOpts(s, st); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if st.Opts, err = inetSocketOpts(s); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	f.Kind, f.Path, f.Inet = model.InetSocket, "", st
+	if typ == unix.SOCK_DGRAM {
+		return collectUDP(s, st, what)
+	}
+	switch st.State {
+	case tcprepair.StateClose:
+		if st.Shutdown != 0 {
+			return fmt.Errorf("%s: shut down and closed: not supported yet", what)
+		}
+		return nil
+	case tcprepair.StateListen:
+		st.Backlog = dg.Wqueue
+		if dg.Rqueue > 0 && !fl.SkipInFlight {
+			return fmt.Errorf("%s: listening, with %d connections waiting in its accept queue (the kernel cannot put them back; --skip-in-flight leaves them out, and their clients are reset)", what, dg.Rqueue)
+		}
+		if n := halfOpen(tab, dg); n > 0 && !fl.SkipInFlight {
+			return fmt.Errorf("%s: listening, with %d connections half-open (SYN_RECV; --skip-in-flight leaves them out)", what, n)
+		}
+		return nil
+	}
+	if err := tcprepair.Supported(uint8(st.State)); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if st.Proto == unix.IPPROTO_MPTCP {
+		// A connection that fell back to TCP when accepted is a TCP
+		// socket; one that stays MPTCP cannot be rebuilt: a new MPTCP
+		// socket refuses TCP_REPAIR (ENOPROTOOPT).
+		return fmt.Errorf("%s: connected MPTCP socket (%s): not supported (the kernel has no repair mode for MPTCP)", what, tcprepair.StateName(uint8(st.State)))
+	}
+	if !fl.TCPEstablished {
+		return fmt.Errorf("%s: established TCP connection (%s): dump with --tcp-established", what, tcprepair.StateName(uint8(st.State)))
+	}
+	if extra := st.Shutdown &^ impliedShutdown(uint8(st.State)); extra&2 != 0 {
+		return fmt.Errorf("%s: send side shut down in %s: not supported", what, tcprepair.StateName(uint8(st.State)))
+	}
+	// Its packets go nowhere from now on, until the restore (or the
+	// end of a dump that leaves the task running).
+	if err := fl.NetLock.Lock([]netlock.Conn{{Local: st.Src, Remote: st.Dst}}); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return repairDump(id, s, st, what)
+}
+
+// tcpBoundInactive is how sock_diag reports a TCP socket bound but
+// neither listening nor connected (TCP_BOUND_INACTIVE,
+// include/net/tcp_states.h).
+const tcpBoundInactive = 13
+
+// sameNetns refuses a socket of another network namespace than godwit's
+// (the restore would make it in godwit's).
+func sameNetns(s int) error {
+	nsfd, err := unix.IoctlRetInt(s, unix.SIOCGSKNS)
+	if err != nil {
+		return fmt.Errorf("SIOCGSKNS: %w", err)
+	}
+	defer unix.Close(nsfd)
+	var a, b unix.Stat_t
+	if err := unix.Fstat(nsfd, &a); err != nil {
+		return fmt.Errorf("stat its network namespace: %w", err)
+	}
+	if err := unix.Stat("/proc/thread-self/ns/net", &b); err != nil {
+		return fmt.Errorf("stat godwit's network namespace: %w", err)
+	}
+	if a.Ino != b.Ino || a.Dev != b.Dev {
+		return errors.New("in another network namespace than godwit's: not supported yet")
+	}
+	return nil
+}
+
+// repairDump puts a copy of s in repair mode, kept until the dump ends
+// (ReleaseRepaired), and reads the connection.
+func repairDump(id *inetDump, s int, st *model.InetSocketState, what string) error {
+	keep, err := unix.Dup(s)
+	if err != nil {
+		return fmt.Errorf("%s: dup: %w", what, err)
+	}
+	unix.CloseOnExec(keep)
+	if err := tcprepair.On(keep); err != nil {
+		unix.Close(keep)
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	id.mu.Lock()
+	id.repaired = append(id.repaired, keep)
+	id.mu.Unlock()
+	rs, err := tcprepair.Dump(keep)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	st.Stream = &model.TCPStream{
+		InSeq: rs.InSeq, OutSeq: rs.OutSeq, InQ: rs.InQ, OutQ: rs.OutQ, Unsent: rs.Unsent,
+		OptMask: rs.Options, SndWscale: rs.SndWscale, RcvWscale: rs.RcvWscale,
+		MSSClamp: rs.MSSClamp, Timestamp: rs.Timestamp,
+	}
+	if w := rs.Window; w != nil {
+		ms := st.Stream
+		ms.HasWindow = true
+		ms.SndWl1, ms.SndWnd, ms.MaxWnd, ms.RcvWnd, ms.RcvWup = w.SndWl1, w.SndWnd, w.MaxWindow, w.RcvWnd, w.RcvWup
+	}
+	return nil
+}
+
+// impliedShutdown is the sk_shutdown a TCP state brings with it: a FIN
+// received shuts down receiving, one sent sending.
+func impliedShutdown(state uint8) uint32 {
+	var s uint32
+	switch state {
+	case tcprepair.StateCloseWait, tcprepair.StateClosing, tcprepair.StateLastAck:
+		s |= 1
+	}
+	switch state {
+	case tcprepair.StateFinWait1, tcprepair.StateFinWait2, tcprepair.StateClosing, tcprepair.StateLastAck:
+		s |= 2
+	}
+	return s
+}
+
+// halfOpen counts the connections in SYN_RECV on a listener's address.
+func halfOpen(tab map[uint32]*sockdiag.Inet, l *sockdiag.Inet) int {
+	n := 0
+	for _, s := range tab {
+		if s.State == tcprepair.StateSynRecv && s.Src.Port() == l.Src.Port() && (l.Src.Addr().IsUnspecified() || s.Src.Addr() == l.Src.Addr()) {
+			n++
+		}
+	}
+	return n
+}
+
+func collectUDP(s int, st *model.InetSocketState, what string) error {
+	if st.Shutdown != 0 {
+		return fmt.Errorf("%s: shut down: not supported yet", what)
+	}
+	inq, err := unix.IoctlGetInt(s, unix.SIOCINQ)
+	if err != nil {
+		return fmt.Errorf("%s: SIOCINQ: %w", what, err)
+	}
+	if inq > 0 {
+		return fmt.Errorf("%s: datagrams queued to be read (their senders cannot be restored): not supported yet", what)
+	}
+	outq, err := unix.IoctlGetInt(s, unix.SIOCOUTQ)
+	if err != nil {
+		return fmt.Errorf("%s: SIOCOUTQ: %w", what, err)
+	}
+	if outq > 0 {
+		return fmt.Errorf("%s: %d bytes being sent or corked: not supported", what, outq)
+	}
+	cork, err := unix.GetsockoptInt(s, unix.IPPROTO_UDP, unix.UDP_CORK)
+	if err != nil {
+		return fmt.Errorf("%s: UDP_CORK: %w", what, err)
+	}
+	if cork != 0 {
+		return fmt.Errorf("%s: UDP_CORK is set: not supported yet", what)
+	}
+	return nil
+}
+
+// defaultTTL is the network namespace's default IPv4 TTL (read once:
+// godwit stays in one namespace).
+var defaultTTL = sync.OnceValue(func() uint32 {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_default_ttl")
+	if err != nil {
+		return 64
+	}
+	v, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 64
+	}
+	return uint32(v)
+})
+
+// inetOpts reads the inet and TCP options into st, refusing those the
+// image cannot carry.
+func inetOpts(s int, st *model.InetSocketState) error {
+	o := &st.Inet
+	var err error
+	geti := func(level, opt int, name string) int {
+		if err != nil {
+			return 0
+		}
+		var v int
+		if v, err = unix.GetsockoptInt(s, level, opt); err != nil {
+			if st.Proto == unix.IPPROTO_MPTCP && unsupportedOpt(err) {
+				// MPTCP has no such option (nor could it be set).
+				err = nil
+				return 0
+			}
+			err = fmt.Errorf("getsockopt %s: %w", name, err)
+		}
+		return v
+	}
+	o.ReuseAddr = geti(unix.SOL_SOCKET, unix.SO_REUSEADDR, "SO_REUSEADDR") != 0
+	o.ReusePort = geti(unix.SOL_SOCKET, unix.SO_REUSEPORT, "SO_REUSEPORT") != 0
+	o.KeepAlive = geti(unix.SOL_SOCKET, unix.SO_KEEPALIVE, "SO_KEEPALIVE") != 0
+	o.Broadcast = geti(unix.SOL_SOCKET, unix.SO_BROADCAST, "SO_BROADCAST") != 0
+	o.OOBInline = geti(unix.SOL_SOCKET, unix.SO_OOBINLINE, "SO_OOBINLINE") != 0
+	if geti(unix.SOL_SOCKET, unix.SO_TIMESTAMP, "SO_TIMESTAMP") != 0 {
+		return errors.New("SO_TIMESTAMP is set: not supported yet")
+	}
+	if st.Family == unix.AF_INET {
+		o.Freebind = geti(unix.SOL_IP, unix.IP_FREEBIND, "IP_FREEBIND") != 0
+		o.TOS = uint32(geti(unix.SOL_IP, unix.IP_TOS, "IP_TOS"))
+		if geti(unix.SOL_IP, unix.IP_TRANSPARENT, "IP_TRANSPARENT") != 0 {
+			return errors.New("IP_TRANSPARENT is set: not supported yet")
+		}
+		// A TTL equal to the namespace's default is left unset: setting
+		// it would pin it.
+		if ttl := uint32(geti(unix.SOL_IP, unix.IP_TTL, "IP_TTL")); ttl != defaultTTL() {
+			o.TTL = ttl
+		}
+	} else {
+		o.Freebind = geti(unix.SOL_IPV6, unix.IPV6_FREEBIND, "IPV6_FREEBIND") != 0
+		st.V6Only = geti(unix.SOL_IPV6, unix.IPV6_V6ONLY, "IPV6_V6ONLY") != 0
+		if geti(unix.SOL_IPV6, unix.IPV6_TRANSPARENT, "IPV6_TRANSPARENT") != 0 {
+			return errors.New("IPV6_TRANSPARENT is set: not supported yet")
+		}
+		if tc := geti(unix.SOL_IPV6, unix.IPV6_TCLASS, "IPV6_TCLASS"); tc != 0 {
+			return fmt.Errorf("IPV6_TCLASS is %d: not supported yet", tc)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if dev, derr := unix.GetsockoptString(s, unix.SOL_SOCKET, unix.SO_BINDTODEVICE); derr == nil {
+		st.BindDev = dev
+	} else {
+		return fmt.Errorf("getsockopt SO_BINDTODEVICE: %w", derr)
+	}
+	l, lerr := unix.GetsockoptLinger(s, unix.SOL_SOCKET, unix.SO_LINGER)
+	if lerr != nil {
+		return fmt.Errorf("getsockopt SO_LINGER: %w", lerr)
+	}
+	o.LingerOn, o.Linger = l.Onoff != 0, uint32(l.Linger)
+	if st.Type != unix.SOCK_STREAM {
+		return nil
+	}
+	tcp := unix.IPPROTO_TCP
+	if st.Proto == unix.IPPROTO_MPTCP {
+		// An MPTCP socket answers the TCP options it supports at
+		// SOL_TCP too.
+		tcp = unix.SOL_TCP
+	}
+	o.NoDelay = geti(tcp, unix.TCP_NODELAY, "TCP_NODELAY") != 0
+	o.Cork = geti(tcp, unix.TCP_CORK, "TCP_CORK") != 0
+	o.KeepIdle = uint32(geti(tcp, unix.TCP_KEEPIDLE, "TCP_KEEPIDLE"))
+	o.KeepIntvl = uint32(geti(tcp, unix.TCP_KEEPINTVL, "TCP_KEEPINTVL"))
+	o.KeepCnt = uint32(geti(tcp, unix.TCP_KEEPCNT, "TCP_KEEPCNT"))
+	if st.Proto == unix.IPPROTO_TCP {
+		if ut := geti(tcp, unix.TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT"); ut != 0 && err == nil {
+			return fmt.Errorf("TCP_USER_TIMEOUT is %d: not supported yet", ut)
+		}
+	}
+	return err
+}
+
+func (inetKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
+	s, err := grabFD(pid, fd.Num)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(s)
+	dom, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		return fmt.Errorf("SO_DOMAIN: %w", err)
+	}
+	return collectInet(fl, fd, f, s, dom)
+}
+
+func (inetKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error) {
+	st := f.Inet
+	if st == nil {
+		return 0, fmt.Errorf("%s: inet socket without its state", what)
+	}
+	what = fmt.Sprintf("%s: %s", what, describe(st))
+	s, ok := rs.socks[st.Ino]
+	if h := rs.r.Held; !ok && h != nil {
+		// A listener made early, for a connection on its port.
+		if s, ok = h.socks[st.Ino]; ok {
+			delete(h.socks, st.Ino)
+			rs.socks[st.Ino] = s
+		}
+	}
+	if !ok {
+		var err error
+		if s, err = makeInet(rs, st); err != nil {
+			return 0, fmt.Errorf("%s: %w", what, err)
+		}
+		rs.socks[st.Ino] = s
+	}
+	if _, err := unix.FcntlInt(uintptr(s), unix.F_SETFL, int(f.Flags&unix.O_NONBLOCK)); err != nil {
+		return 0, fmt.Errorf("%s: F_SETFL: %w", what, err)
+	}
+	return rs.install(what, s)
+}
+
+// makeInet makes the socket of st in godwit.
+func makeInet(rs *restoreFDs, st *model.InetSocketState) (int, error) {
+	connected := st.Type == unix.SOCK_STREAM && st.State != tcprepair.StateClose && st.State != tcprepair.StateListen
+	if connected && rs.r.TCPClose {
+		// --tcp-close: a closed socket, with its options.
+		return newInet(st, false)
+	}
+	if connected {
+		if st.Stream == nil {
+			return -1, fmt.Errorf("established connection (%s) dumped without --tcp-established", tcprepair.StateName(uint8(st.State)))
+		}
+		if !rs.r.TCPEstablished {
+			return -1, errors.New("established connection: restore with --tcp-established")
+		}
+		if err := listenersFirst(rs, st); err != nil {
+			return -1, err
+		}
+		ms := st.Stream
+		rst := &tcprepair.Stream{
+			State: uint8(st.State), InSeq: ms.InSeq, OutSeq: ms.OutSeq, InQ: ms.InQ, OutQ: ms.OutQ, Unsent: ms.Unsent,
+			Options: ms.OptMask, SndWscale: ms.SndWscale, RcvWscale: ms.RcvWscale, MSSClamp: ms.MSSClamp, Timestamp: ms.Timestamp,
+		}
+		if ms.HasWindow {
+			rst.Window = &tcprepair.Window{SndWl1: ms.SndWl1, SndWnd: ms.SndWnd, MaxWindow: ms.MaxWnd, RcvWnd: ms.RcvWnd, RcvWup: ms.RcvWup}
+		}
+		s, err := tcprepair.Restore(int(st.Family), int(st.Proto), sockaddr(st.Family, st.Src), sockaddr(st.Family, st.Dst), rst,
+			func(s int) error { return setInetOpts(s, st, false, true) })
+		if err != nil {
+			return -1, notLocal(st, err)
+		}
+		// Repair mode bound it whatever held the port; SO_REUSEADDR
+		// as the task had it (leaving repair cleared it).
+		if err := setInetOpts(s, st, true, false); err != nil {
+			unix.Close(s)
+			return -1, err
+		}
+		if extra := st.Shutdown &^ impliedShutdown(uint8(st.State)); extra&1 != 0 {
+			if err := unix.Shutdown(s, unix.SHUT_RD); err != nil {
+				unix.Close(s)
+				return -1, fmt.Errorf("shutdown(SHUT_RD): %w", err)
+			}
+		}
+		return s, nil
+	}
+	return newInet(st, true)
+}
+
+// notLocal names the address when the kernel refused it as not local.
+func notLocal(st *model.InetSocketState, err error) error {
+	if !errors.Is(err, unix.EADDRNOTAVAIL) {
+		return err
+	}
+	if st.Type == unix.SOCK_STREAM && st.State != tcprepair.StateListen && st.State != tcprepair.StateClose {
+		return fmt.Errorf("address %s is not local here (--tcp-close restores the connection closed)", st.Src.Addr())
+	}
+	return fmt.Errorf("address %s is not local here", st.Src.Addr())
+}
+
+// newInet makes an unconnected TCP socket (unbound, bound or listening)
+// or a UDP socket (bound, connected); bind false: only the socket and
+// its options (--tcp-close).
+func newInet(st *model.InetSocketState, bind bool) (int, error) {
+	s, err := unix.Socket(int(st.Family), int(st.Type)|unix.SOCK_CLOEXEC, int(st.Proto))
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			unix.Close(s)
+		}
+	}()
+	if err := setInetOpts(s, st, false, false); err != nil {
+		return -1, err
+	}
+	bound := st.Src.Port() != 0 || (st.Src.IsValid() && !st.Src.Addr().IsUnspecified())
+	if bind && bound {
+		if err := unix.Bind(s, sockaddr(st.Family, st.Src)); err != nil {
+			return -1, notLocal(st, fmt.Errorf("bind: %w", err))
+		}
+	}
+	if bind && st.Type == unix.SOCK_STREAM && st.State == tcprepair.StateListen {
+		if err := unix.Listen(s, int(st.Backlog)); err != nil {
+			return -1, fmt.Errorf("listen: %w", err)
+		}
+	}
+	if bind && st.Type == unix.SOCK_DGRAM && st.State == tcprepair.StateEstablished {
+		if err := unix.Connect(s, sockaddr(st.Family, st.Dst)); err != nil {
+			return -1, fmt.Errorf("connect: %w", err)
+		}
+	}
+	ok = true
+	return s, nil
+}
+
+// listenersFirst makes, before a connection on their port, the tree's
+// listeners on that port not made yet: a listener binds only where no
+// connection without SO_REUSEADDR holds its port, as when the task made
+// it, while a connection in repair mode binds anywhere.
+func listenersFirst(rs *restoreFDs, c *model.InetSocketState) error {
+	if rs.listeners == nil {
+		// The tree's listeners by port, once per task (not a pass over
+		// every file per connection).
+		rs.listeners = map[uint16][]model.ID{}
+		for id, f := range rs.r.Tree.Files {
+			if l := f.Inet; l != nil && l.State == tcprepair.StateListen {
+				rs.listeners[l.Src.Port()] = append(rs.listeners[l.Src.Port()], id)
+			}
+		}
+		rs.mine = map[model.ID]bool{}
+		for _, e := range rs.r.Task.FDs {
+			rs.mine[e.File] = true
+		}
+	}
+	for _, id := range rs.listeners[c.Src.Port()] {
+		l := rs.r.Tree.Files[id].Inet
+		if l.Family != c.Family {
+			continue
+		}
+		if _, ok := rs.socks[l.Ino]; ok {
+			continue
+		}
+		if h := rs.r.Held; h != nil {
+			if _, ok := h.socks[l.Ino]; ok {
+				continue
+			}
+		}
+		if at, ok := rs.r.Opened[id]; ok && at.Pid != rs.r.Task.Pid {
+			continue // made in a task restored before
+		}
+		s, err := newInet(l, true)
+		if err != nil {
+			return fmt.Errorf("its listener %s: %w", describe(l), err)
+		}
+		if rs.mine[id] || rs.r.Held == nil {
+			rs.socks[l.Ino] = s
+		} else {
+			rs.r.Held.socks[l.Ino] = s
+		}
+	}
+	return nil
+}
+
+// setInetOpts gives s the dumped options. A socket in repair mode binds
+// with the kernel's forced reuse, which SO_REUSEADDR would undo: it is
+// set after (after), once the connection is made.
+func setInetOpts(s int, st *model.InetSocketState, after, repair bool) error {
+	o := &st.Inet
+	b := func(v bool) int {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	type opt = sockOpt
+	if after {
+		return setInts(s, []opt{{unix.SOL_SOCKET, unix.SO_REUSEADDR, b(o.ReuseAddr), "SO_REUSEADDR"}})
+	}
+	if st.Family == unix.AF_INET {
+		// IP_TOS sets the priority too: before SO_PRIORITY.
+		if err := setInts(s, []opt{{unix.SOL_IP, unix.IP_TOS, int(o.TOS), "IP_TOS"}}); err != nil {
+			return err
+		}
+	}
+	if err := setInetSocketOpts(s, &st.Opts); err != nil {
+		return err
+	}
+	var os []opt
+	if !repair {
+		os = append(os, opt{unix.SOL_SOCKET, unix.SO_REUSEADDR, b(o.ReuseAddr), "SO_REUSEADDR"})
+	}
+	os = append(os, []opt{
+		{unix.SOL_SOCKET, unix.SO_REUSEPORT, b(o.ReusePort), "SO_REUSEPORT"},
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, b(o.KeepAlive), "SO_KEEPALIVE"},
+		{unix.SOL_SOCKET, unix.SO_BROADCAST, b(o.Broadcast), "SO_BROADCAST"},
+		{unix.SOL_SOCKET, unix.SO_OOBINLINE, b(o.OOBInline), "SO_OOBINLINE"},
+	}...)
+	if st.Family == unix.AF_INET {
+		os = append(os, opt{unix.SOL_IP, unix.IP_FREEBIND, b(o.Freebind), "IP_FREEBIND"})
+		if o.TTL != 0 {
+			os = append(os, opt{unix.SOL_IP, unix.IP_TTL, int(o.TTL), "IP_TTL"})
+		}
+	} else {
+		os = append(os, opt{unix.SOL_IPV6, unix.IPV6_FREEBIND, b(o.Freebind), "IPV6_FREEBIND"}, opt{unix.SOL_IPV6, unix.IPV6_V6ONLY, b(st.V6Only), "IPV6_V6ONLY"})
+	}
+	if st.Type == unix.SOCK_STREAM {
+		os = append(os, opt{unix.SOL_TCP, unix.TCP_NODELAY, b(o.NoDelay), "TCP_NODELAY"},
+			opt{unix.SOL_TCP, unix.TCP_CORK, b(o.Cork), "TCP_CORK"})
+		for _, k := range []struct {
+			opt  int
+			v    uint32
+			name string
+		}{{unix.TCP_KEEPIDLE, o.KeepIdle, "TCP_KEEPIDLE"}, {unix.TCP_KEEPINTVL, o.KeepIntvl, "TCP_KEEPINTVL"}, {unix.TCP_KEEPCNT, o.KeepCnt, "TCP_KEEPCNT"}} {
+			if k.v != 0 {
+				os = append(os, opt{unix.SOL_TCP, k.opt, int(k.v), k.name})
+			}
+		}
+	}
+	if err := setInts(s, os); err != nil {
+		return err
+	}
+	if st.BindDev != "" {
+		if err := unix.SetsockoptString(s, unix.SOL_SOCKET, unix.SO_BINDTODEVICE, st.BindDev); err != nil {
+			return fmt.Errorf("SO_BINDTODEVICE %s: %w", st.BindDev, err)
+		}
+	}
+	if o.LingerOn {
+		if err := unix.SetsockoptLinger(s, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: int32(o.Linger)}); err != nil {
+			return fmt.Errorf("SO_LINGER: %w", err)
+		}
+	}
+	return nil
+}
+
+// unsupportedOpt: the socket's protocol has no such option.
+func unsupportedOpt(err error) bool {
+	return errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOPROTOOPT)
+}
+
+// sockOpt is an integer socket option to set.
+type sockOpt struct {
+	level, opt, v int
+	name          string
+}
+
+func setInts(s int, os []sockOpt) error {
+	for _, o := range os {
+		cur, err := unix.GetsockoptInt(s, o.level, o.opt)
+		if err == nil && cur == o.v || o.v == 0 && unsupportedOpt(err) {
+			continue // as wanted, or an option MPTCP has not
+		}
+		if err := unix.SetsockoptInt(s, o.level, o.opt, o.v); err != nil {
+			return fmt.Errorf("setsockopt %s %d: %w", o.name, o.v, err)
+		}
+	}
+	return nil
+}
+
+// inetSocketOpts reads the socket-level options of an inet socket
+// (SO_PASSCRED and SO_PASSSEC are unix and netlink options: an inet
+// socket answers EOPNOTSUPP).
+func inetSocketOpts(s int) (model.SocketOpts, error) {
+	var o model.SocketOpts
+	var err error
+	geti := func(opt int, what string) uint32 {
+		if err != nil {
+			return 0
+		}
+		var v int
+		if v, err = unix.GetsockoptInt(s, unix.SOL_SOCKET, opt); err != nil {
+			err = fmt.Errorf("getsockopt %s: %w", what, err)
+		}
+		return uint32(v)
+	}
+	o.SndBuf = geti(unix.SO_SNDBUF, "SO_SNDBUF")
+	o.RcvBuf = geti(unix.SO_RCVBUF, "SO_RCVBUF")
+	o.Priority = geti(unix.SO_PRIORITY, "SO_PRIORITY")
+	o.RcvLowat = geti(unix.SO_RCVLOWAT, "SO_RCVLOWAT")
+	o.Mark = geti(unix.SO_MARK, "SO_MARK")
+	if err != nil {
+		return o, err
+	}
+	if off, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_PEEK_OFF); err == nil && off != -1 {
+		return o, fmt.Errorf("SO_PEEK_OFF is set (%d): not supported yet", off)
+	}
+	for _, t := range []struct {
+		opt      int
+		sec, use *uint64
+	}{{unix.SO_SNDTIMEO, &o.SndTimeoSec, &o.SndTimeoUsec}, {unix.SO_RCVTIMEO, &o.RcvTimeoSec, &o.RcvTimeoUsec}} {
+		tv, err := unix.GetsockoptTimeval(s, unix.SOL_SOCKET, t.opt)
+		if err != nil {
+			return o, fmt.Errorf("getsockopt timeout: %w", err)
+		}
+		*t.sec, *t.use = uint64(tv.Sec), uint64(tv.Usec)
+	}
+	var n uint32
+	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(s), unix.SOL_SOCKET, unix.SO_GET_FILTER, 0, uintptr(unsafe.Pointer(&n)), 0); e != 0 {
+		return o, fmt.Errorf("getsockopt SO_GET_FILTER: %w", e)
+	}
+	if n != 0 {
+		return o, fmt.Errorf("a socket filter of %d instructions is attached: not supported yet", n)
+	}
+	return o, nil
+}
+
+// setInetSocketOpts gives s the dumped socket-level options; buffer
+// sizes only where they differ from a new socket's (setting one locks it
+// against autotuning).
+func setInetSocketOpts(s int, o *model.SocketOpts) error {
+	if o.PassCred || o.PassSec {
+		return errors.New("SO_PASSCRED or SO_PASSSEC on an inet socket")
+	}
+	for _, b := range []struct {
+		get, set int
+		v        uint32
+		what     string
+	}{{unix.SO_SNDBUF, unix.SO_SNDBUFFORCE, o.SndBuf, "SO_SNDBUF"}, {unix.SO_RCVBUF, unix.SO_RCVBUFFORCE, o.RcvBuf, "SO_RCVBUF"}} {
+		cur, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, b.get)
+		if err != nil {
+			return fmt.Errorf("getsockopt %s: %w", b.what, err)
+		}
+		if uint32(cur) != b.v {
+			// The kernel doubles what it is given.
+			if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, b.set, int(b.v/2)); err != nil {
+				return fmt.Errorf("setsockopt %s %d: %w", b.what, b.v, err)
+			}
+		}
+	}
+	if err := setInts(s, []sockOpt{
+		{unix.SOL_SOCKET, unix.SO_PRIORITY, int(o.Priority), "SO_PRIORITY"},
+		{unix.SOL_SOCKET, unix.SO_RCVLOWAT, int(o.RcvLowat), "SO_RCVLOWAT"},
+		{unix.SOL_SOCKET, unix.SO_MARK, int(o.Mark), "SO_MARK"},
+	}); err != nil {
+		return err
+	}
+	for _, t := range []struct {
+		opt      int
+		sec, use uint64
+	}{{unix.SO_SNDTIMEO, o.SndTimeoSec, o.SndTimeoUsec}, {unix.SO_RCVTIMEO, o.RcvTimeoSec, o.RcvTimeoUsec}} {
+		if t.sec == 0 && t.use == 0 {
+			continue
+		}
+		tv := unix.Timeval{Sec: int64(t.sec), Usec: int64(t.use)}
+		if err := unix.SetsockoptTimeval(s, unix.SOL_SOCKET, t.opt, &tv); err != nil {
+			return fmt.Errorf("setsockopt timeout: %w", err)
+		}
+	}
+	return nil
+}
