@@ -31,8 +31,8 @@ a remote lazy-pages daemon, until it has them all. CRIU's protocol over TCP by d
 required client certificate under --tls (CRIU's option set; --tls-allowed-client NAME admits
 only the named clients); --transport quic carries the same framing over QUIC with the same
 mutual TLS. Without TLS the server listens on 127.0.0.1 unless --address is given;
---lazy-pages requires --tls or --transport quic on every address, loopback included (any
-local user could otherwise read the dumped memory). Images are 0600, never replaced (an OPEN of an
+--lazy-pages without --tls or --transport quic serves plain TCP as CRIU does, with a warning:
+any peer that reaches the address, local users included, can read the dumped memory. Images are 0600, never replaced (an OPEN of an
 existing pagemap is refused); --max-bytes and --max-files bound what all sessions write.
 --port 0 picks a free port and prints it.`,
 		Args: noArgs,
