@@ -73,9 +73,6 @@ func (m *migLab) startAgent(extra ...string) {
 	}
 	agent := m.agent
 	t.Cleanup(func() {
-		if _, err := m.b.RootPID(0); err == nil {
-			return
-		}
 		if m.agentP > 0 {
 			killAndForget(m.agentP)
 		}
@@ -223,13 +220,11 @@ func trackHolders(pid int) []int {
 		if err != nil {
 			continue
 		}
-		// The pidfd names the target by its PID in the holder's namespace.
+		// The pidfd's target, as a PID of the /proc read (this machine's).
 		for _, ln := range strings.Split(string(info), "\n") {
 			if v, ok := strings.CutPrefix(ln, "Pid:"); ok {
-				if p, _ := strconv.Atoi(strings.TrimSpace(v)); p > 0 {
-					if rp, err := lab.NSPid(pid); err == nil && rp == p {
-						out = append(out, h)
-					}
+				if p, _ := strconv.Atoi(strings.TrimSpace(v)); p == pid {
+					out = append(out, h)
 				}
 			}
 		}
@@ -258,7 +253,9 @@ func finishMoved(t *testing.T, w *labWorkload, rootPID int) {
 func TestMigratePrecopyC(t *testing.T) {
 	m := newMigLab(t)
 	m.startAgent()
-	w := startOn(t, m.a, workloads["counter"], "-m", "64", "-t", "4")
+	// -p: a parent-death signal, which must not bind the moved program
+	// to the agent that restored it.
+	w := startOn(t, m.a, workloads["counter"], "-m", "64", "-t", "4", "-p")
 	code, res, stderr := m.send(w, "--max-rounds", "3")
 	if code != 0 {
 		t.Fatalf("migrate send: exit %d: %s", code, stderr)
@@ -267,6 +264,8 @@ func TestMigratePrecopyC(t *testing.T) {
 	if res.PID != w.hostPID || res.Downtime <= 0 || len(res.Rounds) < 2 || res.Rounds[0].Pages < 64*256 {
 		t.Errorf("result %+v", res)
 	}
+	killAndForget(m.agentP)
+	_ = m.agent.Wait()
 	finishMoved(t, w, rp)
 }
 
@@ -394,6 +393,9 @@ func TestMigrateKilledMidwayLeavesTheSourceRunning(t *testing.T) {
 			for sc.Scan() && !strings.HasPrefix(sc.Text(), "round 0") {
 			}
 			go func() { _, _ = io.Copy(io.Discard, pr) }()
+			if len(trackHolders(w.rootPID)) == 0 {
+				t.Fatal("no tracking holder after a pre-copy round")
+			}
 			switch victim {
 			case "send":
 				killAndForget(sendP)
@@ -417,24 +419,19 @@ func TestMigrateKilledMidwayLeavesTheSourceRunning(t *testing.T) {
 				t.Fatalf("migrate send still running 2 minutes after its %s went", victim)
 			}
 			if victim == "send" {
-				// The tracking holder lives on until its timeout (or the
-				// next migration of the program ends it).
+				// Its tracking guard ends the tracking; a ptrace stop
+				// ends with the tracer.
 				deadline := time.Now().Add(10 * time.Second)
 				for {
 					state, tracer := procState(t, w.rootPID)
-					if tracer == 0 && state != "t" && state != "T" {
+					if tracer == 0 && state != "t" && state != "T" && len(trackHolders(w.rootPID)) == 0 {
 						break
 					}
 					if time.Now().After(deadline) {
-						t.Fatalf("source left in state %s, tracer %d", state, tracer)
+						t.Fatalf("source left in state %s, tracer %d, holders %v", state, tracer, trackHolders(w.rootPID))
 					}
 					time.Sleep(10 * time.Millisecond)
 				}
-				w.waitTicks(3)
-				for _, h := range trackHolders(w.rootPID) {
-					killAndForget(h)
-				}
-				return
 			}
 			intact(t, w)
 		})

@@ -533,7 +533,10 @@ func (in *inbound) restore(ctx context.Context) error {
 		}
 		return nil
 	}}
-	r, err := restorer.RestoreContext(ctx, restorer.Options{ImagesDir: filepath.Join(in.dir, "final")}, scripts)
+	// Detach: the agent is not the program's parent on the source, so a
+	// parent-death signal the program set must not tie it to the agent's
+	// life (as `restore -d`). The agent still reaps the root.
+	r, err := restorer.RestoreContext(ctx, restorer.Options{ImagesDir: filepath.Join(in.dir, "final"), Detach: true}, scripts)
 	if err != nil {
 		return phaseErr(PhaseRestore, err)
 	}

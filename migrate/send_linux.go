@@ -153,6 +153,13 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		defer os.RemoveAll(work)
 	}
 	tracking := false
+	if o.MaxRounds > 0 {
+		g, err := startGuard(o.Pid)
+		if err != nil {
+			return res, phaseErr(PhasePrecopy, err)
+		}
+		defer g.done()
+	}
 	// Before the agent is ready, a failure leaves the source as it was.
 	abort := func(p Phase, err error) error {
 		_ = s.send(&pb.Envelope{Msg: &pb.Envelope_Abort{Abort: &pb.Abort{Reason: err.Error()}}})
