@@ -47,6 +47,9 @@ type AgentConfig struct {
 	MaxImageBytes int64
 	// Observe, if set, is called with every finished migration (metrics).
 	Observe func(Result)
+	// Metrics, if set, counts the migrations in flight and observes each
+	// finished one.
+	Metrics *Metrics
 	Log     *logging.Logger
 }
 
@@ -161,13 +164,48 @@ type inbound struct {
 	bytes  int64
 	// restored, once Ready was sent, is the stopped tree.
 	files map[string]*os.File
+	// frozeAt is when the final round started: the source freezes the
+	// tree right after asking for it.
+	frozeAt time.Time
+}
+
+// addRound records round ps as the agent saw it: the pages its page server
+// wrote, from the round's start to its last page on disk. The program's
+// dirty rate during the previous round is what this round carried over that
+// round's time (the first round carries every page: not measured).
+func (in *inbound) addRound(ps *pageServing) {
+	dur := time.Since(ps.start)
+	var bytes uint64
+	if ents, err := os.ReadDir(ps.dir); err == nil {
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), "pages-") && strings.HasSuffix(e.Name(), ".img") {
+				if fi, err := e.Info(); err == nil {
+					bytes += uint64(fi.Size())
+				}
+			}
+		}
+	}
+	r := Round{N: len(in.res.Rounds), Pages: bytes / uint64(os.Getpagesize()), Bytes: bytes, Duration: dur}
+	if dur > 0 {
+		r.Bandwidth = float64(bytes) / dur.Seconds()
+	}
+	if n := len(in.res.Rounds); n > 0 && in.res.Rounds[n-1].Duration > 0 {
+		r.DirtyRate = float64(bytes) / in.res.Rounds[n-1].Duration.Seconds()
+	}
+	if ps.final && !in.frozeAt.IsZero() {
+		r.Frozen = dur
+	}
+	in.res.Rounds = append(in.res.Rounds, r)
 }
 
 // pageServing is one round's page server.
 type pageServing struct {
-	n    uint32
-	ln   *pageserver.Listener
-	done chan error
+	n     uint32
+	final bool
+	dir   string
+	start time.Time
+	ln    *pageserver.Listener
+	done  chan error
 	// stopOnDone: the server does not end by itself (QUIC); cancel ends it.
 	stopOnDone bool
 	cancel     context.CancelFunc
@@ -188,7 +226,9 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 			return
 		}
 		a.cfg.Log.Warnf("agent: %s: TLS: %v", raw.RemoteAddr(), err)
-		a.record(Result{Source: raw.RemoteAddr().String(), Started: time.Now(), FailedPhase: PhaseConnect, Error: err.Error()})
+		r := Result{Source: raw.RemoteAddr().String(), Started: time.Now(), FailedPhase: PhaseConnect, Error: err.Error()}
+		a.record(r)
+		a.cfg.Metrics.Observe(r)
 		return
 	}
 	select {
@@ -200,6 +240,7 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 	a.mu.Lock()
 	a.inflight++
 	a.mu.Unlock()
+	observe := a.cfg.Metrics.Started()
 	defer func() {
 		a.mu.Lock()
 		a.inflight--
@@ -228,6 +269,7 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 		a.cfg.Log.Infof("agent: migration %s of %d from %s done in %v", in.res.ID, in.res.PID, in.res.Source, in.res.Total)
 	}
 	a.record(in.res)
+	observe(in.res)
 }
 
 // recv reads the next message, with a deadline: a source that goes
@@ -290,6 +332,7 @@ func (in *inbound) run(ctx context.Context) error {
 			rs := m.GetRoundStart()
 			if rs.Final {
 				phase = PhaseFreeze
+				in.frozeAt = time.Now()
 			}
 			if err := in.startRound(ctx, rs, h.Transport); err != nil {
 				return phaseErr(phase, err)
@@ -392,7 +435,7 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 		return err
 	}
 	sctx, cancel := context.WithCancel(ctx)
-	ps := &pageServing{n: rs.N, ln: ln, done: make(chan error, 1), stopOnDone: quic, cancel: cancel}
+	ps := &pageServing{n: rs.N, final: rs.Final, dir: dir, start: time.Now(), ln: ln, done: make(chan error, 1), stopOnDone: quic, cancel: cancel}
 	go func() {
 		defer cancel()
 		err := srv.Serve(sctx, ln)
@@ -419,6 +462,7 @@ func (in *inbound) finishRound(n uint32) error {
 		if err != nil {
 			return fmt.Errorf("round %d pages: %w", n, err)
 		}
+		in.addRound(ps)
 		return nil
 	case <-time.After(sourceWait):
 		ps.ln.Close()
@@ -495,6 +539,9 @@ func (in *inbound) restore(ctx context.Context) error {
 	r, err := restorer.RestoreContext(ctx, restorer.Options{ImagesDir: filepath.Join(in.dir, "final"), Detach: true}, scripts)
 	if err != nil {
 		return phaseErr(PhaseRestore, err)
+	}
+	if !in.frozeAt.IsZero() {
+		in.res.Downtime = time.Since(in.frozeAt)
 	}
 	// The restored root is this agent's child: reap it when it ends.
 	go func() { _, _ = r.Wait() }()

@@ -45,6 +45,8 @@ type SendOptions struct {
 	CPUCap    string
 	// OnRound, if set, sees every pre-copy round as it ends (progress).
 	OnRound func(Round)
+	// OnPhase, if set, is told each phase as the migration enters it.
+	OnPhase func(Phase)
 }
 
 // Send migrates the tree of o.Pid to the agent at o.To. Until the agent
@@ -79,6 +81,12 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	if o.MaxRounds < 0 {
 		return res, phaseErr(PhaseCheck, fmt.Errorf("--max-rounds %d", o.MaxRounds))
 	}
+	enter := func(p Phase) {
+		if o.OnPhase != nil {
+			o.OnPhase(p)
+		}
+	}
+	enter(PhaseConnect)
 	host, port, err := splitHostPort(o.To)
 	if err != nil {
 		return res, phaseErr(PhaseConnect, err)
@@ -126,6 +134,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		Files: files, Transport: res.Transport, Mode: string(res.Mode), Source: hostname, Cpuinfo: cpu, CpuCap: o.CPUCap}}}); err != nil {
 		return res, phaseErr(PhaseConnect, err)
 	}
+	enter(PhaseCheck)
 	m, err := s.recv(PhaseCheck, time.Minute)
 	if err != nil {
 		return res, err
@@ -134,6 +143,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, phaseErr(PhaseCheck, fmt.Errorf("expected accepted, got %T", m.Msg))
 	}
 	res.ID = m.GetAccepted().Id
+	enter(PhasePrecopy)
 
 	work := o.WorkDir
 	if work == "" {
@@ -207,6 +217,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	// Freeze: the final dump sends the last delta; its post-dump hook,
 	// run while the tree is still frozen and resumable, hands the images
 	// over and waits until the agent has the tree rebuilt.
+	enter(PhaseFreeze)
 	n++
 	port, err = s.startRound(n, true)
 	if err != nil {
@@ -241,6 +252,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 				return err
 			}
 			hookPhase = PhaseRestore
+			enter(PhaseRestore)
 			m, err := s.recv(PhaseRestore, roundWait)
 			if err != nil {
 				return err
@@ -249,6 +261,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 				return fmt.Errorf("expected ready, got %T", m.Msg)
 			}
 			ready, readyAt = true, time.Now()
+			enter(PhaseSwitchover)
 			// Switch-over. SIGKILL to the frozen tasks: none of them runs
 			// another instruction of its own (a fatal signal is acted on
 			// before any return to user space), so the agent may resume

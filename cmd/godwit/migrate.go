@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -13,6 +12,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
 	"godwit/internal/daemon"
@@ -48,30 +50,17 @@ copy resumed. Before that point any failure leaves the source running as it was.
 			}
 			o.Mode = migrate.Mode(mode)
 			o.FileLocks = a.o.FileLocks
-			if !asJSON {
-				o.OnRound = func(r migrate.Round) {
-					fmt.Fprintf(a.stderr, "round %d: %d pages in %v (%.1f MB/s, dirty %.1f MB/s)\n",
-						r.N, r.Pages, r.Duration.Round(time.Millisecond), r.Bandwidth/1e6, r.DirtyRate/1e6)
-				}
-			}
+			// A terminal gets a live line and a summary, --json one
+			// Result; otherwise stdout gets nothing, stderr a line a round.
+			p := migrate.NewProgress(a.stdout, a.stderr, asJSON)
+			o.OnRound, o.OnPhase = p.Round, p.Phase
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 			defer stop()
 			res, err := migrate.Send(ctx, o)
-			if asJSON && res != nil {
-				enc := json.NewEncoder(a.stdout)
-				enc.SetIndent("", "  ")
-				if jerr := enc.Encode(res); jerr != nil && err == nil {
-					err = jerr
-				}
+			if res != nil {
+				p.Done(*res)
 			}
-			if err != nil {
-				return err
-			}
-			if !asJSON {
-				fmt.Fprintf(a.stdout, "migrated %d to %s: downtime %v, total %v, %d rounds\n",
-					res.PID, res.Destination, res.Downtime.Round(time.Microsecond), res.Total.Round(time.Millisecond), len(res.Rounds))
-			}
-			return nil
+			return err
 		},
 	}
 	f := send.Flags()
@@ -101,8 +90,9 @@ func agentCmd(a *app) *cobra.Command {
 		Short: "Run the migration agent that receives processes",
 		Long: `Receive migrations from ` + "`godwit migrate send`" + ` on other hosts and restore them here.
 Only peers whose client certificate the CA signed are accepted. Each migration gets its
-own directory under --images-dir, removed when it ends. /healthz and /history (JSON) are
-served on --metrics-address.`,
+own directory under --images-dir, removed when it ends. /metrics (Prometheus: see
+deploy/grafana for a dashboard), /healthz and /history (JSON) are served on
+--metrics-address.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfg.ImagesDir == "" {
@@ -119,6 +109,13 @@ served on --metrics-address.`,
 				return a.writePidfile(pid)
 			}
 			cfg.Log = a.log
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			m, err := migrate.NewMetrics(reg)
+			if err != nil {
+				return fmt.Errorf("agent: metrics: %w", err)
+			}
+			cfg.Metrics = m
 			ag, err := migrate.NewAgent(cfg)
 			if err != nil {
 				return err
@@ -138,7 +135,9 @@ served on --metrics-address.`,
 				if err != nil {
 					return fmt.Errorf("agent: metrics: %w", err)
 				}
-				srv := &http.Server{Handler: ag.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+				mux := ag.Handler()
+				mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+				srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
 				go func() {
 					if err := srv.Serve(ml); err != nil && !errors.Is(err, http.ErrServerClosed) {
 						a.log.Errorf("agent: metrics on %s: %v", metricsAddr, err)
@@ -164,7 +163,7 @@ served on --metrics-address.`,
 	f.StringVar(&cfg.TLS.CACert, "tls-cacert", "", "CA certificate `file`: only peers it signed are accepted")
 	f.StringVar(&cfg.TLS.Cert, "tls-cert", "", "the agent's server certificate `file`")
 	f.StringVar(&cfg.TLS.Key, "tls-key", "", "the agent's private key `file`")
-	f.StringVar(&metricsAddr, "metrics-address", "", "serve /healthz and /history on `host:port`")
+	f.StringVar(&metricsAddr, "metrics-address", "", "serve /metrics (Prometheus), /healthz and /history on `host:port`")
 	f.IntVar(&cfg.History, "history", 100, "keep the last `n` migrations in /history")
 	f.IntVar(&cfg.MaxConcurrent, "max-concurrent", 4, "at most `n` migrations at once")
 	return c
