@@ -37,8 +37,10 @@ type Result struct {
 	// (borrowed registers, every signal blocked), a part of its frozen
 	// time.
 	Injecting time.Duration
-	// InjectedCalls counts the syscalls injected into the tree.
-	InjectedCalls int
+	// InjectedCalls counts the syscalls injected into the tree, in
+	// InjectionStops ptrace stops (each a round trip through the
+	// scheduler: what injection costs).
+	InjectedCalls, InjectionStops int
 	// NetLock is the network lock the dump kept for the restore (nil:
 	// none), in the tree's network namespace: a caller that will not
 	// restore there removes it (netlock.Adopt there, then Unlock).
@@ -99,6 +101,13 @@ func (localPages) Open(d *images.Dir, name string, id uint32) (pagexfer.Sink, er
 	return pagexfer.NewImageSink(d, name, id)
 }
 func (localPages) Commit() error { return nil }
+
+// holdingTarget is a PageTarget that needs the dumped tree frozen after
+// the images stand: DumpToContext calls hold before finishing the tree.
+type holdingTarget interface {
+	hold(ctx context.Context) error
+	lazyPages() uint64 // pages left out of the images for it
+}
 
 // DumpTo is Dump with page data sent to target.
 func DumpTo(o Options, scripts *actions.Scripts, target PageTarget) (*Result, error) {
@@ -299,6 +308,12 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			d.log.Warnf("dump %d: --auto-dedup: %v", pid, err)
 		}
 	}
+	var holdErr error
+	if h, ok := target.(holdingTarget); ok {
+		// The tree stays frozen while the target needs its memory
+		// (dump --lazy-pages), then is finished as any dump.
+		holdErr = h.hold(ctx)
+	}
 	var ferrs []error
 	// Left running, the connections leave repair mode before the tasks
 	// use them again.
@@ -351,6 +366,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	d.log.Infof("dump %d: %d pages written (%d scanned, %d zero, %d untouched) by %v; frozen %v, %v of it in injection sessions",
 		pid, d.mem.Written, d.mem.Scanned, d.mem.Zero, d.mem.Untouched, d.method, frozen, injecting)
 	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting, InjectedCalls: tr.InjectedCalls(), NetLock: kept}
+	_, res.InjectionStops, _ = tr.InjectionStats()
 	res.Stats = &stats.DumpStatsEntry{
 		FreezingTime:       proto.Uint32(uint32(frozenAt.Sub(t0).Microseconds())),
 		FrozenTime:         proto.Uint32(uint32(frozen.Microseconds())),
@@ -361,11 +377,18 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		PagesWritten:       proto.Uint64(d.mem.Written),
 		PagesLazy:          proto.Uint64(0),
 	}
-	if ferr != nil {
-		return res, fmt.Errorf("dump %d: images written, but finishing failed: %w", pid, ferr)
+	if h, ok := target.(holdingTarget); ok {
+		res.Stats.PagesLazy = proto.Uint64(h.lazyPages())
 	}
-	if err := images.WriteDumpStats(final, o.WorkDir, res.Stats); err != nil {
-		return res, fmt.Errorf("dump %d: %w", pid, err)
+	if ferr != nil {
+		return res, errors.Join(holdErr, fmt.Errorf("dump %d: images written, but finishing failed: %w", pid, ferr))
+	}
+	serr := images.WriteDumpStats(final, o.WorkDir, res.Stats)
+	if holdErr != nil {
+		return res, fmt.Errorf("dump %d: %w", pid, holdErr)
+	}
+	if serr != nil {
+		return res, fmt.Errorf("dump %d: %w", pid, serr)
 	}
 	return res, nil
 }
@@ -390,6 +413,7 @@ func writeCPUInfo(dir *images.Dir, capArg string) error {
 type dumpRun struct {
 	ctx     context.Context
 	pid     int   // the task being collected
+	runner  bool  // its scratch holds the batch runner
 	tids    []int // its threads
 	tree    []*frozenTask
 	tr      *ptrace.Tracer
@@ -402,7 +426,7 @@ type dumpRun struct {
 	drivers []drivers.Driver // every kind of state, in order
 	pagesID uint32           // the last pages id given out
 	shmDone map[uint64]int   // shared anonymous objects dumped: shmid → pid
-	// track, with --prev-images-dir, writes the root task's private pages
+	// track, with --prev-images-dir --track-mem, writes each task's private pages
 	// against the parent images (predump_linux.go).
 	track       *trackedDump
 	parentPages uint64
@@ -474,6 +498,9 @@ func (d *dumpRun) collect() error {
 			return fmt.Errorf("task %d: %w", ft.pid, err)
 		}
 		tree.Tasks = append(tree.Tasks, task)
+	}
+	if err := d.writeTrackedShared(); err != nil {
+		return err
 	}
 	tree.Files = fl.Table()
 	if err := checkShared(tree); err != nil {
@@ -607,6 +634,7 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 		}
 		scratch = addr
 		ls := inject.Wrap(s, d.pid, addr, scratchSize)
+		d.runner = d.mapRunner(ls)
 		for _, k := range d.drivers {
 			if c, ok := k.(drivers.InjectedCollector); ok {
 				if err := c.CollectInjected(dc, ls); err != nil {
@@ -641,6 +669,9 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", th.Tid, err)
 		}
+		if d.runner {
+			ts.SetBatch(scratch+scratchRunner, scratchTable)
+		}
 		if err := ts.End(d.collectThreadInjected(dc, ts, th)); err != nil {
 			return err
 		}
@@ -664,6 +695,24 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 	md.SetContext(d.ctx)
 	d.log.Infof("dump %d: transferring pages (%v)", d.pid, d.method)
 	return d.dumpMemory(md, task.MM.VMAs)
+}
+
+// mapRunner puts the batch runner in the last page of the scratch and
+// makes it executable, for batches of injected calls in s (and the
+// task's other threads). A task that may not gain executable memory
+// (PR_SET_MDWE, a seccomp filter on mprotect) gets its calls one by one.
+func (d *dumpRun) mapRunner(s *inject.Session) bool {
+	at := s.Scratch() + scratchRunner
+	if err := ptrace.WriteMem(d.pid, at, ptrace.BatchCode); err != nil {
+		d.log.Warnf("dump %d: batch runner: %v: injecting calls one by one", d.pid, err)
+		return false
+	}
+	if _, err := s.Call("batch runner: mprotect", unix.SYS_MPROTECT, at, 4096, unix.PROT_READ|unix.PROT_EXEC); err != nil {
+		d.log.Warnf("dump %d: %v: injecting calls one by one", d.pid, err)
+		return false
+	}
+	s.SetBatch(at, scratchTable)
+	return true
 }
 
 // collectThreadInjected runs the drivers' injected calls in one thread.
@@ -692,7 +741,7 @@ func (d *dumpRun) dumpMemory(md *MemoryDumper, vmas []VMA) (err error) {
 	if err != nil {
 		return err
 	}
-	if d.track != nil && d.pid == d.track.pid {
+	if d.track != nil && d.track.pt != nil {
 		var st MemStats
 		st, d.parentPages, err = d.track.writePrivate(d.pid, vmas, sink)
 		md.addStats(st)
@@ -704,6 +753,10 @@ func (d *dumpRun) dumpMemory(md *MemoryDumper, vmas []VMA) (err error) {
 	}
 	if err != nil {
 		return err
+	}
+	if d.track != nil && d.track.pt != nil {
+		// Against the parent images, once every task is scanned.
+		return d.track.addShared(d.pid, vmas)
 	}
 	// A shared anonymous object is dumped whole, once, by the first task
 	// that maps it.

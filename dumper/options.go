@@ -51,6 +51,10 @@ type Options struct {
 type PageServer struct {
 	Addr      string // host:port
 	Transport pageserver.TransportOptions
+	// Socket is used when Addr is empty: a connected stream socket the
+	// caller handed over (CRIU's --ps-socket FD, criu_opts.ps.fd), which
+	// the dump does not close; its session ends with FORCE_CLOSE.
+	Socket int
 }
 
 // ParseMethod parses a Method's name ("vmsplice" or "readv").

@@ -64,7 +64,7 @@ func TestDumpUnsupportedFDResumes(t *testing.T) {
 		name, want string
 		open       func() (*os.File, error)
 	}{
-		// A raw IP socket, which godwit refuses.
+		// A raw socket: refused (issue 13).
 		{"raw", "fd 3: socket socket:[", func() (*os.File, error) {
 			s, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
 			return os.NewFile(uintptr(s), "raw"), err
@@ -103,7 +103,7 @@ func TestDumpUnsupportedFDResumes(t *testing.T) {
 }
 
 // TestDumpTreeRefusedResumes fails a dump on a raw socket held by a
-// child (which godwit refuses): the one-line error names the task and the fd, and
+// child (refused): the one-line error names the task and the fd, and
 // every task of the tree runs on untraced.
 func TestDumpTreeRefusedResumes(t *testing.T) {
 	needRoot(t)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -94,7 +95,12 @@ func startNet(t *testing.T, n *netns, args ...string) *netProc {
 	p := &netProc{log: filepath.Join(t.TempDir(), "log"), waited: make(chan error, 1)}
 	p.cmd = exec.Command(cWorkload(t, "netconn"), append(args, p.log)...)
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	var err error
+	out, err := os.Create(p.log + ".out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	p.cmd.Stdout, p.cmd.Stderr = out, out
 	n.do(func() { err = p.cmd.Start() })
 	if err != nil {
 		t.Fatal(err)
@@ -102,7 +108,11 @@ func startNet(t *testing.T, n *netns, args ...string) *netProc {
 	p.pid = p.cmd.Process.Pid
 	go func() { p.waited <- p.cmd.Wait() }()
 	t.Cleanup(func() { killAndForget(p.pid) })
-	p.waitLine(t, "ready")
+	for deadline := time.Now().Add(20 * time.Second); !strings.HasPrefix(readAll(p.log), "ready\n"); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) || !alive(p.pid) {
+			t.Fatalf("netconn %v did not start: %s%s", args, readAll(p.log), readAll(p.log+".out"))
+		}
+	}
 	return p
 }
 
@@ -164,6 +174,7 @@ type peer struct {
 	sent, recv       atomic.Int64
 	reading, writing atomic.Bool
 	ending           atomic.Bool // the workload is told to exit: EOF is no error
+	eofOK, eof       atomic.Bool // the workload shuts down: EOF ends the stream
 	stop             chan struct{}
 	wg               sync.WaitGroup
 	errMu            sync.Mutex
@@ -171,6 +182,9 @@ type peer struct {
 }
 
 func newPeer(c net.Conn) *peer {
+	// A small receive buffer: when the peer stops reading, the
+	// workload's send queue fills at once.
+	c.(*net.TCPConn).SetReadBuffer(64 << 10)
 	p := &peer{c: c, wx: 2, rx: 1, stop: make(chan struct{})}
 	p.reading.Store(true)
 	p.writing.Store(true)
@@ -220,7 +234,8 @@ func (p *peer) readLoop() {
 			}
 		}
 		p.recv.Add(int64(n))
-		if errors.Is(err, io.EOF) && p.ending.Load() {
+		if errors.Is(err, io.EOF) && (p.ending.Load() || p.eofOK.Load()) {
+			p.eof.Store(true)
 			return
 		}
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -287,12 +302,36 @@ func (p *peer) close() {
 // writing), and the peer writes fill more bytes, which stay queued in
 // the workload's receive queue. Nothing is then in flight towards the
 // workload: its death (in repair mode) and the restore go unseen.
-func quiesce(t *testing.T, w *netProc, peers []*peer, fill int) {
+func quiesce(t *testing.T, n *netns, w *netProc, peers []*peer, fill int) {
 	t.Helper()
 	for _, p := range peers {
 		p.reading.Store(false)
 	}
-	time.Sleep(200 * time.Millisecond)
+	// Until the workload's end of each connection holds bytes to send.
+	waitFor(t, "the workload's send queues to fill", func() bool {
+		full := true
+		n.do(func() {
+			socks := map[uint32]*sockdiag.Inet{}
+			for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+				s, err := sockdiag.DumpInet(fam, unix.IPPROTO_TCP)
+				if err != nil {
+					t.Error(err)
+				}
+				maps.Copy(socks, s)
+			}
+			for _, p := range peers {
+				peerAddr := p.c.LocalAddr().(*net.TCPAddr).AddrPort()
+				found := false
+				for _, s := range socks {
+					if s.Dst.Port() == peerAddr.Port() && s.Dst.Addr().Unmap() == peerAddr.Addr().Unmap() && s.Ino != 0 {
+						found = s.Wqueue > 64<<10
+					}
+				}
+				full = full && found
+			}
+		})
+		return full
+	})
 	for _, p := range peers {
 		p.writing.Store(false)
 		p.waitWrite()
@@ -374,6 +413,7 @@ func (r *netRestoring) finish(t *testing.T, w *netProc, peers []*peer) string {
 	for _, p := range peers {
 		p.writing.Store(false)
 		p.ending.Store(true)
+		p.waitWrite() // counted: the workload's count is compared with it
 	}
 	if err := unix.Kill(w.pid, unix.SIGUSR1); err != nil {
 		t.Fatal(err)
@@ -430,14 +470,23 @@ func runStreams(t *testing.T, peers []*peer, more int64) {
 		p.reading.Store(true)
 		p.writing.Store(true)
 	}
-	waitFor(t, "the streams to move on", func() bool {
+	moved := func() bool {
 		for i, p := range peers {
 			if p.failed() != nil || p.sent.Load()-start[i].s < more || p.recv.Load()-start[i].r < more {
 				return p.failed() != nil
 			}
 		}
 		return true
-	})
+	}
+	for deadline := time.Now().Add(20 * time.Second); !moved(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			var s []string
+			for i, p := range peers {
+				s = append(s, fmt.Sprintf("connection %d: wrote %d, read %d (from %d, %d)", i, p.sent.Load(), p.recv.Load(), start[i].s, start[i].r))
+			}
+			t.Fatalf("the streams did not move on: %s\n%s", strings.Join(s, "; "), logOf(peers))
+		}
+	}
 	for i, p := range peers {
 		if err := p.failed(); err != nil {
 			t.Fatalf("connection %d: %v\n%s", i, err, logOf(peers))
@@ -507,7 +556,7 @@ func TestNetEstablishedClient(t *testing.T) {
 	p := newPeer(c)
 	defer p.close()
 	runStreams(t, []*peer{p}, 1<<20)
-	quiesce(t, w, []*peer{p}, 32<<10)
+	quiesce(t, n, w, []*peer{p}, 32<<10)
 	dir := dumpNet(t, n, w)
 	in, out := streams(t, dir)
 	if len(in) != 1 || in[0] < 32<<10 || out[0] == 0 {
@@ -542,7 +591,7 @@ func TestNetServer(t *testing.T) {
 	}
 	peers = append(peers, dial(), dial())
 	runStreams(t, peers, 1<<20)
-	quiesce(t, w, peers, 16<<10)
+	quiesce(t, n, w, peers, 16<<10)
 	dir := dumpNet(t, n, w)
 	if in, _ := streams(t, dir); len(in) != 2 {
 		t.Fatalf("%d connections dumped, want 2", len(in))
@@ -817,7 +866,7 @@ func TestNetAddressNotLocal(t *testing.T) {
 	p := newPeer(c)
 	defer p.close()
 	runStreams(t, []*peer{p}, 64<<10)
-	quiesce(t, w, []*peer{p}, 1024)
+	quiesce(t, n, w, []*peer{p}, 1024)
 	dir := dumpNet(t, n, w)
 
 	// Another namespace, without the address.
@@ -853,4 +902,170 @@ func TestNetAddressNotLocal(t *testing.T) {
 		t.Fatalf("the program found nothing wrong with a closed connection: %s", tailOf(w.log))
 	}
 	r.done <- nil
+}
+
+// Connections frozen closing come back in their state, queues intact,
+// and end as they would have: the peer half-closed (CLOSE_WAIT), the
+// program half-closed behind bytes its peer had no room for yet
+// (FIN_WAIT1, which turns FIN_WAIT2 once the peer reads), both
+// (LAST_ACK). Every byte arrives, then the end of the stream.
+func TestNetClosingStates(t *testing.T) {
+	needRoot(t)
+	for _, c := range []struct {
+		name                string
+		peerClose, progShut bool
+		want                uint8
+	}{
+		{"CLOSE_WAIT", true, false, 8},
+		{"FIN_WAIT1", false, true, 4},
+		{"LAST_ACK", true, true, 9},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			n := newNetns(t)
+			var ln net.Listener
+			var err error
+			n.do(func() { ln, err = net.Listen("tcp4", "127.0.0.1:0") })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			port := ln.Addr().(*net.TCPAddr).Port
+			w := startNet(t, n, "client", "127.0.0.1", strconv.Itoa(port))
+			logOf = func([]*peer) string { return w.logTail() }
+			conn, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := newPeer(conn)
+			defer p.close()
+			runStreams(t, []*peer{p}, 256<<10)
+			quiesce(t, n, w, []*peer{p}, 8<<10)
+			if c.peerClose {
+				if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if c.progShut {
+				if err := unix.Kill(w.pid, unix.SIGHUP); err != nil {
+					t.Fatal(err)
+				}
+				w.waitLine(t, "shut")
+			}
+			state := func() uint8 {
+				var st uint8
+				n.do(func() {
+					socks, err := sockdiag.DumpInet(unix.AF_INET, unix.IPPROTO_TCP)
+					if err != nil {
+						t.Error(err)
+					}
+					for _, s := range socks {
+						if s.Dst.Port() == uint16(port) && s.Ino != 0 {
+							st = s.State
+						}
+					}
+				})
+				return st
+			}
+			waitFor(t, c.name, func() bool { return state() == c.want })
+			dir := dumpNet(t, n, w)
+			r := restoreNet(t, n, w, dir)
+			if s := state(); s != c.want {
+				t.Fatalf("restored in state %d, want %d", s, c.want)
+			}
+			// Either way the peer's stream ends: the program shut it,
+			// or closed its socket after reading to the end.
+			p.eofOK.Store(true)
+			w.toggleHold(t, 0)
+			p.reading.Store(true)
+			for deadline := time.Now().Add(20 * time.Second); !p.eof.Load() && p.failed() == nil; time.Sleep(5 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the program's stream did not end: the peer wrote %d, read %d; state now %d\n%s", p.sent.Load(), p.recv.Load(), state(), w.logTail())
+				}
+			}
+			if err := p.failed(); err != nil {
+				t.Fatal(err)
+			}
+			line := r.finish(t, w, []*peer{p})
+			m := doneRE.FindStringSubmatch(line)
+			if m == nil {
+				t.Fatalf("workload: %s", line)
+			}
+			if m[1] != strconv.FormatInt(p.recv.Load(), 10) || m[2] != strconv.FormatInt(p.sent.Load(), 10) {
+				t.Fatalf("workload %s; the peer read %d and wrote %d", line, p.recv.Load(), p.sent.Load())
+			}
+		})
+	}
+}
+
+// A listener with a connection waiting in its accept queue is refused
+// (the kernel cannot put it back); --skip-in-flight dumps it without it,
+// and the restored listener accepts new clients.
+func TestNetSkipInFlight(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	const port = "7740"
+	w := startNet(t, n, "server", "127.0.0.1", port)
+	w.toggleHold(t, 1) // accepts nothing
+	var waiting net.Conn
+	var err error
+	n.do(func() { waiting, err = net.Dial("tcp4", "127.0.0.1:"+port) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer waiting.Close()
+	code, out := n.godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir(), "--tcp-established")
+	if code == 0 || !strings.Contains(out, "TCP socket 127.0.0.1:"+port+": listening, with 1 connections waiting in its accept queue") {
+		t.Fatalf("dump: exit %d: %q", code, out)
+	}
+	dir := dumpNet(t, n, w, "--skip-in-flight")
+	r := restoreNet(t, n, w, dir)
+	w.toggleHold(t, 0)
+	var c net.Conn
+	n.do(func() { c, err = net.Dial("tcp4", "127.0.0.1:"+port) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPeer(c)
+	defer p.close()
+	logOf = func([]*peer) string { return w.logTail() }
+	runStreams(t, []*peer{p}, 256<<10)
+	line := r.finish(t, w, []*peer{p})
+	if !doneRE.MatchString(line) {
+		t.Fatalf("workload: %s", line)
+	}
+}
+
+// A dump that fails after reading connections in repair mode takes them
+// out of it again: the program streams on with its peer untouched.
+func TestNetFailedDumpLeavesConnections(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	var ln net.Listener
+	var err error
+	n.do(func() { ln, err = net.Listen("tcp4", "127.0.0.1:0") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	w := startNet(t, n, "client", "127.0.0.1", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+	logOf = func([]*peer) string { return w.logTail() }
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPeer(c)
+	defer p.close()
+	runStreams(t, []*peer{p}, 256<<10)
+	script := filepath.Join(t.TempDir(), "fail-post-dump")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" != post-dump ]\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	code, out := n.godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir(), "--tcp-established", "--action-script", script)
+	if code == 0 || !strings.Contains(out, "post-dump") {
+		t.Fatalf("dump: exit %d: %q, want the post-dump script's failure", code, out)
+	}
+	runStreams(t, []*peer{p}, 1<<20)
+	if r := w.logTail(); strings.Contains(r, "FAIL") {
+		t.Fatalf("the program failed after the dump failed:\n%s", r)
+	}
 }

@@ -103,8 +103,11 @@ type taskRun struct {
 	task    *puppet.Puppet  // the task with the original PID, traced
 	threads []int           // TIDs made so far, leader first
 
-	win     window // injection page, scratch and vdso bounce area
-	stubOff uint64 // the puppet's syscall instruction offset from win.base
+	win    window // injection page, scratch and vdso bounce area
+	runner bool   // the batch runner is in the window
+	// scratchMapped: Layout mapped the scratch area (batch tables).
+	scratchMapped bool
+	stubOff       uint64 // the puppet's syscall instruction offset from win.base
 	// protFix lists private VMAs laid out writable for FillPages, to
 	// get their dumped protection back in Finalize.
 	protFix  []vmaProt

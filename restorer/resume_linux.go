@@ -99,6 +99,16 @@ func (r *Restorer) InjectedCalls() int {
 	return r.tr.InjectedCalls()
 }
 
+// InjectionStops counts the ptrace stops injection took so far (each a
+// round trip through the scheduler).
+func (r *Restorer) InjectionStops() int {
+	if r.tr == nil {
+		return 0
+	}
+	_, n, _ := r.tr.InjectionStats()
+	return n
+}
+
 // Stats returns the page count and elapsed time so far.
 func (r *Restorer) Stats() (pagesRestored uint64, elapsed time.Duration) {
 	for _, t := range r.tasks {

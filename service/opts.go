@@ -112,7 +112,6 @@ var unsupportedFields = []struct {
 	{"pidfd_store_sk", "pidfd_store", func(r *rpc.CriuOpts) bool { return r.PidfdStoreSk != nil }},
 	{"mntns_compat_mode", "--mntns-compat-mode", func(r *rpc.CriuOpts) bool { return r.GetMntnsCompatMode() }},
 	{"unprivileged", "--unprivileged", func(r *rpc.CriuOpts) bool { return r.GetUnprivileged() }},
-	{"ps.fd", "--ps-socket", func(r *rpc.CriuOpts) bool { return r.GetPs() != nil && r.GetPs().Fd != nil }},
 }
 
 // errUnsupported names a field of criu_opts the request may not set.

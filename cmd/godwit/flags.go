@@ -67,6 +67,7 @@ func pageServerClientFlags(fs *pflag.FlagSet, o *opts.Options) {
 func addressFlags(fs *pflag.FlagSet, o *opts.Options) {
 	fs.StringVar(&o.Address, "address", "", "page server `address`")
 	fs.IntVar(&o.Port, "port", 0, "page server port `number`")
+	fs.IntVar(&o.PsSocket, "ps-socket", -1, "use the connected socket `FD` for page-server traffic instead of --address and --port")
 }
 
 func manageCgroupsFlag(fs *pflag.FlagSet, o *opts.Options) {

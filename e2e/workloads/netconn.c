@@ -19,7 +19,9 @@
  * both nonblocking, at most 16 KiB each way per 5 ms round, so that both
  * queues fill while it is frozen. "tick N sent=S recv=R conns=C" every
  * round. SIGUSR2 toggles holding: neither reading nor writing (logged
- * "hold 1" / "hold 0"), so that a test can fill the queues exactly. On SIGUSR1 it logs "done ticks=N sent=S recv=R" and exits 0, or
+ * "hold 1" / "hold 0"), so that a test can fill the queues exactly. SIGHUP
+ * shuts every connection down for writing (logged "shut"): it writes no
+ * more and reads on. A connection whose peer closed is closed. On SIGUSR1 it logs "done ticks=N sent=S recv=R" and exits 0, or
  * 3 after "FAIL: ..." when a byte read was wrong or a connection failed.
  */
 #define _GNU_SOURCE
@@ -43,16 +45,18 @@
 struct conn {
 	int fd;
 	uint32_t wx, rx;      /* generator states */
+	int shut;
 	unsigned long long sent, recv;
 };
 
-static volatile sig_atomic_t finish, hold;
+static volatile sig_atomic_t finish, hold, shut;
 static FILE *logf;
 static struct conn conns[MAXC];
 static int nconns, failed;
 
 static void on_usr1(int s) { (void)s; finish = 1; }
 static void on_usr2(int s) { (void)s; hold = !hold; }
+static void on_hup(int s) { (void)s; shut = 1; }
 
 static unsigned char next(uint32_t *x)
 {
@@ -97,7 +101,7 @@ static void pump(struct conn *c)
 	uint32_t x = c->wx;
 	for (size_t i = 0; i < sizeof(buf); i++)
 		buf[i] = next(&x);
-	ssize_t n = write(c->fd, buf, sizeof(buf));
+	ssize_t n = c->shut ? 0 : write(c->fd, buf, sizeof(buf));
 	if (n > 0) {
 		for (ssize_t i = 0; i < n; i++)
 			next(&c->wx);
@@ -205,6 +209,7 @@ int main(int argc, char **argv)
 	setvbuf(logf, NULL, _IOLBF, 0);
 	signal(SIGUSR1, on_usr1);
 	signal(SIGUSR2, on_usr2);
+	signal(SIGHUP, on_hup);
 	signal(SIGPIPE, SIG_IGN);
 	if (strcmp(argv[1], "udp") == 0)
 		return udp(argv[2], atoi(argv[3]));
@@ -234,11 +239,22 @@ int main(int argc, char **argv)
 		add(fd);
 	}
 	fprintf(logf, "ready\n");
-	int held = 0;
+	int held = 0, wasShut = 0;
 	for (int tick = 1;; tick++) {
 		if (hold != held) {
 			held = hold;
 			fprintf(logf, "hold %d\n", held);
+		}
+		if (shut && !wasShut) {
+			wasShut = 1;
+			for (int i = 0; i < nconns; i++) {
+				if (conns[i].fd >= 0 && shutdown(conns[i].fd, SHUT_WR)) {
+					fprintf(logf, "FAIL: shutdown: %s\n", strerror(errno));
+					failed = 1;
+				}
+				conns[i].shut = 1;
+			}
+			fprintf(logf, "shut\n");
 		}
 		if (lis >= 0 && !held) {
 			int fd;

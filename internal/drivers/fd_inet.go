@@ -199,6 +199,12 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 		st.Dst = addrPort(sa)
 	} else if !errors.Is(err, unix.ENOTCONN) {
 		return fmt.Errorf("getpeername: %w", err)
+	} else {
+		// As the image keeps it: the family's any address, port 0.
+		st.Dst = netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+		if family == unix.AF_INET6 {
+			st.Dst = netip.AddrPortFrom(netip.IPv6Unspecified(), 0)
+		}
 	}
 	what := describe(st)
 	if err := inetOpts(s, st); err != nil {

@@ -49,6 +49,10 @@ func pageServer(o *opts.Options) *dumper.PageServer {
 	if !o.PageServer {
 		return nil
 	}
+	if o.PsSocket >= 0 {
+		// As CRIU: the handed-over socket wins over --address and --port.
+		return &dumper.PageServer{Socket: o.PsSocket}
+	}
 	return &dumper.PageServer{
 		Addr:      net.JoinHostPort(o.Address, strconv.Itoa(o.Port)),
 		Transport: pageserver.TransportOptionsFrom(o),

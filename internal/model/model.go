@@ -272,8 +272,9 @@ type FileLock struct {
 	Len   int64 // 0: to the end of the file
 }
 
-// The kinds of FileLock, the kernel's FL_* bits (include/linux/filelock.h),
-// which CRIU's file-lock entries use.
+// The kinds of FileLock, the kernel's FL_* bits (include/linux/filelock.h);
+// CRIU's file-lock entries use them for POSIX and flock, but 4 for OFD
+// (criuimg maps it).
 const (
 	LockPOSIX = 1
 	LockFlock = 2
