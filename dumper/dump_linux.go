@@ -18,6 +18,7 @@ import (
 	"godwit/internal/logging"
 	"godwit/internal/model"
 	"godwit/internal/model/criuimg"
+	"godwit/internal/netlock"
 	"godwit/internal/pagexfer"
 	"godwit/internal/pidfd"
 	"godwit/internal/procfs"
@@ -36,8 +37,14 @@ type Result struct {
 	// (borrowed registers, every signal blocked), a part of its frozen
 	// time.
 	Injecting time.Duration
-	// InjectedCalls counts the syscalls injected into the tree.
-	InjectedCalls int
+	// InjectedCalls counts the syscalls injected into the tree, in
+	// InjectionStops ptrace stops (each a round trip through the
+	// scheduler: what injection costs).
+	InjectedCalls, InjectionStops int
+	// NetLock is the network lock the dump kept for the restore (nil:
+	// none), in the tree's network namespace: a caller that will not
+	// restore there removes it (netlock.Adopt there, then Unlock).
+	NetLock *netlock.Record
 }
 
 // FormatStats renders the stats as --display-stats prints them (CRIU's
@@ -94,6 +101,13 @@ func (localPages) Open(d *images.Dir, name string, id uint32) (pagexfer.Sink, er
 	return pagexfer.NewImageSink(d, name, id)
 }
 func (localPages) Commit() error { return nil }
+
+// holdingTarget is a PageTarget that needs the dumped tree frozen after
+// the images stand: DumpToContext calls hold before finishing the tree.
+type holdingTarget interface {
+	hold(ctx context.Context) error
+	lazyPages() uint64 // pages left out of the images for it
+}
 
 // DumpTo is Dump with page data sent to target.
 func DumpTo(o Options, scripts *actions.Scripts, target PageTarget) (*Result, error) {
@@ -211,8 +225,32 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	}
 	frozenAt := time.Now()
 	logging.Default().Infof("dump %d: froze %d tasks (%d threads in the root) in %v", pid, len(tree), len(tids), frozenAt.Sub(t0))
+	nl, err := lockNetwork(o.NetworkLock, pid, scripts)
+	if err != nil {
+		rb.run()
+		return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
+	}
+	rb.add(func() {
+		if err := unlockNetwork(nl, pid, scripts); err != nil {
+			logging.Default().Errorf("dump %d: %v", pid, err)
+		}
+	})
+	if o.TCPEstablished && !nl.Netns() {
+		t := time.Now()
+		var live []int
+		for _, ft := range tree {
+			if !ft.zombie {
+				live = append(live, ft.pid)
+			}
+		}
+		if err := lockTreeConns(nl, live); err != nil {
+			rb.run()
+			return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
+		}
+		logging.Default().Infof("dump %d: %d connections and their listeners locked (%s) in %v", pid, len(nl.Conns()), nl.Method(), time.Since(t))
+	}
 	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track,
-		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks, tcpEstablished: o.TCPEstablished, skipInFlight: o.SkipInFlight}
+		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks, tcpEstablished: o.TCPEstablished, skipInFlight: o.SkipInFlight, netLock: nl}
 	// Connections read in repair mode: out of it again if the tasks
 	// resume (added last, so run before they are thawed).
 	rb.add(func() {
@@ -223,6 +261,10 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	err = d.safeCollect()
 	if err == nil {
 		err = target.Commit()
+	}
+	if rec, ok := nl.Record(); err == nil && ok && !o.LeaveRunning && !o.LeaveStopped {
+		// The tree will be gone: its restore removes the lock.
+		err = writeNetLockRecord(dir, rec)
 	}
 	if err == nil {
 		err = interrupted(ctx)
@@ -266,6 +308,12 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			d.log.Warnf("dump %d: --auto-dedup: %v", pid, err)
 		}
 	}
+	var holdErr error
+	if h, ok := target.(holdingTarget); ok {
+		// The tree stays frozen while the target needs its memory
+		// (dump --lazy-pages), then is finished as any dump.
+		holdErr = h.hold(ctx)
+	}
 	var ferrs []error
 	// Left running, the connections leave repair mode before the tasks
 	// use them again.
@@ -300,11 +348,25 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			ferrs = append(ferrs, err)
 		}
 	}
+	if resume {
+		// The connections are the tree's again.
+		if err := unlockNetwork(nl, pid, scripts); err != nil {
+			ferrs = append(ferrs, err)
+		}
+	}
+	var kept *netlock.Record
+	if !resume {
+		if rec, ok := nl.Keep(); ok {
+			d.log.Infof("dump %d: network lock %s kept for the restore", pid, rec.Name)
+			kept = &rec
+		}
+	}
 	ferr := errors.Join(ferrs...)
 	frozen := time.Since(frozenAt)
 	d.log.Infof("dump %d: %d pages written (%d scanned, %d zero, %d untouched) by %v; frozen %v, %v of it in injection sessions",
 		pid, d.mem.Written, d.mem.Scanned, d.mem.Zero, d.mem.Untouched, d.method, frozen, injecting)
-	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting, InjectedCalls: tr.InjectedCalls()}
+	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting, InjectedCalls: tr.InjectedCalls(), NetLock: kept}
+	_, res.InjectionStops, _ = tr.InjectionStats()
 	res.Stats = &stats.DumpStatsEntry{
 		FreezingTime:       proto.Uint32(uint32(frozenAt.Sub(t0).Microseconds())),
 		FrozenTime:         proto.Uint32(uint32(frozen.Microseconds())),
@@ -315,11 +377,18 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		PagesWritten:       proto.Uint64(d.mem.Written),
 		PagesLazy:          proto.Uint64(0),
 	}
-	if ferr != nil {
-		return res, fmt.Errorf("dump %d: images written, but finishing failed: %w", pid, ferr)
+	if h, ok := target.(holdingTarget); ok {
+		res.Stats.PagesLazy = proto.Uint64(h.lazyPages())
 	}
-	if err := images.WriteDumpStats(final, o.WorkDir, res.Stats); err != nil {
-		return res, fmt.Errorf("dump %d: %w", pid, err)
+	if ferr != nil {
+		return res, errors.Join(holdErr, fmt.Errorf("dump %d: images written, but finishing failed: %w", pid, ferr))
+	}
+	serr := images.WriteDumpStats(final, o.WorkDir, res.Stats)
+	if holdErr != nil {
+		return res, fmt.Errorf("dump %d: %w", pid, holdErr)
+	}
+	if serr != nil {
+		return res, fmt.Errorf("dump %d: %w", pid, serr)
 	}
 	return res, nil
 }
@@ -344,6 +413,7 @@ func writeCPUInfo(dir *images.Dir, capArg string) error {
 type dumpRun struct {
 	ctx     context.Context
 	pid     int   // the task being collected
+	runner  bool  // its scratch holds the batch runner
 	tids    []int // its threads
 	tree    []*frozenTask
 	tr      *ptrace.Tracer
@@ -356,12 +426,13 @@ type dumpRun struct {
 	drivers []drivers.Driver // every kind of state, in order
 	pagesID uint32           // the last pages id given out
 	shmDone map[uint64]int   // shared anonymous objects dumped: shmid → pid
-	// track, with --prev-images-dir, writes the root task's private pages
+	// track, with --prev-images-dir --track-mem, writes each task's private pages
 	// against the parent images (predump_linux.go).
 	track       *trackedDump
 	parentPages uint64
 	ghostLimit  uint64 // --ghost-limit, 0: the default
 	fileLocks   bool   // --file-locks
+	netLock     *netlock.Lock
 	// tcpEstablished, skipInFlight: --tcp-established, --skip-in-flight.
 	tcpEstablished, skipInFlight bool
 	// files is the tree's file table, which holds the connections read
@@ -394,6 +465,7 @@ func (d *dumpRun) collect() error {
 		fl.GhostLimit = d.ghostLimit
 	}
 	fl.FileLocks = d.fileLocks
+	fl.NetLock = d.netLock
 	fl.TCPEstablished, fl.SkipInFlight = d.tcpEstablished, d.skipInFlight
 	d.files = fl
 	var kobj kobjAlloc
@@ -426,6 +498,9 @@ func (d *dumpRun) collect() error {
 			return fmt.Errorf("task %d: %w", ft.pid, err)
 		}
 		tree.Tasks = append(tree.Tasks, task)
+	}
+	if err := d.writeTrackedShared(); err != nil {
+		return err
 	}
 	tree.Files = fl.Table()
 	if err := checkShared(tree); err != nil {
@@ -559,6 +634,7 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 		}
 		scratch = addr
 		ls := inject.Wrap(s, d.pid, addr, scratchSize)
+		d.runner = d.mapRunner(ls)
 		for _, k := range d.drivers {
 			if c, ok := k.(drivers.InjectedCollector); ok {
 				if err := c.CollectInjected(dc, ls); err != nil {
@@ -593,6 +669,9 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", th.Tid, err)
 		}
+		if d.runner {
+			ts.SetBatch(scratch+scratchRunner, scratchTable)
+		}
 		if err := ts.End(d.collectThreadInjected(dc, ts, th)); err != nil {
 			return err
 		}
@@ -616,6 +695,24 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 	md.SetContext(d.ctx)
 	d.log.Infof("dump %d: transferring pages (%v)", d.pid, d.method)
 	return d.dumpMemory(md, task.MM.VMAs)
+}
+
+// mapRunner puts the batch runner in the last page of the scratch and
+// makes it executable, for batches of injected calls in s (and the
+// task's other threads). A task that may not gain executable memory
+// (PR_SET_MDWE, a seccomp filter on mprotect) gets its calls one by one.
+func (d *dumpRun) mapRunner(s *inject.Session) bool {
+	at := s.Scratch() + scratchRunner
+	if err := ptrace.WriteMem(d.pid, at, ptrace.BatchCode); err != nil {
+		d.log.Warnf("dump %d: batch runner: %v: injecting calls one by one", d.pid, err)
+		return false
+	}
+	if _, err := s.Call("batch runner: mprotect", unix.SYS_MPROTECT, at, 4096, unix.PROT_READ|unix.PROT_EXEC); err != nil {
+		d.log.Warnf("dump %d: %v: injecting calls one by one", d.pid, err)
+		return false
+	}
+	s.SetBatch(at, scratchTable)
+	return true
 }
 
 // collectThreadInjected runs the drivers' injected calls in one thread.
@@ -644,7 +741,7 @@ func (d *dumpRun) dumpMemory(md *MemoryDumper, vmas []VMA) (err error) {
 	if err != nil {
 		return err
 	}
-	if d.track != nil && d.pid == d.track.pid {
+	if d.track != nil && d.track.pt != nil {
 		var st MemStats
 		st, d.parentPages, err = d.track.writePrivate(d.pid, vmas, sink)
 		md.addStats(st)
@@ -656,6 +753,10 @@ func (d *dumpRun) dumpMemory(md *MemoryDumper, vmas []VMA) (err error) {
 	}
 	if err != nil {
 		return err
+	}
+	if d.track != nil && d.track.pt != nil {
+		// Against the parent images, once every task is scanned.
+		return d.track.addShared(d.pid, vmas)
 	}
 	// A shared anonymous object is dumped whole, once, by the first task
 	// that maps it.

@@ -463,12 +463,12 @@ func subtractSpans(a, b []span) []span {
 	return out
 }
 
-// trackVMAs are the ranges a round tracks: the private VMAs (shared
-// memory is taken whole by the final dump).
+// trackVMAs are the ranges a round tracks: the private VMAs and the
+// mappings of shared memory only mappings can write (predump_shm_linux.go).
 func trackVMAs(vmas []VMA) []uffd.VMA {
 	var out []uffd.VMA
 	for i := range vmas {
-		if vmas[i].Private() {
+		if vmas[i].Private() || trackedShm(&vmas[i]) {
 			out = append(out, uffd.VMA{Start: vmas[i].Start, End: vmas[i].End})
 		}
 	}
@@ -494,6 +494,14 @@ func (t *tracking) scanDirty(vmas []VMA) (dirty []span, tr *uffd.Tracker, res *u
 		tr.Adopt(t.st.Tracked)
 		prev = spansOf(t.st.Tracked)
 	}
+	if t.forks != nil {
+		// Read before the scan: a fork after it shows in the next round.
+		c, err := readForks(t.forks)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("track %d: %w", t.pid, err)
+		}
+		t.scanForks, t.forked = c, t.fresh || c != t.st.Forks
+	}
 	cur := trackVMAs(vmas)
 	t.scanned = true
 	res, err = tr.Scan(cur)
@@ -505,6 +513,7 @@ func (t *tracking) scanDirty(vmas []VMA) (dirty []span, tr *uffd.Tracker, res *u
 	dirty = append(regionSpans(res.Written), spansOf(res.New, res.Untrackable)...)
 	dirty = append(dirty, subtractSpans(spansOf(cur), steady)...)
 	dirty = mergeSpans(dirty)
+	t.dirty = dirty
 	// The vDSO cannot be registered, and needs no note.
 	var odd []uffd.VMA
 	var oddErr error
@@ -562,7 +571,7 @@ func roundVMAs(pid int) ([]VMA, error) {
 		case m.Shared && (m.IsAnon() || m.Path == "/dev/zero" || strings.HasPrefix(m.Path, "/memfd:") ||
 			strings.HasPrefix(m.Path, "[anon_shmem:") || strings.HasPrefix(m.Path, "/SYSV")):
 			v.Status |= images.VmaAnonShared
-			v.Shmid = m.Inode
+			v.Shmid, v.Pgoff = m.Inode, m.Offset
 		case m.Shared:
 			v.Status |= images.VmaFileShared
 		default:

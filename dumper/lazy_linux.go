@@ -12,7 +12,6 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
 
 	"godwit/internal/actions"
 	"godwit/internal/images"
@@ -32,13 +31,15 @@ type LazyServe struct {
 }
 
 // DumpLazyContext is dump --lazy-pages: it writes every image but the
-// pages of lazy VMAs (their pagemap entries say PE_LAZY, without data),
-// which it keeps aside in a memfd (shared memory, not godwit's heap),
-// finishes the task as a dump does (killed, or left running or stopped),
-// and serves the kept pages on ls.Addr (page-server GET, TLS or QUIC
-// only) until a lazy-pages daemon has them all and says so with CLOSE.
-// Post-copy cannot survive losing its source: if this ends early, the
-// restored task cannot get its missing pages (its daemon kills it).
+// pages of lazy VMAs (their pagemap entries say PE_LAZY, without data;
+// those pages are never read during the dump), keeps the tree frozen,
+// and serves the lazy pages from the frozen task's memory on ls.Addr
+// (page-server GET, TLS or QUIC only) until a lazy-pages daemon has them
+// all and says so with CLOSE; then it finishes the tree as a dump does
+// (killed, or left running or stopped). Post-copy cannot survive losing
+// its source: if this ends early, the restored task cannot get its
+// missing pages (its daemon kills it), and the tree is finished all the
+// same.
 func DumpLazyContext(ctx context.Context, o Options, scripts *actions.Scripts, ls LazyServe) (*Result, error) {
 	if o.PageServer != nil {
 		return nil, errors.New("dump --lazy-pages: the pages are served from here: --page-server does not apply")
@@ -55,42 +56,32 @@ func DumpLazyContext(ctx context.Context, o Options, scripts *actions.Scripts, l
 		return nil, fmt.Errorf("dump --lazy-pages: %w", err)
 	}
 	defer ln.Close()
-	if !ln.Authenticated() {
-		return nil, fmt.Errorf("dump --lazy-pages on %s: serving memory needs --tls or --transport quic", ln.Addr())
+	// Plain TCP is CRIU's default; the page server warns that anyone
+	// who reaches the address can read the memory.
+	kept := &keptPages{pid: o.Pid}
+	serve := func(ctx context.Context) error {
+		log.Infof("dump %d: %d lazy pages left in the frozen task; serving them on %s (%s)", o.Pid, kept.pages(), ln.Addr(), ln.Transport())
+		if ls.Listening != nil {
+			ls.Listening(ln.Addr().String())
+		}
+		serr := pageserver.Serve(ctx, ln, pageserver.Config{ImagesDir: o.ImagesDir, Lazy: true, LazyExitOnClose: true,
+			LazyMemory: kept, Log: log})
+		if serr == nil && ctx.Err() != nil {
+			serr = fmt.Errorf("interrupted: %w", context.Cause(ctx))
+		}
+		if serr != nil {
+			return fmt.Errorf("images written, but serving the lazy pages ended: %w", serr)
+		}
+		return nil
 	}
-	fd, err := unix.MemfdCreate("godwit-lazy-pages", unix.MFD_CLOEXEC)
-	if err != nil {
-		return nil, fmt.Errorf("dump --lazy-pages: memfd_create: %w", err)
-	}
-	kept := &keptPages{pid: o.Pid, f: os.NewFile(uintptr(fd), "godwit-lazy-pages")}
-	defer kept.f.Close()
-	res, err := DumpToContext(ctx, o, scripts, &lazyTarget{pid: o.Pid, kept: kept})
-	if err != nil {
-		return res, err
-	}
-	if res.Stats != nil {
-		res.Stats.PagesLazy = proto.Uint64(kept.pages())
-	}
-	log.Infof("dump %d: %d lazy pages kept out of the images; serving them on %s (%s)", o.Pid, kept.pages(), ln.Addr(), ln.Transport())
-	if ls.Listening != nil {
-		ls.Listening(ln.Addr().String())
-	}
-	serr := pageserver.Serve(ctx, ln, pageserver.Config{ImagesDir: o.ImagesDir, Lazy: true, LazyExitOnClose: true,
-		LazyMemory: kept, Log: log})
-	if serr == nil && ctx.Err() != nil {
-		serr = fmt.Errorf("interrupted: %w", context.Cause(ctx))
-	}
-	if serr != nil {
-		return res, fmt.Errorf("dump --lazy-pages %d: images written, but serving the lazy pages ended: %w", o.Pid, serr)
-	}
-	return res, nil
+	return DumpToContext(ctx, o, scripts, &lazyTarget{pid: o.Pid, kept: kept, serve: serve})
 }
 
-// keptPages holds the lazy pages of one task: run i of runs is at offset
-// runs[i].off in f.
+// keptPages are the lazy pages of one task, left in its memory: the task
+// stays frozen until they are served, so they are read (with
+// process_vm_readv) as they were at the freeze.
 type keptPages struct {
 	pid  int
-	f    *os.File
 	mu   sync.Mutex
 	runs []keptRun // ascending vaddr
 	size int64
@@ -98,7 +89,6 @@ type keptPages struct {
 
 type keptRun struct {
 	vaddr, end uint64
-	off        int64
 }
 
 func (k *keptPages) pages() uint64 {
@@ -107,20 +97,20 @@ func (k *keptPages) pages() uint64 {
 	return uint64(k.size) / images.PageSize
 }
 
-// keep appends n bytes of src for the pages at vaddr.
-func (k *keptPages) keep(vaddr uint64, n int64, src io.Reader) error {
+// keep records the lazy pages [vaddr, vaddr+n).
+func (k *keptPages) keep(vaddr uint64, n int64) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	got, err := io.CopyN(io.NewOffsetWriter(k.f, k.size), src, n)
-	if err != nil {
-		return fmt.Errorf("keep lazy pages at %#x: %d of %d bytes: %w", vaddr, got, n, err)
+	if l := len(k.runs) - 1; l >= 0 && k.runs[l].end == vaddr {
+		k.runs[l].end += uint64(n)
+	} else {
+		k.runs = append(k.runs, keptRun{vaddr: vaddr, end: vaddr + uint64(n)})
 	}
-	k.runs = append(k.runs, keptRun{vaddr: vaddr, end: vaddr + uint64(n), off: k.size})
 	k.size += n
-	return nil
 }
 
-// ReadPages implements pageserver.LazyMemory.
+// ReadPages implements pageserver.LazyMemory: only pages recorded lazy,
+// from the frozen task.
 func (k *keptPages) ReadPages(pid int, vaddr uint64, b []byte) error {
 	if pid != k.pid {
 		return fmt.Errorf("pid %d is not the dumped task %d", pid, k.pid)
@@ -130,12 +120,11 @@ func (k *keptPages) ReadPages(pid int, vaddr uint64, b []byte) error {
 	for len(b) > 0 {
 		i := sort.Search(len(k.runs), func(i int) bool { return k.runs[i].end > vaddr })
 		if i == len(k.runs) || k.runs[i].vaddr > vaddr {
-			return fmt.Errorf("no lazy page kept at %#x", vaddr)
+			return fmt.Errorf("no lazy page at %#x", vaddr)
 		}
-		r := k.runs[i]
-		n := min(uint64(len(b)), r.end-vaddr)
-		if _, err := k.f.ReadAt(b[:n], r.off+int64(vaddr-r.vaddr)); err != nil {
-			return fmt.Errorf("read kept pages at %#x: %w", vaddr, err)
+		n := min(uint64(len(b)), k.runs[i].end-vaddr)
+		if err := readv(k.pid, b[:n], []unix.RemoteIovec{{Base: uintptr(vaddr), Len: int(n)}}); err != nil {
+			return fmt.Errorf("read lazy pages at %#x of the frozen task %d: %w", vaddr, k.pid, err)
 		}
 		b = b[n:]
 		vaddr += n
@@ -146,9 +135,16 @@ func (k *keptPages) ReadPages(pid int, vaddr uint64, b []byte) error {
 // lazyTarget writes the pages into the images but for those of lazy
 // VMAs, which it records as PE_LAZY without data.
 type lazyTarget struct {
-	pid  int
-	kept *keptPages
+	pid   int
+	kept  *keptPages
+	serve func(context.Context) error
 }
+
+// hold serves the lazy pages while the dumped tree is still frozen
+// (DumpToContext calls it once the images stand).
+func (t *lazyTarget) hold(ctx context.Context) error { return t.serve(ctx) }
+
+func (t *lazyTarget) lazyPages() uint64 { return t.kept.pages() }
 
 func (t *lazyTarget) Open(d *images.Dir, name string, id uint32) (pagexfer.Sink, error) {
 	s, err := pagexfer.NewImageSink(d, name, id)
@@ -244,10 +240,12 @@ func (s *lazySink) AddPages(vaddr, nr uint64, flags uint32, src io.Reader) error
 		lazy, b := s.part(a, end)
 		n := (b - a) / images.PageSize
 		if lazy {
-			if err := s.inner.AddPages(a, n, images.PageLazy, nil); err != nil {
-				return err
+			// Read by a source that did not know the range was lazy:
+			// the data is dropped, and served from the frozen task.
+			if _, err := io.CopyN(io.Discard, src, int64(b-a)); err != nil {
+				return fmt.Errorf("lazy pages at %#x: %w", a, err)
 			}
-			if err := s.kept.keep(a, int64(b-a), src); err != nil {
+			if err := s.lazyPages(a, n); err != nil {
 				return err
 			}
 		} else if err := s.inner.AddPages(a, n, flags, io.LimitReader(src, int64(b-a))); err != nil {
@@ -275,5 +273,69 @@ func (s *lazySink) part(a, end uint64) (bool, uint64) {
 	return false, end
 }
 
+// lazyPages records nr pages at vaddr as lazy, without data.
+func (s *lazySink) lazyPages(vaddr, nr uint64) error {
+	if err := s.inner.AddPages(vaddr, nr, images.PageLazy, nil); err != nil {
+		return err
+	}
+	s.kept.keep(vaddr, int64(nr*images.PageSize))
+	return nil
+}
+
+// lazyVMA tells whether [start, end) lies in a lazy range: its pages are
+// then only listed (lazyScan), never read.
+func (s *lazySink) lazyVMA(start, end uint64) bool {
+	lazy, b := s.part(start, end)
+	return lazy && b == end
+}
+
 func (s *lazySink) Hole(vaddr, nr uint64) error { return s.inner.Hole(vaddr, nr) }
 func (s *lazySink) Close() error                { return s.inner.Close() }
+
+// lazyLister is a sink that takes some VMAs' pages as lazy, without data.
+type lazyLister interface {
+	lazyVMA(start, end uint64) bool
+	lazyPages(vaddr, nr uint64) error
+}
+
+// lazyScan lists the pages of [start, end) that hold data to the sink as
+// lazy, without reading them.
+func (d *MemoryDumper) lazyScan(l lazyLister, start, end uint64) error {
+	for a := start; a < end; {
+		n := min((end-a)/pageSize, scanPages)
+		ents := d.ents[:n]
+		if err := d.pm.Read(a, ents); err != nil {
+			return err
+		}
+		d.stats.Scanned += n
+		runStart, runLen := uint64(0), uint64(0)
+		for i, e := range ents {
+			ok, zero := d.want(e, false)
+			if zero {
+				d.stats.Zero++
+			} else if !ok {
+				d.stats.Untouched++
+			}
+			if ok {
+				if runLen == 0 {
+					runStart = a + uint64(i)*pageSize
+				}
+				runLen++
+				continue
+			}
+			if runLen > 0 {
+				if err := l.lazyPages(runStart, runLen); err != nil {
+					return err
+				}
+				runLen = 0
+			}
+		}
+		if runLen > 0 {
+			if err := l.lazyPages(runStart, runLen); err != nil {
+				return err
+			}
+		}
+		a += n * pageSize
+	}
+	return nil
+}

@@ -362,6 +362,16 @@ func (d *MemoryDumper) DumpPrivate(vmas []VMA, sink pagexfer.Sink) error {
 			}
 			continue
 		}
+		if l, ok := sink.(lazyLister); ok && l.lazyVMA(v.Start, v.End) {
+			// dump --lazy-pages: listed in order, never read.
+			if err := cur.drain(); err != nil {
+				return err
+			}
+			if err := d.lazyScan(l, v.Start, v.End); err != nil {
+				return fmt.Errorf("pages of vma %#x-%#x: %w", v.Start, v.End, err)
+			}
+			continue
+		}
 		if err := d.scan(cur, v.Start, v.End, 0, false); err != nil {
 			return fmt.Errorf("pages of vma %#x-%#x: %w", v.Start, v.End, err)
 		}

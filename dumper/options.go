@@ -1,6 +1,9 @@
 package dumper
 
-import "godwit/pageserver"
+import (
+	"godwit/internal/netlock"
+	"godwit/pageserver"
+)
 
 // Options are what one dump needs; cmd/godwit and the RPC service map
 // their own options onto them (internal/engineopts).
@@ -35,6 +38,9 @@ type Options struct {
 	// FileLocks dumps the file locks the tree holds (--file-locks);
 	// without it a lock fails the dump.
 	FileLocks bool
+	// NetworkLock is how the tree's connections are locked while it is
+	// dumped and until they are restored ("": netlock.Default).
+	NetworkLock netlock.Method
 	// TCPEstablished dumps established TCP connections (--tcp-established);
 	// SkipInFlight leaves out connections not accepted yet
 	// (--skip-in-flight).
@@ -45,6 +51,10 @@ type Options struct {
 type PageServer struct {
 	Addr      string // host:port
 	Transport pageserver.TransportOptions
+	// Socket is used when Addr is empty: a connected stream socket the
+	// caller handed over (CRIU's --ps-socket FD, criu_opts.ps.fd), which
+	// the dump does not close; its session ends with FORCE_CLOSE.
+	Socket int
 }
 
 // ParseMethod parses a Method's name ("vmsplice" or "readv").

@@ -27,6 +27,13 @@ type pageServerTarget struct {
 
 func dialPageServer(parent context.Context, ps *PageServer) (*pageServerTarget, error) {
 	// An interruption (parent done) ends the dial at once.
+	if ps.Addr == "" {
+		conn, err := pageserver.SocketConn(ps.Socket)
+		if err != nil {
+			return nil, fmt.Errorf("page server: %w", err)
+		}
+		return &pageServerTarget{ctx: context.Background(), c: pageserver.NewSocketClient(conn)}, nil
+	}
 	ctx, cancel := context.WithTimeout(parent, pageServerTimeout)
 	defer cancel()
 	addr := ps.Addr

@@ -82,7 +82,7 @@ func benchPreDump(b *testing.B, mib, pct, later int) {
 	var setups, bare []time.Duration
 	for i := 0; i < 7; i++ {
 		bare = append(bare, bareFreeze(b, w.p.Pid))
-		tk, err := openTracking(w.p.Pid, nil, time.Minute, logging.Default(), true)
+		tk, err := openTracking(w.p.Pid, nil, true, time.Minute, logging.Default(), true)
 		if err != nil {
 			b.Fatal(err)
 		}

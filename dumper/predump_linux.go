@@ -2,6 +2,7 @@ package dumper
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -14,7 +15,9 @@ import (
 	"godwit/internal/logging"
 	"godwit/internal/pagexfer"
 	"godwit/internal/pidfd"
+	"godwit/internal/procfs"
 	"godwit/pageserver"
+	"godwit/uffd"
 )
 
 // PreDumpOptions are what one pre-dump round needs.
@@ -65,11 +68,13 @@ func (r *PreDumpResult) FormatStats() string {
 // CRIU's pre_dump_mode values (images/inventory.proto).
 const preDumpModeRead = 2 // PRE_DUMP_READ: pages read with process_vm_readv
 
-// PreDump runs one pre-dump round of process o.Pid: the first takes every
-// page and starts dirty tracking; later ones (o.PrevImagesDir names the
-// previous round) take only the pages written since, leaving the rest to
-// the parent images. The target keeps running; it is frozen only for the
-// few injected calls that create the tracking userfaultfd (first round).
+// PreDump runs one pre-dump round of the tree of process o.Pid: the first
+// takes every page and starts dirty tracking of every task; later ones
+// (o.PrevImagesDir names the previous round) take only the pages written
+// since, leaving the rest to the parent images. A task that is new since
+// the parent round is taken whole; one that is gone is dropped. The tasks
+// keep running; each is frozen only for the few injected calls that
+// create its tracking userfaultfd (its first round).
 func PreDump(ctx context.Context, o PreDumpOptions) (*PreDumpResult, error) {
 	log := logging.Default()
 	pid := o.Pid
@@ -90,11 +95,15 @@ func PreDump(ctx context.Context, o PreDumpOptions) (*PreDumpResult, error) {
 	}
 	defer final.Close()
 	var parent *images.Dir
+	var pt *parentTrack
 	if o.PrevImagesDir != "" {
 		if parent, err = resolveParent(o.ImagesDir, o.PrevImagesDir); err != nil {
 			return nil, fmt.Errorf("pre-dump: %w", err)
 		}
 		defer parent.Close()
+		if pt, err = readParentTrack(parent); err != nil {
+			return nil, fmt.Errorf("pre-dump: %w", err)
+		}
 	}
 	var target PageTarget = localPages{}
 	if o.PageServer != nil {
@@ -114,81 +123,201 @@ func PreDump(ctx context.Context, o PreDumpOptions) (*PreDumpResult, error) {
 	if err := interrupted(ctx); err != nil {
 		return nil, fmt.Errorf("pre-dump %d: %w", pid, err)
 	}
-	tk, err := openTracking(pid, parent, o.HolderTimeout, log, true)
-	if err != nil {
+	r := &treeRound{o: o, root: pid, log: log}
+	defer r.close()
+	if err := r.open(proc, pt); err != nil {
+		r.fail() // the trackings taken so far are not busy any more
 		return nil, fmt.Errorf("pre-dump: %w", err)
 	}
-	defer tk.close()
-	// PARENT entries need the parent's pagemap: locally, in the parent
-	// directory (a page server answers for its own, see sinkHasParent).
-	res, err := preDumpRound(ctx, o, proc, stage, tk, target, parent != nil && parent.Exists(images.PagemapImg(pid)))
+	res, err := r.run(ctx, proc, stage, parent, pt, target)
 	if err != nil {
-		tk.fail()
+		r.fail()
 		return nil, fmt.Errorf("pre-dump %d: %w", pid, err)
 	}
+	r.endDropped(pt)
 	if err := images.WriteDumpStats(final, o.WorkDir, res.Stats); err != nil {
 		log.Warnf("pre-dump %d: %v", pid, err)
 	}
 	return res, nil
 }
 
-func preDumpRound(ctx context.Context, o PreDumpOptions, proc *pidfd.Proc, stage *images.Staging, tk *tracking, target PageTarget, chained bool) (*PreDumpResult, error) {
-	pid := o.Pid
+// treeRound is one pre-dump round of a tree.
+type treeRound struct {
+	o     PreDumpOptions
+	root  int
+	log   *logging.Logger
+	tasks []*roundTask // the root first
+	notes []string
+	shm   []shmRecord // the shared objects tracked
+}
+
+// roundTask is one task of a round.
+type roundTask struct {
+	pid  int
+	proc *pidfd.Proc
+	tk   *tracking
+	gone bool // exited during the round: dropped
+
+	tracked, untrackable []uffd.VMA
+	covered              []span
+	vmas                 []VMA
+	scan                 *uffd.ScanResult
+}
+
+// open lists the tree and takes (or starts) the tracking of every task.
+func (r *treeRound) open(rootProc *pidfd.Proc, pt *parentTrack) error {
+	pids, err := liveTree(r.root)
+	if err != nil {
+		return err
+	}
+	for _, p := range pids {
+		var proc *pidfd.Proc
+		if p == r.root {
+			proc = rootProc
+		} else if proc, err = pidfd.Open(p); err != nil {
+			r.log.Debugf("pre-dump %d: task %d exited before its round", r.root, p)
+			continue
+		}
+		tk, err := openTracking(p, pt, p == r.root, r.o.HolderTimeout, r.log, true)
+		if err != nil {
+			if p != r.root && proc.Verify() != nil {
+				r.log.Debugf("pre-dump %d: task %d exited before its round", r.root, p)
+				proc.Close()
+				continue
+			}
+			if p != r.root {
+				proc.Close()
+				err = fmt.Errorf("task %d: %w", p, err)
+			}
+			return err
+		}
+		r.tasks = append(r.tasks, &roundTask{pid: p, proc: proc, tk: tk})
+	}
+	return nil
+}
+
+// liveTree lists pid and its descendants, parents before children
+// (zombies left out: they have no memory).
+func liveTree(pid int) ([]int, error) {
+	out := []int{pid}
+	seen := map[int]bool{pid: true}
+	for i := 0; i < len(out); i++ {
+		kids, err := Children(out[i])
+		if err != nil {
+			if i == 0 {
+				return nil, err
+			}
+			continue // exited meanwhile
+		}
+		for _, k := range kids {
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+			if st, err := procfs.ReadStat(k); err != nil || st.State == 'Z' || st.State == 'X' {
+				continue
+			}
+			out = append(out, k)
+		}
+	}
+	return out, nil
+}
+
+func (r *treeRound) close() {
+	for _, t := range r.tasks {
+		if t.tk != nil {
+			t.tk.close()
+		}
+		if t.pid != r.root {
+			t.proc.Close()
+		}
+	}
+}
+
+// fail ends a failed round for every task.
+func (r *treeRound) fail() {
+	for _, t := range r.tasks {
+		if t.tk != nil {
+			t.tk.fail()
+		}
+	}
+}
+
+// endDropped ends the tracking of the tasks the parent round tracked that
+// are no longer in the tree (exited: their holders go with them; moved out
+// of the tree: nothing will ever use it).
+func (r *treeRound) endDropped(pt *parentTrack) {
+	if pt == nil || pt.rec == nil {
+		return
+	}
+	in := map[int]bool{}
+	for _, t := range r.tasks {
+		if !t.gone {
+			in[t.pid] = true
+		}
+	}
+	for _, rec := range append([]trackRecord{pt.rec.trackRecord}, pt.rec.Tasks...) {
+		if !in[rec.TargetPid] {
+			killRecordedHolder(rec)
+		}
+	}
+}
+
+// killRecordedHolder kills the holder rec names, if it still is that
+// holder.
+func killRecordedHolder(rec trackRecord) {
+	hfd, err := unix.PidfdOpen(rec.HolderPid, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(hfd)
+	if hs, comm, err := startTime(rec.HolderPid); err == nil && hs == rec.HolderStart && comm == holderComm {
+		_ = unix.PidfdSendSignal(hfd, unix.SIGKILL, nil, 0)
+	}
+}
+
+func (r *treeRound) run(ctx context.Context, rootProc *pidfd.Proc, stage *images.Staging, parent *images.Dir, pt *parentTrack, target PageTarget) (*PreDumpResult, error) {
 	dir := stage.Dir()
 	t0 := time.Now()
-	if o.PrevImagesDir != "" {
+	if r.o.PrevImagesDir != "" {
 		// CRIU's layout: "parent" → --prev-images-dir, resolved from
 		// the images directory (the link moves there on commit).
-		if err := dir.Symlink(o.PrevImagesDir, "parent"); err != nil {
+		if err := dir.Symlink(r.o.PrevImagesDir, "parent"); err != nil {
 			return nil, err
 		}
 	}
-	vmas, err := roundVMAs(pid)
-	if err != nil {
-		return nil, err
-	}
-	if err := proc.Verify(); err != nil {
-		return nil, err
-	}
-	tScan := time.Now()
-	dirty, tr, scan, err := tk.scanDirty(vmas)
-	if err != nil {
-		return nil, err
-	}
-	logging.Default().Debugf("pre-dump %d: %d VMAs read in %v, tracker scan %v (%d written ranges, %d new)",
-		pid, len(vmas), tScan.Sub(t0), time.Since(tScan), len(scan.Written), len(scan.New))
-	sink, err := target.Open(dir, images.PagemapImg(pid), 1)
-	if err != nil {
-		return nil, err
-	}
-	covered := []span(nil)
-	if !tk.fresh {
-		covered = tk.st.Covered
-		if !sinkHasParent(sink, chained) {
-			tk.note("the page server has no parent images of this task (start it with --prev-images-dir): taking every page")
-			covered = nil
+	res := &PreDumpResult{Pid: r.root, Full: true}
+	var memTime time.Duration
+	id := uint32(0)
+	for _, t := range r.tasks {
+		if err := interrupted(ctx); err != nil {
+			return nil, err
 		}
+		id++
+		chained := parent != nil && parent.Exists(images.PagemapImg(t.pid))
+		tm := time.Now()
+		w, err := r.task(t, dir, id, target, chained)
+		memTime += time.Since(tm)
+		if err != nil {
+			if t.pid != r.root && t.proc.Verify() != nil {
+				r.log.Infof("pre-dump %d: task %d exited during its round: dropped", r.root, t.pid)
+				t.gone = true
+				t.tk.fail()
+				continue
+			}
+			if t.pid != r.root {
+				err = fmt.Errorf("task %d: %w", t.pid, err)
+			}
+			return nil, err
+		}
+		res.Mem.add(w.stats)
+		res.Parent += w.Parent
+		res.Lost += w.Lost
+		res.Full = res.Full && (t.tk.fresh || t.covered == nil)
+		res.Frozen = max(res.Frozen, t.tk.frozen)
 	}
-	w, err := newIncrWriter(pid, sink, dirty, covered, true)
-	if err != nil {
-		sink.Close()
+	if err := r.shared(dir, &id, target, parent, pt, res); err != nil {
 		return nil, err
-	}
-	tm := time.Now()
-	err = w.writePrivate(vmas)
-	w.close()
-	if cerr := sink.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return nil, err
-	}
-	memTime := time.Since(tm)
-	if hasShared(vmas) {
-		tk.note("shared memory is not pre-dumped: the final dump takes it whole")
-	}
-	if kids, err := Children(pid); err == nil && len(kids) > 0 {
-		tk.note("only process %d is pre-dumped: the final dump takes the memory of its %d child(ren) whole", pid, len(kids))
 	}
 	if err := target.Commit(); err != nil {
 		return nil, err
@@ -200,43 +329,128 @@ func preDumpRound(ctx context.Context, o PreDumpOptions, proc *pidfd.Proc, stage
 	if err != nil {
 		return nil, err
 	}
-	gen := tk.st.Gen + 1
-	if err := writeFile(dir, trackRecordName, tk.record(gen)); err != nil {
+	rec, err := r.record()
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFile(dir, trackRecordName, rec); err != nil {
 		return nil, err
 	}
 	mode := uint32(preDumpModeRead)
 	if err := images.WriteInventory(dir, images.InventoryOptions{DumpUptime: uptime, PreDumpMode: &mode}); err != nil {
 		return nil, err
 	}
-	if err := proc.Verify(); err != nil {
+	if err := rootProc.Verify(); err != nil {
 		return nil, err
 	}
 	if err := stage.Commit(); err != nil {
 		return nil, err
 	}
-	if err := tk.commit(tr.Tracked(), scan.Untrackable, w.out); err != nil {
-		// The images stand, but no later round can trust the
-		// tracking: make the next one take everything.
-		_ = stage.Rollback()
-		return nil, err
+	for _, t := range r.tasks {
+		if t.gone {
+			continue
+		}
+		if err := t.tk.commit(t.tracked, t.untrackable, t.covered); err != nil {
+			// The images stand, but no later round can trust the
+			// tracking: make the next one take everything.
+			_ = stage.Rollback()
+			return nil, err
+		}
 	}
 	stage.Keep()
-	w.stats.DumpTime = memTime
-	res := &PreDumpResult{Pid: pid, Round: gen, Full: tk.fresh || covered == nil, Mem: w.stats,
-		Parent: w.Parent, Lost: w.Lost, Frozen: tk.frozen, Notes: tk.notes}
+	res.Round = r.tasks[0].tk.st.Gen
+	for _, t := range r.tasks {
+		res.Notes = append(res.Notes, t.tk.notes...)
+	}
+	res.Notes = append(res.Notes, r.notes...)
+	res.Mem.DumpTime = memTime
 	res.Stats = &stats.DumpStatsEntry{
 		FreezingTime:       proto.Uint32(0),
-		FrozenTime:         proto.Uint32(uint32(tk.frozen.Microseconds())),
+		FrozenTime:         proto.Uint32(uint32(res.Frozen.Microseconds())),
 		MemdumpTime:        proto.Uint32(uint32(memTime.Microseconds())),
 		MemwriteTime:       proto.Uint32(uint32(memTime.Microseconds())),
-		PagesScanned:       proto.Uint64(w.stats.Scanned),
-		PagesSkippedParent: proto.Uint64(w.Parent),
-		PagesWritten:       proto.Uint64(w.stats.Written),
+		PagesScanned:       proto.Uint64(res.Mem.Scanned),
+		PagesSkippedParent: proto.Uint64(res.Parent),
+		PagesWritten:       proto.Uint64(res.Mem.Written),
 		PagesLazy:          proto.Uint64(0),
 	}
-	logging.Default().Infof("pre-dump %d: round %d: %d pages written, %d left to the parent, %d scanned, frozen %v, %v in all",
-		pid, gen, w.stats.Written, w.Parent, w.stats.Scanned, tk.frozen, time.Since(t0))
+	r.log.Infof("pre-dump %d: round %d of %d task(s): %d pages written, %d left to the parent, %d scanned, frozen at most %v, %v in all",
+		r.root, res.Round, len(r.tasks), res.Mem.Written, res.Parent, res.Mem.Scanned, res.Frozen, time.Since(t0))
 	return res, nil
+}
+
+func (r *treeRound) note(format string, args ...any) {
+	s := fmt.Sprintf(format, args...)
+	r.notes = append(r.notes, s)
+	r.log.Warnf("pre-dump %d: %s", r.root, s)
+}
+
+// task writes one task's private pages (pagemap-PID.img, pages id id).
+func (r *treeRound) task(t *roundTask, dir *images.Dir, id uint32, target PageTarget, chained bool) (*incrWriter, error) {
+	tk := t.tk
+	vmas, err := roundVMAs(t.pid)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.proc.Verify(); err != nil {
+		return nil, err
+	}
+	tScan := time.Now()
+	dirty, tr, scan, err := tk.scanDirty(vmas)
+	if err != nil {
+		return nil, err
+	}
+	r.log.Debugf("pre-dump %d: task %d: %d VMAs, tracker scan %v (%d written ranges, %d new)",
+		r.root, t.pid, len(vmas), time.Since(tScan), len(scan.Written), len(scan.New))
+	sink, err := target.Open(dir, images.PagemapImg(t.pid), id)
+	if err != nil {
+		return nil, err
+	}
+	covered := []span(nil)
+	if !tk.fresh {
+		covered = tk.st.Covered
+		if !sinkHasParent(sink, chained) {
+			tk.note("the page server has no parent images of task %d (start it with --prev-images-dir): taking every page", t.pid)
+			covered = nil
+		}
+	}
+	w, err := newIncrWriter(t.pid, sink, dirty, covered, true)
+	if err != nil {
+		sink.Close()
+		return nil, err
+	}
+	err = w.writePrivate(vmas)
+	w.close()
+	if cerr := sink.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	t.vmas, t.scan = vmas, scan
+	t.tracked, t.untrackable, t.covered = tr.Tracked(), scan.Untrackable, w.out
+	if covered == nil && !tk.fresh {
+		t.covered = w.out
+	}
+	return w, nil
+}
+
+// record is this round's godwit-track.json.
+func (r *treeRound) record() ([]byte, error) {
+	var rec treeRecord
+	for _, t := range r.tasks {
+		if t.gone {
+			continue
+		}
+		k := t.tk.recordOf(t.tk.st.Gen + 1)
+		if t.pid == r.root {
+			rec.trackRecord = k
+		} else {
+			rec.Tasks = append(rec.Tasks, k)
+		}
+	}
+	rec.Shm = r.shm
+	return json.Marshal(&rec)
 }
 
 // sinkHasParent tells whether the receiver of the pages can resolve
@@ -250,15 +464,6 @@ func sinkHasParent(s any, chained bool) bool {
 		return false
 	}
 	return chained
-}
-
-func hasShared(vmas []VMA) bool {
-	for i := range vmas {
-		if vmas[i].SharedAnon() {
-			return true
-		}
-	}
-	return false
 }
 
 // bootMicros is CLOCK_BOOTTIME in microseconds, as CRIU's dump_uptime.
@@ -282,52 +487,72 @@ func writeFile(d *images.Dir, name string, b []byte) error {
 	return f.Close()
 }
 
-// trackedDump is the memory tracking a --track-mem dump with a parent
-// continues (nil: a plain dump).
+// trackedDump is the memory tracking a dump with a parent continues, for
+// every task of the tree (nil: a plain dump).
 type trackedDump struct {
-	pid     int // the root task: the one pre-dump rounds tracked
-	tk      *tracking
-	chained bool
+	root   int
+	parent *images.Dir
+	pt     *parentTrack // nil: a full dump that only links its parent
+	tasks  map[int]*tracking
+	shm    []shmTask // the shared mappings of the tasks dumped
+	log    *logging.Logger
 }
 
-// openTrackedDump prepares a final dump on top of pre-dump rounds.
-func openTrackedDump(o Options, log *logging.Logger) (*trackedDump, *images.Dir, error) {
+// openTrackedDump prepares a final dump on top of pre-dump rounds. The
+// root's tracking is taken at once (another round still running fails the
+// dump before anything is frozen); the other tasks' as they are dumped.
+func openTrackedDump(o Options, log *logging.Logger) (*trackedDump, error) {
 	if o.PrevImagesDir == "" {
 		if o.TrackMem {
-			return nil, nil, errors.New("dump: --track-mem without --prev-images-dir: start tracking with pre-dump")
+			return nil, errors.New("dump: --track-mem without --prev-images-dir: start tracking with pre-dump")
 		}
-		return nil, nil, nil
+		return nil, nil
 	}
 	parent, err := resolveParent(o.ImagesDir, o.PrevImagesDir)
 	if err != nil {
-		return nil, nil, fmt.Errorf("dump: %w", err)
+		return nil, fmt.Errorf("dump: %w", err)
 	}
-	hasPagemap := parent.Exists(images.PagemapImg(o.Pid))
+	td := &trackedDump{root: o.Pid, parent: parent, tasks: map[int]*tracking{}, log: log}
 	if !o.TrackMem {
 		// A full dump that only links its parent, as CRIU's.
-		return &trackedDump{pid: o.Pid, chained: hasPagemap}, parent, nil
+		return td, nil
+	}
+	if td.pt, err = readParentTrack(parent); err != nil {
+		parent.Close()
+		return nil, fmt.Errorf("dump: %w", err)
 	}
 	// No fresh tracking here: without the parent's, the dump is full.
-	tk, err := openTracking(o.Pid, parent, 0, log, false)
+	tk, err := openTracking(o.Pid, td.pt, true, 0, log, false)
 	if err != nil {
 		parent.Close()
-		return nil, nil, fmt.Errorf("dump: %w", err)
+		return nil, fmt.Errorf("dump: %w", err)
 	}
-	return &trackedDump{pid: o.Pid, tk: tk, chained: hasPagemap}, parent, nil
+	td.tasks[o.Pid] = tk
+	return td, nil
 }
 
-// writePrivate sends the private pages of the frozen task: only what
+// writePrivate sends the private pages of the frozen task pid: only what
 // changed since the parent round, the rest as PARENT entries.
 func (t *trackedDump) writePrivate(pid int, vmas []VMA, sink pagexfer.Sink) (MemStats, uint64, error) {
 	dirty := spansOf(trackVMAs(vmas)) // without tracking: everything
 	var covered []span
-	if t.tk != nil {
-		var err error
-		if dirty, _, _, err = t.tk.scanDirty(vmas); err != nil {
-			return MemStats{}, 0, err
+	if t.pt != nil {
+		tk, ok := t.tasks[pid]
+		if !ok {
+			var err error
+			if tk, err = openTracking(pid, t.pt, false, 0, t.log, false); err != nil {
+				return MemStats{}, 0, err
+			}
+			t.tasks[pid] = tk
 		}
-		if sinkHasParent(sink, t.chained) {
-			covered = t.tk.st.Covered
+		if tk != nil {
+			var err error
+			if dirty, _, _, err = tk.scanDirty(vmas); err != nil {
+				return MemStats{}, 0, err
+			}
+			if sinkHasParent(sink, t.parent.Exists(images.PagemapImg(pid))) {
+				covered = tk.st.Covered
+			}
 		}
 	}
 	w, err := newIncrWriter(pid, sink, dirty, covered, false)
@@ -344,26 +569,41 @@ func (t *trackedDump) writePrivate(pid int, vmas []VMA, sink pagexfer.Sink) (Mem
 // finish ends the tracking after the dump stood (ok) or failed; only
 // the first call counts.
 func (t *trackedDump) finish(ok bool) {
-	if t == nil || t.tk == nil {
+	if t == nil || t.parent == nil {
 		return
 	}
-	defer func() { t.tk = nil }()
-	if ok {
-		t.tk.end()
-	} else {
-		t.tk.fail()
+	for _, tk := range t.tasks {
+		if tk == nil {
+			continue
+		}
+		if ok {
+			tk.end()
+		} else {
+			tk.fail()
+		}
+		tk.close()
 	}
-	t.tk.close()
+	if ok && t.pt != nil && t.pt.rec != nil {
+		// The tasks of the rounds that the dump did not reach
+		// (gone from the tree): nothing will use their tracking.
+		for _, rec := range append([]trackRecord{t.pt.rec.trackRecord}, t.pt.rec.Tasks...) {
+			if _, ok := t.tasks[rec.TargetPid]; !ok {
+				killRecordedHolder(rec)
+			}
+		}
+	}
+	t.tasks = nil
+	t.parent.Close()
+	t.parent = nil
 }
 
 // prepareChain links the parent images into the staged dump and takes
 // over the memory tracking of the pre-dump rounds (see openTrackedDump).
 func prepareChain(o Options, dir *images.Dir) (*trackedDump, error) {
-	td, parent, err := openTrackedDump(o, logging.Default())
+	td, err := openTrackedDump(o, logging.Default())
 	if err != nil || td == nil {
 		return nil, err
 	}
-	parent.Close()
 	if err := dir.Symlink(o.PrevImagesDir, "parent"); err != nil {
 		td.finish(false)
 		return nil, fmt.Errorf("dump: %w", err)

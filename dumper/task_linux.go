@@ -8,11 +8,15 @@ import (
 
 // Scratch layout: the in/out buffers of injected calls, in one private
 // anonymous mapping made in the target and unmapped before it resumes.
-// The drivers' buffers come first (drivers.ScratchDrivers bytes).
+// The drivers' buffers come first (drivers.ScratchDrivers bytes); the
+// tables of batched calls and, in the last page, made executable, the
+// batch runner (ptrace.BatchCode) end it.
 const (
-	scratchPipe = drivers.ScratchDrivers // int[2]
-	scratchIov  = 4096                   // struct iovec[maxBatchIovs]
-	scratchSize = 4096 + maxBatchIovs*16
+	scratchPipe   = drivers.ScratchDrivers // int[2]
+	scratchIov    = 4096                   // struct iovec[maxBatchIovs]
+	scratchTable  = scratchIov + maxBatchIovs*16
+	scratchRunner = scratchTable + 8192
+	scratchSize   = scratchRunner + 4096
 )
 
 // siginfos copies ptrace's siginfo queue into the model's.

@@ -6,12 +6,25 @@ import "testing"
 // holder's memfd: neither may make godwit panic, and what parses is sane.
 func FuzzParseRecord(f *testing.F) {
 	f.Add([]byte(`{"target_pid":10,"target_start":5,"holder_pid":11,"holder_start":6,"gen":1}`))
+	f.Add([]byte(`{"target_pid":10,"target_start":5,"holder_pid":11,"holder_start":6,"gen":1,"tasks":[{"target_pid":12,"holder_pid":13,"gen":1}],"shm":[{"shmid":7,"mappings":[{"pid":10,"start":4096,"end":8192,"pgoff":0}]}]}`))
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`[`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := parseRecord(b)
-		if err == nil && (r.TargetPid <= 0 || r.HolderPid <= 0 || r.Gen == 0) {
-			t.Fatalf("accepted %+v", r)
+		r, err := parseTreeRecord(b)
+		if err != nil {
+			return
+		}
+		for _, k := range append([]trackRecord{r.trackRecord}, r.Tasks...) {
+			if k.TargetPid <= 0 || k.HolderPid <= 0 || k.Gen == 0 {
+				t.Fatalf("accepted %+v", k)
+			}
+		}
+		for _, o := range r.Shm {
+			for _, m := range o.Mappings {
+				if m.Start >= m.End || m.Start%pageSize != 0 || m.Pgoff%pageSize != 0 {
+					t.Fatalf("accepted mapping %+v", m)
+				}
+			}
 		}
 	})
 }

@@ -1,6 +1,7 @@
 package dumper
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,6 +37,14 @@ import (
 //	   never sees an extra fd)
 //	4  a pidfd of the target: the holder exits as soon as the target does
 //	5  a memfd with the tracking state (trackState, JSON)
+//	6  a memfd holding a count of the target's forks (8 bytes)
+//
+// The uffd reports forks (UFFD_FEATURE_EVENT_FORK): the holder reads each
+// event, closes the child's new uffd (the child is a new task: a later
+// round takes it whole) and counts it. A child that forks, writes shared
+// memory and exits between two rounds is seen by no scan; the count tells
+// the next round that the shared memory of the parent must be taken
+// whole. (A fork waits until its event is read: the holder reads at once.)
 //
 // It also exits after a timeout, and the final dump kills it. A later
 // round finds it through the godwit-track.json record its parent images
@@ -74,7 +83,12 @@ const (
 	holderUffdFD  = 3
 	holderPidFD   = 4
 	holderStateFD = 5
+	holderForksFD = 6
 )
+
+// trackFeatures are the features of a tracking uffd: the tracker's and
+// fork events (see above).
+const trackFeatures = uffd.TrackerFeatures | uffd.FeatureEventFork
 
 // holderCleanEnv is set in the holder's second exec (see init).
 const holderCleanEnv = "GODWIT_TRACK_HOLDER_CLEAN"
@@ -88,8 +102,8 @@ func init() {
 		// godwit may have inherited fds without close-on-exec (a
 		// caller's pipe: a holder keeping it open would make the
 		// caller wait for EOF until the holder exits). Execute once
-		// more with only 0-5 open.
-		if err := unix.CloseRange(holderStateFD+1, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		// more with only 0-6 open.
+		if err := unix.CloseRange(holderForksFD+1, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 			os.Exit(2)
 		}
 		exe, err := os.Executable()
@@ -102,8 +116,9 @@ func init() {
 	os.Exit(holderMain(v))
 }
 
-// holderMain is the holder process: wait for the target to exit or the
-// timeout, then exit (closing the uffd ends the tracking).
+// holderMain is the holder process: count the target's forks until the
+// target exits or the timeout, then exit (closing the uffd ends the
+// tracking).
 func holderMain(arg string) int {
 	secs, err := strconv.Atoi(arg)
 	if err != nil || secs <= 0 {
@@ -112,21 +127,68 @@ func holderMain(arg string) int {
 	if name, err := unix.BytePtrFromString(holderComm); err == nil {
 		_ = unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(name)), 0, 0, 0)
 	}
+	u, err := uffd.FromFDNegotiated(holderUffdFD, trackFeatures)
+	if err != nil {
+		return 2
+	}
+	var forks uint64
+	buf := make([]byte, 32*64)
+	var msgs []uffd.Msg
 	deadline := time.Now().Add(time.Duration(secs) * time.Second)
 	for {
 		left := time.Until(deadline)
 		if left <= 0 {
 			return 0
 		}
-		fds := []unix.PollFd{{Fd: holderPidFD, Events: unix.POLLIN}}
+		fds := []unix.PollFd{{Fd: holderPidFD, Events: unix.POLLIN}, {Fd: holderUffdFD, Events: unix.POLLIN}}
 		n, err := unix.Poll(fds, int(min(left.Milliseconds()+1, 1<<30)))
 		if err == unix.EINTR {
 			continue
 		}
-		if err != nil || n > 0 {
+		if err != nil || fds[0].Revents != 0 {
 			return 0 // the target exited (or the pidfd is unusable)
 		}
+		if n == 0 {
+			continue
+		}
+		if fds[1].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0 {
+			return 0 // the target's mm is gone (exec): nothing to track
+		}
+		msgs, err = u.Read(buf, msgs[:0])
+		got := uint64(0)
+		for _, m := range msgs {
+			if m.Event == uffd.EventFork {
+				if m.UFD >= 0 {
+					unix.Close(m.UFD)
+				}
+				got++
+			}
+		}
+		if got > 0 {
+			forks += got
+			var b [8]byte
+			binary.NativeEndian.PutUint64(b[:], forks)
+			if _, werr := unix.Pwrite(holderForksFD, b[:], 0); werr != nil {
+				return 2 // a fork that could go unnoticed: end the tracking
+			}
+		}
+		if err != nil && !errors.Is(err, unix.EAGAIN) {
+			return 2
+		}
 	}
+}
+
+// readForks reads a holder's fork count.
+func readForks(f *os.File) (uint64, error) {
+	var b [8]byte
+	n, err := f.ReadAt(b[:], 0)
+	if n == 8 {
+		return binary.NativeEndian.Uint64(b[:]), nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		return 0, nil // nothing counted yet
+	}
+	return 0, fmt.Errorf("read fork count: %w", err)
 }
 
 // span is [Start, End) of page-aligned addresses.
@@ -144,6 +206,7 @@ type trackState struct {
 	Gen         uint64     `json:"gen"` // rounds completed; the record of round gen names this state
 	Broken      bool       `json:"broken,omitempty"`
 	Busy        int        `json:"busy,omitempty"` // pid of the godwit in a round
+	Forks       uint64     `json:"forks"`          // the fork count when the latest round scanned
 	BusyStart   uint64     `json:"busy_start,omitempty"`
 	Tracked     []uffd.VMA `json:"tracked"`
 	Covered     []span     `json:"covered"` // pages in the latest round's pagemap
@@ -164,13 +227,62 @@ type trackRecord struct {
 // maxTrackFile bounds what is read of a record or state.
 const maxTrackFile = 64 << 20
 
-func parseRecord(b []byte) (*trackRecord, error) {
-	var r trackRecord
+// shmRecord is a shared anonymous object a round pre-dumped with its
+// pages tracked: its mappings in the tree then, so that a later round can
+// tell whether every write to it since was seen.
+type shmRecord struct {
+	Shmid    uint64       `json:"shmid"`
+	Mappings []shmMapping `json:"mappings"`
+	Covered  []span       `json:"covered"` // offsets the round's pagemap covers
+}
+
+// shmMapping is one VMA of a shared object in one task.
+type shmMapping struct {
+	Pid       int    `json:"pid"`
+	TaskStart uint64 `json:"task_start"`
+	Start     uint64 `json:"start"`
+	End       uint64 `json:"end"`
+	Pgoff     uint64 `json:"pgoff"` // offset in the object, bytes
+}
+
+func checkRecord(r *trackRecord) error {
+	if r.TargetPid <= 0 || r.HolderPid <= 0 || r.Gen == 0 {
+		return fmt.Errorf("%s: bad record (target %d, holder %d, round %d)", trackRecordName, r.TargetPid, r.HolderPid, r.Gen)
+	}
+	return nil
+}
+
+func parseTreeRecord(b []byte) (*treeRecord, error) {
+	var r treeRecord
 	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("%s: %w", trackRecordName, err)
 	}
-	if r.TargetPid <= 0 || r.HolderPid <= 0 || r.Gen == 0 {
-		return nil, fmt.Errorf("%s: bad record (target %d, holder %d, round %d)", trackRecordName, r.TargetPid, r.HolderPid, r.Gen)
+	if err := checkRecord(&r.trackRecord); err != nil {
+		return nil, err
+	}
+	seen := map[int]bool{r.TargetPid: true}
+	for i := range r.Tasks {
+		if err := checkRecord(&r.Tasks[i]); err != nil {
+			return nil, err
+		}
+		if seen[r.Tasks[i].TargetPid] {
+			return nil, fmt.Errorf("%s: task %d recorded twice", trackRecordName, r.Tasks[i].TargetPid)
+		}
+		seen[r.Tasks[i].TargetPid] = true
+	}
+	for _, o := range r.Shm {
+		var last uint64
+		for i, c := range o.Covered {
+			if c.Start%pageSize != 0 || c.End%pageSize != 0 || c.Start >= c.End || (i > 0 && c.Start < last) {
+				return nil, fmt.Errorf("%s: bad covered range %#x-%#x of shared object %d", trackRecordName, c.Start, c.End, o.Shmid)
+			}
+			last = c.End
+		}
+		for _, m := range o.Mappings {
+			if m.Pid <= 0 || m.Start%pageSize != 0 || m.End%pageSize != 0 || m.Start >= m.End || m.Pgoff%pageSize != 0 || m.Pgoff+(m.End-m.Start) < m.Pgoff {
+				return nil, fmt.Errorf("%s: bad mapping %d:%#x-%#x+%#x of shared object %d", trackRecordName, m.Pid, m.Start, m.End, m.Pgoff, o.Shmid)
+			}
+		}
 	}
 	return &r, nil
 }
@@ -226,6 +338,12 @@ type tracking struct {
 	hstart    uint64
 	u         *uffd.Uffd
 	state     *os.File // our copy of the holder's memfd
+	forks     *os.File // our copy of the holder's fork count
+	// forked says the task forked since the parent round (or may have:
+	// fresh tracking), scanForks the count this round scanned at.
+	forked    bool
+	scanForks uint64
+	dirty     []span // what the latest scan found written or untracked
 	st        *trackState
 	fresh     bool          // tracking started by this round: everything is new
 	frozen    time.Duration // the target's frozen time to set it up
@@ -241,23 +359,83 @@ func (t *tracking) note(format string, args ...any) {
 	t.log.Warnf("track %d: %s", t.pid, s)
 }
 
-// openTracking takes over the tracking the round in parent (an images
-// directory, nil: none) left, or starts a fresh one (a full round) when
-// there is none or it cannot be trusted; without fresh it then returns nil.
+// treeRecord is godwit-track.json: the root task's record at the top
+// level (as a round of one task writes it), the other tasks of the tree in
+// Tasks, and the shared memory objects the round pre-dumped in Shm.
+type treeRecord struct {
+	trackRecord
+	Tasks []trackRecord `json:"tasks,omitempty"`
+	Shm   []shmRecord   `json:"shm,omitempty"`
+}
+
+// parentTrack is what a round's parent images say about their tracking.
+type parentTrack struct {
+	rec  *treeRecord // nil: no usable record (note says why)
+	note string
+}
+
+// readParentTrack reads the tracking record of the parent images; a
+// missing record is not an error (the round then takes every page), a
+// malformed one is.
+func readParentTrack(parent *images.Dir) (*parentTrack, error) {
+	f, err := parent.OpenRead(trackRecordName)
+	if err != nil {
+		return &parentTrack{note: fmt.Sprintf("the parent images have no tracking record (%v): taking every page", err)}, nil
+	}
+	b, err := readAllLimited(f)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	rec, err := parseTreeRecord(b)
+	if err != nil {
+		return nil, err
+	}
+	return &parentTrack{rec: rec}, nil
+}
+
+// task returns the record of pid (nil: not tracked by the parent round).
+func (p *parentTrack) task(pid int) *trackRecord {
+	if p == nil || p.rec == nil {
+		return nil
+	}
+	if p.rec.TargetPid == pid {
+		return &p.rec.trackRecord
+	}
+	for i := range p.rec.Tasks {
+		if p.rec.Tasks[i].TargetPid == pid {
+			return &p.rec.Tasks[i]
+		}
+	}
+	return nil
+}
+
+// openTracking takes over the tracking the parent round (pt, nil: none)
+// left for pid, or starts a fresh one (a full round) when there is none or
+// it cannot be trusted; without fresh it then returns nil. root says pid
+// is the task the user named: a parent round of another process is then
+// an error (for another task of the tree, a reused pid is a new task).
 // It marks the state busy.
-func openTracking(pid int, parent *images.Dir, timeout time.Duration, log *logging.Logger, fresh bool) (*tracking, error) {
+func openTracking(pid int, pt *parentTrack, root bool, timeout time.Duration, log *logging.Logger, fresh bool) (*tracking, error) {
 	start, _, err := startTime(pid)
 	if err != nil {
 		return nil, fmt.Errorf("track %d: %w", pid, err)
 	}
 	t := &tracking{pid: pid, start: start, holder: -1, log: log}
-	if parent != nil {
-		ok, err := t.adopt(parent)
-		if err != nil {
-			return nil, err
-		}
-		if ok {
-			return t, nil
+	if pt != nil {
+		switch rec := pt.task(pid); {
+		case pt.rec == nil:
+			t.note("%s", pt.note)
+		case rec == nil:
+			t.note("task %d is new since the parent round: taking all of its pages", pid)
+		default:
+			ok, err := t.adopt(rec, root)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				return t, nil
+			}
 		}
 	}
 	if !fresh {
@@ -271,26 +449,16 @@ func openTracking(pid int, parent *images.Dir, timeout time.Duration, log *loggi
 	return t, nil
 }
 
-// adopt takes the holder named by parent's record. false: nothing usable
-// (a note says why), start afresh. An error: refuse the round (another
-// round runs).
-func (t *tracking) adopt(parent *images.Dir) (bool, error) {
-	f, err := parent.OpenRead(trackRecordName)
-	if err != nil {
-		t.note("the parent images have no tracking record (%v): taking every page", err)
-		return false, nil
-	}
-	b, err := readAllLimited(f)
-	f.Close()
-	if err != nil {
-		return false, err
-	}
-	rec, err := parseRecord(b)
-	if err != nil {
-		return false, err
-	}
+// adopt takes the holder named by the parent's record of this task.
+// false: nothing usable (a note says why), start afresh. An error: refuse
+// the round (another round runs).
+func (t *tracking) adopt(rec *trackRecord, root bool) (bool, error) {
 	if rec.TargetPid != t.pid || rec.TargetStart != t.start {
-		return false, fmt.Errorf("track %d: the parent images are of process %d (started at %d), not this one", t.pid, rec.TargetPid, rec.TargetStart)
+		if root {
+			return false, fmt.Errorf("track %d: the parent images are of process %d (started at %d), not this one", t.pid, rec.TargetPid, rec.TargetStart)
+		}
+		t.note("task %d is not the process the parent round tracked under that pid: taking all of its pages", t.pid)
+		return false, nil
 	}
 	hs, comm, err := startTime(rec.HolderPid)
 	if err != nil || hs != rec.HolderStart || comm != holderComm {
@@ -328,6 +496,13 @@ func (t *tracking) adopt(parent *images.Dir) (bool, error) {
 		return false, nil
 	}
 	t.state = os.NewFile(uintptr(sfd), "track-state")
+	ffd, err := unix.PidfdGetfd(hfd, holderForksFD, 0)
+	if err != nil {
+		t.note("holder %d: take fork count: %v: taking every page", rec.HolderPid, err)
+		t.killHolder()
+		return false, nil
+	}
+	t.forks = os.NewFile(uintptr(ffd), "track-forks")
 	st, err := t.readState()
 	if err != nil {
 		t.note("holder %d: %v: taking every page", rec.HolderPid, err)
@@ -447,7 +622,7 @@ func (t *tracking) startFresh(timeout time.Duration) error {
 		unix.Close(ufd)
 		return err
 	}
-	feat, err := t.u.API(uffd.TrackerFeatures)
+	feat, err := t.u.API(trackFeatures)
 	if err != nil {
 		return fmt.Errorf("track %d: %w", t.pid, err)
 	}
@@ -456,6 +631,11 @@ func (t *tracking) startFresh(timeout time.Duration) error {
 		return fmt.Errorf("track %d: memfd: %w", t.pid, err)
 	}
 	t.state = os.NewFile(uintptr(mfd), "track-state")
+	ffd, err := unix.MemfdCreate("godwit-track-forks", unix.MFD_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("track %d: memfd: %w", t.pid, err)
+	}
+	t.forks = os.NewFile(uintptr(ffd), "track-forks")
 	t.st = &trackState{Version: trackStateVersion, TargetPid: t.pid, TargetStart: t.start, Features: feat}
 	if err := t.markBusy(); err != nil {
 		return err
@@ -512,7 +692,7 @@ func (t *tracking) startHolder(timeout time.Duration) error {
 	cmd.Args = []string{holderComm}
 	cmd.Env = []string{holderEnv + "=" + strconv.Itoa(int(max(timeout/time.Second, 1)))}
 	cmd.Dir = "/"
-	cmd.ExtraFiles = []*os.File{uf, pidf, t.state}
+	cmd.ExtraFiles = []*os.File{uf, pidf, t.state, t.forks}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	err = cmd.Start()
 	if err != nil {
@@ -594,16 +774,17 @@ func (t *tracking) markBusy() error {
 	return t.writeState()
 }
 
-// record is this round's godwit-track.json (gen: the round it makes).
-func (t *tracking) record(gen uint64) []byte {
-	b, _ := json.Marshal(&trackRecord{TargetPid: t.pid, TargetStart: t.start, HolderPid: t.holderPid, HolderStart: t.hstart, Gen: gen})
-	return b
+// recordOf is this task's entry in a round's godwit-track.json (gen: the
+// round it makes on this task's tracking).
+func (t *tracking) recordOf(gen uint64) trackRecord {
+	return trackRecord{TargetPid: t.pid, TargetStart: t.start, HolderPid: t.holderPid, HolderStart: t.hstart, Gen: gen}
 }
 
 // commit records a successful round: its tracked ranges and coverage.
 func (t *tracking) commit(tracked, untrackable []uffd.VMA, covered []span) error {
 	t.st.Gen++
 	t.st.Busy, t.st.BusyStart = 0, 0
+	t.st.Forks = t.scanForks
 	t.st.Tracked, t.st.Untrackable, t.st.Covered = tracked, untrackable, covered
 	return t.writeState()
 }
@@ -655,6 +836,10 @@ func (t *tracking) close() {
 	if t.state != nil {
 		t.state.Close()
 		t.state = nil
+	}
+	if t.forks != nil {
+		t.forks.Close()
+		t.forks = nil
 	}
 	t.dropHolder()
 }

@@ -8,8 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -64,9 +66,12 @@ func TestLazyRestoreCLI(t *testing.T) {
 	}
 }
 
-// TestLazyDumpCLI: dump --lazy-pages serves the pages it kept out of the
-// images over TLS; lazy-pages --page-server fetches them for restore
-// --lazy-pages; both exit 0 once every page is in.
+// TestLazyDumpCLI: dump --lazy-pages keeps the counter frozen (its lazy
+// pages unread) and serves those pages from its memory over TLS;
+// lazy-pages --page-server fetches them for restore --lazy-pages; both
+// exit 0 once every page is in, and the dump then kills the original.
+// The original keeps its pid until then, so the restore side runs in a
+// pid namespace of its own (as on another host).
 func TestLazyDumpCLI(t *testing.T) {
 	needRoot(t)
 	certs := t.TempDir()
@@ -81,12 +86,12 @@ func TestLazyDumpCLI(t *testing.T) {
 	w := startC(t, false, "-m", "32", "-t", "2")
 	dir := t.TempDir()
 	dump := exec.Command(godwitBin, append([]string{"dump", "-t", strconv.Itoa(w.pid), "-D", dir, "--lazy-pages",
-		"--address", "127.0.0.1", "--port", "0"}, tlsArgs("server")...)...)
+		"--address", "127.0.0.1", "--port", "0", "--display-stats"}, tlsArgs("server")...)...)
 	stdout, err := dump.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var dumpErr bytes.Buffer
+	var dumpErr, dumpOut bytes.Buffer
 	dump.Stderr = &dumpErr
 	if err := dump.Start(); err != nil {
 		t.Fatal(err)
@@ -99,6 +104,7 @@ func TestLazyDumpCLI(t *testing.T) {
 			if a, ok := strings.CutPrefix(sc.Text(), "Serving lazy pages on "); ok {
 				addr <- a
 			}
+			dumpOut.WriteString(sc.Text() + "\n")
 		}
 		dumped <- dump.Wait()
 	}()
@@ -111,39 +117,98 @@ func TestLazyDumpCLI(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("dump --lazy-pages did not start serving")
 	}
-	w.reapKilled(t)
+	// Serving: the original is neither resumed nor killed.
+	ticks := len(w.ticks())
+	time.Sleep(100 * time.Millisecond)
+	if st, tracer := procState(t, w.pid); (st != "t" && st != "T") || tracer == 0 || len(w.ticks()) != ticks {
+		t.Fatalf("while serving, pid %d is %q traced by %d, ticks %d -> %d: want it frozen", w.pid, st, tracer, ticks, len(w.ticks()))
+	}
 	_, port, _ := net.SplitHostPort(a)
-	lp := exec.Command(godwitBin, append([]string{"lazy-pages", "-D", dir, "--page-server", "--address", "127.0.0.1", "--port", port}, tlsArgs("client")...)...)
-	var out bytes.Buffer
-	lp.Stdout, lp.Stderr = &out, &out
-	if err := lp.Start(); err != nil {
+	script := `"$1" lazy-pages -D "$2" -v4 -o lazy-pages.log --page-server --address 127.0.0.1 --port "$3" --tls --tls-cacert "$4" --tls-cert "$5" --tls-key "$6" &
+lp=$!
+while [ ! -S "$2/lazy-pages.socket" ]; do sleep 0.01; done
+"$1" restore -D "$2" --lazy-pages -v4 -o restore.log; rc=$?
+wait $lp; echo "restore=$rc lazy-pages=$?"`
+	ca := tlsArgs("client")
+	rs := exec.Command("unshare", "-pf", "--mount-proc", "sh", "-c", script, "sh", godwitBin, dir, port, ca[2], ca[4], ca[6])
+	var rsOut bytes.Buffer
+	rs.Stdout, rs.Stderr = &rsOut, &rsOut
+	if err := rs.Start(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- lp.Wait() }()
-	t.Cleanup(func() { lp.Process.Kill() })
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if _, err := os.Stat(filepath.Join(dir, "lazy-pages.socket")); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("lazy-pages not listening: %s", out.String())
-		}
-	}
-	r := restore(t, w, dir, "--lazy-pages")
-	for name, c := range map[string]chan error{"lazy-pages": done, "dump --lazy-pages": dumped} {
+	rsDone := make(chan error, 1)
+	go func() { rsDone <- rs.Wait() }()
+	t.Cleanup(func() {
+		rs.Process.Kill() // pid 1 of the namespace: takes everything in it along
 		select {
-		case err := <-c:
-			if err != nil {
-				t.Fatalf("%s: %v: %s %s", name, err, out.String(), dumpErr.String())
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("%s did not finish: %s %s", name, out.String(), dumpErr.String())
+		case <-rsDone:
+		case <-time.After(10 * time.Second):
+		}
+	})
+	select {
+	case err := <-dumped:
+		if err != nil {
+			t.Fatalf("dump --lazy-pages: %v: %s\n%s", err, dumpErr.String(), rsOut.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("dump --lazy-pages did not finish: %s\n%s\n%s", dumpErr.String(), rsOut.String(), readFile(filepath.Join(dir, "lazy-pages.log")))
+	}
+	if !strings.Contains(dumpOut.String(), "Lazy memory pages: ") || strings.Contains(dumpOut.String(), "Lazy memory pages: 0 ") {
+		t.Errorf("dump --display-stats: no lazy pages:\n%s", dumpOut.String())
+	}
+	w.reapKilled(t)
+	// The restored counter runs in the namespace: find it by its pid
+	// there, and ask it to check itself.
+	var restored int
+	waitFor(t, "the restored counter", func() bool {
+		restored = nsPeer(w.pid, rs.Process.Pid)
+		return restored > 0
+	})
+	n := len(w.ticks())
+	waitFor(t, "the restored counter to tick", func() bool { return len(w.ticks()) > n })
+	if err := syscall.Kill(restored, syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-rsDone:
+		rsDone <- err
+		if err != nil || !strings.Contains(rsOut.String(), "restore=0 lazy-pages=0") {
+			t.Fatalf("restore side: %v: %s\n%s\n%s", err, rsOut.String(), readFile(filepath.Join(dir, "restore.log")), w.tail())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("restore side did not finish: %s", rsOut.String())
+	}
+	if !strings.Contains(readFile(w.log), "done") {
+		t.Fatalf("the restored counter did not pass its checks\n%s", w.tail())
+	}
+}
+
+// nsPeer finds the process whose pid is inner in the pid namespace that
+// process unshare made for its children (0: none).
+func nsPeer(inner, unshare int) int {
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid_for_children", unshare))
+	if err != nil {
+		return 0
+	}
+	re := regexp.MustCompile(`(?m)^NSpid:\s+(\d+)\s+(\d+)$`)
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
+		if err != nil {
+			continue
+		}
+		if m := re.FindSubmatch(b); m == nil || string(m[2]) != strconv.Itoa(inner) {
+			continue
+		}
+		if own, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", p)); own == ns {
+			return p
 		}
 	}
-	if code := r.finish(t, w); code != 0 {
-		t.Fatalf("restored counter exited %d\n%s", code, w.tail())
-	}
+	return 0
 }
 
 // TestLazyTreeRestore: every live task of a tree (workloads/tree.c:
@@ -197,5 +262,84 @@ func TestLazyTreeRestore(t *testing.T) {
 	}
 	if !strings.Contains(readFile(w.log), "zombies ok") {
 		t.Fatalf("zombie statuses wrong after a lazy restore\n%s", w.tail())
+	}
+}
+
+// TestLazyChainRestore: pre-dump rounds, a final dump on top of them, then
+// restore --lazy-pages: the daemon serves the pages through the parent
+// images, and the counter's own check of every page passes.
+func TestLazyChainRestore(t *testing.T) {
+	needRoot(t)
+	w := startC(t, false, "-m", "32", "-t", "2")
+	root := t.TempDir()
+	pid := strconv.Itoa(w.pid)
+	var holders []string
+	t.Cleanup(func() {
+		for _, h := range holders {
+			if b, err := os.ReadFile("/proc/" + h + "/comm"); err == nil && strings.TrimSpace(string(b)) == "godwit-track" {
+				n, _ := strconv.Atoi(h)
+				killAndForget(n)
+			}
+		}
+	})
+	prev := ""
+	for i := 1; i <= 2; i++ {
+		dir := filepath.Join(root, "pre"+strconv.Itoa(i))
+		args := []string{"pre-dump", "-t", pid, "-D", dir}
+		if prev != "" {
+			args = append(args, "--prev-images-dir", prev)
+		}
+		if code, out := godwit(t, args...); code != 0 {
+			t.Fatalf("pre-dump %d: exit %d: %s", i, code, out)
+		}
+		if m := regexp.MustCompile(`"holder_pid":(\d+)`).FindStringSubmatch(readFile(filepath.Join(dir, "godwit-track.json"))); m != nil {
+			holders = append(holders, m[1])
+		}
+		prev = "../pre" + strconv.Itoa(i)
+		w.waitTicks(3)
+	}
+	dir := filepath.Join(root, "final")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := godwit(t, "dump", "-t", pid, "-D", dir, "--prev-images-dir", prev, "--track-mem", "-v4", "-o", "dump.log"); code != 0 {
+		t.Fatalf("dump: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "dump.log")))
+	}
+	w.reapKilled(t)
+	lp := exec.Command(godwitBin, "lazy-pages", "-D", dir, "-v4", "-o", "lazy-pages.log", "--display-stats")
+	var out bytes.Buffer
+	lp.Stdout, lp.Stderr = &out, &out
+	if err := lp.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- lp.Wait() }()
+	t.Cleanup(func() {
+		lp.Process.Kill()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+		}
+	})
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(dir, "lazy-pages.socket")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lazy-pages not listening: %s", out.String())
+		}
+	}
+	r := restore(t, w, dir, "--lazy-pages")
+	select {
+	case err := <-done:
+		done <- err
+		if err != nil {
+			t.Fatalf("lazy-pages: %v: %s\n%s", err, out.String(), readFile(filepath.Join(dir, "lazy-pages.log")))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("lazy-pages did not finish: %s", out.String())
+	}
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("restored counter exited %d\n%s", code, w.tail())
 	}
 }

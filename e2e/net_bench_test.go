@@ -52,7 +52,9 @@ func BenchmarkNetConnections(b *testing.B) {
 	// No keepalive probes from the peers: nothing (no network lock here)
 	// would keep them from being answered with a reset while the
 	// connections are dumped and not yet restored.
-	n.do(func() { ln, err = (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp4", "127.0.0.1:0") })
+	n.do(func() {
+		ln, err = (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	})
 	if err != nil {
 		b.Fatal(err)
 	}

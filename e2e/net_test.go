@@ -863,7 +863,9 @@ func TestNetAddressNotLocal(t *testing.T) {
 	const addr = "fd00:6f64::1" // on the test namespace's lo only
 	var out []byte
 	var err error
-	n.do(func() { out, err = exec.Command("ip", "addr", "add", addr+"/128", "dev", "lo", "nodad").CombinedOutput() })
+	n.do(func() {
+		out, err = exec.Command("ip", "addr", "add", addr+"/128", "dev", "lo", "nodad").CombinedOutput()
+	})
 	if err != nil {
 		t.Fatalf("ip addr add: %v\n%s", err, out)
 	}

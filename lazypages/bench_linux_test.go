@@ -21,14 +21,14 @@ import (
 
 	"godwit/dumper"
 	"godwit/internal/testutil"
+	"godwit/pageserver"
 	"godwit/restorer"
 	"godwit/uffd"
 )
 
 // BenchmarkLazyRestore: lazy restore of a process with MiB of memory
 // (GODWIT_LAZY_BENCH_MIB, default 2048) from a page server over loopback
-// TCP with TLS (lazy pages are only served authenticated) and from local
-// images, against floors measured in the same run: loopback TCP (plain
+// TCP (plain, CRIU's default, and with TLS) and from local images, against floors measured in the same run: loopback TCP (plain
 // and TLS) into warm memory, and the bare uffd loop (poll, read, one-page
 // UFFDIO_COPY) for fault latency. Figures: restore start → the program
 // runs (its own clock), restore start → every page in, the program's
@@ -38,6 +38,9 @@ import (
 // floors read into memory touched first.
 //
 //	go test -run XXX -bench LazyRestore -benchtime 1x ./lazypages/
+//
+// GODWIT_LAZY_BENCH_MODES (e.g. "tcp,local") and GODWIT_LAZY_BENCH_PUSH
+// (pages per background request) narrow a run while tuning.
 func BenchmarkLazyRestore(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("needs root")
@@ -63,15 +66,20 @@ func BenchmarkLazyRestore(b *testing.B) {
 	b.ReportMetric(tcpFloor/1e9, "floor-tcp-GB/s")
 	b.ReportMetric(tlsFloor/1e9, "floor-tls-GB/s")
 
-	for _, remote := range []bool{true, false} {
-		name := "local"
-		if remote {
-			name = "tls"
-		}
+	modes := []string{"tcp", "tls", "local"}
+	if v := os.Getenv("GODWIT_LAZY_BENCH_MODES"); v != "" {
+		modes = strings.Split(v, ",") // e.g. "tcp" while tuning
+	}
+	push, _ := strconv.Atoi(os.Getenv("GODWIT_LAZY_BENCH_PUSH")) // 0: the default
+	for _, name := range modes {
 		os.Remove(goFile)
 		os.WriteFile(log, nil, 0o600)
-		o := Options{ImagesDir: dir}
-		if remote {
+		o := Options{ImagesDir: dir, PushPages: push}
+		switch name {
+		case "tcp":
+			addr, _, _ := startPageServer(b, dir, pageserver.TransportOptions{})
+			o.PageServer = addr
+		case "tls":
 			so, co, _ := certs(b, "tcp")
 			addr, _, _ := startPageServer(b, dir, so)
 			o.PageServer, o.Transport = addr, co

@@ -192,9 +192,7 @@ func (d *daemon) release() {
 	}
 	d.mu.Unlock()
 	for _, pm := range d.pms {
-		if pm.pr != nil {
-			pm.pr.Close()
-		}
+		pm.close()
 	}
 	if d.ep >= 0 {
 		unix.Close(d.ep)

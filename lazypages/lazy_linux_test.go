@@ -1,6 +1,7 @@
 package lazypages
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -8,12 +9,14 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"godwit/dumper"
+	"godwit/internal/procfs"
 	"godwit/internal/testutil"
 	"godwit/pageserver"
 	"godwit/restorer"
@@ -23,6 +26,9 @@ func TestMain(m *testing.M) {
 	MaybeGuard()
 	if os.Getenv(daemonEnv) != "" {
 		os.Exit(daemonMain())
+	}
+	if os.Getenv(nsRestoreEnv) != "" {
+		os.Exit(nsRestoreMain())
 	}
 	testutil.CloseInheritedFDs()
 	code := m.Run()
@@ -50,6 +56,61 @@ func daemonMain() int {
 		return 1
 	}
 	return 0
+}
+
+// nsRestoreEnv runs the test binary as the restore side of a lazy
+// migration, in a pid (and mount) namespace of its own so that the task can
+// get its pid back while the dumped original still holds it:
+// GODWIT_LAZY_TEST_NSRESTORE=imagesdir,pageserver-addr,certdir,transport.
+// It runs a lazy-pages daemon and restore --lazy-pages, waits for the
+// task, and exits with its status (100 + why on other failures).
+const nsRestoreEnv = "GODWIT_LAZY_TEST_NSRESTORE"
+
+func nsRestoreMain() int {
+	f := strings.Split(os.Getenv(nsRestoreEnv), ",")
+	if len(f) != 4 {
+		return 100
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		fmt.Fprintln(os.Stderr, "mount --make-rprivate /:", err)
+		return 101
+	}
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		fmt.Fprintln(os.Stderr, "mount /proc:", err)
+		return 101
+	}
+	ready := make(chan struct{})
+	o := Options{ImagesDir: f[0], PageServer: f[1], PushPages: 16, pushPause: 100 * time.Microsecond, Ready: func() { close(ready) }}
+	if f[3] != "plain" {
+		o.Transport = clientTLS(f[2], pageserver.Transport(f[3]))
+	}
+	res := make(chan error, 1)
+	go func() {
+		_, err := Run(context.Background(), o)
+		res <- err
+	}()
+	select {
+	case <-ready:
+	case err := <-res:
+		fmt.Fprintln(os.Stderr, "daemon:", err)
+		return 102
+	}
+	r, err := restorer.Restore(restorer.Options{ImagesDir: f[0], LazyPages: true}, nil)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "restore:", err)
+		return 103
+	}
+	code, err := r.Wait()
+	r.Close()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "wait:", err)
+		return 104
+	}
+	if err := <-res; err != nil {
+		fmt.Fprintln(os.Stderr, "daemon:", err)
+		return 105
+	}
+	return code
 }
 
 var (
@@ -372,9 +433,13 @@ func TestLazySourceLost(t *testing.T) {
 }
 
 // TestLazyFromDump: dump --lazy-pages keeps the lazy pages out of the
-// images and serves them until the daemon of a lazy restore has them all.
+// images, leaves the task frozen and serves them from its memory (plain
+// TCP as CRIU's default, TLS, QUIC) until the daemon of a lazy restore has
+// them all, then kills it. The restore side
+// runs in a pid namespace of its own (the original keeps its pid until
+// then, as it would on another host).
 func TestLazyFromDump(t *testing.T) {
-	for _, tr := range []pageserver.Transport{pageserver.TransportTCP, pageserver.TransportQUIC} {
+	for _, tr := range []pageserver.Transport{"plain", pageserver.TransportTCP, pageserver.TransportQUIC} {
 		t.Run(string(tr), func(t *testing.T) {
 			needRoot(t)
 			tmp := t.TempDir()
@@ -385,7 +450,11 @@ func TestLazyFromDump(t *testing.T) {
 			log, goFile := filepath.Join(tmp, "log"), filepath.Join(tmp, "go")
 			cmd := exec.Command(lazyBin(t), log, goFile, "32", "fork")
 			p := testutil.Start(t, cmd, log, "ready")
-			so, co, _ := certs(t, tr)
+			var so pageserver.TransportOptions
+			var certDir string
+			if tr != "plain" {
+				so, _, certDir = certs(t, tr)
+			}
 			addrc := make(chan string, 1)
 			dumped := make(chan error, 1)
 			go func() {
@@ -399,11 +468,40 @@ func TestLazyFromDump(t *testing.T) {
 			case err := <-dumped:
 				t.Fatalf("dump --lazy-pages: %v", err)
 			}
-			p.Reaped(t)
-			res := startDaemon(t, Options{ImagesDir: dir, PageServer: addr, Transport: co, PushPages: 16, pushPause: 100 * time.Microsecond})
+			if st, err := procfs.ReadStat(p.Pid); err != nil || (st.State != 't' && st.State != 'T') {
+				t.Fatalf("while serving, the dumped task is not frozen: %+v, %v", st, err)
+			}
 			if err := os.WriteFile(goFile, nil, 0o600); err != nil {
 				t.Fatal(err)
 			}
+			rs := exec.Command(os.Args[0])
+			rs.Env = append(os.Environ(), nsRestoreEnv+"="+strings.Join([]string{dir, addr, certDir, string(tr)}, ","))
+			rs.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWPID | unix.CLONE_NEWNS, Pdeathsig: syscall.SIGKILL}
+			var out bytes.Buffer
+			rs.Stdout, rs.Stderr = &out, &out
+			if err := rs.Start(); err != nil {
+				t.Fatal(err)
+			}
+			rsDone := make(chan error, 1)
+			go func() { rsDone <- rs.Wait() }()
+			t.Cleanup(func() {
+				rs.Process.Kill() // pid 1 of its namespace: everything in it goes too
+				select {
+				case <-rsDone:
+				case <-time.After(10 * time.Second):
+				}
+			})
+			select {
+			case err := <-dumped:
+				if err != nil {
+					t.Fatalf("dump --lazy-pages: %v\n%s", err, out.String())
+				}
+			case <-time.After(60 * time.Second):
+				t.Fatalf("dump --lazy-pages still serving\n%s", out.String())
+			}
+			p.Reaped(t)
+			// The pid is free here now: a restore without --lazy-pages
+			// is refused, never filled with zeros.
 			r, err := restorer.Restore(restorer.Options{ImagesDir: dir}, nil)
 			if err == nil || !strings.Contains(err.Error(), "left on the dumping host") {
 				if err == nil {
@@ -411,22 +509,16 @@ func TestLazyFromDump(t *testing.T) {
 				}
 				t.Fatalf("restore without --lazy-pages of a lazy dump: %v", err)
 			}
-			r, err = lazyRestore(t, dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			checkLog(t, log, waitExit(t, r))
-			if d := <-res; d.err != nil {
-				t.Fatalf("daemon: %v", d.err)
-			}
 			select {
-			case err := <-dumped:
+			case err := <-rsDone:
+				rsDone <- err
 				if err != nil {
-					t.Fatalf("dump --lazy-pages: %v", err)
+					t.Fatalf("restore side: %v\n%s", err, out.String())
 				}
-			case <-time.After(20 * time.Second):
-				t.Fatal("dump --lazy-pages still serving after every page was in")
+			case <-time.After(60 * time.Second):
+				t.Fatalf("restored task did not exit\n%s", out.String())
 			}
+			checkLog(t, log, 0)
 		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"godwit/internal/images"
+	"godwit/internal/pagexfer"
 	"godwit/pageserver"
 )
 
@@ -16,6 +17,10 @@ type pagemap struct {
 	pid    int
 	ranges []images.PageRange
 	pr     *images.PageReader // nil when pages come from a page server
+	// chain, for an incremental dump read locally, resolves the PARENT
+	// entries: ranges are then its runs, each read from level[i].
+	chain *pagexfer.Chain
+	level []int
 }
 
 // entry returns the index of the pagemap entry holding src, or -1 when the
@@ -38,7 +43,7 @@ func (p *pagemap) checkRanges(rs [][2]uint64, remote bool) error {
 			}
 			switch {
 			case e.Flags&images.PageInParent != 0:
-				return fmt.Errorf("pagemap-%d.img: pages at %#x are in a parent image: lazy pages from incremental dumps are not supported yet", p.pid, e.Vaddr)
+				return fmt.Errorf("pagemap-%d.img: pages at %#x are in a parent image: a page server cannot serve an incremental dump lazily yet (run lazy-pages where the images chain is)", p.pid, e.Vaddr)
 			case !e.Present() && e.Flags&images.PageLazy == 0:
 				return fmt.Errorf("pagemap-%d.img: entry at %#x has neither data nor the lazy flag (flags %#x)", p.pid, e.Vaddr, e.Flags)
 			case !e.Present() && !remote:
@@ -64,7 +69,17 @@ func (localSource) read(pm *pagemap, src uint64, b []byte) error {
 	if pm.pr == nil {
 		return errors.New("no local pages image")
 	}
-	n, err := pm.pr.ReadAt(b, src)
+	var n int
+	var err error
+	if pm.chain != nil {
+		i := pm.entry(src)
+		if i < 0 {
+			return fmt.Errorf("no pages at %#x in the chain", src)
+		}
+		n, err = pm.chain.ReadAt(pm.level[i], b, src)
+	} else {
+		n, err = pm.pr.ReadAt(b, src)
+	}
 	if err == nil && n < len(b) {
 		err = fmt.Errorf("short read %d of %d bytes", n, len(b))
 	}
@@ -127,6 +142,9 @@ func openPagemap(d *images.Dir, pid int, local bool) (*pagemap, error) {
 			return nil, err
 		}
 		pm.pr = pr
+		if pagexfer.NeedsParent(pr) {
+			return pm, pm.openChain(d, name)
+		}
 		for e := range pr.Ranges() {
 			pm.ranges = append(pm.ranges, e)
 		}
@@ -146,4 +164,36 @@ func openPagemap(d *images.Dir, pid int, local bool) (*pagemap, error) {
 		return nil, err
 	}
 	return pm, nil
+}
+
+// openChain resolves an incremental dump's pagemap through its parent
+// images: the pages are served from whichever level holds them.
+func (pm *pagemap) openChain(d *images.Dir, name string) error {
+	for e := range pm.pr.Ranges() {
+		if !e.Present() && e.Flags&images.PageInParent == 0 && e.Flags&images.PageLazy != 0 {
+			return fmt.Errorf("%s: pages at %#x are on the dumping host and others in the parent images: a lazy dump on top of pre-dump rounds is not supported yet", name, e.Vaddr)
+		}
+	}
+	c, err := pagexfer.OpenChain(d, name, pm.pr)
+	if err != nil {
+		return err
+	}
+	pm.chain = c
+	for _, r := range c.Runs() {
+		pm.ranges = append(pm.ranges, images.PageRange{Vaddr: r.Vaddr, NrPages: r.NrPages, Flags: images.PagePresent, Offset: r.Offset})
+		pm.level = append(pm.level, r.Level)
+	}
+	return nil
+}
+
+// close releases the pages image and the chain's parents.
+func (pm *pagemap) close() {
+	if pm.chain != nil {
+		pm.chain.Close()
+		pm.chain = nil
+	}
+	if pm.pr != nil {
+		pm.pr.Close()
+		pm.pr = nil
+	}
 }

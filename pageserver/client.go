@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sys/unix"
@@ -56,6 +57,8 @@ type Client struct {
 	sinks  map[*TaskSink]struct{}
 	err    error // sticky: the stream is out of sync
 	closed bool
+	// handedOver: conn is the caller's connection (NewSocketClient).
+	handedOver bool
 }
 
 // Dial connects to a page server at addr ("host:port").
@@ -252,6 +255,16 @@ func (c *Client) Abort() {
 	switch {
 	case c.qc != nil:
 		c.qc.CloseWithError(1, "aborted")
+	case c.handedOver:
+		// Closing our descriptor would not end a connection the caller
+		// still holds: shut it down, so that the server learns now that
+		// the session failed (and blocked splices wake up).
+		if sc, ok := c.conn.(syscall.Conn); ok {
+			if rc, err := sc.SyscallConn(); err == nil {
+				rc.Control(func(fd uintptr) { unix.Shutdown(int(fd), unix.SHUT_RDWR) })
+			}
+		}
+		c.conn.Close()
 	case c.raw != nil:
 		// splice and sendfile run on the raw fd, outside Go's poller:
 		// only shutdown wakes them.
@@ -307,8 +320,14 @@ func (c *Client) Close() error {
 }
 
 func (c *Client) sendClose(rw io.ReadWriter) error {
-	if err := sendHeader(rw, wire.Header{Cmd: wire.CmdClose}); err != nil {
-		return fmt.Errorf("page server: CLOSE: %w", err)
+	cmd := uint32(wire.CmdClose)
+	if c.handedOver {
+		// As CRIU: the connection outlives this session, so the server
+		// is told to end it (FORCE_CLOSE) rather than wait for EOF.
+		cmd = wire.CmdForceClose
+	}
+	if err := sendHeader(rw, wire.Header{Cmd: cmd}); err != nil {
+		return fmt.Errorf("page server: %s: %w", wire.CommandName(uint16(cmd)), err)
 	}
 	c.push()
 	var b [4]byte

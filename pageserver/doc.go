@@ -22,7 +22,9 @@
 //     PRESENT. Nothing is replied.
 //   - CLOSE (0x1023) / FORCE_CLOSE (0x1024) reply an int32 status (0:
 //     every image is complete) and end the session; the server then waits
-//     for the peer to close first. A session that ends without CLOSE is an
+//     for the peer to close first, except on a handed-over socket
+//     (--ps-socket, handover.go), where the client sends FORCE_CLOSE and
+//     another session may follow on the same connection. A session that ends without CLOSE is an
 //     error ("data not flushed"); godwit then removes the open task's
 //     partial images.
 //   - GET (7), on a page server started for lazy pages only: dst_id is the

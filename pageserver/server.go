@@ -240,11 +240,11 @@ func (s *Server) Serve(parent context.Context, ln *Listener) error {
 	})
 	defer stop()
 	if s.cfg.Lazy && !ln.Authenticated() {
-		// Even on loopback: any local user could read the pages of any
-		// task from images only their owner may read.
-		return fmt.Errorf("page server: --lazy-pages on %s without --tls would give any peer, local users included, the dumped memory: use --tls or --transport quic", ln.Addr())
-	}
-	if !ln.Authenticated() && !isLoopback(ln.Addr()) {
+		// CRIU's default. Even on loopback any local user can read
+		// the pages of any task from images only their owner may read:
+		// say so.
+		s.log.Warnf("page-server: serving lazy pages on %s without authentication: any peer that reaches it, local users included, can read the dumped memory (use --tls or --transport quic)", ln.Addr())
+	} else if !ln.Authenticated() && !isLoopback(ln.Addr()) {
 		s.log.Warnf("page-server: serving %s without authentication: any peer that reaches it can write images (use --tls or --transport quic)", ln.Addr())
 	}
 	refused := func(peer string, err error) {

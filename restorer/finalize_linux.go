@@ -6,6 +6,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/drivers"
+	"godwit/internal/inject"
 	"godwit/internal/model"
 	"godwit/internal/ptrace"
 	"godwit/internal/xstate"
@@ -51,7 +52,7 @@ type stepErr struct {
 	err  error
 }
 
-func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool) *stepErr {
+func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool) (serr *stepErr) {
 	r := t
 	k := t.img.task
 	rc := &drivers.Restore{Tree: r.img.tree, Task: k, Log: r.log,
@@ -59,15 +60,29 @@ func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool) *stepE
 		// would fire as godwit exits); the others' are in the tree.
 		Detach: r.o.Detach && t == r.root, ShellJob: r.o.ShellJob, Validated: r.validated, Opened: r.opened,
 		Inherit: r.o.InheritFD, Held: r.held, TCPEstablished: r.o.TCPEstablished, TCPClose: r.o.TCPClose}
+	// One injection session in the leader serves every driver up to the
+	// next engine phase: opening and ending one costs a stop of its own.
+	lead := &leaderSession{r: r}
+	step := ""
+	defer func() {
+		if err := lead.end(); err != nil && serr == nil {
+			serr = &stepErr{step, err}
+		}
+	}()
 	for _, d := range ds {
 		var err error
+		step = d.Name()
 		switch d.Name() {
 		case drivers.PhaseThreads:
 			// Made by Layout, with the tasks.
 		case drivers.PhaseMM:
-			err = r.finishMM()
+			if err = lead.end(); err == nil {
+				err = r.finishMM()
+			}
 		case drivers.PhaseRegisters:
-			err = r.registers()
+			if err = lead.end(); err == nil {
+				err = r.registers()
+			}
 		default:
 			if d.Name() == "files" {
 				// An fd table shared with CLONE_FILES is restored
@@ -78,10 +93,13 @@ func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool) *stepE
 				tables[k.IDs.Files] = true
 			}
 			if tr, ok := d.(drivers.TaskRestorer); ok {
-				err = r.inLeader(func(s *session) error { return tr.Restore(rc, s) })()
+				var s *session
+				if s, err = lead.get(); err == nil {
+					err = tr.Restore(rc, s)
+				}
 			}
 			if thr, ok := d.(drivers.ThreadRestorer); ok && err == nil {
-				err = r.eachThread(func(s *session, t *thread) error { return thr.RestoreThread(rc, s, t) })()
+				err = r.eachThread(lead, func(s *session, t *thread) error { return thr.RestoreThread(rc, s, t) })
 			}
 		}
 		if err != nil {
@@ -91,30 +109,56 @@ func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool) *stepE
 	return nil
 }
 
-func (r *taskRun) inLeader(fn func(*session) error) func() error {
-	return func() error {
-		s, err := r.begin(r.img.pid)
+// leaderSession is an injection session in the task's leader, opened
+// when first needed and kept for the drivers after it.
+type leaderSession struct {
+	r *taskRun
+	s *session
+}
+
+func (l *leaderSession) get() (*session, error) {
+	if l.s == nil {
+		s, err := l.r.begin(l.r.img.pid)
+		if err != nil {
+			return nil, err
+		}
+		l.s = s
+	}
+	return l.s, nil
+}
+
+func (l *leaderSession) end() error {
+	if l.s == nil {
+		return nil
+	}
+	s := l.s
+	l.s = nil
+	return s.End(nil)
+}
+
+// eachThread runs fn in every thread, the leader in its open session.
+func (r *taskRun) eachThread(lead *leaderSession, fn func(*session, *thread) error) error {
+	for i := range r.img.threads {
+		t := r.img.threads[i]
+		if t.Tid == r.img.pid {
+			s, err := lead.get()
+			if err == nil {
+				err = fn(s, t)
+			}
+			if err != nil {
+				return fmt.Errorf("thread %d: %w", t.Tid, err)
+			}
+			continue
+		}
+		s, err := r.begin(t.Tid)
 		if err != nil {
 			return err
 		}
-		return s.End(fn(s))
-	}
-}
-
-func (r *taskRun) eachThread(fn func(*session, *thread) error) func() error {
-	return func() error {
-		for i := range r.img.threads {
-			t := r.img.threads[i]
-			s, err := r.begin(t.Tid)
-			if err != nil {
-				return err
-			}
-			if err := s.End(fn(s, t)); err != nil {
-				return fmt.Errorf("thread %d: %w", t.Tid, err)
-			}
+		if err := s.End(fn(s, t)); err != nil {
+			return fmt.Errorf("thread %d: %w", t.Tid, err)
 		}
-		return nil
 	}
+	return nil
 }
 
 // makeThreads adds every dumped thread with its TID (clone3 CLONE_THREAD
@@ -157,13 +201,12 @@ func (r *taskRun) finishMMIn(s *session) error {
 	if _, err := s.Call("unmap puppet code", unix.SYS_MUNMAP, r.win.base, scratchOff); err != nil {
 		return err
 	}
+	b := &batch{s: s}
 	for _, p := range r.protFix {
-		if _, err := s.Call(fmt.Sprintf("mprotect vma %#x-%#x", p.start, p.end), unix.SYS_MPROTECT,
-			p.start, p.end-p.start, uint64(p.prot)); err != nil {
-			return err
-		}
+		b.add(inject.C(fmt.Sprintf("mprotect vma %#x-%#x", p.start, p.end), unix.SYS_MPROTECT,
+			p.start, p.end-p.start, uint64(p.prot)), nil)
 	}
-	return nil
+	return b.flush()
 }
 
 // registers unmaps godwit's window and gives every thread its signal mask,

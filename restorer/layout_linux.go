@@ -15,6 +15,7 @@ import (
 
 	"godwit/internal/drivers"
 	"godwit/internal/images"
+	"godwit/internal/inject"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 	"godwit/internal/puppet"
@@ -108,9 +109,16 @@ func (r *Restorer) Layout() error {
 	if err != nil {
 		return r.fail("start puppet", err)
 	}
+	// Batches need the runner; without it (an error here) every call is
+	// injected alone, as correct and slower.
+	runner := mapRunner(r.tr, p.Pid, win)
+	if runner != nil {
+		r.log.Warnf("restore: %v: injecting calls one by one", runner)
+	}
 	for _, t := range r.tasks {
 		t.win = win
 		t.stubOff = p.SyscallAddr - win.base
+		t.runner = runner == nil
 	}
 	t0 := time.Now()
 	err = r.createTree(p)
@@ -157,11 +165,16 @@ func (r *taskRun) layout(s *session) error {
 		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0); err != nil {
 		return err
 	}
+	r.scratchMapped = true
+	if r.runner {
+		s.SetBatch(r.win.base+runnerOff, batchTableOff)
+	}
 	maps, err := procfs.ReadMaps(pid)
 	if err != nil {
 		return err
 	}
 	var special []procfs.Mapping
+	b := &batch{s: s}
 	for _, m := range maps {
 		switch {
 		case m.Start >= r.win.base && m.End <= r.win.base+windowSize:
@@ -172,10 +185,11 @@ func (r *taskRun) layout(s *session) error {
 		case m.Path == "[vsyscall]":
 			continue // fixed by the kernel, not unmappable
 		}
-		if _, err := s.Call(fmt.Sprintf("unmap puppet's %#x-%#x %s", m.Start, m.End, m.Path),
-			unix.SYS_MUNMAP, m.Start, m.End-m.Start); err != nil {
-			return err
-		}
+		b.add(inject.C(fmt.Sprintf("unmap puppet's %#x-%#x %s", m.Start, m.End, m.Path),
+			unix.SYS_MUNMAP, m.Start, m.End-m.Start), nil)
+	}
+	if err := b.flush(); err != nil {
+		return err
 	}
 	if err := r.moveVdso(s, special); err != nil {
 		return err
@@ -263,8 +277,8 @@ func (r *taskRun) moveVdso(s *session, special []procfs.Mapping) error {
 	if nlo < hi && lo < nhi {
 		// Source and target overlap, which mremap refuses: go through
 		// the bounce area.
-		if hi-lo > bounceSize {
-			return fmt.Errorf("vdso areas span %d bytes, bounce area is %d", hi-lo, bounceSize)
+		if hi-lo > runnerOff-bounceOff {
+			return fmt.Errorf("vdso areas span %d bytes, bounce area is %d", hi-lo, runnerOff-bounceOff)
 		}
 		for i, m := range special {
 			to := r.win.bounce + (m.Start - lo)
@@ -311,6 +325,10 @@ func (r *taskRun) mapVMAs(s *session) error {
 			}
 		}
 	}
+	// The mmaps and madvises go in batches, run before any call whose
+	// result is needed (an open may map, and may open a mapping made
+	// here) and at the end.
+	b := &batch{s: s}
 	for i := range r.img.mm.VMAs {
 		v := &r.img.mm.VMAs[i]
 		st := v.Status
@@ -330,6 +348,9 @@ func (r *taskRun) mapVMAs(s *session) error {
 			id := model.ID(v.Shmid)
 			f, ok := fds[id]
 			if !ok {
+				if err := b.flush(); err != nil {
+					return err
+				}
 				oflags := int(v.Fdflags)&unix.O_ACCMODE | unix.O_CLOEXEC
 				var err error
 				if mf := r.img.tree.Files[id]; mf != nil && mf.Kind == model.Ghost {
@@ -359,6 +380,9 @@ func (r *taskRun) mapVMAs(s *session) error {
 			if id := v.Shmid; shmCount[id] > 1 {
 				f, ok := shmFds[id]
 				if !ok {
+					if err := b.flush(); err != nil {
+						return err
+					}
 					var err error
 					if at, ok := r.shmAt[id]; ok {
 						// Made by an earlier task of the tree.
@@ -396,16 +420,19 @@ func (r *taskRun) mapVMAs(s *session) error {
 		if st&images.VmaFileShared == 0 && r.getsPages(v) {
 			mapProt |= unix.PROT_READ | unix.PROT_WRITE
 		}
-		ret, err := s.Call(what, unix.SYS_MMAP, start, size, uint64(mapProt), flags, fd, off)
-		if err != nil {
-			if en, ok := errnoOf(err); ok && en == unix.ENOMEM && v.HugePage != 0 {
-				return fmt.Errorf("%s: no %d kB huge pages free here (vm.nr_hugepages, vm.nr_overcommit_hugepages): %w", what, v.HugePage>>10, err)
+		huge := v.HugePage
+		b.add(inject.C(what, unix.SYS_MMAP, start, size, uint64(mapProt), flags, fd, off), func(ret uint64, err error) error {
+			if err != nil {
+				if en, ok := errnoOf(err); ok && en == unix.ENOMEM && huge != 0 {
+					return fmt.Errorf("%s: no %d kB huge pages free here (vm.nr_hugepages, vm.nr_overcommit_hugepages): %w", what, huge>>10, err)
+				}
+				return err
 			}
-			return err
-		}
-		if ret != start {
-			return fmt.Errorf("%s: mapped at %#x", what, ret)
-		}
+			if ret != start {
+				return fmt.Errorf("%s: mapped at %#x", what, ret)
+			}
+			return nil
+		})
 		if mapProt != prot {
 			r.protFix = append(r.protFix, vmaProt{start: start, end: v.End, prot: prot})
 		}
@@ -423,32 +450,28 @@ func (r *taskRun) mapVMAs(s *session) error {
 				r.shmAt[v.Shmid] = shmMapping{pid: r.img.pid, start: v.Start, end: v.End}
 			}
 		}
-		if err := r.madvise(s, v); err != nil {
-			return err
-		}
+		r.madvise(b, v)
 	}
-	return nil
+	return b.flush()
 }
 
-// madvise applies the VMA's madvise bits (1 << MADV_x).
-func (r *taskRun) madvise(s *session, v *model.VMA) error {
+// madvise queues the VMA's madvise bits (1 << MADV_x).
+func (r *taskRun) madvise(b *batch, v *model.VMA) {
 	m := v.Madv
 	for bit := 0; m != 0 && bit < 64; bit++ {
 		if m&(1<<bit) == 0 {
 			continue
 		}
 		m &^= 1 << bit
-		_, err := s.Call(fmt.Sprintf("madvise vma %#x-%#x advice %d", v.Start, v.End, bit),
-			unix.SYS_MADVISE, v.Start, v.End-v.Start, uint64(bit))
-		if err != nil {
+		b.add(inject.C(fmt.Sprintf("madvise vma %#x-%#x advice %d", v.Start, v.End, bit),
+			unix.SYS_MADVISE, v.Start, v.End-v.Start, uint64(bit)), func(_ uint64, err error) error {
 			if en, ok := errnoOf(err); ok && en == unix.EINVAL && bit == unix.MADV_MERGEABLE {
 				r.log.Warnf("restore: %v (KSM not available)", err)
-				continue
+				return nil
 			}
 			return err
-		}
+		})
 	}
-	return nil
 }
 
 // le64 appends v little-endian.

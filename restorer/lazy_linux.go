@@ -69,10 +69,23 @@ func (r *taskRun) privatePages() (pagexfer.Source, error) {
 		}
 		return r.img.imageSource(), nil
 	}
-	if r.img.chain != nil {
-		return nil, fmt.Errorf("%s: pages in the parent images (an incremental dump) cannot be restored lazily yet", images.PagemapImg(r.img.pid))
-	}
 	lazy := r.lazyRanges()
+	if r.img.chain != nil {
+		// An incremental dump: the pages outside lazy VMAs now, read
+		// through the parent images; the daemon serves the rest from
+		// the same chain.
+		for e := range pr.Ranges() {
+			if !e.Present() && e.Flags&images.PageLazy != 0 && e.Flags&images.PageInParent == 0 {
+				return nil, fmt.Errorf("%s: pages at %#x are on the dumping host and others in the parent images: a lazy dump on top of pre-dump rounds is not supported yet",
+					images.PagemapImg(r.img.pid), e.Vaddr)
+			}
+		}
+		rs := make([][2]uint64, len(lazy))
+		for i, l := range lazy {
+			rs[i] = [2]uint64{l.Start, l.End}
+		}
+		return r.img.chain.SourceExcept(rs), nil
+	}
 	s := &clippedSource{pr: pr}
 	for e := range pr.Ranges() {
 		in := lazyCovered(lazy, e.Vaddr, e.End())

@@ -1,6 +1,10 @@
 package restorer
 
-import "io"
+import (
+	"io"
+
+	"godwit/internal/netlock"
+)
 
 // Options are what one restore needs; cmd/godwit and the RPC service map
 // their own options onto them (internal/engineopts), refusing what the
@@ -44,6 +48,10 @@ type Options struct {
 	// them, registered with a userfaultfd, to the lazy-pages daemon
 	// listening on LazySocketName in WorkDir (or ImagesDir).
 	LazyPages bool
+	// NetworkLock is --network-lock: a lock the dump kept (its record in
+	// the images) is removed once the connections are restored, or when
+	// the restore fails; Skip leaves it alone.
+	NetworkLock netlock.Method
 	// TCPEstablished restores established TCP connections with
 	// TCP_REPAIR; TCPClose restores them closed (criu(8)'s
 	// --tcp-established, --tcp-close).

@@ -272,8 +272,15 @@ func (r *taskRun) fillShmem() error {
 			continue
 		}
 		lo, hi := v.Pgoff, v.Pgoff+(v.End-v.Start)
-		src := pagexfer.NewImageSourceRange(pr, lo, hi)
 		place := func(off, size uint64) (uint64, error) { return v.Start + (off - lo), nil }
+		var src interface {
+			pagexfer.Source
+			pagexfer.FileRuns
+		} = pagexfer.NewImageSourceRange(pr, lo, hi)
+		if c := r.img.shmChain[v.Shmid]; c != nil {
+			// An incremental dump: PARENT entries read through "parent".
+			src = c.SourceRange(lo, hi)
+		}
 		var err error
 		if r.o.PageMethod == PagesPreadv {
 			err = r.fillPreadv(src, src, place)

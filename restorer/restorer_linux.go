@@ -16,6 +16,7 @@ import (
 	"godwit/internal/images"
 	"godwit/internal/logging"
 	"godwit/internal/model"
+	"godwit/internal/netlock"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 	"godwit/internal/puppet"
@@ -84,6 +85,8 @@ type Restorer struct {
 	start    time.Time
 	forkTime time.Duration
 	waited   bool
+
+	netLock *netlock.Lock // the dump's network lock, until removed
 }
 
 // shmMapping is a VMA of a shared anonymous object in a restored task.
@@ -100,8 +103,11 @@ type taskRun struct {
 	task    *puppet.Puppet  // the task with the original PID, traced
 	threads []int           // TIDs made so far, leader first
 
-	win     window // injection page, scratch and vdso bounce area
-	stubOff uint64 // the puppet's syscall instruction offset from win.base
+	win    window // injection page, scratch and vdso bounce area
+	runner bool   // the batch runner is in the window
+	// scratchMapped: Layout mapped the scratch area (batch tables).
+	scratchMapped bool
+	stubOff       uint64 // the puppet's syscall instruction offset from win.base
 	// protFix lists private VMAs laid out writable for FillPages, to
 	// get their dumped protection back in Finalize.
 	protFix  []vmaProt
@@ -113,6 +119,22 @@ type taskRun struct {
 // New reads and checks every image of the process in o.ImagesDir, and
 // checks that its PID and TIDs are free and allowed. Nothing is started.
 func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
+	nl, err := adoptNetLock(o)
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	r, err := newRestorer(o, scripts)
+	if err != nil {
+		if uerr := unlockNetwork(nl, 0, scripts); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
+		return nil, err
+	}
+	r.netLock = nl
+	return r, nil
+}
+
+func newRestorer(o Options, scripts *actions.Scripts) (*Restorer, error) {
 	start := time.Now()
 	d, err := images.Open(o.ImagesDir, false)
 	if err != nil {
@@ -390,8 +412,14 @@ func (r *Restorer) kill() {
 	}
 }
 
-// close releases the tracer and the images.
+// close releases the tracer and the images, and removes a network lock
+// the restore did not get to remove (it failed).
 func (r *Restorer) close() {
+	if r.netLock != nil {
+		if err := r.unlockNetwork(); err != nil {
+			r.log.Errorf("restore %d: %v", r.img.pid, err)
+		}
+	}
 	if r.tr != nil {
 		r.tr.Close()
 		r.tr = nil

@@ -30,6 +30,11 @@ func (r *Restorer) Resume() error {
 	if err := r.scripts.Run(actions.PreResume, pid); err != nil {
 		return r.fail("pre-resume", err)
 	}
+	// Every connection is back: their packets may flow (CRIU unlocks
+	// here too, before the tasks run).
+	if err := r.unlockNetwork(); err != nil {
+		return r.fail("network unlock", err)
+	}
 	for _, t := range r.tasks {
 		if !t.img.dead() && t.img.task.State == model.Stopped {
 			if err := canStopWith(t.img.pid, unix.Signal(t.img.task.StopSignal)); err != nil {
@@ -92,6 +97,16 @@ func (r *Restorer) InjectedCalls() int {
 		return 0
 	}
 	return r.tr.InjectedCalls()
+}
+
+// InjectionStops counts the ptrace stops injection took so far (each a
+// round trip through the scheduler).
+func (r *Restorer) InjectionStops() int {
+	if r.tr == nil {
+		return 0
+	}
+	_, n, _ := r.tr.InjectionStats()
+	return n
 }
 
 // Stats returns the page count and elapsed time so far.

@@ -29,6 +29,9 @@ type taskImages struct {
 	// shmem are the shared anonymous objects this task makes and fills
 	// (the first task of the tree that maps each), by shmid.
 	shmem map[uint64]*images.PageReader
+	// shmChain resolves the objects of shmem whose pagemap keeps pages
+	// in the parent images (an incremental dump).
+	shmChain map[uint64]*pagexfer.Chain
 	// shmOwner is the task that makes each shared anonymous object of
 	// the tree, by shmid; shmSize its size (its largest mapped end).
 	shmOwner map[uint64]int
@@ -56,6 +59,10 @@ func (ti *taskImages) closeOwn() {
 	if ti.pages != nil {
 		ti.pages.Close()
 		ti.pages = nil
+	}
+	for id, c := range ti.shmChain {
+		c.Close()
+		delete(ti.shmChain, id)
 	}
 	for id, p := range ti.shmem {
 		if p != nil {
@@ -217,6 +224,16 @@ func (ti *taskImages) readPages(d *images.Dir) error {
 			return imgErr(sn, err)
 		}
 		ti.shmem[id] = spr
+		if pagexfer.NeedsParent(spr) {
+			c, err := pagexfer.OpenChain(d, sn, spr)
+			if err != nil {
+				return err
+			}
+			if ti.shmChain == nil {
+				ti.shmChain = map[uint64]*pagexfer.Chain{}
+			}
+			ti.shmChain[id] = c
+		}
 	}
 	return nil
 }

@@ -28,7 +28,9 @@ func BenchmarkTree(b *testing.B) {
 }
 
 func benchTree(b *testing.B, n int) {
-	dir := b.TempDir()
+	// Images on tmpfs: the figure is godwit's, not the disk's (an
+	// ext4 image file costs ~0.1-1 ms to create on these VMs).
+	dir := benchDir(b)
 	log := filepath.Join(dir, "log")
 	w := startWorkload(b, log, "ready ", testutil.FanoutBin(b), strconv.Itoa(n), log)
 	line, _ := os.ReadFile(log)
@@ -36,7 +38,7 @@ func benchTree(b *testing.B, n int) {
 	floor := time.Duration(forkNs) / time.Duration(n)
 	pid := w.Pid
 	var dumps, restores, create, layout, fill, final, resume, freezing, dumpInj []time.Duration
-	var dumpCalls, restoreCalls int
+	var dumpCalls, restoreCalls, dumpStops, restoreStops int
 	var r *Restorer
 	defer func() {
 		if r != nil {
@@ -52,7 +54,7 @@ func benchTree(b *testing.B, n int) {
 			b.Fatal(err)
 		}
 		dumps = append(dumps, time.Since(t0)/time.Duration(n))
-		dumpCalls = res.InjectedCalls / n
+		dumpCalls, dumpStops = res.InjectedCalls/n, res.InjectionStops/n
 		dumpInj = append(dumpInj, res.Injecting/time.Duration(n))
 		freezing = append(freezing, time.Duration(res.Stats.GetFreezingTime())*time.Microsecond/time.Duration(n))
 		if len(res.Pids) != n {
@@ -83,6 +85,7 @@ func benchTree(b *testing.B, n int) {
 		step(&fill, func() error { return r.fillAll(b.Context()) })
 		step(&final, r.Finalize)
 		restoreCalls = r.InjectedCalls() / n
+		restoreStops = r.InjectionStops() / n
 		step(&resume, r.Resume)
 		restores = append(restores, time.Since(t0)/time.Duration(n))
 	}
@@ -90,8 +93,8 @@ func benchTree(b *testing.B, n int) {
 	med := testutil.Median
 	b.ReportMetric(float64(med(dumps).Microseconds()), "dump-µs/task")
 	b.ReportMetric(float64(med(restores).Microseconds()), "restore-µs/task")
-	b.Logf("%d tasks, per task: dump %v (freeze %v, injection sessions %v, %d injected calls), restore %v = layout %v (of it making the tasks %v) + fill %v + finalize %v + resume %v, %d injected calls; floor (fork) %v: dump %.0fx, restore %.0fx",
-		n, med(dumps), med(freezing), med(dumpInj), dumpCalls, med(restores), med(layout), med(create), med(fill), med(final), med(resume), restoreCalls, floor,
+	b.Logf("%d tasks, per task: dump %v (freeze %v, injection sessions %v, %d injected calls, %d ptrace stops), restore %v = layout %v (of it making the tasks %v) + fill %v + finalize %v + resume %v, %d injected calls, %d ptrace stops; floor (fork) %v: dump %.0fx, restore %.0fx",
+		n, med(dumps), med(freezing), med(dumpInj), dumpCalls, dumpStops, med(restores), med(layout), med(create), med(fill), med(final), med(resume), restoreCalls, restoreStops, floor,
 		float64(med(dumps))/float64(floor), float64(med(restores))/float64(floor))
 	// The last restored tree: killed by Abort (deferred), its children
 	// by the group kill below.

@@ -59,12 +59,16 @@ var commandOf = map[rpc.CriuReqType]string{
 type request struct {
 	o         *opts.Options
 	dir, work *os.File
+	ps        *os.File // the client's page-server socket (ps.fd), or nil
 }
 
 func (q *request) close() {
 	q.dir.Close()
 	if q.work != q.dir {
 		q.work.Close()
+	}
+	if q.ps != nil {
+		q.ps.Close()
 	}
 }
 
@@ -84,7 +88,7 @@ func (c *Conn) options(command string, r *rpc.CriuOpts) (*request, error) {
 	dir := os.NewFile(uintptr(d.FD()), "images_dir") // owns d's descriptor now
 	q := &request{o: o, dir: dir, work: dir}
 	if r.WorkDirFd != nil {
-		wfd, err := c.clientFD(r.GetWorkDirFd(), "work_dir_fd")
+		wfd, err := c.clientFD(r.GetWorkDirFd(), "work_dir_fd", unix.S_IFDIR)
 		if err != nil {
 			dir.Close()
 			return nil, err
@@ -95,14 +99,30 @@ func (c *Conn) options(command string, r *rpc.CriuOpts) (*request, error) {
 			return nil, fmt.Errorf("work_dir_fd: %w", err)
 		}
 	}
+	if ps := r.GetPs(); ps != nil && ps.Fd != nil {
+		// CRIU takes ps.fd in swrk mode only, as its own inherited
+		// descriptor; godwit takes the client's descriptor of that
+		// number (the same socket when it was inherited), in either mode.
+		sfd, err := c.clientFD(ps.GetFd(), "ps.fd", unix.S_IFSOCK)
+		if err != nil {
+			q.close()
+			return nil, err
+		}
+		q.ps = os.NewFile(uintptr(sfd), "ps_socket")
+		o.PsSocket = sfd
+	}
 	o.ImagesDir = "/proc/self/fd/" + strconv.Itoa(int(q.dir.Fd()))
 	o.WorkDir = "/proc/self/fd/" + strconv.Itoa(int(q.work.Fd()))
 	return q, nil
 }
 
 // clientFD takes descriptor fd of the client (pidfd_getfd through the
-// pidfd of the process that connected).
-func (c *Conn) clientFD(fd int32, what string) (int, error) {
+// pidfd of the process that connected), which must be of file type mode
+// (unix.S_IFDIR, unix.S_IFSOCK).
+func (c *Conn) clientFD(fd int32, what string, mode uint32) (int, error) {
+	if fd < 0 {
+		return -1, fmt.Errorf("%s %d: bad descriptor", what, fd)
+	}
 	if c.pidfd < 0 {
 		return -1, fmt.Errorf("%s %d: the client's pidfd is unknown (SO_PEERPIDFD needs Linux 6.5)", what, fd)
 	}
@@ -112,9 +132,13 @@ func (c *Conn) clientFD(fd int32, what string) (int, error) {
 	}
 	unix.CloseOnExec(nfd)
 	var st unix.Stat_t
-	if err := unix.Fstat(nfd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+	if err := unix.Fstat(nfd, &st); err != nil || st.Mode&unix.S_IFMT != mode {
 		unix.Close(nfd)
-		return -1, fmt.Errorf("%s %d of the client is not a directory", what, fd)
+		kind := "a directory"
+		if mode == unix.S_IFSOCK {
+			kind = "a socket"
+		}
+		return -1, fmt.Errorf("%s %d of the client is not %s", what, fd, kind)
 	}
 	return nfd, nil
 }
@@ -298,8 +322,11 @@ func (c *Conn) startPageServer(q *request, detach bool) (*rpc.CriuResp, error) {
 	o := q.o
 	args := []string{"page-server", "--single-session", "-D", "/proc/self/fd/3", "-W", "/proc/self/fd/4", "--status-fd", "5",
 		"-v" + strconv.Itoa(o.Verbosity), "-o", o.LogFile, "--port", strconv.Itoa(o.Port)}
-	if o.Address != "" {
+	if o.Address != "" && q.ps == nil {
 		args = append(args, "--address", o.Address)
+	}
+	if q.ps != nil {
+		args = append(args, "--ps-socket", "6") // ExtraFiles[3]
 	}
 	if o.PrevImages != "" {
 		args = append(args, "--prev-images-dir", o.PrevImages)
@@ -325,6 +352,9 @@ func (c *Conn) startPageServer(q *request, detach bool) (*rpc.CriuResp, error) {
 	defer sr.Close()
 	cmd := exec.Command(c.hooks.Executable, args...)
 	cmd.ExtraFiles = []*os.File{q.dir, q.work, sw}
+	if q.ps != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, q.ps)
+	}
 	var out, errOut strings.Builder
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

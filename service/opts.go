@@ -74,6 +74,9 @@ var rpcOptions = []rpcOption{
 	{"cpu_cap", "cpu-cap", func(r *rpc.CriuOpts) bool { return r.CpuCap != nil }, func(r *rpc.CriuOpts, o *opts.Options) {
 		o.CPUCap = cpuinfo.Caps(r.GetCpuCap()).String() // CRIU's bit values
 	}},
+	{"network_lock", "network-lock", func(r *rpc.CriuOpts) bool { return r.NetworkLock != nil }, func(r *rpc.CriuOpts, o *opts.Options) {
+		o.NetworkLock = strings.ToLower(r.GetNetworkLock().String()) // IPTABLES, NFTABLES, SKIP
+	}},
 	{"tls", "tls", (*rpc.CriuOpts).GetTls, func(r *rpc.CriuOpts, o *opts.Options) { o.TLS = true }},
 	{"tls_cacert", "tls-cacert", func(r *rpc.CriuOpts) bool { return r.TlsCacert != nil }, func(r *rpc.CriuOpts, o *opts.Options) { o.TLSCACert = r.GetTlsCacert() }},
 	{"tls_cacrl", "tls-cacrl", func(r *rpc.CriuOpts) bool { return r.TlsCacrl != nil }, func(r *rpc.CriuOpts, o *opts.Options) { o.TLSCACRL = r.GetTlsCacrl() }},
@@ -107,10 +110,8 @@ var unsupportedFields = []struct {
 	{"lsm_mount_context", "--lsm-mount-context", func(r *rpc.CriuOpts) bool { return r.LsmMountContext != nil }},
 	{"cgroup_yard", "--cgroup-yard", func(r *rpc.CriuOpts) bool { return r.CgroupYard != nil }},
 	{"pidfd_store_sk", "pidfd_store", func(r *rpc.CriuOpts) bool { return r.PidfdStoreSk != nil }},
-	{"network_lock", "--network-lock", func(r *rpc.CriuOpts) bool { return r.NetworkLock != nil }},
 	{"mntns_compat_mode", "--mntns-compat-mode", func(r *rpc.CriuOpts) bool { return r.GetMntnsCompatMode() }},
 	{"unprivileged", "--unprivileged", func(r *rpc.CriuOpts) bool { return r.GetUnprivileged() }},
-	{"ps.fd", "--ps-socket", func(r *rpc.CriuOpts) bool { return r.GetPs() != nil && r.GetPs().Fd != nil }},
 }
 
 // errUnsupported names a field of criu_opts the request may not set.

@@ -67,7 +67,7 @@ func lazyPagesCmd(a *app) *cobra.Command {
 restores: it listens on lazy-pages.socket in the work directory (-W, default -D) for their
 userfaultfds, answers their page faults first and pushes the rest in the background, from
 the pages images in -D or, with --page-server, from a page server (page-server --lazy-pages
-or dump --lazy-pages on the dumping host; --tls or --transport quic). It exits once every
+or dump --lazy-pages on the dumping host; plain TCP, --tls or --transport quic). It exits once every
 page is in, telling the page server it may go. Post-copy cannot survive losing its source:
 if the page server goes away or this daemon is killed, the restored processes are killed.`,
 		Args: noArgs,

@@ -47,10 +47,11 @@ func dumpCmd(a *app) *cobra.Command {
 		Short: "Checkpoint a process into image files",
 		Long: `Checkpoint process PID (with all its threads) into image files in -D, then kill it
 (default), leave it running (-R) or leave it stopped (-s). On any error the process
-resumes as it was. With --lazy-pages --address A --port P (and --tls or --transport quic)
-the pages of lazy memory stay out of the images (kept aside in memory) and are served on A:P
-until the lazy-pages daemon of the restore has them all (post-copy cannot survive losing its
-source: keep this running until then).`,
+resumes as it was. With --lazy-pages --address A --port P (plain TCP, --tls or --transport
+quic) the pages of lazy memory stay out of the images, unread, and the process stays frozen
+while they are served from its memory on A:P until the lazy-pages daemon of the restore has
+them all; then it is finished as above (post-copy cannot survive losing its source: keep
+this running until then).`,
 		Args: noArgs,
 		RunE: func(*cobra.Command, []string) error {
 			o, err := engineopts.Dump(a.o)

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"godwit/internal/cpuinfo"
+	"godwit/internal/netlock"
 	"godwit/internal/opts"
 )
 
@@ -41,6 +42,7 @@ func treeFlags(fs *pflag.FlagSet, o *opts.Options) {
 	fs.BoolVar(&o.TCPEstablish, "tcp-established", false, "checkpoint established TCP connections")
 	fs.BoolVar(&o.SkipInFlight, "skip-in-flight", false, "skip TCP connections that are not yet established")
 	fs.BoolVar(&o.TCPClose, "tcp-close", false, "restore connected TCP sockets in closed state")
+	networkLockFlag(fs, o)
 	fs.BoolVar(&o.EvasiveDevs, "evasive-devices", false, "use any path to a device file if the original is inaccessible")
 	fs.BoolVar(&o.ForceIrmap, "force-irmap", false, "force resolving names of inotify and fsnotify watches")
 	fs.BoolVar(&o.AutoDedup, "auto-dedup", false, "deduplicate old data in the parent's pages images")
@@ -65,6 +67,7 @@ func pageServerClientFlags(fs *pflag.FlagSet, o *opts.Options) {
 func addressFlags(fs *pflag.FlagSet, o *opts.Options) {
 	fs.StringVar(&o.Address, "address", "", "page server `address`")
 	fs.IntVar(&o.Port, "port", 0, "page server port `number`")
+	fs.IntVar(&o.PsSocket, "ps-socket", -1, "use the connected socket `FD` for page-server traffic instead of --address and --port")
 }
 
 func manageCgroupsFlag(fs *pflag.FlagSet, o *opts.Options) {
@@ -83,6 +86,19 @@ func cgroupRootFlag(fs *pflag.FlagSet, o *opts.Options) {
 		}
 		return nil
 	}), "cgroup-root", "change the root cgroup of a controller")
+}
+
+// networkLockFlag is criu(8)'s --network-lock: how the tree's connections
+// are locked while it is dumped and until they are restored.
+func networkLockFlag(fs *pflag.FlagSet, o *opts.Options) {
+	parse := func(s string) (string, error) {
+		if s == "" {
+			return "", fmt.Errorf("want iptables, nftables or skip")
+		}
+		m, err := netlock.ParseMethod(s)
+		return string(m), err
+	}
+	fs.Var(parsedString{&o.NetworkLock, parse, "method"}, "network-lock", "lock the network with nftables (default), iptables, or skip locking")
 }
 
 func cpuCapFlag(fs *pflag.FlagSet, o *opts.Options) {
@@ -120,6 +136,7 @@ func restoreFlags(fs *pflag.FlagSet, o *opts.Options) {
 	cgroupRootFlag(fs, o)
 	fs.BoolVar(&o.TCPEstablish, "tcp-established", false, "restore established TCP connections")
 	fs.BoolVar(&o.TCPClose, "tcp-close", false, "restore connected TCP sockets in closed state")
+	networkLockFlag(fs, o)
 	fs.Var(stringListValue(&o.VethPair, "IN=OUT", func(s string) error {
 		if in, out, ok := strings.Cut(s, "="); !ok || in == "" || out == "" {
 			return fmt.Errorf("want IN=OUT")

@@ -55,6 +55,7 @@ var manualOptions = map[string][][]string{
 		{"--auto-dedup"}, {"-l"}, {"--file-locks"}, {"--link-remap"}, {"--ghost-limit", "10M"},
 		{"-j"}, {"--shell-job"}, {"--cpu-cap"}, {"--cpu-cap=fpu,ins"}, {"--cgroup-root", "cpu:/new"},
 		{"--cgroup-root", "/new"}, {"--lazy-pages"}, {"--track-mem"},
+		{"--network-lock", "iptables"}, {"--network-lock=nftables"}, {"--network-lock", "skip"},
 	},
 	"restore": {
 		{"--inherit-fd", "fd[3]:tty[8800:12]"}, {"--inherit-fd", "fd[4]:pipe[1234]"},
@@ -69,6 +70,7 @@ var manualOptions = map[string][][]string{
 		{"-l"}, {"--file-locks"}, {"--auto-dedup"}, {"-j"}, {"--shell-job"}, {"--cpu-cap"},
 		{"--cpu-cap=all"}, {"--cpu-cap=cpu"}, {"--cpu-cap=fpu"}, {"--cpu-cap=ins"}, {"--cpu-cap=none"},
 		{"--cpu-cap=^fpu"}, {"--weak-sysctls"}, {"--lazy-pages"},
+		{"--network-lock", "iptables"}, {"--network-lock=nftables"}, {"--network-lock", "skip"},
 	},
 	"check": {
 		{"--extra"}, {"--experimental"}, {"--all"}, {"--feature", "list"}, {"--feature", "uffd"},
@@ -133,6 +135,8 @@ func TestOptionValues(t *testing.T) {
 			return len(o.External) == 2 && o.External[0] == opts.External{Type: "mnt", ID: "/a", Value: "x"} &&
 				o.External[1] == opts.External{Type: "unix", ID: "5"}
 		}},
+		{[]string{"dump", "--network-lock", "iptables"}, func(o *opts.Options) bool { return o.NetworkLock == "iptables" }},
+		{[]string{"restore", "--network-lock=skip"}, func(o *opts.Options) bool { return o.NetworkLock == "skip" }},
 		{[]string{"check", "--close", "7", "--close", "8"}, func(o *opts.Options) bool { return slices.Equal(o.Close, []int{7, 8}) }},
 	}
 	for _, c := range cases {
@@ -164,6 +168,8 @@ func TestBadOptionsRejected(t *testing.T) {
 		{"dump", "--no-such-option"},
 		{"check", "-v", "--verbosity=x"},
 		{"dump", "--cgroup-root", "relative"},
+		{"dump", "--network-lock", "nft"},
+		{"restore", "--network-lock="},
 	}
 	for _, args := range bad {
 		if _, err := parse(t, args...); err == nil {

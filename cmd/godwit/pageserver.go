@@ -31,8 +31,8 @@ a remote lazy-pages daemon, until it has them all. CRIU's protocol over TCP by d
 required client certificate under --tls (CRIU's option set; --tls-allowed-client NAME admits
 only the named clients); --transport quic carries the same framing over QUIC with the same
 mutual TLS. Without TLS the server listens on 127.0.0.1 unless --address is given;
---lazy-pages requires --tls or --transport quic on every address, loopback included (any
-local user could otherwise read the dumped memory). Images are 0600, never replaced (an OPEN of an
+--lazy-pages without --tls or --transport quic serves plain TCP as CRIU does, with a warning:
+any peer that reaches the address, local users included, can read the dumped memory. Images are 0600, never replaced (an OPEN of an
 existing pagemap is refused); --max-bytes and --max-files bound what all sessions write.
 --port 0 picks a free port and prints it.`,
 		Args: noArgs,
@@ -53,6 +53,9 @@ existing pagemap is refused); --max-bytes and --max-files bound what all session
 
 func runPageServer(a *app) error {
 	o := a.o
+	if o.PsSocket >= 0 {
+		return runSocketPageServer(a)
+	}
 	to := pageserver.TransportOptionsFrom(o)
 	addr := o.Address
 	if addr == "" && !to.TLS && o.Transport != string(pageserver.TransportQUIC) {
@@ -115,6 +118,41 @@ func runPageServer(a *app) error {
 	}
 	a.log.Infof("page server on %s (%s), images in %s", ln.Addr(), ln.Transport(), o.ImagesDir)
 	return srv.Serve(ctx, ln)
+}
+
+// runSocketPageServer serves one session on the connection --ps-socket
+// hands over (CRIU's page server does the same: no listener, no port).
+func runSocketPageServer(a *app) error {
+	o := a.o
+	conn, err := pageserver.SocketConn(o.PsSocket)
+	if err != nil {
+		return err
+	}
+	srv, err := pageserver.NewServer(pageserver.Config{
+		ImagesDir:     o.ImagesDir,
+		PrevImagesDir: o.PrevImages,
+		Log:           a.log,
+		MaxBytes:      int64(min(o.MaxBytes, math.MaxInt64)),
+		MaxFiles:      o.MaxFiles,
+		Once:          true,
+	})
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	defer srv.Close()
+	if err := a.writePidfile(os.Getpid()); err != nil {
+		conn.Close()
+		return err
+	}
+	if err := daemon.Ready(o.StatusFD); err != nil {
+		conn.Close()
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	a.log.Infof("page server on the handed-over socket %d, images in %s", o.PsSocket, o.ImagesDir)
+	return srv.ServeConn(ctx, conn)
 }
 
 func certsCmd(a *app) *cobra.Command {

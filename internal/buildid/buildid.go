@@ -40,6 +40,23 @@ func Read(r io.ReaderAt) ([]byte, error) {
 			return id, nil
 		}
 	}
+	// Go's linker emits a PT_NOTE segment that covers only its own
+	// .note.go.buildid and puts .note.gnu.build-id right after it. CRIU's
+	// reader finds the GNU note there (it reads a note starting at the
+	// segment's end), so it records a build-id for every Go program: read
+	// the note sections too, to compute the same identity.
+	for _, s := range f.Sections {
+		if s.Type != elf.SHT_NOTE || s.Size == 0 {
+			continue
+		}
+		b := make([]byte, min(s.Size, maxNotes))
+		if _, err := s.ReadAt(b, 0); err != nil && err != io.EOF {
+			return nil, err
+		}
+		if id := FindNote(b, f.ByteOrder, s.Addralign); id != nil {
+			return id, nil
+		}
+	}
 	return nil, nil
 }
 

@@ -42,6 +42,40 @@ func TestReadMatchesFile(t *testing.T) {
 	}
 }
 
+// A Go binary (this test) has its GNU build-id note outside its PT_NOTE
+// segment, where CRIU finds it: it is read from the note sections.
+func TestReadGoBinary(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	id, err := Read(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("readelf", "-n", exe).Output()
+	if err != nil {
+		t.Fatalf("readelf: %v", err)
+	}
+	var want string
+	for _, ln := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(ln), "Build ID: "); ok {
+			want = v
+		}
+	}
+	if want == "" {
+		t.Fatal("readelf shows no GNU build-id for the test binary: Go's linker writes one")
+	}
+	if got := bytesHex(id); got != want {
+		t.Fatalf("build-id of %s = %q, readelf says %s", exe, got, want)
+	}
+}
+
 func bytesHex(b []byte) string {
 	const hx = "0123456789abcdef"
 	s := make([]byte, 0, 2*len(b))

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/model"
+	"godwit/internal/netlock"
 	"godwit/internal/sockdiag"
 	"godwit/internal/tcprepair"
 )
@@ -246,6 +247,11 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 	}
 	if extra := st.Shutdown &^ impliedShutdown(uint8(st.State)); extra&2 != 0 {
 		return fmt.Errorf("%s: send side shut down in %s: not supported", what, tcprepair.StateName(uint8(st.State)))
+	}
+	// Its packets go nowhere from now on, until the restore (or the
+	// end of a dump that leaves the task running).
+	if err := fl.NetLock.Lock([]netlock.Conn{{Local: st.Src, Remote: st.Dst}}); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return repairDump(id, s, st, what)
 }

@@ -2,6 +2,8 @@ package drivers
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 
@@ -32,6 +34,9 @@ type restoreFDs struct {
 	// this task holds (fd_inet.go), built on first use.
 	listeners map[uint16][]model.ID
 	mine      map[model.ID]bool
+	group     fdGroup // fds placed by one batch (tryQueue)
+	// deferCloexec: the fd being queued is close-on-exec.
+	deferCloexec bool
 }
 
 // objectKey names the kernel object behind f that several descriptions
@@ -81,7 +86,8 @@ func (rs *restoreFDs) unixSocket(ino uint32) *model.File {
 }
 
 func newRestoreFDs(r *Restore, s *inject.Session) *restoreFDs {
-	return &restoreFDs{r: r, s: s, sock: -1, pipes: map[uint64]*livePipe{}, fifos: map[uint64]bool{}, socks: map[uint32]int{}, ghosts: map[[2]uint64]int{}}
+	return &restoreFDs{r: r, s: s, sock: -1, pipes: map[uint64]*livePipe{}, fifos: map[uint64]bool{}, socks: map[uint32]int{}, ghosts: map[[2]uint64]int{},
+		group: fdGroup{deferTo: fdDeferred}}
 }
 
 // Scratch offsets of the restore side's passing (the area from 0 holds
@@ -151,6 +157,9 @@ func (rs *restoreFDs) channel() error {
 // install hands godwit's descriptor fd to the task over SCM_RIGHTS and
 // returns its number there (the lowest free one, not close-on-exec).
 func (rs *restoreFDs) install(what string, fd int) (uint64, error) {
+	if rs.group.deferTo != fdDeferred {
+		return rs.queueInstall(what, fd, rs.deferCloexec)
+	}
 	if err := rs.channel(); err != nil {
 		return 0, fmt.Errorf("%s: %w", what, err)
 	}
@@ -199,6 +208,12 @@ func (rs *restoreFDs) install(what string, fd int) (uint64, error) {
 // close drops godwit's side: the channel (in both) and its copies of the
 // objects it made.
 func (rs *restoreFDs) close() error {
+	for _, m := range rs.group.msgs { // a queue that never ran
+		for _, fd := range m.fds {
+			unix.Close(fd)
+		}
+	}
+	rs.group.msgs = nil
 	var err error
 	if rs.sock >= 0 {
 		unix.Close(rs.sock)
@@ -249,4 +264,323 @@ func (h *Held) peer(t *model.Tree, ino uint32) *model.File {
 		}
 	}
 	return h.byIno[ino]
+}
+
+// Batched placement.
+//
+// Restoring fd by fd costs several injected calls each (open or receive,
+// dup3, close). Most fds need none of that: when the lowest free number
+// in the task is the fd's own, an open or a receive lands on it directly.
+// fdGroup keeps godwit's picture of the task's fd table (read from
+// /proc/PID/fd, then kept up to date), and while each new fd's number is
+// the lowest free one it queues its placement: openat (with O_CLOEXEC
+// when the fd has it) and lseek for files, and for objects godwit makes
+// (pipes, eventfds, signalfds, timerfds) the descriptor itself, sent with
+// up to SCM_MAX_FD others in one SCM_RIGHTS message and received by one
+// recvmsg (MSG_CMSG_CLOEXEC for close-on-exec fds). The queue runs as one
+// batch of injected calls; every fd is checked to have landed on its
+// number. Anything else goes the fd-by-fd way, after the queue ran.
+type fdGroup struct {
+	used map[uint64]bool // the task's fd table, once listed
+	low  uint64          // no free number below it
+	// suspect: fds may have been added outside the queue (unknown).
+	suspect bool
+	calls   []inject.Call
+	checks  []func(ret uint64) error
+	buf     []byte // the scratch area's contents from 0: the paths
+	msgs    []*fdMsg
+	// msgBytes is what the messages' areas will take after buf.
+	msgBytes int
+	after    []func() error // checks once the batch ran
+	// deferTo is the number an install() during a kind's open must
+	// queue for (fdDeferred: none).
+	deferTo uint64
+}
+
+const fdDeferred = ^uint64(0)
+
+// scmMaxFD is SCM_MAX_FD (include/net/scm.h): descriptors in one message.
+const scmMaxFD = 253
+
+// Limits of one queue: the scratch bytes it fills (below the batch
+// tables), and the messages in flight at once.
+const (
+	fdGroupBuf = 28 << 10
+	fdGroupFDs = 8 * scmMaxFD
+)
+
+func (g *fdGroup) inFlight() int {
+	n := 0
+	for _, m := range g.msgs {
+		n += len(m.fds)
+	}
+	return n
+}
+
+// fdMsg is one SCM_RIGHTS message queued: godwit's copies of the
+// descriptors, the numbers they must get, where its msghdr is.
+type fdMsg struct {
+	fds     []int
+	targets []uint64
+	cloexec bool
+	at      uint64 // offset of its area in the scratch
+	call    int    // index of its recvmsg in calls
+}
+
+// msgArea is the size of the area of a message of n descriptors:
+// msghdr (56), iovec (16), the data byte (8), the control buffer.
+func msgArea(n int) int { return 56 + 16 + 8 + unix.CmsgSpace(4*n) }
+
+func (g *fdGroup) lowest() uint64 {
+	for g.used[g.low] {
+		g.low++
+	}
+	return g.low
+}
+
+// list reads the task's fd table, if not known.
+func (rs *restoreFDs) list() error {
+	g := &rs.group
+	if g.used != nil {
+		return nil
+	}
+	ents, err := os.ReadDir("/proc/" + strconv.Itoa(rs.s.Pid()) + "/fd")
+	if err != nil {
+		return fmt.Errorf("list fds: %w", err)
+	}
+	g.used = make(map[uint64]bool, len(ents))
+	for _, e := range ents {
+		n, err := strconv.ParseUint(e.Name(), 10, 31)
+		if err != nil {
+			return fmt.Errorf("list fds: %q", e.Name())
+		}
+		g.used[n] = true
+	}
+	g.low = 0
+	return nil
+}
+
+// unknown marks the fd table as changed by calls outside the queue: fds
+// they placed or kept are looked for in /proc before the next is queued
+// (a full listing each time would make the fd-by-fd way quadratic).
+func (rs *restoreFDs) unknown() { rs.group.suspect = true }
+
+func (rs *restoreFDs) fdPath(n uint64) string {
+	return "/proc/" + strconv.Itoa(rs.s.Pid()) + "/fd/" + strconv.FormatUint(n, 10)
+}
+
+// queueable reports the kinds whose open is an openat and lseek in the
+// task, or ends by handing one descriptor of godwit's to the task with
+// nothing else done there.
+func queueable(f *model.File) (byPath bool, ok bool) {
+	switch f.Kind {
+	case model.Path:
+		return true, f.Pipe == nil
+	case model.EventFD, model.SignalFD, model.TimerFD, model.Pipe:
+		return false, true
+	}
+	return false, false
+}
+
+// tryQueue queues fd e of file f (of kind k) if it can be placed by the
+// batch, and reports whether it was; an fd that is not goes the
+// fd-by-fd way, after flush.
+func (rs *restoreFDs) tryQueue(what string, e model.FD, f *model.File, k fdKind) (bool, error) {
+	byPath, ok := queueable(f)
+	if !ok || len(e.Locks) != 0 || len(f.Locks) != 0 {
+		return false, nil
+	}
+	if !byPath && rs.sock < 0 {
+		if err := rs.flush(); err != nil {
+			return false, err
+		}
+		if err := rs.channel(); err != nil {
+			return false, fmt.Errorf("%s: %w", what, err)
+		}
+		rs.unknown()
+	}
+	if err := rs.list(); err != nil {
+		return false, err
+	}
+	g := &rs.group
+	fd := uint64(e.Num)
+	if g.suspect {
+		// Whatever the fd-by-fd way left in place (its fd, and
+		// anything it kept) shows in /proc.
+		for {
+			var st unix.Stat_t
+			n := g.lowest()
+			if unix.Lstat(rs.fdPath(n), &st) != nil {
+				break
+			}
+			g.used[n] = true
+		}
+		g.suspect = false
+	}
+	if g.lowest() != fd {
+		return false, nil
+	}
+	if len(g.buf)+g.msgBytes+len(f.Path)+8+msgArea(1)+4 > fdGroupBuf || g.inFlight() >= fdGroupFDs {
+		if err := rs.flush(); err != nil {
+			return false, err
+		}
+	}
+	if byPath {
+		flags := uint64(int(f.Flags)&^(unix.O_CREAT|unix.O_TRUNC|unix.O_EXCL|unix.O_CLOEXEC)) | unix.O_NOCTTY
+		if e.Cloexec {
+			flags |= unix.O_CLOEXEC
+		}
+		at := rs.s.Scratch() + uint64(len(g.buf))
+		g.buf = append(append(g.buf, f.Path...), 0)
+		for len(g.buf)%8 != 0 {
+			g.buf = append(g.buf, 0)
+		}
+		g.add(inject.C(fmt.Sprintf("%s: open %s", what, f.Path), unix.SYS_OPENAT, atFdcwd, at, flags, 0), func(ret uint64) error {
+			if ret != fd {
+				return fmt.Errorf("%s: open %s: got fd %d", what, f.Path, ret)
+			}
+			return nil
+		})
+		if pos := f.Pos; pos != 0 && f.Mode&unix.S_IFMT != unix.S_IFCHR {
+			g.add(inject.C(fmt.Sprintf("%s: seek %s to %d", what, f.Path, pos), unix.SYS_LSEEK, fd, pos, unix.SEEK_SET), nil)
+		}
+		g.after = append(g.after, func() error {
+			if err := rs.r.verifyOpened(rs.s, fd, f); err != nil {
+				return fmt.Errorf("%s: %w", what, err)
+			}
+			return nil
+		})
+	} else {
+		g.deferTo, rs.deferCloexec = fd, e.Cloexec
+		got, err := k.open(rs, what, f)
+		deferred := g.deferTo == fdDeferred
+		g.deferTo = fdDeferred
+		if err != nil {
+			return false, err
+		}
+		if !deferred || got != fd {
+			return false, fmt.Errorf("%s: the kind's open did not hand its descriptor over", what)
+		}
+	}
+	g.used[fd] = true
+	return true, nil
+}
+
+func (g *fdGroup) add(c inject.Call, check func(uint64) error) {
+	g.calls = append(g.calls, c)
+	g.checks = append(g.checks, check)
+}
+
+// queueInstall queues godwit's descriptor fd for number g.deferTo.
+func (rs *restoreFDs) queueInstall(what string, fd int, cloexec bool) (uint64, error) {
+	g := &rs.group
+	target := g.deferTo
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("%s: keep descriptor: %w", what, err)
+	}
+	var m *fdMsg
+	if n := len(g.msgs); n > 0 {
+		last := g.msgs[n-1]
+		if last.call == len(g.calls)-1 && last.cloexec == cloexec && len(last.fds) < scmMaxFD {
+			m = last
+		}
+	}
+	if m == nil {
+		// Its area is laid out by flush, after the paths.
+		m = &fdMsg{cloexec: cloexec, call: len(g.calls)}
+		g.msgs = append(g.msgs, m)
+		g.msgBytes += msgArea(0)
+		flags := uint64(0)
+		if cloexec {
+			flags = unix.MSG_CMSG_CLOEXEC
+		}
+		g.add(inject.C(what+": receive descriptors", unix.SYS_RECVMSG, rs.taskSock, 0, flags), nil)
+	}
+	g.msgBytes += msgArea(len(m.fds)+1) - msgArea(len(m.fds))
+	m.fds = append(m.fds, dup)
+	m.targets = append(m.targets, target)
+	g.deferTo = fdDeferred
+	return target, nil
+}
+
+// flush runs the queue.
+func (rs *restoreFDs) flush() (err error) {
+	g := &rs.group
+	if len(g.calls) == 0 {
+		return nil
+	}
+	s := rs.s
+	defer func() {
+		for _, m := range g.msgs {
+			for _, fd := range m.fds {
+				unix.Close(fd)
+			}
+		}
+		g.calls, g.checks, g.buf, g.msgs, g.after, g.msgBytes = nil, nil, nil, nil, nil, 0
+		if err != nil {
+			rs.unknown()
+		}
+	}()
+	base := s.Scratch()
+	for _, m := range g.msgs {
+		m.at = uint64(len(g.buf))
+		g.buf = append(g.buf, make([]byte, msgArea(len(m.fds)))...)
+		a := base + m.at
+		g.calls[m.call].Args[1] = a
+		b := g.buf[m.at:]
+		ctl := unix.CmsgSpace(4 * len(m.fds))
+		le.PutUint64(b[0:], 0)            // msg_name
+		le.PutUint64(b[8:], 0)            // msg_namelen
+		le.PutUint64(b[16:], a+56)        // msg_iov
+		le.PutUint64(b[24:], 1)           // msg_iovlen
+		le.PutUint64(b[32:], a+80)        // msg_control
+		le.PutUint64(b[40:], uint64(ctl)) // msg_controllen
+		le.PutUint64(b[48:], 0)           // msg_flags
+		le.PutUint64(b[56:], a+72)        // iov_base
+		le.PutUint64(b[64:], 1)           // iov_len
+		if err := unix.Sendmsg(rs.sock, []byte{0}, unix.UnixRights(m.fds...), nil, 0); err != nil {
+			return fmt.Errorf("fd %d: pass descriptors: %w", m.targets[0], err)
+		}
+	}
+	if _, err := s.Put(0, g.buf); err != nil {
+		return err
+	}
+	got, err := s.Batch(g.calls)
+	for i, ret := range got {
+		if chk := g.checks[i]; chk != nil && (err == nil || i < len(got)-1) {
+			if cerr := chk(ret); cerr != nil {
+				return cerr
+			}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if len(g.msgs) > 0 {
+		out := make([]byte, len(g.buf))
+		if err := s.Read(0, out); err != nil {
+			return err
+		}
+		for _, m := range g.msgs {
+			b := out[m.at:]
+			cm := b[80:]
+			n := len(m.fds)
+			if le.Uint32(b[48:])&unix.MSG_CTRUNC != 0 || le.Uint64(cm) != uint64(unix.CmsgLen(4*n)) ||
+				le.Uint32(cm[8:]) != unix.SOL_SOCKET || le.Uint32(cm[12:]) != unix.SCM_RIGHTS {
+				return fmt.Errorf("fd %d: the task received no descriptors", m.targets[0])
+			}
+			for i, t := range m.targets {
+				if got := uint64(le.Uint32(cm[16+4*i:])); got != t {
+					return fmt.Errorf("fd %d: received as fd %d", t, got)
+				}
+			}
+		}
+	}
+	for _, f := range g.after {
+		if err := f(); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -59,7 +59,12 @@ func (unixKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 	if err != nil {
 		return fmt.Errorf("SO_DOMAIN: %w", err)
 	}
-	if dom == unix.AF_INET || dom == unix.AF_INET6 {
+	switch dom {
+	case unix.AF_NETLINK:
+		return collectNetlink(pid, s, fd, f)
+	case unix.AF_PACKET:
+		return refusePacket(s)
+	case unix.AF_INET, unix.AF_INET6:
 		return collectInet(fl, fd, f, s, dom)
 	}
 	if dom != unix.AF_UNIX {

@@ -13,6 +13,7 @@ import (
 	"godwit/internal/abi/linux"
 	"godwit/internal/inject"
 	"godwit/internal/model"
+	"godwit/internal/netlock"
 	"godwit/internal/opts"
 	"godwit/internal/procfs"
 )
@@ -56,6 +57,30 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) (err error) {
 		if e.Cloexec {
 			dupFlags = unix.O_CLOEXEC
 		}
+		if _, dup := first[e.File]; !dup && len(r.Inherit) == 0 {
+			if at, ok := r.Opened[e.File]; !ok || at.Pid == r.Task.Pid {
+				f := r.Tree.Files[e.File]
+				if k := fdKindOf(f.Kind); k != nil {
+					queued, err := rs.tryQueue(what, e, f, k)
+					if err != nil {
+						return err
+					}
+					if queued {
+						first[e.File] = fd
+						made = append(made, e)
+						if r.Opened != nil {
+							r.Opened[e.File] = OpenedAt{Pid: r.Task.Pid, FD: e.Num}
+						}
+						continue
+					}
+				}
+			}
+		}
+		// The fd-by-fd way, after what was queued.
+		if err := rs.flush(); err != nil {
+			return err
+		}
+		rs.unknown()
 		if f, ok := first[e.File]; ok {
 			// Another fd of the same open file description.
 			if _, err := s.Call(what+": dup3", unix.SYS_DUP3, f, fd, dupFlags); err != nil {
@@ -118,6 +143,9 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) (err error) {
 			r.Opened[e.File] = OpenedAt{Pid: r.Task.Pid, FD: e.Num}
 		}
 	}
+	if err := rs.flush(); err != nil {
+		return err
+	}
 	// Kinds that refer to other fds of the task (epoll targets) are
 	// completed once every fd is in place.
 	for _, e := range made {
@@ -177,7 +205,9 @@ type Files struct {
 	byID  map[model.ID]*model.File
 	byKey map[fileKey]model.ID
 	next  model.ID
-	descs []descRef // the open file descriptions, in kcmp order
+	// descs are the open file descriptions, by inode (only fds of one
+	// inode can share one), each list in kcmp order.
+	descs map[inodeKey][]descRef
 	// GhostLimit is the largest deleted file whose contents the dump
 	// carries (--ghost-limit).
 	GhostLimit uint64
@@ -190,6 +220,11 @@ type Files struct {
 	TCPEstablished, SkipInFlight bool
 	inet                         *inetDump                 // fd_inet.go
 	ghosts                       map[[2]uint64]*model.File // deleted files read, by device and inode
+
+	// NetLock is the dump's network lock: a socket driver adds each TCP
+	// connection to it (Lock) before the connection goes into repair
+	// mode. nil: nothing to lock.
+	NetLock *netlock.Lock
 }
 
 type fileKey struct {
@@ -405,18 +440,22 @@ func kcmpFile(pid, a, qid, b int) (int, error) {
 	return int(r), nil
 }
 
+// inodeKey is a file's device and inode.
+type inodeKey struct{ dev, ino uint64 }
+
 // describe returns the id of the open file description behind fd of pid:
 // that of an fd of the tree seen before which shares it (dup, fork, fds
 // passed between tasks: they must share one file id, as in CRIU, so that
 // the restored fds share offset and flags again), or 0 if none does. The
 // descriptions seen so far are kept sorted by the kernel's own order
-// (kcmp), so this is a binary search: O(log n) kcmp calls per fd, not one
+// (kcmp) among those of the same inode, so this is a binary search:
+// O(log n) kcmp calls per fd (n: the descriptions of its inode), not one
 // per fd seen before.
-func (f *Files) describe(pid, fd int) (model.ID, int, error) {
-	lo, hi := 0, len(f.descs)
+func (f *Files) describe(pid, fd int, descs []descRef) (model.ID, int, error) {
+	lo, hi := 0, len(descs)
 	for lo < hi {
 		m := (lo + hi) / 2
-		r := f.descs[m]
+		r := descs[m]
 		c, err := kcmpFile(pid, fd, r.pid, r.fd)
 		if err != nil {
 			return 0, 0, err
@@ -441,13 +480,17 @@ func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 	out := make([]model.FD, 0, len(fds))
 	for i := range fds {
 		fd := &fds[i]
-		id, at, err := f.describe(pid, fd.Num)
+		key := inodeKey{uint64(fd.Stat.Dev), fd.Stat.Ino}
+		id, at, err := f.describe(pid, fd.Num, f.descs[key])
 		if err != nil {
 			return nil, fmt.Errorf("fd %d: %w", fd.Num, err)
 		}
 		if id == 0 {
 			id = f.Reg(fd.Path, fd.Flags, fd.Pos, &fd.Stat, fd.MntID)
-			f.descs = slices.Insert(f.descs, at, descRef{pid: pid, fd: fd.Num, id: id})
+			if f.descs == nil {
+				f.descs = map[inodeKey][]descRef{}
+			}
+			f.descs[key] = slices.Insert(f.descs[key], at, descRef{pid: pid, fd: fd.Num, id: id})
 			if fd.kind != nil {
 				if err := fd.kind.collect(f, pid, fd, f.byID[id]); err != nil {
 					return nil, fmt.Errorf("fd %d: %s %s: %w", fd.Num, fd.kind.name(), fd.Path, err)

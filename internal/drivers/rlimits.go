@@ -50,24 +50,32 @@ var rlimitNames = []string{"RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_DATA", "RLIMIT_
 // CAP_SYS_RESOURCE, which root lacks on these machines: that is an error
 // naming the limit, never a silently lower limit.
 func (rlimitsDriver) Restore(r *Restore, s *inject.Session) error {
+	var buf []byte
+	var calls []inject.Call
 	for i, rl := range r.Task.Rlimits {
 		if i >= linux.RlimNlimits {
 			break
 		}
-		a, err := s.Put(0, le64(le64(nil, rl.Cur), rl.Max))
-		if err != nil {
-			return err
+		a := s.Scratch() + uint64(len(buf))
+		buf = le64(le64(buf, rl.Cur), rl.Max)
+		calls = append(calls, inject.C("prlimit64 "+rlimitNames[i], unix.SYS_PRLIMIT64, 0, uint64(i), a, 0))
+	}
+	if len(calls) == 0 {
+		return nil
+	}
+	if _, err := s.Put(0, buf); err != nil {
+		return err
+	}
+	done, err := s.Batch(calls)
+	if err != nil {
+		i := len(done) // the limit that failed
+		if en, ok := inject.Errno(err); ok && en == unix.EPERM && i < len(calls) {
+			var cur unix.Rlimit
+			_ = unix.Getrlimit(i, &cur)
+			return fmt.Errorf("%s: the images' hard limit %d is above godwit's %d, and raising it needs CAP_SYS_RESOURCE, which this root lacks: %w",
+				rlimitNames[i], r.Task.Rlimits[i].Max, cur.Max, err)
 		}
-		_, err = s.Call("prlimit64 "+rlimitNames[i], unix.SYS_PRLIMIT64, 0, uint64(i), a, 0)
-		if err != nil {
-			if en, ok := inject.Errno(err); ok && en == unix.EPERM {
-				var cur unix.Rlimit
-				_ = unix.Getrlimit(i, &cur)
-				return fmt.Errorf("%s: the images' hard limit %d is above godwit's %d, and raising it needs CAP_SYS_RESOURCE, which this root lacks: %w",
-					rlimitNames[i], rl.Max, cur.Max, err)
-			}
-			return err
-		}
+		return err
 	}
 	return nil
 }

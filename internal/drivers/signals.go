@@ -20,14 +20,16 @@ func (sigactionsDriver) After() []string { return []string{PhaseThreads, "fs"} }
 // CRIU: 62 entries, signals 1..64 in order without SIGKILL and SIGSTOP,
 // whose actions cannot change.
 func (sigactionsDriver) CollectInjected(d *Dump, s *inject.Session) error {
+	var calls []inject.Call
 	for sig := 1; sig <= linux.NSig; sig++ {
 		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
 			continue
 		}
-		if _, err := s.Call(fmt.Sprintf("rt_sigaction(%d)", sig), unix.SYS_RT_SIGACTION, uint64(sig), 0,
-			s.Scratch()+scratchSigact+uint64(sig-1)*linux.KernelSigactionSize, 8); err != nil {
-			return err
-		}
+		calls = append(calls, inject.C(fmt.Sprintf("rt_sigaction(%d)", sig), unix.SYS_RT_SIGACTION, uint64(sig), 0,
+			s.Scratch()+scratchSigact+uint64(sig-1)*linux.KernelSigactionSize, 8))
+	}
+	if _, err := s.Batch(calls); err != nil {
+		return err
 	}
 	buf := make([]byte, linux.NSig*linux.KernelSigactionSize)
 	if err := s.Read(scratchSigact, buf); err != nil {
@@ -47,21 +49,25 @@ func (sigactionsDriver) CollectInjected(d *Dump, s *inject.Session) error {
 
 // Restore sets every handler with its original sa_restorer.
 func (sigactionsDriver) Restore(r *Restore, s *inject.Session) error {
+	var buf []byte
+	var calls []inject.Call
 	for _, sa := range r.Task.Sigactions {
 		sig := sa.Sig
 		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
 			continue
 		}
-		b := le64(le64(le64(le64(nil, sa.Handler), sa.Flags), sa.Restorer), sa.Mask)
-		a, err := s.Put(0, b)
-		if err != nil {
-			return err
-		}
-		if _, err := s.Call(fmt.Sprintf("rt_sigaction %d", sig), unix.SYS_RT_SIGACTION, uint64(sig), a, 0, 8); err != nil {
-			return err
-		}
+		a := s.Scratch() + uint64(len(buf))
+		buf = le64(le64(le64(le64(buf, sa.Handler), sa.Flags), sa.Restorer), sa.Mask)
+		calls = append(calls, inject.C(fmt.Sprintf("rt_sigaction %d", sig), unix.SYS_RT_SIGACTION, uint64(sig), a, 0, 8))
 	}
-	return nil
+	if len(calls) == 0 {
+		return nil
+	}
+	if _, err := s.Put(0, buf); err != nil {
+		return err
+	}
+	_, err := s.Batch(calls)
+	return err
 }
 
 // signalsDriver restores the pending signals (the engine reads them with

@@ -12,6 +12,7 @@ import (
 	"godwit/dumper"
 	"godwit/internal/drivers"
 	"godwit/internal/logging"
+	"godwit/internal/netlock"
 	"godwit/internal/opts"
 	"godwit/lazypages"
 	"godwit/pageserver"
@@ -36,12 +37,21 @@ func Dump(o *opts.Options) (dumper.Options, error) {
 		d.Method = m
 	}
 	d.PageServer = pageServer(o)
+	m, err := netlock.ParseMethod(o.NetworkLock)
+	if err != nil {
+		return dumper.Options{}, err
+	}
+	d.NetworkLock = m
 	return d, nil
 }
 
 func pageServer(o *opts.Options) *dumper.PageServer {
 	if !o.PageServer {
 		return nil
+	}
+	if o.PsSocket >= 0 {
+		// As CRIU: the handed-over socket wins over --address and --port.
+		return &dumper.PageServer{Socket: o.PsSocket}
 	}
 	return &dumper.PageServer{
 		Addr:      net.JoinHostPort(o.Address, strconv.Itoa(o.Port)),
@@ -83,6 +93,11 @@ func Restore(o *opts.Options, stats io.Writer) (restorer.Options, error) {
 	if o.DisplayStats {
 		r.Stats = stats
 	}
+	m, err := netlock.ParseMethod(o.NetworkLock)
+	if err != nil {
+		return restorer.Options{}, err
+	}
+	r.NetworkLock = m
 	for _, in := range o.InheritFD {
 		key, err := drivers.InheritKey(in.Resource)
 		if err != nil {

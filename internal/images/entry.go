@@ -369,6 +369,16 @@ func (r *EntryReader) ReadPayload(p []byte) error {
 	return r.full(p, "payload")
 }
 
+// Remaining is the number of bytes left in the file, or -1 when the
+// stream's length is unknown (CRIU's ghost-file keeps a small deleted
+// file's contents as the rest of the image, with no length).
+func (r *EntryReader) Remaining() int64 {
+	if r.size < 0 {
+		return -1
+	}
+	return r.size - r.off
+}
+
 // SkipPayload skips n raw bytes.
 func (r *EntryReader) SkipPayload(n int64) error {
 	if n < 0 || (r.size >= 0 && n > r.size-r.off) {

@@ -15,6 +15,8 @@ type Session struct {
 	pid     int    // the task, whose memory holds the scratch area
 	scratch uint64 // address of the scratch area in the task
 	size    uint64 // its size
+	// code and tableOff enable batches (SetBatch).
+	code, tableOff uint64
 }
 
 // Begin starts injecting into thread tid of task pid, whose scratch area
@@ -116,4 +118,76 @@ func (s *Session) Openat(what, path string, flags int) (uint64, error) {
 		return 0, err
 	}
 	return s.Call(fmt.Sprintf("%s: open %s", what, path), unix.SYS_OPENAT, atFdcwd, a, uint64(flags), 0)
+}
+
+// Call is one syscall of a batch; What names it in errors.
+type Call struct {
+	What string
+	Nr   uintptr
+	Args [6]uint64
+}
+
+// C makes a Call.
+func C(what string, nr uintptr, args ...uint64) Call {
+	c := Call{What: what, Nr: nr}
+	copy(c.Args[:], args)
+	return c
+}
+
+// SetBatch lets Batch run its calls with one stop per batch: the runner
+// (ptrace.BatchCode) is at code in the task, executable, and the tables
+// go in the scratch area from off to its end, which the calls' own
+// buffers must leave alone; single calls (Call) take the runner too.
+// Without it Batch injects the calls one by one.
+func (s *Session) SetBatch(code, off uint64) {
+	s.code, s.tableOff = code, off
+	if off < s.size && ptrace.BatchTableSize(1) <= s.size-off {
+		// Single calls take the runner too.
+		s.s.SetRunner(code, s.scratch+off)
+	}
+}
+
+// Batch runs calls in order, as many Calls would, and returns their
+// results; it stops at the first that fails, whose error names it and
+// wraps its errno (the results of those before it are returned).
+func (s *Session) Batch(calls []Call) ([]uint64, error) {
+	out := make([]uint64, 0, len(calls))
+	if s.code == 0 || s.tableOff >= s.size {
+		for _, c := range calls {
+			ret, err := s.Call(c.What, c.Nr, c.Args[:]...)
+			if err != nil {
+				return out, err
+			}
+			out = append(out, ret)
+		}
+		return out, nil
+	}
+	room := s.size - s.tableOff
+	per := 0
+	for ptrace.BatchTableSize(per+1) <= room {
+		per++
+	}
+	if per == 0 {
+		return nil, fmt.Errorf("batch: no room for a table in %d bytes", room)
+	}
+	pc := make([]ptrace.Call, len(calls))
+	for i, c := range calls {
+		pc[i] = ptrace.Call{Nr: c.Nr, Args: c.Args}
+	}
+	for len(pc) > 0 {
+		chunk := pc[:min(per, len(pc))]
+		got, err := s.s.Batch(s.code, s.scratch+s.tableOff, chunk)
+		if err != nil {
+			return out, fmt.Errorf("%s: %w", calls[len(out)].What, err)
+		}
+		out = append(out, got...)
+		if last := got[len(got)-1]; len(got) < len(chunk) || int64(last) < 0 && int64(last) >= -4095 {
+			if r := int64(last); r < 0 && r >= -4095 {
+				return out[:len(out)-1], fmt.Errorf("%s: %w", calls[len(out)-1].What, unix.Errno(-r))
+			}
+			return out, fmt.Errorf("%s: batch stopped after %d of %d calls", calls[len(out)-1].What, len(got), len(chunk))
+		}
+		pc = pc[len(chunk):]
+	}
+	return out, nil
 }

@@ -272,8 +272,9 @@ type FileLock struct {
 	Len   int64 // 0: to the end of the file
 }
 
-// The kinds of FileLock, the kernel's FL_* bits (include/linux/filelock.h),
-// which CRIU's file-lock entries use.
+// The kinds of FileLock, the kernel's FL_* bits (include/linux/filelock.h);
+// CRIU's file-lock entries use them for POSIX and flock, but 4 for OFD
+// (criuimg maps it).
 const (
 	LockPOSIX = 1
 	LockFlock = 2
@@ -300,6 +301,8 @@ const (
 	Epoll
 	// UnixSocket is an AF_UNIX socket (UnixSocket state).
 	UnixSocket
+	// NetlinkSocket is an AF_NETLINK socket (Netlink state).
+	NetlinkSocket
 	// Ghost is a regular file whose last name was unlinked while open
 	// (Ghost state: its contents travel in the images).
 	Ghost
@@ -485,9 +488,26 @@ type File struct {
 	TimerFD  *TimerFDState
 	Epoll    *EpollState
 	Unix     *UnixSocketState
+	Netlink  *NetlinkSocketState
 	Ghost    *GhostState
 	Inotify  *InotifyState
 	Inet     *InetSocketState
 	// Locks are the flock and OFD locks of the description.
 	Locks []FileLock
+}
+
+// NetlinkSocketState is an AF_NETLINK socket: CRIU's netlink_sk_entry.
+type NetlinkSocketState struct {
+	Ino      uint32
+	Protocol uint32 // NETLINK_ROUTE, NETLINK_GENERIC, …
+	// PortID is the bound port id, 0 when not bound.
+	PortID uint32
+	// Groups are the multicast groups joined, a bitmap in 32-bit words
+	// (group g is bit (g-1)%32 of word (g-1)/32), as
+	// NETLINK_LIST_MEMBERSHIPS reads it.
+	Groups []uint32
+	// DstPortID and DstGroup are the connect()ed destination (0, 0:
+	// not connected).
+	DstPortID, DstGroup uint32
+	Opts                SocketOpts
 }

@@ -60,6 +60,7 @@ type Options struct {
 	PageServer    bool
 	Address       string
 	Port          int
+	PsSocket      int // --ps-socket: a connected socket to use instead of --address/--port; -1 when not given
 	ForceIrmap    bool
 	AutoDedup     bool
 	FileLocks     bool
@@ -69,6 +70,11 @@ type Options struct {
 	CPUCap        string // "" when not given; checked by cpuinfo.ParseCaps
 	LazyPages     bool
 	TrackMem      bool
+
+	// NetworkLock is --network-lock: nftables, iptables or skip (""
+	// for the default, netlock.Default).
+	NetworkLock string
+
 	// FileValidation is how restore checks that the files it reopens are
 	// the dumped ones (criu(8)'s --file-validation): FileValidationBuildID
 	// (default) or FileValidationSize.
@@ -136,6 +142,7 @@ func New() *Options {
 		ImagesDir:      ".",
 		GhostLimit:     DefaultGhostLimit,
 		StatusFD:       -1,
+		PsSocket:       -1,
 	}
 }
 
@@ -338,10 +345,10 @@ func (o *Options) Validate(command string) error {
 		if o.LeaveRunning && o.LeaveStopped {
 			return errors.New("--leave-running and --leave-stopped are mutually exclusive")
 		}
-		if o.PageServer && o.Address == "" {
+		if o.PageServer && o.Address == "" && o.PsSocket < 0 {
 			return errors.New("--page-server needs --address")
 		}
-		if o.PageServer && o.Port == 0 {
+		if o.PageServer && o.Port == 0 && o.PsSocket < 0 {
 			return errors.New("--page-server needs --port")
 		}
 		if command == "pre-dump" && (o.LeaveStopped || o.LazyPages) {
@@ -363,6 +370,9 @@ func (o *Options) Validate(command string) error {
 			return errors.New("--feature checks one feature: it does not combine with --extra, --experimental or --all")
 		}
 	}
+	if err := o.validatePsSocket(command); err != nil {
+		return err
+	}
 	if (o.Port < 0) || (o.Port > 65535) {
 		return fmt.Errorf("bad --port %d", o.Port)
 	}
@@ -378,6 +388,37 @@ func (o *Options) Validate(command string) error {
 	}
 	if o.MaxFiles < 0 {
 		return fmt.Errorf("bad --max-files %d", o.MaxFiles)
+	}
+	return nil
+}
+
+// validatePsSocket checks --ps-socket: only the page server and the
+// dump's page client take a handed-over connection, with CRIU's plain
+// framing, for one session each.
+func (o *Options) validatePsSocket(command string) error {
+	if o.PsSocket < 0 {
+		return nil
+	}
+	switch command {
+	case "dump", "pre-dump":
+		if !o.PageServer {
+			return errors.New("--ps-socket needs --page-server")
+		}
+	case "page-server":
+		if o.Daemon {
+			return errors.New("--ps-socket: the page server serves the socket in the foreground (use --status-fd, not --daemon)")
+		}
+		if o.MetricsAddress != "" {
+			return errors.New("--ps-socket: a page server of one handed-over session has no --metrics-address")
+		}
+	default:
+		return fmt.Errorf("--ps-socket: %s does not use a page server socket (only dump, pre-dump and page-server do)", command)
+	}
+	if o.LazyPages {
+		return errors.New("--ps-socket with --lazy-pages is not supported")
+	}
+	if o.TLS || o.Transport == "quic" {
+		return errors.New("--ps-socket carries CRIU's plain page-server framing: --tls and --transport quic do not apply")
 	}
 	return nil
 }

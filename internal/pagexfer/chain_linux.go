@@ -145,12 +145,63 @@ func (c *Chain) Close() error {
 }
 
 // Source returns a Source over the resolved pages (with FileRuns).
-func (c *Chain) Source() *ChainSource { return &ChainSource{c: c, i: -1} }
+func (c *Chain) Source() *ChainSource { return &ChainSource{c: c, runs: c.runs, i: -1} }
+
+// SourceRange is Source clipped to [lo, hi): the part of a shared
+// object's pagemap one mapping shows.
+func (c *Chain) SourceRange(lo, hi uint64) *ChainSource {
+	var runs []ChainRun
+	for _, r := range c.runs {
+		a, b := max(r.Vaddr, lo), min(r.Vaddr+r.NrPages*images.PageSize, hi)
+		if a >= b {
+			continue
+		}
+		runs = append(runs, ChainRun{Vaddr: a, NrPages: (b - a) / images.PageSize, Level: r.Level, Offset: r.Offset + int64(a-r.Vaddr)})
+	}
+	return &ChainSource{c: c, runs: runs, i: -1}
+}
+
+// ReadAt reads the pages at vaddr from the pages file of level l (a run's
+// Level): b must lie within one entry of that level's pagemap.
+func (c *Chain) ReadAt(l int, b []byte, vaddr uint64) (int, error) {
+	if l < 0 || l >= len(c.levels) {
+		return 0, fmt.Errorf("%s: no level %d in the chain", c.name, l)
+	}
+	return c.levels[l].ReadAt(b, vaddr)
+}
+
+// SourceExcept is Source without the pages in rs (sorted, disjoint
+// [start, end) ranges): e.g. those a lazy restore leaves to its daemon.
+func (c *Chain) SourceExcept(rs [][2]uint64) *ChainSource {
+	var runs []ChainRun
+	for _, r := range c.runs {
+		end := r.Vaddr + r.NrPages*images.PageSize
+		for a := r.Vaddr; a < end; {
+			i := sort.Search(len(rs), func(i int) bool { return rs[i][1] > a })
+			if i < len(rs) && rs[i][0] <= a {
+				a = rs[i][1]
+				continue
+			}
+			b := end
+			if i < len(rs) && rs[i][0] < b {
+				b = rs[i][0]
+			}
+			runs = append(runs, ChainRun{Vaddr: a, NrPages: (b - a) / images.PageSize, Level: r.Level, Offset: r.Offset + int64(a-r.Vaddr)})
+			a = b
+		}
+	}
+	return &ChainSource{c: c, runs: runs, i: -1}
+}
+
+// NeedsParent tells whether pr has entries kept in the parent images (an
+// incremental dump: read it through OpenChain).
+func NeedsParent(pr *images.PageReader) bool { return hasParentEntries(pr) }
 
 // ChainSource yields a Chain's pages, each run read from the level that
 // holds it.
 type ChainSource struct {
 	c    *Chain
+	runs []ChainRun
 	i    int
 	done int64
 }
@@ -164,19 +215,19 @@ var (
 func (s *ChainSource) Next() (uint64, uint64, error) {
 	s.i++
 	s.done = 0
-	if s.i >= len(s.c.runs) {
+	if s.i >= len(s.runs) {
 		return 0, 0, io.EOF
 	}
-	r := s.c.runs[s.i]
+	r := s.runs[s.i]
 	return r.Vaddr, r.NrPages, nil
 }
 
 // Read implements Source.
 func (s *ChainSource) Read(b []byte) (int, error) {
-	if s.i < 0 || s.i >= len(s.c.runs) {
+	if s.i < 0 || s.i >= len(s.runs) {
 		return 0, io.EOF
 	}
-	r := s.c.runs[s.i]
+	r := s.runs[s.i]
 	left := int64(r.NrPages*images.PageSize) - s.done
 	if left <= 0 {
 		return 0, io.EOF
@@ -191,7 +242,7 @@ func (s *ChainSource) Read(b []byte) (int, error) {
 
 // RunFile implements FileRuns.
 func (s *ChainSource) RunFile() (*os.File, int64) {
-	r := s.c.runs[s.i]
+	r := s.runs[s.i]
 	return s.c.levels[r.Level].PagesFile(), r.Offset + s.done
 }
 

@@ -211,3 +211,81 @@ func TestChainCycleRefused(t *testing.T) {
 		t.Fatalf("CheckParent of a plain parent: %v", err)
 	}
 }
+
+// readSource returns page number → fill byte of what src yields.
+func readSource(t *testing.T, src *ChainSource) map[uint64]byte {
+	t.Helper()
+	got := map[uint64]byte{}
+	for {
+		v, n, err := src.Next()
+		if err == io.EOF {
+			return got
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, n*ps)
+		if _, err := io.ReadFull(src, b); err != nil {
+			t.Fatal(err)
+		}
+		f, off := src.RunFile()
+		fb := make([]byte, ps)
+		if _, err := f.ReadAt(fb, off-int64(n*ps)); err != nil || !bytes.Equal(fb, b[:ps]) {
+			t.Fatalf("run at page %d: RunFile does not hold its data (%v)", v/ps, err)
+		}
+		for i := uint64(0); i < n; i++ {
+			got[v/ps+i] = b[i*ps]
+		}
+	}
+}
+
+// SourceRange and SourceExcept yield exactly the chain's pages inside
+// (outside) the ranges, each from the level that holds it; ReadAt reads
+// a run's level.
+func TestChainSourceClipped(t *testing.T) {
+	root := t.TempDir()
+	l0, l1 := filepath.Join(root, "l0"), filepath.Join(root, "l1")
+	writeLevel(t, l0, "", []ent{{vaddr: 10, nr: 10, fill: 'a'}})
+	writeLevel(t, l1, "../l0", []ent{{vaddr: 10, nr: 3, parent: true}, {vaddr: 13, nr: 2, fill: 'b'}, {vaddr: 15, nr: 5, parent: true}})
+	d, err := images.Open(l1, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	top, err := images.OpenPages(d, images.PagemapImg(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer top.Close()
+	if !NeedsParent(top) {
+		t.Fatal("NeedsParent: false for a pagemap with PARENT entries")
+	}
+	c, err := OpenChain(d, images.PagemapImg(1), top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	all := map[uint64]byte{10: 'a', 11: 'a', 12: 'a', 13: 'b', 14: 'b', 15: 'a', 16: 'a', 17: 'a', 18: 'a', 19: 'a'}
+	in := readSource(t, c.SourceRange(12*ps, 16*ps))
+	out := readSource(t, c.SourceExcept([][2]uint64{{12 * ps, 14 * ps}, {15 * ps, 16 * ps}}))
+	for p, f := range all {
+		if want := p >= 12 && p < 16; (in[p] == f) != want {
+			t.Errorf("SourceRange: page %d: %q (in range %v)", p, in[p], want)
+		}
+		if want := !(p >= 12 && p < 14 || p == 15); (out[p] == f) != want {
+			t.Errorf("SourceExcept: page %d: %q (kept %v)", p, out[p], want)
+		}
+	}
+	if len(in) != 4 || len(out) != 7 {
+		t.Errorf("SourceRange %v, SourceExcept %v", in, out)
+	}
+	for _, r := range c.Runs() {
+		b := make([]byte, ps)
+		if _, err := c.ReadAt(r.Level, b, r.Vaddr); err != nil || b[0] != all[r.Vaddr/ps] {
+			t.Errorf("ReadAt level %d page %d: %q, %v", r.Level, r.Vaddr/ps, b[0], err)
+		}
+	}
+	if _, err := c.ReadAt(5, make([]byte, ps), 10*ps); err == nil {
+		t.Error("ReadAt of a level the chain does not have worked")
+	}
+}

@@ -47,6 +47,10 @@ type Session struct {
 	ended     bool
 	children  []int
 	began     time.Time
+	trapSig   unix.Signal // of batches (batch_linux.go), chosen at the first
+	// runner, if set (SetRunner), runs single calls too: one stop each
+	// instead of two.
+	runCode, runTable uint64
 }
 
 // SetSyscallAddr tells the tracer where a `syscall` instruction (0f 05) is
@@ -177,6 +181,7 @@ func (t *Tracer) begin(tid int) (*Session, error) {
 		return nil, err
 	}
 	tk.session = s
+	t.sessions++
 	return s, nil
 }
 
@@ -222,6 +227,17 @@ func (s *Session) syscall(nr uintptr, args []uint64) (uint64, error) {
 	if s.ended {
 		return 0, errors.New("injection session already ended")
 	}
+	if s.runCode != 0 && !forks(nr) {
+		c := Call{Nr: nr}
+		copy(c.Args[:], args)
+		if !touchesRunner(&c, s.runCode, s.runTable, BatchTableSize(1)) {
+			got, err := s.batch(s.runCode, s.runTable, []Call{c})
+			if err != nil {
+				return 0, err
+			}
+			return got[0], nil
+		}
+	}
 	tk := s.tk
 	if s.t.tasks[tk.tid] != tk {
 		return 0, fmt.Errorf("inject into %d: %w", tk.tid, ErrGone)
@@ -238,6 +254,11 @@ func (s *Session) syscall(nr uintptr, args []uint64) (uint64, error) {
 	}
 	s.ran = true
 	s.t.calls++
+	s.t.stops += 2 // entry and exit
+	s.t.byNr[nr]++
+	if sendsSignal(nr) {
+		s.trapSig = 0
+	}
 	// Entry stop, then exit stop.
 	for phase := 0; phase < 2; phase++ {
 		if err := s.t.resume(tk, unix.PTRACE_SYSCALL, 0); err != nil {
@@ -319,6 +340,7 @@ func (s *Session) end() error {
 	}
 	// Re-enter the get_signal trap (see the comment at the top). The
 	// interrupt is taken before any pending signal is dequeued.
+	s.t.stops++
 	if _, err := s.t.retrap(tk); err != nil {
 		return fmt.Errorf("end injection into %d: %w", tk.tid, err)
 	}
@@ -330,6 +352,22 @@ func (t *Tracer) InjectedCalls() int {
 	var n int
 	_ = t.Do(func() error { n = t.calls; return nil })
 	return n
+}
+
+// InjectionStats returns how many injection sessions were opened, how
+// many ptrace stops injection took (two per call at a syscall
+// instruction, one per run of the batch runner, one to end a session),
+// and how many syscalls of each number were injected so far.
+func (t *Tracer) InjectionStats() (sessions, stops int, byNr map[uintptr]int) {
+	_ = t.Do(func() error {
+		sessions, stops = t.sessions, t.stops
+		byNr = make(map[uintptr]int, len(t.byNr))
+		for k, v := range t.byNr {
+			byNr[k] = v
+		}
+		return nil
+	})
+	return sessions, stops, byNr
 }
 
 // InjectionTime returns the total time injection sessions of this tracer

@@ -64,8 +64,13 @@ type Tracer struct {
 	// End): the time a tracee spent in a state it cannot resume from
 	// alone if the tracer died (borrowed rip, every signal blocked).
 	injecting time.Duration
-	// calls counts injected syscalls (a figure of where time goes).
-	calls int
+	// calls counts injected syscalls (a figure of where time goes), by
+	// number in byNr; sessions counts injection sessions, stops the
+	// ptrace stops they took (each a round trip through the scheduler).
+	calls    int
+	byNr     map[uintptr]int
+	sessions int
+	stops    int
 }
 
 // New starts a tracer thread.
@@ -76,6 +81,7 @@ func New() *Tracer {
 		exited:      make(chan struct{}),
 		tasks:       make(map[int]*task),
 		syscallAddr: make(map[int]uint64),
+		byNr:        make(map[uintptr]int),
 	}
 	ready := make(chan int)
 	go t.loop(ready)

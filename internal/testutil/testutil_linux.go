@@ -247,3 +247,6 @@ func Tail(s string) string {
 // FanoutBin builds e2e/workloads/fanout.c (a root and N-1 sleeping
 // children, for tree benchmarks) once per test binary.
 func FanoutBin(t testing.TB) string { return cBin(t, "fanout", "e2e/workloads/fanout.c") }
+
+// ManyFDsBin builds e2e/workloads/manyfds.c once per test binary.
+func ManyFDsBin(t testing.TB) string { return cBin(t, "manyfds", "e2e/workloads/manyfds.c") }

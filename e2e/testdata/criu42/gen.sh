@@ -1,13 +1,19 @@
 #!/bin/bash
-# gen.sh CRIU: regenerates these CRIU 4.2 fixtures (run as root, from any
-# directory). CRIU is a criu binary built from CRIU's v4.2 tag, outside the
+# gen.sh CRIU [NAME...]: regenerates these CRIU 4.2 fixtures, all or the
+# named ones (run as root, from any directory). CRIU is a criu binary built from CRIU's v4.2 tag, outside the
 # repository (make -j2 criu in a checkout of github.com/checkpoint-restore/criu).
 # Each program runs from /tmp/godwit-criu42/NAME with a fixed, free PID high
-# under pid_max 32768 (tick: 31000, alarm: 31100; threads and the child take what follows), cwd /,
+# under pid_max 32768 (tick: 31000, alarm: 31100, tree: 31200, fds: 31300;
+# threads and children take what follows), cwd /,
 # its standard streams on /dev/null, in a session of its own; CRIU dumps it
-# after it ran for half a second into NAME-images.
+# after it ran for half a second into NAME-images. fds reads
+# /tmp/godwit-criu42/fds.data, 4096 bytes of "g" (the test writes the same
+# file before it restores: CRIU and godwit check a regular file's size).
 set -euo pipefail
 criu=$1
+shift
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(tick alarm tree fds)
 cd "$(dirname "$0")"
 gen() {
 	local name=$1 want=$2
@@ -28,6 +34,10 @@ gen() {
 	"$criu" dump -t $pid -D "$name-images" -v4 -o "/tmp/godwit-criu42/$name-dump.log"
 	rm -f "$name-images/stats-dump"
 }
-gen tick 31000
-gen alarm 31100
+mkdir -p /tmp/godwit-criu42
+head -c 4096 /dev/zero | tr '\0' g >/tmp/godwit-criu42/fds.data
+declare -A pids=([tick]=31000 [alarm]=31100 [tree]=31200 [fds]=31300)
+for n in "${names[@]}"; do
+	gen "$n" "${pids[$n]}"
+done
 "$criu" --version | head -1

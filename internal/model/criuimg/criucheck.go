@@ -3,6 +3,8 @@ package criuimg
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
@@ -45,8 +47,16 @@ func CheckCRIU(d *images.Dir) error {
 		return err
 	}
 	fileIDs := map[uint32]bool{}
+	names, err := d.List()
+	if err != nil {
+		return err
+	}
+	mounts := slices.ContainsFunc(names, func(n string) bool { return strings.HasPrefix(n, "mountpoints-") })
 	for _, f := range files {
 		fileIDs[f.GetId()] = true
+		if r := f.GetReg(); r != nil && r.MntId != nil && r.GetMntId() != -1 && !mounts {
+			bad("%s: file %d (%s): mnt_id %d without dumped mounts (CRIU looks it up among them: a deleted file's remap fails)", images.FilesImg, f.GetId(), r.GetName(), r.GetMntId())
+		}
 	}
 	fdTables := map[uint32]bool{}
 	// Tasks with shared pending signals, whose threads may keep an
@@ -59,6 +69,14 @@ func CheckCRIU(d *images.Dir) error {
 	}
 	for i, ps := range pss {
 		pid := ps.GetPid()
+		if leader, err := images.ReadOne[*criu_core.CoreEntry](d, images.CoreImg(int(pid))); err == nil &&
+			leader.GetTc().GetTaskState() == images.TaskDead {
+			// A zombie: CRIU's restore needs only its tc (state,
+			// exit code); it has no registers, ids, fds or mm
+			// (cr-restore.c, files.c). CRIU itself writes its
+			// threads as [0].
+			continue
+		}
 		if len(ps.GetThreads()) == 0 || ps.GetThreads()[0] != pid {
 			bad("%s: task %d: threads %v do not start with the leader", images.PstreeImg, pid, ps.GetThreads())
 		}
@@ -91,7 +109,12 @@ func CheckCRIU(d *images.Dir) error {
 			}
 		}
 		if ids == nil {
-			bad("core-%d.img: no ids (CRIU 4.x reads them from the core)", pid)
+			// CRIU 4.x reads ids-PID.img, and the core's ids when
+			// that is missing (older images).
+			ids, _ = images.ReadOne[*criu_core.TaskKobjIdsEntry](d, images.IdsImg(int(pid)))
+		}
+		if ids == nil {
+			bad("task %d: no kernel object ids in core-%d.img or %s (CRIU: Core IDS data missed for non-zombie)", pid, pid, images.IdsImg(int(pid)))
 			continue
 		}
 		if i == 0 && root != nil && ids.GetFilesId() == root.GetFilesId() {

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	core_x86 "github.com/checkpoint-restore/go-criu/v8/crit/images/core-x86"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/timer"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -189,6 +190,9 @@ func TestRoundTrip(t *testing.T) {
 			th.XState = w.XState
 		}
 	}
+	for _, f := range want.Files {
+		f.MntID = -1 // not written: see fileEntry
+	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("round trip changed the tree:\ngot  %+v\nwant %+v", got.Tasks[0], want.Tasks[0])
 	}
@@ -296,6 +300,25 @@ func TestCheckCRIU(t *testing.T) {
 	}
 	if err := CheckCRIU(d); err == nil || !strings.Contains(err.Error(), "Image corruption on kIDs data") {
 		t.Fatalf("CheckCRIU = %v, want the kIDs corruption", err)
+	}
+	// godwit before it left mnt_id out: without dumped mounts CRIU
+	// cannot remap a deleted file.
+	files, err := images.ReadAll[*fdinfo.FileEntry](d, images.FilesImg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if f.GetReg() != nil {
+			f.GetReg().MntId = proto.Int32(27)
+			break
+		}
+	}
+	d.Remove(images.FilesImg)
+	if err := images.Write(d, images.FilesImg, files...); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckCRIU(d); err == nil || !strings.Contains(err.Error(), "mnt_id 27 without dumped mounts") {
+		t.Fatalf("CheckCRIU = %v, want the mnt_id without mounts", err)
 	}
 }
 

@@ -1,10 +1,13 @@
 package criuimg
 
 import (
+	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/eventfd"
@@ -67,6 +70,8 @@ func fdType(f *model.File) fdinfo.FdTypes {
 		return fdinfo.FdTypes_EVENTPOLL
 	case model.UnixSocket:
 		return fdinfo.FdTypes_UNIXSK
+	case model.NetlinkSocket:
+		return fdinfo.FdTypes_NETLINKSK
 	case model.InetSocket:
 		return fdinfo.FdTypes_INETSK
 	case model.Inotify:
@@ -175,6 +180,10 @@ func kindEntry(f *model.File) (*fdinfo.FileEntry, error) {
 			})
 		}
 		e.Ify = ify
+	case model.NetlinkSocket:
+		if err := netlinkEntry(f, e); err != nil {
+			return nil, err
+		}
 	default:
 		return nil, fmt.Errorf("file %d: kind %d has no image entry", f.ID, f.Kind)
 	}
@@ -383,6 +392,10 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 			return nil, true, fmt.Errorf("file %d: timerfd times out of range", id)
 		}
 		f.TimerFD = t
+	case fdinfo.FdTypes_NETLINKSK:
+		if err := readNetlink(e, f); err != nil {
+			return nil, true, err
+		}
 	case fdinfo.FdTypes_UNIXSK:
 		p := e.GetUsk()
 		if p == nil {
@@ -411,6 +424,12 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 			u.Name = append([]byte{}, p.GetName()...)
 			if len(u.Name) > 108 {
 				return nil, true, fmt.Errorf("file %d: unix socket name of %d bytes", id, len(u.Name))
+			}
+			// CRIU keeps a path name as the kernel reports it, with
+			// its terminating NUL; the path ends there (an abstract
+			// name, which starts with NUL, keeps every byte).
+			if i := bytes.IndexByte(u.Name, 0); i > 0 {
+				u.Name = u.Name[:i]
 			}
 		}
 		if fp := p.GetFilePerms(); fp != nil {
@@ -446,13 +465,18 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 			for _, x := range h.GetHandle() {
 				hb = binary.LittleEndian.AppendUint64(hb, x)
 			}
-			if len(st.Watches) > 0 && w.GetWd() <= st.Watches[len(st.Watches)-1].Wd {
-				return nil, true, fmt.Errorf("file %d: inotify watches not in rising order", id)
-			}
 			st.Watches = append(st.Watches, model.InotifyWatch{
 				Wd: w.GetWd(), Mask: w.GetMask(), IgnoredMask: w.GetIgnoredMask(), Ino: w.GetIIno(), Dev: w.GetSDev(),
 				HandleType: h.GetType(), Handle: hb[:n], Path: h.GetPath(),
 			})
+		}
+		// CRIU writes the watches as fdinfo lists them, newest first;
+		// the model keeps them by rising wd.
+		slices.SortFunc(st.Watches, func(a, b model.InotifyWatch) int { return cmp.Compare(a.Wd, b.Wd) })
+		for i := 1; i < len(st.Watches); i++ {
+			if st.Watches[i].Wd == st.Watches[i-1].Wd {
+				return nil, true, fmt.Errorf("file %d: inotify watch %d twice", id, st.Watches[i].Wd)
+			}
 		}
 		f.Inotify = st
 	case fdinfo.FdTypes_EVENTPOLL:
@@ -696,33 +720,84 @@ func readGhost(d *images.Dir, id uint32) (*model.GhostState, error) {
 	if err := r.Next(&e); err != nil {
 		return nil, imgErr(name, err)
 	}
-	if e.GetChunks() {
-		return nil, fmt.Errorf("%s: ghost file in chunks (--ghost-fiemap): not supported yet", name)
-	}
 	if e.GetMode()&unix.S_IFMT != unix.S_IFREG {
 		return nil, fmt.Errorf("%s: deleted file of mode %#o: only regular files are supported", name, e.GetMode())
 	}
-	if e.Size == nil || e.GetSize() > maxGhost {
-		return nil, fmt.Errorf("%s: no size, or over %d bytes", name, uint64(maxGhost))
+	// Three layouts: godwit's (size, then the contents), CRIU's for
+	// files under 12 KiB (no size: the contents are the rest of the
+	// image) and CRIU's for larger ones (chunks: size, then entries
+	// {off, len} each followed by len bytes; holes between them).
+	size := e.GetSize()
+	switch {
+	case e.Size == nil && !e.GetChunks():
+		size = uint64(r.Remaining())
+		if r.Remaining() < 0 {
+			return nil, fmt.Errorf("%s: no size, and the image's length is unknown", name)
+		}
+	case e.Size == nil:
+		return nil, fmt.Errorf("%s: chunks without a size", name)
+	}
+	if size > maxGhost {
+		return nil, fmt.Errorf("%s: %d bytes, over %d", name, size, uint64(maxGhost))
 	}
 	g := &model.GhostState{
-		Dev: unix.Mkdev(e.GetDev()>>20, e.GetDev()&0xfffff), Ino: e.GetIno(), Mode: e.GetMode(), UID: e.GetUid(), GID: e.GetGid(), Size: e.GetSize(),
+		Dev: unix.Mkdev(e.GetDev()>>20, e.GetDev()&0xfffff), Ino: e.GetIno(), Mode: e.GetMode(), UID: e.GetUid(), GID: e.GetGid(), Size: size,
 		Atime: unix.Timespec{Sec: int64(e.GetAtim().GetTvSec()), Nsec: int64(e.GetAtim().GetTvUsec()) * 1000},
 		Mtime: unix.Timespec{Sec: int64(e.GetMtim().GetTvSec()), Nsec: int64(e.GetMtim().GetTvUsec()) * 1000},
 	}
 	if g.Atime.Nsec >= 1e9 || g.Mtime.Nsec >= 1e9 || g.Atime.Sec < 0 || g.Mtime.Sec < 0 {
 		return nil, fmt.Errorf("%s: times out of range", name)
 	}
-	g.Data = []byte{}
-	for left := g.Size; left > 0; {
-		step := min(left, 1<<20)
-		g.Data = append(g.Data, make([]byte, step)...)
-		if err := r.ReadPayload(g.Data[uint64(len(g.Data))-step:]); err != nil {
+	if !e.GetChunks() {
+		g.Data, err = readGhostData(r, nil, size)
+		if err != nil {
 			return nil, imgErr(name, err)
+		}
+		return g, nil
+	}
+	// Holes stay zero: a fresh allocation is not touched until a chunk's
+	// bytes land in it.
+	g.Data = make([]byte, size)
+	var end uint64 // where the previous chunk ended
+	for {
+		var c ghost_file.GhostChunkEntry
+		err := r.Next(&c)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, imgErr(name, err)
+		}
+		off, n := c.GetOff(), c.GetLen()
+		if c.Off == nil || c.Len == nil || off < end || n > size || off > size-n {
+			return nil, fmt.Errorf("%s: chunk %d+%d out of order or past the size %d", name, off, n, size)
+		}
+		if rest := r.Remaining(); rest >= 0 && uint64(rest) < n {
+			return nil, fmt.Errorf("%s: chunk %d+%d: only %d bytes left in the image", name, off, n, rest)
+		}
+		if err := r.ReadPayload(g.Data[off : off+n]); err != nil {
+			return nil, imgErr(name, err)
+		}
+		end = off + n
+	}
+	return g, nil
+}
+
+// readGhostData appends n bytes of payload to data, growing it as the
+// bytes arrive (a lying size costs what the image holds, no more).
+func readGhostData(r *images.EntryReader, data []byte, n uint64) ([]byte, error) {
+	if data == nil {
+		data = []byte{}
+	}
+	for left := n; left > 0; {
+		step := min(left, 1<<20)
+		data = append(data, make([]byte, step)...)
+		if err := r.ReadPayload(data[uint64(len(data))-step:]); err != nil {
+			return nil, err
 		}
 		left -= step
 	}
-	return g, nil
+	return data, nil
 }
 
 // FileLocksImg holds the file locks: each names its owner task and an fd
@@ -737,11 +812,24 @@ func lockEntry(l model.FileLock, pid, fd int) *file_lock.FileLockEntry {
 	if l.Write {
 		typ = unix.F_WRLCK
 	}
+	flag := l.Kind
+	if flag == model.LockOFD {
+		flag = criuFlOFD
+	}
 	return &file_lock.FileLockEntry{
-		Flag: proto.Uint32(l.Kind), Type: proto.Uint32(typ), Pid: proto.Int32(int32(pid)), Fd: proto.Int32(int32(fd)),
+		Flag: proto.Uint32(flag), Type: proto.Uint32(typ), Pid: proto.Int32(int32(pid)), Fd: proto.Int32(int32(fd)),
 		Start: proto.Int64(l.Start), Len: proto.Int64(l.Len),
 	}
 }
+
+// CRIU's file_lock_entry.flag values (criu/include/file-lock.h): POSIX
+// and flock are the kernel's FL_* bits, OFD is CRIU's own 4, not the
+// kernel's FL_OFDLCK (1024), and CRIU's restore refuses any other value
+// ("Unknown file lock style!").
+const (
+	criuFlOFD     = 4
+	kernelFlOFDLK = 1024 // what godwit wrote for OFD locks before: still read
+)
 
 // writeLocks writes the tasks' POSIX locks and the descriptions' flock
 // and OFD locks (each through the first fd that holds its description).
@@ -796,6 +884,9 @@ func readLocks(d *images.Dir, t *model.Tree) error {
 			return fmt.Errorf("%s: lock %d: no fd %d in task %d", FileLocksImg, i, e.GetFd(), e.GetPid())
 		}
 		l := model.FileLock{Kind: e.GetFlag(), Start: e.GetStart(), Len: e.GetLen()}
+		if l.Kind == criuFlOFD || l.Kind == kernelFlOFDLK {
+			l.Kind = model.LockOFD
+		}
 		switch e.GetType() {
 		case unix.F_RDLCK:
 		case unix.F_WRLCK:

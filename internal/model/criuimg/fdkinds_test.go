@@ -7,7 +7,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fh"
+	file_lock "github.com/checkpoint-restore/go-criu/v8/crit/images/file-lock"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fsnotify"
+	ghost_file "github.com/checkpoint-restore/go-criu/v8/crit/images/ghost-file"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
 	"godwit/internal/images"
 	"godwit/internal/model"
@@ -86,6 +92,7 @@ func TestKindsRoundTrip(t *testing.T) {
 		if w.Kind != model.Path && w.Kind != model.Ghost {
 			w.Path = "" // kinds other than Path have none
 		}
+		w.MntID = -1 // not written: see fileEntry
 		if !reflect.DeepEqual(w, g) {
 			t.Errorf("file %d: read %+v, wrote %+v", id, g, w)
 		}
@@ -200,5 +207,151 @@ func TestWriteRefusesLoneUnixPeer(t *testing.T) {
 	err = Write(d, tr, nil)
 	if err == nil || !strings.Contains(err.Error(), "peer (socket 51) is not in the dump") {
 		t.Fatalf("Write: %v", err)
+	}
+}
+
+// CRIU writes inotify watches newest first (as fdinfo lists them): they
+// are read by rising wd; a wd twice is refused.
+func TestInotifyWatchOrder(t *testing.T) {
+	watch := func(wd uint32, path string) *fsnotify.InotifyWdEntry {
+		return &fsnotify.InotifyWdEntry{Id: proto.Uint32(0), IIno: proto.Uint64(uint64(wd)), Mask: proto.Uint32(unix.IN_MODIFY), IgnoredMask: proto.Uint32(0),
+			SDev: proto.Uint32(1), Wd: proto.Uint32(wd), FHandle: &fh.FhEntry{Bytes: proto.Uint32(8), Type: proto.Uint32(1), Handle: []uint64{uint64(wd)}, Path: proto.String(path)}}
+	}
+	entry := func(wds ...*fsnotify.InotifyWdEntry) *fdinfo.FileEntry {
+		return &fdinfo.FileEntry{Type: fdinfo.FdTypes_INOTIFY.Enum(), Id: proto.Uint32(11),
+			Ify: &fsnotify.InotifyFileEntry{Id: proto.Uint32(11), Flags: proto.Uint32(unix.O_NONBLOCK), Fown: noFown(), Wd: wds}}
+	}
+	f, known, err := readKind(entry(watch(3, "/b"), watch(2, "/a")))
+	if err != nil || !known {
+		t.Fatalf("readKind: %v, %v", known, err)
+	}
+	if w := f.Inotify.Watches; len(w) != 2 || w[0].Wd != 2 || w[0].Path != "/a" || w[1].Wd != 3 || w[1].Path != "/b" {
+		t.Fatalf("watches %+v, want wd 2 (/a) then 3 (/b)", w)
+	}
+	if _, _, err := readKind(entry(watch(3, "/b"), watch(3, "/a"))); err == nil || !strings.Contains(err.Error(), "inotify watch 3 twice") {
+		t.Fatalf("two watches 3: %v", err)
+	}
+}
+
+// A deleted file's contents in CRIU's two layouts: under 12 KiB, no size
+// and the contents to the end of the image; larger, chunks with holes.
+func TestReadCRIUGhostLayouts(t *testing.T) {
+	head := func(size *uint64, chunks bool) *ghost_file.GhostFileEntry {
+		e := &ghost_file.GhostFileEntry{Uid: proto.Uint32(0), Gid: proto.Uint32(0), Mode: proto.Uint32(unix.S_IFREG | 0o604),
+			Dev: proto.Uint32(1), Ino: proto.Uint64(2), Size: size}
+		if chunks {
+			e.Chunks = proto.Bool(true)
+		}
+		return e
+	}
+	write := func(t *testing.T, d *images.Dir, e *ghost_file.GhostFileEntry, body func(w *images.EntryWriter) error) {
+		w, err := d.CreateImage(GhostFileImg(8))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Write(e); err != nil {
+			t.Fatal(err)
+		}
+		if err := body(w); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	chunk := func(w *images.EntryWriter, off uint64, data string) error {
+		if err := w.Write(&ghost_file.GhostChunkEntry{Off: proto.Uint64(off), Len: proto.Uint64(uint64(len(data)))}); err != nil {
+			return err
+		}
+		return w.WritePayload([]byte(data))
+	}
+	for _, c := range []struct {
+		name    string
+		head    *ghost_file.GhostFileEntry
+		body    func(w *images.EntryWriter) error
+		want    string
+		wantErr string
+	}{
+		{"small", head(nil, false), func(w *images.EntryWriter) error { return w.WritePayload([]byte("ghost-data")) }, "ghost-data", ""},
+		{"empty", head(nil, false), func(*images.EntryWriter) error { return nil }, "", ""},
+		{"chunks", head(proto.Uint64(20000), true), func(w *images.EntryWriter) error {
+			if err := chunk(w, 0, "abc"); err != nil {
+				return err
+			}
+			return chunk(w, 16384, "xyz")
+		}, "abc" + strings.Repeat("\x00", 16381) + "xyz" + strings.Repeat("\x00", 20000-16387), ""},
+		{"chunk past size", head(proto.Uint64(10), true), func(w *images.EntryWriter) error { return chunk(w, 8, "abc") }, "", "past the size"},
+		{"chunks backwards", head(proto.Uint64(100), true), func(w *images.EntryWriter) error {
+			if err := chunk(w, 50, "a"); err != nil {
+				return err
+			}
+			return chunk(w, 10, "b")
+		}, "", "out of order"},
+		{"chunk longer than the image", head(proto.Uint64(1<<20), true), func(w *images.EntryWriter) error {
+			if err := w.Write(&ghost_file.GhostChunkEntry{Off: proto.Uint64(0), Len: proto.Uint64(1 << 19)}); err != nil {
+				return err
+			}
+			return w.WritePayload([]byte("short"))
+		}, "", "left in the image"},
+		{"chunks without size", head(nil, true), func(*images.EntryWriter) error { return nil }, "", "chunks without a size"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d, err := images.Open(t.TempDir(), true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			write(t, d, c.head, c.body)
+			g, err := readGhost(d, 8)
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("readGhost = %v, want %q", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(g.Data) != c.want || g.Size != uint64(len(c.want)) {
+				t.Fatalf("read %d bytes (size %d), want %d", len(g.Data), g.Size, len(c.want))
+			}
+		})
+	}
+}
+
+// OFD locks are CRIU's flag 4 in filelocks.img (its restore refuses the
+// kernel's FL_OFDLCK, 1024, which godwit wrote before); both are read.
+func TestOFDLockFlag(t *testing.T) {
+	tr := kindsTree(t)
+	dir, _ := writeTree(t, tr)
+	d, err := images.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	es, err := images.ReadAll[*file_lock.FileLockEntry](d, FileLocksImg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ofd *file_lock.FileLockEntry
+	for _, e := range es {
+		if e.GetFlag() != model.LockPOSIX && e.GetFlag() != model.LockFlock {
+			if e.GetFlag() != criuFlOFD {
+				t.Fatalf("lock flag %d written, want CRIU's OFD %d", e.GetFlag(), criuFlOFD)
+			}
+			ofd = e
+		}
+	}
+	if ofd == nil {
+		t.Fatal("no OFD lock written")
+	}
+	ofd.Flag = proto.Uint32(kernelFlOFDLK)
+	d.Remove(FileLocksImg)
+	if err := images.Write(d, FileLocksImg, es...); err != nil {
+		t.Fatal(err)
+	}
+	got := readTree(t, dir)
+	if l := got.Files[21].Locks; len(l) != 2 || l[1].Kind != model.LockOFD {
+		t.Fatalf("locks read back as %+v, want the OFD lock", l)
 	}
 }

@@ -28,7 +28,7 @@ func inetTree(t testing.TB) *model.Tree {
 		{ID: 41, Kind: model.InetSocket, Flags: unix.O_RDWR, MntID: -1, Inet: &model.InetSocketState{
 			Ino: 1001, Family: unix.AF_INET6, Type: unix.SOCK_STREAM, Proto: unix.IPPROTO_TCP, State: 8, Shutdown: 1,
 			Src: ap("[::ffff:127.0.0.1]:80"), Dst: ap("[::ffff:127.0.0.1]:5000"), V6Only: false,
-			Inet:   model.InetOpts{Cork: true, KeepIdle: 7200, KeepIntvl: 75, KeepCnt: 9},
+			Inet: model.InetOpts{Cork: true, KeepIdle: 7200, KeepIntvl: 75, KeepCnt: 9},
 			Stream: &model.TCPStream{InSeq: 1 << 31, OutSeq: 77, InQ: []byte("to read"), OutQ: []byte("to send"), Unsent: 3,
 				OptMask: 7, SndWscale: 7, RcvWscale: 9, MSSClamp: 65483, Timestamp: 12345,
 				HasWindow: true, SndWl1: 1, SndWnd: 2, MaxWnd: 3, RcvWnd: 4, RcvWup: 5}}},

@@ -3,6 +3,7 @@ package criuimg
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -254,16 +255,25 @@ func readTask(d *images.Dir, ps *pstree.PstreeEntry, files map[model.ID]*model.F
 	}
 	var leaderCore *criu_core.CoreEntry
 	var filters []*seccomp.SeccompFilter
+	var tsync bool // the leader's chain is every thread's (seccompFlagTsync)
 	for i, tid := range order {
 		th, core, err := readThread(d, int(tid), i == 0)
 		if err != nil {
 			return nil, err
 		}
-		if err := readSeccomp(d, &filters, th, core.GetThreadCore()); err != nil {
+		ts, err := readSeccomp(d, &filters, th, core.GetThreadCore())
+		if err != nil {
 			return nil, fmt.Errorf("%s: %w", images.CoreImg(int(tid)), err)
 		}
-		if i == 0 {
-			leaderCore = core
+		switch {
+		case i == 0:
+			leaderCore, tsync = core, ts
+		case ts:
+			return nil, fmt.Errorf("%s: seccomp TSYNC on a thread other than the leader", images.CoreImg(int(tid)))
+		case tsync && th.Seccomp.Mode != 0:
+			return nil, fmt.Errorf("%s: own seccomp state, and the leader's filters marked TSYNC for every thread", images.CoreImg(int(tid)))
+		case tsync:
+			th.Seccomp = model.Seccomp{Mode: 2, Filters: slices.Clone(k.Threads[0].Seccomp.Filters)}
 		}
 		k.Threads = append(k.Threads, th)
 	}

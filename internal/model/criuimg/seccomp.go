@@ -85,45 +85,46 @@ func (t *seccompTable) write(put func(string, ...proto.Message) error) error {
 }
 
 // readSeccomp reads th's seccomp state from its core (and seccomp.img,
-// read once into *filters).
-func readSeccomp(d *images.Dir, filters *[]*seccomp.SeccompFilter, th *model.Thread, tc *criu_core.ThreadCoreEntry) error {
+// read once into *filters); tsync reports a chain CRIU marked for every
+// thread of the task (see seccompFlagTsync).
+func readSeccomp(d *images.Dir, filters *[]*seccomp.SeccompFilter, th *model.Thread, tc *criu_core.ThreadCoreEntry) (tsync bool, err error) {
 	switch tc.GetSeccompMode() {
 	case criu_core.SeccompMode_disabled:
-		return nil
+		return false, nil
 	case criu_core.SeccompMode_strict:
 		th.Seccomp.Mode = 1
-		return nil
+		return false, nil
 	case criu_core.SeccompMode_filter:
 	default:
-		return fmt.Errorf("seccomp mode %v", tc.GetSeccompMode())
+		return false, fmt.Errorf("seccomp mode %v", tc.GetSeccompMode())
 	}
 	if tc.SeccompFilter == nil {
-		return errors.New("seccomp filter mode without a filter")
+		return false, errors.New("seccomp filter mode without a filter")
 	}
 	if *filters == nil {
 		e, err := images.ReadOne[*seccomp.SeccompEntry](d, SeccompImg)
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("seccomp filter mode, and no %s", SeccompImg)
+				return false, fmt.Errorf("seccomp filter mode, and no %s", SeccompImg)
 			}
-			return imgErr(SeccompImg, err)
+			return false, imgErr(SeccompImg, err)
 		}
 		*filters = e.GetSeccompFilters()
 		if *filters == nil {
 			*filters = []*seccomp.SeccompFilter{}
 		}
 	}
-	chain, err := seccompChain(*filters, tc.GetSeccompFilter())
+	chain, err := seccompChain(*filters, tc.GetSeccompFilter(), &tsync)
 	if err != nil {
-		return fmt.Errorf("%s: %w", SeccompImg, err)
+		return false, fmt.Errorf("%s: %w", SeccompImg, err)
 	}
 	th.Seccomp = model.Seccomp{Mode: 2, Filters: chain}
-	return nil
+	return tsync, nil
 }
 
 // seccompChain follows prev links from filter i and returns the chain,
-// oldest first.
-func seccompChain(fs []*seccomp.SeccompFilter, i uint32) ([]model.SeccompFilter, error) {
+// oldest first; *tsync reports a filter marked SECCOMP_FILTER_FLAG_TSYNC.
+func seccompChain(fs []*seccomp.SeccompFilter, i uint32, tsync *bool) ([]model.SeccompFilter, error) {
 	var chain []model.SeccompFilter
 	for {
 		if int(i) >= len(fs) {
@@ -137,10 +138,13 @@ func seccompChain(fs []*seccomp.SeccompFilter, i uint32) ([]model.SeccompFilter,
 		if len(p) == 0 || len(p) > maxSeccompProg || len(p)%8 != 0 {
 			return nil, fmt.Errorf("filter %d: %d bytes is no BPF program", i, len(p))
 		}
-		if f.GetFlags()&^seccompFlagLog != 0 {
+		if f.GetFlags()&^(seccompFlagLog|seccompFlagTsync) != 0 {
 			return nil, fmt.Errorf("filter %d: flags %#x", i, f.GetFlags())
 		}
-		chain = append(chain, model.SeccompFilter{Prog: p, Flags: f.GetFlags()})
+		if f.GetFlags()&seccompFlagTsync != 0 {
+			*tsync = true
+		}
+		chain = append(chain, model.SeccompFilter{Prog: p, Flags: f.GetFlags() &^ seccompFlagTsync})
 		if f.Prev == nil {
 			break
 		}
@@ -155,3 +159,11 @@ func seccompChain(fs []*seccomp.SeccompFilter, i uint32) ([]model.SeccompFilter,
 // seccompFlagLog is SECCOMP_FILTER_FLAG_LOG, the one flag the kernel
 // reports of an installed filter.
 const seccompFlagLog = 2
+
+// seccompFlagTsync is SECCOMP_FILTER_FLAG_TSYNC. CRIU marks a leader's
+// chain with it when every thread of the task has the same chain, and
+// writes the other threads as without filters: its restore installs the
+// chain once, synchronised to every thread (criu/seccomp.c). godwit reads
+// that as the same chain in every thread (its restorer then installs it
+// with TSYNC too).
+const seccompFlagTsync = 1

@@ -2,12 +2,14 @@ package criuimg
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 
 	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/seccomp"
 	"google.golang.org/protobuf/proto"
 
+	"godwit/internal/images"
 	"godwit/internal/model"
 )
 
@@ -38,8 +40,8 @@ func TestSeccompChains(t *testing.T) {
 	for i, thc := range cores {
 		var got model.Thread
 		fs := tab.filters
-		if err := readSeccomp(nil, &fs, &got, thc); err != nil {
-			t.Fatal(err)
+		if tsync, err := readSeccomp(nil, &fs, &got, thc); err != nil || tsync {
+			t.Fatal(tsync, err)
 		}
 		w := ths[i].Seccomp
 		if got.Seccomp.Mode != w.Mode || len(got.Seccomp.Filters) != len(w.Filters) {
@@ -52,14 +54,72 @@ func TestSeccompChains(t *testing.T) {
 		}
 	}
 	loop := []*seccomp.SeccompFilter{{Filter: prog(1), Prev: proto.Uint32(1)}, {Filter: prog(1), Prev: proto.Uint32(0)}}
-	if _, err := seccompChain(loop, 0); err == nil {
+	var ts bool
+	if _, err := seccompChain(loop, 0, &ts); err == nil {
 		t.Error("a prev loop is accepted")
 	}
-	if _, err := seccompChain([]*seccomp.SeccompFilter{{Filter: prog(1)[:7]}}, 0); err == nil {
+	if _, err := seccompChain([]*seccomp.SeccompFilter{{Filter: prog(1)[:7]}}, 0, &ts); err == nil {
 		t.Error("a 7-byte program is accepted")
 	}
-	if _, err := seccompChain(loop, 5); err == nil {
+	if _, err := seccompChain(loop, 5, &ts); err == nil {
 		t.Error("an index out of range is accepted")
+	}
+	if _, err := seccompChain([]*seccomp.SeccompFilter{{Filter: prog(1), Flags: proto.Uint32(4)}}, 0, &ts); err == nil {
+		t.Error("an unknown flag is accepted")
+	}
+}
+
+// CRIU writes a chain every thread shares once, on the leader, marked
+// SECCOMP_FILTER_FLAG_TSYNC, and the other threads without filters: read
+// as that chain (without the flag) in every thread.
+func TestSeccompTsyncFromCRIU(t *testing.T) {
+	tr := sampleTree(t)
+	k := tr.Root()
+	if len(k.Threads) < 2 {
+		t.Fatal("sample task has one thread")
+	}
+	for _, th := range k.Threads {
+		th.Seccomp = model.Seccomp{}
+	}
+	k.Threads[0].Seccomp = model.Seccomp{Mode: 2, Filters: []model.SeccompFilter{{Prog: prog(1)}, {Prog: prog(2), Flags: 2}}}
+	dir, _ := writeTree(t, tr)
+	d, err := images.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	e, err := images.ReadOne[*seccomp.SeccompEntry](d, SeccompImg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range e.GetSeccompFilters() {
+		f.Flags = proto.Uint32(f.GetFlags() | seccompFlagTsync)
+	}
+	d.Remove(SeccompImg)
+	if err := images.Write(d, SeccompImg, e); err != nil {
+		t.Fatal(err)
+	}
+	got := readTree(t, dir).Root()
+	for i, th := range got.Threads {
+		s := th.Seccomp
+		if s.Mode != 2 || len(s.Filters) != 2 || !bytes.Equal(s.Filters[1].Prog, prog(2)) || s.Filters[0].Flags != 0 || s.Filters[1].Flags != 2 {
+			t.Fatalf("thread %d: %+v, want the leader's chain without TSYNC", i, s)
+		}
+	}
+	// A thread with filters of its own contradicts TSYNC.
+	k.Threads[1].Seccomp = model.Seccomp{Mode: 1}
+	dir, _ = writeTree(t, tr)
+	d2, err := images.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	d2.Remove(SeccompImg)
+	if err := images.Write(d2, SeccompImg, e); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Read(d2); err == nil || !strings.Contains(err.Error(), "marked TSYNC for every thread") {
+		t.Fatalf("Read = %v, want the TSYNC contradiction", err)
 	}
 }
 
@@ -74,7 +134,8 @@ func FuzzSeccompImage(f *testing.F) {
 		if proto.Unmarshal(data, &e) != nil {
 			return
 		}
-		chain, err := seccompChain(e.GetSeccompFilters(), i)
+		var ts bool
+		chain, err := seccompChain(e.GetSeccompFilters(), i, &ts)
 		if err != nil {
 			return
 		}

@@ -461,9 +461,10 @@ func fileEntry(f *model.File) *fdinfo.FileEntry {
 		Fown:  &fown.FownEntry{Uid: proto.Uint32(0), Euid: proto.Uint32(0), Signum: proto.Uint32(0), PidType: proto.Uint32(0), Pid: proto.Uint32(0)},
 		Name:  proto.String(f.Path),
 	}
-	if f.MntID >= 0 {
-		r.MntId = proto.Int32(int32(f.MntID))
-	}
+	// No mnt_id: CRIU writes it only when it dumps a mount namespace
+	// (files-reg.c), which godwit never does, and its restore looks the
+	// id up among the dumped mounts: with none, a deleted file's remap
+	// fails ("Can't link ... No such file or directory").
 	if f.Mode != 0 {
 		r.Mode = proto.Uint32(f.Mode)
 	}

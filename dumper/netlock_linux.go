@@ -1,0 +1,154 @@
+package dumper
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/actions"
+	"godwit/internal/images"
+	"godwit/internal/logging"
+	"godwit/internal/netlock"
+	"godwit/internal/sockdiag"
+)
+
+// The network lock of a dump (internal/netlock; docs/network-lock.md).
+// It is made once the tree is frozen: for a tree in godwit's network
+// namespace the socket drivers add each TCP connection to it (Files.NetLock)
+// before the connection goes into repair mode; a tree in a network
+// namespace of its own has that whole namespace locked at once, between
+// the network-lock action scripts and the end of the dump, as CRIU does
+// for a namespace it dumps. A failed dump removes the lock (rollback), as
+// does a dump that leaves the tree running or stopped; a dump that kills
+// the tree keeps it and records it in the images (netlock.RecordFile) for
+// the restore to remove once the connections are back.
+
+// ownNetns reports whether task pid is in another network namespace
+// than godwit.
+func ownNetns(pid int) (bool, error) {
+	var self, task unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &self); err != nil {
+		return false, fmt.Errorf("network namespace: %w", err)
+	}
+	if err := unix.Stat("/proc/"+strconv.Itoa(pid)+"/ns/net", &task); err != nil {
+		return false, fmt.Errorf("network namespace of %d: %w", pid, err)
+	}
+	return self.Dev != task.Dev || self.Ino != task.Ino, nil
+}
+
+// lockNetwork makes the lock of the frozen tree rooted at pid.
+func lockNetwork(method netlock.Method, pid int, scripts *actions.Scripts) (*netlock.Lock, error) {
+	own, err := ownNetns(pid)
+	if err != nil {
+		return nil, err
+	}
+	ns := ""
+	if own {
+		ns = "/proc/" + strconv.Itoa(pid) + "/ns/net"
+	}
+	l, err := netlock.New(method, pid, ns)
+	if err != nil {
+		return nil, err
+	}
+	if !own {
+		return l, nil // connections are added as the drivers find them
+	}
+	if err := scripts.Run(actions.NetworkLock, pid); err != nil {
+		l.Unlock()
+		return nil, err
+	}
+	if err := l.LockNetns(); err != nil {
+		return nil, errors.Join(err, unlockNetwork(l, pid, scripts))
+	}
+	logging.Default().Infof("dump %d: network namespace locked (%s)", pid, l.Method())
+	return l, nil
+}
+
+// unlockNetwork removes the lock; for a whole namespace the
+// network-unlock scripts run first, as in CRIU.
+func unlockNetwork(l *netlock.Lock, pid int, scripts *actions.Scripts) error {
+	var serr error
+	if l.Netns() {
+		serr = scripts.Run(actions.NetworkUnlock, pid)
+	}
+	return errors.Join(serr, l.Unlock())
+}
+
+// writeNetLockRecord records a lock the restore must remove.
+func writeNetLockRecord(d *images.Dir, r netlock.Record) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return writeFile(d, netlock.RecordFile, append(b, '\n'))
+}
+
+// lockTreeConns locks, in one batch, every TCP connection of the frozen
+// tasks pids that sock_diag shows in godwit's namespace (the drivers then
+// find theirs locked already: one firewall command for the whole tree
+// instead of one per connection), and the connection requests to their
+// listeners.
+func lockTreeConns(l *netlock.Lock, pids []int) error {
+	inos := map[uint32]bool{}
+	for _, pid := range pids {
+		dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return fmt.Errorf("network lock: %w", err)
+		}
+		for _, e := range ents {
+			target, err := os.Readlink(dir + "/" + e.Name())
+			if err != nil {
+				continue // closed meanwhile: not a connection of the tree
+			}
+			if rest, ok := strings.CutPrefix(target, "socket:["); ok {
+				if n, err := strconv.ParseUint(strings.TrimSuffix(rest, "]"), 10, 32); err == nil {
+					inos[uint32(n)] = true
+				}
+			}
+		}
+	}
+	if len(inos) == 0 {
+		return nil
+	}
+	var conns []netlock.Conn
+	var listeners []netip.AddrPort
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		for _, proto := range []uint32{unix.IPPROTO_TCP, unix.IPPROTO_MPTCP} {
+			tab, err := sockdiag.DumpInet(fam, proto)
+			if err != nil {
+				if proto == unix.IPPROTO_MPTCP {
+					continue // no MPTCP diag here: the drivers lock such sockets one by one
+				}
+				return fmt.Errorf("network lock: %w", err)
+			}
+			for ino, s := range tab {
+				switch {
+				case !inos[ino] || s.State == tcpClose:
+				case s.State == tcpListen:
+					listeners = append(listeners, s.Src)
+				case s.Dst.IsValid() && s.Dst.Port() != 0:
+					conns = append(conns, netlock.Conn{Local: s.Src, Remote: s.Dst})
+				}
+			}
+		}
+	}
+	if err := l.Lock(conns); err != nil {
+		return err
+	}
+	// A client connecting meanwhile waits for the restored listener
+	// instead of being refused.
+	return l.LockListeners(listeners)
+}
+
+// The kernel's TCP states a connection is not (include/net/tcp_states.h).
+const (
+	tcpClose  = 7
+	tcpListen = 10
+)

@@ -1,0 +1,321 @@
+package ptrace
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/procfs"
+)
+
+// Batched injection.
+//
+// Each injected syscall costs two ptrace stops (entry and exit), each a
+// round trip through the scheduler. A batch instead runs a list of
+// syscalls with one stop: a small runner (BatchCode) that the caller has
+// put in executable memory of the tracee walks a table of calls in the
+// tracee's memory, stores each result beside its call, stops at the first
+// error, and ends with a call that makes the thread trap.
+//
+// The trap is a signal the thread sends itself (rt_tgsigqueueinfo with a
+// siginfo of ours), the only signal left unblocked during the run. A
+// traced thread reports every signal to its tracer before anything else
+// happens to it (even an ignored one), and the tracer discards it, so the
+// run leaves no trace: unlike int3 or a single-step, whose forced SIGTRAP
+// would reset a blocked or ignored SIGTRAP to SIG_DFL, and unlike SIGSTOP,
+// which would start a group stop. The signal is a non-real-time one that
+// is not already pending (so it cannot merge with one of the program's);
+// one the program is sent during the run is told from ours by the
+// runner's position and the siginfo, and stashed as other signals that
+// arrive during injection are.
+
+// batchEntry is the size of one table entry: nr, six arguments, result.
+const batchEntry = 64
+
+// batchSiginfo is the size of the trap's siginfo after the table.
+const batchSiginfo = 128
+
+// BatchCode is the runner, position-independent x86-64 code. Registers
+// in: rbx = the first entry, r12 = the number of calls, r13 = the trap
+// entry (nr and four arguments). Out: rbx = the entry it stopped at.
+//
+//	loop:	test r12, r12; je trap
+//		mov rax,[rbx]; mov rdi,[rbx+8]; mov rsi,[rbx+16]; mov rdx,[rbx+24]
+//		mov r10,[rbx+32]; mov r8,[rbx+40]; mov r9,[rbx+48]
+//		syscall; mov [rbx+56],rax
+//		cmp rax,-4095; jae trap
+//		add rbx,64; dec r12; jmp loop
+//	trap:	mov rax,[r13]; mov rdi,[r13+8]; mov rsi,[r13+16]; mov rdx,[r13+24]
+//		mov r10,[r13+32]; syscall
+//		int3		; only if the trap call itself failed
+var BatchCode = []byte{
+	0x4d, 0x85, 0xe4, 0x74, 0x32,
+	0x48, 0x8b, 0x03, 0x48, 0x8b, 0x7b, 0x08, 0x48, 0x8b, 0x73, 0x10, 0x48, 0x8b, 0x53, 0x18,
+	0x4c, 0x8b, 0x53, 0x20, 0x4c, 0x8b, 0x43, 0x28, 0x4c, 0x8b, 0x4b, 0x30,
+	0x0f, 0x05, 0x48, 0x89, 0x43, 0x38,
+	0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, 0x73, 0x09,
+	0x48, 0x83, 0xc3, 0x40, 0x49, 0xff, 0xcc, 0xeb, 0xc9,
+	0x49, 0x8b, 0x45, 0x00, 0x49, 0x8b, 0x7d, 0x08, 0x49, 0x8b, 0x75, 0x10, 0x49, 0x8b, 0x55, 0x18,
+	0x4d, 0x8b, 0x55, 0x20, 0x0f, 0x05,
+	0xcc,
+}
+
+// batchTrapEnd is the runner's rip right after the trap call.
+const batchTrapEnd = 0x4d
+
+// BatchTableSize is the tracee memory a batch of n calls needs for its
+// table (writable, 8-byte aligned).
+func BatchTableSize(n int) uint64 { return uint64(n+1)*batchEntry + batchSiginfo }
+
+// Call is one syscall of a batch.
+type Call struct {
+	Nr   uintptr
+	Args [6]uint64
+}
+
+// batchMagic marks the trap's siginfo (si_pid, si_uid and si_value).
+const batchMagic = 0x676f64776974 // "godwit"
+
+// siSIQueue is SI_QUEUE (include/uapi/asm-generic/siginfo.h): a code any
+// sender may use.
+const siSIQueue = -1
+
+// siSIQueueBits is SI_QUEUE as the int field stores it.
+const siSIQueueBits = 0xffffffff
+
+// trapSignals are the candidates for the trap: non-real-time signals
+// whose sending has no effect of its own (not SIGCONT, SIGKILL or a stop
+// signal, which the kernel acts on when they are sent).
+var trapSignals = []unix.Signal{unix.SIGWINCH, unix.SIGURG, unix.SIGUSR2, unix.SIGUSR1, unix.SIGPWR, unix.SIGXFSZ}
+
+// Batch runs calls in order in the session's thread with one stop, the
+// runner at code (BatchCode, executable in the tracee) and the table at
+// table (BatchTableSize(len(calls)) writable bytes in the tracee). It
+// returns the results of the calls that ran: all of them, or up to and
+// including the first that failed (its result the raw -errno). err is
+// for a failure of the mechanism only.
+func (s *Session) Batch(code, table uint64, calls []Call) ([]uint64, error) {
+	if len(calls) == 0 {
+		return nil, nil
+	}
+	var out []uint64
+	err := s.t.Do(func() error {
+		var err error
+		out, err = s.batch(code, table, calls)
+		return err
+	})
+	return out, err
+}
+
+func (s *Session) batch(code, table uint64, calls []Call) ([]uint64, error) {
+	if s.ended {
+		return nil, errors.New("injection session already ended")
+	}
+	tk := s.tk
+	if s.t.tasks[tk.tid] != tk {
+		return nil, fmt.Errorf("inject into %d: %w", tk.tid, ErrGone)
+	}
+	tgid := s.t.tgidOf(tk)
+	if s.trapSig == 0 {
+		st, err := procfs.ReadStatus(tk.tid)
+		if err != nil {
+			return nil, fmt.Errorf("batch into %d: %w", tk.tid, err)
+		}
+		for _, sig := range trapSignals {
+			if (st.SigPnd|st.ShdPnd)&(1<<(sig-1)) == 0 {
+				s.trapSig = sig
+				break
+			}
+		}
+		if s.trapSig == 0 {
+			return nil, fmt.Errorf("batch into %d: every trap signal is pending", tk.tid)
+		}
+	}
+	n := len(calls)
+	for i := range calls {
+		if touchesRunner(&calls[i], code, table, BatchTableSize(n)) {
+			return nil, fmt.Errorf("batch into %d: call %d (syscall %d) would change the runner's own memory", tk.tid, i, calls[i].Nr)
+		}
+	}
+	buf := make([]byte, BatchTableSize(n))
+	ne := binary.NativeEndian
+	for i, c := range calls {
+		e := buf[i*batchEntry:]
+		ne.PutUint64(e, uint64(c.Nr))
+		for j, a := range c.Args {
+			ne.PutUint64(e[8+8*j:], a)
+		}
+	}
+	trap := table + uint64(n)*batchEntry
+	info := trap + batchEntry
+	e := buf[n*batchEntry:]
+	ne.PutUint64(e[0:], unix.SYS_RT_TGSIGQUEUEINFO)
+	ne.PutUint64(e[8:], uint64(tgid))
+	ne.PutUint64(e[16:], uint64(tk.tid))
+	ne.PutUint64(e[24:], uint64(s.trapSig))
+	ne.PutUint64(e[32:], info)
+	si := buf[(n+1)*batchEntry:]
+	ne.PutUint32(si[0:], uint32(s.trapSig))
+	ne.PutUint32(si[8:], uint32(siSIQueueBits))
+	ne.PutUint64(si[16:], batchMagic) // si_pid, si_uid
+	ne.PutUint64(si[24:], batchMagic) // si_value
+	if err := WriteMem(tgid, table, buf); err != nil {
+		return nil, fmt.Errorf("batch into %d: write table: %w", tk.tid, err)
+	}
+	r := s.saved
+	r.Rip = code
+	r.Rbx, r.R12, r.R13 = table, uint64(n), trap
+	r.Orig_rax = ^uint64(0)
+	if err := setRegs(tk.tid, &r); err != nil {
+		return nil, err
+	}
+	if err := setSigmask(tk.tid, ^uint64(0)&^(1<<(s.trapSig-1))); err != nil {
+		return nil, err
+	}
+	s.ran = true
+	s.t.calls += n
+	s.t.stops++
+	for _, c := range calls {
+		s.t.byNr[c.Nr]++
+		if sendsSignal(c.Nr) {
+			defer func() { s.trapSig = 0 }()
+		}
+	}
+	err := s.waitBatchTrap(code)
+	if merr := setSigmask(tk.tid, ^uint64(0)); merr != nil && err == nil {
+		err = merr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("batch into %d: %w", tk.tid, err)
+	}
+	if err := getRegs(tk.tid, &r); err != nil {
+		return nil, err
+	}
+	if r.Rbx < table || r.Rbx > trap || (r.Rbx-table)%batchEntry != 0 {
+		return nil, fmt.Errorf("batch into %d: runner stopped at entry %#x outside its table", tk.tid, r.Rbx)
+	}
+	ran := int((r.Rbx - table) / batchEntry)
+	if ran < n {
+		ran++ // the one that failed
+	}
+	if err := ReadMem(tgid, table, buf[:ran*batchEntry]); err != nil {
+		return nil, fmt.Errorf("batch into %d: read results: %w", tk.tid, err)
+	}
+	out := make([]uint64, ran)
+	for i := range out {
+		out[i] = ne.Uint64(buf[i*batchEntry+56:])
+	}
+	return out, nil
+}
+
+// waitBatchTrap runs the thread until the runner's trap, stepping over
+// what comes first as waitSyscallStop does.
+func (s *Session) waitBatchTrap(code uint64) error {
+	tk := s.tk
+	if err := s.t.resume(tk, unix.PTRACE_CONT, 0); err != nil {
+		return err
+	}
+	for i := 0; i < maxStops; i++ {
+		st, err := s.t.wait(tk)
+		if err != nil {
+			return err
+		}
+		switch {
+		case st.Event == unix.PTRACE_EVENT_FORK || st.Event == unix.PTRACE_EVENT_VFORK || st.Event == unix.PTRACE_EVENT_CLONE:
+			child, err := s.t.onEvent(tk, st)
+			if err != nil {
+				return err
+			}
+			s.children = append(s.children, child)
+		case st.Event != 0 || st.isSyscall():
+			// A group-stop, or another event: go on.
+		case st.Sig == unix.SIGTRAP:
+			var r Regs
+			if err := getRegs(tk.tid, &r); err == nil && r.Rip == code+batchTrapEnd+1 {
+				return fmt.Errorf("the runner's trap call failed (%d)", int64(r.Rax))
+			}
+			tk.stash = append(tk.stash, st.Sig)
+		case st.Sig == s.trapSig:
+			var r Regs
+			if err := getRegs(tk.tid, &r); err != nil {
+				return err
+			}
+			var si Siginfo
+			if _, err := ptrace(unix.PTRACE_GETSIGINFO, tk.tid, 0, uintptr(unsafe.Pointer(&si[0]))); err != nil {
+				return fmt.Errorf("siginfo: %w", err)
+			}
+			if !isBatchTrap(&si) {
+				// The program's own, which ours merged into
+				// if it was sent first: keep it for Detach.
+				tk.stash = append(tk.stash, st.Sig)
+			}
+			if r.Rip == code+batchTrapEnd {
+				return nil
+			}
+		default:
+			tk.stash = append(tk.stash, st.Sig)
+		}
+		if err := s.t.resume(tk, unix.PTRACE_CONT, 0); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("no batch trap after %d stops", maxStops)
+}
+
+// SetRunner makes every later single call of the session (Syscall) run
+// through the runner at code with its table at table (BatchTableSize(1)
+// writable bytes): one stop per call instead of two. Calls that make
+// tasks (fork, vfork, clone, clone3) still run at a syscall instruction:
+// the child starts where its parent returns.
+func (s *Session) SetRunner(code, table uint64) {
+	_ = s.t.Do(func() error { s.runCode, s.runTable = code, table; return nil })
+}
+
+// touchesRunner reports a call that would unmap, move, reprotect or
+// replace the runner's code or the table (which the runner goes on
+// reading after the call).
+func touchesRunner(c *Call, code, table uint64, tableLen uint64) bool {
+	over := func(a, n uint64) bool {
+		hit := func(lo, hi uint64) bool { return a < hi && lo < a+n }
+		return hit(code, code+uint64(len(BatchCode))) || hit(table, table+tableLen)
+	}
+	a := c.Args
+	switch c.Nr {
+	case unix.SYS_MUNMAP, unix.SYS_MPROTECT, unix.SYS_MADVISE, unix.SYS_PKEY_MPROTECT:
+		return over(a[0], a[1])
+	case unix.SYS_MMAP:
+		return a[3]&unix.MAP_FIXED != 0 && a[3]&unix.MAP_FIXED_NOREPLACE == 0 && over(a[0], a[1])
+	case unix.SYS_MREMAP:
+		return over(a[0], a[1]) || a[3]&unix.MREMAP_FIXED != 0 && over(a[4], a[2])
+	}
+	return false
+}
+
+// forks reports the syscalls that make a task.
+func forks(nr uintptr) bool {
+	switch nr {
+	case unix.SYS_FORK, unix.SYS_VFORK, unix.SYS_CLONE, unix.SYS_CLONE3:
+		return true
+	}
+	return false
+}
+
+// sendsSignal reports the syscalls that may queue a signal to the thread
+// (its own calls), after which the trap signal is chosen again: it must
+// not be pending when a batch starts.
+func sendsSignal(nr uintptr) bool {
+	switch nr {
+	case unix.SYS_KILL, unix.SYS_TKILL, unix.SYS_TGKILL, unix.SYS_RT_SIGQUEUEINFO, unix.SYS_RT_TGSIGQUEUEINFO,
+		unix.SYS_PIDFD_SEND_SIGNAL:
+		return true
+	}
+	return false
+}
+
+func isBatchTrap(si *Siginfo) bool {
+	ne := binary.NativeEndian
+	return si.Code() == siSIQueue && ne.Uint64(si[16:]) == batchMagic && ne.Uint64(si[24:]) == batchMagic
+}
