@@ -1004,6 +1004,21 @@ func TestNetClosingStates(t *testing.T) {
 			if err := p.failed(); err != nil {
 				t.Fatal(err)
 			}
+			// Everything the peer wrote is acknowledged (segments a
+			// network lock dropped are sent again), then read.
+			waitFor(t, "the peer's bytes to be acknowledged", func() bool {
+				var unacked uint32 = 1
+				n.do(func() {
+					socks, _ := sockdiag.DumpInet(unix.AF_INET, unix.IPPROTO_TCP)
+					for _, s := range socks {
+						if s.Src.Port() == uint16(port) && s.Dst.Port() == uint16(conn.RemoteAddr().(*net.TCPAddr).Port) {
+							unacked = s.Wqueue
+						}
+					}
+				})
+				return unacked == 0
+			})
+			time.Sleep(50 * time.Millisecond)
 			line := r.finish(t, w, []*peer{p})
 			m := doneRE.FindStringSubmatch(line)
 			if m == nil {
