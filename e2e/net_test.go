@@ -344,7 +344,34 @@ func quiesce(t *testing.T, n *netns, w *netProc, peers []*peer, fill int) {
 	for _, p := range peers {
 		p.reading.Store(false)
 	}
-	time.Sleep(200 * time.Millisecond) // the workload's send queue fills
+	// Until the workload's end of each connection holds bytes its peer
+	// has no room for.
+	waitFor(t, "the workload's send queues to fill", func() bool {
+		full := true
+		n.do(func() {
+			socks := map[uint32]*sockdiag.Inet{}
+			for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+				s, err := sockdiag.DumpInet(fam, unix.IPPROTO_TCP)
+				if err != nil {
+					t.Error(err)
+				}
+				for k, v := range s {
+					socks[k] = v
+				}
+			}
+			for _, p := range peers {
+				peerAddr := p.c.LocalAddr().(*net.TCPAddr).AddrPort()
+				found := false
+				for _, s := range socks {
+					if s.Dst.Port() == peerAddr.Port() && s.Dst.Addr().Unmap() == peerAddr.Addr().Unmap() && s.Ino != 0 {
+						found = s.Wqueue >= 64<<10
+					}
+				}
+				full = full && found
+			}
+		})
+		return full
+	})
 	for _, p := range peers {
 		p.writing.Store(false)
 		p.waitWrite()
