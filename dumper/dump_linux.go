@@ -250,7 +250,8 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		logging.Default().Infof("dump %d: %d connections and their listeners locked (%s) in %v", pid, len(nl.Conns()), nl.Method(), time.Since(t))
 	}
 	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track,
-		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks, tcpEstablished: o.TCPEstablished, skipInFlight: o.SkipInFlight, netLock: nl}
+		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks, tcpEstablished: o.TCPEstablished, skipInFlight: o.SkipInFlight, netLock: nl,
+		shellJob: o.ShellJob, extUnix: drivers.ExtUnix{All: o.ExtUnixSk, Inos: o.ExtUnix}}
 	// Connections read in repair mode: out of it again if the tasks
 	// resume (added last, so run before they are thawed).
 	rb.add(func() {
@@ -437,7 +438,9 @@ type dumpRun struct {
 	tcpEstablished, skipInFlight bool
 	// files is the tree's file table, which holds the connections read
 	// in repair mode until the dump ends.
-	files *drivers.Files
+	files    *drivers.Files
+	shellJob bool // --shell-job: ttys of a terminal outside the tree
+	extUnix  drivers.ExtUnix
 }
 
 func (d *dumpRun) note(name string) { d.written = append(d.written, name) }
@@ -504,6 +507,9 @@ func (d *dumpRun) collect() error {
 	}
 	tree.Files = fl.Table()
 	if err := checkShared(tree); err != nil {
+		return err
+	}
+	if err := fl.CheckFiles(tree, d.shellJob, d.extUnix); err != nil {
 		return err
 	}
 	return criuimg.Write(d.dir, tree, d.note)

@@ -45,6 +45,14 @@ type Options struct {
 	// SkipInFlight leaves out connections not accepted yet
 	// (--skip-in-flight).
 	TCPEstablished, SkipInFlight bool
+	// ShellJob allows a tty whose master, or a controlling terminal
+	// whose session leader, is outside the tree (--shell-job).
+	ShellJob bool
+	// ExtUnixSk allows unix sockets whose peer is outside the tree
+	// (--ext-unix-sk); ExtUnix the sockets (either end's inode) allowed
+	// one by one (--external unix[INO]).
+	ExtUnixSk bool
+	ExtUnix   []uint32
 }
 
 // PageServer is where a page server listens and how to talk to it.

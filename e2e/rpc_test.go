@@ -247,7 +247,7 @@ func TestRPCRefusals(t *testing.T) {
 	}{
 		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.EvasiveDevices = ptr(true) }), "criu_opts.evasive_devices (--evasive-devices) is not supported yet"},
 		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.ExtUnixSk = ptr(true) }), "criu_opts.ext_unix_sk (--ext-unix-sk) is not supported yet"},
-		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.External = []string{"tty[1:2]"} }), "criu_opts.external (--external)"},
+		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.External = []string{"tty[1:2]"} }), "--external tty[1:2] is not supported yet"},
 		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.Ps = &rpc.CriuPageServerInfo{Fd: ptr(int32(d.Fd()))} }), "is not a socket"},
 		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.LogFile = ptr("../x.log") }), "no subdirectories"},
 		{rpc.CriuReqType_RESTORE, with(func(o *rpc.CriuOpts) { o.WeakSysctls = ptr(true) }), "criu_opts.weak_sysctls (--weak-sysctls)"},

@@ -355,6 +355,8 @@ func (r *taskRun) mapVMAs(s *session) error {
 				var err error
 				if mf := r.img.tree.Files[id]; mf != nil && mf.Kind == model.Ghost {
 					f, err = r.openGhost(s, what, mf, oflags)
+				} else if mf != nil && mf.Kind == model.Memfd {
+					f, err = r.openMemfd(s, what, mf, oflags)
 				} else {
 					f, err = s.Openat(what, r.img.filePath(id), oflags)
 				}
@@ -439,9 +441,15 @@ func (r *taskRun) mapVMAs(s *session) error {
 		if mapProt&unix.PROT_WRITE != 0 {
 			r.writable[start] = true
 		}
-		if mf := r.img.tree.Files[model.ID(v.Shmid)]; st&(images.VmaFilePrivate|images.VmaFileShared) != 0 && mf != nil && mf.Kind == model.Ghost && mf.Ghost != nil {
-			key := [2]uint64{mf.Ghost.Dev, mf.Ghost.Ino}
-			if _, ok := r.ghostAt[key]; !ok {
+		if mf := r.img.tree.Files[model.ID(v.Shmid)]; st&(images.VmaFilePrivate|images.VmaFileShared) != 0 && mf != nil {
+			var key [2]uint64
+			switch {
+			case mf.Kind == model.Ghost && mf.Ghost != nil:
+				key = [2]uint64{mf.Ghost.Dev, mf.Ghost.Ino}
+			case mf.Kind == model.Memfd && mf.Memfd != nil:
+				key = [2]uint64{mf.Memfd.Dev, mf.Memfd.Ino}
+			}
+			if _, ok := r.ghostAt[key]; !ok && key != [2]uint64{} {
 				r.ghostAt[key] = shmMapping{pid: r.img.pid, start: v.Start, end: v.End}
 			}
 		}
@@ -546,6 +554,33 @@ func shmObject(s *session, what string, size uint64) (uint64, error) {
 		err = uerr
 	}
 	return fd, err
+}
+
+// openMemfd opens the memfd mf in the task for a mapping, with oflags:
+// from where an earlier mapping of the tree has it (one inode for all, as
+// dumped), else made again (drivers.MakeMemfd, seals on) and reopened
+// with the mapping's access mode, which VM_MAYWRITE follows.
+func (r *taskRun) openMemfd(s *session, what string, mf *model.File, oflags int) (uint64, error) {
+	if mf.Memfd == nil {
+		return 0, fmt.Errorf("%s: memfd %s without its state", what, mf.Path)
+	}
+	if at, ok := r.ghostAt[[2]uint64{mf.Memfd.Dev, mf.Memfd.Ino}]; ok {
+		return s.Openat(what, fmt.Sprintf("/proc/%d/map_files/%x-%x", at.pid, at.start, at.end), oflags)
+	}
+	held, tfd, err := drivers.MakeMemfd(s, what, mf)
+	if err != nil {
+		return 0, err
+	}
+	unix.Close(held)
+	if oflags&unix.O_ACCMODE == unix.O_RDWR {
+		return tfd, nil
+	}
+	f, err := s.Openat(what, fmt.Sprintf("/proc/self/fd/%d", tfd), oflags)
+	if _, cerr := s.Call(what+": close", unix.SYS_CLOSE, tfd); cerr != nil && err == nil {
+		s.Call("close", unix.SYS_CLOSE, f)
+		err = cerr
+	}
+	return f, err
 }
 
 // openGhost opens the deleted file mf in the task for a mapping, with

@@ -52,7 +52,7 @@ var manualOptions = map[string][][]string{
 		{"--cgroup-props-file", "f"}, {"--cgroup-dump-controller", "cpu"},
 		{"--tcp-established"}, {"--skip-in-flight"}, {"--tcp-close"}, {"--evasive-devices"},
 		{"--page-server", "--address", "127.0.0.1", "--port", "9"}, {"--force-irmap"},
-		{"--auto-dedup"}, {"-l"}, {"--file-locks"}, {"--link-remap"}, {"--ghost-limit", "10M"},
+		{"--auto-dedup"}, {"-l"}, {"--file-locks"}, {"--link-remap"}, {"--ghost-limit", "10M"}, {"--ext-unix-sk"},
 		{"-j"}, {"--shell-job"}, {"--cpu-cap"}, {"--cpu-cap=fpu,ins"}, {"--cgroup-root", "cpu:/new"},
 		{"--cgroup-root", "/new"}, {"--lazy-pages"}, {"--track-mem"},
 		{"--network-lock", "iptables"}, {"--network-lock=nftables"}, {"--network-lock", "skip"},

@@ -15,20 +15,25 @@ import (
 )
 
 // Unix sockets: stream, datagram and seqpacket; unbound, bound to a path
-// or an abstract name, listening (with no connection waiting), and
-// connected pairs whose ends are both in the tree (socketpair), with the
-// bytes or messages queued in each direction and the shutdown state. The
-// dump learns the socket from sock_diag and its options from a copy taken
-// with pidfd_getfd, and peeks at the queue (SO_PEEK_OFF, MSG_PEEK): the
-// task keeps every byte. The restore makes the socket in godwit, refills
-// the queues by sending from the peer, and hands it over.
+// or an abstract name, listening (with no connection waiting), connected
+// pairs whose ends are both in the tree (socketpair), connections a
+// listener of the tree accepted (connect and accept are made again), a
+// datagram socket connected by name to another of the tree, with the
+// bytes or messages queued in each direction and the shutdown state; a
+// peer outside the tree with --ext-unix-sk or --external unix[INO]
+// (makeExternal says how each is restored). The dump learns the socket
+// from sock_diag and its options from a copy taken with pidfd_getfd, and
+// peeks at the queue (SO_PEEK_OFF, MSG_PEEK): the task keeps every byte.
+// The restore makes the socket in godwit, refills the queues by sending
+// from the peer, and hands it over. The peer credentials (SO_PEERCRED) of
+// a remade connection are godwit's, as for a remade socketpair.
 //
 // Refused, naming the socket: other families; connections waiting in a
-// listener's backlog; sockets connected through a bound name (connect or
-// accept); peers outside the tree; queued file descriptors (SCM_RIGHTS);
-// queued messages carrying credentials (SO_PASSCRED); a datagram socket
-// not connected with messages queued (their senders are not known);
-// socket filters; a set SO_PEEK_OFF; names relative to a directory.
+// listener's backlog; a peer outside the tree without the options;
+// queued file descriptors (SCM_RIGHTS); queued messages carrying
+// credentials (SO_PASSCRED); a datagram socket not connected with
+// messages queued (their senders are not known); socket filters; a set
+// SO_PEEK_OFF; names relative to a directory.
 
 func init() { registerFDKind(unixKind{}) }
 
@@ -112,8 +117,23 @@ func (unixKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 			return fmt.Errorf("its peer: %w", err)
 		}
 		if pd.Peer != st.Ino || len(d.Name) > 0 || len(pd.Name) > 0 {
-			return fmt.Errorf("connected through a bound name (connect or accept): not supported yet")
+			// Connected through a bound name: refused inside the tree,
+			// allowed (by option) to a peer outside (checkUnixPeers).
+			st.PeerName = pd.Name
+			if st.PeerName == nil {
+				st.PeerName = []byte{} // connected through our own name
+			}
+			if len(pd.Name) > 0 && pd.Name[0] != 0 {
+				if i := bytes.IndexByte(pd.Name, 0); i >= 0 {
+					st.PeerName = pd.Name[:i]
+				}
+			}
 		}
+	case st.State == tcpEstablished && st.Type == unix.SOCK_DGRAM:
+		// A datagram socket others connected to: the kernel marks it
+		// established too, though it has no peer; it is a bound
+		// socket, and its clients make it so again.
+		st.State = tcpClose
 	case st.State == tcpEstablished:
 		return fmt.Errorf("connected to a socket that is gone: not supported yet")
 	}
@@ -134,6 +154,294 @@ func (unixKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 	f.Kind, f.Path = model.UnixSocket, ""
 	f.Unix = st
 	return nil
+}
+
+// ExtUnix is what the dump may hold of unix sockets whose peer is outside
+// the tree: all (--ext-unix-sk), or those whose inode or peer's inode is
+// in Inos (--external unix[INO]).
+type ExtUnix struct {
+	All  bool
+	Inos []uint32
+}
+
+func (e ExtUnix) allows(u *model.UnixSocketState) bool {
+	if e.All {
+		return true
+	}
+	for _, i := range e.Inos {
+		if i == u.Ino || i == u.Peer {
+			return true
+		}
+	}
+	return false
+}
+
+// checkUnixPeers refuses a socket connected through a bound name inside
+// the tree (not supported yet), and one whose peer is outside the tree
+// unless ext allows it; an allowed one is marked External. A socket
+// with bytes from an outside peer queued is refused: only that peer could
+// send them again.
+func checkUnixPeers(t *model.Tree, ext ExtUnix) error {
+	inTree := map[uint32]bool{}
+	for _, f := range t.Files {
+		if f.Unix != nil {
+			inTree[f.Unix.Ino] = true
+		}
+	}
+	for _, k := range t.Tasks {
+		for _, e := range k.FDs {
+			f := t.Files[e.File]
+			if f == nil || f.Unix == nil || f.Unix.Peer == 0 {
+				continue
+			}
+			u := f.Unix
+			where := fmt.Sprintf("task %d fd %d: unix socket %d", k.Pid, e.Num, u.Ino)
+			switch {
+			case inTree[u.Peer] && u.PeerName != nil && u.Type == unix.SOCK_DGRAM:
+				if len(u.Queue) > 0 {
+					return fmt.Errorf("%s: connected by name to socket %d of the tree, with %d messages queued (their senders cannot be restored): not supported yet", where, u.Peer, len(u.Queue))
+				}
+				continue
+			case inTree[u.Peer] && u.PeerName != nil:
+				if err := acceptedPair(t, u); err != nil {
+					return fmt.Errorf("%s: connected through a bound name (connect or accept) to socket %d of the tree: %w", where, u.Peer, err)
+				}
+				continue
+			case inTree[u.Peer]:
+				continue
+			case !ext.allows(u):
+				return fmt.Errorf("%s: its peer (socket %d%s) is outside the tree: dump with --ext-unix-sk or --external unix[%d]", where, u.Peer, peerName(u), u.Ino)
+			case len(u.Queue) > 0 && u.PeerName != nil:
+				return fmt.Errorf("%s: %d messages queued from its peer outside the tree (socket %d%s): only that peer could send them again: not supported", where, len(u.Queue), u.Peer, peerName(u))
+			}
+			u.External = true
+		}
+	}
+	return nil
+}
+
+// treeUnix finds the tree's unix socket of inode ino.
+func treeUnix(t *model.Tree, ino uint32) *model.File {
+	for _, f := range t.Files {
+		if f.Unix != nil && f.Unix.Ino == ino && !f.Unix.External {
+			return f
+		}
+	}
+	return nil
+}
+
+// acceptedPair finds, for u connected through a name to a socket of the
+// tree, the two ends as connect and accept made them and the listener
+// that accepted: a stream or seqpacket client (unbound, or bound to a
+// name of its own), its server end bound to the listener's name, and a
+// listener of the tree on that name with the same type. The restore
+// connects to that listener again and accepts. Anything else (a datagram
+// socket connected to another by name) is refused.
+func acceptedPair(t *model.Tree, u *model.UnixSocketState) error {
+	_, _, _, err := acceptedEnds(t, u)
+	return err
+}
+
+func acceptedEnds(t *model.Tree, u *model.UnixSocketState) (client, server, listener *model.File, err error) {
+	pf := treeUnix(t, u.Peer)
+	me := treeUnix(t, u.Ino)
+	if pf == nil || me == nil {
+		return nil, nil, nil, fmt.Errorf("its peer is not in the dump")
+	}
+	if u.Type != unix.SOCK_STREAM && u.Type != unix.SOCK_SEQPACKET {
+		return nil, nil, nil, fmt.Errorf("a datagram socket connected by name: not supported yet")
+	}
+	// The accepted end has the listener's name.
+	listenerOn := func(name []byte) *model.File {
+		var found *model.File
+		for _, f := range t.Files {
+			if len(name) > 0 && f.Unix != nil && f.Unix.State == tcpListen && f.Unix.Type == u.Type && bytes.Equal(f.Unix.Name, name) {
+				if found != nil {
+					return nil // two listeners on one name: ambiguous
+				}
+				found = f
+			}
+		}
+		return found
+	}
+	if listener = listenerOn(me.Unix.Name); listener != nil {
+		client, server = pf, me
+	} else if listener = listenerOn(pf.Unix.Name); listener != nil {
+		client, server = me, pf
+	} else {
+		return nil, nil, nil, fmt.Errorf("no listener of the tree on the name of either end (the one that accepted it is closed, or outside): not supported yet")
+	}
+	if pf.Unix.Peer != u.Ino || server.Unix.Type != client.Unix.Type {
+		return nil, nil, nil, fmt.Errorf("not a connection a listener accepted: not supported yet")
+	}
+	name := server.Unix.Name
+	if len(client.Unix.Name) > 0 && bytes.Equal(client.Unix.Name, name) {
+		return nil, nil, nil, fmt.Errorf("both ends bound to %q: not supported", name)
+	}
+	return client, server, listener, nil
+}
+
+// makeAccepted makes a connection the tree's listener accepted: a client
+// socket (bound to its own name if it was) connects to the listener's
+// name and godwit accepts it on its copy of the listener, which is made
+// first where it has not been (kept for its own fd, or its task). Each
+// end's queue is refilled from the other; shutdowns mirrored.
+func makeAccepted(rs *restoreFDs, what string, f *model.File) (int, error) {
+	client, server, lf, err := acceptedEnds(rs.r.Tree, f.Unix)
+	if err != nil {
+		return -1, fmt.Errorf("%s: %w", what, err)
+	}
+	l, err := listenerFD(rs, what, lf)
+	if err != nil {
+		return -1, err
+	}
+	typ := int(client.Unix.Type) | unix.SOCK_CLOEXEC
+	c, err := unix.Socket(unix.AF_UNIX, typ, 0)
+	if err != nil {
+		return -1, fmt.Errorf("%s: socket: %w", what, err)
+	}
+	keep := func(file *model.File, fd int) {
+		if rs.unixSocket(file.Unix.Ino) != nil || rs.r.Held == nil {
+			rs.socks[file.Unix.Ino] = fd
+		} else {
+			rs.r.Held.socks[file.Unix.Ino] = fd
+		}
+	}
+	keep(client, c)
+	if len(client.Unix.Name) > 0 {
+		if err := bindUnix(c, client.Unix); err != nil {
+			return -1, fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	name := string(server.Unix.Name)
+	if name[0] == 0 {
+		name = "@" + name[1:]
+	}
+	if err := unix.Connect(c, &unix.SockaddrUnix{Name: name}); err != nil {
+		return -1, fmt.Errorf("%s: connect to %s: %w", what, name, err)
+	}
+	s, _, err := unix.Accept4(l, unix.SOCK_CLOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("%s: accept on %s: %w", what, name, err)
+	}
+	keep(server, s)
+	for _, e := range []struct {
+		from int
+		to   *model.File
+	}{{s, client}, {c, server}} {
+		if err := refill(e.from, e.to.Unix.Queue); err != nil {
+			return -1, fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	for _, e := range []struct {
+		fd   int
+		file *model.File
+	}{{c, client}, {s, server}} {
+		for _, h := range []struct {
+			bit uint32
+			how int
+		}{{2, unix.SHUT_WR}, {1, unix.SHUT_RD}} {
+			if e.file.Unix.Shutdown&h.bit != 0 {
+				if err := unix.Shutdown(e.fd, h.how); err != nil {
+					return -1, fmt.Errorf("%s: shutdown: %w", what, err)
+				}
+			}
+		}
+	}
+	if f == client {
+		return c, nil
+	}
+	return s, nil
+}
+
+// makeDgramClient makes a datagram socket connected by name to another
+// socket of the tree: that socket is made first where it has not been,
+// then this one (bound to its own name if it was) connects to its name.
+func makeDgramClient(rs *restoreFDs, what string, f *model.File) (int, error) {
+	st := f.Unix
+	sf := treeUnix(rs.r.Tree, st.Peer)
+	if sf == nil || len(st.PeerName) == 0 || !bytes.Equal(sf.Unix.Name, st.PeerName) {
+		return -1, fmt.Errorf("%s: the socket it is connected to (%d) is not in the dump under its name", what, st.Peer)
+	}
+	if _, err := listenerFD(rs, what, sf); err != nil {
+		return -1, err
+	}
+	s, err := unix.Socket(unix.AF_UNIX, int(st.Type)|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("%s: socket: %w", what, err)
+	}
+	rs.socks[st.Ino] = s
+	if len(st.Name) > 0 {
+		if err := bindUnix(s, st); err != nil {
+			return -1, fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	name := string(st.PeerName)
+	if name[0] == 0 {
+		name = "@" + name[1:]
+	}
+	if err := unix.Connect(s, &unix.SockaddrUnix{Name: name}); err != nil {
+		return -1, fmt.Errorf("%s: connect to %s: %w", what, name, err)
+	}
+	for _, h := range []struct {
+		bit uint32
+		how int
+	}{{2, unix.SHUT_WR}, {1, unix.SHUT_RD}} {
+		if st.Shutdown&h.bit != 0 {
+			if err := unix.Shutdown(s, h.how); err != nil {
+				return -1, fmt.Errorf("%s: shutdown: %w", what, err)
+			}
+		}
+	}
+	return s, nil
+}
+
+// listenerFD is godwit's descriptor of the tree's listener lf: made
+// before in this task or for another one, held by a task restored
+// before, or made now (and kept for its own fd, or its task).
+func listenerFD(rs *restoreFDs, what string, lf *model.File) (int, error) {
+	ino := lf.Unix.Ino
+	if l, ok := rs.socks[ino]; ok {
+		return l, nil
+	}
+	if h := rs.r.Held; h != nil {
+		if l, ok := h.socks[ino]; ok {
+			return l, nil
+		}
+	}
+	for id, at := range rs.r.Opened {
+		if f := rs.r.Tree.Files[id]; f != nil && f.Unix != nil && f.Unix.Ino == ino && at.Pid != rs.r.Task.Pid {
+			l, err := grabFD(at.Pid, at.FD)
+			if err != nil {
+				return -1, fmt.Errorf("%s: the listener held by %d fd %d: %w", what, at.Pid, at.FD, err)
+			}
+			rs.ghosts[[2]uint64{listenerKey, uint64(ino)}] = l // closed with the task's copies
+			return l, nil
+		}
+	}
+	l, err := makeUnix(rs, what+": its listener", lf)
+	if err != nil {
+		return -1, err
+	}
+	if rs.unixSocket(ino) == nil && rs.r.Held != nil {
+		delete(rs.socks, ino)
+		rs.r.Held.socks[ino] = l
+	}
+	return l, nil
+}
+
+// listenerKey keys, in restoreFDs.ghosts, godwit's copy of a listener
+// taken from another task.
+const listenerKey = ^uint64(0) - 4
+
+func peerName(u *model.UnixSocketState) string {
+	switch {
+	case len(u.PeerName) == 0:
+		return ""
+	case u.PeerName[0] == 0:
+		return fmt.Sprintf(", bound to @%s", u.PeerName[1:])
+	}
+	return fmt.Sprintf(", bound to %s", u.PeerName)
 }
 
 // grabFD takes a copy of fd n of pid (one open file description with it).
@@ -330,6 +638,15 @@ func (unixKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error)
 func makeUnix(rs *restoreFDs, what string, f *model.File) (int, error) {
 	st := f.Unix
 	typ := int(st.Type) | unix.SOCK_CLOEXEC
+	if st.External {
+		return makeExternal(rs, what, f)
+	}
+	if st.Peer != 0 && st.PeerName != nil && st.Type == unix.SOCK_DGRAM {
+		return makeDgramClient(rs, what, f)
+	}
+	if st.Peer != 0 && st.PeerName != nil {
+		return makeAccepted(rs, what, f)
+	}
 	if st.Peer != 0 {
 		pf := rs.unixSocket(st.Peer)
 		elsewhere := false
@@ -389,6 +706,54 @@ func makeUnix(rs *restoreFDs, what string, f *model.File) (int, error) {
 		return -1, fmt.Errorf("%s: shutdown of an unconnected socket cannot be restored", what)
 	}
 	return s, nil
+}
+
+// makeExternal makes a socket whose peer is outside the tree: a datagram
+// socket connected to a bound name is connected to that name again; a
+// socketpair end gets a new pair whose other end, after sending the
+// queued bytes, is closed (the peer is gone, as --external unix[INO]
+// allows); a stream connected through a name needs the very socket
+// (--inherit-fd fd[N]:socket[INO]).
+func makeExternal(rs *restoreFDs, what string, f *model.File) (int, error) {
+	st := f.Unix
+	typ := int(st.Type) | unix.SOCK_CLOEXEC
+	switch {
+	case st.PeerName == nil:
+		sp, err := unix.Socketpair(unix.AF_UNIX, typ, 0)
+		if err != nil {
+			return -1, fmt.Errorf("%s: socketpair: %w", what, err)
+		}
+		rs.socks[st.Ino] = sp[0]
+		err = refill(sp[1], st.Queue)
+		unix.Close(sp[1])
+		if err != nil {
+			return -1, fmt.Errorf("%s: %w", what, err)
+		}
+		return sp[0], nil
+	case st.Type == unix.SOCK_DGRAM && len(st.PeerName) > 0:
+		s, err := unix.Socket(unix.AF_UNIX, typ, 0)
+		if err != nil {
+			return -1, fmt.Errorf("%s: socket: %w", what, err)
+		}
+		rs.socks[st.Ino] = s
+		if len(st.Name) > 0 {
+			if err := bindUnix(s, st); err != nil {
+				return -1, fmt.Errorf("%s: %w", what, err)
+			}
+		}
+		name := string(st.PeerName)
+		if name[0] == 0 {
+			name = "@" + name[1:]
+		}
+		if err := unix.Connect(s, &unix.SockaddrUnix{Name: name}); err != nil {
+			return -1, fmt.Errorf("%s: connect to %s, its peer outside the tree: %w", what, name, err)
+		}
+		if st.Shutdown != 0 {
+			return -1, fmt.Errorf("%s: shutdown of a socket connected outside the tree cannot be restored", what)
+		}
+		return s, nil
+	}
+	return -1, fmt.Errorf("%s: unix socket %d is connected to socket %d%s outside the tree: restore with --inherit-fd fd[N]:socket[%d]", what, st.Ino, st.Peer, peerName(st), st.Ino)
 }
 
 // bindUnix binds s to its dumped name. A path still holding the dumped

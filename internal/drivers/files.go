@@ -225,6 +225,9 @@ type Files struct {
 	// connection to it (Lock) before the connection goes into repair
 	// mode. nil: nothing to lock.
 	NetLock *netlock.Lock
+	memfds  map[[2]uint64]*model.MemfdState
+	ptys    map[uint32]*model.PtyState // by index
+	cttys   map[int]uint64             // controlling terminals' devices, by pid
 }
 
 type fileKey struct {

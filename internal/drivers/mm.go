@@ -36,6 +36,13 @@ func (memoryDriver) Collect(d *Dump) error {
 	}
 	exe := d.Files.Shared(exePath, unix.O_RDONLY, exeSt, NoMntID)
 	vmas, err := CollectVMAs(d.Pid, func(path, src string, deleted bool, flags uint32, st *unix.Stat_t) (model.ID, error) {
+		if _, ok := MemfdName(path); ok {
+			id, err := d.Files.SharedMemfd(src, path, flags, st)
+			if err == nil {
+				err = memfdMapCheck(d.Files.Table()[id].Memfd, flags)
+			}
+			return id, err
+		}
 		if deleted {
 			return d.Files.SharedGhost(src, path, flags, st)
 		}
@@ -252,13 +259,16 @@ func classifyVMA(pid int, e *procfs.SmapsEntry, fileID FileIDFunc) (model.VMA, e
 		return v, errors.New("io_setup AIO ring is not supported yet (godwit cannot remake an AIO context)")
 	case strings.HasPrefix(e.Path, "/SYSV"):
 		return v, errors.New("SysV shared memory is not supported yet")
-	case e.Shared && (e.Path == "/dev/zero" && e.Deleted || strings.HasPrefix(e.Path, "/memfd:") || strings.HasPrefix(e.Path, "[anon_shmem:")):
+	case e.Shared && (e.Path == "/dev/zero" && e.Deleted || strings.HasPrefix(e.Path, "[anon_shmem:")):
 		v.Flags |= unix.MAP_ANONYMOUS
 		v.Status |= images.VmaAnonShared
 		v.Shmid = e.Inode
 		return v, nil
-	case strings.HasPrefix(e.Path, "/memfd:"):
-		return v, fmt.Errorf("private mapping of a memfd is not supported yet")
+	case strings.HasPrefix(e.Path, memfdPrefix):
+		// A memfd is a file (fd_memfd.go): its mappings name it, as in
+		// CRIU (VMA_AREA_MEMFD), so that the fds and mappings of one
+		// memfd are restored as one inode, with its name and seals.
+		v.Status |= images.VmaAreaMemfd
 	case e.Deleted && !strings.HasPrefix(e.Path, "/"):
 		return v, fmt.Errorf("mapping of a deleted special file is not supported yet")
 	}

@@ -26,8 +26,18 @@ func Dump(o *opts.Options) (dumper.Options, error) {
 		LeaveRunning: o.LeaveRunning, LeaveStopped: o.LeaveStopped,
 		FreezeCgroup: o.FreezeCgroup, CPUCap: o.CPUCap,
 		PrevImagesDir: o.PrevImages, TrackMem: o.TrackMem, AutoDedup: o.AutoDedup,
-		GhostLimit: o.GhostLimit, FileLocks: o.FileLocks,
+		GhostLimit: o.GhostLimit, FileLocks: o.FileLocks, ShellJob: o.ShellJob, ExtUnixSk: o.ExtUnixSk,
 		TCPEstablished: o.TCPEstablish, SkipInFlight: o.SkipInFlight,
+	}
+	for _, e := range o.External {
+		if e.Type != "unix" {
+			return dumper.Options{}, fmt.Errorf("--external %s is not supported yet", e)
+		}
+		ino, err := strconv.ParseUint(e.ID, 10, 32)
+		if err != nil || e.Value != "" {
+			return dumper.Options{}, fmt.Errorf("--external %s: want unix[INODE]", e)
+		}
+		d.ExtUnix = append(d.ExtUnix, uint32(ino))
 	}
 	if o.PageTransfer != "" {
 		m, ok := dumper.ParseMethod(o.PageTransfer)

@@ -310,7 +310,93 @@ const (
 	Inotify
 	// InetSocket is an AF_INET or AF_INET6 socket (Inet state).
 	InetSocket
+	// Memfd is a memfd_create file (Memfd state); its mappings name
+	// such a file too.
+	Memfd
+	// Tty is an end of a Unix98 pty (Tty state).
+	Tty
+	// Pidfd is a pidfd (Pidfd state).
+	Pidfd
+	// Namespace is an fd of a namespace (/proc/PID/ns/*): the task's own
+	// (Namespace state).
+	Namespace
+	// Fanotify is a fanotify group (Fanotify state).
+	Fanotify
 )
+
+// FanotifyState is a fanotify group: its fanotify_init flags and event
+// file flags, and its marks.
+type FanotifyState struct {
+	Flags, EventFlags uint32
+	Marks             []FanotifyMark
+}
+
+// FanotifyMark is one mark: on an inode (known by its file handle and a
+// path that reached it at dump time) or on a mount (its mount point).
+type FanotifyMark struct {
+	Mount             bool
+	MntID             int // of a mount mark
+	Mflags            uint32
+	Mask, IgnoredMask uint32
+	Ino               uint64
+	Dev               uint32 // the kernel's s_dev (major << 20 | minor)
+	HandleType        uint32
+	Handle            []byte
+	Path              string
+}
+
+// NamespaceState is a namespace fd: the one of the task's own namespaces
+// it opens, by its /proc/PID/ns link name (net, pid_for_children, …).
+type NamespaceState struct {
+	Link string
+	Ino  uint64 // at dump time
+}
+
+// PidfdState is the process (or thread) a pidfd refers to.
+type PidfdState struct {
+	Pid int    // in the tree; -1: the process is gone (reaped)
+	Ino uint64 // the pidfs inode: the pidfds of one process share it
+}
+
+// TtyFile is a description of a pty end: the master (/dev/ptmx) or the
+// slave (/dev/pts/N), and the pty both ends share.
+type TtyFile struct {
+	Master bool
+	Pty    *PtyState
+}
+
+// PtyState is a pty pair: what its master and slave share.
+type PtyState struct {
+	Index            uint32 // N of /dev/pts/N
+	Termios          unix.Termios
+	LockedTermios    unix.Termios // TIOCGLCKTRMIOS: the fields a program may not change
+	Winsize          unix.Winsize
+	Locked           bool   // the slave may not be opened (TIOCSPTLCK)
+	Exclusive        bool   // TIOCEXCL on the slave
+	Packet           bool   // TIOCPKT on the master
+	Sid, Pgrp        int    // the session whose controlling terminal it is, and its foreground group; 0: none
+	SlaveClosed      bool   // every slave description was closed (the master sees a hangup)
+	UID, GID, Mode   uint32 // of the /dev/pts/N node
+	HasMaster, Slave bool   // the dump holds its master, a slave description
+}
+
+// MemfdState is a memfd's inode: name, attributes, seals and contents.
+// Every description and mapping of one memfd in the tree shares it.
+type MemfdState struct {
+	Dev, Ino uint64 // the inode at dump time
+	Name     string // as given to memfd_create (without "memfd:")
+	Size     uint64
+	Seals    uint32 // F_GET_SEALS
+	Mode     uint32 // permission bits
+	UID, GID uint32
+	Extents  []MemfdExtent // the data, ascending; the rest reads as zeros
+}
+
+// MemfdExtent is data of a memfd at Off (page aligned).
+type MemfdExtent struct {
+	Off  uint64
+	Data []byte
+}
 
 // InotifyState is every watch of an inotify instance.
 type InotifyState struct {
@@ -358,6 +444,14 @@ type UnixSocketState struct {
 	Queue [][]byte
 	// FileMode is the mode of a path-bound socket's file, 0 unknown.
 	FileMode uint32
+	// PeerName is the name the peer is bound to, nil when unbound or not
+	// connected (dump side: connected through a name).
+	PeerName []byte
+	// External: the peer is outside the tree (allowed by --ext-unix-sk
+	// or --external unix[INO]). A datagram socket is connected again to
+	// PeerName; a socketpair end is restored with its peer closed; a
+	// stream connected through a name needs --inherit-fd.
+	External bool
 }
 
 // SocketOpts are the socket-level options a socket is restored with.
@@ -492,6 +586,11 @@ type File struct {
 	Ghost    *GhostState
 	Inotify  *InotifyState
 	Inet     *InetSocketState
+	Memfd    *MemfdState
+	Tty      *TtyFile
+	Pidfd    *PidfdState
+	NS       *NamespaceState
+	Fanotify *FanotifyState
 	// Locks are the flock and OFD locks of the description.
 	Locks []FileLock
 }

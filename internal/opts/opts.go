@@ -67,6 +67,7 @@ type Options struct {
 	LinkRemap     bool
 	GhostLimit    uint64
 	ShellJob      bool
+	ExtUnixSk     bool   // --ext-unix-sk: unix sockets whose peer is outside the tree
 	CPUCap        string // "" when not given; checked by cpuinfo.ParseCaps
 	LazyPages     bool
 	TrackMem      bool

@@ -236,7 +236,7 @@ func TestReadRefusesDanglingIDs(t *testing.T) {
 		{"memfd vma", func(tr *model.Tree) {
 			v := &tr.Root().MM.VMAs[0]
 			v.Shmid, v.Status = 95, v.Status|images.VmaAreaMemfd
-		}, "memfd mappings are not supported yet"},
+		}, "memfd mapping and file 95 disagree"},
 		{"session", func(tr *model.Tree) { tr.Root().Sid = tr.Root().Pid; tr.Root().Pgid = 7 }, "session leader in a group"},
 		{"overlap", func(tr *model.Tree) { tr.Root().MM.VMAs[1].Start = 0x400000 }, "overlaps"},
 	} {

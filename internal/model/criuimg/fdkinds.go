@@ -19,6 +19,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fsnotify"
 	ghost_file "github.com/checkpoint-restore/go-criu/v8/crit/images/ghost-file"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/pidfd"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pipe"
 	pipe_data "github.com/checkpoint-restore/go-criu/v8/crit/images/pipe-data"
 	remap_file_path "github.com/checkpoint-restore/go-criu/v8/crit/images/remap-file-path"
@@ -76,6 +77,16 @@ func fdType(f *model.File) fdinfo.FdTypes {
 		return fdinfo.FdTypes_INETSK
 	case model.Inotify:
 		return fdinfo.FdTypes_INOTIFY
+	case model.Memfd:
+		return fdinfo.FdTypes_MEMFD
+	case model.Tty:
+		return fdinfo.FdTypes_TTY
+	case model.Pidfd:
+		return fdinfo.FdTypes_PIDFD
+	case model.Namespace:
+		return fdinfo.FdTypes_NS
+	case model.Fanotify:
+		return fdinfo.FdTypes_FANOTIFY
 	}
 	return fdinfo.FdTypes_REG
 }
@@ -184,6 +195,32 @@ func kindEntry(f *model.File) (*fdinfo.FileEntry, error) {
 		if err := netlinkEntry(f, e); err != nil {
 			return nil, err
 		}
+	case model.Fanotify:
+		st := f.Fanotify
+		if st == nil {
+			return missing()
+		}
+		fe := &fsnotify.FanotifyFileEntry{Id: id, Flags: proto.Uint32(f.Flags), Fown: noFown(), Faflags: proto.Uint32(st.Flags), Evflags: proto.Uint32(st.EventFlags)}
+		for _, m := range st.Marks {
+			me := &fsnotify.FanotifyMarkEntry{Id: id, Type: fsnotify.MarkType_INODE.Enum(), Mflags: proto.Uint32(m.Mflags),
+				Mask: proto.Uint32(m.Mask), IgnoredMask: proto.Uint32(m.IgnoredMask), SDev: proto.Uint32(m.Dev)}
+			if m.Mount {
+				me.Type = fsnotify.MarkType_MOUNT.Enum()
+				me.Me = &fsnotify.FanotifyMountMarkEntry{MntId: proto.Uint32(uint32(m.MntID)), Path: proto.String(m.Path)}
+			} else {
+				me.Ie = &fsnotify.FanotifyInodeMarkEntry{IIno: proto.Uint64(m.Ino), FHandle: fhEntry(m.HandleType, m.Handle, m.Path)}
+			}
+			fe.Mark = append(fe.Mark, me)
+		}
+		e.Ffy = fe
+	case model.Pidfd:
+		p := f.Pidfd
+		if p == nil {
+			return missing()
+		}
+		// CRIU's ino is 32 bits: it only groups the pidfds of one gone
+		// process, which the low bits of the pidfs inode still do.
+		e.Pidfd = &pidfd.PidfdEntry{Id: id, Ino: proto.Uint32(uint32(p.Ino)), Flags: proto.Uint32(f.Flags), Nspid: proto.Int32(int32(p.Pid)), Fown: noFown()}
 	default:
 		return nil, fmt.Errorf("file %d: kind %d has no image entry", f.ID, f.Kind)
 	}
@@ -242,7 +279,7 @@ func checkUnixPeers(t *model.Tree) error {
 	}
 	for _, k := range t.Tasks {
 		for _, fd := range k.FDs {
-			if f := t.Files[fd.File]; f != nil && f.Unix != nil && f.Unix.Peer != 0 && !inos[f.Unix.Peer] {
+			if f := t.Files[fd.File]; f != nil && f.Unix != nil && f.Unix.Peer != 0 && !inos[f.Unix.Peer] && !f.Unix.External {
 				return fmt.Errorf("task %d fd %d: unix socket %d: its peer (socket %d) is not in the dump (a peer outside the tree, --ext-unix-sk, is not supported yet)", k.Pid, fd.Num, f.Unix.Ino, f.Unix.Peer)
 			}
 		}
@@ -401,7 +438,7 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 		if p == nil {
 			return bad("unix socket")
 		}
-		if p.GetUflags() != 0 || p.NameDir != nil || p.GetDeleted() {
+		if p.GetUflags() != 0 && p.GetUflags() != uskExtern || p.NameDir != nil || p.GetDeleted() {
 			return nil, true, fmt.Errorf("file %d: unix socket with flags %#x, relative or deleted name: not supported", id, p.GetUflags())
 		}
 		o := p.GetOpts()
@@ -434,6 +471,9 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 		}
 		if fp := p.GetFilePerms(); fp != nil {
 			u.FileMode = fp.GetMode()
+		}
+		if p.GetUflags() == uskExtern {
+			u.External = true // an outside peer's entry (resolveExternPeers)
 		}
 		if u.Opts.SndTimeoUsec >= 1e6 || u.Opts.RcvTimeoUsec >= 1e6 || u.Opts.SndTimeoSec > 1<<62 || u.Opts.RcvTimeoSec > 1<<62 {
 			return nil, true, fmt.Errorf("file %d: socket timeouts out of range", id)
@@ -479,6 +519,60 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 			}
 		}
 		f.Inotify = st
+	case fdinfo.FdTypes_FANOTIFY:
+		p := e.GetFfy()
+		if p == nil {
+			return bad("fanotify")
+		}
+		if len(p.GetMark()) > epollTargetsMax {
+			return nil, true, fmt.Errorf("file %d: %d fanotify marks", id, len(p.GetMark()))
+		}
+		f.Kind, f.Flags = model.Fanotify, p.GetFlags()
+		st := &model.FanotifyState{Flags: p.GetFaflags(), EventFlags: p.GetEvflags()}
+		for i, m := range p.GetMark() {
+			fm := model.FanotifyMark{Mflags: m.GetMflags(), Mask: m.GetMask(), IgnoredMask: m.GetIgnoredMask(), Dev: m.GetSDev()}
+			switch {
+			case m.GetType() == fsnotify.MarkType_MOUNT && m.GetMe() != nil:
+				fm.Mount, fm.MntID, fm.Path = true, int(m.GetMe().GetMntId()&0x7fffffff), m.GetMe().GetPath()
+			case m.GetType() == fsnotify.MarkType_INODE && m.GetIe() != nil:
+				ht, hb, path, err := fhOf(m.GetIe().GetFHandle())
+				if err != nil {
+					return nil, true, fmt.Errorf("file %d: fanotify mark %d: %w", id, i, err)
+				}
+				fm.Ino, fm.HandleType, fm.Handle, fm.Path = m.GetIe().GetIIno(), ht, hb, path
+			default:
+				return nil, true, fmt.Errorf("file %d: fanotify mark %d of type %v without its entry", id, i, m.GetType())
+			}
+			if !strings.HasPrefix(fm.Path, "/") {
+				return nil, true, fmt.Errorf("file %d: fanotify mark %d: no path (restoring by handle or mount id alone is not supported)", id, i)
+			}
+			st.Marks = append(st.Marks, fm)
+		}
+		f.Fanotify = st
+	case fdinfo.FdTypes_NS:
+		p := e.GetNsf()
+		if p == nil {
+			return bad("namespace")
+		}
+		link := nsLink(p.GetNsCflag())
+		if link == "" {
+			return nil, true, fmt.Errorf("file %d: namespace fd of type %#x", id, p.GetNsCflag())
+		}
+		f.Kind, f.Flags = model.Namespace, p.GetFlags()
+		f.NS = &model.NamespaceState{Link: link}
+	case fdinfo.FdTypes_PIDFD:
+		p := e.GetPidfd()
+		if p == nil {
+			return bad("pidfd")
+		}
+		if p.GetNspid() < -1 || p.GetNspid() == 0 || p.GetNspid() > maxPid {
+			return nil, true, fmt.Errorf("file %d: pidfd of pid %d", id, p.GetNspid())
+		}
+		if p.GetFlags()&^uint32(unix.O_RDWR|unix.O_NONBLOCK|unix.O_EXCL|unix.O_LARGEFILE) != 0 {
+			return nil, true, fmt.Errorf("file %d: pidfd flags %#o", id, p.GetFlags())
+		}
+		f.Kind, f.Flags = model.Pidfd, p.GetFlags()
+		f.Pidfd = &model.PidfdState{Pid: int(p.GetNspid()), Ino: uint64(p.GetIno())}
 	case fdinfo.FdTypes_EVENTPOLL:
 		p := e.GetEpfd()
 		if p == nil {
@@ -905,6 +999,138 @@ func readLocks(d *images.Dir, t *model.Tree) error {
 			f.Locks = append(f.Locks, l)
 		default:
 			return fmt.Errorf("%s: lock %d: kind %#x (leases and others are not supported)", FileLocksImg, i, l.Kind)
+		}
+	}
+	return nil
+}
+
+// nsLinks are the /proc/PID/ns links of the namespace types (clone
+// flags) a namespace fd can be of.
+var nsLinks = map[uint32]string{
+	unix.CLONE_NEWCGROUP: "cgroup", unix.CLONE_NEWIPC: "ipc", unix.CLONE_NEWNS: "mnt", unix.CLONE_NEWNET: "net",
+	unix.CLONE_NEWPID: "pid", unix.CLONE_NEWTIME: "time", unix.CLONE_NEWUSER: "user", unix.CLONE_NEWUTS: "uts",
+}
+
+func nsLink(flag uint32) string { return nsLinks[flag] }
+
+// nsOf is the type (clone flag) of namespace fd f and the id of that
+// namespace among the dump's: the one of the first task that holds f
+// (the fd is of its own namespace).
+func nsOf(t *model.Tree, f *model.File) (flag, id uint32) {
+	for fl, l := range nsLinks {
+		if l == f.NS.Link {
+			flag = fl
+		}
+	}
+	for _, k := range t.Tasks {
+		for _, e := range k.FDs {
+			if e.File != f.ID {
+				continue
+			}
+			n := k.IDs.NS
+			switch flag {
+			case unix.CLONE_NEWCGROUP:
+				return flag, n.Cgroup
+			case unix.CLONE_NEWIPC:
+				return flag, n.IPC
+			case unix.CLONE_NEWNS:
+				return flag, n.Mnt
+			case unix.CLONE_NEWNET:
+				return flag, n.Net
+			case unix.CLONE_NEWPID:
+				return flag, n.Pid
+			case unix.CLONE_NEWTIME:
+				return flag, n.Time
+			case unix.CLONE_NEWUSER:
+				return flag, n.User
+			case unix.CLONE_NEWUTS:
+				return flag, n.UTS
+			}
+		}
+	}
+	return flag, 0
+}
+
+// fhEntry is CRIU's fh entry of a file handle (its bytes as 64-bit words)
+// with a path that reached the file.
+func fhEntry(typ uint32, handle []byte, path string) *fh.FhEntry {
+	h := &fh.FhEntry{Bytes: proto.Uint32(uint32(len(handle))), Type: proto.Uint32(typ), Path: proto.String(path)}
+	for i := 0; i < len(handle); i += 8 {
+		var b [8]byte
+		copy(b[:], handle[i:])
+		h.Handle = append(h.Handle, binary.LittleEndian.Uint64(b[:]))
+	}
+	return h
+}
+
+// fhOf reads an fh entry back: type, handle bytes, path.
+func fhOf(h *fh.FhEntry) (uint32, []byte, string, error) {
+	n := h.GetBytes()
+	if h == nil || n > 128 || uint64(len(h.GetHandle()))*8 < uint64(n) {
+		return 0, nil, "", fmt.Errorf("bad file handle")
+	}
+	var hb []byte
+	for _, x := range h.GetHandle() {
+		hb = binary.LittleEndian.AppendUint64(hb, x)
+	}
+	return h.GetType(), hb[:n], h.GetPath(), nil
+}
+
+// uskExtern is CRIU's USK_EXTERN (criu/include/sockets.h): the entry of a
+// socket outside the dump, the peer of one of the tree's.
+const uskExtern = 1
+
+// externPeerEntry is the UNIXSK entry, under a fresh id, of the outside
+// peer of u (an External socket of the tree), as CRIU writes one.
+func externPeerEntry(u *model.UnixSocketState, id uint32) *fdinfo.FileEntry {
+	e := &sk_unix.UnixSkEntry{
+		Id: proto.Uint32(id), Ino: proto.Uint32(u.Peer), Type: proto.Uint32(u.Type), State: proto.Uint32(7), // TCP_CLOSE
+		Flags: proto.Uint32(unix.O_RDWR), Uflags: proto.Uint32(uskExtern), Backlog: proto.Uint32(0), Peer: proto.Uint32(0),
+		Fown: noFown(), Opts: &sk_opts.SkOptsEntry{SoSndbuf: proto.Uint32(0), SoRcvbuf: proto.Uint32(0),
+			SoSndTmoSec: proto.Uint64(0), SoSndTmoUsec: proto.Uint64(0), SoRcvTmoSec: proto.Uint64(0), SoRcvTmoUsec: proto.Uint64(0)},
+		Name: append([]byte{}, u.PeerName...),
+	}
+	return &fdinfo.FileEntry{Type: fdinfo.FdTypes_UNIXSK.Enum(), Id: proto.Uint32(id), Usk: e}
+}
+
+// resolveExternPeers drops the outside peers' entries from files and
+// marks each socket connected to one External, with the peer's name. A
+// socket connected to a peer neither in the dump nor outside it is left
+// for checkUnixPeers-like checks where it is used.
+func resolveExternPeers(files map[model.ID]*model.File) error {
+	ext := map[uint32][]byte{}
+	for id, f := range files {
+		if f.Unix != nil && f.Unix.External && f.Kind == model.UnixSocket && f.Unix.Peer == 0 && f.Flags == unix.O_RDWR && f.Unix.State == 7 {
+			ext[f.Unix.Ino] = f.Unix.Name
+			delete(files, id)
+		} else if f.Unix != nil && f.Unix.External {
+			return fmt.Errorf("file %d: unix socket %d marked external but not an outside peer's entry", id, f.Unix.Ino)
+		}
+	}
+	byIno := map[uint32]*model.UnixSocketState{}
+	for _, f := range files {
+		if f.Unix != nil {
+			byIno[f.Unix.Ino] = f.Unix
+		}
+	}
+	for _, f := range files {
+		u := f.Unix
+		if u == nil || u.Peer == 0 {
+			continue
+		}
+		if p := byIno[u.Peer]; p != nil && (len(u.Name) > 0 || len(p.Name) > 0) {
+			// Connected through a name inside the dump (connect and
+			// accept): the peer's name, as the dump saw it.
+			u.PeerName = append([]byte{}, p.Name...)
+			continue
+		}
+		name, ok := ext[u.Peer]
+		if !ok {
+			continue
+		}
+		u.External = true
+		if len(name) > 0 || len(u.Name) > 0 {
+			u.PeerName = append([]byte{}, name...)
 		}
 	}
 	return nil

@@ -111,7 +111,7 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 		return nil, imgErr(images.FilesImg, err)
 	}
 	files := map[model.ID]*model.File{}
-	var fifos []*fdinfo.FileEntry
+	var fifos, memfds, ttys []*fdinfo.FileEntry
 	seen := map[uint32]bool{}
 	for _, f := range fes {
 		id := f.GetId()
@@ -121,6 +121,14 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 		seen[id] = true
 		if f.GetType() == fdinfo.FdTypes_FIFO {
 			fifos = append(fifos, f)
+			continue
+		}
+		if f.GetType() == fdinfo.FdTypes_MEMFD {
+			memfds = append(memfds, f)
+			continue
+		}
+		if f.GetType() == fdinfo.FdTypes_TTY {
+			ttys = append(ttys, f)
 			continue
 		}
 		if f.GetType() != fdinfo.FdTypes_REG {
@@ -160,6 +168,9 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 	if err := resolveFIFOs(fifos, files); err != nil {
 		return nil, fmt.Errorf("%s: %w", images.FilesImg, err)
 	}
+	if err := resolveExternPeers(files); err != nil {
+		return nil, fmt.Errorf("%s: %w", images.FilesImg, err)
+	}
 	if err := readPipesData(d, files); err != nil {
 		return nil, err
 	}
@@ -170,6 +181,12 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 		return nil, err
 	}
 	if err := readGhosts(d, files); err != nil {
+		return nil, err
+	}
+	if err := readMemfds(d, memfds, files); err != nil {
+		return nil, err
+	}
+	if err := readTtys(d, ttys, files); err != nil {
 		return nil, err
 	}
 	return files, nil
@@ -601,17 +618,21 @@ func readMM(d *images.Dir, pid int, files map[model.ID]*model.File) (*model.MM, 
 			if mv.Pgoff%pageSize != 0 {
 				return nil, fmt.Errorf("%s: vma %#x-%#x: file offset %#x not page aligned", name, s, e, mv.Pgoff)
 			}
-			if files[model.ID(mv.Shmid)] == nil && mv.Status&images.VmaAreaMemfd != 0 {
-				// CRIU's MEMFD file entries: not read yet.
-				return nil, fmt.Errorf("%s: vma %#x-%#x: memfd mappings are not supported yet", name, s, e)
-			}
-			// A regular file, or a deleted one (a ghost: a REG entry with
-			// its remap) for a mapping of a deleted file.
-			if f := files[model.ID(mv.Shmid)]; f == nil || f.Kind != model.Ghost {
+			// A memfd mapping names a MEMFD entry, and only it does.
+			if f := files[model.ID(mv.Shmid)]; mv.Status&images.VmaAreaMemfd != 0 || f != nil && f.Kind == model.Memfd {
+				if f == nil || f.Kind != model.Memfd || mv.Status&images.VmaAreaMemfd == 0 {
+					return nil, fmt.Errorf("%s: vma %#x-%#x: memfd mapping and file %d disagree", name, s, e, mv.Shmid)
+				}
+			} else if f == nil || f.Kind != model.Ghost {
+				// A regular file, or a deleted one (a ghost: a REG
+				// entry with its remap) for a mapping of a deleted file.
 				if err := regular(files, uint32(mv.Shmid), name, fmt.Sprintf("vma %#x-%#x", s, e)); err != nil {
 					return nil, err
 				}
 			}
+		}
+		if !mv.FileBacked() && mv.Status&images.VmaAreaMemfd != 0 {
+			return nil, fmt.Errorf("%s: vma %#x-%#x: memfd mapping without a file", name, s, e)
 		}
 		out.VMAs = append(out.VMAs, mv)
 		last = e

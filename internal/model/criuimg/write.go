@@ -11,6 +11,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
 	fsimg "github.com/checkpoint-restore/go-criu/v8/crit/images/fs"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/mm"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/ns"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pstree"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/regfile"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/rlimit"
@@ -92,6 +93,8 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		return err
 	}
 	var files []proto.Message
+	memfdIDs, memfds := memfdInodes(t)
+	ttyIDs, ttys := ttyInfos(t)
 	ids := t.FileIDs()
 	regID := uint32(0) // FIFOs' REG entries get ids after every file's
 	if len(ids) > 0 {
@@ -109,11 +112,31 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 			files = append(files, fileEntry(f))
 			continue
 		}
+		if f.Kind == model.Tty && f.Tty != nil {
+			regID++
+			reg, te := ttyEntries(f, regID, ttyIDs[ttyEnd{f.Tty.Pty, f.Tty.Master}])
+			files = append(files, reg, te)
+			continue
+		}
+		if f.Kind == model.Namespace && f.NS != nil {
+			flag, nsID := nsOf(t, f)
+			files = append(files, &fdinfo.FileEntry{Type: fdinfo.FdTypes_NS.Enum(), Id: proto.Uint32(uint32(f.ID)),
+				Nsf: &ns.NsFileEntry{Id: proto.Uint32(uint32(f.ID)), NsId: proto.Uint32(nsID), NsCflag: proto.Uint32(flag), Flags: proto.Uint32(f.Flags)}})
+			continue
+		}
+		if f.Kind == model.Memfd && f.Memfd != nil {
+			files = append(files, memfdEntry(f, memfdIDs[f.Memfd]))
+			continue
+		}
 		e, err := kindEntry(f)
 		if err != nil {
 			return fmt.Errorf("write images: %w", err)
 		}
 		files = append(files, e)
+		if f.Unix != nil && f.Unix.External {
+			regID++
+			files = append(files, externPeerEntry(f.Unix, regID))
+		}
 	}
 	if err := put(images.FilesImg, files...); err != nil {
 		return err
@@ -128,6 +151,12 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		return err
 	}
 	if err := writeGhosts(d, t, written); err != nil {
+		return err
+	}
+	if err := writeMemfds(d, memfds, written); err != nil {
+		return err
+	}
+	if err := writeTtys(d, ttys, written); err != nil {
 		return err
 	}
 	if err := writeLocks(d, t, written); err != nil {
