@@ -933,3 +933,9 @@ func probeMarkerType() int64 {
 	}
 	return int64(e.SwapType())
 }
+
+// EndTracking ends the memory tracking pre-dump rounds left on pid (its
+// holders are killed, so the kernel drops the write protection): for a
+// caller that gives up after rounds without a final dump, such as a
+// migration that failed.
+func EndTracking(pid int) { endOtherTracking(pid, logging.Default()) }

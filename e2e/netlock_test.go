@@ -80,7 +80,8 @@ func restoreInNetns(t testing.TB, n *testNetns, pid int, dir string, ready func(
 	}
 	go func() { r.done <- r.cmd.Wait() }()
 	t.Cleanup(func() {
-		killAndForget(pid)
+		killTree(pid) // a restored server has workers
+
 		select {
 		case <-r.done:
 		case <-time.After(10 * time.Second):

@@ -94,7 +94,7 @@ func startServerAs(t testing.TB, n *testNetns, addr, reaper string, argv ...stri
 	}
 	reaperPid := s.cmd.Process.Pid
 	t.Cleanup(func() {
-		killAndForget(s.pid)
+		killTree(s.pid)
 		killAndForget(reaperPid)
 		select {
 		case <-s.done:
@@ -118,6 +118,38 @@ func startServerAs(t testing.TB, n *testNetns, addr, reaper string, argv ...stri
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// killTree kills pid and its descendants (nginx's workers outlive their
+// master, which forks new ones for those killed first): the whole process
+// group at once when pid leads one, then whatever is left, by PID.
+func killTree(pid int) {
+	if pid <= 1 {
+		return
+	}
+	if pg, err := syscall.Getpgid(pid); err == nil && pg == pid {
+		syscall.Kill(-pid, syscall.SIGKILL)
+	}
+	for _, c := range descendants(pid) {
+		killAndForget(c)
+	}
+	killAndForget(pid)
+}
+
+// descendants lists pid's children, grandchildren, … (deepest last).
+func descendants(pid int) []int {
+	var out []int
+	tasks, _ := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	for _, task := range tasks {
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + task.Name() + "/children")
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				out = append(out, c)
+				out = append(out, descendants(c)...)
+			}
+		}
+	}
+	return out
 }
 
 // dial connects to addr from inside n: the socket is made on a thread

@@ -70,12 +70,28 @@ type Result struct {
 	// Downtime is from the source freeze to the destination's resume, as
 	// godwit measures it.
 	Downtime time.Duration `json:"downtime_ns"`
-	Rounds   []Round       `json:"rounds"`
-	Postcopy *Postcopy     `json:"postcopy,omitempty"`
+	// Switchover splits Downtime, when the migration got that far.
+	Switchover *Switchover `json:"switchover,omitempty"`
+	Rounds     []Round     `json:"rounds"`
+	Postcopy   *Postcopy   `json:"postcopy,omitempty"`
 	// Overrun is set when the policy gave up converging and the final
 	// delta did not fit the downtime budget.
 	Overrun bool `json:"overrun,omitempty"`
+	// Note says what went wrong after the switch-over point, where the
+	// migration still succeeded (the destination's copy is live).
+	Note string `json:"note,omitempty"`
 	// FailedPhase and Error are set when the migration failed.
 	FailedPhase Phase  `json:"failed_phase,omitempty"`
 	Error       string `json:"error,omitempty"`
+}
+
+// Switchover is where the downtime went: the final dump (freeze, last delta,
+// non-memory state), the transfer of the non-memory images, the restore on
+// the destination up to its resume point, and the resume (the source killed,
+// the destination told to go, its answer).
+type Switchover struct {
+	Dump    time.Duration `json:"dump_ns"`
+	Images  time.Duration `json:"images_ns"`
+	Restore time.Duration `json:"restore_ns"`
+	Resume  time.Duration `json:"resume_ns"`
 }

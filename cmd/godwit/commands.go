@@ -219,30 +219,3 @@ func execCmd(a *app) *cobra.Command {
 	}
 	return c
 }
-
-func migrateCmd(a *app) *cobra.Command {
-	c := &cobra.Command{
-		Use:   "migrate",
-		Short: "Live-migrate processes to another host",
-		Args:  noArgs,
-	}
-	send := &cobra.Command{
-		Use:   "send --to HOST PID",
-		Short: "Move a running process tree to the agent on HOST",
-		Args:  cobra.ExactArgs(1),
-		RunE:  func(*cobra.Command, []string) error { return errNotYet("migrate send") },
-	}
-	send.Flags().String("to", "", "destination agent `host[:port]`")
-	c.AddCommand(send)
-	return c
-}
-
-func agentCmd(a *app) *cobra.Command {
-	c := &cobra.Command{
-		Use:   "agent",
-		Short: "Run the migration agent that receives and sends processes",
-		Args:  noArgs,
-		RunE:  func(*cobra.Command, []string) error { return errNotYet("agent") },
-	}
-	return c
-}

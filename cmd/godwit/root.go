@@ -93,8 +93,6 @@ var doneIn = map[string]map[string]bool{
 	"lazy-pages":  {"page-server": true},
 }
 
-func errNotYet(what string) error { return fmt.Errorf("%s is not supported yet", what) }
-
 func newRoot(a *app) *cobra.Command {
 	o := a.o
 	var showVersion bool

@@ -75,8 +75,9 @@ func (c Conn) unmap() Conn {
 	}
 }
 
-// Mark is the packet mark that passes a whole-namespace lock (SO_MARK on
-// a socket godwit needs in that namespace while it is locked).
+// Mark is the packet mark that passes the lock (SO_MARK on a socket
+// godwit sends through while the lock is on: the restore's replayed FIN,
+// or one godwit needs in a locked namespace).
 const Mark = 0x60d317
 
 // Name is the name of the lock of the tree rooted at pid: the nftables

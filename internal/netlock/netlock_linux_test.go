@@ -390,3 +390,48 @@ func TestLockListeners(t *testing.T) {
 		}
 	}
 }
+
+// TestMarkPasses: packets marked Mark (the FIN a restore replays) pass a
+// locked connection; the others of the same connection do not.
+func TestMarkPasses(t *testing.T) {
+	for _, m := range methods {
+		t.Run(string(m), func(t *testing.T) {
+			ns := newTestNetns(t)
+			server, client := ns.pair(t, "127.0.0.1:0")
+			l, err := New(m, 4246, ns.path())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Unlock()
+			if err := l.Lock([]Conn{connOf(server)}); err != nil {
+				t.Fatal(err)
+			}
+			send := func(mark int, what string) error {
+				rc, err := client.SyscallConn()
+				if err != nil {
+					t.Fatal(err)
+				}
+				rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, mark) })
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := client.Write([]byte(what)); err != nil {
+					t.Fatal(err)
+				}
+				server.SetReadDeadline(time.Now().Add(time.Second))
+				b := make([]byte, 16)
+				n, err := server.Read(b)
+				if err == nil && string(b[:n]) != what {
+					t.Fatalf("read %q, want %q", b[:n], what)
+				}
+				return err
+			}
+			if err := send(Mark, "marked"); err != nil {
+				t.Fatalf("a marked segment did not pass the lock: %v", err)
+			}
+			if err := send(0, "plain"); !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("an unmarked segment: %v, want it held", err)
+			}
+		})
+	}
+}

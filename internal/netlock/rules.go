@@ -6,15 +6,18 @@ import (
 	"strings"
 )
 
-// The rules. Connections are matched by their 4-tuple as the tree sees
-// it: packets the tree sends on the output hook, packets it receives on
+// The rules. Packets marked Mark pass (godwit's own: the FIN the
+// restore replays to a connection frozen after its peer closed, which must
+// reach the socket while the lock is on). Connections are matched by their
+// 4-tuple as the tree sees it: packets the tree sends on the output hook, packets it receives on
 // the input hook (so a peer on the same host has its packets dropped on
 // their way in, not failed on their way out). Priority -300, before
 // conntrack, so that nothing of a locked connection reaches it.
 //
 // nftables: table inet NAME with sets conn4/conn6 of local addr . port .
 // remote addr . port and two base chains; the whole-namespace lock adds
-// "meta mark != Mark drop" to both chains.
+// "meta mark != Mark drop" to both chains. Packets marked Mark pass every
+// rule (the peer's FIN that tcprepair replays to a restored connection).
 //
 // iptables: chains NAME-in and NAME-out in the filter table, jumped to
 // first from INPUT and OUTPUT, for iptables and ip6tables.
@@ -31,6 +34,7 @@ func (l *Lock) create() error {
 	set listenany6 { type inet_service; }
 	chain input {
 		type filter hook input priority -300; policy accept;
+		meta mark %#[2]x accept
 		ip daddr . tcp dport . ip saddr . tcp sport @conn4 drop
 		ip6 daddr . tcp dport . ip6 saddr . tcp sport @conn6 drop
 		tcp flags & (syn | ack) == syn ip daddr . tcp dport @listen4 drop
@@ -40,14 +44,16 @@ func (l *Lock) create() error {
 	}
 	chain output {
 		type filter hook output priority -300; policy accept;
+		meta mark %#[2]x accept
 		ip saddr . tcp sport . ip daddr . tcp dport @conn4 drop
 		ip6 saddr . tcp sport . ip6 daddr . tcp dport @conn6 drop
 	}
 }
-`, l.name), "nft", "-f", "-")
+`, l.name, Mark), "nft", "-f", "-")
 	case Iptables:
 		in, out := l.name+"-in", l.name+"-out"
-		rules := fmt.Sprintf("*filter\n:%[1]s - [0:0]\n:%[2]s - [0:0]\n-I INPUT 1 -j %[1]s\n-I OUTPUT 1 -j %[2]s\nCOMMIT\n", in, out)
+		rules := fmt.Sprintf("*filter\n:%[1]s - [0:0]\n:%[2]s - [0:0]\n-I INPUT 1 -j %[1]s\n-I OUTPUT 1 -j %[2]s\n"+
+			"-A %[1]s -m mark --mark %#[3]x -j RETURN\n-A %[2]s -m mark --mark %#[3]x -j RETURN\nCOMMIT\n", in, out, Mark)
 		if err := l.run(rules, "iptables-restore", "-w", "--noflush"); err != nil {
 			return err
 		}

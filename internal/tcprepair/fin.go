@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"godwit/internal/netlock"
 )
 
 // injectFIN delivers to the restored socket (at local) the FIN its peer
@@ -92,6 +94,11 @@ func injectFIN(family int, local, remote unix.Sockaddr, st *Stream, s int) error
 		return fmt.Errorf("raw socket: %w", err)
 	}
 	defer unix.Close(rs)
+	// The network lock holds the connection's packets until the tree
+	// runs: this one must pass it.
+	if err := unix.SetsockoptInt(rs, unix.SOL_SOCKET, unix.SO_MARK, netlock.Mark); err != nil {
+		return fmt.Errorf("raw socket: SO_MARK: %w", err)
+	}
 	if err := unix.Sendto(rs, pkt, 0, dst); err != nil {
 		return fmt.Errorf("send: %w", err)
 	}

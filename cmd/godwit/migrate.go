@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"godwit/internal/daemon"
+	"godwit/migrate"
+)
+
+func migrateCmd(a *app) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "migrate",
+		Short: "Live-migrate processes to another host",
+		Args:  noArgs,
+	}
+	var o migrate.SendOptions
+	var mode string
+	var asJSON bool
+	send := &cobra.Command{
+		Use:   "send --to HOST[:PORT] -t PID",
+		Short: "Move a running process tree to the agent on HOST",
+		Long: `Move the running tree of PID to the godwit agent on HOST (port 7355 by default), over
+mutual TLS. The agent first checks that it can take the tree (its PIDs free there, the
+files it has open present at the same paths); pre-copy rounds then send memory while the
+program runs, until the predicted last delta fits --downtime-budget, the rounds stop
+shrinking, or --max-rounds (0: stop-and-copy). The tree is then frozen and its last
+delta and state sent; the agent rebuilds it, and only then is the source killed and the
+copy resumed. Before that point any failure leaves the source running as it was.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.Pid <= 0 {
+				return &usageError{cmd, errors.New("migrate send needs -t PID")}
+			}
+			if o.To == "" {
+				return &usageError{cmd, errors.New("migrate send needs --to HOST")}
+			}
+			o.Mode = migrate.Mode(mode)
+			o.FileLocks = a.o.FileLocks
+			// A terminal gets a live line and a summary, --json one
+			// Result; otherwise stdout gets nothing, stderr a line a round.
+			p := migrate.NewProgress(a.stdout, a.stderr, asJSON)
+			o.OnRound, o.OnPhase = p.Round, p.Phase
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+			defer stop()
+			res, err := migrate.Send(ctx, o)
+			if res != nil {
+				p.Done(*res)
+			}
+			return err
+		},
+	}
+	f := send.Flags()
+	f.StringVar(&o.To, "to", "", "destination agent `host[:port]`")
+	f.IntVarP(&o.Pid, "tree", "t", 0, "root `PID` of the tree to move")
+	f.StringVar(&mode, "mode", "precopy", "precopy (postcopy and hybrid are not implemented yet)")
+	f.DurationVar(&o.DowntimeBudget, "downtime-budget", 50*time.Millisecond, "stop pre-copy once the last delta is predicted to move within `duration`")
+	f.IntVar(&o.MaxRounds, "max-rounds", 8, "at most `n` pre-copy rounds (0: stop-and-copy)")
+	f.StringVar(&o.Transport, "transport", "tls", "page streams: tls (TCP) or quic; both with mutual TLS")
+	f.StringVar(&o.TLS.CACert, "tls-cacert", "", "CA certificate `file` that signed the agent's certificate")
+	f.StringVar(&o.TLS.Cert, "tls-cert", "", "this host's client certificate `file`")
+	f.StringVar(&o.TLS.Key, "tls-key", "", "this host's private key `file`")
+	f.StringVar(&o.ServerName, "tls-server-name", "", "name the agent's certificate must carry (default: the host of --to)")
+	f.StringVar(&o.CPUCap, "cpu-cap", "", "CPU capabilities the destination must match (as dump's --cpu-cap)")
+	f.BoolVarP(&a.o.FileLocks, "file-locks", "l", false, "move the file locks the tree holds")
+	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
+	c.AddCommand(send)
+	return c
+}
+
+func agentCmd(a *app) *cobra.Command {
+	var cfg migrate.AgentConfig
+	var port int
+	var metricsAddr string
+	c := &cobra.Command{
+		Use:   "agent --address A --port P --images-dir DIR --tls-cacert CA --tls-cert CERT --tls-key KEY",
+		Short: "Run the migration agent that receives processes",
+		Long: `Receive migrations from ` + "`godwit migrate send`" + ` on other hosts and restore them here.
+Only peers whose client certificate the CA signed are accepted. Each migration gets its
+own directory under --images-dir, removed when it ends. /metrics (Prometheus: see
+deploy/grafana for a dashboard), /healthz and /history (JSON) are served on
+--metrics-address.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfg.ImagesDir == "" {
+				return &usageError{cmd, errors.New("agent needs --images-dir")}
+			}
+			if port < 0 || port > 65535 {
+				return &usageError{cmd, fmt.Errorf("bad --port %d", port)}
+			}
+			if a.o.Daemon {
+				pid, err := daemon.Start(a.args)
+				if err != nil {
+					return err
+				}
+				return a.writePidfile(pid)
+			}
+			cfg.Log = a.log
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			m, err := migrate.NewMetrics(reg)
+			if err != nil {
+				return fmt.Errorf("agent: metrics: %w", err)
+			}
+			cfg.Metrics = m
+			ag, err := migrate.NewAgent(cfg)
+			if err != nil {
+				return err
+			}
+			ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Address, strconv.Itoa(port)))
+			if err != nil {
+				return fmt.Errorf("agent: %w", err)
+			}
+			defer ln.Close()
+			if port == 0 {
+				fmt.Fprintf(a.stdout, "Port: %d\n", ln.Addr().(*net.TCPAddr).Port)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			if metricsAddr != "" {
+				ml, err := net.Listen("tcp", metricsAddr)
+				if err != nil {
+					return fmt.Errorf("agent: metrics: %w", err)
+				}
+				mux := ag.Handler()
+				mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+				srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+				go func() {
+					if err := srv.Serve(ml); err != nil && !errors.Is(err, http.ErrServerClosed) {
+						a.log.Errorf("agent: metrics on %s: %v", metricsAddr, err)
+					}
+				}()
+				defer srv.Close()
+			}
+			if err := a.writePidfile(os.Getpid()); err != nil {
+				return err
+			}
+			if err := daemon.Ready(a.o.StatusFD); err != nil {
+				return err
+			}
+			a.log.Infof("agent on %s, images in %s", ln.Addr(), cfg.ImagesDir)
+			return ag.Serve(ctx, ln)
+		},
+	}
+	f := c.Flags()
+	daemonFlags(f, a.o)
+	f.StringVar(&cfg.Address, "address", "", "listen on `address` (default: every address)")
+	f.IntVar(&port, "port", migrate.DefaultPort, "listen on `port` (0: any, printed)")
+	f.StringVar(&cfg.ImagesDir, "images-dir", "", "`dir` holding one directory per migration in flight")
+	f.StringVar(&cfg.TLS.CACert, "tls-cacert", "", "CA certificate `file`: only peers it signed are accepted")
+	f.StringVar(&cfg.TLS.Cert, "tls-cert", "", "the agent's server certificate `file`")
+	f.StringVar(&cfg.TLS.Key, "tls-key", "", "the agent's private key `file`")
+	f.StringVar(&metricsAddr, "metrics-address", "", "serve /metrics (Prometheus), /healthz and /history on `host:port`")
+	f.IntVar(&cfg.History, "history", 100, "keep the last `n` migrations in /history")
+	f.IntVar(&cfg.MaxConcurrent, "max-concurrent", 4, "at most `n` migrations at once")
+	return c
+}

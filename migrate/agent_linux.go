@@ -1,0 +1,601 @@
+package migrate
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	cpb "github.com/checkpoint-restore/go-criu/v8/crit/images/cpuinfo"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"godwit/internal/actions"
+	"godwit/internal/cpuinfo"
+	"godwit/internal/logging"
+	pb "godwit/migrate/internal/proto"
+	"godwit/pageserver"
+	"godwit/restorer"
+)
+
+// AgentConfig configures the destination agent.
+type AgentConfig struct {
+	// ImagesDir holds one directory per migration (removed when it ends);
+	// the agent writes nowhere else.
+	ImagesDir string
+	// Address is the agent's own address, where page servers listen.
+	Address string
+	TLS     TLSFiles
+	// History bounds the finished migrations kept (default 100).
+	History int
+	// MaxConcurrent bounds migrations in flight (default 4); more wait.
+	MaxConcurrent int
+	// MaxImageBytes bounds the non-memory images of one migration
+	// (default 1 GiB).
+	MaxImageBytes int64
+	// Observe, if set, is called with every finished migration (metrics).
+	Observe func(Result)
+	// Metrics, if set, counts the migrations in flight and observes each
+	// finished one.
+	Metrics *Metrics
+	Log     *logging.Logger
+}
+
+// Agent receives migrations and restores them on this host.
+type Agent struct {
+	cfg  AgentConfig
+	tls  *tls.Config
+	slot chan struct{}
+
+	mu       sync.Mutex
+	history  []Result
+	inflight int
+	wg       sync.WaitGroup
+}
+
+// NewAgent checks the configuration and loads the certificates.
+func NewAgent(cfg AgentConfig) (*Agent, error) {
+	if cfg.ImagesDir == "" {
+		return nil, errors.New("agent: --images-dir is required")
+	}
+	if err := os.MkdirAll(cfg.ImagesDir, 0o700); err != nil {
+		return nil, fmt.Errorf("agent: images dir: %w", err)
+	}
+	tc, err := cfg.TLS.serverConfig()
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if cfg.History <= 0 {
+		cfg.History = 100
+	}
+	if cfg.MaxConcurrent <= 0 {
+		cfg.MaxConcurrent = 4
+	}
+	if cfg.MaxImageBytes <= 0 {
+		cfg.MaxImageBytes = 1 << 30
+	}
+	if cfg.Log == nil {
+		cfg.Log = logging.Default()
+	}
+	return &Agent{cfg: cfg, tls: tc, slot: make(chan struct{}, cfg.MaxConcurrent)}, nil
+}
+
+// Serve accepts migrations on ln until ctx is done, then waits for those
+// in flight.
+func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	defer a.wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("agent: accept: %w", err)
+		}
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.serveConn(ctx, c)
+		}()
+	}
+}
+
+// History returns the finished migrations, oldest first.
+func (a *Agent) History() []Result {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]Result(nil), a.history...)
+}
+
+// Handler serves /healthz and /history (JSON).
+func (a *Agent) Handler() *http.ServeMux {
+	m := http.NewServeMux()
+	m.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		a.mu.Lock()
+		n := a.inflight
+		a.mu.Unlock()
+		fmt.Fprintf(w, "ok %d in flight\n", n)
+	})
+	m.HandleFunc("/history", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(a.History())
+	})
+	return m
+}
+
+func (a *Agent) record(r Result) {
+	a.mu.Lock()
+	a.history = append(a.history, r)
+	if len(a.history) > a.cfg.History {
+		a.history = append([]Result(nil), a.history[len(a.history)-a.cfg.History:]...)
+	}
+	a.mu.Unlock()
+	if a.cfg.Observe != nil {
+		a.cfg.Observe(r)
+	}
+}
+
+// inbound is one migration being received.
+type inbound struct {
+	a *Agent
+	*ctl
+	dir    string // ImagesDir/<id>
+	res    Result
+	rounds []string // round directory names, in order
+	ps     *pageServing
+	bytes  int64
+	// restored, once Ready was sent, is the stopped tree.
+	files map[string]*os.File
+	// frozeAt is when the final round started: the source freezes the
+	// tree right after asking for it.
+	frozeAt time.Time
+}
+
+// addRound records round ps as the agent saw it: the pages its page server
+// wrote, from the round's start to its last page on disk. The program's
+// dirty rate during the previous round is what this round carried over that
+// round's time (the first round carries every page: not measured).
+func (in *inbound) addRound(ps *pageServing) {
+	dur := time.Since(ps.start)
+	var bytes uint64
+	if ents, err := os.ReadDir(ps.dir); err == nil {
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), "pages-") && strings.HasSuffix(e.Name(), ".img") {
+				if fi, err := e.Info(); err == nil {
+					bytes += uint64(fi.Size())
+				}
+			}
+		}
+	}
+	r := Round{N: len(in.res.Rounds), Pages: bytes / uint64(os.Getpagesize()), Bytes: bytes, Duration: dur}
+	if dur > 0 {
+		r.Bandwidth = float64(bytes) / dur.Seconds()
+	}
+	if n := len(in.res.Rounds); n > 0 && in.res.Rounds[n-1].Duration > 0 {
+		r.DirtyRate = float64(bytes) / in.res.Rounds[n-1].Duration.Seconds()
+	}
+	if ps.final && !in.frozeAt.IsZero() {
+		r.Frozen = dur
+	}
+	in.res.Rounds = append(in.res.Rounds, r)
+}
+
+// pageServing is one round's page server.
+type pageServing struct {
+	n     uint32
+	final bool
+	dir   string
+	start time.Time
+	ln    *pageserver.Listener
+	done  chan error
+	// stopOnDone: the server does not end by itself (QUIC); cancel ends it.
+	stopOnDone bool
+	cancel     context.CancelFunc
+}
+
+func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
+	defer raw.Close()
+	if err := tuneConn(raw); err != nil {
+		a.cfg.Log.Warnf("agent: %s: %v", raw.RemoteAddr(), err)
+		return
+	}
+	_ = raw.SetDeadline(time.Now().Add(30 * time.Second))
+	c := tls.Server(raw, a.tls)
+	if err := c.HandshakeContext(ctx); err != nil {
+		if errors.Is(err, io.EOF) {
+			// A port probe (or a peer gone before saying anything):
+			// not a migration.
+			return
+		}
+		a.cfg.Log.Warnf("agent: %s: TLS: %v", raw.RemoteAddr(), err)
+		r := Result{Source: raw.RemoteAddr().String(), Started: time.Now(), FailedPhase: PhaseConnect, Error: err.Error()}
+		a.record(r)
+		a.cfg.Metrics.Observe(r)
+		return
+	}
+	select {
+	case a.slot <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
+	defer func() { <-a.slot }()
+	a.mu.Lock()
+	a.inflight++
+	a.mu.Unlock()
+	observe := a.cfg.Metrics.Started()
+	defer func() {
+		a.mu.Lock()
+		a.inflight--
+		a.mu.Unlock()
+	}()
+	_ = raw.SetDeadline(time.Time{})
+	// The migration's work (page servers, restore) stops when the
+	// source's link dies.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	in := &inbound{a: a, ctl: newCtl(c, cancel), files: map[string]*os.File{}}
+	in.res.Started = time.Now()
+	in.res.Source = raw.RemoteAddr().String()
+	err := in.run(ctx)
+	in.cleanup()
+	in.res.Total = time.Since(in.res.Started)
+	if err != nil {
+		var pe *PhaseError
+		if !errors.As(err, &pe) {
+			pe = &PhaseError{Phase: PhaseRestore, Err: err}
+		}
+		in.res.FailedPhase, in.res.Error = pe.Phase, pe.Err.Error()
+		a.cfg.Log.Warnf("agent: migration %s of %d from %s: %v", in.res.ID, in.res.PID, in.res.Source, err)
+		_ = in.send(&pb.Envelope{Msg: &pb.Envelope_Failure{Failure: &pb.Failure{Phase: string(pe.Phase), Message: pe.Err.Error()}}})
+	} else {
+		a.cfg.Log.Infof("agent: migration %s of %d from %s done in %v", in.res.ID, in.res.PID, in.res.Source, in.res.Total)
+	}
+	a.record(in.res)
+	observe(in.res)
+}
+
+// recv reads the next message, with a deadline: a source that goes
+// silent (link cut, killed) ends the migration.
+func (in *inbound) recv(limit time.Duration) (*pb.Envelope, error) {
+	m, err := in.ctl.recv(limit)
+	if err != nil {
+		return nil, fmt.Errorf("source: %w", err)
+	}
+	if ab := m.GetAbort(); ab != nil {
+		return nil, fmt.Errorf("source aborted: %s", ab.Reason)
+	}
+	return m, nil
+}
+
+// roundWait bounds how long a round may take to arrive; sourceWait how long
+// the source may stay silent otherwise.
+const (
+	roundWait  = 30 * time.Minute
+	sourceWait = 2 * time.Minute
+)
+
+func (in *inbound) run(ctx context.Context) error {
+	m, err := in.recv(sourceWait)
+	if err != nil {
+		return phaseErr(PhaseConnect, err)
+	}
+	h := m.GetHello()
+	if h == nil {
+		return phaseErr(PhaseConnect, errors.New("first message is not hello"))
+	}
+	if h.Version != Version {
+		return phaseErr(PhaseConnect, fmt.Errorf("protocol version %d, this agent speaks %d", h.Version, Version))
+	}
+	in.res.PID, in.res.Tasks, in.res.Mode, in.res.Transport = int(h.Pid), 1, Mode(h.Mode), h.Transport
+	if h.Source != "" {
+		in.res.Source = h.Source
+	}
+	if err := checkHost(h); err != nil {
+		return phaseErr(PhaseCheck, err)
+	}
+	id := make([]byte, 8)
+	_, _ = rand.Read(id)
+	in.res.ID = hex.EncodeToString(id)
+	in.dir = filepath.Join(in.a.cfg.ImagesDir, in.res.ID)
+	if err := os.Mkdir(in.dir, 0o700); err != nil {
+		return phaseErr(PhaseCheck, fmt.Errorf("migration directory: %w", err))
+	}
+	if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Accepted{Accepted: &pb.Accepted{Id: in.res.ID}}}); err != nil {
+		return phaseErr(PhaseConnect, err)
+	}
+	phase := PhasePrecopy
+	for {
+		m, err := in.recv(sourceWait)
+		if err != nil {
+			return phaseErr(phase, err)
+		}
+		switch {
+		case m.GetRoundStart() != nil:
+			rs := m.GetRoundStart()
+			if rs.Final {
+				phase = PhaseFreeze
+				in.frozeAt = time.Now()
+			}
+			if err := in.startRound(ctx, rs, h.Transport); err != nil {
+				return phaseErr(phase, err)
+			}
+		case m.GetRoundDone() != nil:
+			if err := in.finishRound(m.GetRoundDone().N); err != nil {
+				return phaseErr(phase, err)
+			}
+			if err := in.send(&pb.Envelope{Msg: &pb.Envelope_RoundAck{RoundAck: &pb.RoundAck{N: m.GetRoundDone().N}}}); err != nil {
+				return phaseErr(phase, err)
+			}
+		case m.GetFile() != nil:
+			if err := in.writeFile(m.GetFile()); err != nil {
+				return phaseErr(PhaseFreeze, err)
+			}
+		case m.GetRestore() != nil:
+			return in.restore(ctx)
+		default:
+			return phaseErr(phase, fmt.Errorf("unexpected %T", m.Msg))
+		}
+	}
+}
+
+// checkHost refuses a tree this host cannot take: a PID or TID in use
+// here, or a file it has open or mapped missing at the same path.
+func checkHost(h *pb.Hello) error {
+	if h.Pid <= 0 || len(h.Pids) == 0 || len(h.Pids) > 1<<16 || len(h.Files) > 1<<16 {
+		return errors.New("bad tree description")
+	}
+	var busy []string
+	for _, p := range h.Pids {
+		if p <= 0 {
+			return fmt.Errorf("bad pid %d", p)
+		}
+		if _, err := os.Stat("/proc/" + strconv.Itoa(int(p))); err == nil {
+			busy = append(busy, strconv.Itoa(int(p)))
+		}
+	}
+	if len(busy) > 0 {
+		return fmt.Errorf("pid %s in use on the destination", strings.Join(busy, ", "))
+	}
+	if err := checkCPU(h.Cpuinfo, h.CpuCap); err != nil {
+		return err
+	}
+	for _, f := range h.Files {
+		if !filepath.IsAbs(f) {
+			return fmt.Errorf("file %q: not an absolute path", f)
+		}
+		if _, err := os.Stat(f); err != nil {
+			return fmt.Errorf("file the tree has open is missing on the destination: %w", err)
+		}
+	}
+	return nil
+}
+
+func roundDir(n uint32, final bool) string {
+	if final {
+		return "final"
+	}
+	return "r" + strconv.Itoa(int(n))
+}
+
+// startRound starts the page server that receives round n into its own
+// directory, chained to the previous round's.
+func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport string) error {
+	if in.ps != nil {
+		return fmt.Errorf("round %d started before round %d ended", rs.N, in.ps.n)
+	}
+	name := roundDir(rs.N, rs.Final)
+	for _, r := range in.rounds {
+		if r == name {
+			return fmt.Errorf("round %s twice", name)
+		}
+	}
+	dir := filepath.Join(in.dir, name)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return err
+	}
+	prev := ""
+	if len(in.rounds) > 0 {
+		prev = "../" + in.rounds[len(in.rounds)-1]
+	}
+	in.rounds = append(in.rounds, name)
+	to, err := in.a.cfg.TLS.pageTransport(transport, "")
+	if err != nil {
+		return err
+	}
+	ln, err := pageserver.Listen(net.JoinHostPort(in.a.cfg.Address, "0"), to)
+	if err != nil {
+		return err
+	}
+	// Over TCP the round is one session (Once). Over QUIC a session's
+	// streams end one by one and Once would cut the control stream's
+	// CLOSE: that server is stopped when the source reports the round
+	// done, its CLOSE answered (every image complete) by then.
+	quic := to.Transport == pageserver.TransportQUIC
+	srv, err := pageserver.NewServer(pageserver.Config{ImagesDir: dir, PrevImagesDir: prev, Once: !quic, Log: in.a.cfg.Log})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	ps := &pageServing{n: rs.N, final: rs.Final, dir: dir, start: time.Now(), ln: ln, done: make(chan error, 1), stopOnDone: quic, cancel: cancel}
+	go func() {
+		defer cancel()
+		err := srv.Serve(sctx, ln)
+		srv.Close()
+		ps.done <- err
+	}()
+	in.ps = ps
+	return in.send(&pb.Envelope{Msg: &pb.Envelope_RoundReady{RoundReady: &pb.RoundReady{Port: uint32(ln.Port())}}})
+}
+
+// finishRound waits until the round's page server has its session's pages
+// on disk.
+func (in *inbound) finishRound(n uint32) error {
+	ps := in.ps
+	if ps == nil || ps.n != n {
+		return fmt.Errorf("round %d done, but it was not started", n)
+	}
+	in.ps = nil
+	if ps.stopOnDone {
+		ps.cancel()
+	}
+	select {
+	case err := <-ps.done:
+		if err != nil {
+			return fmt.Errorf("round %d pages: %w", n, err)
+		}
+		in.addRound(ps)
+		return nil
+	case <-time.After(sourceWait):
+		ps.ln.Close()
+		return fmt.Errorf("round %d: page server did not finish", n)
+	}
+}
+
+// writeFile appends a chunk of one non-memory image to the final round.
+func (in *inbound) writeFile(f *pb.File) error {
+	if len(in.rounds) == 0 || in.rounds[len(in.rounds)-1] != "final" {
+		return errors.New("image file before the final round")
+	}
+	name := f.Name
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") || name == "parent" {
+		return fmt.Errorf("bad image file name %q", name)
+	}
+	in.bytes += int64(len(f.Data))
+	if in.bytes > in.a.cfg.MaxImageBytes {
+		return fmt.Errorf("images over %d bytes", in.a.cfg.MaxImageBytes)
+	}
+	w := in.files[name]
+	if w == nil {
+		var err error
+		w, err = os.OpenFile(filepath.Join(in.dir, "final", name), os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+		if err != nil {
+			return fmt.Errorf("image %s: %w", name, err)
+		}
+		in.files[name] = w
+	}
+	if _, err := w.Write(f.Data); err != nil {
+		return fmt.Errorf("image %s: %w", name, err)
+	}
+	if f.Last {
+		delete(in.files, name)
+		if err := w.Close(); err != nil {
+			return fmt.Errorf("image %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// restore rebuilds the tree from the chain of rounds, stopped; says Ready;
+// resumes it only on Go (the source tree is gone by then). Anything else,
+// or silence, kills what it made.
+func (in *inbound) restore(ctx context.Context) error {
+	if in.ps != nil {
+		return phaseErr(PhaseFreeze, fmt.Errorf("restore before round %d ended", in.ps.n))
+	}
+	if len(in.files) > 0 {
+		return phaseErr(PhaseFreeze, errors.New("restore before every image arrived"))
+	}
+	if len(in.rounds) == 0 || in.rounds[len(in.rounds)-1] != "final" {
+		return phaseErr(PhaseFreeze, errors.New("restore without the final round"))
+	}
+	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
+		if action != actions.PreResume {
+			return nil
+		}
+		if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Ready{Ready: &pb.Ready{}}}); err != nil {
+			return err
+		}
+		m, err := in.recv(sourceWait)
+		if err != nil {
+			return err
+		}
+		if m.GetGo() == nil {
+			return fmt.Errorf("expected go, got %T", m.Msg)
+		}
+		return nil
+	}}
+	// Detach: the agent is not the program's parent on the source, so a
+	// parent-death signal the program set must not tie it to the agent's
+	// life (as `restore -d`). The agent still reaps the root.
+	r, err := restorer.RestoreContext(ctx, restorer.Options{ImagesDir: filepath.Join(in.dir, "final"), Detach: true}, scripts)
+	if err != nil {
+		return phaseErr(PhaseRestore, err)
+	}
+	if !in.frozeAt.IsZero() {
+		in.res.Downtime = time.Since(in.frozeAt)
+	}
+	// The restored root is this agent's child: reap it when it ends.
+	go func() { _, _ = r.Wait() }()
+	in.res.Tasks = len(r.PIDs())
+	if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Resumed{Resumed: &pb.Resumed{Pid: int32(r.PID())}}}); err != nil {
+		// Resumed: the copy here is the live one from now on.
+		in.a.cfg.Log.Warnf("agent: migration %s: tell the source: %v", in.res.ID, err)
+	}
+	return nil
+}
+
+func (in *inbound) cleanup() {
+	for _, f := range in.files {
+		f.Close()
+	}
+	if in.ps != nil {
+		in.ps.cancel()
+		in.ps.ln.Close()
+		select {
+		case <-in.ps.done:
+		case <-time.After(10 * time.Second):
+		}
+	}
+	if in.dir != "" {
+		if err := os.RemoveAll(in.dir); err != nil {
+			in.a.cfg.Log.Warnf("agent: remove %s: %v", in.dir, err)
+		}
+	}
+}
+
+// checkCPU compares the source's CPU with this one, as restore compares a
+// cpuinfo.img (CRIU's default modes unless the source gave --cpu-cap).
+func checkCPU(entry []byte, capArg string) error {
+	if len(entry) == 0 {
+		return errors.New("no source CPU description")
+	}
+	caps := cpuinfo.DefaultCaps
+	if capArg != "" {
+		var err error
+		if caps, err = cpuinfo.ParseCaps(capArg); err != nil {
+			return err
+		}
+	}
+	ce := &cpb.CpuinfoEntry{}
+	if err := proto.Unmarshal(entry, ce); err != nil {
+		return fmt.Errorf("source CPU description: %w", err)
+	}
+	host, err := cpuinfo.Host()
+	if err != nil {
+		return err
+	}
+	img, err := cpuinfo.FromEntry(ce, host)
+	if err != nil {
+		return fmt.Errorf("source CPU description: %w", err)
+	}
+	return cpuinfo.Compare(img, host, caps)
+}

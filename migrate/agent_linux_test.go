@@ -1,0 +1,94 @@
+package migrate
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"godwit/internal/cpuinfo"
+	pb "godwit/migrate/internal/proto"
+)
+
+func TestCheckHost(t *testing.T) {
+	cpu, err := hostCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := int32(os.Getpid())
+	free := int32(1 << 22) // above pid_max's ceiling: never in use
+	for _, c := range []struct {
+		h    *pb.Hello
+		want string
+	}{
+		{&pb.Hello{Pid: free, Pids: []int32{free}, Files: []string{"/proc/self/exe"}}, ""},
+		{&pb.Hello{Pid: self, Pids: []int32{self}}, "in use"},
+		{&pb.Hello{Pid: free, Pids: []int32{free}, Files: []string{"/nonexistent/godwit"}}, "missing"},
+		{&pb.Hello{Pid: free, Pids: []int32{free}, Files: []string{"relative"}}, "absolute"},
+		{&pb.Hello{Pid: free, Pids: []int32{-1}}, "bad pid"},
+		{&pb.Hello{Pid: 0}, "bad tree"},
+	} {
+		if c.h.Cpuinfo == nil {
+			c.h.Cpuinfo = cpu
+		}
+		err := checkHost(c.h)
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("checkHost(%v) = %v, want %q", c.h, err, c.want)
+		}
+	}
+}
+
+// Image files land only in the migration's final directory.
+func TestWriteFileStaysInside(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "final"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	in := &inbound{a: &Agent{cfg: AgentConfig{MaxImageBytes: 10}}, dir: dir, rounds: []string{"final"}, files: map[string]*os.File{}}
+	for _, name := range []string{"", ".", "..", "../x", "a/b", "parent", "x\x00"} {
+		if err := in.writeFile(&pb.File{Name: name, Data: []byte("x"), Last: true}); err == nil {
+			t.Errorf("image name %q accepted", name)
+		}
+	}
+	if err := in.writeFile(&pb.File{Name: "core-1.img", Data: []byte("abc"), Last: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.writeFile(&pb.File{Name: "core-1.img", Data: []byte("abc"), Last: true}); err == nil {
+		t.Error("an image written twice")
+	}
+	if err := in.writeFile(&pb.File{Name: "big.img", Data: make([]byte, 11)}); err == nil {
+		t.Error("images over the bound accepted")
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "final", "core-1.img")); err != nil || string(b) != "abc" {
+		t.Errorf("core-1.img = %q, %v", b, err)
+	}
+}
+
+// A source CPU with features this one lacks is refused before anything
+// moves, unless --cpu-cap says not to compare.
+func TestCheckCPU(t *testing.T) {
+	h, err := cpuinfo.Host()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := h.Entry()
+	x := e.GetX86Entry()[0]
+	for i := range x.Capability {
+		x.Capability[i] = ^uint32(0)
+	}
+	b, err := proto.Marshal(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkCPU(b, ""); err == nil {
+		t.Error("a CPU with every feature bit set passed the check")
+	}
+	if err := checkCPU(b, "none"); err != nil {
+		t.Errorf("--cpu-cap none: %v", err)
+	}
+	if err := checkCPU([]byte{0xff}, ""); err == nil {
+		t.Error("garbage CPU description accepted")
+	}
+}

@@ -1,0 +1,502 @@
+package migrate
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"godwit/dumper"
+	"godwit/internal/actions"
+	"godwit/internal/cpuinfo"
+	pb "godwit/migrate/internal/proto"
+)
+
+// DefaultPort is the agent's port when --to names none.
+const DefaultPort = 7355
+
+// SendOptions describe one migration from this host.
+type SendOptions struct {
+	To             string // agent host[:port]
+	Pid            int
+	Mode           Mode
+	DowntimeBudget time.Duration // default 50 ms
+	// MaxRounds bounds the pre-copy rounds; 0 is stop-and-copy.
+	MaxRounds int
+	Transport string // page streams: "tls" (default) or "quic"
+	TLS       TLSFiles
+	// ServerName is the name the agent's certificate must carry (default
+	// the host of To).
+	ServerName string
+	// WorkDir holds the source's round images (default a temporary
+	// directory, removed afterwards).
+	WorkDir   string
+	FileLocks bool
+	CPUCap    string
+	// OnRound, if set, sees every pre-copy round as it ends (progress).
+	OnRound func(Round)
+	// OnPhase, if set, is told each phase as the migration enters it.
+	OnPhase func(Phase)
+}
+
+// Send migrates the tree of o.Pid to the agent at o.To. Until the agent
+// has the tree rebuilt and stopped, any failure leaves the source running
+// as it was (thawed, untraced, its memory tracking ended); once the agent
+// is ready the source tree is killed and the agent resumes its copy.
+func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
+	res = &Result{PID: o.Pid, Mode: o.Mode, Transport: o.Transport, Started: time.Now(), Destination: o.To}
+	defer func() {
+		res.Total = time.Since(res.Started)
+		var pe *PhaseError
+		if errors.As(err, &pe) {
+			res.FailedPhase, res.Error = pe.Phase, pe.Err.Error()
+		}
+	}()
+	if res.Mode == "" {
+		res.Mode = ModePrecopy
+	}
+	if res.Transport == "" {
+		res.Transport = "tls"
+	}
+	switch res.Mode {
+	case ModePrecopy:
+	case ModePostcopy, ModeHybrid:
+		return res, phaseErr(PhaseCheck, fmt.Errorf("--mode %s: post-copy migration is not implemented yet (use precopy)", res.Mode))
+	default:
+		return res, phaseErr(PhaseCheck, fmt.Errorf("unknown --mode %q (want precopy, postcopy or hybrid)", res.Mode))
+	}
+	if o.DowntimeBudget <= 0 {
+		o.DowntimeBudget = 50 * time.Millisecond
+	}
+	if o.MaxRounds < 0 {
+		return res, phaseErr(PhaseCheck, fmt.Errorf("--max-rounds %d", o.MaxRounds))
+	}
+	enter := func(p Phase) {
+		if o.OnPhase != nil {
+			o.OnPhase(p)
+		}
+	}
+	enter(PhaseConnect)
+	host, port, err := splitHostPort(o.To)
+	if err != nil {
+		return res, phaseErr(PhaseConnect, err)
+	}
+	if o.ServerName == "" {
+		o.ServerName = host
+	}
+	pages, err := o.TLS.pageTransport(res.Transport, o.ServerName)
+	if err != nil {
+		return res, phaseErr(PhaseConnect, err)
+	}
+	pids, files, tasks, err := describeTree(o.Pid)
+	if err != nil {
+		return res, phaseErr(PhaseCheck, err)
+	}
+	res.Tasks = tasks
+	tc, err := o.TLS.clientConfig(o.ServerName)
+	if err != nil {
+		return res, phaseErr(PhaseConnect, err)
+	}
+	addr := net.JoinHostPort(host, strconv.Itoa(port))
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 5 * time.Second}, Config: tc}
+	d.NetDialer.KeepAliveConfig = keepAlive
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return res, phaseErr(PhaseConnect, fmt.Errorf("agent %s: %w", addr, err))
+	}
+	defer raw.Close()
+	if err := tuneConn(raw.(*tls.Conn).NetConn()); err != nil {
+		return res, phaseErr(PhaseConnect, err)
+	}
+	// The rounds stop as soon as the control link dies or ctx ends.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	defer stop()
+	s := &sender{ctl: newCtl(raw, cancel), ctx: ctx}
+	hostname, _ := os.Hostname()
+	cpu, err := hostCPU()
+	if err != nil {
+		return res, phaseErr(PhaseCheck, err)
+	}
+	res.Source = hostname
+	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Hello{Hello: &pb.Hello{Version: Version, Pid: int32(o.Pid), Pids: pids,
+		Files: files, Transport: res.Transport, Mode: string(res.Mode), Source: hostname, Cpuinfo: cpu, CpuCap: o.CPUCap}}}); err != nil {
+		return res, phaseErr(PhaseConnect, err)
+	}
+	enter(PhaseCheck)
+	m, err := s.recv(PhaseCheck, time.Minute)
+	if err != nil {
+		return res, err
+	}
+	if m.GetAccepted() == nil {
+		return res, phaseErr(PhaseCheck, fmt.Errorf("expected accepted, got %T", m.Msg))
+	}
+	res.ID = m.GetAccepted().Id
+	enter(PhasePrecopy)
+
+	work := o.WorkDir
+	if work == "" {
+		if work, err = os.MkdirTemp("", "godwit-migrate-"); err != nil {
+			return res, phaseErr(PhasePrecopy, err)
+		}
+		defer os.RemoveAll(work)
+	}
+	tracking := false
+	if o.MaxRounds > 0 {
+		g, err := startGuard(o.Pid)
+		if err != nil {
+			return res, phaseErr(PhasePrecopy, err)
+		}
+		defer g.done()
+	}
+	// Before the agent is ready, a failure leaves the source as it was.
+	abort := func(p Phase, err error) error {
+		_ = s.send(&pb.Envelope{Msg: &pb.Envelope_Abort{Abort: &pb.Abort{Reason: err.Error()}}})
+		if tracking {
+			dumper.EndTracking(o.Pid)
+		}
+		return phaseErr(p, err)
+	}
+
+	n := uint32(0)
+	var prevDur time.Duration
+	for {
+		if stop, overrun := decide(res.Rounds, o.DowntimeBudget, o.MaxRounds); stop {
+			res.Overrun = overrun
+			break
+		}
+		n++
+		port, err := s.startRound(n, false)
+		if err != nil {
+			return res, abort(PhasePrecopy, err)
+		}
+		po := dumper.PreDumpOptions{Pid: o.Pid, ImagesDir: filepath.Join(work, roundDir(n, false)),
+			PageServer: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}, HolderTimeout: 10 * time.Minute}
+		if n > 1 {
+			po.PrevImagesDir = "../" + roundDir(n-1, false)
+		}
+		if err := os.Mkdir(po.ImagesDir, 0o700); err != nil {
+			return res, abort(PhasePrecopy, err)
+		}
+		t0 := time.Now()
+		tracking = true
+		pr, err := dumper.PreDump(ctx, po)
+		if err != nil {
+			return res, abort(PhasePrecopy, fmt.Errorf("round %d: %w", n, err))
+		}
+		if err := s.endRound(n); err != nil {
+			return res, abort(PhasePrecopy, err)
+		}
+		dur := time.Since(t0)
+		r := Round{N: int(n - 1), Pages: pr.Mem.Written, Bytes: pr.Mem.Written * 4096, Duration: dur, Frozen: pr.Frozen}
+		if dur > 0 {
+			r.Bandwidth = float64(r.Bytes) / dur.Seconds()
+		}
+		if n > 1 && prevDur > 0 {
+			// What this round took was written while the last one ran.
+			r.DirtyRate = float64(r.Bytes) / prevDur.Seconds()
+		}
+		prevDur = dur
+		res.Rounds = append(res.Rounds, r)
+		if o.OnRound != nil {
+			o.OnRound(r)
+		}
+	}
+
+	// Freeze: the final dump sends the last delta; its post-dump hook,
+	// run while the tree is still frozen and resumable, hands the images
+	// over and waits until the agent has the tree rebuilt.
+	enter(PhaseFreeze)
+	n++
+	port, err = s.startRound(n, true)
+	if err != nil {
+		return res, abort(PhaseFreeze, err)
+	}
+	final := filepath.Join(work, "final")
+	if err := os.Mkdir(final, 0o700); err != nil {
+		return res, abort(PhaseFreeze, err)
+	}
+	do := dumper.Options{Pid: o.Pid, ImagesDir: final, FileLocks: o.FileLocks, CPUCap: o.CPUCap,
+		PageServer: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}}
+	if len(res.Rounds) > 0 {
+		do.PrevImagesDir, do.TrackMem = "../"+roundDir(n-1, false), true
+	}
+	var frozeAt, dumpedAt, imagesAt, readyAt time.Time
+	ready, goSent := false, false
+	hookPhase := PhaseFreeze
+	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
+		switch action {
+		case actions.PreDump:
+			frozeAt = time.Now()
+		case actions.PostDump:
+			if err := s.endRound(n); err != nil {
+				return err
+			}
+			dumpedAt = time.Now()
+			if err := s.sendImages(final); err != nil {
+				return err
+			}
+			imagesAt = time.Now()
+			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{}}}); err != nil {
+				return err
+			}
+			hookPhase = PhaseRestore
+			enter(PhaseRestore)
+			m, err := s.recv(PhaseRestore, roundWait)
+			if err != nil {
+				return err
+			}
+			if m.GetReady() == nil {
+				return fmt.Errorf("expected ready, got %T", m.Msg)
+			}
+			ready, readyAt = true, time.Now()
+			enter(PhaseSwitchover)
+			// Switch-over. SIGKILL to the frozen tasks: none of them runs
+			// another instruction of its own (a fatal signal is acted on
+			// before any return to user space), so the agent may resume
+			// now rather than after the kernel has torn the source down.
+			if err := killTree(o.Pid); err != nil {
+				return err
+			}
+			goSent = true
+			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Go{Go: &pb.Go{}}}); err != nil {
+				return fmt.Errorf("source killed, but the agent was not told to resume: %w", err)
+			}
+		}
+		return nil
+	}}
+	dr, err := dumper.DumpContext(ctx, do, scripts)
+	switch {
+	case err != nil && goSent:
+		// Past the switch-over: the source is killed and the agent told
+		// to resume, so the agent's copy is the one left.
+		res.Note = fmt.Sprintf("after switch-over: %v", err)
+	case err != nil && ready:
+		// Killing the source failed: the dump rolled back and the source
+		// runs on; the agent, told nothing, removes its copy.
+		return res, abort(PhaseSwitchover, err)
+	case err != nil:
+		// The dump rolled back: the source runs on.
+		return res, abort(hookPhase, err)
+	case !goSent:
+		return res, abort(PhaseSwitchover, errors.New("dump ended without handing over"))
+	}
+	if dr != nil && dr.Stats != nil && dr.Stats.FrozenTime != nil {
+		res.Rounds = append(res.Rounds, Round{N: int(n - 1), Pages: dr.Mem.Written, Bytes: dr.Mem.Written * 4096,
+			Frozen: time.Duration(dr.Stats.GetFrozenTime()) * time.Microsecond, Duration: dumpedAt.Sub(frozeAt)})
+	}
+	m, err = s.recv(PhaseSwitchover, time.Minute)
+	if err != nil {
+		return res, err
+	}
+	if m.GetResumed() == nil {
+		return res, phaseErr(PhaseSwitchover, fmt.Errorf("expected resumed, got %T", m.Msg))
+	}
+	// The agent resumed when its answer arrived, maybe while the source
+	// was still being torn down.
+	res.Downtime = s.at.Sub(frozeAt)
+	res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt), Images: imagesAt.Sub(dumpedAt),
+		Restore: readyAt.Sub(imagesAt), Resume: s.at.Sub(readyAt)}
+	return res, nil
+}
+
+type sender struct {
+	*ctl
+	ctx context.Context
+}
+
+// recv reads the agent's next message; a Failure becomes the agent's
+// error with its phase.
+func (s *sender) recv(p Phase, limit time.Duration) (*pb.Envelope, error) {
+	m, err := s.ctl.recv(limit)
+	if err != nil {
+		if s.ctx.Err() != nil {
+			err = s.ctx.Err()
+		}
+		return nil, phaseErr(p, fmt.Errorf("agent: %w", err))
+	}
+	if f := m.GetFailure(); f != nil {
+		return nil, phaseErr(Phase(f.Phase), fmt.Errorf("agent: %s", f.Message))
+	}
+	return m, nil
+}
+
+func (s *sender) startRound(n uint32, final bool) (int, error) {
+	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_RoundStart{RoundStart: &pb.RoundStart{N: n, Final: final}}}); err != nil {
+		return 0, err
+	}
+	m, err := s.recv(PhasePrecopy, time.Minute)
+	if err != nil {
+		return 0, err
+	}
+	if m.GetRoundReady() == nil || m.GetRoundReady().Port == 0 || m.GetRoundReady().Port > 65535 {
+		return 0, fmt.Errorf("expected a page server port, got %v", m)
+	}
+	return int(m.GetRoundReady().Port), nil
+}
+
+func (s *sender) endRound(n uint32) error {
+	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_RoundDone{RoundDone: &pb.RoundDone{N: n}}}); err != nil {
+		return err
+	}
+	m, err := s.recv(PhasePrecopy, roundWait)
+	if err != nil {
+		return err
+	}
+	if m.GetRoundAck() == nil || m.GetRoundAck().N != n {
+		return fmt.Errorf("expected ack of round %d, got %v", n, m)
+	}
+	return nil
+}
+
+// sendImages sends every regular file of the final dump directory (the
+// non-memory images; the pages went to the agent's page server).
+func (s *sender) sendImages(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, fileChunk)
+	for _, e := range ents {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		f, err := os.Open(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return err
+		}
+		for {
+			k, rerr := io.ReadFull(f, buf)
+			last := rerr == io.EOF || rerr == io.ErrUnexpectedEOF
+			if rerr != nil && !last {
+				f.Close()
+				return fmt.Errorf("image %s: %w", e.Name(), rerr)
+			}
+			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_File{File: &pb.File{Name: e.Name(), Data: buf[:k], Last: last}}}); err != nil {
+				f.Close()
+				return err
+			}
+			if last {
+				break
+			}
+		}
+		f.Close()
+	}
+	return nil
+}
+
+func splitHostPort(to string) (string, int, error) {
+	if to == "" {
+		return "", 0, errors.New("--to is required")
+	}
+	host, ps, err := net.SplitHostPort(to)
+	if err != nil {
+		if strings.Contains(err.Error(), "missing port") {
+			return to, DefaultPort, nil
+		}
+		return "", 0, fmt.Errorf("--to %q: %w", to, err)
+	}
+	p, err := strconv.Atoi(ps)
+	if err != nil || p <= 0 || p > 65535 {
+		return "", 0, fmt.Errorf("--to %q: bad port", to)
+	}
+	return host, p, nil
+}
+
+// describeTree lists every PID and TID of pid's tree and the absolute paths
+// its tasks have open or mapped, for the destination's checks, and how many
+// processes it has.
+func describeTree(pid int) ([]int32, []string, int, error) {
+	var pids []int32
+	seen := map[string]bool{}
+	var files []string
+	add := func(p string) {
+		if strings.HasPrefix(p, "/") && !strings.HasSuffix(p, " (deleted)") && !seen[p] {
+			seen[p] = true
+			files = append(files, p)
+		}
+	}
+	queue := []int{pid}
+	nproc := 0
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", p))
+		if err != nil {
+			return nil, nil, 0, fmt.Errorf("process %d: %w", p, err)
+		}
+		pids = append(pids, int32(p))
+		nproc++
+		for _, t := range tasks {
+			tid, err := strconv.Atoi(t.Name())
+			if err != nil {
+				continue
+			}
+			if tid != p {
+				pids = append(pids, int32(tid))
+			}
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", p, tid))
+			for _, c := range strings.Fields(string(b)) {
+				if k, err := strconv.Atoi(c); err == nil {
+					queue = append(queue, k)
+				}
+			}
+		}
+		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p))
+		for _, fd := range fds {
+			if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", p, fd.Name())); err == nil {
+				add(l)
+			}
+		}
+		maps, _ := os.ReadFile(fmt.Sprintf("/proc/%d/maps", p))
+		for _, line := range strings.Split(string(maps), "\n") {
+			if f := strings.Fields(line); len(f) >= 6 {
+				add(strings.Join(f[5:], " "))
+			}
+		}
+	}
+	return pids, files, nproc, nil
+}
+
+// killTree sends SIGKILL to every process of pid's (frozen) tree.
+func killTree(pid int) error {
+	var errs []error
+	queue := []int{pid}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", p))
+		for _, t := range tasks {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", p, t.Name()))
+			for _, c := range strings.Fields(string(b)) {
+				if k, err := strconv.Atoi(c); err == nil {
+					queue = append(queue, k)
+				}
+			}
+		}
+		if err := unix.Kill(p, unix.SIGKILL); err != nil && err != unix.ESRCH {
+			errs = append(errs, fmt.Errorf("kill %d: %w", p, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// hostCPU is this CPU as a serialized cpuinfo.img entry.
+func hostCPU() ([]byte, error) {
+	h, err := cpuinfo.Host()
+	if err != nil {
+		return nil, err
+	}
+	return proto.Marshal(h.Entry())
+}
