@@ -89,6 +89,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.Log == nil {
 		cfg.Log = logging.Default()
 	}
+	if err := removeStale(cfg.ImagesDir, cfg.Log); err != nil {
+		return nil, fmt.Errorf("agent: images dir: %w", err)
+	}
 	return &Agent{cfg: cfg, tls: tc, slot: make(chan struct{}, cfg.MaxConcurrent)}, nil
 }
 
@@ -598,4 +601,35 @@ func checkCPU(entry []byte, capArg string) error {
 		return fmt.Errorf("source CPU description: %w", err)
 	}
 	return cpuinfo.Compare(img, host, caps)
+}
+
+// removeStale removes the migration directories an earlier agent left in
+// dir when it died (SIGKILL, a crash, a host reboot): the images, full
+// program memory, of migrations that can no longer finish, since the
+// trees they restored die with the agent that filled them. Only names
+// the agent makes (16 hex digits) are touched; nothing is in flight yet.
+func removeStale(dir string, log *logging.Logger) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if !e.IsDir() || !isMigrationID(e.Name()) {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("remove stale migration %s: %w", e.Name(), err)
+		}
+		log.Warnf("agent: removed %s, left by an agent that died during a migration", e.Name())
+	}
+	return nil
+}
+
+// isMigrationID reports whether name is a migration directory's name.
+func isMigrationID(name string) bool {
+	if len(name) != 16 {
+		return false
+	}
+	_, err := hex.DecodeString(name)
+	return err == nil && strings.ToLower(name) == name
 }

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"godwit/internal/cpuinfo"
+	"godwit/internal/logging"
 	pb "godwit/migrate/internal/proto"
 )
 
@@ -90,5 +91,35 @@ func TestCheckCPU(t *testing.T) {
 	}
 	if err := checkCPU([]byte{0xff}, ""); err == nil {
 		t.Error("garbage CPU description accepted")
+	}
+}
+
+// An agent starting removes the migration directories an agent that died
+// left behind, and nothing else in its images dir.
+func TestAgentRemovesStale(t *testing.T) {
+	dir := t.TempDir()
+	stale := filepath.Join(dir, "0123456789abcdef")
+	keep := []string{"notes", "0123456789ABCDEF", "0123456789abcde"}
+	if err := os.MkdirAll(filepath.Join(stale, "r1"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(stale, "r1", "pages-1.img"), []byte("memory"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keep {
+		if err := os.Mkdir(filepath.Join(dir, k), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := removeStale(dir, logging.Default()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale migration directory still there: %v", err)
+	}
+	for _, k := range keep {
+		if _, err := os.Stat(filepath.Join(dir, k)); err != nil {
+			t.Errorf("%s removed: %v", k, err)
+		}
 	}
 }
