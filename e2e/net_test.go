@@ -1130,3 +1130,55 @@ func TestNetFailedDumpLeavesConnections(t *testing.T) {
 		t.Fatalf("the program failed after the dump failed:\n%s", r)
 	}
 }
+
+// A socket option the image cannot carry, set to other than its default,
+// fails the dump naming it, and the workload runs on.
+func TestNetUncarriedOptionRefused(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	const port = "7760"
+	w := startNet(t, n, "server", "127.0.0.1", port)
+	pidfd, err := unix.PidfdOpen(w.pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	// The listener is the socket bound to the port: set the option on
+	// it through a copy of its fd.
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", w.pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := false
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		s, err := unix.PidfdGetfd(pidfd, fd, 0)
+		if err != nil {
+			continue
+		}
+		if sa, err := unix.Getsockname(s); err == nil {
+			if a, ok := sa.(*unix.SockaddrInet4); ok && strconv.Itoa(a.Port) == port {
+				if err := unix.SetsockoptInt(s, unix.SOL_TCP, unix.TCP_DEFER_ACCEPT, 10); err != nil {
+					unix.Close(s)
+					t.Fatal(err)
+				}
+				set = true
+			}
+		}
+		unix.Close(s)
+	}
+	if !set {
+		t.Fatal("no listener on port " + port)
+	}
+	code, out := n.godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
+	// The kernel keeps the seconds as SYN-ACK retransmits: 10 reads back
+	// as 15.
+	if code == 0 || !regexp.MustCompile(`TCP socket 127\.0\.0\.1:`+port+`: TCP_DEFER_ACCEPT is \d+ \(default 0\): not supported yet`).MatchString(out) {
+		t.Fatalf("dump: exit %d: %q", code, out)
+	}
+	ticks := w.ticks()
+	waitFor(t, "the workload to run on", func() bool { return alive(w.pid) && tracerOf(w.pid) == 0 && w.ticks() > ticks })
+}
