@@ -1182,3 +1182,82 @@ func TestNetUncarriedOptionRefused(t *testing.T) {
 	ticks := w.ticks()
 	waitFor(t, "the workload to run on", func() bool { return alive(w.pid) && tracerOf(w.pid) == 0 && w.ticks() > ticks })
 }
+
+// A listener with connection requests still in SYN_RECV (their final
+// ACK dropped) fails the dump naming how many, TIME_WAIT sockets about
+// notwithstanding (both have no inode), also when the requests are IPv4
+// ones to a dual-stack IPv6 listener; --skip-in-flight dumps it.
+func TestNetHalfOpen(t *testing.T) {
+	needRoot(t)
+	for i, listen := range []string{"127.0.0.1", "::"} {
+		t.Run(listen, func(t *testing.T) {
+			n := newNetns(t)
+			port := 7770 + 2*i
+			w := startNet(t, n, "server", listen, strconv.Itoa(port))
+			// TIME_WAIT sockets, on a listener of the test's.
+			var tl net.Listener
+			var err error
+			n.do(func() { tl, err = net.Listen("tcp4", "127.0.0.1:"+strconv.Itoa(port+1)) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tl.Close()
+			const tw, half = 3, 3
+			for range tw {
+				var c net.Conn
+				n.do(func() { c, err = net.Dial("tcp4", tl.Addr().String()) })
+				if err != nil {
+					t.Fatal(err)
+				}
+				s, err := tl.Accept()
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.Close() // the test's end closes first: it waits in TIME_WAIT
+				c.Close()
+			}
+			count := func(fam uint8, state uint8) int {
+				var tab *sockdiag.InetTable
+				n.do(func() { tab, err = sockdiag.DumpInetTable(fam, unix.IPPROTO_TCP) })
+				if err != nil {
+					t.Fatal(err)
+				}
+				k := 0
+				for _, s := range tab.NoIno {
+					if s.State == state {
+						k++
+					}
+				}
+				return k
+			}
+			waitFor(t, "TIME_WAIT sockets", func() bool { return count(unix.AF_INET, 6) == tw })
+			// The clients' handshake ACKs go nowhere: the requests stay.
+			nft := func(args ...string) {
+				var out []byte
+				n.do(func() { out, err = exec.Command("nft", args...).CombinedOutput() })
+				if err != nil {
+					t.Fatalf("nft %v: %v\n%s", args, err, out)
+				}
+			}
+			nft("add", "table", "inet", "godwit_halfopen")
+			t.Cleanup(func() { n.do(func() { exec.Command("nft", "delete", "table", "inet", "godwit_halfopen").Run() }) })
+			nft("add", "chain", "inet", "godwit_halfopen", "out", "{ type filter hook output priority 0 ; }")
+			nft("add", "rule", "inet", "godwit_halfopen", "out", "tcp", "dport", strconv.Itoa(port), "tcp", "flags", "&", "(syn | ack)", "==", "ack", "drop")
+			for range half {
+				var c net.Conn
+				n.do(func() { c, err = net.Dial("tcp4", "127.0.0.1:"+strconv.Itoa(port)) })
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+			}
+			// (Those to the IPv6 listener are listed as IPv6, v4-mapped.)
+			waitFor(t, "SYN_RECV requests", func() bool { return count(unix.AF_INET, 3)+count(unix.AF_INET6, 3) == half })
+			code, out := n.godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
+			if code == 0 || !strings.Contains(out, fmt.Sprintf(": listening, with %d connections half-open", half)) {
+				t.Fatalf("dump: exit %d: %q", code, out)
+			}
+			dumpNet(t, n, w, "--skip-in-flight")
+		})
+	}
+}

@@ -53,23 +53,23 @@ func (inetKind) check(int, int, uint64) error    { return nil }
 // read once per family and protocol, and the sockets put in repair mode.
 type inetDump struct {
 	mu       sync.Mutex
-	diag     map[[2]uint32]map[uint32]*sockdiag.Inet
+	diag     map[[2]uint32]*sockdiag.InetTable
 	repaired []int
 }
 
 func (fl *Files) inetState() *inetDump {
 	if fl.inet == nil {
-		fl.inet = &inetDump{diag: map[[2]uint32]map[uint32]*sockdiag.Inet{}}
+		fl.inet = &inetDump{diag: map[[2]uint32]*sockdiag.InetTable{}}
 	}
 	return fl.inet
 }
 
-func (d *inetDump) table(family, proto uint32) (map[uint32]*sockdiag.Inet, error) {
+func (d *inetDump) table(family, proto uint32) (*sockdiag.InetTable, error) {
 	k := [2]uint32{family, proto}
 	if t, ok := d.diag[k]; ok {
 		return t, nil
 	}
-	t, err := sockdiag.DumpInet(uint8(family), proto)
+	t, err := sockdiag.DumpInetTable(uint8(family), proto)
 	if err != nil {
 		return nil, err
 	}
@@ -172,7 +172,7 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 		return err
 	}
 	ino := uint32(fd.Stat.Ino)
-	dg := tab[ino]
+	dg := tab.ByIno[ino]
 	if dg == nil {
 		// sock_diag lists the sockets of godwit's network namespace
 		// that have an address: this one is of another, or unbound.
@@ -228,7 +228,11 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 		if dg.Rqueue > 0 && !fl.SkipInFlight {
 			return fmt.Errorf("%s: listening, with %d connections waiting in its accept queue (the kernel cannot put them back; --skip-in-flight leaves them out, and their clients are reset)", what, dg.Rqueue)
 		}
-		if n := halfOpen(tab, dg); n > 0 && !fl.SkipInFlight {
+		n, err := halfOpen(id, st)
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		if n > 0 && !fl.SkipInFlight {
 			return fmt.Errorf("%s: listening, with %d connections half-open (SYN_RECV; --skip-in-flight leaves them out)", what, n)
 		}
 		return nil
@@ -329,15 +333,37 @@ func impliedShutdown(state uint8) uint32 {
 	return s
 }
 
-// halfOpen counts the connections in SYN_RECV on a listener's address.
-func halfOpen(tab map[uint32]*sockdiag.Inet, l *sockdiag.Inet) int {
-	n := 0
-	for _, s := range tab {
-		if s.State == tcprepair.StateSynRecv && s.Src.Port() == l.Src.Port() && (l.Src.Addr().IsUnspecified() || s.Src.Addr() == l.Src.Addr()) {
-			n++
+// halfOpen counts the connection requests (SYN_RECV) to listener l.
+// Requests have no inode, and an IPv4 request to a dual-stack IPv6
+// listener is listed among the AF_INET sockets: both families' TCP
+// tables are searched. (An MPTCP listener's requests are TCP ones.)
+func halfOpen(id *inetDump, l *model.InetSocketState) (int, error) {
+	fams := []uint32{unix.AF_INET}
+	if l.Family == unix.AF_INET6 {
+		fams = []uint32{unix.AF_INET6}
+		if !l.V6Only {
+			fams = append(fams, unix.AF_INET)
 		}
 	}
-	return n
+	la := l.Src.Addr().Unmap()
+	n := 0
+	for _, fam := range fams {
+		id.mu.Lock()
+		tab, err := id.table(fam, unix.IPPROTO_TCP)
+		id.mu.Unlock()
+		if err != nil {
+			return 0, err
+		}
+		for _, s := range tab.NoIno {
+			if s.State != tcprepair.StateSynRecv || s.Src.Port() != l.Src.Port() {
+				continue
+			}
+			if la.IsUnspecified() && (la.Is6() || s.Src.Addr().Unmap().Is4()) || s.Src.Addr().Unmap() == la {
+				n++
+			}
+		}
+	}
+	return n, nil
 }
 
 func collectUDP(s int, st *model.InetSocketState, what string) error {
