@@ -1261,3 +1261,62 @@ func TestNetHalfOpen(t *testing.T) {
 		})
 	}
 }
+
+// A restore that fails before its unlock point keeps the dump's network
+// lock (as CRIU does) and says how to remove it: the peer, pushing bytes
+// all along, sees its segments go unanswered, never a reset, and a retry
+// adopts the lock and restores a live connection.
+func TestNetFailedRestoreKeepsLock(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	var ln net.Listener
+	var err error
+	n.do(func() { ln, err = net.Listen("tcp4", "127.0.0.1:0") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	w := startNet(t, n, "client", "127.0.0.1", strconv.Itoa(port))
+	logOf = func([]*peer) string { return w.logTail() }
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPeer(c)
+	defer p.close()
+	runStreams(t, []*peer{p}, 1<<20)
+	table := "godwit-" + strconv.Itoa(w.pid)
+	locked := func() bool {
+		var err error
+		n.do(func() { err = exec.Command("nft", "list", "table", "inet", table).Run() })
+		return err == nil
+	}
+	t.Cleanup(func() { n.do(func() { exec.Command("nft", "delete", "table", "inet", table).Run() }) })
+	dir := dumpNet(t, n, w) // the peer writes on: only godwit's lock holds its segments
+	if !locked() {
+		t.Fatalf("no table inet %s after the dump", table)
+	}
+	// Without --tcp-established the restore refuses the connection.
+	code, out := n.godwit(t, "restore", "-D", dir, "-o", "restore-refused.log")
+	if code == 0 || !strings.Contains(out, "--tcp-established") {
+		t.Fatalf("restore without --tcp-established: exit %d: %q", code, out)
+	}
+	if !locked() {
+		t.Fatalf("the failed restore removed table inet %s", table)
+	}
+	if log := readFile(filepath.Join(dir, "restore-refused.log")); !strings.Contains(log, "nft delete table inet "+table) {
+		t.Fatalf("the failed restore's log does not say how to remove the lock:\n%s", log)
+	}
+	if pidExists(w.pid) {
+		t.Fatalf("pid %d left by the failed restore", w.pid)
+	}
+	sent := p.sent.Load()
+	waitFor(t, "the peer to push more bytes into the lock", func() bool { return p.sent.Load() > sent })
+	r := restoreNet(t, n, w, dir)
+	if locked() {
+		t.Fatalf("table inet %s still there after the restore", table)
+	}
+	runStreams(t, []*peer{p}, 2<<20)
+	checkDone(t, r.finish(t, w, []*peer{p}), []*peer{p}, 1)
+}
