@@ -1036,7 +1036,15 @@ func TestNetClosingStates(t *testing.T) {
 			waitFor(t, "the peer's bytes to be acknowledged", func() bool {
 				var unacked uint32 = 1
 				n.do(func() {
-					socks, _ := sockdiag.DumpInet(unix.AF_INET, unix.IPPROTO_TCP)
+					// The peer's end may be in TIME_WAIT by now: no inode.
+					tab, err := sockdiag.DumpInetTable(unix.AF_INET, unix.IPPROTO_TCP)
+					if err != nil {
+						return
+					}
+					socks := tab.NoIno
+					for _, s := range tab.ByIno {
+						socks = append(socks, *s)
+					}
 					for _, s := range socks {
 						if s.Src.Port() == uint16(port) && s.Dst.Port() == uint16(conn.RemoteAddr().(*net.TCPAddr).Port) {
 							unacked = s.Wqueue
