@@ -1036,7 +1036,15 @@ func TestNetClosingStates(t *testing.T) {
 			waitFor(t, "the peer's bytes to be acknowledged", func() bool {
 				var unacked uint32 = 1
 				n.do(func() {
-					socks, _ := sockdiag.DumpInet(unix.AF_INET, unix.IPPROTO_TCP)
+					// The peer's end may be in TIME_WAIT by now: no inode.
+					tab, err := sockdiag.DumpInetTable(unix.AF_INET, unix.IPPROTO_TCP)
+					if err != nil {
+						return
+					}
+					socks := tab.NoIno
+					for _, s := range tab.ByIno {
+						socks = append(socks, *s)
+					}
 					for _, s := range socks {
 						if s.Src.Port() == uint16(port) && s.Dst.Port() == uint16(conn.RemoteAddr().(*net.TCPAddr).Port) {
 							unacked = s.Wqueue
@@ -1129,4 +1137,194 @@ func TestNetFailedDumpLeavesConnections(t *testing.T) {
 	if r := w.logTail(); strings.Contains(r, "FAIL") {
 		t.Fatalf("the program failed after the dump failed:\n%s", r)
 	}
+}
+
+// A socket option the image cannot carry, set to other than its default,
+// fails the dump naming it, and the workload runs on.
+func TestNetUncarriedOptionRefused(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	const port = "7760"
+	w := startNet(t, n, "server", "127.0.0.1", port)
+	pidfd, err := unix.PidfdOpen(w.pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	// The listener is the socket bound to the port: set the option on
+	// it through a copy of its fd.
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", w.pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := false
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		s, err := unix.PidfdGetfd(pidfd, fd, 0)
+		if err != nil {
+			continue
+		}
+		if sa, err := unix.Getsockname(s); err == nil {
+			if a, ok := sa.(*unix.SockaddrInet4); ok && strconv.Itoa(a.Port) == port {
+				if err := unix.SetsockoptInt(s, unix.SOL_TCP, unix.TCP_DEFER_ACCEPT, 10); err != nil {
+					unix.Close(s)
+					t.Fatal(err)
+				}
+				set = true
+			}
+		}
+		unix.Close(s)
+	}
+	if !set {
+		t.Fatal("no listener on port " + port)
+	}
+	code, out := n.godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
+	// The kernel keeps the seconds as SYN-ACK retransmits: 10 reads back
+	// as 15.
+	if code == 0 || !regexp.MustCompile(`TCP socket 127\.0\.0\.1:`+port+`: TCP_DEFER_ACCEPT is \d+ \(default 0\): not supported yet`).MatchString(out) {
+		t.Fatalf("dump: exit %d: %q", code, out)
+	}
+	ticks := w.ticks()
+	waitFor(t, "the workload to run on", func() bool { return alive(w.pid) && tracerOf(w.pid) == 0 && w.ticks() > ticks })
+}
+
+// A listener with connection requests still in SYN_RECV (their final
+// ACK dropped) fails the dump naming how many, TIME_WAIT sockets about
+// notwithstanding (both have no inode), also when the requests are IPv4
+// ones to a dual-stack IPv6 listener; --skip-in-flight dumps it.
+func TestNetHalfOpen(t *testing.T) {
+	needRoot(t)
+	for i, listen := range []string{"127.0.0.1", "::"} {
+		t.Run(listen, func(t *testing.T) {
+			n := newNetns(t)
+			port := 7770 + 2*i
+			w := startNet(t, n, "server", listen, strconv.Itoa(port))
+			// TIME_WAIT sockets, on a listener of the test's.
+			var tl net.Listener
+			var err error
+			n.do(func() { tl, err = net.Listen("tcp4", "127.0.0.1:"+strconv.Itoa(port+1)) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tl.Close()
+			const tw, half = 3, 3
+			for range tw {
+				var c net.Conn
+				n.do(func() { c, err = net.Dial("tcp4", tl.Addr().String()) })
+				if err != nil {
+					t.Fatal(err)
+				}
+				s, err := tl.Accept()
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.Close() // the test's end closes first: it waits in TIME_WAIT
+				c.Close()
+			}
+			count := func(fam uint8, state uint8) int {
+				var tab *sockdiag.InetTable
+				n.do(func() { tab, err = sockdiag.DumpInetTable(fam, unix.IPPROTO_TCP) })
+				if err != nil {
+					t.Fatal(err)
+				}
+				k := 0
+				for _, s := range tab.NoIno {
+					if s.State == state {
+						k++
+					}
+				}
+				return k
+			}
+			waitFor(t, "TIME_WAIT sockets", func() bool { return count(unix.AF_INET, 6) == tw })
+			// The clients' handshake ACKs go nowhere: the requests stay.
+			nft := func(args ...string) {
+				var out []byte
+				n.do(func() { out, err = exec.Command("nft", args...).CombinedOutput() })
+				if err != nil {
+					t.Fatalf("nft %v: %v\n%s", args, err, out)
+				}
+			}
+			nft("add", "table", "inet", "godwit_halfopen")
+			t.Cleanup(func() { n.do(func() { exec.Command("nft", "delete", "table", "inet", "godwit_halfopen").Run() }) })
+			nft("add", "chain", "inet", "godwit_halfopen", "out", "{ type filter hook output priority 0 ; }")
+			nft("add", "rule", "inet", "godwit_halfopen", "out", "tcp", "dport", strconv.Itoa(port), "tcp", "flags", "&", "(syn | ack)", "==", "ack", "drop")
+			for range half {
+				var c net.Conn
+				n.do(func() { c, err = net.Dial("tcp4", "127.0.0.1:"+strconv.Itoa(port)) })
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+			}
+			// (Those to the IPv6 listener are listed as IPv6, v4-mapped.)
+			waitFor(t, "SYN_RECV requests", func() bool { return count(unix.AF_INET, 3)+count(unix.AF_INET6, 3) == half })
+			code, out := n.godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
+			if code == 0 || !strings.Contains(out, fmt.Sprintf(": listening, with %d connections half-open", half)) {
+				t.Fatalf("dump: exit %d: %q", code, out)
+			}
+			dumpNet(t, n, w, "--skip-in-flight")
+		})
+	}
+}
+
+// A restore that fails before its unlock point keeps the dump's network
+// lock (as CRIU does) and says how to remove it: the peer, pushing bytes
+// all along, sees its segments go unanswered, never a reset, and a retry
+// adopts the lock and restores a live connection.
+func TestNetFailedRestoreKeepsLock(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	var ln net.Listener
+	var err error
+	n.do(func() { ln, err = net.Listen("tcp4", "127.0.0.1:0") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	w := startNet(t, n, "client", "127.0.0.1", strconv.Itoa(port))
+	logOf = func([]*peer) string { return w.logTail() }
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPeer(c)
+	defer p.close()
+	runStreams(t, []*peer{p}, 1<<20)
+	table := "godwit-" + strconv.Itoa(w.pid)
+	locked := func() bool {
+		var err error
+		n.do(func() { err = exec.Command("nft", "list", "table", "inet", table).Run() })
+		return err == nil
+	}
+	t.Cleanup(func() { n.do(func() { exec.Command("nft", "delete", "table", "inet", table).Run() }) })
+	dir := dumpNet(t, n, w) // the peer writes on: only godwit's lock holds its segments
+	if !locked() {
+		t.Fatalf("no table inet %s after the dump", table)
+	}
+	// Without --tcp-established the restore refuses the connection.
+	code, out := n.godwit(t, "restore", "-D", dir, "-o", "restore-refused.log")
+	if code == 0 || !strings.Contains(out, "--tcp-established") {
+		t.Fatalf("restore without --tcp-established: exit %d: %q", code, out)
+	}
+	if !locked() {
+		t.Fatalf("the failed restore removed table inet %s", table)
+	}
+	if log := readFile(filepath.Join(dir, "restore-refused.log")); !strings.Contains(log, "nft delete table inet "+table) {
+		t.Fatalf("the failed restore's log does not say how to remove the lock:\n%s", log)
+	}
+	if pidExists(w.pid) {
+		t.Fatalf("pid %d left by the failed restore", w.pid)
+	}
+	sent := p.sent.Load()
+	waitFor(t, "the peer to push more bytes into the lock", func() bool { return p.sent.Load() > sent })
+	r := restoreNet(t, n, w, dir)
+	if locked() {
+		t.Fatalf("table inet %s still there after the restore", table)
+	}
+	runStreams(t, []*peer{p}, 2<<20)
+	checkDone(t, r.finish(t, w, []*peer{p}), []*peer{p}, 1)
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"godwit/internal/actions"
+	"godwit/internal/logging"
 	"godwit/internal/netlock"
 )
 
@@ -46,6 +47,22 @@ func unlockNetwork(l *netlock.Lock, pid int, scripts *actions.Scripts) error {
 		return fmt.Errorf("network unlock: %w", err)
 	}
 	return nil
+}
+
+// keepNetLock leaves the lock of a restore that failed before its
+// unlock point in place, as CRIU does: the peers keep retransmitting
+// instead of being reset, and the images still name the lock, so a
+// retry adopts it. It logs the lock and how to remove it by hand.
+func keepNetLock(l *netlock.Lock, log *logging.Logger, pid int) {
+	rec, ok := l.Keep()
+	if !ok {
+		return // there was none (removed by hand, or a skip lock without namespace)
+	}
+	if rec.Method == netlock.Skip {
+		log.Warnf("restore %d failed: the network stays locked by the network-lock scripts (network-unlock not run)", pid)
+		return
+	}
+	log.Warnf("restore %d failed: network lock %s (%s) kept for a retry; to drop the connections instead, remove it by hand: %s", pid, rec.Name, rec.Method, l.RemoveCommand())
 }
 
 func (r *Restorer) unlockNetwork() error {

@@ -125,8 +125,8 @@ func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
 	}
 	r, err := newRestorer(o, scripts)
 	if err != nil {
-		if uerr := unlockNetwork(nl, 0, scripts); uerr != nil {
-			err = errors.Join(err, uerr)
+		if nl != nil {
+			keepNetLock(nl, logging.Default(), 0)
 		}
 		return nil, err
 	}
@@ -412,13 +412,12 @@ func (r *Restorer) kill() {
 	}
 }
 
-// close releases the tracer and the images, and removes a network lock
-// the restore did not get to remove (it failed).
+// close releases the tracer and the images, and keeps a network lock
+// the restore did not get to remove (it failed) for a retry.
 func (r *Restorer) close() {
-	if r.netLock != nil {
-		if err := r.unlockNetwork(); err != nil {
-			r.log.Errorf("restore %d: %v", r.img.pid, err)
-		}
+	if l := r.netLock; l != nil {
+		r.netLock = nil
+		keepNetLock(l, r.log, r.img.pid)
 	}
 	if r.tr != nil {
 		r.tr.Close()

@@ -155,6 +155,7 @@ static int udp(const char *addr, int port)
 	setsockopt(e, IPPROTO_IP, IP_TOS, &tos, sizeof(tos));
 	setsockopt(e, SOL_SOCKET, SO_PRIORITY, &prio, sizeof(prio));
 	setsockopt(e, SOL_SOCKET, SO_BROADCAST, &one, sizeof(one));
+	setsockopt(e, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one));
 	if (bind(e, (void *)&a, sizeof(a)) || connect(c, (void *)&b, sizeof(b))) {
 		perror("udp");
 		return 2;
@@ -169,12 +170,12 @@ static int udp(const char *addr, int port)
 		if (finish) {
 			int ok = getint(e, SOL_SOCKET, SO_REUSEADDR) == 1 && getint(e, SOL_SOCKET, SO_RCVBUF) == 200000 &&
 				 getint(e, SOL_SOCKET, SO_PRIORITY) == 3 && getint(e, SOL_SOCKET, SO_BROADCAST) == 1 &&
-				 getint(e, IPPROTO_IP, IP_TOS) == 0x10;
+				 getint(e, IPPROTO_IP, IP_TOS) == 0x10 && getint(e, IPPROTO_IP, IP_PKTINFO) == 1;
 			if (!ok)
-				fprintf(logf, "FAIL: options reuse=%d rcvbuf=%d prio=%d bcast=%d tos=%d\n",
+				fprintf(logf, "FAIL: options reuse=%d rcvbuf=%d prio=%d bcast=%d tos=%d pktinfo=%d\n",
 					getint(e, SOL_SOCKET, SO_REUSEADDR), getint(e, SOL_SOCKET, SO_RCVBUF),
 					getint(e, SOL_SOCKET, SO_PRIORITY), getint(e, SOL_SOCKET, SO_BROADCAST),
-					getint(e, IPPROTO_IP, IP_TOS));
+					getint(e, IPPROTO_IP, IP_TOS), getint(e, IPPROTO_IP, IP_PKTINFO));
 			fprintf(logf, "done ticks=%d\n", tick - 1);
 			return ok ? 0 : 3;
 		}

@@ -53,23 +53,23 @@ func (inetKind) check(int, int, uint64) error    { return nil }
 // read once per family and protocol, and the sockets put in repair mode.
 type inetDump struct {
 	mu       sync.Mutex
-	diag     map[[2]uint32]map[uint32]*sockdiag.Inet
+	diag     map[[2]uint32]*sockdiag.InetTable
 	repaired []int
 }
 
 func (fl *Files) inetState() *inetDump {
 	if fl.inet == nil {
-		fl.inet = &inetDump{diag: map[[2]uint32]map[uint32]*sockdiag.Inet{}}
+		fl.inet = &inetDump{diag: map[[2]uint32]*sockdiag.InetTable{}}
 	}
 	return fl.inet
 }
 
-func (d *inetDump) table(family, proto uint32) (map[uint32]*sockdiag.Inet, error) {
+func (d *inetDump) table(family, proto uint32) (*sockdiag.InetTable, error) {
 	k := [2]uint32{family, proto}
 	if t, ok := d.diag[k]; ok {
 		return t, nil
 	}
-	t, err := sockdiag.DumpInet(uint8(family), proto)
+	t, err := sockdiag.DumpInetTable(uint8(family), proto)
 	if err != nil {
 		return nil, err
 	}
@@ -172,7 +172,7 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 		return err
 	}
 	ino := uint32(fd.Stat.Ino)
-	dg := tab[ino]
+	dg := tab.ByIno[ino]
 	if dg == nil {
 		// sock_diag lists the sockets of godwit's network namespace
 		// that have an address: this one is of another, or unbound.
@@ -228,7 +228,11 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 		if dg.Rqueue > 0 && !fl.SkipInFlight {
 			return fmt.Errorf("%s: listening, with %d connections waiting in its accept queue (the kernel cannot put them back; --skip-in-flight leaves them out, and their clients are reset)", what, dg.Rqueue)
 		}
-		if n := halfOpen(tab, dg); n > 0 && !fl.SkipInFlight {
+		n, err := halfOpen(id, st)
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		if n > 0 && !fl.SkipInFlight {
 			return fmt.Errorf("%s: listening, with %d connections half-open (SYN_RECV; --skip-in-flight leaves them out)", what, n)
 		}
 		return nil
@@ -329,15 +333,37 @@ func impliedShutdown(state uint8) uint32 {
 	return s
 }
 
-// halfOpen counts the connections in SYN_RECV on a listener's address.
-func halfOpen(tab map[uint32]*sockdiag.Inet, l *sockdiag.Inet) int {
-	n := 0
-	for _, s := range tab {
-		if s.State == tcprepair.StateSynRecv && s.Src.Port() == l.Src.Port() && (l.Src.Addr().IsUnspecified() || s.Src.Addr() == l.Src.Addr()) {
-			n++
+// halfOpen counts the connection requests (SYN_RECV) to listener l.
+// Requests have no inode, and an IPv4 request to a dual-stack IPv6
+// listener is listed among the AF_INET sockets: both families' TCP
+// tables are searched. (An MPTCP listener's requests are TCP ones.)
+func halfOpen(id *inetDump, l *model.InetSocketState) (int, error) {
+	fams := []uint32{unix.AF_INET}
+	if l.Family == unix.AF_INET6 {
+		fams = []uint32{unix.AF_INET6}
+		if !l.V6Only {
+			fams = append(fams, unix.AF_INET)
 		}
 	}
-	return n
+	la := l.Src.Addr().Unmap()
+	n := 0
+	for _, fam := range fams {
+		id.mu.Lock()
+		tab, err := id.table(fam, unix.IPPROTO_TCP)
+		id.mu.Unlock()
+		if err != nil {
+			return 0, err
+		}
+		for _, s := range tab.NoIno {
+			if s.State != tcprepair.StateSynRecv || s.Src.Port() != l.Src.Port() {
+				continue
+			}
+			if la.IsUnspecified() && (la.Is6() || s.Src.Addr().Unmap().Is4()) || s.Src.Addr().Unmap() == la {
+				n++
+			}
+		}
+	}
+	return n, nil
 }
 
 func collectUDP(s int, st *model.InetSocketState, what string) error {
@@ -421,6 +447,7 @@ func inetOpts(s int, st *model.InetSocketState) error {
 		if ttl := uint32(geti(unix.SOL_IP, unix.IP_TTL, "IP_TTL")); ttl != defaultTTL() {
 			o.TTL = ttl
 		}
+		o.Pktinfo = geti(unix.SOL_IP, unix.IP_PKTINFO, "IP_PKTINFO") != 0
 	} else {
 		o.Freebind = geti(unix.SOL_IPV6, unix.IPV6_FREEBIND, "IPV6_FREEBIND") != 0
 		st.V6Only = geti(unix.SOL_IPV6, unix.IPV6_V6ONLY, "IPV6_V6ONLY") != 0
@@ -430,8 +457,17 @@ func inetOpts(s int, st *model.InetSocketState) error {
 		if tc := geti(unix.SOL_IPV6, unix.IPV6_TCLASS, "IPV6_TCLASS"); tc != 0 {
 			return fmt.Errorf("IPV6_TCLASS is %d: not supported yet", tc)
 		}
+		o.Pktinfo = geti(unix.SOL_IPV6, unix.IPV6_RECVPKTINFO, "IPV6_RECVPKTINFO") != 0
+		// The image has one pktinfo field, the family's: a v6 socket
+		// asking for IPv4 packet info too cannot be carried.
+		if geti(unix.SOL_IP, unix.IP_PKTINFO, "IP_PKTINFO") != 0 {
+			return errors.New("IP_PKTINFO is set on an IPv6 socket: not supported yet")
+		}
 	}
 	if err != nil {
+		return err
+	}
+	if err := refuseOpts(s, st); err != nil {
 		return err
 	}
 	if dev, derr := unix.GetsockoptString(s, unix.SOL_SOCKET, unix.SO_BINDTODEVICE); derr == nil {
@@ -649,6 +685,113 @@ func listenersFirst(rs *restoreFDs, c *model.InetSocketState) error {
 	return nil
 }
 
+// uncarried are the integer options the image has no field for: a socket
+// where one differs from a fresh socket's value (the kernel's default in
+// this network namespace) is refused by name rather than restored
+// without it.
+var uncarried = map[uint32][]sockOpt{
+	unix.AF_INET: {
+		{unix.SOL_IP, unix.IP_RECVERR, 0, "IP_RECVERR"},
+		{unix.SOL_IP, unix.IP_MTU_DISCOVER, 0, "IP_MTU_DISCOVER"},
+	},
+	unix.AF_INET6: {
+		{unix.SOL_IPV6, unix.IPV6_RECVERR, 0, "IPV6_RECVERR"},
+		{unix.SOL_IPV6, unix.IPV6_MTU_DISCOVER, 0, "IPV6_MTU_DISCOVER"},
+	},
+}
+
+// mcastUncarried: as uncarried, the multicast options, of datagram
+// sockets only: TCP sends no multicast, and the kernel fills them in on
+// an accepted connection from its SYN (interface, TTL).
+var mcastUncarried = map[uint32][]sockOpt{
+	unix.AF_INET: {
+		{unix.SOL_IP, unix.IP_MULTICAST_IF, 0, "IP_MULTICAST_IF"},
+		{unix.SOL_IP, unix.IP_MULTICAST_TTL, 0, "IP_MULTICAST_TTL"},
+		{unix.SOL_IP, unix.IP_MULTICAST_LOOP, 0, "IP_MULTICAST_LOOP"},
+	},
+	unix.AF_INET6: {
+		{unix.SOL_IPV6, unix.IPV6_MULTICAST_IF, 0, "IPV6_MULTICAST_IF"},
+		{unix.SOL_IPV6, unix.IPV6_MULTICAST_HOPS, 0, "IPV6_MULTICAST_HOPS"},
+		{unix.SOL_IPV6, unix.IPV6_MULTICAST_LOOP, 0, "IPV6_MULTICAST_LOOP"},
+	},
+}
+
+// tcpUncarried: as uncarried, the TCP options.
+var tcpUncarried = []sockOpt{
+	{unix.SOL_TCP, unix.TCP_DEFER_ACCEPT, 0, "TCP_DEFER_ACCEPT"},
+	{unix.SOL_TCP, unix.TCP_NOTSENT_LOWAT, 0, "TCP_NOTSENT_LOWAT"},
+	{unix.SOL_TCP, unix.TCP_FASTOPEN, 0, "TCP_FASTOPEN"},
+}
+
+// refuseOpts refuses s when an option the image cannot carry differs
+// from its value on a fresh socket of the same family, type and
+// protocol: the defaults depend on sysctls (ip_no_pmtu_disc,
+// tcp_congestion_control), so they are measured, not assumed.
+func refuseOpts(s int, st *model.InetSocketState) error {
+	fresh, err := unix.Socket(int(st.Family), int(st.Type)|unix.SOCK_CLOEXEC, int(st.Proto))
+	if err != nil {
+		return fmt.Errorf("fresh socket to compare options with: %w", err)
+	}
+	defer unix.Close(fresh)
+	os := uncarried[st.Family]
+	if st.Type == unix.SOCK_STREAM {
+		os = append(os[:len(os):len(os)], tcpUncarried...)
+	} else {
+		os = append(os[:len(os):len(os)], mcastUncarried[st.Family]...)
+	}
+	for _, o := range os {
+		v, err := unix.GetsockoptInt(s, o.level, o.opt)
+		d, derr := unix.GetsockoptInt(fresh, o.level, o.opt)
+		if err != nil || derr != nil {
+			if unsupportedOpt(err) && unsupportedOpt(derr) {
+				continue // MPTCP has not this option
+			}
+			return fmt.Errorf("getsockopt %s: %w", o.name, errors.Join(err, derr))
+		}
+		if o.opt == unix.TCP_NOTSENT_LOWAT && o.level == unix.SOL_TCP {
+			// 0 stands for the sysctl; what counts is the limit in
+			// effect (a connection accepted by an MPTCP listener that
+			// fell back to TCP has UINT_MAX set by the kernel).
+			v, d = notsentLowat(v), notsentLowat(d)
+		}
+		if v != d {
+			return fmt.Errorf("%s is %d (default %d): not supported yet", o.name, v, d)
+		}
+	}
+	if st.Type != unix.SOCK_STREAM {
+		return nil
+	}
+	cc, err := unix.GetsockoptString(s, unix.SOL_TCP, unix.TCP_CONGESTION)
+	dc, derr := unix.GetsockoptString(fresh, unix.SOL_TCP, unix.TCP_CONGESTION)
+	switch {
+	case err != nil || derr != nil:
+		if unsupportedOpt(err) && unsupportedOpt(derr) {
+			return nil
+		}
+		return fmt.Errorf("getsockopt TCP_CONGESTION: %w", errors.Join(err, derr))
+	case cc != dc:
+		return fmt.Errorf("TCP_CONGESTION is %s (default %s): not supported yet", cc, dc)
+	}
+	return nil
+}
+
+// notsentLowat is the TCP_NOTSENT_LOWAT in effect for value v: 0 means
+// net.ipv4.tcp_notsent_lowat (include/net/tcp.h tcp_notsent_lowat()).
+func notsentLowat(v int) int {
+	if v != 0 {
+		return int(int32(v))
+	}
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_notsent_lowat")
+	if err != nil {
+		return v
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
+	if err != nil {
+		return v
+	}
+	return int(int32(uint32(n)))
+}
+
 // setInetOpts gives s the dumped options. A socket in repair mode binds
 // with the kernel's forced reuse, which SO_REUSEADDR would undo: it is
 // set after (after), once the connection is made.
@@ -684,12 +827,14 @@ func setInetOpts(s int, st *model.InetSocketState, after, repair bool) error {
 		{unix.SOL_SOCKET, unix.SO_OOBINLINE, b(o.OOBInline), "SO_OOBINLINE"},
 	}...)
 	if st.Family == unix.AF_INET {
-		os = append(os, opt{unix.SOL_IP, unix.IP_FREEBIND, b(o.Freebind), "IP_FREEBIND"})
+		os = append(os, opt{unix.SOL_IP, unix.IP_FREEBIND, b(o.Freebind), "IP_FREEBIND"},
+			opt{unix.SOL_IP, unix.IP_PKTINFO, b(o.Pktinfo), "IP_PKTINFO"})
 		if o.TTL != 0 {
 			os = append(os, opt{unix.SOL_IP, unix.IP_TTL, int(o.TTL), "IP_TTL"})
 		}
 	} else {
-		os = append(os, opt{unix.SOL_IPV6, unix.IPV6_FREEBIND, b(o.Freebind), "IPV6_FREEBIND"}, opt{unix.SOL_IPV6, unix.IPV6_V6ONLY, b(st.V6Only), "IPV6_V6ONLY"})
+		os = append(os, opt{unix.SOL_IPV6, unix.IPV6_FREEBIND, b(o.Freebind), "IPV6_FREEBIND"}, opt{unix.SOL_IPV6, unix.IPV6_V6ONLY, b(st.V6Only), "IPV6_V6ONLY"},
+			opt{unix.SOL_IPV6, unix.IPV6_RECVPKTINFO, b(o.Pktinfo), "IPV6_RECVPKTINFO"})
 	}
 	if st.Type == unix.SOCK_STREAM {
 		os = append(os, opt{unix.SOL_TCP, unix.TCP_NODELAY, b(o.NoDelay), "TCP_NODELAY"},

@@ -490,7 +490,10 @@ type InetOpts struct {
 	LingerOn                                              bool
 	Linger                                                uint32
 	Freebind                                              bool
-	TOS, TTL                                              uint32 // TTL 0: the default
+	// Pktinfo: IP_PKTINFO (AF_INET) or IPV6_RECVPKTINFO (AF_INET6),
+	// one image field as in CRIU's ip_opts_entry.
+	Pktinfo  bool
+	TOS, TTL uint32 // TTL 0: the default
 	// TCP only.
 	NoDelay, Cork                bool
 	KeepIdle, KeepIntvl, KeepCnt uint32

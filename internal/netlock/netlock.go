@@ -376,6 +376,10 @@ func (l *Lock) Keep() (r Record, ok bool) {
 	return r, ok
 }
 
+// RemoveCommand is the shell command that removes the lock's rules by
+// hand ("true" for a skip lock: godwit made none).
+func (l *Lock) RemoveCommand() string { return l.cleanupScript() }
+
 // Record is what Keep would return now.
 func (l *Lock) Record() (Record, bool) {
 	if l == nil {

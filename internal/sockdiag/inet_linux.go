@@ -27,11 +27,30 @@ type Inet struct {
 	Shutdown       uint8 // sk_shutdown: 1 receive, 2 send
 }
 
-// DumpInet returns every socket of family (AF_INET, AF_INET6) and
+// DumpInet returns the sockets of family (AF_INET, AF_INET6) and
 // protocol (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, IPPROTO_MPTCP) in
-// godwit's network namespace, by inode: one request answers for all the
-// sockets of a dump.
+// godwit's network namespace that have an inode, by inode.
 func DumpInet(family uint8, proto uint32) (map[uint32]*Inet, error) {
+	t, err := DumpInetTable(family, proto)
+	if err != nil {
+		return nil, err
+	}
+	return t.ByIno, nil
+}
+
+// InetTable is one sock_diag dump.
+type InetTable struct {
+	ByIno map[uint32]*Inet
+	// NoIno are the entries without a socket file, inode 0: connection
+	// requests (SYN_RECV) and TIME_WAIT sockets. Keyed by inode they
+	// would overwrite each other.
+	NoIno []Inet
+}
+
+// DumpInetTable returns every socket of family and protocol (see
+// DumpInet) in godwit's network namespace: one request answers for all
+// the sockets of a dump.
+func DumpInetTable(family uint8, proto uint32) (*InetTable, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
 		return nil, fmt.Errorf("socket(NETLINK_SOCK_DIAG): %w", err)
@@ -65,7 +84,7 @@ func DumpInet(family uint8, proto uint32) (map[uint32]*Inet, error) {
 	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return nil, fmt.Errorf("send sock_diag request: %w", err)
 	}
-	out := map[uint32]*Inet{}
+	out := &InetTable{ByIno: map[uint32]*Inet{}}
 	buf := make([]byte, 256<<10)
 	for {
 		n, _, err := unix.Recvfrom(fd, buf, 0)
@@ -80,7 +99,11 @@ func DumpInet(family uint8, proto uint32) (map[uint32]*Inet, error) {
 			return nil, fmt.Errorf("sock_diag family %d protocol %d: %w", family, proto, err)
 		}
 		for i := range socks {
-			out[socks[i].Ino] = &socks[i]
+			if socks[i].Ino == 0 {
+				out.NoIno = append(out.NoIno, socks[i])
+				continue
+			}
+			out.ByIno[socks[i].Ino] = &socks[i]
 		}
 		if done {
 			return out, nil

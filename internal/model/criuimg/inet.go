@@ -79,7 +79,7 @@ func inetEntry(f *model.File, id *uint32) *sk_inet.InetSkEntry {
 			Reuseaddr: proto.Bool(io.ReuseAddr), SoReuseport: proto.Bool(io.ReusePort),
 			SoBroadcast: proto.Bool(io.Broadcast), SoKeepalive: proto.Bool(io.KeepAlive),
 		},
-		IpOpts:   &sk_inet.IpOptsEntry{Freebind: proto.Bool(io.Freebind), Tos: proto.Uint32(io.TOS)},
+		IpOpts:   &sk_inet.IpOptsEntry{Freebind: proto.Bool(io.Freebind), Pktinfo: proto.Bool(io.Pktinfo), Tos: proto.Uint32(io.TOS)},
 		Shutdown: sk_opts.SkShutdown(s.Shutdown & 3).Enum(),
 	}
 	if io.OOBInline {
@@ -151,7 +151,7 @@ func readInet(id uint32, p *sk_inet.InetSkEntry) (*model.File, error) {
 			ReuseAddr: o.GetReuseaddr(), ReusePort: o.GetSoReuseport(), KeepAlive: o.GetSoKeepalive(),
 			Broadcast: o.GetSoBroadcast(), OOBInline: o.GetSoOobinline() != 0,
 			LingerOn: o.SoLinger != nil, Linger: o.GetSoLinger(),
-			Freebind: p.GetIpOpts().GetFreebind(), TOS: p.GetIpOpts().GetTos(), TTL: p.GetIpOpts().GetTtl(),
+			Freebind: p.GetIpOpts().GetFreebind(), Pktinfo: p.GetIpOpts().GetPktinfo(), TOS: p.GetIpOpts().GetTos(), TTL: p.GetIpOpts().GetTtl(),
 		},
 	}
 	if t := p.GetTcpOpts(); t != nil {

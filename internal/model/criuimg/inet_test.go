@@ -23,7 +23,7 @@ func inetTree(t testing.TB) *model.Tree {
 			Ino: 1000, Family: unix.AF_INET, Type: unix.SOCK_STREAM, Proto: unix.IPPROTO_MPTCP, State: 10,
 			Src: ap("127.0.0.1:80"), Dst: ap("0.0.0.0:0"), Backlog: 7, BindDev: "lo",
 			Opts: model.SocketOpts{SndBuf: 1000, RcvBuf: 2000, Priority: 3, Mark: 9},
-			Inet: model.InetOpts{ReuseAddr: true, ReusePort: true, KeepAlive: true, LingerOn: true, Linger: 5, Freebind: true, TOS: 16, TTL: 9,
+			Inet: model.InetOpts{ReuseAddr: true, ReusePort: true, KeepAlive: true, LingerOn: true, Linger: 5, Freebind: true, Pktinfo: true, TOS: 16, TTL: 9,
 				NoDelay: true, KeepIdle: 60, KeepIntvl: 10, KeepCnt: 5}}},
 		{ID: 41, Kind: model.InetSocket, Flags: unix.O_RDWR, MntID: -1, Inet: &model.InetSocketState{
 			Ino: 1001, Family: unix.AF_INET6, Type: unix.SOCK_STREAM, Proto: unix.IPPROTO_TCP, State: 8, Shutdown: 1,
