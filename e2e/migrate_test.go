@@ -264,6 +264,12 @@ func TestMigratePrecopyC(t *testing.T) {
 	if res.PID != w.hostPID || res.Downtime <= 0 || len(res.Rounds) < 2 || res.Rounds[0].Pages < 64*256 {
 		t.Errorf("result %+v", res)
 	}
+	// Restored lazily from the agent's images: every page of the 64 MiB
+	// came in after the resume, and the agent said so before send ended.
+	if pc := res.Postcopy; pc == nil || pc.Pages < 64*256 {
+		t.Errorf("postcopy %+v: want every page filled after the resume", pc)
+	}
+	// The agent gone, the moved program needs nothing from it.
 	killAndForget(m.agentP)
 	_ = m.agent.Wait()
 	finishMoved(t, w, rp)

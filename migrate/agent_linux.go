@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +26,7 @@ import (
 	"godwit/internal/actions"
 	"godwit/internal/cpuinfo"
 	"godwit/internal/logging"
+	"godwit/lazypages"
 	pb "godwit/migrate/internal/proto"
 	"godwit/pageserver"
 	"godwit/restorer"
@@ -164,6 +166,9 @@ type inbound struct {
 	bytes  int64
 	// restored, once Ready was sent, is the stopped tree.
 	files map[string]*os.File
+	// agentCtx is the agent's own context: what runs on the destination
+	// after the resume does not end with the source's link.
+	agentCtx context.Context
 	// frozeAt is when the final round started: the source freezes the
 	// tree right after asking for it.
 	frozeAt time.Time
@@ -249,9 +254,10 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 	_ = raw.SetDeadline(time.Time{})
 	// The migration's work (page servers, restore) stops when the
 	// source's link dies.
+	actx := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	in := &inbound{a: a, ctl: newCtl(c, cancel), files: map[string]*os.File{}}
+	in := &inbound{a: a, ctl: newCtl(c, cancel), files: map[string]*os.File{}, agentCtx: actx}
 	in.res.Started = time.Now()
 	in.res.Source = raw.RemoteAddr().String()
 	err := in.run(ctx)
@@ -349,7 +355,7 @@ func (in *inbound) run(ctx context.Context) error {
 				return phaseErr(PhaseFreeze, err)
 			}
 		case m.GetRestore() != nil:
-			return in.restore(ctx)
+			return in.restore(ctx, m.GetRestore().FullFill)
 		default:
 			return phaseErr(phase, fmt.Errorf("unexpected %T", m.Msg))
 		}
@@ -507,7 +513,14 @@ func (in *inbound) writeFile(f *pb.File) error {
 // restore rebuilds the tree from the chain of rounds, stopped; says Ready;
 // resumes it only on Go (the source tree is gone by then). Anything else,
 // or silence, kills what it made.
-func (in *inbound) restore(ctx context.Context) error {
+//
+// Unless fullFill, the lazy VMAs are restored empty and registered with a
+// userfaultfd; a lazy-pages daemon in this agent serves their faults and
+// pushes the rest from the same local images, so the downtime does not
+// grow with the memory size. The migration ends (PagesIn, images removed)
+// only when every page is in. That fill depends on this host alone: it
+// runs on under the agent's context, not the source link's.
+func (in *inbound) restore(ctx context.Context, fullFill bool) error {
 	if in.ps != nil {
 		return phaseErr(PhaseFreeze, fmt.Errorf("restore before round %d ended", in.ps.n))
 	}
@@ -536,10 +549,23 @@ func (in *inbound) restore(ctx context.Context) error {
 	// Detach: the agent is not the program's parent on the source, so a
 	// parent-death signal the program set must not tie it to the agent's
 	// life (as `restore -d`). The agent still reaps the root.
-	r, err := restorer.RestoreContext(ctx, restorer.Options{ImagesDir: filepath.Join(in.dir, "final"), Detach: true}, scripts)
+	ro := restorer.Options{ImagesDir: filepath.Join(in.dir, "final"), Detach: true}
+	var lazy *localFill
+	if !fullFill {
+		var err error
+		if lazy, err = in.startFill(ro.ImagesDir); err != nil {
+			return phaseErr(PhaseRestore, err)
+		}
+		ro.LazyPages, ro.WorkDir = true, in.dir
+	}
+	r, err := restorer.RestoreContext(ctx, ro, scripts)
 	if err != nil {
+		if lazy != nil {
+			lazy.stop()
+		}
 		return phaseErr(PhaseRestore, err)
 	}
+	resumedAt := time.Now()
 	if !in.frozeAt.IsZero() {
 		in.res.Downtime = time.Since(in.frozeAt)
 	}
@@ -550,7 +576,86 @@ func (in *inbound) restore(ctx context.Context) error {
 		// Resumed: the copy here is the live one from now on.
 		in.a.cfg.Log.Warnf("agent: migration %s: tell the source: %v", in.res.ID, err)
 	}
+	if lazy == nil {
+		return nil
+	}
+	st, err := lazy.wait()
+	pc := postcopyOf(st, resumedAt)
+	in.res.Postcopy = pc
+	if err != nil {
+		// The daemon killed the tree it could not fill: no task runs
+		// on with a page it did not have.
+		return phaseErr(PhasePostcopy, err)
+	}
+	if err := in.send(&pb.Envelope{Msg: &pb.Envelope_PagesIn{PagesIn: &pb.PagesIn{Pages: pc.Pages, Faults: pc.Faults,
+		FaultP50Ns: int64(pc.FaultP50), FaultP99Ns: int64(pc.FaultP99), DurationNs: int64(pc.Duration)}}}); err != nil {
+		in.a.cfg.Log.Warnf("agent: migration %s: tell the source every page is in: %v", in.res.ID, err)
+	}
 	return nil
+}
+
+// localFill is the lazy-pages daemon filling a restored tree from the
+// migration's own images.
+type localFill struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	st     lazypages.Stats
+	err    error
+}
+
+// startFill starts the daemon on the final images (and, through their
+// parent links, the rounds before) with its socket in the migration's
+// directory, and returns once it listens.
+func (in *inbound) startFill(images string) (*localFill, error) {
+	ctx, cancel := context.WithCancel(in.agentCtx)
+	f := &localFill{cancel: cancel, done: make(chan struct{})}
+	ready := make(chan struct{})
+	go func() {
+		defer close(f.done)
+		f.st, f.err = lazypages.Run(ctx, lazypages.Options{ImagesDir: images, WorkDir: in.dir, Log: in.a.cfg.Log,
+			Ready: func() { close(ready) }})
+	}()
+	select {
+	case <-ready:
+		return f, nil
+	case <-f.done:
+		cancel()
+		if f.err == nil {
+			f.err = errors.New("ended before listening")
+		}
+		return nil, fmt.Errorf("lazy-pages: %w", f.err)
+	}
+}
+
+func (f *localFill) wait() (lazypages.Stats, error) {
+	<-f.done
+	f.cancel()
+	return f.st, f.err
+}
+
+// stop ends the daemon after a failed restore (which killed its tree).
+func (f *localFill) stop() {
+	f.cancel()
+	<-f.done
+}
+
+// postcopyOf summarises a fill that began at resumed.
+func postcopyOf(st lazypages.Stats, resumed time.Time) *Postcopy {
+	pc := &Postcopy{Pages: st.FaultPages + st.PushPages + st.ZeroPages, Faults: st.Faults}
+	if !st.AllPagesIn.IsZero() {
+		pc.Duration = st.AllPagesIn.Sub(resumed)
+		if pc.Duration < 0 {
+			// Every page was in before the resume (pushed while the
+			// tree was still stopped).
+			pc.Duration = 0
+		}
+	}
+	if n := len(st.FaultTimes); n > 0 {
+		ts := slices.Clone(st.FaultTimes)
+		slices.Sort(ts)
+		pc.FaultP50, pc.FaultP99 = ts[n/2], ts[min(n-1, n*99/100)]
+	}
+	return pc
 }
 
 func (in *inbound) cleanup() {

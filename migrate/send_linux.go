@@ -43,6 +43,10 @@ type SendOptions struct {
 	WorkDir   string
 	FileLocks bool
 	CPUCap    string
+	// FullFill has the agent fill every page before the resume (the
+	// downtime grows with the memory) instead of restoring lazily from
+	// its own images and filling after the resume.
+	FullFill bool
 	// OnRound, if set, sees every pre-copy round as it ends (progress).
 	OnRound func(Round)
 	// OnPhase, if set, is told each phase as the migration enters it.
@@ -248,7 +252,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 				return err
 			}
 			imagesAt = time.Now()
-			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{}}}); err != nil {
+			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{FullFill: o.FullFill}}}); err != nil {
 				return err
 			}
 			hookPhase = PhaseRestore
@@ -308,6 +312,22 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	res.Downtime = s.at.Sub(frozeAt)
 	res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt), Images: imagesAt.Sub(dumpedAt),
 		Restore: readyAt.Sub(imagesAt), Resume: s.at.Sub(readyAt)}
+	if o.FullFill {
+		return res, nil
+	}
+	// The copy runs; the migration is complete when the agent has every
+	// page in. A failure now has killed the destination's copy too.
+	enter(PhasePostcopy)
+	m, err = s.recv(PhasePostcopy, roundWait)
+	if err != nil {
+		return res, err
+	}
+	pi := m.GetPagesIn()
+	if pi == nil {
+		return res, phaseErr(PhasePostcopy, fmt.Errorf("expected pages-in, got %T", m.Msg))
+	}
+	res.Postcopy = &Postcopy{Pages: pi.Pages, Faults: pi.Faults, FaultP50: time.Duration(pi.FaultP50Ns),
+		FaultP99: time.Duration(pi.FaultP99Ns), Duration: time.Duration(pi.DurationNs)}
 	return res, nil
 }
 

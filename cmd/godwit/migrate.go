@@ -77,6 +77,7 @@ copy resumed. Before that point any failure leaves the source running as it was.
 	f.StringVar(&o.CPUCap, "cpu-cap", "", "CPU capabilities the destination must match (as dump's --cpu-cap)")
 	f.BoolVarP(&a.o.FileLocks, "file-locks", "l", false, "move the file locks the tree holds")
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
+	f.BoolVar(&o.FullFill, "no-lazy-restore", false, "have the agent fill every page before the resume (by default it resumes at once and fills from its own images)")
 	c.AddCommand(send)
 	return c
 }
