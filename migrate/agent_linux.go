@@ -166,9 +166,11 @@ type inbound struct {
 	bytes  int64
 	// restored, once Ready was sent, is the stopped tree.
 	files map[string]*os.File
-	// agentCtx is the agent's own context: what runs on the destination
-	// after the resume does not end with the source's link.
-	agentCtx context.Context
+	// fillCtx is for what runs on the destination after the resume: it
+	// ends neither with the source's link nor with the agent asked to
+	// stop (which waits for it), only with the agent's death, when the
+	// lazy-pages guard kills a tree not yet filled.
+	fillCtx context.Context
 	// frozeAt is when the final round started: the source freezes the
 	// tree right after asking for it.
 	frozeAt time.Time
@@ -254,10 +256,10 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 	_ = raw.SetDeadline(time.Time{})
 	// The migration's work (page servers, restore) stops when the
 	// source's link dies.
-	actx := ctx
+	fctx := context.WithoutCancel(ctx)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	in := &inbound{a: a, ctl: newCtl(c, cancel), files: map[string]*os.File{}, agentCtx: actx}
+	in := &inbound{a: a, ctl: newCtl(c, cancel), files: map[string]*os.File{}, fillCtx: fctx}
 	in.res.Started = time.Now()
 	in.res.Source = raw.RemoteAddr().String()
 	err := in.run(ctx)
@@ -519,7 +521,7 @@ func (in *inbound) writeFile(f *pb.File) error {
 // pushes the rest from the same local images, so the downtime does not
 // grow with the memory size. The migration ends (PagesIn, images removed)
 // only when every page is in. That fill depends on this host alone: it
-// runs on under the agent's context, not the source link's.
+// runs on if the source's link dies.
 func (in *inbound) restore(ctx context.Context, fullFill bool) error {
 	if in.ps != nil {
 		return phaseErr(PhaseFreeze, fmt.Errorf("restore before round %d ended", in.ps.n))
@@ -607,7 +609,7 @@ type localFill struct {
 // parent links, the rounds before) with its socket in the migration's
 // directory, and returns once it listens.
 func (in *inbound) startFill(images string) (*localFill, error) {
-	ctx, cancel := context.WithCancel(in.agentCtx)
+	ctx, cancel := context.WithCancel(in.fillCtx)
 	f := &localFill{cancel: cancel, done: make(chan struct{})}
 	ready := make(chan struct{})
 	go func() {
