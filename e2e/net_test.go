@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -80,6 +79,47 @@ func (n *netns) godwit(t *testing.T, args ...string) (code int, out string) {
 	t.Helper()
 	n.do(func() { code, out = godwit(t, args...) })
 	return
+}
+
+// lockPorts drops, in the namespace, the TCP segments to ports (the
+// dumped program's ends): a network lock of the test's own while the
+// connections are dumped and not yet restored, so that no segment a
+// peer sends then is answered with a reset. unlock removes it and says
+// how many it dropped.
+func lockPorts(t *testing.T, n *netns, ports ...int) (unlock func() int) {
+	t.Helper()
+	var ps []string
+	for _, p := range ports {
+		ps = append(ps, strconv.Itoa(p))
+	}
+	nft := func(args ...string) string {
+		var out []byte
+		var err error
+		n.do(func() { out, err = exec.Command("nft", args...).CombinedOutput() })
+		if err != nil {
+			t.Fatalf("nft %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	nft("add", "table", "inet", "godwit_test")
+	nft("add", "chain", "inet", "godwit_test", "in", "{ type filter hook input priority -300 ; }")
+	nft("add", "rule", "inet", "godwit_test", "in", "tcp", "dport", "{ "+strings.Join(ps, ", ")+" }", "counter", "drop")
+	done := false
+	unlock = func() int {
+		if done {
+			return 0
+		}
+		done = true
+		m := regexp.MustCompile(`packets (\d+)`).FindStringSubmatch(nft("list", "table", "inet", "godwit_test"))
+		nft("delete", "table", "inet", "godwit_test")
+		if m == nil {
+			return -1
+		}
+		v, _ := strconv.Atoi(m[1])
+		return v
+	}
+	t.Cleanup(func() { unlock() })
+	return unlock
 }
 
 // netProc is a workload (netconn) running in the namespace.
@@ -182,9 +222,6 @@ type peer struct {
 }
 
 func newPeer(c net.Conn) *peer {
-	// A small receive buffer: when the peer stops reading, the
-	// workload's send queue fills at once.
-	c.(*net.TCPConn).SetReadBuffer(64 << 10)
 	p := &peer{c: c, wx: 2, rx: 1, stop: make(chan struct{})}
 	p.reading.Store(true)
 	p.writing.Store(true)
@@ -307,7 +344,8 @@ func quiesce(t *testing.T, n *netns, w *netProc, peers []*peer, fill int) {
 	for _, p := range peers {
 		p.reading.Store(false)
 	}
-	// Until the workload's end of each connection holds bytes to send.
+	// Until the workload's end of each connection holds bytes its peer
+	// has no room for.
 	waitFor(t, "the workload's send queues to fill", func() bool {
 		full := true
 		n.do(func() {
@@ -317,14 +355,16 @@ func quiesce(t *testing.T, n *netns, w *netProc, peers []*peer, fill int) {
 				if err != nil {
 					t.Error(err)
 				}
-				maps.Copy(socks, s)
+				for k, v := range s {
+					socks[k] = v
+				}
 			}
 			for _, p := range peers {
 				peerAddr := p.c.LocalAddr().(*net.TCPAddr).AddrPort()
 				found := false
 				for _, s := range socks {
 					if s.Dst.Port() == peerAddr.Port() && s.Dst.Addr().Unmap() == peerAddr.Addr().Unmap() && s.Ino != 0 {
-						found = s.Wqueue > 64<<10
+						found = s.Wqueue >= 64<<10
 					}
 				}
 				full = full && found
@@ -557,12 +597,14 @@ func TestNetEstablishedClient(t *testing.T) {
 	defer p.close()
 	runStreams(t, []*peer{p}, 1<<20)
 	quiesce(t, n, w, []*peer{p}, 32<<10)
+	unlock := lockPorts(t, n, c.RemoteAddr().(*net.TCPAddr).Port)
 	dir := dumpNet(t, n, w)
 	in, out := streams(t, dir)
 	if len(in) != 1 || in[0] < 32<<10 || out[0] == 0 {
 		t.Fatalf("dumped queues: receive %v, send %v: want the fill in one and bytes in the other", in, out)
 	}
 	r := restoreNet(t, n, w, dir)
+	t.Logf("dropped %d segments; dumped queues: receive %d, send %d bytes", unlock(), in[0], out[0])
 	w.toggleHold(t, 0)
 	runStreams(t, []*peer{p}, 2<<20)
 	checkDone(t, r.finish(t, w, []*peer{p}), []*peer{p}, 1)
@@ -592,11 +634,13 @@ func TestNetServer(t *testing.T) {
 	peers = append(peers, dial(), dial())
 	runStreams(t, peers, 1<<20)
 	quiesce(t, n, w, peers, 16<<10)
+	unlock := lockPorts(t, n, 7707)
 	dir := dumpNet(t, n, w)
 	if in, _ := streams(t, dir); len(in) != 2 {
 		t.Fatalf("%d connections dumped, want 2", len(in))
 	}
 	r := restoreNet(t, n, w, dir)
+	t.Logf("dropped %d segments", unlock())
 	var ls *sockdiag.Inet
 	n.do(func() {
 		socks, err := sockdiag.DumpInet(unix.AF_INET6, unix.IPPROTO_TCP)
@@ -725,8 +769,10 @@ func TestNetHTTPServerMPTCP(t *testing.T) {
 	for i := 1; i <= 5; i++ {
 		get(i)
 	}
+	unlock := lockPorts(t, n, 7780)
 	dir := dumpNet(t, n, p)
 	r := restoreNet(t, n, p, dir)
+	t.Logf("dropped %d segments", unlock())
 	if listener() == nil {
 		t.Fatal("the restored listener is not MPTCP")
 	}
@@ -985,6 +1031,21 @@ func TestNetClosingStates(t *testing.T) {
 			if err := p.failed(); err != nil {
 				t.Fatal(err)
 			}
+			// Everything the peer wrote is acknowledged (segments a
+			// network lock dropped are sent again), then read.
+			waitFor(t, "the peer's bytes to be acknowledged", func() bool {
+				var unacked uint32 = 1
+				n.do(func() {
+					socks, _ := sockdiag.DumpInet(unix.AF_INET, unix.IPPROTO_TCP)
+					for _, s := range socks {
+						if s.Src.Port() == uint16(port) && s.Dst.Port() == uint16(conn.RemoteAddr().(*net.TCPAddr).Port) {
+							unacked = s.Wqueue
+						}
+					}
+				})
+				return unacked == 0
+			})
+			time.Sleep(50 * time.Millisecond)
 			line := r.finish(t, w, []*peer{p})
 			m := doneRE.FindStringSubmatch(line)
 			if m == nil {

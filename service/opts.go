@@ -67,6 +67,13 @@ var rpcOptions = []rpcOption{
 		}
 	}},
 	{"external", "external", func(r *rpc.CriuOpts) bool { return len(r.External) > 0 }, nil}, // parsed in options
+	{"ext_unix_sk", "ext-unix-sk", (*rpc.CriuOpts).GetExtUnixSk, func(r *rpc.CriuOpts, o *opts.Options) { o.ExtUnixSk = true }},
+	// CRIU's RPC names single outside peers by inode: --external unix[INO].
+	{"unix_sk_ino", "external", func(r *rpc.CriuOpts) bool { return len(r.UnixSkIno) > 0 }, func(r *rpc.CriuOpts, o *opts.Options) {
+		for _, u := range r.GetUnixSkIno() {
+			o.External = append(o.External, opts.External{Type: "unix", ID: strconv.FormatUint(uint64(u.GetInode()), 10)})
+		}
+	}},
 	{"inherit_fd", "inherit-fd", func(r *rpc.CriuOpts) bool { return len(r.InheritFd) > 0 }, nil},
 	{"ghost_limit", "ghost-limit", func(r *rpc.CriuOpts) bool { return r.GhostLimit != nil && r.GetGhostLimit() != opts.DefaultGhostLimit }, func(r *rpc.CriuOpts, o *opts.Options) {
 		o.GhostLimit = uint64(r.GetGhostLimit())
@@ -92,7 +99,6 @@ var unsupportedFields = []struct {
 	field, cli string
 	set        func(*rpc.CriuOpts) bool
 }{
-	{"ext_unix_sk", "--ext-unix-sk", func(r *rpc.CriuOpts) bool { return r.GetExtUnixSk() || len(r.UnixSkIno) > 0 }},
 	{"exec_cmd", "--exec-cmd", func(r *rpc.CriuOpts) bool { return len(r.ExecCmd) > 0 }},
 	{"ext_mnt", "--ext-mount-map", func(r *rpc.CriuOpts) bool { return len(r.ExtMnt) > 0 || r.GetAutoExtMnt() }},
 	{"ext_sharing", "--ext-sharing", func(r *rpc.CriuOpts) bool { return r.GetExtSharing() }},

@@ -16,7 +16,8 @@ import (
 //
 // nftables: table inet NAME with sets conn4/conn6 of local addr . port .
 // remote addr . port and two base chains; the whole-namespace lock adds
-// "meta mark != Mark drop" to both chains.
+// "meta mark != Mark drop" to both chains. Packets marked Mark pass every
+// rule (the peer's FIN that tcprepair replays to a restored connection).
 //
 // iptables: chains NAME-in and NAME-out in the filter table, jumped to
 // first from INPUT and OUTPUT, for iptables and ip6tables.
