@@ -275,6 +275,9 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 		_ = in.send(&pb.Envelope{Msg: &pb.Envelope_Failure{Failure: &pb.Failure{Phase: string(pe.Phase), Message: pe.Err.Error()}}})
 	} else {
 		a.cfg.Log.Infof("agent: migration %s of %d from %s done in %v", in.res.ID, in.res.PID, in.res.Source, in.res.Total)
+		if pc := in.res.Postcopy; pc != nil {
+			a.cfg.Log.Infof("agent: migration %s: all pages in: %d pages, %d faults, %v after the resume", in.res.ID, pc.Pages, pc.Faults, pc.Duration)
+		}
 	}
 	a.record(in.res)
 	observe(in.res)

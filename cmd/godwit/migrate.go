@@ -39,7 +39,9 @@ files it has open present at the same paths); pre-copy rounds then send memory w
 program runs, until the predicted last delta fits --downtime-budget, the rounds stop
 shrinking, or --max-rounds (0: stop-and-copy). The tree is then frozen and its last
 delta and state sent; the agent rebuilds it, and only then is the source killed and the
-copy resumed. Before that point any failure leaves the source running as it was.`,
+copy resumed, its memory filled after the resume from the agent's own images (unless
+--no-lazy-restore); the migration ends when every page is in. Before the switch-over any
+failure leaves the source running as it was.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.Pid <= 0 {
