@@ -15,14 +15,14 @@ import (
 )
 
 // BenchmarkTree dumps and restores fan-out trees (a root and N-1 sleeping
-// children) of 10, 100 and 1000 tasks, and reports per-task medians of
+// children) of 1, 10, 100 and 1000 tasks, and reports per-task medians of
 // each, with the restore's phases, next to a floor measured in the same
 // run: the time the workload itself took to fork as many tasks of its
 // size. Each iteration dumps the tree (which kills it), waits until every
 // PID is free (untimed: init reaps the orphans), and restores it.
 func BenchmarkTree(b *testing.B) {
 	needRoot(b)
-	for _, n := range []int{10, 100, 1000} {
+	for _, n := range []int{1, 10, 100, 1000} {
 		b.Run(fmt.Sprintf("tasks=%d", n), func(b *testing.B) { benchTree(b, n) })
 	}
 }

@@ -46,14 +46,14 @@ func (miscDriver) Collect(d *Dump) error {
 
 // CollectInjected reads the prctl flags only the task can tell.
 func (miscDriver) CollectInjected(d *Dump, s *inject.Session) error {
-	thp, err := s.Call("prctl(PR_GET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_GET_THP_DISABLE)
+	got, err := s.Batch([]inject.Call{
+		inject.C("prctl(PR_GET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_GET_THP_DISABLE),
+		inject.C("prctl(PR_GET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, s.Scratch()+scratchReaper),
+	})
 	if err != nil {
 		return err
 	}
-	d.Task.MM.THPDisabled = thp != 0
-	if _, err := s.Call("prctl(PR_GET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, s.Scratch()+scratchReaper); err != nil {
-		return err
-	}
+	d.Task.MM.THPDisabled = got[0] != 0
 	var rb [4]byte
 	if err := s.Read(scratchReaper, rb[:]); err != nil {
 		return err

@@ -25,10 +25,12 @@ func (timersDriver) After() []string { return []string{PhaseThreads, "sigactions
 // timer_getoverrun.
 func (timersDriver) CollectInjected(d *Dump, s *inject.Session) error {
 	ti := d.Task
+	var calls []inject.Call
 	for which := 0; which < 3; which++ {
-		if _, err := s.Call(fmt.Sprintf("getitimer(%d)", which), unix.SYS_GETITIMER, uint64(which), s.Scratch()+scratchItimer+uint64(which)*linux.ItimerSize); err != nil {
-			return err
-		}
+		calls = append(calls, inject.C(fmt.Sprintf("getitimer(%d)", which), unix.SYS_GETITIMER, uint64(which), s.Scratch()+scratchItimer+uint64(which)*linux.ItimerSize))
+	}
+	if _, err := s.Batch(calls); err != nil {
+		return err
 	}
 	buf := make([]byte, 3*linux.ItimerSize)
 	if err := s.Read(scratchItimer, buf); err != nil {
