@@ -47,6 +47,10 @@ type AgentConfig struct {
 	// MaxImageBytes bounds the non-memory images of one migration
 	// (default 1 GiB).
 	MaxImageBytes int64
+	// ClientTLS is this host's client certificate (and the CA): with it
+	// the agent takes post-copy migrations, fetching their lazy pages
+	// from the source's page server.
+	ClientTLS TLSFiles
 	// Observe, if set, is called with every finished migration (metrics).
 	Observe func(Result)
 	// Metrics, if set, counts the migrations in flight and observes each
@@ -78,6 +82,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	tc, err := cfg.TLS.serverConfig()
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if cfg.ClientTLS.CACert == "" {
+		cfg.ClientTLS.CACert = cfg.TLS.CACert
 	}
 	if cfg.History <= 0 {
 		cfg.History = 100
@@ -339,6 +346,11 @@ func (in *inbound) run(ctx context.Context) error {
 			return phaseErr(phase, err)
 		}
 		switch {
+		case m.GetRoundStart() != nil && m.GetRoundStart().Lazy:
+			phase = PhaseFreeze
+			if err := in.startLazy(); err != nil {
+				return phaseErr(phase, err)
+			}
 		case m.GetRoundStart() != nil:
 			rs := m.GetRoundStart()
 			if rs.Final {
@@ -360,7 +372,7 @@ func (in *inbound) run(ctx context.Context) error {
 				return phaseErr(PhaseFreeze, err)
 			}
 		case m.GetRestore() != nil:
-			return in.restore(ctx, m.GetRestore().FullFill)
+			return in.restore(ctx, m.GetRestore())
 		default:
 			return phaseErr(phase, fmt.Errorf("unexpected %T", m.Msg))
 		}
@@ -457,6 +469,20 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 	return in.send(&pb.Envelope{Msg: &pb.Envelope_RoundReady{RoundReady: &pb.RoundReady{Port: uint32(ln.Port())}}})
 }
 
+// startLazy opens the final images of a post-copy migration: the source
+// froze the tree; no pages stream, the images come as files.
+func (in *inbound) startLazy() error {
+	if in.res.Mode != ModePostcopy || len(in.rounds) > 0 || in.ps != nil {
+		return fmt.Errorf("lazy freeze in mode %s after %d rounds", in.res.Mode, len(in.rounds))
+	}
+	in.frozeAt = time.Now()
+	if err := os.Mkdir(filepath.Join(in.dir, "final"), 0o700); err != nil {
+		return err
+	}
+	in.rounds = append(in.rounds, "final")
+	return nil
+}
+
 // finishRound waits until the round's page server has its session's pages
 // on disk.
 func (in *inbound) finishRound(n uint32) error {
@@ -525,7 +551,16 @@ func (in *inbound) writeFile(f *pb.File) error {
 // grow with the memory size. The migration ends (PagesIn, images removed)
 // only when every page is in. That fill depends on this host alone: it
 // runs on if the source's link dies.
-func (in *inbound) restore(ctx context.Context, fullFill bool) error {
+//
+// Post-copy (rs.PageSource): the lazy pages are on the source's frozen
+// tree, served by its page server; the source is committed once it asked
+// for the restore (it is never resumed), so the agent resumes without Go,
+// and the fill fails, killing the copy, if the source is lost.
+func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
+	fullFill, pageSource := rs.FullFill, rs.PageSource
+	if (pageSource != "") != (in.res.Mode == ModePostcopy) || (pageSource != "" && fullFill) {
+		return phaseErr(PhaseFreeze, fmt.Errorf("restore request does not fit mode %s", in.res.Mode))
+	}
 	if in.ps != nil {
 		return phaseErr(PhaseFreeze, fmt.Errorf("restore before round %d ended", in.ps.n))
 	}
@@ -536,7 +571,7 @@ func (in *inbound) restore(ctx context.Context, fullFill bool) error {
 		return phaseErr(PhaseFreeze, errors.New("restore without the final round"))
 	}
 	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
-		if action != actions.PreResume {
+		if action != actions.PreResume || pageSource != "" {
 			return nil
 		}
 		if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Ready{Ready: &pb.Ready{}}}); err != nil {
@@ -558,7 +593,7 @@ func (in *inbound) restore(ctx context.Context, fullFill bool) error {
 	var lazy *localFill
 	if !fullFill {
 		var err error
-		if lazy, err = in.startFill(ro.ImagesDir); err != nil {
+		if lazy, err = in.startFill(ro.ImagesDir, pageSource); err != nil {
 			return phaseErr(PhaseRestore, err)
 		}
 		ro.LazyPages, ro.WorkDir = true, in.dir
@@ -611,14 +646,30 @@ type localFill struct {
 // startFill starts the daemon on the final images (and, through their
 // parent links, the rounds before) with its socket in the migration's
 // directory, and returns once it listens.
-func (in *inbound) startFill(images string) (*localFill, error) {
+//
+// With pageSource the pages come from the source's page server instead.
+func (in *inbound) startFill(images, pageSource string) (*localFill, error) {
+	lo := lazypages.Options{ImagesDir: images, WorkDir: in.dir, Log: in.a.cfg.Log}
+	if pageSource != "" {
+		host, _, err := net.SplitHostPort(pageSource)
+		if err != nil {
+			return nil, fmt.Errorf("page source: %w", err)
+		}
+		if in.a.cfg.ClientTLS.Cert == "" {
+			return nil, errors.New("post-copy: this agent has no client certificate to fetch pages from the source (--tls-client-cert, --tls-client-key)")
+		}
+		if lo.Transport, err = in.a.cfg.ClientTLS.pageTransport("tls", host); err != nil {
+			return nil, err
+		}
+		lo.PageServer = pageSource
+	}
 	ctx, cancel := context.WithCancel(in.fillCtx)
 	f := &localFill{cancel: cancel, done: make(chan struct{})}
 	ready := make(chan struct{})
+	lo.Ready = func() { close(ready) }
 	go func() {
 		defer close(f.done)
-		f.st, f.err = lazypages.Run(ctx, lazypages.Options{ImagesDir: images, WorkDir: in.dir, Log: in.a.cfg.Log,
-			Ready: func() { close(ready) }})
+		f.st, f.err = lazypages.Run(ctx, lo)
 	}()
 	select {
 	case <-ready:

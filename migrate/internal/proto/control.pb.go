@@ -512,9 +512,12 @@ func (x *Failure) GetMessage() string {
 // RoundStart asks the agent for a page server for round n (final: the
 // freeze); RoundReady gives its port.
 type RoundStart struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	N             uint32                 `protobuf:"varint,1,opt,name=n,proto3" json:"n,omitempty"`
-	Final         bool                   `protobuf:"varint,2,opt,name=final,proto3" json:"final,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	N     uint32                 `protobuf:"varint,1,opt,name=n,proto3" json:"n,omitempty"`
+	Final bool                   `protobuf:"varint,2,opt,name=final,proto3" json:"final,omitempty"`
+	// lazy: the freeze of a post-copy migration: no page stream; the
+	// images (with the pages outside lazy VMAs) come as files.
+	Lazy          bool `protobuf:"varint,3,opt,name=lazy,proto3" json:"lazy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -559,6 +562,13 @@ func (x *RoundStart) GetN() uint32 {
 func (x *RoundStart) GetFinal() bool {
 	if x != nil {
 		return x.Final
+	}
+	return false
+}
+
+func (x *RoundStart) GetLazy() bool {
+	if x != nil {
+		return x.Lazy
 	}
 	return false
 }
@@ -762,9 +772,12 @@ func (x *File) GetLast() bool {
 // when the tree is rebuilt and stopped (or Failure). Unless full_fill,
 // the agent restores the lazy VMAs empty and fills them after the resume
 // from its own images (faults first), then answers PagesIn.
+// page_source (post-copy): the source's lazy page server (host:port,
+// mutual TLS), where the lazy pages are; the agent resumes without Go.
 type Restore struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	FullFill      bool                   `protobuf:"varint,1,opt,name=full_fill,json=fullFill,proto3" json:"full_fill,omitempty"`
+	PageSource    string                 `protobuf:"bytes,2,opt,name=page_source,json=pageSource,proto3" json:"page_source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -804,6 +817,13 @@ func (x *Restore) GetFullFill() bool {
 		return x.FullFill
 	}
 	return false
+}
+
+func (x *Restore) GetPageSource() string {
+	if x != nil {
+		return x.PageSource
+	}
+	return ""
 }
 
 type Ready struct {
@@ -1085,11 +1105,12 @@ const file_control_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"9\n" +
 	"\aFailure\x12\x14\n" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"0\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"D\n" +
 	"\n" +
 	"RoundStart\x12\f\n" +
 	"\x01n\x18\x01 \x01(\rR\x01n\x12\x14\n" +
-	"\x05final\x18\x02 \x01(\bR\x05final\" \n" +
+	"\x05final\x18\x02 \x01(\bR\x05final\x12\x12\n" +
+	"\x04lazy\x18\x03 \x01(\bR\x04lazy\" \n" +
 	"\n" +
 	"RoundReady\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\rR\x04port\"\x19\n" +
@@ -1100,9 +1121,11 @@ const file_control_proto_rawDesc = "" +
 	"\x04File\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x12\n" +
-	"\x04last\x18\x03 \x01(\bR\x04last\"&\n" +
+	"\x04last\x18\x03 \x01(\bR\x04last\"G\n" +
 	"\aRestore\x12\x1b\n" +
-	"\tfull_fill\x18\x01 \x01(\bR\bfullFill\"\a\n" +
+	"\tfull_fill\x18\x01 \x01(\bR\bfullFill\x12\x1f\n" +
+	"\vpage_source\x18\x02 \x01(\tR\n" +
+	"pageSource\"\a\n" +
 	"\x05Ready\"\x04\n" +
 	"\x02Go\"\x1b\n" +
 	"\aResumed\x12\x10\n" +
