@@ -557,6 +557,12 @@ func (t *tracking) adopt(rec *trackRecord, root bool) (bool, error) {
 // uffd has the VMAs registered, and a second one could register none.
 // It waits until each is gone, so that its uffd was released.
 func endOtherTracking(pid int, log *logging.Logger) {
+	endTrackingOf(map[int]bool{pid: true}, log)
+}
+
+// endTrackingOf kills the holders tracking any process of pids, and
+// waits for each to be gone.
+func endTrackingOf(pids map[int]bool, log *logging.Logger) {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return
@@ -571,7 +577,11 @@ func endOtherTracking(pid int, log *logging.Logger) {
 			continue
 		}
 		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", h, holderPidFD))
-		if err != nil || !strings.Contains("\n"+string(info), fmt.Sprintf("\nPid:\t%d\n", pid)) {
+		if err != nil {
+			continue
+		}
+		pid := pidfdTarget(string(info))
+		if !pids[pid] {
 			continue
 		}
 		pfd, err := unix.PidfdOpen(h, 0)
@@ -938,4 +948,33 @@ func probeMarkerType() int64 {
 // holders are killed, so the kernel drops the write protection): for a
 // caller that gives up after rounds without a final dump, such as a
 // migration that failed.
-func EndTracking(pid int) { endOtherTracking(pid, logging.Default()) }
+//
+// Every process of pid's tree is tracked by a holder of its own, so the
+// holders of pid and of all its descendants are ended.
+func EndTracking(pid int) {
+	tree := map[int]bool{pid: true}
+	queue := []int{pid}
+	for len(queue) > 0 && len(tree) < 1<<16 {
+		kids, _ := Children(queue[0]) // a task gone has no holder to end
+		queue = queue[1:]
+		for _, c := range kids {
+			if !tree[c] {
+				tree[c] = true
+				queue = append(queue, c)
+			}
+		}
+	}
+	endTrackingOf(tree, logging.Default())
+}
+
+// pidfdTarget is the Pid: line of a pidfd's fdinfo (-1 when absent).
+func pidfdTarget(info string) int {
+	for _, ln := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(ln, "Pid:"); ok {
+			if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+				return n
+			}
+		}
+	}
+	return -1
+}

@@ -479,7 +479,7 @@ if child == 0:
         signal.pause()
 gone = os.fork()
 if gone == 0:
-    os._exit(7)
+    os._exit(0)
 live = os.pidfd_open(child)
 dead = os.pidfd_open(gone)
 os.waitpid(gone, 0)
@@ -544,6 +544,33 @@ sys.exit(3 if bad else 0)
 	if !strings.Contains(readFile(w.log), "done ok\n") {
 		t.Fatalf("no ok in the log\n%s", w.tail())
 	}
+}
+
+// A pidfd of a reaped process that exited with another status than 0 is
+// refused by name: the kernel still reports that status through the
+// pidfd (PIDFD_GET_INFO), and the restore's stand-in exits 0. The program
+// runs on after the refused dump.
+func TestPidfdGoneStatusRefused(t *testing.T) {
+	needRoot(t)
+	const prog = `import os, sys, time
+gone = os.fork()
+if gone == 0:
+    os._exit(7)
+dead = os.pidfd_open(gone)
+os.waitpid(gone, 0)
+f = open(sys.argv[1], "a", buffering=1)
+i = 0
+while True:
+    i += 1
+    f.write("tick %d\n" % i)
+    time.sleep(0.01)
+`
+	w := startTree(t, "/usr/bin/python3", "-c", prog)
+	t.Cleanup(func() { killAndForget(w.pid) })
+	w.waitTicks(2)
+	code, msg := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
+	oneLineError(t, code, msg, "pidfd of a reaped process with wait status 0x700")
+	w.waitTicks(3)
 }
 
 // A fanotify group round-trips: its fdinfo (group flags, event flags,

@@ -98,6 +98,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.Log == nil {
 		cfg.Log = logging.Default()
 	}
+	if err := removeStale(cfg.ImagesDir, cfg.Log); err != nil {
+		return nil, fmt.Errorf("agent: images dir: %w", err)
+	}
 	return &Agent{cfg: cfg, tls: tc, slot: make(chan struct{}, cfg.MaxConcurrent)}, nil
 }
 
@@ -178,6 +181,8 @@ type inbound struct {
 	// stop (which waits for it), only with the agent's death, when the
 	// lazy-pages guard kills a tree not yet filled.
 	fillCtx context.Context
+	// nfiles counts the final round's image files (maxImageFiles).
+	nfiles int
 	// frozeAt is when the final round started: the source freezes the
 	// tree right after asking for it.
 	frozeAt time.Time
@@ -507,6 +512,14 @@ func (in *inbound) finishRound(n uint32) error {
 	}
 }
 
+// maxImageFiles bounds the non-memory images of one migration (a tree of
+// a thousand tasks writes about eight per task), and fileCharge is what
+// each costs against MaxImageBytes however small.
+const (
+	maxImageFiles = 1 << 14
+	fileCharge    = 4096
+)
+
 // writeFile appends a chunk of one non-memory image to the final round.
 func (in *inbound) writeFile(f *pb.File) error {
 	if len(in.rounds) == 0 || in.rounds[len(in.rounds)-1] != "final" {
@@ -522,6 +535,18 @@ func (in *inbound) writeFile(f *pb.File) error {
 	}
 	w := in.files[name]
 	if w == nil {
+		// The source sends images one after another: one open at a time,
+		// and a bounded number, each charged a block, so that a peer
+		// cannot spend the agent's fds or inodes with empty chunks.
+		if len(in.files) > 0 {
+			return fmt.Errorf("image %s begun before the last one ended", name)
+		}
+		if in.nfiles++; in.nfiles > maxImageFiles {
+			return fmt.Errorf("more than %d image files", maxImageFiles)
+		}
+		if in.bytes += fileCharge; in.bytes > in.a.cfg.MaxImageBytes {
+			return fmt.Errorf("images over %d bytes", in.a.cfg.MaxImageBytes)
+		}
 		var err error
 		w, err = os.OpenFile(filepath.Join(in.dir, "final", name), os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 		if err != nil {
@@ -759,4 +784,35 @@ func checkCPU(entry []byte, capArg string) error {
 		return fmt.Errorf("source CPU description: %w", err)
 	}
 	return cpuinfo.Compare(img, host, caps)
+}
+
+// removeStale removes the migration directories an earlier agent left in
+// dir when it died (SIGKILL, a crash, a host reboot): the images, full
+// program memory, of migrations that can no longer finish, since the
+// trees they restored die with the agent that filled them. Only names
+// the agent makes (16 hex digits) are touched; nothing is in flight yet.
+func removeStale(dir string, log *logging.Logger) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if !e.IsDir() || !isMigrationID(e.Name()) {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("remove stale migration %s: %w", e.Name(), err)
+		}
+		log.Warnf("agent: removed %s, left by an agent that died during a migration", e.Name())
+	}
+	return nil
+}
+
+// isMigrationID reports whether name is a migration directory's name.
+func isMigrationID(name string) bool {
+	if len(name) != 16 {
+		return false
+	}
+	_, err := hex.DecodeString(name)
+	return err == nil && strings.ToLower(name) == name
 }

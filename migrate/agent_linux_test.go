@@ -1,6 +1,7 @@
 package migrate
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"godwit/internal/cpuinfo"
+	"godwit/internal/logging"
 	"godwit/lazypages"
 	pb "godwit/migrate/internal/proto"
 )
@@ -48,7 +50,7 @@ func TestWriteFileStaysInside(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(dir, "final"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	in := &inbound{a: &Agent{cfg: AgentConfig{MaxImageBytes: 10}}, dir: dir, rounds: []string{"final"}, files: map[string]*os.File{}}
+	in := &inbound{a: &Agent{cfg: AgentConfig{MaxImageBytes: 2*fileCharge + 10}}, dir: dir, rounds: []string{"final"}, files: map[string]*os.File{}}
 	for _, name := range []string{"", ".", "..", "../x", "a/b", "parent", "x\x00"} {
 		if err := in.writeFile(&pb.File{Name: name, Data: []byte("x"), Last: true}); err == nil {
 			t.Errorf("image name %q accepted", name)
@@ -65,6 +67,35 @@ func TestWriteFileStaysInside(t *testing.T) {
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "final", "core-1.img")); err != nil || string(b) != "abc" {
 		t.Errorf("core-1.img = %q, %v", b, err)
+	}
+}
+
+// A peer cannot hold the agent's fds or fill its inodes with empty
+// chunks: one image is open at a time, and their number is bounded.
+func TestWriteFileBoundsFiles(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "final"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	in := &inbound{a: &Agent{cfg: AgentConfig{MaxImageBytes: 1 << 40}}, dir: dir, rounds: []string{"final"}, files: map[string]*os.File{}}
+	if err := in.writeFile(&pb.File{Name: "a.img"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.writeFile(&pb.File{Name: "b.img"}); err == nil {
+		t.Fatal("a second image begun while the first is open")
+	}
+	if err := in.writeFile(&pb.File{Name: "a.img", Last: true}); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	for i := 0; i < maxImageFiles+1 && err == nil; i++ {
+		err = in.writeFile(&pb.File{Name: fmt.Sprintf("f%d", i), Last: true})
+	}
+	if err == nil || !strings.Contains(err.Error(), "image files") {
+		t.Fatalf("%d empty images accepted: %v", maxImageFiles+1, err)
+	}
+	for _, f := range in.files {
+		f.Close()
 	}
 }
 
@@ -111,5 +142,35 @@ func TestPostcopyOf(t *testing.T) {
 	pc = postcopyOf(lazypages.Stats{PushPages: 5, AllPagesIn: resumed.Add(-time.Millisecond)}, resumed)
 	if pc.Pages != 5 || pc.Duration != 0 || pc.FaultP50 != 0 || pc.FaultP99 != 0 {
 		t.Errorf("postcopy %+v", pc)
+	}
+}
+
+// An agent starting removes the migration directories an agent that died
+// left behind, and nothing else in its images dir.
+func TestAgentRemovesStale(t *testing.T) {
+	dir := t.TempDir()
+	stale := filepath.Join(dir, "0123456789abcdef")
+	keep := []string{"notes", "0123456789ABCDEF", "0123456789abcde"}
+	if err := os.MkdirAll(filepath.Join(stale, "r1"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(stale, "r1", "pages-1.img"), []byte("memory"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keep {
+		if err := os.Mkdir(filepath.Join(dir, k), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := removeStale(dir, logging.Default()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale migration directory still there: %v", err)
+	}
+	for _, k := range keep {
+		if _, err := os.Stat(filepath.Join(dir, k)); err != nil {
+			t.Errorf("%s removed: %v", k, err)
+		}
 	}
 }

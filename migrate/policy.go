@@ -7,12 +7,22 @@ import "time"
 func nextDelta(last Round) float64 { return last.DirtyRate * last.Duration.Seconds() }
 
 // predictedDowntime is the time the last delta would take to move at the
-// bandwidth rounds measured.
-func predictedDowntime(last Round) time.Duration {
-	if last.Bandwidth <= 0 {
+// best bandwidth the rounds measured: a small round (a program that
+// dirties little) measures latency, not the link. Nothing to move takes
+// no time, whatever the bandwidth.
+func predictedDowntime(rounds []Round) time.Duration {
+	delta := nextDelta(rounds[len(rounds)-1])
+	if delta <= 0 {
+		return 0
+	}
+	var bw float64
+	for _, r := range rounds {
+		bw = max(bw, r.Bandwidth)
+	}
+	if bw <= 0 {
 		return time.Duration(1<<63 - 1)
 	}
-	return time.Duration(nextDelta(last) / last.Bandwidth * float64(time.Second))
+	return time.Duration(delta / bw * float64(time.Second))
 }
 
 // converging reports whether the rounds still shrink: a round that moves
@@ -33,8 +43,7 @@ func decide(rounds []Round, budget time.Duration, maxRounds int) (stop, overrun 
 	if n == 0 {
 		return maxRounds <= 0, false
 	}
-	last := rounds[n-1]
-	fits := n >= 2 && predictedDowntime(last) <= budget
+	fits := n >= 2 && predictedDowntime(rounds) <= budget
 	switch {
 	case fits:
 		return true, false

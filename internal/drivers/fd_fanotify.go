@@ -188,9 +188,17 @@ func (fanotifyKind) open(rs *restoreFDs, what string, f *model.File) (uint64, er
 		if m.Mount {
 			flags |= unix.FAN_MARK_MOUNT
 		} else {
+			// Device and inode: the same inode number on another
+			// filesystem mounted over the path is another file. fdinfo's
+			// sdev is the kernel's s_dev (MINORBITS 20, linux/kdev_t.h).
 			var s unix.Stat_t
-			if err := unix.Stat(m.Path, &s); err != nil || s.Ino != m.Ino {
-				return 0, fmt.Errorf("%s: not the marked file any more (%v)", where, err)
+			err := unix.Stat(m.Path, &s)
+			if err == nil && (s.Ino != m.Ino || s.Dev != unix.Mkdev(m.Dev>>20, m.Dev&(1<<20-1))) {
+				err = fmt.Errorf("now device %d:%d inode %d, marked %d:%d inode %d",
+					unix.Major(s.Dev), unix.Minor(s.Dev), s.Ino, m.Dev>>20, m.Dev&(1<<20-1), m.Ino)
+			}
+			if err != nil {
+				return 0, fmt.Errorf("%s: not the marked file any more: %v", where, err)
 			}
 		}
 		if m.Mask != 0 {

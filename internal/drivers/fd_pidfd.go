@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/model"
+	pidfdinfo "godwit/internal/pidfd"
 )
 
 // pidfds: the process (or thread, PIDFD_THREAD) a pidfd refers to, from
@@ -39,20 +40,50 @@ func (pidfdKind) fileKind() model.FileKind                 { return model.Pidfd 
 func (pidfdKind) match(target string, _ *unix.Stat_t) bool { return target == "anon_inode:[pidfd]" }
 func (pidfdKind) check(int, int, uint64) error             { return nil }
 
-func (pidfdKind) collect(_ *Files, _ int, fd *FD, f *model.File) error {
+func (pidfdKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
 	v, ok := fd.Info.Get("Pid")
 	if !ok {
 		return fmt.Errorf("fdinfo has no Pid")
 	}
-	pid, err := strconv.Atoi(v)
-	if err != nil || pid < -1 {
+	target, err := strconv.Atoi(v)
+	if err != nil || target < -1 {
 		return fmt.Errorf("fdinfo Pid %q", v)
 	}
-	if pid == 0 {
+	if target == 0 {
 		return fmt.Errorf("its process is in a pid namespace godwit cannot see: not supported")
 	}
+	if target == -1 {
+		if err := checkGoneExit(pid, fd.Num); err != nil {
+			return err
+		}
+	}
 	f.Kind, f.Path = model.Pidfd, ""
-	f.Pidfd = &model.PidfdState{Pid: pid, Ino: fd.Stat.Ino}
+	f.Pidfd = &model.PidfdState{Pid: target, Ino: fd.Stat.Ino}
+	return nil
+}
+
+// checkGoneExit refuses a pidfd of a reaped process that did not exit 0:
+// the kernel still reports its wait status (PIDFD_GET_INFO), and the
+// stand-in the restore makes exits 0, so any other status would come
+// back wrong. CRIU's pidfd image has no field for it either.
+func checkGoneExit(pid, num int) error {
+	pfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return fmt.Errorf("pidfd_open(%d): %w", pid, err)
+	}
+	defer unix.Close(pfd)
+	fd, err := unix.PidfdGetfd(pfd, num, 0)
+	if err != nil {
+		return fmt.Errorf("pidfd_getfd: %w", err)
+	}
+	defer unix.Close(fd)
+	status, ok, err := pidfdinfo.ExitStatus(fd)
+	if err != nil {
+		return err
+	}
+	if ok && status != 0 {
+		return fmt.Errorf("pidfd of a reaped process with wait status %#x: only a process that exited 0 can be restored (not supported yet)", status)
+	}
 	return nil
 }
 

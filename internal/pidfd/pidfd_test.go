@@ -3,7 +3,10 @@ package pidfd
 import (
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestVerifyFollowsTheProcess(t *testing.T) {
@@ -34,5 +37,21 @@ func TestVerifyFollowsTheProcess(t *testing.T) {
 func TestOpenMissing(t *testing.T) {
 	if _, err := Open(1 << 30); err == nil {
 		t.Fatal("Open of a pid that cannot exist succeeded")
+	}
+}
+
+// ExitStatus reads a reaped child's wait status through its pidfd.
+func TestExitStatus(t *testing.T) {
+	var pfd int
+	cmd := exec.Command("/bin/sh", "-c", "exit 7")
+	cmd.SysProcAttr = &syscall.SysProcAttr{PidFD: &pfd}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pfd)
+	_ = cmd.Wait()
+	st, ok, err := ExitStatus(pfd)
+	if err != nil || !ok || st != 7<<8 {
+		t.Fatalf("ExitStatus = %#x, %v, %v; want 0x700", st, ok, err)
 	}
 }
