@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,7 +21,9 @@ var doneGapRE = regexp.MustCompile(`done ticks=(\d+) maxgap_us=(\d+)`)
 
 // TestMigrateDowntime migrates a program that ticks every millisecond while
 // rewriting its memory at 8 MiB/s, and reports the longest gap the program
-// saw next to godwit's own downtime figure, for pre-copy and stop-and-copy
+// saw next to godwit's own downtime figure, for pre-copy (restored lazily
+// from the agent's images, the default), pre-copy with every page filled
+// before the resume (--no-lazy-restore, the reference) and stop-and-copy
 // (--max-rounds 0), beside the loopback TLS bandwidth measured in the same
 // run. GODWIT_BENCH_MIGRATE=1 runs 256 MiB and 1 GiB (long); otherwise
 // 64 MiB. Figures are logged, never asserted; the program's memory is
@@ -42,7 +45,7 @@ func TestMigrateDowntime(t *testing.T) {
 		for _, c := range []struct {
 			name string
 			args []string
-		}{{"precopy", nil}, {"stop-and-copy", []string{"--max-rounds", "0"}}} {
+		}{{"precopy", nil}, {"precopy-full", []string{"--no-lazy-restore"}}, {"stop-and-copy", []string{"--max-rounds", "0"}}} {
 			w := startOnHost(t, m.a, bin, "-m", strconv.Itoa(mib), "-r", "8192")
 			for deadline := time.Now().Add(60 * time.Second); !strings.Contains(readFile(w.log), "ready"); time.Sleep(10 * time.Millisecond) {
 				if time.Now().After(deadline) {
@@ -82,6 +85,13 @@ func TestMigrateDowntime(t *testing.T) {
 			t.Logf("%5d MiB %-13s program saw %8.1f ms frozen; godwit downtime %8.1f ms; total %8.1f ms; %d rounds, %d MiB sent; total/(size/floor) %.2f",
 				mib, c.name, float64(us)/1e3, float64(res.Downtime)/1e6, float64(res.Total)/1e6, len(res.Rounds), sent>>20,
 				res.Total.Seconds()/(float64(mib<<20)/floor))
+			lazy := !slices.Contains(c.args, "--no-lazy-restore")
+			if pc := res.Postcopy; lazy != (pc != nil) || (pc != nil && pc.Pages < uint64(mib)<<8) {
+				t.Errorf("%d MiB %s: postcopy %+v: want every page filled after the resume exactly when restoring lazily", mib, c.name, pc)
+			} else if pc != nil {
+				t.Logf("      filled after the resume: %d pages in %v, %d faults (served p50 %v, p99 %v)", pc.Pages,
+					pc.Duration.Round(time.Millisecond), pc.Faults, pc.FaultP50.Round(time.Microsecond), pc.FaultP99.Round(time.Microsecond))
+			}
 			if so := res.Switchover; so != nil {
 				t.Logf("      switch-over: final dump %v, images %v, restore %v, resume %v", so.Dump.Round(time.Millisecond),
 					so.Images.Round(time.Millisecond), so.Restore.Round(time.Millisecond), so.Resume.Round(time.Millisecond))

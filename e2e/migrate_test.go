@@ -274,6 +274,12 @@ func TestMigratePrecopyC(t *testing.T) {
 	if res.PID != w.hostPID || res.Downtime <= 0 || len(res.Rounds) < 2 || res.Rounds[0].Pages < 64*256 {
 		t.Errorf("result %+v", res)
 	}
+	// Restored lazily from the agent's images: every page of the 64 MiB
+	// came in after the resume, and the agent said so before send ended.
+	if pc := res.Postcopy; pc == nil || pc.Pages < 64*256 {
+		t.Errorf("postcopy %+v: want every page filled after the resume", pc)
+	}
+	// The agent gone, the moved program needs nothing from it.
 	killAndForget(m.agentP)
 	_ = m.agent.Wait()
 	finishMoved(t, w, rp)
@@ -564,4 +570,42 @@ func TestMigrateOverQUIC(t *testing.T) {
 		t.Errorf("transport %q", res.Transport)
 	}
 	finishMoved(t, w, m.moved(w))
+}
+
+// TestMigratePostcopy moves a program without pre-copy: frozen, its state
+// sent, resumed on host B at once, its 64 MiB pulled from the frozen source
+// over mutual TLS; the program then checks its memory and counters there.
+func TestMigratePostcopy(t *testing.T) {
+	m := newMigLab(t)
+	client := filepath.Join(m.certs, m.b.Addr(), "client")
+	m.startAgent("--tls-client-cert", filepath.Join(client, "cert.pem"), "--tls-client-key", filepath.Join(client, "key.pem"))
+	w := startOn(t, m.a, workloads["counter"], "-m", "64", "-t", "4")
+	server := filepath.Join(m.certs, m.a.Addr(), "server")
+	code, res, stderr := m.send(w, "--mode", "postcopy",
+		"--tls-server-cert", filepath.Join(server, "cert.pem"), "--tls-server-key", filepath.Join(server, "key.pem"))
+	if code != 0 {
+		t.Fatalf("migrate send: exit %d: %s", code, stderr)
+	}
+	rp := m.moved(w)
+	if res.Mode != migrate.ModePostcopy || len(res.Rounds) != 0 || res.Downtime <= 0 {
+		t.Errorf("result %+v", res)
+	}
+	if pc := res.Postcopy; pc == nil || pc.Pages < 64*256 {
+		t.Errorf("postcopy %+v: want every page pulled after the resume", pc)
+	}
+	killAndForget(m.agentP)
+	_ = m.agent.Wait()
+	finishMoved(t, w, rp)
+}
+
+// TestMigrateHybridRefused: hybrid is refused before anything moves.
+func TestMigrateHybridRefused(t *testing.T) {
+	m := newMigLab(t)
+	m.startAgent()
+	w := startOn(t, m.a, workloads["counter"], "-m", "4")
+	code, res, stderr := m.send(w, "--mode", "hybrid")
+	if code == 0 || res.FailedPhase != migrate.PhaseCheck || !strings.Contains(stderr, "hybrid") {
+		t.Fatalf("hybrid: exit %d, %+v: %s", code, res, stderr)
+	}
+	intact(t, w)
 }

@@ -55,7 +55,14 @@ type Stats struct {
 	// Events followed while pages were missing.
 	Forks, Remaps, Removes, Unmaps uint64
 	FirstHandoff, AllPagesIn       time.Time
+	// FaultTimes are how long the first MaxFaultTimes faults took from
+	// the daemon reading them to their pages copied in (the faulting
+	// thread wakes right after).
+	FaultTimes []time.Duration
 }
+
+// MaxFaultTimes bounds Stats.FaultTimes.
+const MaxFaultTimes = 1 << 16
 
 // task is one mm being served.
 type task struct {

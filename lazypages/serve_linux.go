@@ -160,6 +160,7 @@ func (d *daemon) serveUffd(t *task, buf, fbuf []byte) {
 		return
 	}
 	d.mu.Unlock()
+	read := time.Now()
 	for len(faults) > 0 {
 		a := faults[0]
 		faults = faults[1:]
@@ -168,6 +169,12 @@ func (d *daemon) serveUffd(t *task, buf, fbuf []byte) {
 			d.fail(err)
 			return
 		}
+		took := time.Since(read)
+		d.mu.Lock()
+		if len(d.stats.FaultTimes) < MaxFaultTimes {
+			d.stats.FaultTimes = append(d.stats.FaultTimes, took)
+		}
+		d.mu.Unlock()
 	}
 	d.mu.Lock()
 	d.checkDoneLocked(t)

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +26,7 @@ import (
 	"godwit/internal/actions"
 	"godwit/internal/cpuinfo"
 	"godwit/internal/logging"
+	"godwit/lazypages"
 	pb "godwit/migrate/internal/proto"
 	"godwit/pageserver"
 	"godwit/restorer"
@@ -45,6 +47,10 @@ type AgentConfig struct {
 	// MaxImageBytes bounds the non-memory images of one migration
 	// (default 1 GiB).
 	MaxImageBytes int64
+	// ClientTLS is this host's client certificate (and the CA): with it
+	// the agent takes post-copy migrations, fetching their lazy pages
+	// from the source's page server.
+	ClientTLS TLSFiles
 	// Observe, if set, is called with every finished migration (metrics).
 	Observe func(Result)
 	// Metrics, if set, counts the migrations in flight and observes each
@@ -76,6 +82,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	tc, err := cfg.TLS.serverConfig()
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if cfg.ClientTLS.CACert == "" {
+		cfg.ClientTLS.CACert = cfg.TLS.CACert
 	}
 	if cfg.History <= 0 {
 		cfg.History = 100
@@ -167,6 +176,11 @@ type inbound struct {
 	bytes  int64
 	// restored, once Ready was sent, is the stopped tree.
 	files map[string]*os.File
+	// fillCtx is for what runs on the destination after the resume: it
+	// ends neither with the source's link nor with the agent asked to
+	// stop (which waits for it), only with the agent's death, when the
+	// lazy-pages guard kills a tree not yet filled.
+	fillCtx context.Context
 	// nfiles counts the final round's image files (maxImageFiles).
 	nfiles int
 	// frozeAt is when the final round started: the source freezes the
@@ -254,9 +268,10 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 	_ = raw.SetDeadline(time.Time{})
 	// The migration's work (page servers, restore) stops when the
 	// source's link dies.
+	fctx := context.WithoutCancel(ctx)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	in := &inbound{a: a, ctl: newCtl(c, cancel), files: map[string]*os.File{}}
+	in := &inbound{a: a, ctl: newCtl(c, cancel), files: map[string]*os.File{}, fillCtx: fctx}
 	in.res.Started = time.Now()
 	in.res.Source = raw.RemoteAddr().String()
 	err := in.run(ctx)
@@ -272,6 +287,9 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 		_ = in.send(&pb.Envelope{Msg: &pb.Envelope_Failure{Failure: &pb.Failure{Phase: string(pe.Phase), Message: pe.Err.Error()}}})
 	} else {
 		a.cfg.Log.Infof("agent: migration %s of %d from %s done in %v", in.res.ID, in.res.PID, in.res.Source, in.res.Total)
+		if pc := in.res.Postcopy; pc != nil {
+			a.cfg.Log.Infof("agent: migration %s: all pages in: %d pages, %d faults, %v after the resume", in.res.ID, pc.Pages, pc.Faults, pc.Duration)
+		}
 	}
 	a.record(in.res)
 	observe(in.res)
@@ -333,6 +351,11 @@ func (in *inbound) run(ctx context.Context) error {
 			return phaseErr(phase, err)
 		}
 		switch {
+		case m.GetRoundStart() != nil && m.GetRoundStart().Lazy:
+			phase = PhaseFreeze
+			if err := in.startLazy(); err != nil {
+				return phaseErr(phase, err)
+			}
 		case m.GetRoundStart() != nil:
 			rs := m.GetRoundStart()
 			if rs.Final {
@@ -354,7 +377,7 @@ func (in *inbound) run(ctx context.Context) error {
 				return phaseErr(PhaseFreeze, err)
 			}
 		case m.GetRestore() != nil:
-			return in.restore(ctx)
+			return in.restore(ctx, m.GetRestore())
 		default:
 			return phaseErr(phase, fmt.Errorf("unexpected %T", m.Msg))
 		}
@@ -451,6 +474,20 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 	return in.send(&pb.Envelope{Msg: &pb.Envelope_RoundReady{RoundReady: &pb.RoundReady{Port: uint32(ln.Port())}}})
 }
 
+// startLazy opens the final images of a post-copy migration: the source
+// froze the tree; no pages stream, the images come as files.
+func (in *inbound) startLazy() error {
+	if in.res.Mode != ModePostcopy || len(in.rounds) > 0 || in.ps != nil {
+		return fmt.Errorf("lazy freeze in mode %s after %d rounds", in.res.Mode, len(in.rounds))
+	}
+	in.frozeAt = time.Now()
+	if err := os.Mkdir(filepath.Join(in.dir, "final"), 0o700); err != nil {
+		return err
+	}
+	in.rounds = append(in.rounds, "final")
+	return nil
+}
+
 // finishRound waits until the round's page server has its session's pages
 // on disk.
 func (in *inbound) finishRound(n uint32) error {
@@ -532,7 +569,23 @@ func (in *inbound) writeFile(f *pb.File) error {
 // restore rebuilds the tree from the chain of rounds, stopped; says Ready;
 // resumes it only on Go (the source tree is gone by then). Anything else,
 // or silence, kills what it made.
-func (in *inbound) restore(ctx context.Context) error {
+//
+// Unless fullFill, the lazy VMAs are restored empty and registered with a
+// userfaultfd; a lazy-pages daemon in this agent serves their faults and
+// pushes the rest from the same local images, so the downtime does not
+// grow with the memory size. The migration ends (PagesIn, images removed)
+// only when every page is in. That fill depends on this host alone: it
+// runs on if the source's link dies.
+//
+// Post-copy (rs.PageSource): the lazy pages are on the source's frozen
+// tree, served by its page server; the source is committed once it asked
+// for the restore (it is never resumed), so the agent resumes without Go,
+// and the fill fails, killing the copy, if the source is lost.
+func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
+	fullFill, pageSource := rs.FullFill, rs.PageSource
+	if (pageSource != "") != (in.res.Mode == ModePostcopy) || (pageSource != "" && fullFill) {
+		return phaseErr(PhaseFreeze, fmt.Errorf("restore request does not fit mode %s", in.res.Mode))
+	}
 	if in.ps != nil {
 		return phaseErr(PhaseFreeze, fmt.Errorf("restore before round %d ended", in.ps.n))
 	}
@@ -543,7 +596,7 @@ func (in *inbound) restore(ctx context.Context) error {
 		return phaseErr(PhaseFreeze, errors.New("restore without the final round"))
 	}
 	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
-		if action != actions.PreResume {
+		if action != actions.PreResume || pageSource != "" {
 			return nil
 		}
 		if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Ready{Ready: &pb.Ready{}}}); err != nil {
@@ -561,10 +614,23 @@ func (in *inbound) restore(ctx context.Context) error {
 	// Detach: the agent is not the program's parent on the source, so a
 	// parent-death signal the program set must not tie it to the agent's
 	// life (as `restore -d`). The agent still reaps the root.
-	r, err := restorer.RestoreContext(ctx, restorer.Options{ImagesDir: filepath.Join(in.dir, "final"), Detach: true}, scripts)
+	ro := restorer.Options{ImagesDir: filepath.Join(in.dir, "final"), Detach: true}
+	var lazy *localFill
+	if !fullFill {
+		var err error
+		if lazy, err = in.startFill(ro.ImagesDir, pageSource); err != nil {
+			return phaseErr(PhaseRestore, err)
+		}
+		ro.LazyPages, ro.WorkDir = true, in.dir
+	}
+	r, err := restorer.RestoreContext(ctx, ro, scripts)
 	if err != nil {
+		if lazy != nil {
+			lazy.stop()
+		}
 		return phaseErr(PhaseRestore, err)
 	}
+	resumedAt := time.Now()
 	if !in.frozeAt.IsZero() {
 		in.res.Downtime = time.Since(in.frozeAt)
 	}
@@ -575,7 +641,102 @@ func (in *inbound) restore(ctx context.Context) error {
 		// Resumed: the copy here is the live one from now on.
 		in.a.cfg.Log.Warnf("agent: migration %s: tell the source: %v", in.res.ID, err)
 	}
+	if lazy == nil {
+		return nil
+	}
+	st, err := lazy.wait()
+	pc := postcopyOf(st, resumedAt)
+	in.res.Postcopy = pc
+	if err != nil {
+		// The daemon killed the tree it could not fill: no task runs
+		// on with a page it did not have.
+		return phaseErr(PhasePostcopy, err)
+	}
+	if err := in.send(&pb.Envelope{Msg: &pb.Envelope_PagesIn{PagesIn: &pb.PagesIn{Pages: pc.Pages, Faults: pc.Faults,
+		FaultP50Ns: int64(pc.FaultP50), FaultP99Ns: int64(pc.FaultP99), DurationNs: int64(pc.Duration)}}}); err != nil {
+		in.a.cfg.Log.Warnf("agent: migration %s: tell the source every page is in: %v", in.res.ID, err)
+	}
 	return nil
+}
+
+// localFill is the lazy-pages daemon filling a restored tree from the
+// migration's own images.
+type localFill struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	st     lazypages.Stats
+	err    error
+}
+
+// startFill starts the daemon on the final images (and, through their
+// parent links, the rounds before) with its socket in the migration's
+// directory, and returns once it listens.
+//
+// With pageSource the pages come from the source's page server instead.
+func (in *inbound) startFill(images, pageSource string) (*localFill, error) {
+	lo := lazypages.Options{ImagesDir: images, WorkDir: in.dir, Log: in.a.cfg.Log}
+	if pageSource != "" {
+		host, _, err := net.SplitHostPort(pageSource)
+		if err != nil {
+			return nil, fmt.Errorf("page source: %w", err)
+		}
+		if in.a.cfg.ClientTLS.Cert == "" {
+			return nil, errors.New("post-copy: this agent has no client certificate to fetch pages from the source (--tls-client-cert, --tls-client-key)")
+		}
+		if lo.Transport, err = in.a.cfg.ClientTLS.pageTransport("tls", host); err != nil {
+			return nil, err
+		}
+		lo.PageServer = pageSource
+	}
+	ctx, cancel := context.WithCancel(in.fillCtx)
+	f := &localFill{cancel: cancel, done: make(chan struct{})}
+	ready := make(chan struct{})
+	lo.Ready = func() { close(ready) }
+	go func() {
+		defer close(f.done)
+		f.st, f.err = lazypages.Run(ctx, lo)
+	}()
+	select {
+	case <-ready:
+		return f, nil
+	case <-f.done:
+		cancel()
+		if f.err == nil {
+			f.err = errors.New("ended before listening")
+		}
+		return nil, fmt.Errorf("lazy-pages: %w", f.err)
+	}
+}
+
+func (f *localFill) wait() (lazypages.Stats, error) {
+	<-f.done
+	f.cancel()
+	return f.st, f.err
+}
+
+// stop ends the daemon after a failed restore (which killed its tree).
+func (f *localFill) stop() {
+	f.cancel()
+	<-f.done
+}
+
+// postcopyOf summarises a fill that began at resumed.
+func postcopyOf(st lazypages.Stats, resumed time.Time) *Postcopy {
+	pc := &Postcopy{Pages: st.FaultPages + st.PushPages + st.ZeroPages, Faults: st.Faults}
+	if !st.AllPagesIn.IsZero() {
+		pc.Duration = st.AllPagesIn.Sub(resumed)
+		if pc.Duration < 0 {
+			// Every page was in before the resume (pushed while the
+			// tree was still stopped).
+			pc.Duration = 0
+		}
+	}
+	if n := len(st.FaultTimes); n > 0 {
+		ts := slices.Clone(st.FaultTimes)
+		slices.Sort(ts)
+		pc.FaultP50, pc.FaultP99 = ts[n/2], ts[min(n-1, n*99/100)]
+	}
+	return pc
 }
 
 func (in *inbound) cleanup() {

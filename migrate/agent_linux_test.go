@@ -6,11 +6,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
 	"godwit/internal/cpuinfo"
 	"godwit/internal/logging"
+	"godwit/lazypages"
 	pb "godwit/migrate/internal/proto"
 )
 
@@ -121,6 +123,25 @@ func TestCheckCPU(t *testing.T) {
 	}
 	if err := checkCPU([]byte{0xff}, ""); err == nil {
 		t.Error("garbage CPU description accepted")
+	}
+}
+
+func TestPostcopyOf(t *testing.T) {
+	resumed := time.Now()
+	st := lazypages.Stats{FaultPages: 10, PushPages: 80, ZeroPages: 10, Faults: 100, AllPagesIn: resumed.Add(3 * time.Second)}
+	for i := 100; i >= 1; i-- {
+		st.FaultTimes = append(st.FaultTimes, time.Duration(i)*time.Millisecond)
+	}
+	pc := postcopyOf(st, resumed)
+	if pc.Pages != 100 || pc.Faults != 100 || pc.Duration != 3*time.Second ||
+		pc.FaultP50 != 51*time.Millisecond || pc.FaultP99 != 100*time.Millisecond {
+		t.Errorf("postcopy %+v", pc)
+	}
+	// Every page in before the resume: no negative fill time; no faults,
+	// no percentiles.
+	pc = postcopyOf(lazypages.Stats{PushPages: 5, AllPagesIn: resumed.Add(-time.Millisecond)}, resumed)
+	if pc.Pages != 5 || pc.Duration != 0 || pc.FaultP50 != 0 || pc.FaultP99 != 0 {
+		t.Errorf("postcopy %+v", pc)
 	}
 }
 

@@ -43,6 +43,13 @@ type SendOptions struct {
 	WorkDir   string
 	FileLocks bool
 	CPUCap    string
+	// FullFill has the agent fill every page before the resume (the
+	// downtime grows with the memory) instead of restoring lazily from
+	// its own images and filling after the resume.
+	FullFill bool
+	// ServerTLS is this host's server certificate (the CA is TLS's):
+	// post-copy serves the lazy pages with it to the agent.
+	ServerTLS TLSFiles
 	// OnRound, if set, sees every pre-copy round as it ends (progress).
 	OnRound func(Round)
 	// OnPhase, if set, is told each phase as the migration enters it.
@@ -70,8 +77,18 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	}
 	switch res.Mode {
 	case ModePrecopy:
-	case ModePostcopy, ModeHybrid:
-		return res, phaseErr(PhaseCheck, fmt.Errorf("--mode %s: post-copy migration is not implemented yet (use precopy)", res.Mode))
+	case ModePostcopy:
+		if o.ServerTLS.Cert == "" || o.ServerTLS.Key == "" {
+			return res, phaseErr(PhaseCheck, errors.New("--mode postcopy serves the pages to the agent: it needs --tls-server-cert and --tls-server-key"))
+		}
+		if o.Transport == "quic" || o.FullFill {
+			return res, phaseErr(PhaseCheck, errors.New("--mode postcopy: --transport quic and --no-lazy-restore do not apply"))
+		}
+		if o.ServerTLS.CACert == "" {
+			o.ServerTLS.CACert = o.TLS.CACert
+		}
+	case ModeHybrid:
+		return res, phaseErr(PhaseCheck, errors.New("--mode hybrid: a lazy final dump on top of pre-copy rounds is not implemented yet (use precopy or postcopy)"))
 	default:
 		return res, phaseErr(PhaseCheck, fmt.Errorf("unknown --mode %q (want precopy, postcopy or hybrid)", res.Mode))
 	}
@@ -143,6 +160,9 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, phaseErr(PhaseCheck, fmt.Errorf("expected accepted, got %T", m.Msg))
 	}
 	res.ID = m.GetAccepted().Id
+	if res.Mode == ModePostcopy {
+		return res, s.postcopy(o, res, raw.LocalAddr(), enter)
+	}
 	enter(PhasePrecopy)
 
 	work := o.WorkDir
@@ -248,7 +268,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 				return err
 			}
 			imagesAt = time.Now()
-			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{}}}); err != nil {
+			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{FullFill: o.FullFill}}}); err != nil {
 				return err
 			}
 			hookPhase = PhaseRestore
@@ -308,6 +328,22 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	res.Downtime = s.at.Sub(frozeAt)
 	res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt), Images: imagesAt.Sub(dumpedAt),
 		Restore: readyAt.Sub(imagesAt), Resume: s.at.Sub(readyAt)}
+	if o.FullFill {
+		return res, nil
+	}
+	// The copy runs; the migration is complete when the agent has every
+	// page in. A failure now has killed the destination's copy too.
+	enter(PhasePostcopy)
+	m, err = s.recv(PhasePostcopy, roundWait)
+	if err != nil {
+		return res, err
+	}
+	pi := m.GetPagesIn()
+	if pi == nil {
+		return res, phaseErr(PhasePostcopy, fmt.Errorf("expected pages-in, got %T", m.Msg))
+	}
+	res.Postcopy = &Postcopy{Pages: pi.Pages, Faults: pi.Faults, FaultP50: time.Duration(pi.FaultP50Ns),
+		FaultP99: time.Duration(pi.FaultP99Ns), Duration: time.Duration(pi.DurationNs)}
 	return res, nil
 }
 
@@ -499,4 +535,111 @@ func hostCPU() ([]byte, error) {
 		return nil, err
 	}
 	return proto.Marshal(h.Entry())
+}
+
+// postcopy freezes the tree and dumps it lazily (dump --lazy-pages): every
+// image but the pages of lazy VMAs goes to the agent, which restores and
+// resumes at once; the frozen tree then serves those pages (mutual TLS,
+// this host's server certificate, the agent's client one) until the
+// agent's lazy-pages daemon has them all, and is killed. The images handed
+// over are the point of no return: the tree is never resumed after that,
+// so a failure from then on (source or agent lost) loses the program: the
+// destination's copy is killed rather than left with missing pages.
+func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func(Phase)) error {
+	enter(PhaseFreeze)
+	work, err := os.MkdirTemp(o.WorkDir, "godwit-postcopy-")
+	if err != nil {
+		return s.abortWith(PhaseFreeze, err)
+	}
+	defer os.RemoveAll(work)
+	ip := local.(*net.TCPAddr).IP
+	// The page server's port, named in the restore request before the
+	// dump serves on it.
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip.String(), "0"))
+	if err != nil {
+		return s.abortWith(PhaseFreeze, err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	to, err := o.ServerTLS.pageTransport("tls", "")
+	if err != nil {
+		return s.abortWith(PhaseFreeze, err)
+	}
+	host, _, _ := splitHostPort(o.To)
+	to.AllowedClients = []string{host}
+	var frozeAt, dumpedAt time.Time
+	committed := false
+	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
+		switch action {
+		case actions.PreDump:
+			frozeAt = time.Now()
+			return s.send(&pb.Envelope{Msg: &pb.Envelope_RoundStart{RoundStart: &pb.RoundStart{Final: true, Lazy: true}}})
+		case actions.PostDump:
+			dumpedAt = time.Now()
+			if err := s.sendImages(work); err != nil {
+				return err
+			}
+			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{PageSource: addr}}}); err != nil {
+				return err
+			}
+			committed = true
+			enter(PhasePostcopy)
+		}
+		return nil
+	}}
+	// Serving ends with the agent's CLOSE; a Failure from the agent, or
+	// its link lost, ends it at once.
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	var recvErr error
+	var resumedAt time.Time
+	received := make(chan struct{})
+	go func() {
+		defer close(received)
+		for {
+			m, err := s.recv(PhasePostcopy, roundWait)
+			if err != nil {
+				recvErr = err
+				cancel()
+				return
+			}
+			switch {
+			case m.GetResumed() != nil:
+				resumedAt = s.at
+			case m.GetPagesIn() != nil:
+				pi := m.GetPagesIn()
+				res.Postcopy = &Postcopy{Pages: pi.Pages, Faults: pi.Faults, FaultP50: time.Duration(pi.FaultP50Ns),
+					FaultP99: time.Duration(pi.FaultP99Ns), Duration: time.Duration(pi.DurationNs)}
+				return
+			}
+		}
+	}()
+	_, err = dumper.DumpLazyContext(ctx, dumper.Options{Pid: o.Pid, ImagesDir: work, FileLocks: o.FileLocks, CPUCap: o.CPUCap},
+		scripts, dumper.LazyServe{Addr: addr, Transport: to})
+	if !committed {
+		if err == nil {
+			err = errors.New("dump ended without handing over")
+		}
+		return s.abortWith(PhaseFreeze, err)
+	}
+	<-received
+	if !resumedAt.IsZero() {
+		res.Downtime = resumedAt.Sub(frozeAt)
+		res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt)}
+	}
+	switch {
+	case recvErr != nil:
+		return fmt.Errorf("post-copy, the source tree killed: %w", recvErr)
+	case err != nil:
+		return phaseErr(PhasePostcopy, fmt.Errorf("the source tree killed: %w", err))
+	case res.Postcopy == nil:
+		return phaseErr(PhasePostcopy, errors.New("the agent did not report every page in"))
+	}
+	return nil
+}
+
+// abortWith tells the agent to remove what it has (the source runs on).
+func (s *sender) abortWith(p Phase, err error) error {
+	_ = s.send(&pb.Envelope{Msg: &pb.Envelope_Abort{Abort: &pb.Abort{Reason: err.Error()}}})
+	return phaseErr(p, err)
 }

@@ -39,7 +39,9 @@ files it has open present at the same paths); pre-copy rounds then send memory w
 program runs, until the predicted last delta fits --downtime-budget, the rounds stop
 shrinking, or --max-rounds (0: stop-and-copy). The tree is then frozen and its last
 delta and state sent; the agent rebuilds it, and only then is the source killed and the
-copy resumed. Before that point any failure leaves the source running as it was.`,
+copy resumed, its memory filled after the resume from the agent's own images (unless
+--no-lazy-restore); the migration ends when every page is in. Before the switch-over any
+failure leaves the source running as it was.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.Pid <= 0 {
@@ -66,17 +68,20 @@ copy resumed. Before that point any failure leaves the source running as it was.
 	f := send.Flags()
 	f.StringVar(&o.To, "to", "", "destination agent `host[:port]`")
 	f.IntVarP(&o.Pid, "tree", "t", 0, "root `PID` of the tree to move")
-	f.StringVar(&mode, "mode", "precopy", "precopy (postcopy and hybrid are not implemented yet)")
+	f.StringVar(&mode, "mode", "precopy", "precopy, or postcopy (resume on the destination at once, pages fetched from the frozen source; needs --tls-server-cert/--tls-server-key); hybrid is not implemented yet")
 	f.DurationVar(&o.DowntimeBudget, "downtime-budget", 50*time.Millisecond, "stop pre-copy once the last delta is predicted to move within `duration`")
 	f.IntVar(&o.MaxRounds, "max-rounds", 8, "at most `n` pre-copy rounds (0: stop-and-copy)")
 	f.StringVar(&o.Transport, "transport", "tls", "page streams: tls (TCP) or quic; both with mutual TLS")
 	f.StringVar(&o.TLS.CACert, "tls-cacert", "", "CA certificate `file` that signed the agent's certificate")
 	f.StringVar(&o.TLS.Cert, "tls-cert", "", "this host's client certificate `file`")
 	f.StringVar(&o.TLS.Key, "tls-key", "", "this host's private key `file`")
+	f.StringVar(&o.ServerTLS.Cert, "tls-server-cert", "", "this host's server certificate `file` (post-copy: serve the lazy pages to the agent)")
+	f.StringVar(&o.ServerTLS.Key, "tls-server-key", "", "the server certificate's private key `file`")
 	f.StringVar(&o.ServerName, "tls-server-name", "", "name the agent's certificate must carry (default: the host of --to)")
 	f.StringVar(&o.CPUCap, "cpu-cap", "", "CPU capabilities the destination must match (as dump's --cpu-cap)")
 	f.BoolVarP(&a.o.FileLocks, "file-locks", "l", false, "move the file locks the tree holds")
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
+	f.BoolVar(&o.FullFill, "no-lazy-restore", false, "have the agent fill every page before the resume (by default it resumes at once and fills from its own images)")
 	c.AddCommand(send)
 	return c
 }
@@ -163,6 +168,8 @@ deploy/grafana for a dashboard), /healthz and /history (JSON) are served on
 	f.StringVar(&cfg.TLS.CACert, "tls-cacert", "", "CA certificate `file`: only peers it signed are accepted")
 	f.StringVar(&cfg.TLS.Cert, "tls-cert", "", "the agent's server certificate `file`")
 	f.StringVar(&cfg.TLS.Key, "tls-key", "", "the agent's private key `file`")
+	f.StringVar(&cfg.ClientTLS.Cert, "tls-client-cert", "", "this host's client certificate `file` (post-copy: fetch pages from the source)")
+	f.StringVar(&cfg.ClientTLS.Key, "tls-client-key", "", "the client certificate's private key `file`")
 	f.StringVar(&metricsAddr, "metrics-address", "", "serve /metrics (Prometheus), /healthz and /history on `host:port`")
 	f.IntVar(&cfg.History, "history", 100, "keep the last `n` migrations in /history")
 	f.IntVar(&cfg.MaxConcurrent, "max-concurrent", 4, "at most `n` migrations at once")

@@ -42,6 +42,7 @@ type Envelope struct {
 	//	*Envelope_Go
 	//	*Envelope_Resumed
 	//	*Envelope_Abort
+	//	*Envelope_PagesIn
 	Msg           isEnvelope_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -201,6 +202,15 @@ func (x *Envelope) GetAbort() *Abort {
 	return nil
 }
 
+func (x *Envelope) GetPagesIn() *PagesIn {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_PagesIn); ok {
+			return x.PagesIn
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Msg interface {
 	isEnvelope_Msg()
 }
@@ -257,6 +267,10 @@ type Envelope_Abort struct {
 	Abort *Abort `protobuf:"bytes,13,opt,name=abort,proto3,oneof"`
 }
 
+type Envelope_PagesIn struct {
+	PagesIn *PagesIn `protobuf:"bytes,14,opt,name=pages_in,json=pagesIn,proto3,oneof"`
+}
+
 func (*Envelope_Hello) isEnvelope_Msg() {}
 
 func (*Envelope_Accepted) isEnvelope_Msg() {}
@@ -282,6 +296,8 @@ func (*Envelope_Go) isEnvelope_Msg() {}
 func (*Envelope_Resumed) isEnvelope_Msg() {}
 
 func (*Envelope_Abort) isEnvelope_Msg() {}
+
+func (*Envelope_PagesIn) isEnvelope_Msg() {}
 
 // Hello opens a migration (source to agent): what the destination must
 // be able to take.
@@ -496,9 +512,12 @@ func (x *Failure) GetMessage() string {
 // RoundStart asks the agent for a page server for round n (final: the
 // freeze); RoundReady gives its port.
 type RoundStart struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	N             uint32                 `protobuf:"varint,1,opt,name=n,proto3" json:"n,omitempty"`
-	Final         bool                   `protobuf:"varint,2,opt,name=final,proto3" json:"final,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	N     uint32                 `protobuf:"varint,1,opt,name=n,proto3" json:"n,omitempty"`
+	Final bool                   `protobuf:"varint,2,opt,name=final,proto3" json:"final,omitempty"`
+	// lazy: the freeze of a post-copy migration: no page stream; the
+	// images (with the pages outside lazy VMAs) come as files.
+	Lazy          bool `protobuf:"varint,3,opt,name=lazy,proto3" json:"lazy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -543,6 +562,13 @@ func (x *RoundStart) GetN() uint32 {
 func (x *RoundStart) GetFinal() bool {
 	if x != nil {
 		return x.Final
+	}
+	return false
+}
+
+func (x *RoundStart) GetLazy() bool {
+	if x != nil {
+		return x.Lazy
 	}
 	return false
 }
@@ -743,9 +769,15 @@ func (x *File) GetLast() bool {
 }
 
 // Restore: every image is sent; the agent restores and answers Ready
-// when the tree is rebuilt and stopped (or Failure).
+// when the tree is rebuilt and stopped (or Failure). Unless full_fill,
+// the agent restores the lazy VMAs empty and fills them after the resume
+// from its own images (faults first), then answers PagesIn.
+// page_source (post-copy): the source's lazy page server (host:port,
+// mutual TLS), where the lazy pages are; the agent resumes without Go.
 type Restore struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	FullFill      bool                   `protobuf:"varint,1,opt,name=full_fill,json=fullFill,proto3" json:"full_fill,omitempty"`
+	PageSource    string                 `protobuf:"bytes,2,opt,name=page_source,json=pageSource,proto3" json:"page_source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -778,6 +810,20 @@ func (x *Restore) ProtoReflect() protoreflect.Message {
 // Deprecated: Use Restore.ProtoReflect.Descriptor instead.
 func (*Restore) Descriptor() ([]byte, []int) {
 	return file_control_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Restore) GetFullFill() bool {
+	if x != nil {
+		return x.FullFill
+	}
+	return false
+}
+
+func (x *Restore) GetPageSource() string {
+	if x != nil {
+		return x.PageSource
+	}
+	return ""
 }
 
 type Ready struct {
@@ -897,6 +943,84 @@ func (x *Resumed) GetPid() int32 {
 	return 0
 }
 
+// PagesIn: after a lazy restore, every page of the tree is in (the
+// migration is complete); what the fill after the resume did.
+type PagesIn struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pages         uint64                 `protobuf:"varint,1,opt,name=pages,proto3" json:"pages,omitempty"` // pages copied after the resume (faults and push)
+	Faults        uint64                 `protobuf:"varint,2,opt,name=faults,proto3" json:"faults,omitempty"`
+	FaultP50Ns    int64                  `protobuf:"varint,3,opt,name=fault_p50_ns,json=faultP50Ns,proto3" json:"fault_p50_ns,omitempty"`
+	FaultP99Ns    int64                  `protobuf:"varint,4,opt,name=fault_p99_ns,json=faultP99Ns,proto3" json:"fault_p99_ns,omitempty"`
+	DurationNs    int64                  `protobuf:"varint,5,opt,name=duration_ns,json=durationNs,proto3" json:"duration_ns,omitempty"` // resume to the last page in
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PagesIn) Reset() {
+	*x = PagesIn{}
+	mi := &file_control_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PagesIn) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PagesIn) ProtoMessage() {}
+
+func (x *PagesIn) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PagesIn.ProtoReflect.Descriptor instead.
+func (*PagesIn) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *PagesIn) GetPages() uint64 {
+	if x != nil {
+		return x.Pages
+	}
+	return 0
+}
+
+func (x *PagesIn) GetFaults() uint64 {
+	if x != nil {
+		return x.Faults
+	}
+	return 0
+}
+
+func (x *PagesIn) GetFaultP50Ns() int64 {
+	if x != nil {
+		return x.FaultP50Ns
+	}
+	return 0
+}
+
+func (x *PagesIn) GetFaultP99Ns() int64 {
+	if x != nil {
+		return x.FaultP99Ns
+	}
+	return 0
+}
+
+func (x *PagesIn) GetDurationNs() int64 {
+	if x != nil {
+		return x.DurationNs
+	}
+	return 0
+}
+
 // Abort: the source gave up; the agent removes what it made.
 type Abort struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -907,7 +1031,7 @@ type Abort struct {
 
 func (x *Abort) Reset() {
 	*x = Abort{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -919,7 +1043,7 @@ func (x *Abort) String() string {
 func (*Abort) ProtoMessage() {}
 
 func (x *Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -932,7 +1056,7 @@ func (x *Abort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Abort.ProtoReflect.Descriptor instead.
 func (*Abort) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Abort) GetReason() string {
@@ -946,7 +1070,7 @@ var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\x11godwit.migrate.v1\"\xe1\x05\n" +
+	"\rcontrol.proto\x12\x11godwit.migrate.v1\"\x9a\x06\n" +
 	"\bEnvelope\x120\n" +
 	"\x05hello\x18\x01 \x01(\v2\x18.godwit.migrate.v1.HelloH\x00R\x05hello\x129\n" +
 	"\baccepted\x18\x02 \x01(\v2\x1b.godwit.migrate.v1.AcceptedH\x00R\baccepted\x126\n" +
@@ -964,7 +1088,8 @@ const file_control_proto_rawDesc = "" +
 	" \x01(\v2\x18.godwit.migrate.v1.ReadyH\x00R\x05ready\x12'\n" +
 	"\x02go\x18\v \x01(\v2\x15.godwit.migrate.v1.GoH\x00R\x02go\x126\n" +
 	"\aresumed\x18\f \x01(\v2\x1a.godwit.migrate.v1.ResumedH\x00R\aresumed\x120\n" +
-	"\x05abort\x18\r \x01(\v2\x18.godwit.migrate.v1.AbortH\x00R\x05abortB\x05\n" +
+	"\x05abort\x18\r \x01(\v2\x18.godwit.migrate.v1.AbortH\x00R\x05abort\x127\n" +
+	"\bpages_in\x18\x0e \x01(\v2\x1a.godwit.migrate.v1.PagesInH\x00R\apagesInB\x05\n" +
 	"\x03msg\"\xda\x01\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x10\n" +
@@ -980,11 +1105,12 @@ const file_control_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"9\n" +
 	"\aFailure\x12\x14\n" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"0\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"D\n" +
 	"\n" +
 	"RoundStart\x12\f\n" +
 	"\x01n\x18\x01 \x01(\rR\x01n\x12\x14\n" +
-	"\x05final\x18\x02 \x01(\bR\x05final\" \n" +
+	"\x05final\x18\x02 \x01(\bR\x05final\x12\x12\n" +
+	"\x04lazy\x18\x03 \x01(\bR\x04lazy\" \n" +
 	"\n" +
 	"RoundReady\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\rR\x04port\"\x19\n" +
@@ -995,12 +1121,24 @@ const file_control_proto_rawDesc = "" +
 	"\x04File\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x12\n" +
-	"\x04last\x18\x03 \x01(\bR\x04last\"\t\n" +
-	"\aRestore\"\a\n" +
+	"\x04last\x18\x03 \x01(\bR\x04last\"G\n" +
+	"\aRestore\x12\x1b\n" +
+	"\tfull_fill\x18\x01 \x01(\bR\bfullFill\x12\x1f\n" +
+	"\vpage_source\x18\x02 \x01(\tR\n" +
+	"pageSource\"\a\n" +
 	"\x05Ready\"\x04\n" +
 	"\x02Go\"\x1b\n" +
 	"\aResumed\x12\x10\n" +
-	"\x03pid\x18\x01 \x01(\x05R\x03pid\"\x1f\n" +
+	"\x03pid\x18\x01 \x01(\x05R\x03pid\"\x9c\x01\n" +
+	"\aPagesIn\x12\x14\n" +
+	"\x05pages\x18\x01 \x01(\x04R\x05pages\x12\x16\n" +
+	"\x06faults\x18\x02 \x01(\x04R\x06faults\x12 \n" +
+	"\ffault_p50_ns\x18\x03 \x01(\x03R\n" +
+	"faultP50Ns\x12 \n" +
+	"\ffault_p99_ns\x18\x04 \x01(\x03R\n" +
+	"faultP99Ns\x12\x1f\n" +
+	"\vduration_ns\x18\x05 \x01(\x03R\n" +
+	"durationNs\"\x1f\n" +
 	"\x05Abort\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reasonB\x1fZ\x1dgodwit/migrate/internal/protob\x06proto3"
 
@@ -1016,7 +1154,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_control_proto_goTypes = []any{
 	(*Envelope)(nil),   // 0: godwit.migrate.v1.Envelope
 	(*Hello)(nil),      // 1: godwit.migrate.v1.Hello
@@ -1031,7 +1169,8 @@ var file_control_proto_goTypes = []any{
 	(*Ready)(nil),      // 10: godwit.migrate.v1.Ready
 	(*Go)(nil),         // 11: godwit.migrate.v1.Go
 	(*Resumed)(nil),    // 12: godwit.migrate.v1.Resumed
-	(*Abort)(nil),      // 13: godwit.migrate.v1.Abort
+	(*PagesIn)(nil),    // 13: godwit.migrate.v1.PagesIn
+	(*Abort)(nil),      // 14: godwit.migrate.v1.Abort
 }
 var file_control_proto_depIdxs = []int32{
 	1,  // 0: godwit.migrate.v1.Envelope.hello:type_name -> godwit.migrate.v1.Hello
@@ -1046,12 +1185,13 @@ var file_control_proto_depIdxs = []int32{
 	10, // 9: godwit.migrate.v1.Envelope.ready:type_name -> godwit.migrate.v1.Ready
 	11, // 10: godwit.migrate.v1.Envelope.go:type_name -> godwit.migrate.v1.Go
 	12, // 11: godwit.migrate.v1.Envelope.resumed:type_name -> godwit.migrate.v1.Resumed
-	13, // 12: godwit.migrate.v1.Envelope.abort:type_name -> godwit.migrate.v1.Abort
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	14, // 12: godwit.migrate.v1.Envelope.abort:type_name -> godwit.migrate.v1.Abort
+	13, // 13: godwit.migrate.v1.Envelope.pages_in:type_name -> godwit.migrate.v1.PagesIn
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1073,6 +1213,7 @@ func file_control_proto_init() {
 		(*Envelope_Go)(nil),
 		(*Envelope_Resumed)(nil),
 		(*Envelope_Abort)(nil),
+		(*Envelope_PagesIn)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1080,7 +1221,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
