@@ -191,6 +191,10 @@ func probeMemfdHugetlb() error {
 	return nil
 }
 
+// b may be Go memory converted in the call (KCMP_EPOLL_TFD's slot):
+// kept on the heap and alive for the call, as the ptrace wrapper's.
+//
+//go:uintptrescapes
 func kcmp(pid1, pid2, typ int, a, b uintptr) (uintptr, error) {
 	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid1), uintptr(pid2), uintptr(typ), a, b, 0)
 	if e != 0 {

@@ -166,6 +166,14 @@ func (t *Tracer) releaseAll() {
 }
 
 // ptrace issues one raw ptrace request.
+//
+// Callers pass Go memory as uintptr(unsafe.Pointer(&x)) in the call: the
+// directive below moves such x to the heap and keeps it alive for the
+// call. Without it a stack x could be moved by a stack growth inside this
+// wrapper, and the kernel would write to the stale stack: heap
+// corruption, the likely cause of a rare GC crash seen in kerndat's tests.
+//
+//go:uintptrescapes
 func ptrace(req int, tid int, addr, data uintptr) (uintptr, error) {
 	r, _, e := unix.Syscall6(unix.SYS_PTRACE, uintptr(req), uintptr(tid), addr, data, 0, 0)
 	if e != 0 {
