@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -916,24 +915,7 @@ func inetSocketOpts(s int) (model.SocketOpts, error) {
 	if off, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_PEEK_OFF); err == nil && off != -1 {
 		return o, fmt.Errorf("SO_PEEK_OFF is set (%d): not supported yet", off)
 	}
-	for _, t := range []struct {
-		opt      int
-		sec, use *uint64
-	}{{unix.SO_SNDTIMEO, &o.SndTimeoSec, &o.SndTimeoUsec}, {unix.SO_RCVTIMEO, &o.RcvTimeoSec, &o.RcvTimeoUsec}} {
-		tv, err := unix.GetsockoptTimeval(s, unix.SOL_SOCKET, t.opt)
-		if err != nil {
-			return o, fmt.Errorf("getsockopt timeout: %w", err)
-		}
-		*t.sec, *t.use = uint64(tv.Sec), uint64(tv.Usec)
-	}
-	var n uint32
-	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(s), unix.SOL_SOCKET, unix.SO_GET_FILTER, 0, uintptr(unsafe.Pointer(&n)), 0); e != 0 {
-		return o, fmt.Errorf("getsockopt SO_GET_FILTER: %w", e)
-	}
-	if n != 0 {
-		return o, fmt.Errorf("a socket filter of %d instructions is attached: not supported yet", n)
-	}
-	return o, nil
+	return o, socketTimeoutsFilter(s, &o)
 }
 
 // setInetSocketOpts gives s the dumped socket-level options; buffer

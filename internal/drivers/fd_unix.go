@@ -500,25 +500,31 @@ func socketOpts(s int) (model.SocketOpts, error) {
 	if peekOff != -1 {
 		return o, fmt.Errorf("SO_PEEK_OFF is set (%d): not supported yet", peekOff)
 	}
+	return o, socketTimeoutsFilter(s, &o)
+}
+
+// socketTimeoutsFilter reads the send and receive timeouts into o and
+// refuses an attached socket filter (any socket family).
+func socketTimeoutsFilter(s int, o *model.SocketOpts) error {
 	for _, t := range []struct {
 		opt      int
 		sec, use *uint64
 	}{{unix.SO_SNDTIMEO, &o.SndTimeoSec, &o.SndTimeoUsec}, {unix.SO_RCVTIMEO, &o.RcvTimeoSec, &o.RcvTimeoUsec}} {
 		tv, err := unix.GetsockoptTimeval(s, unix.SOL_SOCKET, t.opt)
 		if err != nil {
-			return o, fmt.Errorf("getsockopt timeout: %w", err)
+			return fmt.Errorf("getsockopt timeout: %w", err)
 		}
 		*t.sec, *t.use = uint64(tv.Sec), uint64(tv.Usec)
 	}
 	// With no buffer, SO_GET_FILTER answers with the filter's length.
 	var n uint32
 	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(s), unix.SOL_SOCKET, unix.SO_GET_FILTER, 0, uintptr(unsafe.Pointer(&n)), 0); e != 0 {
-		return o, fmt.Errorf("getsockopt SO_GET_FILTER: %w", e)
+		return fmt.Errorf("getsockopt SO_GET_FILTER: %w", e)
 	}
 	if n != 0 {
-		return o, fmt.Errorf("a socket filter of %d instructions is attached: not supported yet", n)
+		return fmt.Errorf("a socket filter of %d instructions is attached: not supported yet", n)
 	}
-	return o, nil
+	return nil
 }
 
 // peekQueue reads what s has to read without taking it: SO_PEEK_OFF moves
