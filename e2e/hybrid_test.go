@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"godwit/migrate"
 )
 
 // startMemticker starts workloads/memticker.c on this host (a session of
@@ -93,22 +95,16 @@ func lazyDumpServe(t *testing.T, args ...string) (cmd *exec.Cmd, addr string, du
 	}
 	dumped = make(chan error, 1)
 	addrc := make(chan string, 1)
-	lines := make(chan string, 64)
+	// stdout is read by the test only after dumped delivered.
 	go func() {
 		sc := bufio.NewScanner(pipe)
 		for sc.Scan() {
 			if a, ok := strings.CutPrefix(sc.Text(), "Serving lazy pages on "); ok {
 				addrc <- a
 			}
-			lines <- sc.Text()
+			stdout.WriteString(sc.Text() + "\n")
 		}
-		close(lines)
 		dumped <- cmd.Wait()
-	}()
-	go func() {
-		for l := range lines {
-			stdout.WriteString(l + "\n")
-		}
 	}()
 	t.Cleanup(func() { cmd.Process.Kill() })
 	select {
@@ -236,4 +232,56 @@ func statValue(t *testing.T, out, re string) uint64 {
 	}
 	v, _ := strconv.ParseUint(m[1], 10, 64)
 	return v
+}
+
+// TestMigrateHybrid moves a program that rewrites its memory faster than
+// pre-copy rounds converge (and with few rounds allowed): after the
+// rounds, the final dump leaves the pages written since the last round in
+// the frozen source, the agent resumes the program at once with the round
+// pages from its own images and pulls the rest; the source goes only when
+// every page is in. The program then checks its memory on host B.
+func TestMigrateHybrid(t *testing.T) {
+	m := newMigLab(t)
+	client := filepath.Join(m.certs, m.b.Addr(), "client")
+	m.startAgent("--tls-client-cert", filepath.Join(client, "cert.pem"), "--tls-client-key", filepath.Join(client, "key.pem"))
+	const mib = 64
+	w := startOnHost(t, m.a, memtickerBin(t), "-m", strconv.Itoa(mib), "-w", "32")
+	logLine(t, w.log, regexp.MustCompile(`^ready pid=`), 0, 60*time.Second)
+	server := filepath.Join(m.certs, m.a.Addr(), "server")
+	code, res, stderr := m.send(w, "--mode", "hybrid", "--max-rounds", "2", "--downtime-budget", "1ms",
+		"--tls-server-cert", filepath.Join(server, "cert.pem"), "--tls-server-key", filepath.Join(server, "key.pem"))
+	if code != 0 {
+		t.Fatalf("migrate send: exit %d: %s", code, stderr)
+	}
+	rootB := m.moved(w)
+	defer killAndForget(rootB)
+	if res.Mode != migrate.ModeHybrid || res.Downtime <= 0 || res.Overrun || res.FailedPhase != "" {
+		t.Errorf("result %+v", res)
+	}
+	// Two pre-copy rounds (the first with every page), then the final
+	// one, whose dirty pages stayed on the source.
+	if len(res.Rounds) != 3 || res.Rounds[0].Bytes < mib<<20 {
+		t.Errorf("rounds %+v: want 2 pre-copy rounds and the final one", res.Rounds)
+	}
+	pc := res.Postcopy
+	if pc == nil || pc.Pages < mib*256 {
+		t.Fatalf("postcopy %+v: want every page of the %d MiB filled after the resume", pc, mib)
+	}
+	if pc.Faults > 0 && pc.FaultP50 <= 0 {
+		t.Errorf("postcopy %+v: faults without a latency", pc)
+	}
+	// The agent gone, the moved program needs nothing from it, nor from
+	// the source.
+	killAndForget(m.agentP)
+	_ = m.agent.Wait()
+	off := len(readFile(w.log))
+	if err := syscall.Kill(rootB, syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	check := logLine(t, w.log, regexp.MustCompile(`^check (ok|bad) .*`), off, 60*time.Second)
+	if check[1] != "ok" {
+		t.Fatalf("the migrated program found its memory wrong: %s", check[0])
+	}
+	t.Logf("hybrid: downtime %v, rounds %d, post-copy %d pages, %d faults (p50 %v, p99 %v) in %v",
+		res.Downtime, len(res.Rounds), pc.Pages, pc.Faults, pc.FaultP50, pc.FaultP99, pc.Duration)
 }
