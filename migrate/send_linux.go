@@ -763,8 +763,10 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 	}
 	<-received
 	if dr != nil && dr.Stats != nil {
+		// Frozen: the source stays frozen until every page is in (the
+		// program runs on the destination meanwhile).
 		res.Rounds = append(res.Rounds, Round{N: int(n - 1), Pages: dr.Mem.Written, Bytes: dr.Mem.Written * 4096,
-			Frozen: dumpedAt.Sub(frozeAt), Duration: dumpedAt.Sub(frozeAt)})
+			Frozen: time.Duration(dr.Stats.GetFrozenTime()) * time.Microsecond, Duration: dumpedAt.Sub(frozeAt)})
 	}
 	if !resumedAt.IsZero() {
 		res.Downtime = resumedAt.Sub(frozeAt)
