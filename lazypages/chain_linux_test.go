@@ -245,7 +245,7 @@ func TestLazyChainSourceLost(t *testing.T) {
 		t.Fatal("dump --lazy-pages did not start serving")
 	}
 	rs := exec.Command(os.Args[0])
-	rs.Env = append(os.Environ(), nsRestoreEnv+"="+strings.Join([]string{final, addr, certDir, string(pageserver.TransportTCP), "2ms"}, ","))
+	rs.Env = append(os.Environ(), nsRestoreEnv+"="+strings.Join([]string{final, addr, certDir, string(pageserver.TransportTCP), "5ms"}, ","))
 	rs.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWPID | unix.CLONE_NEWNS, Pdeathsig: syscall.SIGKILL}
 	var out bytes.Buffer
 	rs.Stdout, rs.Stderr = &out, &out
@@ -261,18 +261,25 @@ func TestLazyChainSourceLost(t *testing.T) {
 		case <-time.After(10 * time.Second):
 		}
 	})
+	// Restored: the task exists and the restorer let it go (untraced).
 	deadline := time.Now().Add(60 * time.Second)
-	for nsTask(p.Pid, rs.Process.Pid) == 0 {
+	for {
+		if k := nsTask(p.Pid, rs.Process.Pid); k > 0 {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", k)); err == nil && regexp.MustCompile(`(?m)^TracerPid:\s+0$`).Match(b) {
+				break
+			}
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no restored task\n%s", out.String())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	time.Sleep(100 * time.Millisecond)
 	cancel() // the source goes away mid-transfer
+	lost := time.Now()
 	var dr dumpRes
 	select {
 	case dr = <-done:
+		t.Logf("dump ended %v after it was stopped", time.Since(lost))
 	case <-time.After(30 * time.Second):
 		t.Fatal("dump --lazy-pages did not stop")
 	}
@@ -288,6 +295,7 @@ func TestLazyChainSourceLost(t *testing.T) {
 	var rerr error
 	select {
 	case rerr = <-rsDone:
+		t.Logf("restore side ended %v after the source was stopped", time.Since(lost))
 	case <-time.After(60 * time.Second):
 		t.Fatalf("restore side still running after its source went away\n%s", out.String())
 	}
