@@ -218,8 +218,11 @@ type Files struct {
 	// (--tcp-established); SkipInFlight leaves out the connections
 	// waiting in listeners' accept queues (--skip-in-flight).
 	TCPEstablished, SkipInFlight bool
-	inet                         *inetDump                 // fd_inet.go
-	ghosts                       map[[2]uint64]*model.File // deleted files read, by device and inode
+	// ExtTTY are the ttys left out of the dump, by st_rdev and st_dev
+	// (--external tty[rdev:dev]): the restore is given them.
+	ExtTTY map[[2]uint64]bool
+	inet   *inetDump                 // fd_inet.go
+	ghosts map[[2]uint64]*model.File // deleted files read, by device and inode
 
 	// NetLock is the dump's network lock: a socket driver adds each TCP
 	// connection to it (Lock) before the connection goes into repair
