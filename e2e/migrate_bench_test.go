@@ -33,12 +33,29 @@ func TestMigrateDowntime(t *testing.T) {
 	if os.Getenv("GODWIT_BENCH_MIGRATE") != "" {
 		sizes = []int{256, 1024}
 	}
+	if v := os.Getenv("GODWIT_BENCH_SIZES"); v != "" {
+		sizes = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(f)
+			if err != nil || n <= 0 {
+				t.Fatalf("GODWIT_BENCH_SIZES=%q: want MiB,MiB,...", v)
+			}
+			sizes = append(sizes, n)
+		}
+	}
 	bin := filepath.Join(t.TempDir(), "migrant")
 	if out, err := exec.Command("gcc", "-O2", "-Wall", "-o", bin, "workloads/migrant.c").CombinedOutput(); err != nil {
 		t.Fatalf("gcc: %v\n%s", err, out)
 	}
 	m := newMigLab(t)
-	m.startAgent()
+	// GODWIT_BENCH_LOG=DIR keeps -v4 logs of the agent and of every send
+	// there (timestamps per step: the profile of a switch-over).
+	logDir := os.Getenv("GODWIT_BENCH_LOG")
+	var agentArgs []string
+	if logDir != "" {
+		agentArgs = []string{"-v4", "--log-file", filepath.Join(logDir, "agent.log")}
+	}
+	m.startAgent(agentArgs...)
 	floor := tlsFloor(t, m, 256<<20)
 	t.Logf("floor: TLS over loopback %.0f MB/s (1 GiB in %v)", floor/1e6, time.Duration(float64(1<<30)/floor*float64(time.Second)).Round(time.Millisecond))
 	for _, mib := range sizes {
@@ -46,6 +63,9 @@ func TestMigrateDowntime(t *testing.T) {
 			name string
 			args []string
 		}{{"precopy", nil}, {"precopy-full", []string{"--no-lazy-restore"}}, {"stop-and-copy", []string{"--max-rounds", "0"}}} {
+			if only := os.Getenv("GODWIT_BENCH_CASES"); only != "" && !slices.Contains(strings.Split(only, ","), c.name) {
+				continue
+			}
 			w := startOnHost(t, m.a, bin, "-m", strconv.Itoa(mib), "-r", "8192")
 			for deadline := time.Now().Add(60 * time.Second); !strings.Contains(readFile(w.log), "ready"); time.Sleep(10 * time.Millisecond) {
 				if time.Now().After(deadline) {
@@ -57,7 +77,11 @@ func TestMigrateDowntime(t *testing.T) {
 				t.Fatal(err)
 			}
 			time.Sleep(100 * time.Millisecond)
-			code, res, stderr := m.send(w, c.args...)
+			args := c.args
+			if logDir != "" {
+				args = append(slices.Clone(args), "-v4", "--log-file", filepath.Join(logDir, fmt.Sprintf("send-%d-%s.log", mib, c.name)))
+			}
+			code, res, stderr := m.send(w, args...)
 			if code != 0 {
 				t.Fatalf("%d MiB %s: exit %d: %s", mib, c.name, code, stderr)
 			}
