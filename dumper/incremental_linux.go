@@ -5,6 +5,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -46,6 +47,8 @@ type incrWriter struct {
 	stats MemStats
 	// Parent counts the pages left to the parent images.
 	Parent uint64
+	// ScanTime is the time spent in PAGEMAP_SCAN (profile, -v4).
+	ScanTime time.Duration
 	// Lost counts the pages that vanished while being read (tolerant).
 	Lost uint64
 	// lazy, for dump --lazy-pages on top of rounds, takes the data pages
@@ -156,8 +159,10 @@ func (w *incrWriter) writePrivate(vmas []VMA) error {
 		}
 		force := v.Prot&unix.PROT_READ == 0
 		var err error
+		ts := time.Now()
 		w.regs, err = w.scan.Scan(uffd.ScanArgs{Start: v.Start, End: v.End, CategoryAnyof: uffd.PageIsPresent | uffd.PageIsSwapped,
 			ReturnMask: pageCats}, w.regs[:0])
+		w.ScanTime += time.Since(ts)
 		if err != nil {
 			return fmt.Errorf("pages of vma %#x-%#x: %w", v.Start, v.End, err)
 		}

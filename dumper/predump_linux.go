@@ -550,9 +550,11 @@ func (t *trackedDump) writePrivate(pid int, vmas []VMA, sink pagexfer.Sink) (Mem
 		}
 		if tk != nil {
 			var err error
+			ts := time.Now()
 			if dirty, _, _, err = tk.scanDirty(vmas); err != nil {
 				return MemStats{}, 0, err
 			}
+			t.log.Debugf("dump %d: dirty scan: %v", pid, time.Since(ts))
 			if sinkHasParent(sink, t.parent.Exists(images.PagemapImg(pid))) {
 				covered = tk.st.Covered
 			}
@@ -569,6 +571,7 @@ func (t *trackedDump) writePrivate(pid int, vmas []VMA, sink pagexfer.Sink) (Mem
 	t0 := time.Now()
 	err = w.writePrivate(vmas)
 	w.stats.DumpTime = time.Since(t0)
+	t.log.Debugf("dump %d: private pages: %v (%v of it in PAGEMAP_SCAN, %d pages read)", pid, w.stats.DumpTime, w.ScanTime, w.stats.Written)
 	return w.stats, w.Parent, err
 }
 

@@ -39,7 +39,10 @@ type Options struct {
 	// absence only): a daemon killed then leaves its tasks to zero-filled
 	// pages.
 	NoGuard bool
-	Log     *logging.Logger
+	// Guard, if set, is a guard started ahead with StartGuard (Run
+	// owns it from the call on, and ends it as its own).
+	Guard *Guard
+	Log   *logging.Logger
 	// Ready, if set, is called once the socket listens.
 	Ready func()
 
@@ -93,6 +96,8 @@ type daemon struct {
 	faultSrc source
 	pushSrc  source
 	guard    *guard
+	// guardEnded: serve finished the guard (release ends it otherwise).
+	guardEnded bool
 
 	mu     sync.Mutex
 	tasks  []*task
@@ -127,6 +132,9 @@ func Run(ctx context.Context, o Options) (Stats, error) {
 		kick: make(chan struct{}, 1), done: make(chan struct{}), ep: -1, stopfd: -1}
 	if d.log == nil {
 		d.log = logging.Default()
+	}
+	if o.Guard != nil {
+		d.guard = o.Guard.g
 	}
 	defer d.release()
 	if err := d.open(ctx); err != nil {
@@ -178,7 +186,7 @@ func (d *daemon) open(ctx context.Context) error {
 	if err := d.epollAdd(d.stopfd, 0); err != nil {
 		return err
 	}
-	if !d.o.NoGuard {
+	if d.guard == nil && !d.o.NoGuard {
 		if d.guard, err = startGuard(); err != nil {
 			return fmt.Errorf("lazy-pages: %w", err)
 		}
@@ -213,6 +221,10 @@ func (d *daemon) release() {
 	}
 	if d.dir != nil {
 		d.dir.Close()
+	}
+	if d.guard != nil && !d.guardEnded {
+		// Run failed before serving: the guard holds nothing.
+		_ = d.guard.finish(false)
 	}
 }
 
@@ -255,8 +267,8 @@ func (d *daemon) serve(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			select {
-			case err := <-d.guard.exited:
-				d.fail(fmt.Errorf("lazy-pages: the guard process ended: %v", err))
+			case <-d.guard.exited:
+				d.fail(fmt.Errorf("lazy-pages: the guard process ended: %v", d.guard.exitErr))
 			case <-d.done:
 			}
 		}()
@@ -279,6 +291,7 @@ func (d *daemon) serve(ctx context.Context) error {
 		}
 	}
 	if d.guard != nil {
+		d.guardEnded = true
 		if gerr := d.guard.finish(complete); gerr != nil && ferr == nil {
 			ferr = gerr
 		}

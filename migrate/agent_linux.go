@@ -186,6 +186,10 @@ type inbound struct {
 	// frozeAt is when the final round started: the source freezes the
 	// tree right after asking for it.
 	frozeAt time.Time
+	// guard is the lazy-pages guard, started with the migration so that
+	// its start is not part of the downtime; handed to the fill (nil
+	// then) or ended by cleanup.
+	guard *lazypages.Guard
 }
 
 // addRound records round ps as the agent saw it: the pages its page server
@@ -341,6 +345,9 @@ func (in *inbound) run(ctx context.Context) error {
 	if err := os.Mkdir(in.dir, 0o700); err != nil {
 		return phaseErr(PhaseCheck, fmt.Errorf("migration directory: %w", err))
 	}
+	if in.guard, err = lazypages.StartGuard(); err != nil {
+		return phaseErr(PhaseCheck, err)
+	}
 	if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Accepted{Accepted: &pb.Accepted{Id: in.res.ID}}}); err != nil {
 		return phaseErr(PhaseConnect, err)
 	}
@@ -377,6 +384,7 @@ func (in *inbound) run(ctx context.Context) error {
 				return phaseErr(PhaseFreeze, err)
 			}
 		case m.GetRestore() != nil:
+			in.a.cfg.Log.Debugf("agent: migration %s: restore asked %v after the freeze", in.res.ID, time.Since(in.frozeAt))
 			return in.restore(ctx, m.GetRestore())
 		default:
 			return phaseErr(phase, fmt.Errorf("unexpected %T", m.Msg))
@@ -499,11 +507,13 @@ func (in *inbound) finishRound(n uint32) error {
 	if ps.stopOnDone {
 		ps.cancel()
 	}
+	t := time.Now()
 	select {
 	case err := <-ps.done:
 		if err != nil {
 			return fmt.Errorf("round %d pages: %w", n, err)
 		}
+		in.a.cfg.Log.Debugf("agent: migration %s: round %d: pages on disk %v after the source's done", in.res.ID, n, time.Since(t))
 		in.addRound(ps)
 		return nil
 	case <-time.After(sourceWait):
@@ -622,9 +632,11 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	var lazy *localFill
 	if !fullFill {
 		var err error
+		t := time.Now()
 		if lazy, err = in.startFill(ro.ImagesDir, pageSource); err != nil {
 			return phaseErr(PhaseRestore, err)
 		}
+		in.a.cfg.Log.Debugf("agent: migration %s: lazy-pages daemon started in %v", in.res.ID, time.Since(t))
 		ro.LazyPages, ro.WorkDir = true, in.dir
 	}
 	r, err := restorer.RestoreContext(ctx, ro, scripts)
@@ -679,7 +691,8 @@ type localFill struct {
 //
 // With pageSource the pages come from the source's page server instead.
 func (in *inbound) startFill(images, pageSource string) (*localFill, error) {
-	lo := lazypages.Options{ImagesDir: images, WorkDir: in.dir, Log: in.a.cfg.Log}
+	lo := lazypages.Options{ImagesDir: images, WorkDir: in.dir, Log: in.a.cfg.Log, Guard: in.guard}
+	in.guard = nil // Run's from now on
 	if pageSource != "" {
 		host, _, err := net.SplitHostPort(pageSource)
 		if err != nil {
@@ -745,6 +758,9 @@ func postcopyOf(st lazypages.Stats, resumed time.Time) *Postcopy {
 }
 
 func (in *inbound) cleanup() {
+	if in.guard != nil {
+		in.guard.Close()
+	}
 	for _, f := range in.files {
 		f.Close()
 	}
