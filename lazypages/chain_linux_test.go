@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -309,4 +312,68 @@ func TestLazyChainSourceLost(t *testing.T) {
 		t.Fatalf("the restored task ran on:\n%s", b)
 	}
 	t.Logf("restore side: %s", strings.TrimSpace(msg))
+}
+
+// TestLazySourceStalls: a page source that stops answering (a host or a
+// link gone without a reset, where TCP would wait for minutes) ends the
+// daemon once a GET goes unanswered for getTimeout: the task is killed and
+// the error names what never arrived, nothing waits on a fault for ever.
+func TestLazySourceStalls(t *testing.T) {
+	dir, log, goFile := dumpWorkload(t, 8, false)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			go func() { _, _ = io.Copy(io.Discard, c) }() // reads, never answers
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	old := getTimeout
+	getTimeout = 500 * time.Millisecond
+	t.Cleanup(func() { getTimeout = old })
+	res := startDaemon(t, Options{ImagesDir: dir, PageServer: ln.Addr().String()})
+	// The background push asks from the handoff on: the task may be
+	// killed before the restore lets it go (the restore then fails), or
+	// after, on its first fault.
+	r, rerr := lazyRestore(t, dir)
+	if rerr == nil {
+		if err := os.WriteFile(goFile, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var d daemonResult
+	select {
+	case d = <-res:
+	case <-time.After(30 * time.Second):
+		t.Fatal("daemon still waiting on a source that does not answer")
+	}
+	if d.err == nil || !strings.Contains(d.err.Error(), "did not answer") || !strings.Contains(d.err.Error(), "never arrived") ||
+		!strings.Contains(d.err.Error(), "killed [") {
+		t.Fatalf("daemon: %v (restore: %v)", d.err, rerr)
+	}
+	if rerr == nil {
+		code, ok := exitOf(t, r, 20*time.Second)
+		if b, _ := os.ReadFile(log); !ok || code != 128+int(unix.SIGKILL) || bytes.Contains(b, []byte("done")) {
+			t.Fatalf("the task exited %d (%v); log:\n%s", code, ok, b)
+		}
+	}
+	t.Logf("daemon: %v (restore: %v)", d.err, rerr)
 }
