@@ -631,7 +631,7 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 		}
 	}()
 	_, err = dumper.DumpLazyContext(ctx, dumper.Options{Pid: o.Pid, ImagesDir: work, FileLocks: o.FileLocks, CPUCap: o.CPUCap},
-		scripts, dumper.LazyServe{Addr: addr, Transport: to})
+		scripts, dumper.LazyServe{Addr: addr, Transport: to, DieWithServer: true})
 	if !committed {
 		if err == nil {
 			err = errors.New("dump ended without handing over")
@@ -752,7 +752,9 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 	}}
 	do := dumper.Options{Pid: o.Pid, ImagesDir: final, FileLocks: o.FileLocks, CPUCap: o.CPUCap,
 		PrevImagesDir: "../" + roundDir(n-1, false), TrackMem: true}
-	dr, err := dumper.DumpLazyContext(ctx, do, scripts, dumper.LazyServe{Addr: addr, Transport: to,
+	// Past the hand-over the agent's copy is the live one: the frozen
+	// tree dies with this process rather than resume beside it.
+	dr, err := dumper.DumpLazyContext(ctx, do, scripts, dumper.LazyServe{Addr: addr, Transport: to, DieWithServer: true,
 		Pages: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}})
 	if !committed {
 		// The dump rolled back: the source runs on.
