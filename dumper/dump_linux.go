@@ -215,7 +215,14 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		rb.run()
 		return nil, fmt.Errorf("dump: after seizing: %w", err)
 	}
-	tree, err = freezeTree(tr, pid, tids)
+	// The per-task work runs on the tracer thread: each ptrace call
+	// inline, rather than a cross-thread wake-up apiece (dearer than the
+	// call itself on a loaded machine).
+	err = tr.Do(func() error {
+		var err error
+		tree, err = freezeTree(tr, pid, tids)
+		return err
+	})
 	if err != nil {
 		rb.run()
 		if thawErr != nil {
@@ -259,7 +266,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			d.log.Warnf("dump %d: %v", pid, err)
 		}
 	})
-	err = d.safeCollect()
+	err = tr.Do(d.safeCollect)
 	if err == nil {
 		err = target.Commit()
 	}
@@ -324,24 +331,27 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			ferrs = append(ferrs, err)
 		}
 	}
-	for i := len(tree) - 1; i >= 0; i-- {
-		t := tree[i]
-		if t.zombie {
-			continue
+	_ = tr.Do(func() error {
+		for i := len(tree) - 1; i >= 0; i-- {
+			t := tree[i]
+			if t.zombie {
+				continue
+			}
+			var err error
+			switch {
+			case o.LeaveRunning:
+				err = tr.ThawProcess(t.pid, false)
+			case o.LeaveStopped:
+				err = tr.ThawProcess(t.pid, true)
+			default:
+				err = tr.KillProcess(t.pid)
+			}
+			if err != nil {
+				ferrs = append(ferrs, fmt.Errorf("task %d: %w", t.pid, err))
+			}
 		}
-		var err error
-		switch {
-		case o.LeaveRunning:
-			err = tr.ThawProcess(t.pid, false)
-		case o.LeaveStopped:
-			err = tr.ThawProcess(t.pid, true)
-		default:
-			err = tr.KillProcess(t.pid)
-		}
-		if err != nil {
-			ferrs = append(ferrs, fmt.Errorf("task %d: %w", t.pid, err))
-		}
-	}
+		return nil
+	})
 	// Killed, the tasks' connections close with these copies, in repair
 	// mode: silently.
 	if !resume {

@@ -35,7 +35,12 @@ func (r *Restorer) Finalize() error {
 		if t.img.dead() {
 			continue
 		}
-		if err := t.finalize(ds, tables); err != nil {
+		var serr *stepErr
+		// On the tracer thread: every ptrace call of the task's drivers
+		// runs inline, with no cross-thread hop (each a wake-up, far
+		// dearer than the call on a loaded machine).
+		_ = r.tr.Do(func() error { serr = t.finalize(ds, tables); return nil })
+		if err := serr; err != nil {
 			if t == r.root {
 				return r.fail(err.step, err.err)
 			}

@@ -120,40 +120,52 @@ func (r *Restorer) Layout() error {
 		t.stubOff = p.SyscallAddr - win.base
 		t.runner = runner == nil
 	}
-	t0 := time.Now()
-	err = r.createTree(p)
-	if kerr := p.Kill(); kerr != nil && err == nil {
-		err = fmt.Errorf("kill puppet %d: %w", p.Pid, kerr)
-	}
-	if err == nil {
-		err = r.buryZombies()
-	}
-	if err != nil {
-		return r.fail("create tasks", err)
-	}
-	// Threads too, at once: the longer a free TID waits, the likelier
-	// another process takes it (pid_max wraps fast on a busy host).
-	for _, t := range r.tasks {
-		if t.img.dead() {
-			continue
+	// On the tracer thread: each ptrace call of the tree's creation and
+	// layout runs inline, with no cross-thread wake-up apiece (dearer
+	// than the call itself on a loaded machine). r.fail (which closes
+	// the tracer) runs after, off it.
+	step := "create tasks"
+	err = r.tr.Do(func() error {
+		t0 := time.Now()
+		err := r.createTree(p)
+		if kerr := p.Kill(); kerr != nil && err == nil {
+			err = fmt.Errorf("kill puppet %d: %w", p.Pid, kerr)
 		}
-		if err := t.makeThreads(); err != nil {
-			return r.fail(fmt.Sprintf("task %d: threads", t.img.pid), err)
+		if err == nil {
+			err = r.buryZombies()
 		}
-	}
-	r.forkTime = time.Since(t0)
-	for _, t := range r.tasks {
-		if t.img.dead() {
-			continue
-		}
-		s, err := t.begin(t.img.pid)
 		if err != nil {
-			return r.fail(fmt.Sprintf("task %d: layout", t.img.pid), err)
+			return err
 		}
-		err = t.layout(s)
-		if err = s.End(err); err != nil {
-			return r.fail(fmt.Sprintf("task %d: layout", t.img.pid), err)
+		// Threads too, at once: the longer a free TID waits, the likelier
+		// another process takes it (pid_max wraps fast on a busy host).
+		for _, t := range r.tasks {
+			if t.img.dead() {
+				continue
+			}
+			if err := t.makeThreads(); err != nil {
+				step = fmt.Sprintf("task %d: threads", t.img.pid)
+				return err
+			}
 		}
+		r.forkTime = time.Since(t0)
+		for _, t := range r.tasks {
+			if t.img.dead() {
+				continue
+			}
+			step = fmt.Sprintf("task %d: layout", t.img.pid)
+			s, err := t.begin(t.img.pid)
+			if err != nil {
+				return err
+			}
+			if err = s.End(t.layout(s)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return r.fail(step, err)
 	}
 	r.phase = phaseLaidOut
 	return nil

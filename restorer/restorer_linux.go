@@ -268,10 +268,14 @@ func (r *Restorer) fillAll(ctx context.Context) error {
 			continue
 		}
 		if t.img.pages != nil {
-			src, err := t.privatePages()
-			if err == nil {
-				err = t.fillPages(interruptibleSource(ctx, src))
-			}
+			// On the tracer thread, as Layout.
+			err := r.tr.Do(func() error {
+				src, err := t.privatePages()
+				if err == nil {
+					err = t.fillPages(interruptibleSource(ctx, src))
+				}
+				return err
+			})
 			if err != nil {
 				return r.fail(fmt.Sprintf("task %d: fill pages", t.img.pid), err)
 			}
@@ -279,7 +283,7 @@ func (r *Restorer) fillAll(ctx context.Context) error {
 		if err := r.interrupted(ctx); err != nil {
 			return err
 		}
-		if err := t.fillShmem(); err != nil {
+		if err := r.tr.Do(t.fillShmem); err != nil {
 			return r.fail(fmt.Sprintf("task %d", t.img.pid), err)
 		}
 	}
