@@ -107,6 +107,7 @@ type taskRun struct {
 	runner bool   // the batch runner is in the window
 	// scratchMapped: Layout mapped the scratch area (batch tables).
 	scratchMapped bool
+	windowGone    bool   // Finalize unmapped the window
 	stubOff       uint64 // the puppet's syscall instruction offset from win.base
 	// protFix lists private VMAs laid out writable for FillPages, to
 	// get their dumped protection back in Finalize.

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -44,6 +45,8 @@ func benchTree(b *testing.B, n int) {
 	attachFloor := attachDetach(b, treePids(b, pid))
 	var dumps, restores, create, layout, fill, final, resume, freezing, dumpInj []time.Duration
 	var dumpCalls, restoreCalls, dumpStops, restoreStops int
+	var phaseStops [3]int
+	var byNr map[uintptr]int
 	var r *Restorer
 	defer func() {
 		if r != nil {
@@ -87,10 +90,14 @@ func benchTree(b *testing.B, n int) {
 		}
 		step(&layout, r.Layout)
 		create = append(create, r.forkTime/time.Duration(n))
+		phaseStops[0] = r.InjectionStops()
 		step(&fill, func() error { return r.fillAll(b.Context()) })
+		phaseStops[1] = r.InjectionStops()
 		step(&final, r.Finalize)
 		restoreCalls = r.InjectedCalls() / n
 		restoreStops = r.InjectionStops() / n
+		phaseStops[2] = r.InjectionStops()
+		_, _, byNr = r.tr.InjectionStats()
 		step(&resume, r.Resume)
 		restores = append(restores, time.Since(t0)/time.Duration(n))
 	}
@@ -109,6 +116,8 @@ func benchTree(b *testing.B, n int) {
 	b.ReportMetric(float64(med(restores).Microseconds()), "restore-µs/task")
 	b.Logf("%d tasks, per task: dump %v (freeze %v, injection sessions %v, %d injected calls, %d ptrace stops), restore %v = layout %v (of it making the tasks %v) + fill %v + finalize %v + resume %v, %d injected calls, %d ptrace stops",
 		n, med(dumps), med(freezing), med(dumpInj), dumpCalls, dumpStops, med(restores), med(layout), med(create), med(fill), med(final), med(resume), restoreCalls, restoreStops)
+	b.Logf("%d tasks, restore stops per task: layout %.1f, fill %.1f, finalize %.1f; injected calls per task by syscall: %s",
+		n, float64(phaseStops[0])/float64(n), float64(phaseStops[1]-phaseStops[0])/float64(n), float64(phaseStops[2]-phaseStops[1])/float64(n), perTask(byNr, n))
 	b.Logf("%d tasks, floors per task: fork %v, ptrace seize+interrupt+detach %v; dump %.0fx the attach floor, restore %.0fx the fork floor",
 		n, forkFloor, attachFloor, float64(med(dumps))/float64(attachFloor), float64(med(restores))/float64(forkFloor))
 	criuDump, criuRestore, err := criuTree(b, dir, n)
@@ -123,6 +132,20 @@ func benchTree(b *testing.B, n int) {
 		b.Logf("%d tasks, per task: CRIU dump %v, restore %v; godwit/CRIU: dump %.2fx, restore %.2fx",
 			n, med(criuDump), med(criuRestore), float64(med(dumps))/float64(med(criuDump)), float64(med(restores))/float64(med(criuRestore)))
 	}
+}
+
+// perTask formats injected-call counts by syscall number, per task.
+func perTask(byNr map[uintptr]int, n int) string {
+	nrs := make([]uintptr, 0, len(byNr))
+	for nr := range byNr {
+		nrs = append(nrs, nr)
+	}
+	slices.Sort(nrs)
+	var parts []string
+	for _, nr := range nrs {
+		parts = append(parts, fmt.Sprintf("%d:%.1f", nr, float64(byNr[nr])/float64(n)))
+	}
+	return strings.Join(parts, " ")
 }
 
 // readyFloor reads the fan-out workload's fork time from its log, per task.
@@ -247,9 +270,10 @@ func criuTree(b *testing.B, dir string, n int) (dumps, restores []time.Duration,
 	return dumps, restores, nil
 }
 
-// waitGone waits until /proc/PID is gone (a reaped task).
+// waitGone waits until /proc/PID is gone (a reaped task): init reaps
+// orphans late on a loaded host, so up to a minute.
 func waitGone(t testing.TB, pid int) {
-	for i := 0; i < 3000; i++ {
+	for i := 0; i < 12000; i++ {
 		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err != nil {
 			return
 		}

@@ -92,8 +92,9 @@ func capLastCap() int {
 // CAP_SETPCAP), groups and gids, securebits with KEEP_CAPS so that the uid
 // change keeps the permitted set, uids, then (with the effective set
 // raised to what is permitted) the final securebits, the capability sets,
-// ambient capabilities and no_new_privs. Two batches (two stops): the
-// second depends on the securebits the first reads.
+// ambient capabilities and no_new_privs. One batch, then calls queued
+// (inject.Session.Later) for the session's next stop: they depend on the
+// securebits the batch reads.
 func (credsDriver) RestoreThread(r *Restore, s *inject.Session, t *model.Thread) error {
 	c := &t.Creds
 	cur, err := procfs.ReadStatus(t.Tid)
@@ -114,8 +115,10 @@ func (credsDriver) RestoreThread(r *Restore, s *inject.Session, t *model.Thread)
 			calls = append(calls, inject.C("prctl(PR_SET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(sig)))
 		}
 	}
-	_, err = s.Batch(calls)
-	return err
+	for _, c := range calls {
+		s.Later(c.What, c.Nr, c.Args[:]...)
+	}
+	return nil
 }
 
 // capNames names the capabilities (include/uapi/linux/capability.h) in
@@ -187,7 +190,6 @@ func setCreds(s *inject.Session, c *model.Creds, cur *procfs.Status) ([]inject.C
 			return nil, err
 		}
 	}
-	capOff := (uint64(len(gb)) + 7) &^ 7
 	calls = append(calls,
 		inject.C("setgroups", unix.SYS_SETGROUPS, uint64(len(groups)), ga),
 		inject.C(fmt.Sprintf("setresgid %d %d %d", c.GID, c.EGID, c.SGID), unix.SYS_SETRESGID, uint64(c.GID), uint64(c.EGID), uint64(c.SGID)),
@@ -210,7 +212,7 @@ func setCreds(s *inject.Session, c *model.Creds, cur *procfs.Status) ([]inject.C
 	}
 	// Raise the effective set to the permitted one for the calls below
 	// that need CAP_SETPCAP (a uid change may have cleared it).
-	raise, err := capsetCall(s, capOff, cur.CapPrm, cur.CapPrm, cur.CapInh)
+	raise, err := capsetCall(s, cur.CapPrm, cur.CapPrm, cur.CapInh)
 	if err != nil {
 		return nil, err
 	}
@@ -219,7 +221,7 @@ func setCreds(s *inject.Session, c *model.Creds, cur *procfs.Status) ([]inject.C
 	if sec != curSec {
 		calls = append(calls, inject.C(fmt.Sprintf("prctl(PR_SET_SECUREBITS, %#x)", sec), unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, sec))
 	}
-	final, err := capsetCall(s, capOff+capsetSize, eff, prm, inh)
+	final, err := capsetCall(s, eff, prm, inh)
 	if err != nil {
 		return nil, err
 	}
@@ -236,12 +238,9 @@ func setCreds(s *inject.Session, c *model.Creds, cur *procfs.Status) ([]inject.C
 	return calls, nil
 }
 
-// capsetSize is a capset's header and two data words (version 3).
-const capsetSize = 8 + 2*12
-
-// capsetCall writes a capset's arguments into the scratch at off and
+// capsetCall stashes a capset's arguments (inject.Session.Stash) and
 // returns the call that sets the calling thread's capability sets.
-func capsetCall(s *inject.Session, off, eff, prm, inh uint64) (inject.Call, error) {
+func capsetCall(s *inject.Session, eff, prm, inh uint64) (inject.Call, error) {
 	b := le.AppendUint32(nil, unix.LINUX_CAPABILITY_VERSION_3)
 	b = le.AppendUint32(b, 0) // pid 0: the caller
 	for w := 0; w < 2; w++ {
@@ -249,7 +248,7 @@ func capsetCall(s *inject.Session, off, eff, prm, inh uint64) (inject.Call, erro
 		b = le.AppendUint32(b, uint32(prm>>(32*w)))
 		b = le.AppendUint32(b, uint32(inh>>(32*w)))
 	}
-	a, err := s.Put(off, b)
+	a, err := s.Stash(b)
 	if err != nil {
 		return inject.Call{}, err
 	}
