@@ -252,7 +252,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	}
 	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track,
 		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks, tcpEstablished: o.TCPEstablished, skipInFlight: o.SkipInFlight, netLock: nl,
-		shellJob: o.ShellJob, extUnix: drivers.ExtUnix{All: o.ExtUnixSk, Inos: o.ExtUnix}}
+		shellJob: o.ShellJob, extUnix: drivers.ExtUnix{All: o.ExtUnixSk, Inos: o.ExtUnix}, extTTY: o.ExtTTY}
 	// Connections read in repair mode: out of it again if the tasks
 	// resume (added last, so run before they are thawed).
 	rb.add(func() {
@@ -451,6 +451,7 @@ type dumpRun struct {
 	files    *drivers.Files
 	shellJob bool // --shell-job: ttys of a terminal outside the tree
 	extUnix  drivers.ExtUnix
+	extTTY   [][2]uint64
 }
 
 func (d *dumpRun) note(name string) { d.written = append(d.written, name) }
@@ -488,6 +489,12 @@ func (d *dumpRun) collect() error {
 	fl.FileLocks = d.fileLocks
 	fl.NetLock = d.netLock
 	fl.TCPEstablished, fl.SkipInFlight = d.tcpEstablished, d.skipInFlight
+	for _, t := range d.extTTY {
+		if fl.ExtTTY == nil {
+			fl.ExtTTY = map[[2]uint64]bool{}
+		}
+		fl.ExtTTY[t] = true
+	}
 	d.files = fl
 	var kobj kobjAlloc
 	tree := &model.Tree{}

@@ -457,6 +457,9 @@ func (r *treeRound) record() ([]byte, error) {
 // PARENT entries: locally the parent link (chained), on a page server its
 // answer to OPEN2.
 func sinkHasParent(s any, chained bool) bool {
+	if ls, ok := s.(*lazySink); ok {
+		return sinkHasParent(ls.inner, chained)
+	}
 	if ws, ok := s.(watchedSink); ok {
 		if ts, ok := ws.s.(*pageserver.TaskSink); ok {
 			return ts.HasParent()
@@ -562,6 +565,9 @@ func (t *trackedDump) writePrivate(pid int, vmas []VMA, sink pagexfer.Sink) (Mem
 		return MemStats{}, 0, err
 	}
 	defer w.close()
+	if ls, ok := sink.(*lazySink); ok {
+		w.lazy = ls
+	}
 	t0 := time.Now()
 	err = w.writePrivate(vmas)
 	w.stats.DumpTime = time.Since(t0)

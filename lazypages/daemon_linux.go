@@ -54,7 +54,11 @@ type Stats struct {
 	Tasks                 int
 	FaultPages, PushPages uint64 // pages copied on faults / in the background
 	ZeroPages             uint64
-	Faults                uint64
+	// LocalPages and RemotePages split the pages copied in by where they
+	// were read: the local images (the dump, its parent images) or the
+	// page server.
+	LocalPages, RemotePages uint64
+	Faults                  uint64
 	// Events followed while pages were missing.
 	Forks, Remaps, Removes, Unmaps uint64
 	FirstHandoff, AllPagesIn       time.Time
@@ -164,14 +168,14 @@ func (d *daemon) open(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("lazy-pages: %w", err)
 		}
-		d.faultSrc = fs
+		d.faultSrc = &tieredSource{remote: fs}
 		ps, err := dialSource(dctx, d.o.PageServer, d.o.Transport)
 		if err != nil {
 			return fmt.Errorf("lazy-pages: %w", err)
 		}
-		d.pushSrc = ps
+		d.pushSrc = &tieredSource{remote: ps}
 	} else {
-		d.faultSrc, d.pushSrc = localSource{}, localSource{}
+		d.faultSrc, d.pushSrc = &tieredSource{}, &tieredSource{}
 	}
 	if d.ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return fmt.Errorf("lazy-pages: epoll: %w", err)
@@ -275,6 +279,7 @@ func (d *daemon) serve(ctx context.Context) error {
 	ferr := d.err
 	d.mu.Unlock()
 	complete := ferr == nil
+	d.stats.LocalPages, d.stats.RemotePages = pagesFrom(d.faultSrc, d.pushSrc)
 	for _, s := range []source{d.faultSrc, d.pushSrc} {
 		if s == nil {
 			continue
@@ -405,7 +410,7 @@ func (d *daemon) pagemapOf(pid int) (*pagemap, error) {
 	if pm, ok := d.pms[pid]; ok {
 		return pm, nil
 	}
-	pm, err := openPagemap(d.dir, pid, d.o.PageServer == "")
+	pm, err := openPagemap(d.dir, pid, d.o.PageServer != "")
 	if err != nil {
 		return nil, err
 	}
@@ -531,6 +536,7 @@ func (s Stats) Format() string {
 		d = s.AllPagesIn.Sub(s.FirstHandoff)
 	}
 	return fmt.Sprintf("Lazy tasks: %d\nFaults: %d\nPages on faults: %d\nPages pushed: %d\nZero pages: %d\n"+
+		"Pages from local images: %d\nPages from the page server: %d\n"+
 		"Forks, remaps, removes, unmaps followed: %d, %d, %d, %d\nAll pages in after: %v\n",
-		s.Tasks, s.Faults, s.FaultPages, s.PushPages, s.ZeroPages, s.Forks, s.Remaps, s.Removes, s.Unmaps, d)
+		s.Tasks, s.Faults, s.FaultPages, s.PushPages, s.ZeroPages, s.LocalPages, s.RemotePages, s.Forks, s.Remaps, s.Removes, s.Unmaps, d)
 }

@@ -485,7 +485,7 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 // startLazy opens the final images of a post-copy migration: the source
 // froze the tree; no pages stream, the images come as files.
 func (in *inbound) startLazy() error {
-	if in.res.Mode != ModePostcopy || len(in.rounds) > 0 || in.ps != nil {
+	if (in.res.Mode != ModePostcopy && in.res.Mode != ModeHybrid) || len(in.rounds) > 0 || in.ps != nil {
 		return fmt.Errorf("lazy freeze in mode %s after %d rounds", in.res.Mode, len(in.rounds))
 	}
 	in.frozeAt = time.Now()
@@ -587,13 +587,17 @@ func (in *inbound) writeFile(f *pb.File) error {
 // only when every page is in. That fill depends on this host alone: it
 // runs on if the source's link dies.
 //
-// Post-copy (rs.PageSource): the lazy pages are on the source's frozen
-// tree, served by its page server; the source is committed once it asked
-// for the restore (it is never resumed), so the agent resumes without Go,
-// and the fill fails, killing the copy, if the source is lost.
+// Post-copy and hybrid (rs.PageSource): the lazy pages are on the
+// source's frozen tree, served by its page server (in hybrid, the pages of
+// the pre-copy rounds are read from the images here, through the final
+// round's parent links); the source is committed once it asked for the
+// restore (it is never resumed), so the agent resumes without Go, and the
+// fill fails, killing the copy, if the source is lost.
 func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	fullFill, pageSource := rs.FullFill, rs.PageSource
-	if (pageSource != "") != (in.res.Mode == ModePostcopy) || (pageSource != "" && fullFill) {
+	// Post-copy and hybrid pull the last pages from the frozen source.
+	lazySource := in.res.Mode == ModePostcopy || in.res.Mode == ModeHybrid
+	if (pageSource != "") != lazySource || (pageSource != "" && fullFill) {
 		return phaseErr(PhaseFreeze, fmt.Errorf("restore request does not fit mode %s", in.res.Mode))
 	}
 	if in.ps != nil {
@@ -659,6 +663,7 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	st, err := lazy.wait()
 	pc := postcopyOf(st, resumedAt)
 	in.res.Postcopy = pc
+	in.a.cfg.Log.Infof("agent: migration %s: %d pages read from the images here, %d from the source", in.res.ID, st.LocalPages, st.RemotePages)
 	if err != nil {
 		// The daemon killed the tree it could not fill: no task runs
 		// on with a page it did not have.
