@@ -517,7 +517,9 @@ func (d *dumpRun) collect() error {
 		d.pid, d.tids = ft.pid, ft.tids
 		task, err := d.collectTask(fl, ppid, shm)
 		if err == nil {
+			t := time.Now()
 			task.IDs, err = kobj.ids(ft.pid)
+			d.step(t, "kernel object ids")
 		}
 		if err != nil {
 			if i == 0 {
@@ -527,6 +529,7 @@ func (d *dumpRun) collect() error {
 		}
 		tree.Tasks = append(tree.Tasks, task)
 	}
+	t := time.Now()
 	if err := d.writeTrackedShared(); err != nil {
 		return err
 	}
@@ -537,6 +540,9 @@ func (d *dumpRun) collect() error {
 	if err := fl.CheckFiles(tree, d.shellJob, d.extUnix); err != nil {
 		return err
 	}
+	d.step(t, "shared memory and checks")
+	t = time.Now()
+	defer d.step(t, "images written")
 	return criuimg.Write(d.dir, tree, d.note)
 }
 
@@ -751,7 +757,7 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 	md.SetContext(d.ctx)
 	d.log.Infof("dump %d: transferring pages (%v)", d.pid, d.method)
 	t := time.Now()
-	defer d.step(t, "memory")
+	defer d.step(t, "memory and scratch removed")
 	return d.dumpMemory(md, task.MM.VMAs)
 }
 
