@@ -226,8 +226,8 @@ type Files struct {
 	// build-ids of regular files read, by device and inode.
 	pipes    map[uint64]pipePeek
 	buildIDs map[[2]uint64][]byte
-	inet   *inetDump                 // fd_inet.go
-	ghosts map[[2]uint64]*model.File // deleted files read, by device and inode
+	inet     *inetDump                 // fd_inet.go
+	ghosts   map[[2]uint64]*model.File // deleted files read, by device and inode
 
 	// NetLock is the dump's network lock: a socket driver adds each TCP
 	// connection to it (Lock) before the connection goes into repair
