@@ -214,10 +214,11 @@ func restoreOnce(b *testing.B, name, dir, log, goFile string, size int64, push i
 		b.Fatalf("%s: no latency samples: %s", name, lb)
 	}
 	st := d.st
+	served := testutil.Median(st.FaultTimes)
 	st.FaultTimes = nil
 	return restoreFigs{toRun: time.Unix(0, running).Sub(start), all: st.AllPagesIn.Sub(start),
 		p50: time.Duration(p50), p99: time.Duration(p99), rss: peakRSS(b),
-		stats: fmt.Sprintf("faults %d, pages on faults %d, pushed %d, zero %d", st.Faults, st.FaultPages, st.PushPages, st.ZeroPages)}
+		stats: fmt.Sprintf("faults %d (served in %v, median), pages on faults %d, pushed %d, zero %d", st.Faults, served, st.FaultPages, st.PushPages, st.ZeroPages)}
 }
 
 func medianF(v []float64) float64 {

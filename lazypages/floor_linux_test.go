@@ -133,6 +133,7 @@ func sendfileLoop(fd int, f *os.File, fsize, total int64) error {
 // recv into warm memory) and returns bytes/s: the cheapest way bytes get
 // from a page server's file into this process.
 func tcpFloor(b *testing.B, size int64) float64 {
+	defer raiseProcs()() // as the daemon: no thread waits for a P
 	dst := make([]byte, floorChunk*4)
 	for i := range dst {
 		dst[i] = 1
@@ -175,6 +176,7 @@ const floorChunk = 1 << 20
 // the recv and the copy on two threads (two buffers), nothing else. This
 // is what the daemon's background push must do at the least.
 func uffdFloor(b *testing.B, size int64) float64 {
+	defer raiseProcs()() // as the daemon: no thread waits for a P
 	region, err := unix.Mmap(-1, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		b.Fatal(err)
@@ -253,6 +255,7 @@ func uffdFloor(b *testing.B, size int64) float64 {
 // the 4 KiB page back; blocking raw sockets, both ends on threads of their
 // own): the cheapest way to serve a fault from a remote source.
 func bareFloor(b *testing.B, mib int, remote bool) (time.Duration, time.Duration) {
+	defer raiseProcs()() // as the daemon: no thread waits for a P
 	tmp := b.TempDir()
 	log, goFile := filepath.Join(tmp, "log"), filepath.Join(tmp, "go")
 	p := testutil.Start(b, exec.Command(lazyBin(b), log, goFile, strconv.Itoa(mib), "bare"), log, "uffd ")
