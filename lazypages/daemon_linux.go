@@ -86,6 +86,12 @@ type task struct {
 	// lastEnd is the end of the last fault's pages, lastWin its window.
 	lastEnd, lastWin uint64
 	running          bool // the restore let it go (resumed)
+	// nbLo-nbHi are the neighbours of the last fault, asked and not
+	// copied yet: a fault there waits for them (their copy wakes it)
+	// rather than asking again. nbWait are those faults' pages, woken
+	// once the neighbours are settled, copied or not.
+	nbLo, nbHi uint64
+	nbWait     []uint64
 }
 
 type daemon struct {

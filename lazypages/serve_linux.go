@@ -216,6 +216,12 @@ func (d *daemon) serveFault(t *task, addr uint64, buf, fbuf []byte, faults []uin
 			d.mu.Unlock()
 			return faults, nil
 		}
+		if page >= t.nbLo && page < t.nbHi {
+			// On its way: its copy wakes the thread.
+			t.nbWait = append(t.nbWait, page)
+			d.mu.Unlock()
+			return faults, nil
+		}
 		// A fault right after the last one's pages is a sequential
 		// reader: the window doubles (to maxFaultPages), else it starts
 		// over at FaultPages.
@@ -256,17 +262,12 @@ func (d *daemon) serveFault(t *task, addr uint64, buf, fbuf []byte, faults []uin
 		gen := t.gen
 		d.mu.Unlock()
 		// The faulting page alone on the fault connection; its
-		// neighbours on a connection of their own, copied by the
-		// neighbour goroutine when they come: the faulting thread runs
-		// on as soon as its page is in, and the next fault waits for
-		// no neighbours.
+		// neighbours, once it is in, on a connection of their own,
+		// copied by the neighbour goroutine when they come: the
+		// faulting thread runs on as soon as its page is in, and the
+		// next fault waits for no neighbours.
 		if err := d.faultSrc.send(t.pm, r.src, 1); err != nil {
 			return faults, d.lostSource(t, err)
-		}
-		if r.n > 1 {
-			if err := d.askNeighbours(t, run{dst: r.dst + pageSize, src: r.src + pageSize, n: r.n - 1}, gen); err != nil {
-				return faults, d.lostSource(t, err)
-			}
 		}
 		if _, err := d.faultSrc.recv(t.pm, r.src, fbuf[:pageSize]); err != nil {
 			return faults, d.lostSource(t, err)
@@ -287,7 +288,16 @@ func (d *daemon) serveFault(t *task, addr uint64, buf, fbuf []byte, faults []uin
 			// just after it.
 			t.lastEnd, t.lastWin = r.dst+r.n*pageSize, max(win, uint64(d.o.FaultPages))
 			t.push = t.lastEnd
+			var nb pushItem
+			if r.n > 1 {
+				nb = d.planNeighbours(t, run{dst: r.dst + pageSize, src: r.src + pageSize, n: r.n - 1}, gen)
+			}
 			d.mu.Unlock()
+			if nb.t != nil {
+				if err := d.askNeighbours(nb); err != nil {
+					return faults, d.lostSource(t, err)
+				}
+			}
 			return faults, nil
 		}
 		var rerr error
@@ -312,21 +322,26 @@ func (d *daemon) lostSource(t *task, err error) error {
 // neighbourDepth bounds the fault windows whose neighbours are in flight.
 const neighbourDepth = 4
 
-// askNeighbours asks for the rest of a fault's window, for the neighbour
-// goroutine to copy. With every neighbour buffer in use they are left to
-// the push.
-func (d *daemon) askNeighbours(t *task, r run, gen uint64) error {
-	var b []byte
+// planNeighbours takes a buffer for the rest of a fault's window and
+// marks it in flight (under d.mu). With every buffer in use the
+// neighbours are left to the push (the returned item has no task).
+func (d *daemon) planNeighbours(t *task, r run, gen uint64) pushItem {
 	select {
-	case b = <-d.nbPool:
+	case b := <-d.nbPool:
+		t.nbLo, t.nbHi = r.dst, r.dst+r.n*pageSize
+		return pushItem{t: t, r: r, gen: gen, b: b[:r.n*pageSize]}
 	default:
-		return nil
+		return pushItem{}
 	}
-	if err := d.nbSrc.send(t.pm, r.src, r.n); err != nil {
-		d.nbPool <- b
+}
+
+// askNeighbours asks the source for a planned neighbour run and hands it
+// to the neighbour goroutine.
+func (d *daemon) askNeighbours(it pushItem) error {
+	if err := d.nbSrc.send(it.t.pm, it.r.src, it.r.n); err != nil {
 		return err
 	}
-	d.nbAsk <- pushItem{t: t, r: r, gen: gen, b: b[:r.n*pageSize]}
+	d.nbAsk <- it
 	return nil
 }
 
@@ -356,6 +371,19 @@ func (d *daemon) neighbours() {
 		} else {
 			d.pushDone(t, r, err, &stuck)
 		}
+		// The faults that waited for these pages: woken, they run on
+		// (their page is in) or fault again and are served anew.
+		d.mu.Lock()
+		if t.nbLo == it.r.dst {
+			t.nbLo, t.nbHi = 0, 0
+			if !t.gone {
+				for _, a := range t.nbWait {
+					t.u.Wake(a, pageSize)
+				}
+			}
+			t.nbWait = t.nbWait[:0]
+		}
+		d.mu.Unlock()
 		d.nbPool <- it.b[:cap(it.b)]
 	}
 }
