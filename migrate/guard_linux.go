@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"strings"
 	"syscall"
 
 	"godwit/dumper"
@@ -19,16 +18,10 @@ import (
 // in a session of its own, holding the read end of a pipe whose write end
 // only Send has. Send writes guardOK before it exits; if the pipe closes
 // without it (Send died), the guard ends the tracking of the source.
-//
-// Between the switch-over's commit and its end (switchOver) Send writes
-// guardCommit: if Send dies then, the guard kills the source tree, which
-// the queued stop holds still until then; guardRelease takes that back.
 
 const (
-	guardEnv     = "GODWIT_MIGRATE_GUARD" // the source's PID
-	guardOK      = "ok\n"
-	guardCommit  = "commit\n"
-	guardRelease = "release\n"
+	guardEnv = "GODWIT_MIGRATE_GUARD" // the source's PID
+	guardOK  = "ok"
 )
 
 func init() {
@@ -41,14 +34,9 @@ func init() {
 		os.Exit(2)
 	}
 	b, _ := io.ReadAll(os.NewFile(3, "guard"))
-	s := string(b)
-	if strings.HasSuffix(s, guardOK) {
-		os.Exit(0)
+	if string(b) != guardOK {
+		dumper.EndTracking(pid)
 	}
-	if strings.HasSuffix(s, guardCommit) {
-		_ = killTree(pid)
-	}
-	dumper.EndTracking(pid)
 	os.Exit(0)
 }
 
@@ -75,12 +63,6 @@ func startGuard(pid int) (*guard, error) {
 	}
 	return &guard{w: w, cmd: cmd}, nil
 }
-
-// commit has the guard kill the source tree if Send dies from now on.
-func (g *guard) commit() { _, _ = g.w.WriteString(guardCommit) }
-
-// release takes commit back.
-func (g *guard) release() { _, _ = g.w.WriteString(guardRelease) }
 
 // done tells the guard Send ended in order, and reaps it.
 func (g *guard) done() {

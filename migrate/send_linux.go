@@ -180,13 +180,13 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		}
 		return phaseErr(p, err)
 	}
-	// The guard ends the tracking, and kills a committed source tree, if
-	// this process dies.
-	g, err := startGuard(o.Pid)
-	if err != nil {
-		return res, abort(PhasePrecopy, err)
+	if o.MaxRounds > 0 {
+		g, err := startGuard(o.Pid)
+		if err != nil {
+			return res, phaseErr(PhasePrecopy, err)
+		}
+		defer g.done()
 	}
-	defer g.done()
 
 	n := uint32(0)
 	var prevDur time.Duration
@@ -247,7 +247,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, abort(PhaseFreeze, err)
 	}
 	do := dumper.Options{Pid: o.Pid, ImagesDir: final, FileLocks: o.FileLocks, CPUCap: o.CPUCap,
-		PageServer: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}}
+		PageServer: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}, Hold: &dumper.Hold{}}
 	if len(res.Rounds) > 0 {
 		do.PrevImagesDir, do.TrackMem = "../"+roundDir(n-1, false), true
 	}
@@ -286,7 +286,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			if !gate.commit() {
 				return errors.New("interrupted")
 			}
-			ok, at, note, err := s.switchOver(&o, res.ID, g, o.Notice)
+			ok, at, note, err := s.switchOver(&o, res.ID, do.Hold, o.Notice)
 			if err != nil {
 				if errors.Is(err, errInDoubt) {
 					doubt = err

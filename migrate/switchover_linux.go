@@ -14,16 +14,17 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"godwit/dumper"
 	pb "godwit/migrate/internal/proto"
 )
 
 // The source's side of the switch-over (docs/migration.md). Ready from the
 // agent is the commit: from then on the source tree never runs again
-// unless the agent's copy is known gone. It stays frozen, a stop queued on
-// every process and the tracking guard told to kill it if `send` dies;
-// Go is sent and the tree killed only once the agent answers Resumed. Lost
-// answers are settled by Resolve on a new connection; if the agent cannot
-// be reached, both copies stay stopped "in doubt" for the user to settle.
+// unless the agent's copy is known gone. It stays frozen, bound to this
+// process (PTRACE_O_EXITKILL: if `send` dies, the kernel kills it); Go is
+// sent and the tree killed only once the agent answers Resumed. A lost
+// answer is settled by Resolve on a new connection; if the agent cannot be
+// reached, both copies are left stopped "in doubt" for the user to settle.
 
 // switchGate ends the migration's work on an interrupt (SIGINT, SIGTERM:
 // the caller's context) or a lost link before the commit, and only says
@@ -72,7 +73,7 @@ func (g *switchGate) commit() bool {
 	return true
 }
 
-// testSwitchover is a test hook (e2e): "stall" stops `send` right after
+// testSwitchover is a test hook (e2e): "stall" blocks `send` right after
 // the commit, "lose-go" drops the control link instead of sending Go,
 // "pause:DUR" waits DUR there. testResolveWait overrides sourceResolveWait.
 const (
@@ -91,18 +92,11 @@ var errInDoubt = errors.New("in doubt")
 // runs its copy, kills the source tree (switched). If the agent's copy is
 // known gone, the source is let go (the dump's error path thaws it).
 // Otherwise the source stays stopped and the error wraps errInDoubt.
-func (s *sender) switchOver(o *SendOptions, id string, g *guard, notice func(string)) (switched bool, at time.Time, note string, err error) {
-	pids := treePIDs(o.Pid)
-	// A stop queued on every process: a tree the dump's tracer lets go
-	// of (send killed) stops before running anything, and the guard
-	// kills it.
-	for _, p := range pids {
-		if err := unix.Kill(p, unix.SIGSTOP); err != nil && err != unix.ESRCH {
-			contAll(pids)
-			return false, at, "", fmt.Errorf("hold the source tree: %w", err)
-		}
+func (s *sender) switchOver(o *SendOptions, id string, hold *dumper.Hold, notice func(string)) (switched bool, at time.Time, note string, err error) {
+	if err := hold.KillOnExit(true); err != nil {
+		_ = hold.KillOnExit(false)
+		return false, at, "", fmt.Errorf("hold the source tree: %w", err)
 	}
-	g.commit()
 	hook := os.Getenv(testSwitchover)
 	if hook != "" && notice != nil {
 		notice("migrate: test: committed, hook " + hook)
@@ -157,8 +151,11 @@ func (s *sender) switchOver(o *SendOptions, id string, g *guard, notice func(str
 				}
 				return true, time.Now(), note + fmt.Sprintf("resumed through a new connection after: %v", lost), nil
 			case stateFailed, stateAborted, stateUnknown:
-				contAll(pids)
-				g.release()
+				if err := hold.KillOnExit(false); err != nil {
+					// Still attached with EXITKILL, the tree would
+					// die with the dump's tracer.
+					return false, at, "", fmt.Errorf("%w: the agent has no copy (%s), but the source cannot be let go: %v", errInDoubt, r.State, err)
+				}
 				return false, at, "", fmt.Errorf("the agent has no copy (%s) after: %v; the source runs on", r.State, lost)
 			}
 			err = fmt.Errorf("agent: migration %s %s", id, r.State)
@@ -169,7 +166,19 @@ func (s *sender) switchOver(o *SendOptions, id string, g *guard, notice func(str
 		}
 		time.Sleep(time.Second)
 	}
-	g.release()
+	// Both copies stay stopped: a stop queued on every process holds the
+	// source once the dump lets go of it.
+	for _, p := range treePIDs(o.Pid) {
+		if err := unix.Kill(p, unix.SIGSTOP); err != nil && err != unix.ESRCH {
+			killErr := killTree(o.Pid)
+			return false, at, "", fmt.Errorf("%w: %v, and the agent unreachable; the source could not be held stopped (%v), so it is killed (%v): "+
+				"resume the agent's copy with `godwit migrate resolve --to %s %s resume`", errInDoubt, lost, err, killErr, o.To, id)
+		}
+	}
+	if err := hold.KillOnExit(false); err != nil {
+		return false, at, "", fmt.Errorf("%w: %v, and the agent unreachable; the source dies with this process (%v): "+
+			"resume the agent's copy with `godwit migrate resolve --to %s %s resume`", errInDoubt, lost, err, o.To, id)
+	}
 	return false, at, "", fmt.Errorf("%w: %v, and the agent unreachable for %v (%v): the source tree %d is held stopped (SIGSTOP); "+
 		"settle it with `godwit migrate resolve --to %s %s resume|abort --source-pid %d` on this host",
 		errInDoubt, lost, wait, last, o.Pid, o.To, id, o.Pid)
@@ -196,8 +205,8 @@ func treePIDs(pid int) []int {
 	return out
 }
 
-// contAll undoes the queued stops: SIGCONT discards a pending SIGSTOP
-// (the kernel's prepare_signal); a program that catches SIGCONT sees one.
+// contAll continues a source tree left held stopped in doubt (a program
+// that catches SIGCONT sees one).
 func contAll(pids []int) {
 	for _, p := range pids {
 		_ = unix.Kill(p, unix.SIGCONT)
