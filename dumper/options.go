@@ -55,6 +55,10 @@ type Options struct {
 	// one by one (--external unix[INO]).
 	ExtUnixSk bool
 	ExtUnix   []uint32
+	// ExtTTY are the ttys left out of the dump, by st_rdev and st_dev
+	// (--external tty[rdev:dev]); the restore is given them
+	// (--inherit-fd fd[N]:tty[rdev:dev]).
+	ExtTTY [][2]uint64
 	// Hold, if set, is bound to the frozen tree during the dump: the
 	// post-dump script may tie the tree's life to this process with it.
 	Hold *Hold
