@@ -178,6 +178,10 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	tr := ptrace.New()
 	// Runs last (deferred first): detaches whatever is still attached.
 	defer tr.Close()
+	if o.Hold != nil {
+		o.Hold.killOnExit = tr.KillOnExit
+		defer func() { o.Hold.killOnExit = nil }()
+	}
 	t0 := time.Now()
 	var tids []int
 	if o.FreezeCgroup != "" {

@@ -69,6 +69,13 @@ type Agent struct {
 	history  []Result
 	inflight int
 	wg       sync.WaitGroup
+	// held are the migrations whose copy is held stopped after Ready;
+	// states (with pids, oldest first in stateOrder) what became of
+	// those that got that far, for Resolve.
+	held       map[string]*held
+	states     map[string]string
+	pids       map[string]int
+	stateOrder []string
 }
 
 // NewAgent checks the configuration and loads the certificates.
@@ -101,7 +108,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if err := removeStale(cfg.ImagesDir, cfg.Log); err != nil {
 		return nil, fmt.Errorf("agent: images dir: %w", err)
 	}
-	return &Agent{cfg: cfg, tls: tc, slot: make(chan struct{}, cfg.MaxConcurrent)}, nil
+	pruneResumed(cfg.ImagesDir)
+	return &Agent{cfg: cfg, tls: tc, slot: make(chan struct{}, cfg.MaxConcurrent),
+		held: map[string]*held{}, states: map[string]string{}, pids: map[string]int{}}, nil
 }
 
 // Serve accepts migrations on ln until ctx is done, then waits for those
@@ -186,6 +195,11 @@ type inbound struct {
 	// frozeAt is when the final round started: the source freezes the
 	// tree right after asking for it.
 	frozeAt time.Time
+	// agentCtx ends when the agent is asked to stop (not with the link).
+	agentCtx context.Context
+	// resumeDecided: Go (or a Resolve) decided the resume, recorded in
+	// the images dir.
+	resumeDecided bool
 	// guard is the lazy-pages guard, started with the migration so that
 	// its start is not part of the downtime; handed to the fill (nil
 	// then) or ended by cleanup.
@@ -254,6 +268,25 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 		a.cfg.Metrics.Observe(r)
 		return
 	}
+	_ = raw.SetDeadline(time.Time{})
+	// The migration's work (page servers, restore) stops when the
+	// source's link dies.
+	actx := ctx
+	fctx := context.WithoutCancel(ctx)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	k := newCtl(c, cancel)
+	first, err := k.recv(sourceWait)
+	if err != nil {
+		a.cfg.Log.Warnf("agent: %s: %v", raw.RemoteAddr(), err)
+		return
+	}
+	if r := first.GetResolve(); r != nil {
+		// Not a migration: no slot, so that it is answered even with
+		// every slot taken by held copies.
+		a.serveResolve(k, r)
+		return
+	}
 	select {
 	case a.slot <- struct{}{}:
 	case <-ctx.Done():
@@ -269,16 +302,10 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 		a.inflight--
 		a.mu.Unlock()
 	}()
-	_ = raw.SetDeadline(time.Time{})
-	// The migration's work (page servers, restore) stops when the
-	// source's link dies.
-	fctx := context.WithoutCancel(ctx)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	in := &inbound{a: a, ctl: newCtl(c, cancel), files: map[string]*os.File{}, fillCtx: fctx}
+	in := &inbound{a: a, ctl: k, files: map[string]*os.File{}, fillCtx: fctx, agentCtx: actx}
 	in.res.Started = time.Now()
 	in.res.Source = raw.RemoteAddr().String()
-	err := in.run(ctx)
+	err = in.run(ctx, first)
 	in.cleanup()
 	in.res.Total = time.Since(in.res.Started)
 	if err != nil {
@@ -319,10 +346,9 @@ const (
 	sourceWait = 2 * time.Minute
 )
 
-func (in *inbound) run(ctx context.Context) error {
-	m, err := in.recv(sourceWait)
-	if err != nil {
-		return phaseErr(PhaseConnect, err)
+func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
+	if ab := m.GetAbort(); ab != nil {
+		return phaseErr(PhaseConnect, fmt.Errorf("source aborted: %s", ab.Reason))
 	}
 	h := m.GetHello()
 	if h == nil {
@@ -345,6 +371,7 @@ func (in *inbound) run(ctx context.Context) error {
 	if err := os.Mkdir(in.dir, 0o700); err != nil {
 		return phaseErr(PhaseCheck, fmt.Errorf("migration directory: %w", err))
 	}
+	var err error
 	if in.guard, err = lazypages.StartGuard(); err != nil {
 		return phaseErr(PhaseCheck, err)
 	}
@@ -609,20 +636,14 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	if len(in.rounds) == 0 || in.rounds[len(in.rounds)-1] != "final" {
 		return phaseErr(PhaseFreeze, errors.New("restore without the final round"))
 	}
-	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
+	scripts := &actions.Scripts{Notify: func(action string, pid int) error {
 		if action != actions.PreResume || pageSource != "" {
 			return nil
 		}
-		if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Ready{Ready: &pb.Ready{}}}); err != nil {
+		if err := in.awaitGo(pid); err != nil {
 			return err
 		}
-		m, err := in.recv(sourceWait)
-		if err != nil {
-			return err
-		}
-		if m.GetGo() == nil {
-			return fmt.Errorf("expected go, got %T", m.Msg)
-		}
+		in.resumeDecided = true
 		return nil
 	}}
 	// Detach: the agent is not the program's parent on the source, so a
@@ -639,12 +660,22 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 		// tasks; the hand-off waits for it.
 		ro.LazyPages, ro.WorkDir, ro.LazyReady = true, in.dir, lazy.listening
 	}
+	// Past Ready the copy is held whatever becomes of the source's link:
+	// only a decision ends the hold (see awaitGo).
 	r, err := restorer.RestoreContext(ctx, ro, scripts)
 	if err != nil {
 		if lazy != nil {
 			lazy.stop()
 		}
+		if in.resumeDecided {
+			// Killed after all: a source that asks runs its tree on.
+			in.a.unmarkResumed(in.res.ID)
+			in.a.setState(in.res.ID, stateFailed, 0)
+		}
 		return phaseErr(PhaseRestore, err)
+	}
+	if in.resumeDecided {
+		in.a.setState(in.res.ID, stateResumed, r.PID())
 	}
 	resumedAt := time.Now()
 	if !in.frozeAt.IsZero() {

@@ -2,7 +2,6 @@ package migrate
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -55,12 +54,18 @@ type SendOptions struct {
 	OnRound func(Round)
 	// OnPhase, if set, is told each phase as the migration enters it.
 	OnPhase func(Phase)
+	// Notice, if set, gets a line for the user (stderr): an interrupt
+	// ignored during the switch-over, a lost answer being settled.
+	Notice func(string)
 }
 
 // Send migrates the tree of o.Pid to the agent at o.To. Until the agent
-// has the tree rebuilt and stopped, any failure leaves the source running
-// as it was (thawed, untraced, its memory tracking ended); once the agent
-// is ready the source tree is killed and the agent resumes its copy.
+// has the tree rebuilt and stopped (Ready), any failure leaves the source
+// running as it was (thawed, untraced, its memory tracking ended). Ready is
+// the commit (switchOver): the source tree is killed once the agent runs
+// its copy, runs on if the agent's copy is known gone, and is otherwise
+// left stopped "in doubt" (an error wrapping errInDoubt) for
+// `godwit migrate resolve`.
 func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	res = &Result{PID: o.Pid, Mode: o.Mode, Transport: o.Transport, Started: time.Now(), Destination: o.To}
 	defer func() {
@@ -114,7 +119,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		}
 	}
 	enter(PhaseConnect)
-	host, port, err := splitHostPort(o.To)
+	host, _, err := splitHostPort(o.To)
 	if err != nil {
 		return res, phaseErr(PhaseConnect, err)
 	}
@@ -130,27 +135,21 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, phaseErr(PhaseCheck, err)
 	}
 	res.Tasks = tasks
-	tc, err := o.TLS.clientConfig(o.ServerName)
+	raw, err := dialAgent(ctx, o.To, o.TLS, o.ServerName)
 	if err != nil {
 		return res, phaseErr(PhaseConnect, err)
-	}
-	addr := net.JoinHostPort(host, strconv.Itoa(port))
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 5 * time.Second}, Config: tc}
-	d.NetDialer.KeepAliveConfig = keepAlive
-	raw, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return res, phaseErr(PhaseConnect, fmt.Errorf("agent %s: %w", addr, err))
 	}
 	defer raw.Close()
-	if err := tuneConn(raw.(*tls.Conn).NetConn()); err != nil {
-		return res, phaseErr(PhaseConnect, err)
-	}
-	// The rounds stop as soon as the control link dies or ctx ends.
-	ctx, cancel := context.WithCancel(ctx)
+	// The rounds stop as soon as the control link dies or the caller's
+	// ctx ends (SIGINT, SIGTERM), until the switch-over's commit: from
+	// there the migration ends only as switchOver settles it.
+	parent := ctx
+	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
 	defer cancel()
-	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	gate := &switchGate{cancel: cancel, conn: raw, notice: o.Notice}
+	stop := context.AfterFunc(parent, gate.interrupt)
 	defer stop()
-	s := &sender{ctl: newCtl(raw, cancel), ctx: ctx}
+	s := &sender{ctl: newCtl(raw, gate.linkLost), ctx: ctx}
 	hostname, _ := os.Hostname()
 	cpu, err := hostCPU()
 	if err != nil {
@@ -184,13 +183,6 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		defer os.RemoveAll(work)
 	}
 	tracking := false
-	if o.MaxRounds > 0 {
-		g, err := startGuard(o.Pid)
-		if err != nil {
-			return res, phaseErr(PhasePrecopy, err)
-		}
-		defer g.done()
-	}
 	// Before the agent is ready, a failure leaves the source as it was.
 	abort := func(p Phase, err error) error {
 		_ = s.send(&pb.Envelope{Msg: &pb.Envelope_Abort{Abort: &pb.Abort{Reason: err.Error()}}})
@@ -198,6 +190,13 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			dumper.EndTracking(o.Pid)
 		}
 		return phaseErr(p, err)
+	}
+	if o.MaxRounds > 0 {
+		g, err := startGuard(o.Pid)
+		if err != nil {
+			return res, phaseErr(PhasePrecopy, err)
+		}
+		defer g.done()
 	}
 
 	n := uint32(0)
@@ -255,7 +254,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	// over and waits until the agent has the tree rebuilt.
 	enter(PhaseFreeze)
 	n++
-	port, err = s.startRound(n, true)
+	port, err := s.startRound(n, true)
 	if err != nil {
 		return res, abort(PhaseFreeze, err)
 	}
@@ -264,12 +263,13 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, abort(PhaseFreeze, err)
 	}
 	do := dumper.Options{Pid: o.Pid, ImagesDir: final, FileLocks: o.FileLocks, CPUCap: o.CPUCap,
-		PageServer: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}}
+		PageServer: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}, Hold: &dumper.Hold{}}
 	if len(res.Rounds) > 0 {
 		do.PrevImagesDir, do.TrackMem = "../"+roundDir(n-1, false), true
 	}
-	var frozeAt, dumpedAt, imagesAt, readyAt time.Time
-	ready, goSent := false, false
+	var frozeAt, dumpedAt, imagesAt, readyAt, resumedAt time.Time
+	switched := false
+	var doubt error
 	hookPhase := PhaseFreeze
 	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
 		switch action {
@@ -296,56 +296,59 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			if m.GetReady() == nil {
 				return fmt.Errorf("expected ready, got %T", m.Msg)
 			}
-			ready, readyAt = true, time.Now()
+			readyAt = time.Now()
+			hookPhase = PhaseSwitchover
 			enter(PhaseSwitchover)
-			// Switch-over. SIGKILL to the frozen tasks: none of them runs
-			// another instruction of its own (a fatal signal is acted on
-			// before any return to user space), so the agent may resume
-			// now rather than after the kernel has torn the source down.
-			if err := killTree(o.Pid); err != nil {
+			if !gate.commit() {
+				return errors.New("interrupted")
+			}
+			ok, at, note, err := s.switchOver(&o, res.ID, do.Hold, o.Notice)
+			if err != nil {
+				if errors.Is(err, errInDoubt) {
+					doubt = err
+				}
 				return err
 			}
-			goSent = true
-			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Go{Go: &pb.Go{}}}); err != nil {
-				return fmt.Errorf("source killed, but the agent was not told to resume: %w", err)
-			}
+			switched, resumedAt, res.Note = ok, at, note
 		}
 		return nil
 	}}
 	dr, err := dumper.DumpContext(ctx, do, scripts)
 	switch {
-	case err != nil && goSent:
-		// Past the switch-over: the source is killed and the agent told
-		// to resume, so the agent's copy is the one left.
-		res.Note = fmt.Sprintf("after switch-over: %v", err)
-	case err != nil && ready:
-		// Killing the source failed: the dump rolled back and the source
-		// runs on; the agent, told nothing, removes its copy.
-		return res, abort(PhaseSwitchover, err)
+	case err != nil && switched:
+		// Past the switch-over: the agent runs its copy and the source
+		// is killed.
+		res.Note = strings.TrimPrefix(res.Note+"; ", "; ") + fmt.Sprintf("after switch-over: %v", err)
+	case doubt != nil:
+		// Both copies stopped: only the user can tell which to keep.
+		if tracking {
+			dumper.EndTracking(o.Pid)
+		}
+		return res, phaseErr(PhaseSwitchover, doubt)
 	case err != nil:
-		// The dump rolled back: the source runs on.
+		// The dump rolled back: the source runs on (after Ready only
+		// once the agent's copy is known gone).
 		return res, abort(hookPhase, err)
-	case !goSent:
+	case !switched:
 		return res, abort(PhaseSwitchover, errors.New("dump ended without handing over"))
 	}
 	if dr != nil && dr.Stats != nil && dr.Stats.FrozenTime != nil {
 		res.Rounds = append(res.Rounds, Round{N: int(n - 1), Pages: dr.Mem.Written, Bytes: dr.Mem.Written * 4096,
 			Frozen: time.Duration(dr.Stats.GetFrozenTime()) * time.Microsecond, Duration: dumpedAt.Sub(frozeAt)})
 	}
-	m, err = s.recv(PhaseSwitchover, time.Minute)
-	if err != nil {
-		return res, err
-	}
-	if m.GetResumed() == nil {
-		return res, phaseErr(PhaseSwitchover, fmt.Errorf("expected resumed, got %T", m.Msg))
-	}
-	// The agent resumed when its answer arrived, maybe while the source
-	// was still being torn down.
-	res.Downtime = s.at.Sub(frozeAt)
+	// The agent resumed when its answer arrived.
+	res.Downtime = resumedAt.Sub(frozeAt)
 	res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt), Images: imagesAt.Sub(dumpedAt),
-		Restore: readyAt.Sub(imagesAt), Resume: s.at.Sub(readyAt)}
+		Restore: readyAt.Sub(imagesAt), Resume: resumedAt.Sub(readyAt)}
 	if o.FullFill {
 		return res, nil
+	}
+	select {
+	case <-s.done:
+		// Settled on another connection: the fill's end is not told.
+		res.Note = strings.TrimPrefix(res.Note+"; ", "; ") + "every page in: not reported (control link lost)"
+		return res, nil
+	default:
 	}
 	// The copy runs; the migration is complete when the agent has every
 	// page in. A failure now has killed the destination's copy too.
