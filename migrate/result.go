@@ -58,13 +58,17 @@ type Postcopy struct {
 // Result is what one migration did; `migrate send --json` prints it and the
 // agent keeps the recent ones in its history.
 type Result struct {
-	ID          string        `json:"id"`
-	PID         int           `json:"pid"` // root of the tree, same on both hosts
-	Tasks       int           `json:"tasks"`
-	Source      string        `json:"source"`
-	Destination string        `json:"destination"`
-	Mode        Mode          `json:"mode"`
-	Transport   string        `json:"transport"` // "quic" or "tls"
+	ID          string `json:"id"`
+	PID         int    `json:"pid"` // root of the tree, same on both hosts
+	Tasks       int    `json:"tasks"`
+	Source      string `json:"source"`
+	Destination string `json:"destination"`
+	Mode        Mode   `json:"mode"`
+	Transport   string `json:"transport"` // "quic" or "tls"
+	Compress    string `json:"compress,omitempty"`
+	// Connections counts the established TCP connections moved
+	// (--tcp-established).
+	Connections int           `json:"connections,omitempty"`
 	Started     time.Time     `json:"started"`
 	Total       time.Duration `json:"total_ns"`
 	// Downtime is from the source freeze to the destination's resume, as

@@ -19,11 +19,17 @@ import (
 	"godwit/dumper"
 	"godwit/internal/actions"
 	"godwit/internal/cpuinfo"
+	"godwit/internal/netlock"
 	pb "godwit/migrate/internal/proto"
 )
 
 // DefaultPort is the agent's port when --to names none.
 const DefaultPort = 7355
+
+// ActionAbort is the action the scripts of a migration that failed after
+// post-dump run with, once the source tree runs again here (godwit's
+// own: criu(8) has no migration).
+const ActionAbort = "migrate-abort"
 
 // SendOptions describe one migration from this host.
 type SendOptions struct {
@@ -43,6 +49,25 @@ type SendOptions struct {
 	WorkDir   string
 	FileLocks bool
 	CPUCap    string
+	// TCPEstablished moves the tree's established TCP connections (dump
+	// and restore --tcp-established): they stay locked on this host from
+	// the freeze until the agent runs the tree, and on the agent's host
+	// from before the pre-restore scripts (which move the service address
+	// the connections use) until the restored tree resumes.
+	TCPEstablished, SkipInFlight bool
+	// NetworkLock is how this host locks the connections ("": default).
+	NetworkLock netlock.Method
+	// ShellJob, ExtUnixSk: as dump's --shell-job and --ext-unix-sk (the
+	// agent restores with --shell-job too).
+	ShellJob, ExtUnixSk bool
+	// ActionScripts run at the migration's action points (see
+	// docs/migrate-actions.md): the dump's pre-dump and post-dump, then
+	// pre-restore (the agent holds the connections' lock: move the
+	// service address there), pre-resume (the agent's copy is restored
+	// and stopped), post-restore (it runs), and migrate-abort (a failure
+	// after post-dump: the source tree runs on here; put back what the
+	// earlier actions moved).
+	ActionScripts []string
 	// FullFill has the agent fill every page before the resume (the
 	// downtime grows with the memory) instead of restoring lazily from
 	// its own images and filling after the resume.
@@ -91,6 +116,9 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, phaseErr(PhaseCheck, errors.New("--mode hybrid: a lazy final dump on top of pre-copy rounds is not implemented yet (use precopy or postcopy)"))
 	default:
 		return res, phaseErr(PhaseCheck, fmt.Errorf("unknown --mode %q (want precopy, postcopy or hybrid)", res.Mode))
+	}
+	if o.TCPEstablished && res.Mode != ModePrecopy {
+		return res, phaseErr(PhaseCheck, fmt.Errorf("--tcp-established with --mode %s is not implemented (use precopy)", res.Mode))
 	}
 	if o.DowntimeBudget <= 0 {
 		o.DowntimeBudget = 50 * time.Millisecond
@@ -181,8 +209,14 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		defer g.done()
 	}
 	// Before the agent is ready, a failure leaves the source as it was.
+	locked := false
 	abort := func(p Phase, err error) error {
 		_ = s.send(&pb.Envelope{Msg: &pb.Envelope_Abort{Abort: &pb.Abort{Reason: err.Error()}}})
+		if locked {
+			// The agent drops its lock of the connections and closes
+			// the link: a retry finds the destination clean.
+			s.waitClosed(lockWait)
+		}
 		if tracking {
 			dumper.EndTracking(o.Pid)
 		}
@@ -248,18 +282,24 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, abort(PhaseFreeze, err)
 	}
 	do := dumper.Options{Pid: o.Pid, ImagesDir: final, FileLocks: o.FileLocks, CPUCap: o.CPUCap,
-		PageServer: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}}
+		PageServer:     &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages},
+		TCPEstablished: o.TCPEstablished, SkipInFlight: o.SkipInFlight, NetworkLock: o.NetworkLock,
+		ShellJob: o.ShellJob, ExtUnixSk: o.ExtUnixSk}
 	if len(res.Rounds) > 0 {
 		do.PrevImagesDir, do.TrackMem = "../"+roundDir(n-1, false), true
 	}
 	var frozeAt, dumpedAt, imagesAt, readyAt time.Time
-	ready, goSent := false, false
+	ready, goSent, postDump := false, false, false
 	hookPhase := PhaseFreeze
-	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
+	// The user's scripts at the migration's own action points (the dump
+	// runs them at its own first).
+	user := &actions.Scripts{Commands: o.ActionScripts, ImagesDir: final}
+	scripts := &actions.Scripts{Commands: o.ActionScripts, ImagesDir: final, Notify: func(action string, _ int) error {
 		switch action {
 		case actions.PreDump:
 			frozeAt = time.Now()
 		case actions.PostDump:
+			postDump = true
 			if err := s.endRound(n); err != nil {
 				return err
 			}
@@ -268,7 +308,25 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 				return err
 			}
 			imagesAt = time.Now()
-			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{FullFill: o.FullFill}}}); err != nil {
+			if o.TCPEstablished {
+				if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Lock{Lock: &pb.Lock{}}}); err != nil {
+					return err
+				}
+				m, err := s.recv(PhaseFreeze, time.Minute)
+				if err != nil {
+					return err
+				}
+				locked = true
+				if m.GetLocked() == nil {
+					return fmt.Errorf("expected locked, got %T", m.Msg)
+				}
+				res.Connections = int(m.GetLocked().Connections)
+			}
+			if err := user.Run(actions.PreRestore, o.Pid); err != nil {
+				return err
+			}
+			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{FullFill: o.FullFill,
+				TcpEstablished: o.TCPEstablished, ShellJob: o.ShellJob}}}); err != nil {
 				return err
 			}
 			hookPhase = PhaseRestore
@@ -281,6 +339,9 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 				return fmt.Errorf("expected ready, got %T", m.Msg)
 			}
 			ready, readyAt = true, time.Now()
+			if err := user.Run(actions.PreResume, o.Pid); err != nil {
+				return err
+			}
 			enter(PhaseSwitchover)
 			// Switch-over. SIGKILL to the frozen tasks: none of them runs
 			// another instruction of its own (a fatal signal is acted on
@@ -297,6 +358,33 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return nil
 	}}
 	dr, err := dumper.DumpContext(ctx, do, scripts)
+	if err != nil && !goSent && postDump {
+		// The source tree runs on: the scripts put back what post-dump
+		// and pre-restore moved.
+		if serr := user.Run(ActionAbort, o.Pid); serr != nil {
+			err = errors.Join(err, serr)
+		}
+	}
+	// The connections' lock the dump kept on this host: held (its guard
+	// removes it should this process die) until the agent's copy runs.
+	var srcLock *netlock.Lock
+	if dr != nil && dr.NetLock != nil {
+		l, lerr := netlock.Adopt(*dr.NetLock)
+		if lerr != nil {
+			err = errors.Join(err, fmt.Errorf("source network lock: %w", lerr))
+		} else {
+			srcLock = l
+			defer func() {
+				// The tree is gone from here (killed at the switch-over,
+				// its sockets closed silently in repair mode): packets
+				// of its connections no longer reach this host once the
+				// address moved.
+				if uerr := srcLock.Unlock(); uerr != nil {
+					err = errors.Join(err, phaseErr(PhaseSwitchover, fmt.Errorf("source network unlock: %w", uerr)))
+				}
+			}()
+		}
+	}
 	switch {
 	case err != nil && goSent:
 		// Past the switch-over: the source is killed and the agent told
@@ -328,6 +416,16 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	res.Downtime = s.at.Sub(frozeAt)
 	res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt), Images: imagesAt.Sub(dumpedAt),
 		Restore: readyAt.Sub(imagesAt), Resume: s.at.Sub(readyAt)}
+	if err := srcLock.Unlock(); err != nil {
+		return res, phaseErr(PhaseSwitchover, fmt.Errorf("source network unlock: %w", err))
+	}
+	if err := user.Run(actions.PostRestore, o.Pid); err != nil {
+		// The tree runs on the destination: report, nothing to undo.
+		if res.Note != "" {
+			res.Note += "; "
+		}
+		res.Note += err.Error()
+	}
 	if o.FullFill {
 		return res, nil
 	}
@@ -368,6 +466,20 @@ func (s *sender) recv(p Phase, limit time.Duration) (*pb.Envelope, error) {
 	return m, nil
 }
 
+// lockWait bounds how long an aborting source waits for the agent to
+// remove its lock of the connections.
+const lockWait = 30 * time.Second
+
+// waitClosed reads the control link until the agent closes it (or limit).
+func (s *sender) waitClosed(limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if _, err := s.ctl.recv(time.Until(deadline)); err != nil {
+			return
+		}
+	}
+}
+
 func (s *sender) startRound(n uint32, final bool) (int, error) {
 	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_RoundStart{RoundStart: &pb.RoundStart{N: n, Final: final}}}); err != nil {
 		return 0, err
@@ -405,7 +517,9 @@ func (s *sender) sendImages(dir string) error {
 	}
 	buf := make([]byte, fileChunk)
 	for _, e := range ents {
-		if !e.Type().IsRegular() {
+		// The network lock record names this host's rules: the agent
+		// makes its own lock (Lock).
+		if !e.Type().IsRegular() || e.Name() == netlock.RecordFile {
 			continue
 		}
 		f, err := os.Open(filepath.Join(dir, e.Name()))
