@@ -75,7 +75,7 @@ func TestMigrateTransports(t *testing.T) {
 				t.Fatalf("migrant not ready\n%s", w.tail())
 			}
 		}
-		code, res, stderr := m.send(w, "--transport", tr, "--max-rounds", "1", "--no-lazy-restore")
+		code, res, stderr := m.send(w, "--transport", tr, "--compress", "none", "--max-rounds", "1", "--no-lazy-restore")
 		if code != 0 {
 			t.Fatalf("%s: exit %d: %s", tr, code, stderr)
 		}

@@ -234,7 +234,7 @@ type pageServing struct {
 	final bool
 	dir   string
 	start time.Time
-	ln    *pageserver.Listener
+	ln    io.Closer
 	done  chan error
 	// stopOnDone: the server does not end by itself (QUIC); cancel ends it.
 	stopOnDone bool
@@ -345,6 +345,10 @@ func (in *inbound) run(ctx context.Context) error {
 		return phaseErr(PhaseConnect, fmt.Errorf("protocol version %d, this agent speaks %d", h.Version, Version))
 	}
 	in.res.PID, in.res.Tasks, in.res.Mode, in.res.Transport = int(h.Pid), 1, Mode(h.Mode), h.Transport
+	if _, err := ParseCompress(h.Compress); err != nil {
+		return phaseErr(PhaseConnect, err)
+	}
+	in.res.Compress = h.Compress
 	if h.Source != "" {
 		in.res.Source = h.Source
 	}
@@ -470,6 +474,16 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 		prev = "../" + in.rounds[len(in.rounds)-1]
 	}
 	in.rounds = append(in.rounds, name)
+	switch rs.Compress {
+	case "":
+	case CompressZstd:
+		if transport == "quic" {
+			return errors.New("compressed page streams run over TLS, not QUIC")
+		}
+		return in.startCompressedRound(ctx, rs, dir, prev)
+	default:
+		return fmt.Errorf("unknown page stream compression %q", rs.Compress)
+	}
 	to, err := in.a.cfg.TLS.pageTransport(transport, "")
 	if err != nil {
 		return err
@@ -498,6 +512,57 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 	}()
 	in.ps = ps
 	return in.send(&pb.Envelope{Msg: &pb.Envelope_RoundReady{RoundReady: &pb.RoundReady{Port: uint32(ln.Port())}}})
+}
+
+// startCompressedRound serves round rs on a connection of its own: TLS
+// (the agent's certificate, a client the CA signed), a zstd stream inside
+// (compress.go), one page-server session on top.
+func (in *inbound) startCompressedRound(ctx context.Context, rs *pb.RoundStart, dir, prev string) error {
+	ln, err := net.Listen("tcp", net.JoinHostPort(in.a.cfg.Address, "0"))
+	if err != nil {
+		return err
+	}
+	srv, err := pageserver.NewServer(pageserver.Config{ImagesDir: dir, PrevImagesDir: prev, Log: in.a.cfg.Log})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	ps := &pageServing{n: rs.N, final: rs.Final, dir: dir, start: time.Now(), ln: ln, done: make(chan error, 1), cancel: cancel}
+	go func() {
+		defer cancel()
+		defer srv.Close()
+		stop := context.AfterFunc(sctx, func() { ln.Close() })
+		defer stop()
+		raw, err := ln.Accept()
+		ln.Close()
+		if err != nil {
+			ps.done <- err
+			return
+		}
+		if err := tuneConn(raw); err != nil {
+			raw.Close()
+			ps.done <- err
+			return
+		}
+		_ = raw.SetDeadline(time.Now().Add(30 * time.Second))
+		c := tls.Server(raw, in.a.tls)
+		if err := c.HandshakeContext(sctx); err != nil {
+			raw.Close()
+			ps.done <- fmt.Errorf("TLS: %w", err)
+			return
+		}
+		_ = raw.SetDeadline(time.Time{})
+		z, err := newZstdConn(c)
+		if err != nil {
+			c.Close()
+			ps.done <- err
+			return
+		}
+		ps.done <- srv.ServeConn(sctx, z)
+	}()
+	in.ps = ps
+	return in.send(&pb.Envelope{Msg: &pb.Envelope_RoundReady{RoundReady: &pb.RoundReady{Port: uint32(ln.Addr().(*net.TCPAddr).Port)}}})
 }
 
 // startLazy opens the final images of a post-copy migration: the source

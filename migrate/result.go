@@ -35,9 +35,11 @@ const (
 
 // Round is one pass of memory transfer.
 type Round struct {
-	N        int           `json:"n"`     // 0 is the first, full round
-	Pages    uint64        `json:"pages"` // pages sent (zero pages not counted)
-	Bytes    uint64        `json:"bytes"` // bytes on the wire for those pages
+	N     int    `json:"n"`     // 0 is the first, full round
+	Pages uint64 `json:"pages"` // pages sent (zero pages not counted)
+	Bytes uint64 `json:"bytes"` // bytes of those pages
+	// Wire is what a compressed round put on the link (0: not compressed).
+	Wire     uint64        `json:"wire_bytes,omitempty"`
 	Duration time.Duration `json:"duration_ns"`
 	Frozen   time.Duration `json:"frozen_ns"` // how long the source was frozen in it
 	// DirtyRate is the bytes per second the program wrote during the round,

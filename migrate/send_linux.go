@@ -20,7 +20,9 @@ import (
 	"godwit/internal/actions"
 	"godwit/internal/cpuinfo"
 	"godwit/internal/netlock"
+	_ "godwit/migrate/internal/proto"
 	pb "godwit/migrate/internal/proto"
+	"godwit/pageserver"
 )
 
 // DefaultPort is the agent's port when --to names none.
@@ -40,7 +42,11 @@ type SendOptions struct {
 	// MaxRounds bounds the pre-copy rounds; 0 is stop-and-copy.
 	MaxRounds int
 	Transport string // page streams: "tls" (default) or "quic"
-	TLS       TLSFiles
+	// Compress is how page streams are compressed: CompressAuto (""),
+	// CompressNone or CompressZstd (over TLS only). Auto compresses the
+	// first round and goes on while that pays (streamStats.worthIt).
+	Compress string
+	TLS      TLSFiles
 	// ServerName is the name the agent's certificate must carry (default
 	// the host of To).
 	ServerName string
@@ -117,6 +123,18 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	default:
 		return res, phaseErr(PhaseCheck, fmt.Errorf("unknown --mode %q (want precopy, postcopy or hybrid)", res.Mode))
 	}
+	comp, err := ParseCompress(o.Compress)
+	if err != nil {
+		return res, phaseErr(PhaseCheck, err)
+	}
+	if comp != CompressNone && (res.Transport == "quic" || res.Mode != ModePrecopy) {
+		if comp == CompressZstd {
+			return res, phaseErr(PhaseCheck, errors.New("--compress zstd: page streams are compressed over --transport tls in --mode precopy only"))
+		}
+		comp = CompressNone
+	}
+	res.Compress = comp
+	compressing := comp != CompressNone
 	if o.TCPEstablished && res.Mode != ModePrecopy {
 		return res, phaseErr(PhaseCheck, fmt.Errorf("--tcp-established with --mode %s is not implemented (use precopy)", res.Mode))
 	}
@@ -176,7 +194,8 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	}
 	res.Source = hostname
 	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Hello{Hello: &pb.Hello{Version: Version, Pid: int32(o.Pid), Pids: pids,
-		Files: files, Transport: res.Transport, Mode: string(res.Mode), Source: hostname, Cpuinfo: cpu, CpuCap: o.CPUCap}}}); err != nil {
+		Files: files, Transport: res.Transport, Mode: string(res.Mode), Source: hostname, Cpuinfo: cpu, CpuCap: o.CPUCap,
+		Compress: comp}}}); err != nil {
 		return res, phaseErr(PhaseConnect, err)
 	}
 	enter(PhaseCheck)
@@ -231,12 +250,16 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			break
 		}
 		n++
-		port, err := s.startRound(n, false)
+		port, err := s.startRound(n, false, compressing)
 		if err != nil {
 			return res, abort(PhasePrecopy, err)
 		}
+		ps, cp, err := pageTarget(net.JoinHostPort(host, strconv.Itoa(port)), pages, tc, compressing)
+		if err != nil {
+			return res, abort(PhasePrecopy, fmt.Errorf("round %d: %w", n, err))
+		}
 		po := dumper.PreDumpOptions{Pid: o.Pid, ImagesDir: filepath.Join(work, roundDir(n, false)),
-			PageServer: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}, HolderTimeout: 10 * time.Minute}
+			PageServer: ps, HolderTimeout: 10 * time.Minute}
 		if n > 1 {
 			po.PrevImagesDir = "../" + roundDir(n-1, false)
 		}
@@ -246,6 +269,13 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		t0 := time.Now()
 		tracking = true
 		pr, err := dumper.PreDump(ctx, po)
+		var st streamStats
+		if cp != nil {
+			var cerr error
+			if st, cerr = cp.finish(); err != nil && cerr != nil {
+				err = fmt.Errorf("%w (compressed stream: %v)", err, cerr)
+			}
+		}
 		if err != nil {
 			return res, abort(PhasePrecopy, fmt.Errorf("round %d: %w", n, err))
 		}
@@ -253,7 +283,10 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			return res, abort(PhasePrecopy, err)
 		}
 		dur := time.Since(t0)
-		r := Round{N: int(n - 1), Pages: pr.Mem.Written, Bytes: pr.Mem.Written * 4096, Duration: dur, Frozen: pr.Frozen}
+		r := Round{N: int(n - 1), Pages: pr.Mem.Written, Bytes: pr.Mem.Written * 4096, Duration: dur, Frozen: pr.Frozen, Wire: st.Wire}
+		if cp != nil && comp == CompressAuto && !st.worthIt(r.Bytes) {
+			compressing = false
+		}
 		if dur > 0 {
 			r.Bandwidth = float64(r.Bytes) / dur.Seconds()
 		}
@@ -273,7 +306,11 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	// over and waits until the agent has the tree rebuilt.
 	enter(PhaseFreeze)
 	n++
-	port, err = s.startRound(n, true)
+	port, err = s.startRound(n, true, compressing)
+	if err != nil {
+		return res, abort(PhaseFreeze, err)
+	}
+	ps, cp, err := pageTarget(net.JoinHostPort(host, strconv.Itoa(port)), pages, tc, compressing)
 	if err != nil {
 		return res, abort(PhaseFreeze, err)
 	}
@@ -282,7 +319,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, abort(PhaseFreeze, err)
 	}
 	do := dumper.Options{Pid: o.Pid, ImagesDir: final, FileLocks: o.FileLocks, CPUCap: o.CPUCap,
-		PageServer:     &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages},
+		PageServer:     ps,
 		TCPEstablished: o.TCPEstablished, SkipInFlight: o.SkipInFlight, NetworkLock: o.NetworkLock,
 		ShellJob: o.ShellJob, ExtUnixSk: o.ExtUnixSk}
 	if len(res.Rounds) > 0 {
@@ -358,6 +395,14 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return nil
 	}}
 	dr, err := dumper.DumpContext(ctx, do, scripts)
+	var finalWire uint64
+	if cp != nil {
+		st, cerr := cp.finish()
+		finalWire = st.Wire
+		if err != nil && cerr != nil && !goSent {
+			err = fmt.Errorf("%w (compressed stream: %v)", err, cerr)
+		}
+	}
 	if err != nil && !goSent && postDump {
 		// The source tree runs on: the scripts put back what post-dump
 		// and pre-restore moved.
@@ -401,7 +446,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, abort(PhaseSwitchover, errors.New("dump ended without handing over"))
 	}
 	if dr != nil && dr.Stats != nil && dr.Stats.FrozenTime != nil {
-		res.Rounds = append(res.Rounds, Round{N: int(n - 1), Pages: dr.Mem.Written, Bytes: dr.Mem.Written * 4096,
+		res.Rounds = append(res.Rounds, Round{N: int(n - 1), Pages: dr.Mem.Written, Bytes: dr.Mem.Written * 4096, Wire: finalWire,
 			Frozen: time.Duration(dr.Stats.GetFrozenTime()) * time.Microsecond, Duration: dumpedAt.Sub(frozeAt)})
 	}
 	m, err = s.recv(PhaseSwitchover, time.Minute)
@@ -480,8 +525,25 @@ func (s *sender) waitClosed(limit time.Duration) {
 	}
 }
 
-func (s *sender) startRound(n uint32, final bool) (int, error) {
-	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_RoundStart{RoundStart: &pb.RoundStart{N: n, Final: final}}}); err != nil {
+// pageTarget is where a round's pages go: the page server at addr over
+// the transport, or, compressed, a relay to it (finished by the caller).
+func pageTarget(addr string, pages pageserver.TransportOptions, tc *tls.Config, compressed bool) (*dumper.PageServer, *compressedPages, error) {
+	if !compressed {
+		return &dumper.PageServer{Addr: addr, Transport: pages}, nil, nil
+	}
+	cp, err := dialCompressed(addr, tc)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &dumper.PageServer{Socket: cp.sock}, cp, nil
+}
+
+func (s *sender) startRound(n uint32, final, compressed bool) (int, error) {
+	rs := &pb.RoundStart{N: n, Final: final}
+	if compressed {
+		rs.Compress = CompressZstd
+	}
+	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_RoundStart{RoundStart: rs}}); err != nil {
 		return 0, err
 	}
 	m, err := s.recv(PhasePrecopy, time.Minute)

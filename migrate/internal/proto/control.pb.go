@@ -346,7 +346,8 @@ type Hello struct {
 	// and the --cpu-cap modes to compare it with ("": CRIU's defaults).
 	Cpuinfo []byte `protobuf:"bytes,8,opt,name=cpuinfo,proto3" json:"cpuinfo,omitempty"`
 	CpuCap  string `protobuf:"bytes,9,opt,name=cpu_cap,json=cpuCap,proto3" json:"cpu_cap,omitempty"`
-	// compress: how page streams are compressed ("" or "none", "zstd").
+	// compress: --compress as asked (auto, none or zstd); each round
+	// says whether its pages are compressed (RoundStart.compress).
 	Compress      string `protobuf:"bytes,10,opt,name=compress,proto3" json:"compress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -558,7 +559,10 @@ type RoundStart struct {
 	Final bool                   `protobuf:"varint,2,opt,name=final,proto3" json:"final,omitempty"`
 	// lazy: the freeze of a post-copy migration: no page stream; the
 	// images (with the pages outside lazy VMAs) come as files.
-	Lazy          bool `protobuf:"varint,3,opt,name=lazy,proto3" json:"lazy,omitempty"`
+	Lazy bool `protobuf:"varint,3,opt,name=lazy,proto3" json:"lazy,omitempty"`
+	// compress: this round's pages come zstd-compressed ("zstd") on a
+	// connection of their own, or as they are ("").
+	Compress      string `protobuf:"bytes,4,opt,name=compress,proto3" json:"compress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -612,6 +616,13 @@ func (x *RoundStart) GetLazy() bool {
 		return x.Lazy
 	}
 	return false
+}
+
+func (x *RoundStart) GetCompress() string {
+	if x != nil {
+		return x.Compress
+	}
+	return ""
 }
 
 type RoundReady struct {
@@ -1262,12 +1273,13 @@ const file_control_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"9\n" +
 	"\aFailure\x12\x14\n" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"D\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"`\n" +
 	"\n" +
 	"RoundStart\x12\f\n" +
 	"\x01n\x18\x01 \x01(\rR\x01n\x12\x14\n" +
 	"\x05final\x18\x02 \x01(\bR\x05final\x12\x12\n" +
-	"\x04lazy\x18\x03 \x01(\bR\x04lazy\" \n" +
+	"\x04lazy\x18\x03 \x01(\bR\x04lazy\x12\x1a\n" +
+	"\bcompress\x18\x04 \x01(\tR\bcompress\" \n" +
 	"\n" +
 	"RoundReady\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\rR\x04port\"\x19\n" +
