@@ -251,7 +251,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	}
 	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track,
 		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks, tcpEstablished: o.TCPEstablished, skipInFlight: o.SkipInFlight, netLock: nl,
-		shellJob: o.ShellJob, extUnix: drivers.ExtUnix{All: o.ExtUnixSk, Inos: o.ExtUnix}}
+		shellJob: o.ShellJob, extUnix: drivers.ExtUnix{All: o.ExtUnixSk, Inos: o.ExtUnix}, extTTY: o.ExtTTY}
 	// Connections read in repair mode: out of it again if the tasks
 	// resume (added last, so run before they are thawed).
 	rb.add(func() {
@@ -259,9 +259,13 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			d.log.Warnf("dump %d: %v", pid, err)
 		}
 	})
+	tc := time.Now()
 	err = d.safeCollect()
+	d.step(tc, "collect")
 	if err == nil {
+		tc = time.Now()
 		err = target.Commit()
+		d.step(tc, "commit pages")
 	}
 	if rec, ok := nl.Record(); err == nil && ok && !o.LeaveRunning && !o.LeaveStopped {
 		// The tree will be gone: its restore removes the lock.
@@ -272,7 +276,9 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	}
 	if err == nil {
 		// The images go into place while the task can still resume.
+		tc = time.Now()
 		err = stage.Commit()
+		d.step(tc, "images in place")
 	}
 	injecting := tr.InjectionTime()
 	if err != nil {
@@ -441,9 +447,18 @@ type dumpRun struct {
 	files    *drivers.Files
 	shellJob bool // --shell-job: ttys of a terminal outside the tree
 	extUnix  drivers.ExtUnix
+	extTTY   [][2]uint64
 }
 
 func (d *dumpRun) note(name string) { d.written = append(d.written, name) }
+
+// step logs how long a step of the task's dump took (-v4): the profile
+// of a frozen time.
+func (d *dumpRun) step(since time.Time, format string, args ...any) {
+	if d.log.Enabled(4) {
+		d.log.Debugf("dump %d: %s: %v", d.pid, fmt.Sprintf(format, args...), time.Since(since))
+	}
+}
 
 func (d *dumpRun) interrupted() error { return interrupted(d.ctx) }
 
@@ -470,6 +485,12 @@ func (d *dumpRun) collect() error {
 	fl.FileLocks = d.fileLocks
 	fl.NetLock = d.netLock
 	fl.TCPEstablished, fl.SkipInFlight = d.tcpEstablished, d.skipInFlight
+	for _, t := range d.extTTY {
+		if fl.ExtTTY == nil {
+			fl.ExtTTY = map[[2]uint64]bool{}
+		}
+		fl.ExtTTY[t] = true
+	}
 	d.files = fl
 	var kobj kobjAlloc
 	tree := &model.Tree{}
@@ -518,6 +539,7 @@ func (d *dumpRun) collect() error {
 // collectTask reads everything of the frozen task d.pid.
 func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, shm map[uint64]int) (*model.Task, error) {
 	pid := d.pid
+	t0 := time.Now()
 	if err := checkSeccomp(d.tr, pid, d.tids); err != nil {
 		return nil, err
 	}
@@ -559,15 +581,18 @@ func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, shm map[uint64]int) (
 	// scratch mapping exists.
 	for _, k := range d.drivers {
 		if c, ok := k.(drivers.Collector); ok {
+			t := time.Now()
 			if err := c.Collect(dc); err != nil {
 				return nil, err
 			}
+			d.step(t, "collect %s", k.Name())
 		}
 	}
 	if err := d.interrupted(); err != nil {
 		return nil, err
 	}
 	d.shmDone = shm
+	d.step(t0, "state visible from outside")
 	if err := d.inject(dc); err != nil {
 		return nil, err
 	}
@@ -628,6 +653,7 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 		}
 	}()
 	task := dc.Task
+	ti := time.Now()
 	s, err := d.tr.BeginInjection(d.pid)
 	if err != nil {
 		return err
@@ -682,6 +708,7 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 			return err
 		}
 	}
+	d.step(ti, "injected collection")
 	if err := d.interrupted(); err != nil {
 		return err
 	}
@@ -700,6 +727,8 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 	}
 	md.SetContext(d.ctx)
 	d.log.Infof("dump %d: transferring pages (%v)", d.pid, d.method)
+	t := time.Now()
+	defer d.step(t, "memory")
 	return d.dumpMemory(md, task.MM.VMAs)
 }
 

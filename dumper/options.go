@@ -53,6 +53,10 @@ type Options struct {
 	// one by one (--external unix[INO]).
 	ExtUnixSk bool
 	ExtUnix   []uint32
+	// ExtTTY are the ttys left out of the dump, by st_rdev and st_dev
+	// (--external tty[rdev:dev]); the restore is given them
+	// (--inherit-fd fd[N]:tty[rdev:dev]).
+	ExtTTY [][2]uint64
 }
 
 // PageServer is where a page server listens and how to talk to it.

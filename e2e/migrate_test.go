@@ -601,7 +601,8 @@ func TestMigratePostcopy(t *testing.T) {
 	finishMoved(t, w, rp)
 }
 
-// TestMigrateHybridRefused: hybrid is refused before anything moves.
+// TestMigrateHybridRefused: hybrid without a server certificate to serve
+// the last pages with is refused before anything moves.
 func TestMigrateHybridRefused(t *testing.T) {
 	m := newMigLab(t)
 	m.startAgent()

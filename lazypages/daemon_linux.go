@@ -39,7 +39,10 @@ type Options struct {
 	// absence only): a daemon killed then leaves its tasks to zero-filled
 	// pages.
 	NoGuard bool
-	Log     *logging.Logger
+	// Guard, if set, is a guard started ahead with StartGuard (Run
+	// owns it from the call on, and ends it as its own).
+	Guard *Guard
+	Log   *logging.Logger
 	// Ready, if set, is called once the socket listens.
 	Ready func()
 
@@ -51,7 +54,11 @@ type Stats struct {
 	Tasks                 int
 	FaultPages, PushPages uint64 // pages copied on faults / in the background
 	ZeroPages             uint64
-	Faults                uint64
+	// LocalPages and RemotePages split the pages copied in by where they
+	// were read: the local images (the dump, its parent images) or the
+	// page server.
+	LocalPages, RemotePages uint64
+	Faults                  uint64
 	// Events followed while pages were missing.
 	Forks, Remaps, Removes, Unmaps uint64
 	FirstHandoff, AllPagesIn       time.Time
@@ -89,6 +96,8 @@ type daemon struct {
 	faultSrc source
 	pushSrc  source
 	guard    *guard
+	// guardEnded: serve finished the guard (release ends it otherwise).
+	guardEnded bool
 
 	mu     sync.Mutex
 	tasks  []*task
@@ -124,6 +133,9 @@ func Run(ctx context.Context, o Options) (Stats, error) {
 	if d.log == nil {
 		d.log = logging.Default()
 	}
+	if o.Guard != nil {
+		d.guard = o.Guard.g
+	}
 	defer d.release()
 	if err := d.open(ctx); err != nil {
 		return Stats{}, err
@@ -156,14 +168,14 @@ func (d *daemon) open(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("lazy-pages: %w", err)
 		}
-		d.faultSrc = fs
+		d.faultSrc = &tieredSource{remote: fs}
 		ps, err := dialSource(dctx, d.o.PageServer, d.o.Transport)
 		if err != nil {
 			return fmt.Errorf("lazy-pages: %w", err)
 		}
-		d.pushSrc = ps
+		d.pushSrc = &tieredSource{remote: ps}
 	} else {
-		d.faultSrc, d.pushSrc = localSource{}, localSource{}
+		d.faultSrc, d.pushSrc = &tieredSource{}, &tieredSource{}
 	}
 	if d.ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return fmt.Errorf("lazy-pages: epoll: %w", err)
@@ -174,7 +186,7 @@ func (d *daemon) open(ctx context.Context) error {
 	if err := d.epollAdd(d.stopfd, 0); err != nil {
 		return err
 	}
-	if !d.o.NoGuard {
+	if d.guard == nil && !d.o.NoGuard {
 		if d.guard, err = startGuard(); err != nil {
 			return fmt.Errorf("lazy-pages: %w", err)
 		}
@@ -209,6 +221,10 @@ func (d *daemon) release() {
 	}
 	if d.dir != nil {
 		d.dir.Close()
+	}
+	if d.guard != nil && !d.guardEnded {
+		// Run failed before serving: the guard holds nothing.
+		_ = d.guard.finish(false)
 	}
 }
 
@@ -251,8 +267,8 @@ func (d *daemon) serve(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			select {
-			case err := <-d.guard.exited:
-				d.fail(fmt.Errorf("lazy-pages: the guard process ended: %v", err))
+			case <-d.guard.exited:
+				d.fail(fmt.Errorf("lazy-pages: the guard process ended: %v", d.guard.exitErr))
 			case <-d.done:
 			}
 		}()
@@ -263,6 +279,7 @@ func (d *daemon) serve(ctx context.Context) error {
 	ferr := d.err
 	d.mu.Unlock()
 	complete := ferr == nil
+	d.stats.LocalPages, d.stats.RemotePages = pagesFrom(d.faultSrc, d.pushSrc)
 	for _, s := range []source{d.faultSrc, d.pushSrc} {
 		if s == nil {
 			continue
@@ -274,6 +291,7 @@ func (d *daemon) serve(ctx context.Context) error {
 		}
 	}
 	if d.guard != nil {
+		d.guardEnded = true
 		if gerr := d.guard.finish(complete); gerr != nil && ferr == nil {
 			ferr = gerr
 		}
@@ -392,7 +410,7 @@ func (d *daemon) pagemapOf(pid int) (*pagemap, error) {
 	if pm, ok := d.pms[pid]; ok {
 		return pm, nil
 	}
-	pm, err := openPagemap(d.dir, pid, d.o.PageServer == "")
+	pm, err := openPagemap(d.dir, pid, d.o.PageServer != "")
 	if err != nil {
 		return nil, err
 	}
@@ -518,6 +536,7 @@ func (s Stats) Format() string {
 		d = s.AllPagesIn.Sub(s.FirstHandoff)
 	}
 	return fmt.Sprintf("Lazy tasks: %d\nFaults: %d\nPages on faults: %d\nPages pushed: %d\nZero pages: %d\n"+
+		"Pages from local images: %d\nPages from the page server: %d\n"+
 		"Forks, remaps, removes, unmaps followed: %d, %d, %d, %d\nAll pages in after: %v\n",
-		s.Tasks, s.Faults, s.FaultPages, s.PushPages, s.ZeroPages, s.Forks, s.Remaps, s.Removes, s.Unmaps, d)
+		s.Tasks, s.Faults, s.FaultPages, s.PushPages, s.ZeroPages, s.LocalPages, s.RemotePages, s.Forks, s.Remaps, s.Removes, s.Unmaps, d)
 }

@@ -197,6 +197,10 @@ type inbound struct {
 	netLock *netlock.Lock
 	// aborted: the source sent Abort (its rollback is done).
 	aborted bool
+	// guard is the lazy-pages guard, started with the migration so that
+	// its start is not part of the downtime; handed to the fill (nil
+	// then) or ended by cleanup.
+	guard *lazypages.Guard
 }
 
 // addRound records round ps as the agent saw it: the pages its page server
@@ -362,6 +366,9 @@ func (in *inbound) run(ctx context.Context) error {
 	if err := os.Mkdir(in.dir, 0o700); err != nil {
 		return phaseErr(PhaseCheck, fmt.Errorf("migration directory: %w", err))
 	}
+	if in.guard, err = lazypages.StartGuard(); err != nil {
+		return phaseErr(PhaseCheck, err)
+	}
 	if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Accepted{Accepted: &pb.Accepted{Id: in.res.ID}}}); err != nil {
 		return phaseErr(PhaseConnect, err)
 	}
@@ -407,6 +414,7 @@ func (in *inbound) run(ctx context.Context) error {
 				return phaseErr(phase, err)
 			}
 		case m.GetRestore() != nil:
+			in.a.cfg.Log.Debugf("agent: migration %s: restore asked %v after the freeze", in.res.ID, time.Since(in.frozeAt))
 			return in.restore(ctx, m.GetRestore())
 		default:
 			return phaseErr(phase, fmt.Errorf("unexpected %T", m.Msg))
@@ -568,7 +576,7 @@ func (in *inbound) startCompressedRound(ctx context.Context, rs *pb.RoundStart, 
 // startLazy opens the final images of a post-copy migration: the source
 // froze the tree; no pages stream, the images come as files.
 func (in *inbound) startLazy() error {
-	if in.res.Mode != ModePostcopy || len(in.rounds) > 0 || in.ps != nil {
+	if (in.res.Mode != ModePostcopy && in.res.Mode != ModeHybrid) || len(in.rounds) > 0 || in.ps != nil {
 		return fmt.Errorf("lazy freeze in mode %s after %d rounds", in.res.Mode, len(in.rounds))
 	}
 	in.frozeAt = time.Now()
@@ -590,11 +598,13 @@ func (in *inbound) finishRound(n uint32) error {
 	if ps.stopOnDone {
 		ps.cancel()
 	}
+	t := time.Now()
 	select {
 	case err := <-ps.done:
 		if err != nil {
 			return fmt.Errorf("round %d pages: %w", n, err)
 		}
+		in.a.cfg.Log.Debugf("agent: migration %s: round %d: pages on disk %v after the source's done", in.res.ID, n, time.Since(t))
 		in.addRound(ps)
 		return nil
 	case <-time.After(sourceWait):
@@ -670,13 +680,17 @@ func (in *inbound) writeFile(f *pb.File) error {
 // only when every page is in. That fill depends on this host alone: it
 // runs on if the source's link dies.
 //
-// Post-copy (rs.PageSource): the lazy pages are on the source's frozen
-// tree, served by its page server; the source is committed once it asked
-// for the restore (it is never resumed), so the agent resumes without Go,
-// and the fill fails, killing the copy, if the source is lost.
+// Post-copy and hybrid (rs.PageSource): the lazy pages are on the
+// source's frozen tree, served by its page server (in hybrid, the pages of
+// the pre-copy rounds are read from the images here, through the final
+// round's parent links); the source is committed once it asked for the
+// restore (it is never resumed), so the agent resumes without Go, and the
+// fill fails, killing the copy, if the source is lost.
 func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	fullFill, pageSource := rs.FullFill, rs.PageSource
-	if (pageSource != "") != (in.res.Mode == ModePostcopy) || (pageSource != "" && fullFill) {
+	// Post-copy and hybrid pull the last pages from the frozen source.
+	lazySource := in.res.Mode == ModePostcopy || in.res.Mode == ModeHybrid
+	if (pageSource != "") != lazySource || (pageSource != "" && fullFill) {
 		return phaseErr(PhaseFreeze, fmt.Errorf("restore request does not fit mode %s", in.res.Mode))
 	}
 	if in.ps != nil {
@@ -719,9 +733,11 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	var lazy *localFill
 	if !fullFill {
 		var err error
+		t := time.Now()
 		if lazy, err = in.startFill(ro.ImagesDir, pageSource); err != nil {
 			return phaseErr(PhaseRestore, err)
 		}
+		in.a.cfg.Log.Debugf("agent: migration %s: lazy-pages daemon started in %v", in.res.ID, time.Since(t))
 		ro.LazyPages, ro.WorkDir = true, in.dir
 	}
 	r, err := restorer.RestoreContext(ctx, ro, scripts)
@@ -748,6 +764,7 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	st, err := lazy.wait()
 	pc := postcopyOf(st, resumedAt)
 	in.res.Postcopy = pc
+	in.a.cfg.Log.Infof("agent: migration %s: %d pages read from the images here, %d from the source", in.res.ID, st.LocalPages, st.RemotePages)
 	if err != nil {
 		// The daemon killed the tree it could not fill: no task runs
 		// on with a page it did not have.
@@ -863,7 +880,8 @@ type localFill struct {
 //
 // With pageSource the pages come from the source's page server instead.
 func (in *inbound) startFill(images, pageSource string) (*localFill, error) {
-	lo := lazypages.Options{ImagesDir: images, WorkDir: in.dir, Log: in.a.cfg.Log}
+	lo := lazypages.Options{ImagesDir: images, WorkDir: in.dir, Log: in.a.cfg.Log, Guard: in.guard}
+	in.guard = nil // Run's from now on
 	if pageSource != "" {
 		host, _, err := net.SplitHostPort(pageSource)
 		if err != nil {
@@ -929,6 +947,9 @@ func postcopyOf(st lazypages.Stats, resumed time.Time) *Postcopy {
 }
 
 func (in *inbound) cleanup() {
+	if in.guard != nil {
+		in.guard.Close()
+	}
 	for _, f := range in.files {
 		f.Close()
 	}

@@ -119,7 +119,16 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			o.ServerTLS.CACert = o.TLS.CACert
 		}
 	case ModeHybrid:
-		return res, phaseErr(PhaseCheck, errors.New("--mode hybrid: a lazy final dump on top of pre-copy rounds is not implemented yet (use precopy or postcopy)"))
+		// Pre-copy rounds, then a lazy final dump served like post-copy.
+		if o.ServerTLS.Cert == "" || o.ServerTLS.Key == "" {
+			return res, phaseErr(PhaseCheck, errors.New("--mode hybrid serves the last dirty pages to the agent: it needs --tls-server-cert and --tls-server-key"))
+		}
+		if o.FullFill {
+			return res, phaseErr(PhaseCheck, errors.New("--mode hybrid: --no-lazy-restore does not apply"))
+		}
+		if o.ServerTLS.CACert == "" {
+			o.ServerTLS.CACert = o.TLS.CACert
+		}
 	default:
 		return res, phaseErr(PhaseCheck, fmt.Errorf("unknown --mode %q (want precopy, postcopy or hybrid)", res.Mode))
 	}
@@ -207,7 +216,8 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, phaseErr(PhaseCheck, fmt.Errorf("expected accepted, got %T", m.Msg))
 	}
 	res.ID = m.GetAccepted().Id
-	if res.Mode == ModePostcopy {
+	if res.Mode == ModePostcopy || (res.Mode == ModeHybrid && o.MaxRounds == 0) {
+		// Hybrid without rounds is post-copy.
 		return res, s.postcopy(o, res, raw.LocalAddr(), enter)
 	}
 	enter(PhasePrecopy)
@@ -246,7 +256,8 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	var prevDur time.Duration
 	for {
 		if stop, overrun := decide(res.Rounds, o.DowntimeBudget, o.MaxRounds); stop {
-			res.Overrun = overrun
+			// Hybrid never overruns: what did not converge comes lazily.
+			res.Overrun = overrun && res.Mode != ModeHybrid
 			break
 		}
 		n++
@@ -299,6 +310,10 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		if o.OnRound != nil {
 			o.OnRound(r)
 		}
+	}
+
+	if res.Mode == ModeHybrid {
+		return res, s.hybrid(o, res, n, host, pages, work, raw.LocalAddr(), enter, abort)
 	}
 
 	// Freeze: the final dump sends the last delta; its post-dump hook,
@@ -818,4 +833,127 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 func (s *sender) abortWith(p Phase, err error) error {
 	_ = s.send(&pb.Envelope{Msg: &pb.Envelope_Abort{Abort: &pb.Abort{Reason: err.Error()}}})
 	return phaseErr(p, err)
+}
+
+// hybrid ends the pre-copy rounds (n so far) with a lazy final dump on top
+// of them (dump --lazy-pages --prev-images-dir --track-mem): the pages the
+// tree wrote since the last round and that the agent can take lazily stay
+// in the frozen tree; everything else (the pagemap with its PARENT and
+// LAZY entries, the pages of memory that cannot come lazily) goes to the
+// agent's page server as the final round, the other images as files.
+// The agent restores and resumes at once; its lazy-pages daemon reads the
+// round pages from its own images and pulls the rest from the frozen tree
+// here, which is killed only when every page is in. As in post-copy, the
+// images handed over are the point of no return.
+func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages pageserver.TransportOptions, work string,
+	local net.Addr, enter func(Phase), abort func(Phase, error) error) error {
+	enter(PhaseFreeze)
+	n++
+	port, err := s.startRound(n, true, false)
+	if err != nil {
+		return abort(PhaseFreeze, err)
+	}
+	final := filepath.Join(work, "final")
+	if err := os.Mkdir(final, 0o700); err != nil {
+		return abort(PhaseFreeze, err)
+	}
+	// The lazy pages' port, named in the restore request before the
+	// dump serves on it.
+	ln, err := net.Listen("tcp", net.JoinHostPort(local.(*net.TCPAddr).IP.String(), "0"))
+	if err != nil {
+		return abort(PhaseFreeze, err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	to, err := o.ServerTLS.pageTransport("tls", "")
+	if err != nil {
+		return abort(PhaseFreeze, err)
+	}
+	to.AllowedClients = []string{host}
+	// Serving ends with the agent's CLOSE; a Failure from the agent, or
+	// its link lost, ends it at once.
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	var recvErr error
+	var resumedAt time.Time
+	received := make(chan struct{})
+	// Started once the restore is asked for: until then the dump's hook
+	// talks with the agent itself.
+	recv := func() {
+		defer close(received)
+		for {
+			m, err := s.recv(PhasePostcopy, roundWait)
+			if err != nil {
+				recvErr = err
+				cancel()
+				return
+			}
+			switch {
+			case m.GetResumed() != nil:
+				resumedAt = s.at
+			case m.GetPagesIn() != nil:
+				pi := m.GetPagesIn()
+				res.Postcopy = &Postcopy{Pages: pi.Pages, Faults: pi.Faults, FaultP50: time.Duration(pi.FaultP50Ns),
+					FaultP99: time.Duration(pi.FaultP99Ns), Duration: time.Duration(pi.DurationNs)}
+				return
+			}
+		}
+	}
+	var frozeAt, dumpedAt, imagesAt time.Time
+	committed := false
+	hookPhase := PhaseFreeze
+	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
+		switch action {
+		case actions.PreDump:
+			frozeAt = time.Now()
+		case actions.PostDump:
+			if err := s.endRound(n); err != nil {
+				return err
+			}
+			dumpedAt = time.Now()
+			if err := s.sendImages(final); err != nil {
+				return err
+			}
+			imagesAt = time.Now()
+			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{PageSource: addr}}}); err != nil {
+				return err
+			}
+			committed = true
+			hookPhase = PhasePostcopy
+			enter(PhasePostcopy)
+			go recv()
+		}
+		return nil
+	}}
+	do := dumper.Options{Pid: o.Pid, ImagesDir: final, FileLocks: o.FileLocks, CPUCap: o.CPUCap,
+		PrevImagesDir: "../" + roundDir(n-1, false), TrackMem: true}
+	dr, err := dumper.DumpLazyContext(ctx, do, scripts, dumper.LazyServe{Addr: addr, Transport: to,
+		Pages: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}})
+	if !committed {
+		// The dump rolled back: the source runs on.
+		if err == nil {
+			err = errors.New("dump ended without handing over")
+		}
+		return abort(hookPhase, err)
+	}
+	<-received
+	if dr != nil && dr.Stats != nil {
+		// Frozen: the source stays frozen until every page is in (the
+		// program runs on the destination meanwhile).
+		res.Rounds = append(res.Rounds, Round{N: int(n - 1), Pages: dr.Mem.Written, Bytes: dr.Mem.Written * 4096,
+			Frozen: time.Duration(dr.Stats.GetFrozenTime()) * time.Microsecond, Duration: dumpedAt.Sub(frozeAt)})
+	}
+	if !resumedAt.IsZero() {
+		res.Downtime = resumedAt.Sub(frozeAt)
+		res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt), Images: imagesAt.Sub(dumpedAt), Restore: resumedAt.Sub(imagesAt)}
+	}
+	switch {
+	case recvErr != nil:
+		return fmt.Errorf("hybrid post-copy, the source tree killed: %w", recvErr)
+	case err != nil:
+		return phaseErr(PhasePostcopy, fmt.Errorf("the source tree killed: %w", err))
+	case res.Postcopy == nil:
+		return phaseErr(PhasePostcopy, errors.New("the agent did not report every page in"))
+	}
+	return nil
 }

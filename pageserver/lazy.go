@@ -111,6 +111,11 @@ func (l *lazyImages) lookup(dst, vaddr, nr uint64) (uint64, *os.File, int64, err
 	if vaddr%wire.PageSize != 0 {
 		return 0, nil, 0, fmt.Errorf("vaddr %#x not page aligned", vaddr)
 	}
+	if ix, ok := l.s.cfg.LazyMemory.(LazyIndex); ok {
+		if n := ix.LazyRun(int(dst), vaddr, nr); n > 0 {
+			return n, nil, int64(vaddr), nil
+		}
+	}
 	name := images.PagemapImg(int(dst))
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -159,6 +164,15 @@ func (s *Server) lazyDone(conns int32) {
 type LazyMemory interface {
 	// ReadPages fills b with the task's memory at vaddr.
 	ReadPages(pid int, vaddr uint64, b []byte) error
+}
+
+// LazyIndex is a LazyMemory that knows which pages it holds: GETs for
+// them are answered without reading a pagemap (a dump whose pagemaps went
+// to another page server).
+type LazyIndex interface {
+	// LazyRun returns how many of nr pages from vaddr of pid it holds
+	// (0: none at vaddr).
+	LazyRun(pid int, vaddr, nr uint64) uint64
 }
 
 // readLazy reads GET data: from the pages file f at off, or, without f,

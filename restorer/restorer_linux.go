@@ -202,19 +202,27 @@ func RestoreContext(ctx context.Context, o Options, scripts *actions.Scripts) (*
 		r.close()
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	steps := []func() error{
-		func() error { return r.interrupted(ctx) },
-		r.Layout,
-		func() error { return r.fillAll(ctx) },
-		func() error { return r.interrupted(ctx) },
-		r.lazyHandoff,
-		r.Finalize,
-		func() error { return r.interrupted(ctx) },
-		r.Resume,
+	r.log.Debugf("restore %d: images read and checked: %v", r.PID(), time.Since(r.start))
+	steps := []struct {
+		name string
+		run  func() error
+	}{
+		{"", func() error { return r.interrupted(ctx) }},
+		{"layout", r.Layout},
+		{"fill", func() error { return r.fillAll(ctx) }},
+		{"", func() error { return r.interrupted(ctx) }},
+		{"lazy hand-off", r.lazyHandoff},
+		{"finalize", r.Finalize},
+		{"", func() error { return r.interrupted(ctx) }},
+		{"resume", r.Resume},
 	}
 	for _, step := range steps {
-		if err := step(); err != nil {
+		t := time.Now()
+		if err := step.run(); err != nil {
 			return nil, err
+		}
+		if step.name != "" {
+			r.log.Debugf("restore %d: %s: %v", r.PID(), step.name, time.Since(t))
 		}
 	}
 	if r.o.AutoDedup {

@@ -359,10 +359,42 @@ type PidfdState struct {
 }
 
 // TtyFile is a description of a pty end: the master (/dev/ptmx) or the
-// slave (/dev/pts/N), and the pty both ends share.
+// slave (/dev/pts/N), and the pty both ends share; or (Pty nil) of
+// another tty, Other.
 type TtyFile struct {
 	Master bool
 	Pty    *PtyState
+	Other  *TtyOther
+}
+
+// TtyKind is the kind of a tty that is not an end of a pty of the tree.
+type TtyKind int
+
+const (
+	// TtyCtty is /dev/tty, the alias of the task's controlling terminal.
+	TtyCtty TtyKind = iota + 1
+	// TtyConsole is /dev/console.
+	TtyConsole
+	// TtyVT is a virtual console, /dev/ttyN (N 0: the active one).
+	TtyVT
+	// TtySerial is a serial line (/dev/ttyS*, ttyUSB*, …).
+	TtySerial
+	// TtyExternal is a tty left out of the dump (--external
+	// tty[rdev:dev]) that the restore is given (--inherit-fd).
+	TtyExternal
+)
+
+// TtyOther is a tty that is not a pty of the tree: reopened by its path
+// with its termios and window size, or (TtyExternal) given to the
+// restore.
+type TtyOther struct {
+	Kind      TtyKind
+	Rdev, Dev uint64 // st_rdev and st_dev of the description's inode
+	// Real is the device the description reaches, where the path is
+	// an alias (/dev/tty, /dev/console, /dev/tty0): TIOCGDEV.
+	Real    uint64
+	Termios unix.Termios // of a console, VT or serial line
+	Winsize unix.Winsize
 }
 
 // PtyState is a pty pair: what its master and slave share.

@@ -114,7 +114,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		}
 		if f.Kind == model.Tty && f.Tty != nil {
 			regID++
-			reg, te := ttyEntries(f, regID, ttyIDs[ttyEnd{f.Tty.Pty, f.Tty.Master}])
+			reg, te := ttyEntries(f, regID, ttyIDs[endOf(f.Tty)])
 			files = append(files, reg, te)
 			continue
 		}
