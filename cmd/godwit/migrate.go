@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -83,7 +84,37 @@ failure leaves the source running as it was.`,
 	f.BoolVarP(&a.o.FileLocks, "file-locks", "l", false, "move the file locks the tree holds")
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	f.BoolVar(&o.FullFill, "no-lazy-restore", false, "have the agent fill every page before the resume (by default it resumes at once and fills from its own images)")
-	c.AddCommand(send, resolveCmd(a))
+	c.AddCommand(send, resolveCmd(a), historyCmd(a))
+	return c
+}
+
+func historyCmd(a *app) *cobra.Command {
+	var o migrate.HistoryOptions
+	c := &cobra.Command{
+		Use:   "history --to HOST",
+		Short: "Print the agent's finished migrations (JSON), over mutual TLS",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.To == "" {
+				return &usageError{cmd, errors.New("migrate history needs --to HOST")}
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			h, err := migrate.FetchHistory(ctx, o)
+			if err != nil {
+				return err
+			}
+			enc := json.NewEncoder(a.stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(h)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&o.To, "to", "", "agent `host[:port]`")
+	f.StringVar(&o.TLS.CACert, "tls-cacert", "", "CA certificate `file` that signed the agent's certificate")
+	f.StringVar(&o.TLS.Cert, "tls-cert", "", "this host's client certificate `file`")
+	f.StringVar(&o.TLS.Key, "tls-key", "", "this host's private key `file`")
+	f.StringVar(&o.ServerName, "tls-server-name", "", "name the agent's certificate must carry (default: the host of --to)")
 	return c
 }
 
@@ -155,8 +186,10 @@ func agentCmd(a *app) *cobra.Command {
 		Long: `Receive migrations from ` + "`godwit migrate send`" + ` on other hosts and restore them here.
 Only peers whose client certificate the CA signed are accepted. Each migration gets its
 own directory under --images-dir, removed when it ends. /metrics (Prometheus: see
-deploy/grafana for a dashboard), /healthz and /history (JSON) are served on
---metrics-address.`,
+deploy/grafana for a dashboard) and /healthz are served on --metrics-address; the
+history of migrations only over mutual TLS (` + "`godwit migrate history`" + `). A migration
+may write at most --max-migration-bytes of pages (default: twice the memory its
+source announces, plus 256 MiB).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfg.ImagesDir == "" {
@@ -229,8 +262,9 @@ deploy/grafana for a dashboard), /healthz and /history (JSON) are served on
 	f.StringVar(&cfg.TLS.Key, "tls-key", "", "the agent's private key `file`")
 	f.StringVar(&cfg.ClientTLS.Cert, "tls-client-cert", "", "this host's client certificate `file` (post-copy: fetch pages from the source)")
 	f.StringVar(&cfg.ClientTLS.Key, "tls-client-key", "", "the client certificate's private key `file`")
-	f.StringVar(&metricsAddr, "metrics-address", "", "serve /metrics (Prometheus), /healthz and /history on `host:port`")
-	f.IntVar(&cfg.History, "history", 100, "keep the last `n` migrations in /history")
+	f.StringVar(&metricsAddr, "metrics-address", "", "serve /metrics (Prometheus) and /healthz on `host:port`")
+	f.IntVar(&cfg.History, "history", 100, "keep the last `n` migrations (godwit migrate history)")
+	f.Int64Var(&cfg.MaxMigrationBytes, "max-migration-bytes", 0, "refuse a migration whose rounds send more than `n` bytes of pages (0: twice the memory the source announces, plus 256 MiB)")
 	f.IntVar(&cfg.MaxConcurrent, "max-concurrent", 4, "at most `n` migrations at once")
 	return c
 }

@@ -46,6 +46,8 @@ type Envelope struct {
 	//	*Envelope_PagesIn
 	//	*Envelope_Resolve
 	//	*Envelope_Resolved
+	//	*Envelope_HistoryRequest
+	//	*Envelope_HistoryReply
 	Msg           isEnvelope_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -232,6 +234,24 @@ func (x *Envelope) GetResolved() *Resolved {
 	return nil
 }
 
+func (x *Envelope) GetHistoryRequest() *HistoryRequest {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_HistoryRequest); ok {
+			return x.HistoryRequest
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetHistoryReply() *HistoryReply {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_HistoryReply); ok {
+			return x.HistoryReply
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Msg interface {
 	isEnvelope_Msg()
 }
@@ -300,6 +320,14 @@ type Envelope_Resolved struct {
 	Resolved *Resolved `protobuf:"bytes,16,opt,name=resolved,proto3,oneof"`
 }
 
+type Envelope_HistoryRequest struct {
+	HistoryRequest *HistoryRequest `protobuf:"bytes,17,opt,name=history_request,json=historyRequest,proto3,oneof"`
+}
+
+type Envelope_HistoryReply struct {
+	HistoryReply *HistoryReply `protobuf:"bytes,18,opt,name=history_reply,json=historyReply,proto3,oneof"`
+}
+
 func (*Envelope_Hello) isEnvelope_Msg() {}
 
 func (*Envelope_Accepted) isEnvelope_Msg() {}
@@ -332,6 +360,10 @@ func (*Envelope_Resolve) isEnvelope_Msg() {}
 
 func (*Envelope_Resolved) isEnvelope_Msg() {}
 
+func (*Envelope_HistoryRequest) isEnvelope_Msg() {}
+
+func (*Envelope_HistoryReply) isEnvelope_Msg() {}
+
 // Hello opens a migration (source to agent): what the destination must
 // be able to take.
 type Hello struct {
@@ -345,8 +377,11 @@ type Hello struct {
 	Source    string                 `protobuf:"bytes,7,opt,name=source,proto3" json:"source,omitempty"`
 	// The source CPU as CRIU's cpuinfo.img entry (serialized CpuinfoEntry),
 	// and the --cpu-cap modes to compare it with ("": CRIU's defaults).
-	Cpuinfo       []byte `protobuf:"bytes,8,opt,name=cpuinfo,proto3" json:"cpuinfo,omitempty"`
-	CpuCap        string `protobuf:"bytes,9,opt,name=cpu_cap,json=cpuCap,proto3" json:"cpu_cap,omitempty"`
+	Cpuinfo []byte `protobuf:"bytes,8,opt,name=cpuinfo,proto3" json:"cpuinfo,omitempty"`
+	CpuCap  string `protobuf:"bytes,9,opt,name=cpu_cap,json=cpuCap,proto3" json:"cpu_cap,omitempty"`
+	// The tree's memory (resident and swapped), which bounds the page bytes
+	// the agent accepts from this migration (--max-migration-bytes).
+	MemoryBytes   uint64 `protobuf:"varint,10,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -442,6 +477,13 @@ func (x *Hello) GetCpuCap() string {
 		return x.CpuCap
 	}
 	return ""
+}
+
+func (x *Hello) GetMemoryBytes() uint64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
 }
 
 // Accepted answers Hello: the checks passed.
@@ -1318,11 +1360,102 @@ func (x *Held) GetInDoubt() bool {
 	return false
 }
 
+// HistoryRequest opens a connection instead of Hello: the agent answers
+// HistoryReply with its finished migrations (migrate.Result, JSON), oldest
+// first. Only mutual-TLS peers see it (not the metrics listener).
+type HistoryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryRequest) Reset() {
+	*x = HistoryRequest{}
+	mi := &file_control_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryRequest) ProtoMessage() {}
+
+func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
+func (*HistoryRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *HistoryRequest) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type HistoryReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Json          []byte                 `protobuf:"bytes,1,opt,name=json,proto3" json:"json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryReply) Reset() {
+	*x = HistoryReply{}
+	mi := &file_control_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryReply) ProtoMessage() {}
+
+func (x *HistoryReply) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryReply.ProtoReflect.Descriptor instead.
+func (*HistoryReply) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *HistoryReply) GetJson() []byte {
+	if x != nil {
+		return x.Json
+	}
+	return nil
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\x11godwit.migrate.v1\"\x8d\a\n" +
+	"\rcontrol.proto\x12\x11godwit.migrate.v1\"\xa3\b\n" +
 	"\bEnvelope\x120\n" +
 	"\x05hello\x18\x01 \x01(\v2\x18.godwit.migrate.v1.HelloH\x00R\x05hello\x129\n" +
 	"\baccepted\x18\x02 \x01(\v2\x1b.godwit.migrate.v1.AcceptedH\x00R\baccepted\x126\n" +
@@ -1343,8 +1476,10 @@ const file_control_proto_rawDesc = "" +
 	"\x05abort\x18\r \x01(\v2\x18.godwit.migrate.v1.AbortH\x00R\x05abort\x127\n" +
 	"\bpages_in\x18\x0e \x01(\v2\x1a.godwit.migrate.v1.PagesInH\x00R\apagesIn\x126\n" +
 	"\aresolve\x18\x0f \x01(\v2\x1a.godwit.migrate.v1.ResolveH\x00R\aresolve\x129\n" +
-	"\bresolved\x18\x10 \x01(\v2\x1b.godwit.migrate.v1.ResolvedH\x00R\bresolvedB\x05\n" +
-	"\x03msg\"\xda\x01\n" +
+	"\bresolved\x18\x10 \x01(\v2\x1b.godwit.migrate.v1.ResolvedH\x00R\bresolved\x12L\n" +
+	"\x0fhistory_request\x18\x11 \x01(\v2!.godwit.migrate.v1.HistoryRequestH\x00R\x0ehistoryRequest\x12F\n" +
+	"\rhistory_reply\x18\x12 \x01(\v2\x1f.godwit.migrate.v1.HistoryReplyH\x00R\fhistoryReplyB\x05\n" +
+	"\x03msg\"\xfd\x01\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x12\n" +
@@ -1354,7 +1489,9 @@ const file_control_proto_rawDesc = "" +
 	"\x04mode\x18\x06 \x01(\tR\x04mode\x12\x16\n" +
 	"\x06source\x18\a \x01(\tR\x06source\x12\x18\n" +
 	"\acpuinfo\x18\b \x01(\fR\acpuinfo\x12\x17\n" +
-	"\acpu_cap\x18\t \x01(\tR\x06cpuCap\"\x1a\n" +
+	"\acpu_cap\x18\t \x01(\tR\x06cpuCap\x12!\n" +
+	"\fmemory_bytes\x18\n" +
+	" \x01(\x04R\vmemoryBytes\"\x1a\n" +
 	"\bAccepted\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"9\n" +
 	"\aFailure\x12\x14\n" +
@@ -1409,7 +1546,11 @@ const file_control_proto_rawDesc = "" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x16\n" +
 	"\x06source\x18\x03 \x01(\tR\x06source\x12\"\n" +
 	"\rsince_unix_ns\x18\x04 \x01(\x03R\vsinceUnixNs\x12\x19\n" +
-	"\bin_doubt\x18\x05 \x01(\bR\ainDoubtB\x1fZ\x1dgodwit/migrate/internal/protob\x06proto3"
+	"\bin_doubt\x18\x05 \x01(\bR\ainDoubt\"*\n" +
+	"\x0eHistoryRequest\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\"\"\n" +
+	"\fHistoryReply\x12\x12\n" +
+	"\x04json\x18\x01 \x01(\fR\x04jsonB\x1fZ\x1dgodwit/migrate/internal/protob\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -1423,26 +1564,28 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_control_proto_goTypes = []any{
-	(*Envelope)(nil),   // 0: godwit.migrate.v1.Envelope
-	(*Hello)(nil),      // 1: godwit.migrate.v1.Hello
-	(*Accepted)(nil),   // 2: godwit.migrate.v1.Accepted
-	(*Failure)(nil),    // 3: godwit.migrate.v1.Failure
-	(*RoundStart)(nil), // 4: godwit.migrate.v1.RoundStart
-	(*RoundReady)(nil), // 5: godwit.migrate.v1.RoundReady
-	(*RoundDone)(nil),  // 6: godwit.migrate.v1.RoundDone
-	(*RoundAck)(nil),   // 7: godwit.migrate.v1.RoundAck
-	(*File)(nil),       // 8: godwit.migrate.v1.File
-	(*Restore)(nil),    // 9: godwit.migrate.v1.Restore
-	(*Ready)(nil),      // 10: godwit.migrate.v1.Ready
-	(*Go)(nil),         // 11: godwit.migrate.v1.Go
-	(*Resumed)(nil),    // 12: godwit.migrate.v1.Resumed
-	(*PagesIn)(nil),    // 13: godwit.migrate.v1.PagesIn
-	(*Abort)(nil),      // 14: godwit.migrate.v1.Abort
-	(*Resolve)(nil),    // 15: godwit.migrate.v1.Resolve
-	(*Resolved)(nil),   // 16: godwit.migrate.v1.Resolved
-	(*Held)(nil),       // 17: godwit.migrate.v1.Held
+	(*Envelope)(nil),       // 0: godwit.migrate.v1.Envelope
+	(*Hello)(nil),          // 1: godwit.migrate.v1.Hello
+	(*Accepted)(nil),       // 2: godwit.migrate.v1.Accepted
+	(*Failure)(nil),        // 3: godwit.migrate.v1.Failure
+	(*RoundStart)(nil),     // 4: godwit.migrate.v1.RoundStart
+	(*RoundReady)(nil),     // 5: godwit.migrate.v1.RoundReady
+	(*RoundDone)(nil),      // 6: godwit.migrate.v1.RoundDone
+	(*RoundAck)(nil),       // 7: godwit.migrate.v1.RoundAck
+	(*File)(nil),           // 8: godwit.migrate.v1.File
+	(*Restore)(nil),        // 9: godwit.migrate.v1.Restore
+	(*Ready)(nil),          // 10: godwit.migrate.v1.Ready
+	(*Go)(nil),             // 11: godwit.migrate.v1.Go
+	(*Resumed)(nil),        // 12: godwit.migrate.v1.Resumed
+	(*PagesIn)(nil),        // 13: godwit.migrate.v1.PagesIn
+	(*Abort)(nil),          // 14: godwit.migrate.v1.Abort
+	(*Resolve)(nil),        // 15: godwit.migrate.v1.Resolve
+	(*Resolved)(nil),       // 16: godwit.migrate.v1.Resolved
+	(*Held)(nil),           // 17: godwit.migrate.v1.Held
+	(*HistoryRequest)(nil), // 18: godwit.migrate.v1.HistoryRequest
+	(*HistoryReply)(nil),   // 19: godwit.migrate.v1.HistoryReply
 }
 var file_control_proto_depIdxs = []int32{
 	1,  // 0: godwit.migrate.v1.Envelope.hello:type_name -> godwit.migrate.v1.Hello
@@ -1461,12 +1604,14 @@ var file_control_proto_depIdxs = []int32{
 	13, // 13: godwit.migrate.v1.Envelope.pages_in:type_name -> godwit.migrate.v1.PagesIn
 	15, // 14: godwit.migrate.v1.Envelope.resolve:type_name -> godwit.migrate.v1.Resolve
 	16, // 15: godwit.migrate.v1.Envelope.resolved:type_name -> godwit.migrate.v1.Resolved
-	17, // 16: godwit.migrate.v1.Resolved.held:type_name -> godwit.migrate.v1.Held
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	18, // 16: godwit.migrate.v1.Envelope.history_request:type_name -> godwit.migrate.v1.HistoryRequest
+	19, // 17: godwit.migrate.v1.Envelope.history_reply:type_name -> godwit.migrate.v1.HistoryReply
+	17, // 18: godwit.migrate.v1.Resolved.held:type_name -> godwit.migrate.v1.Held
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1491,6 +1636,8 @@ func file_control_proto_init() {
 		(*Envelope_PagesIn)(nil),
 		(*Envelope_Resolve)(nil),
 		(*Envelope_Resolved)(nil),
+		(*Envelope_HistoryRequest)(nil),
+		(*Envelope_HistoryReply)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1498,7 +1645,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
