@@ -157,7 +157,8 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	}
 	res.Source = hostname
 	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Hello{Hello: &pb.Hello{Version: Version, Pid: int32(o.Pid), Pids: pids,
-		Files: files, Transport: res.Transport, Mode: string(res.Mode), Source: hostname, Cpuinfo: cpu, CpuCap: o.CPUCap}}}); err != nil {
+		Files: files, Transport: res.Transport, Mode: string(res.Mode), Source: hostname, Cpuinfo: cpu, CpuCap: o.CPUCap,
+		MemoryBytes: treeMemory(o.Pid)}}}); err != nil {
 		return res, phaseErr(PhaseConnect, err)
 	}
 	enter(PhaseCheck)
@@ -185,6 +186,11 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	tracking := false
 	// Before the agent is ready, a failure leaves the source as it was.
 	abort := func(p Phase, err error) error {
+		// The agent's reason first (a limit it enforced breaks the
+		// page stream: that error says less).
+		if f := s.agentFailure(); f != nil {
+			p, err = Phase(f.Phase), fmt.Errorf("agent: %s (here: %v)", f.Message, err)
+		}
 		_ = s.send(&pb.Envelope{Msg: &pb.Envelope_Abort{Abort: &pb.Abort{Reason: err.Error()}}})
 		if tracking {
 			dumper.EndTracking(o.Pid)
@@ -369,6 +375,54 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 type sender struct {
 	*ctl
 	ctx context.Context
+}
+
+// agentFailure is the Failure the agent sent, if one arrives within a
+// moment (the rest of what is queued is dropped: the migration ends).
+func (s *sender) agentFailure() *pb.Failure {
+	t := time.NewTimer(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case r := <-s.in:
+			if f := r.m.GetFailure(); f != nil {
+				return f
+			}
+		case <-s.done:
+			select {
+			case r := <-s.in:
+				if f := r.m.GetFailure(); f != nil {
+					return f
+				}
+				continue
+			default:
+			}
+			return nil
+		case <-t.C:
+			return nil
+		}
+	}
+}
+
+// treeMemory is the resident and swapped memory of pid's processes, which
+// the agent bounds the migration's page bytes with.
+func treeMemory(pid int) uint64 {
+	var n uint64
+	for _, p := range treePIDs(pid) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", p))
+		if err != nil {
+			continue
+		}
+		for _, ln := range strings.Split(string(b), "\n") {
+			f := strings.Fields(ln)
+			if len(f) == 3 && (f[0] == "Rss:" || f[0] == "Swap:") && f[2] == "kB" {
+				if k, err := strconv.ParseUint(f[1], 10, 64); err == nil {
+					n += k << 10
+				}
+			}
+		}
+	}
+	return n
 }
 
 // recv reads the agent's next message; a Failure becomes the agent's
@@ -588,6 +642,7 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 	to.AllowedClients = []string{host}
 	var frozeAt, dumpedAt time.Time
 	committed := false
+	hold := &dumper.Hold{}
 	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
 		switch action {
 		case actions.PreDump:
@@ -598,11 +653,22 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 			if err := s.sendImages(work); err != nil {
 				return err
 			}
+			// The commit: from here the source never runs again, and
+			// dies with this process (not thawed by its tracer's death
+			// while the agent's copy runs).
+			if err := hold.KillOnExit(true); err != nil {
+				_ = hold.KillOnExit(false)
+				return fmt.Errorf("hold the source tree: %w", err)
+			}
 			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{PageSource: addr}}}); err != nil {
+				_ = hold.KillOnExit(false)
 				return err
 			}
 			committed = true
 			enter(PhasePostcopy)
+			if os.Getenv(testSwitchover) != "" && o.Notice != nil {
+				o.Notice("migrate: test: committed (post-copy)")
+			}
 		}
 		return nil
 	}}
@@ -633,7 +699,7 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 			}
 		}
 	}()
-	_, err = dumper.DumpLazyContext(ctx, dumper.Options{Pid: o.Pid, ImagesDir: work, FileLocks: o.FileLocks, CPUCap: o.CPUCap},
+	_, err = dumper.DumpLazyContext(ctx, dumper.Options{Pid: o.Pid, ImagesDir: work, FileLocks: o.FileLocks, CPUCap: o.CPUCap, Hold: hold},
 		scripts, dumper.LazyServe{Addr: addr, Transport: to})
 	if !committed {
 		if err == nil {
@@ -730,6 +796,7 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 	var frozeAt, dumpedAt, imagesAt time.Time
 	committed := false
 	hookPhase := PhaseFreeze
+	hold := &dumper.Hold{}
 	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
 		switch action {
 		case actions.PreDump:
@@ -743,7 +810,13 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 				return err
 			}
 			imagesAt = time.Now()
+			// The commit (see postcopy).
+			if err := hold.KillOnExit(true); err != nil {
+				_ = hold.KillOnExit(false)
+				return fmt.Errorf("hold the source tree: %w", err)
+			}
 			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{PageSource: addr}}}); err != nil {
+				_ = hold.KillOnExit(false)
 				return err
 			}
 			committed = true
@@ -754,7 +827,7 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 		return nil
 	}}
 	do := dumper.Options{Pid: o.Pid, ImagesDir: final, FileLocks: o.FileLocks, CPUCap: o.CPUCap,
-		PrevImagesDir: "../" + roundDir(n-1, false), TrackMem: true}
+		PrevImagesDir: "../" + roundDir(n-1, false), TrackMem: true, Hold: hold}
 	dr, err := dumper.DumpLazyContext(ctx, do, scripts, dumper.LazyServe{Addr: addr, Transport: to,
 		Pages: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}})
 	if !committed {
