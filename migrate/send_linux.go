@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -18,12 +19,19 @@ import (
 	"godwit/dumper"
 	"godwit/internal/actions"
 	"godwit/internal/cpuinfo"
+	"godwit/internal/netlock"
+	_ "godwit/migrate/internal/proto"
 	pb "godwit/migrate/internal/proto"
 	"godwit/pageserver"
 )
 
 // DefaultPort is the agent's port when --to names none.
 const DefaultPort = 7355
+
+// ActionAbort is the action the scripts of a migration that failed after
+// post-dump run with, once the source tree runs again here (godwit's
+// own: criu(8) has no migration).
+const ActionAbort = "migrate-abort"
 
 // SendOptions describe one migration from this host.
 type SendOptions struct {
@@ -34,7 +42,11 @@ type SendOptions struct {
 	// MaxRounds bounds the pre-copy rounds; 0 is stop-and-copy.
 	MaxRounds int
 	Transport string // page streams: "tls" (default) or "quic"
-	TLS       TLSFiles
+	// Compress is how page streams are compressed: CompressAuto (""),
+	// CompressNone or CompressZstd (over TLS only). Auto compresses the
+	// first round and goes on while that pays (streamStats.worthIt).
+	Compress string
+	TLS      TLSFiles
 	// ServerName is the name the agent's certificate must carry (default
 	// the host of To).
 	ServerName string
@@ -43,6 +55,25 @@ type SendOptions struct {
 	WorkDir   string
 	FileLocks bool
 	CPUCap    string
+	// TCPEstablished moves the tree's established TCP connections (dump
+	// and restore --tcp-established): they stay locked on this host from
+	// the freeze until the agent runs the tree, and on the agent's host
+	// from before the pre-restore scripts (which move the service address
+	// the connections use) until the restored tree resumes.
+	TCPEstablished, SkipInFlight bool
+	// NetworkLock is how this host locks the connections ("": default).
+	NetworkLock netlock.Method
+	// ShellJob, ExtUnixSk: as dump's --shell-job and --ext-unix-sk (the
+	// agent restores with --shell-job too).
+	ShellJob, ExtUnixSk bool
+	// ActionScripts run at the migration's action points (see
+	// docs/migrate-actions.md): the dump's pre-dump and post-dump, then
+	// pre-restore (the agent holds the connections' lock: move the
+	// service address there), pre-resume (the agent's copy is restored
+	// and stopped), post-restore (it runs), and migrate-abort (a failure
+	// after post-dump: the source tree runs on here; put back what the
+	// earlier actions moved).
+	ActionScripts []string
 	// FullFill has the agent fill every page before the resume (the
 	// downtime grows with the memory) instead of restoring lazily from
 	// its own images and filling after the resume.
@@ -107,6 +138,21 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	default:
 		return res, phaseErr(PhaseCheck, fmt.Errorf("unknown --mode %q (want precopy, postcopy or hybrid)", res.Mode))
 	}
+	comp, err := ParseCompress(o.Compress)
+	if err != nil {
+		return res, phaseErr(PhaseCheck, err)
+	}
+	if comp != CompressNone && (res.Transport == "quic" || res.Mode != ModePrecopy) {
+		if comp == CompressZstd {
+			return res, phaseErr(PhaseCheck, errors.New("--compress zstd: page streams are compressed over --transport tls in --mode precopy only"))
+		}
+		comp = CompressNone
+	}
+	res.Compress = comp
+	compressing := comp != CompressNone
+	if o.TCPEstablished && res.Mode != ModePrecopy {
+		return res, phaseErr(PhaseCheck, fmt.Errorf("--tcp-established with --mode %s is not implemented (use precopy)", res.Mode))
+	}
 	if o.DowntimeBudget <= 0 {
 		o.DowntimeBudget = 50 * time.Millisecond
 	}
@@ -135,6 +181,10 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, phaseErr(PhaseCheck, err)
 	}
 	res.Tasks = tasks
+	tc, err := o.TLS.clientConfig(o.ServerName)
+	if err != nil {
+		return res, phaseErr(PhaseConnect, err)
+	}
 	raw, err := dialAgent(ctx, o.To, o.TLS, o.ServerName)
 	if err != nil {
 		return res, phaseErr(PhaseConnect, err)
@@ -158,7 +208,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	res.Source = hostname
 	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Hello{Hello: &pb.Hello{Version: Version, Pid: int32(o.Pid), Pids: pids,
 		Files: files, Transport: res.Transport, Mode: string(res.Mode), Source: hostname, Cpuinfo: cpu, CpuCap: o.CPUCap,
-		MemoryBytes: treeMemory(o.Pid)}}}); err != nil {
+		Compress: comp, MemoryBytes: treeMemory(o.Pid)}}}); err != nil {
 		return res, phaseErr(PhaseConnect, err)
 	}
 	enter(PhaseCheck)
@@ -185,6 +235,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	}
 	tracking := false
 	// Before the agent is ready, a failure leaves the source as it was.
+	locked := false
 	abort := func(p Phase, err error) error {
 		// The agent's reason first (a limit it enforced breaks the
 		// page stream: that error says less).
@@ -192,6 +243,11 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			p, err = Phase(f.Phase), fmt.Errorf("agent: %s (here: %v)", f.Message, err)
 		}
 		_ = s.send(&pb.Envelope{Msg: &pb.Envelope_Abort{Abort: &pb.Abort{Reason: err.Error()}}})
+		if locked {
+			// The agent drops its lock of the connections and closes
+			// the link: a retry finds the destination clean.
+			s.waitClosed(lockWait)
+		}
 		if tracking {
 			dumper.EndTracking(o.Pid)
 		}
@@ -214,12 +270,16 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			break
 		}
 		n++
-		port, err := s.startRound(n, false)
+		port, err := s.startRound(n, false, compressing)
 		if err != nil {
 			return res, abort(PhasePrecopy, err)
 		}
+		ps, cp, err := pageTarget(net.JoinHostPort(host, strconv.Itoa(port)), pages, tc, compressing)
+		if err != nil {
+			return res, abort(PhasePrecopy, fmt.Errorf("round %d: %w", n, err))
+		}
 		po := dumper.PreDumpOptions{Pid: o.Pid, ImagesDir: filepath.Join(work, roundDir(n, false)),
-			PageServer: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}, HolderTimeout: 10 * time.Minute}
+			PageServer: ps, HolderTimeout: 10 * time.Minute}
 		if n > 1 {
 			po.PrevImagesDir = "../" + roundDir(n-1, false)
 		}
@@ -229,6 +289,13 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		t0 := time.Now()
 		tracking = true
 		pr, err := dumper.PreDump(ctx, po)
+		var st streamStats
+		if cp != nil {
+			var cerr error
+			if st, cerr = cp.finish(); err != nil && cerr != nil {
+				err = fmt.Errorf("%w (compressed stream: %v)", err, cerr)
+			}
+		}
 		if err != nil {
 			return res, abort(PhasePrecopy, fmt.Errorf("round %d: %w", n, err))
 		}
@@ -236,7 +303,10 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			return res, abort(PhasePrecopy, err)
 		}
 		dur := time.Since(t0)
-		r := Round{N: int(n - 1), Pages: pr.Mem.Written, Bytes: pr.Mem.Written * 4096, Duration: dur, Frozen: pr.Frozen}
+		r := Round{N: int(n - 1), Pages: pr.Mem.Written, Bytes: pr.Mem.Written * 4096, Duration: dur, Frozen: pr.Frozen, Wire: st.Wire}
+		if cp != nil && comp == CompressAuto && !st.worthIt(r.Bytes) {
+			compressing = false
+		}
 		if dur > 0 {
 			r.Bandwidth = float64(r.Bytes) / dur.Seconds()
 		}
@@ -260,7 +330,11 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	// over and waits until the agent has the tree rebuilt.
 	enter(PhaseFreeze)
 	n++
-	port, err := s.startRound(n, true)
+	port, err := s.startRound(n, true, compressing)
+	if err != nil {
+		return res, abort(PhaseFreeze, err)
+	}
+	ps, cp, err := pageTarget(net.JoinHostPort(host, strconv.Itoa(port)), pages, tc, compressing)
 	if err != nil {
 		return res, abort(PhaseFreeze, err)
 	}
@@ -269,19 +343,25 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, abort(PhaseFreeze, err)
 	}
 	do := dumper.Options{Pid: o.Pid, ImagesDir: final, FileLocks: o.FileLocks, CPUCap: o.CPUCap,
-		PageServer: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}, Hold: &dumper.Hold{}}
+		PageServer:     ps,
+		TCPEstablished: o.TCPEstablished, SkipInFlight: o.SkipInFlight, NetworkLock: o.NetworkLock,
+		ShellJob: o.ShellJob, ExtUnixSk: o.ExtUnixSk, Hold: &dumper.Hold{}}
 	if len(res.Rounds) > 0 {
 		do.PrevImagesDir, do.TrackMem = "../"+roundDir(n-1, false), true
 	}
 	var frozeAt, dumpedAt, imagesAt, readyAt, resumedAt time.Time
-	switched := false
+	switched, postDump := false, false
 	var doubt error
 	hookPhase := PhaseFreeze
-	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
+	// The user's scripts at the migration's own action points (the dump
+	// runs them at its own first).
+	user := &actions.Scripts{Commands: o.ActionScripts, ImagesDir: final}
+	scripts := &actions.Scripts{Commands: o.ActionScripts, ImagesDir: final, Notify: func(action string, _ int) error {
 		switch action {
 		case actions.PreDump:
 			frozeAt = time.Now()
 		case actions.PostDump:
+			postDump = true
 			if err := s.endRound(n); err != nil {
 				return err
 			}
@@ -290,7 +370,25 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 				return err
 			}
 			imagesAt = time.Now()
-			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{FullFill: o.FullFill}}}); err != nil {
+			if o.TCPEstablished {
+				if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Lock{Lock: &pb.Lock{}}}); err != nil {
+					return err
+				}
+				m, err := s.recv(PhaseFreeze, time.Minute)
+				if err != nil {
+					return err
+				}
+				locked = true
+				if m.GetLocked() == nil {
+					return fmt.Errorf("expected locked, got %T", m.Msg)
+				}
+				res.Connections = int(m.GetLocked().Connections)
+			}
+			if err := user.Run(actions.PreRestore, o.Pid); err != nil {
+				return err
+			}
+			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{FullFill: o.FullFill,
+				TcpEstablished: o.TCPEstablished, ShellJob: o.ShellJob}}}); err != nil {
 				return err
 			}
 			hookPhase = PhaseRestore
@@ -304,6 +402,9 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			}
 			readyAt = time.Now()
 			hookPhase = PhaseSwitchover
+			if err := user.Run(actions.PreResume, o.Pid); err != nil {
+				return err
+			}
 			enter(PhaseSwitchover)
 			if !gate.commit() {
 				return errors.New("interrupted")
@@ -320,6 +421,41 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return nil
 	}}
 	dr, err := dumper.DumpContext(ctx, do, scripts)
+	var finalWire uint64
+	if cp != nil {
+		st, cerr := cp.finish()
+		finalWire = st.Wire
+		if err != nil && cerr != nil && !switched {
+			err = fmt.Errorf("%w (compressed stream: %v)", err, cerr)
+		}
+	}
+	if err != nil && !switched && doubt == nil && postDump {
+		// The source tree runs on: the scripts put back what post-dump
+		// and pre-restore moved.
+		if serr := user.Run(ActionAbort, o.Pid); serr != nil {
+			err = errors.Join(err, serr)
+		}
+	}
+	// The connections' lock the dump kept on this host: held (its guard
+	// removes it should this process die) until the agent's copy runs.
+	var srcLock *netlock.Lock
+	if dr != nil && dr.NetLock != nil {
+		l, lerr := netlock.Adopt(*dr.NetLock)
+		if lerr != nil {
+			err = errors.Join(err, fmt.Errorf("source network lock: %w", lerr))
+		} else {
+			srcLock = l
+			defer func() {
+				// The tree is gone from here (killed at the switch-over,
+				// its sockets closed silently in repair mode): packets
+				// of its connections no longer reach this host once the
+				// address moved.
+				if uerr := srcLock.Unlock(); uerr != nil {
+					err = errors.Join(err, phaseErr(PhaseSwitchover, fmt.Errorf("source network unlock: %w", uerr)))
+				}
+			}()
+		}
+	}
 	switch {
 	case err != nil && switched:
 		// Past the switch-over: the agent runs its copy and the source
@@ -339,13 +475,23 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, abort(PhaseSwitchover, errors.New("dump ended without handing over"))
 	}
 	if dr != nil && dr.Stats != nil && dr.Stats.FrozenTime != nil {
-		res.Rounds = append(res.Rounds, Round{N: int(n - 1), Pages: dr.Mem.Written, Bytes: dr.Mem.Written * 4096,
+		res.Rounds = append(res.Rounds, Round{N: int(n - 1), Pages: dr.Mem.Written, Bytes: dr.Mem.Written * 4096, Wire: finalWire,
 			Frozen: time.Duration(dr.Stats.GetFrozenTime()) * time.Microsecond, Duration: dumpedAt.Sub(frozeAt)})
 	}
 	// The agent resumed when its answer arrived.
 	res.Downtime = resumedAt.Sub(frozeAt)
 	res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt), Images: imagesAt.Sub(dumpedAt),
 		Restore: readyAt.Sub(imagesAt), Resume: resumedAt.Sub(readyAt)}
+	if err := srcLock.Unlock(); err != nil {
+		return res, phaseErr(PhaseSwitchover, fmt.Errorf("source network unlock: %w", err))
+	}
+	if err := user.Run(actions.PostRestore, o.Pid); err != nil {
+		// The tree runs on the destination: report, nothing to undo.
+		if res.Note != "" {
+			res.Note += "; "
+		}
+		res.Note += err.Error()
+	}
 	if o.FullFill {
 		return res, nil
 	}
@@ -441,8 +587,39 @@ func (s *sender) recv(p Phase, limit time.Duration) (*pb.Envelope, error) {
 	return m, nil
 }
 
-func (s *sender) startRound(n uint32, final bool) (int, error) {
-	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_RoundStart{RoundStart: &pb.RoundStart{N: n, Final: final}}}); err != nil {
+// lockWait bounds how long an aborting source waits for the agent to
+// remove its lock of the connections.
+const lockWait = 30 * time.Second
+
+// waitClosed reads the control link until the agent closes it (or limit).
+func (s *sender) waitClosed(limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if _, err := s.ctl.recv(time.Until(deadline)); err != nil {
+			return
+		}
+	}
+}
+
+// pageTarget is where a round's pages go: the page server at addr over
+// the transport, or, compressed, a relay to it (finished by the caller).
+func pageTarget(addr string, pages pageserver.TransportOptions, tc *tls.Config, compressed bool) (*dumper.PageServer, *compressedPages, error) {
+	if !compressed {
+		return &dumper.PageServer{Addr: addr, Transport: pages}, nil, nil
+	}
+	cp, err := dialCompressed(addr, tc)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &dumper.PageServer{Socket: cp.sock}, cp, nil
+}
+
+func (s *sender) startRound(n uint32, final, compressed bool) (int, error) {
+	rs := &pb.RoundStart{N: n, Final: final}
+	if compressed {
+		rs.Compress = CompressZstd
+	}
+	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_RoundStart{RoundStart: rs}}); err != nil {
 		return 0, err
 	}
 	m, err := s.recv(PhasePrecopy, time.Minute)
@@ -478,7 +655,9 @@ func (s *sender) sendImages(dir string) error {
 	}
 	buf := make([]byte, fileChunk)
 	for _, e := range ents {
-		if !e.Type().IsRegular() {
+		// The network lock record names this host's rules: the agent
+		// makes its own lock (Lock).
+		if !e.Type().IsRegular() || e.Name() == netlock.RecordFile {
 			continue
 		}
 		f, err := os.Open(filepath.Join(dir, e.Name()))
@@ -743,7 +922,7 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 	local net.Addr, enter func(Phase), abort func(Phase, error) error) error {
 	enter(PhaseFreeze)
 	n++
-	port, err := s.startRound(n, true)
+	port, err := s.startRound(n, true, false)
 	if err != nil {
 		return abort(PhaseFreeze, err)
 	}

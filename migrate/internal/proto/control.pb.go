@@ -46,6 +46,8 @@ type Envelope struct {
 	//	*Envelope_PagesIn
 	//	*Envelope_Resolve
 	//	*Envelope_Resolved
+	//	*Envelope_Lock
+	//	*Envelope_Locked
 	//	*Envelope_HistoryRequest
 	//	*Envelope_HistoryReply
 	Msg           isEnvelope_Msg `protobuf_oneof:"msg"`
@@ -234,6 +236,24 @@ func (x *Envelope) GetResolved() *Resolved {
 	return nil
 }
 
+func (x *Envelope) GetLock() *Lock {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_Lock); ok {
+			return x.Lock
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetLocked() *Locked {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_Locked); ok {
+			return x.Locked
+		}
+	}
+	return nil
+}
+
 func (x *Envelope) GetHistoryRequest() *HistoryRequest {
 	if x != nil {
 		if x, ok := x.Msg.(*Envelope_HistoryRequest); ok {
@@ -320,12 +340,20 @@ type Envelope_Resolved struct {
 	Resolved *Resolved `protobuf:"bytes,16,opt,name=resolved,proto3,oneof"`
 }
 
+type Envelope_Lock struct {
+	Lock *Lock `protobuf:"bytes,17,opt,name=lock,proto3,oneof"`
+}
+
+type Envelope_Locked struct {
+	Locked *Locked `protobuf:"bytes,18,opt,name=locked,proto3,oneof"`
+}
+
 type Envelope_HistoryRequest struct {
-	HistoryRequest *HistoryRequest `protobuf:"bytes,17,opt,name=history_request,json=historyRequest,proto3,oneof"`
+	HistoryRequest *HistoryRequest `protobuf:"bytes,19,opt,name=history_request,json=historyRequest,proto3,oneof"`
 }
 
 type Envelope_HistoryReply struct {
-	HistoryReply *HistoryReply `protobuf:"bytes,18,opt,name=history_reply,json=historyReply,proto3,oneof"`
+	HistoryReply *HistoryReply `protobuf:"bytes,20,opt,name=history_reply,json=historyReply,proto3,oneof"`
 }
 
 func (*Envelope_Hello) isEnvelope_Msg() {}
@@ -360,6 +388,10 @@ func (*Envelope_Resolve) isEnvelope_Msg() {}
 
 func (*Envelope_Resolved) isEnvelope_Msg() {}
 
+func (*Envelope_Lock) isEnvelope_Msg() {}
+
+func (*Envelope_Locked) isEnvelope_Msg() {}
+
 func (*Envelope_HistoryRequest) isEnvelope_Msg() {}
 
 func (*Envelope_HistoryReply) isEnvelope_Msg() {}
@@ -379,9 +411,12 @@ type Hello struct {
 	// and the --cpu-cap modes to compare it with ("": CRIU's defaults).
 	Cpuinfo []byte `protobuf:"bytes,8,opt,name=cpuinfo,proto3" json:"cpuinfo,omitempty"`
 	CpuCap  string `protobuf:"bytes,9,opt,name=cpu_cap,json=cpuCap,proto3" json:"cpu_cap,omitempty"`
+	// compress: --compress as asked (auto, none or zstd); each round
+	// says whether its pages are compressed (RoundStart.compress).
+	Compress string `protobuf:"bytes,10,opt,name=compress,proto3" json:"compress,omitempty"`
 	// The tree's memory (resident and swapped), which bounds the page bytes
 	// the agent accepts from this migration (--max-migration-bytes).
-	MemoryBytes   uint64 `protobuf:"varint,10,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	MemoryBytes   uint64 `protobuf:"varint,11,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -475,6 +510,13 @@ func (x *Hello) GetCpuinfo() []byte {
 func (x *Hello) GetCpuCap() string {
 	if x != nil {
 		return x.CpuCap
+	}
+	return ""
+}
+
+func (x *Hello) GetCompress() string {
+	if x != nil {
+		return x.Compress
 	}
 	return ""
 }
@@ -592,7 +634,10 @@ type RoundStart struct {
 	Final bool                   `protobuf:"varint,2,opt,name=final,proto3" json:"final,omitempty"`
 	// lazy: the freeze of a post-copy migration: no page stream; the
 	// images (with the pages outside lazy VMAs) come as files.
-	Lazy          bool `protobuf:"varint,3,opt,name=lazy,proto3" json:"lazy,omitempty"`
+	Lazy bool `protobuf:"varint,3,opt,name=lazy,proto3" json:"lazy,omitempty"`
+	// compress: this round's pages come zstd-compressed ("zstd") on a
+	// connection of their own, or as they are ("").
+	Compress      string `protobuf:"bytes,4,opt,name=compress,proto3" json:"compress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -646,6 +691,13 @@ func (x *RoundStart) GetLazy() bool {
 		return x.Lazy
 	}
 	return false
+}
+
+func (x *RoundStart) GetCompress() string {
+	if x != nil {
+		return x.Compress
+	}
+	return ""
 }
 
 type RoundReady struct {
@@ -850,11 +902,15 @@ func (x *File) GetLast() bool {
 // page_source (post-copy): the source's lazy page server (host:port,
 // mutual TLS), where the lazy pages are; the agent resumes without Go.
 type Restore struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	FullFill      bool                   `protobuf:"varint,1,opt,name=full_fill,json=fullFill,proto3" json:"full_fill,omitempty"`
-	PageSource    string                 `protobuf:"bytes,2,opt,name=page_source,json=pageSource,proto3" json:"page_source,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	FullFill   bool                   `protobuf:"varint,1,opt,name=full_fill,json=fullFill,proto3" json:"full_fill,omitempty"`
+	PageSource string                 `protobuf:"bytes,2,opt,name=page_source,json=pageSource,proto3" json:"page_source,omitempty"`
+	// tcp_established: the images hold established TCP connections
+	// (dump --tcp-established); shell_job: restore as restore --shell-job.
+	TcpEstablished bool `protobuf:"varint,3,opt,name=tcp_established,json=tcpEstablished,proto3" json:"tcp_established,omitempty"`
+	ShellJob       bool `protobuf:"varint,4,opt,name=shell_job,json=shellJob,proto3" json:"shell_job,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Restore) Reset() {
@@ -901,6 +957,114 @@ func (x *Restore) GetPageSource() string {
 	return ""
 }
 
+func (x *Restore) GetTcpEstablished() bool {
+	if x != nil {
+		return x.TcpEstablished
+	}
+	return false
+}
+
+func (x *Restore) GetShellJob() bool {
+	if x != nil {
+		return x.ShellJob
+	}
+	return false
+}
+
+// Lock (source to agent, after the last image, before Restore): lock on
+// the destination the TCP connections and listeners the images hold, so
+// that a peer's packets are dropped, not reset, from the moment a service
+// address appears there until the connections are restored; Locked
+// answers once the rules are in (connections: how many). The source runs
+// its pre-restore action scripts (move the service address) in between.
+type Lock struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Lock) Reset() {
+	*x = Lock{}
+	mi := &file_control_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Lock) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Lock) ProtoMessage() {}
+
+func (x *Lock) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Lock.ProtoReflect.Descriptor instead.
+func (*Lock) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{10}
+}
+
+type Locked struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Connections   uint32                 `protobuf:"varint,1,opt,name=connections,proto3" json:"connections,omitempty"`
+	Listeners     uint32                 `protobuf:"varint,2,opt,name=listeners,proto3" json:"listeners,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Locked) Reset() {
+	*x = Locked{}
+	mi := &file_control_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Locked) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Locked) ProtoMessage() {}
+
+func (x *Locked) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Locked.ProtoReflect.Descriptor instead.
+func (*Locked) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Locked) GetConnections() uint32 {
+	if x != nil {
+		return x.Connections
+	}
+	return 0
+}
+
+func (x *Locked) GetListeners() uint32 {
+	if x != nil {
+		return x.Listeners
+	}
+	return 0
+}
+
 // Ready: the copy is rebuilt and held stopped. From here the agent never
 // kills it on its own: it resumes it on Go, kills it on Abort, and holds it
 // "in doubt" if the source goes silent, until a Resolve decides.
@@ -912,7 +1076,7 @@ type Ready struct {
 
 func (x *Ready) Reset() {
 	*x = Ready{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +1088,7 @@ func (x *Ready) String() string {
 func (*Ready) ProtoMessage() {}
 
 func (x *Ready) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +1101,7 @@ func (x *Ready) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ready.ProtoReflect.Descriptor instead.
 func (*Ready) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 // Go: the commit point. The source holds its frozen tree (and has it
@@ -950,7 +1114,7 @@ type Go struct {
 
 func (x *Go) Reset() {
 	*x = Go{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -962,7 +1126,7 @@ func (x *Go) String() string {
 func (*Go) ProtoMessage() {}
 
 func (x *Go) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -975,7 +1139,7 @@ func (x *Go) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Go.ProtoReflect.Descriptor instead.
 func (*Go) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 type Resumed struct {
@@ -987,7 +1151,7 @@ type Resumed struct {
 
 func (x *Resumed) Reset() {
 	*x = Resumed{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +1163,7 @@ func (x *Resumed) String() string {
 func (*Resumed) ProtoMessage() {}
 
 func (x *Resumed) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +1176,7 @@ func (x *Resumed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resumed.ProtoReflect.Descriptor instead.
 func (*Resumed) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Resumed) GetPid() int32 {
@@ -1037,7 +1201,7 @@ type PagesIn struct {
 
 func (x *PagesIn) Reset() {
 	*x = PagesIn{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1049,7 +1213,7 @@ func (x *PagesIn) String() string {
 func (*PagesIn) ProtoMessage() {}
 
 func (x *PagesIn) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1062,7 +1226,7 @@ func (x *PagesIn) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PagesIn.ProtoReflect.Descriptor instead.
 func (*PagesIn) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PagesIn) GetPages() uint64 {
@@ -1110,7 +1274,7 @@ type Abort struct {
 
 func (x *Abort) Reset() {
 	*x = Abort{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1122,7 +1286,7 @@ func (x *Abort) String() string {
 func (*Abort) ProtoMessage() {}
 
 func (x *Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1135,7 +1299,7 @@ func (x *Abort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Abort.ProtoReflect.Descriptor instead.
 func (*Abort) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Abort) GetReason() string {
@@ -1160,7 +1324,7 @@ type Resolve struct {
 
 func (x *Resolve) Reset() {
 	*x = Resolve{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1172,7 +1336,7 @@ func (x *Resolve) String() string {
 func (*Resolve) ProtoMessage() {}
 
 func (x *Resolve) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1185,7 +1349,7 @@ func (x *Resolve) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resolve.ProtoReflect.Descriptor instead.
 func (*Resolve) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Resolve) GetVersion() uint32 {
@@ -1227,7 +1391,7 @@ type Resolved struct {
 
 func (x *Resolved) Reset() {
 	*x = Resolved{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1239,7 +1403,7 @@ func (x *Resolved) String() string {
 func (*Resolved) ProtoMessage() {}
 
 func (x *Resolved) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1252,7 +1416,7 @@ func (x *Resolved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resolved.ProtoReflect.Descriptor instead.
 func (*Resolved) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Resolved) GetState() string {
@@ -1297,7 +1461,7 @@ type Held struct {
 
 func (x *Held) Reset() {
 	*x = Held{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1309,7 +1473,7 @@ func (x *Held) String() string {
 func (*Held) ProtoMessage() {}
 
 func (x *Held) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1322,7 +1486,7 @@ func (x *Held) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Held.ProtoReflect.Descriptor instead.
 func (*Held) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Held) GetId() string {
@@ -1372,7 +1536,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1384,7 +1548,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1397,7 +1561,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *HistoryRequest) GetVersion() uint32 {
@@ -1416,7 +1580,7 @@ type HistoryReply struct {
 
 func (x *HistoryReply) Reset() {
 	*x = HistoryReply{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1428,7 +1592,7 @@ func (x *HistoryReply) String() string {
 func (*HistoryReply) ProtoMessage() {}
 
 func (x *HistoryReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1441,7 +1605,7 @@ func (x *HistoryReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryReply.ProtoReflect.Descriptor instead.
 func (*HistoryReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *HistoryReply) GetJson() []byte {
@@ -1455,7 +1619,7 @@ var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\x11godwit.migrate.v1\"\xa3\b\n" +
+	"\rcontrol.proto\x12\x11godwit.migrate.v1\"\x87\t\n" +
 	"\bEnvelope\x120\n" +
 	"\x05hello\x18\x01 \x01(\v2\x18.godwit.migrate.v1.HelloH\x00R\x05hello\x129\n" +
 	"\baccepted\x18\x02 \x01(\v2\x1b.godwit.migrate.v1.AcceptedH\x00R\baccepted\x126\n" +
@@ -1476,10 +1640,12 @@ const file_control_proto_rawDesc = "" +
 	"\x05abort\x18\r \x01(\v2\x18.godwit.migrate.v1.AbortH\x00R\x05abort\x127\n" +
 	"\bpages_in\x18\x0e \x01(\v2\x1a.godwit.migrate.v1.PagesInH\x00R\apagesIn\x126\n" +
 	"\aresolve\x18\x0f \x01(\v2\x1a.godwit.migrate.v1.ResolveH\x00R\aresolve\x129\n" +
-	"\bresolved\x18\x10 \x01(\v2\x1b.godwit.migrate.v1.ResolvedH\x00R\bresolved\x12L\n" +
-	"\x0fhistory_request\x18\x11 \x01(\v2!.godwit.migrate.v1.HistoryRequestH\x00R\x0ehistoryRequest\x12F\n" +
-	"\rhistory_reply\x18\x12 \x01(\v2\x1f.godwit.migrate.v1.HistoryReplyH\x00R\fhistoryReplyB\x05\n" +
-	"\x03msg\"\xfd\x01\n" +
+	"\bresolved\x18\x10 \x01(\v2\x1b.godwit.migrate.v1.ResolvedH\x00R\bresolved\x12-\n" +
+	"\x04lock\x18\x11 \x01(\v2\x17.godwit.migrate.v1.LockH\x00R\x04lock\x123\n" +
+	"\x06locked\x18\x12 \x01(\v2\x19.godwit.migrate.v1.LockedH\x00R\x06locked\x12L\n" +
+	"\x0fhistory_request\x18\x13 \x01(\v2!.godwit.migrate.v1.HistoryRequestH\x00R\x0ehistoryRequest\x12F\n" +
+	"\rhistory_reply\x18\x14 \x01(\v2\x1f.godwit.migrate.v1.HistoryReplyH\x00R\fhistoryReplyB\x05\n" +
+	"\x03msg\"\x99\x02\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x12\n" +
@@ -1489,19 +1655,21 @@ const file_control_proto_rawDesc = "" +
 	"\x04mode\x18\x06 \x01(\tR\x04mode\x12\x16\n" +
 	"\x06source\x18\a \x01(\tR\x06source\x12\x18\n" +
 	"\acpuinfo\x18\b \x01(\fR\acpuinfo\x12\x17\n" +
-	"\acpu_cap\x18\t \x01(\tR\x06cpuCap\x12!\n" +
-	"\fmemory_bytes\x18\n" +
-	" \x01(\x04R\vmemoryBytes\"\x1a\n" +
+	"\acpu_cap\x18\t \x01(\tR\x06cpuCap\x12\x1a\n" +
+	"\bcompress\x18\n" +
+	" \x01(\tR\bcompress\x12!\n" +
+	"\fmemory_bytes\x18\v \x01(\x04R\vmemoryBytes\"\x1a\n" +
 	"\bAccepted\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"9\n" +
 	"\aFailure\x12\x14\n" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"D\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"`\n" +
 	"\n" +
 	"RoundStart\x12\f\n" +
 	"\x01n\x18\x01 \x01(\rR\x01n\x12\x14\n" +
 	"\x05final\x18\x02 \x01(\bR\x05final\x12\x12\n" +
-	"\x04lazy\x18\x03 \x01(\bR\x04lazy\" \n" +
+	"\x04lazy\x18\x03 \x01(\bR\x04lazy\x12\x1a\n" +
+	"\bcompress\x18\x04 \x01(\tR\bcompress\" \n" +
 	"\n" +
 	"RoundReady\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\rR\x04port\"\x19\n" +
@@ -1512,11 +1680,17 @@ const file_control_proto_rawDesc = "" +
 	"\x04File\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x12\n" +
-	"\x04last\x18\x03 \x01(\bR\x04last\"G\n" +
+	"\x04last\x18\x03 \x01(\bR\x04last\"\x8d\x01\n" +
 	"\aRestore\x12\x1b\n" +
 	"\tfull_fill\x18\x01 \x01(\bR\bfullFill\x12\x1f\n" +
 	"\vpage_source\x18\x02 \x01(\tR\n" +
-	"pageSource\"\a\n" +
+	"pageSource\x12'\n" +
+	"\x0ftcp_established\x18\x03 \x01(\bR\x0etcpEstablished\x12\x1b\n" +
+	"\tshell_job\x18\x04 \x01(\bR\bshellJob\"\x06\n" +
+	"\x04Lock\"H\n" +
+	"\x06Locked\x12 \n" +
+	"\vconnections\x18\x01 \x01(\rR\vconnections\x12\x1c\n" +
+	"\tlisteners\x18\x02 \x01(\rR\tlisteners\"\a\n" +
 	"\x05Ready\"\x04\n" +
 	"\x02Go\"\x1b\n" +
 	"\aResumed\x12\x10\n" +
@@ -1564,7 +1738,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_control_proto_goTypes = []any{
 	(*Envelope)(nil),       // 0: godwit.migrate.v1.Envelope
 	(*Hello)(nil),          // 1: godwit.migrate.v1.Hello
@@ -1576,16 +1750,18 @@ var file_control_proto_goTypes = []any{
 	(*RoundAck)(nil),       // 7: godwit.migrate.v1.RoundAck
 	(*File)(nil),           // 8: godwit.migrate.v1.File
 	(*Restore)(nil),        // 9: godwit.migrate.v1.Restore
-	(*Ready)(nil),          // 10: godwit.migrate.v1.Ready
-	(*Go)(nil),             // 11: godwit.migrate.v1.Go
-	(*Resumed)(nil),        // 12: godwit.migrate.v1.Resumed
-	(*PagesIn)(nil),        // 13: godwit.migrate.v1.PagesIn
-	(*Abort)(nil),          // 14: godwit.migrate.v1.Abort
-	(*Resolve)(nil),        // 15: godwit.migrate.v1.Resolve
-	(*Resolved)(nil),       // 16: godwit.migrate.v1.Resolved
-	(*Held)(nil),           // 17: godwit.migrate.v1.Held
-	(*HistoryRequest)(nil), // 18: godwit.migrate.v1.HistoryRequest
-	(*HistoryReply)(nil),   // 19: godwit.migrate.v1.HistoryReply
+	(*Lock)(nil),           // 10: godwit.migrate.v1.Lock
+	(*Locked)(nil),         // 11: godwit.migrate.v1.Locked
+	(*Ready)(nil),          // 12: godwit.migrate.v1.Ready
+	(*Go)(nil),             // 13: godwit.migrate.v1.Go
+	(*Resumed)(nil),        // 14: godwit.migrate.v1.Resumed
+	(*PagesIn)(nil),        // 15: godwit.migrate.v1.PagesIn
+	(*Abort)(nil),          // 16: godwit.migrate.v1.Abort
+	(*Resolve)(nil),        // 17: godwit.migrate.v1.Resolve
+	(*Resolved)(nil),       // 18: godwit.migrate.v1.Resolved
+	(*Held)(nil),           // 19: godwit.migrate.v1.Held
+	(*HistoryRequest)(nil), // 20: godwit.migrate.v1.HistoryRequest
+	(*HistoryReply)(nil),   // 21: godwit.migrate.v1.HistoryReply
 }
 var file_control_proto_depIdxs = []int32{
 	1,  // 0: godwit.migrate.v1.Envelope.hello:type_name -> godwit.migrate.v1.Hello
@@ -1597,21 +1773,23 @@ var file_control_proto_depIdxs = []int32{
 	7,  // 6: godwit.migrate.v1.Envelope.round_ack:type_name -> godwit.migrate.v1.RoundAck
 	8,  // 7: godwit.migrate.v1.Envelope.file:type_name -> godwit.migrate.v1.File
 	9,  // 8: godwit.migrate.v1.Envelope.restore:type_name -> godwit.migrate.v1.Restore
-	10, // 9: godwit.migrate.v1.Envelope.ready:type_name -> godwit.migrate.v1.Ready
-	11, // 10: godwit.migrate.v1.Envelope.go:type_name -> godwit.migrate.v1.Go
-	12, // 11: godwit.migrate.v1.Envelope.resumed:type_name -> godwit.migrate.v1.Resumed
-	14, // 12: godwit.migrate.v1.Envelope.abort:type_name -> godwit.migrate.v1.Abort
-	13, // 13: godwit.migrate.v1.Envelope.pages_in:type_name -> godwit.migrate.v1.PagesIn
-	15, // 14: godwit.migrate.v1.Envelope.resolve:type_name -> godwit.migrate.v1.Resolve
-	16, // 15: godwit.migrate.v1.Envelope.resolved:type_name -> godwit.migrate.v1.Resolved
-	18, // 16: godwit.migrate.v1.Envelope.history_request:type_name -> godwit.migrate.v1.HistoryRequest
-	19, // 17: godwit.migrate.v1.Envelope.history_reply:type_name -> godwit.migrate.v1.HistoryReply
-	17, // 18: godwit.migrate.v1.Resolved.held:type_name -> godwit.migrate.v1.Held
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	12, // 9: godwit.migrate.v1.Envelope.ready:type_name -> godwit.migrate.v1.Ready
+	13, // 10: godwit.migrate.v1.Envelope.go:type_name -> godwit.migrate.v1.Go
+	14, // 11: godwit.migrate.v1.Envelope.resumed:type_name -> godwit.migrate.v1.Resumed
+	16, // 12: godwit.migrate.v1.Envelope.abort:type_name -> godwit.migrate.v1.Abort
+	15, // 13: godwit.migrate.v1.Envelope.pages_in:type_name -> godwit.migrate.v1.PagesIn
+	17, // 14: godwit.migrate.v1.Envelope.resolve:type_name -> godwit.migrate.v1.Resolve
+	18, // 15: godwit.migrate.v1.Envelope.resolved:type_name -> godwit.migrate.v1.Resolved
+	10, // 16: godwit.migrate.v1.Envelope.lock:type_name -> godwit.migrate.v1.Lock
+	11, // 17: godwit.migrate.v1.Envelope.locked:type_name -> godwit.migrate.v1.Locked
+	20, // 18: godwit.migrate.v1.Envelope.history_request:type_name -> godwit.migrate.v1.HistoryRequest
+	21, // 19: godwit.migrate.v1.Envelope.history_reply:type_name -> godwit.migrate.v1.HistoryReply
+	19, // 20: godwit.migrate.v1.Resolved.held:type_name -> godwit.migrate.v1.Held
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1636,6 +1814,8 @@ func file_control_proto_init() {
 		(*Envelope_PagesIn)(nil),
 		(*Envelope_Resolve)(nil),
 		(*Envelope_Resolved)(nil),
+		(*Envelope_Lock)(nil),
+		(*Envelope_Locked)(nil),
 		(*Envelope_HistoryRequest)(nil),
 		(*Envelope_HistoryReply)(nil),
 	}
@@ -1645,7 +1825,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
