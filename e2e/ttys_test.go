@@ -227,3 +227,93 @@ sys.exit(3)
 		t.Fatalf("no ok in the log\n%s", w.tail())
 	}
 }
+
+// A tun fd in a netns the test makes: the program attaches a tun device
+// (non-persistent, or persistent) and reads the packets routed to it;
+// the test gives the link an address and brings it up. After the dump
+// killed the program (a non-persistent device goes with it), the restore
+// attaches the device again, made again where it was gone, with its
+// address, up; packets sent to the link's network reach the restored
+// program.
+func TestTunDumpRestore(t *testing.T) {
+	needRoot(t)
+	for _, persist := range []bool{false, true} {
+		t.Run(fmt.Sprintf("persist=%v", persist), func(t *testing.T) { testTun(t, persist) })
+	}
+}
+
+func testTun(t *testing.T, persist bool) {
+	n := makeNetns(t)
+	const dev, local, peer = "gwtun0", "10.99.0.1/24", "10.99.0.2"
+	const prog = `import os, sys, time, fcntl, struct, select
+log = open(sys.argv[-1], "a", buffering=1)
+fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH22x", sys.argv[1].encode(), 0x0001 | 0x1000))  # TUNSETIFF: IFF_TUN|IFF_NO_PI
+if sys.argv[2] == "1":
+    fcntl.ioctl(fd, 0x400454cb, 1)  # TUNSETPERSIST
+i = 0
+while True:
+    i += 1
+    log.write("tick %d\n" % i)
+    r, _, _ = select.select([fd], [], [], 0.01)
+    while r:
+        try:
+            p = os.read(fd, 2048)
+        except BlockingIOError:
+            break
+        if len(p) >= 20 and p[0] >> 4 == 4:
+            log.write("packet to %d.%d.%d.%d\n" % tuple(p[16:20]))
+`
+	p := "0"
+	if persist {
+		p = "1"
+	}
+	w := startWorkload(t, "nsenter", "--net=/run/netns/"+n.name, "--", "/usr/bin/python3", "-c", prog, dev, p)
+	t.Cleanup(func() { n.command("ip", "link", "del", dev).Run() })
+	for _, c := range [][]string{{"ip", "addr", "add", local, "dev", dev}, {"ip", "link", "set", dev, "up"}} {
+		if out, err := n.command(c...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", c, err, out)
+		}
+	}
+	send := func() {
+		t.Helper()
+		c := n.command("python3", "-c", `import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b"x", ("`+peer+`", 9999))`)
+		if out, err := c.CombinedOutput(); err != nil {
+			t.Fatalf("send to %s: %v: %s", peer, err, out)
+		}
+	}
+	packets := func() int { return strings.Count(readFile(w.log), "packet to "+peer+"\n") }
+	send()
+	waitFor(t, "the packet to reach the program", func() bool { return packets() >= 1 })
+	linkState := func() string {
+		out, err := n.command("ip", "-o", "addr", "show", "dev", dev).CombinedOutput()
+		if err != nil {
+			return "no link: " + string(out)
+		}
+		return string(out)
+	}
+	before := linkState()
+	dir := w.dump(t)
+	w.reapKilled(t)
+	_, err := n.command("ip", "link", "show", dev).CombinedOutput()
+	if gone := err != nil; gone == persist {
+		t.Fatalf("after the dump the device is gone: %v, want %v", gone, !persist)
+	}
+	seen := packets()
+	r := restoreInNetns(t, n, w.pid, dir, func() bool { return len(w.ticks()) > 0 })
+	defer killAndForget(w.pid)
+	_ = r
+	w.waitTicks(3)
+	if got := linkState(); !strings.Contains(got, local) || strings.Count(got, "inet ") != strings.Count(before, "inet ") {
+		t.Fatalf("link after restore:\n%s\nbefore:\n%s", got, before)
+	}
+	out, _ := n.command("ip", "-d", "link", "show", dev).CombinedOutput()
+	if !strings.Contains(string(out), "tun type tun") || !strings.Contains(string(out), ",UP") {
+		t.Fatalf("link after restore:\n%s", out)
+	}
+	if persist != strings.Contains(string(out), "persist on") {
+		t.Fatalf("persist %v, link after restore:\n%s", persist, out)
+	}
+	send()
+	waitFor(t, "a packet to reach the restored program", func() bool { return packets() > seen })
+}

@@ -55,9 +55,9 @@ type Stats struct {
 	Tasks                 int
 	FaultPages, PushPages uint64 // pages copied on faults / in the background
 	ZeroPages             uint64
-	// LocalPages and RemotePages split the pages copied in by where they
-	// were read: the local images (the dump, its parent images) or the
-	// page server.
+	// LocalPages and RemotePages count the pages read from the local
+	// images (the dump, its parent images) and from the page server (a
+	// page a fault and the push both wanted may be read twice).
 	LocalPages, RemotePages uint64
 	Faults                  uint64
 	// Events followed while pages were missing.

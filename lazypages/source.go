@@ -7,6 +7,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"godwit/internal/images"
 	"godwit/internal/pagexfer"
@@ -205,12 +206,24 @@ func dialSource(ctx context.Context, addr string, o pageserver.TransportOptions)
 	return &remoteSource{c: c}, nil
 }
 
+// getTimeout bounds one GET: a source that stops answering (its host or
+// the link gone without a reset) must not leave the restored tasks waiting
+// on their faults for TCP's retransmission timeout (minutes). A frozen
+// tree or a page server answers in milliseconds.
+var getTimeout = 30 * time.Second
+
 func (s *remoteSource) read(pm *pagemap, src uint64, b []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for len(b) > 0 {
 		nr := uint64(len(b)) / pageSize
+		var stalled atomic.Bool
+		timer := time.AfterFunc(getTimeout, func() { stalled.Store(true); s.c.Abort() })
 		got, err := s.c.Get(pm.pid, src, nr, b)
+		timer.Stop()
+		if stalled.Load() {
+			return fmt.Errorf("the page server did not answer a GET at %#x of pid %d within %v", src, pm.pid, getTimeout)
+		}
 		if errors.Is(err, pageserver.ErrNoPages) {
 			return fmt.Errorf("the page server has no pages at %#x of pid %d", src, pm.pid)
 		}

@@ -632,12 +632,12 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	var lazy *localFill
 	if !fullFill {
 		var err error
-		t := time.Now()
 		if lazy, err = in.startFill(ro.ImagesDir, pageSource); err != nil {
 			return phaseErr(PhaseRestore, err)
 		}
-		in.a.cfg.Log.Debugf("agent: migration %s: lazy-pages daemon started in %v", in.res.ID, time.Since(t))
-		ro.LazyPages, ro.WorkDir = true, in.dir
+		// The daemon opens the images while the restore lays out the
+		// tasks; the hand-off waits for it.
+		ro.LazyPages, ro.WorkDir, ro.LazyReady = true, in.dir, lazy.listening
 	}
 	r, err := restorer.RestoreContext(ctx, ro, scripts)
 	if err != nil {
@@ -681,13 +681,17 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 type localFill struct {
 	cancel context.CancelFunc
 	done   chan struct{}
+	ready  chan struct{} // closed once the daemon listens
 	st     lazypages.Stats
 	err    error
+	// started and log: the -v4 timing of the daemon's start.
+	started time.Time
+	log     *logging.Logger
 }
 
 // startFill starts the daemon on the final images (and, through their
 // parent links, the rounds before) with its socket in the migration's
-// directory, and returns once it listens.
+// directory; listening tells when it listens.
 //
 // With pageSource the pages come from the source's page server instead.
 func (in *inbound) startFill(images, pageSource string) (*localFill, error) {
@@ -707,22 +711,26 @@ func (in *inbound) startFill(images, pageSource string) (*localFill, error) {
 		lo.PageServer = pageSource
 	}
 	ctx, cancel := context.WithCancel(in.fillCtx)
-	f := &localFill{cancel: cancel, done: make(chan struct{})}
-	ready := make(chan struct{})
-	lo.Ready = func() { close(ready) }
+	f := &localFill{cancel: cancel, done: make(chan struct{}), ready: make(chan struct{}), started: time.Now(), log: in.a.cfg.Log}
+	lo.Ready = func() { close(f.ready) }
 	go func() {
 		defer close(f.done)
 		f.st, f.err = lazypages.Run(ctx, lo)
 	}()
+	return f, nil
+}
+
+// listening waits until the daemon listens (restorer.Options.LazyReady).
+func (f *localFill) listening() error {
 	select {
-	case <-ready:
-		return f, nil
+	case <-f.ready:
+		f.log.Debugf("agent: lazy-pages daemon listening %v after its start", time.Since(f.started))
+		return nil
 	case <-f.done:
-		cancel()
 		if f.err == nil {
-			f.err = errors.New("ended before listening")
+			return errors.New("lazy-pages: ended before listening")
 		}
-		return nil, fmt.Errorf("lazy-pages: %w", f.err)
+		return fmt.Errorf("lazy-pages: %w", f.err)
 	}
 }
 

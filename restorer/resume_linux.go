@@ -43,6 +43,18 @@ func (r *Restorer) Resume() error {
 		}
 	}
 	var errs []error
+	_ = r.tr.Do(func() error { // on the tracer thread, as Layout
+		r.thawAll(&errs)
+		return nil
+	})
+	if err := errors.Join(errs...); err != nil {
+		return r.fail("detach", err)
+	}
+	return r.resumed()
+}
+
+// thawAll detaches every task, children first.
+func (r *Restorer) thawAll(errs *[]error) {
 	for i := len(r.tasks) - 1; i >= 0; i-- {
 		t := r.tasks[i]
 		if t.img.dead() {
@@ -58,13 +70,15 @@ func (r *Restorer) Resume() error {
 			stop = unix.SIGSTOP
 		}
 		if err := r.tr.ThawStopped(t.img.pid, stop); err != nil {
-			errs = append(errs, fmt.Errorf("task %d: %w", t.img.pid, err))
+			*errs = append(*errs, fmt.Errorf("task %d: %w", t.img.pid, err))
 		}
 		r.phase = phaseResumed // (partly) detached: kill by signal from now on
 	}
-	if err := errors.Join(errs...); err != nil {
-		return r.fail("detach", err)
-	}
+}
+
+// resumed runs the post-restore scripts and writes the stats.
+func (r *Restorer) resumed() error {
+	pid := r.img.pid
 	restoreTime := time.Since(r.start)
 	if err := r.scripts.Run(actions.PostRestore, pid); err != nil {
 		// The task runs already; CRIU kills it in this case too.

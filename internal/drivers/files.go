@@ -632,26 +632,28 @@ func (f *Files) describe(pid, fd int, descs []descRef) (model.ID, int, error) {
 // fdTable adds a file per open file description, with its kind's state,
 // and returns the fds.
 func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
+	places, pending, err := f.describeAll(pid, fds)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]model.ID, len(fds))
 	out := make([]model.FD, 0, len(fds))
 	for i := range fds {
 		fd := &fds[i]
-		key := descKey(fd)
-		id, at, err := f.describe(pid, fd.Num, f.descs[key])
-		if err != nil {
-			return nil, fmt.Errorf("fd %d: %w", fd.Num, err)
-		}
-		if id == 0 {
+		id := places[i].id
+		switch {
+		case id != 0:
+		case places[i].leader != i:
+			id = ids[places[i].leader] // the leader is a lower fd: done
+		default:
 			id = f.Reg(fd.Path, fd.Flags, fd.Pos, &fd.Stat, fd.MntID)
-			if f.descs == nil {
-				f.descs = map[inodeKey][]descRef{}
-			}
-			f.descs[key] = slices.Insert(f.descs[key], at, descRef{pid: pid, fd: fd.Num, id: id})
 			if fd.kind != nil {
 				if err := fd.kind.collect(f, pid, fd, f.byID[id]); err != nil {
 					return nil, fmt.Errorf("fd %d: %s %s: %w", fd.Num, fd.kind.name(), fd.Path, err)
 				}
 			}
 		}
+		ids[i] = id
 		e := model.FD{Num: fd.Num, File: id, Cloexec: fd.Cloexec}
 		if fd.Info != nil {
 			posix, desc, err := fdLocks(fd.Info)
@@ -668,6 +670,7 @@ func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 		}
 		out = append(out, e)
 	}
+	f.mergeDescs(pid, fds, ids, pending)
 	return out, nil
 }
 

@@ -322,7 +322,36 @@ const (
 	Namespace
 	// Fanotify is a fanotify group (Fanotify state).
 	Fanotify
+	// Tun is an fd of /dev/net/tun (Tun state).
+	Tun
 )
+
+// TunState is a /dev/net/tun description: the device it is attached to
+// (none: Name ""), with the device's settings and, for a device the
+// restore may have to make again, the link's state in the task's netns.
+type TunState struct {
+	Name    string
+	Flags   uint16 // TUNGETIFF: IFF_TUN or IFF_TAP, IFF_NO_PI, IFF_VNET_HDR …, IFF_PERSIST
+	Owner   int64  // -1: none
+	Group   int64  // -1: none
+	SndBuf  int32  // TUNGETSNDBUF
+	VnetHdr int32  // TUNGETVNETHDRSZ
+	// The link: up, MTU, hardware address (a tap's) and addresses.
+	Up     bool
+	MTU    uint32
+	HwAddr []byte
+	Addrs  []TunAddr
+}
+
+// TunAddr is an address of a tun link (RTM_NEWADDR).
+type TunAddr struct {
+	Family    uint8
+	Prefixlen uint8
+	Flags     uint32
+	Scope     uint8
+	Local     []byte // IFA_LOCAL (nil: none)
+	Address   []byte // IFA_ADDRESS
+}
 
 // FanotifyState is a fanotify group: its fanotify_init flags and event
 // file flags, and its marks.
@@ -626,6 +655,7 @@ type File struct {
 	Pidfd    *PidfdState
 	NS       *NamespaceState
 	Fanotify *FanotifyState
+	Tun      *TunState
 	// Locks are the flock and OFD locks of the description.
 	Locks []FileLock
 }

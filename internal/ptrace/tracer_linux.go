@@ -55,6 +55,9 @@ type Tracer struct {
 	quit   chan struct{}
 	exited chan struct{}
 	tid    int // OS thread id of the tracer thread
+	// closing: Close was called on the tracer thread (inside Do); the
+	// loop ends after the current function.
+	closing bool
 
 	// Owned by the tracer thread.
 	tasks       map[int]*task
@@ -99,6 +102,10 @@ func (t *Tracer) loop(ready chan<- int) {
 		select {
 		case fn := <-t.reqs:
 			fn()
+			if t.closing {
+				t.releaseAll()
+				return
+			}
 		case <-t.quit:
 			t.releaseAll()
 			return
@@ -135,6 +142,12 @@ func (t *Tracer) ThreadID() int { return t.tid }
 // tracees seized with PTRACE_O_EXITKILL are not detached but killed by the
 // kernel as the thread exits.
 func (t *Tracer) Close() error {
+	if unix.Gettid() == t.tid {
+		// From a function run by Do: the loop ends once it returns
+		// (waiting for it here would wait for ourselves).
+		t.closing = true
+		return nil
+	}
 	select {
 	case <-t.exited:
 		return nil

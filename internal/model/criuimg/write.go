@@ -118,6 +118,10 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 			files = append(files, reg, te)
 			continue
 		}
+		if f.Kind == model.Tun && f.Tun != nil {
+			files = append(files, tunEntry(f))
+			continue
+		}
 		if f.Kind == model.Namespace && f.NS != nil {
 			flag, nsID := nsOf(t, f)
 			files = append(files, &fdinfo.FileEntry{Type: fdinfo.FdTypes_NS.Enum(), Id: proto.Uint32(uint32(f.ID)),
@@ -157,6 +161,9 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		return err
 	}
 	if err := writeTtys(d, ttys, written); err != nil {
+		return err
+	}
+	if err := writeTuns(d, t, written); err != nil {
 		return err
 	}
 	if err := writeLocks(d, t, written); err != nil {
