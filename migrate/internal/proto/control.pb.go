@@ -45,6 +45,8 @@ type Envelope struct {
 	//	*Envelope_PagesIn
 	//	*Envelope_Lock
 	//	*Envelope_Locked
+	//	*Envelope_Probe
+	//	*Envelope_ProbeAck
 	Msg           isEnvelope_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -231,6 +233,24 @@ func (x *Envelope) GetLocked() *Locked {
 	return nil
 }
 
+func (x *Envelope) GetProbe() *Probe {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_Probe); ok {
+			return x.Probe
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetProbeAck() *ProbeAck {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_ProbeAck); ok {
+			return x.ProbeAck
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Msg interface {
 	isEnvelope_Msg()
 }
@@ -299,6 +319,14 @@ type Envelope_Locked struct {
 	Locked *Locked `protobuf:"bytes,16,opt,name=locked,proto3,oneof"`
 }
 
+type Envelope_Probe struct {
+	Probe *Probe `protobuf:"bytes,17,opt,name=probe,proto3,oneof"`
+}
+
+type Envelope_ProbeAck struct {
+	ProbeAck *ProbeAck `protobuf:"bytes,18,opt,name=probe_ack,json=probeAck,proto3,oneof"`
+}
+
 func (*Envelope_Hello) isEnvelope_Msg() {}
 
 func (*Envelope_Accepted) isEnvelope_Msg() {}
@@ -330,6 +358,10 @@ func (*Envelope_PagesIn) isEnvelope_Msg() {}
 func (*Envelope_Lock) isEnvelope_Msg() {}
 
 func (*Envelope_Locked) isEnvelope_Msg() {}
+
+func (*Envelope_Probe) isEnvelope_Msg() {}
+
+func (*Envelope_ProbeAck) isEnvelope_Msg() {}
 
 // Hello opens a migration (source to agent): what the destination must
 // be able to take.
@@ -1230,11 +1262,110 @@ func (x *Abort) GetReason() string {
 	return ""
 }
 
+// Probe: bytes the agent reads and discards, to measure the link before
+// the first round (--compress auto); the last one is answered by
+// ProbeAck with the bytes received.
+type Probe struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	Last          bool                   `protobuf:"varint,2,opt,name=last,proto3" json:"last,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Probe) Reset() {
+	*x = Probe{}
+	mi := &file_control_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Probe) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Probe) ProtoMessage() {}
+
+func (x *Probe) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Probe.ProtoReflect.Descriptor instead.
+func (*Probe) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Probe) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *Probe) GetLast() bool {
+	if x != nil {
+		return x.Last
+	}
+	return false
+}
+
+type ProbeAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bytes         uint64                 `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProbeAck) Reset() {
+	*x = ProbeAck{}
+	mi := &file_control_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProbeAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProbeAck) ProtoMessage() {}
+
+func (x *ProbeAck) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProbeAck.ProtoReflect.Descriptor instead.
+func (*ProbeAck) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ProbeAck) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\x11godwit.migrate.v1\"\xfe\x06\n" +
+	"\rcontrol.proto\x12\x11godwit.migrate.v1\"\xec\a\n" +
 	"\bEnvelope\x120\n" +
 	"\x05hello\x18\x01 \x01(\v2\x18.godwit.migrate.v1.HelloH\x00R\x05hello\x129\n" +
 	"\baccepted\x18\x02 \x01(\v2\x1b.godwit.migrate.v1.AcceptedH\x00R\baccepted\x126\n" +
@@ -1255,7 +1386,9 @@ const file_control_proto_rawDesc = "" +
 	"\x05abort\x18\r \x01(\v2\x18.godwit.migrate.v1.AbortH\x00R\x05abort\x127\n" +
 	"\bpages_in\x18\x0e \x01(\v2\x1a.godwit.migrate.v1.PagesInH\x00R\apagesIn\x12-\n" +
 	"\x04lock\x18\x0f \x01(\v2\x17.godwit.migrate.v1.LockH\x00R\x04lock\x123\n" +
-	"\x06locked\x18\x10 \x01(\v2\x19.godwit.migrate.v1.LockedH\x00R\x06lockedB\x05\n" +
+	"\x06locked\x18\x10 \x01(\v2\x19.godwit.migrate.v1.LockedH\x00R\x06locked\x120\n" +
+	"\x05probe\x18\x11 \x01(\v2\x18.godwit.migrate.v1.ProbeH\x00R\x05probe\x12:\n" +
+	"\tprobe_ack\x18\x12 \x01(\v2\x1b.godwit.migrate.v1.ProbeAckH\x00R\bprobeAckB\x05\n" +
 	"\x03msg\"\xf6\x01\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x10\n" +
@@ -1315,7 +1448,12 @@ const file_control_proto_rawDesc = "" +
 	"\vduration_ns\x18\x05 \x01(\x03R\n" +
 	"durationNs\"\x1f\n" +
 	"\x05Abort\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reasonB\x1fZ\x1dgodwit/migrate/internal/protob\x06proto3"
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"/\n" +
+	"\x05Probe\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x12\n" +
+	"\x04last\x18\x02 \x01(\bR\x04last\" \n" +
+	"\bProbeAck\x12\x14\n" +
+	"\x05bytes\x18\x01 \x01(\x04R\x05bytesB\x1fZ\x1dgodwit/migrate/internal/protob\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -1329,7 +1467,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_control_proto_goTypes = []any{
 	(*Envelope)(nil),   // 0: godwit.migrate.v1.Envelope
 	(*Hello)(nil),      // 1: godwit.migrate.v1.Hello
@@ -1348,6 +1486,8 @@ var file_control_proto_goTypes = []any{
 	(*Resumed)(nil),    // 14: godwit.migrate.v1.Resumed
 	(*PagesIn)(nil),    // 15: godwit.migrate.v1.PagesIn
 	(*Abort)(nil),      // 16: godwit.migrate.v1.Abort
+	(*Probe)(nil),      // 17: godwit.migrate.v1.Probe
+	(*ProbeAck)(nil),   // 18: godwit.migrate.v1.ProbeAck
 }
 var file_control_proto_depIdxs = []int32{
 	1,  // 0: godwit.migrate.v1.Envelope.hello:type_name -> godwit.migrate.v1.Hello
@@ -1366,11 +1506,13 @@ var file_control_proto_depIdxs = []int32{
 	15, // 13: godwit.migrate.v1.Envelope.pages_in:type_name -> godwit.migrate.v1.PagesIn
 	10, // 14: godwit.migrate.v1.Envelope.lock:type_name -> godwit.migrate.v1.Lock
 	11, // 15: godwit.migrate.v1.Envelope.locked:type_name -> godwit.migrate.v1.Locked
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	17, // 16: godwit.migrate.v1.Envelope.probe:type_name -> godwit.migrate.v1.Probe
+	18, // 17: godwit.migrate.v1.Envelope.probe_ack:type_name -> godwit.migrate.v1.ProbeAck
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1395,6 +1537,8 @@ func file_control_proto_init() {
 		(*Envelope_PagesIn)(nil),
 		(*Envelope_Lock)(nil),
 		(*Envelope_Locked)(nil),
+		(*Envelope_Probe)(nil),
+		(*Envelope_ProbeAck)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1402,7 +1546,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
