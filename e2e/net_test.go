@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -1294,14 +1295,14 @@ func TestNetFailedRestoreKeepsLock(t *testing.T) {
 	p := newPeer(c)
 	defer p.close()
 	runStreams(t, []*peer{p}, 1<<20)
-	table := "godwit-" + strconv.Itoa(w.pid)
+	dir := dumpNet(t, n, w) // the peer writes on: only godwit's lock holds its segments
+	table := lockName(t, dir, w.pid)
 	locked := func() bool {
 		var err error
 		n.do(func() { err = exec.Command("nft", "list", "table", "inet", table).Run() })
 		return err == nil
 	}
 	t.Cleanup(func() { n.do(func() { exec.Command("nft", "delete", "table", "inet", table).Run() }) })
-	dir := dumpNet(t, n, w) // the peer writes on: only godwit's lock holds its segments
 	if !locked() {
 		t.Fatalf("no table inet %s after the dump", table)
 	}
@@ -1327,4 +1328,20 @@ func TestNetFailedRestoreKeepsLock(t *testing.T) {
 	}
 	runStreams(t, []*peer{p}, 2<<20)
 	checkDone(t, r.finish(t, w, []*peer{p}), []*peer{p}, 1)
+}
+
+// lockName is the name of the network lock the dump in dir kept, from
+// its record; it must be the tree's: godwit-PID-TOKEN.
+func lockName(t *testing.T, dir string, pid int) string {
+	t.Helper()
+	var rec struct {
+		Name string `json:"name"`
+	}
+	if err := json.Unmarshal([]byte(readFile(filepath.Join(dir, "godwit-netlock.json"))), &rec); err != nil {
+		t.Fatalf("godwit-netlock.json: %v", err)
+	}
+	if p := "godwit-" + strconv.Itoa(pid) + "-"; !strings.HasPrefix(rec.Name, p) || len(rec.Name) != len(p)+8 {
+		t.Fatalf("lock name %q, want %sTOKEN", rec.Name, p)
+	}
+	return rec.Name
 }
