@@ -28,6 +28,10 @@ type LazyServe struct {
 	// Listening, if set, is called with the address once it listens.
 	Listening func(addr string)
 	Log       *logging.Logger
+	// Pages, if set, is the page server that receives the pagemaps and
+	// the pages not left lazy (migrate --mode hybrid: the destination's
+	// round chain); by default they go into the images directory.
+	Pages *PageServer
 }
 
 // DumpLazyContext is dump --lazy-pages: it writes every image but the
@@ -40,12 +44,23 @@ type LazyServe struct {
 // its source: if this ends early, the restored task cannot get its
 // missing pages (its daemon kills it), and the tree is finished all the
 // same.
+//
+// On top of pre-dump rounds (--prev-images-dir with --track-mem) only the
+// pages of lazy VMAs written since the last round are left lazy; those
+// the round has are PARENT entries, restored from the parent images.
 func DumpLazyContext(ctx context.Context, o Options, scripts *actions.Scripts, ls LazyServe) (*Result, error) {
 	if o.PageServer != nil {
 		return nil, errors.New("dump --lazy-pages: the pages are served from here: --page-server does not apply")
 	}
-	if o.PrevImagesDir != "" || o.TrackMem {
-		return nil, errors.New("dump --lazy-pages on top of pre-dump rounds (--prev-images-dir, --track-mem) is not supported yet")
+	var inner PageTarget = localPages{}
+	if ls.Pages != nil {
+		pt, err := dialPageServer(ctx, ls.Pages)
+		if err != nil {
+			return nil, fmt.Errorf("dump --lazy-pages: %w", err)
+		}
+		defer pt.abort()
+		defer context.AfterFunc(ctx, pt.c.Abort)()
+		inner = pt
 	}
 	log := ls.Log
 	if log == nil {
@@ -74,7 +89,7 @@ func DumpLazyContext(ctx context.Context, o Options, scripts *actions.Scripts, l
 		}
 		return nil
 	}
-	return DumpToContext(ctx, o, scripts, &lazyTarget{pid: o.Pid, kept: kept, serve: serve})
+	return DumpToContext(ctx, o, scripts, &lazyTarget{pid: o.Pid, kept: kept, serve: serve, inner: inner})
 }
 
 // keptPages are the lazy pages of one task, left in its memory: the task
@@ -109,6 +124,22 @@ func (k *keptPages) keep(vaddr uint64, n int64) {
 	k.size += n
 }
 
+// LazyRun implements pageserver.LazyIndex: how many of nr pages from
+// vaddr are kept in the task, without reading a pagemap (with
+// LazyServe.Pages the pagemap is on the page server).
+func (k *keptPages) LazyRun(pid int, vaddr, nr uint64) uint64 {
+	if pid != k.pid {
+		return 0
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	i := sort.Search(len(k.runs), func(i int) bool { return k.runs[i].end > vaddr })
+	if i == len(k.runs) || k.runs[i].vaddr > vaddr {
+		return 0
+	}
+	return min(nr, (k.runs[i].end-vaddr)/images.PageSize)
+}
+
 // ReadPages implements pageserver.LazyMemory: only pages recorded lazy,
 // from the frozen task.
 func (k *keptPages) ReadPages(pid int, vaddr uint64, b []byte) error {
@@ -132,12 +163,13 @@ func (k *keptPages) ReadPages(pid int, vaddr uint64, b []byte) error {
 	return nil
 }
 
-// lazyTarget writes the pages into the images but for those of lazy
-// VMAs, which it records as PE_LAZY without data.
+// lazyTarget passes the pages to inner but for those of lazy VMAs, which
+// it records as PE_LAZY without data.
 type lazyTarget struct {
 	pid   int
 	kept  *keptPages
 	serve func(context.Context) error
+	inner PageTarget
 }
 
 // hold serves the lazy pages while the dumped tree is still frozen
@@ -147,7 +179,7 @@ func (t *lazyTarget) hold(ctx context.Context) error { return t.serve(ctx) }
 func (t *lazyTarget) lazyPages() uint64 { return t.kept.pages() }
 
 func (t *lazyTarget) Open(d *images.Dir, name string, id uint32) (pagexfer.Sink, error) {
-	s, err := pagexfer.NewImageSink(d, name, id)
+	s, err := t.inner.Open(d, name, id)
 	if err != nil || name != images.PagemapImg(t.pid) {
 		return s, err
 	}
@@ -159,7 +191,7 @@ func (t *lazyTarget) Open(d *images.Dir, name string, id uint32) (pagexfer.Sink,
 	return &lazySink{inner: s, lazy: lazy, kept: t.kept}, nil
 }
 
-func (t *lazyTarget) Commit() error { return nil }
+func (t *lazyTarget) Commit() error { return t.inner.Commit() }
 
 // lazyRanges are the task's VMAs that restore --lazy-pages leaves to the
 // lazy-pages daemon (the restorer's rule, read from /proc: private

@@ -457,6 +457,9 @@ func (r *treeRound) record() ([]byte, error) {
 // PARENT entries: locally the parent link (chained), on a page server its
 // answer to OPEN2.
 func sinkHasParent(s any, chained bool) bool {
+	if ls, ok := s.(*lazySink); ok {
+		return sinkHasParent(ls.inner, chained)
+	}
 	if ws, ok := s.(watchedSink); ok {
 		if ts, ok := ws.s.(*pageserver.TaskSink); ok {
 			return ts.HasParent()
@@ -547,9 +550,11 @@ func (t *trackedDump) writePrivate(pid int, vmas []VMA, sink pagexfer.Sink) (Mem
 		}
 		if tk != nil {
 			var err error
+			ts := time.Now()
 			if dirty, _, _, err = tk.scanDirty(vmas); err != nil {
 				return MemStats{}, 0, err
 			}
+			t.log.Debugf("dump %d: dirty scan: %v", pid, time.Since(ts))
 			if sinkHasParent(sink, t.parent.Exists(images.PagemapImg(pid))) {
 				covered = tk.st.Covered
 			}
@@ -560,9 +565,13 @@ func (t *trackedDump) writePrivate(pid int, vmas []VMA, sink pagexfer.Sink) (Mem
 		return MemStats{}, 0, err
 	}
 	defer w.close()
+	if ls, ok := sink.(*lazySink); ok {
+		w.lazy = ls
+	}
 	t0 := time.Now()
 	err = w.writePrivate(vmas)
 	w.stats.DumpTime = time.Since(t0)
+	t.log.Debugf("dump %d: private pages: %v (%v of it in PAGEMAP_SCAN, %d pages read)", pid, w.stats.DumpTime, w.ScanTime, w.stats.Written)
 	return w.stats, w.Parent, err
 }
 

@@ -3,6 +3,7 @@ package e2e
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -15,89 +16,258 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"godwit/migrate"
 )
 
 var doneGapRE = regexp.MustCompile(`done ticks=(\d+) maxgap_us=(\d+)`)
 
-// TestMigrateDowntime migrates a program that ticks every millisecond while
-// rewriting its memory at 8 MiB/s, and reports the longest gap the program
-// saw next to godwit's own downtime figure, for pre-copy (restored lazily
-// from the agent's images, the default), pre-copy with every page filled
-// before the resume (--no-lazy-restore, the reference) and stop-and-copy
-// (--max-rounds 0), beside the loopback TLS bandwidth measured in the same
-// run. GODWIT_BENCH_MIGRATE=1 runs 256 MiB and 1 GiB (long); otherwise
-// 64 MiB. Figures are logged, never asserted; the program's memory is
-// checked on the destination every time.
+// benchList reads a comma-separated list of positive integers from env,
+// or returns def.
+func benchList(t *testing.T, env string, def []int) []int {
+	v := os.Getenv(env)
+	if v == "" {
+		return def
+	}
+	var out []int
+	for _, f := range strings.Split(v, ",") {
+		n, err := strconv.Atoi(f)
+		if err != nil || n <= 0 {
+			t.Fatalf("%s=%q: want a list like 256,1024", env, v)
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// migrateCase is one way of migrating in the downtime table.
+type migrateCase struct {
+	name string
+	args func(m *migLab) []string
+}
+
+var migrateCases = []migrateCase{
+	{"precopy", func(*migLab) []string { return nil }},
+	{"stop-and-copy", func(*migLab) []string { return []string{"--max-rounds", "0"} }},
+	{"postcopy", func(m *migLab) []string {
+		server := filepath.Join(m.certs, m.a.Addr(), "server")
+		return []string{"--mode", "postcopy", "--tls-server-cert", filepath.Join(server, "cert.pem"), "--tls-server-key", filepath.Join(server, "key.pem")}
+	}},
+	{"precopy-full", func(*migLab) []string { return []string{"--no-lazy-restore"} }},
+}
+
+// TestMigrateDowntime is issue 15's benchmark table: it migrates a
+// program that ticks every millisecond while rewriting its memory at a
+// given rate, and reports the longest gap the program saw next to
+// godwit's own downtime figure, the total time against the memory size
+// over the loopback TLS bandwidth measured in the same run (the floor),
+// and the peak RSS of `migrate send` (its rusage) and of the agent
+// (VmHWM, reset before each migration). Modes: pre-copy restored lazily
+// from the agent's images (the default), stop-and-copy (--max-rounds 0,
+// the reference) and post-copy; precopy-full (--no-lazy-restore) on
+// request. GODWIT_BENCH_MIGRATE=1 runs 256 MiB, 1 GiB and 4 GiB at 1, 8
+// and 64 MiB/s (long: run with -timeout 60m); otherwise 64 MiB at 8
+// MiB/s. GODWIT_BENCH_SIZES (MiB), GODWIT_BENCH_RATES (MiB/s) and
+// GODWIT_BENCH_CASES (names) narrow it; GODWIT_BENCH_LOG=DIR keeps -v4
+// logs of the agent and of every send (the step timings of each
+// switch-over). Figures are logged, never asserted; the program's memory
+// is checked on the destination every time.
 func TestMigrateDowntime(t *testing.T) {
-	sizes := []int{64}
+	sizes, rates := []int{64}, []int{8}
+	cases := "precopy,stop-and-copy,postcopy"
 	if os.Getenv("GODWIT_BENCH_MIGRATE") != "" {
-		sizes = []int{256, 1024}
+		sizes, rates = []int{256, 1024, 4096}, []int{1, 8, 64}
+	}
+	sizes = benchList(t, "GODWIT_BENCH_SIZES", sizes)
+	rates = benchList(t, "GODWIT_BENCH_RATES", rates)
+	if v := os.Getenv("GODWIT_BENCH_CASES"); v != "" {
+		cases = v
 	}
 	bin := filepath.Join(t.TempDir(), "migrant")
 	if out, err := exec.Command("gcc", "-O2", "-Wall", "-o", bin, "workloads/migrant.c").CombinedOutput(); err != nil {
 		t.Fatalf("gcc: %v\n%s", err, out)
 	}
 	m := newMigLab(t)
-	m.startAgent()
+	// The agent's images on tmpfs when the memory allows (the program on
+	// both hosts and its images, with room to spare): a disk's writeback
+	// would throttle the rounds.
+	if avail := memAvailable(t); avail > 3*(uint64(slices.Max(sizes))<<20)+(4<<30) {
+		dir, err := os.MkdirTemp("/dev/shm", "godwit-bench-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		m.images = dir
+		t.Logf("agent images on tmpfs (%s), %d MiB available", dir, avail>>20)
+	} else {
+		t.Logf("agent images on disk (%s): %d MiB available is too little for tmpfs", m.images, avail>>20)
+	}
+	logDir := os.Getenv("GODWIT_BENCH_LOG")
+	client := filepath.Join(m.certs, m.b.Addr(), "client")
+	agentArgs := []string{"--tls-client-cert", filepath.Join(client, "cert.pem"), "--tls-client-key", filepath.Join(client, "key.pem")}
+	if logDir != "" {
+		agentArgs = append(agentArgs, "-v4", "--log-file", filepath.Join(logDir, "agent.log"))
+	}
+	m.startAgent(agentArgs...)
 	floor := tlsFloor(t, m, 256<<20)
 	t.Logf("floor: TLS over loopback %.0f MB/s (1 GiB in %v)", floor/1e6, time.Duration(float64(1<<30)/floor*float64(time.Second)).Round(time.Millisecond))
+	table := []string{fmt.Sprintf("%6s %5s %-13s %10s %10s %9s %7s %6s %8s %9s %9s",
+		"MiB", "MiB/s", "mode", "program ms", "godwit ms", "total s", "x floor", "rounds", "sent MiB", "send RSS", "agent RSS")}
 	for _, mib := range sizes {
-		for _, c := range []struct {
-			name string
-			args []string
-		}{{"precopy", nil}, {"precopy-full", []string{"--no-lazy-restore"}}, {"stop-and-copy", []string{"--max-rounds", "0"}}} {
-			w := startOnHost(t, m.a, bin, "-m", strconv.Itoa(mib), "-r", "8192")
-			for deadline := time.Now().Add(60 * time.Second); !strings.Contains(readFile(w.log), "ready"); time.Sleep(10 * time.Millisecond) {
-				if time.Now().After(deadline) {
-					t.Fatalf("migrant not ready\n%s", w.tail())
+		for _, rate := range rates {
+			for _, c := range migrateCases {
+				if !slices.Contains(strings.Split(cases, ","), c.name) {
+					continue
 				}
-			}
-			time.Sleep(300 * time.Millisecond)
-			if err := syscall.Kill(w.rootPID, syscall.SIGUSR2); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(100 * time.Millisecond)
-			code, res, stderr := m.send(w, c.args...)
-			if code != 0 {
-				t.Fatalf("%d MiB %s: exit %d: %s", mib, c.name, code, stderr)
-			}
-			rp := m.moved(w)
-			time.Sleep(300 * time.Millisecond)
-			if err := syscall.Kill(rp, syscall.SIGUSR1); err != nil {
-				t.Fatal(err)
-			}
-			var gap string
-			for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-				log := readFile(w.log)
-				if mm := doneGapRE.FindStringSubmatch(log); mm != nil {
-					gap = mm[2]
-					break
+				row, ok := migrateOnce(t, m, bin, mib, rate, c, floor, logDir)
+				table = append(table, row)
+				if !ok {
+					t.Log("downtime table so far:\n" + strings.Join(table, "\n"))
+					t.FailNow()
 				}
-				if strings.Contains(log, "bad page") || time.Now().After(deadline) {
-					t.Fatalf("%d MiB %s: memory not intact on the destination\n%s", mib, c.name, w.tail())
-				}
-			}
-			us, _ := strconv.Atoi(gap)
-			var sent uint64
-			for _, r := range res.Rounds {
-				sent += r.Bytes
-			}
-			t.Logf("%5d MiB %-13s program saw %8.1f ms frozen; godwit downtime %8.1f ms; total %8.1f ms; %d rounds, %d MiB sent; total/(size/floor) %.2f",
-				mib, c.name, float64(us)/1e3, float64(res.Downtime)/1e6, float64(res.Total)/1e6, len(res.Rounds), sent>>20,
-				res.Total.Seconds()/(float64(mib<<20)/floor))
-			lazy := !slices.Contains(c.args, "--no-lazy-restore")
-			if pc := res.Postcopy; lazy != (pc != nil) || (pc != nil && pc.Pages < uint64(mib)<<8) {
-				t.Errorf("%d MiB %s: postcopy %+v: want every page filled after the resume exactly when restoring lazily", mib, c.name, pc)
-			} else if pc != nil {
-				t.Logf("      filled after the resume: %d pages in %v, %d faults (served p50 %v, p99 %v)", pc.Pages,
-					pc.Duration.Round(time.Millisecond), pc.Faults, pc.FaultP50.Round(time.Microsecond), pc.FaultP99.Round(time.Microsecond))
-			}
-			if so := res.Switchover; so != nil {
-				t.Logf("      switch-over: final dump %v, images %v, restore %v, resume %v", so.Dump.Round(time.Millisecond),
-					so.Images.Round(time.Millisecond), so.Restore.Round(time.Millisecond), so.Resume.Round(time.Millisecond))
 			}
 		}
 	}
+	t.Log("downtime table (program: the longest gap the program saw; godwit: its downtime figure; x floor: total / (size / floor); RSS: peak MiB; *: the rounds did not converge, overrun reported):\n" +
+		strings.Join(table, "\n"))
+}
+
+// migrateOnce runs one migration of the table and returns its row.
+func migrateOnce(t *testing.T, m *migLab, bin string, mib, rate int, c migrateCase, floor float64, logDir string) (string, bool) {
+	t.Helper()
+	w := startOnHost(t, m.a, bin, "-m", strconv.Itoa(mib), "-r", strconv.Itoa(rate*1024))
+	defer killAndForget(w.rootPID)
+	for deadline := time.Now().Add(3 * time.Minute); !strings.Contains(readFile(w.log), "ready"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Errorf("migrant not ready\n%s", w.tail())
+			return "", false
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := syscall.Kill(w.rootPID, syscall.SIGUSR2); err != nil {
+		t.Error(err)
+		return "", false
+	}
+	time.Sleep(100 * time.Millisecond)
+	// The agent's peak RSS for this migration alone (clear_refs 5 resets
+	// VmHWM).
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", m.agentP), []byte("5"), 0); err != nil {
+		t.Error(err)
+		return "", false
+	}
+	args := c.args(m)
+	if logDir != "" {
+		args = append(slices.Clone(args), "-v4", "--log-file", filepath.Join(logDir, fmt.Sprintf("send-%d-%d-%s.log", mib, rate, c.name)))
+	}
+	code, res, stderr, sendRSS := m.sendRusage(w, args...)
+	if code != 0 {
+		t.Errorf("%d MiB %d MiB/s %s: exit %d: %s", mib, rate, c.name, code, stderr)
+		return "", false
+	}
+	agentRSS := vmHWM(t, m.agentP)
+	rp := m.moved(w)
+	time.Sleep(300 * time.Millisecond)
+	if err := syscall.Kill(rp, syscall.SIGUSR1); err != nil {
+		t.Error(err)
+		return "", false
+	}
+	var gap string
+	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		log := readFile(w.log)
+		if mm := doneGapRE.FindStringSubmatch(log); mm != nil {
+			gap = mm[2]
+			break
+		}
+		if strings.Contains(log, "bad page") || time.Now().After(deadline) {
+			t.Errorf("%d MiB %d MiB/s %s: memory not intact on the destination\n%s", mib, rate, c.name, w.tail())
+			return "", false
+		}
+	}
+	us, _ := strconv.Atoi(gap)
+	var sent uint64
+	for _, r := range res.Rounds {
+		sent += r.Bytes
+	}
+	over, mark := "", ""
+	if res.Overrun {
+		over, mark = " (overrun)", "*"
+	}
+	ratio := res.Total.Seconds() / (float64(uint64(mib)<<20) / floor)
+	t.Logf("%5d MiB %3d MiB/s %-13s program saw %8.1f ms frozen; godwit downtime %8.1f ms%s; total %8.1f ms; %d rounds, %d MiB sent; total/(size/floor) %.2f; peak RSS send %d MiB, agent %d MiB",
+		mib, rate, c.name, float64(us)/1e3, float64(res.Downtime)/1e6, over, float64(res.Total)/1e6, len(res.Rounds), sent>>20, ratio, sendRSS>>20, agentRSS>>20)
+	lazy := c.name != "precopy-full"
+	if pc := res.Postcopy; lazy != (pc != nil) || (pc != nil && pc.Pages < uint64(mib)<<8) {
+		t.Errorf("%d MiB %s: postcopy %+v: want every page filled after the resume exactly when restoring lazily", mib, c.name, pc)
+	} else if pc != nil {
+		t.Logf("      filled after the resume: %d pages in %v, %d faults (served p50 %v, p99 %v)", pc.Pages,
+			pc.Duration.Round(time.Millisecond), pc.Faults, pc.FaultP50.Round(time.Microsecond), pc.FaultP99.Round(time.Microsecond))
+	}
+	if so := res.Switchover; so != nil {
+		t.Logf("      switch-over: final dump %v, images %v, restore %v, resume %v", so.Dump.Round(time.Millisecond),
+			so.Images.Round(time.Millisecond), so.Restore.Round(time.Millisecond), so.Resume.Round(time.Millisecond))
+	}
+	return fmt.Sprintf("%6d %5d %-13s %10.1f %10.1f %9.2f %7.2f %6d %8d %9d %9d", mib, rate, c.name+mark,
+		float64(us)/1e3, float64(res.Downtime)/1e6, res.Total.Seconds(), ratio, len(res.Rounds), sent>>20, sendRSS>>20, agentRSS>>20), true
+}
+
+// sendRusage is migLab.send that also returns the peak RSS of `migrate
+// send` in bytes (its rusage: the process alone, not the program).
+func (m *migLab) sendRusage(w *labWorkload, extra ...string) (int, *migrate.Result, string, int64) {
+	m.t.Helper()
+	args := append([]string{"migrate", "send", "--to", m.b.Addr(), "-t", strconv.Itoa(w.hostPID), "--json"}, m.tlsArgs(m.a, "client")...)
+	cmd := m.a.Command(godwitBin, append(args, extra...)...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		m.t.Fatal(err)
+	}
+	var rss int64
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		rss = ru.Maxrss << 10 // KiB
+	}
+	var res migrate.Result
+	if err := json.Unmarshal([]byte(stdout.String()), &res); err != nil {
+		m.t.Fatalf("migrate send: exit %d, no JSON result (%v)\nstdout: %s\nstderr: %s", code, err, stdout.String(), stderr.String())
+	}
+	return code, &res, stderr.String(), rss
+}
+
+// memAvailable is MemAvailable of /proc/meminfo in bytes.
+func memAvailable(t *testing.T) uint64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == "MemAvailable:" {
+			kb, _ := strconv.ParseUint(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatal("no MemAvailable in /proc/meminfo")
+	return 0
+}
+
+// vmHWM is the peak RSS of pid in bytes (VmHWM).
+func vmHWM(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatalf("no VmHWM in /proc/%d/status", pid)
+	return 0
 }
 
 // tlsFloor measures TLS 1.3 throughput over loopback with the lab's

@@ -32,10 +32,13 @@ type migLab struct {
 	images string
 }
 
-func newMigLab(t *testing.T) *migLab {
+func newMigLab(t *testing.T) *migLab { return newMigLabOf(t, "hosta", "hostb") }
+
+// newMigLabOf is newMigLab with these hosts (A and B first).
+func newMigLabOf(t *testing.T, names ...string) *migLab {
 	t.Helper()
 	needRoot(t)
-	l, err := lab.New(lab.Options{Names: []string{"hosta", "hostb"}}, 2)
+	l, err := lab.New(lab.Options{Names: names}, len(names))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -598,7 +601,8 @@ func TestMigratePostcopy(t *testing.T) {
 	finishMoved(t, w, rp)
 }
 
-// TestMigrateHybridRefused: hybrid is refused before anything moves.
+// TestMigrateHybridRefused: hybrid without a server certificate to serve
+// the last pages with is refused before anything moves.
 func TestMigrateHybridRefused(t *testing.T) {
 	m := newMigLab(t)
 	m.startAgent()

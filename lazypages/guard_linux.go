@@ -28,11 +28,13 @@ import (
 const guardEnv = "GODWIT_LAZY_PAGES_GUARD"
 
 type guard struct {
-	mu     sync.Mutex
-	sock   int
-	cmd    *exec.Cmd
-	exited chan error
-	closed bool
+	mu   sync.Mutex
+	sock int
+	cmd  *exec.Cmd
+	// exited is closed when the guard process ended, exitErr set.
+	exited  chan struct{}
+	exitErr error
+	closed  bool
 }
 
 // startGuard runs this binary again as the guard (MaybeGuard in its main).
@@ -55,7 +57,7 @@ func startGuard() (*guard, error) {
 		unix.Close(sp[0])
 		return nil, fmt.Errorf("guard: start: %w", err)
 	}
-	g := &guard{sock: sp[0], cmd: cmd, exited: make(chan error, 1)}
+	g := &guard{sock: sp[0], cmd: cmd, exited: make(chan struct{})}
 	// Wait for its first word: it runs and holds its end.
 	var b [1]byte
 	if n, err := unix.Read(g.sock, b[:]); err != nil || n != 1 || b[0] != 'R' {
@@ -69,10 +71,28 @@ func startGuard() (*guard, error) {
 		if err == nil {
 			err = errors.New("exited")
 		}
-		g.exited <- err
+		g.exitErr = err
+		close(g.exited)
 	}()
 	return g, nil
 }
+
+// Guard is a guard process started ahead of Run (Options.Guard): its
+// start, an exec of this binary, takes ~15 ms that a migration's frozen
+// window need not wait for.
+type Guard struct{ g *guard }
+
+// StartGuard starts a guard for a later Run.
+func StartGuard() (*Guard, error) {
+	g, err := startGuard()
+	if err != nil {
+		return nil, fmt.Errorf("lazy-pages: %w", err)
+	}
+	return &Guard{g: g}, nil
+}
+
+// Close ends a guard that was never handed to Run.
+func (g *Guard) Close() { _ = g.g.finish(false) }
 
 func (g *guard) send(b []byte, fds ...int) error {
 	g.mu.Lock()
@@ -118,7 +138,8 @@ func (g *guard) finish(complete bool) error {
 	g.closed = true
 	unix.Close(g.sock)
 	g.mu.Unlock()
-	err := <-g.exited
+	<-g.exited
+	err := g.exitErr
 	if complete && err != nil && err.Error() != "exited" {
 		return fmt.Errorf("lazy-pages: guard: %v", err)
 	}

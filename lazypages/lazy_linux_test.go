@@ -61,15 +61,23 @@ func daemonMain() int {
 // nsRestoreEnv runs the test binary as the restore side of a lazy
 // migration, in a pid (and mount) namespace of its own so that the task can
 // get its pid back while the dumped original still holds it:
-// GODWIT_LAZY_TEST_NSRESTORE=imagesdir,pageserver-addr,certdir,transport.
+// GODWIT_LAZY_TEST_NSRESTORE=imagesdir,pageserver-addr,certdir,transport[,push-pause].
 // It runs a lazy-pages daemon and restore --lazy-pages, waits for the
 // task, and exits with its status (100 + why on other failures).
 const nsRestoreEnv = "GODWIT_LAZY_TEST_NSRESTORE"
 
 func nsRestoreMain() int {
 	f := strings.Split(os.Getenv(nsRestoreEnv), ",")
-	if len(f) != 4 {
+	if len(f) != 4 && len(f) != 5 {
 		return 100
+	}
+	pause := 100 * time.Microsecond
+	if len(f) == 5 { // an optional push pause, to stretch the transfer
+		p, err := time.ParseDuration(f[4])
+		if err != nil {
+			return 100
+		}
+		pause = p
 	}
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		fmt.Fprintln(os.Stderr, "mount --make-rprivate /:", err)
@@ -80,7 +88,7 @@ func nsRestoreMain() int {
 		return 101
 	}
 	ready := make(chan struct{})
-	o := Options{ImagesDir: f[0], PageServer: f[1], PushPages: 16, pushPause: 100 * time.Microsecond, Ready: func() { close(ready) }}
+	o := Options{ImagesDir: f[0], PageServer: f[1], PushPages: 16, pushPause: pause, Ready: func() { close(ready) }}
 	if f[3] != "plain" {
 		o.Transport = clientTLS(f[2], pageserver.Transport(f[3]))
 	}

@@ -6,21 +6,29 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"godwit/internal/images"
 	"godwit/internal/pagexfer"
 	"godwit/pageserver"
 )
 
-// pagemap classifies the dumped pages of one task and reads local data.
+// remoteLevel marks a pagemap range whose data comes from the page server.
+const remoteLevel = -1
+
+// pagemap classifies the dumped pages of one task and says where each
+// range's data is: in a level of the local images chain (0: the dump's
+// own pages image, 1: its parent...) or on the page server.
 type pagemap struct {
 	pid    int
 	ranges []images.PageRange
-	pr     *images.PageReader // nil when pages come from a page server
-	// chain, for an incremental dump read locally, resolves the PARENT
-	// entries: ranges are then its runs, each read from level[i].
-	chain *pagexfer.Chain
+	// level[i] is where ranges[i] is read: a chain level, or remoteLevel.
 	level []int
+	pr    *images.PageReader // the local pages image; nil when none is read
+	// chain, for an incremental dump, resolves the PARENT entries
+	// through the local parent images.
+	chain *pagexfer.Chain
 }
 
 // entry returns the index of the pagemap entry holding src, or -1 when the
@@ -36,18 +44,21 @@ func (p *pagemap) entry(src uint64) int {
 
 // checkRanges refuses lazy ranges whose dumped pages godwit cannot serve.
 func (p *pagemap) checkRanges(rs [][2]uint64, remote bool) error {
-	for _, e := range p.ranges {
+	for i, e := range p.ranges {
 		for _, r := range rs {
 			if e.End() <= r[0] || e.Vaddr >= r[1] {
 				continue
 			}
+			if p.level[i] != remoteLevel {
+				continue // resolved in the local images
+			}
 			switch {
-			case e.Flags&images.PageInParent != 0:
-				return fmt.Errorf("pagemap-%d.img: pages at %#x are in a parent image: a page server cannot serve an incremental dump lazily yet (run lazy-pages where the images chain is)", p.pid, e.Vaddr)
-			case !e.Present() && e.Flags&images.PageLazy == 0:
-				return fmt.Errorf("pagemap-%d.img: entry at %#x has neither data nor the lazy flag (flags %#x)", p.pid, e.Vaddr, e.Flags)
-			case !e.Present() && !remote:
+			case !remote && e.Flags&images.PageLazy != 0:
 				return fmt.Errorf("pagemap-%d.img: pages at %#x are on the dumping host (dump --lazy-pages): use lazy-pages --page-server", p.pid, e.Vaddr)
+			case !remote:
+				return fmt.Errorf("pagemap-%d.img: pages at %#x have no data in the local images (flags %#x)", p.pid, e.Vaddr, e.Flags)
+			case !e.Present() && e.Flags&(images.PageLazy|images.PageInParent) == 0:
+				return fmt.Errorf("pagemap-%d.img: entry at %#x has neither data nor the lazy or parent flag (flags %#x)", p.pid, e.Vaddr, e.Flags)
 			}
 		}
 	}
@@ -60,25 +71,32 @@ type source interface {
 	// read fills b (whole pages) with the pages dumped at src by task
 	// pid; the span lies within one pagemap entry.
 	read(pm *pagemap, src uint64, b []byte) error
+	// send asks for n pages at src ahead of their use; recv then fills b
+	// with the pages of the oldest run asked (in the order sent) and
+	// returns how many came: as many as asked, or fewer if the source
+	// keeps them in several pieces (the rest stays to be asked again).
+	// One goroutine may send while another receives.
+	send(pm *pagemap, src, n uint64) error
+	recv(pm *pagemap, src uint64, b []byte) (uint64, error)
 	close(complete bool) error
 }
 
 type localSource struct{}
 
 func (localSource) read(pm *pagemap, src uint64, b []byte) error {
-	if pm.pr == nil {
-		return errors.New("no local pages image")
+	i := pm.entry(src)
+	if i < 0 || pm.level[i] == remoteLevel {
+		return fmt.Errorf("no local pages at %#x", src)
 	}
 	var n int
 	var err error
-	if pm.chain != nil {
-		i := pm.entry(src)
-		if i < 0 {
-			return fmt.Errorf("no pages at %#x in the chain", src)
-		}
+	switch {
+	case pm.chain != nil:
 		n, err = pm.chain.ReadAt(pm.level[i], b, src)
-	} else {
+	case pm.pr != nil:
 		n, err = pm.pr.ReadAt(b, src)
+	default:
+		return errors.New("no local pages image")
 	}
 	if err == nil && n < len(b) {
 		err = fmt.Errorf("short read %d of %d bytes", n, len(b))
@@ -86,7 +104,92 @@ func (localSource) read(pm *pagemap, src uint64, b []byte) error {
 	return err
 }
 
+func (localSource) send(*pagemap, uint64, uint64) error { return nil }
+
+func (l localSource) recv(pm *pagemap, src uint64, b []byte) (uint64, error) {
+	if err := l.read(pm, src, b); err != nil {
+		return 0, err
+	}
+	return uint64(len(b)) / pageSize, nil
+}
+
 func (localSource) close(bool) error { return nil }
+
+// tieredSource reads each range where its pagemap says it is: the local
+// images (the dump, its parent images) or the page server (remote, nil
+// without one). It counts the pages each side gave.
+type tieredSource struct {
+	remote     source
+	local, far atomic.Uint64
+}
+
+func (s *tieredSource) read(pm *pagemap, src uint64, b []byte) error {
+	if i := pm.entry(src); i >= 0 && pm.level[i] != remoteLevel {
+		if err := (localSource{}).read(pm, src, b); err != nil {
+			return err
+		}
+		s.local.Add(uint64(len(b)) / pageSize)
+		return nil
+	}
+	if s.remote == nil {
+		return fmt.Errorf("pages at %#x of pid %d are not in the local images, and there is no page server", src, pm.pid)
+	}
+	if err := s.remote.read(pm, src, b); err != nil {
+		return err
+	}
+	s.far.Add(uint64(len(b)) / pageSize)
+	return nil
+}
+
+// local reports whether the pages at src are in the local images.
+func (s *tieredSource) isLocal(pm *pagemap, src uint64) bool {
+	i := pm.entry(src)
+	return i >= 0 && pm.level[i] != remoteLevel
+}
+
+func (s *tieredSource) send(pm *pagemap, src, n uint64) error {
+	if s.isLocal(pm, src) {
+		return nil // read when received
+	}
+	if s.remote == nil {
+		return fmt.Errorf("pages at %#x of pid %d are not in the local images, and there is no page server", src, pm.pid)
+	}
+	return s.remote.send(pm, src, n)
+}
+
+func (s *tieredSource) recv(pm *pagemap, src uint64, b []byte) (uint64, error) {
+	if s.isLocal(pm, src) {
+		if err := (localSource{}).read(pm, src, b); err != nil {
+			return 0, err
+		}
+		s.local.Add(uint64(len(b)) / pageSize)
+		return uint64(len(b)) / pageSize, nil
+	}
+	if s.remote == nil {
+		return 0, fmt.Errorf("pages at %#x of pid %d are not in the local images, and there is no page server", src, pm.pid)
+	}
+	got, err := s.remote.recv(pm, src, b)
+	s.far.Add(got)
+	return got, err
+}
+
+func (s *tieredSource) close(complete bool) error {
+	if s.remote == nil {
+		return nil
+	}
+	return s.remote.close(complete)
+}
+
+// pagesFrom sums what the sources read locally and remotely.
+func pagesFrom(ss ...source) (local, remote uint64) {
+	for _, s := range ss {
+		if t, ok := s.(*tieredSource); ok {
+			local += t.local.Load()
+			remote += t.far.Load()
+		}
+	}
+	return local, remote
+}
 
 // remoteSource asks a page server. It holds its own connection so that the
 // fault path and the background push do not wait for each other.
@@ -103,12 +206,24 @@ func dialSource(ctx context.Context, addr string, o pageserver.TransportOptions)
 	return &remoteSource{c: c}, nil
 }
 
+// getTimeout bounds one GET: a source that stops answering (its host or
+// the link gone without a reset) must not leave the restored tasks waiting
+// on their faults for TCP's retransmission timeout (minutes). A frozen
+// tree or a page server answers in milliseconds.
+var getTimeout = 30 * time.Second
+
 func (s *remoteSource) read(pm *pagemap, src uint64, b []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for len(b) > 0 {
 		nr := uint64(len(b)) / pageSize
+		var stalled atomic.Bool
+		timer := time.AfterFunc(getTimeout, func() { stalled.Store(true); s.c.Abort() })
 		got, err := s.c.Get(pm.pid, src, nr, b)
+		timer.Stop()
+		if stalled.Load() {
+			return fmt.Errorf("the page server did not answer a GET at %#x of pid %d within %v", src, pm.pid, getTimeout)
+		}
 		if errors.Is(err, pageserver.ErrNoPages) {
 			return fmt.Errorf("the page server has no pages at %#x of pid %d", src, pm.pid)
 		}
@@ -121,6 +236,21 @@ func (s *remoteSource) read(pm *pagemap, src uint64, b []byte) error {
 	return nil
 }
 
+func (s *remoteSource) send(pm *pagemap, src, n uint64) error {
+	return s.c.SendGet(pm.pid, src, n)
+}
+
+func (s *remoteSource) recv(pm *pagemap, src uint64, b []byte) (uint64, error) {
+	pid, vaddr, got, err := s.c.RecvGet(b)
+	if err == nil && (pid != pm.pid || vaddr != src) {
+		err = fmt.Errorf("page server: reply to GET %#x of pid %d where %#x of pid %d was expected", vaddr, pid, src, pm.pid)
+	}
+	if errors.Is(err, pageserver.ErrNoPages) {
+		return 0, fmt.Errorf("the page server has no pages at %#x of pid %d", src, pm.pid)
+	}
+	return got, err
+}
+
 // close ends the session: with CLOSE (the source may go) when every page
 // is in, else by dropping the connection.
 func (s *remoteSource) close(complete bool) error {
@@ -131,59 +261,100 @@ func (s *remoteSource) close(complete bool) error {
 	return s.c.Close()
 }
 
-// openPagemap reads a task's pagemap; with local data it also opens (and
-// checks) the pages image.
-func openPagemap(d *images.Dir, pid int, local bool) (*pagemap, error) {
+// openPagemap reads a task's pagemap and places each range. Without a
+// page server (remote false) every page must be in the local images: the
+// dump's pages image and, for an incremental dump, its parent images.
+// With one, the dump's own data and its lazy pages (dump --lazy-pages)
+// come from the page server; PARENT pages come from the local parent
+// images when the images directory links them (the pre-copy rounds a
+// hybrid migration left here), else from the page server, which resolves
+// them in its own chain.
+func openPagemap(d *images.Dir, pid int, remote bool) (*pagemap, error) {
 	name := images.PagemapImg(pid)
 	pm := &pagemap{pid: pid}
-	if local {
-		pr, err := images.OpenPages(d, name)
-		if err != nil {
-			return nil, err
-		}
-		pm.pr = pr
-		if pagexfer.NeedsParent(pr) {
-			return pm, pm.openChain(d, name)
-		}
-		for e := range pr.Ranges() {
-			pm.ranges = append(pm.ranges, e)
-		}
-		return pm, nil
-	}
 	f, err := d.OpenRead(name)
 	if err != nil {
 		return nil, fmt.Errorf("lazy-pages: %w", err)
 	}
-	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
+		f.Close()
 		return nil, err
 	}
-	_, pm.ranges, err = images.ReadPagemap(f, name, st.Size())
+	_, ents, err := images.ReadPagemap(f, name, st.Size())
+	f.Close()
 	if err != nil {
 		return nil, err
 	}
+	parents := false
+	for _, e := range ents {
+		if !e.Present() && e.Flags&images.PageInParent != 0 {
+			parents = true
+		}
+	}
+	if remote && (!parents || !d.Exists(pagexfer.ParentLink)) {
+		// Every page from the page server.
+		pm.ranges = ents
+		pm.level = make([]int, len(ents))
+		for i := range pm.level {
+			pm.level[i] = remoteLevel
+		}
+		return pm, nil
+	}
+	pr, err := images.OpenPages(d, name)
+	if err != nil {
+		return nil, err
+	}
+	pm.pr = pr
+	if !parents {
+		pm.ranges = ents
+		pm.level = make([]int, len(ents))
+		for i, e := range ents {
+			if !e.Present() {
+				pm.level[i] = remoteLevel
+			}
+		}
+		return pm, nil
+	}
+	c, err := pagexfer.OpenChain(d, name, pr)
+	if err != nil {
+		pr.Close()
+		pm.pr = nil
+		return nil, err
+	}
+	pm.chain = c
+	pm.place(c.Runs(), ents, remote)
 	return pm, nil
 }
 
-// openChain resolves an incremental dump's pagemap through its parent
-// images: the pages are served from whichever level holds them.
-func (pm *pagemap) openChain(d *images.Dir, name string) error {
-	for e := range pm.pr.Ranges() {
-		if !e.Present() && e.Flags&images.PageInParent == 0 && e.Flags&images.PageLazy != 0 {
-			return fmt.Errorf("%s: pages at %#x are on the dumping host and others in the parent images: a lazy dump on top of pre-dump rounds is not supported yet", name, e.Vaddr)
+// place merges the chain's resolved runs with the entries it does not
+// resolve (lazy ones, or anything without data), in address order. With
+// a page server, the dump's own data is read from it as well (as CRIU's
+// lazy-pages does); only the parents' pages are read here.
+func (pm *pagemap) place(runs []pagexfer.ChainRun, ents []images.PageRange, remote bool) {
+	i := 0
+	addRun := func(r pagexfer.ChainRun) {
+		l := r.Level
+		if remote && l == 0 {
+			l = remoteLevel
 		}
-	}
-	c, err := pagexfer.OpenChain(d, name, pm.pr)
-	if err != nil {
-		return err
-	}
-	pm.chain = c
-	for _, r := range c.Runs() {
 		pm.ranges = append(pm.ranges, images.PageRange{Vaddr: r.Vaddr, NrPages: r.NrPages, Flags: images.PagePresent, Offset: r.Offset})
-		pm.level = append(pm.level, r.Level)
+		pm.level = append(pm.level, l)
 	}
-	return nil
+	for _, e := range ents {
+		if e.Present() || e.Flags&images.PageInParent != 0 {
+			continue // in the runs
+		}
+		for i < len(runs) && runs[i].Vaddr < e.Vaddr {
+			addRun(runs[i])
+			i++
+		}
+		pm.ranges = append(pm.ranges, e)
+		pm.level = append(pm.level, remoteLevel)
+	}
+	for ; i < len(runs); i++ {
+		addRun(runs[i])
+	}
 }
 
 // close releases the pages image and the chain's parents.

@@ -111,6 +111,11 @@ func (l *lazyImages) lookup(dst, vaddr, nr uint64) (uint64, *os.File, int64, err
 	if vaddr%wire.PageSize != 0 {
 		return 0, nil, 0, fmt.Errorf("vaddr %#x not page aligned", vaddr)
 	}
+	if ix, ok := l.s.cfg.LazyMemory.(LazyIndex); ok {
+		if n := ix.LazyRun(int(dst), vaddr, nr); n > 0 {
+			return n, nil, int64(vaddr), nil
+		}
+	}
 	name := images.PagemapImg(int(dst))
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -161,6 +166,15 @@ type LazyMemory interface {
 	ReadPages(pid int, vaddr uint64, b []byte) error
 }
 
+// LazyIndex is a LazyMemory that knows which pages it holds: GETs for
+// them are answered without reading a pagemap (a dump whose pagemaps went
+// to another page server).
+type LazyIndex interface {
+	// LazyRun returns how many of nr pages from vaddr of pid it holds
+	// (0: none at vaddr).
+	LazyRun(pid int, vaddr, nr uint64) uint64
+}
+
 // readLazy reads GET data: from the pages file f at off, or, without f,
 // from the task's memory at address off.
 func (s *Server) readLazy(f *os.File, pid uint64, off int64, b []byte) (int, error) {
@@ -171,4 +185,16 @@ func (s *Server) readLazy(f *os.File, pid uint64, off int64, b []byte) (int, err
 		return 0, err
 	}
 	return len(b), nil
+}
+
+// sendPages answers a GET on plain TCP: the header, then the data straight
+// from the pages file's page cache (sendfile), no copy through the server.
+func (ss *session) sendPages(hdr []byte, f *os.File, off, n int64, nr uint64) error {
+	done, err := sendFileAt(ss.tcp, hdr, f, off, n, ss.s.cfg.ReadTimeout)
+	ss.s.m.addBytes("out", done)
+	if err != nil {
+		return reqErr(reasonIO, fmt.Errorf("send pages at %d: %d of %d bytes: %w", off, done, n, err))
+	}
+	ss.s.m.addPages("out", nr)
+	return nil
 }

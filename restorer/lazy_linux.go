@@ -72,12 +72,14 @@ func (r *taskRun) privatePages() (pagexfer.Source, error) {
 	lazy := r.lazyRanges()
 	if r.img.chain != nil {
 		// An incremental dump: the pages outside lazy VMAs now, read
-		// through the parent images; the daemon serves the rest from
-		// the same chain.
+		// through the parent images; the daemon serves the rest, from
+		// the same chain or (pages left lazy on the dumping host: a
+		// lazy dump on top of pre-dump rounds) from the page server.
 		for e := range pr.Ranges() {
-			if !e.Present() && e.Flags&images.PageLazy != 0 && e.Flags&images.PageInParent == 0 {
-				return nil, fmt.Errorf("%s: pages at %#x are on the dumping host and others in the parent images: a lazy dump on top of pre-dump rounds is not supported yet",
-					images.PagemapImg(r.img.pid), e.Vaddr)
+			if !e.Present() && e.Flags&images.PageLazy != 0 && e.Flags&images.PageInParent == 0 &&
+				lazyCovered(lazy, e.Vaddr, e.End()) != e.End()-e.Vaddr {
+				return nil, fmt.Errorf("%s: pages %#x-%#x are on the dumping host but not in a VMA that can be restored lazily",
+					images.PagemapImg(r.img.pid), e.Vaddr, e.End())
 			}
 		}
 		rs := make([][2]uint64, len(lazy))
@@ -181,6 +183,11 @@ func (s *clippedSource) RunFile() (*os.File, int64) {
 func (r *Restorer) lazyHandoff() error {
 	if !r.o.LazyPages {
 		return nil
+	}
+	if r.o.LazyReady != nil {
+		if err := r.o.LazyReady(); err != nil {
+			return r.fail("lazy pages", err)
+		}
 	}
 	for _, t := range r.tasks {
 		if t.img.dead() {

@@ -107,6 +107,7 @@ type taskRun struct {
 	runner bool   // the batch runner is in the window
 	// scratchMapped: Layout mapped the scratch area (batch tables).
 	scratchMapped bool
+	windowGone    bool   // Finalize unmapped the window
 	stubOff       uint64 // the puppet's syscall instruction offset from win.base
 	// protFix lists private VMAs laid out writable for FillPages, to
 	// get their dumped protection back in Finalize.
@@ -202,19 +203,27 @@ func RestoreContext(ctx context.Context, o Options, scripts *actions.Scripts) (*
 		r.close()
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	steps := []func() error{
-		func() error { return r.interrupted(ctx) },
-		r.Layout,
-		func() error { return r.fillAll(ctx) },
-		func() error { return r.interrupted(ctx) },
-		r.lazyHandoff,
-		r.Finalize,
-		func() error { return r.interrupted(ctx) },
-		r.Resume,
+	r.log.Debugf("restore %d: images read and checked: %v", r.PID(), time.Since(r.start))
+	steps := []struct {
+		name string
+		run  func() error
+	}{
+		{"", func() error { return r.interrupted(ctx) }},
+		{"layout", r.Layout},
+		{"fill", func() error { return r.fillAll(ctx) }},
+		{"", func() error { return r.interrupted(ctx) }},
+		{"lazy hand-off", r.lazyHandoff},
+		{"finalize", r.Finalize},
+		{"", func() error { return r.interrupted(ctx) }},
+		{"resume", r.Resume},
 	}
 	for _, step := range steps {
-		if err := step(); err != nil {
+		t := time.Now()
+		if err := step.run(); err != nil {
 			return nil, err
+		}
+		if step.name != "" {
+			r.log.Debugf("restore %d: %s: %v", r.PID(), step.name, time.Since(t))
 		}
 	}
 	if r.o.AutoDedup {
@@ -268,10 +277,14 @@ func (r *Restorer) fillAll(ctx context.Context) error {
 			continue
 		}
 		if t.img.pages != nil {
-			src, err := t.privatePages()
-			if err == nil {
-				err = t.fillPages(interruptibleSource(ctx, src))
-			}
+			// On the tracer thread, as Layout.
+			err := r.tr.Do(func() error {
+				src, err := t.privatePages()
+				if err == nil {
+					err = t.fillPages(interruptibleSource(ctx, src))
+				}
+				return err
+			})
 			if err != nil {
 				return r.fail(fmt.Sprintf("task %d: fill pages", t.img.pid), err)
 			}
@@ -279,7 +292,7 @@ func (r *Restorer) fillAll(ctx context.Context) error {
 		if err := r.interrupted(ctx); err != nil {
 			return err
 		}
-		if err := t.fillShmem(); err != nil {
+		if err := r.tr.Do(t.fillShmem); err != nil {
 			return r.fail(fmt.Sprintf("task %d", t.img.pid), err)
 		}
 	}

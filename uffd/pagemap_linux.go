@@ -91,11 +91,18 @@ func (p *Pagemap) Scan(a ScanArgs, out []Region) ([]Region, error) {
 			return out, err
 		}
 		out = out[:k+n]
+		// The kernel may report regions past the walk_end it returns
+		// (seen on 6.18 with transparent huge pages): what it reported
+		// was walked, so go on after it, never over it again.
+		next := walkEnd
+		if n > 0 {
+			next = max(next, dst[n-1].End)
+		}
 		if k > 0 && n > 0 && out[k-1].End == out[k].Start && out[k-1].Categories == out[k].Categories {
 			out[k-1].End = out[k].End
 			out = append(out[:k], out[k+1:]...)
 		}
-		if walkEnd <= a.Start {
+		if next <= a.Start {
 			// No progress: would loop forever.
 			return out, fmt.Errorf("PAGEMAP_SCAN pid %d %#x-%#x: no progress at %#x", p.pid, a.Start, a.End, walkEnd)
 		}
@@ -110,7 +117,7 @@ func (p *Pagemap) Scan(a ScanArgs, out []Region) ([]Region, error) {
 			}
 			a.MaxPages -= got
 		}
-		a.Start = walkEnd
+		a.Start = next
 	}
 	return out, nil
 }

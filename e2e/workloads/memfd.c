@@ -17,7 +17,8 @@
  *       the file keeps "file-c"); fd closed, mapping kept
  *  md   "godwit-d": MFD_NOEXEC_SEAL (mode 0666, F_SEAL_EXEC), read-only
  *       description (reopened O_RDONLY through /proc/self/fd)
- *  me   "godwit-e": fd closed, shared mapping only ("only-mapped")
+ *  me   "godwit\ne" (a newline in the name, which maps shows as
+ *       "\012"): fd closed, shared mapping only ("only-mapped")
  *
  * Nothing is changed between the set-up and SIGUSR1, so the same checks
  * pass in the original and in a restored copy.
@@ -106,7 +107,7 @@ static void setup(void)
 	if ((md = open(p, O_RDONLY)) < 0) die("reopen d");
 	close(d);
 
-	int me = memfd_create("godwit-e", MFD_ALLOW_SEALING);
+	int me = memfd_create("godwit\ne", MFD_ALLOW_SEALING);
 	if (me < 0 || pwrite(me, "only-mapped", 11, 0) != 11) die("memfd e");
 	if ((me_map = mmap(NULL, PG, PROT_READ, MAP_SHARED, me, 0)) == MAP_FAILED) die("mmap e");
 	close(me);
@@ -130,6 +131,28 @@ static int mapped(void *addr, const char *name)
 			snprintf(n, sizeof n, "/memfd:%s (deleted)\n", name);
 			size_t l = strlen(line), k = strlen(n);
 			ok = l >= k && !strcmp(line + l - k, n);
+		}
+	if (f)
+		fclose(f);
+	return ok;
+}
+
+/* linkname reports whether the map_files link of the mapping at addr
+ * (the name unescaped) is "/memfd:NAME (deleted)". */
+static int linkname(void *addr, const char *name)
+{
+	char want[128], line[512], n[300], l[300];
+	snprintf(want, sizeof want, "%lx-", (unsigned long)addr);
+	FILE *f = fopen("/proc/self/maps", "r");
+	int ok = 0;
+	while (f && fgets(line, sizeof line, f))
+		if (!strncmp(line, want, strlen(want))) {
+			char p[128];
+			*strchr(line, ' ') = 0;
+			snprintf(p, sizeof p, "/proc/self/map_files/%s", line);
+			ssize_t k = readlink(p, l, sizeof l - 1);
+			snprintf(n, sizeof n, "/memfd:%s (deleted)", name);
+			ok = k > 0 && (l[k] = 0, !strcmp(l, n));
 		}
 	if (f)
 		fclose(f);
@@ -205,7 +228,7 @@ static void check(void)
 	CHECK(pread(md, b, 3, 0) == 3 && !memcmp(b, "dee", 3), "md: contents");
 
 	/* me */
-	CHECK(mapped(me_map, "godwit-e") && !memcmp(me_map, "only-mapped", 11), "me: mapping");
+	CHECK(mapped(me_map, "godwit\\012e") && linkname(me_map, "godwit\ne") && !memcmp(me_map, "only-mapped", 11), "me: mapping");
 }
 
 int main(int argc, char **argv)

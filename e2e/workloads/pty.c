@@ -10,7 +10,9 @@
  * controlling terminal is the slave, with its own group in the
  * foreground. On SIGUSR1 the child checks its session, terminal and
  * foreground group, writes "hello-from-child\n" to the terminal and
- * exits; the parent reads it from the master (after packet mode's status
+ * then "hello-via-dev-tty\n" through the /dev/tty it opened at set-up
+ * (the alias of its terminal), and
+ * exits; the parent reads both from the master (after packet mode's status
  * byte), sends "line\n" through the master and reads it from its slave
  * fd, and checks the pty's number, termios, window and packet mode.
  * The pty's number is in the log at set-up ("pts N").
@@ -51,6 +53,8 @@ static void child_main(void)
 	int t = open(slave_path, O_RDWR); /* a session leader's first tty: its terminal */
 	if (t < 0) die("open slave");
 	if (tcsetpgrp(t, getpgrp()) < 0) die("tcsetpgrp");
+	int dt = open("/dev/tty", O_RDWR);
+	if (dt < 0) die("open /dev/tty");
 	while (!finish)
 		pause();
 	int bad = 0;
@@ -65,6 +69,11 @@ static void child_main(void)
 	const char *m = "hello-from-child\n";
 	if (write(t, m, strlen(m)) != (ssize_t)strlen(m))
 		bad |= 8;
+	char p[64], l[64] = {0};
+	snprintf(p, sizeof p, "/proc/self/fd/%d", dt);
+	m = "hello-via-dev-tty\n";
+	if (readlink(p, l, sizeof l - 1) <= 0 || strcmp(l, "/dev/tty") || write(dt, m, strlen(m)) != (ssize_t)strlen(m))
+		bad |= 16;
 	_exit(bad ? 10 + bad : 0);
 }
 
@@ -136,7 +145,8 @@ static void check(void)
 	/* Last: the child's exit hangs its terminal up. */
 	int status = -1;
 	CHECK(kill(child, SIGUSR1) == 0, "child: gone");
-	CHECK(readall(master, buf, sizeof buf, "hello-from-child\n"), "master: the child's line did not come");
+	CHECK(readall(master, buf, sizeof buf, "hello-via-dev-tty\n"), "master: the child's line through /dev/tty did not come");
+	CHECK(memmem(buf, sizeof buf, "hello-from-child\n", 17), "master: the child's line did not come");
 	CHECK(buf[0] == TIOCPKT_DATA, "master: packet mode's status byte %d", buf[0]);
 	CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0, "child: status %#x", status);
 }

@@ -122,19 +122,7 @@ func (ghostKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error
 		}
 		rs.ghosts[key] = held
 	}
-	// Each description is a new open of godwit's copy.
-	flags := int(f.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_CLOEXEC)
-	fd, err := unix.Open("/proc/self/fd/"+strconv.Itoa(held), flags|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
-	if err != nil {
-		return 0, fmt.Errorf("%s: reopen deleted file %s: %w", what, f.Path, err)
-	}
-	defer unix.Close(fd)
-	if f.Pos != 0 {
-		if _, err := unix.Seek(fd, int64(f.Pos), unix.SEEK_SET); err != nil {
-			return 0, fmt.Errorf("%s: seek to %d: %w", what, f.Pos, err)
-		}
-	}
-	return rs.install(what, fd)
+	return reopenHeld(rs, what, "deleted file "+f.Path, held, f)
 }
 
 // ghostOfTree takes a copy of the deleted file from another task of the

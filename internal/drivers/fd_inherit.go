@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"godwit/internal/model"
 )
 
@@ -14,8 +16,9 @@ import (
 // file the caller opened. RESOURCE is pipe[INODE] or pipe:[INODE] (a pipe
 // end dumped as that inode), socket[INODE] or socket:[INODE] (a unix
 // socket), or an absolute path (a file reopened by path, or a deleted one
-// by its old path). file[…] and tty[…] are refused: godwit does not keep
-// the mount ids and ttys are not restored yet.
+// by its old path), tty[RDEV:DEV] (a tty the dump left out with
+// --external tty[RDEV:DEV]). file[…] is refused: godwit does not keep the
+// mount ids.
 
 // InheritKey is the key of a resource in Restore.Inherit.
 func InheritKey(res string) (string, error) {
@@ -30,11 +33,19 @@ func InheritKey(res string) (string, error) {
 			}
 		}
 	}
-	if strings.HasPrefix(res, "file[") || strings.HasPrefix(res, "tty[") {
-		return "", fmt.Errorf("%s resources are not supported yet (give a path, pipe[INODE] or socket[INODE])", res[:strings.IndexByte(res, '[')])
+	if inner, ok := strings.CutPrefix(res, "tty["); ok {
+		id, ok := strings.CutSuffix(inner, "]")
+		rdev, dev, err := ParseExternalTTY(id)
+		if !ok || err != nil {
+			return "", fmt.Errorf("want tty[RDEV:DEV], both in hex")
+		}
+		return externalTTYKey(rdev, dev), nil
+	}
+	if strings.HasPrefix(res, "file[") {
+		return "", fmt.Errorf("file resources are not supported yet (give a path, pipe[INODE], socket[INODE] or tty[RDEV:DEV])")
 	}
 	if !strings.HasPrefix(res, "/") {
-		return "", fmt.Errorf("want an absolute path, pipe[INODE] or socket[INODE]")
+		return "", fmt.Errorf("want an absolute path, pipe[INODE], socket[INODE] or tty[RDEV:DEV]")
 	}
 	return res, nil
 }
@@ -48,6 +59,8 @@ func inheritKeyOf(f *model.File) string {
 		return fmt.Sprintf("socket:[%d]", f.Unix.Ino)
 	case f.Kind == model.Path || f.Kind == model.Ghost:
 		return f.Path
+	case f.Tty != nil && f.Tty.Other != nil && f.Tty.Other.Kind == model.TtyExternal:
+		return externalTTYKey(f.Tty.Other.Rdev, f.Tty.Other.Dev)
 	}
 	return ""
 }
@@ -67,6 +80,11 @@ func inherited(r *Restore, f *model.File) (int, bool, error) {
 	for _, o := range r.Tree.Files {
 		if o.ID != f.ID && inheritKeyOf(o) == key && o.Kind == f.Kind {
 			return 0, false, fmt.Errorf("--inherit-fd %s names files %d and %d of the dump: ambiguous", key, f.ID, o.ID)
+		}
+	}
+	if f.Kind == model.Tty {
+		if _, err := unix.IoctlGetTermios(fd, unix.TCGETS); err != nil {
+			return 0, false, fmt.Errorf("--inherit-fd %s: godwit's fd %d is not a terminal: %w", key, fd, err)
 		}
 	}
 	return fd, true, nil

@@ -3,6 +3,7 @@ package drivers
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 
@@ -73,7 +74,14 @@ func (fl *Files) SharedMemfd(src, path string, flags uint32, st *unix.Stat_t) (m
 	if id, ok := fl.byKey[key]; ok {
 		return id, nil
 	}
-	ms, err := fl.memfd(src, path, st)
+	// maps and smaps escape a '\n' of the name as "\012" (and nothing
+	// else, so the escape cannot be undone there): the map_files link
+	// gives the name as it is.
+	raw, err := os.Readlink(src)
+	if err != nil {
+		return 0, fmt.Errorf("memfd %s: %w", path, err)
+	}
+	ms, err := fl.memfd(src, raw, st)
 	if err != nil {
 		return 0, fmt.Errorf("memfd %s: %w", path, err)
 	}
@@ -204,11 +212,17 @@ func (memfdKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error
 		}
 		rs.ghosts[key] = held
 	}
-	// Each description is a new open of the inode, with its flags.
+	return reopenHeld(rs, what, "memfd "+ms.Name, held, f)
+}
+
+// reopenHeld gives the task a new description of the unlinked inode
+// godwit holds as held (a memfd or a deleted file), with f's flags and
+// offset: each description of such an inode is its own open.
+func reopenHeld(rs *restoreFDs, what, desc string, held int, f *model.File) (uint64, error) {
 	flags := int(f.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_CLOEXEC)
 	fd, err := unix.Open("/proc/self/fd/"+strconv.Itoa(held), flags|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
 	if err != nil {
-		return 0, fmt.Errorf("%s: reopen memfd %s: %w", what, ms.Name, err)
+		return 0, fmt.Errorf("%s: reopen %s: %w", what, desc, err)
 	}
 	defer unix.Close(fd)
 	if f.Pos != 0 {

@@ -33,11 +33,21 @@ func (pipeKind) check(_, _ int, flags uint64) error {
 	return nil
 }
 
-func (pipeKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
-	size, data, err := peekPipe(pid, fd.Num)
-	if err != nil {
-		return err
+func (pipeKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
+	// The other end of a pipe seen before: the tree is frozen, its
+	// bytes are the ones read then.
+	pk, ok := fl.pipes[fd.Stat.Ino]
+	if !ok {
+		var err error
+		if pk.size, pk.data, err = peekPipe(pid, fd.Num); err != nil {
+			return err
+		}
+		if fl.pipes == nil {
+			fl.pipes = map[uint64]pipePeek{}
+		}
+		fl.pipes[fd.Stat.Ino] = pk
 	}
+	size, data := pk.size, pk.data
 	if len(data) > 0 && fd.Flags&unix.O_DIRECT != 0 {
 		// Packet boundaries are not visible to tee.
 		return fmt.Errorf("%d bytes queued in a packet-mode (O_DIRECT) pipe: its message boundaries cannot be saved", len(data))
@@ -45,6 +55,12 @@ func (pipeKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
 	f.Kind, f.Path = model.Pipe, ""
 	f.Pipe = &model.PipeState{ID: fd.Stat.Ino, Size: size, Data: data}
 	return nil
+}
+
+// pipePeek is what peekPipe read of a pipe.
+type pipePeek struct {
+	size uint32
+	data []byte
 }
 
 // peekPipe returns the size of the pipe (or FIFO) behind fd n of pid and

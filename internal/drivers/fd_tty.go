@@ -55,7 +55,10 @@ type ttyKind struct{}
 func (ttyKind) name() string             { return "tty" }
 func (ttyKind) fileKind() model.FileKind { return model.Tty }
 func (ttyKind) match(_ string, st *unix.Stat_t) bool {
-	_, _, ok := ptyEnd(st)
+	if _, _, ok := ptyEnd(st); ok {
+		return true
+	}
+	_, ok := otherTty(st)
 	return ok
 }
 func (ttyKind) check(int, int, uint64) error { return nil }
@@ -90,12 +93,21 @@ func (fl *Files) pty(idx uint32) *model.PtyState {
 }
 
 func (ttyKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
-	master, idx, _ := ptyEnd(&fd.Stat)
+	if fl.ExtTTY[[2]uint64{fd.Stat.Rdev, fd.Stat.Dev}] {
+		// Left out: the restore is given it (--inherit-fd).
+		f.Kind, f.Size, f.BuildID = model.Tty, nil, nil
+		f.Tty = &model.TtyFile{Other: &model.TtyOther{Kind: model.TtyExternal, Rdev: fd.Stat.Rdev, Dev: fd.Stat.Dev}}
+		return nil
+	}
 	c, err := grabFD(pid, fd.Num)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(c)
+	if k, ok := otherTty(&fd.Stat); ok {
+		return collectOther(c, k, fd, f)
+	}
+	master, idx, _ := ptyEnd(&fd.Stat)
 	if master {
 		n, err := unix.IoctlGetUint32(c, unix.TIOCGPTN)
 		if err != nil {
@@ -218,6 +230,9 @@ func CheckTTYs(t *model.Tree, shellJob bool) error {
 				continue
 			}
 			p := f.Tty.Pty
+			if p == nil {
+				continue // another tty: checkCttys, and the restore, check it
+			}
 			var err error
 			switch {
 			case !p.HasMaster && !shellJob:
@@ -236,11 +251,14 @@ func CheckTTYs(t *model.Tree, shellJob bool) error {
 }
 
 func (ttyKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error) {
+	flags := int(f.Flags)&^(unix.O_CREAT|unix.O_TRUNC|unix.O_EXCL|unix.O_CLOEXEC) | unix.O_NOCTTY | unix.O_CLOEXEC
+	if f.Tty != nil && f.Tty.Pty == nil && f.Tty.Other != nil {
+		return openOther(rs, what, f, flags)
+	}
 	if f.Tty == nil || f.Tty.Pty == nil {
 		return 0, fmt.Errorf("%s: tty without its state", what)
 	}
 	p := f.Tty.Pty
-	flags := int(f.Flags)&^(unix.O_CREAT|unix.O_TRUNC|unix.O_EXCL|unix.O_CLOEXEC) | unix.O_NOCTTY | unix.O_CLOEXEC
 	if !p.HasMaster {
 		return openExternalSlave(rs, what, f, flags)
 	}
@@ -449,9 +467,7 @@ func (cttyDriver) Collect(d *Dump) error {
 	if d.Files.cttys == nil {
 		d.Files.cttys = map[int]uint64{}
 	}
-	// tty_nr is the kernel's new_encode_dev of the device.
-	nr := uint64(st.TtyNr)
-	d.Files.cttys[d.Pid] = unix.Mkdev(uint32(nr>>8&0xfff), uint32(nr&0xff|nr>>12&0xfff00))
+	d.Files.cttys[d.Pid] = newDecodeDev(uint64(st.TtyNr))
 	return nil
 }
 
@@ -461,6 +477,9 @@ func (cttyDriver) Collect(d *Dump) error {
 // is a pty of the tree (the terminal is given to the leader once the
 // tree is made, which its members, made before, do not inherit).
 func (fl *Files) checkCttys(t *model.Tree, shellJob bool) error {
+	if err := fl.checkCttyAliases(t); err != nil {
+		return err
+	}
 	for _, k := range t.Tasks {
 		dev, ok := fl.cttys[k.Pid]
 		if !ok {
@@ -494,23 +513,37 @@ func (cttyDriver) After() []string { return []string{"files"} }
 const scratchCttyPgrp = 1024
 
 func (cttyDriver) Restore(r *Restore, s *inject.Session) error {
-	if r.ShellJob && r.Task.Pid == r.Tree.Root().Pid {
-		return nil // godwit's session and terminal
-	}
-	var p *model.PtyState
-	for _, f := range r.Tree.Files {
-		if f.Tty != nil && f.Tty.Pty != nil && f.Tty.Pty.Sid == r.Task.Pid && f.Tty.Pty.HasMaster {
-			p = f.Tty.Pty
-			break
-		}
-	}
+	p := sessionPty(r)
 	if p == nil {
 		return nil
 	}
+	return giveCtty(r, s, p, true)
+}
+
+// sessionPty is the pty of the tree that is the controlling terminal of
+// the session the task leads, nil if none is (or the task takes
+// godwit's session and terminal: --shell-job).
+func sessionPty(r *Restore) *model.PtyState {
+	if r.ShellJob && r.Task.Pid == r.Tree.Root().Pid {
+		return nil // godwit's session and terminal
+	}
+	for _, f := range r.Tree.Files {
+		if f.Tty != nil && f.Tty.Pty != nil && f.Tty.Pty.Sid == r.Task.Pid && f.Tty.Pty.HasMaster {
+			return f.Tty.Pty
+		}
+	}
+	return nil
+}
+
+// giveCtty makes pty p the controlling terminal of the task, a session
+// leader, with its foreground group: TIOCSCTTY (a no-op when it is so
+// already) on an fd of the pty when ownFDs (every fd of the task is in
+// place), else on the slave opened for the purpose.
+func giveCtty(r *Restore, s *inject.Session, p *model.PtyState, ownFDs bool) error {
 	what := fmt.Sprintf("controlling terminal /dev/pts/%d", p.Index)
 	fd, opened := ^uint64(0), false
 	for _, e := range r.Task.FDs {
-		if f := r.Tree.Files[e.File]; f != nil && f.Tty != nil && f.Tty.Pty == p {
+		if f := r.Tree.Files[e.File]; ownFDs && f != nil && f.Tty != nil && f.Tty.Pty == p {
 			fd = uint64(e.Num)
 			break
 		}

@@ -1,12 +1,13 @@
 package drivers
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -218,8 +219,15 @@ type Files struct {
 	// (--tcp-established); SkipInFlight leaves out the connections
 	// waiting in listeners' accept queues (--skip-in-flight).
 	TCPEstablished, SkipInFlight bool
-	inet                         *inetDump                 // fd_inet.go
-	ghosts                       map[[2]uint64]*model.File // deleted files read, by device and inode
+	// ExtTTY are the ttys left out of the dump, by st_rdev and st_dev
+	// (--external tty[rdev:dev]): the restore is given them.
+	ExtTTY map[[2]uint64]bool
+	// pipes are the pipes peeked, by inode (fd_pipe.go); buildIDs the
+	// build-ids of regular files read, by device and inode.
+	pipes    map[uint64]pipePeek
+	buildIDs map[[2]uint64][]byte
+	inet     *inetDump                 // fd_inet.go
+	ghosts   map[[2]uint64]*model.File // deleted files read, by device and inode
 
 	// NetLock is the dump's network lock: a socket driver adds each TCP
 	// connection to it (Lock) before the connection goes into repair
@@ -250,7 +258,10 @@ func (f *Files) Reg(path string, flags uint32, pos uint64, st *unix.Stat_t, mntI
 		mf.Mode = st.Mode
 		mf.Dev, mf.Ino = st.Dev, st.Ino
 		if st.Mode&unix.S_IFMT == unix.S_IFREG {
-			recordIdentity(mf, path, flags, st)
+			if f.buildIDs == nil {
+				f.buildIDs = map[[2]uint64][]byte{}
+			}
+			recordIdentity(mf, path, flags, st, f.buildIDs)
 		}
 	}
 	f.byID[id] = mf
@@ -389,42 +400,158 @@ type FD struct {
 
 // CollectFDs reads every fd of pid. A kind godwit cannot dump yet fails
 // with "fd N: KIND is not supported yet".
+//
+// Each fd costs five syscalls, relative to /proc/PID/fd and
+// /proc/PID/fdinfo opened once (no lookup of /proc/PID per call):
+// readlinkat and fstatat of the link, and the fdinfo file opened, read
+// whole in one read into a reused buffer, and closed. Two workers share
+// the fds (the machine's cores; the reads are independent).
 func CollectFDs(pid int) ([]FD, error) {
-	nums, err := procfs.FDs(pid)
+	fdDir, err := unix.Open(procfs.Path(pid, "fd"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("procfs: list fds of %d: %w", pid, err)
+	}
+	defer unix.Close(fdDir)
+	infoDir, err := unix.Open(procfs.Path(pid, "fdinfo"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("procfs: fdinfo of %d: %w", pid, err)
+	}
+	defer unix.Close(infoDir)
+	nums, err := readFDNums(fdDir)
+	if err != nil {
+		return nil, fmt.Errorf("procfs: list fds of %d: %w", pid, err)
+	}
+	slices.Sort(nums)
+	out := make([]FD, len(nums))
+	const workers = 2
+	if len(nums) < 64 {
+		return out, collectFDRange(pid, fdDir, infoDir, nums, out)
+	}
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		lo, hi := len(nums)*w/workers, len(nums)*(w+1)/workers
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[w] = collectFDRange(pid, fdDir, infoDir, nums[lo:hi], out[lo:hi])
+		}()
+	}
+	wg.Wait()
+	// The lowest fd's error, as one worker alone would give.
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// readFDNums lists the fd numbers of an open /proc/PID/fd.
+func readFDNums(dir int) ([]int, error) {
+	var nums []int
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := unix.Getdents(dir, buf)
+		if err != nil {
+			return nil, err
+		}
+		if n <= 0 {
+			return nums, nil
+		}
+		// linux_dirent64: d_ino u64, d_off s64, d_reclen u16, d_type u8, d_name.
+		for b := buf[:n]; len(b) >= 19; {
+			reclen := int(le.Uint16(b[16:]))
+			if reclen < 19 || reclen > len(b) {
+				return nil, fmt.Errorf("bad directory entry of %d bytes", reclen)
+			}
+			name := b[19:reclen]
+			if i := bytes.IndexByte(name, 0); i >= 0 {
+				name = name[:i]
+			}
+			if fd, ok := atoiBytes(name); ok {
+				nums = append(nums, fd)
+			}
+			b = b[reclen:]
+		}
+	}
+}
+
+// atoiBytes parses a decimal fd number ("." and ".." are not).
+func atoiBytes(b []byte) (int, bool) {
+	if len(b) == 0 || len(b) > 10 {
+		return 0, false
+	}
+	n := 0
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, true
+}
+
+// collectFDRange reads the fds nums of pid into out.
+func collectFDRange(pid, fdDir, infoDir int, nums []int, out []FD) error {
+	link := make([]byte, unix.PathMax)
+	info := make([]byte, 4096)
+	var name []byte
+	for i, n := range nums {
+		name = strconv.AppendInt(name[:0], int64(n), 10)
+		sname := string(name)
+		k, err := unix.Readlinkat(fdDir, sname, link)
+		if err != nil {
+			return fmt.Errorf("fd %d: readlink /proc/%d/fd/%d: %w", n, pid, n, err)
+		}
+		target := string(link[:k])
+		fd := &out[i]
+		if err := unix.Fstatat(fdDir, sname, &fd.Stat, 0); err != nil {
+			return fmt.Errorf("fd %d: stat /proc/%d/fd/%d: %w", n, pid, n, err)
+		}
+		kind, unsupported := classify(target, &fd.Stat)
+		if kind == nil {
+			return fmt.Errorf("fd %d: %s is not supported yet", n, unsupported)
+		}
+		b, err := readFDInfo(infoDir, sname, &info)
+		if err != nil {
+			return fmt.Errorf("fd %d: fdinfo of %d: %w", n, pid, err)
+		}
+		fi, err := procfs.ParseFDInfo(b)
+		if err != nil {
+			return fmt.Errorf("fd %d: pid %d: %w", n, pid, err)
+		}
+		if err := kind.check(pid, n, fi.Flags); err != nil {
+			return fmt.Errorf("fd %d: %s %s: %w", n, kind.name(), target, err)
+		}
+		fd.Num, fd.Path = n, target
+		fd.Flags, fd.Cloexec = uint32(fi.Flags&^unix.O_CLOEXEC), fi.Flags&unix.O_CLOEXEC != 0
+		fd.Pos, fd.MntID, fd.Info, fd.kind = uint64(fi.Pos), fi.MntID, fi, kind
+	}
+	return nil
+}
+
+// readFDInfo reads the fdinfo file name of the open /proc/PID/fdinfo dir
+// into *buf, grown as needed. The file is one seq_file record, so a read
+// that does not fill the buffer has it all.
+func readFDInfo(dir int, name string, buf *[]byte) ([]byte, error) {
+	f, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
-	sort.Ints(nums)
-	var out []FD
-	for _, n := range nums {
-		target, st, err := LinkFile(pid, "fd/"+strconv.Itoa(n))
+	defer unix.Close(f)
+	got := 0
+	for {
+		n, err := unix.Read(f, (*buf)[got:])
 		if err != nil {
-			return nil, fmt.Errorf("fd %d: %w", n, err)
+			return nil, err
 		}
-		k, unsupported := classify(target, st)
-		if k == nil {
-			return nil, fmt.Errorf("fd %d: %s is not supported yet", n, unsupported)
+		got += n
+		if n == 0 || got < len(*buf) {
+			return (*buf)[:got], nil
 		}
-		fi, err := procfs.ReadFDInfo(pid, n)
-		if err != nil {
-			return nil, fmt.Errorf("fd %d: %w", n, err)
-		}
-		if err := k.check(pid, n, fi.Flags); err != nil {
-			return nil, fmt.Errorf("fd %d: %s %s: %w", n, k.name(), target, err)
-		}
-		out = append(out, FD{
-			Num:     n,
-			Path:    target,
-			Flags:   uint32(fi.Flags &^ unix.O_CLOEXEC),
-			Cloexec: fi.Flags&unix.O_CLOEXEC != 0,
-			Pos:     uint64(fi.Pos),
-			Stat:    *st,
-			MntID:   fi.MntID,
-			Info:    fi,
-			kind:    k,
-		})
+		*buf = append(*buf, make([]byte, len(*buf))...)
 	}
-	return out, nil
 }
 
 // descRef is an fd that holds an open file description of the tree.
@@ -443,8 +570,33 @@ func kcmpFile(pid, a, qid, b int) (int, error) {
 	return int(r), nil
 }
 
-// inodeKey is a file's device and inode.
-type inodeKey struct{ dev, ino uint64 }
+// inodeKey is what every fd of one open file description shows alike
+// and no one can change: the file's device and inode, its mount, its
+// access mode and, for the anon inode all eventfds, epolls, timerfds …
+// share, the link target (its kind) and an eventfd's id. Only fds of one
+// key are told apart with kcmp. (The offset and the other flags would
+// split it further, but a process outside the tree sharing the
+// description may change them between two reads.)
+type inodeKey struct {
+	dev, ino uint64
+	mnt      int
+	acc      uint32
+	anon     string
+}
+
+func descKey(fd *FD) inodeKey {
+	k := inodeKey{dev: fd.Stat.Dev, ino: fd.Stat.Ino, mnt: fd.MntID, acc: fd.Flags & unix.O_ACCMODE}
+	if strings.HasPrefix(fd.Path, "anon_inode:") {
+		k.anon = fd.Path
+		if fd.Info != nil {
+			// One eventfd context, one file (it cannot be reopened).
+			if id, ok := fd.Info.Get("eventfd-id"); ok {
+				k.anon += " " + id
+			}
+		}
+	}
+	return k
+}
 
 // describe returns the id of the open file description behind fd of pid:
 // that of an fd of the tree seen before which shares it (dup, fork, fds
@@ -480,26 +632,28 @@ func (f *Files) describe(pid, fd int, descs []descRef) (model.ID, int, error) {
 // fdTable adds a file per open file description, with its kind's state,
 // and returns the fds.
 func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
+	places, pending, err := f.describeAll(pid, fds)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]model.ID, len(fds))
 	out := make([]model.FD, 0, len(fds))
 	for i := range fds {
 		fd := &fds[i]
-		key := inodeKey{uint64(fd.Stat.Dev), fd.Stat.Ino}
-		id, at, err := f.describe(pid, fd.Num, f.descs[key])
-		if err != nil {
-			return nil, fmt.Errorf("fd %d: %w", fd.Num, err)
-		}
-		if id == 0 {
+		id := places[i].id
+		switch {
+		case id != 0:
+		case places[i].leader != i:
+			id = ids[places[i].leader] // the leader is a lower fd: done
+		default:
 			id = f.Reg(fd.Path, fd.Flags, fd.Pos, &fd.Stat, fd.MntID)
-			if f.descs == nil {
-				f.descs = map[inodeKey][]descRef{}
-			}
-			f.descs[key] = slices.Insert(f.descs[key], at, descRef{pid: pid, fd: fd.Num, id: id})
 			if fd.kind != nil {
 				if err := fd.kind.collect(f, pid, fd, f.byID[id]); err != nil {
 					return nil, fmt.Errorf("fd %d: %s %s: %w", fd.Num, fd.kind.name(), fd.Path, err)
 				}
 			}
 		}
+		ids[i] = id
 		e := model.FD{Num: fd.Num, File: id, Cloexec: fd.Cloexec}
 		if fd.Info != nil {
 			posix, desc, err := fdLocks(fd.Info)
@@ -516,6 +670,7 @@ func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 		}
 		out = append(out, e)
 	}
+	f.mergeDescs(pid, fds, ids, pending)
 	return out, nil
 }
 

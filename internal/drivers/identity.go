@@ -17,12 +17,21 @@ import (
 // open write-only for appending (a log) has no size recorded: the program
 // only ever adds at its end, so a log that grew after a dump with -R
 // restores consistently.
-func recordIdentity(f *model.File, path string, flags uint32, st *unix.Stat_t) {
+func recordIdentity(f *model.File, path string, flags uint32, st *unix.Stat_t, cache map[[2]uint64][]byte) {
 	if !(flags&unix.O_ACCMODE == unix.O_WRONLY && flags&unix.O_APPEND != 0) {
 		size := uint64(st.Size)
 		f.Size = &size
 	}
-	f.BuildID = fileBuildID(path, st)
+	// Read once per inode: a file opened by many fds is one file.
+	key := [2]uint64{st.Dev, st.Ino}
+	id, ok := cache[key]
+	if !ok {
+		id = fileBuildID(path, st)
+		if cache != nil {
+			cache[key] = id
+		}
+	}
+	f.BuildID = id
 }
 
 // fileBuildID reads the build-id of the file at path if it is still the

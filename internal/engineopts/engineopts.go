@@ -30,6 +30,14 @@ func Dump(o *opts.Options) (dumper.Options, error) {
 		TCPEstablished: o.TCPEstablish, SkipInFlight: o.SkipInFlight,
 	}
 	for _, e := range o.External {
+		if e.Type == "tty" {
+			rdev, dev, err := drivers.ParseExternalTTY(e.ID)
+			if err != nil || e.Value != "" {
+				return dumper.Options{}, fmt.Errorf("--external %s: want tty[RDEV:DEV], both in hex", e)
+			}
+			d.ExtTTY = append(d.ExtTTY, [2]uint64{rdev, dev})
+			continue
+		}
 		if e.Type != "unix" {
 			return dumper.Options{}, fmt.Errorf("--external %s is not supported yet", e)
 		}

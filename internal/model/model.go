@@ -322,7 +322,36 @@ const (
 	Namespace
 	// Fanotify is a fanotify group (Fanotify state).
 	Fanotify
+	// Tun is an fd of /dev/net/tun (Tun state).
+	Tun
 )
+
+// TunState is a /dev/net/tun description: the device it is attached to
+// (none: Name ""), with the device's settings and, for a device the
+// restore may have to make again, the link's state in the task's netns.
+type TunState struct {
+	Name    string
+	Flags   uint16 // TUNGETIFF: IFF_TUN or IFF_TAP, IFF_NO_PI, IFF_VNET_HDR …, IFF_PERSIST
+	Owner   int64  // -1: none
+	Group   int64  // -1: none
+	SndBuf  int32  // TUNGETSNDBUF
+	VnetHdr int32  // TUNGETVNETHDRSZ
+	// The link: up, MTU, hardware address (a tap's) and addresses.
+	Up     bool
+	MTU    uint32
+	HwAddr []byte
+	Addrs  []TunAddr
+}
+
+// TunAddr is an address of a tun link (RTM_NEWADDR).
+type TunAddr struct {
+	Family    uint8
+	Prefixlen uint8
+	Flags     uint32
+	Scope     uint8
+	Local     []byte // IFA_LOCAL (nil: none)
+	Address   []byte // IFA_ADDRESS
+}
 
 // FanotifyState is a fanotify group: its fanotify_init flags and event
 // file flags, and its marks.
@@ -359,10 +388,42 @@ type PidfdState struct {
 }
 
 // TtyFile is a description of a pty end: the master (/dev/ptmx) or the
-// slave (/dev/pts/N), and the pty both ends share.
+// slave (/dev/pts/N), and the pty both ends share; or (Pty nil) of
+// another tty, Other.
 type TtyFile struct {
 	Master bool
 	Pty    *PtyState
+	Other  *TtyOther
+}
+
+// TtyKind is the kind of a tty that is not an end of a pty of the tree.
+type TtyKind int
+
+const (
+	// TtyCtty is /dev/tty, the alias of the task's controlling terminal.
+	TtyCtty TtyKind = iota + 1
+	// TtyConsole is /dev/console.
+	TtyConsole
+	// TtyVT is a virtual console, /dev/ttyN (N 0: the active one).
+	TtyVT
+	// TtySerial is a serial line (/dev/ttyS*, ttyUSB*, …).
+	TtySerial
+	// TtyExternal is a tty left out of the dump (--external
+	// tty[rdev:dev]) that the restore is given (--inherit-fd).
+	TtyExternal
+)
+
+// TtyOther is a tty that is not a pty of the tree: reopened by its path
+// with its termios and window size, or (TtyExternal) given to the
+// restore.
+type TtyOther struct {
+	Kind      TtyKind
+	Rdev, Dev uint64 // st_rdev and st_dev of the description's inode
+	// Real is the device the description reaches, where the path is
+	// an alias (/dev/tty, /dev/console, /dev/tty0): TIOCGDEV.
+	Real    uint64
+	Termios unix.Termios // of a console, VT or serial line
+	Winsize unix.Winsize
 }
 
 // PtyState is a pty pair: what its master and slave share.
@@ -594,6 +655,7 @@ type File struct {
 	Pidfd    *PidfdState
 	NS       *NamespaceState
 	Fanotify *FanotifyState
+	Tun      *TunState
 	// Locks are the flock and OFD locks of the description.
 	Locks []FileLock
 }

@@ -234,8 +234,8 @@ func ParseExternal(s string) (External, error) {
 			return External{}, fmt.Errorf("bad --external %q: want file[mnt_id:inode]", s)
 		}
 	case "tty":
-		if _, _, err := splitPair(e.ID); err != nil {
-			return External{}, fmt.Errorf("bad --external %q: want tty[rdev:dev]", s)
+		if !hexPair(e.ID) {
+			return External{}, fmt.Errorf("bad --external %q: want tty[rdev:dev] in hex", s)
 		}
 	case "dev":
 		if e.Value == "" {
@@ -255,6 +255,15 @@ func ParseExternal(s string) (External, error) {
 
 // splitPair parses "a:b" where both are unsigned numbers (hex allowed for
 // tty rdev and file inodes as CRIU prints them).
+// hexPair checks the A:B of tty[A:B]: st_rdev and st_dev in hex, as
+// CRIU prints them.
+func hexPair(s string) bool {
+	a, b, ok := strings.Cut(s, ":")
+	_, errA := strconv.ParseUint(a, 16, 64)
+	_, errB := strconv.ParseUint(b, 16, 64)
+	return ok && errA == nil && errB == nil
+}
+
 func splitPair(s string) (uint64, uint64, error) {
 	a, b, ok := strings.Cut(s, ":")
 	if !ok {
@@ -300,7 +309,11 @@ func ParseInheritFD(s string) (InheritFD, error) {
 			return InheritFD{}, fmt.Errorf("bad --inherit-fd %q: unterminated %s...]", s, kind)
 		}
 		switch kind {
-		case "tty[", "file[":
+		case "tty[":
+			if !hexPair(inner) {
+				return InheritFD{}, fmt.Errorf("bad --inherit-fd %q: want tty[rdev:dev] in hex", s)
+			}
+		case "file[":
 			if _, _, err := splitPair(inner); err != nil {
 				return InheritFD{}, fmt.Errorf("bad --inherit-fd %q: want %sA:B]", s, kind)
 			}

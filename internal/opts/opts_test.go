@@ -24,7 +24,7 @@ func TestParseExternal(t *testing.T) {
 		"mnt[]":               {"mnt", "", ""},
 		"dev[8/1]:disk":       {"dev", "8/1", "disk"},
 		"file[25:1234]":       {"file", "25:1234", ""},
-		"tty[0x8800:12]":      {"tty", "0x8800:12", ""},
+		"tty[8800:1a]":        {"tty", "8800:1a", ""},
 		"unix[1234]":          {"unix", "1234", ""},
 		"veth[eth0]:vx@br0":   {"veth", "eth0", "vx@br0"},
 		"macvlan[mv0]:eth0":   {"macvlan", "mv0", "eth0"},
@@ -39,7 +39,7 @@ func TestParseExternal(t *testing.T) {
 			t.Errorf("External(%q).String() = %q", in, got.String())
 		}
 	}
-	for _, in := range []string{"", "mnt", "[x]", "disk[1]", "file[1]", "tty[a:b]", "mnt[x]", "dev[8/1]", "veth[a]", "unix[1]junk", "mnt]["} {
+	for _, in := range []string{"", "mnt", "[x]", "disk[1]", "file[1]", "tty[x:y]", "tty[0x8800:12]", "mnt[x]", "dev[8/1]", "veth[a]", "unix[1]junk", "mnt]["} {
 		if got, err := ParseExternal(in); err == nil {
 			t.Errorf("ParseExternal(%q) = %+v, want an error", in, got)
 		}
@@ -60,7 +60,7 @@ func TestParseInheritFD(t *testing.T) {
 			t.Errorf("ParseInheritFD(%q) = %+v, %v; want %+v", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", "3:pipe[1]", "fd[]:x", "fd[-1]:x", "fd[3]", "fd[3]:", "fd[3]:pipe[x]", "fd[3]:pipe[1", "fd[3]:tty[1]"} {
+	for _, in := range []string{"", "3:pipe[1]", "fd[]:x", "fd[-1]:x", "fd[3]", "fd[3]:", "fd[3]:pipe[x]", "fd[3]:pipe[1", "fd[3]:tty[1]", "fd[3]:tty[g:1]"} {
 		if got, err := ParseInheritFD(in); err == nil {
 			t.Errorf("ParseInheritFD(%q) = %+v, want an error", in, got)
 		}

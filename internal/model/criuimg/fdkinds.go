@@ -87,6 +87,8 @@ func fdType(f *model.File) fdinfo.FdTypes {
 		return fdinfo.FdTypes_NS
 	case model.Fanotify:
 		return fdinfo.FdTypes_FANOTIFY
+	case model.Tun:
+		return fdinfo.FdTypes_TUNF
 	}
 	return fdinfo.FdTypes_REG
 }

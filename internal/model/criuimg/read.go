@@ -111,7 +111,7 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 		return nil, imgErr(images.FilesImg, err)
 	}
 	files := map[model.ID]*model.File{}
-	var fifos, memfds, ttys []*fdinfo.FileEntry
+	var fifos, memfds, ttys, tuns []*fdinfo.FileEntry
 	seen := map[uint32]bool{}
 	for _, f := range fes {
 		id := f.GetId()
@@ -129,6 +129,10 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 		}
 		if f.GetType() == fdinfo.FdTypes_TTY {
 			ttys = append(ttys, f)
+			continue
+		}
+		if f.GetType() == fdinfo.FdTypes_TUNF {
+			tuns = append(tuns, f)
 			continue
 		}
 		if f.GetType() != fdinfo.FdTypes_REG {
@@ -184,6 +188,9 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 		return nil, err
 	}
 	if err := readMemfds(d, memfds, files); err != nil {
+		return nil, err
+	}
+	if err := readTuns(d, tuns, files); err != nil {
 		return nil, err
 	}
 	if err := readTtys(d, ttys, files); err != nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/tty"
@@ -19,6 +20,13 @@ import (
 // 5:2, and the slave, rdev 136+N/256:N%256, both with the pty's index)
 // and a REG entry with the end's path. The mode of /dev/pts/N, which
 // CRIU's entries have no field for, is in godwit-tty.json.
+//
+// The other ttys are a tty-info entry each, of CRIU's type for them
+// (CTTY for /dev/tty, CONSOLE, VT, SERIAL, EXT_TTY for one left out with
+// --external), with the device (rdev; and dev for an external one), the
+// termios and window size of a line, and a REG entry with the path; the
+// device an alias reaches (TIOCGDEV), which CRIU keeps no field for, is
+// in godwit-tty.json.
 
 // TtyInfoImg holds the tty-info entries.
 const TtyInfoImg = "tty-info.img"
@@ -32,6 +40,20 @@ const maxPtys = 1 << 20
 type ttyEnd struct {
 	pty    *model.PtyState
 	master bool
+	other  *model.TtyOther
+}
+
+func endOf(t *model.TtyFile) ttyEnd {
+	if t.Pty == nil {
+		return ttyEnd{other: t.Other}
+	}
+	return ttyEnd{pty: t.Pty, master: t.Master}
+}
+
+// otherTypes are CRIU's tty types of the ttys that are not ptys.
+var otherTypes = map[model.TtyKind]tty.TtyType{
+	model.TtyCtty: tty.TtyType_CTTY, model.TtyConsole: tty.TtyType_CONSOLE, model.TtyVT: tty.TtyType_VT,
+	model.TtySerial: tty.TtyType_SERIAL, model.TtyExternal: tty.TtyType_EXT_TTY,
 }
 
 // ttyInfos numbers the ends of the tree's ptys from 1, in file id order.
@@ -40,10 +62,10 @@ func ttyInfos(t *model.Tree) (map[ttyEnd]uint32, []ttyEnd) {
 	var order []ttyEnd
 	for _, id := range t.FileIDs() {
 		f := t.Files[id]
-		if f.Kind != model.Tty || f.Tty == nil || f.Tty.Pty == nil {
+		if f.Kind != model.Tty || f.Tty == nil || f.Tty.Pty == nil && f.Tty.Other == nil {
 			continue
 		}
-		e := ttyEnd{f.Tty.Pty, f.Tty.Master}
+		e := endOf(f.Tty)
 		if _, ok := ids[e]; !ok {
 			order = append(order, e)
 			ids[e] = uint32(len(order))
@@ -55,6 +77,9 @@ func ttyInfos(t *model.Tree) (map[ttyEnd]uint32, []ttyEnd) {
 // ttyRdev is the device of a pty end, as CRIU records it (glibc's
 // encoding, which fits 32 bits for these numbers).
 func ttyRdev(e ttyEnd) uint32 {
+	if e.other != nil {
+		return uint32(e.other.Rdev)
+	}
 	if e.master {
 		return uint32(unix.Mkdev(5, 2))
 	}
@@ -109,7 +134,27 @@ func writeTtys(d *images.Dir, order []ttyEnd, written func(string)) error {
 	}
 	var es []proto.Message
 	modes := map[uint32]uint32{}
+	real := map[uint32]uint64{}
 	for i, e := range order {
+		if o := e.other; o != nil {
+			typ, ok := otherTypes[o.Kind]
+			if !ok || o.Rdev>>32 != 0 || o.Dev>>32 != 0 {
+				return fmt.Errorf("tty of kind %d, device %#x on %#x", o.Kind, o.Rdev, o.Dev)
+			}
+			te := &tty.TtyInfoEntry{
+				Id: proto.Uint32(uint32(i + 1)), Type: typ.Enum(),
+				Locked: proto.Bool(false), Exclusive: proto.Bool(false), PacketMode: proto.Bool(false),
+				Sid: proto.Uint32(0), Pgrp: proto.Uint32(0), Rdev: proto.Uint32(uint32(o.Rdev)), Dev: proto.Uint32(uint32(o.Dev)),
+			}
+			if o.Kind != model.TtyCtty && o.Kind != model.TtyExternal {
+				te.Termios, te.Winsize = termiosEntry(&o.Termios), winsizeEntry(&o.Winsize)
+			}
+			if o.Real != 0 {
+				real[uint32(i+1)] = o.Real
+			}
+			es = append(es, te)
+			continue
+		}
 		p := e.pty
 		if p.Sid < 0 || p.Pgrp < 0 || p.Index >= maxPtys {
 			return fmt.Errorf("pty %d: session %d, group %d", p.Index, p.Sid, p.Pgrp)
@@ -119,10 +164,9 @@ func writeTtys(d *images.Dir, order []ttyEnd, written func(string)) error {
 			Locked: proto.Bool(p.Locked), Exclusive: proto.Bool(p.Exclusive), PacketMode: proto.Bool(p.Packet),
 			Sid: proto.Uint32(uint32(p.Sid)), Pgrp: proto.Uint32(uint32(p.Pgrp)), Rdev: proto.Uint32(ttyRdev(e)),
 			Termios: termiosEntry(&p.Termios), TermiosLocked: termiosEntry(&p.LockedTermios),
-			Winsize: &tty.WinsizeEntry{WsRow: proto.Uint32(uint32(p.Winsize.Row)), WsCol: proto.Uint32(uint32(p.Winsize.Col)),
-				WsXpixel: proto.Uint32(uint32(p.Winsize.Xpixel)), WsYpixel: proto.Uint32(uint32(p.Winsize.Ypixel))},
-			Pty: &tty.TtyPtyEntry{Index: proto.Uint32(p.Index)},
-			Uid: proto.Uint32(p.UID), Gid: proto.Uint32(p.GID),
+			Winsize: winsizeEntry(&p.Winsize),
+			Pty:     &tty.TtyPtyEntry{Index: proto.Uint32(p.Index)},
+			Uid:     proto.Uint32(p.UID), Gid: proto.Uint32(p.GID),
 		})
 		modes[p.Index] = p.Mode
 	}
@@ -145,7 +189,7 @@ func writeTtys(d *images.Dir, order []ttyEnd, written func(string)) error {
 	if written != nil {
 		written(GodwitTtyImg)
 	}
-	b, err := json.Marshal(godwitTtys{Version: godwitVersion, Modes: modes})
+	b, err := json.Marshal(godwitTtys{Version: godwitVersion, Modes: modes, Real: real})
 	if err != nil {
 		return err
 	}
@@ -162,7 +206,21 @@ func writeTtys(d *images.Dir, order []ttyEnd, written func(string)) error {
 
 type godwitTtys struct {
 	Version int               `json:"version"`
-	Modes   map[uint32]uint32 `json:"modes"` // /dev/pts/N's mode, by N
+	Modes   map[uint32]uint32 `json:"modes"`          // /dev/pts/N's mode, by N
+	Real    map[uint32]uint64 `json:"real,omitempty"` // the device an alias reaches, by tty-info id
+}
+
+func winsizeEntry(w *unix.Winsize) *tty.WinsizeEntry {
+	return &tty.WinsizeEntry{WsRow: proto.Uint32(uint32(w.Row)), WsCol: proto.Uint32(uint32(w.Col)),
+		WsXpixel: proto.Uint32(uint32(w.Xpixel)), WsYpixel: proto.Uint32(uint32(w.Ypixel))}
+}
+
+// winsizeOf reads a window size entry.
+func winsizeOf(ws *tty.WinsizeEntry) (unix.Winsize, bool) {
+	if ws == nil || ws.GetWsRow() > 0xffff || ws.GetWsCol() > 0xffff || ws.GetWsXpixel() > 0xffff || ws.GetWsYpixel() > 0xffff {
+		return unix.Winsize{}, false
+	}
+	return unix.Winsize{Row: uint16(ws.GetWsRow()), Col: uint16(ws.GetWsCol()), Xpixel: uint16(ws.GetWsXpixel()), Ypixel: uint16(ws.GetWsYpixel())}, true
 }
 
 // readTtys makes each TTY entry of files.img a Tty file, from the
@@ -176,6 +234,7 @@ func readTtys(d *images.Dir, entries []*fdinfo.FileEntry, files map[model.ID]*mo
 		return imgErr(TtyInfoImg, err)
 	}
 	modes := map[uint32]uint32{}
+	var real map[uint32]uint64
 	if d.Exists(GodwitTtyImg) {
 		f, err := d.OpenRead(GodwitTtyImg)
 		if err != nil {
@@ -190,7 +249,7 @@ func readTtys(d *images.Dir, entries []*fdinfo.FileEntry, files map[model.ID]*mo
 		if len(b) > maxGodwitImg || json.Unmarshal(b, &g) != nil || g.Version < 1 || g.Version > godwitVersion {
 			return fmt.Errorf("%s: not a godwit tty image of version 1 to %d", GodwitTtyImg, godwitVersion)
 		}
-		modes = g.Modes
+		modes, real = g.Modes, g.Real
 	}
 	ptys := map[uint32]*model.PtyState{}
 	infos := map[uint32]ttyEnd{}
@@ -198,7 +257,15 @@ func readTtys(d *images.Dir, entries []*fdinfo.FileEntry, files map[model.ID]*mo
 		if _, dup := infos[e.GetId()]; dup {
 			return fmt.Errorf("%s: tty %d twice", TtyInfoImg, e.GetId())
 		}
-		if e.GetType() != tty.TtyType_PTY || e.GetPty() == nil {
+		if e.GetType() != tty.TtyType_PTY {
+			o, err := readOther(e, real[e.GetId()])
+			if err != nil {
+				return fmt.Errorf("%s: tty %d: %w", TtyInfoImg, e.GetId(), err)
+			}
+			infos[e.GetId()] = ttyEnd{other: o}
+			continue
+		}
+		if e.GetPty() == nil {
 			return fmt.Errorf("%s: tty %d: %v ttys are not supported yet (only ptys)", TtyInfoImg, e.GetId(), e.GetType())
 		}
 		idx := e.GetPty().GetIndex()
@@ -228,11 +295,11 @@ func readTtys(d *images.Dir, entries []*fdinfo.FileEntry, files map[model.ID]*mo
 				return fmt.Errorf("%s: tty %d: locked %w", TtyInfoImg, e.GetId(), err)
 			}
 		}
-		ws := e.GetWinsize()
-		if ws == nil || ws.GetWsRow() > 0xffff || ws.GetWsCol() > 0xffff || ws.GetWsXpixel() > 0xffff || ws.GetWsYpixel() > 0xffff {
+		ws, ok := winsizeOf(e.GetWinsize())
+		if !ok {
 			return fmt.Errorf("%s: tty %d: bad or no window size", TtyInfoImg, e.GetId())
 		}
-		p.Winsize = unix.Winsize{Row: uint16(ws.GetWsRow()), Col: uint16(ws.GetWsCol()), Xpixel: uint16(ws.GetWsXpixel()), Ypixel: uint16(ws.GetWsYpixel())}
+		p.Winsize = ws
 		p.UID, p.GID, p.Mode = e.GetUid(), e.GetGid(), modes[idx]&0o7777
 		if master {
 			if p.HasMaster {
@@ -243,7 +310,7 @@ func readTtys(d *images.Dir, entries []*fdinfo.FileEntry, files map[model.ID]*mo
 		} else {
 			p.Slave, p.Exclusive = true, e.GetExclusive()
 		}
-		infos[e.GetId()] = ttyEnd{p, master}
+		infos[e.GetId()] = ttyEnd{pty: p, master: master}
 	}
 	for _, e := range entries {
 		id := model.ID(e.GetId())
@@ -254,6 +321,15 @@ func readTtys(d *images.Dir, entries []*fdinfo.FileEntry, files map[model.ID]*mo
 		end, ok := infos[te.GetTtyInfoId()]
 		if !ok {
 			return fmt.Errorf("%s: file %d: tty %d is not in %s", images.FilesImg, id, te.GetTtyInfoId(), TtyInfoImg)
+		}
+		if end.other != nil {
+			reg := files[model.ID(te.GetRegfId())]
+			if te.RegfId == nil || reg == nil || reg.Kind != model.Path || !strings.HasPrefix(reg.Path, "/") {
+				return fmt.Errorf("%s: file %d: tty names file %d, not a regular entry with its path", images.FilesImg, id, te.GetRegfId())
+			}
+			files[id] = &model.File{ID: id, Kind: model.Tty, Path: reg.Path, Flags: te.GetFlags(), MntID: -1,
+				Tty: &model.TtyFile{Other: end.other}}
+			continue
 		}
 		want := "/dev/ptmx"
 		if !end.master {
@@ -273,4 +349,37 @@ func readTtys(d *images.Dir, entries []*fdinfo.FileEntry, files map[model.ID]*mo
 		p.SlaveClosed = p.HasMaster && !p.Slave
 	}
 	return nil
+}
+
+// readOther reads the tty-info entry of a tty that is not a pty; real is
+// the device an alias reached (godwit-tty.json), 0 when unknown.
+func readOther(e *tty.TtyInfoEntry, real uint64) (*model.TtyOther, error) {
+	var kind model.TtyKind
+	for k, t := range otherTypes {
+		if t == e.GetType() {
+			kind = k
+		}
+	}
+	if kind == 0 {
+		return nil, fmt.Errorf("%v ttys are not supported", e.GetType())
+	}
+	o := &model.TtyOther{Kind: kind, Rdev: uint64(e.GetRdev()), Dev: uint64(e.GetDev()), Real: real}
+	if kind == model.TtyCtty || kind == model.TtyConsole || kind == model.TtyVT && unix.Minor(o.Rdev) == 0 {
+		if real == 0 {
+			return nil, fmt.Errorf("%v %d:%d without the device it reaches (%s)", e.GetType(), unix.Major(o.Rdev), unix.Minor(o.Rdev), GodwitTtyImg)
+		}
+	}
+	if kind == model.TtyCtty || kind == model.TtyExternal {
+		return o, nil
+	}
+	t, err := termiosOf(e.GetTermios())
+	if err != nil {
+		return nil, err
+	}
+	ws, ok := winsizeOf(e.GetWinsize())
+	if !ok {
+		return nil, fmt.Errorf("bad or no window size")
+	}
+	o.Termios, o.Winsize = t, ws
+	return o, nil
 }

@@ -25,6 +25,18 @@ func ttyTree(t testing.TB) *model.Tree {
 		{ID: 40, Kind: model.Tty, Path: "/dev/ptmx", Flags: unix.O_RDWR | unix.O_NONBLOCK, MntID: -1, Tty: &model.TtyFile{Master: true, Pty: p}},
 		{ID: 41, Kind: model.Tty, Path: "/dev/pts/300", Flags: unix.O_RDWR, MntID: -1, Tty: &model.TtyFile{Pty: p}},
 		{ID: 42, Kind: model.Tty, Path: "/dev/pts/300", Flags: unix.O_RDONLY, MntID: -1, Tty: &model.TtyFile{Pty: p}},
+		{ID: 43, Kind: model.Tty, Path: "/dev/tty", Flags: unix.O_RDWR, MntID: -1, Tty: &model.TtyFile{Other: &model.TtyOther{
+			Kind: model.TtyCtty, Rdev: unix.Mkdev(5, 0), Dev: 6, Real: unix.Mkdev(136, 44)}}},
+		{ID: 44, Kind: model.Tty, Path: "/dev/console", Flags: unix.O_WRONLY | unix.O_NONBLOCK, MntID: -1, Tty: &model.TtyFile{Other: &model.TtyOther{
+			Kind: model.TtyConsole, Rdev: unix.Mkdev(5, 1), Dev: 6, Real: unix.Mkdev(4, 64), Termios: p.Termios, Winsize: p.Winsize}}},
+		{ID: 45, Kind: model.Tty, Path: "/dev/ttyS1", Flags: unix.O_RDWR, MntID: -1, Tty: &model.TtyFile{Other: &model.TtyOther{
+			Kind: model.TtySerial, Rdev: unix.Mkdev(4, 65), Dev: 6, Termios: p.LockedTermios, Winsize: unix.Winsize{Row: 1}}}},
+		{ID: 46, Kind: model.Tty, Path: "/dev/pts/7", Flags: unix.O_RDWR, MntID: -1, Tty: &model.TtyFile{Other: &model.TtyOther{
+			Kind: model.TtyExternal, Rdev: unix.Mkdev(136, 7), Dev: 0x1a}}},
+		{ID: 47, Kind: model.Tun, Path: "/dev/net/tun", Flags: unix.O_RDWR | unix.O_NONBLOCK, MntID: -1, Tun: &model.TunState{
+			Name: "tun7", Flags: unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_PERSIST, Owner: 1000, Group: -1, SndBuf: 1 << 20, VnetHdr: 12,
+			Up: true, MTU: 1400, Addrs: []model.TunAddr{{Family: unix.AF_INET, Prefixlen: 24, Flags: 0x80, Local: []byte{10, 9, 0, 1}, Address: []byte{10, 9, 0, 1}}}}},
+		{ID: 48, Kind: model.Tun, Path: "/dev/net/tun", Flags: unix.O_RDWR, MntID: -1, Tun: &model.TunState{Owner: -1, Group: -1}},
 	}
 	k := tr.Root()
 	for i, f := range add {
@@ -40,7 +52,7 @@ func ttyTree(t testing.TB) *model.Tree {
 func TestTtyRoundTrip(t *testing.T) {
 	tr := ttyTree(t)
 	dir, names := writeTree(t, tr)
-	if !slices.Contains(names, TtyInfoImg) || !slices.Contains(names, GodwitTtyImg) {
+	if !slices.Contains(names, TtyInfoImg) || !slices.Contains(names, GodwitTtyImg) || !slices.Contains(names, GodwitTunImg) {
 		t.Fatalf("images written: %v", names)
 	}
 	got := readTree(t, dir)
@@ -55,6 +67,12 @@ func TestTtyRoundTrip(t *testing.T) {
 	if want != have {
 		t.Errorf("pty read as\n%+v, want\n%+v", have, want)
 	}
+	for id := model.ID(43); id <= 48; id++ {
+		w, g := tr.Files[id], got.Files[id]
+		if g == nil || g.Kind != w.Kind || g.Path != w.Path || g.Flags != w.Flags || !reflect.DeepEqual(g.Tty, w.Tty) || !reflect.DeepEqual(g.Tun, w.Tun) {
+			t.Errorf("file %d read as %+v, want %+v", id, g, w)
+		}
+	}
 	d, err := images.Open(dir, false)
 	if err != nil {
 		t.Fatal(err)
@@ -65,8 +83,8 @@ func TestTtyRoundTrip(t *testing.T) {
 	}
 }
 
-// FuzzReadTty replaces tty-info.img, godwit-tty.json or files.img of a
-// dump with a pty, a pidfd, a namespace fd, a fanotify group and a unix
+// FuzzReadTty replaces tty-info.img, godwit-tty.json, godwit-tun.json or files.img of a
+// dump with a pty, the other ttys, tun fds, a pidfd, a namespace fd, a fanotify group and a unix
 // socket with an outside peer by arbitrary bytes: Read returns a tree or
 // an error, never panics.
 func FuzzReadTty(f *testing.F) {
@@ -93,7 +111,7 @@ func FuzzReadTty(f *testing.F) {
 		f.Fatal(err)
 	}
 	d.Close()
-	targets := []string{TtyInfoImg, GodwitTtyImg, images.FilesImg}
+	targets := []string{TtyInfoImg, GodwitTtyImg, images.FilesImg, GodwitTunImg}
 	for i, n := range targets {
 		b, err := os.ReadFile(filepath.Join(src, n))
 		if err != nil {
@@ -129,8 +147,11 @@ func FuzzReadTty(f *testing.F) {
 			return
 		}
 		for _, f := range got.Files {
-			if f.Kind == model.Tty && (f.Tty == nil || f.Tty.Pty == nil) {
+			if f.Kind == model.Tty && (f.Tty == nil || (f.Tty.Pty == nil) == (f.Tty.Other == nil)) {
 				t.Fatalf("file %d: tty without its state", f.ID)
+			}
+			if f.Kind == model.Tun && f.Tun == nil {
+				t.Fatalf("file %d: tun without its state", f.ID)
 			}
 		}
 	})

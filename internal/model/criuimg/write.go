@@ -114,8 +114,12 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		}
 		if f.Kind == model.Tty && f.Tty != nil {
 			regID++
-			reg, te := ttyEntries(f, regID, ttyIDs[ttyEnd{f.Tty.Pty, f.Tty.Master}])
+			reg, te := ttyEntries(f, regID, ttyIDs[endOf(f.Tty)])
 			files = append(files, reg, te)
+			continue
+		}
+		if f.Kind == model.Tun && f.Tun != nil {
+			files = append(files, tunEntry(f))
 			continue
 		}
 		if f.Kind == model.Namespace && f.NS != nil {
@@ -157,6 +161,9 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		return err
 	}
 	if err := writeTtys(d, ttys, written); err != nil {
+		return err
+	}
+	if err := writeTuns(d, t, written); err != nil {
 		return err
 	}
 	if err := writeLocks(d, t, written); err != nil {
