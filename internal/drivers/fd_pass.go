@@ -378,6 +378,10 @@ func queueable(f *model.File) (byPath bool, ok bool) {
 		return true, f.Pipe == nil
 	case model.EventFD, model.SignalFD, model.TimerFD, model.Pipe:
 		return false, true
+	case model.InetSocket:
+		// Made and set up in godwit (fd_inet.go): thousands of
+		// connections go over in SCM_RIGHTS batches.
+		return false, true
 	}
 	return false, false
 }
