@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/stats"
@@ -177,6 +178,10 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	tr := ptrace.New()
 	// Runs last (deferred first): detaches whatever is still attached.
 	defer tr.Close()
+	if o.Hold != nil {
+		o.Hold.killOnExit = tr.KillOnExit
+		defer func() { o.Hold.killOnExit = nil }()
+	}
 	t0 := time.Now()
 	var tids []int
 	if o.FreezeCgroup != "" {
@@ -215,7 +220,14 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		rb.run()
 		return nil, fmt.Errorf("dump: after seizing: %w", err)
 	}
-	tree, err = freezeTree(tr, pid, tids)
+	// The per-task work runs on the tracer thread: each ptrace call
+	// inline, rather than a cross-thread wake-up apiece (dearer than the
+	// call itself on a loaded machine).
+	err = tr.Do(func() error {
+		var err error
+		tree, err = freezeTree(tr, pid, tids)
+		return err
+	})
 	if err != nil {
 		rb.run()
 		if thawErr != nil {
@@ -260,7 +272,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		}
 	})
 	tc := time.Now()
-	err = d.safeCollect()
+	err = tr.Do(d.safeCollect)
 	d.step(tc, "collect")
 	if err == nil {
 		tc = time.Now()
@@ -330,24 +342,27 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			ferrs = append(ferrs, err)
 		}
 	}
-	for i := len(tree) - 1; i >= 0; i-- {
-		t := tree[i]
-		if t.zombie {
-			continue
+	_ = tr.Do(func() error {
+		for i := len(tree) - 1; i >= 0; i-- {
+			t := tree[i]
+			if t.zombie {
+				continue
+			}
+			var err error
+			switch {
+			case o.LeaveRunning:
+				err = tr.ThawProcess(t.pid, false)
+			case o.LeaveStopped:
+				err = tr.ThawProcess(t.pid, true)
+			default:
+				err = tr.KillProcess(t.pid)
+			}
+			if err != nil {
+				ferrs = append(ferrs, fmt.Errorf("task %d: %w", t.pid, err))
+			}
 		}
-		var err error
-		switch {
-		case o.LeaveRunning:
-			err = tr.ThawProcess(t.pid, false)
-		case o.LeaveStopped:
-			err = tr.ThawProcess(t.pid, true)
-		default:
-			err = tr.KillProcess(t.pid)
-		}
-		if err != nil {
-			ferrs = append(ferrs, fmt.Errorf("task %d: %w", t.pid, err))
-		}
-	}
+		return nil
+	})
 	// Killed, the tasks' connections close with these copies, in repair
 	// mode: silently.
 	if !resume {
@@ -437,9 +452,12 @@ type dumpRun struct {
 	// against the parent images (predump_linux.go).
 	track       *trackedDump
 	parentPages uint64
-	ghostLimit  uint64 // --ghost-limit, 0: the default
-	fileLocks   bool   // --file-locks
-	netLock     *netlock.Lock
+	// early is the task's private memory being dumped while the rest of
+	// its state is collected (earlyPrivate), nil otherwise.
+	early      *earlyPrivate
+	ghostLimit uint64 // --ghost-limit, 0: the default
+	fileLocks  bool   // --file-locks
+	netLock    *netlock.Lock
 	// tcpEstablished, skipInFlight: --tcp-established, --skip-in-flight.
 	tcpEstablished, skipInFlight bool
 	// files is the tree's file table, which holds the connections read
@@ -513,7 +531,9 @@ func (d *dumpRun) collect() error {
 		d.pid, d.tids = ft.pid, ft.tids
 		task, err := d.collectTask(fl, ppid, shm)
 		if err == nil {
+			t := time.Now()
 			task.IDs, err = kobj.ids(ft.pid)
+			d.step(t, "kernel object ids")
 		}
 		if err != nil {
 			if i == 0 {
@@ -523,6 +543,7 @@ func (d *dumpRun) collect() error {
 		}
 		tree.Tasks = append(tree.Tasks, task)
 	}
+	t := time.Now()
 	if err := d.writeTrackedShared(); err != nil {
 		return err
 	}
@@ -533,6 +554,9 @@ func (d *dumpRun) collect() error {
 	if err := fl.CheckFiles(tree, d.shellJob, d.extUnix); err != nil {
 		return err
 	}
+	d.step(t, "shared memory and checks")
+	t = time.Now()
+	defer d.step(t, "images written")
 	return criuimg.Write(d.dir, tree, d.note)
 }
 
@@ -540,6 +564,7 @@ func (d *dumpRun) collect() error {
 func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, shm map[uint64]int) (*model.Task, error) {
 	pid := d.pid
 	t0 := time.Now()
+	d.early = nil
 	if err := checkSeccomp(d.tr, pid, d.tids); err != nil {
 		return nil, err
 	}
@@ -576,6 +601,16 @@ func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, shm map[uint64]int) (
 		return nil, err
 	}
 	task.SharedSignals = siginfos(shared)
+	if d.track != nil && d.track.pt != nil {
+		// On top of pre-dump rounds: the private pages go while smaps
+		// is read (a page walk as long as the scan).
+		e, err := d.startEarlyPrivate()
+		if err != nil {
+			return nil, err
+		}
+		defer e.wait() // never left running past a failure
+		d.early = e
+	}
 	// Everything visible from outside before any injection (an
 	// unsupported fd fails the dump cheaply), the VMAs before the
 	// scratch mapping exists.
@@ -590,6 +625,14 @@ func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, shm map[uint64]int) (
 	}
 	if err := d.interrupted(); err != nil {
 		return nil, err
+	}
+	if e := d.early; e != nil {
+		if err := e.wait(); err != nil {
+			return nil, err
+		}
+		if err := e.check(task.MM.VMAs); err != nil {
+			return nil, err
+		}
 	}
 	d.shmDone = shm
 	d.step(t0, "state visible from outside")
@@ -728,7 +771,7 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 	md.SetContext(d.ctx)
 	d.log.Infof("dump %d: transferring pages (%v)", d.pid, d.method)
 	t := time.Now()
-	defer d.step(t, "memory")
+	defer d.step(t, "memory and scratch removed")
 	return d.dumpMemory(md, task.MM.VMAs)
 }
 
@@ -766,11 +809,13 @@ func (d *dumpRun) collectThreadInjected(dc *drivers.Dump, s *inject.Session, th 
 // vmsplice source opens its own per batch).
 func (d *dumpRun) dumpMemory(md *MemoryDumper, vmas []VMA) (err error) {
 	// Each pagemap gets the next pages id of the dump, from 1 as CRIU's.
-	open := func(name string) (pagexfer.Sink, error) {
-		d.pagesID++
-		d.note(name)
-		d.note(images.PagesImg(d.pagesID))
-		return d.sinks(d.dir, name, d.pagesID)
+	open := d.openPagemap
+	if e := d.early; e != nil {
+		// Sent already, while the state was collected.
+		d.early = nil
+		md.addStats(e.st)
+		d.parentPages = e.parent
+		return d.track.addShared(d.pid, vmas)
 	}
 	sink, err := open(images.PagemapImg(d.pid))
 	if err != nil {
@@ -808,6 +853,80 @@ func (d *dumpRun) dumpMemory(md *MemoryDumper, vmas []VMA) (err error) {
 	return md.DumpShared(fresh, func(shmid uint64) (pagexfer.Sink, error) {
 		return open(images.PagemapShmemImg(shmid))
 	})
+}
+
+// openPagemap opens the sink of one pagemap with the dump's next pages
+// id (from 1, as CRIU's).
+func (d *dumpRun) openPagemap(name string) (pagexfer.Sink, error) {
+	d.pagesID++
+	d.note(name)
+	d.note(images.PagesImg(d.pagesID))
+	return d.sinks(d.dir, name, d.pagesID)
+}
+
+// earlyPrivate is a frozen task's private memory dumped against the
+// pre-dump rounds in the background while the rest of its state is
+// collected: the pages need only the ranges and kinds of the mappings,
+// which /proc/PID/maps gives at once, while smaps, which the image needs
+// for the VMAs' flags, walks every page table (~18 ms per GiB). The two
+// lists come from one frozen address space; check proves it.
+type earlyPrivate struct {
+	vmas   []VMA // from /proc/PID/maps
+	done   chan struct{}
+	st     MemStats
+	parent uint64
+	err    error
+}
+
+func (d *dumpRun) startEarlyPrivate() (*earlyPrivate, error) {
+	vmas, err := roundVMAs(d.pid)
+	if err != nil {
+		return nil, err
+	}
+	sink, err := d.openPagemap(images.PagemapImg(d.pid))
+	if err != nil {
+		return nil, err
+	}
+	e := &earlyPrivate{vmas: vmas, done: make(chan struct{})}
+	pid, track := d.pid, d.track
+	go func() {
+		defer close(e.done)
+		e.st, e.parent, e.err = track.writePrivate(pid, vmas, sink)
+		if cerr := sink.Close(); e.err == nil {
+			e.err = cerr
+		}
+	}()
+	return e, nil
+}
+
+func (e *earlyPrivate) wait() error {
+	<-e.done
+	return e.err
+}
+
+// check verifies that the mappings read from smaps (vmas) are the ones
+// the early dump walked, in everything the walk looks at.
+func (e *earlyPrivate) check(vmas []VMA) error {
+	type walked struct {
+		start, end          uint64
+		prot                int
+		private, shm, plain bool
+	}
+	list := func(vs []VMA) []walked {
+		var out []walked
+		for i := range vs {
+			v := &vs[i]
+			if v.Private() || trackedShm(v) {
+				out = append(out, walked{v.Start, v.End, int(v.Prot), v.Private(), trackedShm(v), plainAnon(v)})
+			}
+		}
+		return out
+	}
+	a, b := list(e.vmas), list(vmas)
+	if !slices.Equal(a, b) {
+		return fmt.Errorf("memory: the mappings in maps (%d dumped) and smaps (%d) differ on a frozen task", len(a), len(b))
+	}
+	return nil
 }
 
 // nsIDs reads the namespace ids: the inode of each /proc/PID/ns link (a

@@ -158,10 +158,18 @@ func (w *incrWriter) writePrivate(vmas []VMA) error {
 			continue
 		}
 		force := v.Prot&unix.PROT_READ == 0
+		cats := uint64(pageCats)
+		if plainAnon(v) {
+			// No page-cache page there: asking PAGE_IS_FILE has the
+			// kernel read every page's struct page (vm_normal_page),
+			// a cache miss per page: 87 ms of a 4 GiB scan that takes
+			// ~2 ms without.
+			cats &^= uffd.PageIsFile
+		}
 		var err error
 		ts := time.Now()
 		w.regs, err = w.scan.Scan(uffd.ScanArgs{Start: v.Start, End: v.End, CategoryAnyof: uffd.PageIsPresent | uffd.PageIsSwapped,
-			ReturnMask: pageCats}, w.regs[:0])
+			ReturnMask: cats}, w.regs[:0])
 		w.ScanTime += time.Since(ts)
 		if err != nil {
 			return fmt.Errorf("pages of vma %#x-%#x: %w", v.Start, v.End, err)
@@ -188,6 +196,16 @@ func (w *incrWriter) writePrivate(vmas []VMA) error {
 		w.stats.Untouched += n - (w.taken - taken) - (w.stats.Zero - zero)
 	}
 	return w.flush()
+}
+
+// plainAnon tells a private anonymous VMA that only ever holds anonymous
+// pages (and the zero page): unnamed, heap, stack or named with
+// PR_SET_VMA_ANON_NAME; not the kernel's special mappings, not hugetlb.
+func plainAnon(v *VMA) bool {
+	if v.Status&images.VmaAnonPrivate == 0 || v.Status&(images.VmaAreaVdso|images.VmaAreaVvar|images.VmaAreaVsyscall) != 0 || v.HugePage != 0 {
+		return false
+	}
+	return v.Path == "" || v.Path == "[heap]" || v.Path == "[stack]" || strings.HasPrefix(v.Path, "[anon:")
 }
 
 // perPage sorts [a, b) page by page from /proc/PID/pagemap.

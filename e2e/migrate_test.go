@@ -32,10 +32,13 @@ type migLab struct {
 	images string
 }
 
-func newMigLab(t *testing.T) *migLab {
+func newMigLab(t *testing.T) *migLab { return newMigLabOf(t, "hosta", "hostb") }
+
+// newMigLabOf is newMigLab with these hosts (A and B first).
+func newMigLabOf(t *testing.T, names ...string) *migLab {
 	t.Helper()
 	needRoot(t)
-	l, err := lab.New(lab.Options{Names: []string{"hosta", "hostb"}}, 2)
+	l, err := lab.New(lab.Options{Names: names}, len(names))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -245,7 +248,7 @@ func TestLazyChainSourceLost(t *testing.T) {
 		t.Fatal("dump --lazy-pages did not start serving")
 	}
 	rs := exec.Command(os.Args[0])
-	rs.Env = append(os.Environ(), nsRestoreEnv+"="+strings.Join([]string{final, addr, certDir, string(pageserver.TransportTCP), "2ms"}, ","))
+	rs.Env = append(os.Environ(), nsRestoreEnv+"="+strings.Join([]string{final, addr, certDir, string(pageserver.TransportTCP), "5ms"}, ","))
 	rs.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWPID | unix.CLONE_NEWNS, Pdeathsig: syscall.SIGKILL}
 	var out bytes.Buffer
 	rs.Stdout, rs.Stderr = &out, &out
@@ -261,18 +264,25 @@ func TestLazyChainSourceLost(t *testing.T) {
 		case <-time.After(10 * time.Second):
 		}
 	})
+	// Restored: the task exists and the restorer let it go (untraced).
 	deadline := time.Now().Add(60 * time.Second)
-	for nsTask(p.Pid, rs.Process.Pid) == 0 {
+	for {
+		if k := nsTask(p.Pid, rs.Process.Pid); k > 0 {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", k)); err == nil && regexp.MustCompile(`(?m)^TracerPid:\s+0$`).Match(b) {
+				break
+			}
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no restored task\n%s", out.String())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	time.Sleep(100 * time.Millisecond)
 	cancel() // the source goes away mid-transfer
+	lost := time.Now()
 	var dr dumpRes
 	select {
 	case dr = <-done:
+		t.Logf("dump ended %v after it was stopped", time.Since(lost))
 	case <-time.After(30 * time.Second):
 		t.Fatal("dump --lazy-pages did not stop")
 	}
@@ -288,6 +298,7 @@ func TestLazyChainSourceLost(t *testing.T) {
 	var rerr error
 	select {
 	case rerr = <-rsDone:
+		t.Logf("restore side ended %v after the source was stopped", time.Since(lost))
 	case <-time.After(60 * time.Second):
 		t.Fatalf("restore side still running after its source went away\n%s", out.String())
 	}
@@ -301,4 +312,68 @@ func TestLazyChainSourceLost(t *testing.T) {
 		t.Fatalf("the restored task ran on:\n%s", b)
 	}
 	t.Logf("restore side: %s", strings.TrimSpace(msg))
+}
+
+// TestLazySourceStalls: a page source that stops answering (a host or a
+// link gone without a reset, where TCP would wait for minutes) ends the
+// daemon once a GET goes unanswered for getTimeout: the task is killed and
+// the error names what never arrived, nothing waits on a fault for ever.
+func TestLazySourceStalls(t *testing.T) {
+	dir, log, goFile := dumpWorkload(t, 8, false)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			go func() { _, _ = io.Copy(io.Discard, c) }() // reads, never answers
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	old := getTimeout
+	getTimeout = 500 * time.Millisecond
+	t.Cleanup(func() { getTimeout = old })
+	res := startDaemon(t, Options{ImagesDir: dir, PageServer: ln.Addr().String()})
+	// The background push asks from the handoff on: the task may be
+	// killed before the restore lets it go (the restore then fails), or
+	// after, on its first fault.
+	r, rerr := lazyRestore(t, dir)
+	if rerr == nil {
+		if err := os.WriteFile(goFile, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var d daemonResult
+	select {
+	case d = <-res:
+	case <-time.After(30 * time.Second):
+		t.Fatal("daemon still waiting on a source that does not answer")
+	}
+	if d.err == nil || !strings.Contains(d.err.Error(), "did not answer") || !strings.Contains(d.err.Error(), "never arrived") ||
+		!strings.Contains(d.err.Error(), "killed [") {
+		t.Fatalf("daemon: %v (restore: %v)", d.err, rerr)
+	}
+	if rerr == nil {
+		code, ok := exitOf(t, r, 20*time.Second)
+		if b, _ := os.ReadFile(log); !ok || code != 128+int(unix.SIGKILL) || bytes.Contains(b, []byte("done")) {
+			t.Fatalf("the task exited %d (%v); log:\n%s", code, ok, b)
+		}
+	}
+	t.Logf("daemon: %v (restore: %v)", d.err, rerr)
 }

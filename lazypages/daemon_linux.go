@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,9 +55,9 @@ type Stats struct {
 	Tasks                 int
 	FaultPages, PushPages uint64 // pages copied on faults / in the background
 	ZeroPages             uint64
-	// LocalPages and RemotePages split the pages copied in by where they
-	// were read: the local images (the dump, its parent images) or the
-	// page server.
+	// LocalPages and RemotePages count the pages read from the local
+	// images (the dump, its parent images) and from the page server (a
+	// page a fault and the push both wanted may be read twice).
 	LocalPages, RemotePages uint64
 	Faults                  uint64
 	// Events followed while pages were missing.
@@ -85,6 +86,12 @@ type task struct {
 	// lastEnd is the end of the last fault's pages, lastWin its window.
 	lastEnd, lastWin uint64
 	running          bool // the restore let it go (resumed)
+	// nbLo-nbHi are the neighbours of the last fault, asked and not
+	// copied yet: a fault there waits for them (their copy wakes it)
+	// rather than asking again. nbWait are those faults' pages, woken
+	// once the neighbours are settled, copied or not.
+	nbLo, nbHi uint64
+	nbWait     []uint64
 }
 
 type daemon struct {
@@ -95,7 +102,12 @@ type daemon struct {
 	pms      map[int]*pagemap
 	faultSrc source
 	pushSrc  source
-	guard    *guard
+	// nbSrc brings fault windows' neighbours: asked on nbAsk, into the
+	// buffers of nbPool.
+	nbSrc  source
+	nbAsk  chan pushItem
+	nbPool chan []byte
+	guard  *guard
 	// guardEnded: serve finished the guard (release ends it otherwise).
 	guardEnded bool
 
@@ -106,10 +118,13 @@ type daemon struct {
 	stopfd int
 	kick   chan struct{} // wakes the pusher
 	err    error         // the failure that ends the daemon
-	// faulting counts faults being served; the push waits for them.
-	faulting atomic.Int32
-	done     chan struct{} // closed when every page of every task is in, or on failure
-	stats    Stats
+	// faulting counts uffds whose faults are being served; the push
+	// waits for them. faultIdle is signalled when it drops to 0.
+	faulting  atomic.Int32
+	faultIdle chan struct{}
+	lastFault atomic.Int64  // unix ns: the end of the last fault served
+	done      chan struct{} // closed when every page of every task is in, or on failure
+	stats     Stats
 }
 
 // Run serves lazy pages until every task of the dump has been handed over
@@ -129,10 +144,11 @@ func Run(ctx context.Context, o Options) (Stats, error) {
 		o.WorkDir = o.ImagesDir
 	}
 	d := &daemon{o: o, log: o.Log, pms: map[int]*pagemap{}, expected: map[int]bool{},
-		kick: make(chan struct{}, 1), done: make(chan struct{}), ep: -1, stopfd: -1}
+		kick: make(chan struct{}, 1), faultIdle: make(chan struct{}, 1), done: make(chan struct{}), ep: -1, stopfd: -1}
 	if d.log == nil {
 		d.log = logging.Default()
 	}
+	defer raiseProcs()()
 	if o.Guard != nil {
 		d.guard = o.Guard.g
 	}
@@ -174,8 +190,18 @@ func (d *daemon) open(ctx context.Context) error {
 			return fmt.Errorf("lazy-pages: %w", err)
 		}
 		d.pushSrc = &tieredSource{remote: ps}
+		ns, err := dialSource(dctx, d.o.PageServer, d.o.Transport)
+		if err != nil {
+			return fmt.Errorf("lazy-pages: %w", err)
+		}
+		d.nbSrc = &tieredSource{remote: ns}
 	} else {
-		d.faultSrc, d.pushSrc = &tieredSource{}, &tieredSource{}
+		d.faultSrc, d.pushSrc, d.nbSrc = &tieredSource{}, &tieredSource{}, &tieredSource{}
+	}
+	d.nbAsk = make(chan pushItem, neighbourDepth)
+	d.nbPool = make(chan []byte, neighbourDepth)
+	for range neighbourDepth {
+		d.nbPool <- make([]byte, maxFaultPages*pageSize)
 	}
 	if d.ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return fmt.Errorf("lazy-pages: epoll: %w", err)
@@ -250,9 +276,10 @@ func (d *daemon) serve(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer ln.Close()
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); d.accept(ln) }()
 	go func() { defer wg.Done(); d.pusher() }()
+	go func() { defer wg.Done(); d.neighbours() }()
 	go func() {
 		defer wg.Done()
 		select {
@@ -279,8 +306,8 @@ func (d *daemon) serve(ctx context.Context) error {
 	ferr := d.err
 	d.mu.Unlock()
 	complete := ferr == nil
-	d.stats.LocalPages, d.stats.RemotePages = pagesFrom(d.faultSrc, d.pushSrc)
-	for _, s := range []source{d.faultSrc, d.pushSrc} {
+	d.stats.LocalPages, d.stats.RemotePages = pagesFrom(d.faultSrc, d.pushSrc, d.nbSrc)
+	for _, s := range []source{d.faultSrc, d.pushSrc, d.nbSrc} {
 		if s == nil {
 			continue
 		}
@@ -539,4 +566,38 @@ func (s Stats) Format() string {
 		"Pages from local images: %d\nPages from the page server: %d\n"+
 		"Forks, remaps, removes, unmaps followed: %d, %d, %d, %d\nAll pages in after: %v\n",
 		s.Tasks, s.Faults, s.FaultPages, s.PushPages, s.ZeroPages, s.LocalPages, s.RemotePages, s.Forks, s.Remaps, s.Removes, s.Unmaps, d)
+}
+
+// procs counts the daemons running in this process and keeps the
+// GOMAXPROCS they found.
+var procs struct {
+	sync.Mutex
+	n, prev int
+}
+
+// raiseProcs gives the Go scheduler a P for each of the daemon's threads
+// that block in syscalls (the fault loop in epoll_wait and on the page
+// server's socket, the push receiver in recv, the copier in UFFDIO_COPY)
+// on top of one per CPU, until the last daemon ends. With one P per CPU,
+// a fault thread that wakes while the push threads hold every P in
+// syscalls waits for the runtime's sysmon to take one back (tens of µs to
+// ms): the kernel, not the Go scheduler, should decide who runs, and it
+// runs a thread that just woke first.
+func raiseProcs() func() {
+	procs.Lock()
+	defer procs.Unlock()
+	if procs.n == 0 {
+		procs.prev = runtime.GOMAXPROCS(0)
+		if want := runtime.NumCPU() + 3; procs.prev < want {
+			runtime.GOMAXPROCS(want)
+		}
+	}
+	procs.n++
+	return func() {
+		procs.Lock()
+		defer procs.Unlock()
+		if procs.n--; procs.n == 0 && runtime.GOMAXPROCS(0) != procs.prev {
+			runtime.GOMAXPROCS(procs.prev)
+		}
+	}
 }

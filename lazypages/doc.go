@@ -16,6 +16,16 @@
 // closes the page-server session with CLOSE, which tells the source it
 // may go.
 //
+// The data path, with a page server: three connections. The fault loop
+// asks the faulting page alone on the first and copies it as soon as it
+// is in; the rest of the fault's window goes on the second, copied by the
+// neighbour goroutine when it arrives (a fault on those pages meanwhile
+// waits for that copy). The background push keeps several requests in
+// flight on the third (planner, receiver and copier each on a thread of
+// their own) and steps aside, off the daemon's lock and off the CPU,
+// while faults are being served. The page server answers GET from its
+// pages files with sendfile on plain TCP.
+//
 // Post-copy cannot survive losing its source: if the page server goes
 // away, or the daemon itself dies, the pages still missing can never come.
 // The daemon then kills the tasks with an error naming the missing range;

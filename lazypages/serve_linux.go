@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -23,7 +24,7 @@ import (
 func (d *daemon) faultLoop() {
 	var evs [16]unix.EpollEvent
 	buf := make([]byte, uffd.DefaultBatch*32)
-	fbuf := make([]byte, maxFaultPages*pageSize)
+	fbuf := make([]byte, pageSize)
 	for {
 		n, err := unix.EpollWait(d.ep, evs[:], -1)
 		if err == unix.EINTR {
@@ -40,6 +41,9 @@ func (d *daemon) faultLoop() {
 				unix.Read(d.stopfd, b[:])
 				continue
 			}
+			// The background push steps aside while a fault is served:
+			// off d.mu and off the CPU (see yieldToFaults).
+			d.faulting.Add(1)
 			d.mu.Lock()
 			t := d.taskByID(uint32(data >> 1))
 			if t != nil && data&1 != 0 {
@@ -49,6 +53,7 @@ func (d *daemon) faultLoop() {
 					// the tree will never come.
 					d.failLocked(fmt.Errorf("lazy-pages: pid %d died before every task of the dump was handed over: the restore failed", t.pid))
 					d.mu.Unlock()
+					d.faultDone()
 					return
 				}
 				// The task exited: nothing more to serve it.
@@ -60,11 +65,23 @@ func (d *daemon) faultLoop() {
 			d.mu.Unlock()
 			if t != nil {
 				d.serveUffd(t, buf, fbuf)
+				d.lastFault.Store(time.Now().UnixNano())
 			}
+			d.faultDone()
 		}
 		select {
 		case <-d.done:
 			return
+		default:
+		}
+	}
+}
+
+// faultDone ends what faultLoop began with d.faulting.Add(1).
+func (d *daemon) faultDone() {
+	if d.faulting.Add(-1) == 0 {
+		select {
+		case d.faultIdle <- struct{}{}:
 		default:
 		}
 	}
@@ -190,14 +207,18 @@ func sameEntry(pm *pagemap) func(a, b uint64) bool {
 // on. An error is fatal to the daemon.
 func (d *daemon) serveFault(t *task, addr uint64, buf, fbuf []byte, faults []uint64) ([]uint64, error) {
 	page := addr &^ (pageSize - 1)
-	d.faulting.Add(1)
-	defer d.faulting.Add(-1)
 	for retry := 0; ; retry++ {
 		if retry > 10000 {
 			return faults, fmt.Errorf("lazy-pages: pid %d: cannot resolve the fault at %#x", t.pid, addr)
 		}
 		d.mu.Lock()
 		if t.gone {
+			d.mu.Unlock()
+			return faults, nil
+		}
+		if page >= t.nbLo && page < t.nbHi {
+			// On its way: its copy wakes the thread.
+			t.nbWait = append(t.nbWait, page)
 			d.mu.Unlock()
 			return faults, nil
 		}
@@ -240,21 +261,23 @@ func (d *daemon) serveFault(t *task, addr uint64, buf, fbuf []byte, faults []uin
 		}
 		gen := t.gen
 		d.mu.Unlock()
-		b := fbuf[:r.n*pageSize]
-		// The faulting page alone first: its thread runs on while the
-		// neighbours are fetched and copied.
-		if err := d.faultSrc.read(t.pm, r.src, b[:pageSize]); err != nil {
-			d.mu.Lock()
-			e := sourceErr(t, err)
-			d.mu.Unlock()
-			return faults, e
+		// The faulting page alone on the fault connection; its
+		// neighbours, once it is in, on a connection of their own,
+		// copied by the neighbour goroutine when they come: the
+		// faulting thread runs on as soon as its page is in, and the
+		// next fault waits for no neighbours.
+		if err := d.faultSrc.send(t.pm, r.src, 1); err != nil {
+			return faults, d.lostSource(t, err)
+		}
+		if _, err := d.faultSrc.recv(t.pm, r.src, fbuf[:pageSize]); err != nil {
+			return faults, d.lostSource(t, err)
 		}
 		d.mu.Lock()
 		if t.gone || t.gen != gen {
 			d.mu.Unlock()
 			continue
 		}
-		n, err := t.u.CopySkipExisting(r.dst, unsafe.Pointer(&b[0]), pageSize, 0)
+		n, err := t.u.CopySkipExisting(r.dst, unsafe.Pointer(&fbuf[0]), pageSize, 0)
 		if err == nil {
 			t.st.clear(r.dst, r.dst+pageSize)
 			d.stats.FaultPages += n / pageSize
@@ -263,11 +286,17 @@ func (d *daemon) serveFault(t *task, addr uint64, buf, fbuf []byte, faults []uin
 			}
 			// The program is here: the background push goes on from
 			// just after it.
-			t.lastEnd, t.lastWin = r.dst+uint64(len(b)), max(win, uint64(d.o.FaultPages))
+			t.lastEnd, t.lastWin = r.dst+r.n*pageSize, max(win, uint64(d.o.FaultPages))
 			t.push = t.lastEnd
-			d.mu.Unlock()
+			var nb pushItem
 			if r.n > 1 {
-				return d.faultNeighbours(t, r, b, gen, buf, faults)
+				nb = d.planNeighbours(t, run{dst: r.dst + pageSize, src: r.src + pageSize, n: r.n - 1}, gen)
+			}
+			d.mu.Unlock()
+			if nb.t != nil {
+				if err := d.askNeighbours(nb); err != nil {
+					return faults, d.lostSource(t, err)
+				}
 			}
 			return faults, nil
 		}
@@ -284,28 +313,79 @@ func (d *daemon) serveFault(t *task, addr uint64, buf, fbuf []byte, faults []uin
 	}
 }
 
-// faultNeighbours brings the rest of a fault's window (the faulting page
-// is in): what cannot land now stays pending for the push.
-func (d *daemon) faultNeighbours(t *task, r run, b []byte, gen uint64, buf []byte, faults []uint64) ([]uint64, error) {
-	rest := b[pageSize:]
-	if err := d.faultSrc.read(t.pm, r.src+pageSize, rest); err != nil {
-		d.mu.Lock()
-		e := sourceErr(t, err)
-		d.mu.Unlock()
-		return faults, e
-	}
+func (d *daemon) lostSource(t *task, err error) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if t.gone || t.gen != gen {
-		return faults, nil
+	return sourceErr(t, err)
+}
+
+// neighbourDepth bounds the fault windows whose neighbours are in flight.
+const neighbourDepth = 4
+
+// planNeighbours takes a buffer for the rest of a fault's window and
+// marks it in flight (under d.mu). With every buffer in use the
+// neighbours are left to the push (the returned item has no task).
+func (d *daemon) planNeighbours(t *task, r run, gen uint64) pushItem {
+	select {
+	case b := <-d.nbPool:
+		t.nbLo, t.nbHi = r.dst, r.dst+r.n*pageSize
+		return pushItem{t: t, r: r, gen: gen, b: b[:r.n*pageSize]}
+	default:
+		return pushItem{}
 	}
-	n, err := t.u.CopySkipExisting(r.dst+pageSize, unsafe.Pointer(&rest[0]), uint64(len(rest)), 0)
-	d.stats.FaultPages += n / pageSize
-	if err != nil {
-		return d.afterCopyErr(t, err, buf, faults)
+}
+
+// askNeighbours asks the source for a planned neighbour run and hands it
+// to the neighbour goroutine.
+func (d *daemon) askNeighbours(it pushItem) error {
+	if err := d.nbSrc.send(it.t.pm, it.r.src, it.r.n); err != nil {
+		return err
 	}
-	t.st.clear(r.dst+pageSize, r.dst+uint64(len(b)))
-	return faults, nil
+	d.nbAsk <- it
+	return nil
+}
+
+// neighbours copies fault windows' neighbours as they arrive, in the
+// order asked. Pages that cannot land stay pending for the push.
+func (d *daemon) neighbours() {
+	stuck := 0
+	for {
+		var it pushItem
+		select {
+		case it = <-d.nbAsk:
+		case <-d.done:
+			return
+		}
+		got, err := d.nbSrc.recv(it.t.pm, it.r.src, it.b)
+		if err != nil {
+			d.fail(d.lostSource(it.t, err))
+			return
+		}
+		t, r := it.t, it.r
+		r.n = got
+		d.mu.Lock()
+		if t.gone || t.gen != it.gen || got == 0 {
+			d.mu.Unlock()
+		} else if cut, err := d.pushCopy(t, r, it.b[:got*pageSize], it.gen, true); cut {
+			d.mu.Unlock()
+		} else {
+			d.pushDone(t, r, err, &stuck)
+		}
+		// The faults that waited for these pages: woken, they run on
+		// (their page is in) or fault again and are served anew.
+		d.mu.Lock()
+		if t.nbLo == it.r.dst {
+			t.nbLo, t.nbHi = 0, 0
+			if !t.gone {
+				for _, a := range t.nbWait {
+					t.u.Wake(a, pageSize)
+				}
+			}
+			t.nbWait = t.nbWait[:0]
+		}
+		d.mu.Unlock()
+		d.nbPool <- it.b[:cap(it.b)]
+	}
 }
 
 // afterCopyErr handles a failed copy under d.mu: EAGAIN means an event is
@@ -352,18 +432,27 @@ type pushItem struct {
 	b    []byte
 }
 
-// pusher copies what no fault asked for, task by task, in address order:
-// a fetcher plans runs and reads their data (over its own page-server
-// connection) while the copier puts the previous run into the task.
+// pushDepth is how many background runs are in flight at once: asked of
+// the source, arriving, or waiting to be copied. Several requests in
+// flight keep the link busy while the copier works; a buffer each.
+const pushDepth = 4
+
+// pusher copies what no fault asked for, task by task, in address order,
+// as a pipeline of three goroutines: the planner picks runs and asks the
+// source for them ahead (pushPlan), the receiver reads the replies into
+// buffers (pushRecv, on its own thread while the copier copies on
+// another), and the copier (here) puts them into the tasks.
 func (d *daemon) pusher() {
-	const depth = 2
-	pool := make(chan []byte, depth+1)
-	for i := 0; i < depth+1; i++ {
+	pool := make(chan []byte, pushDepth)
+	for i := 0; i < pushDepth; i++ {
 		pool <- make([]byte, d.o.PushPages*pageSize)
 	}
-	items := make(chan pushItem, depth)
+	slots := make(chan struct{}, pushDepth)
+	asked := make(chan pushItem, pushDepth)
+	items := make(chan pushItem, pushDepth)
 	var inflight atomic.Int32
-	go d.pushFetch(items, pool, &inflight)
+	go d.pushPlan(asked, slots, &inflight)
+	go d.pushRecv(asked, items, pool)
 	stuck := 0
 	for {
 		var it pushItem
@@ -376,29 +465,67 @@ func (d *daemon) pusher() {
 		var err error
 		var n uint64
 		d.mu.Lock()
-		if t.gone || t.gen != it.gen {
+		switch {
+		case t.gone || t.gen != it.gen || r.n == 0:
 			// The mm changed since the plan: the pages stay pending
 			// and are planned again.
 			d.mu.Unlock()
-		} else if it.zero {
+		case it.zero:
 			n, err = zeropage(t.u, r.dst, r.n*pageSize)
 			d.stats.ZeroPages += n / pageSize
 			d.pushDone(t, r, err, &stuck)
-		} else {
+		default:
 			var cut bool
-			if cut, err = d.pushCopy(t, r, it.b, it.gen); cut {
+			if cut, err = d.pushCopy(t, r, it.b, it.gen, false); cut {
 				d.mu.Unlock()
 			} else {
 				d.pushDone(t, r, err, &stuck)
 			}
 		}
 		if it.b != nil {
-			pool <- it.b
+			pool <- it.b[:cap(it.b)]
 		}
 		inflight.Add(-1)
+		<-slots
 		d.kickPusher()
 		if d.o.pushPause > 0 {
 			time.Sleep(d.o.pushPause)
+		}
+	}
+}
+
+// pushRecv reads the data of the runs asked, in the order asked.
+func (d *daemon) pushRecv(asked <-chan pushItem, items chan<- pushItem, pool chan []byte) {
+	runtime.LockOSThread() // a thread of its own: the copier has another
+	defer runtime.UnlockOSThread()
+	for {
+		var it pushItem
+		select {
+		case it = <-asked:
+		case <-d.done:
+			return
+		}
+		if !it.zero {
+			var b []byte
+			select {
+			case b = <-pool:
+			case <-d.done:
+				return
+			}
+			got, err := d.pushSrc.recv(it.t.pm, it.r.src, b[:it.r.n*pageSize])
+			if err != nil {
+				d.fail(d.lostSource(it.t, err))
+				return
+			}
+			// Pages the source did not send stay pending: planned
+			// again once the cursor comes round.
+			it.r.n = got
+			it.b = b[:got*pageSize]
+		}
+		select {
+		case items <- it:
+		case <-d.done:
+			return
 		}
 	}
 }
@@ -430,38 +557,49 @@ func (d *daemon) pushDone(t *task, r run, err error, stuck *int) {
 	}
 }
 
-// pushFetch plans the next pending run from each task's cursor and
-// fetches its data. Runs not copied yet are not planned twice: once the
-// cursor wraps round, it waits for the runs in flight to land first.
-func (d *daemon) pushFetch(items chan<- pushItem, pool chan []byte, inflight *atomic.Int32) {
+// pushPlan plans the next pending run from each task's cursor and asks
+// the source for its data, up to pushDepth runs ahead. Runs not copied
+// yet are not planned twice: once the cursor wraps round, it waits for the
+// runs in flight to land first.
+func (d *daemon) pushPlan(asked chan<- pushItem, slots chan struct{}, inflight *atomic.Int32) {
 	for {
 		select {
+		case slots <- struct{}{}:
 		case <-d.done:
 			return
-		default:
 		}
-		d.mu.Lock()
 		var it pushItem
-		waiting := false
-		for _, c := range d.tasks {
-			if !c.resumed() {
-				waiting = true
-				continue
+		for it.t == nil {
+			select {
+			case <-d.done:
+				return
+			default:
 			}
-			a, ok := c.st.nextPending(c.push)
-			if !ok {
-				continue
+			d.mu.Lock()
+			waiting := false
+			for _, c := range d.tasks {
+				if !c.resumed() {
+					waiting = true
+					continue
+				}
+				a, ok := c.st.nextPending(c.push)
+				if !ok {
+					continue
+				}
+				if a < c.push && inflight.Load() > 0 {
+					waiting = true // wrapped round: let what is in flight land
+					continue
+				}
+				r, _ := c.st.runAt(a, uint64(d.o.PushPages), sameEntry(c.pm))
+				c.push = r.dst + r.n*pageSize
+				it = pushItem{t: c, r: r, gen: c.gen, zero: c.pm.entry(r.src) < 0}
+				break
 			}
-			if a < c.push && inflight.Load() > 0 {
-				waiting = true // wrapped round: let what is in flight land
-				continue
+			if it.t != nil {
+				inflight.Add(1)
+				d.mu.Unlock()
+				break
 			}
-			r, _ := c.st.runAt(a, uint64(d.o.PushPages), sameEntry(c.pm))
-			c.push = r.dst + r.n*pageSize
-			it = pushItem{t: c, r: r, gen: c.gen, zero: c.pm.entry(r.src) < 0}
-			break
-		}
-		if it.t == nil {
 			d.mu.Unlock()
 			var tick <-chan time.Time
 			if waiting {
@@ -473,33 +611,18 @@ func (d *daemon) pushFetch(items chan<- pushItem, pool chan []byte, inflight *at
 			case <-d.done:
 				return
 			}
-			continue
 		}
-		inflight.Add(1)
-		d.mu.Unlock()
 		if !it.zero {
-			var b []byte
-			select {
-			case b = <-pool:
-			case <-d.done:
-				return
-			}
-			// A fault in progress goes first: its fetch must not queue
-			// behind ours (at the page server, on the CPU).
-			for i := 0; i < 100 && d.faulting.Load() > 0; i++ {
-				time.Sleep(20 * time.Microsecond)
-			}
-			it.b = b[:it.r.n*pageSize]
-			if err := d.pushSrc.read(it.t.pm, it.r.src, it.b); err != nil {
-				d.mu.Lock()
-				e := sourceErr(it.t, err)
-				d.mu.Unlock()
-				d.fail(e)
+			// A fault in progress goes first: its request must not
+			// queue behind ours (at the page server, on the CPU).
+			d.yieldToFaults()
+			if err := d.pushSrc.send(it.t.pm, it.r.src, it.r.n); err != nil {
+				d.fail(d.lostSource(it.t, err))
 				return
 			}
 		}
 		select {
-		case items <- it:
+		case asked <- it:
 		case <-d.done:
 			return
 		}
@@ -565,13 +688,69 @@ const maxFaultPages = 256
 // waits for at most that much (the lock is let go between copies).
 const pushCopyPages = 16
 
+// yieldToFaults waits (off d.mu) while the fault loop serves faults, and
+// until none came for faultQuiet, at most yieldMax in all: the program's
+// faults must wait neither for d.mu behind a background copy nor for a
+// CPU behind the push's threads (there may be only two CPUs). A program
+// that faults all the time still lets the push on, slowly.
+func (d *daemon) yieldToFaults() {
+	var t *time.Timer
+	deadline := time.Now().Add(yieldMax)
+	for {
+		now := time.Now()
+		if !now.Before(deadline) {
+			break
+		}
+		var wait time.Duration
+		if d.faulting.Load() > 0 {
+			select {
+			case <-d.faultIdle: // a stale signal
+			default:
+			}
+			if d.faulting.Load() > 0 {
+				wait = deadline.Sub(now)
+			}
+		}
+		if wait == 0 {
+			quiet := time.Duration(d.lastFault.Load()) + faultQuiet - time.Duration(now.UnixNano())
+			if quiet <= 0 {
+				break
+			}
+			wait = min(quiet, deadline.Sub(now))
+		}
+		if t == nil {
+			t = time.NewTimer(wait)
+			defer t.Stop()
+		} else {
+			t.Reset(wait)
+		}
+		select {
+		case <-d.faultIdle:
+		case <-t.C:
+		case <-d.done:
+			return
+		}
+	}
+}
+
+// faultQuiet is how long after a fault the push stays aside (a program
+// touching missing pages one after another faults again within it), and
+// yieldMax the longest the push waits at a time.
+const (
+	faultQuiet = 300 * time.Microsecond
+	yieldMax   = 10 * time.Millisecond
+)
+
 // pushCopy copies b to r.dst in pieces, clearing each piece in the state
 // as it lands. It is called and returns with d.mu held; cut reports that
 // the mm changed (or t went) between pieces: the rest stays pending.
-func (d *daemon) pushCopy(t *task, r run, b []byte, gen uint64) (cut bool, err error) {
+func (d *daemon) pushCopy(t *task, r run, b []byte, gen uint64, fault bool) (cut bool, err error) {
 	for off := uint64(0); off < uint64(len(b)); {
 		if off > 0 {
 			d.mu.Unlock()
+			if !fault {
+				d.yieldToFaults()
+			}
 			d.mu.Lock()
 			if t.gone || t.gen != gen {
 				return true, nil
@@ -579,7 +758,11 @@ func (d *daemon) pushCopy(t *task, r run, b []byte, gen uint64) (cut bool, err e
 		}
 		k := min(uint64(len(b))-off, pushCopyPages*pageSize)
 		n, err := t.u.CopySkipExisting(r.dst+off, unsafe.Pointer(&b[off]), k, 0)
-		d.stats.PushPages += n / pageSize
+		if fault {
+			d.stats.FaultPages += n / pageSize
+		} else {
+			d.stats.PushPages += n / pageSize
+		}
 		if err != nil {
 			return false, err
 		}

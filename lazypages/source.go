@@ -7,6 +7,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"godwit/internal/images"
 	"godwit/internal/pagexfer"
@@ -70,6 +71,13 @@ type source interface {
 	// read fills b (whole pages) with the pages dumped at src by task
 	// pid; the span lies within one pagemap entry.
 	read(pm *pagemap, src uint64, b []byte) error
+	// send asks for n pages at src ahead of their use; recv then fills b
+	// with the pages of the oldest run asked (in the order sent) and
+	// returns how many came: as many as asked, or fewer if the source
+	// keeps them in several pieces (the rest stays to be asked again).
+	// One goroutine may send while another receives.
+	send(pm *pagemap, src, n uint64) error
+	recv(pm *pagemap, src uint64, b []byte) (uint64, error)
 	close(complete bool) error
 }
 
@@ -94,6 +102,15 @@ func (localSource) read(pm *pagemap, src uint64, b []byte) error {
 		err = fmt.Errorf("short read %d of %d bytes", n, len(b))
 	}
 	return err
+}
+
+func (localSource) send(*pagemap, uint64, uint64) error { return nil }
+
+func (l localSource) recv(pm *pagemap, src uint64, b []byte) (uint64, error) {
+	if err := l.read(pm, src, b); err != nil {
+		return 0, err
+	}
+	return uint64(len(b)) / pageSize, nil
 }
 
 func (localSource) close(bool) error { return nil }
@@ -122,6 +139,38 @@ func (s *tieredSource) read(pm *pagemap, src uint64, b []byte) error {
 	}
 	s.far.Add(uint64(len(b)) / pageSize)
 	return nil
+}
+
+// local reports whether the pages at src are in the local images.
+func (s *tieredSource) isLocal(pm *pagemap, src uint64) bool {
+	i := pm.entry(src)
+	return i >= 0 && pm.level[i] != remoteLevel
+}
+
+func (s *tieredSource) send(pm *pagemap, src, n uint64) error {
+	if s.isLocal(pm, src) {
+		return nil // read when received
+	}
+	if s.remote == nil {
+		return fmt.Errorf("pages at %#x of pid %d are not in the local images, and there is no page server", src, pm.pid)
+	}
+	return s.remote.send(pm, src, n)
+}
+
+func (s *tieredSource) recv(pm *pagemap, src uint64, b []byte) (uint64, error) {
+	if s.isLocal(pm, src) {
+		if err := (localSource{}).read(pm, src, b); err != nil {
+			return 0, err
+		}
+		s.local.Add(uint64(len(b)) / pageSize)
+		return uint64(len(b)) / pageSize, nil
+	}
+	if s.remote == nil {
+		return 0, fmt.Errorf("pages at %#x of pid %d are not in the local images, and there is no page server", src, pm.pid)
+	}
+	got, err := s.remote.recv(pm, src, b)
+	s.far.Add(got)
+	return got, err
 }
 
 func (s *tieredSource) close(complete bool) error {
@@ -157,12 +206,24 @@ func dialSource(ctx context.Context, addr string, o pageserver.TransportOptions)
 	return &remoteSource{c: c}, nil
 }
 
+// getTimeout bounds one GET: a source that stops answering (its host or
+// the link gone without a reset) must not leave the restored tasks waiting
+// on their faults for TCP's retransmission timeout (minutes). A frozen
+// tree or a page server answers in milliseconds.
+var getTimeout = 30 * time.Second
+
 func (s *remoteSource) read(pm *pagemap, src uint64, b []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for len(b) > 0 {
 		nr := uint64(len(b)) / pageSize
+		var stalled atomic.Bool
+		timer := time.AfterFunc(getTimeout, func() { stalled.Store(true); s.c.Abort() })
 		got, err := s.c.Get(pm.pid, src, nr, b)
+		timer.Stop()
+		if stalled.Load() {
+			return fmt.Errorf("the page server did not answer a GET at %#x of pid %d within %v", src, pm.pid, getTimeout)
+		}
 		if errors.Is(err, pageserver.ErrNoPages) {
 			return fmt.Errorf("the page server has no pages at %#x of pid %d", src, pm.pid)
 		}
@@ -173,6 +234,21 @@ func (s *remoteSource) read(pm *pagemap, src uint64, b []byte) error {
 		src += got * pageSize
 	}
 	return nil
+}
+
+func (s *remoteSource) send(pm *pagemap, src, n uint64) error {
+	return s.c.SendGet(pm.pid, src, n)
+}
+
+func (s *remoteSource) recv(pm *pagemap, src uint64, b []byte) (uint64, error) {
+	pid, vaddr, got, err := s.c.RecvGet(b)
+	if err == nil && (pid != pm.pid || vaddr != src) {
+		err = fmt.Errorf("page server: reply to GET %#x of pid %d where %#x of pid %d was expected", vaddr, pid, src, pm.pid)
+	}
+	if errors.Is(err, pageserver.ErrNoPages) {
+		return 0, fmt.Errorf("the page server has no pages at %#x of pid %d", src, pm.pid)
+	}
+	return got, err
 }
 
 // close ends the session: with CLOSE (the source may go) when every page

@@ -1,6 +1,7 @@
 package migrate
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -11,7 +12,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -25,7 +28,10 @@ import (
 
 	"godwit/internal/actions"
 	"godwit/internal/cpuinfo"
+	"godwit/internal/images"
 	"godwit/internal/logging"
+	"godwit/internal/model/criuimg"
+	"godwit/internal/netlock"
 	"godwit/lazypages"
 	pb "godwit/migrate/internal/proto"
 	"godwit/pageserver"
@@ -69,6 +75,13 @@ type Agent struct {
 	history  []Result
 	inflight int
 	wg       sync.WaitGroup
+	// held are the migrations whose copy is held stopped after Ready;
+	// states (with pids, oldest first in stateOrder) what became of
+	// those that got that far, for Resolve.
+	held       map[string]*held
+	states     map[string]string
+	pids       map[string]int
+	stateOrder []string
 }
 
 // NewAgent checks the configuration and loads the certificates.
@@ -101,7 +114,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if err := removeStale(cfg.ImagesDir, cfg.Log); err != nil {
 		return nil, fmt.Errorf("agent: images dir: %w", err)
 	}
-	return &Agent{cfg: cfg, tls: tc, slot: make(chan struct{}, cfg.MaxConcurrent)}, nil
+	pruneResumed(cfg.ImagesDir)
+	return &Agent{cfg: cfg, tls: tc, slot: make(chan struct{}, cfg.MaxConcurrent),
+		held: map[string]*held{}, states: map[string]string{}, pids: map[string]int{}}, nil
 }
 
 // Serve accepts migrations on ln until ctx is done, then waits for those
@@ -186,6 +201,16 @@ type inbound struct {
 	// frozeAt is when the final round started: the source freezes the
 	// tree right after asking for it.
 	frozeAt time.Time
+	// agentCtx ends when the agent is asked to stop (not with the link).
+	agentCtx context.Context
+	// resumeDecided: Go (or a Resolve) decided the resume, recorded in
+	// the images dir.
+	resumeDecided bool
+	// netLock holds the tree's TCP connections and listeners on this
+	// host from Lock until the tree resumes (or the migration fails).
+	netLock *netlock.Lock
+	// aborted: the source sent Abort (its rollback is done).
+	aborted bool
 	// guard is the lazy-pages guard, started with the migration so that
 	// its start is not part of the downtime; handed to the fill (nil
 	// then) or ended by cleanup.
@@ -227,7 +252,7 @@ type pageServing struct {
 	final bool
 	dir   string
 	start time.Time
-	ln    *pageserver.Listener
+	ln    io.Closer
 	done  chan error
 	// stopOnDone: the server does not end by itself (QUIC); cancel ends it.
 	stopOnDone bool
@@ -254,6 +279,25 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 		a.cfg.Metrics.Observe(r)
 		return
 	}
+	_ = raw.SetDeadline(time.Time{})
+	// The migration's work (page servers, restore) stops when the
+	// source's link dies.
+	actx := ctx
+	fctx := context.WithoutCancel(ctx)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	k := newCtl(c, cancel)
+	first, err := k.recv(sourceWait)
+	if err != nil {
+		a.cfg.Log.Warnf("agent: %s: %v", raw.RemoteAddr(), err)
+		return
+	}
+	if r := first.GetResolve(); r != nil {
+		// Not a migration: no slot, so that it is answered even with
+		// every slot taken by held copies.
+		a.serveResolve(k, r)
+		return
+	}
 	select {
 	case a.slot <- struct{}{}:
 	case <-ctx.Done():
@@ -269,16 +313,10 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 		a.inflight--
 		a.mu.Unlock()
 	}()
-	_ = raw.SetDeadline(time.Time{})
-	// The migration's work (page servers, restore) stops when the
-	// source's link dies.
-	fctx := context.WithoutCancel(ctx)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	in := &inbound{a: a, ctl: newCtl(c, cancel), files: map[string]*os.File{}, fillCtx: fctx}
+	in := &inbound{a: a, ctl: k, files: map[string]*os.File{}, fillCtx: fctx, agentCtx: actx}
 	in.res.Started = time.Now()
 	in.res.Source = raw.RemoteAddr().String()
-	err := in.run(ctx)
+	err = in.run(ctx, first)
 	in.cleanup()
 	in.res.Total = time.Since(in.res.Started)
 	if err != nil {
@@ -289,11 +327,16 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 		in.res.FailedPhase, in.res.Error = pe.Phase, pe.Err.Error()
 		a.cfg.Log.Warnf("agent: migration %s of %d from %s: %v", in.res.ID, in.res.PID, in.res.Source, err)
 		_ = in.send(&pb.Envelope{Msg: &pb.Envelope_Failure{Failure: &pb.Failure{Phase: string(pe.Phase), Message: pe.Err.Error()}}})
+		in.releaseLock()
 	} else {
 		a.cfg.Log.Infof("agent: migration %s of %d from %s done in %v", in.res.ID, in.res.PID, in.res.Source, in.res.Total)
 		if pc := in.res.Postcopy; pc != nil {
 			a.cfg.Log.Infof("agent: migration %s: all pages in: %d pages, %d faults, %v after the resume", in.res.ID, pc.Pages, pc.Faults, pc.Duration)
 		}
+	}
+	// A lock still held (a failure path without a Failure sent) goes.
+	if err := in.netLock.Unlock(); err != nil {
+		a.cfg.Log.Warnf("agent: migration %s: %v", in.res.ID, err)
 	}
 	a.record(in.res)
 	observe(in.res)
@@ -307,6 +350,7 @@ func (in *inbound) recv(limit time.Duration) (*pb.Envelope, error) {
 		return nil, fmt.Errorf("source: %w", err)
 	}
 	if ab := m.GetAbort(); ab != nil {
+		in.aborted = true
 		return nil, fmt.Errorf("source aborted: %s", ab.Reason)
 	}
 	return m, nil
@@ -319,10 +363,9 @@ const (
 	sourceWait = 2 * time.Minute
 )
 
-func (in *inbound) run(ctx context.Context) error {
-	m, err := in.recv(sourceWait)
-	if err != nil {
-		return phaseErr(PhaseConnect, err)
+func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
+	if ab := m.GetAbort(); ab != nil {
+		return phaseErr(PhaseConnect, fmt.Errorf("source aborted: %s", ab.Reason))
 	}
 	h := m.GetHello()
 	if h == nil {
@@ -332,6 +375,10 @@ func (in *inbound) run(ctx context.Context) error {
 		return phaseErr(PhaseConnect, fmt.Errorf("protocol version %d, this agent speaks %d", h.Version, Version))
 	}
 	in.res.PID, in.res.Tasks, in.res.Mode, in.res.Transport = int(h.Pid), 1, Mode(h.Mode), h.Transport
+	if _, err := ParseCompress(h.Compress); err != nil {
+		return phaseErr(PhaseConnect, err)
+	}
+	in.res.Compress = h.Compress
 	if h.Source != "" {
 		in.res.Source = h.Source
 	}
@@ -345,6 +392,7 @@ func (in *inbound) run(ctx context.Context) error {
 	if err := os.Mkdir(in.dir, 0o700); err != nil {
 		return phaseErr(PhaseCheck, fmt.Errorf("migration directory: %w", err))
 	}
+	var err error
 	if in.guard, err = lazypages.StartGuard(); err != nil {
 		return phaseErr(PhaseCheck, err)
 	}
@@ -382,6 +430,15 @@ func (in *inbound) run(ctx context.Context) error {
 		case m.GetFile() != nil:
 			if err := in.writeFile(m.GetFile()); err != nil {
 				return phaseErr(PhaseFreeze, err)
+			}
+		case m.GetLock() != nil:
+			phase = PhaseFreeze
+			lk, err := in.lockConns(h.Pid)
+			if err != nil {
+				return phaseErr(phase, err)
+			}
+			if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Locked{Locked: lk}}); err != nil {
+				return phaseErr(phase, err)
 			}
 		case m.GetRestore() != nil:
 			in.a.cfg.Log.Debugf("agent: migration %s: restore asked %v after the freeze", in.res.ID, time.Since(in.frozeAt))
@@ -452,6 +509,16 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 		prev = "../" + in.rounds[len(in.rounds)-1]
 	}
 	in.rounds = append(in.rounds, name)
+	switch rs.Compress {
+	case "":
+	case CompressZstd:
+		if transport == "quic" {
+			return errors.New("compressed page streams run over TLS, not QUIC")
+		}
+		return in.startCompressedRound(ctx, rs, dir, prev)
+	default:
+		return fmt.Errorf("unknown page stream compression %q", rs.Compress)
+	}
 	to, err := in.a.cfg.TLS.pageTransport(transport, "")
 	if err != nil {
 		return err
@@ -480,6 +547,57 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 	}()
 	in.ps = ps
 	return in.send(&pb.Envelope{Msg: &pb.Envelope_RoundReady{RoundReady: &pb.RoundReady{Port: uint32(ln.Port())}}})
+}
+
+// startCompressedRound serves round rs on a connection of its own: TLS
+// (the agent's certificate, a client the CA signed), a zstd stream inside
+// (compress.go), one page-server session on top.
+func (in *inbound) startCompressedRound(ctx context.Context, rs *pb.RoundStart, dir, prev string) error {
+	ln, err := net.Listen("tcp", net.JoinHostPort(in.a.cfg.Address, "0"))
+	if err != nil {
+		return err
+	}
+	srv, err := pageserver.NewServer(pageserver.Config{ImagesDir: dir, PrevImagesDir: prev, Log: in.a.cfg.Log})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	ps := &pageServing{n: rs.N, final: rs.Final, dir: dir, start: time.Now(), ln: ln, done: make(chan error, 1), cancel: cancel}
+	go func() {
+		defer cancel()
+		defer srv.Close()
+		stop := context.AfterFunc(sctx, func() { ln.Close() })
+		defer stop()
+		raw, err := ln.Accept()
+		ln.Close()
+		if err != nil {
+			ps.done <- err
+			return
+		}
+		if err := tuneConn(raw); err != nil {
+			raw.Close()
+			ps.done <- err
+			return
+		}
+		_ = raw.SetDeadline(time.Now().Add(30 * time.Second))
+		c := tls.Server(raw, in.a.tls)
+		if err := c.HandshakeContext(sctx); err != nil {
+			raw.Close()
+			ps.done <- fmt.Errorf("TLS: %w", err)
+			return
+		}
+		_ = raw.SetDeadline(time.Time{})
+		z, err := newZstdConn(c)
+		if err != nil {
+			c.Close()
+			ps.done <- err
+			return
+		}
+		ps.done <- srv.ServeConn(sctx, z)
+	}()
+	in.ps = ps
+	return in.send(&pb.Envelope{Msg: &pb.Envelope_RoundReady{RoundReady: &pb.RoundReady{Port: uint32(ln.Addr().(*net.TCPAddr).Port)}}})
 }
 
 // startLazy opens the final images of a post-copy migration: the source
@@ -536,7 +654,9 @@ func (in *inbound) writeFile(f *pb.File) error {
 		return errors.New("image file before the final round")
 	}
 	name := f.Name
-	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") || name == "parent" {
+	// The source's network lock record names rules on the source host:
+	// this host's lock is the agent's own (Lock).
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") || name == "parent" || name == netlock.RecordFile {
 		return fmt.Errorf("bad image file name %q", name)
 	}
 	in.bytes += int64(len(f.Data))
@@ -609,42 +729,56 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	if len(in.rounds) == 0 || in.rounds[len(in.rounds)-1] != "final" {
 		return phaseErr(PhaseFreeze, errors.New("restore without the final round"))
 	}
-	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
+	scripts := &actions.Scripts{Notify: func(action string, pid int) error {
 		if action != actions.PreResume || pageSource != "" {
 			return nil
 		}
-		if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Ready{Ready: &pb.Ready{}}}); err != nil {
+		if err := in.awaitGo(pid); err != nil {
 			return err
 		}
-		m, err := in.recv(sourceWait)
-		if err != nil {
-			return err
-		}
-		if m.GetGo() == nil {
-			return fmt.Errorf("expected go, got %T", m.Msg)
+		in.resumeDecided = true
+		// Every connection is back (as the restorer unlocks its own
+		// lock here, before the tasks run): their packets may flow. The
+		// resume is decided: a failed unlock is reported, never a reason
+		// to kill the only copy left.
+		if err := in.netLock.Unlock(); err != nil {
+			in.a.cfg.Log.Warnf("agent: migration %s: network unlock (remove the godwit nft table by hand): %v", in.res.ID, err)
 		}
 		return nil
 	}}
 	// Detach: the agent is not the program's parent on the source, so a
 	// parent-death signal the program set must not tie it to the agent's
 	// life (as `restore -d`). The agent still reaps the root.
-	ro := restorer.Options{ImagesDir: filepath.Join(in.dir, "final"), Detach: true}
+	if rs.TcpEstablished != (in.netLock != nil) && pageSource == "" {
+		return phaseErr(PhaseFreeze, errors.New("restore of TCP connections without their lock on this host (Lock), or the reverse"))
+	}
+	ro := restorer.Options{ImagesDir: filepath.Join(in.dir, "final"), Detach: true, TCPEstablished: rs.TcpEstablished, ShellJob: rs.ShellJob}
 	var lazy *localFill
 	if !fullFill {
 		var err error
-		t := time.Now()
 		if lazy, err = in.startFill(ro.ImagesDir, pageSource); err != nil {
 			return phaseErr(PhaseRestore, err)
 		}
-		in.a.cfg.Log.Debugf("agent: migration %s: lazy-pages daemon started in %v", in.res.ID, time.Since(t))
-		ro.LazyPages, ro.WorkDir = true, in.dir
+		// The daemon opens the images while the restore lays out the
+		// tasks; the hand-off waits for it.
+		ro.LazyPages, ro.WorkDir, ro.LazyReady = true, in.dir, lazy.listening
 	}
+	// Past Ready the copy is held whatever becomes of the source's link:
+	// only a decision ends the hold (see awaitGo).
 	r, err := restorer.RestoreContext(ctx, ro, scripts)
 	if err != nil {
 		if lazy != nil {
 			lazy.stop()
 		}
+		if in.resumeDecided {
+			// Killed after all: a source that asks runs its tree on.
+			in.a.unmarkResumed(in.res.ID)
+			in.a.setState(in.res.ID, stateFailed, 0)
+		}
 		return phaseErr(PhaseRestore, err)
+	}
+	if in.resumeDecided {
+		in.a.setState(in.res.ID, stateResumed, r.PID())
 	}
 	resumedAt := time.Now()
 	if !in.frozeAt.IsZero() {
@@ -676,18 +810,110 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	return nil
 }
 
+// lockConns locks on this host the established TCP connections and the
+// listeners of the final images (their local addresses are the ones the
+// tree had on the source, a service address that moves with it), before
+// the source moves that address here: until the restored tree runs, a
+// peer's packets are dropped, never answered with a reset by a host with
+// no socket for them yet.
+func (in *inbound) lockConns(pid int32) (*pb.Locked, error) {
+	if in.netLock != nil {
+		return nil, errors.New("lock twice")
+	}
+	if in.ps != nil || len(in.files) > 0 || len(in.rounds) == 0 || in.rounds[len(in.rounds)-1] != "final" {
+		return nil, errors.New("lock before every image arrived")
+	}
+	d, err := images.Open(filepath.Join(in.dir, "final"), false)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	tree, err := criuimg.Read(d)
+	if err != nil {
+		return nil, fmt.Errorf("lock: %w", err)
+	}
+	var conns []netlock.Conn
+	var listeners []netip.AddrPort
+	for _, id := range tree.FileIDs() {
+		st := tree.Files[id].Inet
+		if st == nil || st.Type != unix.SOCK_STREAM {
+			continue
+		}
+		switch {
+		case st.Stream != nil:
+			conns = append(conns, netlock.Conn{Local: st.Src, Remote: st.Dst})
+		case st.State == tcpListen:
+			listeners = append(listeners, st.Src)
+		}
+	}
+	l, err := netlock.New(netlock.Default, int(pid), "")
+	if err != nil {
+		return nil, err
+	}
+	if err := l.Lock(conns); err != nil {
+		return nil, errors.Join(err, l.Unlock())
+	}
+	if err := l.LockListeners(listeners); err != nil {
+		return nil, errors.Join(err, l.Unlock())
+	}
+	in.netLock = l
+	in.a.cfg.Log.Infof("agent: migration %s: %d connections and %d listeners locked (%s)", in.res.ID, len(conns), len(listeners), l.Name())
+	return &pb.Locked{Connections: uint32(len(conns)), Listeners: uint32(len(listeners))}, nil
+}
+
+// releaseLock removes the connections' lock of a migration that failed.
+// The source's scripts may have moved the service address here already:
+// the lock stays until the source, told of the failure, has moved it back
+// (its Abort, or the link closed; bounded), so that this host, which has
+// no socket for them, answers no peer's packet with a reset.
+func (in *inbound) releaseLock() {
+	if !in.netLock.Active() {
+		return
+	}
+	deadline := time.Now().Add(lockLinger)
+	for !in.aborted && time.Now().Before(deadline) {
+		if _, err := in.recv(time.Until(deadline)); err != nil {
+			break
+		}
+	}
+	// A restore that got as far as the connections and then failed
+	// closed them as the tree died: their FIN, dropped by the lock,
+	// would be retransmitted to the clients of the source's live copies
+	// once it goes. Destroyed under the lock, they go silently.
+	for _, c := range in.netLock.Conns() {
+		cmd := exec.Command("ss", "-K", "-tn", "src", c.Local.String(), "dst", c.Remote.String())
+		if out, err := cmd.CombinedOutput(); err != nil {
+			in.a.cfg.Log.Warnf("agent: migration %s: destroy connection %v: %v: %s", in.res.ID, c, err, bytes.TrimSpace(out))
+		}
+	}
+	if err := in.netLock.Unlock(); err != nil {
+		in.a.cfg.Log.Warnf("agent: migration %s: %v", in.res.ID, err)
+	}
+}
+
+// lockLinger bounds how long a failed migration's lock waits for the
+// source to let go.
+const lockLinger = 30 * time.Second
+
+// tcpListen is the kernel's TCP_LISTEN state (include/net/tcp_states.h).
+const tcpListen = 10
+
 // localFill is the lazy-pages daemon filling a restored tree from the
 // migration's own images.
 type localFill struct {
 	cancel context.CancelFunc
 	done   chan struct{}
+	ready  chan struct{} // closed once the daemon listens
 	st     lazypages.Stats
 	err    error
+	// started and log: the -v4 timing of the daemon's start.
+	started time.Time
+	log     *logging.Logger
 }
 
 // startFill starts the daemon on the final images (and, through their
 // parent links, the rounds before) with its socket in the migration's
-// directory, and returns once it listens.
+// directory; listening tells when it listens.
 //
 // With pageSource the pages come from the source's page server instead.
 func (in *inbound) startFill(images, pageSource string) (*localFill, error) {
@@ -707,22 +933,26 @@ func (in *inbound) startFill(images, pageSource string) (*localFill, error) {
 		lo.PageServer = pageSource
 	}
 	ctx, cancel := context.WithCancel(in.fillCtx)
-	f := &localFill{cancel: cancel, done: make(chan struct{})}
-	ready := make(chan struct{})
-	lo.Ready = func() { close(ready) }
+	f := &localFill{cancel: cancel, done: make(chan struct{}), ready: make(chan struct{}), started: time.Now(), log: in.a.cfg.Log}
+	lo.Ready = func() { close(f.ready) }
 	go func() {
 		defer close(f.done)
 		f.st, f.err = lazypages.Run(ctx, lo)
 	}()
+	return f, nil
+}
+
+// listening waits until the daemon listens (restorer.Options.LazyReady).
+func (f *localFill) listening() error {
 	select {
-	case <-ready:
-		return f, nil
+	case <-f.ready:
+		f.log.Debugf("agent: lazy-pages daemon listening %v after its start", time.Since(f.started))
+		return nil
 	case <-f.done:
-		cancel()
 		if f.err == nil {
-			f.err = errors.New("ended before listening")
+			return errors.New("lazy-pages: ended before listening")
 		}
-		return nil, fmt.Errorf("lazy-pages: %w", f.err)
+		return fmt.Errorf("lazy-pages: %w", f.err)
 	}
 }
 

@@ -35,9 +35,11 @@ const (
 
 // Round is one pass of memory transfer.
 type Round struct {
-	N        int           `json:"n"`     // 0 is the first, full round
-	Pages    uint64        `json:"pages"` // pages sent (zero pages not counted)
-	Bytes    uint64        `json:"bytes"` // bytes on the wire for those pages
+	N     int    `json:"n"`     // 0 is the first, full round
+	Pages uint64 `json:"pages"` // pages sent (zero pages not counted)
+	Bytes uint64 `json:"bytes"` // bytes of those pages
+	// Wire is what a compressed round put on the link (0: not compressed).
+	Wire     uint64        `json:"wire_bytes,omitempty"`
 	Duration time.Duration `json:"duration_ns"`
 	Frozen   time.Duration `json:"frozen_ns"` // how long the source was frozen in it
 	// DirtyRate is the bytes per second the program wrote during the round,
@@ -58,13 +60,17 @@ type Postcopy struct {
 // Result is what one migration did; `migrate send --json` prints it and the
 // agent keeps the recent ones in its history.
 type Result struct {
-	ID          string        `json:"id"`
-	PID         int           `json:"pid"` // root of the tree, same on both hosts
-	Tasks       int           `json:"tasks"`
-	Source      string        `json:"source"`
-	Destination string        `json:"destination"`
-	Mode        Mode          `json:"mode"`
-	Transport   string        `json:"transport"` // "quic" or "tls"
+	ID          string `json:"id"`
+	PID         int    `json:"pid"` // root of the tree, same on both hosts
+	Tasks       int    `json:"tasks"`
+	Source      string `json:"source"`
+	Destination string `json:"destination"`
+	Mode        Mode   `json:"mode"`
+	Transport   string `json:"transport"` // "quic" or "tls"
+	Compress    string `json:"compress,omitempty"`
+	// Connections counts the established TCP connections moved
+	// (--tcp-established).
+	Connections int           `json:"connections,omitempty"`
 	Started     time.Time     `json:"started"`
 	Total       time.Duration `json:"total_ns"`
 	// Downtime is from the source freeze to the destination's resume, as

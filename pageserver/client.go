@@ -59,6 +59,8 @@ type Client struct {
 	closed bool
 	// handedOver: conn is the caller's connection (NewSocketClient).
 	handedOver bool
+	// GETs sent ahead of their replies (SendGet, RecvGet).
+	pipe getPipe
 }
 
 // Dial connects to a page server at addr ("host:port").
@@ -220,6 +222,9 @@ func (c *Client) Get(pid int, vaddr, nr uint64, dst []byte) (uint64, error) {
 	if err := c.usable(); err != nil {
 		return 0, err
 	}
+	if c.pipe.inFlight() > 0 {
+		return 0, errors.New("page server: GET while pipelined GETs await their replies")
+	}
 	rw := c.ctrlRW()
 	// CRIU's lazy-pages sends the image id (the pid), not id<<8|type.
 	if err := sendHeader(rw, wire.Header{Cmd: wire.CmdGet, NrPages: nr, Vaddr: vaddr, DstID: uint64(pid)}); err != nil {
@@ -299,6 +304,9 @@ func (c *Client) Close() error {
 	}
 	c.closed = true
 	c.sink = nil
+	if c.err == nil {
+		c.err = c.drainGets()
+	}
 	if c.err == nil {
 		if serr := c.sendClose(c.ctrlRW()); err == nil {
 			err = serr

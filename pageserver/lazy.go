@@ -186,3 +186,15 @@ func (s *Server) readLazy(f *os.File, pid uint64, off int64, b []byte) (int, err
 	}
 	return len(b), nil
 }
+
+// sendPages answers a GET on plain TCP: the header, then the data straight
+// from the pages file's page cache (sendfile), no copy through the server.
+func (ss *session) sendPages(hdr []byte, f *os.File, off, n int64, nr uint64) error {
+	done, err := sendFileAt(ss.tcp, hdr, f, off, n, ss.s.cfg.ReadTimeout)
+	ss.s.m.addBytes("out", done)
+	if err != nil {
+		return reqErr(reasonIO, fmt.Errorf("send pages at %d: %d of %d bytes: %w", off, done, n, err))
+	}
+	ss.s.m.addPages("out", nr)
+	return nil
+}

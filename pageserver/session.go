@@ -415,6 +415,9 @@ func (ss *session) get(h wire.Header) error {
 	}
 	var hb [wire.HeaderSize]byte
 	wire.Header{Cmd: wire.MakeCmd(wire.CmdAddF, wire.FlagPresent), NrPages: nr, Vaddr: h.Vaddr, DstID: h.DstID}.Marshal(hb[:])
+	if ss.tcp != nil && f != nil {
+		return ss.sendPages(hb[:], f, off, int64(nr*wire.PageSize), nr)
+	}
 	if err := ss.reply(hb[:]); err != nil || nr == 0 {
 		return err
 	}

@@ -3,8 +3,10 @@ package pageserver
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -57,4 +59,121 @@ func splicePipe(dst *net.TCPConn, src *os.File, n int64) (int64, error) {
 		return done, cerr
 	}
 	return done, serr
+}
+
+// sendFileAt sends hdr, then n bytes of f from off, on the TCP socket dst:
+// the header with MSG_MORE so that it leaves with the data, the data with
+// sendfile(2) from the page cache, so that GET replies cost the server no
+// copy through user space. Waits for room at most timeout each time.
+func sendFileAt(dst *net.TCPConn, hdr []byte, f *os.File, off, n int64, timeout time.Duration) (int64, error) {
+	sc, err := dst.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	fc, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var done int64
+	var serr error
+	wait := func(sfd int) bool {
+		// The socket is non-blocking (Go's poller owns it).
+		pfds := []unix.PollFd{{Fd: int32(sfd), Events: unix.POLLOUT}}
+		k, err := unix.Poll(pfds, int(timeout.Milliseconds()))
+		switch {
+		case err == unix.EINTR:
+			return true
+		case err != nil:
+			serr = fmt.Errorf("poll: %w", err)
+		case k == 0:
+			serr = fmt.Errorf("peer took no data for %v", timeout)
+		}
+		return serr == nil
+	}
+	cerr := sc.Control(func(fd uintptr) {
+		sfd := int(fd)
+		for len(hdr) > 0 {
+			k, err := unix.SendmsgN(sfd, hdr, nil, nil, unix.MSG_MORE|unix.MSG_NOSIGNAL)
+			switch {
+			case err == nil:
+				hdr = hdr[k:]
+			case err == unix.EINTR:
+			case err == unix.EAGAIN:
+				if !wait(sfd) {
+					return
+				}
+			default:
+				serr = fmt.Errorf("send: %w", err)
+				return
+			}
+		}
+		ferr := fc.Control(func(ffd uintptr) {
+			for done < n {
+				k, err := unix.Sendfile(sfd, int(ffd), &off, int(min(n-done, spliceChunk)))
+				if k > 0 {
+					done += int64(k)
+					continue
+				}
+				switch {
+				case err == nil:
+					serr = fmt.Errorf("sendfile: file ends at %d", off)
+					return
+				case err == unix.EINTR:
+				case err == unix.EAGAIN:
+					if !wait(sfd) {
+						return
+					}
+				default:
+					serr = fmt.Errorf("sendfile: %w", err)
+					return
+				}
+			}
+		})
+		if ferr != nil && serr == nil {
+			serr = ferr
+		}
+	})
+	if cerr != nil {
+		return done, cerr
+	}
+	return done, serr
+}
+
+// recvFull fills b from the TCP socket src with recv(2), sleeping in
+// poll(2) while no data is there rather than in Go's poller: the thread
+// that waits is the one the kernel wakes, with no goroutine hand-off in
+// between (a lazy-pages fault waits on this). Abort's shutdown wakes it.
+func recvFull(src *net.TCPConn, b []byte) error {
+	sc, err := src.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var rerr error
+	cerr := sc.Control(func(fd uintptr) {
+		sfd := int(fd)
+		for len(b) > 0 {
+			k, err := unix.Read(sfd, b)
+			switch {
+			case err == nil && k == 0:
+				rerr = io.ErrUnexpectedEOF
+				return
+			case err == nil:
+				b = b[k:]
+			case err == unix.EINTR:
+			case err == unix.EAGAIN:
+				pfds := []unix.PollFd{{Fd: int32(sfd), Events: unix.POLLIN}}
+				if _, err := unix.Poll(pfds, -1); err != nil && err != unix.EINTR {
+					rerr = fmt.Errorf("poll: %w", err)
+					return
+				}
+			default:
+				rerr = err
+				return
+			}
+		}
+	})
+	if cerr != nil {
+		return cerr
+	}
+	return rerr
 }

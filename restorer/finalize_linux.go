@@ -37,7 +37,12 @@ func (r *Restorer) Finalize() error {
 		if t.img.dead() {
 			continue
 		}
-		if err := t.finalize(ds, tables); err != nil {
+		var serr *stepErr
+		// On the tracer thread: every ptrace call of the task's drivers
+		// runs inline, with no cross-thread hop (each a wake-up, far
+		// dearer than the call on a loaded machine).
+		_ = r.tr.Do(func() error { serr = t.finalize(ds, tables); return nil })
+		if err := serr; err != nil {
 			if t == r.root {
 				return r.fail(err.step, err.err)
 			}
@@ -78,11 +83,26 @@ func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool) (serr 
 		case drivers.PhaseThreads:
 			// Made by Layout, with the tasks.
 		case drivers.PhaseMM:
+			if r.runner && r.scratchMapped {
+				// In the leader's session, queued: the runner
+				// lies outside the puppet's code it unmaps.
+				var s *session
+				if s, err = lead.get(); err == nil {
+					err = r.finishMMQueued(s)
+				}
+				break
+			}
 			if err = lead.end(); err == nil {
 				err = r.finishMM()
 			}
 		case drivers.PhaseRegisters:
-			if err = lead.end(); err == nil {
+			if lead.s != nil {
+				err = r.unmapWindow(lead.s)
+			}
+			if eerr := lead.end(); err == nil {
+				err = eerr
+			}
+			if err == nil {
 				err = r.registers()
 			}
 		default:
@@ -152,6 +172,13 @@ func (r *taskRun) eachThread(lead *leaderSession, fn func(*session, *thread) err
 			}
 			continue
 		}
+		if lead.s != nil {
+			// The leader's queued calls (inject.Session.Later) run
+			// before another thread's.
+			if err := lead.s.Flush(); err != nil {
+				return err
+			}
+		}
 		s, err := r.begin(t.Tid)
 		if err != nil {
 			return err
@@ -199,6 +226,37 @@ func (r *taskRun) finishMM() error {
 	return s.End(r.finishMMIn(s))
 }
 
+// finishMMQueued is finishMM in the leader's open session (which has the
+// runner), its calls queued for the session's next stop.
+func (r *taskRun) finishMMQueued(s *session) error {
+	pid := r.img.pid
+	addr, err := ptrace.FindSyscallInsnOutside(pid, r.win.base, r.win.base+windowSize)
+	if err != nil {
+		return err
+	}
+	if addr >= r.win.base && addr < r.win.base+windowSize {
+		return fmt.Errorf("no syscall instruction in the restored executable mappings")
+	}
+	r.tr.SetSyscallAddr(pid, addr)
+	s.Ptrace().UseSyscallAddr(addr)
+	s.Later("unmap puppet code", unix.SYS_MUNMAP, r.win.base, scratchOff)
+	for _, p := range r.protFix {
+		s.Later(fmt.Sprintf("mprotect vma %#x-%#x", p.start, p.end), unix.SYS_MPROTECT, p.start, p.end-p.start, uint64(p.prot))
+	}
+	return nil
+}
+
+// unmapWindow runs the queued calls, then unmaps godwit's window (at the
+// session's syscall instruction: the runner goes with it).
+func (r *taskRun) unmapWindow(s *session) error {
+	if err := s.Flush(); err != nil {
+		return err
+	}
+	_, err := s.Call("unmap scratch", unix.SYS_MUNMAP, r.win.base, windowSize)
+	r.windowGone = err == nil
+	return err
+}
+
 func (r *taskRun) finishMMIn(s *session) error {
 	if _, err := s.Call("unmap puppet code", unix.SYS_MUNMAP, r.win.base, scratchOff); err != nil {
 		return err
@@ -216,13 +274,15 @@ func (r *taskRun) finishMMIn(s *session) error {
 // registers, which each session put back).
 func (r *taskRun) registers() error {
 	pid := r.img.pid
-	s, err := r.begin(pid)
-	if err != nil {
-		return err
-	}
-	_, err = s.Call("unmap scratch", unix.SYS_MUNMAP, r.win.base, windowSize)
-	if err = s.End(err); err != nil {
-		return err
+	if !r.windowGone {
+		s, err := r.begin(pid)
+		if err != nil {
+			return err
+		}
+		_, err = s.Call("unmap scratch", unix.SYS_MUNMAP, r.win.base, windowSize)
+		if err = s.End(err); err != nil {
+			return err
+		}
 	}
 	for i := range r.img.threads {
 		t := r.img.threads[i]

@@ -17,6 +17,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if job := os.Getenv(nsRestoreEnv); job != "" {
+		os.Exit(nsRestoreMain(job))
+	}
 	// Descriptors our own parent leaked to us (a CI runner's pipes) would
 	// leak on into the workloads, and the dumper refuses pipes.
 	testutil.CloseInheritedFDs()
@@ -133,7 +136,7 @@ func restore(t testing.TB, dir string, mod func(*Options)) *Restorer {
 }
 
 // finish sends SIGUSR1 and checks that the task exits 0 with "done".
-func finish(t testing.TB, r *Restorer, log string) string {
+func finish(t tb, r *Restorer, log string) string {
 	t.Helper()
 	if err := unix.Kill(r.PID(), unix.SIGUSR1); err != nil {
 		t.Fatal(err)

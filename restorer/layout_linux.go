@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/bits"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -120,40 +121,52 @@ func (r *Restorer) Layout() error {
 		t.stubOff = p.SyscallAddr - win.base
 		t.runner = runner == nil
 	}
-	t0 := time.Now()
-	err = r.createTree(p)
-	if kerr := p.Kill(); kerr != nil && err == nil {
-		err = fmt.Errorf("kill puppet %d: %w", p.Pid, kerr)
-	}
-	if err == nil {
-		err = r.buryZombies()
-	}
-	if err != nil {
-		return r.fail("create tasks", err)
-	}
-	// Threads too, at once: the longer a free TID waits, the likelier
-	// another process takes it (pid_max wraps fast on a busy host).
-	for _, t := range r.tasks {
-		if t.img.dead() {
-			continue
+	// On the tracer thread: each ptrace call of the tree's creation and
+	// layout runs inline, with no cross-thread wake-up apiece (dearer
+	// than the call itself on a loaded machine). r.fail (which closes
+	// the tracer) runs after, off it.
+	step := "create tasks"
+	err = r.tr.Do(func() error {
+		t0 := time.Now()
+		err := r.createTree(p)
+		if kerr := p.Kill(); kerr != nil && err == nil {
+			err = fmt.Errorf("kill puppet %d: %w", p.Pid, kerr)
 		}
-		if err := t.makeThreads(); err != nil {
-			return r.fail(fmt.Sprintf("task %d: threads", t.img.pid), err)
+		if err == nil {
+			err = r.buryZombies()
 		}
-	}
-	r.forkTime = time.Since(t0)
-	for _, t := range r.tasks {
-		if t.img.dead() {
-			continue
-		}
-		s, err := t.begin(t.img.pid)
 		if err != nil {
-			return r.fail(fmt.Sprintf("task %d: layout", t.img.pid), err)
+			return err
 		}
-		err = t.layout(s)
-		if err = s.End(err); err != nil {
-			return r.fail(fmt.Sprintf("task %d: layout", t.img.pid), err)
+		// Threads too, at once: the longer a free TID waits, the likelier
+		// another process takes it (pid_max wraps fast on a busy host).
+		for _, t := range r.tasks {
+			if t.img.dead() {
+				continue
+			}
+			if err := t.makeThreads(); err != nil {
+				step = fmt.Sprintf("task %d: threads", t.img.pid)
+				return err
+			}
 		}
+		r.forkTime = time.Since(t0)
+		for _, t := range r.tasks {
+			if t.img.dead() {
+				continue
+			}
+			step = fmt.Sprintf("task %d: layout", t.img.pid)
+			s, err := t.begin(t.img.pid)
+			if err != nil {
+				return err
+			}
+			if err = s.End(t.layout(s)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return r.fail(step, err)
 	}
 	r.phase = phaseLaidOut
 	return nil
@@ -268,10 +281,18 @@ func (r *taskRun) moveVdso(s *session, special []procfs.Mapping) error {
 	if delta == 0 {
 		return nil
 	}
+	// The moves are one batch: each lands where asked or fails.
+	b := &batch{s: s}
 	move := func(from, to uint64, m procfs.Mapping) error {
-		_, err := s.Call(fmt.Sprintf("move %s %#x to %#x", m.Path, from, to), unix.SYS_MREMAP,
-			from, m.End-m.Start, m.End-m.Start, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, to)
-		return err
+		what := fmt.Sprintf("move %s %#x to %#x", m.Path, from, to)
+		b.add(inject.C(what, unix.SYS_MREMAP, from, m.End-m.Start, m.End-m.Start, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, to),
+			func(ret uint64, err error) error {
+				if err == nil && ret != to {
+					err = fmt.Errorf("%s: moved to %#x", what, ret)
+				}
+				return err
+			})
+		return nil
 	}
 	nlo, nhi := lo+delta, hi+delta
 	if nlo < hi && lo < nhi {
@@ -294,7 +315,7 @@ func (r *taskRun) moveVdso(s *session, special []procfs.Mapping) error {
 			return err
 		}
 	}
-	return nil
+	return b.flush()
 }
 
 // mapVMAs maps every dumped VMA but the kernel's special ones.
@@ -302,14 +323,26 @@ func (r *taskRun) mapVMAs(s *session) error {
 	r.writable = map[uint64]bool{}
 	fds := map[model.ID]uint64{} // file id → fd in the task, for this layout
 	shmFds := map[uint64]uint64{}
-	defer func() {
+	// closeAll queues the closes of every fd opened here (on success in
+	// the last batch of mmaps, on failure in one of their own).
+	closeAll := func(b *batch) {
 		for _, fd := range fds {
-			s.Call("close", unix.SYS_CLOSE, fd)
+			b.add(inject.C("close", unix.SYS_CLOSE, fd), func(uint64, error) error { return nil })
 		}
 		for _, fd := range shmFds {
-			s.Call("close", unix.SYS_CLOSE, fd)
+			b.add(inject.C("close", unix.SYS_CLOSE, fd), func(uint64, error) error { return nil })
 		}
+		clear(fds)
+		clear(shmFds)
+	}
+	defer func() {
+		b := &batch{s: s}
+		closeAll(b)
+		_ = b.flush()
 	}()
+	if err := r.openFiles(s, fds); err != nil {
+		return err
+	}
 	// A shared anonymous object mapped more than once, or not from its
 	// start, is made once at its full size and each VMA maps it; one
 	// mapped by several tasks is made by the first and opened by the
@@ -460,8 +493,67 @@ func (r *taskRun) mapVMAs(s *session) error {
 		}
 		r.madvise(b, v)
 	}
+	closeAll(b)
 	return b.flush()
 }
+
+// openFiles opens, in one batch, the plain files (not deleted, not
+// memfd) the task maps, each with the access mode of its first mapping,
+// into fds. Files whose paths do not fit in the scratch area together
+// are left to mapVMAs, which opens them one by one.
+func (r *taskRun) openFiles(s *session, fds map[model.ID]uint64) error {
+	b := &batch{s: s}
+	var ids []model.ID
+	var whats []string
+	off := uint64(0)
+	for i := range r.img.mm.VMAs {
+		v := &r.img.mm.VMAs[i]
+		if v.Status&(images.VmaAreaVdso|images.VmaAreaVvar|images.VmaAreaVsyscall) != 0 ||
+			v.Status&(images.VmaFilePrivate|images.VmaFileShared) == 0 {
+			continue
+		}
+		id := model.ID(v.Shmid)
+		if slices.Contains(ids, id) {
+			continue
+		}
+		if mf := r.img.tree.Files[id]; mf != nil && (mf.Kind == model.Ghost || mf.Kind == model.Memfd) {
+			continue
+		}
+		path := r.img.filePath(id)
+		if off+uint64(len(path))+1 > batchTableOff {
+			break
+		}
+		a, err := s.PutString(off, path)
+		if err != nil {
+			return err
+		}
+		off += uint64(len(path)) + 1
+		what := fmt.Sprintf("mmap vma %#x-%#x (%s): open %s", v.Start, v.End, vmaKind(v), path)
+		oflags := uint64(int(v.Fdflags)&unix.O_ACCMODE | unix.O_CLOEXEC)
+		b.add(inject.C(what, unix.SYS_OPENAT, atFdcwd, a, oflags, 0), func(ret uint64, err error) error {
+			if err == nil {
+				fds[id] = ret
+			}
+			return err
+		})
+		ids = append(ids, id)
+		whats = append(whats, what)
+	}
+	if err := b.flush(); err != nil {
+		return err
+	}
+	for i, id := range ids {
+		if want, ok := r.validated[id]; ok {
+			if err := drivers.VerifyOpened(r.img.pid, fds[id], r.img.filePath(id), want); err != nil {
+				return fmt.Errorf("%s: %w", whats[i], err)
+			}
+		}
+	}
+	return nil
+}
+
+// atFdcwd is AT_FDCWD (-100) as a syscall argument.
+const atFdcwd = ^uint64(99)
 
 // madvise queues the VMA's madvise bits (1 << MADV_x).
 func (r *taskRun) madvise(b *batch, v *model.VMA) {

@@ -184,6 +184,11 @@ func (r *Restorer) lazyHandoff() error {
 	if !r.o.LazyPages {
 		return nil
 	}
+	if r.o.LazyReady != nil {
+		if err := r.o.LazyReady(); err != nil {
+			return r.fail("lazy pages", err)
+		}
+	}
 	for _, t := range r.tasks {
 		if t.img.dead() {
 			continue

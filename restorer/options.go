@@ -48,6 +48,10 @@ type Options struct {
 	// them, registered with a userfaultfd, to the lazy-pages daemon
 	// listening on LazySocketName in WorkDir (or ImagesDir).
 	LazyPages bool
+	// LazyReady, if set, is waited for before the lazy VMAs are handed
+	// over (the daemon listens once it returns nil): a caller may start
+	// the daemon alongside the restore.
+	LazyReady func() error
 	// NetworkLock is --network-lock: a lock the dump kept (its record in
 	// the images) is removed once the connections are restored, or when
 	// the restore fails; Skip leaves it alone.

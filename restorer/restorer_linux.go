@@ -107,6 +107,7 @@ type taskRun struct {
 	runner bool   // the batch runner is in the window
 	// scratchMapped: Layout mapped the scratch area (batch tables).
 	scratchMapped bool
+	windowGone    bool   // Finalize unmapped the window
 	stubOff       uint64 // the puppet's syscall instruction offset from win.base
 	// protFix lists private VMAs laid out writable for FillPages, to
 	// get their dumped protection back in Finalize.
@@ -276,10 +277,14 @@ func (r *Restorer) fillAll(ctx context.Context) error {
 			continue
 		}
 		if t.img.pages != nil {
-			src, err := t.privatePages()
-			if err == nil {
-				err = t.fillPages(interruptibleSource(ctx, src))
-			}
+			// On the tracer thread, as Layout.
+			err := r.tr.Do(func() error {
+				src, err := t.privatePages()
+				if err == nil {
+					err = t.fillPages(interruptibleSource(ctx, src))
+				}
+				return err
+			})
 			if err != nil {
 				return r.fail(fmt.Sprintf("task %d: fill pages", t.img.pid), err)
 			}
@@ -287,7 +292,7 @@ func (r *Restorer) fillAll(ctx context.Context) error {
 		if err := r.interrupted(ctx); err != nil {
 			return err
 		}
-		if err := t.fillShmem(); err != nil {
+		if err := r.tr.Do(t.fillShmem); err != nil {
 			return r.fail(fmt.Sprintf("task %d", t.img.pid), err)
 		}
 	}

@@ -27,6 +27,16 @@ func (r *Restorer) Resume() error {
 		return err
 	}
 	pid := r.img.pid
+	// Checks that can fail come before the pre-resume scripts: a
+	// migration agent answers Ready there, after which the copy must
+	// resume when told.
+	for _, t := range r.tasks {
+		if !t.img.dead() && t.img.task.State == model.Stopped {
+			if err := canStopWith(t.img.pid, unix.Signal(t.img.task.StopSignal)); err != nil {
+				return r.fail("resume", err)
+			}
+		}
+	}
 	if err := r.scripts.Run(actions.PreResume, pid); err != nil {
 		return r.fail("pre-resume", err)
 	}
@@ -35,14 +45,19 @@ func (r *Restorer) Resume() error {
 	if err := r.unlockNetwork(); err != nil {
 		return r.fail("network unlock", err)
 	}
-	for _, t := range r.tasks {
-		if !t.img.dead() && t.img.task.State == model.Stopped {
-			if err := canStopWith(t.img.pid, unix.Signal(t.img.task.StopSignal)); err != nil {
-				return r.fail("resume", err)
-			}
-		}
-	}
 	var errs []error
+	_ = r.tr.Do(func() error { // on the tracer thread, as Layout
+		r.thawAll(&errs)
+		return nil
+	})
+	if err := errors.Join(errs...); err != nil {
+		return r.fail("detach", err)
+	}
+	return r.resumed()
+}
+
+// thawAll detaches every task, children first.
+func (r *Restorer) thawAll(errs *[]error) {
 	for i := len(r.tasks) - 1; i >= 0; i-- {
 		t := r.tasks[i]
 		if t.img.dead() {
@@ -58,13 +73,15 @@ func (r *Restorer) Resume() error {
 			stop = unix.SIGSTOP
 		}
 		if err := r.tr.ThawStopped(t.img.pid, stop); err != nil {
-			errs = append(errs, fmt.Errorf("task %d: %w", t.img.pid, err))
+			*errs = append(*errs, fmt.Errorf("task %d: %w", t.img.pid, err))
 		}
 		r.phase = phaseResumed // (partly) detached: kill by signal from now on
 	}
-	if err := errors.Join(errs...); err != nil {
-		return r.fail("detach", err)
-	}
+}
+
+// resumed runs the post-restore scripts and writes the stats.
+func (r *Restorer) resumed() error {
+	pid := r.img.pid
 	restoreTime := time.Since(r.start)
 	if err := r.scripts.Run(actions.PostRestore, pid); err != nil {
 		// The task runs already; CRIU kills it in this case too.

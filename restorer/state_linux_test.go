@@ -18,7 +18,7 @@ import (
 )
 
 // procState is what /proc shows of a stopped task, as comparable lines.
-func procState(t *testing.T, pid int) map[string]string {
+func procState(t tb, pid int) map[string]string {
 	t.Helper()
 	p := fmt.Sprintf("/proc/%d/", pid)
 	out := map[string]string{}
@@ -101,7 +101,7 @@ func atoi(s string) int {
 }
 
 // waitStopped waits for pid to be in a group stop, untraced.
-func waitStopped(t *testing.T, pid int) {
+func waitStopped(t tb, pid int) {
 	t.Helper()
 	for i := 0; ; i++ {
 		st, err := procfs.ReadStatus(pid)
@@ -147,9 +147,12 @@ func TestRestoreState(t *testing.T) {
 	unix.Kill(w.Pid, unix.SIGKILL)
 	w.Reaped(t)
 
-	r := restore(t, imgs, func(o *Options) { o.LeaveStopped = true })
-	waitStopped(t, r.PID())
-	after := procState(t, r.PID())
+	// In a pid namespace of its own: the dumped TIDs are free there.
+	res := restoreInPidNS(t, nsJob{Imgs: imgs, Log: log, LeaveStopped: true})
+	after := map[string]string{}
+	for k, v := range res.State {
+		after[k] = string(v)
+	}
 	for k, v := range before {
 		if after[k] != v {
 			t.Errorf("%s differs:\nbefore: %s\nafter:  %s", k, v, after[k])
@@ -160,15 +163,16 @@ func TestRestoreState(t *testing.T) {
 			t.Errorf("%s only after restore: %s", k, after[k])
 		}
 	}
-	unix.Kill(r.PID(), unix.SIGCONT)
-	finish(t, r, log)
+	if !strings.HasPrefix(res.Last, "done ") {
+		t.Fatalf("restored task's last log line %q", res.Last)
+	}
 }
 
 // normalMaps lists the VMAs of pid with their VmFlags, adjacent pieces of
 // one file mapping with the same protection and flags joined: whether the
 // kernel merged them depends on their anon_vma history, which a program
 // cannot see.
-func normalMaps(t *testing.T, pid int) string {
+func normalMaps(t tb, pid int) string {
 	t.Helper()
 	maps, err := procfs.ReadMaps(pid)
 	if err != nil {
@@ -249,4 +253,49 @@ func TestRestoreUnprivileged(t *testing.T) {
 	}
 	unix.Kill(r.PID(), unix.SIGCONT)
 	finish(t, r, log)
+}
+
+// TestRestoreRefusesBoundingSet: a restorer whose capability bounding set
+// lacks one the images have refuses by name, rather than giving the task
+// a smaller set. The workload runs as uid 1000 with no capabilities but
+// the full bounding set; godwit runs in a child (setpriv) that dropped
+// CAP_SYS_BOOT from its own.
+func TestRestoreRefusesBoundingSet(t *testing.T) {
+	needRoot(t)
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Fatalf("setpriv (util-linux): %v", err)
+	}
+	// t.TempDir's parents are private to root: use a dir uid 1000 can reach.
+	dir, err := os.MkdirTemp("", "godwit-restorer-bnd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o777)
+	bin := filepath.Join(dir, "counter")
+	b, err := os.ReadFile(testutil.CounterBin(t, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	log := filepath.Join(dir, "log")
+	w := startWorkload(t, log, "tick 3", setpriv, "--reuid=1000", "--regid=1000", "--clear-groups", "--inh-caps=-all", bin, log)
+	st, err := procfs.ReadStatus(w.Pid)
+	if err != nil || st.CapBnd&(1<<unix.CAP_SYS_BOOT) == 0 || st.CapPrm != 0 {
+		t.Fatalf("workload: want no permitted capabilities and CAP_SYS_BOOT in the bounding set: %+v, %v", st, err)
+	}
+	imgs := filepath.Join(dir, "img")
+	dump(t, w.Pid, imgs, nil)
+	w.Reaped(t)
+	res := restoreInPidNS(t, nsJob{Imgs: imgs, Log: log, Refused: "bounding set"}, setpriv, "--bounding-set=-sys_boot")
+	if !strings.Contains(res.Last, "CAP_SYS_BOOT") {
+		t.Fatalf("refusal does not name CAP_SYS_BOOT: %s", res.Last)
+	}
+	// With godwit's full set the same images restore.
+	if got := restoreInPidNS(t, nsJob{Imgs: imgs, Log: log}).Last; !strings.HasPrefix(got, "done") {
+		t.Fatalf("last line %q", got)
+	}
 }

@@ -51,7 +51,9 @@ resumes as it was. With --lazy-pages --address A --port P (plain TCP, --tls or -
 quic) the pages of lazy memory stay out of the images, unread, and the process stays frozen
 while they are served from its memory on A:P until the lazy-pages daemon of the restore has
 them all; then it is finished as above (post-copy cannot survive losing its source: keep
-this running until then).`,
+this running until then). On top of pre-dump rounds (--prev-images-dir with --track-mem)
+only the pages written since the last round stay lazy; the others are left to the parent
+images.`,
 		Args: noArgs,
 		RunE: func(*cobra.Command, []string) error {
 			o, err := engineopts.Dump(a.o)

@@ -92,14 +92,17 @@ func capLastCap() int {
 // CAP_SETPCAP), groups and gids, securebits with KEEP_CAPS so that the uid
 // change keeps the permitted set, uids, then (with the effective set
 // raised to what is permitted) the final securebits, the capability sets,
-// ambient capabilities and no_new_privs.
+// ambient capabilities and no_new_privs. One batch, then calls queued
+// (inject.Session.Later) for the session's next stop: they depend on the
+// securebits the batch reads.
 func (credsDriver) RestoreThread(r *Restore, s *inject.Session, t *model.Thread) error {
 	c := &t.Creds
 	cur, err := procfs.ReadStatus(t.Tid)
 	if err != nil {
 		return err
 	}
-	if err := setCreds(s, c, cur); err != nil {
+	calls, err := setCreds(s, c, cur)
+	if err != nil {
 		return err
 	}
 	if sig := t.PdeathSig; sig != 0 {
@@ -108,29 +111,73 @@ func (credsDriver) RestoreThread(r *Restore, s *inject.Session, t *model.Thread)
 			// after a detached restore: the signal would fire at once and
 			// (usually SIGKILL) end the program godwit just restored.
 			r.Log.Warnf("restore %d: thread %d: parent-death signal %d not restored: with -d the parent is godwit, which exits", r.Task.Pid, t.Tid, sig)
-			return nil
+		} else {
+			calls = append(calls, inject.C("prctl(PR_SET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(sig)))
 		}
-		if _, err := s.Call("prctl(PR_SET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(sig)); err != nil {
-			return err
-		}
+	}
+	for _, c := range calls {
+		s.Later(c.What, c.Nr, c.Args[:]...)
 	}
 	return nil
 }
 
-func setCreds(s *inject.Session, c *model.Creds, cur *procfs.Status) error {
+// capNames names the capabilities (include/uapi/linux/capability.h) in
+// errors.
+var capNames = map[int]string{
+	unix.CAP_CHOWN: "CAP_CHOWN", unix.CAP_DAC_OVERRIDE: "CAP_DAC_OVERRIDE", unix.CAP_DAC_READ_SEARCH: "CAP_DAC_READ_SEARCH",
+	unix.CAP_FOWNER: "CAP_FOWNER", unix.CAP_FSETID: "CAP_FSETID", unix.CAP_KILL: "CAP_KILL", unix.CAP_SETGID: "CAP_SETGID",
+	unix.CAP_SETUID: "CAP_SETUID", unix.CAP_SETPCAP: "CAP_SETPCAP", unix.CAP_LINUX_IMMUTABLE: "CAP_LINUX_IMMUTABLE",
+	unix.CAP_NET_BIND_SERVICE: "CAP_NET_BIND_SERVICE", unix.CAP_NET_BROADCAST: "CAP_NET_BROADCAST", unix.CAP_NET_ADMIN: "CAP_NET_ADMIN",
+	unix.CAP_NET_RAW: "CAP_NET_RAW", unix.CAP_IPC_LOCK: "CAP_IPC_LOCK", unix.CAP_IPC_OWNER: "CAP_IPC_OWNER",
+	unix.CAP_SYS_MODULE: "CAP_SYS_MODULE", unix.CAP_SYS_RAWIO: "CAP_SYS_RAWIO", unix.CAP_SYS_CHROOT: "CAP_SYS_CHROOT",
+	unix.CAP_SYS_PTRACE: "CAP_SYS_PTRACE", unix.CAP_SYS_PACCT: "CAP_SYS_PACCT", unix.CAP_SYS_ADMIN: "CAP_SYS_ADMIN",
+	unix.CAP_SYS_BOOT: "CAP_SYS_BOOT", unix.CAP_SYS_NICE: "CAP_SYS_NICE", unix.CAP_SYS_RESOURCE: "CAP_SYS_RESOURCE",
+	unix.CAP_SYS_TIME: "CAP_SYS_TIME", unix.CAP_SYS_TTY_CONFIG: "CAP_SYS_TTY_CONFIG", unix.CAP_MKNOD: "CAP_MKNOD",
+	unix.CAP_LEASE: "CAP_LEASE", unix.CAP_AUDIT_WRITE: "CAP_AUDIT_WRITE", unix.CAP_AUDIT_CONTROL: "CAP_AUDIT_CONTROL",
+	unix.CAP_SETFCAP: "CAP_SETFCAP", unix.CAP_MAC_OVERRIDE: "CAP_MAC_OVERRIDE", unix.CAP_MAC_ADMIN: "CAP_MAC_ADMIN",
+	unix.CAP_SYSLOG: "CAP_SYSLOG", unix.CAP_WAKE_ALARM: "CAP_WAKE_ALARM", unix.CAP_BLOCK_SUSPEND: "CAP_BLOCK_SUSPEND",
+	unix.CAP_AUDIT_READ: "CAP_AUDIT_READ", unix.CAP_PERFMON: "CAP_PERFMON", unix.CAP_BPF: "CAP_BPF",
+	unix.CAP_CHECKPOINT_RESTORE: "CAP_CHECKPOINT_RESTORE",
+}
+
+// capList names the capabilities in set.
+func capList(set uint64) string {
+	var names []string
+	for cp := 0; cp < 64; cp++ {
+		if set&(1<<cp) == 0 {
+			continue
+		}
+		if n, ok := capNames[cp]; ok {
+			names = append(names, n)
+		} else {
+			names = append(names, "capability "+strconv.Itoa(cp))
+		}
+	}
+	return strings.Join(names, ", ")
+}
+
+// setCreds runs the calls up to the securebits read and returns the
+// rest, to run in one batch with whatever the caller adds.
+func setCreds(s *inject.Session, c *model.Creds, cur *procfs.Status) ([]inject.Call, error) {
 	bnd := c.CapBnd
 	prm, eff, inh, amb := c.CapPrm, c.CapEff, c.CapInh, c.CapAmb
 	if missing := prm &^ cur.CapPrm; missing != 0 {
-		return fmt.Errorf("creds: the images' permitted capabilities %#x include %#x, which godwit does not hold (e.g. CAP_SYS_RESOURCE)", prm, missing)
+		return nil, fmt.Errorf("creds: the images' permitted capabilities %#x include %s, which godwit does not hold", prm, capList(missing))
 	}
 	last := capLastCap()
+	known := uint64(1)<<(last+1) - 1
+	if missing := bnd & known &^ cur.CapBnd; missing != 0 {
+		// A bounding set only shrinks: the task would run with a
+		// smaller one than it had.
+		return nil, fmt.Errorf("creds: the images' capability bounding set %#x includes %s, which is not in godwit's bounding set", bnd, capList(missing))
+	}
+	var calls []inject.Call
 	for cp := 0; cp <= last; cp++ {
 		if bnd&(1<<cp) == 0 && cur.CapBnd&(1<<cp) != 0 {
-			if _, err := s.Call(fmt.Sprintf("drop capability %d from the bounding set", cp), unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uint64(cp)); err != nil {
-				return err
-			}
+			calls = append(calls, inject.C(fmt.Sprintf("drop capability %d from the bounding set", cp), unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uint64(cp)))
 		}
 	}
+	// Buffers: the groups, then the two capsets' (8-byte aligned).
 	groups := c.Groups
 	gb := make([]byte, 0, 4*len(groups))
 	for _, g := range groups {
@@ -140,72 +187,60 @@ func setCreds(s *inject.Session, c *model.Creds, cur *procfs.Status) error {
 	if len(gb) > 0 {
 		var err error
 		if ga, err = s.Put(0, gb); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	if _, err := s.Call("setgroups", unix.SYS_SETGROUPS, uint64(len(groups)), ga); err != nil {
-		return err
+	calls = append(calls,
+		inject.C("setgroups", unix.SYS_SETGROUPS, uint64(len(groups)), ga),
+		inject.C(fmt.Sprintf("setresgid %d %d %d", c.GID, c.EGID, c.SGID), unix.SYS_SETRESGID, uint64(c.GID), uint64(c.EGID), uint64(c.SGID)),
+		inject.C("setfsgid", unix.SYS_SETFSGID, uint64(c.FSGID)),
+		inject.C("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS))
+	out, err := s.Batch(calls)
+	if err != nil {
+		return nil, err
 	}
-	if _, err := s.Call(fmt.Sprintf("setresgid %d %d %d", c.GID, c.EGID, c.SGID), unix.SYS_SETRESGID,
-		uint64(c.GID), uint64(c.EGID), uint64(c.SGID)); err != nil {
-		return err
-	}
-	if _, err := s.Call("setfsgid", unix.SYS_SETFSGID, uint64(c.FSGID)); err != nil {
-		return err
-	}
+	curSec := out[len(out)-1]
+	calls = nil
 	uids := [4]uint32{c.UID, c.EUID, c.SUID, c.FSUID}
-	curSec := uint64(0)
-	if v, err := s.Call("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS); err == nil {
-		curSec = v
-	} else {
-		return err
-	}
 	sec := uint64(c.Secbits)
 	if uids != cur.Uid {
-		if _, err := s.Call("prctl(PR_SET_SECUREBITS) keep caps", unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, curSec|linux.SecbitKeepCaps); err != nil {
-			return err
-		}
-		if _, err := s.Call(fmt.Sprintf("setresuid %d %d %d", uids[0], uids[1], uids[2]), unix.SYS_SETRESUID,
-			uint64(uids[0]), uint64(uids[1]), uint64(uids[2])); err != nil {
-			return err
-		}
-		if _, err := s.Call("setfsuid", unix.SYS_SETFSUID, uint64(uids[3])); err != nil {
-			return err
-		}
+		calls = append(calls,
+			inject.C("prctl(PR_SET_SECUREBITS) keep caps", unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, curSec|linux.SecbitKeepCaps),
+			inject.C(fmt.Sprintf("setresuid %d %d %d", uids[0], uids[1], uids[2]), unix.SYS_SETRESUID, uint64(uids[0]), uint64(uids[1]), uint64(uids[2])),
+			inject.C("setfsuid", unix.SYS_SETFSUID, uint64(uids[3])))
 		curSec |= linux.SecbitKeepCaps
 	}
 	// Raise the effective set to the permitted one for the calls below
 	// that need CAP_SETPCAP (a uid change may have cleared it).
-	if err := capset(s, cur.CapPrm, cur.CapPrm, cur.CapInh); err != nil {
-		return fmt.Errorf("%w (raising the effective set)", err)
+	raise, err := capsetCall(s, cur.CapPrm, cur.CapPrm, cur.CapInh)
+	if err != nil {
+		return nil, err
 	}
+	raise.What += " (raising the effective set)"
+	calls = append(calls, raise)
 	if sec != curSec {
-		if _, err := s.Call(fmt.Sprintf("prctl(PR_SET_SECUREBITS, %#x)", sec), unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, sec); err != nil {
-			return err
-		}
+		calls = append(calls, inject.C(fmt.Sprintf("prctl(PR_SET_SECUREBITS, %#x)", sec), unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, sec))
 	}
-	if err := capset(s, eff, prm, inh); err != nil {
-		return err
+	final, err := capsetCall(s, eff, prm, inh)
+	if err != nil {
+		return nil, err
 	}
+	calls = append(calls, final)
 	for cp := 0; cp <= last; cp++ {
 		if amb&(1<<cp) != 0 {
-			if _, err := s.Call(fmt.Sprintf("raise ambient capability %d", cp), unix.SYS_PRCTL,
-				unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, uint64(cp), 0, 0); err != nil {
-				return err
-			}
+			calls = append(calls, inject.C(fmt.Sprintf("raise ambient capability %d", cp), unix.SYS_PRCTL,
+				unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, uint64(cp), 0, 0))
 		}
 	}
 	if c.NoNewPrivs {
-		if _, err := s.Call("prctl(PR_SET_NO_NEW_PRIVS)", unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-			return err
-		}
+		calls = append(calls, inject.C("prctl(PR_SET_NO_NEW_PRIVS)", unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
 	}
-	return nil
+	return calls, nil
 }
 
-// capset sets the calling thread's capability sets (version 3: two
-// 32-bit words each).
-func capset(s *inject.Session, eff, prm, inh uint64) error {
+// capsetCall stashes a capset's arguments (inject.Session.Stash) and
+// returns the call that sets the calling thread's capability sets.
+func capsetCall(s *inject.Session, eff, prm, inh uint64) (inject.Call, error) {
 	b := le.AppendUint32(nil, unix.LINUX_CAPABILITY_VERSION_3)
 	b = le.AppendUint32(b, 0) // pid 0: the caller
 	for w := 0; w < 2; w++ {
@@ -213,10 +248,9 @@ func capset(s *inject.Session, eff, prm, inh uint64) error {
 		b = le.AppendUint32(b, uint32(prm>>(32*w)))
 		b = le.AppendUint32(b, uint32(inh>>(32*w)))
 	}
-	a, err := s.Put(0, b)
+	a, err := s.Stash(b)
 	if err != nil {
-		return err
+		return inject.Call{}, err
 	}
-	_, err = s.Call(fmt.Sprintf("capset eff %#x prm %#x inh %#x", eff, prm, inh), unix.SYS_CAPSET, a, a+8)
-	return err
+	return inject.C(fmt.Sprintf("capset eff %#x prm %#x inh %#x", eff, prm, inh), unix.SYS_CAPSET, a, a+8), nil
 }

@@ -71,18 +71,16 @@ func (fsDriver) Restore(r *Restore, s *inject.Session) error {
 			return err
 		}
 	} else {
-		a, err := s.PutString(0, cwd)
+		// Queued (inject.Session.Later): they run with the next
+		// driver's calls, in the same stop.
+		a, err := s.Stash(append([]byte(cwd), 0))
 		if err != nil {
 			return err
 		}
-		if _, err := s.Call("chdir "+cwd, unix.SYS_CHDIR, a); err != nil {
-			return err
-		}
+		s.Later("chdir "+cwd, unix.SYS_CHDIR, a)
 	}
 	if u := r.Task.FS.Umask; u != nil {
-		if _, err := s.Call("umask", unix.SYS_UMASK, uint64(*u)); err != nil {
-			return err
-		}
+		s.Later("umask", unix.SYS_UMASK, uint64(*u))
 	}
 	return nil
 }

@@ -65,21 +65,17 @@ func (miscDriver) CollectInjected(d *Dump, s *inject.Session) error {
 // Restore: personality, comm, subreaper, THP, oom_score_adj.
 func (miscDriver) Restore(r *Restore, s *inject.Session) error {
 	tc := r.Task
-	if _, err := s.Call("personality", unix.SYS_PERSONALITY, uint64(tc.Personality)); err != nil {
-		return err
-	}
+	// Queued (inject.Session.Later): they run with the next calls of
+	// the session, in the same stop.
+	s.Later("personality", unix.SYS_PERSONALITY, uint64(tc.Personality))
 	if err := setComm(s, tc.Comm); err != nil {
 		return err
 	}
 	if tc.ChildSubreaper {
-		if _, err := s.Call("prctl(PR_SET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1); err != nil {
-			return err
-		}
+		s.Later("prctl(PR_SET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1)
 	}
 	if r.Task.MM.THPDisabled {
-		if _, err := s.Call("prctl(PR_SET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE, 1, 0, 0, 0); err != nil {
-			return err
-		}
+		s.Later("prctl(PR_SET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE, 1, 0, 0, 0)
 	}
 	if tc.OomScoreAdj != nil {
 		p := "/proc/" + strconv.Itoa(r.Task.Pid) + "/oom_score_adj"
@@ -104,12 +100,12 @@ func setComm(s *inject.Session, comm string) error {
 	if len(comm) > 15 {
 		comm = comm[:15]
 	}
-	a, err := s.PutString(0, comm)
+	a, err := s.Stash(append([]byte(comm), 0))
 	if err != nil {
 		return err
 	}
-	_, err = s.Call("prctl(PR_SET_NAME)", unix.SYS_PRCTL, unix.PR_SET_NAME, a)
-	return err
+	s.Later("prctl(PR_SET_NAME)", unix.SYS_PRCTL, unix.PR_SET_NAME, a)
+	return nil
 }
 
 // dumpableDriver dumps and restores the task's dumpable flag, which a
@@ -133,9 +129,7 @@ func (dumpableDriver) CollectInjected(d *Dump, s *inject.Session) error {
 // Restore sets it, when the images have it.
 func (dumpableDriver) Restore(r *Restore, s *inject.Session) error {
 	if v := r.Task.MM.Dumpable; v != nil {
-		if _, err := s.Call("prctl(PR_SET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, uint64(*v)); err != nil {
-			return err
-		}
+		s.Later("prctl(PR_SET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, uint64(*v))
 	}
 	return nil
 }

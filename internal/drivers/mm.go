@@ -118,13 +118,10 @@ func (memoryDriver) Restore(r *Restore, s *inject.Session) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.Call("prctl(PR_SET_MM_MAP) with exe "+exe, unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, a, linux.SizeofPrctlMmMap, 0)
-	if _, cerr := s.Call("close exe", unix.SYS_CLOSE, efd); cerr != nil && err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
+	// Queued (inject.Session.Later), for the session's next stop; the
+	// buffers stay until then (a Put over them runs the queue first).
+	s.Later("prctl(PR_SET_MM_MAP) with exe "+exe, unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, a, linux.SizeofPrctlMmMap, 0)
+	s.Later("close exe", unix.SYS_CLOSE, efd)
 	if root := r.Tree.Files[r.Task.FS.Root].Path; root != "/" {
 		a, err := s.PutString(0, root)
 		if err != nil {

@@ -49,6 +49,8 @@ func (sigactionsDriver) CollectInjected(d *Dump, s *inject.Session) error {
 
 // Restore sets every handler with its original sa_restorer.
 func (sigactionsDriver) Restore(r *Restore, s *inject.Session) error {
+	// Queued (inject.Session.Later): they run with the session's next
+	// calls, in the same stop.
 	var buf []byte
 	var calls []inject.Call
 	for _, sa := range r.Task.Sigactions {
@@ -56,18 +58,21 @@ func (sigactionsDriver) Restore(r *Restore, s *inject.Session) error {
 		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
 			continue
 		}
-		a := s.Scratch() + uint64(len(buf))
+		off := uint64(len(buf))
 		buf = le64(le64(le64(le64(buf, sa.Handler), sa.Flags), sa.Restorer), sa.Mask)
-		calls = append(calls, inject.C(fmt.Sprintf("rt_sigaction %d", sig), unix.SYS_RT_SIGACTION, uint64(sig), a, 0, 8))
+		calls = append(calls, inject.C(fmt.Sprintf("rt_sigaction %d", sig), unix.SYS_RT_SIGACTION, uint64(sig), off, 0, 8))
 	}
 	if len(calls) == 0 {
 		return nil
 	}
-	if _, err := s.Put(0, buf); err != nil {
+	a, err := s.Stash(buf)
+	if err != nil {
 		return err
 	}
-	_, err := s.Batch(calls)
-	return err
+	for _, c := range calls {
+		s.Later(c.What, c.Nr, c.Args[0], a+c.Args[1], c.Args[2], c.Args[3])
+	}
+	return nil
 }
 
 // signalsDriver restores the pending signals (the engine reads them with

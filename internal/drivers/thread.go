@@ -73,28 +73,21 @@ func (threadDriver) RestoreThread(r *Restore, s *inject.Session, t *model.Thread
 		b = le.AppendUint32(b, sas.Flags&^linux.SsOnstack)
 		b = le.AppendUint32(b, 0)
 		b = le64(b, sas.Size)
-		a, err := s.Put(0, b)
+		// Queued (inject.Session.Later), as the calls below: they
+		// run with the session's next calls, in the same stop.
+		a, err := s.Stash(b)
 		if err != nil {
 			return err
 		}
-		if _, err := s.Call("sigaltstack", unix.SYS_SIGALTSTACK, a, 0); err != nil {
-			return err
-		}
+		s.Later("sigaltstack", unix.SYS_SIGALTSTACK, a, 0)
 	}
 	if re := t.Rseq; re.Pointer != 0 {
-		if _, err := s.Call(fmt.Sprintf("rseq %#x", re.Pointer), unix.SYS_RSEQ,
-			re.Pointer, uint64(re.Size), 0, uint64(re.Signature)); err != nil {
-			return err
-		}
+		s.Later(fmt.Sprintf("rseq %#x", re.Pointer), unix.SYS_RSEQ, re.Pointer, uint64(re.Size), 0, uint64(re.Signature))
 	}
 	if t.RobustList != 0 {
-		if _, err := s.Call("set_robust_list", unix.SYS_SET_ROBUST_LIST, t.RobustList, t.RobustLen); err != nil {
-			return err
-		}
+		s.Later("set_robust_list", unix.SYS_SET_ROBUST_LIST, t.RobustList, t.RobustLen)
 	}
-	if _, err := s.Call("set_tid_address", unix.SYS_SET_TID_ADDRESS, t.ClearTid); err != nil {
-		return err
-	}
+	s.Later("set_tid_address", unix.SYS_SET_TID_ADDRESS, t.ClearTid)
 	if err := setSched(t); err != nil {
 		return err
 	}

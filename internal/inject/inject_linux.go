@@ -17,6 +17,14 @@ type Session struct {
 	size    uint64 // its size
 	// code and tableOff enable batches (SetBatch).
 	code, tableOff uint64
+	// later are calls queued by Later, run before anything that needs
+	// the task's state after them; puts are the scratch ranges written
+	// since they were queued (a Put over one runs them first).
+	later []Call
+	puts  [][2]uint64
+	// stash is the low end of the Stash buffers (from the table area
+	// down), in use until the queue runs.
+	stash uint64
 }
 
 // Begin starts injecting into thread tid of task pid, whose scratch area
@@ -44,18 +52,74 @@ func (s *Session) Scratch() uint64 { return s.scratch }
 // Pid is the task the session injects into.
 func (s *Session) Pid() int { return s.pid }
 
-// End gives the thread its registers back; err (the caller's) wins over
-// End's own.
+// End runs the queued calls (Later) unless err (the caller's) is set,
+// then gives the thread its registers back; err wins over End's own.
 func (s *Session) End(err error) error {
+	if err == nil {
+		err = s.Flush()
+	}
+	s.later, s.puts, s.stash = nil, nil, 0
 	if eerr := s.s.End(); eerr != nil && err == nil {
 		err = eerr
 	}
 	return err
 }
 
-// Call runs one syscall; what names it in errors, which wrap the errno
-// when the call returned one.
+// Later queues a call whose result only matters if it fails. Queued
+// calls run, in order, with the next Call or Batch of the session (in
+// the same stop when the runner is set), or at Read, Flush or End; a
+// failure is reported there, naming the call (without its errno, which
+// callers must not take for their own call's).
+func (s *Session) Later(what string, nr uintptr, args ...uint64) {
+	s.later = append(s.later, C(what, nr, args...))
+}
+
+// Stash writes b into the scratch area for a queued call (Later) and
+// returns its address: below the batch tables, apart from what Put
+// places from the bottom, and kept until the queue runs.
+func (s *Session) Stash(b []byte) (uint64, error) {
+	top := s.stash
+	if top == 0 {
+		top = min(s.tableOff, s.size)
+		if s.code == 0 {
+			top = s.size
+		}
+	}
+	n := (uint64(len(b)) + 7) &^ 7
+	if n > top {
+		if err := s.Flush(); err != nil {
+			return 0, err
+		}
+		return s.Put(0, b)
+	}
+	off := top - n
+	a, err := s.Put(off, b)
+	if err != nil {
+		return 0, err
+	}
+	s.stash = off
+	if s.stash == 0 {
+		s.stash = 1 // all used: the next one flushes (n > 1 - …)
+	}
+	return a, nil
+}
+
+// Flush runs the queued calls.
+func (s *Session) Flush() error {
+	_, err := s.Batch(nil)
+	return err
+}
+
+// Call runs one syscall (after the queued ones); what names it in
+// errors, which wrap the errno when the call returned one.
 func (s *Session) Call(what string, nr uintptr, args ...uint64) (uint64, error) {
+	if len(s.later) > 0 {
+		out, err := s.Batch([]Call{C(what, nr, args...)})
+		if err != nil {
+			return 0, err
+		}
+		return out[0], nil
+	}
 	ret, err := s.s.Syscall(nr, args...)
 	if err != nil {
 		if en, ok := Errno(err); ok {
@@ -82,9 +146,13 @@ func (s *Session) check(off uint64, n int) error {
 	return nil
 }
 
-// Read reads len(b) bytes of the scratch area at off.
+// Read reads len(b) bytes of the scratch area at off (after running the
+// queued calls, which may write there).
 func (s *Session) Read(off uint64, b []byte) error {
 	if err := s.check(off, len(b)); err != nil {
+		return err
+	}
+	if err := s.Flush(); err != nil {
 		return err
 	}
 	return ptrace.ReadMem(s.pid, s.scratch+off, b)
@@ -95,6 +163,19 @@ func (s *Session) Put(off uint64, b []byte) (uint64, error) {
 	if err := s.check(off, len(b)); err != nil {
 		return 0, err
 	}
+	if len(s.later) > 0 {
+		// A queued call may read what an earlier Put left here: run
+		// the queue before overwriting it.
+		for _, p := range s.puts {
+			if off < p[1] && p[0] < off+uint64(len(b)) {
+				if err := s.Flush(); err != nil {
+					return 0, err
+				}
+				break
+			}
+		}
+	}
+	s.puts = append(s.puts, [2]uint64{off, off + uint64(len(b))})
 	a := s.scratch + off
 	if err := ptrace.WriteMem(s.pid, a, b); err != nil {
 		return 0, err
@@ -151,6 +232,22 @@ func (s *Session) SetBatch(code, off uint64) {
 // results; it stops at the first that fails, whose error names it and
 // wraps its errno (the results of those before it are returned).
 func (s *Session) Batch(calls []Call) ([]uint64, error) {
+	q := len(s.later)
+	if q == 0 {
+		return s.batch(calls)
+	}
+	all := append(s.later, calls...)
+	s.later, s.stash = nil, 0
+	out, err := s.batch(all)
+	if err != nil && len(out) < q {
+		// A queued call failed: named, its errno not wrapped (the
+		// caller's own call did not run).
+		return nil, fmt.Errorf("queued call %v", err)
+	}
+	return out[q:], err
+}
+
+func (s *Session) batch(calls []Call) ([]uint64, error) {
 	out := make([]uint64, 0, len(calls))
 	if s.code == 0 || s.tableOff >= s.size {
 		for _, c := range calls {

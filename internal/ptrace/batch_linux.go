@@ -274,6 +274,14 @@ func (s *Session) SetRunner(code, table uint64) {
 	_ = s.t.Do(func() error { s.runCode, s.runTable = code, table; return nil })
 }
 
+// UseSyscallAddr makes the session's later calls that cannot take the
+// runner (tasks made, the runner's own memory changed) run at addr, a
+// syscall instruction of the tracee: for a session that outlives the
+// one it began with (unmapped).
+func (s *Session) UseSyscallAddr(addr uint64) {
+	_ = s.t.Do(func() error { s.addr = addr; return nil })
+}
+
 // touchesRunner reports a call that would unmap, move, reprotect or
 // replace the runner's code or the table (which the runner goes on
 // reading after the call).

@@ -55,6 +55,9 @@ type Tracer struct {
 	quit   chan struct{}
 	exited chan struct{}
 	tid    int // OS thread id of the tracer thread
+	// closing: Close was called on the tracer thread (inside Do); the
+	// loop ends after the current function.
+	closing bool
 
 	// Owned by the tracer thread.
 	tasks       map[int]*task
@@ -99,6 +102,10 @@ func (t *Tracer) loop(ready chan<- int) {
 		select {
 		case fn := <-t.reqs:
 			fn()
+			if t.closing {
+				t.releaseAll()
+				return
+			}
 		case <-t.quit:
 			t.releaseAll()
 			return
@@ -135,6 +142,12 @@ func (t *Tracer) ThreadID() int { return t.tid }
 // tracees seized with PTRACE_O_EXITKILL are not detached but killed by the
 // kernel as the thread exits.
 func (t *Tracer) Close() error {
+	if unix.Gettid() == t.tid {
+		// From a function run by Do: the loop ends once it returns
+		// (waiting for it here would wait for ourselves).
+		t.closing = true
+		return nil
+	}
 	select {
 	case <-t.exited:
 		return nil
@@ -535,4 +548,30 @@ func (t *Tracer) Traced() []int {
 		return nil
 	})
 	return out
+}
+
+// KillOnExit sets (on) or clears PTRACE_O_EXITKILL on every stopped tracee:
+// set, the kernel kills them if the tracer thread exits (this process
+// dies) while they are attached, with no window where they run. Detach
+// still lets them go.
+func (t *Tracer) KillOnExit(on bool) error {
+	return t.Do(func() error {
+		var errs []error
+		for tid, tk := range t.tasks {
+			if !tk.stopped {
+				errs = append(errs, fmt.Errorf("PTRACE_O_EXITKILL on %d: not stopped", tid))
+				continue
+			}
+			opts := tk.opts &^ unix.PTRACE_O_EXITKILL
+			if on {
+				opts |= unix.PTRACE_O_EXITKILL
+			}
+			if _, err := ptrace(unix.PTRACE_SETOPTIONS, tid, 0, uintptr(opts)); err != nil {
+				errs = append(errs, fmt.Errorf("PTRACE_O_EXITKILL on %d: %w", tid, err))
+				continue
+			}
+			tk.opts = opts
+		}
+		return errors.Join(errs...)
+	})
 }
