@@ -1,6 +1,8 @@
 package dumper
 
 import (
+	"errors"
+
 	"godwit/internal/netlock"
 	"godwit/pageserver"
 )
@@ -57,6 +59,22 @@ type Options struct {
 	// (--external tty[rdev:dev]); the restore is given them
 	// (--inherit-fd fd[N]:tty[rdev:dev]).
 	ExtTTY [][2]uint64
+	// Hold, if set, is bound to the frozen tree during the dump: the
+	// post-dump script may tie the tree's life to this process with it.
+	Hold *Hold
+}
+
+// Hold lets a post-dump script (a migration's switch-over) have the kernel
+// kill the frozen tree if this process dies before the dump ends, instead
+// of letting it run on detached.
+type Hold struct{ killOnExit func(bool) error }
+
+// KillOnExit sets (on) or clears that binding.
+func (h *Hold) KillOnExit(on bool) error {
+	if h == nil || h.killOnExit == nil {
+		return errors.New("dump: no frozen tree to hold")
+	}
+	return h.killOnExit(on)
 }
 
 // PageServer is where a page server listens and how to talk to it.

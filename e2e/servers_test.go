@@ -204,10 +204,16 @@ type clients struct {
 // startClients opens k connections to addr in n and runs ex on each.
 func startClients(t testing.TB, n *testNetns, addr string, k int, ex exchange) *clients {
 	t.Helper()
+	return startClientsDial(t, func() (net.Conn, error) { return n.dial(addr) }, k, ex)
+}
+
+// startClientsDial is startClients with connections dial makes.
+func startClientsDial(t testing.TB, dial func() (net.Conn, error), k int, ex exchange) *clients {
+	t.Helper()
 	cs := &clients{stop: make(chan struct{}), ops: make([]int, k)}
 	conns := make([]*clientConn, k)
 	for i := range conns {
-		c, err := n.dial(addr)
+		c, err := dial()
 		if err != nil {
 			t.Fatalf("client %d: %v", i, err)
 		}

@@ -1,9 +1,11 @@
 package migrate
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -11,7 +13,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -25,7 +29,10 @@ import (
 
 	"godwit/internal/actions"
 	"godwit/internal/cpuinfo"
+	"godwit/internal/images"
 	"godwit/internal/logging"
+	"godwit/internal/model/criuimg"
+	"godwit/internal/netlock"
 	"godwit/lazypages"
 	pb "godwit/migrate/internal/proto"
 	"godwit/pageserver"
@@ -47,6 +54,10 @@ type AgentConfig struct {
 	// MaxImageBytes bounds the non-memory images of one migration
 	// (default 1 GiB).
 	MaxImageBytes int64
+	// MaxMigrationBytes bounds the page bytes (every round together) one
+	// migration may write here; 0: twice the memory its source announces,
+	// plus migrationSlack.
+	MaxMigrationBytes int64
 	// ClientTLS is this host's client certificate (and the CA): with it
 	// the agent takes post-copy migrations, fetching their lazy pages
 	// from the source's page server.
@@ -69,6 +80,13 @@ type Agent struct {
 	history  []Result
 	inflight int
 	wg       sync.WaitGroup
+	// held are the migrations whose copy is held stopped after Ready;
+	// states (with pids, oldest first in stateOrder) what became of
+	// those that got that far, for Resolve.
+	held       map[string]*held
+	states     map[string]string
+	pids       map[string]int
+	stateOrder []string
 }
 
 // NewAgent checks the configuration and loads the certificates.
@@ -101,7 +119,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if err := removeStale(cfg.ImagesDir, cfg.Log); err != nil {
 		return nil, fmt.Errorf("agent: images dir: %w", err)
 	}
-	return &Agent{cfg: cfg, tls: tc, slot: make(chan struct{}, cfg.MaxConcurrent)}, nil
+	pruneResumed(cfg.ImagesDir)
+	return &Agent{cfg: cfg, tls: tc, slot: make(chan struct{}, cfg.MaxConcurrent),
+		held: map[string]*held{}, states: map[string]string{}, pids: map[string]int{}}, nil
 }
 
 // Serve accepts migrations on ln until ctx is done, then waits for those
@@ -137,7 +157,9 @@ func (a *Agent) History() []Result {
 	return append([]Result(nil), a.history...)
 }
 
-// Handler serves /healthz and /history (JSON).
+// Handler serves /healthz. The history is not served here, where anyone
+// who reaches the metrics listener could read it: `godwit migrate history`
+// asks for it over mutual TLS.
 func (a *Agent) Handler() *http.ServeMux {
 	m := http.NewServeMux()
 	m.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -145,10 +167,6 @@ func (a *Agent) Handler() *http.ServeMux {
 		n := a.inflight
 		a.mu.Unlock()
 		fmt.Fprintf(w, "ok %d in flight\n", n)
-	})
-	m.HandleFunc("/history", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(a.History())
 	})
 	return m
 }
@@ -186,6 +204,21 @@ type inbound struct {
 	// frozeAt is when the final round started: the source freezes the
 	// tree right after asking for it.
 	frozeAt time.Time
+	// agentCtx ends when the agent is asked to stop (not with the link).
+	agentCtx context.Context
+	// resumeDecided: Go (or a Resolve) decided the resume, recorded in
+	// the images dir.
+	resumeDecided bool
+	// peer is the source's certificate (DER): only it may connect to
+	// this migration's page servers.
+	peer []byte
+	// pageLimit bounds the bytes of this migration's round images.
+	pageLimit int64
+	// netLock holds the tree's TCP connections and listeners on this
+	// host from Lock until the tree resumes (or the migration fails).
+	netLock *netlock.Lock
+	// aborted: the source sent Abort (its rollback is done).
+	aborted bool
 	// guard is the lazy-pages guard, started with the migration so that
 	// its start is not part of the downtime; handed to the fill (nil
 	// then) or ended by cleanup.
@@ -227,7 +260,7 @@ type pageServing struct {
 	final bool
 	dir   string
 	start time.Time
-	ln    *pageserver.Listener
+	ln    io.Closer
 	done  chan error
 	// stopOnDone: the server does not end by itself (QUIC); cancel ends it.
 	stopOnDone bool
@@ -254,6 +287,29 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 		a.cfg.Metrics.Observe(r)
 		return
 	}
+	_ = raw.SetDeadline(time.Time{})
+	// The migration's work (page servers, restore) stops when the
+	// source's link dies.
+	actx := ctx
+	fctx := context.WithoutCancel(ctx)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	k := newCtl(c, cancel)
+	first, err := k.recv(sourceWait)
+	if err != nil {
+		a.cfg.Log.Warnf("agent: %s: %v", raw.RemoteAddr(), err)
+		return
+	}
+	if r := first.GetResolve(); r != nil {
+		// Not a migration: no slot, so that it is answered even with
+		// every slot taken by held copies.
+		a.serveResolve(k, r)
+		return
+	}
+	if r := first.GetHistoryRequest(); r != nil {
+		a.serveHistory(k, r)
+		return
+	}
 	select {
 	case a.slot <- struct{}{}:
 	case <-ctx.Done():
@@ -269,16 +325,13 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 		a.inflight--
 		a.mu.Unlock()
 	}()
-	_ = raw.SetDeadline(time.Time{})
-	// The migration's work (page servers, restore) stops when the
-	// source's link dies.
-	fctx := context.WithoutCancel(ctx)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	in := &inbound{a: a, ctl: newCtl(c, cancel), files: map[string]*os.File{}, fillCtx: fctx}
+	in := &inbound{a: a, ctl: k, files: map[string]*os.File{}, fillCtx: fctx, agentCtx: actx}
+	if pc := c.ConnectionState().PeerCertificates; len(pc) > 0 {
+		in.peer = pc[0].Raw
+	}
 	in.res.Started = time.Now()
 	in.res.Source = raw.RemoteAddr().String()
-	err := in.run(ctx)
+	err = in.run(ctx, first)
 	in.cleanup()
 	in.res.Total = time.Since(in.res.Started)
 	if err != nil {
@@ -289,11 +342,16 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 		in.res.FailedPhase, in.res.Error = pe.Phase, pe.Err.Error()
 		a.cfg.Log.Warnf("agent: migration %s of %d from %s: %v", in.res.ID, in.res.PID, in.res.Source, err)
 		_ = in.send(&pb.Envelope{Msg: &pb.Envelope_Failure{Failure: &pb.Failure{Phase: string(pe.Phase), Message: pe.Err.Error()}}})
+		in.releaseLock()
 	} else {
 		a.cfg.Log.Infof("agent: migration %s of %d from %s done in %v", in.res.ID, in.res.PID, in.res.Source, in.res.Total)
 		if pc := in.res.Postcopy; pc != nil {
 			a.cfg.Log.Infof("agent: migration %s: all pages in: %d pages, %d faults, %v after the resume", in.res.ID, pc.Pages, pc.Faults, pc.Duration)
 		}
+	}
+	// A lock still held (a failure path without a Failure sent) goes.
+	if err := in.netLock.Unlock(); err != nil {
+		a.cfg.Log.Warnf("agent: migration %s: %v", in.res.ID, err)
 	}
 	a.record(in.res)
 	observe(in.res)
@@ -307,6 +365,7 @@ func (in *inbound) recv(limit time.Duration) (*pb.Envelope, error) {
 		return nil, fmt.Errorf("source: %w", err)
 	}
 	if ab := m.GetAbort(); ab != nil {
+		in.aborted = true
 		return nil, fmt.Errorf("source aborted: %s", ab.Reason)
 	}
 	return m, nil
@@ -319,10 +378,10 @@ const (
 	sourceWait = 2 * time.Minute
 )
 
-func (in *inbound) run(ctx context.Context) error {
-	m, err := in.recv(sourceWait)
-	if err != nil {
-		return phaseErr(PhaseConnect, err)
+func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
+	var err error
+	if ab := m.GetAbort(); ab != nil {
+		return phaseErr(PhaseConnect, fmt.Errorf("source aborted: %s", ab.Reason))
 	}
 	h := m.GetHello()
 	if h == nil {
@@ -332,10 +391,17 @@ func (in *inbound) run(ctx context.Context) error {
 		return phaseErr(PhaseConnect, fmt.Errorf("protocol version %d, this agent speaks %d", h.Version, Version))
 	}
 	in.res.PID, in.res.Tasks, in.res.Mode, in.res.Transport = int(h.Pid), 1, Mode(h.Mode), h.Transport
+	if _, err := ParseCompress(h.Compress); err != nil {
+		return phaseErr(PhaseConnect, err)
+	}
+	in.res.Compress = h.Compress
 	if h.Source != "" {
 		in.res.Source = h.Source
 	}
 	if err := checkHost(h); err != nil {
+		return phaseErr(PhaseCheck, err)
+	}
+	if in.pageLimit, err = migrationLimit(in.a.cfg.MaxMigrationBytes, h.MemoryBytes); err != nil {
 		return phaseErr(PhaseCheck, err)
 	}
 	id := make([]byte, 8)
@@ -352,6 +418,7 @@ func (in *inbound) run(ctx context.Context) error {
 		return phaseErr(PhaseConnect, err)
 	}
 	phase := PhasePrecopy
+	var probed uint64
 	for {
 		m, err := in.recv(sourceWait)
 		if err != nil {
@@ -382,6 +449,28 @@ func (in *inbound) run(ctx context.Context) error {
 		case m.GetFile() != nil:
 			if err := in.writeFile(m.GetFile()); err != nil {
 				return phaseErr(PhaseFreeze, err)
+			}
+		case m.GetProbe() != nil:
+			if len(in.rounds) > 0 {
+				return phaseErr(phase, errors.New("link probe after the first round"))
+			}
+			if probed += uint64(len(m.GetProbe().Data)); probed > maxProbe {
+				return phaseErr(phase, fmt.Errorf("link probe over %d bytes", maxProbe))
+			}
+			if m.GetProbe().Last {
+				if err := in.send(&pb.Envelope{Msg: &pb.Envelope_ProbeAck{ProbeAck: &pb.ProbeAck{Bytes: probed}}}); err != nil {
+					return phaseErr(phase, err)
+				}
+				probed = 0
+			}
+		case m.GetLock() != nil:
+			phase = PhaseFreeze
+			lk, err := in.lockConns(h.Pid)
+			if err != nil {
+				return phaseErr(phase, err)
+			}
+			if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Locked{Locked: lk}}); err != nil {
+				return phaseErr(phase, err)
 			}
 		case m.GetRestore() != nil:
 			in.a.cfg.Log.Debugf("agent: migration %s: restore asked %v after the freeze", in.res.ID, time.Since(in.frozeAt))
@@ -452,9 +541,34 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 		prev = "../" + in.rounds[len(in.rounds)-1]
 	}
 	in.rounds = append(in.rounds, name)
+	switch rs.Compress {
+	case "":
+	case CompressZstd:
+		if transport == "quic" {
+			return errors.New("compressed page streams run over TLS, not QUIC")
+		}
+		return in.startCompressedRound(ctx, rs, dir, prev)
+	default:
+		return fmt.Errorf("unknown page stream compression %q", rs.Compress)
+	}
 	to, err := in.a.cfg.TLS.pageTransport(transport, "")
 	if err != nil {
 		return err
+	}
+	// Only the source that opened this migration may send its pages:
+	// another peer the CA signed is refused at the handshake, before it
+	// can take the round's one session.
+	to.TLSConfig = in.a.tls.Clone()
+	peer := in.peer
+	to.TLSConfig.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
+		if len(raw) == 0 || len(peer) == 0 || !bytes.Equal(raw[0], peer) {
+			return errors.New("client certificate is not this migration's source's")
+		}
+		return nil
+	}
+	left := in.pageLimit - in.pageBytes()
+	if left <= 0 {
+		return fmt.Errorf("the migration's pages reached --max-migration-bytes %d", in.pageLimit)
 	}
 	ln, err := pageserver.Listen(net.JoinHostPort(in.a.cfg.Address, "0"), to)
 	if err != nil {
@@ -465,21 +579,78 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 	// CLOSE: that server is stopped when the source reports the round
 	// done, its CLOSE answered (every image complete) by then.
 	quic := to.Transport == pageserver.TransportQUIC
-	srv, err := pageserver.NewServer(pageserver.Config{ImagesDir: dir, PrevImagesDir: prev, Once: !quic, Log: in.a.cfg.Log})
+	srv, err := pageserver.NewServer(pageserver.Config{ImagesDir: dir, PrevImagesDir: prev, Once: !quic, Log: in.a.cfg.Log, MaxBytes: left})
 	if err != nil {
 		ln.Close()
 		return err
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	ps := &pageServing{n: rs.N, final: rs.Final, dir: dir, start: time.Now(), ln: ln, done: make(chan error, 1), stopOnDone: quic, cancel: cancel}
+	limit := in.pageLimit
 	go func() {
 		defer cancel()
 		err := srv.Serve(sctx, ln)
 		srv.Close()
+		if err != nil && strings.Contains(err.Error(), "(--max-bytes)") {
+			err = fmt.Errorf("the migration's pages exceed --max-migration-bytes %d", limit)
+			// Said at once: the source's page stream just breaks.
+			_ = in.send(&pb.Envelope{Msg: &pb.Envelope_Failure{Failure: &pb.Failure{Phase: string(PhasePrecopy), Message: err.Error()}}})
+		}
 		ps.done <- err
 	}()
 	in.ps = ps
 	return in.send(&pb.Envelope{Msg: &pb.Envelope_RoundReady{RoundReady: &pb.RoundReady{Port: uint32(ln.Port())}}})
+}
+
+// startCompressedRound serves round rs on a connection of its own: TLS
+// (the agent's certificate, a client the CA signed), a zstd stream inside
+// (compress.go), one page-server session on top.
+func (in *inbound) startCompressedRound(ctx context.Context, rs *pb.RoundStart, dir, prev string) error {
+	ln, err := net.Listen("tcp", net.JoinHostPort(in.a.cfg.Address, "0"))
+	if err != nil {
+		return err
+	}
+	srv, err := pageserver.NewServer(pageserver.Config{ImagesDir: dir, PrevImagesDir: prev, Log: in.a.cfg.Log})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	ps := &pageServing{n: rs.N, final: rs.Final, dir: dir, start: time.Now(), ln: ln, done: make(chan error, 1), cancel: cancel}
+	go func() {
+		defer cancel()
+		defer srv.Close()
+		stop := context.AfterFunc(sctx, func() { ln.Close() })
+		defer stop()
+		raw, err := ln.Accept()
+		ln.Close()
+		if err != nil {
+			ps.done <- err
+			return
+		}
+		if err := tuneConn(raw); err != nil {
+			raw.Close()
+			ps.done <- err
+			return
+		}
+		_ = raw.SetDeadline(time.Now().Add(30 * time.Second))
+		c := tls.Server(raw, in.a.tls)
+		if err := c.HandshakeContext(sctx); err != nil {
+			raw.Close()
+			ps.done <- fmt.Errorf("TLS: %w", err)
+			return
+		}
+		_ = raw.SetDeadline(time.Time{})
+		z, err := newZstdConn(c)
+		if err != nil {
+			c.Close()
+			ps.done <- err
+			return
+		}
+		ps.done <- srv.ServeConn(sctx, z)
+	}()
+	in.ps = ps
+	return in.send(&pb.Envelope{Msg: &pb.Envelope_RoundReady{RoundReady: &pb.RoundReady{Port: uint32(ln.Addr().(*net.TCPAddr).Port)}}})
 }
 
 // startLazy opens the final images of a post-copy migration: the source
@@ -494,6 +665,53 @@ func (in *inbound) startLazy() error {
 	}
 	in.rounds = append(in.rounds, "final")
 	return nil
+}
+
+// migrationSlack is what MaxMigrationBytes's default adds to twice the
+// announced memory: page maps, and pages the program maps during rounds.
+const migrationSlack = 256 << 20
+
+// migrationLimit is the page bytes a migration of a tree of memory bytes
+// may write here: max if set, else twice memory plus migrationSlack.
+func migrationLimit(max int64, memory uint64) (int64, error) {
+	if max > 0 {
+		if memory > uint64(max) {
+			return 0, fmt.Errorf("the tree's %d bytes of memory exceed --max-migration-bytes %d", memory, max)
+		}
+		return max, nil
+	}
+	if memory > 1<<50 {
+		return 0, fmt.Errorf("the tree announces %d bytes of memory", memory)
+	}
+	return 2*int64(memory) + migrationSlack, nil
+}
+
+// pageBytes is what this migration's rounds wrote so far.
+func (in *inbound) pageBytes() int64 {
+	var n int64
+	for _, r := range in.rounds {
+		ents, _ := os.ReadDir(filepath.Join(in.dir, r))
+		for _, e := range ents {
+			if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
+				n += fi.Size()
+			}
+		}
+	}
+	return n
+}
+
+// serveHistory answers a HistoryRequest.
+func (a *Agent) serveHistory(k *ctl, r *pb.HistoryRequest) {
+	if r.Version != Version {
+		_ = k.send(&pb.Envelope{Msg: &pb.Envelope_Failure{Failure: &pb.Failure{Phase: string(PhaseConnect),
+			Message: fmt.Sprintf("protocol version %d, this agent speaks %d", r.Version, Version)}}})
+		return
+	}
+	b, err := json.Marshal(a.History())
+	if err != nil {
+		return
+	}
+	_ = k.send(&pb.Envelope{Msg: &pb.Envelope_HistoryReply{HistoryReply: &pb.HistoryReply{Json: b}}})
 }
 
 // finishRound waits until the round's page server has its session's pages
@@ -536,7 +754,9 @@ func (in *inbound) writeFile(f *pb.File) error {
 		return errors.New("image file before the final round")
 	}
 	name := f.Name
-	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") || name == "parent" {
+	// The source's network lock record names rules on the source host:
+	// this host's lock is the agent's own (Lock).
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") || name == "parent" || name == netlock.RecordFile {
 		return fmt.Errorf("bad image file name %q", name)
 	}
 	in.bytes += int64(len(f.Data))
@@ -609,26 +829,30 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	if len(in.rounds) == 0 || in.rounds[len(in.rounds)-1] != "final" {
 		return phaseErr(PhaseFreeze, errors.New("restore without the final round"))
 	}
-	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
+	scripts := &actions.Scripts{Notify: func(action string, pid int) error {
 		if action != actions.PreResume || pageSource != "" {
 			return nil
 		}
-		if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Ready{Ready: &pb.Ready{}}}); err != nil {
+		if err := in.awaitGo(pid); err != nil {
 			return err
 		}
-		m, err := in.recv(sourceWait)
-		if err != nil {
-			return err
-		}
-		if m.GetGo() == nil {
-			return fmt.Errorf("expected go, got %T", m.Msg)
+		in.resumeDecided = true
+		// Every connection is back (as the restorer unlocks its own
+		// lock here, before the tasks run): their packets may flow. The
+		// resume is decided: a failed unlock is reported, never a reason
+		// to kill the only copy left.
+		if err := in.netLock.Unlock(); err != nil {
+			in.a.cfg.Log.Warnf("agent: migration %s: network unlock (remove the godwit nft table by hand): %v", in.res.ID, err)
 		}
 		return nil
 	}}
 	// Detach: the agent is not the program's parent on the source, so a
 	// parent-death signal the program set must not tie it to the agent's
 	// life (as `restore -d`). The agent still reaps the root.
-	ro := restorer.Options{ImagesDir: filepath.Join(in.dir, "final"), Detach: true}
+	if rs.TcpEstablished != (in.netLock != nil) && pageSource == "" {
+		return phaseErr(PhaseFreeze, errors.New("restore of TCP connections without their lock on this host (Lock), or the reverse"))
+	}
+	ro := restorer.Options{ImagesDir: filepath.Join(in.dir, "final"), Detach: true, TCPEstablished: rs.TcpEstablished, ShellJob: rs.ShellJob}
 	var lazy *localFill
 	if !fullFill {
 		var err error
@@ -639,12 +863,22 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 		// tasks; the hand-off waits for it.
 		ro.LazyPages, ro.WorkDir, ro.LazyReady = true, in.dir, lazy.listening
 	}
+	// Past Ready the copy is held whatever becomes of the source's link:
+	// only a decision ends the hold (see awaitGo).
 	r, err := restorer.RestoreContext(ctx, ro, scripts)
 	if err != nil {
 		if lazy != nil {
 			lazy.stop()
 		}
+		if in.resumeDecided {
+			// Killed after all: a source that asks runs its tree on.
+			in.a.unmarkResumed(in.res.ID)
+			in.a.setState(in.res.ID, stateFailed, 0)
+		}
 		return phaseErr(PhaseRestore, err)
+	}
+	if in.resumeDecided {
+		in.a.setState(in.res.ID, stateResumed, r.PID())
 	}
 	resumedAt := time.Now()
 	if !in.frozeAt.IsZero() {
@@ -675,6 +909,97 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	}
 	return nil
 }
+
+// lockConns locks on this host the established TCP connections and the
+// listeners of the final images (their local addresses are the ones the
+// tree had on the source, a service address that moves with it), before
+// the source moves that address here: until the restored tree runs, a
+// peer's packets are dropped, never answered with a reset by a host with
+// no socket for them yet.
+func (in *inbound) lockConns(pid int32) (*pb.Locked, error) {
+	if in.netLock != nil {
+		return nil, errors.New("lock twice")
+	}
+	if in.ps != nil || len(in.files) > 0 || len(in.rounds) == 0 || in.rounds[len(in.rounds)-1] != "final" {
+		return nil, errors.New("lock before every image arrived")
+	}
+	d, err := images.Open(filepath.Join(in.dir, "final"), false)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	tree, err := criuimg.Read(d)
+	if err != nil {
+		return nil, fmt.Errorf("lock: %w", err)
+	}
+	var conns []netlock.Conn
+	var listeners []netip.AddrPort
+	for _, id := range tree.FileIDs() {
+		st := tree.Files[id].Inet
+		if st == nil || st.Type != unix.SOCK_STREAM {
+			continue
+		}
+		switch {
+		case st.Stream != nil:
+			conns = append(conns, netlock.Conn{Local: st.Src, Remote: st.Dst})
+		case st.State == tcpListen:
+			listeners = append(listeners, st.Src)
+		}
+	}
+	l, err := netlock.New(netlock.Default, int(pid), "")
+	if err != nil {
+		return nil, err
+	}
+	if err := l.Lock(conns); err != nil {
+		return nil, errors.Join(err, l.Unlock())
+	}
+	if err := l.LockListeners(listeners); err != nil {
+		return nil, errors.Join(err, l.Unlock())
+	}
+	in.netLock = l
+	in.a.cfg.Log.Infof("agent: migration %s: %d connections and %d listeners locked (%s)", in.res.ID, len(conns), len(listeners), l.Name())
+	return &pb.Locked{Connections: uint32(len(conns)), Listeners: uint32(len(listeners))}, nil
+}
+
+// releaseLock removes the connections' lock of a migration that failed.
+// The source's scripts may have moved the service address here already:
+// the lock stays until the source, told of the failure, has moved it back
+// (its Abort, or the link closed; bounded), so that this host, which has
+// no socket for them, answers no peer's packet with a reset.
+func (in *inbound) releaseLock() {
+	if !in.netLock.Active() {
+		return
+	}
+	deadline := time.Now().Add(lockLinger)
+	for !in.aborted && time.Now().Before(deadline) {
+		if _, err := in.recv(time.Until(deadline)); err != nil {
+			break
+		}
+	}
+	// A restore that got as far as the connections and then failed
+	// closed them as the tree died: their FIN, dropped by the lock,
+	// would be retransmitted to the clients of the source's live copies
+	// once it goes. Destroyed under the lock, they go silently.
+	for _, c := range in.netLock.Conns() {
+		cmd := exec.Command("ss", "-K", "-tn", "src", c.Local.String(), "dst", c.Remote.String())
+		if out, err := cmd.CombinedOutput(); err != nil {
+			in.a.cfg.Log.Warnf("agent: migration %s: destroy connection %v: %v: %s", in.res.ID, c, err, bytes.TrimSpace(out))
+		}
+	}
+	if err := in.netLock.Unlock(); err != nil {
+		in.a.cfg.Log.Warnf("agent: migration %s: %v", in.res.ID, err)
+	}
+}
+
+// lockLinger bounds how long a failed migration's lock waits for the
+// source to let go.
+const lockLinger = 30 * time.Second
+
+// maxProbe bounds the bytes of one link probe (Probe).
+const maxProbe = 64 << 20
+
+// tcpListen is the kernel's TCP_LISTEN state (include/net/tcp_states.h).
+const tcpListen = 10
 
 // localFill is the lazy-pages daemon filling a restored tree from the
 // migration's own images.

@@ -23,6 +23,7 @@ const (
 	metricOverruns       = "godwit_migration_overruns_total"
 	metricInFlight       = "godwit_migrations_in_flight"
 	metricBytes          = "godwit_migration_bytes_total"
+	metricInDoubt        = "godwit_migrations_in_doubt"
 )
 
 // phaseUnknown labels a failure whose Result named no phase.
@@ -68,6 +69,7 @@ type Metrics struct {
 	total      *prometheus.CounterVec // mode, result
 	overruns   prometheus.Counter
 	inFlight   prometheus.Gauge
+	inDoubt    prometheus.Gauge
 	bytes      *prometheus.CounterVec // stage
 }
 
@@ -101,6 +103,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Completed migrations whose pre-copy did not converge and whose last delta overran the downtime budget."}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: metricInFlight,
 			Help: "Migrations running now."}),
+		inDoubt: prometheus.NewGauge(prometheus.GaugeOpts{Name: metricInDoubt,
+			Help: "Migrations whose copy the agent holds stopped after losing its source between ready and go, until `godwit migrate resolve` settles them."}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: metricBytes,
 			Help: "Memory bytes moved: on the wire in rounds, page bytes in post-copy."}, []string{"stage"}),
 	}
@@ -134,7 +138,7 @@ const (
 
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.duration, m.downtime, m.rounds, m.roundBytes, m.dirtyRate,
-		m.faults, m.faultLat, m.failures, m.total, m.overruns, m.inFlight, m.bytes}
+		m.faults, m.faultLat, m.failures, m.total, m.overruns, m.inFlight, m.inDoubt, m.bytes}
 }
 
 // Started counts a migration in flight until the returned function is called
@@ -152,6 +156,13 @@ func (m *Metrics) Started() func(Result) {
 			m.inFlight.Dec()
 			m.Observe(r)
 		})
+	}
+}
+
+// InDoubt adds delta to the migrations held in doubt.
+func (m *Metrics) InDoubt(delta int) {
+	if m != nil {
+		m.inDoubt.Add(float64(delta))
 	}
 }
 

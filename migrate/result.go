@@ -35,9 +35,11 @@ const (
 
 // Round is one pass of memory transfer.
 type Round struct {
-	N        int           `json:"n"`     // 0 is the first, full round
-	Pages    uint64        `json:"pages"` // pages sent (zero pages not counted)
-	Bytes    uint64        `json:"bytes"` // bytes on the wire for those pages
+	N     int    `json:"n"`     // 0 is the first, full round
+	Pages uint64 `json:"pages"` // pages sent (zero pages not counted)
+	Bytes uint64 `json:"bytes"` // bytes of those pages
+	// Wire is what a compressed round put on the link (0: not compressed).
+	Wire     uint64        `json:"wire_bytes,omitempty"`
 	Duration time.Duration `json:"duration_ns"`
 	Frozen   time.Duration `json:"frozen_ns"` // how long the source was frozen in it
 	// DirtyRate is the bytes per second the program wrote during the round,
@@ -58,13 +60,19 @@ type Postcopy struct {
 // Result is what one migration did; `migrate send --json` prints it and the
 // agent keeps the recent ones in its history.
 type Result struct {
-	ID          string        `json:"id"`
-	PID         int           `json:"pid"` // root of the tree, same on both hosts
-	Tasks       int           `json:"tasks"`
-	Source      string        `json:"source"`
-	Destination string        `json:"destination"`
-	Mode        Mode          `json:"mode"`
-	Transport   string        `json:"transport"` // "quic" or "tls"
+	ID          string `json:"id"`
+	PID         int    `json:"pid"` // root of the tree, same on both hosts
+	Tasks       int    `json:"tasks"`
+	Source      string `json:"source"`
+	Destination string `json:"destination"`
+	Mode        Mode   `json:"mode"`
+	Transport   string `json:"transport"` // "quic" or "tls"
+	Compress    string `json:"compress,omitempty"`
+	// Auto is what --compress auto measured and chose.
+	Auto *AutoCompress `json:"compress_auto,omitempty"`
+	// Connections counts the established TCP connections moved
+	// (--tcp-established).
+	Connections int           `json:"connections,omitempty"`
 	Started     time.Time     `json:"started"`
 	Total       time.Duration `json:"total_ns"`
 	// Downtime is from the source freeze to the destination's resume, as
@@ -94,4 +102,15 @@ type Switchover struct {
 	Images  time.Duration `json:"images_ns"`
 	Restore time.Duration `json:"restore_ns"`
 	Resume  time.Duration `json:"resume_ns"`
+}
+
+// AutoCompress is --compress auto's measure: the link's rate (a probe on
+// the control stream), zstd's rate and ratio on a sample of the program's
+// memory, and the choice (compress when zstd is faster than the link and
+// shrinks the pages).
+type AutoCompress struct {
+	Link     float64 `json:"link_bps"`
+	Zstd     float64 `json:"zstd_bps"`
+	Ratio    float64 `json:"ratio"`
+	Compress bool    `json:"compress"`
 }

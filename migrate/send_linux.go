@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -19,12 +20,19 @@ import (
 	"godwit/dumper"
 	"godwit/internal/actions"
 	"godwit/internal/cpuinfo"
+	"godwit/internal/netlock"
+	_ "godwit/migrate/internal/proto"
 	pb "godwit/migrate/internal/proto"
 	"godwit/pageserver"
 )
 
 // DefaultPort is the agent's port when --to names none.
 const DefaultPort = 7355
+
+// ActionAbort is the action the scripts of a migration that failed after
+// post-dump run with, once the source tree runs again here (godwit's
+// own: criu(8) has no migration).
+const ActionAbort = "migrate-abort"
 
 // SendOptions describe one migration from this host.
 type SendOptions struct {
@@ -35,7 +43,13 @@ type SendOptions struct {
 	// MaxRounds bounds the pre-copy rounds; 0 is stop-and-copy.
 	MaxRounds int
 	Transport string // page streams: "tls" (default) or "quic"
-	TLS       TLSFiles
+	// Compress is how page streams are compressed: CompressAuto (""),
+	// CompressNone or CompressZstd (over TLS only). Auto times the link
+	// (a probe on the control stream) and zstd (on a sample of the
+	// program's memory) first and compresses when that pays
+	// (autoCompress).
+	Compress string
+	TLS      TLSFiles
 	// ServerName is the name the agent's certificate must carry (default
 	// the host of To).
 	ServerName string
@@ -44,6 +58,25 @@ type SendOptions struct {
 	WorkDir   string
 	FileLocks bool
 	CPUCap    string
+	// TCPEstablished moves the tree's established TCP connections (dump
+	// and restore --tcp-established): they stay locked on this host from
+	// the freeze until the agent runs the tree, and on the agent's host
+	// from before the pre-restore scripts (which move the service address
+	// the connections use) until the restored tree resumes.
+	TCPEstablished, SkipInFlight bool
+	// NetworkLock is how this host locks the connections ("": default).
+	NetworkLock netlock.Method
+	// ShellJob, ExtUnixSk: as dump's --shell-job and --ext-unix-sk (the
+	// agent restores with --shell-job too).
+	ShellJob, ExtUnixSk bool
+	// ActionScripts run at the migration's action points (see
+	// docs/migrate-actions.md): the dump's pre-dump and post-dump, then
+	// pre-restore (the agent holds the connections' lock: move the
+	// service address there), pre-resume (the agent's copy is restored
+	// and stopped), post-restore (it runs), and migrate-abort (a failure
+	// after post-dump: the source tree runs on here; put back what the
+	// earlier actions moved).
+	ActionScripts []string
 	// FullFill has the agent fill every page before the resume (the
 	// downtime grows with the memory) instead of restoring lazily from
 	// its own images and filling after the resume.
@@ -55,12 +88,18 @@ type SendOptions struct {
 	OnRound func(Round)
 	// OnPhase, if set, is told each phase as the migration enters it.
 	OnPhase func(Phase)
+	// Notice, if set, gets a line for the user (stderr): an interrupt
+	// ignored during the switch-over, a lost answer being settled.
+	Notice func(string)
 }
 
 // Send migrates the tree of o.Pid to the agent at o.To. Until the agent
-// has the tree rebuilt and stopped, any failure leaves the source running
-// as it was (thawed, untraced, its memory tracking ended); once the agent
-// is ready the source tree is killed and the agent resumes its copy.
+// has the tree rebuilt and stopped (Ready), any failure leaves the source
+// running as it was (thawed, untraced, its memory tracking ended). Ready is
+// the commit (switchOver): the source tree is killed once the agent runs
+// its copy, runs on if the agent's copy is known gone, and is otherwise
+// left stopped "in doubt" (an error wrapping errInDoubt) for
+// `godwit migrate resolve`.
 func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	res = &Result{PID: o.Pid, Mode: o.Mode, Transport: o.Transport, Started: time.Now(), Destination: o.To}
 	defer func() {
@@ -102,6 +141,21 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	default:
 		return res, phaseErr(PhaseCheck, fmt.Errorf("unknown --mode %q (want precopy, postcopy or hybrid)", res.Mode))
 	}
+	comp, err := ParseCompress(o.Compress)
+	if err != nil {
+		return res, phaseErr(PhaseCheck, err)
+	}
+	if comp != CompressNone && (res.Transport == "quic" || res.Mode != ModePrecopy) {
+		if comp == CompressZstd {
+			return res, phaseErr(PhaseCheck, errors.New("--compress zstd: page streams are compressed over --transport tls in --mode precopy only"))
+		}
+		comp = CompressNone
+	}
+	res.Compress = comp
+	compressing := comp != CompressNone
+	if o.TCPEstablished && res.Mode != ModePrecopy {
+		return res, phaseErr(PhaseCheck, fmt.Errorf("--tcp-established with --mode %s is not implemented (use precopy)", res.Mode))
+	}
 	if o.DowntimeBudget <= 0 {
 		o.DowntimeBudget = 50 * time.Millisecond
 	}
@@ -114,7 +168,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		}
 	}
 	enter(PhaseConnect)
-	host, port, err := splitHostPort(o.To)
+	host, _, err := splitHostPort(o.To)
 	if err != nil {
 		return res, phaseErr(PhaseConnect, err)
 	}
@@ -134,23 +188,21 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	if err != nil {
 		return res, phaseErr(PhaseConnect, err)
 	}
-	addr := net.JoinHostPort(host, strconv.Itoa(port))
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 5 * time.Second}, Config: tc}
-	d.NetDialer.KeepAliveConfig = keepAlive
-	raw, err := d.DialContext(ctx, "tcp", addr)
+	raw, err := dialAgent(ctx, o.To, o.TLS, o.ServerName)
 	if err != nil {
-		return res, phaseErr(PhaseConnect, fmt.Errorf("agent %s: %w", addr, err))
-	}
-	defer raw.Close()
-	if err := tuneConn(raw.(*tls.Conn).NetConn()); err != nil {
 		return res, phaseErr(PhaseConnect, err)
 	}
-	// The rounds stop as soon as the control link dies or ctx ends.
-	ctx, cancel := context.WithCancel(ctx)
+	defer raw.Close()
+	// The rounds stop as soon as the control link dies or the caller's
+	// ctx ends (SIGINT, SIGTERM), until the switch-over's commit: from
+	// there the migration ends only as switchOver settles it.
+	parent := ctx
+	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
 	defer cancel()
-	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	gate := &switchGate{cancel: cancel, conn: raw, notice: o.Notice}
+	stop := context.AfterFunc(parent, gate.interrupt)
 	defer stop()
-	s := &sender{ctl: newCtl(raw, cancel), ctx: ctx}
+	s := &sender{ctl: newCtl(raw, gate.linkLost), ctx: ctx}
 	hostname, _ := os.Hostname()
 	cpu, err := hostCPU()
 	if err != nil {
@@ -158,7 +210,8 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	}
 	res.Source = hostname
 	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Hello{Hello: &pb.Hello{Version: Version, Pid: int32(o.Pid), Pids: pids,
-		Files: files, Transport: res.Transport, Mode: string(res.Mode), Source: hostname, Cpuinfo: cpu, CpuCap: o.CPUCap}}}); err != nil {
+		Files: files, Transport: res.Transport, Mode: string(res.Mode), Source: hostname, Cpuinfo: cpu, CpuCap: o.CPUCap,
+		Compress: comp, MemoryBytes: treeMemory(o.Pid)}}}); err != nil {
 		return res, phaseErr(PhaseConnect, err)
 	}
 	enter(PhaseCheck)
@@ -170,6 +223,17 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, phaseErr(PhaseCheck, fmt.Errorf("expected accepted, got %T", m.Msg))
 	}
 	res.ID = m.GetAccepted().Id
+	if comp == CompressAuto && res.Mode == ModePrecopy {
+		a := &AutoCompress{}
+		if a.Link, err = s.probeLink(); err != nil {
+			return res, s.abortWith(PhaseCheck, fmt.Errorf("link probe: %w", err))
+		}
+		if a.Zstd, a.Ratio, err = sampleCompress(o.Pid); err != nil {
+			return res, s.abortWith(PhaseCheck, err)
+		}
+		a.Compress = autoCompress(a.Link, a.Zstd, a.Ratio)
+		compressing, res.Auto = a.Compress, a
+	}
 	if res.Mode == ModePostcopy || (res.Mode == ModeHybrid && o.MaxRounds == 0) {
 		// Hybrid without rounds is post-copy.
 		return res, s.postcopy(o, res, raw.LocalAddr(), enter)
@@ -184,20 +248,31 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		defer os.RemoveAll(work)
 	}
 	tracking := false
+	// Before the agent is ready, a failure leaves the source as it was.
+	locked := false
+	abort := func(p Phase, err error) error {
+		// The agent's reason first (a limit it enforced breaks the
+		// page stream: that error says less).
+		if f := s.agentFailure(); f != nil {
+			p, err = Phase(f.Phase), fmt.Errorf("agent: %s (here: %v)", f.Message, err)
+		}
+		_ = s.send(&pb.Envelope{Msg: &pb.Envelope_Abort{Abort: &pb.Abort{Reason: err.Error()}}})
+		if locked {
+			// The agent drops its lock of the connections and closes
+			// the link: a retry finds the destination clean.
+			s.waitClosed(lockWait)
+		}
+		if tracking {
+			dumper.EndTracking(o.Pid)
+		}
+		return phaseErr(p, err)
+	}
 	if o.MaxRounds > 0 {
 		g, err := startGuard(o.Pid)
 		if err != nil {
 			return res, phaseErr(PhasePrecopy, err)
 		}
 		defer g.done()
-	}
-	// Before the agent is ready, a failure leaves the source as it was.
-	abort := func(p Phase, err error) error {
-		_ = s.send(&pb.Envelope{Msg: &pb.Envelope_Abort{Abort: &pb.Abort{Reason: err.Error()}}})
-		if tracking {
-			dumper.EndTracking(o.Pid)
-		}
-		return phaseErr(p, err)
 	}
 
 	n := uint32(0)
@@ -209,12 +284,16 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			break
 		}
 		n++
-		port, err := s.startRound(n, false)
+		port, err := s.startRound(n, false, compressing)
 		if err != nil {
 			return res, abort(PhasePrecopy, err)
 		}
+		ps, cp, err := pageTarget(net.JoinHostPort(host, strconv.Itoa(port)), pages, tc, compressing)
+		if err != nil {
+			return res, abort(PhasePrecopy, fmt.Errorf("round %d: %w", n, err))
+		}
 		po := dumper.PreDumpOptions{Pid: o.Pid, ImagesDir: filepath.Join(work, roundDir(n, false)),
-			PageServer: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}, HolderTimeout: 10 * time.Minute}
+			PageServer: ps, HolderTimeout: 10 * time.Minute}
 		if n > 1 {
 			po.PrevImagesDir = "../" + roundDir(n-1, false)
 		}
@@ -224,6 +303,13 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		t0 := time.Now()
 		tracking = true
 		pr, err := dumper.PreDump(ctx, po)
+		var st streamStats
+		if cp != nil {
+			var cerr error
+			if st, cerr = cp.finish(); err != nil && cerr != nil {
+				err = fmt.Errorf("%w (compressed stream: %v)", err, cerr)
+			}
+		}
 		if err != nil {
 			return res, abort(PhasePrecopy, fmt.Errorf("round %d: %w", n, err))
 		}
@@ -231,7 +317,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			return res, abort(PhasePrecopy, err)
 		}
 		dur := time.Since(t0)
-		r := Round{N: int(n - 1), Pages: pr.Mem.Written, Bytes: pr.Mem.Written * 4096, Duration: dur, Frozen: pr.Frozen}
+		r := Round{N: int(n - 1), Pages: pr.Mem.Written, Bytes: pr.Mem.Written * 4096, Duration: dur, Frozen: pr.Frozen, Wire: st.Wire}
 		if dur > 0 {
 			r.Bandwidth = float64(r.Bytes) / dur.Seconds()
 		}
@@ -255,7 +341,11 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	// over and waits until the agent has the tree rebuilt.
 	enter(PhaseFreeze)
 	n++
-	port, err = s.startRound(n, true)
+	port, err := s.startRound(n, true, compressing)
+	if err != nil {
+		return res, abort(PhaseFreeze, err)
+	}
+	ps, cp, err := pageTarget(net.JoinHostPort(host, strconv.Itoa(port)), pages, tc, compressing)
 	if err != nil {
 		return res, abort(PhaseFreeze, err)
 	}
@@ -264,18 +354,25 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, abort(PhaseFreeze, err)
 	}
 	do := dumper.Options{Pid: o.Pid, ImagesDir: final, FileLocks: o.FileLocks, CPUCap: o.CPUCap,
-		PageServer: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}}
+		PageServer:     ps,
+		TCPEstablished: o.TCPEstablished, SkipInFlight: o.SkipInFlight, NetworkLock: o.NetworkLock,
+		ShellJob: o.ShellJob, ExtUnixSk: o.ExtUnixSk, Hold: &dumper.Hold{}}
 	if len(res.Rounds) > 0 {
 		do.PrevImagesDir, do.TrackMem = "../"+roundDir(n-1, false), true
 	}
-	var frozeAt, dumpedAt, imagesAt, readyAt time.Time
-	ready, goSent := false, false
+	var frozeAt, dumpedAt, imagesAt, readyAt, resumedAt time.Time
+	switched, postDump := false, false
+	var doubt error
 	hookPhase := PhaseFreeze
-	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
+	// The user's scripts at the migration's own action points (the dump
+	// runs them at its own first).
+	user := &actions.Scripts{Commands: o.ActionScripts, ImagesDir: final}
+	scripts := &actions.Scripts{Commands: o.ActionScripts, ImagesDir: final, Notify: func(action string, _ int) error {
 		switch action {
 		case actions.PreDump:
 			frozeAt = time.Now()
 		case actions.PostDump:
+			postDump = true
 			if err := s.endRound(n); err != nil {
 				return err
 			}
@@ -284,7 +381,25 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 				return err
 			}
 			imagesAt = time.Now()
-			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{FullFill: o.FullFill}}}); err != nil {
+			if o.TCPEstablished {
+				if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Lock{Lock: &pb.Lock{}}}); err != nil {
+					return err
+				}
+				m, err := s.recv(PhaseFreeze, time.Minute)
+				if err != nil {
+					return err
+				}
+				locked = true
+				if m.GetLocked() == nil {
+					return fmt.Errorf("expected locked, got %T", m.Msg)
+				}
+				res.Connections = int(m.GetLocked().Connections)
+			}
+			if err := user.Run(actions.PreRestore, o.Pid); err != nil {
+				return err
+			}
+			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{FullFill: o.FullFill,
+				TcpEstablished: o.TCPEstablished, ShellJob: o.ShellJob}}}); err != nil {
 				return err
 			}
 			hookPhase = PhaseRestore
@@ -296,56 +411,107 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			if m.GetReady() == nil {
 				return fmt.Errorf("expected ready, got %T", m.Msg)
 			}
-			ready, readyAt = true, time.Now()
-			enter(PhaseSwitchover)
-			// Switch-over. SIGKILL to the frozen tasks: none of them runs
-			// another instruction of its own (a fatal signal is acted on
-			// before any return to user space), so the agent may resume
-			// now rather than after the kernel has torn the source down.
-			if err := killTree(o.Pid); err != nil {
+			readyAt = time.Now()
+			hookPhase = PhaseSwitchover
+			if err := user.Run(actions.PreResume, o.Pid); err != nil {
 				return err
 			}
-			goSent = true
-			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Go{Go: &pb.Go{}}}); err != nil {
-				return fmt.Errorf("source killed, but the agent was not told to resume: %w", err)
+			enter(PhaseSwitchover)
+			if !gate.commit() {
+				return errors.New("interrupted")
 			}
+			ok, at, note, err := s.switchOver(&o, res.ID, do.Hold, o.Notice)
+			if err != nil {
+				if errors.Is(err, errInDoubt) {
+					doubt = err
+				}
+				return err
+			}
+			switched, resumedAt, res.Note = ok, at, note
 		}
 		return nil
 	}}
 	dr, err := dumper.DumpContext(ctx, do, scripts)
+	var finalWire uint64
+	if cp != nil {
+		st, cerr := cp.finish()
+		finalWire = st.Wire
+		if err != nil && cerr != nil && !switched {
+			err = fmt.Errorf("%w (compressed stream: %v)", err, cerr)
+		}
+	}
+	if err != nil && !switched && doubt == nil && postDump {
+		// The source tree runs on: the scripts put back what post-dump
+		// and pre-restore moved.
+		if serr := user.Run(ActionAbort, o.Pid); serr != nil {
+			err = errors.Join(err, serr)
+		}
+	}
+	// The connections' lock the dump kept on this host: held (its guard
+	// removes it should this process die) until the agent's copy runs.
+	var srcLock *netlock.Lock
+	if dr != nil && dr.NetLock != nil {
+		l, lerr := netlock.Adopt(*dr.NetLock)
+		if lerr != nil {
+			err = errors.Join(err, fmt.Errorf("source network lock: %w", lerr))
+		} else {
+			srcLock = l
+			defer func() {
+				// The tree is gone from here (killed at the switch-over,
+				// its sockets closed silently in repair mode): packets
+				// of its connections no longer reach this host once the
+				// address moved.
+				if uerr := srcLock.Unlock(); uerr != nil {
+					err = errors.Join(err, phaseErr(PhaseSwitchover, fmt.Errorf("source network unlock: %w", uerr)))
+				}
+			}()
+		}
+	}
 	switch {
-	case err != nil && goSent:
-		// Past the switch-over: the source is killed and the agent told
-		// to resume, so the agent's copy is the one left.
-		res.Note = fmt.Sprintf("after switch-over: %v", err)
-	case err != nil && ready:
-		// Killing the source failed: the dump rolled back and the source
-		// runs on; the agent, told nothing, removes its copy.
-		return res, abort(PhaseSwitchover, err)
+	case err != nil && switched:
+		// Past the switch-over: the agent runs its copy and the source
+		// is killed.
+		res.Note = strings.TrimPrefix(res.Note+"; ", "; ") + fmt.Sprintf("after switch-over: %v", err)
+	case doubt != nil:
+		// Both copies stopped: only the user can tell which to keep.
+		if tracking {
+			dumper.EndTracking(o.Pid)
+		}
+		return res, phaseErr(PhaseSwitchover, doubt)
 	case err != nil:
-		// The dump rolled back: the source runs on.
+		// The dump rolled back: the source runs on (after Ready only
+		// once the agent's copy is known gone).
 		return res, abort(hookPhase, err)
-	case !goSent:
+	case !switched:
 		return res, abort(PhaseSwitchover, errors.New("dump ended without handing over"))
 	}
 	if dr != nil && dr.Stats != nil && dr.Stats.FrozenTime != nil {
-		res.Rounds = append(res.Rounds, Round{N: int(n - 1), Pages: dr.Mem.Written, Bytes: dr.Mem.Written * 4096,
+		res.Rounds = append(res.Rounds, Round{N: int(n - 1), Pages: dr.Mem.Written, Bytes: dr.Mem.Written * 4096, Wire: finalWire,
 			Frozen: time.Duration(dr.Stats.GetFrozenTime()) * time.Microsecond, Duration: dumpedAt.Sub(frozeAt)})
 	}
-	m, err = s.recv(PhaseSwitchover, time.Minute)
-	if err != nil {
-		return res, err
-	}
-	if m.GetResumed() == nil {
-		return res, phaseErr(PhaseSwitchover, fmt.Errorf("expected resumed, got %T", m.Msg))
-	}
-	// The agent resumed when its answer arrived, maybe while the source
-	// was still being torn down.
-	res.Downtime = s.at.Sub(frozeAt)
+	// The agent resumed when its answer arrived.
+	res.Downtime = resumedAt.Sub(frozeAt)
 	res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt), Images: imagesAt.Sub(dumpedAt),
-		Restore: readyAt.Sub(imagesAt), Resume: s.at.Sub(readyAt)}
+		Restore: readyAt.Sub(imagesAt), Resume: resumedAt.Sub(readyAt)}
+	if err := srcLock.Unlock(); err != nil {
+		return res, phaseErr(PhaseSwitchover, fmt.Errorf("source network unlock: %w", err))
+	}
+	if err := user.Run(actions.PostRestore, o.Pid); err != nil {
+		// The tree runs on the destination: report, nothing to undo.
+		if res.Note != "" {
+			res.Note += "; "
+		}
+		res.Note += err.Error()
+	}
 	if o.FullFill {
 		return res, nil
+	}
+	select {
+	case <-s.done:
+		// Settled on another connection: the fill's end is not told.
+		res.Note = strings.TrimPrefix(res.Note+"; ", "; ") + "every page in: not reported (control link lost)"
+		return res, nil
+	default:
 	}
 	// The copy runs; the migration is complete when the agent has every
 	// page in. A failure now has killed the destination's copy too.
@@ -368,6 +534,54 @@ type sender struct {
 	ctx context.Context
 }
 
+// agentFailure is the Failure the agent sent, if one arrives within a
+// moment (the rest of what is queued is dropped: the migration ends).
+func (s *sender) agentFailure() *pb.Failure {
+	t := time.NewTimer(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case r := <-s.in:
+			if f := r.m.GetFailure(); f != nil {
+				return f
+			}
+		case <-s.done:
+			select {
+			case r := <-s.in:
+				if f := r.m.GetFailure(); f != nil {
+					return f
+				}
+				continue
+			default:
+			}
+			return nil
+		case <-t.C:
+			return nil
+		}
+	}
+}
+
+// treeMemory is the resident and swapped memory of pid's processes, which
+// the agent bounds the migration's page bytes with.
+func treeMemory(pid int) uint64 {
+	var n uint64
+	for _, p := range treePIDs(pid) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", p))
+		if err != nil {
+			continue
+		}
+		for _, ln := range strings.Split(string(b), "\n") {
+			f := strings.Fields(ln)
+			if len(f) == 3 && (f[0] == "Rss:" || f[0] == "Swap:") && f[2] == "kB" {
+				if k, err := strconv.ParseUint(f[1], 10, 64); err == nil {
+					n += k << 10
+				}
+			}
+		}
+	}
+	return n
+}
+
 // recv reads the agent's next message; a Failure becomes the agent's
 // error with its phase.
 func (s *sender) recv(p Phase, limit time.Duration) (*pb.Envelope, error) {
@@ -384,8 +598,63 @@ func (s *sender) recv(p Phase, limit time.Duration) (*pb.Envelope, error) {
 	return m, nil
 }
 
-func (s *sender) startRound(n uint32, final bool) (int, error) {
-	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_RoundStart{RoundStart: &pb.RoundStart{N: n, Final: final}}}); err != nil {
+// lockWait bounds how long an aborting source waits for the agent to
+// remove its lock of the connections.
+const lockWait = 30 * time.Second
+
+// waitClosed reads the control link until the agent closes it (or limit).
+func (s *sender) waitClosed(limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if _, err := s.ctl.recv(time.Until(deadline)); err != nil {
+			return
+		}
+	}
+}
+
+// probeLink times probeBytes of random bytes over the control stream to
+// the agent (bytes per second, TLS included).
+func (s *sender) probeLink() (float64, error) {
+	chunk := make([]byte, 1<<20)
+	if _, err := rand.Read(chunk); err != nil {
+		return 0, err
+	}
+	t := time.Now()
+	for sent := 0; sent < probeBytes; sent += len(chunk) {
+		last := sent+len(chunk) >= probeBytes
+		if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Probe{Probe: &pb.Probe{Data: chunk, Last: last}}}); err != nil {
+			return 0, err
+		}
+	}
+	m, err := s.recv(PhaseCheck, time.Minute)
+	if err != nil {
+		return 0, err
+	}
+	if m.GetProbeAck() == nil || m.GetProbeAck().Bytes != probeBytes {
+		return 0, fmt.Errorf("expected an answer for %d probe bytes, got %v", probeBytes, m)
+	}
+	return float64(probeBytes) / time.Since(t).Seconds(), nil
+}
+
+// pageTarget is where a round's pages go: the page server at addr over
+// the transport, or, compressed, a relay to it (finished by the caller).
+func pageTarget(addr string, pages pageserver.TransportOptions, tc *tls.Config, compressed bool) (*dumper.PageServer, *compressedPages, error) {
+	if !compressed {
+		return &dumper.PageServer{Addr: addr, Transport: pages}, nil, nil
+	}
+	cp, err := dialCompressed(addr, tc)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &dumper.PageServer{Socket: cp.sock}, cp, nil
+}
+
+func (s *sender) startRound(n uint32, final, compressed bool) (int, error) {
+	rs := &pb.RoundStart{N: n, Final: final}
+	if compressed {
+		rs.Compress = CompressZstd
+	}
+	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_RoundStart{RoundStart: rs}}); err != nil {
 		return 0, err
 	}
 	m, err := s.recv(PhasePrecopy, time.Minute)
@@ -421,7 +690,9 @@ func (s *sender) sendImages(dir string) error {
 	}
 	buf := make([]byte, fileChunk)
 	for _, e := range ents {
-		if !e.Type().IsRegular() {
+		// The network lock record names this host's rules: the agent
+		// makes its own lock (Lock).
+		if !e.Type().IsRegular() || e.Name() == netlock.RecordFile {
 			continue
 		}
 		f, err := os.Open(filepath.Join(dir, e.Name()))
@@ -585,6 +856,7 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 	to.AllowedClients = []string{host}
 	var frozeAt, dumpedAt time.Time
 	committed := false
+	hold := &dumper.Hold{}
 	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
 		switch action {
 		case actions.PreDump:
@@ -595,11 +867,22 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 			if err := s.sendImages(work); err != nil {
 				return err
 			}
+			// The commit: from here the source never runs again, and
+			// dies with this process (not thawed by its tracer's death
+			// while the agent's copy runs).
+			if err := hold.KillOnExit(true); err != nil {
+				_ = hold.KillOnExit(false)
+				return fmt.Errorf("hold the source tree: %w", err)
+			}
 			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{PageSource: addr}}}); err != nil {
+				_ = hold.KillOnExit(false)
 				return err
 			}
 			committed = true
 			enter(PhasePostcopy)
+			if os.Getenv(testSwitchover) != "" && o.Notice != nil {
+				o.Notice("migrate: test: committed (post-copy)")
+			}
 		}
 		return nil
 	}}
@@ -630,7 +913,7 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 			}
 		}
 	}()
-	_, err = dumper.DumpLazyContext(ctx, dumper.Options{Pid: o.Pid, ImagesDir: work, FileLocks: o.FileLocks, CPUCap: o.CPUCap},
+	_, err = dumper.DumpLazyContext(ctx, dumper.Options{Pid: o.Pid, ImagesDir: work, FileLocks: o.FileLocks, CPUCap: o.CPUCap, Hold: hold},
 		scripts, dumper.LazyServe{Addr: addr, Transport: to})
 	if !committed {
 		if err == nil {
@@ -674,7 +957,7 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 	local net.Addr, enter func(Phase), abort func(Phase, error) error) error {
 	enter(PhaseFreeze)
 	n++
-	port, err := s.startRound(n, true)
+	port, err := s.startRound(n, true, false)
 	if err != nil {
 		return abort(PhaseFreeze, err)
 	}
@@ -727,6 +1010,7 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 	var frozeAt, dumpedAt, imagesAt time.Time
 	committed := false
 	hookPhase := PhaseFreeze
+	hold := &dumper.Hold{}
 	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
 		switch action {
 		case actions.PreDump:
@@ -740,7 +1024,13 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 				return err
 			}
 			imagesAt = time.Now()
+			// The commit (see postcopy).
+			if err := hold.KillOnExit(true); err != nil {
+				_ = hold.KillOnExit(false)
+				return fmt.Errorf("hold the source tree: %w", err)
+			}
 			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{PageSource: addr}}}); err != nil {
+				_ = hold.KillOnExit(false)
 				return err
 			}
 			committed = true
@@ -751,7 +1041,7 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 		return nil
 	}}
 	do := dumper.Options{Pid: o.Pid, ImagesDir: final, FileLocks: o.FileLocks, CPUCap: o.CPUCap,
-		PrevImagesDir: "../" + roundDir(n-1, false), TrackMem: true}
+		PrevImagesDir: "../" + roundDir(n-1, false), TrackMem: true, Hold: hold}
 	dr, err := dumper.DumpLazyContext(ctx, do, scripts, dumper.LazyServe{Addr: addr, Transport: to,
 		Pages: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}})
 	if !committed {

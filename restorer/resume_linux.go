@@ -27,6 +27,16 @@ func (r *Restorer) Resume() error {
 		return err
 	}
 	pid := r.img.pid
+	// Checks that can fail come before the pre-resume scripts: a
+	// migration agent answers Ready there, after which the copy must
+	// resume when told.
+	for _, t := range r.tasks {
+		if !t.img.dead() && t.img.task.State == model.Stopped {
+			if err := canStopWith(t.img.pid, unix.Signal(t.img.task.StopSignal)); err != nil {
+				return r.fail("resume", err)
+			}
+		}
+	}
 	if err := r.scripts.Run(actions.PreResume, pid); err != nil {
 		return r.fail("pre-resume", err)
 	}
@@ -34,13 +44,6 @@ func (r *Restorer) Resume() error {
 	// here too, before the tasks run).
 	if err := r.unlockNetwork(); err != nil {
 		return r.fail("network unlock", err)
-	}
-	for _, t := range r.tasks {
-		if !t.img.dead() && t.img.task.State == model.Stopped {
-			if err := canStopWith(t.img.pid, unix.Signal(t.img.task.StopSignal)); err != nil {
-				return r.fail("resume", err)
-			}
-		}
 	}
 	var errs []error
 	_ = r.tr.Do(func() error { // on the tracer thread, as Layout

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -18,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"godwit/internal/daemon"
+	"godwit/internal/netlock"
 	"godwit/migrate"
 )
 
@@ -51,11 +53,18 @@ failure leaves the source running as it was.`,
 				return &usageError{cmd, errors.New("migrate send needs --to HOST")}
 			}
 			o.Mode = migrate.Mode(mode)
-			o.FileLocks = a.o.FileLocks
+			o.FileLocks, o.TCPEstablished, o.SkipInFlight = a.o.FileLocks, a.o.TCPEstablish, a.o.SkipInFlight
+			o.ShellJob, o.ExtUnixSk, o.ActionScripts = a.o.ShellJob, a.o.ExtUnixSk, a.o.ActionScript
+			nl, err := netlock.ParseMethod(a.o.NetworkLock)
+			if err != nil {
+				return &usageError{cmd, err}
+			}
+			o.NetworkLock = nl
 			// A terminal gets a live line and a summary, --json one
 			// Result; otherwise stdout gets nothing, stderr a line a round.
 			p := migrate.NewProgress(a.stdout, a.stderr, asJSON)
 			o.OnRound, o.OnPhase = p.Round, p.Phase
+			o.Notice = func(line string) { fmt.Fprintln(a.stderr, line) }
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 			defer stop()
 			res, err := migrate.Send(ctx, o)
@@ -71,7 +80,8 @@ failure leaves the source running as it was.`,
 	f.StringVar(&mode, "mode", "precopy", "precopy; postcopy (resume on the destination at once, pages fetched from the frozen source; needs --tls-server-cert/--tls-server-key); or hybrid (pre-copy rounds, then the last dirty pages fetched after the resume, as postcopy)")
 	f.DurationVar(&o.DowntimeBudget, "downtime-budget", 50*time.Millisecond, "stop pre-copy once the last delta is predicted to move within `duration`")
 	f.IntVar(&o.MaxRounds, "max-rounds", 8, "at most `n` pre-copy rounds (0: stop-and-copy)")
-	f.StringVar(&o.Transport, "transport", "tls", "page streams: tls (TCP) or quic; both with mutual TLS")
+	f.StringVar(&o.Compress, "compress", migrate.CompressAuto, "page streams: zstd, none, or auto (time the link and zstd on a sample of the program's memory first; compress when zstd is the faster and shrinks the pages); over --transport tls")
+	f.StringVar(&o.Transport, "transport", "tls", "page streams: tls (TCP; measured about twice as fast as quic here, see e2e TestMigrateTransports) or quic; both with mutual TLS")
 	f.StringVar(&o.TLS.CACert, "tls-cacert", "", "CA certificate `file` that signed the agent's certificate")
 	f.StringVar(&o.TLS.Cert, "tls-cert", "", "this host's client certificate `file`")
 	f.StringVar(&o.TLS.Key, "tls-key", "", "this host's private key `file`")
@@ -80,9 +90,102 @@ failure leaves the source running as it was.`,
 	f.StringVar(&o.ServerName, "tls-server-name", "", "name the agent's certificate must carry (default: the host of --to)")
 	f.StringVar(&o.CPUCap, "cpu-cap", "", "CPU capabilities the destination must match (as dump's --cpu-cap)")
 	f.BoolVarP(&a.o.FileLocks, "file-locks", "l", false, "move the file locks the tree holds")
+	f.BoolVar(&a.o.TCPEstablish, "tcp-established", false, "move established TCP connections (locked here from the freeze, and on the destination until it runs)")
+	f.BoolVar(&a.o.SkipInFlight, "skip-in-flight", false, "leave out TCP connections not accepted yet")
+	f.BoolVarP(&a.o.ShellJob, "shell-job", "j", false, "allow a shell job (as dump and restore --shell-job)")
+	f.BoolVar(&a.o.ExtUnixSk, "ext-unix-sk", false, "allow unix sockets whose peer is outside the tree")
+	networkLockFlag(f, a.o)
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	f.BoolVar(&o.FullFill, "no-lazy-restore", false, "have the agent fill every page before the resume (by default it resumes at once and fills from its own images)")
-	c.AddCommand(send)
+	c.AddCommand(send, resolveCmd(a), historyCmd(a))
+	return c
+}
+
+func historyCmd(a *app) *cobra.Command {
+	var o migrate.HistoryOptions
+	c := &cobra.Command{
+		Use:   "history --to HOST",
+		Short: "Print the agent's finished migrations (JSON), over mutual TLS",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.To == "" {
+				return &usageError{cmd, errors.New("migrate history needs --to HOST")}
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			h, err := migrate.FetchHistory(ctx, o)
+			if err != nil {
+				return err
+			}
+			enc := json.NewEncoder(a.stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(h)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&o.To, "to", "", "agent `host[:port]`")
+	f.StringVar(&o.TLS.CACert, "tls-cacert", "", "CA certificate `file` that signed the agent's certificate")
+	f.StringVar(&o.TLS.Cert, "tls-cert", "", "this host's client certificate `file`")
+	f.StringVar(&o.TLS.Key, "tls-key", "", "this host's private key `file`")
+	f.StringVar(&o.ServerName, "tls-server-name", "", "name the agent's certificate must carry (default: the host of --to)")
+	return c
+}
+
+func resolveCmd(a *app) *cobra.Command {
+	var o migrate.ResolveOptions
+	c := &cobra.Command{
+		Use:   "resolve --to HOST [ID [resume|abort]]",
+		Short: "Settle a migration whose switch-over lost its answer (in doubt)",
+		Long: `Without ID, list the migrations whose copy the agent on HOST holds stopped. With ID, print
+that migration's state there; with a decision, resume or kill the held copy and print the
+outcome. Resume only if the source tree is gone (or held stopped and named by
+--source-pid, which is then killed once the copy runs, or continued if the agent has no
+copy). See docs/migration.md.`,
+		Args: cobra.MaximumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.To == "" {
+				return &usageError{cmd, errors.New("migrate resolve needs --to HOST")}
+			}
+			if len(args) > 0 {
+				o.ID = args[0]
+			}
+			if len(args) > 1 {
+				o.Decision = args[1]
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			r, err := migrate.Resolve(ctx, o)
+			if err != nil {
+				return err
+			}
+			if o.ID == "" {
+				for _, h := range r.Held {
+					state := "waiting"
+					if h.InDoubt {
+						state = "in-doubt"
+					}
+					fmt.Fprintf(a.stdout, "%s\t%s\tpid %d\tfrom %s\tsince %s\n", h.ID, state, h.PID, h.Source, h.Since.Format(time.RFC3339))
+				}
+				return nil
+			}
+			fmt.Fprintf(a.stdout, "%s\t%s", o.ID, r.State)
+			if r.PID > 0 {
+				fmt.Fprintf(a.stdout, "\tpid %d", r.PID)
+			}
+			if r.Source != "" {
+				fmt.Fprintf(a.stdout, "\tsource %d %s", o.SourcePID, r.Source)
+			}
+			fmt.Fprintln(a.stdout)
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&o.To, "to", "", "agent `host[:port]`")
+	f.IntVar(&o.SourcePID, "source-pid", 0, "the held source tree's root `PID` on this host (left stopped by an in-doubt send)")
+	f.StringVar(&o.TLS.CACert, "tls-cacert", "", "CA certificate `file` that signed the agent's certificate")
+	f.StringVar(&o.TLS.Cert, "tls-cert", "", "this host's client certificate `file`")
+	f.StringVar(&o.TLS.Key, "tls-key", "", "this host's private key `file`")
+	f.StringVar(&o.ServerName, "tls-server-name", "", "name the agent's certificate must carry (default: the host of --to)")
 	return c
 }
 
@@ -96,8 +199,10 @@ func agentCmd(a *app) *cobra.Command {
 		Long: `Receive migrations from ` + "`godwit migrate send`" + ` on other hosts and restore them here.
 Only peers whose client certificate the CA signed are accepted. Each migration gets its
 own directory under --images-dir, removed when it ends. /metrics (Prometheus: see
-deploy/grafana for a dashboard), /healthz and /history (JSON) are served on
---metrics-address.`,
+deploy/grafana for a dashboard) and /healthz are served on --metrics-address; the
+history of migrations only over mutual TLS (` + "`godwit migrate history`" + `). A migration
+may write at most --max-migration-bytes of pages (default: twice the memory its
+source announces, plus 256 MiB).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfg.ImagesDir == "" {
@@ -170,8 +275,9 @@ deploy/grafana for a dashboard), /healthz and /history (JSON) are served on
 	f.StringVar(&cfg.TLS.Key, "tls-key", "", "the agent's private key `file`")
 	f.StringVar(&cfg.ClientTLS.Cert, "tls-client-cert", "", "this host's client certificate `file` (post-copy: fetch pages from the source)")
 	f.StringVar(&cfg.ClientTLS.Key, "tls-client-key", "", "the client certificate's private key `file`")
-	f.StringVar(&metricsAddr, "metrics-address", "", "serve /metrics (Prometheus), /healthz and /history on `host:port`")
-	f.IntVar(&cfg.History, "history", 100, "keep the last `n` migrations in /history")
+	f.StringVar(&metricsAddr, "metrics-address", "", "serve /metrics (Prometheus) and /healthz on `host:port`")
+	f.IntVar(&cfg.History, "history", 100, "keep the last `n` migrations (godwit migrate history)")
+	f.Int64Var(&cfg.MaxMigrationBytes, "max-migration-bytes", 0, "refuse a migration whose rounds send more than `n` bytes of pages (0: twice the memory the source announces, plus 256 MiB)")
 	f.IntVar(&cfg.MaxConcurrent, "max-concurrent", 4, "at most `n` migrations at once")
 	return c
 }

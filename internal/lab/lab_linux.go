@@ -20,6 +20,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -48,6 +49,9 @@ type Options struct {
 type Lab struct {
 	hosts []*Host
 	sw    *exec.Cmd // holds the bridge's network namespace
+	// nsDir is where, inside every host, the hosts' network namespaces
+	// are bound (Host.NetnsPath); an empty directory outside them.
+	nsDir string
 
 	mu     sync.Mutex
 	closed bool
@@ -55,9 +59,10 @@ type Lab struct {
 
 // Host is one namespace set with an address on the lab's bridge.
 type Host struct {
-	name string
-	addr netip.Addr
-	init *exec.Cmd
+	name  string
+	addr  netip.Addr
+	init  *exec.Cmd
+	nsDir string
 }
 
 // New starts n hosts joined by a bridge. On error nothing is left behind.
@@ -114,9 +119,53 @@ func New(opts Options, n int) (*Lab, error) {
 			return nil, fmt.Errorf("lab: host %s: %w", name, err)
 		}
 	}
+	if err := l.bindNetns(); err != nil {
+		return nil, err
+	}
 	ok = true
 	return l, nil
 }
+
+// bindNetns binds every host's network namespace into a tmpfs over nsDir
+// in each host's own mounts, so that a program on one host (an action
+// script) can enter another's network with nsenter --net=PATH, as it
+// would reach another machine with ssh. The tmpfs goes with the host.
+func (l *Lab) bindNetns() error {
+	dir, err := os.MkdirTemp("", "godwit-lab-")
+	if err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	l.nsDir = dir
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	script := "mount -t tmpfs -o mode=0700 godwit-lab " + dir
+	for i, h := range l.hosts {
+		h.nsDir = dir
+		f, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", h.InitPID()))
+		if err != nil {
+			return fmt.Errorf("lab: host %s: %w", h.name, err)
+		}
+		files = append(files, f)
+		p := h.NetnsPath()
+		script += fmt.Sprintf(" && touch %s && mount --bind /proc/self/fd/%d %s", p, 3+i, p)
+	}
+	for _, h := range l.hosts {
+		cmd := exec.Command("nsenter", "-t", strconv.Itoa(h.InitPID()), "-m", "-p", "--", "sh", "-c", script)
+		cmd.ExtraFiles = files
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("lab: host %s: bind network namespaces: %v: %s", h.name, err, bytes.TrimSpace(out))
+		}
+	}
+	return nil
+}
+
+// NetnsPath is where, on every lab host (not on this machine), the
+// host's network namespace is bound: nsenter --net=PATH enters it.
+func (h *Host) NetnsPath() string { return filepath.Join(h.nsDir, h.name+".net") }
 
 // Hosts returns the lab's hosts in order.
 func (l *Lab) Hosts() []*Host { return l.hosts }
@@ -140,6 +189,12 @@ func (l *Lab) Close() error {
 	}
 	if l.sw != nil {
 		errs = append(errs, stopInit(l.sw))
+	}
+	if l.nsDir != "" {
+		// Its mounts were the hosts' own: gone with them.
+		if err := os.Remove(l.nsDir); err != nil {
+			errs = append(errs, fmt.Errorf("lab: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -280,6 +335,64 @@ func (h *Host) InNet(fn func() error) error {
 		errc <- err
 	}()
 	return <-errc
+}
+
+// AddAddress puts a service address (a /32 or /128: addr alone) on the
+// host's lab interface, beside its own.
+func (h *Host) AddAddress(addr netip.Addr) error {
+	return h.ip("addr add " + hostPrefix(addr) + " dev eth0")
+}
+
+// DelAddress takes a service address off the host.
+func (h *Host) DelAddress(addr netip.Addr) error {
+	return h.ip("addr del " + hostPrefix(addr) + " dev eth0")
+}
+
+// HasAddress reports whether addr is on the host's lab interface.
+func (h *Host) HasAddress(addr netip.Addr) (bool, error) {
+	cmd := exec.Command("nsenter", "-t", strconv.Itoa(h.init.Process.Pid), "-n", "--", "ip", "-o", "addr", "show", "dev", "eth0")
+	out, err := cmd.Output()
+	if err != nil {
+		return false, fmt.Errorf("lab: host %s: ip addr: %w", h.name, err)
+	}
+	return bytes.Contains(out, []byte(" "+hostPrefix(addr)+" ")), nil
+}
+
+func (h *Host) ip(c string) error {
+	if err := ipBatch(h.init.Process.Pid, c); err != nil {
+		return fmt.Errorf("lab: host %s: %w", h.name, err)
+	}
+	return nil
+}
+
+func hostPrefix(addr netip.Addr) string {
+	return netip.PrefixFrom(addr, addr.BitLen()).String()
+}
+
+// MoveAddressScript is an --action-script for `migrate send` (run on the
+// source host) that moves the service address addr from host from to host
+// to with the migration, as a user's own script would with ssh: post-dump
+// (the tree frozen, its connections locked here) takes it off from;
+// pre-restore (the destination holds the connections' lock) puts it on
+// to and has each of clients forget the old neighbour entry, as a
+// gratuitous ARP or an unsolicited neighbour advertisement would;
+// migrate-abort (the migration failed, the source runs on) moves it back.
+// The lab reaches every host through nsenter and Host.NetnsPath.
+func MoveAddressScript(addr netip.Addr, from, to *Host, clients ...*Host) string {
+	in := func(h *Host, c string) string {
+		return fmt.Sprintf("nsenter --net=%s -- ip %s", h.NetnsPath(), c)
+	}
+	flush := "true"
+	for _, c := range clients {
+		flush += " && " + in(c, "neigh flush to "+addr.String())
+	}
+	p := hostPrefix(addr)
+	return fmt.Sprintf(`case "$CRTOOLS_SCRIPT_ACTION" in
+post-dump) %s ;;
+pre-restore) %s && %s ;;
+migrate-abort) %s; %s && %s ;;
+esac`, in(from, "addr del "+p+" dev eth0"), in(to, "addr add "+p+" dev eth0"), flush,
+		in(to, "addr del "+p+" dev eth0 2>/dev/null"), in(from, "addr replace "+p+" dev eth0"), flush)
 }
 
 // cutTable is the nftables table Cut adds in the host's network namespace.

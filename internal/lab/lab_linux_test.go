@@ -3,6 +3,7 @@ package lab
 import (
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -164,3 +165,91 @@ func TestCloseKillsEverything(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// The service-address script, run on host A as `migrate send` runs its
+// action scripts, moves the address to B and back; a client on C reaches
+// whichever host has it.
+func TestMoveAddressScript(t *testing.T) {
+	l := newLab(t, 3)
+	a, b, c := l.Host(0), l.Host(1), l.Host(2)
+	vip := netip.MustParseAddr("10.77.0.200")
+	if err := a.AddAddress(vip); err != nil {
+		t.Fatal(err)
+	}
+	// Each host answers on the service address with its own name.
+	for _, h := range []*Host{a, b} {
+		h := h
+		var ln net.Listener
+		if err := h.InNet(func() (err error) {
+			ln, err = net.Listen("tcp", ":7000")
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				conn, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				io.WriteString(conn, h.Name())
+				conn.Close()
+			}
+		}()
+	}
+	who := func() string {
+		t.Helper()
+		var got []byte
+		if err := c.InNet(func() error {
+			conn, err := net.DialTimeout("tcp", vip.String()+":7000", 5*time.Second)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			got, err = io.ReadAll(conn)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return string(got)
+	}
+	has := func(h *Host) bool {
+		t.Helper()
+		ok, err := h.HasAddress(vip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	if got := who(); got != a.Name() {
+		t.Fatalf("service address answered by %q, want %s", got, a.Name())
+	}
+	script := MoveAddressScript(vip, a, b, c)
+	run := func(action string) {
+		t.Helper()
+		cmd := a.Command("sh", "-c", script)
+		cmd.Env = append(os.Environ(), "CRTOOLS_SCRIPT_ACTION="+action)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", action, err, out)
+		}
+	}
+	run("post-dump")
+	if has(a) || has(b) {
+		t.Fatalf("after post-dump: on a %v, on b %v; want neither", has(a), has(b))
+	}
+	run("pre-restore")
+	if has(a) || !has(b) {
+		t.Fatalf("after pre-restore: on a %v, on b %v; want b only", has(a), has(b))
+	}
+	if got := who(); got != b.Name() {
+		t.Fatalf("service address answered by %q, want %s", got, b.Name())
+	}
+	run("migrate-abort")
+	if !has(a) || has(b) {
+		t.Fatalf("after migrate-abort: on a %v, on b %v; want a only", has(a), has(b))
+	}
+	if got := who(); got != a.Name() {
+		t.Fatalf("service address answered by %q, want %s", got, a.Name())
+	}
+}

@@ -549,3 +549,29 @@ func (t *Tracer) Traced() []int {
 	})
 	return out
 }
+
+// KillOnExit sets (on) or clears PTRACE_O_EXITKILL on every stopped tracee:
+// set, the kernel kills them if the tracer thread exits (this process
+// dies) while they are attached, with no window where they run. Detach
+// still lets them go.
+func (t *Tracer) KillOnExit(on bool) error {
+	return t.Do(func() error {
+		var errs []error
+		for tid, tk := range t.tasks {
+			if !tk.stopped {
+				errs = append(errs, fmt.Errorf("PTRACE_O_EXITKILL on %d: not stopped", tid))
+				continue
+			}
+			opts := tk.opts &^ unix.PTRACE_O_EXITKILL
+			if on {
+				opts |= unix.PTRACE_O_EXITKILL
+			}
+			if _, err := ptrace(unix.PTRACE_SETOPTIONS, tid, 0, uintptr(opts)); err != nil {
+				errs = append(errs, fmt.Errorf("PTRACE_O_EXITKILL on %d: %w", tid, err))
+				continue
+			}
+			tk.opts = opts
+		}
+		return errors.Join(errs...)
+	})
+}
