@@ -65,7 +65,9 @@ func (m *migLab) startAgent(extra ...string) {
 	t := m.t
 	t.Helper()
 	args := append([]string{"agent", "--address", m.b.Addr(), "--port", "7355", "--images-dir", m.images}, m.tlsArgs(m.b, "server")...)
-	m.agent = m.b.Command(godwitBin, append(args, extra...)...)
+	// A session of its own, as a daemon has: a shell job moved here
+	// (--shell-job) joins it.
+	m.agent = m.b.Command("setsid", append([]string{godwitBin}, append(args, extra...)...)...)
 	logf, err := os.Create(filepath.Join(t.TempDir(), "agent.log"))
 	if err != nil {
 		t.Fatal(err)

@@ -418,6 +418,7 @@ func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
 		return phaseErr(PhaseConnect, err)
 	}
 	phase := PhasePrecopy
+	var probed uint64
 	for {
 		m, err := in.recv(sourceWait)
 		if err != nil {
@@ -448,6 +449,19 @@ func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
 		case m.GetFile() != nil:
 			if err := in.writeFile(m.GetFile()); err != nil {
 				return phaseErr(PhaseFreeze, err)
+			}
+		case m.GetProbe() != nil:
+			if len(in.rounds) > 0 {
+				return phaseErr(phase, errors.New("link probe after the first round"))
+			}
+			if probed += uint64(len(m.GetProbe().Data)); probed > maxProbe {
+				return phaseErr(phase, fmt.Errorf("link probe over %d bytes", maxProbe))
+			}
+			if m.GetProbe().Last {
+				if err := in.send(&pb.Envelope{Msg: &pb.Envelope_ProbeAck{ProbeAck: &pb.ProbeAck{Bytes: probed}}}); err != nil {
+					return phaseErr(phase, err)
+				}
+				probed = 0
 			}
 		case m.GetLock() != nil:
 			phase = PhaseFreeze
@@ -980,6 +994,9 @@ func (in *inbound) releaseLock() {
 // lockLinger bounds how long a failed migration's lock waits for the
 // source to let go.
 const lockLinger = 30 * time.Second
+
+// maxProbe bounds the bytes of one link probe (Probe).
+const maxProbe = 64 << 20
 
 // tcpListen is the kernel's TCP_LISTEN state (include/net/tcp_states.h).
 const tcpListen = 10

@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -43,8 +44,10 @@ type SendOptions struct {
 	MaxRounds int
 	Transport string // page streams: "tls" (default) or "quic"
 	// Compress is how page streams are compressed: CompressAuto (""),
-	// CompressNone or CompressZstd (over TLS only). Auto compresses the
-	// first round and goes on while that pays (streamStats.worthIt).
+	// CompressNone or CompressZstd (over TLS only). Auto times the link
+	// (a probe on the control stream) and zstd (on a sample of the
+	// program's memory) first and compresses when that pays
+	// (autoCompress).
 	Compress string
 	TLS      TLSFiles
 	// ServerName is the name the agent's certificate must carry (default
@@ -220,6 +223,17 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, phaseErr(PhaseCheck, fmt.Errorf("expected accepted, got %T", m.Msg))
 	}
 	res.ID = m.GetAccepted().Id
+	if comp == CompressAuto && res.Mode == ModePrecopy {
+		a := &AutoCompress{}
+		if a.Link, err = s.probeLink(); err != nil {
+			return res, s.abortWith(PhaseCheck, fmt.Errorf("link probe: %w", err))
+		}
+		if a.Zstd, a.Ratio, err = sampleCompress(o.Pid); err != nil {
+			return res, s.abortWith(PhaseCheck, err)
+		}
+		a.Compress = autoCompress(a.Link, a.Zstd, a.Ratio)
+		compressing, res.Auto = a.Compress, a
+	}
 	if res.Mode == ModePostcopy || (res.Mode == ModeHybrid && o.MaxRounds == 0) {
 		// Hybrid without rounds is post-copy.
 		return res, s.postcopy(o, res, raw.LocalAddr(), enter)
@@ -304,9 +318,6 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		}
 		dur := time.Since(t0)
 		r := Round{N: int(n - 1), Pages: pr.Mem.Written, Bytes: pr.Mem.Written * 4096, Duration: dur, Frozen: pr.Frozen, Wire: st.Wire}
-		if cp != nil && comp == CompressAuto && !st.worthIt(r.Bytes) {
-			compressing = false
-		}
 		if dur > 0 {
 			r.Bandwidth = float64(r.Bytes) / dur.Seconds()
 		}
@@ -599,6 +610,30 @@ func (s *sender) waitClosed(limit time.Duration) {
 			return
 		}
 	}
+}
+
+// probeLink times probeBytes of random bytes over the control stream to
+// the agent (bytes per second, TLS included).
+func (s *sender) probeLink() (float64, error) {
+	chunk := make([]byte, 1<<20)
+	if _, err := rand.Read(chunk); err != nil {
+		return 0, err
+	}
+	t := time.Now()
+	for sent := 0; sent < probeBytes; sent += len(chunk) {
+		last := sent+len(chunk) >= probeBytes
+		if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Probe{Probe: &pb.Probe{Data: chunk, Last: last}}}); err != nil {
+			return 0, err
+		}
+	}
+	m, err := s.recv(PhaseCheck, time.Minute)
+	if err != nil {
+		return 0, err
+	}
+	if m.GetProbeAck() == nil || m.GetProbeAck().Bytes != probeBytes {
+		return 0, fmt.Errorf("expected an answer for %d probe bytes, got %v", probeBytes, m)
+	}
+	return float64(probeBytes) / time.Since(t).Seconds(), nil
 }
 
 // pageTarget is where a round's pages go: the page server at addr over

@@ -80,7 +80,7 @@ failure leaves the source running as it was.`,
 	f.StringVar(&mode, "mode", "precopy", "precopy; postcopy (resume on the destination at once, pages fetched from the frozen source; needs --tls-server-cert/--tls-server-key); or hybrid (pre-copy rounds, then the last dirty pages fetched after the resume, as postcopy)")
 	f.DurationVar(&o.DowntimeBudget, "downtime-budget", 50*time.Millisecond, "stop pre-copy once the last delta is predicted to move within `duration`")
 	f.IntVar(&o.MaxRounds, "max-rounds", 8, "at most `n` pre-copy rounds (0: stop-and-copy)")
-	f.StringVar(&o.Compress, "compress", migrate.CompressAuto, "page streams: zstd, none, or auto (compress the first round, and go on while the link is slower than the compressor or the pages at least halve); over --transport tls. Pays on links slower than zstd (about 100-140 MB/s a stream here); on faster links use none")
+	f.StringVar(&o.Compress, "compress", migrate.CompressAuto, "page streams: zstd, none, or auto (time the link and zstd on a sample of the program's memory first; compress when zstd is the faster and shrinks the pages); over --transport tls")
 	f.StringVar(&o.Transport, "transport", "tls", "page streams: tls (TCP; measured about twice as fast as quic here, see e2e TestMigrateTransports) or quic; both with mutual TLS")
 	f.StringVar(&o.TLS.CACert, "tls-cacert", "", "CA certificate `file` that signed the agent's certificate")
 	f.StringVar(&o.TLS.Cert, "tls-cert", "", "this host's client certificate `file`")

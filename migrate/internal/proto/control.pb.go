@@ -50,6 +50,8 @@ type Envelope struct {
 	//	*Envelope_Locked
 	//	*Envelope_HistoryRequest
 	//	*Envelope_HistoryReply
+	//	*Envelope_Probe
+	//	*Envelope_ProbeAck
 	Msg           isEnvelope_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -272,6 +274,24 @@ func (x *Envelope) GetHistoryReply() *HistoryReply {
 	return nil
 }
 
+func (x *Envelope) GetProbe() *Probe {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_Probe); ok {
+			return x.Probe
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetProbeAck() *ProbeAck {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_ProbeAck); ok {
+			return x.ProbeAck
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Msg interface {
 	isEnvelope_Msg()
 }
@@ -356,6 +376,14 @@ type Envelope_HistoryReply struct {
 	HistoryReply *HistoryReply `protobuf:"bytes,20,opt,name=history_reply,json=historyReply,proto3,oneof"`
 }
 
+type Envelope_Probe struct {
+	Probe *Probe `protobuf:"bytes,21,opt,name=probe,proto3,oneof"`
+}
+
+type Envelope_ProbeAck struct {
+	ProbeAck *ProbeAck `protobuf:"bytes,22,opt,name=probe_ack,json=probeAck,proto3,oneof"`
+}
+
 func (*Envelope_Hello) isEnvelope_Msg() {}
 
 func (*Envelope_Accepted) isEnvelope_Msg() {}
@@ -395,6 +423,10 @@ func (*Envelope_Locked) isEnvelope_Msg() {}
 func (*Envelope_HistoryRequest) isEnvelope_Msg() {}
 
 func (*Envelope_HistoryReply) isEnvelope_Msg() {}
+
+func (*Envelope_Probe) isEnvelope_Msg() {}
+
+func (*Envelope_ProbeAck) isEnvelope_Msg() {}
 
 // Hello opens a migration (source to agent): what the destination must
 // be able to take.
@@ -1615,11 +1647,110 @@ func (x *HistoryReply) GetJson() []byte {
 	return nil
 }
 
+// Probe: bytes the agent reads and discards, to measure the link before
+// the first round (--compress auto); the last one is answered by
+// ProbeAck with the bytes received.
+type Probe struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	Last          bool                   `protobuf:"varint,2,opt,name=last,proto3" json:"last,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Probe) Reset() {
+	*x = Probe{}
+	mi := &file_control_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Probe) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Probe) ProtoMessage() {}
+
+func (x *Probe) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Probe.ProtoReflect.Descriptor instead.
+func (*Probe) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *Probe) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *Probe) GetLast() bool {
+	if x != nil {
+		return x.Last
+	}
+	return false
+}
+
+type ProbeAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bytes         uint64                 `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProbeAck) Reset() {
+	*x = ProbeAck{}
+	mi := &file_control_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProbeAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProbeAck) ProtoMessage() {}
+
+func (x *ProbeAck) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProbeAck.ProtoReflect.Descriptor instead.
+func (*ProbeAck) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ProbeAck) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\x11godwit.migrate.v1\"\x87\t\n" +
+	"\rcontrol.proto\x12\x11godwit.migrate.v1\"\xf5\t\n" +
 	"\bEnvelope\x120\n" +
 	"\x05hello\x18\x01 \x01(\v2\x18.godwit.migrate.v1.HelloH\x00R\x05hello\x129\n" +
 	"\baccepted\x18\x02 \x01(\v2\x1b.godwit.migrate.v1.AcceptedH\x00R\baccepted\x126\n" +
@@ -1644,7 +1775,9 @@ const file_control_proto_rawDesc = "" +
 	"\x04lock\x18\x11 \x01(\v2\x17.godwit.migrate.v1.LockH\x00R\x04lock\x123\n" +
 	"\x06locked\x18\x12 \x01(\v2\x19.godwit.migrate.v1.LockedH\x00R\x06locked\x12L\n" +
 	"\x0fhistory_request\x18\x13 \x01(\v2!.godwit.migrate.v1.HistoryRequestH\x00R\x0ehistoryRequest\x12F\n" +
-	"\rhistory_reply\x18\x14 \x01(\v2\x1f.godwit.migrate.v1.HistoryReplyH\x00R\fhistoryReplyB\x05\n" +
+	"\rhistory_reply\x18\x14 \x01(\v2\x1f.godwit.migrate.v1.HistoryReplyH\x00R\fhistoryReply\x120\n" +
+	"\x05probe\x18\x15 \x01(\v2\x18.godwit.migrate.v1.ProbeH\x00R\x05probe\x12:\n" +
+	"\tprobe_ack\x18\x16 \x01(\v2\x1b.godwit.migrate.v1.ProbeAckH\x00R\bprobeAckB\x05\n" +
 	"\x03msg\"\x99\x02\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x10\n" +
@@ -1724,7 +1857,12 @@ const file_control_proto_rawDesc = "" +
 	"\x0eHistoryRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\"\"\n" +
 	"\fHistoryReply\x12\x12\n" +
-	"\x04json\x18\x01 \x01(\fR\x04jsonB\x1fZ\x1dgodwit/migrate/internal/protob\x06proto3"
+	"\x04json\x18\x01 \x01(\fR\x04json\"/\n" +
+	"\x05Probe\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x12\n" +
+	"\x04last\x18\x02 \x01(\bR\x04last\" \n" +
+	"\bProbeAck\x12\x14\n" +
+	"\x05bytes\x18\x01 \x01(\x04R\x05bytesB\x1fZ\x1dgodwit/migrate/internal/protob\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -1738,7 +1876,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_control_proto_goTypes = []any{
 	(*Envelope)(nil),       // 0: godwit.migrate.v1.Envelope
 	(*Hello)(nil),          // 1: godwit.migrate.v1.Hello
@@ -1762,6 +1900,8 @@ var file_control_proto_goTypes = []any{
 	(*Held)(nil),           // 19: godwit.migrate.v1.Held
 	(*HistoryRequest)(nil), // 20: godwit.migrate.v1.HistoryRequest
 	(*HistoryReply)(nil),   // 21: godwit.migrate.v1.HistoryReply
+	(*Probe)(nil),          // 22: godwit.migrate.v1.Probe
+	(*ProbeAck)(nil),       // 23: godwit.migrate.v1.ProbeAck
 }
 var file_control_proto_depIdxs = []int32{
 	1,  // 0: godwit.migrate.v1.Envelope.hello:type_name -> godwit.migrate.v1.Hello
@@ -1784,12 +1924,14 @@ var file_control_proto_depIdxs = []int32{
 	11, // 17: godwit.migrate.v1.Envelope.locked:type_name -> godwit.migrate.v1.Locked
 	20, // 18: godwit.migrate.v1.Envelope.history_request:type_name -> godwit.migrate.v1.HistoryRequest
 	21, // 19: godwit.migrate.v1.Envelope.history_reply:type_name -> godwit.migrate.v1.HistoryReply
-	19, // 20: godwit.migrate.v1.Resolved.held:type_name -> godwit.migrate.v1.Held
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	22, // 20: godwit.migrate.v1.Envelope.probe:type_name -> godwit.migrate.v1.Probe
+	23, // 21: godwit.migrate.v1.Envelope.probe_ack:type_name -> godwit.migrate.v1.ProbeAck
+	19, // 22: godwit.migrate.v1.Resolved.held:type_name -> godwit.migrate.v1.Held
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1818,6 +1960,8 @@ func file_control_proto_init() {
 		(*Envelope_Locked)(nil),
 		(*Envelope_HistoryRequest)(nil),
 		(*Envelope_HistoryReply)(nil),
+		(*Envelope_Probe)(nil),
+		(*Envelope_ProbeAck)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1825,7 +1969,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
