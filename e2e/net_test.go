@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -454,6 +455,13 @@ func (r *netRestoring) finish(t *testing.T, w *netProc, peers []*peer) string {
 		p.writing.Store(false)
 		p.ending.Store(true)
 		p.waitWrite() // counted: the workload's count is compared with it
+	}
+	// Every byte the peers wrote acknowledged before the workload exits:
+	// after a lock (or any gap) a peer's retransmission timer is backed
+	// off, and bytes it resends late would meet the exited workload's
+	// socket (closed with unread data, or gone) and draw a reset.
+	for i, p := range peers {
+		waitFor(t, fmt.Sprintf("peer %d's bytes to be acknowledged", i), func() bool { return p.unacked() == 0 })
 	}
 	if err := unix.Kill(w.pid, unix.SIGUSR1); err != nil {
 		t.Fatal(err)
@@ -1294,14 +1302,14 @@ func TestNetFailedRestoreKeepsLock(t *testing.T) {
 	p := newPeer(c)
 	defer p.close()
 	runStreams(t, []*peer{p}, 1<<20)
-	table := "godwit-" + strconv.Itoa(w.pid)
+	dir := dumpNet(t, n, w) // the peer writes on: only godwit's lock holds its segments
+	table := lockName(t, dir, w.pid)
 	locked := func() bool {
 		var err error
 		n.do(func() { err = exec.Command("nft", "list", "table", "inet", table).Run() })
 		return err == nil
 	}
 	t.Cleanup(func() { n.do(func() { exec.Command("nft", "delete", "table", "inet", table).Run() }) })
-	dir := dumpNet(t, n, w) // the peer writes on: only godwit's lock holds its segments
 	if !locked() {
 		t.Fatalf("no table inet %s after the dump", table)
 	}
@@ -1327,4 +1335,123 @@ func TestNetFailedRestoreKeepsLock(t *testing.T) {
 	}
 	runStreams(t, []*peer{p}, 2<<20)
 	checkDone(t, r.finish(t, w, []*peer{p}), []*peer{p}, 1)
+}
+
+// lockName is the name of the network lock the dump in dir kept, from
+// its record; it must be the tree's: godwit-PID-TOKEN.
+func lockName(t *testing.T, dir string, pid int) string {
+	t.Helper()
+	var rec struct {
+		Name string `json:"name"`
+	}
+	if err := json.Unmarshal([]byte(readFile(filepath.Join(dir, "godwit-netlock.json"))), &rec); err != nil {
+		t.Fatalf("godwit-netlock.json: %v", err)
+	}
+	if p := "godwit-" + strconv.Itoa(pid) + "-"; !strings.HasPrefix(rec.Name, p) || len(rec.Name) != len(p)+8 {
+		t.Fatalf("lock name %q, want %sTOKEN", rec.Name, p)
+	}
+	return rec.Name
+}
+
+// rstCounter counts the TCP resets delivered in the namespace (input
+// hook, after the network lock's drop at priority -300): a reset the lock
+// dropped on its way is not counted, one a peer got is.
+func rstCounter(t *testing.T, n *netns) (count func() int) {
+	t.Helper()
+	nft := func(args ...string) string {
+		var out []byte
+		var err error
+		n.do(func() { out, err = exec.Command("nft", args...).CombinedOutput() })
+		if err != nil {
+			t.Fatalf("nft %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	nft("add", "table", "inet", "godwit_rst")
+	nft("add", "chain", "inet", "godwit_rst", "in", "{ type filter hook input priority 0 ; }")
+	nft("add", "rule", "inet", "godwit_rst", "in", "tcp", "flags", "&", "rst", "==", "rst", "counter")
+	t.Cleanup(func() { n.do(func() { exec.Command("nft", "delete", "table", "inet", "godwit_rst").Run() }) })
+	return func() int {
+		m := regexp.MustCompile(`packets (\d+)`).FindStringSubmatch(nft("list", "table", "inet", "godwit_rst"))
+		if m == nil {
+			t.Fatal("no reset counter")
+		}
+		v, _ := strconv.Atoi(m[1])
+		return v
+	}
+}
+
+// TestNetLockNoReset relies on godwit's network lock alone (no drop rule
+// of the test's): the peer keeps writing while the client is dumped and
+// gone, its segments and retransmissions hit a host with no socket for
+// them. With the lock they are dropped and the restored connection goes
+// on, no reset seen anywhere; with --network-lock skip the host answers
+// them with a reset and the peer's connection dies — which shows the
+// check would catch a lock that fails.
+func TestNetLockNoReset(t *testing.T) {
+	needRoot(t)
+	for _, method := range []string{"nftables", "iptables", "skip"} {
+		t.Run(method, func(t *testing.T) {
+			n := newNetns(t)
+			var ln net.Listener
+			var err error
+			n.do(func() { ln, err = net.Listen("tcp4", "127.0.0.1:0") })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			w := startNet(t, n, "client", "127.0.0.1", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+			logOf = func([]*peer) string { return w.logTail() }
+			c, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := newPeer(c)
+			defer p.close()
+			runStreams(t, []*peer{p}, 1<<20)
+			resets := rstCounter(t, n)
+			dir := dumpNet(t, n, w, "--network-lock", method)
+			// The tree is gone: what the peer sends now, and its
+			// retransmissions (RTO ≥ 200 ms), meet no socket.
+			sent := p.sent.Load()
+			waitFor(t, "the peer to write while the client is gone", func() bool { return p.sent.Load() > sent || p.failed() != nil })
+			if method == "skip" {
+				waitFor(t, "the peer to be reset (no lock)", func() bool { return p.failed() != nil })
+				if resets() == 0 {
+					t.Fatalf("the peer failed (%v) with no reset counted", p.failed())
+				}
+				return
+			}
+			time.Sleep(600 * time.Millisecond)
+			if err := p.failed(); err != nil {
+				t.Fatalf("peer failed while locked: %v", err)
+			}
+			r := restoreNet(t, n, w, dir, "--network-lock", method)
+			runStreams(t, []*peer{p}, 2<<20)
+			checkDone(t, r.finish(t, w, []*peer{p}), []*peer{p}, 1)
+			if v := resets(); v != 0 {
+				t.Fatalf("%d TCP resets delivered in the namespace", v)
+			}
+		})
+	}
+}
+
+// unacked is the bytes the peer wrote that the workload's end has not
+// acknowledged (SIOCOUTQ), -1 when unknown.
+func (p *peer) unacked() int {
+	sc, ok := p.c.(syscall.Conn)
+	if !ok {
+		return -1
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	n := -1
+	rc.Control(func(fd uintptr) {
+		if v, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ); err == nil {
+			n = v
+		}
+	})
+	return n
 }

@@ -54,6 +54,8 @@ type inetDump struct {
 	mu       sync.Mutex
 	diag     map[[2]uint32]*sockdiag.InetTable
 	repaired []int
+	// defaults: a fresh socket's options, by family, type and protocol.
+	defaults map[[3]uint32]*freshOpts
 }
 
 func (fl *Files) inetState() *inetDump {
@@ -206,7 +208,7 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 		}
 	}
 	what := describe(st)
-	if err := inetOpts(s, st); err != nil {
+	if err := inetOpts(id, s, st); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	if st.Opts, err = inetSocketOpts(s); err != nil {
@@ -409,7 +411,7 @@ var defaultTTL = sync.OnceValue(func() uint32 {
 
 // inetOpts reads the inet and TCP options into st, refusing those the
 // image cannot carry.
-func inetOpts(s int, st *model.InetSocketState) error {
+func inetOpts(id *inetDump, s int, st *model.InetSocketState) error {
 	o := &st.Inet
 	var err error
 	geti := func(level, opt int, name string) int {
@@ -466,7 +468,7 @@ func inetOpts(s int, st *model.InetSocketState) error {
 	if err != nil {
 		return err
 	}
-	if err := refuseOpts(s, st); err != nil {
+	if err := refuseOpts(id, s, st); err != nil {
 		return err
 	}
 	if dev, derr := unix.GetsockoptString(s, unix.SOL_SOCKET, unix.SO_BINDTODEVICE); derr == nil {
@@ -722,54 +724,106 @@ var tcpUncarried = []sockOpt{
 	{unix.SOL_TCP, unix.TCP_FASTOPEN, 0, "TCP_FASTOPEN"},
 }
 
-// refuseOpts refuses s when an option the image cannot carry differs
-// from its value on a fresh socket of the same family, type and
-// protocol: the defaults depend on sysctls (ip_no_pmtu_disc,
-// tcp_congestion_control), so they are measured, not assumed.
-func refuseOpts(s int, st *model.InetSocketState) error {
-	fresh, err := unix.Socket(int(st.Family), int(st.Type)|unix.SOCK_CLOEXEC, int(st.Proto))
-	if err != nil {
-		return fmt.Errorf("fresh socket to compare options with: %w", err)
+// freshOpts is what refuseOpts compares with: the values of a fresh
+// socket of one family, type and protocol, measured once per dump (the
+// defaults depend on sysctls: ip_no_pmtu_disc, tcp_congestion_control).
+type freshOpts struct {
+	opts []sockOpt // v: the fresh socket's value; skipped: unsupported
+	cc   string    // TCP_CONGESTION; "" where the protocol has none
+}
+
+// fresh measures (once per dump) the options of a fresh socket like st.
+func (d *inetDump) fresh(st *model.InetSocketState) (*freshOpts, error) {
+	k := [3]uint32{st.Family, st.Type, st.Proto}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if f, ok := d.defaults[k]; ok {
+		return f, nil
 	}
-	defer unix.Close(fresh)
+	s, err := unix.Socket(int(st.Family), int(st.Type)|unix.SOCK_CLOEXEC, int(st.Proto))
+	if err != nil {
+		return nil, fmt.Errorf("fresh socket to compare options with: %w", err)
+	}
+	defer unix.Close(s)
 	os := uncarried[st.Family]
 	if st.Type == unix.SOCK_STREAM {
 		os = append(os[:len(os):len(os)], tcpUncarried...)
 	} else {
 		os = append(os[:len(os):len(os)], mcastUncarried[st.Family]...)
 	}
+	f := &freshOpts{}
 	for _, o := range os {
 		v, err := unix.GetsockoptInt(s, o.level, o.opt)
-		d, derr := unix.GetsockoptInt(fresh, o.level, o.opt)
-		if err != nil || derr != nil {
-			if unsupportedOpt(err) && unsupportedOpt(derr) {
+		if unsupportedOpt(err) {
+			o.v = unsupportedValue
+		} else if err != nil {
+			return nil, fmt.Errorf("getsockopt %s of a fresh socket: %w", o.name, err)
+		} else {
+			o.v = v
+		}
+		if o.opt == unix.TCP_NOTSENT_LOWAT && o.level == unix.SOL_TCP && o.v != unsupportedValue {
+			o.v = notsentLowat(o.v)
+		}
+		f.opts = append(f.opts, o)
+	}
+	if st.Type == unix.SOCK_STREAM {
+		cc, err := unix.GetsockoptString(s, unix.SOL_TCP, unix.TCP_CONGESTION)
+		if err != nil && !unsupportedOpt(err) {
+			return nil, fmt.Errorf("getsockopt TCP_CONGESTION of a fresh socket: %w", err)
+		}
+		f.cc = cc
+	}
+	if d.defaults == nil {
+		d.defaults = map[[3]uint32]*freshOpts{}
+	}
+	d.defaults[k] = f
+	return f, nil
+}
+
+// unsupportedValue marks an option a fresh socket's protocol has not.
+const unsupportedValue = -1 << 40
+
+// refuseOpts refuses s when an option the image cannot carry differs
+// from its value on a fresh socket of the same family, type and
+// protocol (measured once per dump: inetDump.fresh).
+func refuseOpts(id *inetDump, s int, st *model.InetSocketState) error {
+	fresh, err := id.fresh(st)
+	if err != nil {
+		return err
+	}
+	for _, o := range fresh.opts {
+		v, err := unix.GetsockoptInt(s, o.level, o.opt)
+		if err != nil {
+			if unsupportedOpt(err) && o.v == unsupportedValue {
 				continue // MPTCP has not this option
 			}
-			return fmt.Errorf("getsockopt %s: %w", o.name, errors.Join(err, derr))
+			return fmt.Errorf("getsockopt %s: %w", o.name, err)
+		}
+		if o.v == unsupportedValue {
+			return fmt.Errorf("getsockopt %s: a fresh socket has not this option", o.name)
 		}
 		if o.opt == unix.TCP_NOTSENT_LOWAT && o.level == unix.SOL_TCP {
 			// 0 stands for the sysctl; what counts is the limit in
 			// effect (a connection accepted by an MPTCP listener that
 			// fell back to TCP has UINT_MAX set by the kernel).
-			v, d = notsentLowat(v), notsentLowat(d)
+			v = notsentLowat(v)
 		}
-		if v != d {
-			return fmt.Errorf("%s is %d (default %d): not supported yet", o.name, v, d)
+		if v != o.v {
+			return fmt.Errorf("%s is %d (default %d): not supported yet", o.name, v, o.v)
 		}
 	}
 	if st.Type != unix.SOCK_STREAM {
 		return nil
 	}
 	cc, err := unix.GetsockoptString(s, unix.SOL_TCP, unix.TCP_CONGESTION)
-	dc, derr := unix.GetsockoptString(fresh, unix.SOL_TCP, unix.TCP_CONGESTION)
 	switch {
-	case err != nil || derr != nil:
-		if unsupportedOpt(err) && unsupportedOpt(derr) {
+	case err != nil:
+		if unsupportedOpt(err) && fresh.cc == "" {
 			return nil
 		}
-		return fmt.Errorf("getsockopt TCP_CONGESTION: %w", errors.Join(err, derr))
-	case cc != dc:
-		return fmt.Errorf("TCP_CONGESTION is %s (default %s): not supported yet", cc, dc)
+		return fmt.Errorf("getsockopt TCP_CONGESTION: %w", err)
+	case cc != fresh.cc:
+		return fmt.Errorf("TCP_CONGESTION is %s (default %s): not supported yet", cc, fresh.cc)
 	}
 	return nil
 }
@@ -780,16 +834,25 @@ func notsentLowat(v int) int {
 	if v != 0 {
 		return int(int32(v))
 	}
+	if d, ok := notsentLowatSysctl(); ok {
+		return d
+	}
+	return v
+}
+
+// notsentLowatSysctl is net.ipv4.tcp_notsent_lowat of godwit's network
+// namespace, read once (godwit stays in one namespace while it dumps).
+var notsentLowatSysctl = sync.OnceValues(func() (int, bool) {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_notsent_lowat")
 	if err != nil {
-		return v
+		return 0, false
 	}
 	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
 	if err != nil {
-		return v
+		return 0, false
 	}
-	return int(int32(uint32(n)))
-}
+	return int(int32(uint32(n))), true
+})
 
 // setInetOpts gives s the dumped options. A socket in repair mode binds
 // with the kernel's forced reuse, which SO_REUSEADDR would undo: it is

@@ -22,6 +22,8 @@ package netlock
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -80,9 +82,19 @@ func (c Conn) unmap() Conn {
 // or one godwit needs in a locked namespace).
 const Mark = 0x60d317
 
-// Name is the name of the lock of the tree rooted at pid: the nftables
-// table or the iptables chain. Dump and restore agree on it.
-func Name(pid int) string { return fmt.Sprintf("godwit-%d", pid) }
+// newName names a new lock of the tree rooted at pid (the nftables
+// table or the iptables chains' prefix): "godwit-PID-TOKEN", TOKEN eight
+// random hex digits. The dump records it for the restore (Record); the
+// token keeps a record, crafted or stale, from naming the lock of another
+// dump of the same PID. It fits iptables' chain names (28 bytes) with
+// its "-out" suffix.
+func newName(pid int) (string, error) {
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("network lock name: %w", err)
+	}
+	return fmt.Sprintf("godwit-%d-%s", pid, hex.EncodeToString(b[:])), nil
+}
 
 // Record says what lock a dump left in place for its restore; the dump
 // writes it into the images (RecordFile) when it keeps the lock.
@@ -114,15 +126,24 @@ func ParseRecord(b []byte) (Record, error) {
 	return r, nil
 }
 
-// validName admits the names Name makes: they reach nft and iptables
-// command lines.
+// validName admits only the names newName makes: they reach nft and
+// iptables command lines, and a restore deletes what its record names.
 func validName(s string) bool {
 	rest, ok := strings.CutPrefix(s, "godwit-")
-	if !ok || rest == "" || len(rest) > 10 {
+	if !ok {
 		return false
 	}
-	for _, c := range rest {
+	pid, token, ok := strings.Cut(rest, "-")
+	if !ok || pid == "" || len(pid) > 7 || len(token) != 8 || pid[0] == '0' {
+		return false
+	}
+	for _, c := range pid {
 		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	for _, c := range token {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
 			return false
 		}
 	}
@@ -155,7 +176,11 @@ func New(method Method, pid int, netnsPath string) (*Lock, error) {
 	if _, err := ParseMethod(string(method)); err != nil {
 		return nil, err
 	}
-	l := &Lock{method: method, name: Name(pid), conns: map[Conn]bool{}, lists: map[netip.AddrPort]bool{}}
+	name, err := newName(pid)
+	if err != nil {
+		return nil, err
+	}
+	l := &Lock{method: method, name: name, conns: map[Conn]bool{}, lists: map[netip.AddrPort]bool{}}
 	if netnsPath != "" && method != Skip {
 		f, err := os.Open(netnsPath)
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -229,7 +230,7 @@ func TestKeepAdopt(t *testing.T) {
 				t.Fatal(err)
 			}
 			rec, ok := l.Keep()
-			if !ok || rec.Method != m || rec.Name != "godwit-4244" || rec.Netns {
+			if !ok || rec.Method != m || !strings.HasPrefix(rec.Name, "godwit-4244-") || !validName(rec.Name) || rec.Netns {
 				t.Fatalf("Keep: %+v %v", rec, ok)
 			}
 			probe := &Lock{method: m, name: rec.Name, netns: ns.f}
@@ -312,21 +313,32 @@ func TestParse(t *testing.T) {
 	if _, err := ParseMethod("nft"); err == nil {
 		t.Error("ParseMethod accepted nft")
 	}
-	good := `{"method":"nftables","name":"godwit-12"}`
-	if r, err := ParseRecord([]byte(good)); err != nil || r.Name != "godwit-12" {
+	good := `{"method":"nftables","name":"godwit-12-0a1b2c3d"}`
+	if r, err := ParseRecord([]byte(good)); err != nil || r.Name != "godwit-12-0a1b2c3d" {
 		t.Errorf("ParseRecord(%s) = %+v, %v", good, r, err)
 	}
-	for _, bad := range []string{``, `{}`, `{"method":"skip","name":"godwit-1"}`, `{"method":"nftables","name":"x; rm -rf /"}`,
-		`{"method":"iptables","name":"godwit-"}`, `{"method":"nftables","name":"godwit-1","extra":1}`} {
+	// Only names a lock gets: a record cannot name another dump's old
+	// (token-less) lock, nor anything else.
+	for _, bad := range []string{``, `{}`, `{"method":"skip","name":"godwit-1-0a1b2c3d"}`, `{"method":"nftables","name":"x; rm -rf /"}`,
+		`{"method":"iptables","name":"godwit-"}`, `{"method":"nftables","name":"godwit-1-0a1b2c3d","extra":1}`,
+		`{"method":"nftables","name":"godwit-12"}`, `{"method":"nftables","name":"godwit-12-0A1B2C3D"}`,
+		`{"method":"nftables","name":"godwit-12-0a1b2c3"}`, `{"method":"nftables","name":"godwit-012-0a1b2c3d"}`,
+		`{"method":"nftables","name":"godwit-12345678-0a1b2c3d"}`, `{"method":"nftables","name":"godwit--0a1b2c3d"}`} {
 		if _, err := ParseRecord([]byte(bad)); err == nil {
 			t.Errorf("ParseRecord(%s) accepted", bad)
+		}
+	}
+	for range 100 {
+		n, err := newName(4194304)
+		if err != nil || !validName(n) || len(n+"-out") > 28 {
+			t.Fatalf("newName: %q %v", n, err)
 		}
 	}
 }
 
 func FuzzParseRecord(f *testing.F) {
-	f.Add([]byte(`{"method":"nftables","name":"godwit-12","netns":true}`))
-	f.Add([]byte(`{"method":"iptables","name":"godwit-1"}`))
+	f.Add([]byte(`{"method":"nftables","name":"godwit-12-0a1b2c3d","netns":true}`))
+	f.Add([]byte(`{"method":"iptables","name":"godwit-1-ffffffff"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := ParseRecord(b)
 		if err != nil {

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"godwit/internal/netlock"
 )
 
 // pair connects two TCP sockets on the loopback of family: a (accepted)
@@ -133,7 +136,11 @@ func expectEOF(t *testing.T, s int) {
 }
 
 // dumpRestore dumps a in repair mode, closes it (silently: its peer
-// must see nothing) and restores it.
+// must see nothing) and restores it, under a network lock as godwit's
+// dump and restore are: without one, whatever the peer sends while no
+// socket holds the connection (an ACK, a window update) draws a reset
+// from the host, and the restored connection is reset by its peer —
+// the more often the longer the gap (docs/network-lock.md).
 func dumpRestore(t *testing.T, family, a int) (int, *Stream) {
 	t.Helper()
 	local, err := unix.Getsockname(a)
@@ -142,6 +149,14 @@ func dumpRestore(t *testing.T, family, a int) (int, *Stream) {
 	}
 	remote, err := unix.Getpeername(a)
 	if err != nil {
+		t.Fatal(err)
+	}
+	lock, err := netlock.New(netlock.Nftables, unix.Getpid(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Unlock()
+	if err := lock.Lock([]netlock.Conn{{Local: addrPort(local), Remote: addrPort(remote)}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := On(a); err != nil {
@@ -159,7 +174,20 @@ func dumpRestore(t *testing.T, family, a int) (int, *Stream) {
 		t.Fatalf("restore %s: %v", StateName(st.State), err)
 	}
 	t.Cleanup(func() { unix.Close(a2) })
+	if err := lock.Unlock(); err != nil {
+		t.Fatal(err)
+	}
 	return a2, st
+}
+
+func addrPort(sa unix.Sockaddr) netip.AddrPort {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port))
+	}
+	return netip.AddrPort{}
 }
 
 // A connection rebuilt from its dump carries both byte streams on

@@ -1,11 +1,14 @@
 package criuimg
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 
 	sk_inet "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-inet"
 	sk_opts "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-opts"
@@ -166,6 +169,15 @@ func readInet(id uint32, p *sk_inet.InetSkEntry) (*model.File, error) {
 
 // writeTCPStreams writes each established connection's stream image.
 func writeTCPStreams(d *images.Dir, t *model.Tree, written func(string)) error {
+	// A dump may hold thousands of connections and CRIU's format is a
+	// file for each: every image is built in one reused buffer, then
+	// written with one open, write and close (no per-file buffers).
+	var buf bytes.Buffer
+	bw := bufio.NewWriterSize(&buf, 64<<10)
+	kind, err := images.KindOf(TCPStreamImg(0))
+	if err != nil {
+		return err
+	}
 	for _, id := range t.FileIDs() {
 		s := t.Files[id].Inet
 		if s == nil || s.Stream == nil {
@@ -176,7 +188,9 @@ func writeTCPStreams(d *images.Dir, t *model.Tree, written func(string)) error {
 		if written != nil {
 			written(name)
 		}
-		w, err := d.CreateImage(name)
+		buf.Reset()
+		// bw is a bufio.Writer already: the entry writer uses it as is.
+		w, err := images.NewEntryWriter(bw, name, kind)
 		if err != nil {
 			return err
 		}
@@ -198,8 +212,11 @@ func writeTCPStreams(d *images.Dir, t *model.Tree, written func(string)) error {
 		if err == nil {
 			err = w.WritePayload(st.OutQ)
 		}
-		if cerr := w.Close(); err == nil {
-			err = cerr
+		if err == nil {
+			err = w.Flush()
+		}
+		if err == nil {
+			err = writeWhole(d, name, buf.Bytes())
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
@@ -208,19 +225,33 @@ func writeTCPStreams(d *images.Dir, t *model.Tree, written func(string)) error {
 	return nil
 }
 
+// writeWhole creates name in d holding b.
+func writeWhole(d *images.Dir, name string, b []byte) error {
+	f, err := d.Create(name)
+	if err != nil {
+		return fmt.Errorf("images: %w", err)
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
 // readTCPStreams reads the stream of each connected TCP socket: CRIU
 // writes one for every TCP socket in a connected state.
 func readTCPStreams(d *images.Dir, files map[model.ID]*model.File) error {
+	br := bufio.NewReaderSize(nil, 64<<10)
 	for _, f := range files {
 		s := f.Inet
 		if s == nil || s.Type != unix.SOCK_STREAM || s.State == 7 || s.State == 10 { // TCP_CLOSE, TCP_LISTEN
 			continue
 		}
 		name := TCPStreamImg(s.Ino)
-		if !d.Exists(name) {
+		st, err := readTCPStream(d, name, br)
+		if errors.Is(err, os.ErrNotExist) {
 			continue // dumped without --tcp-established: restore refuses it
 		}
-		st, err := readTCPStream(d, name)
 		if err != nil {
 			return err
 		}
@@ -229,12 +260,25 @@ func readTCPStreams(d *images.Dir, files map[model.ID]*model.File) error {
 	return nil
 }
 
-func readTCPStream(d *images.Dir, name string) (*model.TCPStream, error) {
-	r, err := d.OpenImage(name)
+// readTCPStream reads the image name through br, a buffer reused for
+// every connection (a dump may hold thousands). A missing image is
+// os.ErrNotExist.
+func readTCPStream(d *images.Dir, name string, br *bufio.Reader) (*model.TCPStream, error) {
+	f, err := d.OpenRead(name)
 	if err != nil {
 		return nil, imgErr(name, err)
 	}
-	defer r.Close()
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, imgErr(name, err)
+	}
+	br.Reset(f)
+	// br is a bufio.Reader already: the entry reader reads through it.
+	r, err := images.NewEntryReader(br, name, fi.Size())
+	if err != nil {
+		return nil, imgErr(name, err)
+	}
 	var e tcp_stream.TcpStreamEntry
 	if err := r.Next(&e); err != nil {
 		return nil, imgErr(name, err)
