@@ -108,6 +108,9 @@ func (localPages) Commit() error { return nil }
 type holdingTarget interface {
 	hold(ctx context.Context) error
 	lazyPages() uint64 // pages left out of the images for it
+	// dieWithDumper: the held tree dies if this process does
+	// (LazyServe.DieWithServer).
+	dieWithDumper() bool
 }
 
 // DumpTo is Dump with page data sent to target.
@@ -331,7 +334,12 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	if h, ok := target.(holdingTarget); ok {
 		// The tree stays frozen while the target needs its memory
 		// (dump --lazy-pages), then is finished as any dump.
-		holdErr = h.hold(ctx)
+		if h.dieWithDumper() {
+			holdErr = exitKillTree(tr, tree)
+		}
+		if holdErr == nil {
+			holdErr = h.hold(ctx)
+		}
 	}
 	var ferrs []error
 	// Left running, the connections leave repair mode before the tasks

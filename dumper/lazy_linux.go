@@ -18,6 +18,7 @@ import (
 	"godwit/internal/logging"
 	"godwit/internal/pagexfer"
 	"godwit/internal/procfs"
+	"godwit/internal/ptrace"
 	"godwit/pageserver"
 )
 
@@ -32,6 +33,11 @@ type LazyServe struct {
 	// the pages not left lazy (migrate --mode hybrid: the destination's
 	// round chain); by default they go into the images directory.
 	Pages *PageServer
+	// DieWithServer: once the images stand, the frozen tree is killed if
+	// this process dies while serving (PTRACE_O_EXITKILL) instead of
+	// resuming, for a migration whose destination may already run the
+	// copy: never two live copies.
+	DieWithServer bool
 }
 
 // DumpLazyContext is dump --lazy-pages: it writes every image but the
@@ -89,7 +95,7 @@ func DumpLazyContext(ctx context.Context, o Options, scripts *actions.Scripts, l
 		}
 		return nil
 	}
-	return DumpToContext(ctx, o, scripts, &lazyTarget{pid: o.Pid, kept: kept, serve: serve, inner: inner})
+	return DumpToContext(ctx, o, scripts, &lazyTarget{pid: o.Pid, kept: kept, serve: serve, inner: inner, exitKill: ls.DieWithServer})
 }
 
 // keptPages are the lazy pages of one task, left in its memory: the task
@@ -166,10 +172,11 @@ func (k *keptPages) ReadPages(pid int, vaddr uint64, b []byte) error {
 // lazyTarget passes the pages to inner but for those of lazy VMAs, which
 // it records as PE_LAZY without data.
 type lazyTarget struct {
-	pid   int
-	kept  *keptPages
-	serve func(context.Context) error
-	inner PageTarget
+	pid      int
+	kept     *keptPages
+	serve    func(context.Context) error
+	inner    PageTarget
+	exitKill bool
 }
 
 // hold serves the lazy pages while the dumped tree is still frozen
@@ -177,6 +184,20 @@ type lazyTarget struct {
 func (t *lazyTarget) hold(ctx context.Context) error { return t.serve(ctx) }
 
 func (t *lazyTarget) lazyPages() uint64 { return t.kept.pages() }
+
+func (t *lazyTarget) dieWithDumper() bool { return t.exitKill }
+
+// exitKillTree has every thread of the frozen tree die with this process.
+func exitKillTree(tr *ptrace.Tracer, tree []*frozenTask) error {
+	for _, ft := range tree {
+		for _, tid := range ft.tids {
+			if err := tr.ExitKill(tid); err != nil {
+				return fmt.Errorf("task %d: %w", ft.pid, err)
+			}
+		}
+	}
+	return nil
+}
 
 func (t *lazyTarget) Open(d *images.Dir, name string, id uint32) (pagexfer.Sink, error) {
 	s, err := t.inner.Open(d, name, id)

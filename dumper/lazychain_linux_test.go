@@ -1,11 +1,16 @@
 package dumper
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -125,4 +130,77 @@ func TestLazyDumpOnPageServerChain(t *testing.T) {
 		t.Fatal("dump --lazy-pages still serving after CLOSE")
 	}
 	w.p.Reaped(t)
+}
+
+// lazyServeEnv runs the test binary as a dump --lazy-pages that serves
+// until killed: PID,DIR,DIEWITHSERVER.
+const lazyServeEnv = "GODWIT_DUMPER_TEST_LAZYSERVE"
+
+func lazyServeChild(arg string) int {
+	f := strings.Split(arg, ",")
+	if len(f) != 3 {
+		return 2
+	}
+	pid, _ := strconv.Atoi(f[0])
+	_, err := DumpLazyContext(context.Background(), Options{Pid: pid, ImagesDir: f[1]}, nil, LazyServe{Addr: "127.0.0.1:0",
+		DieWithServer: f[2] == "true", Listening: func(string) { fmt.Println("serving") }})
+	fmt.Fprintln(os.Stderr, err)
+	return 1
+}
+
+// TestLazyServeDiesWithServer: a dump --lazy-pages killed while it serves
+// leaves its frozen tree running again as it was, unless DieWithServer
+// (a migration past its switch-over) asked the tree to die with it.
+func TestLazyServeDiesWithServer(t *testing.T) {
+	for _, die := range []bool{false, true} {
+		t.Run(strconv.FormatBool(die), func(t *testing.T) {
+			needRoot(t)
+			p := startCounter(t, false)
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), lazyServeEnv+"="+fmt.Sprintf("%d,%s,%v", p.Pid, t.TempDir(), die))
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			waited := make(chan error, 1)
+			serving := make(chan bool, 1)
+			go func() {
+				sc := bufio.NewScanner(out)
+				ok := sc.Scan() && sc.Text() == "serving"
+				serving <- ok
+				_, _ = io.Copy(io.Discard, out)
+				waited <- cmd.Wait()
+			}()
+			t.Cleanup(func() { cmd.Process.Kill() })
+			select {
+			case ok := <-serving:
+				if !ok {
+					t.Fatalf("the dump did not serve: %s", stderr.String())
+				}
+			case <-time.After(60 * time.Second):
+				t.Fatal("the dump did not start serving")
+			}
+			if st, _ := status(t, p.Pid); st != 't' && st != 'T' {
+				t.Fatalf("while serving, pid %d is in state %c", p.Pid, st)
+			}
+			if err := cmd.Process.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-waited:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the killed dump did not exit")
+			}
+			if die {
+				p.Reaped(t)
+				return
+			}
+			assertRunningUntraced(t, p.Pid)
+		})
+	}
 }

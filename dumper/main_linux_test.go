@@ -17,6 +17,9 @@ func TestMain(m *testing.M) {
 		benchChild(arg)
 		os.Exit(0)
 	}
+	if arg := os.Getenv(lazyServeEnv); arg != "" {
+		os.Exit(lazyServeChild(arg))
+	}
 	testutil.CloseInheritedFDs()
 	code := m.Run()
 	testutil.RemoveBuilds()

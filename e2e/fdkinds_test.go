@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -313,21 +314,20 @@ func TestMemfdDumpRestore(t *testing.T) {
 
 // A pty pair round-trips: the same /dev/pts number, termios, window size
 // and packet mode; the child that leads a session of its own gets the
-// pty back as its controlling terminal, with its group in the foreground;
-// bytes pass both ways through the restored pair. The program checks
+// pty back as its controlling terminal, with its group in the foreground,
+// and so does its child, a member of that session; /dev/tty held by the
+// leader reaches it; bytes pass both ways through the restored pair. The program checks
 // each itself.
 func TestPtyDumpRestore(t *testing.T) {
 	needRoot(t)
 	w := startTree(t, cWorkload(t, "pty"))
-	before := subtree(t, w.pid)
+	var before map[int]taskInfo
+	waitFor(t, "the session member", func() bool { before = subtree(t, w.pid); return len(before) == 3 })
 	t.Cleanup(func() {
 		for p := range before {
 			killAndForget(p)
 		}
 	})
-	if len(before) != 2 {
-		t.Fatalf("want the program and its child, have %v", before)
-	}
 	dir := w.dump(t)
 	w.reapKilled(t)
 	for p := range before {
@@ -934,17 +934,19 @@ while True:
 	})
 }
 
-// A member of a session whose controlling terminal is a pty of the tree
-// is refused by name (the restore gives the terminal back to the session
-// leader only), and the tree runs on.
+// A session whose controlling terminal is a pty of the tree, with one
+// member that has it and one that gave it up (TIOCNOTTY), is refused by
+// name (the restore gives it to every member, who inherit it from the
+// leader), and the tree runs on.
 func TestPtySessionMemberRefused(t *testing.T) {
 	needRoot(t)
-	const prog = `import os, sys, time
+	const prog = `import os, sys, time, fcntl, termios
 m, sl = os.openpty()
 if os.fork() == 0:
     os.setsid()
-    os.open(os.ttyname(sl), os.O_RDWR)
-    os.fork()
+    t = os.open(os.ttyname(sl), os.O_RDWR)
+    if os.fork() != 0 and os.fork() == 0:
+        fcntl.ioctl(t, termios.TIOCNOTTY)
     while True:
         time.sleep(1)
 f = open(sys.argv[1], "a", buffering=1)
@@ -956,14 +958,24 @@ while True:
 `
 	w := startTree(t, "/usr/bin/python3", "-c", prog)
 	var before map[int]taskInfo
-	waitFor(t, "the session and its member", func() bool { before = subtree(t, w.pid); return len(before) == 3 })
+	waitFor(t, "the session and its members", func() bool { before = subtree(t, w.pid); return len(before) == 4 })
 	t.Cleanup(func() {
 		for p := range before {
 			killAndForget(p)
 		}
 	})
+	waitFor(t, "a member to give its terminal up", func() bool {
+		for p, ti := range before {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+			f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+			if p != w.pid && p != ti.Sid && len(f) > 4 && f[4] == "0" {
+				return true
+			}
+		}
+		return false
+	})
 	code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
-	oneLineError(t, code, out, "a member of session")
+	oneLineError(t, code, out, "without its controlling terminal")
 	w.waitTicks(3)
 	if after := subtree(t, w.pid); !reflect.DeepEqual(after, before) {
 		t.Fatalf("after a refused dump the tree is %v, was %v", after, before)

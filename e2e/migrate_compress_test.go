@@ -17,7 +17,7 @@ import (
 // on a 100 Mbit/s one (tc tbf on host A), with compressible memory
 // (migrant's pattern), incompressible memory (noise: xorshift output) and
 // memory the program filled with zeros (noise -z), each moved with
-// --compress none, zstd and auto in one run; every program checks its
+// --compress none, zstd and auto (with what auto measured) in one run; every program checks its
 // memory on the destination. Figures are logged, never asserted: they say
 // where compression pays. GODWIT_BENCH_MIGRATE=1 moves 256 MiB (otherwise
 // 32 MiB).
@@ -80,6 +80,11 @@ func TestMigrateCompress(t *testing.T) {
 				t.Logf("%-8s %-7s --compress %-4s round 0: %4d MiB as %4d MiB on the wire in %6v: %6.0f MB/s of memory; total %6v; later rounds compressed: %s",
 					link, mem.name, comp, r.Bytes>>20, wire>>20, r.Duration.Round(time.Millisecond), r.Bandwidth/1e6,
 					res.Total.Round(time.Millisecond), strings.Join(later, ","))
+				if a := res.Auto; a != nil {
+					t.Logf("         auto: link probe %.0f MB/s, zstd %.0f MB/s at ratio %.3f: compress %v", a.Link/1e6, a.Zstd/1e6, a.Ratio, a.Compress)
+				} else if comp == "auto" {
+					t.Errorf("--compress auto reported no measure")
+				}
 			}
 		}
 	}

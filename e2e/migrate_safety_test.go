@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -300,4 +301,71 @@ func TestMigrateLinkCutAfterReady(t *testing.T) {
 	}
 	gone(t, w.rootPID, "held source program")
 	finishMoved(t, w, rp)
+}
+
+// send killed mid post-copy: the source tree dies with it (committed: it
+// never runs again beside a copy that ran), and the agent kills its copy
+// rather than run it with pages it cannot get, reporting the failure.
+// Every wait is bounded.
+func TestMigratePostcopySourceKilled(t *testing.T) {
+	m := newMigLab(t)
+	m.startAgent("--tls-client-cert", filepath.Join(m.certs, m.b.Addr(), "client", "cert.pem"),
+		"--tls-client-key", filepath.Join(m.certs, m.b.Addr(), "client", "key.pem"))
+	w := startOn(t, m.a, workloads["counter"], "-m", "256", "-t", "2")
+	server := filepath.Join(m.certs, m.a.Addr(), "server")
+	s := m.startSend(w, []string{"GODWIT_TEST_SWITCHOVER=notice"}, "--mode", "postcopy",
+		"--tls-server-cert", filepath.Join(server, "cert.pem"), "--tls-server-key", filepath.Join(server, "key.pem"))
+	s.await(t, "committed (post-copy)")
+	// Mid-transfer: the copy runs on B, its pages still coming.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if p, err := m.b.RootPID(w.hostPID); err == nil {
+			if state, tracer := procState(t, p); tracer == 0 && state != "T" && state != "t" {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the copy did not resume on the destination")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	killAndForget(s.pid)
+	gone(t, w.rootPID, "source program")
+	// The copy on B is killed by its lazy-pages daemon.
+	deadline = time.Now().Add(2 * time.Minute)
+	for {
+		p, err := m.b.RootPID(w.hostPID)
+		if err != nil || !alive(p) {
+			break
+		}
+		if time.Now().After(deadline) {
+			state, tracer := procState(t, p)
+			t.Fatalf("copy %d still on the destination (state %s, tracer %d) 2 minutes after the source died", p, state, tracer)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The agent says why.
+	var hist []migrate.Result
+	for {
+		cmd := m.a.Command(godwitBin, append([]string{"migrate", "history", "--to", m.b.Addr()}, m.tlsArgs(m.a, "client")...)...)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("migrate history: %v", err)
+		}
+		if err := json.Unmarshal(out, &hist); err != nil {
+			t.Fatal(err)
+		}
+		if len(hist) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no migration in the agent's history 2 minutes after the source died")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	r := hist[len(hist)-1]
+	if r.PID != w.hostPID || r.Error == "" || r.FailedPhase != migrate.PhasePostcopy {
+		t.Fatalf("agent's record %+v: want a post-copy failure", r)
+	}
+	t.Logf("agent: %s: %s", r.FailedPhase, r.Error)
 }

@@ -308,3 +308,42 @@ func TestMigrateEchoServerFailureKeepsClients(t *testing.T) {
 	cs.waitProgress(t, cs.snapshot(), 20, "after the migration")
 	cs.finish(t)
 }
+
+// A program whose session leader is outside its tree (no setsid: a shell
+// job) is refused without --shell-job and moves with it, into the agent's
+// session on host B.
+func TestMigrateShellJob(t *testing.T) {
+	m := newMigLab(t)
+	m.startAgent()
+	dir := t.TempDir()
+	w := &workload{t: t, log: filepath.Join(dir, "log"), output: filepath.Join(dir, "output"), waited: make(chan error, 1)}
+	out, err := os.Create(w.output)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	if out, err := m.a.Command("sh", "-c", "echo $((20000 + $$ % 9000)) >/proc/sys/kernel/ns_last_pid").CombinedOutput(); err != nil {
+		t.Fatalf("ns_last_pid: %v: %s", err, out)
+	}
+	w.cmd = m.a.Command(workloads["counter"], w.log)
+	w.cmd.Stdout, w.cmd.Stderr = out, out
+	if err := w.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { w.waited <- w.cmd.Wait() }()
+	lw := &labWorkload{workload: w, host: m.a}
+	if lw.hostPID, lw.rootPID, err = m.a.PID(w.cmd); err != nil {
+		t.Fatal(err)
+	}
+	w.pid = lw.rootPID
+	t.Cleanup(func() { killAndForget(lw.rootPID) })
+	w.waitTicks(3)
+	if code, res, stderr := m.send(lw); code == 0 || !strings.Contains(res.Error, "shell") {
+		t.Fatalf("without --shell-job: exit %d, %q\n%s", code, res.Error, stderr)
+	}
+	intact(t, lw)
+	if code, res, stderr := m.send(lw, "--shell-job"); code != 0 {
+		t.Fatalf("--shell-job: exit %d, %q\n%s", code, res.Error, stderr)
+	}
+	finishMoved(t, lw, m.moved(lw))
+}

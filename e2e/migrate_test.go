@@ -65,7 +65,9 @@ func (m *migLab) startAgent(extra ...string) {
 	t := m.t
 	t.Helper()
 	args := append([]string{"agent", "--address", m.b.Addr(), "--port", "7355", "--images-dir", m.images}, m.tlsArgs(m.b, "server")...)
-	m.agent = m.b.Command(godwitBin, append(args, extra...)...)
+	// A session of its own, as a daemon has: a shell job moved here
+	// (--shell-job) joins it.
+	m.agent = m.b.Command("setsid", append([]string{godwitBin}, append(args, extra...)...)...)
 	logf, err := os.Create(filepath.Join(t.TempDir(), "agent.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -490,8 +492,8 @@ func TestMigratePrecopyGo(t *testing.T) {
 	}
 }
 
-// Two migrations at once to one agent; its /healthz answers and /history
-// lists both.
+// Two migrations at once to one agent; its /healthz answers, the metrics
+// listener serves no history, and `migrate history` (mutual TLS) lists both.
 func TestMigrateTwoAtOnceAndHistory(t *testing.T) {
 	m := newMigLab(t)
 	m.startAgent("--metrics-address", m.b.Addr()+":9100")
@@ -516,7 +518,7 @@ func TestMigrateTwoAtOnceAndHistory(t *testing.T) {
 	}
 	finishMoved(t, w1, m.moved(w1))
 	finishMoved(t, w2, m.moved(w2))
-	get := func(path string) string {
+	get := func(path string, want int) string {
 		// Dialled on the host's thread (an http.Client would dial from
 		// another goroutine, outside the lab's network).
 		var c net.Conn
@@ -537,16 +539,21 @@ func TestMigrateTwoAtOnceAndHistory(t *testing.T) {
 		}
 		defer resp.Body.Close()
 		body, err := io.ReadAll(resp.Body)
-		if err != nil || resp.StatusCode != http.StatusOK {
+		if err != nil || resp.StatusCode != want {
 			t.Fatalf("GET %s: %s %v: %s", path, resp.Status, err, body)
 		}
 		return string(body)
 	}
-	if h := get("/healthz"); !strings.HasPrefix(h, "ok") {
+	if h := get("/healthz", http.StatusOK); !strings.HasPrefix(h, "ok") {
 		t.Errorf("/healthz: %q", h)
 	}
+	get("/history", http.StatusNotFound)
+	hout, err := m.a.Command(godwitBin, append([]string{"migrate", "history", "--to", m.b.Addr()}, m.tlsArgs(m.a, "client")...)...).Output()
+	if err != nil {
+		t.Fatalf("migrate history: %v", err)
+	}
 	var hist []migrate.Result
-	if err := json.Unmarshal([]byte(get("/history")), &hist); err != nil {
+	if err := json.Unmarshal(hout, &hist); err != nil {
 		t.Fatal(err)
 	}
 	pids := map[int]bool{}

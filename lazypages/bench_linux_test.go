@@ -92,6 +92,10 @@ func BenchmarkLazyRestore(b *testing.B) {
 	for _, m := range modes {
 		res[m] = &figs{}
 	}
+	// The summary is logged first: the testing package keeps only the
+	// first lines of a benchmark's log; each run's figures follow it.
+	var details []string
+	defer func() { b.Log("runs:\n" + strings.Join(details, "\n")) }()
 	for run := 0; run < runs; run++ {
 		warm(b, size)
 		fl.tcp = append(fl.tcp, tcpFloor(b, size))
@@ -103,15 +107,15 @@ func BenchmarkLazyRestore(b *testing.B) {
 		fl.bare50, fl.bare99 = append(fl.bare50, p50), append(fl.bare99, p99)
 		p50, p99 = bareFloor(b, mib, true)
 		fl.rem50, fl.rem99 = append(fl.rem50, p50), append(fl.rem99, p99)
-		b.Logf("run %d floors: tcp %.2f GB/s, tcp+uffd %.2f GB/s; bare fault p50 %v p99 %v, remote bare p50 %v p99 %v",
-			run, fl.tcp[run]/1e9, fl.uffd[run]/1e9, fl.bare50[run], fl.bare99[run], fl.rem50[run], fl.rem99[run])
+		details = append(details, fmt.Sprintf("run %d floors: tcp %.2f GB/s, tcp+uffd %.2f GB/s; bare fault p50 %v p99 %v, remote bare p50 %v p99 %v",
+			run, fl.tcp[run]/1e9, fl.uffd[run]/1e9, fl.bare50[run], fl.bare99[run], fl.rem50[run], fl.rem99[run]))
 		for _, name := range modes {
 			r := restoreOnce(b, name, dir, log, goFile, size, push)
 			f := res[name]
 			f.toRun, f.all = append(f.toRun, r.toRun), append(f.all, r.all)
 			f.p50, f.p99, f.rss = append(f.p50, r.p50), append(f.p99, r.p99), append(f.rss, r.rss)
-			b.Logf("run %d %s: %d MiB: program running after %v, every page in after %v (%.2f GB/s); faults p50 %v p99 %v; peak RSS %d MiB; %s",
-				run, name, mib, r.toRun, r.all, float64(size)/r.all.Seconds()/1e9, r.p50, r.p99, r.rss>>20, r.stats)
+			details = append(details, fmt.Sprintf("run %d %s: %d MiB: program running after %v, every page in after %v (%.2f GB/s); faults p50 %v p99 %v; peak RSS %d MiB; %s",
+				run, name, mib, r.toRun, r.all, float64(size)/r.all.Seconds()/1e9, r.p50, r.p99, r.rss>>20, r.stats))
 		}
 	}
 	tcpF, uffdF := medianF(fl.tcp), medianF(fl.uffd)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -53,6 +54,10 @@ type AgentConfig struct {
 	// MaxImageBytes bounds the non-memory images of one migration
 	// (default 1 GiB).
 	MaxImageBytes int64
+	// MaxMigrationBytes bounds the page bytes (every round together) one
+	// migration may write here; 0: twice the memory its source announces,
+	// plus migrationSlack.
+	MaxMigrationBytes int64
 	// ClientTLS is this host's client certificate (and the CA): with it
 	// the agent takes post-copy migrations, fetching their lazy pages
 	// from the source's page server.
@@ -152,7 +157,9 @@ func (a *Agent) History() []Result {
 	return append([]Result(nil), a.history...)
 }
 
-// Handler serves /healthz and /history (JSON).
+// Handler serves /healthz. The history is not served here, where anyone
+// who reaches the metrics listener could read it: `godwit migrate history`
+// asks for it over mutual TLS.
 func (a *Agent) Handler() *http.ServeMux {
 	m := http.NewServeMux()
 	m.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -160,10 +167,6 @@ func (a *Agent) Handler() *http.ServeMux {
 		n := a.inflight
 		a.mu.Unlock()
 		fmt.Fprintf(w, "ok %d in flight\n", n)
-	})
-	m.HandleFunc("/history", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(a.History())
 	})
 	return m
 }
@@ -206,6 +209,11 @@ type inbound struct {
 	// resumeDecided: Go (or a Resolve) decided the resume, recorded in
 	// the images dir.
 	resumeDecided bool
+	// peer is the source's certificate (DER): only it may connect to
+	// this migration's page servers.
+	peer []byte
+	// pageLimit bounds the bytes of this migration's round images.
+	pageLimit int64
 	// netLock holds the tree's TCP connections and listeners on this
 	// host from Lock until the tree resumes (or the migration fails).
 	netLock *netlock.Lock
@@ -298,6 +306,10 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 		a.serveResolve(k, r)
 		return
 	}
+	if r := first.GetHistoryRequest(); r != nil {
+		a.serveHistory(k, r)
+		return
+	}
 	select {
 	case a.slot <- struct{}{}:
 	case <-ctx.Done():
@@ -314,6 +326,9 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 		a.mu.Unlock()
 	}()
 	in := &inbound{a: a, ctl: k, files: map[string]*os.File{}, fillCtx: fctx, agentCtx: actx}
+	if pc := c.ConnectionState().PeerCertificates; len(pc) > 0 {
+		in.peer = pc[0].Raw
+	}
 	in.res.Started = time.Now()
 	in.res.Source = raw.RemoteAddr().String()
 	err = in.run(ctx, first)
@@ -364,6 +379,7 @@ const (
 )
 
 func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
+	var err error
 	if ab := m.GetAbort(); ab != nil {
 		return phaseErr(PhaseConnect, fmt.Errorf("source aborted: %s", ab.Reason))
 	}
@@ -385,6 +401,9 @@ func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
 	if err := checkHost(h); err != nil {
 		return phaseErr(PhaseCheck, err)
 	}
+	if in.pageLimit, err = migrationLimit(in.a.cfg.MaxMigrationBytes, h.MemoryBytes); err != nil {
+		return phaseErr(PhaseCheck, err)
+	}
 	id := make([]byte, 8)
 	_, _ = rand.Read(id)
 	in.res.ID = hex.EncodeToString(id)
@@ -392,7 +411,6 @@ func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
 	if err := os.Mkdir(in.dir, 0o700); err != nil {
 		return phaseErr(PhaseCheck, fmt.Errorf("migration directory: %w", err))
 	}
-	var err error
 	if in.guard, err = lazypages.StartGuard(); err != nil {
 		return phaseErr(PhaseCheck, err)
 	}
@@ -400,6 +418,7 @@ func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
 		return phaseErr(PhaseConnect, err)
 	}
 	phase := PhasePrecopy
+	var probed uint64
 	for {
 		m, err := in.recv(sourceWait)
 		if err != nil {
@@ -430,6 +449,19 @@ func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
 		case m.GetFile() != nil:
 			if err := in.writeFile(m.GetFile()); err != nil {
 				return phaseErr(PhaseFreeze, err)
+			}
+		case m.GetProbe() != nil:
+			if len(in.rounds) > 0 {
+				return phaseErr(phase, errors.New("link probe after the first round"))
+			}
+			if probed += uint64(len(m.GetProbe().Data)); probed > maxProbe {
+				return phaseErr(phase, fmt.Errorf("link probe over %d bytes", maxProbe))
+			}
+			if m.GetProbe().Last {
+				if err := in.send(&pb.Envelope{Msg: &pb.Envelope_ProbeAck{ProbeAck: &pb.ProbeAck{Bytes: probed}}}); err != nil {
+					return phaseErr(phase, err)
+				}
+				probed = 0
 			}
 		case m.GetLock() != nil:
 			phase = PhaseFreeze
@@ -523,6 +555,21 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 	if err != nil {
 		return err
 	}
+	// Only the source that opened this migration may send its pages:
+	// another peer the CA signed is refused at the handshake, before it
+	// can take the round's one session.
+	to.TLSConfig = in.a.tls.Clone()
+	peer := in.peer
+	to.TLSConfig.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
+		if len(raw) == 0 || len(peer) == 0 || !bytes.Equal(raw[0], peer) {
+			return errors.New("client certificate is not this migration's source's")
+		}
+		return nil
+	}
+	left := in.pageLimit - in.pageBytes()
+	if left <= 0 {
+		return fmt.Errorf("the migration's pages reached --max-migration-bytes %d", in.pageLimit)
+	}
 	ln, err := pageserver.Listen(net.JoinHostPort(in.a.cfg.Address, "0"), to)
 	if err != nil {
 		return err
@@ -532,17 +579,23 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 	// CLOSE: that server is stopped when the source reports the round
 	// done, its CLOSE answered (every image complete) by then.
 	quic := to.Transport == pageserver.TransportQUIC
-	srv, err := pageserver.NewServer(pageserver.Config{ImagesDir: dir, PrevImagesDir: prev, Once: !quic, Log: in.a.cfg.Log})
+	srv, err := pageserver.NewServer(pageserver.Config{ImagesDir: dir, PrevImagesDir: prev, Once: !quic, Log: in.a.cfg.Log, MaxBytes: left})
 	if err != nil {
 		ln.Close()
 		return err
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	ps := &pageServing{n: rs.N, final: rs.Final, dir: dir, start: time.Now(), ln: ln, done: make(chan error, 1), stopOnDone: quic, cancel: cancel}
+	limit := in.pageLimit
 	go func() {
 		defer cancel()
 		err := srv.Serve(sctx, ln)
 		srv.Close()
+		if err != nil && strings.Contains(err.Error(), "(--max-bytes)") {
+			err = fmt.Errorf("the migration's pages exceed --max-migration-bytes %d", limit)
+			// Said at once: the source's page stream just breaks.
+			_ = in.send(&pb.Envelope{Msg: &pb.Envelope_Failure{Failure: &pb.Failure{Phase: string(PhasePrecopy), Message: err.Error()}}})
+		}
 		ps.done <- err
 	}()
 	in.ps = ps
@@ -612,6 +665,53 @@ func (in *inbound) startLazy() error {
 	}
 	in.rounds = append(in.rounds, "final")
 	return nil
+}
+
+// migrationSlack is what MaxMigrationBytes's default adds to twice the
+// announced memory: page maps, and pages the program maps during rounds.
+const migrationSlack = 256 << 20
+
+// migrationLimit is the page bytes a migration of a tree of memory bytes
+// may write here: max if set, else twice memory plus migrationSlack.
+func migrationLimit(max int64, memory uint64) (int64, error) {
+	if max > 0 {
+		if memory > uint64(max) {
+			return 0, fmt.Errorf("the tree's %d bytes of memory exceed --max-migration-bytes %d", memory, max)
+		}
+		return max, nil
+	}
+	if memory > 1<<50 {
+		return 0, fmt.Errorf("the tree announces %d bytes of memory", memory)
+	}
+	return 2*int64(memory) + migrationSlack, nil
+}
+
+// pageBytes is what this migration's rounds wrote so far.
+func (in *inbound) pageBytes() int64 {
+	var n int64
+	for _, r := range in.rounds {
+		ents, _ := os.ReadDir(filepath.Join(in.dir, r))
+		for _, e := range ents {
+			if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
+				n += fi.Size()
+			}
+		}
+	}
+	return n
+}
+
+// serveHistory answers a HistoryRequest.
+func (a *Agent) serveHistory(k *ctl, r *pb.HistoryRequest) {
+	if r.Version != Version {
+		_ = k.send(&pb.Envelope{Msg: &pb.Envelope_Failure{Failure: &pb.Failure{Phase: string(PhaseConnect),
+			Message: fmt.Sprintf("protocol version %d, this agent speaks %d", r.Version, Version)}}})
+		return
+	}
+	b, err := json.Marshal(a.History())
+	if err != nil {
+		return
+	}
+	_ = k.send(&pb.Envelope{Msg: &pb.Envelope_HistoryReply{HistoryReply: &pb.HistoryReply{Json: b}}})
 }
 
 // finishRound waits until the round's page server has its session's pages
@@ -894,6 +994,9 @@ func (in *inbound) releaseLock() {
 // lockLinger bounds how long a failed migration's lock waits for the
 // source to let go.
 const lockLinger = 30 * time.Second
+
+// maxProbe bounds the bytes of one link probe (Probe).
+const maxProbe = 64 << 20
 
 // tcpListen is the kernel's TCP_LISTEN state (include/net/tcp_states.h).
 const tcpListen = 10

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,8 +28,8 @@ import (
 const (
 	CompressNone = "none"
 	CompressZstd = "zstd"
-	// CompressAuto compresses the first round, then goes on while
-	// compression pays (streamStats.worthIt).
+	// CompressAuto compresses when a probe of the link and a sample of
+	// the program's memory say it pays (autoCompress).
 	CompressAuto = "auto"
 )
 
@@ -189,12 +191,6 @@ type streamStats struct {
 	Compress, Send time.Duration
 }
 
-// worthIt reports whether compressing the next round should pay, from
-// this round's bytes (uncompressed): the link, not the compressor, set
-// the pace (the link is slower than compression), or the pages at least
-// halved (the link, however fast, carries half).
-func (s streamStats) worthIt(bytes uint64) bool { return s.Send > s.Compress || s.Wire*2 < bytes }
-
 // finish ends the relay once the dump let go of its end, and returns what
 // the round sent. The dump's own result says whether the pages arrived
 // (the server answers its FORCE_CLOSE through the relay): the relay's
@@ -220,4 +216,78 @@ func (p *compressedPages) finish() (streamStats, error) {
 	send := time.Duration(p.z.wire.busy.Load())
 	st := streamStats{Wire: p.z.wire.n.Load(), Send: send, Compress: time.Duration(p.z.busy.Load()) - send}
 	return st, errors.Join(errs...)
+}
+
+// Auto's decision, made once before the first round: compress when zstd
+// takes the program's pages faster than the link takes them as they are,
+// and shrinks them (compressed, the link carries ratio of the bytes).
+const (
+	probeBytes  = 4 << 20 // sent on the control stream to time the link
+	sampleBytes = 4 << 20 // of the program's memory, compressed to time zstd
+)
+
+// autoCompress reports whether compression pays, from the link's rate
+// and zstd's rate and ratio on a sample (bytes per second of input).
+func autoCompress(link, zrate, ratio float64) bool {
+	return ratio < 0.9 && zrate > 1.1*link
+}
+
+// sampleCompress compresses up to sampleBytes of the writable private
+// memory of process pid (read through /proc/PID/mem while it runs) as a
+// round would, and returns zstd's rate (input bytes per second) and the
+// ratio of output to input; 0, 1 when nothing could be read.
+func sampleCompress(pid int) (rate, ratio float64, err error) {
+	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		return 0, 1, fmt.Errorf("sample memory: %w", err)
+	}
+	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
+	if err != nil {
+		return 0, 1, fmt.Errorf("sample memory: %w", err)
+	}
+	defer mem.Close()
+	var sample []byte
+	buf := make([]byte, 1<<20)
+	for _, line := range strings.Split(string(maps), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 || !strings.HasPrefix(f[1], "rw") || f[1][3] != 'p' {
+			continue
+		}
+		lo, hi, ok := strings.Cut(f[0], "-")
+		if !ok {
+			continue
+		}
+		start, err1 := strconv.ParseUint(lo, 16, 64)
+		end, err2 := strconv.ParseUint(hi, 16, 64)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		for a := start; a < end && len(sample) < sampleBytes; a += uint64(len(buf)) {
+			n, _ := mem.ReadAt(buf[:min(uint64(len(buf)), end-a)], int64(a))
+			sample = append(sample, buf[:n]...)
+			if n == 0 {
+				break
+			}
+		}
+		if len(sample) >= sampleBytes {
+			break
+		}
+	}
+	if len(sample) == 0 {
+		return 0, 1, nil
+	}
+	cw := &countWriter{w: io.Discard}
+	enc, err := zstd.NewWriter(cw, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1),
+		zstd.WithWindowSize(zstdWindow), zstd.WithLowerEncoderMem(true))
+	if err != nil {
+		return 0, 1, err
+	}
+	t := time.Now()
+	for off := 0; off < len(sample); off += 1 << 20 {
+		_, _ = enc.Write(sample[off:min(off+1<<20, len(sample))])
+		_ = enc.Flush()
+	}
+	_ = enc.Close()
+	d := time.Since(t)
+	return float64(len(sample)) / max(d.Seconds(), 1e-9), float64(cw.n.Load()) / float64(len(sample)), nil
 }

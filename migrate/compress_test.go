@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"os"
 	"testing"
-	"time"
 )
 
 func TestParseCompress(t *testing.T) {
@@ -19,19 +19,26 @@ func TestParseCompress(t *testing.T) {
 	}
 }
 
-func TestWorthIt(t *testing.T) {
+func TestAutoCompress(t *testing.T) {
 	for _, c := range []struct {
-		st    streamStats
-		bytes uint64
-		want  bool
+		link, zrate, ratio float64
+		want               bool
 	}{
-		{streamStats{Wire: 100, Send: 2 * time.Second, Compress: time.Second}, 100, true},   // link-bound
-		{streamStats{Wire: 10, Send: time.Millisecond, Compress: time.Second}, 100, true},   // halved
-		{streamStats{Wire: 100, Send: time.Millisecond, Compress: time.Second}, 100, false}, // neither
+		{12e6, 130e6, 0.01, true},   // 100 Mbit/s, compressible
+		{12e6, 130e6, 1.0, false},   // incompressible
+		{800e6, 130e6, 0.01, false}, // the link is faster than zstd
 	} {
-		if got := c.st.worthIt(c.bytes); got != c.want {
-			t.Errorf("%+v of %d: worthIt %v, want %v", c.st, c.bytes, got, c.want)
+		if got := autoCompress(c.link, c.zrate, c.ratio); got != c.want {
+			t.Errorf("link %.0f, zstd %.0f, ratio %.2f: %v, want %v", c.link, c.zrate, c.ratio, got, c.want)
 		}
+	}
+}
+
+// sampleCompress reads a running program's memory (this test's own).
+func TestSampleCompress(t *testing.T) {
+	rate, ratio, err := sampleCompress(os.Getpid())
+	if err != nil || rate <= 0 || ratio <= 0 || ratio > 1.1 {
+		t.Fatalf("rate %.0f, ratio %.3f, %v", rate, ratio, err)
 	}
 }
 

@@ -116,6 +116,7 @@ func (in *inbound) awaitGo(pid int) error {
 				decision = DecisionResume
 			case r.m.GetAbort() != nil:
 				in.res.Note = "aborted by the source after ready: " + r.m.GetAbort().Reason
+				in.aborted = true
 				decision = DecisionAbort
 			default:
 				// An authenticated peer off the protocol: not a
@@ -131,6 +132,7 @@ func (in *inbound) awaitGo(pid int) error {
 				if r.m.GetGo() != nil {
 					decision = DecisionResume
 				} else if r.m.GetAbort() != nil {
+					in.aborted = true
 					decision = DecisionAbort
 				}
 				continue

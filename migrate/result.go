@@ -68,6 +68,8 @@ type Result struct {
 	Mode        Mode   `json:"mode"`
 	Transport   string `json:"transport"` // "quic" or "tls"
 	Compress    string `json:"compress,omitempty"`
+	// Auto is what --compress auto measured and chose.
+	Auto *AutoCompress `json:"compress_auto,omitempty"`
 	// Connections counts the established TCP connections moved
 	// (--tcp-established).
 	Connections int           `json:"connections,omitempty"`
@@ -100,4 +102,15 @@ type Switchover struct {
 	Images  time.Duration `json:"images_ns"`
 	Restore time.Duration `json:"restore_ns"`
 	Resume  time.Duration `json:"resume_ns"`
+}
+
+// AutoCompress is --compress auto's measure: the link's rate (a probe on
+// the control stream), zstd's rate and ratio on a sample of the program's
+// memory, and the choice (compress when zstd is faster than the link and
+// shrinks the pages).
+type AutoCompress struct {
+	Link     float64 `json:"link_bps"`
+	Zstd     float64 `json:"zstd_bps"`
+	Ratio    float64 `json:"ratio"`
+	Compress bool    `json:"compress"`
 }

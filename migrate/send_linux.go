@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -43,8 +44,10 @@ type SendOptions struct {
 	MaxRounds int
 	Transport string // page streams: "tls" (default) or "quic"
 	// Compress is how page streams are compressed: CompressAuto (""),
-	// CompressNone or CompressZstd (over TLS only). Auto compresses the
-	// first round and goes on while that pays (streamStats.worthIt).
+	// CompressNone or CompressZstd (over TLS only). Auto times the link
+	// (a probe on the control stream) and zstd (on a sample of the
+	// program's memory) first and compresses when that pays
+	// (autoCompress).
 	Compress string
 	TLS      TLSFiles
 	// ServerName is the name the agent's certificate must carry (default
@@ -208,7 +211,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	res.Source = hostname
 	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Hello{Hello: &pb.Hello{Version: Version, Pid: int32(o.Pid), Pids: pids,
 		Files: files, Transport: res.Transport, Mode: string(res.Mode), Source: hostname, Cpuinfo: cpu, CpuCap: o.CPUCap,
-		Compress: comp}}}); err != nil {
+		Compress: comp, MemoryBytes: treeMemory(o.Pid)}}}); err != nil {
 		return res, phaseErr(PhaseConnect, err)
 	}
 	enter(PhaseCheck)
@@ -220,6 +223,17 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, phaseErr(PhaseCheck, fmt.Errorf("expected accepted, got %T", m.Msg))
 	}
 	res.ID = m.GetAccepted().Id
+	if comp == CompressAuto && res.Mode == ModePrecopy {
+		a := &AutoCompress{}
+		if a.Link, err = s.probeLink(); err != nil {
+			return res, s.abortWith(PhaseCheck, fmt.Errorf("link probe: %w", err))
+		}
+		if a.Zstd, a.Ratio, err = sampleCompress(o.Pid); err != nil {
+			return res, s.abortWith(PhaseCheck, err)
+		}
+		a.Compress = autoCompress(a.Link, a.Zstd, a.Ratio)
+		compressing, res.Auto = a.Compress, a
+	}
 	if res.Mode == ModePostcopy || (res.Mode == ModeHybrid && o.MaxRounds == 0) {
 		// Hybrid without rounds is post-copy.
 		return res, s.postcopy(o, res, raw.LocalAddr(), enter)
@@ -237,6 +251,11 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	// Before the agent is ready, a failure leaves the source as it was.
 	locked := false
 	abort := func(p Phase, err error) error {
+		// The agent's reason first (a limit it enforced breaks the
+		// page stream: that error says less).
+		if f := s.agentFailure(); f != nil {
+			p, err = Phase(f.Phase), fmt.Errorf("agent: %s (here: %v)", f.Message, err)
+		}
 		_ = s.send(&pb.Envelope{Msg: &pb.Envelope_Abort{Abort: &pb.Abort{Reason: err.Error()}}})
 		if locked {
 			// The agent drops its lock of the connections and closes
@@ -299,9 +318,6 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		}
 		dur := time.Since(t0)
 		r := Round{N: int(n - 1), Pages: pr.Mem.Written, Bytes: pr.Mem.Written * 4096, Duration: dur, Frozen: pr.Frozen, Wire: st.Wire}
-		if cp != nil && comp == CompressAuto && !st.worthIt(r.Bytes) {
-			compressing = false
-		}
 		if dur > 0 {
 			r.Bandwidth = float64(r.Bytes) / dur.Seconds()
 		}
@@ -518,6 +534,54 @@ type sender struct {
 	ctx context.Context
 }
 
+// agentFailure is the Failure the agent sent, if one arrives within a
+// moment (the rest of what is queued is dropped: the migration ends).
+func (s *sender) agentFailure() *pb.Failure {
+	t := time.NewTimer(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case r := <-s.in:
+			if f := r.m.GetFailure(); f != nil {
+				return f
+			}
+		case <-s.done:
+			select {
+			case r := <-s.in:
+				if f := r.m.GetFailure(); f != nil {
+					return f
+				}
+				continue
+			default:
+			}
+			return nil
+		case <-t.C:
+			return nil
+		}
+	}
+}
+
+// treeMemory is the resident and swapped memory of pid's processes, which
+// the agent bounds the migration's page bytes with.
+func treeMemory(pid int) uint64 {
+	var n uint64
+	for _, p := range treePIDs(pid) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", p))
+		if err != nil {
+			continue
+		}
+		for _, ln := range strings.Split(string(b), "\n") {
+			f := strings.Fields(ln)
+			if len(f) == 3 && (f[0] == "Rss:" || f[0] == "Swap:") && f[2] == "kB" {
+				if k, err := strconv.ParseUint(f[1], 10, 64); err == nil {
+					n += k << 10
+				}
+			}
+		}
+	}
+	return n
+}
+
 // recv reads the agent's next message; a Failure becomes the agent's
 // error with its phase.
 func (s *sender) recv(p Phase, limit time.Duration) (*pb.Envelope, error) {
@@ -546,6 +610,30 @@ func (s *sender) waitClosed(limit time.Duration) {
 			return
 		}
 	}
+}
+
+// probeLink times probeBytes of random bytes over the control stream to
+// the agent (bytes per second, TLS included).
+func (s *sender) probeLink() (float64, error) {
+	chunk := make([]byte, 1<<20)
+	if _, err := rand.Read(chunk); err != nil {
+		return 0, err
+	}
+	t := time.Now()
+	for sent := 0; sent < probeBytes; sent += len(chunk) {
+		last := sent+len(chunk) >= probeBytes
+		if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Probe{Probe: &pb.Probe{Data: chunk, Last: last}}}); err != nil {
+			return 0, err
+		}
+	}
+	m, err := s.recv(PhaseCheck, time.Minute)
+	if err != nil {
+		return 0, err
+	}
+	if m.GetProbeAck() == nil || m.GetProbeAck().Bytes != probeBytes {
+		return 0, fmt.Errorf("expected an answer for %d probe bytes, got %v", probeBytes, m)
+	}
+	return float64(probeBytes) / time.Since(t).Seconds(), nil
 }
 
 // pageTarget is where a round's pages go: the page server at addr over
@@ -768,6 +856,7 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 	to.AllowedClients = []string{host}
 	var frozeAt, dumpedAt time.Time
 	committed := false
+	hold := &dumper.Hold{}
 	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
 		switch action {
 		case actions.PreDump:
@@ -778,11 +867,22 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 			if err := s.sendImages(work); err != nil {
 				return err
 			}
+			// The commit: from here the source never runs again, and
+			// dies with this process (not thawed by its tracer's death
+			// while the agent's copy runs).
+			if err := hold.KillOnExit(true); err != nil {
+				_ = hold.KillOnExit(false)
+				return fmt.Errorf("hold the source tree: %w", err)
+			}
 			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{PageSource: addr}}}); err != nil {
+				_ = hold.KillOnExit(false)
 				return err
 			}
 			committed = true
 			enter(PhasePostcopy)
+			if os.Getenv(testSwitchover) != "" && o.Notice != nil {
+				o.Notice("migrate: test: committed (post-copy)")
+			}
 		}
 		return nil
 	}}
@@ -813,7 +913,7 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 			}
 		}
 	}()
-	_, err = dumper.DumpLazyContext(ctx, dumper.Options{Pid: o.Pid, ImagesDir: work, FileLocks: o.FileLocks, CPUCap: o.CPUCap},
+	_, err = dumper.DumpLazyContext(ctx, dumper.Options{Pid: o.Pid, ImagesDir: work, FileLocks: o.FileLocks, CPUCap: o.CPUCap, Hold: hold},
 		scripts, dumper.LazyServe{Addr: addr, Transport: to})
 	if !committed {
 		if err == nil {
@@ -910,6 +1010,7 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 	var frozeAt, dumpedAt, imagesAt time.Time
 	committed := false
 	hookPhase := PhaseFreeze
+	hold := &dumper.Hold{}
 	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
 		switch action {
 		case actions.PreDump:
@@ -923,7 +1024,13 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 				return err
 			}
 			imagesAt = time.Now()
+			// The commit (see postcopy).
+			if err := hold.KillOnExit(true); err != nil {
+				_ = hold.KillOnExit(false)
+				return fmt.Errorf("hold the source tree: %w", err)
+			}
 			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{PageSource: addr}}}); err != nil {
+				_ = hold.KillOnExit(false)
 				return err
 			}
 			committed = true
@@ -934,7 +1041,7 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 		return nil
 	}}
 	do := dumper.Options{Pid: o.Pid, ImagesDir: final, FileLocks: o.FileLocks, CPUCap: o.CPUCap,
-		PrevImagesDir: "../" + roundDir(n-1, false), TrackMem: true}
+		PrevImagesDir: "../" + roundDir(n-1, false), TrackMem: true, Hold: hold}
 	dr, err := dumper.DumpLazyContext(ctx, do, scripts, dumper.LazyServe{Addr: addr, Transport: to,
 		Pages: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}})
 	if !committed {

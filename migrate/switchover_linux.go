@@ -3,6 +3,7 @@ package migrate
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -326,4 +327,42 @@ func dialAgent(ctx context.Context, to string, files TLSFiles, serverName string
 		return nil, err
 	}
 	return c, nil
+}
+
+// HistoryOptions name the agent whose history to read.
+type HistoryOptions struct {
+	To         string
+	TLS        TLSFiles
+	ServerName string
+}
+
+// FetchHistory reads the agent's finished migrations over mutual TLS.
+func FetchHistory(ctx context.Context, o HistoryOptions) ([]Result, error) {
+	c, err := dialAgent(ctx, o.To, o.TLS, o.ServerName)
+	if err != nil {
+		return nil, fmt.Errorf("history: %w", err)
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	k := newCtl(c, nil)
+	if err := k.send(&pb.Envelope{Msg: &pb.Envelope_HistoryRequest{HistoryRequest: &pb.HistoryRequest{Version: Version}}}); err != nil {
+		return nil, fmt.Errorf("history: %w", err)
+	}
+	m, err := k.recv(time.Minute)
+	if err != nil {
+		return nil, fmt.Errorf("history: agent: %w", err)
+	}
+	if f := m.GetFailure(); f != nil {
+		return nil, fmt.Errorf("history: agent: %s", f.Message)
+	}
+	hr := m.GetHistoryReply()
+	if hr == nil {
+		return nil, fmt.Errorf("history: expected a history reply, got %T", m.Msg)
+	}
+	var out []Result
+	if err := json.Unmarshal(hr.Json, &out); err != nil {
+		return nil, fmt.Errorf("history: %w", err)
+	}
+	return out, nil
 }

@@ -21,8 +21,10 @@ import (
 // ignore or wait for in vain. 3: TCP connections (Lock, Locked,
 // Restore.tcp_established and shell_job) and compressed page streams
 // (Hello.compress). 4: the held switch-over (Go answered by Resumed before
-// the source dies; Resolve, Resolved).
-const Version = 4
+// the source dies; Resolve, Resolved). 5: HistoryRequest/HistoryReply and
+// Hello.memory_bytes (the agent's --max-migration-bytes). 6: Probe and
+// ProbeAck (--compress auto measures the link).
+const Version = 6
 
 // maxMessage bounds one control message: image files travel in chunks of
 // fileChunk, everything else is small.

@@ -29,7 +29,9 @@ func (r *Restorer) Finalize() error {
 		return r.fail("finalize", err)
 	}
 	tables := map[model.ID]bool{} // fd tables restored (CLONE_FILES)
-	r.held = drivers.NewHeld()
+	if r.held == nil {            // else made with the tree (earlyCtty)
+		r.held = drivers.NewHeld()
+	}
 	defer func() { r.held.Close(); r.held = nil }()
 	for _, t := range r.tasks {
 		if t.img.dead() {

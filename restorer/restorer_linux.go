@@ -428,6 +428,8 @@ func (r *Restorer) kill() {
 // close releases the tracer and the images, and keeps a network lock
 // the restore did not get to remove (it failed) for a retry.
 func (r *Restorer) close() {
+	r.held.Close() // what a failed layout made for the tasks
+	r.held = nil
 	if l := r.netLock; l != nil {
 		r.netLock = nil
 		keepNetLock(l, r.log, r.img.pid)

@@ -10,8 +10,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"godwit/internal/drivers"
 	"godwit/internal/model"
 	"godwit/internal/procfs"
+	"godwit/internal/ptrace"
 	"godwit/internal/puppet"
 )
 
@@ -133,6 +135,9 @@ func (r *Restorer) grow(t *taskRun, kids map[int][]*taskRun) error {
 	if leader {
 		if _, err := r.tr.InjectSyscall(k.Pid, unix.SYS_SETSID); err != nil {
 			return fmt.Errorf("task %d: setsid: %w", k.Pid, err)
+		}
+		if err := r.earlyCtty(k); err != nil {
+			return fmt.Errorf("task %d: %w", k.Pid, err)
 		}
 	}
 	for _, c := range later {
@@ -475,4 +480,42 @@ func writeMem(pid int, addr uint64, b []byte) error {
 	defer f.Close()
 	_, err = f.WriteAt(b, int64(addr))
 	return err
+}
+
+// earlyCtty gives session leader k, just made, its session's terminal
+// before it makes the session's other tasks, when they have it too (they
+// inherit it): godwit makes the pty (drivers.EarlyCtty, kept in r.held)
+// and k opens the slave, in a page of its own (the scratch window comes
+// with the layout), and takes it with TIOCSCTTY.
+func (r *Restorer) earlyCtty(k *model.Task) error {
+	if r.held == nil {
+		r.held = drivers.NewHeld()
+	}
+	path, err := drivers.EarlyCtty(r.img.tree, k, r.held)
+	if err != nil || path == "" {
+		return err
+	}
+	addr, err := r.tr.InjectSyscall(k.Pid, unix.SYS_MMAP, 0, pageSize, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil {
+		return fmt.Errorf("controlling terminal %s: mmap: %w", path, err)
+	}
+	err = ptrace.PokeMem(k.Pid, addr, append([]byte(path), 0))
+	var fd uint64
+	if err == nil {
+		fd, err = r.tr.InjectSyscall(k.Pid, unix.SYS_OPENAT, ^uint64(99) /* AT_FDCWD */, addr, unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+		if err == nil {
+			_, err = r.tr.InjectSyscall(k.Pid, unix.SYS_IOCTL, fd, unix.TIOCSCTTY, 0)
+			if _, cerr := r.tr.InjectSyscall(k.Pid, unix.SYS_CLOSE, fd); cerr != nil && err == nil {
+				err = cerr
+			}
+		}
+	}
+	if _, merr := r.tr.InjectSyscall(k.Pid, unix.SYS_MUNMAP, addr, pageSize); merr != nil && err == nil {
+		err = merr
+	}
+	if err != nil {
+		return fmt.Errorf("controlling terminal %s: %w", path, err)
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -79,7 +80,7 @@ failure leaves the source running as it was.`,
 	f.StringVar(&mode, "mode", "precopy", "precopy; postcopy (resume on the destination at once, pages fetched from the frozen source; needs --tls-server-cert/--tls-server-key); or hybrid (pre-copy rounds, then the last dirty pages fetched after the resume, as postcopy)")
 	f.DurationVar(&o.DowntimeBudget, "downtime-budget", 50*time.Millisecond, "stop pre-copy once the last delta is predicted to move within `duration`")
 	f.IntVar(&o.MaxRounds, "max-rounds", 8, "at most `n` pre-copy rounds (0: stop-and-copy)")
-	f.StringVar(&o.Compress, "compress", migrate.CompressAuto, "page streams: zstd, none, or auto (compress the first round, and go on while the link is slower than the compressor or the pages at least halve); over --transport tls. Pays on links slower than zstd (about 100-140 MB/s a stream here); on faster links use none")
+	f.StringVar(&o.Compress, "compress", migrate.CompressAuto, "page streams: zstd, none, or auto (time the link and zstd on a sample of the program's memory first; compress when zstd is the faster and shrinks the pages); over --transport tls")
 	f.StringVar(&o.Transport, "transport", "tls", "page streams: tls (TCP; measured about twice as fast as quic here, see e2e TestMigrateTransports) or quic; both with mutual TLS")
 	f.StringVar(&o.TLS.CACert, "tls-cacert", "", "CA certificate `file` that signed the agent's certificate")
 	f.StringVar(&o.TLS.Cert, "tls-cert", "", "this host's client certificate `file`")
@@ -96,7 +97,37 @@ failure leaves the source running as it was.`,
 	networkLockFlag(f, a.o)
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	f.BoolVar(&o.FullFill, "no-lazy-restore", false, "have the agent fill every page before the resume (by default it resumes at once and fills from its own images)")
-	c.AddCommand(send, resolveCmd(a))
+	c.AddCommand(send, resolveCmd(a), historyCmd(a))
+	return c
+}
+
+func historyCmd(a *app) *cobra.Command {
+	var o migrate.HistoryOptions
+	c := &cobra.Command{
+		Use:   "history --to HOST",
+		Short: "Print the agent's finished migrations (JSON), over mutual TLS",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.To == "" {
+				return &usageError{cmd, errors.New("migrate history needs --to HOST")}
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			h, err := migrate.FetchHistory(ctx, o)
+			if err != nil {
+				return err
+			}
+			enc := json.NewEncoder(a.stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(h)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&o.To, "to", "", "agent `host[:port]`")
+	f.StringVar(&o.TLS.CACert, "tls-cacert", "", "CA certificate `file` that signed the agent's certificate")
+	f.StringVar(&o.TLS.Cert, "tls-cert", "", "this host's client certificate `file`")
+	f.StringVar(&o.TLS.Key, "tls-key", "", "this host's private key `file`")
+	f.StringVar(&o.ServerName, "tls-server-name", "", "name the agent's certificate must carry (default: the host of --to)")
 	return c
 }
 
@@ -168,8 +199,10 @@ func agentCmd(a *app) *cobra.Command {
 		Long: `Receive migrations from ` + "`godwit migrate send`" + ` on other hosts and restore them here.
 Only peers whose client certificate the CA signed are accepted. Each migration gets its
 own directory under --images-dir, removed when it ends. /metrics (Prometheus: see
-deploy/grafana for a dashboard), /healthz and /history (JSON) are served on
---metrics-address.`,
+deploy/grafana for a dashboard) and /healthz are served on --metrics-address; the
+history of migrations only over mutual TLS (` + "`godwit migrate history`" + `). A migration
+may write at most --max-migration-bytes of pages (default: twice the memory its
+source announces, plus 256 MiB).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfg.ImagesDir == "" {
@@ -242,8 +275,9 @@ deploy/grafana for a dashboard), /healthz and /history (JSON) are served on
 	f.StringVar(&cfg.TLS.Key, "tls-key", "", "the agent's private key `file`")
 	f.StringVar(&cfg.ClientTLS.Cert, "tls-client-cert", "", "this host's client certificate `file` (post-copy: fetch pages from the source)")
 	f.StringVar(&cfg.ClientTLS.Key, "tls-client-key", "", "the client certificate's private key `file`")
-	f.StringVar(&metricsAddr, "metrics-address", "", "serve /metrics (Prometheus), /healthz and /history on `host:port`")
-	f.IntVar(&cfg.History, "history", 100, "keep the last `n` migrations in /history")
+	f.StringVar(&metricsAddr, "metrics-address", "", "serve /metrics (Prometheus) and /healthz on `host:port`")
+	f.IntVar(&cfg.History, "history", 100, "keep the last `n` migrations (godwit migrate history)")
+	f.Int64Var(&cfg.MaxMigrationBytes, "max-migration-bytes", 0, "refuse a migration whose rounds send more than `n` bytes of pages (0: twice the memory the source announces, plus 256 MiB)")
 	f.IntVar(&cfg.MaxConcurrent, "max-concurrent", 4, "at most `n` migrations at once")
 	return c
 }

@@ -11,7 +11,10 @@
  * foreground. On SIGUSR1 the child checks its session, terminal and
  * foreground group, writes "hello-from-child\n" to the terminal and
  * then "hello-via-dev-tty\n" through the /dev/tty it opened at set-up
- * (the alias of its terminal), and
+ * (the alias of its terminal), after its own child, a member of its
+ * session forked once it had its terminal (so it has it too), wrote
+ * "hello-from-member\n" through a /dev/tty it opens then (which only a
+ * task with a controlling terminal can), and
  * exits; the parent reads both from the master (after packet mode's status
  * byte), sends "line\n" through the master and reads it from its slave
  * fd, and checks the pty's number, termios, window and packet mode.
@@ -44,6 +47,22 @@ static int master, slave, ptn;
 static pid_t child;
 static char slave_path[64];
 
+static void member_main(int t)
+{
+	while (!finish)
+		pause();
+	int bad = 0;
+	int d = open("/dev/tty", O_RDWR);
+	if (d < 0)
+		bad |= 1;
+	if (tcgetsid(t) != getsid(0))
+		bad |= 2;
+	const char *m = "hello-from-member\n";
+	if (d >= 0 && write(d, m, strlen(m)) != (ssize_t)strlen(m))
+		bad |= 4;
+	_exit(bad ? 20 + bad : 0);
+}
+
 static void child_main(void)
 {
 	signal(SIGUSR1, on_usr1);
@@ -55,9 +74,15 @@ static void child_main(void)
 	if (tcsetpgrp(t, getpgrp()) < 0) die("tcsetpgrp");
 	int dt = open("/dev/tty", O_RDWR);
 	if (dt < 0) die("open /dev/tty");
+	pid_t member = fork();
+	if (member < 0) die("fork member");
+	if (member == 0)
+		member_main(t);
 	while (!finish)
 		pause();
-	int bad = 0;
+	int bad = 0, st = -1;
+	if (kill(member, SIGUSR1) < 0 || waitpid(member, &st, 0) != member || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		bad |= 32;
 	/* /dev/tty opens only with a controlling terminal, and TIOCGSID
 	 * answers only on one's own: t is it. */
 	if (open("/dev/tty", O_RDWR) < 0)
@@ -147,6 +172,7 @@ static void check(void)
 	CHECK(kill(child, SIGUSR1) == 0, "child: gone");
 	CHECK(readall(master, buf, sizeof buf, "hello-via-dev-tty\n"), "master: the child's line through /dev/tty did not come");
 	CHECK(memmem(buf, sizeof buf, "hello-from-child\n", 17), "master: the child's line did not come");
+	CHECK(memmem(buf, sizeof buf, "hello-from-member\n", 18), "master: the session member's line did not come");
 	CHECK(buf[0] == TIOCPKT_DATA, "master: packet mode's status byte %d", buf[0]);
 	CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0, "child: status %#x", status);
 }

@@ -49,17 +49,16 @@ func (credsDriver) CollectThread(d *Dump, ti *model.Thread) error {
 // CollectThreadInjected reads the securebits, no_new_privs and the
 // parent-death signal, which only the thread can tell.
 func (credsDriver) CollectThreadInjected(d *Dump, s *inject.Session, ti *model.Thread) error {
-	sb, err := s.Call("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS)
+	// One batch, one stop.
+	out, err := s.Batch([]inject.Call{
+		inject.C("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS),
+		inject.C("prctl(PR_GET_NO_NEW_PRIVS)", unix.SYS_PRCTL, unix.PR_GET_NO_NEW_PRIVS),
+		inject.C("prctl(PR_GET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG, s.Scratch()+scratchPdeath),
+	})
 	if err != nil {
 		return err
 	}
-	nnp, err := s.Call("prctl(PR_GET_NO_NEW_PRIVS)", unix.SYS_PRCTL, unix.PR_GET_NO_NEW_PRIVS)
-	if err != nil {
-		return err
-	}
-	if _, err := s.Call("prctl(PR_GET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG, s.Scratch()+scratchPdeath); err != nil {
-		return err
-	}
+	sb, nnp := out[0], out[1]
 	var b [4]byte
 	if err := s.Read(scratchPdeath, b[:]); err != nil {
 		return err

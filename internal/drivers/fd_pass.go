@@ -237,10 +237,15 @@ func (rs *restoreFDs) close() error {
 type Held struct {
 	socks map[uint32]int
 	byIno map[uint32]*model.File // the tree's unix sockets, built on first use
+	// ptys are the ptys made before the tasks' fds (a session's
+	// terminal its members inherit), by index: the master until a
+	// task takes it, and a slave kept open to the end (the last slave
+	// closed would take the terminal from the session).
+	ptys map[uint32]*[2]int
 }
 
 // NewHeld makes an empty Held.
-func NewHeld() *Held { return &Held{socks: map[uint32]int{}} }
+func NewHeld() *Held { return &Held{socks: map[uint32]int{}, ptys: map[uint32]*[2]int{}} }
 
 // Close drops everything not taken.
 func (h *Held) Close() {
@@ -250,6 +255,14 @@ func (h *Held) Close() {
 	for ino, fd := range h.socks {
 		unix.Close(fd)
 		delete(h.socks, ino)
+	}
+	for idx, p := range h.ptys {
+		for _, fd := range p {
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+		}
+		delete(h.ptys, idx)
 	}
 }
 

@@ -317,6 +317,14 @@ func ptyMaster(rs *restoreFDs, what string, f *model.File, p *model.PtyState) (i
 		rs.ghosts[key] = m
 		return m, nil
 	}
+	if h := rs.r.Held; h != nil && h.ptys[p.Index] != nil && h.ptys[p.Index][0] >= 0 {
+		// Made before the tree's fds (EarlyCtty): this task takes the
+		// master, the slave stays with Held.
+		m := h.ptys[p.Index][0]
+		h.ptys[p.Index][0] = -1
+		rs.ghosts[key] = m
+		return m, nil
+	}
 	if !f.Tty.Master && !holdsMaster(rs.r.Task, rs.r.Tree, p) {
 		return -1, fmt.Errorf("%s: pty %d: its slave is restored before the task that holds its master: not supported yet", what, p.Index)
 	}
@@ -341,7 +349,22 @@ func holdsMaster(k *model.Task, t *model.Tree, p *model.PtyState) bool {
 // open in godwit until the task's fds are all in place (closing the last
 // slave hangs the master up), or is closed at once where the dump saw it
 // closed.
-func makePty(rs *restoreFDs, what string, p *model.PtyState) (m int, err error) {
+func makePty(rs *restoreFDs, what string, p *model.PtyState) (int, error) {
+	m, s, err := makePtyPair(what, p)
+	if err != nil {
+		return -1, err
+	}
+	if p.SlaveClosed {
+		unix.Close(s)
+	} else {
+		rs.ghosts[[2]uint64{ptyKeySlave, uint64(p.Index)}] = s
+	}
+	return m, nil
+}
+
+// makePtyPair makes pty p again with its state, and returns godwit's
+// master and a slave.
+func makePtyPair(what string, p *model.PtyState) (m, s int, err error) {
 	var lower []int
 	defer func() {
 		for _, fd := range lower {
@@ -351,12 +374,12 @@ func makePty(rs *restoreFDs, what string, p *model.PtyState) (m int, err error) 
 	for {
 		fd, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return -1, fmt.Errorf("%s: open /dev/ptmx: %w", what, err)
+			return -1, -1, fmt.Errorf("%s: open /dev/ptmx: %w", what, err)
 		}
 		n, err := unix.IoctlGetUint32(fd, unix.TIOCGPTN)
 		if err != nil {
 			unix.Close(fd)
-			return -1, fmt.Errorf("%s: TIOCGPTN: %w", what, err)
+			return -1, -1, fmt.Errorf("%s: TIOCGPTN: %w", what, err)
 		}
 		if n == p.Index {
 			m = fd
@@ -364,7 +387,7 @@ func makePty(rs *restoreFDs, what string, p *model.PtyState) (m int, err error) 
 		}
 		if n > p.Index {
 			unix.Close(fd)
-			return -1, fmt.Errorf("%s: pty %d is in use here (/dev/pts/%d exists)", what, p.Index, p.Index)
+			return -1, -1, fmt.Errorf("%s: pty %d is in use here (/dev/pts/%d exists)", what, p.Index, p.Index)
 		}
 		lower = append(lower, fd) // a lower free index: hold it until ours comes
 	}
@@ -374,12 +397,12 @@ func makePty(rs *restoreFDs, what string, p *model.PtyState) (m int, err error) 
 		}
 	}()
 	if err := unix.IoctlSetPointerInt(m, unix.TIOCSPTLCK, 0); err != nil {
-		return -1, fmt.Errorf("%s: unlock pty %d: %w", what, p.Index, err)
+		return -1, -1, fmt.Errorf("%s: unlock pty %d: %w", what, p.Index, err)
 	}
 	path := fmt.Sprintf("/dev/pts/%d", p.Index)
-	s, err := unix.Open(path, unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	s, err = unix.Open(path, unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return -1, fmt.Errorf("%s: open %s: %w", what, path, err)
+		return -1, -1, fmt.Errorf("%s: open %s: %w", what, path, err)
 	}
 	t, lt := p.Termios, p.LockedTermios
 	switch {
@@ -408,14 +431,35 @@ func makePty(rs *restoreFDs, what string, p *model.PtyState) (m int, err error) 
 	}
 	if err != nil {
 		unix.Close(s)
-		return -1, fmt.Errorf("%s: pty %d: %w", what, p.Index, err)
+		return -1, -1, fmt.Errorf("%s: pty %d: %w", what, p.Index, err)
 	}
-	if p.SlaveClosed {
-		unix.Close(s)
-	} else {
-		rs.ghosts[[2]uint64{ptyKeySlave, uint64(p.Index)}] = s
+	return m, s, nil
+}
+
+// EarlyCtty makes, for session leader k (just made, before its
+// children), the pty of the tree that is its session's controlling
+// terminal when the session's members have it too: they inherit it only
+// if the leader has it when it makes them. h keeps godwit's master and a
+// slave; the slave path is returned for the leader to open and make its
+// terminal (TIOCSCTTY). "" when k needs no terminal now.
+func EarlyCtty(t *model.Tree, k *model.Task, h *Held) (string, error) {
+	var p *model.PtyState
+	for _, f := range t.Files {
+		if f.Tty != nil && f.Tty.Pty != nil && f.Tty.Pty.Sid == k.Pid && f.Tty.Pty.HasMaster && f.Tty.Pty.MembersCtty {
+			p = f.Tty.Pty
+			break
+		}
 	}
-	return m, nil
+	if p == nil {
+		return "", nil
+	}
+	what := fmt.Sprintf("task %d: controlling terminal of its session", k.Pid)
+	m, s, err := makePtyPair(what, p)
+	if err != nil {
+		return "", err
+	}
+	h.ptys[p.Index] = &[2]int{m, s}
+	return fmt.Sprintf("/dev/pts/%d", p.Index), nil
 }
 
 func sameTermios(a, b *unix.Termios) bool {
@@ -496,10 +540,26 @@ func (fl *Files) checkCttys(t *model.Tree, shellJob bool) error {
 		switch {
 		case isPty && !master && p != nil && p.HasMaster && p.Sid == k.Sid && k.Pid == k.Sid:
 		case isPty && !master && p != nil && p.HasMaster && p.Sid == k.Sid:
-			return fmt.Errorf("task %d: a member of session %d, whose controlling terminal %s is a pty of the tree: not supported yet (the session leader gets it back after the tree is made)", k.Pid, k.Sid, name)
+			// A member: it inherits the terminal, given to the leader
+			// before it makes the session's tasks (EarlyCtty).
+			p.MembersCtty = true
 		case shellJob:
 		default:
 			return fmt.Errorf("task %d: its controlling terminal %s is outside the tree: dump and restore with --shell-job", k.Pid, name)
+		}
+	}
+	// Then every member must have it: they all inherit it.
+	for _, p := range fl.ptys {
+		if !p.MembersCtty {
+			continue
+		}
+		for _, k := range t.Tasks {
+			if k.Sid != p.Sid || k.Pid == k.Sid || k.State != model.Alive && k.State != model.Stopped {
+				continue
+			}
+			if dev, ok := fl.cttys[k.Pid]; !ok || dev != unix.Mkdev(ptySlaveMajor+p.Index/ptyMinorsPerMaj, p.Index%ptyMinorsPerMaj) {
+				return fmt.Errorf("task %d: a member of session %d without its controlling terminal /dev/pts/%d, which other members have: not supported (the restore gives it to every member)", k.Pid, p.Sid, p.Index)
+			}
 		}
 	}
 	return nil

@@ -503,14 +503,24 @@ func collectFDRange(pid, fdDir, infoDir int, nums []int, out []FD) error {
 	for i, n := range nums {
 		name = strconv.AppendInt(name[:0], int64(n), 10)
 		sname := string(name)
-		k, err := unix.Readlinkat(fdDir, sname, link)
-		if err != nil {
-			return fmt.Errorf("fd %d: readlink /proc/%d/fd/%d: %w", n, pid, n, err)
-		}
-		target := string(link[:k])
 		fd := &out[i]
 		if err := unix.Fstatat(fdDir, sname, &fd.Stat, 0); err != nil {
 			return fmt.Errorf("fd %d: stat /proc/%d/fd/%d: %w", n, pid, n, err)
+		}
+		// A pipe's and a socket's link is their inode on pipefs and
+		// sockfs: no readlink needed.
+		var target string
+		switch pd := pseudoDevs(); {
+		case fd.Stat.Mode&unix.S_IFMT == unix.S_IFIFO && pd.pipe != 0 && fd.Stat.Dev == pd.pipe:
+			target = "pipe:[" + strconv.FormatUint(fd.Stat.Ino, 10) + "]"
+		case fd.Stat.Mode&unix.S_IFMT == unix.S_IFSOCK && pd.sock != 0 && fd.Stat.Dev == pd.sock:
+			target = "socket:[" + strconv.FormatUint(fd.Stat.Ino, 10) + "]"
+		default:
+			k, err := unix.Readlinkat(fdDir, sname, link)
+			if err != nil {
+				return fmt.Errorf("fd %d: readlink /proc/%d/fd/%d: %w", n, pid, n, err)
+			}
+			target = string(link[:k])
 		}
 		kind, unsupported := classify(target, &fd.Stat)
 		if kind == nil {
@@ -533,6 +543,27 @@ func collectFDRange(pid, fdDir, infoDir int, nums []int, out []FD) error {
 	}
 	return nil
 }
+
+// pseudoDevs are the devices of pipefs and sockfs (0: unknown), learnt
+// from a pipe and a socket of godwit's own.
+var pseudoDevs = sync.OnceValue(func() (d struct{ pipe, sock uint64 }) {
+	var st unix.Stat_t
+	var p [2]int
+	if unix.Pipe2(p[:], unix.O_CLOEXEC) == nil {
+		if unix.Fstat(p[0], &st) == nil {
+			d.pipe = st.Dev
+		}
+		unix.Close(p[0])
+		unix.Close(p[1])
+	}
+	if s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err == nil {
+		if unix.Fstat(s, &st) == nil {
+			d.sock = st.Dev
+		}
+		unix.Close(s)
+	}
+	return d
+})
 
 // readFDInfo reads the fdinfo file name of the open /proc/PID/fdinfo dir
 // into *buf, grown as needed. The file is one seq_file record, so a read

@@ -439,6 +439,10 @@ type PtyState struct {
 	SlaveClosed      bool   // every slave description was closed (the master sees a hangup)
 	UID, GID, Mode   uint32 // of the /dev/pts/N node
 	HasMaster, Slave bool   // the dump holds its master, a slave description
+	// MembersCtty: the session's other tasks have it as their
+	// controlling terminal too (the restore gives it to the leader
+	// before it makes them, so that they inherit it).
+	MembersCtty bool
 }
 
 // MemfdState is a memfd's inode: name, attributes, seals and contents.

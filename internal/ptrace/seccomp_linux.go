@@ -108,3 +108,24 @@ func (t *Tracer) SeccompSuspended(tid int) bool {
 	})
 	return ok
 }
+
+// ExitKill makes the stopped tracee tid die with the tracer
+// (PTRACE_O_EXITKILL) rather than run on if godwit dies: for a task whose
+// copy may already run elsewhere (post-copy after the switch-over).
+func (t *Tracer) ExitKill(tid int) error {
+	return t.Do(func() error {
+		tk, err := t.getStopped(tid)
+		if err != nil {
+			return err
+		}
+		if tk.opts&unix.PTRACE_O_EXITKILL != 0 {
+			return nil
+		}
+		opts := tk.opts | unix.PTRACE_O_EXITKILL
+		if _, err := ptrace(unix.PTRACE_SETOPTIONS, tid, 0, uintptr(opts)); err != nil {
+			return fmt.Errorf("PTRACE_O_EXITKILL on %d: %w", tid, err)
+		}
+		tk.opts = opts
+		return nil
+	})
+}

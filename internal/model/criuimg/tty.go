@@ -135,6 +135,7 @@ func writeTtys(d *images.Dir, order []ttyEnd, written func(string)) error {
 	var es []proto.Message
 	modes := map[uint32]uint32{}
 	real := map[uint32]uint64{}
+	members := map[uint32]bool{}
 	for i, e := range order {
 		if o := e.other; o != nil {
 			typ, ok := otherTypes[o.Kind]
@@ -169,6 +170,9 @@ func writeTtys(d *images.Dir, order []ttyEnd, written func(string)) error {
 			Uid:     proto.Uint32(p.UID), Gid: proto.Uint32(p.GID),
 		})
 		modes[p.Index] = p.Mode
+		if p.MembersCtty {
+			members[p.Index] = true
+		}
 	}
 	if written != nil {
 		written(TtyInfoImg)
@@ -189,7 +193,7 @@ func writeTtys(d *images.Dir, order []ttyEnd, written func(string)) error {
 	if written != nil {
 		written(GodwitTtyImg)
 	}
-	b, err := json.Marshal(godwitTtys{Version: godwitVersion, Modes: modes, Real: real})
+	b, err := json.Marshal(godwitTtys{Version: godwitVersion, Modes: modes, Real: real, Members: members})
 	if err != nil {
 		return err
 	}
@@ -208,6 +212,9 @@ type godwitTtys struct {
 	Version int               `json:"version"`
 	Modes   map[uint32]uint32 `json:"modes"`          // /dev/pts/N's mode, by N
 	Real    map[uint32]uint64 `json:"real,omitempty"` // the device an alias reaches, by tty-info id
+	// Members are the ptys whose session's members have them as their
+	// controlling terminal too, by index.
+	Members map[uint32]bool `json:"members,omitempty"`
 }
 
 func winsizeEntry(w *unix.Winsize) *tty.WinsizeEntry {
@@ -235,6 +242,7 @@ func readTtys(d *images.Dir, entries []*fdinfo.FileEntry, files map[model.ID]*mo
 	}
 	modes := map[uint32]uint32{}
 	var real map[uint32]uint64
+	var members map[uint32]bool
 	if d.Exists(GodwitTtyImg) {
 		f, err := d.OpenRead(GodwitTtyImg)
 		if err != nil {
@@ -249,7 +257,7 @@ func readTtys(d *images.Dir, entries []*fdinfo.FileEntry, files map[model.ID]*mo
 		if len(b) > maxGodwitImg || json.Unmarshal(b, &g) != nil || g.Version < 1 || g.Version > godwitVersion {
 			return fmt.Errorf("%s: not a godwit tty image of version 1 to %d", GodwitTtyImg, godwitVersion)
 		}
-		modes, real = g.Modes, g.Real
+		modes, real, members = g.Modes, g.Real, g.Members
 	}
 	ptys := map[uint32]*model.PtyState{}
 	infos := map[uint32]ttyEnd{}
@@ -307,6 +315,7 @@ func readTtys(d *images.Dir, entries []*fdinfo.FileEntry, files map[model.ID]*mo
 			}
 			p.HasMaster, p.Locked, p.Packet = true, e.GetLocked(), e.GetPacketMode()
 			p.Sid, p.Pgrp = int(e.GetSid()), int(e.GetPgrp())
+			p.MembersCtty = members[idx]
 		} else {
 			p.Slave, p.Exclusive = true, e.GetExclusive()
 		}

@@ -48,6 +48,10 @@ type Envelope struct {
 	//	*Envelope_Resolved
 	//	*Envelope_Lock
 	//	*Envelope_Locked
+	//	*Envelope_HistoryRequest
+	//	*Envelope_HistoryReply
+	//	*Envelope_Probe
+	//	*Envelope_ProbeAck
 	Msg           isEnvelope_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -252,6 +256,42 @@ func (x *Envelope) GetLocked() *Locked {
 	return nil
 }
 
+func (x *Envelope) GetHistoryRequest() *HistoryRequest {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_HistoryRequest); ok {
+			return x.HistoryRequest
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetHistoryReply() *HistoryReply {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_HistoryReply); ok {
+			return x.HistoryReply
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetProbe() *Probe {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_Probe); ok {
+			return x.Probe
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetProbeAck() *ProbeAck {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_ProbeAck); ok {
+			return x.ProbeAck
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Msg interface {
 	isEnvelope_Msg()
 }
@@ -328,6 +368,22 @@ type Envelope_Locked struct {
 	Locked *Locked `protobuf:"bytes,18,opt,name=locked,proto3,oneof"`
 }
 
+type Envelope_HistoryRequest struct {
+	HistoryRequest *HistoryRequest `protobuf:"bytes,19,opt,name=history_request,json=historyRequest,proto3,oneof"`
+}
+
+type Envelope_HistoryReply struct {
+	HistoryReply *HistoryReply `protobuf:"bytes,20,opt,name=history_reply,json=historyReply,proto3,oneof"`
+}
+
+type Envelope_Probe struct {
+	Probe *Probe `protobuf:"bytes,21,opt,name=probe,proto3,oneof"`
+}
+
+type Envelope_ProbeAck struct {
+	ProbeAck *ProbeAck `protobuf:"bytes,22,opt,name=probe_ack,json=probeAck,proto3,oneof"`
+}
+
 func (*Envelope_Hello) isEnvelope_Msg() {}
 
 func (*Envelope_Accepted) isEnvelope_Msg() {}
@@ -364,6 +420,14 @@ func (*Envelope_Lock) isEnvelope_Msg() {}
 
 func (*Envelope_Locked) isEnvelope_Msg() {}
 
+func (*Envelope_HistoryRequest) isEnvelope_Msg() {}
+
+func (*Envelope_HistoryReply) isEnvelope_Msg() {}
+
+func (*Envelope_Probe) isEnvelope_Msg() {}
+
+func (*Envelope_ProbeAck) isEnvelope_Msg() {}
+
 // Hello opens a migration (source to agent): what the destination must
 // be able to take.
 type Hello struct {
@@ -381,7 +445,10 @@ type Hello struct {
 	CpuCap  string `protobuf:"bytes,9,opt,name=cpu_cap,json=cpuCap,proto3" json:"cpu_cap,omitempty"`
 	// compress: --compress as asked (auto, none or zstd); each round
 	// says whether its pages are compressed (RoundStart.compress).
-	Compress      string `protobuf:"bytes,10,opt,name=compress,proto3" json:"compress,omitempty"`
+	Compress string `protobuf:"bytes,10,opt,name=compress,proto3" json:"compress,omitempty"`
+	// The tree's memory (resident and swapped), which bounds the page bytes
+	// the agent accepts from this migration (--max-migration-bytes).
+	MemoryBytes   uint64 `protobuf:"varint,11,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -484,6 +551,13 @@ func (x *Hello) GetCompress() string {
 		return x.Compress
 	}
 	return ""
+}
+
+func (x *Hello) GetMemoryBytes() uint64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
 }
 
 // Accepted answers Hello: the checks passed.
@@ -1482,11 +1556,201 @@ func (x *Held) GetInDoubt() bool {
 	return false
 }
 
+// HistoryRequest opens a connection instead of Hello: the agent answers
+// HistoryReply with its finished migrations (migrate.Result, JSON), oldest
+// first. Only mutual-TLS peers see it (not the metrics listener).
+type HistoryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryRequest) Reset() {
+	*x = HistoryRequest{}
+	mi := &file_control_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryRequest) ProtoMessage() {}
+
+func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
+func (*HistoryRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *HistoryRequest) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type HistoryReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Json          []byte                 `protobuf:"bytes,1,opt,name=json,proto3" json:"json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryReply) Reset() {
+	*x = HistoryReply{}
+	mi := &file_control_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryReply) ProtoMessage() {}
+
+func (x *HistoryReply) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryReply.ProtoReflect.Descriptor instead.
+func (*HistoryReply) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *HistoryReply) GetJson() []byte {
+	if x != nil {
+		return x.Json
+	}
+	return nil
+}
+
+// Probe: bytes the agent reads and discards, to measure the link before
+// the first round (--compress auto); the last one is answered by
+// ProbeAck with the bytes received.
+type Probe struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	Last          bool                   `protobuf:"varint,2,opt,name=last,proto3" json:"last,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Probe) Reset() {
+	*x = Probe{}
+	mi := &file_control_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Probe) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Probe) ProtoMessage() {}
+
+func (x *Probe) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Probe.ProtoReflect.Descriptor instead.
+func (*Probe) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *Probe) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *Probe) GetLast() bool {
+	if x != nil {
+		return x.Last
+	}
+	return false
+}
+
+type ProbeAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bytes         uint64                 `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProbeAck) Reset() {
+	*x = ProbeAck{}
+	mi := &file_control_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProbeAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProbeAck) ProtoMessage() {}
+
+func (x *ProbeAck) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProbeAck.ProtoReflect.Descriptor instead.
+func (*ProbeAck) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ProbeAck) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\x11godwit.migrate.v1\"\xf1\a\n" +
+	"\rcontrol.proto\x12\x11godwit.migrate.v1\"\xf5\t\n" +
 	"\bEnvelope\x120\n" +
 	"\x05hello\x18\x01 \x01(\v2\x18.godwit.migrate.v1.HelloH\x00R\x05hello\x129\n" +
 	"\baccepted\x18\x02 \x01(\v2\x1b.godwit.migrate.v1.AcceptedH\x00R\baccepted\x126\n" +
@@ -1509,8 +1773,12 @@ const file_control_proto_rawDesc = "" +
 	"\aresolve\x18\x0f \x01(\v2\x1a.godwit.migrate.v1.ResolveH\x00R\aresolve\x129\n" +
 	"\bresolved\x18\x10 \x01(\v2\x1b.godwit.migrate.v1.ResolvedH\x00R\bresolved\x12-\n" +
 	"\x04lock\x18\x11 \x01(\v2\x17.godwit.migrate.v1.LockH\x00R\x04lock\x123\n" +
-	"\x06locked\x18\x12 \x01(\v2\x19.godwit.migrate.v1.LockedH\x00R\x06lockedB\x05\n" +
-	"\x03msg\"\xf6\x01\n" +
+	"\x06locked\x18\x12 \x01(\v2\x19.godwit.migrate.v1.LockedH\x00R\x06locked\x12L\n" +
+	"\x0fhistory_request\x18\x13 \x01(\v2!.godwit.migrate.v1.HistoryRequestH\x00R\x0ehistoryRequest\x12F\n" +
+	"\rhistory_reply\x18\x14 \x01(\v2\x1f.godwit.migrate.v1.HistoryReplyH\x00R\fhistoryReply\x120\n" +
+	"\x05probe\x18\x15 \x01(\v2\x18.godwit.migrate.v1.ProbeH\x00R\x05probe\x12:\n" +
+	"\tprobe_ack\x18\x16 \x01(\v2\x1b.godwit.migrate.v1.ProbeAckH\x00R\bprobeAckB\x05\n" +
+	"\x03msg\"\x99\x02\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x12\n" +
@@ -1522,7 +1790,8 @@ const file_control_proto_rawDesc = "" +
 	"\acpuinfo\x18\b \x01(\fR\acpuinfo\x12\x17\n" +
 	"\acpu_cap\x18\t \x01(\tR\x06cpuCap\x12\x1a\n" +
 	"\bcompress\x18\n" +
-	" \x01(\tR\bcompress\"\x1a\n" +
+	" \x01(\tR\bcompress\x12!\n" +
+	"\fmemory_bytes\x18\v \x01(\x04R\vmemoryBytes\"\x1a\n" +
 	"\bAccepted\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"9\n" +
 	"\aFailure\x12\x14\n" +
@@ -1584,7 +1853,16 @@ const file_control_proto_rawDesc = "" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x16\n" +
 	"\x06source\x18\x03 \x01(\tR\x06source\x12\"\n" +
 	"\rsince_unix_ns\x18\x04 \x01(\x03R\vsinceUnixNs\x12\x19\n" +
-	"\bin_doubt\x18\x05 \x01(\bR\ainDoubtB\x1fZ\x1dgodwit/migrate/internal/protob\x06proto3"
+	"\bin_doubt\x18\x05 \x01(\bR\ainDoubt\"*\n" +
+	"\x0eHistoryRequest\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\"\"\n" +
+	"\fHistoryReply\x12\x12\n" +
+	"\x04json\x18\x01 \x01(\fR\x04json\"/\n" +
+	"\x05Probe\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x12\n" +
+	"\x04last\x18\x02 \x01(\bR\x04last\" \n" +
+	"\bProbeAck\x12\x14\n" +
+	"\x05bytes\x18\x01 \x01(\x04R\x05bytesB\x1fZ\x1dgodwit/migrate/internal/protob\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -1598,28 +1876,32 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_control_proto_goTypes = []any{
-	(*Envelope)(nil),   // 0: godwit.migrate.v1.Envelope
-	(*Hello)(nil),      // 1: godwit.migrate.v1.Hello
-	(*Accepted)(nil),   // 2: godwit.migrate.v1.Accepted
-	(*Failure)(nil),    // 3: godwit.migrate.v1.Failure
-	(*RoundStart)(nil), // 4: godwit.migrate.v1.RoundStart
-	(*RoundReady)(nil), // 5: godwit.migrate.v1.RoundReady
-	(*RoundDone)(nil),  // 6: godwit.migrate.v1.RoundDone
-	(*RoundAck)(nil),   // 7: godwit.migrate.v1.RoundAck
-	(*File)(nil),       // 8: godwit.migrate.v1.File
-	(*Restore)(nil),    // 9: godwit.migrate.v1.Restore
-	(*Lock)(nil),       // 10: godwit.migrate.v1.Lock
-	(*Locked)(nil),     // 11: godwit.migrate.v1.Locked
-	(*Ready)(nil),      // 12: godwit.migrate.v1.Ready
-	(*Go)(nil),         // 13: godwit.migrate.v1.Go
-	(*Resumed)(nil),    // 14: godwit.migrate.v1.Resumed
-	(*PagesIn)(nil),    // 15: godwit.migrate.v1.PagesIn
-	(*Abort)(nil),      // 16: godwit.migrate.v1.Abort
-	(*Resolve)(nil),    // 17: godwit.migrate.v1.Resolve
-	(*Resolved)(nil),   // 18: godwit.migrate.v1.Resolved
-	(*Held)(nil),       // 19: godwit.migrate.v1.Held
+	(*Envelope)(nil),       // 0: godwit.migrate.v1.Envelope
+	(*Hello)(nil),          // 1: godwit.migrate.v1.Hello
+	(*Accepted)(nil),       // 2: godwit.migrate.v1.Accepted
+	(*Failure)(nil),        // 3: godwit.migrate.v1.Failure
+	(*RoundStart)(nil),     // 4: godwit.migrate.v1.RoundStart
+	(*RoundReady)(nil),     // 5: godwit.migrate.v1.RoundReady
+	(*RoundDone)(nil),      // 6: godwit.migrate.v1.RoundDone
+	(*RoundAck)(nil),       // 7: godwit.migrate.v1.RoundAck
+	(*File)(nil),           // 8: godwit.migrate.v1.File
+	(*Restore)(nil),        // 9: godwit.migrate.v1.Restore
+	(*Lock)(nil),           // 10: godwit.migrate.v1.Lock
+	(*Locked)(nil),         // 11: godwit.migrate.v1.Locked
+	(*Ready)(nil),          // 12: godwit.migrate.v1.Ready
+	(*Go)(nil),             // 13: godwit.migrate.v1.Go
+	(*Resumed)(nil),        // 14: godwit.migrate.v1.Resumed
+	(*PagesIn)(nil),        // 15: godwit.migrate.v1.PagesIn
+	(*Abort)(nil),          // 16: godwit.migrate.v1.Abort
+	(*Resolve)(nil),        // 17: godwit.migrate.v1.Resolve
+	(*Resolved)(nil),       // 18: godwit.migrate.v1.Resolved
+	(*Held)(nil),           // 19: godwit.migrate.v1.Held
+	(*HistoryRequest)(nil), // 20: godwit.migrate.v1.HistoryRequest
+	(*HistoryReply)(nil),   // 21: godwit.migrate.v1.HistoryReply
+	(*Probe)(nil),          // 22: godwit.migrate.v1.Probe
+	(*ProbeAck)(nil),       // 23: godwit.migrate.v1.ProbeAck
 }
 var file_control_proto_depIdxs = []int32{
 	1,  // 0: godwit.migrate.v1.Envelope.hello:type_name -> godwit.migrate.v1.Hello
@@ -1640,12 +1922,16 @@ var file_control_proto_depIdxs = []int32{
 	18, // 15: godwit.migrate.v1.Envelope.resolved:type_name -> godwit.migrate.v1.Resolved
 	10, // 16: godwit.migrate.v1.Envelope.lock:type_name -> godwit.migrate.v1.Lock
 	11, // 17: godwit.migrate.v1.Envelope.locked:type_name -> godwit.migrate.v1.Locked
-	19, // 18: godwit.migrate.v1.Resolved.held:type_name -> godwit.migrate.v1.Held
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	20, // 18: godwit.migrate.v1.Envelope.history_request:type_name -> godwit.migrate.v1.HistoryRequest
+	21, // 19: godwit.migrate.v1.Envelope.history_reply:type_name -> godwit.migrate.v1.HistoryReply
+	22, // 20: godwit.migrate.v1.Envelope.probe:type_name -> godwit.migrate.v1.Probe
+	23, // 21: godwit.migrate.v1.Envelope.probe_ack:type_name -> godwit.migrate.v1.ProbeAck
+	19, // 22: godwit.migrate.v1.Resolved.held:type_name -> godwit.migrate.v1.Held
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1672,6 +1958,10 @@ func file_control_proto_init() {
 		(*Envelope_Resolved)(nil),
 		(*Envelope_Lock)(nil),
 		(*Envelope_Locked)(nil),
+		(*Envelope_HistoryRequest)(nil),
+		(*Envelope_HistoryReply)(nil),
+		(*Envelope_Probe)(nil),
+		(*Envelope_ProbeAck)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1679,7 +1969,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
