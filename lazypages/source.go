@@ -241,7 +241,13 @@ func (s *remoteSource) send(pm *pagemap, src, n uint64) error {
 }
 
 func (s *remoteSource) recv(pm *pagemap, src uint64, b []byte) (uint64, error) {
+	var stalled atomic.Bool
+	timer := time.AfterFunc(getTimeout, func() { stalled.Store(true); s.c.Abort() })
 	pid, vaddr, got, err := s.c.RecvGet(b)
+	timer.Stop()
+	if stalled.Load() {
+		return 0, fmt.Errorf("the page server did not answer a GET at %#x of pid %d within %v", src, pm.pid, getTimeout)
+	}
 	if err == nil && (pid != pm.pid || vaddr != src) {
 		err = fmt.Errorf("page server: reply to GET %#x of pid %d where %#x of pid %d was expected", vaddr, pid, src, pm.pid)
 	}
