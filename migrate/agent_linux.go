@@ -541,26 +541,12 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 		prev = "../" + in.rounds[len(in.rounds)-1]
 	}
 	in.rounds = append(in.rounds, name)
-	switch rs.Compress {
-	case "":
-	case CompressZstd:
-		if transport == "quic" {
-			return errors.New("compressed page streams run over TLS, not QUIC")
-		}
-		return in.startCompressedRound(ctx, rs, dir, prev)
-	default:
-		return fmt.Errorf("unknown page stream compression %q", rs.Compress)
-	}
-	to, err := in.a.cfg.TLS.pageTransport(transport, "")
-	if err != nil {
-		return err
-	}
 	// Only the source that opened this migration may send its pages:
 	// another peer the CA signed is refused at the handshake, before it
-	// can take the round's one session.
-	to.TLSConfig = in.a.tls.Clone()
+	// can take the round's one session. Compressed or not.
+	tc := in.a.tls.Clone()
 	peer := in.peer
-	to.TLSConfig.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
+	tc.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
 		if len(raw) == 0 || len(peer) == 0 || !bytes.Equal(raw[0], peer) {
 			return errors.New("client certificate is not this migration's source's")
 		}
@@ -570,6 +556,21 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 	if left <= 0 {
 		return fmt.Errorf("the migration's pages reached --max-migration-bytes %d", in.pageLimit)
 	}
+	switch rs.Compress {
+	case "":
+	case CompressZstd:
+		if transport == "quic" {
+			return errors.New("compressed page streams run over TLS, not QUIC")
+		}
+		return in.startCompressedRound(ctx, rs, dir, prev, tc, left)
+	default:
+		return fmt.Errorf("unknown page stream compression %q", rs.Compress)
+	}
+	to, err := in.a.cfg.TLS.pageTransport(transport, "")
+	if err != nil {
+		return err
+	}
+	to.TLSConfig = tc
 	ln, err := pageserver.Listen(net.JoinHostPort(in.a.cfg.Address, "0"), to)
 	if err != nil {
 		return err
@@ -603,51 +604,69 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 }
 
 // startCompressedRound serves round rs on a connection of its own: TLS
-// (the agent's certificate, a client the CA signed), a zstd stream inside
-// (compress.go), one page-server session on top.
-func (in *inbound) startCompressedRound(ctx context.Context, rs *pb.RoundStart, dir, prev string) error {
+// (tc: the agent's certificate, only this migration's source), a zstd
+// stream inside (compress.go), one page-server session on top, taking at
+// most left bytes (--max-migration-bytes).
+func (in *inbound) startCompressedRound(ctx context.Context, rs *pb.RoundStart, dir, prev string, tc *tls.Config, left int64) error {
 	ln, err := net.Listen("tcp", net.JoinHostPort(in.a.cfg.Address, "0"))
 	if err != nil {
 		return err
 	}
-	srv, err := pageserver.NewServer(pageserver.Config{ImagesDir: dir, PrevImagesDir: prev, Log: in.a.cfg.Log})
+	srv, err := pageserver.NewServer(pageserver.Config{ImagesDir: dir, PrevImagesDir: prev, Log: in.a.cfg.Log, MaxBytes: left})
 	if err != nil {
 		ln.Close()
 		return err
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	ps := &pageServing{n: rs.N, final: rs.Final, dir: dir, start: time.Now(), ln: ln, done: make(chan error, 1), cancel: cancel}
+	limit := in.pageLimit
 	go func() {
 		defer cancel()
 		defer srv.Close()
 		stop := context.AfterFunc(sctx, func() { ln.Close() })
 		defer stop()
-		raw, err := ln.Accept()
+		// A peer refused at the handshake does not use up the round's
+		// one session: accept again until the source's arrives.
+		var c *tls.Conn
+		for c == nil {
+			raw, err := ln.Accept()
+			if err != nil {
+				ps.done <- err
+				return
+			}
+			if err := tuneConn(raw); err != nil {
+				raw.Close()
+				ps.done <- err
+				return
+			}
+			_ = raw.SetDeadline(time.Now().Add(30 * time.Second))
+			tc := tls.Server(raw, tc)
+			if err := tc.HandshakeContext(sctx); err != nil {
+				raw.Close()
+				if sctx.Err() != nil {
+					ps.done <- fmt.Errorf("TLS: %w", err)
+					return
+				}
+				in.a.cfg.Log.Warnf("agent: migration %s: round %d: refused %s: %v", in.res.ID, rs.N, raw.RemoteAddr(), err)
+				continue
+			}
+			_ = raw.SetDeadline(time.Time{})
+			c = tc
+		}
 		ln.Close()
-		if err != nil {
-			ps.done <- err
-			return
-		}
-		if err := tuneConn(raw); err != nil {
-			raw.Close()
-			ps.done <- err
-			return
-		}
-		_ = raw.SetDeadline(time.Now().Add(30 * time.Second))
-		c := tls.Server(raw, in.a.tls)
-		if err := c.HandshakeContext(sctx); err != nil {
-			raw.Close()
-			ps.done <- fmt.Errorf("TLS: %w", err)
-			return
-		}
-		_ = raw.SetDeadline(time.Time{})
 		z, err := newZstdConn(c)
 		if err != nil {
 			c.Close()
 			ps.done <- err
 			return
 		}
-		ps.done <- srv.ServeConn(sctx, z)
+		err = srv.ServeConn(sctx, z)
+		if err != nil && strings.Contains(err.Error(), "(--max-bytes)") {
+			err = fmt.Errorf("the migration's pages exceed --max-migration-bytes %d", limit)
+			// Said at once: the source's page stream just breaks.
+			_ = in.send(&pb.Envelope{Msg: &pb.Envelope_Failure{Failure: &pb.Failure{Phase: string(PhasePrecopy), Message: err.Error()}}})
+		}
+		ps.done <- err
 	}()
 	in.ps = ps
 	return in.send(&pb.Envelope{Msg: &pb.Envelope_RoundReady{RoundReady: &pb.RoundReady{Port: uint32(ln.Addr().(*net.TCPAddr).Port)}}})

@@ -173,8 +173,12 @@ func dialCompressed(addr string, tc *tls.Config) (*compressedPages, error) {
 		p.done <- err
 	}()
 	go func() {
-		// The page server's answers.
+		// The page server's answers; their end (a refused handshake, a
+		// server gone) is the dump's end too, never a hang.
 		_, err := io.Copy(local, z)
+		if uc, ok := local.(*net.UnixConn); ok {
+			_ = uc.CloseWrite()
+		}
 		if errors.Is(err, net.ErrClosed) {
 			err = nil
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -66,7 +67,8 @@ func startTestAgent(t *testing.T, cfg AgentConfig) *testAgent {
 
 // open starts a migration as a source announcing memory bytes, and its
 // first round: the control stream and the round's page port.
-func (ta *testAgent) open(t *testing.T, memory uint64) (*ctl, string) {
+// compress is "" or CompressZstd (the round's pages as a zstd stream).
+func (ta *testAgent) open(t *testing.T, memory uint64, compress string) (*ctl, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -82,14 +84,14 @@ func (ta *testAgent) open(t *testing.T, memory uint64) (*ctl, string) {
 	}
 	free := int32(1 << 22) // above pid_max's ceiling: never in use
 	if err := k.send(&pb.Envelope{Msg: &pb.Envelope_Hello{Hello: &pb.Hello{Version: Version, Pid: free, Pids: []int32{free},
-		Transport: "tls", Mode: string(ModePrecopy), Cpuinfo: cpu, MemoryBytes: memory}}}); err != nil {
+		Transport: "tls", Mode: string(ModePrecopy), Cpuinfo: cpu, MemoryBytes: memory, Compress: compress}}}); err != nil {
 		t.Fatal(err)
 	}
 	m, err := k.recv(time.Minute)
 	if err != nil || m.GetAccepted() == nil {
 		t.Fatalf("hello: %v, %v", m, err)
 	}
-	if err := k.send(&pb.Envelope{Msg: &pb.Envelope_RoundStart{RoundStart: &pb.RoundStart{N: 1}}}); err != nil {
+	if err := k.send(&pb.Envelope{Msg: &pb.Envelope_RoundStart{RoundStart: &pb.RoundStart{N: 1, Compress: compress}}}); err != nil {
 		t.Fatal(err)
 	}
 	if m, err = k.recv(time.Minute); err != nil || m.GetRoundReady() == nil {
@@ -99,13 +101,48 @@ func (ta *testAgent) open(t *testing.T, memory uint64) (*ctl, string) {
 }
 
 // sendPages opens a task's pagemap on the page server at addr as files
-// (OPEN2: its answer shows a refused handshake), and adds n bytes of pages.
-func sendPages(addr string, files TLSFiles, n int) error {
+// (OPEN2: its answer shows a refused handshake), and adds n bytes of pages;
+// with compress, through the source's zstd stream (dialCompressed).
+func sendPages(addr string, files TLSFiles, n int, compress string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	to, err := files.pageTransport("tls", "127.0.0.1")
 	if err != nil {
 		return err
+	}
+	if compress != "" {
+		tc, err := files.clientConfig("127.0.0.1")
+		if err != nil {
+			return err
+		}
+		cp, err := dialCompressed(addr, tc)
+		if err != nil {
+			return err
+		}
+		defer cp.finish()
+		// The dump's end of the relay, as a plain page-server link.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		f := os.NewFile(uintptr(cp.sock), "pages")
+		sc, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		defer sc.Close()
+		go func() {
+			x, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer x.Close()
+			go func() { _, _ = io.Copy(sc, x) }()
+			_, _ = io.Copy(x, sc)
+		}()
+		addr, to = ln.Addr().String(), pageserver.TransportOptions{}
 	}
 	c, err := pageserver.Dial(ctx, addr, to)
 	if err != nil {
@@ -125,30 +162,39 @@ func sendPages(addr string, files TLSFiles, n int) error {
 			return err
 		}
 	}
-	return s.Close()
+	if err := s.Close(); err != nil {
+		return err
+	}
+	// The session's FORCE_CLOSE: its answer says the pages were taken.
+	return c.Close()
 }
 
 // A round's page port takes only the migration's own source: another peer
 // the CA signed is refused, and does not use up the round's one session.
+// Compressed rounds too.
 func TestRoundPortBoundToMigration(t *testing.T) {
-	ta := startTestAgent(t, AgentConfig{})
-	k, port := ta.open(t, 1<<20)
-	if err := sendPages(port, ta.rogue, 1<<20); err == nil {
-		t.Fatal("another peer's pages were taken on the migration's page port")
-	}
-	if err := sendPages(port, ta.source, 1<<20); err != nil {
-		t.Fatalf("the source's pages after the refused peer: %v", err)
-	}
-	if err := k.send(&pb.Envelope{Msg: &pb.Envelope_RoundDone{RoundDone: &pb.RoundDone{N: 1}}}); err != nil {
-		t.Fatal(err)
-	}
-	if m, err := k.recv(time.Minute); err != nil || m.GetRoundAck() == nil {
-		t.Fatalf("round done: %v, %v", m, err)
+	for _, compress := range []string{"", CompressZstd} {
+		t.Run("compress="+compress, func(t *testing.T) {
+			ta := startTestAgent(t, AgentConfig{})
+			k, port := ta.open(t, 1<<20, compress)
+			if err := sendPages(port, ta.rogue, 1<<20, compress); err == nil {
+				t.Fatal("another peer's pages were taken on the migration's page port")
+			}
+			if err := sendPages(port, ta.source, 1<<20, compress); err != nil {
+				t.Fatalf("the source's pages after the refused peer: %v", err)
+			}
+			if err := k.send(&pb.Envelope{Msg: &pb.Envelope_RoundDone{RoundDone: &pb.RoundDone{N: 1}}}); err != nil {
+				t.Fatal(err)
+			}
+			if m, err := k.recv(time.Minute); err != nil || m.GetRoundAck() == nil {
+				t.Fatalf("round done: %v, %v", m, err)
+			}
+		})
 	}
 }
 
 // The agent bounds the page bytes of one migration (--max-migration-bytes)
-// and says which limit a source ran into.
+// and says which limit a source ran into, compressed rounds too.
 func TestMaxMigrationBytes(t *testing.T) {
 	ta := startTestAgent(t, AgentConfig{MaxMigrationBytes: 4 << 20})
 	// Announced over the limit: refused at the check.
@@ -170,13 +216,15 @@ func TestMaxMigrationBytes(t *testing.T) {
 		t.Fatalf("hello over the limit: %v, %v", m, err)
 	}
 	// Announced under it, then sending more: the round fails, naming it.
-	k2, port := ta.open(t, 1<<20)
-	if err := sendPages(port, ta.source, 8<<20); err == nil {
-		t.Fatal("8 MiB of pages taken under --max-migration-bytes 4 MiB")
-	}
-	m, err := k2.recv(time.Minute)
-	if err != nil || m.GetFailure() == nil || !strings.Contains(m.GetFailure().Message, "exceed --max-migration-bytes 4194304") {
-		t.Fatalf("after pages over the limit: %v, %v", m, err)
+	for _, compress := range []string{"", CompressZstd} {
+		k2, port := ta.open(t, 1<<20, compress)
+		if err := sendPages(port, ta.source, 8<<20, compress); err == nil {
+			t.Fatalf("compress %q: 8 MiB of pages taken under --max-migration-bytes 4 MiB", compress)
+		}
+		m, err := k2.recv(time.Minute)
+		if err != nil || m.GetFailure() == nil || !strings.Contains(m.GetFailure().Message, "exceed --max-migration-bytes 4194304") {
+			t.Fatalf("compress %q: after pages over the limit: %v, %v", compress, m, err)
+		}
 	}
 	if got, err := migrationLimit(0, 1<<30); err != nil || got != 2<<30+migrationSlack {
 		t.Errorf("default limit of 1 GiB = %d, %v", got, err)
