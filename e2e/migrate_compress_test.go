@@ -80,6 +80,20 @@ func TestMigrateCompress(t *testing.T) {
 				t.Logf("%-8s %-7s --compress %-4s round 0: %4d MiB as %4d MiB on the wire in %6v: %6.0f MB/s of memory; total %6v; later rounds compressed: %s",
 					link, mem.name, comp, r.Bytes>>20, wire>>20, r.Duration.Round(time.Millisecond), r.Bandwidth/1e6,
 					res.Total.Round(time.Millisecond), strings.Join(later, ","))
+				// Figures are not asserted, the choice and its effect are:
+				// --compress zstd compresses, and zeros and a repeated
+				// pattern shrink on the wire.
+				if comp == "zstd" {
+					if res.Compress != "zstd" {
+						t.Errorf("%s %s --compress zstd: result says compress %q", link, mem.name, res.Compress)
+					}
+					if r.Wire == 0 {
+						t.Errorf("%s %s --compress zstd: round 0 not compressed (no wire bytes)", link, mem.name)
+					}
+					if mem.name != "random" && r.Wire >= r.Bytes {
+						t.Errorf("%s %s --compress zstd: round 0 put %d bytes on the wire for %d of memory", link, mem.name, r.Wire, r.Bytes)
+					}
+				}
 				if a := res.Auto; a != nil {
 					t.Logf("         auto: link probe %.0f MB/s, zstd %.0f MB/s at ratio %.3f: compress %v", a.Link/1e6, a.Zstd/1e6, a.Ratio, a.Compress)
 				} else if comp == "auto" {
