@@ -369,3 +369,35 @@ func TestMigratePostcopySourceKilled(t *testing.T) {
 	}
 	t.Logf("agent: %s: %s", r.FailedPhase, r.Error)
 }
+
+// The agent dies right after recording the resume, before Resumed reaches
+// send: its copy dies with it. The restarted agent finds the record but
+// not the copy and answers "lost"; send fails naming it and lets its
+// frozen source tree run on: the program lives on host A.
+func TestMigrateAgentDiesAfterResumeRecord(t *testing.T) {
+	m := newMigLab(t)
+	t.Setenv("GODWIT_TEST_AGENT", "die-after-mark")
+	m.startAgent()
+	os.Unsetenv("GODWIT_TEST_AGENT")
+	w := startOn(t, m.a, workloads["counter"], "-m", "32", "-t", "2")
+	s := m.startSend(w, []string{"GODWIT_TEST_RESOLVE_WAIT=90s"}, "--max-rounds", "1")
+	_ = m.agent.Wait()
+	m.agentP = 0
+	m.startAgent()
+	code, res := s.wait(t)
+	_, e := s.output()
+	if code == 0 {
+		t.Fatalf("migrate send succeeded with the copy gone:\n%s", e)
+	}
+	if !strings.Contains(res.Error, "lost") || !strings.Contains(res.Error, "runs on") {
+		t.Errorf("error %q: want the copy named lost and the source running on\n%s", res.Error, e)
+	}
+	if rp, err := m.b.RootPID(w.hostPID); err == nil && alive(rp) {
+		t.Errorf("a copy %d runs on host B beside the source", rp)
+	}
+	if out := strings.TrimSpace(m.resolve()); out != "" {
+		t.Errorf("the restarted agent holds %q", out)
+	}
+	intact(t, w)
+	finishMoved(t, w, w.rootPID)
+}

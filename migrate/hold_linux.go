@@ -8,6 +8,9 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/procfs"
 	pb "godwit/migrate/internal/proto"
 )
 
@@ -25,6 +28,11 @@ const (
 	stateAborted = "aborted"
 	stateFailed  = "failed"
 	stateUnknown = "unknown"
+	// stateLost: the resume was recorded by an agent that stopped since,
+	// and the copy it recorded is no longer alive (it died with that
+	// agent): the program is on neither host unless the source still
+	// holds its tree.
+	stateLost = "lost"
 )
 
 // Resolve decisions.
@@ -153,7 +161,7 @@ func (in *inbound) awaitGo(pid int) error {
 		a.setState(h.id, stateAborted, pid)
 		return errAborted
 	}
-	if err := a.markResumed(h.id); err != nil {
+	if err := a.markResumed(h.id, pid); err != nil {
 		// Not durable: do not resume. The copy is killed; a source that
 		// asks is told "failed" and runs its own tree on.
 		a.setState(h.id, stateFailed, pid)
@@ -163,19 +171,31 @@ func (in *inbound) awaitGo(pid int) error {
 }
 
 // resumedSuffix names the durable record of a resumed migration,
-// ImagesDir/<id>.resumed, kept resumedKeep.
+// ImagesDir/<id>.resumed ("PID STARTTIME": the copy's root and its start
+// time, /proc/PID/stat field 22), kept resumedKeep.
 const (
 	resumedSuffix = ".resumed"
 	resumedKeep   = 7 * 24 * time.Hour
 )
 
-func (a *Agent) markResumed(id string) error {
+// testAgentHook is a test hook (e2e): "die-after-mark" has the agent kill
+// itself (SIGKILL) right after recording a resume.
+const testAgentHook = "GODWIT_TEST_AGENT"
+
+func (a *Agent) markResumed(id string, pid int) error {
+	st, err := procfs.ReadStat(pid)
+	if err != nil {
+		return fmt.Errorf("copy %d: %w", pid, err)
+	}
 	p := filepath.Join(a.cfg.ImagesDir, id+resumedSuffix)
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
-	err = f.Sync()
+	_, err = fmt.Fprintf(f, "%d %d\n", pid, st.Starttime)
+	if err == nil {
+		err = f.Sync()
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -187,7 +207,31 @@ func (a *Agent) markResumed(id string) error {
 		return err
 	}
 	defer d.Close()
-	return d.Sync()
+	if err := d.Sync(); err != nil {
+		return err
+	}
+	if os.Getenv(testAgentHook) == "die-after-mark" {
+		_ = unix.Kill(os.Getpid(), unix.SIGKILL)
+		select {}
+	}
+	return nil
+}
+
+// markedState is the state a resume record stands for: "resumed" while
+// the copy it names is alive (same PID, same start time), else "lost".
+func markedState(b []byte) (string, int) {
+	var pid int
+	var start uint64
+	if n, err := fmt.Sscanf(string(b), "%d %d\n", &pid, &start); err != nil || n != 2 || pid <= 0 {
+		// No copy named (a record of an older agent, or torn): none
+		// can be shown alive.
+		return stateLost, 0
+	}
+	st, err := procfs.ReadStat(pid)
+	if err != nil || st.Starttime != start {
+		return stateLost, pid
+	}
+	return stateResumed, pid
 }
 
 // unmarkResumed removes the record of a resume that failed (the copy was
@@ -285,8 +329,8 @@ func (a *Agent) stateOf(id string) (string, int) {
 	if st, ok := a.states[id]; ok {
 		return st, a.pids[id]
 	}
-	if _, err := os.Stat(filepath.Join(a.cfg.ImagesDir, id+resumedSuffix)); err == nil {
-		return stateResumed, 0
+	if b, err := os.ReadFile(filepath.Join(a.cfg.ImagesDir, id+resumedSuffix)); err == nil {
+		return markedState(b)
 	}
 	return stateUnknown, 0
 }

@@ -151,6 +151,14 @@ func (s *sender) switchOver(o *SendOptions, id string, hold *dumper.Hold, notice
 					note = fmt.Sprintf("source kill: %v; ", err)
 				}
 				return true, time.Now(), note + fmt.Sprintf("resumed through a new connection after: %v", lost), nil
+			case stateLost:
+				// The agent recorded the resume, then stopped, and its
+				// copy died with it: never a success. The source tree,
+				// still held frozen here, is the only copy left.
+				if err := hold.KillOnExit(false); err != nil {
+					return false, at, "", fmt.Errorf("%w: the agent's copy of migration %s is lost (it died with a restarted agent), and the source cannot be let go: %v", errInDoubt, id, err)
+				}
+				return false, at, "", fmt.Errorf("the agent's copy of migration %s is lost (resumed, then gone with a restarted agent) after: %v; the source tree was still held frozen and runs on", id, lost)
 			case stateFailed, stateAborted, stateUnknown:
 				if err := hold.KillOnExit(false); err != nil {
 					// Still attached with EXITKILL, the tree would
@@ -291,7 +299,7 @@ func Resolve(ctx context.Context, o ResolveOptions) (*Resolution, error) {
 				return r, fmt.Errorf("resolve: the agent runs the copy, but the source: %w", err)
 			}
 			r.Source = "killed"
-		case stateFailed, stateAborted, stateUnknown:
+		case stateFailed, stateAborted, stateUnknown, stateLost:
 			contAll(treePIDs(o.SourcePID))
 			r.Source = "continued"
 		default:
