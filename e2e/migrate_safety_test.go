@@ -401,3 +401,47 @@ func TestMigrateAgentDiesAfterResumeRecord(t *testing.T) {
 	intact(t, w)
 	finishMoved(t, w, w.rootPID)
 }
+
+// SIGINT to send after Ready, before the commit (the pre-resume script
+// runs): the Abort still reaches the agent, which drops its copy, and only
+// then does the source run on; no copy is left held in doubt.
+func TestMigrateInterruptAfterReady(t *testing.T) {
+	m := newMigLab(t)
+	m.startAgent()
+	dir := t.TempDir()
+	flag := filepath.Join(dir, "pre-resume")
+	script := filepath.Join(dir, "act.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nif [ \"$CRTOOLS_SCRIPT_ACTION\" = pre-resume ]; then touch "+flag+"; sleep 3; fi\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	w := startOn(t, m.a, workloads["counter"], "-m", "32", "-t", "2")
+	s := m.startSend(w, nil, "--max-rounds", "1", "--action-script", script)
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(flag); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			_, e := s.output()
+			t.Fatalf("pre-resume never ran:\n%s", e)
+		}
+	}
+	if err := syscall.Kill(s.pid, syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	code, res := s.wait(t)
+	_, e := s.output()
+	if code == 0 {
+		t.Fatalf("send succeeded after SIGINT before the commit:\n%s", e)
+	}
+	if !strings.Contains(res.Error, "dropped its copy") {
+		t.Errorf("error %q: want the agent's abort confirmed\n%s", res.Error, e)
+	}
+	if out := strings.TrimSpace(m.resolve()); out != "" {
+		t.Errorf("the agent still holds %q", out)
+	}
+	if rp, err := m.b.RootPID(w.hostPID); err == nil && alive(rp) {
+		t.Errorf("a copy %d is alive on host B beside the source", rp)
+	}
+	intact(t, w)
+	finishMoved(t, w, w.rootPID)
+}

@@ -412,13 +412,23 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 				return fmt.Errorf("expected ready, got %T", m.Msg)
 			}
 			readyAt = time.Now()
+			gate.readyArrived()
 			hookPhase = PhaseSwitchover
-			if err := user.Run(actions.PreResume, o.Pid); err != nil {
+			// Before the commit, the agent holds its copy: the source
+			// thaws (this hook's error) only once the copy is gone.
+			held := func(why error) error {
+				err := s.abortHeld(&o, res.ID, why)
+				if errors.Is(err, errInDoubt) {
+					doubt = err
+				}
 				return err
+			}
+			if err := user.Run(actions.PreResume, o.Pid); err != nil {
+				return held(err)
 			}
 			enter(PhaseSwitchover)
 			if !gate.commit() {
-				return errors.New("interrupted")
+				return held(errors.New("interrupted"))
 			}
 			ok, at, note, err := s.switchOver(&o, res.ID, do.Hold, o.Notice)
 			if err != nil {

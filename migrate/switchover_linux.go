@@ -33,6 +33,7 @@ import (
 type switchGate struct {
 	mu          sync.Mutex
 	committed   bool
+	ready       bool // the agent holds its copy: the link must carry Abort
 	interrupted bool
 	cancel      context.CancelFunc
 	conn        net.Conn
@@ -51,7 +52,17 @@ func (g *switchGate) interrupt() {
 	}
 	g.interrupted = true
 	g.cancel()
-	g.conn.Close()
+	if !g.ready {
+		g.conn.Close()
+	}
+}
+
+// readyArrived says the agent holds its copy: an interrupt from now on
+// leaves the link open for the Abort (abortHeld).
+func (g *switchGate) readyArrived() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.ready = true
 }
 
 // linkLost is the control link dying.
@@ -191,6 +202,52 @@ func (s *sender) switchOver(o *SendOptions, id string, hold *dumper.Hold, notice
 	return false, at, "", fmt.Errorf("%w: %v, and the agent unreachable for %v (%v): the source tree %d is held stopped (SIGSTOP); "+
 		"settle it with `godwit migrate resolve --to %s %s resume|abort --source-pid %d` on this host",
 		errInDoubt, lost, wait, last, o.Pid, o.To, id, o.Pid)
+}
+
+// abortHeld ends a migration after Ready but before the commit (an
+// interrupt, a failed pre-resume script): the agent holds its copy, so
+// the source tree, still frozen, may run on only once the agent says the
+// copy is gone. Abort goes on the link; the outcome is asked on a new
+// connection (Resolve{id, abort}), which also decides it should the Abort
+// have been lost. Unconfirmed, both copies stay stopped in doubt: the
+// error wraps errInDoubt and names the id.
+func (s *sender) abortHeld(o *SendOptions, id string, why error) error {
+	_ = s.send(&pb.Envelope{Msg: &pb.Envelope_Abort{Abort: &pb.Abort{Reason: why.Error()}}})
+	wait := sourceResolveWait
+	if d, err := time.ParseDuration(os.Getenv(testResolveWait)); err == nil {
+		wait = d
+	}
+	deadline := time.Now().Add(wait)
+	var last error
+	for {
+		// s.ctx ended with the interrupt: this asks on its own.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		r, err := Resolve(ctx, ResolveOptions{To: o.To, TLS: o.TLS, ServerName: o.ServerName, ID: id, Decision: DecisionAbort})
+		cancel()
+		if err == nil {
+			switch r.State {
+			case stateAborted, stateFailed, stateUnknown, stateLost:
+				return fmt.Errorf("%w; the agent dropped its copy (%s), the source runs on", why, r.State)
+			}
+			err = fmt.Errorf("agent: migration %s %s", id, r.State)
+		}
+		last = err
+		if time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	// A stop queued on every process holds the source once the dump
+	// lets go of it.
+	for _, p := range treePIDs(o.Pid) {
+		if err := unix.Kill(p, unix.SIGSTOP); err != nil && err != unix.ESRCH {
+			return fmt.Errorf("%w: %v after ready, the agent did not confirm the abort (%v), and the source could not be held stopped (%v): "+
+				"settle it with `godwit migrate resolve --to %s %s abort` now", errInDoubt, why, last, err, o.To, id)
+		}
+	}
+	return fmt.Errorf("%w: %v after ready, and the agent did not confirm the abort for %v (%v): the source tree %d is held stopped (SIGSTOP); "+
+		"settle it with `godwit migrate resolve --to %s %s resume|abort --source-pid %d` on this host",
+		errInDoubt, why, wait, last, o.Pid, o.To, id, o.Pid)
 }
 
 // treePIDs lists pid's tree, parents first.
