@@ -445,3 +445,36 @@ func TestMigrateInterruptAfterReady(t *testing.T) {
 	intact(t, w)
 	finishMoved(t, w, w.rootPID)
 }
+
+// The agent's restorer fails after it let the copy's tasks run (fault
+// injected): the copy is killed, but it may have acted, so the agent says
+// "partial", never "failed", and send leaves the source stopped in doubt;
+// `resolve ID abort --source-pid` continues it.
+func TestMigrateResumeFailsAfterTasksRan(t *testing.T) {
+	m := newMigLab(t)
+	t.Setenv("GODWIT_TEST_RESTORER", "fail-thaw")
+	m.startAgent()
+	os.Unsetenv("GODWIT_TEST_RESTORER")
+	w := startOn(t, m.a, workloads["counter"], "-m", "32", "-t", "2")
+	// nsenter, the program's parent here, stops itself when its child
+	// stops: continued at the end.
+	t.Cleanup(func() { _ = syscall.Kill(w.cmd.Process.Pid, syscall.SIGCONT) })
+	s := m.startSend(w, []string{"GODWIT_TEST_RESOLVE_WAIT=20s"}, "--max-rounds", "1", "--no-lazy-restore")
+	code, res := s.wait(t)
+	_, e := s.output()
+	if code == 0 {
+		t.Fatalf("migrate send succeeded with the copy killed:\n%s", e)
+	}
+	if !strings.Contains(res.Error, "in doubt") || !strings.Contains(res.Error, "tasks ran") {
+		t.Errorf("error %q: want in doubt, naming the tasks that ran\n%s", res.Error, e)
+	}
+	stoppedUntraced(t, w.rootPID)
+	if out := m.resolve(res.ID); !strings.Contains(out, "partial") {
+		t.Errorf("agent state %q: want partial", out)
+	}
+	if out := m.resolve(res.ID, "abort", "--source-pid", strconv.Itoa(w.hostPID)); !strings.Contains(out, "continued") {
+		t.Errorf("resolve abort --source-pid: %q: want the source continued", out)
+	}
+	intact(t, w)
+	finishMoved(t, w, w.rootPID)
+}

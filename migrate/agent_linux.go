@@ -856,13 +856,9 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 			return err
 		}
 		in.resumeDecided = true
-		// Every connection is back (as the restorer unlocks its own
-		// lock here, before the tasks run): their packets may flow. The
-		// resume is decided: a failed unlock is reported, never a reason
-		// to kill the only copy left.
-		if err := in.netLock.Unlock(); err != nil {
-			in.a.cfg.Log.Warnf("agent: migration %s: network unlock (remove the godwit nft table by hand): %v", in.res.ID, err)
-		}
+		// This host's lock of the connections stays until every task
+		// was let run (below): a copy killed by a failed resume closes
+		// them under it, silently (releaseLock).
 		return nil
 	}}
 	// Detach: the agent is not the program's parent on the source, so a
@@ -890,14 +886,28 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 			lazy.stop()
 		}
 		if in.resumeDecided {
-			// Killed after all: a source that asks runs its tree on.
-			in.a.unmarkResumed(in.res.ID)
-			in.a.setState(in.res.ID, stateFailed, 0)
+			if errors.Is(err, restorer.ErrPartlyResumed) {
+				// Killed after some task ran: it may have acted, so
+				// the source must not simply run on. Held in doubt
+				// on its side for the user to settle.
+				in.a.markPartial(in.res.ID)
+				in.a.setState(in.res.ID, statePartial, 0)
+			} else {
+				// Killed before any task ran: a source that asks
+				// runs its tree on.
+				in.a.unmarkResumed(in.res.ID)
+				in.a.setState(in.res.ID, stateFailed, 0)
+			}
 		}
 		return phaseErr(PhaseRestore, err)
 	}
 	if in.resumeDecided {
 		in.a.setState(in.res.ID, stateResumed, r.PID())
+		// Every task runs: their connections' packets may flow. A failed
+		// unlock is reported, never a reason to kill the only copy left.
+		if err := in.netLock.Unlock(); err != nil {
+			in.a.cfg.Log.Warnf("agent: migration %s: network unlock (remove the godwit nft table by hand): %v", in.res.ID, err)
+		}
 	}
 	resumedAt := time.Now()
 	if !in.frozeAt.IsZero() {

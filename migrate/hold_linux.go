@@ -33,6 +33,10 @@ const (
 	// agent): the program is on neither host unless the source still
 	// holds its tree.
 	stateLost = "lost"
+	// statePartial: the resume failed after some of the copy's tasks ran
+	// (it is killed, but may have acted): neither "resumed" nor "failed";
+	// the source holds its tree in doubt for the user.
+	statePartial = "partial"
 )
 
 // Resolve decisions.
@@ -217,9 +221,25 @@ func (a *Agent) markResumed(id string, pid int) error {
 	return nil
 }
 
+// partialRecord is a resume record's content once the resume failed
+// after some task ran.
+const partialRecord = "partial\n"
+
+// markPartial records, durably as markResumed, a resume that failed
+// after some task ran.
+func (a *Agent) markPartial(id string) {
+	p := filepath.Join(a.cfg.ImagesDir, id+resumedSuffix)
+	if err := os.WriteFile(p, []byte(partialRecord), 0o600); err != nil {
+		a.cfg.Log.Warnf("agent: migration %s: record the partial resume: %v", id, err)
+	}
+}
+
 // markedState is the state a resume record stands for: "resumed" while
 // the copy it names is alive (same PID, same start time), else "lost".
 func markedState(b []byte) (string, int) {
+	if string(b) == partialRecord {
+		return statePartial, 0
+	}
 	var pid int
 	var start uint64
 	if n, err := fmt.Sscanf(string(b), "%d %d\n", &pid, &start); err != nil || n != 2 || pid <= 0 {

@@ -23,6 +23,7 @@ func TestMarkedState(t *testing.T) {
 		{fmt.Sprintf("%d %d\n", os.Getpid(), st.Starttime+1), stateLost}, // PID reused
 		{fmt.Sprintf("%d %d\n", 1<<22, st.Starttime), stateLost},         // above pid_max: gone
 		{"", stateLost},
+		{partialRecord, statePartial},
 		{"garbage", stateLost},
 		{"-1 5\n", stateLost},
 	} {

@@ -151,6 +151,8 @@ func (s *sender) switchOver(o *SendOptions, id string, hold *dumper.Hold, notice
 	}
 	deadline := time.Now().Add(wait)
 	var last error
+	partial := false
+settle:
 	for {
 		ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
 		r, err := Resolve(ctx, ResolveOptions{To: o.To, TLS: o.TLS, ServerName: o.ServerName, ID: id, Decision: DecisionResume})
@@ -170,6 +172,11 @@ func (s *sender) switchOver(o *SendOptions, id string, hold *dumper.Hold, notice
 					return false, at, "", fmt.Errorf("%w: the agent's copy of migration %s is lost (it died with a restarted agent), and the source cannot be let go: %v", errInDoubt, id, err)
 				}
 				return false, at, "", fmt.Errorf("the agent's copy of migration %s is lost (resumed, then gone with a restarted agent) after: %v; the source tree was still held frozen and runs on", id, lost)
+			case statePartial:
+				// Some of the copy's tasks ran before it was killed:
+				// the source must not simply run on.
+				partial, last = true, fmt.Errorf("the agent's copy failed to resume after some of its tasks ran (it is killed, but may have acted)")
+				break settle
 			case stateFailed, stateAborted, stateUnknown:
 				if err := hold.KillOnExit(false); err != nil {
 					// Still attached with EXITKILL, the tree would
@@ -198,6 +205,11 @@ func (s *sender) switchOver(o *SendOptions, id string, hold *dumper.Hold, notice
 	if err := hold.KillOnExit(false); err != nil {
 		return false, at, "", fmt.Errorf("%w: %v, and the agent unreachable; the source dies with this process (%v): "+
 			"resume the agent's copy with `godwit migrate resolve --to %s %s resume`", errInDoubt, lost, err, o.To, id)
+	}
+	if partial {
+		return false, at, "", fmt.Errorf("%w: %v: the source tree %d is held stopped (SIGSTOP); continue it with "+
+			"`godwit migrate resolve --to %s %s abort --source-pid %d` on this host once that is safe",
+			errInDoubt, last, o.Pid, o.To, id, o.Pid)
 	}
 	return false, at, "", fmt.Errorf("%w: %v, and the agent unreachable for %v (%v): the source tree %d is held stopped (SIGSTOP); "+
 		"settle it with `godwit migrate resolve --to %s %s resume|abort --source-pid %d` on this host",
@@ -359,6 +371,14 @@ func Resolve(ctx context.Context, o ResolveOptions) (*Resolution, error) {
 		case stateFailed, stateAborted, stateUnknown, stateLost:
 			contAll(treePIDs(o.SourcePID))
 			r.Source = "continued"
+		case statePartial:
+			// The copy is dead but ran a little: the user decides.
+			if o.Decision == DecisionAbort {
+				contAll(treePIDs(o.SourcePID))
+				r.Source = "continued"
+			} else {
+				r.Source = "still held"
+			}
 		default:
 			r.Source = "still held"
 		}

@@ -46,18 +46,36 @@ func (r *Restorer) Resume() error {
 		return r.fail("network unlock", err)
 	}
 	var errs []error
+	thawed := 0
 	_ = r.tr.Do(func() error { // on the tracer thread, as Layout
-		r.thawAll(&errs)
+		thawed = r.thawAll(&errs)
 		return nil
 	})
+	if os.Getenv(testRestorerHook) == "fail-thaw" {
+		errs = append(errs, errors.New("test: injected thaw failure"))
+	}
 	if err := errors.Join(errs...); err != nil {
+		if thawed > 0 {
+			return fmt.Errorf("%w: %w", r.fail("detach", err), ErrPartlyResumed)
+		}
 		return r.fail("detach", err)
 	}
 	return r.resumed()
 }
 
-// thawAll detaches every task, children first.
-func (r *Restorer) thawAll(errs *[]error) {
+// ErrPartlyResumed marks a Resume that failed after some task was let
+// run: the copy is killed, but it may have acted (written, sent), so the
+// caller must not treat it as never resumed.
+var ErrPartlyResumed = errors.New("some tasks ran before the failure")
+
+// testRestorerHook is a fault-injection hook (e2e): "fail-thaw" fails
+// Resume after every task was let run.
+const testRestorerHook = "GODWIT_TEST_RESTORER"
+
+// thawAll detaches every task, children first, and returns how many it
+// let go.
+func (r *Restorer) thawAll(errs *[]error) int {
+	n := 0
 	for i := len(r.tasks) - 1; i >= 0; i-- {
 		t := r.tasks[i]
 		if t.img.dead() {
@@ -74,9 +92,12 @@ func (r *Restorer) thawAll(errs *[]error) {
 		}
 		if err := r.tr.ThawStopped(t.img.pid, stop); err != nil {
 			*errs = append(*errs, fmt.Errorf("task %d: %w", t.img.pid, err))
+		} else {
+			n++
 		}
 		r.phase = phaseResumed // (partly) detached: kill by signal from now on
 	}
+	return n
 }
 
 // resumed runs the post-restore scripts and writes the stats.
@@ -85,7 +106,7 @@ func (r *Restorer) resumed() error {
 	restoreTime := time.Since(r.start)
 	if err := r.scripts.Run(actions.PostRestore, pid); err != nil {
 		// The task runs already; CRIU kills it in this case too.
-		return r.fail("post-restore", err)
+		return fmt.Errorf("%w: %w", r.fail("post-restore", err), ErrPartlyResumed)
 	}
 	pages, _ := r.Stats()
 	st := &stats.RestoreStatsEntry{
