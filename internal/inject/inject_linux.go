@@ -268,10 +268,22 @@ func (s *Session) Batch(calls []Call) ([]uint64, error) {
 	if err != nil && len(out) < q {
 		// A queued call failed: named, its errno not wrapped (the
 		// caller's own call did not run).
-		return nil, fmt.Errorf("queued call %v", err)
+		return nil, queuedError{err.Error()}
 	}
 	return out[q:], err
 }
+
+// ErrQueued is what the error of a queued call (Later) that failed at a
+// Call, Batch, Read, Flush or End is (errors.Is): not the failure of the
+// calls given there, none of which ran.
+var ErrQueued = errors.New("queued call failed")
+
+// queuedError names the queued call that failed; it does not wrap its
+// errno, which a caller must not take for its own call's.
+type queuedError struct{ msg string }
+
+func (e queuedError) Error() string        { return "queued call " + e.msg }
+func (e queuedError) Is(target error) bool { return target == ErrQueued }
 
 func (s *Session) batch(calls []Call) ([]uint64, error) {
 	out := make([]uint64, 0, len(calls))

@@ -1,6 +1,7 @@
 package inject
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -62,6 +63,20 @@ func TestScratchTables(t *testing.T) {
 	}
 	if got := s.tableEnd(); got != s.size {
 		t.Errorf("tableEnd with the runner outside = %d", got)
+	}
+}
+
+// A queued call's failure is ErrQueued and wraps no errno.
+func TestQueuedError(t *testing.T) {
+	var err error = queuedError{"close bad: bad file descriptor"}
+	if !errors.Is(err, ErrQueued) {
+		t.Error("not ErrQueued")
+	}
+	if _, ok := Errno(err); ok {
+		t.Error("carries an errno")
+	}
+	if errors.Is(fmt.Errorf("close: %w", unix.EBADF), ErrQueued) {
+		t.Error("a plain call's error is ErrQueued")
 	}
 }
 

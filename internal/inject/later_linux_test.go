@@ -1,6 +1,7 @@
 package inject
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"strconv"
@@ -53,6 +54,9 @@ func TestLater(t *testing.T) {
 	}
 	if en, ok := Errno(err); ok {
 		t.Fatalf("a queued call's errno %v passed for the caller's own", en)
+	}
+	if !errors.Is(err, ErrQueued) {
+		t.Fatalf("a queued call's failure is not ErrQueued: %v", err)
 	}
 	a, err := s.PutString(0, "/")
 	if err != nil {
