@@ -228,6 +228,8 @@ type Files struct {
 	buildIDs map[[2]uint64][]byte
 	inet     *inetDump                 // fd_inet.go
 	ghosts   map[[2]uint64]*model.File // deleted files read, by device and inode
+	FDOptions
+	links []string // made by --link-remap, as seen from godwit (RemoveLinks)
 
 	// NetLock is the dump's network lock: a socket driver adds each TCP
 	// connection to it (Lock) before the connection goes into repair
@@ -236,6 +238,14 @@ type Files struct {
 	memfds  map[[2]uint64]*model.MemfdState
 	ptys    map[uint32]*model.PtyState // by index
 	cttys   map[int]uint64             // controlling terminals' devices, by pid
+}
+
+// FDOptions are the dump's options for files that cannot be saved as
+// they are by default.
+type FDOptions struct {
+	// LinkRemap links a file whose name was removed but that has other
+	// links back to a hidden name instead of failing (--link-remap).
+	LinkRemap bool
 }
 
 type fileKey struct {

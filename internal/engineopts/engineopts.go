@@ -29,6 +29,7 @@ func Dump(o *opts.Options) (dumper.Options, error) {
 		GhostLimit: o.GhostLimit, FileLocks: o.FileLocks, ShellJob: o.ShellJob, ExtUnixSk: o.ExtUnixSk,
 		TCPEstablished: o.TCPEstablish, SkipInFlight: o.SkipInFlight,
 	}
+	d.FD.LinkRemap = o.LinkRemap
 	for _, e := range o.External {
 		if e.Type == "tty" {
 			rdev, dev, err := drivers.ParseExternalTTY(e.ID)

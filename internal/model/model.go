@@ -491,6 +491,11 @@ type GhostState struct {
 	Size         uint64
 	Data         []byte // Size bytes
 	Atime, Mtime unix.Timespec
+	// Linked is the hard link --link-remap made to a file whose name was
+	// removed while it kept other links (an absolute path in the task's
+	// mounts, CRIU's REMAP_LINKED): the restore opens the file by it.
+	// Then only Dev, Ino and Mode are set (Data is empty).
+	Linked string
 }
 
 // UnixSocketState is an AF_UNIX socket: its kind, state, name, peer,

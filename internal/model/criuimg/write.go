@@ -100,6 +100,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 	if len(ids) > 0 {
 		regID = uint32(ids[len(ids)-1])
 	}
+	linkIDs := map[*model.GhostState]uint32{}
 	for _, id := range ids {
 		f := t.Files[id]
 		if f.Kind == model.Path && f.Pipe != nil {
@@ -110,6 +111,13 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		}
 		if f.Kind == model.Path || f.Kind == model.Ghost {
 			files = append(files, fileEntry(f))
+			if g := f.Ghost; f.Kind == model.Ghost && g != nil && g.Linked != "" && linkIDs[g] == 0 {
+				// The --link-remap link, a REG entry of its own
+				// that remap-fpath.img names (as CRIU writes it).
+				regID++
+				linkIDs[g] = regID
+				files = append(files, fileEntry(&model.File{ID: model.ID(regID), Kind: model.Path, Path: g.Linked, Flags: unix.O_RDONLY, Mode: g.Mode}))
+			}
 			continue
 		}
 		if f.Kind == model.Tty && f.Tty != nil {
@@ -154,7 +162,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 	if err := writeSkQueues(d, t, written); err != nil {
 		return err
 	}
-	if err := writeGhosts(d, t, written); err != nil {
+	if err := writeGhosts(d, t, linkIDs, written); err != nil {
 		return err
 	}
 	if err := writeMemfds(d, memfds, written); err != nil {

@@ -1,0 +1,156 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/images"
+	"godwit/internal/model/criuimg"
+)
+
+// fdOn finds the fd of pid whose link ends with suffix; -1 when none.
+func fdOn(t *testing.T, pid int, suffix string) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+		if err == nil && strings.HasSuffix(l, suffix) {
+			n, _ := strconv.Atoi(e.Name())
+			return n
+		}
+	}
+	return -1
+}
+
+// checkCRIUImages checks dir with criuimg.CheckCRIU and has crit decode
+// name; it returns crit's text.
+func checkCRIUImages(t *testing.T, dir, name string) string {
+	t.Helper()
+	d, err := images.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = criuimg.CheckCRIU(d)
+	d.Close()
+	if err != nil {
+		t.Error(err)
+	}
+	out, err := exec.Command("crit", "show", filepath.Join(dir, name)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("crit show %s: %v\n%s", name, err, out)
+	}
+	return string(out)
+}
+
+// --link-remap: a file whose name was removed while another hard link
+// stays (open and mapped) is linked back to link_remap.N at dump, a
+// LINKED remap in remap-fpath.img; the restore opens it by that link,
+// removes the link, and the restored fd and mapping are that very inode
+// again (the program's writes land in the other link). A file of no link
+// at all stays a ghost. Without the option the dump is refused; a dump
+// that fails after linking removes the link.
+func TestLinkRemap(t *testing.T) {
+	needRoot(t)
+	const prog = `import mmap, os, sys, time
+log = sys.argv[1]
+a, b = log + ".a", log + ".b"
+fd = os.open(a, os.O_RDWR | os.O_CREAT, 0o640)
+os.write(fd, b"linked" + bytes(4090))
+os.link(a, b)
+os.unlink(a)
+m = mmap.mmap(fd, 4096)
+g = open(log + ".g", "wb+"); g.write(b"ghost"); g.flush(); os.unlink(g.name)
+f = open(log, "a", buffering=1)
+i = 0
+while True:
+    i += 1
+    f.write("tick %d\n" % i)
+    os.pwrite(fd, b"%8d" % i, 100)
+    m[200:208] = b"%8d" % i
+    time.sleep(0.01)
+`
+	w := startWorkload(t, "/usr/bin/python3", "-c", prog)
+	logDir := filepath.Dir(w.log)
+	links := func() []string {
+		m, _ := filepath.Glob(filepath.Join(logDir, "link_remap.*"))
+		return m
+	}
+	code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
+	oneLineError(t, code, out, "dump with --link-remap")
+	// The ghost (5 bytes) is over a 1-byte limit: the dump fails after
+	// the linked file (a lower fd) was linked, and must unlink it.
+	code, out = godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir(), "--link-remap", "--ghost-limit", "1")
+	oneLineError(t, code, out, "over --ghost-limit")
+	if l := links(); len(l) != 0 {
+		t.Fatalf("a failed dump left its links: %v", l)
+	}
+	w.waitTicks(3)
+
+	var bst unix.Stat_t
+	if err := unix.Stat(w.log+".b", &bst); err != nil {
+		t.Fatal(err)
+	}
+	dir := w.dump(t, "--link-remap")
+	w.reapKilled(t)
+	l := links()
+	if len(l) != 1 {
+		t.Fatalf("links after the dump: %v, want one link_remap.N", l)
+	}
+	var lst unix.Stat_t
+	if err := unix.Stat(l[0], &lst); err != nil || lst.Ino != bst.Ino || lst.Dev != bst.Dev {
+		t.Fatalf("%s is not the file of %s.b: %v", l[0], w.log, err)
+	}
+	img := checkCRIUImages(t, dir, criuimg.RemapFpathImg)
+	if !strings.Contains(img, "LINKED") || !strings.Contains(img, "GHOST") {
+		t.Errorf("remap-fpath.img has not a LINKED and a GHOST remap:\n%s", img)
+	}
+
+	r := restore(t, w, dir)
+	w.waitTicks(5)
+	if l := links(); len(l) != 0 {
+		t.Errorf("the restore left the links: %v", l)
+	}
+	if _, err := os.Lstat(w.log + ".a"); !os.IsNotExist(err) {
+		t.Errorf("the restore left the old name %s.a: %v", w.log, err)
+	}
+	fd := fdOn(t, w.pid, ".a (deleted)")
+	if fd < 0 {
+		t.Fatalf("restored task has no fd on %s.a (deleted)", w.log)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/fd/%d", w.pid, fd), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Dev != bst.Dev || st.Ino != bst.Ino || st.Nlink != 1 {
+		t.Errorf("restored fd %d is %d:%d (%d links), want %s.b's %d:%d with 1 link", fd, st.Dev, st.Ino, st.Nlink, w.log, bst.Dev, bst.Ino)
+	}
+	if g := fdOn(t, w.pid, ".g (deleted)"); g < 0 {
+		t.Errorf("restored task has no fd on the ghost %s.g (deleted)", w.log)
+	}
+	// The program writes its tick through the fd and the mapping: they
+	// land in .b, the other link.
+	n := len(w.ticks())
+	w.waitTicks(n + 3)
+	b, err := os.ReadFile(w.log + ".b")
+	if err != nil || len(b) != 4096 || string(b[:6]) != "linked" {
+		t.Fatalf("%s.b: %v (%d bytes)", w.log, err, len(b))
+	}
+	byFD, _ := strconv.Atoi(strings.TrimSpace(string(b[100:108])))
+	byMap, _ := strconv.Atoi(strings.TrimSpace(string(b[200:208])))
+	if byFD <= n || byMap <= n {
+		t.Errorf("after tick %d, %s.b has tick %d by the fd and %d by the mapping: the restored fd or mapping is not that file", n, w.log, byFD, byMap)
+	}
+	killAndForget(w.pid)
+	<-r.done
+	r.done <- nil
+}
