@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -153,4 +154,102 @@ while True:
 	killAndForget(w.pid)
 	<-r.done
 	r.done <- nil
+}
+
+// --external file[mnt_id:inode]: the file is left out of the images (a
+// REG entry with ext, named by the key); the restore refuses it without
+// --inherit-fd, naming it, and with --inherit-fd fd[3]:KEY the task gets
+// the caller's (different) file at that fd and writes to it.
+func TestExternalFile(t *testing.T) {
+	needRoot(t)
+	const prog = `import os, sys, time
+log = sys.argv[1]
+e = os.open(log + ".ext", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+f = open(log, "a", buffering=1)
+i = 0
+while True:
+    i += 1
+    f.write("tick %d\n" % i)
+    os.write(e, b"w%d\n" % i)
+    time.sleep(0.01)
+`
+	w := startWorkload(t, "/usr/bin/python3", "-c", prog)
+	fd := fdOn(t, w.pid, ".ext")
+	if fd < 0 {
+		t.Fatal("no fd on the .ext file")
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/fd/%d", w.pid, fd), &st); err != nil {
+		t.Fatal(err)
+	}
+	mnt := -1
+	for _, l := range strings.Split(readFile(fmt.Sprintf("/proc/%d/fdinfo/%d", w.pid, fd)), "\n") {
+		if v, ok := strings.CutPrefix(l, "mnt_id:"); ok {
+			mnt, _ = strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	if mnt < 0 {
+		t.Fatal("no mnt_id in fdinfo")
+	}
+	res := fmt.Sprintf("file[%x:%x]", mnt, st.Ino)
+	img := w.dump(t, "--external", res)
+	w.reapKilled(t)
+	files := checkCRIUImages(t, img, "files.img")
+	if !strings.Contains(files, `"name": "`+res+`"`) || !strings.Contains(files, `"ext": true`) {
+		t.Errorf("files.img has no REG entry %s with ext:\n%s", res, files)
+	}
+
+	code, out := godwit(t, "restore", "-D", img)
+	oneLineError(t, code, out, "--inherit-fd fd[N]:"+res)
+	if pidExists(w.pid) {
+		t.Fatalf("a refused restore left pid %d", w.pid)
+	}
+
+	other := w.log + ".other"
+	of, err := os.OpenFile(other, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer of.Close()
+	r := &restoring{done: make(chan error, 1)}
+	r.cmd = exec.Command(godwitBin, "restore", "-D", img, "--inherit-fd", "fd[3]:"+res, "-v4", "-o", "restore.log")
+	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
+	r.cmd.ExtraFiles = []*os.File{of}
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.done <- r.cmd.Wait() }()
+	t.Cleanup(func() {
+		killAndForget(w.pid)
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			r.cmd.Process.Kill()
+		}
+	})
+	waitFor(t, "the restored program to run", func() bool {
+		select {
+		case err := <-r.done:
+			t.Fatalf("restore exited early: %v: %s\n%s", err, r.out.String(), readFile(filepath.Join(img, "restore.log")))
+		default:
+		}
+		return alive(w.pid) && tracerOf(w.pid) == 0
+	})
+	n := len(w.ticks())
+	w.waitTicks(n + 3)
+	var got unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/fd/%d", w.pid, fd), &got); err != nil {
+		t.Fatal(err)
+	}
+	var ost unix.Stat_t
+	if err := unix.Fstat(int(of.Fd()), &ost); err != nil {
+		t.Fatal(err)
+	}
+	if got.Dev != ost.Dev || got.Ino != ost.Ino {
+		t.Fatalf("restored fd %d is %d:%d, want the inherited %s (%d:%d)", fd, got.Dev, got.Ino, other, ost.Dev, ost.Ino)
+	}
+	b, _ := os.ReadFile(other)
+	if !strings.Contains(string(b), fmt.Sprintf("w%d\n", n+1)) {
+		t.Errorf("the inherited file has %q: the restored program did not write tick %d to it", b, n+1)
+	}
 }

@@ -27,6 +27,9 @@ type pathKind struct{ noCollect }
 
 func (pathKind) fileKind() model.FileKind { return model.Path }
 func (pathKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error) {
+	if f.External {
+		return 0, fmt.Errorf("%s: external file %s: restore with --inherit-fd fd[N]:%s", what, f.Path, f.Path)
+	}
 	if f.Pipe != nil {
 		return openFIFO(rs, what, f)
 	}

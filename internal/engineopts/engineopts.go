@@ -39,6 +39,17 @@ func Dump(o *opts.Options) (dumper.Options, error) {
 			d.ExtTTY = append(d.ExtTTY, [2]uint64{rdev, dev})
 			continue
 		}
+		if e.Type == "file" {
+			mnt, ino, err := drivers.ParseExternalFile(e.ID)
+			if err != nil || e.Value != "" {
+				return dumper.Options{}, fmt.Errorf("--external %s: want file[MNT_ID:INODE], both in hex", e)
+			}
+			if d.FD.ExtFiles == nil {
+				d.FD.ExtFiles = map[drivers.ExtFile]bool{}
+			}
+			d.FD.ExtFiles[drivers.ExtFile{MntID: mnt, Ino: ino}] = true
+			continue
+		}
 		if e.Type != "unix" {
 			return dumper.Options{}, fmt.Errorf("--external %s is not supported yet", e)
 		}

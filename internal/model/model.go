@@ -644,6 +644,10 @@ type File struct {
 	// when it has none; restore compares it (--file-validation=buildid).
 	BuildID []byte
 	MntID   int // -1 when unknown
+	// External: the file was left out of the dump (--external
+	// file[mnt_id:inode], CRIU's REG entry with ext); Path is that key,
+	// and the restore takes the file from --inherit-fd fd[N]:KEY.
+	External bool
 	// Dev and Ino are the kernel identity the dumper dedupes on; codecs
 	// need not keep them (0 when unknown).
 	Dev, Ino uint64

@@ -509,6 +509,9 @@ func fileEntry(f *model.File) *fdinfo.FileEntry {
 	// (files-reg.c), which godwit never does, and its restore looks the
 	// id up among the dumped mounts: with none, a deleted file's remap
 	// fails ("Can't link ... No such file or directory").
+	if f.External {
+		r.Ext = proto.Bool(true) // Name is the file[mnt_id:inode] key
+	}
 	if f.Mode != 0 {
 		r.Mode = proto.Uint32(f.Mode)
 	}
