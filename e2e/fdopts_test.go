@@ -253,3 +253,59 @@ while True:
 		t.Errorf("the inherited file has %q: the restored program did not write tick %d to it", b, n+1)
 	}
 }
+
+// --evasive-devices: a /dev/null fd opened through a node of its own that
+// was then removed, and one whose path now names /dev/zero, are refused
+// without the option; with it they are dumped by /dev/null and restored
+// as that device, and the program writes to them.
+func TestEvasiveDevices(t *testing.T) {
+	needRoot(t)
+	const prog = `import os, stat, sys, time
+log = sys.argv[1]
+a, b = log + ".null1", log + ".null2"
+os.mknod(a, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+os.mknod(b, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+x = os.open(a, os.O_WRONLY)
+y = os.open(b, os.O_RDWR)
+os.unlink(a)
+os.unlink(b)
+os.mknod(b, stat.S_IFCHR | 0o666, os.makedev(1, 5))
+f = open(log, "a", buffering=1)
+i = 0
+while True:
+    i += 1
+    assert os.write(x, b"x") == 1 and os.write(y, b"y") == 1 and os.read(y, 4) == b""
+    f.write("tick %d\n" % i)
+    time.sleep(0.01)
+`
+	w := startWorkload(t, "/usr/bin/python3", "-c", prog)
+	x, y := fdOn(t, w.pid, ".null1 (deleted)"), fdOn(t, w.pid, ".null2 (deleted)")
+	if x < 0 || y < 0 {
+		t.Fatalf("no fds on the device nodes (%d, %d)", x, y)
+	}
+	code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
+	oneLineError(t, code, out, "dump with --evasive-devices")
+	w.waitTicks(3)
+	dir := w.dump(t, "--evasive-devices")
+	w.reapKilled(t)
+	if files := checkCRIUImages(t, dir, "files.img"); !strings.Contains(files, `"name": "/dev/null"`) {
+		t.Errorf("files.img names no /dev/null:\n%s", files)
+	}
+	r := restore(t, w, dir)
+	n := len(w.ticks())
+	w.waitTicks(n + 3)
+	for _, fd := range []int{x, y} {
+		p := fmt.Sprintf("/proc/%d/fd/%d", w.pid, fd)
+		var st unix.Stat_t
+		l, err := os.Readlink(p)
+		if err != nil || unix.Stat(p, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != unix.Mkdev(1, 3) || l != "/dev/null" {
+			t.Errorf("restored fd %d is %q (rdev %d:%d, %v), want /dev/null", fd, l, unix.Major(st.Rdev), unix.Minor(st.Rdev), err)
+		}
+	}
+	if !alive(w.pid) {
+		t.Fatalf("the restored program died\n%s", w.tail())
+	}
+	killAndForget(w.pid)
+	<-r.done
+	r.done <- nil
+}

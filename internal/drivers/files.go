@@ -246,6 +246,9 @@ type FDOptions struct {
 	// LinkRemap links a file whose name was removed but that has other
 	// links back to a hidden name instead of failing (--link-remap).
 	LinkRemap bool
+	// EvasiveDevices dumps a device fd whose path no longer leads to its
+	// device by another node of it under /dev (--evasive-devices).
+	EvasiveDevices bool
 	// ExtFiles are the files left out of the dump, by mount id and inode
 	// (--external file[mnt_id:inode]): the restore is given them.
 	ExtFiles map[ExtFile]bool
