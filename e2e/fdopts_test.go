@@ -309,3 +309,63 @@ while True:
 	<-r.done
 	r.done <- nil
 }
+
+// --force-irmap: an inotify watch on overlayfs (without nfs_export, its
+// file handles cannot be opened) is refused without the option; with it
+// the dump finds the watched file by name, the image carries the path,
+// and the restored watch delivers the events of a write.
+func TestForceIrmap(t *testing.T) {
+	needRoot(t)
+	base := t.TempDir()
+	for _, d := range []string{"lower", "upper", "work", "merged"} {
+		if err := os.Mkdir(filepath.Join(base, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(base, "lower", "watched"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	merged := filepath.Join(base, "merged")
+	data := fmt.Sprintf("lowerdir=%s/lower,upperdir=%s/upper,workdir=%s/work", base, base, base)
+	if err := unix.Mount("overlay", merged, "overlay", 0, data); err != nil {
+		t.Fatalf("mount overlay: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(merged, unix.MNT_DETACH) })
+	watched := filepath.Join(merged, "watched")
+	const prog = `import ctypes, os, sys, time
+l = ctypes.CDLL(None, use_errno=True)
+i = l.inotify_init1(os.O_NONBLOCK)
+assert l.inotify_add_watch(i, sys.argv[1].encode(), 2) == 1  # IN_MODIFY
+f = open(sys.argv[2], "a", buffering=1)
+n = 0
+while True:
+    n += 1
+    f.write("tick %d\n" % n)
+    try:
+        if len(os.read(i, 4096)) >= 16:
+            f.write("event\n")
+    except BlockingIOError:
+        pass
+    time.sleep(0.01)
+`
+	w := startWorkload(t, "/usr/bin/python3", "-c", prog, watched)
+	code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
+	oneLineError(t, code, out, "dump with --force-irmap")
+	w.waitTicks(3)
+	dir := w.dump(t, "--force-irmap")
+	w.reapKilled(t)
+	if files := checkCRIUImages(t, dir, "files.img"); !strings.Contains(files, `"path": "`+watched+`"`) {
+		t.Errorf("files.img has no watch with path %s:\n%s", watched, files)
+	}
+	r := restore(t, w, dir)
+	if strings.Contains(readFile(w.log), "event") {
+		t.Fatal("an event before any write")
+	}
+	if err := os.WriteFile(watched, []byte("modified"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the restored watch's event", func() bool { return strings.Contains(readFile(w.log), "event\n") })
+	killAndForget(w.pid)
+	<-r.done
+	r.done <- nil
+}

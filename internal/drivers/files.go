@@ -249,6 +249,9 @@ type FDOptions struct {
 	// EvasiveDevices dumps a device fd whose path no longer leads to its
 	// device by another node of it under /dev (--evasive-devices).
 	EvasiveDevices bool
+	// ForceIrmap finds the path of each inotify watch by name on its
+	// mount rather than by its file handle (--force-irmap).
+	ForceIrmap bool
 	// ExtFiles are the files left out of the dump, by mount id and inode
 	// (--external file[mnt_id:inode]): the restore is given them.
 	ExtFiles map[ExtFile]bool

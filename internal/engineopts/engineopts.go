@@ -29,7 +29,7 @@ func Dump(o *opts.Options) (dumper.Options, error) {
 		GhostLimit: o.GhostLimit, FileLocks: o.FileLocks, ShellJob: o.ShellJob, ExtUnixSk: o.ExtUnixSk,
 		TCPEstablished: o.TCPEstablish, SkipInFlight: o.SkipInFlight,
 	}
-	d.FD.LinkRemap, d.FD.EvasiveDevices = o.LinkRemap, o.EvasiveDevs
+	d.FD.LinkRemap, d.FD.EvasiveDevices, d.FD.ForceIrmap = o.LinkRemap, o.EvasiveDevs, o.ForceIrmap
 	for _, e := range o.External {
 		if e.Type == "tty" {
 			rdev, dev, err := drivers.ParseExternalTTY(e.ID)
