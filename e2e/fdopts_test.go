@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/checkpoint-restore/go-criu/v8/rpc"
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/images"
@@ -368,4 +369,70 @@ while True:
 	killAndForget(w.pid)
 	<-r.done
 	r.done <- nil
+}
+
+// Through the RPC: link_remap, evasive_devices and force_irmap map onto
+// the same options; the program restored through RPC has the linked file
+// and /dev/null back.
+func TestRPCFDOptions(t *testing.T) {
+	needRoot(t)
+	const prog = `import ctypes, os, stat, sys, time
+log = sys.argv[1]
+a, b, n = log + ".a", log + ".b", log + ".null"
+fd = os.open(a, os.O_RDWR | os.O_CREAT, 0o640)
+os.link(a, b)
+os.unlink(a)
+os.mknod(n, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+x = os.open(n, os.O_WRONLY)
+os.unlink(n)
+f = open(log, "a", buffering=1)
+l = ctypes.CDLL(None)
+i = l.inotify_init1(os.O_NONBLOCK)
+assert l.inotify_add_watch(i, log.encode(), 2) == 1
+k = 0
+while True:
+    k += 1
+    f.write("tick %d\n" % k)
+    os.pwrite(fd, b"%8d" % k, 0)
+    os.write(x, b"x")
+    try:
+        os.read(i, 4096)
+    except BlockingIOError:
+        pass
+    time.sleep(0.01)
+`
+	w := startWorkload(t, "/usr/bin/python3", "-c", prog)
+	fd, x := fdOn(t, w.pid, ".a (deleted)"), fdOn(t, w.pid, ".null (deleted)")
+	if fd < 0 || x < 0 {
+		t.Fatalf("no fds on the files (%d, %d)", fd, x)
+	}
+	dir := t.TempDir()
+	d := openDir(t, dir)
+	s := startSwrk(t)
+	resp := s.call(t, &rpc.CriuReq{Type: rpc.CriuReqType_DUMP.Enum(), Opts: &rpc.CriuOpts{Pid: ptr(int32(w.pid)), ImagesDirFd: ptr(int32(d.Fd())),
+		LogLevel: ptr(int32(4)), LogFile: ptr("dump.log"), LinkRemap: ptr(true), EvasiveDevices: ptr(true), ForceIrmap: ptr(true)}})
+	if !resp.GetSuccess() {
+		t.Fatalf("dump: %v\n%s", resp, readFile(filepath.Join(dir, "dump.log")))
+	}
+	w.reapKilled(t)
+	resp = s.call(t, &rpc.CriuReq{Type: rpc.CriuReqType_RESTORE.Enum(), Opts: &rpc.CriuOpts{ImagesDirFd: ptr(int32(d.Fd())), LogFile: ptr("restore.log")}})
+	if !resp.GetSuccess() {
+		t.Fatalf("restore: %v\n%s", resp, readFile(filepath.Join(dir, "restore.log")))
+	}
+	t.Cleanup(func() { killAndForget(w.pid) })
+	n := len(w.ticks())
+	w.waitTicks(n + 3)
+	var bst, st unix.Stat_t
+	if err := unix.Stat(w.log+".b", &bst); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/fd/%d", w.pid, fd), &st); err != nil || st.Ino != bst.Ino || st.Dev != bst.Dev {
+		t.Errorf("restored fd %d is not %s.b (%v)", fd, w.log, err)
+	}
+	if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", w.pid, x)); err != nil || l != "/dev/null" {
+		t.Errorf("restored fd %d is %q (%v), want /dev/null", x, l, err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(filepath.Dir(w.log), "link_remap.*")); len(m) != 0 {
+		t.Errorf("the restore left %v", m)
+	}
 }

@@ -60,10 +60,11 @@ func (inotifyKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 				return err
 			}
 		}
-		if fl.ForceIrmap {
+		w.Path, err = handlePath(mounts, w)
+		if err != nil && fl.ForceIrmap {
+			// The handle leads nowhere: by name (a walk of the
+			// mount, slow on a large one, hence only on request).
 			w.Path, err = irmapPath(pid, mounts, w)
-		} else {
-			w.Path, err = handlePath(mounts, w)
 		}
 		if err != nil {
 			return fmt.Errorf("watch %d (inode %d): %w", w.Wd, w.Ino, err)
@@ -157,7 +158,7 @@ func handlePath(mounts []procfs.Mount, w model.InotifyWatch) (string, error) {
 const irmapMax = 1 << 20
 
 // irmapPath finds the watched inode by name (CRIU's irmap, which
-// --force-irmap asks for): it walks each mount of the inode's device, as
+// --force-irmap asks for; the path a handle gives is as good, and cheaper): it walks each mount of the inode's device, as
 // task pid sees it, without leaving that device, for an entry of that
 // inode number. It needs no file handle, so it works where
 // open_by_handle_at does not (overlayfs without nfs_export, fuse …).
