@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -62,7 +63,7 @@ func BenchmarkNetConnections(b *testing.B) {
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 
 	// one dump and restore of a process with conns connections.
-	one := func(conns int) (dump, restore time.Duration) {
+	one := func(conns int) (dump, restore, locked time.Duration) {
 		accepted := make(chan []net.Conn)
 		go func() {
 			var cs []net.Conn
@@ -104,8 +105,9 @@ func BenchmarkNetConnections(b *testing.B) {
 		var out []byte
 		t0 := time.Now()
 		n.do(func() {
-			out, err = exec.Command(godwitBin, "dump", "-t", strconv.Itoa(pid), "-D", dir, "--tcp-established", "-o", "dump.log").CombinedOutput()
+			out, err = exec.Command(godwitBin, "dump", "-t", strconv.Itoa(pid), "-D", dir, "--tcp-established", "-v3", "-o", "dump.log").CombinedOutput()
 		})
+		lockedAt := t0.Add(logStamp(b, filepath.Join(dir, "dump.log"), "listeners locked"))
 		dump = time.Since(t0)
 		if err != nil {
 			b.Fatalf("dump of %d connections: %v: %s\n%s", conns, err, out, readFile(filepath.Join(dir, "dump.log")))
@@ -116,12 +118,13 @@ func BenchmarkNetConnections(b *testing.B) {
 		}
 		t0 = time.Now()
 		n.do(func() {
-			out, err = exec.Command(godwitBin, "restore", "-d", "-D", dir, "--tcp-established", "-o", "restore.log").CombinedOutput()
+			out, err = exec.Command(godwitBin, "restore", "-d", "-D", dir, "--tcp-established", "-v3", "-o", "restore.log").CombinedOutput()
 		})
 		restore = time.Since(t0)
 		if err != nil {
 			b.Fatalf("restore of %d connections: %v: %s\n%s", conns, err, out, readFile(filepath.Join(dir, "restore.log")))
 		}
+		locked = t0.Add(logStamp(b, filepath.Join(dir, "restore.log"), "network unlocked")).Sub(lockedAt)
 		// Every restored connection carries a byte to its peer.
 		unix.Kill(pid, unix.SIGUSR1)
 		var ws unix.WaitStatus
@@ -135,7 +138,7 @@ func BenchmarkNetConnections(b *testing.B) {
 				b.Fatalf("connection %d of %d after the restore: %v", i, conns, err)
 			}
 		}
-		return dump, restore
+		return dump, restore, locked
 	}
 
 	// floor: making conns connections, connect and accept, in Go (in
@@ -189,15 +192,15 @@ func BenchmarkNetConnections(b *testing.B) {
 	base := map[string]time.Duration{}
 	for _, conns := range []int{1, 1000, 10000} {
 		b.Run(fmt.Sprintf("conns=%d", conns), func(b *testing.B) {
-			var d, r, f, ff time.Duration
+			var d, r, l, f, ff time.Duration
 			for b.Loop() {
-				d, r = one(conns)
+				d, r, l = one(conns)
 				f = floor(conns)
 				ff = fileFloor(conns)
 			}
 			if conns == 1 {
 				base["dump"], base["restore"] = d, r
-				b.Logf("1 connection: dump %v, restore %v; floor (connect+accept) %v", d, r, f)
+				b.Logf("1 connection: dump %v, restore %v, network locked %v; floor (connect+accept) %v", d, r, l, f)
 				return
 			}
 			per := func(t, b0 time.Duration) float64 { return float64(t-b0) / float64(conns) / 1e3 }
@@ -205,8 +208,26 @@ func BenchmarkNetConnections(b *testing.B) {
 			b.ReportMetric(per(d, base["dump"]), "dump-µs/conn")
 			b.ReportMetric(per(r, base["restore"]), "restore-µs/conn")
 			b.ReportMetric(fl, "floor-µs/conn")
-			b.Logf("%d connections: dump %v (%.1f µs/conn, %.1f× the floor), restore %v (%.1f µs/conn, %.1f× the floor); floor connect+accept %.1f µs/conn; a file made in %s %.1f µs",
-				conns, d, per(d, base["dump"]), per(d, base["dump"])/fl, r, per(r, base["restore"]), per(r, base["restore"])/fl, fl, imgRoot, float64(ff)/float64(conns)/1e3)
+			b.ReportMetric(float64(l)/1e6, "locked-ms")
+			b.Logf("%d connections: dump %v (%.1f µs/conn, %.1f× the floor), restore %v (%.1f µs/conn, %.1f× the floor), network locked %v (lock to unlock, the gap between dump and restore included); floor connect+accept %.1f µs/conn; a file made in %s %.1f µs",
+				conns, d, per(d, base["dump"]), per(d, base["dump"])/fl, r, per(r, base["restore"]), per(r, base["restore"])/fl, l, fl, imgRoot, float64(ff)/float64(conns)/1e3)
 		})
 	}
+}
+
+// logStamp is the time, from the log's start, of the first line of a
+// godwit log ("(SS.ffffff) ...") that contains what.
+func logStamp(b *testing.B, path, what string) time.Duration {
+	b.Helper()
+	for _, line := range strings.Split(readFile(path), "\n") {
+		if !strings.Contains(line, what) {
+			continue
+		}
+		var sec float64
+		if _, err := fmt.Sscanf(line, "(%f)", &sec); err == nil {
+			return time.Duration(sec * float64(time.Second))
+		}
+	}
+	b.Fatalf("%s: no line with %q", path, what)
+	return 0
 }

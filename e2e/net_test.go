@@ -456,13 +456,15 @@ func (r *netRestoring) finish(t *testing.T, w *netProc, peers []*peer) string {
 		p.ending.Store(true)
 		p.waitWrite() // counted: the workload's count is compared with it
 	}
-	// Every byte the peers wrote acknowledged before the workload exits:
+	// Every byte the peers wrote acknowledged and read before the workload exits:
 	// after a lock (or any gap) a peer's retransmission timer is backed
 	// off, and bytes it resends late would meet the exited workload's
 	// socket (closed with unread data, or gone) and draw a reset.
 	for i, p := range peers {
 		waitFor(t, fmt.Sprintf("peer %d's bytes to be acknowledged", i), func() bool { return p.unacked() == 0 })
 	}
+	// ... and read: a socket closed with unread bytes sends a reset.
+	waitFor(t, "the workload to read what the peers wrote", func() bool { return unreadTCP(w.pid) == 0 })
 	if err := unix.Kill(w.pid, unix.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
@@ -1454,4 +1456,37 @@ func (p *peer) unacked() int {
 		}
 	})
 	return n
+}
+
+// unreadTCP is the bytes waiting to be read on the stream sockets of
+// process pid (SIOCINQ on copies taken with pidfd_getfd), -1 if unknown.
+func unreadTCP(pid int) int {
+	pfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return -1
+	}
+	defer unix.Close(pfd)
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return -1
+	}
+	total := 0
+	for _, e := range ents {
+		if l, err := os.Readlink(dir + "/" + e.Name()); err != nil || !strings.HasPrefix(l, "socket:") {
+			continue
+		}
+		n, _ := strconv.Atoi(e.Name())
+		s, err := unix.PidfdGetfd(pfd, n, 0)
+		if err != nil {
+			continue // closed meanwhile
+		}
+		if typ, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_TYPE); err == nil && typ == unix.SOCK_STREAM {
+			if v, err := unix.IoctlGetInt(s, unix.SIOCINQ); err == nil {
+				total += v
+			}
+		}
+		unix.Close(s)
+	}
+	return total
 }

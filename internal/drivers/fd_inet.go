@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -560,34 +562,116 @@ func makeInet(rs *restoreFDs, st *model.InetSocketState) (int, error) {
 		if err := listenersFirst(rs, st); err != nil {
 			return -1, err
 		}
-		ms := st.Stream
-		rst := &tcprepair.Stream{
-			State: uint8(st.State), InSeq: ms.InSeq, OutSeq: ms.OutSeq, InQ: ms.InQ, OutQ: ms.OutQ, Unsent: ms.Unsent,
-			Options: ms.OptMask, SndWscale: ms.SndWscale, RcvWscale: ms.RcvWscale, MSSClamp: ms.MSSClamp, Timestamp: ms.Timestamp,
-		}
-		if ms.HasWindow {
-			rst.Window = &tcprepair.Window{SndWl1: ms.SndWl1, SndWnd: ms.SndWnd, MaxWindow: ms.MaxWnd, RcvWnd: ms.RcvWnd, RcvWup: ms.RcvWup}
-		}
-		s, err := tcprepair.Restore(int(st.Family), int(st.Proto), sockaddr(st.Family, st.Src), sockaddr(st.Family, st.Dst), rst,
-			func(s int) error { return setInetOpts(s, st, false, true) })
-		if err != nil {
-			return -1, notLocal(st, err)
-		}
-		// Repair mode bound it whatever held the port; SO_REUSEADDR
-		// as the task had it (leaving repair cleared it).
-		if err := setInetOpts(s, st, true, false); err != nil {
-			unix.Close(s)
-			return -1, err
-		}
-		if extra := st.Shutdown &^ impliedShutdown(uint8(st.State)); extra&1 != 0 {
-			if err := unix.Shutdown(s, unix.SHUT_RD); err != nil {
-				unix.Close(s)
-				return -1, fmt.Errorf("shutdown(SHUT_RD): %w", err)
-			}
-		}
-		return s, nil
+		return restoreConn(st)
 	}
 	return newInet(st, true)
+}
+
+// restoreConn rebuilds the established connection st in godwit (its
+// listeners made first: listenersFirst). It touches nothing shared, so
+// several run at once (premakeConns).
+func restoreConn(st *model.InetSocketState) (int, error) {
+	ms := st.Stream
+	rst := &tcprepair.Stream{
+		State: uint8(st.State), InSeq: ms.InSeq, OutSeq: ms.OutSeq, InQ: ms.InQ, OutQ: ms.OutQ, Unsent: ms.Unsent,
+		Options: ms.OptMask, SndWscale: ms.SndWscale, RcvWscale: ms.RcvWscale, MSSClamp: ms.MSSClamp, Timestamp: ms.Timestamp,
+	}
+	if ms.HasWindow {
+		rst.Window = &tcprepair.Window{SndWl1: ms.SndWl1, SndWnd: ms.SndWnd, MaxWindow: ms.MaxWnd, RcvWnd: ms.RcvWnd, RcvWup: ms.RcvWup}
+	}
+	s, err := tcprepair.Restore(int(st.Family), int(st.Proto), sockaddr(st.Family, st.Src), sockaddr(st.Family, st.Dst), rst,
+		func(s int) error { return setInetOpts(s, st, false, true) })
+	if err != nil {
+		return -1, notLocal(st, err)
+	}
+	// Repair mode bound it whatever held the port; SO_REUSEADDR
+	// as the task had it (leaving repair cleared it).
+	if err := setInetOpts(s, st, true, false); err != nil {
+		unix.Close(s)
+		return -1, err
+	}
+	if extra := st.Shutdown &^ impliedShutdown(uint8(st.State)); extra&1 != 0 {
+		if err := unix.Shutdown(s, unix.SHUT_RD); err != nil {
+			unix.Close(s)
+			return -1, fmt.Errorf("shutdown(SHUT_RD): %w", err)
+		}
+	}
+	return s, nil
+}
+
+// premakeConns rebuilds this task's established connections before its
+// fds are placed, on as many goroutines as Go runs threads: a connection
+// costs some twenty repair calls, all in godwit, none dependent on
+// another once the listeners on their ports exist (made first, in
+// order). The sockets wait in rs.socks for inetKind.open to hand them
+// over in SCM_RIGHTS batches. On error every socket made is closed (in
+// repair mode or not yet connected: silently).
+func (rs *restoreFDs) premakeConns() error {
+	r := rs.r
+	if !r.TCPEstablished || r.TCPClose || len(r.Inherit) != 0 {
+		// Refused or closed one by one, as open does; with
+		// --inherit-fd a connection may be replaced by the caller's.
+		return nil
+	}
+	var todo []*model.InetSocketState
+	var whats []string
+	seen := map[uint32]bool{}
+	for _, e := range r.Task.FDs {
+		f := r.Tree.Files[e.File]
+		if f == nil || f.Kind != model.InetSocket || f.Inet == nil || len(f.Locks) != 0 {
+			continue
+		}
+		st := f.Inet
+		connected := st.Type == unix.SOCK_STREAM && st.State != tcprepair.StateClose && st.State != tcprepair.StateListen
+		if !connected || st.Stream == nil || seen[st.Ino] {
+			continue
+		}
+		if at, ok := r.Opened[e.File]; ok && at.Pid != r.Task.Pid {
+			continue // the description is another task's
+		}
+		if _, ok := rs.socks[st.Ino]; ok {
+			continue
+		}
+		seen[st.Ino] = true
+		what := fmt.Sprintf("fd %d: %s", e.Num, describe(st))
+		if err := listenersFirst(rs, st); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		todo = append(todo, st)
+		whats = append(whats, what)
+	}
+	if len(todo) < 2 {
+		return nil
+	}
+	made := make([]int, len(todo))
+	errs := make([]error, len(todo))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(todo)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(todo) {
+					return
+				}
+				made[i], errs[i] = restoreConn(todo[i])
+			}
+		}()
+	}
+	wg.Wait()
+	var err error
+	for i, st := range todo {
+		if errs[i] != nil {
+			if err == nil {
+				err = fmt.Errorf("%s: %w", whats[i], errs[i])
+			}
+			continue
+		}
+		rs.socks[st.Ino] = made[i]
+	}
+	return err
 }
 
 // notLocal names the address when the kernel refused it as not local.

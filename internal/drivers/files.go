@@ -51,6 +51,9 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) (err error) {
 			err = cerr
 		}
 	}()
+	if err := rs.premakeConns(); err != nil {
+		return err
+	}
 	for _, e := range r.Task.FDs {
 		fd := uint64(e.Num)
 		what := fmt.Sprintf("fd %d", fd)
