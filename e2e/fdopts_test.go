@@ -311,10 +311,11 @@ while True:
 	r.done <- nil
 }
 
-// --force-irmap: an inotify watch on overlayfs (without nfs_export, its
-// file handles cannot be opened) is refused without the option; with it
-// the dump finds the watched file by name, the image carries the path,
-// and the restored watch delivers the events of a write.
+// --force-irmap: an inotify watch and a fanotify inode mark on overlayfs
+// (without nfs_export, its file handles cannot be opened) are refused
+// without the option; with it the dump finds the file by name, the image
+// carries the path, and the restored watch and mark deliver the events
+// of a write.
 func TestForceIrmap(t *testing.T) {
 	needRoot(t)
 	base := t.TempDir()
@@ -337,6 +338,9 @@ func TestForceIrmap(t *testing.T) {
 l = ctypes.CDLL(None, use_errno=True)
 i = l.inotify_init1(os.O_NONBLOCK)
 assert l.inotify_add_watch(i, sys.argv[1].encode(), 2) == 1  # IN_MODIFY
+l.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+g = l.fanotify_init(3, 0)  # FAN_CLOEXEC | FAN_NONBLOCK, FAN_CLASS_NOTIF
+assert g >= 0 and l.fanotify_mark(g, 1, 2, -100, sys.argv[1].encode()) == 0  # FAN_MARK_ADD, FAN_MODIFY
 f = open(sys.argv[2], "a", buffering=1)
 n = 0
 while True:
@@ -345,6 +349,13 @@ while True:
     try:
         if len(os.read(i, 4096)) >= 16:
             f.write("event\n")
+    except BlockingIOError:
+        pass
+    try:
+        e = os.read(g, 4096)
+        if len(e) >= 24:
+            os.close(int.from_bytes(e[16:20], "little", signed=True))
+            f.write("fevent\n")
     except BlockingIOError:
         pass
     time.sleep(0.01)
@@ -365,7 +376,8 @@ while True:
 	if err := os.WriteFile(watched, []byte("modified"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the restored watch's event", func() bool { return strings.Contains(readFile(w.log), "event\n") })
+	waitFor(t, "the restored watch's event", func() bool { return strings.Contains(readFile(w.log), "\nevent\n") })
+	waitFor(t, "the restored fanotify mark's event", func() bool { return strings.Contains(readFile(w.log), "fevent\n") })
 	killAndForget(w.pid)
 	<-r.done
 	r.done <- nil
