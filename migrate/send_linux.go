@@ -250,10 +250,13 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	tracking := false
 	// Before the agent is ready, a failure leaves the source as it was.
 	locked := false
+	// abortedHeld: this side aborted the held copy (abortHeld); the
+	// agent's failure then only echoes that Abort.
+	abortedHeld := false
 	abort := func(p Phase, err error) error {
 		// The agent's reason first (a limit it enforced breaks the
 		// page stream: that error says less).
-		if f := s.agentFailure(); f != nil {
+		if f := s.agentFailure(); f != nil && !abortedHeld {
 			p, err = Phase(f.Phase), fmt.Errorf("agent: %s (here: %v)", f.Message, err)
 		}
 		_ = s.send(&pb.Envelope{Msg: &pb.Envelope_Abort{Abort: &pb.Abort{Reason: err.Error()}}})
@@ -417,6 +420,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			// Before the commit, the agent holds its copy: the source
 			// thaws (this hook's error) only once the copy is gone.
 			held := func(why error) error {
+				abortedHeld = true
 				err := s.abortHeld(&o, res.ID, why)
 				if errors.Is(err, errInDoubt) {
 					doubt = err
