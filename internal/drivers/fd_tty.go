@@ -175,7 +175,7 @@ func (ttyKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 		if err := unix.Stat(path, &st); err != nil {
 			return fmt.Errorf("stat %s: %w", path, err)
 		}
-		p.UID, p.GID, p.Mode = st.Uid, st.Gid, st.Mode&0o7777
+		p.UID, p.GID, p.Mode, p.ModeKnown = st.Uid, st.Gid, st.Mode&0o7777, true
 		path = "/dev/ptmx"
 	} else {
 		if q > 0 {
@@ -187,7 +187,7 @@ func (ttyKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 		}
 		p.Exclusive, p.Slave = ex != 0, true
 		if !p.HasMaster {
-			p.UID, p.GID, p.Mode = fd.Stat.Uid, fd.Stat.Gid, fd.Stat.Mode&0o7777
+			p.UID, p.GID, p.Mode, p.ModeKnown = fd.Stat.Uid, fd.Stat.Gid, fd.Stat.Mode&0o7777, true
 		}
 	}
 	f.Kind, f.Path, f.Size, f.BuildID = model.Tty, path, nil, nil
@@ -425,7 +425,8 @@ func makePtyPair(what string, p *model.PtyState) (m, s int, err error) {
 		err = unix.IoctlSetInt(s, unix.TIOCEXCL, 0)
 	}
 	if err == nil {
-		if err = unix.Fchown(s, int(p.UID), int(p.GID)); err == nil {
+		// An unknown mode (a CRIU-written image) leaves the new node's.
+		if err = unix.Fchown(s, int(p.UID), int(p.GID)); err == nil && p.ModeKnown {
 			err = unix.Fchmod(s, p.Mode&0o7777)
 		}
 	}
