@@ -318,9 +318,19 @@ func ptyMaster(rs *restoreFDs, what string, f *model.File, p *model.PtyState) (i
 		return m, nil
 	}
 	if h := rs.r.Held; h != nil && h.ptys[p.Index] != nil && h.ptys[p.Index][0] >= 0 {
-		// Made before the tree's fds (EarlyCtty): this task takes the
-		// master, the slave stays with Held.
+		// Made before the tree's fds (EarlyCtty); the slave stays with
+		// Held. The task that holds the master takes it; another task
+		// (opening a slave) uses a copy, closed at its end, and leaves
+		// Held's: the master's last close would hang the terminal up.
 		m := h.ptys[p.Index][0]
+		if !f.Tty.Master {
+			c, err := unix.FcntlInt(uintptr(m), unix.F_DUPFD_CLOEXEC, 0)
+			if err != nil {
+				return -1, fmt.Errorf("%s: pty %d: copy godwit's master: %w", what, p.Index, err)
+			}
+			rs.ghosts[key] = c
+			return c, nil
+		}
 		h.ptys[p.Index][0] = -1
 		rs.ghosts[key] = m
 		return m, nil
