@@ -1,6 +1,7 @@
 package restorer
 
 import (
+	"errors"
 	"fmt"
 
 	"golang.org/x/sys/unix"
@@ -79,6 +80,11 @@ func (b *batch) flush() error {
 		}
 		if err == nil {
 			return nil
+		}
+		if errors.Is(err, inject.ErrQueued) {
+			// The session's own queue (Later) failed before any of
+			// ours ran: no check of ours may judge it.
+			return err
 		}
 		i := len(got) // the one that failed
 		if i >= len(b.calls) {

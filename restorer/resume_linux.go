@@ -198,11 +198,15 @@ func canStopWith(pid int, sig unix.Signal) error {
 
 // pgrpOrphaned reports whether no member of process group pgrp has a parent
 // in another group of the same session sid (POSIX orphaned process group,
-// as the kernel's will_become_orphaned_pgrp counts it). A member whose
-// parent is not visible here (another pid namespace) counts as not
-// orphaning: we cannot tell, and the kernel then decides.
+// as the kernel's will_become_orphaned_pgrp counts it: zombies and the
+// children of the global init do not count). A member whose parent is not
+// visible here (another pid namespace) is refused: we cannot tell.
 func pgrpOrphaned(pgrp, sid int) (bool, error) {
 	ents, err := os.ReadDir(procfs.Root)
+	if err != nil {
+		return false, err
+	}
+	initNS, err := procInitialPidNS()
 	if err != nil {
 		return false, err
 	}
@@ -215,19 +219,71 @@ func pgrpOrphaned(pgrp, sid int) (bool, error) {
 		if err != nil || st.Pgrp != pgrp {
 			continue // gone, or another group
 		}
-		if st.Ppid == 0 {
-			return false, nil
+		var pp *procfs.Stat
+		if st.Ppid > 0 {
+			if pp, err = procfs.ReadStat(st.Ppid); err != nil {
+				continue // the parent is gone: the member is reparented
+			}
 		}
-		if st.Ppid == 1 {
-			continue // the kernel skips children of init
-		}
-		pp, err := procfs.ReadStat(st.Ppid)
+		orphaning, err := orphaningMember(pid, st, pp, pgrp, sid, initNS)
 		if err != nil {
-			continue
+			return false, err
 		}
-		if pp.Pgrp != pgrp && pp.Session == sid {
+		if !orphaning {
 			return false, nil
 		}
 	}
 	return true, nil
 }
+
+// orphaningMember reports whether member pid (stat st, parent's stat pp,
+// nil when its parent is not visible) lets group pgrp of session sid be
+// orphaned, as will_become_orphaned_pgrp (kernel/exit.c) judges it; initNS
+// tells whether the pids of procfs are those of the initial pid namespace,
+// where pid 1 is the global init.
+func orphaningMember(pid int, st, pp *procfs.Stat, pgrp, sid int, initNS bool) (bool, error) {
+	switch {
+	case st.State == 'Z':
+		return true, nil // exited
+	case st.Ppid == 1 && initNS:
+		return true, nil // a child of the global init
+	case st.Ppid == 0 && pid == 1 && initNS:
+		return true, nil // the global init itself: its parent is no task
+	case pp == nil:
+		return false, fmt.Errorf("process group %d: the parent of member %d is not visible here (another pid namespace): cannot tell whether the group is orphaned", pgrp, pid)
+	}
+	return pp.Pgrp == pgrp || pp.Session != sid, nil
+}
+
+// procInitialPidNS reports whether procfs shows the initial pid namespace.
+// godwit's own task (procfs's self), when in the namespace of procfs (one
+// NSpid entry),
+// tells by its namespace's inode (PROC_PID_INIT_INO); else procfs's pid 1
+// (its namespace's init) does. pid 1 may deny the look (another user
+// namespace's init): then refuse rather than guess.
+func procInitialPidNS() (bool, error) {
+	b, err := os.ReadFile(procfs.Root + "/self/status")
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil // godwit is not in procfs's namespace, which the initial one holds all
+	}
+	if err != nil {
+		return false, fmt.Errorf("pid namespace of %s: %w", procfs.Root, err)
+	}
+	me, err := procfs.ParseStatus(b)
+	if err != nil {
+		return false, fmt.Errorf("pid namespace of %s: %w", procfs.Root, err)
+	}
+	ns := procfs.Root + "/1/ns/pid"
+	if len(me.NSpid) == 1 {
+		ns = procfs.Root + "/self/ns/pid"
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(ns, &st); err != nil {
+		return false, fmt.Errorf("pid namespace of %s: %w", procfs.Root, err)
+	}
+	return st.Ino == procPidInitIno, nil
+}
+
+// procPidInitIno is PROC_PID_INIT_INO (include/linux/proc_ns.h), the
+// initial pid namespace's inode number.
+const procPidInitIno = 0xEFFFFFFC

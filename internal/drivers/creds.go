@@ -1,6 +1,7 @@
 package drivers
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -182,10 +183,13 @@ func setCreds(s *inject.Session, c *model.Creds, cur *procfs.Status) ([]inject.C
 	for _, g := range groups {
 		gb = le.AppendUint32(gb, g)
 	}
-	ga := uint64(0)
+	ga, free := uint64(0), func() error { return nil }
 	if len(gb) > 0 {
+		// Up to NGROUPS_MAX (65536) gids, 256 KiB: more than the
+		// scratch holds below the batch tables, then in a mapping of
+		// its own.
 		var err error
-		if ga, err = s.Put(0, gb); err != nil {
+		if ga, free, err = s.PutLarge(fmt.Sprintf("setgroups (%d groups)", len(groups)), 0, gb); err != nil {
 			return nil, err
 		}
 	}
@@ -195,7 +199,7 @@ func setCreds(s *inject.Session, c *model.Creds, cur *procfs.Status) ([]inject.C
 		inject.C("setfsgid", unix.SYS_SETFSGID, uint64(c.FSGID)),
 		inject.C("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS))
 	out, err := s.Batch(calls)
-	if err != nil {
+	if err = errors.Join(err, free()); err != nil {
 		return nil, err
 	}
 	curSec := out[len(out)-1]

@@ -2,6 +2,7 @@ package drivers
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 
 	"golang.org/x/sys/unix"
@@ -141,12 +142,16 @@ func sharedSeccompPrefix(ts []*model.Thread) int {
 // session's thread: seccomp(SECCOMP_SET_MODE_FILTER) with a struct
 // sock_fprog in scratch.
 func installFilter(s *inject.Session, i int, f model.SeccompFilter, extra uint64) error {
-	const progOff = 1024
+	// The struct sock_fprog (16 bytes) first, the program after it:
+	// up to BPF_MAXINSNS instructions (32 KiB), in a mapping of its
+	// own when the scratch below the batch tables cannot hold it.
+	const fprogSize = 16
 	n := len(f.Prog) / 8
 	if n == 0 || n > linuxBPFMaxInsns || len(f.Prog)%8 != 0 {
 		return fmt.Errorf("seccomp filter %d: %d bytes is no BPF program", i, len(f.Prog))
 	}
-	prog, err := s.Put(progOff, f.Prog)
+	what := fmt.Sprintf("seccomp filter %d (%d instructions)", i, n)
+	prog, free, err := s.PutLarge(what, fprogSize, f.Prog)
 	if err != nil {
 		return err
 	}
@@ -155,15 +160,14 @@ func installFilter(s *inject.Session, i int, f model.SeccompFilter, extra uint64
 	fprog = le64(fprog, prog)
 	a, err := s.Put(0, fprog)
 	if err != nil {
-		return err
+		return errors.Join(err, free())
 	}
-	what := fmt.Sprintf("seccomp filter %d (%d instructions)", i, n)
 	ret, err := s.Call(what, unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, uint64(f.Flags)|extra, a)
 	if err == nil && ret != 0 {
 		// TSYNC names the thread it could not synchronise.
 		err = fmt.Errorf("%s: thread %d cannot take it", what, ret)
 	}
-	return err
+	return errors.Join(err, free())
 }
 
 // linuxBPFMaxInsns is BPF_MAXINSNS (include/uapi/linux/bpf_common.h).

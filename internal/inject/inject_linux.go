@@ -139,9 +139,35 @@ func Errno(err error) (unix.Errno, bool) {
 	return 0, false
 }
 
+// batching reports whether batch tables take part of the scratch area.
+func (s *Session) batching() bool { return s.code != 0 && s.tableOff < s.size }
+
+// Room is how many bytes of the scratch area, from its start, the calls'
+// buffers may use: up to the batch tables when batching is on (the
+// runner rewrites the tables at every batch and single call).
+func (s *Session) Room() uint64 {
+	if s.batching() {
+		return s.tableOff
+	}
+	return s.size
+}
+
+// tableEnd is the end of the batch tables' area: the scratch's end, or
+// the runner's code when it sits in the scratch above the tables.
+func (s *Session) tableEnd() uint64 {
+	if c := s.code; c >= s.scratch+s.tableOff && c < s.scratch+s.size {
+		return c - s.scratch
+	}
+	return s.size
+}
+
 func (s *Session) check(off uint64, n int) error {
-	if off+uint64(n) > s.size || off+uint64(n) < off {
+	end := off + uint64(n)
+	if end < off || end > s.size {
 		return fmt.Errorf("scratch overflow: %d bytes at %d", n, off)
+	}
+	if s.batching() && end > s.tableOff {
+		return fmt.Errorf("scratch overflow into the batch tables: %d bytes at %d (tables at %d)", n, off, s.tableOff)
 	}
 	return nil
 }
@@ -222,7 +248,7 @@ func C(what string, nr uintptr, args ...uint64) Call {
 // Without it Batch injects the calls one by one.
 func (s *Session) SetBatch(code, off uint64) {
 	s.code, s.tableOff = code, off
-	if off < s.size && ptrace.BatchTableSize(1) <= s.size-off {
+	if s.batching() && ptrace.BatchTableSize(1) <= s.tableEnd()-off {
 		// Single calls take the runner too.
 		s.s.SetRunner(code, s.scratch+off)
 	}
@@ -242,10 +268,22 @@ func (s *Session) Batch(calls []Call) ([]uint64, error) {
 	if err != nil && len(out) < q {
 		// A queued call failed: named, its errno not wrapped (the
 		// caller's own call did not run).
-		return nil, fmt.Errorf("queued call %v", err)
+		return nil, queuedError{err.Error()}
 	}
 	return out[q:], err
 }
+
+// ErrQueued is what the error of a queued call (Later) that failed at a
+// Call, Batch, Read, Flush or End is (errors.Is): not the failure of the
+// calls given there, none of which ran.
+var ErrQueued = errors.New("queued call failed")
+
+// queuedError names the queued call that failed; it does not wrap its
+// errno, which a caller must not take for its own call's.
+type queuedError struct{ msg string }
+
+func (e queuedError) Error() string        { return "queued call " + e.msg }
+func (e queuedError) Is(target error) bool { return target == ErrQueued }
 
 func (s *Session) batch(calls []Call) ([]uint64, error) {
 	out := make([]uint64, 0, len(calls))
@@ -259,7 +297,7 @@ func (s *Session) batch(calls []Call) ([]uint64, error) {
 		}
 		return out, nil
 	}
-	room := s.size - s.tableOff
+	room := s.tableEnd() - s.tableOff
 	per := 0
 	for ptrace.BatchTableSize(per+1) <= room {
 		per++
@@ -288,3 +326,36 @@ func (s *Session) batch(calls []Call) ([]uint64, error) {
 	}
 	return out, nil
 }
+
+// PutLarge writes b for a call's input: at off in the scratch area when
+// it fits below the batch tables (Room), else in a private anonymous
+// mapping of its own made in the task, for payloads larger than the
+// scratch (a 65536-entry group list). free, never nil, unmaps that
+// mapping; call it once the calls that read b have run.
+func (s *Session) PutLarge(what string, off uint64, b []byte) (addr uint64, free func() error, err error) {
+	nop := func() error { return nil }
+	if end := off + uint64(len(b)); end >= off && end <= s.Room() {
+		a, err := s.Put(off, b)
+		return a, nop, err
+	}
+	n := (uint64(len(b)) + pageSize - 1) &^ (pageSize - 1)
+	if n == 0 {
+		return 0, nop, fmt.Errorf("%s: empty buffer", what)
+	}
+	a, err := s.Call(fmt.Sprintf("%s: map %d bytes for its buffer", what, n), unix.SYS_MMAP, 0, n,
+		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil {
+		return 0, nop, err
+	}
+	free = func() error {
+		_, err := s.Call(fmt.Sprintf("%s: unmap its buffer at %#x", what, a), unix.SYS_MUNMAP, a, n)
+		return err
+	}
+	if err := ptrace.WriteMem(s.pid, a, b); err != nil {
+		return 0, nop, errors.Join(fmt.Errorf("%s: write its buffer: %w", what, err), free())
+	}
+	return a, free, nil
+}
+
+// pageSize is the size of the mappings PutLarge makes.
+const pageSize = 4096

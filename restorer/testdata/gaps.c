@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <linux/aio_abi.h>
 #include <linux/filter.h>
 #include <linux/membarrier.h>
@@ -193,13 +194,43 @@ static void *strict(void *a)
 	return NULL;
 }
 
+/* groups: more gids than the scratch holds below the batch tables. */
+#define NBIG 8250
+static gid_t big[NBIG];
+
+/*
+ * bigseccomp: a filter of BIGPROG instructions (more than the scratch
+ * holds below the batch tables): loads, then sethostname kills.
+ */
+#define BIGPROG 4000
+static long install_big(void)
+{
+	static struct sock_filter f[BIGPROG];
+	int i;
+	for (i = 0; i < BIGPROG - 3; i++)
+		f[i] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+	f[i++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_sethostname, 0, 1);
+	f[i++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+	f[i++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+	struct sock_fprog prog = {BIGPROG, f};
+	return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog);
+}
+
 static char *mem;
 static char path[4200];
 static aio_context_t aio;
 
 static void setup(void)
 {
-	if (!strcmp(mode, "loginuid")) {
+	if (!strcmp(mode, "groups")) {
+		for (int i = 0; i < NBIG; i++)
+			big[i] = 100000 + i;
+		if (setgroups(NBIG, big))
+			BAD("setgroups: %s", strerror(errno));
+	} else if (!strcmp(mode, "bigseccomp")) {
+		if (install_big())
+			BAD("seccomp: %s", strerror(errno));
+	} else if (!strcmp(mode, "loginuid")) {
 		int fd = open("/proc/self/loginuid", O_WRONLY);
 		if (fd < 0 || write(fd, "1234", 4) != 4)
 			BAD("set loginuid: %s", strerror(errno));
@@ -303,7 +334,17 @@ static void setup(void)
 static void check(void)
 {
 	char buf[4096];
-	if (!strcmp(mode, "loginuid")) {
+	if (!strcmp(mode, "groups")) {
+		static gid_t got[NBIG + 1];
+		int n = getgroups(NBIG + 1, got);
+		if (n != NBIG)
+			BAD("getgroups: %d groups, want %d (%s)", n, NBIG, strerror(errno));
+		for (int i = 0; i < NBIG; i++)
+			if (got[i] != big[i])
+				BAD("group %d is %u, want %u", i, (unsigned)got[i], (unsigned)big[i]);
+	} else if (!strcmp(mode, "bigseccomp")) {
+		/* the test compares the filter itself */
+	} else if (!strcmp(mode, "loginuid")) {
 		readfile("/proc/self/loginuid", buf, sizeof buf);
 		if (strcmp(buf, "1234"))
 			BAD("loginuid %s", buf);
@@ -466,7 +507,7 @@ int main(int argc, char **argv)
 		sigsuspend(&old);
 	check();
 	dprintf(logfd, "done %s\n", mode);
-	if (!strcmp(mode, "seccomp"))
+	if (!strcmp(mode, "seccomp") || !strcmp(mode, "bigseccomp"))
 		syscall(SYS_sethostname, "x", 1); /* the filter kills the process */
 	return 0;
 }
