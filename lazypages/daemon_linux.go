@@ -137,6 +137,8 @@ func Run(ctx context.Context, o Options) (Stats, error) {
 	if o.FaultPages <= 0 {
 		o.FaultPages = 16
 	}
+	// A fault's window lives in a buffer of maxFaultPages pages.
+	o.FaultPages = min(o.FaultPages, maxFaultPages)
 	if o.PushPages <= 0 {
 		o.PushPages = 256
 	}
