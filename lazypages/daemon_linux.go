@@ -575,6 +575,7 @@ func (s Stats) Format() string {
 var procs struct {
 	sync.Mutex
 	n, prev int
+	raised  bool
 }
 
 // raiseProcs gives the Go scheduler a P for each of the daemon's threads
@@ -590,16 +591,25 @@ func raiseProcs() func() {
 	defer procs.Unlock()
 	if procs.n == 0 {
 		procs.prev = runtime.GOMAXPROCS(0)
+		procs.raised = false
 		if want := runtime.NumCPU() + 3; procs.prev < want {
 			runtime.GOMAXPROCS(want)
+			procs.raised = true
 		}
 	}
 	procs.n++
 	return func() {
 		procs.Lock()
 		defer procs.Unlock()
-		if procs.n--; procs.n == 0 && runtime.GOMAXPROCS(0) != procs.prev {
-			runtime.GOMAXPROCS(procs.prev)
+		if procs.n--; procs.n != 0 || !procs.raised {
+			return
 		}
+		if os.Getenv("GOMAXPROCS") != "" {
+			runtime.GOMAXPROCS(procs.prev)
+			return
+		}
+		// The runtime's default again, which follows the cgroup's
+		// CPU limit as it changes (an explicit number would not).
+		runtime.SetDefaultGOMAXPROCS()
 	}
 }
