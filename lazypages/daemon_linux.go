@@ -77,12 +77,19 @@ type task struct {
 	id    uint32
 	pid   int // 0 for a forked child whose pid is not known
 	pidfd int // -1 without pid
-	u     *uffd.Uffd
-	pm    *pagemap // the dump's pages (a child uses its parent's)
-	st    *mmState
-	gen   uint64 // bumped by every event that changes the mm
-	gone  bool
-	push  uint64 // background cursor
+	// kin are, for a forked child whose pid is not known for sure, the
+	// children its parent gained at that fork (several when forks race):
+	// killed with it, so that it never outlives a failed daemon.
+	kin []kinProc
+	// kinPending: the forked child's pid is still being looked for.
+	kinPending bool
+	fork       *forkWatchState // how to look for it
+	u          *uffd.Uffd
+	pm         *pagemap // the dump's pages (a child uses its parent's)
+	st         *mmState
+	gen        uint64 // bumped by every event that changes the mm
+	gone       bool
+	push       uint64 // background cursor
 	// lastEnd is the end of the last fault's pages, lastWin its window.
 	lastEnd, lastWin uint64
 	running          bool // the restore let it go (resumed)
@@ -474,6 +481,10 @@ func (d *daemon) dropLocked(t *task) {
 	if t.pidfd >= 0 {
 		unix.Close(t.pidfd)
 	}
+	for _, k := range t.kin {
+		unix.Close(k.pidfd)
+	}
+	t.kin = nil
 	out := d.tasks[:0]
 	for _, o := range d.tasks {
 		if o != t {
@@ -523,12 +534,23 @@ func (d *daemon) failLocked(err error) {
 	default:
 	}
 	var killed []int
+	var unknown int
 	for _, t := range append([]*task(nil), d.tasks...) {
+		if t.kinPending && t.fork != nil {
+			// A last look: its parent may have exited just now.
+			d.findKinLocked(t, t.fork, 0)
+		}
+		if t.pid == 0 && len(t.kin) == 0 {
+			unknown++
+		}
 		killed = append(killed, killTask(t)...)
 		d.dropLocked(t)
 	}
 	if len(killed) > 0 {
 		err = fmt.Errorf("%w; killed %v", err, killed)
+	}
+	if unknown > 0 {
+		err = fmt.Errorf("%w; %d forked children of unknown pid were not killed", err, unknown)
 	}
 	d.err = err
 	close(d.done)
