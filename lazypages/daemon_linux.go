@@ -285,10 +285,14 @@ func (d *daemon) serve(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer ln.Close()
-	wg.Add(4)
+	// workers use the sources: they end before the sources close.
+	var workers sync.WaitGroup
+	defer workers.Wait()
+	wg.Add(2)
+	workers.Add(2)
 	go func() { defer wg.Done(); d.accept(ln) }()
-	go func() { defer wg.Done(); d.pusher() }()
-	go func() { defer wg.Done(); d.neighbours() }()
+	go func() { defer workers.Done(); d.pusher() }()
+	go func() { defer workers.Done(); d.neighbours() }()
 	go func() {
 		defer wg.Done()
 		select {
@@ -315,8 +319,19 @@ func (d *daemon) serve(ctx context.Context) error {
 	ferr := d.err
 	d.mu.Unlock()
 	complete := ferr == nil
+	sources := []source{d.faultSrc, d.pushSrc, d.nbSrc}
+	if !complete {
+		// Unblocks a worker waiting on a reply.
+		for _, s := range sources {
+			if s != nil {
+				s.close(false)
+			}
+		}
+	}
+	// No worker may wait for a GET reply while Close reads the rest.
+	workers.Wait()
 	d.stats.LocalPages, d.stats.RemotePages = pagesFrom(d.faultSrc, d.pushSrc, d.nbSrc)
-	for _, s := range []source{d.faultSrc, d.pushSrc, d.nbSrc} {
+	for _, s := range sources {
 		if s == nil {
 			continue
 		}

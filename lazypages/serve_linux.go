@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -668,8 +669,12 @@ func (d *daemon) pusher() {
 	asked := make(chan pushItem, pushDepth)
 	items := make(chan pushItem, pushDepth)
 	var inflight atomic.Int32
-	go d.pushPlan(asked, slots, &inflight)
-	go d.pushRecv(asked, items, pool)
+	// Both end with the pusher: the sources close after that.
+	var sub sync.WaitGroup
+	defer sub.Wait()
+	sub.Add(2)
+	go func() { defer sub.Done(); d.pushPlan(asked, slots, &inflight) }()
+	go func() { defer sub.Done(); d.pushRecv(asked, items, pool) }()
 	stuck := 0
 	for {
 		var it pushItem
