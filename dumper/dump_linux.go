@@ -265,12 +265,21 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		logging.Default().Infof("dump %d: %d connections and their listeners locked (%s) in %v", pid, len(nl.Conns()), nl.Method(), time.Since(t))
 	}
 	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track,
-		ghostLimit: o.GhostLimit, fileLocks: o.FileLocks, tcpEstablished: o.TCPEstablished, skipInFlight: o.SkipInFlight, netLock: nl,
+		ghostLimit: o.GhostLimit, fdOpts: o.FD, fileLocks: o.FileLocks, tcpEstablished: o.TCPEstablished, skipInFlight: o.SkipInFlight, netLock: nl,
 		shellJob: o.ShellJob, extUnix: drivers.ExtUnix{All: o.ExtUnixSk, Inos: o.ExtUnix}, extTTY: o.ExtTTY}
 	// Connections read in repair mode: out of it again if the tasks
 	// resume (added last, so run before they are thawed).
 	rb.add(func() {
 		if err := d.files.ReleaseRepaired(true); err != nil {
+			d.log.Warnf("dump %d: %v", pid, err)
+		}
+	})
+	// The links --link-remap made go with a dump that fails.
+	rb.add(func() {
+		if d.files == nil {
+			return
+		}
+		if err := d.files.RemoveLinks(); err != nil {
 			d.log.Warnf("dump %d: %v", pid, err)
 		}
 	})
@@ -464,7 +473,8 @@ type dumpRun struct {
 	// its state is collected (earlyPrivate), nil otherwise.
 	early      *earlyPrivate
 	ghostLimit uint64 // --ghost-limit, 0: the default
-	fileLocks  bool   // --file-locks
+	fdOpts     drivers.FDOptions
+	fileLocks  bool // --file-locks
 	netLock    *netlock.Lock
 	// tcpEstablished, skipInFlight: --tcp-established, --skip-in-flight.
 	tcpEstablished, skipInFlight bool
@@ -509,6 +519,7 @@ func (d *dumpRun) collect() error {
 		fl.GhostLimit = d.ghostLimit
 	}
 	fl.FileLocks = d.fileLocks
+	fl.FDOptions = d.fdOpts
 	fl.NetLock = d.netLock
 	fl.TCPEstablished, fl.SkipInFlight = d.tcpEstablished, d.skipInFlight
 	for _, t := range d.extTTY {

@@ -3,6 +3,7 @@ package dumper
 import (
 	"errors"
 
+	"godwit/internal/drivers"
 	"godwit/internal/netlock"
 	"godwit/pageserver"
 )
@@ -37,6 +38,9 @@ type Options struct {
 	// GhostLimit is the largest deleted file whose contents the images
 	// carry (0: opts.DefaultGhostLimit).
 	GhostLimit uint64
+	// FD are the options for files not saved as they are by default
+	// (--link-remap, --evasive-devices, --force-irmap, --external file[]).
+	FD drivers.FDOptions
 	// FileLocks dumps the file locks the tree holds (--file-locks);
 	// without it a lock fails the dump.
 	FileLocks bool

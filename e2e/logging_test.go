@@ -28,7 +28,7 @@ func TestLogFileNamesFailure(t *testing.T) {
 		want string
 	}{
 		{[]string{"dump", "-t", "999999999"}, "999999999"},
-		{[]string{"dump", "-t", "1", "--evasive-devices"}, "--evasive-devices is not supported yet"},
+		{[]string{"dump", "-t", "1", "--tcp-close"}, "--tcp-close is not supported yet"},
 		{[]string{"restore"}, "inventory.img"},
 	} {
 		dir := t.TempDir()

@@ -245,8 +245,8 @@ func TestRPCRefusals(t *testing.T) {
 		opts *rpc.CriuOpts
 		want string
 	}{
-		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.EvasiveDevices = ptr(true) }), "criu_opts.evasive_devices (--evasive-devices) is not supported yet"},
-		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.External = []string{"file[25:1234]"} }), "--external file[25:1234] is not supported yet"},
+		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.TcpClose = ptr(true) }), "criu_opts.tcp_close (--tcp-close) is not supported yet"},
+		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.External = []string{"dev[8/1]:disk"} }), "--external dev[8/1]:disk is not supported yet"},
 		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.Ps = &rpc.CriuPageServerInfo{Fd: ptr(int32(d.Fd()))} }), "is not a socket"},
 		{rpc.CriuReqType_DUMP, with(func(o *rpc.CriuOpts) { o.LogFile = ptr("../x.log") }), "no subdirectories"},
 		{rpc.CriuReqType_RESTORE, with(func(o *rpc.CriuOpts) { o.WeakSysctls = ptr(true) }), "criu_opts.weak_sysctls (--weak-sysctls)"},

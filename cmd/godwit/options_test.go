@@ -214,7 +214,7 @@ func TestErrorsAreOneLineWithHint(t *testing.T) {
 
 func TestNotYetSupportedFailsLoudly(t *testing.T) {
 	for _, args := range [][]string{
-		{"dump", "-t", "1", "--evasive-devices"},
+		{"dump", "-t", "1", "--tcp-close"},
 		{"pre-dump", "-t", "1", "--tcp-established"},
 		{"check", "-L", "/plugins"},
 		{"restore", "--veth-pair", "a=b"},

@@ -87,7 +87,7 @@ var notYet = map[string]bool{
 // doneIn lists, per command, the notYet options it already implements.
 var doneIn = map[string]map[string]bool{
 	"page-server":  {"prev-images-dir": true, "lazy-pages": true},
-	"dump":         {"page-server": true, "freeze-cgroup": true, "lazy-pages": true, "prev-images-dir": true, "track-mem": true, "auto-dedup": true, "ghost-limit": true, "file-locks": true, "tcp-established": true, "skip-in-flight": true, "shell-job": true, "external": true},
+	"dump":         {"page-server": true, "freeze-cgroup": true, "lazy-pages": true, "prev-images-dir": true, "track-mem": true, "auto-dedup": true, "ghost-limit": true, "file-locks": true, "tcp-established": true, "skip-in-flight": true, "shell-job": true, "external": true, "link-remap": true, "evasive-devices": true, "force-irmap": true},
 	"pre-dump":     {"page-server": true, "prev-images-dir": true, "track-mem": true},
 	"restore":      {"shell-job": true, "lazy-pages": true, "auto-dedup": true, "file-locks": true, "inherit-fd": true, "restore-sibling": true, "tcp-established": true, "tcp-close": true},
 	"lazy-pages":   {"page-server": true},

@@ -80,7 +80,11 @@ func TestClassify(t *testing.T) {
 		{"/etc/hostname", st(unix.S_IFREG), "regular file", ""},
 		{"/tmp", st(unix.S_IFDIR), "directory", ""},
 		{"/tmp/fifo", st(unix.S_IFIFO), "fifo", ""},
-		{"/dev/null", st(unix.S_IFCHR), "character device", ""},
+		{"/dev/null", &unix.Stat_t{Mode: unix.S_IFCHR, Rdev: unix.Mkdev(1, 3)}, "character device", ""},
+		// Stateless devices are known by number, whatever the path
+		// (collect checks it, or --evasive-devices finds another).
+		{"/tmp/null (deleted)", &unix.Stat_t{Mode: unix.S_IFCHR, Rdev: unix.Mkdev(1, 3)}, "character device", ""},
+		{"/dev/null", &unix.Stat_t{Mode: unix.S_IFCHR, Rdev: unix.Mkdev(10, 232)}, "", "character device /dev/null"},
 		{"/dev/kvm", st(unix.S_IFCHR), "", "character device /dev/kvm"},
 		{"/dev/pts/3", st(unix.S_IFCHR), "", "tty"},
 		{"pipe:[123]", st(unix.S_IFIFO), "pipe", ""},

@@ -35,7 +35,7 @@ func (fanotifyKind) match(target string, _ *unix.Stat_t) bool {
 }
 func (fanotifyKind) check(int, int, uint64) error { return nil }
 
-func (fanotifyKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
+func (fanotifyKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 	c, err := grabFD(pid, fd.Num)
 	if err != nil {
 		return err
@@ -73,6 +73,15 @@ func (fanotifyKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
 			}
 		}
 		m, err := parseFanotifyMark(fields, mounts)
+		if err == nil && !m.Mount && m.Path == "" {
+			// The handle leads nowhere: by name with --force-irmap.
+			w := model.InotifyWatch{Ino: m.Ino, Dev: m.Dev}
+			if !fl.ForceIrmap {
+				err = fmt.Errorf("the marked file cannot be opened by its handle: dump with --force-irmap")
+			} else {
+				m.Path, err = irmapPath(pid, mounts, w)
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("fanotify mark %q: %w", kv.Value, err)
 		}
@@ -163,9 +172,7 @@ func parseFanotifyMark(kv map[string]string, mounts []procfs.Mount) (model.Fanot
 		}
 		m.Handle = h
 		w := model.InotifyWatch{Ino: m.Ino, Dev: m.Dev, HandleType: m.HandleType, Handle: m.Handle}
-		if m.Path, err = handlePath(mounts, w); err != nil {
-			return m, err
-		}
+		m.Path, _ = handlePath(mounts, w) // "": the caller may find it by name
 	default:
 		return m, fmt.Errorf("a filesystem mark: not supported yet")
 	}

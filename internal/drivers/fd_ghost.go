@@ -36,20 +36,20 @@ func (ghostKind) match(target string, st *unix.Stat_t) bool {
 func (ghostKind) check(int, int, uint64) error { return nil }
 
 func (ghostKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
-	return fl.readGhost(procfs.Path(pid, "fd/"+strconv.Itoa(fd.Num)), strings.TrimSuffix(fd.Path, " (deleted)"), &fd.Stat, f)
+	return fl.readGhost(pid, procfs.Path(pid, "fd/"+strconv.Itoa(fd.Num)), strings.TrimSuffix(fd.Path, " (deleted)"), &fd.Stat, f)
 }
 
 // SharedGhost returns the id of a (deleted file, flags) entry for a file
 // mapping (of path, whose name was removed), adding it once; its contents
 // are read from src (the mapping's map_files link) once per inode, so the
 // mappings and fds of one deleted file in the tree stay one object.
-func (fl *Files) SharedGhost(src, path string, flags uint32, st *unix.Stat_t) (model.ID, error) {
+func (fl *Files) SharedGhost(pid int, src, path string, flags uint32, st *unix.Stat_t) (model.ID, error) {
 	key := fileKey{st.Dev, st.Ino, flags}
 	if id, ok := fl.byKey[key]; ok {
 		return id, nil
 	}
 	id := fl.Reg(path, flags, 0, st, NoMntID)
-	if err := fl.readGhost(src, path, st, fl.byID[id]); err != nil {
+	if err := fl.readGhost(pid, src, path, st, fl.byID[id]); err != nil {
 		delete(fl.byID, id)
 		return 0, fmt.Errorf("deleted file %s: %w", path, err)
 	}
@@ -57,20 +57,28 @@ func (fl *Files) SharedGhost(src, path string, flags uint32, st *unix.Stat_t) (m
 	return id, nil
 }
 
-// readGhost makes f the deleted file path (stat st), reading its contents
-// from src unless another description of the inode already did.
-func (fl *Files) readGhost(src, path string, st *unix.Stat_t, f *model.File) error {
-	if st.Nlink != 0 {
-		return fmt.Errorf("its name was removed but it has %d other links: not supported yet", st.Nlink)
-	}
-	if uint64(st.Size) > fl.GhostLimit {
-		return fmt.Errorf("%d bytes, over --ghost-limit (%d)", st.Size, fl.GhostLimit)
-	}
+// readGhost makes f the deleted file path (stat st) of task pid, reading
+// its contents from src unless another description of the inode already
+// did; with --link-remap, a file that still has links elsewhere is linked
+// back instead (linkRemap).
+func (fl *Files) readGhost(pid int, src, path string, st *unix.Stat_t, f *model.File) error {
 	// The same inode, already read for another description, is shared.
 	key := [2]uint64{st.Dev, st.Ino}
 	if o := fl.ghosts[key]; o != nil {
 		f.Kind, f.Path, f.Size, f.BuildID, f.Ghost = model.Ghost, o.Path, nil, nil, o.Ghost
 		return nil
+	}
+	if st.Nlink != 0 {
+		if !fl.LinkRemap {
+			return fmt.Errorf("its name was removed but it has %d other links: dump with --link-remap", st.Nlink)
+		}
+		return fl.linkRemap(pid, src, path, st, f)
+	}
+	// A file of no link at all cannot be linked again (the kernel's
+	// linkat refuses an inode of i_nlink 0 that is not O_TMPFILE): it is
+	// saved as a ghost even with --link-remap, as CRIU does.
+	if uint64(st.Size) > fl.GhostLimit {
+		return fmt.Errorf("%d bytes, over --ghost-limit (%d)", st.Size, fl.GhostLimit)
 	}
 	fd, err := unix.Open(src, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
 	if err != nil {
@@ -96,6 +104,46 @@ func (fl *Files) readGhost(src, path string, st *unix.Stat_t, f *model.File) err
 		Atime: st.Atim, Mtime: st.Mtim,
 	}
 	return nil
+}
+
+// linkRemap links the file of task pid behind src (a /proc magic link)
+// to link_remap.ID in the directory of its old path, in the task's root,
+// and makes f a deleted file restored from that link (CRIU's
+// REMAP_LINKED); no contents are saved, so --ghost-limit does not apply.
+// The link stays after a dump that succeeds (the restore removes it);
+// RemoveLinks removes it when the dump fails.
+func (fl *Files) linkRemap(pid int, src, path string, st *unix.Stat_t, f *model.File) error {
+	i := strings.LastIndexByte(path, '/')
+	if i < 0 {
+		return fmt.Errorf("link it back: old path %q is not absolute", path)
+	}
+	link := fmt.Sprintf("%s/link_remap.%d", path[:i], f.ID)
+	at := procfs.Path(pid, "root") + link
+	if err := unix.Linkat(unix.AT_FDCWD, src, unix.AT_FDCWD, at, unix.AT_SYMLINK_FOLLOW); err != nil {
+		return fmt.Errorf("--link-remap: link it to %s: %w", link, err)
+	}
+	fl.links = append(fl.links, at)
+	if fl.ghosts == nil {
+		fl.ghosts = map[[2]uint64]*model.File{}
+	}
+	fl.ghosts[[2]uint64{st.Dev, st.Ino}] = f
+	f.Kind, f.Size, f.BuildID = model.Ghost, nil, nil
+	f.Path = path
+	f.Ghost = &model.GhostState{Dev: st.Dev, Ino: st.Ino, Mode: st.Mode, UID: st.Uid, GID: st.Gid, Linked: link}
+	return nil
+}
+
+// RemoveLinks removes the links --link-remap made: the rollback of a
+// dump that failed.
+func (fl *Files) RemoveLinks() error {
+	var errs []error
+	for _, at := range fl.links {
+		if err := unix.Unlink(at); err != nil && err != unix.ENOENT {
+			errs = append(errs, fmt.Errorf("remove --link-remap link %s: %w", at, err))
+		}
+	}
+	fl.links = nil
+	return errors.Join(errs...)
 }
 
 func (ghostKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error) {
@@ -187,6 +235,9 @@ func MakeGhost(s *inject.Session, what string, f *model.File) (held int, tfd uin
 	if g == nil {
 		return -1, 0, fmt.Errorf("%s: deleted file without its contents", what)
 	}
+	if g.Linked != "" {
+		return openLinked(s, what, f)
+	}
 	path := f.Path
 	create := func(p string) (uint64, error) {
 		return s.Openat(what+": recreate deleted file", p, unix.O_CREAT|unix.O_EXCL|unix.O_RDWR|unix.O_NOFOLLOW|unix.O_NOCTTY)
@@ -221,6 +272,69 @@ func MakeGhost(s *inject.Session, what string, f *model.File) (held int, tfd uin
 			err = errors.Join(err, cerr)
 		}
 		return -1, 0, fmt.Errorf("%s: deleted file %s: %w", what, f.Path, err)
+	}
+	return held, tfd, nil
+}
+
+// openLinked opens the file --link-remap linked to g.Linked in the task of
+// s, as CRIU does: linked to its old path again where that is free (so
+// that /proc/PID/fd names it as dumped), opened there and unlinked; the
+// link_remap name is then removed as well. It returns godwit's descriptor
+// and the task's (O_RDWR), both for the caller to close.
+func openLinked(s *inject.Session, what string, f *model.File) (held int, tfd uint64, err error) {
+	g := f.Ghost
+	link, err := s.PutString(0, g.Linked)
+	if err != nil {
+		return -1, 0, err
+	}
+	path, err := s.PutString(uint64(len(g.Linked)+8)&^7, f.Path)
+	if err != nil {
+		return -1, 0, err
+	}
+	open := g.Linked
+	_, err = s.Call(what+": link "+g.Linked+" to "+f.Path, unix.SYS_LINKAT, atFdcwd, link, atFdcwd, path, 0)
+	if err == nil {
+		open = f.Path
+	} else if en, ok := errnoOf(err); !ok || en != unix.EEXIST {
+		return -1, 0, fmt.Errorf("%s: --link-remap file %s: %w", what, f.Path, err)
+	}
+	tfd, err = s.Openat(what+": open linked file", open, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_NOCTTY)
+	opened := err == nil
+	if err == nil {
+		if held, err = grabFD(s.Pid(), int(tfd)); err == nil {
+			var st unix.Stat_t
+			if err = unix.Fstat(held, &st); err == nil && st.Mode&unix.S_IFMT != unix.S_IFREG {
+				err = fmt.Errorf("%s is not a regular file", open)
+			}
+			if err != nil {
+				unix.Close(held)
+			}
+		}
+	}
+	// The old name goes again in any case; the link_remap name once the
+	// file is open (a failed open leaves it for another restore).
+	var uerr error
+	if open == f.Path {
+		if path, uerr = s.PutString(0, f.Path); uerr == nil {
+			_, uerr = s.Call(what+": unlink "+f.Path, unix.SYS_UNLINKAT, atFdcwd, path, 0)
+		}
+	}
+	if err == nil && uerr == nil {
+		if link, uerr = s.PutString(0, g.Linked); uerr == nil {
+			_, uerr = s.Call(what+": unlink "+g.Linked, unix.SYS_UNLINKAT, atFdcwd, link, 0)
+		}
+	}
+	if err == nil && uerr != nil {
+		unix.Close(held)
+		err = uerr
+	}
+	if err != nil {
+		if opened {
+			if _, cerr := s.Call(what+": close", unix.SYS_CLOSE, tfd); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+		}
+		return -1, 0, fmt.Errorf("%s: --link-remap file %s: %w", what, f.Path, errors.Join(err, uerr))
 	}
 	return held, tfd, nil
 }

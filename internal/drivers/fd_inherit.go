@@ -17,8 +17,27 @@ import (
 // end dumped as that inode), socket[INODE] or socket:[INODE] (a unix
 // socket), or an absolute path (a file reopened by path, or a deleted one
 // by its old path), tty[RDEV:DEV] (a tty the dump left out with
-// --external tty[RDEV:DEV]). file[…] is refused: godwit does not keep the
-// mount ids.
+// --external tty[RDEV:DEV]) or file[MNT_ID:INODE] (a file the dump left
+// out with --external file[MNT_ID:INODE]).
+
+// ParseExternalFile parses the MNT_ID:INODE of file[MNT_ID:INODE], both
+// in hex as CRIU prints them.
+func ParseExternalFile(id string) (mnt uint32, ino uint64, err error) {
+	a, b, ok := strings.Cut(id, ":")
+	if !ok {
+		return 0, 0, fmt.Errorf("want MNT_ID:INODE")
+	}
+	m, err := strconv.ParseUint(a, 16, 32)
+	if err != nil {
+		return 0, 0, err
+	}
+	ino, err = strconv.ParseUint(b, 16, 64)
+	return uint32(m), ino, err
+}
+
+// ExternalFileKey is the name of an external file: CRIU's
+// file[%x:%x] of its mount id and inode.
+func ExternalFileKey(mnt uint32, ino uint64) string { return fmt.Sprintf("file[%x:%x]", mnt, ino) }
 
 // InheritKey is the key of a resource in Restore.Inherit.
 func InheritKey(res string) (string, error) {
@@ -41,8 +60,13 @@ func InheritKey(res string) (string, error) {
 		}
 		return externalTTYKey(rdev, dev), nil
 	}
-	if strings.HasPrefix(res, "file[") {
-		return "", fmt.Errorf("file resources are not supported yet (give a path, pipe[INODE], socket[INODE] or tty[RDEV:DEV])")
+	if inner, ok := strings.CutPrefix(res, "file["); ok {
+		id, ok := strings.CutSuffix(inner, "]")
+		mnt, ino, err := ParseExternalFile(id)
+		if !ok || err != nil {
+			return "", fmt.Errorf("want file[MNT_ID:INODE], both in hex")
+		}
+		return ExternalFileKey(mnt, ino), nil
 	}
 	if !strings.HasPrefix(res, "/") {
 		return "", fmt.Errorf("want an absolute path, pipe[INODE], socket[INODE] or tty[RDEV:DEV]")
@@ -53,6 +77,8 @@ func InheritKey(res string) (string, error) {
 // inheritKeyOf is f's key among InheritKey's, "" when it has none.
 func inheritKeyOf(f *model.File) string {
 	switch {
+	case f.External:
+		return f.Path
 	case f.Pipe != nil && f.Kind == model.Pipe:
 		return fmt.Sprintf("pipe:[%d]", f.Pipe.ID)
 	case f.Unix != nil:

@@ -2,8 +2,11 @@ package drivers
 
 import (
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -33,7 +36,7 @@ func (inotifyKind) fileKind() model.FileKind                 { return model.Inot
 func (inotifyKind) match(target string, _ *unix.Stat_t) bool { return target == "anon_inode:inotify" }
 func (inotifyKind) check(int, int, uint64) error             { return nil }
 
-func (inotifyKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
+func (inotifyKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 	c, err := grabFD(pid, fd.Num)
 	if err != nil {
 		return err
@@ -57,7 +60,13 @@ func (inotifyKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
 				return err
 			}
 		}
-		if w.Path, err = handlePath(mounts, w); err != nil {
+		w.Path, err = handlePath(mounts, w)
+		if err != nil && fl.ForceIrmap {
+			// The handle leads nowhere: by name (a walk of the
+			// mount, slow on a large one, hence only on request).
+			w.Path, err = irmapPath(pid, mounts, w)
+		}
+		if err != nil {
 			return fmt.Errorf("watch %d (inode %d): %w", w.Wd, w.Ino, err)
 		}
 		st.Watches = append(st.Watches, w)
@@ -96,6 +105,14 @@ func parseInotifyWatch(v string) (model.InotifyWatch, error) {
 	w.Dev = uint32(num("sdev", 32))
 	w.Mask = uint32(num("mask", 32))
 	w.IgnoredMask = uint32(num("ignored_mask", 32))
+	if _, ok := kv["fhandle-bytes"]; !ok {
+		// The kernel prints no handle where the filesystem cannot
+		// encode one: only --force-irmap finds the watched file then.
+		if k, bad := kv["bad"]; bad {
+			return w, fmt.Errorf("fdinfo: bad inotify watch %q (%s)", v, k)
+		}
+		return w, nil
+	}
 	w.HandleType = uint32(num("fhandle-type", 32))
 	n := num("fhandle-bytes", 32)
 	h, err := hex.DecodeString(kv["f_handle"])
@@ -134,7 +151,55 @@ func handlePath(mounts []procfs.Mount, w model.InotifyWatch) (string, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("the watched file has no path godwit can reach: not supported yet")
+	return "", fmt.Errorf("the watched file cannot be opened by its handle: dump with --force-irmap")
+}
+
+// irmapMax bounds the entries irmapPath looks at on one mount.
+const irmapMax = 1 << 20
+
+// irmapPath finds the watched inode by name (CRIU's irmap, which
+// --force-irmap asks for; the path a handle gives is as good, and cheaper): it walks each mount of the inode's device, as
+// task pid sees it, without leaving that device, for an entry of that
+// inode number. It needs no file handle, so it works where
+// open_by_handle_at does not (overlayfs without nfs_export, fuse …).
+func irmapPath(pid int, mounts []procfs.Mount, w model.InotifyWatch) (string, error) {
+	root := procfs.Path(pid, "root")
+	seen := 0
+	for _, m := range mounts {
+		if m.Major<<20|m.Minor != w.Dev {
+			continue
+		}
+		top := root + m.MountPoint // "/proc/PID/root/" for "/": followed
+		var found string
+		errFound, errMany := errors.New("found"), errors.New("too many")
+		filepath.WalkDir(top, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return nil // an unreadable part: look elsewhere
+			}
+			if seen++; seen > irmapMax {
+				return errMany
+			}
+			var st unix.Stat_t
+			if unix.Lstat(p, &st) != nil || uint32(unix.Major(st.Dev)<<20|unix.Minor(st.Dev)) != w.Dev {
+				if d.IsDir() {
+					return filepath.SkipDir // another mount
+				}
+				return nil
+			}
+			if st.Ino == w.Ino {
+				found = m.MountPoint + strings.TrimPrefix(p, top)
+				return errFound
+			}
+			return nil
+		})
+		if found != "" {
+			return filepath.Clean(found), nil
+		}
+		if seen > irmapMax {
+			return "", fmt.Errorf("--force-irmap: the watched file is not among the first %d names of its mounts", irmapMax)
+		}
+	}
+	return "", fmt.Errorf("--force-irmap: no name of the watched file on its mounts")
 }
 
 func (inotifyKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error) {

@@ -388,7 +388,7 @@ func (rs *restoreFDs) fdPath(n uint64) string {
 func queueable(f *model.File) (byPath bool, ok bool) {
 	switch f.Kind {
 	case model.Path:
-		return true, f.Pipe == nil
+		return true, f.Pipe == nil && !f.External
 	case model.EventFD, model.SignalFD, model.TimerFD, model.Pipe:
 		return false, true
 	case model.InetSocket:

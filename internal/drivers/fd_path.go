@@ -1,12 +1,17 @@
 package drivers
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
+	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/inject"
 	"godwit/internal/model"
+	"godwit/internal/procfs"
 )
 
 // The fd kinds reopened by path: regular files, directories and
@@ -14,19 +19,15 @@ import (
 // in fd_fifo.go). Reopening the path in the task (its
 // own root and mounts) restores them whole, with their flags and offset.
 
-// statelessDevices are the character devices whose fds reopening the path
-// restores whole.
-var statelessDevices = map[string]bool{
-	"/dev/null": true, "/dev/zero": true, "/dev/full": true,
-	"/dev/random": true, "/dev/urandom": true,
-}
-
 // pathKind is the part the kinds reopened by path share: the model's
 // Path files, restored by openPath.
 type pathKind struct{ noCollect }
 
 func (pathKind) fileKind() model.FileKind { return model.Path }
 func (pathKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error) {
+	if f.External {
+		return 0, fmt.Errorf("%s: external file %s: restore with --inherit-fd fd[N]:%s", what, f.Path, f.Path)
+	}
 	if f.Pipe != nil {
 		return openFIFO(rs, what, f)
 	}
@@ -59,12 +60,60 @@ type charDevKind struct{ pathKind }
 
 func (charDevKind) name() string { return "character device" }
 
-// match accepts only devices without per-open state; a tun, kvm, fuse or
-// tty fd reopened would be another object.
+// memDevices are the character devices whose fds reopening the path
+// restores whole, by number: memory devices of drivers/char/mem.c
+// (major 1), with their usual paths.
+var memDevices = map[uint64]string{
+	unix.Mkdev(1, 3): "/dev/null", unix.Mkdev(1, 5): "/dev/zero", unix.Mkdev(1, 7): "/dev/full",
+	unix.Mkdev(1, 8): "/dev/random", unix.Mkdev(1, 9): "/dev/urandom",
+}
+
+// match accepts only devices without per-open state (a tun, kvm, fuse or
+// tty fd reopened would be another object), known by their number:
+// whatever path the fd shows, collect checks it still leads to the device.
 func (charDevKind) match(target string, st *unix.Stat_t) bool {
-	return st.Mode&unix.S_IFMT == unix.S_IFCHR && statelessDevices[target]
+	return st.Mode&unix.S_IFMT == unix.S_IFCHR && memDevices[st.Rdev] != ""
 }
 func (charDevKind) check(int, int, uint64) error { return nil }
+
+// collect checks that the fd's path leads to its device in the task's
+// root. Where it does not (the node was removed, or the path now names
+// another device), --evasive-devices takes any node of the device under
+// /dev instead, as CRIU does; without it the dump is refused.
+func (charDevKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
+	root := procfs.Path(pid, "root")
+	isDev := func(p string) bool {
+		var st unix.Stat_t
+		return unix.Lstat(root+p, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == fd.Stat.Rdev
+	}
+	if byPath(fd.Path) && isDev(fd.Path) {
+		return nil
+	}
+	if !fl.EvasiveDevices {
+		return fmt.Errorf("its path no longer leads to device %d:%d: dump with --evasive-devices", unix.Major(fd.Stat.Rdev), unix.Minor(fd.Stat.Rdev))
+	}
+	if p := memDevices[fd.Stat.Rdev]; isDev(p) {
+		f.Path = p
+		return nil
+	}
+	var found string
+	errFound := errors.New("found")
+	err := filepath.WalkDir(root+"/dev", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.Type()&fs.ModeCharDevice == 0 {
+			return nil // unreadable parts are skipped: only a node is sought
+		}
+		if rel := strings.TrimPrefix(p, root); isDev(rel) {
+			found = rel
+			return errFound
+		}
+		return nil
+	})
+	if found == "" {
+		return fmt.Errorf("--evasive-devices: no node of device %d:%d under /dev (%v)", unix.Major(fd.Stat.Rdev), unix.Minor(fd.Stat.Rdev), err)
+	}
+	f.Path = found
+	return nil
+}
 
 // openPath opens a file by path, with an injected openat (the file is
 // opened with the task's own root and mounts, and no descriptor passing

@@ -231,6 +231,8 @@ type Files struct {
 	buildIDs map[[2]uint64][]byte
 	inet     *inetDump                 // fd_inet.go
 	ghosts   map[[2]uint64]*model.File // deleted files read, by device and inode
+	FDOptions
+	links []string // made by --link-remap, as seen from godwit (RemoveLinks)
 
 	// NetLock is the dump's network lock: a socket driver adds each TCP
 	// connection to it (Lock) before the connection goes into repair
@@ -239,6 +241,30 @@ type Files struct {
 	memfds  map[[2]uint64]*model.MemfdState
 	ptys    map[uint32]*model.PtyState // by index
 	cttys   map[int]uint64             // controlling terminals' devices, by pid
+}
+
+// FDOptions are the dump's options for files that cannot be saved as
+// they are by default.
+type FDOptions struct {
+	// LinkRemap links a file whose name was removed but that has other
+	// links back to a hidden name instead of failing (--link-remap).
+	LinkRemap bool
+	// EvasiveDevices dumps a device fd whose path no longer leads to its
+	// device by another node of it under /dev (--evasive-devices).
+	EvasiveDevices bool
+	// ForceIrmap finds the path of each inotify watch by name on its
+	// mount rather than by its file handle (--force-irmap).
+	ForceIrmap bool
+	// ExtFiles are the files left out of the dump, by mount id and inode
+	// (--external file[mnt_id:inode]): the restore is given them.
+	ExtFiles map[ExtFile]bool
+}
+
+// ExtFile is a file --external names: its mount id (fdinfo's mnt_id) and
+// inode.
+type ExtFile struct {
+	MntID uint32
+	Ino   uint64
 }
 
 type fileKey struct {
@@ -681,6 +707,9 @@ func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 			id = ids[places[i].leader] // the leader is a lower fd: done
 		default:
 			id = f.Reg(fd.Path, fd.Flags, fd.Pos, &fd.Stat, fd.MntID)
+			if f.external(fd, f.byID[id]) {
+				break
+			}
 			if fd.kind != nil {
 				if err := fd.kind.collect(f, pid, fd, f.byID[id]); err != nil {
 					return nil, fmt.Errorf("fd %d: %s %s: %w", fd.Num, fd.kind.name(), fd.Path, err)
@@ -706,6 +735,23 @@ func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 	}
 	f.mergeDescs(pid, fds, ids, pending)
 	return out, nil
+}
+
+// external makes mf, the file of fd, external if --external names it: a
+// file by path (regular, directory, device) or a deleted one.
+func (f *Files) external(fd *FD, mf *model.File) bool {
+	if len(f.ExtFiles) == 0 || fd.MntID < 0 || fd.kind == nil {
+		return false
+	}
+	if k := fd.kind.fileKind(); k != model.Path && k != model.Ghost {
+		return false
+	}
+	if !f.ExtFiles[ExtFile{uint32(fd.MntID), fd.Stat.Ino}] {
+		return false
+	}
+	mf.Kind, mf.Path, mf.External = model.Path, ExternalFileKey(uint32(fd.MntID), fd.Stat.Ino), true
+	mf.Size, mf.BuildID = nil, nil
+	return true
 }
 
 // NoMntID leaves mnt_id unset (the exe, cwd, root and mapped files have no

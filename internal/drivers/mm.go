@@ -44,7 +44,7 @@ func (memoryDriver) Collect(d *Dump) error {
 			return id, err
 		}
 		if deleted {
-			return d.Files.SharedGhost(src, path, flags, st)
+			return d.Files.SharedGhost(d.Pid, src, path, flags, st)
 		}
 		return d.Files.Shared(path, flags, st, NoMntID), nil
 	})

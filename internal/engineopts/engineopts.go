@@ -29,6 +29,7 @@ func Dump(o *opts.Options) (dumper.Options, error) {
 		GhostLimit: o.GhostLimit, FileLocks: o.FileLocks, ShellJob: o.ShellJob, ExtUnixSk: o.ExtUnixSk,
 		TCPEstablished: o.TCPEstablish, SkipInFlight: o.SkipInFlight,
 	}
+	d.FD.LinkRemap, d.FD.EvasiveDevices, d.FD.ForceIrmap = o.LinkRemap, o.EvasiveDevs, o.ForceIrmap
 	for _, e := range o.External {
 		if e.Type == "tty" {
 			rdev, dev, err := drivers.ParseExternalTTY(e.ID)
@@ -36,6 +37,17 @@ func Dump(o *opts.Options) (dumper.Options, error) {
 				return dumper.Options{}, fmt.Errorf("--external %s: want tty[RDEV:DEV], both in hex", e)
 			}
 			d.ExtTTY = append(d.ExtTTY, [2]uint64{rdev, dev})
+			continue
+		}
+		if e.Type == "file" {
+			mnt, ino, err := drivers.ParseExternalFile(e.ID)
+			if err != nil || e.Value != "" {
+				return dumper.Options{}, fmt.Errorf("--external %s: want file[MNT_ID:INODE], both in hex", e)
+			}
+			if d.FD.ExtFiles == nil {
+				d.FD.ExtFiles = map[drivers.ExtFile]bool{}
+			}
+			d.FD.ExtFiles[drivers.ExtFile{MntID: mnt, Ino: ino}] = true
 			continue
 		}
 		if e.Type != "unix" {

@@ -491,6 +491,11 @@ type GhostState struct {
 	Size         uint64
 	Data         []byte // Size bytes
 	Atime, Mtime unix.Timespec
+	// Linked is the hard link --link-remap made to a file whose name was
+	// removed while it kept other links (an absolute path in the task's
+	// mounts, CRIU's REMAP_LINKED): the restore opens the file by it.
+	// Then only Dev, Ino and Mode are set (Data is empty).
+	Linked string
 }
 
 // UnixSocketState is an AF_UNIX socket: its kind, state, name, peer,
@@ -639,6 +644,10 @@ type File struct {
 	// when it has none; restore compares it (--file-validation=buildid).
 	BuildID []byte
 	MntID   int // -1 when unknown
+	// External: the file was left out of the dump (--external
+	// file[mnt_id:inode], CRIU's REG entry with ext); Path is that key,
+	// and the restore takes the file from --inherit-fd fd[N]:KEY.
+	External bool
 	// Dev and Ino are the kernel identity the dumper dedupes on; codecs
 	// need not keep them (0 when unknown).
 	Dev, Ino uint64

@@ -230,8 +230,8 @@ func ParseExternal(s string) (External, error) {
 	}
 	switch e.Type {
 	case "file":
-		if _, _, err := splitPair(e.ID); err != nil {
-			return External{}, fmt.Errorf("bad --external %q: want file[mnt_id:inode]", s)
+		if !hexPair(e.ID) {
+			return External{}, fmt.Errorf("bad --external %q: want file[mnt_id:inode] in hex", s)
 		}
 	case "tty":
 		if !hexPair(e.ID) {
@@ -253,8 +253,6 @@ func ParseExternal(s string) (External, error) {
 	return e, nil
 }
 
-// splitPair parses "a:b" where both are unsigned numbers (hex allowed for
-// tty rdev and file inodes as CRIU prints them).
 // hexPair checks the A:B of tty[A:B]: st_rdev and st_dev in hex, as
 // CRIU prints them.
 func hexPair(s string) bool {
@@ -262,22 +260,6 @@ func hexPair(s string) bool {
 	_, errA := strconv.ParseUint(a, 16, 64)
 	_, errB := strconv.ParseUint(b, 16, 64)
 	return ok && errA == nil && errB == nil
-}
-
-func splitPair(s string) (uint64, uint64, error) {
-	a, b, ok := strings.Cut(s, ":")
-	if !ok {
-		return 0, 0, errors.New("no colon")
-	}
-	x, err := strconv.ParseUint(a, 0, 64)
-	if err != nil {
-		return 0, 0, err
-	}
-	y, err := strconv.ParseUint(b, 0, 64)
-	if err != nil {
-		return 0, 0, err
-	}
-	return x, y, nil
 }
 
 // InheritFD is one --inherit-fd fd[N]:resource argument.
@@ -314,8 +296,8 @@ func ParseInheritFD(s string) (InheritFD, error) {
 				return InheritFD{}, fmt.Errorf("bad --inherit-fd %q: want tty[rdev:dev] in hex", s)
 			}
 		case "file[":
-			if _, _, err := splitPair(inner); err != nil {
-				return InheritFD{}, fmt.Errorf("bad --inherit-fd %q: want %sA:B]", s, kind)
+			if !hexPair(inner) {
+				return InheritFD{}, fmt.Errorf("bad --inherit-fd %q: want file[mnt_id:inode] in hex", s)
 			}
 		default:
 			if _, err := strconv.ParseUint(inner, 10, 64); err != nil {

@@ -714,7 +714,9 @@ const maxGhost = 1 << 32
 
 // writeGhosts writes the REG entries' remaps and one ghost-file image per
 // deleted inode (named by the id of its first file).
-func writeGhosts(d *images.Dir, t *model.Tree, written func(string)) error {
+// A file --link-remap linked back is a LINKED remap to the REG entry of
+// its link (linkIDs).
+func writeGhosts(d *images.Dir, t *model.Tree, linkIDs map[*model.GhostState]uint32, written func(string)) error {
 	var remaps []*remap_file_path.RemapFilePathEntry
 	ghostID := map[*model.GhostState]uint32{}
 	for _, id := range t.FileIDs() {
@@ -723,6 +725,12 @@ func writeGhosts(d *images.Dir, t *model.Tree, written func(string)) error {
 			continue
 		}
 		g := f.Ghost
+		if lid, ok := linkIDs[g]; ok {
+			remaps = append(remaps, &remap_file_path.RemapFilePathEntry{
+				OrigId: proto.Uint32(uint32(id)), RemapId: proto.Uint32(lid), RemapType: remap_file_path.RemapType_LINKED.Enum(),
+			})
+			continue
+		}
 		gid, ok := ghostID[g]
 		if !ok {
 			gid = uint32(id)
@@ -785,10 +793,26 @@ func readGhosts(d *images.Dir, files map[model.ID]*model.File) error {
 		return imgErr(RemapFpathImg, err)
 	}
 	ghosts := map[uint32]*model.GhostState{}
+	links := map[uint32]*model.GhostState{}
 	for _, e := range es {
 		f := files[model.ID(e.GetOrigId())]
 		if f == nil || f.Kind != model.Path {
 			return fmt.Errorf("%s: remap of file %d, not a regular entry", RemapFpathImg, e.GetOrigId())
+		}
+		if e.GetRemapType() == remap_file_path.RemapType_LINKED {
+			g, ok := links[e.GetRemapId()]
+			if !ok {
+				l := files[model.ID(e.GetRemapId())]
+				if l == nil || l.Kind != model.Path || l.Pipe != nil || !strings.HasPrefix(l.Path, "/") || e.GetRemapId() == e.GetOrigId() {
+					return fmt.Errorf("%s: file %d (%s): linked remap to %d, not a regular entry", RemapFpathImg, f.ID, f.Path, e.GetRemapId())
+				}
+				// The link's entry id stands for the inode (one link
+				// per inode): the restore shares what it opens by it.
+				g = &model.GhostState{Ino: uint64(e.GetRemapId()), Mode: l.Mode, Linked: l.Path}
+				links[e.GetRemapId()] = g
+			}
+			f.Kind, f.Ghost, f.Size, f.BuildID = model.Ghost, g, nil, nil
+			continue
 		}
 		if e.GetRemapType() != remap_file_path.RemapType_GHOST {
 			return fmt.Errorf("%s: file %d (%s): %v remaps are not supported", RemapFpathImg, f.ID, f.Path, e.GetRemapType())
@@ -801,6 +825,11 @@ func readGhosts(d *images.Dir, files map[model.ID]*model.File) error {
 			ghosts[e.GetRemapId()] = g
 		}
 		f.Kind, f.Ghost, f.Size, f.BuildID = model.Ghost, g, nil, nil
+	}
+	for id := range links {
+		if f := files[model.ID(id)]; f != nil && f.Kind == model.Path {
+			delete(files, model.ID(id)) // the link is no file of the tree
+		}
 	}
 	return nil
 }

@@ -150,6 +150,11 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 			return nil, fmt.Errorf("%s: file %d: REG without reg entry", images.FilesImg, id)
 		}
 		name := r.GetName()
+		if r.GetExt() {
+			// Left out at dump: the name is the key --inherit-fd gives.
+			files[model.ID(id)] = &model.File{ID: model.ID(id), Kind: model.Path, Path: name, Flags: r.GetFlags(), Pos: r.GetPos(), MntID: -1, External: true}
+			continue
+		}
 		if !strings.HasPrefix(name, "/") {
 			name = "/" + name // CRIU's names may lack it
 		}

@@ -100,6 +100,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 	if len(ids) > 0 {
 		regID = uint32(ids[len(ids)-1])
 	}
+	linkIDs := map[*model.GhostState]uint32{}
 	for _, id := range ids {
 		f := t.Files[id]
 		if f.Kind == model.Path && f.Pipe != nil {
@@ -110,6 +111,13 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		}
 		if f.Kind == model.Path || f.Kind == model.Ghost {
 			files = append(files, fileEntry(f))
+			if g := f.Ghost; f.Kind == model.Ghost && g != nil && g.Linked != "" && linkIDs[g] == 0 {
+				// The --link-remap link, a REG entry of its own
+				// that remap-fpath.img names (as CRIU writes it).
+				regID++
+				linkIDs[g] = regID
+				files = append(files, fileEntry(&model.File{ID: model.ID(regID), Kind: model.Path, Path: g.Linked, Flags: unix.O_RDONLY, Mode: g.Mode}))
+			}
 			continue
 		}
 		if f.Kind == model.Tty && f.Tty != nil {
@@ -154,7 +162,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 	if err := writeSkQueues(d, t, written); err != nil {
 		return err
 	}
-	if err := writeGhosts(d, t, written); err != nil {
+	if err := writeGhosts(d, t, linkIDs, written); err != nil {
 		return err
 	}
 	if err := writeMemfds(d, memfds, written); err != nil {
@@ -501,6 +509,9 @@ func fileEntry(f *model.File) *fdinfo.FileEntry {
 	// (files-reg.c), which godwit never does, and its restore looks the
 	// id up among the dumped mounts: with none, a deleted file's remap
 	// fails ("Can't link ... No such file or directory").
+	if f.External {
+		r.Ext = proto.Bool(true) // Name is the file[mnt_id:inode] key
+	}
 	if f.Mode != 0 {
 		r.Mode = proto.Uint32(f.Mode)
 	}
