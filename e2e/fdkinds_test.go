@@ -1083,3 +1083,72 @@ func TestBashOnPtyShellJob(t *testing.T) {
 	typeIn("echo after-$((7*6))\n")
 	waitFor(t, "the restored bash to answer", func() bool { return shows("after-42") })
 }
+
+// A session whose leader has a pty of the tree as its controlling
+// terminal (slave only), a member sharing it, and a member holding the
+// master that writes to it: the leader's restore must not take the
+// session terminal's master from the tasks to come (its close at the
+// leader's end hung the terminal up, and a new pty was made for the
+// master's holder). After the restore the leader still reads, on its
+// terminal, what the master's holder writes.
+func TestPtySessionMasterInMember(t *testing.T) {
+	needRoot(t)
+	const prog = `import os, sys, time, tty
+log = open(sys.argv[1], "a", buffering=1)
+m, sl = os.openpty()
+tty.setraw(sl)
+name = os.ttyname(sl)
+if os.fork() == 0:
+    os.setsid()
+    t = os.open(name, os.O_RDWR)  # the session's terminal
+    os.close(sl)
+    if os.fork() == 0:  # holds the master, writes to it
+        os.close(t)
+        while True:
+            os.write(m, b"p")
+            time.sleep(0.02)
+    os.close(m)
+    if os.fork() == 0:  # shares the terminal
+        while True:
+            time.sleep(1)
+    while True:
+        try:
+            b = os.read(t, 64)
+        except OSError as e:
+            log.write("error %s\n" % e)
+            time.sleep(0.1)
+            continue
+        log.write("got %d\n" % len(b) if b else "hangup\n")
+        if not b:
+            time.sleep(0.1)
+os.close(m)
+os.close(sl)
+i = 0
+while True:
+    i += 1
+    log.write("tick %d\n" % i)
+    time.sleep(0.01)
+`
+	w := startTree(t, "/usr/bin/python3", "-c", prog)
+	var before map[int]taskInfo
+	waitFor(t, "the session and its members", func() bool { before = subtree(t, w.pid); return len(before) == 4 })
+	t.Cleanup(func() {
+		for p := range before {
+			killAndForget(p)
+		}
+	})
+	got := func() int { return strings.Count(readFile(w.log), "got ") }
+	waitFor(t, "the leader to read its terminal", func() bool { return got() > 0 })
+	dir := w.dump(t)
+	w.reapKilled(t)
+	r := restore(t, w, dir)
+	_ = r
+	seen := got()
+	waitFor(t, "the restored leader to read its terminal", func() bool { return got() > seen+3 })
+	if l := readFile(w.log); strings.Contains(l, "hangup") || strings.Contains(l, "error") {
+		t.Fatalf("the session's terminal was hung up:\n%s", l)
+	}
+	if after := subtree(t, w.pid); len(after) != 4 {
+		t.Fatalf("restored tree %v, was %v", after, before)
+	}
+}

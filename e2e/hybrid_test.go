@@ -198,11 +198,11 @@ func TestLazyDumpOnPreDumpChain(t *testing.T) {
 		restored = nsPeer(w.pid, rs.Process.Pid)
 		return restored > 0
 	})
-	off := len(readFile(w.log))
+	off := logSize(w.log)
 	if err := syscall.Kill(restored, syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
-	check := logLine(t, w.log, regexp.MustCompile(`^check (ok|bad) .*`), off, 60*time.Second)
+	check := memtickerCheck(t, w.log, restored, off, 60*time.Second)
 	if check[1] != "ok" {
 		t.Fatalf("the restored program found its memory wrong: %s", check[0])
 	}
@@ -277,11 +277,11 @@ func migrateHybrid(t *testing.T, transport string) {
 	// the source.
 	killAndForget(m.agentP)
 	_ = m.agent.Wait()
-	off := len(readFile(w.log))
+	off := logSize(w.log)
 	if err := syscall.Kill(rootB, syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
-	check := logLine(t, w.log, regexp.MustCompile(`^check (ok|bad) .*`), off, 60*time.Second)
+	check := memtickerCheck(t, w.log, rootB, off, 60*time.Second)
 	if check[1] != "ok" {
 		t.Fatalf("the migrated program found its memory wrong: %s", check[0])
 	}

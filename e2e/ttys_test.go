@@ -317,3 +317,44 @@ while True:
 	send()
 	waitFor(t, "a packet to reach the restored program", func() bool { return packets() > seen })
 }
+
+// Tap settings godwit does not carry: a drop-all socket filter
+// (TUNATTACHFILTER) and, on a non-persistent device the restore would make
+// again, the carrier set off (TUNSETCARRIER). The dump refuses each by
+// name and leaves the program running.
+func TestTunUnsavedSettingsRefused(t *testing.T) {
+	needRoot(t)
+	for _, c := range []struct{ name, setup, want string }{
+		{"filter", `insn = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0), 8)  # ret 0: drop all
+fcntl.ioctl(fd, 0x401054d5, struct.pack("H6xQ", 1, ctypes.addressof(insn)))  # TUNATTACHFILTER`, "TUNATTACHFILTER"},
+		{"carrier", `fcntl.ioctl(fd, 0x400454e2, struct.pack("i", 0))  # TUNSETCARRIER off`, "TUNSETCARRIER"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			n := makeNetns(t)
+			const dev = "gwtap9"
+			prog := `import os, sys, time, fcntl, struct, ctypes
+log = open(sys.argv[-1], "a", buffering=1)
+fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH22x", sys.argv[1].encode(), 0x0002 | 0x1000))  # TUNSETIFF: IFF_TAP|IFF_NO_PI
+` + c.setup + `
+i = 0
+while True:
+    i += 1
+    log.write("tick %d\n" % i)
+    time.sleep(0.01)
+`
+			w := startWorkload(t, "nsenter", "--net=/run/netns/"+n.name, "--", "/usr/bin/python3", "-c", prog, dev)
+			t.Cleanup(func() { n.command("ip", "link", "del", dev).Run() })
+			w.waitTicks(3)
+			code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
+			if code == 0 {
+				t.Fatalf("dump succeeded, want a refusal naming %s", c.want)
+			}
+			if !strings.Contains(out, c.want) || !strings.Contains(out, dev) {
+				t.Fatalf("refusal %q does not name %s and %s", out, c.want, dev)
+			}
+			seen := len(w.ticks())
+			waitFor(t, "the program to run on after the refused dump", func() bool { return len(w.ticks()) > seen+3 })
+		})
+	}
+}

@@ -77,12 +77,19 @@ type task struct {
 	id    uint32
 	pid   int // 0 for a forked child whose pid is not known
 	pidfd int // -1 without pid
-	u     *uffd.Uffd
-	pm    *pagemap // the dump's pages (a child uses its parent's)
-	st    *mmState
-	gen   uint64 // bumped by every event that changes the mm
-	gone  bool
-	push  uint64 // background cursor
+	// kin are, for a forked child whose pid is not known for sure, the
+	// children its parent gained at that fork (several when forks race):
+	// killed with it, so that it never outlives a failed daemon.
+	kin []kinProc
+	// kinPending: the forked child's pid is still being looked for.
+	kinPending bool
+	fork       *forkWatchState // how to look for it
+	u          *uffd.Uffd
+	pm         *pagemap // the dump's pages (a child uses its parent's)
+	st         *mmState
+	gen        uint64 // bumped by every event that changes the mm
+	gone       bool
+	push       uint64 // background cursor
 	// lastEnd is the end of the last fault's pages, lastWin its window.
 	lastEnd, lastWin uint64
 	running          bool // the restore let it go (resumed)
@@ -137,6 +144,8 @@ func Run(ctx context.Context, o Options) (Stats, error) {
 	if o.FaultPages <= 0 {
 		o.FaultPages = 16
 	}
+	// A fault's window lives in a buffer of maxFaultPages pages.
+	o.FaultPages = min(o.FaultPages, maxFaultPages)
 	if o.PushPages <= 0 {
 		o.PushPages = 256
 	}
@@ -276,10 +285,14 @@ func (d *daemon) serve(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer ln.Close()
-	wg.Add(4)
+	// workers use the sources: they end before the sources close.
+	var workers sync.WaitGroup
+	defer workers.Wait()
+	wg.Add(2)
+	workers.Add(2)
 	go func() { defer wg.Done(); d.accept(ln) }()
-	go func() { defer wg.Done(); d.pusher() }()
-	go func() { defer wg.Done(); d.neighbours() }()
+	go func() { defer workers.Done(); d.pusher() }()
+	go func() { defer workers.Done(); d.neighbours() }()
 	go func() {
 		defer wg.Done()
 		select {
@@ -306,8 +319,19 @@ func (d *daemon) serve(ctx context.Context) error {
 	ferr := d.err
 	d.mu.Unlock()
 	complete := ferr == nil
+	sources := []source{d.faultSrc, d.pushSrc, d.nbSrc}
+	if !complete {
+		// Unblocks a worker waiting on a reply.
+		for _, s := range sources {
+			if s != nil {
+				s.close(false)
+			}
+		}
+	}
+	// No worker may wait for a GET reply while Close reads the rest.
+	workers.Wait()
 	d.stats.LocalPages, d.stats.RemotePages = pagesFrom(d.faultSrc, d.pushSrc, d.nbSrc)
-	for _, s := range []source{d.faultSrc, d.pushSrc, d.nbSrc} {
+	for _, s := range sources {
 		if s == nil {
 			continue
 		}
@@ -472,6 +496,10 @@ func (d *daemon) dropLocked(t *task) {
 	if t.pidfd >= 0 {
 		unix.Close(t.pidfd)
 	}
+	for _, k := range t.kin {
+		unix.Close(k.pidfd)
+	}
+	t.kin = nil
 	out := d.tasks[:0]
 	for _, o := range d.tasks {
 		if o != t {
@@ -521,12 +549,23 @@ func (d *daemon) failLocked(err error) {
 	default:
 	}
 	var killed []int
+	var unknown int
 	for _, t := range append([]*task(nil), d.tasks...) {
+		if t.kinPending && t.fork != nil {
+			// A last look: its parent may have exited just now.
+			d.findKinLocked(t, t.fork, 0)
+		}
+		if t.pid == 0 && len(t.kin) == 0 {
+			unknown++
+		}
 		killed = append(killed, killTask(t)...)
 		d.dropLocked(t)
 	}
 	if len(killed) > 0 {
 		err = fmt.Errorf("%w; killed %v", err, killed)
+	}
+	if unknown > 0 {
+		err = fmt.Errorf("%w; %d forked children of unknown pid were not killed", err, unknown)
 	}
 	d.err = err
 	close(d.done)
@@ -573,6 +612,7 @@ func (s Stats) Format() string {
 var procs struct {
 	sync.Mutex
 	n, prev int
+	raised  bool
 }
 
 // raiseProcs gives the Go scheduler a P for each of the daemon's threads
@@ -588,16 +628,25 @@ func raiseProcs() func() {
 	defer procs.Unlock()
 	if procs.n == 0 {
 		procs.prev = runtime.GOMAXPROCS(0)
+		procs.raised = false
 		if want := runtime.NumCPU() + 3; procs.prev < want {
 			runtime.GOMAXPROCS(want)
+			procs.raised = true
 		}
 	}
 	procs.n++
 	return func() {
 		procs.Lock()
 		defer procs.Unlock()
-		if procs.n--; procs.n == 0 && runtime.GOMAXPROCS(0) != procs.prev {
-			runtime.GOMAXPROCS(procs.prev)
+		if procs.n--; procs.n != 0 || !procs.raised {
+			return
 		}
+		if os.Getenv("GOMAXPROCS") != "" {
+			runtime.GOMAXPROCS(procs.prev)
+			return
+		}
+		// The runtime's default again, which follows the cgroup's
+		// CPU limit as it changes (an explicit number would not).
+		runtime.SetDefaultGOMAXPROCS()
 	}
 }

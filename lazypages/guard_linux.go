@@ -22,7 +22,9 @@ import (
 // only then lets go of the uffds.
 //
 // Messages on a SOCK_SEQPACKET pair: 'T' id pid (fds: uffd [, pidfd]);
-// 'X' id (that task is complete: close its fds); 'D' (all done: exit 0).
+// 'K' id pid (fd: pidfd): kill pid too with that task;
+// 'F' id tick pids... (a forked child of unknown pid: where to look for
+// it, see orphansOf); 'X' id (that task is complete: close its fds); 'D' (all done: exit 0).
 
 // guardEnv marks the guard's process; its value is the socket's fd.
 const guardEnv = "GODWIT_LAZY_PAGES_GUARD"
@@ -124,6 +126,27 @@ func (g *guard) add(id uint32, pid, ufd, pidfd int) error {
 	return g.send(guardMsg('T', id, pid), fds...)
 }
 
+// kin adds a process to kill with task id (task.kin).
+func (g *guard) kin(id uint32, pid, pidfd int) error {
+	return g.send(guardMsg('K', id, pid), pidfd)
+}
+
+// fork tells how to find task id, a forked child of unknown pid.
+func (g *guard) fork(id uint32, f *forkWatchState) error {
+	b := guardMsg('F', id, 0)[:5]
+	b = binary.NativeEndian.AppendUint64(b, f.tick)
+	for _, p := range append(append([]int(nil), f.parents...), f.ancestors...) {
+		if len(b)+4 > guardBuf {
+			break
+		}
+		b = binary.NativeEndian.AppendUint32(b, uint32(p))
+	}
+	return g.send(b)
+}
+
+// guardBuf bounds a message to the guard.
+const guardBuf = 4096
+
 func (g *guard) drop(id uint32) { g.send(guardMsg('X', id, 0)) }
 
 // finish ends the guard: with 'D' when every page is in, else by closing
@@ -160,6 +183,11 @@ func MaybeGuard() {
 type guarded struct {
 	pid         int
 	uffd, pidfd int
+	kin         []kinProc
+	// A forked child of unknown pid: its kin are looked for among the
+	// children of roots (orphansOf) should the daemon die.
+	roots []int
+	tick  uint64
 }
 
 func guardMain(sock int) int {
@@ -174,8 +202,11 @@ func guardMain(sock int) int {
 		if g.pidfd >= 0 {
 			unix.Close(g.pidfd)
 		}
+		for _, k := range g.kin {
+			unix.Close(k.pidfd)
+		}
 	}
-	buf := make([]byte, 16)
+	buf := make([]byte, guardBuf)
 	oob := make([]byte, unix.CmsgSpace(2*4))
 	for {
 		n, oobn, _, _, err := unix.Recvmsg(sock, buf, oob, unix.MSG_CMSG_CLOEXEC)
@@ -210,6 +241,27 @@ func guardMain(sock int) int {
 				unix.Close(f)
 			}
 			held[id] = g
+		case buf[0] == 'K' && n == 9 && len(fds) == 1:
+			id := binary.NativeEndian.Uint32(buf[1:])
+			g, ok := held[id]
+			if !ok {
+				unix.Close(fds[0])
+				break
+			}
+			g.kin = append(g.kin, kinProc{pid: int(binary.NativeEndian.Uint32(buf[5:])), pidfd: fds[0]})
+			held[id] = g
+		case buf[0] == 'F' && n >= 13 && (n-13)%4 == 0 && len(fds) == 0:
+			id := binary.NativeEndian.Uint32(buf[1:])
+			g, ok := held[id]
+			if !ok {
+				break
+			}
+			g.tick = binary.NativeEndian.Uint64(buf[5:])
+			g.roots = nil
+			for i := 13; i+4 <= n; i += 4 {
+				g.roots = append(g.roots, int(binary.NativeEndian.Uint32(buf[i:])))
+			}
+			held[id] = g
 		case buf[0] == 'X' && n == 9:
 			id := binary.NativeEndian.Uint32(buf[1:])
 			if g, ok := held[id]; ok {
@@ -222,11 +274,33 @@ func guardMain(sock int) int {
 			}
 		}
 	}
-	// The daemon is gone before every page was in.
+	// The daemon is gone before every page was in. A forked child it did
+	// not learn the pid of yet is looked for now, while its uffd is open.
+	known := map[int]bool{}
+	for _, g := range held {
+		known[g.pid] = true
+		for _, k := range g.kin {
+			known[k.pid] = true
+		}
+	}
+	for id, g := range held {
+		if g.pid > 0 || len(g.kin) > 0 || len(g.roots) == 0 {
+			continue
+		}
+		for _, pid := range orphansOf(g.roots, g.tick, true, func(p int) bool { return known[p] }) {
+			if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+				g.kin = append(g.kin, kinProc{pid: pid, pidfd: fd})
+			}
+		}
+		held[id] = g
+	}
 	var killed []int
 	for _, g := range held {
 		if g.pid > 0 {
 			killed = append(killed, killTree(g.pid, g.pidfd)...)
+		}
+		for _, k := range g.kin {
+			killed = append(killed, killTree(k.pid, k.pidfd)...)
 		}
 	}
 	for _, g := range held {

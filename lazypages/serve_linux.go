@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -101,6 +103,8 @@ func (d *daemon) taskByID(id uint32) *task {
 func (d *daemon) readLocked(t *task, buf []byte, faults []uint64) ([]uint64, error) {
 	var msgs []uffd.Msg
 	for {
+		// A forked child starts after this (see forkWatchState).
+		tick := bootTick()
 		var err error
 		msgs, err = t.u.Read(buf, msgs[:0])
 		for _, m := range msgs {
@@ -110,7 +114,7 @@ func (d *daemon) readLocked(t *task, buf []byte, faults []uint64) ([]uint64, err
 				d.stats.Faults++
 			case uffd.EventFork:
 				d.stats.Forks++
-				if ferr := d.forkLocked(t, m.UFD); ferr != nil {
+				if ferr := d.forkLocked(t, m.UFD, tick); ferr != nil {
 					return faults, ferr
 				}
 			case uffd.EventRemap:
@@ -140,21 +144,32 @@ func (d *daemon) readLocked(t *task, buf []byte, faults []uint64) ([]uint64, err
 }
 
 // forkLocked starts serving the child of t: its mm is a copy of t's, so
-// what t still lacks, the child lacks too. Its pid is not known yet (the
-// fork is not finished when the event is read); killing t's descendants
-// covers it.
-func (d *daemon) forkLocked(t *task, ufd int) error {
+// what t still lacks, the child lacks too. Its pid is not in the event
+// (the kernel sends it from inside fork, before the pid exists): it is
+// looked for right after (findKinLocked, watchFork), so that the child
+// is killed should lazy-pages fail even once its parent has exited.
+func (d *daemon) forkLocked(t *task, ufd int, tick uint64) error {
 	u, err := uffd.FromFDNegotiated(ufd, t.u.Features())
 	if err != nil {
 		unix.Close(ufd)
 		return err
 	}
+	// The parent goes on once the event is read: the child may be
+	// listed among its children, or even have gone to a reaper among its
+	// ancestors, by now. It started after tick.
+	parents := t.pids()
+	f := &forkWatchState{parents: parents, ancestors: ancestorsOf(parents), tick: tick}
 	d.nextID++
-	c := &task{id: d.nextID, pidfd: -1, u: u, pm: t.pm, st: t.st.clone(), push: t.push}
+	c := &task{id: d.nextID, pidfd: -1, u: u, pm: t.pm, st: t.st.clone(), push: t.push, fork: f}
 	if d.guard != nil {
 		if err := d.guard.add(c.id, 0, u.Fd(), -1); err != nil {
 			u.Close()
 			return err
+		}
+		// Should the daemon die before the child is known, the guard
+		// looks for it itself.
+		if err := d.guard.fork(c.id, f); err != nil {
+			d.log.Warnf("lazy-pages: %v", err)
 		}
 	}
 	if err := d.epollAdd(u.Fd(), uint64(c.id)<<1); err != nil {
@@ -163,9 +178,212 @@ func (d *daemon) forkLocked(t *task, ufd int) error {
 	}
 	d.tasks = append(d.tasks, c)
 	d.log.Infof("lazy-pages: pid %d forked: serving the child (%d pages to go)", t.pid, c.st.pending)
+	// The parent may exit at once (a daemonizing fork): spin briefly
+	// here, where the child is listed within microseconds, then go on
+	// polling off the fault loop.
+	if !d.findKinLocked(c, f, 2*time.Millisecond) {
+		c.kinPending = true
+		go d.watchFork(c, f)
+	}
 	d.kickPusher()
 	d.checkDoneLocked(c)
 	return nil
+}
+
+// pids are the processes t stands for: its own, or its kin.
+func (t *task) pids() []int {
+	if t.pid > 0 {
+		return []int{t.pid}
+	}
+	var out []int
+	for _, k := range t.kin {
+		out = append(out, k.pid)
+	}
+	return out
+}
+
+// kinProc is a process killed with a forked child task (see task.kin).
+type kinProc struct{ pid, pidfd int }
+
+// watchFork polls for the pid of the forked child c until it is found,
+// its parents are all gone, or c is no longer served.
+func (d *daemon) watchFork(c *task, f *forkWatchState) {
+	deadline := time.Now().Add(forkWatch)
+	var dead time.Time
+	for {
+		d.mu.Lock()
+		if c.gone || d.findKinLocked(c, f, 0) {
+			d.mu.Unlock()
+			return
+		}
+		if dead.IsZero() && !f.alive() {
+			// The orphan may take a moment to show at its reaper.
+			dead = time.Now()
+		}
+		if (!dead.IsZero() && time.Since(dead) > forkOrphanWatch) || time.Now().After(deadline) {
+			d.log.Warnf("lazy-pages: the pid of a child forked by pid %v is not known: it cannot be killed should lazy-pages fail", f.parents)
+			d.mu.Unlock()
+			return
+		}
+		d.mu.Unlock()
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// forkWatch bounds how long watchFork looks for a forked child,
+// forkOrphanWatch how long after its parents are gone.
+const (
+	forkWatch       = 10 * time.Second
+	forkOrphanWatch = time.Second
+)
+
+// forkWatchState is what watching a fork for its child needs.
+type forkWatchState struct {
+	parents, ancestors []int
+	tick               uint64 // boot time before the fork event was read, in clock ticks
+}
+
+// userHZ is the unit of /proc/PID/stat's starttime (USER_HZ, 100 on
+// every architecture Linux exports it for).
+const userHZ = 100
+
+// bootTick is the boot time now in /proc's clock ticks, less one so that
+// a process started from now on has a starttime at or above it.
+func bootTick() uint64 {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) != nil {
+		return 0
+	}
+	t := uint64(ts.Nano()) / (1e9 / userHZ)
+	return max(t, 1) - 1
+}
+
+// orphansOf lists the children of roots started at or after tick, with
+// registered only those whose memory is still registered with a userfaultfd
+// (the flag goes with the uffd's last close, so a task no longer served
+// has none), except those skip names: the candidates for a forked child
+// of unknown pid.
+func orphansOf(roots []int, tick uint64, registered bool, skip func(int) bool) []int {
+	var out []int
+	seen := map[int]bool{}
+	for _, r := range roots {
+		for _, c := range childrenOf(r) {
+			if seen[c] || skip(c) {
+				continue
+			}
+			seen[c] = true
+			st, err := procfs.ReadStat(c)
+			if err != nil || st.Starttime < tick || (registered && !uffdRegistered(c)) {
+				continue
+			}
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func (f *forkWatchState) alive() bool {
+	for _, p := range f.parents {
+		if !zombieOrGone(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// newChildren are the children of pids started since the fork event
+// that are not served tasks themselves (with orphan, only those whose
+// memory is registered with a userfaultfd).
+func (d *daemon) newChildren(f *forkWatchState, pids []int, orphan bool) []int {
+	return orphansOf(pids, f.tick, orphan, func(p int) bool {
+		for _, t := range d.tasks {
+			if t.pid == p {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// findKinLocked looks, for up to spin, for the children the parents
+// gained since the fork event and, when there are any, makes them c's
+// kin: each is opened by pidfd and handed to the guard. With several
+// forks racing (or forks within a clock tick) each unknown child gets
+// every new pid, a superset of itself: only killed should lazy-pages
+// fail, when the whole tree goes. Once the parents are gone, their child went to a reaper among
+// their ancestors: a new child there whose memory is registered with a
+// userfaultfd is taken for it.
+func (d *daemon) findKinLocked(c *task, f *forkWatchState, spin time.Duration) bool {
+	deadline := time.Now().Add(spin)
+	for {
+		pids := d.newChildren(f, f.parents, false)
+		if len(pids) == 0 && !f.alive() {
+			pids = d.newChildren(f, f.ancestors, true)
+		}
+		var kin []kinProc
+		for _, pid := range pids {
+			fd, err := unix.PidfdOpen(pid, 0)
+			if err != nil {
+				continue // gone already
+			}
+			kin = append(kin, kinProc{pid: pid, pidfd: fd})
+		}
+		if len(kin) > 0 {
+			c.kinPending = false
+			c.kin = append(c.kin, kin...)
+			for _, k := range kin {
+				if d.guard != nil {
+					if err := d.guard.kin(c.id, k.pid, k.pidfd); err != nil {
+						d.log.Warnf("lazy-pages: %v", err)
+					}
+				}
+			}
+			d.log.Infof("lazy-pages: the child forked by pid %v is among %v", f.parents, c.pids())
+			return true
+		}
+		if !time.Now().Before(deadline) {
+			return false
+		}
+		runtime.Gosched()
+	}
+}
+
+// ancestorsOf lists the ancestors of pids, nearest first.
+func ancestorsOf(pids []int) []int {
+	var out []int
+	seen := map[int]bool{}
+	for _, p := range pids {
+		for i := 0; i < 256; i++ {
+			st, err := procfs.ReadStat(p)
+			if err != nil || st.Ppid <= 0 || seen[st.Ppid] {
+				break
+			}
+			p = st.Ppid
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func zombieOrGone(pid int) bool {
+	st, err := procfs.ReadStat(pid)
+	return err != nil || st.State == 'Z' || st.State == 'X'
+}
+
+// uffdRegistered tells whether pid has memory registered with a
+// userfaultfd for missing pages ("um" in smaps' VmFlags).
+func uffdRegistered(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/smaps")
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "VmFlags:"); ok && slices.Contains(strings.Fields(rest), "um") {
+			return true
+		}
+	}
+	return false
 }
 
 func (d *daemon) serveUffd(t *task, buf, fbuf []byte) {
@@ -451,8 +669,12 @@ func (d *daemon) pusher() {
 	asked := make(chan pushItem, pushDepth)
 	items := make(chan pushItem, pushDepth)
 	var inflight atomic.Int32
-	go d.pushPlan(asked, slots, &inflight)
-	go d.pushRecv(asked, items, pool)
+	// Both end with the pusher: the sources close after that.
+	var sub sync.WaitGroup
+	defer sub.Wait()
+	sub.Add(2)
+	go func() { defer sub.Done(); d.pushPlan(asked, slots, &inflight) }()
+	go func() { defer sub.Done(); d.pushRecv(asked, items, pool) }()
 	stuck := 0
 	for {
 		var it pushItem
@@ -630,13 +852,16 @@ func (d *daemon) pushPlan(asked chan<- pushItem, slots chan struct{}, inflight *
 }
 
 // killTask kills t (and every descendant of it) by SIGKILL and returns
-// the pids killed. A forked child without a known pid dies with its
-// parent's descendants.
+// the pids killed: a forked child is killed through its kin.
 func killTask(t *task) []int {
-	if t.pid == 0 {
-		return nil
+	var out []int
+	if t.pid > 0 {
+		out = killTree(t.pid, t.pidfd)
 	}
-	return killTree(t.pid, t.pidfd)
+	for _, k := range t.kin {
+		out = append(out, killTree(k.pid, k.pidfd)...)
+	}
+	return out
 }
 
 // killTree kills pid through pidfd (immune to pid reuse) and, by pid, the
@@ -661,20 +886,30 @@ func descendants(pid int) []int {
 	for len(queue) > 0 {
 		p := queue[0]
 		queue = queue[1:]
-		ents, _ := os.ReadDir("/proc/" + strconv.Itoa(p) + "/task")
-		for _, e := range ents {
-			b, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/task/" + e.Name() + "/children")
-			if err != nil {
+		for _, c := range childrenOf(p) {
+			if seen[c] {
 				continue
 			}
-			for _, f := range strings.Fields(string(b)) {
-				c, err := strconv.Atoi(f)
-				if err != nil || seen[c] {
-					continue
-				}
-				seen[c] = true
+			seen[c] = true
+			out = append(out, c)
+			queue = append(queue, c)
+		}
+	}
+	return out
+}
+
+// childrenOf lists pid's children, from every thread's children file.
+func childrenOf(pid int) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	for _, e := range ents {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + e.Name() + "/children")
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
 				out = append(out, c)
-				queue = append(queue, c)
 			}
 		}
 	}

@@ -264,7 +264,16 @@ func (s *remoteSource) close(complete bool) error {
 		s.c.Abort()
 		return nil
 	}
-	return s.c.Close()
+	// Close first reads the replies to GETs still in flight: a source
+	// that stopped answering must not hang the end of the daemon.
+	var stalled atomic.Bool
+	timer := time.AfterFunc(getTimeout, func() { stalled.Store(true); s.c.Abort() })
+	err := s.c.Close()
+	timer.Stop()
+	if stalled.Load() {
+		return fmt.Errorf("the page server did not answer within %v at close", getTimeout)
+	}
+	return err
 }
 
 // openPagemap reads a task's pagemap and places each range. Without a

@@ -522,7 +522,14 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	}
 	select {
 	case <-s.done:
-		// Settled on another connection: the fill's end is not told.
+		// The link has ended: either the agent said every page is in and
+		// closed it before we got here (its PagesIn is still queued), or
+		// the switch-over was settled on another connection, which is
+		// not told the fill's end.
+		if m, err := s.recv(PhasePostcopy, time.Millisecond); err == nil && m.GetPagesIn() != nil {
+			res.Postcopy = pagesInResult(m.GetPagesIn())
+			return res, nil
+		}
 		res.Note = strings.TrimPrefix(res.Note+"; ", "; ") + "every page in: not reported (control link lost)"
 		return res, nil
 	default:
@@ -538,9 +545,14 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	if pi == nil {
 		return res, phaseErr(PhasePostcopy, fmt.Errorf("expected pages-in, got %T", m.Msg))
 	}
-	res.Postcopy = &Postcopy{Pages: pi.Pages, Faults: pi.Faults, FaultP50: time.Duration(pi.FaultP50Ns),
-		FaultP99: time.Duration(pi.FaultP99Ns), Duration: time.Duration(pi.DurationNs)}
+	res.Postcopy = pagesInResult(pi)
 	return res, nil
+}
+
+// pagesInResult is the Result's view of the agent's PagesIn.
+func pagesInResult(pi *pb.PagesIn) *Postcopy {
+	return &Postcopy{Pages: pi.Pages, Faults: pi.Faults, FaultP50: time.Duration(pi.FaultP50Ns),
+		FaultP99: time.Duration(pi.FaultP99Ns), Duration: time.Duration(pi.DurationNs)}
 }
 
 type sender struct {
@@ -920,9 +932,7 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 			case m.GetResumed() != nil:
 				resumedAt = s.at
 			case m.GetPagesIn() != nil:
-				pi := m.GetPagesIn()
-				res.Postcopy = &Postcopy{Pages: pi.Pages, Faults: pi.Faults, FaultP50: time.Duration(pi.FaultP50Ns),
-					FaultP99: time.Duration(pi.FaultP99Ns), Duration: time.Duration(pi.DurationNs)}
+				res.Postcopy = pagesInResult(m.GetPagesIn())
 				return
 			}
 		}
@@ -1014,9 +1024,7 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 			case m.GetResumed() != nil:
 				resumedAt = s.at
 			case m.GetPagesIn() != nil:
-				pi := m.GetPagesIn()
-				res.Postcopy = &Postcopy{Pages: pi.Pages, Faults: pi.Faults, FaultP50: time.Duration(pi.FaultP50Ns),
-					FaultP99: time.Duration(pi.FaultP99Ns), Duration: time.Duration(pi.DurationNs)}
+				res.Postcopy = pagesInResult(m.GetPagesIn())
 				return
 			}
 		}

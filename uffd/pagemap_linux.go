@@ -98,6 +98,11 @@ func (p *Pagemap) Scan(a ScanArgs, out []Region) ([]Region, error) {
 		if n > 0 {
 			next = max(next, dst[n-1].End)
 		}
+		// Counted before the merge below, which shifts dst.
+		var got uint64
+		for _, r := range dst[:n] {
+			got += (r.End - r.Start) / PageSize
+		}
 		if k > 0 && n > 0 && out[k-1].End == out[k].Start && out[k-1].Categories == out[k].Categories {
 			out[k-1].End = out[k].End
 			out = append(out[:k], out[k+1:]...)
@@ -108,10 +113,6 @@ func (p *Pagemap) Scan(a ScanArgs, out []Region) ([]Region, error) {
 		}
 		if a.MaxPages != 0 {
 			// MaxPages bounds the whole scan, not each call.
-			var got uint64
-			for _, r := range dst[:n] {
-				got += (r.End - r.Start) / PageSize
-			}
 			if got >= a.MaxPages {
 				return out, nil
 			}

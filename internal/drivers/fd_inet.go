@@ -58,13 +58,22 @@ type inetDump struct {
 	repaired []int
 	// defaults: a fresh socket's options, by family, type and protocol.
 	defaults map[[3]uint32]*freshOpts
+	// The sysctls the options are compared with, read once per dump (a
+	// long-running agent must not keep an old value).
+	defaultTTL         func() uint32
+	notsentLowatSysctl func() (int, bool)
 }
 
 func (fl *Files) inetState() *inetDump {
 	if fl.inet == nil {
-		fl.inet = &inetDump{diag: map[[2]uint32]*sockdiag.InetTable{}}
+		fl.inet = newInetDump()
 	}
 	return fl.inet
+}
+
+func newInetDump() *inetDump {
+	return &inetDump{diag: map[[2]uint32]*sockdiag.InetTable{},
+		defaultTTL: sync.OnceValue(readDefaultTTL), notsentLowatSysctl: sync.OnceValues(readNotsentLowat)}
 }
 
 func (d *inetDump) table(family, proto uint32) (*sockdiag.InetTable, error) {
@@ -397,9 +406,8 @@ func collectUDP(s int, st *model.InetSocketState, what string) error {
 	return nil
 }
 
-// defaultTTL is the network namespace's default IPv4 TTL (read once:
-// godwit stays in one namespace).
-var defaultTTL = sync.OnceValue(func() uint32 {
+// readDefaultTTL reads the network namespace's default IPv4 TTL.
+func readDefaultTTL() uint32 {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_default_ttl")
 	if err != nil {
 		return 64
@@ -409,7 +417,7 @@ var defaultTTL = sync.OnceValue(func() uint32 {
 		return 64
 	}
 	return uint32(v)
-})
+}
 
 // inetOpts reads the inet and TCP options into st, refusing those the
 // image cannot carry.
@@ -447,7 +455,7 @@ func inetOpts(id *inetDump, s int, st *model.InetSocketState) error {
 		}
 		// A TTL equal to the namespace's default is left unset: setting
 		// it would pin it.
-		if ttl := uint32(geti(unix.SOL_IP, unix.IP_TTL, "IP_TTL")); ttl != defaultTTL() {
+		if ttl := uint32(geti(unix.SOL_IP, unix.IP_TTL, "IP_TTL")); ttl != id.defaultTTL() {
 			o.TTL = ttl
 		}
 		o.Pktinfo = geti(unix.SOL_IP, unix.IP_PKTINFO, "IP_PKTINFO") != 0
@@ -846,7 +854,7 @@ func (d *inetDump) fresh(st *model.InetSocketState) (*freshOpts, error) {
 			o.v = v
 		}
 		if o.opt == unix.TCP_NOTSENT_LOWAT && o.level == unix.SOL_TCP && o.v != unsupportedValue {
-			o.v = notsentLowat(o.v)
+			o.v = d.notsentLowat(o.v)
 		}
 		f.opts = append(f.opts, o)
 	}
@@ -890,7 +898,7 @@ func refuseOpts(id *inetDump, s int, st *model.InetSocketState) error {
 			// 0 stands for the sysctl; what counts is the limit in
 			// effect (a connection accepted by an MPTCP listener that
 			// fell back to TCP has UINT_MAX set by the kernel).
-			v = notsentLowat(v)
+			v = id.notsentLowat(v)
 		}
 		if v != o.v {
 			return fmt.Errorf("%s is %d (default %d): not supported yet", o.name, v, o.v)
@@ -914,19 +922,19 @@ func refuseOpts(id *inetDump, s int, st *model.InetSocketState) error {
 
 // notsentLowat is the TCP_NOTSENT_LOWAT in effect for value v: 0 means
 // net.ipv4.tcp_notsent_lowat (include/net/tcp.h tcp_notsent_lowat()).
-func notsentLowat(v int) int {
+func (d *inetDump) notsentLowat(v int) int {
 	if v != 0 {
 		return int(int32(v))
 	}
-	if d, ok := notsentLowatSysctl(); ok {
-		return d
+	if n, ok := d.notsentLowatSysctl(); ok {
+		return n
 	}
 	return v
 }
 
-// notsentLowatSysctl is net.ipv4.tcp_notsent_lowat of godwit's network
-// namespace, read once (godwit stays in one namespace while it dumps).
-var notsentLowatSysctl = sync.OnceValues(func() (int, bool) {
+// readNotsentLowat reads net.ipv4.tcp_notsent_lowat of godwit's network
+// namespace (godwit stays in one namespace while it dumps).
+func readNotsentLowat() (int, bool) {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_notsent_lowat")
 	if err != nil {
 		return 0, false
@@ -936,7 +944,7 @@ var notsentLowatSysctl = sync.OnceValues(func() (int, bool) {
 		return 0, false
 	}
 	return int(int32(uint32(n))), true
-})
+}
 
 // setInetOpts gives s the dumped options. A socket in repair mode binds
 // with the kernel's forced reuse, which SO_REUSEADDR would undo: it is

@@ -175,7 +175,7 @@ func (ttyKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 		if err := unix.Stat(path, &st); err != nil {
 			return fmt.Errorf("stat %s: %w", path, err)
 		}
-		p.UID, p.GID, p.Mode = st.Uid, st.Gid, st.Mode&0o7777
+		p.UID, p.GID, p.Mode, p.ModeKnown = st.Uid, st.Gid, st.Mode&0o7777, true
 		path = "/dev/ptmx"
 	} else {
 		if q > 0 {
@@ -187,7 +187,7 @@ func (ttyKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 		}
 		p.Exclusive, p.Slave = ex != 0, true
 		if !p.HasMaster {
-			p.UID, p.GID, p.Mode = fd.Stat.Uid, fd.Stat.Gid, fd.Stat.Mode&0o7777
+			p.UID, p.GID, p.Mode, p.ModeKnown = fd.Stat.Uid, fd.Stat.Gid, fd.Stat.Mode&0o7777, true
 		}
 	}
 	f.Kind, f.Path, f.Size, f.BuildID = model.Tty, path, nil, nil
@@ -318,9 +318,19 @@ func ptyMaster(rs *restoreFDs, what string, f *model.File, p *model.PtyState) (i
 		return m, nil
 	}
 	if h := rs.r.Held; h != nil && h.ptys[p.Index] != nil && h.ptys[p.Index][0] >= 0 {
-		// Made before the tree's fds (EarlyCtty): this task takes the
-		// master, the slave stays with Held.
+		// Made before the tree's fds (EarlyCtty); the slave stays with
+		// Held. The task that holds the master takes it; another task
+		// (opening a slave) uses a copy, closed at its end, and leaves
+		// Held's: the master's last close would hang the terminal up.
 		m := h.ptys[p.Index][0]
+		if !f.Tty.Master {
+			c, err := unix.FcntlInt(uintptr(m), unix.F_DUPFD_CLOEXEC, 0)
+			if err != nil {
+				return -1, fmt.Errorf("%s: pty %d: copy godwit's master: %w", what, p.Index, err)
+			}
+			rs.ghosts[key] = c
+			return c, nil
+		}
 		h.ptys[p.Index][0] = -1
 		rs.ghosts[key] = m
 		return m, nil
@@ -425,7 +435,8 @@ func makePtyPair(what string, p *model.PtyState) (m, s int, err error) {
 		err = unix.IoctlSetInt(s, unix.TIOCEXCL, 0)
 	}
 	if err == nil {
-		if err = unix.Fchown(s, int(p.UID), int(p.GID)); err == nil {
+		// An unknown mode (a CRIU-written image) leaves the new node's.
+		if err = unix.Fchown(s, int(p.UID), int(p.GID)); err == nil && p.ModeKnown {
 			err = unix.Fchmod(s, p.Mode&0o7777)
 		}
 	}

@@ -146,18 +146,11 @@ func openOther(rs *restoreFDs, what string, f *model.File, flags int) (uint64, e
 	default:
 		return 0, fmt.Errorf("%s: tty of kind %d unknown to godwit", what, o.Kind)
 	}
-	fd, err := unix.Open(f.Path, flags, 0)
+	fd, err := reopenTty(f.Path, o.Rdev, flags)
 	if err != nil {
-		return 0, fmt.Errorf("%s: open %s: %w", what, f.Path, err)
+		return 0, fmt.Errorf("%s: %w", what, err)
 	}
 	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return 0, fmt.Errorf("%s: stat %s: %w", what, f.Path, err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != o.Rdev {
-		return 0, fmt.Errorf("%s: %s is device %s here, not %s as dumped", what, f.Path, devName(st.Rdev), devName(o.Rdev))
-	}
 	if ttyAlias(o) {
 		real, err := unix.IoctlGetUint32(fd, unix.TIOCGDEV)
 		if err != nil {
@@ -189,7 +182,62 @@ func openOther(rs *restoreFDs, what string, f *model.File, flags int) (uint64, e
 			return 0, fmt.Errorf("%s: %s: set window size: %w", what, f.Path, err)
 		}
 	}
+	if err := setTtyFlags(fd, flags); err != nil {
+		return 0, fmt.Errorf("%s: %s: %w", what, f.Path, err)
+	}
 	return rs.install(what, fd)
+}
+
+// ttySetflMask is what F_SETFL can change of a description's flags
+// (SETFL_MASK in fs/fcntl.c).
+const ttySetflMask = unix.O_APPEND | unix.O_NONBLOCK | unix.O_DIRECT | unix.O_NOATIME | unix.O_ASYNC
+
+// ttyReopenFlags are the flags of the open that reaches a console, VT or
+// serial line: the dumped ones, with O_NONBLOCK (a serial line waiting for
+// carrier would block a blocking open, and the restore with it) and
+// O_NOCTTY (godwit must not take it as its own terminal).
+func ttyReopenFlags(dumped int) int {
+	return dumped | unix.O_NONBLOCK | unix.O_NOCTTY | unix.O_CLOEXEC
+}
+
+// reopenTty opens path without following a link and without opening the
+// device (O_PATH), checks it is the character device rdev, and only then
+// opens it, through that fd, with ttyReopenFlags.
+func reopenTty(path string, rdev uint64, dumped int) (int, error) {
+	p, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open %s: %w", path, err)
+	}
+	defer unix.Close(p)
+	var st unix.Stat_t
+	if err := unix.Fstat(p, &st); err != nil {
+		return -1, fmt.Errorf("stat %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != rdev {
+		return -1, fmt.Errorf("%s is device %s (mode %#o) here, not %s as dumped", path, devName(st.Rdev), st.Mode&unix.S_IFMT, devName(rdev))
+	}
+	fd, err := unix.Open("/proc/self/fd/"+strconv.Itoa(p), ttyReopenFlags(dumped), 0)
+	if err != nil {
+		return -1, fmt.Errorf("open %s: %w", path, err)
+	}
+	return fd, nil
+}
+
+// setTtyFlags gives the description opened by reopenTty the dumped status
+// flags (O_NONBLOCK off again if it was) and checks them.
+func setTtyFlags(fd, dumped int) error {
+	want := dumped & ttySetflMask
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, want); err != nil {
+		return fmt.Errorf("F_SETFL %#x: %w", want, err)
+	}
+	got, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return fmt.Errorf("F_GETFL: %w", err)
+	}
+	if got&ttySetflMask != want {
+		return fmt.Errorf("status flags read back as %#x, want %#x", got&ttySetflMask, want)
+	}
+	return nil
 }
 
 // openCtty opens /dev/tty in the task, once it has its controlling

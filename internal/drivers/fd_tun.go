@@ -26,9 +26,17 @@ import (
 // there (a persistent one) is attached again, one that is gone (a
 // non-persistent device goes with its last fd) is made again, with the
 // dumped settings and link state. Refused: multi-queue devices (a
-// detached queue cannot be told from an fd never attached), and routes
+// detached queue cannot be told from an fd never attached), routes
 // through the device other than the kernel's own (godwit does not dump
-// the netns's routes).
+// the netns's routes), a tap that ever had a socket filter attached
+// (TUNATTACHFILTER: TUNGETFILTER gives its length, but its instructions
+// stay only at the user pointer the program passed, which may be gone;
+// a detached filter keeps its length, so it is refused too), a virtio
+// header byte order other than the default (TUNSETVNETLE/BE), and a
+// device the restore must make again whose carrier is off (TUNSETCARRIER;
+// a new device's carrier is on). Not detected: offloads a program set
+// with TUNSETOFFLOAD (the kernel has no getter on the fd); a device made
+// again has a new device's offloads.
 
 func init() { registerFDKind(tunKind{}) }
 
@@ -81,6 +89,9 @@ func (tunKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
 	if ts.VnetHdr, err = ioctlGetInt32(c, unix.TUNGETVNETHDRSZ); err != nil {
 		return fmt.Errorf("TUNGETVNETHDRSZ: %w", err)
 	}
+	if err := tunCheckUnsaved(c, ts); err != nil {
+		return fmt.Errorf("device %s: %w", ts.Name, err)
+	}
 	nl, err := netnsRoute(pid)
 	if err != nil {
 		return err
@@ -93,11 +104,47 @@ func (tunKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
 	if err := l.checkRoutes(nl); err != nil {
 		return fmt.Errorf("device %s: %w", ts.Name, err)
 	}
+	// A non-persistent device goes with its last fd and the restore makes
+	// it again, with a new device's carrier (on).
+	if ts.Flags&unix.IFF_PERSIST == 0 && !l.carrier {
+		return fmt.Errorf("device %s: carrier is off (TUNSETCARRIER) and the restore makes a new device with it on: not supported", ts.Name)
+	}
 	ts.Owner, ts.Group, ts.Up, ts.MTU, ts.Addrs = l.owner, l.group, l.up, l.mtu, l.addrs
 	if ts.Flags&unix.IFF_TAP != 0 {
 		ts.HwAddr = l.hwaddr
 	}
 	f.Kind, f.Path, f.Size, f.BuildID, f.Tun = model.Tun, "/dev/net/tun", nil, nil, ts
+	return nil
+}
+
+// tunCheckUnsaved refuses the fd settings godwit does not carry: a
+// tap's socket filter and a non-default virtio header byte order.
+func tunCheckUnsaved(c int, ts *model.TunState) error {
+	if ts.Flags&unix.IFF_TAP != 0 {
+		// struct sock_fprog (linux/filter.h): its len, a u16, first.
+		var fprog [16]byte
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(c), unix.TUNGETFILTER, uintptr(unsafe.Pointer(&fprog[0]))); e != 0 {
+			return fmt.Errorf("TUNGETFILTER: %w", e)
+		}
+		if n := le.Uint16(fprog[:]); n != 0 {
+			return fmt.Errorf("a socket filter of %d instructions was attached (TUNATTACHFILTER): not supported", n)
+		}
+	}
+	vle, err := ioctlGetInt32(c, unix.TUNGETVNETLE)
+	if err != nil {
+		return fmt.Errorf("TUNGETVNETLE: %w", err)
+	}
+	if vle != 0 {
+		return errors.New("virtio header is little-endian (TUNSETVNETLE): not supported")
+	}
+	// EINVAL: a kernel without CONFIG_TUN_VNET_CROSS_LE, where it cannot be set.
+	switch be, err := ioctlGetInt32(c, unix.TUNGETVNETBE); {
+	case errors.Is(err, unix.EINVAL):
+	case err != nil:
+		return fmt.Errorf("TUNGETVNETBE: %w", err)
+	case be != 0:
+		return errors.New("virtio header is big-endian (TUNSETVNETBE): not supported")
+	}
 	return nil
 }
 
@@ -296,6 +343,7 @@ type link struct {
 	up           bool
 	mtu          uint32
 	hwaddr       []byte
+	carrier      bool // IFLA_CARRIER (true when the kernel omits it)
 	owner, group int64
 	addrs        []model.TunAddr
 }
@@ -312,7 +360,7 @@ func tunLink(nl int, name string) (*link, error) {
 		return nil, fmt.Errorf("RTM_GETLINK: %d answers", len(msgs))
 	}
 	m := msgs[0]
-	l := &link{index: int32(le.Uint32(m.Data[4:])), up: le.Uint32(m.Data[8:])&unix.IFF_UP != 0, owner: -1, group: -1}
+	l := &link{index: int32(le.Uint32(m.Data[4:])), up: le.Uint32(m.Data[8:])&unix.IFF_UP != 0, carrier: true, owner: -1, group: -1}
 	kind := ""
 	for _, a := range nested(m.Data[unix.SizeofIfInfomsg:]) {
 		switch a.typ {
@@ -322,6 +370,10 @@ func tunLink(nl int, name string) (*link, error) {
 			}
 		case unix.IFLA_ADDRESS:
 			l.hwaddr = bytes.Clone(a.val)
+		case unix.IFLA_CARRIER:
+			if len(a.val) >= 1 {
+				l.carrier = a.val[0] != 0
+			}
 		case unix.IFLA_LINKINFO:
 			for _, in := range nested(a.val) {
 				switch in.typ {

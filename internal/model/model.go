@@ -443,6 +443,9 @@ type PtyState struct {
 	// controlling terminal too (the restore gives it to the leader
 	// before it makes them, so that they inherit it).
 	MembersCtty bool
+	// ModeKnown: Mode was dumped (a CRIU-written image has no mode; the
+	// restore then leaves the new node's).
+	ModeKnown bool
 }
 
 // MemfdState is a memfd's inode: name, attributes, seals and contents.

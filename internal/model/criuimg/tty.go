@@ -169,7 +169,9 @@ func writeTtys(d *images.Dir, order []ttyEnd, written func(string)) error {
 			Pty:     &tty.TtyPtyEntry{Index: proto.Uint32(p.Index)},
 			Uid:     proto.Uint32(p.UID), Gid: proto.Uint32(p.GID),
 		})
-		modes[p.Index] = p.Mode
+		if p.ModeKnown {
+			modes[p.Index] = p.Mode
+		}
 		if p.MembersCtty {
 			members[p.Index] = true
 		}
@@ -308,7 +310,10 @@ func readTtys(d *images.Dir, entries []*fdinfo.FileEntry, files map[model.ID]*mo
 			return fmt.Errorf("%s: tty %d: bad or no window size", TtyInfoImg, e.GetId())
 		}
 		p.Winsize = ws
-		p.UID, p.GID, p.Mode = e.GetUid(), e.GetGid(), modes[idx]&0o7777
+		p.UID, p.GID = e.GetUid(), e.GetGid()
+		if m, ok := modes[idx]; ok {
+			p.Mode, p.ModeKnown = m&0o7777, true
+		}
 		if master {
 			if p.HasMaster {
 				return fmt.Errorf("%s: pty %d: two masters", TtyInfoImg, idx)

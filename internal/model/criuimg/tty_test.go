@@ -18,7 +18,7 @@ import (
 func ttyTree(t testing.TB) *model.Tree {
 	tr := sampleTree(t)
 	p := &model.PtyState{Index: 300, Winsize: unix.Winsize{Row: 33, Col: 77, Xpixel: 5, Ypixel: 6},
-		Locked: true, Exclusive: true, Packet: true, Sid: 4242, Pgrp: 4242, UID: 1000, GID: 5, Mode: 0o600, HasMaster: true, Slave: true}
+		Locked: true, Exclusive: true, Packet: true, Sid: 4242, Pgrp: 4242, UID: 1000, GID: 5, Mode: 0o600, ModeKnown: true, HasMaster: true, Slave: true}
 	p.Termios.Lflag, p.Termios.Cc[4], p.Termios.Ispeed = unix.ICANON, 2, 9600
 	p.LockedTermios.Cflag = unix.CS8
 	add := []*model.File{
@@ -235,5 +235,34 @@ func TestUnixExternalRoundTrip(t *testing.T) {
 		if f.Unix != nil && (f.Unix.Ino == 900 || f.Unix.Ino == 901) {
 			t.Errorf("the outside peer %d is a file of the dump", f.Unix.Ino)
 		}
+	}
+}
+
+// A CRIU-written dump has no godwit-tty.json, so no /dev/pts/N mode: the
+// pty reads back with its mode unknown (the restore then leaves the new
+// node's mode instead of setting 0000); with the image it is known.
+func TestPtyModeWithoutGodwitImage(t *testing.T) {
+	tr := ttyTree(t)
+	// only the pty files (the other ttys need the godwit image and refuse)
+	for id := model.ID(43); id <= 48; id++ {
+		delete(tr.Files, id)
+	}
+	k := tr.Root()
+	var fds []model.FD
+	for _, e := range k.FDs {
+		if tr.Files[e.File] != nil {
+			fds = append(fds, e)
+		}
+	}
+	k.FDs = fds
+	dir, _ := writeTree(t, tr)
+	if p := readTree(t, dir).Files[40].Tty.Pty; !p.ModeKnown || p.Mode != 0o600 {
+		t.Fatalf("with %s: mode %#o known %v, want 0600 known", GodwitTtyImg, p.Mode, p.ModeKnown)
+	}
+	if err := os.Remove(filepath.Join(dir, GodwitTtyImg)); err != nil {
+		t.Fatal(err)
+	}
+	if p := readTree(t, dir).Files[40].Tty.Pty; p.ModeKnown {
+		t.Fatalf("without %s the pty's mode reads back as known (%#o)", GodwitTtyImg, p.Mode)
 	}
 }
