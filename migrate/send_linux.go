@@ -893,15 +893,7 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 			if err := s.sendImages(work); err != nil {
 				return err
 			}
-			// The commit: from here the source never runs again, and
-			// dies with this process (not thawed by its tracer's death
-			// while the agent's copy runs).
-			if err := hold.KillOnExit(true); err != nil {
-				_ = hold.KillOnExit(false)
-				return fmt.Errorf("hold the source tree: %w", err)
-			}
-			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{PageSource: addr}}}); err != nil {
-				_ = hold.KillOnExit(false)
+			if err := s.commitLazy(hold, addr); err != nil {
 				return err
 			}
 			committed = true
@@ -916,27 +908,8 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 	// its link lost, ends it at once.
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
-	var recvErr error
-	var resumedAt time.Time
-	received := make(chan struct{})
-	go func() {
-		defer close(received)
-		for {
-			m, err := s.recv(PhasePostcopy, roundWait)
-			if err != nil {
-				recvErr = err
-				cancel()
-				return
-			}
-			switch {
-			case m.GetResumed() != nil:
-				resumedAt = s.at
-			case m.GetPagesIn() != nil:
-				res.Postcopy = pagesInResult(m.GetPagesIn())
-				return
-			}
-		}
-	}()
+	w := newLazyWatch()
+	go w.run(s, res, cancel)
 	_, err = dumper.DumpLazyContext(ctx, dumper.Options{Pid: o.Pid, ImagesDir: work, FileLocks: o.FileLocks, CPUCap: o.CPUCap, Hold: hold},
 		scripts, dumper.LazyServe{Addr: addr, Transport: to})
 	if !committed {
@@ -945,16 +918,68 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 		}
 		return s.abortWith(PhaseFreeze, err)
 	}
-	<-received
-	if !resumedAt.IsZero() {
-		res.Downtime = resumedAt.Sub(frozeAt)
+	<-w.received
+	if !w.resumedAt.IsZero() {
+		res.Downtime = w.resumedAt.Sub(frozeAt)
 		res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt)}
 	}
+	return w.end("post-copy", err, res)
+}
+
+// commitLazy is the commit of post-copy and hybrid: from here the source
+// never runs again and dies with this process (not thawed by its tracer's
+// death while the agent's copy runs); the agent is asked to restore with
+// its lazy pages served from addr.
+func (s *sender) commitLazy(hold *dumper.Hold, addr string) error {
+	if err := hold.KillOnExit(true); err != nil {
+		_ = hold.KillOnExit(false)
+		return fmt.Errorf("hold the source tree: %w", err)
+	}
+	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{PageSource: addr}}}); err != nil {
+		_ = hold.KillOnExit(false)
+		return err
+	}
+	return nil
+}
+
+// lazyWatch reads the agent's messages while the frozen source serves its
+// lazy pages: Resumed (the downtime's end), then PagesIn (the end). A
+// failure from the agent, or its link lost, cancels the serving.
+type lazyWatch struct {
+	received  chan struct{} // closed when run returns
+	err       error         // the link's failure, if any
+	resumedAt time.Time
+}
+
+func newLazyWatch() *lazyWatch { return &lazyWatch{received: make(chan struct{})} }
+
+func (w *lazyWatch) run(s *sender, res *Result, cancel func()) {
+	defer close(w.received)
+	for {
+		m, err := s.recv(PhasePostcopy, roundWait)
+		if err != nil {
+			w.err = err
+			cancel()
+			return
+		}
+		switch {
+		case m.GetResumed() != nil:
+			w.resumedAt = s.at
+		case m.GetPagesIn() != nil:
+			res.Postcopy = pagesInResult(m.GetPagesIn())
+			return
+		}
+	}
+}
+
+// end is the outcome once run returned and the serving dump (dumpErr)
+// ended: every page in, or the failure that killed the source tree.
+func (w *lazyWatch) end(what string, dumpErr error, res *Result) error {
 	switch {
-	case recvErr != nil:
-		return fmt.Errorf("post-copy, the source tree killed: %w", recvErr)
-	case err != nil:
-		return phaseErr(PhasePostcopy, fmt.Errorf("the source tree killed: %w", err))
+	case w.err != nil:
+		return fmt.Errorf("%s, the source tree killed: %w", what, w.err)
+	case dumpErr != nil:
+		return phaseErr(PhasePostcopy, fmt.Errorf("the source tree killed: %w", dumpErr))
 	case res.Postcopy == nil:
 		return phaseErr(PhasePostcopy, errors.New("the agent did not report every page in"))
 	}
@@ -1006,29 +1031,9 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 	// its link lost, ends it at once.
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
-	var recvErr error
-	var resumedAt time.Time
-	received := make(chan struct{})
 	// Started once the restore is asked for: until then the dump's hook
 	// talks with the agent itself.
-	recv := func() {
-		defer close(received)
-		for {
-			m, err := s.recv(PhasePostcopy, roundWait)
-			if err != nil {
-				recvErr = err
-				cancel()
-				return
-			}
-			switch {
-			case m.GetResumed() != nil:
-				resumedAt = s.at
-			case m.GetPagesIn() != nil:
-				res.Postcopy = pagesInResult(m.GetPagesIn())
-				return
-			}
-		}
-	}
+	w := newLazyWatch()
 	var frozeAt, dumpedAt, imagesAt time.Time
 	committed := false
 	hookPhase := PhaseFreeze
@@ -1046,19 +1051,13 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 				return err
 			}
 			imagesAt = time.Now()
-			// The commit (see postcopy).
-			if err := hold.KillOnExit(true); err != nil {
-				_ = hold.KillOnExit(false)
-				return fmt.Errorf("hold the source tree: %w", err)
-			}
-			if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{PageSource: addr}}}); err != nil {
-				_ = hold.KillOnExit(false)
+			if err := s.commitLazy(hold, addr); err != nil {
 				return err
 			}
 			committed = true
 			hookPhase = PhasePostcopy
 			enter(PhasePostcopy)
-			go recv()
+			go w.run(s, res, cancel)
 		}
 		return nil
 	}}
@@ -1073,24 +1072,16 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 		}
 		return abort(hookPhase, err)
 	}
-	<-received
+	<-w.received
 	if dr != nil && dr.Stats != nil {
 		// Frozen: the source stays frozen until every page is in (the
 		// program runs on the destination meanwhile).
 		res.Rounds = append(res.Rounds, Round{N: int(n - 1), Pages: dr.Mem.Written, Bytes: dr.Mem.Written * 4096,
 			Frozen: time.Duration(dr.Stats.GetFrozenTime()) * time.Microsecond, Duration: dumpedAt.Sub(frozeAt)})
 	}
-	if !resumedAt.IsZero() {
-		res.Downtime = resumedAt.Sub(frozeAt)
-		res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt), Images: imagesAt.Sub(dumpedAt), Restore: resumedAt.Sub(imagesAt)}
+	if !w.resumedAt.IsZero() {
+		res.Downtime = w.resumedAt.Sub(frozeAt)
+		res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt), Images: imagesAt.Sub(dumpedAt), Restore: w.resumedAt.Sub(imagesAt)}
 	}
-	switch {
-	case recvErr != nil:
-		return fmt.Errorf("hybrid post-copy, the source tree killed: %w", recvErr)
-	case err != nil:
-		return phaseErr(PhasePostcopy, fmt.Errorf("the source tree killed: %w", err))
-	case res.Postcopy == nil:
-		return phaseErr(PhasePostcopy, errors.New("the agent did not report every page in"))
-	}
-	return nil
+	return w.end("hybrid post-copy", err, res)
 }

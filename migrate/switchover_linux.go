@@ -145,53 +145,41 @@ func (s *sender) switchOver(o *SendOptions, id string, hold *dumper.Hold, notice
 	if notice != nil {
 		notice(fmt.Sprintf("migrate: switch-over: %v; asking the agent to resume migration %s", lost, id))
 	}
-	wait := sourceResolveWait
-	if d, err := time.ParseDuration(os.Getenv(testResolveWait)); err == nil {
-		wait = d
-	}
-	deadline := time.Now().Add(wait)
-	var last error
 	partial := false
-settle:
-	for {
-		ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
-		r, err := Resolve(ctx, ResolveOptions{To: o.To, TLS: o.TLS, ServerName: o.ServerName, ID: id, Decision: DecisionResume})
-		cancel()
-		if err == nil {
-			switch r.State {
-			case stateResumed:
-				if err := killTree(o.Pid); err != nil {
-					note = fmt.Sprintf("source kill: %v; ", err)
-				}
-				return true, time.Now(), note + fmt.Sprintf("resumed through a new connection after: %v", lost), nil
-			case stateLost:
-				// The agent recorded the resume, then stopped, and its
-				// copy died with it: never a success. The source tree,
-				// still held frozen here, is the only copy left.
-				if err := hold.KillOnExit(false); err != nil {
-					return false, at, "", fmt.Errorf("%w: the agent's copy of migration %s is lost (it died with a restarted agent), and the source cannot be let go: %v", errInDoubt, id, err)
-				}
-				return false, at, "", fmt.Errorf("the agent's copy of migration %s is lost (resumed, then gone with a restarted agent) after: %v; the source tree was still held frozen and runs on", id, lost)
-			case statePartial:
-				// Some of the copy's tasks ran before it was killed:
-				// the source must not simply run on.
-				partial, last = true, fmt.Errorf("the agent's copy failed to resume after some of its tasks ran (it is killed, but may have acted)")
-				break settle
-			case stateFailed, stateAborted, stateUnknown:
-				if err := hold.KillOnExit(false); err != nil {
-					// Still attached with EXITKILL, the tree would
-					// die with the dump's tracer.
-					return false, at, "", fmt.Errorf("%w: the agent has no copy (%s), but the source cannot be let go: %v", errInDoubt, r.State, err)
-				}
-				return false, at, "", fmt.Errorf("the agent has no copy (%s) after: %v; the source runs on", r.State, lost)
+	r, last := resolveRetry(s.ctx, o, id, DecisionResume, func(st string) bool {
+		switch st {
+		case stateResumed, stateLost, statePartial, stateFailed, stateAborted, stateUnknown:
+			return true
+		}
+		return false
+	})
+	if r != nil {
+		switch r.State {
+		case stateResumed:
+			if err := killTree(o.Pid); err != nil {
+				note = fmt.Sprintf("source kill: %v; ", err)
 			}
-			err = fmt.Errorf("agent: migration %s %s", id, r.State)
+			return true, time.Now(), note + fmt.Sprintf("resumed through a new connection after: %v", lost), nil
+		case stateLost:
+			// The agent recorded the resume, then stopped, and its
+			// copy died with it: never a success. The source tree,
+			// still held frozen here, is the only copy left.
+			if err := hold.KillOnExit(false); err != nil {
+				return false, at, "", fmt.Errorf("%w: the agent's copy of migration %s is lost (it died with a restarted agent), and the source cannot be let go: %v", errInDoubt, id, err)
+			}
+			return false, at, "", fmt.Errorf("the agent's copy of migration %s is lost (resumed, then gone with a restarted agent) after: %v; the source tree was still held frozen and runs on", id, lost)
+		case statePartial:
+			// Some of the copy's tasks ran before it was killed:
+			// the source must not simply run on.
+			partial, last = true, fmt.Errorf("the agent's copy failed to resume after some of its tasks ran (it is killed, but may have acted)")
+		case stateFailed, stateAborted, stateUnknown:
+			if err := hold.KillOnExit(false); err != nil {
+				// Still attached with EXITKILL, the tree would
+				// die with the dump's tracer.
+				return false, at, "", fmt.Errorf("%w: the agent has no copy (%s), but the source cannot be let go: %v", errInDoubt, r.State, err)
+			}
+			return false, at, "", fmt.Errorf("the agent has no copy (%s) after: %v; the source runs on", r.State, lost)
 		}
-		last = err
-		if time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(time.Second)
 	}
 	// Both copies stay stopped: a stop queued on every process holds the
 	// source once the dump lets go of it.
@@ -213,7 +201,39 @@ settle:
 	}
 	return false, at, "", fmt.Errorf("%w: %v, and the agent unreachable for %v (%v): the source tree %d is held stopped (SIGSTOP); "+
 		"settle it with `godwit migrate resolve --to %s %s resume|abort --source-pid %d` on this host",
-		errInDoubt, lost, wait, last, o.Pid, o.To, id, o.Pid)
+		errInDoubt, lost, resolveWindow(), last, o.Pid, o.To, id, o.Pid)
+}
+
+// resolveRetry asks the agent about migration id with decision on new
+// connections, once a second for sourceResolveWait (or GODWIT_TEST_RESOLVE_WAIT),
+// until it answers a state settled accepts; then it returns that answer.
+// Otherwise it returns the last failure, or the last unsettled state, as
+// an error.
+func resolveRetry(parent context.Context, o *SendOptions, id, decision string, settled func(state string) bool) (*Resolution, error) {
+	deadline := time.Now().Add(resolveWindow())
+	for {
+		ctx, cancel := context.WithTimeout(parent, 30*time.Second)
+		r, err := Resolve(ctx, ResolveOptions{To: o.To, TLS: o.TLS, ServerName: o.ServerName, ID: id, Decision: decision})
+		cancel()
+		if err == nil {
+			if settled(r.State) {
+				return r, nil
+			}
+			err = fmt.Errorf("agent: migration %s %s", id, r.State)
+		}
+		if time.Now().After(deadline) {
+			return nil, err
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// resolveWindow is how long `send` keeps asking the agent.
+func resolveWindow() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(testResolveWait)); err == nil {
+		return d
+	}
+	return sourceResolveWait
 }
 
 // abortHeld ends a migration after Ready but before the commit (an
@@ -225,29 +245,16 @@ settle:
 // error wraps errInDoubt and names the id.
 func (s *sender) abortHeld(o *SendOptions, id string, why error) error {
 	_ = s.send(&pb.Envelope{Msg: &pb.Envelope_Abort{Abort: &pb.Abort{Reason: why.Error()}}})
-	wait := sourceResolveWait
-	if d, err := time.ParseDuration(os.Getenv(testResolveWait)); err == nil {
-		wait = d
-	}
-	deadline := time.Now().Add(wait)
-	var last error
-	for {
-		// s.ctx ended with the interrupt: this asks on its own.
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		r, err := Resolve(ctx, ResolveOptions{To: o.To, TLS: o.TLS, ServerName: o.ServerName, ID: id, Decision: DecisionAbort})
-		cancel()
-		if err == nil {
-			switch r.State {
-			case stateAborted, stateFailed, stateUnknown, stateLost:
-				return fmt.Errorf("%w; the agent dropped its copy (%s), the source runs on", why, r.State)
-			}
-			err = fmt.Errorf("agent: migration %s %s", id, r.State)
+	// s.ctx ended with the interrupt: this asks on its own.
+	r, last := resolveRetry(context.Background(), o, id, DecisionAbort, func(st string) bool {
+		switch st {
+		case stateAborted, stateFailed, stateUnknown, stateLost:
+			return true
 		}
-		last = err
-		if time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(time.Second)
+		return false
+	})
+	if r != nil {
+		return fmt.Errorf("%w; the agent dropped its copy (%s), the source runs on", why, r.State)
 	}
 	// A stop queued on every process holds the source once the dump
 	// lets go of it.
@@ -259,7 +266,7 @@ func (s *sender) abortHeld(o *SendOptions, id string, why error) error {
 	}
 	return fmt.Errorf("%w: %v after ready, and the agent did not confirm the abort for %v (%v): the source tree %d is held stopped (SIGSTOP); "+
 		"settle it with `godwit migrate resolve --to %s %s resume|abort --source-pid %d` on this host",
-		errInDoubt, why, wait, last, o.Pid, o.To, id, o.Pid)
+		errInDoubt, why, resolveWindow(), last, o.Pid, o.To, id, o.Pid)
 }
 
 // treePIDs lists pid's tree, parents first.
