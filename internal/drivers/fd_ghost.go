@@ -190,6 +190,14 @@ func ghostOfTree(rs *restoreFDs, g *model.GhostState) (int, error) {
 // ghostMapped opens the deleted file from a mapping of it in the tree (the
 // layout, before any fd, made it again); -1 when none maps it.
 func ghostMapped(rs *restoreFDs, g *model.GhostState) (int, error) {
+	return openMapped(rs, "deleted file", func(f *model.File) bool {
+		return f.Kind == model.Ghost && f.Ghost != nil && f.Ghost.Dev == g.Dev && f.Ghost.Ino == g.Ino
+	})
+}
+
+// openMapped opens, read-write through map_files, the first file mapped
+// in a live task of the tree that match accepts; -1 when none maps one.
+func openMapped(rs *restoreFDs, what string, match func(*model.File) bool) (int, error) {
 	for _, k := range rs.r.Tree.Tasks {
 		if k.MM == nil || k.State != model.Alive && k.State != model.Stopped {
 			continue
@@ -199,13 +207,13 @@ func ghostMapped(rs *restoreFDs, g *model.GhostState) (int, error) {
 				continue
 			}
 			mf := rs.r.Tree.Files[model.ID(v.Shmid)]
-			if mf == nil || mf.Kind != model.Ghost || mf.Ghost == nil || mf.Ghost.Dev != g.Dev || mf.Ghost.Ino != g.Ino {
+			if mf == nil || !match(mf) {
 				continue
 			}
 			p := procfs.Path(k.Pid, procfs.MapFilesName(v.Start, v.End))
 			fd, err := unix.Open(p, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
 			if err != nil {
-				return -1, fmt.Errorf("deleted file mapped by %d: %w", k.Pid, err)
+				return -1, fmt.Errorf("%s mapped by %d: %w", what, k.Pid, err)
 			}
 			return fd, nil
 		}

@@ -249,27 +249,9 @@ func memfdHeld(rs *restoreFDs, ms *model.MemfdState) (int, error) {
 			return fd, nil
 		}
 	}
-	for _, k := range rs.r.Tree.Tasks {
-		if k.MM == nil || k.State != model.Alive && k.State != model.Stopped {
-			continue
-		}
-		for _, v := range k.MM.VMAs {
-			if !v.FileBacked() {
-				continue
-			}
-			mf := rs.r.Tree.Files[model.ID(v.Shmid)]
-			if mf == nil || mf.Kind != model.Memfd || mf.Memfd == nil || mf.Memfd.Dev != ms.Dev || mf.Memfd.Ino != ms.Ino {
-				continue
-			}
-			p := procfs.Path(k.Pid, procfs.MapFilesName(v.Start, v.End))
-			fd, err := unix.Open(p, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
-			if err != nil {
-				return -1, fmt.Errorf("memfd mapped by %d: %w", k.Pid, err)
-			}
-			return fd, nil
-		}
-	}
-	return -1, nil
+	return openMapped(rs, "memfd", func(f *model.File) bool {
+		return f.Kind == model.Memfd && f.Memfd != nil && f.Memfd.Dev == ms.Dev && f.Memfd.Ino == ms.Ino
+	})
 }
 
 // MakeMemfd creates the memfd f again in the task of s (memfd_create
