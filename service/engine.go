@@ -174,6 +174,13 @@ func (c *Conn) runEngine(t rpc.CriuReqType, req *rpc.CriuReq) (*rpc.CriuResp, er
 	defer q.close()
 	o := q.o
 	if t == rpc.CriuReqType_DUMP || t == rpc.CriuReqType_PRE_DUMP || t == rpc.CriuReqType_SINGLE_PRE_DUMP {
+		if c.peer.delegated && t != rpc.CriuReqType_DUMP {
+			// A round reads the tree while it runs: a task may change
+			// owners (exec a set-user-ID program) while it is read, and
+			// without track_mem and parent_img (below) the round is of
+			// no use to a later dump anyway.
+			return nil, fmt.Errorf("%s: not allowed to clients admitted by --service-group (a round reads a running tree)", command)
+		}
 		if o.Tree == 0 {
 			o.Tree = int(c.peer.cred.Pid) // as CRIU: no pid dumps the client
 		}
@@ -238,6 +245,7 @@ func (c *Conn) runLocked(t rpc.CriuReqType, q *request, l *logging.Logger, notif
 		if err != nil {
 			return nil, err
 		}
+		do.Admit = func(pids []int) error { return c.peer.mayDumpFrozen(o.Tree, pids) }
 		res, err := dumper.DumpContext(ctx, do, scripts)
 		if err != nil {
 			return nil, err
