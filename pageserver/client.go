@@ -61,13 +61,22 @@ type Client struct {
 	handedOver bool
 	// GETs sent ahead of their replies (SendGet, RecvGet).
 	pipe getPipe
+	// sp, when set, stripes the pages over several connections
+	// (TransportOptions.Streams); the fields above are unused then.
+	sp *striper
 }
+
+// errStripedGet: a striped client only uploads pages.
+var errStripedGet = errors.New("page server: GET over a striped client (--streams): use one stream")
 
 // Dial connects to a page server at addr ("host:port").
 func Dial(ctx context.Context, addr string, o TransportOptions) (*Client, error) {
 	t, err := o.transport()
 	if err != nil {
 		return nil, err
+	}
+	if o.Streams > 1 {
+		return dialStriped(ctx, addr, o, o.Streams)
 	}
 	c := &Client{transport: t, sinks: map[*TaskSink]struct{}{}}
 	switch t {
@@ -138,6 +147,9 @@ func (c *Client) fail(err error) error {
 // CheckParent asks whether the server's parent images hold dst's pagemap
 // (PARENT).
 func (c *Client) CheckParent(dst uint64) (bool, error) {
+	if c.sp != nil {
+		return c.sp.subs[0].CheckParent(dst)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.usable(); err != nil {
@@ -161,6 +173,15 @@ func (c *Client) CheckParent(dst uint64) (bool, error) {
 func (c *Client) OpenTask(ctx context.Context, dst uint64, parentAware bool) (*TaskSink, error) {
 	if _, _, err := wire.DecodeDst(dst); err != nil {
 		return nil, fmt.Errorf("page server: %w", err)
+	}
+	if c.sp != nil {
+		c.mu.Lock()
+		closed := c.closed
+		c.mu.Unlock()
+		if closed {
+			return nil, errors.New("page server: client closed")
+		}
+		return c.sp.openTask(c, dst)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -217,6 +238,9 @@ func (c *Client) Get(pid int, vaddr, nr uint64, dst []byte) (uint64, error) {
 	if nr == 0 || uint64(len(dst))/PageSize < nr {
 		return 0, fmt.Errorf("page server: GET %d pages into %d bytes", nr, len(dst))
 	}
+	if c.sp != nil {
+		return 0, errStripedGet
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.usable(); err != nil {
@@ -258,6 +282,8 @@ func (c *Client) Abort() {
 	// The transport is set once by Dial; closing it is safe while another
 	// goroutine is blocked on it (and holds c.mu).
 	switch {
+	case c.sp != nil:
+		c.sp.abort()
 	case c.qc != nil:
 		c.qc.CloseWithError(1, "aborted")
 	case c.handedOver:
@@ -285,6 +311,16 @@ func (c *Client) Abort() {
 // Close ends open tasks, sends CLOSE, waits for the server's status (it
 // has then closed every image of this connection) and disconnects.
 func (c *Client) Close() error {
+	if c.sp != nil {
+		c.mu.Lock()
+		closed := c.closed
+		c.closed = true
+		c.mu.Unlock()
+		if closed {
+			return nil
+		}
+		return c.sp.close()
+	}
 	c.mu.Lock()
 	sinks := make([]*TaskSink, 0, len(c.sinks))
 	for s := range c.sinks {
@@ -360,6 +396,10 @@ type TaskSink struct {
 	buf       []byte
 	done      bool
 	err       error
+	// sp: the task is striped (stripe_client.go); seq and off are the
+	// next entry's place in the pagemap and in the pages file.
+	sp       *striper
+	seq, off uint64
 }
 
 // HasParent is the server's OPEN2 answer: a parent pagemap exists, so
@@ -367,7 +407,7 @@ type TaskSink struct {
 func (s *TaskSink) HasParent() bool { return s.hasParent }
 
 func (s *TaskSink) lock() func() {
-	if s.st != nil {
+	if s.st != nil || s.sp != nil {
 		return func() {} // the stream is the sink's own
 	}
 	s.c.mu.Lock()
@@ -381,6 +421,9 @@ func (s *TaskSink) usable() error {
 	if s.err != nil {
 		return s.err
 	}
+	if s.sp != nil {
+		return s.sp.failed()
+	}
 	if s.st == nil {
 		return s.c.usable()
 	}
@@ -391,6 +434,10 @@ func (s *TaskSink) usable() error {
 func (s *TaskSink) abort(err error) error {
 	if s.err == nil {
 		s.err = err
+	}
+	if s.sp != nil {
+		s.sp.fail(err)
+		return err
 	}
 	if s.st != nil {
 		s.st.CancelWrite(1)
@@ -413,6 +460,9 @@ func (s *TaskSink) AddPages(vaddr, nr uint64, flags uint32, src io.Reader) error
 	}
 	if err := s.checkAdd(vaddr, nr, flags); err != nil {
 		return err
+	}
+	if s.sp != nil {
+		return s.stripedAdd(vaddr, nr, flags, src, nil)
 	}
 	if flags&FlagPresent == 0 {
 		if err := sendHeader(s.w, wire.Header{Cmd: wire.MakeCmd(wire.CmdAddF, uint16(flags)), NrPages: nr, Vaddr: vaddr, DstID: s.dst}); err != nil {
@@ -452,6 +502,9 @@ func (s *TaskSink) AddPagesBytes(vaddr uint64, flags uint32, data []byte) error 
 	}
 	if err := s.checkAdd(vaddr, uint64(len(data)/PageSize), flags); err != nil {
 		return err
+	}
+	if s.sp != nil {
+		return s.stripedAdd(vaddr, uint64(len(data)/PageSize), flags, nil, data)
 	}
 	for len(data) > 0 {
 		k := min(len(data), int(maxAddPages)*PageSize)
@@ -529,6 +582,9 @@ func (s *TaskSink) Hole(vaddr, nr uint64) error {
 	if err := checkRange(vaddr, nr); err != nil {
 		return fmt.Errorf("page server: %w", err)
 	}
+	if s.sp != nil {
+		return s.stripedAdd(vaddr, nr, FlagParent, nil, nil)
+	}
 	if err := sendHeader(s.w, wire.Header{Cmd: wire.CmdHole, NrPages: nr, Vaddr: vaddr, DstID: s.dst}); err != nil {
 		return s.abort(fmt.Errorf("page server: HOLE %#x: %w", vaddr, err))
 	}
@@ -541,6 +597,13 @@ func (s *TaskSink) Hole(vaddr, nr uint64) error {
 // per-task acknowledgement).
 func (s *TaskSink) Close() error {
 	c := s.c
+	if s.sp != nil {
+		if s.done {
+			return nil
+		}
+		s.done = true
+		return s.stripedClose()
+	}
 	if s.st == nil {
 		c.mu.Lock()
 		defer c.mu.Unlock()

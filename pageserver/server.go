@@ -74,8 +74,11 @@ type Config struct {
 	// Once ends Serve after the first session, as CRIU's page server
 	// does (--single-session; the RPC's PAGE_SERVER and PAGE_SERVER_CHLD,
 	// whose callers wait for the server to exit): Serve then returns the
-	// session's error, if any.
-	Once bool
+	// session's error, if any. Sessions (default 1) is how many
+	// sessions Once waits for: a striped client's connections
+	// (TransportOptions.Streams); the first that fails ends Serve.
+	Once     bool
+	Sessions int
 	// PagesIDBase is the first pages-<id>.img number. Default 0x10001, as
 	// CRIU's page server (up_page_ids_base), so that page-server and
 	// local images in one directory never collide.
@@ -129,6 +132,11 @@ type Server struct {
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	open    map[uint64]string // dst (normalised) → peer holding it
+	// stripes are the striped pagemaps being written (stripe.go).
+	stripeMu sync.Mutex
+	stripes  map[uint64]*stripe
+	// sessions counts the sessions ended (Once).
+	sessions int
 	conns   map[io.Closer]struct{}
 	lazy    lazyImages
 	closing bool
@@ -141,7 +149,7 @@ type Server struct {
 // NewServer opens the images directory and prepares the parent link.
 func NewServer(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Log, m: cfg.Metrics,
-		open: map[uint64]string{}, conns: map[io.Closer]struct{}{}, perPeer: map[string]int{},
+		open: map[uint64]string{}, stripes: map[uint64]*stripe{}, conns: map[io.Closer]struct{}{}, perPeer: map[string]int{},
 		hsSem: make(chan struct{}, maxHandshakes), hsPeer: map[string]int{}}
 	if s.log == nil {
 		s.log = logging.Default()
@@ -539,11 +547,18 @@ func (s *Server) finish(ss *session, err error) {
 			if err != nil && s.onceErr == nil {
 				s.onceErr = fmt.Errorf("page server: %s: %w", ss.peer, err)
 			}
+			s.sessions++
+			if err == nil && s.sessions < max(s.cfg.Sessions, 1) {
+				stop = nil
+			}
 			s.mu.Unlock()
 			if stop != nil {
 				stop()
 			}
 		}()
+	}
+	if len(ss.stripes) > 0 {
+		ss.dropStripes(err)
 	}
 	if ss.task != nil {
 		if err == nil && !ss.closed && !s.cfg.Lazy {

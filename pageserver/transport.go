@@ -58,6 +58,12 @@ type TransportOptions struct {
 	// to TLS 1.3, and a server config must carry ClientCAs: client
 	// certificates are always required and verified.
 	TLSConfig *tls.Config
+	// Streams (client only), when over 1, stripes the pages over that
+	// many connections (at most MaxStreams), each with its own TLS or
+	// QUIC connection: one connection's encryption runs on one core.
+	// Only godwit's page server takes striped uploads (stripe.go); GET
+	// is refused.
+	Streams int
 	// QUIC tuning; nil means the defaults of quicConfig.
 	QUIC *quic.Config
 }
