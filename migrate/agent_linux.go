@@ -552,6 +552,11 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 		}
 		return nil
 	}
+	streams := max(int(rs.Streams), 1)
+	if streams > pageserver.MaxStreams {
+		return fmt.Errorf("round %d over %d streams (at most %d)", rs.N, streams, pageserver.MaxStreams)
+	}
+	in.res.Streams = streams
 	left := in.pageLimit - in.pageBytes()
 	if left <= 0 {
 		return fmt.Errorf("the migration's pages reached --max-migration-bytes %d", in.pageLimit)
@@ -561,6 +566,9 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 	case CompressZstd:
 		if transport == "quic" {
 			return errors.New("compressed page streams run over TLS, not QUIC")
+		}
+		if streams != 1 {
+			return errors.New("a compressed round is one stream")
 		}
 		return in.startCompressedRound(ctx, rs, dir, prev, tc, left)
 	default:
@@ -575,12 +583,14 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 	if err != nil {
 		return err
 	}
-	// Over TCP the round is one session (Once). Over QUIC a session's
-	// streams end one by one and Once would cut the control stream's
-	// CLOSE: that server is stopped when the source reports the round
-	// done, its CLOSE answered (every image complete) by then.
+	// Over TCP the round is one session a stream (Once). Over QUIC a
+	// session's streams end one by one and Once would cut the control
+	// stream's CLOSE: that server is stopped when the source reports the
+	// round done, its CLOSE answered (every image complete) by then.
+	// MaxBytes is the server's, every stream's pages together.
 	quic := to.Transport == pageserver.TransportQUIC
-	srv, err := pageserver.NewServer(pageserver.Config{ImagesDir: dir, PrevImagesDir: prev, Once: !quic, Log: in.a.cfg.Log, MaxBytes: left})
+	srv, err := pageserver.NewServer(pageserver.Config{ImagesDir: dir, PrevImagesDir: prev, Once: !quic, Sessions: streams,
+		Log: in.a.cfg.Log, MaxBytes: left})
 	if err != nil {
 		ln.Close()
 		return err

@@ -43,34 +43,24 @@ type stripeJob struct {
 	pooled bool
 }
 
-// dialStriped dials n connections (at most maxHandshakesPerPeer
-// handshakes at once: the server closes more).
+// dialStriped dials n connections, one after another from the calling
+// goroutine: a caller that entered a network namespace on its thread gets
+// every socket made there.
 func dialStriped(ctx context.Context, addr string, o TransportOptions, n int) (*Client, error) {
 	if n > MaxStreams {
 		return nil, fmt.Errorf("page server: %d streams (at most %d)", n, MaxStreams)
 	}
 	o.Streams = 0
-	subs := make([]*Client, n)
-	errs := make([]error, n)
-	sem := make(chan struct{}, maxHandshakesPerPeer)
-	var wg sync.WaitGroup
-	for i := range subs {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			subs[i], errs[i] = Dial(ctx, addr, o)
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		for _, c := range subs {
-			if c != nil {
+	subs := make([]*Client, 0, n)
+	for range n {
+		c, err := Dial(ctx, addr, o)
+		if err != nil {
+			for _, c := range subs {
 				c.Abort()
 			}
+			return nil, err
 		}
-		return nil, err
+		subs = append(subs, c)
 	}
 	t, _ := o.transport()
 	sp := &striper{subs: subs, jobs: make(chan *stripeJob, 2*n), bufs: make(chan []byte, n+2)}

@@ -669,7 +669,10 @@ type RoundStart struct {
 	Lazy bool `protobuf:"varint,3,opt,name=lazy,proto3" json:"lazy,omitempty"`
 	// compress: this round's pages come zstd-compressed ("zstd") on a
 	// connection of their own, or as they are ("").
-	Compress      string `protobuf:"bytes,4,opt,name=compress,proto3" json:"compress,omitempty"`
+	Compress string `protobuf:"bytes,4,opt,name=compress,proto3" json:"compress,omitempty"`
+	// streams: the pages come striped over this many connections (TLS or
+	// QUIC; pageserver's striped uploads); 0 or 1: one.
+	Streams       uint32 `protobuf:"varint,5,opt,name=streams,proto3" json:"streams,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -730,6 +733,13 @@ func (x *RoundStart) GetCompress() string {
 		return x.Compress
 	}
 	return ""
+}
+
+func (x *RoundStart) GetStreams() uint32 {
+	if x != nil {
+		return x.Streams
+	}
+	return 0
 }
 
 type RoundReady struct {
@@ -1796,13 +1806,14 @@ const file_control_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"9\n" +
 	"\aFailure\x12\x14\n" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"`\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"z\n" +
 	"\n" +
 	"RoundStart\x12\f\n" +
 	"\x01n\x18\x01 \x01(\rR\x01n\x12\x14\n" +
 	"\x05final\x18\x02 \x01(\bR\x05final\x12\x12\n" +
 	"\x04lazy\x18\x03 \x01(\bR\x04lazy\x12\x1a\n" +
-	"\bcompress\x18\x04 \x01(\tR\bcompress\" \n" +
+	"\bcompress\x18\x04 \x01(\tR\bcompress\x12\x18\n" +
+	"\astreams\x18\x05 \x01(\rR\astreams\" \n" +
 	"\n" +
 	"RoundReady\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\rR\x04port\"\x19\n" +
