@@ -137,9 +137,9 @@ type Server struct {
 	stripes  map[uint64]*stripe
 	// sessions counts the sessions ended (Once).
 	sessions int
-	conns   map[io.Closer]struct{}
-	lazy    lazyImages
-	closing bool
+	conns    map[io.Closer]struct{}
+	lazy     lazyImages
+	closing  bool
 	// lazyClosed: a lazy session got CLOSE; stopServe ends Serve.
 	lazyClosed atomic.Bool
 	stopServe  context.CancelFunc

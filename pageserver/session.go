@@ -30,15 +30,15 @@ func reqErr(reason string, err error) error { return &requestError{reason, err} 
 // It holds at most one open task (pagemap being written), as CRIU's
 // page_server_serve does.
 type session struct {
-	s      *Server
-	peer   string
-	rd     *bufio.Reader
-	src    io.Reader    // the unbuffered stream, for page data
-	w      io.Writer    // replies
-	tcp    *net.TCPConn // set when page data can be spliced to the file
-	dl     deadliner    // read and write deadlines of the stream
-	buf    []byte       // copy buffer, allocated on first use
-	task   *task
+	s    *Server
+	peer string
+	rd   *bufio.Reader
+	src  io.Reader    // the unbuffered stream, for page data
+	w    io.Writer    // replies
+	tcp  *net.TCPConn // set when page data can be spliced to the file
+	dl   deadliner    // read and write deadlines of the stream
+	buf  []byte       // copy buffer, allocated on first use
+	task *task
 	// stripes are the striped pagemaps this session joined (true: it
 	// ended its part).
 	stripes map[*stripe]bool
