@@ -62,6 +62,10 @@ type AgentConfig struct {
 	// the agent takes post-copy migrations, fetching their lazy pages
 	// from the source's page server.
 	ClientTLS TLSFiles
+	// AdminCNs are the identities (certificate common name or DNS name,
+	// CA-signed) that may resolve any held migration and read the whole
+	// history; any other peer only those its own certificate started.
+	AdminCNs []string
 	// Observe, if set, is called with every finished migration (metrics).
 	Observe func(Result)
 	// Metrics, if set, counts the migrations in flight and observes each
@@ -87,6 +91,9 @@ type Agent struct {
 	states     map[string]string
 	pids       map[string]int
 	stateOrder []string
+	// owners are the fingerprints (ownerOf) of the certificates that
+	// started the migrations of states.
+	owners map[string]string
 }
 
 // NewAgent checks the configuration and loads the certificates.
@@ -121,7 +128,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	}
 	pruneResumed(cfg.ImagesDir)
 	return &Agent{cfg: cfg, tls: tc, slot: make(chan struct{}, cfg.MaxConcurrent),
-		held: map[string]*held{}, states: map[string]string{}, pids: map[string]int{}}, nil
+		held: map[string]*held{}, states: map[string]string{}, pids: map[string]int{}, owners: map[string]string{}}, nil
 }
 
 // Serve accepts migrations on ln until ctx is done, then waits for those
@@ -300,14 +307,18 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 		a.cfg.Log.Warnf("agent: %s: %v", raw.RemoteAddr(), err)
 		return
 	}
+	var peer *x509.Certificate
+	if pc := c.ConnectionState().PeerCertificates; len(pc) > 0 {
+		peer = pc[0]
+	}
 	if r := first.GetResolve(); r != nil {
 		// Not a migration: no slot, so that it is answered even with
 		// every slot taken by held copies.
-		a.serveResolve(k, r)
+		a.serveResolve(k, r, peer)
 		return
 	}
 	if r := first.GetHistoryRequest(); r != nil {
-		a.serveHistory(k, r)
+		a.serveHistory(k, r, peer)
 		return
 	}
 	select {
@@ -326,8 +337,8 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 		a.mu.Unlock()
 	}()
 	in := &inbound{a: a, ctl: k, files: map[string]*os.File{}, fillCtx: fctx, agentCtx: actx}
-	if pc := c.ConnectionState().PeerCertificates; len(pc) > 0 {
-		in.peer = pc[0].Raw
+	if peer != nil {
+		in.peer, in.res.owner = peer.Raw, fingerprint(peer.Raw)
 	}
 	in.res.Started = time.Now()
 	in.res.Source = raw.RemoteAddr().String()
@@ -730,13 +741,20 @@ func (in *inbound) pageBytes() int64 {
 }
 
 // serveHistory answers a HistoryRequest.
-func (a *Agent) serveHistory(k *ctl, r *pb.HistoryRequest) {
+// A peer that is not an admin (AdminCNs) sees only the migrations its own
+// certificate started.
+func (a *Agent) serveHistory(k *ctl, r *pb.HistoryRequest, peer *x509.Certificate) {
 	if r.Version != Version {
 		_ = k.send(&pb.Envelope{Msg: &pb.Envelope_Failure{Failure: &pb.Failure{Phase: string(PhaseConnect),
 			Message: fmt.Sprintf("protocol version %d, this agent speaks %d", r.Version, Version)}}})
 		return
 	}
-	b, err := json.Marshal(a.History())
+	hist := a.History()
+	if !a.isAdmin(peer) {
+		fp := peerFingerprint(peer)
+		hist = slices.DeleteFunc(hist, func(r Result) bool { return r.owner == "" || r.owner != fp })
+	}
+	b, err := json.Marshal(hist)
 	if err != nil {
 		return
 	}
