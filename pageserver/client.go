@@ -53,6 +53,10 @@ type Client struct {
 	corked bool
 	qc     *quic.Conn
 	ctrl   *quic.Stream
+	// compress: every stream is zstd (TransportOptions.Compress); zctrl
+	// is the control stream's.
+	compress bool
+	zctrl    io.ReadWriter
 	sink   *TaskSink // TCP: the open task
 	sinks  map[*TaskSink]struct{}
 	err    error // sticky: the stream is out of sync
@@ -78,11 +82,20 @@ func Dial(ctx context.Context, addr string, o TransportOptions) (*Client, error)
 	if o.Streams > 1 {
 		return dialStriped(ctx, addr, o, o.Streams)
 	}
-	c := &Client{transport: t, sinks: map[*TaskSink]struct{}{}}
+	c := &Client{transport: t, sinks: map[*TaskSink]struct{}{}, compress: o.Compress != ""}
 	switch t {
 	case TransportTCP:
 		if c.conn, c.raw, err = dialTCP(ctx, addr, o); err != nil {
 			return nil, err
+		}
+		if c.compress {
+			// No splice or sendfile: every byte goes through zstd.
+			zc, err := newZstdConn(c.conn)
+			if err != nil {
+				c.conn.Close()
+				return nil, err
+			}
+			c.conn, c.raw = zc, nil
 		}
 	case TransportQUIC:
 		if c.qc, err = dialQUIC(ctx, addr, o); err != nil {
@@ -92,12 +105,21 @@ func Dial(ctx context.Context, addr string, o TransportOptions) (*Client, error)
 			c.qc.CloseWithError(1, "")
 			return nil, fmt.Errorf("page server: open control stream: %w", err)
 		}
+		if c.compress {
+			if c.zctrl, err = newZstdStream(c.ctrl); err != nil {
+				c.qc.CloseWithError(1, "")
+				return nil, err
+			}
+		}
 	}
 	return c, nil
 }
 
 // ctrlRW is the control channel.
 func (c *Client) ctrlRW() io.ReadWriter {
+	if c.zctrl != nil {
+		return c.zctrl
+	}
 	if c.ctrl != nil {
 		return c.ctrl
 	}
@@ -196,6 +218,16 @@ func (c *Client) OpenTask(ctx context.Context, dst uint64, parentAware bool) (*T
 			return nil, fmt.Errorf("page server: open task stream: %w", err)
 		}
 		s.st, rw = st, st
+		if c.compress {
+			z, err := newZstdStream(st)
+			if err != nil {
+				st.CancelRead(1)
+				st.CancelWrite(1)
+				return nil, err
+			}
+			rw = z
+		}
+		s.rw = rw
 	} else {
 		if c.sink != nil {
 			return nil, fmt.Errorf("page server: task %#x still open on this TCP connection", c.sink.dst)
@@ -392,6 +424,7 @@ type TaskSink struct {
 	w         io.Writer
 	raw       *net.TCPConn
 	st        *quic.Stream
+	rw        io.ReadWriter // st, or its zstd stream
 	hasParent bool
 	buf       []byte
 	done      bool
@@ -626,7 +659,7 @@ func (s *TaskSink) Close() error {
 	if s.err != nil {
 		return s.err
 	}
-	err := c.sendClose(s.st)
+	err := c.sendClose(s.rw)
 	if err != nil {
 		s.st.CancelRead(1)
 		s.st.CancelWrite(1)

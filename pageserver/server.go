@@ -316,7 +316,7 @@ func (s *Server) acceptTCP(ctx context.Context, ln *Listener) error {
 				<-s.hsSem
 				continue
 			}
-			go s.serveTLS(ctx, c, ln.tlsConf)
+			go s.serveTLS(ctx, c, ln.tlsConf, ln.compress)
 			continue
 		}
 		if !s.admit(c, c.RemoteAddr()) {
@@ -325,7 +325,16 @@ func (s *Server) acceptTCP(ctx context.Context, ln *Listener) error {
 		s.m.conn(string(TransportTCP))
 		go func() {
 			defer s.release(c, c.RemoteAddr())
-			s.serveTCP(c, c, c.(*net.TCPConn))
+			if !ln.compress {
+				s.serveTCP(c, c, c.(*net.TCPConn))
+				return
+			}
+			zc, err := newZstdConn(c)
+			if err != nil {
+				s.log.Errorf("page-server: %s: %v", c.RemoteAddr(), err)
+				return
+			}
+			s.serveTCP(c, zc, nil)
 		}()
 	}
 }
@@ -355,7 +364,7 @@ func (s *Server) admitHandshake(c net.Conn, peer net.Addr) bool {
 
 // serveTLS runs the handshake within HandshakeTimeout, then counts the
 // connection against MaxConns and serves it.
-func (s *Server) serveTLS(ctx context.Context, c net.Conn, tlsConf *tls.Config) {
+func (s *Server) serveTLS(ctx context.Context, c net.Conn, tlsConf *tls.Config, compress bool) {
 	defer s.wg.Done()
 	peer := c.RemoteAddr()
 	host := peerHost(peer)
@@ -383,7 +392,16 @@ func (s *Server) serveTLS(ctx context.Context, c net.Conn, tlsConf *tls.Config) 
 	}
 	s.m.conn(string(TransportTCP))
 	defer s.release(c, peer)
-	s.serveTCP(c, tc, nil)
+	if !compress {
+		s.serveTCP(c, tc, nil)
+		return
+	}
+	zc, err := newZstdConn(tc)
+	if err != nil {
+		s.log.Errorf("page-server: %s: %v", peer, err)
+		return
+	}
+	s.serveTCP(c, zc, nil)
 }
 
 // admit counts a connection against MaxConns and tracks it for shutdown;
@@ -474,7 +492,7 @@ func (s *Server) acceptQUIC(ctx context.Context, ln *Listener) error {
 			continue
 		}
 		s.m.conn(string(TransportQUIC))
-		go s.serveQUIC(ctx, qc, closer)
+		go s.serveQUIC(ctx, qc, closer, ln.compress)
 	}
 }
 
@@ -485,7 +503,7 @@ func (q quicCloser) Close() error { return q.c.CloseWithError(0, "") }
 // serveQUIC runs one session per stream the peer opens: the control stream
 // (PARENT, GET, the final CLOSE) and one stream per task (OPEN2, ADD...,
 // CLOSE). Streams are bounded by the QUIC config (MaxIncomingStreams).
-func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser) {
+func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser, compress bool) {
 	defer s.release(closer, qc.RemoteAddr())
 	peer := qc.RemoteAddr().String()
 	s.log.Infof("page-server: %s: connected (quic)", peer)
@@ -523,7 +541,18 @@ func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser
 			defer wg.Done()
 			defer busy.Add(-1)
 			name := fmt.Sprintf("%s/%d", peer, st.StreamID())
-			ss := s.newSession(name, st, st, nil)
+			var rw io.ReadWriter = st
+			if compress {
+				z, err := newZstdStream(st)
+				if err != nil {
+					s.log.Errorf("page-server: %s: %v", name, err)
+					st.CancelRead(1)
+					st.CancelWrite(1)
+					return
+				}
+				rw = z
+			}
+			ss := s.newSession(name, rw, rw, nil)
 			ss.dl = st
 			err := ss.run()
 			s.finish(ss, err)

@@ -64,6 +64,9 @@ type TransportOptions struct {
 	// Only godwit's page server takes striped uploads (stripe.go); GET
 	// is refused.
 	Streams int
+	// Compress ("" or CompressZstd; both ends alike) compresses every
+	// stream both ways (compress.go): godwit's own, no CRIU peer speaks it.
+	Compress string
 	// QUIC tuning; nil means the defaults of quicConfig.
 	QUIC *quic.Config
 }
@@ -76,6 +79,9 @@ const (
 )
 
 func (o TransportOptions) transport() (Transport, error) {
+	if err := checkCompress(o.Compress); err != nil {
+		return "", err
+	}
 	switch o.Transport {
 	case "", TransportTCP:
 		return TransportTCP, nil
@@ -227,6 +233,7 @@ type Listener struct {
 	tlsConf   *tls.Config // TCP+TLS
 	quic      *quic.Listener
 	udp       net.PacketConn
+	compress  bool // every stream is zstd (TransportOptions.Compress)
 	// onRefuse reports a refused client certificate (set by Serve).
 	onRefuse atomic.Pointer[func(peer string, err error)]
 }
@@ -237,7 +244,7 @@ func Listen(addr string, o TransportOptions) (*Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Listener{transport: t}
+	l := &Listener{transport: t, compress: o.Compress != ""}
 	switch t {
 	case TransportTCP:
 		if o.TLS {
@@ -269,7 +276,10 @@ func Listen(addr string, o TransportOptions) (*Listener, error) {
 // NewTCPListener serves on an existing listener (an inherited socket, as
 // CRIU's --ps-socket), with TLS when o.TLS is set.
 func NewTCPListener(ln net.Listener, o TransportOptions) (*Listener, error) {
-	l := &Listener{transport: TransportTCP, tcp: ln}
+	if err := checkCompress(o.Compress); err != nil {
+		return nil, err
+	}
+	l := &Listener{transport: TransportTCP, tcp: ln, compress: o.Compress != ""}
 	if o.TLS {
 		tc, err := o.tlsConfig(true, "")
 		if err != nil {
