@@ -572,22 +572,24 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 	if left <= 0 {
 		return fmt.Errorf("the migration's pages reached --max-migration-bytes %d", in.pageLimit)
 	}
+	to, err := in.a.cfg.TLS.pageTransport(transport, "")
+	if err != nil {
+		return err
+	}
 	switch rs.Compress {
 	case "":
 	case CompressZstd:
 		if transport == "quic" {
-			return errors.New("compressed page streams run over TLS, not QUIC")
+			// Every QUIC stream compressed (pageserver).
+			to.Compress = pageserver.CompressZstd
+			break
 		}
 		if streams != 1 {
-			return errors.New("a compressed round is one stream")
+			return errors.New("a compressed TLS round is one stream")
 		}
 		return in.startCompressedRound(ctx, rs, dir, prev, tc, left)
 	default:
 		return fmt.Errorf("unknown page stream compression %q", rs.Compress)
-	}
-	to, err := in.a.cfg.TLS.pageTransport(transport, "")
-	if err != nil {
-		return err
 	}
 	to.TLSConfig = tc
 	ln, err := pageserver.Listen(net.JoinHostPort(in.a.cfg.Address, "0"), to)
@@ -704,6 +706,14 @@ func (in *inbound) startLazy() error {
 		return err
 	}
 	in.rounds = append(in.rounds, "final")
+	return nil
+}
+
+// checkLazyCompress checks Restore.compress.
+func checkLazyCompress(c string) error {
+	if c != "" && c != CompressZstd {
+		return fmt.Errorf("unknown lazy page compression %q", c)
+	}
 	return nil
 }
 
@@ -899,7 +909,7 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	var lazy *localFill
 	if !fullFill {
 		var err error
-		if lazy, err = in.startFill(ro.ImagesDir, pageSource); err != nil {
+		if lazy, err = in.startFill(ro.ImagesDir, pageSource, rs.Compress); err != nil {
 			return phaseErr(PhaseRestore, err)
 		}
 		// The daemon opens the images while the restore lays out the
@@ -1076,7 +1086,7 @@ type localFill struct {
 // directory; listening tells when it listens.
 //
 // With pageSource the pages come from the source's page server instead.
-func (in *inbound) startFill(images, pageSource string) (*localFill, error) {
+func (in *inbound) startFill(images, pageSource, compress string) (*localFill, error) {
 	lo := lazypages.Options{ImagesDir: images, WorkDir: in.dir, Log: in.a.cfg.Log, Guard: in.guard}
 	in.guard = nil // Run's from now on
 	if pageSource != "" {
@@ -1090,6 +1100,10 @@ func (in *inbound) startFill(images, pageSource string) (*localFill, error) {
 		if lo.Transport, err = in.a.cfg.ClientTLS.pageTransport("tls", host); err != nil {
 			return nil, err
 		}
+		if err := checkLazyCompress(compress); err != nil {
+			return nil, err
+		}
+		lo.Transport.Compress = compress
 		lo.PageServer = pageSource
 	}
 	ctx, cancel := context.WithCancel(in.fillCtx)

@@ -24,7 +24,8 @@ import (
 // the source dies; Resolve, Resolved). 5: HistoryRequest/HistoryReply and
 // Hello.memory_bytes (the agent's --max-migration-bytes). 6: Probe and
 // ProbeAck (--compress auto measures the link). 7: RoundStart.streams
-// (a round's pages striped over several connections).
+// (a round's pages striped over several connections), compressed QUIC
+// rounds and Restore.compress (compressed lazy pages).
 const Version = 7
 
 // maxMessage bounds one control message: image files travel in chunks of
