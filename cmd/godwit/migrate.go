@@ -89,6 +89,7 @@ failure leaves the source running as it was.`,
 	f.DurationVar(&o.DowntimeBudget, "downtime-budget", 50*time.Millisecond, "stop pre-copy once the last delta is predicted to move within `duration`")
 	f.IntVar(&o.MaxRounds, "max-rounds", 8, "at most `n` pre-copy rounds (0: stop-and-copy)")
 	f.StringVar(&o.Compress, "compress", migrate.CompressAuto, "page streams: zstd, none, or auto (time the link and zstd on a sample of the program's memory first; compress when zstd is the faster and shrinks the pages); over --transport tls")
+	f.IntVar(&o.Streams, "streams", 0, "stripe each round's pages over `n` connections (0: one per core, up to 4; a compressed round uses one)")
 	f.StringVar(&o.Transport, "transport", "tls", "page streams: tls (TCP; measured about twice as fast as quic here, see e2e TestMigrateTransports) or quic; both with mutual TLS")
 	f.StringVar(&o.TLS.CACert, "tls-cacert", "", "CA certificate `file` that signed the agent's certificate")
 	f.StringVar(&o.TLS.Cert, "tls-cert", "", "this host's client certificate `file`")
@@ -292,5 +293,6 @@ source announces, plus 256 MiB).`,
 	f.IntVar(&cfg.History, "history", 100, "keep the last `n` migrations (godwit migrate history)")
 	f.Int64Var(&cfg.MaxMigrationBytes, "max-migration-bytes", 0, "refuse a migration whose rounds send more than `n` bytes of pages (0: twice the memory the source announces, plus 256 MiB)")
 	f.IntVar(&cfg.MaxConcurrent, "max-concurrent", 4, "at most `n` migrations at once")
+	f.StringSliceVar(&cfg.AdminCNs, "admin-cn", nil, "certificate common or DNS `name` (CA-signed) that may resolve any held migration and read the whole history; others only the migrations their own certificate started (repeatable)")
 	return c
 }
