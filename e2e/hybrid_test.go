@@ -138,9 +138,17 @@ wait $rs; echo "restore=$?"`
 // the restored program finds every page as it wrote it.
 func TestLazyDumpOnPreDumpChain(t *testing.T) {
 	needRoot(t)
-	w := startMemticker(t, "-m", "32", "-w", "16")
+	// 1 MB/s: about 0.25 pages a tick, so the pages written between the
+	// last round and the freeze are some (waited for below) but never
+	// all 8192 (that would take half a minute of ticks), however slow
+	// the machine.
+	w := startMemticker(t, "-m", "32", "-w", "1")
 	root := t.TempDir()
 	prev := preDumpChain(t, root, w.pid, 2)
+	// Pages written since the last round, whatever the load: the write
+	// count of a check requested now must grow.
+	for first := memtickerWrites(t, w); memtickerWrites(t, w) == first; {
+	}
 	final := filepath.Join(root, "final")
 	if err := os.Mkdir(final, 0o700); err != nil {
 		t.Fatal(err)
@@ -218,6 +226,21 @@ func TestLazyDumpOnPreDumpChain(t *testing.T) {
 		t.Fatalf("restored program did not end: %s", rsOut.String())
 	}
 	t.Logf("dump: %d lazy, %d parent pages; lazy-pages: %d local, %d remote", lazy, parent, local, remote)
+}
+
+// memtickerWrites has memticker w check its memory and returns the pages
+// it had written by then.
+func memtickerWrites(t *testing.T, w *workload) uint64 {
+	t.Helper()
+	off := logSize(w.log)
+	if err := syscall.Kill(w.pid, syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	check := memtickerCheck(t, w.log, w.pid, off, 60*time.Second)
+	if check[1] != "ok" {
+		t.Fatalf("memticker: %s", check[0])
+	}
+	return statValue(t, check[0], `writes=(\d+)`)
 }
 
 // statValue reads one number of --display-stats output.
