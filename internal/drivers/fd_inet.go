@@ -222,6 +222,9 @@ func collectInet(fl *Files, pid int, fd *FD, f *model.File, s, family int) error
 		}
 	}
 	what := describe(st)
+	if st.Proto == unix.IPPROTO_MPTCP && st.State != tcprepair.StateClose && st.State != tcprepair.StateListen {
+		return refuseMPTCPConn(s, st, what)
+	}
 	if err := inetOpts(id, s, st); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
@@ -254,12 +257,6 @@ func collectInet(fl *Files, pid int, fd *FD, f *model.File, s, family int) error
 	}
 	if err := tcprepair.Supported(uint8(st.State)); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
-	}
-	if st.Proto == unix.IPPROTO_MPTCP {
-		// A connection that fell back to TCP when accepted is a TCP
-		// socket; one that stays MPTCP cannot be rebuilt: a new MPTCP
-		// socket refuses TCP_REPAIR (ENOPROTOOPT).
-		return fmt.Errorf("%s: connected MPTCP socket (%s): not supported (the kernel has no repair mode for MPTCP)", what, tcprepair.StateName(uint8(st.State)))
 	}
 	if !fl.TCPEstablished {
 		return fmt.Errorf("%s: established TCP connection (%s): dump with --tcp-established", what, tcprepair.StateName(uint8(st.State)))
