@@ -103,8 +103,18 @@ func dialIn(t *testing.T, ns, addr string) net.Conn {
 		err error
 	}
 	ch := make(chan res, 1)
-	go func() {
+	var dial func()
+	dial = func() {
 		runtime.LockOSThread()
+		if unix.Gettid() == unix.Getpid() {
+			// Not the main thread, which Go keeps when its goroutine
+			// ends: hold it while another thread joins.
+			done := make(chan struct{})
+			go func() { defer close(done); dial() }()
+			<-done
+			runtime.UnlockOSThread()
+			return
+		}
 		fd, err := unix.Open(ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			ch <- res{nil, err}
@@ -117,7 +127,8 @@ func dialIn(t *testing.T, ns, addr string) net.Conn {
 		}
 		c, err := net.DialTimeout("tcp", addr, 10*time.Second)
 		ch <- res{c, err}
-	}()
+	}
+	go dial()
 	r := <-ch
 	if r.err != nil {
 		t.Fatalf("connect to %s from %s: %v", addr, ns, r.err)
@@ -309,5 +320,65 @@ func TestNetDumpFromOutsideNetns(t *testing.T) {
 	unix.Fstat(s[3], &rs)
 	if !regexp.MustCompile(`0100007F:\w+ 01 .* ` + strconv.FormatUint(rs.Ino, 10) + ` `).MatchString(raw) {
 		t.Fatalf("raw socket %d not connected to 127.0.0.1 after the restore:\n%s", rs.Ino, raw)
+	}
+}
+
+// An established connection of a tree in its own network namespace,
+// dumped from outside with --tcp-established and restored there with
+// --join-ns: the peer (never dumped, in that namespace) reads on in the
+// byte stream, with no reset.
+func TestNetEstablishedFromOutsideNetns(t *testing.T) {
+	needRoot(t)
+	const port = 7790
+	x := makeNetns(t)
+	log := filepath.Join(t.TempDir(), "log")
+	w := x.command(cWorkload(t, "netconn"), "server", "127.0.0.1", strconv.Itoa(port), log)
+	w.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := w.Process.Pid
+	waited := make(chan error, 1)
+	go func() { waited <- w.Wait() }()
+	t.Cleanup(func() { killAndForget(pid) })
+	waitFor(t, "netconn to listen", func() bool { return strings.HasPrefix(readAll(log), "ready\n") })
+	ns := "/run/netns/" + x.name
+	c := dialIn(t, ns, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	defer c.Close()
+	g := gen(1)
+	read := func(n int) {
+		t.Helper()
+		buf := make([]byte, n)
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		for i, v := range buf {
+			if want := g.next(); v != want {
+				t.Fatalf("byte %d: %d, want %d", i, v, want)
+			}
+		}
+	}
+	read(4096)
+	dir := t.TempDir()
+	if code, out := godwit(t, "dump", "-t", strconv.Itoa(pid), "-D", dir, "-v4", "-o", "dump.log", "--tcp-established"); code != 0 {
+		t.Fatalf("dump from outside: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "dump.log")))
+	}
+	select {
+	case <-waited:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("pid %d alive after the dump", pid)
+	}
+	waitFor(t, "the dumped pid to go", func() bool { return !pidExists(pid) })
+	if code, out := godwit(t, "restore", "-D", dir, "-d", "-v4", "-o", "restore.log", "--tcp-established", "--join-ns", "net:"+ns); code != 0 {
+		t.Fatalf("restore --join-ns: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "restore.log")))
+	}
+	read(1 << 20) // what was queued at the freeze, then what the restored server writes
+	if err := unix.Kill(pid, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the restored server to finish", func() bool { return !pidExists(pid) })
+	if tail := tailOf(log); !strings.HasPrefix(tail, "done ") {
+		t.Fatalf("restored server: %s", tail)
 	}
 }

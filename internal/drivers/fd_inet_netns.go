@@ -87,15 +87,35 @@ func (d *inetDump) inNetns(f func() error) error {
 		return f()
 	}
 	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
+	onThreadToDrop(func() {
 		if err := unix.Setns(d.netns.fd, unix.CLONE_NEWNET); err != nil {
 			errc <- fmt.Errorf("join network namespace %d: %w", d.netns.ino, err)
 			return
 		}
 		errc <- f()
-	}()
+	})
 	return <-errc
+}
+
+// onThreadToDrop runs f on a goroutine locked to a thread that ends with
+// it, so that whatever f changes of its thread (its namespaces) dies with
+// it. Never the main thread: Go keeps that one (wedged) when its locked
+// goroutine exits, and it is the thread /proc/self/ns and /proc/self/net
+// show. Holding the main thread locked meanwhile keeps f off it.
+func onThreadToDrop(f func()) {
+	done := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		if unix.Gettid() == unix.Getpid() {
+			onThreadToDrop(f)
+			runtime.UnlockOSThread() // untouched
+			close(done)
+			return
+		}
+		defer close(done)
+		f() // never unlocked
+	}()
+	<-done
 }
 
 // socketIn makes a socket in d's namespace.

@@ -74,6 +74,20 @@ func TestInetDumpOtherNetns(t *testing.T) {
 	if e := tab.ByIno[uint32(ls.Ino)]; e == nil || e.State != 10 || e.Src.Port() != 7781 {
 		t.Fatalf("sock_diag of the other namespace: listener %d: %+v", ls.Ino, e)
 	}
+	// godwit's main thread (whose namespace /proc/self/ns/net shows)
+	// never joins: many rounds, each on a thread of its own.
+	var self0, self1 unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &self0); err != nil {
+		t.Fatal(err)
+	}
+	for range 50 {
+		if err := d.inNetns(func() error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Stat("/proc/self/ns/net", &self1); err != nil || self1.Ino != self0.Ino {
+		t.Fatalf("the main thread moved to network namespace %d (was %d): %v", self1.Ino, self0.Ino, err)
+	}
 	d.release()
 	if _, err := d.table(unix.AF_INET, unix.IPPROTO_UDP); err == nil {
 		t.Fatal("a released view still reads its namespace")
