@@ -21,6 +21,7 @@ import (
 	"godwit/dumper"
 	"godwit/internal/actions"
 	"godwit/internal/cpuinfo"
+	"godwit/internal/drivers"
 	"godwit/internal/netlock"
 	_ "godwit/migrate/internal/proto"
 	pb "godwit/migrate/internal/proto"
@@ -75,6 +76,17 @@ type SendOptions struct {
 	// ShellJob, ExtUnixSk: as dump's --shell-job and --ext-unix-sk (the
 	// agent restores with --shell-job too).
 	ShellJob, ExtUnixSk bool
+	// FD, GhostLimit and ExtUnix go to the final dump as dump's file
+	// options do: --link-remap (its link is made on this host's file
+	// system, which the agent's must share), --evasive-devices,
+	// --force-irmap; --ghost-limit (0: the default); --external
+	// unix[INO]. FD.ExtFiles and ExtTTY (--external file[...] and
+	// tty[...]) are refused: their restore needs --inherit-fd, a
+	// descriptor of the restoring host's, which no migration can pass.
+	FD         drivers.FDOptions
+	GhostLimit uint64
+	ExtUnix    []uint32
+	ExtTTY     [][2]uint64
 	// ActionScripts run at the migration's action points (see
 	// docs/migrate-actions.md): the dump's pre-dump and post-dump, then
 	// pre-restore (the agent holds the connections' lock: move the
@@ -146,6 +158,9 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		}
 	default:
 		return res, phaseErr(PhaseCheck, fmt.Errorf("unknown --mode %q (want precopy, postcopy or hybrid)", res.Mode))
+	}
+	if len(o.FD.ExtFiles) > 0 || len(o.ExtTTY) > 0 {
+		return res, phaseErr(PhaseCheck, errors.New("--external file[...] and tty[...] cannot be migrated: their restore needs --inherit-fd, a descriptor of the destination host's"))
 	}
 	comp, err := ParseCompress(o.Compress)
 	if err != nil {
@@ -382,6 +397,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		PageServer:     ps,
 		TCPEstablished: o.TCPEstablished, SkipInFlight: o.SkipInFlight, NetworkLock: o.NetworkLock,
 		ShellJob: o.ShellJob, ExtUnixSk: o.ExtUnixSk, Hold: &dumper.Hold{}}
+	o.fileOptions(&do)
 	if len(res.Rounds) > 0 {
 		do.PrevImagesDir, do.TrackMem = "../"+roundDir(n-1, false), true
 	}
@@ -955,8 +971,9 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 	defer cancel()
 	w := newLazyWatch()
 	go w.run(s, res, cancel)
-	_, err = dumper.DumpLazyContext(ctx, dumper.Options{Pid: o.Pid, ImagesDir: work, FileLocks: o.FileLocks, CPUCap: o.CPUCap, Hold: hold},
-		scripts, dumper.LazyServe{Addr: addr, Transport: to})
+	do := dumper.Options{Pid: o.Pid, ImagesDir: work, FileLocks: o.FileLocks, CPUCap: o.CPUCap, Hold: hold}
+	o.fileOptions(&do)
+	_, err = dumper.DumpLazyContext(ctx, do, scripts, dumper.LazyServe{Addr: addr, Transport: to})
 	if !committed {
 		if err == nil {
 			err = errors.New("dump ended without handing over")
@@ -1110,6 +1127,7 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 	}}
 	do := dumper.Options{Pid: o.Pid, ImagesDir: final, FileLocks: o.FileLocks, CPUCap: o.CPUCap,
 		PrevImagesDir: "../" + roundDir(n-1, false), TrackMem: true, Hold: hold}
+	o.fileOptions(&do)
 	dr, err := dumper.DumpLazyContext(ctx, do, scripts, dumper.LazyServe{Addr: addr, Transport: to,
 		Pages: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}})
 	if !committed {
@@ -1131,4 +1149,9 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 		res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt), Images: imagesAt.Sub(dumpedAt), Restore: w.resumedAt.Sub(imagesAt)}
 	}
 	return w.end("hybrid post-copy", err, res)
+}
+
+// fileOptions sets the final dump's options for files (see SendOptions).
+func (o *SendOptions) fileOptions(do *dumper.Options) {
+	do.FD, do.GhostLimit, do.ExtUnix = o.FD, o.GhostLimit, o.ExtUnix
 }

@@ -57,10 +57,10 @@ type Client struct {
 	// is the control stream's.
 	compress bool
 	zctrl    io.ReadWriter
-	sink   *TaskSink // TCP: the open task
-	sinks  map[*TaskSink]struct{}
-	err    error // sticky: the stream is out of sync
-	closed bool
+	sink     *TaskSink // TCP: the open task
+	sinks    map[*TaskSink]struct{}
+	err      error // sticky: the stream is out of sync
+	closed   bool
 	// handedOver: conn is the caller's connection (NewSocketClient).
 	handedOver bool
 	// GETs sent ahead of their replies (SendGet, RecvGet).

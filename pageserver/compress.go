@@ -40,10 +40,10 @@ func checkCompress(c string) error {
 
 // zstdStream is rw with zstd both ways.
 type zstdStream struct {
-	rw   io.ReadWriter
-	mu   sync.Mutex // the encoder: GETs are sent while replies are read
-	enc  *zstd.Encoder
-	dec  *zstd.Decoder
+	rw  io.ReadWriter
+	mu  sync.Mutex // the encoder: GETs are sent while replies are read
+	enc *zstd.Encoder
+	dec *zstd.Decoder
 }
 
 func newZstdStream(rw io.ReadWriter) (*zstdStream, error) {
@@ -98,4 +98,3 @@ func newZstdConn(c net.Conn) (*zstdConn, error) {
 
 func (c *zstdConn) Read(p []byte) (int, error)  { return c.z.Read(p) }
 func (c *zstdConn) Write(p []byte) (int, error) { return c.z.Write(p) }
-

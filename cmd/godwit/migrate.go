@@ -19,7 +19,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"godwit/internal/daemon"
+	"godwit/internal/engineopts"
 	"godwit/internal/netlock"
+	"godwit/internal/opts"
 	"godwit/migrate"
 )
 
@@ -60,6 +62,12 @@ failure leaves the source running as it was.`,
 				return &usageError{cmd, err}
 			}
 			o.NetworkLock = nl
+			// The dump's file options, parsed as dump parses them.
+			fo, err := engineopts.Dump(a.o)
+			if err != nil {
+				return &usageError{cmd, err}
+			}
+			o.FD, o.GhostLimit, o.ExtUnix, o.ExtTTY = fo.FD, fo.GhostLimit, fo.ExtUnix, fo.ExtTTY
 			// A terminal gets a live line and a summary, --json one
 			// Result; otherwise stdout gets nothing, stderr a line a round.
 			p := migrate.NewProgress(a.stdout, a.stderr, asJSON)
@@ -95,6 +103,11 @@ failure leaves the source running as it was.`,
 	f.BoolVar(&a.o.SkipInFlight, "skip-in-flight", false, "leave out TCP connections not accepted yet")
 	f.BoolVarP(&a.o.ShellJob, "shell-job", "j", false, "allow a shell job (as dump and restore --shell-job)")
 	f.BoolVar(&a.o.ExtUnixSk, "ext-unix-sk", false, "allow unix sockets whose peer is outside the tree")
+	f.Var(&listValue[opts.External]{p: &a.o.External, parse: opts.ParseExternal, typ: "type[id]:value"}, "external", "allow a unix socket whose peer is outside the tree: unix[inode] (file[] and tty[] need --inherit-fd, which cannot cross hosts)")
+	f.BoolVar(&a.o.LinkRemap, "link-remap", false, "link unlinked files back if possible (on this host's file system: the destination must share it)")
+	f.BoolVar(&a.o.EvasiveDevs, "evasive-devices", false, "use any path to a device file if the original is inaccessible")
+	f.BoolVar(&a.o.ForceIrmap, "force-irmap", false, "force resolving names of inotify and fsnotify watches")
+	f.Var(sizeValue{&a.o.GhostLimit}, "ghost-limit", "largest deleted file carried to the destination (K, M, G suffixes)")
 	networkLockFlag(f, a.o)
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	f.BoolVar(&o.FullFill, "no-lazy-restore", false, "have the agent fill every page before the resume (by default it resumes at once and fills from its own images)")
