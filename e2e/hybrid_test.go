@@ -260,13 +260,17 @@ func statValue(t *testing.T, out, re string) uint64 {
 // the frozen source, the agent resumes the program at once with the round
 // pages from its own images and pulls the rest; the source goes only when
 // every page is in. The program then checks its memory on host B.
+//
+// With --compress zstd the rounds (TLS: relayed, QUIC: every stream), the
+// final round over QUIC and the lazy pages travel compressed.
 func TestMigrateHybrid(t *testing.T) {
 	for _, tr := range []string{"tls", "quic"} {
-		t.Run(tr, func(t *testing.T) { migrateHybrid(t, tr) })
+		t.Run(tr, func(t *testing.T) { migrateHybrid(t, tr, "auto") })
+		t.Run(tr+"+zstd", func(t *testing.T) { migrateHybrid(t, tr, migrate.CompressZstd) })
 	}
 }
 
-func migrateHybrid(t *testing.T, transport string) {
+func migrateHybrid(t *testing.T, transport, compress string) {
 	m := newMigLab(t)
 	client := filepath.Join(m.certs, m.b.Addr(), "client")
 	m.startAgent("--tls-client-cert", filepath.Join(client, "cert.pem"), "--tls-client-key", filepath.Join(client, "key.pem"))
@@ -274,14 +278,15 @@ func migrateHybrid(t *testing.T, transport string) {
 	w := startOnHost(t, m.a, memtickerBin(t), "-m", strconv.Itoa(mib), "-w", "32")
 	logLine(t, w.log, regexp.MustCompile(`^ready pid=`), 0, 60*time.Second)
 	server := filepath.Join(m.certs, m.a.Addr(), "server")
-	code, res, stderr := m.send(w, "--mode", "hybrid", "--max-rounds", "2", "--downtime-budget", "1ms", "--transport", transport,
+	code, res, stderr := m.send(w, "--mode", "hybrid", "--max-rounds", "2", "--downtime-budget", "1ms", "--transport", transport, "--compress", compress,
 		"--tls-server-cert", filepath.Join(server, "cert.pem"), "--tls-server-key", filepath.Join(server, "key.pem"))
 	if code != 0 {
 		t.Fatalf("migrate send: exit %d: %s", code, stderr)
 	}
 	rootB := m.moved(w)
 	defer killAndForget(rootB)
-	if res.Mode != migrate.ModeHybrid || res.Transport != transport || res.Downtime <= 0 || res.Overrun || res.FailedPhase != "" {
+	if res.Mode != migrate.ModeHybrid || res.Transport != transport || res.Downtime <= 0 || res.Overrun || res.FailedPhase != "" ||
+		compress == migrate.CompressZstd && res.Compress != compress {
 		t.Errorf("result %+v", res)
 	}
 	// Two pre-copy rounds (the first with every page), then the final

@@ -569,30 +569,31 @@ func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser
 // finish logs how a session ended and drops an unfinished task; with
 // Once, it ends Serve.
 func (s *Server) finish(ss *session, err error) {
+	if ss.task != nil && err == nil && !ss.closed && !s.cfg.Lazy {
+		err = reqErr(reasonUnflushed, errors.New("the data were not flushed (no CLOSE)"))
+	}
 	if s.cfg.Once {
-		defer func() {
-			s.mu.Lock()
-			stop := s.stopServe
-			if err != nil && s.onceErr == nil {
-				s.onceErr = fmt.Errorf("page server: %s: %w", ss.peer, err)
-			}
-			s.sessions++
-			if err == nil && s.sessions < max(s.cfg.Sessions, 1) {
-				stop = nil
-			}
-			s.mu.Unlock()
-			if stop != nil {
-				stop()
-			}
-		}()
+		// The error is recorded before this session's striped pagemaps
+		// fail: the other connections' errors that follow are not the
+		// cause.
+		s.mu.Lock()
+		stop := s.stopServe
+		if err != nil && s.onceErr == nil {
+			s.onceErr = fmt.Errorf("page server: %s: %w", ss.peer, err)
+		}
+		s.sessions++
+		if err == nil && s.sessions < max(s.cfg.Sessions, 1) {
+			stop = nil
+		}
+		s.mu.Unlock()
+		if stop != nil {
+			defer stop()
+		}
 	}
 	if len(ss.stripes) > 0 {
 		ss.dropStripes(err)
 	}
 	if ss.task != nil {
-		if err == nil && !ss.closed && !s.cfg.Lazy {
-			err = reqErr(reasonUnflushed, errors.New("the data were not flushed (no CLOSE)"))
-		}
 		ss.dropTask()
 	}
 	if err != nil {
