@@ -13,9 +13,10 @@
 //     namespace is dropped (LockNetns), the network-lock and
 //     network-unlock action scripts run around it.
 //
-// Rules are made with nft(8) in a table of the lock's own (the default)
-// or with iptables(8)/ip6tables(8) in a chain of its own; "skip" makes
-// none. Either way the rules are always removed on failure: a guard
+// Rules are made in an nftables table of the lock's own (the default),
+// over netfilter netlink (nfnl.go, nfrules.go: one batch per step, the
+// connections' 4-tuples as set elements), or with iptables(8)/
+// ip6tables(8) in a chain of its own; "skip" makes none. Either way the rules are always removed on failure: a guard
 // process (see guard.go) removes them when godwit dies before it decided
 // to keep them for a restore.
 package netlock
