@@ -31,7 +31,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -216,8 +216,20 @@ func (l *Lock) Conns() []Conn {
 	for c := range l.conns {
 		cs = append(cs, c)
 	}
-	sort.Slice(cs, func(i, j int) bool { return cs[i].String() < cs[j].String() })
+	slices.SortFunc(cs, func(a, b Conn) int {
+		if c := a.Local.Compare(b.Local); c != 0 {
+			return c
+		}
+		return a.Remote.Compare(b.Remote)
+	})
 	return cs
+}
+
+// Count is the number of locked connections.
+func (l *Lock) Count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.conns)
 }
 
 // Lock drops every packet of conns from now on, in both directions, until
