@@ -696,6 +696,7 @@ func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 	if err != nil {
 		return nil, err
 	}
+	f.prefetchInet(pid, fds, func(i int) bool { return places[i].id == 0 && places[i].leader == i })
 	ids := make([]model.ID, len(fds))
 	out := make([]model.FD, 0, len(fds))
 	for i := range fds {
