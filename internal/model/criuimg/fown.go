@@ -43,6 +43,16 @@ func fownField(e *fdinfo.FileEntry) (protoreflect.Message, protoreflect.FieldDes
 
 // setOwners writes the owners of t's files into their entries.
 func setOwners(t *model.Tree, entries []proto.Message) error {
+	owned := false
+	for _, f := range t.Files {
+		if f.Owner != (model.FileOwner{}) {
+			owned = true
+			break
+		}
+	}
+	if !owned {
+		return nil
+	}
 	byID := map[uint32]*fdinfo.FileEntry{}
 	for _, m := range entries {
 		if e, ok := m.(*fdinfo.FileEntry); ok {
