@@ -50,8 +50,9 @@ import (
 //
 //	go test -run XXX -bench LazyRestore -benchtime 1x ./lazypages/
 //
-// GODWIT_LAZY_BENCH_MODES (e.g. "tcp,local") and GODWIT_LAZY_BENCH_PUSH
-// (pages per background request) narrow a run while tuning.
+// GODWIT_LAZY_BENCH_MODES (e.g. "tcp,local"; "tcp:N" uses N push
+// connections) and GODWIT_LAZY_BENCH_PUSH (pages per background request)
+// narrow a run while tuning.
 func BenchmarkLazyRestore(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("needs root")
@@ -129,7 +130,7 @@ func BenchmarkLazyRestore(b *testing.B) {
 		rate := float64(size) / all.Seconds()
 		f50, f99 := fl.rem50, fl.rem99
 		against := "remote bare"
-		if name == "local" {
+		if strings.HasPrefix(name, "local") {
 			f50, f99, against = fl.bare50, fl.bare99, "local bare"
 		}
 		// Ratios of interleaved pairs: the floor of the same run.
@@ -168,6 +169,11 @@ func restoreOnce(b *testing.B, name, dir, log, goFile string, size int64, push i
 	os.Remove(goFile)
 	os.WriteFile(log, nil, 0o600)
 	o := Options{ImagesDir: dir, PushPages: push}
+	// "tcp:N" is tcp with N push connections.
+	if base, conns, ok := strings.Cut(name, ":"); ok {
+		name = base
+		o.PushConns, _ = strconv.Atoi(conns)
+	}
 	var cancel func()
 	switch name {
 	case "tcp":
