@@ -989,6 +989,17 @@ const (
 	yieldMax   = 10 * time.Millisecond
 )
 
+// copyPiece is how much one background UFFDIO_COPY may take under d.mu:
+// pushCopyPages while faults are being served (a fault waits for d.mu at
+// most that long), everything in one call when none came for faultQuiet
+// (each call costs a lookup of the mm and of the range in the kernel).
+func (d *daemon) copyPiece(fault bool) uint64 {
+	if fault || d.faulting.Load() > 0 || time.Now().UnixNano()-d.lastFault.Load() < int64(faultQuiet) {
+		return pushCopyPages * pageSize
+	}
+	return maxFaultPages * pageSize
+}
+
 // pushCopy copies b to r.dst in pieces, clearing each piece in the state
 // as it lands. It is called and returns with d.mu held; cut reports that
 // the mm changed (or t went) between pieces: the rest stays pending.
@@ -1004,7 +1015,7 @@ func (d *daemon) pushCopy(t *task, r run, b []byte, gen uint64, fault bool) (cut
 				return true, nil
 			}
 		}
-		k := min(uint64(len(b))-off, pushCopyPages*pageSize)
+		k := min(uint64(len(b))-off, d.copyPiece(fault))
 		n, err := t.u.CopySkipExisting(r.dst+off, unsafe.Pointer(&b[off]), k, 0)
 		if fault {
 			d.stats.FaultPages += n / pageSize
