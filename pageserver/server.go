@@ -325,6 +325,9 @@ func (s *Server) acceptTCP(ctx context.Context, ln *Listener) error {
 		s.m.conn(string(TransportTCP))
 		go func() {
 			defer s.release(c, c.RemoteAddr())
+			// A lazy session reads outside the netpoller (rawReadConn):
+			// only a shutdown wakes it when the server stops.
+			defer context.AfterFunc(ctx, func() { shutdownTCP(c) })()
 			if !ln.compress {
 				s.serveTCP(c, c, c.(*net.TCPConn))
 				return
@@ -463,8 +466,14 @@ func (s *Server) closeAll() {
 func (s *Server) serveTCP(c, conn net.Conn, raw *net.TCPConn) {
 	peer := c.RemoteAddr().String()
 	s.log.Infof("page-server: %s: connected", peer)
-	ss := s.newSession(peer, conn, conn, raw)
-	ss.dl = conn
+	rd := conn
+	if s.cfg.Lazy && raw != nil && conn == c {
+		if rc, err := newRawReadConn(raw); err == nil {
+			rd = rc
+		}
+	}
+	ss := s.newSession(peer, rd, conn, raw)
+	ss.dl = rd
 	err := ss.run()
 	s.finish(ss, err)
 	if err == nil && ss.closed && !s.cfg.Lazy {
