@@ -120,14 +120,15 @@ func (r *Restorer) Layout() error {
 		t.win = win
 		t.stubOff = p.SyscallAddr - win.base
 		t.runner = runner == nil
+		t.tr = r.tr
 	}
-	// On the tracer thread: each ptrace call of the tree's creation and
-	// layout runs inline, with no cross-thread wake-up apiece (dearer
-	// than the call itself on a loaded machine). r.fail (which closes
-	// the tracer) runs after, off it.
+	// On the tracer thread: each ptrace call of the tree's creation
+	// runs inline, with no cross-thread wake-up apiece (dearer than the
+	// call itself on a loaded machine). r.fail (which closes the
+	// tracer) runs after, off it.
 	step := "create tasks"
+	t0 := time.Now()
 	err = r.tr.Do(func() error {
-		t0 := time.Now()
 		err := r.createTree(p)
 		if kerr := p.Kill(); kerr != nil && err == nil {
 			err = fmt.Errorf("kill puppet %d: %w", p.Pid, kerr)
@@ -149,24 +150,33 @@ func (r *Restorer) Layout() error {
 				return err
 			}
 		}
-		r.forkTime = time.Since(t0)
-		for _, t := range r.tasks {
-			if t.img.dead() {
-				continue
-			}
-			step = fmt.Sprintf("task %d: layout", t.img.pid)
-			s, err := t.begin(t.img.pid)
-			if err != nil {
-				return err
-			}
-			if err = s.End(t.layout(s)); err != nil {
-				return err
-			}
-		}
 		return nil
 	})
+	if err == nil {
+		step = "hand tasks to tracers"
+		err = r.spread()
+	}
 	if err != nil {
 		return r.fail(step, err)
+	}
+	r.forkTime = time.Since(t0)
+	// Each task on its own tracer's thread, the tracers at once; the
+	// tasks that make or take an object another maps, or share their
+	// fd table or fs info, in tree order (their turn).
+	if t, err := r.eachTask(func(t *taskRun, ts *turns) error {
+		if t.layoutShares() || r.sharesTables(t) {
+			if err := ts.enter(t.idx); err != nil {
+				return err
+			}
+			defer ts.leave(t.idx)
+		}
+		s, err := t.begin(t.img.pid)
+		if err != nil {
+			return err
+		}
+		return s.End(t.layout(s))
+	}); err != nil {
+		return r.fail(fmt.Sprintf("task %d: layout", t.img.pid), err)
 	}
 	r.phase = phaseLaidOut
 	return nil
@@ -482,8 +492,12 @@ func (r *taskRun) mapVMAs(s *session) error {
 			case mf.Kind == model.Memfd && mf.Memfd != nil:
 				key = [2]uint64{mf.Memfd.Dev, mf.Memfd.Ino}
 			}
-			if _, ok := r.ghostAt[key]; !ok && key != [2]uint64{} {
-				r.ghostAt[key] = shmMapping{pid: r.img.pid, start: v.Start, end: v.End}
+			// Only a ghost or memfd mapping touches the map: other
+			// tasks' layouts may run at once (layoutShares).
+			if key != [2]uint64{} {
+				if _, ok := r.ghostAt[key]; !ok {
+					r.ghostAt[key] = shmMapping{pid: r.img.pid, start: v.Start, end: v.End}
+				}
 			}
 		}
 		if st&images.VmaAnonShared != 0 {
