@@ -65,7 +65,7 @@ type Restorer struct {
 	phase   phase
 	err     error // the failure that ended the restore
 
-	tr    *ptrace.Tracer
+	tr *ptrace.Tracer
 	// workers are the tracers the tree's tasks are spread over, r.tr
 	// first (none for a single task: r.tr alone); tableUsers counts the
 	// tasks of each fd table and fs info (sharesTables).
