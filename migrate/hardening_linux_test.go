@@ -66,15 +66,10 @@ func startTestAgent(t *testing.T, cfg AgentConfig) *testAgent {
 	return &testAgent{addr: ln.Addr().String(), source: files("127.0.0.1", "client"), rogue: files("rogue.example", "client")}
 }
 
-// open starts a migration as a source announcing memory bytes, and its
-// first round: the control stream and the round's page port.
-// compress is "" or CompressZstd (the round's pages as a zstd stream).
-func (ta *testAgent) open(t *testing.T, memory uint64, compress string) (*ctl, string) {
-	t.Helper()
-	return ta.openStreams(t, memory, compress, 1)
-}
-
-// openStreams is open with the round's pages striped over streams.
+// openStreams starts a migration as a source announcing memory bytes,
+// and its first round, its pages striped over streams: the control stream
+// and the round's page port. compress is "" or CompressZstd (the round's
+// pages as a zstd stream).
 func (ta *testAgent) openStreams(t *testing.T, memory uint64, compress string, streams int) (*ctl, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -107,14 +102,10 @@ func (ta *testAgent) openStreams(t *testing.T, memory uint64, compress string, s
 	return k, net.JoinHostPort("127.0.0.1", strconv.Itoa(int(m.GetRoundReady().Port)))
 }
 
-// sendPages opens a task's pagemap on the page server at addr as files
-// (OPEN2: its answer shows a refused handshake), and adds n bytes of pages;
-// with compress, through the source's zstd stream (dialCompressed).
-func sendPages(addr string, files TLSFiles, n int, compress string) error {
-	return sendPagesStriped(addr, files, n, compress, 1)
-}
-
-// sendPagesStriped is sendPages over streams connections (uncompressed).
+// sendPagesStriped opens a task's pagemap on the page server at addr as
+// files (OPEN2: its answer shows a refused handshake), and adds n bytes of
+// pages over streams connections; with compress, through the source's
+// zstd stream (dialCompressed).
 func sendPagesStriped(addr string, files TLSFiles, n int, compress string, streams int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
