@@ -43,9 +43,14 @@ func TestNetPingRaw(t *testing.T) {
 	allowPing(t, n)
 	w := startNetProg(t, n, "icmpsock")
 	dir := t.TempDir()
+	sent := outPackets(t, n)
 	code, out := n.godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-v4", "-o", "dump.log")
 	if code != 0 {
 		t.Fatalf("dump: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "dump.log")))
+	}
+	// The probes for a send-side shutdown send nothing.
+	if now := outPackets(t, n); now != sent {
+		t.Fatalf("the dump sent packets: IPv4 and IPv6 OutRequests %s, then %s", sent, now)
 	}
 	select {
 	case <-w.waited:
@@ -62,21 +67,59 @@ func TestNetPingRaw(t *testing.T) {
 	}
 }
 
-// A raw socket with a packet queued to be read is refused in one line
-// naming it, and the dump leaves the workload running as it was.
+// outPackets is the namespace's count of packets sent (IPv4 and IPv6
+// OutRequests, which ICMP and raw packets count in).
+func outPackets(t *testing.T, n *netns) string {
+	t.Helper()
+	var snmp, snmp6 string
+	n.do(func() {
+		snmp, snmp6 = readAll("/proc/thread-self/net/snmp"), readAll("/proc/thread-self/net/snmp6")
+	})
+	var v4 string
+	lines := strings.Split(snmp, "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		names, vals := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) > 0 && names[0] == "Ip:" && len(vals) == len(names) && vals[0] == "Ip:" {
+			for j, name := range names {
+				if name == "OutRequests" {
+					v4 = vals[j]
+				}
+			}
+		}
+	}
+	v6 := regexp.MustCompile(`(?m)^Ip6OutRequests\s+(\d+)`).FindStringSubmatch(snmp6)
+	if v4 == "" || v6 == nil {
+		t.Fatalf("no OutRequests in /proc/net/snmp or snmp6:\n%s\n%s", snmp, snmp6)
+	}
+	return v4 + "/" + v6[1]
+}
+
+// A raw socket with a packet queued to be read, a ping or raw socket
+// shut down for sending: each is refused in one line naming it, and the
+// dump leaves the workload running as it was.
 func TestNetRawQueuedRefused(t *testing.T) {
 	needRoot(t)
+	for _, c := range []struct{ mode, sock, why string }{
+		{"queued", "raw socket (protocol 1)", "packets queued to be read"},
+		{"shut-ping", "ICMP ping socket 127.0.0.1 id 4242", "shut down for sending"},
+		{"shut-raw", "raw socket (protocol 253) 127.0.0.1 -> 127.0.0.2", "shut down for sending"},
+	} {
+		t.Run(c.mode, func(t *testing.T) { rawRefused(t, c.mode, c.sock, c.why) })
+	}
+}
+
+func rawRefused(t *testing.T, mode, sock, why string) {
 	n := newNetns(t)
 	allowPing(t, n)
-	w := startNetProg(t, n, "icmpsock", "queued")
+	w := startNetProg(t, n, "icmpsock", mode)
 	dir := t.TempDir()
 	code, out := n.godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-o", "dump.log")
 	out = strings.TrimSpace(out)
 	if code == 0 {
-		t.Fatalf("dump of a raw socket with a queued packet succeeded: %s", out)
+		t.Fatalf("dump succeeded: %s", out)
 	}
-	if strings.Count(out, "\n") != 0 || !strings.Contains(out, "raw socket (protocol 1)") || !strings.Contains(out, "packets queued to be read") {
-		t.Fatalf("refusal is not one line naming the raw socket and its queue: %q", out)
+	if strings.Count(out, "\n") != 0 || !strings.Contains(out, sock) || !strings.Contains(out, why) {
+		t.Fatalf("refusal is not one line naming %q and %q: %q", sock, why, out)
 	}
 	ticks := w.ticks()
 	waitFor(t, "the workload to tick on", func() bool { return w.ticks() > ticks })
