@@ -231,9 +231,7 @@ func TestNetJoinNS(t *testing.T) {
 		t.Fatalf("ip addr add: %v: %s", err, out)
 	}
 	ns := "/run/netns/" + y.name
-	if code, msg := godwit(t, "restore", "-D", dir, "-d", "-o", "restore.log", "--join-ns", "net:"+ns); code != 0 {
-		t.Fatalf("restore --join-ns: exit %d: %s\n%s", code, msg, readFile(filepath.Join(dir, "restore.log")))
-	}
+	r := restoreHere(t, pid, dir, "--join-ns", "net:"+ns)
 	var a, b unix.Stat_t
 	if err := unix.Stat(ns, &a); err != nil {
 		t.Fatal(err)
@@ -257,14 +255,7 @@ func TestNetJoinNS(t *testing.T) {
 			t.Fatalf("byte %d from the restored server: %d, want %d", i, v, want)
 		}
 	}
-	c.Close()
-	if err := unix.Kill(pid, unix.SIGUSR1); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "the restored server to finish", func() bool { return !pidExists(pid) })
-	if tail := tailOf(log); !strings.HasPrefix(tail, "done ") {
-		t.Fatalf("restored server: %s", tail)
-	}
+	finishRestored(t, r, pid, log) // the client still connected: netconn counts a reset as a failure
 }
 
 // netnsSockets is python3 holding, in its network namespace: a TCP
@@ -324,9 +315,7 @@ func TestNetDumpFromOutsideNetns(t *testing.T) {
 		t.Fatalf("pid %d alive after the dump", pid)
 	}
 	waitFor(t, "the dumped pid to go", func() bool { return !pidExists(pid) })
-	if code, out := godwit(t, "restore", "-D", dir, "-d", "-v4", "-o", "restore.log", "--join-ns", "net:/run/netns/"+x.name); code != 0 {
-		t.Fatalf("restore --join-ns: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "restore.log")))
-	}
+	restoreHere(t, pid, dir, "--join-ns", "net:/run/netns/"+x.name)
 	pfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		t.Fatalf("restored pid %d: %v", pid, err)
@@ -413,14 +402,63 @@ func TestNetEstablishedFromOutsideNetns(t *testing.T) {
 		t.Fatalf("pid %d alive after the dump", pid)
 	}
 	waitFor(t, "the dumped pid to go", func() bool { return !pidExists(pid) })
-	if code, out := godwit(t, "restore", "-D", dir, "-d", "-v4", "-o", "restore.log", "--tcp-established", "--join-ns", "net:"+ns); code != 0 {
-		t.Fatalf("restore --join-ns: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "restore.log")))
-	}
+	r := restoreHere(t, pid, dir, "--tcp-established", "--join-ns", "net:"+ns)
 	read(1 << 20) // what was queued at the freeze, then what the restored server writes
+	finishRestored(t, r, pid, log) // the client still connected: netconn counts a reset as a failure
+}
+
+// restoreHere runs godwit restore (no -d: godwit waits for the program and
+// reaps it, also where the test's session leader is outside its pid
+// namespace) from the test's namespace, and returns once pid runs
+// untraced.
+func restoreHere(t *testing.T, pid int, dir string, args ...string) *restoring {
+	t.Helper()
+	r := &restoring{done: make(chan error, 1)}
+	r.cmd = exec.Command(godwitBin, append([]string{"restore", "-D", dir, "-v4", "-o", "restore.log"}, args...)...)
+	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.done <- r.cmd.Wait() }()
+	t.Cleanup(func() {
+		killAndForget(pid)
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			r.cmd.Process.Kill()
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for !(alive(pid) && tracerOf(pid) == 0) {
+		select {
+		case err := <-r.done:
+			t.Fatalf("restore exited early: %v: %s\n%s", err, r.out.String(), readFile(filepath.Join(dir, "restore.log")))
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("restored pid %d did not resume\n%s", pid, readFile(filepath.Join(dir, "restore.log")))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return r
+}
+
+// finishRestored asks the restored netconn to finish and checks that it
+// exited 0 (godwit restore passes its status on) after "done".
+func finishRestored(t *testing.T, r *restoring, pid int, log string) {
+	t.Helper()
 	if err := unix.Kill(pid, unix.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the restored server to finish", func() bool { return !pidExists(pid) })
+	select {
+	case err := <-r.done:
+		r.done <- err
+		if err != nil {
+			t.Fatalf("restored server: %v: %s\n%s", err, r.out.String(), tailOf(log))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("restored pid %d did not finish", pid)
+	}
 	if tail := tailOf(log); !strings.HasPrefix(tail, "done ") {
 		t.Fatalf("restored server: %s", tail)
 	}
