@@ -68,6 +68,9 @@ type inetDump struct {
 	// other namespace of the dump's sockets (fd_inet_netns.go).
 	netns   *inetNetns
 	foreign *inetDump
+	// pre: the inet sockets of the task being collected, by fd,
+	// collected ahead (prefetchInet).
+	pre map[int]*preInet
 }
 
 func (fl *Files) inetState() *inetDump {
@@ -296,11 +299,10 @@ const tcpBoundInactive = 13
 // repairDump puts a copy of s in repair mode, kept until the dump ends
 // (ReleaseRepaired), and reads the connection.
 func repairDump(id *inetDump, s int, st *model.InetSocketState, what string) error {
-	keep, err := unix.Dup(s)
+	keep, err := unix.FcntlInt(uintptr(s), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("%s: dup: %w", what, err)
 	}
-	unix.CloseOnExec(keep)
 	if err := tcprepair.On(keep); err != nil {
 		unix.Close(keep)
 		return fmt.Errorf("%s: %w", what, err)
@@ -1119,4 +1121,95 @@ func setInetSocketOpts(s int, o *model.SocketOpts) error {
 		}
 	}
 	return nil
+}
+
+// preInet is an inet socket collected ahead of fdTable's loop.
+type preInet struct {
+	file model.File // Kind, Path and Inet, as collectInet sets them
+	err  error
+}
+
+// prefetchMin: fewer inet sockets than this are collected in fdTable's
+// loop, one by one.
+const prefetchMin = 16
+
+// prefetchInet collects, on two goroutines, the sockets among fds that
+// fdTable's loop would collect itself (want), when they are many: each
+// costs some fifty calls (options, repair-mode reads) of its own, none
+// dependent on another's. Each result waits in the dump's inetDump for
+// unixKind.collect (prefetched) to take it, so errors come in fd order
+// as before; a socket that is not inet is left to the loop. Connections
+// put in repair mode here are in inetDump.repaired whatever the loop
+// does next, so a failed dump takes them out again (ReleaseRepaired).
+func (fl *Files) prefetchInet(pid int, fds []FD, want func(i int) bool) {
+	var todo []int
+	for i := range fds {
+		if fds[i].Stat.Mode&unix.S_IFMT == unix.S_IFSOCK && want(i) {
+			todo = append(todo, i)
+		}
+	}
+	id := fl.inetState()
+	id.pre = nil
+	if len(todo) < prefetchMin {
+		return
+	}
+	pfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return // the loop reports it, fd by fd
+	}
+	defer unix.Close(pfd)
+	pre := make([]*preInet, len(todo))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				k := int(next.Add(1) - 1)
+				if k >= len(todo) {
+					return
+				}
+				pre[k] = prefetchOne(fl, pfd, &fds[todo[k]])
+			}
+		}()
+	}
+	wg.Wait()
+	id.pre = make(map[int]*preInet, len(todo))
+	for k, i := range todo {
+		if pre[k] != nil {
+			id.pre[fds[i].Num] = pre[k]
+		}
+	}
+}
+
+// prefetchOne collects fd if it is an inet socket (nil: it is not, or
+// could not be taken: the loop tries again and reports).
+func prefetchOne(fl *Files, pfd int, fd *FD) *preInet {
+	s, err := unix.PidfdGetfd(pfd, fd.Num, 0)
+	if err != nil {
+		return nil
+	}
+	defer unix.Close(s)
+	dom, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil || (dom != unix.AF_INET && dom != unix.AF_INET6) {
+		return nil
+	}
+	p := &preInet{}
+	p.err = collectInet(fl, fd, &p.file, s, dom)
+	return p
+}
+
+// prefetched hands f the socket prefetchInet collected for fd, if any.
+func (fl *Files) prefetched(fd *FD, f *model.File) (bool, error) {
+	if fl.inet == nil || fl.inet.pre == nil {
+		return false, nil
+	}
+	p, ok := fl.inet.pre[fd.Num]
+	if !ok {
+		return false, nil
+	}
+	delete(fl.inet.pre, fd.Num)
+	f.Kind, f.Path, f.Inet = p.file.Kind, p.file.Path, p.file.Inet
+	return true, p.err
 }

@@ -55,6 +55,9 @@ const (
 )
 
 func (unixKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
+	if done, err := fl.prefetched(fd, f); done {
+		return err // an inet socket, collected ahead (fd_inet.go)
+	}
 	s, err := grabFD(pid, fd.Num)
 	if err != nil {
 		return err
