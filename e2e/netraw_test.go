@@ -403,7 +403,7 @@ func TestNetEstablishedFromOutsideNetns(t *testing.T) {
 	}
 	waitFor(t, "the dumped pid to go", func() bool { return !pidExists(pid) })
 	r := restoreHere(t, pid, dir, "--tcp-established", "--join-ns", "net:"+ns)
-	read(1 << 20) // what was queued at the freeze, then what the restored server writes
+	read(1 << 20)                  // what was queued at the freeze, then what the restored server writes
 	finishRestored(t, r, pid, log) // the client still connected: netconn counts a reset as a failure
 }
 
