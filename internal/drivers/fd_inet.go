@@ -30,7 +30,9 @@ import (
 // connection silently (no FIN, no RST) and its peer sees only delay. A
 // failed dump takes every socket out of repair mode again.
 //
-// Refused, naming the socket: raw and ICMP sockets; connections waiting
+// ICMP ping and raw sockets: fd_raw.go.
+//
+// Refused, naming the socket: connections waiting
 // in a listener's accept queue or half-open (the kernel cannot put a
 // connection back into an accept queue; --skip-in-flight leaves them
 // out); connecting sockets (SYN_SENT); established connections without
@@ -62,6 +64,10 @@ type inetDump struct {
 	// long-running agent must not keep an old value).
 	defaultTTL         func() uint32
 	notsentLowatSysctl func() (int, bool)
+	// netns: nil for godwit's namespace; foreign: the view of the one
+	// other namespace of the dump's sockets (fd_inet_netns.go).
+	netns   *inetNetns
+	foreign *inetDump
 	// pre: the inet sockets of the task being collected, by fd,
 	// collected ahead (prefetchInet).
 	pre map[int]*preInet
@@ -84,7 +90,12 @@ func (d *inetDump) table(family, proto uint32) (*sockdiag.InetTable, error) {
 	if t, ok := d.diag[k]; ok {
 		return t, nil
 	}
-	t, err := sockdiag.DumpInetTable(uint8(family), proto)
+	var t *sockdiag.InetTable
+	err := d.inNetns(func() error {
+		var err error
+		t, err = sockdiag.DumpInetTable(uint8(family), proto)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -100,19 +111,26 @@ func (fl *Files) ReleaseRepaired(resume bool) error {
 	if fl == nil || fl.inet == nil {
 		return nil
 	}
-	d := fl.inet
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	var errs []error
-	for _, s := range d.repaired {
-		if resume {
-			if err := tcprepair.Off(s); err != nil {
-				errs = append(errs, err)
-			}
+	for _, d := range []*inetDump{fl.inet, fl.inet.foreign} {
+		if d == nil {
+			continue
 		}
-		unix.Close(s)
+		d.mu.Lock()
+		for _, s := range d.repaired {
+			if resume {
+				if err := tcprepair.Off(s); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			unix.Close(s)
+		}
+		d.repaired = nil
+		d.mu.Unlock()
 	}
-	d.repaired = nil
+	if f := fl.inet.foreign; f != nil {
+		f.release() // the dump is over
+	}
 	return errors.Join(errs...)
 }
 
@@ -149,6 +167,9 @@ func protoName(p uint32) string {
 
 // describe names a socket in errors: "TCP socket 127.0.0.1:80 -> 127.0.0.1:5000".
 func describe(st *model.InetSocketState) string {
+	if rawOrPing(st) {
+		return describeRaw(st)
+	}
 	d := protoName(st.Proto) + " socket"
 	if st.Src.IsValid() && (st.Src.Port() != 0 || !st.Src.Addr().IsUnspecified()) {
 		d += " " + st.Src.String()
@@ -172,14 +193,15 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 	switch {
 	case typ == unix.SOCK_STREAM && (proto == unix.IPPROTO_TCP || proto == unix.IPPROTO_MPTCP):
 	case typ == unix.SOCK_DGRAM && (proto == unix.IPPROTO_UDP || proto == unix.IPPROTO_UDPLITE):
-	case typ == unix.SOCK_RAW:
-		return fmt.Errorf("%s raw socket (protocol %d): not supported yet", familyName(family), proto)
-	case typ == unix.SOCK_DGRAM && (proto == unix.IPPROTO_ICMP || proto == unix.IPPROTO_ICMPV6):
-		return fmt.Errorf("%s ICMP (ping) socket: not supported yet", familyName(family))
+	case typ == unix.SOCK_RAW || isPing(uint32(typ), uint32(proto)):
+		return collectRaw(fl, fd, f, s, family, typ, proto)
 	default:
 		return fmt.Errorf("%s socket of type %d, protocol %d: not supported yet", familyName(family), typ, proto)
 	}
-	id := fl.inetState()
+	id, err := fl.inetStateOf(s)
+	if err != nil {
+		return fmt.Errorf("%s %s socket %d: %w", familyName(family), protoName(uint32(proto)), uint32(fd.Stat.Ino), err)
+	}
 	id.mu.Lock()
 	tab, err := id.table(uint32(family), uint32(proto))
 	id.mu.Unlock()
@@ -189,11 +211,8 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 	ino := uint32(fd.Stat.Ino)
 	dg := tab.ByIno[ino]
 	if dg == nil {
-		// sock_diag lists the sockets of godwit's network namespace
-		// that have an address: this one is of another, or unbound.
-		if err := sameNetns(s); err != nil {
-			return fmt.Errorf("%s %s socket %d: %w", familyName(family), protoName(uint32(proto)), ino, err)
-		}
+		// sock_diag lists the sockets of the namespace that have an
+		// address: this one has none.
 		dg = &sockdiag.Inet{State: tcprepair.StateClose}
 	}
 	if dg.State == tcpBoundInactive {
@@ -222,6 +241,9 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 		}
 	}
 	what := describe(st)
+	if st.Proto == unix.IPPROTO_MPTCP && st.State != tcprepair.StateClose && st.State != tcprepair.StateListen {
+		return refuseMPTCPConn(s, st, what)
+	}
 	if err := inetOpts(id, s, st); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
@@ -255,12 +277,6 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 	if err := tcprepair.Supported(uint8(st.State)); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	if st.Proto == unix.IPPROTO_MPTCP {
-		// A connection that fell back to TCP when accepted is a TCP
-		// socket; one that stays MPTCP cannot be rebuilt: a new MPTCP
-		// socket refuses TCP_REPAIR (ENOPROTOOPT).
-		return fmt.Errorf("%s: connected MPTCP socket (%s): not supported (the kernel has no repair mode for MPTCP)", what, tcprepair.StateName(uint8(st.State)))
-	}
 	if !fl.TCPEstablished {
 		return fmt.Errorf("%s: established TCP connection (%s): dump with --tcp-established", what, tcprepair.StateName(uint8(st.State)))
 	}
@@ -279,27 +295,6 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 // neither listening nor connected (TCP_BOUND_INACTIVE,
 // include/net/tcp_states.h).
 const tcpBoundInactive = 13
-
-// sameNetns refuses a socket of another network namespace than godwit's
-// (the restore would make it in godwit's).
-func sameNetns(s int) error {
-	nsfd, err := unix.IoctlRetInt(s, unix.SIOCGSKNS)
-	if err != nil {
-		return fmt.Errorf("SIOCGSKNS: %w", err)
-	}
-	defer unix.Close(nsfd)
-	var a, b unix.Stat_t
-	if err := unix.Fstat(nsfd, &a); err != nil {
-		return fmt.Errorf("stat its network namespace: %w", err)
-	}
-	if err := unix.Stat("/proc/thread-self/ns/net", &b); err != nil {
-		return fmt.Errorf("stat godwit's network namespace: %w", err)
-	}
-	if a.Ino != b.Ino || a.Dev != b.Dev {
-		return errors.New("in another network namespace than godwit's: not supported yet")
-	}
-	return nil
-}
 
 // repairDump puts a copy of s in repair mode, kept until the dump ends
 // (ReleaseRepaired), and reads the connection.
@@ -408,7 +403,8 @@ func collectUDP(s int, st *model.InetSocketState, what string) error {
 	return nil
 }
 
-// readDefaultTTL reads the network namespace's default IPv4 TTL.
+// readDefaultTTL reads the default IPv4 TTL of the calling thread's
+// network namespace (inetDump.inNetns).
 func readDefaultTTL() uint32 {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_default_ttl")
 	if err != nil {
@@ -432,8 +428,9 @@ func inetOpts(id *inetDump, s int, st *model.InetSocketState) error {
 		}
 		var v int
 		if v, err = unix.GetsockoptInt(s, level, opt); err != nil {
-			if st.Proto == unix.IPPROTO_MPTCP && unsupportedOpt(err) {
-				// MPTCP has no such option (nor could it be set).
+			if (st.Proto == unix.IPPROTO_MPTCP || st.Type == unix.SOCK_RAW) && unsupportedOpt(err) {
+				// MPTCP has no such option (nor could it be set), nor
+				// has a raw IPv6 socket IPv4's.
 				err = nil
 				return 0
 			}
@@ -557,6 +554,9 @@ func (inetKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error)
 
 // makeInet makes the socket of st in godwit.
 func makeInet(rs *restoreFDs, st *model.InetSocketState) (int, error) {
+	if rawOrPing(st) {
+		return newRaw(st)
+	}
 	connected := st.Type == unix.SOCK_STREAM && st.State != tcprepair.StateClose && st.State != tcprepair.StateListen
 	if connected && rs.r.TCPClose {
 		// --tcp-close: a closed socket, with its options.
@@ -834,7 +834,7 @@ func (d *inetDump) fresh(st *model.InetSocketState) (*freshOpts, error) {
 	if f, ok := d.defaults[k]; ok {
 		return f, nil
 	}
-	s, err := unix.Socket(int(st.Family), int(st.Type)|unix.SOCK_CLOEXEC, int(st.Proto))
+	s, err := d.socketIn(int(st.Family), int(st.Type)|unix.SOCK_CLOEXEC, int(st.Proto))
 	if err != nil {
 		return nil, fmt.Errorf("fresh socket to compare options with: %w", err)
 	}
@@ -844,6 +844,9 @@ func (d *inetDump) fresh(st *model.InetSocketState) (*freshOpts, error) {
 		os = append(os[:len(os):len(os)], tcpUncarried...)
 	} else {
 		os = append(os[:len(os):len(os)], mcastUncarried[st.Family]...)
+	}
+	if st.Type == unix.SOCK_RAW {
+		os = append(os[:len(os):len(os)], rawUncarried[st.Family]...)
 	}
 	f := &freshOpts{}
 	for _, o := range os {
@@ -934,8 +937,8 @@ func (d *inetDump) notsentLowat(v int) int {
 	return v
 }
 
-// readNotsentLowat reads net.ipv4.tcp_notsent_lowat of godwit's network
-// namespace (godwit stays in one namespace while it dumps).
+// readNotsentLowat reads net.ipv4.tcp_notsent_lowat of the calling
+// thread's network namespace (inetDump.inNetns).
 func readNotsentLowat() (int, bool) {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_notsent_lowat")
 	if err != nil {

@@ -541,9 +541,9 @@ type SocketOpts struct {
 type InetSocketState struct {
 	Ino      uint32
 	Family   uint32 // AF_INET, AF_INET6
-	Type     uint32 // SOCK_STREAM, SOCK_DGRAM
-	Proto    uint32 // IPPROTO_TCP, IPPROTO_MPTCP, IPPROTO_UDP, IPPROTO_UDPLITE
-	State    uint32 // the kernel's TCP state (a UDP socket: TCP_CLOSE or TCP_ESTABLISHED)
+	Type     uint32 // SOCK_STREAM, SOCK_DGRAM, SOCK_RAW
+	Proto    uint32 // IPPROTO_TCP, _MPTCP, _UDP, _UDPLITE, _ICMP, _ICMPV6 (ping); a raw socket's protocol
+	State    uint32 // the kernel's TCP state (a datagram or raw socket: TCP_CLOSE or TCP_ESTABLISHED)
 	Src, Dst netip.AddrPort
 	Backlog  uint32 // of a listener
 	V6Only   bool
@@ -570,6 +570,18 @@ type InetOpts struct {
 	// TCP only.
 	NoDelay, Cork                bool
 	KeepIdle, KeepIntvl, KeepCnt uint32
+	// Raw sockets only (nil otherwise): CRIU's ip_opts_raw_entry.
+	Raw *RawOpts
+}
+
+// RawOpts are the options of a raw socket. HdrIncl is IP_HDRINCL or
+// IPV6_HDRINCL; NoDefrag and Checksum are IP_NODEFRAG and IP_CHECKSUM
+// (AF_INET only); ICMPFilter is ICMP_FILTER (one word, a raw IPPROTO_ICMP
+// socket) or ICMPV6_FILTER (eight words, a raw IPPROTO_ICMPV6 socket),
+// nil on other protocols.
+type RawOpts struct {
+	HdrIncl, NoDefrag, Checksum bool
+	ICMPFilter                  []uint32
 }
 
 // TCPStream is an established TCP connection as TCP_REPAIR reads it:
@@ -674,6 +686,20 @@ type File struct {
 	Tun      *TunState
 	// Locks are the flock and OFD locks of the description.
 	Locks []FileLock
+	// Owner is who is sent the description's SIGIO and SIGURG
+	// (F_SETOWN_EX) and with which signal (F_SETSIG); zero: nobody.
+	Owner FileOwner
+}
+
+// FileOwner is a file's owner (struct fown_struct): the task, process or
+// process group signalled (Pid in the tree, 0: none), the uid and euid of
+// the task that set it (they decide whether the signal may be sent), and
+// the signal (0: SIGIO).
+type FileOwner struct {
+	Type      int // F_OWNER_TID, F_OWNER_PID or F_OWNER_PGRP
+	Pid       int
+	UID, EUID uint32
+	Signum    int
 }
 
 // NetlinkSocketState is an AF_NETLINK socket: CRIU's netlink_sk_entry.
