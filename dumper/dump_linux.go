@@ -258,6 +258,12 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	}
 	frozenAt := time.Now()
 	logging.Default().Infof("dump %d: froze %d tasks (%d threads in the root) in %v", pid, len(tree), len(tids), frozenAt.Sub(t0))
+	if o.Admit != nil {
+		if err := o.Admit(pids(tree)); err != nil {
+			rb.run()
+			return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
+		}
+	}
 	nl, err := lockNetwork(o.NetworkLock, pid, scripts)
 	if err != nil {
 		rb.run()

@@ -66,6 +66,11 @@ type Options struct {
 	// Hold, if set, is bound to the frozen tree during the dump: the
 	// post-dump script may tie the tree's life to this process with it.
 	Hold *Hold
+	// Admit, if set, is called with the pids of the tree (zombies too)
+	// once it is frozen, before anything of it is read: its error fails
+	// the dump and the tree resumes. (The RPC service checks there that
+	// its client may dump every task.)
+	Admit func(pids []int) error
 }
 
 // Hold lets a post-dump script (a migration's switch-over) have the kernel

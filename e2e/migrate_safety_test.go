@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"godwit/migrate"
+	"godwit/pageserver"
 )
 
 // The switch-over's failures (docs/migration.md): whatever is lost after
@@ -137,6 +138,41 @@ func (m *migLab) resolve(args ...string) string {
 	return string(out)
 }
 
+// resolveAs runs `godwit migrate resolve` on host A with the TLS
+// arguments tls; it returns the output and the command's error.
+func (m *migLab) resolveAs(tls []string, args ...string) (string, error) {
+	m.t.Helper()
+	cmd := m.a.Command(godwitBin, append(append(append([]string{"migrate", "resolve", "--to", m.b.Addr()}, tls...),
+		"--tls-server-name", m.b.Addr()), args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// historyAs runs `godwit migrate history` on host A with the TLS
+// arguments tls.
+func (m *migLab) historyAs(tls []string) string {
+	m.t.Helper()
+	out, err := m.a.Command(godwitBin, append(append([]string{"migrate", "history", "--to", m.b.Addr()}, tls...),
+		"--tls-server-name", m.b.Addr())...).CombinedOutput()
+	if err != nil {
+		m.t.Fatalf("migrate history: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+// extraCert makes a client certificate named cn with the lab's CA and
+// returns its TLS arguments.
+func (m *migLab) extraCert(cn string) []string {
+	m.t.Helper()
+	_, cd, err := pageserver.GenerateHostCerts(filepath.Join(m.certs, "cacert.pem"), filepath.Join(m.certs, "cakey.pem"),
+		filepath.Join(m.certs, cn), cn)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	return []string{"--tls-cacert", filepath.Join(m.certs, "cacert.pem"),
+		"--tls-cert", filepath.Join(cd, "cert.pem"), "--tls-key", filepath.Join(cd, "key.pem")}
+}
+
 // heldOne lists the agent's held migrations and returns the only one's ID
 // and the copy's root PID (this machine's namespace).
 func (m *migLab) heldOne(wantPID int) string {
@@ -207,9 +243,15 @@ func TestMigrateLostGoSettledBySource(t *testing.T) {
 // send interrupted, then killed, right after Ready: SIGINT is ignored; on
 // SIGKILL the kernel kills the source tree it held (PTRACE_O_EXITKILL),
 // and the agent's copy, held in doubt, is resumed with `migrate resolve`.
+//
+// Only the certificate that started the migration, or an admin identity
+// (agent --admin-cn), may see and resolve the held copy: another
+// certificate of the same CA (host B's client one) is refused by name and
+// sees neither the held copy nor the history.
 func TestMigrateSendKilledAfterReady(t *testing.T) {
 	m := newMigLab(t)
-	m.startAgent()
+	admin := m.extraCert("operator")
+	m.startAgent("--admin-cn", "operator")
 	w := startOn(t, m.a, workloads["counter"], "-m", "32", "-t", "2")
 	s := m.startSend(w, []string{"GODWIT_TEST_SWITCHOVER=stall"}, "--max-rounds", "1")
 	s.await(t, "committed")
@@ -227,8 +269,24 @@ func TestMigrateSendKilledAfterReady(t *testing.T) {
 		t.Fatalf("no copy on the destination: %v", err)
 	}
 	id := m.heldOne(w.hostPID)
-	if out := m.resolve(id, "resume"); !strings.Contains(out, "\tresumed") {
-		t.Fatalf("resolve: %s", out)
+	stranger := m.tlsArgs(m.b, "client")
+	if out, err := m.resolveAs(stranger, id, "resume"); err == nil || !strings.Contains(out, "was not started by") {
+		t.Fatalf("resolve with another certificate of the CA: %v: %s", err, out)
+	}
+	if out, err := m.resolveAs(stranger); err != nil || strings.TrimSpace(out) != "" {
+		t.Fatalf("another certificate lists the held copies: %v: %q", err, out)
+	}
+	if out := m.historyAs(stranger); strings.Contains(out, id) {
+		t.Fatalf("another certificate reads the history: %s", out)
+	}
+	if !alive(rp) {
+		t.Fatal("the held copy died after a refused resolve")
+	}
+	if out, err := m.resolveAs(admin); err != nil || !strings.Contains(out, id) {
+		t.Fatalf("the admin does not see the held copy: %v: %q", err, out)
+	}
+	if out, err := m.resolveAs(admin, id, "resume"); err != nil || !strings.Contains(out, "\tresumed") {
+		t.Fatalf("resolve by the admin: %v: %s", err, out)
 	}
 	if out := strings.TrimSpace(m.resolve()); out != "" {
 		t.Errorf("still held after resolve: %s", out)

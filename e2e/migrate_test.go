@@ -582,22 +582,44 @@ func TestMigrateOverQUIC(t *testing.T) {
 	finishMoved(t, w, m.moved(w))
 }
 
+// TestMigrateOverQUICCompressedStriped: rounds over two QUIC connections,
+// every stream zstd-compressed; the program checks its memory on B.
+func TestMigrateOverQUICCompressedStriped(t *testing.T) {
+	m := newMigLab(t)
+	m.startAgent()
+	w := startOn(t, m.a, workloads["counter"], "-m", "32")
+	code, res, stderr := m.send(w, "--transport", "quic", "--compress", "zstd", "--streams", "2", "--max-rounds", "2")
+	if code != 0 {
+		t.Fatalf("migrate send: exit %d: %s", code, stderr)
+	}
+	if res.Transport != "quic" || res.Compress != migrate.CompressZstd || res.Streams != 2 || len(res.Rounds) < 2 {
+		t.Errorf("transport %q, compress %q, %d streams, %d rounds", res.Transport, res.Compress, res.Streams, len(res.Rounds))
+	}
+	finishMoved(t, w, m.moved(w))
+}
+
 // TestMigratePostcopy moves a program without pre-copy: frozen, its state
 // sent, resumed on host B at once, its 64 MiB pulled from the frozen source
 // over mutual TLS; the program then checks its memory and counters there.
-func TestMigratePostcopy(t *testing.T) {
+func TestMigratePostcopy(t *testing.T) { migratePostcopy(t, "none") }
+
+// TestMigratePostcopyCompressed: the lazy pages (the agent's GETs and the
+// source's replies) travel zstd-compressed.
+func TestMigratePostcopyCompressed(t *testing.T) { migratePostcopy(t, migrate.CompressZstd) }
+
+func migratePostcopy(t *testing.T, compress string) {
 	m := newMigLab(t)
 	client := filepath.Join(m.certs, m.b.Addr(), "client")
 	m.startAgent("--tls-client-cert", filepath.Join(client, "cert.pem"), "--tls-client-key", filepath.Join(client, "key.pem"))
 	w := startOn(t, m.a, workloads["counter"], "-m", "64", "-t", "4")
 	server := filepath.Join(m.certs, m.a.Addr(), "server")
-	code, res, stderr := m.send(w, "--mode", "postcopy",
+	code, res, stderr := m.send(w, "--mode", "postcopy", "--compress", compress,
 		"--tls-server-cert", filepath.Join(server, "cert.pem"), "--tls-server-key", filepath.Join(server, "key.pem"))
 	if code != 0 {
 		t.Fatalf("migrate send: exit %d: %s", code, stderr)
 	}
 	rp := m.moved(w)
-	if res.Mode != migrate.ModePostcopy || len(res.Rounds) != 0 || res.Downtime <= 0 {
+	if res.Mode != migrate.ModePostcopy || len(res.Rounds) != 0 || res.Downtime <= 0 || res.Compress != compress {
 		t.Errorf("result %+v", res)
 	}
 	if pc := res.Postcopy; pc == nil || pc.Pages < 64*256 {

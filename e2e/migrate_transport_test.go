@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"godwit/internal/lab"
+	"godwit/migrate"
 	"godwit/pageserver"
 )
 
@@ -24,7 +25,8 @@ import (
 // (full-memory) pre-copy round of a real migration over the lab, each
 // beside plain TCP over the same path (the physical floor: no TLS, no
 // page-server framing). Figures are logged, never asserted: the default
-// transport (migrate send --transport) is the one these show faster.
+// transport (migrate send --transport) is the one these show faster, and
+// the default --streams (DefaultStreams) what they show on this machine.
 // GODWIT_BENCH_MIGRATE=1 moves 512 MiB (otherwise 64 MiB).
 func TestMigrateTransports(t *testing.T) {
 	mib := 64
@@ -57,25 +59,33 @@ func TestMigrateTransports(t *testing.T) {
 	loFloor := best(func() time.Duration { return rawTCP(t, nil, nil, "127.0.0.1", total) })
 	t.Logf("loopback  plain TCP floor      %7.0f MB/s", mb(loFloor))
 	for _, tr := range []string{"tls", "quic"} {
-		d := best(func() time.Duration { return pageStream(t, m, nil, nil, "127.0.0.1", tr, total, shm) })
-		t.Logf("loopback  page stream %-4s     %7.0f MB/s  (%.2f of the floor)", tr, mb(d), loFloor.Seconds()/d.Seconds())
+		for _, n := range streamCounts {
+			d := best(func() time.Duration { return pageStream(t, m, nil, nil, "127.0.0.1", tr, n, total, shm) })
+			t.Logf("loopback  page stream %-4s x%d  %7.0f MB/s  (%.2f of the floor)", tr, n, mb(d), loFloor.Seconds()/d.Seconds())
+		}
 	}
 	// The lab's link: host A sends to host B.
 	labFloor := best(func() time.Duration { return rawTCP(t, m.a, m.b, m.b.Addr(), total) })
 	t.Logf("lab A->B  plain TCP floor      %7.0f MB/s", mb(labFloor))
 	for _, tr := range []string{"tls", "quic"} {
-		d := best(func() time.Duration { return pageStream(t, m, m.a, m.b, m.b.Addr(), tr, total, shm) })
-		t.Logf("lab A->B  page stream %-4s     %7.0f MB/s  (%.2f of the floor)", tr, mb(d), labFloor.Seconds()/d.Seconds())
+		for _, n := range streamCounts {
+			d := best(func() time.Duration { return pageStream(t, m, m.a, m.b, m.b.Addr(), tr, n, total, shm) })
+			t.Logf("lab A->B  page stream %-4s x%d  %7.0f MB/s  (%.2f of the floor)", tr, n, mb(d), labFloor.Seconds()/d.Seconds())
+		}
 	}
 	// A migration's first round: the program's memory read and streamed.
-	for _, tr := range []string{"tls", "quic"} {
+	for _, run := range []struct {
+		tr string
+		n  int
+	}{{"tls", 1}, {"tls", migrate.DefaultStreams()}, {"quic", 1}, {"quic", migrate.DefaultStreams()}} {
+		tr := run.tr
 		w := startOnHost(t, m.a, bin, "-m", strconv.Itoa(mib), "-r", "64")
 		for deadline := time.Now().Add(60 * time.Second); !strings.Contains(readFile(w.log), "ready"); time.Sleep(10 * time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Fatalf("migrant not ready\n%s", w.tail())
 			}
 		}
-		code, res, stderr := m.send(w, "--transport", tr, "--compress", "none", "--max-rounds", "1", "--no-lazy-restore")
+		code, res, stderr := m.send(w, "--transport", tr, "--streams", strconv.Itoa(run.n), "--compress", "none", "--max-rounds", "1", "--no-lazy-restore")
 		if code != 0 {
 			t.Fatalf("%s: exit %d: %s", tr, code, stderr)
 		}
@@ -89,8 +99,11 @@ func TestMigrateTransports(t *testing.T) {
 			}
 		}
 		r := res.Rounds[0]
-		t.Logf("migration round 0 over %-4s  %7.0f MB/s  (%d MiB in %v; %.2f of the lab floor); downtime %v",
-			tr, r.Bandwidth/1e6, r.Bytes>>20, r.Duration.Round(time.Millisecond), r.Bandwidth/(float64(total)/labFloor.Seconds()), res.Downtime.Round(time.Millisecond))
+		if res.Streams != run.n {
+			t.Errorf("%s: %d streams reported, %d asked", tr, res.Streams, run.n)
+		}
+		t.Logf("migration round 0 over %-4s x%d  %7.0f MB/s  (%d MiB in %v; %.2f of the lab floor); downtime %v",
+			tr, run.n, r.Bandwidth/1e6, r.Bytes>>20, r.Duration.Round(time.Millisecond), r.Bandwidth/(float64(total)/labFloor.Seconds()), res.Downtime.Round(time.Millisecond))
 	}
 }
 
@@ -150,11 +163,15 @@ func rawTCP(t *testing.T, from, to *lab.Host, addr string, total int64) time.Dur
 	return time.Since(start)
 }
 
+// streamCounts are the page stream counts measured: one, and striped
+// over 2 and 4 connections (DefaultStreams picks from these by cores).
+var streamCounts = []int{1, 2, 4}
+
 // pageStream sends total bytes of pages in one page-server session over
 // transport tr, with the lab's certificates, from host from to a page
 // server on host to (images on tmpfs under dir); it returns the time from
 // dial to the server's answer to CLOSE (every page written).
-func pageStream(t *testing.T, m *migLab, from, to *lab.Host, addr, tr string, total int64, dir string) time.Duration {
+func pageStream(t *testing.T, m *migLab, from, to *lab.Host, addr, tr string, streams int, total int64, dir string) time.Duration {
 	t.Helper()
 	certs := func(host *lab.Host, role string) pageserver.TransportOptions {
 		d := filepath.Join(m.certs, host.Addr(), role)
@@ -193,7 +210,9 @@ func pageStream(t *testing.T, m *migLab, from, to *lab.Host, addr, tr string, to
 	start := time.Now()
 	var c *pageserver.Client
 	if err := inNet(from, func() (err error) {
-		c, err = pageserver.Dial(ctx, net.JoinHostPort(addr, port), certs(m.a, "client"))
+		o := certs(m.a, "client")
+		o.Streams = streams
+		c, err = pageserver.Dial(ctx, net.JoinHostPort(addr, port), o)
 		return err
 	}); err != nil {
 		t.Fatal(err)

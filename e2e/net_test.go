@@ -133,8 +133,14 @@ type netProc struct {
 
 func startNet(t *testing.T, n *netns, args ...string) *netProc {
 	t.Helper()
+	return startNetProg(t, n, "netconn", args...)
+}
+
+// startNetProg starts workloads/prog.c (ready, ticks, SIGUSR1 as netconn).
+func startNetProg(t *testing.T, n *netns, prog string, args ...string) *netProc {
+	t.Helper()
 	p := &netProc{log: filepath.Join(t.TempDir(), "log"), waited: make(chan error, 1)}
-	p.cmd = exec.Command(cWorkload(t, "netconn"), append(args, p.log)...)
+	p.cmd = exec.Command(cWorkload(t, prog), append(args, p.log)...)
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	out, err := os.Create(p.log + ".out")
 	if err != nil {
@@ -151,7 +157,7 @@ func startNet(t *testing.T, n *netns, args ...string) *netProc {
 	t.Cleanup(func() { killAndForget(p.pid) })
 	for deadline := time.Now().Add(20 * time.Second); !strings.HasPrefix(readAll(p.log), "ready\n"); time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) || !alive(p.pid) {
-			t.Fatalf("netconn %v did not start: %s%s", args, readAll(p.log), readAll(p.log+".out"))
+			t.Fatalf("%s %v did not start: %s%s", prog, args, readAll(p.log), readAll(p.log+".out"))
 		}
 	}
 	return p

@@ -62,6 +62,10 @@ type AgentConfig struct {
 	// the agent takes post-copy migrations, fetching their lazy pages
 	// from the source's page server.
 	ClientTLS TLSFiles
+	// AdminCNs are the identities (certificate common name or DNS name,
+	// CA-signed) that may resolve any held migration and read the whole
+	// history; any other peer only those its own certificate started.
+	AdminCNs []string
 	// Observe, if set, is called with every finished migration (metrics).
 	Observe func(Result)
 	// Metrics, if set, counts the migrations in flight and observes each
@@ -87,6 +91,9 @@ type Agent struct {
 	states     map[string]string
 	pids       map[string]int
 	stateOrder []string
+	// owners are the fingerprints (ownerOf) of the certificates that
+	// started the migrations of states.
+	owners map[string]string
 }
 
 // NewAgent checks the configuration and loads the certificates.
@@ -121,7 +128,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	}
 	pruneResumed(cfg.ImagesDir)
 	return &Agent{cfg: cfg, tls: tc, slot: make(chan struct{}, cfg.MaxConcurrent),
-		held: map[string]*held{}, states: map[string]string{}, pids: map[string]int{}}, nil
+		held: map[string]*held{}, states: map[string]string{}, pids: map[string]int{}, owners: map[string]string{}}, nil
 }
 
 // Serve accepts migrations on ln until ctx is done, then waits for those
@@ -300,14 +307,18 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 		a.cfg.Log.Warnf("agent: %s: %v", raw.RemoteAddr(), err)
 		return
 	}
+	var peer *x509.Certificate
+	if pc := c.ConnectionState().PeerCertificates; len(pc) > 0 {
+		peer = pc[0]
+	}
 	if r := first.GetResolve(); r != nil {
 		// Not a migration: no slot, so that it is answered even with
 		// every slot taken by held copies.
-		a.serveResolve(k, r)
+		a.serveResolve(k, r, peer)
 		return
 	}
 	if r := first.GetHistoryRequest(); r != nil {
-		a.serveHistory(k, r)
+		a.serveHistory(k, r, peer)
 		return
 	}
 	select {
@@ -326,8 +337,8 @@ func (a *Agent) serveConn(ctx context.Context, raw net.Conn) {
 		a.mu.Unlock()
 	}()
 	in := &inbound{a: a, ctl: k, files: map[string]*os.File{}, fillCtx: fctx, agentCtx: actx}
-	if pc := c.ConnectionState().PeerCertificates; len(pc) > 0 {
-		in.peer = pc[0].Raw
+	if peer != nil {
+		in.peer, in.res.owner = peer.Raw, fingerprint(peer.Raw)
 	}
 	in.res.Started = time.Now()
 	in.res.Source = raw.RemoteAddr().String()
@@ -552,35 +563,47 @@ func (in *inbound) startRound(ctx context.Context, rs *pb.RoundStart, transport 
 		}
 		return nil
 	}
+	streams := max(int(rs.Streams), 1)
+	if streams > pageserver.MaxStreams {
+		return fmt.Errorf("round %d over %d streams (at most %d)", rs.N, streams, pageserver.MaxStreams)
+	}
+	in.res.Streams = streams
 	left := in.pageLimit - in.pageBytes()
 	if left <= 0 {
 		return fmt.Errorf("the migration's pages reached --max-migration-bytes %d", in.pageLimit)
+	}
+	to, err := in.a.cfg.TLS.pageTransport(transport, "")
+	if err != nil {
+		return err
 	}
 	switch rs.Compress {
 	case "":
 	case CompressZstd:
 		if transport == "quic" {
-			return errors.New("compressed page streams run over TLS, not QUIC")
+			// Every QUIC stream compressed (pageserver).
+			to.Compress = pageserver.CompressZstd
+			break
+		}
+		if streams != 1 {
+			return errors.New("a compressed TLS round is one stream")
 		}
 		return in.startCompressedRound(ctx, rs, dir, prev, tc, left)
 	default:
 		return fmt.Errorf("unknown page stream compression %q", rs.Compress)
-	}
-	to, err := in.a.cfg.TLS.pageTransport(transport, "")
-	if err != nil {
-		return err
 	}
 	to.TLSConfig = tc
 	ln, err := pageserver.Listen(net.JoinHostPort(in.a.cfg.Address, "0"), to)
 	if err != nil {
 		return err
 	}
-	// Over TCP the round is one session (Once). Over QUIC a session's
-	// streams end one by one and Once would cut the control stream's
-	// CLOSE: that server is stopped when the source reports the round
-	// done, its CLOSE answered (every image complete) by then.
+	// Over TCP the round is one session a stream (Once). Over QUIC a
+	// session's streams end one by one and Once would cut the control
+	// stream's CLOSE: that server is stopped when the source reports the
+	// round done, its CLOSE answered (every image complete) by then.
+	// MaxBytes is the server's, every stream's pages together.
 	quic := to.Transport == pageserver.TransportQUIC
-	srv, err := pageserver.NewServer(pageserver.Config{ImagesDir: dir, PrevImagesDir: prev, Once: !quic, Log: in.a.cfg.Log, MaxBytes: left})
+	srv, err := pageserver.NewServer(pageserver.Config{ImagesDir: dir, PrevImagesDir: prev, Once: !quic, Sessions: streams,
+		Log: in.a.cfg.Log, MaxBytes: left})
 	if err != nil {
 		ln.Close()
 		return err
@@ -686,6 +709,14 @@ func (in *inbound) startLazy() error {
 	return nil
 }
 
+// checkLazyCompress checks Restore.compress.
+func checkLazyCompress(c string) error {
+	if c != "" && c != CompressZstd {
+		return fmt.Errorf("unknown lazy page compression %q", c)
+	}
+	return nil
+}
+
 // migrationSlack is what MaxMigrationBytes's default adds to twice the
 // announced memory: page maps, and pages the program maps during rounds.
 const migrationSlack = 256 << 20
@@ -720,13 +751,20 @@ func (in *inbound) pageBytes() int64 {
 }
 
 // serveHistory answers a HistoryRequest.
-func (a *Agent) serveHistory(k *ctl, r *pb.HistoryRequest) {
+// A peer that is not an admin (AdminCNs) sees only the migrations its own
+// certificate started.
+func (a *Agent) serveHistory(k *ctl, r *pb.HistoryRequest, peer *x509.Certificate) {
 	if r.Version != Version {
 		_ = k.send(&pb.Envelope{Msg: &pb.Envelope_Failure{Failure: &pb.Failure{Phase: string(PhaseConnect),
 			Message: fmt.Sprintf("protocol version %d, this agent speaks %d", r.Version, Version)}}})
 		return
 	}
-	b, err := json.Marshal(a.History())
+	hist := a.History()
+	if !a.isAdmin(peer) {
+		fp := peerFingerprint(peer)
+		hist = slices.DeleteFunc(hist, func(r Result) bool { return r.owner == "" || r.owner != fp })
+	}
+	b, err := json.Marshal(hist)
 	if err != nil {
 		return
 	}
@@ -871,7 +909,7 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	var lazy *localFill
 	if !fullFill {
 		var err error
-		if lazy, err = in.startFill(ro.ImagesDir, pageSource); err != nil {
+		if lazy, err = in.startFill(ro.ImagesDir, pageSource, rs.Compress); err != nil {
 			return phaseErr(PhaseRestore, err)
 		}
 		// The daemon opens the images while the restore lays out the
@@ -1048,7 +1086,7 @@ type localFill struct {
 // directory; listening tells when it listens.
 //
 // With pageSource the pages come from the source's page server instead.
-func (in *inbound) startFill(images, pageSource string) (*localFill, error) {
+func (in *inbound) startFill(images, pageSource, compress string) (*localFill, error) {
 	lo := lazypages.Options{ImagesDir: images, WorkDir: in.dir, Log: in.a.cfg.Log, Guard: in.guard}
 	in.guard = nil // Run's from now on
 	if pageSource != "" {
@@ -1062,6 +1100,10 @@ func (in *inbound) startFill(images, pageSource string) (*localFill, error) {
 		if lo.Transport, err = in.a.cfg.ClientTLS.pageTransport("tls", host); err != nil {
 			return nil, err
 		}
+		if err := checkLazyCompress(compress); err != nil {
+			return nil, err
+		}
+		lo.Transport.Compress = compress
 		lo.PageServer = pageSource
 	}
 	ctx, cancel := context.WithCancel(in.fillCtx)

@@ -1,6 +1,7 @@
 package migrate
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -48,6 +49,7 @@ const (
 // held is a migration whose copy is rebuilt and held stopped.
 type held struct {
 	id, source string
+	owner      string // fingerprint of the source's certificate
 	pid        int
 	since      time.Time
 	inDoubt    bool
@@ -66,6 +68,7 @@ func (a *Agent) setState(id, state string, pid int) {
 		if len(a.stateOrder) > maxOutcomes {
 			delete(a.states, a.stateOrder[0])
 			delete(a.pids, a.stateOrder[0])
+			delete(a.owners, a.stateOrder[0])
 			a.stateOrder = a.stateOrder[1:]
 		}
 	}
@@ -83,9 +86,10 @@ var errAborted = errors.New("aborted by the source")
 // never "unknown", so the source never runs its tree beside a live copy.
 func (in *inbound) awaitGo(pid int) error {
 	a := in.a
-	h := &held{id: in.res.ID, source: in.res.Source, pid: pid, since: time.Now(), decide: make(chan string, 1)}
+	h := &held{id: in.res.ID, source: in.res.Source, owner: in.res.owner, pid: pid, since: time.Now(), decide: make(chan string, 1)}
 	a.mu.Lock()
 	a.held[h.id] = h
+	a.owners[h.id] = h.owner
 	a.mu.Unlock()
 	a.setState(h.id, stateWaiting, pid)
 	defer func() {
@@ -196,7 +200,7 @@ func (a *Agent) markResumed(id string, pid int) error {
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(f, "%d %d\n", pid, st.Starttime)
+	_, err = fmt.Fprint(f, withOwner(fmt.Sprintf("%d %d\n", pid, st.Starttime), a.ownerOf(id)))
 	if err == nil {
 		err = f.Sync()
 	}
@@ -229,7 +233,7 @@ const partialRecord = "partial\n"
 // after some task ran.
 func (a *Agent) markPartial(id string) {
 	p := filepath.Join(a.cfg.ImagesDir, id+resumedSuffix)
-	if err := os.WriteFile(p, []byte(partialRecord), 0o600); err != nil {
+	if err := os.WriteFile(p, []byte(withOwner(partialRecord, a.ownerOf(id))), 0o600); err != nil {
 		a.cfg.Log.Warnf("agent: migration %s: record the partial resume: %v", id, err)
 	}
 }
@@ -237,7 +241,7 @@ func (a *Agent) markPartial(id string) {
 // markedState is the state a resume record stands for: "resumed" while
 // the copy it names is alive (same PID, same start time), else "lost".
 func markedState(b []byte) (string, int) {
-	if string(b) == partialRecord {
+	if strings.HasPrefix(string(b), partialRecord) {
 		return statePartial, 0
 	}
 	var pid int
@@ -279,7 +283,10 @@ func pruneResumed(dir string) {
 const resolveWait = 2 * time.Minute
 
 // serveResolve answers one Resolve on its own connection.
-func (a *Agent) serveResolve(k *ctl, r *pb.Resolve) {
+//
+// Only the certificate that started a migration, or an admin
+// (AgentConfig.AdminCNs), may resolve it or see it held (authz.go).
+func (a *Agent) serveResolve(k *ctl, r *pb.Resolve, peer *x509.Certificate) {
 	reply := func(m *pb.Resolved) { _ = k.send(&pb.Envelope{Msg: &pb.Envelope_Resolved{Resolved: m}}) }
 	fail := func(err error) {
 		_ = k.send(&pb.Envelope{Msg: &pb.Envelope_Failure{Failure: &pb.Failure{Phase: string(PhaseSwitchover), Message: err.Error()}}})
@@ -293,9 +300,13 @@ func (a *Agent) serveResolve(k *ctl, r *pb.Resolve) {
 			fail(errors.New("a decision needs a migration id"))
 			return
 		}
+		admin, fp := a.isAdmin(peer), peerFingerprint(peer)
 		a.mu.Lock()
 		out := &pb.Resolved{}
 		for _, h := range a.held {
+			if !admin && (h.owner == "" || h.owner != fp) {
+				continue
+			}
 			out.Held = append(out.Held, &pb.Held{Id: h.id, Pid: int32(h.pid), Source: h.source, SinceUnixNs: h.since.UnixNano(), InDoubt: h.inDoubt})
 		}
 		a.mu.Unlock()
@@ -310,6 +321,11 @@ func (a *Agent) serveResolve(k *ctl, r *pb.Resolve) {
 	case "", DecisionResume, DecisionAbort:
 	default:
 		fail(fmt.Errorf("bad decision %q (want resume or abort)", r.Decision))
+		return
+	}
+	if err := a.authorize(peer, r.Id); err != nil {
+		a.cfg.Log.Warnf("agent: resolve from %s refused: %v", k.c.RemoteAddr(), err)
+		fail(err)
 		return
 	}
 	a.mu.Lock()

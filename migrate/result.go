@@ -68,6 +68,13 @@ type Result struct {
 	Mode        Mode   `json:"mode"`
 	Transport   string `json:"transport"` // "quic" or "tls"
 	Compress    string `json:"compress,omitempty"`
+	// Streams is how many connections each round's pages were striped
+	// over (1 when compressed).
+	Streams int `json:"streams,omitempty"`
+	// owner is the fingerprint of the certificate that started the
+	// migration (agent side): history and resolve answer only it, or an
+	// admin.
+	owner string
 	// Auto is what --compress auto measured and chose.
 	Auto *AutoCompress `json:"compress_auto,omitempty"`
 	// Connections counts the established TCP connections moved

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"godwit/dumper"
 	"godwit/internal/actions"
 	"godwit/internal/cpuinfo"
+	"godwit/internal/drivers"
 	"godwit/internal/netlock"
 	_ "godwit/migrate/internal/proto"
 	pb "godwit/migrate/internal/proto"
@@ -44,12 +46,17 @@ type SendOptions struct {
 	MaxRounds int
 	Transport string // page streams: "tls" (default) or "quic"
 	// Compress is how page streams are compressed: CompressAuto (""),
-	// CompressNone or CompressZstd (over TLS only). Auto times the link
+	// CompressNone or CompressZstd: the rounds' pages over TLS (a relay,
+	// one stream) or QUIC (every stream), and the lazy pages of post-copy
+	// and hybrid (the agent's GETs and their replies). Auto times the link
 	// (a probe on the control stream) and zstd (on a sample of the
 	// program's memory) first and compresses when that pays
 	// (autoCompress).
 	Compress string
-	TLS      TLSFiles
+	// Streams is how many connections (TLS, or QUIC) a round's pages are
+	// striped over: 0 is DefaultStreams; a compressed round uses one.
+	Streams int
+	TLS     TLSFiles
 	// ServerName is the name the agent's certificate must carry (default
 	// the host of To).
 	ServerName string
@@ -69,6 +76,17 @@ type SendOptions struct {
 	// ShellJob, ExtUnixSk: as dump's --shell-job and --ext-unix-sk (the
 	// agent restores with --shell-job too).
 	ShellJob, ExtUnixSk bool
+	// FD, GhostLimit and ExtUnix go to the final dump as dump's file
+	// options do: --link-remap (its link is made on this host's file
+	// system, which the agent's must share), --evasive-devices,
+	// --force-irmap; --ghost-limit (0: the default); --external
+	// unix[INO]. FD.ExtFiles and ExtTTY (--external file[...] and
+	// tty[...]) are refused: their restore needs --inherit-fd, a
+	// descriptor of the restoring host's, which no migration can pass.
+	FD         drivers.FDOptions
+	GhostLimit uint64
+	ExtUnix    []uint32
+	ExtTTY     [][2]uint64
 	// ActionScripts run at the migration's action points (see
 	// docs/migrate-actions.md): the dump's pre-dump and post-dump, then
 	// pre-restore (the agent holds the connections' lock: move the
@@ -141,18 +159,21 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	default:
 		return res, phaseErr(PhaseCheck, fmt.Errorf("unknown --mode %q (want precopy, postcopy or hybrid)", res.Mode))
 	}
+	if len(o.FD.ExtFiles) > 0 || len(o.ExtTTY) > 0 {
+		return res, phaseErr(PhaseCheck, errors.New("--external file[...] and tty[...] cannot be migrated: their restore needs --inherit-fd, a descriptor of the destination host's"))
+	}
 	comp, err := ParseCompress(o.Compress)
 	if err != nil {
 		return res, phaseErr(PhaseCheck, err)
 	}
-	if comp != CompressNone && (res.Transport == "quic" || res.Mode != ModePrecopy) {
-		if comp == CompressZstd {
-			return res, phaseErr(PhaseCheck, errors.New("--compress zstd: page streams are compressed over --transport tls in --mode precopy only"))
-		}
-		comp = CompressNone
-	}
 	res.Compress = comp
 	compressing := comp != CompressNone
+	if o.Streams == 0 {
+		o.Streams = DefaultStreams()
+	}
+	if o.Streams < 1 || o.Streams > pageserver.MaxStreams {
+		return res, phaseErr(PhaseCheck, fmt.Errorf("--streams %d: want 1 to %d", o.Streams, pageserver.MaxStreams))
+	}
 	if o.TCPEstablished && res.Mode != ModePrecopy {
 		return res, phaseErr(PhaseCheck, fmt.Errorf("--tcp-established with --mode %s is not implemented (use precopy)", res.Mode))
 	}
@@ -223,7 +244,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, phaseErr(PhaseCheck, fmt.Errorf("expected accepted, got %T", m.Msg))
 	}
 	res.ID = m.GetAccepted().Id
-	if comp == CompressAuto && res.Mode == ModePrecopy {
+	if comp == CompressAuto {
 		a := &AutoCompress{}
 		if a.Link, err = s.probeLink(); err != nil {
 			return res, s.abortWith(PhaseCheck, fmt.Errorf("link probe: %w", err))
@@ -233,6 +254,22 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		}
 		a.Compress = autoCompress(a.Link, a.Zstd, a.Ratio)
 		compressing, res.Auto = a.Compress, a
+	}
+	// A compressed TLS round is one relayed connection (compress.go); a
+	// compressed QUIC round compresses each stream.
+	s.streams = o.Streams
+	relay := compressing && res.Transport != "quic"
+	if relay {
+		s.streams = 1
+	}
+	pages.Streams, res.Streams = s.streams, s.streams
+	if compressing && !relay {
+		pages.Compress = pageserver.CompressZstd
+	}
+	// The lazy pages (post-copy, hybrid) are compressed alike.
+	s.lazyCompress = ""
+	if compressing {
+		s.lazyCompress = pageserver.CompressZstd
 	}
 	if res.Mode == ModePostcopy || (res.Mode == ModeHybrid && o.MaxRounds == 0) {
 		// Hybrid without rounds is post-copy.
@@ -291,7 +328,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		if err != nil {
 			return res, abort(PhasePrecopy, err)
 		}
-		ps, cp, err := pageTarget(net.JoinHostPort(host, strconv.Itoa(port)), pages, tc, compressing)
+		ps, cp, err := pageTarget(net.JoinHostPort(host, strconv.Itoa(port)), pages, tc, relay)
 		if err != nil {
 			return res, abort(PhasePrecopy, fmt.Errorf("round %d: %w", n, err))
 		}
@@ -348,7 +385,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	if err != nil {
 		return res, abort(PhaseFreeze, err)
 	}
-	ps, cp, err := pageTarget(net.JoinHostPort(host, strconv.Itoa(port)), pages, tc, compressing)
+	ps, cp, err := pageTarget(net.JoinHostPort(host, strconv.Itoa(port)), pages, tc, relay)
 	if err != nil {
 		return res, abort(PhaseFreeze, err)
 	}
@@ -360,6 +397,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		PageServer:     ps,
 		TCPEstablished: o.TCPEstablished, SkipInFlight: o.SkipInFlight, NetworkLock: o.NetworkLock,
 		ShellJob: o.ShellJob, ExtUnixSk: o.ExtUnixSk, Hold: &dumper.Hold{}}
+	o.fileOptions(&do)
 	if len(res.Rounds) > 0 {
 		do.PrevImagesDir, do.TrackMem = "../"+roundDir(n-1, false), true
 	}
@@ -558,7 +596,18 @@ func pagesInResult(pi *pb.PagesIn) *Postcopy {
 type sender struct {
 	*ctl
 	ctx context.Context
+	// streams is how many connections each round's pages take.
+	streams int
+	// lazyCompress is how the lazy pages of post-copy and hybrid travel
+	// (pageserver.TransportOptions.Compress).
+	lazyCompress string
 }
+
+// DefaultStreams is --streams' default: one connection per core, up to 4.
+// One TLS or QUIC connection's encryption (AES-GCM) runs on one core, its
+// rate the bound of one stream; more streams than cores only add
+// switching, and four already fill a 10 Gbit/s link on common hardware.
+func DefaultStreams() int { return min(max(runtime.NumCPU(), 1), 4) }
 
 // agentFailure is the Failure the agent sent, if one arrives within a
 // moment (the rest of what is queued is dropped: the migration ends).
@@ -676,9 +725,9 @@ func pageTarget(addr string, pages pageserver.TransportOptions, tc *tls.Config, 
 }
 
 func (s *sender) startRound(n uint32, final, compressed bool) (int, error) {
-	rs := &pb.RoundStart{N: n, Final: final}
+	rs := &pb.RoundStart{N: n, Final: final, Streams: uint32(s.streams)}
 	if compressed {
-		rs.Compress = CompressZstd
+		rs.Compress, rs.Streams = CompressZstd, 1
 	}
 	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_RoundStart{RoundStart: rs}}); err != nil {
 		return 0, err
@@ -879,7 +928,7 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 		return s.abortWith(PhaseFreeze, err)
 	}
 	host, _, _ := splitHostPort(o.To)
-	to.AllowedClients = []string{host}
+	to.AllowedClients, to.Compress = []string{host}, s.lazyCompress
 	var frozeAt, dumpedAt time.Time
 	committed := false
 	hold := &dumper.Hold{}
@@ -910,8 +959,9 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 	defer cancel()
 	w := newLazyWatch()
 	go w.run(s, res, cancel)
-	_, err = dumper.DumpLazyContext(ctx, dumper.Options{Pid: o.Pid, ImagesDir: work, FileLocks: o.FileLocks, CPUCap: o.CPUCap, Hold: hold},
-		scripts, dumper.LazyServe{Addr: addr, Transport: to})
+	do := dumper.Options{Pid: o.Pid, ImagesDir: work, FileLocks: o.FileLocks, CPUCap: o.CPUCap, Hold: hold}
+	o.fileOptions(&do)
+	_, err = dumper.DumpLazyContext(ctx, do, scripts, dumper.LazyServe{Addr: addr, Transport: to})
 	if !committed {
 		if err == nil {
 			err = errors.New("dump ended without handing over")
@@ -935,7 +985,7 @@ func (s *sender) commitLazy(hold *dumper.Hold, addr string) error {
 		_ = hold.KillOnExit(false)
 		return fmt.Errorf("hold the source tree: %w", err)
 	}
-	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{PageSource: addr}}}); err != nil {
+	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{PageSource: addr, Compress: s.lazyCompress}}}); err != nil {
 		_ = hold.KillOnExit(false)
 		return err
 	}
@@ -1006,7 +1056,9 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 	local net.Addr, enter func(Phase), abort func(Phase, error) error) error {
 	enter(PhaseFreeze)
 	n++
-	port, err := s.startRound(n, true, false)
+	// The final round's pages go straight from the dump: compressed over
+	// QUIC (pages.Compress), as they are over TLS (no relay here).
+	port, err := s.startRound(n, true, pages.Compress != "")
 	if err != nil {
 		return abort(PhaseFreeze, err)
 	}
@@ -1026,7 +1078,7 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 	if err != nil {
 		return abort(PhaseFreeze, err)
 	}
-	to.AllowedClients = []string{host}
+	to.AllowedClients, to.Compress = []string{host}, s.lazyCompress
 	// Serving ends with the agent's CLOSE; a Failure from the agent, or
 	// its link lost, ends it at once.
 	ctx, cancel := context.WithCancel(s.ctx)
@@ -1063,6 +1115,7 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 	}}
 	do := dumper.Options{Pid: o.Pid, ImagesDir: final, FileLocks: o.FileLocks, CPUCap: o.CPUCap,
 		PrevImagesDir: "../" + roundDir(n-1, false), TrackMem: true, Hold: hold}
+	o.fileOptions(&do)
 	dr, err := dumper.DumpLazyContext(ctx, do, scripts, dumper.LazyServe{Addr: addr, Transport: to,
 		Pages: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}})
 	if !committed {
@@ -1084,4 +1137,9 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 		res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt), Images: imagesAt.Sub(dumpedAt), Restore: w.resumedAt.Sub(imagesAt)}
 	}
 	return w.end("hybrid post-copy", err, res)
+}
+
+// fileOptions sets the final dump's options for files (see SendOptions).
+func (o *SendOptions) fileOptions(do *dumper.Options) {
+	do.FD, do.GhostLimit, do.ExtUnix = o.FD, o.GhostLimit, o.ExtUnix
 }

@@ -23,8 +23,10 @@ import (
 // (Hello.compress). 4: the held switch-over (Go answered by Resumed before
 // the source dies; Resolve, Resolved). 5: HistoryRequest/HistoryReply and
 // Hello.memory_bytes (the agent's --max-migration-bytes). 6: Probe and
-// ProbeAck (--compress auto measures the link).
-const Version = 6
+// ProbeAck (--compress auto measures the link). 7: RoundStart.streams
+// (a round's pages striped over several connections), compressed QUIC
+// rounds and Restore.compress (compressed lazy pages).
+const Version = 7
 
 // maxMessage bounds one control message: image files travel in chunks of
 // fileChunk, everything else is small.

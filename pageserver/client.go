@@ -53,15 +53,25 @@ type Client struct {
 	corked bool
 	qc     *quic.Conn
 	ctrl   *quic.Stream
-	sink   *TaskSink // TCP: the open task
-	sinks  map[*TaskSink]struct{}
-	err    error // sticky: the stream is out of sync
-	closed bool
+	// compress: every stream is zstd (TransportOptions.Compress); zctrl
+	// is the control stream's.
+	compress bool
+	zctrl    io.ReadWriter
+	sink     *TaskSink // TCP: the open task
+	sinks    map[*TaskSink]struct{}
+	err      error // sticky: the stream is out of sync
+	closed   bool
 	// handedOver: conn is the caller's connection (NewSocketClient).
 	handedOver bool
 	// GETs sent ahead of their replies (SendGet, RecvGet).
 	pipe getPipe
+	// sp, when set, stripes the pages over several connections
+	// (TransportOptions.Streams); the fields above are unused then.
+	sp *striper
 }
+
+// errStripedGet: a striped client only uploads pages.
+var errStripedGet = errors.New("page server: GET over a striped client (--streams): use one stream")
 
 // Dial connects to a page server at addr ("host:port").
 func Dial(ctx context.Context, addr string, o TransportOptions) (*Client, error) {
@@ -69,11 +79,23 @@ func Dial(ctx context.Context, addr string, o TransportOptions) (*Client, error)
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{transport: t, sinks: map[*TaskSink]struct{}{}}
+	if o.Streams > 1 {
+		return dialStriped(ctx, addr, o, o.Streams)
+	}
+	c := &Client{transport: t, sinks: map[*TaskSink]struct{}{}, compress: o.Compress != ""}
 	switch t {
 	case TransportTCP:
 		if c.conn, c.raw, err = dialTCP(ctx, addr, o); err != nil {
 			return nil, err
+		}
+		if c.compress {
+			// No splice or sendfile: every byte goes through zstd.
+			zc, err := newZstdConn(c.conn)
+			if err != nil {
+				c.conn.Close()
+				return nil, err
+			}
+			c.conn, c.raw = zc, nil
 		}
 	case TransportQUIC:
 		if c.qc, err = dialQUIC(ctx, addr, o); err != nil {
@@ -83,12 +105,21 @@ func Dial(ctx context.Context, addr string, o TransportOptions) (*Client, error)
 			c.qc.CloseWithError(1, "")
 			return nil, fmt.Errorf("page server: open control stream: %w", err)
 		}
+		if c.compress {
+			if c.zctrl, err = newZstdStream(c.ctrl); err != nil {
+				c.qc.CloseWithError(1, "")
+				return nil, err
+			}
+		}
 	}
 	return c, nil
 }
 
 // ctrlRW is the control channel.
 func (c *Client) ctrlRW() io.ReadWriter {
+	if c.zctrl != nil {
+		return c.zctrl
+	}
 	if c.ctrl != nil {
 		return c.ctrl
 	}
@@ -138,6 +169,9 @@ func (c *Client) fail(err error) error {
 // CheckParent asks whether the server's parent images hold dst's pagemap
 // (PARENT).
 func (c *Client) CheckParent(dst uint64) (bool, error) {
+	if c.sp != nil {
+		return c.sp.subs[0].CheckParent(dst)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.usable(); err != nil {
@@ -162,6 +196,15 @@ func (c *Client) OpenTask(ctx context.Context, dst uint64, parentAware bool) (*T
 	if _, _, err := wire.DecodeDst(dst); err != nil {
 		return nil, fmt.Errorf("page server: %w", err)
 	}
+	if c.sp != nil {
+		c.mu.Lock()
+		closed := c.closed
+		c.mu.Unlock()
+		if closed {
+			return nil, errors.New("page server: client closed")
+		}
+		return c.sp.openTask(c, dst)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.usable(); err != nil {
@@ -175,6 +218,16 @@ func (c *Client) OpenTask(ctx context.Context, dst uint64, parentAware bool) (*T
 			return nil, fmt.Errorf("page server: open task stream: %w", err)
 		}
 		s.st, rw = st, st
+		if c.compress {
+			z, err := newZstdStream(st)
+			if err != nil {
+				st.CancelRead(1)
+				st.CancelWrite(1)
+				return nil, err
+			}
+			rw = z
+		}
+		s.rw = rw
 	} else {
 		if c.sink != nil {
 			return nil, fmt.Errorf("page server: task %#x still open on this TCP connection", c.sink.dst)
@@ -217,6 +270,9 @@ func (c *Client) Get(pid int, vaddr, nr uint64, dst []byte) (uint64, error) {
 	if nr == 0 || uint64(len(dst))/PageSize < nr {
 		return 0, fmt.Errorf("page server: GET %d pages into %d bytes", nr, len(dst))
 	}
+	if c.sp != nil {
+		return 0, errStripedGet
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.usable(); err != nil {
@@ -258,6 +314,8 @@ func (c *Client) Abort() {
 	// The transport is set once by Dial; closing it is safe while another
 	// goroutine is blocked on it (and holds c.mu).
 	switch {
+	case c.sp != nil:
+		c.sp.abort()
 	case c.qc != nil:
 		c.qc.CloseWithError(1, "aborted")
 	case c.handedOver:
@@ -285,6 +343,16 @@ func (c *Client) Abort() {
 // Close ends open tasks, sends CLOSE, waits for the server's status (it
 // has then closed every image of this connection) and disconnects.
 func (c *Client) Close() error {
+	if c.sp != nil {
+		c.mu.Lock()
+		closed := c.closed
+		c.closed = true
+		c.mu.Unlock()
+		if closed {
+			return nil
+		}
+		return c.sp.close()
+	}
 	c.mu.Lock()
 	sinks := make([]*TaskSink, 0, len(c.sinks))
 	for s := range c.sinks {
@@ -356,10 +424,15 @@ type TaskSink struct {
 	w         io.Writer
 	raw       *net.TCPConn
 	st        *quic.Stream
+	rw        io.ReadWriter // st, or its zstd stream
 	hasParent bool
 	buf       []byte
 	done      bool
 	err       error
+	// sp: the task is striped (stripe_client.go); seq and off are the
+	// next entry's place in the pagemap and in the pages file.
+	sp       *striper
+	seq, off uint64
 }
 
 // HasParent is the server's OPEN2 answer: a parent pagemap exists, so
@@ -367,7 +440,7 @@ type TaskSink struct {
 func (s *TaskSink) HasParent() bool { return s.hasParent }
 
 func (s *TaskSink) lock() func() {
-	if s.st != nil {
+	if s.st != nil || s.sp != nil {
 		return func() {} // the stream is the sink's own
 	}
 	s.c.mu.Lock()
@@ -381,6 +454,9 @@ func (s *TaskSink) usable() error {
 	if s.err != nil {
 		return s.err
 	}
+	if s.sp != nil {
+		return s.sp.failed()
+	}
 	if s.st == nil {
 		return s.c.usable()
 	}
@@ -391,6 +467,10 @@ func (s *TaskSink) usable() error {
 func (s *TaskSink) abort(err error) error {
 	if s.err == nil {
 		s.err = err
+	}
+	if s.sp != nil {
+		s.sp.fail(err)
+		return err
 	}
 	if s.st != nil {
 		s.st.CancelWrite(1)
@@ -413,6 +493,9 @@ func (s *TaskSink) AddPages(vaddr, nr uint64, flags uint32, src io.Reader) error
 	}
 	if err := s.checkAdd(vaddr, nr, flags); err != nil {
 		return err
+	}
+	if s.sp != nil {
+		return s.stripedAdd(vaddr, nr, flags, src, nil)
 	}
 	if flags&FlagPresent == 0 {
 		if err := sendHeader(s.w, wire.Header{Cmd: wire.MakeCmd(wire.CmdAddF, uint16(flags)), NrPages: nr, Vaddr: vaddr, DstID: s.dst}); err != nil {
@@ -452,6 +535,9 @@ func (s *TaskSink) AddPagesBytes(vaddr uint64, flags uint32, data []byte) error 
 	}
 	if err := s.checkAdd(vaddr, uint64(len(data)/PageSize), flags); err != nil {
 		return err
+	}
+	if s.sp != nil {
+		return s.stripedAdd(vaddr, uint64(len(data)/PageSize), flags, nil, data)
 	}
 	for len(data) > 0 {
 		k := min(len(data), int(maxAddPages)*PageSize)
@@ -529,6 +615,9 @@ func (s *TaskSink) Hole(vaddr, nr uint64) error {
 	if err := checkRange(vaddr, nr); err != nil {
 		return fmt.Errorf("page server: %w", err)
 	}
+	if s.sp != nil {
+		return s.stripedAdd(vaddr, nr, FlagParent, nil, nil)
+	}
 	if err := sendHeader(s.w, wire.Header{Cmd: wire.CmdHole, NrPages: nr, Vaddr: vaddr, DstID: s.dst}); err != nil {
 		return s.abort(fmt.Errorf("page server: HOLE %#x: %w", vaddr, err))
 	}
@@ -541,6 +630,13 @@ func (s *TaskSink) Hole(vaddr, nr uint64) error {
 // per-task acknowledgement).
 func (s *TaskSink) Close() error {
 	c := s.c
+	if s.sp != nil {
+		if s.done {
+			return nil
+		}
+		s.done = true
+		return s.stripedClose()
+	}
 	if s.st == nil {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -563,7 +659,7 @@ func (s *TaskSink) Close() error {
 	if s.err != nil {
 		return s.err
 	}
-	err := c.sendClose(s.st)
+	err := c.sendClose(s.rw)
 	if err != nil {
 		s.st.CancelRead(1)
 		s.st.CancelWrite(1)

@@ -36,6 +36,20 @@ func FuzzServerConn(f *testing.F) {
 	f.Add(append([]byte{1}, hdr(wire.CmdGet, 4, 0x400000, 42)...))
 	f.Add(append([]byte{0}, hdr(wire.CmdAdd, 1<<50, 0, TaskDst(3))...))
 	f.Add([]byte{0, 1, 2, 3})
+	// A striped pagemap, whose other connection never comes.
+	var st bytes.Buffer
+	st.WriteByte(0)
+	st.Write(hdr(wire.CmdOpenStripe, 2, 0, TaskDst(11)))
+	st.Write(hdr(wire.MakeCmd(wire.CmdAddAt, wire.FlagPresent), 1, 0x1000, TaskDst(11)))
+	st.Write(make([]byte, wire.StripeExtSize+PageSize))
+	st.Write(hdr(wire.MakeCmd(wire.CmdAddAt, wire.FlagParent), 1, 0x3000, TaskDst(11)))
+	st.Write(make([]byte, wire.StripeExtSize))
+	st.Write(hdr(wire.CmdEndStripe, 2, 1, TaskDst(11)))
+	st.Write(hdr(wire.CmdClose, 0, 0, 0))
+	f.Add(st.Bytes())
+	old := stripeWait
+	stripeWait = time.Second
+	f.Cleanup(func() { stripeWait = old })
 
 	dir := f.TempDir()
 	logs := logging.New(io.Discard, 0)

@@ -38,6 +38,9 @@ func (c *Client) SendGet(pid int, vaddr, nr uint64) error {
 	if nr == 0 {
 		return errors.New("page server: GET of no pages")
 	}
+	if c.sp != nil {
+		return errStripedGet
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.usable(); err != nil {

@@ -274,11 +274,15 @@ func TestLazyGet(t *testing.T) {
 	if err := os.Symlink("../pre", filepath.Join(dump, "parent")); err != nil {
 		t.Fatal(err)
 	}
-	for _, tr := range []Transport{TransportTCP, TransportQUIC} {
-		t.Run(string(tr), func(t *testing.T) {
+	for _, run := range []struct {
+		tr       Transport
+		compress string
+	}{{TransportTCP, ""}, {TransportQUIC, ""}, {TransportTCP, CompressZstd}, {TransportQUIC, CompressZstd}} {
+		tr := run.tr
+		t.Run(string(tr)+"+"+run.compress, func(t *testing.T) {
 			// Lazy pages are only served with TLS.
 			o := tlsFiles(t, t.TempDir())
-			o.Transport, o.TLS = tr, tr == TransportTCP
+			o.Transport, o.TLS, o.Compress = tr, tr == TransportTCP, run.compress
 			ts := startServer(t, Config{ImagesDir: dump, Lazy: true}, o)
 			c := ts.dial(t)
 			buf := make([]byte, 16*PageSize)

@@ -74,8 +74,11 @@ type Config struct {
 	// Once ends Serve after the first session, as CRIU's page server
 	// does (--single-session; the RPC's PAGE_SERVER and PAGE_SERVER_CHLD,
 	// whose callers wait for the server to exit): Serve then returns the
-	// session's error, if any.
-	Once bool
+	// session's error, if any. Sessions (default 1) is how many
+	// sessions Once waits for: a striped client's connections
+	// (TransportOptions.Streams); the first that fails ends Serve.
+	Once     bool
+	Sessions int
 	// PagesIDBase is the first pages-<id>.img number. Default 0x10001, as
 	// CRIU's page server (up_page_ids_base), so that page-server and
 	// local images in one directory never collide.
@@ -129,9 +132,14 @@ type Server struct {
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	open    map[uint64]string // dst (normalised) → peer holding it
-	conns   map[io.Closer]struct{}
-	lazy    lazyImages
-	closing bool
+	// stripes are the striped pagemaps being written (stripe.go).
+	stripeMu sync.Mutex
+	stripes  map[uint64]*stripe
+	// sessions counts the sessions ended (Once).
+	sessions int
+	conns    map[io.Closer]struct{}
+	lazy     lazyImages
+	closing  bool
 	// lazyClosed: a lazy session got CLOSE; stopServe ends Serve.
 	lazyClosed atomic.Bool
 	stopServe  context.CancelFunc
@@ -141,7 +149,7 @@ type Server struct {
 // NewServer opens the images directory and prepares the parent link.
 func NewServer(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Log, m: cfg.Metrics,
-		open: map[uint64]string{}, conns: map[io.Closer]struct{}{}, perPeer: map[string]int{},
+		open: map[uint64]string{}, stripes: map[uint64]*stripe{}, conns: map[io.Closer]struct{}{}, perPeer: map[string]int{},
 		hsSem: make(chan struct{}, maxHandshakes), hsPeer: map[string]int{}}
 	if s.log == nil {
 		s.log = logging.Default()
@@ -308,7 +316,7 @@ func (s *Server) acceptTCP(ctx context.Context, ln *Listener) error {
 				<-s.hsSem
 				continue
 			}
-			go s.serveTLS(ctx, c, ln.tlsConf)
+			go s.serveTLS(ctx, c, ln.tlsConf, ln.compress)
 			continue
 		}
 		if !s.admit(c, c.RemoteAddr()) {
@@ -317,7 +325,16 @@ func (s *Server) acceptTCP(ctx context.Context, ln *Listener) error {
 		s.m.conn(string(TransportTCP))
 		go func() {
 			defer s.release(c, c.RemoteAddr())
-			s.serveTCP(c, c, c.(*net.TCPConn))
+			if !ln.compress {
+				s.serveTCP(c, c, c.(*net.TCPConn))
+				return
+			}
+			zc, err := newZstdConn(c)
+			if err != nil {
+				s.log.Errorf("page-server: %s: %v", c.RemoteAddr(), err)
+				return
+			}
+			s.serveTCP(c, zc, nil)
 		}()
 	}
 }
@@ -347,7 +364,7 @@ func (s *Server) admitHandshake(c net.Conn, peer net.Addr) bool {
 
 // serveTLS runs the handshake within HandshakeTimeout, then counts the
 // connection against MaxConns and serves it.
-func (s *Server) serveTLS(ctx context.Context, c net.Conn, tlsConf *tls.Config) {
+func (s *Server) serveTLS(ctx context.Context, c net.Conn, tlsConf *tls.Config, compress bool) {
 	defer s.wg.Done()
 	peer := c.RemoteAddr()
 	host := peerHost(peer)
@@ -375,7 +392,16 @@ func (s *Server) serveTLS(ctx context.Context, c net.Conn, tlsConf *tls.Config) 
 	}
 	s.m.conn(string(TransportTCP))
 	defer s.release(c, peer)
-	s.serveTCP(c, tc, nil)
+	if !compress {
+		s.serveTCP(c, tc, nil)
+		return
+	}
+	zc, err := newZstdConn(tc)
+	if err != nil {
+		s.log.Errorf("page-server: %s: %v", peer, err)
+		return
+	}
+	s.serveTCP(c, zc, nil)
 }
 
 // admit counts a connection against MaxConns and tracks it for shutdown;
@@ -466,7 +492,7 @@ func (s *Server) acceptQUIC(ctx context.Context, ln *Listener) error {
 			continue
 		}
 		s.m.conn(string(TransportQUIC))
-		go s.serveQUIC(ctx, qc, closer)
+		go s.serveQUIC(ctx, qc, closer, ln.compress)
 	}
 }
 
@@ -477,7 +503,7 @@ func (q quicCloser) Close() error { return q.c.CloseWithError(0, "") }
 // serveQUIC runs one session per stream the peer opens: the control stream
 // (PARENT, GET, the final CLOSE) and one stream per task (OPEN2, ADD...,
 // CLOSE). Streams are bounded by the QUIC config (MaxIncomingStreams).
-func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser) {
+func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser, compress bool) {
 	defer s.release(closer, qc.RemoteAddr())
 	peer := qc.RemoteAddr().String()
 	s.log.Infof("page-server: %s: connected (quic)", peer)
@@ -515,7 +541,18 @@ func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser
 			defer wg.Done()
 			defer busy.Add(-1)
 			name := fmt.Sprintf("%s/%d", peer, st.StreamID())
-			ss := s.newSession(name, st, st, nil)
+			var rw io.ReadWriter = st
+			if compress {
+				z, err := newZstdStream(st)
+				if err != nil {
+					s.log.Errorf("page-server: %s: %v", name, err)
+					st.CancelRead(1)
+					st.CancelWrite(1)
+					return
+				}
+				rw = z
+			}
+			ss := s.newSession(name, rw, rw, nil)
 			ss.dl = st
 			err := ss.run()
 			s.finish(ss, err)
@@ -539,11 +576,18 @@ func (s *Server) finish(ss *session, err error) {
 			if err != nil && s.onceErr == nil {
 				s.onceErr = fmt.Errorf("page server: %s: %w", ss.peer, err)
 			}
+			s.sessions++
+			if err == nil && s.sessions < max(s.cfg.Sessions, 1) {
+				stop = nil
+			}
 			s.mu.Unlock()
 			if stop != nil {
 				stop()
 			}
 		}()
+	}
+	if len(ss.stripes) > 0 {
+		ss.dropStripes(err)
 	}
 	if ss.task != nil {
 		if err == nil && !ss.closed && !s.cfg.Lazy {

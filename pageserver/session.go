@@ -30,16 +30,19 @@ func reqErr(reason string, err error) error { return &requestError{reason, err} 
 // It holds at most one open task (pagemap being written), as CRIU's
 // page_server_serve does.
 type session struct {
-	s      *Server
-	peer   string
-	rd     *bufio.Reader
-	src    io.Reader    // the unbuffered stream, for page data
-	w      io.Writer    // replies
-	tcp    *net.TCPConn // set when page data can be spliced to the file
-	dl     deadliner    // read and write deadlines of the stream
-	buf    []byte       // copy buffer, allocated on first use
-	task   *task
-	closed bool // CLOSE served
+	s    *Server
+	peer string
+	rd   *bufio.Reader
+	src  io.Reader    // the unbuffered stream, for page data
+	w    io.Writer    // replies
+	tcp  *net.TCPConn // set when page data can be spliced to the file
+	dl   deadliner    // read and write deadlines of the stream
+	buf  []byte       // copy buffer, allocated on first use
+	task *task
+	// stripes are the striped pagemaps this session joined (true: it
+	// ended its part).
+	stripes map[*stripe]bool
+	closed  bool // CLOSE served
 }
 
 // task is one pagemap being written.
@@ -91,7 +94,8 @@ func (ss *session) run() error {
 
 // known bounds the label values of the requests metric.
 func known(cmd uint16) bool {
-	return cmd >= wire.CmdAdd && cmd <= wire.CmdGet || cmd == wire.CmdClose || cmd == wire.CmdForceClose
+	return cmd >= wire.CmdAdd && cmd <= wire.CmdGet || cmd == wire.CmdClose || cmd == wire.CmdForceClose ||
+		cmd >= wire.CmdOpenStripe && cmd <= wire.CmdEndStripe
 }
 
 func (ss *session) serve(h wire.Header) error {
@@ -140,9 +144,36 @@ func (ss *session) serve(h wire.Header) error {
 			return reqErr(reasonCommand, errors.New("GET on a page server not started for lazy pages"))
 		}
 		return ss.get(h)
+	case wire.CmdOpenStripe:
+		if lazy {
+			return reqErr(reasonCommand, errors.New("this page server only serves GET (lazy pages)"))
+		}
+		hasParent, err := ss.openStripe(h.DstID, h.NrPages)
+		if err != nil {
+			return err
+		}
+		var b [1]byte
+		if hasParent {
+			b[0] = 1
+		}
+		return ss.reply(b[:])
+	case wire.CmdAddAt:
+		if lazy {
+			return reqErr(reasonCommand, errors.New("this page server only serves GET (lazy pages)"))
+		}
+		return ss.addAt(h)
+	case wire.CmdEndStripe:
+		if lazy {
+			return reqErr(reasonCommand, errors.New("this page server only serves GET (lazy pages)"))
+		}
+		return ss.endStripe(h)
 	case wire.CmdClose, wire.CmdForceClose:
 		status := int32(0)
-		if err := ss.commitTask(); err != nil {
+		err := ss.commitTask()
+		if serr := ss.closeStripes(); err == nil {
+			err = serr
+		}
+		if err != nil {
 			// The peer learns through the status; the log says why.
 			ss.s.m.error(reasonIO)
 			ss.s.log.Errorf("page-server: %s: %v", ss.peer, err)

@@ -58,6 +58,15 @@ type TransportOptions struct {
 	// to TLS 1.3, and a server config must carry ClientCAs: client
 	// certificates are always required and verified.
 	TLSConfig *tls.Config
+	// Streams (client only), when over 1, stripes the pages over that
+	// many connections (at most MaxStreams), each with its own TLS or
+	// QUIC connection: one connection's encryption runs on one core.
+	// Only godwit's page server takes striped uploads (stripe.go); GET
+	// is refused.
+	Streams int
+	// Compress ("" or CompressZstd; both ends alike) compresses every
+	// stream both ways (compress.go): godwit's own, no CRIU peer speaks it.
+	Compress string
 	// QUIC tuning; nil means the defaults of quicConfig.
 	QUIC *quic.Config
 }
@@ -70,6 +79,9 @@ const (
 )
 
 func (o TransportOptions) transport() (Transport, error) {
+	if err := checkCompress(o.Compress); err != nil {
+		return "", err
+	}
 	switch o.Transport {
 	case "", TransportTCP:
 		return TransportTCP, nil
@@ -221,6 +233,7 @@ type Listener struct {
 	tlsConf   *tls.Config // TCP+TLS
 	quic      *quic.Listener
 	udp       net.PacketConn
+	compress  bool // every stream is zstd (TransportOptions.Compress)
 	// onRefuse reports a refused client certificate (set by Serve).
 	onRefuse atomic.Pointer[func(peer string, err error)]
 }
@@ -231,7 +244,7 @@ func Listen(addr string, o TransportOptions) (*Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Listener{transport: t}
+	l := &Listener{transport: t, compress: o.Compress != ""}
 	switch t {
 	case TransportTCP:
 		if o.TLS {
@@ -263,7 +276,10 @@ func Listen(addr string, o TransportOptions) (*Listener, error) {
 // NewTCPListener serves on an existing listener (an inherited socket, as
 // CRIU's --ps-socket), with TLS when o.TLS is set.
 func NewTCPListener(ln net.Listener, o TransportOptions) (*Listener, error) {
-	l := &Listener{transport: TransportTCP, tcp: ln}
+	if err := checkCompress(o.Compress); err != nil {
+		return nil, err
+	}
+	l := &Listener{transport: TransportTCP, tcp: ln, compress: o.Compress != ""}
 	if o.TLS {
 		tc, err := o.tlsConfig(true, "")
 		if err != nil {

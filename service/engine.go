@@ -41,8 +41,28 @@ type Hooks struct {
 }
 
 // engineMu serializes the requests that run the engine: its log is the
-// process-wide logger, which each request points at its own log file.
-var engineMu sync.Mutex
+// process-wide logger, which each request points at its own log file while
+// it holds engineMu. Whenever engineMu is free the default logger is the
+// service's own (base): a request lets go of the lock, and of its logger,
+// while a client's notify callback runs, so that one slow client does not
+// stop every other.
+var (
+	engineMu sync.Mutex
+	base     *logging.Logger // the default logger while engineMu is free
+)
+
+// lockEngine takes engineMu and makes l the default logger.
+func lockEngine(l *logging.Logger) {
+	engineMu.Lock()
+	base = logging.Default()
+	logging.SetDefault(l)
+}
+
+// unlockEngine puts the service's logger back and lets engineMu go.
+func unlockEngine() {
+	logging.SetDefault(base)
+	engineMu.Unlock()
+}
 
 // commandOf is the criu(8) command a request type runs.
 var commandOf = map[rpc.CriuReqType]string{
@@ -154,6 +174,13 @@ func (c *Conn) runEngine(t rpc.CriuReqType, req *rpc.CriuReq) (*rpc.CriuResp, er
 	defer q.close()
 	o := q.o
 	if t == rpc.CriuReqType_DUMP || t == rpc.CriuReqType_PRE_DUMP || t == rpc.CriuReqType_SINGLE_PRE_DUMP {
+		if c.peer.delegated && t != rpc.CriuReqType_DUMP {
+			// A round reads the tree while it runs: a task may change
+			// owners (exec a set-user-ID program) while it is read, and
+			// without track_mem and parent_img (below) the round is of
+			// no use to a later dump anyway.
+			return nil, fmt.Errorf("%s: not allowed to clients admitted by --service-group (a round reads a running tree)", command)
+		}
 		if o.Tree == 0 {
 			o.Tree = int(c.peer.cred.Pid) // as CRIU: no pid dumps the client
 		}
@@ -180,17 +207,14 @@ func (c *Conn) runEngine(t rpc.CriuReqType, req *rpc.CriuReq) (*rpc.CriuResp, er
 		return c.startPageServer(q, t == rpc.CriuReqType_PAGE_SERVER)
 	}
 
-	engineMu.Lock()
-	defer engineMu.Unlock()
 	l, closeLog, err := logging.Open(o)
 	if err != nil {
 		return nil, err
 	}
 	defer closeLog()
-	prev := logging.Default()
-	logging.SetDefault(l)
-	defer logging.SetDefault(prev)
-	resp, err := c.runLocked(t, q, req.GetOpts().GetNotifyScripts())
+	lockEngine(l)
+	defer unlockEngine()
+	resp, err := c.runLocked(t, q, l, req.GetOpts().GetNotifyScripts())
 	if err != nil && l.ToFile() {
 		// The log's last line names the failure, as the CLI's does.
 		l.Errorf("%v", err)
@@ -198,12 +222,21 @@ func (c *Conn) runEngine(t rpc.CriuReqType, req *rpc.CriuReq) (*rpc.CriuResp, er
 	return resp, err
 }
 
-func (c *Conn) runLocked(t rpc.CriuReqType, q *request, notify bool) (*rpc.CriuResp, error) {
+// runLocked runs the request's command with engineMu held and l its log.
+func (c *Conn) runLocked(t rpc.CriuReqType, q *request, l *logging.Logger, notify bool) (*rpc.CriuResp, error) {
 	o := q.o
 	ctx := context.Background()
 	scripts := &actions.Scripts{ImagesDir: o.ImagesDir}
 	if notify {
-		scripts.Notify = c.notify
+		// The engine waits for the client's answer: other requests
+		// run meanwhile (the engine's own steps stay in order, since
+		// this request's goroutine is blocked here until the answer),
+		// and this one takes the lock and its log back after it.
+		scripts.Notify = func(action string, pid int) error {
+			unlockEngine()
+			defer lockEngine(l)
+			return c.notify(action, pid)
+		}
 	}
 	resp := &rpc.CriuResp{Type: t.Enum(), Success: ptr(true)}
 	switch t {
@@ -212,6 +245,7 @@ func (c *Conn) runLocked(t rpc.CriuReqType, q *request, notify bool) (*rpc.CriuR
 		if err != nil {
 			return nil, err
 		}
+		do.Admit = func(pids []int) error { return c.peer.mayDumpFrozen(o.Tree, pids) }
 		res, err := dumper.DumpContext(ctx, do, scripts)
 		if err != nil {
 			return nil, err

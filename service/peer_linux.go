@@ -110,15 +110,17 @@ func (p *peer) mayUseDir(fd int) error {
 	return nil
 }
 
-// mayDump checks that a client admitted by the group may dump pid, by the
-// kernel's ptrace rule for a caller without capabilities: the target's
-// real, effective and saved uids and gids are the client's, it holds no
-// capabilities, and it is dumpable (its /proc/PID is then owned by its
-// uid, else by root). The target is held by a pidfd while its status is
+// mayDump checks that a client admitted by the group may dump the tree of
+// pid: every task of it, and every thread of each (ptrace seizes each
+// thread, and threads may hold credentials of their own), by the kernel's
+// ptrace rule for a caller without capabilities: the thread's real,
+// effective and saved uids and gids are the client's, it holds no
+// capabilities, and its task is dumpable (its /proc/PID is then owned by
+// its uid, else by root). The root is held by a pidfd while its status is
 // read, and the pidfd is checked after, so the answer is about that
-// process. (The dumper opens its own pidfd by pid just after: a pid reused
-// in between, microseconds, would need the target to exit and its pid to
-// come round again.)
+// process. This check runs before the dump touches anything; the tree can
+// still change until it is frozen, so the dump checks it again then
+// (mayDumpFrozen).
 func (p *peer) mayDump(pid int) error {
 	if !p.delegated {
 		return nil
@@ -131,26 +133,139 @@ func (p *peer) mayDump(pid int) error {
 		return fmt.Errorf("dump %d: %w", pid, err)
 	}
 	defer unix.Close(pfd)
-	proc := "/proc/" + strconv.Itoa(pid)
-	status, err := os.ReadFile(proc + "/status")
-	if err != nil {
-		return fmt.Errorf("dump %d: %w", pid, err)
-	}
-	var st unix.Stat_t
-	if err := unix.Stat(proc, &st); err != nil {
-		return fmt.Errorf("dump %d: %w", pid, err)
+	if err := p.mayDumpTask(pid, pid); err != nil {
+		return err
 	}
 	if err := unix.PidfdSendSignal(pfd, 0, nil, 0); err != nil {
 		return fmt.Errorf("dump %d: %w", pid, err)
 	}
+	// The descendants, as the dump's freeze walks them.
+	seen := map[int]bool{pid: true}
+	for todo := []int{pid}; len(todo) > 0; {
+		t := todo[0]
+		todo = todo[1:]
+		kids, err := children(t)
+		if err != nil {
+			if t == pid {
+				return fmt.Errorf("dump %d: %w", pid, err)
+			}
+			continue // exited meanwhile
+		}
+		for _, k := range kids {
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+			if err := p.mayDumpTask(pid, k); err != nil {
+				if errors.Is(err, os.ErrNotExist) {
+					continue // exited meanwhile
+				}
+				return err
+			}
+			todo = append(todo, k)
+		}
+	}
+	return nil
+}
+
+// mayDumpFrozen checks the tasks of root's tree once the dump froze them:
+// no task can be made, exec or change its credentials any more, so this
+// answer holds for what the dump reads.
+func (p *peer) mayDumpFrozen(root int, pids []int) error {
+	if !p.delegated {
+		return nil
+	}
+	for _, pid := range pids {
+		if err := p.mayDumpTask(root, pid); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// children lists the children of every thread of pid.
+func children(pid int) ([]int, error) {
+	tids, err := threads(pid)
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, tid := range tids {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + strconv.Itoa(tid) + "/children")
+		if errors.Is(err, os.ErrNotExist) {
+			continue // the thread exited
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	return out, nil
+}
+
+// threads lists the thread ids of pid.
+func threads(pid int) ([]int, error) {
+	ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	if err != nil {
+		return nil, err
+	}
+	var tids []int
+	for _, e := range ents {
+		if tid, err := strconv.Atoi(e.Name()); err == nil {
+			tids = append(tids, tid)
+		}
+	}
+	return tids, nil
+}
+
+// mayDumpTask checks task pid of root's tree and each of its threads (see
+// mayDump). An error wrapping os.ErrNotExist means the task is gone.
+func (p *peer) mayDumpTask(root, pid int) error {
+	proc := "/proc/" + strconv.Itoa(pid)
+	what := "dump " + strconv.Itoa(root)
+	if pid != root {
+		what += ": task " + strconv.Itoa(pid)
+	}
 	deny := func(why string) error {
-		return fmt.Errorf("dump %d: uid %d may not dump it: %s", pid, p.cred.Uid, why)
+		return fmt.Errorf("%s: uid %d may not dump it: %s", what, p.cred.Uid, why)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(proc, &st); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	if st.Uid != p.cred.Uid {
 		return deny("not dumpable by it")
 	}
+	tids, err := threads(pid)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	for _, tid := range tids {
+		status, err := os.ReadFile(proc + "/task/" + strconv.Itoa(tid) + "/status")
+		if errors.Is(err, os.ErrNotExist) {
+			continue // the thread exited
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		if err := p.checkStatus(string(status)); err != nil {
+			if tid != pid {
+				return deny(fmt.Sprintf("thread %d: %v", tid, err))
+			}
+			return deny(err.Error())
+		}
+	}
+	return nil
+}
+
+// checkStatus checks one thread's /proc status text against the client.
+func (p *peer) checkStatus(status string) error {
 	fields := map[string]string{}
-	for _, ln := range strings.Split(string(status), "\n") {
+	for _, ln := range strings.Split(status, "\n") {
 		if k, v, ok := strings.Cut(ln, ":"); ok {
 			fields[k] = strings.TrimSpace(v)
 		}
@@ -161,21 +276,21 @@ func (p *peer) mayDump(pid int) error {
 	}{{"Uid", p.cred.Uid}, {"Gid", p.cred.Gid}} {
 		ids := strings.Fields(fields[c.key])
 		if len(ids) != 4 {
-			return fmt.Errorf("dump %d: bad %s line in status", pid, c.key)
+			return fmt.Errorf("bad %s line in status", c.key)
 		}
 		for _, id := range ids[:3] { // real, effective, saved
 			if id != strconv.FormatUint(uint64(c.want), 10) {
-				return deny(c.key + "s " + fields[c.key] + " are not all its own")
+				return errors.New(c.key + "s " + fields[c.key] + " are not all its own")
 			}
 		}
 	}
 	for _, k := range []string{"CapPrm", "CapEff", "CapAmb"} {
 		v, err := strconv.ParseUint(fields[k], 16, 64)
 		if err != nil {
-			return fmt.Errorf("dump %d: bad %s line in status", pid, k)
+			return fmt.Errorf("bad %s line in status", k)
 		}
 		if v != 0 {
-			return deny("it holds capabilities (" + k + " " + fields[k] + ")")
+			return errors.New("it holds capabilities (" + k + " " + fields[k] + ")")
 		}
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 
 	"godwit/dumper"
 	"godwit/internal/engineopts"
+	"godwit/internal/joinns"
 	"godwit/restorer"
 )
 
@@ -92,6 +93,10 @@ func restoreCmd(a *app) *cobra.Command {
 godwit waits for it and exits with its exit status (128+N if signal N killed it).`,
 		Args: noArgs,
 		RunE: func(*cobra.Command, []string) error {
+			// First: from here on godwit runs in the joined namespaces.
+			if err := joinns.Enter(a.o.JoinNS); err != nil {
+				return fmt.Errorf("restore: %w", err)
+			}
 			o, err := engineopts.Restore(a.o, a.stdout)
 			if err != nil {
 				return err

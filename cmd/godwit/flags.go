@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"godwit/internal/cpuinfo"
+	"godwit/internal/joinns"
 	"godwit/internal/netlock"
 	"godwit/internal/opts"
 )
@@ -152,6 +153,8 @@ func restoreFlags(fs *pflag.FlagSet, o *opts.Options) {
 	fs.BoolVar(&o.SkipFileRWXCheck, "skip-file-rwx-check", false, "do not refuse files whose permission bits changed since the dump")
 	fs.BoolVar(&o.WeakSysctls, "weak-sysctls", false, "skip sysctls this kernel does not have")
 	fs.BoolVar(&o.LazyPages, "lazy-pages", false, "restore without filling memory; a lazy-pages daemon serves it")
+	fs.Var(&listValue[string]{p: &o.JoinNS, parse: func(s string) (string, error) { _, err := joinns.Parse(s); return s, err }, typ: "NS:PID|NS_FILE"},
+		"join-ns", "restore into an existing namespace: net, uts or ipc, of task PID or from NS_FILE (e.g. net:/run/netns/NAME)")
 }
 
 func checkFlags(fs *pflag.FlagSet, o *opts.Options) {

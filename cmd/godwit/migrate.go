@@ -19,7 +19,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"godwit/internal/daemon"
+	"godwit/internal/engineopts"
 	"godwit/internal/netlock"
+	"godwit/internal/opts"
 	"godwit/migrate"
 )
 
@@ -60,6 +62,12 @@ failure leaves the source running as it was.`,
 				return &usageError{cmd, err}
 			}
 			o.NetworkLock = nl
+			// The dump's file options, parsed as dump parses them.
+			fo, err := engineopts.Dump(a.o)
+			if err != nil {
+				return &usageError{cmd, err}
+			}
+			o.FD, o.GhostLimit, o.ExtUnix, o.ExtTTY = fo.FD, fo.GhostLimit, fo.ExtUnix, fo.ExtTTY
 			// A terminal gets a live line and a summary, --json one
 			// Result; otherwise stdout gets nothing, stderr a line a round.
 			p := migrate.NewProgress(a.stdout, a.stderr, asJSON)
@@ -81,6 +89,7 @@ failure leaves the source running as it was.`,
 	f.DurationVar(&o.DowntimeBudget, "downtime-budget", 50*time.Millisecond, "stop pre-copy once the last delta is predicted to move within `duration`")
 	f.IntVar(&o.MaxRounds, "max-rounds", 8, "at most `n` pre-copy rounds (0: stop-and-copy)")
 	f.StringVar(&o.Compress, "compress", migrate.CompressAuto, "page streams: zstd, none, or auto (time the link and zstd on a sample of the program's memory first; compress when zstd is the faster and shrinks the pages); over --transport tls")
+	f.IntVar(&o.Streams, "streams", 0, "stripe each round's pages over `n` connections (0: one per core, up to 4; a compressed round uses one)")
 	f.StringVar(&o.Transport, "transport", "tls", "page streams: tls (TCP; measured about twice as fast as quic here, see e2e TestMigrateTransports) or quic; both with mutual TLS")
 	f.StringVar(&o.TLS.CACert, "tls-cacert", "", "CA certificate `file` that signed the agent's certificate")
 	f.StringVar(&o.TLS.Cert, "tls-cert", "", "this host's client certificate `file`")
@@ -94,6 +103,11 @@ failure leaves the source running as it was.`,
 	f.BoolVar(&a.o.SkipInFlight, "skip-in-flight", false, "leave out TCP connections not accepted yet")
 	f.BoolVarP(&a.o.ShellJob, "shell-job", "j", false, "allow a shell job (as dump and restore --shell-job)")
 	f.BoolVar(&a.o.ExtUnixSk, "ext-unix-sk", false, "allow unix sockets whose peer is outside the tree")
+	f.Var(&listValue[opts.External]{p: &a.o.External, parse: opts.ParseExternal, typ: "type[id]:value"}, "external", "allow a unix socket whose peer is outside the tree: unix[inode] (file[] and tty[] need --inherit-fd, which cannot cross hosts)")
+	f.BoolVar(&a.o.LinkRemap, "link-remap", false, "link unlinked files back if possible (on this host's file system: the destination must share it)")
+	f.BoolVar(&a.o.EvasiveDevs, "evasive-devices", false, "use any path to a device file if the original is inaccessible")
+	f.BoolVar(&a.o.ForceIrmap, "force-irmap", false, "force resolving names of inotify and fsnotify watches")
+	f.Var(sizeValue{&a.o.GhostLimit}, "ghost-limit", "largest deleted file carried to the destination (K, M, G suffixes)")
 	networkLockFlag(f, a.o)
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	f.BoolVar(&o.FullFill, "no-lazy-restore", false, "have the agent fill every page before the resume (by default it resumes at once and fills from its own images)")
@@ -279,5 +293,6 @@ source announces, plus 256 MiB).`,
 	f.IntVar(&cfg.History, "history", 100, "keep the last `n` migrations (godwit migrate history)")
 	f.Int64Var(&cfg.MaxMigrationBytes, "max-migration-bytes", 0, "refuse a migration whose rounds send more than `n` bytes of pages (0: twice the memory the source announces, plus 256 MiB)")
 	f.IntVar(&cfg.MaxConcurrent, "max-concurrent", 4, "at most `n` migrations at once")
+	f.StringSliceVar(&cfg.AdminCNs, "admin-cn", nil, "certificate common or DNS `name` (CA-signed) that may resolve any held migration and read the whole history; others only the migrations their own certificate started (repeatable)")
 	return c
 }

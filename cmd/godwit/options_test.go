@@ -69,7 +69,7 @@ var manualOptions = map[string][][]string{
 		{"--cgroup-root", "/r"}, {"--tcp-established"}, {"--tcp-close"}, {"--veth-pair", "eth0=veth9"},
 		{"-l"}, {"--file-locks"}, {"--auto-dedup"}, {"-j"}, {"--shell-job"}, {"--cpu-cap"},
 		{"--cpu-cap=all"}, {"--cpu-cap=cpu"}, {"--cpu-cap=fpu"}, {"--cpu-cap=ins"}, {"--cpu-cap=none"},
-		{"--cpu-cap=^fpu"}, {"--weak-sysctls"}, {"--lazy-pages"},
+		{"--cpu-cap=^fpu"}, {"--weak-sysctls"}, {"--lazy-pages"}, {"--join-ns", "net:/run/netns/x"}, {"--join-ns=uts:1"},
 		{"--network-lock", "iptables"}, {"--network-lock=nftables"}, {"--network-lock", "skip"},
 	},
 	"check": {

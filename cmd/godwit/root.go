@@ -91,7 +91,7 @@ var doneIn = map[string]map[string]bool{
 	"pre-dump":     {"page-server": true, "prev-images-dir": true, "track-mem": true},
 	"restore":      {"shell-job": true, "lazy-pages": true, "auto-dedup": true, "file-locks": true, "inherit-fd": true, "restore-sibling": true, "tcp-established": true, "tcp-close": true},
 	"lazy-pages":   {"page-server": true},
-	"migrate send": {"file-locks": true, "tcp-established": true, "skip-in-flight": true, "shell-job": true},
+	"migrate send": {"file-locks": true, "tcp-established": true, "skip-in-flight": true, "shell-job": true, "external": true, "link-remap": true, "evasive-devices": true, "force-irmap": true, "ghost-limit": true},
 }
 
 func newRoot(a *app) *cobra.Command {

@@ -30,7 +30,9 @@ import (
 // connection silently (no FIN, no RST) and its peer sees only delay. A
 // failed dump takes every socket out of repair mode again.
 //
-// Refused, naming the socket: raw and ICMP sockets; connections waiting
+// ICMP ping and raw sockets: fd_raw.go.
+//
+// Refused, naming the socket: connections waiting
 // in a listener's accept queue or half-open (the kernel cannot put a
 // connection back into an accept queue; --skip-in-flight leaves them
 // out); connecting sockets (SYN_SENT); established connections without
@@ -146,6 +148,9 @@ func protoName(p uint32) string {
 
 // describe names a socket in errors: "TCP socket 127.0.0.1:80 -> 127.0.0.1:5000".
 func describe(st *model.InetSocketState) string {
+	if rawOrPing(st) {
+		return describeRaw(st)
+	}
 	d := protoName(st.Proto) + " socket"
 	if st.Src.IsValid() && (st.Src.Port() != 0 || !st.Src.Addr().IsUnspecified()) {
 		d += " " + st.Src.String()
@@ -157,7 +162,7 @@ func describe(st *model.InetSocketState) string {
 }
 
 // collectInet reads the inet socket s (a copy of fd's) into f.
-func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
+func collectInet(fl *Files, pid int, fd *FD, f *model.File, s, family int) error {
 	typ, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil {
 		return fmt.Errorf("SO_TYPE: %w", err)
@@ -169,10 +174,8 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 	switch {
 	case typ == unix.SOCK_STREAM && (proto == unix.IPPROTO_TCP || proto == unix.IPPROTO_MPTCP):
 	case typ == unix.SOCK_DGRAM && (proto == unix.IPPROTO_UDP || proto == unix.IPPROTO_UDPLITE):
-	case typ == unix.SOCK_RAW:
-		return fmt.Errorf("%s raw socket (protocol %d): not supported yet", familyName(family), proto)
-	case typ == unix.SOCK_DGRAM && (proto == unix.IPPROTO_ICMP || proto == unix.IPPROTO_ICMPV6):
-		return fmt.Errorf("%s ICMP (ping) socket: not supported yet", familyName(family))
+	case typ == unix.SOCK_RAW || isPing(uint32(typ), uint32(proto)):
+		return collectRaw(fl, pid, fd, f, s, family, typ, proto)
 	default:
 		return fmt.Errorf("%s socket of type %d, protocol %d: not supported yet", familyName(family), typ, proto)
 	}
@@ -430,8 +433,9 @@ func inetOpts(id *inetDump, s int, st *model.InetSocketState) error {
 		}
 		var v int
 		if v, err = unix.GetsockoptInt(s, level, opt); err != nil {
-			if st.Proto == unix.IPPROTO_MPTCP && unsupportedOpt(err) {
-				// MPTCP has no such option (nor could it be set).
+			if (st.Proto == unix.IPPROTO_MPTCP || st.Type == unix.SOCK_RAW) && unsupportedOpt(err) {
+				// MPTCP has no such option (nor could it be set), nor
+				// has a raw IPv6 socket IPv4's.
 				err = nil
 				return 0
 			}
@@ -523,7 +527,7 @@ func (inetKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 	if err != nil {
 		return fmt.Errorf("SO_DOMAIN: %w", err)
 	}
-	return collectInet(fl, fd, f, s, dom)
+	return collectInet(fl, pid, fd, f, s, dom)
 }
 
 func (inetKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error) {
@@ -555,6 +559,9 @@ func (inetKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error)
 
 // makeInet makes the socket of st in godwit.
 func makeInet(rs *restoreFDs, st *model.InetSocketState) (int, error) {
+	if rawOrPing(st) {
+		return newRaw(st)
+	}
 	connected := st.Type == unix.SOCK_STREAM && st.State != tcprepair.StateClose && st.State != tcprepair.StateListen
 	if connected && rs.r.TCPClose {
 		// --tcp-close: a closed socket, with its options.
@@ -842,6 +849,9 @@ func (d *inetDump) fresh(st *model.InetSocketState) (*freshOpts, error) {
 		os = append(os[:len(os):len(os)], tcpUncarried...)
 	} else {
 		os = append(os[:len(os):len(os)], mcastUncarried[st.Family]...)
+	}
+	if st.Type == unix.SOCK_RAW {
+		os = append(os[:len(os):len(os)], rawUncarried[st.Family]...)
 	}
 	f := &freshOpts{}
 	for _, o := range os {

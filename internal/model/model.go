@@ -541,9 +541,9 @@ type SocketOpts struct {
 type InetSocketState struct {
 	Ino      uint32
 	Family   uint32 // AF_INET, AF_INET6
-	Type     uint32 // SOCK_STREAM, SOCK_DGRAM
-	Proto    uint32 // IPPROTO_TCP, IPPROTO_MPTCP, IPPROTO_UDP, IPPROTO_UDPLITE
-	State    uint32 // the kernel's TCP state (a UDP socket: TCP_CLOSE or TCP_ESTABLISHED)
+	Type     uint32 // SOCK_STREAM, SOCK_DGRAM, SOCK_RAW
+	Proto    uint32 // IPPROTO_TCP, _MPTCP, _UDP, _UDPLITE, _ICMP, _ICMPV6 (ping); a raw socket's protocol
+	State    uint32 // the kernel's TCP state (a datagram or raw socket: TCP_CLOSE or TCP_ESTABLISHED)
 	Src, Dst netip.AddrPort
 	Backlog  uint32 // of a listener
 	V6Only   bool
@@ -570,6 +570,18 @@ type InetOpts struct {
 	// TCP only.
 	NoDelay, Cork                bool
 	KeepIdle, KeepIntvl, KeepCnt uint32
+	// Raw sockets only (nil otherwise): CRIU's ip_opts_raw_entry.
+	Raw *RawOpts
+}
+
+// RawOpts are the options of a raw socket. HdrIncl is IP_HDRINCL or
+// IPV6_HDRINCL; NoDefrag and Checksum are IP_NODEFRAG and IP_CHECKSUM
+// (AF_INET only); ICMPFilter is ICMP_FILTER (one word, a raw IPPROTO_ICMP
+// socket) or ICMPV6_FILTER (eight words, a raw IPPROTO_ICMPV6 socket),
+// nil on other protocols.
+type RawOpts struct {
+	HdrIncl, NoDefrag, Checksum bool
+	ICMPFilter                  []uint32
 }
 
 // TCPStream is an established TCP connection as TCP_REPAIR reads it:

@@ -89,6 +89,7 @@ type Options struct {
 	Root           string
 	VethPair       []string
 	WeakSysctls    bool
+	JoinNS         []string // --join-ns NS:PID|NS_FILE (internal/joinns)
 
 	// Check.
 	Extra        bool

@@ -26,11 +26,13 @@ import (
 // happens to it (even an ignored one), and the tracer discards it, so the
 // run leaves no trace: unlike int3 or a single-step, whose forced SIGTRAP
 // would reset a blocked or ignored SIGTRAP to SIG_DFL, and unlike SIGSTOP,
-// which would start a group stop. The signal is a non-real-time one that
-// is not already pending (so it cannot merge with one of the program's);
-// one the program is sent during the run is told from ours by the
-// runner's position and the siginfo, and stashed as other signals that
-// arrive during injection are.
+// which would start a group stop. The signal is a real-time one, never
+// merged with another of its number (each is queued): a non-real-time trap
+// would swallow the program's own signal of that number sent between the
+// trap's send and its stop (a pending one takes no second), and the
+// program would never see it. One the program is sent during the run is
+// told from ours by the siginfo, and stashed as other signals that arrive
+// during injection are; the run ends at ours.
 
 // batchEntry is the size of one table entry: nr, six arguments, result.
 const batchEntry = 64
@@ -86,10 +88,34 @@ const siSIQueue = -1
 // siSIQueueBits is SI_QUEUE as the int field stores it.
 const siSIQueueBits = 0xffffffff
 
-// trapSignals are the candidates for the trap: non-real-time signals
-// whose sending has no effect of its own (not SIGCONT, SIGKILL or a stop
-// signal, which the kernel acts on when they are sent).
-var trapSignals = []unix.Signal{unix.SIGWINCH, unix.SIGURG, unix.SIGUSR2, unix.SIGUSR1, unix.SIGPWR, unix.SIGXFSZ}
+// Real-time signals the trap may use (asm-generic/signal.h's SIGRTMAX,
+// from the top down to above the three glibc and musl keep for their
+// threads): queued, so never merged with the program's.
+const (
+	trapSigMax = 64
+	trapSigMin = 35
+)
+
+// chooseTrap picks the trap signal for a thread whose status is st: the
+// highest real-time signal neither pending (ours would come after it in
+// the queue, delivered to us) nor handled by the program (so not one it
+// sends itself), else the highest not pending.
+func chooseTrap(st *procfs.Status) unix.Signal {
+	var free unix.Signal
+	for sig := unix.Signal(trapSigMax); sig >= trapSigMin; sig-- {
+		bit := uint64(1) << (sig - 1)
+		if (st.SigPnd|st.ShdPnd)&bit != 0 {
+			continue
+		}
+		if st.SigCgt&bit == 0 {
+			return sig
+		}
+		if free == 0 {
+			free = sig
+		}
+	}
+	return free
+}
 
 // Batch runs calls in order in the session's thread with one stop, the
 // runner at code (BatchCode, executable in the tracee) and the table at
@@ -124,14 +150,8 @@ func (s *Session) batch(code, table uint64, calls []Call) ([]uint64, error) {
 		if err != nil {
 			return nil, fmt.Errorf("batch into %d: %w", tk.tid, err)
 		}
-		for _, sig := range trapSignals {
-			if (st.SigPnd|st.ShdPnd)&(1<<(sig-1)) == 0 {
-				s.trapSig = sig
-				break
-			}
-		}
-		if s.trapSig == 0 {
-			return nil, fmt.Errorf("batch into %d: every trap signal is pending", tk.tid)
+		if s.trapSig = chooseTrap(st); s.trapSig == 0 {
+			return nil, fmt.Errorf("batch into %d: every real-time signal from %d to %d is pending", tk.tid, trapSigMin, trapSigMax)
 		}
 	}
 	n := len(calls)
@@ -248,11 +268,11 @@ func (s *Session) waitBatchTrap(code uint64) error {
 				return fmt.Errorf("siginfo: %w", err)
 			}
 			if !isBatchTrap(&si) {
-				// The program's own, which ours merged into
-				// if it was sent first: keep it for Detach.
+				// The program's own (queued before ours, or
+				// sent while the runner ran): keep it for
+				// Detach, and wait for ours.
 				tk.stash = append(tk.stash, st.Sig)
-			}
-			if r.Rip == code+batchTrapEnd {
+			} else if r.Rip == code+batchTrapEnd {
 				return nil
 			}
 		default:

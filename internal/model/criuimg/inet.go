@@ -100,6 +100,10 @@ func inetEntry(f *model.File, id *uint32) *sk_inet.InetSkEntry {
 	if s.Family == unix.AF_INET6 {
 		e.V6Only = proto.Bool(s.V6Only)
 	}
+	if r := io.Raw; r != nil {
+		e.IpOpts.Raw = &sk_inet.IpOptsRawEntry{Hdrincl: proto.Bool(r.HdrIncl), Nodefrag: proto.Bool(r.NoDefrag),
+			Checksum: proto.Bool(r.Checksum), IcmpvFilter: r.ICMPFilter}
+	}
 	if s.Type == unix.SOCK_STREAM {
 		e.TcpOpts = &tcp_stream.TcpOptsEntry{
 			Cork: proto.Bool(io.Cork), Nodelay: proto.Bool(io.NoDelay),
@@ -156,6 +160,17 @@ func readInet(id uint32, p *sk_inet.InetSkEntry) (*model.File, error) {
 			LingerOn: o.SoLinger != nil, Linger: o.GetSoLinger(),
 			Freebind: p.GetIpOpts().GetFreebind(), Pktinfo: p.GetIpOpts().GetPktinfo(), TOS: p.GetIpOpts().GetTos(), TTL: p.GetIpOpts().GetTtl(),
 		},
+	}
+	if r := p.GetIpOpts().GetRaw(); r != nil || s.Type == unix.SOCK_RAW {
+		if s.Type != unix.SOCK_RAW {
+			return nil, bad("raw socket options on a socket of type %d", s.Type)
+		}
+		f := r.GetIcmpvFilter()
+		if n := len(f); n != 0 && !(n == 1 && s.Proto == unix.IPPROTO_ICMP && fam == unix.AF_INET ||
+			n == 8 && s.Proto == unix.IPPROTO_ICMPV6 && fam == unix.AF_INET6) {
+			return nil, bad("an ICMP filter of %d words on a raw socket of protocol %d", n, s.Proto)
+		}
+		s.Inet.Raw = &model.RawOpts{HdrIncl: r.GetHdrincl(), NoDefrag: r.GetNodefrag(), Checksum: r.GetChecksum(), ICMPFilter: f}
 	}
 	if t := p.GetTcpOpts(); t != nil {
 		s.Inet.NoDelay, s.Inet.Cork = t.GetNodelay(), t.GetCork()

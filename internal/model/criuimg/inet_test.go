@@ -35,6 +35,17 @@ func inetTree(t testing.TB) *model.Tree {
 		{ID: 42, Kind: model.InetSocket, Flags: unix.O_RDWR, MntID: -1, Inet: &model.InetSocketState{
 			Ino: 1002, Family: unix.AF_INET6, Type: unix.SOCK_DGRAM, Proto: unix.IPPROTO_UDP, State: 1, V6Only: true,
 			Src: ap("[::1]:53"), Dst: ap("[::1]:5353"), Inet: model.InetOpts{Broadcast: true, OOBInline: true}}},
+		{ID: 43, Kind: model.InetSocket, Flags: unix.O_RDWR, MntID: -1, Inet: &model.InetSocketState{
+			Ino: 1003, Family: unix.AF_INET, Type: unix.SOCK_RAW, Proto: unix.IPPROTO_ICMP, State: 7,
+			Src: ap("127.0.0.1:1"), Dst: ap("0.0.0.0:0"),
+			Inet: model.InetOpts{TTL: 33, Raw: &model.RawOpts{HdrIncl: true, NoDefrag: true, Checksum: true, ICMPFilter: []uint32{0xfffffffe}}}}},
+		{ID: 44, Kind: model.InetSocket, Flags: unix.O_RDWR, MntID: -1, Inet: &model.InetSocketState{
+			Ino: 1004, Family: unix.AF_INET6, Type: unix.SOCK_RAW, Proto: unix.IPPROTO_ICMPV6, State: 1,
+			Src: ap("[::1]:58"), Dst: ap("[::1]:0"),
+			Inet: model.InetOpts{Raw: &model.RawOpts{ICMPFilter: []uint32{1, 2, 3, 4, 5, 6, 7, 8}}}}},
+		{ID: 45, Kind: model.InetSocket, Flags: unix.O_RDWR, MntID: -1, Inet: &model.InetSocketState{
+			Ino: 1005, Family: unix.AF_INET, Type: unix.SOCK_DGRAM, Proto: unix.IPPROTO_ICMP, State: 7,
+			Src: ap("127.0.0.1:4242"), Dst: ap("0.0.0.0:0")}},
 	}
 	k := tr.Root()
 	for i, f := range add {
@@ -53,7 +64,7 @@ func TestInetRoundTrip(t *testing.T) {
 		t.Fatalf("no %s among %v", TCPStreamImg(1001), names)
 	}
 	got := readTree(t, dir)
-	for _, id := range []model.ID{40, 41, 42} {
+	for _, id := range []model.ID{40, 41, 42, 43, 44, 45} {
 		if w, g := tr.Files[id], got.Files[id]; !reflect.DeepEqual(w, g) {
 			t.Errorf("file %d: read %+v\n%+v, wrote %+v\n%+v", id, g, g.Inet, w, w.Inet)
 		}

@@ -667,9 +667,14 @@ type RoundStart struct {
 	// lazy: the freeze of a post-copy migration: no page stream; the
 	// images (with the pages outside lazy VMAs) come as files.
 	Lazy bool `protobuf:"varint,3,opt,name=lazy,proto3" json:"lazy,omitempty"`
-	// compress: this round's pages come zstd-compressed ("zstd") on a
-	// connection of their own, or as they are ("").
-	Compress      string `protobuf:"bytes,4,opt,name=compress,proto3" json:"compress,omitempty"`
+	// compress: this round's pages come zstd-compressed ("zstd"): over TLS
+	// on a connection of their own (a relay, one stream), over QUIC on
+	// every stream (pageserver's TransportOptions.Compress); or as they
+	// are ("").
+	Compress string `protobuf:"bytes,4,opt,name=compress,proto3" json:"compress,omitempty"`
+	// streams: the pages come striped over this many connections (TLS or
+	// QUIC; pageserver's striped uploads); 0 or 1: one.
+	Streams       uint32 `protobuf:"varint,5,opt,name=streams,proto3" json:"streams,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -730,6 +735,13 @@ func (x *RoundStart) GetCompress() string {
 		return x.Compress
 	}
 	return ""
+}
+
+func (x *RoundStart) GetStreams() uint32 {
+	if x != nil {
+		return x.Streams
+	}
+	return 0
 }
 
 type RoundReady struct {
@@ -941,8 +953,11 @@ type Restore struct {
 	// (dump --tcp-established); shell_job: restore as restore --shell-job.
 	TcpEstablished bool `protobuf:"varint,3,opt,name=tcp_established,json=tcpEstablished,proto3" json:"tcp_established,omitempty"`
 	ShellJob       bool `protobuf:"varint,4,opt,name=shell_job,json=shellJob,proto3" json:"shell_job,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// compress: the lazy pages from page_source come zstd-compressed
+	// ("zstd": pageserver's TransportOptions.Compress) or as they are ("").
+	Compress      string `protobuf:"bytes,5,opt,name=compress,proto3" json:"compress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Restore) Reset() {
@@ -1001,6 +1016,13 @@ func (x *Restore) GetShellJob() bool {
 		return x.ShellJob
 	}
 	return false
+}
+
+func (x *Restore) GetCompress() string {
+	if x != nil {
+		return x.Compress
+	}
+	return ""
 }
 
 // Lock (source to agent, after the last image, before Restore): lock on
@@ -1796,13 +1818,14 @@ const file_control_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"9\n" +
 	"\aFailure\x12\x14\n" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"`\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"z\n" +
 	"\n" +
 	"RoundStart\x12\f\n" +
 	"\x01n\x18\x01 \x01(\rR\x01n\x12\x14\n" +
 	"\x05final\x18\x02 \x01(\bR\x05final\x12\x12\n" +
 	"\x04lazy\x18\x03 \x01(\bR\x04lazy\x12\x1a\n" +
-	"\bcompress\x18\x04 \x01(\tR\bcompress\" \n" +
+	"\bcompress\x18\x04 \x01(\tR\bcompress\x12\x18\n" +
+	"\astreams\x18\x05 \x01(\rR\astreams\" \n" +
 	"\n" +
 	"RoundReady\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\rR\x04port\"\x19\n" +
@@ -1813,13 +1836,14 @@ const file_control_proto_rawDesc = "" +
 	"\x04File\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x12\n" +
-	"\x04last\x18\x03 \x01(\bR\x04last\"\x8d\x01\n" +
+	"\x04last\x18\x03 \x01(\bR\x04last\"\xa9\x01\n" +
 	"\aRestore\x12\x1b\n" +
 	"\tfull_fill\x18\x01 \x01(\bR\bfullFill\x12\x1f\n" +
 	"\vpage_source\x18\x02 \x01(\tR\n" +
 	"pageSource\x12'\n" +
 	"\x0ftcp_established\x18\x03 \x01(\bR\x0etcpEstablished\x12\x1b\n" +
-	"\tshell_job\x18\x04 \x01(\bR\bshellJob\"\x06\n" +
+	"\tshell_job\x18\x04 \x01(\bR\bshellJob\x12\x1a\n" +
+	"\bcompress\x18\x05 \x01(\tR\bcompress\"\x06\n" +
 	"\x04Lock\"H\n" +
 	"\x06Locked\x12 \n" +
 	"\vconnections\x18\x01 \x01(\rR\vconnections\x12\x1c\n" +

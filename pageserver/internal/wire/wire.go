@@ -35,6 +35,27 @@ const (
 	CmdForceClose = 0x1024
 )
 
+// godwit's own commands (no CRIU peer sends them): one pagemap written
+// over several connections at once (a striped client). dst_id as OPEN.
+const (
+	// CmdOpenStripe joins this connection to the striped pagemap of
+	// dst_id; nr_pages is the number of connections striping it. Reply:
+	// 1 byte has_parent, as OPEN2.
+	CmdOpenStripe = 0x2001
+	// CmdAddAt is ADD_F (flags in the high 16 bits) followed by a
+	// StripeExtSize extension {u64 seq; u64 page_off}: the entry's place
+	// in the pagemap and, with PRESENT, its data's place in the pages
+	// file (in pages); the data follows when PRESENT.
+	CmdAddAt = 0x2002
+	// CmdEndStripe ends this connection's part of dst_id's pagemap:
+	// nr_pages is the number of entries (seqs) of the whole pagemap,
+	// vaddr the number of its present pages. No reply.
+	CmdEndStripe = 0x2003
+)
+
+// StripeExtSize is the size of CmdAddAt's extension.
+const StripeExtSize = 16
+
 // Pagemap flags carried in the high 16 bits of cmd (PE_* of pagemap.h).
 const (
 	FlagParent  = 1
@@ -154,6 +175,12 @@ func CommandName(c uint16) string {
 		return "CLOSE"
 	case CmdForceClose:
 		return "FORCE_CLOSE"
+	case CmdOpenStripe:
+		return "OPEN_STRIPE"
+	case CmdAddAt:
+		return "ADD_AT"
+	case CmdEndStripe:
+		return "END_STRIPE"
 	}
 	return fmt.Sprintf("cmd(%#x)", c)
 }
