@@ -209,8 +209,8 @@ func migrateOnce(t *testing.T, m *migLab, bin string, mib, rate int, c migrateCa
 			pc.Duration.Round(time.Millisecond), pc.Faults, pc.FaultP50.Round(time.Microsecond), pc.FaultP99.Round(time.Microsecond))
 	}
 	if so := res.Switchover; so != nil {
-		t.Logf("      switch-over: final dump %v, images %v, restore %v, resume %v", so.Dump.Round(time.Millisecond),
-			so.Images.Round(time.Millisecond), so.Restore.Round(time.Millisecond), so.Resume.Round(time.Millisecond))
+		t.Logf("      switch-over: final dump %v, images %v, restore %v, resume %v; VMA flags from %q", so.Dump.Round(time.Millisecond),
+			so.Images.Round(time.Millisecond), so.Restore.Round(time.Millisecond), so.Resume.Round(time.Millisecond), so.VMAFlags)
 	}
 	return fmt.Sprintf("%6d %5d %-13s %10.1f %8.1f %10.1f %9.2f %7.2f %6d %8d %9d %9d", mib, rate, c.name+mark,
 		float64(moveUS)/1e3, float64(us)/1e3, float64(res.Downtime)/1e6, res.Total.Seconds(), ratio, len(res.Rounds), sent>>20, sendRSS>>20, agentRSS>>20), true

@@ -40,6 +40,10 @@ func TestMigrateLayoutChurn(t *testing.T) {
 			if len(res.Rounds) < 3 {
 				t.Errorf("%d rounds, want pre-copy rounds and the final one: %+v", len(res.Rounds), res.Rounds)
 			}
+			// The frozen dump named the VMAs' flags without smaps' walk.
+			if so := res.Switchover; so == nil || so.VMAFlags != "kernel" {
+				t.Errorf("switch-over %+v: VMA flags not read from the kernel's VMAs", so)
+			}
 			for _, r := range res.Rounds {
 				t.Logf("round %d: %d pages in %v", r.N, r.Pages, r.Duration)
 			}

@@ -545,6 +545,9 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	res.Downtime = resumedAt.Sub(frozeAt)
 	res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt), Images: imagesAt.Sub(dumpedAt),
 		Restore: readyAt.Sub(imagesAt), Resume: resumedAt.Sub(readyAt)}
+	if dr != nil {
+		res.Switchover.VMAFlags = dr.VMAFlags
+	}
 	if err := srcLock.Unlock(); err != nil {
 		return res, phaseErr(PhaseSwitchover, fmt.Errorf("source network unlock: %w", err))
 	}
