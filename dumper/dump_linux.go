@@ -48,9 +48,9 @@ type Result struct {
 	// none), in the tree's network namespace: a caller that will not
 	// restore there removes it (netlock.Adopt there, then Unlock).
 	NetLock *netlock.Record
-	// VMAFlags says where a dump on top of pre-dump rounds read its
-	// VMAs' flags while frozen: "kernel" (vmaflags, no page walk) or
-	// why smaps was read instead ("" for other dumps).
+	// VMAFlags says where a dump on top of pre-dump rounds, or a lazy
+	// one, read its VMAs' flags while frozen: "kernel" (vmaflags, no page
+	// walk) or why smaps was read instead ("" for other dumps).
 	VMAFlags string
 }
 
@@ -164,13 +164,13 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		return nil, err
 	}
 	defer track.finish(false) // no-op once finished
-	// On top of pre-dump rounds (a migration's switch-over): the VMAs'
-	// flags come from the kernel's VMAs (vmaflags), not from smaps, whose
-	// page walk would grow the frozen time with the memory size. The
-	// table of flag names is learnt now, before the freeze.
+	// On top of pre-dump rounds, or lazy (a migration's switch-over):
+	// the VMAs' flags come from the kernel's VMAs (vmaflags), not from
+	// smaps, whose page walk would grow the frozen time with the memory
+	// size. The table of flag names is learnt now, before the freeze.
 	var names *vmaflags.Names
 	vmaFlags := ""
-	if track != nil && track.pt != nil {
+	if _, lazy := target.(*lazyTarget); lazy || track != nil && track.pt != nil {
 		if names, err = vmaflags.Calibrate(); err != nil {
 			logging.Default().Infof("dump %d: VMA flags read from smaps while frozen: %v", pid, err)
 			names, vmaFlags = nil, "smaps: "+err.Error()
