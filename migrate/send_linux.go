@@ -545,6 +545,9 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	res.Downtime = resumedAt.Sub(frozeAt)
 	res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt), Images: imagesAt.Sub(dumpedAt),
 		Restore: readyAt.Sub(imagesAt), Resume: resumedAt.Sub(readyAt)}
+	if dr != nil {
+		res.Switchover.VMAFlags = dr.VMAFlags
+	}
 	if err := srcLock.Unlock(); err != nil {
 		return res, phaseErr(PhaseSwitchover, fmt.Errorf("source network unlock: %w", err))
 	}
@@ -975,7 +978,7 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 	go w.run(s, res, cancel)
 	do := dumper.Options{Pid: o.Pid, ImagesDir: work, FileLocks: o.FileLocks, CPUCap: o.CPUCap, Hold: hold}
 	o.fileOptions(&do)
-	_, err = dumper.DumpLazyContext(ctx, do, scripts, dumper.LazyServe{Addr: addr, Transport: to})
+	dr, err := dumper.DumpLazyContext(ctx, do, scripts, dumper.LazyServe{Addr: addr, Transport: to})
 	if !committed {
 		if err == nil {
 			err = errors.New("dump ended without handing over")
@@ -986,6 +989,9 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 	if !w.resumedAt.IsZero() {
 		res.Downtime = w.resumedAt.Sub(frozeAt)
 		res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt)}
+		if dr != nil {
+			res.Switchover.VMAFlags = dr.VMAFlags
+		}
 	}
 	return w.end("post-copy", err, res)
 }
@@ -1155,6 +1161,9 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 	if !w.resumedAt.IsZero() {
 		res.Downtime = w.resumedAt.Sub(frozeAt)
 		res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt), Images: imagesAt.Sub(dumpedAt), Restore: w.resumedAt.Sub(imagesAt)}
+		if dr != nil {
+			res.Switchover.VMAFlags = dr.VMAFlags
+		}
 	}
 	return w.end("hybrid post-copy", err, res)
 }
