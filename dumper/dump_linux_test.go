@@ -208,16 +208,19 @@ func TestDumpRefuses(t *testing.T) {
 	}
 }
 
-// unsupportedFD: a task holding a userfaultfd (or a TCP socket) fails the
-// dump with an error naming the fd, and keeps running untraced with its
-// state intact.
+// unsupportedFD: a task holding a userfaultfd (or a shut-down raw
+// socket) fails the dump with an error naming the fd, and keeps running
+// untraced with its state intact.
 func TestDumpUnsupportedFD(t *testing.T) {
 	needRoot(t)
 	for _, c := range []struct{ kind, script string }{
 		{"userfaultfd", `exec python3 -c 'import ctypes,os,time
 u=ctypes.CDLL(None,use_errno=True).syscall(323,0); assert u>=0; os.dup2(u,9); print("ready",flush=True); time.sleep(60)'`},
-		{"AF_INET", `exec python3 -c 'import socket,os,time
-s=socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW); os.dup2(s.fileno(),9); print("ready",flush=True); time.sleep(60)'`},
+		{"raw socket", `exec python3 -c 'import socket,os,time
+s=socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+try: s.shutdown(socket.SHUT_RD)
+except OSError: pass
+os.dup2(s.fileno(),9); print("ready",flush=True); time.sleep(60)'`},
 	} {
 		t.Run(c.kind, func(t *testing.T) {
 			log := filepath.Join(t.TempDir(), "log")
@@ -304,14 +307,17 @@ func TestDumpTree(t *testing.T) {
 	assertRunningUntraced(t, p.Pid)
 }
 
-// TestDumpTreeFailureResumesAll fails on a raw socket held by a child
-// (which godwit refuses): the error names the child and its fd,
+// TestDumpTreeFailureResumesAll fails on a shut-down raw socket held by a
+// child (which godwit refuses): the error names the child and its fd,
 // and every task runs on untraced.
 func TestDumpTreeFailureResumesAll(t *testing.T) {
 	needRoot(t)
 	log := filepath.Join(t.TempDir(), "log")
 	p := start(t, "", "", "/bin/sh", "-c", `python3 -c 'import socket,os,time
-s=socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW); os.dup2(s.fileno(),7); open("`+log+`","w").write("ready"); time.sleep(60)' & exec sleep 60`)
+s=socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+try: s.shutdown(socket.SHUT_RD)
+except OSError: pass
+os.dup2(s.fileno(),7); open("`+log+`","w").write("ready"); time.sleep(60)' & exec sleep 60`)
 	waitFile(t, log, "ready")
 	kids, err := Children(p.Pid)
 	if err != nil || len(kids) != 1 {
@@ -321,7 +327,7 @@ s=socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW); os.dup2(s.
 		t.Cleanup(func() { _ = syscall.Kill(k, syscall.SIGKILL) })
 	}
 	_, err = Dump(dumpOpts(p.Pid, t.TempDir()), nil)
-	if err == nil || !regexp.MustCompile(fmt.Sprintf(`task %d: fd [37]: socket socket:\[[0-9]+\]: AF_INET raw socket \(protocol 255\): not supported yet`, kids[0])).MatchString(err.Error()) {
+	if err == nil || !regexp.MustCompile(fmt.Sprintf(`task %d: fd [37]: socket socket:\[[0-9]+\]: raw socket \(protocol 255\): shut down: not supported yet`, kids[0])).MatchString(err.Error()) {
 		t.Fatalf("got %v, want the socket of the child named", err)
 	}
 	for _, pid := range append([]int{p.Pid}, kids...) {

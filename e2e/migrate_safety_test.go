@@ -536,3 +536,42 @@ func TestMigrateResumeFailsAfterTasksRan(t *testing.T) {
 	intact(t, w)
 	finishMoved(t, w, w.rootPID)
 }
+
+// As TestMigrateResumeFailsAfterTasksRan, but the source cannot be held
+// stopped (fault injected): it is killed, and send says what happened (the
+// agent answered: its copy failed after tasks ran; none runs on), not that
+// the agent was unreachable, nor to resume a copy that is gone.
+func TestMigrateResumeFailsAfterTasksRanSourceUnheld(t *testing.T) {
+	m := newMigLab(t)
+	t.Setenv("GODWIT_TEST_RESTORER", "fail-thaw")
+	m.startAgent()
+	os.Unsetenv("GODWIT_TEST_RESTORER")
+	w := startOn(t, m.a, workloads["counter"], "-m", "32", "-t", "2")
+	t.Cleanup(func() { _ = syscall.Kill(w.cmd.Process.Pid, syscall.SIGCONT) })
+	s := m.startSend(w, []string{"GODWIT_TEST_RESOLVE_WAIT=20s", "GODWIT_TEST_SWITCHOVER=fail-hold"}, "--max-rounds", "1", "--no-lazy-restore")
+	code, res := s.wait(t)
+	_, e := s.output()
+	if code == 0 {
+		t.Fatalf("migrate send succeeded with the copy killed:\n%s", e)
+	}
+	for _, want := range []string{"tasks ran", "could not be held stopped", "neither copy runs on"} {
+		if !strings.Contains(res.Error, want) {
+			t.Errorf("error %q: want %q\n%s", res.Error, want, e)
+		}
+	}
+	t.Logf("send: %s", res.Error)
+	for _, wrong := range []string{"unreachable", "resolve"} {
+		if strings.Contains(res.Error, wrong) {
+			t.Errorf("error %q: says %q", res.Error, wrong)
+		}
+	}
+	for i := 0; alive(w.rootPID); i++ {
+		if i == 500 {
+			t.Fatalf("source %d still alive", w.rootPID)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if rp, err := m.b.RootPID(w.hostPID); err == nil && alive(rp) {
+		t.Errorf("a copy %d is alive on host B", rp)
+	}
+}

@@ -87,7 +87,8 @@ func (g *switchGate) commit() bool {
 
 // testSwitchover is a test hook (e2e): "stall" blocks `send` right after
 // the commit, "lose-go" drops the control link instead of sending Go,
-// "pause:DUR" waits DUR there. testResolveWait overrides sourceResolveWait.
+// "pause:DUR" waits DUR there, "fail-hold" has the source's stop (held in
+// doubt) fail. testResolveWait overrides sourceResolveWait.
 const (
 	testSwitchover  = "GODWIT_TEST_SWITCHOVER"
 	testResolveWait = "GODWIT_TEST_RESOLVE_WAIT"
@@ -182,17 +183,28 @@ func (s *sender) switchOver(o *SendOptions, id string, hold *dumper.Hold, notice
 		}
 	}
 	// Both copies stay stopped: a stop queued on every process holds the
-	// source once the dump lets go of it.
+	// source once the dump lets go of it. If it cannot be held, it is
+	// killed: what is left then depends on the agent's copy.
+	why, after := fmt.Sprintf("%v, and the agent unreachable", lost), fmt.Sprintf("resume the agent's copy with `godwit migrate resolve --to %s %s resume`", o.To, id)
+	if partial {
+		// The agent answered: its copy is killed, so none runs on.
+		why, after = last.Error(), "neither copy runs on"
+	}
 	for _, p := range treePIDs(o.Pid) {
-		if err := unix.Kill(p, unix.SIGSTOP); err != nil && err != unix.ESRCH {
-			killErr := killTree(o.Pid)
-			return false, at, "", fmt.Errorf("%w: %v, and the agent unreachable; the source could not be held stopped (%v), so it is killed (%v): "+
-				"resume the agent's copy with `godwit migrate resolve --to %s %s resume`", errInDoubt, lost, err, killErr, o.To, id)
+		err := unix.Kill(p, unix.SIGSTOP)
+		if hook == "fail-hold" {
+			err = errors.New("test: stop refused")
+		}
+		if err != nil && err != unix.ESRCH {
+			killed := "so it is killed"
+			if kerr := killTree(o.Pid); kerr != nil {
+				killed += fmt.Sprintf(" (%v)", kerr)
+			}
+			return false, at, "", fmt.Errorf("%w: %s; the source could not be held stopped (%v), %s: %s", errInDoubt, why, err, killed, after)
 		}
 	}
 	if err := hold.KillOnExit(false); err != nil {
-		return false, at, "", fmt.Errorf("%w: %v, and the agent unreachable; the source dies with this process (%v): "+
-			"resume the agent's copy with `godwit migrate resolve --to %s %s resume`", errInDoubt, lost, err, o.To, id)
+		return false, at, "", fmt.Errorf("%w: %s; the source dies with this process (%v): %s", errInDoubt, why, err, after)
 	}
 	if partial {
 		return false, at, "", fmt.Errorf("%w: %v: the source tree %d is held stopped (SIGSTOP); continue it with "+

@@ -232,6 +232,9 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 	if err := readTtys(d, ttys, files); err != nil {
 		return nil, err
 	}
+	if err := readOwners(fes, files); err != nil {
+		return nil, fmt.Errorf("%s: %w", images.FilesImg, err)
+	}
 	return files, nil
 }
 
