@@ -223,7 +223,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	gate := &switchGate{cancel: cancel, conn: raw, notice: o.Notice}
 	stop := context.AfterFunc(parent, gate.interrupt)
 	defer stop()
-	s := &sender{ctl: newCtl(raw, gate.linkLost), ctx: ctx}
+	s := &sender{ctl: newCtl(raw, gate.linkLost), ctx: ctx, gate: gate}
 	hostname, _ := os.Hostname()
 	cpu, err := hostCPU()
 	if err != nil {
@@ -596,6 +596,8 @@ func pagesInResult(pi *pb.PagesIn) *Postcopy {
 type sender struct {
 	*ctl
 	ctx context.Context
+	// gate: post-copy and hybrid pass its commit in commitLazy.
+	gate *switchGate
 	// streams is how many connections each round's pages take.
 	streams int
 	// lazyCompress is how the lazy pages of post-copy and hybrid travel
@@ -993,6 +995,12 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 // death while the agent's copy runs); the agent is asked to restore with
 // its lazy pages served from addr.
 func (s *sender) commitLazy(hold *dumper.Hold, addr string) error {
+	// Past the commit the link's end no longer cancels the serving (the
+	// agent closes it after PagesIn, maybe before its lazy connection),
+	// and an interrupt no longer kills the pages' only source.
+	if s.gate != nil && !s.gate.commit() {
+		return errors.New("interrupted")
+	}
 	if err := hold.KillOnExit(true); err != nil {
 		_ = hold.KillOnExit(false)
 		return fmt.Errorf("hold the source tree: %w", err)
