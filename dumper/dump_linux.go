@@ -753,14 +753,24 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 		return err
 	}
 	err = func() error {
-		addr, err := s.Syscall(unix.SYS_MMAP, 0, scratchSize, unix.PROT_READ|unix.PROT_WRITE,
+		// Executable at once where the task may have such memory: the
+		// runner then needs no mprotect (two stops). The task is frozen
+		// while the scratch exists, and it is gone before it runs.
+		exec := true
+		addr, err := s.Syscall(unix.SYS_MMAP, 0, scratchSize, unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC,
 			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+		if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
+			// PR_SET_MDWE, an LSM or a seccomp filter refuses it.
+			exec = false
+			addr, err = s.Syscall(unix.SYS_MMAP, 0, scratchSize, unix.PROT_READ|unix.PROT_WRITE,
+				unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+		}
 		if err != nil {
 			return fmt.Errorf("map scratch: %w", err)
 		}
 		scratch = addr
 		ls := inject.Wrap(s, d.pid, addr, scratchSize)
-		d.runner = d.mapRunner(ls)
+		d.runner = d.mapRunner(ls, exec)
 		for _, k := range d.drivers {
 			if c, ok := k.(drivers.InjectedCollector); ok {
 				if err := c.CollectInjected(dc, ls); err != nil {
@@ -827,14 +837,19 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 }
 
 // mapRunner puts the batch runner in the last page of the scratch and
-// makes it executable, for batches of injected calls in s (and the
-// task's other threads). A task that may not gain executable memory
-// (PR_SET_MDWE, a seccomp filter on mprotect) gets its calls one by one.
-func (d *dumpRun) mapRunner(s *inject.Session) bool {
+// makes it executable (unless exec: it is already), for batches of
+// injected calls in s (and the task's other threads). A task that may not
+// gain executable memory (PR_SET_MDWE, a seccomp filter on mprotect) gets
+// its calls one by one.
+func (d *dumpRun) mapRunner(s *inject.Session, exec bool) bool {
 	at := s.Scratch() + scratchRunner
 	if err := ptrace.WriteMem(d.pid, at, ptrace.BatchCode); err != nil {
 		d.log.Warnf("dump %d: batch runner: %v: injecting calls one by one", d.pid, err)
 		return false
+	}
+	if exec {
+		s.SetBatch(at, scratchTable)
+		return true
 	}
 	if _, err := s.Call("batch runner: mprotect", unix.SYS_MPROTECT, at, 4096, unix.PROT_READ|unix.PROT_EXEC); err != nil {
 		d.log.Warnf("dump %d: %v: injecting calls one by one", d.pid, err)
