@@ -268,7 +268,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			rb.run()
 			return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
 		}
-		logging.Default().Infof("dump %d: %d connections and their listeners locked (%s) in %v", pid, len(nl.Conns()), nl.Method(), time.Since(t))
+		logging.Default().Infof("dump %d: %d connections and their listeners locked (%s) in %v", pid, nl.Count(), nl.Method(), time.Since(t))
 	}
 	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track,
 		ghostLimit: o.GhostLimit, fdOpts: o.FD, fileLocks: o.FileLocks, tcpEstablished: o.TCPEstablished, skipInFlight: o.SkipInFlight, netLock: nl,

@@ -1,13 +1,13 @@
 package dumper
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -96,22 +96,10 @@ func writeNetLockRecord(d *images.Dir, r netlock.Record) error {
 // listeners.
 func lockTreeConns(l *netlock.Lock, pids []int) error {
 	inos := map[uint32]bool{}
+	link := make([]byte, 64)
 	for _, pid := range pids {
-		dir := "/proc/" + strconv.Itoa(pid) + "/fd"
-		ents, err := os.ReadDir(dir)
-		if err != nil {
+		if err := socketInodes(pid, inos, link); err != nil {
 			return fmt.Errorf("network lock: %w", err)
-		}
-		for _, e := range ents {
-			target, err := os.Readlink(dir + "/" + e.Name())
-			if err != nil {
-				continue // closed meanwhile: not a connection of the tree
-			}
-			if rest, ok := strings.CutPrefix(target, "socket:["); ok {
-				if n, err := strconv.ParseUint(strings.TrimSuffix(rest, "]"), 10, 32); err == nil {
-					inos[uint32(n)] = true
-				}
-			}
 		}
 	}
 	if len(inos) == 0 {
@@ -145,6 +133,48 @@ func lockTreeConns(l *netlock.Lock, pids []int) error {
 	// A client connecting meanwhile waits for the restored listener
 	// instead of being refused.
 	return l.LockListeners(listeners)
+}
+
+// socketInodes adds the inodes of the sockets task pid holds to inos:
+// each fd's link read relative to /proc/PID/fd opened once, into link.
+func socketInodes(pid int, inos map[uint32]bool, link []byte) error {
+	dir, err := os.Open("/proc/" + strconv.Itoa(pid) + "/fd")
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	names, err := dir.Readdirnames(-1)
+	if err != nil {
+		return fmt.Errorf("%s: %w", dir.Name(), err)
+	}
+	dfd := int(dir.Fd())
+	for _, name := range names {
+		n, err := unix.Readlinkat(dfd, name, link)
+		if err != nil {
+			continue // closed meanwhile: not a connection of the tree
+		}
+		if rest, ok := bytes.CutPrefix(link[:n], []byte("socket:[")); ok {
+			if v, ok := atou32(bytes.TrimSuffix(rest, []byte("]"))); ok {
+				inos[v] = true
+			}
+		}
+	}
+	return nil
+}
+
+// atou32 parses a decimal inode number.
+func atou32(b []byte) (uint32, bool) {
+	if len(b) == 0 || len(b) > 10 {
+		return 0, false
+	}
+	var v uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		v = v*10 + uint64(c-'0')
+	}
+	return uint32(v), v <= 1<<32-1
 }
 
 // The kernel's TCP states a connection is not (include/net/tcp_states.h).

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -260,13 +261,22 @@ func statValue(t *testing.T, out, re string) uint64 {
 // the frozen source, the agent resumes the program at once with the round
 // pages from its own images and pulls the rest; the source goes only when
 // every page is in. The program then checks its memory on host B.
+//
+// With --compress zstd the rounds (TLS: relayed, QUIC: every stream), the
+// final round over QUIC and the lazy pages travel compressed; with
+// --streams 2 the rounds and the final round are striped.
 func TestMigrateHybrid(t *testing.T) {
-	for _, tr := range []string{"tls", "quic"} {
-		t.Run(tr, func(t *testing.T) { migrateHybrid(t, tr) })
+	for _, run := range []struct {
+		tr, compress string
+		streams      int
+	}{{"tls", "auto", 2}, {"tls", migrate.CompressZstd, 0}, {"quic", "auto", 0}, {"quic", migrate.CompressZstd, 2}} {
+		t.Run(fmt.Sprintf("%s+%s,streams=%d", run.tr, run.compress, run.streams), func(t *testing.T) {
+			migrateHybrid(t, run.tr, run.compress, run.streams)
+		})
 	}
 }
 
-func migrateHybrid(t *testing.T, transport string) {
+func migrateHybrid(t *testing.T, transport, compress string, streams int) {
 	m := newMigLab(t)
 	client := filepath.Join(m.certs, m.b.Addr(), "client")
 	m.startAgent("--tls-client-cert", filepath.Join(client, "cert.pem"), "--tls-client-key", filepath.Join(client, "key.pem"))
@@ -274,14 +284,20 @@ func migrateHybrid(t *testing.T, transport string) {
 	w := startOnHost(t, m.a, memtickerBin(t), "-m", strconv.Itoa(mib), "-w", "32")
 	logLine(t, w.log, regexp.MustCompile(`^ready pid=`), 0, 60*time.Second)
 	server := filepath.Join(m.certs, m.a.Addr(), "server")
-	code, res, stderr := m.send(w, "--mode", "hybrid", "--max-rounds", "2", "--downtime-budget", "1ms", "--transport", transport,
+	code, res, stderr := m.send(w, "--mode", "hybrid", "--max-rounds", "2", "--downtime-budget", "1ms", "--transport", transport, "--compress", compress, "--streams", strconv.Itoa(streams),
 		"--tls-server-cert", filepath.Join(server, "cert.pem"), "--tls-server-key", filepath.Join(server, "key.pem"))
 	if code != 0 {
 		t.Fatalf("migrate send: exit %d: %s", code, stderr)
 	}
 	rootB := m.moved(w)
 	defer killAndForget(rootB)
-	if res.Mode != migrate.ModeHybrid || res.Transport != transport || res.Downtime <= 0 || res.Overrun || res.FailedPhase != "" {
+	if res.Mode != migrate.ModeHybrid || res.Transport != transport || res.Downtime <= 0 || res.Overrun || res.FailedPhase != "" ||
+		compress == migrate.CompressZstd && res.Compress != compress {
+		t.Errorf("result %+v", res)
+	}
+	// A compressed TLS round is one relayed stream.
+	relayed := transport == "tls" && (res.Compress == migrate.CompressZstd || res.Auto != nil && res.Auto.Compress)
+	if streams > 0 && !relayed && res.Streams != streams {
 		t.Errorf("result %+v", res)
 	}
 	// Two pre-copy rounds (the first with every page), then the final

@@ -73,11 +73,12 @@ func TestMigrateTransports(t *testing.T) {
 			t.Logf("lab A->B  page stream %-4s x%d  %7.0f MB/s  (%.2f of the floor)", tr, n, mb(d), labFloor.Seconds()/d.Seconds())
 		}
 	}
+	t.Logf("default --streams here: tls %d, quic %d", migrate.DefaultStreams("tls"), migrate.DefaultStreams("quic"))
 	// A migration's first round: the program's memory read and streamed.
 	for _, run := range []struct {
 		tr string
 		n  int
-	}{{"tls", 1}, {"tls", migrate.DefaultStreams()}, {"quic", 1}, {"quic", migrate.DefaultStreams()}} {
+	}{{"tls", 1}, {"tls", 2}, {"quic", 1}, {"quic", 2}} {
 		tr := run.tr
 		w := startOnHost(t, m.a, bin, "-m", strconv.Itoa(mib), "-r", "64")
 		for deadline := time.Now().Add(60 * time.Second); !strings.Contains(readFile(w.log), "ready"); time.Sleep(10 * time.Millisecond) {

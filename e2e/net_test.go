@@ -678,6 +678,42 @@ func TestNetServer(t *testing.T) {
 	checkDone(t, r.finish(t, w, peers), peers, 3)
 }
 
+// TestNetServerMany: a server with 40 clients, each with data queued
+// both ways, is dumped with its connections collected two at a time
+// (drivers.prefetchInet, from 16 inet sockets on) and restored: every
+// stream goes on where it stopped.
+func TestNetServerMany(t *testing.T) {
+	needRoot(t)
+	n := newNetns(t)
+	const port = "7708"
+	w := startNet(t, n, "server", "127.0.0.1", port)
+	logOf = func([]*peer) string { return w.logTail() }
+	var peers []*peer
+	for range 40 {
+		var c net.Conn
+		var err error
+		n.do(func() { c, err = net.Dial("tcp4", "127.0.0.1:"+port) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := newPeer(c)
+		t.Cleanup(p.close)
+		peers = append(peers, p)
+	}
+	runStreams(t, peers, 64<<10)
+	quiesce(t, n, w, peers, 16<<10)
+	unlock := lockPorts(t, n, 7708)
+	dir := dumpNet(t, n, w)
+	if in, _ := streams(t, dir); len(in) != len(peers) {
+		t.Fatalf("%d connections dumped, want %d", len(in), len(peers))
+	}
+	r := restoreNet(t, n, w, dir)
+	t.Logf("dropped %d segments", unlock())
+	w.toggleHold(t, 0)
+	runStreams(t, peers, 64<<10)
+	checkDone(t, r.finish(t, w, peers), peers, len(peers))
+}
+
 // Without --tcp-established an established connection is refused by
 // name, and the workload runs on untouched.
 func TestNetEstablishedRefused(t *testing.T) {

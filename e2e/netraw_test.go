@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -101,8 +103,18 @@ func dialIn(t *testing.T, ns, addr string) net.Conn {
 		err error
 	}
 	ch := make(chan res, 1)
-	go func() {
+	var dial func()
+	dial = func() {
 		runtime.LockOSThread()
+		if unix.Gettid() == unix.Getpid() {
+			// Not the main thread, which Go keeps when its goroutine
+			// ends: hold it while another thread joins.
+			done := make(chan struct{})
+			go func() { defer close(done); dial() }()
+			<-done
+			runtime.UnlockOSThread()
+			return
+		}
 		fd, err := unix.Open(ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			ch <- res{nil, err}
@@ -115,7 +127,8 @@ func dialIn(t *testing.T, ns, addr string) net.Conn {
 		}
 		c, err := net.DialTimeout("tcp", addr, 10*time.Second)
 		ch <- res{c, err}
-	}()
+	}
+	go dial()
 	r := <-ch
 	if r.err != nil {
 		t.Fatalf("connect to %s from %s: %v", addr, ns, r.err)
@@ -202,6 +215,165 @@ func TestNetJoinNS(t *testing.T) {
 		}
 	}
 	c.Close()
+	if err := unix.Kill(pid, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the restored server to finish", func() bool { return !pidExists(pid) })
+	if tail := tailOf(log); !strings.HasPrefix(tail, "done ") {
+		t.Fatalf("restored server: %s", tail)
+	}
+}
+
+// netnsSockets is python3 holding, in its network namespace: a TCP
+// listener with IP_TTL set to argv[2], one with the default TTL, a ping
+// socket with identifier 4244, and a raw ICMP socket connected to
+// 127.0.0.1; it logs "ready FD FD FD FD".
+const netnsSockets = `import socket, sys, time
+a = socket.socket(); a.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, int(sys.argv[2])); a.bind(("127.0.0.1", 7770)); a.listen(3)
+b = socket.socket(); b.bind(("127.0.0.1", 7771)); b.listen(3)
+p = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP); p.bind(("127.0.0.1", 4244))
+r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); r.connect(("127.0.0.1", 0))
+open(sys.argv[1], "w").write("ready %d %d %d %d\n" % (a.fileno(), b.fileno(), p.fileno(), r.fileno()))
+time.sleep(600)
+`
+
+// A tree in a network namespace of its own, dumped from outside it: its
+// sockets are read in their namespace (sock_diag, /proc/net, the fresh
+// sockets giving the defaults, and the sysctls: the namespace's default
+// TTL differs from godwit's, and a TTL set to godwit's default stays
+// set while one left to the default still follows it), and restore
+// --join-ns puts them back there.
+func TestNetDumpFromOutsideNetns(t *testing.T) {
+	needRoot(t)
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_default_ttl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hereTTL := strings.TrimSpace(string(b))
+	x := makeNetns(t)
+	for _, sh := range []string{"echo 99 > /proc/sys/net/ipv4/ip_default_ttl", "echo 0 2147483647 > /proc/sys/net/ipv4/ping_group_range"} {
+		if out, err := x.command("sh", "-c", sh).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", sh, err, out)
+		}
+	}
+	log := filepath.Join(t.TempDir(), "log")
+	w := x.command("python3", "-c", netnsSockets, log, hereTTL)
+	w.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := w.Process.Pid
+	waited := make(chan error, 1)
+	go func() { waited <- w.Wait() }()
+	t.Cleanup(func() { killAndForget(pid) })
+	waitFor(t, "the sockets", func() bool { return strings.HasPrefix(readAll(log), "ready ") })
+	var fds [4]int
+	if _, err := fmt.Sscanf(readAll(log), "ready %d %d %d %d", &fds[0], &fds[1], &fds[2], &fds[3]); err != nil {
+		t.Fatalf("log %q: %v", readAll(log), err)
+	}
+	dir := t.TempDir()
+	if code, out := godwit(t, "dump", "-t", strconv.Itoa(pid), "-D", dir, "-v4", "-o", "dump.log"); code != 0 {
+		t.Fatalf("dump from outside: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "dump.log")))
+	}
+	select {
+	case <-waited:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("pid %d alive after the dump", pid)
+	}
+	waitFor(t, "the dumped pid to go", func() bool { return !pidExists(pid) })
+	if code, out := godwit(t, "restore", "-D", dir, "-d", "-v4", "-o", "restore.log", "--join-ns", "net:/run/netns/"+x.name); code != 0 {
+		t.Fatalf("restore --join-ns: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "restore.log")))
+	}
+	pfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatalf("restored pid %d: %v", pid, err)
+	}
+	defer unix.Close(pfd)
+	var s [4]int
+	for i, fd := range fds {
+		if s[i], err = unix.PidfdGetfd(pfd, fd, 0); err != nil {
+			t.Fatalf("fd %d of the restored pid: %v", fd, err)
+		}
+		defer unix.Close(s[i])
+	}
+	ttl := func(s int) string {
+		v, err := unix.GetsockoptInt(s, unix.IPPROTO_IP, unix.IP_TTL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strconv.Itoa(v)
+	}
+	if a, b := ttl(s[0]), ttl(s[1]); a != hereTTL || b != "99" {
+		t.Fatalf("after the restore: TTL %s (set to %s) and %s (the namespace's default, 99)", a, hereTTL, b)
+	}
+	if out, err := x.command("sh", "-c", "echo 98 > /proc/sys/net/ipv4/ip_default_ttl").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if a, b := ttl(s[0]), ttl(s[1]); a != hereTTL || b != "98" {
+		t.Fatalf("default TTL changed to 98: TTL %s (set to %s) and %s (following the default)", a, hereTTL, b)
+	}
+	if sa, err := unix.Getsockname(s[2]); err != nil || sa.(*unix.SockaddrInet4).Port != 4244 {
+		t.Fatalf("ping socket: %+v %v, want identifier 4244", sa, err)
+	}
+	raw := readAll("/proc/" + strconv.Itoa(pid) + "/net/raw")
+	var rs unix.Stat_t
+	unix.Fstat(s[3], &rs)
+	if !regexp.MustCompile(`0100007F:\w+ 01 .* ` + strconv.FormatUint(rs.Ino, 10) + ` `).MatchString(raw) {
+		t.Fatalf("raw socket %d not connected to 127.0.0.1 after the restore:\n%s", rs.Ino, raw)
+	}
+}
+
+// An established connection of a tree in its own network namespace,
+// dumped from outside with --tcp-established and restored there with
+// --join-ns: the peer (never dumped, in that namespace) reads on in the
+// byte stream, with no reset.
+func TestNetEstablishedFromOutsideNetns(t *testing.T) {
+	needRoot(t)
+	const port = 7790
+	x := makeNetns(t)
+	log := filepath.Join(t.TempDir(), "log")
+	w := x.command(cWorkload(t, "netconn"), "server", "127.0.0.1", strconv.Itoa(port), log)
+	w.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := w.Process.Pid
+	waited := make(chan error, 1)
+	go func() { waited <- w.Wait() }()
+	t.Cleanup(func() { killAndForget(pid) })
+	waitFor(t, "netconn to listen", func() bool { return strings.HasPrefix(readAll(log), "ready\n") })
+	ns := "/run/netns/" + x.name
+	c := dialIn(t, ns, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	defer c.Close()
+	g := gen(1)
+	read := func(n int) {
+		t.Helper()
+		buf := make([]byte, n)
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		for i, v := range buf {
+			if want := g.next(); v != want {
+				t.Fatalf("byte %d: %d, want %d", i, v, want)
+			}
+		}
+	}
+	read(4096)
+	dir := t.TempDir()
+	if code, out := godwit(t, "dump", "-t", strconv.Itoa(pid), "-D", dir, "-v4", "-o", "dump.log", "--tcp-established"); code != 0 {
+		t.Fatalf("dump from outside: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "dump.log")))
+	}
+	select {
+	case <-waited:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("pid %d alive after the dump", pid)
+	}
+	waitFor(t, "the dumped pid to go", func() bool { return !pidExists(pid) })
+	if code, out := godwit(t, "restore", "-D", dir, "-d", "-v4", "-o", "restore.log", "--tcp-established", "--join-ns", "net:"+ns); code != 0 {
+		t.Fatalf("restore --join-ns: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "restore.log")))
+	}
+	read(1 << 20) // what was queued at the freeze, then what the restored server writes
 	if err := unix.Kill(pid, unix.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}

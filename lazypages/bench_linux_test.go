@@ -50,8 +50,9 @@ import (
 //
 //	go test -run XXX -bench LazyRestore -benchtime 1x ./lazypages/
 //
-// GODWIT_LAZY_BENCH_MODES (e.g. "tcp,local") and GODWIT_LAZY_BENCH_PUSH
-// (pages per background request) narrow a run while tuning.
+// GODWIT_LAZY_BENCH_MODES (e.g. "tcp,local"; "tcp:N" uses N push
+// connections) and GODWIT_LAZY_BENCH_PUSH (pages per background request)
+// narrow a run while tuning.
 func BenchmarkLazyRestore(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("needs root")
@@ -82,10 +83,12 @@ func BenchmarkLazyRestore(b *testing.B) {
 	push, _ := strconv.Atoi(os.Getenv("GODWIT_LAZY_BENCH_PUSH")) // 0: the default
 	var fl struct {
 		tcp, uffd, tls               []float64
+		tcpCPU, uffdCPU              []time.Duration
 		bare50, bare99, rem50, rem99 []time.Duration
 	}
 	type figs struct {
 		toRun, all, p50, p99 []time.Duration
+		cpu                  []time.Duration
 		rss                  []int64
 	}
 	res := map[string]*figs{}
@@ -98,8 +101,11 @@ func BenchmarkLazyRestore(b *testing.B) {
 	defer func() { b.Log("runs:\n" + strings.Join(details, "\n")) }()
 	for run := 0; run < runs; run++ {
 		warm(b, size)
+		c0 := cpuTime()
 		fl.tcp = append(fl.tcp, tcpFloor(b, size))
+		c1 := cpuTime()
 		fl.uffd = append(fl.uffd, uffdFloor(b, size))
+		fl.tcpCPU, fl.uffdCPU = append(fl.tcpCPU, c1-c0), append(fl.uffdCPU, cpuTime()-c1)
 		if slices.Contains(modes, "tls") {
 			fl.tls = append(fl.tls, loopbackFloor(b, size, true))
 		}
@@ -107,20 +113,21 @@ func BenchmarkLazyRestore(b *testing.B) {
 		fl.bare50, fl.bare99 = append(fl.bare50, p50), append(fl.bare99, p99)
 		p50, p99 = bareFloor(b, mib, true)
 		fl.rem50, fl.rem99 = append(fl.rem50, p50), append(fl.rem99, p99)
-		details = append(details, fmt.Sprintf("run %d floors: tcp %.2f GB/s, tcp+uffd %.2f GB/s; bare fault p50 %v p99 %v, remote bare p50 %v p99 %v",
-			run, fl.tcp[run]/1e9, fl.uffd[run]/1e9, fl.bare50[run], fl.bare99[run], fl.rem50[run], fl.rem99[run]))
+		details = append(details, fmt.Sprintf("run %d floors: tcp %.2f GB/s (CPU %v), tcp+uffd %.2f GB/s (CPU %v); bare fault p50 %v p99 %v, remote bare p50 %v p99 %v",
+			run, fl.tcp[run]/1e9, fl.tcpCPU[run], fl.uffd[run]/1e9, fl.uffdCPU[run], fl.bare50[run], fl.bare99[run], fl.rem50[run], fl.rem99[run]))
 		for _, name := range modes {
 			r := restoreOnce(b, name, dir, log, goFile, size, push)
 			f := res[name]
 			f.toRun, f.all = append(f.toRun, r.toRun), append(f.all, r.all)
 			f.p50, f.p99, f.rss = append(f.p50, r.p50), append(f.p99, r.p99), append(f.rss, r.rss)
-			details = append(details, fmt.Sprintf("run %d %s: %d MiB: program running after %v, every page in after %v (%.2f GB/s); faults p50 %v p99 %v; peak RSS %d MiB; %s",
-				run, name, mib, r.toRun, r.all, float64(size)/r.all.Seconds()/1e9, r.p50, r.p99, r.rss>>20, r.stats))
+			f.cpu = append(f.cpu, r.cpu)
+			details = append(details, fmt.Sprintf("run %d %s: %d MiB: program running after %v, every page in after %v (%.2f GB/s, CPU %v); faults p50 %v p99 %v; peak RSS %d MiB; %s",
+				run, name, mib, r.toRun, r.all, float64(size)/r.all.Seconds()/1e9, r.cpu, r.p50, r.p99, r.rss>>20, r.stats))
 		}
 	}
 	tcpF, uffdF := medianF(fl.tcp), medianF(fl.uffd)
-	b.Logf("floors (medians of %d): loopback TCP into memory %.2f GB/s; into missing memory (recv + UFFDIO_COPY) %.2f GB/s; bare fault p50 %v p99 %v; remote bare p50 %v p99 %v",
-		runs, tcpF/1e9, uffdF/1e9, testutil.Median(fl.bare50), testutil.Median(fl.bare99), testutil.Median(fl.rem50), testutil.Median(fl.rem99))
+	b.Logf("floors (medians of %d): loopback TCP into memory %.2f GB/s (CPU %v); into missing memory (recv + UFFDIO_COPY) %.2f GB/s (CPU %v); bare fault p50 %v p99 %v; remote bare p50 %v p99 %v",
+		runs, tcpF/1e9, testutil.Median(fl.tcpCPU), uffdF/1e9, testutil.Median(fl.uffdCPU), testutil.Median(fl.bare50), testutil.Median(fl.bare99), testutil.Median(fl.rem50), testutil.Median(fl.rem99))
 	b.ReportMetric(tcpF/1e9, "floor-tcp-GB/s")
 	b.ReportMetric(uffdF/1e9, "floor-tcp+uffd-GB/s")
 	for _, name := range modes {
@@ -129,7 +136,7 @@ func BenchmarkLazyRestore(b *testing.B) {
 		rate := float64(size) / all.Seconds()
 		f50, f99 := fl.rem50, fl.rem99
 		against := "remote bare"
-		if name == "local" {
+		if strings.HasPrefix(name, "local") {
 			f50, f99, against = fl.bare50, fl.bare99, "local bare"
 		}
 		// Ratios of interleaved pairs: the floor of the same run.
@@ -138,9 +145,11 @@ func BenchmarkLazyRestore(b *testing.B) {
 			allSecs[i] = float64(size) / d.Seconds()
 		}
 		tcpR, uffdR := medianRatioF(allSecs, fl.tcp), medianRatioF(allSecs, fl.uffd)
-		b.Logf("%s (medians of %d): running after %v; every page in after %v (%.2f GB/s = %.0f%% of TCP into memory, %.0f%% of TCP into missing memory); "+
+		b.Logf("%s (medians of %d): running after %v; every page in after %v (%.2f GB/s = %.0f%% of TCP into memory, %.0f%% of TCP into missing memory; "+
+			"CPU %v = %.2fx the TCP floor's, %.2fx the TCP+uffd floor's); "+
 			"faults p50 %v p99 %v = %.2fx, %.2fx the %s loop (local bare %.2fx, %.2fx); peak RSS %d MiB",
 			name, runs, testutil.Median(f.toRun), all, rate/1e9, 100*tcpR, 100*uffdR,
+			testutil.Median(f.cpu), testutil.MedianRatio(f.cpu, fl.tcpCPU), testutil.MedianRatio(f.cpu, fl.uffdCPU),
 			testutil.Median(f.p50), testutil.Median(f.p99), testutil.MedianRatio(f.p50, f50), testutil.MedianRatio(f.p99, f99), against,
 			testutil.MedianRatio(f.p50, fl.bare50), testutil.MedianRatio(f.p99, fl.bare99), slices.Max(f.rss)>>20)
 		if name == "tls" && len(fl.tls) > 0 {
@@ -158,6 +167,7 @@ func BenchmarkLazyRestore(b *testing.B) {
 
 type restoreFigs struct {
 	toRun, all, p50, p99 time.Duration
+	cpu                  time.Duration // this process's (daemon, restorer, page server)
 	rss                  int64
 	stats                string
 }
@@ -168,6 +178,11 @@ func restoreOnce(b *testing.B, name, dir, log, goFile string, size int64, push i
 	os.Remove(goFile)
 	os.WriteFile(log, nil, 0o600)
 	o := Options{ImagesDir: dir, PushPages: push}
+	// "tcp:N" is tcp with N push connections.
+	if base, conns, ok := strings.Cut(name, ":"); ok {
+		name = base
+		o.PushConns, _ = strconv.Atoi(conns)
+	}
 	var cancel func()
 	switch name {
 	case "tcp":
@@ -193,7 +208,7 @@ func restoreOnce(b *testing.B, name, dir, log, goFile string, size int64, push i
 	if err := os.WriteFile(goFile, nil, 0o600); err != nil {
 		b.Fatal(err)
 	}
-	start := time.Now()
+	start, cpu0 := time.Now(), cpuTime()
 	r, err := restorer.Restore(restorer.Options{ImagesDir: dir, LazyPages: true}, nil)
 	if err != nil {
 		b.Fatal(err)
@@ -204,6 +219,7 @@ func restoreOnce(b *testing.B, name, dir, log, goFile string, size int64, push i
 		b.Fatalf("workload exit %d %v: %s", code, err, lb)
 	}
 	d := <-resc
+	cpu := cpuTime() - cpu0
 	if d.err != nil {
 		b.Fatal(d.err)
 	}
@@ -221,7 +237,7 @@ func restoreOnce(b *testing.B, name, dir, log, goFile string, size int64, push i
 	served := testutil.Median(st.FaultTimes)
 	st.FaultTimes = nil
 	return restoreFigs{toRun: time.Unix(0, running).Sub(start), all: st.AllPagesIn.Sub(start),
-		p50: time.Duration(p50), p99: time.Duration(p99), rss: peakRSS(b),
+		p50: time.Duration(p50), p99: time.Duration(p99), rss: peakRSS(b), cpu: cpu,
 		stats: fmt.Sprintf("faults %d (served in %v, median), pages on faults %d, pushed %d, zero %d", st.Faults, served, st.FaultPages, st.PushPages, st.ZeroPages)}
 }
 
@@ -244,6 +260,15 @@ func medianRatioF(a, b []float64) float64 {
 		r[i] = a[i] / b[i]
 	}
 	return medianF(r)
+}
+
+// cpuTime is the CPU time this process used so far (user and system): on
+// a machine shared with other work, what a transfer costs is steadier
+// than how long it takes.
+func cpuTime() time.Duration {
+	var ru unix.Rusage
+	unix.Getrusage(unix.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func peakRSS(b *testing.B) int64 {

@@ -33,9 +33,14 @@ type Options struct {
 	// (GET); otherwise from the pages images in ImagesDir.
 	PageServer string
 	Transport  pageserver.TransportOptions
-	// FaultPages is how many pages a fault brings at most (default 16),
+	// FaultPages is how many pages a sequential reader's fault brings at
+	// first (default 16; an isolated fault brings its page alone),
 	// PushPages how many a background copy (default 256).
 	FaultPages, PushPages int
+	// PushConns is how many connections to the page server the
+	// background push keeps busy at once (default 2), each with a
+	// receiving thread of its own.
+	PushConns int
 	// NoGuard runs without the guard process (tests of the guard's
 	// absence only): a daemon killed then leaves its tasks to zero-filled
 	// pages.
@@ -108,7 +113,8 @@ type daemon struct {
 	expected map[int]bool // pids of the dump not handed over yet
 	pms      map[int]*pagemap
 	faultSrc source
-	pushSrc  source
+	// pushSrcs are the background push's lanes: one connection each.
+	pushSrcs []source
 	// nbSrc brings fault windows' neighbours: asked on nbAsk, into the
 	// buffers of nbPool.
 	nbSrc  source
@@ -126,9 +132,8 @@ type daemon struct {
 	kick   chan struct{} // wakes the pusher
 	err    error         // the failure that ends the daemon
 	// faulting counts uffds whose faults are being served; the push
-	// waits for them. faultIdle is signalled when it drops to 0.
+	// waits for them.
 	faulting  atomic.Int32
-	faultIdle chan struct{}
 	lastFault atomic.Int64  // unix ns: the end of the last fault served
 	done      chan struct{} // closed when every page of every task is in, or on failure
 	stats     Stats
@@ -149,11 +154,15 @@ func Run(ctx context.Context, o Options) (Stats, error) {
 	if o.PushPages <= 0 {
 		o.PushPages = 256
 	}
+	if o.PushConns <= 0 {
+		o.PushConns = defaultPushConns
+	}
+	o.PushConns = min(o.PushConns, maxPushConns)
 	if o.WorkDir == "" {
 		o.WorkDir = o.ImagesDir
 	}
 	d := &daemon{o: o, log: o.Log, pms: map[int]*pagemap{}, expected: map[int]bool{},
-		kick: make(chan struct{}, 1), faultIdle: make(chan struct{}, 1), done: make(chan struct{}), ep: -1, stopfd: -1}
+		kick: make(chan struct{}, 1), done: make(chan struct{}), ep: -1, stopfd: -1}
 	if d.log == nil {
 		d.log = logging.Default()
 	}
@@ -189,23 +198,24 @@ func (d *daemon) open(ctx context.Context) error {
 	if d.o.PageServer != "" {
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		fs, err := dialSource(dctx, d.o.PageServer, d.o.Transport)
-		if err != nil {
-			return fmt.Errorf("lazy-pages: %w", err)
+		// The fault connection, the neighbours', then the push's lanes.
+		var dialed []source
+		for range 2 + d.o.PushConns {
+			c, err := dialSource(dctx, d.o.PageServer, d.o.Transport)
+			if err != nil {
+				for _, s := range dialed {
+					s.close(false)
+				}
+				return fmt.Errorf("lazy-pages: %w", err)
+			}
+			dialed = append(dialed, &tieredSource{remote: c})
 		}
-		d.faultSrc = &tieredSource{remote: fs}
-		ps, err := dialSource(dctx, d.o.PageServer, d.o.Transport)
-		if err != nil {
-			return fmt.Errorf("lazy-pages: %w", err)
-		}
-		d.pushSrc = &tieredSource{remote: ps}
-		ns, err := dialSource(dctx, d.o.PageServer, d.o.Transport)
-		if err != nil {
-			return fmt.Errorf("lazy-pages: %w", err)
-		}
-		d.nbSrc = &tieredSource{remote: ns}
+		d.faultSrc, d.nbSrc, d.pushSrcs = dialed[0], dialed[1], dialed[2:]
 	} else {
-		d.faultSrc, d.pushSrc, d.nbSrc = &tieredSource{}, &tieredSource{}, &tieredSource{}
+		d.faultSrc, d.nbSrc = &tieredSource{}, &tieredSource{}
+		for range d.o.PushConns {
+			d.pushSrcs = append(d.pushSrcs, &tieredSource{})
+		}
 	}
 	d.nbAsk = make(chan pushItem, neighbourDepth)
 	d.nbPool = make(chan []byte, neighbourDepth)
@@ -319,7 +329,7 @@ func (d *daemon) serve(ctx context.Context) error {
 	ferr := d.err
 	d.mu.Unlock()
 	complete := ferr == nil
-	sources := []source{d.faultSrc, d.pushSrc, d.nbSrc}
+	sources := append([]source{d.faultSrc, d.nbSrc}, d.pushSrcs...)
 	if !complete {
 		// Unblocks a worker waiting on a reply.
 		for _, s := range sources {
@@ -330,7 +340,7 @@ func (d *daemon) serve(ctx context.Context) error {
 	}
 	// No worker may wait for a GET reply while Close reads the rest.
 	workers.Wait()
-	d.stats.LocalPages, d.stats.RemotePages = pagesFrom(d.faultSrc, d.pushSrc, d.nbSrc)
+	d.stats.LocalPages, d.stats.RemotePages = pagesFrom(sources...)
 	for _, s := range sources {
 		if s == nil {
 			continue

@@ -4,10 +4,11 @@
 // memory that is no stack: CRIU's rule) without filling them, registers
 // them in MISSING mode with a userfaultfd made inside the task, and hands
 // that uffd over the socket lazy-pages.socket in the work directory
-// (uffd.Handoff). The daemon (Run) then serves the task: a fault gets up
-// to FaultPages pages of the same pagemap entry at once, a page the dump
-// did not hold gets UFFDIO_ZEROPAGE, and the rest is pushed in the
-// background in address order. It follows the task's mm: fork (the child
+// (uffd.Handoff). The daemon (Run) then serves the task: an isolated
+// fault gets its page, a sequential reader's faults windows of the same
+// pagemap entry growing from FaultPages pages, a page the dump did not
+// hold gets UFFDIO_ZEROPAGE, and the rest is pushed in the background in
+// address order. It follows the task's mm: fork (the child
 // is served from the same dump), mremap (pages still missing move with
 // their range), madvise(DONTNEED) and munmap (those pages are no longer
 // owed). Data comes from the pages images in -D, or with --page-server
@@ -16,15 +17,18 @@
 // closes the page-server session with CLOSE, which tells the source it
 // may go.
 //
-// The data path, with a page server: three connections. The fault loop
-// asks the faulting page alone on the first and copies it as soon as it
-// is in; the rest of the fault's window goes on the second, copied by the
-// neighbour goroutine when it arrives (a fault on those pages meanwhile
-// waits for that copy). The background push keeps several requests in
-// flight on the third (planner, receiver and copier each on a thread of
-// their own) and steps aside, off the daemon's lock and off the CPU,
-// while faults are being served. The page server answers GET from its
-// pages files with sendfile on plain TCP.
+// The data path, with a page server: 2 + PushConns connections. The
+// fault loop, on a thread of its own, asks the faulting page alone on the
+// first (blocking reads on the raw socket: the kernel wakes that thread
+// for the reply) and copies it as soon as it is in; the rest of a
+// sequential reader's window goes on the second, asked and copied by the
+// neighbour goroutine (a fault on those pages meanwhile waits for that
+// copy). The background push keeps requests in flight on the others (a
+// planner, a receiving thread per connection, a copier) and steps aside,
+// off the daemon's lock and off the CPU, while faults are being served.
+// The page server reads a lazy session's requests on the session's own
+// thread, outside Go's poller, and answers GET from its pages files with
+// sendfile on plain TCP.
 //
 // Post-copy cannot survive losing its source: if the page server goes
 // away, or the daemon itself dies, the pages still missing can never come.

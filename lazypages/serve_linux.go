@@ -24,6 +24,11 @@ import (
 // runs on a state older than the mm (a copy racing an unread event gets
 // EAGAIN from the kernel; one after the read sees the updated state).
 func (d *daemon) faultLoop() {
+	// A thread of its own: the kernel wakes this very thread for a
+	// fault (epoll_wait, then the GET's reply), with no goroutine
+	// hand-off between two.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	var evs [16]unix.EpollEvent
 	buf := make([]byte, uffd.DefaultBatch*32)
 	fbuf := make([]byte, pageSize)
@@ -81,12 +86,7 @@ func (d *daemon) faultLoop() {
 
 // faultDone ends what faultLoop began with d.faulting.Add(1).
 func (d *daemon) faultDone() {
-	if d.faulting.Add(-1) == 0 {
-		select {
-		case d.faultIdle <- struct{}{}:
-		default:
-		}
-	}
+	d.faulting.Add(-1)
 }
 
 func (d *daemon) taskByID(id uint32) *task {
@@ -441,9 +441,12 @@ func (d *daemon) serveFault(t *task, addr uint64, buf, fbuf []byte, faults []uin
 			return faults, nil
 		}
 		// A fault right after the last one's pages is a sequential
-		// reader: the window doubles (to maxFaultPages), else it starts
-		// over at FaultPages.
-		win := uint64(d.o.FaultPages)
+		// reader: its window doubles (from FaultPages to maxFaultPages).
+		// An isolated fault brings its page alone, as CRIU's does: its
+		// neighbours would cost the next fault their transfer and copy
+		// (on a CPU it may need), for pages a random reader seldom
+		// touches next; the push brings them.
+		win := uint64(1)
 		if page >= t.lastEnd && page < t.lastEnd+uint64(d.o.FaultPages)*pageSize {
 			win = min(2*t.lastWin, maxFaultPages)
 		}
@@ -484,10 +487,7 @@ func (d *daemon) serveFault(t *task, addr uint64, buf, fbuf []byte, faults []uin
 		// copied by the neighbour goroutine when they come: the
 		// faulting thread runs on as soon as its page is in, and the
 		// next fault waits for no neighbours.
-		if err := d.faultSrc.send(t.pm, r.src, 1); err != nil {
-			return faults, d.lostSource(t, err)
-		}
-		if _, err := d.faultSrc.recv(t.pm, r.src, fbuf[:pageSize]); err != nil {
+		if err := d.faultSrc.read(t.pm, r.src, fbuf[:pageSize]); err != nil {
 			return faults, d.lostSource(t, err)
 		}
 		d.mu.Lock()
@@ -512,9 +512,7 @@ func (d *daemon) serveFault(t *task, addr uint64, buf, fbuf []byte, faults []uin
 			}
 			d.mu.Unlock()
 			if nb.t != nil {
-				if err := d.askNeighbours(nb); err != nil {
-					return faults, d.lostSource(t, err)
-				}
+				d.askNeighbours(nb)
 			}
 			return faults, nil
 		}
@@ -553,18 +551,17 @@ func (d *daemon) planNeighbours(t *task, r run, gen uint64) pushItem {
 	}
 }
 
-// askNeighbours asks the source for a planned neighbour run and hands it
-// to the neighbour goroutine.
-func (d *daemon) askNeighbours(it pushItem) error {
-	if err := d.nbSrc.send(it.t.pm, it.r.src, it.r.n); err != nil {
-		return err
-	}
+// askNeighbours hands a planned neighbour run to the neighbour
+// goroutine, which asks the source for it: the fault thread goes back to
+// the faults at once (a send wakes the page server, on a CPU the program
+// may need). It never blocks: a run holds one of neighbourDepth buffers.
+func (d *daemon) askNeighbours(it pushItem) {
 	d.nbAsk <- it
-	return nil
 }
 
-// neighbours copies fault windows' neighbours as they arrive, in the
-// order asked. Pages that cannot land stay pending for the push.
+// neighbours asks for fault windows' neighbours and copies them as they
+// arrive, in the order asked. Pages that cannot land stay pending for the
+// push.
 func (d *daemon) neighbours() {
 	stuck := 0
 	for {
@@ -572,6 +569,10 @@ func (d *daemon) neighbours() {
 		select {
 		case it = <-d.nbAsk:
 		case <-d.done:
+			return
+		}
+		if err := d.nbSrc.send(it.t.pm, it.r.src, it.r.n); err != nil {
+			d.fail(d.lostSource(it.t, err))
 			return
 		}
 		got, err := d.nbSrc.recv(it.t.pm, it.r.src, it.b)
@@ -650,31 +651,48 @@ type pushItem struct {
 	b    []byte
 }
 
-// pushDepth is how many background runs are in flight at once: asked of
-// the source, arriving, or waiting to be copied. Several requests in
-// flight keep the link busy while the copier works; a buffer each.
-const pushDepth = 4
+// pushDepth is how many background runs each lane of the push has in
+// flight at once: asked of the source, arriving, or waiting to be copied.
+// Several requests in flight keep the link busy while the copier works;
+// a buffer each.
+const pushDepth = 2
+
+// defaultPushConns is how many lanes (connections) the push uses by
+// default, maxPushConns the most it may use (with the fault and the
+// neighbours' connections, within a page server's 8 per peer).
+const (
+	defaultPushConns = 2
+	maxPushConns     = 4
+)
 
 // pusher copies what no fault asked for, task by task, in address order,
-// as a pipeline of three goroutines: the planner picks runs and asks the
-// source for them ahead (pushPlan), the receiver reads the replies into
-// buffers (pushRecv, on its own thread while the copier copies on
-// another), and the copier (here) puts them into the tasks.
+// as a pipeline: the planner picks runs and asks the source for them
+// ahead (pushPlan), a receiver per lane reads its lane's replies into
+// buffers (pushRecv, on a thread of its own, so that the lanes' receives
+// and the copy run on different CPUs), and the copier (here) puts them
+// into the tasks.
 func (d *daemon) pusher() {
-	pool := make(chan []byte, pushDepth)
-	for i := 0; i < pushDepth; i++ {
+	lanes := len(d.pushSrcs)
+	depth := max(4, pushDepth*lanes)
+	pool := make(chan []byte, depth)
+	for range depth {
 		pool <- make([]byte, d.o.PushPages*pageSize)
 	}
-	slots := make(chan struct{}, pushDepth)
-	asked := make(chan pushItem, pushDepth)
-	items := make(chan pushItem, pushDepth)
+	slots := make(chan struct{}, depth)
+	asked := make([]chan pushItem, lanes)
+	for i := range asked {
+		asked[i] = make(chan pushItem, depth)
+	}
+	items := make(chan pushItem, depth)
 	var inflight atomic.Int32
-	// Both end with the pusher: the sources close after that.
+	// They end with the pusher: the sources close after that.
 	var sub sync.WaitGroup
 	defer sub.Wait()
-	sub.Add(2)
+	sub.Add(1 + lanes)
 	go func() { defer sub.Done(); d.pushPlan(asked, slots, &inflight) }()
-	go func() { defer sub.Done(); d.pushRecv(asked, items, pool) }()
+	for i := range lanes {
+		go func() { defer sub.Done(); d.pushRecv(d.pushSrcs[i], asked[i], items, pool) }()
+	}
 	stuck := 0
 	for {
 		var it pushItem
@@ -716,8 +734,9 @@ func (d *daemon) pusher() {
 	}
 }
 
-// pushRecv reads the data of the runs asked, in the order asked.
-func (d *daemon) pushRecv(asked <-chan pushItem, items chan<- pushItem, pool chan []byte) {
+// pushRecv reads the data of the runs asked on its lane src, in the order
+// asked.
+func (d *daemon) pushRecv(src source, asked <-chan pushItem, items chan<- pushItem, pool chan []byte) {
 	runtime.LockOSThread() // a thread of its own: the copier has another
 	defer runtime.UnlockOSThread()
 	for {
@@ -734,7 +753,7 @@ func (d *daemon) pushRecv(asked <-chan pushItem, items chan<- pushItem, pool cha
 			case <-d.done:
 				return
 			}
-			got, err := d.pushSrc.recv(it.t.pm, it.r.src, b[:it.r.n*pageSize])
+			got, err := src.recv(it.t.pm, it.r.src, b[:it.r.n*pageSize])
 			if err != nil {
 				d.fail(d.lostSource(it.t, err))
 				return
@@ -783,8 +802,8 @@ func (d *daemon) pushDone(t *task, r run, err error, stuck *int) {
 // the source for its data, up to pushDepth runs ahead. Runs not copied
 // yet are not planned twice: once the cursor wraps round, it waits for the
 // runs in flight to land first.
-func (d *daemon) pushPlan(asked chan<- pushItem, slots chan struct{}, inflight *atomic.Int32) {
-	for {
+func (d *daemon) pushPlan(asked []chan pushItem, slots chan struct{}, inflight *atomic.Int32) {
+	for lane := 0; ; lane = (lane + 1) % len(asked) {
 		select {
 		case slots <- struct{}{}:
 		case <-d.done:
@@ -838,13 +857,13 @@ func (d *daemon) pushPlan(asked chan<- pushItem, slots chan struct{}, inflight *
 			// A fault in progress goes first: its request must not
 			// queue behind ours (at the page server, on the CPU).
 			d.yieldToFaults()
-			if err := d.pushSrc.send(it.t.pm, it.r.src, it.r.n); err != nil {
+			if err := d.pushSrcs[lane].send(it.t.pm, it.r.src, it.r.n); err != nil {
 				d.fail(d.lostSource(it.t, err))
 				return
 			}
 		}
 		select {
-		case asked <- it:
+		case asked[lane] <- it:
 		case <-d.done:
 			return
 		}
@@ -934,25 +953,20 @@ func (d *daemon) yieldToFaults() {
 	for {
 		now := time.Now()
 		if !now.Before(deadline) {
-			break
+			return
 		}
-		var wait time.Duration
+		// A fault being served counts as one now. The push sleeps
+		// on a timer rather than being woken by each fault's end: a
+		// wake-up per fault would take a CPU from the next fault.
+		last := d.lastFault.Load()
 		if d.faulting.Load() > 0 {
-			select {
-			case <-d.faultIdle: // a stale signal
-			default:
-			}
-			if d.faulting.Load() > 0 {
-				wait = deadline.Sub(now)
-			}
+			last = now.UnixNano()
 		}
-		if wait == 0 {
-			quiet := time.Duration(d.lastFault.Load()) + faultQuiet - time.Duration(now.UnixNano())
-			if quiet <= 0 {
-				break
-			}
-			wait = min(quiet, deadline.Sub(now))
+		quiet := time.Duration(last) + faultQuiet - time.Duration(now.UnixNano())
+		if quiet <= 0 {
+			return
 		}
+		wait := min(quiet, deadline.Sub(now))
 		if t == nil {
 			t = time.NewTimer(wait)
 			defer t.Stop()
@@ -960,7 +974,6 @@ func (d *daemon) yieldToFaults() {
 			t.Reset(wait)
 		}
 		select {
-		case <-d.faultIdle:
 		case <-t.C:
 		case <-d.done:
 			return
@@ -975,6 +988,17 @@ const (
 	faultQuiet = 300 * time.Microsecond
 	yieldMax   = 10 * time.Millisecond
 )
+
+// copyPiece is how much one background UFFDIO_COPY may take under d.mu:
+// pushCopyPages while faults are being served (a fault waits for d.mu at
+// most that long), everything in one call when none came for faultQuiet
+// (each call costs a lookup of the mm and of the range in the kernel).
+func (d *daemon) copyPiece(fault bool) uint64 {
+	if fault || d.faulting.Load() > 0 || time.Now().UnixNano()-d.lastFault.Load() < int64(faultQuiet) {
+		return pushCopyPages * pageSize
+	}
+	return maxFaultPages * pageSize
+}
 
 // pushCopy copies b to r.dst in pieces, clearing each piece in the state
 // as it lands. It is called and returns with d.mu held; cut reports that
@@ -991,7 +1015,7 @@ func (d *daemon) pushCopy(t *task, r run, b []byte, gen uint64, fault bool) (cut
 				return true, nil
 			}
 		}
-		k := min(uint64(len(b))-off, pushCopyPages*pageSize)
+		k := min(uint64(len(b))-off, d.copyPiece(fault))
 		n, err := t.u.CopySkipExisting(r.dst+off, unsafe.Pointer(&b[off]), k, 0)
 		if fault {
 			d.stats.FaultPages += n / pageSize

@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -65,10 +66,11 @@ func startTestAgent(t *testing.T, cfg AgentConfig) *testAgent {
 	return &testAgent{addr: ln.Addr().String(), source: files("127.0.0.1", "client"), rogue: files("rogue.example", "client")}
 }
 
-// open starts a migration as a source announcing memory bytes, and its
-// first round: the control stream and the round's page port.
-// compress is "" or CompressZstd (the round's pages as a zstd stream).
-func (ta *testAgent) open(t *testing.T, memory uint64, compress string) (*ctl, string) {
+// openStreams starts a migration as a source announcing memory bytes,
+// and its first round, its pages striped over streams: the control stream
+// and the round's page port. compress is "" or CompressZstd (the round's
+// pages as a zstd stream).
+func (ta *testAgent) openStreams(t *testing.T, memory uint64, compress string, streams int) (*ctl, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -91,7 +93,7 @@ func (ta *testAgent) open(t *testing.T, memory uint64, compress string) (*ctl, s
 	if err != nil || m.GetAccepted() == nil {
 		t.Fatalf("hello: %v, %v", m, err)
 	}
-	if err := k.send(&pb.Envelope{Msg: &pb.Envelope_RoundStart{RoundStart: &pb.RoundStart{N: 1, Compress: compress}}}); err != nil {
+	if err := k.send(&pb.Envelope{Msg: &pb.Envelope_RoundStart{RoundStart: &pb.RoundStart{N: 1, Compress: compress, Streams: uint32(streams)}}}); err != nil {
 		t.Fatal(err)
 	}
 	if m, err = k.recv(time.Minute); err != nil || m.GetRoundReady() == nil {
@@ -100,16 +102,18 @@ func (ta *testAgent) open(t *testing.T, memory uint64, compress string) (*ctl, s
 	return k, net.JoinHostPort("127.0.0.1", strconv.Itoa(int(m.GetRoundReady().Port)))
 }
 
-// sendPages opens a task's pagemap on the page server at addr as files
-// (OPEN2: its answer shows a refused handshake), and adds n bytes of pages;
-// with compress, through the source's zstd stream (dialCompressed).
-func sendPages(addr string, files TLSFiles, n int, compress string) error {
+// sendPagesStriped opens a task's pagemap on the page server at addr as
+// files (OPEN2: its answer shows a refused handshake), and adds n bytes of
+// pages over streams connections; with compress, through the source's
+// zstd stream (dialCompressed).
+func sendPagesStriped(addr string, files TLSFiles, n int, compress string, streams int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	to, err := files.pageTransport("tls", "127.0.0.1")
 	if err != nil {
 		return err
 	}
+	to.Streams = streams
 	if compress != "" {
 		tc, err := files.clientConfig("127.0.0.1")
 		if err != nil {
@@ -173,14 +177,18 @@ func sendPages(addr string, files TLSFiles, n int, compress string) error {
 // the CA signed is refused, and does not use up the round's one session.
 // Compressed rounds too.
 func TestRoundPortBoundToMigration(t *testing.T) {
-	for _, compress := range []string{"", CompressZstd} {
-		t.Run("compress="+compress, func(t *testing.T) {
+	for _, run := range []struct {
+		compress string
+		streams  int
+	}{{"", 1}, {CompressZstd, 1}, {"", 3}} {
+		compress := run.compress
+		t.Run(fmt.Sprintf("compress=%s,streams=%d", compress, run.streams), func(t *testing.T) {
 			ta := startTestAgent(t, AgentConfig{})
-			k, port := ta.open(t, 1<<20, compress)
-			if err := sendPages(port, ta.rogue, 1<<20, compress); err == nil {
+			k, port := ta.openStreams(t, 1<<20, compress, run.streams)
+			if err := sendPagesStriped(port, ta.rogue, 1<<20, compress, run.streams); err == nil {
 				t.Fatal("another peer's pages were taken on the migration's page port")
 			}
-			if err := sendPages(port, ta.source, 1<<20, compress); err != nil {
+			if err := sendPagesStriped(port, ta.source, 1<<20, compress, run.streams); err != nil {
 				t.Fatalf("the source's pages after the refused peer: %v", err)
 			}
 			if err := k.send(&pb.Envelope{Msg: &pb.Envelope_RoundDone{RoundDone: &pb.RoundDone{N: 1}}}); err != nil {
@@ -216,9 +224,13 @@ func TestMaxMigrationBytes(t *testing.T) {
 		t.Fatalf("hello over the limit: %v, %v", m, err)
 	}
 	// Announced under it, then sending more: the round fails, naming it.
-	for _, compress := range []string{"", CompressZstd} {
-		k2, port := ta.open(t, 1<<20, compress)
-		if err := sendPages(port, ta.source, 8<<20, compress); err == nil {
+	for _, run := range []struct {
+		compress string
+		streams  int
+	}{{"", 1}, {CompressZstd, 1}, {"", 3}} {
+		compress := run.compress
+		k2, port := ta.openStreams(t, 1<<20, compress, run.streams)
+		if err := sendPagesStriped(port, ta.source, 8<<20, compress, run.streams); err == nil {
 			t.Fatalf("compress %q: 8 MiB of pages taken under --max-migration-bytes 4 MiB", compress)
 		}
 		m, err := k2.recv(time.Minute)

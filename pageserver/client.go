@@ -288,7 +288,18 @@ func (c *Client) Get(pid int, vaddr, nr uint64, dst []byte) (uint64, error) {
 	}
 	c.push()
 	var hb [wire.HeaderSize]byte
-	if _, err := io.ReadFull(rw, hb[:]); err != nil {
+	// Plain TCP: the reply is read on this thread, off Go's poller (a
+	// lazy-pages fault waits on it), header and data in one readv: with
+	// c.mu held, nothing else is asked meanwhile, so nothing but this
+	// reply can follow its header.
+	raw := c.raw != nil && !c.handedOver
+	extra := 0
+	if raw {
+		var err error
+		if extra, err = recvHead(c.raw, hb[:], dst[:nr*PageSize]); err != nil {
+			return 0, c.fail(fmt.Errorf("page server: GET reply: %w", err))
+		}
+	} else if _, err := io.ReadFull(rw, hb[:]); err != nil {
 		return 0, c.fail(fmt.Errorf("page server: GET reply: %w", err))
 	}
 	h, _ := wire.Unmarshal(hb[:])
@@ -297,10 +308,19 @@ func (c *Client) Get(pid int, vaddr, nr uint64, dst []byte) (uint64, error) {
 		return 0, c.fail(fmt.Errorf("page server: GET %#x+%d: bad reply %s nr_pages=%d vaddr=%#x dst_id=%#x",
 			vaddr, nr, wire.CommandName(h.Command()), h.NrPages, h.Vaddr, h.DstID))
 	}
+	if n := int(h.NrPages * PageSize); extra > n {
+		return 0, c.fail(fmt.Errorf("page server: GET %#x+%d: %d bytes after a reply of %d pages", vaddr, nr, extra-n, h.NrPages))
+	}
 	if h.NrPages == 0 {
 		return 0, ErrNoPages
 	}
-	if _, err := io.ReadFull(rw, dst[:h.NrPages*PageSize]); err != nil {
+	var err error
+	if rest := dst[extra : h.NrPages*PageSize]; raw {
+		err = recvFull(c.raw, rest)
+	} else {
+		_, err = io.ReadFull(rw, rest)
+	}
+	if err != nil {
 		return 0, c.fail(fmt.Errorf("page server: GET data: %w", err))
 	}
 	return h.NrPages, nil

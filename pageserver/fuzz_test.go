@@ -132,3 +132,64 @@ func FuzzClientGet(f *testing.F) {
 		cl.Close()
 	})
 }
+
+// FuzzServerConnZstd feeds arbitrary bytes to a session of a compressing
+// server (TransportOptions.Compress): whatever the frames announce, the
+// session must end without a panic or a hang and allocate a bounded
+// amount (the decoder's window and memory are bounded).
+func FuzzServerConnZstd(f *testing.F) {
+	var plain bytes.Buffer
+	plain.Write(hdr(wire.CmdOpen2, 0, 0, TaskDst(10)))
+	plain.Write(hdr(wire.MakeCmd(wire.CmdAddF, wire.FlagPresent), 1, 0x1000, TaskDst(10)))
+	plain.Write(make([]byte, PageSize))
+	plain.Write(hdr(wire.CmdClose, 0, 0, 0))
+	var z bytes.Buffer
+	zw, err := newZstdStream(struct {
+		io.Reader
+		io.Writer
+	}{bytes.NewReader(nil), &z})
+	if err != nil {
+		f.Fatal(err)
+	}
+	zw.Write(plain.Bytes())
+	f.Add(z.Bytes())
+	f.Add([]byte{0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0})
+	f.Add([]byte{1, 2, 3})
+
+	logs := logging.New(io.Discard, 0)
+	dump, err := NewServer(Config{ImagesDir: filepath.Join(f.TempDir(), "dump"), Log: logs})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { dump.Close() })
+	f.Fuzz(func(t *testing.T, in []byte) {
+		cl, sv := net.Pipe()
+		done := make(chan struct{})
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		go func() {
+			defer close(done)
+			zc, err := newZstdConn(sv)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ss := dump.newSession("fuzz", zc, zc, nil)
+			err = ss.run()
+			dump.finish(ss, err)
+			sv.Close()
+		}()
+		go io.Copy(io.Discard, cl)
+		cl.Write(in)
+		cl.Close()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("session did not end after the peer left")
+		}
+		runtime.ReadMemStats(&after)
+		if d := after.TotalAlloc - before.TotalAlloc; d > 48<<20 {
+			t.Fatalf("session allocated %d bytes", d)
+		}
+	})
+}

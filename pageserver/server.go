@@ -325,6 +325,9 @@ func (s *Server) acceptTCP(ctx context.Context, ln *Listener) error {
 		s.m.conn(string(TransportTCP))
 		go func() {
 			defer s.release(c, c.RemoteAddr())
+			// A lazy session reads outside the netpoller (rawReadConn):
+			// only a shutdown wakes it when the server stops.
+			defer context.AfterFunc(ctx, func() { shutdownTCP(c) })()
 			if !ln.compress {
 				s.serveTCP(c, c, c.(*net.TCPConn))
 				return
@@ -463,8 +466,14 @@ func (s *Server) closeAll() {
 func (s *Server) serveTCP(c, conn net.Conn, raw *net.TCPConn) {
 	peer := c.RemoteAddr().String()
 	s.log.Infof("page-server: %s: connected", peer)
-	ss := s.newSession(peer, conn, conn, raw)
-	ss.dl = conn
+	rd := conn
+	if s.cfg.Lazy && raw != nil && conn == c {
+		if rc, err := newRawReadConn(raw); err == nil {
+			rd = rc
+		}
+	}
+	ss := s.newSession(peer, rd, conn, raw)
+	ss.dl = rd
 	err := ss.run()
 	s.finish(ss, err)
 	if err == nil && ss.closed && !s.cfg.Lazy {
@@ -569,30 +578,31 @@ func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser
 // finish logs how a session ended and drops an unfinished task; with
 // Once, it ends Serve.
 func (s *Server) finish(ss *session, err error) {
+	if ss.task != nil && err == nil && !ss.closed && !s.cfg.Lazy {
+		err = reqErr(reasonUnflushed, errors.New("the data were not flushed (no CLOSE)"))
+	}
 	if s.cfg.Once {
-		defer func() {
-			s.mu.Lock()
-			stop := s.stopServe
-			if err != nil && s.onceErr == nil {
-				s.onceErr = fmt.Errorf("page server: %s: %w", ss.peer, err)
-			}
-			s.sessions++
-			if err == nil && s.sessions < max(s.cfg.Sessions, 1) {
-				stop = nil
-			}
-			s.mu.Unlock()
-			if stop != nil {
-				stop()
-			}
-		}()
+		// The error is recorded before this session's striped pagemaps
+		// fail: the other connections' errors that follow are not the
+		// cause.
+		s.mu.Lock()
+		stop := s.stopServe
+		if err != nil && s.onceErr == nil {
+			s.onceErr = fmt.Errorf("page server: %s: %w", ss.peer, err)
+		}
+		s.sessions++
+		if err == nil && s.sessions < max(s.cfg.Sessions, 1) {
+			stop = nil
+		}
+		s.mu.Unlock()
+		if stop != nil {
+			defer stop()
+		}
 	}
 	if len(ss.stripes) > 0 {
 		ss.dropStripes(err)
 	}
 	if ss.task != nil {
-		if err == nil && !ss.closed && !s.cfg.Lazy {
-			err = reqErr(reasonUnflushed, errors.New("the data were not flushed (no CLOSE)"))
-		}
 		ss.dropTask()
 	}
 	if err != nil {

@@ -177,3 +177,49 @@ func recvFull(src *net.TCPConn, b []byte) error {
 	}
 	return rerr
 }
+
+// recvHead reads a reply's header into hb, and with it, in the same
+// readv(2), as much of the data that follows as has come, into data. It
+// returns how many bytes of data it read. The caller must know that
+// nothing but this reply's data can follow the header on the stream
+// (one request in flight), since data may take all of it.
+func recvHead(src *net.TCPConn, hb, data []byte) (int, error) {
+	sc, err := src.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	got, extra := 0, 0
+	var rerr error
+	cerr := sc.Control(func(fd uintptr) {
+		sfd := int(fd)
+		for got < len(hb) {
+			iov := [][]byte{hb[got:], data}
+			k, err := unix.Readv(sfd, iov)
+			switch {
+			case err == nil && k == 0:
+				rerr = io.ErrUnexpectedEOF
+				return
+			case err == nil:
+				if h := len(hb) - got; k > h {
+					extra, got = k-h, len(hb)
+				} else {
+					got += k
+				}
+			case err == unix.EINTR:
+			case err == unix.EAGAIN:
+				pfds := []unix.PollFd{{Fd: int32(sfd), Events: unix.POLLIN}}
+				if _, err := unix.Poll(pfds, -1); err != nil && err != unix.EINTR {
+					rerr = fmt.Errorf("poll: %w", err)
+					return
+				}
+			default:
+				rerr = err
+				return
+			}
+		}
+	})
+	if cerr != nil {
+		return 0, cerr
+	}
+	return extra, rerr
+}

@@ -1,6 +1,7 @@
 package restorer
 
 import (
+	"errors"
 	"fmt"
 
 	"golang.org/x/sys/unix"
@@ -28,26 +29,29 @@ func (r *Restorer) Finalize() error {
 	if err != nil {
 		return r.fail("finalize", err)
 	}
-	tables := map[model.ID]bool{} // fd tables restored (CLONE_FILES)
+	tables := map[model.ID]bool{} // fd tables restored (CLONE_FILES), in turn
 	if r.held == nil {            // else made with the tree (earlyCtty)
 		r.held = drivers.NewHeld()
 	}
 	defer func() { r.held.Close(); r.held = nil }()
-	for _, t := range r.tasks {
-		if t.img.dead() {
-			continue
+	// Each task on its tracer's thread: every ptrace call of its drivers
+	// runs inline, with no cross-thread hop (each a wake-up, far dearer
+	// than the call on a loaded machine); the tracers at once.
+	t, err := r.eachTask(func(t *taskRun, ts *turns) error {
+		if serr := t.finalize(ds, tables, ts); serr != nil {
+			return serr
 		}
+		return nil
+	})
+	if err != nil {
 		var serr *stepErr
-		// On the tracer thread: every ptrace call of the task's drivers
-		// runs inline, with no cross-thread hop (each a wake-up, far
-		// dearer than the call on a loaded machine).
-		_ = r.tr.Do(func() error { serr = t.finalize(ds, tables); return nil })
-		if err := serr; err != nil {
+		if errors.As(err, &serr) {
 			if t == r.root {
-				return r.fail(err.step, err.err)
+				return r.fail(serr.step, serr.err)
 			}
-			return r.fail(fmt.Sprintf("task %d: %s", t.img.pid, err.step), err.err)
+			return r.fail(fmt.Sprintf("task %d: %s", t.img.pid, serr.step), serr.err)
 		}
+		return r.fail(fmt.Sprintf("task %d", t.img.pid), err)
 	}
 	r.phase = phaseFinalized
 	return nil
@@ -59,9 +63,33 @@ type stepErr struct {
 	err  error
 }
 
-func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool) (serr *stepErr) {
+func (e *stepErr) Error() string { return e.step + ": " + e.err.Error() }
+func (e *stepErr) Unwrap() error { return e.err }
+
+// turnDrivers restore what other tasks of the tree share or take from
+// this one (open file descriptions, objects held for a task not restored
+// yet, the session's terminal, fs info): they run in tree order, one task
+// at a time, as with a single tracer.
+var turnDrivers = map[string]bool{"session": true, "files": true, "ctty": true, "fs": true}
+
+func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool, ts *turns) (serr *stepErr) {
 	r := t
 	k := t.img.task
+	// The turn spans the turn drivers; a task sharing its fd table or
+	// fs info with another holds it throughout (sharesTables).
+	first, last := -1, -1
+	for i, d := range ds {
+		if turnDrivers[d.Name()] {
+			if first < 0 {
+				first = i
+			}
+			last = i
+		}
+	}
+	if r.sharesTables(t) {
+		first, last = 0, len(ds)-1
+	}
+	defer ts.leave(t.idx)
 	rc := &drivers.Restore{Tree: r.img.tree, Task: k, Log: r.log,
 		// Only the root's parent is godwit (its parent-death signal
 		// would fire as godwit exits); the others' are in the tree.
@@ -76,9 +104,19 @@ func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool) (serr 
 			serr = &stepErr{step, err}
 		}
 	}()
-	for _, d := range ds {
+	for i, d := range ds {
 		var err error
 		step = d.Name()
+		if i == first {
+			if err := ts.enter(t.idx); err != nil {
+				return &stepErr{step, err}
+			}
+		}
+		if i == last+1 {
+			// The leader's calls still queued (fs's chdir and umask)
+			// touch nothing another task sees: its fs info is its own.
+			ts.leave(t.idx)
+		}
 		switch d.Name() {
 		case drivers.PhaseThreads:
 			// Made by Layout, with the tasks.

@@ -48,6 +48,20 @@ func mapRunner(tr *ptrace.Tracer, pid int, win window) error {
 	return ptrace.PokeMem(pid, at, ptrace.BatchCode)
 }
 
+// mapScratch maps the window's scratch area into puppet pid, for every
+// task of the tree to inherit.
+func mapScratch(tr *ptrace.Tracer, pid int, win window) error {
+	got, err := tr.InjectSyscall(pid, unix.SYS_MMAP, win.scratch, scratchSize, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0)
+	if err != nil {
+		return fmt.Errorf("map the scratch area: %w", err)
+	}
+	if got != win.scratch {
+		return fmt.Errorf("map the scratch area: mapped at %#x, not %#x", got, win.scratch)
+	}
+	return nil
+}
+
 // errnoOf digs the errno out of an injected call's error.
 var errnoOf = inject.Errno
 

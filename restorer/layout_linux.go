@@ -116,18 +116,26 @@ func (r *Restorer) Layout() error {
 	if runner != nil {
 		r.log.Warnf("restore: %v: injecting calls one by one", runner)
 	}
+	// The scratch area too, once: every task inherits it (else each
+	// maps its own in its layout, at two stops).
+	scratch := mapScratch(r.tr, p.Pid, win)
+	if scratch != nil {
+		r.log.Warnf("restore: %v: each task maps its own", scratch)
+	}
 	for _, t := range r.tasks {
 		t.win = win
 		t.stubOff = p.SyscallAddr - win.base
 		t.runner = runner == nil
+		t.scratchMapped = scratch == nil
+		t.tr = r.tr
 	}
-	// On the tracer thread: each ptrace call of the tree's creation and
-	// layout runs inline, with no cross-thread wake-up apiece (dearer
-	// than the call itself on a loaded machine). r.fail (which closes
-	// the tracer) runs after, off it.
+	// On the tracer thread: each ptrace call of the tree's creation
+	// runs inline, with no cross-thread wake-up apiece (dearer than the
+	// call itself on a loaded machine). r.fail (which closes the
+	// tracer) runs after, off it.
 	step := "create tasks"
+	t0 := time.Now()
 	err = r.tr.Do(func() error {
-		t0 := time.Now()
 		err := r.createTree(p)
 		if kerr := p.Kill(); kerr != nil && err == nil {
 			err = fmt.Errorf("kill puppet %d: %w", p.Pid, kerr)
@@ -149,24 +157,33 @@ func (r *Restorer) Layout() error {
 				return err
 			}
 		}
-		r.forkTime = time.Since(t0)
-		for _, t := range r.tasks {
-			if t.img.dead() {
-				continue
-			}
-			step = fmt.Sprintf("task %d: layout", t.img.pid)
-			s, err := t.begin(t.img.pid)
-			if err != nil {
-				return err
-			}
-			if err = s.End(t.layout(s)); err != nil {
-				return err
-			}
-		}
 		return nil
 	})
+	if err == nil {
+		step = "hand tasks to tracers"
+		err = r.spread()
+	}
 	if err != nil {
 		return r.fail(step, err)
+	}
+	r.forkTime = time.Since(t0)
+	// Each task on its own tracer's thread, the tracers at once; the
+	// tasks that make or take an object another maps, or share their
+	// fd table or fs info, in tree order (their turn).
+	if t, err := r.eachTask(func(t *taskRun, ts *turns) error {
+		if t.layoutShares() || r.sharesTables(t) {
+			if err := ts.enter(t.idx); err != nil {
+				return err
+			}
+			defer ts.leave(t.idx)
+		}
+		s, err := t.begin(t.img.pid)
+		if err != nil {
+			return err
+		}
+		return s.End(t.layout(s))
+	}); err != nil {
+		return r.fail(fmt.Sprintf("task %d: layout", t.img.pid), err)
 	}
 	r.phase = phaseLaidOut
 	return nil
@@ -174,11 +191,13 @@ func (r *Restorer) Layout() error {
 
 func (r *taskRun) layout(s *session) error {
 	pid := r.img.pid
-	if _, err := s.Call(fmt.Sprintf("map scratch %#x", r.win.scratch), unix.SYS_MMAP, r.win.scratch, scratchSize,
-		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0); err != nil {
-		return err
+	if !r.scratchMapped { // else inherited from the first puppet
+		if _, err := s.Call(fmt.Sprintf("map scratch %#x", r.win.scratch), unix.SYS_MMAP, r.win.scratch, scratchSize,
+			unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0); err != nil {
+			return err
+		}
+		r.scratchMapped = true
 	}
-	r.scratchMapped = true
 	if r.runner {
 		s.SetBatch(r.win.base+runnerOff, batchTableOff)
 	}
@@ -201,13 +220,12 @@ func (r *taskRun) layout(s *session) error {
 		b.add(inject.C(fmt.Sprintf("unmap puppet's %#x-%#x %s", m.Start, m.End, m.Path),
 			unix.SYS_MUNMAP, m.Start, m.End-m.Start), nil)
 	}
-	if err := b.flush(); err != nil {
+	// The unmaps, the vDSO's moves and the files' opens are one batch
+	// (mapVMAs runs it): one stop.
+	if err := r.queueVdso(b, special); err != nil {
 		return err
 	}
-	if err := r.moveVdso(s, special); err != nil {
-		return err
-	}
-	if err := r.mapVMAs(s); err != nil {
+	if err := r.mapVMAs(s, b); err != nil {
 		return err
 	}
 	r.log.Infof("restore %d: %d VMAs laid out", pid, len(r.img.mm.VMAs))
@@ -217,6 +235,15 @@ func (r *taskRun) layout(s *session) error {
 // moveVdso moves the puppet's [vvar], [vvar_vclock] and [vdso] together to
 // where the dumped task had them (same kernel: same sizes and offsets).
 func (r *taskRun) moveVdso(s *session, special []procfs.Mapping) error {
+	b := &batch{s: s}
+	if err := r.queueVdso(b, special); err != nil {
+		return err
+	}
+	return b.flush()
+}
+
+// queueVdso queues moveVdso's calls in b.
+func (r *taskRun) queueVdso(b *batch, special []procfs.Mapping) error {
 	var dvdso *model.VMA
 	var dvvar []*model.VMA
 	for i := range r.img.mm.VMAs {
@@ -237,9 +264,7 @@ func (r *taskRun) moveVdso(s *session, special []procfs.Mapping) error {
 	if dvdso == nil || pv == nil {
 		// The dumped task had no vDSO (or we have none): drop ours.
 		for _, m := range special {
-			if _, err := s.Call(fmt.Sprintf("unmap puppet's %s", m.Path), unix.SYS_MUNMAP, m.Start, m.End-m.Start); err != nil {
-				return err
-			}
+			b.add(inject.C(fmt.Sprintf("unmap puppet's %s", m.Path), unix.SYS_MUNMAP, m.Start, m.End-m.Start), nil)
 		}
 		if dvdso != nil {
 			return fmt.Errorf("vdso %#x-%#x: this kernel maps no vdso", dvdso.Start, dvdso.End)
@@ -281,8 +306,7 @@ func (r *taskRun) moveVdso(s *session, special []procfs.Mapping) error {
 	if delta == 0 {
 		return nil
 	}
-	// The moves are one batch: each lands where asked or fails.
-	b := &batch{s: s}
+	// The moves are batched: each lands where asked or fails.
 	move := func(from, to uint64, m procfs.Mapping) error {
 		what := fmt.Sprintf("move %s %#x to %#x", m.Path, from, to)
 		b.add(inject.C(what, unix.SYS_MREMAP, from, m.End-m.Start, m.End-m.Start, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, to),
@@ -315,11 +339,12 @@ func (r *taskRun) moveVdso(s *session, special []procfs.Mapping) error {
 			return err
 		}
 	}
-	return b.flush()
+	return nil
 }
 
-// mapVMAs maps every dumped VMA but the kernel's special ones.
-func (r *taskRun) mapVMAs(s *session) error {
+// mapVMAs maps every dumped VMA but the kernel's special ones, after the
+// calls queued in first.
+func (r *taskRun) mapVMAs(s *session, first *batch) error {
 	r.writable = map[uint64]bool{}
 	fds := map[model.ID]uint64{} // file id → fd in the task, for this layout
 	shmFds := map[uint64]uint64{}
@@ -340,7 +365,7 @@ func (r *taskRun) mapVMAs(s *session) error {
 		closeAll(b)
 		_ = b.flush()
 	}()
-	if err := r.openFiles(s, fds); err != nil {
+	if err := r.openFiles(first, fds); err != nil {
 		return err
 	}
 	// A shared anonymous object mapped more than once, or not from its
@@ -482,8 +507,12 @@ func (r *taskRun) mapVMAs(s *session) error {
 			case mf.Kind == model.Memfd && mf.Memfd != nil:
 				key = [2]uint64{mf.Memfd.Dev, mf.Memfd.Ino}
 			}
-			if _, ok := r.ghostAt[key]; !ok && key != [2]uint64{} {
-				r.ghostAt[key] = shmMapping{pid: r.img.pid, start: v.Start, end: v.End}
+			// Only a ghost or memfd mapping touches the map: other
+			// tasks' layouts may run at once (layoutShares).
+			if key != [2]uint64{} {
+				if _, ok := r.ghostAt[key]; !ok {
+					r.ghostAt[key] = shmMapping{pid: r.img.pid, start: v.Start, end: v.End}
+				}
 			}
 		}
 		if st&images.VmaAnonShared != 0 {
@@ -497,12 +526,13 @@ func (r *taskRun) mapVMAs(s *session) error {
 	return b.flush()
 }
 
-// openFiles opens, in one batch, the plain files (not deleted, not
-// memfd) the task maps, each with the access mode of its first mapping,
-// into fds. Files whose paths do not fit in the scratch area together
-// are left to mapVMAs, which opens them one by one.
-func (r *taskRun) openFiles(s *session, fds map[model.ID]uint64) error {
-	b := &batch{s: s}
+// openFiles opens, in batch b (run here, with what it already holds),
+// the plain files (not deleted, not memfd) the task maps, each with the
+// access mode of its first mapping, into fds. Files whose paths do not
+// fit in the scratch area together are left to mapVMAs, which opens them
+// one by one.
+func (r *taskRun) openFiles(b *batch, fds map[model.ID]uint64) error {
+	s := b.s
 	var ids []model.ID
 	var whats []string
 	off := uint64(0)

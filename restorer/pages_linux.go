@@ -72,6 +72,30 @@ func (r *Restorer) FillPages(src pagexfer.Source) error {
 	return nil
 }
 
+// smallFillPages is the most pages of a task's images that are written
+// from godwit (process_vm_writev) whatever the page method: the task's
+// own preadv costs five ptrace stops (session, open, read, close), each a
+// trip through the scheduler, dearer than copying a MiB twice.
+const smallFillPages = 256
+
+// smallFill reports a task whose images hold at most smallFillPages
+// pages to fill, and no pages file method other than the preadv default
+// was asked for.
+func (r *taskRun) smallFill() bool {
+	if r.o.PageMethod != PagesPreadv || r.img.pages == nil {
+		return false
+	}
+	n := uint64(0)
+	for e := range r.img.pages.Ranges() {
+		if e.Flags&(images.PagePresent|images.PageInParent) != 0 {
+			if n += e.NrPages; n > smallFillPages {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // fillPages writes every run of src into this task.
 func (r *taskRun) fillPages(src pagexfer.Source) error {
 	if fr, ok := src.(pagexfer.FileRuns); ok && r.o.PageMethod == PagesPreadv {

@@ -65,8 +65,13 @@ type Restorer struct {
 	phase   phase
 	err     error // the failure that ended the restore
 
-	tr    *ptrace.Tracer
-	tasks []*taskRun // the tree, parents before children
+	tr *ptrace.Tracer
+	// workers are the tracers the tree's tasks are spread over, r.tr
+	// first (none for a single task: r.tr alone); tableUsers counts the
+	// tasks of each fd table and fs info (sharesTables).
+	workers    []*ptrace.Tracer
+	tableUsers map[[2]model.ID]int
+	tasks      []*taskRun // the tree, parents before children
 	// helpers stand in for dead group leaders while the tree is made.
 	helpers []groupHelper
 	root    *taskRun
@@ -98,6 +103,8 @@ type shmMapping struct {
 // taskRun is one task of the tree being rebuilt.
 type taskRun struct {
 	*Restorer
+	idx     int            // in r.tasks
+	tr      *ptrace.Tracer // the task's tracer: r.tr or a worker (spread)
 	img     *taskImages
 	log     *logging.Logger // the task's lines (--log-pid: FILE.PID)
 	task    *puppet.Puppet  // the task with the original PID, traced
@@ -166,11 +173,12 @@ func newRestorer(o Options, scripts *actions.Scripts) (*Restorer, error) {
 			}
 		}
 	}
-	for _, ti := range img.tasks {
-		t := &taskRun{Restorer: r, img: ti, log: logging.Default().Task(ti.pid)}
+	for i, ti := range img.tasks {
+		t := &taskRun{Restorer: r, idx: i, img: ti, log: logging.Default().Task(ti.pid)}
 		r.tasks = append(r.tasks, t)
 	}
 	r.root = r.tasks[0]
+	r.countTables()
 	if err := r.checkPids(); err != nil {
 		r.close()
 		return nil, fmt.Errorf("restore: %w", err)
@@ -269,32 +277,36 @@ func (r *Restorer) fillAll(ctx context.Context) error {
 	if err := r.need(phaseLaidOut, "fill pages"); err != nil {
 		return err
 	}
-	for _, t := range r.tasks {
-		if err := r.interrupted(ctx); err != nil {
+	// Each task on its tracer's thread (as Layout), the tracers at once:
+	// no task's pages depend on another's.
+	t, err := r.eachTask(func(t *taskRun, _ *turns) error {
+		if err := ctx.Err(); err != nil {
 			return err
-		}
-		if t.img.dead() {
-			continue
 		}
 		if t.img.pages != nil {
-			// On the tracer thread, as Layout.
-			err := r.tr.Do(func() error {
-				src, err := t.privatePages()
-				if err == nil {
-					err = t.fillPages(interruptibleSource(ctx, src))
+			src, err := t.privatePages()
+			if err == nil {
+				src = interruptibleSource(ctx, src)
+				if t.smallFill() {
+					err = t.fillBuffered(src, t.checkRun)
+				} else {
+					err = t.fillPages(src)
 				}
-				return err
-			})
+			}
 			if err != nil {
-				return r.fail(fmt.Sprintf("task %d: fill pages", t.img.pid), err)
+				return fmt.Errorf("fill pages: %w", err)
 			}
 		}
-		if err := r.interrupted(ctx); err != nil {
+		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := r.tr.Do(t.fillShmem); err != nil {
-			return r.fail(fmt.Sprintf("task %d", t.img.pid), err)
-		}
+		return t.fillShmem()
+	})
+	if err := r.interrupted(ctx); err != nil {
+		return err
+	}
+	if err != nil {
+		return r.fail(fmt.Sprintf("task %d", t.img.pid), err)
 	}
 	return nil
 }
@@ -434,6 +446,7 @@ func (r *Restorer) close() {
 		r.netLock = nil
 		keepNetLock(l, r.log, r.img.pid)
 	}
+	r.closeWorkers()
 	if r.tr != nil {
 		r.tr.Close()
 		r.tr = nil

@@ -90,7 +90,7 @@ func (r *Restorer) thawAll(errs *[]error) int {
 		case r.o.LeaveStopped:
 			stop = unix.SIGSTOP
 		}
-		if err := r.tr.ThawStopped(t.img.pid, stop); err != nil {
+		if err := t.tr.ThawStopped(t.img.pid, stop); err != nil {
 			*errs = append(*errs, fmt.Errorf("task %d: %w", t.img.pid, err))
 		} else {
 			n++
@@ -131,20 +131,32 @@ func (r *Restorer) resumed() error {
 
 // InjectedCalls counts the syscalls injected so far (0 before Layout).
 func (r *Restorer) InjectedCalls() int {
-	if r.tr == nil {
-		return 0
+	n := 0
+	for _, tr := range r.tracers() {
+		n += tr.InjectedCalls()
 	}
-	return r.tr.InjectedCalls()
+	return n
 }
 
 // InjectionStops counts the ptrace stops injection took so far (each a
 // round trip through the scheduler).
 func (r *Restorer) InjectionStops() int {
-	if r.tr == nil {
-		return 0
-	}
-	_, n, _ := r.tr.InjectionStats()
+	_, n, _ := r.injectionStats()
 	return n
+}
+
+// injectionStats sums the tracers' InjectionStats.
+func (r *Restorer) injectionStats() (sessions, stops int, byNr map[uintptr]int) {
+	byNr = map[uintptr]int{}
+	for _, tr := range r.tracers() {
+		s, n, by := tr.InjectionStats()
+		sessions += s
+		stops += n
+		for k, v := range by {
+			byNr[k] += v
+		}
+	}
+	return sessions, stops, byNr
 }
 
 // Stats returns the page count and elapsed time so far.

@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"godwit/internal/images"
 	"godwit/internal/model"
@@ -104,7 +106,7 @@ func readImages(d *images.Dir) (root *taskImages, err error) {
 			}
 		}
 	}
-	var all []*taskImages
+	var all, live []*taskImages
 	defer func() {
 		if err != nil {
 			for _, t := range all {
@@ -129,13 +131,33 @@ func readImages(d *images.Dir) (root *taskImages, err error) {
 		if k.MM == nil || k.FS == nil {
 			return nil, fmt.Errorf("%s: task %d has no mm or fs", images.PstreeImg, k.Pid)
 		}
-		if err := ti.readPages(d); err != nil {
+		live = append(live, ti)
+	}
+	// Several tasks' page maps at once: each opens and checks its own.
+	errs := make([]error, len(live))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(pageReaders, len(live)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < len(live); i = int(next.Add(1) - 1) {
+				errs[i] = live[i].readPages(d)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
 			return nil, err
 		}
 	}
 	all[0].tasks = all
 	return all[0], nil
 }
+
+// pageReaders is how many tasks' page maps readImages opens at once.
+const pageReaders = 8
 
 // checkTree refuses a tree whose links cannot be restored: a parent that
 // is not an earlier task, a pid or tid used twice.

@@ -97,7 +97,7 @@ func benchTree(b *testing.B, n int) {
 		restoreCalls = r.InjectedCalls() / n
 		restoreStops = r.InjectionStops() / n
 		phaseStops[2] = r.InjectionStops()
-		_, _, byNr = r.tr.InjectionStats()
+		_, _, byNr = r.injectionStats()
 		step(&resume, r.Resume)
 		restores = append(restores, time.Since(t0)/time.Duration(n))
 	}

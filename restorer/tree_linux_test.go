@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"godwit/internal/procfs"
 	"godwit/internal/testutil"
 )
 
@@ -206,4 +207,123 @@ func TestRestoreTreeDeadGroupLeader(t *testing.T) {
 		t.Fatalf("the helper %d for the dead leader is still there", l)
 	}
 	noChildren(t, w.Pid)
+}
+
+// TestRestoreTreeWorkers restores a root and seven children, each writing
+// its number into one pipe the root reads: the tasks are spread over
+// several tracer threads while they are rebuilt (the TracerPids differ
+// after Layout), and after Resume every child's writes reach the root
+// through the one pipe, each child with its own number (its own memory).
+func TestRestoreTreeWorkers(t *testing.T) {
+	needRoot(t)
+	subreaper(t)
+	const kids = 7
+	prog := "import os, sys, time\n" +
+		"r, w = os.pipe()\n" +
+		"for i in range(" + strconv.Itoa(kids) + "):\n" +
+		"    if os.fork() == 0:\n" +
+		"        os.close(r)\n" +
+		"        while True:\n" +
+		"            os.write(w, b'%d\\n' % i); time.sleep(0.01)\n" +
+		"os.close(w)\n" +
+		"f = os.fdopen(r)\n" +
+		"n = [0] * " + strconv.Itoa(kids) + "\n" +
+		"while True:\n" +
+		"    n[int(f.readline())] += 1\n" +
+		"    open(sys.argv[1] + '.n', 'w').write(' '.join(map(str, n)))\n" +
+		"    if min(n) > 0 and not os.path.exists(sys.argv[1]): open(sys.argv[1], 'w').write('ready')\n"
+	w, log := startPythonTree(t, prog)
+	pids := append([]int{w.Pid}, kidsOf(t, w.Pid)...)
+	t.Cleanup(func() {
+		for _, p := range pids {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+	})
+	if len(pids) != kids+1 {
+		t.Fatalf("tree %v, want a root and %d children", pids, kids)
+	}
+	imgs := filepath.Join(t.TempDir(), "img")
+	dump(t, w.Pid, imgs, nil)
+	w.Reaped(t)
+	for _, p := range pids[1:] {
+		reapGone(t, p)
+	}
+	r, err := New(Options{ImagesDir: imgs}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	t.Cleanup(func() {
+		if !resumed {
+			r.Abort()
+		} else {
+			syscall.Kill(r.PID(), syscall.SIGKILL)
+			r.Wait()
+		}
+		for _, p := range pids[1:] {
+			reapGone(t, p)
+		}
+	})
+	if err := r.Layout(); err != nil {
+		t.Fatal(err)
+	}
+	tracers := map[int]bool{}
+	for _, p := range pids {
+		st, err := procfs.ReadStatus(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.TracerPid == 0 {
+			t.Fatalf("task %d untraced after Layout", p)
+		}
+		tracers[st.TracerPid] = true
+	}
+	if want := min(treeWorkers, len(pids)); len(tracers) != want {
+		t.Fatalf("tasks traced by %d threads after Layout, want %d", len(tracers), want)
+	}
+	if err := r.fillAll(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Finalize(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	resumed = true
+	for _, p := range pids[1:] {
+		if st, err := procfs.ReadStatus(p); err != nil || st.PPid != w.Pid {
+			got := -1
+			if err == nil {
+				got = st.PPid
+			}
+			t.Fatalf("restored child %d has parent %d, want %d", p, got, w.Pid)
+		}
+	}
+	counts := func() []int {
+		var out []int
+		for _, f := range strings.Fields(string(mustRead(t, log+".n"))) {
+			n, _ := strconv.Atoi(f)
+			out = append(out, n)
+		}
+		return out
+	}
+	first := counts()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		now, behind := counts(), -1
+		for i := range first {
+			if i >= len(now) || now[i] <= first[i] {
+				behind = i
+				break
+			}
+		}
+		if behind < 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("child %d's writes no longer reach the root (counts %v, then %v)", behind, first, now)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

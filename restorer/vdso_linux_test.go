@@ -39,7 +39,7 @@ func TestMoveVdso(t *testing.T) {
 			special = append(special, m)
 			vmas = append(vmas, model.VMA{Start: uint64(int64(m.Start) + shift), End: uint64(int64(m.End) + shift), Status: st})
 		}
-		r := &taskRun{Restorer: &Restorer{tr: tr}, img: &taskImages{pid: p.Pid, mm: &model.MM{VMAs: vmas}},
+		r := &taskRun{Restorer: &Restorer{tr: tr}, tr: tr, img: &taskImages{pid: p.Pid, mm: &model.MM{VMAs: vmas}},
 			win: window{base: puppet.DefaultBase, bounce: puppet.DefaultBase + bounceOff}}
 		s, err := r.begin(p.Pid)
 		if err != nil {

@@ -64,6 +64,13 @@ type inetDump struct {
 	// long-running agent must not keep an old value).
 	defaultTTL         func() uint32
 	notsentLowatSysctl func() (int, bool)
+	// netns: nil for godwit's namespace; foreign: the view of the one
+	// other namespace of the dump's sockets (fd_inet_netns.go).
+	netns   *inetNetns
+	foreign *inetDump
+	// pre: the inet sockets of the task being collected, by fd,
+	// collected ahead (prefetchInet).
+	pre map[int]*preInet
 }
 
 func (fl *Files) inetState() *inetDump {
@@ -83,7 +90,12 @@ func (d *inetDump) table(family, proto uint32) (*sockdiag.InetTable, error) {
 	if t, ok := d.diag[k]; ok {
 		return t, nil
 	}
-	t, err := sockdiag.DumpInetTable(uint8(family), proto)
+	var t *sockdiag.InetTable
+	err := d.inNetns(func() error {
+		var err error
+		t, err = sockdiag.DumpInetTable(uint8(family), proto)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -99,19 +111,26 @@ func (fl *Files) ReleaseRepaired(resume bool) error {
 	if fl == nil || fl.inet == nil {
 		return nil
 	}
-	d := fl.inet
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	var errs []error
-	for _, s := range d.repaired {
-		if resume {
-			if err := tcprepair.Off(s); err != nil {
-				errs = append(errs, err)
-			}
+	for _, d := range []*inetDump{fl.inet, fl.inet.foreign} {
+		if d == nil {
+			continue
 		}
-		unix.Close(s)
+		d.mu.Lock()
+		for _, s := range d.repaired {
+			if resume {
+				if err := tcprepair.Off(s); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			unix.Close(s)
+		}
+		d.repaired = nil
+		d.mu.Unlock()
 	}
-	d.repaired = nil
+	if f := fl.inet.foreign; f != nil {
+		f.release() // the dump is over
+	}
 	return errors.Join(errs...)
 }
 
@@ -162,7 +181,7 @@ func describe(st *model.InetSocketState) string {
 }
 
 // collectInet reads the inet socket s (a copy of fd's) into f.
-func collectInet(fl *Files, pid int, fd *FD, f *model.File, s, family int) error {
+func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 	typ, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil {
 		return fmt.Errorf("SO_TYPE: %w", err)
@@ -175,11 +194,14 @@ func collectInet(fl *Files, pid int, fd *FD, f *model.File, s, family int) error
 	case typ == unix.SOCK_STREAM && (proto == unix.IPPROTO_TCP || proto == unix.IPPROTO_MPTCP):
 	case typ == unix.SOCK_DGRAM && (proto == unix.IPPROTO_UDP || proto == unix.IPPROTO_UDPLITE):
 	case typ == unix.SOCK_RAW || isPing(uint32(typ), uint32(proto)):
-		return collectRaw(fl, pid, fd, f, s, family, typ, proto)
+		return collectRaw(fl, fd, f, s, family, typ, proto)
 	default:
 		return fmt.Errorf("%s socket of type %d, protocol %d: not supported yet", familyName(family), typ, proto)
 	}
-	id := fl.inetState()
+	id, err := fl.inetStateOf(s)
+	if err != nil {
+		return fmt.Errorf("%s %s socket %d: %w", familyName(family), protoName(uint32(proto)), uint32(fd.Stat.Ino), err)
+	}
 	id.mu.Lock()
 	tab, err := id.table(uint32(family), uint32(proto))
 	id.mu.Unlock()
@@ -189,11 +211,8 @@ func collectInet(fl *Files, pid int, fd *FD, f *model.File, s, family int) error
 	ino := uint32(fd.Stat.Ino)
 	dg := tab.ByIno[ino]
 	if dg == nil {
-		// sock_diag lists the sockets of godwit's network namespace
-		// that have an address: this one is of another, or unbound.
-		if err := sameNetns(s); err != nil {
-			return fmt.Errorf("%s %s socket %d: %w", familyName(family), protoName(uint32(proto)), ino, err)
-		}
+		// sock_diag lists the sockets of the namespace that have an
+		// address: this one has none.
 		dg = &sockdiag.Inet{State: tcprepair.StateClose}
 	}
 	if dg.State == tcpBoundInactive {
@@ -222,6 +241,9 @@ func collectInet(fl *Files, pid int, fd *FD, f *model.File, s, family int) error
 		}
 	}
 	what := describe(st)
+	if st.Proto == unix.IPPROTO_MPTCP && st.State != tcprepair.StateClose && st.State != tcprepair.StateListen {
+		return refuseMPTCPConn(s, st, what)
+	}
 	if err := inetOpts(id, s, st); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
@@ -255,12 +277,6 @@ func collectInet(fl *Files, pid int, fd *FD, f *model.File, s, family int) error
 	if err := tcprepair.Supported(uint8(st.State)); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	if st.Proto == unix.IPPROTO_MPTCP {
-		// A connection that fell back to TCP when accepted is a TCP
-		// socket; one that stays MPTCP cannot be rebuilt: a new MPTCP
-		// socket refuses TCP_REPAIR (ENOPROTOOPT).
-		return fmt.Errorf("%s: connected MPTCP socket (%s): not supported (the kernel has no repair mode for MPTCP)", what, tcprepair.StateName(uint8(st.State)))
-	}
 	if !fl.TCPEstablished {
 		return fmt.Errorf("%s: established TCP connection (%s): dump with --tcp-established", what, tcprepair.StateName(uint8(st.State)))
 	}
@@ -280,35 +296,13 @@ func collectInet(fl *Files, pid int, fd *FD, f *model.File, s, family int) error
 // include/net/tcp_states.h).
 const tcpBoundInactive = 13
 
-// sameNetns refuses a socket of another network namespace than godwit's
-// (the restore would make it in godwit's).
-func sameNetns(s int) error {
-	nsfd, err := unix.IoctlRetInt(s, unix.SIOCGSKNS)
-	if err != nil {
-		return fmt.Errorf("SIOCGSKNS: %w", err)
-	}
-	defer unix.Close(nsfd)
-	var a, b unix.Stat_t
-	if err := unix.Fstat(nsfd, &a); err != nil {
-		return fmt.Errorf("stat its network namespace: %w", err)
-	}
-	if err := unix.Stat("/proc/thread-self/ns/net", &b); err != nil {
-		return fmt.Errorf("stat godwit's network namespace: %w", err)
-	}
-	if a.Ino != b.Ino || a.Dev != b.Dev {
-		return errors.New("in another network namespace than godwit's: not supported yet")
-	}
-	return nil
-}
-
 // repairDump puts a copy of s in repair mode, kept until the dump ends
 // (ReleaseRepaired), and reads the connection.
 func repairDump(id *inetDump, s int, st *model.InetSocketState, what string) error {
-	keep, err := unix.Dup(s)
+	keep, err := unix.FcntlInt(uintptr(s), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("%s: dup: %w", what, err)
 	}
-	unix.CloseOnExec(keep)
 	if err := tcprepair.On(keep); err != nil {
 		unix.Close(keep)
 		return fmt.Errorf("%s: %w", what, err)
@@ -409,7 +403,8 @@ func collectUDP(s int, st *model.InetSocketState, what string) error {
 	return nil
 }
 
-// readDefaultTTL reads the network namespace's default IPv4 TTL.
+// readDefaultTTL reads the default IPv4 TTL of the calling thread's
+// network namespace (inetDump.inNetns).
 func readDefaultTTL() uint32 {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_default_ttl")
 	if err != nil {
@@ -527,7 +522,7 @@ func (inetKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 	if err != nil {
 		return fmt.Errorf("SO_DOMAIN: %w", err)
 	}
-	return collectInet(fl, pid, fd, f, s, dom)
+	return collectInet(fl, fd, f, s, dom)
 }
 
 func (inetKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error) {
@@ -839,7 +834,7 @@ func (d *inetDump) fresh(st *model.InetSocketState) (*freshOpts, error) {
 	if f, ok := d.defaults[k]; ok {
 		return f, nil
 	}
-	s, err := unix.Socket(int(st.Family), int(st.Type)|unix.SOCK_CLOEXEC, int(st.Proto))
+	s, err := d.socketIn(int(st.Family), int(st.Type)|unix.SOCK_CLOEXEC, int(st.Proto))
 	if err != nil {
 		return nil, fmt.Errorf("fresh socket to compare options with: %w", err)
 	}
@@ -942,8 +937,8 @@ func (d *inetDump) notsentLowat(v int) int {
 	return v
 }
 
-// readNotsentLowat reads net.ipv4.tcp_notsent_lowat of godwit's network
-// namespace (godwit stays in one namespace while it dumps).
+// readNotsentLowat reads net.ipv4.tcp_notsent_lowat of the calling
+// thread's network namespace (inetDump.inNetns).
 func readNotsentLowat() (int, bool) {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_notsent_lowat")
 	if err != nil {
@@ -1126,4 +1121,95 @@ func setInetSocketOpts(s int, o *model.SocketOpts) error {
 		}
 	}
 	return nil
+}
+
+// preInet is an inet socket collected ahead of fdTable's loop.
+type preInet struct {
+	file model.File // Kind, Path and Inet, as collectInet sets them
+	err  error
+}
+
+// prefetchMin: fewer inet sockets than this are collected in fdTable's
+// loop, one by one.
+const prefetchMin = 16
+
+// prefetchInet collects, on two goroutines, the sockets among fds that
+// fdTable's loop would collect itself (want), when they are many: each
+// costs some fifty calls (options, repair-mode reads) of its own, none
+// dependent on another's. Each result waits in the dump's inetDump for
+// unixKind.collect (prefetched) to take it, so errors come in fd order
+// as before; a socket that is not inet is left to the loop. Connections
+// put in repair mode here are in inetDump.repaired whatever the loop
+// does next, so a failed dump takes them out again (ReleaseRepaired).
+func (fl *Files) prefetchInet(pid int, fds []FD, want func(i int) bool) {
+	var todo []int
+	for i := range fds {
+		if fds[i].Stat.Mode&unix.S_IFMT == unix.S_IFSOCK && want(i) {
+			todo = append(todo, i)
+		}
+	}
+	id := fl.inetState()
+	id.pre = nil
+	if len(todo) < prefetchMin {
+		return
+	}
+	pfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return // the loop reports it, fd by fd
+	}
+	defer unix.Close(pfd)
+	pre := make([]*preInet, len(todo))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				k := int(next.Add(1) - 1)
+				if k >= len(todo) {
+					return
+				}
+				pre[k] = prefetchOne(fl, pfd, &fds[todo[k]])
+			}
+		}()
+	}
+	wg.Wait()
+	id.pre = make(map[int]*preInet, len(todo))
+	for k, i := range todo {
+		if pre[k] != nil {
+			id.pre[fds[i].Num] = pre[k]
+		}
+	}
+}
+
+// prefetchOne collects fd if it is an inet socket (nil: it is not, or
+// could not be taken: the loop tries again and reports).
+func prefetchOne(fl *Files, pfd int, fd *FD) *preInet {
+	s, err := unix.PidfdGetfd(pfd, fd.Num, 0)
+	if err != nil {
+		return nil
+	}
+	defer unix.Close(s)
+	dom, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil || (dom != unix.AF_INET && dom != unix.AF_INET6) {
+		return nil
+	}
+	p := &preInet{}
+	p.err = collectInet(fl, fd, &p.file, s, dom)
+	return p
+}
+
+// prefetched hands f the socket prefetchInet collected for fd, if any.
+func (fl *Files) prefetched(fd *FD, f *model.File) (bool, error) {
+	if fl.inet == nil || fl.inet.pre == nil {
+		return false, nil
+	}
+	p, ok := fl.inet.pre[fd.Num]
+	if !ok {
+		return false, nil
+	}
+	delete(fl.inet.pre, fd.Num)
+	f.Kind, f.Path, f.Inet = p.file.Kind, p.file.Path, p.file.Inet
+	return true, p.err
 }

@@ -39,7 +39,10 @@ func (pipeKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 	pk, ok := fl.pipes[fd.Stat.Ino]
 	if !ok {
 		var err error
-		if pk.size, pk.data, err = peekPipe(pid, fd.Num); err != nil {
+		if fd.pipeKnown && fd.pipeQueued == 0 {
+			// Empty: its size is all (no reopen to tee from).
+			pk.size = uint32(fd.pipeSize)
+		} else if pk.size, pk.data, err = peekPipe(pid, fd.Num); err != nil {
 			return err
 		}
 		if fl.pipes == nil {

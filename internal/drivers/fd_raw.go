@@ -80,9 +80,10 @@ func describeRaw(st *model.InetSocketState) string {
 }
 
 // collectRaw reads the raw or ping socket s (a copy of fd's) into f.
-func collectRaw(fl *Files, pid int, fd *FD, f *model.File, s, family, typ, proto int) error {
+func collectRaw(fl *Files, fd *FD, f *model.File, s, family, typ, proto int) error {
 	ino := uint32(fd.Stat.Ino)
-	if err := sameNetns(s); err != nil {
+	id, err := fl.inetStateOf(s)
+	if err != nil {
 		return fmt.Errorf("%s %s socket %d: %w", familyName(family), map[bool]string{true: "raw", false: "ping"}[typ == unix.SOCK_RAW], ino, err)
 	}
 	st := &model.InetSocketState{Ino: ino, Family: uint32(family), Type: uint32(typ), Proto: uint32(proto), State: tcprepair.StateClose}
@@ -98,7 +99,7 @@ func collectRaw(fl *Files, pid int, fd *FD, f *model.File, s, family, typ, proto
 	if typ == unix.SOCK_RAW || st.Src.Port() != 0 {
 		// (A ping socket without identifier is neither bound nor
 		// connected, which would have given it one: not listed.)
-		if pe, err = procInetSock(pid, procInetTable(st), ino); err != nil {
+		if pe, err = procInetSock(id, procInetTable(st), ino); err != nil {
 			return fmt.Errorf("%s: %w", describeRaw(st), err)
 		}
 	}
@@ -111,7 +112,6 @@ func collectRaw(fl *Files, pid int, fd *FD, f *model.File, s, family, typ, proto
 		}
 	}
 	what := describeRaw(st)
-	id := fl.inetState()
 	if err := inetOpts(id, s, st); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
@@ -340,19 +340,25 @@ type procInet struct {
 	State         uint8
 }
 
-// procInetSock finds socket ino in table of pid's network namespace.
-func procInetSock(pid int, table string, ino uint32) (procInet, error) {
-	path := "/proc/" + strconv.Itoa(pid) + "/net/" + table
-	b, err := os.ReadFile(path)
-	if err != nil {
+// procInetSock finds socket ino in table of id's network namespace
+// (/proc/thread-self/net is the calling thread's).
+func procInetSock(id *inetDump, table string, ino uint32) (procInet, error) {
+	path := "/proc/thread-self/net/" + table
+	var b []byte
+	if err := id.inNetns(func() error {
+		var err error
+		b, err = os.ReadFile(path)
+		return err
+	}); err != nil {
 		return procInet{}, err
 	}
+	path = "/proc/net/" + table
 	p, ok, err := parseProcInet(b, ino)
 	if err != nil {
 		return procInet{}, fmt.Errorf("%s: %w", path, err)
 	}
 	if !ok {
-		return procInet{}, fmt.Errorf("socket %d not in %s (a socket of another network namespace than its task's: not supported yet)", ino, path)
+		return procInet{}, fmt.Errorf("socket %d not in its namespace's %s", ino, path)
 	}
 	return p, nil
 }

@@ -201,6 +201,9 @@ func (ttyKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 // files of processes outside the tree, and unix sockets whose peer is
 // outside it unless ext allows them (it marks those External).
 func (fl *Files) CheckFiles(t *model.Tree, shellJob bool, ext ExtUnix) error {
+	if err := fl.checkFDs(t); err != nil {
+		return err
+	}
 	if err := CheckTTYs(t, shellJob); err != nil {
 		return err
 	}

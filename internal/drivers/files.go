@@ -1,13 +1,9 @@
 package drivers
 
 import (
-	"bytes"
 	"fmt"
 	"os"
-	"slices"
-	"strconv"
 	"strings"
-	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -159,6 +155,11 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) (err error) {
 				return err
 			}
 		}
+		if hasOwnerState(f) {
+			if err := restoreOwner(r, s, fmt.Sprintf("fd %d", e.Num), uint64(e.Num), f); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -241,6 +242,10 @@ type Files struct {
 	memfds  map[[2]uint64]*model.MemfdState
 	ptys    map[uint32]*model.PtyState // by index
 	cttys   map[int]uint64             // controlling terminals' devices, by pid
+	// cloexec are the fds (indexes in the task's FDs) whose
+	// close-on-exec flag is still to be read in the task, by pid
+	// (CollectCloexec).
+	cloexec map[int][]int
 }
 
 // FDOptions are the dump's options for files that cannot be saved as
@@ -423,195 +428,17 @@ type FD struct {
 	Pos     uint64
 	Stat    unix.Stat_t
 	MntID   int
-	Info    *procfs.FDInfo
+	Info    *procfs.FDInfo // nil: not read (not needed)
 	kind    fdKind
-}
-
-// CollectFDs reads every fd of pid. A kind godwit cannot dump yet fails
-// with "fd N: KIND is not supported yet".
-//
-// Each fd costs five syscalls, relative to /proc/PID/fd and
-// /proc/PID/fdinfo opened once (no lookup of /proc/PID per call):
-// readlinkat and fstatat of the link, and the fdinfo file opened, read
-// whole in one read into a reused buffer, and closed. Two workers share
-// the fds (the machine's cores; the reads are independent).
-func CollectFDs(pid int) ([]FD, error) {
-	fdDir, err := unix.Open(procfs.Path(pid, "fd"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("procfs: list fds of %d: %w", pid, err)
-	}
-	defer unix.Close(fdDir)
-	infoDir, err := unix.Open(procfs.Path(pid, "fdinfo"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("procfs: fdinfo of %d: %w", pid, err)
-	}
-	defer unix.Close(infoDir)
-	nums, err := readFDNums(fdDir)
-	if err != nil {
-		return nil, fmt.Errorf("procfs: list fds of %d: %w", pid, err)
-	}
-	slices.Sort(nums)
-	out := make([]FD, len(nums))
-	const workers = 2
-	if len(nums) < 64 {
-		return out, collectFDRange(pid, fdDir, infoDir, nums, out)
-	}
-	errs := make([]error, workers)
-	var wg sync.WaitGroup
-	for w := range workers {
-		lo, hi := len(nums)*w/workers, len(nums)*(w+1)/workers
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[w] = collectFDRange(pid, fdDir, infoDir, nums[lo:hi], out[lo:hi])
-		}()
-	}
-	wg.Wait()
-	// The lowest fd's error, as one worker alone would give.
-	for _, err := range errs {
-		if err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
-}
-
-// readFDNums lists the fd numbers of an open /proc/PID/fd.
-func readFDNums(dir int) ([]int, error) {
-	var nums []int
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := unix.Getdents(dir, buf)
-		if err != nil {
-			return nil, err
-		}
-		if n <= 0 {
-			return nums, nil
-		}
-		// linux_dirent64: d_ino u64, d_off s64, d_reclen u16, d_type u8, d_name.
-		for b := buf[:n]; len(b) >= 19; {
-			reclen := int(le.Uint16(b[16:]))
-			if reclen < 19 || reclen > len(b) {
-				return nil, fmt.Errorf("bad directory entry of %d bytes", reclen)
-			}
-			name := b[19:reclen]
-			if i := bytes.IndexByte(name, 0); i >= 0 {
-				name = name[:i]
-			}
-			if fd, ok := atoiBytes(name); ok {
-				nums = append(nums, fd)
-			}
-			b = b[reclen:]
-		}
-	}
-}
-
-// atoiBytes parses a decimal fd number ("." and ".." are not).
-func atoiBytes(b []byte) (int, bool) {
-	if len(b) == 0 || len(b) > 10 {
-		return 0, false
-	}
-	n := 0
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int(c-'0')
-	}
-	return n, true
-}
-
-// collectFDRange reads the fds nums of pid into out.
-func collectFDRange(pid, fdDir, infoDir int, nums []int, out []FD) error {
-	link := make([]byte, unix.PathMax)
-	info := make([]byte, 4096)
-	var name []byte
-	for i, n := range nums {
-		name = strconv.AppendInt(name[:0], int64(n), 10)
-		sname := string(name)
-		fd := &out[i]
-		if err := unix.Fstatat(fdDir, sname, &fd.Stat, 0); err != nil {
-			return fmt.Errorf("fd %d: stat /proc/%d/fd/%d: %w", n, pid, n, err)
-		}
-		// A pipe's and a socket's link is their inode on pipefs and
-		// sockfs: no readlink needed.
-		var target string
-		switch pd := pseudoDevs(); {
-		case fd.Stat.Mode&unix.S_IFMT == unix.S_IFIFO && pd.pipe != 0 && fd.Stat.Dev == pd.pipe:
-			target = "pipe:[" + strconv.FormatUint(fd.Stat.Ino, 10) + "]"
-		case fd.Stat.Mode&unix.S_IFMT == unix.S_IFSOCK && pd.sock != 0 && fd.Stat.Dev == pd.sock:
-			target = "socket:[" + strconv.FormatUint(fd.Stat.Ino, 10) + "]"
-		default:
-			k, err := unix.Readlinkat(fdDir, sname, link)
-			if err != nil {
-				return fmt.Errorf("fd %d: readlink /proc/%d/fd/%d: %w", n, pid, n, err)
-			}
-			target = string(link[:k])
-		}
-		kind, unsupported := classify(target, &fd.Stat)
-		if kind == nil {
-			return fmt.Errorf("fd %d: %s is not supported yet", n, unsupported)
-		}
-		b, err := readFDInfo(infoDir, sname, &info)
-		if err != nil {
-			return fmt.Errorf("fd %d: fdinfo of %d: %w", n, pid, err)
-		}
-		fi, err := procfs.ParseFDInfo(b)
-		if err != nil {
-			return fmt.Errorf("fd %d: pid %d: %w", n, pid, err)
-		}
-		if err := kind.check(pid, n, fi.Flags); err != nil {
-			return fmt.Errorf("fd %d: %s %s: %w", n, kind.name(), target, err)
-		}
-		fd.Num, fd.Path = n, target
-		fd.Flags, fd.Cloexec = uint32(fi.Flags&^unix.O_CLOEXEC), fi.Flags&unix.O_CLOEXEC != 0
-		fd.Pos, fd.MntID, fd.Info, fd.kind = uint64(fi.Pos), fi.MntID, fi, kind
-	}
-	return nil
-}
-
-// pseudoDevs are the devices of pipefs and sockfs (0: unknown), learnt
-// from a pipe and a socket of godwit's own.
-var pseudoDevs = sync.OnceValue(func() (d struct{ pipe, sock uint64 }) {
-	var st unix.Stat_t
-	var p [2]int
-	if unix.Pipe2(p[:], unix.O_CLOEXEC) == nil {
-		if unix.Fstat(p[0], &st) == nil {
-			d.pipe = st.Dev
-		}
-		unix.Close(p[0])
-		unix.Close(p[1])
-	}
-	if s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err == nil {
-		if unix.Fstat(s, &st) == nil {
-			d.sock = st.Dev
-		}
-		unix.Close(s)
-	}
-	return d
-})
-
-// readFDInfo reads the fdinfo file name of the open /proc/PID/fdinfo dir
-// into *buf, grown as needed. The file is one seq_file record, so a read
-// that does not fill the buffer has it all.
-func readFDInfo(dir int, name string, buf *[]byte) ([]byte, error) {
-	f, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(f)
-	got := 0
-	for {
-		n, err := unix.Read(f, (*buf)[got:])
-		if err != nil {
-			return nil, err
-		}
-		got += n
-		if n == 0 || got < len(*buf) {
-			return (*buf)[:got], nil
-		}
-		*buf = append(*buf, make([]byte, len(*buf))...)
-	}
+	// cloexecUnknown: fdinfo was not read, so Cloexec is read in the
+	// task (collectCloexec).
+	cloexecUnknown bool
+	posKnown       bool // lseek told Pos
+	// pipe: a pipe's size and queued bytes (pipeKnown), read on
+	// godwit's copy of the fd.
+	pipeKnown            bool
+	pipeSize, pipeQueued int
+	owner                model.FileOwner
 }
 
 // descRef is an fd that holds an open file description of the tree.
@@ -696,8 +523,10 @@ func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 	if err != nil {
 		return nil, err
 	}
+	f.prefetchInet(pid, fds, func(i int) bool { return places[i].id == 0 && places[i].leader == i })
 	ids := make([]model.ID, len(fds))
 	out := make([]model.FD, 0, len(fds))
+	var unknown []int // indexes in out whose Cloexec the task tells
 	for i := range fds {
 		fd := &fds[i]
 		id := places[i].id
@@ -707,6 +536,7 @@ func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 			id = ids[places[i].leader] // the leader is a lower fd: done
 		default:
 			id = f.Reg(fd.Path, fd.Flags, fd.Pos, &fd.Stat, fd.MntID)
+			f.byID[id].Owner = fd.owner
 			if f.external(fd, f.byID[id]) {
 				break
 			}
@@ -718,6 +548,9 @@ func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 		}
 		ids[i] = id
 		e := model.FD{Num: fd.Num, File: id, Cloexec: fd.Cloexec}
+		if fd.cloexecUnknown {
+			unknown = append(unknown, len(out))
+		}
 		if fd.Info != nil {
 			posix, desc, err := fdLocks(fd.Info)
 			if err == nil && len(posix)+len(desc) > 0 && !f.FileLocks {
@@ -734,6 +567,12 @@ func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 		out = append(out, e)
 	}
 	f.mergeDescs(pid, fds, ids, pending)
+	if len(unknown) > 0 {
+		if f.cloexec == nil {
+			f.cloexec = map[int][]int{}
+		}
+		f.cloexec[pid] = unknown
+	}
 	return out, nil
 }
 

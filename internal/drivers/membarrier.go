@@ -20,7 +20,13 @@ const (
 	membarrierCmdRegisterPrivateExpSync  = 1 << 6
 	membarrierCmdPrivateExpRseq          = 1 << 7
 	membarrierCmdRegisterPrivateExpRseq  = 1 << 8
+	membarrierCmdGetRegistrations        = 1 << 9 // Linux 6.3+
 )
+
+// membarrierRegistrations are the MEMBARRIER_CMD_REGISTER_* commands
+// godwit restores.
+const membarrierRegistrations = membarrierCmdRegisterGlobalExpedited | membarrierCmdRegisterPrivateExp |
+	membarrierCmdRegisterPrivateExpSync | membarrierCmdRegisterPrivateExpRseq
 
 // membarrierProbes pairs each private expedited command with the command
 // that registers for it. The kernel keeps the registrations in
@@ -30,8 +36,9 @@ const (
 // effect, injected into the task.
 //
 // MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED leaves no such trace (the
-// global command succeeds in any mm, registered or not): it cannot be
-// detected, and a restored task is not registered for it.
+// global command succeeds in any mm, registered or not): without
+// MEMBARRIER_CMD_GET_REGISTRATIONS it cannot be detected, and a restored
+// task is not registered for it.
 var membarrierProbes = []struct {
 	cmd, register uint64
 	name          string
@@ -48,8 +55,22 @@ type membarrierDriver struct{}
 func (membarrierDriver) Name() string    { return "membarrier" }
 func (membarrierDriver) After() []string { return []string{PhaseThreads} }
 
-// CollectInjected probes each private expedited registration by effect.
+// CollectInjected reads the mm's registrations with one call
+// (MEMBARRIER_CMD_GET_REGISTRATIONS, which sees the global expedited one
+// too); before Linux 6.3, which lacks it, it probes each private
+// expedited registration by effect (four calls).
 func (membarrierDriver) CollectInjected(d *Dump, s *inject.Session) error {
+	regs, err := s.Call("membarrier(GET_REGISTRATIONS)", unix.SYS_MEMBARRIER, membarrierCmdGetRegistrations, 0, 0)
+	if err == nil {
+		if regs&^membarrierRegistrations != 0 {
+			return fmt.Errorf("membarrier registrations %#x unknown to godwit: cannot be restored", regs&^membarrierRegistrations)
+		}
+		d.Task.MM.Membarrier = uint32(regs)
+		return nil
+	}
+	if e, ok := inject.Errno(err); !ok || e != unix.EINVAL && e != unix.ENOSYS {
+		return err
+	}
 	supported, err := s.Call("membarrier(QUERY)", unix.SYS_MEMBARRIER, membarrierCmdQuery, 0, 0)
 	if err != nil {
 		if e, ok := inject.Errno(err); ok && e == unix.ENOSYS {

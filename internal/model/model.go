@@ -686,6 +686,20 @@ type File struct {
 	Tun      *TunState
 	// Locks are the flock and OFD locks of the description.
 	Locks []FileLock
+	// Owner is who is sent the description's SIGIO and SIGURG
+	// (F_SETOWN_EX) and with which signal (F_SETSIG); zero: nobody.
+	Owner FileOwner
+}
+
+// FileOwner is a file's owner (struct fown_struct): the task, process or
+// process group signalled (Pid in the tree, 0: none), the uid and euid of
+// the task that set it (they decide whether the signal may be sent), and
+// the signal (0: SIGIO).
+type FileOwner struct {
+	Type      int // F_OWNER_TID, F_OWNER_PID or F_OWNER_PGRP
+	Pid       int
+	UID, EUID uint32
+	Signum    int
 }
 
 // NetlinkSocketState is an AF_NETLINK socket: CRIU's netlink_sk_entry.

@@ -13,9 +13,10 @@
 //     namespace is dropped (LockNetns), the network-lock and
 //     network-unlock action scripts run around it.
 //
-// Rules are made with nft(8) in a table of the lock's own (the default)
-// or with iptables(8)/ip6tables(8) in a chain of its own; "skip" makes
-// none. Either way the rules are always removed on failure: a guard
+// Rules are made in an nftables table of the lock's own (the default),
+// over netfilter netlink (nfnl.go, nfrules.go: one batch per step, the
+// connections' 4-tuples as set elements), or with iptables(8)/
+// ip6tables(8) in a chain of its own; "skip" makes none. Either way the rules are always removed on failure: a guard
 // process (see guard.go) removes them when godwit dies before it decided
 // to keep them for a restore.
 package netlock
@@ -30,7 +31,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -215,8 +216,20 @@ func (l *Lock) Conns() []Conn {
 	for c := range l.conns {
 		cs = append(cs, c)
 	}
-	sort.Slice(cs, func(i, j int) bool { return cs[i].String() < cs[j].String() })
+	slices.SortFunc(cs, func(a, b Conn) int {
+		if c := a.Local.Compare(b.Local); c != 0 {
+			return c
+		}
+		return a.Remote.Compare(b.Remote)
+	})
 	return cs
+}
+
+// Count is the number of locked connections.
+func (l *Lock) Count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.conns)
 }
 
 // Lock drops every packet of conns from now on, in both directions, until

@@ -447,3 +447,64 @@ func TestMarkPasses(t *testing.T) {
 		})
 	}
 }
+
+// TestManyConns: 12,000 connections of each family, more than one
+// netlink message and one batch hold, all land in the sets with the
+// layout nft reads back (addr . port . addr . port).
+func TestManyConns(t *testing.T) {
+	ns := newTestNetns(t)
+	l, err := New(Nftables, 4243, ns.path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Unlock()
+	const n = 12000
+	var conns []Conn
+	for i := range n {
+		conns = append(conns,
+			Conn{netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), uint16(1000+i)), netip.MustParseAddrPort("10.9.8.7:443")},
+			Conn{netip.AddrPortFrom(netip.MustParseAddr("fd00::1"), uint16(1000+i)), netip.AddrPortFrom(netip.AddrFrom16([16]byte{0xfd, 15: byte(i), 14: byte(i >> 8)}), 8443)})
+	}
+	if err := l.Lock(conns); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ set, want string }{
+		{"conn4", "10.1.46.223 . 12999 . 10.9.8.7 . 443"},
+		{"conn6", "fd00::1 . 12999 . fd00::2edf . 8443"},
+	} {
+		out, err := commandIn(ns.f, "nft", "list", "set", "inet", l.Name(), c.set).CombinedOutput()
+		if err != nil {
+			t.Fatalf("nft list set %s: %v: %s", c.set, err, out)
+		}
+		_, elems, _ := strings.Cut(string(out), "elements =") // past the type line
+		if got := strings.Count(elems, " . ") / 3; got != n {
+			t.Errorf("set %s: %d elements, want %d", c.set, got, n)
+		}
+		if !strings.Contains(string(out), c.want) {
+			t.Errorf("set %s: no element %q", c.set, c.want)
+		}
+	}
+	// The rules made over netlink read back as the rules of rules.go.
+	out, err := commandIn(ns.f, "nft", "-s", "list", "table", "inet", l.Name()).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list table: %v: %s", err, out)
+	}
+	for _, want := range []string{
+		"chain input {\n\t\ttype filter hook input priority raw; policy accept;\n\t\tmeta mark 0x0060d317 accept\n" +
+			"\t\tip daddr . tcp dport . ip saddr . tcp sport @conn4 drop\n\t\tip6 daddr . tcp dport . ip6 saddr . tcp sport @conn6 drop\n" +
+			"\t\ttcp flags syn / syn,ack ip daddr . tcp dport @listen4 drop\n\t\ttcp flags syn / syn,ack ip6 daddr . tcp dport @listen6 drop\n" +
+			"\t\ttcp flags syn / syn,ack meta nfproto ipv4 tcp dport @listenany4 drop\n\t\ttcp flags syn / syn,ack meta nfproto ipv6 tcp dport @listenany6 drop\n\t}",
+		"chain output {\n\t\ttype filter hook output priority raw; policy accept;\n\t\tmeta mark 0x0060d317 accept\n" +
+			"\t\tip saddr . tcp sport . ip daddr . tcp dport @conn4 drop\n\t\tip6 saddr . tcp sport . ip6 daddr . tcp dport @conn6 drop\n\t}",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("nft list table: no\n%s\nin\n%s", want, out)
+		}
+	}
+	if err := l.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := l.exists(); err != nil || ok {
+		t.Fatalf("lock still there after Unlock (%v)", err)
+	}
+}

@@ -14,8 +14,28 @@ import (
 // their way in, not failed on their way out). Priority -300, before
 // conntrack, so that nothing of a locked connection reaches it.
 //
-// nftables: table inet NAME with sets conn4/conn6 of local addr . port .
-// remote addr . port and two base chains; the whole-namespace lock adds
+// nftables (made over netlink: nfrules.go): table inet NAME with sets
+// conn4/conn6 of local addr . port . remote addr . port and two base
+// chains, which nft list reads back as
+//
+//	chain input {
+//		type filter hook input priority raw; policy accept;
+//		meta mark 0x0060d317 accept
+//		ip daddr . tcp dport . ip saddr . tcp sport @conn4 drop
+//		ip6 daddr . tcp dport . ip6 saddr . tcp sport @conn6 drop
+//		tcp flags syn / syn,ack ip daddr . tcp dport @listen4 drop
+//		tcp flags syn / syn,ack ip6 daddr . tcp dport @listen6 drop
+//		tcp flags syn / syn,ack meta nfproto ipv4 tcp dport @listenany4 drop
+//		tcp flags syn / syn,ack meta nfproto ipv6 tcp dport @listenany6 drop
+//	}
+//	chain output {
+//		type filter hook output priority raw; policy accept;
+//		meta mark 0x0060d317 accept
+//		ip saddr . tcp sport . ip daddr . tcp dport @conn4 drop
+//		ip6 saddr . tcp sport . ip6 daddr . tcp dport @conn6 drop
+//	}
+//
+// (listen4/6: address . port; listenany4/6: port). The whole-namespace lock adds
 // "meta mark != Mark drop" to both chains. Packets marked Mark pass every
 // rule (the peer's FIN that tcprepair replays to a restored connection).
 //
@@ -25,31 +45,7 @@ import (
 func (l *Lock) create() error {
 	switch l.method {
 	case Nftables:
-		return l.run(fmt.Sprintf(`table inet %[1]s {
-	set conn4 { type ipv4_addr . inet_service . ipv4_addr . inet_service; }
-	set conn6 { type ipv6_addr . inet_service . ipv6_addr . inet_service; }
-	set listen4 { type ipv4_addr . inet_service; }
-	set listen6 { type ipv6_addr . inet_service; }
-	set listenany4 { type inet_service; }
-	set listenany6 { type inet_service; }
-	chain input {
-		type filter hook input priority -300; policy accept;
-		meta mark %#[2]x accept
-		ip daddr . tcp dport . ip saddr . tcp sport @conn4 drop
-		ip6 daddr . tcp dport . ip6 saddr . tcp sport @conn6 drop
-		tcp flags & (syn | ack) == syn ip daddr . tcp dport @listen4 drop
-		tcp flags & (syn | ack) == syn ip6 daddr . tcp dport @listen6 drop
-		tcp flags & (syn | ack) == syn meta nfproto ipv4 tcp dport @listenany4 drop
-		tcp flags & (syn | ack) == syn meta nfproto ipv6 tcp dport @listenany6 drop
-	}
-	chain output {
-		type filter hook output priority -300; policy accept;
-		meta mark %#[2]x accept
-		ip saddr . tcp sport . ip daddr . tcp dport @conn4 drop
-		ip6 saddr . tcp sport . ip6 daddr . tcp dport @conn6 drop
-	}
-}
-`, l.name, Mark), "nft", "-f", "-")
+		return nftCreate(l.netns, l.name)
 	case Iptables:
 		in, out := l.name+"-in", l.name+"-out"
 		rules := fmt.Sprintf("*filter\n:%[1]s - [0:0]\n:%[2]s - [0:0]\n-I INPUT 1 -j %[1]s\n-I OUTPUT 1 -j %[2]s\n"+
@@ -70,23 +66,15 @@ func (l *Lock) create() error {
 func (l *Lock) addConns(conns []Conn) error {
 	switch l.method {
 	case Nftables:
-		var e4, e6 []string
+		var k4, k6 [][]byte
 		for _, c := range conns {
-			e := fmt.Sprintf("%s . %d . %s . %d", nftAddr(c.Local.Addr()), c.Local.Port(), nftAddr(c.Remote.Addr()), c.Remote.Port())
 			if c.v4() {
-				e4 = append(e4, e)
+				k4 = append(k4, connKey(c))
 			} else {
-				e6 = append(e6, e)
+				k6 = append(k6, connKey(c))
 			}
 		}
-		var b strings.Builder
-		if len(e4) > 0 {
-			fmt.Fprintf(&b, "add element inet %s conn4 { %s }\n", l.name, strings.Join(e4, ", "))
-		}
-		if len(e6) > 0 {
-			fmt.Fprintf(&b, "add element inet %s conn6 { %s }\n", l.name, strings.Join(e6, ", "))
-		}
-		return l.run(b.String(), "nft", "-f", "-")
+		return nftAddElems(l.netns, l.name, []setElems{{"conn4", k4}, {"conn6", k6}})
 	case Iptables:
 		var r4, r6 strings.Builder
 		for _, c := range conns {
@@ -117,21 +105,22 @@ func (l *Lock) addConns(conns []Conn) error {
 func (l *Lock) addListeners(addrs []netip.AddrPort) error {
 	switch l.method {
 	case Nftables:
-		var b strings.Builder
+		var l4, l6, any4, any6 [][]byte
 		for _, a := range addrs {
 			p := a.Port()
+			port := []byte{byte(p >> 8), byte(p)}
 			switch {
 			case a.Addr().IsUnspecified() && a.Addr().Is4():
-				fmt.Fprintf(&b, "add element inet %s listenany4 { %d }\n", l.name, p)
+				any4 = append(any4, port)
 			case a.Addr().IsUnspecified():
-				fmt.Fprintf(&b, "add element inet %s listenany4 { %d }\nadd element inet %s listenany6 { %d }\n", l.name, p, l.name, p)
+				any4, any6 = append(any4, port), append(any6, port)
 			case a.Addr().Is4():
-				fmt.Fprintf(&b, "add element inet %s listen4 { %s . %d }\n", l.name, nftAddr(a.Addr()), p)
+				l4 = append(l4, keyPort(keyAddr(nil, a.Addr()), p))
 			default:
-				fmt.Fprintf(&b, "add element inet %s listen6 { %s . %d }\n", l.name, nftAddr(a.Addr()), p)
+				l6 = append(l6, keyPort(keyAddr(nil, a.Addr()), p))
 			}
 		}
-		return l.run(b.String(), "nft", "-f", "-")
+		return nftAddElems(l.netns, l.name, []setElems{{"listen4", l4}, {"listen6", l6}, {"listenany4", any4}, {"listenany6", any6}})
 	case Iptables:
 		var r4, r6 strings.Builder
 		for _, a := range addrs {
@@ -162,12 +151,10 @@ func (l *Lock) addListeners(addrs []netip.AddrPort) error {
 	return nil
 }
 
-func nftAddr(a netip.Addr) string { return a.WithZone("").String() }
-
 func (l *Lock) addWhole() error {
 	switch l.method {
 	case Nftables:
-		return l.run(fmt.Sprintf("add rule inet %[1]s input meta mark != %#[2]x drop\nadd rule inet %[1]s output meta mark != %#[2]x drop\n", l.name, Mark), "nft", "-f", "-")
+		return nftLockWhole(l.netns, l.name)
 	case Iptables:
 		rules := fmt.Sprintf("*filter\n-A %[1]s-in -m mark ! --mark %#[2]x -j DROP\n-A %[1]s-out -m mark ! --mark %#[2]x -j DROP\nCOMMIT\n", l.name, Mark)
 		if err := l.run(rules, "iptables-restore", "-w", "--noflush"); err != nil {
@@ -182,7 +169,7 @@ func (l *Lock) addWhole() error {
 func (l *Lock) remove() error {
 	switch l.method {
 	case Nftables:
-		return l.run("", "nft", "delete", "table", "inet", l.name)
+		return nftDeleteTable(l.netns, l.name)
 	case Iptables:
 		err := l.removeIptables("iptables")
 		if e6 := l.removeIptables("ip6tables"); err == nil {
@@ -202,12 +189,7 @@ func (l *Lock) removeIptables(tool string) error {
 func (l *Lock) exists() (bool, error) {
 	switch l.method {
 	case Nftables:
-		argv := []string{"nft", "list", "tables", "inet"}
-		out, err := commandIn(l.netns, argv...).CombinedOutput()
-		if err != nil {
-			return false, fmt.Errorf("%s: %v: %s", strings.Join(argv, " "), err, firstLine(out))
-		}
-		return strings.Contains(string(out)+"\n", "table inet "+l.name+"\n"), nil
+		return nftTableExists(l.netns, l.name)
 	case Iptables:
 		// iptables-nft's -L of a missing chain is not told apart from
 		// other failures: look for it in the table's listing.

@@ -359,3 +359,37 @@ func occupant(pid int) string {
 	}
 	return fmt.Sprintf(" by %q (state %s, parent %s)", s[i+1:j], f[0], f[1])
 }
+
+// Release detaches the stopped puppet's threads tids (the leader among
+// them) from its tracer, for another tracer to Adopt: ptrace ties a
+// tracee to one tracer thread, so spreading a tree over several threads
+// means handing tasks over. Until adopted they run the stub's loop,
+// pausing, untraced (the injection sessions are over: each thread is
+// back on the stub's registers).
+func (p *Puppet) Release(tids []int) error {
+	return p.tr.Do(func() error {
+		var errs []error
+		for _, tid := range tids {
+			if err := p.tr.Detach(tid, 0); err != nil {
+				errs = append(errs, fmt.Errorf("puppet %d: hand over thread %d: %w", p.Pid, tid, err))
+			}
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// Adopt seizes and stops the puppet's threads tids, released by their
+// former tracer, with tr, which traces the puppet from now on (Kill and
+// the clones use it).
+func (p *Puppet) Adopt(tr *ptrace.Tracer, tids []int) error {
+	p.tr = tr
+	return tr.Do(func() error {
+		tr.SetSyscallAddr(p.Pid, p.SyscallAddr)
+		for _, tid := range tids {
+			if _, err := tr.Attach(tid, TraceOptions); err != nil {
+				return fmt.Errorf("puppet %d: take over thread %d: %w", p.Pid, tid, err)
+			}
+		}
+		return nil
+	})
+}

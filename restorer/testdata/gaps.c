@@ -250,7 +250,8 @@ static void setup(void)
 		close(fd);
 	} else if (!strcmp(mode, "membarrier")) {
 		if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) ||
-		    syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0))
+		    syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) ||
+		    syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0))
 			BAD("membarrier register: %s", strerror(errno));
 	} else if (!strcmp(mode, "sleep")) {
 		pthread_t th;
@@ -368,6 +369,14 @@ static void check(void)
 			BAD("private expedited rseq: %s", strerror(errno));
 		if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE, 0, 0) != -1 || errno != EPERM)
 			BAD("sync-core registered, never asked for");
+		/* MEMBARRIER_CMD_GET_REGISTRATIONS (1 << 9, Linux 6.3+; older
+		 * headers lack it): the global registration too, which no
+		 * command's effect shows. */
+		long regs = syscall(SYS_membarrier, 1 << 9, 0, 0);
+		long want = MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED | MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ |
+			    MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED;
+		if (regs != -1 && regs != want)
+			BAD("registrations %#lx, want %#lx", regs, want);
 	} else if (!strcmp(mode, "sleep")) {
 		long s0 = slept;
 		for (int i = 0; i < 600 && slept < s0 + 2; i++)

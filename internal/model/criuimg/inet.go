@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"sync"
 
 	sk_inet "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-inet"
 	sk_opts "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-opts"
@@ -183,26 +184,56 @@ func readInet(id uint32, p *sk_inet.InetSkEntry) (*model.File, error) {
 }
 
 // writeTCPStreams writes each established connection's stream image.
+// A dump may hold thousands of connections and CRIU's format is a file
+// for each: two writers share them (the files are independent, and
+// making one costs more in the kernel than building it), each building
+// every image in one reused buffer, then writing it with one open,
+// write and close (no per-file buffers).
 func writeTCPStreams(d *images.Dir, t *model.Tree, written func(string)) error {
-	// A dump may hold thousands of connections and CRIU's format is a
-	// file for each: every image is built in one reused buffer, then
-	// written with one open, write and close (no per-file buffers).
-	var buf bytes.Buffer
-	bw := bufio.NewWriterSize(&buf, 64<<10)
 	kind, err := images.KindOf(TCPStreamImg(0))
 	if err != nil {
 		return err
 	}
+	var todo []*model.InetSocketState
 	for _, id := range t.FileIDs() {
 		s := t.Files[id].Inet
 		if s == nil || s.Stream == nil {
 			continue
 		}
+		if written != nil {
+			written(TCPStreamImg(s.Ino))
+		}
+		todo = append(todo, s)
+	}
+	const writers = 2
+	if len(todo) < 64 {
+		return writeTCPStreamRange(d, kind, todo)
+	}
+	errs := make([]error, writers)
+	var wg sync.WaitGroup
+	for w := range writers {
+		lo, hi := len(todo)*w/writers, len(todo)*(w+1)/writers
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[w] = writeTCPStreamRange(d, kind, todo[lo:hi])
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err // the first image's in order, as one writer would
+		}
+	}
+	return nil
+}
+
+func writeTCPStreamRange(d *images.Dir, kind images.Kind, todo []*model.InetSocketState) error {
+	var buf bytes.Buffer
+	bw := bufio.NewWriterSize(&buf, 64<<10)
+	for _, s := range todo {
 		st := s.Stream
 		name := TCPStreamImg(s.Ino)
-		if written != nil {
-			written(name)
-		}
 		buf.Reset()
 		// bw is a bufio.Writer already: the entry writer uses it as is.
 		w, err := images.NewEntryWriter(bw, name, kind)

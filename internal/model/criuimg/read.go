@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	core_x86 "github.com/checkpoint-restore/go-criu/v8/crit/images/core-x86"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/creds"
@@ -56,13 +58,13 @@ func Read(d *images.Dir) (*model.Tree, error) {
 	if t.Files, err = readFiles(d); err != nil {
 		return nil, err
 	}
+	tasks, err := readTasks(d, pss, t.Files)
+	if err != nil {
+		return nil, err
+	}
 	pids := map[int]bool{}
 	fdTables := map[model.ID][]model.FD{}
-	for _, ps := range pss {
-		k, err := readTask(d, ps, t.Files)
-		if err != nil {
-			return nil, err
-		}
+	for _, k := range tasks {
 		if pids[k.Pid] {
 			return nil, fmt.Errorf("%s: duplicate pid %d", images.PstreeImg, k.Pid)
 		}
@@ -89,6 +91,35 @@ func Read(d *images.Dir) (*model.Tree, error) {
 	}
 	return t, nil
 }
+
+// readTasks reads every task's images, several tasks at once (a tree's
+// are thousands of small files: the reads wait more than they compute),
+// each only reading files. The error is the first task's in tree order.
+func readTasks(d *images.Dir, pss []*pstree.PstreeEntry, files map[model.ID]*model.File) ([]*model.Task, error) {
+	tasks := make([]*model.Task, len(pss))
+	errs := make([]error, len(pss))
+	next := atomic.Int64{}
+	var wg sync.WaitGroup
+	for range min(readers, len(pss)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < len(pss); i = int(next.Add(1) - 1) {
+				tasks[i], errs[i] = readTask(d, pss[i], files)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return tasks, nil
+}
+
+// readers is how many tasks readTasks reads at once.
+const readers = 8
 
 // imgErr names the image in err unless it already does.
 func imgErr(name string, err error) error {
@@ -200,6 +231,9 @@ func readFiles(d *images.Dir) (map[model.ID]*model.File, error) {
 	}
 	if err := readTtys(d, ttys, files); err != nil {
 		return nil, err
+	}
+	if err := readOwners(fes, files); err != nil {
+		return nil, fmt.Errorf("%s: %w", images.FilesImg, err)
 	}
 	return files, nil
 }

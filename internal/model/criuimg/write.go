@@ -150,6 +150,9 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 			files = append(files, externPeerEntry(f.Unix, regID))
 		}
 	}
+	if err := setOwners(t, files); err != nil {
+		return err
+	}
 	if err := put(images.FilesImg, files...); err != nil {
 		return err
 	}
