@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // startListenerIn starts netconn listening on 127.0.0.1:port in n, in a
@@ -67,4 +69,35 @@ func TestNetnsOwnRefusedInGodwits(t *testing.T) {
 	}
 	// Where it was, it restores.
 	restoreHere(t, pid, dir, "--join-ns", "net:/run/netns/"+x.name)
+}
+
+// The whole-namespace lock of X, kept by a dump of a tree in X made from
+// outside, is removed in X by a restore that runs in Y (--join-ns): not
+// looked for in Y and left in X.
+func TestNetnsLockRemovedInLockedNetns(t *testing.T) {
+	needRoot(t)
+	x, y := makeNetns(t), makeNetns(t)
+	pid, waited := startListenerIn(t, x, 7802)
+	lock := "godwit-" + strconv.Itoa(pid) + "-"
+	dir := dumpFromOutside(t, pid, waited)
+	if !strings.Contains(x.ruleset(t), lock) {
+		t.Fatalf("no lock %s in X after the dump:\n%s", lock, x.ruleset(t))
+	}
+	restoreHere(t, pid, dir, "--join-ns", "net:/run/netns/"+y.name)
+	var a, b unix.Stat_t
+	if err := unix.Stat("/run/netns/"+y.name, &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat("/proc/"+strconv.Itoa(pid)+"/ns/net", &b); err != nil {
+		t.Fatalf("restored pid %d: %v", pid, err)
+	}
+	if a.Ino != b.Ino {
+		t.Fatalf("restored pid %d is in network namespace %d, not Y's %d", pid, b.Ino, a.Ino)
+	}
+	// The restore unlocks once the tree resumed (restoreHere returns
+	// as it runs untraced).
+	x.waitUnlocked(t, lock, "X after the restore in Y")
+	if s := y.ruleset(t); strings.Contains(s, lock) {
+		t.Fatalf("lock %s in Y:\n%s", lock, s)
+	}
 }

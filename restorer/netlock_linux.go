@@ -31,7 +31,11 @@ func adoptNetLock(o Options) (*netlock.Lock, error) {
 	if err != nil {
 		return nil, err
 	}
-	return netlock.Adopt(rec)
+	l, err := netlock.Adopt(rec)
+	if msg := l.Unreached(); err == nil && msg != "" {
+		logging.Default().Warnf("restore: %s", msg)
+	}
+	return l, err
 }
 
 // checkNetns refuses to restore a tree that had a network namespace of

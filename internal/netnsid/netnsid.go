@@ -33,7 +33,10 @@ func Of(path string) (ID, error) {
 	return ID{Dev: st.Dev, Ino: st.Ino}, nil
 }
 
-// Self is godwit's own network namespace (the calling thread's).
+// Self is godwit's own network namespace: the calling thread's. Not
+// the main thread's (/proc/self): a goroutine that setns'd on a locked
+// thread and ended can leave that one wedged in another namespace, while
+// a thread that runs unlocked goroutines is always in godwit's.
 func Self() (ID, error) { return Of("/proc/thread-self/ns/net") }
 
 // OfTask is task pid's network namespace.
