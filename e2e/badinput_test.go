@@ -64,15 +64,13 @@ func TestDumpUnsupportedFDResumes(t *testing.T) {
 		name, want string
 		open       func() (*os.File, error)
 	}{
-		// A raw socket shut down for reading: refused (raw sockets are
-		// dumped, but not their shutdown state). shutdown sets it even
-		// while it answers ENOTCONN on an unconnected socket.
+		// A shut-down raw socket: refused.
 		{"raw", "fd 3: socket socket:[", func() (*os.File, error) {
 			s, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
 			if err != nil {
 				return nil, err
 			}
-			_ = unix.Shutdown(s, unix.SHUT_RD)
+			_ = unix.Shutdown(s, unix.SHUT_RD) // ENOTCONN, but shut down all the same
 			return os.NewFile(uintptr(s), "raw"), nil
 		}},
 		// A character device with per-open state: reopening its path

@@ -355,34 +355,25 @@ func quiesce(t *testing.T, n *netns, w *netProc, peers []*peer, fill int) {
 	// has no room for.
 	waitFor(t, "the workload's send queues to fill", func() bool {
 		full := true
-		n.do(func() {
-			socks := map[uint32]*sockdiag.Inet{}
-			for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
-				s, err := sockdiag.DumpInet(fam, unix.IPPROTO_TCP)
-				if err != nil {
-					t.Error(err)
-				}
-				for k, v := range s {
-					socks[k] = v
-				}
-			}
-			for _, p := range peers {
-				peerAddr := p.c.LocalAddr().(*net.TCPAddr).AddrPort()
-				found := false
-				for _, s := range socks {
-					if s.Dst.Port() == peerAddr.Port() && s.Dst.Addr().Unmap() == peerAddr.Addr().Unmap() && s.Ino != 0 {
-						found = s.Wqueue >= 64<<10
-					}
-				}
-				full = full && found
-			}
-		})
+		for _, q := range connQueues(t, n, peers) {
+			full = full && q.prog != nil && q.prog.Wqueue >= 64<<10
+		}
 		return full
 	})
 	for _, p := range peers {
 		p.writing.Store(false)
 		p.waitWrite()
 	}
+	// The workload reads all its peers wrote before it holds: a
+	// receive queue left full would keep the fill below (and a FIN
+	// after it) in the peer's send queue, timing-dependent.
+	waitFor(t, "the workload to read what its peers wrote", func() bool {
+		done := true
+		for _, q := range connQueues(t, n, peers) {
+			done = done && q.prog != nil && q.peer != nil && q.prog.Rqueue == 0 && q.peer.Wqueue == 0
+		}
+		return done
+	})
 	w.toggleHold(t, 1)
 	for _, p := range peers {
 		before := p.sent.Load()
@@ -390,7 +381,50 @@ func quiesce(t *testing.T, n *netns, w *netProc, peers []*peer, fill int) {
 			t.Fatalf("fill the workload's receive queue: wrote %d of %d: %v", p.sent.Load()-before, fill, err)
 		}
 	}
-	time.Sleep(50 * time.Millisecond) // acknowledged
+	waitFor(t, "the fill to be received and acknowledged", func() bool {
+		done := true
+		for _, q := range connQueues(t, n, peers) {
+			done = done && q.prog != nil && q.peer != nil && q.prog.Rqueue >= uint32(fill) && q.peer.Wqueue == 0
+		}
+		return done
+	})
+}
+
+// connQueue is one connection as sock_diag shows it: the workload's end
+// and the peer's.
+type connQueue struct{ prog, peer *sockdiag.Inet }
+
+// connQueues finds the two ends of each peer's connection.
+func connQueues(t *testing.T, n *netns, peers []*peer) []connQueue {
+	t.Helper()
+	qs := make([]connQueue, len(peers))
+	n.do(func() {
+		var socks []*sockdiag.Inet
+		for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+			s, err := sockdiag.DumpInet(fam, unix.IPPROTO_TCP)
+			if err != nil {
+				t.Error(err)
+			}
+			for _, v := range s {
+				socks = append(socks, v)
+			}
+		}
+		for i, p := range peers {
+			peerAddr := p.c.LocalAddr().(*net.TCPAddr).AddrPort()
+			for _, s := range socks {
+				if s.Ino == 0 {
+					continue
+				}
+				if s.Dst.Port() == peerAddr.Port() && s.Dst.Addr().Unmap() == peerAddr.Addr().Unmap() {
+					qs[i].prog = s
+				}
+				if s.Src.Port() == peerAddr.Port() && s.Src.Addr().Unmap() == peerAddr.Addr().Unmap() {
+					qs[i].peer = s
+				}
+			}
+		}
+	})
+	return qs
 }
 
 // dumpNet dumps w with --tcp-established and waits until it is gone.
@@ -678,7 +712,7 @@ func TestNetServer(t *testing.T) {
 	checkDone(t, r.finish(t, w, peers), peers, 3)
 }
 
-// TestNetServerMany: a server with 40 clients, each with data queued
+// TestNetServerMany: a server with 20 clients, each with data queued
 // both ways, is dumped with its connections collected two at a time
 // (drivers.prefetchInet, from 16 inet sockets on) and restored: every
 // stream goes on where it stopped.
@@ -689,7 +723,7 @@ func TestNetServerMany(t *testing.T) {
 	w := startNet(t, n, "server", "127.0.0.1", port)
 	logOf = func([]*peer) string { return w.logTail() }
 	var peers []*peer
-	for range 40 {
+	for range 20 {
 		var c net.Conn
 		var err error
 		n.do(func() { c, err = net.Dial("tcp4", "127.0.0.1:"+port) })
@@ -948,6 +982,13 @@ func TestNetAddressNotLocal(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ip addr add: %v\n%s", err, out)
 	}
+	// The address's local route comes with its DAD completion, which
+	// the kernel runs from a work queue even with nodad: until then a
+	// connect to it fails with ENETUNREACH (seen under load).
+	waitFor(t, "the address's local route", func() bool {
+		n.do(func() { out, err = exec.Command("ip", "-6", "route", "show", "table", "local", addr).Output() })
+		return err == nil && strings.Contains(string(out), addr)
+	})
 	var ln net.Listener
 	n.do(func() { ln, err = net.Listen("tcp6", "["+addr+"]:0") })
 	if err != nil {
@@ -1038,17 +1079,6 @@ func TestNetClosingStates(t *testing.T) {
 			defer p.close()
 			runStreams(t, []*peer{p}, 256<<10)
 			quiesce(t, n, w, []*peer{p}, 8<<10)
-			if c.peerClose {
-				if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if c.progShut {
-				if err := unix.Kill(w.pid, unix.SIGHUP); err != nil {
-					t.Fatal(err)
-				}
-				w.waitLine(t, "shut")
-			}
 			state := func() uint8 {
 				var st uint8
 				n.do(func() {
@@ -1063,6 +1093,21 @@ func TestNetClosingStates(t *testing.T) {
 					}
 				})
 				return st
+			}
+			if c.peerClose {
+				if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+					t.Fatal(err)
+				}
+				// The peer's FIN in before the program shuts its side:
+				// one that came after would make it CLOSING, not
+				// LAST_ACK.
+				waitFor(t, "the peer's FIN to arrive", func() bool { return state() == 8 })
+			}
+			if c.progShut {
+				if err := unix.Kill(w.pid, unix.SIGHUP); err != nil {
+					t.Fatal(err)
+				}
+				w.waitLine(t, "shut")
 			}
 			waitFor(t, c.name, func() bool { return state() == c.want })
 			dir := dumpNet(t, n, w)

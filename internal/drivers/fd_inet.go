@@ -580,7 +580,11 @@ func makeInet(rs *restoreFDs, st *model.InetSocketState) (int, error) {
 // restoreConn rebuilds the established connection st in godwit (its
 // listeners made first: listenersFirst). It touches nothing shared, so
 // several run at once (premakeConns).
-func restoreConn(st *model.InetSocketState) (int, error) {
+func restoreConn(st *model.InetSocketState) (int, error) { return restoreConnWith(st, nil) }
+
+// restoreConnWith is restoreConn comparing the options with fresh (nil:
+// with the socket's own values, read one by one).
+func restoreConnWith(st *model.InetSocketState, fresh *freshInts) (int, error) {
 	ms := st.Stream
 	rst := &tcprepair.Stream{
 		State: uint8(st.State), InSeq: ms.InSeq, OutSeq: ms.OutSeq, InQ: ms.InQ, OutQ: ms.OutQ, Unsent: ms.Unsent,
@@ -590,13 +594,13 @@ func restoreConn(st *model.InetSocketState) (int, error) {
 		rst.Window = &tcprepair.Window{SndWl1: ms.SndWl1, SndWnd: ms.SndWnd, MaxWindow: ms.MaxWnd, RcvWnd: ms.RcvWnd, RcvWup: ms.RcvWup}
 	}
 	s, err := tcprepair.Restore(int(st.Family), int(st.Proto), sockaddr(st.Family, st.Src), sockaddr(st.Family, st.Dst), rst,
-		func(s int) error { return setInetOpts(s, st, false, true) })
+		func(s int) error { return setInetOptsWith(s, st, false, true, fresh) })
 	if err != nil {
 		return -1, notLocal(st, err)
 	}
 	// Repair mode bound it whatever held the port; SO_REUSEADDR
 	// as the task had it (leaving repair cleared it).
-	if err := setInetOpts(s, st, true, false); err != nil {
+	if err := setInetOptsWith(s, st, true, false, fresh); err != nil {
 		unix.Close(s)
 		return -1, err
 	}
@@ -655,6 +659,8 @@ func (rs *restoreFDs) premakeConns() error {
 	}
 	made := make([]int, len(todo))
 	errs := make([]error, len(todo))
+	fresh := newFreshSet()
+	defer fresh.close()
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range min(runtime.GOMAXPROCS(0), len(todo)) {
@@ -666,7 +672,7 @@ func (rs *restoreFDs) premakeConns() error {
 				if i >= len(todo) {
 					return
 				}
-				made[i], errs[i] = restoreConn(todo[i])
+				made[i], errs[i] = restoreConnWith(todo[i], fresh.of(todo[i]))
 			}
 		}()
 	}
@@ -955,6 +961,12 @@ func readNotsentLowat() (int, bool) {
 // with the kernel's forced reuse, which SO_REUSEADDR would undo: it is
 // set after (after), once the connection is made.
 func setInetOpts(s int, st *model.InetSocketState, after, repair bool) error {
+	return setInetOptsWith(s, st, after, repair, nil)
+}
+
+// setInetOptsWith is setInetOpts comparing each option with fresh's
+// value (nil: with the socket's own, read first).
+func setInetOptsWith(s int, st *model.InetSocketState, after, repair bool, fresh *freshInts) error {
 	o := &st.Inet
 	b := func(v bool) int {
 		if v {
@@ -964,15 +976,16 @@ func setInetOpts(s int, st *model.InetSocketState, after, repair bool) error {
 	}
 	type opt = sockOpt
 	if after {
+		// Leaving repair mode reset it: the socket's own value.
 		return setInts(s, []opt{{unix.SOL_SOCKET, unix.SO_REUSEADDR, b(o.ReuseAddr), "SO_REUSEADDR"}})
 	}
 	if st.Family == unix.AF_INET {
 		// IP_TOS sets the priority too: before SO_PRIORITY.
-		if err := setInts(s, []opt{{unix.SOL_IP, unix.IP_TOS, int(o.TOS), "IP_TOS"}}); err != nil {
+		if err := setIntsWith(s, []opt{{unix.SOL_IP, unix.IP_TOS, int(o.TOS), "IP_TOS"}}, fresh); err != nil {
 			return err
 		}
 	}
-	if err := setInetSocketOpts(s, &st.Opts); err != nil {
+	if err := setInetSocketOptsWith(s, &st.Opts, fresh); err != nil {
 		return err
 	}
 	var os []opt
@@ -1008,7 +1021,7 @@ func setInetOpts(s int, st *model.InetSocketState, after, repair bool) error {
 			}
 		}
 	}
-	if err := setInts(s, os); err != nil {
+	if err := setIntsWith(s, os, fresh); err != nil {
 		return err
 	}
 	if st.BindDev != "" {
@@ -1035,9 +1048,13 @@ type sockOpt struct {
 	name          string
 }
 
-func setInts(s int, os []sockOpt) error {
+func setInts(s int, os []sockOpt) error { return setIntsWith(s, os, nil) }
+
+// setIntsWith is setInts comparing with fresh's values (nil: the
+// socket's own).
+func setIntsWith(s int, os []sockOpt, fresh *freshInts) error {
 	for _, o := range os {
-		cur, err := unix.GetsockoptInt(s, o.level, o.opt)
+		cur, err := fresh.get(s, o.level, o.opt)
 		if err == nil && cur == o.v || o.v == 0 && unsupportedOpt(err) {
 			continue // as wanted, or an option MPTCP has not
 		}
@@ -1078,10 +1095,11 @@ func inetSocketOpts(s int) (model.SocketOpts, error) {
 	return o, socketTimeoutsFilter(s, &o)
 }
 
-// setInetSocketOpts gives s the dumped socket-level options; buffer
+// setInetSocketOptsWith gives s the dumped socket-level options; buffer
 // sizes only where they differ from a new socket's (setting one locks it
 // against autotuning).
-func setInetSocketOpts(s int, o *model.SocketOpts) error {
+// Values are compared with fresh's (nil: the socket's own).
+func setInetSocketOptsWith(s int, o *model.SocketOpts, fresh *freshInts) error {
 	if o.PassCred || o.PassSec {
 		return errors.New("SO_PASSCRED or SO_PASSSEC on an inet socket")
 	}
@@ -1090,7 +1108,7 @@ func setInetSocketOpts(s int, o *model.SocketOpts) error {
 		v        uint32
 		what     string
 	}{{unix.SO_SNDBUF, unix.SO_SNDBUFFORCE, o.SndBuf, "SO_SNDBUF"}, {unix.SO_RCVBUF, unix.SO_RCVBUFFORCE, o.RcvBuf, "SO_RCVBUF"}} {
-		cur, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, b.get)
+		cur, err := fresh.get(s, unix.SOL_SOCKET, b.get)
 		if err != nil {
 			return fmt.Errorf("getsockopt %s: %w", b.what, err)
 		}
@@ -1101,11 +1119,14 @@ func setInetSocketOpts(s int, o *model.SocketOpts) error {
 			}
 		}
 	}
-	if err := setInts(s, []sockOpt{
-		{unix.SOL_SOCKET, unix.SO_PRIORITY, int(o.Priority), "SO_PRIORITY"},
+	// IP_TOS, set before, sets the priority too: the socket's own.
+	if err := setInts(s, []sockOpt{{unix.SOL_SOCKET, unix.SO_PRIORITY, int(o.Priority), "SO_PRIORITY"}}); err != nil {
+		return err
+	}
+	if err := setIntsWith(s, []sockOpt{
 		{unix.SOL_SOCKET, unix.SO_RCVLOWAT, int(o.RcvLowat), "SO_RCVLOWAT"},
 		{unix.SOL_SOCKET, unix.SO_MARK, int(o.Mark), "SO_MARK"},
-	}); err != nil {
+	}, fresh); err != nil {
 		return err
 	}
 	for _, t := range []struct {
@@ -1212,4 +1233,70 @@ func (fl *Files) prefetched(fd *FD, f *model.File) (bool, error) {
 	delete(fl.inet.pre, fd.Num)
 	f.Kind, f.Path, f.Inet = p.file.Kind, p.file.Path, p.file.Inet
 	return true, p.err
+}
+
+// freshInts are the integer options of a fresh socket of one family,
+// type and protocol, each read once from a socket made for the purpose:
+// a restore of thousands of connections compares each wanted value
+// with them instead of reading every option of every socket before
+// setting it (a socket is made with the defaults, so its own value is
+// the fresh one until godwit sets it). Safe for concurrent use.
+type freshInts struct {
+	mu   sync.Mutex
+	s    int
+	vals map[[2]int]freshVal
+}
+
+type freshVal struct {
+	v   int
+	err error
+}
+
+// get is option (level, opt) of a fresh socket; with a nil f, that of s.
+func (f *freshInts) get(s, level, opt int) (int, error) {
+	if f == nil {
+		return unix.GetsockoptInt(s, level, opt)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k := [2]int{level, opt}
+	if v, ok := f.vals[k]; ok {
+		return v.v, v.err
+	}
+	v, err := unix.GetsockoptInt(f.s, level, opt)
+	f.vals[k] = freshVal{v, err}
+	return v, err
+}
+
+// freshSet makes the freshInts of each kind of socket a restore needs.
+type freshSet struct {
+	mu    sync.Mutex
+	kinds map[[3]uint32]*freshInts
+}
+
+func newFreshSet() *freshSet { return &freshSet{kinds: map[[3]uint32]*freshInts{}} }
+
+// of is the freshInts for sockets like st (nil if no fresh socket could
+// be made: each socket's own values are read then).
+func (fs *freshSet) of(st *model.InetSocketState) *freshInts {
+	k := [3]uint32{st.Family, st.Type, st.Proto}
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if f, ok := fs.kinds[k]; ok {
+		return f
+	}
+	var f *freshInts
+	if s, err := unix.Socket(int(st.Family), int(st.Type)|unix.SOCK_CLOEXEC, int(st.Proto)); err == nil {
+		f = &freshInts{s: s, vals: map[[2]int]freshVal{}}
+	}
+	fs.kinds[k] = f
+	return f
+}
+
+func (fs *freshSet) close() {
+	for _, f := range fs.kinds {
+		if f != nil {
+			unix.Close(f.s)
+		}
+	}
 }

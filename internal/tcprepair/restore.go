@@ -92,21 +92,24 @@ func Restore(family, proto int, local, remote unix.Sockaddr, st *Stream, prepare
 	}
 	sent := st.OutQ[:uint32(len(st.OutQ))-st.Unsent]
 	unsent := st.OutQ[len(sent):]
-	oldSnd, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_SNDBUF)
-	if err != nil {
-		return -1, fmt.Errorf("SO_SNDBUF: %w", err)
-	}
 	// Refilling a send queue larger than the buffer would block: the
-	// buffer is forced up for the refill and put back after.
-	if need := 2*len(st.OutQ) + 64<<10; need > oldSnd {
-		if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, need); err != nil {
-			return -1, fmt.Errorf("SO_SNDBUFFORCE %d: %w", need, err)
+	// buffer is forced up for the refill (and the unsent writes) and
+	// put back after. An empty queue needs neither.
+	if len(st.OutQ) > 0 {
+		oldSnd, gerr := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_SNDBUF)
+		if gerr != nil {
+			return -1, fmt.Errorf("SO_SNDBUF: %w", gerr)
 		}
-		defer func() {
-			if e := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, oldSnd/2); e != nil && err == nil {
-				err = fmt.Errorf("SO_SNDBUFFORCE %d: %w", oldSnd/2, e)
+		if need := 2*len(st.OutQ) + 64<<10; need > oldSnd {
+			if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, need); err != nil {
+				return -1, fmt.Errorf("SO_SNDBUFFORCE %d: %w", need, err)
 			}
-		}()
+			defer func() {
+				if e := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, oldSnd/2); e != nil && err == nil {
+					err = fmt.Errorf("SO_SNDBUFFORCE %d: %w", oldSnd/2, e)
+				}
+			}()
+		}
 	}
 	if err := fill(s, tcpSendQueue, sent); err != nil {
 		return -1, fmt.Errorf("send queue: %w", err)

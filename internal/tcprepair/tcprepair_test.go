@@ -103,6 +103,29 @@ func waitState(t *testing.T, s int, want uint8) {
 	}
 }
 
+// waitHeld waits until all that a sent is acknowledged and the rest is
+// held back by the peer's closed window (nothing in flight): the state a
+// dump must see for the restored connection to go on at once. Data in
+// flight at the dump, which the peer then drops (its buffer full),
+// would be retransmitted by the restored socket only on its timer, at
+// backed-off intervals of seconds: a read that waits for it is a race.
+func waitHeld(t *testing.T, a int) {
+	t.Helper()
+	for i := 0; ; i++ {
+		in, err := unix.GetsockoptTCPInfo(a, unix.SOL_TCP, unix.TCP_INFO)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if in.Unacked == 0 && in.Snd_wnd == 0 && in.Notsent_bytes > 0 {
+			return
+		}
+		if i > 10000 {
+			t.Fatalf("window not closed with nothing in flight: %d segments unacknowledged, window %d, %d bytes not sent", in.Unacked, in.Snd_wnd, in.Notsent_bytes)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // readAll reads s until EOF or until n bytes, with a deadline.
 func readN(t *testing.T, s int, n int) []byte {
 	t.Helper()
@@ -203,7 +226,7 @@ func TestEstablished(t *testing.T) {
 			}
 			toB := pattern("to-b", 4<<20)
 			sent := fillPeer(t, a, toB)
-			time.Sleep(20 * time.Millisecond) // let the window close
+			waitHeld(t, a)
 			a2, st := dumpRestore(t, fam, a)
 			if len(st.InQ) != len(toA) || len(st.OutQ) == 0 {
 				t.Fatalf("dumped %d bytes to read (want %d), %d to send", len(st.InQ), len(toA), len(st.OutQ))
@@ -325,7 +348,7 @@ func TestClosingStates(t *testing.T) {
 		if err := unix.Shutdown(a, unix.SHUT_WR); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		waitHeld(t, a)
 		if s := state(t, a); s != StateFinWait1 {
 			t.Fatalf("not in FIN_WAIT1 but %s", StateName(s))
 		}
@@ -350,6 +373,7 @@ func TestClosingStates(t *testing.T) {
 		if err := unix.Shutdown(a, unix.SHUT_WR); err != nil {
 			t.Fatal(err)
 		}
+		waitHeld(t, a)
 		if s := state(t, a); s != StateLastAck {
 			t.Fatalf("not in LAST_ACK but %s", StateName(s))
 		}

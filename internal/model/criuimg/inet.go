@@ -287,14 +287,42 @@ func writeWhole(d *images.Dir, name string, b []byte) error {
 // readTCPStreams reads the stream of each connected TCP socket: CRIU
 // writes one for every TCP socket in a connected state.
 func readTCPStreams(d *images.Dir, files map[model.ID]*model.File) error {
-	br := bufio.NewReaderSize(nil, 64<<10)
+	var todo []*model.InetSocketState
 	for _, f := range files {
 		s := f.Inet
 		if s == nil || s.Type != unix.SOCK_STREAM || s.State == 7 || s.State == 10 { // TCP_CLOSE, TCP_LISTEN
 			continue
 		}
-		name := TCPStreamImg(s.Ino)
-		st, err := readTCPStream(d, name, br)
+		todo = append(todo, s)
+	}
+	// Two readers share thousands of images (as two writers made them).
+	const readers = 2
+	if len(todo) < 64 {
+		return readTCPStreamRange(d, todo)
+	}
+	errs := make([]error, readers)
+	var wg sync.WaitGroup
+	for w := range readers {
+		lo, hi := len(todo)*w/readers, len(todo)*(w+1)/readers
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[w] = readTCPStreamRange(d, todo[lo:hi])
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func readTCPStreamRange(d *images.Dir, todo []*model.InetSocketState) error {
+	br := bufio.NewReaderSize(nil, 64<<10)
+	for _, s := range todo {
+		st, err := readTCPStream(d, TCPStreamImg(s.Ino), br)
 		if errors.Is(err, os.ErrNotExist) {
 			continue // dumped without --tcp-established: restore refuses it
 		}
