@@ -31,11 +31,7 @@ func adoptNetLock(o Options) (*netlock.Lock, error) {
 	if err != nil {
 		return nil, err
 	}
-	l, err := netlock.Adopt(rec)
-	if msg := l.Unreached(); err == nil && msg != "" {
-		logging.Default().Warnf("restore: %s", msg)
-	}
-	return l, err
+	return netlock.Adopt(rec)
 }
 
 // checkNetns refuses to restore a tree that had a network namespace of
@@ -107,6 +103,12 @@ func (r *Restorer) unlockNetwork() error {
 	r.netLock = nil
 	if err := unlockNetwork(l, r.img.pid, r.scripts); err != nil {
 		return err
+	}
+	if msg := l.Unreached(); msg != "" {
+		// Said once the tree runs without it (a failed restore keeps
+		// the record for a retry, which says it again).
+		r.log.Warnf("restore %d: %s", r.img.pid, msg)
+		return nil
 	}
 	r.log.Infof("restore %d: network unlocked (%s)", r.img.pid, l.Name())
 	return nil
