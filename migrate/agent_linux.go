@@ -463,7 +463,7 @@ func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
 				return phaseErr(phase, err)
 			}
 			if err := in.send(&pb.Envelope{Msg: &pb.Envelope_RoundAck{RoundAck: &pb.RoundAck{N: m.GetRoundDone().N,
-				PageBytes: uint64(max(in.pageBytes(), 0))}}}); err != nil {
+				PageBytes: uint64(in.pageBytes())}}}); err != nil {
 				return phaseErr(phase, err)
 			}
 		case m.GetFile() != nil:
