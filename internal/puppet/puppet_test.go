@@ -97,6 +97,11 @@ func TestImage(t *testing.T) {
 	if string(img[:4]) != "\x7fELF" || img[SyscallOffset] != 0x0f || img[SyscallOffset+1] != 0x05 {
 		t.Errorf("bad image % x", img)
 	}
+	// The injection point is followed by the jump back to the top, the
+	// last instruction, and the name comes after the code.
+	if end := SyscallOffset + 4; end != codeOffset+len(stubCode) || end > NameOffset {
+		t.Errorf("code ends at %#x, injection point at %#x, name at %#x", codeOffset+len(stubCode), SyscallOffset, NameOffset)
+	}
 }
 
 func TestStart(t *testing.T) {
@@ -125,8 +130,11 @@ func TestStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(fds) != 3 {
-		t.Errorf("puppet fds %v, want only 0 1 2", fds)
+	if len(fds) != 4 {
+		t.Errorf("puppet fds %v, want only 0 1 2 and the lifeline", fds)
+	}
+	if err := p.checkLifeline(); err != nil {
+		t.Error(err)
 	}
 }
 
