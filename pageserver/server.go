@@ -319,15 +319,15 @@ func (s *Server) acceptTCP(ctx context.Context, ln *Listener) error {
 			go s.serveTLS(ctx, c, ln.tlsConf, ln.compress)
 			continue
 		}
-		if !s.admit(c, c.RemoteAddr()) {
+		// A lazy session reads outside the netpoller (rawReadConn):
+		// closing it at shutdown must shut it down first.
+		cl := shutdownCloser{c}
+		if !s.admit(cl, c.RemoteAddr()) {
 			continue
 		}
 		s.m.conn(string(TransportTCP))
 		go func() {
-			defer s.release(c, c.RemoteAddr())
-			// A lazy session reads outside the netpoller (rawReadConn):
-			// only a shutdown wakes it when the server stops.
-			defer context.AfterFunc(ctx, func() { shutdownTCP(c) })()
+			defer s.release(cl, c.RemoteAddr())
 			if !ln.compress {
 				s.serveTCP(c, c, c.(*net.TCPConn))
 				return
