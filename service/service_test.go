@@ -505,4 +505,45 @@ func TestGroupClientActsOnProcesses(t *testing.T) {
 			t.Errorf("group member dumping with %s: %v", name, resp)
 		}
 	}
+	// A page server reads the parent chain as root too.
+	ps := &rpc.CriuReq{Type: rpc.CriuReqType_PAGE_SERVER.Enum(), Opts: &rpc.CriuOpts{ImagesDirFd: ptr(int32(0)), ParentImg: ptr("/root")}}
+	if resp, _ := runClient(t, nobody, s.Addr(), ps, own); resp.GetSuccess() || !strings.Contains(resp.GetCrErrmsg(), "not allowed to clients admitted by --service-group") {
+		t.Errorf("group member starting a page server with parent_img: %v", resp)
+	}
+	// Nor bind a port the client could not bind itself.
+	ps = &rpc.CriuReq{Type: rpc.CriuReqType_PAGE_SERVER.Enum(), Opts: &rpc.CriuOpts{ImagesDirFd: ptr(int32(0)), Ps: &rpc.CriuPageServerInfo{Port: ptr(int32(80))}}}
+	if resp, _ := runClient(t, nobody, s.Addr(), ps, own); resp.GetSuccess() || !strings.Contains(resp.GetCrErrmsg(), "port 80: not allowed to clients admitted by --service-group") {
+		t.Errorf("group member starting a page server on port 80: %v", resp)
+	}
+	// freeze_cgroup names a directory the client made, looking like a
+	// cgroup holding its process, whose cgroup.freeze links to a file
+	// only root may write: the dump must not write through it.
+	victim := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(victim, []byte("precious\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cg := filepath.Join(own, "cg")
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(mine.Process.Pid)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cg, "cgroup.events"), []byte("populated 1\nfrozen 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(cg, "cgroup.freeze")); err != nil {
+		t.Fatal(err)
+	}
+	req := dump(mine.Process.Pid)
+	req.Opts.FreezeCgroup = ptr(cg)
+	if resp, _ := runClient(t, nobody, s.Addr(), req, own); resp.GetSuccess() || !strings.Contains(resp.GetCrErrmsg(), "freeze_cgroup: not allowed to clients admitted by --service-group") {
+		t.Errorf("group member dumping with freeze_cgroup: %v", resp)
+	}
+	if b, err := os.ReadFile(victim); err != nil || string(b) != "precious\n" {
+		t.Errorf("file behind the client's cgroup.freeze link: %q, %v", b, err)
+	}
+	if tr := tracer(mine.Process.Pid); tr != "0" {
+		t.Errorf("its process after the refused freeze_cgroup dump: tracer %s", tr)
+	}
 }
