@@ -452,13 +452,25 @@ func (s *Server) release(c io.Closer, peer net.Addr) {
 	s.wg.Done()
 }
 
+// closeAll shuts down and closes every connection. A lazy session reads
+// in RawConn.Control (rawReadConn), and Close waits for that Control to
+// return: the shutdown wakes it first (a Control on a closing descriptor
+// is refused, so it could not come after), and the Closes run without
+// s.mu, which the sessions' release takes.
 func (s *Server) closeAll() {
 	s.mu.Lock()
 	s.closing = true
+	conns := make([]io.Closer, 0, len(s.conns))
 	for c := range s.conns {
-		c.Close()
+		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	for _, c := range conns {
+		if nc, ok := c.(net.Conn); ok {
+			shutdownTCP(nc)
+		}
+		c.Close()
+	}
 }
 
 // serveTCP serves one admitted connection: conn is c itself or the TLS
