@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"debug/elf"
 	"encoding/binary"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"godwit/internal/images"
 	"godwit/internal/model"
@@ -58,18 +61,18 @@ func TestRestoreCRIU42Images(t *testing.T) {
 		{"fds", []string{"ticks"}, "verdict", 1},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			tree, exe := restoreFixture(t, c.name, c.vars)
+			tree, exe, ns := restoreFixture(t, c.name, c.vars)
 			if c.answer == "" {
 				return
 			}
 			root := tree.Tasks[0].Pid
-			if err := syscall.Kill(root, syscall.SIGUSR1); err != nil {
+			if err := ns.signal(root, unix.SIGUSR1); err != nil {
 				t.Fatal(err)
 			}
 			addr := symbols(t, exe, []string{c.answer})[0]
 			var got uint64
 			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-				got = readWord(t, root, addr)
+				got = readWordAt(t, ns.proc, root, addr)
 				if got != 0 || time.Now().After(deadline) {
 					break
 				}
@@ -84,7 +87,13 @@ func TestRestoreCRIU42Images(t *testing.T) {
 // readWord reads the 8 bytes at addr in pid's memory.
 func readWord(t *testing.T, pid int, addr uint64) uint64 {
 	t.Helper()
-	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/mem")
+	return readWordAt(t, "/proc", pid, addr)
+}
+
+// readWordAt is readWord with pid seen in the proc mount proc.
+func readWordAt(t *testing.T, proc string, pid int, addr uint64) uint64 {
+	t.Helper()
+	f, err := os.Open(proc + "/" + strconv.Itoa(pid) + "/mem")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +145,41 @@ func installFixture(t *testing.T, name string) string {
 	return exe
 }
 
-func restoreFixture(t *testing.T, name string, vars []string) (*model.Tree, string) {
+// fixtureNS is the PID namespace a fixture is restored in, so that its
+// dumped PIDs are free whatever runs on the machine: a shell is its init,
+// and proc (its /proc, seen through the shell's root) shows its PIDs.
+type fixtureNS struct {
+	proc string
+}
+
+// signal sends sig to pid of the namespace, through a pidfd of its /proc
+// directory (the PID means nothing out here).
+func (ns fixtureNS) signal(pid int, sig unix.Signal) error {
+	fd, err := unix.Open(ns.proc+"/"+strconv.Itoa(pid), unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.PidfdSendSignal(fd, sig, nil, 0)
+}
+
+// statAt is statOf with pid seen in the proc mount proc.
+func statAt(proc string, pid int) (taskInfo, bool) {
+	b, err := os.ReadFile(proc + "/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return taskInfo{}, false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+2:]))
+	atoi := func(s string) int { n, _ := strconv.Atoi(s); return n }
+	st := f[0][0]
+	if st == 'R' || st == 'D' {
+		st = 'S'
+	}
+	return taskInfo{State: st, Ppid: atoi(f[1]), Pgid: atoi(f[2]), Sid: atoi(f[3])}, true
+}
+
+func restoreFixture(t *testing.T, name string, vars []string) (*model.Tree, string, fixtureNS) {
 	src := filepath.Join("testdata/criu42", name+"-images")
 	exe := filepath.Join("/tmp/godwit-criu42", name)
 	sd, err := images.Open(src, false)
@@ -147,15 +190,6 @@ func restoreFixture(t *testing.T, name string, vars []string) (*model.Tree, stri
 	sd.Close()
 	if err != nil {
 		t.Fatalf("read %s: %v", src, err)
-	}
-	// Another test's short-lived process may hold a fixture's PID for
-	// a moment on a busy machine: wait for it to go.
-	for _, k := range tree.Tasks {
-		for deadline := time.Now().Add(30 * time.Second); pidExists(k.Pid); time.Sleep(50 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("pid %d, the fixture's, is in use: the fixture restores only there", k.Pid)
-			}
-		}
 	}
 	installFixture(t, name)
 	dir := t.TempDir()
@@ -172,19 +206,31 @@ func restoreFixture(t *testing.T, name string, vars []string) (*model.Tree, stri
 			t.Fatal(err)
 		}
 	}
-	t.Cleanup(func() {
-		for _, k := range tree.Tasks {
-			killAndForget(k.Pid)
-		}
+	// The shell (pid 1 there) restores, reports, and stays as the
+	// tree's init; killing unshare (--kill-child) ends it all.
+	script := `"$1" restore -D "$2" -d -v4 -o restore.log; echo "restore=$?"; exec sleep 3600`
+	rs := exec.Command("unshare", "-pf", "--kill-child", "--mount-proc", "sh", "-c", script, "sh", godwitBin, dir)
+	var out bytes.Buffer
+	rs.Stdout, rs.Stderr = &out, &out
+	if err := rs.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rs.Process.Kill(); rs.Wait() })
+	var init int
+	waitFor(t, "the namespace's init", func() bool {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", rs.Process.Pid, rs.Process.Pid))
+		init, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		return init > 0
 	})
-	code, out := godwit(t, "restore", "-D", dir, "-d", "-v4", "-o", "restore.log")
-	if code != 0 {
-		t.Fatalf("restore: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "restore.log")))
+	ns := fixtureNS{proc: fmt.Sprintf("/proc/%d/root/proc", init)}
+	waitFor(t, "the restore", func() bool { return strings.Contains(out.String(), "restore=") })
+	if !strings.Contains(out.String(), "restore=0") {
+		t.Fatalf("restore: %s\n%s", out.String(), readFile(filepath.Join(dir, "restore.log")))
 	}
 	addrs := symbols(t, exe, vars)
 	for _, k := range tree.Tasks {
 		if k.State == model.Dead || k.State == model.Zombie { // CRIU writes a zombie as TASK_DEAD
-			if st, ok := statOf(k.Pid); !ok || st.State != 'Z' || st.Ppid != k.Ppid || st.Sid != k.Sid {
+			if st, ok := statAt(ns.proc, k.Pid); !ok || st.State != 'Z' || st.Ppid != k.Ppid || st.Sid != k.Sid {
 				t.Fatalf("task %d: %+v after the restore: want a zombie of %d in session %d", k.Pid, st, k.Ppid, k.Sid)
 			}
 			continue
@@ -193,7 +239,7 @@ func restoreFixture(t *testing.T, name string, vars []string) (*model.Tree, stri
 		for _, th := range k.Threads {
 			want = append(want, strconv.Itoa(th.Tid))
 		}
-		tasks, err := os.ReadDir("/proc/" + strconv.Itoa(k.Pid) + "/task")
+		tasks, err := os.ReadDir(ns.proc + "/" + strconv.Itoa(k.Pid) + "/task")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -207,7 +253,7 @@ func restoreFixture(t *testing.T, name string, vars []string) (*model.Tree, stri
 		read := func() []uint64 {
 			var vals []uint64
 			for _, a := range addrs {
-				vals = append(vals, readWord(t, k.Pid, a))
+				vals = append(vals, readWordAt(t, ns.proc, k.Pid, a))
 			}
 			return vals
 		}
@@ -231,7 +277,7 @@ func restoreFixture(t *testing.T, name string, vars []string) (*model.Tree, stri
 			}
 		}
 	}
-	return tree, exe
+	return tree, exe, ns
 }
 
 // symbols returns the addresses of exe's globals names ("sym+N": N bytes

@@ -16,7 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"godwit/internal/lab"
+	"godwit/internal/procfs"
 	"godwit/migrate"
 )
 
@@ -152,8 +155,30 @@ func startOnHost(t *testing.T, host *lab.Host, argv ...string) *labWorkload {
 		t.Fatal(err)
 	}
 	w.pid = lw.rootPID
-	t.Cleanup(func() { killAndForget(lw.rootPID) })
+	// Killed at the end through a pidfd, never by number: a migration
+	// kills the source, and with pid_max 32768 and other tests running,
+	// its PID can be another process's by then.
+	pfd, err := unix.PidfdOpen(lw.rootPID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := procfs.ReadStat(lw.rootPID); err != nil || st.Ppid != w.cmd.Process.Pid {
+		unix.Close(pfd)
+		t.Fatalf("pid %d is not the program nsenter %d started: %+v, %v", lw.rootPID, w.cmd.Process.Pid, st, err)
+	}
+	t.Cleanup(func() { killPidfd(pfd) })
 	return lw
+}
+
+// killPidfd kills the process of pidfd pfd, waits (bounded) until it is
+// dead, and closes pfd.
+func killPidfd(pfd int) {
+	defer unix.Close(pfd)
+	if err := unix.PidfdSendSignal(pfd, unix.SIGKILL, nil, 0); err != nil {
+		return // already gone
+	}
+	p := []unix.PollFd{{Fd: int32(pfd), Events: unix.POLLIN}}
+	_, _ = unix.Poll(p, 5000)
 }
 
 // send runs `migrate send` on host A and returns its exit code, its

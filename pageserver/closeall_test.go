@@ -12,8 +12,8 @@ import (
 )
 
 // closeAll on a lazy session blocked in its raw read (RawConn.Control,
-// in poll): Close waits for that Control, so closeAll must wake it, not
-// leave it to the session's own shutdown (refused on a closing fd).
+// in poll): Close waits for that Control, so the connection, tracked as
+// a shutdownCloser as acceptTCP does, must be shut down first.
 func TestCloseAllWakesRawRead(t *testing.T) {
 	s, err := NewServer(Config{ImagesDir: t.TempDir(), Lazy: true, Log: logging.New(io.Discard, 0)})
 	if err != nil {
@@ -40,7 +40,7 @@ func TestCloseAllWakesRawRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.mu.Lock()
-	s.conns[c] = struct{}{}
+	s.conns[shutdownCloser{c}] = struct{}{}
 	s.mu.Unlock()
 	readDone := make(chan error, 1)
 	go func() {

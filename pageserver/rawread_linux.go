@@ -16,7 +16,8 @@ import (
 // directly, where the netpoller would wake a poller thread first and
 // hand the session's goroutine over to a second one. Writes, and their
 // deadlines, stay the TCP connection's. Close does not wake a blocked
-// Read (the read holds the descriptor): shut the connection down first.
+// Read (the read holds the descriptor): shut the connection down first
+// (shutdownCloser).
 type rawReadConn struct {
 	*net.TCPConn
 	rc       syscall.RawConn
@@ -83,14 +84,17 @@ func (r *rawReadConn) Read(b []byte) (int, error) {
 	return n, rerr
 }
 
-// shutdownTCP shuts c down both ways: a rawReadConn's Read blocked on it
-// returns (EOF) and Close can proceed.
-func shutdownTCP(c net.Conn) {
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		return
+// shutdownCloser closes a TCP connection after shutting it down both
+// ways: a rawReadConn's Read blocked on it returns (EOF), where Close
+// alone would wait for that Read to end (it holds the descriptor) and,
+// once begun, would keep a later shutdown from reaching the socket.
+type shutdownCloser struct{ net.Conn }
+
+func (c shutdownCloser) Close() error {
+	if tc, ok := c.Conn.(*net.TCPConn); ok {
+		if rc, err := tc.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) { unix.Shutdown(int(fd), unix.SHUT_RDWR) })
+		}
 	}
-	if rc, err := tc.SyscallConn(); err == nil {
-		rc.Control(func(fd uintptr) { unix.Shutdown(int(fd), unix.SHUT_RDWR) })
-	}
+	return c.Conn.Close()
 }

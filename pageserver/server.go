@@ -319,15 +319,15 @@ func (s *Server) acceptTCP(ctx context.Context, ln *Listener) error {
 			go s.serveTLS(ctx, c, ln.tlsConf, ln.compress)
 			continue
 		}
-		if !s.admit(c, c.RemoteAddr()) {
+		// A lazy session reads outside the netpoller (rawReadConn):
+		// closing it at shutdown must shut it down first.
+		cl := shutdownCloser{c}
+		if !s.admit(cl, c.RemoteAddr()) {
 			continue
 		}
 		s.m.conn(string(TransportTCP))
 		go func() {
-			defer s.release(c, c.RemoteAddr())
-			// A lazy session reads outside the netpoller (rawReadConn):
-			// only a shutdown wakes it when the server stops.
-			defer context.AfterFunc(ctx, func() { shutdownTCP(c) })()
+			defer s.release(cl, c.RemoteAddr())
 			if !ln.compress {
 				s.serveTCP(c, c, c.(*net.TCPConn))
 				return
@@ -452,11 +452,9 @@ func (s *Server) release(c io.Closer, peer net.Addr) {
 	s.wg.Done()
 }
 
-// closeAll shuts down and closes every connection. A lazy session reads
-// in RawConn.Control (rawReadConn), and Close waits for that Control to
-// return: the shutdown wakes it first (a Control on a closing descriptor
-// is refused, so it could not come after), and the Closes run without
-// s.mu, which the sessions' release takes.
+// closeAll closes every connection (a TCP one is a shutdownCloser: a lazy
+// session's raw read is woken first). The Closes run without s.mu, which
+// the sessions' release takes.
 func (s *Server) closeAll() {
 	s.mu.Lock()
 	s.closing = true
@@ -466,9 +464,6 @@ func (s *Server) closeAll() {
 	}
 	s.mu.Unlock()
 	for _, c := range conns {
-		if nc, ok := c.(net.Conn); ok {
-			shutdownTCP(nc)
-		}
 		c.Close()
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"godwit/internal/procfs"
 )
 
@@ -110,8 +112,8 @@ func assertFree(t *testing.T, pid int) {
 	}
 	for _, tid := range tids {
 		st, err := procfs.ReadTaskStatus(pid, tid)
-		if errors.Is(err, os.ErrNotExist) {
-			continue // a thread that just exited
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+			continue // a thread that just exited (ESRCH: while its status was read)
 		}
 		if err != nil {
 			t.Fatal(err)
