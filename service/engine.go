@@ -20,6 +20,7 @@ import (
 	"godwit/internal/daemon"
 	"godwit/internal/engineopts"
 	"godwit/internal/logging"
+	"godwit/internal/netlock"
 	"godwit/internal/opts"
 	"godwit/restorer"
 )
@@ -249,7 +250,15 @@ func (c *Conn) runLocked(t rpc.CriuReqType, q *request, l *logging.Logger, notif
 		if err != nil {
 			return nil, err
 		}
-		do.Admit = func(pids []int) error { return c.peer.mayDumpFrozen(o.Tree, pids) }
+		do.Admit = func(pids []int) error {
+			if err := c.peer.mayDumpFrozen(o.Tree, pids); err != nil {
+				return err
+			}
+			if do.NetworkLock == netlock.Skip {
+				return nil
+			}
+			return c.peer.mayLockNetns(o.Tree)
+		}
 		res, err := dumper.DumpContext(ctx, do, scripts)
 		if err != nil {
 			return nil, err
