@@ -452,13 +452,20 @@ func (s *Server) release(c io.Closer, peer net.Addr) {
 	s.wg.Done()
 }
 
+// closeAll closes every connection (a TCP one is a shutdownCloser: a lazy
+// session's raw read is woken first). The Closes run without s.mu, which
+// the sessions' release takes.
 func (s *Server) closeAll() {
 	s.mu.Lock()
 	s.closing = true
+	conns := make([]io.Closer, 0, len(s.conns))
 	for c := range s.conns {
-		c.Close()
+		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
 }
 
 // serveTCP serves one admitted connection: conn is c itself or the TLS
