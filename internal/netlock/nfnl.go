@@ -54,9 +54,13 @@ func openNF(netns *os.File) (*nfconn, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("netfilter netlink socket: SO_SNDBUFFORCE: %w", err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	// Connected to the kernel (port id 0; connect binds the socket):
+	// the kernel refuses other senders' unicasts to a connected netlink
+	// socket, so no local process can forge an answer; recv drops any
+	// not from port 0 all the same (one could land while connect binds).
+	if err := unix.Connect(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("netfilter netlink socket: bind: %w", err)
+		return nil, fmt.Errorf("netfilter netlink socket: connect: %w", err)
 	}
 	tv := unix.NsecToTimeval(nfAnswerWait.Nanoseconds())
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
@@ -66,11 +70,12 @@ func openNF(netns *os.File) (*nfconn, error) {
 	return c, nil
 }
 
-// recv reads the next datagram sent to c into buf. No answer within nfAnswerWait is
+// recv reads the next datagram the kernel sent to c into buf; datagrams
+// from any other port id are dropped. No answer within nfAnswerWait is
 // an error.
 func (c *nfconn) recv(buf []byte) ([]syscall.NetlinkMessage, error) {
 	for {
-		r, _, err := unix.Recvfrom(c.fd, buf, 0)
+		r, from, err := unix.Recvfrom(c.fd, buf, 0)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
@@ -79,6 +84,9 @@ func (c *nfconn) recv(buf []byte) ([]syscall.NetlinkMessage, error) {
 		}
 		if err != nil {
 			return nil, fmt.Errorf("netlink receive: %w", err)
+		}
+		if sa, ok := from.(*unix.SockaddrNetlink); !ok || sa.Pid != 0 {
+			continue // not the kernel's
 		}
 		msgs, err := syscall.ParseNetlinkMessage(buf[:r])
 		if err != nil {

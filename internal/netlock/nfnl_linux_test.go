@@ -83,3 +83,50 @@ func TestNoAnswerTimesOut(t *testing.T) {
 		t.Fatal("acks still waiting 20 s for an answer that never comes")
 	}
 }
+
+// A local process that sends a forged answer (NLMSG_ERROR -ENOENT with
+// the next sequence number) to the lock's socket must not make an
+// existing table look absent: only the kernel's answers count.
+func TestForgedAnswerIgnored(t *testing.T) {
+	ns := newTestNetns(t)
+	l, err := New(Nftables, 4250, ns.path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Unlock()
+	if err := l.LockNetns(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := openNF(ns.f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	sa, err := unix.Getsockname(c.fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := sa.(*unix.SockaddrNetlink).Pid
+	forger, err := socketIn(ns.f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(forger)
+	if err := unix.Bind(forger, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		t.Fatal(err)
+	}
+	// nlmsgerr: error -ENOENT, then the (capped) request header.
+	msg := make([]byte, unix.SizeofNlMsghdr+4+unix.SizeofNlMsghdr)
+	ne.PutUint32(msg[0:], uint32(len(msg)))
+	ne.PutUint16(msg[4:], unix.NLMSG_ERROR)
+	ne.PutUint32(msg[8:], c.seq+1)
+	enoent := -int32(unix.ENOENT)
+	ne.PutUint32(msg[16:], uint32(enoent))
+	// Refused by the kernel (ECONNREFUSED) once the socket is connected.
+	serr := unix.Sendto(forger, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Pid: port})
+	t.Logf("forger's send: %v", serr)
+	found, err := c.request(unix.NFT_MSG_GETTABLE, unix.NFPROTO_INET, func(m *nfmsg) { m.str(unix.NFTA_TABLE_NAME, l.Name()) })
+	if err != nil || !found {
+		t.Fatalf("table %s exists, the request says found=%v err=%v (forged answer taken)", l.Name(), found, err)
+	}
+}
