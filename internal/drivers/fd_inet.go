@@ -68,6 +68,9 @@ type inetDump struct {
 	// other namespace of the dump's sockets (fd_inet_netns.go).
 	netns   *inetNetns
 	foreign *inetDump
+	// tasks: the network namespace of each task whose sockets were
+	// read, by pid (taskNetns).
+	tasks map[int]NetnsID
 	// pre: the inet sockets of the task being collected, by fd,
 	// collected ahead (prefetchInet).
 	pre map[int]*preInet
@@ -181,7 +184,7 @@ func describe(st *model.InetSocketState) string {
 }
 
 // collectInet reads the inet socket s (a copy of fd's) into f.
-func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
+func collectInet(fl *Files, pid int, fd *FD, f *model.File, s, family int) error {
 	typ, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil {
 		return fmt.Errorf("SO_TYPE: %w", err)
@@ -194,11 +197,11 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 	case typ == unix.SOCK_STREAM && (proto == unix.IPPROTO_TCP || proto == unix.IPPROTO_MPTCP):
 	case typ == unix.SOCK_DGRAM && (proto == unix.IPPROTO_UDP || proto == unix.IPPROTO_UDPLITE):
 	case typ == unix.SOCK_RAW || isPing(uint32(typ), uint32(proto)):
-		return collectRaw(fl, fd, f, s, family, typ, proto)
+		return collectRaw(fl, pid, fd, f, s, family, typ, proto)
 	default:
 		return fmt.Errorf("%s socket of type %d, protocol %d: not supported yet", familyName(family), typ, proto)
 	}
-	id, err := fl.inetStateOf(s)
+	id, err := fl.inetStateOf(s, pid)
 	if err != nil {
 		return fmt.Errorf("%s %s socket %d: %w", familyName(family), protoName(uint32(proto)), uint32(fd.Stat.Ino), err)
 	}
@@ -522,7 +525,7 @@ func (inetKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 	if err != nil {
 		return fmt.Errorf("SO_DOMAIN: %w", err)
 	}
-	return collectInet(fl, fd, f, s, dom)
+	return collectInet(fl, pid, fd, f, s, dom)
 }
 
 func (inetKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error) {
@@ -1191,7 +1194,7 @@ func (fl *Files) prefetchInet(pid int, fds []FD, want func(i int) bool) {
 				if k >= len(todo) {
 					return
 				}
-				pre[k] = prefetchOne(fl, pfd, &fds[todo[k]])
+				pre[k] = prefetchOne(fl, pid, pfd, &fds[todo[k]])
 			}
 		}()
 	}
@@ -1206,7 +1209,7 @@ func (fl *Files) prefetchInet(pid int, fds []FD, want func(i int) bool) {
 
 // prefetchOne collects fd if it is an inet socket (nil: it is not, or
 // could not be taken: the loop tries again and reports).
-func prefetchOne(fl *Files, pfd int, fd *FD) *preInet {
+func prefetchOne(fl *Files, pid, pfd int, fd *FD) *preInet {
 	s, err := unix.PidfdGetfd(pfd, fd.Num, 0)
 	if err != nil {
 		return nil
@@ -1217,7 +1220,7 @@ func prefetchOne(fl *Files, pfd int, fd *FD) *preInet {
 		return nil
 	}
 	p := &preInet{}
-	p.err = collectInet(fl, fd, &p.file, s, dom)
+	p.err = collectInet(fl, pid, fd, &p.file, s, dom)
 	return p
 }
 
