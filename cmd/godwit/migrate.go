@@ -89,7 +89,7 @@ failure leaves the source running as it was.`,
 	f.DurationVar(&o.DowntimeBudget, "downtime-budget", 50*time.Millisecond, "stop pre-copy once the last delta is predicted to move within `duration`")
 	f.IntVar(&o.MaxRounds, "max-rounds", 8, "at most `n` pre-copy rounds (0: stop-and-copy)")
 	f.StringVar(&o.Compress, "compress", migrate.CompressAuto, "page streams: zstd, none, or auto (time the link and zstd on a sample of the program's memory first; compress when zstd is the faster and shrinks the pages); over --transport tls")
-	f.IntVar(&o.Streams, "streams", 0, "stripe each round's pages over `n` connections, each encrypted on its own core (0: tls one per two cores, up to 4; quic one; a compressed tls round uses one)")
+	f.IntVar(&o.Streams, "streams", 0, "stripe each round's pages over `n` connections, each encrypted on its own core (0: tls one per core, 2 to 4; quic one; a compressed tls round uses one)")
 	f.StringVar(&o.Transport, "transport", "tls", "page streams: tls (TCP; measured about twice as fast as quic here, see e2e TestMigrateTransports) or quic; both with mutual TLS")
 	f.StringVar(&o.TLS.CACert, "tls-cacert", "", "CA certificate `file` that signed the agent's certificate")
 	f.StringVar(&o.TLS.Cert, "tls-cert", "", "this host's client certificate `file`")

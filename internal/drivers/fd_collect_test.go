@@ -85,6 +85,16 @@ func TestCollectFDsFromCopies(t *testing.T) {
 		cmd.Process.Kill()
 		cmd.Wait()
 	}()
+	// Until sleep runs, the child still holds the fork's close-on-exec
+	// fds, which vanish under the collection (a dump reads a frozen task).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", cmd.Process.Pid)); strings.TrimSpace(string(b)) == "sleep" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("sleep did not start")
+		}
+	}
 	fds, err := CollectFDs(cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
