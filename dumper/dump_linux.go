@@ -264,6 +264,11 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
 		}
 	}
+	nsRec, err := treeNetns(tree)
+	if err != nil {
+		rb.run()
+		return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
+	}
 	nl, err := lockNetwork(o.NetworkLock, pid, scripts)
 	if err != nil {
 		rb.run()
@@ -318,6 +323,10 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	if rec, ok := nl.Record(); err == nil && ok && !o.LeaveRunning && !o.LeaveStopped {
 		// The tree will be gone: its restore removes the lock.
 		err = writeNetLockRecord(dir, rec)
+	}
+	if err == nil {
+		// The restore checks it does not put the tree in godwit's namespace.
+		err = writeNetnsRecord(dir, nsRec)
 	}
 	if err == nil {
 		err = interrupted(ctx)
