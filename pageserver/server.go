@@ -62,10 +62,16 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// MaxBytes bounds the bytes all sessions together may write
 	// (--max-bytes): page data, and pagemapEntryMax per pagemap entry
+	// (stripeEntRAM per entry of a striped pagemap, held until END_STRIPE)
 	// (ADDs without data too); 0 means no bound. MaxFiles bounds the image files
 	// they create (--max-files, default 16384; each OPEN makes two).
 	MaxBytes int64
 	MaxFiles int
+	// MaxStripeEntries bounds the entries of striped pagemaps that all
+	// sessions together hold in memory until their END_STRIPE (default
+	// defaultMaxStripeEntries, about stripeEntRAM bytes each): any peer
+	// may send OPEN_STRIPE, and holes cost it no data.
+	MaxStripeEntries int64
 	// IdleTimeout (default 2 min) bounds the wait for a request, and a
 	// QUIC connection's time without any request in progress: keep-alive
 	// packets don't count. ReadTimeout (default 30 s) bounds the arrival
@@ -92,6 +98,7 @@ const (
 	defaultMaxConns         = 64
 	defaultMaxConnsPerPeer  = 8
 	defaultMaxFiles         = 16384
+	defaultMaxStripeEntries = 1 << 21
 	defaultIdleTimeout      = 2 * time.Minute
 	defaultReadTimeout      = 30 * time.Second
 	defaultHandshakeTimeout = 5 * time.Second
@@ -135,6 +142,8 @@ type Server struct {
 	// stripes are the striped pagemaps being written (stripe.go).
 	stripeMu sync.Mutex
 	stripes  map[uint64]*stripe
+	// stripeEnts counts the striped entries held (MaxStripeEntries).
+	stripeEnts atomic.Int64
 	// sessions counts the sessions ended (Once).
 	sessions int
 	conns    map[io.Closer]struct{}
@@ -162,6 +171,9 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxFiles <= 0 {
 		s.cfg.MaxFiles = defaultMaxFiles
+	}
+	if cfg.MaxStripeEntries <= 0 {
+		s.cfg.MaxStripeEntries = defaultMaxStripeEntries
 	}
 	if cfg.IdleTimeout <= 0 {
 		s.cfg.IdleTimeout = defaultIdleTimeout

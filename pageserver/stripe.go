@@ -43,6 +43,7 @@ type stripe struct {
 	joined    int
 	ended     int
 	ents      map[uint64]stripeEnt // by seq
+	held      int64                // entries counted in s.stripeEnts
 	total     uint64               // entries and present pages announced by END_STRIPE
 	present   uint64
 	announced bool
@@ -55,6 +56,12 @@ type stripeEnt struct {
 	vaddr, nr, off uint64
 	flags          uint16
 }
+
+// stripeEntRAM bounds the heap one held entry takes (a map slot: key,
+// value and the map's own overhead, measured about 85 B). It is charged
+// against MaxBytes instead of pagemapEntryMax (which it exceeds), so that
+// the bound covers the memory as well as the pagemap written from it.
+const stripeEntRAM = 96
 
 // openStripe joins session ss to the striped pagemap of dst written over
 // n connections, creating its images on the first join. It reports
@@ -239,9 +246,16 @@ func (st *stripe) record(seq uint64, e stripeEnt, n int64) error {
 	if _, dup := st.ents[seq]; dup {
 		return reqErr(reasonRange, fmt.Errorf("entry %d sent twice", seq))
 	}
-	if err := st.s.chargeBytes(st.t, pagemapEntryMax+n); err != nil {
+	s := st.s
+	if s.stripeEnts.Add(1) > s.cfg.MaxStripeEntries {
+		s.stripeEnts.Add(-1)
+		return reqErr(reasonQuota, fmt.Errorf("the server's limit of %d striped pagemap entries held until END_STRIPE is reached", s.cfg.MaxStripeEntries))
+	}
+	if err := s.chargeBytes(st.t, stripeEntRAM+n); err != nil {
+		s.stripeEnts.Add(-1)
 		return err
 	}
+	st.held++
 	st.ents[seq] = e
 	return nil
 }
@@ -316,6 +330,8 @@ func (st *stripe) finish(err error) {
 		st.s.log.Warnf("page-server: dropped striped %s and %s: %v", t.name, t.pagesN, err)
 	}
 	st.ents = nil
+	st.s.stripeEnts.Add(-st.held)
+	st.held = 0
 	st.s.unclaim(t.dst)
 	st.s.stripeMu.Lock()
 	if st.s.stripes[t.dst] == st {
