@@ -3,6 +3,7 @@ package pageserver
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -341,7 +342,7 @@ func (s *Server) acceptTCP(ctx context.Context, ln *Listener) error {
 		go func() {
 			defer s.release(cl, c.RemoteAddr())
 			if !ln.compress {
-				s.serveTCP(c, c, c.(*net.TCPConn))
+				s.serveTCP(c, c, c.(*net.TCPConn), nil)
 				return
 			}
 			zc, err := newZstdConn(c)
@@ -349,7 +350,7 @@ func (s *Server) acceptTCP(ctx context.Context, ln *Listener) error {
 				s.log.Errorf("page-server: %s: %v", c.RemoteAddr(), err)
 				return
 			}
-			s.serveTCP(c, zc, nil)
+			s.serveTCP(c, zc, nil, nil)
 		}()
 	}
 }
@@ -407,8 +408,9 @@ func (s *Server) serveTLS(ctx context.Context, c net.Conn, tlsConf *tls.Config, 
 	}
 	s.m.conn(string(TransportTCP))
 	defer s.release(c, peer)
+	certs := tc.ConnectionState().PeerCertificates
 	if !compress {
-		s.serveTCP(c, tc, nil)
+		s.serveTCP(c, tc, nil, certs)
 		return
 	}
 	zc, err := newZstdConn(tc)
@@ -416,7 +418,7 @@ func (s *Server) serveTLS(ctx context.Context, c net.Conn, tlsConf *tls.Config, 
 		s.log.Errorf("page-server: %s: %v", peer, err)
 		return
 	}
-	s.serveTCP(c, zc, nil)
+	s.serveTCP(c, zc, nil, certs)
 }
 
 // admit counts a connection against MaxConns and tracks it for shutdown;
@@ -474,8 +476,9 @@ func (s *Server) closeAll() {
 }
 
 // serveTCP serves one admitted connection: conn is c itself or the TLS
-// connection over it; raw, when set, lets page data be spliced.
-func (s *Server) serveTCP(c, conn net.Conn, raw *net.TCPConn) {
+// connection over it; raw, when set, lets page data be spliced; certs
+// are the TLS peer's.
+func (s *Server) serveTCP(c, conn net.Conn, raw *net.TCPConn, certs []*x509.Certificate) {
 	peer := c.RemoteAddr().String()
 	s.log.Infof("page-server: %s: connected", peer)
 	rd := conn
@@ -485,6 +488,7 @@ func (s *Server) serveTCP(c, conn net.Conn, raw *net.TCPConn) {
 		}
 	}
 	ss := s.newSession(peer, rd, conn, raw)
+	ss.owner = stripeOwner(c.RemoteAddr(), certs)
 	ss.dl = rd
 	err := ss.run()
 	s.finish(ss, err)
@@ -527,6 +531,7 @@ func (q quicCloser) Close() error { return q.c.CloseWithError(0, "") }
 func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser, compress bool) {
 	defer s.release(closer, qc.RemoteAddr())
 	peer := qc.RemoteAddr().String()
+	owner := stripeOwner(qc.RemoteAddr(), qc.ConnectionState().TLS.PeerCertificates)
 	s.log.Infof("page-server: %s: connected (quic)", peer)
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -574,6 +579,7 @@ func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser
 				rw = z
 			}
 			ss := s.newSession(name, rw, rw, nil)
+			ss.owner = owner
 			ss.dl = st
 			err := ss.run()
 			s.finish(ss, err)

@@ -1,11 +1,14 @@
 package pageserver
 
 import (
+	"crypto/sha256"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"os"
 	"sync"
 	"time"
@@ -38,6 +41,7 @@ type stripe struct {
 	t       *task
 	pages   *os.File // t.pw's pages file, written at offsets
 	streams int
+	owner   string // stripeOwner of the creating session
 
 	mu        sync.Mutex
 	joined    int
@@ -90,6 +94,7 @@ func (ss *session) openStripe(dst, n uint64) (bool, error) {
 			s.stripeMu.Unlock()
 			return false, err
 		}
+		st.owner = ss.owner
 		s.stripes[norm] = st
 	}
 	// st.mu is taken without stripeMu: finish takes them the other way.
@@ -97,6 +102,8 @@ func (ss *session) openStripe(dst, n uint64) (bool, error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	switch {
+	case st.owner != ss.owner:
+		return false, reqErr(reasonConflict, fmt.Errorf("dst_id %#x is striped by another peer", dst))
 	case st.finished:
 		return false, reqErr(reasonConflict, fmt.Errorf("dst_id %#x: striped pagemap already ended", dst))
 	case uint64(st.streams) != n:
@@ -141,6 +148,24 @@ func (s *Server) newStripe(norm uint64, name string, n int, peer string) (*strip
 	}
 	s.log.Debugf("page-server: %s: opened %s striped over %d connections (pages %s, parent %v)", peer, name, n, t.pagesN, t.parent != nil)
 	return &stripe{s: s, t: t, pages: t.pw.PagesFile(), streams: n, ents: map[uint64]stripeEnt{}, done: make(chan struct{})}, nil
+}
+
+// stripeOwner names a striped client for its joins: its IP address (its
+// connections come from several ports) and, under TLS, the fingerprint of
+// its certificate. Only the creator of a striped pagemap may join it:
+// another peer's entries would go into its images.
+func stripeOwner(a net.Addr, certs []*x509.Certificate) string {
+	ip := a.String()
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ip = a.IP.String()
+	case *net.UDPAddr:
+		ip = a.IP.String()
+	}
+	if len(certs) == 0 {
+		return ip
+	}
+	return fmt.Sprintf("%s %x", ip, sha256.Sum256(certs[0].Raw))
 }
 
 // joined is the stripe of dst this session joined and has not ended.

@@ -3,8 +3,10 @@ package pageserver
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/binary"
 	"io"
+	"net"
 	"path/filepath"
 	"runtime"
 	"testing"
@@ -331,4 +333,38 @@ func TestStripedEntriesCharged(t *testing.T) {
 	ts.log.waitLog(t, "limit of 96000 bytes of images is reached (--max-bytes)")
 	a.closedByServer()
 	ts.waitStripeEnts(t, 0)
+}
+
+// TestStripedOtherPeer: only the peer that created a striped pagemap may
+// join it; another address, or another certificate from the same
+// address, is refused.
+func TestStripedOtherPeer(t *testing.T) {
+	ts := startServer(t, Config{}, TransportOptions{})
+	a := stripePeer{dialRaw(t, ts.addr)}
+	a.send(wire.CmdOpenStripe, 2, 0, TaskDst(5), nil)
+	a.reply(1)
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	c, err := d.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	b := stripePeer{&rawPeer{t, c}}
+	b.send(wire.CmdOpenStripe, 2, 0, TaskDst(5), nil)
+	b.closedByServer()
+	ts.log.waitLog(t, "is striped by another peer")
+	// The creator's own second connection still joins.
+	a2 := stripePeer{dialRaw(t, ts.addr)}
+	a2.send(wire.CmdOpenStripe, 2, 0, TaskDst(5), nil)
+	a2.reply(1)
+
+	ip := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}
+	port := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 2}
+	c1, c2 := &x509.Certificate{Raw: []byte{1}}, &x509.Certificate{Raw: []byte{2}}
+	if stripeOwner(ip, []*x509.Certificate{c1}) == stripeOwner(ip, []*x509.Certificate{c2}) {
+		t.Error("two certificates from one address are one stripe owner")
+	}
+	if stripeOwner(ip, []*x509.Certificate{c1}) != stripeOwner(port, []*x509.Certificate{c1}) {
+		t.Error("one client's connections from two ports are two stripe owners")
+	}
 }
