@@ -345,7 +345,7 @@ func (s *Server) acceptTCP(ctx context.Context, ln *Listener) error {
 				s.serveTCP(c, c, c.(*net.TCPConn), nil)
 				return
 			}
-			zc, err := newZstdConn(c)
+			zc, err := newZstdConnWindow(c, s.encWindow())
 			if err != nil {
 				s.log.Errorf("page-server: %s: %v", c.RemoteAddr(), err)
 				return
@@ -413,7 +413,7 @@ func (s *Server) serveTLS(ctx context.Context, c net.Conn, tlsConf *tls.Config, 
 		s.serveTCP(c, tc, nil, certs)
 		return
 	}
-	zc, err := newZstdConn(tc)
+	zc, err := newZstdConnWindow(tc, s.encWindow())
 	if err != nil {
 		s.log.Errorf("page-server: %s: %v", peer, err)
 		return
@@ -569,7 +569,7 @@ func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser
 			name := fmt.Sprintf("%s/%d", peer, st.StreamID())
 			var rw io.ReadWriter = st
 			if compress {
-				z, err := newZstdStream(st)
+				z, err := newZstdStreamWindow(st, s.encWindow())
 				if err != nil {
 					s.log.Errorf("page-server: %s: %v", name, err)
 					st.CancelRead(1)
