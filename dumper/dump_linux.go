@@ -264,6 +264,11 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
 		}
 	}
+	nsRec, err := treeNetns(tree)
+	if err != nil {
+		rb.run()
+		return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
+	}
 	nl, err := lockNetwork(o.NetworkLock, pid, scripts)
 	if err != nil {
 		rb.run()
@@ -318,6 +323,10 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	if rec, ok := nl.Record(); err == nil && ok && !o.LeaveRunning && !o.LeaveStopped {
 		// The tree will be gone: its restore removes the lock.
 		err = writeNetLockRecord(dir, rec)
+	}
+	if err == nil {
+		// The restore checks it does not put the tree in godwit's namespace.
+		err = writeNetnsRecord(dir, nsRec)
 	}
 	if err == nil {
 		err = interrupted(ctx)
@@ -551,6 +560,10 @@ func (d *dumpRun) collect() error {
 	fl.FDOptions = d.fdOpts
 	fl.NetLock = d.netLock
 	fl.TCPEstablished, fl.SkipInFlight = d.tcpEstablished, d.skipInFlight
+	var err error
+	if fl.TreeNetns, err = drivers.NetnsOf(d.pid); err != nil {
+		return err
+	}
 	for _, t := range d.extTTY {
 		if fl.ExtTTY == nil {
 			fl.ExtTTY = map[[2]uint64]bool{}

@@ -15,6 +15,7 @@ import (
 	"godwit/internal/images"
 	"godwit/internal/logging"
 	"godwit/internal/netlock"
+	"godwit/internal/netnsid"
 	"godwit/internal/sockdiag"
 )
 
@@ -32,14 +33,15 @@ import (
 // ownNetns reports whether task pid is in another network namespace
 // than godwit.
 func ownNetns(pid int) (bool, error) {
-	var self, task unix.Stat_t
-	if err := unix.Stat("/proc/self/ns/net", &self); err != nil {
-		return false, fmt.Errorf("network namespace: %w", err)
+	self, err := netnsid.Self()
+	if err != nil {
+		return false, err
 	}
-	if err := unix.Stat("/proc/"+strconv.Itoa(pid)+"/ns/net", &task); err != nil {
-		return false, fmt.Errorf("network namespace of %d: %w", pid, err)
+	task, err := netnsid.OfTask(pid)
+	if err != nil {
+		return false, fmt.Errorf("task %d: %w", pid, err)
 	}
-	return self.Dev != task.Dev || self.Ino != task.Ino, nil
+	return self != task, nil
 }
 
 // lockNetwork makes the lock of the frozen tree rooted at pid.

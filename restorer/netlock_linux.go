@@ -9,6 +9,7 @@ import (
 	"godwit/internal/actions"
 	"godwit/internal/logging"
 	"godwit/internal/netlock"
+	"godwit/internal/netnsid"
 )
 
 // adoptNetLock takes over the network lock the dump kept (its record in
@@ -30,7 +31,40 @@ func adoptNetLock(o Options) (*netlock.Lock, error) {
 	if err != nil {
 		return nil, err
 	}
-	return netlock.Adopt(rec)
+	l, err := netlock.Adopt(rec)
+	if msg := l.Unreached(); err == nil && msg != "" {
+		logging.Default().Warnf("restore: %s", msg)
+	}
+	return l, err
+}
+
+// checkNetns refuses to restore a tree that had a network namespace of
+// its own (the dump's netnsid.RecordFile) into godwit's: godwit does not
+// remake a namespace, so the tree would come back in another one than
+// it ran in. An image set without the record (CRIU's, or a tree that
+// shared godwit's namespace) is not checked.
+func checkNetns(o Options) error {
+	b, err := os.ReadFile(filepath.Join(o.ImagesDir, netnsid.RecordFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	rec, err := netnsid.ParseRecord(b)
+	if err != nil {
+		return err
+	}
+	cur, err := netnsid.Self()
+	if err != nil {
+		return err
+	}
+	// The namespace of PID 1 here: on another host, the initial one.
+	init, err := netnsid.OfTask(1)
+	if err != nil {
+		init = netnsid.ID{} // not ours to see (a pid namespace's init gone): only the first test
+	}
+	return rec.Check(cur, init)
 }
 
 // unlockNetwork removes the lock; for a whole namespace the

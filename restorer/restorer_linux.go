@@ -127,6 +127,9 @@ type taskRun struct {
 // New reads and checks every image of the process in o.ImagesDir, and
 // checks that its PID and TIDs are free and allowed. Nothing is started.
 func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
+	if err := checkNetns(o); err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
 	nl, err := adoptNetLock(o)
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)

@@ -34,6 +34,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"godwit/internal/netnsid"
 )
 
 // Method is how the lock is made (criu(8)'s --network-lock).
@@ -105,6 +107,10 @@ type Record struct {
 	// Netns: the whole network namespace of the tree is locked (the
 	// restore runs the network-unlock scripts).
 	Netns bool `json:"netns,omitempty"`
+	// Ns is the network namespace the rules are in (absent in the
+	// records of older dumps: the restore's own). A restore in another
+	// namespace (--join-ns) removes them there if it can reach it.
+	Ns *netnsid.ID `json:"ns,omitempty"`
 }
 
 // RecordFile is the godwit image that holds a Record.
@@ -165,6 +171,12 @@ type Lock struct {
 	lists  map[netip.AddrPort]bool // listeners locked
 	guard  *guard
 	done   bool // unlocked or kept: nothing more to do
+
+	nsID   netnsid.ID // the rules' namespace, for the Record
+	nsPath string     // a path to it for RemoveCommand ("": godwit's)
+	// unreached: the rules were made in a namespace the restore cannot
+	// reach (Unreached).
+	unreached string
 }
 
 // New prepares the lock of the tree rooted at pid, in the network
@@ -182,7 +194,16 @@ func New(method Method, pid int, netnsPath string) (*Lock, error) {
 		return nil, err
 	}
 	l := &Lock{method: method, name: name, conns: map[Conn]bool{}, lists: map[netip.AddrPort]bool{}}
-	if netnsPath != "" && method != Skip {
+	if netnsPath == "" {
+		if l.nsID, err = netnsid.Self(); err != nil {
+			return nil, fmt.Errorf("network lock: %w", err)
+		}
+		return l, nil
+	}
+	if l.nsID, err = netnsid.Of(netnsPath); err != nil {
+		return nil, fmt.Errorf("network lock: %w", err)
+	}
+	if method != Skip {
 		f, err := os.Open(netnsPath)
 		if err != nil {
 			return nil, fmt.Errorf("network lock: %w", err)
@@ -344,7 +365,7 @@ func (l *Lock) ensure() error {
 	if !l.made {
 		// The guard first: were godwit killed between the two,
 		// the rules must not outlive it.
-		g, err := startGuard(l.cleanupScript(), l.netns)
+		g, err := l.startGuard(l.netns)
 		if err != nil {
 			return err
 		}
@@ -416,7 +437,13 @@ func (l *Lock) Keep() (r Record, ok bool) {
 
 // RemoveCommand is the shell command that removes the lock's rules by
 // hand ("true" for a skip lock: godwit made none).
-func (l *Lock) RemoveCommand() string { return l.cleanupScript() }
+// For a lock in another namespace than godwit's it enters that one.
+func (l *Lock) RemoveCommand() string {
+	if l.nsPath == "" {
+		return l.cleanupScript()
+	}
+	return "nsenter --net=" + l.nsPath + " -- sh -c '" + l.cleanupScript() + "'"
+}
 
 // Record is what Keep would return now.
 func (l *Lock) Record() (Record, bool) {
@@ -432,22 +459,84 @@ func (l *Lock) record() (Record, bool) {
 	if l.done || !(l.made || l.whole) {
 		return Record{}, false
 	}
-	return Record{Method: l.method, Name: l.name, Netns: l.whole}, true
+	r := Record{Method: l.method, Name: l.name, Netns: l.whole}
+	if l.nsID.Ino != 0 {
+		id := l.nsID
+		r.Ns = &id
+	}
+	return r, true
 }
 
-// Adopt takes over the lock a dump kept, in godwit's network namespace
-// (where the restore makes the tree): from now on it is removed by
-// Unlock, or by the guard if godwit dies first. A lock that is not there
-// (removed by hand, or a dump with skip) is not an error: Unlock then
-// does nothing.
-func Adopt(r Record) (*Lock, error) { return adopt(r, nil) }
+// Adopt takes over the lock a dump kept, in the network namespace the
+// record names (godwit's own when it names none): from now on it is
+// removed by Unlock, or by the guard if godwit dies first. A restore in
+// another namespace than the locked one (--join-ns) finds that namespace
+// by a /run/netns entry or a task in it; when none is left the lock is
+// not adopted and Unreached says how to remove it by hand. A lock that
+// is not there (removed by hand, gone with its namespace, or a dump with
+// skip) is not an error: Unlock then does nothing.
+func Adopt(r Record) (*Lock, error) {
+	if r.Ns == nil || r.Method == Skip {
+		// Skip: the scripts' lock, nothing of godwit's to remove.
+		return adopt(r, nil)
+	}
+	self, err := netnsid.Self()
+	if err != nil {
+		return nil, fmt.Errorf("network lock %s: %w", r.Name, err)
+	}
+	if *r.Ns == self {
+		return adopt(r, nil)
+	}
+	f, path, err := netnsid.Find(*r.Ns)
+	if err != nil {
+		return nil, fmt.Errorf("network lock %s: %w", r.Name, err)
+	}
+	if f == nil {
+		l, err := record2lock(r)
+		if err != nil {
+			return nil, err
+		}
+		l.done = true
+		l.unreached = fmt.Sprintf("network lock %s was made in network namespace %s, which is not reachable from here (no /run/netns entry, no task in it): if that namespace still exists, remove the lock in it: nsenter --net=NSFILE -- sh -c '%s'", r.Name, r.Ns, l.cleanupScript())
+		return l, nil
+	}
+	l, err := adopt(r, f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	l.nsPath = path
+	return l, nil
+}
 
-// adopt is Adopt in the network namespace netns (nil: ours).
-func adopt(r Record, netns *os.File) (*Lock, error) {
+// Unreached is, for a lock Adopt could not reach, the message that says
+// how to remove it by hand; "" otherwise.
+func (l *Lock) Unreached() string {
+	if l == nil {
+		return ""
+	}
+	return l.unreached
+}
+
+// record2lock is the Lock a record names, not yet looked for.
+func record2lock(r Record) (*Lock, error) {
 	if _, err := ParseMethod(string(r.Method)); err != nil || (r.Method == Skip && !r.Netns) || !validName(r.Name) {
 		return nil, fmt.Errorf("network lock: bad record %+v", r)
 	}
-	l := &Lock{method: r.Method, name: r.Name, conns: map[Conn]bool{}, lists: map[netip.AddrPort]bool{}, whole: r.Netns, netns: netns}
+	l := &Lock{method: r.Method, name: r.Name, conns: map[Conn]bool{}, lists: map[netip.AddrPort]bool{}, whole: r.Netns}
+	if r.Ns != nil {
+		l.nsID = *r.Ns
+	}
+	return l, nil
+}
+
+// adopt is Adopt in the network namespace netns (nil: ours).
+func adopt(r Record, netns *os.File) (*Lock, error) {
+	l, err := record2lock(r)
+	if err != nil {
+		return nil, err
+	}
+	l.netns = netns
 	if r.Method == Skip {
 		return l, nil // the scripts' lock: nothing of godwit's to remove
 	}
@@ -457,9 +546,10 @@ func adopt(r Record, netns *os.File) (*Lock, error) {
 	}
 	if !exists {
 		l.done = true
+		l.closeNetns()
 		return l, nil
 	}
-	g, err := startGuard(l.cleanupScript(), netns)
+	g, err := l.startGuard(netns)
 	if err != nil {
 		return nil, err
 	}
