@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -21,9 +22,13 @@ import (
 const freezeTimeout = 10 * time.Second
 
 // cgroupFreezer freezes a cgroup through the v1 freezer (freezer.state) or
-// the v2 interface (cgroup.freeze).
+// the v2 interface (cgroup.freeze). It holds the cgroup's directory open,
+// checked to be on cgroupfs, and opens each control file in it without
+// following links: the files are read and written as root, and a
+// directory that merely looks like a cgroup must not redirect them.
 type cgroupFreezer struct {
 	path string
+	dir  int
 	v2   bool
 }
 
@@ -38,17 +43,63 @@ func newCgroupFreezer(path string) (*cgroupFreezer, error) {
 		}
 		path = filepath.Join(root, path)
 	}
-	if _, err := os.Stat(filepath.Join(path, "freezer.state")); err == nil {
-		return &cgroupFreezer{path: path}, nil
+	dir, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("freeze cgroup %s: %w", path, err)
 	}
-	if _, err := os.Stat(filepath.Join(path, "cgroup.freeze")); err == nil {
-		return &cgroupFreezer{path: path, v2: true}, nil
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(dir, &fs); err != nil {
+		unix.Close(dir)
+		return nil, fmt.Errorf("freeze cgroup %s: %w", path, err)
 	}
+	if fs.Type != unix.CGROUP2_SUPER_MAGIC && fs.Type != unix.CGROUP_SUPER_MAGIC {
+		unix.Close(dir)
+		return nil, fmt.Errorf("freeze cgroup %s: not a cgroup (not on cgroupfs)", path)
+	}
+	c := &cgroupFreezer{path: path, dir: dir}
+	if c.has("freezer.state") {
+		return c, nil
+	}
+	if c.has("cgroup.freeze") {
+		c.v2 = true
+		return c, nil
+	}
+	unix.Close(dir)
 	return nil, fmt.Errorf("freeze cgroup %s: neither freezer.state nor cgroup.freeze there", path)
 }
 
+func (c *cgroupFreezer) close() { unix.Close(c.dir) }
+
+// has reports whether name is a regular file of the cgroup.
+func (c *cgroupFreezer) has(name string) bool {
+	var st unix.Stat_t
+	return unix.Fstatat(c.dir, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG
+}
+
+// open opens control file name of the cgroup, never through a link.
+func (c *cgroupFreezer) open(name string, flag int) (*os.File, error) {
+	fd, err := unix.Openat(c.dir, name, flag|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("cgroup %s: open %s: %w", c.path, name, err)
+	}
+	return os.NewFile(uintptr(fd), filepath.Join(c.path, name)), nil
+}
+
+func (c *cgroupFreezer) read(name string) ([]byte, error) {
+	f, err := c.open(name, unix.O_RDONLY)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("cgroup %s: read %s: %w", c.path, name, err)
+	}
+	return b, nil
+}
+
 func (c *cgroupFreezer) contains(pid int) (bool, error) {
-	b, err := os.ReadFile(filepath.Join(c.path, "cgroup.procs"))
+	b, err := c.read("cgroup.procs")
 	if err != nil {
 		return false, err
 	}
@@ -63,13 +114,13 @@ func (c *cgroupFreezer) contains(pid int) (bool, error) {
 // frozen reports whether the cgroup is (completely) frozen.
 func (c *cgroupFreezer) frozen() (bool, error) {
 	if c.v2 {
-		b, err := os.ReadFile(filepath.Join(c.path, "cgroup.events"))
+		b, err := c.read("cgroup.events")
 		if err != nil {
 			return false, err
 		}
 		return bytes.Contains(b, []byte("frozen 1")), nil
 	}
-	b, err := os.ReadFile(filepath.Join(c.path, "freezer.state"))
+	b, err := c.read("freezer.state")
 	if err != nil {
 		return false, err
 	}
@@ -87,7 +138,15 @@ func (c *cgroupFreezer) set(frozen bool) error {
 			val = "1"
 		}
 	}
-	if err := os.WriteFile(filepath.Join(c.path, name), []byte(val), 0); err != nil {
+	f, err := c.open(name, unix.O_WRONLY)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write([]byte(val))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return fmt.Errorf("cgroup %s: write %s: %w", c.path, name, err)
 	}
 	if !frozen {
@@ -119,6 +178,7 @@ func freezeViaCgroup(tr *ptrace.Tracer, path string, pid int) ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer c.close()
 	in, err := c.contains(pid)
 	if err != nil {
 		return nil, fmt.Errorf("freeze cgroup %s: %w", c.path, err)

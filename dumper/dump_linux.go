@@ -560,6 +560,10 @@ func (d *dumpRun) collect() error {
 	fl.FDOptions = d.fdOpts
 	fl.NetLock = d.netLock
 	fl.TCPEstablished, fl.SkipInFlight = d.tcpEstablished, d.skipInFlight
+	var err error
+	if fl.TreeNetns, err = drivers.NetnsOf(d.pid); err != nil {
+		return err
+	}
 	for _, t := range d.extTTY {
 		if fl.ExtTTY == nil {
 			fl.ExtTTY = map[[2]uint64]bool{}

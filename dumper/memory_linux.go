@@ -74,6 +74,11 @@ type MemoryDumper struct {
 	pm    *procfs.Pagemap
 	ents  []procfs.PagemapEntry
 	force *readvSource // for VMAs the task cannot read itself
+	// pmScan lists lazy VMAs with PAGEMAP_SCAN (opened on first use;
+	// noScan once it failed: the per-page pagemap then).
+	pmScan *uffd.Pagemap
+	noScan bool
+	regs   []uffd.Region
 	// ctx, when set, stops the transfer between batches once done.
 	ctx context.Context
 }
@@ -157,7 +162,12 @@ func (d *MemoryDumper) Close() error {
 			err = cerr
 		}
 	}
-	d.src, d.pm = nil, nil
+	if d.pmScan != nil {
+		if cerr := d.pmScan.Close(); err == nil {
+			err = cerr
+		}
+	}
+	d.src, d.pm, d.pmScan = nil, nil, nil
 	return err
 }
 
@@ -367,7 +377,7 @@ func (d *MemoryDumper) DumpPrivate(vmas []VMA, sink pagexfer.Sink) error {
 			if err := cur.drain(); err != nil {
 				return err
 			}
-			if err := d.lazyScan(l, v.Start, v.End); err != nil {
+			if err := d.lazyScan(l, v); err != nil {
 				return fmt.Errorf("pages of vma %#x-%#x: %w", v.Start, v.End, err)
 			}
 			continue

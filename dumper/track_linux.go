@@ -716,20 +716,24 @@ func (t *tracking) startHolder(timeout time.Duration) error {
 		return fmt.Errorf("track %d: holder pidfd: %w", t.pid, err)
 	}
 	// Its start time identifies it in the record; its name is set by
-	// the holder itself, so wait for it (a moment after exec).
-	for i := 0; ; i++ {
+	// the holder itself, so wait for it (a moment after exec; seconds on
+	// a loaded machine, where 2 s was once too short).
+	for deadline := time.Now().Add(holderStartWait); ; {
 		hs, comm, err := startTime(t.holderPid)
 		if err == nil && comm == holderComm {
 			t.hstart = hs
 			return nil
 		}
-		if err != nil || i > 2000 {
+		if err != nil || time.Now().After(deadline) {
 			t.killHolder()
 			return fmt.Errorf("track %d: holder %d did not start (%v)", t.pid, t.holderPid, err)
 		}
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// holderStartWait bounds the wait for a new holder to name itself.
+const holderStartWait = 30 * time.Second
 
 func readAllLimited(f *os.File) ([]byte, error) {
 	b := make([]byte, 0, 4096)

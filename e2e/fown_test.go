@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -27,6 +29,62 @@ func TestFileOwnerDumpRestore(t *testing.T) {
 	w.reapKilled(t)
 	restore(t, w, dir)
 	if got := fownTrigger(t, w); got != want {
+		t.Fatalf("after the restore: %q, want %q\n%s", got, want, w.tail())
+	}
+}
+
+// With --shell-job the job's group becomes godwit's on restore, and an
+// owner that was the job's group (as tty_fasync makes the foreground
+// group the owner of a job's terminal) follows it: F_GETOWN_EX reads
+// godwit's group and the group's SIGIO still reaches the program.
+func TestFileOwnerShellJob(t *testing.T) {
+	needRoot(t)
+	w := startWorkload(t, cWorkload(t, "fown"))
+	const rtmin = 34 // glibc's SIGRTMIN
+	line := func(pg int) string {
+		return fmt.Sprintf("got 40:%d/40/1 41:%d/41/1 own40=1:%d own41=2:%d sig40=%d sig41=%d async=1/1",
+			rtmin+1, rtmin+2, w.pid, pg, rtmin+1, rtmin+2)
+	}
+	if got, want := fownTrigger(t, w), line(w.pid); got != want {
+		t.Fatalf("before the dump: %q, want %q", got, want)
+	}
+	dir := w.dump(t, "--shell-job")
+	w.reapKilled(t)
+	// godwit leads a session and group of its own (the test's group
+	// leader may be outside the pid namespace, as in CI); the job joins
+	// that group.
+	r := &restoring{done: make(chan error, 1)}
+	r.cmd = exec.Command(godwitBin, "restore", "-D", dir, "--shell-job", "-v4", "-o", "restore.log")
+	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.done <- r.cmd.Wait() }()
+	t.Cleanup(func() {
+		killAndForget(w.pid)
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			r.cmd.Process.Kill()
+		}
+	})
+	waitFor(t, "the restored program to run", func() bool {
+		select {
+		case err := <-r.done:
+			t.Fatalf("restore exited early: %v: %s\n%s", err, r.out.String(), readFile(filepath.Join(dir, "restore.log")))
+		default:
+		}
+		return alive(w.pid) && tracerOf(w.pid) == 0
+	})
+	pg, err := syscall.Getpgid(w.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pg != r.cmd.Process.Pid {
+		t.Fatalf("restored process group %d, want godwit's %d", pg, r.cmd.Process.Pid)
+	}
+	if got, want := fownTrigger(t, w), line(pg); got != want {
 		t.Fatalf("after the restore: %q, want %q\n%s", got, want, w.tail())
 	}
 }

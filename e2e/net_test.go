@@ -44,18 +44,7 @@ func newNetns(t testing.TB) *netns {
 	t.Helper()
 	n := &netns{ops: make(chan func()), done: make(chan struct{})}
 	errc := make(chan error)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		defer close(n.done)
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		errc <- nil
-		for f := range n.ops {
-			f()
-		}
-	}()
+	go n.serve(errc)
 	if err := <-errc; err != nil {
 		t.Fatalf("unshare(CLONE_NEWNET): %v", err)
 	}
@@ -67,6 +56,37 @@ func newNetns(t testing.TB) *netns {
 		t.Fatalf("ip link set lo up: %v\n%s", err, out)
 	}
 	return n
+}
+
+// serve unshares CLONE_NEWNET on a thread of its own, says how that went
+// on errc, and runs the namespace's ops there. Never on the main thread:
+// Go keeps that one (wedged, still in the namespace) when its locked
+// goroutine exits, and it is the thread /proc/self/ns and /proc/self/net
+// of the test process show. Holding the main thread locked until another
+// goroutine has locked its own thread keeps serve off it.
+func (n *netns) serve(errc chan<- error) {
+	runtime.LockOSThread()
+	if unix.Gettid() == unix.Getpid() {
+		locked := make(chan struct{})
+		go func() {
+			runtime.LockOSThread()
+			close(locked)
+			n.serve(errc)
+		}()
+		<-locked
+		runtime.UnlockOSThread() // untouched
+		return
+	}
+	// Never unlocked: the thread dies with the goroutine.
+	defer close(n.done)
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		errc <- err
+		return
+	}
+	errc <- nil
+	for f := range n.ops {
+		f()
+	}
 }
 
 func (n *netns) do(f func()) {
@@ -1576,4 +1596,28 @@ func unreadTCP(pid int) int {
 		unix.Close(s)
 	}
 	return total
+}
+
+// newNetns leaves the test process's own namespace alone: the namespace
+// thread is never the main thread, which /proc/self/ns/net shows and Go
+// keeps (wedged) when a locked goroutine on it exits.
+func TestNetnsKeepsProcessNamespace(t *testing.T) {
+	needRoot(t)
+	want, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		t.Run(strconv.Itoa(i), func(t *testing.T) {
+			n := newNetns(t)
+			var in string
+			n.do(func() { in, _ = os.Readlink("/proc/thread-self/ns/net") })
+			if in == want {
+				t.Errorf("the namespace thread is in the process's namespace %s", in)
+			}
+		})
+		if got, err := os.Readlink("/proc/self/ns/net"); err != nil || got != want {
+			t.Fatalf("round %d: /proc/self/ns/net is %s (%v), was %s", i, got, err, want)
+		}
+	}
 }

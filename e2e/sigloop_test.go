@@ -7,9 +7,10 @@ import (
 
 // TestSignalLoop dumps and restores workloads/sigloop.c, which tgkills
 // itself, in a loop, the signals the injected code's trap could use
-// (blocked, sent, seen pending, caught once): dumps that leave it running
-// and a dump and restore must neither lose one of its sends nor deliver it
-// a signal it did not send.
+// (blocked, sent, seen pending, caught once; the real-time ones queued
+// twice with SI_QUEUE and a value): dumps that leave it running and a dump
+// and restore must neither lose one of its sends, nor deliver it a signal
+// it did not send, nor change a signal's siginfo or the order of two.
 func TestSignalLoop(t *testing.T) {
 	needRoot(t)
 	w := startWorkload(t, cWorkload(t, "sigloop"))

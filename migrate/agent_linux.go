@@ -425,7 +425,7 @@ func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
 	if in.guard, err = lazypages.StartGuard(); err != nil {
 		return phaseErr(PhaseCheck, err)
 	}
-	if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Accepted{Accepted: &pb.Accepted{Id: in.res.ID}}}); err != nil {
+	if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Accepted{Accepted: &pb.Accepted{Id: in.res.ID, PageLimit: uint64(in.pageLimit)}}}); err != nil {
 		return phaseErr(PhaseConnect, err)
 	}
 	phase := PhasePrecopy
@@ -462,7 +462,8 @@ func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
 			if err := in.finishRound(m.GetRoundDone().N); err != nil {
 				return phaseErr(phase, err)
 			}
-			if err := in.send(&pb.Envelope{Msg: &pb.Envelope_RoundAck{RoundAck: &pb.RoundAck{N: m.GetRoundDone().N}}}); err != nil {
+			if err := in.send(&pb.Envelope{Msg: &pb.Envelope_RoundAck{RoundAck: &pb.RoundAck{N: m.GetRoundDone().N,
+				PageBytes: uint64(in.pageBytes())}}}); err != nil {
 				return phaseErr(phase, err)
 			}
 		case m.GetFile() != nil:

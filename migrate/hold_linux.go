@@ -278,6 +278,10 @@ func pruneResumed(dir string) {
 	}
 }
 
+// resolveAuthorizedHook, when set (tests), runs between a Resolve's
+// authorization and the delivery of its decision.
+var resolveAuthorizedHook func(id string)
+
 // resolveWait bounds how long a Resolve waits for a decided copy to
 // resume or die.
 const resolveWait = 2 * time.Minute
@@ -328,8 +332,22 @@ func (a *Agent) serveResolve(k *ctl, r *pb.Resolve, peer *x509.Certificate) {
 		fail(err)
 		return
 	}
+	if resolveAuthorizedHook != nil {
+		resolveAuthorizedHook(r.Id)
+	}
+	admin, fp := a.isAdmin(peer), peerFingerprint(peer)
 	a.mu.Lock()
 	h := a.held[r.Id]
+	// authorize let an id with no owner or state through: its copy may
+	// have been held since, for another certificate. Checked again under
+	// the lock that delivers the decision.
+	if h != nil && !admin && (h.owner == "" || h.owner != fp) {
+		a.mu.Unlock()
+		err := fmt.Errorf("migration %s was not started by %s: only its source's certificate or an admin (agent --admin-cn) may resolve it", r.Id, peerName(peer))
+		a.cfg.Log.Warnf("agent: resolve from %s refused: %v", k.c.RemoteAddr(), err)
+		fail(err)
+		return
+	}
 	if h != nil && r.Decision != "" {
 		select {
 		case h.decide <- r.Decision:

@@ -52,7 +52,12 @@ func Summary(r Result) string {
 		}
 		b.WriteString(")")
 	}
-	if r.Overrun {
+	switch {
+	case r.PrecopyStop == StopByteLimit && r.Overrun:
+		b.WriteString("; pre-copy stopped under the agent's --max-migration-bytes, the downtime budget was overrun")
+	case r.PrecopyStop == StopByteLimit:
+		b.WriteString("; pre-copy stopped under the agent's --max-migration-bytes")
+	case r.Overrun:
 		b.WriteString("; pre-copy did not converge, the downtime budget was overrun")
 	}
 	return b.String()

@@ -35,22 +35,72 @@ func converging(rounds []Round) bool {
 	return float64(rounds[n-1].Bytes) <= 0.8*float64(rounds[n-2].Bytes)
 }
 
-// decide says, after the rounds so far, whether to stop pre-copy, and
-// whether stopping now overruns the budget. The first round takes every
-// page, so the dirty rate is known only from the second.
-func decide(rounds []Round, budget time.Duration, maxRounds int) (stop, overrun bool) {
+// Why pre-copy stopped (Result.PrecopyStop).
+const (
+	StopConverged   = "converged"      // the last delta fits the downtime budget
+	StopMaxRounds   = "max-rounds"     // --max-rounds reached
+	StopDiverging   = "not-converging" // the rounds stopped shrinking
+	StopByteLimit   = "byte-limit"     // another round might leave no room for the final dump
+	StopStopAndCopy = "stop-and-copy"  // --max-rounds 0
+)
+
+// pageRoom is what the agent's page-byte bound (--max-migration-bytes)
+// leaves the migration: limit, what the rounds wrote there so far (used),
+// and the tree's memory now. limit 0: no bound known.
+type pageRoom struct {
+	limit, used, memory uint64
+}
+
+// imageBytes is the worst case of one dump of n page bytes on the agent:
+// the pages and a pagemap entry for each (every page its own run), plus
+// the small images.
+func imageBytes(n uint64) uint64 { return n + n/128 + 1<<20 }
+
+// roomFor reports whether a round of about next bytes and then the final
+// dump, in the worst case every page of the tree, both fit under the
+// agent's bound. The limit is a hard bound there: a round that crosses it
+// fails the migration, so pre-copy must stop while the final still fits.
+func (r pageRoom) roomFor(next uint64) bool {
+	if r.limit == 0 {
+		return true
+	}
+	need := imageBytes(min(next, r.memory)) + imageBytes(r.memory)
+	return r.used <= r.limit && need <= r.limit-r.used
+}
+
+// nextRound estimates the next round's bytes: the first takes every page;
+// later ones twice what the last round moved or the dirty rate predicts
+// (a margin for a program that speeds up), at most all memory.
+func nextRound(rounds []Round, memory uint64) uint64 {
+	if len(rounds) == 0 {
+		return memory
+	}
+	last := rounds[len(rounds)-1]
+	est := 2 * max(float64(last.Bytes), nextDelta(last))
+	if est >= float64(memory) {
+		return memory
+	}
+	return uint64(est)
+}
+
+// decide says, after the rounds so far, whether to stop pre-copy, whether
+// stopping now overruns the downtime budget, and why it stops. The first
+// round takes every page, so the dirty rate is known only from the second.
+func decide(rounds []Round, budget time.Duration, maxRounds int, room pageRoom) (stop, overrun bool, why string) {
 	n := len(rounds)
-	if n == 0 {
-		return maxRounds <= 0, false
+	if n == 0 && maxRounds <= 0 {
+		return true, false, StopStopAndCopy
 	}
 	fits := n >= 2 && predictedDowntime(rounds) <= budget
 	switch {
 	case fits:
-		return true, false
+		return true, false, StopConverged
 	case n >= maxRounds:
-		return true, n >= 2
-	case n >= 3 && !converging(rounds):
-		return true, true
+		return true, n >= 2, StopMaxRounds
+	case n >= 2 && !converging(rounds):
+		return true, true, StopDiverging
+	case !room.roomFor(nextRound(rounds, room.memory)):
+		return true, n >= 2, StopByteLimit
 	}
-	return false, false
+	return false, false, ""
 }

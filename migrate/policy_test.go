@@ -34,9 +34,70 @@ func TestDecide(t *testing.T) {
 		{"small round, best bandwidth", []Round{round(1024*MB, time.Second, 0), round(4096, 100*time.Millisecond, MB)}, 8, true, false},
 		{"max rounds overrun", []Round{round(1024*MB, time.Second, 0), round(500*MB, time.Second, 500*MB)}, 2, true, true},
 	} {
-		stop, overrun := decide(c.rounds, budget, c.max)
+		stop, overrun, _ := decide(c.rounds, budget, c.max, pageRoom{})
 		if stop != c.stop || overrun != c.overrun {
 			t.Errorf("%s: decide = %v, %v; want %v, %v", c.name, stop, overrun, c.stop, c.overrun)
+		}
+	}
+}
+
+// A program that rewrites its memory faster than the link: the rounds
+// stop while the final dump (worst case: all memory) still fits under the
+// agent's bound, and say why.
+func TestDecideByteLimit(t *testing.T) {
+	const MB = 1 << 20
+	budget := 50 * time.Millisecond
+	mem := uint64(256 * MB)
+	// The agent's default bound: twice the memory plus 256 MiB.
+	def := 2*mem + migrationSlack
+	full := round(256*MB, 4*time.Second, 0)
+	// 64 MB/s dirtied over 4 s rounds at 64 MB/s: each round ~ all memory.
+	hot := round(250*MB, 4*time.Second, 62*MB)
+	for _, c := range []struct {
+		name          string
+		rounds        []Round
+		room          pageRoom
+		stop, overrun bool
+		why           string
+	}{
+		{"room for round 1 and the final", nil, pageRoom{def, 0, mem}, false, false, ""},
+		{"no room for round 1 and the final: stop-and-copy", nil, pageRoom{mem + mem/2, 0, mem}, true, false, StopByteLimit},
+		// After the first round (256 MiB written) the second might take
+		// all memory again, and the final too: 768 MiB + maps > 768 MiB.
+		{"after round 1 at the default bound", []Round{full}, pageRoom{def, 256 * MB, mem}, true, false, StopByteLimit},
+		{"after round 1, a large bound", []Round{full}, pageRoom{8 * mem, 256 * MB, mem}, false, false, ""},
+		// The second round moved nearly everything again: not converging,
+		// checked from round 2.
+		{"round 2 does not shrink", []Round{full, hot}, pageRoom{16 * mem, 512 * MB, mem}, true, true, StopDiverging},
+		// A converging program whose next round would still fit.
+		{"converging, room left", []Round{full, round(64*MB, time.Second, 16*MB)}, pageRoom{def, 320 * MB, mem}, false, false, ""},
+		// The same with the bound nearly used: stop, budget overrun.
+		{"converging, no room", []Round{full, round(64*MB, time.Second, 16*MB)}, pageRoom{600 * MB, 320 * MB, mem}, true, true, StopByteLimit},
+		// Already past the bound (the agent would have refused): stop.
+		{"bound passed", []Round{full}, pageRoom{100 * MB, 256 * MB, mem}, true, false, StopByteLimit},
+		{"no bound known", []Round{full}, pageRoom{0, 256 * MB, mem}, false, false, ""},
+	} {
+		stop, overrun, why := decide(c.rounds, budget, 8, c.room)
+		if stop != c.stop || overrun != c.overrun || why != c.why {
+			t.Errorf("%s: decide = %v, %v, %q; want %v, %v, %q", c.name, stop, overrun, why, c.stop, c.overrun, c.why)
+		}
+	}
+}
+
+// Whatever the rounds, the policy never starts a round that, at its
+// worst (all memory) followed by the final at its worst, passes the bound
+// when the estimate is right: the final always fits after a stop.
+func TestRoomForFinal(t *testing.T) {
+	const MB = 1 << 20
+	mem := uint64(100 * MB)
+	r := pageRoom{limit: 2*mem + migrationSlack, memory: mem}
+	for used := uint64(0); used < r.limit; used += 7 * MB {
+		r.used = used
+		if r.roomFor(mem) && used+imageBytes(mem)+imageBytes(mem) > r.limit {
+			t.Fatalf("used %d: room for a full round and the final claimed, %d > %d", used, used+2*imageBytes(mem), r.limit)
+		}
+		if !r.roomFor(0) && used+imageBytes(0)+imageBytes(mem) <= r.limit {
+			t.Fatalf("used %d: the final fits yet no room", used)
 		}
 	}
 }

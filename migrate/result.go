@@ -92,6 +92,10 @@ type Result struct {
 	// Overrun is set when the policy gave up converging and the final
 	// delta did not fit the downtime budget.
 	Overrun bool `json:"overrun,omitempty"`
+	// PrecopyStop says why the rounds stopped (Stop*): e.g. "byte-limit"
+	// when another round might have left the final dump no room under the
+	// agent's --max-migration-bytes.
+	PrecopyStop string `json:"precopy_stop,omitempty"`
 	// Note says what went wrong after the switch-over point, where the
 	// migration still succeeded (the destination's copy is live).
 	Note string `json:"note,omitempty"`

@@ -244,6 +244,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, phaseErr(PhaseCheck, fmt.Errorf("expected accepted, got %T", m.Msg))
 	}
 	res.ID = m.GetAccepted().Id
+	s.pageLimit = m.GetAccepted().PageLimit
 	if comp == CompressAuto {
 		a := &AutoCompress{}
 		if a.Link, err = s.probeLink(); err != nil {
@@ -317,10 +318,20 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 
 	n := uint32(0)
 	var prevDur time.Duration
+	memory := treeMemory(o.Pid)
+	// Not even one full copy fits the agent's bound: refused before any
+	// round freezes the tree.
+	if s.pageLimit > 0 && imageBytes(memory) > s.pageLimit {
+		return res, abort(PhaseCheck, fmt.Errorf("the tree's %d bytes of memory do not fit the agent's --max-migration-bytes %d", memory, s.pageLimit))
+	}
 	for {
-		if stop, overrun := decide(res.Rounds, o.DowntimeBudget, o.MaxRounds); stop {
+		// The final dump may take every page the tree has by then.
+		memory = max(memory, treeMemory(o.Pid))
+		room := pageRoom{limit: s.pageLimit, used: s.pageUsed, memory: memory}
+		if stop, overrun, why := decide(res.Rounds, o.DowntimeBudget, o.MaxRounds, room); stop {
 			// Hybrid never overruns: what did not converge comes lazily.
 			res.Overrun = overrun && res.Mode != ModeHybrid
+			res.PrecopyStop = why
 			break
 		}
 		n++
@@ -606,6 +617,10 @@ type sender struct {
 	// lazyCompress is how the lazy pages of post-copy and hybrid travel
 	// (pageserver.TransportOptions.Compress).
 	lazyCompress string
+	// pageLimit is the agent's bound on the migration's page bytes
+	// (Accepted.page_limit), pageUsed what its rounds wrote there so far
+	// (the last RoundAck.page_bytes).
+	pageLimit, pageUsed uint64
 }
 
 // DefaultStreams is --streams' default for transport ("tls" or "quic").
@@ -771,6 +786,7 @@ func (s *sender) endRound(n uint32) error {
 	if m.GetRoundAck() == nil || m.GetRoundAck().N != n {
 		return fmt.Errorf("expected ack of round %d, got %v", n, m)
 	}
+	s.pageUsed = m.GetRoundAck().PageBytes
 	return nil
 }
 

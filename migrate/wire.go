@@ -25,8 +25,10 @@ import (
 // Hello.memory_bytes (the agent's --max-migration-bytes). 6: Probe and
 // ProbeAck (--compress auto measures the link). 7: RoundStart.streams
 // (a round's pages striped over several connections), compressed QUIC
-// rounds and Restore.compress (compressed lazy pages).
-const Version = 7
+// rounds and Restore.compress (compressed lazy pages). 8:
+// Accepted.page_limit and RoundAck.page_bytes (the source keeps its
+// rounds under the agent's --max-migration-bytes).
+const Version = 8
 
 // maxMessage bounds one control message: image files travel in chunks of
 // fileChunk, everything else is small.

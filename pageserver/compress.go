@@ -28,6 +28,12 @@ const CompressZstd = "zstd"
 const (
 	zstdWindow    = 2 << 20
 	zstdDecMemory = 16 << 20
+	// zstdReplyWindow is the encoder window of a server that does not
+	// serve pages (not lazy): its replies are a few bytes (statuses,
+	// has_parent) or pages read back from a parent, which a window of
+	// pages would gain nothing from, and the window is memory held for
+	// the session's life.
+	zstdReplyWindow = 64 << 10
 )
 
 func checkCompress(c string) error {
@@ -36,6 +42,20 @@ func checkCompress(c string) error {
 		return nil
 	}
 	return fmt.Errorf("page server: unknown compression %q (want zstd)", c)
+}
+
+// maxZstdStreamsPerConn bounds the concurrent streams of one compressed
+// QUIC connection (its MaxIncomingStreams: the peer waits for a stream,
+// none is refused): each holds a decoder of up to a zstdWindow of history.
+const maxZstdStreamsPerConn = 4
+
+// encWindow is the server's encoder window: pages only a lazy server
+// sends.
+func (s *Server) encWindow() int {
+	if s.cfg.Lazy {
+		return zstdWindow
+	}
+	return zstdReplyWindow
 }
 
 // zstdStream is rw with zstd both ways.
@@ -47,8 +67,15 @@ type zstdStream struct {
 }
 
 func newZstdStream(rw io.ReadWriter) (*zstdStream, error) {
+	return newZstdStreamWindow(rw, zstdWindow)
+}
+
+// newZstdStreamWindow is newZstdStream with encoder window w (a power of
+// two from zstd.MinWindowSize to zstdWindow); the decoder takes any peer's
+// window up to zstdWindow.
+func newZstdStreamWindow(rw io.ReadWriter, w int) (*zstdStream, error) {
 	enc, err := zstd.NewWriter(rw, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1),
-		zstd.WithWindowSize(zstdWindow), zstd.WithLowerEncoderMem(true))
+		zstd.WithWindowSize(w), zstd.WithLowerEncoderMem(true))
 	if err != nil {
 		return nil, fmt.Errorf("page server: zstd: %w", err)
 	}
@@ -89,7 +116,11 @@ type zstdConn struct {
 }
 
 func newZstdConn(c net.Conn) (*zstdConn, error) {
-	z, err := newZstdStream(c)
+	return newZstdConnWindow(c, zstdWindow)
+}
+
+func newZstdConnWindow(c net.Conn, w int) (*zstdConn, error) {
+	z, err := newZstdStreamWindow(c, w)
 	if err != nil {
 		return nil, err
 	}

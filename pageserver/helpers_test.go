@@ -58,6 +58,7 @@ type testServer struct {
 	m    *Metrics
 	opts TransportOptions
 	ln   *Listener
+	srv  *Server
 }
 
 // startServer runs a server on a free loopback port until the test ends.
@@ -84,6 +85,7 @@ func startServer(t testing.TB, cfg Config, o TransportOptions) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ts.srv = srv
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln); srv.Close() }()

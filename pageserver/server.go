@@ -3,6 +3,7 @@ package pageserver
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -62,10 +63,16 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// MaxBytes bounds the bytes all sessions together may write
 	// (--max-bytes): page data, and pagemapEntryMax per pagemap entry
+	// (stripeEntRAM per entry of a striped pagemap, held until END_STRIPE)
 	// (ADDs without data too); 0 means no bound. MaxFiles bounds the image files
 	// they create (--max-files, default 16384; each OPEN makes two).
 	MaxBytes int64
 	MaxFiles int
+	// MaxStripeEntries bounds the entries of striped pagemaps that all
+	// sessions together hold in memory until their END_STRIPE (default
+	// defaultMaxStripeEntries, about stripeEntRAM bytes each): any peer
+	// may send OPEN_STRIPE, and holes cost it no data.
+	MaxStripeEntries int64
 	// IdleTimeout (default 2 min) bounds the wait for a request, and a
 	// QUIC connection's time without any request in progress: keep-alive
 	// packets don't count. ReadTimeout (default 30 s) bounds the arrival
@@ -92,6 +99,7 @@ const (
 	defaultMaxConns         = 64
 	defaultMaxConnsPerPeer  = 8
 	defaultMaxFiles         = 16384
+	defaultMaxStripeEntries = 1 << 21
 	defaultIdleTimeout      = 2 * time.Minute
 	defaultReadTimeout      = 30 * time.Second
 	defaultHandshakeTimeout = 5 * time.Second
@@ -135,6 +143,8 @@ type Server struct {
 	// stripes are the striped pagemaps being written (stripe.go).
 	stripeMu sync.Mutex
 	stripes  map[uint64]*stripe
+	// stripeEnts counts the striped entries held (MaxStripeEntries).
+	stripeEnts atomic.Int64
 	// sessions counts the sessions ended (Once).
 	sessions int
 	conns    map[io.Closer]struct{}
@@ -162,6 +172,9 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxFiles <= 0 {
 		s.cfg.MaxFiles = defaultMaxFiles
+	}
+	if cfg.MaxStripeEntries <= 0 {
+		s.cfg.MaxStripeEntries = defaultMaxStripeEntries
 	}
 	if cfg.IdleTimeout <= 0 {
 		s.cfg.IdleTimeout = defaultIdleTimeout
@@ -329,15 +342,15 @@ func (s *Server) acceptTCP(ctx context.Context, ln *Listener) error {
 		go func() {
 			defer s.release(cl, c.RemoteAddr())
 			if !ln.compress {
-				s.serveTCP(c, c, c.(*net.TCPConn))
+				s.serveTCP(c, c, c.(*net.TCPConn), nil)
 				return
 			}
-			zc, err := newZstdConn(c)
+			zc, err := newZstdConnWindow(c, s.encWindow())
 			if err != nil {
 				s.log.Errorf("page-server: %s: %v", c.RemoteAddr(), err)
 				return
 			}
-			s.serveTCP(c, zc, nil)
+			s.serveTCP(c, zc, nil, nil)
 		}()
 	}
 }
@@ -395,16 +408,17 @@ func (s *Server) serveTLS(ctx context.Context, c net.Conn, tlsConf *tls.Config, 
 	}
 	s.m.conn(string(TransportTCP))
 	defer s.release(c, peer)
+	certs := tc.ConnectionState().PeerCertificates
 	if !compress {
-		s.serveTCP(c, tc, nil)
+		s.serveTCP(c, tc, nil, certs)
 		return
 	}
-	zc, err := newZstdConn(tc)
+	zc, err := newZstdConnWindow(tc, s.encWindow())
 	if err != nil {
 		s.log.Errorf("page-server: %s: %v", peer, err)
 		return
 	}
-	s.serveTCP(c, zc, nil)
+	s.serveTCP(c, zc, nil, certs)
 }
 
 // admit counts a connection against MaxConns and tracks it for shutdown;
@@ -452,18 +466,26 @@ func (s *Server) release(c io.Closer, peer net.Addr) {
 	s.wg.Done()
 }
 
+// closeAll closes every connection (a TCP one is a shutdownCloser: a lazy
+// session's raw read is woken first). The Closes run without s.mu, which
+// the sessions' release takes.
 func (s *Server) closeAll() {
 	s.mu.Lock()
 	s.closing = true
+	conns := make([]io.Closer, 0, len(s.conns))
 	for c := range s.conns {
-		c.Close()
+		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
 }
 
 // serveTCP serves one admitted connection: conn is c itself or the TLS
-// connection over it; raw, when set, lets page data be spliced.
-func (s *Server) serveTCP(c, conn net.Conn, raw *net.TCPConn) {
+// connection over it; raw, when set, lets page data be spliced; certs
+// are the TLS peer's.
+func (s *Server) serveTCP(c, conn net.Conn, raw *net.TCPConn, certs []*x509.Certificate) {
 	peer := c.RemoteAddr().String()
 	s.log.Infof("page-server: %s: connected", peer)
 	rd := conn
@@ -473,6 +495,7 @@ func (s *Server) serveTCP(c, conn net.Conn, raw *net.TCPConn) {
 		}
 	}
 	ss := s.newSession(peer, rd, conn, raw)
+	ss.owner = stripeOwner(c.RemoteAddr(), certs)
 	ss.dl = rd
 	err := ss.run()
 	s.finish(ss, err)
@@ -515,6 +538,7 @@ func (q quicCloser) Close() error { return q.c.CloseWithError(0, "") }
 func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser, compress bool) {
 	defer s.release(closer, qc.RemoteAddr())
 	peer := qc.RemoteAddr().String()
+	owner := stripeOwner(qc.RemoteAddr(), qc.ConnectionState().TLS.PeerCertificates)
 	s.log.Infof("page-server: %s: connected (quic)", peer)
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -552,7 +576,7 @@ func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser
 			name := fmt.Sprintf("%s/%d", peer, st.StreamID())
 			var rw io.ReadWriter = st
 			if compress {
-				z, err := newZstdStream(st)
+				z, err := newZstdStreamWindow(st, s.encWindow())
 				if err != nil {
 					s.log.Errorf("page-server: %s: %v", name, err)
 					st.CancelRead(1)
@@ -562,6 +586,7 @@ func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser
 				rw = z
 			}
 			ss := s.newSession(name, rw, rw, nil)
+			ss.owner = owner
 			ss.dl = st
 			err := ss.run()
 			s.finish(ss, err)

@@ -42,7 +42,10 @@ type session struct {
 	// stripes are the striped pagemaps this session joined (true: it
 	// ended its part).
 	stripes map[*stripe]bool
-	closed  bool // CLOSE served
+	// owner names the peer for joining striped pagemaps (stripeOwner;
+	// by default its peer string, which no other connection shares).
+	owner  string
+	closed bool // CLOSE served
 }
 
 // task is one pagemap being written.
@@ -56,7 +59,7 @@ type task struct {
 }
 
 func (s *Server) newSession(peer string, r io.Reader, w io.Writer, tcp *net.TCPConn) *session {
-	return &session{s: s, peer: peer, rd: bufio.NewReaderSize(r, readBufSize), src: r, w: w, tcp: tcp}
+	return &session{s: s, peer: peer, owner: peer, rd: bufio.NewReaderSize(r, readBufSize), src: r, w: w, tcp: tcp}
 }
 
 // run serves requests until CLOSE, EOF or an error. A nil error means a

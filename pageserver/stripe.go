@@ -1,11 +1,14 @@
 package pageserver
 
 import (
+	"crypto/sha256"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"os"
 	"sync"
 	"time"
@@ -38,11 +41,13 @@ type stripe struct {
 	t       *task
 	pages   *os.File // t.pw's pages file, written at offsets
 	streams int
+	owner   string // stripeOwner of the creating session
 
 	mu        sync.Mutex
 	joined    int
 	ended     int
 	ents      map[uint64]stripeEnt // by seq
+	held      int64                // entries counted in s.stripeEnts
 	total     uint64               // entries and present pages announced by END_STRIPE
 	present   uint64
 	announced bool
@@ -55,6 +60,12 @@ type stripeEnt struct {
 	vaddr, nr, off uint64
 	flags          uint16
 }
+
+// stripeEntRAM bounds the heap one held entry takes (a map slot: key,
+// value and the map's own overhead, measured about 85 B). It is charged
+// against MaxBytes instead of pagemapEntryMax (which it exceeds), so that
+// the bound covers the memory as well as the pagemap written from it.
+const stripeEntRAM = 96
 
 // openStripe joins session ss to the striped pagemap of dst written over
 // n connections, creating its images on the first join. It reports
@@ -83,6 +94,7 @@ func (ss *session) openStripe(dst, n uint64) (bool, error) {
 			s.stripeMu.Unlock()
 			return false, err
 		}
+		st.owner = ss.owner
 		s.stripes[norm] = st
 	}
 	// st.mu is taken without stripeMu: finish takes them the other way.
@@ -90,6 +102,8 @@ func (ss *session) openStripe(dst, n uint64) (bool, error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	switch {
+	case st.owner != ss.owner:
+		return false, reqErr(reasonConflict, fmt.Errorf("dst_id %#x is striped by another peer", dst))
 	case st.finished:
 		return false, reqErr(reasonConflict, fmt.Errorf("dst_id %#x: striped pagemap already ended", dst))
 	case uint64(st.streams) != n:
@@ -134,6 +148,24 @@ func (s *Server) newStripe(norm uint64, name string, n int, peer string) (*strip
 	}
 	s.log.Debugf("page-server: %s: opened %s striped over %d connections (pages %s, parent %v)", peer, name, n, t.pagesN, t.parent != nil)
 	return &stripe{s: s, t: t, pages: t.pw.PagesFile(), streams: n, ents: map[uint64]stripeEnt{}, done: make(chan struct{})}, nil
+}
+
+// stripeOwner names a striped client for its joins: its IP address (its
+// connections come from several ports) and, under TLS, the fingerprint of
+// its certificate. Only the creator of a striped pagemap may join it:
+// another peer's entries would go into its images.
+func stripeOwner(a net.Addr, certs []*x509.Certificate) string {
+	ip := a.String()
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ip = a.IP.String()
+	case *net.UDPAddr:
+		ip = a.IP.String()
+	}
+	if len(certs) == 0 {
+		return ip
+	}
+	return fmt.Sprintf("%s %x", ip, sha256.Sum256(certs[0].Raw))
 }
 
 // joined is the stripe of dst this session joined and has not ended.
@@ -239,9 +271,16 @@ func (st *stripe) record(seq uint64, e stripeEnt, n int64) error {
 	if _, dup := st.ents[seq]; dup {
 		return reqErr(reasonRange, fmt.Errorf("entry %d sent twice", seq))
 	}
-	if err := st.s.chargeBytes(st.t, pagemapEntryMax+n); err != nil {
+	s := st.s
+	if s.stripeEnts.Add(1) > s.cfg.MaxStripeEntries {
+		s.stripeEnts.Add(-1)
+		return reqErr(reasonQuota, fmt.Errorf("the server's limit of %d striped pagemap entries held until END_STRIPE is reached", s.cfg.MaxStripeEntries))
+	}
+	if err := s.chargeBytes(st.t, stripeEntRAM+n); err != nil {
+		s.stripeEnts.Add(-1)
 		return err
 	}
+	st.held++
 	st.ents[seq] = e
 	return nil
 }
@@ -316,6 +355,8 @@ func (st *stripe) finish(err error) {
 		st.s.log.Warnf("page-server: dropped striped %s and %s: %v", t.name, t.pagesN, err)
 	}
 	st.ents = nil
+	st.s.stripeEnts.Add(-st.held)
+	st.held = 0
 	st.s.unclaim(t.dst)
 	st.s.stripeMu.Lock()
 	if st.s.stripes[t.dst] == st {

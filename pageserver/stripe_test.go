@@ -1,10 +1,14 @@
 package pageserver
 
 import (
+	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/binary"
 	"io"
+	"net"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -255,4 +259,112 @@ func TestStripedTooMany(t *testing.T) {
 	b.send(wire.CmdOpenStripe, 3, 0, TaskDst(5), nil)
 	b.closedByServer()
 	ts.log.waitLog(t, "striped over 2 connections, not 3")
+}
+
+// sendHoles sends n ADD_AT holes (no data) from seq on, in one write.
+func (p stripePeer) sendHoles(seq, n uint64) {
+	var b bytes.Buffer
+	var h [wire.HeaderSize]byte
+	var ext [wire.StripeExtSize]byte
+	for i := seq; i < seq+n; i++ {
+		wire.Header{Cmd: wire.MakeCmd(wire.CmdAddAt, wire.FlagLazy), NrPages: 1, Vaddr: (i + 1) * PageSize, DstID: TaskDst(5)}.Marshal(h[:])
+		binary.NativeEndian.PutUint64(ext[0:], i)
+		b.Write(h[:])
+		b.Write(ext[:])
+	}
+	p.c.Write(b.Bytes())
+}
+
+// waitStripeEnts waits until the server holds n striped entries.
+func (ts *testServer) waitStripeEnts(t *testing.T, n int64) {
+	t.Helper()
+	for end := time.Now().Add(20 * time.Second); ts.srv.stripeEnts.Load() != n; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("server holds %d striped entries, want %d", ts.srv.stripeEnts.Load(), n)
+		}
+	}
+}
+
+// TestStripedEntriesBounded: holes cost a peer no data, but each is held
+// in memory until END_STRIPE: without --max-bytes they are refused past
+// MaxStripeEntries, the heap they take stays within stripeEntRAM each,
+// and dropping the stripe returns them.
+func TestStripedEntriesBounded(t *testing.T) {
+	const limit = 50000
+	ts := startServer(t, Config{MaxStripeEntries: limit}, TransportOptions{})
+	a, b := stripePeer{dialRaw(t, ts.addr)}, stripePeer{dialRaw(t, ts.addr)}
+	for _, p := range []stripePeer{a, b} {
+		p.send(wire.CmdOpenStripe, 2, 0, TaskDst(5), nil)
+		p.reply(1)
+	}
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	a.sendHoles(0, limit)
+	ts.waitStripeEnts(t, limit)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > limit*stripeEntRAM+4<<20 {
+		t.Errorf("%d held entries grew the heap by %d bytes, more than %d each", limit, grew, stripeEntRAM)
+	}
+	b.sendHoles(limit, 1000)
+	ts.log.waitLog(t, "limit of 50000 striped pagemap entries held until END_STRIPE is reached")
+	b.closedByServer()
+	ts.log.waitLog(t, "dropped striped pagemap-5.img")
+	ts.waitStripeEnts(t, 0)
+	if exists(ts.dir, "pagemap-5.img") {
+		t.Error("pagemap-5.img left")
+	}
+}
+
+// TestStripedEntriesCharged: with --max-bytes, a held entry is charged
+// the memory it takes, not only its bytes in the pagemap.
+func TestStripedEntriesCharged(t *testing.T) {
+	const n = 1000
+	ts := startServer(t, Config{MaxBytes: n * stripeEntRAM}, TransportOptions{})
+	a, b := stripePeer{dialRaw(t, ts.addr)}, stripePeer{dialRaw(t, ts.addr)}
+	for _, p := range []stripePeer{a, b} {
+		p.send(wire.CmdOpenStripe, 2, 0, TaskDst(5), nil)
+		p.reply(1)
+	}
+	a.sendHoles(0, n)
+	ts.waitStripeEnts(t, n)
+	a.sendHoles(n, 1)
+	ts.log.waitLog(t, "limit of 96000 bytes of images is reached (--max-bytes)")
+	a.closedByServer()
+	ts.waitStripeEnts(t, 0)
+}
+
+// TestStripedOtherPeer: only the peer that created a striped pagemap may
+// join it; another address, or another certificate from the same
+// address, is refused.
+func TestStripedOtherPeer(t *testing.T) {
+	ts := startServer(t, Config{}, TransportOptions{})
+	a := stripePeer{dialRaw(t, ts.addr)}
+	a.send(wire.CmdOpenStripe, 2, 0, TaskDst(5), nil)
+	a.reply(1)
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	c, err := d.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	b := stripePeer{&rawPeer{t, c}}
+	b.send(wire.CmdOpenStripe, 2, 0, TaskDst(5), nil)
+	b.closedByServer()
+	ts.log.waitLog(t, "is striped by another peer")
+	// The creator's own second connection still joins.
+	a2 := stripePeer{dialRaw(t, ts.addr)}
+	a2.send(wire.CmdOpenStripe, 2, 0, TaskDst(5), nil)
+	a2.reply(1)
+
+	ip := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}
+	port := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 2}
+	c1, c2 := &x509.Certificate{Raw: []byte{1}}, &x509.Certificate{Raw: []byte{2}}
+	if stripeOwner(ip, []*x509.Certificate{c1}) == stripeOwner(ip, []*x509.Certificate{c2}) {
+		t.Error("two certificates from one address are one stripe owner")
+	}
+	if stripeOwner(ip, []*x509.Certificate{c1}) != stripeOwner(port, []*x509.Certificate{c1}) {
+		t.Error("one client's connections from two ports are two stripe owners")
+	}
 }

@@ -198,6 +198,7 @@ func (o TransportOptions) quicConfig(server bool) *quic.Config {
 				c.MaxIncomingStreams = maxStreamsPerConn
 			}
 			c.MaxIncomingUniStreams = -1
+			o.capZstdStreams(c)
 		}
 		return c
 	}
@@ -215,8 +216,17 @@ func (o TransportOptions) quicConfig(server bool) *quic.Config {
 	}
 	if !server {
 		c.KeepAlivePeriod = 15 * time.Second
+	} else {
+		o.capZstdStreams(c)
 	}
 	return c
+}
+
+// capZstdStreams bounds a compressing server's concurrent streams.
+func (o TransportOptions) capZstdStreams(c *quic.Config) {
+	if o.Compress != "" {
+		c.MaxIncomingStreams = min(c.MaxIncomingStreams, maxZstdStreamsPerConn)
+	}
 }
 
 // quicConnWindow bounds one QUIC connection's receive buffers (flow

@@ -46,6 +46,14 @@ func (r *Restorer) Resume() error {
 	if err := r.unlockNetwork(); err != nil {
 		return r.fail("network unlock", err)
 	}
+	// The --link-remap names, kept until the restore succeeds so that a
+	// failed one can be run again, are held now, while no task runs:
+	// each in its task's root, as the restore opened it.
+	links, err := drivers.HoldLinkRemaps(r.img.tree)
+	if err != nil {
+		r.log.Warnf("restore %d: %v (left behind)", pid, err)
+	}
+	defer links.Close()
 	var errs []error
 	thawed := 0
 	_ = r.tr.Do(func() error { // on the tracer thread, as Layout
@@ -61,9 +69,8 @@ func (r *Restorer) Resume() error {
 		}
 		return r.fail("detach", err)
 	}
-	// The restore succeeded: the --link-remap names, kept until now so
-	// that a failed restore could be run again, may go.
-	if err := drivers.RemoveLinkRemaps(r.img.tree, pid); err != nil {
+	// The restore succeeded: the --link-remap names may go.
+	if err := links.Remove(); err != nil {
 		r.log.Warnf("restore %d: %v (left behind)", pid, err)
 	}
 	return r.resumed()

@@ -20,6 +20,7 @@ import (
 	"godwit/internal/daemon"
 	"godwit/internal/engineopts"
 	"godwit/internal/logging"
+	"godwit/internal/netlock"
 	"godwit/internal/opts"
 	"godwit/restorer"
 )
@@ -187,11 +188,10 @@ func (c *Conn) runEngine(t rpc.CriuReqType, req *rpc.CriuReq) (*rpc.CriuResp, er
 		if err := c.peer.mayDump(o.Tree); err != nil {
 			return nil, err
 		}
-		if c.peer.delegated && (o.PrevImages != "" || o.AutoDedup || o.TrackMem) {
-			// A parent chain is followed (and, with auto_dedup,
-			// punched) as root through directories and links the
-			// client controls: it could reach another user's images.
-			return nil, errors.New("parent_img, track_mem and auto_dedup are not allowed to clients admitted by --service-group (the parent chain is read and punched as root)")
+	}
+	if c.peer.delegated {
+		if err := refuseDelegated(o); err != nil {
+			return nil, err
 		}
 	}
 	if t == rpc.CriuReqType_RESTORE {
@@ -204,6 +204,11 @@ func (c *Conn) runEngine(t rpc.CriuReqType, req *rpc.CriuReq) (*rpc.CriuResp, er
 		return nil, err
 	}
 	if t == rpc.CriuReqType_PAGE_SERVER || t == rpc.CriuReqType_PAGE_SERVER_CHLD {
+		if c.peer.delegated && q.ps == nil {
+			if err := mayBindPort(o.Port); err != nil {
+				return nil, err
+			}
+		}
 		return c.startPageServer(q, t == rpc.CriuReqType_PAGE_SERVER)
 	}
 
@@ -245,7 +250,15 @@ func (c *Conn) runLocked(t rpc.CriuReqType, q *request, l *logging.Logger, notif
 		if err != nil {
 			return nil, err
 		}
-		do.Admit = func(pids []int) error { return c.peer.mayDumpFrozen(o.Tree, pids) }
+		do.Admit = func(pids []int) error {
+			if err := c.peer.mayDumpFrozen(o.Tree, pids); err != nil {
+				return err
+			}
+			if do.NetworkLock == netlock.Skip {
+				return nil
+			}
+			return c.peer.mayLockNetns(o.Tree)
+		}
 		res, err := dumper.DumpContext(ctx, do, scripts)
 		if err != nil {
 			return nil, err
@@ -340,6 +353,46 @@ func (c *Conn) waitPid(pid uint32) (*rpc.CriuResp, error) {
 	}
 	delete(c.children, int(pid))
 	return &rpc.CriuResp{Type: rpc.CriuReqType_WAIT_PID.Enum(), Success: ptr(true), Status: ptr(int32(ws))}, nil
+}
+
+// refuseDelegated refuses the options that make godwit, as root, open a
+// path a client admitted by --service-group names: the path is reached
+// with root's rights, through directories and links the client controls.
+func refuseDelegated(o *opts.Options) error {
+	if o.PrevImages != "" || o.AutoDedup || o.TrackMem {
+		// A parent chain is followed (and, with auto_dedup, punched):
+		// it could reach another user's images.
+		return errors.New("parent_img, track_mem and auto_dedup are not allowed to clients admitted by --service-group (the parent chain is read and punched as root)")
+	}
+	if o.FreezeCgroup != "" {
+		// The cgroup's files are read and written: it could freeze
+		// another user's cgroup.
+		return errors.New("freeze_cgroup: not allowed to clients admitted by --service-group (the cgroup's files are written as root)")
+	}
+	if o.TLSCACert != "" || o.TLSCACRL != "" || o.TLSCert != "" || o.TLSKey != "" {
+		// Read as root: a client could name root's own key.
+		return errors.New("tls_cacert, tls_cacrl, tls_cert and tls_key: not allowed to clients admitted by --service-group (the files are read as root)")
+	}
+	return nil
+}
+
+// mayBindPort refuses a page server port a client admitted by
+// --service-group could not bind itself (below
+// net.ipv4.ip_unprivileged_port_start): the server binds it as root.
+func mayBindPort(port int) error {
+	if port == 0 {
+		return nil // the kernel picks an unprivileged one
+	}
+	start := 1024
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start"); err == nil {
+		if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			start = v
+		}
+	}
+	if port < start {
+		return fmt.Errorf("page-server: port %d: not allowed to clients admitted by --service-group (below net.ipv4.ip_unprivileged_port_start %d)", port, start)
+	}
+	return nil
 }
 
 // startPageServer answers PAGE_SERVER and PAGE_SERVER_CHLD: it runs

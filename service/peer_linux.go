@@ -183,6 +183,47 @@ func (p *peer) mayDumpFrozen(root int, pids []int) error {
 	return nil
 }
 
+// mayLockNetns checks, for a client admitted by the group, the network
+// namespace of the frozen tree's root: one other than godwit's is locked
+// whole by the dump (and stays locked after a dump that kills the tree,
+// until a restore, which the client may not do), so the client must be
+// able to administer it itself: its user namespace is owned by the
+// client's uid.
+func (p *peer) mayLockNetns(root int) error {
+	if !p.delegated {
+		return nil
+	}
+	ns := "/proc/" + strconv.Itoa(root) + "/ns/net"
+	var self, task unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &self); err != nil {
+		return fmt.Errorf("network namespace of %d: %w", root, err)
+	}
+	fd, err := unix.Open(ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("network namespace of %d: %w", root, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Fstat(fd, &task); err != nil {
+		return fmt.Errorf("network namespace of %d: %w", root, err)
+	}
+	if task.Dev == self.Dev && task.Ino == self.Ino {
+		return nil // only the tree's own connections are locked
+	}
+	u, err := unix.IoctlRetInt(fd, unix.NS_GET_USERNS)
+	if err != nil {
+		return fmt.Errorf("network namespace of %d: NS_GET_USERNS: %w", root, err)
+	}
+	defer unix.Close(u)
+	owner, err := unix.IoctlGetUint32(u, unix.NS_GET_OWNER_UID)
+	if err != nil {
+		return fmt.Errorf("network namespace of %d: NS_GET_OWNER_UID: %w", root, err)
+	}
+	if owner != p.cred.Uid {
+		return fmt.Errorf("network namespace of %d is not the client's (its user namespace belongs to uid %d) and the network lock would lock it whole: set network_lock SKIP", root, owner)
+	}
+	return nil
+}
+
 // children lists the children of every thread of pid.
 func children(pid int) ([]int, error) {
 	tids, err := threads(pid)

@@ -505,4 +505,86 @@ func TestGroupClientActsOnProcesses(t *testing.T) {
 			t.Errorf("group member dumping with %s: %v", name, resp)
 		}
 	}
+	// A page server reads the parent chain as root too.
+	ps := &rpc.CriuReq{Type: rpc.CriuReqType_PAGE_SERVER.Enum(), Opts: &rpc.CriuOpts{ImagesDirFd: ptr(int32(0)), ParentImg: ptr("/root")}}
+	if resp, _ := runClient(t, nobody, s.Addr(), ps, own); resp.GetSuccess() || !strings.Contains(resp.GetCrErrmsg(), "not allowed to clients admitted by --service-group") {
+		t.Errorf("group member starting a page server with parent_img: %v", resp)
+	}
+	// Nor bind a port the client could not bind itself.
+	ps = &rpc.CriuReq{Type: rpc.CriuReqType_PAGE_SERVER.Enum(), Opts: &rpc.CriuOpts{ImagesDirFd: ptr(int32(0)), Ps: &rpc.CriuPageServerInfo{Port: ptr(int32(80))}}}
+	if resp, _ := runClient(t, nobody, s.Addr(), ps, own); resp.GetSuccess() || !strings.Contains(resp.GetCrErrmsg(), "port 80: not allowed to clients admitted by --service-group") {
+		t.Errorf("group member starting a page server on port 80: %v", resp)
+	}
+	// freeze_cgroup names a directory the client made, looking like a
+	// cgroup holding its process, whose cgroup.freeze links to a file
+	// only root may write: the dump must not write through it.
+	victim := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(victim, []byte("precious\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cg := filepath.Join(own, "cg")
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(mine.Process.Pid)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cg, "cgroup.events"), []byte("populated 1\nfrozen 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(cg, "cgroup.freeze")); err != nil {
+		t.Fatal(err)
+	}
+	req := dump(mine.Process.Pid)
+	req.Opts.FreezeCgroup = ptr(cg)
+	if resp, _ := runClient(t, nobody, s.Addr(), req, own); resp.GetSuccess() || !strings.Contains(resp.GetCrErrmsg(), "freeze_cgroup: not allowed to clients admitted by --service-group") {
+		t.Errorf("group member dumping with freeze_cgroup: %v", resp)
+	}
+	if b, err := os.ReadFile(victim); err != nil || string(b) != "precious\n" {
+		t.Errorf("file behind the client's cgroup.freeze link: %q, %v", b, err)
+	}
+	if tr := tracer(mine.Process.Pid); tr != "0" {
+		t.Errorf("its process after the refused freeze_cgroup dump: tracer %s", tr)
+	}
+}
+
+// A --service-group client's process in a network namespace the client
+// does not administer: the dump's network lock would lock that namespace
+// whole, so the dump is refused (untouched) unless network_lock is SKIP.
+func TestGroupClientForeignNetns(t *testing.T) {
+	needRoot(t)
+	s := serve(t, Config{Group: 65534, Hooks: Hooks{Unsupported: func(string, string) bool { return false }}})
+	openDirs(t, filepath.Dir(s.Addr()))
+	own := filepath.Join(t.TempDir(), "own")
+	if err := os.Mkdir(own, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(own, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	openDirs(t, filepath.Dir(own))
+	// Made by root: the namespace belongs to the initial user namespace.
+	cmd := exec.Command("/bin/sleep", "600")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: nobody, Setsid: true, Cloneflags: syscall.CLONE_NEWNET}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	pid := cmd.Process.Pid
+	req := &rpc.CriuReq{Type: rpc.CriuReqType_DUMP.Enum(), Opts: &rpc.CriuOpts{ImagesDirFd: ptr(int32(0)), Pid: ptr(int32(pid)), LeaveRunning: ptr(true)}}
+	resp, _ := runClient(t, nobody, s.Addr(), req, own)
+	if resp.GetSuccess() || !strings.Contains(resp.GetCrErrmsg(), "is not the client's (its user namespace belongs to uid 0)") {
+		t.Errorf("group member dumping its process in root's network namespace: %v", resp)
+	}
+	if _, err := os.Stat(filepath.Join(own, "inventory.img")); err == nil {
+		t.Error("images written for a refused dump")
+	}
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if !strings.Contains(string(b), "TracerPid:\t0\n") {
+		t.Errorf("its process after the refusal:\n%s", b)
+	}
+	req.Opts.NetworkLock = rpc.CriuNetworkLockMethod_SKIP.Enum()
+	if resp, _ := runClient(t, nobody, s.Addr(), req, own); !resp.GetSuccess() {
+		t.Errorf("group member dumping it with network_lock SKIP: %v", resp)
+	}
 }

@@ -216,7 +216,8 @@ own directory under --images-dir, removed when it ends. /metrics (Prometheus: se
 deploy/grafana for a dashboard) and /healthz are served on --metrics-address; the
 history of migrations only over mutual TLS (` + "`godwit migrate history`" + `). A migration
 may write at most --max-migration-bytes of pages (default: twice the memory its
-source announces, plus 256 MiB).`,
+source announces, plus 256 MiB); the source stops its pre-copy rounds while its final
+dump still fits.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfg.ImagesDir == "" {

@@ -186,6 +186,15 @@ func (c *fdCollector) collectRange(nums []int, out []FD) error {
 			fd.Flags, fd.Cloexec = uint32(fi.Flags&^unix.O_CLOEXEC), fi.Flags&unix.O_CLOEXEC != 0
 			fd.Pos, fd.MntID, fd.Info, fd.cloexecUnknown = uint64(fi.Pos), fi.MntID, fi, false
 		}
+		if !copied {
+			// The owner and signal are read only on a copy (fdinfo
+			// has neither): restoring O_ASYNC without them would send
+			// SIGIO nowhere, or as the wrong signal.
+			fd.owner = model.FileOwner{}
+			if fd.Flags&unix.O_ASYNC != 0 {
+				return fmt.Errorf("fd %d: %s: O_ASYNC is set but its owner and signal cannot be read (the fd could not be read on a copy: pidfd_getfd)", n, target)
+			}
+		}
 		if err := kind.check(c.pid, n, uint64(fd.Flags)); err != nil {
 			return fmt.Errorf("fd %d: %s %s: %w", n, kind.name(), target, err)
 		}

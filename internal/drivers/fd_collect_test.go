@@ -171,3 +171,71 @@ func TestSetOwnerAs(t *testing.T) {
 		}
 	}
 }
+
+// Read from /proc only (no copy of the fd: pidfd_getfd refused), an fd
+// with O_ASYNC is refused, since its owner and signal cannot be read;
+// one without is read.
+func TestCollectFDsAsyncWithoutCopy(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root")
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	fl, err := unix.FcntlInt(r.Fd(), unix.F_GETFL, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.FcntlInt(r.Fd(), unix.F_SETFL, fl|unix.O_ASYNC); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sleep", "100")
+	cmd.ExtraFiles = []*os.File{r, w} // 3, 4
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	pid := cmd.Process.Pid
+	// Until the child has exec'd, its fds 3 and 4 may still be the test's.
+	var st unix.Stat_t
+	if err := unix.Fstat(int(r.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	pipe := fmt.Sprintf("pipe:[%d]", st.Ino)
+	for i := 0; ; i++ {
+		l3, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/3", pid))
+		l4, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/4", pid))
+		if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); l3 == pipe && l4 == pipe && strings.HasSuffix(exe, "/sleep") {
+			break
+		}
+		if i == 1000 {
+			t.Fatalf("the child's fds 3 and 4 are %q %q, want %s", l3, l4, pipe)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	fdDir, err := unix.Open(fmt.Sprintf("/proc/%d/fd", pid), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fdDir)
+	infoDir, err := unix.Open(fmt.Sprintf("/proc/%d/fdinfo", pid), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(infoDir)
+	c := &fdCollector{pid: pid, fdDir: fdDir, infoDir: infoDir, pidfd: -1}
+	out := make([]FD, 1)
+	if err := c.collectRange([]int{4}, out); err != nil {
+		t.Fatalf("the write end, no O_ASYNC: %v", err)
+	}
+	err = c.collectRange([]int{3}, out)
+	if err == nil || !strings.Contains(err.Error(), "fd 3: pipe:[") || !strings.Contains(err.Error(), "O_ASYNC is set but its owner and signal cannot be read") {
+		t.Fatalf("the O_ASYNC read end: %v, want a refusal", err)
+	}
+}

@@ -288,9 +288,9 @@ func MakeGhost(s *inject.Session, what string, f *model.File) (held int, tfd uin
 // s, as CRIU does: linked to its old path again where that is free (so
 // that /proc/PID/fd names it as dumped), opened there and unlinked. The
 // link_remap name stays until the restore has succeeded
-// (RemoveLinkRemaps): a restore that fails later can be run again. It
-// returns godwit's descriptor and the task's (O_RDWR), both for the
-// caller to close.
+// (HoldLinkRemaps, LinkRemaps.Remove): a restore that fails later can be
+// run again. It returns godwit's descriptor and the task's (O_RDWR), both
+// for the caller to close.
 func openLinked(s *inject.Session, what string, f *model.File) (held int, tfd uint64, err error) {
 	g := f.Ghost
 	link, err := s.PutString(0, g.Linked)
@@ -378,12 +378,30 @@ func fillGhost(fd int, g *model.GhostState) error {
 	return nil
 }
 
-// RemoveLinkRemaps removes the link_remap names of the --link-remap
-// files of t once their restore has succeeded, seen from the root of
-// task pid (the tree's root); a name that now holds no regular file is
-// left alone. It returns the names it could not remove.
-func RemoveLinkRemaps(t *model.Tree, pid int) error {
-	var errs []error
+// LinkRemaps are the link_remap names of the --link-remap files of a
+// restored tree, held before its tasks run (HoldLinkRemaps) so that they
+// can be removed once the restore has succeeded (Remove), whatever the
+// tasks do meanwhile: each name's directory is open (O_PATH), looked up
+// through the root of a task that holds the file, and the name is
+// removed only while it is still the inode the restore opened.
+type LinkRemaps struct {
+	names []linkRemapName
+}
+
+type linkRemapName struct {
+	dir      int
+	path     string // as the task sees it, for errors
+	base     string
+	dev, ino uint64
+}
+
+// HoldLinkRemaps opens the directory of each link_remap name of t,
+// through the root of the first task that holds the file (by an fd, or
+// else a mapping; the tree's root task if none), and records the inode
+// the name has now (the restored file's). A name already gone, or not a
+// regular file, is skipped. The caller must Remove or Close the result.
+func HoldLinkRemaps(t *model.Tree) (*LinkRemaps, error) {
+	l := &LinkRemaps{}
 	done := map[string]bool{}
 	for _, id := range t.FileIDs() {
 		g := t.Files[id].Ghost
@@ -391,20 +409,113 @@ func RemoveLinkRemaps(t *model.Tree, pid int) error {
 			continue
 		}
 		done[g.Linked] = true
-		at := procfs.Path(pid, "root") + g.Linked
+		i := strings.LastIndexByte(g.Linked, '/')
+		if i < 0 {
+			l.Close()
+			return nil, fmt.Errorf("--link-remap name %q is not absolute", g.Linked)
+		}
+		pid := linkRemapHolder(t, id)
+		if pid == 0 {
+			continue
+		}
+		dir, err := openInRoot(pid, g.Linked[:i+1])
+		if err != nil {
+			l.Close()
+			return nil, fmt.Errorf("--link-remap name %s (task %d): %w", g.Linked, pid, err)
+		}
+		base := g.Linked[i+1:]
 		var st unix.Stat_t
-		if err := unix.Lstat(at, &st); err != nil {
+		if err := unix.Fstatat(dir, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			unix.Close(dir)
+			if err != nil && err != unix.ENOENT {
+				l.Close()
+				return nil, fmt.Errorf("--link-remap name %s (task %d): %w", g.Linked, pid, err)
+			}
+			continue // gone, or not the file (the images do not keep its inode)
+		}
+		l.names = append(l.names, linkRemapName{dir: dir, path: g.Linked, base: base, dev: st.Dev, ino: st.Ino})
+	}
+	return l, nil
+}
+
+// linkRemapHolder is the pid of a task of t that holds file id.
+func linkRemapHolder(t *model.Tree, id model.ID) int {
+	for _, k := range t.Tasks {
+		for _, e := range k.FDs {
+			if e.File == id {
+				return k.Pid
+			}
+		}
+	}
+	for _, k := range t.Tasks {
+		if k.MM == nil {
+			continue
+		}
+		for i := range k.MM.VMAs {
+			if v := &k.MM.VMAs[i]; v.FileBacked() && v.Shmid == uint64(id) {
+				return k.Pid
+			}
+		}
+	}
+	if r := t.Root(); r != nil {
+		return r.Pid
+	}
+	return 0
+}
+
+// openInRoot opens directory dir (absolute, in the root of task pid)
+// O_PATH, resolved inside that root: an absolute symlink on the way
+// stays in it.
+func openInRoot(pid int, dir string) (int, error) {
+	root, err := unix.Open(procfs.Path(pid, "root"), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open its root: %w", err)
+	}
+	defer unix.Close(root)
+	fd, err := unix.Openat2(root, "."+dir, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return -1, fmt.Errorf("open directory %s: %w", dir, err)
+	}
+	return fd, nil
+}
+
+// Remove removes each held name that is still the restored inode, and
+// closes l. It returns the names it could not remove.
+func (l *LinkRemaps) Remove() error {
+	if l == nil {
+		return nil
+	}
+	var errs []error
+	for _, n := range l.names {
+		var st unix.Stat_t
+		if err := unix.Fstatat(n.dir, n.base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			if err != unix.ENOENT {
-				errs = append(errs, fmt.Errorf("--link-remap name %s: %w", g.Linked, err))
+				errs = append(errs, fmt.Errorf("--link-remap name %s: %w", n.path, err))
 			}
 			continue
 		}
-		if st.Mode&unix.S_IFMT != unix.S_IFREG {
-			continue // not the file (the images do not keep its inode)
+		if st.Dev != n.dev || st.Ino != n.ino {
+			continue // replaced since: not godwit's to remove
 		}
-		if err := unix.Unlink(at); err != nil && err != unix.ENOENT {
-			errs = append(errs, fmt.Errorf("remove --link-remap name %s: %w", g.Linked, err))
+		if err := unix.Unlinkat(n.dir, n.base, 0); err != nil && err != unix.ENOENT {
+			errs = append(errs, fmt.Errorf("remove --link-remap name %s: %w", n.path, err))
 		}
 	}
+	l.Close()
 	return errors.Join(errs...)
+}
+
+// Close lets the names go without removing them (a failed restore keeps
+// them, so that it can be run again).
+func (l *LinkRemaps) Close() {
+	if l == nil {
+		return
+	}
+	for _, n := range l.names {
+		unix.Close(n.dir)
+	}
+	l.names = nil
 }

@@ -68,6 +68,9 @@ type inetDump struct {
 	// other namespace of the dump's sockets (fd_inet_netns.go).
 	netns   *inetNetns
 	foreign *inetDump
+	// tasks: the network namespace of each task whose sockets were
+	// read, by pid (taskNetns).
+	tasks map[int]NetnsID
 	// pre: the inet sockets of the task being collected, by fd,
 	// collected ahead (prefetchInet).
 	pre map[int]*preInet
@@ -181,7 +184,7 @@ func describe(st *model.InetSocketState) string {
 }
 
 // collectInet reads the inet socket s (a copy of fd's) into f.
-func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
+func collectInet(fl *Files, pid int, fd *FD, f *model.File, s, family int) error {
 	typ, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil {
 		return fmt.Errorf("SO_TYPE: %w", err)
@@ -194,11 +197,11 @@ func collectInet(fl *Files, fd *FD, f *model.File, s, family int) error {
 	case typ == unix.SOCK_STREAM && (proto == unix.IPPROTO_TCP || proto == unix.IPPROTO_MPTCP):
 	case typ == unix.SOCK_DGRAM && (proto == unix.IPPROTO_UDP || proto == unix.IPPROTO_UDPLITE):
 	case typ == unix.SOCK_RAW || isPing(uint32(typ), uint32(proto)):
-		return collectRaw(fl, fd, f, s, family, typ, proto)
+		return collectRaw(fl, pid, fd, f, s, family, typ, proto)
 	default:
 		return fmt.Errorf("%s socket of type %d, protocol %d: not supported yet", familyName(family), typ, proto)
 	}
-	id, err := fl.inetStateOf(s)
+	id, err := fl.inetStateOf(s, pid)
 	if err != nil {
 		return fmt.Errorf("%s %s socket %d: %w", familyName(family), protoName(uint32(proto)), uint32(fd.Stat.Ino), err)
 	}
@@ -480,6 +483,9 @@ func inetOpts(id *inetDump, s int, st *model.InetSocketState) error {
 	if err := refuseOpts(id, s, st); err != nil {
 		return err
 	}
+	if err := refuseBufs(s, st); err != nil {
+		return err
+	}
 	if dev, derr := unix.GetsockoptString(s, unix.SOL_SOCKET, unix.SO_BINDTODEVICE); derr == nil {
 		st.BindDev = dev
 	} else {
@@ -522,7 +528,7 @@ func (inetKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 	if err != nil {
 		return fmt.Errorf("SO_DOMAIN: %w", err)
 	}
-	return collectInet(fl, fd, f, s, dom)
+	return collectInet(fl, pid, fd, f, s, dom)
 }
 
 func (inetKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error) {
@@ -790,15 +796,106 @@ func listenersFirst(rs *restoreFDs, c *model.InetSocketState) error {
 // where one differs from a fresh socket's value (the kernel's default in
 // this network namespace) is refused by name rather than restored
 // without it.
+// An IPv6 socket answers the IPv4 options too (they act on its
+// v4-mapped traffic), except a raw one, which has none (both then
+// unsupported: skipped).
 var uncarried = map[uint32][]sockOpt{
-	unix.AF_INET: {
-		{unix.SOL_IP, unix.IP_RECVERR, 0, "IP_RECVERR"},
-		{unix.SOL_IP, unix.IP_MTU_DISCOVER, 0, "IP_MTU_DISCOVER"},
-	},
-	unix.AF_INET6: {
-		{unix.SOL_IPV6, unix.IPV6_RECVERR, 0, "IPV6_RECVERR"},
-		{unix.SOL_IPV6, unix.IPV6_MTU_DISCOVER, 0, "IPV6_MTU_DISCOVER"},
-	},
+	unix.AF_INET:  append(append([]sockOpt(nil), sockUncarried...), ipUncarried...),
+	unix.AF_INET6: append(append(append([]sockOpt(nil), sockUncarried...), ipUncarried...), ipv6Uncarried...),
+}
+
+// sockUncarried: the socket-level options neither CRIU's sk_opts_entry
+// nor godwit's model carries. SO_INCOMING_CPU is not among them: the
+// kernel itself sets it as packets arrive.
+var sockUncarried = []sockOpt{
+	{unix.SOL_SOCKET, unix.SO_DONTROUTE, 0, "SO_DONTROUTE"},
+	{unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 0, "SO_TIMESTAMPNS"},
+	{unix.SOL_SOCKET, unix.SO_TIMESTAMPING, 0, "SO_TIMESTAMPING"},
+	{unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 0, "SO_RXQ_OVFL"},
+	{unix.SOL_SOCKET, unix.SO_WIFI_STATUS, 0, "SO_WIFI_STATUS"},
+	{unix.SOL_SOCKET, unix.SO_SELECT_ERR_QUEUE, 0, "SO_SELECT_ERR_QUEUE"},
+	{unix.SOL_SOCKET, unix.SO_BUSY_POLL, 0, "SO_BUSY_POLL"},
+	{unix.SOL_SOCKET, unix.SO_ZEROCOPY, 0, "SO_ZEROCOPY"},
+	{unix.SOL_SOCKET, unix.SO_NOFCS, 0, "SO_NOFCS"},
+	{unix.SOL_SOCKET, unix.SO_LOCK_FILTER, 0, "SO_LOCK_FILTER"},
+	{unix.SOL_SOCKET, unix.SO_RCVMARK, 0, "SO_RCVMARK"},
+}
+
+// ipUncarried: the IPv4 options CRIU's ip_opts_entry has no field for
+// (it has freebind, pktinfo, tos, ttl and the raw ones).
+var ipUncarried = []sockOpt{
+	{unix.SOL_IP, unix.IP_RECVERR, 0, "IP_RECVERR"},
+	{unix.SOL_IP, unix.IP_MTU_DISCOVER, 0, "IP_MTU_DISCOVER"},
+	{unix.SOL_IP, unix.IP_RECVTTL, 0, "IP_RECVTTL"},
+	{unix.SOL_IP, unix.IP_RECVTOS, 0, "IP_RECVTOS"},
+	{unix.SOL_IP, unix.IP_RECVOPTS, 0, "IP_RECVOPTS"},
+	{unix.SOL_IP, unix.IP_RETOPTS, 0, "IP_RETOPTS"},
+	{unix.SOL_IP, unix.IP_RECVORIGDSTADDR, 0, "IP_RECVORIGDSTADDR"},
+	{unix.SOL_IP, unix.IP_RECVFRAGSIZE, 0, "IP_RECVFRAGSIZE"},
+	{unix.SOL_IP, unix.IP_PASSSEC, 0, "IP_PASSSEC"},
+	{unix.SOL_IP, unix.IP_MINTTL, 0, "IP_MINTTL"},
+	{unix.SOL_IP, unix.IP_MULTICAST_ALL, 0, "IP_MULTICAST_ALL"},
+	{unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 0, "IP_BIND_ADDRESS_NO_PORT"},
+}
+
+// ipv6Uncarried: the IPv6 options no image field carries.
+var ipv6Uncarried = []sockOpt{
+	{unix.SOL_IPV6, unix.IPV6_RECVERR, 0, "IPV6_RECVERR"},
+	{unix.SOL_IPV6, unix.IPV6_MTU_DISCOVER, 0, "IPV6_MTU_DISCOVER"},
+	{unix.SOL_IPV6, unix.IPV6_UNICAST_HOPS, 0, "IPV6_UNICAST_HOPS"},
+	{unix.SOL_IPV6, unix.IPV6_RECVHOPLIMIT, 0, "IPV6_RECVHOPLIMIT"},
+	{unix.SOL_IPV6, unix.IPV6_RECVTCLASS, 0, "IPV6_RECVTCLASS"},
+	{unix.SOL_IPV6, unix.IPV6_RECVRTHDR, 0, "IPV6_RECVRTHDR"},
+	{unix.SOL_IPV6, unix.IPV6_RECVHOPOPTS, 0, "IPV6_RECVHOPOPTS"},
+	{unix.SOL_IPV6, unix.IPV6_RECVDSTOPTS, 0, "IPV6_RECVDSTOPTS"},
+	{unix.SOL_IPV6, unix.IPV6_RECVORIGDSTADDR, 0, "IPV6_RECVORIGDSTADDR"},
+	{unix.SOL_IPV6, unix.IPV6_RECVPATHMTU, 0, "IPV6_RECVPATHMTU"},
+	{unix.SOL_IPV6, unix.IPV6_RECVFRAGSIZE, 0, "IPV6_RECVFRAGSIZE"},
+	{unix.SOL_IPV6, unix.IPV6_MINHOPCOUNT, 0, "IPV6_MINHOPCOUNT"},
+	{unix.SOL_IPV6, unix.IPV6_MULTICAST_ALL, 0, "IPV6_MULTICAST_ALL"},
+	{unix.SOL_IPV6, unix.IPV6_DONTFRAG, 0, "IPV6_DONTFRAG"},
+	{unix.SOL_IPV6, unix.IPV6_AUTOFLOWLABEL, 0, "IPV6_AUTOFLOWLABEL"},
+	{unix.SOL_IPV6, ipv6FlowInfo, 0, "IPV6_FLOWINFO"},
+	{unix.SOL_IPV6, ipv6FlowInfoSend, 0, "IPV6_FLOWINFO_SEND"},
+	{unix.SOL_IPV6, unix.IPV6_ADDR_PREFERENCES, 0, "IPV6_ADDR_PREFERENCES"},
+}
+
+// IPV6_FLOWINFO and IPV6_FLOWINFO_SEND, from include/uapi/linux/in6.h
+// (not in x/sys/unix).
+const (
+	ipv6FlowInfo     = 11
+	ipv6FlowInfoSend = 33
+)
+
+// uncarriedBufs: options whose value is a byte string (none when
+// empty): IPv4 options and IPv6 sticky extension headers a socket sends.
+var uncarriedBufs = []sockOpt{
+	{unix.SOL_IP, unix.IP_OPTIONS, unix.AF_INET, "IP_OPTIONS"},
+	{unix.SOL_IPV6, unix.IPV6_HOPOPTS, unix.AF_INET6, "IPV6_HOPOPTS"},
+	{unix.SOL_IPV6, unix.IPV6_RTHDR, unix.AF_INET6, "IPV6_RTHDR"},
+	{unix.SOL_IPV6, unix.IPV6_RTHDRDSTOPTS, unix.AF_INET6, "IPV6_RTHDRDSTOPTS"},
+	{unix.SOL_IPV6, unix.IPV6_DSTOPTS, unix.AF_INET6, "IPV6_DSTOPTS"},
+}
+
+// refuseBufs refuses s when one of uncarriedBufs is set (v: the family
+// that has it; an IPv6 socket has IP_OPTIONS too, but a raw one not).
+func refuseBufs(s int, st *model.InetSocketState) error {
+	for _, o := range uncarriedBufs {
+		if o.v == unix.AF_INET6 && st.Family != unix.AF_INET6 {
+			continue
+		}
+		v, err := unix.GetsockoptString(s, o.level, o.opt)
+		if err != nil {
+			if unsupportedOpt(err) {
+				continue
+			}
+			return fmt.Errorf("getsockopt %s: %w", o.name, err)
+		}
+		if v != "" {
+			return fmt.Errorf("%s is set (%d bytes): not supported yet", o.name, len(v))
+		}
+	}
+	return nil
 }
 
 // mcastUncarried: as uncarried, the multicast options, of datagram
@@ -811,6 +908,10 @@ var mcastUncarried = map[uint32][]sockOpt{
 		{unix.SOL_IP, unix.IP_MULTICAST_LOOP, 0, "IP_MULTICAST_LOOP"},
 	},
 	unix.AF_INET6: {
+		// An IPv6 socket's v4-mapped multicast uses the IPv4 ones.
+		{unix.SOL_IP, unix.IP_MULTICAST_IF, 0, "IP_MULTICAST_IF"},
+		{unix.SOL_IP, unix.IP_MULTICAST_TTL, 0, "IP_MULTICAST_TTL"},
+		{unix.SOL_IP, unix.IP_MULTICAST_LOOP, 0, "IP_MULTICAST_LOOP"},
 		{unix.SOL_IPV6, unix.IPV6_MULTICAST_IF, 0, "IPV6_MULTICAST_IF"},
 		{unix.SOL_IPV6, unix.IPV6_MULTICAST_HOPS, 0, "IPV6_MULTICAST_HOPS"},
 		{unix.SOL_IPV6, unix.IPV6_MULTICAST_LOOP, 0, "IPV6_MULTICAST_LOOP"},
@@ -1191,7 +1292,7 @@ func (fl *Files) prefetchInet(pid int, fds []FD, want func(i int) bool) {
 				if k >= len(todo) {
 					return
 				}
-				pre[k] = prefetchOne(fl, pfd, &fds[todo[k]])
+				pre[k] = prefetchOne(fl, pid, pfd, &fds[todo[k]])
 			}
 		}()
 	}
@@ -1206,7 +1307,7 @@ func (fl *Files) prefetchInet(pid int, fds []FD, want func(i int) bool) {
 
 // prefetchOne collects fd if it is an inet socket (nil: it is not, or
 // could not be taken: the loop tries again and reports).
-func prefetchOne(fl *Files, pfd int, fd *FD) *preInet {
+func prefetchOne(fl *Files, pid, pfd int, fd *FD) *preInet {
 	s, err := unix.PidfdGetfd(pfd, fd.Num, 0)
 	if err != nil {
 		return nil
@@ -1217,7 +1318,7 @@ func prefetchOne(fl *Files, pfd int, fd *FD) *preInet {
 		return nil
 	}
 	p := &preInet{}
-	p.err = collectInet(fl, fd, &p.file, s, dom)
+	p.err = collectInet(fl, pid, fd, &p.file, s, dom)
 	return p
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strconv"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -17,8 +18,8 @@ import (
 // sysctls options are compared with (ip_default_ttl, tcp_notsent_lowat),
 // the fresh sockets that give the defaults, and /proc/net's tables. Each
 // runs on a thread that joined the namespace (inNetns) and ends with it.
-// One such namespace per dump (every task of a tree shares one); a
-// socket of a third is refused.
+// One such namespace per dump: every socket must be in its task's
+// namespace and that the tree's root's (inetStateOf).
 
 // inetNetns is the namespace of an inetDump other than godwit's.
 type inetNetns struct {
@@ -26,9 +27,54 @@ type inetNetns struct {
 	ino uint64
 }
 
-// inetStateOf is the dump's view of the namespace of socket s.
-func (fl *Files) inetStateOf(s int) (*inetDump, error) {
+// NetnsID names a network namespace: the device and inode of its
+// /proc/PID/ns/net.
+type NetnsID struct{ Dev, Ino uint64 }
+
+// NetnsOf is the network namespace of task pid.
+func NetnsOf(pid int) (NetnsID, error) {
+	var st unix.Stat_t
+	p := "/proc/" + strconv.Itoa(pid) + "/ns/net"
+	if err := unix.Stat(p, &st); err != nil {
+		return NetnsID{}, fmt.Errorf("network namespace of %d: %w", pid, err)
+	}
+	return NetnsID{st.Dev, st.Ino}, nil
+}
+
+// taskNetns is task pid's network namespace, read once per task.
+func (d *inetDump) taskNetns(pid int) (NetnsID, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ns, ok := d.tasks[pid]; ok {
+		return ns, nil
+	}
+	ns, err := NetnsOf(pid)
+	if err != nil {
+		return NetnsID{}, err
+	}
+	if d.tasks == nil {
+		d.tasks = map[int]NetnsID{}
+	}
+	d.tasks[pid] = ns
+	return ns, nil
+}
+
+// inetStateOf is the dump's view of the namespace of socket s, held by
+// task pid. The socket must be in its task's namespace, and that the
+// tree's (Files.TreeNetns): the network lock is made there, and the
+// restore makes the socket in the one namespace it restores the tree
+// in. A socket the task made in another namespace (after setns, or one
+// passed to it) would be dumped unlocked and restored in the wrong
+// namespace: refused.
+func (fl *Files) inetStateOf(s, pid int) (*inetDump, error) {
 	d := fl.inetState()
+	if fl.TreeNetns == (NetnsID{}) {
+		return nil, errors.New("internal error: the tree's network namespace is not known")
+	}
+	task, err := d.taskNetns(pid)
+	if err != nil {
+		return nil, err
+	}
 	nsfd, err := unix.IoctlRetInt(s, unix.SIOCGSKNS)
 	if err != nil {
 		return nil, fmt.Errorf("SIOCGSKNS: %w", err)
@@ -37,6 +83,14 @@ func (fl *Files) inetStateOf(s int) (*inetDump, error) {
 	if err := unix.Fstat(nsfd, &a); err != nil {
 		unix.Close(nsfd)
 		return nil, fmt.Errorf("stat its network namespace: %w", err)
+	}
+	if a.Ino != task.Ino || a.Dev != task.Dev {
+		unix.Close(nsfd)
+		return nil, fmt.Errorf("socket in netns %d, its task %d in %d: not supported", a.Ino, pid, task.Ino)
+	}
+	if task != fl.TreeNetns {
+		unix.Close(nsfd)
+		return nil, fmt.Errorf("socket of task %d in netns %d, the tree's root in %d: not supported", pid, task.Ino, fl.TreeNetns.Ino)
 	}
 	if err := unix.Stat("/proc/thread-self/ns/net", &b); err != nil {
 		unix.Close(nsfd)
@@ -54,6 +108,7 @@ func (fl *Files) inetStateOf(s int) (*inetDump, error) {
 	}
 	unix.Close(nsfd)
 	if d.foreign.netns.ino != a.Ino {
+		// Not reached while every socket is in the tree's namespace.
 		return nil, fmt.Errorf("in network namespace %d, while the dump's other sockets are in %d: not supported yet", a.Ino, d.foreign.netns.ino)
 	}
 	return d.foreign, nil

@@ -99,3 +99,63 @@ func TestInetDumpOtherNetns(t *testing.T) {
 		t.Fatal("a released view still reads its namespace")
 	}
 }
+
+// A socket is read only in its task's network namespace, and that the
+// tree's: a socket of another namespace than its task's, or of a task
+// in another namespace than the tree's root, is refused.
+func TestInetStateOfNetnsChecks(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	own, err := NetnsOf(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder := exec.Command("sleep", "60")
+	holder.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET, Pdeathsig: syscall.SIGKILL}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	other, err := NetnsOf(holder.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open("/proc/"+strconv.Itoa(holder.Process.Pid)+"/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	view := newInetDumpIn(&inetNetns{fd: fd, ino: other.Ino})
+	defer view.release()
+	here, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(here)
+	there, err := view.socketIn(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(there)
+	me := os.Getpid()
+	for _, tc := range []struct {
+		tree NetnsID
+		s    int
+		want string // "": accepted
+	}{
+		{own, here, ""},
+		{own, there, "socket in netns " + strconv.FormatUint(other.Ino, 10) + ", its task " + strconv.Itoa(me) + " in " + strconv.FormatUint(own.Ino, 10) + ": not supported"},
+		{other, here, "socket of task " + strconv.Itoa(me) + " in netns " + strconv.FormatUint(own.Ino, 10) + ", the tree's root in " + strconv.FormatUint(other.Ino, 10) + ": not supported"},
+		{NetnsID{}, here, "not known"},
+	} {
+		fl := NewFiles()
+		fl.TreeNetns = tc.tree
+		_, err := fl.inetStateOf(tc.s, me)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("tree in %d, socket %d: %v, want %q", tc.tree.Ino, tc.s, err, tc.want)
+		}
+		if fl.inet != nil {
+			fl.inet.release()
+		}
+	}
+}

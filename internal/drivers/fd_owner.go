@@ -56,6 +56,7 @@ func restoreOwner(r *Restore, s *inject.Session, what string, fd uint64, f *mode
 	if err := ownerInTree(r.Tree, o); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
+	o = restoredOwner(r, o)
 	pfd, err := unix.PidfdOpen(s.Pid(), 0)
 	if err != nil {
 		return fmt.Errorf("%s: owner: pidfd_open: %w", what, err)
@@ -70,6 +71,19 @@ func restoreOwner(r *Restore, s *inject.Session, what string, fd uint64, f *mode
 		return fmt.Errorf("%s: F_SETOWN_EX %s %d as uid %d euid %d: %w", what, ownerTypeName(o.Type), o.Pid, o.UID, o.EUID, err)
 	}
 	return nil
+}
+
+// restoredOwner maps a dumped owner onto the restored tree. PIDs and
+// TIDs are restored as they were; a group is too, except that with
+// --shell-job the root's group becomes godwit's (the restorer's
+// setGroups), so an owner that was the root's group (a job's terminal
+// with O_ASYNC: tty_fasync makes the foreground group its owner) must
+// follow it, or SIGIO would go to whatever group now has the old number.
+func restoredOwner(r *Restore, o model.FileOwner) model.FileOwner {
+	if r.ShellJob && o.Type == linux.FOwnerPGRP && o.Pid == r.Tree.Root().Pgid {
+		o.Pid = unix.Getpgrp()
+	}
+	return o
 }
 
 // ownerInTree refuses an owner that the restored tree does not hold.

@@ -78,9 +78,9 @@ func describeRaw(st *model.InetSocketState) string {
 }
 
 // collectRaw reads the raw or ping socket s (a copy of fd's) into f.
-func collectRaw(fl *Files, fd *FD, f *model.File, s, family, typ, proto int) error {
+func collectRaw(fl *Files, pid int, fd *FD, f *model.File, s, family, typ, proto int) error {
 	ino := uint32(fd.Stat.Ino)
-	id, err := fl.inetStateOf(s)
+	id, err := fl.inetStateOf(s, pid)
 	if err != nil {
 		return fmt.Errorf("%s %s socket %d: %w", familyName(family), map[bool]string{true: "raw", false: "ping"}[typ == unix.SOCK_RAW], ino, err)
 	}

@@ -73,7 +73,7 @@ func (unixKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 	case unix.AF_PACKET:
 		return refusePacket(s)
 	case unix.AF_INET, unix.AF_INET6:
-		return collectInet(fl, fd, f, s, dom)
+		return collectInet(fl, pid, fd, f, s, dom)
 	}
 	if dom != unix.AF_UNIX {
 		return fmt.Errorf("%s sockets are not supported yet", familyName(dom))

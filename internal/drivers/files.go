@@ -235,6 +235,11 @@ type Files struct {
 	FDOptions
 	links []string // made by --link-remap, as seen from godwit (RemoveLinks)
 
+	// TreeNetns is the network namespace of the tree's root: the one
+	// the network lock is made in and the restore recreates the sockets
+	// in. An inet socket elsewhere is refused (inetStateOf).
+	TreeNetns NetnsID
+
 	// NetLock is the dump's network lock: a socket driver adds each TCP
 	// connection to it (Lock) before the connection goes into repair
 	// mode. nil: nothing to lock.

@@ -365,7 +365,7 @@ func (l *Lock) ensure() error {
 	if !l.made {
 		// The guard first: were godwit killed between the two,
 		// the rules must not outlive it.
-		g, err := startGuard(l.cleanupScript(), l.netns)
+		g, err := l.startGuard(l.netns)
 		if err != nil {
 			return err
 		}
@@ -549,7 +549,7 @@ func adopt(r Record, netns *os.File) (*Lock, error) {
 		l.closeNetns()
 		return l, nil
 	}
-	g, err := startGuard(l.cleanupScript(), netns)
+	g, err := l.startGuard(netns)
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -530,4 +532,47 @@ func TestManyConns(t *testing.T) {
 	if ok, err := l.exists(); err != nil || ok {
 		t.Fatalf("lock still there after Unlock (%v)", err)
 	}
+}
+
+// TestGuardWithoutNft: the nftables lock is made over netlink, so its
+// guard must remove it without nft(8) too.
+func TestGuardWithoutNft(t *testing.T) {
+	dir := t.TempDir()
+	// nsenter and ip only: the test's namespace needs them, the lock not.
+	for _, tool := range []string{"nsenter", "ip"} {
+		p, err := exec.LookPath(tool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(p, filepath.Join(dir, tool)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("PATH", dir)
+	if _, err := exec.LookPath("nft"); err == nil {
+		t.Fatal("nft still on PATH")
+	}
+	ns := newTestNetns(t)
+	server, _ := ns.pair(t, "127.0.0.1:0")
+	l, err := New(Nftables, 4251, ns.path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Lock([]Conn{connOf(server)}); err != nil {
+		t.Fatalf("lock without nft: %v", err)
+	}
+	if ok, err := l.exists(); !ok || err != nil {
+		t.Fatalf("lock not there (%v)", err)
+	}
+	g := l.guard
+	g.w.Close() // as godwit's death would
+	g.cmd.Wait()
+	l.guard = nil
+	ok, err := l.exists()
+	if ok || err != nil {
+		nftDeleteTable(l.netns, l.name)
+		t.Errorf("lock %s still there after the guard ran (%v)", l.Name(), err)
+	}
+	l.done = true
+	l.closeNetns()
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -27,6 +28,10 @@ const (
 	nfSndBuf   = 4 << 20
 	nfMsgMax   = 64 << 10 // one NEWSETELEM message's bytes
 )
+
+// nfAnswerWait bounds the wait for one answer of the kernel: a missing
+// answer must fail the lock, not hang godwit with the tree frozen.
+var nfAnswerWait = 30 * time.Second
 
 // nfconn is a netfilter netlink socket in the lock's network namespace.
 type nfconn struct {
@@ -49,11 +54,46 @@ func openNF(netns *os.File) (*nfconn, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("netfilter netlink socket: SO_SNDBUFFORCE: %w", err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	// Connected to the kernel (port id 0; connect binds the socket):
+	// the kernel refuses other senders' unicasts to a connected netlink
+	// socket, so no local process can forge an answer; recv drops any
+	// not from port 0 all the same (one could land while connect binds).
+	if err := unix.Connect(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("netfilter netlink socket: bind: %w", err)
+		return nil, fmt.Errorf("netfilter netlink socket: connect: %w", err)
+	}
+	tv := unix.NsecToTimeval(nfAnswerWait.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("netfilter netlink socket: SO_RCVTIMEO: %w", err)
 	}
 	return c, nil
+}
+
+// recv reads the next datagram the kernel sent to c into buf; datagrams
+// from any other port id are dropped. No answer within nfAnswerWait is
+// an error.
+func (c *nfconn) recv(buf []byte) ([]syscall.NetlinkMessage, error) {
+	for {
+		r, from, err := unix.Recvfrom(c.fd, buf, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if errors.Is(err, unix.EAGAIN) {
+			return nil, fmt.Errorf("netlink receive: no answer from the kernel in %v", nfAnswerWait)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("netlink receive: %w", err)
+		}
+		if sa, ok := from.(*unix.SockaddrNetlink); !ok || sa.Pid != 0 {
+			continue // not the kernel's
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:r])
+		if err != nil {
+			return nil, fmt.Errorf("netlink receive: %w", err)
+		}
+		return msgs, nil
+	}
 }
 
 func (c *nfconn) close() { unix.Close(c.fd) }
@@ -182,31 +222,37 @@ func (c *nfconn) batch(fill func(m *nfmsg, seq func() uint32) int) error {
 
 // acks reads the acknowledgements of the n messages numbered from first;
 // the first error answer is returned (the kernel then rolls the batch
-// back).
+// back). An error answer numbered first-1 (BATCH_BEGIN's) is the whole
+// batch refused before any message ran (EPERM, EOPNOTSUPP, ENOMEM): no
+// other answer follows it.
 func (c *nfconn) acks(first uint32, n int) error {
 	buf := make([]byte, 64<<10)
 	total := uint32(n)
 	for n > 0 {
-		r, _, err := unix.Recvfrom(c.fd, buf, 0)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
+		msgs, err := c.recv(buf)
 		if err != nil {
-			return fmt.Errorf("netlink receive: %w", err)
-		}
-		msgs, err := syscall.ParseNetlinkMessage(buf[:r])
-		if err != nil {
-			return fmt.Errorf("netlink receive: %w", err)
+			return err
 		}
 		for _, msg := range msgs {
-			if msg.Header.Type != unix.NLMSG_ERROR || msg.Header.Seq-first >= total {
+			if msg.Header.Type != unix.NLMSG_ERROR {
+				continue
+			}
+			header := msg.Header.Seq == first-1
+			if !header && msg.Header.Seq-first >= total {
 				continue // not an answer to this batch
 			}
 			if len(msg.Data) < 4 {
 				return errors.New("netlink: short error message")
 			}
+			e := int32(ne.Uint32(msg.Data))
+			if header {
+				if e != 0 {
+					return fmt.Errorf("netlink: batch refused: %w%s", unix.Errno(-e), extAck(msg))
+				}
+				continue
+			}
 			n--
-			if e := int32(ne.Uint32(msg.Data)); e != 0 {
+			if e != 0 {
 				// The kernel rolls the whole batch back.
 				return fmt.Errorf("netlink: %w%s", unix.Errno(-e), extAck(msg))
 			}
@@ -252,16 +298,9 @@ func (c *nfconn) request(typ uint16, family uint8, attrs func(m *nfmsg)) (found 
 	}
 	buf := make([]byte, 64<<10)
 	for {
-		r, _, err := unix.Recvfrom(c.fd, buf, 0)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
+		msgs, err := c.recv(buf)
 		if err != nil {
-			return false, fmt.Errorf("netlink receive: %w", err)
-		}
-		msgs, err := syscall.ParseNetlinkMessage(buf[:r])
-		if err != nil {
-			return false, fmt.Errorf("netlink receive: %w", err)
+			return false, err
 		}
 		for _, msg := range msgs {
 			if msg.Header.Seq != c.seq {

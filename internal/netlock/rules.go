@@ -208,7 +208,8 @@ func (l *Lock) exists() (bool, error) {
 }
 
 // cleanupScript is the shell commands that remove the lock whatever is
-// left of it (the guard's last act); errors are ignored.
+// left of it (the iptables guard's last act, and RemoveCommand's
+// advice); errors are ignored.
 func (l *Lock) cleanupScript() string {
 	switch l.method {
 	case Nftables:

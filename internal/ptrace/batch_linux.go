@@ -21,18 +21,27 @@ import (
 // error, and ends with a call that makes the thread trap.
 //
 // The trap is a signal the thread sends itself (rt_tgsigqueueinfo with a
-// siginfo of ours), the only signal left unblocked during the run. A
+// siginfo of ours) while every signal is blocked, then unblocks (one
+// rt_sigprocmask): the only signal unblocked, and only from then on. A
 // traced thread reports every signal to its tracer before anything else
 // happens to it (even an ignored one), and the tracer discards it, so the
 // run leaves no trace: unlike int3 or a single-step, whose forced SIGTRAP
 // would reset a blocked or ignored SIGTRAP to SIG_DFL, and unlike SIGSTOP,
 // which would start a group stop. The signal is a real-time one, never
 // merged with another of its number (each is queued): a non-real-time trap
-// would swallow the program's own signal of that number sent between the
-// trap's send and its stop (a pending one takes no second), and the
-// program would never see it. One the program is sent during the run is
-// told from ours by the siginfo, and stashed as other signals that arrive
-// during injection are; the run ends at ours.
+// would swallow the program's own signal of that number (a pending one
+// takes no second), and the program would never see it.
+//
+// The program's own signals of the trap's number are kept exactly. The
+// kernel dequeues a thread's private queue before its process's shared
+// one, and ours is in the private queue when the number is unblocked: a
+// process-directed signal of the program's is never dequeued (it stays in
+// the shared queue), and those the thread dequeues are thread-directed
+// ones, queued before ours or after it. The tracer takes them all in queue
+// order (those after ours while the private queue still holds the number),
+// with their siginfo, and right after the run queues them again, in order,
+// by rt_tgsigqueueinfo injected in the thread itself (which the kernel
+// allows whatever the si_code: sender, si_code and si_value are kept).
 
 // batchEntry is the size of one table entry: nr, six arguments, result.
 const batchEntry = 64
@@ -42,7 +51,8 @@ const batchSiginfo = 128
 
 // BatchCode is the runner, position-independent x86-64 code. Registers
 // in: rbx = the first entry, r12 = the number of calls, r13 = the trap
-// entry (nr and four arguments). Out: rbx = the entry it stopped at.
+// entries (two of nr and four arguments: the send, then the unblock).
+// Out: rbx = the entry it stopped at.
 //
 //	loop:	test r12, r12; je trap
 //		mov rax,[rbx]; mov rdi,[rbx+8]; mov rsi,[rbx+16]; mov rdx,[rbx+24]
@@ -52,7 +62,9 @@ const batchSiginfo = 128
 //		add rbx,64; dec r12; jmp loop
 //	trap:	mov rax,[r13]; mov rdi,[r13+8]; mov rsi,[r13+16]; mov rdx,[r13+24]
 //		mov r10,[r13+32]; syscall
-//		int3		; only if the trap call itself failed
+//		mov rax,[r13+64]; mov rdi,[r13+72]; mov rsi,[r13+80]; mov rdx,[r13+88]
+//		mov r10,[r13+96]; syscall
+//		int3		; only if the trap calls themselves failed
 var BatchCode = []byte{
 	0x4d, 0x85, 0xe4, 0x74, 0x32,
 	0x48, 0x8b, 0x03, 0x48, 0x8b, 0x7b, 0x08, 0x48, 0x8b, 0x73, 0x10, 0x48, 0x8b, 0x53, 0x18,
@@ -62,15 +74,24 @@ var BatchCode = []byte{
 	0x48, 0x83, 0xc3, 0x40, 0x49, 0xff, 0xcc, 0xeb, 0xc9,
 	0x49, 0x8b, 0x45, 0x00, 0x49, 0x8b, 0x7d, 0x08, 0x49, 0x8b, 0x75, 0x10, 0x49, 0x8b, 0x55, 0x18,
 	0x4d, 0x8b, 0x55, 0x20, 0x0f, 0x05,
+	0x49, 0x8b, 0x45, 0x40, 0x49, 0x8b, 0x7d, 0x48, 0x49, 0x8b, 0x75, 0x50, 0x49, 0x8b, 0x55, 0x58,
+	0x4d, 0x8b, 0x55, 0x60, 0x0f, 0x05,
 	0xcc,
 }
 
-// batchTrapEnd is the runner's rip right after the trap call.
-const batchTrapEnd = 0x4d
+// batchTrapEnd is the runner's rip right after the trap's last call (the
+// unblock, on whose return the trap is delivered).
+const batchTrapEnd = 0x63
+
+// batchMask is the size of the signal mask the trap's unblock sets.
+const batchMask = 8
 
 // BatchTableSize is the tracee memory a batch of n calls needs for its
-// table (writable, 8-byte aligned).
-func BatchTableSize(n int) uint64 { return uint64(n+1)*batchEntry + batchSiginfo }
+// table (writable, 8-byte aligned): the calls, the trap's two entries,
+// its siginfo and its mask.
+func BatchTableSize(n int) uint64 {
+	return uint64(n+2)*batchEntry + batchSiginfo + batchMask
+}
 
 // Call is one syscall of a batch.
 type Call struct {
@@ -97,24 +118,35 @@ const (
 )
 
 // chooseTrap picks the trap signal for a thread whose status is st: the
-// highest real-time signal neither pending (ours would come after it in
-// the queue, delivered to us) nor handled by the program (so not one it
-// sends itself), else the highest not pending.
+// highest real-time signal not pending (else a queue of the program's
+// would stand before ours in every batch) and neither handled nor blocked
+// by the program, so one it is unlikely to be sent at all (a collision is
+// exact, see the top, but costs an injected call per signal). Failing
+// that, the highest blocked and not handled one: those a program waits for
+// (sigwaitinfo, signalfd) mostly come process-directed (sigqueue, timers,
+// mq_notify), which never meet the trap in the thread's private queue,
+// while those it handles are the ones threads direct at one another
+// (pthread_kill, pthread_sigqueue). Then the highest not pending.
 func chooseTrap(st *procfs.Status) unix.Signal {
-	var free unix.Signal
+	var blocked, caught unix.Signal
 	for sig := unix.Signal(trapSigMax); sig >= trapSigMin; sig-- {
 		bit := uint64(1) << (sig - 1)
-		if (st.SigPnd|st.ShdPnd)&bit != 0 {
-			continue
-		}
-		if st.SigCgt&bit == 0 {
+		switch {
+		case (st.SigPnd|st.ShdPnd)&bit != 0:
+		case st.SigCgt&bit == 0 && st.SigBlk&bit == 0:
 			return sig
-		}
-		if free == 0 {
-			free = sig
+		case st.SigCgt&bit == 0:
+			if blocked == 0 {
+				blocked = sig
+			}
+		case caught == 0:
+			caught = sig
 		}
 	}
-	return free
+	if blocked != 0 {
+		return blocked
+	}
+	return caught
 }
 
 // Batch runs calls in order in the session's thread with one stop, the
@@ -170,18 +202,26 @@ func (s *Session) batch(code, table uint64, calls []Call) ([]uint64, error) {
 		}
 	}
 	trap := table + uint64(n)*batchEntry
-	info := trap + batchEntry
+	info := trap + 2*batchEntry
+	mask := info + batchSiginfo
 	e := buf[n*batchEntry:]
 	ne.PutUint64(e[0:], unix.SYS_RT_TGSIGQUEUEINFO)
 	ne.PutUint64(e[8:], uint64(tgid))
 	ne.PutUint64(e[16:], uint64(tk.tid))
 	ne.PutUint64(e[24:], uint64(s.trapSig))
 	ne.PutUint64(e[32:], info)
-	si := buf[(n+1)*batchEntry:]
+	e = buf[(n+1)*batchEntry:]
+	ne.PutUint64(e[0:], unix.SYS_RT_SIGPROCMASK)
+	ne.PutUint64(e[8:], unix.SIG_SETMASK)
+	ne.PutUint64(e[16:], mask)
+	ne.PutUint64(e[24:], 0)
+	ne.PutUint64(e[32:], batchMask)
+	si := buf[(n+2)*batchEntry:]
 	ne.PutUint32(si[0:], uint32(s.trapSig))
 	ne.PutUint32(si[8:], uint32(siSIQueueBits))
 	ne.PutUint64(si[16:], batchMagic) // si_pid, si_uid
 	ne.PutUint64(si[24:], batchMagic) // si_value
+	ne.PutUint64(buf[(n+2)*batchEntry+batchSiginfo:], ^uint64(0)&^(1<<(s.trapSig-1)))
 	if err := WriteMem(tgid, table, buf); err != nil {
 		return nil, fmt.Errorf("batch into %d: write table: %w", tk.tid, err)
 	}
@@ -192,7 +232,9 @@ func (s *Session) batch(code, table uint64, calls []Call) ([]uint64, error) {
 	if err := setRegs(tk.tid, &r); err != nil {
 		return nil, err
 	}
-	if err := setSigmask(tk.tid, ^uint64(0)&^(1<<(s.trapSig-1))); err != nil {
+	// Every signal stays blocked until the trap's own unblock (the
+	// session's mask, set again: a trap that ended early left it open).
+	if err := setSigmask(tk.tid, ^uint64(0)); err != nil {
 		return nil, err
 	}
 	s.ran = true
@@ -209,6 +251,11 @@ func (s *Session) batch(code, table uint64, calls []Call) ([]uint64, error) {
 		err = merr
 	}
 	if err != nil {
+		// The program's signals taken before the failure go back
+		// all the same, if the thread is still there to take them.
+		if len(s.taken) > 0 && s.t.tasks[tk.tid] == tk && tk.stopped {
+			err = errors.Join(err, s.requeue(trap))
+		}
 		return nil, fmt.Errorf("batch into %d: %w", tk.tid, err)
 	}
 	if err := getRegs(tk.tid, &r); err != nil {
@@ -228,13 +275,128 @@ func (s *Session) batch(code, table uint64, calls []Call) ([]uint64, error) {
 	for i := range out {
 		out[i] = ne.Uint64(buf[i*batchEntry+56:])
 	}
+	if err := s.requeue(trap); err != nil {
+		return nil, fmt.Errorf("batch into %d: %w", tk.tid, err)
+	}
 	return out, nil
+}
+
+// requeueTries bounds how often requeue puts the program's signals back
+// in order while more of the number keep arriving.
+const requeueTries = 16
+
+// requeue queues again the program's signals of the trap's number that the
+// last batch took (s.taken), each with its own siginfo, by
+// rt_tgsigqueueinfo in the thread itself at the session's syscall
+// instruction, with scratch (the batch's trap entries and siginfo: 256
+// writable bytes) for its arguments. They must come first in the thread's
+// queue of the number: any sent to the thread since the batch (between its
+// last look at the queue and now) are taken out with rt_sigtimedwait and
+// queued again after them, until a look after the requeue finds the queue
+// in order. The number is pending then: the next batch chooses another.
+func (s *Session) requeue(scratch uint64) error {
+	if len(s.taken) == 0 {
+		return nil
+	}
+	tk := s.tk
+	tgid := s.t.tgidOf(tk)
+	sig := s.trapSig
+	s.trapSig = 0
+	want := s.taken
+	s.taken = nil
+	set, ts, info := scratch, scratch+8, scratch+batchEntry*2
+	zero := make([]byte, 24)
+	binary.NativeEndian.PutUint64(zero, 1<<(sig-1)) // set, then a zero timespec
+	for try := 0; ; try++ {
+		for _, si := range want {
+			if err := WriteMem(tgid, info, si[:]); err != nil {
+				return fmt.Errorf("requeue signal %d: %w", sig, err)
+			}
+			ret, err := s.syscallAt(unix.SYS_RT_TGSIGQUEUEINFO, []uint64{uint64(tgid), uint64(tk.tid), uint64(sig), info})
+			if err == nil && int64(ret) < 0 {
+				err = unix.Errno(-int64(ret))
+			}
+			if err != nil {
+				return fmt.Errorf("requeue signal %d: %w", sig, err)
+			}
+		}
+		all, err := peekSiginfo(tk.tid, false)
+		if err != nil {
+			return fmt.Errorf("requeue signal %d: %w", sig, err)
+		}
+		var queue []Siginfo
+		for _, si := range all {
+			if si.Signo() == int32(sig) {
+				queue = append(queue, si)
+			}
+		}
+		if inOrder(queue, want) {
+			return nil
+		}
+		if try == requeueTries {
+			return fmt.Errorf("requeue signal %d: it keeps arriving, the thread's queue of it is never in order", sig)
+		}
+		// Take the whole queue of the number out (rt_sigtimedwait
+		// takes the private queue first, and arrivals go to its tail),
+		// and order it: ours, then the others as they came.
+		if err := WriteMem(tgid, set, zero); err != nil {
+			return fmt.Errorf("requeue signal %d: %w", sig, err)
+		}
+		var later []Siginfo
+		for range queue {
+			ret, err := s.syscallAt(unix.SYS_RT_SIGTIMEDWAIT, []uint64{set, info, ts, 8})
+			if err == nil && int64(ret) != int64(sig) {
+				err = fmt.Errorf("rt_sigtimedwait returned %d", int64(ret))
+			}
+			if err != nil {
+				return fmt.Errorf("requeue signal %d: %w", sig, err)
+			}
+			var si Siginfo
+			if err := ReadMem(tgid, info, si[:]); err != nil {
+				return fmt.Errorf("requeue signal %d: %w", sig, err)
+			}
+			later = append(later, si)
+		}
+		want = append(want, without(later, want)...)
+	}
+}
+
+// inOrder reports whether queue starts with want (equal siginfos are
+// interchangeable: nothing tells them apart).
+func inOrder(queue, want []Siginfo) bool {
+	if len(queue) < len(want) {
+		return false
+	}
+	for i := range want {
+		if queue[i] != want[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// without returns queue less one occurrence of each of want, in order.
+func without(queue, want []Siginfo) []Siginfo {
+	left := map[Siginfo]int{}
+	for _, w := range want {
+		left[w]++
+	}
+	var out []Siginfo
+	for _, q := range queue {
+		if left[q] > 0 {
+			left[q]--
+			continue
+		}
+		out = append(out, q)
+	}
+	return out
 }
 
 // waitBatchTrap runs the thread until the runner's trap, stepping over
 // what comes first as waitSyscallStop does.
 func (s *Session) waitBatchTrap(code uint64) error {
 	tk := s.tk
+	ours := false
 	if err := s.t.resume(tk, unix.PTRACE_CONT, 0); err != nil {
 		return err
 	}
@@ -268,12 +430,28 @@ func (s *Session) waitBatchTrap(code uint64) error {
 				return fmt.Errorf("siginfo: %w", err)
 			}
 			if !isBatchTrap(&si) {
-				// The program's own (queued before ours, or
-				// sent while the runner ran): keep it for
-				// Detach, and wait for ours.
-				tk.stash = append(tk.stash, st.Sig)
+				// The program's own, from the private queue
+				// (see the top): queued again after the run.
+				s.taken = append(s.taken, si)
 			} else if r.Rip == code+batchTrapEnd {
-				return nil
+				ours = true
+			}
+			if ours {
+				// Those queued after ours, while the private
+				// queue holds the number: the shared queue's
+				// are not ours to take. (Mostly the queue is
+				// empty: one ptrace call.)
+				q, err := peekSiginfo(tk.tid, false)
+				if err != nil {
+					return fmt.Errorf("batch trap: %w", err)
+				}
+				more := false
+				for i := range q {
+					more = more || q[i].Signo() == int32(s.trapSig)
+				}
+				if !more {
+					return nil
+				}
 			}
 		default:
 			tk.stash = append(tk.stash, st.Sig)

@@ -48,6 +48,9 @@ type Session struct {
 	children  []int
 	began     time.Time
 	trapSig   unix.Signal // of batches (batch_linux.go), chosen at the first
+	// taken are the program's signals of trapSig a batch dequeued, to
+	// be queued again (batch_linux.go).
+	taken []Siginfo
 	// runner, if set (SetRunner), runs single calls too: one stop each
 	// instead of two.
 	runCode, runTable uint64
@@ -238,6 +241,12 @@ func (s *Session) syscall(nr uintptr, args []uint64) (uint64, error) {
 			return got[0], nil
 		}
 	}
+	return s.syscallAt(nr, args)
+}
+
+// syscallAt runs syscall nr at the session's syscall instruction, two
+// stops, never through the runner.
+func (s *Session) syscallAt(nr uintptr, args []uint64) (uint64, error) {
 	tk := s.tk
 	if s.t.tasks[tk.tid] != tk {
 		return 0, fmt.Errorf("inject into %d: %w", tk.tid, ErrGone)

@@ -5,19 +5,42 @@ import "encoding/binary"
 // The stub is a static x86-64 ELF executable we lay out byte by byte: an
 // ELF header, two program headers (PT_LOAD for the code, PT_GNU_STACK so the
 // stack is not executable and no READ_IMPLIES_EXEC personality is implied),
-// and nine bytes of code:
+// and this code:
 //
-//	loop: mov  eax, 34   ; b8 22 00 00 00   pause()
-//	      syscall        ; 0f 05            <- injection point
-//	      jmp  loop      ; eb f7
+//	top:   mov  eax, 0        ; read(LifelineFD, rsp, 1)
+//	       mov  edi, LifelineFD
+//	       mov  rsi, rsp
+//	       mov  edx, 1
+//	       syscall
+//	       test rax, rax
+//	       je   die           ; EOF: godwit is gone
+//	       cmp  rax, -EBADF
+//	       jne  top           ; interrupted, restarted: block again
+//	pause: mov  eax, 34       ; lifeline closed (fds being restored): pause()
+//	       syscall
+//	       jmp  pause
+//	die:   mov  eax, 231      ; exit_group(1)
+//	       mov  edi, 1
+//	       syscall
+//	inj:   syscall            ; <- injection point
+//	       jmp  top
+//
+// The stub blocks reading its lifeline, the read end of a pipe whose only
+// write end godwit holds (close-on-exec): when godwit dies, however, the
+// read returns EOF and every puppet and task cloned from one exits. That
+// matters while a task is handed between tracer threads (Release, Adopt):
+// untraced then, it is outside PTRACE_O_EXITKILL, and only the first
+// puppet has a parent-death signal. Nothing is ever written to the pipe, so
+// the one-byte buffer at rsp is never touched.
 //
 // It never stops itself: os.StartProcess returns only after the exec has
 // succeeded (it waits for the close-on-exec error pipe), so when we seize
 // and interrupt it the stub is already running this loop, either just
-// before pause or blocked inside it (then the kernel backs out with
-// -ERESTARTNOHAND, which injection preserves). After an injected syscall
-// the instruction pointer lands on the jmp, so a puppet or a forked copy
-// that is resumed by accident just pauses again.
+// before the read or blocked inside it (then the kernel backs out with
+// -ERESTARTSYS, which injection preserves). Injection uses its own syscall
+// instruction (inj), followed by a jump to the top: a task forked there
+// (clone3 returns 0 in the child, which must not read as EOF), or a puppet
+// resumed by accident, blocks on the lifeline again.
 
 const (
 	elfHeaderSize  = 64
@@ -25,22 +48,43 @@ const (
 	numProgHeaders = 2
 	codeOffset     = elfHeaderSize + numProgHeaders*progHeaderSize // 0xb0
 
-	// SyscallOffset is the offset of the syscall instruction from the
-	// load address.
-	SyscallOffset = codeOffset + 5
+	// SyscallOffset is the offset of the injection syscall instruction
+	// from the load address.
+	SyscallOffset = codeOffset + 53
 	// NameOffset is the offset of Comm, NUL-terminated, in the image
 	// (the kernel names a task exec'd from /proc/self/fd/N "N"; the
 	// puppet is renamed with an injected prctl(PR_SET_NAME) pointing here).
-	NameOffset = codeOffset + 16
+	NameOffset = codeOffset + 64
+
+	// LifelineFD is the stub's descriptor of its lifeline. Any number
+	// is safe: the files driver closes every descriptor of a puppet
+	// (close_range from 0) before it restores a task's fd table, so
+	// the lifeline is never visible to the restored program.
+	LifelineFD = 3
 )
 
 // Comm is the puppet's task name.
 const Comm = "godwit-puppet"
 
 var stubCode = []byte{
-	0xb8, 0x22, 0x00, 0x00, 0x00, // mov eax, SYS_pause
-	0x0f, 0x05, // syscall
-	0xeb, 0xf7, // jmp -9
+	0xb8, 0x00, 0x00, 0x00, 0x00, //  0 top: mov eax, SYS_read
+	0xbf, LifelineFD, 0x00, 0x00, 0x00, //  5 mov edi, LifelineFD
+	0x48, 0x89, 0xe6, // 10 mov rsi, rsp
+	0xba, 0x01, 0x00, 0x00, 0x00, // 13 mov edx, 1
+	0x0f, 0x05, // 18 syscall
+	0x48, 0x85, 0xc0, // 20 test rax, rax
+	0x74, 0x0f, // 23 je die (40)
+	0x48, 0x83, 0xf8, 0xf7, // 25 cmp rax, -EBADF
+	0x75, 0xe1, // 29 jne top (0)
+	0xb8, 0x22, 0x00, 0x00, 0x00, // 31 pause: mov eax, SYS_pause
+	0x0f, 0x05, // 36 syscall
+	0xeb, 0xf7, // 38 jmp pause (31)
+	0xb8, 0xe7, 0x00, 0x00, 0x00, // 40 die: mov eax, SYS_exit_group
+	0xbf, 0x01, 0x00, 0x00, 0x00, // 45 mov edi, 1
+	0x0f, 0x05, // 50 syscall
+	0x90,       // 52 nop
+	0x0f, 0x05, // 53 inj: syscall
+	0xeb, 0xc7, // 55 jmp top (0)
 }
 
 // ELF header and program header constants, from include/uapi/linux/elf.h.

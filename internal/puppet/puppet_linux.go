@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -62,9 +63,31 @@ type Puppet struct {
 	proc        *os.Process // non-nil for a puppet we forked
 }
 
+// lifeline is the pipe every puppet blocks reading (see the stub): godwit
+// holds its only write end, close-on-exec, for as long as it lives, so the
+// read returns EOF, and the stub exits, when godwit dies.
+var lifeline struct {
+	once sync.Once
+	r, w *os.File
+	err  error
+}
+
+func lifelineRead() (*os.File, error) {
+	lifeline.once.Do(func() {
+		// os.Pipe makes both ends close-on-exec: no program godwit
+		// runs holds the write end open after godwit's death.
+		lifeline.r, lifeline.w, lifeline.err = os.Pipe()
+		if lifeline.err != nil {
+			lifeline.err = fmt.Errorf("puppet: lifeline pipe: %w", lifeline.err)
+		}
+	})
+	return lifeline.r, lifeline.err
+}
+
 // Start executes the stub from a memfd and returns it seized and stopped.
 // Its parent is the tracer thread (so Pdeathsig and PTRACE_O_EXITKILL both
-// end it if godwit goes away).
+// end it if godwit goes away); it and every task cloned from it also exit
+// when their lifeline breaks, untraced too.
 func Start(opts Options) (*Puppet, error) {
 	if opts.Tracer == nil {
 		return nil, errors.New("puppet: no tracer")
@@ -90,6 +113,10 @@ func Start(opts Options) (*Puppet, error) {
 		return nil, fmt.Errorf("puppet: %w", err)
 	}
 	defer null.Close()
+	life, err := lifelineRead()
+	if err != nil {
+		return nil, err
+	}
 
 	p := &Puppet{Base: base, SyscallAddr: base + SyscallOffset, tr: opts.Tracer}
 	err = opts.Tracer.Do(func() error {
@@ -102,7 +129,7 @@ func Start(opts Options) (*Puppet, error) {
 			attr = &syscall.SysProcAttr{Setpgid: true, Cloneflags: unix.CLONE_PARENT}
 		}
 		proc, err := os.StartProcess("/proc/self/fd/"+strconv.Itoa(int(mfd.Fd())), []string{argv0}, &os.ProcAttr{
-			Files: []*os.File{null, null, null},
+			Files: []*os.File{null, null, null, life}, // life is LifelineFD
 			Env:   []string{},
 			Sys:   attr,
 		})
@@ -129,8 +156,9 @@ func Start(opts Options) (*Puppet, error) {
 	}
 	if err == nil {
 		// Descriptors our own parent left open without close-on-exec
-		// leak through exec: the puppet starts with 0, 1, 2 only.
-		_, err = opts.Tracer.InjectSyscall(p.Pid, unix.SYS_CLOSE_RANGE, 3, ^uint64(0)>>32, 0)
+		// leak through exec: the puppet starts with 0, 1, 2 and its
+		// lifeline only.
+		_, err = opts.Tracer.InjectSyscall(p.Pid, unix.SYS_CLOSE_RANGE, LifelineFD+1, ^uint64(0)>>32, 0)
 	}
 	if err == nil {
 		_, err = opts.Tracer.InjectSyscall(p.Pid, unix.SYS_PRCTL, unix.PR_SET_NAME, base+NameOffset)
@@ -364,9 +392,14 @@ func occupant(pid int) string {
 // them) from its tracer, for another tracer to Adopt: ptrace ties a
 // tracee to one tracer thread, so spreading a tree over several threads
 // means handing tasks over. Until adopted they run the stub's loop,
-// pausing, untraced (the injection sessions are over: each thread is
-// back on the stub's registers).
+// blocked on their lifeline, untraced (the injection sessions are over:
+// each thread is back on the stub's registers): should godwit die in
+// between, the lifeline ends them. Release refuses a task whose lifeline
+// is closed already (its fd table restored), which nothing would end.
 func (p *Puppet) Release(tids []int) error {
+	if err := p.checkLifeline(); err != nil {
+		return fmt.Errorf("puppet %d: hand over: %w", p.Pid, err)
+	}
 	return p.tr.Do(func() error {
 		var errs []error
 		for _, tid := range tids {
@@ -392,4 +425,23 @@ func (p *Puppet) Adopt(tr *ptrace.Tracer, tids []int) error {
 		}
 		return nil
 	})
+}
+
+// checkLifeline fails unless the puppet's LifelineFD is godwit's lifeline.
+func (p *Puppet) checkLifeline() error {
+	life, err := lifelineRead()
+	if err != nil {
+		return err
+	}
+	var want, got unix.Stat_t
+	if err := unix.Fstat(int(life.Fd()), &want); err != nil {
+		return fmt.Errorf("lifeline: %w", err)
+	}
+	if err := unix.Stat("/proc/"+strconv.Itoa(p.Pid)+"/fd/"+strconv.Itoa(LifelineFD), &got); err != nil {
+		return fmt.Errorf("no lifeline (fd %d): %w", LifelineFD, err)
+	}
+	if got.Dev != want.Dev || got.Ino != want.Ino {
+		return fmt.Errorf("fd %d is not its lifeline", LifelineFD)
+	}
+	return nil
 }

@@ -97,6 +97,11 @@ func TestImage(t *testing.T) {
 	if string(img[:4]) != "\x7fELF" || img[SyscallOffset] != 0x0f || img[SyscallOffset+1] != 0x05 {
 		t.Errorf("bad image % x", img)
 	}
+	// The injection point is followed by the jump back to the top, the
+	// last instruction, and the name comes after the code.
+	if end := SyscallOffset + 4; end != codeOffset+len(stubCode) || end > NameOffset {
+		t.Errorf("code ends at %#x, injection point at %#x, name at %#x", codeOffset+len(stubCode), SyscallOffset, NameOffset)
+	}
 }
 
 func TestStart(t *testing.T) {
@@ -125,8 +130,11 @@ func TestStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(fds) != 3 {
-		t.Errorf("puppet fds %v, want only 0 1 2", fds)
+	if len(fds) != 4 {
+		t.Errorf("puppet fds %v, want only 0 1 2 and the lifeline", fds)
+	}
+	if err := p.checkLifeline(); err != nil {
+		t.Error(err)
 	}
 }
 
@@ -175,8 +183,10 @@ func testClone(t *testing.T, sibling bool) {
 	if n := len(tr.Traced()); n != 2 {
 		t.Errorf("tracer holds %d tasks, want 2", n)
 	}
-	// Kill the clone; it must disappear (a child of the puppet is reaped
-	// by init once the puppet is gone, which may take a moment).
+	// Kill the clone; it must die (a child of the puppet is reaped by
+	// init once the puppet is gone, which may take a moment, and never
+	// where init is a process that reaps only its own children, as go
+	// under unshare -pf: a zombie counts as dead).
 	if err := c.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -186,11 +196,11 @@ func testClone(t *testing.T, sibling bool) {
 	for _, q := range []int{pid, p.Pid} {
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			if _, err := os.Stat("/proc/" + strconv.Itoa(q)); os.IsNotExist(err) {
+			if alive(q) == "" {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("task %d still exists after Kill", q)
+				t.Fatalf("task %d still alive after Kill: %s", q, alive(q))
 			}
 			time.Sleep(5 * time.Millisecond)
 		}

@@ -3,7 +3,9 @@ package vmaflags
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"math/bits"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -14,14 +16,15 @@ import (
 )
 
 // startFlags starts testdata/flags.c stopped (SIGSTOP) once its regions
-// are made; it is killed at cleanup.
-func startFlags(t *testing.T) int {
+// are made; it is killed at cleanup. env is added to its environment.
+func startFlags(t *testing.T, env ...string) int {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "flags")
 	if out, err := exec.Command("gcc", "-O2", "-Wall", "-o", bin, "testdata/flags.c").CombinedOutput(); err != nil {
 		t.Fatalf("gcc: %v\n%s", err, out)
 	}
 	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -52,13 +55,27 @@ func startFlags(t *testing.T) int {
 }
 
 // TestSmapsMatchesSmaps: on a stopped process whose VMAs carry every flag
-// a dump reads, Smaps gives the mappings and VmFlags smaps gives.
+// a dump reads, Smaps gives the mappings and VmFlags smaps gives; also
+// when a thread has its own fd table (the iterator then repeats its walk).
 func TestSmapsMatchesSmaps(t *testing.T) {
+	t.Run("one fd table", func(t *testing.T) { smapsMatch(t) })
+	t.Run("thread with own fd table", func(t *testing.T) { smapsMatch(t, "FLAGS_OWN_FILES=1") })
+}
+
+func smapsMatch(t *testing.T, env ...string) {
 	n, err := Calibrate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid := startFlags(t)
+	pid := startFlags(t, env...)
+	if len(env) > 0 {
+		if tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid)); err != nil || len(tasks) != 2 {
+			t.Fatalf("%d threads (%v), want 2", len(tasks), err)
+		}
+		if _, err := Read(pid); err != nil {
+			t.Fatalf("Read: %v", err)
+		}
+	}
 	got, err := Smaps(pid, n)
 	if err != nil {
 		t.Fatal(err)
@@ -129,10 +146,16 @@ func TestParse(t *testing.T) {
 	if err != nil || len(vs) != 2 || vs[1] != (VMA{0x3000, 0x4000, 0x71}) {
 		t.Fatalf("parse: %v %+v", err, vs)
 	}
+	// A thread with its own fd table: the walk is repeated.
+	vs, err = parse(append(append([]byte{}, ok...), ok...))
+	if err != nil || len(vs) != 2 || vs[0] != (VMA{0x1000, 0x3000, 0x73}) {
+		t.Fatalf("parse of a repeated walk: %v %+v", err, vs)
+	}
 	for name, b := range map[string][]byte{
-		"short":     ok[:30],
-		"empty vma": rec(0x1000, 0x1000, 0),
-		"unordered": append(rec(0x3000, 0x4000, 0), rec(0x1000, 0x2000, 0)...),
+		"repeat differs": append(append([]byte{}, ok...), rec(0x1000, 0x3000, 0x73)...),
+		"short":          ok[:30],
+		"empty vma":      rec(0x1000, 0x1000, 0),
+		"unordered":      append(rec(0x3000, 0x4000, 0), rec(0x1000, 0x2000, 0)...),
 	} {
 		if _, err := parse(b); err == nil {
 			t.Errorf("%s: parsed", name)

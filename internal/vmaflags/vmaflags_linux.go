@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sync"
 	"unsafe"
 
@@ -203,12 +204,16 @@ func Read(pid int) ([]VMA, error) {
 	return parse(b)
 }
 
-// parse decodes the iterator's records.
+// parse decodes the iterator's records. In PID mode the iterator walks
+// the mm once per thread that does not share the previous one's fd table
+// (it skips threads by their files, not their mm): a thread that did
+// unshare(CLONE_FILES) repeats the whole walk. A record starting below
+// the previous one's end begins such a repeat; each repeat must be the
+// first walk again (the caller froze the process), and the first is kept.
 func parse(b []byte) ([]VMA, error) {
 	if len(b)%24 != 0 {
 		return nil, fmt.Errorf("vmaflags: %d bytes of records (not a multiple of 24)", len(b))
 	}
-	out := make([]VMA, 0, len(b)/24)
 	le := func(o int) uint64 {
 		var v uint64
 		for i := 7; i >= 0; i-- {
@@ -216,12 +221,35 @@ func parse(b []byte) ([]VMA, error) {
 		}
 		return v
 	}
+	var first, walk []VMA
+	end := func() error {
+		if first == nil {
+			first = walk
+		} else if !slices.Equal(walk, first) {
+			return fmt.Errorf("the iterator's walks differ (%d and %d VMAs): the mappings changed during the read", len(first), len(walk))
+		}
+		walk = nil
+		return nil
+	}
 	for o := 0; o < len(b); o += 24 {
 		v := VMA{Start: le(o), End: le(o + 8), Flags: le(o + 16)}
-		if v.End <= v.Start || (len(out) > 0 && v.Start < out[len(out)-1].End) {
-			return nil, fmt.Errorf("vmaflags: record %d: bad or unordered range %#x-%#x", o/24, v.Start, v.End)
+		if v.End <= v.Start {
+			return nil, fmt.Errorf("vmaflags: record %d: bad range %#x-%#x", o/24, v.Start, v.End)
 		}
-		out = append(out, v)
+		if len(walk) > 0 && v.Start < walk[len(walk)-1].End {
+			if err := end(); err != nil {
+				return nil, fmt.Errorf("vmaflags: record %d: %w", o/24, err)
+			}
+		}
+		walk = append(walk, v)
 	}
-	return out, nil
+	if len(walk) > 0 {
+		if err := end(); err != nil {
+			return nil, fmt.Errorf("vmaflags: %w", err)
+		}
+	}
+	if first == nil {
+		first = []VMA{}
+	}
+	return first, nil
 }

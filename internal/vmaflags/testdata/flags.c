@@ -1,11 +1,28 @@
 /* flags: maps regions carrying VMA flags (madvise advice, mlock,
  * growsdown, noreserve, shared, droppable, guard regions, mprotect),
  * prints "ready" (to the file named by its argument, if any), then sleeps
- * until killed. */
+ * until killed. With FLAGS_OWN_FILES set, a thread with its own fd table
+ * (unshare(CLONE_FILES)) runs beside main: the task_vma iterator walks
+ * the mm once more for it. */
 #define _GNU_SOURCE
+#include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+static int own_files[2];
+
+static void *own_files_thread(void *arg)
+{
+	(void)arg;
+	char ok = unshare(CLONE_FILES) == 0;
+	if (write(own_files[1], &ok, 1) != 1)
+		return NULL;
+	for (;;)
+		pause();
+}
 
 #ifndef MAP_DROPPABLE
 #define MAP_DROPPABLE 0x08
@@ -45,6 +62,13 @@ int main(int argc, char **argv)
 	p = region(PROT_READ | PROT_WRITE, MAP_PRIVATE);
 	if (p)
 		mlock(p, 4096);
+	if (getenv("FLAGS_OWN_FILES")) {
+		pthread_t th;
+		char ok = 0;
+		if (pipe(own_files) || pthread_create(&th, NULL, own_files_thread, NULL) ||
+		    read(own_files[0], &ok, 1) != 1 || !ok)
+			return 3;
+	}
 	FILE *out = argc > 1 ? fopen(argv[1], "a") : stdout;
 	if (!out)
 		return 2;

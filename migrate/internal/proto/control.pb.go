@@ -560,10 +560,14 @@ func (x *Hello) GetMemoryBytes() uint64 {
 	return 0
 }
 
-// Accepted answers Hello: the checks passed.
+// Accepted answers Hello: the checks passed. page_limit: the page bytes
+// (every round's files together) this agent takes from the migration
+// (--max-migration-bytes or its default); the source stops its rounds
+// while the final dump still fits.
 type Accepted struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	PageLimit     uint64                 `protobuf:"varint,2,opt,name=page_limit,json=pageLimit,proto3" json:"page_limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -603,6 +607,13 @@ func (x *Accepted) GetId() string {
 		return x.Id
 	}
 	return ""
+}
+
+func (x *Accepted) GetPageLimit() uint64 {
+	if x != nil {
+		return x.PageLimit
+	}
+	return 0
 }
 
 // Failure ends a migration; phase names where (migrate.Phase).
@@ -834,9 +845,12 @@ func (x *RoundDone) GetN() uint32 {
 	return 0
 }
 
+// page_bytes: what the migration's rounds wrote on the agent so far (the
+// bytes page_limit bounds).
 type RoundAck struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	N             uint32                 `protobuf:"varint,1,opt,name=n,proto3" json:"n,omitempty"`
+	PageBytes     uint64                 `protobuf:"varint,2,opt,name=page_bytes,json=pageBytes,proto3" json:"page_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -874,6 +888,13 @@ func (*RoundAck) Descriptor() ([]byte, []int) {
 func (x *RoundAck) GetN() uint32 {
 	if x != nil {
 		return x.N
+	}
+	return 0
+}
+
+func (x *RoundAck) GetPageBytes() uint64 {
+	if x != nil {
+		return x.PageBytes
 	}
 	return 0
 }
@@ -1813,9 +1834,11 @@ const file_control_proto_rawDesc = "" +
 	"\acpu_cap\x18\t \x01(\tR\x06cpuCap\x12\x1a\n" +
 	"\bcompress\x18\n" +
 	" \x01(\tR\bcompress\x12!\n" +
-	"\fmemory_bytes\x18\v \x01(\x04R\vmemoryBytes\"\x1a\n" +
+	"\fmemory_bytes\x18\v \x01(\x04R\vmemoryBytes\"9\n" +
 	"\bAccepted\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"9\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"page_limit\x18\x02 \x01(\x04R\tpageLimit\"9\n" +
 	"\aFailure\x12\x14\n" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"z\n" +
@@ -1830,9 +1853,11 @@ const file_control_proto_rawDesc = "" +
 	"RoundReady\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\rR\x04port\"\x19\n" +
 	"\tRoundDone\x12\f\n" +
-	"\x01n\x18\x01 \x01(\rR\x01n\"\x18\n" +
+	"\x01n\x18\x01 \x01(\rR\x01n\"7\n" +
 	"\bRoundAck\x12\f\n" +
-	"\x01n\x18\x01 \x01(\rR\x01n\"B\n" +
+	"\x01n\x18\x01 \x01(\rR\x01n\x12\x1d\n" +
+	"\n" +
+	"page_bytes\x18\x02 \x01(\x04R\tpageBytes\"B\n" +
 	"\x04File\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x12\n" +
