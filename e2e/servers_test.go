@@ -162,8 +162,19 @@ func (n *testNetns) dialTimeout(addr string, timeout time.Duration) (net.Conn, e
 		err error
 	}
 	ch := make(chan res, 1)
-	go func() {
+	var join func()
+	join = func() {
 		runtime.LockOSThread() // never unlocked: the thread stays in n and dies
+		if unix.Gettid() == unix.Getpid() {
+			// Not the main thread, which Go keeps (and /proc/self
+			// shows) when its goroutine ends: hold it while another
+			// thread joins.
+			done := make(chan struct{})
+			go func() { defer close(done); join() }()
+			<-done
+			runtime.UnlockOSThread()
+			return
+		}
 		f, err := os.Open("/run/netns/" + n.name)
 		if err != nil {
 			ch <- res{nil, err}
@@ -176,7 +187,8 @@ func (n *testNetns) dialTimeout(addr string, timeout time.Duration) (net.Conn, e
 		}
 		c, err := net.DialTimeout("tcp", addr, timeout)
 		ch <- res{c, err}
-	}()
+	}
+	go join()
 	r := <-ch
 	return r.c, r.err
 }
