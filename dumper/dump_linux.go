@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/stats"
@@ -24,6 +25,7 @@ import (
 	"godwit/internal/pidfd"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
+	"godwit/internal/vmaflags"
 )
 
 // Result is what a dump did.
@@ -46,6 +48,10 @@ type Result struct {
 	// none), in the tree's network namespace: a caller that will not
 	// restore there removes it (netlock.Adopt there, then Unlock).
 	NetLock *netlock.Record
+	// VMAFlags says where a dump on top of pre-dump rounds, or a lazy
+	// one, read its VMAs' flags while frozen: "kernel" (vmaflags, no page
+	// walk) or why smaps was read instead ("" for other dumps).
+	VMAFlags string
 }
 
 // FormatStats renders the stats as --display-stats prints them (CRIU's
@@ -158,6 +164,18 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		return nil, err
 	}
 	defer track.finish(false) // no-op once finished
+	// On top of pre-dump rounds, or lazy (a migration's switch-over):
+	// the VMAs' flags come from the kernel's VMAs (vmaflags), not from
+	// smaps, whose page walk would grow the frozen time with the memory
+	// size. The table of flag names is learnt now, before the freeze.
+	var names *vmaflags.Names
+	vmaFlags := ""
+	if _, lazy := target.(*lazyTarget); lazy || track != nil && track.pt != nil {
+		if names, err = vmaflags.Calibrate(); err != nil {
+			logging.Default().Infof("dump %d: VMA flags read from smaps while frozen: %v", pid, err)
+			names, vmaFlags = nil, "smaps: "+err.Error()
+		}
+	}
 	if err := interrupted(ctx); err != nil {
 		return nil, fmt.Errorf("dump %d: %w", pid, err)
 	}
@@ -270,7 +288,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		}
 		logging.Default().Infof("dump %d: %d connections and their listeners locked (%s) in %v", pid, nl.Count(), nl.Method(), time.Since(t))
 	}
-	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track,
+	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track, vmaNames: names, vmaFlags: vmaFlags,
 		ghostLimit: o.GhostLimit, fdOpts: o.FD, fileLocks: o.FileLocks, tcpEstablished: o.TCPEstablished, skipInFlight: o.SkipInFlight, netLock: nl,
 		shellJob: o.ShellJob, extUnix: drivers.ExtUnix{All: o.ExtUnixSk, Inos: o.ExtUnix}, extTTY: o.ExtTTY}
 	// Connections read in repair mode: out of it again if the tasks
@@ -410,7 +428,8 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	frozen := time.Since(frozenAt)
 	d.log.Infof("dump %d: %d pages written (%d scanned, %d zero, %d untouched) by %v; frozen %v, %v of it in injection sessions",
 		pid, d.mem.Written, d.mem.Scanned, d.mem.Zero, d.mem.Untouched, d.method, frozen, injecting)
-	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting, InjectedCalls: tr.InjectedCalls(), NetLock: kept}
+	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting, InjectedCalls: tr.InjectedCalls(), NetLock: kept,
+		VMAFlags: d.vmaFlags}
 	_, res.InjectionStops, _ = tr.InjectionStats()
 	res.Stats = &stats.DumpStatsEntry{
 		FreezingTime:       proto.Uint32(uint32(frozenAt.Sub(t0).Microseconds())),
@@ -473,7 +492,11 @@ type dumpRun struct {
 	shmDone map[uint64]int   // shared anonymous objects dumped: shmid → pid
 	// track, with --prev-images-dir --track-mem, writes each task's private pages
 	// against the parent images (predump_linux.go).
-	track       *trackedDump
+	track *trackedDump
+	// vmaNames, when set, names the VMAs' flags read through vmaflags
+	// (frozenSmaps).
+	vmaNames    *vmaflags.Names
+	vmaFlags    string // Result.VMAFlags
 	parentPages uint64
 	// early is the task's private memory being dumped while the rest of
 	// its state is collected (earlyPrivate), nil otherwise.
@@ -595,6 +618,9 @@ func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, shm map[uint64]int) (
 	}
 	task := &model.Task{Pid: pid, Ppid: ppid, State: model.Alive, MM: &model.MM{}}
 	dc := &drivers.Dump{Pid: pid, Task: task, Files: fl, Log: d.log}
+	if d.vmaNames != nil {
+		dc.Smaps = d.frozenSmaps
+	}
 	// Threads: registers first (rseq aborted as the kernel would on the
 	// way out), before any injection changes them.
 	for _, tid := range d.tids {
@@ -727,14 +753,24 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 		return err
 	}
 	err = func() error {
-		addr, err := s.Syscall(unix.SYS_MMAP, 0, scratchSize, unix.PROT_READ|unix.PROT_WRITE,
+		// Executable at once where the task may have such memory: the
+		// runner then needs no mprotect (two stops). The task is frozen
+		// while the scratch exists, and it is gone before it runs.
+		exec := true
+		addr, err := s.Syscall(unix.SYS_MMAP, 0, scratchSize, unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC,
 			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+		if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
+			// PR_SET_MDWE, an LSM or a seccomp filter refuses it.
+			exec = false
+			addr, err = s.Syscall(unix.SYS_MMAP, 0, scratchSize, unix.PROT_READ|unix.PROT_WRITE,
+				unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+		}
 		if err != nil {
 			return fmt.Errorf("map scratch: %w", err)
 		}
 		scratch = addr
 		ls := inject.Wrap(s, d.pid, addr, scratchSize)
-		d.runner = d.mapRunner(ls)
+		d.runner = d.mapRunner(ls, exec)
 		for _, k := range d.drivers {
 			if c, ok := k.(drivers.InjectedCollector); ok {
 				if err := c.CollectInjected(dc, ls); err != nil {
@@ -801,14 +837,19 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 }
 
 // mapRunner puts the batch runner in the last page of the scratch and
-// makes it executable, for batches of injected calls in s (and the
-// task's other threads). A task that may not gain executable memory
-// (PR_SET_MDWE, a seccomp filter on mprotect) gets its calls one by one.
-func (d *dumpRun) mapRunner(s *inject.Session) bool {
+// makes it executable (unless exec: it is already), for batches of
+// injected calls in s (and the task's other threads). A task that may not
+// gain executable memory (PR_SET_MDWE, a seccomp filter on mprotect) gets
+// its calls one by one.
+func (d *dumpRun) mapRunner(s *inject.Session, exec bool) bool {
 	at := s.Scratch() + scratchRunner
 	if err := ptrace.WriteMem(d.pid, at, ptrace.BatchCode); err != nil {
 		d.log.Warnf("dump %d: batch runner: %v: injecting calls one by one", d.pid, err)
 		return false
+	}
+	if exec {
+		s.SetBatch(at, scratchTable)
+		return true
 	}
 	if _, err := s.Call("batch runner: mprotect", unix.SYS_MPROTECT, at, 4096, unix.PROT_READ|unix.PROT_EXEC); err != nil {
 		d.log.Warnf("dump %d: %v: injecting calls one by one", d.pid, err)
@@ -887,6 +928,27 @@ func (d *dumpRun) openPagemap(name string) (pagexfer.Sink, error) {
 	d.note(name)
 	d.note(images.PagesImg(d.pagesID))
 	return d.sinks(d.dir, name, d.pagesID)
+}
+
+// frozenSmaps reads a frozen task's VMAs as smaps shows them, from
+// /proc/PID/maps and the kernel's VMA flags (vmaflags.Smaps: no page
+// walk), or from smaps itself when a flag was not learnt (hugetlb, a
+// flag the calibration could not make) or the two lists disagree.
+func (d *dumpRun) frozenSmaps(pid int) ([]procfs.SmapsEntry, error) {
+	t := time.Now()
+	sm, err := vmaflags.Smaps(pid, d.vmaNames)
+	if err == nil {
+		d.step(t, "VMA flags without smaps")
+		if d.vmaFlags == "" {
+			d.vmaFlags = "kernel"
+		}
+		return sm, nil
+	}
+	d.log.Infof("dump %d: reading smaps: %v", pid, err)
+	if !strings.HasPrefix(d.vmaFlags, "smaps") {
+		d.vmaFlags = fmt.Sprintf("smaps: task %d: %v", pid, err)
+	}
+	return procfs.ReadSmaps(pid)
 }
 
 // earlyPrivate is a frozen task's private memory dumped against the

@@ -740,3 +740,41 @@ while True:
 	}
 	assertRunningUntraced(t, p.Pid)
 }
+
+// TestDumpScratchGone dumps a task with the scratch mapped executable at
+// once, and one whose PR_SET_MDWE refuses that (the scratch is then made
+// writable only, and its calls go one by one): both dumps succeed, and
+// each task runs on untraced with exactly the mappings it had.
+func TestDumpScratchGone(t *testing.T) {
+	needRoot(t)
+	for _, mdwe := range []bool{false, true} {
+		t.Run(fmt.Sprintf("mdwe=%v", mdwe), func(t *testing.T) {
+			log := filepath.Join(t.TempDir(), "log")
+			prog := "import ctypes, sys, time\n"
+			if mdwe {
+				// PR_SET_MDWE (65), PR_MDWE_REFUSE_EXEC_GAIN (1).
+				prog += "if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) != 0: sys.exit('prctl: %d' % ctypes.get_errno())\n"
+			}
+			prog += "open(sys.argv[1], 'w').write('ready'); time.sleep(60)\n"
+			p := start(t, "", "", "/usr/bin/python3", "-c", prog, log)
+			waitFile(t, log, "ready")
+			before, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", p.Pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			o := dumpOpts(p.Pid, t.TempDir())
+			o.LeaveRunning = true
+			if _, err := Dump(o, nil); err != nil {
+				t.Fatal(err)
+			}
+			assertRunningUntraced(t, p.Pid)
+			after, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", p.Pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(before) != string(after) {
+				t.Fatalf("mappings changed by the dump:\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+		})
+	}
+}

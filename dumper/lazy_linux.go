@@ -19,6 +19,7 @@ import (
 	"godwit/internal/pagexfer"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
+	"godwit/internal/vmaflags"
 	"godwit/pageserver"
 )
 
@@ -95,7 +96,15 @@ func DumpLazyContext(ctx context.Context, o Options, scripts *actions.Scripts, l
 		}
 		return nil
 	}
-	return DumpToContext(ctx, o, scripts, &lazyTarget{pid: o.Pid, kept: kept, serve: serve, inner: inner, exitKill: ls.DieWithServer})
+	// The lazy VMAs are told by their flags while the tree is frozen:
+	// from the kernel's VMAs when the table of flag names is learnt
+	// (now, before the freeze), not from smaps' page walk.
+	names, err := vmaflags.Calibrate()
+	if err != nil {
+		log.Infof("dump %d: lazy VMAs told from smaps while frozen: %v", o.Pid, err)
+		names = nil
+	}
+	return DumpToContext(ctx, o, scripts, &lazyTarget{pid: o.Pid, kept: kept, serve: serve, inner: inner, exitKill: ls.DieWithServer, names: names, log: log})
 }
 
 // keptPages are the lazy pages of one task, left in its memory: the task
@@ -177,6 +186,8 @@ type lazyTarget struct {
 	serve    func(context.Context) error
 	inner    PageTarget
 	exitKill bool
+	names    *vmaflags.Names // nil: read smaps
+	log      *logging.Logger
 }
 
 // hold serves the lazy pages while the dumped tree is still frozen
@@ -204,7 +215,7 @@ func (t *lazyTarget) Open(d *images.Dir, name string, id uint32) (pagexfer.Sink,
 	if err != nil || name != images.PagemapImg(t.pid) {
 		return s, err
 	}
-	lazy, err := lazyRanges(t.pid)
+	lazy, err := lazyRanges(t.pid, t.smaps)
 	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("lazy pages: %w", err)
@@ -214,14 +225,27 @@ func (t *lazyTarget) Open(d *images.Dir, name string, id uint32) (pagexfer.Sink,
 
 func (t *lazyTarget) Commit() error { return t.inner.Commit() }
 
+// smaps reads the frozen task's VMAs with their flags: vmaflags.Smaps
+// (no page walk) when it can name them, smaps otherwise.
+func (t *lazyTarget) smaps(pid int) ([]procfs.SmapsEntry, error) {
+	if t.names != nil {
+		sm, err := vmaflags.Smaps(pid, t.names)
+		if err == nil {
+			return sm, nil
+		}
+		t.log.Infof("dump %d: lazy VMAs: reading smaps: %v", pid, err)
+	}
+	return procfs.ReadSmaps(pid)
+}
+
 // lazyRanges are the task's VMAs that restore --lazy-pages leaves to the
 // lazy-pages daemon (the restorer's rule, read from /proc: private
 // anonymous, not locked, huge, growing down or a shadow stack, no
 // thread's stack pointer in it, not [stack]/[vdso]/[vvar]/[vsyscall]). A
 // VMA the two rules judged differently is refused by the restore, never
 // restored wrong.
-func lazyRanges(pid int) ([][2]uint64, error) {
-	sm, err := procfs.ReadSmaps(pid)
+func lazyRanges(pid int, smaps func(int) ([]procfs.SmapsEntry, error)) ([][2]uint64, error) {
+	sm, err := smaps(pid)
 	if err != nil {
 		return nil, err
 	}

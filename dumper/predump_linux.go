@@ -16,6 +16,7 @@ import (
 	"godwit/internal/pagexfer"
 	"godwit/internal/pidfd"
 	"godwit/internal/procfs"
+	"godwit/internal/vmaflags"
 	"godwit/pageserver"
 	"godwit/uffd"
 )
@@ -89,6 +90,10 @@ func PreDump(ctx context.Context, o PreDumpOptions) (*PreDumpResult, error) {
 	if err := Check(pid); err != nil {
 		return nil, err
 	}
+	// The final dump on top of this round names VMA flags with the
+	// table vmaflags learns once per process: learnt meanwhile, it costs
+	// that dump nothing.
+	go func() { _, _ = vmaflags.Calibrate() }()
 	final, err := images.Open(o.ImagesDir, true)
 	if err != nil {
 		return nil, fmt.Errorf("pre-dump: %w", err)

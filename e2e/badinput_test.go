@@ -64,10 +64,14 @@ func TestDumpUnsupportedFDResumes(t *testing.T) {
 		name, want string
 		open       func() (*os.File, error)
 	}{
-		// A raw socket: refused (issue 13).
+		// A shut-down raw socket: refused.
 		{"raw", "fd 3: socket socket:[", func() (*os.File, error) {
 			s, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
-			return os.NewFile(uintptr(s), "raw"), err
+			if err != nil {
+				return nil, err
+			}
+			_ = unix.Shutdown(s, unix.SHUT_RD) // ENOTCONN, but shut down all the same
+			return os.NewFile(uintptr(s), "raw"), nil
 		}},
 		// A character device with per-open state: reopening its path
 		// would give another object.
@@ -102,14 +106,17 @@ func TestDumpUnsupportedFDResumes(t *testing.T) {
 	}
 }
 
-// TestDumpTreeRefusedResumes fails a dump on a raw socket held by a
-// child (refused): the one-line error names the task and the fd, and
+// TestDumpTreeRefusedResumes fails a dump on a shut-down raw socket held
+// by a child (refused): the one-line error names the task and the fd, and
 // every task of the tree runs on untraced.
 func TestDumpTreeRefusedResumes(t *testing.T) {
 	needRoot(t)
 	prog := "import os, socket, time\n" +
 		"if os.fork() == 0:\n" +
-		"    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW); time.sleep(60); os._exit(0)\n" +
+		"    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n" +
+		"    try: s.shutdown(socket.SHUT_RD)\n" +
+		"    except OSError: pass\n" +
+		"    time.sleep(60); os._exit(0)\n" +
 		"time.sleep(60)\n"
 	cmd := exec.Command("/usr/bin/python3", "-c", prog)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

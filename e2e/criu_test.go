@@ -148,9 +148,13 @@ func restoreFixture(t *testing.T, name string, vars []string) (*model.Tree, stri
 	if err != nil {
 		t.Fatalf("read %s: %v", src, err)
 	}
+	// Another test's short-lived process may hold a fixture's PID for
+	// a moment on a busy machine: wait for it to go.
 	for _, k := range tree.Tasks {
-		if pidExists(k.Pid) {
-			t.Fatalf("pid %d, the fixture's, is in use: the fixture restores only there", k.Pid)
+		for deadline := time.Now().Add(30 * time.Second); pidExists(k.Pid); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("pid %d, the fixture's, is in use: the fixture restores only there", k.Pid)
+			}
 		}
 	}
 	installFixture(t, name)

@@ -57,7 +57,8 @@ func checkCRIUImages(t *testing.T, dir, name string) string {
 // --link-remap: a file whose name was removed while another hard link
 // stays (open and mapped) is linked back to link_remap.N at dump, a
 // LINKED remap in remap-fpath.img; the restore opens it by that link,
-// removes the link, and the restored fd and mapping are that very inode
+// removes the link once it succeeded (a failed one keeps it, and runs
+// again), and the restored fd and mapping are that very inode
 // again (the program's writes land in the other link). A file of no link
 // at all stays a ghost. Without the option the dump is refused; a dump
 // that fails after linking removes the link.
@@ -117,6 +118,18 @@ while True:
 		t.Errorf("remap-fpath.img has not a LINKED and a GHOST remap:\n%s", img)
 	}
 
+	// A restore that fails at its end keeps the link: it can be run
+	// again.
+	t.Setenv("GODWIT_TEST_RESTORER", "fail-thaw")
+	code, out = godwit(t, "restore", "-D", dir, "-v4", "-o", "restore-failed.log")
+	os.Unsetenv("GODWIT_TEST_RESTORER")
+	if code == 0 {
+		t.Fatalf("restore with a failing thaw succeeded: %s", out)
+	}
+	killAndForget(w.pid)
+	if l := links(); len(l) != 1 {
+		t.Fatalf("links after a failed restore: %v, want the link_remap.N kept", l)
+	}
 	r := restore(t, w, dir)
 	w.waitTicks(5)
 	if l := links(); len(l) != 0 {

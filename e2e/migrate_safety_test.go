@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -534,7 +537,47 @@ func TestMigrateResumeFailsAfterTasksRan(t *testing.T) {
 		t.Errorf("resolve abort --source-pid: %q: want the source continued", out)
 	}
 	intact(t, w)
-	finishMoved(t, w, w.rootPID)
+	finishAfterPartial(t, w)
+}
+
+// finishAfterPartial is finishMoved for a source that runs on after its
+// copy ran on the other host for a while before it was killed (a partial
+// resume): the copy may have logged ticks after the freeze, which the
+// source then logs again, once, from where it was frozen.
+func finishAfterPartial(t *testing.T, w *labWorkload) {
+	t.Helper()
+	w.waitTicks(3)
+	if err := syscall.Kill(w.rootPID, syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the source to finish", func() bool { return strings.Contains(readFile(w.log), "done ") })
+	ticks := w.ticks()
+	repeats := 0
+	for i, n := range ticks {
+		switch {
+		case i == 0 && n == 1, i > 0 && n == ticks[i-1]+1:
+		case i > 0 && n <= ticks[i-1] && repeats == 0:
+			repeats++ // the source goes on from its freeze
+		default:
+			t.Fatalf("tick %d at line %d: ticks lost or repeated other than once from the freeze\n%s", n, i+1, w.tail())
+		}
+	}
+	last := ticks[len(ticks)-1]
+	if b := readFile(w.log); !strings.Contains(b, fmt.Sprintf("done ticks=%d ", last)) || !regexp.MustCompile(` usr2=0\b`).MatchString(b) {
+		t.Fatalf("no \"done ticks=%d ... usr2=0\" in the log\n%s", last, w.tail())
+	}
+	seq, err := os.ReadFile(w.log + ".seq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(seq) != 8*last {
+		t.Fatalf("%s.seq holds %d bytes, want %d", w.log, len(seq), 8*last)
+	}
+	for i := range last {
+		if v := binary.NativeEndian.Uint64(seq[8*i:]); v != uint64(i+1) {
+			t.Fatalf("%s.seq word %d = %d: the file offset was not kept", w.log, i, v)
+		}
+	}
 }
 
 // As TestMigrateResumeFailsAfterTasksRan, but the source cannot be held

@@ -982,6 +982,13 @@ func TestNetAddressNotLocal(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ip addr add: %v\n%s", err, out)
 	}
+	// The address's local route comes with its DAD completion, which
+	// the kernel runs from a work queue even with nodad: until then a
+	// connect to it fails with ENETUNREACH (seen under load).
+	waitFor(t, "the address's local route", func() bool {
+		n.do(func() { out, err = exec.Command("ip", "-6", "route", "show", "table", "local", addr).Output() })
+		return err == nil && strings.Contains(string(out), addr)
+	})
 	var ln net.Listener
 	n.do(func() { ln, err = net.Listen("tcp6", "["+addr+"]:0") })
 	if err != nil {

@@ -43,9 +43,14 @@ func TestNetPingRaw(t *testing.T) {
 	allowPing(t, n)
 	w := startNetProg(t, n, "icmpsock")
 	dir := t.TempDir()
+	sent := outPackets(t, n)
 	code, out := n.godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-v4", "-o", "dump.log")
 	if code != 0 {
 		t.Fatalf("dump: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "dump.log")))
+	}
+	// The probes for a send-side shutdown send nothing.
+	if now := outPackets(t, n); now != sent {
+		t.Fatalf("the dump sent packets: IPv4 and IPv6 OutRequests %s, then %s", sent, now)
 	}
 	select {
 	case <-w.waited:
@@ -62,21 +67,59 @@ func TestNetPingRaw(t *testing.T) {
 	}
 }
 
-// A raw socket with a packet queued to be read is refused in one line
-// naming it, and the dump leaves the workload running as it was.
+// outPackets is the namespace's count of packets sent (IPv4 and IPv6
+// OutRequests, which ICMP and raw packets count in).
+func outPackets(t *testing.T, n *netns) string {
+	t.Helper()
+	var snmp, snmp6 string
+	n.do(func() {
+		snmp, snmp6 = readAll("/proc/thread-self/net/snmp"), readAll("/proc/thread-self/net/snmp6")
+	})
+	var v4 string
+	lines := strings.Split(snmp, "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		names, vals := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) > 0 && names[0] == "Ip:" && len(vals) == len(names) && vals[0] == "Ip:" {
+			for j, name := range names {
+				if name == "OutRequests" {
+					v4 = vals[j]
+				}
+			}
+		}
+	}
+	v6 := regexp.MustCompile(`(?m)^Ip6OutRequests\s+(\d+)`).FindStringSubmatch(snmp6)
+	if v4 == "" || v6 == nil {
+		t.Fatalf("no OutRequests in /proc/net/snmp or snmp6:\n%s\n%s", snmp, snmp6)
+	}
+	return v4 + "/" + v6[1]
+}
+
+// A raw socket with a packet queued to be read, a ping or raw socket
+// shut down for sending: each is refused in one line naming it, and the
+// dump leaves the workload running as it was.
 func TestNetRawQueuedRefused(t *testing.T) {
 	needRoot(t)
+	for _, c := range []struct{ mode, sock, why string }{
+		{"queued", "raw socket (protocol 1)", "packets queued to be read"},
+		{"shut-ping", "ICMP ping socket 127.0.0.1 id 4242", "shut down for sending"},
+		{"shut-raw", "raw socket (protocol 253) 127.0.0.1 -> 127.0.0.2", "shut down for sending"},
+	} {
+		t.Run(c.mode, func(t *testing.T) { rawRefused(t, c.mode, c.sock, c.why) })
+	}
+}
+
+func rawRefused(t *testing.T, mode, sock, why string) {
 	n := newNetns(t)
 	allowPing(t, n)
-	w := startNetProg(t, n, "icmpsock", "queued")
+	w := startNetProg(t, n, "icmpsock", mode)
 	dir := t.TempDir()
 	code, out := n.godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", dir, "-o", "dump.log")
 	out = strings.TrimSpace(out)
 	if code == 0 {
-		t.Fatalf("dump of a raw socket with a queued packet succeeded: %s", out)
+		t.Fatalf("dump succeeded: %s", out)
 	}
-	if strings.Count(out, "\n") != 0 || !strings.Contains(out, "raw socket (protocol 1)") || !strings.Contains(out, "packets queued to be read") {
-		t.Fatalf("refusal is not one line naming the raw socket and its queue: %q", out)
+	if strings.Count(out, "\n") != 0 || !strings.Contains(out, sock) || !strings.Contains(out, why) {
+		t.Fatalf("refusal is not one line naming %q and %q: %q", sock, why, out)
 	}
 	ticks := w.ticks()
 	waitFor(t, "the workload to tick on", func() bool { return w.ticks() > ticks })
@@ -188,9 +231,7 @@ func TestNetJoinNS(t *testing.T) {
 		t.Fatalf("ip addr add: %v: %s", err, out)
 	}
 	ns := "/run/netns/" + y.name
-	if code, msg := godwit(t, "restore", "-D", dir, "-d", "-o", "restore.log", "--join-ns", "net:"+ns); code != 0 {
-		t.Fatalf("restore --join-ns: exit %d: %s\n%s", code, msg, readFile(filepath.Join(dir, "restore.log")))
-	}
+	r := restoreHere(t, pid, dir, "--join-ns", "net:"+ns)
 	var a, b unix.Stat_t
 	if err := unix.Stat(ns, &a); err != nil {
 		t.Fatal(err)
@@ -214,14 +255,7 @@ func TestNetJoinNS(t *testing.T) {
 			t.Fatalf("byte %d from the restored server: %d, want %d", i, v, want)
 		}
 	}
-	c.Close()
-	if err := unix.Kill(pid, unix.SIGUSR1); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "the restored server to finish", func() bool { return !pidExists(pid) })
-	if tail := tailOf(log); !strings.HasPrefix(tail, "done ") {
-		t.Fatalf("restored server: %s", tail)
-	}
+	finishRestored(t, r, pid, log) // the client still connected: netconn counts a reset as a failure
 }
 
 // netnsSockets is python3 holding, in its network namespace: a TCP
@@ -281,9 +315,7 @@ func TestNetDumpFromOutsideNetns(t *testing.T) {
 		t.Fatalf("pid %d alive after the dump", pid)
 	}
 	waitFor(t, "the dumped pid to go", func() bool { return !pidExists(pid) })
-	if code, out := godwit(t, "restore", "-D", dir, "-d", "-v4", "-o", "restore.log", "--join-ns", "net:/run/netns/"+x.name); code != 0 {
-		t.Fatalf("restore --join-ns: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "restore.log")))
-	}
+	restoreHere(t, pid, dir, "--join-ns", "net:/run/netns/"+x.name)
 	pfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		t.Fatalf("restored pid %d: %v", pid, err)
@@ -370,14 +402,63 @@ func TestNetEstablishedFromOutsideNetns(t *testing.T) {
 		t.Fatalf("pid %d alive after the dump", pid)
 	}
 	waitFor(t, "the dumped pid to go", func() bool { return !pidExists(pid) })
-	if code, out := godwit(t, "restore", "-D", dir, "-d", "-v4", "-o", "restore.log", "--tcp-established", "--join-ns", "net:"+ns); code != 0 {
-		t.Fatalf("restore --join-ns: exit %d: %s\n%s", code, out, readFile(filepath.Join(dir, "restore.log")))
+	r := restoreHere(t, pid, dir, "--tcp-established", "--join-ns", "net:"+ns)
+	read(1 << 20)                  // what was queued at the freeze, then what the restored server writes
+	finishRestored(t, r, pid, log) // the client still connected: netconn counts a reset as a failure
+}
+
+// restoreHere runs godwit restore (no -d: godwit waits for the program and
+// reaps it, also where the test's session leader is outside its pid
+// namespace) from the test's namespace, and returns once pid runs
+// untraced.
+func restoreHere(t *testing.T, pid int, dir string, args ...string) *restoring {
+	t.Helper()
+	r := &restoring{done: make(chan error, 1)}
+	r.cmd = exec.Command(godwitBin, append([]string{"restore", "-D", dir, "-v4", "-o", "restore.log"}, args...)...)
+	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
-	read(1 << 20) // what was queued at the freeze, then what the restored server writes
+	go func() { r.done <- r.cmd.Wait() }()
+	t.Cleanup(func() {
+		killAndForget(pid)
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			r.cmd.Process.Kill()
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for !(alive(pid) && tracerOf(pid) == 0) {
+		select {
+		case err := <-r.done:
+			t.Fatalf("restore exited early: %v: %s\n%s", err, r.out.String(), readFile(filepath.Join(dir, "restore.log")))
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("restored pid %d did not resume\n%s", pid, readFile(filepath.Join(dir, "restore.log")))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return r
+}
+
+// finishRestored asks the restored netconn to finish and checks that it
+// exited 0 (godwit restore passes its status on) after "done".
+func finishRestored(t *testing.T, r *restoring, pid int, log string) {
+	t.Helper()
 	if err := unix.Kill(pid, unix.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the restored server to finish", func() bool { return !pidExists(pid) })
+	select {
+	case err := <-r.done:
+		r.done <- err
+		if err != nil {
+			t.Fatalf("restored server: %v: %s\n%s", err, r.out.String(), tailOf(log))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("restored pid %d did not finish", pid)
+	}
 	if tail := tailOf(log); !strings.HasPrefix(tail, "done ") {
 		t.Fatalf("restored server: %s", tail)
 	}

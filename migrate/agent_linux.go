@@ -431,7 +431,15 @@ func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
 	phase := PhasePrecopy
 	var probed uint64
 	for {
-		m, err := in.recv(sourceWait)
+		// While a round runs its pages flow on their own stream and the
+		// control stream stays quiet until RoundDone: a long round (4 GiB
+		// over a slow or busy link) is no silent source. A dead one is
+		// still seen at once (keepalive, user timeout).
+		wait := sourceWait
+		if in.ps != nil {
+			wait = roundWait
+		}
+		m, err := in.recv(wait)
 		if err != nil {
 			return phaseErr(phase, err)
 		}

@@ -109,6 +109,9 @@ type Switchover struct {
 	Images  time.Duration `json:"images_ns"`
 	Restore time.Duration `json:"restore_ns"`
 	Resume  time.Duration `json:"resume_ns"`
+	// VMAFlags is where the final dump read the VMAs' flags while frozen:
+	// "kernel" (no page walk) or why it read smaps (dumper.Result).
+	VMAFlags string `json:"vma_flags,omitempty"`
 }
 
 // AutoCompress is --compress auto's measure: the link's rate (a probe on

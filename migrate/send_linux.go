@@ -223,7 +223,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	gate := &switchGate{cancel: cancel, conn: raw, notice: o.Notice}
 	stop := context.AfterFunc(parent, gate.interrupt)
 	defer stop()
-	s := &sender{ctl: newCtl(raw, gate.linkLost), ctx: ctx}
+	s := &sender{ctl: newCtl(raw, gate.linkLost), ctx: ctx, gate: gate}
 	hostname, _ := os.Hostname()
 	cpu, err := hostCPU()
 	if err != nil {
@@ -545,6 +545,9 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	res.Downtime = resumedAt.Sub(frozeAt)
 	res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt), Images: imagesAt.Sub(dumpedAt),
 		Restore: readyAt.Sub(imagesAt), Resume: resumedAt.Sub(readyAt)}
+	if dr != nil {
+		res.Switchover.VMAFlags = dr.VMAFlags
+	}
 	if err := srcLock.Unlock(); err != nil {
 		return res, phaseErr(PhaseSwitchover, fmt.Errorf("source network unlock: %w", err))
 	}
@@ -596,6 +599,8 @@ func pagesInResult(pi *pb.PagesIn) *Postcopy {
 type sender struct {
 	*ctl
 	ctx context.Context
+	// gate: post-copy and hybrid pass its commit in commitLazy.
+	gate *switchGate
 	// streams is how many connections each round's pages take.
 	streams int
 	// lazyCompress is how the lazy pages of post-copy and hybrid travel
@@ -973,7 +978,7 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 	go w.run(s, res, cancel)
 	do := dumper.Options{Pid: o.Pid, ImagesDir: work, FileLocks: o.FileLocks, CPUCap: o.CPUCap, Hold: hold}
 	o.fileOptions(&do)
-	_, err = dumper.DumpLazyContext(ctx, do, scripts, dumper.LazyServe{Addr: addr, Transport: to})
+	dr, err := dumper.DumpLazyContext(ctx, do, scripts, dumper.LazyServe{Addr: addr, Transport: to})
 	if !committed {
 		if err == nil {
 			err = errors.New("dump ended without handing over")
@@ -984,6 +989,9 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 	if !w.resumedAt.IsZero() {
 		res.Downtime = w.resumedAt.Sub(frozeAt)
 		res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt)}
+		if dr != nil {
+			res.Switchover.VMAFlags = dr.VMAFlags
+		}
 	}
 	return w.end("post-copy", err, res)
 }
@@ -993,6 +1001,12 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 // death while the agent's copy runs); the agent is asked to restore with
 // its lazy pages served from addr.
 func (s *sender) commitLazy(hold *dumper.Hold, addr string) error {
+	// Past the commit the link's end no longer cancels the serving (the
+	// agent closes it after PagesIn, maybe before its lazy connection),
+	// and an interrupt no longer kills the pages' only source.
+	if s.gate != nil && !s.gate.commit() {
+		return errors.New("interrupted")
+	}
 	if err := hold.KillOnExit(true); err != nil {
 		_ = hold.KillOnExit(false)
 		return fmt.Errorf("hold the source tree: %w", err)
@@ -1147,6 +1161,9 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 	if !w.resumedAt.IsZero() {
 		res.Downtime = w.resumedAt.Sub(frozeAt)
 		res.Switchover = &Switchover{Dump: dumpedAt.Sub(frozeAt), Images: imagesAt.Sub(dumpedAt), Restore: w.resumedAt.Sub(imagesAt)}
+		if dr != nil {
+			res.Switchover.VMAFlags = dr.VMAFlags
+		}
 	}
 	return w.end("hybrid post-copy", err, res)
 }

@@ -450,8 +450,9 @@ type TaskSink struct {
 	done      bool
 	err       error
 	// sp: the task is striped (stripe_client.go); seq and off are the
-	// next entry's place in the pagemap and in the pages file.
+	// next entry's place in the pagemap and in the pages file, under smu.
 	sp       *striper
+	smu      sync.Mutex
 	seq, off uint64
 }
 
@@ -460,7 +461,11 @@ type TaskSink struct {
 func (s *TaskSink) HasParent() bool { return s.hasParent }
 
 func (s *TaskSink) lock() func() {
-	if s.st != nil || s.sp != nil {
+	if s.sp != nil {
+		s.smu.Lock()
+		return s.smu.Unlock
+	}
+	if s.st != nil {
 		return func() {} // the stream is the sink's own
 	}
 	s.c.mu.Lock()
@@ -651,6 +656,7 @@ func (s *TaskSink) Hole(vaddr, nr uint64) error {
 func (s *TaskSink) Close() error {
 	c := s.c
 	if s.sp != nil {
+		defer s.lock()()
 		if s.done {
 			return nil
 		}

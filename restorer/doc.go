@@ -30,13 +30,23 @@
 //     set_tid) injected into it. The puppet's code page and a scratch area
 //     live in a window outside every dumped VMA and are unmapped last,
 //     after injection moved to a syscall instruction of the restored vDSO.
+//   - A tree is rebuilt by several tracer threads (workers_linux.go):
+//     ptrace ties a tracee to one thread, so once made (on one thread) the
+//     tasks are handed round robin to four (detached, seized again), and
+//     each thread lays out, fills and finalizes its own tasks while the
+//     others do theirs: most of a task's time is waiting for its ptrace
+//     stops. What other tasks make or take (shared memory, deleted files
+//     and memfds, fd tables, open file descriptions and held objects:
+//     the session, files, ctty and fs drivers) still happens in tree
+//     order, each task in its turn.
 //   - Files (of VMAs, fds, exe, cwd) are opened by an injected openat in
 //     the task rather than passed over SCM_RIGHTS: one syscall instead of a
 //     socket and two messages, and the path resolves in the task's own
 //     mount namespace and root; regular files, directories and devices
 //     need nothing more. SCM_RIGHTS will be needed for objects without a
 //     path (pipes, sockets), which a later issue adds.
-//   - Pages: the task itself preadv's the pages file (opened through
+//   - Pages: a task with at most 256 pages to fill gets them by
+//     process_vm_writev (no stop); a larger one itself preadv's the pages file (opened through
 //     /proc/<godwit>/fd/N), up to 1024 runs per call: one copy, no buffer
 //     in godwit; it measured fastest (BenchmarkRestore1GiB). Other sources
 //     go through a 1 MiB buffer and process_vm_writev (or /proc/PID/mem).

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"godwit/internal/actions"
+	"godwit/internal/drivers"
 	"godwit/internal/images"
 	"godwit/internal/model"
 	"godwit/internal/procfs"
@@ -59,6 +60,11 @@ func (r *Restorer) Resume() error {
 			return fmt.Errorf("%w: %w", r.fail("detach", err), ErrPartlyResumed)
 		}
 		return r.fail("detach", err)
+	}
+	// The restore succeeded: the --link-remap names, kept until now so
+	// that a failed restore could be run again, may go.
+	if err := drivers.RemoveLinkRemaps(r.img.tree, pid); err != nil {
+		r.log.Warnf("restore %d: %v (left behind)", pid, err)
 	}
 	return r.resumed()
 }

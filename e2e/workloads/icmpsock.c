@@ -5,6 +5,10 @@
  *   icmpsock LOG          the sockets below
  *   icmpsock queued LOG   the same, then one echo exchange whose reply the
  *                         raw ICMP socket leaves queued (a dump refuses it)
+ *   icmpsock shut-ping LOG, icmpsock shut-raw LOG
+ *                         the same, the bound ping socket (or the raw
+ *                         IP_HDRINCL one) shut down for sending (a dump
+ *                         refuses it)
  *
  * Sockets: a ping socket bound to 127.0.0.1 with identifier 4242; one
  * bound to ::1 with identifier 4243; an unbound ping socket; a raw ICMP
@@ -205,9 +209,10 @@ static void filtered(int s, int v6, int want, const char *name)
 
 int main(int argc, char **argv)
 {
-	int queued = argc == 3 && strcmp(argv[1], "queued") == 0;
-	if (argc != 2 && !queued) {
-		fprintf(stderr, "usage: icmpsock [queued] LOG\n");
+	const char *mode = argc == 3 ? argv[1] : "";
+	int queued = strcmp(mode, "queued") == 0, shutp = strcmp(mode, "shut-ping") == 0, shutr = strcmp(mode, "shut-raw") == 0;
+	if (argc != 2 && !queued && !shutp && !shutr) {
+		fprintf(stderr, "usage: icmpsock [queued|shut-ping|shut-raw] LOG\n");
 		return 2;
 	}
 	logf = fopen(argv[argc - 1], "w");
@@ -244,6 +249,11 @@ int main(int argc, char **argv)
 	must(setsockopt(sk[R6], SOL_ICMPV6, ICMPV6_FILTER, &f6, sizeof(f6)), "ICMPV6_FILTER");
 	must(connect(sk[R6], (void *)&any6, sizeof(any6)), "connect raw icmpv6");
 
+	/* Not connected: ENOTCONN, and shut down all the same. */
+	if (shutp)
+		shutdown(sk[P4], SHUT_WR);
+	if (shutr)
+		shutdown(sk[R253], SHUT_WR);
 	static char before[4096], after[4096];
 	describe_all(before, sizeof(before));
 	if (queued && echo(sk[P4], 0, &lo4, sizeof(lo4), 4242, 1) < 0)
@@ -254,7 +264,7 @@ int main(int argc, char **argv)
 			describe_all(after, sizeof(after));
 			if (strcmp(before, after) != 0)
 				fail("sockets changed:\nbefore %s\nafter  %s", before, after);
-			if (!queued) {
+			if (!queued && !shutp && !shutr) {
 				struct sockaddr_in d4 = in4("127.0.0.1", 0);
 				struct sockaddr_in6 d6 = in6("::1", 0);
 				echo(sk[P4], 0, &d4, sizeof(d4), 4242, 7);

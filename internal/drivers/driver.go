@@ -7,6 +7,7 @@ import (
 	"godwit/internal/inject"
 	"godwit/internal/logging"
 	"godwit/internal/model"
+	"godwit/internal/procfs"
 )
 
 // Driver is one kind of task state. It implements the collecting
@@ -34,6 +35,9 @@ type Dump struct {
 	Task  *model.Task // being filled
 	Files *Files      // the tree's file table
 	Log   *logging.Logger
+	// Smaps, if set, reads the task's VMAs in place of /proc/PID/smaps
+	// (the dumper's, without its page walk: vmaflags.Smaps).
+	Smaps func(pid int) ([]procfs.SmapsEntry, error)
 }
 
 // Restore is what a driver sees of the task it restores into.

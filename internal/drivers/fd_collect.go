@@ -423,11 +423,18 @@ func (filesDriver) CollectInjected(d *Dump, s *inject.Session) error {
 		calls[i] = inject.C("fd "+strconv.Itoa(n)+": F_GETFD", unix.SYS_FCNTL, uint64(n), unix.F_GETFD)
 	}
 	got, err := s.Batch(calls)
-	if err != nil {
-		return fmt.Errorf("close-on-exec: %w", err)
-	}
 	for i, j := range idx {
-		d.Task.FDs[j].Cloexec = got[i]&unix.FD_CLOEXEC != 0
+		e := &d.Task.FDs[j]
+		if err == nil {
+			e.Cloexec = got[i]&unix.FD_CLOEXEC != 0
+			continue
+		}
+		// The task refused: fdinfo tells it too, slower.
+		fi, ierr := procfs.ReadFDInfo(d.Pid, e.Num)
+		if ierr != nil {
+			return fmt.Errorf("close-on-exec: %w (and %w)", err, ierr)
+		}
+		e.Cloexec = fi.Flags&unix.O_CLOEXEC != 0
 	}
 	delete(d.Files.cloexec, d.Pid)
 	return nil

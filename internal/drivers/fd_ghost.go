@@ -286,9 +286,11 @@ func MakeGhost(s *inject.Session, what string, f *model.File) (held int, tfd uin
 
 // openLinked opens the file --link-remap linked to g.Linked in the task of
 // s, as CRIU does: linked to its old path again where that is free (so
-// that /proc/PID/fd names it as dumped), opened there and unlinked; the
-// link_remap name is then removed as well. It returns godwit's descriptor
-// and the task's (O_RDWR), both for the caller to close.
+// that /proc/PID/fd names it as dumped), opened there and unlinked. The
+// link_remap name stays until the restore has succeeded
+// (RemoveLinkRemaps): a restore that fails later can be run again. It
+// returns godwit's descriptor and the task's (O_RDWR), both for the
+// caller to close.
 func openLinked(s *inject.Session, what string, f *model.File) (held int, tfd uint64, err error) {
 	g := f.Ghost
 	link, err := s.PutString(0, g.Linked)
@@ -319,17 +321,11 @@ func openLinked(s *inject.Session, what string, f *model.File) (held int, tfd ui
 			}
 		}
 	}
-	// The old name goes again in any case; the link_remap name once the
-	// file is open (a failed open leaves it for another restore).
+	// The old name goes again in any case.
 	var uerr error
 	if open == f.Path {
 		if path, uerr = s.PutString(0, f.Path); uerr == nil {
 			_, uerr = s.Call(what+": unlink "+f.Path, unix.SYS_UNLINKAT, atFdcwd, path, 0)
-		}
-	}
-	if err == nil && uerr == nil {
-		if link, uerr = s.PutString(0, g.Linked); uerr == nil {
-			_, uerr = s.Call(what+": unlink "+g.Linked, unix.SYS_UNLINKAT, atFdcwd, link, 0)
 		}
 	}
 	if err == nil && uerr != nil {
@@ -380,4 +376,35 @@ func fillGhost(fd int, g *model.GhostState) error {
 		return fmt.Errorf("set times: %w", err)
 	}
 	return nil
+}
+
+// RemoveLinkRemaps removes the link_remap names of the --link-remap
+// files of t once their restore has succeeded, seen from the root of
+// task pid (the tree's root); a name that now holds no regular file is
+// left alone. It returns the names it could not remove.
+func RemoveLinkRemaps(t *model.Tree, pid int) error {
+	var errs []error
+	done := map[string]bool{}
+	for _, id := range t.FileIDs() {
+		g := t.Files[id].Ghost
+		if g == nil || g.Linked == "" || done[g.Linked] {
+			continue
+		}
+		done[g.Linked] = true
+		at := procfs.Path(pid, "root") + g.Linked
+		var st unix.Stat_t
+		if err := unix.Lstat(at, &st); err != nil {
+			if err != unix.ENOENT {
+				errs = append(errs, fmt.Errorf("--link-remap name %s: %w", g.Linked, err))
+			}
+			continue
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
+			continue // not the file (the images do not keep its inode)
+		}
+		if err := unix.Unlink(at); err != nil && err != unix.ENOENT {
+			errs = append(errs, fmt.Errorf("remove --link-remap name %s: %w", g.Linked, err))
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -1,6 +1,7 @@
 package drivers
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 	"sync"
@@ -126,6 +127,9 @@ func (d *inetDump) socketIn(family, typ, proto int) (int, error) {
 		s, err = unix.Socket(family, typ, proto)
 		return err
 	})
+	if errors.Is(err, unix.EACCES) && isPing(uint32(typ&^unix.SOCK_CLOEXEC), uint32(proto)) {
+		err = fmt.Errorf("%w (net.ipv4.ping_group_range of the socket's network namespace excludes godwit's group %d)", err, unix.Getegid())
+	}
 	return s, err
 }
 

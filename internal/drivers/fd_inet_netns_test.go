@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -43,6 +44,11 @@ func TestInetDumpOtherNetns(t *testing.T) {
 	defer d.release()
 	if ttl, lw := d.defaultTTL(), d.notsentLowat(0); ttl != 77 || lw != 5000 {
 		t.Fatalf("sysctls of the other namespace: ttl %d, notsent lowat %d; want 77, 5000", ttl, lw)
+	}
+	// Its ping_group_range is the default, which admits no group.
+	if p, err := d.socketIn(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP); err == nil || !strings.Contains(err.Error(), "ping_group_range") {
+		unix.Close(p)
+		t.Fatalf("ping socket where ping_group_range admits no group: %v", err)
 	}
 	s, err := d.socketIn(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {

@@ -29,14 +29,12 @@ import (
 //
 // Refused, naming the socket: packets queued to be read or still being
 // sent (their senders and routes cannot be restored: as for UDP), a
-// receive side shut down (seen through poll, POLLRDHUP) or any shutdown
-// sock_diag reports (raw_diag, where the kernel has it), and options the
-// image has no field for set away from a fresh socket's value
-// (IPV6_CHECKSUM among them). Not seen: a ping socket, or a raw socket
-// on a kernel without raw_diag, shut down for sending only: the kernel
-// shows that state through sock_diag alone, which has no handler for
-// ping sockets (CONFIG_INET_RAW_DIAG for raw ones); such a socket is
-// restored open for sending.
+// receive side shut down (seen through poll, POLLRDHUP), a send side shut
+// down (sendShutdown's probe), or any shutdown sock_diag reports
+// (raw_diag, where the kernel has it; it has no handler for ping
+// sockets), and options the image has no field for set away from a fresh
+// socket's value (IPV6_CHECKSUM among them). sendShutdown says which
+// send-side shutdowns it cannot see.
 
 // isPing: an ICMP datagram ("ping") socket.
 func isPing(typ, proto uint32) bool {
@@ -199,7 +197,47 @@ func rawShutdown(id *inetDump, s int, st *model.InetSocketState) error {
 	if p[0].Revents&(unix.POLLRDHUP|unix.POLLHUP) != 0 {
 		return errors.New("shut down: not supported yet")
 	}
+	if shut, err := sendShutdown(s, st); err != nil {
+		return err
+	} else if shut {
+		return errors.New("shut down for sending: not supported yet")
+	}
 	return nil
+}
+
+// sendShutdown tells whether s is shut down for sending, which neither
+// poll nor any option shows: it sends an echo request whose second half
+// lies in a page that cannot be read. The kernel takes the buffer for
+// the packet before it copies the data, refusing with EPIPE a socket shut
+// down for sending; any other fails the copy (EFAULT) and the packet,
+// never complete, is dropped. Nothing leaves the socket either way. Not
+// told apart: a ping socket without identifier (not probed: the send
+// would give it one), a socket the probe cannot route, and a raw socket
+// without IP_HDRINCL, whose sends ignore the shutdown (the kernel takes
+// their buffer unchecked): for these the shutdown shows in sock_diag
+// alone, and they are restored without it.
+func sendShutdown(s int, st *model.InetSocketState) (bool, error) {
+	if isPing(st.Type, st.Proto) && st.Src.Port() == 0 {
+		return false, nil
+	}
+	page, err := unix.Mmap(-1, 0, unix.Getpagesize(), unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return false, fmt.Errorf("probe send shutdown: %w", err)
+	}
+	defer unix.Munmap(page)
+	hdr := []byte{8, 0, 0, 0, 0, 0, 0, 0} // ICMP echo request
+	if st.Family == unix.AF_INET6 {
+		hdr[0] = 128 // ICMPv6 echo request
+	}
+	var to unix.Sockaddr
+	if st.State != tcprepair.StateEstablished {
+		to = &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}
+		if st.Family == unix.AF_INET6 {
+			to = &unix.SockaddrInet6{Addr: netip.IPv6Loopback().As16()}
+		}
+	}
+	_, err = unix.SendmsgBuffers(s, [][]byte{hdr, page[:64]}, nil, to, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+	return errors.Is(err, unix.EPIPE), nil
 }
 
 // rawQueued refuses a socket with packets queued to be read (their

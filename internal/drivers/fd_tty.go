@@ -21,7 +21,11 @@ import (
 // moves written bytes to the reader's queue from a work item: a poll of
 // each end runs it first, so that the counts are exact. One case stays
 // invisible: in canonical mode, TIOCINQ counts whole lines only, and a
-// partial line typed but not ended is not reported by any call.
+// partial line typed but not ended is not reported by any call (poll
+// waits for a whole line too; only EXTPROC or ICANON off would count it,
+// and setting either changes the state: turning ICANON back on pushes
+// the partial line as a line of its own). It cannot be detected, so it
+// cannot be refused: such bytes are lost.
 //
 // A pty is restored by opening /dev/ptmx until the kernel hands out the
 // dumped index (it gives the lowest free one: the lower ones opened on

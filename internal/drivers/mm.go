@@ -35,7 +35,15 @@ func (memoryDriver) Collect(d *Dump) error {
 		return fmt.Errorf("exe: %w", err)
 	}
 	exe := d.Files.Shared(exePath, unix.O_RDONLY, exeSt, NoMntID)
-	vmas, err := CollectVMAs(d.Pid, func(path, src string, deleted bool, flags uint32, st *unix.Stat_t) (model.ID, error) {
+	read := procfs.ReadSmaps
+	if d.Smaps != nil {
+		read = d.Smaps
+	}
+	sm, err := read(d.Pid)
+	if err != nil {
+		return err
+	}
+	vmas, err := vmasOf(d.Pid, sm, func(path, src string, deleted bool, flags uint32, st *unix.Stat_t) (model.ID, error) {
 		if _, ok := MemfdName(path); ok {
 			id, err := d.Files.SharedMemfd(src, path, flags, st)
 			if err == nil {
@@ -152,6 +160,11 @@ func CollectVMAs(pid int, fileID FileIDFunc) ([]model.VMA, error) {
 	if err != nil {
 		return nil, err
 	}
+	return vmasOf(pid, sm, fileID)
+}
+
+// vmasOf turns pid's smaps entries sm into VMAs.
+func vmasOf(pid int, sm []procfs.SmapsEntry, fileID FileIDFunc) ([]model.VMA, error) {
 	out := make([]model.VMA, 0, len(sm))
 	for i := range sm {
 		e := &sm[i]

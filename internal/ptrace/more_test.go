@@ -257,11 +257,17 @@ func TestNotOurChild(t *testing.T) {
 	waitGone(t, pid)
 }
 
+// waitGone waits until pid is dead: gone, or a zombie (its reaper is the
+// namespace's init, which under `unshare -pf go test` is go, and never
+// reaps).
 func waitGone(t *testing.T, pid int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); os.IsNotExist(err) {
+			return
+		}
+		if st, err := procfs.ReadStat(pid); err == nil && (st.State == 'Z' || st.State == 'X') {
 			return
 		}
 		if time.Now().After(deadline) {

@@ -1,0 +1,70 @@
+package e2e
+
+import (
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestMigrateLayoutChurn migrates a program that changes its memory layout
+// every millisecond (mmap, mremap grow and move, shrink, munmap, mprotect,
+// MADV_DONTNEED, rewrites) through several pre-copy rounds, restored lazily
+// and filled whole, and has it check every page it keeps on the
+// destination: each round's layout must be followed, and the final one
+// restored exactly.
+func TestMigrateLayoutChurn(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "churn")
+	if out, err := exec.Command("gcc", "-O2", "-Wall", "-o", bin, "workloads/churn.c").CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	m := newMigLab(t)
+	m.startAgent()
+	for _, c := range []struct {
+		name string
+		args []string
+	}{
+		{"lazy", nil},
+		{"full", []string{"--no-lazy-restore"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			w := startOn(t, m.a, bin)
+			// Rounds that cannot converge (the layout always changes):
+			// several of them, then the overrun's stop-and-copy.
+			code, res, stderr := m.send(w, append([]string{"--max-rounds", "4", "--downtime-budget", "1ms"}, c.args...)...)
+			if code != 0 {
+				t.Fatalf("migrate send: exit %d: %s", code, stderr)
+			}
+			if len(res.Rounds) < 3 {
+				t.Errorf("%d rounds, want pre-copy rounds and the final one: %+v", len(res.Rounds), res.Rounds)
+			}
+			// The frozen dump named the VMAs' flags without smaps' walk.
+			if so := res.Switchover; so == nil || so.VMAFlags != "kernel" {
+				t.Errorf("switch-over %+v: VMA flags not read from the kernel's VMAs", so)
+			}
+			for _, r := range res.Rounds {
+				t.Logf("round %d: %d pages in %v", r.N, r.Pages, r.Duration)
+			}
+			rp := m.moved(w)
+			w.waitTicks(3)
+			if err := syscall.Kill(rp, syscall.SIGUSR1); err != nil {
+				t.Fatal(err)
+			}
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				log := readFile(w.log)
+				if strings.Contains(log, "bad ") {
+					t.Fatalf("memory wrong on the destination\n%s", w.tail())
+				}
+				if strings.Contains(log, "done ") {
+					t.Log(log[strings.LastIndex(log, "done "):])
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("moved program did not finish\n%s", w.tail())
+				}
+			}
+		})
+	}
+}
