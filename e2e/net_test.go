@@ -1098,6 +1098,15 @@ func TestNetClosingStates(t *testing.T) {
 			p := newPeer(conn)
 			defer p.close()
 			runStreams(t, []*peer{p}, 256<<10)
+			// The peer's receive buffer pinned small once the streams
+			// ran: when it stops reading, its window closes on the
+			// program's bytes and stays closed, so the program's FIN
+			// stays queued behind them (FIN_WAIT1, LAST_ACK) instead
+			// of getting out, and acknowledged, as an autotuned
+			// buffer grows.
+			if err := conn.(*net.TCPConn).SetReadBuffer(256 << 10); err != nil {
+				t.Fatal(err)
+			}
 			quiesce(t, n, w, []*peer{p}, 8<<10)
 			state := func() uint8 {
 				var st uint8
