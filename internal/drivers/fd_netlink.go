@@ -1,12 +1,10 @@
 package drivers
 
 import (
-	"bufio"
-	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -247,44 +245,25 @@ func procNetlink(pid int, ino uint64) (netlinkProc, error) {
 // parseProcNetlink reads /proc/net/netlink (net/netlink/af_netlink.c:
 // sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode) for socket ino.
 func parseProcNetlink(b []byte, ino uint64) (netlinkProc, bool, error) {
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	first := true
-	for sc.Scan() {
-		fs := strings.Fields(sc.Text())
-		if first {
-			first = false
-			if len(fs) < 10 || fs[0] != "sk" || fs[9] != "Inode" {
-				return netlinkProc{}, false, fmt.Errorf("/proc/net/netlink: unexpected header %q", sc.Text())
-			}
-			continue
-		}
-		if len(fs) < 10 {
-			return netlinkProc{}, false, fmt.Errorf("/proc/net/netlink: short line %q", sc.Text())
-		}
-		i, err := strconv.ParseUint(fs[9], 10, 64)
-		if err != nil {
-			return netlinkProc{}, false, fmt.Errorf("/proc/net/netlink: inode %q", fs[9])
-		}
-		if i != ino {
-			continue
-		}
-		var p netlinkProc
-		proto, err1 := strconv.ParseUint(fs[1], 10, 32)
-		port, err2 := strconv.ParseUint(fs[2], 10, 32)
-		rmem, err3 := strconv.ParseUint(fs[4], 10, 64)
-		dump, err4 := strconv.ParseUint(fs[6], 10, 32)
-		for _, err := range []error{err1, err2, err3, err4} {
-			if err != nil {
-				return netlinkProc{}, false, fmt.Errorf("/proc/net/netlink: line %q: %w", sc.Text(), err)
-			}
-		}
-		p.Protocol, p.PortID, p.Rmem, p.Dump = uint32(proto), uint32(port), rmem, dump != 0
-		return p, true, nil
+	fs, line, ok, err := procNetRow(b, func(h []string) bool {
+		return len(h) >= 10 && h[0] == "sk" && h[9] == "Inode"
+	}, ino)
+	if err != nil {
+		return netlinkProc{}, false, fmt.Errorf("/proc/net/netlink: %w", err)
 	}
-	if err := sc.Err(); err != nil {
-		return netlinkProc{}, false, err
+	if !ok {
+		return netlinkProc{}, false, nil
 	}
-	return netlinkProc{}, false, nil
+	var p netlinkProc
+	proto, err1 := strconv.ParseUint(fs[1], 10, 32)
+	port, err2 := strconv.ParseUint(fs[2], 10, 32)
+	rmem, err3 := strconv.ParseUint(fs[4], 10, 64)
+	dump, err4 := strconv.ParseUint(fs[6], 10, 32)
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
+		return netlinkProc{}, false, fmt.Errorf("/proc/net/netlink: line %q: %w", line, err)
+	}
+	p.Protocol, p.PortID, p.Rmem, p.Dump = uint32(proto), uint32(port), rmem, dump != 0
+	return p, true, nil
 }
 
 func (netlinkKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error) {

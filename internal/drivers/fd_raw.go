@@ -1,8 +1,6 @@
 package drivers
 
 import (
-	"bufio"
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -407,36 +405,19 @@ func procInetSock(id *inetDump, table string, ino uint32) (procInet, error) {
 // inode ..."; an address is the hex of its 32-bit words as the host
 // reads them, a port hex in host order) for socket ino.
 func parseProcInet(b []byte, ino uint32) (procInet, bool, error) {
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	first := true
-	for sc.Scan() {
-		fs := strings.Fields(sc.Text())
-		if first {
-			first = false
-			if len(fs) < 3 || fs[0] != "sl" || fs[1] != "local_address" {
-				return procInet{}, false, fmt.Errorf("unexpected header %q", sc.Text())
-			}
-			continue
-		}
-		if len(fs) < 10 {
-			return procInet{}, false, fmt.Errorf("short line %q", sc.Text())
-		}
-		i, err := strconv.ParseUint(fs[9], 10, 32)
-		if err != nil {
-			return procInet{}, false, fmt.Errorf("inode %q", fs[9])
-		}
-		if uint32(i) != ino {
-			continue
-		}
-		local, err1 := parseProcAddrPort(fs[1])
-		remote, err2 := parseProcAddrPort(fs[2])
-		st, err3 := strconv.ParseUint(fs[3], 16, 8)
-		if err := errors.Join(err1, err2, err3); err != nil {
-			return procInet{}, false, fmt.Errorf("line %q: %w", sc.Text(), err)
-		}
-		return procInet{Local: local, Remote: remote, State: uint8(st)}, true, nil
+	fs, line, ok, err := procNetRow(b, func(h []string) bool {
+		return len(h) >= 3 && h[0] == "sl" && h[1] == "local_address"
+	}, uint64(ino))
+	if err != nil || !ok {
+		return procInet{}, false, err
 	}
-	return procInet{}, false, sc.Err()
+	local, err1 := parseProcAddrPort(fs[1])
+	remote, err2 := parseProcAddrPort(fs[2])
+	st, err3 := strconv.ParseUint(fs[3], 16, 8)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return procInet{}, false, fmt.Errorf("line %q: %w", line, err)
+	}
+	return procInet{Local: local, Remote: remote, State: uint8(st)}, true, nil
 }
 
 // parseProcAddrPort parses "0100007F:0035" or the IPv6 form, 32 hex
