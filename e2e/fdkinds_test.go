@@ -404,30 +404,7 @@ while True:
 	// godwit in a session of its own, its own group's leader, which the
 	// shell job joins (the test's group leader may be outside the pid
 	// namespace, as in CI).
-	r := &restoring{done: make(chan error, 1)}
-	r.cmd = exec.Command(godwitBin, "restore", "-D", img, "--shell-job", "-v4", "-o", "restore.log")
-	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := r.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { r.done <- r.cmd.Wait() }()
-	t.Cleanup(func() {
-		killAndForget(w.pid)
-		select {
-		case <-r.done:
-		case <-time.After(10 * time.Second):
-			r.cmd.Process.Kill()
-		}
-	})
-	waitFor(t, "the restored program to run", func() bool {
-		select {
-		case err := <-r.done:
-			t.Fatalf("restore exited early: %v: %s\n%s", err, r.out.String(), readFile(filepath.Join(img, "restore.log")))
-		default:
-		}
-		return alive(w.pid) && tracerOf(w.pid) == 0
-	})
+	r := restoreWith(t, w, img, func(c *exec.Cmd) { c.SysProcAttr = &syscall.SysProcAttr{Setsid: true} }, "--shell-job")
 	w.waitTicks(3)
 	if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/1", w.pid)); err != nil || l != pts {
 		t.Fatalf("restored stdout is %q (%v), want %s", l, err, pts)

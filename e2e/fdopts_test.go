@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/checkpoint-restore/go-criu/v8/rpc"
 	"golang.org/x/sys/unix"
@@ -225,30 +224,7 @@ while True:
 		t.Fatal(err)
 	}
 	defer of.Close()
-	r := &restoring{done: make(chan error, 1)}
-	r.cmd = exec.Command(godwitBin, "restore", "-D", img, "--inherit-fd", "fd[3]:"+res, "-v4", "-o", "restore.log")
-	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
-	r.cmd.ExtraFiles = []*os.File{of}
-	if err := r.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { r.done <- r.cmd.Wait() }()
-	t.Cleanup(func() {
-		killAndForget(w.pid)
-		select {
-		case <-r.done:
-		case <-time.After(10 * time.Second):
-			r.cmd.Process.Kill()
-		}
-	})
-	waitFor(t, "the restored program to run", func() bool {
-		select {
-		case err := <-r.done:
-			t.Fatalf("restore exited early: %v: %s\n%s", err, r.out.String(), readFile(filepath.Join(img, "restore.log")))
-		default:
-		}
-		return alive(w.pid) && tracerOf(w.pid) == 0
-	})
+	restoreWith(t, w, img, func(c *exec.Cmd) { c.ExtraFiles = []*os.File{of} }, "--inherit-fd", "fd[3]:"+res)
 	n := len(w.ticks())
 	w.waitTicks(n + 3)
 	var got unix.Stat_t

@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -53,30 +52,7 @@ func TestFileOwnerShellJob(t *testing.T) {
 	// godwit leads a session and group of its own (the test's group
 	// leader may be outside the pid namespace, as in CI); the job joins
 	// that group.
-	r := &restoring{done: make(chan error, 1)}
-	r.cmd = exec.Command(godwitBin, "restore", "-D", dir, "--shell-job", "-v4", "-o", "restore.log")
-	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := r.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { r.done <- r.cmd.Wait() }()
-	t.Cleanup(func() {
-		killAndForget(w.pid)
-		select {
-		case <-r.done:
-		case <-time.After(10 * time.Second):
-			r.cmd.Process.Kill()
-		}
-	})
-	waitFor(t, "the restored program to run", func() bool {
-		select {
-		case err := <-r.done:
-			t.Fatalf("restore exited early: %v: %s\n%s", err, r.out.String(), readFile(filepath.Join(dir, "restore.log")))
-		default:
-		}
-		return alive(w.pid) && tracerOf(w.pid) == 0
-	})
+	r := restoreWith(t, w, dir, func(c *exec.Cmd) { c.SysProcAttr = &syscall.SysProcAttr{Setsid: true} }, "--shell-job")
 	pg, err := syscall.Getpgid(w.pid)
 	if err != nil {
 		t.Fatal(err)

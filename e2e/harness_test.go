@@ -350,9 +350,19 @@ type restoring struct {
 
 func restore(t *testing.T, w *workload, dir string, args ...string) *restoring {
 	t.Helper()
+	return restoreWith(t, w, dir, nil, args...)
+}
+
+// restoreWith is restore with setup, if not nil, given the command before
+// it starts (its session, the fds it passes on).
+func restoreWith(t *testing.T, w *workload, dir string, setup func(*exec.Cmd), args ...string) *restoring {
+	t.Helper()
 	r := &restoring{done: make(chan error, 1)}
 	r.cmd = exec.Command(godwitBin, append([]string{"restore", "-D", dir, "-v4", "-o", "restore.log"}, args...)...)
 	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
+	if setup != nil {
+		setup(r.cmd)
+	}
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -118,31 +118,10 @@ while True:
 	}
 
 	m2, sl2, pts2 := newPty(t)
-	r := &restoring{done: make(chan error, 1)}
-	r.cmd = exec.Command(godwitBin, "restore", "-D", img, "--inherit-fd", "fd[3]:"+res, "-v4", "-o", "restore.log")
-	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
-	r.cmd.ExtraFiles = []*os.File{sl2}
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := r.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { r.done <- r.cmd.Wait() }()
-	t.Cleanup(func() {
-		killAndForget(w.pid)
-		select {
-		case <-r.done:
-		case <-time.After(10 * time.Second):
-			r.cmd.Process.Kill()
-		}
-	})
-	waitFor(t, "the restored program to run", func() bool {
-		select {
-		case err := <-r.done:
-			t.Fatalf("restore exited early: %v: %s\n%s", err, r.out.String(), readFile(filepath.Join(img, "restore.log")))
-		default:
-		}
-		return alive(w.pid) && tracerOf(w.pid) == 0
-	})
+	restoreWith(t, w, img, func(c *exec.Cmd) {
+		c.ExtraFiles = []*os.File{sl2}
+		c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}, "--inherit-fd", "fd[3]:"+res)
 	w.waitTicks(3)
 	for fd := 0; fd < 3; fd++ {
 		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", w.pid, fd)); err != nil || l != pts2 {
