@@ -78,7 +78,15 @@ type Tracer struct {
 
 // New starts a tracer thread.
 func New() *Tracer {
-	t := &Tracer{
+	t := newTracer()
+	ready := make(chan int)
+	go t.loop(ready)
+	t.tid = <-ready
+	return t
+}
+
+func newTracer() *Tracer {
+	return &Tracer{
 		reqs:        make(chan func()),
 		quit:        make(chan struct{}),
 		exited:      make(chan struct{}),
@@ -86,14 +94,21 @@ func New() *Tracer {
 		syscallAddr: make(map[int]uint64),
 		byNr:        make(map[uintptr]int),
 	}
-	ready := make(chan int)
-	go t.loop(ready)
-	t.tid = <-ready
-	return t
 }
 
 func (t *Tracer) loop(ready chan<- int) {
 	runtime.LockOSThread()
+	if unix.Gettid() == unix.Getpid() {
+		// The main thread: the runtime never lets it exit (it parks
+		// it), so PTRACE_O_EXITKILL and Pdeathsig tied to it would not
+		// fire on Close. Hold it until a goroutine locked to another
+		// thread takes over; the new one cannot land here meanwhile.
+		moved := make(chan int)
+		go t.loop(moved)
+		ready <- <-moved
+		runtime.UnlockOSThread()
+		return
+	}
 	// No UnlockOSThread: returning while locked makes the runtime terminate
 	// this thread, which is what releases any tracee left behind.
 	ready <- unix.Gettid()
