@@ -47,6 +47,7 @@ func TestMigrateLayoutChurn(t *testing.T) {
 			for _, r := range res.Rounds {
 				t.Logf("round %d: %d pages in %v", r.N, r.Pages, r.Duration)
 			}
+			t.Logf("overlap: %+v", res.Overlap)
 			rp := m.moved(w)
 			w.waitTicks(3)
 			if err := syscall.Kill(rp, syscall.SIGUSR1); err != nil {

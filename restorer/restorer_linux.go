@@ -92,6 +92,10 @@ type Restorer struct {
 	waited   bool
 
 	netLock *netlock.Lock // the dump's network lock, until removed
+
+	// prepared: a task laid out ahead of its images (Prepare): every
+	// private VMA is mapped writable, for the pages to come.
+	prepared bool
 }
 
 // shmMapping is a VMA of a shared anonymous object in a restored task.
@@ -122,6 +126,9 @@ type taskRun struct {
 	writable map[uint64]bool // VMA start → mapped writable
 
 	pagesRestored uint64
+	// keep names the VMAs (by start) already mapped in the task, which
+	// mapVMAs leaves alone (a prepared task, overlap_linux.go).
+	keep map[uint64]bool
 }
 
 // New reads and checks every image of the process in o.ImagesDir, and
@@ -134,7 +141,7 @@ func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	r, err := newRestorer(o, scripts)
+	r, err := newRestorer(o, scripts, 0)
 	if err != nil {
 		if nl != nil {
 			keepNetLock(nl, logging.Default(), 0)
@@ -145,7 +152,9 @@ func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
 	return r, nil
 }
 
-func newRestorer(o Options, scripts *actions.Scripts) (*Restorer, error) {
+// newRestorer reads the images; adopted (if not 0) is a PID already
+// made for them (Pending), not checked as free.
+func newRestorer(o Options, scripts *actions.Scripts, adopted int) (*Restorer, error) {
 	start := time.Now()
 	d, err := images.Open(o.ImagesDir, false)
 	if err != nil {
@@ -182,7 +191,7 @@ func newRestorer(o Options, scripts *actions.Scripts) (*Restorer, error) {
 	}
 	r.root = r.tasks[0]
 	r.countTables()
-	if err := r.checkPids(); err != nil {
+	if err := r.checkPids(adopted); err != nil {
 		r.close()
 		return nil, fmt.Errorf("restore: %w", err)
 	}
@@ -325,7 +334,7 @@ func (r *Restorer) TIDs() []int {
 
 // checkPids refuses PIDs at or above pid_max and PIDs in use, waiting a
 // bounded time for zombies to go.
-func (r *Restorer) checkPids() error {
+func (r *Restorer) checkPids(adopted int) error {
 	max, err := puppet.PidMax()
 	if err != nil {
 		return err
@@ -344,6 +353,8 @@ func (r *Restorer) checkPids() error {
 				return fmt.Errorf("pid %d is godwit itself: %w", id, ErrPidInUse)
 			case id == 1:
 				return fmt.Errorf("pid 1 cannot be restored")
+			case id == adopted:
+				continue
 			}
 			if err := waitPidFree(id, zombieWait); err != nil {
 				return err
