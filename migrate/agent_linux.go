@@ -31,7 +31,6 @@ import (
 	"godwit/internal/cpuinfo"
 	"godwit/internal/images"
 	"godwit/internal/logging"
-	"godwit/internal/model"
 	"godwit/internal/model/criuimg"
 	"godwit/internal/netlock"
 	"godwit/lazypages"
@@ -234,7 +233,7 @@ type inbound struct {
 	// layout is the root's layout the running round sent; pending the
 	// task prepared from the rounds (overlap_linux.go), overlapOff once
 	// it fell back; overlap what it did.
-	layout     []model.VMA
+	layout     *restorer.Layout
 	pending    *restorer.Pending
 	overlapOff bool
 	overlap    Overlap
@@ -478,7 +477,7 @@ func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
 			if in.ps == nil || in.ps.final {
 				return phaseErr(phase, errors.New("layout outside a pre-copy round"))
 			}
-			if in.layout, err = layoutVMAs(m.GetLayout(), in.res.PID); err != nil {
+			if in.layout, err = layoutOf(m.GetLayout(), in.res.PID); err != nil {
 				return phaseErr(phase, err)
 			}
 		case m.GetFile() != nil:

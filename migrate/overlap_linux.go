@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
 
 	"godwit/dumper"
 	"godwit/internal/model"
@@ -42,7 +44,16 @@ func layoutMsg(pid int) (*pb.Layout, error) {
 	if err != nil {
 		return nil, fmt.Errorf("layout of %d: %w", pid, err)
 	}
+	ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	if err != nil {
+		return nil, fmt.Errorf("threads of %d: %w", pid, err)
+	}
 	l := &pb.Layout{Pid: int32(pid), Vmas: make([]*pb.Vma, len(vmas))}
+	for _, e := range ents {
+		if tid, err := strconv.Atoi(e.Name()); err == nil && tid != pid {
+			l.Tids = append(l.Tids, int32(tid))
+		}
+	}
 	for i, v := range vmas {
 		l.Vmas[i] = &pb.Vma{Start: v.Start, End: v.End, Pgoff: v.Pgoff, Prot: v.Prot, Flags: v.Flags, Status: v.Status,
 			Madv: v.Madv, HugePage: v.HugePage, Droppable: v.Droppable, Guards: len(v.Guards) > 0 || v.MayGuard}
@@ -50,13 +61,21 @@ func layoutMsg(pid int) (*pb.Layout, error) {
 	return l, nil
 }
 
-// layoutVMAs checks a Layout from the source and returns its VMAs.
-func layoutVMAs(l *pb.Layout, pid int) ([]model.VMA, error) {
+// layoutOf checks a Layout from the source and returns it as the
+// restorer takes it.
+func layoutOf(l *pb.Layout, pid int) (*restorer.Layout, error) {
 	if int(l.Pid) != pid {
 		return nil, fmt.Errorf("layout of pid %d in a migration of %d", l.Pid, pid)
 	}
-	if len(l.Vmas) > maxLayoutVMAs {
-		return nil, fmt.Errorf("layout of %d VMAs", len(l.Vmas))
+	if len(l.Vmas) > maxLayoutVMAs || len(l.Tids) > maxLayoutVMAs {
+		return nil, fmt.Errorf("layout of %d VMAs, %d threads", len(l.Vmas), len(l.Tids))
+	}
+	rl := &restorer.Layout{Pid: pid}
+	for _, tid := range l.Tids {
+		if tid <= 1 || int(tid) == pid {
+			return nil, fmt.Errorf("layout: bad tid %d", tid)
+		}
+		rl.Tids = append(rl.Tids, int(tid))
 	}
 	out := make([]model.VMA, len(l.Vmas))
 	for i, v := range l.Vmas {
@@ -73,7 +92,8 @@ func layoutVMAs(l *pb.Layout, pid int) ([]model.VMA, error) {
 	if err := restorer.CheckLayout(out); err != nil {
 		return nil, err
 	}
-	return out, nil
+	rl.VMAs = out
+	return rl, nil
 }
 
 // overlapRound prepares the task from the round's layout, or follows it,
@@ -87,9 +107,9 @@ func (in *inbound) overlapRound(ctx context.Context, n uint32, dir string) {
 	}
 	var err error
 	if in.pending == nil {
-		in.pending, err = restorer.Prepare(restorer.Options{Detach: true}, in.res.PID, l)
+		in.pending, err = restorer.Prepare(restorer.Options{Detach: true}, *l)
 	} else {
-		err = in.pending.ApplyLayout(l)
+		err = in.pending.ApplyLayout(*l)
 	}
 	if err == nil {
 		err = in.pending.WritePages(ctx, dir)

@@ -40,8 +40,9 @@ var ErrNotPrepared = errors.New("prepared task does not fit the final images")
 
 // Pending is a task made and laid out ahead of its final images.
 type Pending struct {
-	r   *Restorer // phaseLaidOut: one task, its mm the VMAs mapped so far
-	pid int
+	r    *Restorer // phaseLaidOut: one task, its mm the VMAs mapped so far
+	pid  int
+	tids []int // its threads but the leader, as made
 	// special are the vDSO and vvar areas where Prepare put them.
 	special []model.VMA
 	// written are the pages a round wrote into the task, sorted
@@ -118,11 +119,19 @@ func pick(vmas []model.VMA) (sel, spec []model.VMA) {
 	return sel, spec
 }
 
-// Prepare makes task pid (single-threaded for now: Finish adds the
-// threads) as godwit's child and maps the private anonymous VMAs of vmas
-// (a layout read while the source runs), writable for WritePages. The
-// task stays traced and stopped until Finish or Abort.
-func Prepare(o Options, pid int, vmas []model.VMA) (*Pending, error) {
+// Layout is a running process as Prepare and ApplyLayout take it: its
+// PID, its other threads' TIDs and its mappings.
+type Layout struct {
+	Pid  int
+	Tids []int // the threads but the leader
+	VMAs []model.VMA
+}
+
+// Prepare makes task l.Pid and its threads as godwit's child and maps the
+// private anonymous VMAs of l (read while the source runs), writable for
+// WritePages. The task stays traced and stopped until Finish or Abort.
+func Prepare(o Options, l Layout) (*Pending, error) {
+	pid, vmas := l.Pid, l.VMAs
 	if err := CheckLayout(vmas); err != nil {
 		return nil, err
 	}
@@ -135,6 +144,15 @@ func Prepare(o Options, pid int, vmas []model.VMA) (*Pending, error) {
 	sel, spec := pick(vmas)
 	k := &model.Task{Pid: pid, Sid: pid, Pgid: pid, State: model.Alive, Threads: []*model.Thread{{Tid: pid}},
 		MM: &model.MM{VMAs: sel}}
+	for _, tid := range l.Tids {
+		if tid <= 1 || tid == pid {
+			return nil, fmt.Errorf("prepare: bad tid %d", tid)
+		}
+		if err := waitPidFree(tid, 0); err != nil {
+			return nil, fmt.Errorf("prepare: %w", err)
+		}
+		k.Threads = append(k.Threads, &model.Thread{Tid: tid})
+	}
 	tree := &model.Tree{Tasks: []*model.Task{k}, Files: map[model.ID]*model.File{}}
 	ti := &taskImages{pid: pid, tree: tree, task: k, threads: k.Threads, mm: k.MM, shmem: map[uint64]*images.PageReader{}}
 	ti.tasks = []*taskImages{ti}
@@ -165,6 +183,11 @@ func Prepare(o Options, pid int, vmas []model.VMA) (*Pending, error) {
 		if err != nil {
 			return err
 		}
+		// The threads now, on the puppet's own stack (clone3's
+		// arguments): the layout unmaps it.
+		if err := t.makeThreads(); err != nil {
+			return fmt.Errorf("threads: %w", err)
+		}
 		s, err := t.begin(pid)
 		if err != nil {
 			return err
@@ -175,7 +198,7 @@ func Prepare(o Options, pid int, vmas []model.VMA) (*Pending, error) {
 		return nil, r.fail("prepare", err)
 	}
 	r.phase = phaseLaidOut
-	return &Pending{r: r, pid: pid, special: spec}, nil
+	return &Pending{r: r, pid: pid, tids: slices.Clone(l.Tids), special: spec}, nil
 }
 
 // PID is the prepared task's.
@@ -196,12 +219,18 @@ func (p *Pending) check(what string) error {
 // ApplyLayout follows the source's layout: VMAs gone or changed are
 // unmapped (with the pages written there), new ones mapped. A moved vDSO
 // cannot be followed: an error, after which the caller Aborts.
-func (p *Pending) ApplyLayout(vmas []model.VMA) error {
+func (p *Pending) ApplyLayout(l Layout) error {
 	if err := p.check("apply layout"); err != nil {
 		return err
 	}
+	vmas := l.VMAs
+	if l.Pid != p.pid || !sameTids(l.Tids, p.tids) {
+		// Threads are made before the layout (clone3 on the puppet's
+		// stack): none can be added now.
+		return p.r.fail("apply layout", fmt.Errorf("the threads changed (%v, prepared %v)", l.Tids, p.tids))
+	}
 	if err := CheckLayout(vmas); err != nil {
-		return err
+		return p.r.fail("apply layout", err)
 	}
 	sel, spec := pick(vmas)
 	if !sameSpecial(spec, p.special) {
@@ -257,6 +286,13 @@ func (p *Pending) ApplyLayout(vmas []model.VMA) error {
 		p.written = subRange(p.written, c.Start, c.End)
 	}
 	return nil
+}
+
+func sameTids(a, b []int) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
 }
 
 func cmpU64(a, b uint64) int {
@@ -370,7 +406,7 @@ func (p *Pending) Finish(ctx context.Context, o Options, scripts *actions.Script
 	if err != nil {
 		return nil, notPrepared(err)
 	}
-	r, err := newRestorer(o, scripts, p.pid)
+	r, err := newRestorer(o, scripts, append([]int{p.pid}, p.tids...))
 	if err != nil {
 		if nl != nil {
 			keepNetLock(nl, logging.Default(), 0)
@@ -426,6 +462,13 @@ func (p *Pending) fits(r *Restorer) error {
 	if r.root.img.pid != p.pid {
 		return fmt.Errorf("root %d, prepared %d", r.root.img.pid, p.pid)
 	}
+	var tids []int
+	for _, th := range r.root.img.threads[1:] {
+		tids = append(tids, th.Tid)
+	}
+	if !sameTids(tids, p.tids) {
+		return fmt.Errorf("threads %v, prepared %v", tids, p.tids)
+	}
 	if r.o.RestoreSibling {
 		return errors.New("--restore-sibling")
 	}
@@ -454,7 +497,7 @@ func (p *Pending) fits(r *Restorer) error {
 }
 
 // layout makes r's task the final images' one: its session and group,
-// its threads, the VMAs that differ unmapped and mapped again, the pages
+// the VMAs that differ unmapped and mapped again, the pages
 // written ahead but gone since zeroed, and every page not already in
 // written. Fails killing the task (r.fail).
 func (p *Pending) layout(ctx context.Context, r *Restorer) error {
@@ -498,9 +541,6 @@ func (p *Pending) layout(ctx context.Context, r *Restorer) error {
 		}
 		if err := r.setGroups(); err != nil {
 			return err
-		}
-		if err := t.makeThreads(); err != nil {
-			return fmt.Errorf("threads: %w", err)
 		}
 		s, err := t.begin(p.pid)
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -141,7 +142,7 @@ func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	r, err := newRestorer(o, scripts, 0)
+	r, err := newRestorer(o, scripts, nil)
 	if err != nil {
 		if nl != nil {
 			keepNetLock(nl, logging.Default(), 0)
@@ -152,9 +153,9 @@ func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
 	return r, nil
 }
 
-// newRestorer reads the images; adopted (if not 0) is a PID already
-// made for them (Pending), not checked as free.
-func newRestorer(o Options, scripts *actions.Scripts, adopted int) (*Restorer, error) {
+// newRestorer reads the images; adopted are PIDs and TIDs already made
+// for them (Pending), not checked as free.
+func newRestorer(o Options, scripts *actions.Scripts, adopted []int) (*Restorer, error) {
 	start := time.Now()
 	d, err := images.Open(o.ImagesDir, false)
 	if err != nil {
@@ -334,7 +335,7 @@ func (r *Restorer) TIDs() []int {
 
 // checkPids refuses PIDs at or above pid_max and PIDs in use, waiting a
 // bounded time for zombies to go.
-func (r *Restorer) checkPids(adopted int) error {
+func (r *Restorer) checkPids(adopted []int) error {
 	max, err := puppet.PidMax()
 	if err != nil {
 		return err
@@ -353,7 +354,7 @@ func (r *Restorer) checkPids(adopted int) error {
 				return fmt.Errorf("pid %d is godwit itself: %w", id, ErrPidInUse)
 			case id == 1:
 				return fmt.Errorf("pid 1 cannot be restored")
-			case id == adopted:
+			case slices.Contains(adopted, id):
 				continue
 			}
 			if err := waitPidFree(id, zombieWait); err != nil {

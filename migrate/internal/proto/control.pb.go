@@ -1843,6 +1843,7 @@ type Layout struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Pid           int32                  `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
 	Vmas          []*Vma                 `protobuf:"bytes,2,rep,name=vmas,proto3" json:"vmas,omitempty"`
+	Tids          []int32                `protobuf:"varint,3,rep,packed,name=tids,proto3" json:"tids,omitempty"` // the root's threads but its leader
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1887,6 +1888,13 @@ func (x *Layout) GetPid() int32 {
 func (x *Layout) GetVmas() []*Vma {
 	if x != nil {
 		return x.Vmas
+	}
+	return nil
+}
+
+func (x *Layout) GetTids() []int32 {
+	if x != nil {
+		return x.Tids
 	}
 	return nil
 }
@@ -2136,10 +2144,11 @@ const file_control_proto_rawDesc = "" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x12\n" +
 	"\x04last\x18\x02 \x01(\bR\x04last\" \n" +
 	"\bProbeAck\x12\x14\n" +
-	"\x05bytes\x18\x01 \x01(\x04R\x05bytes\"F\n" +
+	"\x05bytes\x18\x01 \x01(\x04R\x05bytes\"Z\n" +
 	"\x06Layout\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12*\n" +
-	"\x04vmas\x18\x02 \x03(\v2\x16.godwit.migrate.v1.VmaR\x04vmas\"\xec\x01\n" +
+	"\x04vmas\x18\x02 \x03(\v2\x16.godwit.migrate.v1.VmaR\x04vmas\x12\x12\n" +
+	"\x04tids\x18\x03 \x03(\x05R\x04tids\"\xec\x01\n" +
 	"\x03Vma\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\x04R\x03end\x12\x14\n" +
