@@ -1005,11 +1005,11 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	if lazy == nil {
 		if !fullFill {
 			// Restored onto the prepared task: every page was in at
-			// the resume, none left to fill.
+			// the resume, none left to fill (no post-copy phase here;
+			// the source, which asked for a lazy restore, is told).
 			if err := in.send(&pb.Envelope{Msg: &pb.Envelope_PagesIn{PagesIn: &pb.PagesIn{}}}); err != nil {
 				in.a.cfg.Log.Warnf("agent: migration %s: tell the source every page is in: %v", in.res.ID, err)
 			}
-			in.res.Postcopy = &Postcopy{}
 		}
 		return nil
 	}
