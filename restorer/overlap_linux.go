@@ -160,7 +160,8 @@ func Prepare(o Options, l Layout) (*Pending, error) {
 		opened: nil, shmAt: map[uint64]shmMapping{}, shmShared: map[uint64]bool{}, ghostAt: map[[2]uint64]shmMapping{}}
 	t := &taskRun{Restorer: r, idx: 0, img: ti, log: r.log.Task(pid)}
 	r.tasks, r.root = []*taskRun{t}, t
-	win, err := pickWindow(sel)
+	// Clear of every VMA, those mapped only at Finish too.
+	win, err := pickWindow(vmas)
 	if err != nil {
 		return nil, r.fail("prepare", err)
 	}
