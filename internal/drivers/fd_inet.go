@@ -188,11 +188,18 @@ func describe(st *model.InetSocketState) string {
 
 // collectInet reads the inet socket s (a copy of fd's) into f.
 func collectInet(fl *Files, pid int, fd *FD, f *model.File, s, family int) error {
-	typ, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_TYPE)
+	return collectInetTaking(fl, pid, fd, f, s, family, nil)
+}
+
+// collectInetTaking is collectInet where a connection read in repair
+// mode may keep s itself as its copy held until the dump ends (setting
+// *took: the caller must not close it) instead of a dup of it.
+func collectInetTaking(fl *Files, pid int, fd *FD, f *model.File, s, family int, took *bool) error {
+	typ, err := getsockoptInt(s, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil {
 		return fmt.Errorf("SO_TYPE: %w", err)
 	}
-	proto, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_PROTOCOL)
+	proto, err := getsockoptInt(s, unix.SOL_SOCKET, unix.SO_PROTOCOL)
 	if err != nil {
 		return fmt.Errorf("SO_PROTOCOL: %w", err)
 	}
@@ -299,7 +306,7 @@ func collectInet(fl *Files, pid int, fd *FD, f *model.File, s, family int) error
 	if err := fl.NetLock.Lock([]netlock.Conn{{Local: st.Src, Remote: st.Dst}}); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	return repairDump(id, s, st, what)
+	return repairDump(id, s, st, what, took)
 }
 
 // tcpBoundInactive is how sock_diag reports a TCP socket bound but
@@ -308,15 +315,24 @@ func collectInet(fl *Files, pid int, fd *FD, f *model.File, s, family int) error
 const tcpBoundInactive = 13
 
 // repairDump puts a copy of s in repair mode, kept until the dump ends
-// (ReleaseRepaired), and reads the connection.
-func repairDump(id *inetDump, s int, st *model.InetSocketState, what string) error {
-	keep, err := unix.FcntlInt(uintptr(s), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("%s: dup: %w", what, err)
+// (ReleaseRepaired), and reads the connection; with took, s itself is
+// that copy (see collectInetTaking).
+func repairDump(id *inetDump, s int, st *model.InetSocketState, what string, took *bool) error {
+	keep := s
+	if took == nil {
+		var err error
+		if keep, err = unix.FcntlInt(uintptr(s), unix.F_DUPFD_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("%s: dup: %w", what, err)
+		}
 	}
 	if err := tcprepair.On(keep); err != nil {
-		unix.Close(keep)
+		if took == nil {
+			unix.Close(keep)
+		}
 		return fmt.Errorf("%s: %w", what, err)
+	}
+	if took != nil {
+		*took = true
 	}
 	id.mu.Lock()
 	id.repaired = append(id.repaired, keep)
@@ -1352,13 +1368,19 @@ func prefetchOne(fl *Files, pid, pfd int, fd *FD) *preInet {
 	if err != nil {
 		return nil
 	}
-	defer unix.Close(s)
-	dom, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	// A connection keeps this copy (in repair mode) until the dump ends.
+	took := false
+	defer func() {
+		if !took {
+			unix.Close(s)
+		}
+	}()
+	dom, err := getsockoptInt(s, unix.SOL_SOCKET, unix.SO_DOMAIN)
 	if err != nil || (dom != unix.AF_INET && dom != unix.AF_INET6) {
 		return nil
 	}
 	p := &preInet{}
-	p.err = collectInet(fl, pid, fd, &p.file, s, dom)
+	p.err = collectInetTaking(fl, pid, fd, &p.file, s, dom, &took)
 	return p
 }
 
