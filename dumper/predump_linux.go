@@ -50,9 +50,14 @@ type PreDumpResult struct {
 	Mem    MemStats
 	Parent uint64 // pages left to the parent images
 	Lost   uint64 // pages unmapped while being read (not in this round)
-	Frozen time.Duration
-	Notes  []string
-	Stats  *stats.DumpStatsEntry
+	// Pending counts the tracked pages written since this round's scan,
+	// counted (not protected again) as the round ended: about what the
+	// next round takes. It is the only measure of the program's writes
+	// after a first round, whose own size is all of its memory.
+	Pending uint64
+	Frozen  time.Duration
+	Notes   []string
+	Stats   *stats.DumpStatsEntry
 }
 
 // FormatStats renders the round's stats as --display-stats prints them.
@@ -318,6 +323,13 @@ func (r *treeRound) run(ctx context.Context, rootProc *pidfd.Proc, stage *images
 		res.Mem.add(w.stats)
 		res.Parent += w.Parent
 		res.Lost += w.Lost
+		if n, err := pendingPages(t.pid, t.tracked); err == nil {
+			res.Pending += n
+		} else if t.pid != r.root && t.proc.Verify() != nil {
+			r.log.Debugf("pre-dump %d: task %d exited after its pages", r.root, t.pid)
+		} else {
+			return nil, fmt.Errorf("task %d: count written pages: %w", t.pid, err)
+		}
 		res.Full = res.Full && (t.tk.fresh || t.covered == nil)
 		res.Frozen = max(res.Frozen, t.tk.frozen)
 	}
@@ -382,6 +394,32 @@ func (r *treeRound) run(ctx context.Context, rootProc *pidfd.Proc, stage *images
 	r.log.Infof("pre-dump %d: round %d of %d task(s): %d pages written, %d left to the parent, %d scanned, frozen at most %v, %v in all",
 		r.root, res.Round, len(r.tasks), res.Mem.Written, res.Parent, res.Mem.Scanned, res.Frozen, time.Since(t0))
 	return res, nil
+}
+
+// pendingPages counts the pages of tracked (pid's ranges under uffd-wp)
+// written since their last scan. It only reads the write-protect bits: the
+// next round still finds and takes every one of them.
+func pendingPages(pid int, tracked []uffd.VMA) (uint64, error) {
+	if len(tracked) == 0 {
+		return 0, nil
+	}
+	pm, err := uffd.OpenPagemap(pid)
+	if err != nil {
+		return 0, err
+	}
+	defer pm.Close()
+	var n uint64
+	var regs []uffd.Region
+	for _, v := range tracked {
+		regs, err = pm.Scan(uffd.ScanArgs{Start: v.Start, End: v.End, CategoryMask: uffd.PageIsWritten, ReturnMask: uffd.PageIsWritten}, regs[:0])
+		if err != nil {
+			return 0, fmt.Errorf("range %v: %w", v, err)
+		}
+		for _, r := range regs {
+			n += (r.End - r.Start) / pageSize
+		}
+	}
+	return n, nil
 }
 
 func (r *treeRound) note(format string, args ...any) {

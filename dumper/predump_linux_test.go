@@ -21,6 +21,7 @@ import (
 	"godwit/internal/testutil"
 	"godwit/pageserver"
 	"godwit/restorer"
+	"godwit/uffd"
 )
 
 var (
@@ -584,5 +585,48 @@ func TestPreDumpBrokenChainRefused(t *testing.T) {
 	}
 	if _, err := os.Stat(fmt.Sprintf("/proc/%d", w.p.Pid)); err == nil {
 		t.Fatalf("a failed restore left pid %d", w.p.Pid)
+	}
+}
+
+// A round's Pending counts the tracked pages written after its scan, and
+// only reads the write-protect bits: the next round still takes them all.
+func TestPreDumpPending(t *testing.T) {
+	needRoot(t)
+	const pages = 512
+	w := startRewriter(t, pages, 0)
+	root := t.TempDir()
+	dir := func(i int) string { return filepath.Join(root, fmt.Sprintf("pre%d", i)) }
+	t.Cleanup(func() {
+		killHolder(t, dir(1))
+		killHolder(t, dir(2))
+	})
+	pid := w.p.Pid
+	preDump(t, PreDumpOptions{Pid: pid, ImagesDir: dir(1)})
+	a := []uffd.VMA{{Start: w.a, End: w.a + pages*pageSize}}
+	if n, err := pendingPages(pid, a); err != nil || n != 0 {
+		t.Fatalf("A before any write: %d pending, %v; want 0", n, err)
+	}
+	w.step(t, 1) // writes the pages i%10 == 1 of A: 52
+	for k := 0; k < 2; k++ {
+		if n, err := pendingPages(pid, a); err != nil || n != 52 {
+			t.Fatalf("A after step 1 (count %d): %d pending, %v; want 52", k+1, n, err)
+		}
+	}
+	r2 := preDump(t, PreDumpOptions{Pid: pid, ImagesDir: dir(2), PrevImagesDir: "../pre1"})
+	f := pageFlags(t, dir(2), pid)
+	for i := uint64(0); i < pages; i++ {
+		want := uint32(images.PageInParent)
+		if i%10 == 1 {
+			want = images.PagePresent
+		}
+		if got := f[w.a+i*pageSize]; got != want {
+			t.Errorf("round 2: page %d of A: flags %#x, want %#x", i, got, want)
+		}
+	}
+	if n, err := pendingPages(pid, a); err != nil || n != 0 {
+		t.Fatalf("A after round 2: %d pending, %v; want 0", n, err)
+	}
+	if r2.Pending > r2.Mem.Scanned {
+		t.Errorf("round 2: %d pending of %d pages", r2.Pending, r2.Mem.Scanned)
 	}
 }
