@@ -630,3 +630,50 @@ func TestPreDumpPending(t *testing.T) {
 		t.Errorf("round 2: %d pending of %d pages", r2.Pending, r2.Mem.Scanned)
 	}
 }
+
+// Pages discarded (MADV_DONTNEED) after the last round and just before the
+// freeze were clean since it: the dirty scan does not report them, so the
+// final dump must still see that they hold nothing (no entry, never
+// PARENT), and the restored program reads them as zero.
+func TestFinalDumpSeesDiscards(t *testing.T) {
+	needRoot(t)
+	const pages = 64
+	w := startRewriter(t, pages, 0)
+	root := t.TempDir()
+	dir := func(i int) string { return filepath.Join(root, fmt.Sprintf("pre%d", i)) }
+	t.Cleanup(func() {
+		killHolder(t, dir(1))
+		killHolder(t, dir(2))
+	})
+	pid := w.p.Pid
+	preDump(t, PreDumpOptions{Pid: pid, ImagesDir: dir(1)})
+	w.step(t, 1)
+	w.step(t, 2)
+	preDump(t, PreDumpOptions{Pid: pid, ImagesDir: dir(2), PrevImagesDir: "../pre1"})
+	f := pageFlags(t, dir(2), pid)
+	for i := uint64(1); i <= 4; i++ {
+		if f[w.a+i*pageSize] == 0 {
+			t.Fatalf("round 2: page %d of A has no entry before the discard", i)
+		}
+	}
+	w.step(t, 3) // discards pages 1..4 of A, then the freeze
+	h1 := hashOf(t, pid, w.log, 1)
+	final := filepath.Join(root, "final")
+	o := dumpOpts(pid, final)
+	o.PrevImagesDir, o.TrackMem = "../pre2", true
+	if _, err := Dump(o, nil); err != nil {
+		t.Fatal(err)
+	}
+	w.p.Reaped(t)
+	f = pageFlags(t, final, pid)
+	for i := uint64(0); i < pages; i++ {
+		_, has := f[w.a+i*pageSize]
+		if discarded := i >= 1 && i <= 4; has == discarded {
+			t.Errorf("final: page %d of A: entry %v (flags %#x), discarded %v", i, has, f[w.a+i*pageSize], discarded)
+		}
+	}
+	r := restoreDir(t, final, nil)
+	if h2 := hashOf(t, r.PID(), w.log, 2); h2 != h1 {
+		t.Fatalf("restored memory hash %s, dumped %s", h2, h1)
+	}
+}
