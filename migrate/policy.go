@@ -79,8 +79,10 @@ func nextRound(rounds []Round, memory uint64) uint64 {
 	est := 2 * max(float64(last.Bytes), nextDelta(last))
 	if len(rounds) == 1 && last.DirtyRate > 0 {
 		// The first round's size is all memory, not a delta: what the
-		// program wrote during it (measured at its end) is.
-		est = 2 * nextDelta(last)
+		// program wrote during it, counted at its end, is. A count,
+		// not a forecast: a quarter more covers the writes until the
+		// next round's scan.
+		est = 1.25 * nextDelta(last)
 	}
 	if est >= float64(memory) {
 		return memory

@@ -70,11 +70,11 @@ func TestDecideByteLimit(t *testing.T) {
 		// all memory again, and the final too: 768 MiB + maps > 768 MiB.
 		{"after round 1 at the default bound", []Round{full}, pageRoom{def, 256 * MB, mem}, true, false, StopByteLimit},
 		{"after round 1, a large bound", []Round{full}, pageRoom{8 * mem, 256 * MB, mem}, false, false, ""},
-		// Its writes measured (4 MB/s: 16 MB pending at its end, 32 MB
+		// Its writes measured (4 MB/s: 16 MB pending at its end, 20 MB
 		// with the margin): round 2 and the final fit the default bound.
 		{"after round 1, writes measured", []Round{round(256*MB, 4*time.Second, 4*MB)}, pageRoom{def, 256 * MB, mem}, false, false, ""},
-		// 40 MB/s: 160 MB pending, 320 MB with the margin: no room.
-		{"after round 1, many writes measured", []Round{round(256*MB, 4*time.Second, 40*MB)}, pageRoom{def, 256 * MB, mem}, true, false, StopByteLimit},
+		// 60 MB/s: 240 MB pending, 300 MB with the margin: no room.
+		{"after round 1, many writes measured", []Round{round(256*MB, 4*time.Second, 60*MB)}, pageRoom{def, 256 * MB, mem}, true, false, StopByteLimit},
 		// The second round moved nearly everything again: not converging,
 		// checked from round 2.
 		{"round 2 does not shrink", []Round{full, hot}, pageRoom{16 * mem, 512 * MB, mem}, true, true, StopDiverging},
