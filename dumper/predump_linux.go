@@ -581,7 +581,7 @@ func openTrackedDump(o Options, log *logging.Logger) (*trackedDump, error) {
 // changed since the parent round, the rest as PARENT entries.
 func (t *trackedDump) writePrivate(pid int, vmas []VMA, sink pagexfer.Sink) (MemStats, uint64, error) {
 	dirty := spansOf(trackVMAs(vmas)) // without tracking: everything
-	var covered []span
+	var covered, unchanged []span
 	if t.pt != nil {
 		tk, ok := t.tasks[pid]
 		if !ok {
@@ -601,6 +601,13 @@ func (t *trackedDump) writePrivate(pid int, vmas []VMA, sink pagexfer.Sink) (Mem
 			if sinkHasParent(sink, t.parent.Exists(images.PagemapImg(pid))) {
 				covered = tk.st.Covered
 			}
+			if covered != nil {
+				if removed, err := tk.discards(); err != nil {
+					t.log.Debugf("dump %d: every page walked: %v", pid, err)
+				} else {
+					unchanged = unchangedSpans(vmas, covered, dirty, removed)
+				}
+			}
 		}
 	}
 	w, err := newIncrWriter(pid, sink, dirty, covered, false)
@@ -608,13 +615,16 @@ func (t *trackedDump) writePrivate(pid int, vmas []VMA, sink pagexfer.Sink) (Mem
 		return MemStats{}, 0, err
 	}
 	defer w.close()
+	w.unchanged = unchanged
 	if ls, ok := sink.(*lazySink); ok {
 		w.lazy = ls
 	}
 	t0 := time.Now()
 	err = w.writePrivate(vmas)
 	w.stats.DumpTime = time.Since(t0)
-	t.log.Debugf("dump %d: private pages: %v (%v of it in PAGEMAP_SCAN, %d pages read)", pid, w.stats.DumpTime, w.ScanTime, w.stats.Written)
+	w.stats.Unwalked = w.Unwalked
+	t.log.Debugf("dump %d: private pages: %v (%v of it in PAGEMAP_SCAN, %d pages read, %d unchanged since the parent not walked)",
+		pid, w.stats.DumpTime, w.ScanTime, w.stats.Written, w.Unwalked)
 	return w.stats, w.Parent, err
 }
 
