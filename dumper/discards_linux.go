@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -111,8 +110,9 @@ func (l *discardLog) end(changed bool) error {
 var errNoDiscardLog = errors.New("no complete discard log")
 
 // discardWait bounds how long the final dump waits for the holder to
-// publish the events it read (it normally takes microseconds).
-const discardWait = time.Second
+// publish the events it read (microseconds, unless the machine is so
+// loaded that the holder is not scheduled; then every page is walked).
+const discardWait = 3 * time.Second
 
 // discards reads the holder's discard log of the frozen task: every range
 // discarded since tracking started, sorted and merged. errNoDiscardLog
@@ -181,14 +181,28 @@ func (t *tracking) readDiscards() ([]span, bool, error) {
 	if over != 0 {
 		return nil, false, errors.New("too many discarded ranges to log")
 	}
-	spans := make([]span, count)
-	for i := range spans {
-		spans[i] = span{Start: binary.NativeEndian.Uint64(b[16*i:]), End: binary.NativeEndian.Uint64(b[16*i+8:])}
-	}
-	if !sort.SliceIsSorted(spans, func(i, j int) bool { return spans[i].Start < spans[j].Start }) {
-		return nil, false, errors.New("discard log not sorted")
+	spans, err := parseDiscards(b)
+	if err != nil {
+		return nil, false, err
 	}
 	return spans, true, nil
+}
+
+// parseDiscards decodes the ranges of a discard log: page-aligned,
+// non-empty, sorted and disjoint, as the holder writes them.
+func parseDiscards(b []byte) ([]span, error) {
+	if len(b)%16 != 0 || len(b)/16 > maxDiscardSpans {
+		return nil, fmt.Errorf("discard log: %d bytes", len(b))
+	}
+	spans := make([]span, len(b)/16)
+	for i := range spans {
+		s := span{Start: binary.NativeEndian.Uint64(b[16*i:]), End: binary.NativeEndian.Uint64(b[16*i+8:])}
+		if s.Start >= s.End || s.Start%pageSize != 0 || s.End%pageSize != 0 || (i > 0 && s.Start <= spans[i-1].End) {
+			return nil, fmt.Errorf("discard log: bad range %#x-%#x", s.Start, s.End)
+		}
+		spans[i] = s
+	}
+	return spans, nil
 }
 
 // readU64 reads a native-endian word at off (0 when the file ends before
