@@ -372,9 +372,14 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		if dur > 0 {
 			r.Bandwidth = float64(r.Bytes) / dur.Seconds()
 		}
-		if n > 1 && prevDur > 0 {
+		switch {
+		case n > 1 && prevDur > 0:
 			// What this round took was written while the last one ran.
 			r.DirtyRate = float64(r.Bytes) / prevDur.Seconds()
+		case n == 1 && dur > 0:
+			// The first round took everything: the pages written
+			// since its scan are the only measure of the program.
+			r.DirtyRate = float64(pr.Pending*4096) / dur.Seconds()
 		}
 		prevDur = dur
 		res.Rounds = append(res.Rounds, r)
