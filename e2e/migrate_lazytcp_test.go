@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"godwit/internal/lab"
 	"godwit/migrate"
@@ -156,4 +157,77 @@ func TestMigrateAgentNetworkLockIptables(t *testing.T) {
 	}
 	cs.waitProgress(t, cs.snapshot(), 20, "after the migration")
 	cs.finish(t)
+}
+
+// The agent killed (SIGKILL) right after the pre-restore script moved the
+// service address to B, while B holds its lock of the connections: the
+// source runs on with its connections and takes the address back
+// (migrate-abort), and no client sees a reset meanwhile: B's lock, left
+// to its guard, stays while the address is on B and goes once it left.
+func TestMigrateAgentKilledAfterPreRestore(t *testing.T) {
+	for _, mode := range []migrate.Mode{migrate.ModePrecopy, migrate.ModePostcopy} {
+		t.Run(string(mode), func(t *testing.T) {
+			s := newLazyServiceLab(t)
+			const port = 7011
+			prog := filepath.Join(t.TempDir(), "echo.py")
+			if err := os.WriteFile(prog, []byte(echoServer), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			w := s.startServer(port, "python3", prog, s.vip.String(), strconv.Itoa(port))
+			const k = 3
+			cs := startClientsDial(t, func() (net.Conn, error) { return s.dial(port) }, k, echoExchange)
+			cs.waitProgress(t, make([]int, k), 20, "before the migration")
+			sync := t.TempDir()
+			// At pre-restore (the address on B, B locked) the script
+			// waits until the test has killed the agent and let the
+			// clients send to B for a while.
+			extra := fmt.Sprintf(`if [ "$CRTOOLS_SCRIPT_ACTION" = pre-restore ]; then touch %[1]s/pre-restore; while [ ! -e %[1]s/killed ]; do sleep 0.02; done; fi`, sync)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				deadline := time.Now().Add(2 * time.Minute)
+				for !fileExists(filepath.Join(sync, "pre-restore")) {
+					if time.Now().After(deadline) {
+						return
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				killAndForget(s.agentP)
+				s.agentP = 0
+				// The clients' retransmissions reach B meanwhile
+				// (their backoff: some within 3 s).
+				time.Sleep(3 * time.Second)
+				_ = os.WriteFile(filepath.Join(sync, "killed"), nil, 0o644)
+			}()
+			args := []string{"--tcp-established", "--action-script", s.script(extra)}
+			if mode != migrate.ModePrecopy {
+				args = append(args, s.lazyArgs(string(mode))...)
+			}
+			code, res, stderr := s.send(w, args...)
+			<-done
+			if code == 0 {
+				t.Fatalf("migrate send succeeded with its agent killed: %+v\n%s", res, stderr)
+			}
+			t.Logf("send: phase %s: %s", res.FailedPhase, res.Error)
+			if !alive(w.rootPID) {
+				t.Fatalf("server died on the source")
+			}
+			if state, tracer := procState(t, w.rootPID); tracer != 0 || state == "T" || state == "t" {
+				t.Fatalf("server left in state %s, tracer %d", state, tracer)
+			}
+			// B's lock goes once the address left B (its guard polls).
+			deadline := time.Now().Add(10 * time.Second)
+			for strings.Contains(nftTables(t, s.b), "godwit") && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+			s.settled(s.a)
+			cs.waitProgress(t, cs.snapshot(), 20, "after the failed migration")
+			cs.finish(t)
+		})
+	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

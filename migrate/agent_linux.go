@@ -1043,6 +1043,13 @@ func (in *inbound) lockConns(pid int32) (*pb.Locked, error) {
 	if err := l.LockListeners(listeners); err != nil {
 		return nil, errors.Join(err, l.Unlock())
 	}
+	// Should the agent die now, the source's scripts may have moved the
+	// service address here: its guard keeps the lock until the address
+	// left again (the source runs on with its connections), so that no
+	// peer is answered with a reset meanwhile.
+	if err := l.GuardDestination(lockLinger); err != nil {
+		return nil, errors.Join(err, l.Unlock())
+	}
 	in.netLock = l
 	if l.Method() == netlock.Skip {
 		in.a.cfg.Log.Infof("agent: migration %s: %d connections and %d listeners not locked (--network-lock skip)", in.res.ID, len(conns), len(listeners))
@@ -1066,6 +1073,12 @@ func (in *inbound) releaseLock() {
 		if _, err := in.recv(time.Until(deadline)); err != nil {
 			break
 		}
+	}
+	if !in.aborted {
+		// The source went without its Abort (killed, or its link
+		// cut): the address it moved here stays locked until it
+		// leaves (bounded).
+		in.netLock.LingerWhileLocal(deadline)
 	}
 	// A restore that got as far as the connections and then failed
 	// closed them as the tree died: their FIN, dropped by the lock,

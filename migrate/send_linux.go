@@ -1021,6 +1021,14 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 // death while the agent's copy runs); the agent is asked to restore with
 // its lazy pages served from addr.
 func (s *sender) commitLazy(hold *dumper.Hold, addr string, tcp bool) error {
+	// An agent gone before the restore was asked (killed while the
+	// pre-restore scripts ran) has no copy: the source runs on. (Gone
+	// from here on, it may have one: never known here.)
+	select {
+	case <-s.done:
+		return fmt.Errorf("the agent's link ended before the restore was asked: %w", s.ctl.err)
+	default:
+	}
 	// Past the commit the link's end no longer cancels the serving (the
 	// agent closes it after PagesIn, maybe before its lazy connection),
 	// and an interrupt no longer kills the pages' only source.
