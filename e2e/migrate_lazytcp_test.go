@@ -165,7 +165,7 @@ func TestMigrateAgentNetworkLockIptables(t *testing.T) {
 // (migrate-abort), and no client sees a reset meanwhile: B's lock, left
 // to its guard, stays while the address is on B and goes once it left.
 func TestMigrateAgentKilledAfterPreRestore(t *testing.T) {
-	for _, mode := range []migrate.Mode{migrate.ModePrecopy, migrate.ModePostcopy} {
+	for _, mode := range []migrate.Mode{migrate.ModePrecopy, migrate.ModePostcopy, migrate.ModeHybrid} {
 		t.Run(string(mode), func(t *testing.T) {
 			s := newLazyServiceLab(t)
 			const port = 7011
