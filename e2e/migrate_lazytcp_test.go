@@ -231,3 +231,79 @@ func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
 }
+
+// echoServerBig is echoServer holding sys.argv[3] MiB of non-zero data.
+const echoServerBig = "import sys\nblob = bytes(range(256)) * (int(sys.argv[3]) << 12)\n" + echoServer
+
+// B's lock goes as soon as the moved tree runs, not when its last lazy
+// page is in: a server holding 512 MiB moves with --mode postcopy and its
+// clients exchange again on B while `migrate send` still waits for the
+// pages to be in.
+func TestMigratePostcopyUnlocksAtResume(t *testing.T) {
+	s := newLazyServiceLab(t)
+	const port = 7012
+	prog := filepath.Join(t.TempDir(), "echo.py")
+	if err := os.WriteFile(prog, []byte(echoServerBig), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w := s.startServer(port, "python3", prog, s.vip.String(), strconv.Itoa(port), "512")
+	const k = 2
+	cs := startClientsDial(t, func() (net.Conn, error) { return s.dial(port) }, k, echoExchange)
+	cs.waitProgress(t, make([]int, k), 20, "before the migration")
+	type sent struct {
+		code   int
+		res    *migrate.Result
+		stderr string
+	}
+	done := make(chan sent, 1)
+	go func() {
+		args := append([]string{"--tcp-established", "--action-script", s.script("")}, s.lazyArgs(string(migrate.ModePostcopy))...)
+		code, res, stderr := s.send(w, args...)
+		done <- sent{code, res, stderr}
+	}()
+	// The program on B: its clients' progress from then on.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if p, err := s.b.RootPID(w.hostPID); err == nil && alive(p) {
+			break
+		}
+		select {
+		case r := <-done:
+			t.Fatalf("migrate send ended (exit %d, %+v) before the program ran on B: %s", r.code, r.res, r.stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("program not on B")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	base := cs.snapshot()
+	progressed := make(chan struct{})
+	go func() {
+		defer close(progressed)
+		for {
+			now := cs.snapshot()
+			if now[0] >= base[0]+5 && now[1] >= base[1]+5 {
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	var r sent
+	select {
+	case <-progressed:
+		r = <-done
+	case r = <-done:
+		t.Errorf("migrate send ended (every page in after %v) before the clients exchanged on B: the lock stayed until then",
+			r.res.Postcopy)
+	}
+	if r.code != 0 {
+		t.Fatalf("migrate send: exit %d: %s\n%s", r.code, r.res.Error, r.stderr)
+	}
+	checkLazyResult(t, r.res, migrate.ModePostcopy)
+	s.moved(w)
+	s.settled(s.b)
+	cs.waitProgress(t, cs.snapshot(), 20, "after the migration")
+	cs.finish(t)
+	t.Logf("post-copy %+v", r.res.Postcopy)
+}
