@@ -66,10 +66,12 @@ type SendOptions struct {
 	FileLocks bool
 	CPUCap    string
 	// TCPEstablished moves the tree's established TCP connections (dump
-	// and restore --tcp-established): they stay locked on this host from
-	// the freeze until the agent runs the tree, and on the agent's host
-	// from before the pre-restore scripts (which move the service address
-	// the connections use) until the restored tree resumes.
+	// and restore --tcp-established), in every mode: they stay locked on
+	// this host from the freeze until the agent runs the tree (post-copy
+	// and hybrid: until the source tree is killed after the last page),
+	// and on the agent's host from before the pre-restore scripts (which
+	// move the service address the connections use) until the restored
+	// tree resumes.
 	TCPEstablished, SkipInFlight bool
 	// NetworkLock is how this host locks the connections ("": default).
 	NetworkLock netlock.Method
