@@ -268,6 +268,9 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	if err == nil {
 		err = treeNamespaces(tree)
 	}
+	if err == nil {
+		err = treeSessions(tree, o.ShellJob)
+	}
 	if err != nil {
 		rb.run()
 		return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
