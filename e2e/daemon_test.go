@@ -50,3 +50,20 @@ func TestDumpRefusesDaemon(t *testing.T) {
 	}
 	w.checkLog(0)
 }
+
+// TestDumpRefusesExitedLeader dumps a live process whose main thread
+// exited (pthread_exit in main): the error says so, not "a zombie", and
+// the process ticks on untraced.
+func TestDumpRefusesExitedLeader(t *testing.T) {
+	needRoot(t)
+	w := startWorkload(t, cWorkload(t, "leaderexit"))
+	waitFor(t, "the main thread to exit", func() bool { st, _ := statOf(w.pid); return st.State == 'Z' })
+	code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", t.TempDir())
+	if code == 0 || !strings.Contains(out, "main thread exited") || !strings.Contains(out, strconv.Itoa(w.pid)) {
+		t.Fatalf("dump of a process whose main thread exited: exit %d: %s", code, out)
+	}
+	w.waitTicks(2)
+	if _, tracer := procState(t, w.pid); tracer != 0 {
+		t.Fatalf("pid %d still traced by %d", w.pid, tracer)
+	}
+}
