@@ -265,6 +265,12 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		}
 	}
 	nsRec, err := treeNetns(tree)
+	if err == nil {
+		err = treeNamespaces(tree)
+	}
+	if err == nil {
+		err = treeSessions(tree, o.ShellJob)
+	}
 	if err != nil {
 		rb.run()
 		return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
@@ -709,7 +715,8 @@ func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, shm map[uint64]int) (
 // checkShared refuses kernel objects shared between tasks that the
 // restore cannot share again yet: an mm (CLONE_VM without CLONE_THREAD)
 // or signal handlers (CLONE_SIGHAND, which needs CLONE_VM); and a task in
-// namespaces of its own.
+// other namespaces than the root's (treeNamespaces has compared each with
+// godwit's already).
 func checkShared(t *model.Tree) error {
 	vm := map[model.ID]int{}
 	sighand := map[model.ID]int{}
