@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -251,6 +252,9 @@ type Files struct {
 	// close-on-exec flag is still to be read in the task, by pid
 	// (CollectCloexec).
 	cloexec map[int][]int
+	// cloexecMu guards cloexec: a dump reads the tasks' fds one at a
+	// time, but their close-on-exec flags in the tasks at once.
+	cloexecMu sync.Mutex
 }
 
 // FDOptions are the dump's options for files that cannot be saved as
@@ -573,10 +577,12 @@ func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 	}
 	f.mergeDescs(pid, fds, ids, pending)
 	if len(unknown) > 0 {
+		f.cloexecMu.Lock()
 		if f.cloexec == nil {
 			f.cloexec = map[int][]int{}
 		}
 		f.cloexec[pid] = unknown
+		f.cloexecMu.Unlock()
 	}
 	return out, nil
 }
