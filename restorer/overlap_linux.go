@@ -407,10 +407,10 @@ func (p *Pending) Finish(ctx context.Context, o Options, scripts *actions.Script
 	if err != nil {
 		return nil, notPrepared(err)
 	}
-	r, err := newRestorer(o, scripts, append([]int{p.pid}, p.tids...))
+	r, err := newRestorer(o, scripts, logging.FromContext(ctx), append([]int{p.pid}, p.tids...))
 	if err != nil {
 		if nl != nil {
-			keepNetLock(nl, logging.Default(), 0)
+			keepNetLock(nl, logging.FromContext(ctx), 0)
 		}
 		return nil, notPrepared(err)
 	}

@@ -135,6 +135,12 @@ type taskRun struct {
 // New reads and checks every image of the process in o.ImagesDir, and
 // checks that its PID and TIDs are free and allowed. Nothing is started.
 func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
+	return newContext(context.Background(), o, scripts)
+}
+
+// newContext is New logging to ctx's logger (logging.FromContext).
+func newContext(ctx context.Context, o Options, scripts *actions.Scripts) (*Restorer, error) {
+	log := logging.FromContext(ctx)
 	if err := checkNetns(o); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
@@ -142,10 +148,10 @@ func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	r, err := newRestorer(o, scripts, nil)
+	r, err := newRestorer(o, scripts, log, nil)
 	if err != nil {
 		if nl != nil {
-			keepNetLock(nl, logging.Default(), 0)
+			keepNetLock(nl, log, 0)
 		}
 		return nil, err
 	}
@@ -155,7 +161,7 @@ func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
 
 // newRestorer reads the images; adopted are PIDs and TIDs already made
 // for them (Pending), not checked as free.
-func newRestorer(o Options, scripts *actions.Scripts, adopted []int) (*Restorer, error) {
+func newRestorer(o Options, scripts *actions.Scripts, log *logging.Logger, adopted []int) (*Restorer, error) {
 	start := time.Now()
 	d, err := images.Open(o.ImagesDir, false)
 	if err != nil {
@@ -170,7 +176,7 @@ func newRestorer(o Options, scripts *actions.Scripts, adopted []int) (*Restorer,
 		d.Close()
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	r := &Restorer{o: o, scripts: scripts, log: logging.Default(), dir: d, img: img,
+	r := &Restorer{o: o, scripts: scripts, log: log, dir: d, img: img,
 		start: start, opened: map[model.ID]drivers.OpenedAt{}, shmAt: map[uint64]shmMapping{}, shmShared: map[uint64]bool{}, ghostAt: map[[2]uint64]shmMapping{}}
 	users := map[uint64]int{}
 	for _, ti := range img.tasks {
@@ -187,7 +193,7 @@ func newRestorer(o Options, scripts *actions.Scripts, adopted []int) (*Restorer,
 		}
 	}
 	for i, ti := range img.tasks {
-		t := &taskRun{Restorer: r, idx: i, img: ti, log: logging.Default().Task(ti.pid)}
+		t := &taskRun{Restorer: r, idx: i, img: ti, log: log.Task(ti.pid)}
 		r.tasks = append(r.tasks, t)
 	}
 	r.root = r.tasks[0]
@@ -213,7 +219,7 @@ func Restore(o Options, scripts *actions.Scripts) (*Restorer, error) {
 // SIGTERM, SIGHUP) until the task resumes: every task made so far is
 // killed and reaped, as after any failed step.
 func RestoreContext(ctx context.Context, o Options, scripts *actions.Scripts) (*Restorer, error) {
-	r, err := New(o, scripts)
+	r, err := newContext(ctx, o, scripts)
 	if err != nil {
 		return nil, err
 	}
