@@ -241,13 +241,11 @@ type inbound struct {
 	guard *lazypages.Guard
 	// layout is the root's layout the running round sent; pending the
 	// task prepared from the rounds (overlap_linux.go), overlapOff once
-	// it fell back; overlap what it did. The rounds' writers use them
-	// until overlapBusy (the last one's) is closed (overlapWait).
-	layout      *restorer.Layout
-	pending     *restorer.Pending
-	overlapOff  bool
-	overlap     Overlap
-	overlapBusy chan struct{}
+	// it fell back; overlap what it did.
+	layout     *restorer.Layout
+	pending    *restorer.Pending
+	overlapOff bool
+	overlap    Overlap
 }
 
 // addRound records round ps as the agent saw it: the pages its page server
@@ -945,13 +943,6 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	ro := restorer.Options{ImagesDir: filepath.Join(in.dir, "final"), Detach: true, TCPEstablished: rs.TcpEstablished, ShellJob: rs.ShellJob}
 	var r *restorer.Restorer
 	var err error
-	// The rounds' pages are all in the prepared task (a write slower
-	// than the link makes this wait part of the downtime).
-	t0 := time.Now()
-	in.overlapWait()
-	if in.pending != nil {
-		in.a.cfg.Log.Debugf("agent: migration %s: rounds written into the task %v after the restore was asked", in.res.ID, time.Since(t0))
-	}
 	if in.pending != nil && pageSource != "" {
 		in.overlapFallback("the last pages come lazily from the source")
 	}
@@ -1251,7 +1242,6 @@ func postcopyOf(st lazypages.Stats, resumed time.Time) *Postcopy {
 }
 
 func (in *inbound) cleanup() {
-	in.overlapWait()
 	in.pending.Abort()
 	if in.guard != nil {
 		in.guard.Close()

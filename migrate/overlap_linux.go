@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"time"
 
 	"godwit/dumper"
 	"godwit/internal/model"
@@ -98,53 +97,33 @@ func layoutOf(l *pb.Layout, pid int) (*restorer.Layout, error) {
 }
 
 // overlapRound prepares the task from the round's layout, or follows it,
-// and writes the round's pages (in dir) into it, in the background: the
-// round is acknowledged at once and the next one flows meanwhile. Rounds
-// are written one after another, in order; overlapWait joins them. A
-// failure ends the overlap for this migration (the task is killed), not
-// the migration.
+// and writes the round's pages (in dir) into it, before the round is
+// acknowledged: so the round's time, which the source's policy measures,
+// includes it, and nothing of it is left for the downtime (written in the
+// background, behind rounds that outran it on a loaded host, the rest
+// landed in the switch-over: 1.3 s at 256 MiB). A failure ends the
+// overlap for this migration (the task is killed), not the migration.
 func (in *inbound) overlapRound(ctx context.Context, n uint32, dir string) {
 	l := in.layout
 	in.layout = nil
-	if l == nil {
+	if l == nil || in.overlapOff {
 		return
 	}
-	prev, done := in.overlapBusy, make(chan struct{})
-	in.overlapBusy = done
-	go func() {
-		defer close(done)
-		if prev != nil {
-			<-prev
-		}
-		if in.overlapOff {
-			return
-		}
-		t0 := time.Now()
-		var err error
-		if in.pending == nil {
-			in.pending, err = restorer.Prepare(restorer.Options{Detach: true}, *l)
-		} else {
-			err = in.pending.ApplyLayout(*l)
-		}
-		if err == nil {
-			err = in.pending.WritePages(ctx, dir)
-		}
-		if err != nil {
-			in.overlapFallback(fmt.Sprintf("round %d: %v", n, err))
-			return
-		}
-		st := in.pending.Stats()
-		in.a.cfg.Log.Debugf("agent: migration %s: round %d written into task %d in %v: %d VMAs, %d pages so far",
-			in.res.ID, n, in.res.PID, time.Since(t0), st.VMAs, st.Pages)
-	}()
-}
-
-// overlapWait waits until every round handed to overlapRound is written
-// (or given up): only then may this goroutine use in.pending again.
-func (in *inbound) overlapWait() {
-	if in.overlapBusy != nil {
-		<-in.overlapBusy
+	var err error
+	if in.pending == nil {
+		in.pending, err = restorer.Prepare(restorer.Options{Detach: true}, *l)
+	} else {
+		err = in.pending.ApplyLayout(*l)
 	}
+	if err == nil {
+		err = in.pending.WritePages(ctx, dir)
+	}
+	if err != nil {
+		in.overlapFallback(fmt.Sprintf("round %d: %v", n, err))
+		return
+	}
+	st := in.pending.Stats()
+	in.a.cfg.Log.Debugf("agent: migration %s: round %d: task %d prepared: %d VMAs, %d pages so far", in.res.ID, n, in.res.PID, st.VMAs, st.Pages)
 }
 
 // overlapFallback ends the overlap: the restore will use the images alone.
