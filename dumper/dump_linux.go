@@ -159,7 +159,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	}
 	rb.add(stage.Abort)
 	dir := stage.Dir()
-	track, err := prepareChain(o, dir)
+	track, err := prepareChain(ctx, o, dir)
 	if err != nil {
 		return nil, err
 	}
@@ -172,7 +172,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	vmaFlags := ""
 	if _, lazy := target.(*lazyTarget); lazy || track != nil && track.pt != nil {
 		if names, err = vmaflags.Calibrate(); err != nil {
-			logging.Default().Infof("dump %d: VMA flags read from smaps while frozen: %v", pid, err)
+			logging.FromContext(ctx).Infof("dump %d: VMA flags read from smaps while frozen: %v", pid, err)
 			names, vmaFlags = nil, "smaps: "+err.Error()
 		}
 	}
@@ -257,7 +257,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		return nil, fmt.Errorf("dump %d: %w", pid, err)
 	}
 	frozenAt := time.Now()
-	logging.Default().Infof("dump %d: froze %d tasks (%d threads in the root) in %v", pid, len(tree), len(tids), frozenAt.Sub(t0))
+	logging.FromContext(ctx).Infof("dump %d: froze %d tasks (%d threads in the root) in %v", pid, len(tree), len(tids), frozenAt.Sub(t0))
 	if o.Admit != nil {
 		if err := o.Admit(pids(tree)); err != nil {
 			rb.run()
@@ -269,14 +269,14 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		rb.run()
 		return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
 	}
-	nl, err := lockNetwork(o.NetworkLock, pid, scripts)
+	nl, err := lockNetwork(ctx, o.NetworkLock, pid, scripts)
 	if err != nil {
 		rb.run()
 		return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
 	}
 	rb.add(func() {
 		if err := unlockNetwork(nl, pid, scripts); err != nil {
-			logging.Default().Errorf("dump %d: %v", pid, err)
+			logging.FromContext(ctx).Errorf("dump %d: %v", pid, err)
 		}
 	})
 	if o.TCPEstablished && !nl.Netns() {
@@ -291,9 +291,9 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			rb.run()
 			return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
 		}
-		logging.Default().Infof("dump %d: %d connections and their listeners locked (%s) in %v", pid, nl.Count(), nl.Method(), time.Since(t))
+		logging.FromContext(ctx).Infof("dump %d: %d connections and their listeners locked (%s) in %v", pid, nl.Count(), nl.Method(), time.Since(t))
 	}
-	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.Default(), drivers: ds, track: track, vmaNames: names, vmaFlags: vmaFlags,
+	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.FromContext(ctx), drivers: ds, track: track, vmaNames: names, vmaFlags: vmaFlags,
 		ghostLimit: o.GhostLimit, fdOpts: o.FD, fileLocks: o.FileLocks, tcpEstablished: o.TCPEstablished, skipInFlight: o.SkipInFlight, netLock: nl,
 		shellJob: o.ShellJob, extUnix: drivers.ExtUnix{All: o.ExtUnixSk, Inos: o.ExtUnix}, extTTY: o.ExtTTY}
 	// Connections read in repair mode: out of it again if the tasks
@@ -368,7 +368,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	stage.Keep()
 	track.finish(true)
 	if o.AutoDedup && track != nil {
-		if err := dedupChain(final, pid); err != nil {
+		if err := dedupChain(ctx, final, pid); err != nil {
 			d.log.Warnf("dump %d: --auto-dedup: %v", pid, err)
 		}
 	}

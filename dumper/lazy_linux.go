@@ -72,7 +72,7 @@ func DumpLazyContext(ctx context.Context, o Options, scripts *actions.Scripts, l
 	}
 	log := ls.Log
 	if log == nil {
-		log = logging.Default()
+		log = logging.FromContext(ctx)
 	}
 	ln, err := pageserver.Listen(ls.Addr, ls.Transport)
 	if err != nil {

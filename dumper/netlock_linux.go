@@ -2,6 +2,7 @@ package dumper
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,7 +46,7 @@ func ownNetns(pid int) (bool, error) {
 }
 
 // lockNetwork makes the lock of the frozen tree rooted at pid.
-func lockNetwork(method netlock.Method, pid int, scripts *actions.Scripts) (*netlock.Lock, error) {
+func lockNetwork(ctx context.Context, method netlock.Method, pid int, scripts *actions.Scripts) (*netlock.Lock, error) {
 	own, err := ownNetns(pid)
 	if err != nil {
 		return nil, err
@@ -68,7 +69,7 @@ func lockNetwork(method netlock.Method, pid int, scripts *actions.Scripts) (*net
 	if err := l.LockNetns(); err != nil {
 		return nil, errors.Join(err, unlockNetwork(l, pid, scripts))
 	}
-	logging.Default().Infof("dump %d: network namespace locked (%s)", pid, l.Method())
+	logging.FromContext(ctx).Infof("dump %d: network namespace locked (%s)", pid, l.Method())
 	return l, nil
 }
 

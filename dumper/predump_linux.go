@@ -77,7 +77,7 @@ const preDumpModeRead = 2 // PRE_DUMP_READ: pages read with process_vm_readv
 // keep running; each is frozen only for the few injected calls that
 // create its tracking userfaultfd (its first round).
 func PreDump(ctx context.Context, o PreDumpOptions) (*PreDumpResult, error) {
-	log := logging.Default()
+	log := logging.FromContext(ctx)
 	pid := o.Pid
 	if pid <= 0 {
 		return nil, fmt.Errorf("bad pid %d", pid)
@@ -613,8 +613,8 @@ func (t *trackedDump) finish(ok bool) {
 
 // prepareChain links the parent images into the staged dump and takes
 // over the memory tracking of the pre-dump rounds (see openTrackedDump).
-func prepareChain(o Options, dir *images.Dir) (*trackedDump, error) {
-	td, err := openTrackedDump(o, logging.Default())
+func prepareChain(ctx context.Context, o Options, dir *images.Dir) (*trackedDump, error) {
+	td, err := openTrackedDump(o, logging.FromContext(ctx))
 	if err != nil || td == nil {
 		return nil, err
 	}
@@ -627,11 +627,11 @@ func prepareChain(o Options, dir *images.Dir) (*trackedDump, error) {
 
 // dedupChain punches the parent images' pages that the dump in d
 // replaces (--auto-dedup).
-func dedupChain(d *images.Dir, pid int) error {
+func dedupChain(ctx context.Context, d *images.Dir, pid int) error {
 	st, err := pagexfer.Dedup(d)
 	if err != nil {
 		return err
 	}
-	logging.Default().Infof("dump %d: auto-dedup freed %d pages of the parent images", pid, st.Pages)
+	logging.FromContext(ctx).Infof("dump %d: auto-dedup freed %d pages of the parent images", pid, st.Pages)
 	return nil
 }

@@ -437,3 +437,76 @@ while True:
 		t.Errorf("the restore left %v", m)
 	}
 }
+
+// --link-remap in a chrooted task: /proc/PID/fd names the file by its
+// path from godwit's root, which is not the task's, so the link goes next
+// to the old name in the jail (not in a copy of the jail's path inside
+// it), and the restored task, in its jail again, gets that inode back.
+func TestLinkRemapChroot(t *testing.T) {
+	needRoot(t)
+	const prog = `import os, sys, time
+log = sys.argv[1]
+jail = os.path.dirname(log) + "/jail"
+os.makedirs(jail + "/sub")
+a, b = jail + "/sub/a", jail + "/sub/b"
+fd = os.open(a, os.O_RDWR | os.O_CREAT, 0o640)
+os.write(fd, b"linked" + bytes(122))
+os.link(a, b)
+os.unlink(a)
+f = open(log, "a", buffering=1)
+os.chroot(jail)
+os.chdir("/")
+i = 0
+while True:
+    i += 1
+    os.pwrite(fd, b"%8d" % i, 100)
+    f.write("tick %d\n" % i)
+    time.sleep(0.01)
+`
+	w := startWorkload(t, "/usr/bin/python3", "-c", prog)
+	jail := filepath.Join(filepath.Dir(w.log), "jail")
+	links := func() []string {
+		m, _ := filepath.Glob(filepath.Join(jail, "sub", "link_remap.*"))
+		return m
+	}
+	var bst unix.Stat_t
+	if err := unix.Stat(filepath.Join(jail, "sub", "b"), &bst); err != nil {
+		t.Fatal(err)
+	}
+	dir := w.dump(t, "--link-remap")
+	w.reapKilled(t)
+	if l := links(); len(l) != 1 {
+		t.Fatalf("links after the dump: %v, want one link_remap.N in %s/sub", l, jail)
+	}
+	r := restore(t, w, dir)
+	w.waitTicks(3)
+	if root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", w.pid)); err != nil || root != jail {
+		t.Errorf("restored root %q (%v), want %s", root, err, jail)
+	}
+	if l := links(); len(l) != 0 {
+		t.Errorf("the restore left the links: %v", l)
+	}
+	fd := fdOn(t, w.pid, "/sub/a (deleted)")
+	if fd < 0 {
+		t.Fatalf("restored task has no fd on %s/sub/a (deleted)", jail)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/fd/%d", w.pid, fd), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Dev != bst.Dev || st.Ino != bst.Ino || st.Nlink != 1 {
+		t.Errorf("restored fd %d is %d:%d (%d links), want sub/b's %d:%d with 1 link", fd, st.Dev, st.Ino, st.Nlink, bst.Dev, bst.Ino)
+	}
+	n := len(w.ticks())
+	w.waitTicks(3)
+	b, err := os.ReadFile(filepath.Join(jail, "sub", "b"))
+	if err != nil || len(b) != 128 {
+		t.Fatalf("sub/b: %v (%d bytes)", err, len(b))
+	}
+	if byFD, _ := strconv.Atoi(strings.TrimSpace(string(b[100:108]))); byFD <= n {
+		t.Errorf("after tick %d, sub/b has tick %d: the restored fd is not that file", n, byFD)
+	}
+	killAndForget(w.pid)
+	<-r.done
+	r.done <- nil
+}

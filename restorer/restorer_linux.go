@@ -127,6 +127,12 @@ type taskRun struct {
 // New reads and checks every image of the process in o.ImagesDir, and
 // checks that its PID and TIDs are free and allowed. Nothing is started.
 func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
+	return newContext(context.Background(), o, scripts)
+}
+
+// newContext is New logging to ctx's logger (logging.FromContext).
+func newContext(ctx context.Context, o Options, scripts *actions.Scripts) (*Restorer, error) {
+	log := logging.FromContext(ctx)
 	if err := checkNetns(o); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
@@ -134,10 +140,10 @@ func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	r, err := newRestorer(o, scripts)
+	r, err := newRestorer(o, scripts, log)
 	if err != nil {
 		if nl != nil {
-			keepNetLock(nl, logging.Default(), 0)
+			keepNetLock(nl, log, 0)
 		}
 		return nil, err
 	}
@@ -145,7 +151,7 @@ func New(o Options, scripts *actions.Scripts) (*Restorer, error) {
 	return r, nil
 }
 
-func newRestorer(o Options, scripts *actions.Scripts) (*Restorer, error) {
+func newRestorer(o Options, scripts *actions.Scripts, log *logging.Logger) (*Restorer, error) {
 	start := time.Now()
 	d, err := images.Open(o.ImagesDir, false)
 	if err != nil {
@@ -160,7 +166,7 @@ func newRestorer(o Options, scripts *actions.Scripts) (*Restorer, error) {
 		d.Close()
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	r := &Restorer{o: o, scripts: scripts, log: logging.Default(), dir: d, img: img,
+	r := &Restorer{o: o, scripts: scripts, log: log, dir: d, img: img,
 		start: start, opened: map[model.ID]drivers.OpenedAt{}, shmAt: map[uint64]shmMapping{}, shmShared: map[uint64]bool{}, ghostAt: map[[2]uint64]shmMapping{}}
 	users := map[uint64]int{}
 	for _, ti := range img.tasks {
@@ -177,7 +183,7 @@ func newRestorer(o Options, scripts *actions.Scripts) (*Restorer, error) {
 		}
 	}
 	for i, ti := range img.tasks {
-		t := &taskRun{Restorer: r, idx: i, img: ti, log: logging.Default().Task(ti.pid)}
+		t := &taskRun{Restorer: r, idx: i, img: ti, log: log.Task(ti.pid)}
 		r.tasks = append(r.tasks, t)
 	}
 	r.root = r.tasks[0]
@@ -203,7 +209,7 @@ func Restore(o Options, scripts *actions.Scripts) (*Restorer, error) {
 // SIGTERM, SIGHUP) until the task resumes: every task made so far is
 // killed and reaped, as after any failed step.
 func RestoreContext(ctx context.Context, o Options, scripts *actions.Scripts) (*Restorer, error) {
-	r, err := New(o, scripts)
+	r, err := newContext(ctx, o, scripts)
 	if err != nil {
 		return nil, err
 	}

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 
 	"github.com/checkpoint-restore/go-criu/v8/rpc"
@@ -39,30 +38,6 @@ type Hooks struct {
 	// Executable is the godwit binary that PAGE_SERVER runs as
 	// `godwit page-server`.
 	Executable string
-}
-
-// engineMu serializes the requests that run the engine: its log is the
-// process-wide logger, which each request points at its own log file while
-// it holds engineMu. Whenever engineMu is free the default logger is the
-// service's own (base): a request lets go of the lock, and of its logger,
-// while a client's notify callback runs, so that one slow client does not
-// stop every other.
-var (
-	engineMu sync.Mutex
-	base     *logging.Logger // the default logger while engineMu is free
-)
-
-// lockEngine takes engineMu and makes l the default logger.
-func lockEngine(l *logging.Logger) {
-	engineMu.Lock()
-	base = logging.Default()
-	logging.SetDefault(l)
-}
-
-// unlockEngine puts the service's logger back and lets engineMu go.
-func unlockEngine() {
-	logging.SetDefault(base)
-	engineMu.Unlock()
 }
 
 // commandOf is the criu(8) command a request type runs.
@@ -217,9 +192,7 @@ func (c *Conn) runEngine(t rpc.CriuReqType, req *rpc.CriuReq) (*rpc.CriuResp, er
 		return nil, err
 	}
 	defer closeLog()
-	lockEngine(l)
-	defer unlockEngine()
-	resp, err := c.runLocked(t, q, l, req.GetOpts().GetNotifyScripts())
+	resp, err := c.run(t, q, l, req.GetOpts().GetNotifyScripts())
 	if err != nil && l.ToFile() {
 		// The log's last line names the failure, as the CLI's does.
 		l.Errorf("%v", err)
@@ -227,21 +200,19 @@ func (c *Conn) runEngine(t rpc.CriuReqType, req *rpc.CriuReq) (*rpc.CriuResp, er
 	return resp, err
 }
 
-// runLocked runs the request's command with engineMu held and l its log.
-func (c *Conn) runLocked(t rpc.CriuReqType, q *request, l *logging.Logger, notify bool) (*rpc.CriuResp, error) {
+// run runs the request's command with l its log. Each request has its own
+// log (in its context) and its own state, so requests of several clients
+// run side by side: none waits for another, neither while a client's
+// notify callback runs nor after it, so no request stretches the time
+// another one keeps its tree frozen.
+func (c *Conn) run(t rpc.CriuReqType, q *request, l *logging.Logger, notify bool) (*rpc.CriuResp, error) {
 	o := q.o
-	ctx := context.Background()
+	ctx := logging.NewContext(context.Background(), l)
 	scripts := &actions.Scripts{ImagesDir: o.ImagesDir}
 	if notify {
-		// The engine waits for the client's answer: other requests
-		// run meanwhile (the engine's own steps stay in order, since
-		// this request's goroutine is blocked here until the answer),
-		// and this one takes the lock and its log back after it.
-		scripts.Notify = func(action string, pid int) error {
-			unlockEngine()
-			defer lockEngine(l)
-			return c.notify(action, pid)
-		}
+		// The engine waits for this client's answer (its steps stay in
+		// order: this request's goroutine is blocked here until then).
+		scripts.Notify = c.notify
 	}
 	resp := &rpc.CriuResp{Type: t.Enum(), Success: ptr(true)}
 	switch t {
@@ -264,7 +235,7 @@ func (c *Conn) runLocked(t rpc.CriuReqType, q *request, l *logging.Logger, notif
 			return nil, err
 		}
 		if o.DisplayStats {
-			logging.Default().Warnf("%s", strings.TrimSuffix(res.FormatStats(), "\n"))
+			l.Warnf("%s", strings.TrimSuffix(res.FormatStats(), "\n"))
 		}
 		resp.Dump = &rpc.CriuDumpResp{Restored: ptr(false)}
 	case rpc.CriuReqType_RESTORE:
@@ -281,7 +252,7 @@ func (c *Conn) runLocked(t rpc.CriuReqType, q *request, l *logging.Logger, notif
 		r.Close()
 		c.children[pid] = true
 		if stats.Len() > 0 {
-			logging.Default().Warnf("%s", strings.TrimSuffix(stats.String(), "\n"))
+			l.Warnf("%s", strings.TrimSuffix(stats.String(), "\n"))
 		}
 		resp.Restore = &rpc.CriuRestoreResp{Pid: ptr(int32(pid))}
 	case rpc.CriuReqType_PRE_DUMP, rpc.CriuReqType_SINGLE_PRE_DUMP:

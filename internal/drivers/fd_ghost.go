@@ -118,7 +118,16 @@ func (fl *Files) linkRemap(pid int, src, path string, st *unix.Stat_t, f *model.
 		return fmt.Errorf("link it back: old path %q is not absolute", path)
 	}
 	link := fmt.Sprintf("%s/link_remap.%d", path[:i], f.ID)
-	at := procfs.Path(pid, "root") + link
+	// path is as /proc/PID/fd names the file: not always from the
+	// task's root (a chrooted task's is a directory of godwit's).
+	n, err := nsRootOf(pid)
+	if err != nil {
+		return fmt.Errorf("--link-remap: %w", err)
+	}
+	at, ok := n.path(link)
+	if !ok {
+		return fmt.Errorf("--link-remap: %s is outside the root of task %d", link, pid)
+	}
 	if err := unix.Linkat(unix.AT_FDCWD, src, unix.AT_FDCWD, at, unix.AT_SYMLINK_FOLLOW); err != nil {
 		return fmt.Errorf("--link-remap: link it to %s: %w", link, err)
 	}
@@ -463,16 +472,24 @@ func linkRemapHolder(t *model.Tree, id model.ID) int {
 	return 0
 }
 
-// openInRoot opens directory dir (absolute, in the root of task pid)
-// O_PATH, resolved inside that root: an absolute symlink on the way
-// stays in it.
+// openInRoot opens directory dir (absolute, a path of task pid's mount
+// namespace, see nsRoot) O_PATH, resolved inside that namespace's root:
+// an absolute symlink on the way stays in it.
 func openInRoot(pid int, dir string) (int, error) {
-	root, err := unix.Open(procfs.Path(pid, "root"), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	n, err := nsRootOf(pid)
+	if err != nil {
+		return -1, err
+	}
+	rel, ok := n.rel(dir)
+	if !ok {
+		return -1, fmt.Errorf("directory %s is outside the task's root", dir)
+	}
+	root, err := unix.Open(n.dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("open its root: %w", err)
 	}
 	defer unix.Close(root)
-	fd, err := unix.Openat2(root, "."+dir, &unix.OpenHow{
+	fd, err := unix.Openat2(root, rel, &unix.OpenHow{
 		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
 		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
 	})

@@ -11,7 +11,6 @@ import (
 
 	"godwit/internal/inject"
 	"godwit/internal/model"
-	"godwit/internal/procfs"
 )
 
 // The fd kinds reopened by path: regular files, directories and
@@ -81,10 +80,16 @@ func (charDevKind) check(int, int, uint64) error { return nil }
 // another device), --evasive-devices takes any node of the device under
 // /dev instead, as CRIU does; without it the dump is refused.
 func (charDevKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
-	root := procfs.Path(pid, "root")
+	// The fd's path is as /proc/PID/fd names it: not always from the
+	// task's root (a chrooted task's is a directory of godwit's).
+	n, err := nsRootOf(pid)
+	if err != nil {
+		return err
+	}
 	isDev := func(p string) bool {
+		hp, ok := n.path(p)
 		var st unix.Stat_t
-		return unix.Lstat(root+p, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == fd.Stat.Rdev
+		return ok && unix.Lstat(hp, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == fd.Stat.Rdev
 	}
 	if byPath(fd.Path) && isDev(fd.Path) {
 		return nil
@@ -98,11 +103,15 @@ func (charDevKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 	}
 	var found string
 	errFound := errors.New("found")
-	err := filepath.WalkDir(root+"/dev", func(p string, d fs.DirEntry, err error) error {
+	top, ok := n.path("/dev")
+	if !ok {
+		return fmt.Errorf("its path no longer leads to device %d:%d, and /dev is outside the task's root", unix.Major(fd.Stat.Rdev), unix.Minor(fd.Stat.Rdev))
+	}
+	err = filepath.WalkDir(top, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.Type()&fs.ModeCharDevice == 0 {
 			return nil // unreadable parts are skipped: only a node is sought
 		}
-		if rel := strings.TrimPrefix(p, root); isDev(rel) {
+		if rel := "/dev" + strings.TrimPrefix(p, top); isDev(rel) {
 			found = rel
 			return errFound
 		}

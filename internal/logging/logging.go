@@ -3,6 +3,7 @@
 package logging
 
 import (
+	"context"
 	"fmt"
 	"golang.org/x/sys/unix"
 	"io"
@@ -52,6 +53,24 @@ func SetDefault(l *Logger) {
 	defMu.Lock()
 	defLog = l
 	defMu.Unlock()
+}
+
+type ctxKey struct{}
+
+// NewContext returns ctx carrying l: the engine logs a run's lines to the
+// logger of the context it runs in, so that runs in one process (the RPC
+// service's requests) each keep their own log without taking turns at
+// the process-wide one.
+func NewContext(ctx context.Context, l *Logger) context.Context {
+	return context.WithValue(ctx, ctxKey{}, l)
+}
+
+// FromContext is the logger NewContext put in ctx, or else Default().
+func FromContext(ctx context.Context) *Logger {
+	if l, ok := ctx.Value(ctxKey{}).(*Logger); ok && l != nil {
+		return l
+	}
+	return Default()
 }
 
 // Level is the logger's verbosity.
