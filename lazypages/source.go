@@ -281,10 +281,14 @@ func (s *remoteSource) close(complete bool) error {
 		return nil
 	}
 	// Close first reads the replies to GETs still in flight: a source
-	// that stopped answering must not hang the end of the daemon.
-	stop := s.watch()
+	// that stopped answering must not hang the end of the daemon. The
+	// status of CLOSE is read by Go's poller, which no socket timeout
+	// bounds: a timer does, blocking socket or not.
+	var stalled atomic.Bool
+	timer := time.AfterFunc(getTimeout, func() { stalled.Store(true); s.c.Abort() })
 	err := s.c.Close()
-	if stop() || errors.Is(err, pageserver.ErrGetTimeout) {
+	timer.Stop()
+	if stalled.Load() || errors.Is(err, pageserver.ErrGetTimeout) {
 		return fmt.Errorf("the page server did not answer within %v at close", getTimeout)
 	}
 	return err
