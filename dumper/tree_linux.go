@@ -136,6 +136,7 @@ func (s *MemStats) add(o MemStats) {
 	s.Zero += o.Zero
 	s.Untouched += o.Untouched
 	s.Written += o.Written
+	s.Unwalked += o.Unwalked
 	s.DumpTime += o.DumpTime
 	s.WriteTime += o.WriteTime
 }

@@ -199,8 +199,12 @@ func migrateOnce(t *testing.T, m *migLab, bin string, mib, rate int, c migrateCa
 		over, mark = " (overrun)", "*"
 	}
 	ratio := res.Total.Seconds() / (float64(uint64(mib)<<20) / floor)
-	t.Logf("%5d MiB %3d MiB/s %-13s program saw %8.1f ms frozen across the move (longest gap of the run %.1f ms); godwit downtime %8.1f ms%s; total %8.1f ms; %d rounds, %d MiB sent; total/(size/floor) %.2f; peak RSS send %d MiB, agent %d MiB",
-		mib, rate, c.name, float64(moveUS)/1e3, float64(us)/1e3, float64(res.Downtime)/1e6, over, float64(res.Total)/1e6, len(res.Rounds), sent>>20, ratio, sendRSS>>20, agentRSS>>20)
+	t.Logf("%5d MiB %3d MiB/s %-13s program saw %8.1f ms frozen across the move (longest gap of the run %.1f ms); godwit downtime %8.1f ms%s; total %8.1f ms; %d rounds (pre-copy stop: %s), %d MiB sent; total/(size/floor) %.2f; peak RSS send %d MiB, agent %d MiB",
+		mib, rate, c.name, float64(moveUS)/1e3, float64(us)/1e3, float64(res.Downtime)/1e6, over, float64(res.Total)/1e6, len(res.Rounds), res.PrecopyStop, sent>>20, ratio, sendRSS>>20, agentRSS>>20)
+	for _, r := range res.Rounds {
+		t.Logf("      round %d: %d MiB in %v (%.0f MB/s), dirty rate %.1f MB/s, frozen %v", r.N, r.Bytes>>20,
+			r.Duration.Round(time.Millisecond), r.Bandwidth/1e6, r.DirtyRate/1e6, r.Frozen.Round(time.Microsecond))
+	}
 	lazy := c.name != "precopy-full"
 	if pc := res.Postcopy; lazy != (pc != nil) || (pc != nil && pc.Pages < uint64(mib)<<8) {
 		t.Errorf("%d MiB %s: postcopy %+v: want every page filled after the resume exactly when restoring lazily", mib, c.name, pc)

@@ -234,6 +234,7 @@ dump still fits.`,
 				return a.writePidfile(pid)
 			}
 			cfg.Log = a.log
+			cfg.NetworkLock = netlock.Method(a.o.NetworkLock)
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 			m, err := migrate.NewMetrics(reg)
@@ -294,6 +295,7 @@ dump still fits.`,
 	f.IntVar(&cfg.History, "history", 100, "keep the last `n` migrations (godwit migrate history)")
 	f.Int64Var(&cfg.MaxMigrationBytes, "max-migration-bytes", 0, "refuse a migration whose rounds send more than `n` bytes of pages (0: twice the memory the source announces, plus 256 MiB)")
 	f.IntVar(&cfg.MaxConcurrent, "max-concurrent", 4, "at most `n` migrations at once")
+	networkLockFlag(f, a.o)
 	f.StringSliceVar(&cfg.AdminCNs, "admin-cn", nil, "certificate common or DNS `name` (CA-signed) that may resolve any held migration and read the whole history; others only the migrations their own certificate started (repeatable)")
 	return c
 }
