@@ -46,6 +46,11 @@ func Check(pid int) error {
 		return fmt.Errorf("refusing to dump pid %d: it is an ancestor of godwit", pid)
 	}
 	if st.State == 'Z' || st.State == 'X' {
+		if st.Threads > 1 {
+			// Alive: the leader thread exited (pthread_exit in main) and
+			// the kernel keeps it as a zombie until the last one goes.
+			return fmt.Errorf("pid %d: its main thread exited while %d other threads run: a process with an exited leader thread is not supported", pid, st.Threads-1)
+		}
 		return fmt.Errorf("pid %d is a zombie", pid)
 	}
 	if st.Kthread {

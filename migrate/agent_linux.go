@@ -239,6 +239,13 @@ type inbound struct {
 	// its start is not part of the downtime; handed to the fill (nil
 	// then) or ended by cleanup.
 	guard *lazypages.Guard
+	// layout is the root's layout the running round sent; pending the
+	// task prepared from the rounds (overlap_linux.go), overlapOff once
+	// it fell back; overlap what it did.
+	layout     *restorer.Layout
+	pending    *restorer.Pending
+	overlapOff bool
+	overlap    Overlap
 }
 
 // addRound records round ps as the agent saw it: the pages its page server
@@ -473,6 +480,13 @@ func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
 			}
 			if err := in.send(&pb.Envelope{Msg: &pb.Envelope_RoundAck{RoundAck: &pb.RoundAck{N: m.GetRoundDone().N,
 				PageBytes: uint64(in.pageBytes())}}}); err != nil {
+				return phaseErr(phase, err)
+			}
+		case m.GetLayout() != nil:
+			if in.ps == nil || in.ps.final {
+				return phaseErr(phase, errors.New("layout outside a pre-copy round"))
+			}
+			if in.layout, err = layoutOf(m.GetLayout(), in.res.PID); err != nil {
 				return phaseErr(phase, err)
 			}
 		case m.GetFile() != nil:
@@ -808,6 +822,9 @@ func (in *inbound) finishRound(n uint32) error {
 		}
 		in.a.cfg.Log.Debugf("agent: migration %s: round %d: pages on disk %v after the source's done", in.res.ID, n, time.Since(t))
 		in.addRound(ps)
+		if !ps.final {
+			in.overlapRound(in.agentCtx, n, ps.dir)
+		}
 		return nil
 	case <-time.After(sourceWait):
 		ps.ln.Close()
@@ -924,8 +941,24 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 		return phaseErr(PhaseFreeze, errors.New("restore of TCP connections without their lock on this host (Lock), or the reverse"))
 	}
 	ro := restorer.Options{ImagesDir: filepath.Join(in.dir, "final"), Detach: true, TCPEstablished: rs.TcpEstablished, ShellJob: rs.ShellJob}
+	var r *restorer.Restorer
+	var err error
+	if in.pending != nil && pageSource != "" {
+		in.overlapFallback("the last pages come lazily from the source")
+	}
+	if in.pending != nil {
+		p := in.pending
+		r, err = p.Finish(ctx, ro, scripts)
+		in.pending = nil
+		if errors.Is(err, restorer.ErrNotPrepared) && !in.resumeDecided {
+			in.overlapOff = true
+			in.overlap.State = err.Error()
+			in.a.cfg.Log.Infof("agent: migration %s: restore from the images alone: %v", in.res.ID, err)
+			err = nil
+		}
+	}
 	var lazy *localFill
-	if !fullFill {
+	if r == nil && err == nil && !fullFill {
 		var err error
 		if lazy, err = in.startFill(ro.ImagesDir, pageSource, rs.Compress); err != nil {
 			return phaseErr(PhaseRestore, err)
@@ -936,7 +969,9 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	}
 	// Past Ready the copy is held whatever becomes of the source's link:
 	// only a decision ends the hold (see awaitGo).
-	r, err := restorer.RestoreContext(ctx, ro, scripts)
+	if r == nil && err == nil {
+		r, err = restorer.RestoreContext(ctx, ro, scripts)
+	}
 	if err != nil {
 		if lazy != nil {
 			lazy.stop()
@@ -979,6 +1014,14 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 		in.a.cfg.Log.Warnf("agent: migration %s: tell the source: %v", in.res.ID, err)
 	}
 	if lazy == nil {
+		if !fullFill {
+			// Restored onto the prepared task: every page was in at
+			// the resume, none left to fill (no post-copy phase here;
+			// the source, which asked for a lazy restore, is told).
+			if err := in.send(&pb.Envelope{Msg: &pb.Envelope_PagesIn{PagesIn: &pb.PagesIn{}}}); err != nil {
+				in.a.cfg.Log.Warnf("agent: migration %s: tell the source every page is in: %v", in.res.ID, err)
+			}
+		}
 		return nil
 	}
 	st, err := lazy.wait()
@@ -1199,6 +1242,7 @@ func postcopyOf(st lazypages.Stats, resumed time.Time) *Postcopy {
 }
 
 func (in *inbound) cleanup() {
+	in.pending.Abort()
 	if in.guard != nil {
 		in.guard.Close()
 	}

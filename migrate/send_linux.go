@@ -101,6 +101,9 @@ type SendOptions struct {
 	// downtime grows with the memory) instead of restoring lazily from
 	// its own images and filling after the resume.
 	FullFill bool
+	// NoOverlap keeps the agent from making the task during the rounds
+	// (no Layout sent): it restores from the images after the freeze.
+	NoOverlap bool
 	// ServerTLS is this host's server certificate (the CA is TLS's):
 	// post-copy serves the lazy pages with it to the agent.
 	ServerTLS TLSFiles
@@ -315,6 +318,20 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		defer g.done()
 	}
 
+	// The agent makes the task and fills it during the rounds
+	// (restorer.Pending): single-process trees restored from pre-copy
+	// rounds alone (not the lazy final pages of hybrid).
+	overlap := false
+	switch {
+	case o.NoOverlap:
+		res.Overlap = &Overlap{State: "off: --no-overlap"}
+	case tasks > 1:
+		res.Overlap = &Overlap{State: fmt.Sprintf("off: a tree of %d processes", tasks)}
+	case res.Mode != ModePrecopy:
+		res.Overlap = &Overlap{State: "off: --mode " + string(res.Mode)}
+	default:
+		overlap = true
+	}
 	n := uint32(0)
 	var prevDur time.Duration
 	memory := treeMemory(o.Pid)
@@ -362,6 +379,17 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		}
 		if err != nil {
 			return res, abort(PhasePrecopy, fmt.Errorf("round %d: %w", n, err))
+		}
+		if overlap {
+			// The layout now, while the tree runs: approximate, the
+			// final dump's is the one restored.
+			l, err := layoutMsg(o.Pid)
+			if err == nil {
+				err = s.send(&pb.Envelope{Msg: &pb.Envelope_Layout{Layout: l}})
+			}
+			if err != nil {
+				return res, abort(PhasePrecopy, fmt.Errorf("round %d: %w", n, err))
+			}
 		}
 		if err := s.endRound(n); err != nil {
 			return res, abort(PhasePrecopy, err)
@@ -468,6 +496,9 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 				return fmt.Errorf("expected ready, got %T", m.Msg)
 			}
 			readyAt = time.Now()
+			if rd := m.GetReady(); overlap && rd.Overlap != "" {
+				res.Overlap = &Overlap{State: rd.Overlap, PreparedPages: rd.PreparedPages, FinalPages: rd.FinalPages}
+			}
 			gate.readyArrived()
 			hookPhase = PhaseSwitchover
 			// Before the commit, the agent holds its copy: the source

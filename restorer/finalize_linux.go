@@ -92,8 +92,9 @@ func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool, ts *tu
 	defer ts.leave(t.idx)
 	rc := &drivers.Restore{Tree: r.img.tree, Task: k, Log: r.log,
 		// Only the root's parent is godwit (its parent-death signal
-		// would fire as godwit exits); the others' are in the tree.
-		Detach: r.o.Detach && t == r.root, ShellJob: r.o.ShellJob, Validated: r.validated, Opened: r.opened,
+		// would fire as godwit exits); the others' are in the tree, and
+		// a sibling root's is godwit's parent, which lives on.
+		Detach: r.o.Detach && !r.o.RestoreSibling && t == r.root, ShellJob: r.o.ShellJob, Validated: r.validated, Opened: r.opened,
 		Inherit: r.o.InheritFD, Held: r.held, TCPEstablished: r.o.TCPEstablished, TCPClose: r.o.TCPClose}
 	// One injection session in the leader serves every driver up to the
 	// next engine phase: opening and ending one costs a stop of its own.

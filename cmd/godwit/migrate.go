@@ -110,6 +110,7 @@ failure leaves the source running as it was.`,
 	f.Var(sizeValue{&a.o.GhostLimit}, "ghost-limit", "largest deleted file carried to the destination (K, M, G suffixes)")
 	networkLockFlag(f, a.o)
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
+	f.BoolVar(&o.NoOverlap, "no-overlap", false, "have the agent restore from the images after the freeze instead of making the task and writing each round's pages into it during the rounds")
 	f.BoolVar(&o.FullFill, "no-lazy-restore", false, "have the agent fill every page before the resume (by default it resumes at once and fills from its own images)")
 	c.AddCommand(send, resolveCmd(a), historyCmd(a))
 	return c

@@ -133,6 +133,7 @@ var registry = []Driver{
 	loginuidDriver{},
 	membarrierDriver{},
 	amxDriver{},
+	taskAttrsDriver{},
 	phase{name: PhaseMM, after: []string{"session", "files", "ctty", "fs", "sigactions", "timers", "misc", "thread", "loginuid", "membarrier", "amx"}},
 	memoryDriver{},
 	guardDriver{},
@@ -141,7 +142,8 @@ var registry = []Driver{
 	credsDriver{},
 	signalsDriver{},
 	dumpableDriver{},
-	phase{name: PhaseRegisters, after: []string{"signals", "dumpable"}},
+	mdweDriver{},
+	phase{name: PhaseRegisters, after: []string{"signals", "dumpable", "mdwe"}},
 }
 
 // Ordered returns every driver and engine phase in an order that

@@ -15,7 +15,8 @@ const (
 	scratchTimer   = 2256 // struct itimerspec
 	scratchRlimit  = 2304 // struct rlimit64
 	scratchXcomp   = 2320 // u64 (ARCH_GET_XCOMP_PERM)
-	scratchEnd     = 2328
+	scratchTSC     = 2328 // int (PR_GET_TSC)
+	scratchEnd     = 2336
 )
 
 var le = binary.LittleEndian

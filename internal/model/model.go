@@ -98,6 +98,9 @@ type Task struct {
 	// dynamic feature (AMX tile data) the task asked for; 0 otherwise
 	// (godwit image).
 	XcompPerm uint64
+	// Attrs are the task's odds (MDWE, coredump_filter) CRIU's images
+	// have no field for (godwit image).
+	Attrs TaskAttrs
 
 	MM  *MM
 	FS  *FS
@@ -151,6 +154,32 @@ type Thread struct {
 	// Tiles is the AMX tile state in use, nil when none (godwit image:
 	// CRIU's fpregs have no field for it).
 	Tiles *Tiles
+	// Attrs are the thread's odds (affinity, timer slack, TSC, MCE
+	// policy, I/O priority) CRIU's images have no field for (godwit
+	// image).
+	Attrs ThreadAttrs
+}
+
+// TaskAttrs is process-wide state of the godwit image; each zero value
+// is the kernel's default, or unknown (a CRIU image): left as the
+// restore's new task has it.
+type TaskAttrs struct {
+	MDWE           uint32  // PR_GET_MDWE: PR_MDWE_* flags
+	CoredumpFilter *uint32 // /proc/PID/coredump_filter; nil: the default
+}
+
+// ThreadAttrs is per-thread state of the godwit image; each zero value is
+// the kernel's default, or unknown.
+type ThreadAttrs struct {
+	// Affinity is the sched_getaffinity mask (64 CPUs a word); nil: every
+	// CPU online.
+	Affinity   []uint64
+	TimerSlack uint64 // ns (PR_GET_TIMERSLACK); 0: the default
+	TSCSigsegv bool   // PR_GET_TSC is PR_TSC_SIGSEGV
+	// MCEKill is PR_MCE_KILL_GET+1 when the thread chose a policy
+	// (PR_MCE_KILL_EARLY or _LATE); 0: the system's default.
+	MCEKill uint32
+	Ioprio  uint32 // ioprio_get; 0: none (follows the nice value)
 }
 
 // Tiles is a thread's AMX state: XTILECFG (64 bytes) and XTILEDATA

@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 
+	"golang.org/x/sys/unix"
+
 	"godwit/internal/images"
 	"godwit/internal/model"
 )
@@ -34,7 +36,29 @@ type godwitTask struct {
 	// XcompPerm and Threads: AMX permission and tile state.
 	XcompPerm uint64         `json:"xcomp_perm,omitempty"`
 	Threads   []godwitThread `json:"threads,omitempty"`
+	// MDWE, CoredumpFilter and ThreadAttrs: model.TaskAttrs and
+	// model.ThreadAttrs, where not the defaults.
+	MDWE           uint32              `json:"mdwe,omitempty"`
+	CoredumpFilter *uint32             `json:"coredump_filter,omitempty"`
+	ThreadAttrs    []godwitThreadAttrs `json:"thread_attrs,omitempty"`
 }
+
+type godwitThreadAttrs struct {
+	Tid        int      `json:"tid"`
+	Affinity   []uint64 `json:"affinity,omitempty"`
+	TimerSlack uint64   `json:"timer_slack_ns,omitempty"`
+	TSCSigsegv bool     `json:"tsc_sigsegv,omitempty"`
+	MCEKill    uint32   `json:"mce_kill,omitempty"`
+	Ioprio     uint32   `json:"ioprio,omitempty"`
+}
+
+// Bounds of model.ThreadAttrs: the affinity words a CPU set holds
+// (CPU_SETSIZE 1024), PR_MCE_KILL_EARLY+1, the PR_MDWE_* flags.
+const (
+	maxAffinityWords = 16
+	maxMCEKill       = 2
+	mdweMask         = 1 | 2
+)
 
 type godwitThread struct {
 	Tid      int    `json:"tid"`
@@ -86,8 +110,14 @@ func godwitOf(k *model.Task) *godwitTask {
 		if th.Tiles != nil {
 			g.Threads = append(g.Threads, godwitThread{Tid: th.Tid, TileCfg: th.Tiles.Cfg, TileData: th.Tiles.Data})
 		}
+		if a := th.Attrs; a.Affinity != nil || a.TimerSlack != 0 || a.TSCSigsegv || a.MCEKill != 0 || a.Ioprio != 0 {
+			g.ThreadAttrs = append(g.ThreadAttrs, godwitThreadAttrs{Tid: th.Tid, Affinity: a.Affinity, TimerSlack: a.TimerSlack,
+				TSCSigsegv: a.TSCSigsegv, MCEKill: a.MCEKill, Ioprio: a.Ioprio})
+		}
 	}
-	if g.Membarrier == 0 && !g.CwdDeleted && len(g.VMAs) == 0 && g.XcompPerm == 0 && len(g.Threads) == 0 {
+	g.MDWE, g.CoredumpFilter = k.Attrs.MDWE, k.Attrs.CoredumpFilter
+	if g.Membarrier == 0 && !g.CwdDeleted && len(g.VMAs) == 0 && g.XcompPerm == 0 && len(g.Threads) == 0 &&
+		g.MDWE == 0 && g.CoredumpFilter == nil && len(g.ThreadAttrs) == 0 {
 		return nil
 	}
 	return g
@@ -174,6 +204,35 @@ func mergeGodwit(b []byte, k *model.Task) error {
 	}
 	if g.XcompPerm != 0 && g.XcompPerm&(1<<xfeatTileData) == 0 {
 		return fmt.Errorf("xcomp permission %#x without tile data", g.XcompPerm)
+	}
+	if g.MDWE&^mdweMask != 0 || g.MDWE == unix.PR_MDWE_NO_INHERIT {
+		return fmt.Errorf("bad memory-deny-write-execute flags %#x", g.MDWE)
+	}
+	if g.MDWE != 0 && k.MM == nil {
+		return errors.New("memory-deny-write-execute for a task without an mm image")
+	}
+	k.Attrs = model.TaskAttrs{MDWE: g.MDWE, CoredumpFilter: g.CoredumpFilter}
+	attrsOf := map[int]bool{}
+	for _, ga := range g.ThreadAttrs {
+		var th *model.Thread
+		for _, t := range k.Threads {
+			if t.Tid == ga.Tid {
+				th = t
+			}
+		}
+		switch {
+		case th == nil:
+			return fmt.Errorf("attributes of thread %d, not a thread of the task", ga.Tid)
+		case attrsOf[ga.Tid]:
+			return fmt.Errorf("thread %d: attributes twice", ga.Tid)
+		case len(ga.Affinity) > maxAffinityWords:
+			return fmt.Errorf("thread %d: CPU affinity of %d words", ga.Tid, len(ga.Affinity))
+		case ga.MCEKill > maxMCEKill:
+			return fmt.Errorf("thread %d: bad machine-check kill policy %d", ga.Tid, ga.MCEKill)
+		}
+		attrsOf[ga.Tid] = true
+		th.Attrs = model.ThreadAttrs{Affinity: ga.Affinity, TimerSlack: ga.TimerSlack, TSCSigsegv: ga.TSCSigsegv,
+			MCEKill: ga.MCEKill, Ioprio: ga.Ioprio}
 	}
 	k.XcompPerm = g.XcompPerm
 	for _, gt := range g.Threads {

@@ -41,6 +41,9 @@ func TestGodwitImage(t *testing.T) {
 	k.XcompPerm = 1<<18 | 1<<17 | 3
 	k.Threads[1].Tiles = &model.Tiles{Cfg: make([]byte, 64), Data: make([]byte, 8192)}
 	k.Threads[1].Tiles.Data[100] = 9
+	cf := uint32(0x7d)
+	k.Attrs = model.TaskAttrs{MDWE: 1, CoredumpFilter: &cf}
+	k.Threads[1].Attrs = model.ThreadAttrs{Affinity: []uint64{2}, TimerSlack: 7, TSCSigsegv: true, MCEKill: 2, Ioprio: 0x4005}
 	if err := writeGodwit(dir, k, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -53,6 +56,11 @@ func TestGodwitImage(t *testing.T) {
 		v.Guards[1] != (model.Range{Start: 0x1f000, End: 0x20000}) || got.MM.VMAs[1].Droppable ||
 		got.XcompPerm != k.XcompPerm || got.Threads[0].Tiles != nil || got.Threads[1].Tiles == nil || got.Threads[1].Tiles.Data[100] != 9 {
 		t.Fatalf("read back %+v %+v %+v", got.MM, got.FS, got.MM.VMAs)
+	}
+	if a := got.Threads[1].Attrs; got.Attrs.MDWE != 1 || got.Attrs.CoredumpFilter == nil || *got.Attrs.CoredumpFilter != cf ||
+		len(a.Affinity) != 1 || a.Affinity[0] != 2 || a.TimerSlack != 7 || !a.TSCSigsegv || a.MCEKill != 2 || a.Ioprio != 0x4005 ||
+		got.Threads[0].Attrs.Affinity != nil || got.Threads[0].Attrs.TimerSlack != 0 {
+		t.Fatalf("attributes read back %+v %+v %+v", got.Attrs, got.Threads[0].Attrs, a)
 	}
 	for _, c := range []struct{ in, want string }{
 		{`{"version":2}`, "newer godwit"},
@@ -67,6 +75,12 @@ func TestGodwitImage(t *testing.T) {
 		{`{"version":1,"xcomp_perm":3}`, "without tile data"},
 		{`{"version":1,"threads":[{"tid":7,"tilecfg":"","tiledata":""}]}`, "without the permission"},
 		{`{"version":1,"xcomp_perm":262144,"threads":[{"tid":7,"tilecfg":"AA==","tiledata":""}]}`, "bytes"},
+		{`{"version":1,"mdwe":2}`, "memory-deny-write-execute"},
+		{`{"version":1,"mdwe":4}`, "memory-deny-write-execute"},
+		{`{"version":1,"thread_attrs":[{"tid":9,"ioprio":1}]}`, "not a thread"},
+		{`{"version":1,"thread_attrs":[{"tid":7,"ioprio":1},{"tid":7}]}`, "twice"},
+		{`{"version":1,"thread_attrs":[{"tid":7,"mce_kill":3}]}`, "machine-check"},
+		{`{"version":1,"thread_attrs":[{"tid":7,"affinity":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}]}`, "affinity"},
 	} {
 		err := mergeGodwit([]byte(c.in), godwitTestTask())
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -80,10 +94,16 @@ func TestGodwitImage(t *testing.T) {
 func FuzzGodwitImage(f *testing.F) {
 	f.Add([]byte(`{"version":1,"membarrier":16,"cwd_deleted":true,"vmas":[{"start":65536,"end":131072,"droppable":true,"guards":[[69632,73728]]}]}`))
 	f.Add([]byte(`{"version":1}`))
+	f.Add([]byte(`{"version":1,"mdwe":3,"coredump_filter":125,"thread_attrs":[{"tid":8,"affinity":[2],"timer_slack_ns":9,"tsc_sigsegv":true,"mce_kill":1,"ioprio":16389}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		k := godwitTestTask()
 		if err := mergeGodwit(b, k); err != nil {
 			return
+		}
+		for _, th := range k.Threads {
+			if a := th.Attrs; len(a.Affinity) > 16 || a.MCEKill > 2 {
+				t.Fatalf("thread %d: attributes %+v merged", th.Tid, a)
+			}
 		}
 		for _, v := range k.MM.VMAs {
 			for _, g := range v.Guards {

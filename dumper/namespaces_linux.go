@@ -1,0 +1,100 @@
+package dumper
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/procfs"
+)
+
+// foreignNamespaces are the namespaces (besides the network, which
+// treeNetns records) that the restore cannot give a task back: it makes
+// every task in godwit's own. A task in another one would be restored
+// with godwit's hostname, SysV IPC objects, mounts, user ids, cgroup
+// root, clock offsets or pids, and the restore would exit 0: so the dump
+// refuses it. The *_for_children links count too: they are what the
+// task's next child would be made in.
+var foreignNamespaces = []string{"uts", "ipc", "mnt", "user", "cgroup", "time", "time_for_children", "pid", "pid_for_children"}
+
+// nsKey identifies a namespace: its nsfs inode and device.
+type nsKey struct{ dev, ino uint64 }
+
+func nsOf(path string) (nsKey, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return nsKey{}, err
+	}
+	return nsKey{st.Dev, st.Ino}, nil
+}
+
+// treeNamespaces refuses a tree with a live task in other namespaces than
+// godwit's own, naming the task and the namespace. It runs right after
+// the freeze, before any state is read: the tree resumes as it was.
+func treeNamespaces(tree []*frozenTask) error {
+	self := map[string]nsKey{}
+	for _, ns := range foreignNamespaces {
+		k, err := nsOf("/proc/self/ns/" + ns)
+		if err != nil {
+			if os.IsNotExist(err) {
+				continue // a kernel without that kind of namespace
+			}
+			return fmt.Errorf("godwit's %s namespace: %w", ns, err)
+		}
+		self[ns] = k
+	}
+	for _, t := range tree {
+		if t.zombie {
+			continue // no namespaces left; restored as a zombie
+		}
+		for _, ns := range foreignNamespaces {
+			want, ok := self[ns]
+			if !ok {
+				continue
+			}
+			got, err := nsOf(procfs.Path(t.pid, "ns/"+ns))
+			if err != nil {
+				return fmt.Errorf("task %d: %s namespace: %w", t.pid, ns, err)
+			}
+			if got != want {
+				return foreignNSError(t.pid, ns)
+			}
+		}
+	}
+	return nil
+}
+
+// foreignNSError says what the task's namespace is, and why it is refused.
+func foreignNSError(pid int, ns string) error {
+	switch ns {
+	case "pid":
+		if inner := innerPid(pid); inner == "1" {
+			return fmt.Errorf("task %d is the init (pid 1) of a pid namespace of its own: restoring pid namespaces is not supported", pid)
+		} else if inner != "" {
+			return fmt.Errorf("task %d is pid %s in a pid namespace of its own: restoring pid namespaces is not supported", pid, inner)
+		}
+	case "pid_for_children", "time_for_children":
+		return fmt.Errorf("task %d unshared a %s namespace for its children (%s): restoring it is not supported", pid, strings.TrimSuffix(ns, "_for_children"), ns)
+	}
+	return fmt.Errorf("task %d is in a %s namespace of its own (not godwit's): the restore would put it in godwit's; not supported", pid, ns)
+}
+
+// innerPid is the task's pid in its innermost pid namespace (the last
+// NSpid field of /proc/PID/status), "" if unknown.
+func innerPid(pid int) string {
+	b, err := os.ReadFile(procfs.Path(pid, "status"))
+	if err != nil {
+		return ""
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f, ok := strings.CutPrefix(l, "NSpid:"); ok {
+			fs := strings.Fields(f)
+			if len(fs) > 1 {
+				return fs[len(fs)-1]
+			}
+		}
+	}
+	return ""
+}
