@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/stats"
@@ -25,6 +26,7 @@ import (
 	"godwit/internal/pidfd"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
+	"godwit/internal/turns"
 	"godwit/internal/vmaflags"
 )
 
@@ -216,6 +218,16 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	} else if tids, err = tr.FreezeProcess(pid, seizeOptions(pid)); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
 	}
+	// A tree is spread over several tracer threads, but only when its
+	// pages go to the images directory and nothing else needs one
+	// tracer (a pre-dump chain, a held lazy dump).
+	pool := newTracerPool(tr, 1)
+	if _, local := target.(localPages); local && track == nil && o.Hold == nil {
+		pool = newTracerPool(tr, dumpTracers)
+	}
+	// Deferred after tr.Close: ends the workers first (a tracee still
+	// attached is detached by its tracer's exit).
+	defer pool.close()
 	thawErr := error(nil)
 	var tree []*frozenTask
 	rb.add(func() {
@@ -223,32 +235,17 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		// not to be the one checked. Children first, so that no
 		// parent runs while a child is still held.
 		if tree == nil {
-			thawErr = tr.ThawProcess(pid, false)
+			thawErr = tr.Do(func() error { return tr.ThawProcess(pid, false) })
 			return
 		}
-		var errs []error
-		for i := len(tree) - 1; i >= 0; i-- {
-			if t := tree[i]; !t.zombie {
-				if err := tr.ThawProcess(t.pid, false); err != nil {
-					errs = append(errs, fmt.Errorf("task %d: %w", t.pid, err))
-				}
-			}
-		}
-		thawErr = errors.Join(errs...)
+		thawErr = finishTree(tree, func(t *frozenTask) error { return t.tr.ThawProcess(t.pid, false) })
 	})
 	// Seized by number: the pidfd tells whether that was our process.
 	if err := proc.Verify(); err != nil {
 		rb.run()
 		return nil, fmt.Errorf("dump: after seizing: %w", err)
 	}
-	// The per-task work runs on the tracer thread: each ptrace call
-	// inline, rather than a cross-thread wake-up apiece (dearer than the
-	// call itself on a loaded machine).
-	err = tr.Do(func() error {
-		var err error
-		tree, err = freezeTree(tr, pid, tids)
-		return err
-	})
+	tree, err = freezeTree(pool, pid, tids)
 	if err != nil {
 		rb.run()
 		if thawErr != nil {
@@ -299,7 +296,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		}
 		logging.FromContext(ctx).Infof("dump %d: %d connections and their listeners locked (%s) in %v", pid, nl.Count(), nl.Method(), time.Since(t))
 	}
-	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, dir: dir, method: o.Method, sinks: target.Open, log: logging.FromContext(ctx), drivers: ds, track: track, vmaNames: names, vmaFlags: vmaFlags,
+	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, pool: pool, dir: dir, method: o.Method, sinks: target.Open, log: logging.FromContext(ctx), drivers: ds, track: track, vmaNames: names, vmaFlags: vmaFlags,
 		ghostLimit: o.GhostLimit, fdOpts: o.FD, fileLocks: o.FileLocks, tcpEstablished: o.TCPEstablished, skipInFlight: o.SkipInFlight, netLock: nl,
 		shellJob: o.ShellJob, extUnix: drivers.ExtUnix{All: o.ExtUnixSk, Inos: o.ExtUnix}, extTTY: o.ExtTTY}
 	// Connections read in repair mode: out of it again if the tasks
@@ -318,8 +315,9 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			d.log.Warnf("dump %d: %v", pid, err)
 		}
 	})
+	d.sh, d.mu = d, &sync.Mutex{}
 	tc := time.Now()
-	err = tr.Do(d.safeCollect)
+	err = d.collect()
 	d.step(tc, "collect")
 	if err == nil {
 		tc = time.Now()
@@ -343,7 +341,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		err = stage.Commit()
 		d.step(tc, "images in place")
 	}
-	injecting := tr.InjectionTime()
+	injecting, injCalls, injStops := pool.injection()
 	if err != nil {
 		rb.run()
 		if thawErr != nil {
@@ -383,7 +381,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		// The tree stays frozen while the target needs its memory
 		// (dump --lazy-pages), then is finished as any dump.
 		if h.dieWithDumper() {
-			holdErr = exitKillTree(tr, tree)
+			holdErr = exitKillTree(tree)
 		}
 		if holdErr == nil {
 			holdErr = h.hold(ctx)
@@ -398,27 +396,18 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			ferrs = append(ferrs, err)
 		}
 	}
-	_ = tr.Do(func() error {
-		for i := len(tree) - 1; i >= 0; i-- {
-			t := tree[i]
-			if t.zombie {
-				continue
-			}
-			var err error
-			switch {
-			case o.LeaveRunning:
-				err = tr.ThawProcess(t.pid, false)
-			case o.LeaveStopped:
-				err = tr.ThawProcess(t.pid, true)
-			default:
-				err = tr.KillProcess(t.pid)
-			}
-			if err != nil {
-				ferrs = append(ferrs, fmt.Errorf("task %d: %w", t.pid, err))
-			}
+	if err := finishTree(tree, func(t *frozenTask) error {
+		switch {
+		case o.LeaveRunning:
+			return t.tr.ThawProcess(t.pid, false)
+		case o.LeaveStopped:
+			return t.tr.ThawProcess(t.pid, true)
+		default:
+			return t.tr.KillProcess(t.pid)
 		}
-		return nil
-	})
+	}); err != nil {
+		ferrs = append(ferrs, err)
+	}
 	// Killed, the tasks' connections close with these copies, in repair
 	// mode: silently.
 	if !resume {
@@ -443,9 +432,8 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	frozen := time.Since(frozenAt)
 	d.log.Infof("dump %d: %d pages written (%d scanned, %d zero, %d untouched) by %v; frozen %v, %v of it in injection sessions",
 		pid, d.mem.Written, d.mem.Scanned, d.mem.Zero, d.mem.Untouched, d.method, frozen, injecting)
-	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting, InjectedCalls: tr.InjectedCalls(), NetLock: kept,
-		VMAFlags: d.vmaFlags}
-	_, res.InjectionStops, _ = tr.InjectionStats()
+	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting, InjectedCalls: injCalls, NetLock: kept,
+		VMAFlags: d.vmaFlags, InjectionStops: injStops}
 	res.Stats = &stats.DumpStatsEntry{
 		FreezingTime:       proto.Uint32(uint32(frozenAt.Sub(t0).Microseconds())),
 		FrozenTime:         proto.Uint32(uint32(frozen.Microseconds())),
@@ -488,14 +476,25 @@ func writeCPUInfo(dir *images.Dir, capArg string) error {
 	return cpuinfo.Dump(dir)
 }
 
-// dumpRun is one dump in progress.
+// dumpRun is one dump in progress, and a copy of it per task being
+// collected (forTask): pid, tids, tr, runner, early and method are the
+// task's; sh is the dump's own, whose mem, written, pagesID,
+// parentPages, vmaFlags and method the copies change only under mu.
 type dumpRun struct {
-	ctx     context.Context
-	pid     int   // the task being collected
-	runner  bool  // its scratch holds the batch runner
-	tids    []int // its threads
-	tree    []*frozenTask
-	tr      *ptrace.Tracer
+	ctx    context.Context
+	sh     *dumpRun
+	mu     *sync.Mutex
+	pid    int   // the task being collected
+	runner bool  // its scratch holds the batch runner
+	tids   []int // its threads
+	tree   []*frozenTask
+	tr     *ptrace.Tracer // the task's tracer
+	pool   *tracerPool
+	// privID is the pages id of the task's private pagemap, and shmIDs
+	// those of the shared anonymous objects it dumps (by shmid), given
+	// out in tree order (reserve).
+	privID  uint32
+	shmIDs  map[uint64]uint32
 	dir     *images.Dir
 	method  Method
 	sinks   func(d *images.Dir, pagemapName string, pagesID uint32) (pagexfer.Sink, error)
@@ -504,7 +503,6 @@ type dumpRun struct {
 	mem     MemStats
 	drivers []drivers.Driver // every kind of state, in order
 	pagesID uint32           // the last pages id given out
-	shmDone map[uint64]int   // shared anonymous objects dumped: shmid → pid
 	// track, with --prev-images-dir --track-mem, writes each task's private pages
 	// against the parent images (predump_linux.go).
 	track *trackedDump
@@ -530,7 +528,11 @@ type dumpRun struct {
 	extTTY   [][2]uint64
 }
 
-func (d *dumpRun) note(name string) { d.written = append(d.written, name) }
+func (d *dumpRun) note(name string) {
+	d.mu.Lock()
+	d.sh.written = append(d.sh.written, name)
+	d.mu.Unlock()
+}
 
 // step logs how long a step of the task's dump took (-v4): the profile
 // of a frozen time.
@@ -542,21 +544,12 @@ func (d *dumpRun) step(since time.Time, format string, args ...any) {
 
 func (d *dumpRun) interrupted() error { return interrupted(d.ctx) }
 
-// safeCollect turns a panic into an error, so that the failure path
-// still resumes the task (the injection sessions are ended by their
-// deferred calls while the panic unwinds).
-func (d *dumpRun) safeCollect() (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("internal error: %v", r)
-		}
-	}()
-	return d.collect()
-}
-
 // collect reads every task of the frozen tree and writes every image;
 // inventory.img last. The tasks share one file table, so that an open
-// file description inherited by fork is one file of the tree.
+// file description inherited by fork is one file of the tree. Each task
+// is read on its tracer's thread, the tracers at once; what the tasks
+// share (the file table, kernel object ids, shared memory, pages ids) is
+// read in each task's turn, in tree order, as one thread would.
 func (d *dumpRun) collect() error {
 	fl := drivers.NewFiles()
 	if d.ghostLimit != 0 {
@@ -577,39 +570,81 @@ func (d *dumpRun) collect() error {
 		fl.ExtTTY[t] = true
 	}
 	d.files = fl
-	var kobj kobjAlloc
-	tree := &model.Tree{}
-	shm := map[uint64]int{} // shared anonymous objects dumped, by shmid → pid
+	sh := &treeShared{shm: map[uint64]int{}, turns: turns.New(len(d.tree))}
+	tasks := make([]*model.Task, len(d.tree))
+	failed := make([]error, len(d.tree))
+	byTracer := map[*ptrace.Tracer][]int{}
+	var order []*ptrace.Tracer
 	for i, ft := range d.tree {
-		if err := d.interrupted(); err != nil {
-			return err
-		}
-		ppid := ft.ppid
-		if i == 0 {
-			ppid = 0 // the root of the dumped tree, as CRIU writes it
-		}
 		if ft.zombie {
+			ppid := ft.ppid
+			if i == 0 {
+				ppid = 0
+			}
 			// As CRIU: the pstree entry and a core with the state
 			// and the wait status, nothing else.
-			tree.Tasks = append(tree.Tasks, &model.Task{Pid: ft.pid, Ppid: ppid, Pgid: ft.pgid, Sid: ft.sid,
-				State: model.Dead, ExitCode: ft.exitCode, Comm: ft.comm})
+			tasks[i] = &model.Task{Pid: ft.pid, Ppid: ppid, Pgid: ft.pgid, Sid: ft.sid,
+				State: model.Dead, ExitCode: ft.exitCode, Comm: ft.comm}
+			sh.turns.Skip(i)
 			continue
 		}
-		d.pid, d.tids = ft.pid, ft.tids
-		task, err := d.collectTask(fl, ppid, shm)
-		if err == nil {
-			t := time.Now()
-			task.IDs, err = kobj.ids(ft.pid)
-			d.step(t, "kernel object ids")
+		if _, ok := byTracer[ft.tr]; !ok {
+			order = append(order, ft.tr)
 		}
-		if err != nil {
-			if i == 0 {
-				return err
-			}
-			return fmt.Errorf("task %d: %w", ft.pid, err)
-		}
-		tree.Tasks = append(tree.Tasks, task)
+		byTracer[ft.tr] = append(byTracer[ft.tr], i)
 	}
+	// The copies are made before any task runs: the tasks then write
+	// d's shared fields (under d.mu).
+	runs := make([]*dumpRun, len(d.tree))
+	for _, is := range byTracer {
+		for _, i := range is {
+			runs[i] = d.forTask(i)
+		}
+	}
+	var wg sync.WaitGroup
+	for _, tr := range order {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = tr.Do(func() error {
+				for _, i := range byTracer[tr] {
+					if sh.turns.Aborted() {
+						sh.turns.Skip(i)
+						continue
+					}
+					tasks[i], failed[i] = runs[i].safeCollectTask(fl, sh, i)
+					if failed[i] != nil {
+						sh.turns.Abort()
+					}
+					sh.turns.Skip(i) // a turn it did not take or leave
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	// The earliest failure in tree order that is not a task that waited
+	// for its turn when another failed.
+	var waited error
+	for i, err := range failed {
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, turns.ErrAborted) {
+			if waited == nil {
+				waited = err
+			}
+			continue
+		}
+		if i == 0 {
+			return err
+		}
+		return fmt.Errorf("task %d: %w", d.tree[i].pid, err)
+	}
+	if waited != nil {
+		return waited
+	}
+	tree := &model.Tree{Tasks: tasks}
 	t := time.Now()
 	if err := d.writeTrackedShared(); err != nil {
 		return err
@@ -627,8 +662,42 @@ func (d *dumpRun) collect() error {
 	return criuimg.Write(d.dir, tree, d.note)
 }
 
+// treeShared is what the tasks of a tree share while each is collected:
+// the kernel objects' ids and the shared anonymous objects dumped
+// (shmid → pid), used in each task's turn only.
+type treeShared struct {
+	kobj  kobjAlloc
+	shm   map[uint64]int
+	turns *turns.Turns
+}
+
+// forTask is d's copy for the tree's task i.
+func (d *dumpRun) forTask(i int) *dumpRun {
+	ft := d.tree[i]
+	td := *d
+	td.pid, td.tids, td.tr = ft.pid, ft.tids, ft.tr
+	td.runner, td.early, td.privID, td.shmIDs = false, nil, 0, nil
+	return &td
+}
+
+// safeCollectTask is collectTask that turns a panic into an error, so
+// that the failure path still resumes the tree (the injection sessions
+// are ended by their deferred calls while the panic unwinds).
+func (d *dumpRun) safeCollectTask(fl *drivers.Files, sh *treeShared, i int) (task *model.Task, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("internal error: %v", r)
+		}
+	}()
+	ppid := d.tree[i].ppid
+	if i == 0 {
+		ppid = 0 // the root of the dumped tree, as CRIU writes it
+	}
+	return d.collectTask(fl, ppid, sh, i)
+}
+
 // collectTask reads everything of the frozen task d.pid.
-func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, shm map[uint64]int) (*model.Task, error) {
+func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, sh *treeShared, i int) (*model.Task, error) {
 	pid := d.pid
 	t0 := time.Now()
 	d.early = nil
@@ -671,6 +740,11 @@ func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, shm map[uint64]int) (
 		return nil, err
 	}
 	task.SharedSignals = siginfos(shared)
+	// What the tasks share, in tree order.
+	if err := sh.turns.Enter(i); err != nil {
+		return nil, err
+	}
+	defer sh.turns.Leave(i)
 	if d.track != nil && d.track.pt != nil {
 		// On top of pre-dump rounds: the private pages go while smaps
 		// is read (a page walk as long as the scan).
@@ -704,12 +778,47 @@ func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, shm map[uint64]int) (
 			return nil, err
 		}
 	}
-	d.shmDone = shm
+	t := time.Now()
+	if task.IDs, err = sh.kobj.ids(pid); err != nil {
+		return nil, err
+	}
+	d.step(t, "kernel object ids")
+	d.reserve(sh.shm, task.MM.VMAs)
+	sh.turns.Leave(i)
 	d.step(t0, "state visible from outside")
 	if err := d.inject(dc); err != nil {
 		return nil, err
 	}
 	return task, nil
+}
+
+// reserve gives out, in the task's turn, the pages ids of its private
+// pagemap and of the shared anonymous objects it dumps: those no task
+// before it in the tree dumped (shm, shmid → pid), in the order
+// DumpShared opens them. A dump on top of pre-dump rounds opens its
+// pagemaps as it goes instead (one tracer: tree order).
+func (d *dumpRun) reserve(shm map[uint64]int, vmas []VMA) {
+	if d.track != nil && d.track.pt != nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.sh.pagesID++
+	d.privID = d.sh.pagesID
+	d.shmIDs = map[uint64]uint32{}
+	for _, v := range vmas {
+		if !v.SharedAnon() {
+			continue
+		}
+		if o, ok := shm[v.Shmid]; ok && o != d.pid {
+			continue
+		}
+		shm[v.Shmid] = d.pid
+		if _, ok := d.shmIDs[v.Shmid]; !ok {
+			d.sh.pagesID++
+			d.shmIDs[v.Shmid] = d.sh.pagesID
+		}
+	}
 }
 
 // checkShared refuses kernel objects shared between tasks that the
@@ -754,7 +863,9 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 	var md *MemoryDumper
 	defer func() {
 		if md != nil {
-			d.mem.add(md.Stats())
+			d.mu.Lock()
+			d.sh.mem.add(md.Stats())
+			d.mu.Unlock()
 			if cerr := md.Close(); cerr != nil && err == nil {
 				err = cerr
 			}
@@ -807,6 +918,9 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 				// make the pipes: read its memory from outside.
 				d.log.Warnf("dump %d: vmsplice transfer unavailable (%v), using process_vm_readv", d.pid, err)
 				d.method, md = MethodReadv, nil
+				d.mu.Lock()
+				d.sh.method = MethodReadv
+				d.mu.Unlock()
 			}
 		}
 		return nil
@@ -894,22 +1008,30 @@ func (d *dumpRun) collectThreadInjected(dc *drivers.Dump, s *inject.Session, th 
 // dumpMemory sends the pages through md (no injection session open: the
 // vmsplice source opens its own per batch).
 func (d *dumpRun) dumpMemory(md *MemoryDumper, vmas []VMA) (err error) {
-	// Each pagemap gets the next pages id of the dump, from 1 as CRIU's.
-	open := d.openPagemap
 	if e := d.early; e != nil {
 		// Sent already, while the state was collected.
 		d.early = nil
 		md.addStats(e.st)
-		d.parentPages = e.parent
+		d.setParentPages(e.parent)
 		return d.track.addShared(d.pid, vmas)
+	}
+	tracked := d.track != nil && d.track.pt != nil
+	// Each pagemap gets the next pages id of the dump, from 1 as
+	// CRIU's: given out as it goes on top of pre-dump rounds, else
+	// reserved in the task's turn.
+	open := d.openPagemap
+	if !tracked {
+		open = func(name string) (pagexfer.Sink, error) { return d.openPagemapID(name, d.privID) }
 	}
 	sink, err := open(images.PagemapImg(d.pid))
 	if err != nil {
 		return err
 	}
-	if d.track != nil && d.track.pt != nil {
+	if tracked {
 		var st MemStats
-		st, d.parentPages, err = d.track.writePrivate(d.pid, vmas, sink)
+		var parent uint64
+		st, parent, err = d.track.writePrivate(d.pid, vmas, sink)
+		d.setParentPages(parent)
 		md.addStats(st)
 	} else {
 		err = md.DumpPrivate(vmas, sink)
@@ -920,34 +1042,47 @@ func (d *dumpRun) dumpMemory(md *MemoryDumper, vmas []VMA) (err error) {
 	if err != nil {
 		return err
 	}
-	if d.track != nil && d.track.pt != nil {
+	if tracked {
 		// Against the parent images, once every task is scanned.
 		return d.track.addShared(d.pid, vmas)
 	}
 	// A shared anonymous object is dumped whole, once, by the first task
-	// that maps it.
+	// of the tree that maps it (reserve chose them).
 	var fresh []VMA
 	for _, v := range vmas {
-		if v.SharedAnon() {
-			if o, ok := d.shmDone[v.Shmid]; ok && o != d.pid {
-				continue
-			}
-			d.shmDone[v.Shmid] = d.pid
+		if v.SharedAnon() && d.shmIDs[v.Shmid] == 0 {
+			continue
 		}
 		fresh = append(fresh, v)
 	}
 	return md.DumpShared(fresh, func(shmid uint64) (pagexfer.Sink, error) {
-		return open(images.PagemapShmemImg(shmid))
+		return d.openPagemapID(images.PagemapShmemImg(shmid), d.shmIDs[shmid])
 	})
+}
+
+// setParentPages records the pages a dump on top of pre-dump rounds left
+// in the parent images.
+func (d *dumpRun) setParentPages(n uint64) {
+	d.mu.Lock()
+	d.sh.parentPages = n
+	d.mu.Unlock()
 }
 
 // openPagemap opens the sink of one pagemap with the dump's next pages
 // id (from 1, as CRIU's).
 func (d *dumpRun) openPagemap(name string) (pagexfer.Sink, error) {
-	d.pagesID++
+	d.mu.Lock()
+	d.sh.pagesID++
+	id := d.sh.pagesID
+	d.mu.Unlock()
+	return d.openPagemapID(name, id)
+}
+
+// openPagemapID opens the sink of one pagemap with pages id id.
+func (d *dumpRun) openPagemapID(name string, id uint32) (pagexfer.Sink, error) {
 	d.note(name)
-	d.note(images.PagesImg(d.pagesID))
-	return d.sinks(d.dir, name, d.pagesID)
+	d.note(images.PagesImg(id))
+	return d.sinks(d.dir, name, id)
 }
 
 // frozenSmaps reads a frozen task's VMAs as smaps shows them, from
@@ -957,16 +1092,18 @@ func (d *dumpRun) openPagemap(name string) (pagexfer.Sink, error) {
 func (d *dumpRun) frozenSmaps(pid int) ([]procfs.SmapsEntry, error) {
 	t := time.Now()
 	sm, err := vmaflags.Smaps(pid, d.vmaNames)
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if err == nil {
 		d.step(t, "VMA flags without smaps")
-		if d.vmaFlags == "" {
-			d.vmaFlags = "kernel"
+		if d.sh.vmaFlags == "" {
+			d.sh.vmaFlags = "kernel"
 		}
 		return sm, nil
 	}
 	d.log.Infof("dump %d: reading smaps: %v", pid, err)
-	if !strings.HasPrefix(d.vmaFlags, "smaps") {
-		d.vmaFlags = fmt.Sprintf("smaps: task %d: %v", pid, err)
+	if !strings.HasPrefix(d.sh.vmaFlags, "smaps") {
+		d.sh.vmaFlags = fmt.Sprintf("smaps: task %d: %v", pid, err)
 	}
 	return procfs.ReadSmaps(pid)
 }

@@ -36,6 +36,7 @@ type incrWriter struct {
 	regs []uffd.Region
 	dc   spanCursor // over dirty
 	cc   spanCursor // over covered
+	uc   spanCursor // over unchanged
 	// taken counts the pages queued (data or PARENT).
 	taken uint64
 	mem   *os.File
@@ -51,6 +52,11 @@ type incrWriter struct {
 	ScanTime time.Duration
 	// Lost counts the pages that vanished while being read (tolerant).
 	Lost uint64
+	// unchanged (sorted, merged) are pages known to hold the parent's
+	// data (discards_linux.go): PARENT entries without a page walk.
+	unchanged []span
+	// Unwalked counts them.
+	Unwalked uint64
 	// lazy, for dump --lazy-pages on top of rounds, takes the data pages
 	// of lazy VMAs as PE_LAZY entries, unread (their data stays in the
 	// frozen task).
@@ -151,7 +157,7 @@ const pageCats = uffd.PageIsPresent | uffd.PageIsSwapped | uffd.PageIsFile | uff
 // that look swapped out are read page by page from /proc/PID/pagemap, to
 // tell uffd-wp markers (no data) from swap and migration entries.
 func (w *incrWriter) writePrivate(vmas []VMA) error {
-	w.dc, w.cc = spanCursor{s: w.dirty}, spanCursor{s: w.covered}
+	w.dc, w.cc, w.uc = spanCursor{s: w.dirty}, spanCursor{s: w.covered}, spanCursor{s: w.unchanged}
 	for i := range vmas {
 		v := &vmas[i]
 		force := v.Prot&unix.PROT_READ == 0
@@ -178,36 +184,58 @@ func (w *incrWriter) writePrivate(vmas []VMA) error {
 			// ~2 ms without.
 			cats &^= uffd.PageIsFile
 		}
-		var err error
-		ts := time.Now()
-		w.regs, err = w.scan.Scan(uffd.ScanArgs{Start: v.Start, End: v.End, CategoryAnyof: uffd.PageIsPresent | uffd.PageIsSwapped,
-			ReturnMask: cats}, w.regs[:0])
-		w.ScanTime += time.Since(ts)
-		if err != nil {
-			return fmt.Errorf("pages of vma %#x-%#x: %w", v.Start, v.End, err)
-		}
 		n := (v.End - v.Start) / pageSize
 		w.stats.Scanned += n
 		taken, zero := w.taken, w.stats.Zero
-		for _, r := range w.regs {
-			switch c := r.Categories; {
-			case c&uffd.PageIsSwapped != 0:
-				if err := w.perPage(r.Start, r.End, force); err != nil {
-					return fmt.Errorf("pages of vma %#x-%#x: %w", v.Start, v.End, err)
-				}
-			case c&uffd.PageIsFile != 0:
-				// Clean page-cache pages of a private file mapping.
-			case c&uffd.PageIsPFNZero != 0:
-				w.stats.Zero += (r.End - r.Start) / pageSize
-			default:
-				if err := w.addRange(r.Start, r.End, force); err != nil {
-					return err
-				}
+		// Walk what may have changed; what is known unchanged goes to
+		// the parent unread, in address order with the rest.
+		for a := v.Start; a < v.End; {
+			same, b := w.uc.at(a)
+			b = min(b, v.End)
+			var err error
+			if same {
+				err = w.addRun(a, (b-a)/pageSize, true, force)
+				w.Unwalked += (b - a) / pageSize
+			} else {
+				err = w.walk(a, b, cats, force)
 			}
+			if err != nil {
+				return fmt.Errorf("pages of vma %#x-%#x: %w", v.Start, v.End, err)
+			}
+			a = b
 		}
 		w.stats.Untouched += n - (w.taken - taken) - (w.stats.Zero - zero)
 	}
 	return w.flush()
+}
+
+// walk sorts the pages of [a, b) by what PAGEMAP_SCAN says they hold.
+func (w *incrWriter) walk(a, b, cats uint64, force bool) error {
+	var err error
+	ts := time.Now()
+	w.regs, err = w.scan.Scan(uffd.ScanArgs{Start: a, End: b, CategoryAnyof: uffd.PageIsPresent | uffd.PageIsSwapped,
+		ReturnMask: cats}, w.regs[:0])
+	w.ScanTime += time.Since(ts)
+	if err != nil {
+		return err
+	}
+	for _, r := range w.regs {
+		switch c := r.Categories; {
+		case c&uffd.PageIsSwapped != 0:
+			if err := w.perPage(r.Start, r.End, force); err != nil {
+				return err
+			}
+		case c&uffd.PageIsFile != 0:
+			// Clean page-cache pages of a private file mapping.
+		case c&uffd.PageIsPFNZero != 0:
+			w.stats.Zero += (r.End - r.Start) / pageSize
+		default:
+			if err := w.addRange(r.Start, r.End, force); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // plainAnon tells a private anonymous VMA that only ever holds anonymous

@@ -18,7 +18,6 @@ import (
 	"godwit/internal/logging"
 	"godwit/internal/pagexfer"
 	"godwit/internal/procfs"
-	"godwit/internal/ptrace"
 	"godwit/internal/vmaflags"
 	"godwit/pageserver"
 	"godwit/uffd"
@@ -200,10 +199,10 @@ func (t *lazyTarget) lazyPages() uint64 { return t.kept.pages() }
 func (t *lazyTarget) dieWithDumper() bool { return t.exitKill }
 
 // exitKillTree has every thread of the frozen tree die with this process.
-func exitKillTree(tr *ptrace.Tracer, tree []*frozenTask) error {
+func exitKillTree(tree []*frozenTask) error {
 	for _, ft := range tree {
 		for _, tid := range ft.tids {
-			if err := tr.ExitKill(tid); err != nil {
+			if err := ft.tr.ExitKill(tid); err != nil {
 				return fmt.Errorf("task %d: %w", ft.pid, err)
 			}
 		}

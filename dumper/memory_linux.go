@@ -60,6 +60,9 @@ type MemStats struct {
 	Zero      uint64 // skipped: the zero page / huge zero page
 	Untouched uint64 // skipped: never touched (or clean file pages)
 	Written   uint64 // pages sent to a sink
+	// Unwalked: left to the parent images without a page walk, known
+	// unchanged since (a final dump on top of rounds).
+	Unwalked  uint64
 	DumpTime  time.Duration
 	WriteTime time.Duration
 }
@@ -143,6 +146,7 @@ func (d *MemoryDumper) addStats(s MemStats) {
 	d.stats.Zero += s.Zero
 	d.stats.Untouched += s.Untouched
 	d.stats.Written += s.Written
+	d.stats.Unwalked += s.Unwalked
 	d.stats.DumpTime += s.DumpTime
 	d.stats.WriteTime += s.WriteTime
 }

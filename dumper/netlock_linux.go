@@ -139,7 +139,9 @@ func lockTreeConns(l *netlock.Lock, pids []int) error {
 }
 
 // socketInodes adds the inodes of the sockets task pid holds to inos:
-// each fd's link read relative to /proc/PID/fd opened once, into link.
+// each fd stat'ed on a copy of it (pidfd_getfd), or where that is
+// refused its link read relative to /proc/PID/fd opened once, into link
+// (a third slower: each lookup there makes or revalidates a dentry).
 func socketInodes(pid int, inos map[uint32]bool, link []byte) error {
 	dir, err := os.Open("/proc/" + strconv.Itoa(pid) + "/fd")
 	if err != nil {
@@ -150,7 +152,19 @@ func socketInodes(pid int, inos map[uint32]bool, link []byte) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", dir.Name(), err)
 	}
-	dfd := int(dir.Fd())
+	if pfd, err := unix.PidfdOpen(pid, 0); err == nil {
+		defer unix.Close(pfd)
+		if socketInodesCopied(pfd, names, inos) {
+			return nil
+		}
+	}
+	socketInodesLinked(int(dir.Fd()), names, inos, link)
+	return nil
+}
+
+// socketInodesLinked adds to inos the inodes of the sockets among fds
+// names, read from their links in the open /proc/PID/fd dfd.
+func socketInodesLinked(dfd int, names []string, inos map[uint32]bool, link []byte) {
 	for _, name := range names {
 		n, err := unix.Readlinkat(dfd, name, link)
 		if err != nil {
@@ -162,7 +176,35 @@ func socketInodes(pid int, inos map[uint32]bool, link []byte) error {
 			}
 		}
 	}
-	return nil
+}
+
+// socketInodesCopied adds to inos the inodes of the sockets among fds
+// names of the task of pidfd, read on copies; false if a copy was
+// refused (other than for an fd closed meanwhile).
+func socketInodesCopied(pidfd int, names []string, inos map[uint32]bool) bool {
+	var st unix.Stat_t
+	for _, name := range names {
+		n, err := strconv.Atoi(name)
+		if err != nil {
+			continue
+		}
+		s, err := unix.PidfdGetfd(pidfd, n, 0)
+		if err == unix.EBADF {
+			continue // closed meanwhile: not a connection of the tree
+		}
+		if err != nil {
+			return false
+		}
+		err = unix.Fstat(s, &st)
+		unix.Close(s)
+		if err != nil {
+			return false
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFSOCK {
+			inos[uint32(st.Ino)] = true
+		}
+	}
+	return true
 }
 
 // atou32 parses a decimal inode number.

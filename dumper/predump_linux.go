@@ -50,9 +50,14 @@ type PreDumpResult struct {
 	Mem    MemStats
 	Parent uint64 // pages left to the parent images
 	Lost   uint64 // pages unmapped while being read (not in this round)
-	Frozen time.Duration
-	Notes  []string
-	Stats  *stats.DumpStatsEntry
+	// Pending counts the tracked pages written since this round's scan,
+	// counted (not protected again) as the round ended: about what the
+	// next round takes. It is the only measure of the program's writes
+	// after a first round, whose own size is all of its memory.
+	Pending uint64
+	Frozen  time.Duration
+	Notes   []string
+	Stats   *stats.DumpStatsEntry
 }
 
 // FormatStats renders the round's stats as --display-stats prints them.
@@ -318,6 +323,13 @@ func (r *treeRound) run(ctx context.Context, rootProc *pidfd.Proc, stage *images
 		res.Mem.add(w.stats)
 		res.Parent += w.Parent
 		res.Lost += w.Lost
+		if n, err := pendingPages(t.pid, t.tracked); err == nil {
+			res.Pending += n
+		} else if t.pid != r.root && t.proc.Verify() != nil {
+			r.log.Debugf("pre-dump %d: task %d exited after its pages", r.root, t.pid)
+		} else {
+			return nil, fmt.Errorf("task %d: count written pages: %w", t.pid, err)
+		}
 		res.Full = res.Full && (t.tk.fresh || t.covered == nil)
 		res.Frozen = max(res.Frozen, t.tk.frozen)
 	}
@@ -382,6 +394,32 @@ func (r *treeRound) run(ctx context.Context, rootProc *pidfd.Proc, stage *images
 	r.log.Infof("pre-dump %d: round %d of %d task(s): %d pages written, %d left to the parent, %d scanned, frozen at most %v, %v in all",
 		r.root, res.Round, len(r.tasks), res.Mem.Written, res.Parent, res.Mem.Scanned, res.Frozen, time.Since(t0))
 	return res, nil
+}
+
+// pendingPages counts the pages of tracked (pid's ranges under uffd-wp)
+// written since their last scan. It only reads the write-protect bits: the
+// next round still finds and takes every one of them.
+func pendingPages(pid int, tracked []uffd.VMA) (uint64, error) {
+	if len(tracked) == 0 {
+		return 0, nil
+	}
+	pm, err := uffd.OpenPagemap(pid)
+	if err != nil {
+		return 0, err
+	}
+	defer pm.Close()
+	var n uint64
+	var regs []uffd.Region
+	for _, v := range tracked {
+		regs, err = pm.Scan(uffd.ScanArgs{Start: v.Start, End: v.End, CategoryMask: uffd.PageIsWritten, ReturnMask: uffd.PageIsWritten}, regs[:0])
+		if err != nil {
+			return 0, fmt.Errorf("range %v: %w", v, err)
+		}
+		for _, r := range regs {
+			n += (r.End - r.Start) / pageSize
+		}
+	}
+	return n, nil
 }
 
 func (r *treeRound) note(format string, args ...any) {
@@ -543,7 +581,7 @@ func openTrackedDump(o Options, log *logging.Logger) (*trackedDump, error) {
 // changed since the parent round, the rest as PARENT entries.
 func (t *trackedDump) writePrivate(pid int, vmas []VMA, sink pagexfer.Sink) (MemStats, uint64, error) {
 	dirty := spansOf(trackVMAs(vmas)) // without tracking: everything
-	var covered []span
+	var covered, unchanged []span
 	if t.pt != nil {
 		tk, ok := t.tasks[pid]
 		if !ok {
@@ -563,6 +601,13 @@ func (t *trackedDump) writePrivate(pid int, vmas []VMA, sink pagexfer.Sink) (Mem
 			if sinkHasParent(sink, t.parent.Exists(images.PagemapImg(pid))) {
 				covered = tk.st.Covered
 			}
+			if covered != nil {
+				if removed, err := tk.discards(); err != nil {
+					t.log.Debugf("dump %d: every page walked: %v", pid, err)
+				} else {
+					unchanged = unchangedSpans(vmas, covered, dirty, removed)
+				}
+			}
 		}
 	}
 	w, err := newIncrWriter(pid, sink, dirty, covered, false)
@@ -570,13 +615,16 @@ func (t *trackedDump) writePrivate(pid int, vmas []VMA, sink pagexfer.Sink) (Mem
 		return MemStats{}, 0, err
 	}
 	defer w.close()
+	w.unchanged = unchanged
 	if ls, ok := sink.(*lazySink); ok {
 		w.lazy = ls
 	}
 	t0 := time.Now()
 	err = w.writePrivate(vmas)
 	w.stats.DumpTime = time.Since(t0)
-	t.log.Debugf("dump %d: private pages: %v (%v of it in PAGEMAP_SCAN, %d pages read)", pid, w.stats.DumpTime, w.ScanTime, w.stats.Written)
+	w.stats.Unwalked = w.Unwalked
+	t.log.Debugf("dump %d: private pages: %v (%v of it in PAGEMAP_SCAN, %d pages read, %d unchanged since the parent not walked)",
+		pid, w.stats.DumpTime, w.ScanTime, w.stats.Written, w.Unwalked)
 	return w.stats, w.Parent, err
 }
 

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,10 +18,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/images"
+	"godwit/internal/logging"
 	"godwit/internal/pagexfer"
 	"godwit/internal/testutil"
 	"godwit/pageserver"
 	"godwit/restorer"
+	"godwit/uffd"
 )
 
 var (
@@ -584,5 +587,213 @@ func TestPreDumpBrokenChainRefused(t *testing.T) {
 	}
 	if _, err := os.Stat(fmt.Sprintf("/proc/%d", w.p.Pid)); err == nil {
 		t.Fatalf("a failed restore left pid %d", w.p.Pid)
+	}
+}
+
+// A round's Pending counts the tracked pages written after its scan, and
+// only reads the write-protect bits: the next round still takes them all.
+func TestPreDumpPending(t *testing.T) {
+	needRoot(t)
+	const pages = 512
+	w := startRewriter(t, pages, 0)
+	root := t.TempDir()
+	dir := func(i int) string { return filepath.Join(root, fmt.Sprintf("pre%d", i)) }
+	t.Cleanup(func() {
+		killHolder(t, dir(1))
+		killHolder(t, dir(2))
+	})
+	pid := w.p.Pid
+	preDump(t, PreDumpOptions{Pid: pid, ImagesDir: dir(1)})
+	a := []uffd.VMA{{Start: w.a, End: w.a + pages*pageSize}}
+	if n, err := pendingPages(pid, a); err != nil || n != 0 {
+		t.Fatalf("A before any write: %d pending, %v; want 0", n, err)
+	}
+	w.step(t, 1) // writes the pages i%10 == 1 of A: 52
+	for k := 0; k < 2; k++ {
+		if n, err := pendingPages(pid, a); err != nil || n != 52 {
+			t.Fatalf("A after step 1 (count %d): %d pending, %v; want 52", k+1, n, err)
+		}
+	}
+	r2 := preDump(t, PreDumpOptions{Pid: pid, ImagesDir: dir(2), PrevImagesDir: "../pre1"})
+	f := pageFlags(t, dir(2), pid)
+	for i := uint64(0); i < pages; i++ {
+		want := uint32(images.PageInParent)
+		if i%10 == 1 {
+			want = images.PagePresent
+		}
+		if got := f[w.a+i*pageSize]; got != want {
+			t.Errorf("round 2: page %d of A: flags %#x, want %#x", i, got, want)
+		}
+	}
+	if n, err := pendingPages(pid, a); err != nil || n != 0 {
+		t.Fatalf("A after round 2: %d pending, %v; want 0", n, err)
+	}
+	if r2.Pending > r2.Mem.Scanned {
+		t.Errorf("round 2: %d pending of %d pages", r2.Pending, r2.Mem.Scanned)
+	}
+}
+
+// Pages discarded (MADV_DONTNEED) after the last round and just before the
+// freeze were clean since it: the dirty scan does not report them, so the
+// final dump must still see that they hold nothing (no entry, never
+// PARENT), and the restored program reads them as zero.
+func TestFinalDumpSeesDiscards(t *testing.T) {
+	needRoot(t)
+	const pages = 64
+	w := startRewriter(t, pages, 0)
+	root := t.TempDir()
+	dir := func(i int) string { return filepath.Join(root, fmt.Sprintf("pre%d", i)) }
+	t.Cleanup(func() {
+		killHolder(t, dir(1))
+		killHolder(t, dir(2))
+	})
+	pid := w.p.Pid
+	preDump(t, PreDumpOptions{Pid: pid, ImagesDir: dir(1)})
+	w.step(t, 1)
+	w.step(t, 2)
+	preDump(t, PreDumpOptions{Pid: pid, ImagesDir: dir(2), PrevImagesDir: "../pre1"})
+	f := pageFlags(t, dir(2), pid)
+	for i := uint64(1); i <= 4; i++ {
+		if f[w.a+i*pageSize] == 0 {
+			t.Fatalf("round 2: page %d of A has no entry before the discard", i)
+		}
+	}
+	w.step(t, 3) // discards pages 1..4 of A, then the freeze
+	h1 := hashOf(t, pid, w.log, 1)
+	final := filepath.Join(root, "final")
+	o := dumpOpts(pid, final)
+	o.PrevImagesDir, o.TrackMem = "../pre2", true
+	res, err := Dump(o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.p.Reaped(t)
+	// A: the 4 discarded pages walked, the 52 others of the 56 the
+	// parent covers and nobody wrote since left to it unwalked (the
+	// discard log of the holder).
+	if res.Mem.Unwalked < pages-4-pages/10 || res.Mem.Unwalked > res.Stats.GetPagesSkippedParent() {
+		t.Errorf("final: %d pages left to the parent unwalked (%d in all), want at least %d", res.Mem.Unwalked, res.Stats.GetPagesSkippedParent(), pages-4-pages/10)
+	}
+	f = pageFlags(t, final, pid)
+	for i := uint64(0); i < pages; i++ {
+		_, has := f[w.a+i*pageSize]
+		if discarded := i >= 1 && i <= 4; has == discarded {
+			t.Errorf("final: page %d of A: entry %v (flags %#x), discarded %v", i, has, f[w.a+i*pageSize], discarded)
+		}
+	}
+	r := restoreDir(t, final, nil)
+	if h2 := hashOf(t, r.PID(), w.log, 2); h2 != h1 {
+		t.Fatalf("restored memory hash %s, dumped %s", h2, h1)
+	}
+}
+
+// A discard of a whole page table's worth of pages (2 MiB, aligned): the
+// kernel frees the table (CONFIG_PT_RECLAIM), so not even the dirty scan
+// sees where the pages were. Only the holder's discard log tells the final
+// dump to walk them: no entry for them, and the restored program reads
+// zeros there.
+func TestFinalDumpSeesTableDiscard(t *testing.T) {
+	needRoot(t)
+	bin := filepath.Join(t.TempDir(), "discard")
+	if out, err := exec.Command("gcc", "-O2", "-o", bin, "testdata/discard.c").CombinedOutput(); err != nil {
+		t.Fatalf("gcc discard.c: %v: %s", err, out)
+	}
+	log := filepath.Join(t.TempDir(), "discard.log")
+	p := start(t, log, "ready pid=", bin, log)
+	m := regexp.MustCompile(`A=0x([0-9a-f]+)`).FindStringSubmatch(readLog(t, log))
+	if m == nil {
+		t.Fatal("no A= in log")
+	}
+	a, _ := strconv.ParseUint(m[1], 16, 64)
+	root := t.TempDir()
+	dir := func(i int) string { return filepath.Join(root, fmt.Sprintf("pre%d", i)) }
+	t.Cleanup(func() {
+		killHolder(t, dir(1))
+		killHolder(t, dir(2))
+	})
+	pid := p.Pid
+	preDump(t, PreDumpOptions{Pid: pid, ImagesDir: dir(1)})
+	preDump(t, PreDumpOptions{Pid: pid, ImagesDir: dir(2), PrevImagesDir: "../pre1"})
+	if err := unix.Kill(pid, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, log, "discarded", 20*time.Second)
+	h1 := hashOf(t, pid, log, 1)
+	final := filepath.Join(root, "final")
+	o := dumpOpts(pid, final)
+	o.PrevImagesDir, o.TrackMem = "../pre2", true
+	res, err := Dump(o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Reaped(t)
+	const pages, gone = 2048, 512 // 8 MiB, the second 2 MiB discarded
+	f := pageFlags(t, final, pid)
+	for i := uint64(0); i < pages; i++ {
+		_, has := f[a+i*pageSize]
+		if discarded := i >= gone && i < 2*gone; has == discarded {
+			t.Fatalf("final: page %d: entry %v (flags %#x), discarded %v", i, has, f[a+i*pageSize], discarded)
+		}
+	}
+	if res.Mem.Unwalked < pages-gone {
+		t.Errorf("final: %d pages left to the parent unwalked, want at least %d", res.Mem.Unwalked, pages-gone)
+	}
+	r := restoreDir(t, final, nil)
+	if h2 := hashOf(t, r.PID(), log, 2); h2 != h1 {
+		t.Fatalf("restored memory hash %s, dumped %s", h2, h1)
+	}
+}
+
+// The holder logs every discard in a tracked VMA (UFFD_EVENT_REMOVE), and
+// the log is read back complete once the task is frozen (here: idle, the
+// discard done and logged before we look).
+func TestHolderLogsDiscards(t *testing.T) {
+	needRoot(t)
+	bin := filepath.Join(t.TempDir(), "discard")
+	if out, err := exec.Command("gcc", "-O2", "-o", bin, "testdata/discard.c").CombinedOutput(); err != nil {
+		t.Fatalf("gcc discard.c: %v: %s", err, out)
+	}
+	log := filepath.Join(t.TempDir(), "discard.log")
+	p := start(t, log, "ready pid=", bin, log)
+	m := regexp.MustCompile(`A=0x([0-9a-f]+)`).FindStringSubmatch(readLog(t, log))
+	if m == nil {
+		t.Fatal("no A= in log")
+	}
+	a, _ := strconv.ParseUint(m[1], 16, 64)
+	dir := filepath.Join(t.TempDir(), "pre1")
+	t.Cleanup(func() { killHolder(t, dir) })
+	preDump(t, PreDumpOptions{Pid: p.Pid, ImagesDir: dir})
+	parent, err := images.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer parent.Close()
+	pt, err := readParentTrack(parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func() []span {
+		tk, err := openTracking(p.Pid, pt, true, 0, logging.Default(), false)
+		if err != nil || tk == nil {
+			t.Fatalf("tracking: %v", err)
+		}
+		defer tk.close()
+		defer tk.fail() // not scanned: only marks it free again
+		d, err := tk.discards()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	if d := read(); len(d) != 0 {
+		t.Fatalf("discards before any: %v", d)
+	}
+	if err := unix.Kill(p.Pid, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, log, "discarded", 20*time.Second)
+	want := []span{{Start: a + 2<<20, End: a + 4<<20}}
+	if d := read(); !slices.Equal(d, want) {
+		t.Fatalf("discards: %v, want %v", d, want)
 	}
 }

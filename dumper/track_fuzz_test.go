@@ -1,6 +1,9 @@
 package dumper
 
-import "testing"
+import (
+	"encoding/binary"
+	"testing"
+)
 
 // The tracking record comes from an images directory and the state from a
 // holder's memfd: neither may make godwit panic, and what parses is sane.
@@ -69,4 +72,28 @@ func TestSpans(t *testing.T) {
 			t.Fatalf("has(%#x) = %v", x.a, !x.in)
 		}
 	}
+}
+
+// The discard log's ranges decode to page-aligned, sorted, disjoint
+// ranges or an error, never a panic.
+func FuzzParseDiscards(f *testing.F) {
+	f.Add([]byte{})
+	f.Add(make([]byte, 16))
+	good := make([]byte, 32)
+	binary.NativeEndian.PutUint64(good[0:], 0x1000)
+	binary.NativeEndian.PutUint64(good[8:], 0x3000)
+	binary.NativeEndian.PutUint64(good[16:], 0x5000)
+	binary.NativeEndian.PutUint64(good[24:], 0x6000)
+	f.Add(good)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		spans, err := parseDiscards(b)
+		if err != nil {
+			return
+		}
+		for i, s := range spans {
+			if s.Start >= s.End || s.Start%pageSize != 0 || s.End%pageSize != 0 || (i > 0 && s.Start <= spans[i-1].End) {
+				t.Fatalf("range %d: %#x-%#x", i, s.Start, s.End)
+			}
+		}
+	})
 }

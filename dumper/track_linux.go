@@ -86,9 +86,9 @@ const (
 	holderForksFD = 6
 )
 
-// trackFeatures are the features of a tracking uffd: the tracker's and
-// fork events (see above).
-const trackFeatures = uffd.TrackerFeatures | uffd.FeatureEventFork
+// trackFeatures are the features of a tracking uffd: the tracker's, fork
+// events (see above) and discard events (discards_linux.go).
+const trackFeatures = uffd.TrackerFeatures | uffd.FeatureEventFork | uffd.FeatureEventRemove
 
 // holderCleanEnv is set in the holder's second exec (see init).
 const holderCleanEnv = "GODWIT_TRACK_HOLDER_CLEAN"
@@ -132,6 +132,7 @@ func holderMain(arg string) int {
 		return 2
 	}
 	var forks uint64
+	discards := &discardLog{fd: holderForksFD}
 	buf := make([]byte, 32*64)
 	var msgs []uffd.Msg
 	deadline := time.Now().Add(time.Duration(secs) * time.Second)
@@ -154,15 +155,28 @@ func holderMain(arg string) int {
 		if fds[1].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0 {
 			return 0 // the target's mm is gone (exec): nothing to track
 		}
+		// The discard log is in flux from before the read (which lets
+		// the discarding task go on) until it holds what was read.
+		if discards.begin() != nil {
+			return 2
+		}
 		msgs, err = u.Read(buf, msgs[:0])
 		got := uint64(0)
+		changed := false
 		for _, m := range msgs {
-			if m.Event == uffd.EventFork {
+			switch m.Event {
+			case uffd.EventFork:
 				if m.UFD >= 0 {
 					unix.Close(m.UFD)
 				}
 				got++
+			case uffd.EventRemove:
+				discards.add(m.Start, m.End)
+				changed = true
 			}
+		}
+		if discards.end(changed) != nil {
+			return 2 // a discard that could go unnoticed: end the tracking
 		}
 		if got > 0 {
 			forks += got

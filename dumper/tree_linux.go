@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -19,23 +21,71 @@ const maxTreeRounds = 20
 // frozenTask is one task of the tree as the freeze found it.
 type frozenTask struct {
 	pid, ppid int
-	tids      []int // leader first; nil for a zombie
+	tr        *ptrace.Tracer // its tracer; nil for a zombie
+	tids      []int          // leader first; nil for a zombie
 	zombie    bool
 	exitCode  int    // a zombie's wait status (/proc/PID/stat exit_code)
 	pgid, sid int    // a zombie's
 	comm      string // a zombie's
 }
 
+// dumpTracers is how many tracer threads a dump spreads a tree's tasks
+// over. Most of a task's dump is waiting for ptrace stops and /proc
+// reads; several tracers keep several tasks in flight (as the restore's
+// treeWorkers). A variable for the tests, which compare with one.
+var dumpTracers = 4
+
+// tracerPool is a dump's tracer threads: the first froze the root, the
+// others are started as tasks are found, task i of the tree going to
+// tracer i mod the pool's size. A tracee stays with the tracer that
+// seized it until the dump ends (the kernel ties it to that thread).
+type tracerPool struct {
+	all  []*ptrace.Tracer
+	size int
+}
+
+func newTracerPool(root *ptrace.Tracer, size int) *tracerPool {
+	return &tracerPool{all: []*ptrace.Tracer{root}, size: max(size, 1)}
+}
+
+// pick is the tracer of the tree's task i.
+func (p *tracerPool) pick(i int) *ptrace.Tracer {
+	k := i % p.size
+	for len(p.all) <= k {
+		p.all = append(p.all, ptrace.New())
+	}
+	return p.all[k]
+}
+
+// close ends every tracer but the first (the dump's own, closed by it).
+func (p *tracerPool) close() {
+	for _, t := range p.all[1:] {
+		t.Close()
+	}
+}
+
+// injection sums the tracers' injection figures.
+func (p *tracerPool) injection() (took time.Duration, calls, stops int) {
+	for _, t := range p.all {
+		took += t.InjectionTime()
+		calls += t.InjectedCalls()
+		_, s, _ := t.InjectionStats()
+		stops += s
+	}
+	return took, calls, stops
+}
+
 // freezeTree freezes the tree under root (whose threads are already
-// frozen, as tids) top-down: a frozen task cannot fork, so once every task
-// is frozen, children files read after each task's freeze list the whole
-// tree; a last pass re-reads them and freezes any task still missing,
-// until nothing changes. Zombies are recorded, not seized (ptrace refuses
-// them). Parents come before their children in the result. On error the
-// caller thaws what frozen lists (every task it returns or that is traced
-// by tr).
-func freezeTree(tr *ptrace.Tracer, root int, rootTids []int) ([]*frozenTask, error) {
-	out := []*frozenTask{{pid: root, tids: rootTids}}
+// frozen by the pool's first tracer, as tids) top-down: a frozen task
+// cannot fork, so once every task is frozen, children files read after
+// each task's freeze list the whole tree; a last pass re-reads them and
+// freezes any task still missing, until nothing changes. The children
+// of one task are frozen by the pool's tracers at once. Zombies are
+// recorded, not seized (ptrace refuses them). Parents come before their
+// children in the result. On error the caller thaws what frozen lists
+// (every task it returns or that is traced by a tracer of the pool).
+func freezeTree(pool *tracerPool, root int, rootTids []int) ([]*frozenTask, error) {
+	out := []*frozenTask{{pid: root, tids: rootTids, tr: pool.pick(0)}}
 	known := map[int]*frozenTask{root: out[0]}
 	for round := 0; ; round++ {
 		if round == maxTreeRounds {
@@ -51,25 +101,68 @@ func freezeTree(tr *ptrace.Tracer, root int, rootTids []int) ([]*frozenTask, err
 			if err != nil {
 				return out, fmt.Errorf("task %d: %w", ft.pid, err)
 			}
+			var todo []int
 			for _, c := range kids {
-				if known[c] != nil {
-					continue
+				if known[c] == nil {
+					todo = append(todo, c)
 				}
-				nt, err := freezeChild(tr, c, ft.pid)
+			}
+			if len(todo) == 0 {
+				continue
+			}
+			fresh = true
+			got, err := freezeChildren(pool, len(out), todo, ft.pid)
+			for _, nt := range got {
 				if nt != nil {
-					known[c] = nt
+					known[nt.pid] = nt
 					out = append(out, nt)
 				}
-				if err != nil {
-					return out, err
-				}
-				fresh = true
+			}
+			if err != nil {
+				return out, err
 			}
 		}
 		if !fresh {
 			return out, nil
 		}
 	}
+}
+
+// freezeChildren freezes the tasks pids, children of ppid and the tree's
+// tasks from first on, each with its tracer of the pool, the tracers at
+// once. It returns what each froze (nil where nothing), in pids' order,
+// and the error of the first that failed.
+func freezeChildren(pool *tracerPool, first int, pids []int, ppid int) ([]*frozenTask, error) {
+	out := make([]*frozenTask, len(pids))
+	errs := make([]error, len(pids))
+	byTracer := map[*ptrace.Tracer][]int{}
+	for j := range pids {
+		tr := pool.pick(first + j)
+		byTracer[tr] = append(byTracer[tr], j)
+	}
+	var wg sync.WaitGroup
+	for tr, js := range byTracer {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = tr.Do(func() error {
+				for _, j := range js {
+					out[j], errs[j] = freezeChild(tr, pids[j], ppid)
+					if errs[j] != nil {
+						return nil // the others of this tracer are left running
+					}
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, nil
 }
 
 // freezeChild freezes task pid, a child of ppid, or records it as a zombie.
@@ -85,20 +178,21 @@ func freezeChild(tr *ptrace.Tracer, pid, ppid int) (*frozenTask, error) {
 		}
 		return nil, fmt.Errorf("task %d: %w", pid, err)
 	}
+	ft := &frozenTask{pid: pid, ppid: ppid, tids: tids, tr: tr}
 	st, err := procfs.ReadStat(pid)
 	if err != nil {
-		return &frozenTask{pid: pid, ppid: ppid, tids: tids}, fmt.Errorf("task %d: %w", pid, err)
+		return ft, fmt.Errorf("task %d: %w", pid, err)
 	}
 	if st.Ppid != ppid {
-		return &frozenTask{pid: pid, ppid: ppid, tids: tids}, fmt.Errorf("task %d: left its parent %d while being frozen", pid, ppid)
+		return ft, fmt.Errorf("task %d: left its parent %d while being frozen", pid, ppid)
 	}
 	if st.ExitSignal != int(unix.SIGCHLD) {
 		// clone with another exit signal (or none): restored tasks
 		// are made with SIGCHLD, which would change what the parent
 		// is told and what its wait finds.
-		return &frozenTask{pid: pid, ppid: ppid, tids: tids}, fmt.Errorf("task %d: exit signal %d (not SIGCHLD) is not supported", pid, st.ExitSignal)
+		return ft, fmt.Errorf("task %d: exit signal %d (not SIGCHLD) is not supported", pid, st.ExitSignal)
 	}
-	return &frozenTask{pid: pid, ppid: ppid, tids: tids}, nil
+	return ft, nil
 }
 
 // zombie returns pid as a zombie task if it is one. A zombie whose other
@@ -136,6 +230,58 @@ func (s *MemStats) add(o MemStats) {
 	s.Zero += o.Zero
 	s.Untouched += o.Untouched
 	s.Written += o.Written
+	s.Unwalked += o.Unwalked
 	s.DumpTime += o.DumpTime
 	s.WriteTime += o.WriteTime
+}
+
+// finishTree runs fn (a thaw or kill) for every live task of the tree on
+// its tracer's thread, children before their parents: the deepest tasks
+// first, each depth's tasks on their tracers at once, so that no parent
+// runs while a child of it is still held. Every task is tried; the
+// errors are joined.
+func finishTree(tree []*frozenTask, fn func(t *frozenTask) error) error {
+	depth := make(map[int]int, len(tree))
+	byDepth := [][]*frozenTask{}
+	for i, t := range tree {
+		k := 0
+		if i > 0 {
+			k = depth[t.ppid] + 1 // parents come first
+		}
+		depth[t.pid] = k
+		if t.zombie {
+			continue
+		}
+		for len(byDepth) <= k {
+			byDepth = append(byDepth, nil)
+		}
+		byDepth[k] = append(byDepth[k], t)
+	}
+	var errs []error
+	for k := len(byDepth) - 1; k >= 0; k-- {
+		byTracer := map[*ptrace.Tracer][]*frozenTask{}
+		for _, t := range byDepth[k] {
+			byTracer[t.tr] = append(byTracer[t.tr], t)
+		}
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for tr, ts := range byTracer {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_ = tr.Do(func() error {
+					for i := len(ts) - 1; i >= 0; i-- {
+						if err := fn(ts[i]); err != nil {
+							mu.Lock()
+							errs = append(errs, fmt.Errorf("task %d: %w", ts[i].pid, err))
+							mu.Unlock()
+						}
+					}
+					return nil
+				})
+			}()
+		}
+		wg.Wait()
+	}
+	return errors.Join(errs...)
 }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -1068,9 +1069,13 @@ func TestBashOnPtyShellJob(t *testing.T) {
 // leader's end hung the terminal up, and a new pty was made for the
 // master's holder). After the restore the leader still reads, on its
 // terminal, what the master's holder writes.
+//
+// The holder writes one byte per SIGUSR1, and the test dumps only once the
+// leader has read every byte: a byte still in the terminal's input would
+// make the dump refuse (a tty cannot be peeked), depending on timing.
 func TestPtySessionMasterInMember(t *testing.T) {
 	needRoot(t)
-	const prog = `import os, sys, time, tty
+	const prog = `import os, signal, sys, time, tty
 log = open(sys.argv[1], "a", buffering=1)
 m, sl = os.openpty()
 tty.setraw(sl)
@@ -1081,9 +1086,10 @@ if os.fork() == 0:
     os.close(sl)
     if os.fork() == 0:  # holds the master, writes to it
         os.close(t)
+        signal.signal(signal.SIGUSR1, lambda *a: os.write(m, b"p"))
+        log.write("writer %d\n" % os.getpid())
         while True:
-            os.write(m, b"p")
-            time.sleep(0.02)
+            signal.pause()
     os.close(m)
     if os.fork() == 0:  # shares the terminal
         while True:
@@ -1114,16 +1120,47 @@ while True:
 			killAndForget(p)
 		}
 	})
-	got := func() int { return strings.Count(readFile(w.log), "got ") }
-	waitFor(t, "the leader to read its terminal", func() bool { return got() > 0 })
+	log := func() string { b, _ := os.ReadFile(w.log); return string(b) }
+	writerRE := regexp.MustCompile(`(?m)^writer (\d+)$`)
+	var writer int
+	waitFor(t, "the master's holder", func() bool {
+		m := writerRE.FindStringSubmatch(log())
+		if m != nil {
+			writer, _ = strconv.Atoi(m[1])
+		}
+		return writer != 0
+	})
+	gotRE := regexp.MustCompile(`(?m)^got (\d+)$`)
+	got := func() int {
+		n := 0
+		for _, m := range gotRE.FindAllStringSubmatch(log(), -1) {
+			v, _ := strconv.Atoi(m[1])
+			n += v
+		}
+		return n
+	}
+	// Bytes written one at a time, each read before the next goes.
+	written := 0
+	write := func(what string, n int) {
+		t.Helper()
+		for range n {
+			if err := unix.Kill(writer, unix.SIGUSR1); err != nil {
+				t.Fatal(err)
+			}
+			written++
+			waitFor(t, what, func() bool { return got() >= written })
+		}
+	}
+	write("the leader to read its terminal", 3)
 	dir := w.dump(t)
 	w.reapKilled(t)
-	r := restore(t, w, dir)
-	_ = r
-	seen := got()
-	waitFor(t, "the restored leader to read its terminal", func() bool { return got() > seen+3 })
-	if l := readFile(w.log); strings.Contains(l, "hangup") || strings.Contains(l, "error") {
+	restore(t, w, dir)
+	write("the restored leader to read its terminal", 3)
+	if l := log(); strings.Contains(l, "hangup") || strings.Contains(l, "error") {
 		t.Fatalf("the session's terminal was hung up:\n%s", l)
+	}
+	if n := got(); n != written {
+		t.Errorf("the leader read %d bytes, the holder wrote %d", n, written)
 	}
 	if after := subtree(t, w.pid); len(after) != 4 {
 		t.Fatalf("restored tree %v, was %v", after, before)

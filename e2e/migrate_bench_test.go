@@ -54,6 +54,9 @@ var migrateCases = []migrateCase{
 		return []string{"--mode", "postcopy", "--tls-server-cert", filepath.Join(server, "cert.pem"), "--tls-server-key", filepath.Join(server, "key.pem")}
 	}},
 	{"precopy-full", func(*migLab) []string { return []string{"--no-lazy-restore"} }},
+	// precopy without the restore overlapped with the rounds (the
+	// reference for it): restored lazily from the images after the freeze.
+	{"precopy-nooverlap", func(*migLab) []string { return []string{"--no-overlap"} }},
 }
 
 // TestMigrateDowntime is issue 15's benchmark table: it migrates a
@@ -199,10 +202,24 @@ func migrateOnce(t *testing.T, m *migLab, bin string, mib, rate int, c migrateCa
 		over, mark = " (overrun)", "*"
 	}
 	ratio := res.Total.Seconds() / (float64(uint64(mib)<<20) / floor)
-	t.Logf("%5d MiB %3d MiB/s %-13s program saw %8.1f ms frozen across the move (longest gap of the run %.1f ms); godwit downtime %8.1f ms%s; total %8.1f ms; %d rounds, %d MiB sent; total/(size/floor) %.2f; peak RSS send %d MiB, agent %d MiB",
-		mib, rate, c.name, float64(moveUS)/1e3, float64(us)/1e3, float64(res.Downtime)/1e6, over, float64(res.Total)/1e6, len(res.Rounds), sent>>20, ratio, sendRSS>>20, agentRSS>>20)
-	lazy := c.name != "precopy-full"
-	if pc := res.Postcopy; lazy != (pc != nil) || (pc != nil && pc.Pages < uint64(mib)<<8) {
+	t.Logf("%5d MiB %3d MiB/s %-13s program saw %8.1f ms frozen across the move (longest gap of the run %.1f ms); godwit downtime %8.1f ms%s; total %8.1f ms; %d rounds (pre-copy stop: %s), %d MiB sent; total/(size/floor) %.2f; peak RSS send %d MiB, agent %d MiB",
+		mib, rate, c.name, float64(moveUS)/1e3, float64(us)/1e3, float64(res.Downtime)/1e6, over, float64(res.Total)/1e6, len(res.Rounds), res.PrecopyStop, sent>>20, ratio, sendRSS>>20, agentRSS>>20)
+	for _, r := range res.Rounds {
+		t.Logf("      round %d: %d MiB in %v (%.0f MB/s), dirty rate %.1f MB/s, frozen %v", r.N, r.Bytes>>20,
+			r.Duration.Round(time.Millisecond), r.Bandwidth/1e6, r.DirtyRate/1e6, r.Frozen.Round(time.Microsecond))
+	}
+	// Restored onto the task the rounds prepared, nothing is left to
+	// fill after the resume.
+	prepared := res.Overlap != nil && res.Overlap.State == migrate.OverlapPrepared
+	lazy := c.name != "precopy-full" && !prepared
+	if ov := res.Overlap; ov != nil {
+		t.Logf("      overlap: %s; %d pages written into the task before the freeze, %d at the switch-over", ov.State, ov.PreparedPages, ov.FinalPages)
+	}
+	if pc := res.Postcopy; prepared && c.name != "precopy-full" {
+		if pc == nil || pc.Pages != 0 {
+			t.Errorf("%d MiB %s: postcopy %+v after a restore onto the prepared task: want nothing left to fill", mib, c.name, pc)
+		}
+	} else if lazy != (pc != nil) || (pc != nil && pc.Pages < uint64(mib)<<8) {
 		t.Errorf("%d MiB %s: postcopy %+v: want every page filled after the resume exactly when restoring lazily", mib, c.name, pc)
 	} else if pc != nil {
 		t.Logf("      filled after the resume: %d pages in %v, %d faults (served p50 %v, p99 %v)", pc.Pages,

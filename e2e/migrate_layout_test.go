@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"godwit/migrate"
 )
 
 // TestMigrateLayoutChurn migrates a program that changes its memory layout
@@ -46,6 +48,13 @@ func TestMigrateLayoutChurn(t *testing.T) {
 			}
 			for _, r := range res.Rounds {
 				t.Logf("round %d: %d pages in %v", r.N, r.Pages, r.Duration)
+			}
+			// The agent made the task from the first round and followed
+			// each round's layout: the restore overlapped with the rounds.
+			if ov := res.Overlap; ov == nil || ov.State != migrate.OverlapPrepared || ov.PreparedPages == 0 {
+				t.Errorf("overlap %+v: want the task prepared during the rounds", ov)
+			} else {
+				t.Logf("overlap: %d pages before the freeze, %d at the switch-over", ov.PreparedPages, ov.FinalPages)
 			}
 			rp := m.moved(w)
 			w.waitTicks(3)

@@ -25,16 +25,24 @@ type serviceLab struct {
 	*migLab
 	c   *lab.Host
 	vip netip.Addr
+	res *migrate.Result // the last migrate's
 }
 
 func newServiceLab(t *testing.T) *serviceLab {
+	t.Helper()
+	s := newServiceLabNoAgent(t)
+	s.startAgent()
+	return s
+}
+
+// newServiceLabNoAgent is newServiceLab before its agent starts.
+func newServiceLabNoAgent(t *testing.T) *serviceLab {
 	t.Helper()
 	m := newMigLabOf(t, "hosta", "hostb", "clients")
 	s := &serviceLab{migLab: m, c: m.lab.Host(2), vip: netip.MustParseAddr("10.77.0.100")}
 	if err := m.a.AddAddress(s.vip); err != nil {
 		t.Fatal(err)
 	}
-	m.startAgent()
 	return s
 }
 
@@ -93,13 +101,14 @@ func (s *serviceLab) startServer(port int, argv ...string) *labWorkload {
 // moved by the lab's action script, and checks the switch-over: the
 // program on B with its PID, the address on B only, and no network lock
 // left on either host.
-func (s *serviceLab) migrate(w *labWorkload, conns int) int {
+func (s *serviceLab) migrate(w *labWorkload, conns int, extra ...string) int {
 	t := s.t
 	t.Helper()
-	code, res, stderr := s.send(w, "--tcp-established", "--action-script", s.script(""))
+	code, res, stderr := s.send(w, append([]string{"--tcp-established", "--action-script", s.script("")}, extra...)...)
 	if code != 0 {
 		t.Fatalf("migrate send: exit %d: %s\n%s", code, res.Error, stderr)
 	}
+	s.res = res
 	if res.Connections != conns {
 		t.Errorf("%d connections moved, want %d", res.Connections, conns)
 	}
@@ -169,8 +178,11 @@ func redisCmd(c *clientConn, args ...string) (string, error) {
 // connections: no error, every key right, the same connections (the
 // server's CLIENT ID for one of them is unchanged), the server's PID and
 // data on B.
-func TestMigrateRedisWithClients(t *testing.T) {
-	s := newServiceLab(t)
+func TestMigrateRedisWithClients(t *testing.T) { migrateRedisWithClients(t, newServiceLab(t)) }
+
+// migrateRedisWithClients is TestMigrateRedisWithClients in lab s, with
+// these more arguments to migrate send.
+func migrateRedisWithClients(t *testing.T, s *serviceLab, sendArgs ...string) {
 	const port = 6379
 	w := s.startServer(port, "redis-server", "--port", strconv.Itoa(port), "--bind", s.vip.String(),
 		"--save", "", "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no", "--logfile", "")
@@ -188,7 +200,7 @@ func TestMigrateRedisWithClients(t *testing.T) {
 		t.Fatal(err)
 	}
 	cs.waitProgress(t, make([]int, k), 20, "before the migration")
-	s.migrate(w, k+1)
+	s.migrate(w, k+1, sendArgs...)
 	cs.waitProgress(t, cs.snapshot(), 20, "after the migration")
 	cs.finish(t)
 	if got, err := redisCmd(idc, "CLIENT", "ID"); err != nil || got != id {

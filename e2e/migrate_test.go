@@ -290,29 +290,62 @@ func finishMoved(t *testing.T, w *labWorkload, rootPID int) {
 	w.checkLog(0)
 }
 
+// TestMigratePrecopyC moves a C program (four threads, 64 MiB) with
+// pre-copy rounds: by default onto the task the agent made and filled
+// during the rounds (the restore overlapped with them: at the switch-over
+// only the final delta is written), and with --no-overlap restored after
+// the freeze, lazily from the agent's images. The program checks every
+// page on the destination.
 func TestMigratePrecopyC(t *testing.T) {
-	m := newMigLab(t)
-	m.startAgent()
-	// -p: a parent-death signal, which must not bind the moved program
-	// to the agent that restored it.
-	w := startOn(t, m.a, workloads["counter"], "-m", "64", "-t", "4", "-p")
-	code, res, stderr := m.send(w, "--max-rounds", "3")
-	if code != 0 {
-		t.Fatalf("migrate send: exit %d: %s", code, stderr)
+	for _, c := range []struct {
+		name string
+		args []string
+	}{{"overlap", nil}, {"no-overlap", []string{"--no-overlap"}}} {
+		t.Run(c.name, func(t *testing.T) {
+			m := newMigLab(t)
+			m.startAgent()
+			// -p: a parent-death signal, which must not bind the moved
+			// program to the agent that restored it.
+			w := startOn(t, m.a, workloads["counter"], "-m", "64", "-t", "4", "-p")
+			code, res, stderr := m.send(w, append([]string{"--max-rounds", "3"}, c.args...)...)
+			if code != 0 {
+				t.Fatalf("migrate send: exit %d: %s", code, stderr)
+			}
+			rp := m.moved(w)
+			if res.PID != w.hostPID || res.Downtime <= 0 || len(res.Rounds) < 2 || res.Rounds[0].Pages < 64*256 {
+				t.Errorf("result %+v", res)
+			}
+			ov, pc := res.Overlap, res.Postcopy
+			t.Logf("overlap %+v, postcopy %+v", ov, pc)
+			if c.name == "overlap" {
+				// Every page of the rounds went into the task before the
+				// freeze; the switch-over wrote the final delta (and the
+				// few pages of mappings not prepared: the program's and
+				// libraries' data), nothing was left for after the resume.
+				last := res.Rounds[len(res.Rounds)-1]
+				if ov == nil || ov.State != migrate.OverlapPrepared || ov.PreparedPages < 64*256 || ov.FinalPages > last.Pages+256 {
+					t.Errorf("overlap %+v (final round %d pages): want the rounds' pages written before the freeze, the final delta after", ov, last.Pages)
+				}
+				if pc == nil || pc.Pages != 0 {
+					t.Errorf("postcopy %+v: want nothing left to fill after the resume", pc)
+				}
+			} else {
+				if ov == nil || ov.State != "off: --no-overlap" {
+					t.Errorf("overlap %+v: want off", ov)
+				}
+				// Restored lazily from the agent's images: every page of
+				// the 64 MiB came in after the resume, and the agent said
+				// so before send ended.
+				if pc == nil || pc.Pages < 64*256 {
+					t.Errorf("postcopy %+v: want every page filled after the resume", pc)
+				}
+			}
+			// The agent gone, the moved program needs nothing from it.
+			killAndForget(m.agentP)
+			_ = m.agent.Wait()
+			finishMoved(t, w, rp)
+		})
 	}
-	rp := m.moved(w)
-	if res.PID != w.hostPID || res.Downtime <= 0 || len(res.Rounds) < 2 || res.Rounds[0].Pages < 64*256 {
-		t.Errorf("result %+v", res)
-	}
-	// Restored lazily from the agent's images: every page of the 64 MiB
-	// came in after the resume, and the agent said so before send ended.
-	if pc := res.Postcopy; pc == nil || pc.Pages < 64*256 {
-		t.Errorf("postcopy %+v: want every page filled after the resume", pc)
-	}
-	// The agent gone, the moved program needs nothing from it.
-	killAndForget(m.agentP)
-	_ = m.agent.Wait()
-	finishMoved(t, w, rp)
 }
 
 func TestMigrateStopAndCopyPython(t *testing.T) {
@@ -415,7 +448,7 @@ func TestMigrateDiskFullLeavesTheSourceRunning(t *testing.T) {
 }
 
 func TestMigrateKilledMidwayLeavesTheSourceRunning(t *testing.T) {
-	for _, victim := range []string{"send", "agent", "link"} {
+	for _, victim := range []string{"send", "agent", "link", "interrupt", "agent-stop"} {
 		t.Run(victim, func(t *testing.T) {
 			m := newMigLab(t)
 			m.startAgent()
@@ -442,7 +475,26 @@ func TestMigrateKilledMidwayLeavesTheSourceRunning(t *testing.T) {
 			if len(trackHolders(w.rootPID)) == 0 {
 				t.Fatal("no tracking holder after a pre-copy round")
 			}
+			// The agent made the task from the first round (the restore
+			// overlapped with the rounds): held traced and stopped.
+			prep, err := m.b.RootPID(w.hostPID)
+			if err != nil {
+				t.Fatalf("no task prepared on the destination after a pre-copy round: %v", err)
+			}
+			if state, tracer := procState(t, prep); tracer == 0 || state != "t" {
+				t.Fatalf("prepared task %d in state %s, tracer %d: want traced and stopped", prep, state, tracer)
+			}
 			switch victim {
+			case "agent-stop":
+				// The agent asked to stop (systemd's SIGTERM).
+				if err := syscall.Kill(m.agentP, syscall.SIGTERM); err != nil {
+					t.Fatal(err)
+				}
+			case "interrupt":
+				// The user gives up (Ctrl-C): send aborts.
+				if err := syscall.Kill(sendP, syscall.SIGINT); err != nil {
+					t.Fatal(err)
+				}
 			case "send":
 				killAndForget(sendP)
 			case "agent":
@@ -480,6 +532,9 @@ func TestMigrateKilledMidwayLeavesTheSourceRunning(t *testing.T) {
 				}
 			}
 			intact(t, w)
+			// The destination killed the task it prepared (or, agent
+			// gone, its death did).
+			gone(t, prep, "prepared task on the destination")
 		})
 	}
 }

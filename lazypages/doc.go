@@ -18,17 +18,31 @@
 // may go.
 //
 // The data path, with a page server: 2 + PushConns connections. The
-// fault loop, on a thread of its own, asks the faulting page alone on the
-// first (blocking reads on the raw socket: the kernel wakes that thread
-// for the reply) and copies it as soon as it is in; the rest of a
+// fault loop, on a thread of its own that asks the scheduler for a short
+// slice (it preempts the push's threads when a fault wakes it), asks the
+// faulting page alone on the first connection and copies it as soon as it
+// is in. On plain TCP every connection is a blocking socket whose
+// receives time out by SO_RCVTIMEO (pageserver.Client.BlockingGets): a
+// fault costs one send and one readv on that thread, woken by the kernel
+// when the reply comes, and a pushed run one recv; the rest of a
 // sequential reader's window goes on the second, asked and copied by the
 // neighbour goroutine (a fault on those pages meanwhile waits for that
 // copy). The background push keeps requests in flight on the others (a
 // planner, a receiving thread per connection, a copier) and steps aside,
 // off the daemon's lock and off the CPU, while faults are being served.
 // The page server reads a lazy session's requests on the session's own
-// thread, outside Go's poller, and answers GET from its pages files with
-// sendfile on plain TCP.
+// thread, outside Go's poller, one blocking read each, and answers GET
+// from its pages files with sendfile on plain TCP.
+//
+// The push cannot go below two copies per page: TCP's receive copy, then
+// UFFDIO_COPY. TCP_ZEROCOPY_RECEIVE would map the received pages instead
+// of copying them, but measured here (Linux 6.18, loopback, 1 MiB
+// replies sent with sendfile from tmpfs, as the page server does) it
+// mapped no page at all: every call reported the whole segment as to be
+// read with recv. No kernel path moves pipe or socket pages into another
+// process's missing memory either.
+// BenchmarkLazyRestore measures that floor (recv + UFFDIO_COPY) in the
+// same run.
 //
 // Post-copy cannot survive losing its source: if the page server goes
 // away, or the daemon itself dies, the pages still missing can never come.

@@ -29,6 +29,7 @@ func (d *daemon) faultLoop() {
 	// hand-off between two.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	defer shortSlice(faultSlice)()
 	var evs [16]unix.EpollEvent
 	buf := make([]byte, uffd.DefaultBatch*32)
 	fbuf := make([]byte, pageSize)
@@ -81,6 +82,33 @@ func (d *daemon) faultLoop() {
 			return
 		default:
 		}
+	}
+}
+
+// faultSlice is the scheduler slice the fault thread asks for: a thread
+// that asks for a shorter slice than the running one's preempts it when it
+// wakes (EEVDF, Linux 6.12+), so that a fault does not wait behind the
+// background push's threads (or anyone's) for the CPU. It runs for a few
+// microseconds per fault, well within it.
+const faultSlice = 100 * time.Microsecond
+
+// shortSlice asks the scheduler for slice on this (locked) thread, its
+// policy and nice value kept, and returns what gives the default slice
+// back. A thread not under the fair class, or a kernel without custom
+// slices, keeps what it has.
+func shortSlice(slice time.Duration) (undo func()) {
+	attr, err := unix.SchedGetAttr(0, 0)
+	if err != nil || attr.Policy != unix.SCHED_NORMAL {
+		return func() {}
+	}
+	attr.Size, attr.Flags = unix.SizeofSchedAttr, 0
+	attr.Runtime = uint64(slice.Nanoseconds())
+	if unix.SchedSetAttr(0, attr, 0) != nil {
+		return func() {}
+	}
+	return func() {
+		attr.Runtime = 0
+		unix.SchedSetAttr(0, attr, 0)
 	}
 }
 

@@ -196,6 +196,9 @@ func pagesFrom(ss ...source) (local, remote uint64) {
 type remoteSource struct {
 	mu sync.Mutex
 	c  *pageserver.Client
+	// blocking: the connection times its own receives out (plain TCP:
+	// pageserver.Client.BlockingGets), no timer per GET is needed.
+	blocking bool
 }
 
 func dialSource(ctx context.Context, addr string, o pageserver.TransportOptions) (*remoteSource, error) {
@@ -203,7 +206,24 @@ func dialSource(ctx context.Context, addr string, o pageserver.TransportOptions)
 	if err != nil {
 		return nil, err
 	}
-	return &remoteSource{c: c}, nil
+	// On plain TCP, a GET is one send and one receive that the kernel
+	// wakes this thread for; TLS and QUIC go through Go's poller.
+	s := &remoteSource{c: c, blocking: c.BlockingGets(getTimeout) == nil}
+	return s, nil
+}
+
+// watch arms the GET watchdog where the connection has no timeout of its
+// own; stop reports whether it fired (the GET timed out).
+func (s *remoteSource) watch() (stop func() bool) {
+	if s.blocking {
+		return func() bool { return false }
+	}
+	var stalled atomic.Bool
+	timer := time.AfterFunc(getTimeout, func() { stalled.Store(true); s.c.Abort() })
+	return func() bool {
+		timer.Stop()
+		return stalled.Load()
+	}
 }
 
 // getTimeout bounds one GET: a source that stops answering (its host or
@@ -217,11 +237,9 @@ func (s *remoteSource) read(pm *pagemap, src uint64, b []byte) error {
 	defer s.mu.Unlock()
 	for len(b) > 0 {
 		nr := uint64(len(b)) / pageSize
-		var stalled atomic.Bool
-		timer := time.AfterFunc(getTimeout, func() { stalled.Store(true); s.c.Abort() })
+		stop := s.watch()
 		got, err := s.c.Get(pm.pid, src, nr, b)
-		timer.Stop()
-		if stalled.Load() {
+		if stop() || errors.Is(err, pageserver.ErrGetTimeout) {
 			return fmt.Errorf("the page server did not answer a GET at %#x of pid %d within %v", src, pm.pid, getTimeout)
 		}
 		if errors.Is(err, pageserver.ErrNoPages) {
@@ -241,11 +259,9 @@ func (s *remoteSource) send(pm *pagemap, src, n uint64) error {
 }
 
 func (s *remoteSource) recv(pm *pagemap, src uint64, b []byte) (uint64, error) {
-	var stalled atomic.Bool
-	timer := time.AfterFunc(getTimeout, func() { stalled.Store(true); s.c.Abort() })
+	stop := s.watch()
 	pid, vaddr, got, err := s.c.RecvGet(b)
-	timer.Stop()
-	if stalled.Load() {
+	if stop() || errors.Is(err, pageserver.ErrGetTimeout) {
 		return 0, fmt.Errorf("the page server did not answer a GET at %#x of pid %d within %v", src, pm.pid, getTimeout)
 	}
 	if err == nil && (pid != pm.pid || vaddr != src) {
@@ -265,12 +281,14 @@ func (s *remoteSource) close(complete bool) error {
 		return nil
 	}
 	// Close first reads the replies to GETs still in flight: a source
-	// that stopped answering must not hang the end of the daemon.
+	// that stopped answering must not hang the end of the daemon. The
+	// status of CLOSE is read by Go's poller, which no socket timeout
+	// bounds: a timer does, blocking socket or not.
 	var stalled atomic.Bool
 	timer := time.AfterFunc(getTimeout, func() { stalled.Store(true); s.c.Abort() })
 	err := s.c.Close()
 	timer.Stop()
-	if stalled.Load() {
+	if stalled.Load() || errors.Is(err, pageserver.ErrGetTimeout) {
 		return fmt.Errorf("the page server did not answer within %v at close", getTimeout)
 	}
 	return err

@@ -71,3 +71,58 @@ func TestRemoteSourceCloseStalled(t *testing.T) {
 	}
 	<-served
 }
+
+// TestRemoteSourceCloseStatusStalled: a source that answers every GET and
+// never CLOSE's status does not hang close either (the status is read
+// through Go's poller, which the blocking socket's timeout does not bound).
+func TestRemoteSourceCloseStatusStalled(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		var h [32]byte
+		if _, err := io.ReadFull(c, h[:]); err != nil {
+			return
+		}
+		binary.NativeEndian.PutUint32(h[0:], 1)
+		c.Write(h[:])
+		c.Write(make([]byte, pageSize))
+		io.Copy(io.Discard, c) // CLOSE, never answered
+	}()
+	old := getTimeout
+	getTimeout = 300 * time.Millisecond
+	defer func() { getTimeout = old }()
+	s, err := dialSource(context.Background(), ln.Addr().String(), pageserver.TransportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.blocking {
+		t.Fatal("a plain TCP source is not in blocking mode")
+	}
+	pm := &pagemap{pid: 42}
+	b := make([]byte, pageSize)
+	if err := s.read(pm, 0x10000, b); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- s.close(true) }()
+	select {
+	case err := <-closed:
+		if err == nil || !strings.Contains(err.Error(), "did not answer") {
+			t.Fatalf("close of a source that never answers CLOSE: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		s.close(false)
+		t.Fatal("close hangs on a source that never answers CLOSE")
+	}
+	<-served
+}

@@ -62,6 +62,12 @@ type AgentConfig struct {
 	// the agent takes post-copy migrations, fetching their lazy pages
 	// from the source's page server.
 	ClientTLS TLSFiles
+	// NetworkLock is how this host locks a migration's TCP connections
+	// and listeners from Lock until the restored tree runs (the agent's
+	// --network-lock, as restore's; "": netlock.Default). With skip the
+	// agent makes no rules: the user's scripts keep the peers' packets
+	// from this host until then.
+	NetworkLock netlock.Method
 	// AdminCNs are the identities (certificate common name or DNS name,
 	// CA-signed) that may resolve any held migration and read the whole
 	// history; any other peer only those its own certificate started.
@@ -110,6 +116,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	}
 	if cfg.ClientTLS.CACert == "" {
 		cfg.ClientTLS.CACert = cfg.TLS.CACert
+	}
+	if cfg.NetworkLock, err = netlock.ParseMethod(string(cfg.NetworkLock)); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
 	}
 	if cfg.History <= 0 {
 		cfg.History = 100
@@ -230,6 +239,13 @@ type inbound struct {
 	// its start is not part of the downtime; handed to the fill (nil
 	// then) or ended by cleanup.
 	guard *lazypages.Guard
+	// layout is the root's layout the running round sent; pending the
+	// task prepared from the rounds (overlap_linux.go), overlapOff once
+	// it fell back; overlap what it did.
+	layout     *restorer.Layout
+	pending    *restorer.Pending
+	overlapOff bool
+	overlap    Overlap
 }
 
 // addRound records round ps as the agent saw it: the pages its page server
@@ -464,6 +480,13 @@ func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
 			}
 			if err := in.send(&pb.Envelope{Msg: &pb.Envelope_RoundAck{RoundAck: &pb.RoundAck{N: m.GetRoundDone().N,
 				PageBytes: uint64(in.pageBytes())}}}); err != nil {
+				return phaseErr(phase, err)
+			}
+		case m.GetLayout() != nil:
+			if in.ps == nil || in.ps.final {
+				return phaseErr(phase, errors.New("layout outside a pre-copy round"))
+			}
+			if in.layout, err = layoutOf(m.GetLayout(), in.res.PID); err != nil {
 				return phaseErr(phase, err)
 			}
 		case m.GetFile() != nil:
@@ -799,6 +822,9 @@ func (in *inbound) finishRound(n uint32) error {
 		}
 		in.a.cfg.Log.Debugf("agent: migration %s: round %d: pages on disk %v after the source's done", in.res.ID, n, time.Since(t))
 		in.addRound(ps)
+		if !ps.final {
+			in.overlapRound(in.agentCtx, n, ps.dir)
+		}
 		return nil
 	case <-time.After(sourceWait):
 		ps.ln.Close()
@@ -911,12 +937,28 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	// Detach: the agent is not the program's parent on the source, so a
 	// parent-death signal the program set must not tie it to the agent's
 	// life (as `restore -d`). The agent still reaps the root.
-	if rs.TcpEstablished != (in.netLock != nil) && pageSource == "" {
+	if rs.TcpEstablished != (in.netLock != nil) {
 		return phaseErr(PhaseFreeze, errors.New("restore of TCP connections without their lock on this host (Lock), or the reverse"))
 	}
 	ro := restorer.Options{ImagesDir: filepath.Join(in.dir, "final"), Detach: true, TCPEstablished: rs.TcpEstablished, ShellJob: rs.ShellJob}
+	var r *restorer.Restorer
+	var err error
+	if in.pending != nil && pageSource != "" {
+		in.overlapFallback("the last pages come lazily from the source")
+	}
+	if in.pending != nil {
+		p := in.pending
+		r, err = p.Finish(ctx, ro, scripts)
+		in.pending = nil
+		if errors.Is(err, restorer.ErrNotPrepared) && !in.resumeDecided {
+			in.overlapOff = true
+			in.overlap.State = err.Error()
+			in.a.cfg.Log.Infof("agent: migration %s: restore from the images alone: %v", in.res.ID, err)
+			err = nil
+		}
+	}
 	var lazy *localFill
-	if !fullFill {
+	if r == nil && err == nil && !fullFill {
 		var err error
 		if lazy, err = in.startFill(ro.ImagesDir, pageSource, rs.Compress); err != nil {
 			return phaseErr(PhaseRestore, err)
@@ -927,7 +969,9 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	}
 	// Past Ready the copy is held whatever becomes of the source's link:
 	// only a decision ends the hold (see awaitGo).
-	r, err := restorer.RestoreContext(ctx, ro, scripts)
+	if r == nil && err == nil {
+		r, err = restorer.RestoreContext(ctx, ro, scripts)
+	}
 	if err != nil {
 		if lazy != nil {
 			lazy.stop()
@@ -950,11 +994,13 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	}
 	if in.resumeDecided {
 		in.a.setState(in.res.ID, stateResumed, r.PID())
-		// Every task runs: their connections' packets may flow. A failed
-		// unlock is reported, never a reason to kill the only copy left.
-		if err := in.netLock.Unlock(); err != nil {
-			in.a.cfg.Log.Warnf("agent: migration %s: network unlock (remove the godwit nft table by hand): %v", in.res.ID, err)
-		}
+	}
+	// Every task runs (after Go; in post-copy and hybrid at once, the
+	// lazy pages still to come): their connections' packets may flow. A
+	// failed unlock is reported, never a reason to kill the only copy
+	// left.
+	if err := in.netLock.Unlock(); err != nil {
+		in.a.cfg.Log.Warnf("agent: migration %s: network unlock (remove the lock by hand: %s): %v", in.res.ID, in.netLock.RemoveCommand(), err)
 	}
 	resumedAt := time.Now()
 	if !in.frozeAt.IsZero() {
@@ -968,6 +1014,14 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 		in.a.cfg.Log.Warnf("agent: migration %s: tell the source: %v", in.res.ID, err)
 	}
 	if lazy == nil {
+		if !fullFill {
+			// Restored onto the prepared task: every page was in at
+			// the resume, none left to fill (no post-copy phase here;
+			// the source, which asked for a lazy restore, is told).
+			if err := in.send(&pb.Envelope{Msg: &pb.Envelope_PagesIn{PagesIn: &pb.PagesIn{}}}); err != nil {
+				in.a.cfg.Log.Warnf("agent: migration %s: tell the source every page is in: %v", in.res.ID, err)
+			}
+		}
 		return nil
 	}
 	st, err := lazy.wait()
@@ -1022,7 +1076,7 @@ func (in *inbound) lockConns(pid int32) (*pb.Locked, error) {
 			listeners = append(listeners, st.Src)
 		}
 	}
-	l, err := netlock.New(netlock.Default, int(pid), "")
+	l, err := netlock.New(in.a.cfg.NetworkLock, int(pid), "")
 	if err != nil {
 		return nil, err
 	}
@@ -1032,8 +1086,19 @@ func (in *inbound) lockConns(pid int32) (*pb.Locked, error) {
 	if err := l.LockListeners(listeners); err != nil {
 		return nil, errors.Join(err, l.Unlock())
 	}
+	// Should the agent die now, the source's scripts may have moved the
+	// service address here: its guard keeps the lock until the address
+	// left again (the source runs on with its connections), so that no
+	// peer is answered with a reset meanwhile.
+	if err := l.GuardDestination(lockLinger); err != nil {
+		return nil, errors.Join(err, l.Unlock())
+	}
 	in.netLock = l
-	in.a.cfg.Log.Infof("agent: migration %s: %d connections and %d listeners locked (%s)", in.res.ID, len(conns), len(listeners), l.Name())
+	if l.Method() == netlock.Skip {
+		in.a.cfg.Log.Infof("agent: migration %s: %d connections and %d listeners not locked (--network-lock skip)", in.res.ID, len(conns), len(listeners))
+	} else {
+		in.a.cfg.Log.Infof("agent: migration %s: %d connections and %d listeners locked (%s %s)", in.res.ID, len(conns), len(listeners), l.Method(), l.Name())
+	}
 	return &pb.Locked{Connections: uint32(len(conns)), Listeners: uint32(len(listeners))}, nil
 }
 
@@ -1051,6 +1116,12 @@ func (in *inbound) releaseLock() {
 		if _, err := in.recv(time.Until(deadline)); err != nil {
 			break
 		}
+	}
+	if !in.aborted {
+		// The source went without its Abort (killed, or its link
+		// cut): the address it moved here stays locked until it
+		// leaves (bounded).
+		in.netLock.LingerWhileLocal(deadline)
 	}
 	// A restore that got as far as the connections and then failed
 	// closed them as the tree died: their FIN, dropped by the lock,
@@ -1171,6 +1242,7 @@ func postcopyOf(st lazypages.Stats, resumed time.Time) *Postcopy {
 }
 
 func (in *inbound) cleanup() {
+	in.pending.Abort()
 	if in.guard != nil {
 		in.guard.Close()
 	}

@@ -114,7 +114,17 @@ func (in *inbound) awaitGo(pid int) error {
 			"settle it with `godwit migrate resolve --to %s %s resume|abort` (resume only if the source tree is gone)",
 			h.id, pid, h.source, why, pid, a.cfg.Address, h.id)
 	}
-	if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Ready{Ready: &pb.Ready{}}}); err != nil {
+	if in.pending != nil {
+		// Finish got this far on the prepared task.
+		st := in.pending.Stats()
+		in.overlap = Overlap{State: OverlapPrepared, PreparedPages: st.Pages, FinalPages: st.FinalPages}
+	}
+	if in.overlap.State != "" {
+		ov := in.overlap
+		in.res.Overlap = &ov
+	}
+	ready := &pb.Ready{Overlap: in.overlap.State, PreparedPages: in.overlap.PreparedPages, FinalPages: in.overlap.FinalPages}
+	if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Ready{Ready: ready}}); err != nil {
 		// The source may have it (a write fails after part of it
 		// left): it may be committed.
 		doubt(fmt.Sprintf("ready not sent: %v", err))

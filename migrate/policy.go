@@ -77,6 +77,13 @@ func nextRound(rounds []Round, memory uint64) uint64 {
 	}
 	last := rounds[len(rounds)-1]
 	est := 2 * max(float64(last.Bytes), nextDelta(last))
+	if len(rounds) == 1 && last.DirtyRate > 0 {
+		// The first round's size is all memory, not a delta: what the
+		// program wrote during it, counted at its end, is. A count,
+		// not a forecast: a quarter more covers the writes until the
+		// next round's scan.
+		est = 1.25 * nextDelta(last)
+	}
 	if est >= float64(memory) {
 		return memory
 	}
@@ -85,13 +92,15 @@ func nextRound(rounds []Round, memory uint64) uint64 {
 
 // decide says, after the rounds so far, whether to stop pre-copy, whether
 // stopping now overruns the downtime budget, and why it stops. The first
-// round takes every page, so the dirty rate is known only from the second.
+// round takes every page: its dirty rate, when known (> 0), is what the
+// program wrote while it ran, counted at its end.
 func decide(rounds []Round, budget time.Duration, maxRounds int, room pageRoom) (stop, overrun bool, why string) {
 	n := len(rounds)
 	if n == 0 && maxRounds <= 0 {
 		return true, false, StopStopAndCopy
 	}
-	fits := n >= 2 && predictedDowntime(rounds) <= budget
+	known := n >= 2 || (n == 1 && rounds[0].DirtyRate > 0)
+	fits := known && predictedDowntime(rounds) <= budget
 	switch {
 	case fits:
 		return true, false, StopConverged

@@ -21,6 +21,10 @@ func TestDecide(t *testing.T) {
 		{"stop-and-copy", nil, 0, true, false},
 		{"first round: rate unknown", []Round{round(1024*MB, time.Second, 0)}, 8, false, false},
 		{"only one round allowed", []Round{round(1024*MB, time.Second, 0)}, 1, true, false},
+		// The first round's rate, counted at its end: 1 MB/s over a 1 s
+		// round at 1 GB/s is 1 ms of delta; 500 MB/s is 0.5 s.
+		{"first round: measured, fits", []Round{round(1024*MB, time.Second, MB)}, 8, true, false},
+		{"first round: measured, too much", []Round{round(1024*MB, time.Second, 500*MB)}, 8, false, false},
 		// 8 MB/s over a 10 ms round at 1 GB/s: 80 KB, far under budget.
 		{"fits", []Round{round(1024*MB, time.Second, 0), round(10*MB, 10*time.Millisecond, 8*MB)}, 8, true, false},
 		// 500 MB/s dirty over 1 s rounds at 1 GB/s: 0.5 s > budget, still shrinking.
@@ -66,6 +70,11 @@ func TestDecideByteLimit(t *testing.T) {
 		// all memory again, and the final too: 768 MiB + maps > 768 MiB.
 		{"after round 1 at the default bound", []Round{full}, pageRoom{def, 256 * MB, mem}, true, false, StopByteLimit},
 		{"after round 1, a large bound", []Round{full}, pageRoom{8 * mem, 256 * MB, mem}, false, false, ""},
+		// Its writes measured (4 MB/s: 16 MB pending at its end, 20 MB
+		// with the margin): round 2 and the final fit the default bound.
+		{"after round 1, writes measured", []Round{round(256*MB, 4*time.Second, 4*MB)}, pageRoom{def, 256 * MB, mem}, false, false, ""},
+		// 60 MB/s: 240 MB pending, 300 MB with the margin: no room.
+		{"after round 1, many writes measured", []Round{round(256*MB, 4*time.Second, 60*MB)}, pageRoom{def, 256 * MB, mem}, true, false, StopByteLimit},
 		// The second round moved nearly everything again: not converging,
 		// checked from round 2.
 		{"round 2 does not shrink", []Round{full, hot}, pageRoom{16 * mem, 512 * MB, mem}, true, true, StopDiverging},

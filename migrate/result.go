@@ -89,6 +89,9 @@ type Result struct {
 	Switchover *Switchover `json:"switchover,omitempty"`
 	Rounds     []Round     `json:"rounds"`
 	Postcopy   *Postcopy   `json:"postcopy,omitempty"`
+	// Overlap is what the restore overlapped with the rounds did (nil:
+	// no pre-copy round, or the agent never got to the restore).
+	Overlap *Overlap `json:"overlap,omitempty"`
 	// Overrun is set when the policy gave up converging and the final
 	// delta did not fit the downtime budget.
 	Overrun bool `json:"overrun,omitempty"`

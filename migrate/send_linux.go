@@ -66,10 +66,12 @@ type SendOptions struct {
 	FileLocks bool
 	CPUCap    string
 	// TCPEstablished moves the tree's established TCP connections (dump
-	// and restore --tcp-established): they stay locked on this host from
-	// the freeze until the agent runs the tree, and on the agent's host
-	// from before the pre-restore scripts (which move the service address
-	// the connections use) until the restored tree resumes.
+	// and restore --tcp-established), in every mode: they stay locked on
+	// this host from the freeze until the agent runs the tree (post-copy
+	// and hybrid: until the source tree is killed after the last page),
+	// and on the agent's host from before the pre-restore scripts (which
+	// move the service address the connections use) until the restored
+	// tree resumes.
 	TCPEstablished, SkipInFlight bool
 	// NetworkLock is how this host locks the connections ("": default).
 	NetworkLock netlock.Method
@@ -99,6 +101,9 @@ type SendOptions struct {
 	// downtime grows with the memory) instead of restoring lazily from
 	// its own images and filling after the resume.
 	FullFill bool
+	// NoOverlap keeps the agent from making the task during the rounds
+	// (no Layout sent): it restores from the images after the freeze.
+	NoOverlap bool
 	// ServerTLS is this host's server certificate (the CA is TLS's):
 	// post-copy serves the lazy pages with it to the agent.
 	ServerTLS TLSFiles
@@ -173,9 +178,6 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	}
 	if o.Streams < 1 || o.Streams > pageserver.MaxStreams {
 		return res, phaseErr(PhaseCheck, fmt.Errorf("--streams %d: want 1 to %d", o.Streams, pageserver.MaxStreams))
-	}
-	if o.TCPEstablished && res.Mode != ModePrecopy {
-		return res, phaseErr(PhaseCheck, fmt.Errorf("--tcp-established with --mode %s is not implemented (use precopy)", res.Mode))
 	}
 	if o.DowntimeBudget <= 0 {
 		o.DowntimeBudget = 50 * time.Millisecond
@@ -316,6 +318,20 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		defer g.done()
 	}
 
+	// The agent makes the task and fills it during the rounds
+	// (restorer.Pending): single-process trees restored from pre-copy
+	// rounds alone (not the lazy final pages of hybrid).
+	overlap := false
+	switch {
+	case o.NoOverlap:
+		res.Overlap = &Overlap{State: "off: --no-overlap"}
+	case tasks > 1:
+		res.Overlap = &Overlap{State: fmt.Sprintf("off: a tree of %d processes", tasks)}
+	case res.Mode != ModePrecopy:
+		res.Overlap = &Overlap{State: "off: --mode " + string(res.Mode)}
+	default:
+		overlap = true
+	}
 	n := uint32(0)
 	var prevDur time.Duration
 	memory := treeMemory(o.Pid)
@@ -364,6 +380,17 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		if err != nil {
 			return res, abort(PhasePrecopy, fmt.Errorf("round %d: %w", n, err))
 		}
+		if overlap {
+			// The layout now, while the tree runs: approximate, the
+			// final dump's is the one restored.
+			l, err := layoutMsg(o.Pid)
+			if err == nil {
+				err = s.send(&pb.Envelope{Msg: &pb.Envelope_Layout{Layout: l}})
+			}
+			if err != nil {
+				return res, abort(PhasePrecopy, fmt.Errorf("round %d: %w", n, err))
+			}
+		}
 		if err := s.endRound(n); err != nil {
 			return res, abort(PhasePrecopy, err)
 		}
@@ -372,9 +399,14 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		if dur > 0 {
 			r.Bandwidth = float64(r.Bytes) / dur.Seconds()
 		}
-		if n > 1 && prevDur > 0 {
+		switch {
+		case n > 1 && prevDur > 0:
 			// What this round took was written while the last one ran.
 			r.DirtyRate = float64(r.Bytes) / prevDur.Seconds()
+		case n == 1 && dur > 0:
+			// The first round took everything: the pages written
+			// since its scan are the only measure of the program.
+			r.DirtyRate = float64(pr.Pending*4096) / dur.Seconds()
 		}
 		prevDur = dur
 		res.Rounds = append(res.Rounds, r)
@@ -464,6 +496,9 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 				return fmt.Errorf("expected ready, got %T", m.Msg)
 			}
 			readyAt = time.Now()
+			if rd := m.GetReady(); overlap && rd.Overlap != "" {
+				res.Overlap = &Overlap{State: rd.Overlap, PreparedPages: rd.PreparedPages, FinalPages: rd.FinalPages}
+			}
 			gate.readyArrived()
 			hookPhase = PhaseSwitchover
 			// Before the commit, the agent holds its copy: the source
@@ -963,10 +998,17 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 	}
 	host, _, _ := splitHostPort(o.To)
 	to.AllowedClients, to.Compress = []string{host}, s.lazyCompress
+	// Serving ends with the agent's CLOSE; a Failure from the agent, or
+	// its link lost, ends it at once. Started once the restore is asked
+	// for: until then the dump's hook talks with the agent itself.
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	w := newLazyWatch()
 	var frozeAt, dumpedAt time.Time
 	committed := false
 	hold := &dumper.Hold{}
-	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
+	sw := newLazySwitch(&o, work)
+	scripts := sw.dumpScripts(func(action string, _ int) error {
 		switch action {
 		case actions.PreDump:
 			frozeAt = time.Now()
@@ -976,31 +1018,30 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 			if err := s.sendImages(work); err != nil {
 				return err
 			}
-			if err := s.commitLazy(hold, addr); err != nil {
+			if err := sw.beforeCommit(s, res, PhaseFreeze); err != nil {
+				return err
+			}
+			if err := s.commitLazy(hold, addr, o.TCPEstablished); err != nil {
 				return err
 			}
 			committed = true
 			enter(PhasePostcopy)
+			go w.run(s, res, cancel)
 			if os.Getenv(testSwitchover) != "" && o.Notice != nil {
 				o.Notice("migrate: test: committed (post-copy)")
 			}
 		}
 		return nil
-	}}
-	// Serving ends with the agent's CLOSE; a Failure from the agent, or
-	// its link lost, ends it at once.
-	ctx, cancel := context.WithCancel(s.ctx)
-	defer cancel()
-	w := newLazyWatch()
-	go w.run(s, res, cancel)
+	})
 	do := dumper.Options{Pid: o.Pid, ImagesDir: work, FileLocks: o.FileLocks, CPUCap: o.CPUCap, Hold: hold}
 	o.fileOptions(&do)
+	sw.dumpOptions(&do)
 	dr, err := dumper.DumpLazyContext(ctx, do, scripts, dumper.LazyServe{Addr: addr, Transport: to})
 	if !committed {
 		if err == nil {
 			err = errors.New("dump ended without handing over")
 		}
-		return s.abortWith(PhaseFreeze, err)
+		return sw.abort(s, PhaseFreeze, err, s.abortWith)
 	}
 	<-w.received
 	if !w.resumedAt.IsZero() {
@@ -1010,14 +1051,22 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 			res.Switchover.VMAFlags = dr.VMAFlags
 		}
 	}
-	return w.end("post-copy", err, res)
+	return sw.finish(dr, res, w.end("post-copy", err, res))
 }
 
 // commitLazy is the commit of post-copy and hybrid: from here the source
 // never runs again and dies with this process (not thawed by its tracer's
 // death while the agent's copy runs); the agent is asked to restore with
 // its lazy pages served from addr.
-func (s *sender) commitLazy(hold *dumper.Hold, addr string) error {
+func (s *sender) commitLazy(hold *dumper.Hold, addr string, tcp bool) error {
+	// An agent gone before the restore was asked (killed while the
+	// pre-restore scripts ran) has no copy: the source runs on. (Gone
+	// from here on, it may have one: never known here.)
+	select {
+	case <-s.done:
+		return fmt.Errorf("the agent's link ended before the restore was asked: %w", s.ctl.err)
+	default:
+	}
 	// Past the commit the link's end no longer cancels the serving (the
 	// agent closes it after PagesIn, maybe before its lazy connection),
 	// and an interrupt no longer kills the pages' only source.
@@ -1028,7 +1077,7 @@ func (s *sender) commitLazy(hold *dumper.Hold, addr string) error {
 		_ = hold.KillOnExit(false)
 		return fmt.Errorf("hold the source tree: %w", err)
 	}
-	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{PageSource: addr, Compress: s.lazyCompress}}}); err != nil {
+	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Restore{Restore: &pb.Restore{PageSource: addr, Compress: s.lazyCompress, TcpEstablished: tcp}}}); err != nil {
 		_ = hold.KillOnExit(false)
 		return err
 	}
@@ -1133,7 +1182,8 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 	committed := false
 	hookPhase := PhaseFreeze
 	hold := &dumper.Hold{}
-	scripts := &actions.Scripts{Notify: func(action string, _ int) error {
+	sw := newLazySwitch(&o, final)
+	scripts := sw.dumpScripts(func(action string, _ int) error {
 		switch action {
 		case actions.PreDump:
 			frozeAt = time.Now()
@@ -1146,7 +1196,10 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 				return err
 			}
 			imagesAt = time.Now()
-			if err := s.commitLazy(hold, addr); err != nil {
+			if err := sw.beforeCommit(s, res, PhaseFreeze); err != nil {
+				return err
+			}
+			if err := s.commitLazy(hold, addr, o.TCPEstablished); err != nil {
 				return err
 			}
 			committed = true
@@ -1155,10 +1208,11 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 			go w.run(s, res, cancel)
 		}
 		return nil
-	}}
+	})
 	do := dumper.Options{Pid: o.Pid, ImagesDir: final, FileLocks: o.FileLocks, CPUCap: o.CPUCap,
 		PrevImagesDir: "../" + roundDir(n-1, false), TrackMem: true, Hold: hold}
 	o.fileOptions(&do)
+	sw.dumpOptions(&do)
 	dr, err := dumper.DumpLazyContext(ctx, do, scripts, dumper.LazyServe{Addr: addr, Transport: to,
 		Pages: &dumper.PageServer{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Transport: pages}})
 	if !committed {
@@ -1166,7 +1220,9 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 		if err == nil {
 			err = errors.New("dump ended without handing over")
 		}
-		return abort(hookPhase, err)
+		// The pre-copy rounds' abort (tracking ended) once the scripts
+		// put back what they moved.
+		return sw.abort(s, hookPhase, err, abort)
 	}
 	<-w.received
 	if dr != nil && dr.Stats != nil {
@@ -1182,7 +1238,7 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 			res.Switchover.VMAFlags = dr.VMAFlags
 		}
 	}
-	return w.end("hybrid post-copy", err, res)
+	return sw.finish(dr, res, w.end("hybrid post-copy", err, res))
 }
 
 // fileOptions sets the final dump's options for files (see SendOptions).

@@ -10,6 +10,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sys/unix"
@@ -65,6 +66,9 @@ type Client struct {
 	handedOver bool
 	// GETs sent ahead of their replies (SendGet, RecvGet).
 	pipe getPipe
+	// blocking: raw's socket is in blocking mode (BlockingGets); a recv
+	// that times out (SO_RCVTIMEO) fails with ErrGetTimeout.
+	blocking bool
 	// sp, when set, stripes the pages over several connections
 	// (TransportOptions.Streams); the fields above are unused then.
 	sp *striper
@@ -296,7 +300,7 @@ func (c *Client) Get(pid int, vaddr, nr uint64, dst []byte) (uint64, error) {
 	extra := 0
 	if raw {
 		var err error
-		if extra, err = recvHead(c.raw, hb[:], dst[:nr*PageSize]); err != nil {
+		if extra, err = recvHead(c.raw, hb[:], dst[:nr*PageSize], c.blocking); err != nil {
 			return 0, c.fail(fmt.Errorf("page server: GET reply: %w", err))
 		}
 	} else if _, err := io.ReadFull(rw, hb[:]); err != nil {
@@ -316,7 +320,7 @@ func (c *Client) Get(pid int, vaddr, nr uint64, dst []byte) (uint64, error) {
 	}
 	var err error
 	if rest := dst[extra : h.NrPages*PageSize]; raw {
-		err = recvFull(c.raw, rest)
+		err = recvFull(c.raw, rest, c.blocking)
 	} else {
 		_, err = io.ReadFull(rw, rest)
 	}
@@ -324,6 +328,54 @@ func (c *Client) Get(pid int, vaddr, nr uint64, dst []byte) (uint64, error) {
 		return 0, c.fail(fmt.Errorf("page server: GET data: %w", err))
 	}
 	return h.NrPages, nil
+}
+
+// ErrGetTimeout is returned by Get and RecvGet on a client in blocking
+// mode (BlockingGets) when the server sent nothing for the timeout.
+var ErrGetTimeout = errors.New("page server: no reply within the timeout")
+
+// BlockingGets puts a plain TCP connection in blocking mode, with timeout
+// as SO_RCVTIMEO and SO_SNDTIMEO: Get then costs one send(2) and, as a
+// rule, one readv(2) on the caller's thread, which the kernel wakes when
+// the reply comes, and RecvGet one recv(2) per reply (MSG_WAITALL), where a
+// non-blocking socket costs a failed read and a poll(2) more per reply. A
+// server silent for timeout fails the call with ErrGetTimeout, so callers
+// need no timer of their own. Call it before any GET; it refuses TLS, QUIC,
+// compression and striping (their bytes go through Go's poller).
+func (c *Client) BlockingGets(timeout time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sp != nil || c.raw == nil || c.handedOver {
+		return errors.New("page server: blocking GETs need a plain TCP connection")
+	}
+	if timeout <= 0 {
+		return errors.New("page server: blocking GETs need a timeout")
+	}
+	rc, err := c.raw.SyscallConn()
+	if err != nil {
+		return err
+	}
+	tv := unix.NsecToTimeval(timeout.Nanoseconds())
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		if serr = unix.SetsockoptTimeval(int(fd), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); serr != nil {
+			return
+		}
+		if serr = unix.SetsockoptTimeval(int(fd), unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); serr != nil {
+			return
+		}
+		// Go's poller keeps the descriptor registered: its own reads
+		// and writes (CLOSE's) block in the kernel too, and if the
+		// timeout ends one, wait in the poller as before.
+		serr = unix.SetNonblock(int(fd), false)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("page server: blocking GETs: %w", serr)
+	}
+	c.blocking = true
+	return nil
 }
 
 // Abort disconnects without CLOSE: the server treats the session as failed

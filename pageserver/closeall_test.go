@@ -2,6 +2,7 @@ package pageserver
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -15,6 +16,13 @@ import (
 // in poll): Close waits for that Control, so the connection, tracked as
 // a shutdownCloser as acceptTCP does, must be shut down first.
 func TestCloseAllWakesRawRead(t *testing.T) {
+	// Non-blocking (poll) and blocking (read in the kernel) sockets.
+	for _, idle := range []time.Duration{0, 2 * time.Minute} {
+		t.Run(fmt.Sprintf("idle=%v", idle), func(t *testing.T) { testCloseAllWakesRawRead(t, idle) })
+	}
+}
+
+func testCloseAllWakesRawRead(t *testing.T, idle time.Duration) {
 	s, err := NewServer(Config{ImagesDir: t.TempDir(), Lazy: true, Log: logging.New(io.Discard, 0)})
 	if err != nil {
 		t.Fatal(err)
@@ -35,9 +43,12 @@ func TestCloseAllWakesRawRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	rc, err := newRawReadConn(c.(*net.TCPConn))
+	rc, err := newRawReadConn(c.(*net.TCPConn), idle, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if rc.block != (idle > 0) {
+		t.Fatalf("blocking %v with idle timeout %v", rc.block, idle)
 	}
 	s.mu.Lock()
 	s.conns[shutdownCloser{c}] = struct{}{}
@@ -48,7 +59,7 @@ func TestCloseAllWakesRawRead(t *testing.T) {
 		_, err := rc.Read(b[:])
 		readDone <- err
 	}()
-	time.Sleep(200 * time.Millisecond) // the read is in poll(2)
+	time.Sleep(200 * time.Millisecond) // the read is in poll(2), or in read(2)
 	closeDone := make(chan struct{})
 	go func() { s.closeAll(); close(closeDone) }()
 	select {

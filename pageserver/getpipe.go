@@ -95,7 +95,7 @@ func (c *Client) RecvGet(dst []byte) (pid int, vaddr, got uint64, err error) {
 func (c *Client) readGetReply(p pendingGet, dst []byte) (uint64, error) {
 	readFull := func(b []byte) error {
 		if c.raw != nil && !c.handedOver {
-			return recvFull(c.raw, b)
+			return recvFull(c.raw, b, c.blocking)
 		}
 		_, err := io.ReadFull(c.ctrlRW(), b)
 		return err

@@ -10,26 +10,52 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// rawReadConn reads a lazy session's requests on plain TCP with poll(2)
-// and read(2) on the session's own thread rather than through Go's
-// netpoller: a lazy-pages fault's GET wakes the thread that answers it
-// directly, where the netpoller would wake a poller thread first and
-// hand the session's goroutine over to a second one. Writes, and their
-// deadlines, stay the TCP connection's. Close does not wake a blocked
+// rawReadConn reads a lazy session's requests on plain TCP with read(2)
+// on the session's own thread rather than through Go's netpoller: a
+// lazy-pages fault's GET wakes the thread that answers it directly, where
+// the netpoller would wake a poller thread first and hand the session's
+// goroutine over to a second one. The socket is put in blocking mode, so
+// that a request costs one read(2) (a non-blocking one costs a failed
+// read and a poll(2) more), with SO_RCVTIMEO at half the idle timeout: a
+// read that times out goes on in poll(2) until the deadline, which stays
+// exact. SO_SNDTIMEO bounds each blocking write (the TCP connection's own,
+// and sendFileAt's) by the write timeout. Close does not wake a blocked
 // Read (the read holds the descriptor): shut the connection down first
 // (shutdownCloser).
 type rawReadConn struct {
 	*net.TCPConn
 	rc       syscall.RawConn
 	deadline time.Time
+	// block: the socket is blocking, its reads bounded by tmo.
+	block bool
+	tmo   time.Duration
 }
 
-func newRawReadConn(c *net.TCPConn) (*rawReadConn, error) {
+// newRawReadConn reads c outside the netpoller; idle is the longest a
+// read may wait for a request, write the longest a write may wait for
+// room.
+func newRawReadConn(c *net.TCPConn, idle, write time.Duration) (*rawReadConn, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	return &rawReadConn{TCPConn: c, rc: rc}, nil
+	r := &rawReadConn{TCPConn: c, rc: rc}
+	if idle >= 2*time.Millisecond && write > 0 {
+		r.tmo = idle / 2
+		rt, wt := unix.NsecToTimeval(r.tmo.Nanoseconds()), unix.NsecToTimeval(write.Nanoseconds())
+		var serr error
+		cerr := rc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptTimeval(int(fd), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &rt)
+			if serr == nil {
+				serr = unix.SetsockoptTimeval(int(fd), unix.SOL_SOCKET, unix.SO_SNDTIMEO, &wt)
+			}
+			if serr == nil {
+				serr = unix.SetNonblock(int(fd), false)
+			}
+		})
+		r.block = cerr == nil && serr == nil
+	}
+	return r, nil
 }
 
 // SetReadDeadline bounds the next Reads (the session sets it before
@@ -47,8 +73,15 @@ func (r *rawReadConn) Read(b []byte) (int, error) {
 	var rerr error
 	cerr := r.rc.Control(func(fd uintptr) {
 		sfd := int(fd)
+		// Blocking, while the deadline is further than the socket's
+		// own timeout (a read never outlasts the deadline).
+		wait := r.block && (r.deadline.IsZero() || time.Until(r.deadline) >= r.tmo)
 		for {
-			k, err := unix.Read(sfd, b)
+			flags := unix.MSG_DONTWAIT
+			if wait {
+				flags = 0
+			}
+			k, err := recvNoAddr(sfd, b, flags)
 			switch {
 			case err == nil && k == 0:
 				rerr = io.EOF
@@ -62,6 +95,9 @@ func (r *rawReadConn) Read(b []byte) (int, error) {
 				rerr = &net.OpError{Op: "read", Net: "tcp", Addr: r.RemoteAddr(), Err: os.NewSyscallError("read", err)}
 				return
 			}
+			// Nothing came within the socket's timeout (or at once):
+			// wait for data in poll(2), up to the deadline.
+			wait = false
 			timeout := -1
 			if !r.deadline.IsZero() {
 				left := time.Until(r.deadline)

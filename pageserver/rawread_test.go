@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"testing"
 	"time"
 
@@ -38,9 +40,66 @@ func TestLazyRawSession(t *testing.T) {
 	go func() { done <- srv.Serve(ctx, ln); srv.Close() }()
 	addr := ln.Addr().String()
 
-	c, err := Dial(ctx, addr, TransportOptions{})
+	// The client in both modes: non-blocking (recv, poll) and blocking
+	// (BlockingGets: one readv, recv with MSG_WAITALL).
+	for _, blocking := range []bool{false, true} {
+		t.Run(fmt.Sprintf("blocking=%v", blocking), func(t *testing.T) { testRawGets(t, addr, blocking) })
+	}
+
+	// An idle peer is dropped: the raw read honours the deadline.
+	idle := dialRaw(t, addr)
+	idle.closedByServer()
+	log.waitLog(t, "no complete request within")
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+
+	// A peer waiting between requests (well within IdleTimeout) does not
+	// hold Serve up when it stops.
+	srv, err = NewServer(Config{ImagesDir: dump, Lazy: true, Log: logging.New(log, 4)})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if ln, err = Listen("127.0.0.1:0", TransportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	go func() { done <- srv.Serve(ctx, ln); srv.Close() }()
+	w := dialRaw(t, ln.Addr().String())
+	var hb [wire.HeaderSize]byte
+	wire.Header{Cmd: wire.CmdGet, NrPages: 1, Vaddr: 0x600000, DstID: 42}.Marshal(hb[:])
+	if _, err := w.c.Write(hb[:]); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, wire.HeaderSize+PageSize)
+	if _, err := io.ReadFull(w.c, got); err != nil {
+		t.Fatalf("GET on a raw peer: %v", err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Serve did not return while a lazy peer waited between requests")
+	}
+	w.closedByServer()
+}
+
+func testRawGets(t *testing.T, addr string, blocking bool) {
+	c, err := Dial(context.Background(), addr, TransportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if blocking {
+		if err := c.BlockingGets(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
 	}
 	buf := make([]byte, 16*PageSize)
 	for _, q := range []struct{ vaddr, nr, want uint64 }{
@@ -83,47 +142,70 @@ func TestLazyRawSession(t *testing.T) {
 		t.Fatalf("GET after the pipeline: %d, %v", n, err)
 	}
 
-	// An idle peer is dropped: the raw read honours the deadline.
-	idle := dialRaw(t, addr)
-	idle.closedByServer()
-	log.waitLog(t, "no complete request within")
+}
 
-	c.Close()
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Serve: %v", err)
-	}
-
-	// A peer waiting between requests (well within IdleTimeout) does not
-	// hold Serve up when it stops.
-	srv, err = NewServer(Config{ImagesDir: dump, Lazy: true, Log: logging.New(log, 4)})
+// TestBlockingGetTimeout: a client in blocking mode whose server reads its
+// GET and never answers fails the GET with ErrGetTimeout once the timeout
+// passes, and the pipelined replies' receive as well: no GET waits for
+// ever, with no timer of the caller's.
+func TestBlockingGetTimeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ln, err = Listen("127.0.0.1:0", TransportOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel = context.WithCancel(context.Background())
-	defer cancel()
-	go func() { done <- srv.Serve(ctx, ln); srv.Close() }()
-	w := dialRaw(t, ln.Addr().String())
-	var hb [wire.HeaderSize]byte
-	wire.Header{Cmd: wire.CmdGet, NrPages: 1, Vaddr: 0x600000, DstID: 42}.Marshal(hb[:])
-	if _, err := w.c.Write(hb[:]); err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, wire.HeaderSize+PageSize)
-	if _, err := io.ReadFull(w.c, got); err != nil {
-		t.Fatalf("GET on a raw peer: %v", err)
-	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Serve: %v", err)
+	defer ln.Close()
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
 		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("Serve did not return while a lazy peer waited between requests")
+	}()
+	accepted := make(chan net.Conn, 2)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+			go io.Copy(io.Discard, c) // reads, never answers
+		}
+	}()
+	buf := make([]byte, PageSize)
+	for _, pipelined := range []bool{false, true} {
+		c, err := Dial(context.Background(), ln.Addr().String(), TransportOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, <-accepted)
+		if err := c.BlockingGets(200 * time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Now()
+		if pipelined {
+			if err := c.SendGet(42, 0x600000, 1); err != nil {
+				t.Fatal(err)
+			}
+			_, _, _, err = c.RecvGet(buf)
+		} else {
+			_, err = c.Get(42, 0x600000, 1, buf)
+		}
+		if !errors.Is(err, ErrGetTimeout) {
+			t.Fatalf("pipelined %v: %v, want ErrGetTimeout", pipelined, err)
+		}
+		if d := time.Since(t0); d < 150*time.Millisecond {
+			t.Fatalf("pipelined %v: timed out after %v, before the timeout", pipelined, d)
+		}
+		c.Abort()
 	}
-	w.closedByServer()
+	// A compressed stream goes through zstd: no raw socket to block on.
+	c, err := Dial(context.Background(), ln.Addr().String(), TransportOptions{Compress: "zstd"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns = append(conns, <-accepted)
+	defer c.Abort()
+	if err := c.BlockingGets(time.Second); err == nil {
+		t.Fatal("BlockingGets on a compressed stream: no error")
+	}
 }

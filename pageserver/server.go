@@ -490,7 +490,7 @@ func (s *Server) serveTCP(c, conn net.Conn, raw *net.TCPConn, certs []*x509.Cert
 	s.log.Infof("page-server: %s: connected", peer)
 	rd := conn
 	if s.cfg.Lazy && raw != nil && conn == c {
-		if rc, err := newRawReadConn(raw); err == nil {
+		if rc, err := newRawReadConn(raw, s.cfg.IdleTimeout, s.cfg.ReadTimeout); err == nil {
 			rd = rc
 		}
 	}

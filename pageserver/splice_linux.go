@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -142,17 +143,25 @@ func sendFileAt(dst *net.TCPConn, hdr []byte, f *os.File, off, n int64, timeout 
 // recvFull fills b from the TCP socket src with recv(2), sleeping in
 // poll(2) while no data is there rather than in Go's poller: the thread
 // that waits is the one the kernel wakes, with no goroutine hand-off in
-// between (a lazy-pages fault waits on this). Abort's shutdown wakes it.
-func recvFull(src *net.TCPConn, b []byte) error {
+// between (a lazy-pages fault waits on this). With block (the socket is in
+// blocking mode: Client.BlockingGets), one recv(2) with MSG_WAITALL
+// sleeps in the kernel until b is full, and a recv that times out
+// (SO_RCVTIMEO) having read nothing fails with ErrGetTimeout. Abort's
+// shutdown wakes it either way.
+func recvFull(src *net.TCPConn, b []byte, block bool) error {
 	sc, err := src.SyscallConn()
 	if err != nil {
 		return err
+	}
+	flags := 0
+	if block {
+		flags = unix.MSG_WAITALL
 	}
 	var rerr error
 	cerr := sc.Control(func(fd uintptr) {
 		sfd := int(fd)
 		for len(b) > 0 {
-			k, err := unix.Read(sfd, b)
+			k, err := recvNoAddr(sfd, b, flags)
 			switch {
 			case err == nil && k == 0:
 				rerr = io.ErrUnexpectedEOF
@@ -160,10 +169,11 @@ func recvFull(src *net.TCPConn, b []byte) error {
 			case err == nil:
 				b = b[k:]
 			case err == unix.EINTR:
+			case err == unix.EAGAIN && block:
+				rerr = ErrGetTimeout
+				return
 			case err == unix.EAGAIN:
-				pfds := []unix.PollFd{{Fd: int32(sfd), Events: unix.POLLIN}}
-				if _, err := unix.Poll(pfds, -1); err != nil && err != unix.EINTR {
-					rerr = fmt.Errorf("poll: %w", err)
+				if rerr = pollIn(sfd); rerr != nil {
 					return
 				}
 			default:
@@ -178,12 +188,31 @@ func recvFull(src *net.TCPConn, b []byte) error {
 	return rerr
 }
 
+// recvNoAddr is recv(2): recvfrom without the address x/sys would decode.
+func recvNoAddr(fd int, b []byte, flags int) (int, error) {
+	n, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(flags), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// pollIn waits until the socket fd has data.
+func pollIn(fd int) error {
+	pfds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	if _, err := unix.Poll(pfds, -1); err != nil && err != unix.EINTR {
+		return fmt.Errorf("poll: %w", err)
+	}
+	return nil
+}
+
 // recvHead reads a reply's header into hb, and with it, in the same
 // readv(2), as much of the data that follows as has come, into data. It
 // returns how many bytes of data it read. The caller must know that
 // nothing but this reply's data can follow the header on the stream
-// (one request in flight), since data may take all of it.
-func recvHead(src *net.TCPConn, hb, data []byte) (int, error) {
+// (one request in flight), since data may take all of it. block is as for
+// recvFull: the readv sleeps in the kernel, at most SO_RCVTIMEO.
+func recvHead(src *net.TCPConn, hb, data []byte, block bool) (int, error) {
 	sc, err := src.SyscallConn()
 	if err != nil {
 		return 0, err
@@ -192,28 +221,31 @@ func recvHead(src *net.TCPConn, hb, data []byte) (int, error) {
 	var rerr error
 	cerr := sc.Control(func(fd uintptr) {
 		sfd := int(fd)
+		iov := [2]unix.Iovec{}
 		for got < len(hb) {
-			iov := [][]byte{hb[got:], data}
-			k, err := unix.Readv(sfd, iov)
+			iov[0].Base, iov[0].Len = &hb[got], uint64(len(hb)-got)
+			iov[1].Base, iov[1].Len = &data[0], uint64(len(data))
+			k, _, e := unix.Syscall(unix.SYS_READV, uintptr(sfd), uintptr(unsafe.Pointer(&iov[0])), 2)
 			switch {
-			case err == nil && k == 0:
+			case e == 0 && k == 0:
 				rerr = io.ErrUnexpectedEOF
 				return
-			case err == nil:
-				if h := len(hb) - got; k > h {
-					extra, got = k-h, len(hb)
+			case e == 0:
+				if h := len(hb) - got; int(k) > h {
+					extra, got = int(k)-h, len(hb)
 				} else {
-					got += k
+					got += int(k)
 				}
-			case err == unix.EINTR:
-			case err == unix.EAGAIN:
-				pfds := []unix.PollFd{{Fd: int32(sfd), Events: unix.POLLIN}}
-				if _, err := unix.Poll(pfds, -1); err != nil && err != unix.EINTR {
-					rerr = fmt.Errorf("poll: %w", err)
+			case e == unix.EINTR:
+			case e == unix.EAGAIN && block:
+				rerr = ErrGetTimeout
+				return
+			case e == unix.EAGAIN:
+				if rerr = pollIn(sfd); rerr != nil {
 					return
 				}
 			default:
-				rerr = err
+				rerr = e
 				return
 			}
 		}

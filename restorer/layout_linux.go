@@ -390,7 +390,7 @@ func (r *taskRun) mapVMAs(s *session, first *batch) error {
 	for i := range r.img.mm.VMAs {
 		v := &r.img.mm.VMAs[i]
 		st := v.Status
-		if st&(images.VmaAreaVdso|images.VmaAreaVvar|images.VmaAreaVsyscall) != 0 {
+		if st&(images.VmaAreaVdso|images.VmaAreaVvar|images.VmaAreaVsyscall) != 0 || r.keep[v.Start] {
 			continue
 		}
 		start, size := v.Start, v.End-v.Start
@@ -614,7 +614,8 @@ func (r *taskRun) getsPages(v *model.VMA) bool {
 	}
 	pr := r.img.pages
 	if pr == nil {
-		return false
+		// A prepared task gets its pages later, from the rounds.
+		return r.prepared && v.Private()
 	}
 	lo, hi := 0, pr.Len()
 	for lo < hi { // first range ending above v's start

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -92,6 +93,10 @@ type Restorer struct {
 	waited   bool
 
 	netLock *netlock.Lock // the dump's network lock, until removed
+
+	// prepared: a task laid out ahead of its images (Prepare): every
+	// private VMA is mapped writable, for the pages to come.
+	prepared bool
 }
 
 // shmMapping is a VMA of a shared anonymous object in a restored task.
@@ -122,6 +127,9 @@ type taskRun struct {
 	writable map[uint64]bool // VMA start → mapped writable
 
 	pagesRestored uint64
+	// keep names the VMAs (by start) already mapped in the task, which
+	// mapVMAs leaves alone (a prepared task, overlap_linux.go).
+	keep map[uint64]bool
 }
 
 // New reads and checks every image of the process in o.ImagesDir, and
@@ -140,7 +148,7 @@ func newContext(ctx context.Context, o Options, scripts *actions.Scripts) (*Rest
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	r, err := newRestorer(o, scripts, log)
+	r, err := newRestorer(o, scripts, log, nil)
 	if err != nil {
 		if nl != nil {
 			keepNetLock(nl, log, 0)
@@ -151,7 +159,9 @@ func newContext(ctx context.Context, o Options, scripts *actions.Scripts) (*Rest
 	return r, nil
 }
 
-func newRestorer(o Options, scripts *actions.Scripts, log *logging.Logger) (*Restorer, error) {
+// newRestorer reads the images; adopted are PIDs and TIDs already made
+// for them (Pending), not checked as free.
+func newRestorer(o Options, scripts *actions.Scripts, log *logging.Logger, adopted []int) (*Restorer, error) {
 	start := time.Now()
 	d, err := images.Open(o.ImagesDir, false)
 	if err != nil {
@@ -188,7 +198,7 @@ func newRestorer(o Options, scripts *actions.Scripts, log *logging.Logger) (*Res
 	}
 	r.root = r.tasks[0]
 	r.countTables()
-	if err := r.checkPids(); err != nil {
+	if err := r.checkPids(adopted); err != nil {
 		r.close()
 		return nil, fmt.Errorf("restore: %w", err)
 	}
@@ -331,7 +341,7 @@ func (r *Restorer) TIDs() []int {
 
 // checkPids refuses PIDs at or above pid_max and PIDs in use, waiting a
 // bounded time for zombies to go.
-func (r *Restorer) checkPids() error {
+func (r *Restorer) checkPids(adopted []int) error {
 	max, err := puppet.PidMax()
 	if err != nil {
 		return err
@@ -350,6 +360,8 @@ func (r *Restorer) checkPids() error {
 				return fmt.Errorf("pid %d is godwit itself: %w", id, ErrPidInUse)
 			case id == 1:
 				return fmt.Errorf("pid 1 cannot be restored")
+			case slices.Contains(adopted, id):
+				continue
 			}
 			if err := waitPidFree(id, zombieWait); err != nil {
 				return err

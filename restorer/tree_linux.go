@@ -117,20 +117,23 @@ func sameID(p, k *model.Task, what string) bool {
 	return p.IDs.FS == k.IDs.FS
 }
 
-// grow gives t its session and makes its children, depth first.
+// grow gives t its session and makes its children, then theirs. The
+// children t makes before and after its setsid are each made in one
+// injection session of t (CloneEach).
 func (r *Restorer) grow(t *taskRun, kids map[int][]*taskRun) error {
 	k := t.img.task
 	leader := k.Sid == k.Pid && !(t == r.root && r.o.ShellJob)
-	var later []*taskRun
+	var before, later []*taskRun
 	for _, c := range kids[k.Pid] {
 		// Before setsid: children that stay in the old session.
 		if leader && c.img.task.Sid != k.Pid {
-			if err := r.fork(t, c, kids); err != nil {
-				return err
-			}
-			continue
+			before = append(before, c)
+		} else {
+			later = append(later, c)
 		}
-		later = append(later, c)
+	}
+	if err := r.fork(t, before); err != nil {
+		return err
 	}
 	if leader {
 		if _, err := r.tr.InjectSyscall(k.Pid, unix.SYS_SETSID); err != nil {
@@ -140,35 +143,51 @@ func (r *Restorer) grow(t *taskRun, kids map[int][]*taskRun) error {
 			return fmt.Errorf("task %d: %w", k.Pid, err)
 		}
 	}
-	for _, c := range later {
-		if err := r.fork(t, c, kids); err != nil {
+	if err := r.fork(t, later); err != nil {
+		return err
+	}
+	for _, c := range append(before, later...) {
+		if err := r.grow(c, kids); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// fork makes child c of t.
-func (r *Restorer) fork(t, c *taskRun, kids map[int][]*taskRun) error {
-	pk, ck := t.img.task, c.img.task
-	flags := uint64(0)
-	if !c.img.dead() {
-		if ck.IDs.Files != 0 && ck.IDs.Files == pk.IDs.Files {
-			flags |= unix.CLONE_FILES
+// fork makes the children cs of t, in order. Every child made is
+// recorded (a failed restore kills it).
+func (r *Restorer) fork(t *taskRun, cs []*taskRun) error {
+	pk := t.img.task
+	specs := make([]puppet.CloneSpec, len(cs))
+	for i, c := range cs {
+		ck := c.img.task
+		flags := uint64(0)
+		if !c.img.dead() {
+			if ck.IDs.Files != 0 && ck.IDs.Files == pk.IDs.Files {
+				flags |= unix.CLONE_FILES
+			}
+			if ck.IDs.FS != 0 && ck.IDs.FS == pk.IDs.FS {
+				flags |= unix.CLONE_FS
+			}
 		}
-		if ck.IDs.FS != 0 && ck.IDs.FS == pk.IDs.FS {
-			flags |= unix.CLONE_FS
-		}
+		specs[i] = puppet.CloneSpec{Pid: ck.Pid, Flags: flags}
 	}
-	task, err := t.task.CloneWith(ck.Pid, flags)
-	if task != nil {
-		c.task = task
-		c.threads = []int{ck.Pid}
+	made, err := t.task.CloneEach(specs)
+	for i, task := range made {
+		if task != nil {
+			cs[i].task = task
+			cs[i].threads = []int{task.Pid}
+		}
 	}
 	if err != nil {
-		return fmt.Errorf("task %d (child of %d): %w", ck.Pid, pk.Pid, err)
+		for i, task := range made {
+			if task == nil {
+				return fmt.Errorf("task %d (child of %d): %w", cs[i].img.pid, pk.Pid, err)
+			}
+		}
+		return fmt.Errorf("children of %d: %w", pk.Pid, err)
 	}
-	return r.grow(c, kids)
+	return nil
 }
 
 // setGroups puts every task in its process group: group leaders make

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -192,11 +193,18 @@ func (t *Tracker) start(v VMA) error {
 	if _, err := t.u.Register(v.Start, v.End-v.Start, ModeWP); err != nil {
 		return err
 	}
-	if err := t.u.WriteProtect(v.Start, v.End-v.Start, true, false); err != nil {
-		return err
+	for deadline := time.Now().Add(wpRetry); ; time.Sleep(100 * time.Microsecond) {
+		err := t.u.WriteProtect(v.Start, v.End-v.Start, true, false)
+		// EAGAIN: an event of the mm (fork, discard) not read yet; the
+		// uffd's reader (another process) reads it soon.
+		if err == nil || !errors.Is(err, unix.EAGAIN) || time.Now().After(deadline) {
+			return err
+		}
 	}
-	return nil
 }
+
+// wpRetry bounds the retries of a write-protect that met an unread event.
+const wpRetry = 2 * time.Second
 
 const scanReturn = PageIsWritten | PageIsPresent | PageIsSwapped | PageIsPFNZero
 

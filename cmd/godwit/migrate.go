@@ -110,6 +110,7 @@ failure leaves the source running as it was.`,
 	f.Var(sizeValue{&a.o.GhostLimit}, "ghost-limit", "largest deleted file carried to the destination (K, M, G suffixes)")
 	networkLockFlag(f, a.o)
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
+	f.BoolVar(&o.NoOverlap, "no-overlap", false, "have the agent restore from the images after the freeze instead of making the task and writing each round's pages into it during the rounds")
 	f.BoolVar(&o.FullFill, "no-lazy-restore", false, "have the agent fill every page before the resume (by default it resumes at once and fills from its own images)")
 	c.AddCommand(send, resolveCmd(a), historyCmd(a))
 	return c
@@ -234,6 +235,7 @@ dump still fits.`,
 				return a.writePidfile(pid)
 			}
 			cfg.Log = a.log
+			cfg.NetworkLock = netlock.Method(a.o.NetworkLock)
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 			m, err := migrate.NewMetrics(reg)
@@ -294,6 +296,7 @@ dump still fits.`,
 	f.IntVar(&cfg.History, "history", 100, "keep the last `n` migrations (godwit migrate history)")
 	f.Int64Var(&cfg.MaxMigrationBytes, "max-migration-bytes", 0, "refuse a migration whose rounds send more than `n` bytes of pages (0: twice the memory the source announces, plus 256 MiB)")
 	f.IntVar(&cfg.MaxConcurrent, "max-concurrent", 4, "at most `n` migrations at once")
+	networkLockFlag(f, a.o)
 	f.StringSliceVar(&cfg.AdminCNs, "admin-cn", nil, "certificate common or DNS `name` (CA-signed) that may resolve any held migration and read the whole history; others only the migrations their own certificate started (repeatable)")
 	return c
 }

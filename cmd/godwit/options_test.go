@@ -137,6 +137,7 @@ func TestOptionValues(t *testing.T) {
 		}},
 		{[]string{"dump", "--network-lock", "iptables"}, func(o *opts.Options) bool { return o.NetworkLock == "iptables" }},
 		{[]string{"restore", "--network-lock=skip"}, func(o *opts.Options) bool { return o.NetworkLock == "skip" }},
+		{[]string{"agent", "--network-lock", "iptables"}, func(o *opts.Options) bool { return o.NetworkLock == "iptables" }},
 		{[]string{"check", "--close", "7", "--close", "8"}, func(o *opts.Options) bool { return slices.Equal(o.Close, []int{7, 8}) }},
 	}
 	for _, c := range cases {
@@ -170,6 +171,7 @@ func TestBadOptionsRejected(t *testing.T) {
 		{"dump", "--cgroup-root", "relative"},
 		{"dump", "--network-lock", "nft"},
 		{"restore", "--network-lock="},
+		{"agent", "--network-lock", "nft"},
 	}
 	for _, args := range bad {
 		if _, err := parse(t, args...); err == nil {

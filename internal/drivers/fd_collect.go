@@ -422,7 +422,9 @@ func readFDInfo(dir int, name string, buf *[]byte) ([]byte, error) {
 // whose fdinfo was not read (only fdinfo and the task tell it): injected
 // F_GETFD, in batches.
 func (filesDriver) CollectInjected(d *Dump, s *inject.Session) error {
+	d.Files.cloexecMu.Lock()
 	idx := d.Files.cloexec[d.Pid]
+	d.Files.cloexecMu.Unlock()
 	if len(idx) == 0 {
 		return nil
 	}
@@ -445,7 +447,9 @@ func (filesDriver) CollectInjected(d *Dump, s *inject.Session) error {
 		}
 		e.Cloexec = fi.Flags&unix.O_CLOEXEC != 0
 	}
+	d.Files.cloexecMu.Lock()
 	delete(d.Files.cloexec, d.Pid)
+	d.Files.cloexecMu.Unlock()
 	return nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -71,6 +72,8 @@ type inetDump struct {
 	// tasks: the network namespace of each task whose sockets were
 	// read, by pid (taskNetns).
 	tasks map[int]NetnsID
+	// self: godwit's network namespace, once read (selfNetns).
+	self NetnsID
 	// pre: the inet sockets of the task being collected, by fd,
 	// collected ahead (prefetchInet).
 	pre map[int]*preInet
@@ -96,7 +99,7 @@ func (d *inetDump) table(family, proto uint32) (*sockdiag.InetTable, error) {
 	var t *sockdiag.InetTable
 	err := d.inNetns(func() error {
 		var err error
-		t, err = sockdiag.DumpInetTable(uint8(family), proto)
+		t, err = sockdiag.DumpInetTableOpts(uint8(family), proto)
 		return err
 	})
 	if err != nil {
@@ -185,11 +188,18 @@ func describe(st *model.InetSocketState) string {
 
 // collectInet reads the inet socket s (a copy of fd's) into f.
 func collectInet(fl *Files, pid int, fd *FD, f *model.File, s, family int) error {
-	typ, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_TYPE)
+	return collectInetTaking(fl, pid, fd, f, s, family, nil)
+}
+
+// collectInetTaking is collectInet where a connection read in repair
+// mode may keep s itself as its copy held until the dump ends (setting
+// *took: the caller must not close it) instead of a dup of it.
+func collectInetTaking(fl *Files, pid int, fd *FD, f *model.File, s, family int, took *bool) error {
+	typ, err := getsockoptInt(s, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil {
 		return fmt.Errorf("SO_TYPE: %w", err)
 	}
-	proto, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_PROTOCOL)
+	proto, err := getsockoptInt(s, unix.SOL_SOCKET, unix.SO_PROTOCOL)
 	if err != nil {
 		return fmt.Errorf("SO_PROTOCOL: %w", err)
 	}
@@ -201,18 +211,23 @@ func collectInet(fl *Files, pid int, fd *FD, f *model.File, s, family int) error
 	default:
 		return fmt.Errorf("%s socket of type %d, protocol %d: not supported yet", familyName(family), typ, proto)
 	}
-	id, err := fl.inetStateOf(s, pid)
-	if err != nil {
-		return fmt.Errorf("%s %s socket %d: %w", familyName(family), protoName(uint32(proto)), uint32(fd.Stat.Ino), err)
-	}
-	id.mu.Lock()
-	tab, err := id.table(uint32(family), uint32(proto))
-	id.mu.Unlock()
+	ino := uint32(fd.Stat.Ino)
+	id, dg, err := fl.inetViewByDiag(pid, uint32(family), uint32(proto), ino)
 	if err != nil {
 		return err
 	}
-	ino := uint32(fd.Stat.Ino)
-	dg := tab.ByIno[ino]
+	if id == nil {
+		if id, err = fl.inetStateOf(s, pid); err != nil {
+			return fmt.Errorf("%s %s socket %d: %w", familyName(family), protoName(uint32(proto)), ino, err)
+		}
+		id.mu.Lock()
+		tab, err := id.table(uint32(family), uint32(proto))
+		id.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		dg = tab.ByIno[ino]
+	}
 	if dg == nil {
 		// sock_diag lists the sockets of the namespace that have an
 		// address: this one has none.
@@ -247,10 +262,10 @@ func collectInet(fl *Files, pid int, fd *FD, f *model.File, s, family int) error
 	if st.Proto == unix.IPPROTO_MPTCP && st.State != tcprepair.StateClose && st.State != tcprepair.StateListen {
 		return refuseMPTCPConn(s, st, what)
 	}
-	if err := inetOpts(id, s, st); err != nil {
+	if err := inetOptsDiag(id, s, st, dg); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	if st.Opts, err = inetSocketOpts(s); err != nil {
+	if st.Opts, err = inetSocketOptsDiag(s, st, dg); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	f.Kind, f.Path, f.Inet = model.InetSocket, "", st
@@ -291,7 +306,7 @@ func collectInet(fl *Files, pid int, fd *FD, f *model.File, s, family int) error
 	if err := fl.NetLock.Lock([]netlock.Conn{{Local: st.Src, Remote: st.Dst}}); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	return repairDump(id, s, st, what)
+	return repairDump(id, s, st, what, took)
 }
 
 // tcpBoundInactive is how sock_diag reports a TCP socket bound but
@@ -300,15 +315,24 @@ func collectInet(fl *Files, pid int, fd *FD, f *model.File, s, family int) error
 const tcpBoundInactive = 13
 
 // repairDump puts a copy of s in repair mode, kept until the dump ends
-// (ReleaseRepaired), and reads the connection.
-func repairDump(id *inetDump, s int, st *model.InetSocketState, what string) error {
-	keep, err := unix.FcntlInt(uintptr(s), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("%s: dup: %w", what, err)
+// (ReleaseRepaired), and reads the connection; with took, s itself is
+// that copy (see collectInetTaking).
+func repairDump(id *inetDump, s int, st *model.InetSocketState, what string, took *bool) error {
+	keep := s
+	if took == nil {
+		var err error
+		if keep, err = unix.FcntlInt(uintptr(s), unix.F_DUPFD_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("%s: dup: %w", what, err)
+		}
 	}
 	if err := tcprepair.On(keep); err != nil {
-		unix.Close(keep)
+		if took == nil {
+			unix.Close(keep)
+		}
 		return fmt.Errorf("%s: %w", what, err)
+	}
+	if took != nil {
+		*took = true
 	}
 	id.mu.Lock()
 	id.repaired = append(id.repaired, keep)
@@ -423,14 +447,23 @@ func readDefaultTTL() uint32 {
 // inetOpts reads the inet and TCP options into st, refusing those the
 // image cannot carry.
 func inetOpts(id *inetDump, s int, st *model.InetSocketState) error {
+	return inetOptsDiag(id, s, st, nil)
+}
+
+// inetOptsDiag is inetOpts taking what sock_diag told of s (dg, nil if
+// nothing) instead of asking s (diagOpt).
+func inetOptsDiag(id *inetDump, s int, st *model.InetSocketState, dg *sockdiag.Inet) error {
 	o := &st.Inet
 	var err error
 	geti := func(level, opt int, name string) int {
 		if err != nil {
 			return 0
 		}
+		if v, ok := diagOpt(dg, st, level, opt); ok {
+			return v
+		}
 		var v int
-		if v, err = unix.GetsockoptInt(s, level, opt); err != nil {
+		if v, err = getsockoptInt(s, level, opt); err != nil {
 			if (st.Proto == unix.IPPROTO_MPTCP || st.Type == unix.SOCK_RAW) && unsupportedOpt(err) {
 				// MPTCP has no such option (nor could it be set), nor
 				// has a raw IPv6 socket IPv4's.
@@ -480,13 +513,16 @@ func inetOpts(id *inetDump, s int, st *model.InetSocketState) error {
 	if err != nil {
 		return err
 	}
-	if err := refuseOpts(id, s, st); err != nil {
+	if err := refuseOpts(id, s, st, dg); err != nil {
 		return err
 	}
 	if err := refuseBufs(s, st); err != nil {
 		return err
 	}
-	if dev, derr := unix.GetsockoptString(s, unix.SOL_SOCKET, unix.SO_BINDTODEVICE); derr == nil {
+	if diagUsable(dg, st) && dg.Ifindex == 0 {
+		// sock_diag's idiag_if is sk_bound_dev_if: none bound.
+		st.BindDev = ""
+	} else if dev, derr := unix.GetsockoptString(s, unix.SOL_SOCKET, unix.SO_BINDTODEVICE); derr == nil {
 		st.BindDev = dev
 	} else {
 		return fmt.Errorf("getsockopt SO_BINDTODEVICE: %w", derr)
@@ -990,13 +1026,20 @@ const unsupportedValue = -1 << 40
 // refuseOpts refuses s when an option the image cannot carry differs
 // from its value on a fresh socket of the same family, type and
 // protocol (measured once per dump: inetDump.fresh).
-func refuseOpts(id *inetDump, s int, st *model.InetSocketState) error {
+func refuseOpts(id *inetDump, s int, st *model.InetSocketState, dg *sockdiag.Inet) error {
 	fresh, err := id.fresh(st)
 	if err != nil {
 		return err
 	}
 	for _, o := range fresh.opts {
-		v, err := unix.GetsockoptInt(s, o.level, o.opt)
+		v, ok := diagOpt(dg, st, o.level, o.opt)
+		if ok && o.v == unsupportedValue {
+			ok = false // as below: asked, and refused by its name
+		}
+		var err error
+		if !ok {
+			v, err = getsockoptInt(s, o.level, o.opt)
+		}
 		if err != nil {
 			if unsupportedOpt(err) && o.v == unsupportedValue {
 				continue // MPTCP has not this option
@@ -1017,6 +1060,12 @@ func refuseOpts(id *inetDump, s int, st *model.InetSocketState) error {
 		}
 	}
 	if st.Type != unix.SOCK_STREAM {
+		return nil
+	}
+	if diagUsable(dg, st) && dg.Have&sockdiag.HaveCong != 0 && st.Proto == unix.IPPROTO_TCP {
+		if dg.Cong != fresh.cc {
+			return fmt.Errorf("TCP_CONGESTION is %s (default %s): not supported yet", dg.Cong, fresh.cc)
+		}
 		return nil
 	}
 	cc, err := unix.GetsockoptString(s, unix.SOL_TCP, unix.TCP_CONGESTION)
@@ -1169,15 +1218,22 @@ func setIntsWith(s int, os []sockOpt, fresh *freshInts) error {
 // inetSocketOpts reads the socket-level options of an inet socket
 // (SO_PASSCRED and SO_PASSSEC are unix and netlink options: an inet
 // socket answers EOPNOTSUPP).
-func inetSocketOpts(s int) (model.SocketOpts, error) {
+func inetSocketOpts(s int) (model.SocketOpts, error) { return inetSocketOptsDiag(s, nil, nil) }
+
+// inetSocketOptsDiag is inetSocketOpts taking what sock_diag told of s
+// (dg, nil if nothing; st: the socket) instead of asking s.
+func inetSocketOptsDiag(s int, st *model.InetSocketState, dg *sockdiag.Inet) (model.SocketOpts, error) {
 	var o model.SocketOpts
 	var err error
 	geti := func(opt int, what string) uint32 {
 		if err != nil {
 			return 0
 		}
+		if v, ok := diagOpt(dg, st, unix.SOL_SOCKET, opt); ok {
+			return uint32(v)
+		}
 		var v int
-		if v, err = unix.GetsockoptInt(s, unix.SOL_SOCKET, opt); err != nil {
+		if v, err = getsockoptInt(s, unix.SOL_SOCKET, opt); err != nil {
 			err = fmt.Errorf("getsockopt %s: %w", what, err)
 		}
 		return uint32(v)
@@ -1190,7 +1246,7 @@ func inetSocketOpts(s int) (model.SocketOpts, error) {
 	if err != nil {
 		return o, err
 	}
-	if off, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_PEEK_OFF); err == nil && off != -1 {
+	if off, err := getsockoptInt(s, unix.SOL_SOCKET, unix.SO_PEEK_OFF); err == nil && off != -1 {
 		return o, fmt.Errorf("SO_PEEK_OFF is set (%d): not supported yet", off)
 	}
 	return o, socketTimeoutsFilter(s, &o)
@@ -1312,13 +1368,19 @@ func prefetchOne(fl *Files, pid, pfd int, fd *FD) *preInet {
 	if err != nil {
 		return nil
 	}
-	defer unix.Close(s)
-	dom, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	// A connection keeps this copy (in repair mode) until the dump ends.
+	took := false
+	defer func() {
+		if !took {
+			unix.Close(s)
+		}
+	}()
+	dom, err := getsockoptInt(s, unix.SOL_SOCKET, unix.SO_DOMAIN)
 	if err != nil || (dom != unix.AF_INET && dom != unix.AF_INET6) {
 		return nil
 	}
 	p := &preInet{}
-	p.err = collectInet(fl, pid, fd, &p.file, s, dom)
+	p.err = collectInetTaking(fl, pid, fd, &p.file, s, dom, &took)
 	return p
 }
 
@@ -1400,4 +1462,77 @@ func (fs *freshSet) close() {
 			unix.Close(f.s)
 		}
 	}
+}
+
+// diagOpt is the integer option (level, opt) of the socket st as
+// sock_diag told it in dg, when it did: the very field getsockopt
+// reads (inet_diag_msg_attrs_fill, net/ipv4/inet_diag.c), taken from
+// the dump's one table instead of a call per option and socket. Never
+// for MPTCP (its getsockopt answers for itself, or not at all) nor raw
+// sockets (another diag), nor for IPv6-level options (their flags live
+// apart from inet's): those are asked.
+func diagOpt(dg *sockdiag.Inet, st *model.InetSocketState, level, opt int) (int, bool) {
+	if !diagUsable(dg, st) {
+		return 0, false
+	}
+	bit := func(b uint16) (int, bool) {
+		if dg.Have&sockdiag.HaveSockopt == 0 {
+			return 0, false
+		}
+		if dg.Sockopt&b != 0 {
+			return 1, true
+		}
+		return 0, true
+	}
+	switch level {
+	case unix.SOL_SOCKET:
+		switch opt {
+		case unix.SO_SNDBUF:
+			return int(dg.SndBuf), dg.Have&sockdiag.HaveBufs != 0
+		case unix.SO_RCVBUF:
+			return int(dg.RcvBuf), dg.Have&sockdiag.HaveBufs != 0
+		case unix.SO_MARK:
+			return int(dg.Mark), dg.Have&sockdiag.HaveMark != 0
+		}
+	case unix.SOL_IP:
+		switch opt {
+		case unix.IP_TOS:
+			return int(dg.TOS), dg.Have&sockdiag.HaveTOS != 0
+		case unix.IP_FREEBIND:
+			return bit(sockdiag.SockoptFreebind)
+		case unix.IP_TRANSPARENT:
+			return bit(sockdiag.SockoptTransparent)
+		case unix.IP_RECVERR:
+			return bit(sockdiag.SockoptRecverr)
+		case unix.IP_MULTICAST_ALL:
+			return bit(sockdiag.SockoptMcAll)
+		case unix.IP_BIND_ADDRESS_NO_PORT:
+			return bit(sockdiag.SockoptBindAddressNoPort)
+		}
+	case unix.SOL_IPV6:
+		if opt == unix.IPV6_TCLASS && st.Family == unix.AF_INET6 {
+			return int(dg.TClass), dg.Have&sockdiag.HaveTClass != 0
+		}
+	}
+	return 0, false
+}
+
+// diagUsable: dg is sock_diag's entry of the TCP or UDP socket st.
+func diagUsable(dg *sockdiag.Inet, st *model.InetSocketState) bool {
+	return dg != nil && st != nil && dg.Have != 0 && dg.Ino == st.Ino && dg.Family == uint8(st.Family) &&
+		st.Type != unix.SOCK_RAW && (st.Proto == unix.IPPROTO_TCP || st.Proto == unix.IPPROTO_UDP || st.Proto == unix.IPPROTO_UDPLITE)
+}
+
+// getsockoptInt is unix.GetsockoptInt as a raw system call: the dump
+// reads tens of options from each of thousands of sockets, none of
+// which blocks, and the scheduler's bookkeeping around each call cost
+// a sixth of it.
+func getsockoptInt(s, level, opt int) (int, error) {
+	var v int32
+	l := uint32(4)
+	if _, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(s), uintptr(level), uintptr(opt),
+		uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&l)), 0); e != 0 {
+		return 0, e
+	}
+	return int(v), nil
 }

@@ -59,6 +59,63 @@ func (d *inetDump) taskNetns(pid int) (NetnsID, error) {
 	return ns, nil
 }
 
+// inetViewByDiag is the dump's view of the namespace of the socket ino
+// of task pid, and sock_diag's entry of it, when that table lists it:
+// sock_diag answers for the namespace it is asked in only, so a socket
+// listed in the table of its task's namespace is in that namespace (an
+// inode names one socket), and inetStateOf's per-socket checks
+// (SIOCGSKNS, two stats) are not needed. nil, nil when it cannot tell
+// (a socket not listed, a namespace not yet seen): ask inetStateOf.
+func (fl *Files) inetViewByDiag(pid int, family, proto, ino uint32) (*inetDump, *sockdiag.Inet, error) {
+	d := fl.inetState()
+	if fl.TreeNetns == (NetnsID{}) {
+		return nil, nil, nil
+	}
+	task, err := d.taskNetns(pid)
+	if err != nil || task != fl.TreeNetns {
+		return nil, nil, nil // inetStateOf says why
+	}
+	self, err := d.selfNetns()
+	if err != nil {
+		return nil, nil, nil
+	}
+	view := d
+	if task != self {
+		d.mu.Lock()
+		view = d.foreign
+		d.mu.Unlock()
+		if view == nil || view.netns.ino != task.Ino {
+			return nil, nil, nil
+		}
+	}
+	view.mu.Lock()
+	tab, err := view.table(family, proto)
+	view.mu.Unlock()
+	if err != nil {
+		return nil, nil, err
+	}
+	if dg := tab.ByIno[ino]; dg != nil && dg.Ino == ino {
+		return view, dg, nil
+	}
+	return nil, nil, nil
+}
+
+// selfNetns is godwit's network namespace, read once per dump (every
+// thread that joins another ends with it: onThreadToDrop).
+func (d *inetDump) selfNetns() (NetnsID, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.self != (NetnsID{}) {
+		return d.self, nil
+	}
+	var b unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &b); err != nil {
+		return NetnsID{}, err
+	}
+	d.self = NetnsID{b.Dev, b.Ino}
+	return d.self, nil
+}
+
 // inetStateOf is the dump's view of the namespace of socket s, held by
 // task pid. The socket must be in its task's namespace, and that the
 // tree's (Files.TreeNetns): the network lock is made there, and the

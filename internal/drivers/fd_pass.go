@@ -37,6 +37,11 @@ type restoreFDs struct {
 	group     fdGroup // fds placed by one batch (tryQueue)
 	// deferCloexec: the fd being queued is close-on-exec.
 	deferCloexec bool
+	// moves: the channel's moves are queued in the session (Later)
+	// and the fd table was not known when they were.
+	moves bool
+	// pidfds are godwit's pidfds of other tasks of the tree, by pid.
+	pidfds map[int]int
 }
 
 // objectKey names the kernel object behind f that several descriptions
@@ -109,6 +114,9 @@ func (rs *restoreFDs) channel() error {
 	if rs.sock >= 0 {
 		return nil
 	}
+	// The picture is made whole before the pair's fds come and go
+	// unseen by /proc (their moves are queued).
+	rs.settle()
 	s := rs.s
 	addr := s.Scratch() + scratchPassPair
 	if _, err := s.Call("socketpair for fd passing", unix.SYS_SOCKETPAIR, unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0, addr); err != nil {
@@ -129,11 +137,11 @@ func (rs *restoreFDs) channel() error {
 		return fmt.Errorf("pidfd_getfd %d of %d: %w", other, s.Pid(), err)
 	}
 	rs.sock = mine
-	if _, err := s.Call("close passing socket", unix.SYS_CLOSE, other); err != nil {
-		return err
-	}
 	// The lowest number the task does not use: within its fd limit, and
-	// free now (the fds restored so far are the task's).
+	// free now (the fds restored so far are the task's). The task's
+	// end goes there, and the other is closed, with the next call that
+	// runs in the task (in its stop): any use of the channel there is
+	// a call too, after them.
 	used := map[uint64]bool{}
 	for _, e := range rs.r.Task.FDs {
 		used[uint64(e.Num)] = true
@@ -142,15 +150,22 @@ func (rs *restoreFDs) channel() error {
 	for used[gap] {
 		gap++
 	}
+	s.Later("close passing socket", unix.SYS_CLOSE, other)
 	if gap != a {
-		if _, err := s.Call("move passing socket", unix.SYS_DUP3, a, gap, unix.O_CLOEXEC); err != nil {
-			return err
-		}
-		if _, err := s.Call("close passing socket", unix.SYS_CLOSE, a); err != nil {
-			return err
-		}
+		s.Later("move passing socket", unix.SYS_DUP3, a, gap, unix.O_CLOEXEC)
+		s.Later("close passing socket", unix.SYS_CLOSE, a)
 	}
 	rs.taskSock = gap
+	if g := &rs.group; g.used != nil {
+		// Closed and moved before any queued fd is placed.
+		delete(g.used, a)
+		delete(g.used, other)
+		g.used[gap] = true
+		g.low = 0
+	} else {
+		// list reads /proc: the moves must have run.
+		rs.moves = true
+	}
 	return nil
 }
 
@@ -218,7 +233,11 @@ func (rs *restoreFDs) close() error {
 	if rs.sock >= 0 {
 		unix.Close(rs.sock)
 		rs.sock = -1
-		_, err = rs.s.Call("close passing socket", unix.SYS_CLOSE, rs.taskSock)
+		// With the session's next call, or as it ends.
+		rs.s.Later("close passing socket", unix.SYS_CLOSE, rs.taskSock)
+	}
+	for _, p := range rs.pidfds {
+		unix.Close(p)
 	}
 	for _, p := range rs.pipes {
 		p.close()
@@ -357,6 +376,12 @@ func (rs *restoreFDs) list() error {
 	if g.used != nil {
 		return nil
 	}
+	if rs.moves {
+		if err := rs.s.Flush(); err != nil {
+			return err
+		}
+		rs.moves = false
+	}
 	ents, err := os.ReadDir("/proc/" + strconv.Itoa(rs.s.Pid()) + "/fd")
 	if err != nil {
 		return fmt.Errorf("list fds: %w", err)
@@ -377,6 +402,25 @@ func (rs *restoreFDs) list() error {
 // they placed or kept are looked for in /proc before the next is queued
 // (a full listing each time would make the fd-by-fd way quadratic).
 func (rs *restoreFDs) unknown() { rs.group.suspect = true }
+
+// settle adds to the picture of the fd table what the fd-by-fd way left
+// in place (its fd, and anything it kept), as /proc shows it: every call
+// it made has run.
+func (rs *restoreFDs) settle() {
+	g := &rs.group
+	if !g.suspect || g.used == nil {
+		return
+	}
+	for {
+		var st unix.Stat_t
+		n := g.lowest()
+		if unix.Lstat(rs.fdPath(n), &st) != nil {
+			break
+		}
+		g.used[n] = true
+	}
+	g.suspect = false
+}
 
 func (rs *restoreFDs) fdPath(n uint64) string {
 	return "/proc/" + strconv.Itoa(rs.s.Pid()) + "/fd/" + strconv.FormatUint(n, 10)
@@ -414,26 +458,13 @@ func (rs *restoreFDs) tryQueue(what string, e model.FD, f *model.File, k fdKind)
 		if err := rs.channel(); err != nil {
 			return false, fmt.Errorf("%s: %w", what, err)
 		}
-		rs.unknown()
 	}
 	if err := rs.list(); err != nil {
 		return false, err
 	}
 	g := &rs.group
 	fd := uint64(e.Num)
-	if g.suspect {
-		// Whatever the fd-by-fd way left in place (its fd, and
-		// anything it kept) shows in /proc.
-		for {
-			var st unix.Stat_t
-			n := g.lowest()
-			if unix.Lstat(rs.fdPath(n), &st) != nil {
-				break
-			}
-			g.used[n] = true
-		}
-		g.suspect = false
-	}
+	rs.settle()
 	if g.lowest() != fd {
 		return false, nil
 	}
@@ -478,6 +509,84 @@ func (rs *restoreFDs) tryQueue(what string, e model.FD, f *model.File, k fdKind)
 		if !deferred || got != fd {
 			return false, fmt.Errorf("%s: the kind's open did not hand its descriptor over", what)
 		}
+	}
+	g.used[fd] = true
+	return true, nil
+}
+
+// tryQueueShared queues fd e when its open file description is placed
+// already: in this task (first, by file: a dup3 to its number) or in
+// another task of the tree (r.Opened: godwit takes it with pidfd_getfd
+// and passes it, received on its number). It reports whether it did; an
+// fd with locks goes the fd-by-fd way.
+func (rs *restoreFDs) tryQueueShared(what string, e model.FD, first map[model.ID]uint64) (bool, error) {
+	if len(e.Locks) != 0 {
+		return false, nil
+	}
+	fd := uint64(e.Num)
+	src, dup := first[e.File]
+	at, taken := rs.r.Opened[e.File]
+	if !dup && (!taken || at.Pid == rs.r.Task.Pid) {
+		return false, nil
+	}
+	if !dup && rs.sock < 0 {
+		if err := rs.flush(); err != nil {
+			return false, err
+		}
+		if err := rs.channel(); err != nil {
+			return false, fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	if err := rs.list(); err != nil {
+		return false, err
+	}
+	g := &rs.group
+	rs.settle()
+	if len(g.buf)+g.msgBytes+msgArea(1)+4 > fdGroupBuf || g.inFlight() >= fdGroupFDs {
+		if err := rs.flush(); err != nil {
+			return false, err
+		}
+	}
+	if dup {
+		if g.used[fd] {
+			return false, nil
+		}
+		flags := uint64(0)
+		if e.Cloexec {
+			flags = unix.O_CLOEXEC
+		}
+		g.add(inject.C(what+": dup3", unix.SYS_DUP3, src, fd, flags), func(ret uint64) error {
+			if ret != fd {
+				return fmt.Errorf("%s: dup3 gave fd %d", what, ret)
+			}
+			return nil
+		})
+		g.used[fd] = true
+		return true, nil
+	}
+	if g.lowest() != fd {
+		return false, nil
+	}
+	pfd, ok := rs.pidfds[at.Pid]
+	if !ok {
+		var err error
+		if pfd, err = unix.PidfdOpen(at.Pid, 0); err != nil {
+			return false, fmt.Errorf("%s: pidfd_open(%d): %w", what, at.Pid, err)
+		}
+		if rs.pidfds == nil {
+			rs.pidfds = map[int]int{}
+		}
+		rs.pidfds[at.Pid] = pfd
+	}
+	mine, err := unix.PidfdGetfd(pfd, at.FD, 0)
+	if err != nil {
+		return false, fmt.Errorf("%s: pidfd_getfd(%d, %d): %w", what, at.Pid, at.FD, err)
+	}
+	defer unix.Close(mine)
+	g.deferTo = fd
+	if _, err := rs.queueInstall(what, mine, e.Cloexec); err != nil {
+		g.deferTo = fdDeferred
+		return false, err
 	}
 	g.used[fd] = true
 	return true, nil

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -36,9 +37,9 @@ func (filesDriver) Collect(d *Dump) error {
 // Restore closes the puppet's fds, then opens every file and dup3s it to
 // its number; fds of one open file description share it again.
 func (filesDriver) Restore(r *Restore, s *inject.Session) (err error) {
-	if _, err := s.Call("close puppet's fds", unix.SYS_CLOSE_RANGE, 0, uint64(^uint32(0)), 0); err != nil {
-		return err
-	}
+	// Runs with the first call placing an fd (in its stop); until then
+	// nothing in the task looks at its fd table.
+	s.Later("close puppet's fds", unix.SYS_CLOSE_RANGE, 0, uint64(^uint32(0)), 0)
 	first := map[model.ID]uint64{}
 	var made []model.FD // the fds whose description this task made
 	rs := newRestoreFDs(r, s)
@@ -50,6 +51,9 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) (err error) {
 	if err := rs.premakeConns(); err != nil {
 		return err
 	}
+	// The fd table once the puppet's fds are closed (premakeConns works
+	// in godwit): empty.
+	rs.group.used, rs.group.low = map[uint64]bool{}, 0
 	for _, e := range r.Task.FDs {
 		fd := uint64(e.Num)
 		what := fmt.Sprintf("fd %d", fd)
@@ -75,6 +79,17 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) (err error) {
 					}
 				}
 			}
+		}
+		// Another fd of a description placed already, in this task or
+		// in another of the tree: a dup3, or the description taken by
+		// godwit and passed, queued.
+		if queued, err := rs.tryQueueShared(what, e, first); err != nil {
+			return err
+		} else if queued {
+			if _, ok := first[e.File]; !ok {
+				first[e.File] = fd
+			}
+			continue
 		}
 		// The fd-by-fd way, after what was queued.
 		if err := rs.flush(); err != nil {
@@ -251,6 +266,9 @@ type Files struct {
 	// close-on-exec flag is still to be read in the task, by pid
 	// (CollectCloexec).
 	cloexec map[int][]int
+	// cloexecMu guards cloexec: a dump reads the tasks' fds one at a
+	// time, but their close-on-exec flags in the tasks at once.
+	cloexecMu sync.Mutex
 }
 
 // FDOptions are the dump's options for files that cannot be saved as
@@ -573,10 +591,12 @@ func (f *Files) fdTable(pid int, fds []FD) ([]model.FD, error) {
 	}
 	f.mergeDescs(pid, fds, ids, pending)
 	if len(unknown) > 0 {
+		f.cloexecMu.Lock()
 		if f.cloexec == nil {
 			f.cloexec = map[int][]int{}
 		}
 		f.cloexec[pid] = unknown
+		f.cloexecMu.Unlock()
 	}
 	return out, nil
 }

@@ -1,6 +1,7 @@
 package images
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -8,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fs"
+	"golang.org/x/sys/unix"
 )
 
 func TestDirOps(t *testing.T) {
@@ -105,5 +107,33 @@ func TestDirModes(t *testing.T) {
 		if st.Mode().Perm()&0o077 != 0 {
 			t.Errorf("%s has mode %v, want no group or world access", p, st.Mode().Perm())
 		}
+	}
+}
+
+// WriteNew makes the file with its bytes, owner-only whatever the umask,
+// and refuses a name that exists, leaving that file as it was.
+func TestWriteNew(t *testing.T) {
+	d, err := Open(t.TempDir(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	old := unix.Umask(0)
+	defer unix.Umask(old)
+	if err := d.WriteNew("tcp-stream-1.img", []byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(d.join("tcp-stream-1.img"), &st); err != nil || st.Mode&0o777 != FilePerm || st.Size != 3 {
+		t.Fatalf("made %o, %d bytes: %v", st.Mode&0o777, st.Size, err)
+	}
+	if err := d.WriteNew("tcp-stream-1.img", []byte("x")); !errors.Is(err, unix.EEXIST) {
+		t.Fatalf("second WriteNew: %v, want EEXIST", err)
+	}
+	if b, err := os.ReadFile(d.join("tcp-stream-1.img")); err != nil || string(b) != "abc" {
+		t.Fatalf("after the refusal: %q %v", b, err)
+	}
+	if err := d.WriteNew("../x.img", nil); err == nil {
+		t.Fatal("a name with a slash was written")
 	}
 }

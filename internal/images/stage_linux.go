@@ -36,7 +36,9 @@ type Staging struct {
 	old   *Dir     // the earlier dump's replaced files, during Commit..Keep/Rollback
 	moved []string // names moved into final, in order
 	saved []string // names of final set aside in old
-	done  bool
+	// present: the names in final when Commit began.
+	present map[string]bool
+	done    bool
 }
 
 // oldDir is the subdirectory of the staging directory that holds the
@@ -124,6 +126,18 @@ func (s *Staging) Commit() error {
 	if s.old, err = s.tmp.OpenSubdir(oldDir); err != nil {
 		return err
 	}
+	// What there is to set aside, listed once: a dump of thousands of
+	// connections has as many files (tcp-stream-*.img), and a rename
+	// that finds nothing costs as much as one that moves a file. The
+	// directory is flocked: no other dump adds to it meanwhile.
+	present, err := s.final.List()
+	if err != nil {
+		return err
+	}
+	s.present = make(map[string]bool, len(present))
+	for _, n := range present {
+		s.present[n] = true
+	}
 	err = s.setAside(InventoryImg)
 	for _, n := range names {
 		if err != nil {
@@ -150,6 +164,9 @@ func (s *Staging) Commit() error {
 
 // setAside moves final's name, if it exists, into the old directory.
 func (s *Staging) setAside(name string) error {
+	if !s.present[name] {
+		return nil
+	}
 	err := unix.Renameat(s.final.fd, name, s.old.fd, name)
 	if err == unix.ENOENT {
 		return nil

@@ -376,7 +376,8 @@ func hostPrefix(addr netip.Addr) string {
 // pre-restore (the destination holds the connections' lock) puts it on
 // to and has each of clients forget the old neighbour entry, as a
 // gratuitous ARP or an unsolicited neighbour advertisement would;
-// migrate-abort (the migration failed, the source runs on) moves it back.
+// migrate-abort (the migration failed, the source runs on) moves it back,
+// from wherever it is by then (the failure may come before pre-restore).
 // The lab reaches every host through nsenter and Host.NetnsPath.
 func MoveAddressScript(addr netip.Addr, from, to *Host, clients ...*Host) string {
 	in := func(h *Host, c string) string {
@@ -390,7 +391,7 @@ func MoveAddressScript(addr netip.Addr, from, to *Host, clients ...*Host) string
 	return fmt.Sprintf(`case "$CRTOOLS_SCRIPT_ACTION" in
 post-dump) %s ;;
 pre-restore) %s && %s ;;
-migrate-abort) %s; %s && %s ;;
+migrate-abort) { %s || true; } && %s && %s ;;
 esac`, in(from, "addr del "+p+" dev eth0"), in(to, "addr add "+p+" dev eth0"), flush,
 		in(to, "addr del "+p+" dev eth0 2>/dev/null"), in(from, "addr replace "+p+" dev eth0"), flush)
 }

@@ -228,7 +228,8 @@ func TestMoveAddressScript(t *testing.T) {
 	script := MoveAddressScript(vip, a, b, c)
 	run := func(action string) {
 		t.Helper()
-		cmd := a.Command("sh", "-c", script)
+		// -e, as the e2e tests run it: every step must succeed.
+		cmd := a.Command("sh", "-e", "-c", script)
 		cmd.Env = append(os.Environ(), "CRTOOLS_SCRIPT_ACTION="+action)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("%s: %v: %s", action, err, out)
@@ -251,5 +252,12 @@ func TestMoveAddressScript(t *testing.T) {
 	}
 	if got := who(); got != a.Name() {
 		t.Fatalf("service address answered by %q, want %s", got, a.Name())
+	}
+	// A migration that fails between post-dump and pre-restore: the
+	// address is on neither host, and migrate-abort puts it back on a.
+	run("post-dump")
+	run("migrate-abort")
+	if !has(a) || has(b) {
+		t.Fatalf("after migrate-abort before pre-restore: on a %v, on b %v; want a only", has(a), has(b))
 	}
 }

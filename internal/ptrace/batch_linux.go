@@ -419,7 +419,7 @@ func (s *Session) waitBatchTrap(code uint64) error {
 			if err := getRegs(tk.tid, &r); err == nil && r.Rip == code+batchTrapEnd+1 {
 				return fmt.Errorf("the runner's trap call failed (%d)", int64(r.Rax))
 			}
-			tk.stash = append(tk.stash, st.Sig)
+			s.t.stash(tk, st.Sig)
 		case st.Sig == s.trapSig:
 			var r Regs
 			if err := getRegs(tk.tid, &r); err != nil {
@@ -454,7 +454,7 @@ func (s *Session) waitBatchTrap(code uint64) error {
 				}
 			}
 		default:
-			tk.stash = append(tk.stash, st.Sig)
+			s.t.stash(tk, st.Sig)
 		}
 		if err := s.t.resume(tk, unix.PTRACE_CONT, 0); err != nil {
 			return err

@@ -306,7 +306,7 @@ func (s *Session) waitSyscallStop() error {
 		case st.Event != 0:
 			// PTRACE_EVENT_STOP (group-stop) or other events: go on.
 		default:
-			tk.stash = append(tk.stash, st.Sig)
+			s.t.stash(tk, st.Sig)
 		}
 		if err := s.t.resume(tk, unix.PTRACE_SYSCALL, 0); err != nil {
 			return err

@@ -41,9 +41,9 @@ type task struct {
 	stopped bool
 	last    Stop // the last interrupt/group stop it reached
 	// stash holds signals the tracee dequeued while we were injecting
-	// syscalls (signals are blocked then, but SIGSTOP cannot be); they are
-	// sent again on detach.
-	stash []unix.Signal
+	// syscalls (signals are blocked then, but SIGSTOP cannot be, nor a
+	// forced SIGTRAP); they are sent again on detach.
+	stash []stashed
 	// session is the injection session in progress, ended (registers
 	// restored) before any detach.
 	session *Session
@@ -395,15 +395,16 @@ func (t *Tracer) detach(tk *task, sig unix.Signal) error {
 			return fmt.Errorf("detach %d: %w", tk.tid, err)
 		}
 	}
+	qerr := t.requeueStash(tk)
 	_, err := ptrace(unix.PTRACE_DETACH, tk.tid, 0, uintptr(sig))
 	for _, s := range tk.stash {
-		_ = unix.Tgkill(t.tgidOf(tk), tk.tid, syscall.Signal(s))
+		_ = unix.Tgkill(t.tgidOf(tk), tk.tid, syscall.Signal(s.sig))
 	}
 	t.forget(tk)
 	if err != nil && err != unix.ESRCH {
-		return fmt.Errorf("detach %d: %w", tk.tid, err)
+		return errors.Join(fmt.Errorf("detach %d: %w", tk.tid, err), qerr)
 	}
-	return nil
+	return qerr
 }
 
 // forget drops tk, and the cached syscall address of its process once no

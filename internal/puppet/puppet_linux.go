@@ -255,6 +255,66 @@ func (p *Puppet) CloneWith(pid int, flags uint64) (*Puppet, error) {
 	return child, nil
 }
 
+// CloneSpec is one child for CloneEach: its pid and clone flags (among
+// SharedFlags).
+type CloneSpec struct {
+	Pid   int
+	Flags uint64
+}
+
+// CloneEach makes a child of the puppet per spec, in order, as CloneWith
+// does, in one injection session: the session's start and end (a stop)
+// are paid once for all of them. It returns the children made, by spec
+// (nil where none); on error a child whose clone failed is killed, those
+// made before it are returned with the error, for the caller to kill.
+func (p *Puppet) CloneEach(specs []CloneSpec) ([]*Puppet, error) {
+	out := make([]*Puppet, len(specs))
+	for _, c := range specs {
+		if c.Flags&^SharedFlags != 0 {
+			return out, fmt.Errorf("puppet: clone flags %#x not allowed", c.Flags&^SharedFlags)
+		}
+		if err := checkPid(c.Pid); err != nil {
+			return out, err
+		}
+	}
+	if len(specs) == 0 {
+		return out, nil
+	}
+	s, err := p.tr.BeginInjection(p.Pid)
+	if err != nil {
+		return out, fmt.Errorf("puppet %d: %w", p.Pid, err)
+	}
+	var cerr error
+	for i, c := range specs {
+		child, err := p.clone3(s, c.Pid, c.Flags)
+		if err != nil {
+			if child != nil {
+				defer child.Kill() // once the session is over
+			}
+			cerr = err
+			break
+		}
+		out[i] = child
+	}
+	if eerr := s.End(); eerr != nil && cerr == nil {
+		cerr = eerr
+	}
+	if cerr != nil {
+		return out, cerr
+	}
+	// The children forked inside our session, so they inherited its
+	// all-blocked signal mask: undo it.
+	err = p.tr.Do(func() error {
+		for _, c := range out {
+			if err := p.tr.SetSigmask(c.Pid, s.SavedSigmask()); err != nil {
+				return fmt.Errorf("new task %d: %w", c.Pid, err)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
 // argsBelowSP is how far below the stub's stack pointer clone3's
 // arguments go (the restorer uses the 1 KiB just below it).
 const argsBelowSP = 4096
@@ -331,9 +391,10 @@ func (p *Puppet) clone3(s *ptrace.Session, pid int, flags uint64) (*Puppet, erro
 	if err := ptrace.WriteMem(p.Pid, scratch, buf); err != nil {
 		return nil, fmt.Errorf("puppet %d: clone3 arguments: %w", p.Pid, err)
 	}
+	before := len(s.Children()) // a session may make several (CloneEach)
 	ret, err := s.Syscall(unix.SYS_CLONE3, scratch, linux.CloneArgsSize)
 	var child *Puppet
-	if n := len(s.Children()); n > 0 {
+	if n := len(s.Children()); n > before {
 		child = &Puppet{Pid: s.Children()[n-1], SyscallAddr: p.SyscallAddr, Base: p.Base, tr: p.tr}
 	}
 	switch {

@@ -1,6 +1,7 @@
 package sockdiag
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -13,8 +14,37 @@ import (
 const (
 	sizeofInetDiagReqV2 = 56 // struct inet_diag_req_v2
 	sizeofInetDiagMsg   = 72 // struct inet_diag_msg
+	inetDiagCong        = 4  // INET_DIAG_CONG: string, the congestion control
+	inetDiagTOS         = 5  // INET_DIAG_TOS: u8 inet->tos
+	inetDiagTClass      = 6  // INET_DIAG_TCLASS: u8 IPv6 traffic class
+	inetDiagSkMeminfo   = 7  // INET_DIAG_SKMEMINFO: u32[SK_MEMINFO_VARS]
 	inetDiagShutdown    = 8  // INET_DIAG_SHUTDOWN: u8 sk_shutdown
+	inetDiagMark        = 15 // INET_DIAG_MARK: u32 sk_mark (CAP_NET_ADMIN only)
+	inetDiagSockopt     = 22 // INET_DIAG_SOCKOPT: struct inet_diag_sockopt
 	inetDiagReqProtocol = 3  // INET_DIAG_REQ_PROTOCOL: u32, for protocols past 255 (MPTCP)
+)
+
+// The bits of struct inet_diag_sockopt, as a little-endian u16 (the
+// kernel's bitfields, allocated from the low bit on little-endian
+// machines; not read elsewhere).
+const (
+	SockoptRecverr           = 1 << 0
+	SockoptFreebind          = 1 << 2
+	SockoptTransparent       = 1 << 5
+	SockoptMcAll             = 1 << 6
+	SockoptBindAddressNoPort = 1 << 8
+)
+
+// Have bits: the attributes an Inet was given (an older kernel, a
+// protocol or a missing capability leaves some out; the caller then
+// asks the socket itself).
+const (
+	HaveTOS     = 1 << iota // TOS
+	HaveTClass              // TClass
+	HaveBufs                // SndBuf, RcvBuf
+	HaveMark                // Mark
+	HaveCong                // Cong
+	HaveSockopt             // Sockopt
 )
 
 // Inet is what sock_diag tells of a TCP, UDP or MPTCP socket.
@@ -25,6 +55,15 @@ type Inet struct {
 	Rqueue, Wqueue uint32 // a listener's accept queue length and backlog; else bytes queued
 	UID, Ino       uint32
 	Shutdown       uint8 // sk_shutdown: 1 receive, 2 send
+	// What getsockopt would answer, read in the same dump (Have says
+	// which): IP_TOS, IPV6_TCLASS, SO_SNDBUF, SO_RCVBUF, SO_MARK,
+	// TCP_CONGESTION, and some IP_* flags (Sockopt*).
+	Have           uint8
+	TOS, TClass    uint8
+	SndBuf, RcvBuf uint32
+	Mark           uint32
+	Sockopt        uint16
+	Cong           string
 }
 
 // DumpInet returns the sockets of family (AF_INET, AF_INET6) and
@@ -51,6 +90,18 @@ type InetTable struct {
 // DumpInet) in godwit's network namespace: one request answers for all
 // the sockets of a dump.
 func DumpInetTable(family uint8, proto uint32) (*InetTable, error) {
+	return dumpInetTable(family, proto, 0)
+}
+
+// DumpInetTableOpts is DumpInetTable with the options sock_diag can
+// tell (Inet.Have): the larger answer a dump reading the sockets wants.
+func DumpInetTableOpts(family uint8, proto uint32) (*InetTable, error) {
+	return dumpInetTable(family, proto, 1<<(inetDiagCong-1)|1<<(inetDiagTOS-1)|1<<(inetDiagTClass-1)|1<<(inetDiagSkMeminfo-1))
+}
+
+// dumpInetTable asks for the extensions ext (idiag_ext: a bit per
+// attribute below 9; INET_DIAG_SHUTDOWN comes unasked).
+func dumpInetTable(family uint8, proto uint32, ext uint8) (*InetTable, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
 		return nil, fmt.Errorf("socket(NETLINK_SOCK_DIAG): %w", err)
@@ -80,6 +131,7 @@ func DumpInetTable(family uint8, proto uint32) (*InetTable, error) {
 		ne.PutUint16(a[2:], inetDiagReqProtocol)
 		ne.PutUint32(a[4:], proto)
 	}
+	req[2] = ext
 	ne.PutUint32(req[4:], ^uint32(0)) // every state
 	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return nil, fmt.Errorf("send sock_diag request: %w", err)
@@ -183,11 +235,8 @@ func parseInetMsg(p []byte) (Inet, error) {
 			return Inet{}, fmt.Errorf("attribute %d of %d bytes in %d", typ, l, len(a))
 		}
 		v := a[4:l]
-		if typ&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER) == inetDiagShutdown {
-			if len(v) < 1 {
-				return Inet{}, fmt.Errorf("attribute %d: empty", typ)
-			}
-			s.Shutdown = v[0]
+		if err := s.attr(typ&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER), v); err != nil {
+			return Inet{}, err
 		}
 		n := (int(l) + 3) &^ 3
 		if n > len(a) {
@@ -197,3 +246,59 @@ func parseInetMsg(p []byte) (Inet, error) {
 	}
 	return s, nil
 }
+
+// attr takes the attribute typ of value v into s.
+func (s *Inet) attr(typ uint16, v []byte) error {
+	ne := binary.NativeEndian
+	short := func(n int) error {
+		if len(v) < n {
+			return fmt.Errorf("attribute %d: %d bytes, want %d", typ, len(v), n)
+		}
+		return nil
+	}
+	switch typ {
+	case inetDiagShutdown:
+		if err := short(1); err != nil {
+			return err
+		}
+		s.Shutdown = v[0]
+	case inetDiagTOS:
+		if err := short(1); err != nil {
+			return err
+		}
+		s.TOS, s.Have = v[0], s.Have|HaveTOS
+	case inetDiagTClass:
+		if err := short(1); err != nil {
+			return err
+		}
+		s.TClass, s.Have = v[0], s.Have|HaveTClass
+	case inetDiagSkMeminfo:
+		if err := short(4 * (unix.SK_MEMINFO_SNDBUF + 1)); err != nil {
+			return err
+		}
+		s.RcvBuf, s.SndBuf = ne.Uint32(v[4*unix.SK_MEMINFO_RCVBUF:]), ne.Uint32(v[4*unix.SK_MEMINFO_SNDBUF:])
+		s.Have |= HaveBufs
+	case inetDiagMark:
+		if err := short(4); err != nil {
+			return err
+		}
+		s.Mark, s.Have = ne.Uint32(v), s.Have|HaveMark
+	case inetDiagCong:
+		// A NUL-terminated string.
+		if i := bytes.IndexByte(v, 0); i >= 0 {
+			s.Cong, s.Have = string(v[:i]), s.Have|HaveCong
+		}
+	case inetDiagSockopt:
+		if err := short(2); err != nil {
+			return err
+		}
+		if littleEndian() {
+			s.Sockopt, s.Have = uint16(v[0])|uint16(v[1])<<8, s.Have|HaveSockopt
+		}
+	}
+	return nil
+}
+
+// littleEndian: the bitfields of struct inet_diag_sockopt are laid out
+// from the low bit (the layout Sockopt* assume).
+func littleEndian() bool { return binary.NativeEndian.Uint16([]byte{1, 0}) == 1 }

@@ -273,6 +273,14 @@ func writeTCPStreamRange(d *images.Dir, kind images.Kind, todo []*model.InetSock
 
 // writeWhole creates name in d holding b.
 func writeWhole(d *images.Dir, name string, b []byte) error {
+	// A dump writes into a fresh directory: no file to replace.
+	err := d.WriteNew(name, b)
+	if !errors.Is(err, unix.EEXIST) {
+		if err != nil {
+			return fmt.Errorf("images: %w", err)
+		}
+		return nil
+	}
 	f, err := d.Create(name)
 	if err != nil {
 		return fmt.Errorf("images: %w", err)

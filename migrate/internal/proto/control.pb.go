@@ -52,6 +52,7 @@ type Envelope struct {
 	//	*Envelope_HistoryReply
 	//	*Envelope_Probe
 	//	*Envelope_ProbeAck
+	//	*Envelope_Layout
 	Msg           isEnvelope_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -292,6 +293,15 @@ func (x *Envelope) GetProbeAck() *ProbeAck {
 	return nil
 }
 
+func (x *Envelope) GetLayout() *Layout {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_Layout); ok {
+			return x.Layout
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Msg interface {
 	isEnvelope_Msg()
 }
@@ -384,6 +394,10 @@ type Envelope_ProbeAck struct {
 	ProbeAck *ProbeAck `protobuf:"bytes,22,opt,name=probe_ack,json=probeAck,proto3,oneof"`
 }
 
+type Envelope_Layout struct {
+	Layout *Layout `protobuf:"bytes,23,opt,name=layout,proto3,oneof"`
+}
+
 func (*Envelope_Hello) isEnvelope_Msg() {}
 
 func (*Envelope_Accepted) isEnvelope_Msg() {}
@@ -427,6 +441,8 @@ func (*Envelope_HistoryReply) isEnvelope_Msg() {}
 func (*Envelope_Probe) isEnvelope_Msg() {}
 
 func (*Envelope_ProbeAck) isEnvelope_Msg() {}
+
+func (*Envelope_Layout) isEnvelope_Msg() {}
 
 // Hello opens a migration (source to agent): what the destination must
 // be able to take.
@@ -1143,8 +1159,17 @@ func (x *Locked) GetListeners() uint32 {
 // Ready: the copy is rebuilt and held stopped. From here the agent never
 // kills it on its own: it resumes it on Go, kills it on Abort, and holds it
 // "in doubt" if the source goes silent, until a Resolve decides.
+// overlap: what the restore overlapped with the rounds did: "" (no
+// layout came: not asked), "prepared" (the task was made and filled from
+// the rounds), or why it fell back to a restore from the images alone.
+// prepared_pages: pages written into the task before the freeze;
+// final_pages: pages written at the switch-over (the final delta and any
+// page the rounds could not place).
 type Ready struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	Overlap       string                 `protobuf:"bytes,1,opt,name=overlap,proto3" json:"overlap,omitempty"`
+	PreparedPages uint64                 `protobuf:"varint,2,opt,name=prepared_pages,json=preparedPages,proto3" json:"prepared_pages,omitempty"`
+	FinalPages    uint64                 `protobuf:"varint,3,opt,name=final_pages,json=finalPages,proto3" json:"final_pages,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1177,6 +1202,27 @@ func (x *Ready) ProtoReflect() protoreflect.Message {
 // Deprecated: Use Ready.ProtoReflect.Descriptor instead.
 func (*Ready) Descriptor() ([]byte, []int) {
 	return file_control_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Ready) GetOverlap() string {
+	if x != nil {
+		return x.Overlap
+	}
+	return ""
+}
+
+func (x *Ready) GetPreparedPages() uint64 {
+	if x != nil {
+		return x.PreparedPages
+	}
+	return 0
+}
+
+func (x *Ready) GetFinalPages() uint64 {
+	if x != nil {
+		return x.FinalPages
+	}
+	return 0
 }
 
 // Go: the commit point. The source holds its frozen tree (and has it
@@ -1789,11 +1835,193 @@ func (x *ProbeAck) GetBytes() uint64 {
 	return 0
 }
 
+// Layout (source to agent, after a pre-copy round's pages, before its
+// RoundDone): the root's mappings as read while it ran, for the agent to
+// make the task and lay out its memory before the freeze (restore
+// overlapped with the rounds). Approximate: the final images decide.
+type Layout struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pid           int32                  `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Vmas          []*Vma                 `protobuf:"bytes,2,rep,name=vmas,proto3" json:"vmas,omitempty"`
+	Tids          []int32                `protobuf:"varint,3,rep,packed,name=tids,proto3" json:"tids,omitempty"` // the root's threads but its leader
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Layout) Reset() {
+	*x = Layout{}
+	mi := &file_control_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Layout) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Layout) ProtoMessage() {}
+
+func (x *Layout) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Layout.ProtoReflect.Descriptor instead.
+func (*Layout) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *Layout) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *Layout) GetVmas() []*Vma {
+	if x != nil {
+		return x.Vmas
+	}
+	return nil
+}
+
+func (x *Layout) GetTids() []int32 {
+	if x != nil {
+		return x.Tids
+	}
+	return nil
+}
+
+// Vma is one mapping, as godwit's model keeps it (model.VMA).
+type Vma struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Start         uint64                 `protobuf:"varint,1,opt,name=start,proto3" json:"start,omitempty"`
+	End           uint64                 `protobuf:"varint,2,opt,name=end,proto3" json:"end,omitempty"`
+	Pgoff         uint64                 `protobuf:"varint,3,opt,name=pgoff,proto3" json:"pgoff,omitempty"`
+	Prot          uint32                 `protobuf:"varint,4,opt,name=prot,proto3" json:"prot,omitempty"`
+	Flags         uint32                 `protobuf:"varint,5,opt,name=flags,proto3" json:"flags,omitempty"`
+	Status        uint32                 `protobuf:"varint,6,opt,name=status,proto3" json:"status,omitempty"`
+	Madv          uint64                 `protobuf:"varint,7,opt,name=madv,proto3" json:"madv,omitempty"`
+	HugePage      uint64                 `protobuf:"varint,8,opt,name=huge_page,json=hugePage,proto3" json:"huge_page,omitempty"`
+	Droppable     bool                   `protobuf:"varint,9,opt,name=droppable,proto3" json:"droppable,omitempty"`
+	Guards        bool                   `protobuf:"varint,10,opt,name=guards,proto3" json:"guards,omitempty"` // guard regions inside: never prepared
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Vma) Reset() {
+	*x = Vma{}
+	mi := &file_control_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Vma) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Vma) ProtoMessage() {}
+
+func (x *Vma) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Vma.ProtoReflect.Descriptor instead.
+func (*Vma) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *Vma) GetStart() uint64 {
+	if x != nil {
+		return x.Start
+	}
+	return 0
+}
+
+func (x *Vma) GetEnd() uint64 {
+	if x != nil {
+		return x.End
+	}
+	return 0
+}
+
+func (x *Vma) GetPgoff() uint64 {
+	if x != nil {
+		return x.Pgoff
+	}
+	return 0
+}
+
+func (x *Vma) GetProt() uint32 {
+	if x != nil {
+		return x.Prot
+	}
+	return 0
+}
+
+func (x *Vma) GetFlags() uint32 {
+	if x != nil {
+		return x.Flags
+	}
+	return 0
+}
+
+func (x *Vma) GetStatus() uint32 {
+	if x != nil {
+		return x.Status
+	}
+	return 0
+}
+
+func (x *Vma) GetMadv() uint64 {
+	if x != nil {
+		return x.Madv
+	}
+	return 0
+}
+
+func (x *Vma) GetHugePage() uint64 {
+	if x != nil {
+		return x.HugePage
+	}
+	return 0
+}
+
+func (x *Vma) GetDroppable() bool {
+	if x != nil {
+		return x.Droppable
+	}
+	return false
+}
+
+func (x *Vma) GetGuards() bool {
+	if x != nil {
+		return x.Guards
+	}
+	return false
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\x11godwit.migrate.v1\"\xf5\t\n" +
+	"\rcontrol.proto\x12\x11godwit.migrate.v1\"\xaa\n" +
+	"\n" +
 	"\bEnvelope\x120\n" +
 	"\x05hello\x18\x01 \x01(\v2\x18.godwit.migrate.v1.HelloH\x00R\x05hello\x129\n" +
 	"\baccepted\x18\x02 \x01(\v2\x1b.godwit.migrate.v1.AcceptedH\x00R\baccepted\x126\n" +
@@ -1820,7 +2048,8 @@ const file_control_proto_rawDesc = "" +
 	"\x0fhistory_request\x18\x13 \x01(\v2!.godwit.migrate.v1.HistoryRequestH\x00R\x0ehistoryRequest\x12F\n" +
 	"\rhistory_reply\x18\x14 \x01(\v2\x1f.godwit.migrate.v1.HistoryReplyH\x00R\fhistoryReply\x120\n" +
 	"\x05probe\x18\x15 \x01(\v2\x18.godwit.migrate.v1.ProbeH\x00R\x05probe\x12:\n" +
-	"\tprobe_ack\x18\x16 \x01(\v2\x1b.godwit.migrate.v1.ProbeAckH\x00R\bprobeAckB\x05\n" +
+	"\tprobe_ack\x18\x16 \x01(\v2\x1b.godwit.migrate.v1.ProbeAckH\x00R\bprobeAck\x123\n" +
+	"\x06layout\x18\x17 \x01(\v2\x19.godwit.migrate.v1.LayoutH\x00R\x06layoutB\x05\n" +
 	"\x03msg\"\x99\x02\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x10\n" +
@@ -1872,8 +2101,12 @@ const file_control_proto_rawDesc = "" +
 	"\x04Lock\"H\n" +
 	"\x06Locked\x12 \n" +
 	"\vconnections\x18\x01 \x01(\rR\vconnections\x12\x1c\n" +
-	"\tlisteners\x18\x02 \x01(\rR\tlisteners\"\a\n" +
-	"\x05Ready\"\x04\n" +
+	"\tlisteners\x18\x02 \x01(\rR\tlisteners\"i\n" +
+	"\x05Ready\x12\x18\n" +
+	"\aoverlap\x18\x01 \x01(\tR\aoverlap\x12%\n" +
+	"\x0eprepared_pages\x18\x02 \x01(\x04R\rpreparedPages\x12\x1f\n" +
+	"\vfinal_pages\x18\x03 \x01(\x04R\n" +
+	"finalPages\"\x04\n" +
 	"\x02Go\"\x1b\n" +
 	"\aResumed\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\"\x9c\x01\n" +
@@ -1911,7 +2144,23 @@ const file_control_proto_rawDesc = "" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x12\n" +
 	"\x04last\x18\x02 \x01(\bR\x04last\" \n" +
 	"\bProbeAck\x12\x14\n" +
-	"\x05bytes\x18\x01 \x01(\x04R\x05bytesB\x1fZ\x1dgodwit/migrate/internal/protob\x06proto3"
+	"\x05bytes\x18\x01 \x01(\x04R\x05bytes\"Z\n" +
+	"\x06Layout\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12*\n" +
+	"\x04vmas\x18\x02 \x03(\v2\x16.godwit.migrate.v1.VmaR\x04vmas\x12\x12\n" +
+	"\x04tids\x18\x03 \x03(\x05R\x04tids\"\xec\x01\n" +
+	"\x03Vma\x12\x14\n" +
+	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
+	"\x03end\x18\x02 \x01(\x04R\x03end\x12\x14\n" +
+	"\x05pgoff\x18\x03 \x01(\x04R\x05pgoff\x12\x12\n" +
+	"\x04prot\x18\x04 \x01(\rR\x04prot\x12\x14\n" +
+	"\x05flags\x18\x05 \x01(\rR\x05flags\x12\x16\n" +
+	"\x06status\x18\x06 \x01(\rR\x06status\x12\x12\n" +
+	"\x04madv\x18\a \x01(\x04R\x04madv\x12\x1b\n" +
+	"\thuge_page\x18\b \x01(\x04R\bhugePage\x12\x1c\n" +
+	"\tdroppable\x18\t \x01(\bR\tdroppable\x12\x16\n" +
+	"\x06guards\x18\n" +
+	" \x01(\bR\x06guardsB\x1fZ\x1dgodwit/migrate/internal/protob\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -1925,7 +2174,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_control_proto_goTypes = []any{
 	(*Envelope)(nil),       // 0: godwit.migrate.v1.Envelope
 	(*Hello)(nil),          // 1: godwit.migrate.v1.Hello
@@ -1951,6 +2200,8 @@ var file_control_proto_goTypes = []any{
 	(*HistoryReply)(nil),   // 21: godwit.migrate.v1.HistoryReply
 	(*Probe)(nil),          // 22: godwit.migrate.v1.Probe
 	(*ProbeAck)(nil),       // 23: godwit.migrate.v1.ProbeAck
+	(*Layout)(nil),         // 24: godwit.migrate.v1.Layout
+	(*Vma)(nil),            // 25: godwit.migrate.v1.Vma
 }
 var file_control_proto_depIdxs = []int32{
 	1,  // 0: godwit.migrate.v1.Envelope.hello:type_name -> godwit.migrate.v1.Hello
@@ -1975,12 +2226,14 @@ var file_control_proto_depIdxs = []int32{
 	21, // 19: godwit.migrate.v1.Envelope.history_reply:type_name -> godwit.migrate.v1.HistoryReply
 	22, // 20: godwit.migrate.v1.Envelope.probe:type_name -> godwit.migrate.v1.Probe
 	23, // 21: godwit.migrate.v1.Envelope.probe_ack:type_name -> godwit.migrate.v1.ProbeAck
-	19, // 22: godwit.migrate.v1.Resolved.held:type_name -> godwit.migrate.v1.Held
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	24, // 22: godwit.migrate.v1.Envelope.layout:type_name -> godwit.migrate.v1.Layout
+	19, // 23: godwit.migrate.v1.Resolved.held:type_name -> godwit.migrate.v1.Held
+	25, // 24: godwit.migrate.v1.Layout.vmas:type_name -> godwit.migrate.v1.Vma
+	25, // [25:25] is the sub-list for method output_type
+	25, // [25:25] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -2011,6 +2264,7 @@ func file_control_proto_init() {
 		(*Envelope_HistoryReply)(nil),
 		(*Envelope_Probe)(nil),
 		(*Envelope_ProbeAck)(nil),
+		(*Envelope_Layout)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2018,7 +2272,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,83 @@
+package ptrace
+
+import (
+	"fmt"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// stashed is a signal a tracee dequeued while we injected calls, with its
+// siginfo (ok: read at its signal-delivery-stop).
+type stashed struct {
+	sig unix.Signal
+	si  Siginfo
+	ok  bool
+}
+
+// stash keeps the signal of tk's signal-delivery-stop, which resuming it
+// with no signal discards, to be sent again on detach.
+func (t *Tracer) stash(tk *task, sig unix.Signal) {
+	s := stashed{sig: sig}
+	_, err := ptrace(unix.PTRACE_GETSIGINFO, tk.tid, 0, uintptr(unsafe.Pointer(&s.si[0])))
+	s.ok = err == nil && s.si.Signo() == int32(sig)
+	tk.stash = append(tk.stash, s)
+}
+
+// catchable: a signal whose siginfo a handler may see (SIGKILL and
+// SIGSTOP have none to see: tgkill sends them as they were).
+func catchable(sig unix.Signal) bool { return sig != unix.SIGKILL && sig != unix.SIGSTOP }
+
+// requeueStash queues tk's stashed catchable signals to it again with
+// their own siginfo, before it is detached: rt_tgsigqueueinfo injected in
+// the thread itself, the only sender the kernel lets queue a siginfo it
+// did not make (si_code >= 0: a kernel's, kill's) to a thread. The
+// siginfo is written below the thread's stack red zone, which a signal
+// frame would overwrite anyway. What it could not queue stays in the
+// stash, for tgkill (signal number only), and the error says so.
+func (t *Tracer) requeueStash(tk *task) error {
+	var keep, send []stashed
+	for _, s := range tk.stash {
+		if s.ok && catchable(s.sig) {
+			send = append(send, s)
+		} else {
+			keep = append(keep, s)
+		}
+	}
+	if len(send) == 0 {
+		return nil
+	}
+	tk.stash = nil
+	sent := 0
+	err := func() error {
+		s, err := t.begin(tk.tid)
+		if err != nil {
+			return err
+		}
+		defer s.end()
+		tgid := t.tgidOf(tk)
+		const redZone = 128
+		at := (s.saved.Rsp - redZone - uint64(len(Siginfo{}))) &^ 15
+		for _, q := range send {
+			if err := WriteMem(tgid, at, q.si[:]); err != nil {
+				return err
+			}
+			ret, err := s.syscall(unix.SYS_RT_TGSIGQUEUEINFO, []uint64{uint64(tgid), uint64(tk.tid), uint64(q.sig), at})
+			if err == nil && int64(ret) < 0 && int64(ret) >= -4095 {
+				err = unix.Errno(-int64(ret))
+			}
+			if err != nil {
+				return err
+			}
+			sent++
+		}
+		return s.end()
+	}()
+	keep = append(keep, send[sent:]...)
+	// Stashed during this session (only what cannot be blocked): as is.
+	tk.stash = append(keep, tk.stash...)
+	if err != nil {
+		return fmt.Errorf("detach %d: queue its stashed signals again with their siginfo: %w (sent by number only)", tk.tid, err)
+	}
+	return nil
+}

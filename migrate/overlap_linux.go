@@ -1,0 +1,132 @@
+package migrate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+
+	"godwit/dumper"
+	"godwit/internal/model"
+	pb "godwit/migrate/internal/proto"
+	"godwit/restorer"
+)
+
+// Restore overlapped with the rounds (DESIGN.md, Beyond CRIU 4): the
+// source sends the root's layout with each pre-copy round; the agent makes
+// the task from the first, follows the layout and writes each round's
+// pages into it as the round lands; at the switch-over only the final
+// delta and the non-memory state remain (restorer.Pending).
+
+// OverlapPrepared is Overlap.State when the restore took over the task
+// the rounds prepared.
+const OverlapPrepared = "prepared"
+
+// Overlap is what the overlapped restore did.
+type Overlap struct {
+	// State is OverlapPrepared, or why the migration restored from the
+	// images alone ("off: ..." when the source did not ask).
+	State string `json:"state"`
+	// PreparedPages were written into the task before the freeze,
+	// FinalPages at the switch-over.
+	PreparedPages uint64 `json:"prepared_pages"`
+	FinalPages    uint64 `json:"final_pages"`
+}
+
+// maxLayoutVMAs bounds a Layout message (vm.max_map_count's default is
+// 65530).
+const maxLayoutVMAs = 1 << 17
+
+// layoutMsg describes the running root's mappings for a Layout message.
+func layoutMsg(pid int) (*pb.Layout, error) {
+	vmas, err := dumper.CollectVMAs(pid, nil)
+	if err != nil {
+		return nil, fmt.Errorf("layout of %d: %w", pid, err)
+	}
+	ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	if err != nil {
+		return nil, fmt.Errorf("threads of %d: %w", pid, err)
+	}
+	l := &pb.Layout{Pid: int32(pid), Vmas: make([]*pb.Vma, len(vmas))}
+	for _, e := range ents {
+		if tid, err := strconv.Atoi(e.Name()); err == nil && tid != pid {
+			l.Tids = append(l.Tids, int32(tid))
+		}
+	}
+	for i, v := range vmas {
+		l.Vmas[i] = &pb.Vma{Start: v.Start, End: v.End, Pgoff: v.Pgoff, Prot: v.Prot, Flags: v.Flags, Status: v.Status,
+			Madv: v.Madv, HugePage: v.HugePage, Droppable: v.Droppable, Guards: len(v.Guards) > 0 || v.MayGuard}
+	}
+	return l, nil
+}
+
+// layoutOf checks a Layout from the source and returns it as the
+// restorer takes it.
+func layoutOf(l *pb.Layout, pid int) (*restorer.Layout, error) {
+	if int(l.Pid) != pid {
+		return nil, fmt.Errorf("layout of pid %d in a migration of %d", l.Pid, pid)
+	}
+	if len(l.Vmas) > maxLayoutVMAs || len(l.Tids) > maxLayoutVMAs {
+		return nil, fmt.Errorf("layout of %d VMAs, %d threads", len(l.Vmas), len(l.Tids))
+	}
+	rl := &restorer.Layout{Pid: pid}
+	for _, tid := range l.Tids {
+		if tid <= 1 || int(tid) == pid {
+			return nil, fmt.Errorf("layout: bad tid %d", tid)
+		}
+		rl.Tids = append(rl.Tids, int(tid))
+	}
+	out := make([]model.VMA, len(l.Vmas))
+	for i, v := range l.Vmas {
+		if v == nil {
+			return nil, errors.New("layout: empty VMA")
+		}
+		out[i] = model.VMA{Start: v.Start, End: v.End, Pgoff: v.Pgoff, Prot: v.Prot, Flags: v.Flags, Status: v.Status,
+			Madv: v.Madv, HugePage: v.HugePage, Droppable: v.Droppable}
+		if v.Guards {
+			// Never prepared (restorer.Prepare), whatever the range.
+			out[i].Guards = []model.Range{{Start: v.Start, End: v.Start}}
+		}
+	}
+	if err := restorer.CheckLayout(out); err != nil {
+		return nil, err
+	}
+	rl.VMAs = out
+	return rl, nil
+}
+
+// overlapRound prepares the task from the round's layout, or follows it,
+// and writes the round's pages (in dir) into it. A failure ends the
+// overlap for this migration (the task is killed), not the migration.
+func (in *inbound) overlapRound(ctx context.Context, n uint32, dir string) {
+	l := in.layout
+	in.layout = nil
+	if l == nil || in.overlapOff {
+		return
+	}
+	var err error
+	if in.pending == nil {
+		in.pending, err = restorer.Prepare(restorer.Options{Detach: true}, *l)
+	} else {
+		err = in.pending.ApplyLayout(*l)
+	}
+	if err == nil {
+		err = in.pending.WritePages(ctx, dir)
+	}
+	if err != nil {
+		in.overlapFallback(fmt.Sprintf("round %d: %v", n, err))
+		return
+	}
+	st := in.pending.Stats()
+	in.a.cfg.Log.Debugf("agent: migration %s: round %d: task %d prepared: %d VMAs, %d pages so far", in.res.ID, n, in.res.PID, st.VMAs, st.Pages)
+}
+
+// overlapFallback ends the overlap: the restore will use the images alone.
+func (in *inbound) overlapFallback(why string) {
+	in.pending.Abort()
+	in.pending = nil
+	in.overlapOff = true
+	in.overlap.State = why
+	in.a.cfg.Log.Infof("agent: migration %s: restore from the images alone: %s", in.res.ID, why)
+}
