@@ -160,10 +160,22 @@ func (w *incrWriter) writePrivate(vmas []VMA) error {
 	w.dc, w.cc, w.uc = spanCursor{s: w.dirty}, spanCursor{s: w.covered}, spanCursor{s: w.unchanged}
 	for i := range vmas {
 		v := &vmas[i]
+		force := v.Prot&unix.PROT_READ == 0
+		if v.Status&images.VmaAreaVdso != 0 {
+			// Saved whole in every round and dump, as a plain dump
+			// saves it (DumpPrivate): CRIU's restore of the chain
+			// reads the dumped vDSO ("vdso: Invalid ELF magic"
+			// without it). Two or so pages, never tracked.
+			nr := (v.End - v.Start) / pageSize
+			w.stats.Scanned += nr
+			if err := w.queue(v.Start, nr, false, false, force); err != nil {
+				return fmt.Errorf("pages of vdso %#x-%#x: %w", v.Start, v.End, err)
+			}
+			continue
+		}
 		if !v.Private() {
 			continue
 		}
-		force := v.Prot&unix.PROT_READ == 0
 		cats := uint64(pageCats)
 		if plainAnon(v) {
 			// No page-cache page there: asking PAGE_IS_FILE has the
