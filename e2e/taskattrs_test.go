@@ -102,3 +102,24 @@ func taskAttrSnapshot(t *testing.T, pid int) []string {
 	}
 	return snap
 }
+
+// TestRestoreRefusesInheritedNoNewPrivs restores a program dumped without
+// no_new_privs from a godwit that has it (inherited by every task it
+// makes, and never unset): the restore must fail naming it.
+func TestRestoreRefusesInheritedNoNewPrivs(t *testing.T) {
+	needRoot(t)
+	w := startC(t, false)
+	dir := w.dump(t)
+	w.reapKilled(t)
+	out, err := exec.Command("setpriv", "--no-new-privs", godwitBin, "restore", "-d", "-D", dir, "-o", "restore.log").CombinedOutput()
+	if err == nil {
+		killAndForget(w.pid)
+		t.Fatalf("restore under no_new_privs of a task without it exited 0: %s", out)
+	}
+	if !strings.Contains(string(out), "no_new_privs") {
+		t.Fatalf("the error does not name no_new_privs: %s", out)
+	}
+	if pidExists(w.pid) {
+		t.Fatalf("a failed restore left pid %d", w.pid)
+	}
+}
