@@ -43,6 +43,7 @@ func TestRestoreTaskAttrsNotInherited(t *testing.T) {
 		t.Fatal("needs two online CPUs: taskset -c 0 must narrow godwit's affinity")
 	}
 	w := startC(t, false, "-t", "2")
+	defBefore := defaultSlacks(t, w.pid)
 	before := taskAttrSnapshot(t, w.pid)
 	dir := w.dump(t)
 	w.reapKilled(t)
@@ -57,6 +58,29 @@ func TestRestoreTaskAttrsNotInherited(t *testing.T) {
 	if !reflect.DeepEqual(before, after) {
 		t.Errorf("restored attributes differ from the dumped ones:\ndumped   %v\nrestored %v", before, after)
 	}
+	if defAfter := defaultSlacks(t, w.pid); !reflect.DeepEqual(defBefore, defAfter) {
+		t.Errorf("restored default timer slacks %v, dumped %v", defAfter, defBefore)
+	}
+}
+
+// defaultSlacks is each thread's default timer slack, which the kernel
+// copies from the forking thread and which writing 0 to timerslack_ns
+// sets (and shows). It sets the threads' slack to it.
+func defaultSlacks(t *testing.T, pid int) []string {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		p := "/proc/" + e.Name() + "/timerslack_ns"
+		if err := os.WriteFile(p, []byte("0"), 0); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, strings.TrimSpace(readFile(p)))
+	}
+	return out
 }
 
 // taskAttrSnapshot is what each thread of pid has of the attributes a

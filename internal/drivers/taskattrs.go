@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"godwit/internal/abi/linux"
 	"godwit/internal/inject"
 	"godwit/internal/model"
 	"godwit/internal/procfs"
@@ -21,10 +22,9 @@ const ioprioWhoProcess = 1
 // cpuSetSize is the CPUs a unix.CPUSet holds (glibc's CPU_SETSIZE).
 const cpuSetSize = len(unix.CPUSet{}) * 64
 
-// defaultTimerSlack is the kernel's initial timer slack (init_task's
-// timer_slack_ns, 50 µs), which a thread keeps unless it or an ancestor
-// set another.
-const defaultTimerSlack = 50000
+// defaultTimerSlack is the kernel's initial timer slack, which a thread
+// keeps unless it or an ancestor set another.
+const defaultTimerSlack = linux.InitTimerSlack
 
 // defaultCoredumpFilter is MMF_DUMP_FILTER_DEFAULT (include/linux/sched/
 // coredump.h, without CONFIG_CORE_DUMP_DEFAULT_ELF_HEADERS): what a task
