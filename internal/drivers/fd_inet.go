@@ -306,7 +306,33 @@ func collectInetTaking(fl *Files, pid int, fd *FD, f *model.File, s, family int,
 	if err := fl.NetLock.Lock([]netlock.Conn{{Local: st.Src, Remote: st.Dst}}); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	return repairDump(id, s, st, what, took)
+	if err := repairDump(id, s, st, what, took); err != nil {
+		return err
+	}
+	return unreadBehindMark(dg, st, what)
+}
+
+// unreadBehindMark refuses a connection with more bytes received and
+// unread (sock_diag's rqueue: rcv_nxt - copied_seq) than the repair
+// peek read: reads and SIOCINQ stop at an urgent mark, also when the
+// program already took the urgent byte with MSG_OOB (tcprepair sees no
+// urgent data then), and the bytes past the mark would be lost. The
+// task is frozen since the table was read, so copied_seq has not moved
+// and rqueue can only have grown: a larger rqueue is never a race.
+func unreadBehindMark(dg *sockdiag.Inet, st *model.InetSocketState, what string) error {
+	peeked := uint64(len(st.Stream.InQ))
+	if finReceived(uint8(st.State)) {
+		peeked++ // rcv_nxt counts the peer's FIN
+	}
+	if uint64(dg.Rqueue) > peeked {
+		return fmt.Errorf("%s: %d bytes received and unread, %d readable before an urgent (MSG_OOB) mark: %w", what, dg.Rqueue, len(st.Stream.InQ), tcprepair.ErrUrgent)
+	}
+	return nil
+}
+
+// finReceived: the peer's FIN is counted in rcv_nxt.
+func finReceived(state uint8) bool {
+	return state == tcprepair.StateCloseWait || state == tcprepair.StateClosing || state == tcprepair.StateLastAck
 }
 
 // tcpBoundInactive is how sock_diag reports a TCP socket bound but
