@@ -588,6 +588,10 @@ func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser
 			ss := s.newSession(name, rw, rw, nil)
 			ss.owner = owner
 			ss.dl = st
+			// The client opens its control stream first (stream 0): it
+			// ends the connection with CLOSE. A task stream ending is
+			// not the end of the session Once waits for.
+			ss.taskStream = st.StreamID() != 0
 			err := ss.run()
 			s.finish(ss, err)
 			if err != nil {
@@ -615,8 +619,10 @@ func (s *Server) finish(ss *session, err error) {
 		if err != nil && s.onceErr == nil {
 			s.onceErr = fmt.Errorf("page server: %s: %w", ss.peer, err)
 		}
-		s.sessions++
-		if err == nil && s.sessions < max(s.cfg.Sessions, 1) {
+		if !ss.taskStream {
+			s.sessions++
+		}
+		if err == nil && (ss.taskStream || s.sessions < max(s.cfg.Sessions, 1)) {
 			stop = nil
 		}
 		s.mu.Unlock()
