@@ -307,3 +307,41 @@ func TestMigratePostcopyUnlocksAtResume(t *testing.T) {
 	cs.finish(t)
 	t.Logf("post-copy %+v", r.res.Postcopy)
 }
+
+// What a post-copy migration does when the service address is not moved
+// (no action script): the agent's restore refuses the connections (their
+// address is not local on B) after the commit, so the program is lost on
+// both hosts, said in one line; nothing is left locked or hanging.
+func TestMigratePostcopyAddressNotMoved(t *testing.T) {
+	s := newLazyServiceLab(t)
+	const port = 7013
+	prog := filepath.Join(t.TempDir(), "echo.py")
+	if err := os.WriteFile(prog, []byte(echoServer), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w := s.startServer(port, "python3", prog, s.vip.String(), strconv.Itoa(port))
+	c, err := s.dial(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	t0 := time.Now()
+	code, res, stderr := s.send(w, append([]string{"--tcp-established"}, s.lazyArgs(string(migrate.ModePostcopy))...)...)
+	if code == 0 || !strings.Contains(res.Error, "not local") {
+		t.Fatalf("exit %d, %+v: want the restore's refusal of the address\n%s", code, res, stderr)
+	}
+	if alive(w.rootPID) {
+		t.Errorf("the source runs on after the commit")
+	}
+	if p, err := s.b.RootPID(w.hostPID); err == nil && alive(p) {
+		t.Errorf("a copy runs on B")
+	}
+	// The agent drops its lock once the source is gone (the address
+	// never came to B: at once).
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Contains(nftTables(t, s.b), "godwit") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.settled(s.a)
+	t.Logf("failed in %v: %s", time.Since(t0), res.Error)
+}

@@ -123,7 +123,7 @@ func guardMain(method Method, name string, inNetns bool, in io.Reader) int {
 		return 0
 	}
 	if o.dest {
-		lingerWhileLocal(netns, o.locals, o.linger)
+		lingerWhileLocal(netns, o.locals, o.linger, true)
 		destroyConns(netns, o.conns)
 	}
 	l := &Lock{method: method, name: name, netns: netns}
@@ -145,10 +145,11 @@ const guardPoll = 100 * time.Millisecond
 
 // lingerWhileLocal waits while one of addrs is an address of this host
 // (the namespace netns), at most max; with none here from the start, it
-// waits for one to come (the source may be moving it here) as long.
-func lingerWhileLocal(netns *os.File, addrs []netip.Addr, max time.Duration) {
+// waits for one to come as long if arrival (the source may be moving it
+// here), else returns at once.
+func lingerWhileLocal(netns *os.File, addrs []netip.Addr, max time.Duration, arrival bool) {
 	deadline := time.Now().Add(max)
-	seen := false
+	seen := !arrival
 	for time.Now().Before(deadline) {
 		here, err := anyLocal(netns, addrs)
 		if err != nil {
@@ -247,8 +248,9 @@ func (l *Lock) GuardDestination(max time.Duration) error {
 }
 
 // LingerWhileLocal is the guard's wait of GuardDestination, for a living
-// godwit whose source went silent: it returns once the connections'
-// addresses, seen on this host, left it, or at deadline.
+// godwit whose source went silent: it returns once none of the
+// connections' addresses is on this host (at once if none is), or at
+// deadline.
 func (l *Lock) LingerWhileLocal(deadline time.Time) {
 	if l == nil {
 		return
@@ -261,7 +263,7 @@ func (l *Lock) LingerWhileLocal(deadline time.Time) {
 	}
 	l.mu.Unlock()
 	if len(addrs) > 0 {
-		lingerWhileLocal(netns, addrs, time.Until(deadline))
+		lingerWhileLocal(netns, addrs, time.Until(deadline), false)
 	}
 }
 
