@@ -894,6 +894,9 @@ var sockUncarried = []sockOpt{
 	{unix.SOL_SOCKET, unix.SO_TIMESTAMP_NEW, 0, "SO_TIMESTAMP_NEW"},
 	{unix.SOL_SOCKET, unix.SO_TIMESTAMPNS_NEW, 0, "SO_TIMESTAMPNS_NEW"},
 	{unix.SOL_SOCKET, unix.SO_TIMESTAMPING_NEW, 0, "SO_TIMESTAMPING_NEW"},
+	// Read as an int: the clock id of struct sock_txtime. A socket set
+	// to CLOCK_REALTIME (0) without flags looks unset.
+	{unix.SOL_SOCKET, unix.SO_TXTIME, 0, "SO_TXTIME"},
 }
 
 // ipUncarried: the IPv4 options CRIU's ip_opts_entry has no field for
