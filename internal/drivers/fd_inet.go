@@ -77,6 +77,9 @@ type inetDump struct {
 	// pre: the inet sockets of the task being collected, by fd,
 	// collected ahead (prefetchInet).
 	pre map[int]*preInet
+	// mcast: the multicast groups of the namespace's devices, once
+	// read (mcastGroups).
+	mcast *[]mcastGroup
 }
 
 func (fl *Files) inetState() *inetDump {
@@ -545,6 +548,9 @@ func inetOptsDiag(id *inetDump, s int, st *model.InetSocketState, dg *sockdiag.I
 		return err
 	}
 	if err := refuseOpts(id, s, st, dg); err != nil {
+		return err
+	}
+	if err := refuseMemberships(id, s, st); err != nil {
 		return err
 	}
 	if diagUsable(dg, st) && dg.Ifindex == 0 {
