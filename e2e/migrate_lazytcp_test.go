@@ -110,6 +110,66 @@ func TestMigrateLazyFailureKeepsClients(t *testing.T) {
 	}
 }
 
+// A post-copy (and a hybrid) migration whose agent dies right after the
+// user's post-dump script took the service address off A, before the
+// images reached B: the dump rolls back in the freeze phase, migrate-abort
+// puts the address back on A, no lock is left, the clients go on.
+func TestMigrateLazyFailureAtPostDump(t *testing.T) {
+	for _, mode := range []migrate.Mode{migrate.ModePostcopy, migrate.ModeHybrid} {
+		t.Run(string(mode), func(t *testing.T) {
+			s := newLazyServiceLab(t)
+			const port = 7014
+			prog := filepath.Join(t.TempDir(), "echo.py")
+			if err := os.WriteFile(prog, []byte(echoServer), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			w := s.startServer(port, "python3", prog, s.vip.String(), strconv.Itoa(port))
+			const k = 2
+			cs := startClientsDial(t, func() (net.Conn, error) { return s.dial(port) }, k, echoExchange)
+			cs.waitProgress(t, make([]int, k), 20, "before the migration")
+			sync := t.TempDir()
+			extra := fmt.Sprintf(`if [ "$CRTOOLS_SCRIPT_ACTION" = post-dump ]; then touch %[1]s/post-dump; while [ ! -e %[1]s/killed ]; do sleep 0.02; done; fi`, sync)
+			killed := false
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				deadline := time.Now().Add(2 * time.Minute)
+				for !fileExists(filepath.Join(sync, "post-dump")) {
+					if time.Now().After(deadline) {
+						return
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				killAndForget(s.agentP)
+				s.agentP = 0
+				killed = true
+				// The source sees the link's end before it goes on.
+				time.Sleep(time.Second)
+				_ = os.WriteFile(filepath.Join(sync, "killed"), nil, 0o644)
+			}()
+			args := append([]string{"--tcp-established", "--action-script", s.script(extra)}, s.lazyArgs(string(mode))...)
+			code, res, stderr := s.send(w, args...)
+			<-done
+			if !killed {
+				t.Fatalf("post-dump never reached: exit %d, %+v\n%s", code, res, stderr)
+			}
+			if code == 0 || res.FailedPhase != migrate.PhaseFreeze {
+				t.Fatalf("agent killed at post-dump: exit %d, phase %q, error %q\n%s", code, res.FailedPhase, res.Error, stderr)
+			}
+			t.Logf("send: %s", res.Error)
+			if !alive(w.rootPID) {
+				t.Fatalf("server died on the source")
+			}
+			if state, tracer := procState(t, w.rootPID); tracer != 0 || state == "T" || state == "t" {
+				t.Fatalf("server left in state %s, tracer %d", state, tracer)
+			}
+			s.settled(s.a)
+			cs.waitProgress(t, cs.snapshot(), 20, "after the failed migration")
+			cs.finish(t)
+		})
+	}
+}
+
 // The agent honours --network-lock iptables, as dump and restore do: a
 // post-copy migration of a server with clients, both hosts locking with
 // iptables chains (seen by the pre-restore script, when both hold their

@@ -49,10 +49,9 @@ func (l *lazySwitch) dumpOptions(do *dumper.Options) {
 	do.TCPEstablished, do.SkipInFlight, do.NetworkLock = l.o.TCPEstablished, l.o.SkipInFlight, l.o.NetworkLock
 }
 
-// beforeCommit runs in the post-dump hook once every image is on the
-// agent: the agent locks the connections, the pre-restore scripts run.
+// beforeCommit runs in the post-dump hook (which set postDump first) once
+// every image is on the agent: the agent locks the connections, the pre-restore scripts run.
 func (l *lazySwitch) beforeCommit(s *sender, res *Result, p Phase) error {
-	l.postDump = true
 	if l.o.TCPEstablished {
 		// The agent may hold its lock whatever becomes of the answer.
 		l.locked = true
