@@ -405,3 +405,56 @@ func TestMigratePostcopyAddressNotMoved(t *testing.T) {
 	s.settled(s.a)
 	t.Logf("failed in %v: %s", time.Since(t0), res.Error)
 }
+
+// In post-copy the source's lock goes with the source tree, killed once
+// every page was fetched, even if `migrate send` is killed before the
+// agent's end of the migration reaches it: no table is left on A. The
+// agent's messages to A are dropped from the commit on (a table on A
+// named without "godwit"), so send waits on them when it is killed.
+func TestMigratePostcopySourceUnlockedWithTree(t *testing.T) {
+	s := newLazyServiceLab(t)
+	const port = 7015
+	prog := filepath.Join(t.TempDir(), "echo.py")
+	if err := os.WriteFile(prog, []byte(echoServer), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w := s.startServer(port, "python3", prog, s.vip.String(), strconv.Itoa(port))
+	c, err := s.dial(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	nftA := fmt.Sprintf("nsenter --net=%s -- nft", s.a.NetnsPath())
+	t.Cleanup(func() { _ = exec.Command("sh", "-c", nftA+" delete table inet droplink").Run() })
+	extra := fmt.Sprintf(`if [ "$CRTOOLS_SCRIPT_ACTION" = pre-restore ]; then %s add table inet droplink && %[1]s 'add chain inet droplink in { type filter hook input priority -300; }' && %[1]s add rule inet droplink in ip saddr %s tcp sport 7355 drop; fi`,
+		nftA, s.b.Addr())
+	args := append([]string{"--tcp-established", "--action-script", s.script(extra)}, s.lazyArgs(string(migrate.ModePostcopy))...)
+	ss := s.startSend(w, nil, args...)
+	deadline := time.Now().Add(2 * time.Minute)
+	for alive(w.rootPID) {
+		if time.Now().After(deadline) {
+			_, e := ss.output()
+			t.Fatalf("source tree not killed after the pages went:\n%s", e)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if p, err := s.b.RootPID(w.hostPID); err != nil || !alive(p) {
+		t.Fatalf("program not running on B: %v", err)
+	}
+	// The dump ends (its lock released or kept) right after the kill.
+	time.Sleep(2 * time.Second)
+	select {
+	case err := <-ss.waited:
+		_, e := ss.output()
+		t.Fatalf("migrate send ended (%v) with the agent's messages dropped:\n%s", err, e)
+	default:
+	}
+	killAndForget(ss.pid)
+	deadline = time.Now().Add(5 * time.Second)
+	for strings.Contains(nftTables(t, s.a), "godwit") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if tables := nftTables(t, s.a); strings.Contains(tables, "godwit") {
+		t.Errorf("network lock left on A after migrate send was killed: %s", tables)
+	}
+}

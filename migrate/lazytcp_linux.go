@@ -47,6 +47,10 @@ func (l *lazySwitch) dumpScripts(notify func(action string, pid int) error) *act
 // dumpOptions sets the lazy dump's connection options.
 func (l *lazySwitch) dumpOptions(do *dumper.Options) {
 	do.TCPEstablished, do.SkipInFlight, do.NetworkLock = l.o.TCPEstablished, l.o.SkipInFlight, l.o.NetworkLock
+	// The lock goes with the killed source tree, while its guard still
+	// watches this process: kept, it would outlive a `send` killed before
+	// finish.
+	do.UnlockKilled = true
 }
 
 // beforeCommit runs in the post-dump hook (which set postDump first) once
@@ -82,8 +86,9 @@ func (l *lazySwitch) abort(s *sender, p Phase, err error, tell func(Phase, error
 }
 
 // finish runs once the lazy dump ended after the commit (the source tree
-// killed here, its connections closed in repair mode: silently): the lock
-// it kept here is removed; on success, the post-restore scripts run. The
+// killed here, its connections closed in repair mode: silently): a lock
+// it kept here (a whole namespace's; the dump removed a connection lock
+// itself, UnlockKilled) is removed; on success, the post-restore scripts run. The
 // error is the migration's.
 func (l *lazySwitch) finish(dr *dumper.Result, res *Result, err error) error {
 	if dr != nil && dr.NetLock != nil {
