@@ -242,6 +242,7 @@ func TestMigrateAgentKilledAfterPreRestore(t *testing.T) {
 			// waits until the test has killed the agent and let the
 			// clients send to B for a while.
 			extra := fmt.Sprintf(`if [ "$CRTOOLS_SCRIPT_ACTION" = pre-restore ]; then touch %[1]s/pre-restore; while [ ! -e %[1]s/killed ]; do sleep 0.02; done; fi`, sync)
+			killed := false // read after done
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
@@ -254,6 +255,7 @@ func TestMigrateAgentKilledAfterPreRestore(t *testing.T) {
 				}
 				killAndForget(s.agentP)
 				s.agentP = 0
+				killed = true
 				// The clients' retransmissions reach B meanwhile
 				// (their backoff: some within 3 s).
 				time.Sleep(3 * time.Second)
@@ -267,6 +269,14 @@ func TestMigrateAgentKilledAfterPreRestore(t *testing.T) {
 			<-done
 			if code == 0 {
 				t.Fatalf("migrate send succeeded with its agent killed: %+v\n%s", res, stderr)
+			}
+			// The failure must be the agent's death at pre-restore, B
+			// holding its lock of every connection: not an earlier one.
+			if !fileExists(filepath.Join(sync, "pre-restore")) || !killed {
+				t.Fatalf("failed before pre-restore (agent not killed): phase %s: %s\n%s", res.FailedPhase, res.Error, stderr)
+			}
+			if res.Connections != k {
+				t.Errorf("%d connections locked on B at pre-restore, want %d", res.Connections, k)
 			}
 			t.Logf("send: phase %s: %s", res.FailedPhase, res.Error)
 			if !alive(w.rootPID) {
