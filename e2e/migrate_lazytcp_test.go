@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -378,68 +379,92 @@ func TestMigratePostcopyUnlocksAtResume(t *testing.T) {
 	t.Logf("post-copy %+v", r.res.Postcopy)
 }
 
-// What a post-copy migration does when the service address is not moved
-// (no action script): the agent's restore refuses the connections (their
-// address is not local on B) after the commit, so the program is lost on
-// both hosts, said in one line; nothing is left locked or hanging.
+// A post-copy (and a hybrid) migration whose service address is not
+// moved (no action script) fails before the commit: the agent's check
+// finds the connections' address is not local on B, the source rolls
+// back and runs on with its client connected, no lock on either host.
 func TestMigratePostcopyAddressNotMoved(t *testing.T) {
-	s := newLazyServiceLab(t)
-	const port = 7013
-	prog := filepath.Join(t.TempDir(), "echo.py")
-	if err := os.WriteFile(prog, []byte(echoServer), 0o644); err != nil {
-		t.Fatal(err)
+	for _, mode := range []migrate.Mode{migrate.ModePostcopy, migrate.ModeHybrid} {
+		t.Run(string(mode), func(t *testing.T) {
+			s := newLazyServiceLab(t)
+			const port = 7013
+			prog := filepath.Join(t.TempDir(), "echo.py")
+			if err := os.WriteFile(prog, []byte(echoServer), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			w := s.startServer(port, "python3", prog, s.vip.String(), strconv.Itoa(port))
+			c, err := s.dial(port)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			echo := func(when string) {
+				t.Helper()
+				msg := []byte("ping " + when)
+				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+				if _, err := c.Write(msg); err != nil {
+					t.Fatalf("client %s: %v", when, err)
+				}
+				got := make([]byte, len(msg))
+				if _, err := io.ReadFull(c, got); err != nil || string(got) != string(msg) {
+					t.Fatalf("client %s: echo %q, %v", when, got, err)
+				}
+			}
+			echo("before")
+			code, res, stderr := s.send(w, append([]string{"--tcp-established"}, s.lazyArgs(string(mode))...)...)
+			if code == 0 || res.FailedPhase != migrate.PhaseFreeze || !strings.Contains(res.Error, "not local") {
+				t.Fatalf("exit %d, %+v: want the check's refusal of the address before the commit\n%s", code, res, stderr)
+			}
+			t.Logf("send: %s", res.Error)
+			if !alive(w.rootPID) {
+				t.Fatalf("server died on the source")
+			}
+			if state, tracer := procState(t, w.rootPID); tracer != 0 || state == "T" || state == "t" {
+				t.Fatalf("server left in state %s, tracer %d", state, tracer)
+			}
+			if p, err := s.b.RootPID(w.hostPID); err == nil && alive(p) {
+				t.Errorf("a copy runs on B")
+			}
+			// The agent drops its lock once it has the Abort.
+			deadline := time.Now().Add(10 * time.Second)
+			for strings.Contains(nftTables(t, s.b), "godwit") && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+			s.settled(s.a)
+			echo("after")
+		})
 	}
-	w := s.startServer(port, "python3", prog, s.vip.String(), strconv.Itoa(port))
-	c, err := s.dial(port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	t0 := time.Now()
-	code, res, stderr := s.send(w, append([]string{"--tcp-established"}, s.lazyArgs(string(migrate.ModePostcopy))...)...)
-	if code == 0 || !strings.Contains(res.Error, "not local") {
-		t.Fatalf("exit %d, %+v: want the restore's refusal of the address\n%s", code, res, stderr)
-	}
-	if alive(w.rootPID) {
-		t.Errorf("the source runs on after the commit")
-	}
-	if p, err := s.b.RootPID(w.hostPID); err == nil && alive(p) {
-		t.Errorf("a copy runs on B")
-	}
-	// The agent drops its lock once the source is gone (the address
-	// never came to B: at once).
-	deadline := time.Now().Add(10 * time.Second)
-	for strings.Contains(nftTables(t, s.b), "godwit") && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	s.settled(s.a)
-	t.Logf("failed in %v: %s", time.Since(t0), res.Error)
 }
 
 // In post-copy the source's lock goes with the source tree, killed once
 // every page was fetched, even if `migrate send` is killed before the
 // agent's end of the migration reaches it: no table is left on A. The
 // agent's messages to A are dropped from the commit on (a table on A
-// named without "godwit"), so send waits on them when it is killed.
+// named without "godwit"; the tree holds 128 MiB, so that its pages are
+// still coming then), so send waits on them when it is killed.
 func TestMigratePostcopySourceUnlockedWithTree(t *testing.T) {
 	s := newLazyServiceLab(t)
 	const port = 7015
 	prog := filepath.Join(t.TempDir(), "echo.py")
-	if err := os.WriteFile(prog, []byte(echoServer), 0o644); err != nil {
+	if err := os.WriteFile(prog, []byte(echoServerBig), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	w := s.startServer(port, "python3", prog, s.vip.String(), strconv.Itoa(port))
+	w := s.startServer(port, "python3", prog, s.vip.String(), strconv.Itoa(port), "128")
 	c, err := s.dial(port)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	nftA := fmt.Sprintf("nsenter --net=%s -- nft", s.a.NetnsPath())
+	nftA := fmt.Sprintf("nsenter -t %d -n -- nft", s.a.InitPID())
 	t.Cleanup(func() { _ = exec.Command("sh", "-c", nftA+" delete table inet droplink").Run() })
-	extra := fmt.Sprintf(`if [ "$CRTOOLS_SCRIPT_ACTION" = pre-restore ]; then %s add table inet droplink && %[1]s 'add chain inet droplink in { type filter hook input priority -300; }' && %[1]s add rule inet droplink in ip saddr %s tcp sport 7355 drop; fi`,
+	args := append([]string{"--tcp-established", "--action-script", s.script("")}, s.lazyArgs(string(migrate.ModePostcopy))...)
+	ss := s.startSend(w, []string{"GODWIT_TEST_SWITCHOVER=notice"}, args...)
+	ss.await(t, "committed (post-copy)")
+	drop := fmt.Sprintf(`%s add table inet droplink && %[1]s 'add chain inet droplink in { type filter hook input priority -300; }' && %[1]s add rule inet droplink in ip saddr %s tcp sport 7355 drop`,
 		nftA, s.b.Addr())
-	args := append([]string{"--tcp-established", "--action-script", s.script(extra)}, s.lazyArgs(string(migrate.ModePostcopy))...)
-	ss := s.startSend(w, nil, args...)
+	if out, err := exec.Command("sh", "-c", drop).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
 	deadline := time.Now().Add(2 * time.Minute)
 	for alive(w.rootPID) {
 		if time.Now().After(deadline) {

@@ -515,6 +515,15 @@ func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
 			if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Locked{Locked: lk}}); err != nil {
 				return phaseErr(phase, err)
 			}
+		case m.GetCheck() != nil:
+			phase = PhaseFreeze
+			ck, err := in.checkRestore()
+			if err != nil {
+				return phaseErr(phase, err)
+			}
+			if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Checked{Checked: ck}}); err != nil {
+				return phaseErr(phase, err)
+			}
 		case m.GetRestore() != nil:
 			in.a.cfg.Log.Debugf("agent: migration %s: restore asked %v after the freeze", in.res.ID, time.Since(in.frozeAt))
 			return in.restore(ctx, m.GetRestore())

@@ -54,7 +54,9 @@ func (l *lazySwitch) dumpOptions(do *dumper.Options) {
 }
 
 // beforeCommit runs in the post-dump hook (which set postDump first) once
-// every image is on the agent: the agent locks the connections, the pre-restore scripts run.
+// every image is on the agent: the agent locks the connections, the
+// pre-restore scripts run, the agent checks what its restore would refuse
+// (Check).
 func (l *lazySwitch) beforeCommit(s *sender, res *Result, p Phase) error {
 	if l.o.TCPEstablished {
 		// The agent may hold its lock whatever becomes of the answer.
@@ -65,7 +67,11 @@ func (l *lazySwitch) beforeCommit(s *sender, res *Result, p Phase) error {
 		}
 		res.Connections = n
 	}
-	return l.user.Run(actions.PreRestore, l.o.Pid)
+	if err := l.user.Run(actions.PreRestore, l.o.Pid); err != nil {
+		return err
+	}
+	// Past the commit a refusal of the restore would lose the program.
+	return s.checkRemote(p)
 }
 
 // abort ends a migration whose lazy dump rolled back before the commit
@@ -116,6 +122,26 @@ func joinNote(notes, note string) string {
 		return note
 	}
 	return notes + "; " + note
+}
+
+// checkRemote asks the agent whether the restore would refuse the final
+// images on its host (Check).
+func (s *sender) checkRemote(p Phase) error {
+	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Check{Check: &pb.Check{}}}); err != nil {
+		return err
+	}
+	m, err := s.recv(p, time.Minute)
+	if err != nil {
+		return err
+	}
+	ck := m.GetChecked()
+	if ck == nil {
+		return fmt.Errorf("expected checked, got %T", m.Msg)
+	}
+	if ck.Refusal != "" {
+		return fmt.Errorf("the destination would refuse the restore: %s", ck.Refusal)
+	}
+	return nil
 }
 
 // lockRemote asks the agent to lock, on its host, the connections and
