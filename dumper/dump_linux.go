@@ -422,7 +422,11 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		}
 	}
 	var kept *netlock.Record
-	if !resume {
+	if !resume && o.UnlockKilled && !nl.Netns() {
+		if err := nl.Unlock(); err != nil {
+			ferrs = append(ferrs, err)
+		}
+	} else if !resume {
 		if rec, ok := nl.Keep(); ok {
 			d.log.Infof("dump %d: network lock %s kept for the restore", pid, rec.Name)
 			kept = &rec
