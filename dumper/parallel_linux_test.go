@@ -3,6 +3,7 @@ package dumper
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -10,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestDumpTreeParallelExact dumps one sleeping tree (fds inherited by
@@ -140,4 +143,126 @@ func waitSyscall(t *testing.T, pid int, prefix string) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	t.Fatalf("task %d never blocked in syscall %q", pid, prefix)
+}
+
+// TestDumpTreeParallelSharedFDTable dumps a tree whose tasks share one
+// fd table (CLONE_FILES) with vmsplice, on one tracer and then five times
+// on four: a task's injected fds (the vmsplice pipes, kept for its whole
+// memory dump) are in the table the next task's fds are read from, so
+// the sharers must be dumped one after another. Every dump succeeds and
+// its images equal the one tracer's byte for byte (the tree is pinned to
+// one CPU: see sharedfiles.c).
+func TestDumpTreeParallelSharedFDTable(t *testing.T) {
+	needRoot(t)
+	bin := filepath.Join(t.TempDir(), "sharedfiles")
+	if out, err := exec.Command("gcc", "-O1", "-o", bin, "testdata/sharedfiles.c").CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	cpu := firstCPU(t)
+	log := filepath.Join(t.TempDir(), "log")
+	const kids = 5
+	p := start(t, log, "ready", bin, strconv.Itoa(kids), "100", log, strconv.Itoa(cpu))
+	ks, err := Children(p.Pid)
+	if err != nil || len(ks) != kids {
+		t.Fatalf("children: %v %v", ks, err)
+	}
+	for _, k := range ks {
+		t.Cleanup(func() { _ = syscall.Kill(k, syscall.SIGKILL) })
+	}
+	for _, pid := range append([]int{p.Pid}, ks...) {
+		waitSyscall(t, pid, "34 ") // pause
+	}
+	dump := func(tracers int) string {
+		defer func(n int) { dumpTracers = n }(dumpTracers)
+		dumpTracers = tracers
+		dir, err := os.MkdirTemp(t.TempDir(), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := dumpOpts(p.Pid, dir)
+		o.LeaveRunning = true
+		o.Method = MethodVmsplice
+		res, err := Dump(o, nil)
+		if err != nil {
+			t.Fatalf("%d tracers: %v", tracers, err)
+		}
+		if len(res.Pids) != kids+1 || res.Method != MethodVmsplice {
+			t.Fatalf("%d tracers: dumped %v by %v", tracers, res.Pids, res.Method)
+		}
+		return dir
+	}
+	one := dump(1)
+	for range 5 {
+		four := dump(4)
+		n := compareImages(t, one, four, true)
+		if err := os.RemoveAll(four); err != nil {
+			t.Fatal(err)
+		}
+		if t.Failed() {
+			t.FailNow()
+		}
+		t.Logf("%d images compared", n)
+	}
+	for _, pid := range append([]int{p.Pid}, ks...) {
+		assertRunningUntraced(t, pid)
+	}
+}
+
+// firstCPU is the first CPU the test may run on.
+func firstCPU(t *testing.T) int {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		t.Fatal(err)
+	}
+	for c := range 1024 {
+		if set.IsSet(c) {
+			return c
+		}
+	}
+	t.Fatal("no CPU in the affinity mask")
+	return 0
+}
+
+// compareImages reports every image of dir one (but the stats, which hold
+// times) that is missing from dir four or differs from it (pages files:
+// only in size unless pages), and returns how many it compared.
+func compareImages(t *testing.T, one, four string, pages bool) int {
+	t.Helper()
+	names := func(dir string) []string {
+		es, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range es {
+			if n := e.Name(); strings.HasSuffix(n, ".img") && !strings.HasPrefix(n, "stats-") {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+	n1, n4 := names(one), names(four)
+	if !slices.Equal(n1, n4) {
+		t.Fatalf("images differ:\none tracer: %v\nfour: %v", n1, n4)
+	}
+	for _, n := range n1 {
+		a, err := os.ReadFile(filepath.Join(one, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(four, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !pages && strings.HasPrefix(n, "pages-") {
+			if len(a) != len(b) {
+				t.Errorf("%s: %d bytes on one tracer, %d on four", n, len(a), len(b))
+			}
+			continue
+		}
+		if !bytes.Equal(a, b) {
+			t.Errorf("%s differs between one tracer and four", n)
+		}
+	}
+	return len(n1)
 }
