@@ -59,7 +59,7 @@ func (t *Tracer) requeueStash(tk *task) error {
 		defer s.end()
 		tgid := t.tgidOf(tk)
 		// The call runs in the tracee: its ids in its own pid namespace.
-		ownTgid, ownTid, err := ownIDs(tgid, tk.tid)
+		ownTgid, ownTid, err := t.ownIDs(tk)
 		if err != nil {
 			return err
 		}
@@ -89,17 +89,21 @@ func (t *Tracer) requeueStash(tk *task) error {
 	return nil
 }
 
-// ownIDs are thread tid of process tgid's ids as it sees them itself, in
-// its own pid namespace: the last NStgid and NSpid entries of its status
-// (absent before Linux 4.1, where pid namespaces nest no deeper for
-// this).
-func ownIDs(tgid, tid int) (int, int, error) {
-	st, err := procfs.ReadTaskStatus(tgid, tid)
+// ownIDs are tk's tgid and tid as it sees them itself, in its own pid
+// namespace: the last NStgid and NSpid entries of its status (absent
+// before Linux 4.1: godwit's then), read once. A call injected in tk
+// that names it (rt_tgsigqueueinfo) resolves the ids there.
+func (t *Tracer) ownIDs(tk *task) (tgid, tid int, err error) {
+	if tk.own[0] != 0 {
+		return tk.own[0], tk.own[1], nil
+	}
+	st, err := procfs.ReadStatus(tk.tid)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, fmt.Errorf("ids of %d in its pid namespace: %w", tk.tid, err)
 	}
-	if len(st.NStgid) == 0 || len(st.NSpid) == 0 {
-		return tgid, tid, nil
+	tk.own = [2]int{t.tgidOf(tk), tk.tid}
+	if len(st.NStgid) > 0 && len(st.NSpid) > 0 {
+		tk.own = [2]int{st.NStgid[len(st.NStgid)-1], st.NSpid[len(st.NSpid)-1]}
 	}
-	return st.NStgid[len(st.NStgid)-1], st.NSpid[len(st.NSpid)-1], nil
+	return tk.own[0], tk.own[1], nil
 }
