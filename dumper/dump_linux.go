@@ -549,7 +549,9 @@ func (d *dumpRun) interrupted() error { return interrupted(d.ctx) }
 // file description inherited by fork is one file of the tree. Each task
 // is read on its tracer's thread, the tracers at once; what the tasks
 // share (the file table, kernel object ids, shared memory, pages ids) is
-// read in each task's turn, in tree order, as one thread would.
+// read in each task's turn, in tree order, as one thread would; tasks
+// that share an fd table (CLONE_FILES) are dumped whole one after
+// another (treeShared.fdTable).
 func (d *dumpRun) collect() error {
 	fl := drivers.NewFiles()
 	if d.ghostLimit != 0 {
