@@ -230,6 +230,6 @@ func unchangedSpans(vmas []VMA, covered, dirty, removed []span) []span {
 			anon = append(anon, span{Start: v.Start, End: v.End})
 		}
 	}
-	keep := subtractSpans(subtractSpans(covered, dirty), removed)
-	return intersectSpans(keep, mergeSpans(anon))
+	keep := uffd.Subtract(uffd.Subtract(covered, dirty), removed)
+	return uffd.Intersect(keep, mergeSpans(anon))
 }

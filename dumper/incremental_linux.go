@@ -160,10 +160,22 @@ func (w *incrWriter) writePrivate(vmas []VMA) error {
 	w.dc, w.cc, w.uc = spanCursor{s: w.dirty}, spanCursor{s: w.covered}, spanCursor{s: w.unchanged}
 	for i := range vmas {
 		v := &vmas[i]
+		force := v.Prot&unix.PROT_READ == 0
+		if v.Status&images.VmaAreaVdso != 0 {
+			// Saved whole in every round and dump, as a plain dump
+			// saves it (DumpPrivate): CRIU's restore of the chain
+			// reads the dumped vDSO ("vdso: Invalid ELF magic"
+			// without it). Two or so pages, never tracked.
+			nr := (v.End - v.Start) / pageSize
+			w.stats.Scanned += nr
+			if err := w.queue(v.Start, nr, false, false, force); err != nil {
+				return fmt.Errorf("pages of vdso %#x-%#x: %w", v.Start, v.End, err)
+			}
+			continue
+		}
 		if !v.Private() {
 			continue
 		}
-		force := v.Prot&unix.PROT_READ == 0
 		cats := uint64(pageCats)
 		if plainAnon(v) {
 			// No page-cache page there: asking PAGE_IS_FILE has the
@@ -467,7 +479,7 @@ func (w *incrWriter) cover(addr, nr uint64) {
 		w.out[k].End = end
 		return
 	}
-	w.out = append(w.out, span{addr, end})
+	w.out = append(w.out, span{Start: addr, End: end})
 }
 
 // spans turns VMAs and regions into sorted, merged spans.
@@ -476,7 +488,7 @@ func spansOf(vs ...[]uffd.VMA) []span {
 	for _, l := range vs {
 		for _, v := range l {
 			if v.End > v.Start {
-				out = append(out, span{v.Start &^ (pageSize - 1), (v.End + pageSize - 1) &^ (pageSize - 1)})
+				out = append(out, span{Start: v.Start &^ (pageSize - 1), End: (v.End + pageSize - 1) &^ (pageSize - 1)})
 			}
 		}
 	}
@@ -486,7 +498,7 @@ func spansOf(vs ...[]uffd.VMA) []span {
 func regionSpans(rs []uffd.Region) []span {
 	out := make([]span, 0, len(rs))
 	for _, r := range rs {
-		out = append(out, span{r.Start, r.End})
+		out = append(out, span{Start: r.Start, End: r.End})
 	}
 	return out
 }
@@ -502,46 +514,6 @@ func mergeSpans(s []span) []span {
 		m = append(m, v)
 	}
 	return m
-}
-
-// intersectSpans returns a ∩ b (both sorted, merged).
-func intersectSpans(a, b []span) []span {
-	var out []span
-	i, j := 0, 0
-	for i < len(a) && j < len(b) {
-		s, e := max(a[i].Start, b[j].Start), min(a[i].End, b[j].End)
-		if s < e {
-			out = append(out, span{s, e})
-		}
-		if a[i].End < b[j].End {
-			i++
-		} else {
-			j++
-		}
-	}
-	return out
-}
-
-// subtractSpans returns a − b (both sorted, merged).
-func subtractSpans(a, b []span) []span {
-	var out []span
-	j := 0
-	for _, v := range a {
-		s := v.Start
-		for j < len(b) && b[j].End <= s {
-			j++
-		}
-		for k := j; k < len(b) && b[k].Start < v.End; k++ {
-			if b[k].Start > s {
-				out = append(out, span{s, b[k].Start})
-			}
-			s = max(s, b[k].End)
-		}
-		if s < v.End {
-			out = append(out, span{s, v.End})
-		}
-	}
-	return out
 }
 
 // trackVMAs are the ranges a round tracks: the private VMAs and the
@@ -590,9 +562,9 @@ func (t *tracking) scanDirty(vmas []VMA) (dirty []span, tr *uffd.Tracker, res *u
 		return nil, nil, nil, fmt.Errorf("track %d: %w", t.pid, err)
 	}
 	post := spansOf(tr.Tracked())
-	steady := intersectSpans(prev, post)
+	steady := uffd.Intersect(prev, post)
 	dirty = append(regionSpans(res.Written), spansOf(res.New, res.Untrackable)...)
-	dirty = append(dirty, subtractSpans(spansOf(cur), steady)...)
+	dirty = append(dirty, uffd.Subtract(spansOf(cur), steady)...)
 	dirty = mergeSpans(dirty)
 	t.dirty = dirty
 	// The vDSO cannot be registered, and needs no note.

@@ -13,6 +13,7 @@ import (
 	"godwit/internal/images"
 	"godwit/internal/pagexfer"
 	"godwit/internal/procfs"
+	"godwit/uffd"
 )
 
 // Shared anonymous memory in pre-dump rounds and the final --track-mem dump.
@@ -118,8 +119,8 @@ func planShared(tasks []shmTask, prev *treeRecord) ([]*shmObject, error) {
 		o.covered = pr.Covered
 		var d []span
 		for _, m := range o.maps {
-			for _, s := range intersectSpans(tk[m.Pid].dirty, []span{{m.Start, m.End}}) {
-				d = append(d, span{s.Start - m.Start + m.Pgoff, s.End - m.Start + m.Pgoff})
+			for _, s := range uffd.Intersect(tk[m.Pid].dirty, []span{{Start: m.Start, End: m.End}}) {
+				d = append(d, span{Start: s.Start - m.Start + m.Pgoff, End: s.End - m.Start + m.Pgoff})
 			}
 		}
 		o.dirty = mergeSpans(d)
@@ -224,7 +225,7 @@ func writeShmObject(o *shmObject, sink pagexfer.Sink, st *MemStats, parent *uint
 			out[k].End = b
 			return
 		}
-		out = append(out, span{a, b})
+		out = append(out, span{Start: a, End: b})
 	}
 	for off := uint64(0); off < size; {
 		data, err := unix.Seek(fd, int64(off), unix.SEEK_DATA)

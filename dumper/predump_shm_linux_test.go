@@ -19,7 +19,7 @@ func TestPlanShared(t *testing.T) {
 	a := shm(0x10000, 0x20000, 0, "/dev/zero")      // 16 pages, offsets 0x0-0x10000
 	b := shm(0x50000, 0x58000, 0x8000, "/dev/zero") // 8 pages, offsets 0x8000-0x10000
 	tk := func(dirty ...span) *tracking { return &tracking{dirty: dirty} }
-	prev := &treeRecord{Shm: []shmRecord{{Shmid: id, Covered: []span{{0, 0x10000}}, Mappings: []shmMapping{
+	prev := &treeRecord{Shm: []shmRecord{{Shmid: id, Covered: []span{{Start: 0, End: 0x10000}}, Mappings: []shmMapping{
 		{Pid: 10, TaskStart: 1, Start: a.Start, End: a.End, Pgoff: a.Pgoff},
 		{Pid: 11, TaskStart: 2, Start: b.Start, End: b.End, Pgoff: b.Pgoff},
 	}}}}
@@ -31,9 +31,9 @@ func TestPlanShared(t *testing.T) {
 		dirty []span
 	}{
 		{"unchanged", []shmTask{
-			{pid: 10, start: 1, vmas: []VMA{a}, tk: tk(span{0x11000, 0x12000})},
-			{pid: 11, start: 2, vmas: []VMA{b}, tk: tk(span{0x50000, 0x51000}, span{0x90000, 0x91000})},
-		}, prev, "", []span{{0x1000, 0x2000}, {0x8000, 0x9000}}},
+			{pid: 10, start: 1, vmas: []VMA{a}, tk: tk(span{Start: 0x11000, End: 0x12000})},
+			{pid: 11, start: 2, vmas: []VMA{b}, tk: tk(span{Start: 0x50000, End: 0x51000}, span{Start: 0x90000, End: 0x91000})},
+		}, prev, "", []span{{Start: 0x1000, End: 0x2000}, {Start: 0x8000, End: 0x9000}}},
 		{"mapping gone", []shmTask{
 			{pid: 10, start: 1, vmas: []VMA{a}, tk: tk()},
 		}, prev, "went away", nil},
@@ -77,7 +77,7 @@ func TestPlanShared(t *testing.T) {
 					t.Errorf("%s: dirty %v, want %v", c.name, o.dirty, c.dirty)
 				}
 			}
-			if len(o.covered) != 1 || o.covered[0] != (span{0, 0x10000}) {
+			if len(o.covered) != 1 || o.covered[0] != (span{Start: 0, End: 0x10000}) {
 				t.Errorf("%s: covered %v", c.name, o.covered)
 			}
 			continue

@@ -3,6 +3,8 @@ package dumper
 import (
 	"encoding/binary"
 	"testing"
+
+	"godwit/uffd"
 )
 
 // The tracking record comes from an images directory and the state from a
@@ -52,15 +54,15 @@ func FuzzParseState(f *testing.F) {
 }
 
 func TestSpans(t *testing.T) {
-	a := []span{{0x1000, 0x5000}, {0x8000, 0x9000}}
-	b := []span{{0x2000, 0x3000}, {0x4000, 0x8800}}
-	if got := subtractSpans(a, b); len(got) != 3 || got[0] != (span{0x1000, 0x2000}) || got[1] != (span{0x3000, 0x4000}) || got[2] != (span{0x8800, 0x9000}) {
+	a := []span{{Start: 0x1000, End: 0x5000}, {Start: 0x8000, End: 0x9000}}
+	b := []span{{Start: 0x2000, End: 0x3000}, {Start: 0x4000, End: 0x8800}}
+	if got := uffd.Subtract(a, b); len(got) != 3 || got[0] != (span{Start: 0x1000, End: 0x2000}) || got[1] != (span{Start: 0x3000, End: 0x4000}) || got[2] != (span{Start: 0x8800, End: 0x9000}) {
 		t.Fatalf("a-b = %v", got)
 	}
-	if got := intersectSpans(a, b); len(got) != 3 || got[0] != (span{0x2000, 0x3000}) || got[1] != (span{0x4000, 0x5000}) || got[2] != (span{0x8000, 0x8800}) {
+	if got := uffd.Intersect(a, b); len(got) != 3 || got[0] != (span{Start: 0x2000, End: 0x3000}) || got[1] != (span{Start: 0x4000, End: 0x5000}) || got[2] != (span{Start: 0x8000, End: 0x8800}) {
 		t.Fatalf("a&b = %v", got)
 	}
-	if got := mergeSpans([]span{{0x3000, 0x4000}, {0x1000, 0x3000}, {0x5000, 0x6000}}); len(got) != 2 || got[0] != (span{0x1000, 0x4000}) {
+	if got := mergeSpans([]span{{Start: 0x3000, End: 0x4000}, {Start: 0x1000, End: 0x3000}, {Start: 0x5000, End: 0x6000}}); len(got) != 2 || got[0] != (span{Start: 0x1000, End: 0x4000}) {
 		t.Fatalf("merge = %v", got)
 	}
 	c := spanCursor{s: a}

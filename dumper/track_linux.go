@@ -205,11 +205,9 @@ func readForks(f *os.File) (uint64, error) {
 	return 0, fmt.Errorf("read fork count: %w", err)
 }
 
-// span is [Start, End) of page-aligned addresses.
-type span struct {
-	Start uint64 `json:"s"`
-	End   uint64 `json:"e"`
-}
+// span is [Start, End) of page-aligned addresses: a uffd.VMA, whose
+// range algebra (uffd.Subtract, uffd.Intersect) the rounds use.
+type span = uffd.VMA
 
 // trackState is the holder's memfd content.
 type trackState struct {

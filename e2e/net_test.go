@@ -373,10 +373,13 @@ func quiesce(t *testing.T, n *netns, w *netProc, peers []*peer, fill int) {
 	}
 	// Until the workload's end of each connection holds bytes its peer
 	// has no room for.
+	// Bytes queued are not enough: under load they may be bytes in
+	// flight whose ACKs are late, which the peer's window then takes,
+	// leaving nothing to hold a FIN back (LAST_ACK then ends at once).
 	waitFor(t, "the workload's send queues to fill", func() bool {
 		full := true
 		for _, q := range connQueues(t, n, peers) {
-			full = full && q.prog != nil && q.prog.Wqueue >= 64<<10
+			full = full && q.prog != nil && q.prog.Wqueue >= 64<<10 && heldBack(t, w.pid, q.prog.Ino)
 		}
 		return full
 	})
@@ -408,6 +411,44 @@ func quiesce(t *testing.T, n *netns, w *netProc, peers []*peer, fill int) {
 		}
 		return done
 	})
+}
+
+// heldBack reports whether the TCP socket of inode ino that task pid holds
+// has bytes not sent yet, either none in flight or a window of 0 (its
+// tcp_info, read on a copy of its fd): bytes the peer's window holds back.
+func heldBack(t *testing.T, pid int, ino uint32) bool {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("socket:[%d]", ino)
+	for _, e := range ents {
+		if l, _ := os.Readlink(dir + "/" + e.Name()); l != want {
+			continue
+		}
+		fd, _ := strconv.Atoi(e.Name())
+		pfd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(pfd)
+		sfd, err := unix.PidfdGetfd(pfd, fd, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(sfd)
+		ti, err := unix.GetsockoptTCPInfo(sfd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			t.Fatalf("TCP_INFO of %s: %v", want, err)
+		}
+		// The window the peer advertised is closed, or too small
+		// for the sender to use (it waits for a larger one).
+		return ti.Notsent_bytes > 0 && (ti.Unacked == 0 || ti.Snd_wnd == 0)
+	}
+	t.Fatalf("task %d holds no %s", pid, want)
+	return false
 }
 
 // connQueue is one connection as sock_diag shows it: the workload's end

@@ -97,7 +97,11 @@ func layoutOf(l *pb.Layout, pid int) (*restorer.Layout, error) {
 }
 
 // overlapRound prepares the task from the round's layout, or follows it,
-// and writes the round's pages (in dir) into it. A failure ends the
+// and writes the round's pages (in dir) into it, before the round is
+// acknowledged: so the round's time, which the source's policy measures,
+// includes it, and nothing of it is left for the downtime (written in the
+// background, behind rounds that outran it on a loaded host, the rest
+// landed in the switch-over: 1.3 s at 256 MiB). A failure ends the
 // overlap for this migration (the task is killed), not the migration.
 func (in *inbound) overlapRound(ctx context.Context, n uint32, dir string) {
 	l := in.layout

@@ -11,7 +11,10 @@ import (
 
 // VMA is one mapping of the tracked process, [Start, End).
 type VMA struct {
-	Start, End uint64
+	// The JSON names are those of the dumper's tracking state, which
+	// keeps its page ranges as VMAs.
+	Start uint64 `json:"s"`
+	End   uint64 `json:"e"`
 }
 
 func (v VMA) String() string { return fmt.Sprintf("%#x-%#x", v.Start, v.End) }
@@ -127,12 +130,12 @@ func (r *ScanResult) reset() {
 
 func (t *Tracker) scan(res *ScanResult, vmas []VMA) error {
 	cur := normalize(vmas)
-	res.Gone = append(res.Gone, subtract(t.tracked, cur)...)
-	fresh := subtract(cur, t.tracked)
+	res.Gone = append(res.Gone, Subtract(t.tracked, cur)...)
+	fresh := Subtract(cur, t.tracked)
 
 	// Keep what is still mapped, then add the new parts once they are
 	// registered and protected.
-	kept := intersect(t.tracked, cur)
+	kept := Intersect(t.tracked, cur)
 	var added []VMA
 	for _, v := range fresh {
 		if err := t.start(v); err != nil {
@@ -159,7 +162,7 @@ func (t *Tracker) scan(res *ScanResult, vmas []VMA) error {
 	}
 	// A lost range is no longer tracked, whether tracking it again
 	// worked (then it is in added) or not.
-	kept = subtract(kept, normalize(lost))
+	kept = Subtract(kept, normalize(lost))
 	res.New = append(res.New, added...)
 	for _, v := range added {
 		var err error
@@ -241,7 +244,7 @@ func (t *Tracker) scanRun(run VMA, res *ScanResult, cur []VMA, added, lost *[]VM
 	}
 	// Only the caller's VMAs: a run may span mappings it does not want
 	// tracked (the vDSO, shared memory…) between two that it does.
-	for _, v := range intersect(normalize(unreg), cur) {
+	for _, v := range Intersect(normalize(unreg), cur) {
 		*lost = append(*lost, v)
 		if err := t.start(v); err != nil {
 			if errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.ENOENT) || untrackable(err) || errors.Is(err, unix.ESRCH) {
@@ -309,8 +312,10 @@ func normalize(vs []VMA) []VMA {
 	return m
 }
 
-// subtract returns the parts of a (normalized) not covered by b (normalized).
-func subtract(a, b []VMA) []VMA {
+// Subtract returns the parts of a (normalized: sorted, not overlapping)
+// not covered by b (normalized): the one range difference of godwit (the
+// dumper's rounds use it too).
+func Subtract(a, b []VMA) []VMA {
 	var out []VMA
 	j := 0
 	for _, v := range a {
@@ -333,8 +338,8 @@ func subtract(a, b []VMA) []VMA {
 	return out
 }
 
-// intersect returns the parts of a covered by b (both normalized).
-func intersect(a, b []VMA) []VMA {
+// Intersect returns the parts of a covered by b (both normalized).
+func Intersect(a, b []VMA) []VMA {
 	var out []VMA
 	i, j := 0, 0
 	for i < len(a) && j < len(b) {
@@ -355,7 +360,7 @@ func intersect(a, b []VMA) []VMA {
 // a current VMA, so that one PAGEMAP_SCAN per span is allowed under
 // PM_SCAN_CHECK_WPASYNC.
 func runs(tracked, cur []VMA) []VMA {
-	untracked := subtract(cur, tracked)
+	untracked := Subtract(cur, tracked)
 	var out []VMA
 	u := 0
 	for _, v := range tracked {

@@ -275,10 +275,10 @@ func TestRangeOps(t *testing.T) {
 	v := func(s, e uint64) VMA { return VMA{s * 0x1000, e * 0x1000} }
 	a := []VMA{v(0, 10), v(20, 30)}
 	b := []VMA{v(5, 25)}
-	if got := fmt.Sprint(subtract(a, b)); got != fmt.Sprint([]VMA{v(0, 5), v(25, 30)}) {
+	if got := fmt.Sprint(Subtract(a, b)); got != fmt.Sprint([]VMA{v(0, 5), v(25, 30)}) {
 		t.Errorf("subtract: %s", got)
 	}
-	if got := fmt.Sprint(intersect(a, b)); got != fmt.Sprint([]VMA{v(5, 10), v(20, 25)}) {
+	if got := fmt.Sprint(Intersect(a, b)); got != fmt.Sprint([]VMA{v(5, 10), v(20, 25)}) {
 		t.Errorf("intersect: %s", got)
 	}
 	if got := fmt.Sprint(normalize([]VMA{v(3, 4), v(1, 3), v(7, 7), v(2, 3)})); got != fmt.Sprint([]VMA{v(1, 3), v(3, 4)}) {

@@ -188,12 +188,16 @@ func (c *fdCollector) collectRange(nums []int, out []FD) error {
 		}
 		if !copied {
 			// The owner and signal are read only on a copy (fdinfo
-			// has neither): restoring O_ASYNC without them would send
-			// SIGIO nowhere, or as the wrong signal.
-			fd.owner = model.FileOwner{}
+			// has neither). Any description may have them, O_ASYNC
+			// or not (F_SETOWN alone directs SIGURG and lease breaks,
+			// and an O_ASYNC set later signals that owner): a file
+			// restored without them would be another's, so the fd is
+			// refused.
+			what := "its owner (F_SETOWN) and signal"
 			if fd.Flags&unix.O_ASYNC != 0 {
-				return fmt.Errorf("fd %d: %s: O_ASYNC is set but its owner and signal cannot be read (the fd could not be read on a copy: pidfd_getfd)", n, target)
+				what = "O_ASYNC is set but " + what
 			}
+			return fmt.Errorf("fd %d: %s: %s cannot be read (the fd could not be read on a copy: pidfd_getfd)", n, target, what)
 		}
 		if err := kind.check(c.pid, n, uint64(fd.Flags)); err != nil {
 			return fmt.Errorf("fd %d: %s %s: %w", n, kind.name(), target, err)
