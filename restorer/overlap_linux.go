@@ -558,17 +558,17 @@ func (p *Pending) layout(ctx context.Context, r *Restorer) error {
 		err = t.mapVMAs(s, b)
 		t.keep = nil
 		if err == nil {
-			// Kept VMAs were mapped writable: Finalize gives them their
-			// final protection.
+			// Kept VMAs were mapped writable with the protection of the
+			// round that mapped them (sameVMA ignores it: a VMA
+			// mprotect'ed as a whole is kept): Finalize gives every one
+			// its final protection, whatever it was mapped with.
 			for i := range vmas {
 				v := &vmas[i]
 				if !kept[v.Start] || special(v) {
 					continue
 				}
 				t.writable[v.Start] = true
-				if v.Prot != v.Prot|unix.PROT_READ|unix.PROT_WRITE {
-					t.protFix = append(t.protFix, vmaProt{start: v.Start, end: v.End, prot: v.Prot})
-				}
+				t.protFix = append(t.protFix, vmaProt{start: v.Start, end: v.End, prot: v.Prot})
 			}
 		}
 		return s.End(err)
