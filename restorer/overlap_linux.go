@@ -2,6 +2,7 @@ package restorer
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -15,6 +16,7 @@ import (
 	"godwit/internal/inject"
 	"godwit/internal/logging"
 	"godwit/internal/model"
+	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 	"godwit/internal/puppet"
 )
@@ -434,6 +436,9 @@ func (p *Pending) Finish(ctx context.Context, o Options, scripts *actions.Script
 	if err := p.layout(ctx, r); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNotPrepared, err)
 	}
+	if err := p.drainSignals(r); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNotPrepared, r.fail("signals sent to the prepared task", err))
+	}
 	steps := []struct {
 		name string
 		run  func() error
@@ -453,6 +458,78 @@ func (p *Pending) Finish(ctx context.Context, o Options, scripts *actions.Script
 		}
 	}
 	return r, nil
+}
+
+// maxDrained bounds the signals drainSignals takes from one thread: the
+// default RLIMIT_SIGPENDING is in the tens of thousands; past this many,
+// someone here keeps signalling the PID and the task is not taken over.
+const maxDrained = 4096
+
+// drainSignals takes away every signal sent to the prepared task on this
+// host while it waited (its PID is visible here from Prepare on, every
+// signal blocked, so they pile up pending): the restored program gets the
+// final images' pending signals (Finalize), not these. rt_sigtimedwait
+// with a zero timeout in each thread, until EAGAIN; a SIGSTOP (never
+// blocked) the tracer took at an injection and would send again on
+// detach is dropped.
+func (p *Pending) drainSignals(r *Restorer) error {
+	t := r.root
+	tids := append([]int{p.pid}, p.tids...)
+	return r.tr.Do(func() error {
+		for _, tid := range tids {
+			sigs, err := r.tr.DropStashed(tid)
+			if err != nil {
+				return err
+			}
+			if len(sigs) > 0 {
+				r.log.Infof("prepared task %d: thread %d: dropped signals %v sent to it here", p.pid, tid, sigs)
+			}
+			st, err := procfs.ReadTaskStatus(p.pid, tid)
+			if err != nil {
+				return err
+			}
+			if st.SigPnd|st.ShdPnd == 0 {
+				continue
+			}
+			s, err := t.begin(tid)
+			if err != nil {
+				return err
+			}
+			var buf [24]byte // a full sigset_t, then a zero struct timespec
+			binary.NativeEndian.PutUint64(buf[:8], ^uint64(0))
+			at, err := s.Put(0, buf[:])
+			if err != nil {
+				return s.End(err)
+			}
+			n := 0
+			for ; n < maxDrained; n++ {
+				_, err := s.Call("take a signal sent to the prepared task", unix.SYS_RT_SIGTIMEDWAIT, at, 0, at+8, 8)
+				if en, ok := errnoOf(err); ok && en == unix.EAGAIN {
+					break
+				}
+				if err != nil {
+					return s.End(err)
+				}
+			}
+			if n == maxDrained {
+				return s.End(fmt.Errorf("thread %d: more than %d signals sent to it", tid, maxDrained))
+			}
+			if err := s.End(nil); err != nil {
+				return err
+			}
+			r.log.Infof("prepared task %d: thread %d: dropped %d signals sent to it here", p.pid, tid, n)
+		}
+		for _, tid := range tids {
+			st, err := procfs.ReadTaskStatus(p.pid, tid)
+			if err != nil {
+				return err
+			}
+			if st.SigPnd|st.ShdPnd != 0 {
+				return fmt.Errorf("thread %d: signals %#x pending after draining", tid, st.SigPnd|st.ShdPnd)
+			}
+		}
+		return nil
+	})
 }
 
 // fits refuses final images the prepared task cannot become exactly.
