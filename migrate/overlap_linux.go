@@ -106,7 +106,15 @@ func layoutOf(l *pb.Layout, pid int) (*restorer.Layout, error) {
 func (in *inbound) overlapRound(ctx context.Context, n uint32, dir string) {
 	l := in.layout
 	in.layout = nil
-	if l == nil || in.overlapOff {
+	if in.overlapOff {
+		return
+	}
+	if l == nil {
+		if in.pending != nil {
+			// Its pages are not in the task: those written before
+			// may be stale.
+			in.overlapFallback(fmt.Sprintf("round %d without a layout", n))
+		}
 		return
 	}
 	var err error
