@@ -389,8 +389,8 @@ func (p *Pending) Abort() {
 
 // Finish restores the tree of the final images in o.ImagesDir onto the
 // prepared task, as RestoreContext does. ErrNotPrepared (wrapped, with the
-// reason) means the task was killed without anything of it having run:
-// the caller restores from the images alone. After any other error the
+// reason) means the task was killed without anything of it having run,
+// nor the pre-restore scripts: the caller restores from the images alone. After any other error the
 // task is gone too.
 func (p *Pending) Finish(ctx context.Context, o Options, scripts *actions.Scripts) (*Restorer, error) {
 	if err := p.check("finish"); err != nil {
@@ -421,11 +421,6 @@ func (p *Pending) Finish(ctx context.Context, o Options, scripts *actions.Script
 		r.close()
 		return nil, notPrepared(err)
 	}
-	if err := scripts.Run(actions.PreRestore, 0); err != nil {
-		r.close()
-		p.r.Abort()
-		return nil, fmt.Errorf("restore: %w", err)
-	}
 	// The task is r's from here: r.fail kills it.
 	old, t := p.r.root, r.root
 	t.win, t.stubOff, t.runner, t.scratchMapped, t.tr = old.win, old.stubOff, old.runner, old.scratchMapped, p.r.tr
@@ -436,8 +431,14 @@ func (p *Pending) Finish(ctx context.Context, o Options, scripts *actions.Script
 	if err := p.layout(ctx, r); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNotPrepared, err)
 	}
+	// The pre-restore scripts after the last ErrNotPrepared: the
+	// caller's restore from the images runs them again.
+	if err := scripts.Run(actions.PreRestore, 0); err != nil {
+		return nil, r.fail("pre-restore", err)
+	}
+	// Last before Finalize: signals could be sent to the task until now.
 	if err := p.drainSignals(r); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNotPrepared, r.fail("signals sent to the prepared task", err))
+		return nil, r.fail("signals sent to the prepared task", err)
 	}
 	steps := []struct {
 		name string
@@ -471,19 +472,12 @@ const maxDrained = 4096
 // final images' pending signals (Finalize), not these. rt_sigtimedwait
 // with a zero timeout in each thread, until EAGAIN; a SIGSTOP (never
 // blocked) the tracer took at an injection and would send again on
-// detach is dropped.
+// detach is dropped. Fails when signals keep coming.
 func (p *Pending) drainSignals(r *Restorer) error {
 	t := r.root
 	tids := append([]int{p.pid}, p.tids...)
 	return r.tr.Do(func() error {
 		for _, tid := range tids {
-			sigs, err := r.tr.DropStashed(tid)
-			if err != nil {
-				return err
-			}
-			if len(sigs) > 0 {
-				r.log.Infof("prepared task %d: thread %d: dropped signals %v sent to it here", p.pid, tid, sigs)
-			}
 			st, err := procfs.ReadTaskStatus(p.pid, tid)
 			if err != nil {
 				return err
@@ -518,6 +512,17 @@ func (p *Pending) drainSignals(r *Restorer) error {
 				return err
 			}
 			r.log.Infof("prepared task %d: thread %d: dropped %d signals sent to it here", p.pid, tid, n)
+		}
+		// After every thread's calls: a SIGSTOP (or one a thread
+		// dequeued while running them) is in the tracer's stash.
+		for _, tid := range tids {
+			sigs, err := r.tr.DropStashed(tid)
+			if err != nil {
+				return err
+			}
+			if len(sigs) > 0 {
+				r.log.Infof("prepared task %d: thread %d: dropped signals %v sent to it here", p.pid, tid, sigs)
+			}
 		}
 		for _, tid := range tids {
 			st, err := procfs.ReadTaskStatus(p.pid, tid)
