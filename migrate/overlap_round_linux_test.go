@@ -6,9 +6,11 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 
 	"godwit/internal/logging"
+	pb "godwit/migrate/internal/proto"
 )
 
 // TestOverlapRoundWithoutLayout: a round that comes without a layout
@@ -52,5 +54,32 @@ func TestOverlapRoundWithoutLayout(t *testing.T) {
 	}
 	if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err == nil {
 		t.Fatalf("prepared task %d left after the fallback", pid)
+	}
+}
+
+// TestOverlapManyThreads: a layout naming more threads than the agent
+// prepares a task with (from the network: up to the message's bound) is
+// not prepared; the restore uses the images alone.
+func TestOverlapManyThreads(t *testing.T) {
+	in := &inbound{a: &Agent{cfg: AgentConfig{Log: logging.New(io.Discard, 0)}}}
+	const pid = 1 << 21
+	in.res.PID = pid
+	t.Cleanup(func() {
+		if in.pending != nil {
+			in.pending.Abort()
+		}
+	})
+	l := &pb.Layout{Pid: pid}
+	for i := range maxPreparedThreads {
+		l.Tids = append(l.Tids, int32(pid+1+i))
+	}
+	rl, err := layoutOf(l, pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.layout = rl
+	in.overlapRound(context.Background(), 1, t.TempDir())
+	if in.pending != nil || !in.overlapOff || !strings.Contains(in.overlap.State, "threads, more than") {
+		t.Fatalf("a layout of %d threads: overlap on=%v off=%v state %q, want it off", len(l.Tids)+1, in.pending != nil, in.overlapOff, in.overlap.State)
 	}
 }
