@@ -390,8 +390,8 @@ func (p *Pending) Abort() {
 // Finish restores the tree of the final images in o.ImagesDir onto the
 // prepared task, as RestoreContext does. ErrNotPrepared (wrapped, with the
 // reason) means the task was killed without anything of it having run,
-// nor the pre-restore scripts: the caller restores from the images alone. After any other error the
-// task is gone too.
+// nor the pre-restore scripts: the caller restores from the images alone.
+// After any other error the task is gone too.
 func (p *Pending) Finish(ctx context.Context, o Options, scripts *actions.Scripts) (*Restorer, error) {
 	if err := p.check("finish"); err != nil {
 		return nil, err
