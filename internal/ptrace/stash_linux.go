@@ -107,3 +107,23 @@ func (t *Tracer) ownIDs(tk *task) (tgid, tid int, err error) {
 	}
 	return tk.own[0], tk.own[1], nil
 }
+
+// DropStashed forgets the signals tracee tid dequeued while traced, which
+// detach would send again, and returns them: for a task none of whose
+// signals so far are its program's (a restore's task, prepared ahead,
+// that others could signal by its PID).
+func (t *Tracer) DropStashed(tid int) ([]unix.Signal, error) {
+	var out []unix.Signal
+	err := t.Do(func() error {
+		tk, err := t.get(tid)
+		if err != nil {
+			return err
+		}
+		for _, s := range tk.stash {
+			out = append(out, s.sig)
+		}
+		tk.stash = nil
+		return nil
+	})
+	return out, err
+}
