@@ -49,21 +49,37 @@ func treeNamespaces(tree []*frozenTask) error {
 		if t.zombie {
 			continue // no namespaces left; restored as a zombie
 		}
-		for _, ns := range foreignNamespaces {
-			want, ok := self[ns]
-			if !ok {
-				continue
-			}
-			got, err := nsOf(procfs.Path(t.pid, "ns/"+ns))
-			if err != nil {
-				return fmt.Errorf("task %d: %s namespace: %w", t.pid, ns, err)
-			}
-			if got != want {
-				return foreignNSError(t.pid, ns)
+		// Namespaces are per thread: a thread other than the leader can
+		// unshare or setns on its own, and /proc/PID/ns shows only the
+		// leader's.
+		for _, tid := range taskThreads(t) {
+			for _, ns := range foreignNamespaces {
+				want, ok := self[ns]
+				if !ok {
+					continue
+				}
+				got, err := nsOf(procfs.TaskPath(t.pid, tid, "ns/"+ns))
+				if err != nil {
+					return fmt.Errorf("task %d thread %d: %s namespace: %w", t.pid, tid, ns, err)
+				}
+				if got != want {
+					if tid != t.pid {
+						return fmt.Errorf("task %d: thread %d is in a %s namespace of its own (not godwit's): the restore would put it in godwit's; not supported", t.pid, tid, ns)
+					}
+					return foreignNSError(t.pid, ns)
+				}
 			}
 		}
 	}
 	return nil
+}
+
+// taskThreads is the frozen task's threads, leader first.
+func taskThreads(t *frozenTask) []int {
+	if len(t.tids) == 0 {
+		return []int{t.pid}
+	}
+	return t.tids
 }
 
 // foreignNSError says what the task's namespace is, and why it is refused.

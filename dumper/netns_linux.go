@@ -5,6 +5,7 @@ import (
 
 	"godwit/internal/images"
 	"godwit/internal/netnsid"
+	"godwit/internal/procfs"
 )
 
 // treeNetns is the record of the frozen tree's network namespace when it
@@ -21,14 +22,22 @@ func treeNetns(tree []*frozenTask) (*netnsid.Record, error) {
 		if t.zombie {
 			continue // no namespace left; it is restored as a zombie
 		}
-		id, err := netnsid.OfTask(t.pid)
-		if err != nil {
-			return nil, fmt.Errorf("task %d: %w", t.pid, err)
-		}
-		if i == 0 {
-			root = id
-		} else if id != root {
-			return nil, fmt.Errorf("task %d is in network namespace %s, the root %d in %s: a tree across network namespaces is not supported", t.pid, id, tree[0].pid, root)
+		// Per thread: a non-leader thread can unshare or setns its
+		// own network namespace, which /proc/PID/ns/net does not show.
+		for _, tid := range taskThreads(t) {
+			id, err := netnsid.Of(procfs.TaskPath(t.pid, tid, "ns/net"))
+			if err != nil {
+				return nil, fmt.Errorf("task %d thread %d: %w", t.pid, tid, err)
+			}
+			switch {
+			case i == 0 && tid == t.pid:
+				root = id
+			case id == root:
+			case tid != t.pid:
+				return nil, fmt.Errorf("task %d: thread %d is in network namespace %s, the root %d in %s: threads across network namespaces are not supported", t.pid, tid, id, tree[0].pid, root)
+			default:
+				return nil, fmt.Errorf("task %d is in network namespace %s, the root %d in %s: a tree across network namespaces is not supported", t.pid, id, tree[0].pid, root)
+			}
 		}
 	}
 	if root == self || root.Ino == 0 {

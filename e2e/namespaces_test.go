@@ -73,3 +73,49 @@ func TestDumpRefusesPidNamespaceInit(t *testing.T) {
 	}
 	w.waitTicks(2)
 }
+
+// TestDumpRefusesThreadNamespaces dumps a process whose second thread,
+// not the leader, unshared a UTS (and, apart, a network) namespace: the
+// dump must fail naming that thread and the namespace, and leave the
+// process running untraced.
+func TestDumpRefusesThreadNamespaces(t *testing.T) {
+	needRoot(t)
+	for _, c := range []struct{ name, want string }{
+		{"uts", "uts namespace"},
+		{"net", "network namespace"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			w := startWorkload(t, cWorkload(t, "thrns"), c.name)
+			ents, err := os.ReadDir("/proc/" + strconv.Itoa(w.pid) + "/task")
+			if err != nil {
+				t.Fatal(err)
+			}
+			tid := 0
+			for _, e := range ents {
+				if n, _ := strconv.Atoi(e.Name()); n != w.pid {
+					tid = n
+				}
+			}
+			if len(ents) != 2 || tid == 0 {
+				t.Fatalf("want 2 threads in %d, have %d", w.pid, len(ents))
+			}
+			dir := t.TempDir()
+			code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", dir)
+			if code == 0 {
+				t.Fatalf("dump of a process whose thread %d is in its own %s namespace exited 0: %s", tid, c.name, out)
+			}
+			if !strings.Contains(out, "thread "+strconv.Itoa(tid)) || !strings.Contains(out, c.want) {
+				t.Fatalf("the error names neither thread %d nor %q: %s", tid, c.want, out)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "inventory.img")); err == nil {
+				t.Errorf("a refused dump left inventory.img")
+			}
+			for _, p := range []int{w.pid, tid} {
+				if st, tracer := procState(t, p); tracer != 0 || st == "T" || st == "t" {
+					t.Fatalf("after the refused dump %d is %s, tracer %d", p, st, tracer)
+				}
+			}
+			w.waitTicks(2)
+		})
+	}
+}

@@ -164,6 +164,10 @@ func setCreds(s *inject.Session, c *model.Creds, cur *procfs.Status) ([]inject.C
 	if missing := prm &^ cur.CapPrm; missing != 0 {
 		return nil, fmt.Errorf("creds: the images' permitted capabilities %#x include %s, which godwit does not hold", prm, capList(missing))
 	}
+	if cur.NoNewPrivs && !c.NoNewPrivs {
+		// Inherited from godwit, and it cannot be unset.
+		return nil, fmt.Errorf("creds: godwit runs with no_new_privs, which the images' task did not have and which cannot be cleared")
+	}
 	last := capLastCap()
 	known := uint64(1)<<(last+1) - 1
 	if missing := bnd & known &^ cur.CapBnd; missing != 0 {
@@ -228,7 +232,9 @@ func setCreds(s *inject.Session, c *model.Creds, cur *procfs.Status) ([]inject.C
 	if err != nil {
 		return nil, err
 	}
-	calls = append(calls, final)
+	// Clear the ambient set first: a cap godwit had there and the
+	// images' permitted and inheritable sets keep would stay ambient.
+	calls = append(calls, final, inject.C("prctl(PR_CAP_AMBIENT_CLEAR_ALL)", unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0))
 	for cp := 0; cp <= last; cp++ {
 		if amb&(1<<cp) != 0 {
 			calls = append(calls, inject.C(fmt.Sprintf("raise ambient capability %d", cp), unix.SYS_PRCTL,

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"godwit/internal/abi/linux"
 	"godwit/internal/inject"
 	"godwit/internal/model"
 	"godwit/internal/procfs"
@@ -21,10 +22,9 @@ const ioprioWhoProcess = 1
 // cpuSetSize is the CPUs a unix.CPUSet holds (glibc's CPU_SETSIZE).
 const cpuSetSize = len(unix.CPUSet{}) * 64
 
-// defaultTimerSlack is the kernel's initial timer slack (init_task's
-// timer_slack_ns, 50 µs), which a thread keeps unless it or an ancestor
-// set another.
-const defaultTimerSlack = 50000
+// defaultTimerSlack is the kernel's initial timer slack, which a thread
+// keeps unless it or an ancestor set another.
+const defaultTimerSlack = linux.InitTimerSlack
 
 // defaultCoredumpFilter is MMF_DUMP_FILTER_DEFAULT (include/linux/sched/
 // coredump.h, without CONFIG_CORE_DUMP_DEFAULT_ELF_HEADERS): what a task
@@ -133,44 +133,73 @@ func (taskAttrsDriver) CollectThreadInjected(d *Dump, s *inject.Session, th *mod
 	return nil
 }
 
-// Restore writes coredump_filter.
+// Restore writes coredump_filter, always: a restored task would
+// otherwise keep godwit's, inherited at fork.
 func (taskAttrsDriver) Restore(r *Restore, s *inject.Session) error {
-	f := r.Task.Attrs.CoredumpFilter
-	if f == nil {
-		return nil
+	f := uint32(defaultCoredumpFilter)
+	if p := r.Task.Attrs.CoredumpFilter; p != nil {
+		f = *p
 	}
-	want := fmt.Sprintf("%#x", *f)
+	want := fmt.Sprintf("%#x", f)
 	if err := os.WriteFile(procfs.Path(r.Task.Pid, "coredump_filter"), []byte(want), 0); err != nil {
+		if os.IsNotExist(err) && r.Task.Attrs.CoredumpFilter == nil {
+			return nil // a kernel without core dumps, as where it was dumped
+		}
 		return fmt.Errorf("coredump_filter %s: %w", want, err)
 	}
 	return nil
 }
 
-// RestoreThread sets what the thread had where it differs from the
-// defaults the new thread has.
+// RestoreThread sets each attribute explicitly, the defaults too: a new
+// thread has its forker's (godwit's, or the restored leader's while it
+// still had godwit's), not the kernel's defaults.
 func (taskAttrsDriver) RestoreThread(r *Restore, s *inject.Session, th *model.Thread) error {
 	a := &th.Attrs
 	if a.Affinity != nil {
 		if err := setAffinity(th.Tid, a.Affinity); err != nil {
 			return err
 		}
+	} else if err := setDefaultAffinity(th.Tid); err != nil {
+		return err
 	}
-	if a.TimerSlack != 0 {
-		v := strconv.FormatUint(a.TimerSlack, 10)
-		if err := os.WriteFile(procfs.Path(th.Tid, "timerslack_ns"), []byte(v), 0); err != nil {
-			return fmt.Errorf("thread %d: timer slack %s: %w", th.Tid, v, err)
-		}
+	// 0 in the image is the default slack, or a real-time thread's 0:
+	// for one of those (its policy is set already) the kernel writes 0
+	// whatever is asked.
+	slack := a.TimerSlack
+	if slack == 0 {
+		slack = defaultTimerSlack
 	}
-	if a.Ioprio != 0 {
-		if _, _, e := unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, uintptr(th.Tid), uintptr(a.Ioprio)); e != 0 {
-			return fmt.Errorf("thread %d: ioprio_set(%#x): %w", th.Tid, a.Ioprio, e)
-		}
+	v := strconv.FormatUint(slack, 10)
+	if err := os.WriteFile(procfs.Path(th.Tid, "timerslack_ns"), []byte(v), 0); err != nil {
+		return fmt.Errorf("thread %d: timer slack %s: %w", th.Tid, v, err)
 	}
+	// 0 is IOPRIO_CLASS_NONE: the priority derived from the nice value.
+	if _, _, e := unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, uintptr(th.Tid), uintptr(a.Ioprio)); e != 0 {
+		return fmt.Errorf("thread %d: ioprio_set(%#x): %w", th.Tid, a.Ioprio, e)
+	}
+	tsc := uint64(unix.PR_TSC_ENABLE)
 	if a.TSCSigsegv {
-		s.Later("prctl(PR_SET_TSC, PR_TSC_SIGSEGV)", unix.SYS_PRCTL, unix.PR_SET_TSC, unix.PR_TSC_SIGSEGV)
+		tsc = unix.PR_TSC_SIGSEGV
 	}
+	s.Later("prctl(PR_SET_TSC)", unix.SYS_PRCTL, unix.PR_SET_TSC, tsc)
 	if a.MCEKill != 0 {
 		s.Later("prctl(PR_MCE_KILL)", unix.SYS_PRCTL, unix.PR_MCE_KILL, unix.PR_MCE_KILL_SET, uint64(a.MCEKill-1))
+	} else {
+		s.Later("prctl(PR_MCE_KILL_CLEAR)", unix.SYS_PRCTL, unix.PR_MCE_KILL, unix.PR_MCE_KILL_CLEAR, 0)
+	}
+	return nil
+}
+
+// setDefaultAffinity gives a thread that never chose its CPUs every
+// online CPU (the kernel narrows them to its cpuset, as it would have for
+// the thread).
+func setDefaultAffinity(tid int) error {
+	all, err := onlineCPUs()
+	if err != nil {
+		return err
+	}
+	if err := unix.SchedSetaffinity(tid, &all); err != nil {
+		return fmt.Errorf("thread %d: CPU affinity %s: %w", tid, cpuList(&all), err)
 	}
 	return nil
 }

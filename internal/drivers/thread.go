@@ -98,18 +98,15 @@ func (threadDriver) RestoreThread(r *Restore, s *inject.Session, t *model.Thread
 }
 
 // setSched sets the thread's scheduling policy, real-time priority and
-// nice value from godwit (root may, and no injection is needed).
+// nice value from godwit (root may, and no injection is needed), always:
+// a new thread has its forker's (godwit's, if it ran under nice or chrt).
 func setSched(t *model.Thread) error {
-	if t.Policy != unix.SCHED_NORMAL || t.RtPrio != 0 {
-		attr := &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: t.Policy, Priority: t.RtPrio}
-		if err := unix.SchedSetAttr(t.Tid, attr, 0); err != nil {
-			return fmt.Errorf("sched_setattr policy %d priority %d: %w", t.Policy, t.RtPrio, err)
-		}
+	attr := &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: t.Policy, Priority: t.RtPrio, Nice: t.Nice}
+	if err := unix.SchedSetAttr(t.Tid, attr, 0); err != nil {
+		return fmt.Errorf("sched_setattr policy %d priority %d: %w", t.Policy, t.RtPrio, err)
 	}
-	if n := t.Nice; n != 0 {
-		if err := unix.Setpriority(unix.PRIO_PROCESS, t.Tid, int(n)); err != nil {
-			return fmt.Errorf("setpriority %d: %w", n, err)
-		}
+	if err := unix.Setpriority(unix.PRIO_PROCESS, t.Tid, int(t.Nice)); err != nil {
+		return fmt.Errorf("setpriority %d: %w", t.Nice, err)
 	}
 	return nil
 }

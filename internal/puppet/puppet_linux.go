@@ -163,6 +163,12 @@ func Start(opts Options) (*Puppet, error) {
 	if err == nil {
 		_, err = opts.Tracer.InjectSyscall(p.Pid, unix.SYS_PRCTL, unix.PR_SET_NAME, base+NameOffset)
 	}
+	if err == nil {
+		// A task's default timer slack (what PR_SET_TIMERSLACK 0 gives
+		// back) is its forker's slack: tasks cloned from the puppet get
+		// the kernel's initial one, not godwit's (nor its parent's).
+		_, err = opts.Tracer.InjectSyscall(p.Pid, unix.SYS_PRCTL, unix.PR_SET_TIMERSLACK, linux.InitTimerSlack)
+	}
 	if err != nil {
 		p.Kill()
 		return nil, fmt.Errorf("puppet %d: %w", p.Pid, err)

@@ -20,3 +20,8 @@ type CloneArgs struct {
 
 // CloneArgsSize is CLONE_ARGS_SIZE_VER2, sizeof(CloneArgs).
 const CloneArgsSize = 88
+
+// InitTimerSlack is init_task's timer_slack_ns (init/init_task.c, 50 µs):
+// the timer slack, and the default slack PR_SET_TIMERSLACK 0 returns to,
+// that a task has unless it or an ancestor set another.
+const InitTimerSlack = 50000
