@@ -422,7 +422,11 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		}
 	}
 	var kept *netlock.Record
-	if !resume {
+	if !resume && o.UnlockKilled && !nl.Netns() {
+		if err := nl.Unlock(); err != nil {
+			ferrs = append(ferrs, err)
+		}
+	} else if !resume {
 		if rec, ok := nl.Keep(); ok {
 			d.log.Infof("dump %d: network lock %s kept for the restore", pid, rec.Name)
 			kept = &rec
@@ -549,7 +553,9 @@ func (d *dumpRun) interrupted() error { return interrupted(d.ctx) }
 // file description inherited by fork is one file of the tree. Each task
 // is read on its tracer's thread, the tracers at once; what the tasks
 // share (the file table, kernel object ids, shared memory, pages ids) is
-// read in each task's turn, in tree order, as one thread would.
+// read in each task's turn, in tree order, as one thread would; tasks
+// that share an fd table (CLONE_FILES) are dumped whole one after
+// another (treeShared.fdTable).
 func (d *dumpRun) collect() error {
 	fl := drivers.NewFiles()
 	if d.ghostLimit != 0 {
@@ -593,6 +599,9 @@ func (d *dumpRun) collect() error {
 		}
 		byTracer[ft.tr] = append(byTracer[ft.tr], i)
 	}
+	if err := sh.groupFDTables(d.tree); err != nil {
+		return err
+	}
 	// The copies are made before any task runs: the tasks then write
 	// d's shared fields (under d.mu).
 	runs := make([]*dumpRun, len(d.tree))
@@ -609,14 +618,14 @@ func (d *dumpRun) collect() error {
 			_ = tr.Do(func() error {
 				for _, i := range byTracer[tr] {
 					if sh.turns.Aborted() {
-						sh.turns.Skip(i)
+						sh.skip(i)
 						continue
 					}
 					tasks[i], failed[i] = runs[i].safeCollectTask(fl, sh, i)
 					if failed[i] != nil {
-						sh.turns.Abort()
+						sh.abort()
 					}
-					sh.turns.Skip(i) // a turn it did not take or leave
+					sh.skip(i) // turns it did not take or leave
 				}
 				return nil
 			})
@@ -669,6 +678,78 @@ type treeShared struct {
 	kobj  kobjAlloc
 	shm   map[uint64]int
 	turns *turns.Turns
+	// fdTable is, by task, the turns of the tasks sharing its fd table
+	// (CLONE_FILES; nil where it shares it with none) and its place in
+	// them. A task holds its turn there for the whole of its dump: its
+	// injected fds (the vmsplice pipes, the drivers' injected calls)
+	// are in the table every sharer's fds are read from.
+	fdTable []fdTableTurn
+}
+
+type fdTableTurn struct {
+	turns *turns.Turns
+	pos   int
+}
+
+// groupFDTables gives the tasks of tree that share an fd table their
+// turns, in tree order. The tree is frozen: no task joins a table.
+func (sh *treeShared) groupFDTables(tree []*frozenTask) error {
+	var a kobjAlloc
+	sh.fdTable = make([]fdTableTurn, len(tree))
+	members := map[model.ID][]int{}
+	for i, ft := range tree {
+		if ft.zombie {
+			continue // no fd table
+		}
+		id, err := a.id(1, ft.pid) // kcmpKinds[1]: KCMP_FILES
+		if err != nil {
+			return fmt.Errorf("task %d: fd table: %w", ft.pid, err)
+		}
+		members[id] = append(members[id], i)
+	}
+	for _, is := range members {
+		if len(is) < 2 {
+			continue
+		}
+		ts := turns.New(len(is))
+		for pos, i := range is {
+			sh.fdTable[i] = fdTableTurn{turns: ts, pos: pos}
+		}
+	}
+	return nil
+}
+
+// enterFDTable waits until every task before task i sharing its fd table
+// is dumped; leaveFDTable lets the next go on.
+func (sh *treeShared) enterFDTable(i int) error {
+	if g := sh.fdTable[i]; g.turns != nil {
+		return g.turns.Enter(g.pos)
+	}
+	return nil
+}
+
+func (sh *treeShared) leaveFDTable(i int) {
+	if g := sh.fdTable[i]; g.turns != nil {
+		g.turns.Leave(g.pos)
+	}
+}
+
+// skip passes every turn of task i it did not take or leave.
+func (sh *treeShared) skip(i int) {
+	sh.turns.Skip(i)
+	if g := sh.fdTable[i]; g.turns != nil {
+		g.turns.Skip(g.pos)
+	}
+}
+
+// abort ends every wait for a turn (a task failed).
+func (sh *treeShared) abort() {
+	sh.turns.Abort()
+	for _, g := range sh.fdTable {
+		if g.turns != nil {
+			g.turns.Abort()
+		}
+	}
 }
 
 // forTask is d's copy for the tree's task i.
@@ -699,6 +780,12 @@ func (d *dumpRun) safeCollectTask(fl *drivers.Files, sh *treeShared, i int) (tas
 // collectTask reads everything of the frozen task d.pid.
 func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, sh *treeShared, i int) (*model.Task, error) {
 	pid := d.pid
+	// The tasks sharing its fd table one after another, from before the
+	// first read of it to after the last injected fd is closed.
+	if err := sh.enterFDTable(i); err != nil {
+		return nil, err
+	}
+	defer sh.leaveFDTable(i)
 	t0 := time.Now()
 	d.early = nil
 	if err := checkSeccomp(d.tr, pid, d.tids); err != nil {

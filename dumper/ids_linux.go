@@ -31,31 +31,39 @@ var kcmpKinds = [4]uintptr{linux.KcmpVM, linux.KcmpFiles, linux.KcmpFS, linux.Kc
 // ids returns pid's object ids, allocating those of objects not seen yet.
 func (a *kobjAlloc) ids(pid int) (model.KobjIDs, error) {
 	var got [4]model.ID
-	for k, typ := range kcmpKinds {
-		seen := a.seen[k]
-		lo, hi := 0, len(seen)
-		for lo < hi && got[k] == 0 {
-			m := (lo + hi) / 2
-			r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(seen[m].pid), typ, 0, 0, 0)
-			if e != 0 {
-				return model.KobjIDs{}, fmt.Errorf("kcmp(%d, %d, %d): %w", pid, seen[m].pid, typ, e)
-			}
-			switch r {
-			case 0:
-				got[k] = seen[m].id
-			case 1:
-				hi = m
-			case 2:
-				lo = m + 1
-			default:
-				return model.KobjIDs{}, fmt.Errorf("kcmp(%d, %d, %d): no order (%d)", pid, seen[m].pid, typ, r)
-			}
+	for k := range kcmpKinds {
+		id, err := a.id(k, pid)
+		if err != nil {
+			return model.KobjIDs{}, err
 		}
-		if got[k] == 0 {
-			a.n[k]++
-			got[k] = a.n[k]
-			a.seen[k] = slices.Insert(seen, lo, kobjSeen{pid: pid, id: got[k]})
-		}
+		got[k] = id
 	}
 	return model.KobjIDs{VM: got[0], Files: got[1], FS: got[2], Sighand: got[3], NS: nsIDs(pid)}, nil
+}
+
+// id returns the id of pid's object of kind k (kcmpKinds' index),
+// allocating it if not seen yet.
+func (a *kobjAlloc) id(k, pid int) (model.ID, error) {
+	typ, seen := kcmpKinds[k], a.seen[k]
+	lo, hi := 0, len(seen)
+	for lo < hi {
+		m := (lo + hi) / 2
+		r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(seen[m].pid), typ, 0, 0, 0)
+		if e != 0 {
+			return 0, fmt.Errorf("kcmp(%d, %d, %d): %w", pid, seen[m].pid, typ, e)
+		}
+		switch r {
+		case 0:
+			return seen[m].id, nil
+		case 1:
+			hi = m
+		case 2:
+			lo = m + 1
+		default:
+			return 0, fmt.Errorf("kcmp(%d, %d, %d): no order (%d)", pid, seen[m].pid, typ, r)
+		}
+	}
+	a.n[k]++
+	a.seen[k] = slices.Insert(seen, lo, kobjSeen{pid: pid, id: a.n[k]})
+	return a.n[k], nil
 }

@@ -47,6 +47,12 @@ type Options struct {
 	// NetworkLock is how the tree's connections are locked while it is
 	// dumped and until they are restored ("": netlock.Default).
 	NetworkLock netlock.Method
+	// UnlockKilled removes the lock of the connections (not a whole
+	// namespace's) once the dump killed the tree, rather than keeping it
+	// for a restore: the tree's copies closed in repair mode, silently,
+	// and the restore runs on another host (migrate post-copy), so
+	// nothing here would remove a kept lock should godwit die next.
+	UnlockKilled bool
 	// TCPEstablished dumps established TCP connections (--tcp-established);
 	// SkipInFlight leaves out connections not accepted yet
 	// (--skip-in-flight).

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -75,5 +76,49 @@ func TestMigrateLayoutChurn(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestMigrateReprotect migrates a program whose region, mapped read-write
+// when the pre-copy rounds prepared the task on B, is made executable as a
+// whole just before the final dump (its pre-dump action script): same
+// bounds and flags, so the prepared mapping is kept, and it must still get
+// the final protection: the program runs code there on B.
+func TestMigrateReprotect(t *testing.T) {
+	m := newMigLab(t)
+	m.startAgent()
+	w := startOn(t, m.a, cWorkload(t, "reprot"))
+	script := filepath.Join(t.TempDir(), "rwx.sh")
+	body := `[ "$CRTOOLS_SCRIPT_ACTION" = pre-dump ] || exit 0
+kill -USR2 "$CRTOOLS_INIT_PID"
+i=0
+while [ $i -lt 3000 ]; do grep -q '^rwx$' ` + w.log + ` && exit 0; sleep 0.01; i=$((i+1)); done
+exit 1
+`
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	code, res, stderr := m.send(w, "--max-rounds", "2", "--action-script", "sh -e "+script)
+	if code != 0 {
+		t.Fatalf("migrate send: exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(readFile(w.log), "\nrwx\n") {
+		t.Fatalf("the region was not made executable before the final dump\n%s", w.tail())
+	}
+	if ov := res.Overlap; ov == nil || ov.State != migrate.OverlapPrepared || ov.PreparedPages == 0 {
+		t.Fatalf("overlap %+v: want the task prepared during the rounds", ov)
+	}
+	rp := m.moved(w)
+	w.waitTicks(3)
+	if err := syscall.Kill(rp, syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if strings.Contains(readFile(w.log), "done ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("moved program did not finish\n%s", w.tail())
+		}
 	}
 }

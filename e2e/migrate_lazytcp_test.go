@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -110,6 +111,66 @@ func TestMigrateLazyFailureKeepsClients(t *testing.T) {
 	}
 }
 
+// A post-copy (and a hybrid) migration whose agent dies right after the
+// user's post-dump script took the service address off A, before the
+// images reached B: the dump rolls back in the freeze phase, migrate-abort
+// puts the address back on A, no lock is left, the clients go on.
+func TestMigrateLazyFailureAtPostDump(t *testing.T) {
+	for _, mode := range []migrate.Mode{migrate.ModePostcopy, migrate.ModeHybrid} {
+		t.Run(string(mode), func(t *testing.T) {
+			s := newLazyServiceLab(t)
+			const port = 7014
+			prog := filepath.Join(t.TempDir(), "echo.py")
+			if err := os.WriteFile(prog, []byte(echoServer), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			w := s.startServer(port, "python3", prog, s.vip.String(), strconv.Itoa(port))
+			const k = 2
+			cs := startClientsDial(t, func() (net.Conn, error) { return s.dial(port) }, k, echoExchange)
+			cs.waitProgress(t, make([]int, k), 20, "before the migration")
+			sync := t.TempDir()
+			extra := fmt.Sprintf(`if [ "$CRTOOLS_SCRIPT_ACTION" = post-dump ]; then touch %[1]s/post-dump; while [ ! -e %[1]s/killed ]; do sleep 0.02; done; fi`, sync)
+			killed := false
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				deadline := time.Now().Add(2 * time.Minute)
+				for !fileExists(filepath.Join(sync, "post-dump")) {
+					if time.Now().After(deadline) {
+						return
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				killAndForget(s.agentP)
+				s.agentP = 0
+				killed = true
+				// The source sees the link's end before it goes on.
+				time.Sleep(time.Second)
+				_ = os.WriteFile(filepath.Join(sync, "killed"), nil, 0o644)
+			}()
+			args := append([]string{"--tcp-established", "--action-script", s.script(extra)}, s.lazyArgs(string(mode))...)
+			code, res, stderr := s.send(w, args...)
+			<-done
+			if !killed {
+				t.Fatalf("post-dump never reached: exit %d, %+v\n%s", code, res, stderr)
+			}
+			if code == 0 || res.FailedPhase != migrate.PhaseFreeze {
+				t.Fatalf("agent killed at post-dump: exit %d, phase %q, error %q\n%s", code, res.FailedPhase, res.Error, stderr)
+			}
+			t.Logf("send: %s", res.Error)
+			if !alive(w.rootPID) {
+				t.Fatalf("server died on the source")
+			}
+			if state, tracer := procState(t, w.rootPID); tracer != 0 || state == "T" || state == "t" {
+				t.Fatalf("server left in state %s, tracer %d", state, tracer)
+			}
+			s.settled(s.a)
+			cs.waitProgress(t, cs.snapshot(), 20, "after the failed migration")
+			cs.finish(t)
+		})
+	}
+}
+
 // The agent honours --network-lock iptables, as dump and restore do: a
 // post-copy migration of a server with clients, both hosts locking with
 // iptables chains (seen by the pre-restore script, when both hold their
@@ -182,6 +243,7 @@ func TestMigrateAgentKilledAfterPreRestore(t *testing.T) {
 			// waits until the test has killed the agent and let the
 			// clients send to B for a while.
 			extra := fmt.Sprintf(`if [ "$CRTOOLS_SCRIPT_ACTION" = pre-restore ]; then touch %[1]s/pre-restore; while [ ! -e %[1]s/killed ]; do sleep 0.02; done; fi`, sync)
+			killed := false // read after done
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
@@ -194,6 +256,7 @@ func TestMigrateAgentKilledAfterPreRestore(t *testing.T) {
 				}
 				killAndForget(s.agentP)
 				s.agentP = 0
+				killed = true
 				// The clients' retransmissions reach B meanwhile
 				// (their backoff: some within 3 s).
 				time.Sleep(3 * time.Second)
@@ -207,6 +270,14 @@ func TestMigrateAgentKilledAfterPreRestore(t *testing.T) {
 			<-done
 			if code == 0 {
 				t.Fatalf("migrate send succeeded with its agent killed: %+v\n%s", res, stderr)
+			}
+			// The failure must be the agent's death at pre-restore, B
+			// holding its lock of every connection: not an earlier one.
+			if !fileExists(filepath.Join(sync, "pre-restore")) || !killed {
+				t.Fatalf("failed before pre-restore (agent not killed): phase %s: %s\n%s", res.FailedPhase, res.Error, stderr)
+			}
+			if res.Connections != k {
+				t.Errorf("%d connections locked on B at pre-restore, want %d", res.Connections, k)
 			}
 			t.Logf("send: phase %s: %s", res.FailedPhase, res.Error)
 			if !alive(w.rootPID) {
@@ -308,40 +379,117 @@ func TestMigratePostcopyUnlocksAtResume(t *testing.T) {
 	t.Logf("post-copy %+v", r.res.Postcopy)
 }
 
-// What a post-copy migration does when the service address is not moved
-// (no action script): the agent's restore refuses the connections (their
-// address is not local on B) after the commit, so the program is lost on
-// both hosts, said in one line; nothing is left locked or hanging.
+// A post-copy (and a hybrid) migration whose service address is not
+// moved (no action script) fails before the commit: the agent's check
+// finds the connections' address is not local on B, the source rolls
+// back and runs on with its client connected, no lock on either host.
 func TestMigratePostcopyAddressNotMoved(t *testing.T) {
+	for _, mode := range []migrate.Mode{migrate.ModePostcopy, migrate.ModeHybrid} {
+		t.Run(string(mode), func(t *testing.T) {
+			s := newLazyServiceLab(t)
+			const port = 7013
+			prog := filepath.Join(t.TempDir(), "echo.py")
+			if err := os.WriteFile(prog, []byte(echoServer), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			w := s.startServer(port, "python3", prog, s.vip.String(), strconv.Itoa(port))
+			c, err := s.dial(port)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			echo := func(when string) {
+				t.Helper()
+				msg := []byte("ping " + when)
+				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+				if _, err := c.Write(msg); err != nil {
+					t.Fatalf("client %s: %v", when, err)
+				}
+				got := make([]byte, len(msg))
+				if _, err := io.ReadFull(c, got); err != nil || string(got) != string(msg) {
+					t.Fatalf("client %s: echo %q, %v", when, got, err)
+				}
+			}
+			echo("before")
+			code, res, stderr := s.send(w, append([]string{"--tcp-established"}, s.lazyArgs(string(mode))...)...)
+			if code == 0 || res.FailedPhase != migrate.PhaseFreeze || !strings.Contains(res.Error, "not local") {
+				t.Fatalf("exit %d, %+v: want the check's refusal of the address before the commit\n%s", code, res, stderr)
+			}
+			t.Logf("send: %s", res.Error)
+			if !alive(w.rootPID) {
+				t.Fatalf("server died on the source")
+			}
+			if state, tracer := procState(t, w.rootPID); tracer != 0 || state == "T" || state == "t" {
+				t.Fatalf("server left in state %s, tracer %d", state, tracer)
+			}
+			if p, err := s.b.RootPID(w.hostPID); err == nil && alive(p) {
+				t.Errorf("a copy runs on B")
+			}
+			// The agent drops its lock once it has the Abort.
+			deadline := time.Now().Add(10 * time.Second)
+			for strings.Contains(nftTables(t, s.b), "godwit") && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+			s.settled(s.a)
+			echo("after")
+		})
+	}
+}
+
+// In post-copy the source's lock goes with the source tree, killed once
+// every page was fetched, even if `migrate send` is killed before the
+// agent's end of the migration reaches it: no table is left on A. The
+// agent's messages to A are dropped from the commit on (a table on A
+// named without "godwit"; the tree holds 128 MiB, so that its pages are
+// still coming then), so send waits on them when it is killed.
+func TestMigratePostcopySourceUnlockedWithTree(t *testing.T) {
 	s := newLazyServiceLab(t)
-	const port = 7013
+	const port = 7015
 	prog := filepath.Join(t.TempDir(), "echo.py")
-	if err := os.WriteFile(prog, []byte(echoServer), 0o644); err != nil {
+	if err := os.WriteFile(prog, []byte(echoServerBig), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	w := s.startServer(port, "python3", prog, s.vip.String(), strconv.Itoa(port))
+	w := s.startServer(port, "python3", prog, s.vip.String(), strconv.Itoa(port), "128")
 	c, err := s.dial(port)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	t0 := time.Now()
-	code, res, stderr := s.send(w, append([]string{"--tcp-established"}, s.lazyArgs(string(migrate.ModePostcopy))...)...)
-	if code == 0 || !strings.Contains(res.Error, "not local") {
-		t.Fatalf("exit %d, %+v: want the restore's refusal of the address\n%s", code, res, stderr)
+	nftA := fmt.Sprintf("nsenter -t %d -n -- nft", s.a.InitPID())
+	t.Cleanup(func() { _ = exec.Command("sh", "-c", nftA+" delete table inet droplink").Run() })
+	args := append([]string{"--tcp-established", "--action-script", s.script("")}, s.lazyArgs(string(migrate.ModePostcopy))...)
+	ss := s.startSend(w, []string{"GODWIT_TEST_SWITCHOVER=notice"}, args...)
+	ss.await(t, "committed (post-copy)")
+	drop := fmt.Sprintf(`%s add table inet droplink && %[1]s 'add chain inet droplink in { type filter hook input priority -300; }' && %[1]s add rule inet droplink in ip saddr %s tcp sport 7355 drop`,
+		nftA, s.b.Addr())
+	if out, err := exec.Command("sh", "-c", drop).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
 	}
-	if alive(w.rootPID) {
-		t.Errorf("the source runs on after the commit")
+	deadline := time.Now().Add(2 * time.Minute)
+	for alive(w.rootPID) {
+		if time.Now().After(deadline) {
+			_, e := ss.output()
+			t.Fatalf("source tree not killed after the pages went:\n%s", e)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	if p, err := s.b.RootPID(w.hostPID); err == nil && alive(p) {
-		t.Errorf("a copy runs on B")
+	if p, err := s.b.RootPID(w.hostPID); err != nil || !alive(p) {
+		t.Fatalf("program not running on B: %v", err)
 	}
-	// The agent drops its lock once the source is gone (the address
-	// never came to B: at once).
-	deadline := time.Now().Add(10 * time.Second)
-	for strings.Contains(nftTables(t, s.b), "godwit") && time.Now().Before(deadline) {
+	// The dump ends (its lock released or kept) right after the kill.
+	time.Sleep(2 * time.Second)
+	select {
+	case err := <-ss.waited:
+		_, e := ss.output()
+		t.Fatalf("migrate send ended (%v) with the agent's messages dropped:\n%s", err, e)
+	default:
+	}
+	killAndForget(ss.pid)
+	deadline = time.Now().Add(5 * time.Second)
+	for strings.Contains(nftTables(t, s.a), "godwit") && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
-	s.settled(s.a)
-	t.Logf("failed in %v: %s", time.Since(t0), res.Error)
+	if tables := nftTables(t, s.a); strings.Contains(tables, "godwit") {
+		t.Errorf("network lock left on A after migrate send was killed: %s", tables)
+	}
 }

@@ -515,6 +515,15 @@ func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
 			if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Locked{Locked: lk}}); err != nil {
 				return phaseErr(phase, err)
 			}
+		case m.GetCheck() != nil:
+			phase = PhaseFreeze
+			ck, err := in.checkRestore()
+			if err != nil {
+				return phaseErr(phase, err)
+			}
+			if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Checked{Checked: ck}}); err != nil {
+				return phaseErr(phase, err)
+			}
 		case m.GetRestore() != nil:
 			in.a.cfg.Log.Debugf("agent: migration %s: restore asked %v after the freeze", in.res.ID, time.Since(in.frozeAt))
 			return in.restore(ctx, m.GetRestore())
@@ -888,6 +897,17 @@ func (in *inbound) writeFile(f *pb.File) error {
 	return nil
 }
 
+// guardLive tells the lock's guard that the program is about to run on
+// the locked sockets (the source committed): were the agent to die from
+// now on, before its Unlock, the guard must remove the rules at once, not
+// linger and destroy the live program's connections. A guard that cannot
+// be told is dead, and does neither.
+func (in *inbound) guardLive() {
+	if err := in.netLock.Resuming(); err != nil {
+		in.a.cfg.Log.Warnf("agent: migration %s: %v", in.res.ID, err)
+	}
+}
+
 // restore rebuilds the tree from the chain of rounds, stopped; says Ready;
 // resumes it only on Go (the source tree is gone by then). Anything else,
 // or silence, kills what it made.
@@ -929,6 +949,7 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 			return err
 		}
 		in.resumeDecided = true
+		in.guardLive()
 		// This host's lock of the connections stays until every task
 		// was let run (below): a copy killed by a failed resume closes
 		// them under it, silently (releaseLock).
@@ -939,6 +960,10 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	// life (as `restore -d`). The agent still reaps the root.
 	if rs.TcpEstablished != (in.netLock != nil) {
 		return phaseErr(PhaseFreeze, errors.New("restore of TCP connections without their lock on this host (Lock), or the reverse"))
+	}
+	if pageSource != "" {
+		// The source committed when it asked for this restore.
+		in.guardLive()
 	}
 	ro := restorer.Options{ImagesDir: filepath.Join(in.dir, "final"), Detach: true, TCPEstablished: rs.TcpEstablished, ShellJob: rs.ShellJob}
 	var r *restorer.Restorer

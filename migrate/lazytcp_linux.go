@@ -47,12 +47,17 @@ func (l *lazySwitch) dumpScripts(notify func(action string, pid int) error) *act
 // dumpOptions sets the lazy dump's connection options.
 func (l *lazySwitch) dumpOptions(do *dumper.Options) {
 	do.TCPEstablished, do.SkipInFlight, do.NetworkLock = l.o.TCPEstablished, l.o.SkipInFlight, l.o.NetworkLock
+	// The lock goes with the killed source tree, while its guard still
+	// watches this process: kept, it would outlive a `send` killed before
+	// finish.
+	do.UnlockKilled = true
 }
 
-// beforeCommit runs in the post-dump hook once every image is on the
-// agent: the agent locks the connections, the pre-restore scripts run.
+// beforeCommit runs in the post-dump hook (which set postDump first) once
+// every image is on the agent: the agent locks the connections, the
+// pre-restore scripts run, the agent checks what its restore would refuse
+// (Check).
 func (l *lazySwitch) beforeCommit(s *sender, res *Result, p Phase) error {
-	l.postDump = true
 	if l.o.TCPEstablished {
 		// The agent may hold its lock whatever becomes of the answer.
 		l.locked = true
@@ -62,7 +67,11 @@ func (l *lazySwitch) beforeCommit(s *sender, res *Result, p Phase) error {
 		}
 		res.Connections = n
 	}
-	return l.user.Run(actions.PreRestore, l.o.Pid)
+	if err := l.user.Run(actions.PreRestore, l.o.Pid); err != nil {
+		return err
+	}
+	// Past the commit a refusal of the restore would lose the program.
+	return s.checkRemote(p)
 }
 
 // abort ends a migration whose lazy dump rolled back before the commit
@@ -83,8 +92,9 @@ func (l *lazySwitch) abort(s *sender, p Phase, err error, tell func(Phase, error
 }
 
 // finish runs once the lazy dump ended after the commit (the source tree
-// killed here, its connections closed in repair mode: silently): the lock
-// it kept here is removed; on success, the post-restore scripts run. The
+// killed here, its connections closed in repair mode: silently): a lock
+// it kept here (a whole namespace's; the dump removed a connection lock
+// itself, UnlockKilled) is removed; on success, the post-restore scripts run. The
 // error is the migration's.
 func (l *lazySwitch) finish(dr *dumper.Result, res *Result, err error) error {
 	if dr != nil && dr.NetLock != nil {
@@ -112,6 +122,26 @@ func joinNote(notes, note string) string {
 		return note
 	}
 	return notes + "; " + note
+}
+
+// checkRemote asks the agent whether the restore would refuse the final
+// images on its host (Check).
+func (s *sender) checkRemote(p Phase) error {
+	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Check{Check: &pb.Check{}}}); err != nil {
+		return err
+	}
+	m, err := s.recv(p, time.Minute)
+	if err != nil {
+		return err
+	}
+	ck := m.GetChecked()
+	if ck == nil {
+		return fmt.Errorf("expected checked, got %T", m.Msg)
+	}
+	if ck.Refusal != "" {
+		return fmt.Errorf("the destination would refuse the restore: %s", ck.Refusal)
+	}
+	return nil
 }
 
 // lockRemote asks the agent to lock, on its host, the connections and

@@ -38,6 +38,11 @@ type Overlap struct {
 // 65530).
 const maxLayoutVMAs = 1 << 17
 
+// maxPreparedThreads bounds the threads a layout from the source makes
+// the agent create ahead of the final images (Prepare makes every one at
+// once); a tree with more is restored from the images alone.
+const maxPreparedThreads = 4096
+
 // layoutMsg describes the running root's mappings for a Layout message.
 func layoutMsg(pid int) (*pb.Layout, error) {
 	vmas, err := dumper.CollectVMAs(pid, nil)
@@ -106,7 +111,19 @@ func layoutOf(l *pb.Layout, pid int) (*restorer.Layout, error) {
 func (in *inbound) overlapRound(ctx context.Context, n uint32, dir string) {
 	l := in.layout
 	in.layout = nil
-	if l == nil || in.overlapOff {
+	if in.overlapOff {
+		return
+	}
+	if l == nil {
+		if in.pending != nil {
+			// Its pages are not in the task: those written before
+			// may be stale.
+			in.overlapFallback(fmt.Sprintf("round %d without a layout", n))
+		}
+		return
+	}
+	if in.pending == nil && len(l.Tids) >= maxPreparedThreads {
+		in.overlapFallback(fmt.Sprintf("round %d: %d threads, more than the %d a task is prepared with", n, len(l.Tids)+1, maxPreparedThreads))
 		return
 	}
 	var err error

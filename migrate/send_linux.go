@@ -828,6 +828,12 @@ func (s *sender) endRound(n uint32) error {
 // sendImages sends every regular file of the final dump directory (the
 // non-memory images; the pages went to the agent's page server).
 func (s *sender) sendImages(dir string) error {
+	select {
+	case <-s.done:
+		// Writes may still land in the socket's buffer: fail now.
+		return fmt.Errorf("the agent's link ended before the images were sent: %w", s.ctl.err)
+	default:
+	}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return err
@@ -1014,6 +1020,9 @@ func (s *sender) postcopy(o SendOptions, res *Result, local net.Addr, enter func
 			frozeAt = time.Now()
 			return s.send(&pb.Envelope{Msg: &pb.Envelope_RoundStart{RoundStart: &pb.RoundStart{Final: true, Lazy: true}}})
 		case actions.PostDump:
+			// The user's post-dump scripts ran (they may have moved
+			// the address): a failure from here on runs migrate-abort.
+			sw.postDump = true
 			dumpedAt = time.Now()
 			if err := s.sendImages(work); err != nil {
 				return err
@@ -1188,6 +1197,8 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 		case actions.PreDump:
 			frozeAt = time.Now()
 		case actions.PostDump:
+			// As post-copy's: migrate-abort from here on.
+			sw.postDump = true
 			if err := s.endRound(n); err != nil {
 				return err
 			}

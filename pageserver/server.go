@@ -588,7 +588,21 @@ func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser
 			ss := s.newSession(name, rw, rw, nil)
 			ss.owner = owner
 			ss.dl = st
+			// The client opens its control stream first (stream 0): it
+			// ends the connection with CLOSE. A task stream ending is
+			// not the end of the session Once waits for.
+			ss.taskStream = st.StreamID() != 0
 			err := ss.run()
+			if err == nil && s.cfg.Once && !ss.taskStream && ss.closed {
+				// As over TCP: the peer reads the reply to CLOSE and
+				// closes first; ending Serve now could close the
+				// connection before the reply is sent.
+				st.Close()
+				select {
+				case <-qc.Context().Done():
+				case <-time.After(10 * time.Second):
+				}
+			}
 			s.finish(ss, err)
 			if err != nil {
 				st.CancelRead(1)
@@ -615,8 +629,10 @@ func (s *Server) finish(ss *session, err error) {
 		if err != nil && s.onceErr == nil {
 			s.onceErr = fmt.Errorf("page server: %s: %w", ss.peer, err)
 		}
-		s.sessions++
-		if err == nil && s.sessions < max(s.cfg.Sessions, 1) {
+		if !ss.taskStream {
+			s.sessions++
+		}
+		if err == nil && (ss.taskStream || s.sessions < max(s.cfg.Sessions, 1)) {
 			stop = nil
 		}
 		s.mu.Unlock()

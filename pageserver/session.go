@@ -44,8 +44,11 @@ type session struct {
 	stripes map[*stripe]bool
 	// owner names the peer for joining striped pagemaps (stripeOwner;
 	// by default its peer string, which no other connection shares).
-	owner  string
-	closed bool // CLOSE served
+	owner string
+	// taskStream: a QUIC stream of one task, not the connection's
+	// control stream (Once counts only the latter).
+	taskStream bool
+	closed     bool // CLOSE served
 }
 
 // task is one pagemap being written.

@@ -113,3 +113,8 @@ func (r *Restorer) unlockNetwork() error {
 	r.log.Infof("restore %d: network unlocked (%s)", r.img.pid, l.Name())
 	return nil
 }
+
+// CheckNetns is the restore's network namespace check of the images in
+// imagesDir (see checkNetns), for a migration that must know before it
+// commits.
+func CheckNetns(imagesDir string) error { return checkNetns(Options{ImagesDir: imagesDir}) }

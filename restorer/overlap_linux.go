@@ -2,6 +2,7 @@ package restorer
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -15,6 +16,7 @@ import (
 	"godwit/internal/inject"
 	"godwit/internal/logging"
 	"godwit/internal/model"
+	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 	"godwit/internal/puppet"
 )
@@ -387,9 +389,9 @@ func (p *Pending) Abort() {
 
 // Finish restores the tree of the final images in o.ImagesDir onto the
 // prepared task, as RestoreContext does. ErrNotPrepared (wrapped, with the
-// reason) means the task was killed without anything of it having run:
-// the caller restores from the images alone. After any other error the
-// task is gone too.
+// reason) means the task was killed without anything of it having run,
+// nor the pre-restore scripts: the caller restores from the images alone.
+// After any other error the task is gone too.
 func (p *Pending) Finish(ctx context.Context, o Options, scripts *actions.Scripts) (*Restorer, error) {
 	if err := p.check("finish"); err != nil {
 		return nil, err
@@ -419,11 +421,6 @@ func (p *Pending) Finish(ctx context.Context, o Options, scripts *actions.Script
 		r.close()
 		return nil, notPrepared(err)
 	}
-	if err := scripts.Run(actions.PreRestore, 0); err != nil {
-		r.close()
-		p.r.Abort()
-		return nil, fmt.Errorf("restore: %w", err)
-	}
 	// The task is r's from here: r.fail kills it.
 	old, t := p.r.root, r.root
 	t.win, t.stubOff, t.runner, t.scratchMapped, t.tr = old.win, old.stubOff, old.runner, old.scratchMapped, p.r.tr
@@ -433,6 +430,15 @@ func (p *Pending) Finish(ctx context.Context, o Options, scripts *actions.Script
 	p.r.Abort() // its tracer and task are r's now: nothing left to kill
 	if err := p.layout(ctx, r); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNotPrepared, err)
+	}
+	// The pre-restore scripts after the last ErrNotPrepared: the
+	// caller's restore from the images runs them again.
+	if err := scripts.Run(actions.PreRestore, 0); err != nil {
+		return nil, r.fail("pre-restore", err)
+	}
+	// Last before Finalize: signals could be sent to the task until now.
+	if err := p.drainSignals(r); err != nil {
+		return nil, r.fail("signals sent to the prepared task", err)
 	}
 	steps := []struct {
 		name string
@@ -453,6 +459,82 @@ func (p *Pending) Finish(ctx context.Context, o Options, scripts *actions.Script
 		}
 	}
 	return r, nil
+}
+
+// maxDrained bounds the signals drainSignals takes from one thread: the
+// default RLIMIT_SIGPENDING is in the tens of thousands; past this many,
+// someone here keeps signalling the PID and the task is not taken over.
+const maxDrained = 4096
+
+// drainSignals takes away every signal sent to the prepared task on this
+// host while it waited (its PID is visible here from Prepare on, every
+// signal blocked, so they pile up pending): the restored program gets the
+// final images' pending signals (Finalize), not these. rt_sigtimedwait
+// with a zero timeout in each thread, until EAGAIN; a SIGSTOP (never
+// blocked) the tracer took at an injection and would send again on
+// detach is dropped. Fails when signals keep coming.
+func (p *Pending) drainSignals(r *Restorer) error {
+	t := r.root
+	tids := append([]int{p.pid}, p.tids...)
+	return r.tr.Do(func() error {
+		for _, tid := range tids {
+			st, err := procfs.ReadTaskStatus(p.pid, tid)
+			if err != nil {
+				return err
+			}
+			if st.SigPnd|st.ShdPnd == 0 {
+				continue
+			}
+			s, err := t.begin(tid)
+			if err != nil {
+				return err
+			}
+			var buf [24]byte // a full sigset_t, then a zero struct timespec
+			binary.NativeEndian.PutUint64(buf[:8], ^uint64(0))
+			at, err := s.Put(0, buf[:])
+			if err != nil {
+				return s.End(err)
+			}
+			n := 0
+			for ; n < maxDrained; n++ {
+				_, err := s.Call("take a signal sent to the prepared task", unix.SYS_RT_SIGTIMEDWAIT, at, 0, at+8, 8)
+				if en, ok := errnoOf(err); ok && en == unix.EAGAIN {
+					break
+				}
+				if err != nil {
+					return s.End(err)
+				}
+			}
+			if n == maxDrained {
+				return s.End(fmt.Errorf("thread %d: more than %d signals sent to it", tid, maxDrained))
+			}
+			if err := s.End(nil); err != nil {
+				return err
+			}
+			r.log.Infof("prepared task %d: thread %d: dropped %d signals sent to it here", p.pid, tid, n)
+		}
+		// After every thread's calls: a SIGSTOP (or one a thread
+		// dequeued while running them) is in the tracer's stash.
+		for _, tid := range tids {
+			sigs, err := r.tr.DropStashed(tid)
+			if err != nil {
+				return err
+			}
+			if len(sigs) > 0 {
+				r.log.Infof("prepared task %d: thread %d: dropped signals %v sent to it here", p.pid, tid, sigs)
+			}
+		}
+		for _, tid := range tids {
+			st, err := procfs.ReadTaskStatus(p.pid, tid)
+			if err != nil {
+				return err
+			}
+			if st.SigPnd|st.ShdPnd != 0 {
+				return fmt.Errorf("thread %d: signals %#x pending after draining", tid, st.SigPnd|st.ShdPnd)
+			}
+		}
+		return nil
+	})
 }
 
 // fits refuses final images the prepared task cannot become exactly.
@@ -558,17 +640,17 @@ func (p *Pending) layout(ctx context.Context, r *Restorer) error {
 		err = t.mapVMAs(s, b)
 		t.keep = nil
 		if err == nil {
-			// Kept VMAs were mapped writable: Finalize gives them their
-			// final protection.
+			// Kept VMAs were mapped writable with the protection of the
+			// round that mapped them (sameVMA ignores it: a VMA
+			// mprotect'ed as a whole is kept): Finalize gives every one
+			// its final protection, whatever it was mapped with.
 			for i := range vmas {
 				v := &vmas[i]
 				if !kept[v.Start] || special(v) {
 					continue
 				}
 				t.writable[v.Start] = true
-				if v.Prot != v.Prot|unix.PROT_READ|unix.PROT_WRITE {
-					t.protFix = append(t.protFix, vmaProt{start: v.Start, end: v.End, prot: v.Prot})
-				}
+				t.protFix = append(t.protFix, vmaProt{start: v.Start, end: v.End, prot: v.Prot})
 			}
 		}
 		return s.End(err)

@@ -77,6 +77,9 @@ type inetDump struct {
 	// pre: the inet sockets of the task being collected, by fd,
 	// collected ahead (prefetchInet).
 	pre map[int]*preInet
+	// mcast: the multicast groups of the namespace's devices, once
+	// read (mcastGroups).
+	mcast *[]mcastGroup
 }
 
 func (fl *Files) inetState() *inetDump {
@@ -306,7 +309,33 @@ func collectInetTaking(fl *Files, pid int, fd *FD, f *model.File, s, family int,
 	if err := fl.NetLock.Lock([]netlock.Conn{{Local: st.Src, Remote: st.Dst}}); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	return repairDump(id, s, st, what, took)
+	if err := repairDump(id, s, st, what, took); err != nil {
+		return err
+	}
+	return unreadBehindMark(dg, st, what)
+}
+
+// unreadBehindMark refuses a connection with more bytes received and
+// unread (sock_diag's rqueue: rcv_nxt - copied_seq) than the repair
+// peek read: reads and SIOCINQ stop at an urgent mark, also when the
+// program already took the urgent byte with MSG_OOB (tcprepair sees no
+// urgent data then), and the bytes past the mark would be lost. The
+// task is frozen since the table was read, so copied_seq has not moved
+// and rqueue can only have grown: a larger rqueue is never a race.
+func unreadBehindMark(dg *sockdiag.Inet, st *model.InetSocketState, what string) error {
+	peeked := uint64(len(st.Stream.InQ))
+	if finReceived(uint8(st.State)) {
+		peeked++ // rcv_nxt counts the peer's FIN
+	}
+	if uint64(dg.Rqueue) > peeked {
+		return fmt.Errorf("%s: %d bytes received and unread, %d readable before an urgent (MSG_OOB) mark: %w", what, dg.Rqueue, len(st.Stream.InQ), tcprepair.ErrUrgent)
+	}
+	return nil
+}
+
+// finReceived: the peer's FIN is counted in rcv_nxt.
+func finReceived(state uint8) bool {
+	return state == tcprepair.StateCloseWait || state == tcprepair.StateClosing || state == tcprepair.StateLastAck
 }
 
 // tcpBoundInactive is how sock_diag reports a TCP socket bound but
@@ -513,10 +542,15 @@ func inetOptsDiag(id *inetDump, s int, st *model.InetSocketState, dg *sockdiag.I
 	if err != nil {
 		return err
 	}
+	// The byte-string options first: IP_OPTIONS also changes a closed
+	// socket's TCP_MAXSEG (its mss_cache), which refuseOpts compares.
+	if err := refuseBufs(s, st); err != nil {
+		return err
+	}
 	if err := refuseOpts(id, s, st, dg); err != nil {
 		return err
 	}
-	if err := refuseBufs(s, st); err != nil {
+	if err := refuseMemberships(id, s, st); err != nil {
 		return err
 	}
 	if diagUsable(dg, st) && dg.Ifindex == 0 {
@@ -855,6 +889,20 @@ var sockUncarried = []sockOpt{
 	{unix.SOL_SOCKET, unix.SO_NOFCS, 0, "SO_NOFCS"},
 	{unix.SOL_SOCKET, unix.SO_LOCK_FILTER, 0, "SO_LOCK_FILTER"},
 	{unix.SOL_SOCKET, unix.SO_RCVMARK, 0, "SO_RCVMARK"},
+	{unix.SOL_SOCKET, unix.SO_DEBUG, 0, "SO_DEBUG"},
+	{unix.SOL_SOCKET, unix.SO_NO_CHECK, 0, "SO_NO_CHECK"},
+	{unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0, "SO_PEEK_OFF"},
+	{unix.SOL_SOCKET, unix.SO_MAX_PACING_RATE, 0, "SO_MAX_PACING_RATE"},
+	{unix.SOL_SOCKET, unix.SO_PREFER_BUSY_POLL, 0, "SO_PREFER_BUSY_POLL"},
+	{unix.SOL_SOCKET, unix.SO_RESERVE_MEM, 0, "SO_RESERVE_MEM"},
+	{unix.SOL_SOCKET, unix.SO_TXREHASH, 0, "SO_TXREHASH"},
+	{unix.SOL_SOCKET, unix.SO_RCVPRIORITY, 0, "SO_RCVPRIORITY"},
+	{unix.SOL_SOCKET, unix.SO_TIMESTAMP_NEW, 0, "SO_TIMESTAMP_NEW"},
+	{unix.SOL_SOCKET, unix.SO_TIMESTAMPNS_NEW, 0, "SO_TIMESTAMPNS_NEW"},
+	{unix.SOL_SOCKET, unix.SO_TIMESTAMPING_NEW, 0, "SO_TIMESTAMPING_NEW"},
+	// Read as an int: the clock id of struct sock_txtime. A socket set
+	// to CLOCK_REALTIME (0) without flags looks unset.
+	{unix.SOL_SOCKET, unix.SO_TXTIME, 0, "SO_TXTIME"},
 }
 
 // ipUncarried: the IPv4 options CRIU's ip_opts_entry has no field for
@@ -872,6 +920,10 @@ var ipUncarried = []sockOpt{
 	{unix.SOL_IP, unix.IP_MINTTL, 0, "IP_MINTTL"},
 	{unix.SOL_IP, unix.IP_MULTICAST_ALL, 0, "IP_MULTICAST_ALL"},
 	{unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 0, "IP_BIND_ADDRESS_NO_PORT"},
+	{unix.SOL_IP, unix.IP_ROUTER_ALERT, 0, "IP_ROUTER_ALERT"},
+	{unix.SOL_IP, unix.IP_RECVERR_RFC4884, 0, "IP_RECVERR_RFC4884"},
+	{unix.SOL_IP, unix.IP_UNICAST_IF, 0, "IP_UNICAST_IF"},
+	{unix.SOL_IP, unix.IP_LOCAL_PORT_RANGE, 0, "IP_LOCAL_PORT_RANGE"},
 }
 
 // ipv6Uncarried: the IPv6 options no image field carries.
@@ -894,6 +946,15 @@ var ipv6Uncarried = []sockOpt{
 	{unix.SOL_IPV6, ipv6FlowInfo, 0, "IPV6_FLOWINFO"},
 	{unix.SOL_IPV6, ipv6FlowInfoSend, 0, "IPV6_FLOWINFO_SEND"},
 	{unix.SOL_IPV6, unix.IPV6_ADDR_PREFERENCES, 0, "IPV6_ADDR_PREFERENCES"},
+	{unix.SOL_IPV6, unix.IPV6_2292PKTINFO, 0, "IPV6_2292PKTINFO"},
+	{unix.SOL_IPV6, unix.IPV6_2292HOPOPTS, 0, "IPV6_2292HOPOPTS"},
+	{unix.SOL_IPV6, unix.IPV6_2292DSTOPTS, 0, "IPV6_2292DSTOPTS"},
+	{unix.SOL_IPV6, unix.IPV6_2292RTHDR, 0, "IPV6_2292RTHDR"},
+	{unix.SOL_IPV6, unix.IPV6_2292HOPLIMIT, 0, "IPV6_2292HOPLIMIT"},
+	{unix.SOL_IPV6, unix.IPV6_ROUTER_ALERT, 0, "IPV6_ROUTER_ALERT"},
+	{unix.SOL_IPV6, unix.IPV6_ROUTER_ALERT_ISOLATE, 0, "IPV6_ROUTER_ALERT_ISOLATE"},
+	{unix.SOL_IPV6, unix.IPV6_RECVERR_RFC4884, 0, "IPV6_RECVERR_RFC4884"},
+	{unix.SOL_IPV6, unix.IPV6_UNICAST_IF, 0, "IPV6_UNICAST_IF"},
 }
 
 // IPV6_FLOWINFO and IPV6_FLOWINFO_SEND, from include/uapi/linux/in6.h
@@ -959,7 +1020,56 @@ var tcpUncarried = []sockOpt{
 	{unix.SOL_TCP, unix.TCP_DEFER_ACCEPT, 0, "TCP_DEFER_ACCEPT"},
 	{unix.SOL_TCP, unix.TCP_NOTSENT_LOWAT, 0, "TCP_NOTSENT_LOWAT"},
 	{unix.SOL_TCP, unix.TCP_FASTOPEN, 0, "TCP_FASTOPEN"},
+	{unix.SOL_TCP, unix.TCP_SYNCNT, 0, "TCP_SYNCNT"},
+	{unix.SOL_TCP, unix.TCP_LINGER2, 0, "TCP_LINGER2"},
+	{unix.SOL_TCP, unix.TCP_THIN_LINEAR_TIMEOUTS, 0, "TCP_THIN_LINEAR_TIMEOUTS"},
+	{unix.SOL_TCP, unix.TCP_SAVE_SYN, 0, "TCP_SAVE_SYN"},
+	{unix.SOL_TCP, unix.TCP_TX_DELAY, 0, "TCP_TX_DELAY"},
+	{unix.SOL_TCP, unix.TCP_INQ, 0, "TCP_INQ"},
+	{unix.SOL_TCP, unix.TCP_FASTOPEN_CONNECT, 0, "TCP_FASTOPEN_CONNECT"},
+	{unix.SOL_TCP, unix.TCP_FASTOPEN_NO_COOKIE, 0, "TCP_FASTOPEN_NO_COOKIE"},
+	{unix.SOL_TCP, unix.TCP_FASTOPEN_KEY, 0, "TCP_FASTOPEN_KEY"},
+	// The first 4 bytes of the upper layer's name ("tls"): 0 for none.
+	{unix.SOL_TCP, unix.TCP_ULP, 0, "TCP_ULP"},
+	{unix.SOL_TCP, unix.TCP_RTO_MAX_MS, 0, "TCP_RTO_MAX_MS"},
+	{unix.SOL_TCP, unix.TCP_RTO_MIN_US, 0, "TCP_RTO_MIN_US"},
+	{unix.SOL_TCP, unix.TCP_DELACK_MAX_US, 0, "TCP_DELACK_MAX_US"},
+	// Compared only before a connection (unconnectedOnly).
+	{unix.SOL_TCP, unix.TCP_MAXSEG, 0, "TCP_MAXSEG"},
+	{unix.SOL_TCP, unix.TCP_WINDOW_CLAMP, 0, "TCP_WINDOW_CLAMP"},
 }
+
+// unconnectedOnly: options read back as the user's value only on a
+// socket not connected (closed or listening). A connection answers
+// TCP_MAXSEG with its mss_cache and TCP_WINDOW_CLAMP with the clamp the
+// kernel computed from its buffers, so a fresh socket's value says
+// nothing there; the handshake's MSS clamp is in the stream (MSSClamp).
+var unconnectedOnly = map[[2]int]bool{
+	{unix.SOL_TCP, unix.TCP_MAXSEG}:       true,
+	{unix.SOL_TCP, unix.TCP_WINDOW_CLAMP}: true,
+}
+
+// udpUncarried: as uncarried, the options of UDP and UDP-Lite sockets
+// (include/uapi/linux/udp.h; UDP_CORK is refused by collectUDP). The
+// UDP-Lite checksum coverage options answer on UDP too (0).
+var udpUncarried = []sockOpt{
+	{unix.SOL_UDP, udpliteSendCscov, 0, "UDPLITE_SEND_CSCOV"},
+	{unix.SOL_UDP, udpliteRecvCscov, 0, "UDPLITE_RECV_CSCOV"},
+	{unix.SOL_UDP, unix.UDP_ENCAP, 0, "UDP_ENCAP"},
+	{unix.SOL_UDP, unix.UDP_NO_CHECK6_TX, 0, "UDP_NO_CHECK6_TX"},
+	{unix.SOL_UDP, unix.UDP_NO_CHECK6_RX, 0, "UDP_NO_CHECK6_RX"},
+	{unix.SOL_UDP, unix.UDP_SEGMENT, 0, "UDP_SEGMENT"},
+	{unix.SOL_UDP, unix.UDP_GRO, 0, "UDP_GRO"},
+	// A raw socket carries it (fd_raw.go); on others it is a cmsg flag.
+	{unix.SOL_IP, unix.IP_CHECKSUM, 0, "IP_CHECKSUM"},
+}
+
+// UDPLITE_SEND_CSCOV and UDPLITE_RECV_CSCOV (include/uapi/linux/udp.h;
+// not in x/sys/unix).
+const (
+	udpliteSendCscov = 10
+	udpliteRecvCscov = 11
+)
 
 // freshOpts is what refuseOpts compares with: the values of a fresh
 // socket of one family, type and protocol, measured once per dump (the
@@ -987,6 +1097,9 @@ func (d *inetDump) fresh(st *model.InetSocketState) (*freshOpts, error) {
 		os = append(os[:len(os):len(os)], tcpUncarried...)
 	} else {
 		os = append(os[:len(os):len(os)], mcastUncarried[st.Family]...)
+	}
+	if st.Type == unix.SOCK_DGRAM && (st.Proto == unix.IPPROTO_UDP || st.Proto == unix.IPPROTO_UDPLITE) {
+		os = append(os[:len(os):len(os)], udpUncarried...)
 	}
 	if st.Type == unix.SOCK_RAW {
 		os = append(os[:len(os):len(os)], rawUncarried[st.Family]...)
@@ -1031,7 +1144,11 @@ func refuseOpts(id *inetDump, s int, st *model.InetSocketState, dg *sockdiag.Ine
 	if err != nil {
 		return err
 	}
+	connected := st.State != tcprepair.StateClose && st.State != tcprepair.StateListen
 	for _, o := range fresh.opts {
+		if connected && unconnectedOnly[[2]int{o.level, o.opt}] {
+			continue
+		}
 		v, ok := diagOpt(dg, st, o.level, o.opt)
 		if ok && o.v == unsupportedValue {
 			ok = false // as below: asked, and refused by its name

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/model"
+	"godwit/internal/tcprepair"
 )
 
 // Every option the image has no field for, set on every inet kind (TCP,
@@ -67,6 +68,8 @@ func inetUncarriedOpts() (errs []string) {
 		{name: "raw6", family: unix.AF_INET6, typ: unix.SOCK_RAW, proto: unix.IPPROTO_ICMPV6, raw: true},
 		{name: "ping4", family: unix.AF_INET, typ: unix.SOCK_DGRAM, proto: unix.IPPROTO_ICMP},
 		{name: "ping6", family: unix.AF_INET6, typ: unix.SOCK_DGRAM, proto: unix.IPPROTO_ICMPV6},
+		{name: "udplite4", family: unix.AF_INET, typ: unix.SOCK_DGRAM, proto: unix.IPPROTO_UDPLITE},
+		{name: "udplite6", family: unix.AF_INET6, typ: unix.SOCK_DGRAM, proto: unix.IPPROTO_UDPLITE},
 	}
 	type opt struct {
 		level, opt, v int
@@ -98,15 +101,67 @@ func inetUncarriedOpts() (errs []string) {
 		{ip6, unix.IPV6_MINHOPCOUNT, 5, "IPV6_MINHOPCOUNT", nil, false},
 		{ip6, unix.IPV6_DONTFRAG, 1, "IPV6_DONTFRAG", nil, false},
 	}
+	// Found lost by the audit (each read back after a restore).
+	all = append(all,
+		opt{sol, unix.SO_MAX_PACING_RATE, 1 << 20, "SO_MAX_PACING_RATE", nil, false},
+		opt{sol, unix.SO_NO_CHECK, 1, "SO_NO_CHECK", nil, false},
+		opt{sol, unix.SO_DEBUG, 1, "SO_DEBUG", nil, false},
+		opt{sol, unix.SO_PREFER_BUSY_POLL, 1, "SO_PREFER_BUSY_POLL", nil, false},
+		opt{sol, unix.SO_RCVPRIORITY, 1, "SO_RCVPRIORITY", nil, false},
+		opt{sol, unix.SO_TIMESTAMP_NEW, 1, "SO_TIMESTAMP_NEW", nil, false},
+		opt{ip, unix.IP_RECVERR_RFC4884, 1, "IP_RECVERR_RFC4884", nil, false},
+		opt{ip, unix.IP_UNICAST_IF, 0x01000000, "IP_UNICAST_IF", nil, false}, // lo (1), network order
+		opt{ip, unix.IP_LOCAL_PORT_RANGE, 40000 | 50000<<16, "IP_LOCAL_PORT_RANGE", nil, false},
+	)
+	v6 = append(v6,
+		opt{ip6, unix.IPV6_RECVERR_RFC4884, 1, "IPV6_RECVERR_RFC4884", nil, false},
+		opt{ip6, unix.IPV6_UNICAST_IF, 0x01000000, "IPV6_UNICAST_IF", nil, false}, // lo, network order
+		opt{ip6, unix.IPV6_2292PKTINFO, 1, "IPV6_2292PKTINFO", nil, false},
+		opt{ip6, unix.IPV6_2292HOPLIMIT, 1, "IPV6_2292HOPLIMIT", nil, false},
+	)
+	tcp := []opt{
+		{unix.SOL_TCP, unix.TCP_MAXSEG, 600, "TCP_MAXSEG", nil, false},
+		{unix.SOL_TCP, unix.TCP_WINDOW_CLAMP, 20000, "TCP_WINDOW_CLAMP", nil, false},
+		{unix.SOL_TCP, unix.TCP_LINGER2, 7, "TCP_LINGER2", nil, false},
+		{unix.SOL_TCP, unix.TCP_SYNCNT, 3, "TCP_SYNCNT", nil, false},
+		{unix.SOL_TCP, unix.TCP_THIN_LINEAR_TIMEOUTS, 1, "TCP_THIN_LINEAR_TIMEOUTS", nil, false},
+		{unix.SOL_TCP, unix.TCP_SAVE_SYN, 1, "TCP_SAVE_SYN", nil, false},
+		{unix.SOL_TCP, unix.TCP_TX_DELAY, 10, "TCP_TX_DELAY", nil, false},
+		{unix.SOL_TCP, unix.TCP_INQ, 1, "TCP_INQ", nil, false},
+		{unix.SOL_TCP, unix.TCP_FASTOPEN_CONNECT, 1, "TCP_FASTOPEN_CONNECT", nil, false},
+		{unix.SOL_TCP, unix.TCP_RTO_MAX_MS, 60000, "TCP_RTO_MAX_MS", nil, false},
+		{unix.SOL_TCP, unix.TCP_DELACK_MAX_US, 100000, "TCP_DELACK_MAX_US", nil, false},
+		{sol, unix.SO_TXREHASH, toggle, "SO_TXREHASH", nil, false},
+		{sol, unix.SO_PEEK_OFF, 0, "SO_PEEK_OFF", nil, false},
+	}
+	udp := []opt{
+		{unix.SOL_UDP, unix.UDP_NO_CHECK6_TX, 1, "UDP_NO_CHECK6_TX", nil, false},
+		{unix.SOL_UDP, unix.UDP_SEGMENT, 1400, "UDP_SEGMENT", nil, false},
+		{unix.SOL_UDP, unix.UDP_GRO, 1, "UDP_GRO", nil, false},
+		{ip, unix.IP_CHECKSUM, 1, "IP_CHECKSUM", nil, false},
+		{sol, unix.SO_PEEK_OFF, 0, "SO_PEEK_OFF", nil, false},
+	}
+	lite := []opt{
+		{unix.IPPROTO_UDPLITE, udpliteSendCscov, 20, "UDPLITE_SEND_CSCOV", nil, false},
+		{unix.IPPROTO_UDPLITE, udpliteRecvCscov, 30, "UDPLITE_RECV_CSCOV", nil, false},
+	}
 	id := newInetDump()
 	dump := func(s int, k inetKindCase) error {
-		st := &model.InetSocketState{Family: uint32(k.family), Type: uint32(k.typ), Proto: uint32(k.proto)}
+		st := &model.InetSocketState{Family: uint32(k.family), Type: uint32(k.typ), Proto: uint32(k.proto), State: tcprepair.StateClose}
 		return inetOpts(id, s, st)
 	}
 	for _, k := range kinds {
-		opts := all
+		opts := append([]opt(nil), all...)
 		if k.family == unix.AF_INET6 {
-			opts = append(append([]opt(nil), all...), v6...)
+			opts = append(opts, v6...)
+		}
+		switch {
+		case k.stream:
+			opts = append(opts, tcp...)
+		case k.proto == unix.IPPROTO_UDPLITE:
+			opts = append(append(opts, udp...), lite...)
+		case k.proto == unix.IPPROTO_UDP:
+			opts = append(opts, udp...)
 		}
 		s, err := unix.Socket(k.family, k.typ|unix.SOCK_CLOEXEC, k.proto)
 		if err != nil {
@@ -182,7 +237,10 @@ func inetUncarriedOpts() (errs []string) {
 			for _, conn := range []net.Conn{a, c} {
 				rc, _ := conn.(*net.TCPConn).SyscallConn()
 				var derr error
-				rc.Control(func(fd uintptr) { derr = dump(int(fd), k) })
+				rc.Control(func(fd uintptr) {
+					st := &model.InetSocketState{Family: uint32(k.family), Type: uint32(k.typ), Proto: uint32(k.proto), State: tcprepair.StateEstablished}
+					derr = inetOpts(id, int(fd), st)
+				})
 				if derr != nil {
 					fail("%s: a plain connection is refused: %v", nw.net, derr)
 				}

@@ -87,6 +87,11 @@ func readOrders(r io.Reader) guardOrders {
 			// own failed): at once, whatever it told before.
 			o.dest = false
 			return o
+		case len(f) == 1 && f[0] == "live":
+			// The migrated program runs (or is about to) on these
+			// sockets: a later death of godwit removes the rules at
+			// once and destroys nothing.
+			o.dest, o.linger, o.locals, o.conns = false, 0, nil, nil
 		case len(f) == 2 && f[0] == "dest":
 			if ms, err := strconv.ParseInt(f[1], 10, 64); err == nil && ms > 0 {
 				o.dest, o.linger = true, time.Duration(ms)*time.Millisecond
@@ -242,6 +247,27 @@ func (l *Lock) GuardDestination(max time.Duration) error {
 	}
 	fmt.Fprintf(&b, "dest %d\n", max.Milliseconds())
 	if _, err := l.guard.w.Write([]byte(b.String())); err != nil {
+		return fmt.Errorf("network lock %s: guard: %w", l.name, err)
+	}
+	return nil
+}
+
+// Resuming tells the guard of a destination's lock that the migrated
+// program is about to run on the locked connections' sockets (the source
+// has committed): should godwit die from now on, the guard removes the
+// rules at once and destroys no socket (GuardDestination's orders are
+// void; they would reset the live program's peers). Call it before any
+// restored task runs.
+func (l *Lock) Resuming() error {
+	if l == nil {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.guard == nil || l.done {
+		return nil
+	}
+	if _, err := l.guard.w.Write([]byte("live\n")); err != nil {
 		return fmt.Errorf("network lock %s: guard: %w", l.name, err)
 	}
 	return nil

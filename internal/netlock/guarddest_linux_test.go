@@ -21,6 +21,9 @@ func TestReadOrders(t *testing.T) {
 	if o := readOrders(strings.NewReader(in + "remove\n")); o.keep || o.dest {
 		t.Errorf("remove: %+v, want an immediate removal", o)
 	}
+	if o := readOrders(strings.NewReader(in + "live\n")); o.keep || o.dest || len(o.conns) != 0 || len(o.locals) != 0 {
+		t.Errorf("live: %+v, want orders cleared", o)
+	}
 	if o := readOrders(strings.NewReader("dest -5\ndest x\n")); o.dest {
 		t.Errorf("bad dest accepted: %+v", o)
 	}
@@ -128,6 +131,60 @@ func TestGuardDestinationRemove(t *testing.T) {
 	_ = server.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := server.Read(make([]byte, 1)); err != nil {
 		t.Errorf("connection broken after a plain removal: %v", err)
+	}
+	l.guard = nil
+	l.done = true
+	l.closeNetns()
+}
+
+// TestGuardDestinationResuming: once the agent said the program resumes
+// (Resuming), its death (pipe EOF) removes the rules at once and leaves
+// the live connection alone, even with its address still here.
+func TestGuardDestinationResuming(t *testing.T) {
+	ns := newTestNetns(t)
+	const vip = "10.99.0.1"
+	if out, err := commandIn(ns.f, "ip", "addr", "add", vip+"/32", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	server, client := ns.pair(t, vip+":0")
+	l, err := New(Nftables, 4246, ns.path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Lock([]Conn{connOf(server)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.GuardDestination(time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Resuming(); err != nil {
+		t.Fatal(err)
+	}
+	// Unlock interrupted by the agent's death between removal and release.
+	if err := l.remove(); err != nil {
+		t.Fatal(err)
+	}
+	g := l.guard
+	g.w.Close()
+	waited := make(chan struct{})
+	go func() { g.cmd.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(20 * time.Second):
+		t.Fatal("guard lingered after Resuming")
+	}
+	if ok, err := l.exists(); ok || err != nil {
+		t.Fatalf("lock still there after the guard ran (%v)", err)
+	}
+	if _, err := client.Write([]byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	_ = server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := server.Read(make([]byte, 1)); err != nil {
+		t.Errorf("live connection destroyed by the guard: %v", err)
+	}
+	if info := tcpInfo(t, client); info.State != 1 { // TCP_ESTABLISHED
+		t.Errorf("peer in TCP state %d, want established", info.State)
 	}
 	l.guard = nil
 	l.done = true

@@ -177,6 +177,11 @@ func (s *Session) batch(code, table uint64, calls []Call) ([]uint64, error) {
 		return nil, fmt.Errorf("inject into %d: %w", tk.tid, ErrGone)
 	}
 	tgid := s.t.tgidOf(tk)
+	// The trap call runs in the thread: its own ids.
+	ownTgid, ownTid, err := s.t.ownIDs(tk)
+	if err != nil {
+		return nil, fmt.Errorf("batch into %d: %w", tk.tid, err)
+	}
 	if s.trapSig == 0 {
 		st, err := procfs.ReadStatus(tk.tid)
 		if err != nil {
@@ -206,8 +211,8 @@ func (s *Session) batch(code, table uint64, calls []Call) ([]uint64, error) {
 	mask := info + batchSiginfo
 	e := buf[n*batchEntry:]
 	ne.PutUint64(e[0:], unix.SYS_RT_TGSIGQUEUEINFO)
-	ne.PutUint64(e[8:], uint64(tgid))
-	ne.PutUint64(e[16:], uint64(tk.tid))
+	ne.PutUint64(e[8:], uint64(ownTgid))
+	ne.PutUint64(e[16:], uint64(ownTid))
 	ne.PutUint64(e[24:], uint64(s.trapSig))
 	ne.PutUint64(e[32:], info)
 	e = buf[(n+1)*batchEntry:]
@@ -246,7 +251,7 @@ func (s *Session) batch(code, table uint64, calls []Call) ([]uint64, error) {
 			defer func() { s.trapSig = 0 }()
 		}
 	}
-	err := s.waitBatchTrap(code)
+	err = s.waitBatchTrap(code)
 	if merr := setSigmask(tk.tid, ^uint64(0)); merr != nil && err == nil {
 		err = merr
 	}
@@ -300,6 +305,10 @@ func (s *Session) requeue(scratch uint64) error {
 	}
 	tk := s.tk
 	tgid := s.t.tgidOf(tk)
+	ownTgid, ownTid, err := s.t.ownIDs(tk)
+	if err != nil {
+		return fmt.Errorf("requeue signal %d: %w", s.trapSig, err)
+	}
 	sig := s.trapSig
 	s.trapSig = 0
 	want := s.taken
@@ -312,7 +321,7 @@ func (s *Session) requeue(scratch uint64) error {
 			if err := WriteMem(tgid, info, si[:]); err != nil {
 				return fmt.Errorf("requeue signal %d: %w", sig, err)
 			}
-			ret, err := s.syscallAt(unix.SYS_RT_TGSIGQUEUEINFO, []uint64{uint64(tgid), uint64(tk.tid), uint64(sig), info})
+			ret, err := s.syscallAt(unix.SYS_RT_TGSIGQUEUEINFO, []uint64{uint64(ownTgid), uint64(ownTid), uint64(sig), info})
 			if err == nil && int64(ret) < 0 {
 				err = unix.Errno(-int64(ret))
 			}

@@ -2,6 +2,8 @@ package ptrace
 
 import (
 	"encoding/binary"
+	"os/exec"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -286,4 +288,53 @@ func TestTouchesRunner(t *testing.T) {
 			t.Errorf("%+v: %v, want %v", tc.c, got, tc.want)
 		}
 	}
+}
+
+// TestBatchPidNS: a batch in a program that is pid 1 of a pid namespace of
+// its own: the batch's trap (rt_tgsigqueueinfo in the thread) names the
+// thread by its own ids, not godwit's.
+func TestBatchPidNS(t *testing.T) {
+	needRoot(t)
+	tr := New()
+	cmd := exec.Command(buildC(t, "read"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWPID}
+	c := startCmd(t, tr, cmd)
+	waitBlocked(t, c.pid)
+	if _, err := tr.FreezeProcess(c.pid, 0); err != nil {
+		t.Fatal(err)
+	}
+	s, err := tr.BeginInjection(c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.End()
+	mem, err := s.Syscall(unix.SYS_MMAP, 0, 8192, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, err := s.Syscall(unix.SYS_MMAP, 0, 4096, unix.PROT_READ|unix.PROT_EXEC, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := PokeMem(c.pid, code, BatchCode); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Batch(code, mem+4096, []Call{{Nr: unix.SYS_GETPID}, {Nr: unix.SYS_GETTID}})
+	if err != nil || len(got) != 2 || got[0] != 1 || got[1] != 1 {
+		t.Fatalf("batch: %v, %v (want getpid and gettid 1)", got, err)
+	}
+	if err := s.End(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := procfs.ReadStatus(c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.SigPnd|st.ShdPnd != 0 {
+		t.Errorf("pending %#x/%#x: a trap signal was left behind", st.SigPnd, st.ShdPnd)
+	}
+	if err := tr.ThawProcess(c.pid, false); err != nil {
+		t.Fatal(err)
+	}
+	assertFree(t, c.pid)
 }

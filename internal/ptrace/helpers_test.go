@@ -48,7 +48,13 @@ type child struct {
 // child, whatever the test's outcome.
 func startChild(t testing.TB, tr *Tracer, bin string) *child {
 	t.Helper()
-	cmd := exec.Command(bin)
+	return startCmd(t, tr, exec.Command(bin))
+}
+
+// startCmd is startChild of cmd (e.g. with clone flags).
+func startCmd(t testing.TB, tr *Tracer, cmd *exec.Cmd) *child {
+	t.Helper()
+	bin := cmd.Path
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -3,7 +3,9 @@ package ptrace
 import (
 	"encoding/binary"
 	"fmt"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,8 +20,22 @@ import (
 // (kernel) code. tgkill would give SI_TKILL and godwit's pid.
 func TestDetachRequeuesStashedSiginfo(t *testing.T) {
 	needRoot(t)
+	testRequeue(t, 0)
+}
+
+// TestDetachRequeuesStashedSiginfoPidNS: the same for a program in a pid
+// namespace of its own (pid 1 there), where the ids of the injected
+// rt_tgsigqueueinfo are its own, not godwit's.
+func TestDetachRequeuesStashedSiginfoPidNS(t *testing.T) {
+	needRoot(t)
+	testRequeue(t, unix.CLONE_NEWPID)
+}
+
+func testRequeue(t *testing.T, cloneflags uintptr) {
 	tr := New()
-	c := startChild(t, tr, buildC(t, "sigval"))
+	cmd := exec.Command(buildC(t, "sigval"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: cloneflags}
+	c := startCmd(t, tr, cmd)
 	waitBlocked(t, c.pid)
 	if _, err := tr.FreezeProcess(c.pid, 0); err != nil {
 		t.Fatal(err)

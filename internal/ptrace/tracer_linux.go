@@ -35,8 +35,11 @@ const DefaultOptions = unix.PTRACE_O_TRACESYSGOOD
 
 // task is the tracer's view of one tracee. Only the tracer thread touches it.
 type task struct {
-	tid     int
-	tgid    int // 0 until known
+	tid  int
+	tgid int // 0 until known
+	// own is its tgid and tid in its own pid namespace, for the calls
+	// injected in it that name it (zero until known).
+	own     [2]int
 	opts    int // PTRACE_O_* it was seized with (inherited by auto-attached children)
 	stopped bool
 	last    Stop // the last interrupt/group stop it reached

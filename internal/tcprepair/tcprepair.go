@@ -157,6 +157,9 @@ func Dump(s int) (*Stream, error) {
 	if len(st.InQ) != inq {
 		return nil, fmt.Errorf("receive queue: %d bytes queued, %d read", inq, len(st.InQ))
 	}
+	if err := noUrgent(s); err != nil {
+		return nil, err
+	}
 	if err := setQueue(s, tcpSendQueue); err != nil {
 		return nil, err
 	}
@@ -215,4 +218,43 @@ func peek(s, n int) ([]byte, error) {
 		}
 		return buf[:r], nil
 	}
+}
+
+// ErrUrgent refuses a connection whose receive side holds urgent
+// (MSG_OOB) data: TCP_REPAIR can queue bytes but cannot set the urgent
+// mark or byte (tcp_sock's urg_data and urg_seq), reads and SIOCINQ stop
+// at the mark, and so a restore would lose the urgent byte and whatever
+// follows it while the sequence numbers count them as received.
+var ErrUrgent = errors.New("urgent (MSG_OOB) data not yet read: TCP_REPAIR cannot restore the urgent mark")
+
+// noUrgent refuses s (in repair mode) when urgent data waits unread. A
+// peek with MSG_OOB (which the kernel serves before any repair-mode
+// check and which leaves the byte unread) answers 1 when the urgent byte
+// is there, EAGAIN when it is announced but not yet received, and EINVAL
+// when there is none, it was read, or SO_OOBINLINE keeps it inline;
+// SIOCATMARK then says whether the next read is at an inline mark.
+func noUrgent(s int) error {
+	var b [1]byte
+	for {
+		_, _, err := unix.Recvfrom(s, b[:], unix.MSG_OOB|unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err == nil:
+			return fmt.Errorf("receive queue: %w", ErrUrgent)
+		case errors.Is(err, unix.EAGAIN):
+			return fmt.Errorf("receive queue: urgent pointer received, its byte not yet: %w", ErrUrgent)
+		case !errors.Is(err, unix.EINVAL):
+			return fmt.Errorf("urgent data probe: %w", err)
+		}
+		break
+	}
+	mark, err := unix.IoctlGetInt(s, unix.SIOCATMARK)
+	if err != nil {
+		return fmt.Errorf("SIOCATMARK: %w", err)
+	}
+	if mark != 0 {
+		return fmt.Errorf("receive queue at the urgent mark: %w", ErrUrgent)
+	}
+	return nil
 }

@@ -389,3 +389,97 @@ func TestClosingStates(t *testing.T) {
 		waitState(t, a2, StateClose)
 	})
 }
+
+// Urgent data cannot be put back by TCP_REPAIR: a connection holding
+// it unread is refused, and the refusal leaves the stream (urgent byte
+// and mark included) as it was.
+func TestUrgentRefused(t *testing.T) {
+	cases := []struct {
+		name   string
+		inline bool
+		pre    int // bytes read before the dump: 3 puts the read at the mark
+	}{
+		{"before the mark", false, 0},
+		{"at the mark", false, 3},
+		{"inline at the mark", true, 3},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			a, b := pair(t, unix.AF_INET)
+			defer unix.Close(a)
+			if c.inline {
+				if err := unix.SetsockoptInt(a, unix.SOL_SOCKET, unix.SO_OOBINLINE, 1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := unix.Write(b, []byte("abc")); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Sendto(b, []byte("X"), unix.MSG_OOB, nil); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := unix.Write(b, []byte("def")); err != nil {
+				t.Fatal(err)
+			}
+			waitInq(t, a, c.inline)
+			if c.pre > 0 {
+				if got := readN(t, a, c.pre); string(got) != "abc" {
+					t.Fatalf("read %q before the dump", got)
+				}
+			}
+			if err := On(a); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Dump(a)
+			if offErr := Off(a); offErr != nil {
+				t.Fatal(offErr)
+			}
+			if !errors.Is(err, ErrUrgent) {
+				t.Fatalf("dump with urgent data unread: %v, want %v", err, ErrUrgent)
+			}
+			rest := "abc"[c.pre:]
+			if rest != "" {
+				if got := readN(t, a, len(rest)); string(got) != rest {
+					t.Fatalf("read %q after the refusal, want %q", got, rest)
+				}
+			}
+			if mark, err := unix.IoctlGetInt(a, unix.SIOCATMARK); err != nil || mark != 1 {
+				t.Fatalf("after the refusal: SIOCATMARK %d, %v; want at the mark", mark, err)
+			}
+			want := "Xdef"
+			if !c.inline {
+				var x [1]byte
+				if n, _, err := unix.Recvfrom(a, x[:], unix.MSG_OOB); err != nil || n != 1 || x[0] != 'X' {
+					t.Fatalf("urgent byte after the refusal: %d %q %v", n, x[:n], err)
+				}
+				want = "def"
+			}
+			if got := readN(t, a, len(want)); string(got) != want {
+				t.Fatalf("read %q after the mark, want %q", got, want)
+			}
+		})
+	}
+}
+
+// waitInq waits until all 7 bytes of the urgent test stream arrived:
+// the urgent byte is readable (or, inline, counted).
+func waitInq(t *testing.T, a int, inline bool) {
+	t.Helper()
+	for range 500 {
+		if inline {
+			if n, err := unix.IoctlGetInt(a, unix.SIOCINQ); err == nil && n >= 3 {
+				var buf [8]byte
+				if m, _, err := unix.Recvfrom(a, buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT); err == nil && m >= 3 {
+					return
+				}
+			}
+		} else {
+			var x [1]byte
+			if _, _, err := unix.Recvfrom(a, x[:], unix.MSG_OOB|unix.MSG_PEEK|unix.MSG_DONTWAIT); err == nil {
+				return
+			}
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	t.Fatal("the urgent stream did not arrive")
+}

@@ -53,6 +53,8 @@ type Envelope struct {
 	//	*Envelope_Probe
 	//	*Envelope_ProbeAck
 	//	*Envelope_Layout
+	//	*Envelope_Check
+	//	*Envelope_Checked
 	Msg           isEnvelope_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -302,6 +304,24 @@ func (x *Envelope) GetLayout() *Layout {
 	return nil
 }
 
+func (x *Envelope) GetCheck() *Check {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_Check); ok {
+			return x.Check
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetChecked() *Checked {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_Checked); ok {
+			return x.Checked
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Msg interface {
 	isEnvelope_Msg()
 }
@@ -398,6 +418,14 @@ type Envelope_Layout struct {
 	Layout *Layout `protobuf:"bytes,23,opt,name=layout,proto3,oneof"`
 }
 
+type Envelope_Check struct {
+	Check *Check `protobuf:"bytes,24,opt,name=check,proto3,oneof"`
+}
+
+type Envelope_Checked struct {
+	Checked *Checked `protobuf:"bytes,25,opt,name=checked,proto3,oneof"`
+}
+
 func (*Envelope_Hello) isEnvelope_Msg() {}
 
 func (*Envelope_Accepted) isEnvelope_Msg() {}
@@ -443,6 +471,10 @@ func (*Envelope_Probe) isEnvelope_Msg() {}
 func (*Envelope_ProbeAck) isEnvelope_Msg() {}
 
 func (*Envelope_Layout) isEnvelope_Msg() {}
+
+func (*Envelope_Check) isEnvelope_Msg() {}
+
+func (*Envelope_Checked) isEnvelope_Msg() {}
 
 // Hello opens a migration (source to agent): what the destination must
 // be able to take.
@@ -1156,6 +1188,92 @@ func (x *Locked) GetListeners() uint32 {
 	return 0
 }
 
+// Check (source to agent, post-copy and hybrid, after the pre-restore
+// scripts, before Restore): would the restore refuse what it can tell
+// now (a connection's or listener's address not local here, a network
+// namespace it cannot remake)? Past Restore the source is committed and a
+// refusal loses the program; before, the source rolls back. Checked
+// answers: refusal is the reason, "" when none.
+type Check struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Check) Reset() {
+	*x = Check{}
+	mi := &file_control_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Check) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Check) ProtoMessage() {}
+
+func (x *Check) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Check.ProtoReflect.Descriptor instead.
+func (*Check) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{12}
+}
+
+type Checked struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Refusal       string                 `protobuf:"bytes,1,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Checked) Reset() {
+	*x = Checked{}
+	mi := &file_control_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Checked) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Checked) ProtoMessage() {}
+
+func (x *Checked) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Checked.ProtoReflect.Descriptor instead.
+func (*Checked) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Checked) GetRefusal() string {
+	if x != nil {
+		return x.Refusal
+	}
+	return ""
+}
+
 // Ready: the copy is rebuilt and held stopped. From here the agent never
 // kills it on its own: it resumes it on Go, kills it on Abort, and holds it
 // "in doubt" if the source goes silent, until a Resolve decides.
@@ -1176,7 +1294,7 @@ type Ready struct {
 
 func (x *Ready) Reset() {
 	*x = Ready{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1188,7 +1306,7 @@ func (x *Ready) String() string {
 func (*Ready) ProtoMessage() {}
 
 func (x *Ready) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1201,7 +1319,7 @@ func (x *Ready) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ready.ProtoReflect.Descriptor instead.
 func (*Ready) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Ready) GetOverlap() string {
@@ -1235,7 +1353,7 @@ type Go struct {
 
 func (x *Go) Reset() {
 	*x = Go{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1247,7 +1365,7 @@ func (x *Go) String() string {
 func (*Go) ProtoMessage() {}
 
 func (x *Go) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1260,7 +1378,7 @@ func (x *Go) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Go.ProtoReflect.Descriptor instead.
 func (*Go) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 type Resumed struct {
@@ -1272,7 +1390,7 @@ type Resumed struct {
 
 func (x *Resumed) Reset() {
 	*x = Resumed{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1284,7 +1402,7 @@ func (x *Resumed) String() string {
 func (*Resumed) ProtoMessage() {}
 
 func (x *Resumed) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1297,7 +1415,7 @@ func (x *Resumed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resumed.ProtoReflect.Descriptor instead.
 func (*Resumed) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Resumed) GetPid() int32 {
@@ -1322,7 +1440,7 @@ type PagesIn struct {
 
 func (x *PagesIn) Reset() {
 	*x = PagesIn{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1334,7 +1452,7 @@ func (x *PagesIn) String() string {
 func (*PagesIn) ProtoMessage() {}
 
 func (x *PagesIn) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1347,7 +1465,7 @@ func (x *PagesIn) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PagesIn.ProtoReflect.Descriptor instead.
 func (*PagesIn) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PagesIn) GetPages() uint64 {
@@ -1395,7 +1513,7 @@ type Abort struct {
 
 func (x *Abort) Reset() {
 	*x = Abort{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1407,7 +1525,7 @@ func (x *Abort) String() string {
 func (*Abort) ProtoMessage() {}
 
 func (x *Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1420,7 +1538,7 @@ func (x *Abort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Abort.ProtoReflect.Descriptor instead.
 func (*Abort) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Abort) GetReason() string {
@@ -1445,7 +1563,7 @@ type Resolve struct {
 
 func (x *Resolve) Reset() {
 	*x = Resolve{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1575,7 @@ func (x *Resolve) String() string {
 func (*Resolve) ProtoMessage() {}
 
 func (x *Resolve) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1588,7 @@ func (x *Resolve) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resolve.ProtoReflect.Descriptor instead.
 func (*Resolve) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Resolve) GetVersion() uint32 {
@@ -1512,7 +1630,7 @@ type Resolved struct {
 
 func (x *Resolved) Reset() {
 	*x = Resolved{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1524,7 +1642,7 @@ func (x *Resolved) String() string {
 func (*Resolved) ProtoMessage() {}
 
 func (x *Resolved) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1537,7 +1655,7 @@ func (x *Resolved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resolved.ProtoReflect.Descriptor instead.
 func (*Resolved) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Resolved) GetState() string {
@@ -1582,7 +1700,7 @@ type Held struct {
 
 func (x *Held) Reset() {
 	*x = Held{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1594,7 +1712,7 @@ func (x *Held) String() string {
 func (*Held) ProtoMessage() {}
 
 func (x *Held) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1607,7 +1725,7 @@ func (x *Held) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Held.ProtoReflect.Descriptor instead.
 func (*Held) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Held) GetId() string {
@@ -1657,7 +1775,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1669,7 +1787,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1682,7 +1800,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *HistoryRequest) GetVersion() uint32 {
@@ -1701,7 +1819,7 @@ type HistoryReply struct {
 
 func (x *HistoryReply) Reset() {
 	*x = HistoryReply{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1713,7 +1831,7 @@ func (x *HistoryReply) String() string {
 func (*HistoryReply) ProtoMessage() {}
 
 func (x *HistoryReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1726,7 +1844,7 @@ func (x *HistoryReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryReply.ProtoReflect.Descriptor instead.
 func (*HistoryReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *HistoryReply) GetJson() []byte {
@@ -1749,7 +1867,7 @@ type Probe struct {
 
 func (x *Probe) Reset() {
 	*x = Probe{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1761,7 +1879,7 @@ func (x *Probe) String() string {
 func (*Probe) ProtoMessage() {}
 
 func (x *Probe) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1774,7 +1892,7 @@ func (x *Probe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Probe.ProtoReflect.Descriptor instead.
 func (*Probe) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Probe) GetData() []byte {
@@ -1800,7 +1918,7 @@ type ProbeAck struct {
 
 func (x *ProbeAck) Reset() {
 	*x = ProbeAck{}
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1812,7 +1930,7 @@ func (x *ProbeAck) String() string {
 func (*ProbeAck) ProtoMessage() {}
 
 func (x *ProbeAck) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1825,7 +1943,7 @@ func (x *ProbeAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeAck.ProtoReflect.Descriptor instead.
 func (*ProbeAck) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{23}
+	return file_control_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ProbeAck) GetBytes() uint64 {
@@ -1850,7 +1968,7 @@ type Layout struct {
 
 func (x *Layout) Reset() {
 	*x = Layout{}
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1862,7 +1980,7 @@ func (x *Layout) String() string {
 func (*Layout) ProtoMessage() {}
 
 func (x *Layout) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1875,7 +1993,7 @@ func (x *Layout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Layout.ProtoReflect.Descriptor instead.
 func (*Layout) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{24}
+	return file_control_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Layout) GetPid() int32 {
@@ -1918,7 +2036,7 @@ type Vma struct {
 
 func (x *Vma) Reset() {
 	*x = Vma{}
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1930,7 +2048,7 @@ func (x *Vma) String() string {
 func (*Vma) ProtoMessage() {}
 
 func (x *Vma) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1943,7 +2061,7 @@ func (x *Vma) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Vma.ProtoReflect.Descriptor instead.
 func (*Vma) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{25}
+	return file_control_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Vma) GetStart() uint64 {
@@ -2020,8 +2138,7 @@ var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\x11godwit.migrate.v1\"\xaa\n" +
-	"\n" +
+	"\rcontrol.proto\x12\x11godwit.migrate.v1\"\x94\v\n" +
 	"\bEnvelope\x120\n" +
 	"\x05hello\x18\x01 \x01(\v2\x18.godwit.migrate.v1.HelloH\x00R\x05hello\x129\n" +
 	"\baccepted\x18\x02 \x01(\v2\x1b.godwit.migrate.v1.AcceptedH\x00R\baccepted\x126\n" +
@@ -2049,7 +2166,9 @@ const file_control_proto_rawDesc = "" +
 	"\rhistory_reply\x18\x14 \x01(\v2\x1f.godwit.migrate.v1.HistoryReplyH\x00R\fhistoryReply\x120\n" +
 	"\x05probe\x18\x15 \x01(\v2\x18.godwit.migrate.v1.ProbeH\x00R\x05probe\x12:\n" +
 	"\tprobe_ack\x18\x16 \x01(\v2\x1b.godwit.migrate.v1.ProbeAckH\x00R\bprobeAck\x123\n" +
-	"\x06layout\x18\x17 \x01(\v2\x19.godwit.migrate.v1.LayoutH\x00R\x06layoutB\x05\n" +
+	"\x06layout\x18\x17 \x01(\v2\x19.godwit.migrate.v1.LayoutH\x00R\x06layout\x120\n" +
+	"\x05check\x18\x18 \x01(\v2\x18.godwit.migrate.v1.CheckH\x00R\x05check\x126\n" +
+	"\achecked\x18\x19 \x01(\v2\x1a.godwit.migrate.v1.CheckedH\x00R\acheckedB\x05\n" +
 	"\x03msg\"\x99\x02\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x10\n" +
@@ -2101,7 +2220,10 @@ const file_control_proto_rawDesc = "" +
 	"\x04Lock\"H\n" +
 	"\x06Locked\x12 \n" +
 	"\vconnections\x18\x01 \x01(\rR\vconnections\x12\x1c\n" +
-	"\tlisteners\x18\x02 \x01(\rR\tlisteners\"i\n" +
+	"\tlisteners\x18\x02 \x01(\rR\tlisteners\"\a\n" +
+	"\x05Check\"#\n" +
+	"\aChecked\x12\x18\n" +
+	"\arefusal\x18\x01 \x01(\tR\arefusal\"i\n" +
 	"\x05Ready\x12\x18\n" +
 	"\aoverlap\x18\x01 \x01(\tR\aoverlap\x12%\n" +
 	"\x0eprepared_pages\x18\x02 \x01(\x04R\rpreparedPages\x12\x1f\n" +
@@ -2174,7 +2296,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_control_proto_goTypes = []any{
 	(*Envelope)(nil),       // 0: godwit.migrate.v1.Envelope
 	(*Hello)(nil),          // 1: godwit.migrate.v1.Hello
@@ -2188,20 +2310,22 @@ var file_control_proto_goTypes = []any{
 	(*Restore)(nil),        // 9: godwit.migrate.v1.Restore
 	(*Lock)(nil),           // 10: godwit.migrate.v1.Lock
 	(*Locked)(nil),         // 11: godwit.migrate.v1.Locked
-	(*Ready)(nil),          // 12: godwit.migrate.v1.Ready
-	(*Go)(nil),             // 13: godwit.migrate.v1.Go
-	(*Resumed)(nil),        // 14: godwit.migrate.v1.Resumed
-	(*PagesIn)(nil),        // 15: godwit.migrate.v1.PagesIn
-	(*Abort)(nil),          // 16: godwit.migrate.v1.Abort
-	(*Resolve)(nil),        // 17: godwit.migrate.v1.Resolve
-	(*Resolved)(nil),       // 18: godwit.migrate.v1.Resolved
-	(*Held)(nil),           // 19: godwit.migrate.v1.Held
-	(*HistoryRequest)(nil), // 20: godwit.migrate.v1.HistoryRequest
-	(*HistoryReply)(nil),   // 21: godwit.migrate.v1.HistoryReply
-	(*Probe)(nil),          // 22: godwit.migrate.v1.Probe
-	(*ProbeAck)(nil),       // 23: godwit.migrate.v1.ProbeAck
-	(*Layout)(nil),         // 24: godwit.migrate.v1.Layout
-	(*Vma)(nil),            // 25: godwit.migrate.v1.Vma
+	(*Check)(nil),          // 12: godwit.migrate.v1.Check
+	(*Checked)(nil),        // 13: godwit.migrate.v1.Checked
+	(*Ready)(nil),          // 14: godwit.migrate.v1.Ready
+	(*Go)(nil),             // 15: godwit.migrate.v1.Go
+	(*Resumed)(nil),        // 16: godwit.migrate.v1.Resumed
+	(*PagesIn)(nil),        // 17: godwit.migrate.v1.PagesIn
+	(*Abort)(nil),          // 18: godwit.migrate.v1.Abort
+	(*Resolve)(nil),        // 19: godwit.migrate.v1.Resolve
+	(*Resolved)(nil),       // 20: godwit.migrate.v1.Resolved
+	(*Held)(nil),           // 21: godwit.migrate.v1.Held
+	(*HistoryRequest)(nil), // 22: godwit.migrate.v1.HistoryRequest
+	(*HistoryReply)(nil),   // 23: godwit.migrate.v1.HistoryReply
+	(*Probe)(nil),          // 24: godwit.migrate.v1.Probe
+	(*ProbeAck)(nil),       // 25: godwit.migrate.v1.ProbeAck
+	(*Layout)(nil),         // 26: godwit.migrate.v1.Layout
+	(*Vma)(nil),            // 27: godwit.migrate.v1.Vma
 }
 var file_control_proto_depIdxs = []int32{
 	1,  // 0: godwit.migrate.v1.Envelope.hello:type_name -> godwit.migrate.v1.Hello
@@ -2213,27 +2337,29 @@ var file_control_proto_depIdxs = []int32{
 	7,  // 6: godwit.migrate.v1.Envelope.round_ack:type_name -> godwit.migrate.v1.RoundAck
 	8,  // 7: godwit.migrate.v1.Envelope.file:type_name -> godwit.migrate.v1.File
 	9,  // 8: godwit.migrate.v1.Envelope.restore:type_name -> godwit.migrate.v1.Restore
-	12, // 9: godwit.migrate.v1.Envelope.ready:type_name -> godwit.migrate.v1.Ready
-	13, // 10: godwit.migrate.v1.Envelope.go:type_name -> godwit.migrate.v1.Go
-	14, // 11: godwit.migrate.v1.Envelope.resumed:type_name -> godwit.migrate.v1.Resumed
-	16, // 12: godwit.migrate.v1.Envelope.abort:type_name -> godwit.migrate.v1.Abort
-	15, // 13: godwit.migrate.v1.Envelope.pages_in:type_name -> godwit.migrate.v1.PagesIn
-	17, // 14: godwit.migrate.v1.Envelope.resolve:type_name -> godwit.migrate.v1.Resolve
-	18, // 15: godwit.migrate.v1.Envelope.resolved:type_name -> godwit.migrate.v1.Resolved
+	14, // 9: godwit.migrate.v1.Envelope.ready:type_name -> godwit.migrate.v1.Ready
+	15, // 10: godwit.migrate.v1.Envelope.go:type_name -> godwit.migrate.v1.Go
+	16, // 11: godwit.migrate.v1.Envelope.resumed:type_name -> godwit.migrate.v1.Resumed
+	18, // 12: godwit.migrate.v1.Envelope.abort:type_name -> godwit.migrate.v1.Abort
+	17, // 13: godwit.migrate.v1.Envelope.pages_in:type_name -> godwit.migrate.v1.PagesIn
+	19, // 14: godwit.migrate.v1.Envelope.resolve:type_name -> godwit.migrate.v1.Resolve
+	20, // 15: godwit.migrate.v1.Envelope.resolved:type_name -> godwit.migrate.v1.Resolved
 	10, // 16: godwit.migrate.v1.Envelope.lock:type_name -> godwit.migrate.v1.Lock
 	11, // 17: godwit.migrate.v1.Envelope.locked:type_name -> godwit.migrate.v1.Locked
-	20, // 18: godwit.migrate.v1.Envelope.history_request:type_name -> godwit.migrate.v1.HistoryRequest
-	21, // 19: godwit.migrate.v1.Envelope.history_reply:type_name -> godwit.migrate.v1.HistoryReply
-	22, // 20: godwit.migrate.v1.Envelope.probe:type_name -> godwit.migrate.v1.Probe
-	23, // 21: godwit.migrate.v1.Envelope.probe_ack:type_name -> godwit.migrate.v1.ProbeAck
-	24, // 22: godwit.migrate.v1.Envelope.layout:type_name -> godwit.migrate.v1.Layout
-	19, // 23: godwit.migrate.v1.Resolved.held:type_name -> godwit.migrate.v1.Held
-	25, // 24: godwit.migrate.v1.Layout.vmas:type_name -> godwit.migrate.v1.Vma
-	25, // [25:25] is the sub-list for method output_type
-	25, // [25:25] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	22, // 18: godwit.migrate.v1.Envelope.history_request:type_name -> godwit.migrate.v1.HistoryRequest
+	23, // 19: godwit.migrate.v1.Envelope.history_reply:type_name -> godwit.migrate.v1.HistoryReply
+	24, // 20: godwit.migrate.v1.Envelope.probe:type_name -> godwit.migrate.v1.Probe
+	25, // 21: godwit.migrate.v1.Envelope.probe_ack:type_name -> godwit.migrate.v1.ProbeAck
+	26, // 22: godwit.migrate.v1.Envelope.layout:type_name -> godwit.migrate.v1.Layout
+	12, // 23: godwit.migrate.v1.Envelope.check:type_name -> godwit.migrate.v1.Check
+	13, // 24: godwit.migrate.v1.Envelope.checked:type_name -> godwit.migrate.v1.Checked
+	21, // 25: godwit.migrate.v1.Resolved.held:type_name -> godwit.migrate.v1.Held
+	27, // 26: godwit.migrate.v1.Layout.vmas:type_name -> godwit.migrate.v1.Vma
+	27, // [27:27] is the sub-list for method output_type
+	27, // [27:27] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -2265,6 +2391,8 @@ func file_control_proto_init() {
 		(*Envelope_Probe)(nil),
 		(*Envelope_ProbeAck)(nil),
 		(*Envelope_Layout)(nil),
+		(*Envelope_Check)(nil),
+		(*Envelope_Checked)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2272,7 +2400,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
