@@ -34,7 +34,7 @@ func TestRestoreTaskAttrs(t *testing.T) {
 
 // TestRestoreTaskAttrsNotInherited dumps a two-thread program with every
 // attribute at its default and restores it with `godwit restore -d` run
-// under taskset, ionice, nice and chrt -b from a shell with another timer
+// under taskset, ionice, nice, chrt -b and an ambient capability from a shell with another timer
 // slack, coredump_filter and umask: the restored threads must have the
 // dumped values, not the restoring godwit's (which a new task inherits).
 func TestRestoreTaskAttrsNotInherited(t *testing.T) {
@@ -42,13 +42,15 @@ func TestRestoreTaskAttrsNotInherited(t *testing.T) {
 	if cpus, _ := os.ReadFile("/sys/devices/system/cpu/online"); strings.TrimSpace(string(cpus)) == "0" {
 		t.Fatal("needs two online CPUs: taskset -c 0 must narrow godwit's affinity")
 	}
-	w := startC(t, false, "-t", "2")
+	// Inheritable CAP_NET_RAW: an ambient one godwit has stays, unless
+	// the restore clears the ambient set.
+	w := startWorkload(t, "setpriv", "--inh-caps", "+net_raw", workloads["counter"], "-t", "2")
 	defBefore := defaultSlacks(t, w.pid)
 	before := taskAttrSnapshot(t, w.pid)
 	dir := w.dump(t)
 	w.reapKilled(t)
 	sh := "echo 123456 > /proc/$$/timerslack_ns && echo 0x7f > /proc/self/coredump_filter && umask 077 && " +
-		"exec nice -n 7 chrt -b 0 taskset -c 0 ionice -c3 \"$0\" restore -d -D \"$1\" -o restore.log"
+		"exec setpriv --inh-caps +net_raw --ambient-caps +net_raw nice -n 7 chrt -b 0 taskset -c 0 ionice -c3 \"$0\" restore -d -D \"$1\" -o restore.log"
 	out, err := exec.Command("sh", "-c", sh, godwitBin, dir).CombinedOutput()
 	if err != nil {
 		t.Fatalf("restore: %v: %s\n%s", err, out, readFile(filepath.Join(dir, "restore.log")))

@@ -593,6 +593,16 @@ func (s *Server) serveQUIC(ctx context.Context, qc *quic.Conn, closer quicCloser
 			// not the end of the session Once waits for.
 			ss.taskStream = st.StreamID() != 0
 			err := ss.run()
+			if err == nil && s.cfg.Once && !ss.taskStream && ss.closed {
+				// As over TCP: the peer reads the reply to CLOSE and
+				// closes first; ending Serve now could close the
+				// connection before the reply is sent.
+				st.Close()
+				select {
+				case <-qc.Context().Done():
+				case <-time.After(10 * time.Second):
+				}
+			}
 			s.finish(ss, err)
 			if err != nil {
 				st.CancelRead(1)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -85,10 +86,13 @@ func TestCollectFDsFromCopies(t *testing.T) {
 		cmd.Process.Kill()
 		cmd.Wait()
 	}()
-	// Until sleep runs, the child still holds the fork's close-on-exec
-	// fds, which vanish under the collection (a dump reads a frozen task).
+	// Until sleep sleeps, the child may still hold the fork's
+	// close-on-exec fds (exec sets comm before it closes them) or sleep's
+	// own passing ones, which vanish under the collection (a dump reads a
+	// frozen task): wait for it in (clock_)nanosleep.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", cmd.Process.Pid)); strings.TrimSpace(string(b)) == "sleep" {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", cmd.Process.Pid))
+		if f := strings.Fields(string(b)); len(f) > 0 && (f[0] == strconv.Itoa(unix.SYS_CLOCK_NANOSLEEP) || f[0] == strconv.Itoa(unix.SYS_NANOSLEEP)) {
 			break
 		}
 		if time.Now().After(deadline) {
