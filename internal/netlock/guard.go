@@ -153,6 +153,9 @@ const guardPoll = 100 * time.Millisecond
 // waits for one to come as long if arrival (the source may be moving it
 // here), else returns at once.
 func lingerWhileLocal(netns *os.File, addrs []netip.Addr, max time.Duration, arrival bool) {
+	if len(addrs) == 0 {
+		return // no address to come or go (wildcard listeners only)
+	}
 	deadline := time.Now().Add(max)
 	seen := !arrival
 	for time.Now().Before(deadline) {
@@ -275,8 +278,8 @@ func (l *Lock) Resuming() error {
 
 // LingerWhileLocal is the guard's wait of GuardDestination, for a living
 // godwit whose source went silent: it returns once none of the
-// connections' addresses is on this host (at once if none is), or at
-// deadline.
+// connections' or listeners' addresses (as GuardDestination's) is on this
+// host (at once if none is), or at deadline.
 func (l *Lock) LingerWhileLocal(deadline time.Time) {
 	if l == nil {
 		return
@@ -286,6 +289,11 @@ func (l *Lock) LingerWhileLocal(deadline time.Time) {
 	var addrs []netip.Addr
 	for c := range l.conns {
 		addrs = append(addrs, c.Local.Addr())
+	}
+	for a := range l.lists {
+		if !a.Addr().IsUnspecified() {
+			addrs = append(addrs, a.Addr())
+		}
 	}
 	l.mu.Unlock()
 	if len(addrs) > 0 {

@@ -190,3 +190,49 @@ func TestGuardDestinationResuming(t *testing.T) {
 	l.done = true
 	l.closeNetns()
 }
+
+// TestLingerNoAddress: a destination's guard with no address to watch
+// (wildcard listeners only) does not wait for one.
+func TestLingerNoAddress(t *testing.T) {
+	done := make(chan struct{})
+	go func() { lingerWhileLocal(nil, nil, time.Minute, true); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("lingered with no address to watch")
+	}
+}
+
+// TestLingerWhileLocalListener: a living agent's linger watches the
+// locked listeners' addresses too, as its guard's: it lasts while the
+// listener's address is here and ends once it left.
+func TestLingerWhileLocalListener(t *testing.T) {
+	ns := newTestNetns(t)
+	const vip = "10.99.0.2"
+	if out, err := commandIn(ns.f, "ip", "addr", "add", vip+"/32", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	l, err := New(Nftables, 4247, ns.path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Unlock()
+	if err := l.LockListeners([]netip.AddrPort{netip.MustParseAddrPort(vip + ":80"), netip.MustParseAddrPort("0.0.0.0:81")}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { l.LingerWhileLocal(time.Now().Add(time.Minute)); close(done) }()
+	select {
+	case <-done:
+		t.Fatal("linger ended with the listener's address still here")
+	case <-time.After(10 * guardPoll):
+	}
+	if out, err := commandIn(ns.f, "ip", "addr", "del", vip+"/32", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("linger did not end once the address left")
+	}
+}
