@@ -27,8 +27,11 @@ import (
 // (a round's pages striped over several connections), compressed QUIC
 // rounds and Restore.compress (compressed lazy pages). 8:
 // Accepted.page_limit and RoundAck.page_bytes (the source keeps its
-// rounds under the agent's --max-migration-bytes).
-const Version = 8
+// rounds under the agent's --max-migration-bytes). 9: Layout (each
+// pre-copy round carries the root's mappings and threads, restored onto a
+// task prepared during the rounds) and Check/Checked (post-copy and hybrid
+// check the destination's addresses before the commit).
+const Version = 9
 
 // maxMessage bounds one control message: image files travel in chunks of
 // fileChunk, everything else is small.
