@@ -10,6 +10,7 @@ import (
 	"godwit/internal/inject"
 	"godwit/internal/model"
 	"godwit/internal/ptrace"
+	"godwit/internal/turns"
 	"godwit/internal/xstate"
 )
 
@@ -37,7 +38,7 @@ func (r *Restorer) Finalize() error {
 	// Each task on its tracer's thread: every ptrace call of its drivers
 	// runs inline, with no cross-thread hop (each a wake-up, far dearer
 	// than the call on a loaded machine); the tracers at once.
-	t, err := r.eachTask(func(t *taskRun, ts *turns) error {
+	t, err := r.eachTask(func(t *taskRun, ts *turns.Turns) error {
 		if serr := t.finalize(ds, tables, ts); serr != nil {
 			return serr
 		}
@@ -72,7 +73,7 @@ func (e *stepErr) Unwrap() error { return e.err }
 // at a time, as with a single tracer.
 var turnDrivers = map[string]bool{"session": true, "files": true, "ctty": true, "fs": true}
 
-func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool, ts *turns) (serr *stepErr) {
+func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool, ts *turns.Turns) (serr *stepErr) {
 	r := t
 	k := t.img.task
 	// The turn spans the turn drivers; a task sharing its fd table or
@@ -89,7 +90,7 @@ func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool, ts *tu
 	if r.sharesTables(t) {
 		first, last = 0, len(ds)-1
 	}
-	defer ts.leave(t.idx)
+	defer ts.Leave(t.idx)
 	rc := &drivers.Restore{Tree: r.img.tree, Task: k, Log: r.log,
 		// Only the root's parent is godwit (its parent-death signal
 		// would fire as godwit exits); the others' are in the tree, and
@@ -109,14 +110,14 @@ func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool, ts *tu
 		var err error
 		step = d.Name()
 		if i == first {
-			if err := ts.enter(t.idx); err != nil {
+			if err := ts.Enter(t.idx); err != nil {
 				return &stepErr{step, err}
 			}
 		}
 		if i == last+1 {
 			// The leader's calls still queued (fs's chdir and umask)
 			// touch nothing another task sees: its fs info is its own.
-			ts.leave(t.idx)
+			ts.Leave(t.idx)
 		}
 		switch d.Name() {
 		case drivers.PhaseThreads:

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"godwit/internal/model"
+	"godwit/internal/turns"
 	"golang.org/x/sys/unix"
 
 	"godwit/internal/drivers"
@@ -170,12 +171,12 @@ func (r *Restorer) Layout() error {
 	// Each task on its own tracer's thread, the tracers at once; the
 	// tasks that make or take an object another maps, or share their
 	// fd table or fs info, in tree order (their turn).
-	if t, err := r.eachTask(func(t *taskRun, ts *turns) error {
+	if t, err := r.eachTask(func(t *taskRun, ts *turns.Turns) error {
 		if t.layoutShares() || r.sharesTables(t) {
-			if err := ts.enter(t.idx); err != nil {
+			if err := ts.Enter(t.idx); err != nil {
 				return err
 			}
-			defer ts.leave(t.idx)
+			defer ts.Leave(t.idx)
 		}
 		s, err := t.begin(t.img.pid)
 		if err != nil {

@@ -21,6 +21,7 @@ import (
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 	"godwit/internal/puppet"
+	"godwit/internal/turns"
 )
 
 const (
@@ -298,7 +299,7 @@ func (r *Restorer) fillAll(ctx context.Context) error {
 	}
 	// Each task on its tracer's thread (as Layout), the tracers at once:
 	// no task's pages depend on another's.
-	t, err := r.eachTask(func(t *taskRun, _ *turns) error {
+	t, err := r.eachTask(func(t *taskRun, _ *turns.Turns) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}

@@ -8,6 +8,7 @@ import (
 	"godwit/internal/images"
 	"godwit/internal/model"
 	"godwit/internal/ptrace"
+	"godwit/internal/turns"
 )
 
 // treeWorkers is how many tracer threads rebuild a tree's tasks at once.
@@ -103,8 +104,8 @@ func (r *Restorer) tracers() []*ptrace.Tracer {
 // fn takes its turn (turns.enter) around whatever other tasks share or
 // must see done first. Once a task fails no other task starts; the
 // error returned is the failed task's earliest in tree order.
-func (r *Restorer) eachTask(fn func(t *taskRun, ts *turns) error) (*taskRun, error) {
-	ts := newTurns(len(r.tasks))
+func (r *Restorer) eachTask(fn func(t *taskRun, ts *turns.Turns) error) (*taskRun, error) {
+	ts := turns.New(len(r.tasks))
 	byTracer := map[*ptrace.Tracer][]*taskRun{}
 	var order []*ptrace.Tracer
 	for _, t := range r.tasks {
@@ -121,15 +122,15 @@ func (r *Restorer) eachTask(fn func(t *taskRun, ts *turns) error) (*taskRun, err
 			defer wg.Done()
 			_ = tr.Do(func() error {
 				for _, t := range byTracer[tr] {
-					if t.img.dead() || ts.aborted() {
-						ts.skip(t.idx)
+					if t.img.dead() || ts.Aborted() {
+						ts.Skip(t.idx)
 						continue
 					}
 					if err := fn(t, ts); err != nil {
 						failed[t.idx] = err
-						ts.abort()
+						ts.Abort()
 					}
-					ts.skip(t.idx) // a turn fn did not take or leave
+					ts.Skip(t.idx) // a turn fn did not take or leave
 				}
 				return nil
 			})
@@ -143,7 +144,7 @@ func (r *Restorer) eachTask(fn func(t *taskRun, ts *turns) error) (*taskRun, err
 		if err == nil {
 			continue
 		}
-		if !errors.Is(err, errTurnAborted) {
+		if !errors.Is(err, turns.ErrAborted) {
 			return r.tasks[i], err
 		}
 		if first == nil {
@@ -154,85 +155,6 @@ func (r *Restorer) eachTask(fn func(t *taskRun, ts *turns) error) (*taskRun, err
 		return first, failed[first.idx]
 	}
 	return nil, nil
-}
-
-// errTurnAborted: another task failed while this one waited for its turn.
-var errTurnAborted = errors.New("another task failed")
-
-// turns order the steps of tasks run at once that must come in tree
-// order, as one tracer would run them: task i's turn starts once every
-// task before it has had (or passed) its own.
-type turns struct {
-	done    []chan struct{} // done[i] closed: task i and all before it are through
-	left    []bool          // by task i's tracer thread only
-	entered []bool
-	stop    chan struct{}
-	once    sync.Once
-}
-
-func newTurns(n int) *turns {
-	ts := &turns{done: make([]chan struct{}, n), left: make([]bool, n), entered: make([]bool, n), stop: make(chan struct{})}
-	for i := range ts.done {
-		ts.done[i] = make(chan struct{})
-	}
-	return ts
-}
-
-// enter waits for task i's turn.
-func (ts *turns) enter(i int) error {
-	if ts.entered[i] {
-		return nil
-	}
-	if i > 0 {
-		select {
-		case <-ts.done[i-1]:
-		case <-ts.stop:
-			return errTurnAborted
-		}
-	}
-	ts.entered[i] = true
-	return nil
-}
-
-// leave ends task i's turn.
-func (ts *turns) leave(i int) {
-	if ts.entered[i] && !ts.left[i] {
-		ts.left[i] = true
-		close(ts.done[i])
-	}
-}
-
-// skip passes task i's turn if it has not had it: once the task before
-// it is through, without holding up the caller.
-func (ts *turns) skip(i int) {
-	if ts.left[i] {
-		return
-	}
-	ts.left[i] = true
-	if ts.entered[i] {
-		close(ts.done[i])
-		return
-	}
-	go func() {
-		if i > 0 {
-			select {
-			case <-ts.done[i-1]:
-			case <-ts.stop:
-			}
-		}
-		close(ts.done[i])
-	}()
-}
-
-func (ts *turns) abort() { ts.once.Do(func() { close(ts.stop) }) }
-
-func (ts *turns) aborted() bool {
-	select {
-	case <-ts.stop:
-		return true
-	default:
-		return false
-	}
 }
 
 // sharesTables reports a task whose fd table or fs info another task of
