@@ -238,7 +238,7 @@ func TestMaxMigrationBytes(t *testing.T) {
 			t.Fatalf("compress %q: after pages over the limit: %v, %v", compress, m, err)
 		}
 	}
-	if got, err := migrationLimit(0, 1<<30); err != nil || got != 2<<30+migrationSlack {
+	if got, err := migrationLimit(0, 1<<30); err != nil || got != 3<<30+migrationSlack {
 		t.Errorf("default limit of 1 GiB = %d, %v", got, err)
 	}
 }

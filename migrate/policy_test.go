@@ -52,7 +52,8 @@ func TestDecideByteLimit(t *testing.T) {
 	const MB = 1 << 20
 	budget := 50 * time.Millisecond
 	mem := uint64(256 * MB)
-	// The agent's default bound: twice the memory plus 256 MiB.
+	// A bound of twice the memory plus 256 MiB (the agent's default
+	// until the rounds between got room of their own).
 	def := 2*mem + migrationSlack
 	full := round(256*MB, 4*time.Second, 0)
 	// 64 MB/s dirtied over 4 s rounds at 64 MB/s: each round ~ all memory.
@@ -68,7 +69,10 @@ func TestDecideByteLimit(t *testing.T) {
 		{"no room for round 1 and the final: stop-and-copy", nil, pageRoom{mem + mem/2, 0, mem}, true, false, StopByteLimit},
 		// After the first round (256 MiB written) the second might take
 		// all memory again, and the final too: 768 MiB + maps > 768 MiB.
-		{"after round 1 at the default bound", []Round{full}, pageRoom{def, 256 * MB, mem}, true, false, StopByteLimit},
+		{"after round 1 at twice the memory", []Round{full}, pageRoom{def, 256 * MB, mem}, true, false, StopByteLimit},
+		// The agent's default (three times the memory) leaves room for
+		// a second round of all memory, then the final.
+		{"after round 1 at the default bound", []Round{full}, pageRoom{uint64(3*mem + migrationSlack), 256 * MB, mem}, false, false, ""},
 		{"after round 1, a large bound", []Round{full}, pageRoom{8 * mem, 256 * MB, mem}, false, false, ""},
 		// Its writes measured (4 MB/s: 16 MB pending at its end, 20 MB
 		// with the margin): round 2 and the final fit the default bound.

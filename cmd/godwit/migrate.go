@@ -216,7 +216,7 @@ Only peers whose client certificate the CA signed are accepted. Each migration g
 own directory under --images-dir, removed when it ends. /metrics (Prometheus: see
 deploy/grafana for a dashboard) and /healthz are served on --metrics-address; the
 history of migrations only over mutual TLS (` + "`godwit migrate history`" + `). A migration
-may write at most --max-migration-bytes of pages (default: twice the memory its
+may write at most --max-migration-bytes of pages (default: three times the memory its
 source announces, plus 256 MiB); the source stops its pre-copy rounds while its final
 dump still fits.`,
 		Args: noArgs,
@@ -294,7 +294,7 @@ dump still fits.`,
 	f.StringVar(&cfg.ClientTLS.Key, "tls-client-key", "", "the client certificate's private key `file`")
 	f.StringVar(&metricsAddr, "metrics-address", "", "serve /metrics (Prometheus) and /healthz on `host:port`")
 	f.IntVar(&cfg.History, "history", 100, "keep the last `n` migrations (godwit migrate history)")
-	f.Int64Var(&cfg.MaxMigrationBytes, "max-migration-bytes", 0, "refuse a migration whose rounds send more than `n` bytes of pages (0: twice the memory the source announces, plus 256 MiB)")
+	f.Int64Var(&cfg.MaxMigrationBytes, "max-migration-bytes", 0, "refuse a migration whose rounds send more than `n` bytes of pages (0: three times the memory the source announces, plus 256 MiB)")
 	f.IntVar(&cfg.MaxConcurrent, "max-concurrent", 4, "at most `n` migrations at once")
 	networkLockFlag(f, a.o)
 	f.StringSliceVar(&cfg.AdminCNs, "admin-cn", nil, "certificate common or DNS `name` (CA-signed) that may resolve any held migration and read the whole history; others only the migrations their own certificate started (repeatable)")
