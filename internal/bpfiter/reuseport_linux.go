@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"sync"
 	"unsafe"
 
@@ -42,7 +43,7 @@ func (s Steering) String() string {
 }
 
 // ErrUnavailable wraps why the iterator cannot run here (no BTF, no
-// BPF, a kernel older than 6.1 without per-process task iterators).
+// BPF, a kernel older than 5.11 without bpf_sock_from_file).
 var ErrUnavailable = errors.New("BPF task_file iterator unavailable")
 
 var steerProg struct {
@@ -230,26 +231,42 @@ func ReuseportSteering(pid int) (map[uint64]Steering, error) {
 		return nil, fmt.Errorf("pidfd of %d: %w", pid, err)
 	}
 	defer unix.Close(pfd)
-	info := iterTaskInfo{PidFd: uint32(pfd)}
-	la := linkCreateIter{ProgFd: uint32(p.FD()), AttachType: unix.BPF_TRACE_ITER,
-		IterInfo: uint64(uintptr(unsafe.Pointer(&info))), IterInfoLen: uint32(unsafe.Sizeof(info))}
-	lfd, err := bpf(unix.BPF_LINK_CREATE, unsafe.Pointer(&la), unsafe.Sizeof(la))
+	b, err := walk(p, &iterTaskInfo{PidFd: uint32(pfd)})
+	if errors.Is(err, unix.E2BIG) {
+		// Before Linux 6.1 an iterator cannot be given a process: it
+		// walks every process's fds. The answer, by inode, is the same.
+		b, err = walk(p, nil)
+	}
 	if err != nil {
+		return nil, fmt.Errorf("task_file iterator of %d: %w", pid, err)
+	}
+	return parseSteering(b)
+}
+
+// walk runs the iterator over the fds of the process info names (nil:
+// of every process) and returns what it wrote.
+func walk(p *ebpf.Program, info *iterTaskInfo) ([]byte, error) {
+	la := linkCreateIter{ProgFd: uint32(p.FD()), AttachType: unix.BPF_TRACE_ITER}
+	if info != nil {
+		la.IterInfo, la.IterInfoLen = uint64(uintptr(unsafe.Pointer(info))), uint32(unsafe.Sizeof(*info))
+	}
+	lfd, err := bpf(unix.BPF_LINK_CREATE, unsafe.Pointer(&la), unsafe.Sizeof(la))
+	runtime.KeepAlive(info)
+	if err != nil {
+		if errors.Is(err, unix.E2BIG) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("%w: link: %v", ErrUnavailable, err)
 	}
 	defer unix.Close(lfd)
 	ic := iterCreate{LinkFd: uint32(lfd)}
 	ifd, err := bpf(unix.BPF_ITER_CREATE, unsafe.Pointer(&ic), unsafe.Sizeof(ic))
 	if err != nil {
-		return nil, fmt.Errorf("task_file iterator of %d: %w", pid, err)
+		return nil, fmt.Errorf("create: %w", err)
 	}
 	f := os.NewFile(uintptr(ifd), "task_file")
 	defer f.Close()
-	b, err := io.ReadAll(f)
-	if err != nil {
-		return nil, fmt.Errorf("task_file iterator of %d: %w", pid, err)
-	}
-	return parseSteering(b)
+	return io.ReadAll(f)
 }
 
 // parseSteering decodes the iterator's records. A socket may be listed

@@ -26,7 +26,7 @@ import (
 // internal/bpfiter finds it with a BPF iterator, and a socket whose group
 // has one is refused by name, since the program cannot be read back
 // either. When the iterator cannot run (a kernel without BTF or BPF, or
-// older than 6.1), the dump goes on as before and the log says, for each
+// older than 5.11), the dump goes on as before and the log says, for each
 // SO_REUSEPORT socket, that it could not be checked: refusing every
 // SO_REUSEPORT socket there would refuse every pre-forked server that
 // spreads its connections with it (nginx reuseport, Envoy, HAProxy) for
