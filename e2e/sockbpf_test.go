@@ -40,6 +40,29 @@ func TestNetSocketBPF(t *testing.T) {
 			t.Fatalf("restored filters differ\n%s", w.tail())
 		}
 	})
+	t.Run("reuseport group without a program", func(t *testing.T) {
+		w := startWorkload(t, cWorkload(t, "sockbpf"), "reuseport")
+		m := regexp.MustCompile(`port (\d+)`).FindStringSubmatch(readFile(w.log))
+		if m == nil {
+			t.Fatalf("no port\n%s", w.tail())
+		}
+		port, _ := strconv.Atoi(m[1])
+		dir := w.dump(t)
+		w.reapKilled(t)
+		r := restore(t, w, dir)
+		s, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = unix.Connect(s, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}})
+		unix.Close(s)
+		if err != nil {
+			t.Fatalf("connect to the restored group: %v", err)
+		}
+		if code := r.finish(t, w); code != 0 || !strings.Contains(readFile(w.log), "check ok") {
+			t.Fatalf("restored program: exit %d\n%s", code, w.tail())
+		}
+	})
 	for _, c := range []struct{ mode, want string }{
 		{"ebpf-filter", "UDP socket 127.0.0.1:"},
 		{"steer-cbpf", "reuseport steering program, a classic BPF program (SO_ATTACH_REUSEPORT_CBPF)"},

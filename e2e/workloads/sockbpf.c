@@ -3,14 +3,17 @@
 //               filter (SO_ATTACH_FILTER) that drops datagrams starting
 //               with 'x'; logs "ports P4 P6".
 //   ebpf-filter a UDP socket with an eBPF filter (SO_ATTACH_BPF).
-//   steer-cbpf  two TCP listeners in a SO_REUSEPORT group steered by a
-//               classic program (SO_ATTACH_REUSEPORT_CBPF).
+//   reuseport   two TCP listeners in a SO_REUSEPORT group, no program;
+//               logs "port P".
+//   steer-cbpf  the same, steered by a classic program
+//               (SO_ATTACH_REUSEPORT_CBPF).
 //   steer-ebpf  two UDP sockets in a SO_REUSEPORT group steered by an
 //               eBPF program (SO_ATTACH_REUSEPORT_EBPF).
 // SIGUSR1 checks that each socket still has its program (the filter read
 // back is the one attached; an eBPF filter still answers EACCES; the
-// steering program can be detached), logs "check ok" or what differs, and
-// exits.
+// steering program can be detached; without one, the listeners still
+// share their port and none can be detached), logs "check ok" or what
+// differs, and exits.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -123,7 +126,7 @@ int main(int argc, char **argv) {
 			return 1;
 		}
 		close(p);
-	} else if (strcmp(mode, "steer-cbpf") == 0) {
+	} else if (strcmp(mode, "steer-cbpf") == 0 || strcmp(mode, "reuseport") == 0) {
 		struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 		struct sock_filter first[] = {BPF_STMT(BPF_RET | BPF_K, 0)};
 		struct sock_fprog f0 = {.len = 1, .filter = first};
@@ -137,7 +140,9 @@ int main(int argc, char **argv) {
 			}
 			a.sin_port = htons(port_of(s[0]));
 		}
-		if (setsockopt(s[0], SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &f0, sizeof f0) < 0) {
+		if (strcmp(mode, "reuseport") == 0)
+			fprintf(lg, "port %d\n", port_of(s[0]));
+		else if (setsockopt(s[0], SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &f0, sizeof f0) < 0) {
 			fprintf(lg, "SO_ATTACH_REUSEPORT_CBPF: %s\n", strerror(errno));
 			return 1;
 		}
@@ -177,6 +182,10 @@ int main(int argc, char **argv) {
 		} else if (strcmp(mode, "ebpf-filter") == 0) {
 			if (getsockopt(s[i], SOL_SOCKET, SO_GET_FILTER, got, &gl) == 0 || errno != EACCES)
 				badf("no eBPF filter on ", i);
+		} else if (strcmp(mode, "reuseport") == 0) {
+			if (port_of(s[i]) != port_of(s[0]) || setsockopt(s[i], SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, &(int){0}, sizeof(int)) == 0 ||
+			    errno != ENOENT)
+				badf("listener ", i);
 		} else if (i == 0 && setsockopt(s[i], SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, &(int){0}, sizeof(int)) < 0) {
 			badf("no steering program on ", i);
 		}
