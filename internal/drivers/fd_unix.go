@@ -29,7 +29,8 @@ import (
 //
 // Refused, naming the socket: other families; connections waiting in a
 // listener's backlog; a peer outside the tree without the options;
-// queued file descriptors (SCM_RIGHTS); queued messages carrying
+// queued file descriptors (SCM_RIGHTS); an out-of-band byte (MSG_OOB)
+// queued; queued messages carrying
 // credentials (SO_PASSCRED); a datagram socket not connected with
 // messages queued (their senders are not known); socket filters; a set
 // SO_PEEK_OFF; names relative to a directory.
@@ -143,6 +144,11 @@ func (unixKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 		return err
 	}
 	if st.State != tcpListen {
+		if st.Type == unix.SOCK_STREAM {
+			if err := refuseOOB(s); err != nil {
+				return err
+			}
+		}
 		if st.Queue, err = peekQueue(s, st); err != nil {
 			return err
 		}
@@ -535,6 +541,37 @@ func socketTimeouts(s int, o *model.SocketOpts) error {
 		*t.sec, *t.use = uint64(tv.Sec), uint64(tv.Usec)
 	}
 	return nil
+}
+
+// refuseOOB fails when an out-of-band byte (send with MSG_OOB) waits in
+// stream socket s's receive queue: the peek reads it as an ordinary byte,
+// and a restore would hand it back in-band. recv(MSG_OOB|MSG_PEEK) finds
+// it without taking it (EINVAL: none); SO_OOBINLINE hides it from that
+// recv, so it is cleared on the copy (the same socket) and set back.
+func refuseOOB(s int) (err error) {
+	inline, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_OOBINLINE)
+	if err != nil {
+		return fmt.Errorf("getsockopt SO_OOBINLINE: %w", err)
+	}
+	if inline != 0 {
+		if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_OOBINLINE, 0); err != nil {
+			return fmt.Errorf("setsockopt SO_OOBINLINE: %w", err)
+		}
+		defer func() {
+			if e := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_OOBINLINE, inline); e != nil && err == nil {
+				err = fmt.Errorf("setsockopt SO_OOBINLINE: %w", e)
+			}
+		}()
+	}
+	var b [1]byte
+	_, _, err = unix.Recvfrom(s, b[:], unix.MSG_OOB|unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	switch {
+	case err == nil:
+		return fmt.Errorf("an out-of-band byte (MSG_OOB) is queued: not supported yet")
+	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.EOPNOTSUPP):
+		return nil // none (EOPNOTSUPP: a kernel without CONFIG_AF_UNIX_OOB)
+	}
+	return fmt.Errorf("look for an out-of-band byte: %w", err)
 }
 
 // peekQueue reads what s has to read without taking it: SO_PEEK_OFF moves
