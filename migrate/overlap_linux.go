@@ -104,6 +104,9 @@ func taskLayout(pid int) (*pb.Layout, error) {
 	for i, v := range vmas {
 		l.Vmas[i] = &pb.Vma{Start: v.Start, End: v.End, Pgoff: v.Pgoff, Prot: v.Prot, Flags: v.Flags, Status: v.Status,
 			Madv: v.Madv, HugePage: v.HugePage, Droppable: v.Droppable, Guards: len(v.Guards) > 0 || v.MayGuard}
+		if v.SharedAnon() {
+			l.Vmas[i].Shmid = v.Shmid
+		}
 	}
 	return l, nil
 }
@@ -155,7 +158,7 @@ func taskLayoutOf(l *pb.Layout) (*restorer.Layout, error) {
 			return nil, errors.New("layout: empty VMA")
 		}
 		out[i] = model.VMA{Start: v.Start, End: v.End, Pgoff: v.Pgoff, Prot: v.Prot, Flags: v.Flags, Status: v.Status,
-			Madv: v.Madv, HugePage: v.HugePage, Droppable: v.Droppable}
+			Madv: v.Madv, HugePage: v.HugePage, Droppable: v.Droppable, Shmid: v.Shmid}
 		if v.Guards {
 			// Never prepared (restorer.Prepare), whatever the range.
 			out[i].Guards = []model.Range{{Start: v.Start, End: v.Start}}

@@ -16,6 +16,7 @@ import (
 	"godwit/internal/inject"
 	"godwit/internal/logging"
 	"godwit/internal/model"
+	"godwit/internal/pagexfer"
 	"godwit/internal/procfs"
 	"godwit/internal/ptrace"
 	"godwit/internal/puppet"
@@ -50,7 +51,9 @@ type Pending struct {
 	// tree: prepared from a tree's layout, sessions and process groups
 	// made at Prepare (children cannot join a session made after them);
 	// else one task, its session made at Finish.
-	tree   bool
+	tree bool
+	// shm are the shared anonymous objects prepared, by shmid.
+	shm    map[uint64]*pendingShm
 	pages  uint64 // pages written by WritePages
 	final  uint64 // pages Finish wrote
 	rounds int
@@ -68,9 +71,58 @@ type pendingTask struct {
 	written [][2]uint64
 }
 
+// pendingShm is a shared anonymous object prepared: made once, mapped by
+// every mapping the layout had (maps, in task order), kept while every
+// later layout and the final images have exactly those.
+type pendingShm struct {
+	maps []shmMap
+	size uint64
+	// written are the object's pages (offsets) a round wrote.
+	written [][2]uint64
+}
+
+// shmMap is one mapping of a shared anonymous object.
+type shmMap struct {
+	pid int
+	vma model.VMA
+}
+
+func sameShmMaps(a, b []shmMap) bool {
+	return slices.EqualFunc(a, b, func(x, y shmMap) bool {
+		return x.pid == y.pid && sameVMA(&x.vma, &y.vma) && x.vma.Pgoff == y.vma.Pgoff && x.vma.Shmid == y.vma.Shmid
+	})
+}
+
+// shmMapsOf lists the mappings of every shared anonymous object in the
+// tasks' VMAs, in task order then address order, and each object's size
+// (its largest mapped end, as the images' restore makes it).
+func shmMapsOf(pids []int, vmas [][]model.VMA) (map[uint64][]shmMap, map[uint64]uint64) {
+	maps, size := map[uint64][]shmMap{}, map[uint64]uint64{}
+	for i, vs := range vmas {
+		for _, v := range vs {
+			if v.SharedAnon() {
+				maps[v.Shmid] = append(maps[v.Shmid], shmMap{pid: pids[i], vma: v})
+				size[v.Shmid] = max(size[v.Shmid], v.Pgoff+v.End-v.Start)
+			}
+		}
+	}
+	// By task, then address: the images' tree order may not be the
+	// layout's.
+	for _, ms := range maps {
+		slices.SortFunc(ms, func(a, b shmMap) int {
+			if a.pid != b.pid {
+				return a.pid - b.pid
+			}
+			return cmpU64(a.vma.Start, b.vma.Start)
+		})
+	}
+	return maps, size
+}
+
 // PendingStats is what a Pending did before Finish.
 type PendingStats struct {
 	Tasks  int    // tasks prepared
+	Shared int    // shared anonymous objects prepared (kept so far)
 	Rounds int    // rounds written into the tasks
 	Pages  uint64 // pages written
 	// FinalPages are the pages Finish wrote: the final delta and any
@@ -86,6 +138,16 @@ func prepared(v *model.VMA) bool {
 	return v.Status&images.VmaAnonPrivate != 0 &&
 		v.Status&(images.VmaAreaVdso|images.VmaAreaVvar|images.VmaAreaVsyscall|images.VmaAreaShstk|
 			images.VmaAreaSysvipc|images.VmaAreaAioring|images.VmaAnonShared|images.VmaFilePrivate|images.VmaFileShared) == 0 &&
+		v.HugePage == 0 && !v.Droppable && len(v.Guards) == 0 && v.Flags&unix.MAP_LOCKED == 0
+}
+
+// preparedShared reports a shared anonymous VMA (MAP_SHARED|MAP_ANONYMOUS,
+// not SysV IPC) Prepare may map ahead, with its object: nothing a later
+// step sets, and an object id to know it by.
+func preparedShared(v *model.VMA) bool {
+	return v.Status&images.VmaAnonShared != 0 && v.Shmid != 0 &&
+		v.Status&(images.VmaAreaVdso|images.VmaAreaVvar|images.VmaAreaVsyscall|images.VmaAreaShstk|
+			images.VmaAreaSysvipc|images.VmaAreaAioring|images.VmaAnonPrivate|images.VmaFilePrivate|images.VmaFileShared) == 0 &&
 		v.HugePage == 0 && !v.Droppable && len(v.Guards) == 0 && v.Flags&unix.MAP_LOCKED == 0
 }
 
@@ -119,19 +181,37 @@ func CheckLayout(vmas []model.VMA) error {
 	return nil
 }
 
-// pick returns the VMAs of vmas Prepare maps: the special ones and the
-// prepared ones.
-func pick(vmas []model.VMA) (sel, spec []model.VMA) {
+// pick returns the VMAs of vmas Prepare maps: the special ones, the
+// prepared ones, and those of the shared objects in shm.
+func pick(vmas []model.VMA, shm map[uint64]bool) (sel, spec []model.VMA) {
 	for i := range vmas {
 		switch v := &vmas[i]; {
 		case special(v):
 			spec = append(spec, *v)
 			sel = append(sel, *v)
-		case prepared(v):
+		case prepared(v), v.SharedAnon() && shm[v.Shmid]:
 			sel = append(sel, *v)
 		}
 	}
 	return sel, spec
+}
+
+// pickShared returns the shared anonymous objects of the tasks' VMAs that
+// can be prepared: every mapping of each preparedShared.
+func pickShared(vmas [][]model.VMA) map[uint64]bool {
+	ok := map[uint64]bool{}
+	for _, vs := range vmas {
+		for i := range vs {
+			v := &vs[i]
+			if !v.SharedAnon() {
+				continue
+			}
+			if was, seen := ok[v.Shmid]; !seen || was {
+				ok[v.Shmid] = preparedShared(v)
+			}
+		}
+	}
+	return ok
 }
 
 // Layout is a running process as Prepare and ApplyLayout take it: its
@@ -226,16 +306,23 @@ func Prepare(o Options, l Layout) (*Pending, error) {
 			}
 		}
 	}
-	p := &Pending{tree: tree}
+	p := &Pending{tree: tree, shm: map[uint64]*pendingShm{}}
 	var ks []*model.Task
 	var every []model.VMA
+	var pids []int
+	var all, sels [][]model.VMA
+	for _, x := range ls {
+		all = append(all, x.VMAs)
+	}
+	shmOK := pickShared(all)
 	for _, x := range ls {
 		for _, id := range append([]int{x.Pid}, x.Tids...) {
 			if err := waitPidFree(id, 0); err != nil {
 				return nil, fmt.Errorf("prepare: %w", err)
 			}
 		}
-		sel, spec := pick(x.VMAs)
+		sel, spec := pick(x.VMAs, shmOK)
+		pids, sels = append(pids, x.Pid), append(sels, sel)
 		k := &model.Task{Pid: x.Pid, Ppid: x.Ppid, Sid: x.Sid, Pgid: x.Pgid, State: model.Alive,
 			Threads: []*model.Thread{{Tid: x.Pid}}, MM: &model.MM{VMAs: sel}}
 		if !tree {
@@ -253,9 +340,15 @@ func Prepare(o Options, l Layout) (*Pending, error) {
 	mt := &model.Tree{Tasks: ks, Files: map[model.ID]*model.File{}}
 	r := &Restorer{o: o, scripts: &actions.Scripts{}, start: time.Now(), prepared: true, log: logging.Default(),
 		opened: nil, shmAt: map[uint64]shmMapping{}, shmShared: map[uint64]bool{}, ghostAt: map[[2]uint64]shmMapping{}}
+	maps, shmSize := shmMapsOf(pids, sels)
+	for id, ms := range maps {
+		p.shm[id] = &pendingShm{maps: ms, size: shmSize[id]}
+		r.shmShared[id] = slices.ContainsFunc(ms, func(m shmMap) bool { return m.pid != ms[0].pid })
+	}
 	var tis []*taskImages
 	for i, k := range ks {
-		ti := &taskImages{pid: k.Pid, tree: mt, task: k, threads: k.Threads, mm: k.MM, shmem: map[uint64]*images.PageReader{}}
+		ti := &taskImages{pid: k.Pid, tree: mt, task: k, threads: k.Threads, mm: k.MM, shmem: map[uint64]*images.PageReader{},
+			shmSize: shmSize}
 		tis = append(tis, ti)
 		r.tasks = append(r.tasks, &taskRun{Restorer: r, idx: i, img: ti, log: r.log.Task(k.Pid)})
 	}
@@ -340,7 +433,7 @@ func (p *Pending) PIDs() []int {
 
 // Stats says what was done so far.
 func (p *Pending) Stats() PendingStats {
-	st := PendingStats{Tasks: len(p.tasks), Rounds: p.rounds, Pages: p.pages, FinalPages: p.final}
+	st := PendingStats{Tasks: len(p.tasks), Shared: len(p.shm), Rounds: p.rounds, Pages: p.pages, FinalPages: p.final}
 	for i, t := range p.r.tasks {
 		st.VMAs += len(t.img.mm.VMAs) - len(p.tasks[i].special)
 	}
@@ -393,8 +486,9 @@ func (p *Pending) ApplyLayout(l Layout) error {
 		keep, drop []model.VMA
 		add        []model.VMA
 	}
-	var cs []change
-	for i, pt := range p.tasks {
+	var pids []int
+	var vmas [][]model.VMA
+	for _, pt := range p.tasks {
 		x := byPid[pt.pid]
 		if x == nil {
 			return p.r.fail("apply layout", fmt.Errorf("task %d is not in the layout (it ended, or the root changed)", pt.pid))
@@ -405,7 +499,22 @@ func (p *Pending) ApplyLayout(l Layout) error {
 		if err := CheckLayout(x.VMAs); err != nil {
 			return p.r.fail("apply layout", fmt.Errorf("task %d: %w", x.Pid, err))
 		}
-		sel, spec := pick(x.VMAs)
+		pids, vmas = append(pids, x.Pid), append(vmas, x.VMAs)
+	}
+	// A shared object is kept while its mappings, in every task, are
+	// the prepared ones; else it is unmapped everywhere (its pages with
+	// it) and left to Finish: an object cannot be resized or moved
+	// between tasks here.
+	maps, size := shmMapsOf(pids, vmas)
+	ok := pickShared(vmas)
+	keepShm := map[uint64]bool{}
+	for id, ps := range p.shm {
+		keepShm[id] = ok[id] && size[id] == ps.size && sameShmMaps(maps[id], ps.maps)
+	}
+	var cs []change
+	for i, pt := range p.tasks {
+		x := byPid[pt.pid]
+		sel, spec := pick(x.VMAs, keepShm)
 		if !sameSpecial(spec, pt.special) {
 			return p.r.fail("apply layout", fmt.Errorf("task %d: the vdso or vvar area moved", x.Pid))
 		}
@@ -421,7 +530,7 @@ func (p *Pending) ApplyLayout(l Layout) error {
 			}
 		}
 		for _, n := range sel {
-			if special(&n) || slices.ContainsFunc(c.keep, func(v model.VMA) bool { return sameVMA(&v, &n) }) {
+			if special(&n) || n.SharedAnon() || slices.ContainsFunc(c.keep, func(v model.VMA) bool { return sameVMA(&v, &n) }) {
 				continue
 			}
 			if overlapsAny([]model.VMA{n}, c.t.win.base-windowGuard, c.t.win.base+windowSize+windowGuard) {
@@ -466,6 +575,11 @@ func (p *Pending) ApplyLayout(l Layout) error {
 	for _, c := range cs {
 		for _, v := range c.drop {
 			c.pt.written = subRange(c.pt.written, v.Start, v.End)
+		}
+	}
+	for id, keep := range keepShm {
+		if !keep {
+			delete(p.shm, id)
 		}
 	}
 	return nil
@@ -521,8 +635,80 @@ func (p *Pending) WritePages(ctx context.Context, dir string) error {
 			return err
 		}
 	}
+	for id, ps := range p.shm {
+		if err := p.writeShared(ctx, d, dir, id, ps); err != nil {
+			return err
+		}
+	}
 	p.rounds++
 	return nil
+}
+
+// writeShared writes the pages round dir holds for shared object id (its
+// pagemap's addresses are offsets in the object) through the mappings of
+// the first task that maps it.
+func (p *Pending) writeShared(ctx context.Context, d *images.Dir, dir string, id uint64, ps *pendingShm) error {
+	name := images.PagemapShmemImg(id)
+	if !d.Exists(name) {
+		return nil // not in the round: unchanged
+	}
+	pr, err := images.OpenPages(d, name)
+	if err != nil {
+		return fmt.Errorf("round %s: %w", dir, imgErr(name, err))
+	}
+	defer pr.Close()
+	owner := ps.maps[0].pid
+	t := p.r.tasks[slices.IndexFunc(p.tasks, func(pt *pendingTask) bool { return pt.pid == owner })]
+	var done [][2]uint64 // offsets written this round (mappings may overlap)
+	for _, m := range ps.maps {
+		if m.pid != owner {
+			continue
+		}
+		v := m.vma
+		lo, hi := v.Pgoff, v.Pgoff+v.End-v.Start
+		src := &clippedSource{pr: pr}
+		var runs [][2]uint64
+		for e := range pr.Ranges() {
+			if !e.Present() {
+				continue
+			}
+			in := interRanges([][2]uint64{{e.Vaddr, e.End()}}, [][2]uint64{{lo, hi}})
+			for _, c := range done {
+				in = subRanges(in, c)
+			}
+			src.runs = appendRuns(src.runs, e, in)
+			runs = append(runs, in...)
+		}
+		place := func(off, size uint64) (uint64, error) {
+			if off < lo || off+size > hi {
+				return 0, fmt.Errorf("shared object %d: pages %#x-%#x outside the mapping's %#x-%#x", id, off, off+size, lo, hi)
+			}
+			return v.Start + (off - lo), nil
+		}
+		before := t.pagesRestored
+		err := p.r.tr.Do(func() error { return t.fillAt(interruptibleSource(ctx, src), place) })
+		p.pages += t.pagesRestored - before
+		if err != nil {
+			return p.r.fail(fmt.Sprintf("write pages of shared object %d", id), err)
+		}
+		for _, c := range runs {
+			done = addRange(done, c[0], c[1])
+			ps.written = addRange(ps.written, c[0], c[1])
+		}
+	}
+	return nil
+}
+
+// subRanges removes c from every range of rs.
+func subRanges(rs [][2]uint64, c [2]uint64) [][2]uint64 { return subRange(rs, c[0], c[1]) }
+
+// fillAt writes src's runs where place puts them, with the task's page
+// method.
+func (t *taskRun) fillAt(src pagexfer.Source, place func(vaddr, size uint64) (uint64, error)) error {
+	if fr, ok := src.(pagexfer.FileRuns); ok && t.o.PageMethod == PagesPreadv {
+		return t.fillPreadv(src, fr, place)
+	}
+	return t.fillBuffered(src, place)
 }
 
 func (p *Pending) writeTask(ctx context.Context, d *images.Dir, dir string, t *taskRun, pt *pendingTask) error {
@@ -856,6 +1042,24 @@ func (p *Pending) layout(ctx context.Context, r *Restorer) error {
 		t          *taskRun
 		mine, vmas []model.VMA
 	}
+	// The shared objects the final images map exactly as prepared (every
+	// mapping, in every task, and the object's size) are kept, with the
+	// pages the rounds wrote; the others are made again from the images.
+	var pids []int
+	var all [][]model.VMA
+	for _, t := range r.tasks {
+		pids, all = append(pids, t.img.pid), append(all, t.img.mm.VMAs)
+	}
+	maps, size := shmMapsOf(pids, all)
+	ok := pickShared(all)
+	keptShm := map[uint64]*pendingShm{}
+	for id, ps := range p.shm {
+		if ok[id] && size[id] == ps.size && sameShmMaps(maps[id], ps.maps) {
+			keptShm[id] = ps
+		} else {
+			r.log.Infof("restore %d: shared object %d mapped otherwise at the switch-over: made again", r.PID(), id)
+		}
+	}
 	plans := make([]*plan, len(r.tasks))
 	for i, t := range r.tasks {
 		pl := &plan{kept: map[uint64]bool{}, pt: p.tasks[i], t: t, vmas: t.img.mm.VMAs, mine: p.r.tasks[i].img.mm.VMAs}
@@ -865,7 +1069,8 @@ func (p *Pending) layout(ctx context.Context, r *Restorer) error {
 				pl.kept[c.Start] = true
 				continue
 			}
-			if k := slices.IndexFunc(pl.vmas, func(v model.VMA) bool { return sameVMA(c, &v) }); k >= 0 && prepared(&pl.vmas[k]) {
+			if k := slices.IndexFunc(pl.vmas, func(v model.VMA) bool { return sameVMA(c, &v) }); k >= 0 &&
+				(prepared(&pl.vmas[k]) || pl.vmas[k].SharedAnon() && keptShm[pl.vmas[k].Shmid] != nil) {
 				pl.kept[c.Start] = true
 			} else {
 				pl.drop = append(pl.drop, *c)
@@ -924,7 +1129,7 @@ func (p *Pending) layout(ctx context.Context, r *Restorer) error {
 	var failed *taskRun
 	err = r.tr.Do(func() error {
 		for _, pl := range plans {
-			if err := pl.t.fillOnto(ctx, pl.written); err != nil {
+			if err := pl.t.fillOnto(ctx, pl.written, keptShm); err != nil {
 				failed = pl.t
 				return err
 			}
@@ -979,11 +1184,19 @@ func (t *taskRun) relayout(drop []model.VMA, zero [][2]uint64, kept map[uint64]b
 
 // fillOnto writes the task's pages of the final images but those the
 // rounds wrote (written), which the chain resolves to the same data, and
-// over written the final delta; then its shared anonymous memory.
-func (t *taskRun) fillOnto(ctx context.Context, written [][2]uint64) error {
+// over written the final delta; then its shared anonymous memory, kept
+// objects (kept) as their private memory.
+func (t *taskRun) fillOnto(ctx context.Context, written [][2]uint64, kept map[uint64]*pendingShm) error {
+	if err := t.fillPrivateOnto(ctx, written); err != nil {
+		return err
+	}
+	return t.fillSharedOnto(kept)
+}
+
+func (t *taskRun) fillPrivateOnto(ctx context.Context, written [][2]uint64) error {
 	pr := t.img.pages
 	if pr == nil {
-		return t.fillShmem()
+		return nil
 	}
 	var a *clippedSource
 	if t.img.chain != nil {
@@ -1013,10 +1226,85 @@ func (t *taskRun) fillOnto(ctx context.Context, written [][2]uint64) error {
 			return err
 		}
 	}
-	if err := t.fillPages(interruptibleSource(ctx, bsrc)); err != nil {
+	return t.fillPages(interruptibleSource(ctx, bsrc))
+}
+
+// fillSharedOnto fills the shared anonymous objects this task makes (the
+// images' owner of each): a kept object gets the pages of the final
+// images the rounds did not write, the final delta over those they did,
+// and the pages written but no longer listed removed; the others all
+// their pages (fillShmem).
+func (t *taskRun) fillSharedOnto(kept map[uint64]*pendingShm) error {
+	skip := map[uint64]bool{}
+	for id := range kept {
+		skip[id] = true
+	}
+	if err := t.fillShmemBut(skip); err != nil {
 		return err
 	}
-	return t.fillShmem()
+	for i := range t.img.mm.VMAs {
+		v := t.img.mm.VMAs[i]
+		ps := kept[v.Shmid]
+		if !v.SharedAnon() || ps == nil {
+			continue
+		}
+		pr, ok := t.img.shmem[v.Shmid]
+		if !ok {
+			continue // another task's to fill
+		}
+		lo, hi := v.Pgoff, v.Pgoff+(v.End-v.Start)
+		written := interRanges(ps.written, [][2]uint64{{lo, hi}})
+		place := func(off, size uint64) (uint64, error) { return v.Start + (off - lo), nil }
+		// Written but not in the final pagemap: gone since (zero).
+		zero := written
+		if pr != nil {
+			for e := range pr.Ranges() {
+				zero = subRange(zero, e.Vaddr, e.End())
+			}
+		}
+		if err := t.removeShared(v, lo, zero); err != nil {
+			return err
+		}
+		if pr == nil {
+			continue // never written to: no pages
+		}
+		var srcs []pagexfer.Source
+		if c := t.img.shmChain[v.Shmid]; c != nil {
+			delta := &clippedSource{pr: pr}
+			for e := range pr.Ranges() {
+				if e.Present() {
+					delta.runs = appendRuns(delta.runs, e, interRanges([][2]uint64{{e.Vaddr, e.End()}}, written))
+				}
+			}
+			srcs = append(srcs, c.SourceRangeExcept(lo, hi, written), delta)
+		} else {
+			srcs = append(srcs, pagexfer.NewImageSourceRange(pr, lo, hi))
+		}
+		for _, src := range srcs {
+			if err := t.fillAt(src, place); err != nil {
+				return fmt.Errorf("fill shared vma %#x-%#x: %w", v.Start, v.End, err)
+			}
+		}
+	}
+	return nil
+}
+
+// removeShared removes the pages at offsets rs (in [lo, ...)) of shared
+// VMA v's object: MADV_REMOVE frees them in the object, for every mapping.
+func (t *taskRun) removeShared(v model.VMA, lo uint64, rs [][2]uint64) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	s, err := t.begin(t.img.pid)
+	if err != nil {
+		return err
+	}
+	b := &batch{s: s}
+	for _, z := range rs {
+		a := v.Start + (z[0] - lo)
+		b.add(inject.C(fmt.Sprintf("remove dropped shared pages %#x-%#x", a, a+z[1]-z[0]), unix.SYS_MADVISE, a, z[1]-z[0], unix.MADV_REMOVE), nil)
+	}
+	return s.End(b.flush())
 }
 
 func appendRuns(runs []images.PageRange, e images.PageRange, rs [][2]uint64) []images.PageRange {

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -85,8 +86,15 @@ func treeLayout(t *testing.T, pids []int) Layout {
 // rounds, then finishes it from the final dump: the tasks have their
 // parents, session and group, every task checks its own pages, and the
 // mapping is still one object in all three (the children answer the
-// root through it).
+// root through it). The object is prepared and written with the rounds;
+// or, when a layout between the rounds maps it otherwise, unmapped from
+// every task and made again from the final images.
 func TestPendingTree(t *testing.T) {
+	t.Run("kept", func(t *testing.T) { testPendingTree(t, false) })
+	t.Run("remapped", func(t *testing.T) { testPendingTree(t, true) })
+}
+
+func testPendingTree(t *testing.T, remap bool) {
 	needRoot(t)
 	dir := t.TempDir()
 	log := filepath.Join(dir, "log")
@@ -123,18 +131,46 @@ func TestPendingTree(t *testing.T) {
 			t.Fatalf("prepared task %d: parent %d session %d group %d, want %d %d %d", l.Pid, st.Ppid, st.Session, st.Pgrp, l.Ppid, l.Sid, l.Pgid)
 		}
 	}
-	for _, step := range []func() error{
-		func() error { return p.WritePages(context.Background(), r1) },
-		func() error { return p.ApplyLayout(l2) },
-		func() error { return p.WritePages(context.Background(), r2) },
-	} {
-		if err := step(); err != nil {
+	if err := p.WritePages(context.Background(), r1); err != nil {
+		t.Fatal(err)
+	}
+	shared := 1
+	if remap {
+		// As if the last child had unmapped the shared memory for a
+		// while: the object goes from every task, for good.
+		lx := l2
+		lx.Tasks = append([]Layout(nil), l2.Tasks...)
+		k := &lx.Tasks[len(lx.Tasks)-1]
+		k.VMAs = slices.DeleteFunc(slices.Clone(k.VMAs), func(v dumper.VMA) bool { return v.SharedAnon() })
+		if err := p.ApplyLayout(lx); err != nil {
 			t.Fatal(err)
 		}
+		shared = 0
+	}
+	if err := p.ApplyLayout(l2); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.WritePages(context.Background(), r2); err != nil {
+		t.Fatal(err)
 	}
 	st := p.Stats()
-	if st.Tasks != 3 || st.Rounds != 2 || st.Pages < 3*2048 {
-		t.Fatalf("after two rounds: %+v, want three tasks' 8 MiB each written", st)
+	if st.Tasks != 3 || st.Shared != shared || st.Rounds != 2 || st.Pages < 3*2048+3*64 {
+		t.Fatalf("after two rounds: %+v, want three tasks' 8 MiB each and %d shared object written", st, shared)
+	}
+	for _, l := range append([]Layout{l1}, l1.Tasks...) {
+		m, err := procfs.ReadMaps(l.Pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, e := range m {
+			if strings.HasPrefix(e.Path, "/dev/zero") || strings.HasPrefix(e.Path, "[anon_shmem") {
+				n++
+			}
+		}
+		if n != shared {
+			t.Fatalf("prepared task %d maps %d shared anonymous areas, want %d", l.Pid, n, shared)
+		}
 	}
 	r, err := p.Finish(context.Background(), Options{ImagesDir: final}, nil)
 	if err != nil {

@@ -2074,6 +2074,7 @@ type Vma struct {
 	HugePage      uint64                 `protobuf:"varint,8,opt,name=huge_page,json=hugePage,proto3" json:"huge_page,omitempty"`
 	Droppable     bool                   `protobuf:"varint,9,opt,name=droppable,proto3" json:"droppable,omitempty"`
 	Guards        bool                   `protobuf:"varint,10,opt,name=guards,proto3" json:"guards,omitempty"` // guard regions inside: never prepared
+	Shmid         uint64                 `protobuf:"varint,11,opt,name=shmid,proto3" json:"shmid,omitempty"`   // shared anonymous memory: its object (shmem inode)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2176,6 +2177,13 @@ func (x *Vma) GetGuards() bool {
 		return x.Guards
 	}
 	return false
+}
+
+func (x *Vma) GetShmid() uint64 {
+	if x != nil {
+		return x.Shmid
+	}
+	return 0
 }
 
 var File_control_proto protoreflect.FileDescriptor
@@ -2319,7 +2327,7 @@ const file_control_proto_rawDesc = "" +
 	"\x04ppid\x18\x04 \x01(\x05R\x04ppid\x12\x10\n" +
 	"\x03sid\x18\x05 \x01(\x05R\x03sid\x12\x12\n" +
 	"\x04pgid\x18\x06 \x01(\x05R\x04pgid\x12/\n" +
-	"\x05tasks\x18\a \x03(\v2\x19.godwit.migrate.v1.LayoutR\x05tasks\"\xec\x01\n" +
+	"\x05tasks\x18\a \x03(\v2\x19.godwit.migrate.v1.LayoutR\x05tasks\"\x82\x02\n" +
 	"\x03Vma\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\x04R\x03end\x12\x14\n" +
@@ -2331,7 +2339,8 @@ const file_control_proto_rawDesc = "" +
 	"\thuge_page\x18\b \x01(\x04R\bhugePage\x12\x1c\n" +
 	"\tdroppable\x18\t \x01(\bR\tdroppable\x12\x16\n" +
 	"\x06guards\x18\n" +
-	" \x01(\bR\x06guardsB\x1fZ\x1dgodwit/migrate/internal/protob\x06proto3"
+	" \x01(\bR\x06guards\x12\x14\n" +
+	"\x05shmid\x18\v \x01(\x04R\x05shmidB\x1fZ\x1dgodwit/migrate/internal/protob\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
