@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -53,6 +54,18 @@ func startTreeShare(t *testing.T, log string) (*testutil.Proc, []int) {
 	return w, kids
 }
 
+// waitLine waits until the log has line.
+func waitLine(t *testing.T, log, line string) {
+	t.Helper()
+	for i := 0; i < 2000; i++ {
+		if strings.Contains("\n"+readLog(t, log), "\n"+line+"\n") {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("no %q in the log:\n%s", line, readLog(t, log))
+}
+
 func readLog(t *testing.T, log string) string {
 	t.Helper()
 	b, err := exec.Command("cat", log).Output()
@@ -90,11 +103,14 @@ func treeLayout(t *testing.T, pids []int) Layout {
 // or, when a layout between the rounds maps it otherwise, unmapped from
 // every task and made again from the final images.
 func TestPendingTree(t *testing.T) {
-	t.Run("kept", func(t *testing.T) { testPendingTree(t, false) })
-	t.Run("remapped", func(t *testing.T) { testPendingTree(t, true) })
+	t.Run("kept", func(t *testing.T) { testPendingTree(t, false, false) })
+	t.Run("remapped", func(t *testing.T) { testPendingTree(t, true, false) })
+	// The root removes its part of the object after the last round:
+	// those pages, written by the rounds, must read as zeros.
+	t.Run("removed", func(t *testing.T) { testPendingTree(t, false, true) })
 }
 
-func testPendingTree(t *testing.T, remap bool) {
+func testPendingTree(t *testing.T, remap, remove bool) {
 	needRoot(t)
 	dir := t.TempDir()
 	log := filepath.Join(dir, "log")
@@ -108,6 +124,12 @@ func testPendingTree(t *testing.T, remap bool) {
 	waitTicks(t, log, ticks(t, log))
 	r2 := preRound(t, w.Pid, dir, 2)
 	l2 := treeLayout(t, pids)
+	if remove {
+		if err := unix.Kill(w.Pid, unix.SIGUSR2); err != nil {
+			t.Fatal(err)
+		}
+		waitLine(t, log, "removed")
+	}
 	waitTicks(t, log, ticks(t, log))
 	final := filepath.Join(dir, "final")
 	dump(t, w.Pid, final, func(o *dumper.Options) { o.PrevImagesDir, o.TrackMem = "../r2", true })

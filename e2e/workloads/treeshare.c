@@ -14,7 +14,9 @@
 // its own memory ("ok K PAGES" or "bad K ...") and answers in the mailbox,
 // which the root reads back: "shared ok NONCE" when both answers came
 // through the shared page, else "shared bad". Then the root kills and reaps
-// its children, writes "done N" and exits 0.
+// its children, writes "done N" and exits 0. On SIGUSR2 the root removes
+// its slice of the shared memory (MADV_REMOVE: those pages read as zero
+// until written again) and writes "removed".
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -39,7 +41,10 @@ static int logfd;
 static unsigned char *priv, *shm;
 static uint64_t *ver, *sver; // private: each task's versions of its pages
 static volatile uint64_t *mbox;
-static volatile sig_atomic_t check;
+static volatile sig_atomic_t check, drop;
+
+// ZERO is the version of a page that must read as zeros.
+#define ZERO UINT64_MAX
 
 static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void say(const char *fmt, ...) {
@@ -67,7 +72,7 @@ static void stamp(unsigned char *p, uint64_t idx, uint64_t v) {
 static int same(const unsigned char *p, uint64_t idx, uint64_t v) {
 	const uint64_t *w = (const uint64_t *)p;
 	for (int i = 0; i < PAGE / 8; i++)
-		if (w[i] != (idx << 40 ^ v << 8 ^ (uint64_t)i))
+		if (w[i] != (v == ZERO ? 0 : idx << 40 ^ v << 8 ^ (uint64_t)i))
 			return 0;
 	return 1;
 }
@@ -95,6 +100,11 @@ static int verify(int k) {
 static void onusr1(int s) {
 	(void)s;
 	check = 1;
+}
+
+static void onusr2(int s) {
+	(void)s;
+	drop = 1;
 }
 
 static void finish(pid_t *kids) {
@@ -138,6 +148,14 @@ static void work(int k, pid_t *kids) {
 				say("tick %lu\n", (unsigned long)(n / 50));
 			if (check)
 				finish(kids);
+			if (drop) {
+				drop = 0;
+				if (madvise(shm, SLICE * PAGE, MADV_REMOVE))
+					say("bad madvise %d\n", errno);
+				for (int j = 0; j < SLICE; j++)
+					sver[j] = ZERO;
+				say("removed\n");
+			}
 		} else {
 			uint64_t m = __atomic_load_n(&mbox[0], __ATOMIC_SEQ_CST);
 			if (m != seen) {
@@ -169,6 +187,8 @@ int main(int argc, char **argv) {
 		stamp(shm + i * PAGE, i, 0);
 	struct sigaction sa = {.sa_handler = onusr1};
 	sigaction(SIGUSR1, &sa, NULL);
+	struct sigaction sb = {.sa_handler = onusr2};
+	sigaction(SIGUSR2, &sb, NULL);
 	pid_t kids[TASKS - 1];
 	for (int k = 1; k < TASKS; k++) {
 		pid_t p = fork();
@@ -176,6 +196,7 @@ int main(int argc, char **argv) {
 			return 4;
 		if (p == 0) {
 			signal(SIGUSR1, SIG_IGN);
+			signal(SIGUSR2, SIG_IGN);
 			work(k, NULL);
 		}
 		kids[k - 1] = p;
