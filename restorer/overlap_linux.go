@@ -64,6 +64,8 @@ type Pending struct {
 type pendingTask struct {
 	pid, ppid, sid, pgid int
 	tids                 []int // its threads but the leader, as made
+	// add are the threads of the final images Finish makes (fits).
+	add []int
 	// special are the vDSO and vvar areas where Prepare put them.
 	special []model.VMA
 	// written are the pages a round wrote into the task, sorted
@@ -448,15 +450,12 @@ func (p *Pending) check(what string) error {
 }
 
 // sameTask compares a prepared task with a later layout's (or image's)
-// view of it: PID, threads and, in a tree, parent, session and group.
-func (p *Pending) sameTask(pt *pendingTask, pid, ppid, sid, pgid int, tids []int) error {
+// view of it: PID and, in a tree, parent, session and group. Its threads
+// are the final images' business (newThreads).
+func (p *Pending) sameTask(pt *pendingTask, pid, ppid, sid, pgid int) error {
 	switch {
 	case pid != pt.pid:
 		return fmt.Errorf("task %d, prepared %d", pid, pt.pid)
-	case !sameTids(tids, pt.tids):
-		// Threads are made before the layout (clone3 on the puppet's
-		// stack): none can be added now.
-		return fmt.Errorf("task %d: the threads changed (%v, prepared %v)", pid, tids, pt.tids)
 	case p.tree && (ppid != pt.ppid && pt != p.tasks[0] || sid != pt.sid || pgid != pt.pgid):
 		// (The root's parent is outside the tree: the images say 0.)
 		return fmt.Errorf("task %d: parent, session, group %d %d %d, prepared %d %d %d", pid, ppid, sid, pgid, pt.ppid, pt.sid, pt.pgid)
@@ -464,10 +463,29 @@ func (p *Pending) sameTask(pt *pendingTask, pid, ppid, sid, pgid int, tids []int
 	return nil
 }
 
+// newThreads returns the threads of tids (a task's in the final images,
+// but its leader) the prepared task lacks: Finish makes them. A prepared
+// thread that ended is refused: a thread cannot be ended alone from here.
+func newThreads(pt *pendingTask, tids []int) ([]int, error) {
+	for _, tid := range pt.tids {
+		if !slices.Contains(tids, tid) {
+			return nil, fmt.Errorf("task %d: thread %d ended", pt.pid, tid)
+		}
+	}
+	var add []int
+	for _, tid := range tids {
+		if !slices.Contains(pt.tids, tid) {
+			add = append(add, tid)
+		}
+	}
+	return add, nil
+}
+
 // ApplyLayout follows the source's layout: in each task, VMAs gone or
 // changed are unmapped (with the pages written there), new ones mapped.
-// A moved vDSO, threads or tasks that appeared or ended cannot be
-// followed: an error, after which the caller Aborts.
+// Threads are left as prepared (the final images say which remain). A
+// moved vDSO, or tasks that appeared, ended or moved, cannot be followed:
+// an error, after which the caller Aborts.
 func (p *Pending) ApplyLayout(l Layout) error {
 	if err := p.check("apply layout"); err != nil {
 		return err
@@ -493,7 +511,7 @@ func (p *Pending) ApplyLayout(l Layout) error {
 		if x == nil {
 			return p.r.fail("apply layout", fmt.Errorf("task %d is not in the layout (it ended, or the root changed)", pt.pid))
 		}
-		if err := p.sameTask(pt, x.Pid, x.Ppid, x.Sid, x.Pgid, x.Tids); err != nil {
+		if err := p.sameTask(pt, x.Pid, x.Ppid, x.Sid, x.Pgid); err != nil {
 			return p.r.fail("apply layout", err)
 		}
 		if err := CheckLayout(x.VMAs); err != nil {
@@ -809,6 +827,9 @@ func (p *Pending) Finish(ctx context.Context, o Options, scripts *actions.Script
 	r.tr = p.r.tr
 	p.r.tr = nil
 	p.r.Abort() // its tracer and tasks are r's now: nothing left to kill
+	if err := p.addThreads(r); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNotPrepared, r.fail("threads that appeared", err))
+	}
 	if err := p.layout(ctx, r); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNotPrepared, err)
 	}
@@ -840,6 +861,31 @@ func (p *Pending) Finish(ctx context.Context, o Options, scripts *actions.Script
 		}
 	}
 	return r, nil
+}
+
+// addThreads makes the threads that appeared since Prepare (fits) in
+// each task, clone3's arguments in the window's scratch area (the
+// puppet's stack is gone with the layout). Each runs the stub's loop with
+// the leader's registers until Finalize gives it its own, as the threads
+// Layout makes.
+func (p *Pending) addThreads(r *Restorer) error {
+	return r.tr.Do(func() error {
+		for i, pt := range p.tasks {
+			t := r.tasks[i]
+			for _, tid := range pt.add {
+				got, err := t.task.CloneThreadAt(tid, t.win.scratch)
+				if got != 0 {
+					t.threads = append(t.threads, got)
+					pt.tids = append(pt.tids, got)
+				}
+				if err != nil {
+					return fmt.Errorf("task %d: thread %d: %w", pt.pid, tid, err)
+				}
+			}
+			pt.add = nil
+		}
+		return nil
+	})
 }
 
 // maxDrained bounds the signals drainSignals takes from one thread: the
@@ -993,9 +1039,14 @@ func (p *Pending) fitsTask(r *Restorer, t *taskRun, pt *pendingTask, old *taskRu
 		tids = append(tids, th.Tid)
 	}
 	k := ti.task
-	if err := p.sameTask(pt, k.Pid, k.Ppid, k.Sid, k.Pgid, tids); err != nil {
+	if err := p.sameTask(pt, k.Pid, k.Ppid, k.Sid, k.Pgid); err != nil {
 		return err
 	}
+	add, err := newThreads(pt, tids)
+	if err != nil {
+		return err
+	}
+	pt.add = add
 	if p.tree && t != r.root {
 		// Shared with the parent only by clone (CLONE_FILES, CLONE_FS):
 		// the prepared children have their own.
