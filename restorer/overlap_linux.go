@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"slices"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -64,8 +66,9 @@ type Pending struct {
 type pendingTask struct {
 	pid, ppid, sid, pgid int
 	tids                 []int // its threads but the leader, as made
-	// add are the threads of the final images Finish makes (fits).
-	add []int
+	// add are the threads of the final images Finish makes, drop those
+	// it ends (fits).
+	add, drop []int
 	// special are the vDSO and vvar areas where Prepare put them.
 	special []model.VMA
 	// written are the pages a round wrote into the task, sorted
@@ -463,22 +466,21 @@ func (p *Pending) sameTask(pt *pendingTask, pid, ppid, sid, pgid int) error {
 	return nil
 }
 
-// newThreads returns the threads of tids (a task's in the final images,
-// but its leader) the prepared task lacks: Finish makes them. A prepared
-// thread that ended is refused: a thread cannot be ended alone from here.
-func newThreads(pt *pendingTask, tids []int) ([]int, error) {
+// threadChanges returns the threads of tids (a task's in the final
+// images, but its leader) the prepared task lacks, and those it has that
+// the images do not: Finish makes the first and ends the others.
+func threadChanges(pt *pendingTask, tids []int) (add, drop []int) {
 	for _, tid := range pt.tids {
 		if !slices.Contains(tids, tid) {
-			return nil, fmt.Errorf("task %d: thread %d ended", pt.pid, tid)
+			drop = append(drop, tid)
 		}
 	}
-	var add []int
 	for _, tid := range tids {
 		if !slices.Contains(pt.tids, tid) {
 			add = append(add, tid)
 		}
 	}
-	return add, nil
+	return add, drop
 }
 
 // ApplyLayout follows the source's layout: in each task, VMAs gone or
@@ -827,8 +829,8 @@ func (p *Pending) Finish(ctx context.Context, o Options, scripts *actions.Script
 	r.tr = p.r.tr
 	p.r.tr = nil
 	p.r.Abort() // its tracer and tasks are r's now: nothing left to kill
-	if err := p.addThreads(r); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNotPrepared, r.fail("threads that appeared", err))
+	if err := p.changeThreads(r); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNotPrepared, r.fail("threads that appeared or ended", err))
 	}
 	if err := p.layout(ctx, r); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNotPrepared, err)
@@ -863,15 +865,25 @@ func (p *Pending) Finish(ctx context.Context, o Options, scripts *actions.Script
 	return r, nil
 }
 
-// addThreads makes the threads that appeared since Prepare (fits) in
-// each task, clone3's arguments in the window's scratch area (the
-// puppet's stack is gone with the layout). Each runs the stub's loop with
-// the leader's registers until Finalize gives it its own, as the threads
-// Layout makes.
-func (p *Pending) addThreads(r *Restorer) error {
+// changeThreads ends the prepared threads that ended since Prepare and
+// makes those that appeared (fits) in each task. A thread ends by an
+// injected exit(2) (the stub's threads hold nothing: no robust futex, no
+// TID to clear); a new one is cloned with clone3's arguments in the
+// window's scratch area (the puppet's stack is gone with the layout), and
+// runs the stub's loop with the leader's registers until Finalize gives
+// it its own, as the threads Layout makes.
+func (p *Pending) changeThreads(r *Restorer) error {
 	return r.tr.Do(func() error {
 		for i, pt := range p.tasks {
 			t := r.tasks[i]
+			for _, tid := range pt.drop {
+				if err := endThread(r.tr, pt.pid, tid); err != nil {
+					return fmt.Errorf("task %d: %w", pt.pid, err)
+				}
+				t.threads = slices.DeleteFunc(t.threads, func(x int) bool { return x == tid })
+				pt.tids = slices.DeleteFunc(pt.tids, func(x int) bool { return x == tid })
+			}
+			pt.drop = nil
 			for _, tid := range pt.add {
 				got, err := t.task.CloneThreadAt(tid, t.win.scratch)
 				if got != 0 {
@@ -886,6 +898,28 @@ func (p *Pending) addThreads(r *Restorer) error {
 		}
 		return nil
 	})
+}
+
+// endThread ends thread tid of prepared task pid (stopped in the stub) by
+// an injected exit(2), and waits until it is gone.
+func endThread(tr *ptrace.Tracer, pid, tid int) error {
+	_, err := tr.InjectSyscall(tid, unix.SYS_EXIT, 0)
+	if err == nil {
+		return fmt.Errorf("thread %d: exit returned", tid)
+	}
+	if !errors.Is(err, ptrace.ErrGone) {
+		return fmt.Errorf("thread %d: exit: %w", tid, err)
+	}
+	task := "/proc/" + strconv.Itoa(pid) + "/task/" + strconv.Itoa(tid)
+	for i := 0; ; i++ {
+		if _, err := os.Stat(task); err != nil {
+			return nil
+		}
+		if i == 1000 {
+			return fmt.Errorf("thread %d: still there after exit", tid)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // maxDrained bounds the signals drainSignals takes from one thread: the
@@ -1042,11 +1076,7 @@ func (p *Pending) fitsTask(r *Restorer, t *taskRun, pt *pendingTask, old *taskRu
 	if err := p.sameTask(pt, k.Pid, k.Ppid, k.Sid, k.Pgid); err != nil {
 		return err
 	}
-	add, err := newThreads(pt, tids)
-	if err != nil {
-		return err
-	}
-	pt.add = add
+	pt.add, pt.drop = threadChanges(pt, tids)
 	if p.tree && t != r.root {
 		// Shared with the parent only by clone (CLONE_FILES, CLONE_FS):
 		// the prepared children have their own.

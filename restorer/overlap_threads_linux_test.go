@@ -2,7 +2,6 @@ package restorer
 
 import (
 	"context"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,12 +14,12 @@ import (
 	"godwit/dumper"
 )
 
-// TestPendingThreadsAppear prepares a task from a round's layout with two
+// TestPendingThreads prepares a task from a round's layout with two
 // threads; by the next round and the final dump it has four: the layout is
 // followed as is, and Finish makes the two new threads (their TIDs), which
 // run on after the restore with their own state. A prepared thread the
-// final images lack is refused (ErrNotPrepared), every task gone.
-func TestPendingThreadsAppear(t *testing.T) {
+// final images lack (it ended) is ended by Finish.
+func TestPendingThreads(t *testing.T) {
 	needRoot(t)
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "threadgrow")
@@ -51,7 +50,8 @@ func TestPendingThreadsAppear(t *testing.T) {
 	dump(t, w.Pid, final, func(o *dumper.Options) { o.PrevImagesDir, o.TrackMem = "../r2", true })
 	w.Reaped(t)
 
-	// A thread prepared that the images do not have.
+	// A thread prepared that the images do not have (it ended): Finish
+	// ends it.
 	extra := l2
 	for tid := 30000; tid > 2000; tid-- {
 		if _, err := os.Stat("/proc/" + strconv.Itoa(tid)); err != nil {
@@ -64,15 +64,28 @@ func TestPendingThreadsAppear(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Abort)
-	if _, err := p.Finish(context.Background(), Options{ImagesDir: final}, nil); !errors.Is(err, ErrNotPrepared) || !strings.Contains(err.Error(), "ended") {
-		t.Fatalf("finish with a thread the images lack: %v, want ErrNotPrepared", err)
-	}
-	for _, id := range append([]int{w.Pid}, extra.Tids...) {
-		if !gone(id) {
-			t.Fatalf("thread %d still there after a refused finish", id)
+	for _, dir := range []string{r1, r2} {
+		if err := p.WritePages(context.Background(), dir); err != nil {
+			t.Fatal(err)
 		}
 	}
+	if got := threadsOf(t, w.Pid); len(got) != 5 {
+		t.Fatalf("prepared threads %v, want 5", got)
+	}
+	r, err := p.Finish(context.Background(), Options{ImagesDir: final}, nil)
+	if err != nil {
+		t.Fatalf("finish with a thread that ended: %v", err)
+	}
+	if got := threadsOf(t, w.Pid); !sameTids(got, append([]int{w.Pid}, l2.Tids...)) {
+		_ = unix.Kill(r.PID(), unix.SIGKILL)
+		r.Wait()
+		t.Fatalf("restored threads %v, want %d and %v", got, w.Pid, l2.Tids)
+	}
+	if last := finish(t, r, log); !strings.HasPrefix(last, "done threads=3 ") {
+		t.Fatalf("last line %q", last)
+	}
 
+	// Threads that appeared since the first round.
 	p, err = Prepare(Options{}, l1)
 	if err != nil {
 		t.Fatal(err)
@@ -87,7 +100,7 @@ func TestPendingThreadsAppear(t *testing.T) {
 	if err := p.WritePages(context.Background(), r2); err != nil {
 		t.Fatal(err)
 	}
-	r, err := p.Finish(context.Background(), Options{ImagesDir: final}, nil)
+	r, err = p.Finish(context.Background(), Options{ImagesDir: final}, nil)
 	if err != nil {
 		t.Fatalf("finish: %v", err)
 	}
