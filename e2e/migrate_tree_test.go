@@ -96,11 +96,11 @@ func TestMigrateTreeOverlap(t *testing.T) {
 }
 
 // TestMigrateTreeFailureCleansUp: a migration of a tree that fails while
-// the agent holds the tree it prepared (send killed, or interrupted and
-// aborting) leaves the source tree running as it was and no prepared
+// the agent holds the tree it prepared (send killed, interrupted and
+// aborting, or the agent killed) leaves the source tree running as it was and no prepared
 // task on the destination.
 func TestMigrateTreeFailureCleansUp(t *testing.T) {
-	for _, victim := range []string{"send", "interrupt"} {
+	for _, victim := range []string{"send", "interrupt", "agent"} {
 		t.Run(victim, func(t *testing.T) {
 			m := newMigLab(t)
 			m.startAgent()
@@ -147,6 +147,9 @@ func TestMigrateTreeFailureCleansUp(t *testing.T) {
 				if err := syscall.Kill(sendP, syscall.SIGINT); err != nil {
 					t.Fatal(err)
 				}
+			case "agent":
+				// Its tasks die with it (the stub's lifeline).
+				killAndForget(m.agentP)
 			}
 			waited := make(chan error, 1)
 			go func() { waited <- cmd.Wait() }()
