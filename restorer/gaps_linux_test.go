@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 
+	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
 	"golang.org/x/sys/unix"
 
 	"godwit/dumper"
@@ -168,6 +169,33 @@ func TestRestoreInRestartSyscall(t *testing.T) {
 	}
 	unix.Kill(w.Pid, unix.SIGKILL)
 	w.Reaped(t)
+	// CRIU's restore returns to the program with rax as the core image
+	// has it: the restart must be applied there (a sleep given
+	// -ERESTART_RESTARTBLOCK exits at once).
+	d, err := images.Open(imgs, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := criuimg.CheckCRIU(d); err != nil {
+		t.Errorf("CheckCRIU: %v", err)
+	}
+	tree, err := criuimg.Read(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, th := range tree.Root().Threads {
+		if th.Regs.Orig_rax != unix.SYS_RESTART_SYSCALL {
+			continue
+		}
+		c, err := images.ReadOne[*criu_core.CoreEntry](d, images.CoreImg(th.Tid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g := c.GetThreadInfo().GetGpregs(); g.GetAx() != unix.SYS_NANOSLEEP && g.GetAx() != unix.SYS_CLOCK_NANOSLEEP || g.GetIp() != th.Regs.Rip-2 {
+			t.Errorf("thread %d inside restart_syscall: core ax %#x ip %#x, want (clock_)nanosleep at %#x", th.Tid, g.GetAx(), g.GetIp(), th.Regs.Rip-2)
+		}
+	}
+	d.Close()
 	// In a pid namespace of its own: the dumped TIDs are free there.
 	if got := restoreInPidNS(t, nsJob{Imgs: imgs, Log: log}).Last; got != "done sleep" {
 		t.Fatalf("last line %q", got)

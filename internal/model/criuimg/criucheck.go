@@ -94,12 +94,8 @@ func CheckCRIU(d *images.Dir) error {
 			if c.GetThreadCore() == nil {
 				bad("%s: no thread_core", name)
 			}
-			if g := c.GetThreadInfo().GetGpregs(); g != nil && len(c.GetThreadCore().GetSignalsP().GetSignals()) == 0 &&
-				!sharedSignals[ps.GetPid()] && g.GetOrigAx() != sysRestartSyscall {
-				regs := ptraceRegs(g)
-				if ptrace.Restart(&regs) != ptrace.NoRestart {
-					bad("%s: rax %#x is an unapplied syscall restart (CRIU's restore would return it to the program)", name, g.GetAx())
-				}
+			if unappliedRestart(c, sharedSignals[ps.GetPid()]) {
+				bad("%s: rax %#x is an unapplied syscall restart (CRIU's restore would return it to the program)", name, c.GetThreadInfo().GetGpregs().GetAx())
 			}
 			if j == 0 {
 				if c.GetTc() == nil {
@@ -194,4 +190,19 @@ func checkMM(d *images.Dir, pid int, bad func(string, ...any)) {
 	if covered < vdsoEnd {
 		bad("%s: vdso %#x-%#x: pages from %#x missing (CRIU's restore reads the dumped vDSO)", images.PagemapImg(pid), vdsoStart, vdsoEnd, covered)
 	}
+}
+
+// unappliedRestart reports whether c's registers hold an interrupted
+// syscall's -ERESTART* in rax although no pending signal (the thread's,
+// or the task's: shared) left the choice to a handler. CRIU's restore
+// returns to user space with rax as written, so the program would get
+// -ERESTART* as the call's result: a sleep inside restart_syscall exited
+// at once that way.
+func unappliedRestart(c *criu_core.CoreEntry, shared bool) bool {
+	g := c.GetThreadInfo().GetGpregs()
+	if g == nil || shared || len(c.GetThreadCore().GetSignalsP().GetSignals()) > 0 {
+		return false
+	}
+	regs := ptraceRegs(g)
+	return ptrace.Restart(&regs) != ptrace.NoRestart
 }

@@ -92,24 +92,37 @@ func readRestart(d *images.Dir, t *model.Tree) error {
 		seen[e.tid] = true
 		frozen := th.Regs
 		frozen.Rax, frozen.Rip = e.rax, e.rip
-		applied, ok := applyRestart(&frozen, false)
+		// Inside restart_syscall the core's rax is the call restarted.
+		var nr uint64
+		if frozen.Orig_rax == sysRestartSyscall {
+			nr = th.Regs.Rax
+		}
+		applied, ok := applyRestart(&frozen, false, nr)
 		if !ok || applied != th.Regs {
 			return fmt.Errorf("%s: thread %d: the registers of %s are not the restart of rax %#x at rip %#x",
 				RestartImg, e.tid, images.CoreImg(int(e.tid)), e.rax, e.rip)
 		}
-		th.Regs = frozen
+		th.Regs, th.RestartNr = frozen, nr
 	}
 	return nil
 }
 
 // applyRestart returns r with an interrupted syscall's restart applied, as
-// CRIU's dump writes registers, and whether that is exact (see gpregs).
-func applyRestart(r *ptrace.Regs, signals bool) (ptrace.Regs, bool) {
+// CRIU's dump writes registers, and whether that is exact (see gpregs);
+// restartNr is the call restart_syscall restarts, 0 if unknown.
+func applyRestart(r *ptrace.Regs, signals bool, restartNr uint64) (ptrace.Regs, bool) {
 	st := ptrace.Restart(r)
-	if signals || !(st == ptrace.RestartSame || st == ptrace.RestartBlock && r.Orig_rax != sysRestartSyscall) {
+	call := r.Orig_rax
+	if st == ptrace.RestartBlock && call == sysRestartSyscall {
+		if restartNr == 0 || restartNr == sysRestartSyscall {
+			return *r, false
+		}
+		call = restartNr
+	}
+	if signals || !(st == ptrace.RestartSame || st == ptrace.RestartBlock) {
 		return *r, false
 	}
 	c := *r
-	c.Rax, c.Rip = c.Orig_rax, c.Rip-2
+	c.Rax, c.Rip = call, c.Rip-2
 	return c, true
 }

@@ -351,7 +351,7 @@ func coreEntry(th *model.Thread, signals bool) (*criu_core.CoreEntry, bool, erro
 			Signature:      proto.Uint32(r.Signature),
 		}
 	}
-	gp, applied := gpregs(&th.Regs, signals)
+	gp, applied := gpregs(&th.Regs, signals, th.RestartNr)
 	return &criu_core.CoreEntry{
 		Mtype: criu_core.CoreEntry_X86_64.Enum(),
 		ThreadInfo: &core_x86.ThreadInfoX86{
