@@ -41,7 +41,7 @@ func TestRestartSyscallCoreForCRIU(t *testing.T) {
 	if cg.GetOrigAx() != unix.SYS_RESTART_SYSCALL || int64(cg.GetAx()) != -int64(unix.EINTR) {
 		t.Fatalf("CRIU's fixture: orig_ax %d ax %#x, want restart_syscall with -EINTR", cg.GetOrigAx(), cg.GetAx())
 	}
-	if unappliedRestart(criu, false) {
+	if unappliedRestart(criu) {
 		t.Errorf("CRIU's own core flagged as an unapplied restart")
 	}
 
@@ -50,7 +50,7 @@ func TestRestartSyscallCoreForCRIU(t *testing.T) {
 	if og.GetOrigAx() != unix.SYS_RESTART_SYSCALL || int64(og.GetAx()) != -ptrace.ERESTART_RESTARTBLOCK {
 		t.Fatalf("old godwit fixture: orig_ax %d ax %#x, want restart_syscall with -ERESTART_RESTARTBLOCK", og.GetOrigAx(), og.GetAx())
 	}
-	if !unappliedRestart(old, false) {
+	if !unappliedRestart(old) {
 		t.Errorf("the core CRIU restored into an exiting sleep passes the check")
 	}
 
@@ -67,7 +67,7 @@ func TestRestartSyscallCoreForCRIU(t *testing.T) {
 	if g.GetDi() != og.GetDi() || g.GetSi() != og.GetSi() || g.GetDx() != og.GetDx() || g.GetR10() != og.GetR10() {
 		t.Errorf("arguments changed: %v, was %v", g, og)
 	}
-	if unappliedRestart(c, false) {
+	if unappliedRestart(c) {
 		t.Errorf("the new core is flagged as an unapplied restart")
 	}
 	// godwit's restore gets the frozen registers back from RestartImg.
