@@ -24,8 +24,11 @@ import (
 // from sock_diag and its options from a copy taken with pidfd_getfd, and
 // peeks at the queue (SO_PEEK_OFF, MSG_PEEK): the task keeps every byte.
 // The restore makes the socket in godwit, refills the queues by sending
-// from the peer, and hands it over. The peer credentials (SO_PEERCRED) of
-// a remade connection are godwit's, as for a remade socketpair.
+// from the peer, and hands it over. The socket-level options CRIU's
+// sk_opts holds are carried; any other option that differs from a new
+// socket's is refused (unixOpts). The peer credentials (SO_PEERCRED) of
+// a remade connection are godwit's, as for a remade socketpair: not
+// carried yet (audit gap C).
 //
 // Refused, naming the socket: other families; connections waiting in a
 // listener's backlog; a peer outside the tree without the options;
