@@ -37,7 +37,7 @@ type Staging struct {
 	old   *Dir     // the earlier dump's replaced files, during Commit..Keep/Rollback
 	moved []string // names moved into final, in order
 	saved []string // names of final set aside in old
-	// present: the names in final when Commit began.
+	// present: the names in final that Commit may replace.
 	present map[string]bool
 	done    bool
 	// before: the names in final when the Staging began (nil: unknown,
@@ -147,13 +147,18 @@ func (s *Staging) Commit() error {
 	// connections has as many files (tcp-stream-*.img), and a rename
 	// that finds nothing costs as much as one that moves a file. The
 	// directory is flocked: no other dump adds to it meanwhile.
-	present, err := s.final.List()
-	if err != nil {
-		return err
-	}
-	s.present = make(map[string]bool, len(present))
-	for _, n := range present {
-		s.present[n] = true
+	// The listing NewStaging made serves, when it has one: since then
+	// only this dump wrote there (WriteBulk), names it does not stage.
+	s.present = s.before
+	if s.present == nil {
+		present, err := s.final.List()
+		if err != nil {
+			return err
+		}
+		s.present = make(map[string]bool, len(present))
+		for _, n := range present {
+			s.present[n] = true
+		}
 	}
 	err = s.setAside(InventoryImg)
 	for _, n := range names {
