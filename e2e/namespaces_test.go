@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -11,12 +12,11 @@ import (
 // TestDumpRefusesForeignNamespaces dumps a program in a namespace of its
 // own of each kind the restore cannot give back (it restores into
 // godwit's): the dump must fail naming the task and the namespace, and
-// leave the program running untraced, as it was.
+// leave the program running untraced, as it was. UTS and IPC namespaces
+// are carried (TestUTSIPCNamespacesCarried).
 func TestDumpRefusesForeignNamespaces(t *testing.T) {
 	needRoot(t)
 	for _, c := range []struct{ name, flag, want string }{
-		{"uts", "--uts", "uts namespace"},
-		{"ipc", "--ipc", "ipc namespace"},
 		{"mnt", "--mount", "mnt namespace"},
 		{"cgroup", "--cgroup", "cgroup namespace"},
 		{"user", "--user", "user namespace"},
@@ -117,5 +117,44 @@ func TestDumpRefusesThreadNamespaces(t *testing.T) {
 			}
 			w.waitTicks(2)
 		})
+	}
+}
+
+// TestUTSIPCNamespacesCarried dumps and restores a program in UTS and IPC
+// namespaces of its own (workloads/sysvns.c): the restored program is in
+// new namespaces, not godwit's, with its host and domain names, its ipc
+// sysctls and its System V segment, semaphores and messages, each with
+// its id; the program checks them all itself, and its semaphore kept
+// counting across the move.
+func TestUTSIPCNamespacesCarried(t *testing.T) {
+	needRoot(t)
+	w := startWorkload(t, cWorkload(t, "sysvns"))
+	dir := w.dump(t)
+	w.reapKilled(t)
+	for _, n := range []string{"utsns-", "ipcns-var-", "ipcns-shm-", "ipcns-sem-", "ipcns-msg-"} {
+		if m, _ := filepath.Glob(filepath.Join(dir, n+"*.img")); len(m) != 1 {
+			t.Errorf("images %s*: %v", n, m)
+		}
+	}
+	r := restore(t, w, dir)
+	for _, ns := range []string{"uts", "ipc"} {
+		self, _ := os.Readlink("/proc/self/ns/" + ns)
+		got, err := os.Readlink("/proc/" + strconv.Itoa(w.pid) + "/ns/" + ns)
+		if err != nil || got == self {
+			t.Errorf("restored pid %d: %s namespace %q (%v), godwit's %q", w.pid, ns, got, err, self)
+		}
+	}
+	out, err := exec.Command("nsenter", "-t", strconv.Itoa(w.pid), "-u", "hostname").Output()
+	if err != nil || strings.TrimSpace(string(out)) != "godwit-box" {
+		t.Errorf("hostname in the restored namespace: %q (%v)", out, err)
+	}
+	if h, _ := os.Hostname(); h == "godwit-box" {
+		t.Errorf("the restore renamed godwit's own host")
+	}
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("the restored program failed its checks (exit %d)\n%s", code, w.tail())
+	}
+	if !strings.Contains(readFile(w.log), "done ticks=") {
+		t.Fatalf("no done line\n%s", w.tail())
 	}
 }

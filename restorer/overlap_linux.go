@@ -545,6 +545,9 @@ func (p *Pending) fits(r *Restorer) error {
 	if r.root.img.pid != p.pid {
 		return fmt.Errorf("root %d, prepared %d", r.root.img.pid, p.pid)
 	}
+	if namespaceFlags(r.img.tree) != 0 {
+		return errors.New("a UTS or IPC namespace of its own (the prepared task is in godwit's)")
+	}
 	var tids []int
 	for _, th := range r.root.img.threads[1:] {
 		tids = append(tids, th.Tid)

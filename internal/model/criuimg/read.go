@@ -86,6 +86,9 @@ func Read(d *images.Dir) (*model.Tree, error) {
 	if err := readLocks(d, t); err != nil {
 		return nil, err
 	}
+	if err := readNamespaces(d, t); err != nil {
+		return nil, err
+	}
 	if err := readRestart(d, t); err != nil {
 		return nil, err
 	}

@@ -92,6 +92,15 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 	if err := put(images.PstreeImg, pss...); err != nil {
 		return err
 	}
+	create := func(name string) (*images.EntryWriter, error) {
+		if written != nil {
+			written(name)
+		}
+		return d.CreateImage(name)
+	}
+	if err := writeNamespaces(t, put, create); err != nil {
+		return fmt.Errorf("write namespace images: %w", err)
+	}
 	var files []proto.Message
 	memfdIDs, memfds := memfdInodes(t)
 	ttyIDs, ttys := ttyInfos(t)

@@ -1,0 +1,148 @@
+package criuimg
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"godwit/internal/images"
+	"godwit/internal/model"
+)
+
+func sampleNamespaces(tr *model.Tree) {
+	root := tr.Root()
+	root.IDs.NS.UTS, root.IDs.NS.IPC = 4026532101, 4026532102
+	tr.UTS = &model.UTSNamespace{ID: root.IDs.NS.UTS, Nodename: "box", Domainname: "(none)"}
+	shm := make([]byte, 4099) // not a multiple of the padding
+	for i := range shm {
+		shm[i] = byte(i)
+	}
+	tr.IPC = &model.IPCNamespace{
+		ID: root.IDs.NS.IPC,
+		Var: model.IPCVar{SemCtls: [4]uint32{32000, 1024000000, 500, 32000}, MsgCtlmax: 8192, MsgCtlmnb: 16384, MsgCtlmni: 32000,
+			AutoMsgmni: 0, ShmCtlmax: 1 << 40, ShmCtlall: 1 << 30, ShmCtlmni: 4096, MqQueuesMax: 256, MqMsgMax: 10,
+			MqMsgsizeMax: 8192, MqMsgDefault: 10, MqMsgsizeDefault: 8192, MsgNextID: -1, SemNextID: 7, ShmNextID: -1},
+		Shm: []model.SysVShm{{Desc: model.IPCDesc{Key: -2, UID: 1, GID: 2, CUID: 3, CGID: 4, Mode: 0600, ID: 32768}, Size: 4099, Data: shm}},
+		Sem: []model.SysVSem{{Desc: model.IPCDesc{Key: 5, Mode: 0666, ID: 1}, Values: []uint16{1, 2, 3}}, {Desc: model.IPCDesc{ID: 2}, Values: []uint16{9, 8, 7, 6}}},
+		Msg: []model.SysVMsgQueue{
+			{Desc: model.IPCDesc{Key: 9, Mode: 0640, ID: 0}, QBytes: 16384, Msgs: []model.SysVMsg{{Type: 2, Data: []byte("12345678")}, {Type: 1, Data: []byte{}}, {Type: 1 << 40, Data: []byte("abc")}}},
+			{Desc: model.IPCDesc{ID: 3}, QBytes: 100},
+		},
+	}
+}
+
+// The namespaces survive model → images → model, and the images are
+// CRIU's: Debian's crit decodes each, payloads included.
+func TestNamespacesRoundTrip(t *testing.T) {
+	want := sampleTree(t)
+	sampleNamespaces(want)
+	dir, names := writeTree(t, want)
+	got := readTree(t, dir)
+	if !reflect.DeepEqual(got.UTS, want.UTS) {
+		t.Errorf("uts: got %+v, want %+v", got.UTS, want.UTS)
+	}
+	if !reflect.DeepEqual(got.IPC, want.IPC) {
+		t.Errorf("ipc: got %+v\nwant %+v", got.IPC, want.IPC)
+	}
+	dir2, _ := writeTree(t, got)
+	sameFiles(t, dir, dir2)
+	crit, err := exec.LookPath("crit")
+	if err != nil {
+		t.Skip("no crit (Debian's criu package)")
+	}
+	n := 0
+	for _, name := range names {
+		if !strings.HasPrefix(name, "utsns-") && !strings.HasPrefix(name, "ipcns-") {
+			continue
+		}
+		n++
+		out, err := exec.Command(crit, "decode", "-i", filepath.Join(dir, name)).CombinedOutput()
+		if err != nil {
+			t.Errorf("crit decode %s: %v\n%s", name, err, out)
+			continue
+		}
+		if name == ipcMsgImg(want.IPC.ID) && !strings.Contains(string(out), "YWJj") { // base64 of "abc", the last message
+			t.Errorf("crit decode %s: last message missing:\n%s", name, out)
+		}
+	}
+	if n != 5 {
+		t.Errorf("%d namespace images written: %v", n, names)
+	}
+}
+
+// Without namespaces of its own a tree writes none, and reads none.
+func TestNoNamespaceImages(t *testing.T) {
+	tr := sampleTree(t)
+	dir, names := writeTree(t, tr)
+	for _, n := range names {
+		if strings.HasPrefix(n, "utsns-") || strings.HasPrefix(n, "ipcns-") {
+			t.Errorf("wrote %s", n)
+		}
+	}
+	if got := readTree(t, dir); got.UTS != nil || got.IPC != nil {
+		t.Errorf("read namespaces %+v %+v", got.UTS, got.IPC)
+	}
+}
+
+// FuzzReadIPC: a corrupt ipcns image is an error, never a panic or an
+// allocation its bytes do not back.
+func FuzzReadIPC(f *testing.F) {
+	tr := sampleTree(f)
+	sampleNamespaces(tr)
+	id := tr.IPC.ID
+	src := f.TempDir()
+	{
+		d, err := openDir(src)
+		if err != nil {
+			f.Fatal(err)
+		}
+		if err := Write(d, tr, nil); err != nil {
+			f.Fatal(err)
+		}
+		d.Close()
+	}
+	files := []string{ipcVarImg(id), ipcShmImg(id), ipcSemImg(id), ipcMsgImg(id), utsnsImg(tr.UTS.ID)}
+	for i, n := range files {
+		b, err := os.ReadFile(filepath.Join(src, n))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(uint8(i), b)
+	}
+	f.Fuzz(func(t *testing.T, which uint8, data []byte) {
+		dir := t.TempDir()
+		for i, n := range files {
+			b, err := os.ReadFile(filepath.Join(src, n))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if i == int(which)%len(files) {
+				b = data
+			}
+			if err := os.WriteFile(filepath.Join(dir, n), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d, err := openDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		k := &model.Task{}
+		k.IDs.NS.IPC, k.IDs.NS.UTS = id, tr.UTS.ID
+		got := &model.Tree{Tasks: []*model.Task{k}}
+		if err := readNamespaces(d, got); err != nil {
+			return
+		}
+		for _, s := range got.IPC.Shm {
+			if uint64(len(s.Data)) != s.Size {
+				t.Fatalf("segment %d: %d bytes for size %d", s.Desc.ID, len(s.Data), s.Size)
+			}
+		}
+	})
+}
+
+func openDir(path string) (*images.Dir, error) { return images.Open(path, true) }
