@@ -269,7 +269,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	var utsNS *model.UTSNamespace
 	var ipcNS *model.IPCNamespace
 	if err == nil {
-		utsNS, ipcNS, err = readNamespaces(pid, own)
+		utsNS, ipcNS, err = readNamespaces(tree, own)
 	}
 	if err == nil {
 		err = treeSessions(tree, o.ShellJob)

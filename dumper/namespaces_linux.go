@@ -125,7 +125,31 @@ func treeNamespaces(tree []*frozenTask) (ownNamespaces, error) {
 
 // readNamespaces reads the state of the tree's own UTS and IPC
 // namespaces through its root, frozen: nothing in the tree changes them.
-func readNamespaces(root int, own ownNamespaces) (*model.UTSNamespace, *model.IPCNamespace, error) {
+// A SysV shm segment must be attached only by the tree's tasks, which are
+// restored with their attaches; a task that attaches a segment of
+// godwit's IPC namespace is refused.
+func readNamespaces(tree []*frozenTask, own ownNamespaces) (*model.UTSNamespace, *model.IPCNamespace, error) {
+	attaches := map[int32]uint64{}
+	for _, t := range tree {
+		if t.zombie {
+			continue
+		}
+		maps, err := procfs.ReadMaps(t.pid)
+		if err != nil {
+			return nil, nil, fmt.Errorf("task %d: %w", t.pid, err)
+		}
+		for _, m := range maps {
+			if !strings.HasPrefix(m.Path, "/SYSV") {
+				continue
+			}
+			if _, ok := own["ipc"]; !ok {
+				return nil, nil, fmt.Errorf("task %d maps SysV shared memory segment %d (%#x-%#x) of godwit's IPC namespace: not supported", t.pid, m.Inode, m.Start, m.End)
+			}
+			// The kernel counts each VMA as an attach.
+			attaches[int32(m.Inode)]++
+		}
+	}
+	root := tree[0].pid
 	var uts *model.UTSNamespace
 	var ipc *model.IPCNamespace
 	if k, ok := own["uts"]; ok {
@@ -137,7 +161,7 @@ func readNamespaces(root int, own ownNamespaces) (*model.UTSNamespace, *model.IP
 		uts = &u
 	}
 	if k, ok := own["ipc"]; ok {
-		ns, err := nsstate.ReadIPC(root)
+		ns, err := nsstate.ReadIPC(root, attaches)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -157,4 +158,92 @@ func TestUTSIPCNamespacesCarried(t *testing.T) {
 	if !strings.Contains(readFile(w.log), "done ticks=") {
 		t.Fatalf("no done line\n%s", w.tail())
 	}
+}
+
+// TestSysVAttachesCarried dumps and restores a tree (workloads/sysvns.c
+// attach) whose tasks keep SysV segments of their IPC namespace attached:
+// a read-write attach without its first page, a read-only attach, both
+// inherited by a child. After the restore each task's VMA maps the
+// restored segment (the child's copies of the parent's tick word follow
+// it), the kernel counts the same attaches, and the read-only attach
+// still cannot be made writable.
+func TestSysVAttachesCarried(t *testing.T) {
+	needRoot(t)
+	w := startTree(t, cWorkload(t, "sysvns"), "attach")
+	before := subtree(t, w.pid)
+	if len(before) != 2 {
+		t.Fatalf("want the program and its child, have %v", before)
+	}
+	t.Cleanup(func() {
+		for p := range before {
+			killAndForget(p)
+		}
+	})
+	maps := sysvMaps(before)
+	if len(maps) != 4 {
+		t.Fatalf("want 4 SysV attaches in the tree, have %q", maps)
+	}
+	dir := w.dump(t)
+	w.reapKilled(t)
+	for p := range before {
+		waitFor(t, "pid "+strconv.Itoa(p)+" to go", func() bool { return !pidExists(p) })
+	}
+	r := restore(t, w, dir)
+	w.waitTicks(3)
+	if after := sysvMaps(before); !slices.Equal(after, maps) {
+		t.Errorf("SysV attaches before the dump:\n%s\nafter the restore:\n%s", strings.Join(maps, "\n"), strings.Join(after, "\n"))
+	}
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("the restored program failed its checks (exit %d)\n%s", code, w.tail())
+	}
+}
+
+// sysvMaps are the SysV shm lines of the tasks' maps (range, protection,
+// offset, segment id), "PID: " first, sorted.
+func sysvMaps(pids map[int]taskInfo) []string {
+	var out []string
+	for p := range pids {
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(p) + "/maps")
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(l); len(f) >= 6 && strings.HasPrefix(f[5], "/SYSV") {
+				out = append(out, strconv.Itoa(p)+": "+f[0]+" "+f[1]+" "+f[2]+" "+f[4])
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestDumpRefusesHostSysVAttach dumps a program in godwit's own IPC
+// namespace that keeps a SysV segment attached: the dump must fail naming
+// the task and the segment, and leave the program running untraced.
+func TestDumpRefusesHostSysVAttach(t *testing.T) {
+	needRoot(t)
+	// The segment is removed at once: it goes with the program.
+	prog := `import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+id = libc.shmget(0, 4096, 0o600 | 0o1000)
+assert id >= 0 and libc.shmat(id, None, 0) not in (None, 2**64 - 1)
+assert libc.shmctl(id, 0, None) == 0
+with open(sys.argv[-1], "a", buffering=1) as f:
+    n = 0
+    while True:
+        n += 1
+        f.write("tick %d\n" % n)
+        time.sleep(0.02)
+`
+	w := startWorkload(t, "/usr/bin/python3", "-c", prog)
+	dir := t.TempDir()
+	code, out := godwit(t, "dump", "-t", strconv.Itoa(w.pid), "-D", dir)
+	if code == 0 || !strings.Contains(out, "task "+strconv.Itoa(w.pid)) || !strings.Contains(out, "of godwit's IPC namespace") {
+		t.Fatalf("dump: exit %d, want an error naming task %d and godwit's IPC namespace: %s", code, w.pid, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "inventory.img")); err == nil {
+		t.Errorf("a refused dump left inventory.img")
+	}
+	if st, tracer := procState(t, w.pid); tracer != 0 || st == "T" || st == "t" {
+		t.Fatalf("after the refused dump pid %d is %s, tracer %d", w.pid, st, tracer)
+	}
+	w.waitTicks(2)
 }

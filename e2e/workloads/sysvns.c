@@ -2,7 +2,7 @@
  * sysvns: a program in UTS and IPC namespaces of its own, with System V
  * objects of each kind in its IPC namespace.
  *
- *   sysvns LOG
+ *   sysvns [attach] LOG
  *
  * It unshares a UTS and an IPC namespace, names its host "godwit-box"
  * (domain "godwit.test"), sets kernel.msgmax and kernel.sem, and makes,
@@ -13,10 +13,23 @@
  * every object's id, key and mode, the segment's bytes, the semaphores
  * (semaphore 1 equal to the last tick) and the messages in order, writes
  * "done ticks=N" and exits 0, or exits 3 naming what is wrong.
+ *
+ * With "attach" the segments stay attached: the program attaches the
+ * first read-write and unmaps the attach's first page (a VMA at offset
+ * 4096 in the segment), attaches a second, one-page segment read-only,
+ * and forks a child that inherits both. Each tick the parent writes the
+ * tick number at offset 4096 of the first segment; the child copies it
+ * to offset 4104. The check then wants the child's copy to follow, the
+ * attach counts (2 each), and the read-only attach still unwritable.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +47,10 @@
 
 static volatile sig_atomic_t finish;
 static FILE *lg;
+static int attach;
+static volatile uint64_t *word; /* offset 4096 of the first segment, in the parent's attach */
+static unsigned char *ro;       /* the read-only attach of the second segment */
+static pid_t child;
 
 static void onusr1(int s) { (void)s; finish = 1; }
 
@@ -71,8 +88,21 @@ static void check(unsigned long ticks) {
 	unsigned char *p = shmat(SHM_ID, NULL, SHM_RDONLY);
 	if (p == (void *)-1) fail("shmat");
 	for (int i = 0; i < SHM_SIZE; i++)
-		if (p[i] != (unsigned char)(i * 13 + 1)) fail("shm contents");
+		if ((!attach || i < 4096 || i >= 4112) && p[i] != (unsigned char)(i * 13 + 1)) fail("shm contents");
 	shmdt(p);
+	if (attach) {
+		if (sd.shm_nattch != 2) fail("attaches of the first segment");
+		if (word[0] != ticks) fail("the tick word");
+		for (int i = 0; i < 100 && word[1] != ticks; i++) usleep(10000);
+		if (word[1] != ticks) fail("the child's copy");
+		int ro_id = shmget(0x5158, 0, 0);
+		struct shmid_ds rd;
+		if (ro_id < 0 || shmctl(ro_id, IPC_STAT, &rd) || rd.shm_nattch != 2) fail("attaches of the second segment");
+		if (ro[0] != 0x5a) fail("the read-only segment's byte");
+		if (mprotect(ro, 4096, PROT_READ | PROT_WRITE) == 0 || errno != EACCES) fail("the read-only attach became writable");
+		kill(child, SIGKILL);
+		waitpid(child, NULL, 0);
+	}
 	if (semget(0x5e3, 0, 0) != SEM_ID) fail("semaphore set id");
 	unsigned short v[3];
 	if (semctl(SEM_ID, 0, GETALL, v) < 0 || v[0] != 5 || v[1] != ticks || v[2] != 7) fail("semaphore values");
@@ -90,6 +120,7 @@ static void check(unsigned long ticks) {
 
 int main(int argc, char **argv) {
 	if (argc < 2) return 2;
+	attach = argc > 2 && !strcmp(argv[1], "attach");
 	lg = fopen(argv[argc - 1], "a");
 	if (!lg) return 1;
 	setvbuf(lg, NULL, _IOLBF, 0);
@@ -105,7 +136,20 @@ int main(int argc, char **argv) {
 	unsigned char *p = shmat(shm, NULL, 0);
 	if (p == (void *)-1) perror("shmat"), exit(1);
 	for (int i = 0; i < SHM_SIZE; i++) p[i] = i * 13 + 1;
-	shmdt(p);
+	if (attach) {
+		if (munmap(p, 4096)) perror("munmap"), exit(1);
+		word = (volatile uint64_t *)(p + 4096);
+		word[0] = word[1] = 0;
+		int ro_id = shmget(0x5158, 4096, 0600 | IPC_CREAT);
+		unsigned char *w = shmat(ro_id, NULL, 0);
+		if (ro_id < 0 || w == (void *)-1) perror("second segment"), exit(1);
+		w[0] = 0x5a;
+		shmdt(w);
+		ro = shmat(ro_id, NULL, SHM_RDONLY);
+		if (ro == (void *)-1) perror("shmat ro"), exit(1);
+	} else {
+		shmdt(p);
+	}
 	struct shmid_ds sd;
 	if (shmctl(shm, IPC_STAT, &sd)) perror("shmctl"), exit(1);
 	sd.shm_perm.uid = 1000;
@@ -126,11 +170,25 @@ int main(int argc, char **argv) {
 		strcpy(m.text, text[i]);
 		if (msgsnd(mq, &m, strlen(text[i]), 0)) perror("msgsnd"), exit(1);
 	}
+	if (attach) {
+		pid_t parent = getpid();
+		child = fork();
+		if (child < 0) perror("fork"), exit(1);
+		if (child == 0) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			if (getppid() != parent) _exit(1);
+			for (;;) {
+				word[1] = word[0];
+				usleep(5000);
+			}
+		}
+	}
 	signal(SIGUSR1, onusr1);
 	unsigned long n;
 	for (n = 1; !finish; n++) {
 		struct sembuf op = {1, 1, 0};
 		if (semop(sem, &op, 1)) perror("semop"), exit(1);
+		if (attach) word[0] = n;
 		fprintf(lg, "tick %lu\n", n);
 		struct timespec ts = {0, 20 * 1000 * 1000};
 		nanosleep(&ts, NULL);

@@ -139,8 +139,10 @@ func desc(p *unix.SysvIpcPerm, id int) model.IPCDesc {
 
 // ReadIPC reads pid's IPC namespace: its sysctls and every System V
 // object, with shared memory contents, semaphore values and queued
-// messages. What it cannot carry exactly it refuses, naming it.
-func ReadIPC(pid int) (*model.IPCNamespace, error) {
+// messages. attaches are the VMAs of the dumped tasks that map each
+// segment (by id): a segment attached elsewhere too is refused, as is
+// anything else it cannot carry exactly, by name.
+func ReadIPC(pid int, attaches map[int32]uint64) (*model.IPCNamespace, error) {
 	ns := &model.IPCNamespace{}
 	err := inNamespace(pid, "ipc", unix.CLONE_NEWIPC, func() error {
 		var err error
@@ -150,7 +152,7 @@ func ReadIPC(pid int) (*model.IPCNamespace, error) {
 		if err := checkMqueues(); err != nil {
 			return err
 		}
-		if ns.Shm, err = readShm(ns.Var.ShmRmidForced != 0); err != nil {
+		if ns.Shm, err = readShm(ns.Var.ShmRmidForced != 0, attaches); err != nil {
 			return err
 		}
 		if ns.Sem, err = readSem(); err != nil {
@@ -199,7 +201,7 @@ func checkMqueues() error {
 }
 
 // readShm reads every segment; rmidForced is kernel.shm_rmid_forced.
-func readShm(rmidForced bool) ([]model.SysVShm, error) {
+func readShm(rmidForced bool, attaches map[int32]uint64) ([]model.SysVShm, error) {
 	var ds unix.SysvShmDesc
 	maxIdx, err := shmctl(0, shmInfo, &ds)
 	if err != nil {
@@ -223,8 +225,8 @@ func readShm(rmidForced bool) ([]model.SysVShm, error) {
 		if ds.Perm.Mode&shmDest != 0 {
 			return nil, fmt.Errorf("%s is marked for removal and still attached: not supported", what)
 		}
-		if ds.Nattch > 0 {
-			return nil, fmt.Errorf("%s is attached (%d attaches): restoring attaches is not supported yet", what, ds.Nattch)
+		if n := attaches[int32(id)]; ds.Nattch != n {
+			return nil, fmt.Errorf("%s has %d attaches, %d of them in the dumped tasks: attached by a process outside the tree; not supported", what, ds.Nattch, n)
 		}
 		if ds.Perm.Mode&shmLocked != 0 {
 			// CRIU's image has no field for it.

@@ -118,7 +118,7 @@ func populate(t *testing.T, pid int) {
 func TestIPCRoundTrip(t *testing.T) {
 	src, dst := startInNewNS(t), startInNewNS(t)
 	populate(t, src)
-	ns, err := ReadIPC(src)
+	ns, err := ReadIPC(src, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +134,7 @@ func TestIPCRoundTrip(t *testing.T) {
 	if err := RestoreIPC(dst, ns); err != nil {
 		t.Fatal(err)
 	}
-	got, err := ReadIPC(dst)
+	got, err := ReadIPC(dst, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +182,7 @@ func TestIPCRefusals(t *testing.T) {
 		name, want string
 		make       func() error
 	}{
-		{"attached", "is attached", func() error { return attach(t) }},
+		{"attached", "attached by a process outside the tree", func() error { return attach(t) }},
 		{"rmid forced", "shm_rmid_forced", func() error {
 			// Attached, or the kernel removes it when this thread ends.
 			if err := attach(t); err != nil {
@@ -216,7 +216,7 @@ func TestIPCRefusals(t *testing.T) {
 			if err := inNamespace(pid, "ipc", unix.CLONE_NEWIPC, c.make); err != nil {
 				t.Fatal(err)
 			}
-			_, err := ReadIPC(pid)
+			_, err := ReadIPC(pid, nil)
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("ReadIPC: %v, want an error with %q", err, c.want)
 			}

@@ -186,6 +186,35 @@ func readNamespaces(d *images.Dir, t *model.Tree) error {
 		}
 		t.IPC = ns
 	}
+	return checkSysVMappings(t)
+}
+
+// checkSysVMappings refuses a SysV shm mapping that does not lie in a
+// segment of the tree's own IPC namespace: the restore attaches it there.
+func checkSysVMappings(t *model.Tree) error {
+	size := map[uint64]uint64{}
+	if t.IPC != nil {
+		for _, s := range t.IPC.Shm {
+			size[uint64(uint32(s.Desc.ID))] = roundUp(s.Size, pageSize)
+		}
+	}
+	for _, k := range t.Tasks {
+		if k.MM == nil {
+			continue
+		}
+		for _, v := range k.MM.VMAs {
+			if !v.SysV() {
+				continue
+			}
+			sz, ok := size[v.Shmid]
+			if !ok {
+				return fmt.Errorf("%s: vma %#x-%#x: sysv shm segment %d is not in the dump's IPC namespace", images.MmImg(k.Pid), v.Start, v.End, v.Shmid)
+			}
+			if v.Pgoff > sz || v.End-v.Start > sz-v.Pgoff {
+				return fmt.Errorf("%s: vma %#x-%#x: offset %#x past the end of sysv shm segment %d (%d bytes)", images.MmImg(k.Pid), v.Start, v.End, v.Pgoff, v.Shmid, sz)
+			}
+		}
+	}
 	return nil
 }
 

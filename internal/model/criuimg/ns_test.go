@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"godwit/internal/images"
 	"godwit/internal/model"
 )
@@ -70,6 +72,53 @@ func TestNamespacesRoundTrip(t *testing.T) {
 	}
 	if n != 5 {
 		t.Errorf("%d namespace images written: %v", n, names)
+	}
+}
+
+// A SysV shm attach (a part of a segment of the tree's IPC namespace, read
+// only) survives the round trip; one of a segment the dump does not hold,
+// or reaching past its end, is refused on read.
+func TestSysVMappings(t *testing.T) {
+	attach := model.VMA{Start: 0x7f1000000000, End: 0x7f1000001000, Pgoff: 4096, Shmid: 32768, Prot: unix.PROT_READ,
+		Flags: unix.MAP_SHARED, Status: images.VmaAreaRegular | images.VmaAreaSysvipc, Fdflags: unix.O_RDONLY}
+	for _, c := range []struct {
+		name string
+		edit func(v *model.VMA, tr *model.Tree)
+		want string
+	}{
+		{"ok", func(*model.VMA, *model.Tree) {}, ""},
+		{"no segment", func(v *model.VMA, _ *model.Tree) { v.Shmid = 5 }, "not in the dump's IPC namespace"},
+		{"past the end", func(v *model.VMA, _ *model.Tree) { v.Pgoff = 8192 }, "past the end"},
+		{"no namespace", func(_ *model.VMA, tr *model.Tree) { tr.IPC = nil }, "not in the dump's IPC namespace"},
+		{"private", func(v *model.VMA, _ *model.Tree) { v.Flags = unix.MAP_PRIVATE }, "bad sysv shm mapping"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			tr := sampleTree(t)
+			sampleNamespaces(tr)
+			v := attach
+			c.edit(&v, tr)
+			tr.Root().MM.VMAs = append(tr.Root().MM.VMAs, v)
+			dir, _ := writeTree(t, tr)
+			d, err := images.Open(dir, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			got, err := Read(d)
+			if c.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				vs := got.Root().MM.VMAs
+				if !reflect.DeepEqual(vs[len(vs)-1], v) {
+					t.Fatalf("read %+v, wrote %+v", vs[len(vs)-1], v)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("Read: %v, want %q", err, c.want)
+			}
+		})
 	}
 }
 

@@ -445,7 +445,7 @@ func vmaEntry(v *model.VMA) *vma.VmaEntry {
 	if v.Madv != 0 {
 		e.Madv = proto.Uint64(v.Madv)
 	}
-	if v.FileBacked() {
+	if v.FileBacked() || v.SysV() {
 		e.Fdflags = proto.Uint32(v.Fdflags)
 	}
 	return e
