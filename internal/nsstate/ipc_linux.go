@@ -262,6 +262,10 @@ func shmContents(id int, size uint64) ([]byte, error) {
 	return append([]byte(nil), b[:size]...), nil
 }
 
+// readSem reads every semaphore set and its values. Tasks' SEM_UNDO
+// adjustments are not read: no kernel interface shows them (kcmp's
+// KCMP_SYSVSEM only tells whether a task has an undo list, and every
+// process that made a thread has one), so they are not restored.
 func readSem() ([]model.SysVSem, error) {
 	var ds semid64Ds
 	maxIdx, err := semctl(0, 0, semInfo, unsafe.Pointer(&ds))
