@@ -161,8 +161,17 @@ func ipcVarEntry(v *model.IPCVar) *ipc_var.IpcVarEntry {
 		ShmRmidForced: proto.Uint32(v.ShmRmidForced), MqQueuesMax: proto.Uint32(v.MqQueuesMax),
 		MqMsgMax: proto.Uint32(v.MqMsgMax), MqMsgsizeMax: proto.Uint32(v.MqMsgsizeMax),
 		MqMsgDefault: proto.Uint32(v.MqMsgDefault), MqMsgsizeDefault: proto.Uint32(v.MqMsgsizeDefault),
-		MsgNextId: proto.Uint32(uint32(v.MsgNextID)), SemNextId: proto.Uint32(uint32(v.SemNextID)), ShmNextId: proto.Uint32(uint32(v.ShmNextID)),
+		MsgNextId: nextID(v.MsgNextID), SemNextId: nextID(v.SemNextID), ShmNextId: nextID(v.ShmNextID),
 	}
+}
+
+// nextID is a *_next_id knob for the image: left out when unset (-1),
+// which CRIU's restore would write, and the kernel refuses.
+func nextID(v int32) *uint32 {
+	if v < 0 {
+		return nil
+	}
+	return proto.Uint32(uint32(v))
 }
 
 // readNamespaces reads the root's own UTS and IPC namespaces, if the dump
@@ -250,15 +259,21 @@ func readIPC(d *images.Dir, id uint32) (*model.IPCNamespace, error) {
 		if err != nil {
 			return err
 		}
-		if e.GetInPagemaps() {
-			return fmt.Errorf("%s: segment %d: contents in a pagemap image: not supported", r.Name(), desc.ID)
-		}
 		if e.GetHugetlbFlag() != 0 {
 			return fmt.Errorf("%s: segment %d: hugetlb segment: not supported", r.Name(), desc.ID)
 		}
 		size := e.GetSize()
 		if size == 0 || size > maxShmSize {
 			return fmt.Errorf("%s: segment %d: size %d", r.Name(), desc.ID, size)
+		}
+		if e.GetInPagemaps() {
+			// CRIU's own layout: the pages in pagemap-shmem-ID.img.
+			b, err := sysvShmPages(d, desc.ID, size)
+			if err != nil {
+				return err
+			}
+			ns.Shm = append(ns.Shm, model.SysVShm{Desc: desc, Size: size, Data: b})
+			return nil
 		}
 		b := make([]byte, roundUp(size, shmPad))
 		if err := r.ReadPayload(b); err != nil {
@@ -340,6 +355,30 @@ func readIPC(d *images.Dir, id uint32) (*model.IPCNamespace, error) {
 		return nil, err
 	}
 	return ns, nil
+}
+
+// sysvShmPages reads the contents of segment id, size bytes, from its
+// pagemap (CRIU's in_pagemaps): pages it does not list are zero.
+func sysvShmPages(d *images.Dir, id int32, size uint64) ([]byte, error) {
+	name := images.PagemapShmemImg(uint64(uint32(id)))
+	b := make([]byte, roundUp(size, pageSize))
+	if !d.Exists(name) {
+		return b[:size:size], nil
+	}
+	pr, err := images.OpenPages(d, name)
+	if err != nil {
+		return nil, imgErr(name, err)
+	}
+	defer pr.Close()
+	for p := range pr.Ranges() {
+		if !p.Present() || p.Vaddr > uint64(len(b)) || p.NrPages*pageSize > uint64(len(b))-p.Vaddr {
+			return nil, fmt.Errorf("%s: pages %#x+%d: not in the image, or past the end of segment %d (%d bytes)", name, p.Vaddr, p.NrPages, id, size)
+		}
+		if _, err := pr.ReadAt(b[p.Vaddr:p.End()], p.Vaddr); err != nil {
+			return nil, imgErr(name, err)
+		}
+	}
+	return b[:size:size], nil
 }
 
 // eachEntry calls one for each entry (with its payload) of name, until

@@ -1,6 +1,7 @@
 package criuimg
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -8,7 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	ipc_shm "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-shm"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
 	"godwit/internal/images"
 	"godwit/internal/model"
@@ -51,6 +54,22 @@ func TestNamespacesRoundTrip(t *testing.T) {
 	}
 	dir2, _ := writeTree(t, got)
 	sameFiles(t, dir, dir2)
+	// CRIU's restore makes new UTS and IPC namespaces for the root (and
+	// reads their images) only when root_ids' differ from the root's.
+	d, err := images.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := images.ReadInventory(d)
+	d.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ri := inv.GetRootIds()
+	if ri.GetUtsNsId() == want.UTS.ID || ri.GetUtsNsId() == 0 || ri.GetIpcNsId() == want.IPC.ID || ri.GetIpcNsId() == 0 ||
+		ri.GetNetNsId() != want.Root().IDs.NS.Net {
+		t.Errorf("inventory root_ids %v: the root's UTS and IPC namespaces (%d, %d) must differ, the others not", ri, want.UTS.ID, want.IPC.ID)
+	}
 	crit, err := exec.LookPath("crit")
 	if err != nil {
 		t.Skip("no crit (Debian's criu package)")
@@ -195,3 +214,61 @@ func FuzzReadIPC(f *testing.F) {
 }
 
 func openDir(path string) (*images.Dir, error) { return images.Open(path, true) }
+
+// A segment whose contents CRIU put in a pagemap (in_pagemaps, CRIU 4's
+// layout) is read from pagemap-shmem-ID.img; pages it does not list are
+// zero, and a listed page past the segment's end is refused.
+func TestSysVShmInPagemaps(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		vaddr uint64
+		want  string
+	}{{"second page", 4096, ""}, {"past the end", 8192, "past the end"}} {
+		t.Run(c.name, func(t *testing.T) {
+			tr := sampleTree(t)
+			sampleNamespaces(tr)
+			tr.IPC.Shm = nil
+			dir, _ := writeTree(t, tr)
+			d, err := images.Open(dir, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			id := tr.IPC.ID
+			d.Remove(ipcShmImg(id))
+			desc := &model.IPCDesc{Key: 7, Mode: 0600, ID: 98304}
+			e := &ipc_shm.IpcShmEntry{Desc: descEntry(desc), Size: proto.Uint64(5000), InPagemaps: proto.Bool(true)}
+			if err := images.Write(d, ipcShmImg(id), e); err != nil {
+				t.Fatal(err)
+			}
+			pw, err := images.CreatePages(d, images.PagemapShmemImg(98304), d.NextPagesID())
+			if err != nil {
+				t.Fatal(err)
+			}
+			page := bytes.Repeat([]byte{0xab}, 4096)
+			if err := pw.Add(c.vaddr, 1, images.PagePresent); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := pw.Write(page); err != nil {
+				t.Fatal(err)
+			}
+			if err := pw.Close(); err != nil {
+				t.Fatal(err)
+			}
+			got, err := Read(d)
+			if c.want != "" {
+				if err == nil || !strings.Contains(err.Error(), c.want) {
+					t.Fatalf("Read: %v, want %q", err, c.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := append(make([]byte, 4096), page[:5000-4096]...)
+			if len(got.IPC.Shm) != 1 || !bytes.Equal(got.IPC.Shm[0].Data, want) || got.IPC.Shm[0].Desc != *desc {
+				t.Fatalf("segments %+v", got.IPC.Shm)
+			}
+		})
+	}
+}

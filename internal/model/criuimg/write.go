@@ -209,7 +209,10 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 // task's, so each gets an id no task has (CRIU refuses a root task whose
 // files_id equals root_ids': "Image corruption on kIDs data"). The
 // namespaces stand for the host's: those of the root task, since godwit
-// dumps only trees in the namespaces it runs in.
+// dumps trees in the namespaces it runs in, but for the tree's own UTS
+// and IPC namespaces: CRIU makes new ones for the root (and reads their
+// images) when its ids differ from root_ids', so those get an id no task
+// has.
 func rootIDs(t *model.Tree) *criu_core.TaskKobjIdsEntry {
 	r := t.Root().IDs
 	var maxID model.ID
@@ -217,7 +220,21 @@ func rootIDs(t *model.Tree) *criu_core.TaskKobjIdsEntry {
 		maxID = max(maxID, k.IDs.VM, k.IDs.Files, k.IDs.FS, k.IDs.Sighand)
 	}
 	r.VM, r.Files, r.FS, r.Sighand = maxID+1, maxID+1, maxID+1, maxID+1
+	if t.UTS != nil {
+		r.NS.UTS = otherNS(r.NS.UTS)
+	}
+	if t.IPC != nil {
+		r.NS.IPC = otherNS(r.NS.IPC)
+	}
 	return kobjIDs(&r)
+}
+
+// otherNS is a nonzero namespace id other than id.
+func otherNS(id uint32) uint32 {
+	if id+1 == 0 {
+		return 1
+	}
+	return id + 1
 }
 
 // writeTask writes k's images; it returns the frozen registers of the
