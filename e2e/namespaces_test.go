@@ -8,6 +8,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"godwit/internal/images"
+	"godwit/internal/model/criuimg"
 )
 
 // TestDumpRefusesForeignNamespaces dumps a program in a namespace of its
@@ -135,6 +138,15 @@ func TestUTSIPCNamespacesCarried(t *testing.T) {
 	for _, n := range []string{"utsns-", "ipcns-var-", "ipcns-shm-", "ipcns-sem-", "ipcns-msg-"} {
 		if m, _ := filepath.Glob(filepath.Join(dir, n+"*.img")); len(m) != 1 {
 			t.Errorf("images %s*: %v", n, m)
+		}
+	}
+	if d, err := images.Open(dir, false); err != nil {
+		t.Fatal(err)
+	} else {
+		err = criuimg.CheckCRIU(d)
+		d.Close()
+		if err != nil {
+			t.Errorf("CRIU's checks: %v", err)
 		}
 	}
 	r := restore(t, w, dir)
