@@ -49,7 +49,7 @@ type ownNamespaces map[string]nsKey
 // it was.
 func treeNamespaces(tree []*frozenTask) (ownNamespaces, error) {
 	self := map[string]nsKey{}
-	for _, ns := range append(foreignNamespaces, carriedNamespaces...) {
+	for _, ns := range slices.Concat(foreignNamespaces, carriedNamespaces) {
 		k, err := nsOf("/proc/self/ns/" + ns)
 		if err != nil {
 			if os.IsNotExist(err) {
@@ -91,7 +91,7 @@ func treeNamespaces(tree []*frozenTask) (ownNamespaces, error) {
 		// unshare or setns on its own, and /proc/PID/ns shows only the
 		// leader's.
 		for _, tid := range taskThreads(t) {
-			for _, ns := range append(carriedNamespaces, foreignNamespaces...) {
+			for _, ns := range slices.Concat(carriedNamespaces, foreignNamespaces) {
 				w, ok := want[ns]
 				if !ok {
 					continue

@@ -259,3 +259,37 @@ with open(sys.argv[-1], "a", buffering=1) as f:
 	}
 	w.waitTicks(2)
 }
+
+// TestJoinNSOverDumpedUTS restores a tree that had its own UTS and IPC
+// namespaces with --join-ns uts:PID: the tree goes into that existing UTS
+// namespace (the dumped one is not made), and still gets a new IPC
+// namespace with its objects.
+func TestJoinNSOverDumpedUTS(t *testing.T) {
+	needRoot(t)
+	host := exec.Command("unshare", "--uts", "sh", "-c", "hostname godwit-box && echo godwit.test > /proc/sys/kernel/domainname && exec sleep 300")
+	if err := host.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = host.Process.Kill(); _ = host.Wait() })
+	hostNS := ""
+	waitFor(t, "the namespace holder", func() bool {
+		exe, _ := os.Readlink("/proc/" + strconv.Itoa(host.Process.Pid) + "/exe")
+		hostNS, _ = os.Readlink("/proc/" + strconv.Itoa(host.Process.Pid) + "/ns/uts")
+		return strings.HasSuffix(exe, "/sleep")
+	})
+	w := startWorkload(t, cWorkload(t, "sysvns"))
+	dir := w.dump(t)
+	w.reapKilled(t)
+	r := restore(t, w, dir, "--join-ns", "uts:"+strconv.Itoa(host.Process.Pid))
+	got, _ := os.Readlink("/proc/" + strconv.Itoa(w.pid) + "/ns/uts")
+	if got != hostNS {
+		t.Errorf("restored into uts namespace %s, joined %s", got, hostNS)
+	}
+	self, _ := os.Readlink("/proc/self/ns/ipc")
+	if ipc, _ := os.Readlink("/proc/" + strconv.Itoa(w.pid) + "/ns/ipc"); ipc == self || ipc == "" {
+		t.Errorf("restored into ipc namespace %q, godwit's %q", ipc, self)
+	}
+	if code := r.finish(t, w); code != 0 {
+		t.Fatalf("the restored program failed its checks (exit %d)\n%s", code, w.tail())
+	}
+}

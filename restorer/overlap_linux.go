@@ -545,7 +545,7 @@ func (p *Pending) fits(r *Restorer) error {
 	if r.root.img.pid != p.pid {
 		return fmt.Errorf("root %d, prepared %d", r.root.img.pid, p.pid)
 	}
-	if namespaceFlags(r.img.tree) != 0 {
+	if namespaceFlags(r.img.tree, r.o.JoinedNS) != 0 {
 		return errors.New("a UTS or IPC namespace of its own (the prepared task is in godwit's)")
 	}
 	var tids []int

@@ -36,7 +36,7 @@ func (r *Restorer) createTree(p *puppet.Puppet) error {
 		return err
 	}
 	rootPid := r.root.img.pid
-	task, err := p.CloneWith(rootPid, unix.CLONE_PARENT|namespaceFlags(r.img.tree))
+	task, err := p.CloneWith(rootPid, unix.CLONE_PARENT|namespaceFlags(r.img.tree, r.o.JoinedNS))
 	if task != nil {
 		r.root.task = task
 		r.root.threads = []int{rootPid}
@@ -44,7 +44,7 @@ func (r *Restorer) createTree(p *puppet.Puppet) error {
 	if err != nil {
 		return fmt.Errorf("task %d: %w", rootPid, err)
 	}
-	if err := restoreNamespaces(r.img.tree, rootPid); err != nil {
+	if err := restoreNamespaces(r.img.tree, r.o.JoinedNS, rootPid); err != nil {
 		return err
 	}
 	if err := r.grow(r.root, kids); err != nil {
