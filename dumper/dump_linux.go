@@ -262,8 +262,14 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		}
 	}
 	nsRec, err := treeNetns(tree)
+	var own ownNamespaces
 	if err == nil {
-		err = treeNamespaces(tree)
+		own, err = treeNamespaces(tree)
+	}
+	var utsNS *model.UTSNamespace
+	var ipcNS *model.IPCNamespace
+	if err == nil {
+		utsNS, ipcNS, err = readNamespaces(tree, own)
 	}
 	if err == nil {
 		err = treeSessions(tree, o.ShellJob)
@@ -298,7 +304,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	}
 	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, pool: pool, dir: dir, method: o.Method, sinks: target.Open, log: logging.FromContext(ctx), drivers: ds, track: track, vmaNames: names, vmaFlags: vmaFlags,
 		ghostLimit: o.GhostLimit, fdOpts: o.FD, fileLocks: o.FileLocks, tcpEstablished: o.TCPEstablished, skipInFlight: o.SkipInFlight, netLock: nl,
-		shellJob: o.ShellJob, extUnix: drivers.ExtUnix{All: o.ExtUnixSk, Inos: o.ExtUnix}, extTTY: o.ExtTTY}
+		shellJob: o.ShellJob, extUnix: drivers.ExtUnix{All: o.ExtUnixSk, Inos: o.ExtUnix}, extTTY: o.ExtTTY, utsNS: utsNS, ipcNS: ipcNS}
 	// Connections read in repair mode: out of it again if the tasks
 	// resume (added last, so run before they are thawed).
 	rb.add(func() {
@@ -530,6 +536,10 @@ type dumpRun struct {
 	shellJob bool // --shell-job: ttys of a terminal outside the tree
 	extUnix  drivers.ExtUnix
 	extTTY   [][2]uint64
+	// utsNS and ipcNS are the tree's own UTS and IPC namespaces (nil:
+	// godwit's), read right after the freeze.
+	utsNS *model.UTSNamespace
+	ipcNS *model.IPCNamespace
 }
 
 func (d *dumpRun) note(name string) {
@@ -653,7 +663,7 @@ func (d *dumpRun) collect() error {
 	if waited != nil {
 		return waited
 	}
-	tree := &model.Tree{Tasks: tasks}
+	tree := &model.Tree{Tasks: tasks, UTS: d.sh.utsNS, IPC: d.sh.ipcNS}
 	t := time.Now()
 	if err := d.writeTrackedShared(); err != nil {
 		return err

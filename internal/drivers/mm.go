@@ -268,7 +268,21 @@ func classifyVMA(pid int, e *procfs.SmapsEntry, fileID FileIDFunc) (model.VMA, e
 	case e.Path == "/[aio]" && e.Deleted:
 		return v, errors.New("io_setup AIO ring is not supported yet (godwit cannot remake an AIO context)")
 	case strings.HasPrefix(e.Path, "/SYSV"):
-		return v, errors.New("SysV shared memory is not supported yet")
+		// An attach of a SysV shared memory segment (CRIU's
+		// VMA_AREA_SYSVIPC): the segment's id is the inode, its
+		// contents are the IPC namespace's (the dumper refuses one
+		// not in the tree's own namespace), and Fdflags says whether
+		// it may be made writable (VmFlags "mw": not SHM_RDONLY).
+		if !e.Shared {
+			return v, errors.New("private SysV shared memory mapping")
+		}
+		v.Status = images.VmaAreaRegular | images.VmaAreaSysvipc
+		v.Shmid, v.Pgoff = e.Inode, e.Offset
+		v.Fdflags = unix.O_RDONLY
+		if slices.Contains(e.VmFlags, "mw") {
+			v.Fdflags = unix.O_RDWR
+		}
+		return v, nil
 	case e.Shared && (e.Path == "/dev/zero" && e.Deleted || strings.HasPrefix(e.Path, "[anon_shmem:")):
 		v.Flags |= unix.MAP_ANONYMOUS
 		v.Status |= images.VmaAnonShared

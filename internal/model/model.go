@@ -19,6 +19,10 @@ type Tree struct {
 	// Files are the open files (file descriptions) and the files named
 	// by exe links, cwd, root and file mappings, by ID.
 	Files map[ID]*File
+	// UTS and IPC are the tree's own UTS and IPC namespaces, nil when
+	// the tree is in godwit's.
+	UTS *UTSNamespace
+	IPC *IPCNamespace
 }
 
 // Root is the root task, nil in an empty tree.

@@ -92,6 +92,15 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 	if err := put(images.PstreeImg, pss...); err != nil {
 		return err
 	}
+	create := func(name string) (*images.EntryWriter, error) {
+		if written != nil {
+			written(name)
+		}
+		return d.CreateImage(name)
+	}
+	if err := writeNamespaces(t, put, create); err != nil {
+		return fmt.Errorf("write namespace images: %w", err)
+	}
 	var files []proto.Message
 	memfdIDs, memfds := memfdInodes(t)
 	ttyIDs, ttys := ttyInfos(t)
@@ -200,7 +209,10 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 // task's, so each gets an id no task has (CRIU refuses a root task whose
 // files_id equals root_ids': "Image corruption on kIDs data"). The
 // namespaces stand for the host's: those of the root task, since godwit
-// dumps only trees in the namespaces it runs in.
+// dumps trees in the namespaces it runs in, but for the tree's own UTS
+// and IPC namespaces: CRIU makes new ones for the root (and reads their
+// images) when its ids differ from root_ids', so those get an id no task
+// has.
 func rootIDs(t *model.Tree) *criu_core.TaskKobjIdsEntry {
 	r := t.Root().IDs
 	var maxID model.ID
@@ -208,7 +220,21 @@ func rootIDs(t *model.Tree) *criu_core.TaskKobjIdsEntry {
 		maxID = max(maxID, k.IDs.VM, k.IDs.Files, k.IDs.FS, k.IDs.Sighand)
 	}
 	r.VM, r.Files, r.FS, r.Sighand = maxID+1, maxID+1, maxID+1, maxID+1
+	if t.UTS != nil {
+		r.NS.UTS = otherNS(r.NS.UTS)
+	}
+	if t.IPC != nil {
+		r.NS.IPC = otherNS(r.NS.IPC)
+	}
 	return kobjIDs(&r)
+}
+
+// otherNS is a nonzero namespace id other than id.
+func otherNS(id uint32) uint32 {
+	if id+1 == 0 {
+		return 1
+	}
+	return id + 1
 }
 
 // writeTask writes k's images; it returns the frozen registers of the
@@ -437,7 +463,7 @@ func vmaEntry(v *model.VMA) *vma.VmaEntry {
 	if v.Madv != 0 {
 		e.Madv = proto.Uint64(v.Madv)
 	}
-	if v.FileBacked() {
+	if v.FileBacked() || v.SysV() {
 		e.Fdflags = proto.Uint32(v.Fdflags)
 	}
 	return e
