@@ -82,13 +82,18 @@ func (memoryDriver) Collect(d *Dump) error {
 }
 
 // CollectInjected reads the current brk, which only the task can tell.
-func (memoryDriver) CollectInjected(d *Dump, s *inject.Session) error {
-	brk, err := s.Call("brk(0)", unix.SYS_BRK, 0)
-	if err != nil {
-		return err
-	}
-	d.Task.MM.Brk = brk
-	return nil
+func (k memoryDriver) CollectInjected(d *Dump, s *inject.Session) error {
+	p, _ := k.PlanInjected(d, s)
+	return runPlanned(s, p)
+}
+
+// PlanInjected reads the program break (brk(0)).
+func (memoryDriver) PlanInjected(d *Dump, s *inject.Session) (Planned, bool) {
+	return Planned{Calls: []inject.Call{inject.C("brk(0)", unix.SYS_BRK, 0)},
+		Done: func(got []uint64, _ []byte) error {
+			d.Task.MM.Brk = got[0]
+			return nil
+		}}, true
 }
 
 // Restore sets the mm fields, auxv and exe with one PR_SET_MM_MAP, then
