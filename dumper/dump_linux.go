@@ -975,6 +975,7 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 	if err != nil {
 		return err
 	}
+	var ls *inject.Session
 	err = func() error {
 		// Executable at once where the task may have such memory: the
 		// runner then needs no mprotect (two stops). The task is frozen
@@ -992,7 +993,7 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 			return fmt.Errorf("map scratch: %w", err)
 		}
 		scratch = addr
-		ls := inject.Wrap(s, d.pid, addr, scratchSize)
+		ls = inject.Wrap(s, d.pid, addr, scratchSize)
 		d.runner = d.mapRunner(ls, exec)
 		// Every driver's planned calls in one batch.
 		if err := drivers.CollectAllInjected(d.drivers, dc, ls, task.Threads[0]); err != nil {
@@ -1009,12 +1010,11 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 				d.mu.Unlock()
 			}
 		}
-		if md == nil && len(task.Threads) == 1 {
-			return d.unmapScratch(ls, &scratch)
-		}
 		return nil
 	}()
-	if eerr := s.End(); eerr != nil && err == nil {
+	if err == nil && md == nil && len(task.Threads) == 1 {
+		err = d.unmapScratchAndEnd(ls, &scratch)
+	} else if eerr := s.End(); eerr != nil && err == nil {
 		err = eerr
 	}
 	if err != nil {
@@ -1033,9 +1033,11 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 		}
 		err = drivers.CollectAllThreadInjected(d.drivers, dc, ts, th)
 		if err == nil && md == nil && i == len(task.Threads)-2 {
-			err = d.unmapScratch(ts, &scratch)
+			err = d.unmapScratchAndEnd(ts, &scratch)
+		} else {
+			err = ts.End(err)
 		}
-		if err := ts.End(err); err != nil {
+		if err != nil {
 			return err
 		}
 	}
@@ -1090,16 +1092,13 @@ func (d *dumpRun) mapRunner(s *inject.Session, exec bool) bool {
 	return true
 }
 
-// unmapScratch removes the scratch (*scratch, zeroed once gone) as the
-// last calls of session s, which used it last: at the session's syscall
-// instruction, not through the runner, which is in it. Saves a session
-// of its own.
-func (d *dumpRun) unmapScratch(s *inject.Session, scratch *uint64) error {
-	if err := s.Flush(); err != nil {
+// unmapScratchAndEnd removes the scratch (*scratch, zeroed once gone)
+// as the last call of session s, which used it last, and ends s: at the
+// session's syscall instruction, not through the runner, which is in it
+// (inject.Session.EndWith). Saves a session of its own and a stop.
+func (d *dumpRun) unmapScratchAndEnd(s *inject.Session, scratch *uint64) error {
+	if err := s.EndWith("unmap scratch", unix.SYS_MUNMAP, *scratch, scratchSize); err != nil {
 		return err
-	}
-	if _, err := s.Ptrace().Syscall(unix.SYS_MUNMAP, *scratch, scratchSize); err != nil {
-		return fmt.Errorf("unmap scratch: %w", err)
 	}
 	*scratch = 0
 	return nil
