@@ -401,6 +401,18 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			ferrs = append(ferrs, err)
 		}
 	}
+	if !resume {
+		// Every task is sent its SIGKILL first, so that they die at
+		// once (on every CPU) while the tracers reap them one by one:
+		// a kill and its wait each in turn cost a task's whole exit
+		// apiece. Traced and stopped, none runs another instruction,
+		// and none can have gone (its pid is still its own).
+		for _, t := range tree {
+			if !t.zombie {
+				_ = unix.Kill(t.pid, unix.SIGKILL)
+			}
+		}
+	}
 	if err := finishTree(tree, func(t *frozenTask) error {
 		switch {
 		case o.LeaveRunning:
