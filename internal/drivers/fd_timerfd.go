@@ -91,15 +91,17 @@ func (timerfdKind) open(rs *restoreFDs, what string, f *model.File) (uint64, err
 	}
 	if spec.Value != (unix.Timespec{}) {
 		flags := 0
-		if t.SettimeFlags&unix.TFD_TIMER_CANCEL_ON_SET != 0 {
-			// Cancel-on-set needs an absolute time: now + the time left.
+		if t.SettimeFlags&(unix.TFD_TIMER_ABSTIME|unix.TFD_TIMER_CANCEL_ON_SET) != 0 {
+			// An absolute timer (cancel-on-set is one too) stays
+			// absolute, so that a later step of its clock moves its
+			// expiry as it did: now + the time left, as CRIU does.
 			var now unix.Timespec
 			if err := unix.ClockGettime(t.Clock, &now); err != nil {
 				return 0, fmt.Errorf("%s: clock_gettime(%d): %w", what, t.Clock, err)
 			}
 			ns := now.Nano() + spec.Value.Nano()
 			spec.Value = unix.NsecToTimespec(ns)
-			flags = unix.TFD_TIMER_ABSTIME | unix.TFD_TIMER_CANCEL_ON_SET
+			flags = unix.TFD_TIMER_ABSTIME | int(t.SettimeFlags&unix.TFD_TIMER_CANCEL_ON_SET)
 		}
 		if err := unix.TimerfdSettime(tfd, flags, &spec, nil); err != nil {
 			return 0, fmt.Errorf("%s: timerfd_settime: %w", what, err)

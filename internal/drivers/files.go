@@ -283,6 +283,9 @@ type FDOptions struct {
 	// ForceIrmap finds the path of each inotify watch by name on its
 	// mount rather than by its file handle (--force-irmap).
 	ForceIrmap bool
+	// NoGhostFiemap finds the holes of deleted files with lseek
+	// SEEK_DATA/SEEK_HOLE alone, not FIEMAP first (--no-ghost-fiemap).
+	NoGhostFiemap bool
 	// ExtFiles are the files left out of the dump, by mount id and inode
 	// (--external file[mnt_id:inode]): the restore is given them.
 	ExtFiles map[ExtFile]bool
@@ -377,12 +380,6 @@ type fdKind interface {
 type fdFinisher interface {
 	finish(rs *restoreFDs, what string, fd uint64, f *model.File) error
 }
-
-// noCollect is the collect of the kinds whose state is the path, flags
-// and offset the files table keeps already.
-type noCollect struct{}
-
-func (noCollect) collect(*Files, int, *FD, *model.File) error { return nil }
 
 // fdKinds are the kinds godwit dumps, in the order classify tries them.
 var fdKinds []fdKind
