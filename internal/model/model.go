@@ -669,6 +669,10 @@ type TimerFDState struct {
 	ValueNsec    uint64
 	IntervalSec  uint64
 	IntervalNsec uint64
+	// Deadline is the absolute expiry of a CLOCK_REALTIME(_ALARM)
+	// timer armed with TFD_TIMER_ABSTIME (nil otherwise): a wall-clock
+	// time stays that time, however long the task was checkpointed.
+	Deadline *unix.Timespec
 }
 
 // EpollState is every target registered in an epoll instance.
