@@ -4,6 +4,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -165,4 +166,31 @@ func godwitVia(t *testing.T, nsenter bool, args ...string) (int, string) {
 		t.Fatalf("nsenter %v: %v", args, err)
 	}
 	return 0, string(out)
+}
+
+// The same fds survive a migration (stop-and-copy to another lab host):
+// the O_TMPFILE files are made again in the destination's mounts.
+func TestMigrateFDFiles(t *testing.T) {
+	m := newMigLab(t)
+	m.startAgent()
+	w := startOn(t, m.a, cWorkload(t, "fdfiles"))
+	code, _, stderr := m.send(w, "--max-rounds", "0")
+	if code != 0 {
+		t.Fatalf("migrate send: exit %d: %s", code, stderr)
+	}
+	root := m.moved(w)
+	w.waitTicks(3)
+	if err := syscall.Kill(root, syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(readFile(w.log), "done ") {
+		if time.Now().After(deadline) {
+			t.Fatalf("moved program did not finish\n%s", w.tail())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(readFile(w.log), " ok\n") {
+		t.Fatalf("no ok in the log\n%s", w.tail())
+	}
 }
