@@ -50,8 +50,12 @@ func (regularKind) check(int, int, uint64) error { return nil }
 
 // collect checks that the path still leads to the file: the restore
 // reopens it by that path.
-func (regularKind) collect(_ *Files, pid int, fd *FD, _ *model.File) error {
-	return PathLeadsTo(pid, fd.Path, &fd.Stat)
+func (regularKind) collect(fl *Files, pid int, fd *FD, _ *model.File) error {
+	n, err := fl.nsRoot(pid)
+	if err != nil {
+		return err
+	}
+	return pathLeadsTo(n, fd.Path, &fd.Stat)
 }
 
 type dirKind struct{ pathKind }
@@ -62,7 +66,7 @@ func (dirKind) match(target string, st *unix.Stat_t) bool {
 }
 func (dirKind) check(int, int, uint64) error { return nil }
 
-func (dirKind) collect(_ *Files, pid int, fd *FD, _ *model.File) error {
+func (dirKind) collect(fl *Files, pid int, fd *FD, _ *model.File) error {
 	// F_NOTIFY (dnotify) makes the registering process the directory
 	// file's owner; no /proc file or fcntl shows the registration itself,
 	// so a directory file with an owner or a signal is refused rather
@@ -70,7 +74,29 @@ func (dirKind) collect(_ *Files, pid int, fd *FD, _ *model.File) error {
 	if fd.owner.Pid != 0 || fd.owner.Signum != 0 {
 		return fmt.Errorf("it has an owner (F_SETOWN %d) or signal (F_SETSIG %d), as a dnotify (F_NOTIFY) registration sets: dnotify cannot be read, so it cannot be restored", fd.owner.Pid, fd.owner.Signum)
 	}
-	return PathLeadsTo(pid, fd.Path, &fd.Stat)
+	n, err := fl.nsRoot(pid)
+	if err != nil {
+		return err
+	}
+	return pathLeadsTo(n, fd.Path, &fd.Stat)
+}
+
+// nsRoot is nsRootOf(pid), looked up once per task of the dump.
+func (fl *Files) nsRoot(pid int) (nsRoot, error) {
+	fl.rootsMu.Lock()
+	defer fl.rootsMu.Unlock()
+	if n, ok := fl.roots[pid]; ok {
+		return n, nil
+	}
+	n, err := nsRootOf(pid)
+	if err != nil {
+		return n, err
+	}
+	if fl.roots == nil {
+		fl.roots = map[int]nsRoot{}
+	}
+	fl.roots[pid] = n
+	return n, nil
 }
 
 // PathLeadsTo checks that path (as /proc/PID/fd names a file of task
@@ -84,6 +110,11 @@ func PathLeadsTo(pid int, path string, st *unix.Stat_t) error {
 	if err != nil {
 		return err
 	}
+	return pathLeadsTo(n, path, st)
+}
+
+// pathLeadsTo is PathLeadsTo in the root n of the task.
+func pathLeadsTo(n nsRoot, path string, st *unix.Stat_t) error {
 	hp, ok := n.path(path)
 	if !ok {
 		return fmt.Errorf("its path %s is outside the task's root: it cannot be reopened by path", path)

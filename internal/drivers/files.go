@@ -249,6 +249,9 @@ type Files struct {
 	ghosts   map[[2]uint64]*model.File // deleted files read, by device and inode
 	FDOptions
 	links []string // made by --link-remap, as seen from godwit (RemoveLinks)
+	// roots are the tasks' roots (nsRoot), by pid.
+	roots   map[int]nsRoot
+	rootsMu sync.Mutex
 
 	// TreeNetns is the network namespace of the tree's root: the one
 	// the network lock is made in and the restore recreates the sockets
