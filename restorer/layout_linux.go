@@ -611,7 +611,8 @@ func le64(b []byte, v uint64) []byte { return binary.LittleEndian.AppendUint64(b
 // getsPages reports whether the images hold pages for v.
 func (r *taskRun) getsPages(v *model.VMA) bool {
 	if v.Status&images.VmaAnonShared != 0 {
-		return r.img.shmem[v.Shmid] != nil
+		// A prepared object gets its pages later, from the rounds.
+		return r.prepared || r.img.shmem[v.Shmid] != nil
 	}
 	pr := r.img.pages
 	if pr == nil {

@@ -29,8 +29,12 @@ func (threadDriver) CollectThread(d *Dump, ti *model.Thread) error {
 	}
 	ti.RobustList, ti.RobustLen = head, size
 	if ptrace.Restart(&ti.Regs) == ptrace.RestartBlock {
-		if _, err := RestartedCall(d.Pid, &ti.Regs); err != nil {
+		nr, err := RestartedCall(d.Pid, &ti.Regs)
+		if err != nil {
 			return err
+		}
+		if ti.Regs.Orig_rax == unix.SYS_RESTART_SYSCALL {
+			ti.RestartNr = nr
 		}
 	}
 	if b, err := os.ReadFile(procfs.TaskPath(d.Pid, ti.Tid, "comm")); err == nil {

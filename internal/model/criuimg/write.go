@@ -226,7 +226,8 @@ func writeTask(k *model.Task, sc *seccompTable, put func(string, ...proto.Messag
 		if err != nil {
 			return nil, fmt.Errorf("thread %d: %w", th.Tid, err)
 		}
-		if applied {
+		// A dead task's registers are not read back (nor restored).
+		if applied && k.State != model.Dead && k.State != model.Zombie {
 			frozen = append(frozen, frozenRegs{tid: uint32(th.Tid), rax: th.Regs.Rax, rip: th.Regs.Rip})
 		}
 		if err := sc.setSeccomp(c.ThreadCore, th); err != nil {
@@ -351,7 +352,7 @@ func coreEntry(th *model.Thread, signals bool) (*criu_core.CoreEntry, bool, erro
 			Signature:      proto.Uint32(r.Signature),
 		}
 	}
-	gp, applied := gpregs(&th.Regs, signals)
+	gp, applied := gpregs(&th.Regs, signals, th.RestartNr)
 	return &criu_core.CoreEntry{
 		Mtype: criu_core.CoreEntry_X86_64.Enum(),
 		ThreadInfo: &core_x86.ThreadInfoX86{
