@@ -230,8 +230,12 @@ func (c *fdCollector) fromCopy(fd *FD) bool {
 		return false
 	}
 	fd.Flags, fd.cloexecUnknown = uint32(fl)&^unix.O_CLOEXEC, true
-	if fd.owner, err = readOwner(cp); err != nil {
-		return false
+	// An O_PATH file has no owner (F_GETOWN_EX on it is EBADF, and
+	// F_SETOWN too: nothing can be set to read).
+	if fd.Flags&unix.O_PATH == 0 {
+		if fd.owner, err = readOwner(cp); err != nil {
+			return false
+		}
 	}
 	switch fd.Stat.Mode & unix.S_IFMT {
 	case unix.S_IFREG, unix.S_IFDIR:

@@ -71,7 +71,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 			return fmt.Errorf("write images of %d: %w", k.Pid, err)
 		}
 		frozen = append(frozen, fr...)
-		if err := writeGodwit(d, k, written); err != nil {
+		if err := writeGodwit(d, k, t.Files, written); err != nil {
 			return fmt.Errorf("write images of %d: %w", k.Pid, err)
 		}
 		pss = append(pss, pstreeEntry(k))
