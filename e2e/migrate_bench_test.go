@@ -53,6 +53,11 @@ var migrateCases = []migrateCase{
 		server := filepath.Join(m.certs, m.a.Addr(), "server")
 		return []string{"--mode", "postcopy", "--tls-server-cert", filepath.Join(server, "cert.pem"), "--tls-server-key", filepath.Join(server, "key.pem")}
 	}},
+	// hybrid: pre-copy rounds, then the last dirty pages fetched lazily.
+	{"hybrid", func(m *migLab) []string {
+		server := filepath.Join(m.certs, m.a.Addr(), "server")
+		return []string{"--mode", "hybrid", "--tls-server-cert", filepath.Join(server, "cert.pem"), "--tls-server-key", filepath.Join(server, "key.pem")}
+	}},
 	{"precopy-full", func(*migLab) []string { return []string{"--no-lazy-restore"} }},
 	// precopy without the restore overlapped with the rounds (the
 	// reference for it): restored lazily from the images after the freeze.
@@ -68,7 +73,7 @@ var migrateCases = []migrateCase{
 // and the peak RSS of `migrate send` (its rusage) and of the agent
 // (VmHWM, reset before each migration). Modes: pre-copy restored lazily
 // from the agent's images (the default), stop-and-copy (--max-rounds 0,
-// the reference) and post-copy; precopy-full (--no-lazy-restore) on
+// the reference), post-copy and hybrid; precopy-full (--no-lazy-restore) on
 // request. GODWIT_BENCH_MIGRATE=1 runs 256 MiB, 1 GiB and 4 GiB at 1, 8
 // and 64 MiB/s (long: run with -timeout 60m); otherwise 64 MiB at 8
 // MiB/s. GODWIT_BENCH_SIZES (MiB), GODWIT_BENCH_RATES (MiB/s) and
@@ -78,7 +83,7 @@ var migrateCases = []migrateCase{
 // is checked on the destination every time.
 func TestMigrateDowntime(t *testing.T) {
 	sizes, rates := []int{64}, []int{8}
-	cases := "precopy,stop-and-copy,postcopy"
+	cases := "precopy,stop-and-copy,postcopy,hybrid"
 	if os.Getenv("GODWIT_BENCH_MIGRATE") != "" {
 		sizes, rates = []int{256, 1024, 4096}, []int{1, 8, 64}
 	}

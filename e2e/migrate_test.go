@@ -417,6 +417,29 @@ func TestMigrateFailuresLeaveTheSourceRunning(t *testing.T) {
 	_ = busy.Wait()
 }
 
+// TestMigrateCwdOnlyOnSource: a program working in a directory the
+// destination lacks is refused in the check phase, before any freeze; it
+// used to be frozen, dumped and then fail in the restore's chdir.
+func TestMigrateCwdOnlyOnSource(t *testing.T) {
+	m := newMigLab(t)
+	m.startAgent()
+	// A tmpfs in host A's mounts only, holding the program's cwd.
+	top := t.TempDir()
+	if out, err := m.a.Command("sh", "-c", "mount -t tmpfs tmpfs \"$0\" && mkdir \"$0/only-a\"", top).CombinedOutput(); err != nil {
+		t.Fatalf("mount: %v: %s", err, out)
+	}
+	cwd := filepath.Join(top, "only-a")
+	w := startOn(t, m.a, "sh", "-c", `cd "$0" && exec "$@"`, cwd, workloads["counter"], "-m", "8")
+	if got, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", w.rootPID)); err != nil || got != cwd {
+		t.Fatalf("program's cwd %q, %v; want %q", got, err, cwd)
+	}
+	code, res, stderr := m.send(w)
+	if code == 0 || res.FailedPhase != migrate.PhaseCheck || !strings.Contains(res.Error, cwd) {
+		t.Fatalf("cwd only on the source: exit %d, phase %q, error %q: %s", code, res.FailedPhase, res.Error, stderr)
+	}
+	intact(t, w)
+}
+
 func TestMigrateDiskFullLeavesTheSourceRunning(t *testing.T) {
 	m := newMigLab(t)
 	// The agent's images on a 4 MiB tmpfs in host B's mounts.

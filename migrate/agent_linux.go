@@ -559,7 +559,7 @@ func checkHost(h *pb.Hello) error {
 			return fmt.Errorf("file %q: not an absolute path", f)
 		}
 		if _, err := os.Stat(f); err != nil {
-			return fmt.Errorf("file the tree has open is missing on the destination: %w", err)
+			return fmt.Errorf("a file or directory the tree uses is missing on the destination: %w", err)
 		}
 	}
 	return nil

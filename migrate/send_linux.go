@@ -925,8 +925,8 @@ func splitHostPort(to string) (string, int, error) {
 }
 
 // describeTree lists every PID and TID of pid's tree and the absolute paths
-// its tasks have open or mapped, for the destination's checks, and how many
-// processes it has.
+// its tasks have open or mapped or work in (cwd, root), for the
+// destination's checks, and how many processes it has.
 func describeTree(pid int) ([]int32, []string, int, error) {
 	var pids []int32
 	seen := map[string]bool{}
@@ -955,6 +955,14 @@ func describeTree(pid int) ([]int32, []string, int, error) {
 			}
 			if tid != p {
 				pids = append(pids, int32(tid))
+			}
+			// The restore chdirs and chroots each thread to these: a
+			// missing one must fail the check, not the restore after the
+			// freeze. Threads may have their own (no CLONE_FS).
+			for _, l := range []string{"cwd", "root"} {
+				if d, err := os.Readlink(fmt.Sprintf("/proc/%d/task/%d/%s", p, tid, l)); err == nil {
+					add(d)
+				}
 			}
 			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", p, tid))
 			for _, c := range strings.Fields(string(b)) {

@@ -97,6 +97,10 @@ func Run(o Options) (err error) {
 		"--images-dir", filepath.Join(work, "agent-images"),
 		"--tls-cacert", ca, "--tls-cert", filepath.Join(certs, b.Addr(), "server", "cert.pem"),
 		"--tls-key", filepath.Join(certs, b.Addr(), "server", "key.pem"),
+		// Post-copy and hybrid: the agent fetches pages from host-a's page
+		// server as a client of it.
+		"--tls-client-cert", filepath.Join(certs, b.Addr(), "client", "cert.pem"),
+		"--tls-client-key", filepath.Join(certs, b.Addr(), "client", "key.pem"),
 		"--metrics-address", fmt.Sprintf("%s:%d", b.Addr(), metricsPort)), agentLog)
 	if err != nil {
 		return fmt.Errorf("demo: agent: %w", err)
@@ -143,7 +147,10 @@ func Run(o Options) (err error) {
 	send := a.Command(o.Godwit, "migrate", "send", "--to", fmt.Sprintf("%s:%d", b.Addr(), agentPort),
 		"-t", strconv.Itoa(pid), "--mode", string(o.Mode), "--json",
 		"--tls-cacert", ca, "--tls-cert", filepath.Join(certs, a.Addr(), "client", "cert.pem"),
-		"--tls-key", filepath.Join(certs, a.Addr(), "client", "key.pem"))
+		"--tls-key", filepath.Join(certs, a.Addr(), "client", "key.pem"),
+		// Post-copy and hybrid: host-a serves the pages left behind.
+		"--tls-server-cert", filepath.Join(certs, a.Addr(), "server", "cert.pem"),
+		"--tls-server-key", filepath.Join(certs, a.Addr(), "server", "key.pem"))
 	var stdout, stderr bytes.Buffer
 	send.Stdout, send.Stderr = &stdout, &stderr
 	if err := send.Run(); err != nil {
