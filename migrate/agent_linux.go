@@ -249,7 +249,7 @@ type inbound struct {
 	// round ends (overlapAsync); overlapCancel stops it.
 	overlapDone   chan struct{}
 	overlapCancel context.CancelFunc
-	overlap    Overlap
+	overlap       Overlap
 }
 
 // addRound records round ps as the agent saw it: the pages its page server
