@@ -245,11 +245,7 @@ type inbound struct {
 	layout     *restorer.Layout
 	pending    *restorer.Pending
 	overlapOff bool
-	// overlapDone is closed when the overlap's background write of a
-	// round ends (overlapAsync); overlapCancel stops it.
-	overlapDone   chan struct{}
-	overlapCancel context.CancelFunc
-	overlap       Overlap
+	overlap    Overlap
 }
 
 // addRound records round ps as the agent saw it: the pages its page server
@@ -462,15 +458,6 @@ func (in *inbound) run(ctx context.Context, m *pb.Envelope) error {
 		m, err := in.recv(wait)
 		if err != nil {
 			return phaseErr(phase, err)
-		}
-		if rs := m.GetRoundStart(); m.GetLayout() == nil && m.GetRoundDone() == nil && (rs == nil || rs.Final || rs.Lazy) {
-			// Only the next pre-copy round runs beside the last one's
-			// write into the prepared task (overlapAsync); an abort
-			// stops it.
-			if m.GetAbort() != nil && in.overlapCancel != nil {
-				in.overlapCancel()
-			}
-			in.overlapWait()
 		}
 		switch {
 		case m.GetRoundStart() != nil && m.GetRoundStart().Lazy:
@@ -850,7 +837,7 @@ func (in *inbound) finishRound(n uint32) error {
 		in.a.cfg.Log.Debugf("agent: migration %s: round %d: pages on disk %v after the source's done", in.res.ID, n, time.Since(t))
 		in.addRound(ps)
 		if !ps.final {
-			in.overlapAsync(in.agentCtx, n, ps.dir)
+			in.overlapRound(in.agentCtx, n, ps.dir)
 		}
 		return nil
 	case <-time.After(sourceWait):
@@ -1285,10 +1272,6 @@ func postcopyOf(st lazypages.Stats, resumed time.Time) *Postcopy {
 }
 
 func (in *inbound) cleanup() {
-	if in.overlapCancel != nil {
-		in.overlapCancel()
-	}
-	in.overlapWait()
 	in.pending.Abort()
 	if in.guard != nil {
 		in.guard.Close()

@@ -837,13 +837,7 @@ func (s *sender) startRound(n uint32, final, compressed bool) (int, error) {
 	if err := s.send(&pb.Envelope{Msg: &pb.Envelope_RoundStart{RoundStart: rs}}); err != nil {
 		return 0, err
 	}
-	// The agent answers the final round's start once it has written the
-	// last pre-copy round into the prepared task: a round's time.
-	wait := time.Minute
-	if final {
-		wait = roundWait
-	}
-	m, err := s.recv(PhasePrecopy, wait)
+	m, err := s.recv(PhasePrecopy, time.Minute)
 	if err != nil {
 		return 0, err
 	}
