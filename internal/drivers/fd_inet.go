@@ -80,6 +80,9 @@ type inetDump struct {
 	// mcast: the multicast groups of the namespace's devices, once
 	// read (mcastGroups).
 	mcast *[]mcastGroup
+	// steer: the reuseport steering programs of the tasks' sockets
+	// (fd_inet_bpf.go).
+	steer steerState
 }
 
 func (fl *Files) inetState() *inetDump {
@@ -270,6 +273,9 @@ func collectInetTaking(fl *Files, pid int, fd *FD, f *model.File, s, family int,
 	}
 	if st.Opts, err = inetSocketOptsDiag(s, st, dg); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
+	}
+	if err := id.steer.refuseSteering(pid, st, what); err != nil {
+		return err
 	}
 	f.Kind, f.Path, f.Inet = model.InetSocket, "", st
 	if typ == unix.SOCK_DGRAM {
@@ -1366,7 +1372,11 @@ func inetSocketOptsDiag(s int, st *model.InetSocketState, dg *sockdiag.Inet) (mo
 	if off, err := getsockoptInt(s, unix.SOL_SOCKET, unix.SO_PEEK_OFF); err == nil && off != -1 {
 		return o, fmt.Errorf("SO_PEEK_OFF is set (%d): not supported yet", off)
 	}
-	return o, socketTimeoutsFilter(s, &o)
+	if err := socketTimeouts(s, &o); err != nil {
+		return o, err
+	}
+	o.Filter, err = readSockFilter(s)
+	return o, err
 }
 
 // setInetSocketOptsWith gives s the dumped socket-level options; buffer
@@ -1415,7 +1425,7 @@ func setInetSocketOptsWith(s int, o *model.SocketOpts, fresh *freshInts) error {
 			return fmt.Errorf("setsockopt timeout: %w", err)
 		}
 	}
-	return nil
+	return attachSockFilter(s, o.Filter)
 }
 
 // preInet is an inet socket collected ahead of fdTable's loop.

@@ -34,7 +34,7 @@ var notCompared = map[[2]int]string{
 	{unix.SOL_SOCKET, unix.SO_SNDTIMEO_NEW}:     "carried (SO_SNDTIMEO)",
 	{unix.SOL_SOCKET, unix.SO_BINDTODEVICE}:     "carried",
 	{unix.SOL_SOCKET, unix.SO_BINDTOIFINDEX}:    "carried (SO_BINDTODEVICE)",
-	{unix.SOL_SOCKET, unix.SO_GET_FILTER}:       "refused when set (checkNoFilter)",
+	{unix.SOL_SOCKET, unix.SO_GET_FILTER}:       "a classic filter carried, an eBPF one refused (readSockFilter)",
 	{unix.SOL_SOCKET, unix.SO_TIMESTAMP}:        "carried",
 	{unix.SOL_SOCKET, unix.SO_ACCEPTCONN}:       "read-only (the state)",
 	{unix.SOL_SOCKET, unix.SO_PASSSEC}:          "carried",

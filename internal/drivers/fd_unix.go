@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -507,8 +506,24 @@ func socketOpts(s int) (model.SocketOpts, error) {
 }
 
 // socketTimeoutsFilter reads the send and receive timeouts into o and
-// refuses an attached socket filter (any socket family).
+// refuses an attached socket filter (inet sockets carry theirs:
+// fd_inet_bpf.go).
 func socketTimeoutsFilter(s int, o *model.SocketOpts) error {
+	if err := socketTimeouts(s, o); err != nil {
+		return err
+	}
+	f, err := readSockFilter(s)
+	if err != nil {
+		return err
+	}
+	if len(f) != 0 {
+		return fmt.Errorf("a socket filter of %d instructions is attached: not supported yet on this kind of socket", len(f))
+	}
+	return nil
+}
+
+// socketTimeouts reads the send and receive timeouts into o.
+func socketTimeouts(s int, o *model.SocketOpts) error {
 	for _, t := range []struct {
 		opt      int
 		sec, use *uint64
@@ -518,14 +533,6 @@ func socketTimeoutsFilter(s int, o *model.SocketOpts) error {
 			return fmt.Errorf("getsockopt timeout: %w", err)
 		}
 		*t.sec, *t.use = uint64(tv.Sec), uint64(tv.Usec)
-	}
-	// With no buffer, SO_GET_FILTER answers with the filter's length.
-	var n uint32
-	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(s), unix.SOL_SOCKET, unix.SO_GET_FILTER, 0, uintptr(unsafe.Pointer(&n)), 0); e != 0 {
-		return fmt.Errorf("getsockopt SO_GET_FILTER: %w", e)
-	}
-	if n != 0 {
-		return fmt.Errorf("a socket filter of %d instructions is attached: not supported yet", n)
 	}
 	return nil
 }

@@ -563,6 +563,9 @@ type SocketOpts struct {
 	RcvTimeoSec, RcvTimeoUsec uint64
 	PassCred, PassSec         bool
 	Priority, RcvLowat, Mark  uint32
+	// Filter is the classic BPF socket filter (SO_ATTACH_FILTER), nil
+	// when none.
+	Filter []unix.SockFilter
 }
 
 // InetSocketState is an AF_INET or AF_INET6 socket: what CRIU's

@@ -447,6 +447,9 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 		if o == nil {
 			return bad("socket options")
 		}
+		if n := len(o.GetSoFilter()); n > 0 {
+			return nil, true, fmt.Errorf("file %d: unix socket with a socket filter of %d instructions: not supported yet", id, n)
+		}
 		f.Kind, f.Flags = model.UnixSocket, p.GetFlags()
 		u := &model.UnixSocketState{
 			Ino: p.GetIno(), Type: p.GetType(), State: p.GetState(), Backlog: p.GetBacklog(), Peer: p.GetPeer(),

@@ -82,6 +82,7 @@ func inetEntry(f *model.File, id *uint32) *sk_inet.InetSkEntry {
 			SoPriority: proto.Uint32(o.Priority), SoRcvlowat: proto.Uint32(o.RcvLowat), SoMark: proto.Uint32(o.Mark),
 			Reuseaddr: proto.Bool(io.ReuseAddr), SoReuseport: proto.Bool(io.ReusePort),
 			SoBroadcast: proto.Bool(io.Broadcast), SoKeepalive: proto.Bool(io.KeepAlive),
+			SoFilter: soFilterWords(o.Filter),
 		},
 		IpOpts:   &sk_inet.IpOptsEntry{Freebind: proto.Bool(io.Freebind), Pktinfo: proto.Bool(io.Pktinfo), Tos: proto.Uint32(io.TOS)},
 		Shutdown: sk_opts.SkShutdown(s.Shutdown & 3).Enum(),
@@ -141,8 +142,9 @@ func readInet(id uint32, p *sk_inet.InetSkEntry) (*model.File, error) {
 	if o == nil {
 		return nil, bad("no options")
 	}
-	if len(o.GetSoFilter()) > 0 {
-		return nil, bad("a socket filter: not supported yet")
+	filter, err := sockFilterOfWords(o.GetSoFilter())
+	if err != nil {
+		return nil, bad("%v", err)
 	}
 	s := &model.InetSocketState{
 		Ino: p.GetIno(), Family: fam, Type: p.GetType(), Proto: p.GetProto(), State: p.GetState(),
@@ -154,6 +156,7 @@ func readInet(id uint32, p *sk_inet.InetSkEntry) (*model.File, error) {
 			RcvTimeoSec: o.GetSoRcvTmoSec(), RcvTimeoUsec: o.GetSoRcvTmoUsec(),
 			PassCred: o.GetSoPasscred(), PassSec: o.GetSoPasssec(),
 			Priority: o.GetSoPriority(), RcvLowat: o.GetSoRcvlowat(), Mark: o.GetSoMark(),
+			Filter: filter,
 		},
 		Inet: model.InetOpts{
 			ReuseAddr: o.GetReuseaddr(), ReusePort: o.GetSoReuseport(), KeepAlive: o.GetSoKeepalive(),

@@ -34,7 +34,9 @@ func inetTree(t testing.TB) *model.Tree {
 				HasWindow: true, SndWl1: 1, SndWnd: 2, MaxWnd: 3, RcvWnd: 4, RcvWup: 5}}},
 		{ID: 42, Kind: model.InetSocket, Flags: unix.O_RDWR, MntID: -1, Inet: &model.InetSocketState{
 			Ino: 1002, Family: unix.AF_INET6, Type: unix.SOCK_DGRAM, Proto: unix.IPPROTO_UDP, State: 1, V6Only: true,
-			Src: ap("[::1]:53"), Dst: ap("[::1]:5353"), Inet: model.InetOpts{Broadcast: true, OOBInline: true}}},
+			Src: ap("[::1]:53"), Dst: ap("[::1]:5353"), Inet: model.InetOpts{Broadcast: true, OOBInline: true},
+			// ldb [0]; jeq #'x', drop, keep; ret #0; ret #-1
+			Opts: model.SocketOpts{Filter: []unix.SockFilter{{Code: 0x30}, {Code: 0x15, Jt: 0, Jf: 1, K: 'x'}, {Code: 0x6}, {Code: 0x6, K: 0xffffffff}}}}},
 		{ID: 43, Kind: model.InetSocket, Flags: unix.O_RDWR, MntID: -1, Inet: &model.InetSocketState{
 			Ino: 1003, Family: unix.AF_INET, Type: unix.SOCK_RAW, Proto: unix.IPPROTO_ICMP, State: 7,
 			Src: ap("127.0.0.1:1"), Dst: ap("0.0.0.0:0"),
@@ -110,6 +112,31 @@ func TestInetRefused(t *testing.T) {
 	defer d2.Close()
 	if _, err := Read(d2); err == nil || !strings.Contains(err.Error(), "family 17") {
 		t.Fatalf("Read of an AF_PACKET inet entry: %v", err)
+	}
+	tr = inetTree(t)
+	tr.Files[42].Inet.Opts.Filter = make([]unix.SockFilter, bpfMaxInsns+1)
+	dir, _ = writeTree(t, tr)
+	d3, err := images.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d3.Close()
+	if _, err := Read(d3); err == nil || !strings.Contains(err.Error(), "socket filter of 4097 instructions") {
+		t.Fatalf("Read of a socket filter longer than the kernel takes: %v", err)
+	}
+}
+
+// A socket filter's words are each instruction's bytes in memory order,
+// as CRIU keeps them.
+func TestSoFilterWords(t *testing.T) {
+	f := []unix.SockFilter{{Code: 0x15, Jt: 2, Jf: 3, K: 0x11223344}}
+	w := soFilterWords(f)
+	if len(w) != 1 || w[0] != 0x11223344_03_02_0015 {
+		t.Fatalf("words %#x", w)
+	}
+	back, err := sockFilterOfWords(w)
+	if err != nil || !reflect.DeepEqual(back, f) {
+		t.Fatalf("read back %+v, %v", back, err)
 	}
 }
 

@@ -59,6 +59,9 @@ func readNetlink(e *fdinfo.FileEntry, f *model.File) error {
 	if o == nil {
 		return fmt.Errorf("file %d: netlink socket without its socket options", f.ID)
 	}
+	if n := len(o.GetSoFilter()); n > 0 {
+		return fmt.Errorf("file %d: netlink socket with a socket filter of %d instructions: not supported yet", f.ID, n)
+	}
 	if len(p.GetGroups()) > maxNetlinkGroupWords {
 		return fmt.Errorf("file %d: netlink socket in %d words of groups", f.ID, len(p.GetGroups()))
 	}
