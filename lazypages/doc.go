@@ -32,7 +32,9 @@
 // off the daemon's lock and off the CPU, while faults are being served.
 // The page server reads a lazy session's requests on the session's own
 // thread, outside Go's poller, one blocking read each, and answers GET
-// from its pages files with sendfile on plain TCP.
+// from its pages files on plain TCP: a reply of up to 16 pages (a
+// fault's) read and written with its header in one send, a larger one
+// with sendfile.
 //
 // The push cannot go below two copies per page: TCP's receive copy, then
 // UFFDIO_COPY. TCP_ZEROCOPY_RECEIVE would map the received pages instead

@@ -117,13 +117,14 @@ func (in *inbound) awaitGo(pid int) error {
 	if in.pending != nil {
 		// Finish got this far on the prepared task.
 		st := in.pending.Stats()
-		in.overlap = Overlap{State: OverlapPrepared, PreparedPages: st.Pages, FinalPages: st.FinalPages}
+		in.overlap = Overlap{State: OverlapPrepared, Tasks: st.Tasks, PreparedPages: st.Pages, FinalPages: st.FinalPages}
 	}
 	if in.overlap.State != "" {
 		ov := in.overlap
 		in.res.Overlap = &ov
 	}
-	ready := &pb.Ready{Overlap: in.overlap.State, PreparedPages: in.overlap.PreparedPages, FinalPages: in.overlap.FinalPages}
+	ready := &pb.Ready{Overlap: in.overlap.State, PreparedPages: in.overlap.PreparedPages, FinalPages: in.overlap.FinalPages,
+		PreparedTasks: uint32(in.overlap.Tasks)}
 	if err := in.send(&pb.Envelope{Msg: &pb.Envelope_Ready{Ready: ready}}); err != nil {
 		// The source may have it (a write fails after part of it
 		// left): it may be committed.

@@ -6,6 +6,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "godwit/migrate/internal/proto"
+	"godwit/restorer"
 )
 
 // FuzzLayout feeds layoutOf Layout messages as a peer could send them:
@@ -17,6 +18,10 @@ func FuzzLayout(f *testing.F) {
 	f.Add(good)
 	bad, _ := proto.Marshal(&pb.Layout{Pid: 100, Vmas: []*pb.Vma{{Start: 0x2000, End: 0x1000}, {Start: 0x1000, End: 0x3000}}})
 	f.Add(bad)
+	tree, _ := proto.Marshal(&pb.Layout{Pid: 100, Sid: 100, Pgid: 100, Tasks: []*pb.Layout{
+		{Pid: 102, Ppid: 100, Sid: 100, Pgid: 100, Tids: []int32{103}, Vmas: []*pb.Vma{{Start: 0x400000, End: 0x401000, Status: 1 << 5}}},
+		{Pid: 104, Ppid: 102, Sid: 100, Pgid: 104, Tasks: []*pb.Layout{{Pid: 105}}}}})
+	f.Add(tree)
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var l pb.Layout
@@ -27,16 +32,26 @@ func FuzzLayout(f *testing.F) {
 		if err != nil {
 			return
 		}
-		var prev uint64
-		for _, v := range got.VMAs {
-			if v.Start < prev || v.Start >= v.End || v.Start%4096 != 0 || v.End%4096 != 0 {
-				t.Fatalf("took VMA %#x-%#x after %#x", v.Start, v.End, prev)
+		for _, k := range append([]restorer.Layout{*got}, got.Tasks...) {
+			if k.Pid <= 1 {
+				t.Fatalf("took pid %d", k.Pid)
 			}
-			prev = v.End
+			var prev uint64
+			for _, v := range k.VMAs {
+				if v.Start < prev || v.Start >= v.End || v.Start%4096 != 0 || v.End%4096 != 0 {
+					t.Fatalf("task %d: took VMA %#x-%#x after %#x", k.Pid, v.Start, v.End, prev)
+				}
+				prev = v.End
+			}
+			for _, tid := range k.Tids {
+				if tid <= 1 || tid == k.Pid {
+					t.Fatalf("took tid %d of pid %d", tid, k.Pid)
+				}
+			}
 		}
-		for _, tid := range got.Tids {
-			if tid <= 1 || tid == got.Pid {
-				t.Fatalf("took tid %d of pid %d", tid, got.Pid)
+		for _, k := range got.Tasks {
+			if len(k.Tasks) > 0 {
+				t.Fatalf("took task %d with tasks of its own", k.Pid)
 			}
 		}
 	})

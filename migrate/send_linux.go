@@ -318,15 +318,15 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		defer g.done()
 	}
 
-	// The agent makes the task and fills it during the rounds
-	// (restorer.Pending): single-process trees restored from pre-copy
-	// rounds alone (not the lazy final pages of hybrid).
+	// The agent makes the tasks and fills them during the rounds
+	// (restorer.Pending): trees restored from pre-copy rounds alone (not
+	// the lazy final pages of hybrid).
 	overlap := false
 	switch {
 	case o.NoOverlap:
 		res.Overlap = &Overlap{State: "off: --no-overlap"}
-	case tasks > 1:
-		res.Overlap = &Overlap{State: fmt.Sprintf("off: a tree of %d processes", tasks)}
+	case tasks > maxLayoutTasks:
+		res.Overlap = &Overlap{State: fmt.Sprintf("off: a tree of %d processes, more than %d", tasks, maxLayoutTasks)}
 	case res.Mode != ModePrecopy:
 		res.Overlap = &Overlap{State: "off: --mode " + string(res.Mode)}
 	default:
@@ -395,7 +395,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			// The layout now, while the tree runs: approximate, the
 			// final dump's is the one restored.
 			l, err := layoutMsg(o.Pid)
-			if err == nil {
+			if err == nil && l != nil {
 				err = s.send(&pb.Envelope{Msg: &pb.Envelope_Layout{Layout: l}})
 			}
 			if err != nil {
@@ -509,7 +509,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			}
 			readyAt = time.Now()
 			if rd := m.GetReady(); overlap && rd.Overlap != "" {
-				res.Overlap = &Overlap{State: rd.Overlap, PreparedPages: rd.PreparedPages, FinalPages: rd.FinalPages}
+				res.Overlap = &Overlap{State: rd.Overlap, Tasks: int(rd.PreparedTasks), PreparedPages: rd.PreparedPages, FinalPages: rd.FinalPages}
 			}
 			gate.readyArrived()
 			hookPhase = PhaseSwitchover

@@ -24,6 +24,7 @@ func TestLazyRawSession(t *testing.T) {
 	writeLocal(t, dump, "pagemap-42.img", 1, []pageRange{
 		{vaddr: 0x600000, nr: 10, flags: FlagPresent | FlagLazy},
 		{vaddr: 0x700000, nr: 1, flags: FlagLazy},
+		{vaddr: 0x800000, nr: 40, flags: FlagPresent | FlagLazy},
 	}, 12)
 	log := &syncBuf{}
 	srv, err := NewServer(Config{ImagesDir: dump, Lazy: true, IdleTimeout: 300 * time.Millisecond, Log: logging.New(log, 4)})
@@ -101,12 +102,15 @@ func testRawGets(t *testing.T, addr string, blocking bool) {
 			t.Fatal(err)
 		}
 	}
-	buf := make([]byte, 16*PageSize)
+	buf := make([]byte, 48*PageSize)
 	for _, q := range []struct{ vaddr, nr, want uint64 }{
 		{0x600000, 1, 1},
 		{0x602000, 4, 4},
 		{0x606000, 16, 4}, // cut at the entry's end: less data than room
 		{0x601000, 9, 9},
+		{0x800000, 16, 16}, // the largest reply read and written with its header
+		{0x801000, 17, 17}, // the smallest sent with sendfile
+		{0x802000, 48, 38},
 	} {
 		for i := range buf {
 			buf[i] = 0xee

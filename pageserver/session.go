@@ -453,6 +453,9 @@ func (ss *session) get(h wire.Header) error {
 	var hb [wire.HeaderSize]byte
 	wire.Header{Cmd: wire.MakeCmd(wire.CmdAddF, wire.FlagPresent), NrPages: nr, Vaddr: h.Vaddr, DstID: h.DstID}.Marshal(hb[:])
 	if ss.tcp != nil && f != nil {
+		if n := int64(nr * wire.PageSize); n <= smallGet {
+			return ss.sendSmall(hb[:], f, off, n, nr)
+		}
 		return ss.sendPages(hb[:], f, off, int64(nr*wire.PageSize), nr)
 	}
 	if err := ss.reply(hb[:]); err != nil || nr == 0 {

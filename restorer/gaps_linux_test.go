@@ -7,15 +7,20 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 
+	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
 	"golang.org/x/sys/unix"
 
 	"godwit/dumper"
 	"godwit/internal/images"
+	"godwit/internal/model"
 	"godwit/internal/model/criuimg"
+	"godwit/internal/ptrace"
 	"godwit/internal/testutil"
 	"godwit/internal/xstate"
 )
@@ -168,7 +173,103 @@ func TestRestoreInRestartSyscall(t *testing.T) {
 	}
 	unix.Kill(w.Pid, unix.SIGKILL)
 	w.Reaped(t)
+	// CRIU's restore returns to the program with rax as the core image
+	// has it: the restart must be applied there (a sleep given
+	// -ERESTART_RESTARTBLOCK exits at once).
+	d, err := images.Open(imgs, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := criuimg.CheckCRIU(d); err != nil {
+		t.Errorf("CheckCRIU: %v", err)
+	}
+	tree, err := criuimg.Read(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, th := range tree.Root().Threads {
+		if th.Regs.Orig_rax != unix.SYS_RESTART_SYSCALL {
+			continue
+		}
+		c, err := images.ReadOne[*criu_core.CoreEntry](d, images.CoreImg(th.Tid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g := c.GetThreadInfo().GetGpregs(); g.GetAx() != unix.SYS_NANOSLEEP && g.GetAx() != unix.SYS_CLOCK_NANOSLEEP || g.GetIp() != th.Regs.Rip-2 {
+			t.Errorf("thread %d inside restart_syscall: core ax %#x ip %#x, want (clock_)nanosleep at %#x", th.Tid, g.GetAx(), g.GetIp(), th.Regs.Rip-2)
+		}
+	}
+	d.Close()
 	// In a pid namespace of its own: the dumped TIDs are free there.
+	if got := restoreInPidNS(t, nsJob{Imgs: imgs, Log: log}).Last; got != "done sleep" {
+		t.Fatalf("last line %q", got)
+	}
+}
+
+// TestRestartPendingSignalForCRIU: a thread frozen in nanosleep with a
+// signal pending (blocked: it stays pending) is written as CRIU's own
+// dump writes it, -EINTR in the core, which CRIU's restore hands to the
+// program (before, the core kept -ERESTART_RESTARTBLOCK, and CRIU 4.2's
+// restore of a program so frozen failed its call with errno 516), while
+// godwit's restore, from the frozen registers, lets the sleep go on.
+func TestRestartPendingSignalForCRIU(t *testing.T) {
+	w, log, dir := gapWorkload(t, "sleep")
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", w.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sleeper := 0
+	for _, e := range ents {
+		if tid, _ := strconv.Atoi(e.Name()); tid != w.Pid {
+			sleeper = tid
+		}
+	}
+	if sleeper == 0 {
+		t.Fatal("no sleeper thread")
+	}
+	// The sleeper blocks every signal: this one stays on its queue.
+	if err := unix.Tgkill(w.Pid, sleeper, unix.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	// Dumped inside nanosleep (not between two sleeps).
+	var imgs string
+	var d *images.Dir
+	for i := 0; ; i++ {
+		imgs = filepath.Join(dir, fmt.Sprintf("img%d", i))
+		dump(t, w.Pid, imgs, func(o *dumper.Options) { o.LeaveRunning = true })
+		if d, err = images.Open(imgs, false); err != nil {
+			t.Fatal(err)
+		}
+		tree, err := criuimg.Read(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if inside := slices.ContainsFunc(tree.Root().Threads, func(th *model.Thread) bool {
+			return th.Tid == sleeper && ptrace.Restart(&th.Regs) == ptrace.RestartBlock
+		}); inside {
+			break
+		}
+		d.Close()
+		if i == 5 {
+			t.Fatal("the sleeper was never dumped inside nanosleep")
+		}
+	}
+	unix.Kill(w.Pid, unix.SIGKILL)
+	w.Reaped(t)
+	if err := criuimg.CheckCRIU(d); err != nil {
+		t.Errorf("CheckCRIU: %v", err)
+	}
+	c, err := images.ReadOne[*criu_core.CoreEntry](d, images.CoreImg(sleeper))
+	d.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.GetThreadCore().GetSignalsP().GetSignals()) != 1 {
+		t.Fatalf("sleeper's core: %d pending signals, want SIGUSR2", len(c.GetThreadCore().GetSignalsP().GetSignals()))
+	}
+	if g := c.GetThreadInfo().GetGpregs(); int64(g.GetAx()) != -int64(unix.EINTR) {
+		t.Errorf("sleeper's core: ax %#x orig_ax %d, want -EINTR", g.GetAx(), g.GetOrigAx())
+	}
 	if got := restoreInPidNS(t, nsJob{Imgs: imgs, Log: log}).Last; got != "done sleep" {
 		t.Fatalf("last line %q", got)
 	}

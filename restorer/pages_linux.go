@@ -285,10 +285,13 @@ func (r *taskRun) preadvAll(s *session, src pagexfer.Source, fr pagexfer.FileRun
 
 // fillShmem writes the pages of shared anonymous VMAs, whose pagemap
 // addresses are offsets in the shared object.
-func (r *taskRun) fillShmem() error {
+func (r *taskRun) fillShmem() error { return r.fillShmemBut(nil) }
+
+// fillShmemBut is fillShmem but for the objects in skip.
+func (r *taskRun) fillShmemBut(skip map[uint64]bool) error {
 	for i := range r.img.mm.VMAs {
 		v := &r.img.mm.VMAs[i]
-		if v.Status&images.VmaAnonShared == 0 {
+		if v.Status&images.VmaAnonShared == 0 || skip[v.Shmid] {
 			continue
 		}
 		pr := r.img.shmem[v.Shmid] // only in the task that makes it

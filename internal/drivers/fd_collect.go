@@ -499,3 +499,25 @@ func (fl *Files) checkFDs(t *model.Tree) error {
 	}
 	return nil
 }
+
+// PlanInjected reads the close-on-exec flags CollectInjected reads,
+// F_GETFD each; a refusal makes CollectInjected read fdinfo instead.
+func (filesDriver) PlanInjected(d *Dump, s *inject.Session) (Planned, bool) {
+	d.Files.cloexecMu.Lock()
+	idx := d.Files.cloexec[d.Pid]
+	d.Files.cloexecMu.Unlock()
+	calls := make([]inject.Call, len(idx))
+	for i, j := range idx {
+		n := d.Task.FDs[j].Num
+		calls[i] = inject.C("fd "+strconv.Itoa(n)+": F_GETFD", unix.SYS_FCNTL, uint64(n), unix.F_GETFD)
+	}
+	return Planned{Calls: calls, Done: func(got []uint64, _ []byte) error {
+		for i, j := range idx {
+			d.Task.FDs[j].Cloexec = got[i]&unix.FD_CLOEXEC != 0
+		}
+		d.Files.cloexecMu.Lock()
+		delete(d.Files.cloexec, d.Pid)
+		d.Files.cloexecMu.Unlock()
+		return nil
+	}}, true
+}

@@ -19,6 +19,10 @@ type Tree struct {
 	// Files are the open files (file descriptions) and the files named
 	// by exe links, cwd, root and file mappings, by ID.
 	Files map[ID]*File
+	// UTS and IPC are the tree's own UTS and IPC namespaces, nil when
+	// the tree is in godwit's.
+	UTS *UTSNamespace
+	IPC *IPCNamespace
 }
 
 // Root is the root task, nil in an empty tree.
@@ -134,6 +138,10 @@ type Thread struct {
 	Tid    int
 	Regs   unix.PtraceRegs // as frozen (NT_PRSTATUS)
 	XState []byte          // NT_X86_XSTATE, in this CPU's standard layout
+	// RestartNr is the call a thread frozen inside restart_syscall
+	// restarts (read from its code at dump; 0 otherwise): CRIU's image
+	// writes the restart with it, as orig_rax names only restart_syscall.
+	RestartNr uint64
 	// Sigmask is the blocked set; Pending its private signal queue.
 	Sigmask uint64
 	Pending []Siginfo

@@ -193,6 +193,21 @@ func (c *Chain) SourceExcept(rs [][2]uint64) *ChainSource {
 	return &ChainSource{c: c, runs: runs, i: -1}
 }
 
+// SourceRangeExcept is SourceExcept(rs) clipped to [lo, hi): the part of
+// a shared object's pagemap one mapping shows, without what is already in.
+func (c *Chain) SourceRangeExcept(lo, hi uint64, rs [][2]uint64) *ChainSource {
+	s := c.SourceExcept(rs)
+	var runs []ChainRun
+	for _, r := range s.runs {
+		a, b := max(r.Vaddr, lo), min(r.Vaddr+r.NrPages*images.PageSize, hi)
+		if a < b {
+			runs = append(runs, ChainRun{Vaddr: a, NrPages: (b - a) / images.PageSize, Level: r.Level, Offset: r.Offset + int64(a-r.Vaddr)})
+		}
+	}
+	s.runs = runs
+	return s
+}
+
 // NeedsParent tells whether pr has entries kept in the parent images (an
 // incremental dump: read it through OpenChain).
 func NeedsParent(pr *images.PageReader) bool { return hasParentEntries(pr) }

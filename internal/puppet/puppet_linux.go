@@ -230,10 +230,15 @@ func (p *Puppet) Clone(pid int, sibling bool) (*Puppet, error) {
 // new task shares (CLONE_FILES, CLONE_FS), or its parent (CLONE_PARENT).
 const SharedFlags = unix.CLONE_PARENT | unix.CLONE_FILES | unix.CLONE_FS
 
-// CloneWith is Clone with clone flags among SharedFlags.
+// NamespaceFlags are the new namespaces CloneWith may make the task in
+// (a tree's own UTS and IPC namespaces, made with its root).
+const NamespaceFlags = unix.CLONE_NEWUTS | unix.CLONE_NEWIPC
+
+// CloneWith is Clone with clone flags among SharedFlags and
+// NamespaceFlags.
 func (p *Puppet) CloneWith(pid int, flags uint64) (*Puppet, error) {
-	if flags&^SharedFlags != 0 {
-		return nil, fmt.Errorf("puppet: clone flags %#x not allowed", flags&^SharedFlags)
+	if flags&^(SharedFlags|NamespaceFlags) != 0 {
+		return nil, fmt.Errorf("puppet: clone flags %#x not allowed", flags&^(SharedFlags|NamespaceFlags))
 	}
 	if err := checkPid(pid); err != nil {
 		return nil, err
@@ -335,7 +340,12 @@ const threadFlags = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLON
 // puppet's signal mask. The thread runs the stub's loop on the puppet's
 // stack pointer (the loop never touches the stack); the restorer gives it
 // its real registers later.
-func (p *Puppet) CloneThread(tid int) (int, error) {
+func (p *Puppet) CloneThread(tid int) (int, error) { return p.CloneThreadAt(tid, 0) }
+
+// CloneThreadAt is CloneThread with clone3's arguments at args, writable
+// memory of the puppet (0: below its stack pointer): for a puppet whose
+// stack is unmapped (laid out as the restored task).
+func (p *Puppet) CloneThreadAt(tid int, args uint64) (int, error) {
 	if err := checkPid(tid); err != nil {
 		return 0, err
 	}
@@ -343,7 +353,7 @@ func (p *Puppet) CloneThread(tid int) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("puppet %d: %w", p.Pid, err)
 	}
-	child, cerr := p.clone3(s, tid, threadFlags)
+	child, cerr := p.clone3at(s, tid, threadFlags, args)
 	if eerr := s.End(); eerr != nil && cerr == nil {
 		cerr = eerr
 	}
@@ -376,10 +386,16 @@ func checkPid(pid int) error {
 }
 
 func (p *Puppet) clone3(s *ptrace.Session, pid int, flags uint64) (*Puppet, error) {
+	return p.clone3at(s, pid, flags, 0)
+}
+
+func (p *Puppet) clone3at(s *ptrace.Session, pid int, flags uint64, scratch uint64) (*Puppet, error) {
 	// The arguments go below the stack pointer, which the stub never
 	// uses (exec gave its stack VMA 128 KiB at least): no scratch
 	// mapping, which would cost an mmap and a munmap of two stops each.
-	scratch := (s.Saved().Rsp - argsBelowSP) &^ 15
+	if scratch == 0 {
+		scratch = (s.Saved().Rsp - argsBelowSP) &^ 15
+	}
 	args := linux.CloneArgs{
 		Flags:      flags,
 		ExitSignal: uint64(unix.SIGCHLD),

@@ -59,14 +59,6 @@ func CheckCRIU(d *images.Dir) error {
 		}
 	}
 	fdTables := map[uint32]bool{}
-	// Tasks with shared pending signals, whose threads may keep an
-	// interrupted syscall's registers as frozen (see gpregs).
-	sharedSignals := map[uint32]bool{}
-	for _, ps := range pss {
-		if c, err := images.ReadOne[*criu_core.CoreEntry](d, images.CoreImg(int(ps.GetPid()))); err == nil {
-			sharedSignals[ps.GetPid()] = len(c.GetTc().GetSignalsS().GetSignals()) > 0
-		}
-	}
 	for i, ps := range pss {
 		pid := ps.GetPid()
 		if leader, err := images.ReadOne[*criu_core.CoreEntry](d, images.CoreImg(int(pid))); err == nil &&
@@ -94,12 +86,8 @@ func CheckCRIU(d *images.Dir) error {
 			if c.GetThreadCore() == nil {
 				bad("%s: no thread_core", name)
 			}
-			if g := c.GetThreadInfo().GetGpregs(); g != nil && len(c.GetThreadCore().GetSignalsP().GetSignals()) == 0 &&
-				!sharedSignals[ps.GetPid()] && g.GetOrigAx() != sysRestartSyscall {
-				regs := ptraceRegs(g)
-				if ptrace.Restart(&regs) != ptrace.NoRestart {
-					bad("%s: rax %#x is an unapplied syscall restart (CRIU's restore would return it to the program)", name, g.GetAx())
-				}
+			if unappliedRestart(c) {
+				bad("%s: rax %#x is an unapplied syscall restart (CRIU's restore would return it to the program)", name, c.GetThreadInfo().GetGpregs().GetAx())
 			}
 			if j == 0 {
 				if c.GetTc() == nil {
@@ -194,4 +182,18 @@ func checkMM(d *images.Dir, pid int, bad func(string, ...any)) {
 	if covered < vdsoEnd {
 		bad("%s: vdso %#x-%#x: pages from %#x missing (CRIU's restore reads the dumped vDSO)", images.PagemapImg(pid), vdsoStart, vdsoEnd, covered)
 	}
+}
+
+// unappliedRestart reports whether c's registers hold an interrupted
+// syscall's -ERESTART* in rax. CRIU's restore returns to user space with
+// rax as written, so the program would get -ERESTART* as the call's
+// result (a sleep inside restart_syscall exited at once that way); CRIU's
+// own dump always applies the restart.
+func unappliedRestart(c *criu_core.CoreEntry) bool {
+	g := c.GetThreadInfo().GetGpregs()
+	if g == nil {
+		return false
+	}
+	regs := ptraceRegs(g)
+	return ptrace.Restart(&regs) != ptrace.NoRestart
 }

@@ -338,30 +338,36 @@ func TestItimerValueZero(t *testing.T) {
 	}
 }
 
-// A thread frozen in an interrupted syscall is written as CRIU writes it
-// (rip on the syscall instruction, rax the call) when that is exact: no
-// signal pending, and the call known (not inside restart_syscall).
+// A thread frozen in an interrupted syscall is written as CRIU's dump
+// writes it: the restart applied (rip on the syscall instruction, rax the
+// call; inside restart_syscall, the call the dump read from the code),
+// and -EINTR for a restart block when a signal is pending.
 func TestGpregsRestart(t *testing.T) {
 	const ip = 0x401000
 	neg := func(e int64) uint64 { return uint64(-e) }
 	for _, c := range []struct {
-		ax, orig uint64
-		signals  bool
-		wantAx   uint64
-		wantIP   uint64
+		ax, orig, nr uint64
+		signals      bool
+		wantAx       uint64
+		wantIP       uint64
+		applied      bool
 	}{
-		{neg(512), unix.SYS_FUTEX, false, unix.SYS_FUTEX, ip - 2},                     // ERESTARTSYS
-		{neg(514), unix.SYS_PAUSE, false, unix.SYS_PAUSE, ip - 2},                     // ERESTARTNOHAND
-		{neg(516), unix.SYS_CLOCK_NANOSLEEP, false, unix.SYS_CLOCK_NANOSLEEP, ip - 2}, // restart block
-		{neg(516), unix.SYS_RESTART_SYSCALL, false, neg(516), ip},                     // call unknown here
-		{neg(514), unix.SYS_PAUSE, true, neg(514), ip},                                // a handler decides
-		{neg(4), unix.SYS_READ, false, neg(4), ip},                                    // EINTR: done
-		{0, ^uint64(0), false, 0, ip},                                                 // not in a syscall
+		{neg(512), unix.SYS_FUTEX, 0, false, unix.SYS_FUTEX, ip - 2, true},                                            // ERESTARTSYS
+		{neg(512), unix.SYS_READ, 0, false, unix.SYS_READ, ip - 2, true},                                              // ERESTARTSYS, call 0
+		{neg(514), unix.SYS_PAUSE, 0, false, unix.SYS_PAUSE, ip - 2, true},                                            // ERESTARTNOHAND
+		{neg(516), unix.SYS_CLOCK_NANOSLEEP, 0, false, unix.SYS_CLOCK_NANOSLEEP, ip - 2, true},                        // restart block
+		{neg(516), unix.SYS_RESTART_SYSCALL, unix.SYS_CLOCK_NANOSLEEP, false, unix.SYS_CLOCK_NANOSLEEP, ip - 2, true}, // again
+		{neg(516), unix.SYS_RESTART_SYSCALL, 0, false, neg(516), ip, false},                                           // call unknown
+		{neg(516), unix.SYS_RESTART_SYSCALL, unix.SYS_NANOSLEEP, true, neg(4), ip, true},                              // a handler: EINTR
+		{neg(516), unix.SYS_NANOSLEEP, 0, true, neg(4), ip, true},                                                     // a handler: EINTR
+		{neg(514), unix.SYS_PAUSE, 0, true, unix.SYS_PAUSE, ip - 2, true},                                             // a handler: restart, as CRIU
+		{neg(4), unix.SYS_READ, 0, false, neg(4), ip, false},                                                          // EINTR: done
+		{0, ^uint64(0), 0, false, 0, ip, false},                                                                       // not in a syscall
 	} {
 		r := unix.PtraceRegs{Rax: c.ax, Orig_rax: c.orig, Rip: ip, Rdi: 7}
-		g, applied := gpregs(&r, c.signals)
-		if applied != (g.GetIp() != ip) {
-			t.Errorf("ax %#x: applied %v, ip %#x", c.ax, applied, g.GetIp())
+		g, applied := gpregs(&r, c.signals, c.nr)
+		if applied != c.applied {
+			t.Errorf("ax %#x orig %d signals %v: applied %v", c.ax, c.orig, c.signals, applied)
 		}
 		if g.GetAx() != c.wantAx || g.GetIp() != c.wantIP || g.GetOrigAx() != c.orig || g.GetDi() != 7 {
 			t.Errorf("ax %#x orig %d signals %v: wrote ax %#x ip %#x orig %d", c.ax, c.orig, c.signals, g.GetAx(), g.GetIp(), g.GetOrigAx())

@@ -8,19 +8,24 @@ import (
 
 // gpregs converts user_regs_struct to CRIU's user_x86_regs_entry. A
 // thread frozen inside an interrupted syscall (rax = -ERESTART*) is
-// written as CRIU's dump writes it when that is exact, with the restart
-// applied: rip back on the syscall instruction and rax the call to make,
-// because CRIU's restore returns to user space with the registers as they
-// are (it would hand -ERESTART* to the program). The call is orig_rax;
-// for a restart block the interrupted call itself, which godwit's restore
-// also re-runs. It is exact unless a signal is pending (signals): the
-// kernel then decides between restart and EINTR by the handler it runs,
-// which only registers as frozen let it do; nor inside restart_syscall,
-// whose call only the thread's code names. Those stay as frozen. It
-// reports whether it applied the restart: the frozen registers then go to
-// RestartImg, for godwit's restore.
-func gpregs(r *unix.PtraceRegs, signals bool) (*core_x86.UserX86RegsEntry, bool) {
-	c, applied := applyRestart(r, signals)
+// written as CRIU's dump writes it, with the restart applied: rip back on
+// the syscall instruction and rax the call to make, because CRIU's
+// restore returns to user space with the registers as they are (it would
+// hand -ERESTART* to the program: a sleep restored so exits at once).
+// The call is orig_rax; for a restart block the interrupted call itself,
+// which godwit's restore also re-runs; inside restart_syscall (a thread
+// stopped before, by a pre-dump say) it is restartNr, the call the dump
+// read from the thread's code (0: unknown, left as frozen; the dump
+// refuses that). (CRIU's own dump writes -EINTR for a restart block: the
+// call returns early, which a program without a signal handler never
+// sees.) With a signal pending (signals) the kernel would choose between
+// restart and EINTR by the handler it runs, which only the frozen
+// registers let it do: the core then has what CRIU's dump writes, the
+// restart, or -EINTR for a restart block, and godwit's restore takes the
+// frozen registers from RestartImg. It reports whether it applied a
+// restart: the frozen registers then go to RestartImg.
+func gpregs(r *unix.PtraceRegs, signals bool, restartNr uint64) (*core_x86.UserX86RegsEntry, bool) {
+	c, applied := applyRestart(r, signals, restartNr)
 	r = &c
 	u := proto.Uint64
 	return &core_x86.UserX86RegsEntry{

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 
+	"golang.org/x/sys/unix"
+
 	"godwit/internal/images"
 	"godwit/internal/model"
 	"godwit/internal/ptrace"
@@ -82,6 +84,14 @@ func readRestart(d *images.Dir, t *model.Tree) error {
 			threads[uint32(th.Tid)] = th
 		}
 	}
+	// A pending signal, the thread's or its task's, decided how the
+	// restart was written (see gpregs).
+	signals := map[uint32]bool{}
+	for _, k := range t.Tasks {
+		for _, th := range k.Threads {
+			signals[uint32(th.Tid)] = len(th.Pending) > 0 || len(k.SharedSignals) > 0
+		}
+	}
 	seen := map[uint32]bool{}
 	for p := b[len(restartMagic):]; len(p) > 0; p = p[restartEntry:] {
 		e := frozenRegs{binary.LittleEndian.Uint32(p), binary.LittleEndian.Uint64(p[8:]), binary.LittleEndian.Uint64(p[16:])}
@@ -92,24 +102,53 @@ func readRestart(d *images.Dir, t *model.Tree) error {
 		seen[e.tid] = true
 		frozen := th.Regs
 		frozen.Rax, frozen.Rip = e.rax, e.rip
-		applied, ok := applyRestart(&frozen, false)
+		// Inside restart_syscall the core's rax is the call restarted
+		// (unless a signal made it -EINTR).
+		sig := signals[e.tid]
+		var nr uint64
+		if frozen.Orig_rax == sysRestartSyscall && !sig {
+			nr = th.Regs.Rax
+		}
+		applied, ok := applyRestart(&frozen, sig, nr)
 		if !ok || applied != th.Regs {
 			return fmt.Errorf("%s: thread %d: the registers of %s are not the restart of rax %#x at rip %#x",
 				RestartImg, e.tid, images.CoreImg(int(e.tid)), e.rax, e.rip)
 		}
-		th.Regs = frozen
+		th.Regs, th.RestartNr = frozen, nr
 	}
 	return nil
 }
 
 // applyRestart returns r with an interrupted syscall's restart applied, as
-// CRIU's dump writes registers, and whether that is exact (see gpregs).
-func applyRestart(r *ptrace.Regs, signals bool) (ptrace.Regs, bool) {
-	st := ptrace.Restart(r)
-	if signals || !(st == ptrace.RestartSame || st == ptrace.RestartBlock && r.Orig_rax != sysRestartSyscall) {
+// CRIU's dump writes registers, and whether it applied one (see gpregs);
+// signals: a signal is pending; restartNr is the call restart_syscall
+// restarts, 0 if unknown.
+func applyRestart(r *ptrace.Regs, signals bool, restartNr uint64) (ptrace.Regs, bool) {
+	c := *r
+	switch ptrace.Restart(r) {
+	case ptrace.RestartSame:
+		c.Rax, c.Rip = c.Orig_rax, c.Rip-2
+	case ptrace.RestartBlock:
+		call := r.Orig_rax
+		if call == sysRestartSyscall {
+			call = restartNr
+		}
+		switch {
+		case signals:
+			// The handler about to run ends a call with a
+			// restart block with EINTR (CRIU's dump always
+			// writes that).
+			c.Rax = negEINTR
+		case call == 0 || call == sysRestartSyscall:
+			return *r, false // unknown: CRIU's restore would return -ERESTART_RESTARTBLOCK
+		default:
+			c.Rax, c.Rip = call, c.Rip-2
+		}
+	default:
 		return *r, false
 	}
-	c := *r
-	c.Rax, c.Rip = c.Orig_rax, c.Rip-2
 	return c, true
 }
+
+// negEINTR is -EINTR as a register value.
+const negEINTR = ^uint64(unix.EINTR) + 1

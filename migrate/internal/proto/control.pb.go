@@ -1288,6 +1288,7 @@ type Ready struct {
 	Overlap       string                 `protobuf:"bytes,1,opt,name=overlap,proto3" json:"overlap,omitempty"`
 	PreparedPages uint64                 `protobuf:"varint,2,opt,name=prepared_pages,json=preparedPages,proto3" json:"prepared_pages,omitempty"`
 	FinalPages    uint64                 `protobuf:"varint,3,opt,name=final_pages,json=finalPages,proto3" json:"final_pages,omitempty"`
+	PreparedTasks uint32                 `protobuf:"varint,4,opt,name=prepared_tasks,json=preparedTasks,proto3" json:"prepared_tasks,omitempty"` // the tasks the rounds prepared
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1339,6 +1340,13 @@ func (x *Ready) GetPreparedPages() uint64 {
 func (x *Ready) GetFinalPages() uint64 {
 	if x != nil {
 		return x.FinalPages
+	}
+	return 0
+}
+
+func (x *Ready) GetPreparedTasks() uint32 {
+	if x != nil {
+		return x.PreparedTasks
 	}
 	return 0
 }
@@ -1957,11 +1965,19 @@ func (x *ProbeAck) GetBytes() uint64 {
 // RoundDone): the root's mappings as read while it ran, for the agent to
 // make the task and lay out its memory before the freeze (restore
 // overlapped with the rounds). Approximate: the final images decide.
+// A tree's: the root's, its other tasks in tasks (parents before
+// children), each task with its parent, session and process group (an
+// agent that knows only the root's prepares it alone, and restores from
+// the images when the final tree is not one task).
 type Layout struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Pid           int32                  `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
 	Vmas          []*Vma                 `protobuf:"bytes,2,rep,name=vmas,proto3" json:"vmas,omitempty"`
-	Tids          []int32                `protobuf:"varint,3,rep,packed,name=tids,proto3" json:"tids,omitempty"` // the root's threads but its leader
+	Tids          []int32                `protobuf:"varint,3,rep,packed,name=tids,proto3" json:"tids,omitempty"` // the task's threads but its leader
+	Ppid          int32                  `protobuf:"varint,4,opt,name=ppid,proto3" json:"ppid,omitempty"`
+	Sid           int32                  `protobuf:"varint,5,opt,name=sid,proto3" json:"sid,omitempty"`
+	Pgid          int32                  `protobuf:"varint,6,opt,name=pgid,proto3" json:"pgid,omitempty"`
+	Tasks         []*Layout              `protobuf:"bytes,7,rep,name=tasks,proto3" json:"tasks,omitempty"` // the root's only: the tree's other tasks
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2017,6 +2033,34 @@ func (x *Layout) GetTids() []int32 {
 	return nil
 }
 
+func (x *Layout) GetPpid() int32 {
+	if x != nil {
+		return x.Ppid
+	}
+	return 0
+}
+
+func (x *Layout) GetSid() int32 {
+	if x != nil {
+		return x.Sid
+	}
+	return 0
+}
+
+func (x *Layout) GetPgid() int32 {
+	if x != nil {
+		return x.Pgid
+	}
+	return 0
+}
+
+func (x *Layout) GetTasks() []*Layout {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
 // Vma is one mapping, as godwit's model keeps it (model.VMA).
 type Vma struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2030,6 +2074,7 @@ type Vma struct {
 	HugePage      uint64                 `protobuf:"varint,8,opt,name=huge_page,json=hugePage,proto3" json:"huge_page,omitempty"`
 	Droppable     bool                   `protobuf:"varint,9,opt,name=droppable,proto3" json:"droppable,omitempty"`
 	Guards        bool                   `protobuf:"varint,10,opt,name=guards,proto3" json:"guards,omitempty"` // guard regions inside: never prepared
+	Shmid         uint64                 `protobuf:"varint,11,opt,name=shmid,proto3" json:"shmid,omitempty"`   // shared anonymous memory: its object (shmem inode)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2134,6 +2179,13 @@ func (x *Vma) GetGuards() bool {
 	return false
 }
 
+func (x *Vma) GetShmid() uint64 {
+	if x != nil {
+		return x.Shmid
+	}
+	return 0
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
@@ -2223,12 +2275,13 @@ const file_control_proto_rawDesc = "" +
 	"\tlisteners\x18\x02 \x01(\rR\tlisteners\"\a\n" +
 	"\x05Check\"#\n" +
 	"\aChecked\x12\x18\n" +
-	"\arefusal\x18\x01 \x01(\tR\arefusal\"i\n" +
+	"\arefusal\x18\x01 \x01(\tR\arefusal\"\x90\x01\n" +
 	"\x05Ready\x12\x18\n" +
 	"\aoverlap\x18\x01 \x01(\tR\aoverlap\x12%\n" +
 	"\x0eprepared_pages\x18\x02 \x01(\x04R\rpreparedPages\x12\x1f\n" +
 	"\vfinal_pages\x18\x03 \x01(\x04R\n" +
-	"finalPages\"\x04\n" +
+	"finalPages\x12%\n" +
+	"\x0eprepared_tasks\x18\x04 \x01(\rR\rpreparedTasks\"\x04\n" +
 	"\x02Go\"\x1b\n" +
 	"\aResumed\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\"\x9c\x01\n" +
@@ -2266,11 +2319,15 @@ const file_control_proto_rawDesc = "" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x12\n" +
 	"\x04last\x18\x02 \x01(\bR\x04last\" \n" +
 	"\bProbeAck\x12\x14\n" +
-	"\x05bytes\x18\x01 \x01(\x04R\x05bytes\"Z\n" +
+	"\x05bytes\x18\x01 \x01(\x04R\x05bytes\"\xc5\x01\n" +
 	"\x06Layout\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12*\n" +
 	"\x04vmas\x18\x02 \x03(\v2\x16.godwit.migrate.v1.VmaR\x04vmas\x12\x12\n" +
-	"\x04tids\x18\x03 \x03(\x05R\x04tids\"\xec\x01\n" +
+	"\x04tids\x18\x03 \x03(\x05R\x04tids\x12\x12\n" +
+	"\x04ppid\x18\x04 \x01(\x05R\x04ppid\x12\x10\n" +
+	"\x03sid\x18\x05 \x01(\x05R\x03sid\x12\x12\n" +
+	"\x04pgid\x18\x06 \x01(\x05R\x04pgid\x12/\n" +
+	"\x05tasks\x18\a \x03(\v2\x19.godwit.migrate.v1.LayoutR\x05tasks\"\x82\x02\n" +
 	"\x03Vma\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\x04R\x03end\x12\x14\n" +
@@ -2282,7 +2339,8 @@ const file_control_proto_rawDesc = "" +
 	"\thuge_page\x18\b \x01(\x04R\bhugePage\x12\x1c\n" +
 	"\tdroppable\x18\t \x01(\bR\tdroppable\x12\x16\n" +
 	"\x06guards\x18\n" +
-	" \x01(\bR\x06guardsB\x1fZ\x1dgodwit/migrate/internal/protob\x06proto3"
+	" \x01(\bR\x06guards\x12\x14\n" +
+	"\x05shmid\x18\v \x01(\x04R\x05shmidB\x1fZ\x1dgodwit/migrate/internal/protob\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -2355,11 +2413,12 @@ var file_control_proto_depIdxs = []int32{
 	13, // 24: godwit.migrate.v1.Envelope.checked:type_name -> godwit.migrate.v1.Checked
 	21, // 25: godwit.migrate.v1.Resolved.held:type_name -> godwit.migrate.v1.Held
 	27, // 26: godwit.migrate.v1.Layout.vmas:type_name -> godwit.migrate.v1.Vma
-	27, // [27:27] is the sub-list for method output_type
-	27, // [27:27] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	26, // 27: godwit.migrate.v1.Layout.tasks:type_name -> godwit.migrate.v1.Layout
+	28, // [28:28] is the sub-list for method output_type
+	28, // [28:28] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
