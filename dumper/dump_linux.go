@@ -266,6 +266,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
 		}
 	}
+	tns := time.Now()
 	nsRec, err := treeNetns(tree)
 	var own ownNamespaces
 	if err == nil {
@@ -283,11 +284,13 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		rb.run()
 		return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
 	}
+	tnl := time.Now()
 	nl, err := lockNetwork(ctx, o.NetworkLock, pid, scripts)
 	if err != nil {
 		rb.run()
 		return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
 	}
+	logging.FromContext(ctx).Debugf("dump %d: namespaces and sessions: %v, network lock: %v", pid, tnl.Sub(tns), time.Since(tnl))
 	rb.add(func() {
 		if err := unlockNetwork(nl, pid, scripts); err != nil {
 			logging.FromContext(ctx).Errorf("dump %d: %v", pid, err)
@@ -854,6 +857,7 @@ func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, sh *treeShared, i int
 		return nil, err
 	}
 	task.SharedSignals = siginfos(shared)
+	d.step(t0, "threads")
 	// What the tasks share, in tree order.
 	if err := sh.turns.Enter(i); err != nil {
 		return nil, err
@@ -862,12 +866,14 @@ func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, sh *treeShared, i int
 	if d.track != nil && d.track.pt != nil {
 		// On top of pre-dump rounds: the private pages go while smaps
 		// is read (a page walk as long as the scan).
+		t := time.Now()
 		e, err := d.startEarlyPrivate()
 		if err != nil {
 			return nil, err
 		}
 		defer e.wait() // never left running past a failure
 		d.early = e
+		d.step(t, "early private pages started")
 	}
 	// Everything visible from outside before any injection (an
 	// unsupported fd fails the dump cheaply), the VMAs before the
