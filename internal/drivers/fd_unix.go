@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -14,7 +15,9 @@ import (
 )
 
 // Unix sockets: stream, datagram and seqpacket; unbound, bound to a path
-// or an abstract name, listening (with no connection waiting), connected
+// (also one unlinked since: bound to it again, the connections to it
+// made again, then unlinked; refused if another file is there now) or
+// an abstract name, listening (with no connection waiting), connected
 // pairs whose ends are both in the tree (socketpair), connections a
 // listener of the tree accepted (connect and accept are made again), a
 // datagram socket connected by name to another of the tree, with the
@@ -105,10 +108,20 @@ func (unixKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 	}
 	if len(d.Name) > 0 && d.Name[0] == '/' {
 		var fst unix.Stat_t
-		if err := unix.Stat(string(d.Name), &fst); err == nil && d.HasVFS && uint32(fst.Ino) == d.VFSIno {
+		err := unix.Lstat(string(d.Name), &fst)
+		switch {
+		case !d.HasVFS:
+			return fmt.Errorf("bound to %s, but the kernel reports no file for it", d.Name)
+		case err == nil && uint32(fst.Ino) == d.VFSIno && fst.Mode&unix.S_IFMT == unix.S_IFSOCK:
 			st.FileMode = fst.Mode
-		} else {
-			return fmt.Errorf("bound to %s, which is gone or now another file: not supported yet", d.Name)
+		case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR):
+			// Unlinked since it was bound: restored bound to the
+			// same name, which is unlinked again (bindUnix).
+			st.Deleted = true
+		case err == nil:
+			return fmt.Errorf("bound to %s, since unlinked, and another file is there now: not supported", d.Name)
+		default:
+			return fmt.Errorf("bound to %s: %w", d.Name, err)
 		}
 	}
 	switch {
@@ -309,6 +322,9 @@ func makeAccepted(rs *restoreFDs, what string, f *model.File) (int, error) {
 	if err != nil {
 		return -1, err
 	}
+	if s, ok := rs.madeEarly(f.Unix.Ino); ok {
+		return s, nil // with its listener, bound to a name since unlinked
+	}
 	typ := int(client.Unix.Type) | unix.SOCK_CLOEXEC
 	c, err := unix.Socket(unix.AF_UNIX, typ, 0)
 	if err != nil {
@@ -379,6 +395,9 @@ func makeDgramClient(rs *restoreFDs, what string, f *model.File) (int, error) {
 	}
 	if _, err := listenerFD(rs, what, sf); err != nil {
 		return -1, err
+	}
+	if s, ok := rs.madeEarly(st.Ino); ok {
+		return s, nil // with the socket it is connected to (connectDeleted)
 	}
 	s, err := unix.Socket(unix.AF_UNIX, int(st.Type)|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -840,20 +859,107 @@ func makeUnix(rs *restoreFDs, what string, f *model.File) (int, error) {
 		return -1, fmt.Errorf("%s: socket: %w", what, err)
 	}
 	rs.socks[st.Ino] = s
+	if st.Shutdown != 0 {
+		return -1, fmt.Errorf("%s: shutdown of an unconnected socket cannot be restored", what)
+	}
+	if st.Deleted {
+		// Bound to a name since unlinked: the name is unlinked again
+		// once what connected to it is connected again.
+		undo, err := bindDeleted(s, string(st.Name))
+		if err != nil {
+			return -1, fmt.Errorf("%s: %w", what, err)
+		}
+		if err = listenUnix(s, st); err != nil {
+			err = fmt.Errorf("%s: %w", what, err)
+		} else {
+			err = connectDeleted(rs, what, f)
+		}
+		if uerr := undo(); err == nil && uerr != nil {
+			err = fmt.Errorf("%s: %w", what, uerr)
+		}
+		if err != nil {
+			return -1, err
+		}
+		return s, nil
+	}
 	if len(st.Name) > 0 {
 		if err := bindUnix(s, st); err != nil {
 			return -1, fmt.Errorf("%s: %w", what, err)
 		}
 	}
-	if st.State == tcpListen {
-		if err := unix.Listen(s, int(st.Backlog)); err != nil {
-			return -1, fmt.Errorf("%s: listen: %w", what, err)
-		}
-	}
-	if st.Shutdown != 0 {
-		return -1, fmt.Errorf("%s: shutdown of an unconnected socket cannot be restored", what)
+	if err := listenUnix(s, st); err != nil {
+		return -1, fmt.Errorf("%s: %w", what, err)
 	}
 	return s, nil
+}
+
+func listenUnix(s int, st *model.UnixSocketState) error {
+	if st.State != tcpListen {
+		return nil
+	}
+	if err := unix.Listen(s, int(st.Backlog)); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	return nil
+}
+
+// connectDeleted makes, now, the tree's connections to f, a listener or
+// datagram socket whose name was unlinked: no name leads to it once it
+// is made, so each connection accepted from it and each datagram socket
+// connected to it is made with it (by name, bound again then unlinked),
+// and kept for its own fd or task.
+func connectDeleted(rs *restoreFDs, what string, f *model.File) error {
+	st := f.Unix
+	for _, cf := range rs.r.Tree.Files {
+		u := cf.Unix
+		if u == nil || u.External || u.Peer == 0 || u.PeerName == nil || cf == f {
+			continue
+		}
+		if _, ok := rs.socks[u.Ino]; ok {
+			continue
+		}
+		if h := rs.r.Held; h != nil {
+			if _, ok := h.socks[u.Ino]; ok {
+				continue
+			}
+		}
+		switch {
+		case st.Type == unix.SOCK_DGRAM && u.Type == unix.SOCK_DGRAM && u.Peer == st.Ino:
+			c, err := makeDgramClient(rs, what+": a socket connected to it", cf)
+			if err != nil {
+				return err
+			}
+			if rs.unixSocket(u.Ino) == nil && rs.r.Held != nil {
+				delete(rs.socks, u.Ino)
+				rs.r.Held.socks[u.Ino] = c
+			}
+		case st.State == tcpListen && u.Type == st.Type && u.Type != unix.SOCK_DGRAM:
+			_, _, lf, err := acceptedEnds(rs.r.Tree, u)
+			if err != nil || lf != f {
+				continue // not accepted from f; its own restore says why
+			}
+			if _, err := makeAccepted(rs, what+": a connection it accepted", cf); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// madeEarly takes the socket of inode ino if it was made already with
+// the socket it is connected to (connectDeleted).
+func (rs *restoreFDs) madeEarly(ino uint32) (int, bool) {
+	if s, ok := rs.socks[ino]; ok {
+		return s, true
+	}
+	if h := rs.r.Held; h != nil {
+		if s, ok := h.socks[ino]; ok {
+			delete(h.socks, ino)
+			rs.socks[ino] = s
+			return s, true
+		}
+	}
+	return -1, false
 }
 
 // makeExternal makes a socket whose peer is outside the tree: a datagram
@@ -909,6 +1015,13 @@ func makeExternal(rs *restoreFDs, what string, f *model.File) (int, error) {
 // any other file there is left alone and the bind fails.
 func bindUnix(s int, st *model.UnixSocketState) error {
 	name := string(st.Name)
+	if st.Deleted {
+		undo, err := bindDeleted(s, name)
+		if err != nil {
+			return err
+		}
+		return undo()
+	}
 	sa := &unix.SockaddrUnix{Name: name}
 	if name[0] == 0 {
 		sa.Name = "@" + name[1:]
@@ -926,6 +1039,58 @@ func bindUnix(s int, st *model.UnixSocketState) error {
 		}
 	}
 	return nil
+}
+
+// bindDeleted binds s to name, a path that was unlinked after the
+// socket was bound; the caller unlinks it again with undo (which also
+// removes the missing parent directories it made), after connecting
+// what must connect by that name: the socket then reports the same name
+// and no file leads to it, as in the dumped tree. Anything now at name
+// is refused (it is not the socket's file, and is left alone).
+func bindDeleted(s int, name string) (undo func() error, err error) {
+	if _, err := os.Lstat(name); err == nil {
+		return nil, fmt.Errorf("bound to %s, since unlinked: a file exists there now, refused", name)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("bound to %s, since unlinked: %w", name, err)
+	}
+	var missing []string // the missing directories, outermost first
+	for dir := filepath.Dir(name); ; dir = filepath.Dir(dir) {
+		if _, err := os.Lstat(dir); err == nil {
+			break
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("bound to %s, since unlinked: %w", name, err)
+		}
+		missing = append([]string{dir}, missing...)
+	}
+	var made []string
+	bound := false
+	undo = func() error {
+		var err error
+		if bound {
+			if e := unix.Unlink(name); e != nil {
+				err = fmt.Errorf("unlink %s again after binding: %w", name, e)
+			}
+		}
+		for i := len(made) - 1; i >= 0; i-- {
+			if e := unix.Rmdir(made[i]); e != nil && err == nil {
+				err = fmt.Errorf("remove directory %s made to bind %s: %w", made[i], name, e)
+			}
+		}
+		return err
+	}
+	for _, dir := range missing {
+		if err := unix.Mkdir(dir, 0o700); err != nil {
+			undo()
+			return nil, fmt.Errorf("make directory %s to bind %s: %w", dir, name, err)
+		}
+		made = append(made, dir)
+	}
+	if err := unix.Bind(s, &unix.SockaddrUnix{Name: name}); err != nil {
+		undo()
+		return nil, fmt.Errorf("bind %q (since unlinked): %w", name, err)
+	}
+	bound = true
+	return undo, nil
 }
 
 // refill sends each message from s (to its peer).

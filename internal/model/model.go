@@ -563,6 +563,9 @@ type UnixSocketState struct {
 	Queue [][]byte
 	// FileMode is the mode of a path-bound socket's file, 0 unknown.
 	FileMode uint32
+	// Deleted: the path the socket is bound to was unlinked (CRIU's
+	// deleted); the restore binds to it and unlinks it again.
+	Deleted bool
 	// PeerName is the name the peer is bound to, nil when unbound or not
 	// connected (dump side: connected through a name).
 	PeerName []byte

@@ -175,6 +175,9 @@ func kindEntry(f *model.File) (*fdinfo.FileEntry, error) {
 		if u.LingerOn {
 			e.Usk.Opts.SoLinger = proto.Uint32(u.Linger)
 		}
+		if u.Deleted {
+			e.Usk.Deleted = proto.Bool(true)
+		}
 		if u.FileMode != 0 {
 			e.Usk.FilePerms = &sk_unix.FilePermsEntry{Mode: proto.Uint32(u.FileMode), Uid: proto.Uint32(0), Gid: proto.Uint32(0)}
 		}
@@ -448,8 +451,8 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 		if p == nil {
 			return bad("unix socket")
 		}
-		if p.GetUflags() != 0 && p.GetUflags() != uskExtern || p.NameDir != nil || p.GetDeleted() {
-			return nil, true, fmt.Errorf("file %d: unix socket with flags %#x, relative or deleted name: not supported", id, p.GetUflags())
+		if p.GetUflags() != 0 && p.GetUflags() != uskExtern || p.NameDir != nil {
+			return nil, true, fmt.Errorf("file %d: unix socket with flags %#x or a relative name: not supported", id, p.GetUflags())
 		}
 		o := p.GetOpts()
 		if o == nil {
@@ -490,6 +493,10 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 		}
 		if fp := p.GetFilePerms(); fp != nil {
 			u.FileMode = fp.GetMode()
+		}
+		u.Deleted = p.GetDeleted()
+		if u.Deleted && (len(u.Name) == 0 || u.Name[0] != '/') {
+			return nil, true, fmt.Errorf("file %d: unix socket marked deleted without a path name", id)
 		}
 		if p.GetUflags() == uskExtern {
 			u.External = true // an outside peer's entry (resolveExternPeers)

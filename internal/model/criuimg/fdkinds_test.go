@@ -43,6 +43,8 @@ func kindsTree(t testing.TB) *model.Tree {
 			Ino: 51, Type: unix.SOCK_DGRAM, State: 1, Peer: 50, Shutdown: 1}},
 		{ID: 20, Kind: model.UnixSocket, Flags: unix.O_RDWR, MntID: -1, Unix: &model.UnixSocketState{
 			Ino: 52, Type: unix.SOCK_STREAM, State: 10, Backlog: 5, Name: []byte("/tmp/sock"), FileMode: unix.S_IFSOCK | 0o640}},
+		{ID: 40, Kind: model.UnixSocket, Flags: unix.O_RDWR, MntID: -1, Unix: &model.UnixSocketState{
+			Ino: 53, Type: unix.SOCK_DGRAM, State: 7, Name: []byte("/tmp/unlinked.sock"), Deleted: true}},
 		{ID: 21, Kind: model.Ghost, Path: "/tmp/gone", Flags: unix.O_RDWR, Pos: 3, Mode: unix.S_IFREG | 0o640, MntID: 30, Ghost: ghost},
 		{ID: 22, Kind: model.Ghost, Path: "/tmp/gone", Flags: unix.O_RDONLY, Mode: unix.S_IFREG | 0o640, MntID: 30, Ghost: ghost},
 		{ID: 23, Kind: model.Inotify, Flags: unix.O_RDONLY | unix.O_NONBLOCK, MntID: -1, Inotify: &model.InotifyState{Watches: []model.InotifyWatch{
@@ -84,7 +86,7 @@ func TestKindsRoundTrip(t *testing.T) {
 	if v := vmas[len(vmas)-1]; v.Start != 0x7f1000000000 || v.Shmid != 21 || got.Files[21].Kind != model.Ghost {
 		t.Errorf("mapping of the deleted file read as %+v of %+v", v, got.Files[model.ID(v.Shmid)])
 	}
-	for _, id := range []model.ID{10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23} {
+	for _, id := range []model.ID{10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 40} {
 		w, g := tr.Files[id], got.Files[id]
 		if g == nil {
 			t.Fatalf("file %d not read", id)
