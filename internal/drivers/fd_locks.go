@@ -18,7 +18,9 @@ import (
 // takes flock and OFD locks on godwit's copy of the description, and
 // POSIX locks by an injected fcntl(F_SETLK) in the task, once the fd is
 // in place. A lock another process took meanwhile fails the restore.
-// Leases and delegations are refused.
+// A lease (F_SETLEASE) belongs to the description too, and is taken
+// again by the task (leaseDescription); one being broken, and
+// delegations, are refused.
 
 // fdLocks parses the "lock:" lines of fd's fdinfo: the POSIX locks of the
 // task and the flock/OFD locks of its description. Waiters ("->", the
@@ -64,11 +66,20 @@ func parseLock(v string) (model.FileLock, bool, error) {
 		l.Kind = model.LockFlock
 	case "OFDLCK":
 		l.Kind = model.LockOFD
+	case "LEASE":
+		l.Kind = model.LockLease
 	default:
 		return l, false, fmt.Errorf("a %s lock is held: not supported yet", strings.ToLower(fs[1]))
 	}
-	if fs[2] != "ADVISORY" {
+	switch {
+	case l.Kind != model.LockLease && fs[2] != "ADVISORY":
 		return bad("not advisory")
+	case l.Kind == model.LockLease && fs[2] == "BREAKING":
+		// Another process's open waits for the holder to give it up:
+		// the restore could not make that wait again.
+		return l, false, fmt.Errorf("a lease is being broken (lease break pending): not supported")
+	case l.Kind == model.LockLease && fs[2] != "ACTIVE":
+		return bad("lease state " + fs[2])
 	}
 	switch fs[3] {
 	case "READ":
@@ -105,6 +116,8 @@ func lockDescription(pid int, fd uint64, f *model.File) error {
 	defer unix.Close(c)
 	for _, l := range f.Locks {
 		switch l.Kind {
+		case model.LockLease:
+			// Taken by the task itself (leaseDescription).
 		case model.LockFlock:
 			how := unix.LOCK_SH
 			if l.Write {
@@ -131,6 +144,29 @@ func flockOf(l model.FileLock) unix.Flock_t {
 		fl.Type = unix.F_WRLCK
 	}
 	return fl
+}
+
+// leaseDescription takes the lease of f, if it had one, on fd of the
+// restored task, by an injected fcntl(F_SETLEASE): the kernel makes the
+// caller the file's owner (F_SETOWN, to be set again after if it was
+// another) and records fd for the lease-break signal, so it is taken by
+// the task on the fd it keeps, not by godwit on a copy. An open of the
+// file for writing by another process (or, for a write lease, any open)
+// fails it with EAGAIN.
+func leaseDescription(s *inject.Session, what string, fd uint64, f *model.File) error {
+	for _, l := range f.Locks {
+		if l.Kind != model.LockLease {
+			continue
+		}
+		typ, name := uint64(unix.F_RDLCK), "read"
+		if l.Write {
+			typ, name = unix.F_WRLCK, "write"
+		}
+		if _, err := s.Call(fmt.Sprintf("%s: F_SETLEASE %s", what, name), unix.SYS_FCNTL, fd, unix.F_SETLEASE, typ); err != nil {
+			return fmt.Errorf("%w (the file is open elsewhere in a way the lease excludes)", err)
+		}
+	}
+	return nil
 }
 
 // scratchFlock is where the restore side puts a struct flock.

@@ -149,6 +149,9 @@ func (filesDriver) Restore(r *Restore, s *inject.Session) (err error) {
 		if err := lockDescription(s.Pid(), fd, f); err != nil {
 			return fmt.Errorf("%s: %w", what, err)
 		}
+		if err := leaseDescription(s, what, fd, f); err != nil {
+			return err
+		}
 		if err := lockPOSIX(s, what, fd, e.Locks); err != nil {
 			return err
 		}

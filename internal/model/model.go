@@ -301,7 +301,7 @@ type FD struct {
 }
 
 // FileLock is a lock on a file: POSIX locks belong to the task, flock and
-// OFD locks to the open file description.
+// OFD locks and leases to the open file description.
 type FileLock struct {
 	Kind  uint32 // LockPOSIX, LockFlock or LockOFD
 	Write bool   // exclusive
@@ -315,6 +315,7 @@ type FileLock struct {
 const (
 	LockPOSIX = 1
 	LockFlock = 2
+	LockLease = 32 // FL_LEASE: F_SETLEASE, of the description
 	LockOFD   = 1024
 )
 

@@ -1064,7 +1064,10 @@ func readLocks(d *images.Dir, t *model.Tree) error {
 		case unix.F_WRLCK:
 			l.Write = true
 		default:
-			return fmt.Errorf("%s: lock %d: type %d", FileLocksImg, i, e.GetType())
+			return fmt.Errorf("%s: lock %d: type %d (a lease being broken, or unknown): not supported", FileLocksImg, i, e.GetType())
+		}
+		if l.Kind == model.LockLease && (l.Start != 0 || l.Len != 0) {
+			return fmt.Errorf("%s: lock %d: a lease with range %d+%d", FileLocksImg, i, l.Start, l.Len)
 		}
 		if l.Start < 0 || l.Len < 0 {
 			return fmt.Errorf("%s: lock %d: range %d+%d", FileLocksImg, i, l.Start, l.Len)
@@ -1072,7 +1075,7 @@ func readLocks(d *images.Dir, t *model.Tree) error {
 		switch l.Kind {
 		case model.LockPOSIX:
 			fd.Locks = append(fd.Locks, l)
-		case model.LockFlock, model.LockOFD:
+		case model.LockFlock, model.LockOFD, model.LockLease:
 			f := t.Files[fd.File]
 			f.Locks = append(f.Locks, l)
 		default:

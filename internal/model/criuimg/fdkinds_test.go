@@ -64,6 +64,7 @@ func kindsTree(t testing.TB) *model.Tree {
 		Prot: unix.PROT_READ | unix.PROT_WRITE, Flags: unix.MAP_SHARED,
 		Status: images.VmaAreaRegular | images.VmaFileShared, Fdflags: unix.O_RDWR})
 	tr.Files[21].Locks = []model.FileLock{{Kind: model.LockFlock, Write: true}, {Kind: model.LockOFD, Start: 4, Len: 6}}
+	tr.Files[22].Locks = []model.FileLock{{Kind: model.LockLease}}
 	for i := range k.FDs {
 		if k.FDs[i].File == 22 {
 			k.FDs[i].Locks = []model.FileLock{{Kind: model.LockPOSIX, Write: true, Start: 1, Len: 0}}
@@ -367,7 +368,7 @@ func TestOFDLockFlag(t *testing.T) {
 	}
 	var ofd *file_lock.FileLockEntry
 	for _, e := range es {
-		if e.GetFlag() != model.LockPOSIX && e.GetFlag() != model.LockFlock {
+		if e.GetFlag() != model.LockPOSIX && e.GetFlag() != model.LockFlock && e.GetFlag() != model.LockLease {
 			if e.GetFlag() != criuFlOFD {
 				t.Fatalf("lock flag %d written, want CRIU's OFD %d", e.GetFlag(), criuFlOFD)
 			}
