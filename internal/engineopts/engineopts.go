@@ -31,6 +31,7 @@ func Dump(o *opts.Options) (dumper.Options, error) {
 		TCPEstablished: o.TCPEstablish, SkipInFlight: o.SkipInFlight,
 	}
 	d.FD.LinkRemap, d.FD.EvasiveDevices, d.FD.ForceIrmap = o.LinkRemap, o.EvasiveDevs, o.ForceIrmap
+	d.FD.NoGhostFiemap = o.NoGhostFiemap
 	for _, e := range o.External {
 		if e.Type == "tty" {
 			rdev, dev, err := drivers.ParseExternalTTY(e.ID)

@@ -369,7 +369,7 @@ func readTask(d *images.Dir, ps *pstree.PstreeEntry, files map[model.ID]*model.F
 	if k.FS, err = readFS(d, k.Pid, files); err != nil {
 		return nil, err
 	}
-	if err := readGodwit(d, k); err != nil {
+	if err := readGodwit(d, k, files); err != nil {
 		return nil, err
 	}
 	return k, nil
