@@ -14,7 +14,9 @@ import (
 // and O_APPEND) come back unnamed, not linkable, with their contents,
 // mode, offset and flags, the hole kept; O_PATH fds of a file and a
 // directory; an absolute timerfd stays absolute; a fired EPOLLONESHOT
-// registration stays disabled (no HUP either).
+// registration stays disabled (no HUP either); deleted files sized by
+// ftruncate only, held by an fd or only by a shared mapping, come back
+// sized, all holes (fiemap or not).
 func TestFDFilesDumpRestore(t *testing.T) {
 	needRoot(t)
 	for _, c := range []struct {

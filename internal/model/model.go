@@ -529,10 +529,14 @@ type GhostState struct {
 	Mode     uint32
 	UID, GID uint32
 	Size     uint64
-	// Data is the contents: Size bytes, or with Chunks the bytes of
-	// each chunk, one after another (the rest of the file is holes).
-	Data         []byte
-	Chunks       []GhostChunk
+	// Data is the contents: Size bytes, or with Holes the bytes of
+	// each of Chunks, one after another (the rest of the file is holes).
+	Data   []byte
+	Chunks []GhostChunk
+	// Holes says the file was saved as Chunks (CRIU's chunked layout),
+	// which may be none at all: a file of only holes. Without it Data is
+	// the whole file and Chunks is unused.
+	Holes        bool
 	Atime, Mtime unix.Timespec
 	// Linked is the hard link --link-remap made to a file whose name was
 	// removed while it kept other links (an absolute path in the task's
