@@ -274,6 +274,10 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	if compressing {
 		s.lazyCompress = pageserver.CompressZstd
 	}
+	// The reuseport steering check's program, loaded now: the final
+	// dump's freeze then has it (its own look before the freeze would
+	// otherwise load it as the switch-over begins).
+	dumper.PrepareFreeze(ctx, o.Pid)
 	if res.Mode == ModePostcopy || (res.Mode == ModeHybrid && o.MaxRounds == 0) {
 		// Hybrid without rounds is post-copy.
 		return res, s.postcopy(o, res, raw.LocalAddr(), enter)
