@@ -56,7 +56,11 @@ type SendOptions struct {
 	// Streams is how many connections (TLS, or QUIC) a round's pages are
 	// striped over: 0 is DefaultStreams; a compressed TLS round uses one.
 	Streams int
-	TLS     TLSFiles
+	// SendAllPages sends zero and duplicate pages' data too (by default
+	// a one-stream round sends them as short records:
+	// pageserver.TransportOptions.Dedup); for measurements.
+	SendAllPages bool
+	TLS          TLSFiles
 	// ServerName is the name the agent's certificate must carry (default
 	// the host of To).
 	ServerName string
@@ -266,6 +270,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		s.streams = 1
 	}
 	pages.Streams, res.Streams = s.streams, s.streams
+	pages.Dedup = !o.SendAllPages
 	if compressing && !relay {
 		pages.Compress = pageserver.CompressZstd
 	}

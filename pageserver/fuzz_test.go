@@ -47,6 +47,19 @@ func FuzzServerConn(f *testing.F) {
 	st.Write(hdr(wire.CmdEndStripe, 2, 1, TaskDst(11)))
 	st.Write(hdr(wire.CmdClose, 0, 0, 0))
 	f.Add(st.Bytes())
+	// Zero and copied pages, and a copy of pages not written yet.
+	var dd bytes.Buffer
+	dd.WriteByte(0)
+	dd.Write(hdr(wire.CmdOpen2, 0, 0, TaskDst(12)))
+	dd.Write(hdr(wire.MakeCmd(wire.CmdAddF, wire.FlagPresent), 1, 0x1000, TaskDst(12)))
+	dd.Write(bytes.Repeat([]byte{5}, PageSize))
+	dd.Write(hdr(wire.MakeCmd(wire.CmdZero, wire.FlagPresent), 3, 0x2000, TaskDst(12)))
+	dd.Write(hdr(wire.MakeCmd(wire.CmdCopy, wire.FlagPresent), 2, 0x5000, TaskDst(12)))
+	dd.Write([]byte{1, 0, 0, 0, 0, 0, 0, 0})
+	dd.Write(hdr(wire.MakeCmd(wire.CmdCopy, wire.FlagPresent), 8, 0x9000, TaskDst(12)))
+	dd.Write([]byte{4, 0, 0, 0, 0, 0, 0, 0})
+	dd.Write(hdr(wire.CmdClose, 0, 0, 0))
+	f.Add(dd.Bytes())
 	old := stripeWait
 	stripeWait = time.Second
 	f.Cleanup(func() { stripeWait = old })

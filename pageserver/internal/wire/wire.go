@@ -51,7 +51,18 @@ const (
 	// nr_pages is the number of entries (seqs) of the whole pagemap,
 	// vaddr the number of its present pages. No reply.
 	CmdEndStripe = 0x2003
+	// CmdZero is ADD_F (PRESENT in the flags) of nr_pages pages the
+	// sender found all zero: no data follows, the receiver writes zeros.
+	CmdZero = 0x2004
+	// CmdCopy is ADD_F (PRESENT in the flags) of nr_pages pages identical
+	// to pages sent before in the same pages file: a CopyExtSize
+	// extension {u64 page_off} follows, the first source page's place in
+	// that file (in pages); no data follows.
+	CmdCopy = 0x2005
 )
+
+// CopyExtSize is the size of CmdCopy's extension.
+const CopyExtSize = 8
 
 // StripeExtSize is the size of CmdAddAt's extension.
 const StripeExtSize = 16
@@ -181,6 +192,10 @@ func CommandName(c uint16) string {
 		return "ADD_AT"
 	case CmdEndStripe:
 		return "END_STRIPE"
+	case CmdZero:
+		return "ZERO"
+	case CmdCopy:
+		return "COPY"
 	}
 	return fmt.Sprintf("cmd(%#x)", c)
 }
