@@ -13,7 +13,9 @@ import (
 // only): a present page the sender holds in memory (the dumper's readv
 // buffers, AddPagesBytes) that is all zero goes as a ZERO record, one
 // identical to a page sent before into the same pages file as a COPY of
-// it; the server writes the images exactly as if the data had come.
+// it; the server writes the images exactly as if the data had come. A
+// striped sink sends ZERO_AT and COPY_AT; the server makes the copies when
+// the pagemap ends, once every connection's data landed.
 //
 // Duplicates are found by SHA-256 of each page sent: the sender no longer
 // holds the earlier page's bytes (a byte compare would need them kept, so
@@ -59,26 +61,36 @@ func (s *TaskSink) sendDedup(vaddr uint64, flags uint32, data []byte) error {
 		if n == 0 {
 			return nil
 		}
+		defer func() { n = 0 }()
 		va := vaddr + uint64(start)*PageSize
+		d.sent += n
 		var err error
 		switch kind {
 		case runData:
-			err = s.addBytes(va, flags, data[start*PageSize:start*PageSize+int(n)*PageSize])
+			p := data[start*PageSize : start*PageSize+int(n)*PageSize]
+			if s.sp != nil {
+				return s.stripedData(va, n, flags, nil, p)
+			}
+			err = s.addBytes(va, flags, p)
 		case runZero:
-			err = sendHeader(s.w, wire.Header{Cmd: wire.MakeCmd(wire.CmdZero, uint16(flags)), NrPages: n, Vaddr: va, DstID: s.dst})
 			d.zero += n
+			if s.sp != nil {
+				return s.stripedRef(wire.CmdZeroAt, va, n, flags, 0)
+			}
+			err = sendHeader(s.w, wire.Header{Cmd: wire.MakeCmd(wire.CmdZero, uint16(flags)), NrPages: n, Vaddr: va, DstID: s.dst})
 		case runCopy:
+			d.dup += n
+			if s.sp != nil {
+				return s.stripedRef(wire.CmdCopyAt, va, n, flags, ref)
+			}
 			var b [wire.HeaderSize + wire.CopyExtSize]byte
 			wire.Header{Cmd: wire.MakeCmd(wire.CmdCopy, uint16(flags)), NrPages: n, Vaddr: va, DstID: s.dst}.Marshal(b[:])
 			binary.NativeEndian.PutUint64(b[wire.HeaderSize:], ref)
 			_, err = s.w.Write(b[:])
-			d.dup += n
 		}
 		if err != nil {
 			return s.abort(fmt.Errorf("page server: %#x+%d pages: %w", va, n, err))
 		}
-		d.sent += n
-		n = 0
 		return nil
 	}
 	for i := 0; i < len(data)/PageSize; i++ {

@@ -23,7 +23,7 @@ func dedupData() []byte {
 
 // sendDedupTask sends task pid: dedupData at 0x400000 from memory, then
 // at 0x800000 from a pagexfer.Chunk the distinct pages a third time, a
-// zero page and a new page.
+// new page and a zero page (the file ends in a hole).
 func sendDedupTask(t *testing.T, c *Client, pid int) *TaskSink {
 	t.Helper()
 	s, err := c.OpenTask(context.Background(), TaskDst(pid), true)
@@ -34,7 +34,7 @@ func sendDedupTask(t *testing.T, c *Client, pid int) *TaskSink {
 	if err := s.AddPagesBytes(0x400000, FlagPresent, data); err != nil {
 		t.Fatal(err)
 	}
-	more := append(append(bytes.Clone(data[32*PageSize:48*PageSize]), make([]byte, PageSize)...), bytes.Repeat([]byte{9}, PageSize)...)
+	more := append(append(bytes.Clone(data[32*PageSize:48*PageSize]), bytes.Repeat([]byte{9}, PageSize)...), make([]byte, PageSize)...)
 	ch := pagexfer.NewChunk(more)
 	if err := s.AddPages(0x800000, uint64(len(more)/PageSize), FlagPresent, &ch); err != nil {
 		t.Fatal(err)
@@ -48,6 +48,12 @@ func sendDedupTask(t *testing.T, c *Client, pid int) *TaskSink {
 // TestDedupImagesSame: with Dedup the images are byte for byte those of a
 // plain upload, while only the distinct pages' data crosses the wire.
 func TestDedupImagesSame(t *testing.T) {
+	for _, streams := range []int{1, 3} {
+		t.Run(fmt.Sprintf("streams=%d", streams), func(t *testing.T) { testDedupImagesSame(t, streams) })
+	}
+}
+
+func testDedupImagesSame(t *testing.T, streams int) {
 	plain := startServer(t, Config{}, TransportOptions{})
 	c := plain.dial(t)
 	sendDedupTask(t, c, 5)
@@ -56,7 +62,7 @@ func TestDedupImagesSame(t *testing.T) {
 	}
 
 	dd := startServer(t, Config{}, TransportOptions{})
-	c, err := Dial(context.Background(), dd.addr, TransportOptions{Dedup: true})
+	c, err := Dial(context.Background(), dd.addr, TransportOptions{Dedup: true, Streams: streams})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -101,7 +101,7 @@ func (ss *session) run() error {
 // known bounds the label values of the requests metric.
 func known(cmd uint16) bool {
 	return cmd >= wire.CmdAdd && cmd <= wire.CmdGet || cmd == wire.CmdClose || cmd == wire.CmdForceClose ||
-		cmd >= wire.CmdOpenStripe && cmd <= wire.CmdCopy
+		cmd >= wire.CmdOpenStripe && cmd <= wire.CmdCopyAt
 }
 
 func (ss *session) serve(h wire.Header) error {
@@ -163,7 +163,7 @@ func (ss *session) serve(h wire.Header) error {
 			b[0] = 1
 		}
 		return ss.reply(b[:])
-	case wire.CmdAddAt:
+	case wire.CmdAddAt, wire.CmdZeroAt, wire.CmdCopyAt:
 		if lazy {
 			return reqErr(reasonCommand, errors.New("this page server only serves GET (lazy pages)"))
 		}

@@ -70,7 +70,8 @@ type TransportOptions struct {
 	// Dedup (client only; godwit's page server only) sends all-zero pages
 	// and pages identical to one sent before in the same pages file as
 	// short ZERO and COPY records instead of their data (dedup.go), for
-	// the pages the caller hands over in memory. Ignored when striped.
+	// the pages the caller hands over in memory; striped too (ZERO_AT,
+	// COPY_AT).
 	Dedup bool
 	// QUIC tuning; nil means the defaults of quicConfig.
 	QUIC *quic.Config

@@ -59,6 +59,13 @@ const (
 	// extension {u64 page_off} follows, the first source page's place in
 	// that file (in pages); no data follows.
 	CmdCopy = 0x2005
+	// CmdZeroAt is CmdZero on a striped pagemap: the StripeExtSize
+	// extension of ADD_AT follows, no data.
+	CmdZeroAt = 0x2006
+	// CmdCopyAt is CmdCopy on a striped pagemap: ADD_AT's extension and
+	// then the first source page's place in the pages file (u64; the
+	// source lies wholly before page_off), no data.
+	CmdCopyAt = 0x2007
 )
 
 // CopyExtSize is the size of CmdCopy's extension.
@@ -196,6 +203,10 @@ func CommandName(c uint16) string {
 		return "ZERO"
 	case CmdCopy:
 		return "COPY"
+	case CmdZeroAt:
+		return "ZERO_AT"
+	case CmdCopyAt:
+		return "COPY_AT"
 	}
 	return fmt.Sprintf("cmd(%#x)", c)
 }
