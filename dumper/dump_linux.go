@@ -46,6 +46,11 @@ type Result struct {
 	// InjectionStops ptrace stops (each a round trip through the
 	// scheduler: what injection costs).
 	InjectedCalls, InjectionStops int
+	// InjectionSessions counts the injection sessions opened, and
+	// InjectedByNr the injected calls by syscall number (a profile of
+	// what the dump still asks the tree itself for).
+	InjectionSessions int
+	InjectedByNr      map[uintptr]int
 	// NetLock is the network lock the dump kept for the restore (nil:
 	// none), in the tree's network namespace: a caller that will not
 	// restore there removes it (netlock.Adopt there, then Unlock).
@@ -261,9 +266,16 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
 		}
 	}
+	tns := time.Now()
 	nsRec, err := treeNetns(tree)
+	var own ownNamespaces
 	if err == nil {
-		err = treeNamespaces(tree)
+		own, err = treeNamespaces(tree)
+	}
+	var utsNS *model.UTSNamespace
+	var ipcNS *model.IPCNamespace
+	if err == nil {
+		utsNS, ipcNS, err = readNamespaces(tree, own)
 	}
 	if err == nil {
 		err = treeSessions(tree, o.ShellJob)
@@ -272,11 +284,13 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		rb.run()
 		return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
 	}
+	tnl := time.Now()
 	nl, err := lockNetwork(ctx, o.NetworkLock, pid, scripts)
 	if err != nil {
 		rb.run()
 		return nil, fmt.Errorf("dump %d: %w", pid, errors.Join(err, thawErr))
 	}
+	logging.FromContext(ctx).Debugf("dump %d: namespaces and sessions: %v, network lock: %v", pid, tnl.Sub(tns), time.Since(tnl))
 	rb.add(func() {
 		if err := unlockNetwork(nl, pid, scripts); err != nil {
 			logging.FromContext(ctx).Errorf("dump %d: %v", pid, err)
@@ -298,7 +312,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	}
 	d := &dumpRun{ctx: ctx, pid: pid, tids: tids, tree: tree, tr: tr, pool: pool, dir: dir, method: o.Method, sinks: target.Open, log: logging.FromContext(ctx), drivers: ds, track: track, vmaNames: names, vmaFlags: vmaFlags,
 		ghostLimit: o.GhostLimit, fdOpts: o.FD, fileLocks: o.FileLocks, tcpEstablished: o.TCPEstablished, skipInFlight: o.SkipInFlight, netLock: nl,
-		shellJob: o.ShellJob, extUnix: drivers.ExtUnix{All: o.ExtUnixSk, Inos: o.ExtUnix}, extTTY: o.ExtTTY}
+		shellJob: o.ShellJob, extUnix: drivers.ExtUnix{All: o.ExtUnixSk, Inos: o.ExtUnix}, extTTY: o.ExtTTY, utsNS: utsNS, ipcNS: ipcNS}
 	// Connections read in repair mode: out of it again if the tasks
 	// resume (added last, so run before they are thawed).
 	rb.add(func() {
@@ -341,7 +355,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		err = stage.Commit()
 		d.step(tc, "images in place")
 	}
-	injecting, injCalls, injStops := pool.injection()
+	injecting, injCalls, injSessions, injStops, injByNr := pool.injection()
 	if err != nil {
 		rb.run()
 		if thawErr != nil {
@@ -396,6 +410,18 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 			ferrs = append(ferrs, err)
 		}
 	}
+	if !resume {
+		// Every task is sent its SIGKILL first, so that they die at
+		// once (on every CPU) while the tracers reap them one by one:
+		// a kill and its wait each in turn cost a task's whole exit
+		// apiece. Traced and stopped, none runs another instruction,
+		// and none can have gone (its pid is still its own).
+		for _, t := range tree {
+			if !t.zombie {
+				_ = unix.Kill(t.pid, unix.SIGKILL)
+			}
+		}
+	}
 	if err := finishTree(tree, func(t *frozenTask) error {
 		switch {
 		case o.LeaveRunning:
@@ -437,7 +463,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 	d.log.Infof("dump %d: %d pages written (%d scanned, %d zero, %d untouched) by %v; frozen %v, %v of it in injection sessions",
 		pid, d.mem.Written, d.mem.Scanned, d.mem.Zero, d.mem.Untouched, d.method, frozen, injecting)
 	res := &Result{Pid: pid, Threads: tids, Pids: pids(tree), Method: d.method, Mem: d.mem, Injecting: injecting, InjectedCalls: injCalls, NetLock: kept,
-		VMAFlags: d.vmaFlags, InjectionStops: injStops}
+		VMAFlags: d.vmaFlags, InjectionStops: injStops, InjectionSessions: injSessions, InjectedByNr: injByNr}
 	res.Stats = &stats.DumpStatsEntry{
 		FreezingTime:       proto.Uint32(uint32(frozenAt.Sub(t0).Microseconds())),
 		FrozenTime:         proto.Uint32(uint32(frozen.Microseconds())),
@@ -530,6 +556,10 @@ type dumpRun struct {
 	shellJob bool // --shell-job: ttys of a terminal outside the tree
 	extUnix  drivers.ExtUnix
 	extTTY   [][2]uint64
+	// utsNS and ipcNS are the tree's own UTS and IPC namespaces (nil:
+	// godwit's), read right after the freeze.
+	utsNS *model.UTSNamespace
+	ipcNS *model.IPCNamespace
 }
 
 func (d *dumpRun) note(name string) {
@@ -653,7 +683,7 @@ func (d *dumpRun) collect() error {
 	if waited != nil {
 		return waited
 	}
-	tree := &model.Tree{Tasks: tasks}
+	tree := &model.Tree{Tasks: tasks, UTS: d.sh.utsNS, IPC: d.sh.ipcNS}
 	t := time.Now()
 	if err := d.writeTrackedShared(); err != nil {
 		return err
@@ -827,6 +857,7 @@ func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, sh *treeShared, i int
 		return nil, err
 	}
 	task.SharedSignals = siginfos(shared)
+	d.step(t0, "threads")
 	// What the tasks share, in tree order.
 	if err := sh.turns.Enter(i); err != nil {
 		return nil, err
@@ -835,12 +866,14 @@ func (d *dumpRun) collectTask(fl *drivers.Files, ppid int, sh *treeShared, i int
 	if d.track != nil && d.track.pt != nil {
 		// On top of pre-dump rounds: the private pages go while smaps
 		// is read (a page walk as long as the scan).
+		t := time.Now()
 		e, err := d.startEarlyPrivate()
 		if err != nil {
 			return nil, err
 		}
 		defer e.wait() // never left running past a failure
 		d.early = e
+		d.step(t, "early private pages started")
 	}
 	// Everything visible from outside before any injection (an
 	// unsupported fd fails the dump cheaply), the VMAs before the
@@ -970,6 +1003,7 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 	if err != nil {
 		return err
 	}
+	var ls *inject.Session
 	err = func() error {
 		// Executable at once where the task may have such memory: the
 		// runner then needs no mprotect (two stops). The task is frozen
@@ -987,16 +1021,10 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 			return fmt.Errorf("map scratch: %w", err)
 		}
 		scratch = addr
-		ls := inject.Wrap(s, d.pid, addr, scratchSize)
+		ls = inject.Wrap(s, d.pid, addr, scratchSize)
 		d.runner = d.mapRunner(ls, exec)
-		for _, k := range d.drivers {
-			if c, ok := k.(drivers.InjectedCollector); ok {
-				if err := c.CollectInjected(dc, ls); err != nil {
-					return err
-				}
-			}
-		}
-		if err := d.collectThreadInjected(dc, ls, task.Threads[0]); err != nil {
+		// Every driver's planned calls in one batch.
+		if err := drivers.CollectAllInjected(d.drivers, dc, ls, task.Threads[0]); err != nil {
 			return err
 		}
 		if d.method == MethodVmsplice {
@@ -1012,13 +1040,15 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 		}
 		return nil
 	}()
-	if eerr := s.End(); eerr != nil && err == nil {
+	if err == nil && md == nil && len(task.Threads) == 1 {
+		err = d.unmapScratchAndEnd(ls, &scratch)
+	} else if eerr := s.End(); eerr != nil && err == nil {
 		err = eerr
 	}
 	if err != nil {
 		return err
 	}
-	for _, th := range task.Threads[1:] {
+	for i, th := range task.Threads[1:] {
 		if err := d.interrupted(); err != nil {
 			return err
 		}
@@ -1029,7 +1059,13 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 		if d.runner {
 			ts.SetBatch(scratch+scratchRunner, scratchTable)
 		}
-		if err := ts.End(d.collectThreadInjected(dc, ts, th)); err != nil {
+		err = drivers.CollectAllThreadInjected(d.drivers, dc, ts, th)
+		if err == nil && md == nil && i == len(task.Threads)-2 {
+			err = d.unmapScratchAndEnd(ts, &scratch)
+		} else {
+			err = ts.End(err)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -1038,14 +1074,18 @@ func (d *dumpRun) inject(dc *drivers.Dump) (err error) {
 		return err
 	}
 	if md == nil {
-		// process_vm_readv needs nothing in the target: remove the
-		// scratch before the long transfer, so that a godwit killed
-		// during it (SIGKILL, where nothing rolls back) leaves no trace.
-		_, err := d.tr.InjectSyscall(d.pid, unix.SYS_MUNMAP, scratch, scratchSize)
-		scratch = 0
-		if err != nil {
-			return fmt.Errorf("unmap scratch: %w", err)
+		// process_vm_readv needs nothing in the target: the scratch is
+		// gone before the long transfer (the last session that used it
+		// removed it), so that a godwit killed during it (SIGKILL,
+		// where nothing rolls back) leaves no trace.
+		if scratch != 0 {
+			_, err := d.tr.InjectSyscall(d.pid, unix.SYS_MUNMAP, scratch, scratchSize)
+			scratch = 0
+			if err != nil {
+				return fmt.Errorf("unmap scratch: %w", err)
+			}
 		}
+		var err error
 		if md, err = NewMemoryDumper(d.pid); err != nil {
 			return err
 		}
@@ -1080,15 +1120,15 @@ func (d *dumpRun) mapRunner(s *inject.Session, exec bool) bool {
 	return true
 }
 
-// collectThreadInjected runs the drivers' injected calls in one thread.
-func (d *dumpRun) collectThreadInjected(dc *drivers.Dump, s *inject.Session, th *model.Thread) error {
-	for _, k := range d.drivers {
-		if c, ok := k.(drivers.InjectedThreadCollector); ok {
-			if err := c.CollectThreadInjected(dc, s, th); err != nil {
-				return fmt.Errorf("thread %d: %w", th.Tid, err)
-			}
-		}
+// unmapScratchAndEnd removes the scratch (*scratch, zeroed once gone)
+// as the last call of session s, which used it last, and ends s: at the
+// session's syscall instruction, not through the runner, which is in it
+// (inject.Session.EndWith). Saves a session of its own and a stop.
+func (d *dumpRun) unmapScratchAndEnd(s *inject.Session, scratch *uint64) error {
+	if err := s.EndWith("unmap scratch", unix.SYS_MUNMAP, *scratch, scratchSize); err != nil {
+		return err
 	}
+	*scratch = 0
 	return nil
 }
 

@@ -3,21 +3,29 @@ package dumper
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
 
+	"godwit/internal/model"
+	"godwit/internal/nsstate"
 	"godwit/internal/procfs"
 )
 
 // foreignNamespaces are the namespaces (besides the network, which
-// treeNetns records) that the restore cannot give a task back: it makes
-// every task in godwit's own. A task in another one would be restored
-// with godwit's hostname, SysV IPC objects, mounts, user ids, cgroup
-// root, clock offsets or pids, and the restore would exit 0: so the dump
-// refuses it. The *_for_children links count too: they are what the
-// task's next child would be made in.
-var foreignNamespaces = []string{"uts", "ipc", "mnt", "user", "cgroup", "time", "time_for_children", "pid", "pid_for_children"}
+// treeNetns records, and the UTS and IPC ones, which carriedNamespaces
+// carry) that the restore cannot give a task back: it makes every task in
+// godwit's own. A task in another one would be restored with godwit's
+// mounts, user ids, cgroup root, clock offsets or pids, and the restore
+// would exit 0: so the dump refuses it. The *_for_children links count
+// too: they are what the task's next child would be made in.
+var foreignNamespaces = []string{"mnt", "user", "cgroup", "time", "time_for_children", "pid", "pid_for_children"}
+
+// carriedNamespaces are the namespaces a tree may have of its own: the
+// dump saves their state and the restore makes new ones with it. Every
+// task of the tree must then be in the root's.
+var carriedNamespaces = []string{"uts", "ipc"}
 
 // nsKey identifies a namespace: its nsfs inode and device.
 type nsKey struct{ dev, ino uint64 }
@@ -30,20 +38,50 @@ func nsOf(path string) (nsKey, error) {
 	return nsKey{st.Dev, st.Ino}, nil
 }
 
+// ownNamespaces are the tree's own UTS and IPC namespaces, by kind
+// ("uts", "ipc"): those of its root when not godwit's.
+type ownNamespaces map[string]nsKey
+
 // treeNamespaces refuses a tree with a live task in other namespaces than
-// godwit's own, naming the task and the namespace. It runs right after
-// the freeze, before any state is read: the tree resumes as it was.
-func treeNamespaces(tree []*frozenTask) error {
+// godwit's own, naming the task and the namespace, but for a UTS or IPC
+// namespace of the root's shared by every task: those it returns. It runs
+// right after the freeze, before any state is read: the tree resumes as
+// it was.
+func treeNamespaces(tree []*frozenTask) (ownNamespaces, error) {
 	self := map[string]nsKey{}
-	for _, ns := range foreignNamespaces {
+	for _, ns := range slices.Concat(foreignNamespaces, carriedNamespaces) {
 		k, err := nsOf("/proc/self/ns/" + ns)
 		if err != nil {
 			if os.IsNotExist(err) {
 				continue // a kernel without that kind of namespace
 			}
-			return fmt.Errorf("godwit's %s namespace: %w", ns, err)
+			return nil, fmt.Errorf("godwit's %s namespace: %w", ns, err)
 		}
 		self[ns] = k
+	}
+	// The root's carried namespaces are the tree's; the root is the
+	// dumped pid, never a zombie.
+	want := map[string]nsKey{}
+	own := ownNamespaces{}
+	root := tree[0].pid
+	for _, ns := range carriedNamespaces {
+		s, ok := self[ns]
+		if !ok {
+			continue
+		}
+		k, err := nsOf(procfs.Path(root, "ns/"+ns))
+		if err != nil {
+			return nil, fmt.Errorf("task %d: %s namespace: %w", root, ns, err)
+		}
+		want[ns] = k
+		if k != s {
+			own[ns] = k
+		}
+	}
+	for _, ns := range foreignNamespaces {
+		if k, ok := self[ns]; ok {
+			want[ns] = k
+		}
 	}
 	for _, t := range tree {
 		if t.zombie {
@@ -53,25 +91,84 @@ func treeNamespaces(tree []*frozenTask) error {
 		// unshare or setns on its own, and /proc/PID/ns shows only the
 		// leader's.
 		for _, tid := range taskThreads(t) {
-			for _, ns := range foreignNamespaces {
-				want, ok := self[ns]
+			for _, ns := range slices.Concat(carriedNamespaces, foreignNamespaces) {
+				w, ok := want[ns]
 				if !ok {
 					continue
 				}
 				got, err := nsOf(procfs.TaskPath(t.pid, tid, "ns/"+ns))
 				if err != nil {
-					return fmt.Errorf("task %d thread %d: %s namespace: %w", t.pid, tid, ns, err)
+					return nil, fmt.Errorf("task %d thread %d: %s namespace: %w", t.pid, tid, ns, err)
 				}
-				if got != want {
-					if tid != t.pid {
-						return fmt.Errorf("task %d: thread %d is in a %s namespace of its own (not godwit's): the restore would put it in godwit's; not supported", t.pid, tid, ns)
+				if got == w {
+					continue
+				}
+				if slices.Contains(carriedNamespaces, ns) {
+					whose := "godwit's"
+					if _, ok := own[ns]; ok {
+						whose = fmt.Sprintf("the root's (task %d)", root)
 					}
-					return foreignNSError(t.pid, ns)
+					if tid != t.pid {
+						return nil, fmt.Errorf("task %d: thread %d is in another %s namespace than %s: a tree across %s namespaces is not supported", t.pid, tid, ns, whose, ns)
+					}
+					return nil, fmt.Errorf("task %d is in another %s namespace than %s: a tree across %s namespaces is not supported", t.pid, ns, whose, ns)
 				}
+				if tid != t.pid {
+					return nil, fmt.Errorf("task %d: thread %d is in a %s namespace of its own (not godwit's): the restore would put it in godwit's; not supported", t.pid, tid, ns)
+				}
+				return nil, foreignNSError(t.pid, ns)
 			}
 		}
 	}
-	return nil
+	return own, nil
+}
+
+// readNamespaces reads the state of the tree's own UTS and IPC
+// namespaces through its root, frozen: nothing in the tree changes them.
+// A SysV shm segment must be attached only by the tree's tasks, which are
+// restored with their attaches; a task that attaches a segment of
+// godwit's IPC namespace is refused.
+func readNamespaces(tree []*frozenTask, own ownNamespaces) (*model.UTSNamespace, *model.IPCNamespace, error) {
+	attaches := map[int32]uint64{}
+	for _, t := range tree {
+		if t.zombie {
+			continue
+		}
+		maps, err := procfs.ReadMaps(t.pid)
+		if err != nil {
+			return nil, nil, fmt.Errorf("task %d: %w", t.pid, err)
+		}
+		for _, m := range maps {
+			if !strings.HasPrefix(m.Path, "/SYSV") {
+				continue
+			}
+			if _, ok := own["ipc"]; !ok {
+				return nil, nil, fmt.Errorf("task %d maps SysV shared memory segment %d (%#x-%#x) of godwit's IPC namespace: not supported", t.pid, m.Inode, m.Start, m.End)
+			}
+			// The kernel counts each VMA as an attach.
+			attaches[int32(m.Inode)]++
+		}
+	}
+	root := tree[0].pid
+	var uts *model.UTSNamespace
+	var ipc *model.IPCNamespace
+	if k, ok := own["uts"]; ok {
+		u, err := nsstate.ReadUTS(root)
+		if err != nil {
+			return nil, nil, err
+		}
+		u.ID = uint32(k.ino)
+		uts = &u
+	}
+	if k, ok := own["ipc"]; ok {
+		ns, err := nsstate.ReadIPC(root, attaches)
+		if err != nil {
+			return nil, nil, err
+		}
+		ns.ID = uint32(k.ino)
+		ipc = ns
+	}
+	return uts, ipc, nil
 }
 
 // taskThreads is the frozen task's threads, leader first.

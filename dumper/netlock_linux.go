@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -180,8 +183,33 @@ func socketInodesLinked(dfd int, names []string, inos map[uint32]bool, link []by
 
 // socketInodesCopied adds to inos the inodes of the sockets among fds
 // names of the task of pidfd, read on copies; false if a copy was
-// refused (other than for an fd closed meanwhile).
+// refused (other than for an fd closed meanwhile). Many fds are read on
+// as many goroutines as Go runs threads: three calls each, none waiting
+// for another, while the whole tree is frozen.
 func socketInodesCopied(pidfd int, names []string, inos map[uint32]bool) bool {
+	n := min(runtime.GOMAXPROCS(0), len(names)/256)
+	if n < 2 {
+		return socketInodesCopiedOn(pidfd, names, inos)
+	}
+	parts := make([]map[uint32]bool, n)
+	oks := make([]bool, n)
+	var wg sync.WaitGroup
+	for w := range n {
+		parts[w] = map[uint32]bool{}
+		wg.Go(func() { oks[w] = socketInodesCopiedOn(pidfd, names[len(names)*w/n:len(names)*(w+1)/n], parts[w]) })
+	}
+	wg.Wait()
+	for w := range n {
+		if !oks[w] {
+			return false
+		}
+		maps.Copy(inos, parts[w])
+	}
+	return true
+}
+
+// socketInodesCopiedOn is socketInodesCopied on the calling goroutine.
+func socketInodesCopiedOn(pidfd int, names []string, inos map[uint32]bool) bool {
 	var st unix.Stat_t
 	for _, name := range names {
 		n, err := strconv.Atoi(name)

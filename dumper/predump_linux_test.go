@@ -797,3 +797,53 @@ func TestHolderLogsDiscards(t *testing.T) {
 		t.Fatalf("discards: %v, want %v", d, want)
 	}
 }
+
+// DirtyPages counts, between rounds, what the next round takes: the
+// pages written since the last scan and the mappings new since, whole;
+// counting protects nothing again (the round still takes them).
+func TestDirtyPages(t *testing.T) {
+	needRoot(t)
+	const pages = 512
+	w := startRewriter(t, pages, 0)
+	root := t.TempDir()
+	dir := func(i int) string { return filepath.Join(root, fmt.Sprintf("pre%d", i)) }
+	t.Cleanup(func() {
+		for i := 1; i <= 3; i++ {
+			killHolder(t, dir(i))
+		}
+	})
+	pid := w.p.Pid
+	r := preDump(t, PreDumpOptions{Pid: pid, ImagesDir: dir(1)})
+	for g := 1; g <= 2; g++ {
+		before, err := DirtyPages(pid, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Step 1 writes 52 pages of A; step 2 51, and maps B (8
+		// pages, written): new, so taken whole.
+		_, nb := w.step(t, g)
+		wrote := uint64(52)
+		if g == 2 {
+			wrote = 51 + nb
+		}
+		n, err := DirtyPages(pid, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n < before+wrote {
+			t.Fatalf("step %d: %d pages written: %d dirty, %d before", g, wrote, n, before)
+		}
+		if again, err := DirtyPages(pid, r); err != nil || again != n {
+			t.Fatalf("step %d: counted again: %d, %v; want %d (a count takes nothing)", g, again, err, n)
+		}
+		r = preDump(t, PreDumpOptions{Pid: pid, ImagesDir: dir(g + 1), PrevImagesDir: fmt.Sprintf("../pre%d", g)})
+		// The round takes what was counted (the program is idle), but
+		// pages that read as zero.
+		if r.Mem.Written > n || r.Mem.Written+r.Mem.Zero < n {
+			t.Errorf("step %d: counted %d dirty; round %d wrote %d (%d zero)", g, n, g+1, r.Mem.Written, r.Mem.Zero)
+		}
+		if after, err := DirtyPages(pid, r); err != nil || after > before+4 {
+			t.Errorf("after round %d: %d dirty, %v; want about %d", g+1, after, err, before)
+		}
+	}
+}

@@ -65,14 +65,19 @@ func (p *tracerPool) close() {
 }
 
 // injection sums the tracers' injection figures.
-func (p *tracerPool) injection() (took time.Duration, calls, stops int) {
+func (p *tracerPool) injection() (took time.Duration, calls, sessions, stops int, byNr map[uintptr]int) {
+	byNr = map[uintptr]int{}
 	for _, t := range p.all {
 		took += t.InjectionTime()
 		calls += t.InjectedCalls()
-		_, s, _ := t.InjectionStats()
-		stops += s
+		se, st, nrs := t.InjectionStats()
+		sessions += se
+		stops += st
+		for nr, n := range nrs {
+			byNr[nr] += n
+		}
 	}
-	return took, calls, stops
+	return took, calls, sessions, stops, byNr
 }
 
 // freezeTree freezes the tree under root (whose threads are already

@@ -209,6 +209,10 @@ func migrateOnce(t *testing.T, m *migLab, bin string, mib, rate int, c migrateCa
 	ratio := res.Total.Seconds() / (float64(uint64(mib)<<20) / floor)
 	t.Logf("%5d MiB %3d MiB/s %-13s program saw %8.1f ms frozen across the move (longest gap of the run %.1f ms); godwit downtime %8.1f ms%s; total %8.1f ms; %d rounds (pre-copy stop: %s), %d MiB sent; total/(size/floor) %.2f; peak RSS send %d MiB, agent %d MiB",
 		mib, rate, c.name, float64(moveUS)/1e3, float64(us)/1e3, float64(res.Downtime)/1e6, over, float64(res.Total)/1e6, len(res.Rounds), res.PrecopyStop, sent>>20, ratio, sendRSS>>20, agentRSS>>20)
+	if a := res.Auto; a != nil {
+		t.Logf("      pages: %d stream(s), compress %s: link probe %.0f MB/s, zstd %.0f MB/s at ratio %.4f: compressed %v", res.Streams, res.Compress,
+			a.Link/1e6, a.Zstd/1e6, a.Ratio, a.Compress)
+	}
 	for _, r := range res.Rounds {
 		t.Logf("      round %d: %d MiB in %v (%.0f MB/s), dirty rate %.1f MB/s, frozen %v", r.N, r.Bytes>>20,
 			r.Duration.Round(time.Millisecond), r.Bandwidth/1e6, r.DirtyRate/1e6, r.Frozen.Round(time.Microsecond))

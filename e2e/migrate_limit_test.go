@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -86,4 +88,78 @@ func TestMigrateByteLimitTooSmall(t *testing.T) {
 	}
 	intact(t, w)
 	finishMoved(t, w, w.rootPID)
+}
+
+// A program that writes little while the first round runs, then rewrites
+// all its memory at once: the next round is sized from a count of its
+// dirty pages taken just before it, not from the first round's rate, so
+// pre-copy stops there (the bound leaves room for one more full copy, not
+// two) and the final dump takes the burst. Sized from the first round, a
+// second round took the burst, the final a second one, and the agent
+// failed the migration at its bound.
+func TestMigrateRoundSizedFromCount(t *testing.T) {
+	const mib = 32
+	m := newMigLab(t)
+	// Room for a full first round, a full final and about 16 MiB more.
+	const limit = 88 << 20
+	m.startAgent("--max-migration-bytes", strconv.Itoa(limit))
+	w := startOnHost(t, m.a, memtickerBin(t), "-m", strconv.Itoa(mib), "-w", "2")
+	logLine(t, w.log, regexp.MustCompile(`^ready pid=`), 0, 60*time.Second)
+	gate := t.TempDir()
+	s := m.startSend(w, []string{"GODWIT_TEST_ROUND_WAIT=" + gate}, "--max-rounds", "8", "--downtime-budget", "1us")
+	// After each round the send waits for gate/N: the program bursts
+	// first.
+	stop := make(chan struct{})
+	defer close(stop)
+	bursts := make(chan int, 8)
+	burst := regexp.MustCompile(`^burst pages=`)
+	go func() {
+		for n := 1; ; {
+			select {
+			case l := <-s.lines:
+				if !strings.Contains(l, "migrate: test: round") {
+					continue
+				}
+				off := logSize(w.log)
+				if err := syscall.Kill(w.rootPID, syscall.SIGHUP); err != nil {
+					t.Error(err)
+					return
+				}
+				for deadline := time.Now().Add(30 * time.Second); matchFrom(w.log, burst, off) == nil; time.Sleep(5 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Error("no burst logged")
+						return
+					}
+				}
+				bursts <- n
+				if err := os.WriteFile(filepath.Join(gate, strconv.Itoa(n)), nil, 0o600); err != nil {
+					t.Error(err)
+					return
+				}
+				n++
+			case <-stop:
+				return
+			}
+		}
+	}()
+	code, res := s.wait(t)
+	_, stderr := s.output()
+	if code != 0 {
+		t.Fatalf("migrate send: exit %d (%d bursts): %s\n%s", code, len(bursts), res.Error, stderr)
+	}
+	rootB := m.moved(w)
+	defer killAndForget(rootB)
+	if res.PrecopyStop != migrate.StopByteLimit || len(res.Rounds) != 2 || len(bursts) != 1 {
+		t.Errorf("rounds %+v, stop %q, %d bursts: want one pre-copy round, stopped at the byte limit by the burst counted after it", res.Rounds, res.PrecopyStop, len(bursts))
+	}
+	if fin := res.Rounds[len(res.Rounds)-1]; fin.Bytes < mib<<20*9/10 {
+		t.Errorf("final round %+v: want the burst (%d MiB) in it", fin, mib)
+	}
+	off := logSize(w.log)
+	if err := syscall.Kill(rootB, syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	if check := memtickerCheck(t, w.log, rootB, off, 60*time.Second); check[1] != "ok" {
+		t.Fatalf("the migrated program found its memory wrong: %s", check[0])
+	}
 }

@@ -478,6 +478,11 @@ func TestMigrateKilledMidwayLeavesTheSourceRunning(t *testing.T) {
 			w := startOn(t, m.a, workloads["counter"], "-m", "256")
 			args := append([]string{"migrate", "send", "--to", m.b.Addr(), "-t", strconv.Itoa(w.hostPID), "--max-rounds", "8", "--downtime-budget", "1ns"}, m.tlsArgs(m.a, "client")...)
 			cmd := m.a.Command(godwitBin, args...)
+			// Held after each round until the test lets it go on: a
+			// program that writes little otherwise finishes its
+			// migration before the victim goes.
+			gate := t.TempDir()
+			cmd.Env = append(os.Environ(), "GODWIT_TEST_ROUND_WAIT="+gate)
 			pr, err := cmd.StderrPipe()
 			if err != nil {
 				t.Fatal(err)
@@ -490,7 +495,7 @@ func TestMigrateKilledMidwayLeavesTheSourceRunning(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { killAndForget(sendP) })
-			// After the first round, mid-way through the next.
+			// After the first round, before the next.
 			sc := bufio.NewScanner(pr)
 			for sc.Scan() && !strings.HasPrefix(sc.Text(), "round 0") {
 			}
@@ -534,6 +539,11 @@ func TestMigrateKilledMidwayLeavesTheSourceRunning(t *testing.T) {
 				// Packets dropped, as by a pulled cable: no reset tells
 				// either end; the control link's keepalive does.
 				if err := m.b.Cut(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for n := 1; n <= 10; n++ {
+				if err := os.WriteFile(filepath.Join(gate, strconv.Itoa(n)), nil, 0o600); err != nil {
 					t.Fatal(err)
 				}
 			}

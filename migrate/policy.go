@@ -49,7 +49,17 @@ const (
 // and the tree's memory now. limit 0: no bound known.
 type pageRoom struct {
 	limit, used, memory uint64
+	// next is the next round's bytes as counted just before it
+	// (counted): the pages the tree wrote since the last round's scan
+	// (dumper.DirtyPages). Without a count it is estimated from the
+	// rounds before (nextRound).
+	next    uint64
+	counted bool
 }
+
+// countSlack covers what the tree writes between the count of a round's
+// dirty pages and the round's own scan, a few milliseconds later.
+func countSlack(counted uint64) uint64 { return counted/4 + 16<<20 }
 
 // imageBytes is the worst case of one dump of n page bytes on the agent:
 // the pages and a pagemap entry for each (every page its own run), plus
@@ -90,6 +100,20 @@ func nextRound(rounds []Round, memory uint64) uint64 {
 	return uint64(est)
 }
 
+// nextBytes is the next round's size for the byte bound: all memory for
+// the first, then the count taken just before it (with a slack for the
+// writes until its scan), or without one the estimate from the rounds
+// before.
+func (r pageRoom) nextBytes(rounds []Round) uint64 {
+	switch {
+	case len(rounds) == 0:
+		return r.memory
+	case r.counted:
+		return min(r.memory, r.next+countSlack(r.next))
+	}
+	return nextRound(rounds, r.memory)
+}
+
 // decide says, after the rounds so far, whether to stop pre-copy, whether
 // stopping now overruns the downtime budget, and why it stops. The first
 // round takes every page: its dirty rate, when known (> 0), is what the
@@ -108,7 +132,7 @@ func decide(rounds []Round, budget time.Duration, maxRounds int, room pageRoom) 
 		return true, n >= 2, StopMaxRounds
 	case n >= 2 && !converging(rounds):
 		return true, true, StopDiverging
-	case !room.roomFor(nextRound(rounds, room.memory)):
+	case !room.roomFor(room.nextBytes(rounds)):
 		return true, n >= 2, StopByteLimit
 	}
 	return false, false, ""

@@ -65,30 +65,41 @@ func TestDecideByteLimit(t *testing.T) {
 		stop, overrun bool
 		why           string
 	}{
-		{"room for round 1 and the final", nil, pageRoom{def, 0, mem}, false, false, ""},
-		{"no room for round 1 and the final: stop-and-copy", nil, pageRoom{mem + mem/2, 0, mem}, true, false, StopByteLimit},
+		{"room for round 1 and the final", nil, pageRoom{limit: def, used: 0, memory: mem}, false, false, ""},
+		{"no room for round 1 and the final: stop-and-copy", nil, pageRoom{limit: mem + mem/2, used: 0, memory: mem}, true, false, StopByteLimit},
 		// After the first round (256 MiB written) the second might take
 		// all memory again, and the final too: 768 MiB + maps > 768 MiB.
-		{"after round 1 at twice the memory", []Round{full}, pageRoom{def, 256 * MB, mem}, true, false, StopByteLimit},
+		{"after round 1 at twice the memory", []Round{full}, pageRoom{limit: def, used: 256 * MB, memory: mem}, true, false, StopByteLimit},
 		// The agent's default (three times the memory) leaves room for
 		// a second round of all memory, then the final.
-		{"after round 1 at the default bound", []Round{full}, pageRoom{uint64(3*mem + migrationSlack), 256 * MB, mem}, false, false, ""},
-		{"after round 1, a large bound", []Round{full}, pageRoom{8 * mem, 256 * MB, mem}, false, false, ""},
+		{"after round 1 at the default bound", []Round{full}, pageRoom{limit: uint64(3*mem + migrationSlack), used: 256 * MB, memory: mem}, false, false, ""},
+		{"after round 1, a large bound", []Round{full}, pageRoom{limit: 8 * mem, used: 256 * MB, memory: mem}, false, false, ""},
 		// Its writes measured (4 MB/s: 16 MB pending at its end, 20 MB
 		// with the margin): round 2 and the final fit the default bound.
-		{"after round 1, writes measured", []Round{round(256*MB, 4*time.Second, 4*MB)}, pageRoom{def, 256 * MB, mem}, false, false, ""},
+		{"after round 1, writes measured", []Round{round(256*MB, 4*time.Second, 4*MB)}, pageRoom{limit: def, used: 256 * MB, memory: mem}, false, false, ""},
 		// 60 MB/s: 240 MB pending, 300 MB with the margin: no room.
-		{"after round 1, many writes measured", []Round{round(256*MB, 4*time.Second, 60*MB)}, pageRoom{def, 256 * MB, mem}, true, false, StopByteLimit},
+		{"after round 1, many writes measured", []Round{round(256*MB, 4*time.Second, 60*MB)}, pageRoom{limit: def, used: 256 * MB, memory: mem}, true, false, StopByteLimit},
 		// The second round moved nearly everything again: not converging,
 		// checked from round 2.
-		{"round 2 does not shrink", []Round{full, hot}, pageRoom{16 * mem, 512 * MB, mem}, true, true, StopDiverging},
+		{"round 2 does not shrink", []Round{full, hot}, pageRoom{limit: 16 * mem, used: 512 * MB, memory: mem}, true, true, StopDiverging},
 		// A converging program whose next round would still fit.
-		{"converging, room left", []Round{full, round(64*MB, time.Second, 16*MB)}, pageRoom{def, 320 * MB, mem}, false, false, ""},
+		{"converging, room left", []Round{full, round(64*MB, time.Second, 16*MB)}, pageRoom{limit: def, used: 320 * MB, memory: mem}, false, false, ""},
 		// The same with the bound nearly used: stop, budget overrun.
-		{"converging, no room", []Round{full, round(64*MB, time.Second, 16*MB)}, pageRoom{600 * MB, 320 * MB, mem}, true, true, StopByteLimit},
+		{"converging, no room", []Round{full, round(64*MB, time.Second, 16*MB)}, pageRoom{limit: 600 * MB, used: 320 * MB, memory: mem}, true, true, StopByteLimit},
 		// Already past the bound (the agent would have refused): stop.
-		{"bound passed", []Round{full}, pageRoom{100 * MB, 256 * MB, mem}, true, false, StopByteLimit},
-		{"no bound known", []Round{full}, pageRoom{0, 256 * MB, mem}, false, false, ""},
+		{"bound passed", []Round{full}, pageRoom{limit: 100 * MB, used: 256 * MB, memory: mem}, true, false, StopByteLimit},
+		{"no bound known", []Round{full}, pageRoom{limit: 0, used: 256 * MB, memory: mem}, false, false, ""},
+		// Counted just before round 2: a program that wrote little
+		// during round 1 (4 MB/s measured, room by the estimate) but
+		// 200 MB since: round 2 and a full final do not fit. The
+		// estimate alone would start it, and the final could cross
+		// the bound.
+		{"after round 1, counted many", []Round{round(256*MB, 4*time.Second, 4*MB)},
+			pageRoom{limit: def, used: 256 * MB, memory: mem, next: 200 * MB, counted: true}, true, false, StopByteLimit},
+		// Counted few where the estimate says many (60 MB/s during
+		// round 1, then the program went quiet): round 2 fits.
+		{"after round 1, counted few", []Round{round(256*MB, 4*time.Second, 60*MB)},
+			pageRoom{limit: def, used: 256 * MB, memory: mem, next: 8 * MB, counted: true}, false, false, ""},
 	} {
 		stop, overrun, why := decide(c.rounds, budget, 8, c.room)
 		if stop != c.stop || overrun != c.overrun || why != c.why {

@@ -345,10 +345,21 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	if s.pageLimit > 0 && imageBytes(memory) > s.pageLimit {
 		return res, abort(PhaseCheck, fmt.Errorf("the tree's %d bytes of memory do not fit the agent's --max-migration-bytes %d", memory, s.pageLimit))
 	}
+	var prevRound *dumper.PreDumpResult
 	for {
 		// The final dump may take every page the tree has by then.
 		memory = max(memory, treeMemory(o.Pid))
 		room := pageRoom{limit: s.pageLimit, used: s.pageUsed, memory: memory}
+		if s.pageLimit > 0 && prevRound != nil {
+			// The next round's size counted now, just before it: the
+			// rounds before say nothing of a program that starts
+			// writing after them. Not counted: at worst all memory.
+			c, err := dumper.DirtyPages(o.Pid, prevRound)
+			room.next, room.counted = c*4096, true
+			if err != nil {
+				room.next = memory
+			}
+		}
 		if stop, overrun, why := decide(res.Rounds, o.DowntimeBudget, o.MaxRounds, room); stop {
 			// Hybrid never overruns: what did not converge comes lazily.
 			res.Overrun = overrun && res.Mode != ModeHybrid
@@ -413,11 +424,12 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			// since its scan are the only measure of the program.
 			r.DirtyRate = float64(pr.Pending*4096) / dur.Seconds()
 		}
-		prevDur = dur
+		prevDur, prevRound = dur, pr
 		res.Rounds = append(res.Rounds, r)
 		if o.OnRound != nil {
 			o.OnRound(r)
 		}
+		testAfterRound(n, o.Notice)
 	}
 
 	if res.Mode == ModeHybrid {
@@ -641,6 +653,28 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	return res, nil
 }
 
+// testRoundWait is a test hook (e2e): DIR holds `send` after each
+// pre-copy round N, before the next is sized, until DIR/N exists (at most
+// a minute), so that a test can change what the program writes between
+// two rounds.
+const testRoundWait = "GODWIT_TEST_ROUND_WAIT"
+
+func testAfterRound(n uint32, notice func(string)) {
+	dir := os.Getenv(testRoundWait)
+	if dir == "" {
+		return
+	}
+	path := filepath.Join(dir, strconv.Itoa(int(n)))
+	if notice != nil {
+		notice(fmt.Sprintf("migrate: test: round %d done, waiting for %s", n, path))
+	}
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+	}
+}
+
 // pagesInResult is the Result's view of the agent's PagesIn.
 func pagesInResult(pi *pb.PagesIn) *Postcopy {
 	return &Postcopy{Pages: pi.Pages, Faults: pi.Faults, FaultP50: time.Duration(pi.FaultP50Ns),
@@ -760,16 +794,19 @@ func (s *sender) waitClosed(limit time.Duration) {
 	}
 }
 
-// probeLink times probeBytes of random bytes over the control stream to
-// the agent (bytes per second, TLS included).
+// probeLink times random bytes over the control stream to the agent
+// (bytes per second, TLS included): probeMin at least, then more until
+// probeTime passed or probeMax went.
 func (s *sender) probeLink() (float64, error) {
 	chunk := make([]byte, 1<<20)
 	if _, err := rand.Read(chunk); err != nil {
 		return 0, err
 	}
 	t := time.Now()
-	for sent := 0; sent < probeBytes; sent += len(chunk) {
-		last := sent+len(chunk) >= probeBytes
+	sent := 0
+	for last := false; !last; {
+		sent += len(chunk)
+		last = sent >= probeMax || (sent >= probeMin && time.Since(t) >= probeTime)
 		if err := s.send(&pb.Envelope{Msg: &pb.Envelope_Probe{Probe: &pb.Probe{Data: chunk, Last: last}}}); err != nil {
 			return 0, err
 		}
@@ -778,10 +815,10 @@ func (s *sender) probeLink() (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if m.GetProbeAck() == nil || m.GetProbeAck().Bytes != probeBytes {
-		return 0, fmt.Errorf("expected an answer for %d probe bytes, got %v", probeBytes, m)
+	if m.GetProbeAck() == nil || m.GetProbeAck().Bytes != uint64(sent) {
+		return 0, fmt.Errorf("expected an answer for %d probe bytes, got %v", sent, m)
 	}
-	return float64(probeBytes) / time.Since(t).Seconds(), nil
+	return float64(sent) / time.Since(t).Seconds(), nil
 }
 
 // pageTarget is where a round's pages go: the page server at addr over

@@ -137,10 +137,10 @@ func (t *taskRun) finalize(ds []drivers.Driver, tables map[model.ID]bool, ts *tu
 			}
 		case drivers.PhaseRegisters:
 			if lead.s != nil {
-				err = r.unmapWindow(lead.s)
-			}
-			if eerr := lead.end(); err == nil {
-				err = eerr
+				// The window goes with the session's last call.
+				s := lead.s
+				lead.s = nil
+				err = r.unmapWindowAndEnd(s)
 			}
 			if err == nil {
 				err = r.registers()
@@ -286,13 +286,11 @@ func (r *taskRun) finishMMQueued(s *session) error {
 	return nil
 }
 
-// unmapWindow runs the queued calls, then unmaps godwit's window (at the
-// session's syscall instruction: the runner goes with it).
-func (r *taskRun) unmapWindow(s *session) error {
-	if err := s.Flush(); err != nil {
-		return err
-	}
-	_, err := s.Call("unmap scratch", unix.SYS_MUNMAP, r.win.base, windowSize)
+// unmapWindowAndEnd runs the queued calls, then unmaps godwit's window
+// (at the session's syscall instruction: the runner goes with it) as the
+// session's last call, and ends the session.
+func (r *taskRun) unmapWindowAndEnd(s *session) error {
+	err := s.EndWith("unmap scratch", unix.SYS_MUNMAP, r.win.base, windowSize)
 	r.windowGone = err == nil
 	return err
 }
@@ -319,8 +317,7 @@ func (r *taskRun) registers() error {
 		if err != nil {
 			return err
 		}
-		_, err = s.Call("unmap scratch", unix.SYS_MUNMAP, r.win.base, windowSize)
-		if err = s.End(err); err != nil {
+		if err := r.unmapWindowAndEnd(s); err != nil {
 			return err
 		}
 	}

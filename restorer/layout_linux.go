@@ -459,6 +459,15 @@ func (r *taskRun) mapVMAs(s *session, first *batch) error {
 				fd, off = f, v.Pgoff
 				flags &^= unix.MAP_ANONYMOUS
 			}
+		case v.SysV():
+			if err := b.flush(); err != nil {
+				return err
+			}
+			if err := r.attachSysV(s, v, what); err != nil {
+				return err
+			}
+			r.madvise(b, v)
+			continue
 		case v.HugePage != 0:
 			// Private anonymous hugetlb, in pages of the dumped size
 			// (MAP_HUGE_SHIFT: log2 of the size).
@@ -661,6 +670,58 @@ func (r *taskRun) ensureWritable(s *session, vaddr, size uint64) error {
 		}
 		r.writable[v.Start] = true
 		r.protFix = append(r.protFix, vmaProt{start: v.Start, end: v.End, prot: v.Prot})
+	}
+	return nil
+}
+
+// attachSysV attaches the SysV shared memory segment v maps (made in the
+// tree's IPC namespace before any task runs: restoreNamespaces) where the
+// kernel likes, keeps only v's part of it and moves that to v's address:
+// one VMA, which the segment counts as one attach, as dumped.
+func (r *taskRun) attachSysV(s *session, v *model.VMA, what string) error {
+	var seg uint64
+	if ns := r.img.tree.IPC; ns != nil {
+		for _, sh := range ns.Shm {
+			if uint64(uint32(sh.Desc.ID)) == v.Shmid {
+				seg = (sh.Size + pageSize - 1) &^ (pageSize - 1)
+			}
+		}
+	}
+	size := v.End - v.Start
+	if seg == 0 || v.Pgoff > seg || size > seg-v.Pgoff {
+		return fmt.Errorf("%s: no SysV shm segment %d holding it in the dump", what, v.Shmid)
+	}
+	flg, prot := uint64(0), uint32(unix.PROT_READ|unix.PROT_WRITE)
+	if v.Fdflags&unix.O_ACCMODE == unix.O_RDONLY {
+		flg, prot = unix.SHM_RDONLY, unix.PROT_READ
+	}
+	at, err := s.Call(what+": shmat", unix.SYS_SHMAT, v.Shmid, 0, flg)
+	if err != nil {
+		return err
+	}
+	if v.Pgoff > 0 {
+		if _, err := s.Call(what+": unmap the segment's head", unix.SYS_MUNMAP, at, v.Pgoff); err != nil {
+			return err
+		}
+	}
+	if tail := seg - v.Pgoff - size; tail > 0 {
+		if _, err := s.Call(what+": unmap the segment's tail", unix.SYS_MUNMAP, at+v.Pgoff+size, tail); err != nil {
+			return err
+		}
+	}
+	if at+v.Pgoff != v.Start {
+		got, err := s.Call(what+": move", unix.SYS_MREMAP, at+v.Pgoff, size, size, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, v.Start)
+		if err != nil {
+			return err
+		}
+		if got != v.Start {
+			return fmt.Errorf("%s: moved to %#x", what, got)
+		}
+	}
+	if prot != v.Prot {
+		if _, err := s.Call(what+": mprotect", unix.SYS_MPROTECT, v.Start, size, uint64(v.Prot)); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -60,6 +60,10 @@ type Options struct {
 	// TCP_REPAIR; TCPClose restores them closed (criu(8)'s
 	// --tcp-established, --tcp-close).
 	TCPEstablished, TCPClose bool
+	// JoinedNS are the kinds of namespace ("uts", "ipc", "net") godwit
+	// joined for the restore (--join-ns): the tree is restored in those,
+	// not in new ones made from the dump.
+	JoinedNS []string
 }
 
 // FileValidation modes (criu(8)'s --file-validation).

@@ -1012,6 +1012,9 @@ func (p *Pending) fits(r *Restorer) error {
 	if len(r.tasks) != len(p.tasks) {
 		return fmt.Errorf("a tree of %d tasks, prepared %d", len(r.tasks), len(p.tasks))
 	}
+	if namespaceFlags(r.img.tree, r.o.JoinedNS) != 0 {
+		return errors.New("a UTS or IPC namespace of its own (the prepared tasks are in godwit's)")
+	}
 	if r.o.RestoreSibling {
 		return errors.New("--restore-sibling")
 	}

@@ -266,7 +266,7 @@ func coveredPrivate(vmas []model.VMA, s, e uint64) bool {
 	i := sort.Search(len(vmas), func(i int) bool { return vmas[i].End > s })
 	for ; s < e && i < len(vmas); i++ {
 		v := &vmas[i]
-		if v.Start > s || v.Status&(images.VmaAnonShared|images.VmaFileShared|images.VmaAreaVdso|images.VmaAreaVvar|images.VmaAreaVsyscall) != 0 {
+		if v.Start > s || v.Status&(images.VmaAnonShared|images.VmaFileShared|images.VmaAreaSysvipc|images.VmaAreaVdso|images.VmaAreaVvar|images.VmaAreaVsyscall) != 0 {
 			return false
 		}
 		s = v.End

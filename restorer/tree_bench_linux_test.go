@@ -46,7 +46,8 @@ func benchTree(b *testing.B, n int) {
 	var dumps, restores, create, layout, fill, final, resume, freezing, dumpInj []time.Duration
 	var dumpCalls, restoreCalls, dumpStops, restoreStops int
 	var phaseStops [3]int
-	var byNr map[uintptr]int
+	var byNr, dumpByNr map[uintptr]int
+	var dumpSessions int
 	var r *Restorer
 	defer func() {
 		if r != nil {
@@ -63,6 +64,7 @@ func benchTree(b *testing.B, n int) {
 		}
 		dumps = append(dumps, time.Since(t0)/time.Duration(n))
 		dumpCalls, dumpStops = res.InjectedCalls/n, res.InjectionStops/n
+		dumpByNr, dumpSessions = res.InjectedByNr, res.InjectionSessions
 		dumpInj = append(dumpInj, res.Injecting/time.Duration(n))
 		freezing = append(freezing, time.Duration(res.Stats.GetFreezingTime())*time.Microsecond/time.Duration(n))
 		if len(res.Pids) != n {
@@ -116,6 +118,8 @@ func benchTree(b *testing.B, n int) {
 	b.ReportMetric(float64(med(restores).Microseconds()), "restore-µs/task")
 	b.Logf("%d tasks, per task: dump %v (freeze %v, injection sessions %v, %d injected calls, %d ptrace stops), restore %v = layout %v (of it making the tasks %v) + fill %v + finalize %v + resume %v, %d injected calls, %d ptrace stops",
 		n, med(dumps), med(freezing), med(dumpInj), dumpCalls, dumpStops, med(restores), med(layout), med(create), med(fill), med(final), med(resume), restoreCalls, restoreStops)
+	b.Logf("%d tasks, dump injection sessions per task %.1f; injected calls per task by syscall: %s",
+		n, float64(dumpSessions)/float64(n), perTask(dumpByNr, n))
 	b.Logf("%d tasks, restore stops per task: layout %.1f, fill %.1f, finalize %.1f; injected calls per task by syscall: %s",
 		n, float64(phaseStops[0])/float64(n), float64(phaseStops[1]-phaseStops[0])/float64(n), float64(phaseStops[2]-phaseStops[1])/float64(n), perTask(byNr, n))
 	b.Logf("%d tasks, floors per task: fork %v, ptrace seize+interrupt+detach %v; dump %.0fx the attach floor, restore %.0fx the fork floor",
@@ -273,11 +277,13 @@ func criuTree(b *testing.B, dir string, n int) (dumps, restores []time.Duration,
 // waitGone waits until /proc/PID is gone (a reaped task): init reaps
 // orphans late on a loaded host, so up to a minute.
 func waitGone(t testing.TB, pid int) {
+	t.Helper()
 	for i := 0; i < 12000; i++ {
 		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err != nil {
 			return
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	t.Fatalf("pid %d not gone", pid)
+	st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	t.Fatalf("pid %d not gone: %s", pid, st)
 }

@@ -36,13 +36,16 @@ func (r *Restorer) createTree(p *puppet.Puppet) error {
 		return err
 	}
 	rootPid := r.root.img.pid
-	task, err := p.CloneWith(rootPid, unix.CLONE_PARENT)
+	task, err := p.CloneWith(rootPid, unix.CLONE_PARENT|namespaceFlags(r.img.tree, r.o.JoinedNS))
 	if task != nil {
 		r.root.task = task
 		r.root.threads = []int{rootPid}
 	}
 	if err != nil {
 		return fmt.Errorf("task %d: %w", rootPid, err)
+	}
+	if err := restoreNamespaces(r.img.tree, r.o.JoinedNS, rootPid); err != nil {
+		return err
 	}
 	if err := r.grow(r.root, kids); err != nil {
 		return err

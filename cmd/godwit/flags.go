@@ -50,6 +50,7 @@ func treeFlags(fs *pflag.FlagSet, o *opts.Options) {
 	fs.BoolVarP(&o.FileLocks, "file-locks", "l", false, "dump file locks")
 	fs.BoolVar(&o.LinkRemap, "link-remap", false, "link unlinked files back if possible")
 	fs.Var(sizeValue{&o.GhostLimit}, "ghost-limit", "largest deleted file carried in the images (K, M, G suffixes)")
+	ghostFiemapFlag(fs, o)
 	fs.BoolVarP(&o.ShellJob, "shell-job", "j", false, "allow dumping shell jobs")
 	fs.BoolVar(&o.ExtUnixSk, "ext-unix-sk", false, "allow unix sockets whose peer is outside the tree")
 	cpuCapFlag(fs, o)

@@ -108,6 +108,7 @@ failure leaves the source running as it was.`,
 	f.BoolVar(&a.o.EvasiveDevs, "evasive-devices", false, "use any path to a device file if the original is inaccessible")
 	f.BoolVar(&a.o.ForceIrmap, "force-irmap", false, "force resolving names of inotify and fsnotify watches")
 	f.Var(sizeValue{&a.o.GhostLimit}, "ghost-limit", "largest deleted file carried to the destination (K, M, G suffixes)")
+	ghostFiemapFlag(f, a.o)
 	networkLockFlag(f, a.o)
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	f.BoolVar(&o.NoOverlap, "no-overlap", false, "have the agent restore from the images after the freeze instead of making the task and writing each round's pages into it during the rounds")

@@ -110,6 +110,29 @@ func (v sizeValue) Set(s string) error {
 	return nil
 }
 
+// notBool is a boolean option that is on by default, kept as its
+// negation (false: the option is on).
+type notBool struct{ p *bool }
+
+func (v notBool) String() string   { return strconv.FormatBool(!*v.p) }
+func (v notBool) Type() string     { return "bool" }
+func (v notBool) IsBoolFlag() bool { return true }
+func (v notBool) Set(s string) error {
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return err
+	}
+	*v.p = !b
+	return nil
+}
+
+// ghostFiemapFlag is --ghost-fiemap (the default; --no-ghost-fiemap
+// turns it off): find a deleted file's holes with FIEMAP.
+func ghostFiemapFlag(fs *pflag.FlagSet, o *opts.Options) {
+	f := fs.VarPF(notBool{&o.NoGhostFiemap}, "ghost-fiemap", "", "find the holes of deleted files with FIEMAP, else SEEK_DATA/SEEK_HOLE (default; --no-ghost-fiemap: SEEK_DATA/SEEK_HOLE only); holes are kept either way")
+	f.NoOptDefVal = "true"
+}
+
 // negation is the hidden --no-NAME twin of a boolean long option.
 type negation struct{ target pflag.Value }
 

@@ -17,7 +17,8 @@
  * restored from an older round, zero-filled or torn fails) and logs
  * "check ok pages=N writes=W ticks=T maxgap_us=G" or "check bad page=P ..."
  * and carries on. SIGUSR2 restarts the longest-gap measure (logs "reset").
- * SIGTERM ends it with status 0.
+ * SIGHUP rewrites every page once, at once (its write rate jumps; logs
+ * "burst pages=N"). SIGTERM ends it with status 0.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -34,7 +35,7 @@
 #define WORDS (PAGE / 8)
 #define GAP_LOG_NS 5000000LL
 
-static volatile sig_atomic_t check, reset, stop;
+static volatile sig_atomic_t check, reset, stop, burst;
 static uint64_t *mem, *gens;
 static size_t pages;
 static int logfd;
@@ -42,6 +43,7 @@ static int logfd;
 static void on_usr1(int s) { (void)s; check = 1; }
 static void on_usr2(int s) { (void)s; reset = 1; }
 static void on_term(int s) { (void)s; stop = 1; }
+static void on_hup(int s) { (void)s; burst = 1; }
 
 static inline uint64_t pattern(uint64_t page, uint64_t gen, uint64_t i)
 {
@@ -122,6 +124,8 @@ usage:
 	sigaction(SIGUSR2, &sa, NULL);
 	sa.sa_handler = on_term;
 	sigaction(SIGTERM, &sa, NULL);
+	sa.sa_handler = on_hup;
+	sigaction(SIGHUP, &sa, NULL);
 
 	/* Pages to rewrite per 1 ms tick, kept as a fraction across ticks. */
 	double per_tick = mbps * 1e6 / PAGE / 1000, owed = 0;
@@ -156,6 +160,15 @@ usage:
 			write_page(next);
 			next = (next + 1) % pages;
 			writes++;
+		}
+		if (burst) {
+			burst = 0;
+			for (size_t p = 0; p < pages; p++)
+				write_page(p);
+			writes += pages;
+			dprintf(logfd, "burst pages=%zu\n", pages);
+			prev = now_ns();
+			deadline = prev;
 		}
 		if (check) {
 			check = 0;

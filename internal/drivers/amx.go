@@ -52,10 +52,26 @@ func (amxDriver) CollectInjected(d *Dump, s *inject.Session) error {
 	if err := s.Read(scratchXcomp, b[:]); err != nil {
 		return err
 	}
-	if perm := le.Uint64(b[:]); perm&(1<<xstate.XfeatTileData) != 0 {
+	setXcompPerm(d, le.Uint64(b[:]))
+	return nil
+}
+
+// PlanInjected reads ARCH_GET_XCOMP_PERM; without XSAVE the call fails
+// and CollectInjected tells that from an error.
+func (amxDriver) PlanInjected(d *Dump, s *inject.Session) (Planned, bool) {
+	return Planned{Calls: []inject.Call{inject.C("arch_prctl(ARCH_GET_XCOMP_PERM)", unix.SYS_ARCH_PRCTL, archGetXcompPerm, s.Scratch()+scratchXcomp)},
+		Done: func(_ []uint64, scratch []byte) error {
+			setXcompPerm(d, le.Uint64(scratch[scratchXcomp:]))
+			return nil
+		}}, true
+}
+
+// setXcompPerm records the dynamic features the task was permitted,
+// where AMX tile data is among them.
+func setXcompPerm(d *Dump, perm uint64) {
+	if perm&(1<<xstate.XfeatTileData) != 0 {
 		d.Task.XcompPerm = perm
 	}
-	return nil
 }
 
 // Restore asks for tile data permission again.

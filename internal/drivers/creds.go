@@ -49,25 +49,24 @@ func (credsDriver) CollectThread(d *Dump, ti *model.Thread) error {
 
 // CollectThreadInjected reads the securebits, no_new_privs and the
 // parent-death signal, which only the thread can tell.
-func (credsDriver) CollectThreadInjected(d *Dump, s *inject.Session, ti *model.Thread) error {
-	// One batch, one stop.
-	out, err := s.Batch([]inject.Call{
+func (k credsDriver) CollectThreadInjected(d *Dump, s *inject.Session, ti *model.Thread) error {
+	p, _ := k.PlanThreadInjected(d, s, ti)
+	return runPlanned(s, p)
+}
+
+// PlanThreadInjected reads the securebits, no_new_privs and the
+// parent-death signal.
+func (credsDriver) PlanThreadInjected(d *Dump, s *inject.Session, ti *model.Thread) (Planned, bool) {
+	return Planned{Calls: []inject.Call{
 		inject.C("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS),
 		inject.C("prctl(PR_GET_NO_NEW_PRIVS)", unix.SYS_PRCTL, unix.PR_GET_NO_NEW_PRIVS),
 		inject.C("prctl(PR_GET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG, s.Scratch()+scratchPdeath),
-	})
-	if err != nil {
-		return err
-	}
-	sb, nnp := out[0], out[1]
-	var b [4]byte
-	if err := s.Read(scratchPdeath, b[:]); err != nil {
-		return err
-	}
-	ti.Creds.Secbits = uint32(sb)
-	ti.Creds.NoNewPrivs = nnp != 0
-	ti.PdeathSig = le.Uint32(b[:])
-	return nil
+	}, Done: func(out []uint64, scratch []byte) error {
+		ti.Creds.Secbits = uint32(out[0])
+		ti.Creds.NoNewPrivs = out[1] != 0
+		ti.PdeathSig = le.Uint32(scratch[scratchPdeath:])
+		return nil
+	}}, true
 }
 
 // capLastCapProbe bounds cap_last_cap: capset's two 32-bit data words

@@ -230,8 +230,12 @@ func (c *fdCollector) fromCopy(fd *FD) bool {
 		return false
 	}
 	fd.Flags, fd.cloexecUnknown = uint32(fl)&^unix.O_CLOEXEC, true
-	if fd.owner, err = readOwner(cp); err != nil {
-		return false
+	// An O_PATH file has no owner (F_GETOWN_EX on it is EBADF, and
+	// F_SETOWN too: nothing can be set to read).
+	if fd.Flags&unix.O_PATH == 0 {
+		if fd.owner, err = readOwner(cp); err != nil {
+			return false
+		}
 	}
 	switch fd.Stat.Mode & unix.S_IFMT {
 	case unix.S_IFREG, unix.S_IFDIR:
@@ -498,4 +502,26 @@ func (fl *Files) checkFDs(t *model.Tree) error {
 		}
 	}
 	return nil
+}
+
+// PlanInjected reads the close-on-exec flags CollectInjected reads,
+// F_GETFD each; a refusal makes CollectInjected read fdinfo instead.
+func (filesDriver) PlanInjected(d *Dump, s *inject.Session) (Planned, bool) {
+	d.Files.cloexecMu.Lock()
+	idx := d.Files.cloexec[d.Pid]
+	d.Files.cloexecMu.Unlock()
+	calls := make([]inject.Call, len(idx))
+	for i, j := range idx {
+		n := d.Task.FDs[j].Num
+		calls[i] = inject.C("fd "+strconv.Itoa(n)+": F_GETFD", unix.SYS_FCNTL, uint64(n), unix.F_GETFD)
+	}
+	return Planned{Calls: calls, Done: func(got []uint64, _ []byte) error {
+		for i, j := range idx {
+			d.Task.FDs[j].Cloexec = got[i]&unix.FD_CLOEXEC != 0
+		}
+		d.Files.cloexecMu.Lock()
+		delete(d.Files.cloexec, d.Pid)
+		d.Files.cloexecMu.Unlock()
+		return nil
+	}}, true
 }

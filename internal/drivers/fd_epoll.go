@@ -52,6 +52,11 @@ func (epollKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
 		if e != 0 || r != 0 {
 			return fmt.Errorf("target fd %d no longer holds the registered file (closed or replaced after epoll_ctl): not restorable", t.FD)
 		}
+		if epollDisabled(t.Events) {
+			if err := epollCanDisable(pid, t.FD); err != nil {
+				return fmt.Errorf("target fd %d: a fired EPOLLONESHOT registration (disabled): %w", t.FD, err)
+			}
+		}
 		st.Targets = append(st.Targets, t)
 	}
 	f.Kind, f.Path = model.Epoll, ""
@@ -97,9 +102,59 @@ func (epollKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error
 // scratchEpollEvent is where the restore side puts a struct epoll_event.
 const scratchEpollEvent = scratchPassEnd
 
+// epollPrivateBits are the event bits a fired EPOLLONESHOT registration
+// keeps (EP_PRIVATE_BITS, fs/eventpoll.c): the kernel clears the others,
+// and no epoll_ctl can (ADD and MOD always add EPOLLERR|EPOLLHUP).
+const epollPrivateBits = unix.EPOLLWAKEUP | unix.EPOLLONESHOT | unix.EPOLLET | unix.EPOLLEXCLUSIVE
+
+// epollAll is every event a file may report: a disabled one-shot
+// registration is added with them, so that its file's first event
+// disables it.
+const epollAll = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLPRI | unix.EPOLLRDHUP | unix.EPOLLRDNORM |
+	unix.EPOLLRDBAND | unix.EPOLLWRNORM | unix.EPOLLWRBAND | unix.EPOLLMSG
+
+// epollDisabled reports whether a registration's events are those of an
+// EPOLLONESHOT one that fired: nothing left but the private bits.
+func epollDisabled(events uint32) bool {
+	return events&unix.EPOLLONESHOT != 0 && events&^uint32(epollPrivateBits) == 0
+}
+
+// epollCanDisable checks that fd n of pid reports some event now (a
+// poll of godwit's copy, which consumes nothing): the restore disables
+// its one-shot registration again by letting it fire once.
+func epollCanDisable(pid, n int) error {
+	cp, err := grabFD(pid, n)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(cp)
+	p := []unix.PollFd{{Fd: int32(cp), Events: epollAll}}
+	if k, err := unix.Poll(p, 0); err != nil || k != 1 {
+		return fmt.Errorf("its file reports no event now, so the restore cannot disable it again (%v)", err)
+	}
+	return nil
+}
+
 // finish adds every target, by its number, now that every fd is there.
+// Fired (disabled) one-shot registrations come first, each added with
+// every event and fired once by an epoll_wait of godwit's copy, while
+// no other registration can be consumed by it.
 func (epollKind) finish(rs *restoreFDs, what string, fd uint64, f *model.File) error {
+	var disabled []model.EpollTarget
 	for _, t := range f.Epoll.Targets {
+		if epollDisabled(t.Events) {
+			disabled = append(disabled, t)
+		}
+	}
+	if len(disabled) > 0 {
+		if err := epollAddDisabled(rs, what, fd, disabled); err != nil {
+			return err
+		}
+	}
+	for _, t := range f.Epoll.Targets {
+		if epollDisabled(t.Events) {
+			continue
+		}
 		// struct epoll_event is packed on x86-64: events, then data.
 		ev := le.AppendUint32(nil, t.Events)
 		ev = le.AppendUint64(ev, t.Data)
@@ -110,6 +165,37 @@ func (epollKind) finish(rs *restoreFDs, what string, fd uint64, f *model.File) e
 		if _, err := rs.s.Call(fmt.Sprintf("%s: epoll_ctl add fd %d", what, t.FD), unix.SYS_EPOLL_CTL, fd, unix.EPOLL_CTL_ADD, uint64(t.FD), a); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// epollAddDisabled adds the fired one-shot registrations ts to the empty
+// epoll fd of the task and fires each once, leaving it disabled as the
+// kernel left it (its private bits, its data).
+func epollAddDisabled(rs *restoreFDs, what string, fd uint64, ts []model.EpollTarget) error {
+	for _, t := range ts {
+		ev := le.AppendUint32(nil, t.Events|epollAll)
+		ev = le.AppendUint64(ev, t.Data)
+		a, err := rs.s.Put(scratchEpollEvent, ev)
+		if err != nil {
+			return err
+		}
+		if _, err := rs.s.Call(fmt.Sprintf("%s: epoll_ctl add fd %d (one-shot, to disable)", what, t.FD), unix.SYS_EPOLL_CTL, fd, unix.EPOLL_CTL_ADD, uint64(t.FD), a); err != nil {
+			return err
+		}
+	}
+	ep, err := grabFD(rs.s.Pid(), int(fd))
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	defer unix.Close(ep)
+	evs := make([]unix.EpollEvent, len(ts)+1)
+	n, err := unix.EpollWait(ep, evs, 0)
+	if err != nil {
+		return fmt.Errorf("%s: epoll_wait to disable one-shot registrations: %w", what, err)
+	}
+	if n != len(ts) {
+		return fmt.Errorf("%s: %d of %d fired EPOLLONESHOT registrations fire now: the others cannot be disabled again", what, n, len(ts))
 	}
 	return nil
 }

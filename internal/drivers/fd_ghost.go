@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -77,21 +78,41 @@ func (fl *Files) readGhost(pid int, src, path string, st *unix.Stat_t, f *model.
 	// A file of no link at all cannot be linked again (the kernel's
 	// linkat refuses an inode of i_nlink 0 that is not O_TMPFILE): it is
 	// saved as a ghost even with --link-remap, as CRIU does.
-	if uint64(st.Size) > fl.GhostLimit {
-		return fmt.Errorf("%d bytes, over --ghost-limit (%d)", st.Size, fl.GhostLimit)
-	}
 	fd, err := unix.Open(src, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
 	if err != nil {
 		return fmt.Errorf("open to save its contents: %w", err)
 	}
 	defer unix.Close(fd)
-	data := make([]byte, st.Size)
-	for off := 0; off < len(data); {
-		n, err := unix.Pread(fd, data[off:], int64(off))
-		if err != nil || n == 0 {
-			return fmt.Errorf("read its contents at %d of %d: %v", off, len(data), err)
+	if err := ghostXattrs(fd); err != nil {
+		return err
+	}
+	// Only the data is saved, its holes stay holes (--ghost-limit
+	// bounds the data, as CRIU's bounds the blocks).
+	chunks, err := ghostChunks(fd, uint64(st.Size), !fl.NoGhostFiemap)
+	if err != nil {
+		return fmt.Errorf("find its data and holes: %w", err)
+	}
+	var total uint64
+	for _, c := range chunks {
+		total += c.Len
+	}
+	if total > fl.GhostLimit {
+		return fmt.Errorf("%d bytes of data, over --ghost-limit (%d)", total, fl.GhostLimit)
+	}
+	data := make([]byte, total)
+	at := 0
+	for _, c := range chunks {
+		for off := uint64(0); off < c.Len; {
+			n, err := unix.Pread(fd, data[at:at+int(c.Len-off)], int64(c.Off+off))
+			if err != nil || n == 0 {
+				return fmt.Errorf("read its contents at %d of %d: %v", c.Off+off, st.Size, err)
+			}
+			off += uint64(n)
+			at += n
 		}
-		off += n
+	}
+	if len(chunks) == 1 && chunks[0] == (model.GhostChunk{Off: 0, Len: uint64(st.Size)}) {
+		chunks = nil // no hole: the plain layout
 	}
 	if fl.ghosts == nil {
 		fl.ghosts = map[[2]uint64]*model.File{}
@@ -101,7 +122,7 @@ func (fl *Files) readGhost(pid int, src, path string, st *unix.Stat_t, f *model.
 	f.Path = path
 	f.Ghost = &model.GhostState{
 		Dev: st.Dev, Ino: st.Ino, Mode: st.Mode, UID: st.Uid, GID: st.Gid, Size: uint64(st.Size), Data: data,
-		Atime: st.Atim, Mtime: st.Mtim,
+		Chunks: chunks, Atime: st.Atim, Mtime: st.Mtim,
 	}
 	return nil
 }
@@ -172,6 +193,22 @@ func (ghostKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error
 				return 0, fmt.Errorf("%s: %w", what, err)
 			}
 		}
+		if held < 0 && isTmpfile(f.Flags) {
+			// The description the O_TMPFILE open made: made so again,
+			// so that it keeps its flags (F_GETFL shows O_TMPFILE).
+			held, tfd, err := MakeGhost(rs.s, what, f)
+			if err != nil {
+				return 0, err
+			}
+			if f.Pos != 0 {
+				if _, err := unix.Seek(held, int64(f.Pos), unix.SEEK_SET); err != nil {
+					unix.Close(held)
+					return 0, fmt.Errorf("%s: seek to %d: %w", what, f.Pos, err)
+				}
+			}
+			rs.ghosts[key] = held
+			return tfd, nil
+		}
 		if held < 0 {
 			if held, err = makeGhost(rs, what, f); err != nil {
 				return 0, err
@@ -179,8 +216,19 @@ func (ghostKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error
 		}
 		rs.ghosts[key] = held
 	}
+	if isTmpfile(f.Flags) {
+		// Another description of the file holds it already: this one
+		// is reopened, which an O_TMPFILE open cannot do.
+		c := *f
+		c.Flags &^= unix.O_TMPFILE
+		f = &c
+	}
 	return reopenHeld(rs, what, "deleted file "+f.Path, held, f)
 }
+
+// isTmpfile reports whether open flags are those of an O_TMPFILE open
+// (F_GETFL keeps __O_TMPFILE and O_DIRECTORY, which unix.O_TMPFILE is).
+func isTmpfile(flags uint32) bool { return flags&unix.O_TMPFILE == unix.O_TMPFILE }
 
 // ghostOfTree takes a copy of the deleted file from another task of the
 // tree that already holds it; -1 when none does.
@@ -255,6 +303,9 @@ func MakeGhost(s *inject.Session, what string, f *model.File) (held int, tfd uin
 	if g.Linked != "" {
 		return openLinked(s, what, f)
 	}
+	if isTmpfile(f.Flags) {
+		return makeTmpfile(s, what, f)
+	}
 	path := f.Path
 	create := func(p string) (uint64, error) {
 		return s.Openat(what+": recreate deleted file", p, unix.O_CREAT|unix.O_EXCL|unix.O_RDWR|unix.O_NOFOLLOW|unix.O_NOCTTY)
@@ -289,6 +340,51 @@ func MakeGhost(s *inject.Session, what string, f *model.File) (held int, tfd uin
 			err = errors.Join(err, cerr)
 		}
 		return -1, 0, fmt.Errorf("%s: deleted file %s: %w", what, f.Path, err)
+	}
+	return held, tfd, nil
+}
+
+// makeTmpfile makes the deleted file f, opened with O_TMPFILE (its
+// flags), again as an O_TMPFILE file in the same directory of the task's
+// mounts, with f's flags, and fills it. The kernel shows no sign of
+// whether it may be linked (made without O_EXCL and never linked):
+// it is made with O_EXCL, as glibc's tmpfile() and Python's
+// TemporaryFile() make theirs, so that no name can be given to a file
+// that may never have allowed one.
+func makeTmpfile(s *inject.Session, what string, f *model.File) (held int, tfd uint64, err error) {
+	i := strings.LastIndexByte(f.Path, '/')
+	if i < 0 {
+		return -1, 0, fmt.Errorf("%s: O_TMPFILE file %q: not an absolute path", what, f.Path)
+	}
+	dir := f.Path[:i]
+	if dir == "" {
+		dir = "/"
+	}
+	flags := int(f.Flags)&^(unix.O_CREAT|unix.O_TRUNC|unix.O_CLOEXEC) | unix.O_EXCL | unix.O_NOCTTY
+	// Filled through this description: O_APPEND (pwrite would append)
+	// and O_DIRECT (unaligned writes) are set after.
+	later := flags & (unix.O_APPEND | unix.O_DIRECT)
+	if tfd, err = s.Openat(what+": O_TMPFILE in", dir, flags&^later); err != nil {
+		return -1, 0, err
+	}
+	held, err = grabFD(s.Pid(), int(tfd))
+	if err == nil {
+		err = fillGhost(held, f.Ghost)
+		if err == nil && later != 0 {
+			var fl int
+			if fl, err = unix.FcntlInt(uintptr(held), unix.F_GETFL, 0); err == nil {
+				_, err = unix.FcntlInt(uintptr(held), unix.F_SETFL, fl|later)
+			}
+		}
+		if err != nil {
+			unix.Close(held)
+		}
+	}
+	if err != nil {
+		if _, cerr := s.Call(what+": close", unix.SYS_CLOSE, tfd); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+		return -1, 0, fmt.Errorf("%s: O_TMPFILE file %s: %w", what, f.Path, err)
 	}
 	return held, tfd, nil
 }
@@ -362,17 +458,37 @@ func errnoOf(err error) (unix.Errno, bool) {
 	return inject.Errno(err)
 }
 
-// fillGhost writes the contents and sets the owner, mode and times.
+// fillGhost writes the contents (chunks of data between holes: the
+// file is sized first, and only the chunks are written) and sets the
+// owner, mode and times. fd must not be O_APPEND.
 func fillGhost(fd int, g *model.GhostState) error {
-	if uint64(len(g.Data)) != g.Size {
-		return fmt.Errorf("%d bytes saved of %d", len(g.Data), g.Size)
+	chunks := g.Chunks
+	if chunks == nil {
+		chunks = []model.GhostChunk{{Off: 0, Len: g.Size}}
 	}
-	for off := 0; off < len(g.Data); {
-		n, err := unix.Pwrite(fd, g.Data[off:], int64(off))
-		if err != nil {
-			return fmt.Errorf("write contents: %w", err)
+	var total uint64
+	for _, c := range chunks {
+		if c.Off > g.Size || c.Len > g.Size-c.Off {
+			return fmt.Errorf("chunk %d+%d past the size %d", c.Off, c.Len, g.Size)
 		}
-		off += n
+		total += c.Len
+	}
+	if uint64(len(g.Data)) != total {
+		return fmt.Errorf("%d bytes saved of %d", len(g.Data), total)
+	}
+	if err := unix.Ftruncate(fd, int64(g.Size)); err != nil {
+		return fmt.Errorf("size %d: %w", g.Size, err)
+	}
+	data := g.Data
+	for _, c := range chunks {
+		for off := uint64(0); off < c.Len; {
+			n, err := unix.Pwrite(fd, data[off:c.Len], int64(c.Off+off))
+			if err != nil {
+				return fmt.Errorf("write contents at %d: %w", c.Off+off, err)
+			}
+			off += uint64(n)
+		}
+		data = data[c.Len:]
 	}
 	if err := unix.Fchown(fd, int(g.UID), int(g.GID)); err != nil {
 		return fmt.Errorf("chown: %w", err)
@@ -535,4 +651,119 @@ func (l *LinkRemaps) Close() {
 		unix.Close(n.dir)
 	}
 	l.names = nil
+}
+
+// FIEMAP (linux/fiemap.h, linux/fs.h): struct fiemap, a header followed
+// by struct fiemap_extent entries; x/sys/unix has neither.
+const (
+	fsIocFiemap       = 0xC020660B // _IOWR('f', 11, struct fiemap)
+	fiemapExtentLast  = 0x1        // FIEMAP_EXTENT_LAST
+	fiemapHeaderSize  = 32
+	fiemapExtentSize  = 56
+	fiemapExtentBatch = 128
+)
+
+// ghostChunks returns the ranges of the open file fd (size bytes) that
+// hold data, in order: by FIEMAP where fiemap is set and the file system
+// has it (tmpfs has not), else by lseek SEEK_DATA/SEEK_HOLE (a file
+// system without them reports the whole file as data). As CRIU's
+// --ghost-fiemap and --no-ghost-fiemap.
+func ghostChunks(fd int, size uint64, fiemap bool) ([]model.GhostChunk, error) {
+	if size == 0 {
+		return nil, nil
+	}
+	if fiemap {
+		cs, err := fiemapChunks(fd, size)
+		if err == nil {
+			return cs, nil
+		}
+		if err != unix.EOPNOTSUPP && err != unix.ENOTTY && err != unix.EINVAL {
+			return nil, fmt.Errorf("FIEMAP: %w", err)
+		}
+	}
+	var cs []model.GhostChunk
+	for off := int64(0); uint64(off) < size; {
+		d, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if err == unix.ENXIO {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("SEEK_DATA at %d: %w", off, err)
+		}
+		h, err := unix.Seek(fd, d, unix.SEEK_HOLE)
+		if err != nil {
+			return nil, fmt.Errorf("SEEK_HOLE at %d: %w", d, err)
+		}
+		if uint64(h) > size {
+			h = int64(size)
+		}
+		if h > d {
+			cs = append(cs, model.GhostChunk{Off: uint64(d), Len: uint64(h - d)})
+		}
+		off = h
+	}
+	return cs, nil
+}
+
+// fiemapChunks reads the extents of fd with FIEMAP (no sync: delayed
+// allocations are reported as extents too), merged where they touch and
+// cut at size.
+func fiemapChunks(fd int, size uint64) ([]model.GhostChunk, error) {
+	buf := make([]byte, fiemapHeaderSize+fiemapExtentBatch*fiemapExtentSize)
+	var cs []model.GhostChunk
+	for start := uint64(0); start < size; {
+		clear(buf)
+		le.PutUint64(buf[0:], start)
+		le.PutUint64(buf[8:], size-start)
+		le.PutUint32(buf[24:], fiemapExtentBatch)
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fsIocFiemap, uintptr(unsafe.Pointer(&buf[0]))); e != 0 {
+			return nil, e
+		}
+		n := int(le.Uint32(buf[20:]))
+		if n == 0 || n > fiemapExtentBatch {
+			break
+		}
+		last := false
+		for i := range n {
+			e := buf[fiemapHeaderSize+i*fiemapExtentSize:]
+			off, l, flags := le.Uint64(e[0:]), le.Uint64(e[16:]), le.Uint32(e[40:])
+			last = last || flags&fiemapExtentLast != 0
+			if off >= size {
+				last = true
+				break
+			}
+			l = min(l, size-off)
+			if k := len(cs) - 1; k >= 0 && cs[k].Off+cs[k].Len >= off {
+				cs[k].Len = max(cs[k].Off+cs[k].Len, off+l) - cs[k].Off
+			} else {
+				cs = append(cs, model.GhostChunk{Off: off, Len: l})
+			}
+			start = off + l
+		}
+		if last {
+			break
+		}
+	}
+	return cs, nil
+}
+
+// ghostXattrs refuses a deleted file with extended attributes: CRIU's
+// ghost image has no field for them, so they would be lost.
+func ghostXattrs(fd int) error {
+	buf := make([]byte, 4096)
+	n, err := unix.Flistxattr(fd, buf)
+	if err == unix.ERANGE {
+		return fmt.Errorf("it has extended attributes, which a deleted file's image cannot carry")
+	}
+	if err != nil {
+		if err == unix.EOPNOTSUPP {
+			return nil
+		}
+		return fmt.Errorf("list its extended attributes: %w", err)
+	}
+	if n > 0 {
+		names := strings.Join(strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00"), ", ")
+		return fmt.Errorf("it has extended attributes (%s), which a deleted file's image cannot carry", names)
+	}
+	return nil
 }

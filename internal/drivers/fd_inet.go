@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -129,14 +130,7 @@ func (fl *Files) ReleaseRepaired(resume bool) error {
 			continue
 		}
 		d.mu.Lock()
-		for _, s := range d.repaired {
-			if resume {
-				if err := tcprepair.Off(s); err != nil {
-					errs = append(errs, err)
-				}
-			}
-			unix.Close(s)
-		}
+		errs = append(errs, releaseAll(d.repaired, resume))
 		d.repaired = nil
 		d.mu.Unlock()
 	}
@@ -144,6 +138,67 @@ func (fl *Files) ReleaseRepaired(resume bool) error {
 		f.release() // the dump is over
 	}
 	return errors.Join(errs...)
+}
+
+// releaseAll closes the copies ss, first out of repair mode if resume,
+// on as many goroutines as Go runs threads when they are many: the last
+// close of a connection tears it down in the kernel (its buffers, its
+// inode), some microseconds each, and none waits for another.
+func releaseAll(ss []int, resume bool) error {
+	release := func(ss []int) error {
+		var errs []error
+		for _, s := range ss {
+			if resume {
+				if err := tcprepair.Off(s); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			unix.Close(s)
+		}
+		return errors.Join(errs...)
+	}
+	n := min(runtime.GOMAXPROCS(0), len(ss)/prefetchMin)
+	if n < 2 {
+		return release(ss)
+	}
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for w := range n {
+		wg.Go(func() { errs[w] = release(ss[len(ss)*w/n : len(ss)*(w+1)/n]) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// inetName is the address getsockname or getpeername (call) gives for
+// the inet socket s, read raw: unix.Getsockname asks SO_PROTOCOL of
+// every inet socket besides (for L2TP's addresses), a third call per
+// socket, and a dump reads two addresses of thousands of sockets.
+func inetName(s int, call uintptr) (netip.AddrPort, error) {
+	var rsa unix.RawSockaddrAny
+	l := uint32(unix.SizeofSockaddrAny)
+	if _, _, e := unix.RawSyscall(call, uintptr(s), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&l))); e != 0 {
+		return netip.AddrPort{}, e
+	}
+	be := func(p *uint16) uint16 { // sin_port: network order
+		b := (*[2]byte)(unsafe.Pointer(p))
+		return uint16(b[0])<<8 | uint16(b[1])
+	}
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		if l < unix.SizeofSockaddrInet4 {
+			break
+		}
+		a := (*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa))
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), be(&a.Port)), nil
+	case unix.AF_INET6:
+		if l < unix.SizeofSockaddrInet6 {
+			break
+		}
+		a := (*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), be(&a.Port)), nil
+	}
+	return netip.AddrPort{}, fmt.Errorf("address of family %d (%d bytes)", rsa.Addr.Family, l)
 }
 
 func addrPort(sa unix.Sockaddr) netip.AddrPort {
@@ -248,13 +303,13 @@ func collectInetTaking(fl *Files, pid int, fd *FD, f *model.File, s, family int,
 	}
 	// getsockname/getpeername say what the task sees (a v4-mapped
 	// address stays mapped); sock_diag fills in a listener's backlog.
-	if sa, err := unix.Getsockname(s); err == nil {
-		st.Src = addrPort(sa)
+	if ap, err := inetName(s, unix.SYS_GETSOCKNAME); err == nil {
+		st.Src = ap
 	} else {
 		return fmt.Errorf("getsockname: %w", err)
 	}
-	if sa, err := unix.Getpeername(s); err == nil {
-		st.Dst = addrPort(sa)
+	if ap, err := inetName(s, unix.SYS_GETPEERNAME); err == nil {
+		st.Dst = ap
 	} else if !errors.Is(err, unix.ENOTCONN) {
 		return fmt.Errorf("getpeername: %w", err)
 	} else {
@@ -1139,6 +1194,32 @@ func (d *inetDump) fresh(st *model.InetSocketState) (*freshOpts, error) {
 	return f, nil
 }
 
+// impliedDefault: options (key) that cannot differ from 0 while the
+// option given, compared before them, reads 0 (both 0 on a fresh
+// socket), so the dump does not ask them then (net/core/sock.c,
+// sk_getsockopt):
+//   - SO_TIMESTAMPING_NEW answers sk_tsflags, or 0 unless SOCK_TSTAMP_NEW
+//     is set, and SO_TIMESTAMPING(_OLD) always answers sk_tsflags;
+//   - SO_TIMESTAMPNS_NEW is SOCK_RCVTSTAMPNS && SOCK_TSTAMP_NEW, and
+//     SO_TIMESTAMP_NEW is SOCK_RCVTSTAMP && SOCK_TSTAMP_NEW, where
+//     SOCK_RCVTSTAMPNS is only ever set with SOCK_RCVTSTAMP
+//     (__sock_set_timestamps).
+//
+// TestInetOptsImplied checks each on the running kernel.
+var impliedDefault = map[[2]int][2]int{
+	{unix.SOL_SOCKET, unix.SO_TIMESTAMPING_NEW}: {unix.SOL_SOCKET, unix.SO_TIMESTAMPING},
+	{unix.SOL_SOCKET, unix.SO_TIMESTAMPNS_NEW}:  {unix.SOL_SOCKET, unix.SO_TIMESTAMP_NEW},
+}
+
+// impliers are the options impliedDefault's rest on.
+var impliers = func() map[[2]int]bool {
+	m := map[[2]int]bool{}
+	for _, by := range impliedDefault {
+		m[by] = true
+	}
+	return m
+}()
+
 // unsupportedValue marks an option a fresh socket's protocol has not.
 const unsupportedValue = -1 << 40
 
@@ -1151,8 +1232,14 @@ func refuseOpts(id *inetDump, s int, st *model.InetSocketState, dg *sockdiag.Ine
 		return err
 	}
 	connected := st.State != tcprepair.StateClose && st.State != tcprepair.StateListen
+	// atDefault: the options read so far that had a fresh socket's value.
+	var atDefault [4][2]int
+	nd := 0
 	for _, o := range fresh.opts {
 		if connected && unconnectedOnly[[2]int{o.level, o.opt}] {
+			continue
+		}
+		if by, ok := impliedDefault[[2]int{o.level, o.opt}]; ok && o.v == 0 && slices.Contains(atDefault[:nd], by) {
 			continue
 		}
 		v, ok := diagOpt(dg, st, o.level, o.opt)
@@ -1180,6 +1267,10 @@ func refuseOpts(id *inetDump, s int, st *model.InetSocketState, dg *sockdiag.Ine
 		}
 		if v != o.v {
 			return fmt.Errorf("%s is %d (default %d): not supported yet", o.name, v, o.v)
+		}
+		if _, ok := impliers[[2]int{o.level, o.opt}]; ok && v == 0 && nd < len(atDefault) {
+			atDefault[nd] = [2]int{o.level, o.opt}
+			nd++
 		}
 	}
 	if st.Type != unix.SOCK_STREAM {
@@ -1620,6 +1711,10 @@ func diagOpt(dg *sockdiag.Inet, st *model.InetSocketState, level, opt int) (int,
 			return int(dg.RcvBuf), dg.Have&sockdiag.HaveBufs != 0
 		case unix.SO_MARK:
 			return int(dg.Mark), dg.Have&sockdiag.HaveMark != 0
+		case unix.SO_PRIORITY:
+			// INET_DIAG_CLASS_ID is the net_cls class id, or where
+			// there is none sk_priority: only a 0 tells the priority.
+			return 0, dg.Have&sockdiag.HaveClassID != 0 && dg.ClassID == 0
 		}
 	case unix.SOL_IP:
 		switch opt {
@@ -1635,6 +1730,8 @@ func diagOpt(dg *sockdiag.Inet, st *model.InetSocketState, level, opt int) (int,
 			return bit(sockdiag.SockoptMcAll)
 		case unix.IP_BIND_ADDRESS_NO_PORT:
 			return bit(sockdiag.SockoptBindAddressNoPort)
+		case unix.IP_RECVERR_RFC4884:
+			return bit(sockdiag.SockoptRecverrRFC4884)
 		}
 	case unix.SOL_IPV6:
 		if opt == unix.IPV6_TCLASS && st.Family == unix.AF_INET6 {

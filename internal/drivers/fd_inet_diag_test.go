@@ -12,8 +12,8 @@ import (
 )
 
 // The options a dump takes from sock_diag (IP_TOS, IPV6_TCLASS,
-// SO_SNDBUF, SO_RCVBUF, SO_MARK, TCP_CONGESTION, SO_BINDTODEVICE and the
-// IP flags of inet_diag_sockopt) come out exactly as asking the socket
+// SO_SNDBUF, SO_RCVBUF, SO_MARK, SO_PRIORITY where 0, TCP_CONGESTION,
+// SO_BINDTODEVICE and the IP flags of inet_diag_sockopt) come out exactly as asking the socket
 // gives them: each set on bound and connected TCP and UDP sockets of
 // both families, the socket read both ways, the states and refusals
 // compared.
@@ -38,6 +38,8 @@ func TestInetOptsFromDiagAsAsked(t *testing.T) {
 		{name: "IP_RECVERR", level: ip, opt: unix.IP_RECVERR, v: 1},
 		{name: "IP_MULTICAST_ALL", level: ip, opt: unix.IP_MULTICAST_ALL, v: toggle},
 		{name: "IP_BIND_ADDRESS_NO_PORT", level: ip, opt: unix.IP_BIND_ADDRESS_NO_PORT, v: 1},
+		{name: "IP_RECVERR_RFC4884", level: ip, opt: unix.IP_RECVERR_RFC4884, v: 1},
+		{name: "SO_PRIORITY", level: sol, opt: unix.SO_PRIORITY, v: 5},
 		{name: "SO_SNDBUF", level: sol, opt: unix.SO_SNDBUF, v: 50000},
 		{name: "SO_RCVBUF", level: sol, opt: unix.SO_RCVBUF, v: 70000},
 		{name: "SO_MARK", level: sol, opt: unix.SO_MARK, v: 7},
@@ -127,7 +129,7 @@ func TestInetOptsFromDiagAsAsked(t *testing.T) {
 				if dg == nil {
 					t.Fatalf("socket %d not in sock_diag's table", st.Ino)
 				}
-				want := uint8(sockdiag.HaveTOS | sockdiag.HaveBufs | sockdiag.HaveSockopt | sockdiag.HaveMark)
+				want := uint8(sockdiag.HaveTOS | sockdiag.HaveBufs | sockdiag.HaveSockopt | sockdiag.HaveMark | sockdiag.HaveClassID)
 				if k.family == unix.AF_INET6 {
 					want |= sockdiag.HaveTClass
 				}

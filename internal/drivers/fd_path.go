@@ -19,8 +19,9 @@ import (
 // own root and mounts) restores them whole, with their flags and offset.
 
 // pathKind is the part the kinds reopened by path share: the model's
-// Path files, restored by openPath.
-type pathKind struct{ noCollect }
+// Path files, restored by openPath. Each kind's collect checks that the
+// path still leads to the fd's file.
+type pathKind struct{}
 
 func (pathKind) fileKind() model.FileKind { return model.Path }
 func (pathKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error) {
@@ -47,6 +48,16 @@ func (regularKind) match(target string, st *unix.Stat_t) bool {
 }
 func (regularKind) check(int, int, uint64) error { return nil }
 
+// collect checks that the path still leads to the file: the restore
+// reopens it by that path.
+func (regularKind) collect(fl *Files, pid int, fd *FD, _ *model.File) error {
+	n, err := fl.nsRoot(pid)
+	if err != nil {
+		return err
+	}
+	return pathLeadsTo(n, fd.Path, &fd.Stat)
+}
+
 type dirKind struct{ pathKind }
 
 func (dirKind) name() string { return "directory" }
@@ -54,6 +65,70 @@ func (dirKind) match(target string, st *unix.Stat_t) bool {
 	return byPath(target) && st.Mode&unix.S_IFMT == unix.S_IFDIR
 }
 func (dirKind) check(int, int, uint64) error { return nil }
+
+func (dirKind) collect(fl *Files, pid int, fd *FD, _ *model.File) error {
+	// F_NOTIFY (dnotify) makes the registering process the directory
+	// file's owner; no /proc file or fcntl shows the registration itself,
+	// so a directory file with an owner or a signal is refused rather
+	// than restored without its notifications.
+	if fd.owner.Pid != 0 || fd.owner.Signum != 0 {
+		return fmt.Errorf("it has an owner (F_SETOWN %d) or signal (F_SETSIG %d), as a dnotify (F_NOTIFY) registration sets: dnotify cannot be read, so it cannot be restored", fd.owner.Pid, fd.owner.Signum)
+	}
+	n, err := fl.nsRoot(pid)
+	if err != nil {
+		return err
+	}
+	return pathLeadsTo(n, fd.Path, &fd.Stat)
+}
+
+// nsRoot is nsRootOf(pid), looked up once per task of the dump.
+func (fl *Files) nsRoot(pid int) (nsRoot, error) {
+	fl.rootsMu.Lock()
+	defer fl.rootsMu.Unlock()
+	if n, ok := fl.roots[pid]; ok {
+		return n, nil
+	}
+	n, err := nsRootOf(pid)
+	if err != nil {
+		return n, err
+	}
+	if fl.roots == nil {
+		fl.roots = map[int]nsRoot{}
+	}
+	fl.roots[pid] = n
+	return n, nil
+}
+
+// PathLeadsTo checks that path (as /proc/PID/fd names a file of task
+// pid) leads, in the task's root and mounts, to the file of stat st:
+// by device and inode, as the restore's open by path would find it. A
+// path that now leads to another file (a mount over its directory, a
+// file renamed over it) or to none is refused: reopened, it would be
+// another file. (CRIU refuses it too: "Unaccessible path opened".)
+func PathLeadsTo(pid int, path string, st *unix.Stat_t) error {
+	n, err := nsRootOf(pid)
+	if err != nil {
+		return err
+	}
+	return pathLeadsTo(n, path, st)
+}
+
+// pathLeadsTo is PathLeadsTo in the root n of the task.
+func pathLeadsTo(n nsRoot, path string, st *unix.Stat_t) error {
+	hp, ok := n.path(path)
+	if !ok {
+		return fmt.Errorf("its path %s is outside the task's root: it cannot be reopened by path", path)
+	}
+	var now unix.Stat_t
+	if err := unix.Stat(hp, &now); err != nil {
+		return fmt.Errorf("its path %s no longer leads to it (%w): it cannot be reopened by path", path, err)
+	}
+	if now.Dev != st.Dev || now.Ino != st.Ino {
+		return fmt.Errorf("its path %s now leads to another file (device %d:%d inode %d, not %d:%d inode %d; a mount over it?): it cannot be reopened by path",
+			path, unix.Major(now.Dev), unix.Minor(now.Dev), now.Ino, unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino)
+	}
+	return nil
+}
 
 type charDevKind struct{ pathKind }
 
@@ -129,6 +204,10 @@ func (charDevKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 // is needed), and seeks it.
 func openPath(r *Restore, s *inject.Session, what string, f *model.File) (uint64, error) {
 	flags := int(f.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_CLOEXEC)
+	if isTmpfile(f.Flags) && f.Mode&unix.S_IFMT == unix.S_IFREG {
+		// An O_TMPFILE file linked since: opened by its name now.
+		flags &^= unix.O_TMPFILE
+	}
 	fd, err := s.Openat(what, f.Path, flags|unix.O_NOCTTY)
 	if err != nil {
 		return 0, err

@@ -48,9 +48,26 @@ func (timerfdKind) collect(_ *Files, _ int, fd *FD, f *model.File) error {
 	if t.IntervalSec, t.IntervalNsec, err = fdinfoPair(fd.Info, "it_interval"); err != nil {
 		return err
 	}
+	if realtimeAbs(t) && (t.ValueSec != 0 || t.ValueNsec != 0) {
+		// The timer runs while the task is frozen: now + the time
+		// left, read one after the other, is its deadline.
+		var now unix.Timespec
+		if err := unix.ClockGettime(t.Clock, &now); err != nil {
+			return fmt.Errorf("clock_gettime(%d): %w", t.Clock, err)
+		}
+		d := unix.NsecToTimespec(now.Nano() + int64(t.ValueSec)*1e9 + int64(t.ValueNsec))
+		t.Deadline = &d
+	}
 	f.Kind, f.Path = model.TimerFD, ""
 	f.TimerFD = t
 	return nil
+}
+
+// realtimeAbs reports whether t is a wall-clock timer armed with an
+// absolute time: its deadline is kept as that time (a time of the other
+// clocks counts from the boot of one machine).
+func realtimeAbs(t *model.TimerFDState) bool {
+	return t.SettimeFlags&unix.TFD_TIMER_ABSTIME != 0 && (t.Clock == unix.CLOCK_REALTIME || t.Clock == unix.CLOCK_REALTIME_ALARM)
 }
 
 // fdinfoPair parses a "(sec, nsec)" fdinfo line.
@@ -89,17 +106,27 @@ func (timerfdKind) open(rs *restoreFDs, what string, f *model.File) (uint64, err
 		// expiration the task did not have.
 		spec.Value = spec.Interval
 	}
-	if spec.Value != (unix.Timespec{}) {
+	if t.Deadline != nil {
+		// Absolute on the wall clock: the same time, passed already
+		// or not (then it fires at once, as after a suspend).
+		spec.Value = *t.Deadline
+		if err := unix.TimerfdSettime(tfd, unix.TFD_TIMER_ABSTIME|int(t.SettimeFlags&unix.TFD_TIMER_CANCEL_ON_SET), &spec, nil); err != nil {
+			return 0, fmt.Errorf("%s: timerfd_settime: %w", what, err)
+		}
+	} else if spec.Value != (unix.Timespec{}) {
 		flags := 0
-		if t.SettimeFlags&unix.TFD_TIMER_CANCEL_ON_SET != 0 {
-			// Cancel-on-set needs an absolute time: now + the time left.
+		if t.SettimeFlags&(unix.TFD_TIMER_ABSTIME|unix.TFD_TIMER_CANCEL_ON_SET) != 0 {
+			// An absolute timer (cancel-on-set is one too) of a clock
+			// other than the wall clock, or from a CRIU image, stays
+			// absolute, so that a later step of its clock moves its
+			// expiry as it did: now + the time left, as CRIU does.
 			var now unix.Timespec
 			if err := unix.ClockGettime(t.Clock, &now); err != nil {
 				return 0, fmt.Errorf("%s: clock_gettime(%d): %w", what, t.Clock, err)
 			}
 			ns := now.Nano() + spec.Value.Nano()
 			spec.Value = unix.NsecToTimespec(ns)
-			flags = unix.TFD_TIMER_ABSTIME | unix.TFD_TIMER_CANCEL_ON_SET
+			flags = unix.TFD_TIMER_ABSTIME | int(t.SettimeFlags&unix.TFD_TIMER_CANCEL_ON_SET)
 		}
 		if err := unix.TimerfdSettime(tfd, flags, &spec, nil); err != nil {
 			return 0, fmt.Errorf("%s: timerfd_settime: %w", what, err)

@@ -249,6 +249,9 @@ type Files struct {
 	ghosts   map[[2]uint64]*model.File // deleted files read, by device and inode
 	FDOptions
 	links []string // made by --link-remap, as seen from godwit (RemoveLinks)
+	// roots are the tasks' roots (nsRoot), by pid.
+	roots   map[int]nsRoot
+	rootsMu sync.Mutex
 
 	// TreeNetns is the network namespace of the tree's root: the one
 	// the network lock is made in and the restore recreates the sockets
@@ -283,6 +286,9 @@ type FDOptions struct {
 	// ForceIrmap finds the path of each inotify watch by name on its
 	// mount rather than by its file handle (--force-irmap).
 	ForceIrmap bool
+	// NoGhostFiemap finds the holes of deleted files with lseek
+	// SEEK_DATA/SEEK_HOLE alone, not FIEMAP first (--no-ghost-fiemap).
+	NoGhostFiemap bool
 	// ExtFiles are the files left out of the dump, by mount id and inode
 	// (--external file[mnt_id:inode]): the restore is given them.
 	ExtFiles map[ExtFile]bool
@@ -377,12 +383,6 @@ type fdKind interface {
 type fdFinisher interface {
 	finish(rs *restoreFDs, what string, fd uint64, f *model.File) error
 }
-
-// noCollect is the collect of the kinds whose state is the path, flags
-// and offset the files table keeps already.
-type noCollect struct{}
-
-func (noCollect) collect(*Files, int, *FD, *model.File) error { return nil }
 
 // fdKinds are the kinds godwit dumps, in the order classify tries them.
 var fdKinds []fdKind

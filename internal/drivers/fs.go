@@ -41,6 +41,15 @@ func (fsDriver) Collect(d *Dump) error {
 	if rootSt.Nlink == 0 {
 		return fmt.Errorf("root %s: a deleted root directory is not supported", rootPath)
 	}
+	// The restore enters both by path.
+	if !cwdDeleted {
+		if err := PathLeadsTo(d.Pid, cwdPath, cwdSt); err != nil {
+			return fmt.Errorf("cwd: %w", err)
+		}
+	}
+	if err := PathLeadsTo(d.Pid, rootPath, rootSt); err != nil {
+		return fmt.Errorf("root: %w", err)
+	}
 	status, err := procfs.ReadStatus(d.Pid)
 	if err != nil {
 		return err

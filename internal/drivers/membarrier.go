@@ -62,11 +62,7 @@ func (membarrierDriver) After() []string { return []string{PhaseThreads} }
 func (membarrierDriver) CollectInjected(d *Dump, s *inject.Session) error {
 	regs, err := s.Call("membarrier(GET_REGISTRATIONS)", unix.SYS_MEMBARRIER, membarrierCmdGetRegistrations, 0, 0)
 	if err == nil {
-		if regs&^membarrierRegistrations != 0 {
-			return fmt.Errorf("membarrier registrations %#x unknown to godwit: cannot be restored", regs&^membarrierRegistrations)
-		}
-		d.Task.MM.Membarrier = uint32(regs)
-		return nil
+		return setMembarrier(d, regs)
 	}
 	if e, ok := inject.Errno(err); !ok || e != unix.EINVAL && e != unix.ENOSYS {
 		return err
@@ -118,5 +114,21 @@ func (membarrierDriver) Restore(r *Restore, s *inject.Session) error {
 	if m != 0 {
 		return errors.New("membarrier: unknown registrations in the images")
 	}
+	return nil
+}
+
+// PlanInjected reads the registrations (GET_REGISTRATIONS); a kernel
+// without it fails the call, and CollectInjected probes instead.
+func (membarrierDriver) PlanInjected(d *Dump, s *inject.Session) (Planned, bool) {
+	return Planned{Calls: []inject.Call{inject.C("membarrier(GET_REGISTRATIONS)", unix.SYS_MEMBARRIER, membarrierCmdGetRegistrations, 0, 0)},
+		Done: func(got []uint64, _ []byte) error { return setMembarrier(d, got[0]) }}, true
+}
+
+// setMembarrier records the registrations GET_REGISTRATIONS returned.
+func setMembarrier(d *Dump, regs uint64) error {
+	if regs&^membarrierRegistrations != 0 {
+		return fmt.Errorf("membarrier registrations %#x unknown to godwit: cannot be restored", regs&^membarrierRegistrations)
+	}
+	d.Task.MM.Membarrier = uint32(regs)
 	return nil
 }

@@ -45,21 +45,21 @@ func (miscDriver) Collect(d *Dump) error {
 }
 
 // CollectInjected reads the prctl flags only the task can tell.
-func (miscDriver) CollectInjected(d *Dump, s *inject.Session) error {
-	got, err := s.Batch([]inject.Call{
+func (k miscDriver) CollectInjected(d *Dump, s *inject.Session) error {
+	p, _ := k.PlanInjected(d, s)
+	return runPlanned(s, p)
+}
+
+// PlanInjected reads PR_GET_THP_DISABLE and PR_GET_CHILD_SUBREAPER.
+func (miscDriver) PlanInjected(d *Dump, s *inject.Session) (Planned, bool) {
+	return Planned{Calls: []inject.Call{
 		inject.C("prctl(PR_GET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_GET_THP_DISABLE),
 		inject.C("prctl(PR_GET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, s.Scratch()+scratchReaper),
-	})
-	if err != nil {
-		return err
-	}
-	d.Task.MM.THPDisabled = got[0] != 0
-	var rb [4]byte
-	if err := s.Read(scratchReaper, rb[:]); err != nil {
-		return err
-	}
-	d.Task.ChildSubreaper = le.Uint32(rb[:]) != 0
-	return nil
+	}, Done: func(got []uint64, scratch []byte) error {
+		d.Task.MM.THPDisabled = got[0] != 0
+		d.Task.ChildSubreaper = le.Uint32(scratch[scratchReaper:]) != 0
+		return nil
+	}}, true
 }
 
 // Restore: personality, comm, subreaper, THP, oom_score_adj.
@@ -116,14 +116,19 @@ func (dumpableDriver) Name() string    { return "dumpable" }
 func (dumpableDriver) After() []string { return []string{"creds"} }
 
 // CollectInjected reads it with an injected prctl.
-func (dumpableDriver) CollectInjected(d *Dump, s *inject.Session) error {
-	v, err := s.Call("prctl(PR_GET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)
-	if err != nil {
-		return err
-	}
-	dumpable := int32(v)
-	d.Task.MM.Dumpable = &dumpable
-	return nil
+func (k dumpableDriver) CollectInjected(d *Dump, s *inject.Session) error {
+	p, _ := k.PlanInjected(d, s)
+	return runPlanned(s, p)
+}
+
+// PlanInjected reads PR_GET_DUMPABLE.
+func (dumpableDriver) PlanInjected(d *Dump, s *inject.Session) (Planned, bool) {
+	return Planned{Calls: []inject.Call{inject.C("prctl(PR_GET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)},
+		Done: func(got []uint64, _ []byte) error {
+			dumpable := int32(got[0])
+			d.Task.MM.Dumpable = &dumpable
+			return nil
+		}}, true
 }
 
 // Restore sets it, when the images have it.

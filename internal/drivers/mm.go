@@ -82,13 +82,18 @@ func (memoryDriver) Collect(d *Dump) error {
 }
 
 // CollectInjected reads the current brk, which only the task can tell.
-func (memoryDriver) CollectInjected(d *Dump, s *inject.Session) error {
-	brk, err := s.Call("brk(0)", unix.SYS_BRK, 0)
-	if err != nil {
-		return err
-	}
-	d.Task.MM.Brk = brk
-	return nil
+func (k memoryDriver) CollectInjected(d *Dump, s *inject.Session) error {
+	p, _ := k.PlanInjected(d, s)
+	return runPlanned(s, p)
+}
+
+// PlanInjected reads the program break (brk(0)).
+func (memoryDriver) PlanInjected(d *Dump, s *inject.Session) (Planned, bool) {
+	return Planned{Calls: []inject.Call{inject.C("brk(0)", unix.SYS_BRK, 0)},
+		Done: func(got []uint64, _ []byte) error {
+			d.Task.MM.Brk = got[0]
+			return nil
+		}}, true
 }
 
 // Restore sets the mm fields, auxv and exe with one PR_SET_MM_MAP, then
@@ -108,9 +113,11 @@ func (memoryDriver) Restore(r *Restore, s *inject.Session) error {
 	for _, w := range auxv {
 		ab = le64(ab, w)
 	}
+	// Stashed (inject.Session.Stash), apart from what the calls before
+	// queued, which then run with the next stop, not before these.
 	auxvAddr := uint64(0)
 	if len(ab) > 0 {
-		if auxvAddr, err = s.Put(1024, ab); err != nil {
+		if auxvAddr, err = s.Stash(ab); err != nil {
 			return err
 		}
 	}
@@ -122,12 +129,12 @@ func (memoryDriver) Restore(r *Restore, s *inject.Session) error {
 	}
 	b = le.AppendUint32(b, uint32(len(ab)))
 	b = le.AppendUint32(b, uint32(efd))
-	a, err := s.Put(0, b)
+	a, err := s.Stash(b)
 	if err != nil {
 		return err
 	}
 	// Queued (inject.Session.Later), for the session's next stop; the
-	// buffers stay until then (a Put over them runs the queue first).
+	// buffers stay until then.
 	s.Later("prctl(PR_SET_MM_MAP) with exe "+exe, unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, a, linux.SizeofPrctlMmMap, 0)
 	s.Later("close exe", unix.SYS_CLOSE, efd)
 	if root := r.Tree.Files[r.Task.FS.Root].Path; root != "/" {
@@ -268,7 +275,21 @@ func classifyVMA(pid int, e *procfs.SmapsEntry, fileID FileIDFunc) (model.VMA, e
 	case e.Path == "/[aio]" && e.Deleted:
 		return v, errors.New("io_setup AIO ring is not supported yet (godwit cannot remake an AIO context)")
 	case strings.HasPrefix(e.Path, "/SYSV"):
-		return v, errors.New("SysV shared memory is not supported yet")
+		// An attach of a SysV shared memory segment (CRIU's
+		// VMA_AREA_SYSVIPC): the segment's id is the inode, its
+		// contents are the IPC namespace's (the dumper refuses one
+		// not in the tree's own namespace), and Fdflags says whether
+		// it may be made writable (VmFlags "mw": not SHM_RDONLY).
+		if !e.Shared {
+			return v, errors.New("private SysV shared memory mapping")
+		}
+		v.Status = images.VmaAreaRegular | images.VmaAreaSysvipc
+		v.Shmid, v.Pgoff = e.Inode, e.Offset
+		v.Fdflags = unix.O_RDONLY
+		if slices.Contains(e.VmFlags, "mw") {
+			v.Fdflags = unix.O_RDWR
+		}
+		return v, nil
 	case e.Shared && (e.Path == "/dev/zero" && e.Deleted || strings.HasPrefix(e.Path, "[anon_shmem:")):
 		v.Flags |= unix.MAP_ANONYMOUS
 		v.Status |= images.VmaAnonShared

@@ -52,6 +52,7 @@ var rlimitNames = []string{"RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_DATA", "RLIMIT_
 func (rlimitsDriver) Restore(r *Restore, s *inject.Session) error {
 	var buf []byte
 	var calls []inject.Call
+	raises := false
 	for i, rl := range r.Task.Rlimits {
 		if i >= linux.RlimNlimits {
 			break
@@ -59,8 +60,25 @@ func (rlimitsDriver) Restore(r *Restore, s *inject.Session) error {
 		a := s.Scratch() + uint64(len(buf))
 		buf = le64(le64(buf, rl.Cur), rl.Max)
 		calls = append(calls, inject.C("prlimit64 "+rlimitNames[i], unix.SYS_PRLIMIT64, 0, uint64(i), a, 0))
+		// The task has godwit's limits until now (inherited).
+		var cur unix.Rlimit
+		if err := unix.Getrlimit(i, &cur); err != nil || rl.Max > cur.Max {
+			raises = true
+		}
 	}
 	if len(calls) == 0 {
+		return nil
+	}
+	if !raises {
+		// No hard limit goes up: nothing to explain if one fails, so
+		// queued for the session's next stop, in their order.
+		a, err := s.Stash(buf)
+		if err != nil {
+			return err
+		}
+		for i, c := range calls {
+			s.Later(c.What, c.Nr, c.Args[0], c.Args[1], a+uint64(16*i), 0)
+		}
 		return nil
 	}
 	if _, err := s.Put(0, buf); err != nil {

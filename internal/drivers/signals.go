@@ -19,7 +19,14 @@ func (sigactionsDriver) After() []string { return []string{PhaseThreads, "fs"} }
 // CollectInjected reads every disposition with injected rt_sigaction; as
 // CRIU: 62 entries, signals 1..64 in order without SIGKILL and SIGSTOP,
 // whose actions cannot change.
-func (sigactionsDriver) CollectInjected(d *Dump, s *inject.Session) error {
+func (k sigactionsDriver) CollectInjected(d *Dump, s *inject.Session) error {
+	p, _ := k.PlanInjected(d, s)
+	return runPlanned(s, p)
+}
+
+// PlanInjected reads every signal's action with rt_sigaction into the
+// scratch.
+func (sigactionsDriver) PlanInjected(d *Dump, s *inject.Session) (Planned, bool) {
 	var calls []inject.Call
 	for sig := 1; sig <= linux.NSig; sig++ {
 		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
@@ -28,23 +35,26 @@ func (sigactionsDriver) CollectInjected(d *Dump, s *inject.Session) error {
 		calls = append(calls, inject.C(fmt.Sprintf("rt_sigaction(%d)", sig), unix.SYS_RT_SIGACTION, uint64(sig), 0,
 			s.Scratch()+scratchSigact+uint64(sig-1)*linux.KernelSigactionSize, 8))
 	}
-	if _, err := s.Batch(calls); err != nil {
-		return err
-	}
-	buf := make([]byte, linux.NSig*linux.KernelSigactionSize)
-	if err := s.Read(scratchSigact, buf); err != nil {
-		return err
-	}
+	return Planned{Calls: calls, Done: func(_ []uint64, scratch []byte) error {
+		d.Task.Sigactions = parseSigactions(scratch[scratchSigact:])
+		return nil
+	}}, true
+}
+
+// parseSigactions reads the actions rt_sigaction wrote at buf, one
+// struct sigaction per signal from 1 (SIGKILL's and SIGSTOP's left out).
+func parseSigactions(buf []byte) []model.Sigaction {
+	var out []model.Sigaction
 	for sig := 1; sig <= linux.NSig; sig++ {
 		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
 			continue
 		}
 		b := buf[(sig-1)*linux.KernelSigactionSize:]
-		d.Task.Sigactions = append(d.Task.Sigactions, model.Sigaction{
+		out = append(out, model.Sigaction{
 			Sig: sig, Handler: le.Uint64(b[0:]), Flags: le.Uint64(b[8:]), Restorer: le.Uint64(b[16:]), Mask: le.Uint64(b[24:]),
 		})
 	}
-	return nil
+	return out
 }
 
 // Restore sets every handler with its original sa_restorer.

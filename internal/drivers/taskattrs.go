@@ -104,33 +104,36 @@ func (taskAttrsDriver) CollectThread(d *Dump, th *model.Thread) error {
 
 // CollectThreadInjected reads the thread's TSC and machine-check
 // policies, which only the thread can tell.
-func (taskAttrsDriver) CollectThreadInjected(d *Dump, s *inject.Session, th *model.Thread) error {
-	got, err := s.Batch([]inject.Call{
-		inject.C("prctl(PR_GET_TSC)", unix.SYS_PRCTL, unix.PR_GET_TSC, s.Scratch()+scratchTSC),
-		inject.C("prctl(PR_MCE_KILL_GET)", unix.SYS_PRCTL, unix.PR_MCE_KILL_GET),
-	})
-	if err != nil {
+func (k taskAttrsDriver) CollectThreadInjected(d *Dump, s *inject.Session, th *model.Thread) error {
+	p, _ := k.PlanThreadInjected(d, s, th)
+	if err := runPlanned(s, p); err != nil {
 		return fmt.Errorf("thread %d: %w", th.Tid, err)
 	}
-	switch got[1] {
-	case unix.PR_MCE_KILL_DEFAULT:
-	case unix.PR_MCE_KILL_EARLY, unix.PR_MCE_KILL_LATE:
-		th.Attrs.MCEKill = uint32(got[1]) + 1
-	default:
-		return fmt.Errorf("thread %d: machine-check kill policy %d unknown to godwit: cannot be restored", th.Tid, got[1])
-	}
-	var tb [4]byte
-	if err := s.Read(scratchTSC, tb[:]); err != nil {
-		return err
-	}
-	switch v := le.Uint32(tb[:]); v {
-	case unix.PR_TSC_ENABLE:
-	case unix.PR_TSC_SIGSEGV:
-		th.Attrs.TSCSigsegv = true
-	default:
-		return fmt.Errorf("thread %d: TSC mode %d unknown to godwit: cannot be restored", th.Tid, v)
-	}
 	return nil
+}
+
+// PlanThreadInjected reads PR_GET_TSC and PR_MCE_KILL_GET.
+func (taskAttrsDriver) PlanThreadInjected(d *Dump, s *inject.Session, th *model.Thread) (Planned, bool) {
+	return Planned{Calls: []inject.Call{
+		inject.C("prctl(PR_GET_TSC)", unix.SYS_PRCTL, unix.PR_GET_TSC, s.Scratch()+scratchTSC),
+		inject.C("prctl(PR_MCE_KILL_GET)", unix.SYS_PRCTL, unix.PR_MCE_KILL_GET),
+	}, Done: func(got []uint64, scratch []byte) error {
+		switch got[1] {
+		case unix.PR_MCE_KILL_DEFAULT:
+		case unix.PR_MCE_KILL_EARLY, unix.PR_MCE_KILL_LATE:
+			th.Attrs.MCEKill = uint32(got[1]) + 1
+		default:
+			return fmt.Errorf("machine-check kill policy %d unknown to godwit: cannot be restored", got[1])
+		}
+		switch v := le.Uint32(scratch[scratchTSC:]); v {
+		case unix.PR_TSC_ENABLE:
+		case unix.PR_TSC_SIGSEGV:
+			th.Attrs.TSCSigsegv = true
+		default:
+			return fmt.Errorf("TSC mode %d unknown to godwit: cannot be restored", v)
+		}
+		return nil
+	}}, true
 }
 
 // Restore writes coredump_filter, always: a restored task would
@@ -338,6 +341,19 @@ func (mdweDriver) CollectInjected(d *Dump, s *inject.Session) error {
 		}
 		return err
 	}
+	return setMDWE(d, v)
+}
+
+// PlanInjected reads PR_GET_MDWE; a kernel without it fails the call,
+// and CollectInjected tells that from an error.
+func (mdweDriver) PlanInjected(d *Dump, s *inject.Session) (Planned, bool) {
+	return Planned{Calls: []inject.Call{inject.C("prctl(PR_GET_MDWE)", unix.SYS_PRCTL, unix.PR_GET_MDWE, 0, 0, 0, 0)},
+		Done: func(got []uint64, _ []byte) error { return setMDWE(d, got[0]) }}, true
+}
+
+// setMDWE records the memory-deny-write-execute flags PR_GET_MDWE
+// returned.
+func setMDWE(d *Dump, v uint64) error {
 	if v&^(unix.PR_MDWE_REFUSE_EXEC_GAIN|unix.PR_MDWE_NO_INHERIT) != 0 {
 		return fmt.Errorf("memory-deny-write-execute flags %#x unknown to godwit: cannot be restored", v)
 	}

@@ -52,21 +52,23 @@ func (threadDriver) CollectThread(d *Dump, ti *model.Thread) error {
 
 // CollectThreadInjected reads clear_child_tid and the sigaltstack, which
 // only the thread can tell.
-func (threadDriver) CollectThreadInjected(d *Dump, s *inject.Session, ti *model.Thread) error {
-	if _, err := s.Call("prctl(PR_GET_TID_ADDRESS)", unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, s.Scratch()+scratchTidAddr); err != nil {
-		return err
-	}
-	if _, err := s.Call("sigaltstack", unix.SYS_SIGALTSTACK, 0, s.Scratch()+scratchSas); err != nil {
-		return err
-	}
-	buf := make([]byte, scratchSas+24-scratchTidAddr)
-	if err := s.Read(scratchTidAddr, buf); err != nil {
-		return err
-	}
-	ti.ClearTid = le.Uint64(buf[0:])
-	sas := buf[scratchSas-scratchTidAddr:]
-	ti.Sigaltstack = model.Sigaltstack{SP: le.Uint64(sas[0:]), Flags: le.Uint32(sas[8:]), Size: le.Uint64(sas[16:])}
-	return nil
+func (k threadDriver) CollectThreadInjected(d *Dump, s *inject.Session, ti *model.Thread) error {
+	p, _ := k.PlanThreadInjected(d, s, ti)
+	return runPlanned(s, p)
+}
+
+// PlanThreadInjected reads the clear_child_tid address and the
+// alternate signal stack.
+func (threadDriver) PlanThreadInjected(d *Dump, s *inject.Session, ti *model.Thread) (Planned, bool) {
+	return Planned{Calls: []inject.Call{
+		inject.C("prctl(PR_GET_TID_ADDRESS)", unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, s.Scratch()+scratchTidAddr),
+		inject.C("sigaltstack", unix.SYS_SIGALTSTACK, 0, s.Scratch()+scratchSas),
+	}, Done: func(_ []uint64, scratch []byte) error {
+		ti.ClearTid = le.Uint64(scratch[scratchTidAddr:])
+		sas := scratch[scratchSas:]
+		ti.Sigaltstack = model.Sigaltstack{SP: le.Uint64(sas[0:]), Flags: le.Uint32(sas[8:]), Size: le.Uint64(sas[16:])}
+		return nil
+	}}, true
 }
 
 // RestoreThread restores what belongs to each thread and needs its own

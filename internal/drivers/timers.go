@@ -25,32 +25,8 @@ func (timersDriver) After() []string { return []string{PhaseThreads, "sigactions
 // timer_getoverrun.
 func (timersDriver) CollectInjected(d *Dump, s *inject.Session) error {
 	ti := d.Task
-	var calls []inject.Call
-	for which := 0; which < 3; which++ {
-		calls = append(calls, inject.C(fmt.Sprintf("getitimer(%d)", which), unix.SYS_GETITIMER, uint64(which), s.Scratch()+scratchItimer+uint64(which)*linux.ItimerSize))
-	}
-	if _, err := s.Batch(calls); err != nil {
+	if err := runPlanned(s, planItimers(ti, s)); err != nil {
 		return err
-	}
-	buf := make([]byte, 3*linux.ItimerSize)
-	if err := s.Read(scratchItimer, buf); err != nil {
-		return err
-	}
-	for which := 0; which < 3; which++ {
-		b := buf[which*linux.ItimerSize:]
-		it := model.Itimer{
-			IntervalSec: le.Uint64(b[0:]), IntervalUsec: le.Uint64(b[8:]),
-			ValueSec: le.Uint64(b[16:]), ValueUsec: le.Uint64(b[24:]),
-		}
-		// A periodic ITIMER_REAL is reloaded only when its SIGALRM is
-		// dequeued (kernel/signal.c, dequeue_signal): frozen between
-		// expiry and delivery, it reads as value 0, which setitimer
-		// takes as "disarm". It is armed: its next expiry is one
-		// interval after the pending SIGALRM (dumped with the queue).
-		if which == unix.ITIMER_REAL && it.ValueSec == 0 && it.ValueUsec == 0 {
-			it.ValueSec, it.ValueUsec = it.IntervalSec, it.IntervalUsec
-		}
-		ti.Itimers[which] = it
 	}
 	pts, err := procfs.ReadTimers(ti.Pid)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -184,4 +160,42 @@ func restorePosixTimers(r *Restore, s *inject.Session) error {
 	_, err := s.Call("prctl(PR_TIMER_CREATE_RESTORE_IDS, off)", unix.SYS_PRCTL,
 		unix.PR_TIMER_CREATE_RESTORE_IDS, unix.PR_TIMER_CREATE_RESTORE_IDS_OFF, 0, 0, 0)
 	return err
+}
+
+// PlanInjected reads the itimers, where the task has no POSIX timer
+// (those take calls of their own, CollectInjected).
+func (timersDriver) PlanInjected(d *Dump, s *inject.Session) (Planned, bool) {
+	pts, err := procfs.ReadTimers(d.Task.Pid)
+	if err != nil || len(pts) > 0 {
+		return Planned{}, false
+	}
+	return planItimers(d.Task, s), true
+}
+
+// planItimers reads the three itimers with getitimer.
+func planItimers(ti *model.Task, s *inject.Session) Planned {
+	var calls []inject.Call
+	for which := 0; which < 3; which++ {
+		calls = append(calls, inject.C(fmt.Sprintf("getitimer(%d)", which), unix.SYS_GETITIMER, uint64(which), s.Scratch()+scratchItimer+uint64(which)*linux.ItimerSize))
+	}
+	return Planned{Calls: calls, Done: func(_ []uint64, scratch []byte) error {
+		buf := scratch[scratchItimer:]
+		for which := 0; which < 3; which++ {
+			b := buf[which*linux.ItimerSize:]
+			it := model.Itimer{
+				IntervalSec: le.Uint64(b[0:]), IntervalUsec: le.Uint64(b[8:]),
+				ValueSec: le.Uint64(b[16:]), ValueUsec: le.Uint64(b[24:]),
+			}
+			// A periodic ITIMER_REAL is reloaded only when its SIGALRM is
+			// dequeued (kernel/signal.c, dequeue_signal): frozen between
+			// expiry and delivery, it reads as value 0, which setitimer
+			// takes as "disarm". It is armed: its next expiry is one
+			// interval after the pending SIGALRM (dumped with the queue).
+			if which == unix.ITIMER_REAL && it.ValueSec == 0 && it.ValueUsec == 0 {
+				it.ValueSec, it.ValueUsec = it.IntervalSec, it.IntervalUsec
+			}
+			ti.Itimers[which] = it
+		}
+		return nil
+	}}
 }

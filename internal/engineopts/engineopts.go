@@ -11,6 +11,7 @@ import (
 
 	"godwit/dumper"
 	"godwit/internal/drivers"
+	"godwit/internal/joinns"
 	"godwit/internal/logging"
 	"godwit/internal/netlock"
 	"godwit/internal/opts"
@@ -30,6 +31,7 @@ func Dump(o *opts.Options) (dumper.Options, error) {
 		TCPEstablished: o.TCPEstablish, SkipInFlight: o.SkipInFlight,
 	}
 	d.FD.LinkRemap, d.FD.EvasiveDevices, d.FD.ForceIrmap = o.LinkRemap, o.EvasiveDevs, o.ForceIrmap
+	d.FD.NoGhostFiemap = o.NoGhostFiemap
 	for _, e := range o.External {
 		if e.Type == "tty" {
 			rdev, dev, err := drivers.ParseExternalTTY(e.ID)
@@ -128,6 +130,13 @@ func Restore(o *opts.Options, stats io.Writer) (restorer.Options, error) {
 		return restorer.Options{}, err
 	}
 	r.NetworkLock = m
+	for _, j := range o.JoinNS {
+		spec, err := joinns.Parse(j)
+		if err != nil {
+			return restorer.Options{}, err
+		}
+		r.JoinedNS = append(r.JoinedNS, spec.Kind)
+	}
 	for _, in := range o.InheritFD {
 		key, err := drivers.InheritKey(in.Resource)
 		if err != nil {

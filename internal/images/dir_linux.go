@@ -33,6 +33,8 @@ type Dir struct {
 	fd      int
 	path    string
 	pagesID atomic.Uint32
+	// stage: the Staging whose directory this is (WriteBulk).
+	stage *Staging
 }
 
 // Open opens the images directory at path, creating it (and its parents)
@@ -131,13 +133,38 @@ func (d *Dir) OpenFile(name string, flag int, perm uint32) (*os.File, error) {
 // unlike OpenFile's): an open, a write and a close, for the thousands of
 // small images a dump of many connections makes. An existing name
 // fails with an error wrapping EEXIST.
-func (d *Dir) WriteNew(name string, b []byte) error {
+func (d *Dir) WriteNew(name string, b []byte) error { return d.writeNew(name, b, nil) }
+
+// WriteBulk is WriteNew for the images a dump makes by the thousand
+// (tcp-stream-*.img, one per connection). In a Staging's directory, a
+// name the images directory does not hold yet is written straight into
+// the images directory instead, where Commit would have moved it: a
+// rename between directories costs as much as making the file. Such a
+// file is to be read from the images directory; Staging.Abort (and
+// Rollback after Commit) removes it again.
+func (d *Dir) WriteBulk(name string, b []byte) error {
+	if d.stage != nil {
+		if err := CheckName(name); err != nil {
+			return err
+		}
+		if ok, err := d.stage.writeDirect(name, b); ok {
+			return err
+		}
+	}
+	return d.WriteNew(name, b)
+}
+
+// writeNew is WriteNew calling made (if not nil) once the file exists.
+func (d *Dir) writeNew(name string, b []byte, made func()) error {
 	if err := CheckName(name); err != nil {
 		return err
 	}
 	fd, err := unix.Openat(d.fd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, FilePerm)
 	if err != nil {
 		return &os.PathError{Op: "create", Path: d.join(name), Err: err}
+	}
+	if made != nil {
+		made()
 	}
 	for len(b) > 0 && err == nil {
 		var n int

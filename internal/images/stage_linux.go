@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -36,9 +37,17 @@ type Staging struct {
 	old   *Dir     // the earlier dump's replaced files, during Commit..Keep/Rollback
 	moved []string // names moved into final, in order
 	saved []string // names of final set aside in old
-	// present: the names in final when Commit began.
+	// present: the names in final that Commit may replace.
 	present map[string]bool
 	done    bool
+	// before: the names in final when the Staging began (nil: unknown,
+	// nothing is written there directly); direct: the names written
+	// straight into final (Dir.WriteBulk), which Abort, or Rollback
+	// after Commit, removes again.
+	before    map[string]bool
+	dmu       sync.Mutex
+	direct    []string
+	committed bool
 }
 
 // oldDir is the subdirectory of the staging directory that holds the
@@ -98,7 +107,15 @@ func newStaging(final *Dir) (*Staging, error) {
 			return nil, fmt.Errorf("images: staging dir in %s: %w", final.path, err)
 		}
 		tmp := &Dir{fd: fd, path: final.join(name)}
-		return &Staging{final: final, tmp: tmp, name: name, lock: -1}, nil
+		s := &Staging{final: final, tmp: tmp, name: name, lock: -1}
+		if names, err := final.List(); err == nil {
+			s.before = make(map[string]bool, len(names))
+			for _, n := range names {
+				s.before[n] = true
+			}
+		}
+		tmp.stage = s
+		return s, nil
 	}
 }
 
@@ -130,13 +147,18 @@ func (s *Staging) Commit() error {
 	// connections has as many files (tcp-stream-*.img), and a rename
 	// that finds nothing costs as much as one that moves a file. The
 	// directory is flocked: no other dump adds to it meanwhile.
-	present, err := s.final.List()
-	if err != nil {
-		return err
-	}
-	s.present = make(map[string]bool, len(present))
-	for _, n := range present {
-		s.present[n] = true
+	// The listing NewStaging made serves, when it has one: since then
+	// only this dump wrote there (WriteBulk), names it does not stage.
+	s.present = s.before
+	if s.present == nil {
+		present, err := s.final.List()
+		if err != nil {
+			return err
+		}
+		s.present = make(map[string]bool, len(present))
+		for _, n := range present {
+			s.present[n] = true
+		}
 	}
 	err = s.setAside(InventoryImg)
 	for _, n := range names {
@@ -153,6 +175,7 @@ func (s *Staging) Commit() error {
 	if err == nil {
 		err = s.moveIn(InventoryImg)
 	}
+	s.committed = true
 	if err != nil {
 		if uerr := s.Rollback(); uerr != nil {
 			return errors.Join(err, uerr)
@@ -196,6 +219,14 @@ func (s *Staging) Rollback() error {
 		return nil
 	}
 	var errs []string
+	if s.committed {
+		// Never an earlier dump's name: nothing to put back for them.
+		for _, n := range s.takeDirect() {
+			if err := s.final.Remove(n); err != nil {
+				errs = append(errs, err.Error())
+			}
+		}
+	}
 	for i := len(s.moved) - 1; i >= 0; i-- {
 		if err := s.final.Remove(s.moved[i]); err != nil && !slices.Contains(s.saved, s.moved[i]) {
 			// Without an earlier file to rename over it, the new one
@@ -245,6 +276,32 @@ func (s *Staging) unlock() {
 	}
 }
 
+// writeDirect writes name into final at once, as WriteNew, when final
+// held no such name as the Staging began (an image that replaces an
+// earlier dump's is staged, and replaced only at Commit) and it is not
+// inventory.img (moved in last, at Commit); false: name is to be
+// staged. The name is recorded once made (O_EXCL: never another's file),
+// so that Abort removes it, written or not.
+func (s *Staging) writeDirect(name string, b []byte) (bool, error) {
+	if s.before == nil || s.before[name] || name == InventoryImg || s.done || s.committed {
+		return false, nil
+	}
+	return true, s.final.writeNew(name, b, func() {
+		s.dmu.Lock()
+		s.direct = append(s.direct, name)
+		s.dmu.Unlock()
+	})
+}
+
+// takeDirect hands over (once) the names written straight into final.
+func (s *Staging) takeDirect() []string {
+	s.dmu.Lock()
+	defer s.dmu.Unlock()
+	d := s.direct
+	s.direct = nil
+	return d
+}
+
 // Keep, after Commit, drops the earlier dump's replaced files.
 func (s *Staging) Keep() { s.Abort() }
 
@@ -256,6 +313,11 @@ func (s *Staging) Abort() {
 	}
 	s.done = true
 	defer s.unlock()
+	if !s.committed {
+		for _, n := range s.takeDirect() {
+			_ = s.final.Remove(n)
+		}
+	}
 	if s.old != nil {
 		if names, err := s.old.List(); err == nil {
 			for _, n := range names {

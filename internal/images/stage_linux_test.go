@@ -1,6 +1,7 @@
 package images
 
 import (
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -194,4 +195,103 @@ func TestStagingLocksDir(t *testing.T) {
 		t.Fatalf("staging after the first ended: %v", err)
 	}
 	s2.Abort()
+}
+
+// readDir maps the files of path to their contents (directories: "/").
+func readDir(t *testing.T, path string) map[string]string {
+	t.Helper()
+	ents, err := os.ReadDir(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]string{}
+	for _, e := range ents {
+		if e.IsDir() {
+			m[e.Name()] = "/"
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(path, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m[e.Name()] = string(b)
+	}
+	return m
+}
+
+// TestStagingWriteBulk: a bulk image new to the images directory is
+// written there at once, one an earlier dump holds is staged and
+// replaced at Commit, and whatever a dump wrote so is gone again after
+// Abort or after Rollback, the earlier dump left as it was.
+func TestStagingWriteBulk(t *testing.T) {
+	path := t.TempDir()
+	d, err := Open(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	stageFile(t, d, "tcp-stream-1.img", "old 1")
+	stageFile(t, d, InventoryImg, "old inventory")
+	old := readDir(t, path)
+
+	for _, end := range []string{"abort", "rollback", "keep"} {
+		s, err := NewStaging(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range []string{"tcp-stream-1.img", "tcp-stream-2.img"} {
+			if err := s.Dir().WriteBulk(n, []byte("new "+n)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Never inventory.img, even through WriteBulk.
+		if err := s.Dir().WriteBulk(InventoryImg, []byte("new inventory")); err != nil {
+			t.Fatal(err)
+		}
+		mid := readDir(t, path)
+		if mid["tcp-stream-2.img"] != "new tcp-stream-2.img" || mid["tcp-stream-1.img"] != "old 1" || mid[InventoryImg] != "old inventory" {
+			t.Fatalf("%s: before Commit the directory holds %v", end, mid)
+		}
+		if err := s.Dir().WriteBulk("tcp-stream-2.img", []byte("again")); err == nil {
+			t.Fatalf("%s: a second write of a bulk name succeeded", end)
+		}
+		if end == "abort" {
+			s.Abort()
+			if got := readDir(t, path); !maps.Equal(got, old) {
+				t.Fatalf("after Abort the directory holds %v, want %v", got, old)
+			}
+			continue
+		}
+		if err := s.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{"tcp-stream-1.img": "new tcp-stream-1.img", "tcp-stream-2.img": "new tcp-stream-2.img", InventoryImg: "new inventory"}
+		if got := readDir(t, path); !maps.Equal(got, mergeStage(got, want)) {
+			t.Fatalf("%s: after Commit the directory holds %v, want %v", end, got, want)
+		}
+		if end == "rollback" {
+			if err := s.Rollback(); err != nil {
+				t.Fatal(err)
+			}
+			if got := readDir(t, path); !maps.Equal(got, old) {
+				t.Fatalf("after Rollback the directory holds %v, want %v", got, old)
+			}
+			continue
+		}
+		s.Keep()
+		if got := readDir(t, path); !maps.Equal(got, want) {
+			t.Fatalf("after Keep the directory holds %v, want %v", got, want)
+		}
+	}
+}
+
+// mergeStage is want plus got's staging directory (present until Keep).
+func mergeStage(got, want map[string]string) map[string]string {
+	m := maps.Clone(want)
+	for n, v := range got {
+		if strings.HasPrefix(n, StagePrefix) {
+			m[n] = v
+		}
+	}
+	return m
 }

@@ -65,6 +65,21 @@ func (s *Session) End(err error) error {
 	return err
 }
 
+// EndWith runs the queued calls, then the call nr as the session's last
+// (ptrace.Session.EndWithSyscall: a call that does not sleep
+// interruptibly, two stops for it and the session's end), and ends the
+// session; what names the call in errors.
+func (s *Session) EndWith(what string, nr uintptr, args ...uint64) error {
+	if err := s.Flush(); err != nil {
+		return s.End(err)
+	}
+	s.later, s.puts, s.stash = nil, nil, 0
+	if _, err := s.s.EndWithSyscall(nr, args...); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
 // Later queues a call whose result only matters if it fails. Queued
 // calls run, in order, with the next Call or Batch of the session (in
 // the same stop when the runner is set), or at Read, Flush or End; a
@@ -218,9 +233,11 @@ func (s *Session) PutString(off uint64, str string) (uint64, error) {
 const atFdcwd = ^uint64(99)
 
 // Openat opens path in the task (AT_FDCWD: its own root and cwd) and
-// returns the new fd; what names the purpose in errors.
+// returns the new fd; what names the purpose in errors. The path is
+// stashed (Stash), not put at the bottom, where queued calls' buffers
+// would have to run first: the queue runs with the open, in one stop.
 func (s *Session) Openat(what, path string, flags int) (uint64, error) {
-	a, err := s.PutString(0, path)
+	a, err := s.Stash(append([]byte(path), 0))
 	if err != nil {
 		return 0, err
 	}
@@ -263,7 +280,9 @@ func (s *Session) Batch(calls []Call) ([]uint64, error) {
 		return s.batch(calls)
 	}
 	all := append(s.later, calls...)
-	s.later, s.stash = nil, 0
+	// The buffers put for the queue are free once it runs: a Put over
+	// them later needs no flush.
+	s.later, s.stash, s.puts = nil, 0, nil
 	out, err := s.batch(all)
 	if err != nil && len(out) < q {
 		// A queued call failed: named, its errno not wrapped (the

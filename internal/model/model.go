@@ -19,6 +19,10 @@ type Tree struct {
 	// Files are the open files (file descriptions) and the files named
 	// by exe links, cwd, root and file mappings, by ID.
 	Files map[ID]*File
+	// UTS and IPC are the tree's own UTS and IPC namespaces, nil when
+	// the tree is in godwit's.
+	UTS *UTSNamespace
+	IPC *IPCNamespace
 }
 
 // Root is the root task, nil in an empty tree.
@@ -521,17 +525,26 @@ type InotifyWatch struct {
 // GhostState is a deleted file's inode: contents and attributes. The
 // files of one deleted inode share it (by Dev and Ino).
 type GhostState struct {
-	Dev, Ino     uint64
-	Mode         uint32
-	UID, GID     uint32
-	Size         uint64
-	Data         []byte // Size bytes
+	Dev, Ino uint64
+	Mode     uint32
+	UID, GID uint32
+	Size     uint64
+	// Data is the contents: Size bytes, or with Chunks the bytes of
+	// each chunk, one after another (the rest of the file is holes).
+	Data         []byte
+	Chunks       []GhostChunk
 	Atime, Mtime unix.Timespec
 	// Linked is the hard link --link-remap made to a file whose name was
 	// removed while it kept other links (an absolute path in the task's
 	// mounts, CRIU's REMAP_LINKED): the restore opens the file by it.
 	// Then only Dev, Ino and Mode are set (Data is empty).
 	Linked string
+}
+
+// GhostChunk is a range of a deleted file that holds data (CRIU's
+// ghost_chunk_entry); the ranges between chunks are holes.
+type GhostChunk struct {
+	Off, Len uint64
 }
 
 // UnixSocketState is an AF_UNIX socket: its kind, state, name, peer,
@@ -664,6 +677,10 @@ type TimerFDState struct {
 	ValueNsec    uint64
 	IntervalSec  uint64
 	IntervalNsec uint64
+	// Deadline is the absolute expiry of a CLOCK_REALTIME(_ALARM)
+	// timer armed with TFD_TIMER_ABSTIME (nil otherwise): a wall-clock
+	// time stays that time, however long the task was checkpointed.
+	Deadline *unix.Timespec
 }
 
 // EpollState is every target registered in an epoll instance.

@@ -42,3 +42,8 @@ func (v *VMA) SharedAnon() bool { return v.Status&images.VmaAnonShared != 0 }
 
 // FileBacked reports whether Shmid is a File id.
 func (v *VMA) FileBacked() bool { return v.Status&(images.VmaFilePrivate|images.VmaFileShared) != 0 }
+
+// SysV reports whether it is an attach of a SysV shared memory segment:
+// Shmid is the segment's id in the tree's IPC namespace, Pgoff the
+// offset in it, and Fdflags O_RDWR unless attached read-only.
+func (v *VMA) SysV() bool { return v.Status&images.VmaAreaSysvipc != 0 }

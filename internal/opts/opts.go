@@ -66,6 +66,7 @@ type Options struct {
 	FileLocks     bool
 	LinkRemap     bool
 	GhostLimit    uint64
+	NoGhostFiemap bool // --no-ghost-fiemap
 	ShellJob      bool
 	ExtUnixSk     bool   // --ext-unix-sk: unix sockets whose peer is outside the tree
 	CPUCap        string // "" when not given; checked by cpuinfo.ParseCaps

@@ -356,6 +356,94 @@ func (s *Session) end() error {
 	return nil
 }
 
+// EndWithSyscall runs syscall nr as the session's last call, at its
+// syscall instruction (never through the runner), and ends the session:
+// two stops where Syscall and End take three. From the call's entry stop
+// the thread is resumed with an interrupt pending, so the call runs to
+// its end and the thread traps inside get_signal on its way out, where
+// End's re-trap would have put it; the call's result is in its rax
+// there, and the thread gets its registers and mask back in that stop.
+// Only for a call that does not sleep interruptibly (munmap): the
+// pending interrupt would cut such a sleep short. On any failure the
+// session is ended as End does.
+func (s *Session) EndWithSyscall(nr uintptr, args ...uint64) (uint64, error) {
+	if len(args) > 6 {
+		return 0, fmt.Errorf("inject syscall %d: %d arguments", nr, len(args))
+	}
+	if forks(nr) || sendsSignal(nr) {
+		return 0, fmt.Errorf("inject syscall %d: not as a session's last call", nr)
+	}
+	var ret uint64
+	err := s.t.Do(func() error {
+		var err error
+		ret, err = s.endWithSyscall(nr, args)
+		if err != nil {
+			return errors.Join(err, s.end())
+		}
+		return nil
+	})
+	if err != nil {
+		return ret, err
+	}
+	if r := int64(ret); r < 0 && r >= -4095 {
+		return ret, fmt.Errorf("injected syscall %d in %d: %w", nr, s.tk.tid, unix.Errno(-r))
+	}
+	return ret, nil
+}
+
+func (s *Session) endWithSyscall(nr uintptr, args []uint64) (uint64, error) {
+	if s.ended {
+		return 0, errors.New("injection session already ended")
+	}
+	tk := s.tk
+	if s.t.tasks[tk.tid] != tk {
+		return 0, fmt.Errorf("inject into %d: %w", tk.tid, ErrGone)
+	}
+	var a [6]uint64
+	copy(a[:], args)
+	r := s.saved
+	r.Rip = s.addr
+	r.Rax = uint64(nr)
+	r.Orig_rax = ^uint64(0)
+	r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
+	if err := setRegs(tk.tid, &r); err != nil {
+		return 0, err
+	}
+	s.ran = true
+	s.t.calls++
+	s.t.stops += 2 // entry, and the trap after the call
+	s.t.byNr[nr]++
+	if err := s.t.resume(tk, unix.PTRACE_SYSCALL, 0); err != nil {
+		return 0, err
+	}
+	if err := s.waitSyscallStop(); err != nil {
+		return 0, fmt.Errorf("inject syscall %d into %d: %w", nr, tk.tid, err)
+	}
+	if _, err := ptrace(unix.PTRACE_INTERRUPT, tk.tid, 0, 0); err != nil {
+		return 0, fmt.Errorf("interrupt %d: %w", tk.tid, err)
+	}
+	if err := s.t.resume(tk, unix.PTRACE_CONT, 0); err != nil {
+		return 0, err
+	}
+	if _, err := s.t.waitTrap(tk); err != nil {
+		return 0, fmt.Errorf("inject syscall %d into %d: %w", nr, tk.tid, err)
+	}
+	if err := getRegs(tk.tid, &r); err != nil {
+		return 0, err
+	}
+	if int64(r.Orig_rax) != int64(nr) {
+		// Not the trap after our call (it never ran): End's way.
+		return 0, fmt.Errorf("inject syscall %d into %d: trapped with orig_rax %d", nr, tk.tid, int64(r.Orig_rax))
+	}
+	s.ended = true
+	s.t.injecting += time.Since(s.began)
+	tk.session = nil
+	if err := setRegs(tk.tid, &s.saved); err != nil {
+		return r.Rax, err
+	}
+	return r.Rax, setSigmask(tk.tid, s.savedMask)
+}
+
 // InjectedCalls returns how many syscalls were injected so far.
 func (t *Tracer) InjectedCalls() int {
 	var n int

@@ -565,3 +565,66 @@ func TestSigsuspendMask(t *testing.T) {
 		t.Fatalf("sigsuspend child: %v (2: no handler, 3: wrong mask after)", err)
 	}
 }
+
+// TestEndWithSyscall ends a session with a munmap in two stops: the page
+// is gone, the thread has its registers back (a read to restart), and it
+// resumes into that read as after End.
+func TestEndWithSyscall(t *testing.T) {
+	needRoot(t)
+	tr := New()
+	c := startChild(t, tr, buildC(t, "read"))
+	waitBlocked(t, c.pid)
+	if _, err := tr.FreezeProcess(c.pid, 0); err != nil {
+		t.Fatal(err)
+	}
+	before, err := tr.GetRegs(c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := tr.BeginInjection(c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := s.Syscall(unix.SYS_MMAP, 0, 4096, unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil {
+		s.End()
+		t.Fatal(err)
+	}
+	_, stops0, _ := tr.InjectionStats()
+	if got, err := s.EndWithSyscall(unix.SYS_MUNMAP, page, 4096); err != nil || got != 0 {
+		t.Fatalf("munmap at the end: %d, %v", got, err)
+	}
+	if _, stops, _ := tr.InjectionStats(); stops-stops0 != 2 {
+		t.Errorf("%d stops for the last call and the end, want 2", stops-stops0)
+	}
+	maps, err := procfs.ReadMaps(c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range maps {
+		if m.Start <= page && page < m.End {
+			t.Errorf("page %#x still mapped: %+v", page, m)
+		}
+	}
+	after, err := tr.GetRegs(c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after != before {
+		t.Errorf("registers after the session:\n%+v\nwant\n%+v", after, before)
+	}
+	if _, err := s.Syscall(unix.SYS_GETPID); err == nil {
+		t.Error("a call after the session ended ran")
+	}
+	if err := tr.ThawProcess(c.pid, false); err != nil {
+		t.Fatal(err)
+	}
+	assertFree(t, c.pid)
+	if _, err := c.stdin.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	c.stdin.Close()
+	if err := c.cmd.Wait(); err != nil {
+		t.Fatalf("reader after the session: %v", err)
+	}
+}

@@ -230,10 +230,15 @@ func (p *Puppet) Clone(pid int, sibling bool) (*Puppet, error) {
 // new task shares (CLONE_FILES, CLONE_FS), or its parent (CLONE_PARENT).
 const SharedFlags = unix.CLONE_PARENT | unix.CLONE_FILES | unix.CLONE_FS
 
-// CloneWith is Clone with clone flags among SharedFlags.
+// NamespaceFlags are the new namespaces CloneWith may make the task in
+// (a tree's own UTS and IPC namespaces, made with its root).
+const NamespaceFlags = unix.CLONE_NEWUTS | unix.CLONE_NEWIPC
+
+// CloneWith is Clone with clone flags among SharedFlags and
+// NamespaceFlags.
 func (p *Puppet) CloneWith(pid int, flags uint64) (*Puppet, error) {
-	if flags&^SharedFlags != 0 {
-		return nil, fmt.Errorf("puppet: clone flags %#x not allowed", flags&^SharedFlags)
+	if flags&^(SharedFlags|NamespaceFlags) != 0 {
+		return nil, fmt.Errorf("puppet: clone flags %#x not allowed", flags&^(SharedFlags|NamespaceFlags))
 	}
 	if err := checkPid(pid); err != nil {
 		return nil, err

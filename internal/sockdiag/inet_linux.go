@@ -20,6 +20,7 @@ const (
 	inetDiagSkMeminfo   = 7  // INET_DIAG_SKMEMINFO: u32[SK_MEMINFO_VARS]
 	inetDiagShutdown    = 8  // INET_DIAG_SHUTDOWN: u8 sk_shutdown
 	inetDiagMark        = 15 // INET_DIAG_MARK: u32 sk_mark (CAP_NET_ADMIN only)
+	inetDiagClassID     = 17 // INET_DIAG_CLASS_ID: u32, the net_cls class id, else sk_priority (sent with INET_DIAG_TCLASS)
 	inetDiagSockopt     = 22 // INET_DIAG_SOCKOPT: struct inet_diag_sockopt
 	inetDiagReqProtocol = 3  // INET_DIAG_REQ_PROTOCOL: u32, for protocols past 255 (MPTCP)
 )
@@ -33,6 +34,7 @@ const (
 	SockoptTransparent       = 1 << 5
 	SockoptMcAll             = 1 << 6
 	SockoptBindAddressNoPort = 1 << 8
+	SockoptRecverrRFC4884    = 1 << 9
 )
 
 // Have bits: the attributes an Inet was given (an older kernel, a
@@ -45,6 +47,7 @@ const (
 	HaveMark                // Mark
 	HaveCong                // Cong
 	HaveSockopt             // Sockopt
+	HaveClassID             // ClassID
 )
 
 // Inet is what sock_diag tells of a TCP, UDP or MPTCP socket.
@@ -64,6 +67,9 @@ type Inet struct {
 	Mark           uint32
 	Sockopt        uint16
 	Cong           string
+	// ClassID is the socket's net_cls class id, or its SO_PRIORITY where
+	// it has none: 0 says both are 0.
+	ClassID uint32
 }
 
 // DumpInet returns the sockets of family (AF_INET, AF_INET6) and
@@ -283,6 +289,11 @@ func (s *Inet) attr(typ uint16, v []byte) error {
 			return err
 		}
 		s.Mark, s.Have = ne.Uint32(v), s.Have|HaveMark
+	case inetDiagClassID:
+		if err := short(4); err != nil {
+			return err
+		}
+		s.ClassID, s.Have = ne.Uint32(v), s.Have|HaveClassID
 	case inetDiagCong:
 		// A NUL-terminated string.
 		if i := bytes.IndexByte(v, 0); i >= 0 {

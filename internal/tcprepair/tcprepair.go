@@ -175,8 +175,18 @@ func Dump(s int) (*Stream, error) {
 	if d := outq - len(st.OutQ); d != 0 && !(d == 1 && finSent(st.State)) {
 		return nil, fmt.Errorf("send queue: %d bytes queued, %d read", outq, len(st.OutQ))
 	}
+	// SIOCOUTQNSD (write_seq - snd_nxt) counts our FIN too while it is
+	// not sent, and it is sent only after every byte before it: a
+	// count past zero in a state with our FIN queued is one more than
+	// the data not sent. Kept, that byte would make the restored
+	// snd_nxt one short, and a peer that had the whole sent part (its
+	// ACK held by the lock) would find every ACK it sends for it past
+	// snd_nxt, refused: the connection would stall for good.
+	if unsent > 0 && finSent(st.State) {
+		unsent--
+	}
 	if unsent > len(st.OutQ) {
-		unsent = len(st.OutQ) // the FIN, not sent yet, after the data
+		return nil, fmt.Errorf("send queue: %d bytes not sent of %d queued", unsent, len(st.OutQ))
 	}
 	st.Unsent = uint32(unsent)
 	if v, err = unix.GetsockoptInt(s, unix.SOL_TCP, unix.TCP_MAXSEG); err != nil {

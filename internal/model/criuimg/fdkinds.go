@@ -771,15 +771,36 @@ func writeGhost(d *images.Dir, id uint32, g *model.GhostState, written func(stri
 	e := &ghost_file.GhostFileEntry{
 		Uid: proto.Uint32(g.UID), Gid: proto.Uint32(g.GID), Mode: proto.Uint32(g.Mode),
 		Dev: proto.Uint32(uint32(unix.Major(g.Dev)<<20 | unix.Minor(g.Dev))), Ino: proto.Uint64(g.Ino),
-		Atim: timeval(g.Atime), Mtim: timeval(g.Mtime), Chunks: proto.Bool(false), Size: proto.Uint64(g.Size),
+		Atim: timeval(g.Atime), Mtim: timeval(g.Mtime), Chunks: proto.Bool(g.Chunks != nil), Size: proto.Uint64(g.Size),
 	}
 	if err := w.Write(e); err != nil {
 		w.Close()
 		return err
 	}
-	if err := w.WritePayload(g.Data); err != nil {
-		w.Close()
-		return err
+	if g.Chunks == nil {
+		if err := w.WritePayload(g.Data); err != nil {
+			w.Close()
+			return err
+		}
+		return w.Close()
+	}
+	// CRIU's layout of a file with holes: each chunk's entry, then its
+	// bytes.
+	data := g.Data
+	for _, c := range g.Chunks {
+		if uint64(len(data)) < c.Len {
+			w.Close()
+			return fmt.Errorf("%s: chunk %d+%d: only %d bytes saved", name, c.Off, c.Len, len(data))
+		}
+		if err := w.Write(&ghost_file.GhostChunkEntry{Off: proto.Uint64(c.Off), Len: proto.Uint64(c.Len)}); err != nil {
+			w.Close()
+			return err
+		}
+		if err := w.WritePayload(data[:c.Len]); err != nil {
+			w.Close()
+			return err
+		}
+		data = data[c.Len:]
 	}
 	return w.Close()
 }
@@ -883,9 +904,8 @@ func readGhost(d *images.Dir, id uint32) (*model.GhostState, error) {
 		}
 		return g, nil
 	}
-	// Holes stay zero: a fresh allocation is not touched until a chunk's
-	// bytes land in it.
-	g.Data = make([]byte, size)
+	// Only the chunks' bytes are kept; the rest stays holes.
+	g.Chunks, g.Data = []model.GhostChunk{}, []byte{}
 	var end uint64 // where the previous chunk ended
 	for {
 		var c ghost_file.GhostChunkEntry
@@ -903,8 +923,11 @@ func readGhost(d *images.Dir, id uint32) (*model.GhostState, error) {
 		if rest := r.Remaining(); rest >= 0 && uint64(rest) < n {
 			return nil, fmt.Errorf("%s: chunk %d+%d: only %d bytes left in the image", name, off, n, rest)
 		}
-		if err := r.ReadPayload(g.Data[off : off+n]); err != nil {
+		if g.Data, err = readGhostData(r, g.Data, n); err != nil {
 			return nil, imgErr(name, err)
+		}
+		if n > 0 {
+			g.Chunks = append(g.Chunks, model.GhostChunk{Off: off, Len: n})
 		}
 		end = off + n
 	}

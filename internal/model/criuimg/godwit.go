@@ -41,6 +41,16 @@ type godwitTask struct {
 	MDWE           uint32              `json:"mdwe,omitempty"`
 	CoredumpFilter *uint32             `json:"coredump_filter,omitempty"`
 	ThreadAttrs    []godwitThreadAttrs `json:"thread_attrs,omitempty"`
+	// TimerFDs are the absolute expiries of the task's CLOCK_REALTIME
+	// TFD_TIMER_ABSTIME timerfds (model.TimerFDState.Deadline), by the
+	// id of their timerfd entry: CRIU's entry has only the time left.
+	TimerFDs []godwitTimerFD `json:"timerfd_deadlines,omitempty"`
+}
+
+type godwitTimerFD struct {
+	File uint32 `json:"file"`
+	Sec  int64  `json:"sec"`
+	Nsec int64  `json:"nsec"`
 }
 
 type godwitThreadAttrs struct {
@@ -86,8 +96,15 @@ type godwitVMA struct {
 // GLOBAL_EXPEDITED, PRIVATE_EXPEDITED, _SYNC_CORE, _RSEQ.
 const membarrierRegisterMask = 1<<2 | 1<<4 | 1<<6 | 1<<8
 
-func godwitOf(k *model.Task) *godwitTask {
+func godwitOf(k *model.Task, files map[model.ID]*model.File) *godwitTask {
 	g := &godwitTask{Version: godwitVersion}
+	seen := map[model.ID]bool{}
+	for _, e := range k.FDs {
+		if f := files[e.File]; !seen[e.File] && f != nil && f.Kind == model.TimerFD && f.TimerFD != nil && f.TimerFD.Deadline != nil {
+			seen[e.File] = true
+			g.TimerFDs = append(g.TimerFDs, godwitTimerFD{File: uint32(e.File), Sec: f.TimerFD.Deadline.Sec, Nsec: f.TimerFD.Deadline.Nsec})
+		}
+	}
 	if k.MM != nil {
 		g.Membarrier = k.MM.Membarrier
 		for i := range k.MM.VMAs {
@@ -117,15 +134,15 @@ func godwitOf(k *model.Task) *godwitTask {
 	}
 	g.MDWE, g.CoredumpFilter = k.Attrs.MDWE, k.Attrs.CoredumpFilter
 	if g.Membarrier == 0 && !g.CwdDeleted && len(g.VMAs) == 0 && g.XcompPerm == 0 && len(g.Threads) == 0 &&
-		g.MDWE == 0 && g.CoredumpFilter == nil && len(g.ThreadAttrs) == 0 {
+		g.MDWE == 0 && g.CoredumpFilter == nil && len(g.ThreadAttrs) == 0 && len(g.TimerFDs) == 0 {
 		return nil
 	}
 	return g
 }
 
 // writeGodwit writes k's godwit image when it has state for one.
-func writeGodwit(d *images.Dir, k *model.Task, written func(string)) error {
-	g := godwitOf(k)
+func writeGodwit(d *images.Dir, k *model.Task, files map[model.ID]*model.File, written func(string)) error {
+	g := godwitOf(k, files)
 	if g == nil {
 		return nil
 	}
@@ -151,9 +168,9 @@ func writeGodwit(d *images.Dir, k *model.Task, written func(string)) error {
 	return nil
 }
 
-// readGodwit merges k's godwit image, if any, into k (whose MM and FS are
-// read), checking it against them.
-func readGodwit(d *images.Dir, k *model.Task) error {
+// readGodwit merges k's godwit image, if any, into k (whose MM, FS and
+// fds are read, their files in files), checking it against them.
+func readGodwit(d *images.Dir, k *model.Task, files map[model.ID]*model.File) error {
 	name := GodwitTaskImg(k.Pid)
 	f, err := d.OpenRead(name)
 	if err != nil {
@@ -167,14 +184,14 @@ func readGodwit(d *images.Dir, k *model.Task) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
-	if err := mergeGodwit(b, k); err != nil {
+	if err := mergeGodwit(b, k, files); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	return nil
 }
 
 // mergeGodwit parses a godwit task image and applies it to k.
-func mergeGodwit(b []byte, k *model.Task) error {
+func mergeGodwit(b []byte, k *model.Task, files map[model.ID]*model.File) error {
 	if len(b) > maxGodwitImg {
 		return fmt.Errorf("over %d bytes", maxGodwitImg)
 	}
@@ -261,6 +278,18 @@ func mergeGodwit(b []byte, k *model.Task) error {
 	}
 	if k.FS != nil {
 		k.FS.CwdDeleted = g.CwdDeleted
+	}
+	for _, gt := range g.TimerFDs {
+		f := files[model.ID(gt.File)]
+		switch {
+		case f == nil || f.Kind != model.TimerFD || f.TimerFD == nil:
+			return fmt.Errorf("timerfd deadline of file %d, not a timerfd", gt.File)
+		case gt.Sec < 0 || gt.Nsec < 0 || gt.Nsec >= 1e9:
+			return fmt.Errorf("file %d: bad timerfd deadline %d.%09d", gt.File, gt.Sec, gt.Nsec)
+		case f.TimerFD.SettimeFlags&unix.TFD_TIMER_ABSTIME == 0 || (f.TimerFD.Clock != unix.CLOCK_REALTIME && f.TimerFD.Clock != unix.CLOCK_REALTIME_ALARM):
+			return fmt.Errorf("file %d: a deadline for a timerfd that is not an absolute CLOCK_REALTIME one", gt.File)
+		}
+		f.TimerFD.Deadline = &unix.Timespec{Sec: gt.Sec, Nsec: gt.Nsec}
 	}
 	seen := map[uint64]bool{}
 	for _, gv := range g.VMAs {

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"godwit/internal/images"
 	"godwit/internal/model"
 )
@@ -28,7 +30,7 @@ func TestGodwitImage(t *testing.T) {
 	}
 	defer dir.Close()
 	k := godwitTestTask()
-	if err := writeGodwit(dir, k, nil); err != nil {
+	if err := writeGodwit(dir, k, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if dir.Exists(GodwitTaskImg(7)) {
@@ -44,11 +46,11 @@ func TestGodwitImage(t *testing.T) {
 	cf := uint32(0x7d)
 	k.Attrs = model.TaskAttrs{MDWE: 1, CoredumpFilter: &cf}
 	k.Threads[1].Attrs = model.ThreadAttrs{Affinity: []uint64{2}, TimerSlack: 7, TSCSigsegv: true, MCEKill: 2, Ioprio: 0x4005}
-	if err := writeGodwit(dir, k, nil); err != nil {
+	if err := writeGodwit(dir, k, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	got := godwitTestTask()
-	if err := readGodwit(dir, got); err != nil {
+	if err := readGodwit(dir, got, nil); err != nil {
 		t.Fatal(err)
 	}
 	v := got.MM.VMAs[0]
@@ -81,8 +83,11 @@ func TestGodwitImage(t *testing.T) {
 		{`{"version":1,"thread_attrs":[{"tid":7,"ioprio":1},{"tid":7}]}`, "twice"},
 		{`{"version":1,"thread_attrs":[{"tid":7,"mce_kill":3}]}`, "machine-check"},
 		{`{"version":1,"thread_attrs":[{"tid":7,"affinity":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}]}`, "affinity"},
+		{`{"version":1,"timerfd_deadlines":[{"file":9,"sec":1,"nsec":0}]}`, "not a timerfd"},
+		{`{"version":1,"timerfd_deadlines":[{"file":5,"sec":1,"nsec":0}]}`, "not an absolute CLOCK_REALTIME"},
+		{`{"version":1,"timerfd_deadlines":[{"file":6,"sec":1,"nsec":1000000000}]}`, "bad timerfd deadline"},
 	} {
-		err := mergeGodwit([]byte(c.in), godwitTestTask())
+		err := mergeGodwit([]byte(c.in), godwitTestTask(), godwitTestFiles())
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %q", c.in, err, c.want)
 		}
@@ -97,7 +102,7 @@ func FuzzGodwitImage(f *testing.F) {
 	f.Add([]byte(`{"version":1,"mdwe":3,"coredump_filter":125,"thread_attrs":[{"tid":8,"affinity":[2],"timer_slack_ns":9,"tsc_sigsegv":true,"mce_kill":1,"ioprio":16389}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		k := godwitTestTask()
-		if err := mergeGodwit(b, k); err != nil {
+		if err := mergeGodwit(b, k, nil); err != nil {
 			return
 		}
 		for _, th := range k.Threads {
@@ -113,4 +118,37 @@ func FuzzGodwitImage(f *testing.F) {
 			}
 		}
 	})
+}
+
+// godwitTestFiles has a relative timerfd (5) and an absolute
+// CLOCK_REALTIME one (6).
+func godwitTestFiles() map[model.ID]*model.File {
+	return map[model.ID]*model.File{
+		5: {ID: 5, Kind: model.TimerFD, TimerFD: &model.TimerFDState{Clock: unix.CLOCK_MONOTONIC}},
+		6: {ID: 6, Kind: model.TimerFD, TimerFD: &model.TimerFDState{Clock: unix.CLOCK_REALTIME, SettimeFlags: unix.TFD_TIMER_ABSTIME}},
+	}
+}
+
+// A wall-clock deadline goes through the godwit image (CRIU's timerfd
+// entry has only the time left).
+func TestGodwitTimerFDDeadline(t *testing.T) {
+	files := godwitTestFiles()
+	files[6].TimerFD.Deadline = &unix.Timespec{Sec: 1800000000, Nsec: 5}
+	k := godwitTestTask()
+	k.FDs = []model.FD{{Num: 3, File: 6}, {Num: 4, File: 6}, {Num: 5, File: 5}}
+	dir, err := images.Open(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	if err := writeGodwit(dir, k, files, nil); err != nil {
+		t.Fatal(err)
+	}
+	back := godwitTestFiles()
+	if err := readGodwit(dir, godwitTestTask(), back); err != nil {
+		t.Fatal(err)
+	}
+	if d := back[6].TimerFD.Deadline; d == nil || *d != (unix.Timespec{Sec: 1800000000, Nsec: 5}) || back[5].TimerFD.Deadline != nil {
+		t.Fatalf("deadline read back: %v", d)
+	}
 }

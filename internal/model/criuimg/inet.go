@@ -274,10 +274,11 @@ func writeTCPStreamRange(d *images.Dir, kind images.Kind, todo []*model.InetSock
 	return nil
 }
 
-// writeWhole creates name in d holding b.
+// writeWhole creates name in d holding b (in a dump's staging directory,
+// straight in the images directory when it is new there: Dir.WriteBulk).
 func writeWhole(d *images.Dir, name string, b []byte) error {
 	// A dump writes into a fresh directory: no file to replace.
-	err := d.WriteNew(name, b)
+	err := d.WriteBulk(name, b)
 	if !errors.Is(err, unix.EEXIST) {
 		if err != nil {
 			return fmt.Errorf("images: %w", err)

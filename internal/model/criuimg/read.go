@@ -86,6 +86,9 @@ func Read(d *images.Dir) (*model.Tree, error) {
 	if err := readLocks(d, t); err != nil {
 		return nil, err
 	}
+	if err := readNamespaces(d, t); err != nil {
+		return nil, err
+	}
 	if err := readRestart(d, t); err != nil {
 		return nil, err
 	}
@@ -366,7 +369,7 @@ func readTask(d *images.Dir, ps *pstree.PstreeEntry, files map[model.ID]*model.F
 	if k.FS, err = readFS(d, k.Pid, files); err != nil {
 		return nil, err
 	}
-	if err := readGodwit(d, k); err != nil {
+	if err := readGodwit(d, k, files); err != nil {
 		return nil, err
 	}
 	return k, nil
@@ -651,7 +654,11 @@ func readMM(d *images.Dir, pid int, files map[model.ID]*model.File) (*model.MM, 
 			return nil, fmt.Errorf("%s: vma %d: %#x-%#x overlaps or precedes the previous one", name, i, s, e)
 		case v.GetStatus()&images.VmaUnsupp != 0:
 			return nil, fmt.Errorf("%s: vma %#x-%#x: marked unsupported by the dumper", name, s, e)
-		case v.GetStatus()&(images.VmaAreaSysvipc|images.VmaAreaSocket|images.VmaAreaAioring|images.VmaAreaShstk|images.VmaExtFile) != 0:
+		case st&images.VmaAreaSysvipc != 0 && (st != images.VmaAreaRegular|images.VmaAreaSysvipc ||
+			v.GetFlags()&(unix.MAP_SHARED|unix.MAP_PRIVATE) != unix.MAP_SHARED || v.GetPgoff()%pageSize != 0 ||
+			v.GetFdflags()&^unix.O_ACCMODE != 0 || v.GetFdflags()&unix.O_ACCMODE == unix.O_WRONLY):
+			return nil, fmt.Errorf("%s: vma %#x-%#x: bad sysv shm mapping (status %#x, flags %#x, offset %#x)", name, s, e, st, v.GetFlags(), v.GetPgoff())
+		case v.GetStatus()&(images.VmaAreaSocket|images.VmaAreaAioring|images.VmaAreaShstk|images.VmaExtFile) != 0:
 			return nil, fmt.Errorf("%s: vma %#x-%#x: %s mappings are not supported yet", name, s, e, VMAKind(v.GetStatus()))
 		case v.GetStatus()&images.VmaAreaVdso != 0:
 			vdso++

@@ -2,6 +2,7 @@ package criuimg
 
 import (
 	"fmt"
+	"sync"
 
 	core_x86 "github.com/checkpoint-restore/go-criu/v8/crit/images/core-x86"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/creds"
@@ -35,13 +36,16 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 	if len(t.Tasks) == 0 {
 		return fmt.Errorf("write images: empty tree")
 	}
+	// The entry images are written by a few writers at once (a tree's
+	// are thousands of small files, each a marshal and a few syscalls);
+	// all are written before inventory.img.
+	iw := newImageWriters(d)
+	defer iw.wait()
 	put := func(name string, ms ...proto.Message) error {
 		if written != nil {
 			written(name)
 		}
-		if err := images.Write(d, name, ms...); err != nil {
-			return err
-		}
+		iw.add(name, ms)
 		return nil
 	}
 	if err := checkUnixPeers(t); err != nil {
@@ -67,7 +71,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 			return fmt.Errorf("write images of %d: %w", k.Pid, err)
 		}
 		frozen = append(frozen, fr...)
-		if err := writeGodwit(d, k, written); err != nil {
+		if err := writeGodwit(d, k, t.Files, written); err != nil {
 			return fmt.Errorf("write images of %d: %w", k.Pid, err)
 		}
 		pss = append(pss, pstreeEntry(k))
@@ -91,6 +95,15 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 	}
 	if err := put(images.PstreeImg, pss...); err != nil {
 		return err
+	}
+	create := func(name string) (*images.EntryWriter, error) {
+		if written != nil {
+			written(name)
+		}
+		return d.CreateImage(name)
+	}
+	if err := writeNamespaces(t, put, create); err != nil {
+		return fmt.Errorf("write namespace images: %w", err)
 	}
 	var files []proto.Message
 	memfdIDs, memfds := memfdInodes(t)
@@ -188,10 +201,67 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 			return err
 		}
 	}
+	if err := iw.wait(); err != nil {
+		return err
+	}
 	if written != nil {
 		written(images.InventoryImg)
 	}
 	return images.WriteInventory(d, images.InventoryOptions{RootIDs: rootIDs(t)})
+}
+
+// imageWriters writes entry images on a few goroutines; wait reports the
+// failure of the first image, in the order they were added.
+type imageWriters struct {
+	d    *images.Dir
+	jobs chan imageJob
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	err  error
+	at   int // the order of the image err is of
+	n    int
+	once sync.Once
+}
+
+type imageJob struct {
+	i    int
+	name string
+	ms   []proto.Message
+}
+
+// imageWriterCount is how many images are written at once.
+const imageWriterCount = 4
+
+func newImageWriters(d *images.Dir) *imageWriters {
+	w := &imageWriters{d: d, jobs: make(chan imageJob, 64)}
+	for range imageWriterCount {
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			for j := range w.jobs {
+				if err := images.Write(w.d, j.name, j.ms...); err != nil {
+					w.mu.Lock()
+					if w.err == nil || j.i < w.at {
+						w.err, w.at = err, j.i
+					}
+					w.mu.Unlock()
+				}
+			}
+		}()
+	}
+	return w
+}
+
+func (w *imageWriters) add(name string, ms []proto.Message) {
+	w.jobs <- imageJob{i: w.n, name: name, ms: ms}
+	w.n++
+}
+
+// wait ends the writers once every image added is written.
+func (w *imageWriters) wait() error {
+	w.once.Do(func() { close(w.jobs) })
+	w.wg.Wait()
+	return w.err
 }
 
 // rootIDs are inventory.img's root_ids: the ids of the dumping tool
@@ -200,7 +270,10 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 // task's, so each gets an id no task has (CRIU refuses a root task whose
 // files_id equals root_ids': "Image corruption on kIDs data"). The
 // namespaces stand for the host's: those of the root task, since godwit
-// dumps only trees in the namespaces it runs in.
+// dumps trees in the namespaces it runs in, but for the tree's own UTS
+// and IPC namespaces: CRIU makes new ones for the root (and reads their
+// images) when its ids differ from root_ids', so those get an id no task
+// has.
 func rootIDs(t *model.Tree) *criu_core.TaskKobjIdsEntry {
 	r := t.Root().IDs
 	var maxID model.ID
@@ -208,7 +281,21 @@ func rootIDs(t *model.Tree) *criu_core.TaskKobjIdsEntry {
 		maxID = max(maxID, k.IDs.VM, k.IDs.Files, k.IDs.FS, k.IDs.Sighand)
 	}
 	r.VM, r.Files, r.FS, r.Sighand = maxID+1, maxID+1, maxID+1, maxID+1
+	if t.UTS != nil {
+		r.NS.UTS = otherNS(r.NS.UTS)
+	}
+	if t.IPC != nil {
+		r.NS.IPC = otherNS(r.NS.IPC)
+	}
 	return kobjIDs(&r)
+}
+
+// otherNS is a nonzero namespace id other than id.
+func otherNS(id uint32) uint32 {
+	if id+1 == 0 {
+		return 1
+	}
+	return id + 1
 }
 
 // writeTask writes k's images; it returns the frozen registers of the
@@ -437,7 +524,7 @@ func vmaEntry(v *model.VMA) *vma.VmaEntry {
 	if v.Madv != 0 {
 		e.Madv = proto.Uint64(v.Madv)
 	}
-	if v.FileBacked() {
+	if v.FileBacked() || v.SysV() {
 		e.Fdflags = proto.Uint32(v.Fdflags)
 	}
 	return e

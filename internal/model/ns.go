@@ -1,0 +1,68 @@
+package model
+
+// UTSNamespace is the tree's own UTS namespace (not godwit's): CRIU's
+// utsns_entry. ID is its inode, the tasks' IDs.NS.UTS.
+type UTSNamespace struct {
+	ID                   uint32
+	Nodename, Domainname string
+}
+
+// IPCNamespace is the tree's own IPC namespace (not godwit's): its
+// sysctls and every System V object in it (CRIU's ipcns-* images). ID is
+// its inode, the tasks' IDs.NS.IPC.
+type IPCNamespace struct {
+	ID  uint32
+	Var IPCVar
+	Shm []SysVShm
+	Sem []SysVSem
+	Msg []SysVMsgQueue
+}
+
+// IPCVar are the namespace's ipc sysctls (CRIU's ipc_var_entry), each
+// as /proc/sys reads it inside the namespace.
+type IPCVar struct {
+	SemCtls                             [4]uint32 // kernel.sem: semmsl, semmns, semopm, semmni
+	MsgCtlmax, MsgCtlmnb, MsgCtlmni     uint32
+	AutoMsgmni                          uint32
+	ShmCtlmax, ShmCtlall                uint64
+	ShmCtlmni, ShmRmidForced            uint32
+	MqQueuesMax, MqMsgMax, MqMsgsizeMax uint32 // fs.mqueue
+	MqMsgDefault, MqMsgsizeDefault      uint32
+	MsgNextID, SemNextID, ShmNextID     int32 // -1: unset
+}
+
+// IPCDesc is a System V object's identity and permissions (struct
+// ipc64_perm; CRIU's ipc_desc_entry). Mode holds only the permission
+// bits.
+type IPCDesc struct {
+	Key                        int32
+	UID, GID, CUID, CGID, Mode uint32
+	ID                         int32
+}
+
+// SysVShm is a shared memory segment and its contents.
+type SysVShm struct {
+	Desc IPCDesc
+	Size uint64
+	Data []byte // Size bytes
+}
+
+// SysVSem is a semaphore set and each semaphore's value.
+type SysVSem struct {
+	Desc   IPCDesc
+	Values []uint16
+}
+
+// SysVMsgQueue is a message queue, its byte limit and its messages in
+// queue order.
+type SysVMsgQueue struct {
+	Desc   IPCDesc
+	QBytes uint32
+	Msgs   []SysVMsg
+}
+
+// SysVMsg is one queued message.
+type SysVMsg struct {
+	Type int64
+	Data []byte
+}

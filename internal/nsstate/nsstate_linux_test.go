@@ -1,0 +1,225 @@
+package nsstate
+
+import (
+	"os"
+	"os/exec"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"godwit/internal/model"
+)
+
+// startInNewNS starts sleep in new UTS and IPC namespaces and returns its
+// pid once it is in them; the process is killed and reaped at cleanup.
+func startInNewNS(t *testing.T) int {
+	t.Helper()
+	cmd := exec.Command("unshare", "-iu", "sleep", "300")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	self, err := os.Readlink("/proc/self/ns/ipc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		exe, _ := os.Readlink("/proc/" + itoa(pid) + "/exe")
+		ns, _ := os.Readlink("/proc/" + itoa(pid) + "/ns/ipc")
+		if strings.HasSuffix(exe, "/sleep") && ns != "" && ns != self {
+			return pid
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("unshare -iu: pid %d not in new namespaces (exe %q)", pid, exe)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+func TestUTSRoundTrip(t *testing.T) {
+	src, dst := startInNewNS(t), startInNewNS(t)
+	want := model.UTSNamespace{Nodename: "godwit-uts-test", Domainname: "example.test"}
+	if err := RestoreUTS(src, &want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadUTS(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Fatalf("read %+v, set %+v", got, want)
+	}
+	if err := RestoreUTS(dst, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got2, err := ReadUTS(dst); err != nil || got2 != want {
+		t.Fatalf("restored %+v (%v), want %+v", got2, err, want)
+	}
+	if h, _ := os.Hostname(); h == want.Nodename {
+		t.Fatal("godwit's own hostname changed")
+	}
+}
+
+// populate makes, in pid's IPC namespace, objects of every kind with
+// non-default ids, owners, creators, modes and contents, and changes the
+// sysctls.
+func populate(t *testing.T, pid int) {
+	t.Helper()
+	err := inNamespace(pid, "ipc", unix.CLONE_NEWIPC, func() error {
+		for _, w := range [][2]string{{"kernel/msgmax", "9000"}, {"kernel/shmmni", "1000"}, {"kernel/sem", "250 32000 32 128"}, {"fs/mqueue/msg_max", "20"}} {
+			if err := writeSysctl(w[0], w[1]); err != nil {
+				return err
+			}
+		}
+		shm := &model.SysVShm{Desc: model.IPCDesc{Key: 0x1234, UID: 1000, GID: 1001, CUID: 1002, CGID: 1003, Mode: 0640, ID: 65538}, Size: 10000}
+		shm.Data = make([]byte, shm.Size)
+		for i := range shm.Data {
+			shm.Data[i] = byte(i * 7)
+		}
+		if err := restoreShm(shm); err != nil {
+			return err
+		}
+		priv := &model.SysVShm{Desc: model.IPCDesc{Key: 0, Mode: 0600, ID: 3}, Size: 1, Data: []byte{42}}
+		if err := restoreShm(priv); err != nil {
+			return err
+		}
+		sem := &model.SysVSem{Desc: model.IPCDesc{Key: 0x77, UID: 5, GID: 6, Mode: 0660, ID: 32770}, Values: []uint16{1, 0, 32767, 9}}
+		if err := restoreSem(sem); err != nil {
+			return err
+		}
+		// A queue filled the ordinary way: msgsnd in order.
+		id, err := msgget(0x99, 0600|unix.IPC_CREAT)
+		if err != nil {
+			return err
+		}
+		for i, m := range []model.SysVMsg{{Type: 3, Data: []byte("first")}, {Type: 1, Data: []byte("second, longer")}, {Type: 3, Data: nil}, {Type: 7, Data: make([]byte, 9000)}} {
+			buf := make([]byte, 8+len(m.Data))
+			*(*int64)(unsafe.Pointer(&buf[0])) = m.Type
+			copy(buf[8:], m.Data)
+			if err := msgsnd(id, buf); err != nil {
+				t.Errorf("msgsnd %d: %v", i, err)
+			}
+		}
+		return writeSysctl("kernel/sem_next_id", "12")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestIPCRoundTrip(t *testing.T) {
+	src, dst := startInNewNS(t), startInNewNS(t)
+	populate(t, src)
+	ns, err := ReadIPC(src, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ns.Shm) != 2 || len(ns.Sem) != 1 || len(ns.Msg) != 1 || len(ns.Msg[0].Msgs) != 4 {
+		t.Fatalf("read %d segments, %d semaphore sets, %d queues", len(ns.Shm), len(ns.Sem), len(ns.Msg))
+	}
+	if ns.Shm[0].Desc.CUID != 1002 || ns.Shm[0].Desc.ID != 3 && ns.Shm[1].Desc.ID != 3 {
+		t.Fatalf("segments: %+v %+v", ns.Shm[0].Desc, ns.Shm[1].Desc)
+	}
+	if ns.Var.MsgCtlmax != 9000 || ns.Var.SemCtls != [4]uint32{250, 32000, 32, 128} || ns.Var.SemNextID != 12 || ns.Var.MqMsgMax != 20 {
+		t.Fatalf("sysctls: %+v", ns.Var)
+	}
+	if err := RestoreIPC(dst, ns); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadIPC(dst, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, ns) {
+		t.Fatalf("restored namespace differs:\n got %+v\nwant %+v", got.Var, ns.Var)
+	}
+	// The restored queue gives its messages back in order.
+	err = inNamespace(dst, "ipc", unix.CLONE_NEWIPC, func() error {
+		q := ns.Msg[0]
+		buf := make([]byte, 8+9000)
+		for i, m := range q.Msgs {
+			r, _, e := unix.Syscall6(unix.SYS_MSGRCV, uintptr(q.Desc.ID), uintptr(unsafe.Pointer(&buf[0])), 9000, 0, unix.IPC_NOWAIT, 0)
+			if e != 0 {
+				t.Errorf("msgrcv %d: %v", i, e)
+				continue
+			}
+			if typ := *(*int64)(unsafe.Pointer(&buf[0])); typ != m.Type || string(buf[8:8+r]) != string(m.Data) {
+				t.Errorf("message %d: type %d, %d bytes", i, typ, r)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// attach makes a segment and attaches it in the test's own address space
+// until the test ends.
+func attach(t *testing.T) error {
+	id, err := unix.SysvShmGet(0, 4096, 0600|unix.IPC_CREAT)
+	if err != nil {
+		return err
+	}
+	b, err := unix.SysvShmAttach(id, 0, 0)
+	if err != nil {
+		return err
+	}
+	t.Cleanup(func() { _ = unix.SysvShmDetach(b) })
+	return nil
+}
+
+func TestIPCRefusals(t *testing.T) {
+	for _, c := range []struct {
+		name, want string
+		make       func() error
+	}{
+		{"attached", "attached by a process outside the tree", func() error { return attach(t) }},
+		{"rmid forced", "shm_rmid_forced", func() error {
+			// Attached, or the kernel removes it when this thread ends.
+			if err := attach(t); err != nil {
+				return err
+			}
+			return writeSysctl("kernel/shm_rmid_forced", "1")
+		}},
+		{"mqueue", "POSIX message queue /q1", func() error {
+			fsfd, err := unix.Fsopen("mqueue", unix.FSOPEN_CLOEXEC)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fsfd)
+			if err := unix.FsconfigCreate(fsfd); err != nil {
+				return err
+			}
+			mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(mfd)
+			fd, err := unix.Openat(mfd, "q1", unix.O_CREAT|unix.O_RDWR, 0600)
+			if err != nil {
+				return err
+			}
+			return unix.Close(fd)
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			pid := startInNewNS(t)
+			if err := inNamespace(pid, "ipc", unix.CLONE_NEWIPC, c.make); err != nil {
+				t.Fatal(err)
+			}
+			_, err := ReadIPC(pid, nil)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("ReadIPC: %v, want an error with %q", err, c.want)
+			}
+		})
+	}
+}
