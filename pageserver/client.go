@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -58,11 +59,13 @@ type Client struct {
 	// is the control stream's.
 	compress bool
 	zctrl    io.ReadWriter
-	dedup    bool      // TransportOptions.Dedup
-	sink     *TaskSink // TCP: the open task
-	sinks    map[*TaskSink]struct{}
-	err      error // sticky: the stream is out of sync
-	closed   bool
+	dedup    bool // TransportOptions.Dedup
+	// zeroSent, sameSent: pages sent as ZERO and COPY records.
+	zeroSent, sameSent atomic.Uint64
+	sink               *TaskSink // TCP: the open task
+	sinks              map[*TaskSink]struct{}
+	err                error // sticky: the stream is out of sync
+	closed             bool
 	// handedOver: conn is the caller's connection (NewSocketClient).
 	handedOver bool
 	// GETs sent ahead of their replies (SendGet, RecvGet).
@@ -270,6 +273,10 @@ func (c *Client) OpenTask(ctx context.Context, dst uint64, parentAware bool) (*T
 	}
 	return s, nil
 }
+
+// Deduped is how many pages this client's sinks sent as ZERO (all zero)
+// and COPY (the same as a page sent before) records instead of data.
+func (c *Client) Deduped() (zero, same uint64) { return c.zeroSent.Load(), c.sameSent.Load() }
 
 // Get fetches up to nr pages at vaddr of task pid for lazy-pages (GET).
 // dst must hold nr pages. It returns how many pages the server sent (it

@@ -74,12 +74,14 @@ func (s *TaskSink) sendDedup(vaddr uint64, flags uint32, data []byte) error {
 			err = s.addBytes(va, flags, p)
 		case runZero:
 			d.zero += n
+			s.c.zeroSent.Add(n)
 			if s.sp != nil {
 				return s.stripedRef(wire.CmdZeroAt, va, n, flags, 0)
 			}
 			err = sendHeader(s.w, wire.Header{Cmd: wire.MakeCmd(wire.CmdZero, uint16(flags)), NrPages: n, Vaddr: va, DstID: s.dst})
 		case runCopy:
 			d.dup += n
+			s.c.sameSent.Add(n)
 			if s.sp != nil {
 				return s.stripedRef(wire.CmdCopyAt, va, n, flags, ref)
 			}
