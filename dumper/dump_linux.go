@@ -345,6 +345,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		tc = time.Now()
 		err = target.Commit()
 		d.step(tc, "commit pages")
+		d.mem.ZeroSent, d.mem.SameSent = dedupedBy(target)
 	}
 	if rec, ok := nl.Record(); err == nil && ok && !o.LeaveRunning && !o.LeaveStopped {
 		// The tree will be gone: its restore removes the lock.
