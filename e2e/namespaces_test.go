@@ -293,3 +293,42 @@ func TestJoinNSOverDumpedUTS(t *testing.T) {
 		t.Fatalf("the restored program failed its checks (exit %d)\n%s", code, w.tail())
 	}
 }
+
+// TestDumpRefusesIPCNamespaceSharedOutside dumps a sleep whose IPC
+// namespace (with a message queue in it) is also its parent shell's,
+// which is not dumped: the restore would make a new namespace, leaving
+// the shell with the objects the sleep would use elsewhere. The dump must
+// fail naming an outside task, and leave the sleep running untraced.
+func TestDumpRefusesIPCNamespaceSharedOutside(t *testing.T) {
+	needRoot(t)
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	holder := exec.Command("unshare", "-i", "--fork", "--kill-child", "sh", "-c", "ipcmk -Q >/dev/null && sleep 1000 & echo $! > "+pidFile+"; wait")
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var sleeper int
+	t.Cleanup(func() {
+		if sleeper > 0 {
+			killAndForget(sleeper)
+		}
+		_ = holder.Process.Kill()
+		_ = holder.Wait()
+	})
+	waitFor(t, "the sleep in the shared namespace", func() bool {
+		b, _ := os.ReadFile(pidFile)
+		sleeper, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		exe, _ := os.Readlink("/proc/" + strconv.Itoa(sleeper) + "/exe")
+		return sleeper > 0 && strings.HasSuffix(exe, "/sleep")
+	})
+	self, _ := os.Readlink("/proc/self/ns/ipc")
+	if ns, _ := os.Readlink("/proc/" + strconv.Itoa(sleeper) + "/ns/ipc"); ns == self || ns == "" {
+		t.Fatalf("sleep %d in ipc namespace %q, godwit's %q", sleeper, ns, self)
+	}
+	code, out := godwit(t, "dump", "-t", strconv.Itoa(sleeper), "-D", t.TempDir())
+	if code == 0 || !strings.Contains(out, "ipc namespace is also used by") || !strings.Contains(out, "outside the tree") {
+		t.Fatalf("dump: exit %d, want an error naming a task outside the tree in its ipc namespace: %s", code, out)
+	}
+	if st, tracer := procState(t, sleeper); tracer != 0 || st == "T" || st == "t" {
+		t.Fatalf("after the refused dump pid %d is %s, tracer %d", sleeper, st, tracer)
+	}
+}

@@ -223,3 +223,32 @@ func TestIPCRefusals(t *testing.T) {
 		})
 	}
 }
+
+// TestReadLeavesOwnNamespaces reads a tree's namespaces many times: each
+// read joins them on a thread that must end with it, never Go's main
+// thread (which Go keeps, and which /proc/self/ns shows), so godwit's own
+// namespaces stay as they were for the next dump in the same process.
+func TestReadLeavesOwnNamespaces(t *testing.T) {
+	pid := startInNewNS(t)
+	before := map[string]string{}
+	for _, ns := range []string{"uts", "ipc"} {
+		l, err := os.Readlink("/proc/self/ns/" + ns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[ns] = l
+	}
+	for range 20 {
+		if _, err := ReadUTS(pid); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ReadIPC(pid, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for ns, l := range before {
+		if got, _ := os.Readlink("/proc/self/ns/" + ns); got != l {
+			t.Errorf("godwit's /proc/self/ns/%s moved from %s to %s", ns, l, got)
+		}
+	}
+}
