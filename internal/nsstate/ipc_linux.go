@@ -233,7 +233,7 @@ func readShm(rmidForced bool, attaches map[int32]uint64) ([]model.SysVShm, error
 			return nil, fmt.Errorf("%s is locked in memory (SHM_LOCK): not supported", what)
 		}
 		s := model.SysVShm{Desc: desc(&ds.Perm, id), Size: ds.Segsz}
-		if s.Data, err = shmContents(id, ds.Segsz); err != nil {
+		if s.Pages, err = shmContents(id, ds.Segsz); err != nil {
 			return nil, fmt.Errorf("%s: %w", what, err)
 		}
 		out = append(out, s)
@@ -241,9 +241,12 @@ func readShm(rmidForced bool, attaches map[int32]uint64) ([]model.SysVShm, error
 	return out, nil
 }
 
-// shmContents copies a segment's contents, attached read-only for the
-// time of the copy; a hugetlb segment is refused.
-func shmContents(id int, size uint64) ([]byte, error) {
+// shmContents copies the pages a segment holds, attached read-only for
+// the time of the copy: the data ranges of its shmem file (SEEK_DATA and
+// SEEK_HOLE on /proc/self/map_files: pages in memory or in swap), so an
+// untouched page is neither populated nor stored. A hugetlb segment is
+// refused.
+func shmContents(id int, size uint64) ([]model.SysVShmPages, error) {
 	b, err := unix.SysvShmAttach(id, 0, unix.SHM_RDONLY)
 	if err != nil {
 		return nil, fmt.Errorf("shmat: %w", err)
@@ -259,7 +262,29 @@ func shmContents(id int, size uint64) ([]byte, error) {
 	if st.Type == hugetlbfsMagic {
 		return nil, errors.New("hugetlb (SHM_HUGETLB) segment: not supported")
 	}
-	return append([]byte(nil), b[:size]...), nil
+	f, err := os.Open(mf)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []model.SysVShmPages
+	for off := int64(0); off < int64(size); {
+		data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+		if err == unix.ENXIO || err == nil && data >= int64(size) {
+			break // no data past off
+		}
+		if err != nil {
+			return nil, fmt.Errorf("SEEK_DATA at %d: %w", off, err)
+		}
+		hole, err := unix.Seek(int(f.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return nil, fmt.Errorf("SEEK_HOLE at %d: %w", data, err)
+		}
+		hole = min(hole, int64(size))
+		out = append(out, model.SysVShmPages{Off: uint64(data), Data: append([]byte(nil), b[data:hole]...)})
+		off = hole
+	}
+	return out, nil
 }
 
 // readSem reads every semaphore set and its values. Tasks' SEM_UNDO
@@ -413,8 +438,8 @@ func setPerm(p *unix.SysvIpcPerm, d *model.IPCDesc) {
 
 func restoreShm(s *model.SysVShm) error {
 	what := fmt.Sprintf("SysV shared memory segment %d (key %#x)", s.Desc.ID, uint32(s.Desc.Key))
-	if uint64(len(s.Data)) != s.Size {
-		return fmt.Errorf("%s: %d bytes of contents for size %d", what, len(s.Data), s.Size)
+	if err := s.CheckPages(uint64(os.Getpagesize())); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	err := create(what, "kernel/shm_next_id", &s.Desc, func() (int, error) {
 		return unix.SysvShmGet(int(s.Desc.Key), int(s.Size), int(s.Desc.Mode)|unix.IPC_CREAT|unix.IPC_EXCL)
@@ -431,12 +456,15 @@ func restoreShm(s *model.SysVShm) error {
 	if _, err := shmctl(id, unix.IPC_SET, &ds); err != nil {
 		return fmt.Errorf("%s: IPC_SET: %w", what, err)
 	}
-	if s.Size > 0 {
+	if len(s.Pages) > 0 {
 		b, err := unix.SysvShmAttach(id, 0, 0)
 		if err != nil {
 			return fmt.Errorf("%s: shmat: %w", what, err)
 		}
-		copy(b, s.Data)
+		// Only the dumped pages: the others stay unpopulated, zeros.
+		for _, p := range s.Pages {
+			copy(b[p.Off:], p.Data)
+		}
 		if err := unix.SysvShmDetach(b); err != nil {
 			return fmt.Errorf("%s: shmdt: %w", what, err)
 		}

@@ -80,14 +80,19 @@ func populate(t *testing.T, pid int) {
 			}
 		}
 		shm := &model.SysVShm{Desc: model.IPCDesc{Key: 0x1234, UID: 1000, GID: 1001, CUID: 1002, CGID: 1003, Mode: 0640, ID: 65538}, Size: 10000}
-		shm.Data = make([]byte, shm.Size)
-		for i := range shm.Data {
-			shm.Data[i] = byte(i * 7)
+		// Its second page untouched: neither dumped nor restored.
+		first, last := make([]byte, 4096), make([]byte, shm.Size-8192)
+		for i := range first {
+			first[i] = byte(i*7) | 1
 		}
+		for i := range last {
+			last[i] = byte(i*3) | 1
+		}
+		shm.Pages = []model.SysVShmPages{{Off: 0, Data: first}, {Off: 8192, Data: last}}
 		if err := restoreShm(shm); err != nil {
 			return err
 		}
-		priv := &model.SysVShm{Desc: model.IPCDesc{Key: 0, Mode: 0600, ID: 3}, Size: 1, Data: []byte{42}}
+		priv := &model.SysVShm{Desc: model.IPCDesc{Key: 0, Mode: 0600, ID: 3}, Size: 1, Pages: []model.SysVShmPages{{Data: []byte{42}}}}
 		if err := restoreShm(priv); err != nil {
 			return err
 		}
@@ -250,5 +255,62 @@ func TestReadLeavesOwnNamespaces(t *testing.T) {
 		if got, _ := os.Readlink("/proc/self/ns/" + ns); got != l {
 			t.Errorf("godwit's /proc/self/ns/%s moved from %s to %s", ns, l, got)
 		}
+	}
+}
+
+// shmInfoT is struct shm_info (include/uapi/linux/shm.h), what
+// shmctl(SHM_INFO) fills: shm_rss is the resident pages of every segment.
+type shmInfoT struct {
+	UsedIDs                     int32
+	_                           int32
+	ShmTot, ShmRss, ShmSwp      uint64
+	SwapAttempts, SwapSuccesses uint64
+}
+
+// TestReadShmLeavesItUnpopulated dumps a 256 MiB segment of which one
+// page was written: the read must not populate the rest (the namespace's
+// resident shm pages stay as they were) and holds that page alone.
+func TestReadShmLeavesItUnpopulated(t *testing.T) {
+	pid := startInNewNS(t)
+	rss := func() uint64 {
+		var si shmInfoT
+		if err := inNamespace(pid, "ipc", unix.CLONE_NEWIPC, func() error {
+			_, err := shmctl(0, shmInfo, (*unix.SysvShmDesc)(unsafe.Pointer(&si)))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return si.ShmRss
+	}
+	if err := inNamespace(pid, "ipc", unix.CLONE_NEWIPC, func() error {
+		id, err := unix.SysvShmGet(0, 256<<20, 0600|unix.IPC_CREAT)
+		if err != nil {
+			return err
+		}
+		b, err := unix.SysvShmAttach(id, 0, 0)
+		if err != nil {
+			return err
+		}
+		b[100<<20] = 7
+		return unix.SysvShmDetach(b)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	before := rss()
+	ns, err := ReadIPC(pid, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after := rss(); after != before {
+		t.Errorf("reading the namespace populated the segment: %d -> %d resident pages", before, after)
+	}
+	// One run around the byte: a page, or a huge page where shmem uses
+	// them (transparent_hugepage/shmem_enabled).
+	if len(ns.Shm) != 1 || len(ns.Shm[0].Pages) != 1 {
+		t.Fatalf("segments %+v", ns.Shm)
+	}
+	p := ns.Shm[0].Pages[0]
+	if p.Off > 100<<20 || p.Off+uint64(len(p.Data)) <= 100<<20 || len(p.Data) > 2<<20 || p.Data[100<<20-p.Off] != 7 {
+		t.Errorf("segment's pages: %d bytes at %#x", len(p.Data), p.Off)
 	}
 }
