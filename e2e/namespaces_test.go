@@ -332,3 +332,32 @@ func TestDumpRefusesIPCNamespaceSharedOutside(t *testing.T) {
 		t.Fatalf("after the refused dump pid %d is %s, tracer %d", sleeper, st, tracer)
 	}
 }
+
+// TestJoinNSIPCRefusesMissingObjects restores a tree that had its own IPC
+// namespace, with SysV objects, into an existing empty one (--join-ns
+// ipc:PID): the tree would find none of its objects, or others under
+// their ids, so the restore must fail naming one, and leave no task.
+func TestJoinNSIPCRefusesMissingObjects(t *testing.T) {
+	needRoot(t)
+	host := exec.Command("unshare", "--ipc", "sleep", "300")
+	if err := host.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = host.Process.Kill(); _ = host.Wait() })
+	self, _ := os.Readlink("/proc/self/ns/ipc")
+	waitFor(t, "the namespace holder", func() bool {
+		exe, _ := os.Readlink("/proc/" + strconv.Itoa(host.Process.Pid) + "/exe")
+		ns, _ := os.Readlink("/proc/" + strconv.Itoa(host.Process.Pid) + "/ns/ipc")
+		return strings.HasSuffix(exe, "/sleep") && ns != self
+	})
+	w := startWorkload(t, cWorkload(t, "sysvns"))
+	dir := w.dump(t)
+	w.reapKilled(t)
+	code, out := godwit(t, "restore", "-D", dir, "--join-ns", "ipc:"+strconv.Itoa(host.Process.Pid))
+	if code == 0 || !strings.Contains(out, "--join-ns ipc: the dump's SysV") || !strings.Contains(out, "not in the joined namespace") {
+		t.Fatalf("restore: exit %d, want a refusal naming a SysV object: %s", code, out)
+	}
+	if pidExists(w.pid) {
+		t.Fatalf("the refused restore left pid %d", w.pid)
+	}
+}

@@ -535,3 +535,53 @@ func restoreMsg(q *model.SysVMsgQueue) error {
 	}
 	return nil
 }
+
+// CheckJoinedIPC checks that each System V object of ns (the dump's) is
+// in pid's IPC namespace, one the restore joins (--join-ns ipc) instead
+// of making it: the same id, key, mode and size (a segment) or number of
+// semaphores (a set). The tree would otherwise attach or use whatever has
+// that id there, or find its objects gone; a missing or different one is
+// refused, named. Contents are the joined namespace's own.
+func CheckJoinedIPC(pid int, ns *model.IPCNamespace) error {
+	return inNamespace(pid, "ipc", unix.CLONE_NEWIPC, func() error {
+		check := func(kind string, d *model.IPCDesc, err error, p *unix.SysvIpcPerm, what string, size, want uint64) error {
+			name := fmt.Sprintf("SysV %s %d (key %#x, mode %#o)", kind, d.ID, uint32(d.Key), d.Mode)
+			switch {
+			case err != nil:
+				return fmt.Errorf("--join-ns ipc: the dump's %s is not in the joined namespace: %w", name, err)
+			case p.Key != d.Key || p.Mode&0777 != d.Mode || size != want:
+				if what != "" {
+					name += fmt.Sprintf(" of %d %s", want, what)
+					what = fmt.Sprintf(", %d %s", size, what)
+				}
+				return fmt.Errorf("--join-ns ipc: the dump's %s is another object in the joined namespace (key %#x, mode %#o%s)", name, uint32(p.Key), p.Mode&0777, what)
+			}
+			return nil
+		}
+		for i := range ns.Shm {
+			s := &ns.Shm[i]
+			var ds unix.SysvShmDesc
+			_, err := shmctl(int(s.Desc.ID), unix.IPC_STAT, &ds)
+			if err := check("shared memory segment", &s.Desc, err, &ds.Perm, "bytes", ds.Segsz, s.Size); err != nil {
+				return err
+			}
+		}
+		for i := range ns.Sem {
+			s := &ns.Sem[i]
+			var ds semid64Ds
+			_, err := semctl(int(s.Desc.ID), 0, unix.IPC_STAT, unsafe.Pointer(&ds))
+			if err := check("semaphore set", &s.Desc, err, &ds.Perm, "semaphores", ds.Nsems, uint64(len(s.Values))); err != nil {
+				return err
+			}
+		}
+		for i := range ns.Msg {
+			q := &ns.Msg[i]
+			var ds msqid64Ds
+			_, err := msgctl(int(q.Desc.ID), unix.IPC_STAT, &ds)
+			if err := check("message queue", &q.Desc, err, &ds.Perm, "", 0, 0); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}

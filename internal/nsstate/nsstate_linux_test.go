@@ -314,3 +314,37 @@ func TestReadShmLeavesItUnpopulated(t *testing.T) {
 		t.Errorf("segment's pages: %d bytes at %#x", len(p.Data), p.Off)
 	}
 }
+
+// TestCheckJoinedIPC checks a dump's SysV objects against a namespace a
+// restore joins: the namespace they were read from passes, an empty one
+// is refused naming a missing object, and one whose object with the same
+// id differs (size, semaphores, key, mode) is refused naming it.
+func TestCheckJoinedIPC(t *testing.T) {
+	src, empty := startInNewNS(t), startInNewNS(t)
+	populate(t, src)
+	ns, err := ReadIPC(src, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckJoinedIPC(src, ns); err != nil {
+		t.Fatalf("the dump's own namespace: %v", err)
+	}
+	if err := CheckJoinedIPC(empty, ns); err == nil || !strings.Contains(err.Error(), "not in the joined namespace") {
+		t.Fatalf("an empty namespace: %v", err)
+	}
+	for name, change := range map[string]func(ns *model.IPCNamespace){
+		"segment size": func(ns *model.IPCNamespace) { ns.Shm[0].Size += 4096 },
+		"semaphores":   func(ns *model.IPCNamespace) { ns.Sem[0].Values = append(ns.Sem[0].Values, 0) },
+		"queue key":    func(ns *model.IPCNamespace) { ns.Msg[0].Desc.Key++ },
+		"segment mode": func(ns *model.IPCNamespace) { ns.Shm[1].Desc.Mode ^= 0004 },
+	} {
+		other, err := ReadIPC(src, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		change(other)
+		if err := CheckJoinedIPC(src, other); err == nil || !strings.Contains(err.Error(), "is another object in the joined namespace") {
+			t.Errorf("%s changed: %v", name, err)
+		}
+	}
+}
