@@ -61,6 +61,9 @@ type SysVShmPages struct {
 type SysVSem struct {
 	Desc   IPCDesc
 	Values []uint16
+	// Operated: a semop had run on it (sem_otime non-zero), which
+	// programs wait for to know the set is initialised.
+	Operated bool
 }
 
 // SysVMsgQueue is a message queue, its byte limit and its messages in

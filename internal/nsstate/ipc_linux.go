@@ -3,6 +3,7 @@ package nsstate
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -312,7 +313,7 @@ func readSem() ([]model.SysVSem, error) {
 				return nil, fmt.Errorf("SysV semaphore set %d: GETALL: %w", id, err)
 			}
 		}
-		out = append(out, model.SysVSem{Desc: desc(&ds.Perm, id), Values: vals})
+		out = append(out, model.SysVSem{Desc: desc(&ds.Perm, id), Values: vals, Operated: ds.Otime != 0})
 	}
 	return out, nil
 }
@@ -331,6 +332,10 @@ func readMsg() ([]model.SysVMsgQueue, error) {
 		}
 		if err != nil {
 			return nil, fmt.Errorf("msgctl MSG_STAT_ANY %d: %w", idx, err)
+		}
+		if ds.Qbytes > math.MaxUint32 {
+			// CRIU's image holds a 32-bit limit.
+			return nil, fmt.Errorf("SysV message queue %d (key %#x) has a limit of %d bytes (msg_qbytes over 4 GiB): not supported", id, uint32(ds.Perm.Key), ds.Qbytes)
 		}
 		q := model.SysVMsgQueue{Desc: desc(&ds.Perm, id), QBytes: uint32(ds.Qbytes)}
 		// No message is longer than the bytes in the queue.
@@ -492,6 +497,21 @@ func restoreSem(s *model.SysVSem) error {
 	if len(s.Values) > 0 {
 		if _, err := semctl(id, 0, semSetAll, unsafe.Pointer(&s.Values[0])); err != nil {
 			return fmt.Errorf("%s: SETALL: %w", what, err)
+		}
+	}
+	if s.Operated && len(s.Values) > 0 {
+		// SETALL leaves sem_otime 0, what "not initialised yet" reads
+		// as: one semop that changes nothing (up and down, or down and
+		// up at the maximum, atomically) sets it.
+		ops := []sembuf{{Op: 1}, {Op: -1}}
+		if s.Values[0] >= semVMX {
+			ops[0].Op, ops[1].Op = -1, 1
+		}
+		for i := range ops {
+			ops[i].Flg = unix.IPC_NOWAIT
+		}
+		if err := semop(id, ops); err != nil {
+			return fmt.Errorf("%s: semop to set sem_otime: %w", what, err)
 		}
 	}
 	return nil

@@ -100,6 +100,10 @@ func populate(t *testing.T, pid int) {
 		if err := restoreSem(sem); err != nil {
 			return err
 		}
+		// A program's semop: sem_otime is set, and must stay set.
+		if err := semop(int(sem.Desc.ID), []sembuf{{Num: 1, Op: 1}, {Num: 1, Op: -1}}); err != nil {
+			return err
+		}
 		// A queue filled the ordinary way: msgsnd in order.
 		id, err := msgget(0x99, 0600|unix.IPC_CREAT)
 		if err != nil {
@@ -132,6 +136,9 @@ func TestIPCRoundTrip(t *testing.T) {
 	}
 	if ns.Shm[0].Desc.CUID != 1002 || ns.Shm[0].Desc.ID != 3 && ns.Shm[1].Desc.ID != 3 {
 		t.Fatalf("segments: %+v %+v", ns.Shm[0].Desc, ns.Shm[1].Desc)
+	}
+	if !ns.Sem[0].Operated {
+		t.Fatal("the set a semop ran on reads as never operated (sem_otime 0)")
 	}
 	if ns.Var.MsgCtlmax != 9000 || ns.Var.SemCtls != [4]uint32{250, 32000, 32, 128} || ns.Var.SemNextID != 12 || ns.Var.MqMsgMax != 20 {
 		t.Fatalf("sysctls: %+v", ns.Var)

@@ -111,6 +111,9 @@ func writeNamespaces(d *images.Dir, t *model.Tree, written func(string), put fun
 	if err := w.Close(); err != nil {
 		return err
 	}
+	if err := writeGodwitIPC(d, ns, written); err != nil {
+		return err
+	}
 	if w, err = create(ipcSemImg(ns.ID)); err != nil {
 		return err
 	}
@@ -376,6 +379,9 @@ func readIPC(d *images.Dir, id uint32) (*model.IPCNamespace, error) {
 		ns.Msg = append(ns.Msg, q)
 		return nil
 	}); err != nil {
+		return nil, err
+	}
+	if err := readGodwitIPC(d, ns); err != nil {
 		return nil, err
 	}
 	return ns, nil

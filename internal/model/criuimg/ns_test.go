@@ -32,7 +32,7 @@ func sampleNamespaces(tr *model.Tree) {
 			AutoMsgmni: 0, ShmCtlmax: 1 << 40, ShmCtlall: 1 << 30, ShmCtlmni: 4096, MqQueuesMax: 256, MqMsgMax: 10,
 			MqMsgsizeMax: 8192, MqMsgDefault: 10, MqMsgsizeDefault: 8192, MsgNextID: -1, SemNextID: 7, ShmNextID: -1},
 		Shm: []model.SysVShm{{Desc: model.IPCDesc{Key: -2, UID: 1, GID: 2, CUID: 3, CGID: 4, Mode: 0600, ID: 32768}, Size: 4099, Pages: []model.SysVShmPages{{Off: 0, Data: shm}}}},
-		Sem: []model.SysVSem{{Desc: model.IPCDesc{Key: 5, Mode: 0666, ID: 1}, Values: []uint16{1, 2, 3}}, {Desc: model.IPCDesc{ID: 2}, Values: []uint16{9, 8, 7, 6}}},
+		Sem: []model.SysVSem{{Desc: model.IPCDesc{Key: 5, Mode: 0666, ID: 1}, Values: []uint16{1, 2, 3}, Operated: true}, {Desc: model.IPCDesc{ID: 2}, Values: []uint16{9, 8, 7, 6}}},
 		Msg: []model.SysVMsgQueue{
 			{Desc: model.IPCDesc{Key: 9, Mode: 0640, ID: 0}, QBytes: 16384, Msgs: []model.SysVMsg{{Type: 2, Data: []byte("12345678")}, {Type: 1, Data: []byte{}}, {Type: 1 << 40, Data: []byte("abc")}}},
 			{Desc: model.IPCDesc{ID: 3}, QBytes: 100},
@@ -177,7 +177,7 @@ func FuzzReadIPC(f *testing.F) {
 	if len(pages) != 1 {
 		f.Fatalf("pages files %v, want the segment's", pages)
 	}
-	files := []string{ipcVarImg(id), ipcShmImg(id), ipcSemImg(id), ipcMsgImg(id), utsnsImg(tr.UTS.ID), images.PagemapShmemImg(32768), filepath.Base(pages[0])}
+	files := []string{ipcVarImg(id), ipcShmImg(id), ipcSemImg(id), ipcMsgImg(id), utsnsImg(tr.UTS.ID), images.PagemapShmemImg(32768), filepath.Base(pages[0]), GodwitIPCImg(id)}
 	for i, n := range files {
 		b, err := os.ReadFile(filepath.Join(src, n))
 		if err != nil {
