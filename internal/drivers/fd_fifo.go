@@ -3,6 +3,7 @@ package drivers
 import (
 	"fmt"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -25,13 +26,20 @@ type fifoKind struct{ pathKind }
 
 func (fifoKind) name() string { return "fifo" }
 
+// match takes a FIFO whose name was removed too, to refuse it as a FIFO
+// (not as a deleted regular file).
 func (fifoKind) match(target string, st *unix.Stat_t) bool {
-	return byPath(target) && st.Mode&unix.S_IFMT == unix.S_IFIFO
+	return strings.HasPrefix(target, "/") && !strings.HasPrefix(target, "/memfd:") && st.Mode&unix.S_IFMT == unix.S_IFIFO
 }
 
 func (fifoKind) check(int, int, uint64) error { return nil }
 
 func (fifoKind) collect(_ *Files, pid int, fd *FD, f *model.File) error {
+	if !byPath(fd.Path) {
+		// Remaking it needs a ghost FIFO (made at a temporary name,
+		// opened by every holder, then removed): not done yet.
+		return fmt.Errorf("a FIFO whose name was removed: not supported yet")
+	}
 	size, data, err := peekPipe(pid, fd.Num)
 	if err != nil {
 		return err

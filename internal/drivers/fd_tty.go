@@ -25,7 +25,8 @@ import (
 // waits for a whole line too; only EXTPROC or ICANON off would count it,
 // and setting either changes the state: turning ICANON back on pushes
 // the partial line as a line of its own). It cannot be detected, so it
-// cannot be refused: such bytes are lost.
+// cannot be refused: such bytes are lost. An end whose output is stopped
+// (tcflow TCOOFF, ^S) is refused (refuseStopped).
 //
 // A pty is restored by opening /dev/ptmx until the kernel hands out the
 // dumped index (it gives the lowest free one: the lower ones opened on
@@ -146,6 +147,9 @@ func (ttyKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 		return fmt.Errorf("TIOCINQ: %w", err)
 	}
 	path := fmt.Sprintf("/dev/pts/%d", idx)
+	if err := refuseStopped(c, idx, master); err != nil {
+		return err
+	}
 	if master {
 		if q > 0 {
 			return fmt.Errorf("pty %d: %d bytes the slave wrote are not read yet through the master (a tty cannot be peeked): not supported", idx, q)
@@ -197,6 +201,27 @@ func (ttyKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 	f.Kind, f.Path, f.Size, f.BuildID = model.Tty, path, nil, nil
 	f.Tty = &model.TtyFile{Master: master, Pty: p}
 	return nil
+}
+
+// refuseStopped fails when end c of pty idx cannot be written to: its
+// output was stopped (tcflow TCOOFF, or ^S with IXON), which no image
+// field keeps and no ioctl reads. A pty's write room is 0 when it is
+// stopped, or when the other end's queue is full (which the dump refuses
+// anyway as unread bytes); poll reports POLLOUT from it, with no side
+// effect. A hung-up end answers POLLHUP or POLLERR.
+func refuseStopped(c int, idx uint32, master bool) error {
+	pfd := []unix.PollFd{{Fd: int32(c), Events: unix.POLLOUT}}
+	if _, err := unix.Poll(pfd, 0); err != nil {
+		return fmt.Errorf("poll: %w", err)
+	}
+	if pfd[0].Revents&(unix.POLLOUT|unix.POLLHUP|unix.POLLERR) != 0 {
+		return nil
+	}
+	end := "slave"
+	if master {
+		end = "master"
+	}
+	return fmt.Errorf("pty %d: its %s cannot be written to now (output stopped by tcflow TCOOFF or ^S, or the other end's queue full): not supported yet", idx, end)
 }
 
 // CheckFiles refuses, once the whole tree is collected, the files whose

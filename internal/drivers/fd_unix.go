@@ -24,12 +24,16 @@ import (
 // from sock_diag and its options from a copy taken with pidfd_getfd, and
 // peeks at the queue (SO_PEEK_OFF, MSG_PEEK): the task keeps every byte.
 // The restore makes the socket in godwit, refills the queues by sending
-// from the peer, and hands it over. The peer credentials (SO_PEERCRED) of
-// a remade connection are godwit's, as for a remade socketpair.
+// from the peer, and hands it over. The socket-level options CRIU's
+// sk_opts holds are carried; any other option that differs from a new
+// socket's is refused (unixOpts). The peer credentials (SO_PEERCRED) of
+// a remade connection are godwit's, as for a remade socketpair: not
+// carried yet (audit gap C).
 //
 // Refused, naming the socket: other families; connections waiting in a
 // listener's backlog; a peer outside the tree without the options;
-// queued file descriptors (SCM_RIGHTS); queued messages carrying
+// queued file descriptors (SCM_RIGHTS); an out-of-band byte (MSG_OOB)
+// queued; queued messages carrying
 // credentials (SO_PASSCRED); a datagram socket not connected with
 // messages queued (their senders are not known); socket filters; a set
 // SO_PEEK_OFF; names relative to a directory.
@@ -142,7 +146,15 @@ func (unixKind) collect(fl *Files, pid int, fd *FD, f *model.File) error {
 	if st.Opts, err = socketOpts(s); err != nil {
 		return err
 	}
+	if err := unixOpts(s, st); err != nil {
+		return err
+	}
 	if st.State != tcpListen {
+		if st.Type == unix.SOCK_STREAM {
+			if err := refuseOOB(s); err != nil {
+				return err
+			}
+		}
 		if st.Queue, err = peekQueue(s, st); err != nil {
 			return err
 		}
@@ -537,6 +549,123 @@ func socketTimeouts(s int, o *model.SocketOpts) error {
 	return nil
 }
 
+// unixUncarried: the socket-level options of a unix socket that neither
+// CRIU's sk_opts_entry nor godwit's model carries; a socket whose value
+// differs from a new socket's of its type is refused (SO_PASSRIGHTS is on
+// in a new one, the others off).
+var unixUncarried = append([]sockOpt{
+	{unix.SOL_SOCKET, unix.SO_TIMESTAMP, 0, "SO_TIMESTAMP"},
+	{unix.SOL_SOCKET, unix.SO_PASSPIDFD, 0, "SO_PASSPIDFD"},
+	{unix.SOL_SOCKET, unix.SO_PASSRIGHTS, 0, "SO_PASSRIGHTS"},
+}, sockUncarried...)
+
+// unixOpts reads into st the options carried beyond socketOpts
+// (SO_REUSEADDR, SO_REUSEPORT, SO_BROADCAST, SO_KEEPALIVE, SO_OOBINLINE,
+// SO_LINGER) and refuses any of
+// unixUncarried that differs from a new socket's.
+func unixOpts(s int, st *model.UnixSocketState) error {
+	for _, b := range []struct {
+		opt  int
+		v    *bool
+		name string
+	}{
+		{unix.SO_REUSEADDR, &st.ReuseAddr, "SO_REUSEADDR"}, {unix.SO_REUSEPORT, &st.ReusePort, "SO_REUSEPORT"},
+		{unix.SO_BROADCAST, &st.Broadcast, "SO_BROADCAST"}, {unix.SO_KEEPALIVE, &st.KeepAlive, "SO_KEEPALIVE"},
+		{unix.SO_OOBINLINE, &st.OOBInline, "SO_OOBINLINE"},
+	} {
+		v, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, b.opt)
+		if err != nil {
+			return fmt.Errorf("getsockopt %s: %w", b.name, err)
+		}
+		*b.v = v != 0
+	}
+	l, err := unix.GetsockoptLinger(s, unix.SOL_SOCKET, unix.SO_LINGER)
+	if err != nil {
+		return fmt.Errorf("getsockopt SO_LINGER: %w", err)
+	}
+	if l.Onoff == 0 && l.Linger != 0 {
+		// The image has a linger time only when lingering is on.
+		return fmt.Errorf("SO_LINGER is off with a time of %d s kept: not supported yet", l.Linger)
+	}
+	st.LingerOn, st.Linger = l.Onoff != 0, uint32(l.Linger)
+	fresh, err := unix.Socket(unix.AF_UNIX, int(st.Type)|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("a new unix socket to compare options with: %w", err)
+	}
+	defer unix.Close(fresh)
+	for _, o := range unixUncarried {
+		want, ferr := getsockoptInt(fresh, o.level, o.opt)
+		v, err := getsockoptInt(s, o.level, o.opt)
+		switch {
+		case ferr != nil && err != nil:
+			continue // this kernel has not the option
+		case err != nil:
+			return fmt.Errorf("getsockopt %s: %w", o.name, err)
+		case ferr != nil:
+			return fmt.Errorf("getsockopt %s on a new socket: %w", o.name, ferr)
+		case v != want:
+			return fmt.Errorf("%s is %d (a new socket's: %d): not supported yet", o.name, v, want)
+		}
+	}
+	return nil
+}
+
+// setUnixOpts gives s the options unixOpts read.
+func setUnixOpts(s int, st *model.UnixSocketState) error {
+	b := func(v bool) int {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	if err := setInts(s, []sockOpt{
+		{unix.SOL_SOCKET, unix.SO_REUSEADDR, b(st.ReuseAddr), "SO_REUSEADDR"},
+		{unix.SOL_SOCKET, unix.SO_REUSEPORT, b(st.ReusePort), "SO_REUSEPORT"},
+		{unix.SOL_SOCKET, unix.SO_BROADCAST, b(st.Broadcast), "SO_BROADCAST"},
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, b(st.KeepAlive), "SO_KEEPALIVE"},
+		{unix.SOL_SOCKET, unix.SO_OOBINLINE, b(st.OOBInline), "SO_OOBINLINE"},
+	}); err != nil {
+		return err
+	}
+	if st.LingerOn {
+		if err := unix.SetsockoptLinger(s, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: int32(st.Linger)}); err != nil {
+			return fmt.Errorf("setsockopt SO_LINGER: %w", err)
+		}
+	}
+	return nil
+}
+
+// refuseOOB fails when an out-of-band byte (send with MSG_OOB) waits in
+// stream socket s's receive queue: the peek reads it as an ordinary byte,
+// and a restore would hand it back in-band. recv(MSG_OOB|MSG_PEEK) finds
+// it without taking it (EINVAL: none); SO_OOBINLINE hides it from that
+// recv, so it is cleared on the copy (the same socket) and set back.
+func refuseOOB(s int) (err error) {
+	inline, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_OOBINLINE)
+	if err != nil {
+		return fmt.Errorf("getsockopt SO_OOBINLINE: %w", err)
+	}
+	if inline != 0 {
+		if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_OOBINLINE, 0); err != nil {
+			return fmt.Errorf("setsockopt SO_OOBINLINE: %w", err)
+		}
+		defer func() {
+			if e := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_OOBINLINE, inline); e != nil && err == nil {
+				err = fmt.Errorf("setsockopt SO_OOBINLINE: %w", e)
+			}
+		}()
+	}
+	var b [1]byte
+	_, _, err = unix.Recvfrom(s, b[:], unix.MSG_OOB|unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	switch {
+	case err == nil:
+		return fmt.Errorf("an out-of-band byte (MSG_OOB) is queued: not supported yet")
+	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.EOPNOTSUPP):
+		return nil // none (EOPNOTSUPP: a kernel without CONFIG_AF_UNIX_OOB)
+	}
+	return fmt.Errorf("look for an out-of-band byte: %w", err)
+}
+
 // peekQueue reads what s has to read without taking it: SO_PEEK_OFF moves
 // each MSG_PEEK on past what the last one returned; it is off again after.
 func peekQueue(s int, st *model.UnixSocketState) (_ [][]byte, err error) {
@@ -641,6 +770,9 @@ func (unixKind) open(rs *restoreFDs, what string, f *model.File) (uint64, error)
 		}
 	}
 	if err := setSocketOpts(s, &st.Opts); err != nil {
+		return 0, fmt.Errorf("%s: %w", what, err)
+	}
+	if err := setUnixOpts(s, st); err != nil {
 		return 0, fmt.Errorf("%s: %w", what, err)
 	}
 	if _, err := unix.FcntlInt(uintptr(s), unix.F_SETFL, int(f.Flags&unix.O_NONBLOCK)); err != nil {

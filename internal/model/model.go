@@ -566,6 +566,13 @@ type UnixSocketState struct {
 	// PeerName is the name the peer is bound to, nil when unbound or not
 	// connected (dump side: connected through a name).
 	PeerName []byte
+	// SO_REUSEADDR, SO_REUSEPORT, SO_BROADCAST, SO_KEEPALIVE,
+	// SO_OOBINLINE and SO_LINGER (LingerOn, Linger in seconds): CRIU's
+	// sk_opts reuseaddr, so_reuseport, so_broadcast, so_keepalive,
+	// so_oobinline and so_linger.
+	ReuseAddr, ReusePort, Broadcast bool
+	KeepAlive, OOBInline, LingerOn  bool
+	Linger                          uint32
 	// External: the peer is outside the tree (allowed by --ext-unix-sk
 	// or --external unix[INO]). A datagram socket is connected again to
 	// PeerName; a socketpair end is restored with its peer closed; a

@@ -163,9 +163,17 @@ func kindEntry(f *model.File) (*fdinfo.FileEntry, error) {
 				SoRcvTmoSec: proto.Uint64(o.RcvTimeoSec), SoRcvTmoUsec: proto.Uint64(o.RcvTimeoUsec),
 				SoPasscred: proto.Bool(o.PassCred), SoPasssec: proto.Bool(o.PassSec),
 				SoPriority: proto.Uint32(o.Priority), SoRcvlowat: proto.Uint32(o.RcvLowat), SoMark: proto.Uint32(o.Mark),
+				SoKeepalive: proto.Bool(u.KeepAlive), Reuseaddr: proto.Bool(u.ReuseAddr),
+				SoReuseport: proto.Bool(u.ReusePort), SoBroadcast: proto.Bool(u.Broadcast),
 			},
 			Name:     append([]byte{}, u.Name...),
 			Shutdown: sk_opts.SkShutdown(u.Shutdown & 3).Enum(),
+		}
+		if u.OOBInline {
+			e.Usk.Opts.SoOobinline = proto.Uint32(1)
+		}
+		if u.LingerOn {
+			e.Usk.Opts.SoLinger = proto.Uint32(u.Linger)
 		}
 		if u.FileMode != 0 {
 			e.Usk.FilePerms = &sk_unix.FilePermsEntry{Mode: proto.Uint32(u.FileMode), Uid: proto.Uint32(0), Gid: proto.Uint32(0)}
@@ -461,6 +469,12 @@ func readKind(e *fdinfo.FileEntry) (f *model.File, known bool, err error) {
 				PassCred: o.GetSoPasscred(), PassSec: o.GetSoPasssec(),
 				Priority: o.GetSoPriority(), RcvLowat: o.GetSoRcvlowat(), Mark: o.GetSoMark(),
 			},
+			ReuseAddr: o.GetReuseaddr(), ReusePort: o.GetSoReuseport(), Broadcast: o.GetSoBroadcast(),
+			KeepAlive: o.GetSoKeepalive(), OOBInline: o.GetSoOobinline() != 0,
+			LingerOn: o.SoLinger != nil, Linger: o.GetSoLinger(),
+		}
+		if u.Linger > 1<<30 {
+			return nil, true, fmt.Errorf("file %d: unix socket SO_LINGER of %d seconds out of range", id, u.Linger)
 		}
 		if len(p.GetName()) > 0 {
 			u.Name = append([]byte{}, p.GetName()...)
