@@ -138,10 +138,13 @@ func outsideSharers(tree []*frozenTask, own ownNamespaces) error {
 	if len(own) == 0 {
 		return nil
 	}
-	in := make(map[int]bool, len(tree))
+	in := make(map[int]bool, len(tree)+1)
 	for _, t := range tree {
 		in[t.pid] = true
 	}
+	// godwit's own threads join the namespace only to read or restore
+	// it, and may linger a moment after (osthread.Drop).
+	in[os.Getpid()] = true
 	procs, err := os.ReadDir(procfs.Root)
 	if err != nil {
 		return fmt.Errorf("list tasks: %w", err)
