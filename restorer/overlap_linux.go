@@ -665,8 +665,8 @@ func (p *Pending) WritePages(ctx context.Context, dir string) error {
 }
 
 // writeShared writes the pages round dir holds for shared object id (its
-// pagemap's addresses are offsets in the object) through the mappings of
-// the first task that maps it.
+// pagemap's addresses are offsets in the object), all of them, through the
+// object's file (shmem_linux.go), opened at any of its mappings.
 func (p *Pending) writeShared(ctx context.Context, d *images.Dir, dir string, id uint64, ps *pendingShm) error {
 	name := images.PagemapShmemImg(id)
 	if !d.Exists(name) {
@@ -677,58 +677,29 @@ func (p *Pending) writeShared(ctx context.Context, d *images.Dir, dir string, id
 		return fmt.Errorf("round %s: %w", dir, imgErr(name, err))
 	}
 	defer pr.Close()
-	owner := ps.maps[0].pid
-	t := p.r.tasks[slices.IndexFunc(p.tasks, func(pt *pendingTask) bool { return pt.pid == owner })]
-	var done [][2]uint64 // offsets written this round (mappings may overlap)
-	for _, m := range ps.maps {
-		if m.pid != owner {
-			continue
+	src := &clippedSource{pr: pr}
+	var runs [][2]uint64
+	for e := range pr.Ranges() {
+		if e.Present() {
+			src.runs = append(src.runs, e)
+			runs = append(runs, [2]uint64{e.Vaddr, e.End()})
 		}
-		v := m.vma
-		lo, hi := v.Pgoff, v.Pgoff+v.End-v.Start
-		src := &clippedSource{pr: pr}
-		var runs [][2]uint64
-		for e := range pr.Ranges() {
-			if !e.Present() {
-				continue
-			}
-			in := interRanges([][2]uint64{{e.Vaddr, e.End()}}, [][2]uint64{{lo, hi}})
-			for _, c := range done {
-				in = subRanges(in, c)
-			}
-			src.runs = appendRuns(src.runs, e, in)
-			runs = append(runs, in...)
-		}
-		place := func(off, size uint64) (uint64, error) {
-			if off < lo || off+size > hi {
-				return 0, fmt.Errorf("shared object %d: pages %#x-%#x outside the mapping's %#x-%#x", id, off, off+size, lo, hi)
-			}
-			return v.Start + (off - lo), nil
-		}
-		before := t.pagesRestored
-		err := p.r.tr.Do(func() error { return t.fillAt(interruptibleSource(ctx, src), place) })
-		p.pages += t.pagesRestored - before
-		if err != nil {
-			return p.r.fail(fmt.Sprintf("write pages of shared object %d", id), err)
-		}
-		for _, c := range runs {
-			done = addRange(done, c[0], c[1])
-			ps.written = addRange(ps.written, c[0], c[1])
-		}
+	}
+	m := ps.maps[0]
+	f, err := openShmem(m.pid, &m.vma)
+	if err == nil {
+		var n uint64
+		n, err = writeShmem(f, interruptibleSource(ctx, src))
+		p.pages += n
+		f.Close()
+	}
+	if err != nil {
+		return p.r.fail(fmt.Sprintf("write pages of shared object %d", id), err)
+	}
+	for _, c := range runs {
+		ps.written = addRange(ps.written, c[0], c[1])
 	}
 	return nil
-}
-
-// subRanges removes c from every range of rs.
-func subRanges(rs [][2]uint64, c [2]uint64) [][2]uint64 { return subRange(rs, c[0], c[1]) }
-
-// fillAt writes src's runs where place puts them, with the task's page
-// method.
-func (t *taskRun) fillAt(src pagexfer.Source, place func(vaddr, size uint64) (uint64, error)) error {
-	if fr, ok := src.(pagexfer.FileRuns); ok && t.o.PageMethod == PagesPreadv {
-		return t.fillPreadv(src, fr, place)
-	}
-	return t.fillBuffered(src, place)
 }
 
 func (p *Pending) writeTask(ctx context.Context, d *images.Dir, dir string, t *taskRun, pt *pendingTask) error {
@@ -1314,10 +1285,10 @@ func (t *taskRun) fillPrivateOnto(ctx context.Context, written [][2]uint64) erro
 }
 
 // fillSharedOnto fills the shared anonymous objects this task makes (the
-// images' owner of each): a kept object gets the pages of the final
-// images the rounds did not write, the final delta over those they did,
-// and the pages written but no longer listed removed; the others all
-// their pages (fillShmem).
+// images' owner of each), whole, through the object's file: a kept object
+// gets the pages of the final images the rounds did not write, the final
+// delta over those they did, and the pages written but no longer listed
+// removed; the others all their pages (fillShmem).
 func (t *taskRun) fillSharedOnto(kept map[uint64]*pendingShm) error {
 	skip := map[uint64]bool{}
 	for id := range kept {
@@ -1326,69 +1297,36 @@ func (t *taskRun) fillSharedOnto(kept map[uint64]*pendingShm) error {
 	if err := t.fillShmemBut(skip); err != nil {
 		return err
 	}
-	for i := range t.img.mm.VMAs {
-		v := t.img.mm.VMAs[i]
+	for _, v := range t.ownShmem() {
 		ps := kept[v.Shmid]
-		if !v.SharedAnon() || ps == nil {
+		if ps == nil {
 			continue
 		}
-		pr, ok := t.img.shmem[v.Shmid]
-		if !ok {
-			continue // another task's to fill
-		}
-		lo, hi := v.Pgoff, v.Pgoff+(v.End-v.Start)
-		written := interRanges(ps.written, [][2]uint64{{lo, hi}})
-		place := func(off, size uint64) (uint64, error) { return v.Start + (off - lo), nil }
+		pr := t.img.shmem[v.Shmid]
 		// Written but not in the final pagemap: gone since (zero).
-		zero := written
+		zero := ps.written
 		if pr != nil {
 			for e := range pr.Ranges() {
 				zero = subRange(zero, e.Vaddr, e.End())
 			}
-		}
-		if err := t.removeShared(v, lo, zero); err != nil {
-			return err
-		}
-		if pr == nil {
-			continue // never written to: no pages
 		}
 		var srcs []pagexfer.Source
 		if c := t.img.shmChain[v.Shmid]; c != nil {
 			delta := &clippedSource{pr: pr}
 			for e := range pr.Ranges() {
 				if e.Present() {
-					delta.runs = appendRuns(delta.runs, e, interRanges([][2]uint64{{e.Vaddr, e.End()}}, written))
+					delta.runs = appendRuns(delta.runs, e, interRanges([][2]uint64{{e.Vaddr, e.End()}}, ps.written))
 				}
 			}
-			srcs = append(srcs, c.SourceRangeExcept(lo, hi, written), delta)
-		} else {
-			srcs = append(srcs, pagexfer.NewImageSourceRange(pr, lo, hi))
+			srcs = append(srcs, c.SourceExcept(ps.written), delta)
+		} else if pr != nil {
+			srcs = append(srcs, pagexfer.NewImageSource(pr))
 		}
-		for _, src := range srcs {
-			if err := t.fillAt(src, place); err != nil {
-				return fmt.Errorf("fill shared vma %#x-%#x: %w", v.Start, v.End, err)
-			}
+		if err := t.fillShmemObject(v, zero, srcs...); err != nil {
+			return err
 		}
 	}
 	return nil
-}
-
-// removeShared removes the pages at offsets rs (in [lo, ...)) of shared
-// VMA v's object: MADV_REMOVE frees them in the object, for every mapping.
-func (t *taskRun) removeShared(v model.VMA, lo uint64, rs [][2]uint64) error {
-	if len(rs) == 0 {
-		return nil
-	}
-	s, err := t.begin(t.img.pid)
-	if err != nil {
-		return err
-	}
-	b := &batch{s: s}
-	for _, z := range rs {
-		a := v.Start + (z[0] - lo)
-		b.add(inject.C(fmt.Sprintf("remove dropped shared pages %#x-%#x", a, a+z[1]-z[0]), unix.SYS_MADVISE, a, z[1]-z[0], unix.MADV_REMOVE), nil)
-	}
-	return s.End(b.flush())
 }
 
 func appendRuns(runs []images.PageRange, e images.PageRange, rs [][2]uint64) []images.PageRange {

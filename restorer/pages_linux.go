@@ -283,39 +283,19 @@ func (r *taskRun) preadvAll(s *session, src pagexfer.Source, fr pagexfer.FileRun
 	return flush()
 }
 
-// fillShmem writes the pages of shared anonymous VMAs, whose pagemap
-// addresses are offsets in the shared object.
+// fillShmem writes the pages of the shared anonymous objects this task
+// makes, whose pagemap addresses are offsets in the object: all of them,
+// through the object's file (shmem_linux.go), whatever task maps each.
 func (r *taskRun) fillShmem() error { return r.fillShmemBut(nil) }
 
 // fillShmemBut is fillShmem but for the objects in skip.
 func (r *taskRun) fillShmemBut(skip map[uint64]bool) error {
-	for i := range r.img.mm.VMAs {
-		v := &r.img.mm.VMAs[i]
-		if v.Status&images.VmaAnonShared == 0 || skip[v.Shmid] {
-			continue
+	for _, v := range r.ownShmem() {
+		if skip[v.Shmid] || r.img.shmem[v.Shmid] == nil {
+			continue // never written to: zero pages
 		}
-		pr := r.img.shmem[v.Shmid] // only in the task that makes it
-		if pr == nil {
-			continue
-		}
-		lo, hi := v.Pgoff, v.Pgoff+(v.End-v.Start)
-		place := func(off, size uint64) (uint64, error) { return v.Start + (off - lo), nil }
-		var src interface {
-			pagexfer.Source
-			pagexfer.FileRuns
-		} = pagexfer.NewImageSourceRange(pr, lo, hi)
-		if c := r.img.shmChain[v.Shmid]; c != nil {
-			// An incremental dump: PARENT entries read through "parent".
-			src = c.SourceRange(lo, hi)
-		}
-		var err error
-		if r.o.PageMethod == PagesPreadv {
-			err = r.fillPreadv(src, src, place)
-		} else {
-			err = r.fillBuffered(src, place)
-		}
-		if err != nil {
-			return fmt.Errorf("fill shared vma %#x-%#x: %w", v.Start, v.End, err)
+		if err := r.fillShmemObject(v, nil, r.shmemSource(v.Shmid)); err != nil {
+			return err
 		}
 	}
 	return nil

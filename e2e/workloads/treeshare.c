@@ -17,6 +17,10 @@
 // its children, writes "done N" and exits 0. On SIGUSR2 the root removes
 // its slice of the shared memory (MADV_REMOVE: those pages read as zero
 // until written again) and writes "removed".
+//
+// With "split" as the first argument every task unmaps the other tasks'
+// slices before "ready": each page of the object but the mailbox is then
+// mapped by one task only.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -168,6 +172,13 @@ static void work(int k, pid_t *kids) {
 	}
 }
 
+// unsplit unmaps the slices of the shared memory that are not task k's.
+static void unsplit(int k) {
+	for (int j = 0; j < TASKS; j++)
+		if (j != k && munmap(shm + (size_t)j * SLICE * PAGE, SLICE * PAGE))
+			_exit(6);
+}
+
 int main(int argc, char **argv) {
 	if (argc < 2)
 		return 2;
@@ -189,6 +200,10 @@ int main(int argc, char **argv) {
 	sigaction(SIGUSR1, &sa, NULL);
 	struct sigaction sb = {.sa_handler = onusr2};
 	sigaction(SIGUSR2, &sb, NULL);
+	int split = argc > 2 && strcmp(argv[1], "split") == 0;
+	int sync[2];
+	if (pipe(sync))
+		return 3;
 	pid_t kids[TASKS - 1];
 	for (int k = 1; k < TASKS; k++) {
 		pid_t p = fork();
@@ -197,10 +212,25 @@ int main(int argc, char **argv) {
 		if (p == 0) {
 			signal(SIGUSR1, SIG_IGN);
 			signal(SIGUSR2, SIG_IGN);
+			if (split)
+				unsplit(k);
+			if (write(sync[1], "x", 1) != 1)
+				_exit(5);
+			close(sync[0]);
+			close(sync[1]);
 			work(k, NULL);
 		}
 		kids[k - 1] = p;
 	}
+	for (int k = 1; k < TASKS; k++) {
+		char x;
+		if (read(sync[0], &x, 1) != 1)
+			return 5;
+	}
+	close(sync[0]);
+	close(sync[1]);
+	if (split)
+		unsplit(0);
 	say("ready %d %d %d\n", (int)getpid(), (int)kids[0], (int)kids[1]);
 	work(0, kids);
 }

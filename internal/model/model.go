@@ -274,7 +274,11 @@ type MM struct {
 	Auxv                                   []uint64
 	Dumpable                               *int32 // nil: unknown
 	THPDisabled                            bool
-	VMAs                                   []VMA // ascending
+	// THPDisableFlags are PR_SET_THP_DISABLE's flags besides the
+	// disable itself (PR_THP_DISABLE_EXCEPT_ADVISED), set only with
+	// THPDisabled (godwit image: CRIU's thp_disabled is a bool).
+	THPDisableFlags uint32
+	VMAs            []VMA // ascending
 	// Membarrier is the MEMBARRIER_CMD_REGISTER_* commands the mm is
 	// registered for (godwit image: CRIU has no field).
 	Membarrier uint32
