@@ -203,12 +203,20 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		return nil, fmt.Errorf("dump: %w", err)
 	}
 
+	PrepareFreeze(ctx, pid)
+	if err := interrupted(ctx); err != nil {
+		return nil, fmt.Errorf("dump %d: %w", pid, err)
+	}
+
 	tr := ptrace.New()
 	// Runs last (deferred first): detaches whatever is still attached.
 	defer tr.Close()
 	if o.Hold != nil {
 		o.Hold.killOnExit = tr.KillOnExit
 		defer func() { o.Hold.killOnExit = nil }()
+	}
+	if atFreeze != nil {
+		atFreeze()
 	}
 	t0 := time.Now()
 	var tids []int
@@ -337,6 +345,7 @@ func DumpToContext(ctx context.Context, o Options, scripts *actions.Scripts, tar
 		tc = time.Now()
 		err = target.Commit()
 		d.step(tc, "commit pages")
+		d.mem.ZeroSent, d.mem.SameSent = dedupedBy(target)
 	}
 	if rec, ok := nl.Record(); err == nil && ok && !o.LeaveRunning && !o.LeaveStopped {
 		// The tree will be gone: its restore removes the lock.

@@ -62,9 +62,13 @@ type MemStats struct {
 	Written   uint64 // pages sent to a sink
 	// Unwalked: left to the parent images without a page walk, known
 	// unchanged since (a final dump on top of rounds).
-	Unwalked  uint64
-	DumpTime  time.Duration
-	WriteTime time.Duration
+	Unwalked uint64
+	// ZeroSent and SameSent: of Written, the pages a page server link
+	// carried as short records, all zero or the same as a page sent
+	// before, not as data (pageserver.TransportOptions.Dedup).
+	ZeroSent, SameSent uint64
+	DumpTime           time.Duration
+	WriteTime          time.Duration
 }
 
 // MemoryDumper reads the pages of a process that must be saved and sends

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -120,7 +121,65 @@ func treeNamespaces(tree []*frozenTask) (ownNamespaces, error) {
 			}
 		}
 	}
+	if err := outsideSharers(tree, own); err != nil {
+		return nil, err
+	}
 	return own, nil
+}
+
+// outsideSharers refuses a tree whose own UTS or IPC namespace holds a
+// task outside the tree, naming it: the restore makes a new namespace
+// with the dumped state, so that task would be left behind with objects
+// (semaphores, queues, segments) the tree goes on using elsewhere, and
+// what it changed between the dump and the restore would be lost. Every
+// thread counts: namespaces are per thread. Tasks of pid namespaces that
+// godwit's /proc does not show cannot be seen.
+func outsideSharers(tree []*frozenTask, own ownNamespaces) error {
+	if len(own) == 0 {
+		return nil
+	}
+	in := make(map[int]bool, len(tree)+1)
+	for _, t := range tree {
+		in[t.pid] = true
+	}
+	// godwit's own threads join the namespace only to read or restore
+	// it, and may linger a moment after (osthread.Drop).
+	in[os.Getpid()] = true
+	procs, err := os.ReadDir(procfs.Root)
+	if err != nil {
+		return fmt.Errorf("list tasks: %w", err)
+	}
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || in[pid] {
+			continue
+		}
+		tasks, err := os.ReadDir(procfs.Path(pid, "task"))
+		if err != nil {
+			continue // gone meanwhile, or a zombie
+		}
+		for _, task := range tasks {
+			tid, err := strconv.Atoi(task.Name())
+			if err != nil {
+				continue
+			}
+			for _, ns := range carriedNamespaces {
+				w, ok := own[ns]
+				if !ok {
+					continue
+				}
+				// Unreadable: the task ended meanwhile (or is a zombie),
+				// and holds no namespace.
+				if k, err := nsOf(procfs.TaskPath(pid, tid, "ns/"+ns)); err == nil && k == w {
+					if tid != pid {
+						return fmt.Errorf("the tree's %s namespace is also used by thread %d of task %d, outside the tree: not supported (dump that task's tree)", ns, tid, pid)
+					}
+					return fmt.Errorf("the tree's %s namespace is also used by task %d, outside the tree: not supported (dump that task's tree)", ns, pid)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // readNamespaces reads the state of the tree's own UTS and IPC

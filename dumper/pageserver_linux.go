@@ -32,7 +32,7 @@ func dialPageServer(parent context.Context, ps *PageServer) (*pageServerTarget, 
 		if err != nil {
 			return nil, fmt.Errorf("page server: %w", err)
 		}
-		return &pageServerTarget{ctx: context.Background(), c: pageserver.NewSocketClient(conn)}, nil
+		return &pageServerTarget{ctx: context.Background(), c: pageserver.NewSocketClientWith(conn, ps.Transport)}, nil
 	}
 	ctx, cancel := context.WithTimeout(parent, pageServerTimeout)
 	defer cancel()
@@ -104,6 +104,20 @@ func (t *pageServerTarget) Commit() error {
 		return fmt.Errorf("page server: %w", err)
 	}
 	return nil
+}
+
+// deduped is how many pages went as ZERO and COPY records.
+func (t *pageServerTarget) deduped() (zero, same uint64) { return t.c.Deduped() }
+
+// dedupedBy is target's deduped, zero for targets without a page server.
+func dedupedBy(target PageTarget) (zero, same uint64) {
+	if lt, ok := target.(*lazyTarget); ok {
+		target = lt.inner
+	}
+	if pt, ok := target.(*pageServerTarget); ok {
+		return pt.deduped()
+	}
+	return 0, 0
 }
 
 // abort drops a session that did not commit; the server discards its

@@ -342,6 +342,7 @@ func (r *treeRound) run(ctx context.Context, rootProc *pidfd.Proc, stage *images
 	if err := target.Commit(); err != nil {
 		return nil, err
 	}
+	res.Mem.ZeroSent, res.Mem.SameSent = dedupedBy(target)
 	if err := interrupted(ctx); err != nil {
 		return nil, err
 	}

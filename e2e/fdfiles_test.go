@@ -14,7 +14,9 @@ import (
 // and O_APPEND) come back unnamed, not linkable, with their contents,
 // mode, offset and flags, the hole kept; O_PATH fds of a file and a
 // directory; an absolute timerfd stays absolute; a fired EPOLLONESHOT
-// registration stays disabled (no HUP either).
+// registration stays disabled (no HUP either); deleted files sized by
+// ftruncate only, held by an fd or only by a shared mapping, come back
+// sized, all holes (fiemap or not).
 func TestFDFilesDumpRestore(t *testing.T) {
 	needRoot(t)
 	for _, c := range []struct {
@@ -117,15 +119,33 @@ open(os.path.join(d, "f"), "w").write("IMPOSTER")
 	for _, c := range []struct {
 		name, setup, want string
 		fd, ownNS         bool
+		names             string // what else the error must name
 	}{
-		{"overmounted-file", over + `h = open(os.path.join(d, "f"))` + mount, "now leads to another file", true, true},
-		{"overmounted-dir", over + `h = os.open(d, os.O_RDONLY | os.O_DIRECTORY)` + mount, "now leads to another file", true, true},
-		{"overmounted-cwd", over + `os.chdir(d)` + mount, "cwd: its path", false, true},
-		{"ghost-xattr", `g = open(sys.argv[1] + ".x", "wb+"); g.write(b"data"); g.flush(); os.setxattr(g.fileno(), "user.audit", b"val"); os.unlink(g.name)`, "extended attributes (user.audit)", true, false},
+		{"overmounted-file", over + `h = open(os.path.join(d, "f"))` + mount, "now leads to another file", true, true, ""},
+		{"overmounted-dir", over + `h = os.open(d, os.O_RDONLY | os.O_DIRECTORY)` + mount, "now leads to another file", true, true, ""},
+		{"overmounted-cwd", over + `os.chdir(d)` + mount, "cwd: its path", false, true, ""},
+		// Only a MAP_SHARED mapping holds the file (its fd closed; not
+		// Python's mmap, which keeps a dup): mapped again by path, it
+		// would be the imposter's pages.
+		{"overmounted-map", over + `import ctypes; libc = ctypes.CDLL(None); libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+h = os.open(os.path.join(d, "f"), os.O_RDWR); libc.mmap(None, 4096, 3, 1, h, 0); os.close(h)` + mount,
+			"now leads to another file", false, true, "vma 0x"},
+		// The program runs a copy of python3 in d, which the mount then
+		// hides behind another "py".
+		{"overmounted-exe", over + `import shutil
+if os.path.dirname(sys.executable) != d:
+    shutil.copy(sys.executable, os.path.join(d, "py"))
+    code = open("/proc/self/cmdline", "rb").read().split(b"\0")[2]
+    os.execv(os.path.join(d, "py"), [os.path.join(d, "py"), "-c", code, sys.argv[1]])
+subprocess.run(["mount", "-t", "tmpfs", "none", d], check=True)
+shutil.copy("/bin/true", os.path.join(d, "py"))
+`, "exe: its path", false, true, "now leads to another file"},
+		{"ghost-xattr", `g = open(sys.argv[1] + ".x", "wb+"); g.write(b"data"); g.flush(); os.setxattr(g.fileno(), "user.audit", b"val"); os.unlink(g.name)`, "extended attributes (user.audit)", true, false, ""},
 		// F_SETSIG is 10 (x86-64); the signal is caught: a create in the
 		// directory must not end the program.
 		{"dnotify", `import fcntl; signal.signal(signal.SIGRTMIN + 2, lambda *a: None); h = os.open(os.path.dirname(sys.argv[1]), os.O_RDONLY)
-fcntl.fcntl(h, 10, signal.SIGRTMIN + 2); fcntl.fcntl(h, fcntl.F_NOTIFY, fcntl.DN_CREATE | fcntl.DN_MULTISHOT)`, "dnotify", true, false},
+fcntl.fcntl(h, 10, signal.SIGRTMIN + 2); fcntl.fcntl(h, fcntl.F_NOTIFY, fcntl.DN_CREATE | fcntl.DN_MULTISHOT)`, "dnotify", true, false, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			argv := []string{"/usr/bin/python3", "-c", "import os, signal, subprocess, sys, time\n" + c.setup + ticker}
@@ -143,6 +163,9 @@ fcntl.fcntl(h, 10, signal.SIGRTMIN + 2); fcntl.fcntl(h, fcntl.F_NOTIFY, fcntl.DN
 			oneLineError(t, code, out, c.want)
 			if c.fd && !strings.Contains(out, "fd ") {
 				t.Errorf("the error does not name the fd: %s", out)
+			}
+			if !strings.Contains(out, c.names) {
+				t.Errorf("the error does not name %q: %s", c.names, out)
 			}
 			w.waitTicks(3)
 			if state, tracer := procState(t, w.pid); tracer != 0 || state == "t" || state == "T" {

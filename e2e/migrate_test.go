@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -483,11 +485,17 @@ func TestMigrateKilledMidwayLeavesTheSourceRunning(t *testing.T) {
 			// migration before the victim goes.
 			gate := t.TempDir()
 			cmd.Env = append(os.Environ(), "GODWIT_TEST_ROUND_WAIT="+gate)
-			pr, err := cmd.StderrPipe()
+			// A pipe of our own (not StderrPipe, which Wait closes): the
+			// error send prints as it exits is read after Wait.
+			pr, pw, err := os.Pipe()
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := cmd.Start(); err != nil {
+			defer pr.Close()
+			cmd.Stderr = pw
+			err = cmd.Start()
+			pw.Close()
+			if err != nil {
 				t.Fatal(err)
 			}
 			_, sendP, err := m.a.PID(cmd)
@@ -499,7 +507,8 @@ func TestMigrateKilledMidwayLeavesTheSourceRunning(t *testing.T) {
 			sc := bufio.NewScanner(pr)
 			for sc.Scan() && !strings.HasPrefix(sc.Text(), "round 0") {
 			}
-			go func() { _, _ = io.Copy(io.Discard, pr) }()
+			var rest syncBuffer
+			go func() { _, _ = io.Copy(&rest, pr) }()
 			if len(trackHolders(w.rootPID)) == 0 {
 				t.Fatal("no tracking holder after a pre-copy round")
 			}
@@ -556,6 +565,15 @@ func TestMigrateKilledMidwayLeavesTheSourceRunning(t *testing.T) {
 				}
 			case <-time.After(2 * time.Minute):
 				t.Fatalf("migrate send still running 2 minutes after its %s went", victim)
+			}
+			// The error names the phase the migration failed in (send
+			// killed prints nothing).
+			if victim != "send" {
+				for deadline := time.Now().Add(10 * time.Second); !strings.Contains(rest.String(), "migrate: precopy: "); time.Sleep(10 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatalf("send's error does not name the precopy phase:\n%s", rest.String())
+					}
+				}
 			}
 			if victim == "send" {
 				// Its tracking guard ends the tracking; a ptrace stop
@@ -762,4 +780,22 @@ func TestMigrateHybridRefused(t *testing.T) {
 		t.Fatalf("hybrid: exit %d, %+v: %s", code, res, stderr)
 	}
 	intact(t, w)
+}
+
+// syncBuffer is a bytes.Buffer written by one goroutine, read by another.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

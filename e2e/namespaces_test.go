@@ -293,3 +293,71 @@ func TestJoinNSOverDumpedUTS(t *testing.T) {
 		t.Fatalf("the restored program failed its checks (exit %d)\n%s", code, w.tail())
 	}
 }
+
+// TestDumpRefusesIPCNamespaceSharedOutside dumps a sleep whose IPC
+// namespace (with a message queue in it) is also its parent shell's,
+// which is not dumped: the restore would make a new namespace, leaving
+// the shell with the objects the sleep would use elsewhere. The dump must
+// fail naming an outside task, and leave the sleep running untraced.
+func TestDumpRefusesIPCNamespaceSharedOutside(t *testing.T) {
+	needRoot(t)
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	holder := exec.Command("unshare", "-i", "--fork", "--kill-child", "sh", "-c", "ipcmk -Q >/dev/null && sleep 1000 & echo $! > "+pidFile+"; wait")
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var sleeper int
+	t.Cleanup(func() {
+		if sleeper > 0 {
+			killAndForget(sleeper)
+		}
+		_ = holder.Process.Kill()
+		_ = holder.Wait()
+	})
+	waitFor(t, "the sleep in the shared namespace", func() bool {
+		b, _ := os.ReadFile(pidFile)
+		sleeper, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		exe, _ := os.Readlink("/proc/" + strconv.Itoa(sleeper) + "/exe")
+		return sleeper > 0 && strings.HasSuffix(exe, "/sleep")
+	})
+	self, _ := os.Readlink("/proc/self/ns/ipc")
+	if ns, _ := os.Readlink("/proc/" + strconv.Itoa(sleeper) + "/ns/ipc"); ns == self || ns == "" {
+		t.Fatalf("sleep %d in ipc namespace %q, godwit's %q", sleeper, ns, self)
+	}
+	code, out := godwit(t, "dump", "-t", strconv.Itoa(sleeper), "-D", t.TempDir())
+	if code == 0 || !strings.Contains(out, "ipc namespace is also used by") || !strings.Contains(out, "outside the tree") {
+		t.Fatalf("dump: exit %d, want an error naming a task outside the tree in its ipc namespace: %s", code, out)
+	}
+	if st, tracer := procState(t, sleeper); tracer != 0 || st == "T" || st == "t" {
+		t.Fatalf("after the refused dump pid %d is %s, tracer %d", sleeper, st, tracer)
+	}
+}
+
+// TestJoinNSIPCRefusesMissingObjects restores a tree that had its own IPC
+// namespace, with SysV objects, into an existing empty one (--join-ns
+// ipc:PID): the tree would find none of its objects, or others under
+// their ids, so the restore must fail naming one, and leave no task.
+func TestJoinNSIPCRefusesMissingObjects(t *testing.T) {
+	needRoot(t)
+	host := exec.Command("unshare", "--ipc", "sleep", "300")
+	if err := host.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = host.Process.Kill(); _ = host.Wait() })
+	self, _ := os.Readlink("/proc/self/ns/ipc")
+	waitFor(t, "the namespace holder", func() bool {
+		exe, _ := os.Readlink("/proc/" + strconv.Itoa(host.Process.Pid) + "/exe")
+		ns, _ := os.Readlink("/proc/" + strconv.Itoa(host.Process.Pid) + "/ns/ipc")
+		return strings.HasSuffix(exe, "/sleep") && ns != self
+	})
+	w := startWorkload(t, cWorkload(t, "sysvns"))
+	dir := w.dump(t)
+	w.reapKilled(t)
+	code, out := godwit(t, "restore", "-D", dir, "--join-ns", "ipc:"+strconv.Itoa(host.Process.Pid))
+	if code == 0 || !strings.Contains(out, "--join-ns ipc: the dump's SysV") || !strings.Contains(out, "not in the joined namespace") {
+		t.Fatalf("restore: exit %d, want a refusal naming a SysV object: %s", code, out)
+	}
+	if pidExists(w.pid) {
+		t.Fatalf("the refused restore left pid %d", w.pid)
+	}
+}

@@ -1057,6 +1057,11 @@ func (in *inbound) restore(ctx context.Context, rs *pb.Restore) error {
 	st, err := lazy.wait()
 	pc := postcopyOf(st, resumedAt)
 	in.res.Postcopy = pc
+	// The fault latency panel: every fault timed (the first
+	// lazypages.MaxFaultTimes), observed once the fill ended.
+	for _, d := range st.FaultTimes {
+		in.a.cfg.Metrics.ObserveFault(d)
+	}
 	in.a.cfg.Log.Infof("agent: migration %s: %d pages read from the images here, %d from the source", in.res.ID, st.LocalPages, st.RemotePages)
 	if err != nil {
 		// The daemon killed the tree it could not fill: no task runs

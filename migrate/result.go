@@ -37,7 +37,12 @@ const (
 type Round struct {
 	N     int    `json:"n"`     // 0 is the first, full round
 	Pages uint64 `json:"pages"` // pages sent (zero pages not counted)
-	Bytes uint64 `json:"bytes"` // bytes of those pages
+	Bytes uint64 `json:"bytes"` // page data sent: those pages but the two below
+	// ZeroPages and SamePages: of Pages, those sent as a short record,
+	// all zero (a private page the program filled with zeros) or the
+	// same as a page sent before.
+	ZeroPages uint64 `json:"zero_pages,omitempty"`
+	SamePages uint64 `json:"same_pages,omitempty"`
 	// Wire is what a compressed round put on the link (0: not compressed).
 	Wire     uint64        `json:"wire_bytes,omitempty"`
 	Duration time.Duration `json:"duration_ns"`

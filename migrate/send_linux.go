@@ -56,7 +56,11 @@ type SendOptions struct {
 	// Streams is how many connections (TLS, or QUIC) a round's pages are
 	// striped over: 0 is DefaultStreams; a compressed TLS round uses one.
 	Streams int
-	TLS     TLSFiles
+	// SendAllPages sends zero and duplicate pages' data too (by default
+	// a one-stream round sends them as short records:
+	// pageserver.TransportOptions.Dedup); for measurements.
+	SendAllPages bool
+	TLS          TLSFiles
 	// ServerName is the name the agent's certificate must carry (default
 	// the host of To).
 	ServerName string
@@ -266,6 +270,7 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		s.streams = 1
 	}
 	pages.Streams, res.Streams = s.streams, s.streams
+	pages.Dedup = !o.SendAllPages
 	if compressing && !relay {
 		pages.Compress = pageserver.CompressZstd
 	}
@@ -274,6 +279,10 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	if compressing {
 		s.lazyCompress = pageserver.CompressZstd
 	}
+	// The reuseport steering check's program, loaded now: the final
+	// dump's freeze then has it (its own look before the freeze would
+	// otherwise load it as the switch-over begins).
+	dumper.PrepareFreeze(ctx, o.Pid)
 	if res.Mode == ModePostcopy || (res.Mode == ModeHybrid && o.MaxRounds == 0) {
 		// Hybrid without rounds is post-copy.
 		return res, s.postcopy(o, res, raw.LocalAddr(), enter)
@@ -406,7 +415,8 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 			return res, abort(PhasePrecopy, err)
 		}
 		dur := time.Since(t0)
-		r := Round{N: int(n - 1), Pages: pr.Mem.Written, Bytes: pr.Mem.Written * 4096, Duration: dur, Frozen: pr.Frozen, Wire: st.Wire}
+		r := memRound(n, pr.Mem)
+		r.Duration, r.Frozen, r.Wire = dur, pr.Frozen, st.Wire
 		if dur > 0 {
 			r.Bandwidth = float64(r.Bytes) / dur.Seconds()
 		}
@@ -596,8 +606,9 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 		return res, abort(PhaseSwitchover, errors.New("dump ended without handing over"))
 	}
 	if dr != nil && dr.Stats != nil && dr.Stats.FrozenTime != nil {
-		res.Rounds = append(res.Rounds, Round{N: int(n - 1), Pages: dr.Mem.Written, Bytes: dr.Mem.Written * 4096, Wire: finalWire,
-			Frozen: time.Duration(dr.Stats.GetFrozenTime()) * time.Microsecond, Duration: dumpedAt.Sub(frozeAt)})
+		r := memRound(n, dr.Mem)
+		r.Wire, r.Frozen, r.Duration = finalWire, time.Duration(dr.Stats.GetFrozenTime())*time.Microsecond, dumpedAt.Sub(frozeAt)
+		res.Rounds = append(res.Rounds, r)
 	}
 	// The agent resumed when its answer arrived.
 	res.Downtime = resumedAt.Sub(frozeAt)
@@ -690,6 +701,13 @@ type sender struct {
 	// (Accepted.page_limit), pageUsed what its rounds wrote there so far
 	// (the last RoundAck.page_bytes).
 	pageLimit, pageUsed uint64
+}
+
+// memRound is round n's pages: Bytes counts the data sent, not the pages
+// that went as zero or duplicate records.
+func memRound(n uint32, m dumper.MemStats) Round {
+	return Round{N: int(n - 1), Pages: m.Written, Bytes: (m.Written - min(m.Written, m.ZeroSent+m.SameSent)) * 4096,
+		ZeroPages: m.ZeroSent, SamePages: m.SameSent}
 }
 
 // DefaultStreams is --streams' default for transport ("tls" or "quic").
@@ -826,7 +844,9 @@ func pageTarget(addr string, pages pageserver.TransportOptions, tc *tls.Config, 
 	if err != nil {
 		return nil, nil, err
 	}
-	return &dumper.PageServer{Socket: cp.sock}, cp, nil
+	// The relay compresses what the dump writes to its socket: zero and
+	// duplicate pages still go as records (less to compress).
+	return &dumper.PageServer{Socket: cp.sock, Transport: pageserver.TransportOptions{Dedup: pages.Dedup}}, cp, nil
 }
 
 func (s *sender) startRound(n uint32, final, compressed bool) (int, error) {
@@ -1284,8 +1304,9 @@ func (s *sender) hybrid(o SendOptions, res *Result, n uint32, host string, pages
 	if dr != nil && dr.Stats != nil {
 		// Frozen: the source stays frozen until every page is in (the
 		// program runs on the destination meanwhile).
-		res.Rounds = append(res.Rounds, Round{N: int(n - 1), Pages: dr.Mem.Written, Bytes: dr.Mem.Written * 4096,
-			Frozen: time.Duration(dr.Stats.GetFrozenTime()) * time.Microsecond, Duration: dumpedAt.Sub(frozeAt)})
+		r := memRound(n, dr.Mem)
+		r.Frozen, r.Duration = time.Duration(dr.Stats.GetFrozenTime())*time.Microsecond, dumpedAt.Sub(frozeAt)
+		res.Rounds = append(res.Rounds, r)
 	}
 	if !w.resumedAt.IsZero() {
 		res.Downtime = w.resumedAt.Sub(frozeAt)

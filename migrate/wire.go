@@ -30,8 +30,10 @@ import (
 // rounds under the agent's --max-migration-bytes). 9: Layout (each
 // pre-copy round carries the root's mappings and threads, restored onto a
 // task prepared during the rounds) and Check/Checked (post-copy and hybrid
-// check the destination's addresses before the commit).
-const Version = 9
+// check the destination's addresses before the commit). 10: the page
+// streams carry ZERO and COPY records (zero and duplicate pages), which a
+// version 9 agent's page server refuses.
+const Version = 10
 
 // maxMessage bounds one control message: image files travel in chunks of
 // fileChunk, everything else is small.

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -58,10 +59,13 @@ type Client struct {
 	// is the control stream's.
 	compress bool
 	zctrl    io.ReadWriter
-	sink     *TaskSink // TCP: the open task
-	sinks    map[*TaskSink]struct{}
-	err      error // sticky: the stream is out of sync
-	closed   bool
+	dedup    bool // TransportOptions.Dedup
+	// zeroSent, sameSent: pages sent as ZERO and COPY records.
+	zeroSent, sameSent atomic.Uint64
+	sink               *TaskSink // TCP: the open task
+	sinks              map[*TaskSink]struct{}
+	err                error // sticky: the stream is out of sync
+	closed             bool
 	// handedOver: conn is the caller's connection (NewSocketClient).
 	handedOver bool
 	// GETs sent ahead of their replies (SendGet, RecvGet).
@@ -86,7 +90,7 @@ func Dial(ctx context.Context, addr string, o TransportOptions) (*Client, error)
 	if o.Streams > 1 {
 		return dialStriped(ctx, addr, o, o.Streams)
 	}
-	c := &Client{transport: t, sinks: map[*TaskSink]struct{}{}, compress: o.Compress != ""}
+	c := &Client{transport: t, sinks: map[*TaskSink]struct{}{}, compress: o.Compress != "", dedup: o.Dedup}
 	switch t {
 	case TransportTCP:
 		if c.conn, c.raw, err = dialTCP(ctx, addr, o); err != nil {
@@ -215,6 +219,9 @@ func (c *Client) OpenTask(ctx context.Context, dst uint64, parentAware bool) (*T
 		return nil, err
 	}
 	s := &TaskSink{c: c, dst: dst}
+	if c.dedup {
+		s.dd = newDedup()
+	}
 	var rw io.ReadWriter
 	if c.qc != nil {
 		st, err := c.qc.OpenStreamSync(ctx)
@@ -266,6 +273,10 @@ func (c *Client) OpenTask(ctx context.Context, dst uint64, parentAware bool) (*T
 	}
 	return s, nil
 }
+
+// Deduped is how many pages this client's sinks sent as ZERO (all zero)
+// and COPY (the same as a page sent before) records instead of data.
+func (c *Client) Deduped() (zero, same uint64) { return c.zeroSent.Load(), c.sameSent.Load() }
 
 // Get fetches up to nr pages at vaddr of task pid for lazy-pages (GET).
 // dst must hold nr pages. It returns how many pages the server sent (it
@@ -506,6 +517,9 @@ type TaskSink struct {
 	sp       *striper
 	smu      sync.Mutex
 	seq, off uint64
+	// dd: zero and duplicate pages go as ZERO and COPY records
+	// (dedup.go).
+	dd *dedup
 }
 
 // HasParent is the server's OPEN2 answer: a parent pagemap exists, so
@@ -580,6 +594,16 @@ func (s *TaskSink) AddPages(vaddr, nr uint64, flags uint32, src io.Reader) error
 		}
 		return nil
 	}
+	if s.dd != nil {
+		if pb, ok := src.(pageBuffer); ok {
+			data := pb.Take(int(nr * PageSize))
+			if uint64(len(data)) != nr*PageSize {
+				return s.abort(fmt.Errorf("page server: ADD %#x+%d pages: source ended after %d bytes", vaddr, nr, len(data)))
+			}
+			return s.sendDedup(vaddr, flags, data)
+		}
+		s.dd.sent += nr
+	}
 	// The server takes at most maxAddPages pages of data per request.
 	for nr > 0 {
 		k := min(nr, maxAddPages)
@@ -615,6 +639,9 @@ func (s *TaskSink) AddPagesBytes(vaddr uint64, flags uint32, data []byte) error 
 	}
 	if s.sp != nil {
 		return s.stripedAdd(vaddr, uint64(len(data)/PageSize), flags, nil, data)
+	}
+	if s.dd != nil {
+		return s.sendDedup(vaddr, flags, data)
 	}
 	for len(data) > 0 {
 		k := min(len(data), int(maxAddPages)*PageSize)

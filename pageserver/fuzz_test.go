@@ -44,9 +44,26 @@ func FuzzServerConn(f *testing.F) {
 	st.Write(make([]byte, wire.StripeExtSize+PageSize))
 	st.Write(hdr(wire.MakeCmd(wire.CmdAddAt, wire.FlagParent), 1, 0x3000, TaskDst(11)))
 	st.Write(make([]byte, wire.StripeExtSize))
+	st.Write(hdr(wire.MakeCmd(wire.CmdZeroAt, wire.FlagPresent), 2, 0x5000, TaskDst(11)))
+	st.Write([]byte{2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0})
+	st.Write(hdr(wire.MakeCmd(wire.CmdCopyAt, wire.FlagPresent), 1, 0x8000, TaskDst(11)))
+	st.Write([]byte{3, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
 	st.Write(hdr(wire.CmdEndStripe, 2, 1, TaskDst(11)))
 	st.Write(hdr(wire.CmdClose, 0, 0, 0))
 	f.Add(st.Bytes())
+	// Zero and copied pages, and a copy of pages not written yet.
+	var dd bytes.Buffer
+	dd.WriteByte(0)
+	dd.Write(hdr(wire.CmdOpen2, 0, 0, TaskDst(12)))
+	dd.Write(hdr(wire.MakeCmd(wire.CmdAddF, wire.FlagPresent), 1, 0x1000, TaskDst(12)))
+	dd.Write(bytes.Repeat([]byte{5}, PageSize))
+	dd.Write(hdr(wire.MakeCmd(wire.CmdZero, wire.FlagPresent), 3, 0x2000, TaskDst(12)))
+	dd.Write(hdr(wire.MakeCmd(wire.CmdCopy, wire.FlagPresent), 2, 0x5000, TaskDst(12)))
+	dd.Write([]byte{1, 0, 0, 0, 0, 0, 0, 0})
+	dd.Write(hdr(wire.MakeCmd(wire.CmdCopy, wire.FlagPresent), 8, 0x9000, TaskDst(12)))
+	dd.Write([]byte{4, 0, 0, 0, 0, 0, 0, 0})
+	dd.Write(hdr(wire.CmdClose, 0, 0, 0))
+	f.Add(dd.Bytes())
 	old := stripeWait
 	stripeWait = time.Second
 	f.Cleanup(func() { stripeWait = old })

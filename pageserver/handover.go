@@ -53,8 +53,12 @@ func SocketConn(fd int) (net.Conn, error) {
 // FORCE_CLOSE. Client.Close closes conn, which does not end the
 // connection while the caller holds the socket; Client.Abort shuts it
 // down so that the server learns at once that the session failed.
-func NewSocketClient(conn net.Conn) *Client {
-	c := &Client{transport: TransportTCP, sinks: map[*TaskSink]struct{}{}, conn: conn, handedOver: true}
+func NewSocketClient(conn net.Conn) *Client { return NewSocketClientWith(conn, TransportOptions{}) }
+
+// NewSocketClientWith is NewSocketClient with o's Dedup (the rest of o is
+// about dialling: unused).
+func NewSocketClientWith(conn net.Conn, o TransportOptions) *Client {
+	c := &Client{transport: TransportTCP, sinks: map[*TaskSink]struct{}{}, conn: conn, handedOver: true, dedup: o.Dedup}
 	if tc, ok := conn.(*net.TCPConn); ok {
 		c.raw = tc
 	}

@@ -101,7 +101,7 @@ func (ss *session) run() error {
 // known bounds the label values of the requests metric.
 func known(cmd uint16) bool {
 	return cmd >= wire.CmdAdd && cmd <= wire.CmdGet || cmd == wire.CmdClose || cmd == wire.CmdForceClose ||
-		cmd >= wire.CmdOpenStripe && cmd <= wire.CmdEndStripe
+		cmd >= wire.CmdOpenStripe && cmd <= wire.CmdCopyAt
 }
 
 func (ss *session) serve(h wire.Header) error {
@@ -163,7 +163,7 @@ func (ss *session) serve(h wire.Header) error {
 			b[0] = 1
 		}
 		return ss.reply(b[:])
-	case wire.CmdAddAt:
+	case wire.CmdAddAt, wire.CmdZeroAt, wire.CmdCopyAt:
 		if lazy {
 			return reqErr(reasonCommand, errors.New("this page server only serves GET (lazy pages)"))
 		}
@@ -173,6 +173,11 @@ func (ss *session) serve(h wire.Header) error {
 			return reqErr(reasonCommand, errors.New("this page server only serves GET (lazy pages)"))
 		}
 		return ss.endStripe(h)
+	case wire.CmdZero, wire.CmdCopy:
+		if lazy {
+			return reqErr(reasonCommand, errors.New("this page server only serves GET (lazy pages)"))
+		}
+		return ss.addRef(h)
 	case wire.CmdClose, wire.CmdForceClose:
 		status := int32(0)
 		err := ss.commitTask()
@@ -370,6 +375,58 @@ func (ss *session) add(h wire.Header, flags uint16) error {
 	ss.s.m.addBytes("in", got)
 	if err != nil {
 		return err
+	}
+	ss.s.m.addPages("in", h.NrPages)
+	return nil
+}
+
+// addRef records present pages whose data the sender did not send: all
+// zero (ZERO) or a copy of pages already in this pages file (COPY). The
+// images come out as if the data had been sent.
+func (ss *session) addRef(h wire.Header) error {
+	var src uint64
+	if h.Command() == wire.CmdCopy {
+		var eb [wire.CopyExtSize]byte
+		ss.readWithin(ss.s.cfg.ReadTimeout)
+		if _, err := io.ReadFull(ss.rd, eb[:]); err != nil {
+			return reqErr(reasonTruncated, fmt.Errorf("COPY extension: %w", err))
+		}
+		src = binary.NativeEndian.Uint64(eb[:])
+	}
+	flags := h.Flags()
+	if !wire.ValidFlags(flags) || flags&wire.FlagPresent == 0 {
+		return reqErr(reasonRange, fmt.Errorf("bad pagemap flags %#x (PRESENT needed)", flags))
+	}
+	if err := checkRange(h.Vaddr, h.NrPages); err != nil {
+		return err
+	}
+	norm, _, err := pagemapName(h.DstID)
+	if err != nil {
+		return err
+	}
+	t := ss.task
+	if t == nil || t.dst != norm {
+		return reqErr(reasonCommand, fmt.Errorf("%s for dst_id %#x without OPEN", wire.CommandName(h.Command()), h.DstID))
+	}
+	n, _ := h.Bytes() // checkRange bounded it
+	if h.Command() == wire.CmdCopy && (src > uint64(t.pw.Written())/wire.PageSize || h.NrPages > uint64(t.pw.Written())/wire.PageSize-src) {
+		// Only pages already written: a peer can't make us read
+		// beyond them.
+		return reqErr(reasonRange, fmt.Errorf("COPY of %d pages from page %d: only %d pages written", h.NrPages, src, t.pw.Written()/wire.PageSize))
+	}
+	if err := ss.s.chargeBytes(t, pagemapEntryMax+n); err != nil {
+		return err
+	}
+	if err := t.pw.Add(h.Vaddr, h.NrPages, uint32(flags)); err != nil {
+		return reqErr(reasonRange, err)
+	}
+	if h.Command() == wire.CmdZero {
+		err = t.pw.WriteZeros(n)
+	} else {
+		err = t.pw.CopyWithin(int64(src*wire.PageSize), n)
+	}
+	if err != nil {
+		return reqErr(reasonIO, err)
 	}
 	ss.s.m.addPages("in", h.NrPages)
 	return nil

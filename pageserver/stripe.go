@@ -59,13 +59,16 @@ type stripe struct {
 type stripeEnt struct {
 	vaddr, nr, off uint64
 	flags          uint16
+	// copyOf+1 is the first page of the pages file this entry's data
+	// copies (COPY_AT), done at commit; 0: none.
+	copyOf uint64
 }
 
 // stripeEntRAM bounds the heap one held entry takes (a map slot: key,
 // value and the map's own overhead, measured about 85 B). It is charged
 // against MaxBytes instead of pagemapEntryMax (which it exceeds), so that
 // the bound covers the memory as well as the pagemap written from it.
-const stripeEntRAM = 96
+const stripeEntRAM = 104
 
 // openStripe joins session ss to the striped pagemap of dst written over
 // n connections, creating its images on the first join. It reports
@@ -186,17 +189,36 @@ func (ss *session) joinedStripe(dst uint64) (*stripe, error) {
 }
 
 // addAt serves ADD_AT: the entry is recorded at its seq, its data written
-// at its offset in the pages file.
+// at its offset in the pages file. ZERO_AT's pages stay a hole of the
+// file, COPY_AT's are copied at commit, when every source page is there.
 func (ss *session) addAt(h wire.Header) error {
-	var ext [wire.StripeExtSize]byte
+	cmd := h.Command()
+	var ext [wire.StripeExtSize + wire.CopyExtSize]byte
+	extLen := wire.StripeExtSize
+	if cmd == wire.CmdCopyAt {
+		extLen += wire.CopyExtSize
+	}
 	ss.readWithin(ss.s.cfg.ReadTimeout)
-	if _, err := io.ReadFull(ss.rd, ext[:]); err != nil {
-		return reqErr(reasonHeader, fmt.Errorf("read ADD_AT extension: %w", err))
+	if _, err := io.ReadFull(ss.rd, ext[:extLen]); err != nil {
+		return reqErr(reasonHeader, fmt.Errorf("read %s extension: %w", wire.CommandName(cmd), err))
 	}
 	seq, off := binary.NativeEndian.Uint64(ext[0:]), binary.NativeEndian.Uint64(ext[8:])
 	flags := h.Flags()
 	if !wire.ValidFlags(flags) {
 		return reqErr(reasonRange, fmt.Errorf("bad pagemap flags %#x", flags))
+	}
+	var copyOf uint64
+	if cmd != wire.CmdAddAt {
+		if flags&wire.FlagPresent == 0 {
+			return reqErr(reasonRange, fmt.Errorf("bad pagemap flags %#x (PRESENT needed)", flags))
+		}
+		if cmd == wire.CmdCopyAt {
+			src := binary.NativeEndian.Uint64(ext[16:])
+			if src > off || h.NrPages > off-src {
+				return reqErr(reasonRange, fmt.Errorf("COPY_AT of %d pages from page %d to page %d: the source must lie before", h.NrPages, src, off))
+			}
+			copyOf = src + 1
+		}
 	}
 	if err := checkRange(h.Vaddr, h.NrPages); err != nil {
 		return err
@@ -224,8 +246,12 @@ func (ss *session) addAt(h wire.Header) error {
 	if present {
 		n, _ = h.Bytes() // checkRange bounded it
 	}
-	if err := st.record(seq, stripeEnt{vaddr: h.Vaddr, nr: h.NrPages, off: off, flags: flags}, n); err != nil {
+	if err := st.record(seq, stripeEnt{vaddr: h.Vaddr, nr: h.NrPages, off: off, flags: flags, copyOf: copyOf}, n); err != nil {
 		return err
+	}
+	if cmd != wire.CmdAddAt {
+		ss.s.m.addPages("in", h.NrPages)
+		return nil
 	}
 	if !present {
 		if flags&wire.FlagParent != 0 {
@@ -335,7 +361,42 @@ func (st *stripe) commit() error {
 	if off != st.present {
 		return fmt.Errorf("%s: %d present pages, %d announced", t.name, off, st.present)
 	}
+	// Zero pages at the end are a hole the file must still cover (and
+	// copies may read).
+	if fi, err := st.pages.Stat(); err != nil {
+		return fmt.Errorf("%s: %w", t.pagesN, err)
+	} else if want := int64(st.present) * wire.PageSize; fi.Size() < want {
+		if err := st.pages.Truncate(want); err != nil {
+			return fmt.Errorf("%s: %w", t.pagesN, err)
+		}
+	}
+	// Copies in file order: a source (wholly before its copy) holds its
+	// final data by then, whatever entry wrote it.
+	for seq := uint64(0); seq < st.total; seq++ {
+		if e := st.ents[seq]; e.copyOf != 0 {
+			if err := copyPages(st.pages, int64(e.copyOf-1)*wire.PageSize, int64(e.off)*wire.PageSize, int64(e.nr)*wire.PageSize); err != nil {
+				return fmt.Errorf("%s: entry %d: %w", t.name, seq, err)
+			}
+		}
+	}
 	return t.pw.Close()
+}
+
+// copyPages copies n bytes of f from offset from to offset to (from+n <=
+// to) through a bounded buffer.
+func copyPages(f *os.File, from, to, n int64) error {
+	buf := make([]byte, min(n, copyBufSize))
+	for n > 0 {
+		k := min(n, int64(len(buf)))
+		if _, err := f.ReadAt(buf[:k], from); err != nil {
+			return fmt.Errorf("copy pages from %d: %w", from, err)
+		}
+		if _, err := f.WriteAt(buf[:k], to); err != nil {
+			return fmt.Errorf("copy pages to %d: %w", to, err)
+		}
+		from, to, n = from+k, to+k, n-k
+	}
+	return nil
 }
 
 // finish ends the stripe with err (nil: its images are complete). The

@@ -71,7 +71,7 @@ func dialStriped(ctx context.Context, addr string, o TransportOptions, n int) (*
 		sp.wg.Add(1)
 		go sp.work(c)
 	}
-	return &Client{transport: t, sp: sp, sinks: map[*TaskSink]struct{}{}}, nil
+	return &Client{transport: t, sp: sp, sinks: map[*TaskSink]struct{}{}, dedup: o.Dedup}, nil
 }
 
 // work writes the jobs it takes to connection c.
@@ -172,6 +172,9 @@ func (sp *striper) openTask(c *Client, dst uint64) (*TaskSink, error) {
 		return nil, sp.fail(fmt.Errorf("page server: OPEN_STRIPE %#x: %w", dst, err))
 	}
 	s := &TaskSink{c: c, dst: dst, hasParent: parents[true] > 0, sp: sp}
+	if c.dedup {
+		s.dd = newDedup()
+	}
 	sp.mu.Lock()
 	sp.open = s
 	sp.mu.Unlock()
@@ -187,6 +190,49 @@ func (sp *striper) queue(j *stripeJob) {
 // stripedAdd queues nr pages at vaddr, their data read from src (or
 // taken from data) into pool buffers.
 func (s *TaskSink) stripedAdd(vaddr, nr uint64, flags uint32, src io.Reader, data []byte) error {
+	if s.dd != nil && flags&FlagPresent != 0 {
+		if data == nil {
+			if pb, ok := src.(pageBuffer); ok {
+				if data = pb.Take(int(nr * PageSize)); uint64(len(data)) != nr*PageSize {
+					return s.abort(fmt.Errorf("page server: ADD %#x+%d pages: source ended after %d bytes", vaddr, nr, len(data)))
+				}
+			}
+		}
+		if data != nil {
+			return s.sendDedup(vaddr, flags, data)
+		}
+		s.dd.sent += nr
+	}
+	return s.stripedData(vaddr, nr, flags, src, data)
+}
+
+// stripedRef queues a ZERO_AT or COPY_AT (of the pages from page src) of
+// nr pages at vaddr.
+func (s *TaskSink) stripedRef(cmd uint16, vaddr, nr uint64, flags uint32, src uint64) error {
+	for nr > 0 {
+		k := min(nr, stripeChunk)
+		b := make([]byte, stripeHdr, stripeHdr+wire.CopyExtSize)
+		s.stripedHeader(b, vaddr, k, flags)
+		h, _ := wire.Unmarshal(b)
+		h.Cmd = wire.MakeCmd(cmd, uint16(flags))
+		h.Marshal(b)
+		if cmd == wire.CmdCopyAt {
+			b = binary.NativeEndian.AppendUint64(b, src)
+			src += k
+		}
+		s.sp.queue(&stripeJob{b: b})
+		vaddr += k * PageSize
+		nr -= k
+	}
+	if err := s.sp.failed(); err != nil {
+		return s.abort(err)
+	}
+	return nil
+}
+
+// stripedData queues nr pages at vaddr, their data read from src (or
+// taken from data) into pool buffers.
+func (s *TaskSink) stripedData(vaddr, nr uint64, flags uint32, src io.Reader, data []byte) error {
 	sp := s.sp
 	if flags&FlagPresent == 0 {
 		b := make([]byte, stripeHdr)

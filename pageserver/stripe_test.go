@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
@@ -205,6 +206,18 @@ func TestStripedRefused(t *testing.T) {
 			a.send(wire.CmdEndStripe, 1, 1, TaskDst(5), nil)
 			b.send(wire.CmdEndStripe, 2, 1, TaskDst(5), nil)
 		},
+		"copy from after itself": func(a, b stripePeer) {
+			a.addAt(wire.FlagPresent, 1, 0x1000, 0, 0, page)
+			var ext [wire.StripeExtSize + wire.CopyExtSize]byte
+			binary.NativeEndian.PutUint64(ext[0:], 1)
+			binary.NativeEndian.PutUint64(ext[8:], 1)
+			binary.NativeEndian.PutUint64(ext[16:], 1)
+			b.send(wire.MakeCmd(wire.CmdCopyAt, wire.FlagPresent), 1, 0x2000, TaskDst(5), ext[:])
+		},
+		"zero not present": func(a, b stripePeer) {
+			var ext [wire.StripeExtSize]byte
+			a.send(wire.MakeCmd(wire.CmdZeroAt, wire.FlagLazy), 1, 0x2000, TaskDst(5), ext[:])
+		},
 		"connection lost": func(a, b stripePeer) {
 			a.addAt(wire.FlagPresent, 1, 0x1000, 0, 0, page)
 			a.send(wire.CmdEndStripe, 1, 1, TaskDst(5), nil)
@@ -330,7 +343,7 @@ func TestStripedEntriesCharged(t *testing.T) {
 	a.sendHoles(0, n)
 	ts.waitStripeEnts(t, n)
 	a.sendHoles(n, 1)
-	ts.log.waitLog(t, "limit of 96000 bytes of images is reached (--max-bytes)")
+	ts.log.waitLog(t, fmt.Sprintf("limit of %d bytes of images is reached (--max-bytes)", n*stripeEntRAM))
 	a.closedByServer()
 	ts.waitStripeEnts(t, 0)
 }

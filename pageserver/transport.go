@@ -67,6 +67,12 @@ type TransportOptions struct {
 	// Compress ("" or CompressZstd; both ends alike) compresses every
 	// stream both ways (compress.go): godwit's own, no CRIU peer speaks it.
 	Compress string
+	// Dedup (client only; godwit's page server only) sends all-zero pages
+	// and pages identical to one sent before in the same pages file as
+	// short ZERO and COPY records instead of their data (dedup.go), for
+	// the pages the caller hands over in memory; striped too (ZERO_AT,
+	// COPY_AT).
+	Dedup bool
 	// QUIC tuning; nil means the defaults of quicConfig.
 	QUIC *quic.Config
 }

@@ -37,6 +37,11 @@ func restoreNamespaces(t *model.Tree, joined []string, pid int) error {
 		if err := nsstate.RestoreIPC(pid, t.IPC); err != nil {
 			return err
 		}
+	} else if t.IPC != nil {
+		// Joined: the tree uses the objects there by id.
+		if err := nsstate.CheckJoinedIPC(pid, t.IPC); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -112,6 +112,7 @@ failure leaves the source running as it was.`,
 	networkLockFlag(f, a.o)
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	f.BoolVar(&o.NoOverlap, "no-overlap", false, "have the agent restore from the images after the freeze instead of making the task and writing each round's pages into it during the rounds")
+	f.BoolVar(&o.SendAllPages, "send-all-pages", false, "send the data of zero-filled and duplicate pages too (by default they cross as short records); for measurements")
 	f.BoolVar(&o.FullFill, "no-lazy-restore", false, "have the agent fill every page before the resume (by default it resumes at once and fills from its own images)")
 	c.AddCommand(send, resolveCmd(a), historyCmd(a))
 	return c

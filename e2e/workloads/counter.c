@@ -19,6 +19,10 @@
  * named FIFO read-write and blocks in read(2) on it; each byte it gets is
  * logged as "read C", and "done" reports how many arrived. -p sets a
  * parent-death signal (SIGKILL), as programs under supervisors often do.
+ * -z lays the memory out for the zero and duplicate page tests: its first
+ * half is zeros (written: private pages, not the shared zero page), its
+ * third quarter pages all hold the contents of the last quarter's first
+ * page; the check verifies that layout.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -64,7 +68,22 @@ static void *reader(void *arg)
 	}
 }
 
-static uint64_t pattern(size_t i) { return (i * 0x9E3779B97F4A7C15ull) ^ seed; }
+static int zlayout;
+
+static uint64_t fill(size_t i) { return (i * 0x9E3779B97F4A7C15ull) ^ seed; }
+
+/* pattern is word i's expected value (see -z). */
+static uint64_t pattern(size_t i)
+{
+	if (!zlayout)
+		return fill(i);
+	size_t wpp = 4096 / sizeof(uint64_t), pages = words / wpp, p = i / wpp;
+	if (p < pages / 2)
+		return 0;
+	if (p < pages / 4 * 3)
+		return fill(pages / 4 * 3 * wpp + i % wpp);
+	return fill(i);
+}
 
 static void on_usr1(int s) { (void)s; finish = 1; }
 static void on_usr2(int s) { (void)s; usr2++; }
@@ -90,7 +109,7 @@ int main(int argc, char **argv)
 	int code = 0;
 	int c;
 	const char *fifopath = NULL;
-	while ((c = getopt(argc, argv, "m:t:b:x:r:p")) != -1) {
+	while ((c = getopt(argc, argv, "m:t:b:x:r:pz")) != -1) {
 		switch (c) {
 		case 'm': mib = strtoul(optarg, NULL, 0); break;
 		case 't': nthreads = atoi(optarg); break;
@@ -98,6 +117,7 @@ int main(int argc, char **argv)
 		case 'x': code = atoi(optarg); break;
 		case 'r': fifopath = optarg; break;
 		case 'p': prctl(PR_SET_PDEATHSIG, SIGKILL); break;
+		case 'z': zlayout = 1; break;
 		default: return 2;
 		}
 	}
@@ -125,6 +145,8 @@ int main(int argc, char **argv)
 	if (mem == MAP_FAILED)
 		return 2;
 	for (size_t i = 0; i < words; i++)
+		mem[i] = fill(i);
+	for (size_t i = 0; zlayout && i < words; i++)
 		mem[i] = pattern(i);
 
 	own = calloc(nthreads + 1, sizeof(*own));

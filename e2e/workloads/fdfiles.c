@@ -18,6 +18,10 @@
  *             (not later by the time spent checkpointed)
  *  ep         epoll with a pipe's read end, EPOLLIN|EPOLLONESHOT, fired
  *             once (disabled); "x" stays queued in the pipe
+ *  ghost_empty a file in LOG's directory sized 1 MiB by ftruncate only (no
+ *             data block at all), then unlinked
+ *  map_empty  the shm-pool pattern: a file opened, unlinked, sized 64 KiB
+ *             by ftruncate, mapped MAP_SHARED untouched, its fd closed
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -29,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -44,12 +49,14 @@ static void on_usr1(int sig) { (void)sig; finish = 1; }
 static void die(const char *what) { dprintf(2, "fdfiles: %s: %s\n", what, strerror(errno)); exit(2); }
 
 static FILE *tmp_glibc_f;
-static int tmp_glibc, tmp_sparse, opath_f, opath_d, tfd_abs, ep, pipe_ep[2];
+static int tmp_glibc, tmp_sparse, opath_f, opath_d, tfd_abs, ep, pipe_ep[2], ghost_empty;
+static char *map_empty;
 static ino_t log_ino, dir_ino;
 static struct timespec abs_deadline;
 static char logdir[4096];
 
 #define HOLE (1 << 20)
+#define MAPLEN (64 << 10)
 
 static void setup(const char *log)
 {
@@ -89,6 +96,20 @@ static void setup(const char *log)
 	if (write(pipe_ep[1], "x", 1) != 1) die("write pipe");
 	struct epoll_event got[2];
 	if (epoll_wait(ep, got, 2, 1000) != 1) die("epoll_wait");
+
+	char name[4200];
+	snprintf(name, sizeof name, "%s/ghost_empty", logdir);
+	if ((ghost_empty = open(name, O_RDWR | O_CREAT | O_EXCL, 0600)) < 0) die("open ghost_empty");
+	if (ftruncate(ghost_empty, HOLE) < 0) die("ftruncate ghost_empty");
+	if (unlink(name) < 0) die("unlink ghost_empty");
+
+	snprintf(name, sizeof name, "%s/map_empty", logdir);
+	int mf = open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
+	if (mf < 0) die("open map_empty");
+	if (unlink(name) < 0) die("unlink map_empty");
+	if (ftruncate(mf, MAPLEN) < 0) die("ftruncate map_empty");
+	if ((map_empty = mmap(NULL, MAPLEN, PROT_READ | PROT_WRITE, MAP_SHARED, mf, 0)) == MAP_FAILED) die("mmap map_empty");
+	close(mf);
 }
 
 /* fdinfo_has reports whether /proc/self/fdinfo/FD has the line prefix
@@ -167,6 +188,28 @@ static void check(void)
 	CHECK(epoll_ctl(ep, EPOLL_CTL_MOD, pipe_ep[0], &ev) == 0 && epoll_wait(ep, got, 2, 0) == 1 && got[0].data.u64 == 0x05,
 	      "ep: rearmed one-shot does not report");
 	CHECK(read(pipe_ep[0], buf, 8) == 1 && buf[0] == 'x', "pipe_ep: contents");
+
+	/* deleted, sized, no data */
+	CHECK(fstat(ghost_empty, &st) == 0 && st.st_nlink == 0 && st.st_size == HOLE && (st.st_mode & 07777) == 0600,
+	      "ghost_empty: nlink %lu size %ld mode %o", (unsigned long)st.st_nlink, (long)st.st_size, st.st_mode);
+	CHECK(st.st_blocks * 512 < HOLE / 2, "ghost_empty: %ld blocks: the hole was filled", (long)st.st_blocks);
+	CHECK(pread(ghost_empty, buf, 4, HOLE - 4) == 4 && memcmp(buf, "\0\0\0\0", 4) == 0, "ghost_empty: not zero");
+	CHECK(lseek(ghost_empty, 0, SEEK_CUR) == 0, "ghost_empty: offset");
+
+	/* mapped deleted file, untouched: still that file, all zero, shared */
+	char mp[128];
+	snprintf(mp, sizeof mp, "/proc/self/map_files/%lx-%lx", (unsigned long)map_empty, (unsigned long)map_empty + MAPLEN);
+	int mf = open(mp, O_RDWR);
+	CHECK(mf >= 0 && fstat(mf, &st) == 0 && st.st_nlink == 0 && st.st_size == MAPLEN && (st.st_mode & 07777) == 0600,
+	      "map_empty: %s: nlink %lu size %ld mode %o", mf < 0 ? strerror(errno) : "", (unsigned long)st.st_nlink, (long)st.st_size, st.st_mode);
+	int zero = 1;
+	for (int i = 0; i < MAPLEN; i++)
+		zero &= map_empty[i] == 0;
+	CHECK(zero, "map_empty: not zero");
+	map_empty[100] = 'm';
+	CHECK(mf >= 0 && pread(mf, buf, 1, 100) == 1 && buf[0] == 'm', "map_empty: the mapping is not the file's");
+	if (mf >= 0)
+		close(mf);
 }
 
 int main(int argc, char **argv)

@@ -2,7 +2,8 @@
  * taskattrs: per-thread and per-process task state that a restore must
  * give back exactly: CPU affinity, timer slack, TSC and machine-check
  * policies, I/O priority (each different in the main thread and in a
- * worker thread), coredump_filter and memory-deny-write-execute.
+ * worker thread), coredump_filter, memory-deny-write-execute and THP
+ * disabled except where advised (PR_GET_THP_DISABLE reads 3).
  *
  *   taskattrs LOG
  *
@@ -29,6 +30,9 @@
 #ifndef PR_SET_MDWE
 #define PR_SET_MDWE 65
 #define PR_GET_MDWE 66
+#endif
+#ifndef PR_THP_DISABLE_EXCEPT_ADVISED
+#define PR_THP_DISABLE_EXCEPT_ADVISED (1 << 1)
 #endif
 
 static FILE *lg;
@@ -116,6 +120,7 @@ int main(int argc, char **argv) {
 	set_mine(&main_want);
 	if (pthread_create(&worker, NULL, work, NULL)) return 1;
 	if (prctl(PR_SET_MDWE, 1, 0, 0, 0)) perror("mdwe"), exit(1);
+	if (prctl(PR_SET_THP_DISABLE, 1, PR_THP_DISABLE_EXCEPT_ADVISED, 0, 0)) perror("thp_disable"), exit(1);
 	for (unsigned long n = 1; !finish; n++) {
 		fprintf(lg, "tick %lu\n", n);
 		struct timespec ts = {0, 20 * 1000 * 1000};
@@ -128,6 +133,8 @@ int main(int argc, char **argv) {
 	if (f) fclose(f);
 	long m = prctl(PR_GET_MDWE, 0, 0, 0, 0);
 	if (m != 1) fprintf(lg, "wrong mdwe %ld\n", m), bad++;
+	m = prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0);
+	if (m != (1 | PR_THP_DISABLE_EXCEPT_ADVISED)) fprintf(lg, "wrong thp_disable %ld, want %d\n", m, 1 | PR_THP_DISABLE_EXCEPT_ADVISED), bad++;
 	void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p != MAP_FAILED) fprintf(lg, "wrong mdwe: a W+X mapping was allowed\n"), bad++;
 	pthread_join(worker, NULL);

@@ -19,6 +19,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -48,14 +49,35 @@ var ErrUnavailable = errors.New("BPF task_file iterator unavailable")
 
 var steerProg struct {
 	once sync.Once
+	done atomic.Bool // the load was tried: p or err is set
 	p    *ebpf.Program
 	err  error
 }
 
 func steeringProgram() (*ebpf.Program, error) {
-	steerProg.once.Do(func() { steerProg.p, steerProg.err = loadSteering() })
+	steerProg.once.Do(func() {
+		steerProg.p, steerProg.err = loadSteering()
+		steerProg.done.Store(true)
+	})
 	return steerProg.p, steerProg.err
 }
+
+// Prepare loads the iterator program ReuseportSteering runs, once per
+// process, keeping the result: loading parses the kernel's BTF and runs
+// the verifier (50-190 ms), which a dump does before it freezes its
+// target rather than on the first ReuseportSteering, inside the freeze.
+// The error, wrapping ErrUnavailable, is the one ReuseportSteering will
+// return.
+func Prepare() error {
+	if _, err := steeringProgram(); err != nil {
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	return nil
+}
+
+// Prepared reports whether the program's load was tried (by Prepare or
+// ReuseportSteering), successfully or not.
+func Prepared() bool { return steerProg.done.Load() }
 
 // field is a member whose byte offset the program needs.
 type field struct {

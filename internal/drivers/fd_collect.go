@@ -170,6 +170,11 @@ func (c *fdCollector) collectRange(nums []int, out []FD) error {
 			target = string(link[:k])
 		}
 		kind, unsupported := classify(target, &fd.Stat)
+		if kind != nil && isMqueue(c.pid, n, target, &fd.Stat) {
+			// Its link is "/name" on the mqueue mount: reopened as a path
+			// it would fail, or open an unrelated file.
+			kind, unsupported = nil, "POSIX message queue "+target+" (mq_open)"
+		}
 		if kind == nil {
 			return fmt.Errorf("fd %d: %s is not supported yet", n, unsupported)
 		}
@@ -204,6 +209,21 @@ func (c *fdCollector) collectRange(nums []int, out []FD) error {
 		}
 	}
 	return nil
+}
+
+// mqueueMagic is the mqueue filesystem's statfs f_type (MQUEUE_MAGIC,
+// include/uapi/linux/magic.h; x/sys/unix lacks it).
+const mqueueMagic = 0x19800202
+
+// isMqueue reports whether fd of pid is a POSIX message queue: a regular
+// file whose link is a name at the root of its mount, on mqueue (statfs
+// only then: one syscall for the few fds that look like one).
+func isMqueue(pid, fd int, target string, st *unix.Stat_t) bool {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || strings.LastIndexByte(target, '/') != 0 {
+		return false
+	}
+	var sfs unix.Statfs_t
+	return unix.Statfs(procfs.Path(pid, "fd/"+strconv.Itoa(fd)), &sfs) == nil && sfs.Type == mqueueMagic
 }
 
 // fromCopy reads fd (its Num set) on a copy of it in godwit: stat,

@@ -111,8 +111,11 @@ func (fl *Files) readGhost(pid int, src, path string, st *unix.Stat_t, f *model.
 			at += n
 		}
 	}
-	if len(chunks) == 1 && chunks[0] == (model.GhostChunk{Off: 0, Len: uint64(st.Size)}) {
-		chunks = nil // no hole: the plain layout
+	// A file of no hole is saved whole (the plain layout); any other,
+	// even one of no data at all (ftruncate only), as its chunks.
+	holes := st.Size > 0 && !(len(chunks) == 1 && chunks[0] == (model.GhostChunk{Off: 0, Len: uint64(st.Size)}))
+	if !holes {
+		chunks = nil
 	}
 	if fl.ghosts == nil {
 		fl.ghosts = map[[2]uint64]*model.File{}
@@ -122,7 +125,7 @@ func (fl *Files) readGhost(pid int, src, path string, st *unix.Stat_t, f *model.
 	f.Path = path
 	f.Ghost = &model.GhostState{
 		Dev: st.Dev, Ino: st.Ino, Mode: st.Mode, UID: st.Uid, GID: st.Gid, Size: uint64(st.Size), Data: data,
-		Chunks: chunks, Atime: st.Atim, Mtime: st.Mtim,
+		Chunks: chunks, Holes: holes, Atime: st.Atim, Mtime: st.Mtim,
 	}
 	return nil
 }
@@ -463,7 +466,7 @@ func errnoOf(err error) (unix.Errno, bool) {
 // owner, mode and times. fd must not be O_APPEND.
 func fillGhost(fd int, g *model.GhostState) error {
 	chunks := g.Chunks
-	if chunks == nil {
+	if !g.Holes {
 		chunks = []model.GhostChunk{{Off: 0, Len: g.Size}}
 	}
 	var total uint64

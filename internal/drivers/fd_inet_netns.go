@@ -3,12 +3,12 @@ package drivers
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"strconv"
 	"sync"
 
 	"golang.org/x/sys/unix"
 
+	"godwit/internal/osthread"
 	"godwit/internal/sockdiag"
 )
 
@@ -101,7 +101,7 @@ func (fl *Files) inetViewByDiag(pid int, family, proto, ino uint32) (*inetDump, 
 }
 
 // selfNetns is godwit's network namespace, read once per dump (every
-// thread that joins another ends with it: onThreadToDrop).
+// thread that joins another ends with it: osthread.Drop).
 func (d *inetDump) selfNetns() (NetnsID, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -200,7 +200,7 @@ func (d *inetDump) inNetns(f func() error) error {
 		return f()
 	}
 	errc := make(chan error, 1)
-	onThreadToDrop(func() {
+	osthread.Drop(func() {
 		if err := unix.Setns(d.netns.fd, unix.CLONE_NEWNET); err != nil {
 			errc <- fmt.Errorf("join network namespace %d: %w", d.netns.ino, err)
 			return
@@ -208,27 +208,6 @@ func (d *inetDump) inNetns(f func() error) error {
 		errc <- f()
 	})
 	return <-errc
-}
-
-// onThreadToDrop runs f on a goroutine locked to a thread that ends with
-// it, so that whatever f changes of its thread (its namespaces) dies with
-// it. Never the main thread: Go keeps that one (wedged) when its locked
-// goroutine exits, and it is the thread /proc/self/ns and /proc/self/net
-// show. Holding the main thread locked meanwhile keeps f off it.
-func onThreadToDrop(f func()) {
-	done := make(chan struct{})
-	go func() {
-		runtime.LockOSThread()
-		if unix.Gettid() == unix.Getpid() {
-			onThreadToDrop(f)
-			runtime.UnlockOSThread() // untouched
-			close(done)
-			return
-		}
-		defer close(done)
-		f() // never unlocked
-	}()
-	<-done
 }
 
 // socketIn makes a socket in d's namespace.

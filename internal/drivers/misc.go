@@ -56,7 +56,18 @@ func (miscDriver) PlanInjected(d *Dump, s *inject.Session) (Planned, bool) {
 		inject.C("prctl(PR_GET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_GET_THP_DISABLE),
 		inject.C("prctl(PR_GET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, s.Scratch()+scratchReaper),
 	}, Done: func(got []uint64, scratch []byte) error {
-		d.Task.MM.THPDisabled = got[0] != 0
+		// 0, or 1 with the PR_SET_THP_DISABLE flags the task gave
+		// (Linux 6.18: PR_THP_DISABLE_EXCEPT_ADVISED). A flag godwit
+		// does not know is refused: restoring a plain disable would
+		// silently change which regions get huge pages.
+		switch v := got[0]; v {
+		case 0:
+		case 1, 1 | unix.PR_THP_DISABLE_EXCEPT_ADVISED:
+			d.Task.MM.THPDisabled = true
+			d.Task.MM.THPDisableFlags = uint32(v &^ 1)
+		default:
+			return fmt.Errorf("prctl(PR_GET_THP_DISABLE) = %#x: THP-disable flags unknown to godwit, cannot be restored", v)
+		}
 		d.Task.ChildSubreaper = le.Uint32(scratch[scratchReaper:]) != 0
 		return nil
 	}}, true
@@ -74,8 +85,11 @@ func (miscDriver) Restore(r *Restore, s *inject.Session) error {
 	if tc.ChildSubreaper {
 		s.Later("prctl(PR_SET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1)
 	}
-	if r.Task.MM.THPDisabled {
-		s.Later("prctl(PR_SET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE, 1, 0, 0, 0)
+	// Always: a new task inherits godwit's THP-disable state at fork.
+	if m := r.Task.MM; m.THPDisabled {
+		s.Later("prctl(PR_SET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE, 1, uint64(m.THPDisableFlags), 0, 0)
+	} else {
+		s.Later("prctl(PR_SET_THP_DISABLE)", unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE, 0, 0, 0, 0)
 	}
 	if tc.OomScoreAdj != nil {
 		p := "/proc/" + strconv.Itoa(r.Task.Pid) + "/oom_score_adj"

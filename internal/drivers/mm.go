@@ -34,7 +34,22 @@ func (memoryDriver) Collect(d *Dump) error {
 	if err != nil {
 		return fmt.Errorf("exe: %w", err)
 	}
+	root, err := d.Files.nsRoot(d.Pid)
+	if err != nil {
+		return err
+	}
+	// The restore opens the exe and the mapped files by path: a path
+	// that now leads to another file (a mount over it, a file renamed
+	// over it) would restore that file's code and pages, so it is
+	// refused, as for a regular fd. A deleted exe keeps its "(deleted)"
+	// name, which the restore refuses to open.
+	if exeSt.Nlink != 0 || !strings.HasSuffix(exePath, deletedSuffix) {
+		if err := pathLeadsTo(root, exePath, exeSt); err != nil {
+			return fmt.Errorf("exe: %w", err)
+		}
+	}
 	exe := d.Files.Shared(exePath, unix.O_RDONLY, exeSt, NoMntID)
+	checked := map[[2]uint64]bool{}
 	read := procfs.ReadSmaps
 	if d.Smaps != nil {
 		read = d.Smaps
@@ -53,6 +68,12 @@ func (memoryDriver) Collect(d *Dump) error {
 		}
 		if deleted {
 			return d.Files.SharedGhost(d.Pid, src, path, flags, st)
+		}
+		if key := [2]uint64{st.Dev, st.Ino}; !checked[key] {
+			if err := pathLeadsTo(root, path, st); err != nil {
+				return 0, err
+			}
+			checked[key] = true
 		}
 		return d.Files.Shared(path, flags, st, NoMntID), nil
 	})

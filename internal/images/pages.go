@@ -67,7 +67,8 @@ func CreatePages(d *Dir, pagemapName string, pagesID uint32) (*PageWriter, error
 		return nil, fmt.Errorf("images: %s is not a pagemap image", pagemapName)
 	}
 	pname := PagesImg(pagesID)
-	pages, err := d.Create(pname)
+	// Read and write: CopyWithin reads pages written before.
+	pages, err := d.OpenFile(pname, os.O_RDWR|os.O_CREATE|os.O_TRUNC, FilePerm)
 	if err != nil {
 		return nil, fmt.Errorf("images: %w", err)
 	}
@@ -418,3 +419,58 @@ func (r *PageReader) Skip(start, end uint64) error {
 	r.ranges = kept
 	return nil
 }
+
+// WriteZeros appends n bytes of zeros to the pages file as a hole (the
+// file is extended, nothing is written): pages a sender found all zero
+// cost no disk either, and read back as zeros.
+func (w *PageWriter) WriteZeros(n int64) error {
+	if w.closed {
+		return errors.New("images: page writer closed")
+	}
+	if n < 0 || n%PageSize != 0 {
+		return fmt.Errorf("images: %d bytes of zeros: not whole pages", n)
+	}
+	end, err := w.pages.Seek(n, io.SeekCurrent)
+	if err == nil {
+		err = w.pages.Truncate(end)
+	}
+	if err != nil {
+		return fmt.Errorf("images: zeros in %s: %w", w.pname, err)
+	}
+	w.written += n
+	return nil
+}
+
+// CopyWithin appends n bytes read from offset off of the pages file
+// itself: a page the sender found identical to one it sent before. The
+// source must lie in what was written already.
+func (w *PageWriter) CopyWithin(off, n int64) error {
+	switch {
+	case w.closed:
+		return errors.New("images: page writer closed")
+	case w.direct:
+		return errors.New("images: copy within a pages file written directly")
+	case off < 0 || n <= 0 || off%PageSize != 0 || n%PageSize != 0:
+		return fmt.Errorf("images: copy %d bytes from %d: not whole pages", n, off)
+	case off > w.written || n > w.written-off:
+		return fmt.Errorf("images: copy %d bytes from %d of %s: only %d bytes written", n, off, w.pname, w.written)
+	}
+	// A bounded buffer; the source ends at or before the current end, so
+	// the ranges never overlap.
+	buf := make([]byte, min(n, 1<<16))
+	for n > 0 {
+		k := min(n, int64(len(buf)))
+		if _, err := w.pages.ReadAt(buf[:k], off); err != nil {
+			return fmt.Errorf("images: copy within %s: %w", w.pname, err)
+		}
+		if _, err := w.Write(buf[:k]); err != nil {
+			return err
+		}
+		off += k
+		n -= k
+	}
+	return nil
+}
+
+// Written is the number of bytes of pages written so far.
+func (w *PageWriter) Written() int64 { return w.written }

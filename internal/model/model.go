@@ -274,7 +274,11 @@ type MM struct {
 	Auxv                                   []uint64
 	Dumpable                               *int32 // nil: unknown
 	THPDisabled                            bool
-	VMAs                                   []VMA // ascending
+	// THPDisableFlags are PR_SET_THP_DISABLE's flags besides the
+	// disable itself (PR_THP_DISABLE_EXCEPT_ADVISED), set only with
+	// THPDisabled (godwit image: CRIU's thp_disabled is a bool).
+	THPDisableFlags uint32
+	VMAs            []VMA // ascending
 	// Membarrier is the MEMBARRIER_CMD_REGISTER_* commands the mm is
 	// registered for (godwit image: CRIU has no field).
 	Membarrier uint32
@@ -530,10 +534,14 @@ type GhostState struct {
 	Mode     uint32
 	UID, GID uint32
 	Size     uint64
-	// Data is the contents: Size bytes, or with Chunks the bytes of
-	// each chunk, one after another (the rest of the file is holes).
-	Data         []byte
-	Chunks       []GhostChunk
+	// Data is the contents: Size bytes, or with Holes the bytes of
+	// each of Chunks, one after another (the rest of the file is holes).
+	Data   []byte
+	Chunks []GhostChunk
+	// Holes says the file was saved as Chunks (CRIU's chunked layout),
+	// which may be none at all: a file of only holes. Without it Data is
+	// the whole file and Chunks is unused.
+	Holes        bool
 	Atime, Mtime unix.Timespec
 	// Linked is the hard link --link-remap made to a file whose name was
 	// removed while it kept other links (an absolute path in the task's

@@ -3,6 +3,7 @@ package nsstate
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -233,7 +234,7 @@ func readShm(rmidForced bool, attaches map[int32]uint64) ([]model.SysVShm, error
 			return nil, fmt.Errorf("%s is locked in memory (SHM_LOCK): not supported", what)
 		}
 		s := model.SysVShm{Desc: desc(&ds.Perm, id), Size: ds.Segsz}
-		if s.Data, err = shmContents(id, ds.Segsz); err != nil {
+		if s.Pages, err = shmContents(id, ds.Segsz); err != nil {
 			return nil, fmt.Errorf("%s: %w", what, err)
 		}
 		out = append(out, s)
@@ -241,9 +242,12 @@ func readShm(rmidForced bool, attaches map[int32]uint64) ([]model.SysVShm, error
 	return out, nil
 }
 
-// shmContents copies a segment's contents, attached read-only for the
-// time of the copy; a hugetlb segment is refused.
-func shmContents(id int, size uint64) ([]byte, error) {
+// shmContents copies the pages a segment holds, attached read-only for
+// the time of the copy: the data ranges of its shmem file (SEEK_DATA and
+// SEEK_HOLE on /proc/self/map_files: pages in memory or in swap), so an
+// untouched page is neither populated nor stored. A hugetlb segment is
+// refused.
+func shmContents(id int, size uint64) ([]model.SysVShmPages, error) {
 	b, err := unix.SysvShmAttach(id, 0, unix.SHM_RDONLY)
 	if err != nil {
 		return nil, fmt.Errorf("shmat: %w", err)
@@ -259,7 +263,29 @@ func shmContents(id int, size uint64) ([]byte, error) {
 	if st.Type == hugetlbfsMagic {
 		return nil, errors.New("hugetlb (SHM_HUGETLB) segment: not supported")
 	}
-	return append([]byte(nil), b[:size]...), nil
+	f, err := os.Open(mf)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []model.SysVShmPages
+	for off := int64(0); off < int64(size); {
+		data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+		if err == unix.ENXIO || err == nil && data >= int64(size) {
+			break // no data past off
+		}
+		if err != nil {
+			return nil, fmt.Errorf("SEEK_DATA at %d: %w", off, err)
+		}
+		hole, err := unix.Seek(int(f.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return nil, fmt.Errorf("SEEK_HOLE at %d: %w", data, err)
+		}
+		hole = min(hole, int64(size))
+		out = append(out, model.SysVShmPages{Off: uint64(data), Data: append([]byte(nil), b[data:hole]...)})
+		off = hole
+	}
+	return out, nil
 }
 
 // readSem reads every semaphore set and its values. Tasks' SEM_UNDO
@@ -287,7 +313,7 @@ func readSem() ([]model.SysVSem, error) {
 				return nil, fmt.Errorf("SysV semaphore set %d: GETALL: %w", id, err)
 			}
 		}
-		out = append(out, model.SysVSem{Desc: desc(&ds.Perm, id), Values: vals})
+		out = append(out, model.SysVSem{Desc: desc(&ds.Perm, id), Values: vals, Operated: ds.Otime != 0})
 	}
 	return out, nil
 }
@@ -306,6 +332,10 @@ func readMsg() ([]model.SysVMsgQueue, error) {
 		}
 		if err != nil {
 			return nil, fmt.Errorf("msgctl MSG_STAT_ANY %d: %w", idx, err)
+		}
+		if ds.Qbytes > math.MaxUint32 {
+			// CRIU's image holds a 32-bit limit.
+			return nil, fmt.Errorf("SysV message queue %d (key %#x) has a limit of %d bytes (msg_qbytes over 4 GiB): not supported", id, uint32(ds.Perm.Key), ds.Qbytes)
 		}
 		q := model.SysVMsgQueue{Desc: desc(&ds.Perm, id), QBytes: uint32(ds.Qbytes)}
 		// No message is longer than the bytes in the queue.
@@ -413,8 +443,8 @@ func setPerm(p *unix.SysvIpcPerm, d *model.IPCDesc) {
 
 func restoreShm(s *model.SysVShm) error {
 	what := fmt.Sprintf("SysV shared memory segment %d (key %#x)", s.Desc.ID, uint32(s.Desc.Key))
-	if uint64(len(s.Data)) != s.Size {
-		return fmt.Errorf("%s: %d bytes of contents for size %d", what, len(s.Data), s.Size)
+	if err := s.CheckPages(uint64(os.Getpagesize())); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	err := create(what, "kernel/shm_next_id", &s.Desc, func() (int, error) {
 		return unix.SysvShmGet(int(s.Desc.Key), int(s.Size), int(s.Desc.Mode)|unix.IPC_CREAT|unix.IPC_EXCL)
@@ -431,12 +461,15 @@ func restoreShm(s *model.SysVShm) error {
 	if _, err := shmctl(id, unix.IPC_SET, &ds); err != nil {
 		return fmt.Errorf("%s: IPC_SET: %w", what, err)
 	}
-	if s.Size > 0 {
+	if len(s.Pages) > 0 {
 		b, err := unix.SysvShmAttach(id, 0, 0)
 		if err != nil {
 			return fmt.Errorf("%s: shmat: %w", what, err)
 		}
-		copy(b, s.Data)
+		// Only the dumped pages: the others stay unpopulated, zeros.
+		for _, p := range s.Pages {
+			copy(b[p.Off:], p.Data)
+		}
 		if err := unix.SysvShmDetach(b); err != nil {
 			return fmt.Errorf("%s: shmdt: %w", what, err)
 		}
@@ -464,6 +497,21 @@ func restoreSem(s *model.SysVSem) error {
 	if len(s.Values) > 0 {
 		if _, err := semctl(id, 0, semSetAll, unsafe.Pointer(&s.Values[0])); err != nil {
 			return fmt.Errorf("%s: SETALL: %w", what, err)
+		}
+	}
+	if s.Operated && len(s.Values) > 0 {
+		// SETALL leaves sem_otime 0, what "not initialised yet" reads
+		// as: one semop that changes nothing (up and down, or down and
+		// up at the maximum, atomically) sets it.
+		ops := []sembuf{{Op: 1}, {Op: -1}}
+		if s.Values[0] >= semVMX {
+			ops[0].Op, ops[1].Op = -1, 1
+		}
+		for i := range ops {
+			ops[i].Flg = unix.IPC_NOWAIT
+		}
+		if err := semop(id, ops); err != nil {
+			return fmt.Errorf("%s: semop to set sem_otime: %w", what, err)
 		}
 	}
 	return nil
@@ -506,4 +554,54 @@ func restoreMsg(q *model.SysVMsgQueue) error {
 		}
 	}
 	return nil
+}
+
+// CheckJoinedIPC checks that each System V object of ns (the dump's) is
+// in pid's IPC namespace, one the restore joins (--join-ns ipc) instead
+// of making it: the same id, key, mode and size (a segment) or number of
+// semaphores (a set). The tree would otherwise attach or use whatever has
+// that id there, or find its objects gone; a missing or different one is
+// refused, named. Contents are the joined namespace's own.
+func CheckJoinedIPC(pid int, ns *model.IPCNamespace) error {
+	return inNamespace(pid, "ipc", unix.CLONE_NEWIPC, func() error {
+		check := func(kind string, d *model.IPCDesc, err error, p *unix.SysvIpcPerm, what string, size, want uint64) error {
+			name := fmt.Sprintf("SysV %s %d (key %#x, mode %#o)", kind, d.ID, uint32(d.Key), d.Mode)
+			switch {
+			case err != nil:
+				return fmt.Errorf("--join-ns ipc: the dump's %s is not in the joined namespace: %w", name, err)
+			case p.Key != d.Key || p.Mode&0777 != d.Mode || size != want:
+				if what != "" {
+					name += fmt.Sprintf(" of %d %s", want, what)
+					what = fmt.Sprintf(", %d %s", size, what)
+				}
+				return fmt.Errorf("--join-ns ipc: the dump's %s is another object in the joined namespace (key %#x, mode %#o%s)", name, uint32(p.Key), p.Mode&0777, what)
+			}
+			return nil
+		}
+		for i := range ns.Shm {
+			s := &ns.Shm[i]
+			var ds unix.SysvShmDesc
+			_, err := shmctl(int(s.Desc.ID), unix.IPC_STAT, &ds)
+			if err := check("shared memory segment", &s.Desc, err, &ds.Perm, "bytes", ds.Segsz, s.Size); err != nil {
+				return err
+			}
+		}
+		for i := range ns.Sem {
+			s := &ns.Sem[i]
+			var ds semid64Ds
+			_, err := semctl(int(s.Desc.ID), 0, unix.IPC_STAT, unsafe.Pointer(&ds))
+			if err := check("semaphore set", &s.Desc, err, &ds.Perm, "semaphores", ds.Nsems, uint64(len(s.Values))); err != nil {
+				return err
+			}
+		}
+		for i := range ns.Msg {
+			q := &ns.Msg[i]
+			var ds msqid64Ds
+			_, err := msgctl(int(q.Desc.ID), unix.IPC_STAT, &ds)
+			if err := check("message queue", &q.Desc, err, &ds.Perm, "", 0, 0); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }

@@ -80,19 +80,28 @@ func populate(t *testing.T, pid int) {
 			}
 		}
 		shm := &model.SysVShm{Desc: model.IPCDesc{Key: 0x1234, UID: 1000, GID: 1001, CUID: 1002, CGID: 1003, Mode: 0640, ID: 65538}, Size: 10000}
-		shm.Data = make([]byte, shm.Size)
-		for i := range shm.Data {
-			shm.Data[i] = byte(i * 7)
+		// Its second page untouched: neither dumped nor restored.
+		first, last := make([]byte, 4096), make([]byte, shm.Size-8192)
+		for i := range first {
+			first[i] = byte(i*7) | 1
 		}
+		for i := range last {
+			last[i] = byte(i*3) | 1
+		}
+		shm.Pages = []model.SysVShmPages{{Off: 0, Data: first}, {Off: 8192, Data: last}}
 		if err := restoreShm(shm); err != nil {
 			return err
 		}
-		priv := &model.SysVShm{Desc: model.IPCDesc{Key: 0, Mode: 0600, ID: 3}, Size: 1, Data: []byte{42}}
+		priv := &model.SysVShm{Desc: model.IPCDesc{Key: 0, Mode: 0600, ID: 3}, Size: 1, Pages: []model.SysVShmPages{{Data: []byte{42}}}}
 		if err := restoreShm(priv); err != nil {
 			return err
 		}
 		sem := &model.SysVSem{Desc: model.IPCDesc{Key: 0x77, UID: 5, GID: 6, Mode: 0660, ID: 32770}, Values: []uint16{1, 0, 32767, 9}}
 		if err := restoreSem(sem); err != nil {
+			return err
+		}
+		// A program's semop: sem_otime is set, and must stay set.
+		if err := semop(int(sem.Desc.ID), []sembuf{{Num: 1, Op: 1}, {Num: 1, Op: -1}}); err != nil {
 			return err
 		}
 		// A queue filled the ordinary way: msgsnd in order.
@@ -127,6 +136,9 @@ func TestIPCRoundTrip(t *testing.T) {
 	}
 	if ns.Shm[0].Desc.CUID != 1002 || ns.Shm[0].Desc.ID != 3 && ns.Shm[1].Desc.ID != 3 {
 		t.Fatalf("segments: %+v %+v", ns.Shm[0].Desc, ns.Shm[1].Desc)
+	}
+	if !ns.Sem[0].Operated {
+		t.Fatal("the set a semop ran on reads as never operated (sem_otime 0)")
 	}
 	if ns.Var.MsgCtlmax != 9000 || ns.Var.SemCtls != [4]uint32{250, 32000, 32, 128} || ns.Var.SemNextID != 12 || ns.Var.MqMsgMax != 20 {
 		t.Fatalf("sysctls: %+v", ns.Var)
@@ -221,5 +233,125 @@ func TestIPCRefusals(t *testing.T) {
 				t.Fatalf("ReadIPC: %v, want an error with %q", err, c.want)
 			}
 		})
+	}
+}
+
+// TestReadLeavesOwnNamespaces reads a tree's namespaces many times: each
+// read joins them on a thread that must end with it, never Go's main
+// thread (which Go keeps, and which /proc/self/ns shows), so godwit's own
+// namespaces stay as they were for the next dump in the same process.
+func TestReadLeavesOwnNamespaces(t *testing.T) {
+	pid := startInNewNS(t)
+	before := map[string]string{}
+	for _, ns := range []string{"uts", "ipc"} {
+		l, err := os.Readlink("/proc/self/ns/" + ns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[ns] = l
+	}
+	for range 20 {
+		if _, err := ReadUTS(pid); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ReadIPC(pid, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for ns, l := range before {
+		if got, _ := os.Readlink("/proc/self/ns/" + ns); got != l {
+			t.Errorf("godwit's /proc/self/ns/%s moved from %s to %s", ns, l, got)
+		}
+	}
+}
+
+// shmInfoT is struct shm_info (include/uapi/linux/shm.h), what
+// shmctl(SHM_INFO) fills: shm_rss is the resident pages of every segment.
+type shmInfoT struct {
+	UsedIDs                     int32
+	_                           int32
+	ShmTot, ShmRss, ShmSwp      uint64
+	SwapAttempts, SwapSuccesses uint64
+}
+
+// TestReadShmLeavesItUnpopulated dumps a 256 MiB segment of which one
+// page was written: the read must not populate the rest (the namespace's
+// resident shm pages stay as they were) and holds that page alone.
+func TestReadShmLeavesItUnpopulated(t *testing.T) {
+	pid := startInNewNS(t)
+	rss := func() uint64 {
+		var si shmInfoT
+		if err := inNamespace(pid, "ipc", unix.CLONE_NEWIPC, func() error {
+			_, err := shmctl(0, shmInfo, (*unix.SysvShmDesc)(unsafe.Pointer(&si)))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return si.ShmRss
+	}
+	if err := inNamespace(pid, "ipc", unix.CLONE_NEWIPC, func() error {
+		id, err := unix.SysvShmGet(0, 256<<20, 0600|unix.IPC_CREAT)
+		if err != nil {
+			return err
+		}
+		b, err := unix.SysvShmAttach(id, 0, 0)
+		if err != nil {
+			return err
+		}
+		b[100<<20] = 7
+		return unix.SysvShmDetach(b)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	before := rss()
+	ns, err := ReadIPC(pid, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after := rss(); after != before {
+		t.Errorf("reading the namespace populated the segment: %d -> %d resident pages", before, after)
+	}
+	// One run around the byte: a page, or a huge page where shmem uses
+	// them (transparent_hugepage/shmem_enabled).
+	if len(ns.Shm) != 1 || len(ns.Shm[0].Pages) != 1 {
+		t.Fatalf("segments %+v", ns.Shm)
+	}
+	p := ns.Shm[0].Pages[0]
+	if p.Off > 100<<20 || p.Off+uint64(len(p.Data)) <= 100<<20 || len(p.Data) > 2<<20 || p.Data[100<<20-p.Off] != 7 {
+		t.Errorf("segment's pages: %d bytes at %#x", len(p.Data), p.Off)
+	}
+}
+
+// TestCheckJoinedIPC checks a dump's SysV objects against a namespace a
+// restore joins: the namespace they were read from passes, an empty one
+// is refused naming a missing object, and one whose object with the same
+// id differs (size, semaphores, key, mode) is refused naming it.
+func TestCheckJoinedIPC(t *testing.T) {
+	src, empty := startInNewNS(t), startInNewNS(t)
+	populate(t, src)
+	ns, err := ReadIPC(src, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckJoinedIPC(src, ns); err != nil {
+		t.Fatalf("the dump's own namespace: %v", err)
+	}
+	if err := CheckJoinedIPC(empty, ns); err == nil || !strings.Contains(err.Error(), "not in the joined namespace") {
+		t.Fatalf("an empty namespace: %v", err)
+	}
+	for name, change := range map[string]func(ns *model.IPCNamespace){
+		"segment size": func(ns *model.IPCNamespace) { ns.Shm[0].Size += 4096 },
+		"semaphores":   func(ns *model.IPCNamespace) { ns.Sem[0].Values = append(ns.Sem[0].Values, 0) },
+		"queue key":    func(ns *model.IPCNamespace) { ns.Msg[0].Desc.Key++ },
+		"segment mode": func(ns *model.IPCNamespace) { ns.Shm[1].Desc.Mode ^= 0004 },
+	} {
+		other, err := ReadIPC(src, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		change(other)
+		if err := CheckJoinedIPC(src, other); err == nil || !strings.Contains(err.Error(), "is another object in the joined namespace") {
+			t.Errorf("%s changed: %v", name, err)
+		}
 	}
 }

@@ -77,6 +77,24 @@ func semctl(id, num, cmd int, arg unsafe.Pointer) (int, error) {
 	return int(r), nil
 }
 
+// sembuf is struct sembuf (include/uapi/linux/sem.h).
+type sembuf struct {
+	Num uint16
+	Op  int16
+	Flg int16
+}
+
+// semVMX is SEMVMX (include/uapi/linux/sem.h): a semaphore's maximum.
+const semVMX = 32767
+
+func semop(id int, ops []sembuf) error {
+	_, _, e := unix.Syscall(unix.SYS_SEMOP, uintptr(id), uintptr(unsafe.Pointer(&ops[0])), uintptr(len(ops)))
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
 func semget(key int32, nsems, flag int) (int, error) {
 	r, _, e := unix.Syscall(unix.SYS_SEMGET, uintptr(key), uintptr(nsems), uintptr(flag))
 	if e != 0 {

@@ -3,22 +3,21 @@ package nsstate
 import (
 	"fmt"
 	"os"
-	"runtime"
 
 	"golang.org/x/sys/unix"
 
+	"godwit/internal/osthread"
 	"godwit/internal/procfs"
 )
 
-// inNamespace runs fn on a new locked OS thread that joined pid's
-// namespace of kind ("uts", "ipc"; nstype its CLONE_NEW* flag). The
-// goroutine never unlocks the thread, so the runtime ends the thread when
-// fn returns.
+// inNamespace runs fn on an OS thread that joined pid's namespace of kind
+// ("uts", "ipc"; nstype its CLONE_NEW* flag) and ends with fn, never on
+// Go's main thread (osthread.Drop): godwit's own namespaces stay as they
+// were for the next dump in the same process.
 func inNamespace(pid int, kind string, nstype int, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		errc <- func() error {
+	var err error
+	osthread.Drop(func() {
+		err = func() error {
 			f, err := os.Open(procfs.Path(pid, "ns/"+kind))
 			if err != nil {
 				return fmt.Errorf("%s namespace of %d: %w", kind, pid, err)
@@ -29,6 +28,6 @@ func inNamespace(pid int, kind string, nstype int, fn func() error) error {
 			}
 			return fn()
 		}()
-	}()
-	return <-errc
+	})
+	return err
 }

@@ -52,6 +52,11 @@ func (c *Chunk) next(n int) []byte {
 	return p
 }
 
+// Take returns up to n bytes and consumes them, without a copy: a sink
+// that inspects the pages (the page server client's zero and duplicate
+// check) reads them in place.
+func (c *Chunk) Take(n int) []byte { return c.next(n) }
+
 // Read implements io.Reader.
 func (c *Chunk) Read(p []byte) (int, error) {
 	if c.off >= len(c.b) {

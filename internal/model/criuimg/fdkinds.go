@@ -792,13 +792,17 @@ func writeGhost(d *images.Dir, id uint32, g *model.GhostState, written func(stri
 	e := &ghost_file.GhostFileEntry{
 		Uid: proto.Uint32(g.UID), Gid: proto.Uint32(g.GID), Mode: proto.Uint32(g.Mode),
 		Dev: proto.Uint32(uint32(unix.Major(g.Dev)<<20 | unix.Minor(g.Dev))), Ino: proto.Uint64(g.Ino),
-		Atim: timeval(g.Atime), Mtim: timeval(g.Mtime), Chunks: proto.Bool(g.Chunks != nil), Size: proto.Uint64(g.Size),
+		Atim: timeval(g.Atime), Mtim: timeval(g.Mtime), Chunks: proto.Bool(g.Holes), Size: proto.Uint64(g.Size),
 	}
 	if err := w.Write(e); err != nil {
 		w.Close()
 		return err
 	}
-	if g.Chunks == nil {
+	if !g.Holes {
+		if uint64(len(g.Data)) != g.Size {
+			w.Close()
+			return fmt.Errorf("%s: %d bytes saved of %d", name, len(g.Data), g.Size)
+		}
 		if err := w.WritePayload(g.Data); err != nil {
 			w.Close()
 			return err
@@ -926,7 +930,7 @@ func readGhost(d *images.Dir, id uint32) (*model.GhostState, error) {
 		return g, nil
 	}
 	// Only the chunks' bytes are kept; the rest stays holes.
-	g.Chunks, g.Data = []model.GhostChunk{}, []byte{}
+	g.Holes, g.Chunks, g.Data = true, []model.GhostChunk{}, []byte{}
 	var end uint64 // where the previous chunk ended
 	for {
 		var c ghost_file.GhostChunkEntry

@@ -29,10 +29,12 @@ const godwitVersion = 1
 const maxGodwitImg = 16 << 20
 
 type godwitTask struct {
-	Version    int         `json:"version"`
-	Membarrier uint32      `json:"membarrier,omitempty"`
-	CwdDeleted bool        `json:"cwd_deleted,omitempty"`
-	VMAs       []godwitVMA `json:"vmas,omitempty"`
+	Version    int    `json:"version"`
+	Membarrier uint32 `json:"membarrier,omitempty"`
+	// THPDisableFlags: model.MM.THPDisableFlags.
+	THPDisableFlags uint32      `json:"thp_disable_flags,omitempty"`
+	CwdDeleted      bool        `json:"cwd_deleted,omitempty"`
+	VMAs            []godwitVMA `json:"vmas,omitempty"`
 	// XcompPerm and Threads: AMX permission and tile state.
 	XcompPerm uint64         `json:"xcomp_perm,omitempty"`
 	Threads   []godwitThread `json:"threads,omitempty"`
@@ -107,6 +109,7 @@ func godwitOf(k *model.Task, files map[model.ID]*model.File) *godwitTask {
 	}
 	if k.MM != nil {
 		g.Membarrier = k.MM.Membarrier
+		g.THPDisableFlags = k.MM.THPDisableFlags
 		for i := range k.MM.VMAs {
 			v := &k.MM.VMAs[i]
 			if !v.Droppable && len(v.Guards) == 0 && v.HugePage == 0 {
@@ -133,7 +136,7 @@ func godwitOf(k *model.Task, files map[model.ID]*model.File) *godwitTask {
 		}
 	}
 	g.MDWE, g.CoredumpFilter = k.Attrs.MDWE, k.Attrs.CoredumpFilter
-	if g.Membarrier == 0 && !g.CwdDeleted && len(g.VMAs) == 0 && g.XcompPerm == 0 && len(g.Threads) == 0 &&
+	if g.Membarrier == 0 && g.THPDisableFlags == 0 && !g.CwdDeleted && len(g.VMAs) == 0 && g.XcompPerm == 0 && len(g.Threads) == 0 &&
 		g.MDWE == 0 && g.CoredumpFilter == nil && len(g.ThreadAttrs) == 0 && len(g.TimerFDs) == 0 {
 		return nil
 	}
@@ -213,8 +216,11 @@ func mergeGodwit(b []byte, k *model.Task, files map[model.ID]*model.File) error 
 	if g.Membarrier&^membarrierRegisterMask != 0 {
 		return fmt.Errorf("unknown membarrier registrations %#x", g.Membarrier&^membarrierRegisterMask)
 	}
-	if (g.Membarrier != 0 || len(g.VMAs) > 0) && k.MM == nil {
+	if (g.Membarrier != 0 || g.THPDisableFlags != 0 || len(g.VMAs) > 0) && k.MM == nil {
 		return errors.New("memory state for a task without an mm image")
+	}
+	if g.THPDisableFlags != 0 && (g.THPDisableFlags != unix.PR_THP_DISABLE_EXCEPT_ADVISED || !k.MM.THPDisabled) {
+		return fmt.Errorf("THP-disable flags %#x (thp_disabled %v in the mm image)", g.THPDisableFlags, k.MM.THPDisabled)
 	}
 	if g.CwdDeleted && k.FS == nil {
 		return errors.New("deleted cwd for a task without an fs image")
@@ -275,6 +281,7 @@ func mergeGodwit(b []byte, k *model.Task, files map[model.ID]*model.File) error 
 	}
 	if k.MM != nil {
 		k.MM.Membarrier = g.Membarrier
+		k.MM.THPDisableFlags = g.THPDisableFlags
 	}
 	if k.FS != nil {
 		k.FS.CwdDeleted = g.CwdDeleted

@@ -37,6 +37,7 @@ func TestGodwitImage(t *testing.T) {
 		t.Fatal("godwit image written for a task without godwit state")
 	}
 	k.MM.Membarrier = 1<<4 | 1<<8
+	k.MM.THPDisabled, k.MM.THPDisableFlags = true, unix.PR_THP_DISABLE_EXCEPT_ADVISED
 	k.FS.CwdDeleted = true
 	k.MM.VMAs[0].Droppable = true
 	k.MM.VMAs[0].Guards = []model.Range{{Start: 0x11000, End: 0x12000}, {Start: 0x1f000, End: 0x20000}}
@@ -50,11 +51,12 @@ func TestGodwitImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := godwitTestTask()
+	got.MM.THPDisabled = true // from the mm image
 	if err := readGodwit(dir, got, nil); err != nil {
 		t.Fatal(err)
 	}
 	v := got.MM.VMAs[0]
-	if got.MM.Membarrier != k.MM.Membarrier || !got.FS.CwdDeleted || !v.Droppable || len(v.Guards) != 2 ||
+	if got.MM.Membarrier != k.MM.Membarrier || got.MM.THPDisableFlags != unix.PR_THP_DISABLE_EXCEPT_ADVISED || !got.FS.CwdDeleted || !v.Droppable || len(v.Guards) != 2 ||
 		v.Guards[1] != (model.Range{Start: 0x1f000, End: 0x20000}) || got.MM.VMAs[1].Droppable ||
 		got.XcompPerm != k.XcompPerm || got.Threads[0].Tiles != nil || got.Threads[1].Tiles == nil || got.Threads[1].Tiles.Data[100] != 9 {
 		t.Fatalf("read back %+v %+v %+v", got.MM, got.FS, got.MM.VMAs)
@@ -78,6 +80,8 @@ func TestGodwitImage(t *testing.T) {
 		{`{"version":1,"threads":[{"tid":7,"tilecfg":"","tiledata":""}]}`, "without the permission"},
 		{`{"version":1,"xcomp_perm":262144,"threads":[{"tid":7,"tilecfg":"AA==","tiledata":""}]}`, "bytes"},
 		{`{"version":1,"mdwe":2}`, "memory-deny-write-execute"},
+		{`{"version":1,"thp_disable_flags":2}`, "THP-disable flags"}, // the mm image has THP enabled
+		{`{"version":1,"thp_disable_flags":4}`, "THP-disable flags"},
 		{`{"version":1,"mdwe":4}`, "memory-deny-write-execute"},
 		{`{"version":1,"thread_attrs":[{"tid":9,"ioprio":1}]}`, "not a thread"},
 		{`{"version":1,"thread_attrs":[{"tid":7,"ioprio":1},{"tid":7}]}`, "twice"},
@@ -109,6 +113,9 @@ func FuzzGodwitImage(f *testing.F) {
 			if a := th.Attrs; len(a.Affinity) > 16 || a.MCEKill > 2 {
 				t.Fatalf("thread %d: attributes %+v merged", th.Tid, a)
 			}
+		}
+		if f := k.MM.THPDisableFlags; f != 0 && (f != unix.PR_THP_DISABLE_EXCEPT_ADVISED || !k.MM.THPDisabled) {
+			t.Fatalf("THP-disable flags %#x merged (disabled %v)", f, k.MM.THPDisabled)
 		}
 		for _, v := range k.MM.VMAs {
 			for _, g := range v.Guards {

@@ -43,12 +43,15 @@ const (
 // of at most 2^20 semaphores, at most 2^24 messages of at most 64 MiB.
 const (
 	maxShmSize = 64 << 30
-	maxSems    = 1 << 20
-	maxMsgSize = 64 << 20
-	maxMsgs    = 1 << 24
+	// sysvPagesBase is where the pages ids of SysV segments' contents
+	// start: above the dump's own and memfds' (memfdPagesBase).
+	sysvPagesBase = 1 << 21
+	maxSems       = 1 << 20
+	maxMsgSize    = 64 << 20
+	maxMsgs       = 1 << 24
 )
 
-func writeNamespaces(t *model.Tree, put func(string, ...proto.Message) error, create func(string) (*images.EntryWriter, error)) error {
+func writeNamespaces(d *images.Dir, t *model.Tree, written func(string), put func(string, ...proto.Message) error, create func(string) (*images.EntryWriter, error)) error {
 	if u := t.UTS; u != nil {
 		if err := put(utsnsImg(u.ID), &utsns.UtsnsEntry{Nodename: proto.String(u.Nodename), Domainname: proto.String(u.Domainname)}); err != nil {
 			return err
@@ -65,23 +68,50 @@ func writeNamespaces(t *model.Tree, put func(string, ...proto.Message) error, cr
 	if err != nil {
 		return err
 	}
+	pagesID := uint32(sysvPagesBase)
 	for i := range ns.Shm {
 		s := &ns.Shm[i]
-		if uint64(len(s.Data)) != s.Size {
+		if err := s.CheckPages(pageSize); err != nil {
 			w.Close()
-			return fmt.Errorf("shm segment %d: %d bytes for size %d", s.Desc.ID, len(s.Data), s.Size)
+			return err
 		}
-		e := &ipc_shm.IpcShmEntry{Desc: descEntry(&s.Desc), Size: proto.Uint64(s.Size), InPagemaps: proto.Bool(false)}
+		// CRIU's in_pagemaps layout keeps only the pages the segment
+		// held; the inline one (kept for a pagemap-shmem name some shared
+		// mapping already took) streams the zeros between them.
+		name := images.PagemapShmemImg(uint64(uint32(s.Desc.ID)))
+		inPagemaps := !d.Exists(name)
+		e := &ipc_shm.IpcShmEntry{Desc: descEntry(&s.Desc), Size: proto.Uint64(s.Size), InPagemaps: proto.Bool(inPagemaps)}
 		if err := w.Write(e); err != nil {
 			w.Close()
 			return err
 		}
-		if err := w.WritePayload(padded(s.Data, shmPad)); err != nil {
+		if inPagemaps {
+			if len(s.Pages) == 0 {
+				continue // no pagemap: every page zero
+			}
+			for d.Exists(images.PagesImg(pagesID)) {
+				pagesID++
+			}
+			if written != nil {
+				written(name)
+				written(images.PagesImg(pagesID))
+			}
+			if err := writeShmPages(d, name, pagesID, s); err != nil {
+				w.Close()
+				return fmt.Errorf("shm segment %d: %w", s.Desc.ID, err)
+			}
+			pagesID++
+			continue
+		}
+		if err := writeShmInline(w, s); err != nil {
 			w.Close()
-			return err
+			return fmt.Errorf("shm segment %d: %w", s.Desc.ID, err)
 		}
 	}
 	if err := w.Close(); err != nil {
+		return err
+	}
+	if err := writeGodwitIPC(d, ns, written); err != nil {
 		return err
 	}
 	if w, err = create(ipcSemImg(ns.ID)); err != nil {
@@ -266,20 +296,17 @@ func readIPC(d *images.Dir, id uint32) (*model.IPCNamespace, error) {
 		if size == 0 || size > maxShmSize {
 			return fmt.Errorf("%s: segment %d: size %d", r.Name(), desc.ID, size)
 		}
+		shm := model.SysVShm{Desc: desc, Size: size}
 		if e.GetInPagemaps() {
 			// CRIU's own layout: the pages in pagemap-shmem-ID.img.
-			b, err := sysvShmPages(d, desc.ID, size)
-			if err != nil {
-				return err
-			}
-			ns.Shm = append(ns.Shm, model.SysVShm{Desc: desc, Size: size, Data: b})
-			return nil
+			shm.Pages, err = sysvShmPages(d, desc.ID, size)
+		} else {
+			shm.Pages, err = sysvShmInline(r, size)
 		}
-		b := make([]byte, roundUp(size, shmPad))
-		if err := r.ReadPayload(b); err != nil {
+		if err != nil {
 			return err
 		}
-		ns.Shm = append(ns.Shm, model.SysVShm{Desc: desc, Size: size, Data: b[:size:size]})
+		ns.Shm = append(ns.Shm, shm)
 		return nil
 	}); err != nil {
 		return nil, err
@@ -354,31 +381,134 @@ func readIPC(d *images.Dir, id uint32) (*model.IPCNamespace, error) {
 	}); err != nil {
 		return nil, err
 	}
+	if err := readGodwitIPC(d, ns); err != nil {
+		return nil, err
+	}
 	return ns, nil
 }
 
 // sysvShmPages reads the contents of segment id, size bytes, from its
-// pagemap (CRIU's in_pagemaps): pages it does not list are zero.
-func sysvShmPages(d *images.Dir, id int32, size uint64) ([]byte, error) {
+// pagemap (CRIU's in_pagemaps): pages it does not list are zero. Each run
+// is allocated as listed, and OpenPages has checked that the pages file
+// holds them all: a corrupt size claims nothing.
+func sysvShmPages(d *images.Dir, id int32, size uint64) ([]model.SysVShmPages, error) {
 	name := images.PagemapShmemImg(uint64(uint32(id)))
-	b := make([]byte, roundUp(size, pageSize))
 	if !d.Exists(name) {
-		return b[:size:size], nil
+		return nil, nil
 	}
 	pr, err := images.OpenPages(d, name)
 	if err != nil {
 		return nil, imgErr(name, err)
 	}
 	defer pr.Close()
+	end := roundUp(size, pageSize)
+	var out []model.SysVShmPages
 	for p := range pr.Ranges() {
-		if !p.Present() || p.Vaddr > uint64(len(b)) || p.NrPages*pageSize > uint64(len(b))-p.Vaddr {
+		if !p.Present() || p.Vaddr > end || p.NrPages > (end-p.Vaddr)/pageSize {
 			return nil, fmt.Errorf("%s: pages %#x+%d: not in the image, or past the end of segment %d (%d bytes)", name, p.Vaddr, p.NrPages, id, size)
 		}
-		if _, err := pr.ReadAt(b[p.Vaddr:p.End()], p.Vaddr); err != nil {
+		b := make([]byte, p.NrPages*pageSize)
+		if _, err := pr.ReadAt(b, p.Vaddr); err != nil {
 			return nil, imgErr(name, err)
 		}
+		if p.End() > size {
+			b = b[:size-p.Vaddr] // the segment's last page, past its end
+		}
+		out = append(out, model.SysVShmPages{Off: p.Vaddr, Data: b})
 	}
-	return b[:size:size], nil
+	return out, nil
+}
+
+// sysvShmInline reads a segment's size bytes that follow its entry
+// (in_pagemaps false), checking first that the image holds them, and
+// keeps the pages that are not all zeros.
+func sysvShmInline(r *images.EntryReader, size uint64) ([]model.SysVShmPages, error) {
+	padded := roundUp(size, shmPad)
+	if rem := r.Remaining(); rem >= 0 && uint64(rem) < padded {
+		return nil, fmt.Errorf("%s: segment of %d bytes, %d left in the image", r.Name(), size, rem)
+	}
+	var out []model.SysVShmPages
+	chunk := make([]byte, 1<<20)
+	for off := uint64(0); off < padded; {
+		n := min(uint64(len(chunk)), padded-off)
+		if err := r.ReadPayload(chunk[:n]); err != nil {
+			return nil, err
+		}
+		for p := uint64(0); p < n && off+p < size; p += pageSize {
+			pg := chunk[p:min(p+pageSize, n, size-off)]
+			if allZero(pg) {
+				continue
+			}
+			if k := len(out) - 1; k >= 0 && out[k].Off+uint64(len(out[k].Data)) == off+p {
+				out[k].Data = append(out[k].Data, pg...)
+			} else {
+				out = append(out, model.SysVShmPages{Off: off + p, Data: append([]byte(nil), pg...)})
+			}
+		}
+		off += n
+	}
+	return out, nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// writeShmPages writes the segment's pages as CRIU's pagemap-shmem-ID
+// (whole pages: the last one padded with zeros).
+func writeShmPages(d *images.Dir, name string, pagesID uint32, s *model.SysVShm) error {
+	pw, err := images.CreatePages(d, name, pagesID)
+	if err != nil {
+		return err
+	}
+	for _, p := range s.Pages {
+		nr := roundUp(uint64(len(p.Data)), pageSize) / pageSize
+		if err := pw.Add(p.Off, nr, images.PagePresent); err != nil {
+			pw.Abort()
+			return err
+		}
+		_, err := pw.Write(p.Data)
+		if err == nil {
+			_, err = pw.Write(make([]byte, nr*pageSize-uint64(len(p.Data))))
+		}
+		if err != nil {
+			pw.Abort()
+			return err
+		}
+	}
+	return pw.Close()
+}
+
+// writeShmInline writes the segment's size bytes after its entry, padded
+// to shmPad, zeros streamed between its pages.
+func writeShmInline(w *images.EntryWriter, s *model.SysVShm) error {
+	zeros := make([]byte, 1<<16)
+	fill := func(n uint64) error {
+		for n > 0 {
+			k := min(n, uint64(len(zeros)))
+			if err := w.WritePayload(zeros[:k]); err != nil {
+				return err
+			}
+			n -= k
+		}
+		return nil
+	}
+	var at uint64
+	for _, p := range s.Pages {
+		if err := fill(p.Off - at); err != nil {
+			return err
+		}
+		if err := w.WritePayload(p.Data); err != nil {
+			return err
+		}
+		at = p.Off + uint64(len(p.Data))
+	}
+	return fill(roundUp(s.Size, shmPad) - at)
 }
 
 // eachEntry calls one for each entry (with its payload) of name, until

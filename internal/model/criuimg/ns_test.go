@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -30,8 +31,8 @@ func sampleNamespaces(tr *model.Tree) {
 		Var: model.IPCVar{SemCtls: [4]uint32{32000, 1024000000, 500, 32000}, MsgCtlmax: 8192, MsgCtlmnb: 16384, MsgCtlmni: 32000,
 			AutoMsgmni: 0, ShmCtlmax: 1 << 40, ShmCtlall: 1 << 30, ShmCtlmni: 4096, MqQueuesMax: 256, MqMsgMax: 10,
 			MqMsgsizeMax: 8192, MqMsgDefault: 10, MqMsgsizeDefault: 8192, MsgNextID: -1, SemNextID: 7, ShmNextID: -1},
-		Shm: []model.SysVShm{{Desc: model.IPCDesc{Key: -2, UID: 1, GID: 2, CUID: 3, CGID: 4, Mode: 0600, ID: 32768}, Size: 4099, Data: shm}},
-		Sem: []model.SysVSem{{Desc: model.IPCDesc{Key: 5, Mode: 0666, ID: 1}, Values: []uint16{1, 2, 3}}, {Desc: model.IPCDesc{ID: 2}, Values: []uint16{9, 8, 7, 6}}},
+		Shm: []model.SysVShm{{Desc: model.IPCDesc{Key: -2, UID: 1, GID: 2, CUID: 3, CGID: 4, Mode: 0600, ID: 32768}, Size: 4099, Pages: []model.SysVShmPages{{Off: 0, Data: shm}}}},
+		Sem: []model.SysVSem{{Desc: model.IPCDesc{Key: 5, Mode: 0666, ID: 1}, Values: []uint16{1, 2, 3}, Operated: true}, {Desc: model.IPCDesc{ID: 2}, Values: []uint16{9, 8, 7, 6}}},
 		Msg: []model.SysVMsgQueue{
 			{Desc: model.IPCDesc{Key: 9, Mode: 0640, ID: 0}, QBytes: 16384, Msgs: []model.SysVMsg{{Type: 2, Data: []byte("12345678")}, {Type: 1, Data: []byte{}}, {Type: 1 << 40, Data: []byte("abc")}}},
 			{Desc: model.IPCDesc{ID: 3}, QBytes: 100},
@@ -172,13 +173,21 @@ func FuzzReadIPC(f *testing.F) {
 		}
 		d.Close()
 	}
-	files := []string{ipcVarImg(id), ipcShmImg(id), ipcSemImg(id), ipcMsgImg(id), utsnsImg(tr.UTS.ID)}
+	pages, _ := filepath.Glob(filepath.Join(src, "pages-*.img"))
+	if len(pages) != 1 {
+		f.Fatalf("pages files %v, want the segment's", pages)
+	}
+	files := []string{ipcVarImg(id), ipcShmImg(id), ipcSemImg(id), ipcMsgImg(id), utsnsImg(tr.UTS.ID), images.PagemapShmemImg(32768), filepath.Base(pages[0]), GodwitIPCImg(id)}
 	for i, n := range files {
 		b, err := os.ReadFile(filepath.Join(src, n))
 		if err != nil {
 			f.Fatal(err)
 		}
 		f.Add(uint8(i), b)
+	}
+	// A segment claiming 64 GiB, in both layouts.
+	for _, inPagemaps := range []bool{false, true} {
+		f.Add(uint8(1), hugeShmImage(f, inPagemaps))
 	}
 	f.Fuzz(func(t *testing.T, which uint8, data []byte) {
 		dir := t.TempDir()
@@ -206,8 +215,8 @@ func FuzzReadIPC(f *testing.F) {
 			return
 		}
 		for _, s := range got.IPC.Shm {
-			if uint64(len(s.Data)) != s.Size {
-				t.Fatalf("segment %d: %d bytes for size %d", s.Desc.ID, len(s.Data), s.Size)
+			if err := s.CheckPages(pageSize); err != nil {
+				t.Fatal(err)
 			}
 		}
 	})
@@ -265,10 +274,69 @@ func TestSysVShmInPagemaps(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := append(make([]byte, 4096), page[:5000-4096]...)
-			if len(got.IPC.Shm) != 1 || !bytes.Equal(got.IPC.Shm[0].Data, want) || got.IPC.Shm[0].Desc != *desc {
+			want := []model.SysVShmPages{{Off: 4096, Data: page[:5000-4096]}}
+			if len(got.IPC.Shm) != 1 || !reflect.DeepEqual(got.IPC.Shm[0].Pages, want) || got.IPC.Shm[0].Desc != *desc {
 				t.Fatalf("segments %+v", got.IPC.Shm)
 			}
 		})
+	}
+}
+
+// hugeShmImage is an ipcns-shm image of one segment of 64 GiB (segment
+// 32768, as the sample's), with no contents after it.
+func hugeShmImage(tb testing.TB, inPagemaps bool) []byte {
+	d, err := openDir(tb.TempDir())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer d.Close()
+	desc := &model.IPCDesc{Key: 7, Mode: 0600, ID: 32768}
+	e := &ipc_shm.IpcShmEntry{Desc: descEntry(desc), Size: proto.Uint64(64 << 30), InPagemaps: proto.Bool(inPagemaps)}
+	if err := images.Write(d, ipcShmImg(1), e); err != nil {
+		tb.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(d.Path(), ipcShmImg(1)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
+// TestReadHugeShmAllocatesNothing reads a corrupt segment that claims
+// 64 GiB, inline (no bytes follow) and in a pagemap (one page listed):
+// the read fails, or holds the listed page, without allocating the size.
+func TestReadHugeShmAllocatesNothing(t *testing.T) {
+	for _, inPagemaps := range []bool{false, true} {
+		tr := sampleTree(t)
+		sampleNamespaces(tr)
+		dir, _ := writeTree(t, tr)
+		d, err := images.Open(dir, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := tr.IPC.ID
+		if err := os.WriteFile(filepath.Join(dir, ipcShmImg(id)), hugeShmImage(t, inPagemaps), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		got, err := Read(d)
+		runtime.ReadMemStats(&after)
+		d.Close()
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 64<<20 {
+			t.Errorf("in_pagemaps %v: reading allocated %d bytes", inPagemaps, alloc)
+		}
+		if !inPagemaps {
+			if err == nil || !strings.Contains(err.Error(), "left in the image") {
+				t.Errorf("inline: Read: %v, want the missing bytes named", err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := got.IPC.Shm; len(s) != 1 || s[0].Size != 64<<30 || len(s[0].Pages) != 1 || len(s[0].Pages[0].Data) != 2*pageSize {
+			t.Errorf("in a pagemap: segments %+v", s)
+		}
 	}
 }

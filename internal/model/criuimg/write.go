@@ -102,7 +102,7 @@ func Write(d *images.Dir, t *model.Tree, written func(name string)) error {
 		}
 		return d.CreateImage(name)
 	}
-	if err := writeNamespaces(t, put, create); err != nil {
+	if err := writeNamespaces(d, t, written, put, create); err != nil {
 		return fmt.Errorf("write namespace images: %w", err)
 	}
 	var files []proto.Message

@@ -51,7 +51,25 @@ const (
 	// nr_pages is the number of entries (seqs) of the whole pagemap,
 	// vaddr the number of its present pages. No reply.
 	CmdEndStripe = 0x2003
+	// CmdZero is ADD_F (PRESENT in the flags) of nr_pages pages the
+	// sender found all zero: no data follows, the receiver writes zeros.
+	CmdZero = 0x2004
+	// CmdCopy is ADD_F (PRESENT in the flags) of nr_pages pages identical
+	// to pages sent before in the same pages file: a CopyExtSize
+	// extension {u64 page_off} follows, the first source page's place in
+	// that file (in pages); no data follows.
+	CmdCopy = 0x2005
+	// CmdZeroAt is CmdZero on a striped pagemap: the StripeExtSize
+	// extension of ADD_AT follows, no data.
+	CmdZeroAt = 0x2006
+	// CmdCopyAt is CmdCopy on a striped pagemap: ADD_AT's extension and
+	// then the first source page's place in the pages file (u64; the
+	// source lies wholly before page_off), no data.
+	CmdCopyAt = 0x2007
 )
+
+// CopyExtSize is the size of CmdCopy's extension.
+const CopyExtSize = 8
 
 // StripeExtSize is the size of CmdAddAt's extension.
 const StripeExtSize = 16
@@ -181,6 +199,14 @@ func CommandName(c uint16) string {
 		return "ADD_AT"
 	case CmdEndStripe:
 		return "END_STRIPE"
+	case CmdZero:
+		return "ZERO"
+	case CmdCopy:
+		return "COPY"
+	case CmdZeroAt:
+		return "ZERO_AT"
+	case CmdCopyAt:
+		return "COPY_AT"
 	}
 	return fmt.Sprintf("cmd(%#x)", c)
 }
