@@ -15,12 +15,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -171,71 +167,11 @@ func offsetOf(spec *btf.Spec, f field) (int16, error) {
 	if err := spec.TypeByName(f.st, &st); err != nil {
 		return 0, fmt.Errorf("kernel BTF: struct %s: %w", f.st, err)
 	}
-	off, size, ok := memberOffset(st.Members, f.member)
+	off, size, ok := MemberOffset(st.Members, f.member)
 	if !ok || size != f.size || off%f.size != 0 || off > 1<<14 {
 		return 0, fmt.Errorf("kernel BTF: %s.%s: no aligned %d-byte member", f.st, f.member, f.size)
 	}
 	return int16(off), nil
-}
-
-func memberOffset(ms []btf.Member, name string) (int, int, bool) {
-	for _, m := range ms {
-		if m.Name == name {
-			if m.BitfieldSize != 0 || m.Offset%8 != 0 {
-				return 0, 0, false
-			}
-			size, err := btf.Sizeof(m.Type)
-			if err != nil {
-				return 0, 0, false
-			}
-			return int(m.Offset / 8), size, true
-		}
-		if m.Name != "" {
-			continue
-		}
-		var inner []btf.Member
-		switch t := btf.UnderlyingType(m.Type).(type) {
-		case *btf.Struct:
-			inner = t.Members
-		case *btf.Union:
-			inner = t.Members
-		default:
-			continue
-		}
-		if off, size, ok := memberOffset(inner, name); ok {
-			return int(m.Offset/8) + off, size, true
-		}
-	}
-	return 0, 0, false
-}
-
-// iterTaskInfo is union bpf_iter_link_info's task member
-// (include/uapi/linux/bpf.h), padded to the union's size.
-type iterTaskInfo struct {
-	Tid, Pid, PidFd uint32
-	_               uint32
-}
-
-// linkCreateIter is union bpf_attr's link_create member as BPF_LINK_CREATE
-// of an iterator takes it (include/uapi/linux/bpf.h).
-type linkCreateIter struct {
-	ProgFd, TargetFd, AttachType, Flags uint32
-	IterInfo                            uint64
-	IterInfoLen                         uint32
-	_                                   uint32
-}
-
-// iterCreate is union bpf_attr's iter_create member.
-type iterCreate struct {
-	LinkFd, Flags uint32
-}
-
-func bpf(cmd uintptr, attr unsafe.Pointer, size uintptr) (int, error) {
-	r, _, errno := unix.Syscall(unix.SYS_BPF, cmd, uintptr(attr), size)
-	if errno != 0 {
-		return -1, errno
-	}
-	return int(r), nil
 }
 
 // ReuseportSteering returns, by socket inode, the steering programs of
@@ -253,7 +189,7 @@ func ReuseportSteering(pid int) (map[uint64]Steering, error) {
 		return nil, fmt.Errorf("pidfd of %d: %w", pid, err)
 	}
 	defer unix.Close(pfd)
-	b, err := walk(p, &iterTaskInfo{PidFd: uint32(pfd)})
+	b, err := walk(p, &TaskInfo{PidFd: uint32(pfd)})
 	if errors.Is(err, unix.E2BIG) {
 		// Before Linux 6.1 an iterator cannot be given a process: it
 		// walks every process's fds. The answer, by inode, is the same.
@@ -267,28 +203,12 @@ func ReuseportSteering(pid int) (map[uint64]Steering, error) {
 
 // walk runs the iterator over the fds of the process info names (nil:
 // of every process) and returns what it wrote.
-func walk(p *ebpf.Program, info *iterTaskInfo) ([]byte, error) {
-	la := linkCreateIter{ProgFd: uint32(p.FD()), AttachType: unix.BPF_TRACE_ITER}
-	if info != nil {
-		la.IterInfo, la.IterInfoLen = uint64(uintptr(unsafe.Pointer(info))), uint32(unsafe.Sizeof(*info))
+func walk(p *ebpf.Program, info *TaskInfo) ([]byte, error) {
+	b, err := Iterate(p, info)
+	if err != nil && errors.Is(err, ErrLink) && !errors.Is(err, unix.E2BIG) {
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	lfd, err := bpf(unix.BPF_LINK_CREATE, unsafe.Pointer(&la), unsafe.Sizeof(la))
-	runtime.KeepAlive(info)
-	if err != nil {
-		if errors.Is(err, unix.E2BIG) {
-			return nil, err
-		}
-		return nil, fmt.Errorf("%w: link: %v", ErrUnavailable, err)
-	}
-	defer unix.Close(lfd)
-	ic := iterCreate{LinkFd: uint32(lfd)}
-	ifd, err := bpf(unix.BPF_ITER_CREATE, unsafe.Pointer(&ic), unsafe.Sizeof(ic))
-	if err != nil {
-		return nil, fmt.Errorf("create: %w", err)
-	}
-	f := os.NewFile(uintptr(ifd), "task_file")
-	defer f.Close()
-	return io.ReadAll(f)
+	return b, err
 }
 
 // parseSteering decodes the iterator's records. A socket may be listed

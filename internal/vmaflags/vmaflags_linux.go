@@ -10,16 +10,14 @@ package vmaflags
 import (
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"slices"
 	"sync"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
-	"golang.org/x/sys/unix"
+
+	"godwit/internal/bpfiter"
 )
 
 // VMA is one mapping as the kernel holds it.
@@ -71,7 +69,7 @@ func load() (*ebpf.Program, error) {
 		if err := spec.TypeByName(f.st, &st); err != nil {
 			return nil, fmt.Errorf("vmaflags: kernel BTF: struct %s: %w", f.st, err)
 		}
-		off, size, ok := memberOffset(st.Members, f.member)
+		off, size, ok := bpfiter.MemberOffset(st.Members, f.member)
 		if !ok || size != 8 || off%8 != 0 || off > 1<<14 {
 			return nil, fmt.Errorf("vmaflags: kernel BTF: %s.%s: no 8-byte member found", f.st, f.member)
 		}
@@ -108,68 +106,6 @@ func load() (*ebpf.Program, error) {
 	return p, nil
 }
 
-// memberOffset finds name among ms, inside anonymous structs and unions
-// too (vm_flags sits in one), and returns its byte offset and size.
-func memberOffset(ms []btf.Member, name string) (int, int, bool) {
-	for _, m := range ms {
-		if m.Name == name {
-			if m.BitfieldSize != 0 || m.Offset%8 != 0 {
-				return 0, 0, false
-			}
-			size, err := btf.Sizeof(m.Type)
-			if err != nil {
-				return 0, 0, false
-			}
-			return int(m.Offset / 8), size, true
-		}
-		if m.Name != "" {
-			continue
-		}
-		var inner []btf.Member
-		switch t := btf.UnderlyingType(m.Type).(type) {
-		case *btf.Struct:
-			inner = t.Members
-		case *btf.Union:
-			inner = t.Members
-		default:
-			continue
-		}
-		if off, size, ok := memberOffset(inner, name); ok {
-			return int(m.Offset/8) + off, size, true
-		}
-	}
-	return 0, 0, false
-}
-
-// iterTaskInfo is union bpf_iter_link_info's task member
-// (include/uapi/linux/bpf.h), padded to the union's size.
-type iterTaskInfo struct {
-	Tid, Pid, PidFd uint32
-	_               uint32
-}
-
-// linkCreateIter is union bpf_attr's link_create member as BPF_LINK_CREATE
-// of an iterator takes it (include/uapi/linux/bpf.h).
-type linkCreateIter struct {
-	ProgFd, TargetFd, AttachType, Flags uint32
-	IterInfo                            uint64
-	IterInfoLen                         uint32
-	_                                   uint32
-}
-
-// iterCreate is union bpf_attr's iter_create member.
-type iterCreate struct {
-	LinkFd, Flags uint32
-}
-
-func bpf(cmd uintptr, attr unsafe.Pointer, size uintptr) (int, error) {
-	r, _, errno := unix.Syscall(unix.SYS_BPF, cmd, uintptr(attr), size)
-	if errno != 0 {
-		return -1, errno
-	}
-	return int(r), nil
-}
-
 // ErrUnavailable wraps why the iterator cannot be used here (no BTF, no
 // BPF); callers fall back to smaps.
 var ErrUnavailable = errors.New("vmaflags: BPF task_vma iterator unavailable")
@@ -182,22 +118,10 @@ func Read(pid int) ([]VMA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	info := iterTaskInfo{Pid: uint32(pid)}
-	la := linkCreateIter{ProgFd: uint32(p.FD()), AttachType: unix.BPF_TRACE_ITER,
-		IterInfo: uint64(uintptr(unsafe.Pointer(&info))), IterInfoLen: uint32(unsafe.Sizeof(info))}
-	lfd, err := bpf(unix.BPF_LINK_CREATE, unsafe.Pointer(&la), unsafe.Sizeof(la))
-	if err != nil {
-		return nil, fmt.Errorf("%w: link: %v", ErrUnavailable, err)
+	b, err := bpfiter.Iterate(p, &bpfiter.TaskInfo{Pid: uint32(pid)})
+	if errors.Is(err, bpfiter.ErrLink) {
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	defer unix.Close(lfd)
-	ic := iterCreate{LinkFd: uint32(lfd)}
-	ifd, err := bpf(unix.BPF_ITER_CREATE, unsafe.Pointer(&ic), unsafe.Sizeof(ic))
-	if err != nil {
-		return nil, fmt.Errorf("vmaflags: pid %d: iterator: %w", pid, err)
-	}
-	f := os.NewFile(uintptr(ifd), "task_vma")
-	defer f.Close()
-	b, err := io.ReadAll(f)
 	if err != nil {
 		return nil, fmt.Errorf("vmaflags: pid %d: %w", pid, err)
 	}
