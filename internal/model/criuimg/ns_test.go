@@ -71,10 +71,7 @@ func TestNamespacesRoundTrip(t *testing.T) {
 		ri.GetNetNsId() != want.Root().IDs.NS.Net {
 		t.Errorf("inventory root_ids %v: the root's UTS and IPC namespaces (%d, %d) must differ, the others not", ri, want.UTS.ID, want.IPC.ID)
 	}
-	crit, err := exec.LookPath("crit")
-	if err != nil {
-		t.Skip("no crit (Debian's criu package)")
-	}
+	crit := critPath(t)
 	n := 0
 	for _, name := range names {
 		if !strings.HasPrefix(name, "utsns-") && !strings.HasPrefix(name, "ipcns-") {
