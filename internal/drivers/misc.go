@@ -140,6 +140,12 @@ func (dumpableDriver) PlanInjected(d *Dump, s *inject.Session) (Planned, bool) {
 	return Planned{Calls: []inject.Call{inject.C("prctl(PR_GET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)},
 		Done: func(got []uint64, _ []byte) error {
 			dumpable := int32(got[0])
+			if dumpable != 0 && dumpable != 1 {
+				// SUID_DUMP_ROOT (2) is the kernel's own, for a set-user-ID
+				// program under fs.suid_dumpable=2: PR_SET_DUMPABLE takes
+				// only 0 or 1, so the restore could not set it back.
+				return fmt.Errorf("dumpable %d (PR_GET_DUMPABLE; 2 is SUID_DUMP_ROOT, which the kernel sets for a set-user-ID program under fs.suid_dumpable=2): PR_SET_DUMPABLE cannot set it again", dumpable)
+			}
 			d.Task.MM.Dumpable = &dumpable
 			return nil
 		}}, true
