@@ -450,7 +450,12 @@ func Send(ctx context.Context, o SendOptions) (res *Result, err error) {
 	if err != nil {
 		return res, abort(PhaseFreeze, err)
 	}
-	ps, cp, err := pageTarget(net.JoinHostPort(host, strconv.Itoa(port)), pages, tc, relay)
+	// The final delta is sent while the tree is frozen: hashing each page
+	// for duplicates (SHA-256, about 0.7 ms per MiB here) would add to the
+	// downtime what it saves in bytes, and the delta is small by design.
+	fp := pages
+	fp.Dedup = false
+	ps, cp, err := pageTarget(net.JoinHostPort(host, strconv.Itoa(port)), fp, tc, relay)
 	if err != nil {
 		return res, abort(PhaseFreeze, err)
 	}
