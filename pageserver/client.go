@@ -60,6 +60,7 @@ type Client struct {
 	compress bool
 	zctrl    io.ReadWriter
 	dedup    bool // TransportOptions.Dedup
+	zeroOnly bool // TransportOptions.ZeroOnly
 	// zeroSent, sameSent: pages sent as ZERO and COPY records.
 	zeroSent, sameSent atomic.Uint64
 	sink               *TaskSink // TCP: the open task
@@ -90,7 +91,7 @@ func Dial(ctx context.Context, addr string, o TransportOptions) (*Client, error)
 	if o.Streams > 1 {
 		return dialStriped(ctx, addr, o, o.Streams)
 	}
-	c := &Client{transport: t, sinks: map[*TaskSink]struct{}{}, compress: o.Compress != "", dedup: o.Dedup}
+	c := &Client{transport: t, sinks: map[*TaskSink]struct{}{}, compress: o.Compress != "", dedup: o.Dedup, zeroOnly: o.ZeroOnly}
 	switch t {
 	case TransportTCP:
 		if c.conn, c.raw, err = dialTCP(ctx, addr, o); err != nil {
@@ -221,6 +222,7 @@ func (c *Client) OpenTask(ctx context.Context, dst uint64, parentAware bool) (*T
 	s := &TaskSink{c: c, dst: dst}
 	if c.dedup {
 		s.dd = newDedup()
+		s.dd.zeroOnly = c.zeroOnly
 	}
 	var rw io.ReadWriter
 	if c.qc != nil {

@@ -37,6 +37,7 @@ type dedup struct {
 	sent uint64                       // pages in the pages file so far
 	// Pages sent as ZERO and COPY records.
 	zero, dup uint64
+	zeroOnly  bool // TransportOptions.ZeroOnly: no duplicate test
 }
 
 func newDedup() *dedup { return &dedup{seen: map[[sha256.Size]byte]uint64{}} }
@@ -101,7 +102,7 @@ func (s *TaskSink) sendDedup(vaddr uint64, flags uint32, data []byte) error {
 		var h [sha256.Size]byte
 		if bytes.Equal(p, zeroPage[:]) { // vectorised memequal
 			k = runZero
-		} else {
+		} else if !d.zeroOnly {
 			h = sha256.Sum256(p)
 			if off, ok := d.seen[h]; ok {
 				k, r = runCopy, off
@@ -115,7 +116,7 @@ func (s *TaskSink) sendDedup(vaddr uint64, flags uint32, data []byte) error {
 		if n == 0 {
 			kind, start, ref = k, i, r
 		}
-		if k == runData && len(d.seen) < maxDedupPages {
+		if k == runData && !d.zeroOnly && len(d.seen) < maxDedupPages {
 			// Its place in the pages file once this run is flushed.
 			d.seen[h] = d.sent + n
 		}

@@ -58,7 +58,7 @@ func NewSocketClient(conn net.Conn) *Client { return NewSocketClientWith(conn, T
 // NewSocketClientWith is NewSocketClient with o's Dedup (the rest of o is
 // about dialling: unused).
 func NewSocketClientWith(conn net.Conn, o TransportOptions) *Client {
-	c := &Client{transport: TransportTCP, sinks: map[*TaskSink]struct{}{}, conn: conn, handedOver: true, dedup: o.Dedup}
+	c := &Client{transport: TransportTCP, sinks: map[*TaskSink]struct{}{}, conn: conn, handedOver: true, dedup: o.Dedup, zeroOnly: o.ZeroOnly}
 	if tc, ok := conn.(*net.TCPConn); ok {
 		c.raw = tc
 	}
