@@ -8,8 +8,10 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"godwit/internal/logging"
+	"godwit/internal/procfs"
 	pb "godwit/migrate/internal/proto"
 )
 
@@ -26,6 +28,18 @@ func TestOverlapRoundWithoutLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid := cmd.Process.Pid
+	// Until sleep blocks in its nanosleep the loader still maps and
+	// unmaps, and a mapping listed in maps can be gone from map_files.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if st, err := procfs.ReadStat(pid); err == nil && st.State == 'S' {
+			break
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			t.Fatalf("sleep %d never blocked", pid)
+		}
+	}
 	lm, err := layoutMsg(pid)
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
