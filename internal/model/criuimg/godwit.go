@@ -149,8 +149,12 @@ func writeGodwit(d *images.Dir, k *model.Task, files map[model.ID]*model.File, w
 	if g == nil {
 		return nil
 	}
-	name := GodwitTaskImg(k.Pid)
-	b, err := json.Marshal(g)
+	return writeJSONImage(d, GodwitTaskImg(k.Pid), g, written)
+}
+
+// writeJSONImage writes v as godwit's JSON image name in d.
+func writeJSONImage(d *images.Dir, name string, v any, written func(string)) error {
+	b, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
@@ -171,10 +175,9 @@ func writeGodwit(d *images.Dir, k *model.Task, files map[model.ID]*model.File, w
 	return nil
 }
 
-// readGodwit merges k's godwit image, if any, into k (whose MM, FS and
-// fds are read, their files in files), checking it against them.
-func readGodwit(d *images.Dir, k *model.Task, files map[model.ID]*model.File) error {
-	name := GodwitTaskImg(k.Pid)
+// readJSONImage reads godwit's JSON image name in d and hands it to
+// merge; an image that is not there is no error (nothing to merge).
+func readJSONImage(d *images.Dir, name string, merge func([]byte) error) error {
 	f, err := d.OpenRead(name)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -187,25 +190,40 @@ func readGodwit(d *images.Dir, k *model.Task, files map[model.ID]*model.File) er
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
-	if err := mergeGodwit(b, k, files); err != nil {
+	if err := merge(b); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	return nil
 }
 
-// mergeGodwit parses a godwit task image and applies it to k.
-func mergeGodwit(b []byte, k *model.Task, files map[model.ID]*model.File) error {
+// decodeStrict decodes one of godwit's JSON images into v: bounded in
+// size, no field this godwit does not know, nothing after it.
+func decodeStrict(b []byte, v any) error {
 	if len(b) > maxGodwitImg {
 		return fmt.Errorf("over %d bytes", maxGodwitImg)
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
-	var g godwitTask
-	if err := dec.Decode(&g); err != nil {
+	if err := dec.Decode(v); err != nil {
 		return err
 	}
 	if dec.More() {
 		return errors.New("trailing data")
+	}
+	return nil
+}
+
+// readGodwit merges k's godwit image, if any, into k (whose MM, FS and
+// fds are read, their files in files), checking it against them.
+func readGodwit(d *images.Dir, k *model.Task, files map[model.ID]*model.File) error {
+	return readJSONImage(d, GodwitTaskImg(k.Pid), func(b []byte) error { return mergeGodwit(b, k, files) })
+}
+
+// mergeGodwit parses a godwit task image and applies it to k.
+func mergeGodwit(b []byte, k *model.Task, files map[model.ID]*model.File) error {
+	var g godwitTask
+	if err := decodeStrict(b, &g); err != nil {
+		return err
 	}
 	switch {
 	case g.Version > godwitVersion:

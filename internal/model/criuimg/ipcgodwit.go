@@ -1,12 +1,7 @@
 package criuimg
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"os"
 	"slices"
 
 	"godwit/internal/images"
@@ -35,58 +30,18 @@ func writeGodwitIPC(d *images.Dir, ns *model.IPCNamespace, written func(string))
 	if len(g.SemOperated) == 0 {
 		return nil
 	}
-	name := GodwitIPCImg(ns.ID)
-	b, err := json.Marshal(g)
-	if err != nil {
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	if written != nil {
-		written(name)
-	}
-	f, err := d.Create(name)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(append(b, '\n'))
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	return nil
+	return writeJSONImage(d, GodwitIPCImg(ns.ID), g, written)
 }
 
 // readGodwitIPC merges ns's godwit image, if any, into ns (its sets
 // read), refusing an id that names no set.
 func readGodwitIPC(d *images.Dir, ns *model.IPCNamespace) error {
-	name := GodwitIPCImg(ns.ID)
-	f, err := d.OpenRead(name)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxGodwitImg+1))
-	if err != nil {
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	if err := mergeGodwitIPC(b, ns); err != nil {
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	return nil
+	return readJSONImage(d, GodwitIPCImg(ns.ID), func(b []byte) error { return mergeGodwitIPC(b, ns) })
 }
 
 func mergeGodwitIPC(b []byte, ns *model.IPCNamespace) error {
-	if len(b) > maxGodwitImg {
-		return fmt.Errorf("over %d bytes", maxGodwitImg)
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
 	var g godwitIPC
-	if err := dec.Decode(&g); err != nil {
+	if err := decodeStrict(b, &g); err != nil {
 		return err
 	}
 	if g.Version < 1 || g.Version > godwitVersion {
