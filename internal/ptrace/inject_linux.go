@@ -244,12 +244,13 @@ func (s *Session) syscall(nr uintptr, args []uint64) (uint64, error) {
 	return s.syscallAt(nr, args)
 }
 
-// syscallAt runs syscall nr at the session's syscall instruction, two
-// stops, never through the runner.
-func (s *Session) syscallAt(nr uintptr, args []uint64) (uint64, error) {
+// loadCall sets the task's registers to make syscall nr with args at the
+// session's syscall instruction, counts the call, and returns the
+// registers it set.
+func (s *Session) loadCall(nr uintptr, args []uint64) (Regs, error) {
 	tk := s.tk
 	if s.t.tasks[tk.tid] != tk {
-		return 0, fmt.Errorf("inject into %d: %w", tk.tid, ErrGone)
+		return Regs{}, fmt.Errorf("inject into %d: %w", tk.tid, ErrGone)
 	}
 	var a [6]uint64
 	copy(a[:], args)
@@ -259,10 +260,21 @@ func (s *Session) syscallAt(nr uintptr, args []uint64) (uint64, error) {
 	r.Orig_rax = ^uint64(0)
 	r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
 	if err := setRegs(tk.tid, &r); err != nil {
-		return 0, err
+		return Regs{}, err
 	}
 	s.ran = true
 	s.t.calls++
+	return r, nil
+}
+
+// syscallAt runs syscall nr at the session's syscall instruction, two
+// stops, never through the runner.
+func (s *Session) syscallAt(nr uintptr, args []uint64) (uint64, error) {
+	r, err := s.loadCall(nr, args)
+	if err != nil {
+		return 0, err
+	}
+	tk := s.tk
 	s.t.stops += 2 // entry and exit
 	s.t.byNr[nr]++
 	if sendsSignal(nr) {
@@ -395,22 +407,11 @@ func (s *Session) endWithSyscall(nr uintptr, args []uint64) (uint64, error) {
 	if s.ended {
 		return 0, errors.New("injection session already ended")
 	}
-	tk := s.tk
-	if s.t.tasks[tk.tid] != tk {
-		return 0, fmt.Errorf("inject into %d: %w", tk.tid, ErrGone)
-	}
-	var a [6]uint64
-	copy(a[:], args)
-	r := s.saved
-	r.Rip = s.addr
-	r.Rax = uint64(nr)
-	r.Orig_rax = ^uint64(0)
-	r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
-	if err := setRegs(tk.tid, &r); err != nil {
+	r, err := s.loadCall(nr, args)
+	if err != nil {
 		return 0, err
 	}
-	s.ran = true
-	s.t.calls++
+	tk := s.tk
 	s.t.stops += 2 // entry, and the trap after the call
 	s.t.byNr[nr]++
 	if err := s.t.resume(tk, unix.PTRACE_SYSCALL, 0); err != nil {
